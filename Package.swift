@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// Ferry: a data-transfer and storage fabric for a supercomputing internet.
+/// Dependencies flow one way: CLI → Transfer → C modules.
+let package = Package(
+    name: "Ferry",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "ferry", targets: ["CLI"]),
+        .library(name: "Transfer", targets: ["Transfer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System-library shims: each a tiny C target that includes the Debian header and
+        // exposes what Swift cannot import directly (macros, variadic syscalls).
+        .target(name: "CLiburing", linkerSettings: [.linkedLibrary("uring")]),
+        .target(name: "CZstd", linkerSettings: [.linkedLibrary("zstd")]),
+        .target(name: "CXXHash"),
+        .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
+        .target(
+            name: "Transfer",
+            dependencies: ["CLiburing", "CZstd", "CXXHash", "COpenSSL"]
+        ),
+        .executableTarget(
+            name: "CLI",
+            dependencies: ["Transfer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(name: "TransferTests", dependencies: ["Transfer"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Transfer"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

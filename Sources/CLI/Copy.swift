@@ -1,0 +1,160 @@
+import ArgumentParser
+import Foundation
+import Transfer
+
+extension Ferry {
+    /// `ferry cp`: copy a file or tree to or from a Ferry server.
+    struct Copy: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "cp",
+            abstract: "Copy a file or a tree to or from a Ferry server.",
+            discussion: """
+            SRC and DST: a local path and ferry://HOST:PORT/PATH (IPv6: ferry://[::1]:7700/PATH).
+            The content of SRC ends up exactly at DST (like rsync -a SRC/ DST); a single file
+            sent to a DST ending in '/' keeps its name. Re-running an interrupted copy resumes it.
+            """
+        )
+
+        @Flag(name: [.short, .customLong("recursive")], help: "Copy a directory tree.")
+        var recursive = false
+
+        @Option(help: "Parallel TCP streams (default: automatic).")
+        var streams: Int?
+
+        @Option(help: "Compression: auto, off, or a zstd level 1..19.")
+        var compress = "auto"
+
+        @Flag(help: "Compare content (digests), not size and mtime, to find files already in sync.")
+        var checksum = false
+
+        @Option(help: "Bandwidth limit in bytes per second (K/M/G suffixes).")
+        var bwlimit: String?
+
+        @Option(name: .customLong("chunk-size"), help: "Chunk size (64K..64M, default 4M).")
+        var chunkSize = "4M"
+
+        @Flag(help: "One JSON object per line: progress events and a final summary.")
+        var json = false
+
+        @Option(name: .customLong("token-file"), help: "File holding the server's access token.")
+        var tokenFile: String
+
+        @Argument(help: "Source: a local path or ferry://HOST:PORT/PATH.")
+        var source: String
+
+        @Argument(help: "Destination: a local path or ferry://HOST:PORT/PATH.")
+        var destination: String
+
+        func validate() throws {
+            if let s = streams, !(1...64).contains(s) { throw ValidationError("--streams must be 1...64") }
+        }
+
+        func run() throws {
+            var options = TransferOptions()
+            options.recursive = recursive
+            options.streams = streams
+            options.checksum = checksum
+            do {
+                options.compression = try CompressionMode(parsing: compress)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            if let b = bwlimit { options.bandwidthLimitBytesPerSecond = max(1, try parseSize(b, what: "--bwlimit")) }
+            options.chunkBytes = Int(try parseSize(chunkSize, what: "--chunk-size"))
+            let token = try readToken(tokenFile)
+            let src: Endpoint
+            let dst: Endpoint
+            do {
+                src = try Endpoint(parsing: source)
+                dst = try Endpoint(parsing: destination)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+
+            let progress = TransferProgress()
+            let done = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var result: Result<TransferSummary, TransferError> = .failure(TransferError(.io, "not run"))
+            let opts = options
+            Thread.detachNewThread {
+                do {
+                    result = .success(try TransferClient.copy(from: src, to: dst, options: opts, token: token, progress: progress))
+                } catch {
+                    result = .failure(error as! TransferError)
+                }
+                done.signal()
+            }
+            let display = ProgressDisplay(json: json)
+            while done.wait(timeout: .now() + .milliseconds(400)) == .timedOut {
+                display.show(progress.snapshot())
+            }
+            switch result {
+            case .success(let s):
+                display.finish(progress.snapshot(), summary: s)
+            case .failure(let e):
+                display.fail(e, progress.snapshot())
+                throw transferExitCode(for: e)
+            }
+        }
+    }
+}
+
+/// Progress on a terminal (a bar on stderr) or as JSON lines on stdout.
+final class ProgressDisplay {
+    let json: Bool
+    let tty = isatty(2) != 0
+    var lastBytes: UInt64 = 0
+    var lastTime = Date()
+    var rate: Double = 0
+
+    init(json: Bool) { self.json = json }
+
+    private func updateRate(_ s: TransferProgress.Snapshot) {
+        let now = Date()
+        let dt = now.timeIntervalSince(lastTime)
+        if dt > 0.2 {
+            let r = Double(s.bytesDone &- lastBytes) / dt
+            rate = rate == 0 ? r : 0.6 * r + 0.4 * rate
+            lastBytes = s.bytesDone
+            lastTime = now
+        }
+    }
+
+    func show(_ s: TransferProgress.Snapshot) {
+        updateRate(s)
+        if json {
+            print("{\"type\":\"progress\",\"bytes_done\":\(s.bytesDone),\"bytes_total\":\(s.bytesTotal),\"files_done\":\(s.filesDone),\"files_total\":\(s.filesTotal),\"rate_bytes_per_second\":\(UInt64(max(0, rate)))}")
+            fflush(stdout)
+        } else if tty {
+            let pct = s.bytesTotal > 0 ? Double(s.bytesDone) / Double(s.bytesTotal) : 0
+            let width = 24
+            let filled = min(width, Int(pct * Double(width)))
+            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+            let remaining = s.bytesTotal > s.bytesDone ? Double(s.bytesTotal - s.bytesDone) : 0
+            let eta = rate > 0 ? Int(remaining / rate) : -1
+            let etaText = eta >= 0 ? String(format: "%d:%02d", eta / 60, eta % 60) : "--:--"
+            let line = String(format: "\r[%@] %3d%% %@ / %@  %@/s  ETA %@  files %llu/%llu ", bar, Int(pct * 100), byteText(s.bytesDone), byteText(s.bytesTotal), byteText(UInt64(max(0, rate))), etaText, s.filesDone, s.filesTotal)
+            FileHandle.standardError.write(line.data(using: .utf8)!)
+        }
+    }
+
+    func finish(_ s: TransferProgress.Snapshot, summary: TransferSummary) {
+        if json {
+            print("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"seconds\":\(String(format: "%.3f", summary.seconds))}")
+            fflush(stdout)
+            return
+        }
+        if tty { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+        let rateText = summary.seconds > 0 ? byteText(UInt64(Double(summary.bytes - min(summary.bytes, summary.skippedBytes)) / summary.seconds)) + "/s" : "-"
+        print("ferry: \(summary.files) files, \(byteText(summary.bytes)) in \(String(format: "%.2f", summary.seconds)) s (\(rateText)); \(byteText(summary.wireBytes)) on the wire, \(byteText(summary.skippedBytes)) already there, \(summary.retransmittedChunks) chunks resent; all verified")
+    }
+
+    func fail(_ e: TransferError, _ s: TransferProgress.Snapshot) {
+        if json {
+            print("{\"type\":\"error\",\"message\":\(jsonString(e.message)),\"resumable\":\(e.resumable)}")
+            fflush(stdout)
+        }
+        if tty && !json { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+        let hint = e.resumable ? " (run the same command again to resume)" : ""
+        FileHandle.standardError.write("ferry: error: \(e.message)\(hint)\n".data(using: .utf8)!)
+    }
+}

@@ -1,0 +1,64 @@
+import ArgumentParser
+import Foundation
+import Transfer
+
+/// The `ferry` command: argument parsing and presentation only; the work is in `Transfer`.
+@main
+struct Ferry: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ferry",
+        abstract: "Move datasets between supercomputing centers: fast, verified, resumable.",
+        version: "0.1.0",
+        subcommands: [Copy.self, Serve.self]
+    )
+}
+
+/// Parses `123`, `64K`, `4M`, `1.5G`, `2T` (powers of 1024).
+func parseSize(_ text: String, what: String) throws -> UInt64 {
+    let t = text.trimmingCharacters(in: .whitespaces)
+    guard let last = t.last else { throw ValidationError("\(what): empty size") }
+    let multipliers: [Character: Double] = ["K": 1024, "M": 1_048_576, "G": 1_073_741_824, "T": 1_099_511_627_776]
+    var number = t
+    var multiplier = 1.0
+    if let m = multipliers[Character(last.uppercased())] {
+        multiplier = m
+        number = String(t.dropLast())
+        if number.uppercased().hasSuffix("I") { number = String(number.dropLast()) }  // "MiB"-ish "Mi"
+    } else if last == "B" || last == "b" {
+        return try parseSize(String(t.dropLast()), what: what)
+    }
+    guard let v = Double(number), v >= 0, v.isFinite else {
+        throw ValidationError("\(what): '\(text)' is not a size (use e.g. 512K, 64M, 1G)")
+    }
+    return UInt64(v * multiplier)
+}
+
+func readToken(_ path: String) throws -> [UInt8] {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw ValidationError("cannot read token file '\(path)'")
+    }
+    let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    guard !text.isEmpty else { throw ValidationError("token file '\(path)' is empty") }
+    return Array(text.utf8)
+}
+
+/// Exit status for a failed transfer (1) or a usage error (64, as argument errors).
+func transferExitCode(for e: TransferError) -> ExitCode {
+    e.code == .usage ? ExitCode(64) : ExitCode(1)
+}
+
+func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
+        }
+    }
+    return out + "\""
+}

@@ -1,0 +1,30 @@
+#ifndef FERRY_URING_H
+#define FERRY_URING_H
+// Glibc's module and liburing.h disagree about fd_set unless these come first.
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/stat.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <liburing.h>
+
+/// Wait for at least `wait_nr` completions, with an optional timeout in nanoseconds (0 = none).
+int ferry_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr, long long timeout_ns);
+/// Copy up to `max` ready completions (user_data, res, flags) and mark them seen.
+unsigned ferry_uring_reap(struct io_uring *ring, unsigned long long *user_data, int *res,
+                          unsigned *flags, unsigned max);
+/// The next free submission entry, or NULL when the queue is full.
+struct io_uring_sqe *ferry_uring_get_sqe(struct io_uring *ring);
+/// openat2(2) through syscall(2): glibc 2.36 has no wrapper.
+int ferry_openat2(int dirfd, const char *path, int flags, unsigned mode, unsigned long long resolve);
+/// Constants Glibc hides behind _GNU_SOURCE or that Swift cannot import as written.
+#define FERRY_O_PATH 010000000
+#define FERRY_IOSQE_IO_LINK 4u
+/// fallocate(PUNCH_HOLE | KEEP_SIZE): 0 or -errno.
+int ferry_punch_hole(int fd, long long offset, long long length);
+/// Flags of IORING_CQE_F_MORE / IORING_CQE_F_NOTIF, which Swift sees as macros.
+unsigned ferry_cqe_f_more(void);
+unsigned ferry_cqe_f_notif(void);
+#endif

@@ -1,0 +1,49 @@
+#define _GNU_SOURCE
+#include "ferry_uring.h"
+#include <errno.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <linux/falloc.h>
+
+int ferry_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr, long long timeout_ns) {
+    if (timeout_ns <= 0) {
+        return io_uring_submit_and_wait(ring, wait_nr);
+    }
+    struct __kernel_timespec ts = { .tv_sec = timeout_ns / 1000000000LL, .tv_nsec = timeout_ns % 1000000000LL };
+    struct io_uring_cqe *cqe = NULL;
+    int r = io_uring_submit(ring);
+    if (r < 0) return r;
+    r = io_uring_wait_cqes(ring, &cqe, wait_nr, &ts, NULL);
+    return r;
+}
+
+unsigned ferry_uring_reap(struct io_uring *ring, unsigned long long *user_data, int *res,
+                          unsigned *flags, unsigned max) {
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(ring, head, cqe) {
+        if (n == max) break;
+        user_data[n] = cqe->user_data;
+        res[n] = cqe->res;
+        flags[n] = cqe->flags;
+        n++;
+    }
+    io_uring_cq_advance(ring, n);
+    return n;
+}
+
+struct io_uring_sqe *ferry_uring_get_sqe(struct io_uring *ring) { return io_uring_get_sqe(ring); }
+
+int ferry_openat2(int dirfd, const char *path, int flags, unsigned mode, unsigned long long resolve) {
+    struct open_how how = { .flags = (unsigned long long)flags, .mode = mode, .resolve = resolve };
+    int r = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    return r < 0 ? -errno : r;
+}
+
+unsigned ferry_cqe_f_more(void) { return IORING_CQE_F_MORE; }
+unsigned ferry_cqe_f_notif(void) { return IORING_CQE_F_NOTIF; }
+
+int ferry_punch_hole(int fd, long long offset, long long length) {
+    int r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    return r < 0 ? -errno : 0;
+}

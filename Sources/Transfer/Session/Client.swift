@@ -1,0 +1,172 @@
+import CLiburing
+import Glibc
+
+/// One side of a copy: a local path or `ferry://HOST:PORT/PATH`.
+public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
+    case local(String)
+    case remote(HostPort, path: String)
+
+    /// Parses `ferry://host:port/path`, `ferry://[v6]:port/path`, or a local path.
+    public init(parsing text: String) throws {
+        let scheme = "ferry://"
+        guard text.hasPrefix(scheme) else {
+            guard !text.isEmpty else { throw TransferError(.usage, "empty path") }
+            self = .local(text)
+            return
+        }
+        let rest = text.dropFirst(scheme.count)
+        let authorityEnd: Substring.Index
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { throw TransferError(.usage, "bad URL '\(text)': missing ']'") }
+            authorityEnd = rest[close...].firstIndex(of: "/") ?? rest.endIndex
+        } else {
+            authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
+        }
+        let hostPort = try HostPort(parsing: String(rest[..<authorityEnd]))
+        guard hostPort.port != 0 else { throw TransferError(.usage, "bad URL '\(text)': port 0") }
+        let path = String(rest[authorityEnd...])
+        self = .remote(hostPort, path: path.isEmpty ? "/" : path)
+    }
+
+    public var description: String {
+        switch self {
+        case .local(let p): p
+        case .remote(let hp, let path): "ferry://\(hp)\(path)"
+        }
+    }
+}
+
+/// Runs copies between a local path and a Ferry server. This is the library entry point the
+/// CLI, the daemon and the scheduler hook share.
+public enum TransferClient {
+    /// Copies `source` to `destination` (one of them remote). Progress is published to
+    /// `progress` while it runs. Throws a `TransferError` naming the file and whether a rerun
+    /// resumes when anything failed.
+    public static func copy(from source: Endpoint, to destination: Endpoint, options: TransferOptions, token: [UInt8], progress: TransferProgress = TransferProgress()) throws -> TransferSummary {
+        prepareProcess()
+        guard (Wire.chunkBytesMin...Wire.chunkBytesMax).contains(options.chunkBytes) else {
+            throw TransferError(.usage, "--chunk-size must be between 64K and 64M")
+        }
+        switch (source, destination) {
+        case (.local(let src), .remote(let server, let urlPath)):
+            let srcFd = open(src, O_RDONLY | O_CLOEXEC)
+            if srcFd < 0 { throw TransferError.system("cannot read '\(src)'", errno: errno) }
+            var st = stat()
+            fstat(srcFd, &st)
+            var (path, trailing) = try Paths.remoteRelative(urlPath)
+            if trailing && (st.st_mode & S_IFMT) == S_IFREG {
+                let base = src.split(separator: "/").last.map(String.init) ?? src
+                path = path.isEmpty ? base : path + "/" + base
+            }
+            return try run(server: server, direction: .push, path: path, options: options, token: token, progress: progress) { ctx throws in
+                let sender = try Sender(ctx: ctx, rootFd: srcFd)
+                return (sender.runControl, sender.runWorker)
+            }
+        case (.remote(let server, let urlPath), .local(let dst)):
+            let (path, _) = try Paths.remoteRelative(urlPath)
+            let (baseFd, target) = try localTarget(dst, remoteName: path.split(separator: "/").last.map(String.init), recursive: options.recursive)
+            return try run(server: server, direction: .pull, path: path, options: options, token: token, progress: progress) { ctx throws in
+                let receiver = Receiver(ctx: ctx, baseFd: baseFd, target: target)
+                return (receiver.runControl, receiver.runWorker)
+            }
+        case (.local, .local):
+            throw TransferError(.usage, "one side must be a ferry:// URL (for a local copy use cp)")
+        case (.remote, .remote):
+            throw TransferError(.usage, "copies between two servers need the transfer daemon (third-party transfer is not in this version)")
+        }
+    }
+
+    /// The directory a local destination resolves beneath, and the target's name in it.
+    /// An existing directory, or a path ending in '/', receives a single file under its
+    /// remote name.
+    private static func localTarget(_ dst: String, remoteName: String?, recursive: Bool) throws -> (Int32, [Substring]) {
+        var path = dst
+        var st = stat()
+        let isDir = stat(dst, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+        if (dst.hasSuffix("/") || isDir) && !recursive {
+            guard let name = remoteName else { throw TransferError(.usage, "name the destination file") }
+            path = (dst.hasSuffix("/") ? dst : dst + "/") + name
+        }
+        var absolute = path.hasPrefix("/") ? path : {
+            var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            return (getcwd(&buf, buf.count) != nil ? String(cString: buf) : ".") + "/" + path
+        }()
+        while absolute.count > 1 && absolute.hasSuffix("/") { absolute.removeLast() }
+        if absolute.hasSuffix("/.") || absolute.hasSuffix("/..") || absolute == "/" {
+            guard let real = realpath(absolute, nil) else { throw TransferError.system("cannot use '\(dst)'", errno: errno) }
+            absolute = String(cString: real)
+            free(real)
+        }
+        let parts = absolute.split(separator: "/")
+        guard let name = parts.last else { throw TransferError(.usage, "cannot copy onto '/'") }
+        let parent = "/" + parts.dropLast().joined(separator: "/")
+        var made = parent
+        if access(parent, F_OK) != 0 {
+            // Create missing parents like `mkdir -p`.
+            made = ""
+            for p in parts.dropLast() {
+                made += "/" + p
+                if mkdir(made, 0o755) != 0 && errno != EEXIST { throw TransferError.system("cannot create '\(made)'", errno: errno) }
+            }
+            made = parent
+        }
+        let fd = open(made, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0 { throw TransferError.system("cannot open '\(parent)'", errno: errno) }
+        return (fd, [name])
+    }
+
+    private typealias Roles = (control: () throws -> Void, worker: (Connection) -> Void)
+
+    private static func run(server: HostPort, direction: Direction, path: String, options: TransferOptions, token: [UInt8], progress: TransferProgress, makeRoles: (SessionContext) throws -> Roles) throws -> TransferSummary {
+        let ring = try Ring(entries: 16)
+        let handshakeNs: Int64 = 30_000_000_000
+        let control = Connection(fd: try Socket.connect(server))
+        defer { control.close() }
+        try control.sendPreamble(role: .control, ring: ring)
+        try control.send(.hello, Hello(token: token, direction: direction, path: path, options: options).encode(), ring: ring)
+        let (type, payload) = try control.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 4096)
+        guard type == .welcome else { throw TransferError.protocolError("expected WELCOME, got \(type)") }
+        let welcome = try Welcome.decode(payload)
+        let ctx = SessionContext(control: control, options: options, progress: progress, idleTimeoutSeconds: 120)
+        var data: [Connection] = []
+        defer { for d in data { d.close() } }
+        for i in 0..<welcome.streams {
+            let c = Connection(fd: try Socket.connect(server))
+            data.append(c)
+            try c.sendPreamble(role: .data, ring: ring)
+            try c.send(.join, Join(sessionID: welcome.sessionID, secret: welcome.secret, streamIndex: i).encode(), ring: ring)
+            let (t, _) = try c.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 0)
+            guard t == .joined else { throw TransferError.protocolError("expected JOINED, got \(t)") }
+            ctx.add(data: c)
+        }
+        let roles = try makeRoles(ctx)
+        let workers = WaitGroup()
+        for c in data {
+            workers.add()
+            let worker = roles.worker
+            nonisolated(unsafe) let conn = c
+            spawnThread(name: "ferry-stream") {
+                worker(conn)
+                workers.done()
+            }
+        }
+        var failure: TransferError?
+        do { try roles.control() } catch { failure = asTransferError(error) }
+        if failure != nil { ctx.fail(failure!) }
+        _ = workers.wait(seconds: 30)
+        if let failure {
+            var e = failure
+            e.resumable = true
+            if e.code == .auth || e.code == .path || e.code == .usage { e.resumable = false }
+            if e.code == .remote && (e.message.contains("authentication") || e.message.contains("outside the root") || e.message.contains("refused")) { e.resumable = false }
+            throw e
+        }
+        let snap = progress.snapshot()
+        if snap.filesFailed > 0 {
+            let first = snap.failures.first ?? "unknown error"
+            let more = snap.filesFailed > 1 ? " (and \(snap.filesFailed - 1) more failed files)" : ""
+            throw TransferError(.io, first + more, resumable: true)
+        }
+        return TransferSummary(snap)
+    }
+}

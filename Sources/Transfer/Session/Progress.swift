@@ -1,0 +1,99 @@
+import Glibc
+
+/// Live counters of one transfer, shared by its threads. The CLI polls `snapshot()`.
+/// `@unchecked Sendable`: every field is guarded by `lock`.
+public final class TransferProgress: @unchecked Sendable {
+    private let lock = Lock()
+    private var s = Snapshot()
+    private let startNs = monotonicNs()
+
+    public init() {}
+
+    /// A consistent copy of the counters.
+    public struct Snapshot: Sendable {
+        /// Regular files and their bytes announced so far (grows while the manifest streams).
+        public var filesTotal: UInt64 = 0
+        public var bytesTotal: UInt64 = 0
+        public var filesDone: UInt64 = 0
+        /// Bytes accounted for: sent, received, or skipped as already there.
+        public var bytesDone: UInt64 = 0
+        /// Payload bytes on data streams this run (after compression).
+        public var wireBytes: UInt64 = 0
+        public var skippedBytes: UInt64 = 0
+        public var filesSkipped: UInt64 = 0
+        public var retransmittedChunks: UInt64 = 0
+        public var filesFailed: UInt64 = 0
+        public var seconds: Double = 0
+        /// The first few per-file failures, for the final message.
+        public var failures: [String] = []
+    }
+
+    public func snapshot() -> Snapshot {
+        var copy = lock.withLock { s }
+        copy.seconds = Double(monotonicNs() - startNs) / 1e9
+        return copy
+    }
+
+    func announce(bytes: UInt64) { lock.withLock { s.filesTotal += 1; s.bytesTotal += bytes } }
+    func moved(raw: UInt64, wire: UInt64) { lock.withLock { s.bytesDone += raw; s.wireBytes += wire } }
+    func skipped(bytes: UInt64) { lock.withLock { s.bytesDone += bytes; s.skippedBytes += bytes } }
+    func fileDone(skipped: Bool = false) {
+        lock.withLock {
+            s.filesDone += 1
+            if skipped { s.filesSkipped += 1 }
+        }
+    }
+    func retransmitted() { lock.withLock { s.retransmittedChunks += 1 } }
+    func fileFailed(_ message: String) {
+        lock.withLock {
+            s.filesFailed += 1
+            s.filesDone += 1
+            if s.failures.count < 20 { s.failures.append(message) }
+        }
+    }
+}
+
+/// The result of a finished transfer.
+public struct TransferSummary: Sendable {
+    public var files: UInt64
+    public var bytes: UInt64
+    public var wireBytes: UInt64
+    public var skippedBytes: UInt64
+    public var filesSkipped: UInt64
+    public var retransmittedChunks: UInt64
+    public var seconds: Double
+
+    init(_ s: TransferProgress.Snapshot) {
+        files = s.filesTotal
+        bytes = s.bytesTotal
+        wireBytes = s.wireBytes
+        skippedBytes = s.skippedBytes
+        filesSkipped = s.filesSkipped
+        retransmittedChunks = s.retransmittedChunks
+        seconds = s.seconds
+    }
+}
+
+/// A shared token bucket on wire bytes (`--bwlimit`): each frame waits for its turn on a
+/// virtual clock, so the long-run rate never exceeds the limit and bursts stay one frame long.
+final class RateLimiter: @unchecked Sendable {
+    private let lock = Lock()
+    private let bytesPerSecond: Double
+    private var nextFreeNs: UInt64 = 0
+
+    init(bytesPerSecond: UInt64) { self.bytesPerSecond = Double(bytesPerSecond) }
+
+    func acquire(_ bytes: Int) {
+        let wait: UInt64 = lock.withLock {
+            let now = monotonicNs()
+            let start = max(now, nextFreeNs)
+            nextFreeNs = start + UInt64(Double(bytes) / bytesPerSecond * 1e9)
+            return start > now ? start - now : 0
+        }
+        if wait > 0 {
+            var ts = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
+            var rest = timespec()
+            while nanosleep(&ts, &rest) != 0 && errno == EINTR { ts = rest }
+        }
+    }
+}

@@ -1,0 +1,480 @@
+import CLiburing
+import Glibc
+
+/// An open directory beneath the destination, shared by the files being written into it.
+final class DirHandle {
+    let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    deinit { Glibc.close(fd) }
+}
+
+/// One destination file between its plan and its commit. Guarded by its own `lock`, so
+/// streams writing different files never wait for each other.
+final class ReceiverFile {
+    let lock = Lock()
+    let entry: ManifestEntry
+    let chunkCount: Int
+    let dir: DirHandle
+    let name: String
+    let display: String
+    var partFd: Int32 = -1
+    var journal: ResumeJournal?
+    var present: [Bool] = []
+    var presentCount = 0
+    var hashes: [ChunkHash] = []
+    var pendingDurable: [(index: Int, hash: ChunkHash)] = []
+    var pendingBytes = 0
+    var lastSyncNs: UInt64 = 0
+    var senderDigest: ChunkHash?
+    var awaitingDecision = false
+    var failed = false
+    var done = false
+
+    init(entry: ManifestEntry, chunkBytes: Int, dir: DirHandle, name: String, display: String) {
+        self.entry = entry
+        self.chunkCount = ResumeJournal.chunkCount(size: entry.size, chunkBytes: chunkBytes)
+        self.dir = dir
+        self.name = name
+        self.display = display
+    }
+
+    var isSmall: Bool { chunkCount <= 1 }
+    var identity: SourceIdentity {
+        SourceIdentity(size: entry.size, mtimeSeconds: entry.mtimeSeconds, mtimeNanoseconds: entry.mtimeNanoseconds, chunkBytes: 0)
+    }
+    var times: [timespec] {
+        let t = timespec(tv_sec: Int(entry.mtimeSeconds), tv_nsec: Int(entry.mtimeNanoseconds))
+        return [t, t]
+    }
+}
+
+/// The receiving side of a session (the server in a push, the client in a pull).
+///
+/// The control thread turns manifest entries into plans (skip, full, resume from the journal,
+/// compare digests) and creates directories and links; one worker per data stream receives,
+/// verifies and writes chunks and small-file batches; whichever thread completes a file
+/// commits it (durable, digest checked, metadata set, renamed into place).
+/// `@unchecked Sendable`: shared state is guarded by `lock` and each file's own lock.
+final class Receiver: @unchecked Sendable {
+    let ctx: SessionContext
+    private let baseFd: Int32
+    private let targetComponents: [Substring]
+    private let lock = Lock()
+    private var files: [UInt64: ReceiverFile] = [:]
+    private var targetDir: DirHandle?
+    private var targetFile: (dir: DirHandle, name: String)?
+    private var dirCache: [String: DirHandle] = [:]
+    private var dirFixups: [ManifestEntry] = []
+    private let chunkBytes: Int
+    /// Bytes written to a file between two fdatasyncs of its data and journal: small files get
+    /// a fine-grained journal (a kill loses little), huge ones fewer syncs.
+    private static func durableGroupBytes(size: UInt64, chunkBytes: Int) -> Int {
+        max(chunkBytes, min(64 << 20, Int(size / 64)))
+    }
+    static let durableGroupNs: UInt64 = 1_000_000_000
+
+    /// `baseFd`: a directory everything resolves beneath (owned); `target`: the path of the
+    /// destination relative to it ("" components = `baseFd` itself).
+    init(ctx: SessionContext, baseFd: Int32, target: [Substring]) {
+        self.ctx = ctx
+        self.baseFd = baseFd
+        self.targetComponents = target
+        self.chunkBytes = ctx.options.chunkBytes
+    }
+
+    deinit { Glibc.close(baseFd) }
+
+    // MARK: control
+
+    func runControl() throws {
+        ctx.startHeartbeat()
+        do {
+            let ring = try Ring(entries: 8)
+            var scratch: UnsafeMutableRawPointer? = nil
+            defer { scratch.map { free($0) } }
+            while true {
+                let (type, payload) = try ctx.control.receive(ring: ring, timeoutNs: ctx.idleTimeoutNs)
+                var r = ByteReader(payload)
+                switch type {
+                case .manifest:
+                    let n = Int(try r.u32())
+                    guard n <= Wire.manifestEntriesPerFrameMax else { throw TransferError.protocolError("manifest frame too long") }
+                    var plan = ByteWriter(capacity: n * 12 + 4)
+                    plan.u32(0)
+                    var planned: UInt32 = 0
+                    var refusals: [(UInt64, String)] = []
+                    for _ in 0..<n {
+                        let e = try ManifestEntry.decode(&r)
+                        if let p = try handle(e, refusals: &refusals, scratch: &scratch) {
+                            p.encode(&plan)
+                            planned += 1
+                        }
+                    }
+                    try r.expectEnd()
+                    plan.bytes.withUnsafeMutableBytes { $0.storeBytes(of: planned.littleEndian, toByteOffset: 0, as: UInt32.self) }
+                    try ctx.control.send(.plan, plan.bytes, ring: ring)
+                    if !refusals.isEmpty { try sendVerdicts(refusals.map { ($0.0, false, $0.1) }, ring: ring) }
+                case .manifestEnd:
+                    try r.expectEnd()
+                case .fileDigest:
+                    let id = try r.u64()
+                    let digest = try r.hash()
+                    try r.expectEnd()
+                    guard let f = lock.withLock({ files[id] }) else { throw TransferError.protocolError("digest for unknown file") }
+                    f.lock.lock()
+                    f.senderDigest = digest
+                    let verdict = maybeCommit(f)
+                    f.lock.unlock()
+                    if let verdict { try sendVerdicts([verdict], ring: ring) }
+                case .fileSkip:
+                    let id = try r.u64()
+                    try r.expectEnd()
+                    guard let f = lock.withLock({ files[id] }) else { throw TransferError.protocolError("skip for unknown file") }
+                    f.lock.lock()
+                    f.awaitingDecision = false
+                    f.done = true
+                    _ = fchmodat(f.dir.fd, f.name, mode_t(f.entry.mode), 0)
+                    var t = f.times
+                    _ = utimensat(f.dir.fd, f.name, &t, AT_SYMLINK_NOFOLLOW)
+                    f.lock.unlock()
+                    ctx.progress.skipped(bytes: f.entry.size)
+                    ctx.progress.fileDone(skipped: true)
+                    lock.withLock { files[id] = nil }
+                    try sendVerdicts([(id, true, "")], ring: ring)
+                case .end:
+                    try r.expectEnd()
+                    try applyDirectoryMetadata()
+                    try ctx.control.send(.endAck, ring: ring)
+                    ctx.finish()
+                    return
+                case .ping:
+                    continue
+                default:
+                    throw TransferError.protocolError("unexpected \(type) on the control stream")
+                }
+            }
+        } catch {
+            let e = asTransferError(error)
+            ctx.fail(e)
+            flushAll()
+            throw ctx.error ?? e
+        }
+    }
+
+    func sendVerdicts(_ verdicts: [(UInt64, Bool, String)], ring: Ring) throws {
+        var w = ByteWriter(capacity: verdicts.count * 12 + 4)
+        w.u32(UInt32(verdicts.count))
+        for (id, ok, message) in verdicts {
+            w.u64(id)
+            w.u8(ok ? 0 : 1)
+            w.string(String(decoding: message.utf8.prefix(4000), as: UTF8.self))
+        }
+        try ctx.control.send(.fileDone, w.bytes, ring: ring)
+    }
+
+    /// The directory for entries beneath the target (cached; resolved beneath it, never outside).
+    private func directory(_ relative: ArraySlice<Substring>) throws -> DirHandle {
+        guard let top = targetDir else { throw TransferError.protocolError("entry before the root entry") }
+        if relative.isEmpty { return top }
+        let key = relative.joined(separator: "/")
+        if let d = dirCache[key] { return d }
+        if dirCache.count >= 256 { dirCache.removeAll(keepingCapacity: true) }
+        let fd = try Paths.open(beneath: top.fd, key, flags: FERRY_O_PATH | O_DIRECTORY)
+        let d = DirHandle(fd: fd)
+        dirCache[key] = d
+        return d
+    }
+
+    /// Resolves the destination when the root entry arrives: a directory (created) or a file.
+    private func resolveTarget(_ e: ManifestEntry) throws {
+        guard e.path.isEmpty, targetDir == nil, targetFile == nil else {
+            throw TransferError.protocolError("the first manifest entry must be the root")
+        }
+        let shown = targetComponents.isEmpty ? "." : targetComponents.joined(separator: "/")
+        if e.kind == .directory {
+            let fd = try Paths.makeDirectories(beneath: baseFd, targetComponents, mode: 0o700)
+            Glibc.close(fd)
+            targetDir = DirHandle(fd: try Paths.open(beneath: baseFd, targetComponents.joined(separator: "/"), flags: FERRY_O_PATH | O_DIRECTORY))
+            dirFixups.append(e)
+        } else {
+            guard let last = targetComponents.last else {
+                throw TransferError(.path, "destination '\(shown)' is a directory; give a file name or end the path with '/'")
+            }
+            let parentFd = try Paths.makeDirectories(beneath: baseFd, Array(targetComponents.dropLast()))
+            targetFile = (DirHandle(fd: parentFd), String(last))
+        }
+    }
+
+    /// Turns one manifest entry into a plan entry (files) or creates it (directories, links).
+    private func handle(_ e: ManifestEntry, refusals: inout [(UInt64, String)], scratch: inout UnsafeMutableRawPointer?) throws -> PlanEntry? {
+        let parts = try Paths.components(of: e.path)
+        if parts.isEmpty { try resolveTarget(e) }
+        let display = e.path.isEmpty ? (targetComponents.last.map(String.init) ?? ".") : e.path
+        let dir: DirHandle
+        let name: String
+        if let t = targetFile {
+            guard parts.isEmpty else { throw TransferError.protocolError("entries below a single-file transfer") }
+            (dir, name) = (t.dir, t.name)
+        } else {
+            if parts.isEmpty {
+                if e.kind == .directory { return nil }
+                throw TransferError.protocolError("root entry kind mismatch")
+            }
+            dir = try directory(parts.dropLast())
+            name = String(parts.last!)
+        }
+        if PartialNames.isHelper(name) { throw TransferError(.path, "refusing to write Ferry's own helper name '\(e.path)'") }
+        switch e.kind {
+        case .directory:
+            if mkdirat(dir.fd, name, 0o700) != 0 && errno != EEXIST {
+                throw TransferError.system("cannot create directory '\(display)'", errno: errno)
+            }
+            var st = stat()
+            if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || (st.st_mode & S_IFMT) != S_IFDIR {
+                throw TransferError(.path, "cannot create directory '\(display)': something else is in the way")
+            }
+            dirFixups.append(e)
+            return nil
+        case .symlink:
+            let tmp = PartialNames.part(name)
+            _ = unlinkat(dir.fd, tmp, 0)
+            if symlinkat(e.linkTarget, dir.fd, tmp) != 0 || renameat(dir.fd, tmp, dir.fd, name) != 0 {
+                let err = errno
+                _ = unlinkat(dir.fd, tmp, 0)
+                throw TransferError.system("cannot create link '\(display)'", errno: err)
+            }
+            let t = timespec(tv_sec: Int(e.mtimeSeconds), tv_nsec: Int(e.mtimeNanoseconds))
+            var times = [t, t]
+            _ = utimensat(dir.fd, name, &times, AT_SYMLINK_NOFOLLOW)
+            return nil
+        case .file:
+            break
+        }
+        let f = ReceiverFile(entry: e, chunkBytes: chunkBytes, dir: dir, name: name, display: display)
+        ctx.progress.announce(bytes: e.size)
+        var st = stat()
+        if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+            let kind = st.st_mode & S_IFMT
+            if kind == S_IFDIR {
+                f.failed = true
+                lock.withLock { files[e.id] = f }
+                refusals.append((e.id, "cannot write '\(display)': a directory is in the way"))
+                ctx.progress.fileFailed("cannot write '\(display)': a directory is in the way")
+                return PlanEntry(id: e.id, action: .full)
+            }
+            if kind == S_IFREG && UInt64(st.st_size) == e.size {
+                if !ctx.options.checksum && Int64(st.st_mtim.tv_sec) == e.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == e.mtimeNanoseconds {
+                    if UInt32(st.st_mode) & 0o7777 != e.mode { _ = fchmodat(dir.fd, name, mode_t(e.mode), 0) }
+                    ctx.progress.skipped(bytes: e.size)
+                    ctx.progress.fileDone(skipped: true)
+                    return PlanEntry(id: e.id, action: .skip)
+                }
+                if ctx.options.checksum, let digest = existingDigest(dir: dir.fd, name: name, size: e.size, scratch: &scratch) {
+                    f.awaitingDecision = true
+                    lock.withLock { files[e.id] = f }
+                    return PlanEntry(id: e.id, action: .compareDigest(digest))
+                }
+            }
+        }
+        lock.withLock { files[e.id] = f }
+        if f.isSmall { return PlanEntry(id: e.id, action: .full) }
+        // A partial copy of the same source version resumes; anything else starts over.
+        var id = f.identity
+        id.chunkBytes = UInt32(chunkBytes)
+        if let (journal, have) = ResumeJournal.open(dir: dir.fd, name: PartialNames.journal(name), identity: id) {
+            let fd = openat(dir.fd, PartialNames.part(name), O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+            var pst = stat()
+            if fd >= 0 && fstat(fd, &pst) == 0 && UInt64(pst.st_size) == e.size {
+                f.partFd = fd
+                f.journal = journal
+                f.present = [Bool](repeating: false, count: f.chunkCount)
+                f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
+                var list: [(index: UInt32, hash: ChunkHash)] = []
+                for (i, h) in have.sorted(by: { $0.key < $1.key }) where i < f.chunkCount {
+                    f.present[i] = true
+                    f.hashes[i] = h
+                    f.presentCount += 1
+                    list.append((UInt32(i), h))
+                }
+                return PlanEntry(id: e.id, action: .resume(list))
+            }
+            if fd >= 0 { Glibc.close(fd) }
+        }
+        if let err = startPartial(f) {
+            f.failed = true
+            refusals.append((e.id, err))
+            ctx.progress.fileFailed(err)
+        }
+        return PlanEntry(id: e.id, action: .full)
+    }
+
+    /// Creates the partial file and its journal (file lock held or not yet shared).
+    private func startPartial(_ f: ReceiverFile) -> String? {
+        let part = PartialNames.part(f.name)
+        let fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd < 0 { return "cannot write '\(f.display)': \(String(cString: strerror(errno))) (\(errno))" }
+        if ftruncate(fd, off_t(f.entry.size)) != 0 {
+            let e = errno
+            Glibc.close(fd)
+            return "cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))"
+        }
+        var id = f.identity
+        id.chunkBytes = UInt32(chunkBytes)
+        do {
+            f.journal = try ResumeJournal.create(dir: f.dir.fd, name: PartialNames.journal(f.name), identity: id)
+        } catch {
+            Glibc.close(fd)
+            return "cannot write '\(f.display)': \(asTransferError(error).message)"
+        }
+        f.partFd = fd
+        f.present = [Bool](repeating: false, count: f.chunkCount)
+        f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
+        f.presentCount = 0
+        f.lastSyncNs = monotonicNs()
+        return nil
+    }
+
+    /// `--checksum`: digest of the file already at the destination (same definition as the
+    /// engine's: XXH3-128 over per-chunk XXH3-128).
+    private func existingDigest(dir: Int32, name: String, size: UInt64, scratch: inout UnsafeMutableRawPointer?) -> ChunkHash? {
+        let fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 { return nil }
+        defer { Glibc.close(fd) }
+        if scratch == nil { scratch = malloc(chunkBytes) }
+        guard let buf = scratch else { return nil }
+        var digest = FileDigest()
+        var offset: UInt64 = 0
+        while offset < size {
+            let n = Int(min(UInt64(chunkBytes), size - offset))
+            var got = 0
+            while got < n {
+                let r = pread(fd, buf + got, n - got, off_t(offset) + off_t(got))
+                if r < 0 && errno == EINTR { continue }
+                if r <= 0 { _ = digest.finish(); return nil }
+                got += r
+            }
+            digest.add(ChunkHash.of(buf, n))
+            offset += UInt64(n)
+        }
+        return digest.finish()
+    }
+
+    private func applyDirectoryMetadata() throws {
+        guard let top = targetDir else { return }
+        for e in dirFixups.reversed() {
+            let fd = e.path.isEmpty
+                ? (try? Paths.open(beneath: top.fd, "", flags: O_RDONLY | O_DIRECTORY)) ?? -1
+                : (try? Paths.open(beneath: top.fd, e.path, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW, noSymlinks: true)) ?? -1
+            if fd < 0 { continue }
+            _ = fchmod(fd, mode_t(e.mode))
+            let t = timespec(tv_sec: Int(e.mtimeSeconds), tv_nsec: Int(e.mtimeNanoseconds))
+            var times = [t, t]
+            _ = futimens(fd, &times)
+            Glibc.close(fd)
+        }
+        dirFixups.removeAll()
+    }
+
+    // MARK: durability and commit (file lock held)
+
+    /// Makes written chunks durable: data first, then their journal records.
+    func syncDurable(_ f: ReceiverFile) throws {
+        guard !f.pendingDurable.isEmpty, f.partFd >= 0, let j = f.journal else { return }
+        _ = try sys("cannot sync '\(f.display)'") { fdatasync(f.partFd) }
+        try j.recordDurable(f.pendingDurable)
+        f.pendingDurable.removeAll(keepingCapacity: true)
+        f.pendingBytes = 0
+        f.lastSyncNs = monotonicNs()
+    }
+
+    /// Records one verified, written chunk; commits the file when complete.
+    func chunkWritten(_ f: ReceiverFile, index: Int, hash: ChunkHash, rawBytes: Int, wireBytes: Int) -> (UInt64, Bool, String)? {
+        if !f.present[index] {
+            f.present[index] = true
+            f.presentCount += 1
+        }
+        f.hashes[index] = hash
+        f.pendingDurable.append((index, hash))
+        f.pendingBytes += rawBytes
+        ctx.progress.moved(raw: UInt64(rawBytes), wire: UInt64(wireBytes))
+        if f.pendingBytes >= Receiver.durableGroupBytes(size: f.entry.size, chunkBytes: chunkBytes) || monotonicNs() - f.lastSyncNs >= Receiver.durableGroupNs {
+            do { try syncDurable(f) } catch { return failFile(f, asTransferError(error).message + "; rerun resumes") }
+        }
+        return maybeCommit(f)
+    }
+
+    /// Commits when every chunk is in and the sender's digest has arrived.
+    func maybeCommit(_ f: ReceiverFile) -> (UInt64, Bool, String)? {
+        guard !f.done, !f.failed, f.presentCount == f.chunkCount, let expected = f.senderDigest else { return nil }
+        let digest = FileDigest.of(f.hashes)
+        guard digest == expected else {
+            _ = unlinkat(f.dir.fd, PartialNames.part(f.name), 0)
+            _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
+            return failFile(f, "'\(f.display)': whole-file digest mismatch (\(digest) ≠ \(expected)); rerun starts it over")
+        }
+        if fdatasync(f.partFd) != 0 {
+            return failFile(f, "cannot sync '\(f.display)': \(String(cString: strerror(errno))); rerun resumes")
+        }
+        _ = fchmod(f.partFd, mode_t(f.entry.mode))
+        var t = f.times
+        _ = futimens(f.partFd, &t)
+        if renameat(f.dir.fd, PartialNames.part(f.name), f.dir.fd, f.name) != 0 {
+            return failFile(f, "cannot rename into '\(f.display)': \(String(cString: strerror(errno)))")
+        }
+        _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
+        Glibc.close(f.partFd)
+        f.partFd = -1
+        f.journal = nil
+        f.done = true
+        ctx.progress.fileDone()
+        lock.withLock { files[f.entry.id] = nil }
+        return (f.entry.id, true, "")
+    }
+
+    /// Marks a file failed, keeping what is durable for a rerun.
+    func failFile(_ f: ReceiverFile, _ message: String) -> (UInt64, Bool, String) {
+        if !f.failed {
+            f.failed = true
+            try? syncDurable(f)
+            if f.partFd >= 0 { Glibc.close(f.partFd); f.partFd = -1 }
+            f.journal = nil
+            ctx.progress.fileFailed(message)
+        }
+        return (f.entry.id, false, message)
+    }
+
+    /// On a broken session: make everything written so far durable, so the rerun resumes.
+    private func flushAll() {
+        let all = lock.withLock { Array(files.values) }
+        for f in all {
+            f.lock.withLock {
+                try? syncDurable(f)
+                if f.partFd >= 0 { Glibc.close(f.partFd); f.partFd = -1 }
+                f.journal = nil
+                f.failed = true
+            }
+        }
+    }
+
+    func file(_ id: UInt64) -> ReceiverFile? { lock.withLock { files[id] } }
+
+    /// A file that was waiting for a `--checksum` verdict gets data after all: start it afresh.
+    func beginFullIfDeciding(_ f: ReceiverFile) -> (UInt64, Bool, String)? {
+        guard f.awaitingDecision else { return nil }
+        f.awaitingDecision = false
+        if f.isSmall { return nil }
+        if let err = startPartial(f) { return failFile(f, err) }
+        return nil
+    }
+
+    func forget(_ id: UInt64) { lock.withLock { files[id] = nil } }
+
+    func runWorker(_ conn: Connection) {
+        do {
+            let w = try ReceiverWorker(receiver: self, conn: conn)
+            try w.run()
+        } catch {
+            if !ctx.isFinished { ctx.fail(asTransferError(error)) }
+        }
+    }
+}

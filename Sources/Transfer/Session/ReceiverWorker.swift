@@ -1,0 +1,316 @@
+import CLiburing
+import Glibc
+
+/// One data stream of a `Receiver`: receives frames into a registered buffer, decompresses
+/// into a second one, verifies every chunk's hash and writes it at its offset (WRITE_FIXED).
+/// Small-file batches are created, written, closed and renamed with batched ring submissions.
+final class ReceiverWorker {
+    private unowned let receiver: Receiver
+    private let conn: Connection
+    private let ring: Ring
+    private let pool: BufferPool
+    private let compressor = Compressor()
+    private let chunkBytes: Int
+    private let frameBytesMax: Int
+    private let header = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+    private let nameArena: UnsafeMutablePointer<CChar>
+    private let nameSlotBytes = 2 * PathLimits.componentBytesMax + 32
+    private var zeroHashes: [Int: ChunkHash] = [:]
+    private var fds: [Int32]
+    private var results: [Int32]
+
+    init(receiver: Receiver, conn: Connection) throws {
+        self.receiver = receiver
+        self.conn = conn
+        chunkBytes = receiver.ctx.options.chunkBytes
+        frameBytesMax = DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes)
+        ring = try Ring(entries: UInt32(Wire.batchFilesMax * 2))
+        pool = try BufferPool(count: 2, bytesPerBuffer: frameBytesMax + DataLayout.headroomBytes)
+        try pool.register(with: ring)
+        nameArena = .allocate(capacity: nameSlotBytes * Wire.batchFilesMax * 2)
+        fds = [Int32](repeating: -1, count: Wire.batchFilesMax)
+        results = [Int32](repeating: 0, count: Wire.batchFilesMax)
+    }
+
+    deinit {
+        header.deallocate()
+        nameArena.deallocate()
+    }
+
+    /// Receives exactly `n` bytes; false on a clean end of stream before the first byte.
+    private func receive(_ p: UnsafeMutableRawPointer, _ n: Int, allowEOF: Bool) throws -> Bool {
+        var done = 0
+        while done < n {
+            let r = try ring.runOne { () throws in
+                try ring.recv(fd: conn.fd, buffer: p + done, length: n - done, tag: 2)
+            }
+            if r == 0 {
+                if allowEOF && done == 0 { return false }
+                throw TransferError(.io, "\(conn.peer) closed a data stream in the middle of a frame", resumable: true)
+            }
+            if r < 0 {
+                if receiver.ctx.isFinished { return false }
+                throw TransferError.system("receive from \(conn.peer)", errno: -r, resumable: true)
+            }
+            done += Int(r)
+        }
+        return true
+    }
+
+    func run() throws {
+        let buf = pool.buffer(0)
+        while true {
+            guard try receive(header, Wire.frameHeaderBytes, allowEOF: true) else { return }
+            let h = try FrameHeader(pointer: header)
+            switch h.type {
+            case .chunk:
+                guard h.length >= DataLayout.chunkSubheaderBytes, h.length <= DataLayout.chunkSubheaderBytes + Compressor.bound(chunkBytes) else {
+                    throw TransferError.protocolError("chunk frame of \(h.length) bytes out of bounds")
+                }
+                guard try receive(buf, h.length, allowEOF: false) else { return }
+                try chunk(buf, h.length)
+            case .batch:
+                guard h.length >= DataLayout.batchSubheaderBytes, h.length <= frameBytesMax else {
+                    throw TransferError.protocolError("batch frame of \(h.length) bytes out of bounds")
+                }
+                guard try receive(buf, h.length, allowEOF: false) else { return }
+                try batch(buf, h.length)
+            default:
+                throw TransferError.protocolError("unexpected \(h.type) frame on a data stream")
+            }
+        }
+    }
+
+    private func zeroHash(_ n: Int) -> ChunkHash {
+        if let h = zeroHashes[n] { return h }
+        let p = pool.buffer(1)
+        memset(p, 0, n)
+        let h = ChunkHash.of(p, n)
+        zeroHashes[n] = h
+        return h
+    }
+
+    private func requestResend(_ id: UInt64, _ index: Int) throws {
+        var w = ByteWriter(capacity: 12)
+        w.u64(id)
+        w.u32(UInt32(index))
+        receiver.ctx.progress.retransmitted()
+        try receiver.ctx.control.send(.resend, w.bytes, ring: ring)
+    }
+
+    private func chunk(_ p: UnsafeMutableRawPointer, _ length: Int) throws {
+        let id = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+        let index = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+        let rawBytes = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
+        let codecByte = p.load(fromByteOffset: 16, as: UInt8.self)
+        let expected = ChunkHash(
+            low: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)),
+            high: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: UInt64.self)))
+        guard let codec = ChunkCodec(rawValue: codecByte) else { throw TransferError.protocolError("unknown chunk codec \(codecByte)") }
+        guard let f = receiver.file(id) else { return }  // already finished or refused: drop
+        let payload = p + DataLayout.chunkSubheaderBytes
+        let payloadBytes = length - DataLayout.chunkSubheaderBytes
+        guard !f.isSmall, index < f.chunkCount else { throw TransferError.protocolError("chunk \(index) out of range for file \(id)") }
+        let offset = UInt64(index) * UInt64(chunkBytes)
+        guard rawBytes == Int(min(UInt64(chunkBytes), f.entry.size - offset)) else {
+            throw TransferError.protocolError("chunk \(index) of file \(id) has the wrong length")
+        }
+        var data = payload
+        switch codec {
+        case .raw:
+            guard payloadBytes == rawBytes else { throw TransferError.protocolError("raw chunk length mismatch") }
+        case .zero:
+            guard payloadBytes == 0 else { throw TransferError.protocolError("zero chunk with payload") }
+        case .zstd:
+            data = pool.buffer(1)
+            do {
+                try compressor.decompress(payload, payloadBytes, into: data, expected: rawBytes)
+            } catch {
+                try requestResend(id, index)
+                return
+            }
+        }
+        let hash = codec == .zero ? zeroHash(rawBytes) : ChunkHash.of(data, rawBytes)
+        if hash != expected {
+            try requestResend(id, index)
+            return
+        }
+        f.lock.lock()
+        var verdict = receiver.beginFullIfDeciding(f)
+        if verdict == nil && !f.failed && !f.done && f.partFd >= 0 {
+            if let err = write(f, data: data, rawBytes: rawBytes, offset: offset, zero: codec == .zero) {
+                let written = UInt64(f.presentCount) * UInt64(chunkBytes)
+                verdict = receiver.failFile(f, "cannot write '\(f.display)': \(err); \(byteText(min(written, f.entry.size))) of \(byteText(f.entry.size)) written, rerun resumes")
+            } else {
+                verdict = receiver.chunkWritten(f, index: index, hash: hash, rawBytes: rawBytes, wireBytes: payloadBytes)
+            }
+        }
+        f.lock.unlock()
+        if let verdict { try receiver.sendVerdicts([verdict], ring: ring) }
+    }
+
+    /// Writes one chunk at its offset; returns an error text or nil.
+    private func write(_ f: ReceiverFile, data: UnsafeMutableRawPointer, rawBytes: Int, offset: UInt64, zero: Bool) -> String? {
+        if zero {
+            // A hole: punch it (the partial may hold old bytes there after a resume).
+            if ferry_punch_hole(f.partFd, Int64(offset), Int64(rawBytes)) == 0 { return nil }
+            memset(data, 0, rawBytes)
+        }
+        let bufferIndex = data >= pool.buffer(1) ? 1 : 0
+        var done = 0
+        while done < rawBytes {
+            let r: Int32
+            do {
+                r = try ring.runOne { () throws in
+                    try ring.write(fd: f.partFd, buffer: data + done, length: rawBytes - done, offset: offset + UInt64(done), bufferIndex: bufferIndex, tag: 3)
+                }
+            } catch {
+                return asTransferError(error).message
+            }
+            if r < 0 { return "\(String(cString: strerror(-r))) (\(-r))" }
+            if r == 0 { return "write made no progress" }
+            done += Int(r)
+        }
+        return nil
+    }
+
+    private func batch(_ p: UnsafeMutableRawPointer, _ length: Int) throws {
+        let codecByte = p.load(fromByteOffset: 0, as: UInt8.self)
+        let count = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+        let rawBytes = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+        guard (1...Wire.batchFilesMax).contains(count) else { throw TransferError.protocolError("batch of \(count) files") }
+        let tableBytes = count * DataLayout.batchEntryBytes
+        guard rawBytes >= tableBytes, rawBytes - tableBytes <= chunkBytes else { throw TransferError.protocolError("batch length out of bounds") }
+        let payload = p + DataLayout.batchSubheaderBytes
+        let payloadBytes = length - DataLayout.batchSubheaderBytes
+        var content = payload
+        switch ChunkCodec(rawValue: codecByte) {
+        case .raw:
+            guard payloadBytes == rawBytes else { throw TransferError.protocolError("raw batch length mismatch") }
+        case .zstd:
+            content = pool.buffer(1)
+            do {
+                try compressor.decompress(payload, payloadBytes, into: content, expected: rawBytes)
+            } catch {
+                // Cannot read the table: ask for every file we can still identify? No: the
+                // table itself is inside. End the stream; the rerun resumes.
+                throw TransferError(.verify, "a compressed batch arrived corrupt", resumable: true)
+            }
+        default:
+            throw TransferError.protocolError("bad batch codec")
+        }
+        // Parse and verify.
+        var accepted: [(f: ReceiverFile, data: UnsafeMutableRawPointer, size: Int)] = []
+        var verdicts: [(UInt64, Bool, String)] = []
+        var at = tableBytes
+        for k in 0..<count {
+            let e = content + k * DataLayout.batchEntryBytes
+            let id = UInt64(littleEndian: e.loadUnaligned(as: UInt64.self))
+            let size = Int(UInt32(littleEndian: e.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+            let h = ChunkHash(
+                low: UInt64(littleEndian: e.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
+                high: UInt64(littleEndian: e.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
+            guard size <= rawBytes - at else { throw TransferError.protocolError("batch entries exceed the batch") }
+            let data = content + at
+            at += size
+            guard let f = receiver.file(id) else { continue }
+            guard f.isSmall, UInt64(size) == f.entry.size else { throw TransferError.protocolError("batch entry for file \(id) has the wrong size") }
+            if ChunkHash.of(data, size) != h {
+                try requestResend(id, 0)
+                continue
+            }
+            f.lock.lock()
+            _ = receiver.beginFullIfDeciding(f)
+            let skip = f.failed || f.done
+            f.lock.unlock()
+            if !skip { accepted.append((f, data, size)) }
+        }
+        guard at == rawBytes else { throw TransferError.protocolError("batch has \(rawBytes - at) unaccounted bytes") }
+        if accepted.isEmpty { return }
+        let bufferIndex = content == pool.buffer(1) ? 1 : 0
+        // Phase 1: create every temporary file.
+        for (i, a) in accepted.enumerated() {
+            let slot = nameArena + i * nameSlotBytes
+            _ = PartialNames.part(a.f.name).withCString { strncpy(slot, $0, nameSlotBytes - 1) }
+            slot[nameSlotBytes - 1] = 0
+            fds[i] = -1
+            results[i] = 0
+            try ring.openat(dir: a.f.dir.fd, path: slot, flags: O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode: mode_t(a.f.entry.mode | 0o200), tag: UInt64(i))
+        }
+        try drain { tag, res in self.fds[Int(tag)] = res }
+        // Phase 2: write them.
+        for (i, a) in accepted.enumerated() where fds[i] >= 0 && a.size > 0 {
+            try ring.write(fd: fds[i], buffer: a.data, length: a.size, offset: 0, bufferIndex: bufferIndex, tag: UInt64(i))
+        }
+        try drain { tag, res in self.results[Int(tag)] = res }
+        // Metadata (no ring operation exists for these), then close and rename in one submission.
+        for (i, a) in accepted.enumerated() where fds[i] >= 0 {
+            if a.size > 0 && results[i] >= 0 && Int(results[i]) < a.size {
+                var done = Int(results[i])
+                while done < a.size {
+                    let r = pwrite(fds[i], a.data + done, a.size - done, off_t(done))
+                    if r < 0 && errno == EINTR { continue }
+                    if r <= 0 { results[i] = r < 0 ? -errno : -EIO; break }
+                    done += r
+                }
+                if done == a.size { results[i] = Int32(a.size) }
+            }
+            _ = fchmod(fds[i], mode_t(a.f.entry.mode))
+            var t = a.f.times
+            _ = futimens(fds[i], &t)
+            try ring.close(fd: fds[i], tag: UInt64(Wire.batchFilesMax + i))
+        }
+        try drain { _, _ in }
+        for (i, a) in accepted.enumerated() where fds[i] >= 0 && results[i] >= 0 {
+            let to = nameArena + (Wire.batchFilesMax + i) * nameSlotBytes
+            _ = a.f.name.withCString { strncpy(to, $0, nameSlotBytes - 1) }
+            to[nameSlotBytes - 1] = 0
+            try ring.renameat(dir: a.f.dir.fd, from: nameArena + i * nameSlotBytes, to: to, tag: UInt64(i))
+        }
+        var renamed = [Int32](repeating: 0, count: accepted.count)
+        try drain { tag, res in renamed[Int(tag)] = res }
+        var rawDone = 0
+        for (i, a) in accepted.enumerated() {
+            var err: Int32 = 0
+            if fds[i] < 0 { err = -fds[i] } else if results[i] < 0 { err = -results[i] } else if renamed[i] < 0 { err = -renamed[i] }
+            a.f.lock.lock()
+            if err != 0 {
+                if fds[i] >= 0 { _ = unlinkat(a.f.dir.fd, PartialNames.part(a.f.name), 0) }
+                verdicts.append(receiver.failFile(a.f, "cannot write '\(a.f.display)': \(String(cString: strerror(err))) (\(err)); rerun resumes"))
+            } else {
+                a.f.done = true
+                rawDone += a.size
+                receiver.ctx.progress.fileDone()
+                verdicts.append((a.f.entry.id, true, ""))
+            }
+            a.f.lock.unlock()
+            if err == 0 { receiver.forget(a.f.entry.id) }
+        }
+        receiver.ctx.progress.moved(raw: UInt64(rawDone), wire: UInt64(payloadBytes))
+        try receiver.sendVerdicts(verdicts, ring: ring)
+    }
+
+    private func drain(_ handle: (UInt64, Int32) -> Void) throws {
+        var rounds = 0
+        while ring.inFlight > 0 {
+            rounds += 1
+            if rounds > 1_000_000 { throw TransferError(.io, "io_uring completions never arrived") }
+            do {
+                try ring.submitAndWait(minimum: ring.inFlight) { tag, res, _ in handle(tag, res) }
+            } catch {
+                throw asTransferError(error)
+            }
+        }
+    }
+}
+
+/// "1.2 GiB"-style sizes for messages.
+public func byteText(_ n: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    var v = Double(n)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+    if u == 0 { return "\(n) B" }
+    let tenths = Int((v * 10).rounded())
+    return "\(tenths / 10).\(tenths % 10) \(units[u])"
+}

@@ -1,0 +1,388 @@
+import CLiburing
+import Glibc
+
+/// One source file between its manifest entry and the receiver's verdict.
+/// Fields are guarded by the owning `Sender`'s lock.
+final class SenderFile {
+    let id: UInt64
+    let path: String
+    let size: UInt64
+    let chunkCount: Int
+    var fd: Int32 = -1
+    var cursor = 0
+    var processed = 0
+    var hashes: [ChunkHash]
+    var claimed: [Int: ChunkHash] = [:]
+    var expectedDigest: ChunkHash?
+    var skipping = false
+    var failed = false
+    var sparse = false
+    var compressible: Bool?
+    var chunksSinceProbe = 0
+
+    init(entry: ManifestEntry, chunkBytes: Int) {
+        id = entry.id
+        path = entry.path
+        size = entry.size
+        chunkCount = ResumeJournal.chunkCount(size: entry.size, chunkBytes: chunkBytes)
+        hashes = []
+    }
+
+    /// A file of at most one chunk travels inside a small-file batch.
+    var isSmall: Bool { chunkCount <= 1 }
+}
+
+/// The sending side of a session (the client in a push, the server in a pull).
+///
+/// Threads: the caller's thread streams the manifest and ends the session; one thread reads
+/// the control stream (plans, verdicts, resend requests); one worker thread per data stream
+/// reads, hashes, compresses and sends chunks through its own ring and buffers.
+/// `@unchecked Sendable`: shared state is guarded by `lock`.
+final class Sender: @unchecked Sendable {
+    static let filesInFlightMax = 65_536
+    static let manifestFrameBytesTarget = 1 << 20
+
+    let ctx: SessionContext
+    private let rootFd: Int32
+    private let rootIsFile: Bool
+    private let walker: TreeWalker
+    private let limiter: RateLimiter?
+    private let lock = Lock()
+    private lazy var cond = Condition(lock)
+    private var files: [UInt64: SenderFile] = [:]
+    private var bigQueue: [SenderFile] = []
+    private var bigHead = 0
+    private var smallQueue: [SenderFile] = []
+    private var smallHead = 0
+    private var checkQueue: [SenderFile] = []
+    private var resendQueue: [(SenderFile, Int)] = []
+    private var endAcknowledged = false
+
+    /// `rootFd`: the source, a directory or a regular file, opened O_RDONLY; owned by the Sender.
+    init(ctx: SessionContext, rootFd: Int32) throws {
+        self.ctx = ctx
+        self.rootFd = rootFd
+        var st = stat()
+        _ = try sys("cannot stat source") { fstat(rootFd, &st) }
+        rootIsFile = (st.st_mode & S_IFMT) == S_IFREG
+        walker = TreeWalker(rootFd: rootFd, recursive: ctx.options.recursive)
+        limiter = ctx.options.bandwidthLimitBytesPerSecond.map { RateLimiter(bytesPerSecond: $0) }
+    }
+
+    deinit { Glibc.close(rootFd) }
+
+    // MARK: control
+
+    /// Streams the manifest, waits for every file's verdict, ends the session.
+    func runControl() throws {
+        ctx.startHeartbeat()
+        spawnThread(name: "ferry-sender-control") { [self] in readControl() }
+        do {
+            try streamManifest()
+            // Wait until every file has its verdict.
+            try lock.withLock { () throws in
+                while !files.isEmpty {
+                    if let e = ctx.error { throw e }
+                    cond.wait(seconds: 0.5)
+                }
+            }
+            let ring = try Ring(entries: 8)
+            try ctx.control.send(.end, ring: ring)
+            try lock.withLock { () throws in
+                var waited = 0
+                while !endAcknowledged {
+                    if let e = ctx.error { throw e }
+                    cond.wait(seconds: 0.5)
+                    waited += 1
+                    if waited > Int(ctx.idleTimeoutNs / 500_000_000) { throw TransferError(.timeout, "receiver did not confirm the end", resumable: true) }
+                }
+            }
+            ctx.finish()
+            lock.withLock { cond.broadcast() }
+        } catch {
+            ctx.fail(asTransferError(error))
+            lock.withLock { cond.broadcast() }
+            throw ctx.error ?? error
+        }
+    }
+
+    private func streamManifest() throws {
+        let ring = try Ring(entries: 8)
+        let chunkBytes = ctx.options.chunkBytes
+        var w = ByteWriter(capacity: Sender.manifestFrameBytesTarget + 8192)
+        w.u32(0)  // count, patched before sending
+        var count: UInt32 = 0
+        func flush() throws {
+            if count == 0 { return }
+            w.bytes.withUnsafeMutableBytes { $0.storeBytes(of: count.littleEndian, toByteOffset: 0, as: UInt32.self) }
+            try ctx.control.send(.manifest, w.bytes, ring: ring)
+            w = ByteWriter(capacity: Sender.manifestFrameBytesTarget + 8192)
+            w.u32(0)
+            count = 0
+        }
+        while let e = try walker.next() {
+            if let err = ctx.error { throw err }
+            if e.kind == .file {
+                let f = SenderFile(entry: e, chunkBytes: chunkBytes)
+                try lock.withLock { () throws in
+                    // Bounded memory: at most filesInFlightMax files between manifest and verdict.
+                    while files.count >= Sender.filesInFlightMax {
+                        if let err = ctx.error { throw err }
+                        if count > 0 { break }
+                        cond.wait(seconds: 0.5)
+                    }
+                    files[f.id] = f
+                }
+                if lock.withLock({ files.count >= Sender.filesInFlightMax }) { try flush() }
+                ctx.progress.announce(bytes: e.size)
+            }
+            e.encode(&w)
+            count += 1
+            if count >= UInt32(Wire.manifestEntriesPerFrameMax) || w.bytes.count >= Sender.manifestFrameBytesTarget { try flush() }
+        }
+        try flush()
+        try ctx.control.send(.manifestEnd, ring: ring)
+    }
+
+    private func readControl() {
+        do {
+            let ring = try Ring(entries: 8)
+            while !ctx.isFinished {
+                let (type, payload) = try ctx.control.receive(ring: ring, timeoutNs: ctx.idleTimeoutNs)
+                var r = ByteReader(payload)
+                switch type {
+                case .plan:
+                    let n = Int(try r.u32())
+                    guard n <= Wire.manifestEntriesPerFrameMax else { throw TransferError.protocolError("plan too long") }
+                    for _ in 0..<n { try apply(try PlanEntry.decode(&r)) }
+                    try r.expectEnd()
+                case .fileDone:
+                    let n = Int(try r.u32())
+                    guard n <= Wire.batchFilesMax * 4 else { throw TransferError.protocolError("verdict list too long") }
+                    for _ in 0..<n {
+                        let id = try r.u64()
+                        let ok = try r.u8() == 0
+                        let message = try r.string(maxBytes: 4096)
+                        verdict(id: id, ok: ok, message: message)
+                    }
+                    try r.expectEnd()
+                case .resend:
+                    let id = try r.u64()
+                    let index = Int(try r.u32())
+                    try r.expectEnd()
+                    lock.withLock {
+                        if let f = files[id], !f.failed, index < max(f.chunkCount, 1) {
+                            resendQueue.append((f, index))
+                            cond.broadcast()
+                        }
+                    }
+                    ctx.progress.retransmitted()
+                case .endAck:
+                    lock.withLock { endAcknowledged = true; cond.broadcast() }
+                    return
+                case .ping:
+                    continue
+                default:
+                    throw TransferError.protocolError("unexpected \(type) on the control stream")
+                }
+            }
+        } catch {
+            if !ctx.isFinished { ctx.fail(asTransferError(error)) }
+            lock.withLock { cond.broadcast() }
+        }
+    }
+
+    private func apply(_ p: PlanEntry) throws {
+        try lock.withLock { () throws in
+            guard let f = files[p.id] else { throw TransferError.protocolError("plan for unknown file \(p.id)") }
+            switch p.action {
+            case .skip:
+                files[p.id] = nil
+                ctx.progress.skipped(bytes: f.size)
+                ctx.progress.fileDone(skipped: true)
+            case .full:
+                enqueueFull(f)
+            case .resume(let have):
+                guard !f.isSmall else { throw TransferError.protocolError("resume plan for a one-chunk file") }
+                for h in have where Int(h.index) < f.chunkCount { f.claimed[Int(h.index)] = h.hash }
+                enqueueFull(f)
+            case .compareDigest(let d):
+                f.expectedDigest = d
+                checkQueue.append(f)
+            }
+            cond.broadcast()
+        }
+    }
+
+    /// Lock held.
+    private func enqueueFull(_ f: SenderFile) {
+        f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
+        f.cursor = 0
+        f.processed = 0
+        if f.isSmall { smallQueue.append(f) } else { bigQueue.append(f) }
+    }
+
+    private func verdict(id: UInt64, ok: Bool, message: String) {
+        lock.withLock {
+            guard let f = files.removeValue(forKey: id) else { return }
+            if f.fd >= 0 { Glibc.close(f.fd); f.fd = -1 }
+            f.failed = !ok
+            if ok {
+                ctx.progress.fileDone(skipped: f.skipping)
+            } else {
+                ctx.progress.fileFailed(message)
+            }
+            cond.broadcast()
+        }
+    }
+
+    /// Lock held: the sender itself could not read a file.
+    private func failLocally(_ f: SenderFile, _ message: String) {
+        if files.removeValue(forKey: f.id) != nil {
+            f.failed = true
+            if f.fd >= 0 { Glibc.close(f.fd); f.fd = -1 }
+            ctx.progress.fileFailed(message)
+            cond.broadcast()
+        }
+    }
+
+    // MARK: data workers
+
+    private enum Work {
+        case chunk(SenderFile, Int, resend: Bool)
+        case batch([SenderFile])
+        case check(SenderFile)
+    }
+
+    private func takeWork(batchBytesMax: Int) -> Work? {
+        lock.withLock {
+            while true {
+                if ctx.isFinished { return nil }
+                while let (f, i) = resendQueue.first {
+                    resendQueue.removeFirst()
+                    if f.failed || files[f.id] == nil { continue }
+                    return f.isSmall ? .batch([f]) : .chunk(f, i, resend: true)
+                }
+                if !checkQueue.isEmpty { return .check(checkQueue.removeFirst()) }
+                if smallHead < smallQueue.count {
+                    var batch: [SenderFile] = []
+                    var bytes = 0
+                    while smallHead < smallQueue.count && batch.count < Wire.batchFilesMax {
+                        let f = smallQueue[smallHead]
+                        if f.failed { smallHead += 1; continue }
+                        if !batch.isEmpty && bytes + Int(f.size) > batchBytesMax { break }
+                        batch.append(f)
+                        bytes += Int(f.size)
+                        smallHead += 1
+                    }
+                    if smallHead == smallQueue.count { smallQueue.removeAll(keepingCapacity: true); smallHead = 0 }
+                    if !batch.isEmpty { return .batch(batch) }
+                }
+                while bigHead < bigQueue.count {
+                    let f = bigQueue[bigHead]
+                    if f.failed || f.cursor >= f.chunkCount { bigHead += 1; continue }
+                    let i = f.cursor
+                    f.cursor += 1
+                    if f.cursor >= f.chunkCount { bigHead += 1 }
+                    if bigHead == bigQueue.count { bigQueue.removeAll(keepingCapacity: true); bigHead = 0 }
+                    return .chunk(f, i, resend: false)
+                }
+                cond.wait(seconds: 0.25)
+            }
+        }
+    }
+
+    /// Runs one data stream until the session ends. Called on the stream's own thread.
+    func runWorker(_ conn: Connection) {
+        do {
+            let w = try SenderWorker(sender: self, conn: conn)
+            while let work = takeWork(batchBytesMax: ctx.options.chunkBytes) {
+                switch work {
+                case .chunk(let f, let i, let resend): try w.sendChunk(f, i, resend: resend)
+                case .batch(let files): try w.sendBatch(files)
+                case .check(let f): try w.check(f)
+                }
+            }
+        } catch {
+            ctx.fail(asTransferError(error))
+            lock.withLock { cond.broadcast() }
+        }
+    }
+
+    // MARK: worker callbacks (lock taken inside)
+
+    /// Opens (once) the file's descriptor for reading, beneath the source root.
+    func descriptor(_ f: SenderFile) throws -> Int32? {
+        try lock.withLock { () throws -> Int32? in
+            if f.failed { return nil }
+            if f.fd >= 0 { return f.fd }
+            do {
+                let fd: Int32
+                if f.path.isEmpty && rootIsFile {
+                    fd = try sys("cannot open source") { dup(rootFd) }
+                } else {
+                    fd = try Paths.open(beneath: rootFd, f.path, flags: O_RDONLY | O_NOFOLLOW, noSymlinks: true)
+                }
+                var st = stat()
+                fstat(fd, &st)
+                f.sparse = st.st_blocks * 512 < st.st_size
+                f.fd = fd
+                return fd
+            } catch {
+                failLocally(f, "cannot read '\(displayPath(f))': \(asTransferError(error).message)")
+                return nil
+            }
+        }
+    }
+
+    func displayPath(_ f: SenderFile) -> String { f.path.isEmpty ? "(source file)" : f.path }
+
+    func sourceChanged(_ f: SenderFile) {
+        lock.withLock { failLocally(f, "'\(displayPath(f))' changed while being sent (rerun to copy the new version)") }
+    }
+
+    func openForBatch() -> (rootFd: Int32, rootIsFile: Bool) { (rootFd, rootIsFile) }
+
+    func batchOpenFailed(_ f: SenderFile, errno e: Int32) {
+        let text = e == EXDEV || e == ELOOP ? "path leaves the source root" : String(cString: strerror(e))
+        lock.withLock { failLocally(f, "cannot read '\(displayPath(f))': \(text) (\(e))") }
+    }
+
+    /// Records a chunk's hash; when the file's last chunk is in, sends its digest.
+    func record(_ f: SenderFile, index: Int, hash: ChunkHash, resend: Bool, ring: Ring) throws {
+        let digest: ChunkHash? = lock.withLock {
+            if resend || f.failed || f.isSmall { return nil }  // one-chunk files: verdict comes per file
+            f.hashes[index] = hash
+            f.processed += 1
+            guard f.processed == f.chunkCount, !f.isSmall else { return nil }
+            return FileDigest.of(f.hashes)
+        }
+        if let digest {
+            var w = ByteWriter(capacity: 24)
+            w.u64(f.id)
+            w.hash(digest)
+            try ctx.control.send(.fileDigest, w.bytes, ring: ring)
+        }
+    }
+
+    /// `--checksum` verdict: identical → FILE_SKIP; different → sent in full.
+    func checked(_ f: SenderFile, digest: ChunkHash, ring: Ring) throws {
+        let same = lock.withLock { () -> Bool in
+            if digest == f.expectedDigest {
+                f.skipping = true
+                return true
+            }
+            enqueueFull(f)
+            cond.broadcast()
+            return false
+        }
+        if same {
+            ctx.progress.skipped(bytes: f.size)
+            var w = ByteWriter(capacity: 8)
+            w.u64(f.id)
+            try ctx.control.send(.fileSkip, w.bytes, ring: ring)
+        }
+    }
+
+    var rateLimiter: RateLimiter? { limiter }
+}

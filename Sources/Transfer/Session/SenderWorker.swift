@@ -1,0 +1,266 @@
+import CLiburing
+import Glibc
+
+/// One data stream of a `Sender`: its ring, its two registered buffers (read, compress) and its
+/// zstd context. Everything is allocated when the stream starts; the per-chunk path allocates
+/// nothing.
+final class SenderWorker {
+    private unowned let sender: Sender
+    private let conn: Connection
+    private let ring: Ring
+    private let pool: BufferPool
+    private let compressor = Compressor()
+    private var policy: CompressionPolicy
+    private let chunkBytes: Int
+    private let headroom = DataLayout.headroomBytes
+    /// Batch scratch: NUL-terminated paths and open_how structs for OPENAT2 submissions.
+    private let pathArena: UnsafeMutablePointer<CChar>
+    private let pathSlotBytes = PathLimits.pathBytesMax + 1
+    private let hows: UnsafeMutablePointer<open_how>
+    private var fds: [Int32]
+    private var results: [Int32]
+    private var zeroHashes: [Int: ChunkHash] = [:]
+
+    init(sender: Sender, conn: Connection) throws {
+        self.sender = sender
+        self.conn = conn
+        chunkBytes = sender.ctx.options.chunkBytes
+        ring = try Ring(entries: UInt32(min(4096, Wire.batchFilesMax * 2)))
+        let bufferBytes = headroom + DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes)
+        pool = try BufferPool(count: 2, bytesPerBuffer: bufferBytes)
+        try pool.register(with: ring)
+        policy = CompressionPolicy(mode: sender.ctx.options.compression)
+        pathArena = .allocate(capacity: pathSlotBytes * Wire.batchFilesMax)
+        hows = .allocate(capacity: Wire.batchFilesMax)
+        fds = [Int32](repeating: -1, count: Wire.batchFilesMax)
+        results = [Int32](repeating: 0, count: Wire.batchFilesMax)
+    }
+
+    deinit {
+        pathArena.deallocate()
+        hows.deallocate()
+    }
+
+    /// Reads `length` bytes at `offset` into `dst` through the ring (READ_FIXED); returns the
+    /// bytes read (fewer only at end of file).
+    private func readFully(fd: Int32, into dst: UnsafeMutableRawPointer, length: Int, offset: UInt64) throws -> Int {
+        var done = 0
+        while done < length {
+            let r = try ring.runOne { () throws in
+                try ring.read(fd: fd, buffer: dst + done, length: length - done, offset: offset + UInt64(done), bufferIndex: 0, tag: 1)
+            }
+            if r < 0 { throw TransferError.system("read", errno: -r) }
+            if r == 0 { break }
+            done += Int(r)
+        }
+        return done
+    }
+
+    private func zeroHash(_ n: Int) -> ChunkHash {
+        if let h = zeroHashes[n] { return h }
+        let p = pool.buffer(1)
+        memset(p, 0, n)
+        let h = ChunkHash.of(p, n)
+        zeroHashes[n] = h
+        return h
+    }
+
+    /// True when [offset, offset+length) is a hole (no data) in a sparse file.
+    private func isHole(fd: Int32, offset: UInt64, length: Int) -> Bool {
+        let next = lseek(fd, off_t(offset), SEEK_DATA)
+        if next < 0 { return errno == ENXIO }
+        return UInt64(next) >= offset + UInt64(length)
+    }
+
+    /// Compresses `n` bytes at `src` into the compression buffer's payload area if the policy
+    /// says so; returns the payload pointer, its length and the codec.
+    private func encode(_ src: UnsafeMutableRawPointer, _ n: Int, compressible: inout Bool?, sinceProbe: inout Int) -> (UnsafeMutableRawPointer, Int, ChunkCodec) {
+        let cbuf = pool.buffer(1) + headroom
+        let capacity = pool.bytesPerBuffer - headroom
+        let sample = min(n, CompressionPolicy.sampleBytes)
+        let level = policy.level(compressible: &compressible, chunksSinceProbe: &sinceProbe, sampleSize: sample) {
+            compressor.compress(src, sample, into: cbuf, capacity: capacity, level: CompressionPolicy.autoLevel)
+        }
+        if let level, let c = compressor.compress(src, n, into: cbuf, capacity: capacity, level: level) {
+            return (cbuf, c, .zstd)
+        }
+        return (src, n, .raw)
+    }
+
+    private func sendFrame(payload: UnsafeMutableRawPointer, headerBytes: Int, payloadBytes: Int) throws {
+        let start = payload - headerBytes
+        sender.rateLimiter?.acquire(headerBytes + payloadBytes)
+        try conn.sendFramed(start, headerBytes + payloadBytes, ring: ring)
+    }
+
+    func sendChunk(_ f: SenderFile, _ index: Int, resend: Bool) throws {
+        guard let fd = try sender.descriptor(f) else { return }
+        let offset = UInt64(index) * UInt64(chunkBytes)
+        let length = Int(min(UInt64(chunkBytes), f.size - offset))
+        let data = pool.buffer(0) + headroom
+        var codec = ChunkCodec.raw
+        let hash: ChunkHash
+        if f.sparse && isHole(fd: fd, offset: offset, length: length) {
+            codec = .zero
+            hash = zeroHash(length)
+        } else {
+            let got = try readFully(fd: fd, into: data, length: length, offset: offset)
+            if got != length { sender.sourceChanged(f); return }
+            hash = ChunkHash.of(data, length)
+            if f.sparse && isAllZero(data, length) { codec = .zero }
+        }
+        if !resend, let claimed = f.claimed[index], claimed == hash {
+            // Resume: the receiver already holds this chunk, durable and verified.
+            sender.ctx.progress.skipped(bytes: UInt64(length))
+            try sender.record(f, index: index, hash: hash, resend: false, ring: ring)
+            return
+        }
+        var payload = data
+        var payloadBytes = length
+        if codec == .zero {
+            payloadBytes = 0
+        } else {
+            (payload, payloadBytes, codec) = encode(data, length, compressible: &f.compressible, sinceProbe: &f.chunksSinceProbe)
+        }
+        let sub = payload - DataLayout.chunkSubheaderBytes
+        sub.storeBytes(of: f.id.littleEndian, toByteOffset: 0, as: UInt64.self)
+        sub.storeBytes(of: UInt32(index).littleEndian, toByteOffset: 8, as: UInt32.self)
+        sub.storeBytes(of: UInt32(length).littleEndian, toByteOffset: 12, as: UInt32.self)
+        sub.storeBytes(of: UInt64(codec.rawValue).littleEndian, toByteOffset: 16, as: UInt64.self)  // codec + pad + reserved
+        sub.storeBytes(of: hash.low.littleEndian, toByteOffset: 24, as: UInt64.self)
+        sub.storeBytes(of: hash.high.littleEndian, toByteOffset: 32, as: UInt64.self)
+        FrameHeader.write(to: sub - Wire.frameHeaderBytes, length: DataLayout.chunkSubheaderBytes + payloadBytes, type: .chunk)
+        try sendFrame(payload: payload, headerBytes: Wire.frameHeaderBytes + DataLayout.chunkSubheaderBytes, payloadBytes: payloadBytes)
+        if f.compressible == true && codec != .zero { policy.delivered(rawBytes: length, compressedArm: codec == .zstd) }
+        sender.ctx.progress.moved(raw: resend ? 0 : UInt64(length), wire: UInt64(payloadBytes))
+        try sender.record(f, index: index, hash: hash, resend: resend, ring: ring)
+    }
+
+    /// Sends many one-chunk files in one frame: opens, reads and closes them with batched ring
+    /// submissions (one system call per phase, not per file).
+    func sendBatch(_ files: [SenderFile]) throws {
+        let n = files.count
+        let (rootFd, rootIsFile) = sender.openForBatch()
+        // Phase 1: open every file beneath the source root (OPENAT2, RESOLVE_BENEATH).
+        for (i, f) in files.enumerated() {
+            results[i] = 0
+            fds[i] = -1
+            if f.path.isEmpty && rootIsFile {
+                fds[i] = dup(rootFd)
+                continue
+            }
+            let slot = pathArena + i * pathSlotBytes
+            _ = f.path.withCString { strncpy(slot, $0, pathSlotBytes - 1) }
+            slot[pathSlotBytes - 1] = 0
+            hows[i] = open_how(flags: UInt64(O_RDONLY | O_NOFOLLOW | O_CLOEXEC), mode: 0, resolve: Paths.resolveBeneath | Paths.resolveNoSymlinks | Paths.resolveNoMagicLinks)
+            try ring.openat2(dir: rootFd, path: slot, how: hows + i, tag: UInt64(i))
+        }
+        try drain { tag, res in self.fds[Int(tag)] = res }
+        // Phase 2: read each file into its place in the batch.
+        let content = pool.buffer(0) + headroom + DataLayout.batchSubheaderBytes
+        let table = content
+        let dataStart = content + n * DataLayout.batchEntryBytes
+        var offsets = [Int](repeating: 0, count: n)
+        var at = 0
+        for (i, f) in files.enumerated() {
+            offsets[i] = at
+            if fds[i] < 0 { continue }
+            if f.size > 0 {
+                try ring.read(fd: fds[i], buffer: dataStart + at, length: Int(f.size), offset: 0, bufferIndex: 0, tag: UInt64(i))
+            }
+            at += Int(f.size)
+        }
+        try drain { tag, res in self.results[Int(tag)] = res }
+        // Phase 3: close them all; build the table.
+        var sent: [Int] = []
+        var total = 0
+        var packed = 0
+        for (i, f) in files.enumerated() {
+            if fds[i] < 0 {
+                sender.batchOpenFailed(f, errno: -fds[i])
+                continue
+            }
+            try ring.close(fd: fds[i], tag: UInt64(i))
+            if f.size > 0 && results[i] >= 0 && results[i] < Int32(f.size) {
+                // Short read: finish it, or the file shrank.
+                let got = Int(results[i])
+                let more = try readFully(fd: fds[i], into: dataStart + offsets[i] + got, length: Int(f.size) - got, offset: UInt64(got))
+                results[i] += Int32(more)
+            }
+            if f.size > 0 && results[i] != Int32(f.size) {
+                if results[i] < 0 { sender.batchOpenFailed(f, errno: -results[i]) } else { sender.sourceChanged(f) }
+                continue
+            }
+            // Compact: the file's bytes move down if an earlier file dropped out.
+            if packed != offsets[i] && f.size > 0 { memmove(dataStart + packed, dataStart + offsets[i], Int(f.size)) }
+            offsets[i] = packed
+            packed += Int(f.size)
+            sent.append(i)
+            total += Int(f.size)
+        }
+        try drain { _, _ in }
+        if sent.isEmpty { return }
+        // The table sits before the data; if files dropped out, shift the data down to it.
+        let tableBytes = sent.count * DataLayout.batchEntryBytes
+        if sent.count != n { memmove(table + tableBytes, dataStart, total) }
+        var hashes: [ChunkHash] = []
+        hashes.reserveCapacity(sent.count)
+        for (k, i) in sent.enumerated() {
+            let f = files[i]
+            let h = ChunkHash.of(table + tableBytes + offsets[i], Int(f.size))
+            hashes.append(h)
+            let e = table + k * DataLayout.batchEntryBytes
+            e.storeBytes(of: f.id.littleEndian, toByteOffset: 0, as: UInt64.self)
+            e.storeBytes(of: UInt64(f.size).littleEndian, toByteOffset: 8, as: UInt64.self)  // u32 length + u32 reserved
+            e.storeBytes(of: h.low.littleEndian, toByteOffset: 16, as: UInt64.self)
+            e.storeBytes(of: h.high.littleEndian, toByteOffset: 24, as: UInt64.self)
+        }
+        let rawBytes = tableBytes + total
+        var compressible: Bool? = nil
+        var since = 0
+        if case .auto = policy.mode, total < CompressionPolicy.sampleBytes / 4 { compressible = false }  // tiny: not worth it
+        let (payload, payloadBytes, codec) = encode(table, rawBytes, compressible: &compressible, sinceProbe: &since)
+        let sub = payload - DataLayout.batchSubheaderBytes
+        sub.storeBytes(of: UInt32(codec.rawValue).littleEndian, toByteOffset: 0, as: UInt32.self)
+        sub.storeBytes(of: UInt32(sent.count).littleEndian, toByteOffset: 4, as: UInt32.self)
+        sub.storeBytes(of: UInt32(rawBytes).littleEndian, toByteOffset: 8, as: UInt32.self)
+        sub.storeBytes(of: UInt32(0), toByteOffset: 12, as: UInt32.self)
+        FrameHeader.write(to: sub - Wire.frameHeaderBytes, length: DataLayout.batchSubheaderBytes + payloadBytes, type: .batch)
+        try sendFrame(payload: payload, headerBytes: Wire.frameHeaderBytes + DataLayout.batchSubheaderBytes, payloadBytes: payloadBytes)
+        if compressible == true { policy.delivered(rawBytes: rawBytes, compressedArm: codec == .zstd) }
+        sender.ctx.progress.moved(raw: UInt64(total), wire: UInt64(payloadBytes))
+        for (k, i) in sent.enumerated() {
+            try sender.record(files[i], index: 0, hash: hashes[k], resend: false, ring: ring)
+        }
+    }
+
+    /// Waits for every operation in flight, passing each completion to `handle`.
+    private func drain(_ handle: (UInt64, Int32) -> Void) throws {
+        var rounds = 0
+        while ring.inFlight > 0 {
+            rounds += 1
+            if rounds > 1_000_000 { throw TransferError(.io, "io_uring completions never arrived") }
+            do {
+                try ring.submitAndWait(minimum: ring.inFlight) { tag, res, _ in handle(tag, res) }
+            } catch {
+                throw asTransferError(error)
+            }
+        }
+    }
+
+    /// `--checksum`: hashes the whole file to compare its digest with the receiver's.
+    func check(_ f: SenderFile) throws {
+        guard let fd = try sender.descriptor(f) else { return }
+        var digest = FileDigest()
+        let data = pool.buffer(0) + headroom
+        var offset: UInt64 = 0
+        while offset < f.size {
+            let length = Int(min(UInt64(chunkBytes), f.size - offset))
+            let got = try readFully(fd: fd, into: data, length: length, offset: offset)
+            if got != length { sender.sourceChanged(f); return }
+            digest.add(ChunkHash.of(data, length))
+            offset += UInt64(length)
+        }
+        try sender.checked(f, digest: digest.finish(), ring: ring)
+    }
+}

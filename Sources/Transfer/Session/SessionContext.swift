@@ -1,0 +1,95 @@
+import Glibc
+
+/// What both ends of a session share: the control connection, the data connections, the
+/// options and the first fatal error. A fatal error closes every connection, which wakes every
+/// thread blocked on one, so the whole session unwinds quickly.
+/// `@unchecked Sendable`: mutable state is guarded by `lock`.
+final class SessionContext: @unchecked Sendable {
+    let control: Connection
+    let options: TransferOptions
+    let progress: TransferProgress
+    let idleTimeoutNs: Int64
+    private let lock = Lock()
+    private var dataConnections: [Connection] = []
+    private var firstError: TransferError?
+    private var finished = false
+
+    init(control: Connection, options: TransferOptions, progress: TransferProgress, idleTimeoutSeconds: Int) {
+        self.control = control
+        self.options = options
+        self.progress = progress
+        self.idleTimeoutNs = Int64(idleTimeoutSeconds) * 1_000_000_000
+    }
+
+    func add(data: Connection) {
+        let closeNow = lock.withLock { () -> Bool in
+            dataConnections.append(data)
+            return firstError != nil
+        }
+        if closeNow { data.shutdownBoth() }
+    }
+
+    var error: TransferError? { lock.withLock { firstError } }
+    var isFinished: Bool { lock.withLock { finished || firstError != nil } }
+
+    /// Records the first fatal error and wakes every thread of the session.
+    func fail(_ e: TransferError) {
+        let first = lock.withLock { () -> Bool in
+            if firstError != nil || finished { return false }
+            firstError = e
+            return true
+        }
+        if first {
+            control.shutdownBoth()
+            for d in lock.withLock({ dataConnections }) { d.shutdownBoth() }
+        }
+    }
+
+    /// Marks the session done (no error); data connections are shut down so receivers see EOF.
+    func finish() {
+        lock.withLock { finished = true }
+        for d in lock.withLock({ dataConnections }) { d.shutdownBoth() }
+    }
+
+    /// Sends PING on the control stream every few seconds until the session ends, so that the
+    /// peer's idle timeout fires only when this side is really gone.
+    func startHeartbeat() {
+        spawnThread(name: "ferry-heartbeat") { [self] in
+            guard let ring = try? Ring(entries: 8) else { return }
+            var sinceNs: UInt64 = 0
+            while !isFinished {
+                usleep(200_000)
+                sinceNs += 200_000_000
+                if sinceNs >= 5_000_000_000 {
+                    sinceNs = 0
+                    if isFinished { break }
+                    try? control.send(.ping, ring: ring)
+                }
+            }
+        }
+    }
+}
+
+/// Converts any error thrown through an untyped boundary into a TransferError.
+func asTransferError(_ e: Error) -> TransferError {
+    (e as? TransferError) ?? TransferError(.io, "\(e)")
+}
+
+/// Chunk-frame layout (data streams). The 8-byte frame header is followed by:
+/// CHUNK: u64 file id, u32 chunk index, u32 raw length, u8 codec, 3 pad, u32 reserved, 16-byte
+///        XXH3-128 of the raw bytes (40 bytes), then the payload.
+/// BATCH: u8 codec, 3 pad, u32 file count, u32 raw length, u32 reserved (16 bytes), then the
+///        payload, which decodes to `count` 32-byte entries (u64 id, u32 length, u32 reserved,
+///        16-byte hash) followed by the files' bytes in order.
+enum DataLayout {
+    static let chunkSubheaderBytes = 40
+    static let batchSubheaderBytes = 16
+    static let batchEntryBytes = 32
+    /// Space reserved in front of every payload buffer for the frame header and subheader, so a
+    /// frame goes out in one send with no copy.
+    static let headroomBytes = 64
+    /// Largest data frame payload for a chunk size: subheader + compression bound.
+    static func framePayloadBytesMax(chunkBytes: Int) -> Int {
+        batchSubheaderBytes + DataLayout.batchEntryBytes * Wire.batchFilesMax + Compressor.bound(chunkBytes + batchEntryBytes * Wire.batchFilesMax)
+    }
+}

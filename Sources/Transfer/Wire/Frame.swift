@@ -1,0 +1,213 @@
+import Glibc
+
+/// Wire protocol constants. Version 1; the preamble carries the version so a later version
+/// (TLS on the control stream, protection levels on data streams) is negotiated, not guessed.
+public enum Wire {
+    public static let version: UInt16 = 1
+    public static let magic: [UInt8] = Array("FERRY\0\0\0".utf8)
+    public static let preambleBytes = 16
+    public static let frameHeaderBytes = 8
+    /// Control payloads (manifests, plans) are bounded; manifests stream in many frames.
+    public static let controlPayloadBytesMax = 16 << 20
+    public static let chunkBytesMin = 64 << 10
+    public static let chunkBytesMax = 64 << 20
+    public static let chunkBytesDefault = 4 << 20
+    /// Entries per manifest frame and files per small-file batch.
+    public static let manifestEntriesPerFrameMax = 4096
+    public static let batchFilesMax = 1024
+    public static let streamsMax = 64
+    public static let tokenBytesMax = 4096
+}
+
+/// Connection roles announced in the preamble.
+enum Role: UInt16 {
+    case control = 1
+    case data = 2
+}
+
+/// Frame types. Control frames carry messages; data frames carry chunks.
+enum FrameType: UInt8 {
+    case hello = 0x01
+    case welcome = 0x02
+    case join = 0x03
+    case joined = 0x04
+    case manifest = 0x05
+    case manifestEnd = 0x06
+    case plan = 0x07
+    case fileDigest = 0x08
+    case fileSkip = 0x09
+    case fileDone = 0x0A
+    case resend = 0x0B
+    case end = 0x0C
+    case endAck = 0x0D
+    case ping = 0x0E
+    case chunk = 0x10
+    case batch = 0x11
+    case error = 0x7F
+}
+
+/// A framed connection. Sends are serialised by a lock (several threads of a session may send
+/// control messages); each call runs on the calling thread's ring.
+/// `@unchecked Sendable`: the fd is immutable, sends are locked, receives have one owner.
+final class Connection: @unchecked Sendable {
+    let fd: Int32
+    let peer: String
+    private let sendLock = Lock()
+    private var closed = false
+    private let closeLock = Lock()
+
+    init(fd: Int32) {
+        self.fd = fd
+        self.peer = Socket.peerName(fd)
+    }
+
+    deinit { close() }
+
+    /// Shuts the socket down (wakes any thread blocked on it) and closes it once.
+    func close() {
+        closeLock.withLock {
+            if closed { return }
+            closed = true
+            shutdown(fd, Int32(SHUT_RDWR))
+            Glibc.close(fd)
+        }
+    }
+
+    /// Wakes blocked readers without releasing the fd number (safe while other threads use it).
+    func shutdownBoth() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    func sendAll(_ ptr: UnsafeRawPointer, _ length: Int, ring: Ring) throws {
+        var done = 0
+        var spins = 0
+        while done < length {
+            let r = try ring.runOne { () throws in
+                try ring.send(fd: fd, buffer: ptr + done, length: length - done, tag: 0)
+            }
+            if r < 0 { throw TransferError.system("send to \(peer)", errno: -r, resumable: true) }
+            if r == 0 { spins += 1; if spins > 1000 { throw TransferError(.io, "send to \(peer) makes no progress", resumable: true) } }
+            done += Int(r)
+        }
+    }
+
+    func recvExact(_ ptr: UnsafeMutableRawPointer, _ length: Int, ring: Ring, timeoutNs: Int64) throws {
+        var done = 0
+        while done < length {
+            let r = try ring.runOne(timeoutNs: timeoutNs) { () throws in
+                try ring.recv(fd: fd, buffer: ptr + done, length: length - done, tag: 0)
+            }
+            if r == -ETIMEDOUT { throw TransferError(.timeout, "\(peer) sent nothing for \(timeoutNs / 1_000_000_000) s", resumable: true) }
+            if r < 0 { throw TransferError.system("receive from \(peer)", errno: -r, resumable: true) }
+            if r == 0 {
+                throw TransferError(.io, "\(peer) closed the connection" + (done > 0 ? " in the middle of a message" : ""), resumable: true)
+            }
+            done += Int(r)
+        }
+    }
+
+    func sendPreamble(role: Role, ring: Ring) throws {
+        var w = ByteWriter(capacity: 16)
+        w.raw(Wire.magic)
+        w.u16(Wire.version)
+        w.u16(role.rawValue)
+        w.u32(0)
+        try w.bytes.withUnsafeBytes { (b) throws in try sendAll(b.baseAddress!, b.count, ring: ring) }
+    }
+
+    func recvPreamble(ring: Ring, timeoutNs: Int64) throws -> Role {
+        var b = [UInt8](repeating: 0, count: Wire.preambleBytes)
+        try b.withUnsafeMutableBytes { (p) throws in try recvExact(p.baseAddress!, p.count, ring: ring, timeoutNs: timeoutNs) }
+        guard Array(b[0..<8]) == Wire.magic else { throw TransferError.protocolError("not a Ferry client (bad preamble)") }
+        var r = ByteReader(Array(b[8...]))
+        let version = try r.u16()
+        guard version == Wire.version else {
+            throw TransferError.protocolError("protocol version \(version) not supported (this server speaks \(Wire.version))")
+        }
+        guard let role = Role(rawValue: try r.u16()) else { throw TransferError.protocolError("unknown connection role") }
+        guard try r.u32() == 0 else { throw TransferError.protocolError("reserved preamble field is not zero") }
+        return role
+    }
+
+    /// Sends one control frame (header and payload in one send).
+    func send(_ type: FrameType, _ payload: [UInt8] = [], ring: Ring) throws {
+        precondition(payload.count <= Wire.controlPayloadBytesMax)
+        var frame = [UInt8]()
+        frame.reserveCapacity(Wire.frameHeaderBytes + payload.count)
+        var w = ByteWriter(capacity: 8)
+        w.u32(UInt32(payload.count))
+        w.u8(type.rawValue)
+        w.u8(0)
+        w.u16(0)
+        frame.append(contentsOf: w.bytes)
+        frame.append(contentsOf: payload)
+        try sendLock.withLock { () throws in
+            try frame.withUnsafeBytes { (b) throws in try sendAll(b.baseAddress!, b.count, ring: ring) }
+        }
+    }
+
+    /// Sends bytes already framed by the caller (data path), under the send lock.
+    func sendFramed(_ ptr: UnsafeRawPointer, _ length: Int, ring: Ring) throws {
+        try sendLock.withLock { () throws in try sendAll(ptr, length, ring: ring) }
+    }
+
+    /// Receives one control frame, validating the header before allocating the payload.
+    func receive(ring: Ring, timeoutNs: Int64, payloadBytesMax: Int = Wire.controlPayloadBytesMax) throws -> (FrameType, [UInt8]) {
+        var h = [UInt8](repeating: 0, count: Wire.frameHeaderBytes)
+        try h.withUnsafeMutableBytes { (p) throws in try recvExact(p.baseAddress!, p.count, ring: ring, timeoutNs: timeoutNs) }
+        let header = try FrameHeader(h)
+        guard header.length <= payloadBytesMax else {
+            throw TransferError.protocolError("frame of \(header.length) bytes exceeds the limit of \(payloadBytesMax)")
+        }
+        var payload = [UInt8](repeating: 0, count: header.length)
+        if header.length > 0 {
+            try payload.withUnsafeMutableBytes { (p) throws in try recvExact(p.baseAddress!, p.count, ring: ring, timeoutNs: timeoutNs) }
+        }
+        if header.type == .error {
+            let text = String(decoding: payload.prefix(4096), as: UTF8.self)
+            throw TransferError(.remote, "remote error: \(text)", resumable: true)
+        }
+        return (header.type, payload)
+    }
+
+    /// Best effort: tell the peer why we hang up.
+    func sendError(_ message: String, ring: Ring) {
+        try? send(.error, Array(message.utf8.prefix(4096)), ring: ring)
+    }
+}
+
+/// The fixed 8-byte frame header: u32 payload length, u8 type, u8 flags, u16 reserved.
+struct FrameHeader {
+    var length: Int
+    var type: FrameType
+    var flags: UInt8
+
+    init(_ b: [UInt8]) throws {
+        guard b.count >= Wire.frameHeaderBytes else { throw TransferError.protocolError("short frame header") }
+        length = Int(UInt32(b[0]) | UInt32(b[1]) << 8 | UInt32(b[2]) << 16 | UInt32(b[3]) << 24)
+        guard let t = FrameType(rawValue: b[4]) else { throw TransferError.protocolError("unknown frame type 0x\(String(b[4], radix: 16))") }
+        type = t
+        flags = b[5]
+        guard b[6] == 0 && b[7] == 0 else { throw TransferError.protocolError("reserved frame header field is not zero") }
+    }
+
+    /// Parses a header in place (data path: no allocation).
+    init(pointer b: UnsafeRawPointer) throws {
+        length = Int(UInt32(littleEndian: b.loadUnaligned(as: UInt32.self)))
+        let typeByte = b.load(fromByteOffset: 4, as: UInt8.self)
+        guard let t = FrameType(rawValue: typeByte) else {
+            throw TransferError.protocolError("unknown frame type 0x\(String(typeByte, radix: 16))")
+        }
+        type = t
+        flags = b.load(fromByteOffset: 5, as: UInt8.self)
+        guard b.loadUnaligned(fromByteOffset: 6, as: UInt16.self) == 0 else {
+            throw TransferError.protocolError("reserved frame header field is not zero")
+        }
+    }
+
+    /// Writes a header at `p` (data path: no allocation).
+    static func write(to p: UnsafeMutableRawPointer, length: Int, type: FrameType, flags: UInt8 = 0) {
+        p.storeBytes(of: UInt32(length).littleEndian, toByteOffset: 0, as: UInt32.self)
+        p.storeBytes(of: type.rawValue, toByteOffset: 4, as: UInt8.self)
+        p.storeBytes(of: flags, toByteOffset: 5, as: UInt8.self)
+        p.storeBytes(of: UInt16(0), toByteOffset: 6, as: UInt16.self)
+    }
+}

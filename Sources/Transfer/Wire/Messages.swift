@@ -1,0 +1,269 @@
+/// Which way data flows, seen from the client that opened the session.
+public enum Direction: UInt8, Sendable {
+    /// The client sends, the server receives.
+    case push = 1
+    /// The server sends, the client receives.
+    case pull = 2
+}
+
+/// Compression of chunks on the wire.
+public enum CompressionMode: Equatable, Sendable, CustomStringConvertible {
+    case off
+    /// Per file and per chunk: probe compressibility, then keep compressing only while it
+    /// delivers more bytes per second than sending raw (the link, not the CPU, is the limit).
+    case auto
+    /// Always zstd at this level (1...19), raw when a chunk does not shrink.
+    case level(Int32)
+
+    public init(parsing text: String) throws {
+        switch text {
+        case "auto": self = .auto
+        case "off", "none", "0": self = .off
+        default:
+            guard let n = Int32(text), (1...19).contains(n) else {
+                throw TransferError(.usage, "--compress takes auto, off or a level 1..19, not '\(text)'")
+            }
+            self = .level(n)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .off: "off"
+        case .auto: "auto"
+        case .level(let n): "\(n)"
+        }
+    }
+
+    func encode(_ w: inout ByteWriter) {
+        switch self {
+        case .off: w.u8(0); w.u8(0)
+        case .auto: w.u8(1); w.u8(0)
+        case .level(let n): w.u8(2); w.u8(UInt8(n))
+        }
+    }
+
+    static func decode(_ r: inout ByteReader) throws -> CompressionMode {
+        let kind = try r.u8()
+        let level = try r.u8()
+        switch kind {
+        case 0: return .off
+        case 1: return .auto
+        case 2 where (1...19).contains(level): return .level(Int32(level))
+        default: throw TransferError.protocolError("bad compression mode")
+        }
+    }
+}
+
+/// Options of one transfer, as the client asks for them.
+public struct TransferOptions: Sendable {
+    public var recursive = false
+    /// Data streams; nil = automatic (see `automaticStreams`).
+    public var streams: Int?
+    public var compression: CompressionMode = .auto
+    /// Compare content (whole-file digest), not size and mtime, to decide what is in sync.
+    public var checksum = false
+    /// Bytes per second on the wire for the whole transfer; nil = unlimited.
+    public var bandwidthLimitBytesPerSecond: UInt64?
+    public var chunkBytes = Wire.chunkBytesDefault
+
+    public init() {}
+
+    /// Two streams per core, between 2 and 8: on a long fat link several TCP streams recover
+    /// from loss independently; on this kind of 2-core host more streams only add contention.
+    public static var automaticStreams: Int {
+        let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        return max(2, min(8, cores))
+    }
+}
+
+import Glibc
+
+/// The client's opening message on the control stream.
+struct Hello {
+    var token: [UInt8]
+    var direction: Direction
+    /// Path beneath the server's root: where to write (push) or what to read (pull).
+    var path: String
+    var options: TransferOptions
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.blob(token)
+        w.u8(direction.rawValue)
+        w.string(path)
+        w.u8(options.recursive ? 1 : 0)
+        w.u8(UInt8(options.streams ?? 0))
+        options.compression.encode(&w)
+        w.u8(options.checksum ? 1 : 0)
+        w.u64(options.bandwidthLimitBytesPerSecond ?? 0)
+        w.u32(UInt32(options.chunkBytes))
+        w.u8(0)  // protection level: 0 = clear (checksums only); TLS levels come with the security work
+        return w.bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) throws -> Hello {
+        var r = ByteReader(bytes)
+        let token = try r.blob(maxBytes: Wire.tokenBytesMax)
+        guard let direction = Direction(rawValue: try r.u8()) else { throw TransferError.protocolError("bad direction") }
+        let path = try r.string(maxBytes: PathLimits.pathBytesMax)
+        var o = TransferOptions()
+        o.recursive = try r.u8() != 0
+        let streams = Int(try r.u8())
+        o.streams = streams == 0 ? nil : streams
+        o.compression = try CompressionMode.decode(&r)
+        o.checksum = try r.u8() != 0
+        let bw = try r.u64()
+        o.bandwidthLimitBytesPerSecond = bw == 0 ? nil : bw
+        o.chunkBytes = Int(try r.u32())
+        guard (Wire.chunkBytesMin...Wire.chunkBytesMax).contains(o.chunkBytes) else {
+            throw TransferError.protocolError("chunk size \(o.chunkBytes) outside \(Wire.chunkBytesMin)...\(Wire.chunkBytesMax)")
+        }
+        guard streams <= Wire.streamsMax else { throw TransferError.protocolError("too many streams") }
+        guard try r.u8() == 0 else { throw TransferError.protocolError("protection level not supported by this version") }
+        try r.expectEnd()
+        return Hello(token: token, direction: direction, path: path, options: o)
+    }
+}
+
+/// The server's answer: the session to join and how many data streams to open.
+struct Welcome {
+    var sessionID: [UInt8]  // 16 bytes
+    var secret: [UInt8]  // 32 bytes
+    var streams: Int
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.raw(sessionID)
+        w.raw(secret)
+        w.u8(UInt8(streams))
+        return w.bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) throws -> Welcome {
+        var r = ByteReader(bytes)
+        let id = try r.raw(16)
+        let secret = try r.raw(32)
+        let streams = Int(try r.u8())
+        guard (1...Wire.streamsMax).contains(streams) else { throw TransferError.protocolError("bad stream count") }
+        try r.expectEnd()
+        return Welcome(sessionID: id, secret: secret, streams: streams)
+    }
+}
+
+/// First frame on a data connection: which session it belongs to, proven by the secret.
+struct Join {
+    var sessionID: [UInt8]
+    var secret: [UInt8]
+    var streamIndex: Int
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.raw(sessionID)
+        w.raw(secret)
+        w.u8(UInt8(streamIndex))
+        return w.bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) throws -> Join {
+        var r = ByteReader(bytes)
+        let j = Join(sessionID: try r.raw(16), secret: try r.raw(32), streamIndex: Int(try r.u8()))
+        try r.expectEnd()
+        return j
+    }
+}
+
+/// Kinds of tree entries.
+enum EntryKind: UInt8 {
+    case file = 1
+    case directory = 2
+    case symlink = 3
+}
+
+/// One entry of the streamed manifest. `path` is relative to the transfer's root ("" = the
+/// root itself: the single file, or the top directory).
+struct ManifestEntry {
+    var id: UInt64
+    var kind: EntryKind
+    var path: String
+    var size: UInt64
+    var mtimeSeconds: Int64
+    var mtimeNanoseconds: UInt32
+    var mode: UInt32
+    var linkTarget: String
+
+    func encode(_ w: inout ByteWriter) {
+        w.u64(id)
+        w.u8(kind.rawValue)
+        w.string(path)
+        w.u64(size)
+        w.i64(mtimeSeconds)
+        w.u32(mtimeNanoseconds)
+        w.u32(mode)
+        if kind == .symlink { w.string(linkTarget) }
+    }
+
+    static func decode(_ r: inout ByteReader) throws -> ManifestEntry {
+        let id = try r.u64()
+        guard let kind = EntryKind(rawValue: try r.u8()) else { throw TransferError.protocolError("bad entry kind") }
+        let path = try r.string(maxBytes: PathLimits.pathBytesMax)
+        let size = try r.u64()
+        let sec = try r.i64()
+        let nsec = try r.u32()
+        guard nsec < 1_000_000_000 else { throw TransferError.protocolError("bad mtime") }
+        let mode = try r.u32()
+        let target = kind == .symlink ? try r.string(maxBytes: PathLimits.symlinkTargetBytesMax) : ""
+        guard size <= 1 << 56 else { throw TransferError.protocolError("file size out of range") }
+        return ManifestEntry(id: id, kind: kind, path: path, size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, mode: mode & 0o7777, linkTarget: target)
+    }
+}
+
+/// What the receiver wants for one file.
+enum PlanAction {
+    /// Identical at the destination (size and mtime, or digest): nothing to send.
+    case skip
+    /// Send every chunk.
+    case full
+    /// A partial copy exists: these chunks are there with these hashes; the sender re-reads
+    /// and checks them, sending only the ones missing or different.
+    case resume([(index: UInt32, hash: ChunkHash)])
+    /// `--checksum`: the destination has this whole-file digest; skip if the source's matches.
+    case compareDigest(ChunkHash)
+}
+
+struct PlanEntry {
+    var id: UInt64
+    var action: PlanAction
+
+    func encode(_ w: inout ByteWriter) {
+        w.u64(id)
+        switch action {
+        case .skip: w.u8(0)
+        case .full: w.u8(1)
+        case .resume(let have):
+            w.u8(2)
+            w.u32(UInt32(have.count))
+            for h in have { w.u32(h.index); w.hash(h.hash) }
+        case .compareDigest(let d):
+            w.u8(3)
+            w.hash(d)
+        }
+    }
+
+    static func decode(_ r: inout ByteReader) throws -> PlanEntry {
+        let id = try r.u64()
+        switch try r.u8() {
+        case 0: return PlanEntry(id: id, action: .skip)
+        case 1: return PlanEntry(id: id, action: .full)
+        case 2:
+            let n = Int(try r.u32())
+            guard n * 20 <= r.remaining else { throw TransferError.protocolError("resume list longer than its frame") }
+            var have: [(UInt32, ChunkHash)] = []
+            have.reserveCapacity(n)
+            for _ in 0..<n { have.append((try r.u32(), try r.hash())) }
+            return PlanEntry(id: id, action: .resume(have.map { (index: $0.0, hash: $0.1) }))
+        case 3: return PlanEntry(id: id, action: .compareDigest(try r.hash()))
+        default: throw TransferError.protocolError("bad plan action")
+        }
+    }
+}

@@ -1,0 +1,141 @@
+// Single files: sizes around the chunk size, a several-GiB sparse file, IPv6, "into a directory".
+
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Single files")
+struct SingleFileTests {
+    static let chunk = E2E.MiB
+
+    /// Push a file of `size` bytes (with `--chunk-size 1M`), then pull it back.
+    @Test(
+        "push and pull, sizes around the chunk size",
+        arguments: [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk + 17])
+    func pushPull(size: Int) throws {
+        let sb = try Sandbox("size\(size)")
+        let root = try sb.dir("root")
+        let local = try sb.dir("local")
+        let src = local + "/data.bin"
+        try writeRandomFile(src, size: size)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+
+        let push = try sb.cp(src, server.url("data.bin"), options: ["--chunk-size", "1M"])
+        #expect(push.succeeded, "\(push)")
+        #expect(filesIdentical(src, root + "/data.bin"), "pushed file differs, size \(size)")
+        let ps = try #require(push.summary, "no summary line: \(push)")
+        #expect(ps.files == 1, "\(ps)")
+        #expect(ps.bytes == size, "\(ps)")
+        #expect(ps.retransmittedChunks == 0, "\(ps)")
+        #expect(ferryLeftovers(root).isEmpty, "helper files left: \(ferryLeftovers(root))")
+
+        let back = local + "/back.bin"
+        let pull = try sb.cp(server.url("data.bin"), back, options: ["--chunk-size", "1M"])
+        #expect(pull.succeeded, "\(pull)")
+        #expect(filesIdentical(src, back), "pulled file differs, size \(size)")
+        let pl = try #require(pull.summary, "no summary line: \(pull)")
+        #expect(pl.files == 1, "\(pl)")
+        #expect(pl.bytes == size, "\(pl)")
+        #expect(ferryLeftovers(local).isEmpty, "helper files left: \(ferryLeftovers(local))")
+        #expect(server.isRunning)
+    }
+
+    /// A 3 GiB file with 4 MiB + 3 MiB of data at two places and holes elsewhere: the result is
+    /// identical and stays sparse at both ends.
+    @Test("several-GiB sparse file stays sparse, push and pull")
+    func sparse() throws {
+        let sb = try Sandbox("sparse")
+        let root = try sb.dir("root")
+        let local = try sb.dir("local")
+        let src = local + "/sparse.bin"
+        let size = 3 * E2E.GiB
+        let fd = open(src, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        #expect(fd >= 0)
+        #expect(ftruncate(fd, off_t(size)) == 0)
+        try writeRandom(fd: fd, offset: E2E.GiB + 12345, count: 4 * E2E.MiB, path: src)
+        try writeRandom(fd: fd, offset: size - 3 * E2E.MiB, count: 3 * E2E.MiB, path: src)
+        close(fd)
+        let srcAllocated = try #require(allocatedBytes(src))
+        #expect(srcAllocated < 16 * E2E.MiB, "test setup: source not sparse (\(srcAllocated))")
+
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+
+        let push = try sb.cp(src, server.url("sparse.bin"), timeout: 240)
+        #expect(push.succeeded, "\(push)")
+        let dst = root + "/sparse.bin"
+        #expect(fileSize(dst) == size)
+        #expect(filesIdentical(src, dst), "pushed sparse file differs")
+        let dstAllocated = allocatedBytes(dst) ?? -1
+        #expect(
+            dstAllocated >= 0 && dstAllocated < 64 * E2E.MiB,
+            "pushed file not sparse: \(dstAllocated) bytes allocated for \(size)")
+        if let s = push.summary { #expect(s.bytes == size, "\(s)") }
+
+        let back = local + "/back.bin"
+        let pull = try sb.cp(server.url("sparse.bin"), back, timeout: 240)
+        #expect(pull.succeeded, "\(pull)")
+        #expect(fileSize(back) == size)
+        #expect(filesIdentical(src, back), "pulled sparse file differs")
+        let backAllocated = allocatedBytes(back) ?? -1
+        #expect(
+            backAllocated >= 0 && backAllocated < 64 * E2E.MiB,
+            "pulled file not sparse: \(backAllocated) bytes allocated for \(size)")
+    }
+
+    /// A server listening on ::1 and 127.0.0.1 at once; a push over IPv6 and a pull over IPv4.
+    @Test("IPv6 and IPv4 listeners, ferry://[::1]:PORT/...")
+    func ipv6() throws {
+        let sb = try Sandbox("ipv6")
+        let root = try sb.dir("root")
+        let local = try sb.dir("local")
+        let src = local + "/v6.bin"
+        try writeRandomFile(src, size: 5 * E2E.MiB + 3)
+        let server = try FerryServer(sb, root: root, listen: ["[::1]:0", "127.0.0.1:0"])
+        let v6 = try #require(server.addresses.first { $0.hasPrefix("[::1]:") }, "\(server.addresses)")
+        let v4 = try #require(
+            server.addresses.first { $0.hasPrefix("127.0.0.1:") }, "\(server.addresses)")
+
+        let push = try sb.cp(src, server.url("v6.bin", address: v6))
+        #expect(push.succeeded, "\(push)")
+        #expect(filesIdentical(src, root + "/v6.bin"))
+
+        let back = local + "/back.bin"
+        let pull = try sb.cp(server.url("v6.bin", address: v4), back)
+        #expect(pull.succeeded, "\(pull)")
+        #expect(filesIdentical(src, back))
+
+        let back6 = local + "/back6.bin"
+        let pull6 = try sb.cp(server.url("v6.bin", address: v6), back6)
+        #expect(pull6.succeeded, "\(pull6)")
+        #expect(filesIdentical(src, back6))
+
+        #expect(server.stop(), "ferry serve did not exit within 5 s of SIGTERM")
+    }
+
+    /// A DST ending in "/" means "into this directory, same base name".
+    @Test("destination ending in / copies into the directory")
+    func intoDirectory() throws {
+        let sb = try Sandbox("intodir")
+        let root = try sb.dir("root")
+        try sb.dir("root/incoming")
+        let local = try sb.dir("local")
+        let src = local + "/report.csv"
+        try writeFile(src, Array(String(repeating: "a,b,c\n1,2,3\n", count: 1000).utf8))
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+
+        let push = try sb.cp(src, server.url("incoming/"))
+        #expect(push.succeeded, "\(push)")
+        #expect(filesIdentical(src, root + "/incoming/report.csv"))
+
+        let into = try sb.dir("local/into")
+        let pull = try sb.cp(server.url("incoming/report.csv"), into + "/")
+        #expect(pull.succeeded, "\(pull)")
+        #expect(filesIdentical(src, into + "/report.csv"))
+    }
+}

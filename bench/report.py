@@ -1,0 +1,452 @@
+#!/usr/bin/env python3
+"""Turn bench/run's raw results into RESULTS.md and PNG charts.
+
+Reads OUT/machine.tsv, OUT/data-smiles.tsv, OUT/results/SCENARIO.{tsv,when,runs},
+OUT/commands/SCENARIO.tsv and OUT/ferry-status (all written by bench/run). A scenario that
+was not run this time keeps the figures of its last run (its date is shown).
+
+Usage: report.py --out DIR --report FILE --charts DIR [--repo DIR]
+"""
+import argparse
+import csv
+import os
+import statistics
+import sys
+
+GiB = 1 << 30
+MiB = 1 << 20
+SCENARIOS = ["bigfile", "smallfiles", "smiles", "rss"]
+TITLES = {
+    "bigfile": "One random file",
+    "smallfiles": "Many small files (nested tree)",
+    "smiles": "SMILES text (compressible)",
+    "rss": "Peak memory, one large random file",
+}
+# Display order of the tools within a table.
+ORDER = ["ferry", "ferry-auto", "ferry-off", "cp", "rsync", "scp", "iperf3-P1", "iperf3-P4"]
+DESCR = {
+    "ferry": "Ferry, defaults",
+    "ferry-auto": "Ferry, `--compress auto`",
+    "ferry-off": "Ferry, `--compress off`",
+    "cp": "local `cp` (storage ceiling)",
+    "rsync": "rsync daemon, `--whole-file`",
+    "scp": "scp (OpenSSH, SFTP protocol)",
+    "iperf3-P1": "iperf3, 1 stream (network ceiling)",
+    "iperf3-P4": "iperf3, 4 streams (network ceiling)",
+}
+
+
+def num(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def read_tsv(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def read_kv(path):
+    d = {}
+    if os.path.exists(path):
+        for line in open(path):
+            k, _, v = line.rstrip("\n").partition("\t")
+            d[k] = v
+    return d
+
+
+def read_text(path, default=""):
+    return open(path).read().strip() if os.path.exists(path) else default
+
+
+class Tool:
+    """Median figures of one tool in one scenario."""
+
+    def __init__(self, name, rows):
+        self.name = name
+        self.rows = rows
+        ok = [r for r in rows if r["status"] == "ok"]
+        self.ok = ok
+        self.n_ok, self.n = len(ok), len(rows)
+        self.skipped = all(r["status"] == "SKIP" for r in rows)
+        self.failures = [r for r in rows if r["status"] == "FAIL"]
+        if name.startswith("iperf3"):
+            self.seconds = None
+            self.gbps = med(num(r["gbps_net"]) for r in ok)
+            self.bytes = self.files = None
+        else:
+            self.seconds = med(num(r["seconds"]) for r in ok)
+            self.bytes = num(rows[0]["bytes"]) if rows else None
+            self.files = num(rows[0]["files"]) if rows else None
+            self.gbps = self.bytes * 8 / self.seconds / 1e9 if self.seconds else None
+        self.files_per_s = self.files / self.seconds if self.seconds and self.files else None
+        gib = (self.bytes or 0) / GiB
+
+        def per_gib(vals):
+            m = med(vals)
+            return m / gib if m is not None and gib else None
+
+        self.client_cpu = per_gib((num(r["client_user"]) or 0) + (num(r["client_sys"]) or 0)
+                                  if num(r["client_user"]) is not None else None for r in ok)
+        self.server_cpu = per_gib(num(r["server_cpu"]) for r in ok)
+        nf = self.files or 0
+
+        def per_file_us(vals):
+            m = med(vals)
+            return m / nf * 1e6 if m is not None and nf else None
+
+        self.client_us_file = per_file_us((num(r["client_user"]) or 0) + (num(r["client_sys"]) or 0)
+                                          if num(r["client_user"]) is not None else None for r in ok)
+        self.server_us_file = per_file_us(num(r["server_cpu"]) for r in ok)
+        crss = [num(r["client_rss_kb"]) for r in ok]
+        srss = [num(r["server_rss_kb"]) for r in ok]
+        self.client_rss = max([x for x in crss if x is not None], default=None)
+        self.server_rss = max([x for x in srss if x is not None], default=None)
+        wire = med(num(r["wire_bytes"]) for r in ok)
+        self.wire_ratio = self.bytes / wire if wire and self.bytes else None
+        self.all_seconds = [num(r["seconds"]) if r["status"] == "ok" else r["status"] for r in rows]
+
+
+def load(out):
+    scen = {}
+    for s in SCENARIOS:
+        rows = read_tsv(os.path.join(out, "results", s + ".tsv"))
+        if not rows:
+            continue
+        names = sorted({r["tool"] for r in rows}, key=lambda t: ORDER.index(t) if t in ORDER else 99)
+        scen[s] = {
+            "tools": {t: Tool(t, [r for r in rows if r["tool"] == t]) for t in names},
+            "when": read_text(os.path.join(out, "results", s + ".when"), "?"),
+            "runs": read_text(os.path.join(out, "results", s + ".runs"), "?"),
+            "commands": read_tsv(os.path.join(out, "commands", s + ".tsv")),
+        }
+    return scen
+
+
+def f(x, fmt="%.2f", none="–"):
+    return none if x is None else fmt % x
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def targets(scen):
+    """(target, source, measured, met) rows; met is True/False/None (not measured)."""
+    rows = []
+
+    def tool(s, t):
+        return scen.get(s, {}).get("tools", {}).get(t)
+
+    def rate(s, t, attr="gbps"):
+        x = tool(s, t)
+        return getattr(x, attr) if x else None
+
+    fe, cp, rs = rate("bigfile", "ferry"), rate("bigfile", "cp"), rate("bigfile", "rsync")
+    r = ratio(fe, cp)
+    rows.append(("4 GiB file: Ferry ≥ 75 % of `cp`", "issue 2", f(r and 100 * r, "%.0f %% of cp"), r and r >= 0.75))
+    rows.append(("4 GiB file: Ferry ≥ 85 % of `cp`", "issue 5", f(r and 100 * r, "%.0f %% of cp"), r and r >= 0.85))
+    r = ratio(fe, rs)
+    rows.append(("4 GiB file: Ferry ≥ 2× rsync", "issue 2", f(r, "%.2f×"), r and r >= 2))
+    fe, rs, sc = (rate("smallfiles", t, "files_per_s") for t in ("ferry", "rsync", "scp"))
+    r = ratio(fe, rs)
+    rows.append(("20,000 × 4 KiB: Ferry ≥ 2× rsync files/s", "issue 2", f(r, "%.2f×"), r and r >= 2))
+    best = max([x for x in (rs, sc) if x], default=None)
+    r = ratio(fe, best)
+    rows.append(("20,000 × 4 KiB: Ferry ≥ 3× the best other tool measured here (rsync, scp)",
+                 "issue 5", f(r, "%.2f×"), r and r >= 3))
+    a, o = rate("bigfile", "ferry-auto"), rate("bigfile", "ferry-off")
+    r = ratio(a, o)
+    rows.append(("random data: `--compress auto` within 5 % of `off`", "issue 2",
+                 f(r and 100 * (r - 1), "%+.1f %% (auto vs off)"), r and r >= 0.95))
+    a, o = rate("smiles", "ferry-auto"), rate("smiles", "ferry-off")
+    r = ratio(a, o)
+    rows.append(("SMILES text: `--compress auto` never slower than `off`", "issue 2",
+                 f(r and 100 * (r - 1), "%+.1f %% (auto vs off, medians)"), r and r >= 1.0))
+    t = tool("rss", "ferry")
+    if t and t.n_ok:
+        m = max(t.client_rss or 0, t.server_rss or 0) / 1024
+        meas = "client %s MiB, server %s MiB (%s GiB file)" % (
+            f(t.client_rss and t.client_rss / 1024, "%.0f"), f(t.server_rss and t.server_rss / 1024, "%.0f"),
+            f(t.bytes / GiB, "%.0f"))
+        met = (t.client_rss is not None and t.server_rss is not None and m <= 256)
+    else:
+        meas, met = "–", None
+    rows.append(("16 GiB file: peak RSS of each side ≤ 256 MiB", "issue 2", meas, met))
+    return rows
+
+
+def mark(met):
+    return {True: "**met**", False: "**not met**"}.get(bool(met) if met is not None else None, "not measured")
+
+
+def scenario_table(s, d, machine, data):
+    tools = d["tools"]
+    out = []
+    out.append("### %s\n" % TITLES[s])
+    extra = ""
+    if s == "smiles" and data:
+        extra = (" Data: %s bytes, %s lines; `zstd -1 -T1` compresses it %s× at %s MB/s (one core)."
+                 % (data.get("smiles_bytes", "?"), data.get("smiles_lines", "?"),
+                    data.get("smiles_zstd1_ratio", "?"), data.get("smiles_zstd1_MBps", "?")))
+    out.append("Measured %s; %s run(s) per tool, alternating; medians.%s\n" % (d["when"], d["runs"], extra))
+    files_col = s == "smallfiles"
+    hdr = ["tool", "ok/runs", "median s", "Gbit/s"]
+    if files_col:
+        hdr.append("files/s")
+    if files_col:
+        hdr += ["client CPU µs/file", "server CPU µs/file"]
+    else:
+        hdr += ["client CPU s/GiB", "server CPU s/GiB"]
+    hdr += ["client peak RSS MiB", "server peak RSS MiB"]
+    if s in ("bigfile", "smiles"):
+        hdr.append("bytes/wire bytes")
+    hdr.append("all runs (s)")
+    out.append("| " + " | ".join(hdr) + " |")
+    out.append("|" + "---|" * len(hdr))
+    for name, t in tools.items():
+        if t.skipped:
+            out.append("| %s | skipped (%s) |" % (DESCR.get(name, name), t.rows[0]["note"]) + " |" * (len(hdr) - 2))
+            continue
+        row = [DESCR.get(name, name), "%d/%d" % (t.n_ok, t.n), f(t.seconds, "%.2f"), f(t.gbps, "%.2f")]
+        if files_col:
+            row.append(f(t.files_per_s, "%.0f"))
+        if files_col:
+            row += [f(t.client_us_file, "%.0f"), f(t.server_us_file, "%.0f")]
+        else:
+            row += [f(t.client_cpu), f(t.server_cpu)]
+        row += [f(t.client_rss and t.client_rss / 1024, "%.0f"), f(t.server_rss and t.server_rss / 1024, "%.0f")]
+        if s in ("bigfile", "smiles"):
+            row.append(f(t.wire_ratio, "%.2f"))
+        if name.startswith("iperf3"):
+            row.append(", ".join(f(num(r["gbps_net"]), "%.2f Gbit/s") for r in t.rows))
+        else:
+            row.append(", ".join(f(x, "%.2f") if not isinstance(x, str) else x for x in t.all_seconds))
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    # Ratios of Ferry (defaults) to the others.
+    fe = tools.get("ferry")
+    if fe and fe.n_ok and s != "rss":
+        key = "files_per_s" if files_col else "gbps"
+        parts = []
+        for other in ["cp", "rsync", "scp", "iperf3-P1", "iperf3-P4", "ferry-off", "ferry-auto"]:
+            o = tools.get(other)
+            if o is None or not o.n_ok or (files_col and other.startswith("iperf3")):
+                continue
+            # iperf3 has no files/s; compare throughput with it.
+            a = getattr(fe, "gbps" if other.startswith("iperf3") else key)
+            b = getattr(o, "gbps" if other.startswith("iperf3") else key)
+            r = ratio(a, b)
+            if r is not None:
+                parts.append("Ferry/%s **%.2f**" % (other, r))
+        if parts:
+            out.append("Ratios (%s, medians): %s.\n" % ("files/s" if files_col else "Gbit/s", "; ".join(parts)))
+    if "ferry-auto" in tools and "ferry-off" in tools:
+        a, o = tools["ferry-auto"], tools["ferry-off"]
+        r = ratio(a.gbps, o.gbps)
+        if r:
+            out.append("`--compress auto` vs `off`: %+.1f %% throughput (auto %s, off %s Gbit/s; auto sent %s× fewer bytes than the file).\n"
+                       % (100 * (r - 1), f(a.gbps), f(o.gbps), f(a.wire_ratio, "%.2f")))
+    fails = [(n, r) for n, t in tools.items() for r in t.failures]
+    if fails:
+        out.append("Failed runs:\n")
+        for n, r in fails:
+            out.append("- %s run %s: %s" % (n, r["run"], r["note"].strip() or "(no message)"))
+        out.append("")
+    return out
+
+
+def charts(scen, chart_dir):
+    """throughput.png and cpu.png; returns the file names written (empty without matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    panels = [(s, k) for s, k in (("bigfile", "gbps"), ("smallfiles", "files_per_s"), ("smiles", "gbps"))
+              if s in scen]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+        for ax, (s, key) in zip(axes[0], panels):
+            names, vals, colors = [], [], []
+            for n, t in scen[s]["tools"].items():
+                v = getattr(t, key)
+                if v is None:
+                    continue
+                names.append(n)
+                vals.append(v)
+                colors.append("#d9534f" if n.startswith("ferry") else "#999999" if n.startswith("iperf3") else "#5b8cc9")
+            ax.barh(names[::-1], vals[::-1], color=colors[::-1])
+            for i, v in enumerate(vals[::-1]):
+                ax.text(v, i, " %.0f" % v if key == "files_per_s" else " %.2f" % v, va="center", fontsize=8)
+            ax.set_title("%s\n(%s)" % (TITLES[s], "files/s" if key == "files_per_s" else "Gbit/s"), fontsize=10)
+            ax.set_xlim(0, max(vals or [1]) * 1.2)
+        fig.suptitle("Loopback, tmpfs to tmpfs, medians (higher is better)", fontsize=11)
+        fig.tight_layout()
+        fig.savefig(os.path.join(chart_dir, "throughput.png"), dpi=110)
+        plt.close(fig)
+        written.append("throughput.png")
+    panels = [s for s in ("bigfile", "smiles", "smallfiles") if s in scen]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+        for ax, s in zip(axes[0], panels):
+            names, cl, sv = [], [], []
+            per_file = s == "smallfiles"
+            for n, t in scen[s]["tools"].items():
+                c, v = (t.client_us_file, t.server_us_file) if per_file else (t.client_cpu, t.server_cpu)
+                if n.startswith("iperf3") or (c is None and v is None):
+                    continue
+                names.append(n)
+                cl.append(c or 0)
+                sv.append(v or 0)
+            y = list(range(len(names)))[::-1]
+            ax.barh(y, cl, color="#5b8cc9", label="client (sender)")
+            ax.barh(y, sv, left=cl, color="#f0ad4e", label="server (receiver)")
+            ax.set_yticks(y)
+            ax.set_yticklabels(names)
+            ax.set_title("%s\n%s" % (TITLES[s], "CPU µs per file" if per_file else "CPU seconds per GiB"),
+                         fontsize=10)
+            ax.legend(fontsize=8)
+        fig.suptitle("CPU cost (lower is better)", fontsize=11)
+        fig.tight_layout()
+        fig.savefig(os.path.join(chart_dir, "cpu.png"), dpi=110)
+        plt.close(fig)
+        written.append("cpu.png")
+    return written
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--report", required=True)
+    ap.add_argument("--charts", required=True)
+    ap.add_argument("--repo", default=".")
+    a = ap.parse_args()
+
+    machine = read_kv(os.path.join(a.out, "machine.tsv"))
+    data = read_kv(os.path.join(a.out, "data-smiles.tsv"))
+    scen = load(a.out)
+    os.makedirs(a.charts, exist_ok=True)
+    pngs = charts(scen, a.charts)
+    rel = os.path.relpath(a.charts, os.path.dirname(os.path.abspath(a.report)))
+
+    L = []
+    L.append("# Ferry benchmark results\n")
+    L.append("Written by `bench/run` (%s mode; command `%s`, finished %s). Regenerate with the same command; "
+             "`bench/run --only SCENARIO` refreshes one scenario and keeps the others' last figures.\n"
+             % (machine.get("mode", "?"), machine.get("command", "bench/run").strip(), machine.get("date", "?")))
+    if machine.get("mode") == "quick":
+        L.append("> **Quick (smoke) mode**: small data sets and one run each; the targets are stated for the "
+                 "full sizes, so these figures only show that everything runs.\n")
+    status = read_text(os.path.join(a.out, "ferry-status"))
+    if status:
+        L.append("> **Ferry was not measured:** %s\n" % status)
+
+    L.append("## Targets\n")
+    L.append("| target | from | measured (medians) | |")
+    L.append("|---|---|---|---|")
+    for tgt, src, meas, met in targets(scen):
+        L.append("| %s | %s | %s | %s |" % (tgt, src, meas, mark(met)))
+    L.append("")
+
+    L.append("## Results\n")
+    L.append("Loopback (127.0.0.1) only, tmpfs (`/dev/shm`) to tmpfs, except the RSS run (disk to disk, see "
+             "below). Gbit/s = bytes of the data set × 8 / wall seconds of the client command. "
+             "Every copy was compared with its source after the run (`cmp`, `diff -r`; not timed); a run "
+             "that differed counts as failed and is left out of the medians. Client CPU = user + system "
+             "seconds of the client command and its children (`/usr/bin/time`); server CPU = the "
+             "daemon's utime + stime + cutime + cstime growth over the run (`/proc/PID/stat`, which "
+             "includes its reaped per-connection children). Peak RSS: `/usr/bin/time` %M for the client, "
+             "VmHWM of a fresh `ferry serve` per run for the server (not measured for the forking "
+             "rsync/ssh daemons).\n")
+    for s in SCENARIOS:
+        if s in scen:
+            L.extend(scenario_table(s, scen[s], machine, data))
+    if "rss" in scen:
+        L.append("The RSS run uses a file of random bytes (AES-CTR keystream) on the disk under `%s`, "
+                 "and the server's root on the same disk: two copies of a 16 GiB file do not fit in "
+                 "24 GiB of RAM next to the tmpfs data sets. Peak RSS excludes the page cache, so "
+                 "the disk changes the speed, not the memory figure. One run.\n"
+                 % machine.get("disk_dir", "?").split(" ")[0])
+
+    if pngs:
+        L.append("## Charts\n")
+        for p in pngs:
+            L.append("![%s](%s/%s)\n" % (p[:-4], rel, p))
+
+    profiles = [(s, os.path.join(a.out, "profile", s + ".txt")) for s in SCENARIOS]
+    profiles = [(s, p) for s, p in profiles if os.path.exists(p)]
+    if profiles:
+        L.append("## Profiles (what limits Ferry)\n")
+        L.append("One extra Ferry run per scenario (defaults, not counted above) under `perf record -a -g` "
+                 "(the whole machine: both ends, kernel included); self time by command, object and "
+                 "symbol, top entries. Full listings: `bench/out/%s/profile/`.\n" % machine.get("mode", "full"))
+        for s, p in profiles:
+            lines = [x.rstrip() for x in open(p, errors="replace") if x.strip() and not x.startswith("#")]
+            L.append("**%s**\n" % s)
+            L.append("```")
+            L.extend(x[:160] for x in lines[:25])
+            L.append("```\n")
+
+    L.append("## Machine and versions\n")
+    L.append("| | |")
+    L.append("|---|---|")
+    for k in ["date", "cpu", "nproc", "memory", "kernel", "os", "tmpfs", "ferry", "swift", "cp", "rsync",
+              "ssh", "iperf3", "zstd", "python", "perf", "sizes", "disk_dir"]:
+        if k in machine:
+            L.append("| %s | %s |" % (k, machine[k].replace("|", "\\|")))
+    L.append("")
+
+    L.append("## Data sets\n")
+    L.append("- **bigfile**: random bytes (AES-128-CTR keystream from `openssl enc`), in tmpfs.")
+    L.append("- **smallfiles**: random 4 KiB files, 50 per directory, two directory levels "
+             "(`bench/gen_tree.py`), in tmpfs.")
+    L.append("- **smiles**: `bench/gen_smiles.py --seed 42`: drug-like molecules assembled from ring systems, "
+             "linkers and substituents, with stereo centres, charges and salts; one `SMILES<TAB>ID<TAB>MW` line "
+             "each; zstd -1 ratio %s. First lines: `%s`" % (data.get("smiles_zstd1_ratio", "?"),
+                                                              data.get("smiles_sample", "?").strip(" |")))
+    L.append("- Before the timed runs of each scenario the memory is warmed: a file of the data set's size "
+             "is written to tmpfs and deleted (first writes into memory the host has not yet given the "
+             "machine are several times slower).\n")
+
+    L.append("## Exact commands\n")
+    L.append("Daemons, all bound to 127.0.0.1 and started by `bench/run` with private configurations "
+             "(under `/dev/shm/ferry-bench`): `ferry serve --root DST --listen 127.0.0.1:0 --token-file TOKEN` "
+             "(a fresh one per run), `rsync --daemon --no-detach --config=rsyncd.conf --address=127.0.0.1 "
+             "--port=PORT` (module `bench`, `use chroot = no`, uid/gid root), `/usr/sbin/sshd -D -e -f "
+             "sshd_config` (ListenAddress 127.0.0.1, own ed25519 host key, root by key only, "
+             "internal-sftp), `iperf3 -s -B 127.0.0.1 -p PORT`. Client commands as run (first run):\n")
+    for s in SCENARIOS:
+        if s in scen and scen[s]["commands"]:
+            L.append("**%s**\n" % s)
+            L.append("```")
+            for c in scen[s]["commands"]:
+                L.append(c["command"])
+            L.append("```\n")
+
+    L.append("## Not covered here\n")
+    L.append("- GridFTP, XRootD and rclone, the shaped-link scenarios (veth + tbf between network namespaces), "
+             "the mixed tree and Ferry's protection levels (issue 5) are not in this suite yet.")
+    if not profiles:
+        L.append("- No profile in this run: `bench/run --profile` adds one `perf record -a -g` of a Ferry "
+                 "run per scenario.")
+    L.append("")
+
+    with open(a.report, "w") as fh:
+        fh.write("\n".join(L))
+    print("report.py: wrote %s%s" % (a.report, " and " + ", ".join(pngs) if pngs else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
