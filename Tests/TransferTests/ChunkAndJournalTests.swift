@@ -1,0 +1,129 @@
+import Glibc
+import Testing
+@testable import Transfer
+
+@Suite("Chunks and journal")
+struct ChunkAndJournalTests {
+    @Test("XXH3-128 detects a single flipped bit; the digest depends on chunk order")
+    func hashes() {
+        var data = [UInt8](repeating: 7, count: 1 << 20)
+        let a = ChunkHash.of(data)
+        data[12345] ^= 0x10
+        let b = ChunkHash.of(data)
+        #expect(a != b)
+        #expect(FileDigest.of([a, b]) != FileDigest.of([b, a]))
+        #expect(FileDigest.of([a, b]) == FileDigest.of([a, b]))
+    }
+
+    @Test("zstd round trip; incompressible data is reported as not shrinking; corrupt input throws")
+    func compression() throws {
+        let c = Compressor()
+        let text = Array(String(repeating: "CC(=O)Oc1ccccc1C(=O)O ZINC000000000042\n", count: 20_000).utf8)
+        let dst = UnsafeMutableRawPointer.allocate(byteCount: Compressor.bound(text.count), alignment: 16)
+        let back = UnsafeMutableRawPointer.allocate(byteCount: text.count, alignment: 16)
+        defer { dst.deallocate(); back.deallocate() }
+        let n = try #require(text.withUnsafeBytes { c.compress($0.baseAddress!, $0.count, into: dst, capacity: Compressor.bound(text.count), level: 1) })
+        #expect(n < text.count / 3)
+        try c.decompress(dst, n, into: back, expected: text.count)
+        #expect(memcmp(back, text, text.count) == 0)
+        var random = [UInt8](repeating: 0, count: 1 << 16)
+        for i in random.indices { random[i] = UInt8.random(in: 0...255) }
+        #expect(random.withUnsafeBytes { c.compress($0.baseAddress!, $0.count, into: dst, capacity: Compressor.bound(1 << 16), level: 1) } == nil)
+        dst.storeBytes(of: UInt8(0xFF), toByteOffset: n / 2, as: UInt8.self)
+        dst.storeBytes(of: UInt8(0x00), toByteOffset: n / 3, as: UInt8.self)
+        #expect(throws: TransferError.self) { try c.decompress(dst, n, into: back, expected: text.count) }
+    }
+
+    @Test("the journal keeps durable chunks across reopen, and a changed source invalidates it")
+    func journal() throws {
+        let dir = try TempDir()
+        let dfd = open(dir.path, O_RDONLY | O_DIRECTORY)
+        defer { close(dfd) }
+        let id = SourceIdentity(size: 10 << 20, mtimeSeconds: 1000, mtimeNanoseconds: 5, chunkBytes: 1 << 20)
+        let j = try ResumeJournal.create(dir: dfd, name: "j", identity: id)
+        #expect(j.chunkCount == 10)
+        let h3 = ChunkHash(low: 3, high: 33)
+        let h7 = ChunkHash(low: 7, high: 77)
+        try j.recordDurable([(3, h3), (7, h7)])
+        let (_, have) = try #require(ResumeJournal.open(dir: dfd, name: "j", identity: id))
+        #expect(have == [3: h3, 7: h7])
+        var changed = id
+        changed.mtimeSeconds += 1
+        #expect(ResumeJournal.open(dir: dfd, name: "j", identity: changed) == nil)
+        var otherChunk = id
+        otherChunk.chunkBytes = 2 << 20
+        #expect(ResumeJournal.open(dir: dfd, name: "j", identity: otherChunk) == nil)
+    }
+
+    @Test("a torn journal record is ignored, not trusted")
+    func tornRecord() throws {
+        let dir = try TempDir()
+        let dfd = open(dir.path, O_RDONLY | O_DIRECTORY)
+        defer { close(dfd) }
+        let id = SourceIdentity(size: 4 << 20, mtimeSeconds: 1, mtimeNanoseconds: 0, chunkBytes: 1 << 20)
+        let j = try ResumeJournal.create(dir: dfd, name: "j", identity: id)
+        try j.recordDurable([(1, ChunkHash(low: 11, high: 12)), (2, ChunkHash(low: 21, high: 22))])
+        // Flip a byte of record 2's hash: its check word no longer matches.
+        let fd = openat(dfd, "j", O_RDWR)
+        var b: UInt8 = 0xAB
+        pwrite(fd, &b, 1, off_t(ResumeJournal.headerBytes + 2 * ResumeJournal.recordBytes + 20))
+        close(fd)
+        let (_, have) = try #require(ResumeJournal.open(dir: dfd, name: "j", identity: id))
+        #expect(have.keys.sorted() == [1])
+    }
+
+    @Test("the compression policy sends incompressible data raw without compressing whole chunks")
+    func policyIncompressible() {
+        var p = CompressionPolicy(mode: .auto)
+        var compressible: Bool? = nil
+        var since = 0
+        var probes = 0
+        for _ in 0..<64 {
+            let level = p.level(compressible: &compressible, chunksSinceProbe: &since, sampleSize: 65536) {
+                probes += 1
+                return nil
+            }
+            #expect(level == nil)
+        }
+        #expect(probes == 4)  // one probe per 16 chunks
+        var off = CompressionPolicy(mode: .off)
+        #expect(off.level(compressible: &compressible, chunksSinceProbe: &since, sampleSize: 1) { 1 } == nil)
+    }
+}
+
+@Suite("io_uring")
+struct RingTests {
+    @Test("READ_FIXED and WRITE_FIXED through registered buffers move the bytes they claim")
+    func fixedBuffers() throws {
+        let dir = try TempDir()
+        let ring = try Ring(entries: 8)
+        let pool = try BufferPool(count: 2, bytesPerBuffer: 1 << 16)
+        try pool.register(with: ring)
+        let fd = open(dir.path + "/f", O_RDWR | O_CREAT, 0o600)
+        defer { close(fd) }
+        let src = pool.buffer(0)
+        for i in 0..<(1 << 16) { src.storeBytes(of: UInt8(truncatingIfNeeded: i * 7), toByteOffset: i, as: UInt8.self) }
+        let w = try ring.runOne { try ring.write(fd: fd, buffer: src, length: 1 << 16, offset: 4096, bufferIndex: 0, tag: 1) }
+        #expect(w == 1 << 16)
+        let r = try ring.runOne { try ring.read(fd: fd, buffer: pool.buffer(1), length: 1 << 16, offset: 4096, bufferIndex: 1, tag: 2) }
+        #expect(r == 1 << 16)
+        #expect(memcmp(pool.buffer(0), pool.buffer(1), 1 << 16) == 0)
+        var st = stat()
+        fstat(fd, &st)
+        #expect(st.st_size == 4096 + (1 << 16))
+    }
+
+    @Test("a linked timeout cancels a receive that never completes")
+    func timeout() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let ring = try Ring(entries: 8)
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
+        defer { buf.deallocate() }
+        let start = monotonicNs()
+        let r = try ring.runOne(timeoutNs: 200_000_000) { try ring.recv(fd: fds[0], buffer: buf, length: 16, tag: 1) }
+        #expect(r == -ETIMEDOUT)
+        #expect(monotonicNs() - start < 5_000_000_000)
+    }
+}
