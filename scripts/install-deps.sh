@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the system packages Ferry builds against and its tests use (Debian 12, as root).
+# Swift 6 itself is expected on PATH (/opt/swift on these machines).
+set -euo pipefail
+packages=(liburing-dev libssl-dev libzstd-dev libxxhash-dev pkg-config time util-linux iproute2)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+command -v swift >/dev/null || { echo "swift not found: install a Swift 6 toolchain (e.g. /opt/swift/usr/bin on PATH)" >&2; exit 1; }
