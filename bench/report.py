@@ -113,7 +113,9 @@ class Tool:
         self.server_rss = max([x for x in srss if x is not None], default=None)
         wire = med(num(r["wire_bytes"]) for r in ok)
         self.wire_ratio = self.bytes / wire if wire and self.bytes else None
-        self.all_seconds = [num(r["seconds"]) if r["status"] == "ok" else r["status"] for r in rows]
+        self.all_seconds = [("%.2f" % num(r["seconds"]) if r["status"] == "ok" else r["status"])
+                            + ("*" if "concurrent:" in r.get("note", "") else "") for r in rows]
+        self.n_concurrent = sum("concurrent:" in r.get("note", "") for r in rows)
 
 
 def load(out):
@@ -228,11 +230,18 @@ def scenario_table(s, d, machine, data):
         if s in ("bigfile", "smiles"):
             row.append(f(t.wire_ratio, "%.2f"))
         if name.startswith("iperf3"):
-            row.append(", ".join(f(num(r["gbps_net"]), "%.2f Gbit/s") for r in t.rows))
+            row.append(", ".join(f(num(r["gbps_net"]), "%.2f Gbit/s") + ("*" if "concurrent:" in r["note"] else "")
+                                 for r in t.rows))
         else:
-            row.append(", ".join(f(x, "%.2f") if not isinstance(x, str) else x for x in t.all_seconds))
+            row.append(", ".join(t.all_seconds))
         out.append("| " + " | ".join(row) + " |")
     out.append("")
+    conc = sum(t.n_concurrent for t in tools.values())
+    if conc:
+        seen = sorted({r["note"].split("concurrent:")[1].strip() for t in tools.values() for r in t.rows
+                       if "concurrent:" in r["note"]})
+        out.append("\\* %d run(s) here overlapped other sessions' builds or tests on the shared 2 cores (%s); "
+                   "they are in the medians but their figures are pessimistic.\n" % (conc, "; ".join(seen)))
     # Ratios of Ferry (defaults) to the others.
     fe = tools.get("ferry")
     if fe and fe.n_ok and s != "rss":

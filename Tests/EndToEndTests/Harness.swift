@@ -140,6 +140,18 @@ final class Sandbox {
 
 // MARK: - Running processes
 
+/// Runs `body` (which spawns a child) with no signals blocked in the calling thread.
+/// Test functions run on Dispatch worker threads that block most signals, and a spawned child
+/// inherits that mask: `ferry serve` would then never see SIGTERM.
+func withSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
+    var empty = sigset_t()
+    var old = sigset_t()
+    sigemptyset(&empty)
+    pthread_sigmask(SIG_SETMASK, &empty, &old)
+    defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
+    return try body()
+}
+
 /// Runs a short helper tool (mount, umount, ...) to completion, bounded by 30 s.
 func runTool(_ exe: String, _ args: [String]) -> (status: Int32, output: String) {
     let p = Process()
@@ -149,7 +161,7 @@ func runTool(_ exe: String, _ args: [String]) -> (status: Int32, output: String)
     p.standardOutput = pipe
     p.standardError = pipe
     p.standardInput = FileHandle.nullDevice
-    do { try p.run() } catch { return (-1, "\(error)") }
+    do { try withSignalsUnblocked { try p.run() } } catch { return (-1, "\(error)") }
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: data, as: UTF8.self))
@@ -201,7 +213,7 @@ final class FerryProcess {
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
         startedAt = monotonicSeconds()
-        try process.run()
+        try withSignalsUnblocked { try process.run() }
         try? out.close()
         try? err.close()
     }

@@ -106,8 +106,11 @@ final class ReceiverWorker {
         let expected = ChunkHash(
             low: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)),
             high: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: UInt64.self)))
+        guard UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20, as: UInt32.self)) == DataLayout.subheaderCheck(p) else {
+            throw TransferError(.verify, "a chunk header from \(conn.peer) arrived damaged", resumable: true)
+        }
         guard let codec = ChunkCodec(rawValue: codecByte) else { throw TransferError.protocolError("unknown chunk codec \(codecByte)") }
-        guard let f = receiver.file(id) else { return }  // already finished or refused: drop
+        guard let f = receiver.file(id) else { throw TransferError.protocolError("chunk for unknown file \(id)") }
         let payload = p + DataLayout.chunkSubheaderBytes
         let payloadBytes = length - DataLayout.chunkSubheaderBytes
         guard !f.isSmall, index < f.chunkCount else { throw TransferError.protocolError("chunk \(index) out of range for file \(id)") }
@@ -213,7 +216,7 @@ final class ReceiverWorker {
             guard size <= rawBytes - at else { throw TransferError.protocolError("batch entries exceed the batch") }
             let data = content + at
             at += size
-            guard let f = receiver.file(id) else { continue }
+            guard let f = receiver.file(id) else { throw TransferError.protocolError("batch entry for unknown file \(id)") }
             guard f.isSmall, UInt64(size) == f.entry.size else { throw TransferError.protocolError("batch entry for file \(id) has the wrong size") }
             if ChunkHash.of(data, size) != h {
                 try requestResend(id, 0)
@@ -235,9 +238,17 @@ final class ReceiverWorker {
             slot[nameSlotBytes - 1] = 0
             fds[i] = -1
             results[i] = 0
-            try ring.openat(dir: a.f.dir.fd, path: slot, flags: O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode: mode_t(a.f.entry.mode | 0o200), tag: UInt64(i))
+            // O_EXCL: a fresh file gets the source's mode exactly (umask is 0), no fchmod needed.
+            try ring.openat(dir: a.f.dir.fd, path: slot, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode: mode_t(a.f.entry.mode), tag: UInt64(i))
         }
         try drain { tag, res in self.fds[Int(tag)] = res }
+        for (i, a) in accepted.enumerated() where fds[i] == -EEXIST {
+            // A temporary file left by an interrupted run: replace it.
+            let slot = nameArena + i * nameSlotBytes
+            _ = unlinkat(a.f.dir.fd, slot, 0)
+            fds[i] = openat(a.f.dir.fd, slot, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(a.f.entry.mode))
+            if fds[i] < 0 { fds[i] = -errno }
+        }
         // Phase 2: write them.
         for (i, a) in accepted.enumerated() where fds[i] >= 0 && a.size > 0 {
             try ring.write(fd: fds[i], buffer: a.data, length: a.size, offset: 0, bufferIndex: bufferIndex, tag: UInt64(i))
@@ -255,7 +266,6 @@ final class ReceiverWorker {
                 }
                 if done == a.size { results[i] = Int32(a.size) }
             }
-            _ = fchmod(fds[i], mode_t(a.f.entry.mode))
             var t = a.f.times
             _ = futimens(fds[i], &t)
             try ring.close(fd: fds[i], tag: UInt64(Wire.batchFilesMax + i))

@@ -41,6 +41,9 @@ final class SenderFile {
 final class Sender: @unchecked Sendable {
     static let filesInFlightMax = 65_536
     static let manifestFrameBytesTarget = 1 << 20
+    /// Files per small-file batch: big enough to amortise a frame, small enough that the
+    /// receiver's stream has the next batch while it writes this one.
+    static let batchFilesTarget = 256
 
     let ctx: SessionContext
     private let rootFd: Int32
@@ -267,7 +270,7 @@ final class Sender: @unchecked Sendable {
                 if smallHead < smallQueue.count {
                     var batch: [SenderFile] = []
                     var bytes = 0
-                    while smallHead < smallQueue.count && batch.count < Wire.batchFilesMax {
+                    while smallHead < smallQueue.count && batch.count < Sender.batchFilesTarget {
                         let f = smallQueue[smallHead]
                         if f.failed { smallHead += 1; continue }
                         if !batch.isEmpty && bytes + Int(f.size) > batchBytesMax { break }
@@ -296,7 +299,7 @@ final class Sender: @unchecked Sendable {
     func runWorker(_ conn: Connection) {
         do {
             let w = try SenderWorker(sender: self, conn: conn)
-            while let work = takeWork(batchBytesMax: ctx.options.chunkBytes) {
+            while let work = takeWork(batchBytesMax: min(ctx.options.chunkBytes, 1 << 20)) {
                 switch work {
                 case .chunk(let f, let i, let resend): try w.sendChunk(f, i, resend: resend)
                 case .batch(let files): try w.sendBatch(files)

@@ -129,6 +129,7 @@ final class SenderWorker {
         sub.storeBytes(of: UInt64(codec.rawValue).littleEndian, toByteOffset: 16, as: UInt64.self)  // codec + pad + reserved
         sub.storeBytes(of: hash.low.littleEndian, toByteOffset: 24, as: UInt64.self)
         sub.storeBytes(of: hash.high.littleEndian, toByteOffset: 32, as: UInt64.self)
+        sub.storeBytes(of: DataLayout.subheaderCheck(sub).littleEndian, toByteOffset: 20, as: UInt32.self)
         FrameHeader.write(to: sub - Wire.frameHeaderBytes, length: DataLayout.chunkSubheaderBytes + payloadBytes, type: .chunk)
         try sendFrame(payload: payload, headerBytes: Wire.frameHeaderBytes + DataLayout.chunkSubheaderBytes, payloadBytes: payloadBytes)
         if f.compressible == true && codec != .zero { policy.delivered(rawBytes: length, compressedArm: codec == .zstd) }

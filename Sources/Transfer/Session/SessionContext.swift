@@ -76,13 +76,26 @@ func asTransferError(_ e: Error) -> TransferError {
 }
 
 /// Chunk-frame layout (data streams). The 8-byte frame header is followed by:
-/// CHUNK: u64 file id, u32 chunk index, u32 raw length, u8 codec, 3 pad, u32 reserved, 16-byte
-///        XXH3-128 of the raw bytes (40 bytes), then the payload.
+/// CHUNK: u64 file id, u32 chunk index, u32 raw length, u8 codec, 3 pad, u32 header check,
+///        16-byte XXH3-128 of the raw bytes (40 bytes), then the payload. The header check
+///        (XXH3 of the other 36 bytes) catches a damaged id, index or length, which the payload
+///        hash cannot: such a frame ends the connection (resumable) instead of landing elsewhere.
 /// BATCH: u8 codec, 3 pad, u32 file count, u32 raw length, u32 reserved (16 bytes), then the
 ///        payload, which decodes to `count` 32-byte entries (u64 id, u32 length, u32 reserved,
 ///        16-byte hash) followed by the files' bytes in order.
 enum DataLayout {
     static let chunkSubheaderBytes = 40
+
+    /// XXH3 over a chunk subheader without its check field (bytes 20..<24).
+    static func subheaderCheck(_ sub: UnsafeRawPointer) -> UInt32 {
+        var copy = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        return withUnsafeMutableBytes(of: &copy) { b in
+            b.baseAddress!.copyMemory(from: sub, byteCount: 40)
+            b.storeBytes(of: UInt32(0), toByteOffset: 20, as: UInt32.self)
+            let h = ChunkHash.of(b.baseAddress!, 40)
+            return UInt32(truncatingIfNeeded: h.low ^ (h.high >> 32))
+        }
+    }
     static let batchSubheaderBytes = 16
     static let batchEntryBytes = 32
     /// Space reserved in front of every payload buffer for the frame header and subheader, so a
