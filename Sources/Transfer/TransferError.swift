@@ -33,6 +33,10 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
 
     public var description: String { message }
 
+    /// Whether running the same transfer again continues it: not for refusals (authentication,
+    /// paths, usage), which a rerun would meet again.
+    public var rerunResumes: Bool { code != .auth && code != .path && code != .usage }
+
     /// An error from a system call or io_uring completion (`-errno` or errno), with context.
     static func system(_ what: String, errno e: Int32, resumable: Bool = false) -> TransferError {
         let text = String(cString: strerror(e))

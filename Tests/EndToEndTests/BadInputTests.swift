@@ -241,6 +241,11 @@ struct BadInputTests {
         #expect(
             ["token", "auth", "denied", "permission"].contains { pm.contains($0) },
             "message should say the token was refused: \(push)")
+        if let e = push.error {
+            #expect(e.resumable == false, "a wrong token is not resumable: \(e.message)")
+        } else {
+            Issue.record("no {\"type\":\"error\"} line: \(push)")
+        }
 
         let pull = try sb.cp(server.url("there.bin"), local + "/there.bin", tokenFile: wrong, timeout: 30)
         #expect(pull.status == 1, "\(pull)")

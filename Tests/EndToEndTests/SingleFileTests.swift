@@ -117,6 +117,51 @@ struct SingleFileTests {
         #expect(server.stop(), "ferry serve did not exit within 5 s of SIGTERM")
     }
 
+    /// `--json` progress at least twice a second with sane numbers, the summary last; without
+    /// `--json` (stderr not a terminal) a one-line summary and no progress bar.
+    @Test("--json progress events at least twice a second; plain mode prints one summary line")
+    func progressEvents() throws {
+        let sb = try Sandbox("progress")
+        let root = try sb.dir("root")
+        let local = try sb.dir("local")
+        let src = local + "/p.bin"
+        let size = 48 * E2E.MiB
+        try writeRandomFile(src, size: size)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+
+        let t0 = monotonicSeconds()
+        let r = try sb.cp(src, server.url("p.bin"), options: ["--bwlimit", "16M"])
+        let seconds = monotonicSeconds() - t0
+        #expect(r.succeeded, "\(r)")
+        #expect(seconds >= 2, "--bwlimit 16M moved 48 MiB in \(seconds) s")
+        let types = r.jsonLines.map { $0["type"] as? String ?? "?" }
+        #expect(types.last == "summary", "last line must be the summary: \(types.suffix(3))")
+        let progress = r.jsonLines.filter { ($0["type"] as? String) == "progress" }.map(Progress.init)
+        #expect(
+            Double(progress.count) >= 2 * (seconds - 1).rounded(.down),
+            "\(progress.count) progress events in \(String(format: "%.1f", seconds)) s")
+        var last = 0
+        for p in progress {
+            #expect(p.bytesTotal == size && p.filesTotal == 1, "bad progress totals: \(p)")
+            #expect(p.bytesDone >= last && p.bytesDone <= size, "bytes_done went \(last) -> \(p.bytesDone)")
+            last = p.bytesDone
+        }
+        for line in r.jsonLines where (line["type"] as? String) == "progress" {
+            #expect(line["rate_bytes_per_second"] is NSNumber, "progress without rate: \(line)")
+        }
+        #expect(filesIdentical(src, root + "/p.bin"))
+
+        try writeRandomFile(src, size: 2 * E2E.MiB)
+        let plain = try sb.cp(src, server.url("p.bin"), json: false)
+        #expect(plain.succeeded, "\(plain)")
+        let lines = (plain.stdout + plain.stderr).split(separator: "\n").filter {
+            !$0.trimmingCharacters(in: .whitespaces).isEmpty
+        }
+        #expect(lines.count == 1, "expected a one-line summary, got: \(lines)")
+        #expect(filesIdentical(src, root + "/p.bin"))
+    }
+
     /// A DST ending in "/" means "into this directory, same base name".
     @Test("destination ending in / copies into the directory")
     func intoDirectory() throws {

@@ -156,9 +156,7 @@ public enum TransferClient {
         _ = workers.wait(seconds: 30)
         if let failure {
             var e = failure
-            e.resumable = true
-            if e.code == .auth || e.code == .path || e.code == .usage { e.resumable = false }
-            if e.code == .remote && (e.message.contains("authentication") || e.message.contains("outside the root") || e.message.contains("refused")) { e.resumable = false }
+            if e.code != .remote { e.resumable = e.rerunResumes }  // remote errors carry the server's verdict
             throw e
         }
         let snap = progress.snapshot()

@@ -132,8 +132,11 @@ public final class TransferServer: @unchecked Sendable {
             case .data: try serveData(conn, ring: ring, handshakeNs: handshakeNs)
             }
         } catch {
-            configuration.log("ferry serve: \(conn.peer): \(asTransferError(error).message)")
-            conn.sendError(asTransferError(error).message, ring: ring)
+            // Refused before a session started: a rerun would not help.
+            var e = asTransferError(error)
+            e.resumable = false
+            configuration.log("ferry serve: \(conn.peer): \(e.message)")
+            conn.sendError(e, ring: ring)
         }
         conn.close()
     }
@@ -176,7 +179,11 @@ public final class TransferServer: @unchecked Sendable {
             let p = progress.snapshot()
             configuration.log("ferry serve: \(conn.peer): \(what): ok, \(p.filesTotal) files, \(byteText(p.bytesTotal)), \(byteText(p.wireBytes)) on the wire, \(p.filesFailed) failed")
         } catch {
-            configuration.log("ferry serve: \(conn.peer): \(what): \(asTransferError(error).message)")
+            var e = asTransferError(error)
+            e.resumable = e.rerunResumes
+            configuration.log("ferry serve: \(conn.peer): \(what): \(e.message)")
+            // The peer learns why, unless it is the one that went away.
+            if e.code != .remote { conn.sendError(e, ring: ring) }
         }
     }
 

@@ -40,7 +40,7 @@ final class SessionContext: @unchecked Sendable {
             return true
         }
         if first {
-            control.shutdownBoth()
+            control.shutdownReading()
             for d in lock.withLock({ dataConnections }) { d.shutdownBoth() }
         }
     }

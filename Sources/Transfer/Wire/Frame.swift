@@ -76,6 +76,9 @@ final class Connection: @unchecked Sendable {
     /// Wakes blocked readers without releasing the fd number (safe while other threads use it).
     func shutdownBoth() { shutdown(fd, Int32(SHUT_RDWR)) }
 
+    /// Wakes blocked readers but leaves the sending side open, so a last ERROR frame can go out.
+    func shutdownReading() { shutdown(fd, Int32(SHUT_RD)) }
+
     func sendAll(_ ptr: UnsafeRawPointer, _ length: Int, ring: Ring) throws {
         var done = 0
         var spins = 0
@@ -128,14 +131,14 @@ final class Connection: @unchecked Sendable {
     }
 
     /// Sends one control frame (header and payload in one send).
-    func send(_ type: FrameType, _ payload: [UInt8] = [], ring: Ring) throws {
+    func send(_ type: FrameType, _ payload: [UInt8] = [], flags: UInt8 = 0, ring: Ring) throws {
         precondition(payload.count <= Wire.controlPayloadBytesMax)
         var frame = [UInt8]()
         frame.reserveCapacity(Wire.frameHeaderBytes + payload.count)
         var w = ByteWriter(capacity: 8)
         w.u32(UInt32(payload.count))
         w.u8(type.rawValue)
-        w.u8(0)
+        w.u8(flags)
         w.u16(0)
         frame.append(contentsOf: w.bytes)
         frame.append(contentsOf: payload)
@@ -163,14 +166,15 @@ final class Connection: @unchecked Sendable {
         }
         if header.type == .error {
             let text = String(decoding: payload.prefix(4096), as: UTF8.self)
-            throw TransferError(.remote, "remote error: \(text)", resumable: true)
+            throw TransferError(.remote, "remote error: \(text)", resumable: header.flags & 1 != 0)
         }
         return (header.type, payload)
     }
 
     /// Best effort: tell the peer why we hang up.
-    func sendError(_ message: String, ring: Ring) {
-        try? send(.error, Array(message.utf8.prefix(4096)), ring: ring)
+    /// ERROR frames carry flag bit 0 when a rerun would resume.
+    func sendError(_ error: TransferError, ring: Ring) {
+        try? send(.error, Array(error.message.utf8.prefix(4096)), flags: error.resumable ? 1 : 0, ring: ring)
     }
 }
 
