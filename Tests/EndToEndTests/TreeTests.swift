@@ -35,6 +35,10 @@ struct TreeTests {
         try writeFile(src + "/dir with spaces/file with spaces.txt", Array("spaces\n".utf8))
         try writeFile(src + "/ünïcödé ディレクトリ/ファイル 🚀.dat", randomBytes(3000))
         try writeFile(src + "/nested/empty-file", [])
+        try fm.createDirectory(atPath: src + "/.config", withIntermediateDirectories: true)
+        try writeFile(src + "/.hidden", Array("dot file\n".utf8))
+        try writeFile(src + "/.config/settings.ini", Array("[a]\nb=c\n".utf8))
+        try writeFile(src + "/looks like.ferry-part", Array("not a helper file\n".utf8))
         try writeRandomFile(src + "/nested/multi-chunk.bin", size: 9 * E2E.MiB + 5)
 
         // Symlinks: relative inside, to a directory, dangling, absolute outside, relative outside.
@@ -81,9 +85,9 @@ struct TreeTests {
         #expect(meta(pushed + "/link-to-dir")?.kind == .symlink)
         #expect(meta(pushed + "/empty")?.kind == .dir)
         #expect(meta(pushed + "/nested/empty/deeper")?.kind == .dir)
-        #expect(ferryLeftovers(pushed).isEmpty, "\(ferryLeftovers(pushed))")
+        #expect(ferryLeftovers(pushed) == ferryLeftovers(src), "\(ferryLeftovers(pushed))")
         if let s = push.summary {
-            #expect(s.files == 8, "8 regular files in the tree: \(s)")
+            #expect(s.files == 11, "11 regular files in the tree: \(s)")
         } else {
             Issue.record("no summary: \(push)")
         }
@@ -94,7 +98,7 @@ struct TreeTests {
         let pullDiffs = treeDifferences(src, pulled)
         #expect(pullDiffs.isEmpty, "pull: \(pullDiffs)")
         #expect(meta(pulled + "/abs-outside")?.kind == .symlink)
-        #expect(ferryLeftovers(pulled).isEmpty, "\(ferryLeftovers(pulled))")
+        #expect(ferryLeftovers(pulled) == ferryLeftovers(src), "\(ferryLeftovers(pulled))")
         #expect(readFile(outside + "/target.txt") == Array("outside, must stay untouched\n".utf8))
     }
 
@@ -247,5 +251,17 @@ struct TreeTests {
         #expect(s3.wireBytes > 0, "\(s3)")
         #expect(s3.wireBytes < 2 * E2E.MiB, "only the changed file should travel: \(s3)")
         #expect(s3.filesSkipped == s3.files - 1, "\(s3)")
+
+        // The same for pulls: a second identical pull sends nothing.
+        let pulled = sb.file("pulled")
+        let pull = try sb.cp(server.url("mirror"), pulled, options: ["-r"])
+        #expect(pull.succeeded, "\(pull)")
+        #expect(treeDifferences(src, pulled).isEmpty, "\(treeDifferences(src, pulled))")
+        let pullAgain = try sb.cp(server.url("mirror"), pulled, options: ["-r"])
+        #expect(pullAgain.succeeded, "\(pullAgain)")
+        let s4 = try #require(pullAgain.summary, "\(pullAgain)")
+        #expect(s4.wireBytes == 0, "pull rerun sent data: \(s4)")
+        #expect(s4.skippedBytes == s4.bytes && s4.bytes == s1.bytes, "\(s4) vs first \(s1)")
+        #expect(s4.filesSkipped == s4.files, "\(s4)")
     }
 }

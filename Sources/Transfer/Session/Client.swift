@@ -43,6 +43,20 @@ public enum TransferClient {
     /// `progress` while it runs. Throws a `TransferError` naming the file and whether a rerun
     /// resumes when anything failed.
     public static func copy(from source: Endpoint, to destination: Endpoint, options: TransferOptions, token: [UInt8], progress: TransferProgress = TransferProgress()) throws -> TransferSummary {
+        do {
+            return try copyOnce(from: source, to: destination, options: options, token: token, progress: progress)
+        } catch {
+            var e = asTransferError(error)
+            // Session-level causes (a lost connection, a timeout) get the transfer's name; a
+            // per-file failure already names its file.
+            if progress.snapshot().filesFailed == 0 && e.code != .usage {
+                e.message = "copying '\(source)' to '\(destination)': " + e.message
+            }
+            throw e
+        }
+    }
+
+    private static func copyOnce(from source: Endpoint, to destination: Endpoint, options: TransferOptions, token: [UInt8], progress: TransferProgress) throws -> TransferSummary {
         prepareProcess()
         guard (Wire.chunkBytesMin...Wire.chunkBytesMax).contains(options.chunkBytes) else {
             throw TransferError(.usage, "--chunk-size must be between 64K and 64M")
