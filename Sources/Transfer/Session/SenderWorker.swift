@@ -176,18 +176,18 @@ final class SenderWorker {
         var sent: [Int] = []
         var total = 0
         var packed = 0
+        for (i, f) in files.enumerated() where fds[i] >= 0 && f.size > 0 && results[i] >= 0 && results[i] < Int32(f.size) {
+            // Short read: finish it (synchronously, nothing else is in flight), or the file shrank.
+            let got = Int(results[i])
+            let more = try readFully(fd: fds[i], into: dataStart + offsets[i] + got, length: Int(f.size) - got, offset: UInt64(got))
+            results[i] += Int32(more)
+        }
         for (i, f) in files.enumerated() {
             if fds[i] < 0 {
                 sender.batchOpenFailed(f, errno: -fds[i])
                 continue
             }
             try ring.close(fd: fds[i], tag: UInt64(i))
-            if f.size > 0 && results[i] >= 0 && results[i] < Int32(f.size) {
-                // Short read: finish it, or the file shrank.
-                let got = Int(results[i])
-                let more = try readFully(fd: fds[i], into: dataStart + offsets[i] + got, length: Int(f.size) - got, offset: UInt64(got))
-                results[i] += Int32(more)
-            }
             if f.size > 0 && results[i] != Int32(f.size) {
                 if results[i] < 0 { sender.batchOpenFailed(f, errno: -results[i]) } else { sender.sourceChanged(f) }
                 continue
