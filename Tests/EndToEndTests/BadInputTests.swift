@@ -263,7 +263,7 @@ struct BadInputTests {
         #expect(ok.succeeded, "the right token still works: \(ok)")
     }
 
-    @Test("usage errors exit 2")
+    @Test("usage errors exit 64 (EX_USAGE), with a message")
     func usageErrors() throws {
         let sb = try Sandbox("usage")
         let local = try sb.dir("local")
@@ -283,7 +283,7 @@ struct BadInputTests {
         ]
         for args in cases {
             let r = try sb.ferry(args)
-            #expect(r.status == 2, "usage error should exit 2: \(r)")
+            #expect(r.status == 64, "usage error should exit 64: \(r)")
             #expect(!r.stderr.isEmpty, "usage error without a message: \(r)")
         }
     }

@@ -96,6 +96,7 @@ struct PathTests {
         #expect(try Paths.remoteRelative("/a/./b/").path == "a/b")
         #expect(try Paths.remoteRelative("/a/./b/").trailingSlash)
         #expect(try Paths.remoteRelative("//").path == "")
+        #expect(throws: TransferError.self) { try Paths.remoteRelative("//etc/passwd") }
         #expect(throws: TransferError.self) { try Paths.remoteRelative("/a/../../etc") }
     }
 

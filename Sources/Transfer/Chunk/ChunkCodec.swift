@@ -114,3 +114,17 @@ final class Compressor {
 
 @inline(__always)
 func isAllZero(_ p: UnsafeRawPointer, _ n: Int) -> Bool { ferry_all_zero(p, n) != 0 }
+
+/// Hashes of all-zero chunks (holes), by length: computed once per length, not per chunk.
+struct ZeroHashes {
+    private var byLength: [Int: ChunkHash] = [:]
+
+    /// `scratch` must hold `n` bytes; it is zeroed when a new length is seen.
+    mutating func hash(_ n: Int, scratch: UnsafeMutableRawPointer) -> ChunkHash {
+        if let h = byLength[n] { return h }
+        scratch.initializeMemory(as: UInt8.self, repeating: 0, count: n)
+        let h = ChunkHash.of(scratch, n)
+        byLength[n] = h
+        return h
+    }
+}

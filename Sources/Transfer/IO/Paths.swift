@@ -39,6 +39,11 @@ enum Paths {
     /// refuses `..`. Returns the relative path and whether it ended in '/'.
     static func remoteRelative(_ urlPath: String) throws -> (path: String, trailingSlash: Bool) {
         let trailing = urlPath.hasSuffix("/")
+        // The URL's path starts with the one '/' that separates it from HOST:PORT; a second
+        // one (ferry://h:p//etc/x) asks for an absolute path, which a server never serves.
+        if urlPath.hasPrefix("//") && urlPath.count > 2 {
+            throw TransferError(.path, "absolute path '\(urlPath.dropFirst())' refused: paths are relative to the server's root")
+        }
         var parts: [Substring] = []
         for p in urlPath.split(separator: "/", omittingEmptySubsequences: true) {
             if p == "." { continue }

@@ -211,4 +211,14 @@ final class Ring {
         } catch let e as TransferError { throw e } catch { throw TransferError(.io, "\(error)") }
         return result
     }
+
+    /// Waits for every operation in flight, passing each completion to `handle`.
+    func drain(_ handle: (UInt64, Int32) -> Void) throws {
+        var rounds = 0
+        while inFlight > 0 {
+            rounds += 1
+            if rounds > 1_000_000 { throw TransferError(.io, "io_uring completions never arrived") }
+            try submitAndWait(minimum: inFlight) { tag, res, _ in handle(tag, res) }
+        }
+    }
 }

@@ -290,12 +290,17 @@ final class Receiver: @unchecked Sendable {
                 f.present = [Bool](repeating: false, count: f.chunkCount)
                 f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
                 var list: [(index: UInt32, hash: ChunkHash)] = []
+                var haveBytes: UInt64 = 0
                 for (i, h) in have.sorted(by: { $0.key < $1.key }) where i < f.chunkCount {
                     f.present[i] = true
                     f.hashes[i] = h
                     f.presentCount += 1
                     list.append((UInt32(i), h))
+                    haveBytes += min(UInt64(chunkBytes), e.size - UInt64(i) * UInt64(chunkBytes))
                 }
+                // Counted as already there; a chunk the sender finds different is sent and
+                // counted again as moved (rare: a damaged partial).
+                ctx.progress.skipped(bytes: haveBytes)
                 return PlanEntry(id: e.id, action: .resume(list))
             }
             if fd >= 0 { Glibc.close(fd) }

@@ -15,7 +15,7 @@ final class ReceiverWorker {
     private let header = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
     private let nameArena: UnsafeMutablePointer<CChar>
     private let nameSlotBytes = 2 * PathLimits.componentBytesMax + 32
-    private var zeroHashes: [Int: ChunkHash] = [:]
+    private var zeroHashes = ZeroHashes()
     private var fds: [Int32]
     private var results: [Int32]
 
@@ -81,14 +81,6 @@ final class ReceiverWorker {
         }
     }
 
-    private func zeroHash(_ n: Int) -> ChunkHash {
-        if let h = zeroHashes[n] { return h }
-        let p = pool.buffer(1)
-        memset(p, 0, n)
-        let h = ChunkHash.of(p, n)
-        zeroHashes[n] = h
-        return h
-    }
 
     private func requestResend(_ id: UInt64, _ index: Int) throws {
         var w = ByteWriter(capacity: 12)
@@ -133,7 +125,7 @@ final class ReceiverWorker {
                 return
             }
         }
-        let hash = codec == .zero ? zeroHash(rawBytes) : ChunkHash.of(data, rawBytes)
+        let hash = codec == .zero ? zeroHashes.hash(rawBytes, scratch: pool.buffer(1)) : ChunkHash.of(data, rawBytes)
         if hash != expected {
             try requestResend(id, index)
             return
@@ -241,7 +233,7 @@ final class ReceiverWorker {
             // O_EXCL: a fresh file gets the source's mode exactly (umask is 0), no fchmod needed.
             try ring.openat(dir: a.f.dir.fd, path: slot, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode: mode_t(a.f.entry.mode), tag: UInt64(i))
         }
-        try drain { tag, res in self.fds[Int(tag)] = res }
+        try ring.drain { tag, res in self.fds[Int(tag)] = res }
         for (i, a) in accepted.enumerated() where fds[i] == -EEXIST {
             // A temporary file left by an interrupted run: replace it.
             let slot = nameArena + i * nameSlotBytes
@@ -253,7 +245,7 @@ final class ReceiverWorker {
         for (i, a) in accepted.enumerated() where fds[i] >= 0 && a.size > 0 {
             try ring.write(fd: fds[i], buffer: a.data, length: a.size, offset: 0, bufferIndex: bufferIndex, tag: UInt64(i))
         }
-        try drain { tag, res in self.results[Int(tag)] = res }
+        try ring.drain { tag, res in self.results[Int(tag)] = res }
         // Metadata (no ring operation exists for these), then close and rename in one submission.
         for (i, a) in accepted.enumerated() where fds[i] >= 0 {
             if a.size > 0 && results[i] >= 0 && Int(results[i]) < a.size {
@@ -270,7 +262,7 @@ final class ReceiverWorker {
             _ = futimens(fds[i], &t)
             try ring.close(fd: fds[i], tag: UInt64(Wire.batchFilesMax + i))
         }
-        try drain { _, _ in }
+        try ring.drain { _, _ in }
         for (i, a) in accepted.enumerated() where fds[i] >= 0 && results[i] >= 0 {
             let to = nameArena + (Wire.batchFilesMax + i) * nameSlotBytes
             _ = a.f.name.withCString { strncpy(to, $0, nameSlotBytes - 1) }
@@ -278,7 +270,7 @@ final class ReceiverWorker {
             try ring.renameat(dir: a.f.dir.fd, from: nameArena + i * nameSlotBytes, to: to, tag: UInt64(i))
         }
         var renamed = [Int32](repeating: 0, count: accepted.count)
-        try drain { tag, res in renamed[Int(tag)] = res }
+        try ring.drain { tag, res in renamed[Int(tag)] = res }
         var rawDone = 0
         for (i, a) in accepted.enumerated() {
             var err: Int32 = 0
@@ -300,18 +292,6 @@ final class ReceiverWorker {
         try receiver.sendVerdicts(verdicts, ring: ring)
     }
 
-    private func drain(_ handle: (UInt64, Int32) -> Void) throws {
-        var rounds = 0
-        while ring.inFlight > 0 {
-            rounds += 1
-            if rounds > 1_000_000 { throw TransferError(.io, "io_uring completions never arrived") }
-            do {
-                try ring.submitAndWait(minimum: ring.inFlight) { tag, res, _ in handle(tag, res) }
-            } catch {
-                throw asTransferError(error)
-            }
-        }
-    }
 }
 
 /// "1.2 GiB"-style sizes for messages.

@@ -19,7 +19,7 @@ final class SenderWorker {
     private let hows: UnsafeMutablePointer<open_how>
     private var fds: [Int32]
     private var results: [Int32]
-    private var zeroHashes: [Int: ChunkHash] = [:]
+    private var zeroHashes = ZeroHashes()
 
     init(sender: Sender, conn: Connection) throws {
         self.sender = sender
@@ -56,14 +56,6 @@ final class SenderWorker {
         return done
     }
 
-    private func zeroHash(_ n: Int) -> ChunkHash {
-        if let h = zeroHashes[n] { return h }
-        let p = pool.buffer(1)
-        memset(p, 0, n)
-        let h = ChunkHash.of(p, n)
-        zeroHashes[n] = h
-        return h
-    }
 
     /// True when [offset, offset+length) is a hole (no data) in a sparse file.
     private func isHole(fd: Int32, offset: UInt64, length: Int) -> Bool {
@@ -102,7 +94,7 @@ final class SenderWorker {
         let hash: ChunkHash
         if f.sparse && isHole(fd: fd, offset: offset, length: length) {
             codec = .zero
-            hash = zeroHash(length)
+            hash = zeroHashes.hash(length, scratch: pool.buffer(1))
         } else {
             let got = try readFully(fd: fd, into: data, length: length, offset: offset)
             if got != length { sender.sourceChanged(f); return }
@@ -156,7 +148,7 @@ final class SenderWorker {
             hows[i] = open_how(flags: UInt64(O_RDONLY | O_NOFOLLOW | O_CLOEXEC), mode: 0, resolve: Paths.resolveBeneath | Paths.resolveNoSymlinks | Paths.resolveNoMagicLinks)
             try ring.openat2(dir: rootFd, path: slot, how: hows + i, tag: UInt64(i))
         }
-        try drain { tag, res in self.fds[Int(tag)] = res }
+        try ring.drain { tag, res in self.fds[Int(tag)] = res }
         // Phase 2: read each file into its place in the batch.
         let content = pool.buffer(0) + headroom + DataLayout.batchSubheaderBytes
         let table = content
@@ -171,7 +163,7 @@ final class SenderWorker {
             }
             at += Int(f.size)
         }
-        try drain { tag, res in self.results[Int(tag)] = res }
+        try ring.drain { tag, res in self.results[Int(tag)] = res }
         // Phase 3: close them all; build the table.
         var sent: [Int] = []
         var total = 0
@@ -199,7 +191,7 @@ final class SenderWorker {
             sent.append(i)
             total += Int(f.size)
         }
-        try drain { _, _ in }
+        try ring.drain { _, _ in }
         if sent.isEmpty { return }
         // The table sits before the data; if files dropped out, shift the data down to it.
         let tableBytes = sent.count * DataLayout.batchEntryBytes
@@ -236,18 +228,6 @@ final class SenderWorker {
     }
 
     /// Waits for every operation in flight, passing each completion to `handle`.
-    private func drain(_ handle: (UInt64, Int32) -> Void) throws {
-        var rounds = 0
-        while ring.inFlight > 0 {
-            rounds += 1
-            if rounds > 1_000_000 { throw TransferError(.io, "io_uring completions never arrived") }
-            do {
-                try ring.submitAndWait(minimum: ring.inFlight) { tag, res, _ in handle(tag, res) }
-            } catch {
-                throw asTransferError(error)
-            }
-        }
-    }
 
     /// `--checksum`: hashes the whole file to compare its digest with the receiver's.
     func check(_ f: SenderFile) throws {
