@@ -69,11 +69,14 @@ public struct TransferOptions: Sendable {
 
     public init() {}
 
-    /// Two streams per core, between 2 and 8: on a long fat link several TCP streams recover
-    /// from loss independently; on this kind of 2-core host more streams only add contention.
+    /// Two streams per core, between 4 and 8. Each stream's thread works synchronously
+    /// (receive, verify, write), so a second stream per core keeps the core busy while the
+    /// first waits on its socket; on a long fat link several TCP streams also recover from
+    /// loss independently. Measured on 2 cores, 2 GiB over loopback: 1 stream 3.08 s,
+    /// 2 streams 2.74 s, 4 streams 2.39 s.
     public static var automaticStreams: Int {
         let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        return max(2, min(8, cores))
+        return max(4, min(8, 2 * cores))
     }
 }
 
