@@ -352,7 +352,7 @@ def main():
 
     L = []
     L.append("# Ferry benchmark results\n")
-    L.append("Written by `bench/run` (%s mode; command `%s`, finished %s). Regenerate with the same command; "
+    L.append("Written by `bench/run` (%s mode; command `%s`, started %s). Regenerate with the same command; "
              "`bench/run --only SCENARIO` refreshes one scenario and keeps the others' last figures.\n"
              % (machine.get("mode", "?"), machine.get("command", "bench/run").strip(), machine.get("date", "?")))
     if machine.get("mode") == "quick":
@@ -398,15 +398,24 @@ def main():
     profiles = [(s, p) for s, p in profiles if os.path.exists(p)]
     if profiles:
         L.append("## Profiles (what limits Ferry)\n")
-        L.append("One extra Ferry run per scenario (defaults, not counted above) under `perf record -a -g` "
-                 "(the whole machine: both ends, kernel included); self time by command, object and "
-                 "symbol, top entries. Full listings: `bench/out/%s/profile/`.\n" % machine.get("mode", "full"))
+        L.append("One extra Ferry run per scenario (defaults, not counted above) under `perf record -a -g`, "
+                 "keeping only the samples of the two Ferry processes (both ends, their io_uring worker "
+                 "threads `iou-wrk-*` and their kernel time). Self time by object and symbol (share of "
+                 "Ferry's samples), then by thread. Full listings: `bench/out/%s/profile/`.\n"
+                 % machine.get("mode", "full"))
         for s, p in profiles:
-            lines = [x.rstrip() for x in open(p, errors="replace") if x.strip() and not x.startswith("#")]
+            text = open(p, errors="replace").read()
+            syms, _, threads = text.partition("# the same, by thread")
             L.append("**%s**\n" % s)
             L.append("```")
-            L.extend(x[:160] for x in lines[:25])
+            L.extend([x.rstrip()[:150] for x in syms.splitlines() if x.strip() and not x.startswith("#")][:22])
             L.append("```\n")
+            th = [x.rstrip()[:150] for x in threads.splitlines()[1:] if x.strip() and not x.startswith("#")][:10]
+            if th:
+                L.append("By thread:\n")
+                L.append("```")
+                L.extend(th)
+                L.append("```\n")
 
     L.append("## Machine and versions\n")
     L.append("| | |")

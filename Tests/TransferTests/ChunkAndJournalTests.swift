@@ -72,6 +72,31 @@ struct ChunkAndJournalTests {
         #expect(have.keys.sorted() == [1])
     }
 
+    /// Simulates a link on which compressed chunks deliver `compressedRate` raw bytes per
+    /// second and raw chunks `rawRate`; returns the share of chunks sent compressed.
+    private func compressedShare(compressedRate: Double, rawRate: Double) -> Double {
+        var p = CompressionPolicy(mode: .auto)
+        var compressible: Bool? = nil
+        var since = 0
+        var now: UInt64 = 1
+        var compressed = 0
+        let chunks = 2000
+        for _ in 0..<chunks {
+            let level = p.level(compressible: &compressible, chunksSinceProbe: &since, sampleSize: 65536) { 10_000 }
+            let bytes = 4 << 20
+            now += UInt64(Double(bytes) / (level != nil ? compressedRate : rawRate) * 1e9)
+            if level != nil { compressed += 1 }
+            p.delivered(rawBytes: bytes, compressedArm: level != nil, nowNs: now)
+        }
+        return Double(compressed) / Double(chunks)
+    }
+
+    @Test("auto compression settles on the faster arm: compressed on a slow link, raw on a fast one")
+    func policyPicksFasterArm() {
+        #expect(compressedShare(compressedRate: 300e6, rawRate: 100e6) > 0.9)
+        #expect(compressedShare(compressedRate: 200e6, rawRate: 1000e6) < 0.1)
+    }
+
     @Test("the compression policy sends incompressible data raw without compressing whole chunks")
     func policyIncompressible() {
         var p = CompressionPolicy(mode: .auto)

@@ -11,8 +11,8 @@ struct CompressionPolicy {
     static let sampleBytes = 64 << 10
     static let compressibleRatioMin = 1.15
     static let reprobeChunks = 16
-    static let epochBytesMin: UInt64 = 32 << 20
-    static let epochNsMin: UInt64 = 150_000_000
+    static let epochBytesMin: UInt64 = 16 << 20
+    static let epochNsMin: UInt64 = 200_000_000
     static let autoLevel: Int32 = 1
 
     let mode: CompressionMode
@@ -21,7 +21,7 @@ struct CompressionPolicy {
     private var measured: [Bool] = [false, false]
     private var epochBytes: UInt64 = 0
     private var epochStartNs: UInt64 = 0
-    private var epochsUntilExplore = 0
+    private var epochsUntilExplore = 8
     private var exploreInterval = 8
     private var exploring = false
 
@@ -49,9 +49,9 @@ struct CompressionPolicy {
     }
 
     /// Accounts raw bytes delivered by a compressible chunk under the current arm.
-    mutating func delivered(rawBytes: Int, compressedArm: Bool) {
+    mutating func delivered(rawBytes: Int, compressedArm: Bool, nowNs: UInt64 = monotonicNs()) {
         guard case .auto = mode else { return }
-        let now = monotonicNs()
+        let now = nowNs
         if epochStartNs == 0 { epochStartNs = now }
         epochBytes += UInt64(rawBytes)
         let elapsed = now - epochStartNs
