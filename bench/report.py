@@ -401,18 +401,19 @@ def main():
         L.append("One extra Ferry run per scenario (defaults, not counted above) under `perf record -a -g`, "
                  "keeping only the samples of the two Ferry processes (both ends, their io_uring worker "
                  "threads `iou-wrk-*` and their kernel time). Self time by object and symbol (share of "
-                 "Ferry's samples), then by thread. Full listings: `bench/out/%s/profile/`.\n"
+                 "Ferry's samples), then by side and thread kind (share of all samples of the machine's "
+                 "2 CPUs, idle included). Full listings: `bench/out/%s/profile/`.\n"
                  % machine.get("mode", "full"))
         for s, p in profiles:
             text = open(p, errors="replace").read()
-            syms, _, threads = text.partition("# the same, by thread")
+            syms, _, threads = text.partition("# the same, by side")
             L.append("**%s**\n" % s)
             L.append("```")
             L.extend([x.rstrip()[:150] for x in syms.splitlines() if x.strip() and not x.startswith("#")][:22])
             L.append("```\n")
             th = [x.rstrip()[:150] for x in threads.splitlines()[1:] if x.strip() and not x.startswith("#")][:10]
             if th:
-                L.append("By thread:\n")
+                L.append("By side and thread kind:\n")
                 L.append("```")
                 L.extend(th)
                 L.append("```\n")
@@ -420,7 +421,7 @@ def main():
     L.append("## Machine and versions\n")
     L.append("| | |")
     L.append("|---|---|")
-    for k in ["date", "cpu", "nproc", "memory", "kernel", "os", "tmpfs", "ferry", "swift", "cp", "rsync",
+    for k in ["date", "cpu", "nproc", "memory", "kernel", "os", "tmpfs", "ferry", "build", "swift", "cp", "rsync",
               "ssh", "iperf3", "zstd", "python", "perf", "sizes", "disk_dir"]:
         if k in machine:
             L.append("| %s | %s |" % (k, machine[k].replace("|", "\\|")))

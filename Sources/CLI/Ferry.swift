@@ -46,19 +46,3 @@ func readToken(_ path: String) throws -> [UInt8] {
 func transferExitCode(for e: TransferError) -> ExitCode {
     e.code == .usage ? ExitCode(64) : ExitCode(1)
 }
-
-func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-        }
-    }
-    return out + "\""
-}

@@ -28,6 +28,9 @@ extension Ferry {
         @Option(name: .customLong("max-connections"), help: "Connections served at once; more are refused.")
         var maxConnections = 256
 
+        @Option(name: .customLong("audit-log"), help: "Append one JSON line per session and per refused connection to this file.")
+        var auditLog: String?
+
         func validate() throws {
             if listen.isEmpty { throw ValidationError("give at least one --listen HOST:PORT") }
             if handshakeTimeout < 1 || idleTimeout < 1 || maxConnections < 1 { throw ValidationError("timeouts and limits must be positive") }
@@ -42,6 +45,9 @@ extension Ferry {
             config.handshakeTimeoutSeconds = handshakeTimeout
             config.idleTimeoutSeconds = idleTimeout
             config.connectionsMax = maxConnections
+            if let auditLog {
+                do { config.audit = try AuditLog(path: auditLog) } catch { throw ValidationError("\(error)") }
+            }
             // Block the stop signals before any thread starts, then wait for them here.
             var signals = sigset_t()
             sigemptyset(&signals)

@@ -11,6 +11,10 @@ public struct ServerConfiguration: Sendable {
     public var handshakeTimeoutSeconds = 10
     public var idleTimeoutSeconds = 120
     public var connectionsMax = 256
+    /// Every session and every refusal is recorded here when set.
+    public var audit: AuditLog?
+    /// Who the shared token stands for in the audit log (user tokens replace this later).
+    public var tokenUser = "token"
     /// Where one line per session and per refused connection goes.
     public var log: @Sendable (String) -> Void = { line in
         fputs(line + "\n", stderr)
@@ -104,7 +108,9 @@ public final class TransferServer: @unchecked Sendable {
                 return true
             }
             if !admitted {
-                configuration.log("ferry serve: refused \(Socket.peerName(fd)): too many connections (\(configuration.connectionsMax))")
+                let peer = Socket.peerName(fd)
+                configuration.log("ferry serve: refused \(peer): too many connections (\(configuration.connectionsMax))")
+                configuration.audit?.write(.init(user: "", peer: peer, action: "connect", path: "", result: "refused: too many connections"))
                 Glibc.close(fd)
                 continue
             }
@@ -136,6 +142,7 @@ public final class TransferServer: @unchecked Sendable {
             var e = asTransferError(error)
             e.resumable = false
             configuration.log("ferry serve: \(conn.peer): \(e.message)")
+            configuration.audit?.write(.init(user: "", peer: conn.peer, action: "connect", path: "", result: "refused: " + e.message))
             conn.sendError(e, ring: ring)
         }
         conn.close()
@@ -173,15 +180,25 @@ public final class TransferServer: @unchecked Sendable {
             }
         }
         let what = "\(hello.direction == .push ? "push to" : "pull from") '\(hello.path.isEmpty ? "." : hello.path)'"
+        var record = AuditLog.Record(user: configuration.tokenUser, peer: conn.peer, action: hello.direction == .push ? "push" : "pull", path: hello.path, result: "ok")
+        defer {
+            let p = progress.snapshot()
+            record.files = p.filesTotal
+            record.bytes = p.bytesDone
+            record.seconds = p.seconds
+            configuration.audit?.write(record)
+        }
         do {
             if let s = session.sender { try s.runControl() }
             if let r = session.receiver { try r.runControl() }
             let p = progress.snapshot()
+            if p.filesFailed > 0 { record.result = "failed: " + (p.failures.first ?? "") }
             configuration.log("ferry serve: \(conn.peer): \(what): ok, \(p.filesTotal) files, \(byteText(p.bytesTotal)), \(byteText(p.wireBytes)) on the wire, \(p.filesFailed) failed")
         } catch {
             var e = asTransferError(error)
             e.resumable = e.rerunResumes
             configuration.log("ferry serve: \(conn.peer): \(what): \(e.message)")
+            record.result = "failed: " + e.message
             // The peer learns why, unless it is the one that went away.
             if e.code != .remote { conn.sendError(e, ring: ring) }
         }

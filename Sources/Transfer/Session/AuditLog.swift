@@ -1,0 +1,86 @@
+import Glibc
+
+/// Append-only audit trail: one JSON object per line for every session and every refused
+/// connection (who, from where, what, which path, bytes, result, duration). Each line is
+/// written with one O_APPEND write and made durable before the call returns, so a crash loses
+/// no line of a finished action. `@unchecked Sendable`: writes are serialised by `lock`.
+public final class AuditLog: @unchecked Sendable {
+    private let fd: Int32
+    private let lock = Lock()
+
+    public init(path: String) throws {
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        if fd < 0 { throw TransferError.system("cannot open audit log '\(path)'", errno: errno) }
+    }
+
+    deinit { close(fd) }
+
+    /// One audit record.
+    public struct Record {
+        public var user: String
+        public var peer: String
+        public var action: String
+        public var path: String
+        public var files: UInt64 = 0
+        public var bytes: UInt64 = 0
+        public var result: String
+        public var seconds: Double = 0
+
+        public init(user: String, peer: String, action: String, path: String, result: String) {
+            self.user = user
+            self.peer = peer
+            self.action = action
+            self.path = path
+            self.result = result
+        }
+    }
+
+    public func write(_ r: Record) {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var tm = tm()
+        var t = ts.tv_sec
+        gmtime_r(&t, &tm)
+        let time = String(format4(Int(tm.tm_year) + 1900)) + "-" + two(Int(tm.tm_mon) + 1) + "-" + two(Int(tm.tm_mday)) + "T"
+            + two(Int(tm.tm_hour)) + ":" + two(Int(tm.tm_min)) + ":" + two(Int(tm.tm_sec)) + "." + three(ts.tv_nsec / 1_000_000) + "Z"
+        let ms = Int((r.seconds * 1000).rounded())
+        let line = "{\"time\":\"\(time)\",\"user\":\(jsonString(r.user)),\"peer\":\(jsonString(r.peer)),\"action\":\(jsonString(r.action)),\"path\":\(jsonString(r.path)),\"files\":\(r.files),\"bytes\":\(r.bytes),\"result\":\(jsonString(r.result)),\"duration_ms\":\(ms)}\n"
+        lock.withLock {
+            let bytes = Array(line.utf8)
+            var done = 0
+            while done < bytes.count {
+                let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                done += n
+            }
+            _ = fdatasync(fd)
+        }
+    }
+
+    private func two(_ v: Int) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    private func three(_ v: Int) -> String { v < 10 ? "00\(v)" : (v < 100 ? "0\(v)" : "\(v)") }
+    private func format4(_ v: Int) -> String { "\(v)" }
+}
+
+/// A JSON string literal (quotes and escapes).
+public func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if u.value < 0x20 {
+                let hex = String(u.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+    }
+    return out + "\""
+}
