@@ -28,12 +28,15 @@ extension Ferry {
         @Option(name: .customLong("max-connections"), help: "Connections served at once; more are refused.")
         var maxConnections = 256
 
+        @Option(name: .customLong("max-connections-per-address"), help: "Connections from one address at once; more are refused.")
+        var maxConnectionsPerAddress = 64
+
         @Option(name: .customLong("audit-log"), help: "Append one JSON line per session and per refused connection to this file.")
         var auditLog: String?
 
         func validate() throws {
             if listen.isEmpty { throw ValidationError("give at least one --listen HOST:PORT") }
-            if handshakeTimeout < 1 || idleTimeout < 1 || maxConnections < 1 { throw ValidationError("timeouts and limits must be positive") }
+            if handshakeTimeout < 1 || idleTimeout < 1 || maxConnections < 1 || maxConnectionsPerAddress < 1 { throw ValidationError("timeouts and limits must be positive") }
         }
 
         func run() throws {
@@ -45,6 +48,7 @@ extension Ferry {
             config.handshakeTimeoutSeconds = handshakeTimeout
             config.idleTimeoutSeconds = idleTimeout
             config.connectionsMax = maxConnections
+            config.connectionsPerAddressMax = maxConnectionsPerAddress
             if let auditLog {
                 do { config.audit = try AuditLog(path: auditLog) } catch { throw ValidationError("\(error)") }
             }

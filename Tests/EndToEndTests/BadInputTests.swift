@@ -205,7 +205,7 @@ struct BadInputTests {
         let local = try sb.dir("local")
         let src = local + "/f.bin"
         try writeRandomFile(src, size: 3 * E2E.MiB)
-        let server = try FerryServer(sb, root: root, extra: ["--handshake-timeout", "2"])
+        let server = try FerryServer(sb, root: root, extra: ["--handshake-timeout", "2", "--max-connections-per-address", "200"])
         defer { server.stop() }
 
         let silent = try (0..<100).map { _ in try RawClient(port: server.port) }
@@ -220,6 +220,35 @@ struct BadInputTests {
             if !c.readUntilClosed(timeout: left).closed { stillOpen += 1 }
         }
         #expect(stillOpen == 0, "\(stillOpen) of 100 silent connections still open ~10 s later")
+        #expect(server.isRunning)
+    }
+
+    @Test("a connection flood from one address is cut at its limit; another address still transfers; audited")
+    func floodFromOneAddress() throws {
+        let sb = try Sandbox("flood")
+        let root = try sb.dir("root")
+        let local = try sb.dir("local")
+        let audit = sb.file("audit.jsonl")
+        try writeRandomFile(local + "/f.bin", size: 3 * E2E.MiB)
+        let server = try FerryServer(
+            sb, root: root, listen: ["127.0.0.1:0", "[::1]:0"],
+            extra: ["--handshake-timeout", "20", "--max-connections-per-address", "8", "--audit-log", audit])
+        defer { server.stop() }
+
+        // 20 silent connections from 127.0.0.1: 8 are admitted (and wait for their handshake
+        // timeout), the other 12 are closed at once.
+        let flood = try (0..<20).map { _ in try RawClient(port: server.port) }
+        var closedAtOnce = 0
+        for c in flood where c.readUntilClosed(timeout: 0.3).closed { closedAtOnce += 1 }
+        #expect(closedAtOnce == 12, "\(closedAtOnce) of 20 flood connections closed at once, expected 12")
+
+        // From ::1 (another address) a transfer still goes through.
+        let v6 = try #require(server.addresses.first { $0.hasPrefix("[") })
+        let r = try sb.cp(local + "/f.bin", server.url("f.bin", address: v6))
+        #expect(r.succeeded, "\(r)")
+        #expect(filesIdentical(local + "/f.bin", root + "/f.bin"))
+        let text = (try? String(contentsOfFile: audit, encoding: .utf8)) ?? ""
+        #expect(text.components(separatedBy: "too many connections from 127.0.0.1").count - 1 == 12, "\(text)")
         #expect(server.isRunning)
     }
 

@@ -153,6 +153,13 @@ enum Socket {
         return (fd, HostPort(host: address.host, port: port))
     }
 
+    /// "1.2.3.4" of "1.2.3.4:5678", "::1" of "[::1]:5678".
+    static func hostPart(_ peer: String) -> String {
+        if peer.hasPrefix("["), let close = peer.firstIndex(of: "]") { return String(peer[peer.index(after: peer.startIndex)..<close]) }
+        if let colon = peer.lastIndex(of: ":") { return String(peer[..<colon]) }
+        return peer
+    }
+
     /// The peer's address as text, for logs and limits.
     static func peerName(_ fd: Int32) -> String {
         var storage = sockaddr_storage()

@@ -11,6 +11,8 @@ public struct ServerConfiguration: Sendable {
     public var handshakeTimeoutSeconds = 10
     public var idleTimeoutSeconds = 120
     public var connectionsMax = 256
+    /// Connections from one address at once (a flood from one host cannot starve the others).
+    public var connectionsPerAddressMax = 64
     /// Every session and every refusal is recorded here when set.
     public var audit: AuditLog?
     /// Who the shared token stands for in the audit log (user tokens replace this later).
@@ -58,6 +60,7 @@ public final class TransferServer: @unchecked Sendable {
     private var sessions: [[UInt8]: ServerSession] = [:]
     private var listeners: [Int32] = []
     private var connections = 0
+    private var connectionsByAddress: [String: Int] = [:]
     private var stopped = false
 
     public init(_ configuration: ServerConfiguration) throws {
@@ -102,15 +105,20 @@ public final class TransferServer: @unchecked Sendable {
                 }
                 return
             }
-            let admitted = lock.withLock { () -> Bool in
-                if connections >= configuration.connectionsMax { return false }
+            let peer = Socket.peerName(fd)
+            let address = Socket.hostPart(peer)
+            let refusal = lock.withLock { () -> String? in
+                if connections >= configuration.connectionsMax { return "too many connections (\(configuration.connectionsMax))" }
+                if connectionsByAddress[address, default: 0] >= configuration.connectionsPerAddressMax {
+                    return "too many connections from \(address) (\(configuration.connectionsPerAddressMax))"
+                }
                 connections += 1
-                return true
+                connectionsByAddress[address, default: 0] += 1
+                return nil
             }
-            if !admitted {
-                let peer = Socket.peerName(fd)
-                configuration.log("ferry serve: refused \(peer): too many connections (\(configuration.connectionsMax))")
-                configuration.audit?.write(.init(user: "", peer: peer, action: "connect", path: "", result: "refused: too many connections"))
+            if let refusal {
+                configuration.log("ferry serve: refused \(peer): \(refusal)")
+                configuration.audit?.write(.init(user: "", peer: peer, action: "connect", path: "", result: "refused: " + refusal))
                 Glibc.close(fd)
                 continue
             }
@@ -119,7 +127,11 @@ public final class TransferServer: @unchecked Sendable {
             let conn = Connection(fd: fd)
             spawnThread(name: "ferry-conn") { [self] in
                 serve(conn)
-                lock.withLock { connections -= 1 }
+                lock.withLock {
+                    connections -= 1
+                    connectionsByAddress[address, default: 1] -= 1
+                    if connectionsByAddress[address] == 0 { connectionsByAddress[address] = nil }
+                }
             }
         }
     }
