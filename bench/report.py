@@ -398,24 +398,24 @@ def main():
     profiles = [(s, p) for s, p in profiles if os.path.exists(p)]
     if profiles:
         L.append("## Profiles (what limits Ferry)\n")
-        L.append("One extra Ferry run per scenario (defaults, not counted above) under `perf record -a -g`, "
-                 "keeping only the samples of the two Ferry processes (both ends, their io_uring worker "
-                 "threads `iou-wrk-*` and their kernel time). Self time by object and symbol (share of "
-                 "Ferry's samples), then by side and thread kind (share of all samples of the machine's "
-                 "2 CPUs, idle included). Full listings: `bench/out/%s/profile/`.\n"
-                 % machine.get("mode", "full"))
+        L.append("One extra Ferry run per scenario (defaults, not counted above), each side under its own "
+                 "`perf record -g` (`-p SERVER`, and the client command itself), so that other sessions' "
+                 "processes are left out; threads, io_uring workers (`iou-wrk`) and kernel time included. "
+                 "Self time by object and symbol, then by thread kind, as shares of that side's samples. "
+                 "Full listings: `bench/out/%s/profile/`.\n" % machine.get("mode", "full"))
         for s, p in profiles:
-            text = open(p, errors="replace").read()
-            syms, _, threads = text.partition("# the same, by side")
+            sections, cur = {}, None
+            for line in open(p, errors="replace"):
+                if line.startswith("## "):
+                    cur = line[3:].strip()
+                    sections[cur] = []
+                elif cur and line.strip() and not line.startswith("#"):
+                    sections[cur].append(line.rstrip()[:150])
             L.append("**%s**\n" % s)
-            L.append("```")
-            L.extend([x.rstrip()[:150] for x in syms.splitlines() if x.strip() and not x.startswith("#")][:22])
-            L.append("```\n")
-            th = [x.rstrip()[:150] for x in threads.splitlines()[1:] if x.strip() and not x.startswith("#")][:10]
-            if th:
-                L.append("By side and thread kind:\n")
+            for title, lines in sections.items():
+                L.append("%s:\n" % title)
                 L.append("```")
-                L.extend(th)
+                L.extend(lines[:12 if "symbol" in title else 6])
                 L.append("```\n")
 
     L.append("## Machine and versions\n")

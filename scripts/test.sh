@@ -8,3 +8,4 @@ swift build
 swift build --build-tests
 export FERRY_BIN="$PWD/.build/debug/ferry"
 swift test --skip-build "$@"
+./fuzz/run.sh 30

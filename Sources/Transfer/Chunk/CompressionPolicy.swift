@@ -1,7 +1,7 @@
 /// Decides, per worker, whether the next chunk travels compressed.
 ///
 /// `auto` works in two steps. Per file (and again every `reprobeChunks` chunks) a 64 KiB sample
-/// is compressed at level 1: data that does not shrink by `compressibleRatioMin` is sent raw,
+/// is compressed at zstd level -1 (fast mode, also used for the data): data that does not shrink by `compressibleRatioMin` is sent raw,
 /// so incompressible data costs one small probe per 64 MiB. For compressible data the policy
 /// measures what matters, raw bytes delivered per second, alternately with and without
 /// compression ("epochs"), and keeps the faster arm. The other arm is re-tried now and then,
@@ -13,7 +13,7 @@ struct CompressionPolicy {
     static let reprobeChunks = 16
     static let epochBytesMin: UInt64 = 16 << 20
     static let epochNsMin: UInt64 = 200_000_000
-    static let autoLevel: Int32 = 1
+    static let autoLevel: Int32 = -1
 
     let mode: CompressionMode
     private var arm = 0  // 0 = compress, 1 = raw
