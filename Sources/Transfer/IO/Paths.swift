@@ -19,18 +19,24 @@ enum Paths {
     /// Splits and validates a relative path from the wire ("" is the transfer root itself).
     /// Refuses empty components, ".", "..", NUL bytes and over-long names.
     static func components(of path: String) throws -> [Substring] {
-        if path.isEmpty { return [] }
-        if path.utf8.count > PathLimits.pathBytesMax {
-            throw TransferError(.path, "path too long (\(path.utf8.count) bytes, at most \(PathLimits.pathBytesMax))")
+        // Byte-wise, as the kernel sees the path: Swift compares Characters, and "/" followed
+        // by a combining mark is one Character, which would slip past `split` and `== ".."`.
+        let bytes = Array(path.utf8)
+        if bytes.isEmpty { return [] }
+        if bytes.count > PathLimits.pathBytesMax {
+            throw TransferError(.path, "path too long (\(bytes.count) bytes, at most \(PathLimits.pathBytesMax))")
         }
-        if path.hasPrefix("/") { throw TransferError(.path, "absolute path refused: \(path)") }
-        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
-        for p in parts {
-            if p.isEmpty || p == "." || p == ".." {
-                throw TransferError(.path, "path '\(path)' leaves its root or is not normalised (component '\(p)')")
+        let slash = UInt8(ascii: "/")
+        let dot = UInt8(ascii: ".")
+        if bytes[0] == slash { throw TransferError(.path, "absolute path refused: \(path)") }
+        var parts: [Substring] = []
+        for p in bytes.split(separator: slash, omittingEmptySubsequences: false) {
+            if p.isEmpty || p.elementsEqual([dot]) || p.elementsEqual([dot, dot]) {
+                throw TransferError(.path, "path '\(path)' leaves its root or is not normalised")
             }
-            if p.utf8.count > PathLimits.componentBytesMax { throw TransferError(.path, "name too long in '\(path)'") }
-            if p.utf8.contains(0) { throw TransferError(.path, "NUL byte in path") }
+            if p.count > PathLimits.componentBytesMax { throw TransferError(.path, "name too long in '\(path)'") }
+            if p.contains(0) { throw TransferError(.path, "NUL byte in path") }
+            parts.append(Substring(String(decoding: p, as: UTF8.self)))
         }
         return parts
     }
@@ -38,17 +44,20 @@ enum Paths {
     /// Normalises a path typed by a user for a server (URL part): strips leading slashes,
     /// refuses `..`. Returns the relative path and whether it ended in '/'.
     static func remoteRelative(_ urlPath: String) throws -> (path: String, trailingSlash: Bool) {
-        let trailing = urlPath.hasSuffix("/")
+        let slash = UInt8(ascii: "/")
+        let dot = UInt8(ascii: ".")
+        let bytes = Array(urlPath.utf8)
+        let trailing = bytes.last == slash
         // The URL's path starts with the one '/' that separates it from HOST:PORT; a second
         // one (ferry://h:p//etc/x) asks for an absolute path, which a server never serves.
-        if urlPath.hasPrefix("//") && urlPath.count > 2 {
+        if bytes.count > 2 && bytes[0] == slash && bytes[1] == slash {
             throw TransferError(.path, "absolute path '\(urlPath.dropFirst())' refused: paths are relative to the server's root")
         }
-        var parts: [Substring] = []
-        for p in urlPath.split(separator: "/", omittingEmptySubsequences: true) {
-            if p == "." { continue }
-            if p == ".." { throw TransferError(.path, "path '\(urlPath)' leaves the server's root ('..' refused)") }
-            parts.append(p)
+        var parts: [String] = []
+        for p in bytes.split(separator: slash, omittingEmptySubsequences: true) {
+            if p.elementsEqual([dot]) { continue }
+            if p.elementsEqual([dot, dot]) { throw TransferError(.path, "path '\(urlPath)' leaves the server's root ('..' refused)") }
+            parts.append(String(decoding: p, as: UTF8.self))
         }
         let joined = parts.joined(separator: "/")
         _ = try components(of: joined)
@@ -108,6 +117,9 @@ enum PartialNames {
     }
     /// True for Ferry's own helper files, which a tree walk skips.
     static func isHelper(_ name: String) -> Bool {
-        name.hasPrefix(".") && (name.hasSuffix(partSuffix) || name.hasSuffix(journalSuffix))
+        // Bytes, not Characters: a combining mark must not hide the leading "." or the suffix.
+        let b = Array(name.utf8)
+        guard b.first == UInt8(ascii: ".") else { return false }
+        return b.count > 1 && (b.reversed().starts(with: partSuffix.utf8.reversed()) || b.reversed().starts(with: journalSuffix.utf8.reversed()))
     }
 }
