@@ -1,12 +1,17 @@
 /// Decides, per worker, whether the next chunk travels compressed.
 ///
-/// `auto` works in two steps. Per file (and again every `reprobeChunks` chunks) a 64 KiB sample
-/// is compressed at zstd level -1 (fast mode, also used for the data): data that does not shrink by `compressibleRatioMin` is sent raw,
-/// so incompressible data costs one small probe per 64 MiB. For compressible data the policy
-/// measures what matters, raw bytes delivered per second, alternately with and without
-/// compression ("epochs"), and keeps the faster arm. The other arm is re-tried now and then,
-/// less often each time it loses, so a fast link (where compression only costs CPU) stays
-/// within a few percent of `off`, and a slow link with text moves several times its rate.
+/// `auto` works in three steps.
+/// 1. Per file (and again every `reprobeChunks` chunks) a 64 KiB sample is compressed at zstd's
+///    fast level -1: data that does not shrink by `compressibleRatioMin` is sent raw, so
+///    incompressible data costs one small probe per 64 MiB. The probe also measures this
+///    core's compression speed and the ratio.
+/// 2. Compressible data starts raw. After each measured raw epoch (raw bytes delivered per
+///    second), the policy predicts what compressing would deliver: compress, then send the
+///    smaller payload at the measured wire rate, 1 / (1/speed + 1/(wireRate × ratio)). Only
+///    when that promises at least `promiseMin` times the raw rate does it try compressing, so
+///    a fast link (loopback, where the CPU is the limit) never pays for compression.
+/// 3. Once both arms are measured it keeps the faster one, re-trying the other now and then,
+///    less often each time it loses.
 struct CompressionPolicy {
     static let sampleBytes = 64 << 10
     static let compressibleRatioMin = 1.15
@@ -14,9 +19,11 @@ struct CompressionPolicy {
     static let epochBytesMin: UInt64 = 16 << 20
     static let epochNsMin: UInt64 = 200_000_000
     static let autoLevel: Int32 = -1
+    /// Predicted gain needed before compression is tried.
+    static let promiseMin = 1.3
 
     let mode: CompressionMode
-    private var arm = 0  // 0 = compress, 1 = raw
+    private var arm = 1  // 0 = compress, 1 = raw
     private var rate: [Double] = [0, 0]
     private var measured: [Bool] = [false, false]
     private var epochBytes: UInt64 = 0
@@ -24,20 +31,30 @@ struct CompressionPolicy {
     private var epochsUntilExplore = 8
     private var exploreInterval = 8
     private var exploring = false
+    /// From the probes: compression speed of this core (bytes/s) and ratio.
+    private var sampleSpeed = 0.0
+    private var sampleRatio = 1.0
 
     init(mode: CompressionMode) { self.mode = mode }
 
     /// The level to compress this chunk with, or nil for raw. `probe` compresses a sample and
     /// returns its compressed size (nil if it did not shrink).
-    mutating func level(compressible: inout Bool?, chunksSinceProbe: inout Int, sampleSize: Int, probe: () -> Int?) -> Int32? {
+    mutating func level(compressible: inout Bool?, chunksSinceProbe: inout Int, sampleSize: Int, probe: () -> Int?, clock: () -> UInt64 = monotonicNs) -> Int32? {
         switch mode {
         case .off: return nil
         case .level(let n): return n
         case .auto:
             if compressible == nil || chunksSinceProbe >= CompressionPolicy.reprobeChunks {
                 chunksSinceProbe = 0
-                if let c = probe() {
-                    compressible = Double(sampleSize) / Double(max(c, 1)) >= CompressionPolicy.compressibleRatioMin
+                let start = clock()
+                let c = probe()
+                let ns = max(clock() - start, 1)
+                if let c {
+                    let ratio = Double(sampleSize) / Double(max(c, 1))
+                    compressible = ratio >= CompressionPolicy.compressibleRatioMin
+                    let speed = Double(sampleSize) / (Double(ns) / 1e9)
+                    sampleSpeed = sampleSpeed == 0 ? speed : 0.7 * sampleSpeed + 0.3 * speed
+                    sampleRatio = ratio
                 } else {
                     compressible = false
                 }
@@ -46,6 +63,16 @@ struct CompressionPolicy {
             guard compressible == true else { return nil }
             return arm == 0 ? CompressionPolicy.autoLevel : nil
         }
+    }
+
+    /// Raw bytes per second that compressing would deliver, given the raw arm's rate.
+    private var predictedCompressedRate: Double {
+        guard sampleSpeed > 0, rate[1] > 0 else { return 0 }
+        return 1 / (1 / sampleSpeed + 1 / (rate[1] * sampleRatio))
+    }
+
+    private var compressionPromising: Bool {
+        predictedCompressedRate >= CompressionPolicy.promiseMin * rate[1]
     }
 
     /// Accounts raw bytes delivered by a compressible chunk under the current arm.
@@ -62,8 +89,9 @@ struct CompressionPolicy {
         measured[a] = true
         epochBytes = 0
         epochStartNs = now
-        if !measured[1 - a] {
-            arm = 1 - a  // measure the other arm once
+        if !measured[0] {
+            // Only raw measured so far: try compressing when the prediction promises a gain.
+            if compressionPromising { arm = 0 }
             return
         }
         if exploring {
@@ -77,8 +105,13 @@ struct CompressionPolicy {
         arm = rate[0] >= rate[1] ? 0 : 1
         epochsUntilExplore -= 1
         if epochsUntilExplore <= 0 {
-            exploring = true
-            arm = 1 - arm
+            // Re-try the other arm; compression only while it still looks promising.
+            if arm == 0 || compressionPromising {
+                exploring = true
+                arm = 1 - arm
+            } else {
+                epochsUntilExplore = exploreInterval
+            }
         }
     }
 }
