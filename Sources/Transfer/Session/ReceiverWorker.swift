@@ -231,9 +231,12 @@ final class ReceiverWorker {
             fds[i] = -1
             results[i] = 0
             // O_EXCL: a fresh file gets the source's mode exactly (umask is 0), no fchmod needed.
-            try ring.openat(dir: a.f.dir.fd, path: slot, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode: mode_t(a.f.entry.mode), tag: UInt64(i))
+            // A direct call, not a ring operation: io_uring cannot create a file without
+            // blocking and hands every O_CREAT open to a kernel worker thread, which measured
+            // slower (20,000 files: 0.65-0.87 s of server CPU through the ring).
+            let fd = openat(a.f.dir.fd, slot, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(a.f.entry.mode))
+            fds[i] = fd >= 0 ? fd : -errno
         }
-        try ring.drain { tag, res in self.fds[Int(tag)] = res }
         for (i, a) in accepted.enumerated() where fds[i] == -EEXIST {
             // A temporary file left by an interrupted run: replace it.
             let slot = nameArena + i * nameSlotBytes
@@ -263,14 +266,14 @@ final class ReceiverWorker {
             try ring.close(fd: fds[i], tag: UInt64(Wire.batchFilesMax + i))
         }
         try ring.drain { _, _ in }
+        var renamed = [Int32](repeating: 0, count: accepted.count)
         for (i, a) in accepted.enumerated() where fds[i] >= 0 && results[i] >= 0 {
             let to = nameArena + (Wire.batchFilesMax + i) * nameSlotBytes
             _ = a.f.name.withCString { strncpy(to, $0, nameSlotBytes - 1) }
             to[nameSlotBytes - 1] = 0
-            try ring.renameat(dir: a.f.dir.fd, from: nameArena + i * nameSlotBytes, to: to, tag: UInt64(i))
+            // Direct, like the create: a ring rename always goes through a kernel worker.
+            renamed[i] = renameat(a.f.dir.fd, nameArena + i * nameSlotBytes, a.f.dir.fd, to) == 0 ? 0 : -errno
         }
-        var renamed = [Int32](repeating: 0, count: accepted.count)
-        try ring.drain { tag, res in renamed[Int(tag)] = res }
         var rawDone = 0
         for (i, a) in accepted.enumerated() {
             var err: Int32 = 0
