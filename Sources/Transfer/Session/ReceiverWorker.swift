@@ -144,7 +144,13 @@ final class ReceiverWorker {
         if let verdict { try receiver.sendVerdicts([verdict], ring: ring) }
     }
 
-    /// Writes one chunk at its offset; returns an error text or nil.
+    /// Writes one chunk at its offset through the ring (WRITE_FIXED); returns an error text or nil.
+    ///
+    /// Measured against plain pwrite(2) from each stream's thread (1 GiB, 4 streams, tmpfs):
+    /// the ring took 2.3 s, pwrite 5-8 s. io_uring queues buffered writes to one inode on one
+    /// kernel worker, in order, while four threads calling pwrite fight over the inode lock.
+    /// The mapped-page-cache alternative (mmap + MADV_POPULATE_WRITE + recv into the mapping)
+    /// also measured slower (server CPU 3.5 s vs 1.95 s for 2 GiB).
     private func write(_ f: ReceiverFile, data: UnsafeMutableRawPointer, rawBytes: Int, offset: UInt64, zero: Bool) -> String? {
         if zero {
             // A hole: punch it (the partial may hold old bytes there after a resume).
