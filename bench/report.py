@@ -394,7 +394,7 @@ def main():
         for p in pngs:
             L.append("![%s](%s/%s)\n" % (p[:-4], rel, p))
 
-    profiles = [(s, os.path.join(a.out, "profile", s + ".txt")) for s in SCENARIOS]
+    profiles = [(s, os.path.join(a.out, "results", s + ".profile.txt")) for s in SCENARIOS]
     profiles = [(s, p) for s, p in profiles if os.path.exists(p)]
     if profiles:
         L.append("## Profiles (what limits Ferry)\n")
@@ -402,7 +402,7 @@ def main():
                  "`perf record -g` (`-p SERVER`, and the client command itself), so that other sessions' "
                  "processes are left out; threads, io_uring workers (`iou-wrk`) and kernel time included. "
                  "Self time by object and symbol, then by thread kind, as shares of that side's samples. "
-                 "Full listings: `bench/out/%s/profile/`.\n" % machine.get("mode", "full"))
+                 "Full listings: `bench/out/%s/results/*.profile.txt`.\n" % machine.get("mode", "full"))
         for s, p in profiles:
             sections, cur = {}, None
             for line in open(p, errors="replace"):
@@ -412,6 +412,17 @@ def main():
                 elif cur and line.strip() and not line.startswith("#"):
                     sections[cur].append(line.rstrip()[:150])
             L.append("**%s**\n" % s)
+            # One line per side: where its CPU goes (thread kinds, top symbols).
+            for side in ("server", "client"):
+                kinds = sections.get("%s: by thread kind (iou-wrk: io_uring async workers)" % side, [])
+                syms = [v for k, v in sections.items() if k.startswith(side + ": self time")]
+                syms = syms[0] if syms else []
+                if not kinds and not syms:
+                    continue
+                k = ", ".join("%s %s" % (x.split()[0], x.split()[1]) for x in kinds[:3])
+                top = "; ".join("%s %s" % (x.split()[0], x.split()[-1]) for x in syms[:3])
+                L.append("- %s: threads %s; top symbols %s" % (side, k or "?", top or "?"))
+            L.append("")
             for title, lines in sections.items():
                 L.append("%s:\n" % title)
                 L.append("```")
@@ -435,9 +446,14 @@ def main():
              "linkers and substituents, with stereo centres, charges and salts; one `SMILES<TAB>ID<TAB>MW` line "
              "each; zstd -1 ratio %s. First lines: `%s`" % (data.get("smiles_zstd1_ratio", "?"),
                                                               data.get("smiles_sample", "?").strip(" |")))
-    L.append("- Before the timed runs of each scenario the memory is warmed: a file of the data set's size "
-             "is written to tmpfs and deleted (first writes into memory the host has not yet given the "
-             "machine are several times slower).\n")
+    L.append("- Before the first round of each scenario the memory is warmed: a file of the data set's size "
+             "is written to tmpfs and deleted just before the first timed command (first writes into memory "
+             "the host has not yet given the machine are several times slower). Likewise each copy is "
+             "kept until just before the next timed command starts, then deleted, so that the memory it "
+             "freed is reused at once: memory left free for ~20 s (during iperf3, say) goes back to the "
+             "host, and writing it again is 2-3x slower (`cp` of 4 GiB: 2.6-4.4 s back to back, 10 s "
+             "after 20 s idle). Some of the spread between rounds below is still this effect.")
+    L.append("- Order: in round N the tools run in the list order rotated by N, reversed in even rounds.\n")
 
     L.append("## Exact commands\n")
     L.append("Daemons, all bound to 127.0.0.1 and started by `bench/run` with private configurations "
