@@ -26,7 +26,7 @@ for _ in $(seq 1 100); do grep -q listening "$work/serve.out" && break; sleep 0.
 port=$(grep -o '[0-9]*$' "$work/serve.out" | head -1)
 echo "== server: $(cat "$work/serve.out")"
 
-echo "== push a tree (64 MiB file, 700 small files, a link, an empty directory)"
+echo "== push a tree (a 64 MiB file, 201 small files, a link, an empty directory)"
 "$ferry" cp -r --token-file "$work/token" "$work/sample" "ferry://127.0.0.1:$port/datasets/sample"
 diff -r --no-dereference "$work/sample" "$work/center-b/datasets/sample"
 echo "== verified: the server's copy is byte-identical"
