@@ -335,6 +335,33 @@ def charts(scen, chart_dir):
     return written
 
 
+# Top-level sections that this script writes; any other "## " section found in an existing
+# report (added by hand or by another script, e.g. bench/shaped.sh results) is kept, in place
+# after the generated section that preceded it.
+GENERATED = ("Targets", "Results", "Charts", "Profiles (what limits Ferry)", "Machine and versions",
+             "Data sets", "Exact commands", "Not covered here")
+
+
+def kept_sections(path):
+    """[(previous generated heading, text)] for the hand-written sections of an existing report."""
+    if not os.path.exists(path):
+        return []
+    kept, prev, cur = [], None, None
+    for line in open(path, errors="replace"):
+        if line.startswith("## "):
+            title = line[3:].strip()
+            if title in GENERATED:
+                cur = None
+                prev = title
+            else:
+                cur = [prev, line]
+                kept.append(cur)
+            continue
+        if cur is not None:
+            cur.append(line)
+    return [(k[0], "".join(k[1:]).rstrip("\n") + "\n") for k in kept]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -471,15 +498,27 @@ def main():
             L.append("```\n")
 
     L.append("## Not covered here\n")
-    L.append("- GridFTP, XRootD and rclone, the shaped-link scenarios (veth + tbf between network namespaces), "
-             "the mixed tree and Ferry's protection levels (issue 5) are not in this suite yet.")
+    L.append("- GridFTP, XRootD and rclone, the mixed tree and Ferry's protection levels (issue 5) are not in "
+             "this suite yet; the shaped links (veth + tbf between network namespaces) are measured by "
+             "`bench/shaped.sh`, not by `bench/run`.")
     if not profiles:
         L.append("- No profile in this run: `bench/run --profile` adds one `perf record -a -g` of a Ferry "
                  "run per scenario.")
     L.append("")
 
+    # Put the kept sections back after the generated section they followed (or at the end).
+    text = "\n".join(L)
+    for after, body in kept_sections(a.report):
+        if after:
+            i = text.find("\n## " + after + "\n")
+            if i >= 0:
+                j = text.find("\n## ", i + 4)
+                j = len(text) if j < 0 else j
+                text = text[:j] + "\n" + body + text[j:]
+                continue
+        text += "\n" + body
     with open(a.report, "w") as fh:
-        fh.write("\n".join(L))
+        fh.write(text)
     print("report.py: wrote %s%s" % (a.report, " and " + ", ".join(pngs) if pngs else ""), file=sys.stderr)
 
 
