@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <pthread.h>
+#include <string.h>
 #include <linux/falloc.h>
 
 int ferry_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr, long long timeout_ns) {
@@ -46,4 +48,11 @@ unsigned ferry_cqe_f_notif(void) { return IORING_CQE_F_NOTIF; }
 int ferry_punch_hole(int fd, long long offset, long long length) {
     int r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
     return r < 0 ? -errno : 0;
+}
+
+void ferry_set_thread_name(const char *name) {
+    char buf[16];
+    strncpy(buf, name, sizeof(buf) - 1);
+    buf[sizeof(buf) - 1] = 0;
+    pthread_setname_np(pthread_self(), buf);
 }

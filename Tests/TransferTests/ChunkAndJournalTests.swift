@@ -37,8 +37,7 @@ struct ChunkAndJournalTests {
     @Test("the journal keeps durable chunks across reopen, and a changed source invalidates it")
     func journal() throws {
         let dir = try TempDir()
-        let dfd = open(dir.path, O_RDONLY | O_DIRECTORY)
-        defer { close(dfd) }
+        let dfd = dir.fd
         let id = SourceIdentity(size: 10 << 20, mtimeSeconds: 1000, mtimeNanoseconds: 5, chunkBytes: 1 << 20)
         let j = try ResumeJournal.create(dir: dfd, name: "j", identity: id)
         #expect(j.chunkCount == 10)
@@ -58,8 +57,7 @@ struct ChunkAndJournalTests {
     @Test("a torn journal record is ignored, not trusted")
     func tornRecord() throws {
         let dir = try TempDir()
-        let dfd = open(dir.path, O_RDONLY | O_DIRECTORY)
-        defer { close(dfd) }
+        let dfd = dir.fd
         let id = SourceIdentity(size: 4 << 20, mtimeSeconds: 1, mtimeNanoseconds: 0, chunkBytes: 1 << 20)
         let j = try ResumeJournal.create(dir: dfd, name: "j", identity: id)
         try j.recordDurable([(1, ChunkHash(low: 11, high: 12)), (2, ChunkHash(low: 21, high: 22))])

@@ -142,7 +142,11 @@ final class TempDir {
         guard let p = mkdtemp(&template) else { throw TransferError(.io, "mkdtemp failed") }
         path = String(cString: p)
     }
+    /// An O_RDONLY descriptor of the directory, closed with it.
+    lazy var fd: Int32 = open(path, O_RDONLY | O_DIRECTORY)
+
     deinit {
+        if fd >= 0 { close(fd) }
         let cmd = "rm -rf '\(path)'"
         _ = system(cmd)
     }

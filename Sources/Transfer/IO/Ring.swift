@@ -90,21 +90,9 @@ final class Ring {
         finish(s, tag)
     }
 
-    func sendmsg(fd: Int32, message: UnsafePointer<msghdr>, tag: UInt64) throws {
-        let s = try sqe()
-        io_uring_prep_sendmsg(s, fd, message, UInt32(MSG_NOSIGNAL))
-        finish(s, tag)
-    }
-
     func recv(fd: Int32, buffer: UnsafeMutableRawPointer, length: Int, tag: UInt64) throws {
         let s = try sqe()
         io_uring_prep_recv(s, fd, buffer, length, 0)
-        finish(s, tag)
-    }
-
-    func openat(dir: Int32, path: UnsafePointer<CChar>, flags: Int32, mode: mode_t, tag: UInt64) throws {
-        let s = try sqe()
-        io_uring_prep_openat(s, dir, path, flags, mode)
         finish(s, tag)
     }
 
@@ -119,23 +107,6 @@ final class Ring {
         let s = try sqe()
         io_uring_prep_close(s, fd)
         finish(s, tag)
-    }
-
-    func renameat(dir: Int32, from: UnsafePointer<CChar>, to: UnsafePointer<CChar>, tag: UInt64) throws {
-        let s = try sqe()
-        io_uring_prep_renameat(s, dir, from, dir, to, 0)
-        finish(s, tag)
-    }
-
-    func fsync(fd: Int32, dataOnly: Bool, tag: UInt64) throws {
-        let s = try sqe()
-        io_uring_prep_fsync(s, fd, dataOnly ? UInt32(IORING_FSYNC_DATASYNC) : 0)
-        finish(s, tag)
-    }
-
-    /// Makes the previously prepared entry link to the next one (IOSQE_IO_LINK).
-    func linkPrevious(_ s: UnsafeMutablePointer<io_uring_sqe>) {
-        s.pointee.flags |= UInt8(FERRY_IOSQE_IO_LINK)
     }
 
     @inline(__always)

@@ -41,7 +41,7 @@ public final class AuditLog: @unchecked Sendable {
         var tm = tm()
         var t = ts.tv_sec
         gmtime_r(&t, &tm)
-        let time = String(format4(Int(tm.tm_year) + 1900)) + "-" + two(Int(tm.tm_mon) + 1) + "-" + two(Int(tm.tm_mday)) + "T"
+        let time = String(Int(tm.tm_year) + 1900) + "-" + two(Int(tm.tm_mon) + 1) + "-" + two(Int(tm.tm_mday)) + "T"
             + two(Int(tm.tm_hour)) + ":" + two(Int(tm.tm_min)) + ":" + two(Int(tm.tm_sec)) + "." + three(ts.tv_nsec / 1_000_000) + "Z"
         let ms = Int((r.seconds * 1000).rounded())
         let line = "{\"time\":\"\(time)\",\"user\":\(jsonString(r.user)),\"peer\":\(jsonString(r.peer)),\"action\":\(jsonString(r.action)),\"path\":\(jsonString(r.path)),\"files\":\(r.files),\"bytes\":\(r.bytes),\"result\":\(jsonString(r.result)),\"duration_ms\":\(ms)}\n"
@@ -60,7 +60,6 @@ public final class AuditLog: @unchecked Sendable {
 
     private func two(_ v: Int) -> String { v < 10 ? "0\(v)" : "\(v)" }
     private func three(_ v: Int) -> String { v < 10 ? "00\(v)" : (v < 100 ? "0\(v)" : "\(v)") }
-    private func format4(_ v: Int) -> String { "\(v)" }
 }
 
 /// A JSON string literal (quotes and escapes).

@@ -126,17 +126,20 @@ final class Sender: @unchecked Sendable {
         while let e = try walker.next() {
             if let err = ctx.error { throw err }
             if e.kind == .file {
-                let f = SenderFile(entry: e, chunkBytes: chunkBytes)
-                try lock.withLock { () throws in
-                    // Bounded memory: at most filesInFlightMax files between manifest and verdict.
-                    while files.count >= Sender.filesInFlightMax {
-                        if let err = ctx.error { throw err }
-                        if count > 0 { break }
-                        cond.wait(seconds: 0.5)
+                // Bounded memory: at most filesInFlightMax files between manifest and verdict.
+                // Entries still in the unsent frame must go out first: their verdicts are
+                // what frees room.
+                if lock.withLock({ files.count >= Sender.filesInFlightMax }) {
+                    try flush()
+                    try lock.withLock { () throws in
+                        while files.count >= Sender.filesInFlightMax {
+                            if let err = ctx.error { throw err }
+                            cond.wait(seconds: 0.5)
+                        }
                     }
-                    files[f.id] = f
                 }
-                if lock.withLock({ files.count >= Sender.filesInFlightMax }) { try flush() }
+                let f = SenderFile(entry: e, chunkBytes: chunkBytes)
+                lock.withLock { files[f.id] = f }
                 ctx.progress.announce(bytes: e.size)
             }
             e.encode(&w)

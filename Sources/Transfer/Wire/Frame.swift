@@ -186,11 +186,7 @@ struct FrameHeader {
 
     init(_ b: [UInt8]) throws {
         guard b.count >= Wire.frameHeaderBytes else { throw TransferError.protocolError("short frame header") }
-        length = Int(UInt32(b[0]) | UInt32(b[1]) << 8 | UInt32(b[2]) << 16 | UInt32(b[3]) << 24)
-        guard let t = FrameType(rawValue: b[4]) else { throw TransferError.protocolError("unknown frame type 0x\(String(b[4], radix: 16))") }
-        type = t
-        flags = b[5]
-        guard b[6] == 0 && b[7] == 0 else { throw TransferError.protocolError("reserved frame header field is not zero") }
+        self = try b.withUnsafeBytes { try FrameHeader(pointer: $0.baseAddress!) }
     }
 
     /// Parses a header in place (data path: no allocation).
