@@ -111,6 +111,41 @@ struct ResumeTests {
         #expect(s.skippedBytes > 0, "\(s)")
     }
 
+    /// A partial file damaged at rest between the interrupted run and the rerun: the journal
+    /// still vouches for the chunk, but the sender re-reads and re-hashes every chunk the
+    /// receiver claims, so the damaged one is sent again and the result is byte-identical.
+    @Test("a partial file damaged between runs is repaired by the resume, not trusted")
+    func damagedPartial() throws {
+        let sb = try Sandbox("damaged-partial")
+        let root = try sb.dir("root")
+        let local = try sb.dir("local")
+        let size = 256 * E2E.MiB
+        try writeRandomFile(local + "/big.bin", size: size)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let first = try sb.startCp(local + "/big.bin", server.url("big.bin"), options: ["--bwlimit", "32M"])
+        guard waitForProgress(first, fraction: 0.5) != nil else {
+            Issue.record("never saw progress ≥ 50 %: \(sb.finish(first, timeout: 5))")
+            return
+        }
+        first.kill9()
+        let part = root + "/.big.bin.ferry-part"
+        // Chunk 0 went first and is journaled by now; damage one of its bytes in place.
+        let fd = open(part, O_RDWR)
+        #expect(fd >= 0, "no partial file after the kill: \(walkTree(root))")
+        var b: UInt8 = 0
+        #expect(pread(fd, &b, 1, 100) == 1)
+        b ^= 0xFF
+        #expect(pwrite(fd, &b, 1, 100) == 1)
+        close(fd)
+
+        let rerun = try sb.cp(local + "/big.bin", server.url("big.bin"))
+        #expect(rerun.succeeded, "\(rerun)")
+        #expect(filesIdentical(local + "/big.bin", root + "/big.bin"), "the damaged chunk survived the resume")
+        let s = try #require(rerun.summary, "\(rerun)")
+        #expect(s.skippedBytes > 0 && Double(s.wireBytes) <= 0.55 * Double(size) + Double(4 * E2E.MiB), "\(s)")
+    }
+
     /// The source changes between the interrupted run and the rerun: the file starts over and
     /// the result is the new source.
     @Test(

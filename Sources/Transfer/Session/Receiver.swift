@@ -82,7 +82,13 @@ final class Receiver: @unchecked Sendable {
         self.chunkBytes = ctx.options.chunkBytes
     }
 
-    deinit { Glibc.close(baseFd) }
+    /// One chunk of scratch memory for the control thread's re-reads (--checksum, resume).
+    private var scratch: UnsafeMutableRawPointer?
+
+    deinit {
+        Glibc.close(baseFd)
+        scratch.map { free($0) }
+    }
 
     // MARK: control
 
@@ -90,8 +96,6 @@ final class Receiver: @unchecked Sendable {
         ctx.startHeartbeat()
         do {
             let ring = try Ring(entries: 8)
-            var scratch: UnsafeMutableRawPointer? = nil
-            defer { scratch.map { free($0) } }
             while true {
                 let (type, payload) = try ctx.control.receive(ring: ring, timeoutNs: ctx.idleTimeoutNs)
                 var r = ByteReader(payload)
@@ -105,7 +109,7 @@ final class Receiver: @unchecked Sendable {
                     var refusals: [(UInt64, String)] = []
                     for _ in 0..<n {
                         let e = try ManifestEntry.decode(&r)
-                        if let p = try handle(e, refusals: &refusals, scratch: &scratch) {
+                        if let p = try handle(e, refusals: &refusals) {
                             p.encode(&plan)
                             planned += 1
                         }
@@ -206,7 +210,7 @@ final class Receiver: @unchecked Sendable {
     }
 
     /// Turns one manifest entry into a plan entry (files) or creates it (directories, links).
-    private func handle(_ e: ManifestEntry, refusals: inout [(UInt64, String)], scratch: inout UnsafeMutableRawPointer?) throws -> PlanEntry? {
+    private func handle(_ e: ManifestEntry, refusals: inout [(UInt64, String)]) throws -> PlanEntry? {
         let parts = try Paths.components(of: e.path)
         if parts.isEmpty { try resolveTarget(e) }
         let display = e.path.isEmpty ? (targetComponents.last.map(String.init) ?? ".") : e.path
@@ -269,7 +273,7 @@ final class Receiver: @unchecked Sendable {
                     ctx.progress.fileDone(skipped: true)
                     return PlanEntry(id: e.id, action: .skip)
                 }
-                if ctx.options.checksum, let digest = existingDigest(dir: dir.fd, name: name, size: e.size, scratch: &scratch) {
+                if ctx.options.checksum, let digest = existingDigest(dir: dir.fd, name: name, size: e.size) {
                     f.awaitingDecision = true
                     lock.withLock { files[e.id] = f }
                     return PlanEntry(id: e.id, action: .compareDigest(digest))
@@ -292,14 +296,20 @@ final class Receiver: @unchecked Sendable {
                 var list: [(index: UInt32, hash: ChunkHash)] = []
                 var haveBytes: UInt64 = 0
                 for (i, h) in have.sorted(by: { $0.key < $1.key }) where i < f.chunkCount {
+                    // Claim only what the partial really holds: the journal says what was
+                    // written, the bytes may have been damaged since. A chunk that no longer
+                    // matches is left out of the claim, so the sender sends it again.
+                    let offset = UInt64(i) * UInt64(chunkBytes)
+                    let length = Int(min(UInt64(chunkBytes), e.size - offset))
+                    guard hashOnDisk(fd, offset: offset, length: length) == h else { continue }
                     f.present[i] = true
                     f.hashes[i] = h
                     f.presentCount += 1
                     list.append((UInt32(i), h))
-                    haveBytes += min(UInt64(chunkBytes), e.size - UInt64(i) * UInt64(chunkBytes))
+                    haveBytes += UInt64(length)
                 }
-                // Counted as already there; a chunk the sender finds different is sent and
-                // counted again as moved (rare: a damaged partial).
+                // Counted as already there; a chunk the sender finds different (its source
+                // changed within the same size and mtime) is sent and counted again as moved.
                 ctx.progress.skipped(bytes: haveBytes)
                 return PlanEntry(id: e.id, action: .resume(list))
             }
@@ -339,26 +349,36 @@ final class Receiver: @unchecked Sendable {
         return nil
     }
 
+    /// XXH3-128 of `length` bytes of `fd` at `offset`, read into the control thread's scratch;
+    /// nil when they cannot be read.
+    private func hashOnDisk(_ fd: Int32, offset: UInt64, length: Int) -> ChunkHash? {
+        if scratch == nil { scratch = malloc(chunkBytes) }
+        guard let buf = scratch else { return nil }
+        var got = 0
+        while got < length {
+            let r = pread(fd, buf + got, length - got, off_t(offset) + off_t(got))
+            if r < 0 && errno == EINTR { continue }
+            if r <= 0 { return nil }
+            got += r
+        }
+        return ChunkHash.of(buf, length)
+    }
+
     /// `--checksum`: digest of the file already at the destination (same definition as the
     /// engine's: XXH3-128 over per-chunk XXH3-128).
-    private func existingDigest(dir: Int32, name: String, size: UInt64, scratch: inout UnsafeMutableRawPointer?) -> ChunkHash? {
+    private func existingDigest(dir: Int32, name: String, size: UInt64) -> ChunkHash? {
         let fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         if fd < 0 { return nil }
         defer { Glibc.close(fd) }
-        if scratch == nil { scratch = malloc(chunkBytes) }
-        guard let buf = scratch else { return nil }
         var digest = FileDigest()
         var offset: UInt64 = 0
         while offset < size {
             let n = Int(min(UInt64(chunkBytes), size - offset))
-            var got = 0
-            while got < n {
-                let r = pread(fd, buf + got, n - got, off_t(offset) + off_t(got))
-                if r < 0 && errno == EINTR { continue }
-                if r <= 0 { _ = digest.finish(); return nil }
-                got += r
+            guard let h = hashOnDisk(fd, offset: offset, length: n) else {
+                _ = digest.finish()
+                return nil
             }
-            digest.add(ChunkHash.of(buf, n))
+            digest.add(h)
             offset += UInt64(n)
         }
         return digest.finish()
