@@ -36,8 +36,10 @@ extension Ferry {
         @Flag(help: "One JSON object per line: progress events and a final summary.")
         var json = false
 
-        @Option(name: .customLong("token-file"), help: "File holding the server's access token.")
-        var tokenFile: String
+        @Option(help: "Data-stream protection: clear (checksums), safe (authenticated) or private (AES-256-GCM).")
+        var protection = "private"
+
+        @OptionGroup var credentials: CredentialOptions
 
         @Argument(help: "Source: a local path or ferry://HOST:PORT/PATH.")
         var source: String
@@ -61,7 +63,12 @@ extension Ferry {
             }
             if let b = bwlimit { options.bandwidthLimitBytesPerSecond = max(1, try parseSize(b, what: "--bwlimit")) }
             options.chunkBytes = Int(try parseSize(chunkSize, what: "--chunk-size"))
-            let token = try readToken(tokenFile)
+            do {
+                options.protection = try ProtectionLevel(parsing: protection)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            let creds = try credentials.load()
             let src: Endpoint
             let dst: Endpoint
             do {
@@ -77,7 +84,7 @@ extension Ferry {
             let opts = options
             Thread.detachNewThread {
                 do {
-                    result = .success(try TransferClient.copy(from: src, to: dst, options: opts, token: token, progress: progress))
+                    result = .success(try TransferClient.copy(from: src, to: dst, options: opts, credentials: creds, progress: progress))
                 } catch {
                     result = .failure(error as! TransferError)
                 }
@@ -139,7 +146,7 @@ final class ProgressDisplay {
 
     func finish(_ s: TransferProgress.Snapshot, summary: TransferSummary) {
         if json {
-            print("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"seconds\":\(String(format: "%.3f", summary.seconds))}")
+            print("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"seconds\":\(String(format: "%.3f", summary.seconds))}")
             fflush(stdout)
             return
         }

@@ -9,7 +9,7 @@ struct Ferry: ParsableCommand {
         commandName: "ferry",
         abstract: "Move datasets between supercomputing centers: fast, verified, resumable.",
         version: "0.1.0",
-        subcommands: [Copy.self, Serve.self]
+        subcommands: [Copy.self, Serve.self, CA.self, Token.self]
     )
 }
 
@@ -33,13 +33,51 @@ func parseSize(_ text: String, what: String) throws -> UInt64 {
     return UInt64(v * multiplier)
 }
 
-func readToken(_ path: String) throws -> [UInt8] {
+func readToken(_ path: String) throws -> String {
     guard let data = FileManager.default.contents(atPath: path) else {
         throw ValidationError("cannot read token file '\(path)'")
     }
     let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     guard !text.isEmpty else { throw ValidationError("token file '\(path)' is empty") }
-    return Array(text.utf8)
+    return text
+}
+
+func asMessage(_ e: Error) -> String { (e as? TransferError)?.message ?? "\(e)" }
+
+/// How `ferry cp` (and later the jobs commands) authenticate: options, else environment.
+struct CredentialOptions: ParsableArguments {
+    @Option(help: "Federation CA certificate to verify the server with (env FERRY_CA).")
+    var ca: String?
+
+    @Option(name: .customLong("token-file"), help: "File holding your user token (env FERRY_TOKEN_FILE).")
+    var tokenFile: String?
+
+    @Option(help: "This center's certificate, for center-to-center transfers (env FERRY_CERT).")
+    var cert: String?
+
+    @Option(help: "The key of --cert (env FERRY_KEY).")
+    var key: String?
+
+    @Option(help: "The center the server must prove to be (default: the URL's host).")
+    var center: String?
+
+    func load() throws -> ClientCredentials {
+        let env = ProcessInfo.processInfo.environment
+        guard let ca = ca ?? env["FERRY_CA"] else { throw ValidationError("give the federation CA certificate: --ca FILE or FERRY_CA") }
+        let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"]
+        let certPath = cert ?? env["FERRY_CERT"]
+        let keyPath = key ?? env["FERRY_KEY"]
+        guard tokenPath != nil || certPath != nil else {
+            throw ValidationError("give a user token (--token-file or FERRY_TOKEN_FILE) or a center certificate (--cert and --key)")
+        }
+        guard (certPath == nil) == (keyPath == nil) else { throw ValidationError("--cert and --key go together") }
+        do {
+            let tls = try TLSContext(server: false, identity: TLSIdentity(certificate: certPath, key: keyPath, ca: ca))
+            return ClientCredentials(tls: tls, token: try tokenPath.map(readToken), center: center)
+        } catch let e as TransferError {
+            throw ValidationError(e.message)
+        }
+    }
 }
 
 /// Exit status for a failed transfer (1) or a usage error (64, as argument errors).

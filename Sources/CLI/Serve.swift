@@ -7,50 +7,103 @@ extension Ferry {
     struct Serve: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "serve",
-            abstract: "Serve a directory: clients push into it and pull from it."
+            abstract: "Serve exports over TLS: clients push into them and pull from them.",
+            discussion: """
+            Settings come from --config FILE (TOML, see docs/SECURITY.md) and/or the options
+            below (options win). Clients authenticate with a user token signed by a trusted
+            center, or with a center certificate from the federation CA.
+            """
         )
 
-        @Option(help: "Directory to serve; every path resolves beneath it.")
-        var root: String
+        @Option(name: .customLong("config"), help: "Configuration file (TOML): center, listen, certificate, exports, limits.")
+        var configFile: String?
+
+        @Option(help: "Serve one directory as the whole namespace (every path resolves beneath it).")
+        var root: String?
+
+        @Option(help: "Serve a directory under a name: NAME=DIR[:ro|:rw] (repeatable).")
+        var export: [String] = []
 
         @Option(help: "Address to listen on, HOST:PORT or [V6]:PORT (repeatable; port 0 picks one).")
         var listen: [String] = []
 
-        @Option(name: .customLong("token-file"), help: "File holding the access token clients must present.")
-        var tokenFile: String
+        @Option(help: "This center's certificate (PEM, from `ferry ca issue`).")
+        var cert: String?
 
-        @Option(name: .customLong("handshake-timeout"), help: "Seconds a new connection has to identify itself.")
-        var handshakeTimeout = 10
+        @Option(help: "This center's private key (PEM).")
+        var key: String?
 
-        @Option(name: .customLong("idle-timeout"), help: "Seconds of silence after which a session is dropped.")
-        var idleTimeout = 120
+        @Option(help: "The federation CA certificate that client certificates must chain to.")
+        var ca: String?
 
-        @Option(name: .customLong("max-connections"), help: "Connections served at once; more are refused.")
-        var maxConnections = 256
+        @Option(name: .customLong("token-issuer"), help: "Certificate of a center whose user tokens are accepted (repeatable; default: this center's own).")
+        var tokenIssuer: [String] = []
 
-        @Option(name: .customLong("max-connections-per-address"), help: "Connections from one address at once; more are refused.")
-        var maxConnectionsPerAddress = 64
+        @Option(help: "Revocation list of token ids (one per line), re-read when it changes.")
+        var revocations: String?
+
+        @Option(name: .customLong("min-protection"), help: "Refuse transfers below this protection: clear, safe or private.")
+        var minProtection: String?
+
+        @Option(name: .customLong("handshake-timeout"), help: "Seconds a new connection has to identify itself (default 10).")
+        var handshakeTimeout: Int?
+
+        @Option(name: .customLong("idle-timeout"), help: "Seconds of silence after which a session is dropped (default 120).")
+        var idleTimeout: Int?
+
+        @Option(name: .customLong("max-connections"), help: "Connections served at once; more are refused (default 256).")
+        var maxConnections: Int?
+
+        @Option(name: .customLong("max-connections-per-address"), help: "Connections from one address at once; more are refused (default 64).")
+        var maxConnectionsPerAddress: Int?
 
         @Option(name: .customLong("audit-log"), help: "Append one JSON line per session and per refused connection to this file.")
         var auditLog: String?
 
         func validate() throws {
-            if listen.isEmpty { throw ValidationError("give at least one --listen HOST:PORT") }
-            if handshakeTimeout < 1 || idleTimeout < 1 || maxConnections < 1 || maxConnectionsPerAddress < 1 { throw ValidationError("timeouts and limits must be positive") }
+            for v in [handshakeTimeout, idleTimeout, maxConnections, maxConnectionsPerAddress] {
+                if let v, v < 1 { throw ValidationError("timeouts and limits must be positive") }
+            }
         }
 
         func run() throws {
-            var addresses: [HostPort] = []
-            for l in listen {
-                do { addresses.append(try HostPort(parsing: l)) } catch { throw ValidationError("\(error)") }
-            }
-            var config = ServerConfiguration(root: root, listen: addresses, token: try readToken(tokenFile))
-            config.handshakeTimeoutSeconds = handshakeTimeout
-            config.idleTimeoutSeconds = idleTimeout
-            config.connectionsMax = maxConnections
-            config.connectionsPerAddressMax = maxConnectionsPerAddress
-            if let auditLog {
-                do { config.audit = try AuditLog(path: auditLog) } catch { throw ValidationError("\(error)") }
+            var config: ServerConfiguration
+            do {
+                var file = try configFile.map { try ServerConfigFile(path: $0) }
+                var exports = file?.exports ?? []
+                if let root { exports = [Export(name: "", path: root, writable: true)] }
+                for e in export { exports.append(try Export(parsing: e)) }
+                guard !exports.isEmpty else { throw TransferError(.usage, "nothing to serve: give --root DIR, --export NAME=DIR or a --config with [[export]]") }
+                file?.exports = exports
+                var addresses = try listen.map { try HostPort(parsing: $0) }
+                if addresses.isEmpty { addresses = file?.listen ?? [] }
+                guard !addresses.isEmpty else { throw TransferError(.usage, "give at least one --listen HOST:PORT") }
+                let identity = TLSIdentity(certificate: cert ?? file?.certificate, key: key ?? file?.key, ca: ca ?? file?.ca ?? "")
+                guard !identity.ca.isEmpty else { throw TransferError(.usage, "give the federation CA certificate (--ca)") }
+                config = ServerConfiguration(exports: exports, listen: addresses, tls: identity)
+                if let f = file {
+                    config.tokenIssuers = f.tokenIssuers
+                    config.revocations = f.revocations
+                    config.minimumProtection = f.minimumProtection
+                    config.handshakeTimeoutSeconds = f.handshakeTimeoutSeconds
+                    config.idleTimeoutSeconds = f.idleTimeoutSeconds
+                    config.connectionsMax = f.connectionsMax
+                    config.connectionsPerAddressMax = f.connectionsPerAddressMax
+                    if let a = f.auditLog { config.audit = try AuditLog(path: a) }
+                    if let name = f.center, let c = identity.certificate, try CertificateInfo(path: c).commonName != name {
+                        throw TransferError(.usage, "the certificate '\(c)' is not for center '\(name)'")
+                    }
+                }
+                if !tokenIssuer.isEmpty { config.tokenIssuers = tokenIssuer }
+                if let revocations { config.revocations = revocations }
+                if let m = minProtection { config.minimumProtection = try ProtectionLevel(parsing: m) }
+                if let v = handshakeTimeout { config.handshakeTimeoutSeconds = v }
+                if let v = idleTimeout { config.idleTimeoutSeconds = v }
+                if let v = maxConnections { config.connectionsMax = v }
+                if let v = maxConnectionsPerAddress { config.connectionsPerAddressMax = v }
+                if let auditLog { config.audit = try AuditLog(path: auditLog) }
+            } catch {
+                throw ValidationError(asMessage(error))
             }
             // Block the stop signals before any thread starts, then wait for them here.
             var signals = sigset_t()
@@ -67,7 +120,7 @@ extension Ferry {
                 FileHandle.standardError.write("ferry serve: error: \(error)\n".data(using: .utf8)!)
                 throw ExitCode(1)
             }
-            for b in bound { print("ferry serve: listening on \(b)") }
+            for b in bound { print("ferry serve: center \(server.center) listening on \(b)") }
             fflush(stdout)
             var received: Int32 = 0
             sigwait(&signals, &received)

@@ -1,3 +1,442 @@
 #include "ferry_openssl.h"
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+#include <openssl/x509v3.h>
+#include <openssl/pem.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
 int ferry_ct_memcmp(const void *a, const void *b, size_t len) { return CRYPTO_memcmp(a, b, len); }
 int ferry_random_bytes(unsigned char *buf, int len) { return RAND_bytes(buf, len); }
+
+int ferry_hmac_sha256(const unsigned char *key, size_t keylen, const unsigned char *msg, size_t len, unsigned char out[32]) {
+    unsigned int n = 32;
+    return HMAC(EVP_sha256(), key, (int)keylen, msg, len, out, &n) != NULL && n == 32;
+}
+
+int ferry_sha256(const unsigned char *msg, size_t len, unsigned char out[32]) {
+    return SHA256(msg, len, out) != NULL;
+}
+
+/// Formats "what: reason" with the first queued OpenSSL error, and clears the queue.
+static void fail(char *err, size_t errlen, const char *what) {
+    unsigned long e = ERR_get_error();
+    char reason[256] = "";
+    if (e) ERR_error_string_n(e, reason, sizeof reason);
+    ERR_clear_error();
+    if (err && errlen) snprintf(err, errlen, "%s%s%s", what, e ? ": " : "", reason);
+}
+
+// ---- TLS ---------------------------------------------------------------------------------
+struct ferry_tls_ctx { SSL_CTX *ctx; };
+struct ferry_tls { SSL *ssl; int fd; pthread_mutex_t mu; };
+
+ferry_tls_ctx *ferry_tls_ctx_new(int server, const char *cert, const char *key, const char *ca, char *err, size_t errlen) {
+    SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (!ctx) { fail(err, errlen, "cannot create a TLS context"); return NULL; }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(ctx, 0);   // no post-handshake messages: reads never need to write
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (cert && *cert) {
+        if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+            char what[600]; snprintf(what, sizeof what, "cannot load certificate '%s'", cert);
+            fail(err, errlen, what); SSL_CTX_free(ctx); return NULL;
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+            char what[600]; snprintf(what, sizeof what, "cannot load key '%s'", key);
+            fail(err, errlen, what); SSL_CTX_free(ctx); return NULL;
+        }
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            fail(err, errlen, "the key does not match the certificate"); SSL_CTX_free(ctx); return NULL;
+        }
+    } else if (server) {
+        snprintf(err, errlen, "a server needs a certificate and key"); SSL_CTX_free(ctx); return NULL;
+    }
+    if (!ca || !*ca || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
+        char what[600]; snprintf(what, sizeof what, "cannot load CA certificate '%s'", ca ? ca : "");
+        fail(err, errlen, what); SSL_CTX_free(ctx); return NULL;
+    }
+    // Server: a client certificate is optional (users authenticate with tokens), but one that
+    // is sent must verify. Client: the server must present a valid one.
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (server ? 0 : SSL_VERIFY_FAIL_IF_NO_PEER_CERT), NULL);
+    SSL_CTX_set_verify_depth(ctx, 4);
+    ferry_tls_ctx *c = calloc(1, sizeof *c);
+    c->ctx = ctx;
+    return c;
+}
+
+void ferry_tls_ctx_free(ferry_tls_ctx *c) { if (c) { SSL_CTX_free(c->ctx); free(c); } }
+
+static long long now_ms(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/// Waits for the socket; 1 ready, 0 timeout, -1 error.
+static int wait_fd(int fd, short events, long long deadline) {
+    for (int spins = 0; spins < 1000000; spins++) {
+        long long left = deadline - now_ms();
+        if (left <= 0) return 0;
+        struct pollfd p = { .fd = fd, .events = events };
+        int r = poll(&p, 1, left > 1000 ? 1000 : (int)left);
+        if (r > 0) return 1;
+        if (r < 0 && errno != EINTR) return -1;
+    }
+    return 0;
+}
+
+static void verify_fail(SSL *ssl, char *err, size_t errlen, const char *what) {
+    long v = SSL_get_verify_result(ssl);
+    unsigned long e = ERR_peek_error();
+    if (v != X509_V_OK) {
+        snprintf(err, errlen, "%s: certificate verification failed: %s", what, X509_verify_cert_error_string(v));
+        ERR_clear_error();
+    } else if (e) {
+        fail(err, errlen, what);
+    } else {
+        snprintf(err, errlen, "%s: the peer closed the connection", what);
+    }
+}
+
+ferry_tls *ferry_tls_handshake(ferry_tls_ctx *c, int fd, int server, const char *expected, int timeout_ms, char *err, size_t errlen) {
+    ERR_clear_error();
+    SSL *ssl = SSL_new(c->ctx);
+    if (!ssl) { fail(err, errlen, "cannot create a TLS session"); return NULL; }
+    int flags = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    SSL_set_fd(ssl, fd);
+    if (!server && expected && *expected) {
+        X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        int ok = X509_VERIFY_PARAM_set1_ip_asc(param, expected);
+        if (!ok) {
+            ok = X509_VERIFY_PARAM_set1_host(param, expected, 0);
+            SSL_set_tlsext_host_name(ssl, expected);
+        }
+        if (!ok) { snprintf(err, errlen, "bad center name '%s'", expected); SSL_free(ssl); return NULL; }
+    }
+    long long deadline = now_ms() + timeout_ms;
+    for (int rounds = 0; rounds < 100000; rounds++) {
+        int r = server ? SSL_accept(ssl) : SSL_connect(ssl);
+        if (r == 1) {
+            ferry_tls *t = calloc(1, sizeof *t);
+            t->ssl = ssl; t->fd = fd;
+            pthread_mutex_init(&t->mu, NULL);
+            return t;
+        }
+        int e = SSL_get_error(ssl, r);
+        int w = 0;
+        if (e == SSL_ERROR_WANT_READ) w = wait_fd(fd, POLLIN, deadline);
+        else if (e == SSL_ERROR_WANT_WRITE) w = wait_fd(fd, POLLOUT, deadline);
+        else { verify_fail(ssl, err, errlen, "TLS handshake failed"); SSL_free(ssl); return NULL; }
+        if (w == 0) { snprintf(err, errlen, "TLS handshake timed out after %d ms", timeout_ms); SSL_free(ssl); return NULL; }
+        if (w < 0) { snprintf(err, errlen, "TLS handshake: %s", strerror(errno)); SSL_free(ssl); return NULL; }
+    }
+    snprintf(err, errlen, "TLS handshake did not finish"); SSL_free(ssl); return NULL;
+}
+
+long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *err, size_t errlen) {
+    long long deadline = now_ms() + timeout_ms;
+    for (int rounds = 0; rounds < 1000000; rounds++) {
+        pthread_mutex_lock(&t->mu);
+        ERR_clear_error();
+        size_t got = 0;
+        int r = SSL_read_ex(t->ssl, buf, len, &got);
+        int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
+        if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_ZERO_RETURN) {
+            if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+                if (errno == 0 || errno == EAGAIN) { pthread_mutex_unlock(&t->mu); return 0; }  // EOF without close_notify
+                snprintf(err, errlen, "%s", strerror(errno));
+            } else {
+                fail(err, errlen, "TLS read failed");
+            }
+            pthread_mutex_unlock(&t->mu);
+            return -1;
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (e == SSL_ERROR_NONE) return (long)got;
+        if (e == SSL_ERROR_ZERO_RETURN) return 0;
+        int w = wait_fd(t->fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
+        if (w == 0) return -2;
+        if (w < 0) { snprintf(err, errlen, "%s", strerror(errno)); return -1; }
+    }
+    return -2;
+}
+
+int ferry_tls_write(ferry_tls *t, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen) {
+    long long deadline = now_ms() + timeout_ms;
+    size_t done = 0;
+    for (int rounds = 0; rounds < 1000000 && done < len; rounds++) {
+        pthread_mutex_lock(&t->mu);
+        ERR_clear_error();
+        size_t n = 0;
+        int r = SSL_write_ex(t->ssl, (const char *)buf + done, len - done, &n);
+        int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
+        if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) snprintf(err, errlen, "%s", errno ? strerror(errno) : "connection closed");
+            else fail(err, errlen, "TLS write failed");
+            pthread_mutex_unlock(&t->mu);
+            return -1;
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (e == SSL_ERROR_NONE) { done += n; continue; }
+        int w = wait_fd(t->fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
+        if (w == 0) return -2;
+        if (w < 0) { snprintf(err, errlen, "%s", strerror(errno)); return -1; }
+    }
+    return done == len ? 1 : -2;
+}
+
+int ferry_tls_export(ferry_tls *t, const char *label, unsigned char *out, size_t len) {
+    pthread_mutex_lock(&t->mu);
+    int r = SSL_export_keying_material(t->ssl, out, len, label, strlen(label), NULL, 0, 0);
+    pthread_mutex_unlock(&t->mu);
+    return r;
+}
+
+int ferry_tls_peer_cn(ferry_tls *t, char *out, size_t outlen) {
+    if (outlen) out[0] = 0;
+    X509 *x = SSL_get1_peer_certificate(t->ssl);
+    if (!x) return 0;
+    int n = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, out, (int)outlen);
+    X509_free(x);
+    return n > 0;
+}
+
+void ferry_tls_free(ferry_tls *t) {
+    if (!t) return;
+    // No close_notify: the fd may already be closed (and its number reused) when the last
+    // reference goes; the protocol ends sessions with its own END/END_ACK exchange.
+    pthread_mutex_lock(&t->mu);
+    SSL_free(t->ssl);
+    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_destroy(&t->mu);
+    ERR_clear_error();
+    free(t);
+}
+
+// ---- certificates ------------------------------------------------------------------------
+static EVP_PKEY *new_ed25519(void) {
+    EVP_PKEY *k = NULL;
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, NULL);
+    if (pc && EVP_PKEY_keygen_init(pc) == 1) EVP_PKEY_keygen(pc, &k);
+    EVP_PKEY_CTX_free(pc);
+    return k;
+}
+
+static int write_key(EVP_PKEY *k, const char *path, char *err, size_t errlen) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) { snprintf(err, errlen, "cannot write '%s': %s", path, strerror(errno)); return 0; }
+    fchmod(fd, 0600);
+    FILE *f = fdopen(fd, "w");
+    int ok = f && PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL) == 1;
+    if (f) ok = (fclose(f) == 0) && ok; else close(fd);
+    if (!ok) fail(err, errlen, "cannot write the key");
+    return ok;
+}
+
+static int write_cert(X509 *x, const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "w");
+    if (!f) { snprintf(err, errlen, "cannot write '%s': %s", path, strerror(errno)); return 0; }
+    int ok = PEM_write_X509(f, x) == 1;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) fail(err, errlen, "cannot write the certificate");
+    return ok;
+}
+
+static int add_ext(X509 *x, X509 *issuer, int nid, const char *value) {
+    X509V3_CTX v;
+    X509V3_set_ctx_nodb(&v);
+    X509V3_set_ctx(&v, issuer, x, NULL, NULL, 0);
+    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v, nid, value);
+    if (!e) return 0;
+    int ok = X509_add_ext(x, e, -1);
+    X509_EXTENSION_free(e);
+    return ok;
+}
+
+static int random_serial(X509 *x) {
+    unsigned char b[16];
+    if (RAND_bytes(b, sizeof b) != 1) return 0;
+    b[0] &= 0x7f;
+    BIGNUM *bn = BN_bin2bn(b, sizeof b, NULL);
+    int ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL;
+    BN_free(bn);
+    return ok;
+}
+
+int ferry_ca_init(const char *name, int days, const char *cert_out, const char *key_out, char *err, size_t errlen) {
+    EVP_PKEY *k = new_ed25519();
+    X509 *x = X509_new();
+    int ok = k && x;
+    ok = ok && X509_set_version(x, 2) && random_serial(x);
+    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -300) && X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
+    X509_NAME *n = x ? X509_get_subject_name(x) : NULL;
+    ok = ok && X509_NAME_add_entry_by_txt(n, "O", MBSTRING_UTF8, (const unsigned char *)"Ferry federation", -1, -1, 0);
+    ok = ok && X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)name, -1, -1, 0);
+    ok = ok && X509_set_issuer_name(x, n) && X509_set_pubkey(x, k);
+    ok = ok && add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
+    ok = ok && add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
+    ok = ok && add_ext(x, x, NID_subject_key_identifier, "hash");
+    ok = ok && X509_sign(x, k, NULL) > 0;
+    if (!ok) fail(err, errlen, "cannot create the CA certificate");
+    ok = ok && write_key(k, key_out, err, errlen) && write_cert(x, cert_out, err, errlen);
+    X509_free(x); EVP_PKEY_free(k);
+    return ok;
+}
+
+static X509 *read_cert(const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) { snprintf(err, errlen, "cannot read '%s': %s", path, strerror(errno)); return NULL; }
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!x) { char what[600]; snprintf(what, sizeof what, "'%s' is not a PEM certificate", path); fail(err, errlen, what); }
+    return x;
+}
+
+static EVP_PKEY *read_key(const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) { snprintf(err, errlen, "cannot read '%s': %s", path, strerror(errno)); return NULL; }
+    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!k) { char what[600]; snprintf(what, sizeof what, "'%s' is not a PEM private key", path); fail(err, errlen, what); }
+    return k;
+}
+
+int ferry_ca_issue(const char *ca_cert, const char *ca_key, const char *center, const char *hosts, int days, long backdate_seconds,
+                   const char *cert_out, const char *key_out, char *err, size_t errlen) {
+    X509 *ca = read_cert(ca_cert, err, errlen);
+    if (!ca) return 0;
+    EVP_PKEY *cak = read_key(ca_key, err, errlen);
+    if (!cak) { X509_free(ca); return 0; }
+    if (X509_check_private_key(ca, cak) != 1) {
+        snprintf(err, errlen, "'%s' is not the key of '%s'", ca_key, ca_cert);
+        X509_free(ca); EVP_PKEY_free(cak); ERR_clear_error(); return 0;
+    }
+    EVP_PKEY *k = new_ed25519();
+    X509 *x = X509_new();
+    int ok = k && x && X509_set_version(x, 2) && random_serial(x);
+    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -backdate_seconds - 300)
+            && X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400 - backdate_seconds);
+    X509_NAME *n = x ? X509_get_subject_name(x) : NULL;
+    ok = ok && X509_NAME_add_entry_by_txt(n, "O", MBSTRING_UTF8, (const unsigned char *)"Ferry federation", -1, -1, 0);
+    ok = ok && X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)center, -1, -1, 0);
+    ok = ok && X509_set_issuer_name(x, X509_get_subject_name(ca)) && X509_set_pubkey(x, k);
+    char san[4096];
+    int at = snprintf(san, sizeof san, "DNS:%s", center);
+    if (hosts && *hosts) {
+        char copy[2048]; snprintf(copy, sizeof copy, "%s", hosts);
+        char *save = NULL;
+        for (char *h = strtok_r(copy, ",", &save); h && at < (int)sizeof san - 64; h = strtok_r(NULL, ",", &save)) {
+            unsigned char tmp[16];
+            ASN1_OCTET_STRING *ip = a2i_IPADDRESS(h);
+            int isip = ip != NULL; ASN1_OCTET_STRING_free(ip); (void)tmp;
+            at += snprintf(san + at, sizeof san - at, ",%s:%s", isip ? "IP" : "DNS", h);
+        }
+    }
+    ok = ok && add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE");
+    ok = ok && add_ext(x, ca, NID_key_usage, "critical,digitalSignature");
+    ok = ok && add_ext(x, ca, NID_ext_key_usage, "serverAuth,clientAuth");
+    ok = ok && add_ext(x, ca, NID_subject_alt_name, san);
+    ok = ok && add_ext(x, ca, NID_subject_key_identifier, "hash");
+    ok = ok && add_ext(x, ca, NID_authority_key_identifier, "keyid:always");
+    ok = ok && X509_sign(x, cak, NULL) > 0;
+    if (!ok) fail(err, errlen, "cannot issue the certificate");
+    ok = ok && write_key(k, key_out, err, errlen) && write_cert(x, cert_out, err, errlen);
+    X509_free(x); EVP_PKEY_free(k); X509_free(ca); EVP_PKEY_free(cak);
+    return ok;
+}
+
+int ferry_key_raw_private(const char *key_path, unsigned char out[32], char *err, size_t errlen) {
+    EVP_PKEY *k = read_key(key_path, err, errlen);
+    if (!k) return 0;
+    size_t n = 32;
+    int ok = EVP_PKEY_get_id(k) == EVP_PKEY_ED25519 && EVP_PKEY_get_raw_private_key(k, out, &n) == 1 && n == 32;
+    if (!ok) snprintf(err, errlen, "'%s' is not an Ed25519 key", key_path);
+    EVP_PKEY_free(k);
+    ERR_clear_error();
+    return ok;
+}
+
+int ferry_cert_info(const char *cert_path, unsigned char pub[32], char *cn, size_t cnlen, int64_t *not_after, char *err, size_t errlen) {
+    X509 *x = read_cert(cert_path, err, errlen);
+    if (!x) return 0;
+    EVP_PKEY *k = X509_get0_pubkey(x);
+    size_t n = 32;
+    int ok = k && EVP_PKEY_get_id(k) == EVP_PKEY_ED25519 && EVP_PKEY_get_raw_public_key(k, pub, &n) == 1 && n == 32;
+    if (!ok) snprintf(err, errlen, "'%s' does not hold an Ed25519 key", cert_path);
+    if (cnlen) cn[0] = 0;
+    X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, (int)cnlen);
+    struct tm tm;
+    if (ok && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) *not_after = (int64_t)timegm(&tm);
+    X509_free(x);
+    ERR_clear_error();
+    return ok;
+}
+
+int ferry_ed25519_sign(const unsigned char priv[32], const unsigned char *msg, size_t len, unsigned char sig[64]) {
+    EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, priv, 32);
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    size_t n = 64;
+    int ok = k && m && EVP_DigestSignInit(m, NULL, NULL, NULL, k) == 1 && EVP_DigestSign(m, sig, &n, msg, len) == 1 && n == 64;
+    EVP_MD_CTX_free(m); EVP_PKEY_free(k);
+    return ok;
+}
+
+int ferry_ed25519_verify(const unsigned char pub[32], const unsigned char *msg, size_t len, const unsigned char sig[64]) {
+    EVP_PKEY *k = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub, 32);
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    int ok = k && m && EVP_DigestVerifyInit(m, NULL, NULL, NULL, k) == 1 && EVP_DigestVerify(m, sig, 64, msg, len) == 1;
+    EVP_MD_CTX_free(m); EVP_PKEY_free(k);
+    ERR_clear_error();
+    return ok;
+}
+
+// ---- AES-256-GCM -------------------------------------------------------------------------
+struct ferry_gcm { EVP_CIPHER_CTX *c; int enc; };
+
+ferry_gcm *ferry_gcm_new(const unsigned char key[32], int encrypt) {
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    if (!c) return NULL;
+    if (EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, key, NULL, encrypt) != 1) { EVP_CIPHER_CTX_free(c); return NULL; }
+    ferry_gcm *g = calloc(1, sizeof *g);
+    g->c = c; g->enc = encrypt;
+    return g;
+}
+
+void ferry_gcm_free(ferry_gcm *g) { if (g) { EVP_CIPHER_CTX_free(g->c); free(g); } }
+
+int ferry_gcm_seal(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, unsigned char tag[16]) {
+    int n = 0;
+    if (EVP_CipherInit_ex(g->c, NULL, NULL, NULL, iv, 1) != 1) return 0;
+    if (aadlen && EVP_CipherUpdate(g->c, NULL, &n, aad, (int)aadlen) != 1) return 0;
+    if (len && EVP_CipherUpdate(g->c, buf, &n, buf, (int)len) != 1) return 0;
+    if (EVP_CipherFinal_ex(g->c, buf + len, &n) != 1) return 0;
+    return EVP_CIPHER_CTX_ctrl(g->c, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1;
+}
+
+int ferry_gcm_open(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, const unsigned char tag[16]) {
+    int n = 0;
+    if (EVP_CipherInit_ex(g->c, NULL, NULL, NULL, iv, 0) != 1) return 0;
+    if (aadlen && EVP_CipherUpdate(g->c, NULL, &n, aad, (int)aadlen) != 1) return 0;
+    if (len && EVP_CipherUpdate(g->c, buf, &n, buf, (int)len) != 1) return 0;
+    if (EVP_CIPHER_CTX_ctrl(g->c, EVP_CTRL_GCM_SET_TAG, 16, (void *)tag) != 1) return 0;
+    int ok = EVP_CipherFinal_ex(g->c, buf + len, &n) == 1;
+    ERR_clear_error();
+    return ok;
+}

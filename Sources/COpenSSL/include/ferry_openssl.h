@@ -1,13 +1,64 @@
 #ifndef FERRY_OPENSSL_H
 #define FERRY_OPENSSL_H
 #include <stddef.h>
-#include <openssl/crypto.h>
-#include <openssl/rand.h>
-#include <openssl/evp.h>
-#include <openssl/ssl.h>
-#include <openssl/err.h>
+#include <stdint.h>
+
 /// Constant-time comparison: 0 when equal.
 int ferry_ct_memcmp(const void *a, const void *b, size_t len);
 /// Cryptographically strong random bytes: 1 on success.
 int ferry_random_bytes(unsigned char *buf, int len);
+/// HMAC-SHA256 into out[32]: 1 on success.
+int ferry_hmac_sha256(const unsigned char *key, size_t keylen, const unsigned char *msg, size_t len, unsigned char out[32]);
+/// SHA-256 into out[32].
+int ferry_sha256(const unsigned char *msg, size_t len, unsigned char out[32]);
+
+// ---- TLS 1.3 on control connections ------------------------------------------------------
+typedef struct ferry_tls_ctx ferry_tls_ctx;
+typedef struct ferry_tls ferry_tls;
+
+/// A TLS 1.3-only context. Server: presents cert/key, asks for (and verifies, when sent) a
+/// client certificate. Client: verifies the server against `ca`, presents cert/key when given.
+/// NULL on failure with a message in err.
+ferry_tls_ctx *ferry_tls_ctx_new(int server, const char *cert, const char *key, const char *ca, char *err, size_t errlen);
+void ferry_tls_ctx_free(ferry_tls_ctx *ctx);
+
+/// Runs the handshake on a connected socket (made non-blocking here) within timeout_ms.
+/// Client: `expected` is the center name or address the server's certificate must carry.
+/// NULL on failure with the reason in err (for example the certificate verification result).
+ferry_tls *ferry_tls_handshake(ferry_tls_ctx *ctx, int fd, int server, const char *expected, int timeout_ms, char *err, size_t errlen);
+/// Reads up to len bytes; waits at most timeout_ms. >0 bytes, 0 clean close, -1 error
+/// (message in err), -2 timeout. Safe to call while another thread writes.
+long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
+/// Writes all len bytes; waits at most timeout_ms for room. 1 ok, -1 error, -2 timeout.
+int ferry_tls_write(ferry_tls *t, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
+/// Keying material from the TLS session (RFC 8446 exporter): 1 on success.
+int ferry_tls_export(ferry_tls *t, const char *label, unsigned char *out, size_t len);
+/// The verified peer certificate's common name (empty when the peer sent none): 1 if present.
+int ferry_tls_peer_cn(ferry_tls *t, char *out, size_t outlen);
+/// Frees the session; does not touch or close the fd.
+void ferry_tls_free(ferry_tls *t);
+
+// ---- Federation CA and center certificates (Ed25519) -------------------------------------
+/// Self-signed CA certificate and key (key file mode 0600).
+int ferry_ca_init(const char *name, int days, const char *cert_out, const char *key_out, char *err, size_t errlen);
+/// A center certificate signed by the CA: CN and DNS SAN = center; `hosts` is a comma-separated
+/// list of extra DNS names or IP addresses; valid from now - backdate_seconds for `days`.
+int ferry_ca_issue(const char *ca_cert, const char *ca_key, const char *center, const char *hosts, int days, long backdate_seconds,
+                   const char *cert_out, const char *key_out, char *err, size_t errlen);
+/// The raw Ed25519 private key of a PEM key file.
+int ferry_key_raw_private(const char *key_path, unsigned char out[32], char *err, size_t errlen);
+/// The Ed25519 public key, common name and expiry (Unix time) of a PEM certificate.
+int ferry_cert_info(const char *cert_path, unsigned char pub[32], char *cn, size_t cnlen, int64_t *not_after, char *err, size_t errlen);
+int ferry_ed25519_sign(const unsigned char priv[32], const unsigned char *msg, size_t len, unsigned char sig[64]);
+/// 1 when the signature is valid.
+int ferry_ed25519_verify(const unsigned char pub[32], const unsigned char *msg, size_t len, const unsigned char sig[64]);
+
+// ---- AES-256-GCM for data streams -------------------------------------------------------
+typedef struct ferry_gcm ferry_gcm;
+ferry_gcm *ferry_gcm_new(const unsigned char key[32], int encrypt);
+void ferry_gcm_free(ferry_gcm *g);
+/// Encrypts buf[0..len) in place, authenticating aad too; writes the 16-byte tag. 1 on success.
+int ferry_gcm_seal(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, unsigned char tag[16]);
+/// Decrypts in place; 1 only when the tag matches (then buf holds plaintext).
+int ferry_gcm_open(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, const unsigned char tag[16]);
 #endif

@@ -18,6 +18,8 @@ public final class AuditLog: @unchecked Sendable {
     /// One audit record.
     public struct Record {
         public var user: String
+        /// The peer center's name when it presented a certificate.
+        public var center = ""
         public var peer: String
         public var action: String
         public var path: String
@@ -25,6 +27,8 @@ public final class AuditLog: @unchecked Sendable {
         public var bytes: UInt64 = 0
         public var result: String
         public var seconds: Double = 0
+        /// Data-stream protection of a transfer ("" for refusals before it was known).
+        public var protection = ""
 
         public init(user: String, peer: String, action: String, path: String, result: String) {
             self.user = user
@@ -44,7 +48,7 @@ public final class AuditLog: @unchecked Sendable {
         let time = String(Int(tm.tm_year) + 1900) + "-" + two(Int(tm.tm_mon) + 1) + "-" + two(Int(tm.tm_mday)) + "T"
             + two(Int(tm.tm_hour)) + ":" + two(Int(tm.tm_min)) + ":" + two(Int(tm.tm_sec)) + "." + three(ts.tv_nsec / 1_000_000) + "Z"
         let ms = Int((r.seconds * 1000).rounded())
-        let line = "{\"time\":\"\(time)\",\"user\":\(jsonString(r.user)),\"peer\":\(jsonString(r.peer)),\"action\":\(jsonString(r.action)),\"path\":\(jsonString(r.path)),\"files\":\(r.files),\"bytes\":\(r.bytes),\"result\":\(jsonString(r.result)),\"duration_ms\":\(ms)}\n"
+        let line = "{\"time\":\"\(time)\",\"user\":\(jsonString(r.user)),\"center\":\(jsonString(r.center)),\"peer\":\(jsonString(r.peer)),\"action\":\(jsonString(r.action)),\"path\":\(jsonString(r.path)),\"files\":\(r.files),\"bytes\":\(r.bytes),\"result\":\(jsonString(r.result)),\"protection\":\(jsonString(r.protection)),\"duration_ms\":\(ms)}\n"
         lock.withLock {
             let bytes = Array(line.utf8)
             var done = 0

@@ -36,15 +36,33 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// How a client proves who it is and checks whom it talks to.
+public struct ClientCredentials: Sendable {
+    /// TLS context: the federation CA to verify servers with, and optionally this side's
+    /// center certificate (daemons and center-to-center transfers present one).
+    public var tls: TLSContext
+    /// A user token (`ferry token issue`); nil when a center certificate alone authenticates.
+    public var token: String?
+    /// The center the server must prove to be (its certificate's name). nil: the URL's host
+    /// must appear in the certificate (as a DNS name or an IP address).
+    public var center: String?
+
+    public init(tls: TLSContext, token: String?, center: String?) {
+        self.tls = tls
+        self.token = token
+        self.center = center
+    }
+}
+
 /// Runs copies between a local path and a Ferry server. This is the library entry point the
 /// CLI, the daemon and the scheduler hook share.
 public enum TransferClient {
     /// Copies `source` to `destination` (one of them remote). Progress is published to
     /// `progress` while it runs. Throws a `TransferError` naming the file and whether a rerun
     /// resumes when anything failed.
-    public static func copy(from source: Endpoint, to destination: Endpoint, options: TransferOptions, token: [UInt8], progress: TransferProgress = TransferProgress()) throws -> TransferSummary {
+    public static func copy(from source: Endpoint, to destination: Endpoint, options: TransferOptions, credentials: ClientCredentials, progress: TransferProgress = TransferProgress()) throws -> TransferSummary {
         do {
-            return try copyOnce(from: source, to: destination, options: options, token: token, progress: progress)
+            return try copyOnce(from: source, to: destination, options: options, credentials: credentials, progress: progress)
         } catch {
             var e = asTransferError(error)
             // Session-level causes (a lost connection, a timeout) get the transfer's name; a
@@ -56,7 +74,7 @@ public enum TransferClient {
         }
     }
 
-    private static func copyOnce(from source: Endpoint, to destination: Endpoint, options: TransferOptions, token: [UInt8], progress: TransferProgress) throws -> TransferSummary {
+    private static func copyOnce(from source: Endpoint, to destination: Endpoint, options: TransferOptions, credentials: ClientCredentials, progress: TransferProgress) throws -> TransferSummary {
         prepareProcess()
         guard (Wire.chunkBytesMin...Wire.chunkBytesMax).contains(options.chunkBytes) else {
             throw TransferError(.usage, "--chunk-size must be between 64K and 64M")
@@ -72,14 +90,14 @@ public enum TransferClient {
                 let base = src.split(separator: "/").last.map(String.init) ?? src
                 path = path.isEmpty ? base : path + "/" + base
             }
-            return try run(server: server, direction: .push, path: path, options: options, token: token, progress: progress) { ctx throws in
+            return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
                 let sender = try Sender(ctx: ctx, rootFd: srcFd)
                 return (sender.runControl, sender.runWorker)
             }
         case (.remote(let server, let urlPath), .local(let dst)):
             let (path, _) = try Paths.remoteRelative(urlPath)
             let (baseFd, target) = try localTarget(dst, remoteName: path.split(separator: "/").last.map(String.init), recursive: options.recursive)
-            return try run(server: server, direction: .pull, path: path, options: options, token: token, progress: progress) { ctx throws in
+            return try run(server: server, direction: .pull, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
                 let receiver = Receiver(ctx: ctx, baseFd: baseFd, target: target)
                 return (receiver.runControl, receiver.runWorker)
             }
@@ -131,24 +149,33 @@ public enum TransferClient {
 
     private typealias Roles = (control: () throws -> Void, worker: (Connection) -> Void)
 
-    private static func run(server: HostPort, direction: Direction, path: String, options: TransferOptions, token: [UInt8], progress: TransferProgress, makeRoles: (SessionContext) throws -> Roles) throws -> TransferSummary {
+    private static func run(server: HostPort, direction: Direction, path: String, options: TransferOptions, credentials: ClientCredentials, progress: TransferProgress, makeRoles: (SessionContext) throws -> Roles) throws -> TransferSummary {
         let ring = try Ring(entries: 16)
         let handshakeNs: Int64 = 30_000_000_000
         let control = Connection(fd: try Socket.connect(server))
         defer { control.close() }
         try control.sendPreamble(role: .control, ring: ring)
-        try control.send(.hello, Hello(token: token, direction: direction, path: path, options: options).encode(), ring: ring)
+        do {
+            control.tls = try credentials.tls.handshake(fd: control.fd, expected: credentials.center ?? server.host, timeoutMs: Int(handshakeNs / 1_000_000))
+        } catch {
+            // The server may have said why (for example, too many connections) before TLS.
+            var e = asTransferError(error)
+            e.message = "\(server): " + e.message
+            throw e
+        }
+        try control.send(.hello, Hello(token: Array((credentials.token ?? "").utf8), direction: direction, path: path, options: options).encode(), ring: ring)
         let (type, payload) = try control.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 4096)
         guard type == .welcome else { throw TransferError.protocolError("expected WELCOME, got \(type)") }
         let welcome = try Welcome.decode(payload)
-        let ctx = SessionContext(control: control, options: options, progress: progress, idleTimeoutSeconds: 120)
+        let ctx = SessionContext(control: control, options: options, progress: progress, idleTimeoutSeconds: 120, protection: options.protection, direction: direction)
         var data: [Connection] = []
         defer { for d in data { d.close() } }
         for i in 0..<welcome.streams {
             let c = Connection(fd: try Socket.connect(server))
+            c.streamIndex = i
             data.append(c)
             try c.sendPreamble(role: .data, ring: ring)
-            try c.send(.join, Join(sessionID: welcome.sessionID, secret: welcome.secret, streamIndex: i).encode(), ring: ring)
+            try c.send(.join, Join(sessionID: welcome.sessionID, streamIndex: i, secret: welcome.secret).encode(), ring: ring)
             let (t, _) = try c.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 0)
             guard t == .joined else { throw TransferError.protocolError("expected JOINED, got \(t)") }
             ctx.add(data: c)
@@ -158,7 +185,7 @@ public enum TransferClient {
         for c in data {
             workers.add()
             let worker = roles.worker
-            nonisolated(unsafe) let conn = c
+            let conn = c
             spawnThread(name: "ferry-stream") {
                 worker(conn)
                 workers.done()

@@ -22,6 +22,8 @@ public final class TransferProgress: @unchecked Sendable {
         public var skippedBytes: UInt64 = 0
         public var filesSkipped: UInt64 = 0
         public var retransmittedChunks: UInt64 = 0
+        /// Sealed data frames this side rejected (tampered, replayed or reordered).
+        public var rejectedFrames: UInt64 = 0
         public var filesFailed: UInt64 = 0
         public var seconds: Double = 0
         /// The first few per-file failures, for the final message.
@@ -44,6 +46,7 @@ public final class TransferProgress: @unchecked Sendable {
         }
     }
     func retransmitted() { lock.withLock { s.retransmittedChunks += 1 } }
+    func rejectedFrame() { lock.withLock { s.rejectedFrames += 1 } }
     func fileFailed(_ message: String) {
         lock.withLock {
             s.filesFailed += 1
@@ -61,6 +64,7 @@ public struct TransferSummary: Sendable {
     public var skippedBytes: UInt64
     public var filesSkipped: UInt64
     public var retransmittedChunks: UInt64
+    public var rejectedFrames: UInt64
     public var seconds: Double
 
     init(_ s: TransferProgress.Snapshot) {
@@ -70,6 +74,7 @@ public struct TransferSummary: Sendable {
         skippedBytes = s.skippedBytes
         filesSkipped = s.filesSkipped
         retransmittedChunks = s.retransmittedChunks
+        rejectedFrames = s.rejectedFrames
         seconds = s.seconds
     }
 }

@@ -61,6 +61,9 @@ final class Receiver: @unchecked Sendable {
     private let targetComponents: [Substring]
     private let lock = Lock()
     private var files: [UInt64: ReceiverFile] = [:]
+    /// Highest file id the manifest announced (ids are assigned in increasing order).
+    private var highestID: UInt64 = 0
+    private var anyAnnounced = false
     private var targetDir: DirHandle?
     private var targetFile: (dir: DirHandle, name: String)?
     private var dirCache: [String: DirHandle] = [:]
@@ -211,6 +214,10 @@ final class Receiver: @unchecked Sendable {
 
     /// Turns one manifest entry into a plan entry (files) or creates it (directories, links).
     private func handle(_ e: ManifestEntry, refusals: inout [(UInt64, String)]) throws -> PlanEntry? {
+        lock.withLock {
+            highestID = max(highestID, e.id)
+            anyAnnounced = true
+        }
         let parts = try Paths.components(of: e.path)
         if parts.isEmpty { try resolveTarget(e) }
         let display = e.path.isEmpty ? (targetComponents.last.map(String.init) ?? ".") : e.path
@@ -493,6 +500,9 @@ final class Receiver: @unchecked Sendable {
     }
 
     func forget(_ id: UInt64) { lock.withLock { files[id] = nil } }
+
+    /// True for an id the manifest announced (the file may be finished and forgotten).
+    func wasAnnounced(_ id: UInt64) -> Bool { lock.withLock { anyAnnounced && id <= highestID } }
 
     func runWorker(_ conn: Connection) {
         do {

@@ -18,10 +18,19 @@ final class ReceiverWorker {
     private var zeroHashes = ZeroHashes()
     private var fds: [Int32]
     private var results: [Int32]
+    /// Opens sealed frames at the `safe` and `private` levels; nil at `clear`.
+    private let opener: FrameOpener?
+    /// Sealed frames rejected on this stream (tampered, replayed, reordered).
+    private(set) var rejectedFrames = 0
 
     init(receiver: Receiver, conn: Connection) throws {
         self.receiver = receiver
         self.conn = conn
+        if let key = receiver.ctx.dataKey {
+            opener = FrameOpener(key: key, level: receiver.ctx.protection, stream: conn.streamIndex)
+        } else {
+            opener = nil
+        }
         chunkBytes = receiver.ctx.options.chunkBytes
         frameBytesMax = DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes)
         ring = try Ring(entries: UInt32(Wire.batchFilesMax * 2))
@@ -59,28 +68,66 @@ final class ReceiverWorker {
 
     func run() throws {
         let buf = pool.buffer(0)
+        // Sealed frames are received behind a copy of their header, so the header, counter,
+        // subheader and payload are one contiguous authenticated region.
+        let sealed = opener != nil
+        let overhead = sealed ? Sealing.overheadBytes : 0
+        let body = sealed ? buf + Wire.frameHeaderBytes : buf
         while true {
             guard try receive(header, Wire.frameHeaderBytes, allowEOF: true) else { return }
             let h = try FrameHeader(pointer: header)
+            let subheaderBytes: Int
             switch h.type {
             case .chunk:
-                guard h.length >= DataLayout.chunkSubheaderBytes, h.length <= DataLayout.chunkSubheaderBytes + Compressor.bound(chunkBytes) else {
+                guard h.length >= DataLayout.chunkSubheaderBytes + overhead, h.length <= DataLayout.chunkSubheaderBytes + Compressor.bound(chunkBytes) + overhead else {
                     throw TransferError.protocolError("chunk frame of \(h.length) bytes out of bounds")
                 }
-                guard try receive(buf, h.length, allowEOF: false) else { return }
-                try chunk(buf, h.length)
+                subheaderBytes = DataLayout.chunkSubheaderBytes
             case .batch:
-                guard h.length >= DataLayout.batchSubheaderBytes, h.length <= frameBytesMax else {
+                guard h.length >= DataLayout.batchSubheaderBytes + overhead, h.length <= frameBytesMax else {
                     throw TransferError.protocolError("batch frame of \(h.length) bytes out of bounds")
                 }
-                guard try receive(buf, h.length, allowEOF: false) else { return }
-                try batch(buf, h.length)
+                subheaderBytes = DataLayout.batchSubheaderBytes
             default:
                 throw TransferError.protocolError("unexpected \(h.type) frame on a data stream")
             }
+            guard try receive(body, h.length, allowEOF: false) else { return }
+            var p = body
+            var length = h.length
+            if let opener {
+                buf.copyMemory(from: header, byteCount: Wire.frameHeaderBytes)
+                let clear = h.type == .chunk ? Sealing.chunkClearSubheaderBytes : subheaderBytes
+                switch opener.open(frame: buf, frameBytes: Wire.frameHeaderBytes + h.length, clearSubheaderBytes: clear) {
+                case .accept(let missing):
+                    if let missing {
+                        // Frames skipped in the counter sequence were removed or reordered.
+                        for c in missing.prefix(Sender.frameHistoryMax) { try requestFrame(c) }
+                    }
+                case .replayed:
+                    rejectedFrames += 1
+                    receiver.ctx.progress.rejectedFrame()
+                    continue
+                case .tampered(let position):
+                    rejectedFrames += 1
+                    receiver.ctx.progress.rejectedFrame()
+                    opener.skip(position)
+                    try requestFrame(position)
+                    continue
+                }
+                p = body + Sealing.counterBytes
+                length = h.length - Sealing.overheadBytes
+            }
+            if h.type == .chunk { try chunk(p, length) } else { try batch(p, length) }
         }
     }
 
+    /// Asks the sender (control stream) to send again what this stream's frame `counter` held.
+    private func requestFrame(_ counter: UInt64) throws {
+        var w = ByteWriter(capacity: 12)
+        w.u32(UInt32(conn.streamIndex))
+        w.u64(counter)
+        try receiver.ctx.control.send(.resendFrame, w.bytes, ring: ring)
+    }
 
     private func requestResend(_ id: UInt64, _ index: Int) throws {
         var w = ByteWriter(capacity: 12)
@@ -98,11 +145,15 @@ final class ReceiverWorker {
         let expected = ChunkHash(
             low: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)),
             high: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: UInt64.self)))
-        guard UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20, as: UInt32.self)) == DataLayout.subheaderCheck(p) else {
+        guard opener != nil || UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20, as: UInt32.self)) == DataLayout.subheaderCheck(p) else {
             throw TransferError(.verify, "a chunk header from \(conn.peer) arrived damaged", resumable: true)
         }
         guard let codec = ChunkCodec(rawValue: codecByte) else { throw TransferError.protocolError("unknown chunk codec \(codecByte)") }
-        guard let f = receiver.file(id) else { throw TransferError.protocolError("chunk for unknown file \(id)") }
+        guard let f = receiver.file(id) else {
+            // A file already finished (a chunk sent again after a rejected frame) is no error.
+            if receiver.wasAnnounced(id) { return }
+            throw TransferError.protocolError("chunk for unknown file \(id)")
+        }
         let payload = p + DataLayout.chunkSubheaderBytes
         let payloadBytes = length - DataLayout.chunkSubheaderBytes
         guard !f.isSmall, index < f.chunkCount else { throw TransferError.protocolError("chunk \(index) out of range for file \(id)") }
@@ -214,7 +265,10 @@ final class ReceiverWorker {
             guard size <= rawBytes - at else { throw TransferError.protocolError("batch entries exceed the batch") }
             let data = content + at
             at += size
-            guard let f = receiver.file(id) else { throw TransferError.protocolError("batch entry for unknown file \(id)") }
+            guard let f = receiver.file(id) else {
+                if receiver.wasAnnounced(id) { continue }
+                throw TransferError.protocolError("batch entry for unknown file \(id)")
+            }
             guard f.isSmall, UInt64(size) == f.entry.size else { throw TransferError.protocolError("batch entry for file \(id) has the wrong size") }
             if ChunkHash.of(data, size) != h {
                 try requestResend(id, 0)

@@ -60,6 +60,11 @@ final class Sender: @unchecked Sendable {
     private var checkQueue: [SenderFile] = []
     private var resendQueue: [(SenderFile, Int)] = []
     private var endAcknowledged = false
+    /// Sealed sessions: what each recent frame of each stream carried (counter → file ids and
+    /// chunk indexes), so a frame the receiver rejected can be sent again. Bounded per stream:
+    /// the receiver asks as soon as it sees the damage, within a few frames.
+    private var frameHistory: [Int: [(counter: UInt64, contents: [(UInt64, Int)])]] = [:]
+    static let frameHistoryMax = 512
 
     /// `rootFd`: the source, a directory or a regular file, opened O_RDONLY; owned by the Sender.
     init(ctx: SessionContext, rootFd: Int32) throws {
@@ -181,6 +186,18 @@ final class Sender: @unchecked Sendable {
                             resendQueue.append((f, index))
                             cond.broadcast()
                         }
+                    }
+                    ctx.progress.retransmitted()
+                case .resendFrame:
+                    let stream = Int(try r.u32())
+                    let counter = try r.u64()
+                    try r.expectEnd()
+                    lock.withLock {
+                        guard let entry = frameHistory[stream]?.first(where: { $0.counter == counter }) else { return }
+                        for (id, index) in entry.contents {
+                            if let f = files[id], !f.failed, index < max(f.chunkCount, 1) { resendQueue.append((f, index)) }
+                        }
+                        cond.broadcast()
                     }
                     ctx.progress.retransmitted()
                 case .endAck:
@@ -316,6 +333,16 @@ final class Sender: @unchecked Sendable {
     }
 
     // MARK: worker callbacks (lock taken inside)
+
+    /// Records what a sealed frame carried (see `frameHistory`).
+    func remember(stream: Int, counter: UInt64, contents: [(UInt64, Int)]) {
+        lock.withLock {
+            var h = frameHistory[stream, default: []]
+            if h.count >= Sender.frameHistoryMax { h.removeFirst(h.count - Sender.frameHistoryMax + 1) }
+            h.append((counter, contents))
+            frameHistory[stream] = h
+        }
+    }
 
     /// Opens (once) the file's descriptor for reading, beneath the source root.
     func descriptor(_ f: SenderFile) throws -> Int32? {

@@ -20,10 +20,17 @@ final class SenderWorker {
     private var fds: [Int32]
     private var results: [Int32]
     private var zeroHashes = ZeroHashes()
+    /// Seals every frame at the `safe` and `private` levels; nil at `clear`.
+    private let sealer: FrameSealer?
 
     init(sender: Sender, conn: Connection) throws {
         self.sender = sender
         self.conn = conn
+        if let key = sender.ctx.dataKey {
+            sealer = FrameSealer(key: key, level: sender.ctx.protection, stream: conn.streamIndex)
+        } else {
+            sealer = nil
+        }
         chunkBytes = sender.ctx.options.chunkBytes
         ring = try Ring(entries: UInt32(min(4096, Wire.batchFilesMax * 2)))
         let bufferBytes = headroom + DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes)
@@ -79,10 +86,26 @@ final class SenderWorker {
         return (src, n, .raw)
     }
 
-    private func sendFrame(payload: UnsafeMutableRawPointer, headerBytes: Int, payloadBytes: Int) throws {
-        let start = payload - headerBytes
-        sender.rateLimiter?.acquire(headerBytes + payloadBytes)
-        try conn.sendFramed(start, headerBytes + payloadBytes, ring: ring)
+    /// Frames (and at `safe`/`private` seals) the subheader at `sub` and the payload after it,
+    /// then sends it in one call. `contents`: what the frame carries (file id, chunk index),
+    /// remembered so that the receiver can ask for a rejected frame again.
+    private func emit(_ type: FrameType, sub: UnsafeMutableRawPointer, subheaderBytes: Int, clearSubheaderBytes: Int, payloadBytes: Int, contents: () -> [(UInt64, Int)]) throws {
+        let start: UnsafeMutableRawPointer
+        let total: Int
+        if let sealer {
+            start = sub - Sealing.counterBytes - Wire.frameHeaderBytes
+            let length = Sealing.counterBytes + subheaderBytes + payloadBytes + Sealing.tagBytes
+            FrameHeader.write(to: start, length: length, type: type)
+            let counter = sealer.seal(frame: start, subheaderBytes: subheaderBytes, clearSubheaderBytes: clearSubheaderBytes, payloadBytes: payloadBytes)
+            sender.remember(stream: conn.streamIndex, counter: counter, contents: contents())
+            total = Wire.frameHeaderBytes + length
+        } else {
+            start = sub - Wire.frameHeaderBytes
+            FrameHeader.write(to: start, length: subheaderBytes + payloadBytes, type: type)
+            total = Wire.frameHeaderBytes + subheaderBytes + payloadBytes
+        }
+        sender.rateLimiter?.acquire(total)
+        try conn.sendFramed(start, total, ring: ring)
     }
 
     func sendChunk(_ f: SenderFile, _ index: Int, resend: Bool) throws {
@@ -121,9 +144,11 @@ final class SenderWorker {
         sub.storeBytes(of: UInt64(codec.rawValue).littleEndian, toByteOffset: 16, as: UInt64.self)  // codec + pad + reserved
         sub.storeBytes(of: hash.low.littleEndian, toByteOffset: 24, as: UInt64.self)
         sub.storeBytes(of: hash.high.littleEndian, toByteOffset: 32, as: UInt64.self)
-        sub.storeBytes(of: DataLayout.subheaderCheck(sub).littleEndian, toByteOffset: 20, as: UInt32.self)
-        FrameHeader.write(to: sub - Wire.frameHeaderBytes, length: DataLayout.chunkSubheaderBytes + payloadBytes, type: .chunk)
-        try sendFrame(payload: payload, headerBytes: Wire.frameHeaderBytes + DataLayout.chunkSubheaderBytes, payloadBytes: payloadBytes)
+        // The header check guards clear frames; sealed frames are authenticated whole (and in
+        // `private` a check over the hash would leak a function of the plaintext).
+        let check = sealer == nil ? DataLayout.subheaderCheck(sub) : 0
+        sub.storeBytes(of: check.littleEndian, toByteOffset: 20, as: UInt32.self)
+        try emit(.chunk, sub: sub, subheaderBytes: DataLayout.chunkSubheaderBytes, clearSubheaderBytes: Sealing.chunkClearSubheaderBytes, payloadBytes: payloadBytes) { [(f.id, index)] }
         if f.compressible == true && codec != .zero { policy.delivered(rawBytes: length, compressedArm: codec == .zstd) }
         sender.ctx.progress.moved(raw: resend ? 0 : UInt64(length), wire: UInt64(payloadBytes))
         try sender.record(f, index: index, hash: hash, resend: resend, ring: ring)
@@ -218,8 +243,9 @@ final class SenderWorker {
         sub.storeBytes(of: UInt32(sent.count).littleEndian, toByteOffset: 4, as: UInt32.self)
         sub.storeBytes(of: UInt32(rawBytes).littleEndian, toByteOffset: 8, as: UInt32.self)
         sub.storeBytes(of: UInt32(0), toByteOffset: 12, as: UInt32.self)
-        FrameHeader.write(to: sub - Wire.frameHeaderBytes, length: DataLayout.batchSubheaderBytes + payloadBytes, type: .batch)
-        try sendFrame(payload: payload, headerBytes: Wire.frameHeaderBytes + DataLayout.batchSubheaderBytes, payloadBytes: payloadBytes)
+        try emit(.batch, sub: sub, subheaderBytes: DataLayout.batchSubheaderBytes, clearSubheaderBytes: DataLayout.batchSubheaderBytes, payloadBytes: payloadBytes) {
+            sent.map { (files[$0].id, 0) }
+        }
         if compressible == true { policy.delivered(rawBytes: rawBytes, compressedArm: codec == .zstd) }
         sender.ctx.progress.moved(raw: UInt64(total), wire: UInt64(payloadBytes))
         for (k, i) in sent.enumerated() {

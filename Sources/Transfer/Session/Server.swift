@@ -3,11 +3,19 @@ import Glibc
 
 /// Settings of `ferry serve`.
 public struct ServerConfiguration: Sendable {
-    public var root: String
+    /// What the server serves: named exports, or one root export (`--root`).
+    public var exports: [Export]
     public var listen: [HostPort]
-    /// Shared bearer token (test-grade authentication until center certificates and user tokens
-    /// arrive with the security work; compared in constant time).
-    public var token: [UInt8]
+    /// The center's certificate and key, and the federation CA that client certificates must
+    /// chain to.
+    public var tls: TLSIdentity
+    /// Certificates of the centers whose user tokens this server accepts (their CN names the
+    /// issuer). Empty: this center's own certificate (tokens it issued itself).
+    public var tokenIssuers: [String] = []
+    /// Revocation list (token ids, one per line), re-read whenever it changes.
+    public var revocations: String?
+    /// Transfers asking for less protection than this are refused.
+    public var minimumProtection: ProtectionLevel = .clear
     public var handshakeTimeoutSeconds = 10
     public var idleTimeoutSeconds = 120
     public var connectionsMax = 256
@@ -15,18 +23,24 @@ public struct ServerConfiguration: Sendable {
     public var connectionsPerAddressMax = 64
     /// Every session and every refusal is recorded here when set.
     public var audit: AuditLog?
-    /// Who the shared token stands for in the audit log (user tokens replace this later).
-    public var tokenUser = "token"
     /// Where one line per session and per refused connection goes.
     public var log: @Sendable (String) -> Void = { line in
         fputs(line + "\n", stderr)
     }
 
-    public init(root: String, listen: [HostPort], token: [UInt8]) {
-        self.root = root
+    public init(exports: [Export], listen: [HostPort], tls: TLSIdentity) {
+        self.exports = exports
         self.listen = listen
-        self.token = token
+        self.tls = tls
     }
+}
+
+/// What the audit line of a connection will say, filled in as the server learns it.
+final class AuditNote {
+    var user = ""
+    var center = ""
+    var action = "connect"
+    var path = ""
 }
 
 /// One session on the server: the control connection's role object and its data streams.
@@ -41,6 +55,7 @@ final class ServerSession: @unchecked Sendable {
     let lock = Lock()
     lazy var cond = Condition(lock)
     var joined = 0
+    var joinedIndexes = Set<Int>()
 
     init(id: [UInt8], secret: [UInt8], streams: Int, ctx: SessionContext) {
         self.id = id
@@ -55,7 +70,11 @@ final class ServerSession: @unchecked Sendable {
 /// `@unchecked Sendable`: shared state is guarded by `lock`.
 public final class TransferServer: @unchecked Sendable {
     public let configuration: ServerConfiguration
-    private let rootFd: Int32
+    private let exports: ExportTable
+    private let tlsContext: TLSContext
+    private let verifier: TokenVerifier
+    /// This center's name (its certificate's CN).
+    public let center: String
     private let lock = Lock()
     private var sessions: [[UInt8]: ServerSession] = [:]
     private var listeners: [Int32] = []
@@ -66,12 +85,14 @@ public final class TransferServer: @unchecked Sendable {
     public init(_ configuration: ServerConfiguration) throws {
         self.configuration = configuration
         prepareProcess()
-        let fd = open(configuration.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd < 0 { throw TransferError.system("cannot serve '\(configuration.root)'", errno: errno) }
-        rootFd = fd
+        guard let cert = configuration.tls.certificate, configuration.tls.key != nil else {
+            throw TransferError(.usage, "the server needs its center certificate and key (--cert, --key; see `ferry ca issue`)")
+        }
+        exports = try ExportTable(configuration.exports)
+        tlsContext = try TLSContext(server: true, identity: configuration.tls)
+        center = try CertificateInfo(path: cert).commonName
+        verifier = try TokenVerifier(issuerCertificates: configuration.tokenIssuers.isEmpty ? [cert] : configuration.tokenIssuers, revocationsPath: configuration.revocations)
     }
-
-    deinit { Glibc.close(rootFd) }
 
     /// Binds every listen address and starts accepting; returns the bound addresses.
     public func start() throws -> [HostPort] {
@@ -143,41 +164,71 @@ public final class TransferServer: @unchecked Sendable {
             return
         }
         let handshakeNs = Int64(configuration.handshakeTimeoutSeconds) * 1_000_000_000
+        let note = AuditNote()
         do {
             let role = try conn.recvPreamble(ring: ring, timeoutNs: handshakeNs)
             switch role {
-            case .control: try serveControl(conn, ring: ring, handshakeNs: handshakeNs)
-            case .data: try serveData(conn, ring: ring, handshakeNs: handshakeNs)
+            case .control:
+                // TLS 1.3 right after the preamble; the whole handshake within the timeout.
+                conn.tls = try tlsContext.handshake(fd: conn.fd, expected: nil, timeoutMs: Int(handshakeNs / 1_000_000))
+                note.center = conn.tls?.peerCommonName ?? ""
+                try serveControl(conn, ring: ring, handshakeNs: handshakeNs, note: note)
+            case .data:
+                note.action = "join"
+                try serveData(conn, ring: ring, handshakeNs: handshakeNs)
             }
         } catch {
             // Refused before a session started: a rerun would not help.
             var e = asTransferError(error)
             e.resumable = false
-            configuration.log("ferry serve: \(conn.peer): \(e.message)")
-            configuration.audit?.write(.init(user: "", peer: conn.peer, action: "connect", path: "", result: "refused: " + e.message))
+            configuration.log("ferry serve: \(conn.peer): refused: \(e.message)")
+            var r = AuditLog.Record(user: note.user, peer: conn.peer, action: note.action, path: note.path, result: "refused: " + e.message)
+            r.center = note.center
+            configuration.audit?.write(r)
             conn.sendError(e, ring: ring)
         }
         conn.close()
     }
 
-    private func serveControl(_ conn: Connection, ring: Ring, handshakeNs: Int64) throws {
+    /// Who is asking: a verified user token, or a peer center's verified certificate.
+    private func authenticate(_ hello: Hello, conn: Connection, note: AuditNote) throws -> Principal {
+        let center = conn.tls?.peerCommonName
+        if !hello.token.isEmpty {
+            let text = String(decoding: hello.token, as: UTF8.self)
+            // Name the user in refusals only when the token is genuine (expired or revoked).
+            if let (claimed, _, _) = try? UserToken.unverified(text) { note.user = "unverified:" + claimed.user }
+            let token = try verifier.verify(text)
+            note.user = token.user
+            return Principal(user: token.user, center: center, scopes: token.scopes)
+        }
+        if let center {
+            note.user = "center:" + center
+            return Principal(user: "center:" + center, center: center, scopes: nil)
+        }
+        throw TransferError(.auth, "no credentials: send a user token (--token-file) or a center certificate (--cert/--key)")
+    }
+
+    private func serveControl(_ conn: Connection, ring: Ring, handshakeNs: Int64, note: AuditNote) throws {
         let (type, payload) = try conn.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 64 << 10)
         guard type == .hello else { throw TransferError.protocolError("expected HELLO, got \(type)") }
         let hello = try Hello.decode(payload)
-        guard constantTimeEqual(hello.token, configuration.token) else {
-            throw TransferError(.auth, "authentication failed: wrong token")
+        note.action = hello.direction == .push ? "push" : "pull"
+        note.path = hello.path
+        let who = try authenticate(hello, conn: conn, note: note)
+        guard hello.options.protection >= configuration.minimumProtection else {
+            throw TransferError(.auth, "this server requires --protection \(configuration.minimumProtection) or stronger")
         }
-        let parts = try Paths.components(of: hello.path)
+        let (exportFd, beneath, _) = try exports.authorize(who, path: hello.path, write: hello.direction == .push)
         let streams = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax)
         let progress = TransferProgress()
-        let ctx = SessionContext(control: conn, options: hello.options, progress: progress, idleTimeoutSeconds: configuration.idleTimeoutSeconds)
+        let ctx = SessionContext(control: conn, options: hello.options, progress: progress, idleTimeoutSeconds: configuration.idleTimeoutSeconds, protection: hello.options.protection, direction: hello.direction)
         let session = ServerSession(id: randomBytes(16), secret: randomBytes(32), streams: streams, ctx: ctx)
         switch hello.direction {
         case .push:
-            let base = try sys("cannot open root") { dup(rootFd) }
-            session.receiver = Receiver(ctx: ctx, baseFd: base, target: parts)
+            let base = try sys("cannot open the export") { dup(exportFd) }
+            session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath)
         case .pull:
-            let fd = try Paths.open(beneath: rootFd, hello.path, flags: O_RDONLY)
+            let fd = try Paths.open(beneath: exportFd, beneath.joined(separator: "/"), flags: O_RDONLY)
             session.sender = try Sender(ctx: ctx, rootFd: fd)
         }
         lock.withLock { sessions[session.id] = session }
@@ -192,7 +243,9 @@ public final class TransferServer: @unchecked Sendable {
             }
         }
         let what = "\(hello.direction == .push ? "push to" : "pull from") '\(hello.path.isEmpty ? "." : hello.path)'"
-        var record = AuditLog.Record(user: configuration.tokenUser, peer: conn.peer, action: hello.direction == .push ? "push" : "pull", path: hello.path, result: "ok")
+        var record = AuditLog.Record(user: who.user, peer: conn.peer, action: note.action, path: hello.path, result: "ok")
+        record.center = who.center ?? ""
+        record.protection = hello.options.protection.description
         defer {
             let p = progress.snapshot()
             record.files = p.filesTotal
@@ -205,7 +258,7 @@ public final class TransferServer: @unchecked Sendable {
             if let r = session.receiver { try r.runControl() }
             let p = progress.snapshot()
             if p.filesFailed > 0 { record.result = "failed: " + (p.failures.first ?? "") }
-            configuration.log("ferry serve: \(conn.peer): \(what): ok, \(p.filesTotal) files, \(byteText(p.bytesTotal)), \(byteText(p.wireBytes)) on the wire, \(p.filesFailed) failed")
+            configuration.log("ferry serve: \(conn.peer) (\(who.user)): \(what): ok, \(p.filesTotal) files, \(byteText(p.bytesTotal)), \(byteText(p.wireBytes)) on the wire, \(p.filesFailed) failed, \(hello.options.protection), \(p.rejectedFrames) frames rejected")
         } catch {
             var e = asTransferError(error)
             e.resumable = e.rerunResumes
@@ -220,14 +273,18 @@ public final class TransferServer: @unchecked Sendable {
         let (type, payload) = try conn.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 1024)
         guard type == .join else { throw TransferError.protocolError("expected JOIN, got \(type)") }
         let join = try Join.decode(payload)
-        guard let session = lock.withLock({ sessions[join.sessionID] }), constantTimeEqual(join.secret, session.secret) else {
-            throw TransferError(.auth, "data stream for an unknown session or with a wrong secret")
+        guard let session = lock.withLock({ sessions[join.sessionID] }),
+              constantTimeEqual(join.proof, Join.proof(secret: session.secret, sessionID: session.id, streamIndex: join.streamIndex)) else {
+            throw TransferError(.auth, "data stream for an unknown session or with a wrong proof")
         }
         try session.lock.withLock { () throws in
-            guard session.joined < session.streams else { throw TransferError.protocolError("more data streams than agreed") }
+            guard session.joined < session.streams, join.streamIndex < session.streams else { throw TransferError.protocolError("more data streams than agreed") }
+            // An index joins once: it is part of every sealed frame's nonce.
+            guard session.joinedIndexes.insert(join.streamIndex).inserted else { throw TransferError.protocolError("data stream \(join.streamIndex) joined twice") }
             session.joined += 1
             session.cond.broadcast()
         }
+        conn.streamIndex = join.streamIndex
         session.ctx.add(data: conn)
         try conn.send(.joined, ring: ring)
         if let s = session.sender { s.runWorker(conn) }
@@ -252,7 +309,8 @@ func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     return a.withUnsafeBytes { pa in b.withUnsafeBytes { pb in ferry_ct_memcmp(pa.baseAddress, pb.baseAddress, a.count) == 0 } }
 }
 
-func randomBytes(_ n: Int) -> [UInt8] {
+/// Cryptographically strong random bytes (OpenSSL RAND_bytes).
+public func randomBytes(_ n: Int) -> [UInt8] {
     var b = [UInt8](repeating: 0, count: n)
     let ok = b.withUnsafeMutableBytes { ferry_random_bytes($0.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(n)) }
     precondition(ok == 1, "RAND_bytes failed")

@@ -9,13 +9,24 @@ final class SessionContext: @unchecked Sendable {
     let options: TransferOptions
     let progress: TransferProgress
     let idleTimeoutNs: Int64
+    /// Data-stream protection of this session and, above `clear`, the key for the direction
+    /// the data flows (exported from the control connection's TLS session).
+    let protection: ProtectionLevel
+    let dataKey: [UInt8]?
     private let lock = Lock()
     private var dataConnections: [Connection] = []
     private var firstError: TransferError?
     private var finished = false
 
-    init(control: Connection, options: TransferOptions, progress: TransferProgress, idleTimeoutSeconds: Int) {
+    init(control: Connection, options: TransferOptions, progress: TransferProgress, idleTimeoutSeconds: Int, protection: ProtectionLevel, direction: Direction) {
         self.control = control
+        self.protection = protection
+        if protection != .clear, let tls = control.tls {
+            dataKey = tls.export(label: Sealing.keyLabel(direction), bytes: 32)
+        } else {
+            precondition(protection == .clear, "a protected session needs TLS on its control connection")
+            dataKey = nil
+        }
         self.options = options
         self.progress = progress
         self.idleTimeoutNs = Int64(idleTimeoutSeconds) * 1_000_000_000
@@ -100,9 +111,11 @@ enum DataLayout {
     static let batchEntryBytes = 32
     /// Space reserved in front of every payload buffer for the frame header and subheader, so a
     /// frame goes out in one send with no copy.
+    /// (Sealed frames: header 8 + counter 8 + chunk subheader 40 = 56.)
     static let headroomBytes = 64
-    /// Largest data frame payload for a chunk size: subheader + compression bound.
+    /// Largest data frame payload for a chunk size: subheader + compression bound, plus the
+    /// sealing counter and tag.
     static func framePayloadBytesMax(chunkBytes: Int) -> Int {
-        batchSubheaderBytes + DataLayout.batchEntryBytes * Wire.batchFilesMax + Compressor.bound(chunkBytes + batchEntryBytes * Wire.batchFilesMax)
+        batchSubheaderBytes + DataLayout.batchEntryBytes * Wire.batchFilesMax + Compressor.bound(chunkBytes + batchEntryBytes * Wire.batchFilesMax) + Sealing.overheadBytes
     }
 }

@@ -1,9 +1,11 @@
 import Glibc
 
-/// Wire protocol constants. Version 1; the preamble carries the version so a later version
-/// (TLS on the control stream, protection levels on data streams) is negotiated, not guessed.
+/// Wire protocol constants. The preamble (in clear) carries the version. Version 2: the
+/// control connection runs TLS 1.3 right after the preamble; data streams join with an HMAC
+/// proof and carry sealed frames at the `safe` and `private` protection levels. Version 1
+/// (shared token, no TLS) is refused with a clear message.
 public enum Wire {
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
     public static let magic: [UInt8] = Array("FERRY\0\0\0".utf8)
     public static let preambleBytes = 16
     public static let frameHeaderBytes = 8
@@ -41,6 +43,9 @@ enum FrameType: UInt8 {
     case end = 0x0C
     case endAck = 0x0D
     case ping = 0x0E
+    /// Receiver → sender (control): fetch again what data frame (u32 stream, u64 counter)
+    /// carried; sent when a sealed frame was tampered with, removed or reordered.
+    case resendFrame = 0x0F
     case chunk = 0x10
     case batch = 0x11
     case error = 0x7F
@@ -55,6 +60,11 @@ final class Connection: @unchecked Sendable {
     private let sendLock = Lock()
     private var closed = false
     private let closeLock = Lock()
+    /// Set on control connections once the TLS handshake is done: every byte after the
+    /// preamble goes through it.
+    var tls: TLSChannel?
+    /// Data connections: the stream's index in its session (part of every sealed frame's nonce).
+    var streamIndex = 0
 
     init(fd: Int32) {
         self.fd = fd
@@ -80,6 +90,7 @@ final class Connection: @unchecked Sendable {
     func shutdownReading() { shutdown(fd, Int32(SHUT_RD)) }
 
     func sendAll(_ ptr: UnsafeRawPointer, _ length: Int, ring: Ring) throws {
+        if let tls { return try tls.write(ptr, length, peer: peer) }
         var done = 0
         var spins = 0
         while done < length {
@@ -94,6 +105,14 @@ final class Connection: @unchecked Sendable {
 
     func recvExact(_ ptr: UnsafeMutableRawPointer, _ length: Int, ring: Ring, timeoutNs: Int64) throws {
         var done = 0
+        if let tls {
+            while done < length {
+                let n = try tls.read(ptr + done, length - done, timeoutNs: timeoutNs, peer: peer)
+                if n == 0 { throw TransferError(.io, "\(peer) closed the connection" + (done > 0 ? " in the middle of a message" : ""), resumable: true) }
+                done += n
+            }
+            return
+        }
         while done < length {
             let r = try ring.runOne(timeoutNs: timeoutNs) { () throws in
                 try ring.recv(fd: fd, buffer: ptr + done, length: length - done, tag: 0)
@@ -123,7 +142,7 @@ final class Connection: @unchecked Sendable {
         var r = ByteReader(Array(b[8...]))
         let version = try r.u16()
         guard version == Wire.version else {
-            throw TransferError.protocolError("protocol version \(version) not supported (this server speaks \(Wire.version))")
+            throw TransferError.protocolError("protocol version \(version) not supported (this server speaks \(Wire.version)\(version < Wire.version ? "; upgrade the client" : ""))")
         }
         guard let role = Role(rawValue: try r.u16()) else { throw TransferError.protocolError("unknown connection role") }
         guard try r.u32() == 0 else { throw TransferError.protocolError("reserved preamble field is not zero") }

@@ -66,6 +66,8 @@ public struct TransferOptions: Sendable {
     /// Bytes per second on the wire for the whole transfer; nil = unlimited.
     public var bandwidthLimitBytesPerSecond: UInt64?
     public var chunkBytes = Wire.chunkBytesDefault
+    /// Data-stream protection; the control stream is TLS 1.3 at every level.
+    public var protection: ProtectionLevel = .private
 
     public init() {}
 
@@ -84,6 +86,8 @@ import Glibc
 
 /// The client's opening message on the control stream.
 struct Hello {
+    /// A user token (`ferry1....`), or empty when the client authenticates by its center
+    /// certificate alone.
     var token: [UInt8]
     var direction: Direction
     /// Path beneath the server's root: where to write (push) or what to read (pull).
@@ -101,7 +105,7 @@ struct Hello {
         w.u8(options.checksum ? 1 : 0)
         w.u64(options.bandwidthLimitBytesPerSecond ?? 0)
         w.u32(UInt32(options.chunkBytes))
-        w.u8(0)  // protection level: 0 = clear (checksums only); TLS levels come with the security work
+        w.u8(options.protection.rawValue)
         return w.bytes
     }
 
@@ -123,7 +127,8 @@ struct Hello {
             throw TransferError.protocolError("chunk size \(o.chunkBytes) outside \(Wire.chunkBytesMin)...\(Wire.chunkBytesMax)")
         }
         guard streams <= Wire.streamsMax else { throw TransferError.protocolError("too many streams") }
-        guard try r.u8() == 0 else { throw TransferError.protocolError("protection level not supported by this version") }
+        guard let protection = ProtectionLevel(rawValue: try r.u8()) else { throw TransferError.protocolError("unknown protection level") }
+        o.protection = protection
         try r.expectEnd()
         return Hello(token: token, direction: direction, path: path, options: o)
     }
@@ -154,23 +159,39 @@ struct Welcome {
     }
 }
 
-/// First frame on a data connection: which session it belongs to, proven by the secret.
+/// First frame on a data connection: which session and stream it is, proven with the
+/// session's secret (which only went over TLS) without revealing it:
+/// proof = HMAC-SHA256(secret, "ferry-join" | session id | stream index).
 struct Join {
     var sessionID: [UInt8]
-    var secret: [UInt8]
     var streamIndex: Int
+    var proof: [UInt8]
+
+    init(sessionID: [UInt8], streamIndex: Int, proof: [UInt8]) {
+        self.sessionID = sessionID
+        self.streamIndex = streamIndex
+        self.proof = proof
+    }
+
+    init(sessionID: [UInt8], streamIndex: Int, secret: [UInt8]) {
+        self.init(sessionID: sessionID, streamIndex: streamIndex, proof: Join.proof(secret: secret, sessionID: sessionID, streamIndex: streamIndex))
+    }
+
+    static func proof(secret: [UInt8], sessionID: [UInt8], streamIndex: Int) -> [UInt8] {
+        Crypto.hmacSHA256(key: secret, Array("ferry-join".utf8) + sessionID + [UInt8(streamIndex)])
+    }
 
     func encode() -> [UInt8] {
         var w = ByteWriter()
         w.raw(sessionID)
-        w.raw(secret)
         w.u8(UInt8(streamIndex))
+        w.raw(proof)
         return w.bytes
     }
 
     static func decode(_ bytes: [UInt8]) throws -> Join {
         var r = ByteReader(bytes)
-        let j = Join(sessionID: try r.raw(16), secret: try r.raw(32), streamIndex: Int(try r.u8()))
+        let j = Join(sessionID: try r.raw(16), streamIndex: Int(try r.u8()), proof: try r.raw(32))
         try r.expectEnd()
         return j
     }

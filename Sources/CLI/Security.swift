@@ -1,0 +1,189 @@
+import ArgumentParser
+import Foundation
+import Transfer
+
+extension Ferry {
+    /// `ferry ca`: the federation CA and center certificates.
+    struct CA: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "ca",
+            abstract: "Create the federation CA and issue center certificates (Ed25519).",
+            subcommands: [Init.self, Issue.self]
+        )
+
+        struct Init: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Create a CA: DIR/ca.crt and DIR/ca.key (keep the key offline).")
+
+            @Option(help: "Directory for ca.crt and ca.key.")
+            var dir: String
+
+            @Option(help: "The CA's name.")
+            var name = "Ferry federation CA"
+
+            @Option(help: "Validity in days.")
+            var days = 3650
+
+            func run() throws {
+                try makeDirectory(dir)
+                let cert = dir + "/ca.crt", key = dir + "/ca.key"
+                guard !FileManager.default.fileExists(atPath: key) else { throw ValidationError("\(key) exists; refusing to replace a CA key") }
+                do {
+                    try CertificateAuthority.initialize(name: name, days: days, certificate: cert, key: key)
+                } catch let e as TransferError {
+                    throw ValidationError(e.message)
+                }
+                print("ferry ca: created \(cert) and \(key)")
+            }
+        }
+
+        struct Issue: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Issue a center certificate: DIR/NAME.crt and DIR/NAME.key.")
+
+            @Option(help: "Directory holding ca.crt and ca.key; the new files go there too.")
+            var dir: String
+
+            @Option(help: "The center's name (DNS label; it is the certificate's CN and DNS name).")
+            var center: String
+
+            @Option(help: "Another DNS name or IP address the center answers on (repeatable).")
+            var host: [String] = []
+
+            @Option(help: "Validity in days.")
+            var days = 365
+
+            @Option(name: .customLong("backdate-days"), help: "Start the validity this many days ago (for tests of expired certificates).")
+            var backdateDays = 0
+
+            @Option(name: .customLong("ca-dir"), help: "Directory of the CA, when not --dir.")
+            var caDir: String?
+
+            func run() throws {
+                try makeDirectory(dir)
+                let ca = caDir ?? dir
+                do {
+                    try CertificateAuthority.issue(caCertificate: ca + "/ca.crt", caKey: ca + "/ca.key", center: center, hosts: host, days: days,
+                                                   backdateSeconds: backdateDays * 86400, certificate: "\(dir)/\(center).crt", key: "\(dir)/\(center).key")
+                } catch let e as TransferError {
+                    throw ValidationError(e.message)
+                }
+                print("ferry ca: issued \(dir)/\(center).crt and \(dir)/\(center).key")
+            }
+        }
+    }
+
+    /// `ferry token`: user tokens signed by a center.
+    struct Token: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "token",
+            abstract: "Issue, inspect and revoke user tokens.",
+            subcommands: [Issue.self, Show.self, Revoke.self]
+        )
+
+        struct Issue: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Issue a scoped, expiring token signed with the center's key; prints it.",
+                discussion: "Example: ferry token issue --cert hlrs.crt --key hlrs.key --user alice --scope read:/datasets --scope write:/scratch/alice --ttl 24h"
+            )
+
+            @Option(help: "The issuing center's certificate (its name becomes the token's issuer).")
+            var cert: String
+
+            @Option(help: "The issuing center's private key.")
+            var key: String
+
+            @Option(help: "The user the token stands for.")
+            var user: String
+
+            @Option(help: "read:/PATH, write:/PATH or rw:/PATH in the server's namespace (repeatable).")
+            var scope: [String] = []
+
+            @Option(help: "Lifetime: 90s, 30m, 24h, 7d.")
+            var ttl = "24h"
+
+            @Option(help: "Start the validity this long ago (for tests of expired tokens).")
+            var backdate = "0s"
+
+            func run() throws {
+                guard !scope.isEmpty else { throw ValidationError("give at least one --scope") }
+                guard !user.isEmpty, !user.hasPrefix("center:"), user.utf8.count <= 255 else { throw ValidationError("bad user name '\(user)'") }
+                do {
+                    let scopes = try scope.map { try Scope(parsing: $0) }
+                    let info = try CertificateInfo(path: cert)
+                    let priv = try loadPrivateKey(key)
+                    let now = Int64(Date().timeIntervalSince1970) - (try parseDuration(backdate))
+                    let t = UserToken(issuer: info.commonName, user: user, scopes: scopes, issuedAt: now, expiresAt: now + (try parseDuration(ttl)))
+                    print(t.signed(privateKey: priv))
+                } catch let e as TransferError {
+                    throw ValidationError(e.message)
+                }
+            }
+        }
+
+        struct Show: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Print a token's contents as JSON (not verified; with --cert, verified).")
+
+            @Argument(help: "The token, or @FILE.")
+            var token: String
+
+            @Option(help: "Verify with this issuing center's certificate.")
+            var cert: String?
+
+            func run() throws {
+                let text = token.hasPrefix("@") ? try readToken(String(token.dropFirst())) : token
+                do {
+                    let t: UserToken
+                    if let cert {
+                        t = try TokenVerifier(issuerCertificates: [cert], revocationsPath: nil).verify(text)
+                    } else {
+                        t = try UserToken.decodeUnverified(text)
+                    }
+                    let scopes = t.scopes.map { jsonString($0.description) }.joined(separator: ",")
+                    print("{\"id\":\"\(t.idHex)\",\"issuer\":\(jsonString(t.issuer)),\"user\":\(jsonString(t.user)),\"scopes\":[\(scopes)],\"issued_at\":\(t.issuedAt),\"expires_at\":\(t.expiresAt),\"verified\":\(cert != nil)}")
+                } catch let e as TransferError {
+                    throw ValidationError(e.message)
+                }
+            }
+        }
+
+        struct Revoke: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a token (or its id) to a revocation list; servers pick it up at once.")
+
+            @Argument(help: "The token, @FILE, or its 32-hex-digit id.")
+            var token: String
+
+            @Option(help: "The revocation list the servers read (--revocations).")
+            var revocations: String
+
+            @Option(help: "Why (recorded as a comment).")
+            var reason = ""
+
+            func run() throws {
+                var id = token.lowercased()
+                let isID = id.utf8.count == 32 && id.allSatisfy { $0.isHexDigit }
+                if !isID {
+                    let text = token.hasPrefix("@") ? try readToken(String(token.dropFirst())) : token
+                    do { id = try UserToken.decodeUnverified(text).idHex } catch let e as TransferError { throw ValidationError(e.message) }
+                }
+                do { try Revocations.revoke(idHex: id, path: revocations, reason: reason) } catch let e as TransferError { throw ValidationError(e.message) }
+                print("ferry token: revoked \(id)")
+            }
+        }
+    }
+}
+
+/// "90s", "30m", "24h", "7d" → seconds.
+func parseDuration(_ text: String) throws -> Int64 {
+    let units: [Character: Int64] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+    guard let last = text.last, let unit = units[last], let n = Int64(text.dropLast()), n >= 0 else {
+        throw ValidationError("'\(text)' is not a duration (use e.g. 90s, 30m, 24h, 7d)")
+    }
+    return n * unit
+}
+
+func makeDirectory(_ dir: String) throws {
+    do {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    } catch {
+        throw ValidationError("cannot create '\(dir)': \(error.localizedDescription)")
+    }
+}

@@ -1,0 +1,139 @@
+import Glibc
+
+/// `ferry serve --config FILE`: the center's server settings in TOML.
+///
+///     center = "hlrs"                       # must match the certificate's name
+///     listen = ["[::]:7400", "0.0.0.0:7400"]
+///     certificate = "hlrs.crt"              # relative paths: beside this file
+///     key = "hlrs.key"
+///     ca = "ca.crt"
+///     token_issuers = ["hlrs.crt", "peers/wuxi.crt"]   # whose user tokens are accepted
+///     revocations = "revoked.txt"
+///     audit_log = "/var/log/ferry/audit.jsonl"
+///     minimum_protection = "safe"
+///
+///     [limits]
+///     connections = 256
+///     connections_per_address = 64
+///     handshake_timeout = 10
+///     idle_timeout = 120
+///
+///     [[export]]
+///     name = "scratch"
+///     path = "/scratch"
+///     access = "rw"                         # "ro" or "rw"
+///     users = ["*", "center:wuxi"]          # "*": any user with a valid token
+///
+/// Unknown keys are errors, so a typo never silently weakens a setting.
+public struct ServerConfigFile {
+    public var center: String?
+    public var listen: [HostPort] = []
+    public var certificate: String?
+    public var key: String?
+    public var ca: String?
+    public var tokenIssuers: [String] = []
+    public var revocations: String?
+    public var auditLog: String?
+    public var minimumProtection: ProtectionLevel = .clear
+    public var handshakeTimeoutSeconds = 10
+    public var idleTimeoutSeconds = 120
+    public var connectionsMax = 256
+    public var connectionsPerAddressMax = 64
+    public var exports: [Export] = []
+
+    public init(path: String) throws {
+        let text = try readSmallFile(path, maxBytes: 1 << 20)
+        let dir = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+        do {
+            try self.init(parsing: text, relativeTo: dir.isEmpty ? "/" : dir)
+        } catch {
+            let e = asTransferError(error)
+            throw TransferError(.usage, "\(path): \(e.message)")
+        }
+    }
+
+    public init(parsing text: String, relativeTo dir: String) throws {
+        let t = try TOML.parse(text)
+        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : dir + "/" + p }
+        func str(_ v: TOMLValue, _ k: String) throws -> String {
+            guard case .string(let s) = v else { throw TransferError(.usage, "'\(k)' must be a string") }
+            return s
+        }
+        func strings(_ v: TOMLValue, _ k: String) throws -> [String] {
+            guard case .array(let a) = v else { throw TransferError(.usage, "'\(k)' must be an array of strings") }
+            return try a.map { try str($0, k) }
+        }
+        func int(_ v: TOMLValue, _ k: String) throws -> Int {
+            guard case .integer(let n) = v, n > 0, n < Int64(Int32.max) else { throw TransferError(.usage, "'\(k)' must be a positive integer") }
+            return Int(n)
+        }
+        for (k, v) in t {
+            switch k {
+            case "center": center = try str(v, k)
+            case "listen": listen = try strings(v, k).map { try HostPort(parsing: $0) }
+            case "certificate": certificate = resolve(try str(v, k))
+            case "key": key = resolve(try str(v, k))
+            case "ca": ca = resolve(try str(v, k))
+            case "token_issuers": tokenIssuers = try strings(v, k).map(resolve)
+            case "revocations": revocations = resolve(try str(v, k))
+            case "audit_log": auditLog = resolve(try str(v, k))
+            case "minimum_protection": minimumProtection = try ProtectionLevel(parsing: try str(v, k))
+            case "limits":
+                guard case .table(let lt) = v else { throw TransferError(.usage, "'limits' must be a table") }
+                for (lk, lv) in lt {
+                    switch lk {
+                    case "connections": connectionsMax = try int(lv, lk)
+                    case "connections_per_address": connectionsPerAddressMax = try int(lv, lk)
+                    case "handshake_timeout": handshakeTimeoutSeconds = try int(lv, lk)
+                    case "idle_timeout": idleTimeoutSeconds = try int(lv, lk)
+                    default: throw TransferError(.usage, "unknown setting 'limits.\(lk)'")
+                    }
+                }
+            case "export":
+                guard case .tables(let list) = v else { throw TransferError(.usage, "exports are written [[export]]") }
+                for et in list {
+                    var name: String?
+                    var path: String?
+                    var writable = false
+                    var users = ["*"]
+                    for (ek, ev) in et {
+                        switch ek {
+                        case "name": name = try str(ev, ek)
+                        case "path": path = resolve(try str(ev, ek))
+                        case "access":
+                            switch try str(ev, ek) {
+                            case "ro": writable = false
+                            case "rw": writable = true
+                            default: throw TransferError(.usage, "export access must be \"ro\" or \"rw\"")
+                            }
+                        case "users": users = try strings(ev, ek)
+                        default: throw TransferError(.usage, "unknown export setting '\(ek)'")
+                        }
+                    }
+                    guard let name, let path, !name.isEmpty else { throw TransferError(.usage, "every [[export]] needs a name and a path") }
+                    let e = Export(name: name, path: path, writable: writable, users: users)
+                    try e.validate()
+                    exports.append(e)
+                }
+            default:
+                throw TransferError(.usage, "unknown setting '\(k)'")
+            }
+        }
+    }
+
+    /// The server configuration these settings describe.
+    public func configuration() throws -> ServerConfiguration {
+        guard let ca else { throw TransferError(.usage, "the configuration names no 'ca'") }
+        guard !exports.isEmpty else { throw TransferError(.usage, "the configuration has no [[export]]") }
+        var c = ServerConfiguration(exports: exports, listen: listen, tls: TLSIdentity(certificate: certificate, key: key, ca: ca))
+        c.tokenIssuers = tokenIssuers
+        c.revocations = revocations
+        c.minimumProtection = minimumProtection
+        c.handshakeTimeoutSeconds = handshakeTimeoutSeconds
+        c.idleTimeoutSeconds = idleTimeoutSeconds
+        c.connectionsMax = connectionsMax
+        c.connectionsPerAddressMax = connectionsPerAddressMax
+        if let auditLog { c.audit = try AuditLog(path: auditLog) }
+        return c
+    }
+}

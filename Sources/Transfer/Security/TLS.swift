@@ -1,0 +1,128 @@
+import COpenSSL
+import Glibc
+
+/// Where a side's TLS identity lives: its certificate and key (PEM, Ed25519, issued by the
+/// federation CA with `ferry ca issue`) and the CA certificate it trusts.
+public struct TLSIdentity: Sendable {
+    public var certificate: String?
+    public var key: String?
+    public var ca: String
+
+    public init(certificate: String?, key: String?, ca: String) {
+        self.certificate = certificate
+        self.key = key
+        self.ca = ca
+    }
+}
+
+/// A TLS 1.3 context (OpenSSL `SSL_CTX`), made once per process side and shared by every
+/// connection. `@unchecked Sendable`: SSL_CTX is thread-safe once configured.
+public final class TLSContext: @unchecked Sendable {
+    let raw: OpaquePointer
+    let isServer: Bool
+
+    public init(server: Bool, identity: TLSIdentity) throws {
+        var err = [CChar](repeating: 0, count: 512)
+        guard let c = ferry_tls_ctx_new(server ? 1 : 0, identity.certificate, identity.key, identity.ca, &err, err.count) else {
+            throw TransferError(.auth, String(cString: err))
+        }
+        raw = c
+        isServer = server
+    }
+
+    deinit { ferry_tls_ctx_free(raw) }
+
+    /// Runs the handshake on `fd`. A client names the center (or address) the server's
+    /// certificate must carry.
+    func handshake(fd: Int32, expected: String?, timeoutMs: Int) throws -> TLSChannel {
+        var err = [CChar](repeating: 0, count: 512)
+        guard let t = ferry_tls_handshake(raw, fd, isServer ? 1 : 0, expected, Int32(clamping: timeoutMs), &err, err.count) else {
+            throw TransferError(.auth, String(cString: err))
+        }
+        return TLSChannel(raw: t)
+    }
+}
+
+/// One TLS session over a control connection. Reads and writes may run on different threads
+/// at once (the C side serialises the OpenSSL calls and waits for the socket outside its lock).
+/// `@unchecked Sendable`: every call goes through the C side's mutex.
+final class TLSChannel: @unchecked Sendable {
+    private let raw: OpaquePointer
+
+    init(raw: OpaquePointer) { self.raw = raw }
+    deinit { ferry_tls_free(raw) }
+
+    /// Reads up to `length` bytes; 0 = the peer closed; throws on error or timeout.
+    func read(_ p: UnsafeMutableRawPointer, _ length: Int, timeoutNs: Int64, peer: String) throws -> Int {
+        var err = [CChar](repeating: 0, count: 256)
+        let ms = Int32(clamping: timeoutNs / 1_000_000)
+        let n = ferry_tls_read(raw, p, length, ms, &err, err.count)
+        if n == -2 { throw TransferError(.timeout, "\(peer) sent nothing for \(timeoutNs / 1_000_000_000) s", resumable: true) }
+        if n < 0 { throw TransferError(.io, "receive from \(peer): \(String(cString: err))", resumable: true) }
+        return n
+    }
+
+    func write(_ p: UnsafeRawPointer, _ length: Int, peer: String) throws {
+        var err = [CChar](repeating: 0, count: 256)
+        let r = ferry_tls_write(raw, p, length, 120_000, &err, err.count)
+        if r == -2 { throw TransferError(.timeout, "\(peer) accepts no data for 120 s", resumable: true) }
+        if r < 0 { throw TransferError(.io, "send to \(peer): \(String(cString: err))", resumable: true) }
+    }
+
+    /// RFC 8446 exported keying material, unique to this TLS session.
+    func export(label: String, bytes: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: bytes)
+        let ok = ferry_tls_export(raw, label, &out, bytes)
+        precondition(ok == 1, "SSL_export_keying_material failed")
+        return out
+    }
+
+    /// The common name of the peer's verified certificate, nil when it sent none.
+    var peerCommonName: String? {
+        var buf = [CChar](repeating: 0, count: 256)
+        return ferry_tls_peer_cn(raw, &buf, buf.count) == 1 ? String(cString: buf) : nil
+    }
+}
+
+/// The federation CA: `ferry ca init` and `ferry ca issue`.
+public enum CertificateAuthority {
+    public static func initialize(name: String, days: Int, certificate: String, key: String) throws {
+        var err = [CChar](repeating: 0, count: 512)
+        guard ferry_ca_init(name, Int32(days), certificate, key, &err, err.count) == 1 else { throw TransferError(.io, String(cString: err)) }
+    }
+
+    /// Issues a center certificate (server and client use). `backdateSeconds` moves the
+    /// validity window into the past (operators: 0; tests: an expired certificate).
+    public static func issue(caCertificate: String, caKey: String, center: String, hosts: [String], days: Int, backdateSeconds: Int = 0, certificate: String, key: String) throws {
+        guard Center.isValidName(center) else { throw TransferError(.usage, "bad center name '\(center)': use letters, digits, '-' and '.'") }
+        var err = [CChar](repeating: 0, count: 512)
+        guard ferry_ca_issue(caCertificate, caKey, center, hosts.joined(separator: ","), Int32(days), backdateSeconds, certificate, key, &err, err.count) == 1 else {
+            throw TransferError(.io, String(cString: err))
+        }
+    }
+}
+
+public enum Center {
+    /// Center names are DNS labels (they appear in certificates and gfs:// URLs).
+    public static func isValidName(_ s: String) -> Bool {
+        let b = Array(s.utf8)
+        guard (1...63).contains(b.count), b.first != UInt8(ascii: "-"), b.first != UInt8(ascii: ".") else { return false }
+        return b.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x2E }
+    }
+}
+
+/// Small crypto helpers over OpenSSL.
+enum Crypto {
+    static func hmacSHA256(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        let ok = ferry_hmac_sha256(key, key.count, message, message.count, &out)
+        precondition(ok == 1, "HMAC failed")
+        return out
+    }
+
+    static func sha256(_ message: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        _ = ferry_sha256(message, message.count, &out)
+        return out
+    }
+}

@@ -1,0 +1,325 @@
+import COpenSSL
+import Glibc
+
+/// What a token lets its holder do beneath one path of the server's namespace.
+public struct Scope: Sendable, Equatable, CustomStringConvertible {
+    public var read: Bool
+    public var write: Bool
+    /// Components of the path, beneath which the scope holds ("/" = everything).
+    public var path: String
+
+    /// Parses `read:/PATH`, `write:/PATH` or `rw:/PATH`.
+    public init(parsing text: String) throws {
+        guard let colon = text.firstIndex(of: ":") else { throw TransferError(.usage, "scope '\(text)' must look like read:/PATH or write:/PATH") }
+        switch text[..<colon] {
+        case "read": (read, write) = (true, false)
+        case "write": (read, write) = (false, true)
+        case "rw", "readwrite": (read, write) = (true, true)
+        default: throw TransferError(.usage, "scope '\(text)': the access must be read, write or rw")
+        }
+        let p = String(text[text.index(after: colon)...])
+        guard p.hasPrefix("/") else { throw TransferError(.usage, "scope '\(text)': the path must start with '/'") }
+        var rel = Substring(p)
+        while rel.hasPrefix("/") { rel = rel.dropFirst() }
+        while rel.hasSuffix("/") { rel = rel.dropLast() }
+        path = "/" + (try Paths.components(of: String(rel))).joined(separator: "/")
+    }
+
+    init(read: Bool, write: Bool, path: String) {
+        self.read = read
+        self.write = write
+        self.path = path
+    }
+
+    /// True when `components` (a path in the server's namespace) lies at or beneath this scope.
+    func covers(_ components: [Substring]) -> Bool {
+        let mine = path.split(separator: "/", omittingEmptySubsequences: true)
+        guard mine.count <= components.count else { return false }
+        return zip(mine, components).allSatisfy { Array($0.utf8) == Array($1.utf8) }
+    }
+
+    public var description: String { (read && write ? "rw" : read ? "read" : "write") + ":" + path }
+}
+
+/// A user's bearer token, issued and signed (Ed25519) by a center:
+/// `ferry1.BASE64URL(payload).BASE64URL(signature)`. It is verified with the issuing center's
+/// public key alone (no database), checked for expiry and against a revocation list of ids.
+public struct UserToken: Sendable, Equatable {
+    public var issuer: String
+    public var user: String
+    public var scopes: [Scope]
+    public var issuedAt: Int64
+    public var expiresAt: Int64
+    /// 16 random bytes; revocation lists name tokens by this id (hex).
+    public var id: [UInt8]
+
+    static let prefix = "ferry1."
+    static let domain = Array("ferry-token-v1\0".utf8)
+    static let scopesMax = 64
+
+    public init(issuer: String, user: String, scopes: [Scope], issuedAt: Int64, expiresAt: Int64, id: [UInt8] = randomBytes(16)) {
+        self.issuer = issuer
+        self.user = user
+        self.scopes = scopes
+        self.issuedAt = issuedAt
+        self.expiresAt = expiresAt
+        self.id = id
+    }
+
+    public var idHex: String { id.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+
+    func payload() -> [UInt8] {
+        var w = ByteWriter()
+        w.u8(1)
+        w.string(issuer)
+        w.string(user)
+        w.i64(issuedAt)
+        w.i64(expiresAt)
+        w.raw(id)
+        w.u16(UInt16(scopes.count))
+        for s in scopes {
+            w.u8((s.read ? 1 : 0) | (s.write ? 2 : 0))
+            w.string(s.path)
+        }
+        return w.bytes
+    }
+
+    static func decodePayload(_ b: [UInt8]) throws -> UserToken {
+        var r = ByteReader(b)
+        guard try r.u8() == 1 else { throw TransferError(.auth, "token version not supported") }
+        let issuer = try r.string(maxBytes: 255)
+        let user = try r.string(maxBytes: 255)
+        let iat = try r.i64()
+        let exp = try r.i64()
+        let id = try r.raw(16)
+        let n = Int(try r.u16())
+        guard n <= scopesMax else { throw TransferError(.auth, "token has too many scopes") }
+        var scopes: [Scope] = []
+        for _ in 0..<n {
+            let access = try r.u8()
+            guard (1...3).contains(access) else { throw TransferError(.auth, "bad scope in token") }
+            scopes.append(Scope(read: access & 1 != 0, write: access & 2 != 0, path: try r.string(maxBytes: PathLimits.pathBytesMax)))
+        }
+        try r.expectEnd()
+        return UserToken(issuer: issuer, user: user, scopes: scopes, issuedAt: iat, expiresAt: exp, id: id)
+    }
+
+    /// Signs with the center's Ed25519 key (raw 32 bytes).
+    public func signed(privateKey: [UInt8]) -> String {
+        let p = payload()
+        var sig = [UInt8](repeating: 0, count: 64)
+        let msg = UserToken.domain + p
+        let ok = ferry_ed25519_sign(privateKey, msg, msg.count, &sig)
+        precondition(ok == 1, "Ed25519 signing failed")
+        return UserToken.prefix + Base64URL.encode(p) + "." + Base64URL.encode(sig)
+    }
+
+    /// Decodes a token without checking its signature (for display and revocation only).
+    public static func decodeUnverified(_ text: String) throws -> UserToken { try unverified(text).0 }
+
+    /// Splits and decodes a token without checking the signature (callers must verify).
+    static func unverified(_ text: String) throws -> (UserToken, payload: [UInt8], signature: [UInt8]) {
+        let t = text.hasSuffix("\n") ? String(text.dropLast()) : text
+        guard t.utf8.count <= Wire.tokenBytesMax, t.hasPrefix(prefix) else { throw TransferError(.auth, "not a Ferry token") }
+        let parts = t.dropFirst(prefix.count).split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 2, let p = Base64URL.decode(String(parts[0])), let s = Base64URL.decode(String(parts[1])), s.count == 64 else {
+            throw TransferError(.auth, "malformed token")
+        }
+        return (try decodePayload(p), p, s)
+    }
+}
+
+/// Checks tokens: signature by a trusted issuer, validity window, revocation list.
+/// `@unchecked Sendable`: the revocation cache is guarded by `lock`.
+public final class TokenVerifier: @unchecked Sendable {
+    /// Issuer center name → its Ed25519 public key.
+    let issuers: [String: [UInt8]]
+    let revocationsPath: String?
+    private let lock = Lock()
+    private var revoked: Set<String> = []
+    private var revocationsStamp: (Int, Int, Int64) = (-1, -1, -1)
+    /// Seconds of clock difference tolerated between centers.
+    let skewSeconds: Int64 = 300
+
+    public init(issuers: [String: [UInt8]], revocationsPath: String?) {
+        self.issuers = issuers
+        self.revocationsPath = revocationsPath
+    }
+
+    /// Trusts the centers whose certificates are given (their CN names them).
+    public convenience init(issuerCertificates: [String], revocationsPath: String?) throws {
+        var map: [String: [UInt8]] = [:]
+        for path in issuerCertificates {
+            let info = try CertificateInfo(path: path)
+            map[info.commonName] = info.publicKey
+        }
+        self.init(issuers: map, revocationsPath: revocationsPath)
+    }
+
+    /// The verified token, or an `.auth` error saying why it is refused.
+    public func verify(_ text: String, now: Int64 = Int64(time(nil))) throws -> UserToken {
+        let (token, payload, sig) = try UserToken.unverified(text)
+        guard let key = issuers[token.issuer] else { throw TransferError(.auth, "token issued by '\(token.issuer)', which this server does not trust") }
+        let msg = UserToken.domain + payload
+        guard ferry_ed25519_verify(key, msg, msg.count, sig) == 1 else { throw TransferError(.auth, "token signature is not valid (forged or altered)") }
+        guard now < token.expiresAt else { throw TransferError(.auth, "token of '\(token.user)' expired at \(isoTime(token.expiresAt))") }
+        guard now + skewSeconds >= token.issuedAt else { throw TransferError(.auth, "token of '\(token.user)' is not valid before \(isoTime(token.issuedAt))") }
+        guard !isRevoked(token.idHex) else { throw TransferError(.auth, "token \(token.idHex) of '\(token.user)' has been revoked") }
+        return token
+    }
+
+    /// Re-reads the revocation list when it changed (one stat per check; the file is small).
+    func isRevoked(_ idHex: String) -> Bool {
+        guard let path = revocationsPath else { return false }
+        return lock.withLock {
+            var st = stat()
+            if stat(path, &st) != 0 {
+                revoked = []
+                revocationsStamp = (-1, -1, -1)
+                return false
+            }
+            let stamp = (Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec), Int64(st.st_size))
+            if stamp != revocationsStamp {
+                revocationsStamp = stamp
+                revoked = Set(Revocations.read(path))
+            }
+            return revoked.contains(idHex)
+        }
+    }
+}
+
+/// The revocation list: one token id (hex) per line; '#' starts a comment.
+public enum Revocations {
+    static func read(_ path: String) -> [String] {
+        guard let text = try? readSmallFile(path, maxBytes: 64 << 20) else { return [] }
+        return text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }).compactMap { line in
+            let s = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map { $0.trimmingCharacters(in: " \t") } ?? ""
+            return s.isEmpty ? nil : s.lowercased()
+        }
+    }
+
+    /// Appends an id (durably) to the list.
+    public static func revoke(idHex: String, path: String, reason: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        if fd < 0 { throw TransferError.system("cannot open '\(path)'", errno: errno) }
+        defer { close(fd) }
+        let line = Array((idHex.lowercased() + (reason.isEmpty ? "" : "  # " + reason.replacingNewlines()) + "\n").utf8)
+        guard line.withUnsafeBytes({ write(fd, $0.baseAddress!, $0.count) }) == line.count, fdatasync(fd) == 0 else {
+            throw TransferError.system("cannot write '\(path)'", errno: errno)
+        }
+    }
+}
+
+/// Public key, name and expiry of a PEM certificate.
+public struct CertificateInfo {
+    public var publicKey: [UInt8]
+    public var commonName: String
+    public var notAfter: Int64
+
+    public init(path: String) throws {
+        var pub = [UInt8](repeating: 0, count: 32)
+        var cn = [CChar](repeating: 0, count: 256)
+        var notAfter: Int64 = 0
+        var err = [CChar](repeating: 0, count: 512)
+        guard ferry_cert_info(path, &pub, &cn, cn.count, &notAfter, &err, err.count) == 1 else { throw TransferError(.usage, String(cString: err)) }
+        publicKey = pub
+        commonName = String(cString: cn)
+        self.notAfter = notAfter
+    }
+}
+
+/// The raw Ed25519 private key of a PEM key file (for signing tokens).
+public func loadPrivateKey(_ path: String) throws -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: 32)
+    var err = [CChar](repeating: 0, count: 512)
+    guard ferry_key_raw_private(path, &out, &err, err.count) == 1 else { throw TransferError(.usage, String(cString: err)) }
+    return out
+}
+
+/// base64url without padding (RFC 4648 §5).
+enum Base64URL {
+    static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+
+    static func encode(_ b: [UInt8]) -> String {
+        var out = [UInt8]()
+        out.reserveCapacity((b.count + 2) / 3 * 4)
+        var i = 0
+        while i + 3 <= b.count {
+            let v = UInt32(b[i]) << 16 | UInt32(b[i + 1]) << 8 | UInt32(b[i + 2])
+            for s in [18, 12, 6, 0] { out.append(alphabet[Int((v >> UInt32(s)) & 63)]) }
+            i += 3
+        }
+        let rest = b.count - i
+        if rest > 0 {
+            var v = UInt32(b[i]) << 16
+            if rest == 2 { v |= UInt32(b[i + 1]) << 8 }
+            out.append(alphabet[Int((v >> 18) & 63)])
+            out.append(alphabet[Int((v >> 12) & 63)])
+            if rest == 2 { out.append(alphabet[Int((v >> 6) & 63)]) }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func decode(_ s: String) -> [UInt8]? {
+        var table = [Int16](repeating: -1, count: 256)
+        for (i, c) in alphabet.enumerated() { table[Int(c)] = Int16(i) }
+        let b = Array(s.utf8)
+        guard b.count % 4 != 1 else { return nil }
+        var out = [UInt8]()
+        out.reserveCapacity(b.count * 3 / 4)
+        var acc: UInt32 = 0
+        var bits = 0
+        for c in b {
+            let v = table[Int(c)]
+            if v < 0 { return nil }
+            acc = acc << 6 | UInt32(v)
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                out.append(UInt8((acc >> UInt32(bits)) & 0xFF))
+            }
+        }
+        // Non-canonical trailing bits would let two texts carry one token.
+        if bits > 0 && acc & ((1 << UInt32(bits)) - 1) != 0 { return nil }
+        return out
+    }
+}
+
+func isoTime(_ t: Int64) -> String {
+    var tm = tm()
+    var tt = time_t(t)
+    gmtime_r(&tt, &tm)
+    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    return "\(tm.tm_year + 1900)-\(two(tm.tm_mon + 1))-\(two(tm.tm_mday))T\(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec))Z"
+}
+
+/// Reads a small text file whole (configuration, revocation list, token).
+public func readSmallFile(_ path: String, maxBytes: Int) throws -> String {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { throw TransferError.system("cannot read '\(path)'", errno: errno) }
+    defer { close(fd) }
+    var out = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while out.count <= maxBytes {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        if n < 0 { throw TransferError.system("cannot read '\(path)'", errno: errno) }
+        if n == 0 { return String(decoding: out, as: UTF8.self) }
+        out.append(contentsOf: buf[0..<n])
+    }
+    throw TransferError(.usage, "'\(path)' is larger than \(maxBytes) bytes")
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> String {
+        let chars = Set(set)
+        var s = self[...]
+        while let f = s.first, chars.contains(f) { s = s.dropFirst() }
+        while let l = s.last, chars.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+extension String {
+    func replacingNewlines() -> String { String(map { $0 == "\n" || $0 == "\r" ? " " : $0 }) }
+}
