@@ -15,7 +15,7 @@ those of a real library: zstd -1 compresses them 3-8x (checked by the caller), n
 Generation runs in worker processes (one per core) on blocks of a fixed number of lines,
 so the output is deterministic for a given --seed and IDs stay sequential.
 
-Usage: gen_smiles.py --out FILE --size BYTES [--seed N] [--jobs N]
+Usage: gen_smiles.py --out FILE [--size BYTES] [--seed N] [--jobs N]   (--size default: 2 GiB)
 """
 import argparse
 import multiprocessing
@@ -127,7 +127,8 @@ def block(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--size", required=True, type=int, help="target size in bytes (whole lines, at least this)")
+    ap.add_argument("--size", type=int, default=2 << 30,
+                    help="target size in bytes (whole lines, at least this; default 2 GiB)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     a = ap.parse_args()

@@ -15,15 +15,18 @@ import sys
 
 GiB = 1 << 30
 MiB = 1 << 20
-SCENARIOS = ["bigfile", "smallfiles", "smiles", "rss"]
+SCENARIOS = ["bigfile", "smallfiles", "smiles", "mixed", "rss"]
 TITLES = {
     "bigfile": "One random file",
     "smallfiles": "Many small files (nested tree)",
     "smiles": "SMILES text (compressible)",
+    "mixed": "Mixed tree (a few large files, many small ones)",
     "rss": "Peak memory, one large random file",
 }
+TREES = ("smallfiles", "mixed")          # scenarios that copy a tree: files/s shown
 # Display order of the tools within a table.
-ORDER = ["ferry", "ferry-auto", "ferry-off", "cp", "rsync", "scp", "iperf3-P1", "iperf3-P4"]
+ORDER = ["ferry", "ferry-auto", "ferry-off", "cp", "rsync", "scp", "gridftp", "xrootd", "xrootd-nopg", "rclone",
+         "iperf3-P1", "iperf3-P4"]
 DESCR = {
     "ferry": "Ferry, defaults",
     "ferry-auto": "Ferry, `--compress auto`",
@@ -31,9 +34,15 @@ DESCR = {
     "cp": "local `cp` (storage ceiling)",
     "rsync": "rsync daemon, `--whole-file`",
     "scp": "scp (OpenSSH, SFTP protocol)",
+    "gridftp": "GridFTP: `globus-url-copy -p 4 -cc 4 -pp -fast` to globus-gridftp-server",
+    "xrootd": "XRootD: `xrdcp -S 4` (trees `-r --parallel 8`) to xrootd",
+    "xrootd-nopg": "XRootD as above, page checksums off (`XRD_CPUSEPGWRTRD=0`)",
+    "rclone": "rclone: `copy --transfers 16 --multi-thread-streams 4`, pulling from `rclone serve http`",
     "iperf3-P1": "iperf3, 1 stream (network ceiling)",
     "iperf3-P4": "iperf3, 4 streams (network ceiling)",
 }
+# Other tools that copy over the network (the comparisons the issues ask for).
+NETWORK_TOOLS = ["rsync", "scp", "gridftp", "xrootd", "xrootd-nopg", "rclone"]
 
 
 def num(x):
@@ -159,13 +168,17 @@ def targets(scen):
     rows.append(("4 GiB file: Ferry ≥ 85 % of `cp`", "issue 5", f(r and 100 * r, "%.0f %% of cp"), r and r >= 0.85))
     r = ratio(fe, rs)
     rows.append(("4 GiB file: Ferry ≥ 2× rsync", "issue 2", f(r, "%.2f×"), r and r >= 2))
-    fe, rs, sc = (rate("smallfiles", t, "files_per_s") for t in ("ferry", "rsync", "scp"))
+    fe, rs = rate("smallfiles", "ferry", "files_per_s"), rate("smallfiles", "rsync", "files_per_s")
     r = ratio(fe, rs)
     rows.append(("20,000 × 4 KiB: Ferry ≥ 2× rsync files/s", "issue 2", f(r, "%.2f×"), r and r >= 2))
-    best = max([x for x in (rs, sc) if x], default=None)
-    r = ratio(fe, best)
-    rows.append(("20,000 × 4 KiB: Ferry ≥ 3× the best other tool measured here (rsync, scp)",
-                 "issue 5", f(r, "%.2f×"), r and r >= 3))
+    others = [(t, rate("smallfiles", t, "files_per_s")) for t in NETWORK_TOOLS]
+    others = [(t, x) for t, x in others if x]
+    best = max(others, key=lambda o: o[1], default=(None, None))
+    r = ratio(fe, best[1])
+    rows.append(("20,000 × 4 KiB: Ferry ≥ 3× the best other tool measured here (%s)"
+                 % ", ".join(t for t, _ in others) if others else
+                 "20,000 × 4 KiB: Ferry ≥ 3× the best other tool measured here",
+                 "issue 5", f(r, "%.2f×") + (" (best: %s)" % best[0] if best[0] else ""), r and r >= 3))
     a, o = rate("bigfile", "ferry-auto"), rate("bigfile", "ferry-off")
     r = ratio(a, o)
     rows.append(("random data: `--compress auto` within 5 % of `off`", "issue 2",
@@ -191,7 +204,18 @@ def mark(met):
     return {True: "**met**", False: "**not met**"}.get(bool(met) if met is not None else None, "not measured")
 
 
-def scenario_table(s, d, machine, data):
+def ceiling(scen, s):
+    """(Gbit/s, where from) of the loopback's ceiling for scenario s: the faster of the iperf3
+    medians measured in that scenario, else in bigfile."""
+    for src in (s, "bigfile"):
+        tools = scen.get(src, {}).get("tools", {})
+        vals = [t.gbps for n, t in tools.items() if n.startswith("iperf3") and t.gbps]
+        if vals:
+            return max(vals), src
+    return None, None
+
+
+def scenario_table(s, d, machine, data, scen):
     tools = d["tools"]
     out = []
     out.append("### %s\n" % TITLES[s])
@@ -200,15 +224,21 @@ def scenario_table(s, d, machine, data):
         extra = (" Data: %s bytes, %s lines; `zstd -1 -T1` compresses it %s× at %s MB/s (one core)."
                  % (data.get("smiles_bytes", "?"), data.get("smiles_lines", "?"),
                     data.get("smiles_zstd1_ratio", "?"), data.get("smiles_zstd1_MBps", "?")))
+    if s in TREES:
+        t0 = next((t for t in tools.values() if t.bytes), None)
+        if t0:
+            extra += " Data: %d files, %s bytes." % (t0.files or 0, "{:,}".format(int(t0.bytes)))
     out.append("Measured %s; %s run(s) per tool, alternating; medians.%s\n" % (d["when"], d["runs"], extra))
-    files_col = s == "smallfiles"
+    files_col = s in TREES
+    ceil, ceil_src = ceiling(scen, s) if s != "rss" else (None, None)
     hdr = ["tool", "ok/runs", "median s", "Gbit/s"]
     if files_col:
         hdr.append("files/s")
-    if files_col:
+    if ceil:
+        hdr.append("÷ iperf3")
+    hdr += ["client CPU s/GiB", "server CPU s/GiB"]
+    if s == "smallfiles":
         hdr += ["client CPU µs/file", "server CPU µs/file"]
-    else:
-        hdr += ["client CPU s/GiB", "server CPU s/GiB"]
     hdr += ["client peak RSS MiB", "server peak RSS MiB"]
     if s in ("bigfile", "smiles"):
         hdr.append("bytes/wire bytes")
@@ -222,10 +252,11 @@ def scenario_table(s, d, machine, data):
         row = [DESCR.get(name, name), "%d/%d" % (t.n_ok, t.n), f(t.seconds, "%.2f"), f(t.gbps, "%.2f")]
         if files_col:
             row.append(f(t.files_per_s, "%.0f"))
-        if files_col:
+        if ceil:
+            row.append(f(ratio(t.gbps, ceil), "%.2f"))
+        row += [f(t.client_cpu), f(t.server_cpu)]
+        if s == "smallfiles":
             row += [f(t.client_us_file, "%.0f"), f(t.server_us_file, "%.0f")]
-        else:
-            row += [f(t.client_cpu), f(t.server_cpu)]
         row += [f(t.client_rss and t.client_rss / 1024, "%.0f"), f(t.server_rss and t.server_rss / 1024, "%.0f")]
         if s in ("bigfile", "smiles"):
             row.append(f(t.wire_ratio, "%.2f"))
@@ -236,6 +267,13 @@ def scenario_table(s, d, machine, data):
             row.append(", ".join(t.all_seconds))
         out.append("| " + " | ".join(row) + " |")
     out.append("")
+    if ceil:
+        out.append("÷ iperf3: the tool's Gbit/s divided by %.2f Gbit/s, the faster of the iperf3 medians "
+                   "(1 or 4 streams, memory to memory)%s.\n"
+                   % (ceil, "" if ceil_src == s else " measured in the %s scenario" % ceil_src))
+    if "rclone" in tools and not tools["rclone"].skipped:
+        out.append("rclone pulls (its client is the receiver and `rclone serve http` the sender); "
+                   "every other tool pushes from the client to the server.\n")
     conc = sum(t.n_concurrent for t in tools.values())
     if conc:
         seen = sorted({r["note"].split("concurrent:")[1].strip() for t in tools.values() for r in t.rows
@@ -247,9 +285,9 @@ def scenario_table(s, d, machine, data):
     if fe and fe.n_ok and s != "rss":
         key = "files_per_s" if files_col else "gbps"
         parts = []
-        for other in ["cp", "rsync", "scp", "iperf3-P1", "iperf3-P4", "ferry-off", "ferry-auto"]:
+        for other in ["cp"] + NETWORK_TOOLS + ["iperf3-P1", "iperf3-P4", "ferry-off", "ferry-auto"]:
             o = tools.get(other)
-            if o is None or not o.n_ok or (files_col and other.startswith("iperf3")):
+            if o is None or not o.n_ok:
                 continue
             # iperf3 has no files/s; compare throughput with it.
             a = getattr(fe, "gbps" if other.startswith("iperf3") else key)
@@ -258,7 +296,9 @@ def scenario_table(s, d, machine, data):
             if r is not None:
                 parts.append("Ferry/%s **%.2f**" % (other, r))
         if parts:
-            out.append("Ratios (%s, medians): %s.\n" % ("files/s" if files_col else "Gbit/s", "; ".join(parts)))
+            out.append("Ratios (%s, medians%s): %s.\n" % ("files/s" if files_col else "Gbit/s",
+                                                        "; Gbit/s for iperf3" if files_col and any("iperf3" in p for p in parts) else "",
+                                                        "; ".join(parts)))
     if "ferry-auto" in tools and "ferry-off" in tools:
         a, o = tools["ferry-auto"], tools["ferry-off"]
         r = ratio(a.gbps, o.gbps)
@@ -274,6 +314,16 @@ def scenario_table(s, d, machine, data):
     return out
 
 
+def color(n):
+    if n.startswith("ferry"):
+        return "#d9534f"
+    if n.startswith("iperf3"):
+        return "#999999"
+    if n == "cp":
+        return "#c5d7ee"
+    return "#5b8cc9"
+
+
 def charts(scen, chart_dir):
     """throughput.png and cpu.png; returns the file names written (empty without matplotlib)."""
     try:
@@ -283,51 +333,64 @@ def charts(scen, chart_dir):
     except ImportError:
         return []
     written = []
-    panels = [(s, k) for s, k in (("bigfile", "gbps"), ("smallfiles", "files_per_s"), ("smiles", "gbps"))
+
+    def grid(n):
+        cols = 2 if n > 1 else 1
+        rows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 0.5 + 4.4 * rows), squeeze=False)
+        flat = [ax for row in axes for ax in row]
+        for ax in flat[n:]:
+            ax.axis("off")
+        return fig, flat
+
+    panels = [(s, "files_per_s" if s == "smallfiles" else "gbps") for s in ("bigfile", "smallfiles", "smiles", "mixed")
               if s in scen]
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-        for ax, (s, key) in zip(axes[0], panels):
-            names, vals, colors = [], [], []
+        fig, axes = grid(len(panels))
+        for ax, (s, key) in zip(axes, panels):
+            names, vals = [], []
             for n, t in scen[s]["tools"].items():
                 v = getattr(t, key)
                 if v is None:
                     continue
                 names.append(n)
                 vals.append(v)
-                colors.append("#d9534f" if n.startswith("ferry") else "#999999" if n.startswith("iperf3") else "#5b8cc9")
-            ax.barh(names[::-1], vals[::-1], color=colors[::-1])
+            ax.barh(names[::-1], vals[::-1], color=[color(n) for n in names[::-1]])
             for i, v in enumerate(vals[::-1]):
                 ax.text(v, i, " %.0f" % v if key == "files_per_s" else " %.2f" % v, va="center", fontsize=8)
             ax.set_title("%s\n(%s)" % (TITLES[s], "files/s" if key == "files_per_s" else "Gbit/s"), fontsize=10)
             ax.set_xlim(0, max(vals or [1]) * 1.2)
+            ax.tick_params(axis="y", labelsize=8)
         fig.suptitle("Loopback, tmpfs to tmpfs, medians (higher is better)", fontsize=11)
         fig.tight_layout()
         fig.savefig(os.path.join(chart_dir, "throughput.png"), dpi=110)
         plt.close(fig)
         written.append("throughput.png")
-    panels = [s for s in ("bigfile", "smiles", "smallfiles") if s in scen]
+    panels = [s for s in ("bigfile", "smallfiles", "smiles", "mixed") if s in scen]
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-        for ax, s in zip(axes[0], panels):
+        fig, axes = grid(len(panels))
+        for ax, s in zip(axes, panels):
             names, cl, sv = [], [], []
-            per_file = s == "smallfiles"
             for n, t in scen[s]["tools"].items():
-                c, v = (t.client_us_file, t.server_us_file) if per_file else (t.client_cpu, t.server_cpu)
+                c, v = t.client_cpu, t.server_cpu
                 if n.startswith("iperf3") or (c is None and v is None):
                     continue
                 names.append(n)
                 cl.append(c or 0)
                 sv.append(v or 0)
             y = list(range(len(names)))[::-1]
-            ax.barh(y, cl, color="#5b8cc9", label="client (sender)")
-            ax.barh(y, sv, left=cl, color="#f0ad4e", label="server (receiver)")
+            ax.barh(y, cl, color="#5b8cc9", label="client")
+            ax.barh(y, sv, left=cl, color="#f0ad4e", label="server")
+            for i, (c, v) in enumerate(zip(cl, sv)):
+                ax.text(c + v, y[i], " %.2f" % (c + v), va="center", fontsize=8)
             ax.set_yticks(y)
-            ax.set_yticklabels(names)
-            ax.set_title("%s\n%s" % (TITLES[s], "CPU µs per file" if per_file else "CPU seconds per GiB"),
-                         fontsize=10)
-            ax.legend(fontsize=8)
-        fig.suptitle("CPU cost (lower is better)", fontsize=11)
+            ax.set_yticklabels(names, fontsize=8)
+            ax.set_xlim(0, max([c + v for c, v in zip(cl, sv)] or [1]) * 1.2)
+            ax.set_title("%s\nCPU seconds per GiB (client + server)" % TITLES[s], fontsize=10)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc="upper right")
+        fig.suptitle("CPU cost (lower is better; rclone's client is the receiver, every other client the sender)",
+                     fontsize=11)
         fig.tight_layout()
         fig.savefig(os.path.join(chart_dir, "cpu.png"), dpi=110)
         plt.close(fig)
@@ -403,12 +466,14 @@ def main():
              "that differed counts as failed and is left out of the medians. Client CPU = user + system "
              "seconds of the client command and its children (`/usr/bin/time`); server CPU = the "
              "daemon's utime + stime + cutime + cstime growth over the run (`/proc/PID/stat`, which "
-             "includes its reaped per-connection children). Peak RSS: `/usr/bin/time` %M for the client, "
-             "VmHWM of a fresh `ferry serve` per run for the server (not measured for the forking "
-             "rsync/ssh daemons).\n")
+             "includes its reaped per-connection children). CPU per GiB = those seconds / GiB of the data set. "
+             "Every server is started afresh for each run. Peak RSS: `/usr/bin/time` %M for the client; for "
+             "the server, VmHWM of `ferry serve`, and for the others `/usr/bin/time` %M of the daemon "
+             "started under it, which covers the per-connection processes it forked and reaped "
+             "(rsync, sshd, globus-gridftp-server).\n")
     for s in SCENARIOS:
         if s in scen:
-            L.extend(scenario_table(s, scen[s], machine, data))
+            L.extend(scenario_table(s, scen[s], machine, data, scen))
     if "rss" in scen:
         L.append("The RSS run uses a file of random bytes (AES-CTR keystream) on the disk under `%s`, "
                  "and the server's root on the same disk: two copies of a 16 GiB file do not fit in "
@@ -460,7 +525,8 @@ def main():
     L.append("| | |")
     L.append("|---|---|")
     for k in ["date", "cpu", "nproc", "memory", "kernel", "os", "tmpfs", "ferry", "build", "swift", "cp", "rsync",
-              "ssh", "iperf3", "zstd", "python", "perf", "sizes", "disk_dir"]:
+              "ssh", "scp_cipher", "gridftp", "xrootd", "rclone", "iperf3", "zstd", "python", "perf", "settings", "sizes",
+              "disk_dir"]:
         if k in machine:
             L.append("| %s | %s |" % (k, machine[k].replace("|", "\\|")))
     L.append("")
@@ -469,10 +535,13 @@ def main():
     L.append("- **bigfile**: random bytes (AES-128-CTR keystream from `openssl enc`), in tmpfs.")
     L.append("- **smallfiles**: random 4 KiB files, 50 per directory, two directory levels "
              "(`bench/gen_tree.py`), in tmpfs.")
-    L.append("- **smiles**: `bench/gen_smiles.py --seed 42`: drug-like molecules assembled from ring systems, "
+    L.append("- **smiles**: `bench/gen_smiles.py --size 2147483648 --seed 42` (2 GiB; `--quick`: 64 MiB): drug-like molecules assembled from ring systems, "
              "linkers and substituents, with stereo centres, charges and salts; one `SMILES<TAB>ID<TAB>MW` line "
              "each; zstd -1 ratio %s. First lines: `%s`" % (data.get("smiles_zstd1_ratio", "?"),
                                                               data.get("smiles_sample", "?").strip(" |")))
+    L.append("- **mixed**: `bench/gen_tree.py --max-size 65536 --large-files 4 --seed 42`: 4 random files "
+             "of 256 MiB under `large/`, plus 10,000 random files of 4..64 KiB (sizes uniform, seeded), "
+             "50 per directory, two directory levels, in tmpfs (`--quick`: 4 × 16 MiB and 1,000 files).")
     L.append("- Before the first round of each scenario the memory is warmed: a file of the data set's size "
              "is written to tmpfs and deleted just before the first timed command (first writes into memory "
              "the host has not yet given the machine are several times slower). Likewise each copy is "
@@ -483,24 +552,32 @@ def main():
     L.append("- Order: in round N the tools run in the list order rotated by N, reversed in even rounds.\n")
 
     L.append("## Exact commands\n")
-    L.append("Daemons, all bound to 127.0.0.1 and started by `bench/run` with private configurations "
-             "(under `/dev/shm/ferry-bench`): `ferry serve --root DST --listen 127.0.0.1:0 --token-file TOKEN` "
-             "(a fresh one per run), `rsync --daemon --no-detach --config=rsyncd.conf --address=127.0.0.1 "
-             "--port=PORT` (module `bench`, `use chroot = no`, uid/gid root), `/usr/sbin/sshd -D -e -f "
-             "sshd_config` (ListenAddress 127.0.0.1, own ed25519 host key, root by key only, "
-             "internal-sftp), `iperf3 -s -B 127.0.0.1 -p PORT`. Client commands as run (first run):\n")
+    L.append("Servers, all bound to 127.0.0.1 and started by `bench/run` with private configurations "
+             "(under `/dev/shm/ferry-bench`), a fresh one for each run: `ferry serve --root DST --listen "
+             "127.0.0.1:0 --token-file TOKEN`; `rsync --daemon` (module `bench`, `use chroot = no`, uid/gid "
+             "root); a private `sshd` (ListenAddress 127.0.0.1, own ed25519 host key, root by key only, "
+             "internal-sftp); `globus-gridftp-server` (anonymous clear-text login mapped to the user nobody, "
+             "control, data and IPC interfaces 127.0.0.1, writes restricted to its directory); `xrootd` "
+             "(`xrd.port`, `xrd.allow host localhost`, `all.export /`, `oss.localroot DIR`, run as nobody with "
+             "`-R nobody`; xrootd cannot bind to one address, so it and `xrdcp` run in a private network "
+             "namespace that holds only a loopback interface); `rclone serve http DATADIR --addr "
+             "127.0.0.1:PORT`; and `iperf3 -s -B 127.0.0.1 -p PORT` (one per scenario). "
+             "Commands as run (first run; `TOOL (server)` lines are the servers):\n")
     for s in SCENARIOS:
         if s in scen and scen[s]["commands"]:
             L.append("**%s**\n" % s)
             L.append("```")
             for c in scen[s]["commands"]:
+                L.append("# %s" % c["tool"])
                 L.append(c["command"])
             L.append("```\n")
 
     L.append("## Not covered here\n")
-    L.append("- GridFTP, XRootD and rclone, the mixed tree and Ferry's protection levels (issue 5) are not in "
-             "this suite yet; the shaped links (veth + tbf between network namespaces) are measured by "
-             "`bench/shaped.sh`, not by `bench/run`.")
+    L.append("- Ferry's protection levels (issue 5) are not in this suite yet; the shaped links (veth + tbf "
+             "between network namespaces) are measured by `bench/shaped.sh`, not by `bench/run`.")
+    L.append("- GridFTP and XRootD run without GSI/X.509 or any other authentication (anonymous FTP login, "
+             "xrootd without `sec.protocol`), rclone over plain HTTP: none of them encrypts or authenticates "
+             "here, as on a trusted data-transfer network; scp encrypts (AES-128-GCM).")
     if not profiles:
         L.append("- No profile in this run: `bench/run --profile` adds one `perf record -a -g` of a Ferry "
                  "run per scenario.")

@@ -35,7 +35,7 @@ func same(_ a: Hello, _ b: Hello) -> Bool {
         && a.options.recursive == b.options.recursive && a.options.streams == b.options.streams
         && same(a.options.compression, b.options.compression) && a.options.checksum == b.options.checksum
         && a.options.bandwidthLimitBytesPerSecond == b.options.bandwidthLimitBytesPerSecond
-        && a.options.chunkBytes == b.options.chunkBytes
+        && a.options.chunkBytes == b.options.chunkBytes && a.options.protection == b.options.protection
 }
 
 func same(_ a: Welcome, _ b: Welcome) -> Bool {
@@ -43,7 +43,7 @@ func same(_ a: Welcome, _ b: Welcome) -> Bool {
 }
 
 func same(_ a: Join, _ b: Join) -> Bool {
-    a.sessionID == b.sessionID && a.secret == b.secret && a.streamIndex == b.streamIndex
+    a.sessionID == b.sessionID && a.proof == b.proof && a.streamIndex == b.streamIndex
 }
 
 func same(_ a: ManifestEntry, _ b: ManifestEntry) -> Bool {
@@ -76,6 +76,93 @@ enum Target: UInt8, CaseIterable {
     case byteReader
     case wirePath
     case controlStream
+    case token
+    case toml
+    case sealed
+}
+
+/// User tokens as the server reads them from HELLO: decode throws an `.auth` TransferError or
+/// succeeds, and a decoded payload re-encodes to exactly its bytes (so one token has one
+/// meaning). Signature checks need a key and are not the decoder's business.
+func fuzzToken(_ b: [UInt8]) {
+    let text = String(decoding: b, as: UTF8.self)
+    do {
+        let (t, payload, sig) = try UserToken.unverified(text)
+        guard sig.count == 64 else { finding("token signature of \(sig.count) bytes accepted") }
+        guard t.payload() == payload else { finding("token payload does not re-encode to its bytes") }
+        guard t.scopes.count <= UserToken.scopesMax, t.id.count == 16 else { finding("token fields out of range") }
+        // And the verifier refuses it without a trusted key, with an auth error.
+        do {
+            _ = try TokenVerifier(issuers: [:], revocationsPath: nil).verify(text)
+            finding("an untrusted token verified")
+        } catch {
+            guard let e = error as? TransferError, e.code == .auth else { finding("verify threw \(error)") }
+        }
+    } catch {
+        guard let e = error as? TransferError, e.code == .auth || e.code == .protocolViolation else { finding("token decode threw \(error)") }
+    }
+    // base64url: what decodes re-encodes to the same text.
+    if let d = Base64URL.decode(text), Base64URL.encode(d) != text { finding("base64url is not canonical for \(hex(b))") }
+}
+
+/// Server configuration text: parses or throws a `.usage` TransferError naming the line.
+func fuzzTOML(_ b: [UInt8]) {
+    let text = String(decoding: b, as: UTF8.self)
+    do { _ = try TOML.parse(text) } catch {
+        guard let e = error as? TransferError, e.code == .usage else { finding("TOML.parse threw \(error)") }
+    }
+    do { _ = try ServerConfigFile(parsing: text, relativeTo: "/etc/ferry") } catch {
+        guard let e = error as? TransferError, e.code == .usage || e.code == .path else { finding("ServerConfigFile threw \(error)") }
+    }
+}
+
+/// Sealed data frames: arbitrary bytes never open (and never crash the opener); what a sealer
+/// seals opens to the same bytes; one flipped byte is "tampered"; the same frame again is
+/// "replayed". Input: a selector byte (bit 0: safe or private, bit 1: chunk or batch
+/// subheader, bits 2-7: where to flip), then the subheader and payload.
+enum Sealed {
+    static let key = [UInt8](repeating: 0x42, count: 32)
+
+    static func run(_ b: [UInt8]) {
+        guard let sel = b.first else { return }
+        let level: ProtectionLevel = sel & 1 == 0 ? .safe : .private
+        let subBytes = sel & 2 == 0 ? DataLayout.chunkSubheaderBytes : DataLayout.batchSubheaderBytes
+        let clear = subBytes == DataLayout.chunkSubheaderBytes ? Sealing.chunkClearSubheaderBytes : subBytes
+        let body = Array(b.dropFirst())
+        // 1. Arbitrary bytes as a received frame (header + body), exactly sized for ASan.
+        let n = Wire.frameHeaderBytes + body.count
+        if body.count >= Sealing.overheadBytes + subBytes {
+            let f = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 8)
+            defer { f.deallocate() }
+            f.initializeMemory(as: UInt8.self, repeating: 0, count: Wire.frameHeaderBytes)
+            body.withUnsafeBytes { (f + Wire.frameHeaderBytes).copyMemory(from: $0.baseAddress!, byteCount: body.count) }
+            let opener = FrameOpener(key: key, level: level, stream: 3)
+            if case .accept = opener.open(frame: f, frameBytes: n, clearSubheaderBytes: clear) { finding("a forged frame opened") }
+        }
+        // 2. Round trip of the input as subheader + payload.
+        guard body.count >= subBytes else { return }
+        let total = Wire.frameHeaderBytes + Sealing.overheadBytes + body.count
+        let f = UnsafeMutableRawPointer.allocate(byteCount: total, alignment: 8)
+        defer { f.deallocate() }
+        FrameHeader.write(to: f, length: total - Wire.frameHeaderBytes, type: subBytes == DataLayout.chunkSubheaderBytes ? .chunk : .batch)
+        let bodyAt = f + Wire.frameHeaderBytes + Sealing.counterBytes
+        body.withUnsafeBytes { bodyAt.copyMemory(from: $0.baseAddress!, byteCount: body.count) }
+        let sealer = FrameSealer(key: key, level: level, stream: 3)
+        sealer.seal(frame: f, subheaderBytes: subBytes, clearSubheaderBytes: clear, payloadBytes: body.count - subBytes)
+        let sealed = Array(UnsafeRawBufferPointer(start: f, count: total))
+        let opener = FrameOpener(key: key, level: level, stream: 3)
+        guard case .accept(let missing) = opener.open(frame: f, frameBytes: total, clearSubheaderBytes: clear), missing == nil else { finding("a sealed frame did not open") }
+        guard Array(UnsafeRawBufferPointer(start: bodyAt, count: body.count)) == body else { finding("open did not restore the plaintext") }
+        // The same frame again: a replay.
+        sealed.withUnsafeBytes { f.copyMemory(from: $0.baseAddress!, byteCount: total) }
+        guard case .replayed = opener.open(frame: f, frameBytes: total, clearSubheaderBytes: clear) else { finding("a replayed frame was not detected") }
+        // One flipped byte anywhere: tampered.
+        let at = Int(sel >> 2) * 7919 % total
+        sealed.withUnsafeBytes { f.copyMemory(from: $0.baseAddress!, byteCount: total) }
+        f.storeBytes(of: f.load(fromByteOffset: at, as: UInt8.self) ^ 0x01, toByteOffset: at, as: UInt8.self)
+        let fresh = FrameOpener(key: key, level: level, stream: 3)
+        guard case .tampered = fresh.open(frame: f, frameBytes: total, clearSubheaderBytes: clear) else { finding("a frame flipped at byte \(at) opened") }
+    }
 }
 
 /// FrameHeader: the array and the in-place (pointer) decoder agree; a decoded header re-encodes
@@ -127,7 +214,7 @@ func fuzzWelcome(_ b: [UInt8]) {
 func fuzzJoin(_ b: [UInt8]) {
     let v: Join
     do { v = try Join.decode(b) } catch { expectWireError(error, "Join.decode"); return }
-    guard v.sessionID.count == 16, v.secret.count == 32 else { finding("Join field sizes") }
+    guard v.sessionID.count == 16, v.proof.count == 32 else { finding("Join field sizes") }
     let e1 = v.encode()
     guard e1 == b else { finding("Join does not re-encode to its input") }
     let v2: Join
@@ -398,6 +485,9 @@ public func fuzzWireTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> 
     case .byteReader: fuzzByteReader(b)
     case .wirePath: fuzzWirePath(b)
     case .controlStream: ControlStream.run(b)
+    case .token: fuzzToken(b)
+    case .toml: fuzzTOML(b)
+    case .sealed: Sealed.run(b)
     }
     return 0
 }

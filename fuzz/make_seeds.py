@@ -11,11 +11,11 @@ seeds also cross-check the format. Deterministic: rerunning rewrites the same fi
 import os
 import struct
 
-FRAME_HEADER, HELLO, WELCOME, JOIN, MANIFEST, PLAN, CHUNK_FRAME, BYTE_READER, WIRE_PATH, CONTROL_STREAM = range(10)
+FRAME_HEADER, HELLO, WELCOME, JOIN, MANIFEST, PLAN, CHUNK_FRAME, BYTE_READER, WIRE_PATH, CONTROL_STREAM, TOKEN, TOML, SEALED = range(13)
 
 T_HELLO, T_WELCOME, T_JOIN, T_JOINED, T_MANIFEST, T_MANIFEST_END, T_PLAN = 1, 2, 3, 4, 5, 6, 7
-T_FILE_DIGEST, T_FILE_SKIP, T_FILE_DONE, T_RESEND, T_END, T_END_ACK, T_PING = 8, 9, 10, 11, 12, 13, 14
-T_CHUNK, T_BATCH, T_ERROR = 0x10, 0x11, 0x7F
+T_FILE_DIGEST, T_FILE_SKIP, T_FILE_DONE, T_RESEND, T_END, T_END_ACK, T_PING, T_RESEND_FRAME = 8, 9, 10, 11, 12, 13, 14, 15
+T_CHUNK, T_BATCH, T_READY, T_ERROR = 0x10, 0x11, 0x12, 0x7F
 
 
 def u8(v): return struct.pack("<B", v)
@@ -33,7 +33,7 @@ def frame(ftype, payload=b"", flags=0):
 
 
 def preamble(role):
-    return b"FERRY\0\0\0" + u16(1) + u16(role) + u32(0)
+    return b"FERRY\0\0\0" + u16(2) + u16(role) + u32(0)
 
 
 def compression(mode):
@@ -42,13 +42,13 @@ def compression(mode):
     return u8(2) + u8(mode)
 
 
-def hello(token, direction, path, recursive=False, streams=0, comp="auto", checksum=False, bw=0, chunk=4 << 20):
+def hello(token, direction, path, recursive=False, streams=0, comp="auto", checksum=False, bw=0, chunk=4 << 20, protection=2):
     return (blob(token) + u8(direction) + string(path) + u8(1 if recursive else 0) + u8(streams)
-            + compression(comp) + u8(1 if checksum else 0) + u64(bw) + u32(chunk) + u8(0))
+            + compression(comp) + u8(1 if checksum else 0) + u64(bw) + u32(chunk) + u8(protection))
 
 
 def welcome(streams): return bytes(range(16)) + bytes(range(100, 132)) + u8(streams)
-def join(index): return bytes(range(16)) + bytes(range(100, 132)) + u8(index)
+def join(index): return bytes(range(16)) + u8(index) + bytes(range(100, 132))
 
 
 def entry(eid, kind, path, size=0, sec=1_700_000_000, nsec=0, mode=0o644, target=""):
@@ -144,6 +144,38 @@ def seeds():
         + frame(T_MANIFEST_END)
         + frame(T_FILE_DIGEST, u64(1) + hash128(1, 2))
         + frame(T_END))
+    s["stream-ready-welcome"] = (CONTROL_STREAM, preamble(1) + frame(T_READY, b"hlrs") + frame(T_WELCOME, welcome(4)) + frame(T_RESEND_FRAME, u32(1) + u64(7)))
+    s["hello-clear"] = (HELLO, hello(b"", 2, "x", protection=0))
+    s["hello-safe"] = (HELLO, hello(b"ferry1.abc.def", 1, "x", protection=1))
+    # Tokens: the payload layout of Token.swift (u8 1, issuer, user, iat, exp, 16-byte id,
+    # u16 scopes, each u8 access + path), base64url without padding, then a 64-byte signature.
+    import base64
+    def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=")
+    payload = (u8(1) + string("hlrs") + string("alice") + i64(1_790_000_000) + i64(1_790_086_400) + bytes(range(16))
+               + u16(2) + u8(1) + string("/datasets") + u8(2) + string("/scratch/alice"))
+    s["token-alice"] = (TOKEN, b"ferry1." + b64(payload) + b"." + b64(bytes(64)))
+    s["token-noscopes"] = (TOKEN, b"ferry1." + b64(u8(1) + string("c") + string("u") + i64(0) + i64(1) + bytes(16) + u16(0)) + b"." + b64(bytes(range(64))))
+    s["toml-server"] = (TOML, b'''center = "hlrs"
+listen = ["[::1]:7400", "127.0.0.1:7400"]
+certificate = "hlrs.crt"
+key = 'hlrs.key'
+ca = "ca.crt"
+minimum_protection = "safe"
+
+[limits]
+connections = 256
+idle_timeout = 120
+
+[[export]]
+name = "scratch"
+path = "/scratch"
+access = "rw"
+users = ["*", "center:wuxi",
+   "alice"]  # comment
+''')
+    s["toml-escapes"] = (TOML, b'a = "tab\\tq\\"\\u00e9"\nb = -12\nc = true\nd = []\n')
+    s["sealed-chunk"] = (SEALED, u8(2) + bytes(range(40)) + b"payload bytes")
+    s["sealed-batch-safe"] = (SEALED, u8(1) + bytes(16) + b"x" * 100)
     s["stream-data-join"] = (CONTROL_STREAM, preamble(2) + frame(T_JOIN, join(1)))
     s["stream-error"] = (CONTROL_STREAM, preamble(1) + frame(T_WELCOME, welcome(2)) + frame(T_ERROR, b"refused: bad token", flags=0))
     return s

@@ -38,15 +38,22 @@ sources=(
   "$src/IO/Socket.swift"
   "$src/Sync.swift"
   "$src/Session/Progress.swift"
+  "$src/Security/TLS.swift"
+  "$src/Security/Token.swift"
+  "$src/Security/DataProtection.swift"
+  "$src/Security/Exports.swift"
+  "$src/Config/TOML.swift"
+  "$src/Config/ServerConfigFile.swift"
+  "$src/Session/AuditLog.swift"
   fuzz/FuzzWire.swift
 )
-cmodules=(CXXHash CZstd CLiburing)
+cmodules=(CXXHash CZstd CLiburing COpenSSL)
 
 mkdir -p "$out/modules" "$out/obj" "$out/corpus" "$out/crashes"
 
 stale=0
 [ -x "$bin" ] || stale=1
-for f in "${sources[@]}" fuzz/run.sh Sources/C{XXHash,Zstd,Liburing}/shim.c Sources/C{XXHash,Zstd,Liburing}/include/*.h; do
+for f in "${sources[@]}" fuzz/run.sh Sources/C{XXHash,Zstd,Liburing,OpenSSL}/shim.c Sources/C{XXHash,Zstd,Liburing,OpenSSL}/include/*.h; do
   [ "$f" -nt "$bin" ] && stale=1
 done
 
@@ -57,6 +64,7 @@ if [ "$stale" = 1 ]; then
     echo "module CXXHash { header \"$root/Sources/CXXHash/include/ferry_xxhash.h\" export * }"
     echo "module CZstd { header \"$root/Sources/CZstd/include/ferry_zstd.h\" link \"zstd\" export * }"
     echo "module CLiburing { header \"$root/Sources/CLiburing/include/ferry_uring.h\" link \"uring\" export * }"
+    echo "module COpenSSL { header \"$root/Sources/COpenSSL/include/ferry_openssl.h\" link \"ssl\" link \"crypto\" export * }"
   } > "$out/modules/module.modulemap"
   objs=()
   for m in "${cmodules[@]}"; do
@@ -65,7 +73,7 @@ if [ "$stale" = 1 ]; then
     objs+=("$out/obj/$m.o")
   done
   "$swiftc" -sanitize=fuzzer,address -parse-as-library -swift-version 5 -module-name Transfer \
-    -O -g -I "$out/modules" "${sources[@]}" "${objs[@]}" -luring -lzstd -o "$bin.tmp" \
+    -O -g -I "$out/modules" "${sources[@]}" "${objs[@]}" -luring -lzstd -lssl -lcrypto -o "$bin.tmp" \
     > "$out/build.log" 2>&1 || { cat "$out/build.log" >&2; echo "fuzz: build failed" >&2; exit 2; }
   mv -f "$bin.tmp" "$bin"
 fi

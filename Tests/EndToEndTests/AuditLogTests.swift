@@ -31,8 +31,10 @@ struct AuditLogTests {
         }
         #expect(lines.count == 3, "audit lines: \(lines)")
         guard lines.count == 3 else { return }
-        let byAction = Dictionary(grouping: lines) { $0["action"] as? String ?? "?" }
+        let refusals = lines.filter { ($0["result"] as? String ?? "").hasPrefix("refused") }
+        let byAction = Dictionary(grouping: lines.filter { $0["result"] as? String == "ok" }) { $0["action"] as? String ?? "?" }
         let p = try #require(byAction["push"]?.first)
+        #expect(p["user"] as? String == "alice" && p["protection"] as? String == "private" && p["duration_ms"] is Int && p["center"] is String)
         #expect(p["path"] as? String == "in/f.bin")
         #expect(p["result"] as? String == "ok")
         #expect((p["bytes"] as? Int) == 3 << 20)
@@ -41,7 +43,10 @@ struct AuditLogTests {
         #expect((p["time"] as? String)?.hasSuffix("Z") == true)
         let q = try #require(byAction["pull"]?.first)
         #expect(q["result"] as? String == "ok" && (q["bytes"] as? Int) == 3 << 20)
-        let r = try #require(byAction["connect"]?.first)
-        #expect((r["result"] as? String)?.contains("authentication failed") == true, "\(r)")
+        // The forged token: refused, with what was asked and why.
+        let r = try #require(refusals.first)
+        #expect(refusals.count == 1)
+        #expect(r["action"] as? String == "push" && r["path"] as? String == "x.bin", "\(r)")
+        #expect((r["result"] as? String)?.contains("signature is not valid") == true, "\(r)")
     }
 }

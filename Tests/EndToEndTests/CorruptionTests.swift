@@ -9,9 +9,11 @@ import Glibc
 
 @Suite("Corruption in flight")
 struct CorruptionTests {
-    @Test("one byte flipped 3 MiB into a data stream", arguments: [KillCase.Direction.push, .pull])
-    func flippedByte(_ direction: KillCase.Direction) throws {
-        let sb = try Sandbox("flip-\(direction)")
+    /// clear: the chunk hash catches the flip; private (the default): the GCM tag does (tampered
+    /// ciphertext), the frame is rejected and its chunk fetched again.
+    @Test("one byte flipped 3 MiB into a data stream", arguments: [KillCase.Direction.push, .pull], ["clear", "private"])
+    func flippedByte(_ direction: KillCase.Direction, _ protection: String) throws {
+        let sb = try Sandbox("flip-\(direction)-\(protection)")
         let root = try sb.dir("root")
         let local = try sb.dir("local")
         let size = 32 * E2E.MiB
@@ -30,7 +32,7 @@ struct CorruptionTests {
         let url = "ferry://127.0.0.1:\(proxy.port)/data.bin"
         let (from, to) = direction == .push ? (srcPath, url) : (url, dstPath)
         // Random (incompressible) data: 3 MiB into a stream lands inside a chunk's payload.
-        let r = try sb.cp(from, to, options: ["--streams", "2"])
+        let r = try sb.cp(from, to, options: ["--streams", "2", "--protection", protection])
         #expect(proxy.flipped, "no connection carried 3 MiB; traffic: \(proxy.traffic)")
         #expect(r.succeeded, "\(r)")
         #expect(filesIdentical(srcPath, dstPath), "result differs from the source")

@@ -11,8 +11,18 @@ import Glibc
 /// passes `flipOffset`, it XORs the byte at that offset of the connection with 0xFF.
 /// One thread accepts, two threads pump each connection; all loops poll with a short timeout
 /// and end on `stop()`.
+///
+/// Frame mode (`frameAction`): on data connections (preamble role 2) from the client, the proxy
+/// reads whole frames, and exactly once over its lifetime either sends data frame number
+/// `frameIndex` twice (replay) or holds it back until the next frame has gone (reorder).
 final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
     enum Direction { case clientToServer, serverToClient }
+    enum FrameAction { case replay, reorder }
+
+    var frameAction: FrameAction?
+    /// Which data frame (0 = the first after JOIN) to replay or reorder.
+    var frameIndex = 1
+    private var didFrameAction = false
 
     let port: Int
     let targetPort: Int
@@ -57,6 +67,7 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
     }
 
     var flipped: Bool { locked { didFlip } }
+    var frameActionDone: Bool { locked { didFrameAction } }
     var connections: Int { locked { connectionCount } }
     /// Bytes forwarded per connection (in accept order): client→server, server→client.
     var traffic: [(up: Int, down: Int)] {
@@ -115,7 +126,11 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
                 return connectionCount
             }
             let pair = SocketPair(client: client, upstream: upstream)
-            startThread { [self] in pump(id: id, from: client, to: upstream, up: true, pair: pair) }
+            if frameAction != nil {
+                startThread { [self] in framePump(from: client, to: upstream, pair: pair) }
+            } else {
+                startThread { [self] in pump(id: id, from: client, to: upstream, up: true, pair: pair) }
+            }
             startThread { [self] in pump(id: id, from: upstream, to: client, up: false, pair: pair) }
         }
     }
@@ -165,8 +180,76 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
     }
 }
 
+extension FlipProxy {
+    /// Reads exactly `n` bytes (nil on end of stream, error or stop).
+    fileprivate func readExact(_ fd: Int32, _ n: Int) -> [UInt8]? {
+        var out = [UInt8](repeating: 0, count: n)
+        var done = 0
+        while done < n {
+            if locked({ stopped }) { return nil }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let pr = poll(&pfd, 1, 100)
+            if pr <= 0 { continue }
+            let r = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + done, n - done, 0) }
+            if r < 0 && (errno == EINTR || errno == EAGAIN) { continue }
+            if r <= 0 { return nil }
+            done += r
+        }
+        return out
+    }
+
+    /// Client-to-server pump of frame mode.
+    fileprivate func framePump(from src: Int32, to dst: Int32, pair: SocketPair) {
+        defer { pair.release() }
+        func finish() { shutdown(dst, Int32(SHUT_WR)) }
+        guard let pre = readExact(src, 16), sendAll(dst, pre, 16) else { return finish() }
+        let isData = pre[10] == 2 && pre[11] == 0
+        if !isData {
+            // Control connection: forward untouched (TLS).
+            var buf = [UInt8](repeating: 0, count: 64 * 1024)
+            while !locked({ stopped }) {
+                var pfd = pollfd(fd: src, events: Int16(POLLIN), revents: 0)
+                if poll(&pfd, 1, 100) <= 0 { continue }
+                let n = buf.withUnsafeMutableBytes { recv(src, $0.baseAddress!, $0.count, 0) }
+                if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
+                if n <= 0 || !sendAll(dst, buf, n) { break }
+            }
+            return finish()
+        }
+        var index = -1  // the JOIN frame
+        var held: [UInt8]?
+        while let h = readExact(src, 8) {
+            let len = Int(h[0]) | Int(h[1]) << 8 | Int(h[2]) << 16 | Int(h[3]) << 24
+            guard len <= 128 << 20, let body = readExact(src, len) else { break }
+            let frame = h + body
+            if index == frameIndex, let action = frameAction, locked({ () -> Bool in
+                if didFrameAction { return false }
+                didFrameAction = true
+                return true
+            }) {
+                index += 1
+                switch action {
+                case .replay:
+                    guard sendAll(dst, frame, frame.count), sendAll(dst, frame, frame.count) else { return finish() }
+                case .reorder:
+                    held = frame
+                }
+                continue
+            }
+            index += 1
+            guard sendAll(dst, frame, frame.count) else { return finish() }
+            if let f = held {
+                held = nil
+                guard sendAll(dst, f, f.count) else { return finish() }
+            }
+        }
+        if let f = held { _ = sendAll(dst, f, f.count) }
+        finish()
+    }
+}
+
 /// Both sockets of one proxied connection; closed when both pumps are done.
-private final class SocketPair: @unchecked Sendable {  // guarded by lock
+fileprivate final class SocketPair: @unchecked Sendable {  // guarded by lock
     let client: Int32
     let upstream: Int32
     private let lock = NSLock()

@@ -65,13 +65,20 @@ func waitUntil(timeout: Double, interval: Double = 0.05, _ condition: () -> Bool
     return condition()
 }
 
-// MARK: - Sandbox: temp dirs and the token file
+// MARK: - Sandbox: temp dirs, a federation CA, a center certificate and a user token
 
-/// A private temp directory (under /dev/shm by default) with a token file; removed on deinit.
+/// A private temp directory (under /dev/shm by default) with its own PKI, made with the real
+/// `ferry ca` and `ferry token` commands: pki/ca.crt, pki/hlrs.crt (center "hlrs", valid for
+/// 127.0.0.1 and ::1) and a token for user "alice" with scope rw:/ in `tokenFile`. Removed on
+/// deinit.
 final class Sandbox {
     let path: String
     let tokenFile: String
     let token: String
+    let pki: String
+    var ca: String { pki + "/ca.crt" }
+    var centerCert: String { pki + "/hlrs.crt" }
+    var centerKey: String { pki + "/hlrs.key" }
     private var mounts: [String] = []
 
     init(_ name: String, base: String = "/dev/shm") throws {
@@ -81,12 +88,34 @@ final class Sandbox {
             throw HarnessError("mkdtemp(\(template)) failed: errno \(errno)")
         }
         path = String(cString: bytes)
-        token = randomHex(bytes: 32)
+        pki = path + "/pki"
+        try FileManager.default.createDirectory(
+            atPath: path + "/logs", withIntermediateDirectories: true)
+        try Sandbox.ferryTool(["ca", "init", "--dir", pki])
+        try Sandbox.ferryTool(["ca", "issue", "--dir", pki, "--center", "hlrs", "--host", "127.0.0.1", "--host", "::1"])
+        token = try Sandbox.ferryTool(["token", "issue", "--cert", pki + "/hlrs.crt", "--key", pki + "/hlrs.key", "--user", "alice", "--scope", "rw:/", "--ttl", "2h"])
+            .trimmingCharacters(in: .whitespacesAndNewlines)
         tokenFile = path + "/token"
         try writeFile(tokenFile, Array((token + "\n").utf8))
         chmod(tokenFile, 0o600)
-        try FileManager.default.createDirectory(
-            atPath: path + "/logs", withIntermediateDirectories: true)
+    }
+
+    /// Runs a short `ferry` command (PKI set-up); its stdout, or an error with its output.
+    @discardableResult
+    static func ferryTool(_ args: [String]) throws -> String {
+        let r = runTool("/usr/bin/timeout", ["30", E2E.ferryBinary] + args)
+        guard r.status == 0 else { throw HarnessError("ferry \(args.joined(separator: " ")) failed: \(r.output)") }
+        return r.output
+    }
+
+    /// Issues a token with the sandbox's center key (options as for `ferry token issue`).
+    func issueToken(user: String = "alice", scopes: [String] = ["rw:/"], ttl: String = "2h", extra: [String] = [], name: String) throws -> String {
+        var args = ["token", "issue", "--cert", centerCert, "--key", centerKey, "--user", user, "--ttl", ttl] + extra
+        for s in scopes { args += ["--scope", s] }
+        let t = try Sandbox.ferryTool(args).trimmingCharacters(in: .whitespacesAndNewlines)
+        let p = path + "/" + name
+        try writeFile(p, Array((t + "\n").utf8))
+        return p
     }
 
     /// `path/rel`, created (with parents) as a directory.
@@ -100,10 +129,17 @@ final class Sandbox {
     /// `path/rel` (nothing created).
     func file(_ rel: String) -> String { path + "/" + rel }
 
-    /// Writes a token file holding a different, wrong token.
+    /// A forged token: same issuer name ("hlrs"), user and scopes, but signed by a key of
+    /// another CA's "hlrs" certificate.
     func wrongTokenFile() throws -> String {
+        let other = path + "/pki-other"
+        if !exists(other + "/hlrs.crt") {
+            try Sandbox.ferryTool(["ca", "init", "--dir", other])
+            try Sandbox.ferryTool(["ca", "issue", "--dir", other, "--center", "hlrs", "--host", "127.0.0.1"])
+        }
+        let t = try Sandbox.ferryTool(["token", "issue", "--cert", other + "/hlrs.crt", "--key", other + "/hlrs.key", "--user", "alice", "--scope", "rw:/"])
         let p = path + "/wrong-token"
-        try writeFile(p, Array((randomHex(bytes: 32) + "\n").utf8))
+        try writeFile(p, Array(t.utf8))
         chmod(p, 0o600)
         return p
     }
@@ -383,7 +419,9 @@ extension Sandbox {
     ) throws -> FerryProcess {
         var args = ["cp"] + options
         if json { args.append("--json") }
-        args += ["--token-file", tokenFile ?? self.tokenFile, src, dst]
+        if !options.contains("--ca") { args += ["--ca", ca] }
+        if !options.contains("--cert") || tokenFile != nil { args += ["--token-file", tokenFile ?? self.tokenFile] }
+        args += [src, dst]
         return try FerryProcess(args, logDir: path + "/logs")
     }
 
@@ -422,9 +460,12 @@ final class FerryServer {
         throws
     {
         self.root = root
-        var args = ["serve", "--root", root]
+        var args = ["serve"]
+        if !extra.contains("--config") && !extra.contains("--export") { args += ["--root", root] }
         for l in listen { args += ["--listen", l] }
-        args += ["--token-file", sandbox.tokenFile] + extra
+        if !extra.contains("--cert") { args += ["--cert", sandbox.centerCert, "--key", sandbox.centerKey] }
+        if !extra.contains("--ca") { args += ["--ca", sandbox.ca] }
+        args += extra
         let p = try FerryProcess(args, logDir: sandbox.path + "/logs")
         process = p
         var found: [String] = []
@@ -444,7 +485,7 @@ final class FerryServer {
     }
 
     static func parseListening(_ text: String) -> [String] {
-        let marker = "ferry serve: listening on "
+        let marker = " listening on "
         return text.split(separator: "\n").compactMap { line in
             guard let r = line.range(of: marker) else { return nil }
             return String(line[r.upperBound...]).trimmingCharacters(in: .whitespaces)

@@ -120,20 +120,4 @@ public struct ServerConfigFile {
             }
         }
     }
-
-    /// The server configuration these settings describe.
-    public func configuration() throws -> ServerConfiguration {
-        guard let ca else { throw TransferError(.usage, "the configuration names no 'ca'") }
-        guard !exports.isEmpty else { throw TransferError(.usage, "the configuration has no [[export]]") }
-        var c = ServerConfiguration(exports: exports, listen: listen, tls: TLSIdentity(certificate: certificate, key: key, ca: ca))
-        c.tokenIssuers = tokenIssuers
-        c.revocations = revocations
-        c.minimumProtection = minimumProtection
-        c.handshakeTimeoutSeconds = handshakeTimeoutSeconds
-        c.idleTimeoutSeconds = idleTimeoutSeconds
-        c.connectionsMax = connectionsMax
-        c.connectionsPerAddressMax = connectionsPerAddressMax
-        if let auditLog { c.audit = try AuditLog(path: auditLog) }
-        return c
-    }
 }

@@ -126,3 +126,16 @@ enum Crypto {
         return out
     }
 }
+
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count, !a.isEmpty else { return false }
+    return a.withUnsafeBytes { pa in b.withUnsafeBytes { pb in ferry_ct_memcmp(pa.baseAddress, pb.baseAddress, a.count) == 0 } }
+}
+
+/// Cryptographically strong random bytes (OpenSSL RAND_bytes).
+public func randomBytes(_ n: Int) -> [UInt8] {
+    var b = [UInt8](repeating: 0, count: n)
+    let ok = b.withUnsafeMutableBytes { ferry_random_bytes($0.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(n)) }
+    precondition(ok == 1, "RAND_bytes failed")
+    return b
+}

@@ -163,6 +163,17 @@ public enum TransferClient {
             e.message = "\(server): " + e.message
             throw e
         }
+        // The server speaks first after the handshake: in TLS 1.3 it checks a client
+        // certificate only after the client's side of the handshake is done, and its verdict
+        // (an alert) must be read, not lost under a write to a closed connection.
+        do {
+            let (ready, _) = try control.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 1024)
+            guard ready == .ready else { throw TransferError.protocolError("expected READY, got \(ready)") }
+        } catch {
+            var e = asTransferError(error)
+            if e.code == .io { e = TransferError(.auth, "\(server) refused the connection: \(e.message)") }
+            throw e
+        }
         try control.send(.hello, Hello(token: Array((credentials.token ?? "").utf8), direction: direction, path: path, options: options).encode(), ring: ring)
         let (type, payload) = try control.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 4096)
         guard type == .welcome else { throw TransferError.protocolError("expected WELCOME, got \(type)") }

@@ -126,6 +126,7 @@ final class ReceiverWorker {
         var w = ByteWriter(capacity: 12)
         w.u32(UInt32(conn.streamIndex))
         w.u64(counter)
+        receiver.ctx.progress.retransmitted()
         try receiver.ctx.control.send(.resendFrame, w.bytes, ring: ring)
     }
 

@@ -172,6 +172,7 @@ public final class TransferServer: @unchecked Sendable {
                 // TLS 1.3 right after the preamble; the whole handshake within the timeout.
                 conn.tls = try tlsContext.handshake(fd: conn.fd, expected: nil, timeoutMs: Int(handshakeNs / 1_000_000))
                 note.center = conn.tls?.peerCommonName ?? ""
+                try conn.send(.ready, Array(center.utf8), ring: ring)
                 try serveControl(conn, ring: ring, handshakeNs: handshakeNs, note: note)
             case .data:
                 note.action = "join"
@@ -185,7 +186,8 @@ public final class TransferServer: @unchecked Sendable {
             var r = AuditLog.Record(user: note.user, peer: conn.peer, action: note.action, path: note.path, result: "refused: " + e.message)
             r.center = note.center
             configuration.audit?.write(r)
-            conn.sendError(e, ring: ring)
+            // After a failed TLS handshake there is no channel to explain on (the TLS alert did).
+            if !(note.action == "connect" && conn.tls == nil && e.code == .auth) { conn.sendError(e, ring: ring) }
         }
         conn.close()
     }
@@ -302,17 +304,4 @@ func prepareProcess() {
         setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
     }
     signal(SIGPIPE, SIG_IGN)
-}
-
-func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    guard a.count == b.count, !a.isEmpty else { return false }
-    return a.withUnsafeBytes { pa in b.withUnsafeBytes { pb in ferry_ct_memcmp(pa.baseAddress, pb.baseAddress, a.count) == 0 } }
-}
-
-/// Cryptographically strong random bytes (OpenSSL RAND_bytes).
-public func randomBytes(_ n: Int) -> [UInt8] {
-    var b = [UInt8](repeating: 0, count: n)
-    let ok = b.withUnsafeMutableBytes { ferry_random_bytes($0.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(n)) }
-    precondition(ok == 1, "RAND_bytes failed")
-    return b
 }

@@ -48,6 +48,8 @@ enum FrameType: UInt8 {
     case resendFrame = 0x0F
     case chunk = 0x10
     case batch = 0x11
+    /// Server → client, first frame after the TLS handshake (payload: the center's name).
+    case ready = 0x12
     case error = 0x7F
 }
 
