@@ -8,8 +8,8 @@ struct Ferry: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ferry",
         abstract: "Move datasets between supercomputing centers: fast, verified, resumable.",
-        version: "0.1.0",
-        subcommands: [Copy.self, Serve.self, CA.self, Token.self]
+        version: "0.2.0",
+        subcommands: [Copy.self, Serve.self, CA.self, Token.self, Ping.self]
     )
 }
 

@@ -171,6 +171,69 @@ extension Ferry {
     }
 }
 
+extension Ferry {
+    /// `ferry ping`: is the server there, is it the center it claims, how long is a handshake.
+    struct Ping: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Connect to a server, check its certificate, and time the TLS handshake.")
+
+        @Argument(help: "ferry://HOST:PORT")
+        var url: String
+
+        @Option(help: "How many handshakes.")
+        var count = 1
+
+        @Flag(help: "One JSON object per handshake.")
+        var json = false
+
+        @Option(name: .customLong("ca"), help: "Federation CA certificate (env FERRY_CA).")
+        var ca: String?
+
+        @Option(help: "Present this center certificate (env FERRY_CERT).")
+        var cert: String?
+
+        @Option(help: "The key of --cert (env FERRY_KEY).")
+        var key: String?
+
+        @Option(help: "The center the server must prove to be (default: the URL's host).")
+        var center: String?
+
+        func run() throws {
+            guard (1...10_000).contains(count) else { throw ValidationError("--count must be 1...10000") }
+            let env = ProcessInfo.processInfo.environment
+            guard let caPath = ca ?? env["FERRY_CA"] else { throw ValidationError("give the federation CA certificate: --ca FILE or FERRY_CA") }
+            let server: HostPort
+            do {
+                guard case .remote(let hp, _) = try Endpoint(parsing: url) else { throw ValidationError("give a ferry://HOST:PORT URL") }
+                server = hp
+            } catch let e as TransferError { throw ValidationError(e.message) }
+            let creds: ClientCredentials
+            do {
+                let tls = try TLSContext(server: false, identity: TLSIdentity(certificate: cert ?? env["FERRY_CERT"], key: key ?? env["FERRY_KEY"], ca: caPath))
+                creds = ClientCredentials(tls: tls, token: nil, center: center)
+            } catch let e as TransferError { throw ValidationError(e.message) }
+            var times: [Double] = []
+            for i in 0..<count {
+                do {
+                    let r = try TransferClient.ping(server, credentials: creds)
+                    times.append(r.handshake)
+                    if json {
+                        print("{\"center\":\(jsonString(r.center)),\"handshake_ms\":\(String(format: "%.3f", r.handshake * 1000)),\"rtt_ms\":\(String(format: "%.3f", r.roundTrip * 1000))}")
+                    } else if count == 1 || i == count - 1 {
+                        let sorted = times.sorted()
+                        let median = sorted[sorted.count / 2]
+                        print("ferry ping: \(server) is center \(r.center); TLS 1.3 handshake \(String(format: "%.2f", median * 1000)) ms (median of \(count)), round trip \(String(format: "%.3f", r.roundTrip * 1000)) ms")
+                    }
+                } catch {
+                    let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
+                    FileHandle.standardError.write("ferry ping: error: \(e.message)\n".data(using: .utf8)!)
+                    throw ExitCode(1)
+                }
+            }
+        }
+    }
+}
+
 /// "90s", "30m", "24h", "7d" → seconds.
 func parseDuration(_ text: String) throws -> Int64 {
     let units: [Character: Int64] = ["s": 1, "m": 60, "h": 3600, "d": 86400]

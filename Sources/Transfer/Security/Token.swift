@@ -125,7 +125,11 @@ public struct UserToken: Sendable, Equatable {
         guard parts.count == 2, let p = Base64URL.decode(String(parts[0])), let s = Base64URL.decode(String(parts[1])), s.count == 64 else {
             throw TransferError(.auth, "malformed token")
         }
-        return (try decodePayload(p), p, s)
+        do {
+            return (try decodePayload(p), p, s)
+        } catch let e as TransferError where e.code == .protocolViolation {
+            throw TransferError(.auth, "malformed token (\(e.message))")
+        }
     }
 }
 

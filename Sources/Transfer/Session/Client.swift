@@ -147,6 +147,27 @@ public enum TransferClient {
         return (fd, [name])
     }
 
+    /// Connects, runs the TLS handshake (the server's certificate checked against the CA and
+    /// the center name), waits for the server's READY and exchanges one PING. Returns the
+    /// seconds to the end of the handshake (READY received) and the PING round trip.
+    public static func ping(_ server: HostPort, credentials: ClientCredentials) throws -> (handshake: Double, roundTrip: Double, center: String) {
+        prepareProcess()
+        let ring = try Ring(entries: 8)
+        let t0 = monotonicNs()
+        let control = Connection(fd: try Socket.connect(server))
+        defer { control.close() }
+        try control.sendPreamble(role: .control, ring: ring)
+        control.tls = try credentials.tls.handshake(fd: control.fd, expected: credentials.center ?? server.host, timeoutMs: 30_000)
+        let (ready, name) = try control.receive(ring: ring, timeoutNs: 30_000_000_000, payloadBytesMax: 1024)
+        guard ready == .ready else { throw TransferError.protocolError("expected READY, got \(ready)") }
+        let t1 = monotonicNs()
+        try control.send(.ping, ring: ring)
+        let (pong, _) = try control.receive(ring: ring, timeoutNs: 30_000_000_000, payloadBytesMax: 0)
+        guard pong == .ping else { throw TransferError.protocolError("expected PING, got \(pong)") }
+        let t2 = monotonicNs()
+        return (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, String(decoding: name, as: UTF8.self))
+    }
+
     private typealias Roles = (control: () throws -> Void, worker: (Connection) -> Void)
 
     private static func run(server: HostPort, direction: Direction, path: String, options: TransferOptions, credentials: ClientCredentials, progress: TransferProgress, makeRoles: (SessionContext) throws -> Roles) throws -> TransferSummary {

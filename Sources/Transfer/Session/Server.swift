@@ -212,6 +212,15 @@ public final class TransferServer: @unchecked Sendable {
 
     private func serveControl(_ conn: Connection, ring: Ring, handshakeNs: Int64, note: AuditNote) throws {
         let (type, payload) = try conn.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 64 << 10)
+        if type == .ping {
+            // `ferry ping`: the TLS handshake alone (certificates checked both ways), no session.
+            note.action = "ping"
+            try conn.send(.ping, ring: ring)
+            var r = AuditLog.Record(user: note.center.isEmpty ? "" : "center:" + note.center, peer: conn.peer, action: "ping", path: "", result: "ok")
+            r.center = note.center
+            configuration.audit?.write(r)
+            return
+        }
         guard type == .hello else { throw TransferError.protocolError("expected HELLO, got \(type)") }
         let hello = try Hello.decode(payload)
         note.action = hello.direction == .push ? "push" : "pull"

@@ -1,0 +1,180 @@
+import Glibc
+import Testing
+@testable import Transfer
+
+@Suite("Security units")
+struct SecurityUnitTests {
+    /// A CA and a center key pair in a temp dir, made with the same code as `ferry ca`.
+    final class PKI {
+        let dir = try! TempDir()
+        var cert: String { dir.path + "/hlrs.crt" }
+        var key: String { dir.path + "/hlrs.key" }
+        init() throws {
+            try CertificateAuthority.initialize(name: "test CA", days: 10, certificate: dir.path + "/ca.crt", key: dir.path + "/ca.key")
+            try CertificateAuthority.issue(caCertificate: dir.path + "/ca.crt", caKey: dir.path + "/ca.key", center: "hlrs", hosts: ["127.0.0.1"], days: 10, certificate: cert, key: key)
+        }
+    }
+
+    @Test("scopes cover their path and what lies beneath, compared byte-wise by component")
+    func scopes() throws {
+        let s = try Scope(parsing: "write:/data/alice/")
+        #expect(s.path == "/data/alice" && s.write && !s.read)
+        #expect(s.covers(["data", "alice"]) && s.covers(["data", "alice", "x", "y"]))
+        #expect(!s.covers(["data", "alice2"]) && !s.covers(["data"]) && !s.covers([]))
+        #expect(try Scope(parsing: "read:/").covers([]) && (try Scope(parsing: "rw:/").covers(["anything"])))
+        for bad in ["write/data", "exec:/x", "read:data", "read:/a/../b", "read:/a//b"] {
+            #expect(throws: TransferError.self) { try Scope(parsing: bad) }
+        }
+        // "e" + combining acute is not "é" precomposed: two different directories on disk.
+        #expect(!(try Scope(parsing: "read:/caf\u{E9}").covers(["cafe\u{301}"])))
+    }
+
+    @Test("tokens: signed, verified without a database, expiry, forgery, foreign issuer, revocation picked up at once")
+    func tokens() throws {
+        let pki = try PKI()
+        let priv = try loadPrivateKey(pki.key)
+        let now: Int64 = 1_800_000_000
+        let t = UserToken(issuer: "hlrs", user: "alice", scopes: [try Scope(parsing: "read:/datasets")], issuedAt: now, expiresAt: now + 3600)
+        let text = t.signed(privateKey: priv)
+        #expect(text.hasPrefix("ferry1.") && text.count < 400)
+        let revoked = pki.dir.path + "/revoked"
+        let v = try TokenVerifier(issuerCertificates: [pki.cert], revocationsPath: revoked)
+        let back = try v.verify(text, now: now + 10)
+        #expect(back == t)
+        func refusal(_ text: String, at: Int64, _ v: TokenVerifier) -> String {
+            do { _ = try v.verify(text, now: at); return "accepted" } catch { return (error as? TransferError)?.message ?? "\(error)" }
+        }
+        #expect(refusal(text, at: now + 3600, v).contains("expired"))
+        #expect(refusal(text, at: now - 3600, v).contains("not valid before"))
+        // One changed character anywhere in the payload or signature.
+        var chars = Array(text)
+        for i in [10, chars.count / 2, chars.count - 3] {
+            let orig = chars[i]
+            chars[i] = orig == "A" ? "B" : "A"
+            let m = refusal(String(chars), at: now + 10, v)
+            #expect(m.contains("signature") || m.contains("malformed") || m.contains("version") || m.contains("trust"), "\(i): \(m)")
+            chars[i] = orig
+        }
+        // Another center's key with the same issuer name: forged.
+        let other = try PKI()
+        let forged = t.signed(privateKey: try loadPrivateKey(other.key))
+        #expect(refusal(forged, at: now + 10, v).contains("signature"))
+        // An issuer this server does not trust.
+        let foreign = UserToken(issuer: "wuxi", user: "alice", scopes: t.scopes, issuedAt: now, expiresAt: now + 60).signed(privateKey: priv)
+        #expect(refusal(foreign, at: now + 10, v).contains("does not trust"))
+        // Revocation: appended to the list, refused on the next check.
+        try Revocations.revoke(idHex: t.idHex, path: revoked, reason: "test")
+        #expect(refusal(text, at: now + 10, v).contains("revoked"))
+        #expect(throws: TransferError.self) { try UserToken.unverified("ferry1." + String(repeating: "A", count: 5000) + ".x") }
+    }
+
+    @Test("base64url: round trip, and only canonical text decodes")
+    func base64() {
+        for n in 0..<40 {
+            let b = (0..<n).map { UInt8(truncatingIfNeeded: $0 * 37 + n) }
+            #expect(Base64URL.decode(Base64URL.encode(b)) == b)
+        }
+        #expect(Base64URL.encode(Array("ferry".utf8)) == "ZmVycnk")
+        #expect(Base64URL.decode("ZmVycnl") == nil)  // non-zero trailing bits
+        #expect(Base64URL.decode("Zm=") == nil && Base64URL.decode("A") == nil)
+    }
+
+    @Test("TOML subset: tables, arrays of tables, multi-line arrays; errors name the line")
+    func toml() throws {
+        let t = try TOML.parse("""
+            # comment
+            center = "hlrs"   # trailing comment
+            listen = ["[::1]:7400",
+                      "127.0.0.1:7400"]
+            n = 1_000
+            yes = true
+            [limits]
+            idle_timeout = 60
+            [[export]]
+            name = 'scratch'
+            [[export]]
+            name = "b\\u00e9"
+            """)
+        #expect(t["center"] == .string("hlrs") && t["n"] == .integer(1000) && t["yes"] == .bool(true))
+        #expect(t["listen"] == .array([.string("[::1]:7400"), .string("127.0.0.1:7400")]))
+        #expect(t["limits"] == .table(["idle_timeout": .integer(60)]))
+        #expect(t["export"] == .tables([["name": .string("scratch")], ["name": .string("bé")]]))
+        for (text, says) in [("a = 1\na = 2", "line 2"), ("a = \"x", "line 1"), ("[t]\nb = nope", "line 2"), ("x.y = 1", "dotted"), ("a = [1,\n2", "unterminated")] {
+            do {
+                _ = try TOML.parse(text)
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect((error as? TransferError)?.message.contains(says) == true, "\(text): \(error)")
+            }
+        }
+    }
+
+    @Test("exports: root mode, names, read-only, user lists, token scopes")
+    func exports() throws {
+        let d = try TempDir()
+        _ = mkdir(d.path + "/a", 0o755)
+        _ = mkdir(d.path + "/b", 0o755)
+        let table = try ExportTable([
+            Export(name: "a", path: d.path + "/a", writable: true, users: ["alice", "center:wuxi"]),
+            Export(name: "b", path: d.path + "/b", writable: false, users: ["*"]),
+        ])
+        let alice = Principal(user: "alice", center: nil, scopes: [try Scope(parsing: "rw:/a/alice"), try Scope(parsing: "read:/b")])
+        let (_, beneath, e) = try table.authorize(alice, path: "a/alice/x", write: true)
+        #expect(e.name == "a" && beneath == ["alice", "x"])
+        func refusal(_ p: Principal, _ path: String, write: Bool) -> String {
+            do { _ = try table.authorize(p, path: path, write: write); return "accepted" } catch { return (error as? TransferError)?.message ?? "" }
+        }
+        #expect(refusal(alice, "a/bob/x", write: true).contains("does not allow"))
+        #expect(refusal(alice, "b/x", write: true).contains("read-only"))
+        #expect(refusal(alice, "b/x", write: false) == "accepted")
+        #expect(refusal(alice, "c/x", write: false).contains("no export named"))
+        #expect(refusal(alice, "", write: false).contains("name an export"))
+        #expect(refusal(alice, "a/../b", write: false).contains("leaves its root"))
+        let bob = Principal(user: "bob", center: nil, scopes: [try Scope(parsing: "rw:/")])
+        #expect(refusal(bob, "a/x", write: true).contains("may not use"))
+        let wuxi = Principal(user: "center:wuxi", center: "wuxi", scopes: nil)
+        #expect(refusal(wuxi, "a/anything", write: true) == "accepted")
+        #expect(refusal(wuxi, "b/x", write: false).contains("may not use"))  // "*" means users with tokens
+        #expect(throws: TransferError.self) { try ExportTable([Export(name: "", path: d.path, writable: true), Export(name: "a", path: d.path, writable: true)]) }
+    }
+
+    @Test("sealed frames: open what was sealed; tampered, replayed, reordered and skipped frames are told apart")
+    func sealing() {
+        let key = (0..<32).map { UInt8($0) }
+        for level in [ProtectionLevel.safe, .private] {
+            let sealer = FrameSealer(key: key, level: level, stream: 1)
+            let opener = FrameOpener(key: key, level: level, stream: 1)
+            let payload = 1000
+            let total = Wire.frameHeaderBytes + Sealing.overheadBytes + DataLayout.chunkSubheaderBytes + payload
+            var frames: [[UInt8]] = []
+            for n in 0..<4 {
+                var f = [UInt8](repeating: UInt8(n), count: total)
+                f.withUnsafeMutableBytes { p in
+                    FrameHeader.write(to: p.baseAddress!, length: total - 8, type: .chunk)
+                    sealer.seal(frame: p.baseAddress!, subheaderBytes: DataLayout.chunkSubheaderBytes, clearSubheaderBytes: Sealing.chunkClearSubheaderBytes, payloadBytes: payload)
+                }
+                frames.append(f)
+            }
+            // private hides the payload; safe leaves it readable.
+            #expect((frames[0][100] != 0) == (level == .private))
+            func open(_ f: [UInt8]) -> FrameOpener.Verdict {
+                var c = f
+                return c.withUnsafeMutableBytes { opener.open(frame: $0.baseAddress!, frameBytes: total, clearSubheaderBytes: Sealing.chunkClearSubheaderBytes) }
+            }
+            guard case .accept(nil) = open(frames[0]) else { Issue.record("frame 0"); continue }
+            guard case .replayed(0) = open(frames[0]) else { Issue.record("replay"); continue }
+            var bad = frames[1]
+            bad[total - 30] ^= 1
+            guard case .tampered(position: 1) = open(bad) else { Issue.record("tamper"); continue }
+            // Frame 1 is gone: frame 2 arrives; 1 is reported missing.
+            guard case .accept(let missing) = open(frames[2]), missing == 1...1 else { Issue.record("gap"); continue }
+            guard case .replayed(1) = open(frames[1]) else { Issue.record("late frame"); continue }
+            guard case .accept(nil) = open(frames[3]) else { Issue.record("frame 3"); continue }
+            // Another stream's nonce: the same bytes do not open there.
+            let other = FrameOpener(key: key, level: level, stream: 2)
+            var c = frames[0]
+            let v = c.withUnsafeMutableBytes { other.open(frame: $0.baseAddress!, frameBytes: total, clearSubheaderBytes: Sealing.chunkClearSubheaderBytes) }
+            guard case .tampered = v else { Issue.record("cross-stream"); continue }
+        }
+    }
+}
