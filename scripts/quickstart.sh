@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Ferry's main job, end to end on one machine: start a real server (`ferry serve`) on loopback,
-# push a sample tree to it with `ferry cp -r`, verify the copy byte for byte, pull it back,
-# and show that a rerun transfers nothing. Everything lives in a temporary directory.
+# Ferry's main job, end to end on one machine: create a federation CA, a center certificate and
+# a user token (`ferry ca`, `ferry token`), start a real server (`ferry serve --config`) on
+# loopback with one export, push a sample tree to it with `ferry cp -r` (TLS 1.3 control,
+# AES-256-GCM data: the default `--protection private`), verify the copy byte for byte, pull it
+# back, show that a rerun transfers nothing, and print the audit log. Everything lives in a
+# temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -18,25 +21,51 @@ head -c 64M /dev/urandom > "$work/sample/genomes/run 1/reads.bin"
 for i in $(seq 1 500); do echo "CC(=O)Oc1ccccc1C(=O)O ZINC$(printf %012d $i)" ; done > "$work/sample/smiles/library.smi"
 for i in $(seq 1 200); do echo "result $i" > "$work/sample/smiles/dock_$i.txt"; done
 ln -s smiles/library.smi "$work/sample/latest.smi"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/token"
 
-"$ferry" serve --root "$work/center-b" --listen 127.0.0.1:0 --token-file "$work/token" > "$work/serve.out" 2> "$work/serve.log" &
+echo "== a federation CA, the certificate of center 'hlrs', a token for user 'alice'"
+"$ferry" ca init --dir "$work/pki"
+"$ferry" ca issue --dir "$work/pki" --center hlrs --host 127.0.0.1 --host ::1
+"$ferry" token issue --cert "$work/pki/hlrs.crt" --key "$work/pki/hlrs.key" \
+    --user alice --scope rw:/datasets/sample --ttl 1h > "$work/alice.token"
+cat > "$work/hlrs.toml" <<TOML
+center = "hlrs"
+listen = ["127.0.0.1:0"]
+certificate = "pki/hlrs.crt"
+key = "pki/hlrs.key"
+ca = "pki/ca.crt"
+audit_log = "audit.jsonl"
+
+[[export]]
+name = "datasets"
+path = "center-b"
+access = "rw"
+users = ["*"]
+TOML
+
+"$ferry" serve --config "$work/hlrs.toml" > "$work/serve.out" 2> "$work/serve.log" &
 server_pid=$!
 for _ in $(seq 1 100); do grep -q listening "$work/serve.out" && break; sleep 0.1; done
 port=$(grep -o '[0-9]*$' "$work/serve.out" | head -1)
 echo "== server: $(cat "$work/serve.out")"
+export FERRY_CA="$work/pki/ca.crt" FERRY_TOKEN_FILE="$work/alice.token"
+"$ferry" ping "ferry://127.0.0.1:$port" --count 5
 
 echo "== push a tree (a 64 MiB file, 201 small files, a link, an empty directory)"
-"$ferry" cp -r --token-file "$work/token" "$work/sample" "ferry://127.0.0.1:$port/datasets/sample"
-diff -r --no-dereference "$work/sample" "$work/center-b/datasets/sample"
+"$ferry" cp -r "$work/sample" "ferry://127.0.0.1:$port/datasets/sample"
+diff -r --no-dereference "$work/sample" "$work/center-b/sample"
 echo "== verified: the server's copy is byte-identical"
 
 echo "== pull it back"
-"$ferry" cp -r --token-file "$work/token" "ferry://127.0.0.1:$port/datasets/sample" "$work/pulled"
+"$ferry" cp -r "ferry://127.0.0.1:$port/datasets/sample" "$work/pulled"
 diff -r --no-dereference "$work/sample" "$work/pulled"
 echo "== verified: the pulled copy is byte-identical"
 
 echo "== push again: everything is already there"
-"$ferry" cp -r --json --token-file "$work/token" "$work/sample" "ferry://127.0.0.1:$port/datasets/sample" | tail -1
+"$ferry" cp -r --json "$work/sample" "ferry://127.0.0.1:$port/datasets/sample" | tail -1
+
+echo "== outside the token's scope: refused"
+if "$ferry" cp "$work/sample/smiles/dock_1.txt" "ferry://127.0.0.1:$port/datasets/other/x.txt"; then echo "not refused?"; exit 1; fi
 echo "== server log:"
 cat "$work/serve.log"
+echo "== audit log ($work/audit.jsonl):"
+cat "$work/audit.jsonl"
