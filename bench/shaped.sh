@@ -5,6 +5,7 @@
 #
 #   bench/shaped.sh [--rates "1gbit 5gbit"] [--runs 3] [--data FILE] [--ferry BIN]
 #
+# Data: SMILES text from bench/gen_smiles.py, 2 GiB (SMILES_MIB=N to change), or --data FILE.
 # Prints a TSV (rate, mode, run, seconds, goodput Gbit/s, wire bytes) and a summary of
 # medians to stdout. Everything is removed on exit.
 set -euo pipefail
@@ -32,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 if [ -z "$data" ]; then
   data="$work/smiles.smi"
-  python3 bench/gen_smiles.py --size $((512 << 20)) --out "$data" >/dev/null
+  python3 bench/gen_smiles.py --size $((${SMILES_MIB:-2048} << 20)) --out "$data" >/dev/null
 fi
 size=$(stat -c %s "$data")
 ip netns add "$A"; ip netns add "$B"
@@ -42,9 +43,11 @@ ip -n "$A" addr add fd77:feee::1/64 dev "va$$" nodad
 ip -n "$B" addr add fd77:feee::2/64 dev "vb$$" nodad
 ip -n "$A" link set lo up; ip -n "$B" link set lo up
 ip -n "$A" link set "va$$" up; ip -n "$B" link set "vb$$" up
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/token"
+"$ferry" ca init --dir "$work/pki" > /dev/null
+"$ferry" ca issue --dir "$work/pki" --center b --host fd77:feee::2 > /dev/null
+"$ferry" token issue --cert "$work/pki/b.crt" --key "$work/pki/b.key" --user bench --scope rw:/ > "$work/token"
 mkdir -p "$work/dst"
-ip netns exec "$B" "$ferry" serve --root "$work/dst" --listen "[fd77:feee::2]:7700" --token-file "$work/token" > "$work/serve.out" 2> "$work/serve.err" &
+ip netns exec "$B" "$ferry" serve --root "$work/dst" --listen "[fd77:feee::2]:7700" --cert "$work/pki/b.crt" --key "$work/pki/b.key" --ca "$work/pki/ca.crt" > "$work/serve.out" 2> "$work/serve.err" &
 for _ in $(seq 1 100); do grep -q listening "$work/serve.out" && break; sleep 0.1; done
 grep -q listening "$work/serve.out" || { echo "server did not start: $(cat "$work/serve.err")" >&2; exit 1; }
 printf 'rate\tmode\trun\tseconds\tgoodput_gbps\twire_bytes\n'
@@ -54,7 +57,7 @@ for rate in $rates; do
   for run in $(seq 1 "$runs"); do
     for mode in ${MODES:-off auto}; do
       rm -f "$work/dst/s.smi"
-      line=$(ip netns exec "$A" timeout 600 "$ferry" cp --json --compress "$mode" --token-file "$work/token" "$data" "ferry://[fd77:feee::2]:7700/s.smi" | tail -1)
+      line=$(ip netns exec "$A" env ${FERRY_DEBUG_POLICY:+FERRY_DEBUG_POLICY=1} timeout 600 "$ferry" cp --json --compress "$mode" ${PROTECTION:+--protection "$PROTECTION"} --ca "$work/pki/ca.crt" --token-file "$work/token" "$data" "ferry://[fd77:feee::2]:7700/s.smi" | tail -1)
       cmp -s "$data" "$work/dst/s.smi" || { echo "copy differs ($rate $mode)" >&2; exit 1; }
       secs=$(echo "$line" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
       wire=$(echo "$line" | python3 -c 'import json,sys; print(json.load(sys.stdin)["wire_bytes"])')
@@ -70,6 +73,12 @@ by = collections.defaultdict(list)
 for r in rows: by[(r[0], r[1])].append(float(r[4]))
 print("\nmedians (goodput Gbit/s):")
 for rate in dict.fromkeys(r[0] for r in rows):
-    off = statistics.median(by[(rate, 'off')]); auto = statistics.median(by[(rate, 'auto')])
-    print(f"  {rate}: off {off:.2f}, auto {auto:.2f}, auto/off {auto/off:.2f}x")
+    meds = {m: statistics.median(v) for (r, m), v in by.items() if r == rate}
+    line = ", ".join(f"{m} {v:.2f}" for m, v in meds.items())
+    if 'off' in meds and 'auto' in meds:
+        line += f", auto/off {meds['auto']/meds['off']:.2f}x"
+    link = float(rate.rstrip('gbit') or 1) if rate.endswith('gbit') else None
+    if link and 'auto' in meds:
+        line += f", auto/link {meds['auto']/link:.2f}x"
+    print(f"  {rate}: {line}")
 PY

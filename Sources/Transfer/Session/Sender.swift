@@ -46,6 +46,8 @@ final class Sender: @unchecked Sendable {
     static let batchFilesTarget = 256
 
     let ctx: SessionContext
+    /// One compression policy for all streams of the session (see `SharedCompressionPolicy`).
+    let compressionPolicy: SharedCompressionPolicy
     private let rootFd: Int32
     private let rootIsFile: Bool
     private let walker: TreeWalker
@@ -70,6 +72,7 @@ final class Sender: @unchecked Sendable {
     init(ctx: SessionContext, rootFd: Int32) throws {
         self.ctx = ctx
         self.rootFd = rootFd
+        compressionPolicy = SharedCompressionPolicy(mode: ctx.options.compression, streams: ctx.options.streams ?? TransferOptions.automaticStreams)
         var st = stat()
         _ = try sys("cannot stat source") { fstat(rootFd, &st) }
         rootIsFile = (st.st_mode & S_IFMT) == S_IFREG

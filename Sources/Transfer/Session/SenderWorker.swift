@@ -10,7 +10,7 @@ final class SenderWorker {
     private let ring: Ring
     private let pool: BufferPool
     private let compressor = Compressor()
-    private var policy: CompressionPolicy
+    private let policy: SharedCompressionPolicy
     private let chunkBytes: Int
     private let headroom = DataLayout.headroomBytes
     /// Batch scratch: NUL-terminated paths and open_how structs for OPENAT2 submissions.
@@ -36,7 +36,7 @@ final class SenderWorker {
         let bufferBytes = headroom + DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes)
         pool = try BufferPool(count: 2, bytesPerBuffer: bufferBytes)
         try pool.register(with: ring)
-        policy = CompressionPolicy(mode: sender.ctx.options.compression)
+        policy = sender.compressionPolicy
         pathArena = .allocate(capacity: pathSlotBytes * Wire.batchFilesMax)
         hows = .allocate(capacity: Wire.batchFilesMax)
         fds = [Int32](repeating: -1, count: Wire.batchFilesMax)
