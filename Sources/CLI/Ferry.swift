@@ -61,23 +61,37 @@ struct CredentialOptions: ParsableArguments {
     @Option(help: "The center the server must prove to be (default: the URL's host).")
     var center: String?
 
-    func load() throws -> ClientCredentials {
+    /// The client's credentials. `needsIdentity`: a token or a certificate is required
+    /// (`ferry ping` needs neither: it only checks the server).
+    func load(needsIdentity: Bool = true) throws -> ClientCredentials {
         let env = ProcessInfo.processInfo.environment
         guard let ca = ca ?? env["FERRY_CA"] else { throw ValidationError("give the federation CA certificate: --ca FILE or FERRY_CA") }
-        let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"]
+        let tokenPath = needsIdentity ? tokenFile ?? env["FERRY_TOKEN_FILE"] : nil
         let certPath = cert ?? env["FERRY_CERT"]
         let keyPath = key ?? env["FERRY_KEY"]
-        guard tokenPath != nil || certPath != nil else {
+        guard tokenPath != nil || certPath != nil || !needsIdentity else {
             throw ValidationError("give a user token (--token-file or FERRY_TOKEN_FILE) or a center certificate (--cert and --key)")
         }
         guard (certPath == nil) == (keyPath == nil) else { throw ValidationError("--cert and --key go together") }
-        do {
+        return try asUsageError {
             let tls = try TLSContext(server: false, identity: TLSIdentity(certificate: certPath, key: keyPath, ca: ca))
             return ClientCredentials(tls: tls, token: try tokenPath.map(readToken), center: center)
-        } catch let e as TransferError {
-            throw ValidationError(e.message)
         }
     }
+}
+
+/// Runs `body`, turning a TransferError into a usage error (exit 64) with its message.
+func asUsageError<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let e as TransferError {
+        throw ValidationError(e.message)
+    }
+}
+
+/// A token given on the command line: the text itself, or @FILE.
+func tokenArgument(_ arg: String) throws -> String {
+    arg.hasPrefix("@") ? try readToken(String(arg.dropFirst())) : arg
 }
 
 /// Exit status for a failed transfer (1) or a usage error (64, as argument errors).

@@ -27,11 +27,7 @@ extension Ferry {
                 try makeDirectory(dir)
                 let cert = dir + "/ca.crt", key = dir + "/ca.key"
                 guard !FileManager.default.fileExists(atPath: key) else { throw ValidationError("\(key) exists; refusing to replace a CA key") }
-                do {
-                    try CertificateAuthority.initialize(name: name, days: days, certificate: cert, key: key)
-                } catch let e as TransferError {
-                    throw ValidationError(e.message)
-                }
+                try asUsageError { try CertificateAuthority.initialize(name: name, days: days, certificate: cert, key: key) }
                 print("ferry ca: created \(cert) and \(key)")
             }
         }
@@ -60,11 +56,9 @@ extension Ferry {
             func run() throws {
                 try makeDirectory(dir)
                 let ca = caDir ?? dir
-                do {
+                try asUsageError {
                     try CertificateAuthority.issue(caCertificate: ca + "/ca.crt", caKey: ca + "/ca.key", center: center, hosts: host, days: days,
                                                    backdateSeconds: backdateDays * 86400, certificate: "\(dir)/\(center).crt", key: "\(dir)/\(center).key")
-                } catch let e as TransferError {
-                    throw ValidationError(e.message)
                 }
                 print("ferry ca: issued \(dir)/\(center).crt and \(dir)/\(center).key")
             }
@@ -106,15 +100,13 @@ extension Ferry {
             func run() throws {
                 guard !scope.isEmpty else { throw ValidationError("give at least one --scope") }
                 guard !user.isEmpty, !user.hasPrefix("center:"), user.utf8.count <= 255 else { throw ValidationError("bad user name '\(user)'") }
-                do {
+                let now = Int64(Date().timeIntervalSince1970) - (try parseDuration(backdate))
+                let lifetime = try parseDuration(ttl)
+                try asUsageError {
                     let scopes = try scope.map { try Scope(parsing: $0) }
                     let info = try CertificateInfo(path: cert)
-                    let priv = try loadPrivateKey(key)
-                    let now = Int64(Date().timeIntervalSince1970) - (try parseDuration(backdate))
-                    let t = UserToken(issuer: info.commonName, user: user, scopes: scopes, issuedAt: now, expiresAt: now + (try parseDuration(ttl)))
-                    print(t.signed(privateKey: priv))
-                } catch let e as TransferError {
-                    throw ValidationError(e.message)
+                    let t = UserToken(issuer: info.commonName, user: user, scopes: scopes, issuedAt: now, expiresAt: now + lifetime)
+                    print(t.signed(privateKey: try loadPrivateKey(key)))
                 }
             }
         }
@@ -129,19 +121,12 @@ extension Ferry {
             var cert: String?
 
             func run() throws {
-                let text = token.hasPrefix("@") ? try readToken(String(token.dropFirst())) : token
-                do {
-                    let t: UserToken
-                    if let cert {
-                        t = try TokenVerifier(issuerCertificates: [cert], revocationsPath: nil).verify(text)
-                    } else {
-                        t = try UserToken.decodeUnverified(text)
-                    }
-                    let scopes = t.scopes.map { jsonString($0.description) }.joined(separator: ",")
-                    print("{\"id\":\"\(t.idHex)\",\"issuer\":\(jsonString(t.issuer)),\"user\":\(jsonString(t.user)),\"scopes\":[\(scopes)],\"issued_at\":\(t.issuedAt),\"expires_at\":\(t.expiresAt),\"verified\":\(cert != nil)}")
-                } catch let e as TransferError {
-                    throw ValidationError(e.message)
+                let text = try tokenArgument(token)
+                let t = try asUsageError {
+                    try cert.map { try TokenVerifier(issuerCertificates: [$0], revocationsPath: nil).verify(text) } ?? UserToken.decodeUnverified(text)
                 }
+                let scopes = t.scopes.map { jsonString($0.description) }.joined(separator: ",")
+                print("{\"id\":\"\(t.idHex)\",\"issuer\":\(jsonString(t.issuer)),\"user\":\(jsonString(t.user)),\"scopes\":[\(scopes)],\"issued_at\":\(t.issuedAt),\"expires_at\":\(t.expiresAt),\"verified\":\(cert != nil)}")
             }
         }
 
@@ -161,10 +146,10 @@ extension Ferry {
                 var id = token.lowercased()
                 let isID = id.utf8.count == 32 && id.allSatisfy { $0.isHexDigit }
                 if !isID {
-                    let text = token.hasPrefix("@") ? try readToken(String(token.dropFirst())) : token
-                    do { id = try UserToken.decodeUnverified(text).idHex } catch let e as TransferError { throw ValidationError(e.message) }
+                    let text = try tokenArgument(token)
+                    id = try asUsageError { try UserToken.decodeUnverified(text).idHex }
                 }
-                do { try Revocations.revoke(idHex: id, path: revocations, reason: reason) } catch let e as TransferError { throw ValidationError(e.message) }
+                try asUsageError { try Revocations.revoke(idHex: id, path: revocations, reason: reason) }
                 print("ferry token: revoked \(id)")
             }
         }
@@ -186,32 +171,15 @@ extension Ferry {
         @Flag(help: "One JSON object per handshake.")
         var json = false
 
-        @Option(name: .customLong("ca"), help: "Federation CA certificate (env FERRY_CA).")
-        var ca: String?
-
-        @Option(help: "Present this center certificate (env FERRY_CERT).")
-        var cert: String?
-
-        @Option(help: "The key of --cert (env FERRY_KEY).")
-        var key: String?
-
-        @Option(help: "The center the server must prove to be (default: the URL's host).")
-        var center: String?
+        @OptionGroup var credentials: CredentialOptions
 
         func run() throws {
             guard (1...10_000).contains(count) else { throw ValidationError("--count must be 1...10000") }
-            let env = ProcessInfo.processInfo.environment
-            guard let caPath = ca ?? env["FERRY_CA"] else { throw ValidationError("give the federation CA certificate: --ca FILE or FERRY_CA") }
-            let server: HostPort
-            do {
-                guard case .remote(let hp, _) = try Endpoint(parsing: url) else { throw ValidationError("give a ferry://HOST:PORT URL") }
-                server = hp
-            } catch let e as TransferError { throw ValidationError(e.message) }
-            let creds: ClientCredentials
-            do {
-                let tls = try TLSContext(server: false, identity: TLSIdentity(certificate: cert ?? env["FERRY_CERT"], key: key ?? env["FERRY_KEY"], ca: caPath))
-                creds = ClientCredentials(tls: tls, token: nil, center: center)
-            } catch let e as TransferError { throw ValidationError(e.message) }
+            let server: HostPort = try asUsageError {
+                guard case .remote(let hp, _) = try Endpoint(parsing: url) else { throw TransferError(.usage, "give a ferry://HOST:PORT URL") }
+                return hp
+            }
+            let creds = try credentials.load(needsIdentity: false)
             var times: [Double] = []
             for i in 0..<count {
                 do {

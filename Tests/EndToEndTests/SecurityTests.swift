@@ -76,10 +76,11 @@ struct SecurityTests {
         #expect(r0.status == 0, "\(r0)")
         let writeOnly = try sb.issueToken(scopes: ["write:/data/alice"], name: "writeonly.tok")
 
-        // The legitimate transfer: 160 MiB at 24 MiB/s runs for ~6 s while the refusals happen.
-        let bigSize = 160 * E2E.MiB
+        // The legitimate transfer: 192 MiB at 12 MiB/s runs for ~16 s while the refusals happen
+        // (about 15 short `ferry` runs; a debug build on a busy CI machine takes up to ~0.5 s each).
+        let bigSize = 192 * E2E.MiB
         try writeRandomFile(local + "/big.bin", size: bigSize)
-        let legit = try sb.startCp(local + "/big.bin", server.url("data/alice/big.bin"), options: ["--bwlimit", "24M"], tokenFile: alice)
+        let legit = try sb.startCp(local + "/big.bin", server.url("data/alice/big.bin"), options: ["--bwlimit", "12M"], tokenFile: alice)
         #expect(waitUntil(timeout: 10) { exists(data + "/alice/.big.bin.ferry-part") || exists(data + "/alice/big.bin") }, "the legitimate transfer did not start")
 
         struct Case {

@@ -51,9 +51,18 @@ enum Sealing {
         direction == .push ? "EXPORTER-ferry-data-client-to-server" : "EXPORTER-ferry-data-server-to-client"
     }
 
-    static func nonce(stream: UInt32, counter: UInt64) -> (UInt64, UInt32) {
-        // Packed as 12 bytes: stream (4, big-endian) then counter (8, big-endian).
-        (counter.bigEndian, stream.bigEndian)
+    /// Runs the GCM operation `op` (seal or open) over a frame laid out at `frame`: the first
+    /// `aadBytes` authenticated, the rest up to `total` encrypted or decrypted in place, the tag
+    /// at `total`. The 12-byte nonce is the counter then the stream index, both big-endian.
+    static func gcm(_ op: (OpaquePointer, UnsafePointer<UInt8>, UnsafePointer<UInt8>, Int, UnsafeMutablePointer<UInt8>, Int, UnsafeMutablePointer<UInt8>) -> Int32,
+                    _ ctx: OpaquePointer, stream: UInt32, counter: UInt64, frame: UnsafeMutableRawPointer, aadBytes: Int, total: Int) -> Bool {
+        var iv = (counter.bigEndian, stream.bigEndian)
+        return withUnsafeBytes(of: &iv) { ivp in
+            op(ctx, ivp.baseAddress!.assumingMemoryBound(to: UInt8.self),
+               UnsafePointer(frame.assumingMemoryBound(to: UInt8.self)), aadBytes,
+               (frame + aadBytes).assumingMemoryBound(to: UInt8.self), total - aadBytes,
+               (frame + total).assumingMemoryBound(to: UInt8.self))
+        } == 1
     }
 }
 
@@ -85,14 +94,8 @@ final class FrameSealer {
         let bodyStart = Wire.frameHeaderBytes + Sealing.counterBytes
         let total = bodyStart + subheaderBytes + payloadBytes
         let aadBytes = level == .private ? bodyStart + clearSubheaderBytes : total
-        var iv = (c.bigEndian, stream.bigEndian)
-        let ok = withUnsafeBytes(of: &iv) { ivp in
-            ferry_gcm_seal(gcm, ivp.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                           frame.assumingMemoryBound(to: UInt8.self), aadBytes,
-                           (frame + aadBytes).assumingMemoryBound(to: UInt8.self), total - aadBytes,
-                           (frame + total).assumingMemoryBound(to: UInt8.self))
-        }
-        precondition(ok == 1, "AES-GCM seal failed")
+        let ok = Sealing.gcm({ ferry_gcm_seal($0, $1, $2, $3, $4, $5, $6) }, gcm, stream: stream, counter: c, frame: frame, aadBytes: aadBytes, total: total)
+        precondition(ok, "AES-GCM seal failed")
         return c
     }
 }
@@ -133,14 +136,8 @@ final class FrameOpener {
         let total = frameBytes - Sealing.tagBytes
         let c = UInt64(littleEndian: frame.loadUnaligned(fromByteOffset: Wire.frameHeaderBytes, as: UInt64.self))
         let aadBytes = level == .private ? min(total, bodyStart + clearSubheaderBytes) : total
-        var iv = (c.bigEndian, stream.bigEndian)
-        let ok = withUnsafeBytes(of: &iv) { ivp in
-            ferry_gcm_open(gcm, ivp.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                           frame.assumingMemoryBound(to: UInt8.self), aadBytes,
-                           (frame + aadBytes).assumingMemoryBound(to: UInt8.self), total - aadBytes,
-                           (frame + total).assumingMemoryBound(to: UInt8.self))
-        }
-        guard ok == 1 else { return .tampered(position: next) }
+        let ok = Sealing.gcm({ ferry_gcm_open($0, $1, $2, $3, $4, $5, $6) }, gcm, stream: stream, counter: c, frame: frame, aadBytes: aadBytes, total: total)
+        guard ok else { return .tampered(position: next) }
         if c < next { return .replayed(c) }
         let missing: ClosedRange<UInt64>? = c > next ? next...(c - 1) : nil
         next = c + 1

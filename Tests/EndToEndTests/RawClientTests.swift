@@ -1,0 +1,107 @@
+// A hand-written client (Python's ssl module, a different TLS implementation from the server's)
+// that speaks the wire protocol byte by byte: it sends what `ferry cp` never would — paths that
+// leave the export, absolute paths, bad protection levels — and checks that the server answers
+// each with an ERROR frame naming the reason, audits it, writes nothing, and keeps serving a
+// legitimate transfer that runs at the same time.
+
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Raw wire client")
+struct RawClientTests {
+    /// Connects over TLS 1.3, reads READY, sends one HELLO, prints the answer as JSON.
+    static let script = #"""
+import json, socket, ssl, struct, sys
+host, port, ca, token, direction, path, protection = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], int(sys.argv[7])
+def u16(v): return struct.pack("<H", v)
+def frame(t, payload): return struct.pack("<IBBH", len(payload), t, 0, 0) + payload
+def read_exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c: raise EOFError("closed after %d of %d bytes" % (len(b), n))
+        b += c
+    return b
+def read_frame(s):
+    n, t, flags, _ = struct.unpack("<IBBH", read_exact(s, 8))
+    return t, flags, read_exact(s, n)
+raw = socket.create_connection((host, port), timeout=20)
+raw.sendall(b"FERRY\0\0\0" + struct.pack("<HHI", 2, 1, 0))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.load_verify_locations(ca)
+s = ctx.wrap_socket(raw, server_hostname=host)
+t, _, name = read_frame(s)
+assert t == 0x12, "expected READY, got %#x" % t
+p = path.encode("utf-8", "surrogateescape").replace(b"\\0", b"\0")
+tok = token.encode()
+hello = u16(len(tok)) + tok + bytes([direction]) + u16(len(p)) + p + bytes([0, 0, 1, 0, 0]) + struct.pack("<QI", 0, 4 << 20) + bytes([protection])
+s.sendall(frame(0x01, hello))
+try:
+    t, flags, payload = read_frame(s)
+    print(json.dumps({"center": name.decode(), "type": t, "flags": flags, "message": payload.decode("utf-8", "replace")}))
+except EOFError as e:
+    print(json.dumps({"center": name.decode(), "type": -1, "message": str(e)}))
+"""#
+
+    struct Answer {
+        var type: Int
+        var message: String
+    }
+
+    static func hello(_ sb: Sandbox, port: Int, token: String, push: Bool, path: String, protection: Int = 2) throws -> Answer {
+        let r = runTool("/usr/bin/python3", ["-c", script, "127.0.0.1", String(port), sb.ca, token, push ? "1" : "2", path, String(protection)])
+        guard r.status == 0, let line = r.output.split(separator: "\n").last,
+              let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            throw HarnessError("raw client failed: \(r.output)")
+        }
+        return Answer(type: obj["type"] as? Int ?? -2, message: obj["message"] as? String ?? "")
+    }
+
+    @Test("hostile HELLOs over real TLS: each refused with a reason and an audit line; nothing written; a transfer meanwhile completes")
+    func hostileHellos() throws {
+        let sb = try Sandbox("raw")
+        let root = try sb.dir("root")
+        let outside = try sb.dir("outside")
+        let local = try sb.dir("local")
+        let audit = sb.file("audit.jsonl")
+        let server = try FerryServer(sb, root: root, extra: ["--audit-log", audit])
+        defer { server.stop() }
+        let size = 48 * E2E.MiB
+        try writeRandomFile(local + "/big.bin", size: size)
+        let legit = try sb.startCp(local + "/big.bin", server.url("big.bin"), options: ["--bwlimit", "16M"])
+        // A well-formed HELLO first: the raw client itself is right (the server answers WELCOME).
+        let good = try RawClientTests.hello(sb, port: server.port, token: sb.token, push: true, path: "fine.bin")
+        #expect(good.type == 0x02, "a correct HELLO should get WELCOME: \(good)")
+        let cases: [(push: Bool, path: String, protection: Int, says: String)] = [
+            (true, "../outside/x.bin", 2, "leaves its root"),
+            (true, "sub/../../outside/x.bin", 2, "leaves its root"),
+            (false, "../outside", 2, "leaves its root"),
+            (true, "/etc/cron.d/x", 2, "absolute"),
+            (false, "//etc/passwd", 2, "absolute"),
+            (true, "a//b", 2, "not normalised"),
+            (true, "x.bin", 9, "protection"),
+        ]
+        for c in cases {
+            let before = SecurityTests.auditLines(audit).count
+            let a = try RawClientTests.hello(sb, port: server.port, token: sb.token, push: c.push, path: c.path, protection: c.protection)
+            #expect(a.type == 0x7F, "\(c.path): expected an ERROR frame, got \(a)")
+            #expect(a.message.contains(c.says), "\(c.path): the ERROR should say '\(c.says)': \(a.message)")
+            var line: [String: Any]?
+            waitUntil(timeout: 5) {
+                line = SecurityTests.auditLines(audit).dropFirst(before).first { ($0["result"] as? String ?? "").hasPrefix("refused") }
+                return line != nil
+            }
+            #expect((line?["result"] as? String ?? "").contains(c.says), "\(c.path): audit line: \(String(describing: line))")
+        }
+        #expect((listDirectory(outside) ?? ["?"]).isEmpty, "something was written outside the root")
+        #expect(server.isRunning)
+        let done = sb.finish(legit, timeout: 120)
+        #expect(done.succeeded, "\(done)")
+        #expect(filesIdentical(local + "/big.bin", root + "/big.bin"))
+    }
+}
