@@ -199,6 +199,14 @@ def targets(scen):
     r = ratio(a, o)
     rows.append(("SMILES text: `--compress auto` never slower than `off`", "issue 2",
                  f(r and 100 * (r - 1), "%+.1f %% (auto vs off, medians)"), r and r >= 1.0))
+    m = shaped_medians(shaped_rows(OUT_DIR[0])) if OUT_DIR else {}
+    a1 = m.get(("1gbit", "auto"))
+    rows.append(("shaped 1 Gbit/s, SMILES: goodput with `--compress auto` ≥ 2× the link", "issue 5",
+                 f(a1, "%.2f Gbit/s") + (" (%.2f× the link)" % a1 if a1 else ""), a1 is not None and a1 >= 2.0))
+    a5, o5 = m.get(("5gbit", "auto")), m.get(("5gbit", "off"))
+    r = ratio(a5, o5)
+    rows.append(("shaped 5 Gbit/s, SMILES: `--compress auto` never slower than `off`", "issue 5",
+                 f(r and 100 * (r - 1), "%+.1f %% (auto vs off, medians)"), r and r >= 1.0))
     t = tool("rss", "ferry")
     if t and t.n_ok:
         m = max(t.client_rss or 0, t.server_rss or 0) / 1024
@@ -210,6 +218,21 @@ def targets(scen):
         meas, met = "–", None
     rows.append(("16 GiB file: peak RSS of each side ≤ 256 MiB", "issue 2", meas, met))
     return rows
+
+
+def shaped_rows(out):
+    """Rows (rate, mode, run, seconds, goodput_gbps, wire_bytes) of bench/shaped.sh, if run."""
+    path = os.path.join(out, "results", "shaped-link.tsv")
+    if not os.path.exists(path):
+        return []
+    return [l.rstrip("\n").split("\t") for l in open(path) if l.strip() and not l.startswith("rate\t")]
+
+
+def shaped_medians(rows):
+    by = {}
+    for r in rows:
+        by.setdefault((r[0], r[1]), []).append(float(r[4]))
+    return {k: statistics.median(v) for k, v in by.items()}
 
 
 def mark(met):
@@ -260,6 +283,11 @@ def scenario_table(s, d, machine, data, scen):
     out.append("| " + " | ".join(hdr) + " |")
     out.append("|" + "---|" * len(hdr))
     for name, t in tools.items():
+        if name == "ferry-handshake":
+            ms = ", ".join("%.2f ms" % (num(r["seconds"]) * 1000) for r in t.rows if num(r["seconds"]) is not None)
+            out.append("| %s | %d/%d | %s ms median | %s |" % (DESCR[name], t.n_ok, t.n, f(t.seconds and t.seconds * 1000, "%.2f"), ms)
+                       + " |" * (len(hdr) - 4))
+            continue
         if t.skipped:
             out.append("| %s | skipped (%s) |" % (DESCR.get(name, name), t.rows[0]["note"]) + " |" * (len(hdr) - 2))
             continue
@@ -439,6 +467,9 @@ def kept_sections(path):
     return [(k[0], "".join(k[1:]).rstrip("\n") + "\n") for k in kept]
 
 
+OUT_DIR = []
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -447,6 +478,7 @@ def main():
     ap.add_argument("--repo", default=".")
     a = ap.parse_args()
 
+    OUT_DIR.append(a.out)
     machine = read_kv(os.path.join(a.out, "machine.tsv"))
     data = read_kv(os.path.join(a.out, "data-smiles.tsv"))
     scen = load(a.out)
@@ -488,6 +520,31 @@ def main():
     for s in SCENARIOS:
         if s in scen:
             L.extend(scenario_table(s, scen[s], machine, data, scen))
+    srows = shaped_rows(a.out)
+    if srows:
+        when = read_text(os.path.join(a.out, "results", "shaped.when"), "?")
+        L.append("### Shaped link between two network namespaces (`bench/shaped.sh`, run %s)\n" % when)
+        L.append("Two namespaces made by the script, a veth pair, `tbf` on the sender's side (burst 4 MiB, "
+                 "latency 50 ms), IPv6 unique-local addresses that exist only inside those namespaces; "
+                 "SMILES text of the smiles scenario (`bench/gen_smiles.py`), `ferry cp` with Ferry's "
+                 "defaults (`--protection private`) and `--compress off` or `auto`, alternating; each copy "
+                 "compared with `cmp`. Goodput = file bytes × 8 / seconds.\n")
+        L.append("| link | mode | runs | median goodput Gbit/s | × link | median wire bytes / file bytes |")
+        L.append("|---|---|---|---|---|---|")
+        med = shaped_medians(srows)
+        for (rate, mode), g in med.items():
+            runs = [r for r in srows if r[0] == rate and r[1] == mode]
+            size = None
+            try:
+                link = float(rate.replace("gbit", ""))
+            except ValueError:
+                link = None
+            wires = sorted(float(r[5]) for r in runs)
+            secs = [float(r[3]) for r in runs]
+            size = statistics.median(float(r[4]) * float(r[3]) / 8 * 1e9 for r in runs)
+            L.append("| %s | %s | %d | %.2f | %s | %s |" % (rate, mode, len(runs), g, f(link and g / link, "%.2f"),
+                                                       f(size and statistics.median(wires) / size, "%.2f")))
+        L.append("")
     if "rss" in scen:
         L.append("The RSS run uses a file of random bytes (AES-CTR keystream) on the disk under `%s`, "
                  "and the server's root on the same disk: two copies of a 16 GiB file do not fit in "
@@ -587,8 +644,8 @@ def main():
             L.append("```\n")
 
     L.append("## Not covered here\n")
-    L.append("- Ferry's protection levels (issue 5) are not in this suite yet; the shaped links (veth + tbf "
-             "between network namespaces) are measured by `bench/shaped.sh`, not by `bench/run`.")
+    L.append("- Ferry's defaults encrypt (`--protection private`); `ferry-clear` is the like-for-like row "
+             "against the tools below, which run unencrypted.")
     L.append("- GridFTP and XRootD run without GSI/X.509 or any other authentication (anonymous FTP login, "
              "xrootd without `sec.protocol`), rclone over plain HTTP: none of them encrypts or authenticates "
              "here, as on a trusted data-transfer network; scp encrypts (AES-128-GCM).")

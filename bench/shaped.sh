@@ -3,20 +3,21 @@
 # IPv6 unique-local addresses that exist only inside those namespaces. Measures Ferry's
 # goodput on compressible SMILES text with --compress off and auto, at each RATE.
 #
-#   bench/shaped.sh [--rates "1gbit 5gbit"] [--runs 3] [--data FILE] [--ferry BIN]
+#   bench/shaped.sh [--rates "1gbit 5gbit"] [--runs 3] [--data FILE] [--ferry BIN] [--out TSV]
 #
 # Data: SMILES text from bench/gen_smiles.py, 2 GiB (SMILES_MIB=N to change), or --data FILE.
 # Prints a TSV (rate, mode, run, seconds, goodput Gbit/s, wire bytes) and a summary of
 # medians to stdout. Everything is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rates="1gbit 5gbit"; runs=3; data=""; ferry="$PWD/.build/release/ferry"
+rates="1gbit 5gbit"; runs=3; data=""; ferry="$PWD/.build/release/ferry"; out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rates) rates="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --ferry) ferry="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
@@ -66,6 +67,7 @@ for rate in $rates; do
     done
   done
 done
+[ -n "$out" ] && cp "$results" "$out"
 python3 - "$results" <<'PY'
 import sys, statistics, collections
 rows = [l.split('\t') for l in open(sys.argv[1]).read().split('\n') if l]
