@@ -2,7 +2,8 @@
 import PackageDescription
 
 /// Ferry: a data-transfer and storage fabric for a supercomputing internet.
-/// Dependencies flow one way: CLI → Transfer → C modules.
+/// Dependencies flow one way: CLI → Daemon → Transfer → C modules (GlobalFS goes between
+/// Daemon and Transfer when it arrives).
 let package = Package(
     name: "Ferry",
     platforms: [.macOS(.v14)],
@@ -12,6 +13,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // System-library shims: each a tiny C target that includes the Debian header and
@@ -24,12 +26,18 @@ let package = Package(
             name: "Transfer",
             dependencies: ["CLiburing", "CZstd", "CXXHash", "COpenSSL"]
         ),
+        // The center's service: persistent job queue (SQLite via GRDB), runner, API.
+        .target(
+            name: "Daemon",
+            dependencies: ["Transfer", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
         .executableTarget(
             name: "CLI",
             dependencies: ["Transfer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "TransferTests", dependencies: ["Transfer"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Transfer"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,0 +1,77 @@
+import Foundation
+
+/// What a user asked for: copy `source` to `destination` (local paths of this center's
+/// exports, or ferry://CENTER-ADDRESS/PATH of a peer), with transfer options.
+public struct JobRequest: Sendable, Codable, Equatable {
+    public var source: String
+    public var destination: String
+    public var recursive = false
+    public var protection = "private"
+    public var compress = "auto"
+    public var checksum = false
+    /// nil: the daemon's per-peer tuning decides.
+    public var streams: Int?
+    public var priority = 0
+    /// Jobs that must end `success` (or `skipped`) first.
+    public var dependsOn: [Int64] = []
+    /// Give up (state `failed`) if not done by then (Unix seconds).
+    public var deadline: Int64?
+    public var maxAttempts: Int?
+
+    public init(source: String, destination: String) {
+        self.source = source
+        self.destination = destination
+    }
+}
+
+/// A job as the store keeps it.
+public struct Job: Sendable, Equatable {
+    public var id: Int64
+    public var owner: String
+    public var request: JobRequest
+    public var state: JobState
+    public var attempts: Int
+    public var maxAttempts: Int
+    /// Not to be started before (Unix seconds): backoff after a failure.
+    public var notBefore: Int64
+    public var leaseOwner: String?
+    public var leaseExpires: Int64?
+    public var error: String?
+    public var bytes: Int64
+    public var files: Int64
+    public var created: Int64
+    public var updated: Int64
+    /// The peer the job talks to ("" for local-only jobs): concurrency limits and tuning.
+    public var peer: String
+}
+
+/// Which jobs to list.
+public struct JobFilter: Sendable {
+    public var owner: String?
+    public var states: [JobState] = []
+    public var afterID: Int64 = 0
+    public var limit = 100
+
+    public init(owner: String? = nil, states: [JobState] = [], afterID: Int64 = 0, limit: Int = 100) {
+        self.owner = owner
+        self.states = states
+        self.afterID = afterID
+        self.limit = limit
+    }
+}
+
+/// How a finished attempt ended, as the runner reports it.
+public enum AttemptOutcome: Sendable, Equatable {
+    case success(bytes: Int64, files: Int64)
+    /// Nothing to do: the destination was already in sync.
+    case skipped(files: Int64)
+    /// `resumable`: a later attempt continues from the journal (lost connection, timeout).
+    case failure(message: String, resumable: Bool)
+    /// The daemon is stopping or lost its lease: the job goes back to the queue as is.
+    case interrupted
+}
+
+public struct JobStoreError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ d: String) { description = d }
+}

@@ -1,0 +1,71 @@
+/// The states of a transfer job, exactly as the platform shows them, and the transitions
+/// between them. A job moves only along these edges; the store refuses any other move.
+///
+///     no_status ──submit──▶ scheduled ──dependencies done──▶ queued ──claimed──▶ running
+///         │                    │  └──a dependency failed──▶ upstream_failed
+///         │                    └──not before / concurrency limit──▶ deferred ──time──▶ queued
+///     running ──ok──▶ success          running ──nothing to do──▶ skipped
+///     running ──resumable error, attempts left──▶ up_for_retry ──backoff over──▶ queued
+///     running ──error, no attempts left / not resumable / deadline passed──▶ failed
+///     running ──daemon stopped or lease lost──▶ up_for_reschedule ──▶ queued
+///     failed / upstream_failed ──retry (user)──▶ queued        any unfinished ──cancel──▶ failed
+public enum JobState: String, CaseIterable, Sendable, Codable {
+    case noStatus = "no_status"
+    case scheduled
+    case queued
+    case running
+    case success
+    case failed
+    case upForRetry = "up_for_retry"
+    case upForReschedule = "up_for_reschedule"
+    case upstreamFailed = "upstream_failed"
+    case skipped
+    case deferred
+
+    /// Finished: nothing more happens unless a user retries.
+    public var isFinal: Bool {
+        switch self {
+        case .success, .failed, .upstreamFailed, .skipped: true
+        default: false
+        }
+    }
+
+    /// A dependency in this state lets its dependents run.
+    public var satisfiesDependents: Bool { self == .success || self == .skipped }
+
+    static let edges: [JobState: Set<JobState>] = [
+        .noStatus: [.scheduled, .queued, .failed],
+        .scheduled: [.queued, .deferred, .upstreamFailed, .failed],
+        .deferred: [.queued, .failed],
+        .queued: [.running, .deferred, .failed, .upstreamFailed],
+        .running: [.success, .skipped, .upForRetry, .failed, .upForReschedule],
+        .upForRetry: [.queued, .failed],
+        .upForReschedule: [.queued, .failed],
+        .failed: [.queued],
+        .upstreamFailed: [.queued, .scheduled],
+        .success: [],
+        .skipped: [],
+    ]
+
+    public func canMove(to next: JobState) -> Bool { JobState.edges[self]?.contains(next) ?? false }
+}
+
+/// When a failed attempt is tried again: exponential backoff with jitter, so that many jobs
+/// failing together (a peer restarting) do not all come back at the same second.
+public struct RetryPolicy: Sendable {
+    public var maxAttempts = 5
+    public var baseSeconds = 5.0
+    public var capSeconds = 600.0
+    /// ± this fraction of the delay, uniformly.
+    public var jitter = 0.2
+
+    public init() {}
+
+    /// Seconds to wait after failed attempt number `attempt` (1-based).
+    public func delay(afterAttempt attempt: Int, random: Double = Double.random(in: 0..<1)) -> Double {
+        let exp = min(capSeconds, baseSeconds * pow2(max(0, attempt - 1)))
+        return max(0, exp * (1 + jitter * (2 * random - 1)))
+    }
+
+    private func pow2(_ n: Int) -> Double { n >= 62 ? Double.greatestFiniteMagnitude : Double(1 << n) }
+}

@@ -1,0 +1,160 @@
+import Foundation
+import Testing
+@testable import Daemon
+
+@Suite("Job queue (SQLite)")
+struct JobStoreTests {
+    func temp() -> String {
+        var t = Array("/tmp/ferry-jobs-XXXXXX".utf8CString)
+        let p = String(cString: mkdtemp(&t)!)
+        return p + "/jobs.sqlite"
+    }
+
+    @Test("the state graph: every platform state is reachable, final states stay final")
+    func stateGraph() {
+        #expect(JobState.allCases.count == 11)
+        var seen: Set<JobState> = [.noStatus]
+        var frontier: [JobState] = [.noStatus]
+        while let s = frontier.popLast() {
+            for n in JobState.allCases where s.canMove(to: n) && !seen.contains(n) {
+                seen.insert(n)
+                frontier.append(n)
+            }
+        }
+        #expect(seen == Set(JobState.allCases))
+        #expect(!JobState.success.canMove(to: .queued) && !JobState.skipped.canMove(to: .running))
+        #expect(JobState.running.canMove(to: .upForRetry) && !JobState.queued.canMove(to: .success))
+    }
+
+    @Test("backoff: exponential, capped, jittered within bounds")
+    func backoff() {
+        var p = RetryPolicy()
+        p.baseSeconds = 5
+        p.capSeconds = 60
+        p.jitter = 0.2
+        #expect(p.delay(afterAttempt: 1, random: 0.5) == 5)
+        #expect(p.delay(afterAttempt: 3, random: 0.5) == 20)
+        #expect(p.delay(afterAttempt: 10, random: 0.5) == 60)
+        #expect(p.delay(afterAttempt: 2, random: 0) == 8 && p.delay(afterAttempt: 2, random: 0.999_999) > 11.99)
+        #expect(p.delay(afterAttempt: 200, random: 0.5) == 60)
+    }
+
+    @Test("claims: priority then age, never one job twice, per-peer and per-user limits")
+    func claims() throws {
+        let s = try SQLiteJobStore(path: temp())
+        let a = try s.submit(owner: "alice", request: JobRequest(source: "/a", destination: "ferry://b/a"), peer: "b", now: 100)
+        var r = JobRequest(source: "/b", destination: "ferry://b/b")
+        r.priority = 5
+        let b = try s.submit(owner: "alice", request: r, peer: "b", now: 101)
+        let c = try s.submit(owner: "bob", request: JobRequest(source: "/c", destination: "ferry://c/c"), peer: "c", now: 102)
+        let first = try #require(try s.claim(worker: "w1", now: 200, leaseSeconds: 30, perPeerMax: 1))
+        #expect(first.id == b && first.state == .running && first.attempts == 1 && first.leaseOwner == "w1")
+        // Peer b has one running: a waits, c (peer c) goes.
+        let second = try #require(try s.claim(worker: "w2", now: 200, leaseSeconds: 30, perPeerMax: 1))
+        #expect(second.id == c)
+        #expect(try s.claim(worker: "w3", now: 200, leaseSeconds: 30, perPeerMax: 1) == nil)
+        #expect(try s.claim(worker: "w3", now: 200, leaseSeconds: 30, perPeerMax: 9, perUserMax: 1) == nil)  // alice has one
+        let third = try #require(try s.claim(worker: "w3", now: 200, leaseSeconds: 30))
+        #expect(third.id == a)
+        #expect(try s.claim(worker: "w4", now: 200, leaseSeconds: 30) == nil)
+    }
+
+    @Test("two store handles on one file, claiming from several threads: 200 jobs, each claimed once")
+    func concurrentClaims() throws {
+        let path = temp()
+        let setup = try SQLiteJobStore(path: path)
+        for i in 0..<200 { try setup.submit(owner: "u", request: JobRequest(source: "/\(i)", destination: "/d/\(i)"), peer: "", now: 1) }
+        let stores = [try SQLiteJobStore(path: path), try SQLiteJobStore(path: path)]
+        let lock = NSLock()
+        var claimed: [Int64] = []
+        DispatchQueue.concurrentPerform(iterations: 4) { w in
+            let st = stores[w % 2]
+            for _ in 0..<300 {
+                guard let j = try? st.claim(worker: "w\(w)", now: 2, leaseSeconds: 60) else { break }
+                lock.lock(); claimed.append(j.id); lock.unlock()
+                _ = try? st.finish(j.id, worker: "w\(w)", outcome: .success(bytes: 1, files: 1), now: 3)
+            }
+        }
+        #expect(claimed.count == 200)
+        #expect(Set(claimed).count == 200)
+        #expect(try setup.countsByState()[.success] == 200)
+    }
+
+    @Test("failures: resumable ones retry after a backoff, then fail with the reason; others fail at once")
+    func failures() throws {
+        var policy = RetryPolicy()
+        policy.maxAttempts = 2
+        policy.baseSeconds = 10
+        policy.jitter = 0
+        let s = try SQLiteJobStore(path: temp(), retry: policy)
+        let id = try s.submit(owner: "u", request: JobRequest(source: "/x", destination: "ferry://b/x"), peer: "b", now: 0)
+        _ = try s.claim(worker: "w", now: 0, leaseSeconds: 30)
+        #expect(try s.finish(id, worker: "w", outcome: .failure(message: "disk full at b", resumable: true), now: 5) == .upForRetry)
+        #expect(try s.get(id)?.notBefore == 15)
+        #expect(try s.promote(now: 10) == 0)
+        #expect(try s.claim(worker: "w", now: 10, leaseSeconds: 30) == nil)
+        try s.promote(now: 15)
+        #expect(try s.get(id)?.state == .queued)
+        _ = try #require(try s.claim(worker: "w", now: 15, leaseSeconds: 30))
+        #expect(try s.finish(id, worker: "w", outcome: .failure(message: "disk full at b", resumable: true), now: 16) == .failed)
+        let j = try #require(try s.get(id))
+        #expect(j.error?.contains("disk full at b") == true && j.error?.contains("2 attempts") == true)
+        let other = try s.submit(owner: "u", request: JobRequest(source: "/y", destination: "ferry://b/y"), peer: "b", now: 20)
+        _ = try s.claim(worker: "w", now: 20, leaseSeconds: 30)
+        #expect(try s.finish(other, worker: "w", outcome: .failure(message: "permission denied", resumable: false), now: 21) == .failed)
+        // An outcome from a worker that lost the job is ignored.
+        #expect(try s.finish(other, worker: "w", outcome: .success(bytes: 1, files: 1), now: 22) == nil)
+    }
+
+    @Test("dependencies: a dependent waits, runs after success, becomes upstream_failed after a failure; retry revives the chain")
+    func dependencies() throws {
+        let s = try SQLiteJobStore(path: temp())
+        let a = try s.submit(owner: "u", request: JobRequest(source: "/a", destination: "/b"), peer: "", now: 0)
+        var r = JobRequest(source: "/b", destination: "/c")
+        r.dependsOn = [a]
+        let b = try s.submit(owner: "u", request: r, peer: "", now: 0)
+        r.dependsOn = [b]
+        let c = try s.submit(owner: "u", request: r, peer: "", now: 0)
+        #expect(try s.get(b)?.state == .scheduled)
+        _ = try s.claim(worker: "w", now: 1, leaseSeconds: 10)
+        #expect(try s.claim(worker: "w", now: 1, leaseSeconds: 10) == nil)  // b and c wait
+        try s.finish(a, worker: "w", outcome: .failure(message: "source missing", resumable: false), now: 2)
+        try s.promote(now: 3)
+        #expect(try s.get(b)?.state == .upstreamFailed && (try s.get(c)?.state) == .upstreamFailed)
+        #expect(try s.get(b)?.error?.contains("\(a)") == true)
+        _ = try s.retryJob(a, now: 4)
+        #expect(try s.get(b)?.state == .scheduled && (try s.get(c)?.state) == .scheduled)
+        _ = try #require(try s.claim(worker: "w", now: 5, leaseSeconds: 10))
+        try s.finish(a, worker: "w", outcome: .success(bytes: 10, files: 1), now: 6)
+        try s.promote(now: 7)
+        #expect(try s.get(b)?.state == .queued && (try s.get(c)?.state) == .scheduled)
+        #expect(throws: JobStoreError.self) { try s.submit(owner: "u", request: { var x = r; x.dependsOn = [999]; return x }(), peer: "", now: 8) }
+    }
+
+    @Test("leases: a dead daemon's job is rescheduled and claimed again; cancel and deadline end jobs")
+    func leases() throws {
+        let s = try SQLiteJobStore(path: temp())
+        let id = try s.submit(owner: "u", request: JobRequest(source: "/a", destination: "/b"), peer: "", now: 0)
+        _ = try s.claim(worker: "dead", now: 0, leaseSeconds: 30)
+        #expect(try s.renew(id, worker: "dead", now: 10, leaseSeconds: 30, bytes: 5, files: 0))
+        try s.promote(now: 39)
+        #expect(try s.get(id)?.state == .running)
+        try s.promote(now: 41)
+        #expect(try s.get(id)?.state == .queued)  // up_for_reschedule, then queued in the same pass
+        let again = try #require(try s.claim(worker: "alive", now: 42, leaseSeconds: 30))
+        #expect(again.attempts == 2 && again.bytes == 5)
+        #expect(try !s.renew(id, worker: "dead", now: 43, leaseSeconds: 30, bytes: 6, files: 0))
+        let cancelled = try s.cancel(id, by: "u", now: 44)
+        #expect(cancelled.state == .failed && cancelled.error == "cancelled by u")
+        #expect(try !s.renew(id, worker: "alive", now: 45, leaseSeconds: 30, bytes: 7, files: 0))
+        var r = JobRequest(source: "/x", destination: "/y")
+        r.deadline = 100
+        let late = try s.submit(owner: "u", request: r, peer: "", now: 50)
+        try s.promote(now: 101)
+        #expect(try s.get(late)?.state == .failed && (try s.get(late)?.error?.contains("deadline")) == true)
+        let page1 = try s.list(JobFilter(owner: "u", limit: 1))
+        let page2 = try s.list(JobFilter(owner: "u", afterID: page1.last!.id, limit: 10))
+        #expect(page1.count == 1 && page2.count == 1 && page2[0].id == late)
+        #expect(try s.list(JobFilter(owner: "nobody")).isEmpty)
+    }
+}
