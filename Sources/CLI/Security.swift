@@ -99,7 +99,7 @@ extension Ferry {
 
             func run() throws {
                 guard !scope.isEmpty else { throw ValidationError("give at least one --scope") }
-                guard !user.isEmpty, !user.hasPrefix("center:"), user.utf8.count <= 255 else { throw ValidationError("bad user name '\(user)'") }
+                guard UserToken.isValidUser(user) else { throw ValidationError("bad user name '\(user)': 1-255 bytes, no control characters, no '@', not '*' or 'center:...'") }
                 let now = Int64(Date().timeIntervalSince1970) - (try parseDuration(backdate))
                 let lifetime = try parseDuration(ttl)
                 try asUsageError {

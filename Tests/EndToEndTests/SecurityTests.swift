@@ -161,6 +161,31 @@ struct SecurityTests {
         #expect(server.isRunning)
     }
 
+    @Test("a symlink inside a user's scope cannot lead a pull or a push into another user's directory")
+    func symlinkOutOfScope() throws {
+        let sb = try Sandbox("scope-link")
+        let root = try sb.dir("root")
+        try sb.dir("root/bob")
+        try writeFile(root + "/bob/secret.txt", Array("bob's\n".utf8))
+        try sb.dir("root/alice/tree")
+        symlink("../bob", root + "/alice/tree/d")  // as a pushed tree with a link would leave it
+        symlink("sub", root + "/alice/inside")     // a link within the scope keeps working
+        try sb.dir("root/alice/sub")
+        try writeFile(root + "/alice/sub/mine.txt", Array("alice's\n".utf8))
+        let local = try sb.dir("local")
+        let alice = try sb.issueToken(scopes: ["rw:/alice"], name: "alice.tok")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let pull = try sb.cp(server.url("alice/tree/d/secret.txt"), local + "/stolen.txt", tokenFile: alice, timeout: 30)
+        #expect(pull.status == 1 && !exists(local + "/stolen.txt"), "\(pull)")
+        #expect((pull.error?.message ?? pull.stderr).contains("outside"), "\(pull)")
+        try writeFile(local + "/x.txt", Array("x\n".utf8))
+        let push = try sb.cp(local + "/x.txt", server.url("alice/tree/d/x.txt"), tokenFile: alice, timeout: 30)
+        #expect(push.status == 1 && !exists(root + "/bob/x.txt"), "\(push)")
+        let ok = try sb.cp(server.url("alice/inside/mine.txt"), local + "/mine.txt", tokenFile: alice, timeout: 30)
+        #expect(ok.succeeded && filesIdentical(root + "/alice/sub/mine.txt", local + "/mine.txt"), "\(ok)")
+    }
+
     @Test("an expired server certificate is refused by the client")
     func expiredServerCertificate() throws {
         let sb = try Sandbox("expired-server")

@@ -178,3 +178,63 @@ struct SecurityUnitTests {
         }
     }
 }
+
+@Suite("Security units (review findings)")
+struct SecurityReviewTests {
+    @Test("an authentic frame with the last counter or a jump beyond the gap limit is refused, not trusted")
+    func impossibleCounters() {
+        let key = [UInt8](repeating: 7, count: 32)
+        let total = Wire.frameHeaderBytes + Sealing.overheadBytes + DataLayout.batchSubheaderBytes + 10
+        func sealed(_ counter: UInt64) -> [UInt8] {
+            // A sealer that has already used `counter` frames: seal repeatedly (cheap for small n)
+            // or craft the counter directly for the extreme case.
+            var f = [UInt8](repeating: 1, count: total)
+            f.withUnsafeMutableBytes { p in
+                FrameHeader.write(to: p.baseAddress!, length: total - 8, type: .batch)
+                let s = FrameSealer(key: key, level: .safe, stream: 0)
+                for _ in 0..<min(counter, 600) { s.seal(frame: p.baseAddress!, subheaderBytes: 16, clearSubheaderBytes: 16, payloadBytes: 10) }
+                s.seal(frame: p.baseAddress!, subheaderBytes: 16, clearSubheaderBytes: 16, payloadBytes: 10)
+            }
+            return f
+        }
+        let o = FrameOpener(key: key, level: .safe, stream: 0)
+        var far = sealed(600)  // 600 > gapMax (512) ahead of 0
+        let v = far.withUnsafeMutableBytes { o.open(frame: $0.baseAddress!, frameBytes: total, clearSubheaderBytes: 16) }
+        guard case .invalid(600) = v else { Issue.record("jump not refused: \(v)"); return }
+        var near = sealed(5)
+        let w = near.withUnsafeMutableBytes { o.open(frame: $0.baseAddress!, frameBytes: total, clearSubheaderBytes: 16) }
+        guard case .accept(let missing) = w, missing == 0...4 else { Issue.record("near jump: \(w)"); return }
+    }
+
+    @Test("frame history: each frame answered once, unsent and forgotten frames told apart")
+    func history() {
+        let h = FrameHistory()
+        for c in 0..<UInt64(Sender.frameHistoryMax + 10) { h.add(c, [(c, 0)]) }
+        guard case .found(let x) = h.take(515), x.first?.0 == 515 else { Issue.record("515"); return }
+        guard case .alreadyAnswered = h.take(515) else { Issue.record("twice"); return }
+        guard case .notYetSent = h.take(10_000) else { Issue.record("future"); return }
+        guard case .forgotten = h.take(3) else { Issue.record("old"); return }
+    }
+
+    @Test("user names reserved for centers and wildcards are not valid token users")
+    func reservedUsers() {
+        #expect(UserToken.isValidUser("alice") && UserToken.isValidUser("Ünïcode user"))
+        for bad in ["", "*", "center:wuxi", "center:*", "a@b", "tab\tname", String(repeating: "x", count: 256)] {
+            #expect(!UserToken.isValidUser(bad), "\(bad)")
+        }
+    }
+
+    @Test("an unreadable revocation list refuses every token; a missing one revokes nothing")
+    func revocationFailsClosed() throws {
+        let pki = try SecurityUnitTests.PKI()
+        let t = UserToken(issuer: "hlrs", user: "alice", scopes: [try Scope(parsing: "read:/")], issuedAt: 0, expiresAt: Int64.max / 2)
+        let text = t.signed(privateKey: try loadPrivateKey(pki.key))
+        let list = pki.dir.path + "/revoked"
+        let v = try TokenVerifier(issuerCertificates: [pki.cert], revocationsPath: list)
+        #expect(try v.verify(text).user == "alice")  // missing list
+        _ = mkdir(list, 0o755)  // exists, cannot be read as a file
+        #expect(throws: TransferError.self) { try v.verify(text) }
+        _ = rmdir(list)
+        #expect(try v.verify(text).user == "alice")
+    }
+}

@@ -142,8 +142,13 @@ private struct Parser {
         return String(decoding: bytes[start..<pos], as: UTF8.self)
     }
 
+    var depth = 0
+
     mutating func value() throws -> TOMLValue {
         guard let c = peek else { throw TOMLIncomplete() }
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= 16 else { throw fail("arrays nested deeper than 16") }
         switch c {
         case UInt8(ascii: "\""): return .string(try basicString())
         case UInt8(ascii: "'"):

@@ -80,6 +80,31 @@ enum Paths {
         throw TransferError(.io, "cannot open '\(path)': interrupted too often")
     }
 
+    /// Opens `components` one at a time, each beneath the directory opened before it, so that a
+    /// symlink on the way can never lead above the component it sits in: a path checked
+    /// against a scope by its text stays within that scope on disk. (One openat2 of the whole
+    /// path only keeps it beneath `root`.)
+    static func openStepwise(beneath root: Int32, _ components: [Substring], flags: Int32) throws -> Int32 {
+        var current = try open(beneath: root, "", flags: O_DIRECTORY | FERRY_O_PATH)
+        for (i, c) in components.enumerated() {
+            let last = i == components.count - 1
+            do {
+                let next = try open(beneath: current, String(c), flags: last ? flags : O_DIRECTORY | FERRY_O_PATH)
+                Glibc.close(current)
+                current = next
+            } catch {
+                Glibc.close(current)
+                throw error
+            }
+        }
+        if components.isEmpty {
+            let fd = try open(beneath: root, "", flags: flags)
+            Glibc.close(current)
+            return fd
+        }
+        return current
+    }
+
     /// Creates each missing directory of `components` beneath `root` and returns an fd of the last.
     static func makeDirectories(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755) throws -> Int32 {
         var current = try open(beneath: root, "", flags: O_DIRECTORY | FERRY_O_PATH)
@@ -123,3 +148,7 @@ enum PartialNames {
         return b.count > 1 && (b.reversed().starts(with: partSuffix.utf8.reversed()) || b.reversed().starts(with: journalSuffix.utf8.reversed()))
     }
 }
+
+/// Validated components of a relative path in a server's namespace (the daemon's scope checks):
+/// no empty, ".", ".." or over-long components, no NUL, checked byte by byte.
+public func namespaceComponents(_ path: String) throws -> [Substring] { try Paths.components(of: path) }

@@ -111,7 +111,13 @@ final class FrameOpener {
         /// The tag does not match: tampered (or forged). `position`: the counter the genuine
         /// frame at this place in the stream would carry.
         case tampered(position: UInt64)
+        /// Authentic but impossible: a counter at the end of its range, or further ahead than
+        /// any sender has frames in flight. Ends the stream.
+        case invalid(UInt64)
     }
+
+    /// How far ahead of the last accepted frame a counter may jump (frames removed in flight).
+    static let gapMax: UInt64 = 512
 
     private let gcm: OpaquePointer
     let level: ProtectionLevel
@@ -139,12 +145,11 @@ final class FrameOpener {
         let ok = Sealing.gcm({ ferry_gcm_open($0, $1, $2, $3, $4, $5, $6) }, gcm, stream: stream, counter: c, frame: frame, aadBytes: aadBytes, total: total)
         guard ok else { return .tampered(position: next) }
         if c < next { return .replayed(c) }
+        // Both ends hold the key in a push, so a hostile client can seal any counter: refuse
+        // the end of the range (no overflow) and jumps larger than a sender has in flight.
+        if c == .max || c - next > FrameOpener.gapMax { return .invalid(c) }
         let missing: ClosedRange<UInt64>? = c > next ? next...(c - 1) : nil
         next = c + 1
         return .accept(missing: missing)
     }
-
-    /// After a tampered frame: the genuine frame of this position counts as skipped, so a
-    /// late copy of it is treated as a replay.
-    func skip(_ position: UInt64) { if position == next { next += 1 } }
 }

@@ -9,8 +9,9 @@ public struct Export: Sendable {
     public var path: String
     public var readable = true
     public var writable: Bool
-    /// Who may use it: user names (from tokens), "*" for any user with a valid token,
-    /// "center:NAME" for a peer center authenticated by its certificate ("center:*": any).
+    /// Who may use it: user names (from tokens; users of another center's tokens are
+    /// NAME@CENTER), "*" for any user with a valid token, "center:NAME" for a peer center
+    /// authenticated by its certificate ("center:*": any). Compared byte by byte.
     public var users: [String]
 
     public init(name: String, path: String, writable: Bool, users: [String] = ["*"]) {
@@ -100,7 +101,7 @@ final class ExportTable: @unchecked Sendable {
         if write && !e.writable { throw TransferError(.auth, "\(label) is read-only") }
         if !write && !e.readable { throw TransferError(.auth, "\(label) is write-only") }
         let allowed = e.users.contains { u in
-            if u == who.user { return true }
+            if Array(u.utf8) == Array(who.user.utf8) { return true }
             if who.scopes != nil { return u == "*" }
             return u == "center:*" && who.user.hasPrefix("center:")
         }

@@ -31,6 +31,9 @@ public struct Scope: Sendable, Equatable, CustomStringConvertible {
         self.path = path
     }
 
+    /// `covers` for callers outside the engine (the daemon's API).
+    public func coversPath(_ components: [Substring]) -> Bool { covers(components) }
+
     /// True when `components` (a path in the server's namespace) lies at or beneath this scope.
     func covers(_ components: [Substring]) -> Bool {
         let mine = path.split(separator: "/", omittingEmptySubsequences: true)
@@ -64,6 +67,13 @@ public struct UserToken: Sendable, Equatable {
         self.issuedAt = issuedAt
         self.expiresAt = expiresAt
         self.id = id
+    }
+
+    /// User names: not empty, no control characters, and not the forms reserved for centers
+    /// ("center:NAME") and wildcards ("*"), which export user lists give a meaning.
+    public static func isValidUser(_ u: String) -> Bool {
+        let b = Array(u.utf8)
+        return (1...255).contains(b.count) && !u.hasPrefix("center:") && u != "*" && !u.contains("@") && !b.contains { $0 < 0x20 || $0 == 0x7F }
     }
 
     public var idHex: String { id.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
@@ -141,7 +151,7 @@ public final class TokenVerifier: @unchecked Sendable {
     let revocationsPath: String?
     private let lock = Lock()
     private var revoked: Set<String> = []
-    private var revocationsStamp: (Int, Int, Int64) = (-1, -1, -1)
+    private var revocationsStamp: [Int64]?
     /// Seconds of clock difference tolerated between centers.
     let skewSeconds: Int64 = 300
 
@@ -168,34 +178,58 @@ public final class TokenVerifier: @unchecked Sendable {
         guard ferry_ed25519_verify(key, msg, msg.count, sig) == 1 else { throw TransferError(.auth, "token signature is not valid (forged or altered)") }
         guard now < token.expiresAt else { throw TransferError(.auth, "token of '\(token.user)' expired at \(isoTime(token.expiresAt))") }
         guard now + skewSeconds >= token.issuedAt else { throw TransferError(.auth, "token of '\(token.user)' is not valid before \(isoTime(token.issuedAt))") }
-        guard !isRevoked(token.idHex) else { throw TransferError(.auth, "token \(token.idHex) of '\(token.user)' has been revoked") }
+        let (revoked, error) = revocationState(token.idHex)
+        if let error { throw TransferError(.auth, "token refused: \(error)") }
+        guard !revoked else { throw TransferError(.auth, "token \(token.idHex) of '\(token.user)' has been revoked") }
+        guard UserToken.isValidUser(token.user) else { throw TransferError(.auth, "token names an invalid user") }
         return token
     }
 
     /// Re-reads the revocation list when it changed (one stat per check; the file is small).
-    func isRevoked(_ idHex: String) -> Bool {
-        guard let path = revocationsPath else { return false }
+    /// A list that does not exist revokes nothing; one that exists but cannot be read refuses
+    /// every token (fail closed) until it can be read again.
+    func revocationState(_ idHex: String) -> (revoked: Bool, error: String?) {
+        guard let path = revocationsPath else { return (false, nil) }
         return lock.withLock {
             var st = stat()
             if stat(path, &st) != 0 {
-                revoked = []
-                revocationsStamp = (-1, -1, -1)
-                return false
+                if errno == ENOENT {
+                    revoked = []
+                    revocationsStamp = nil
+                    return (false, nil)
+                }
+                revocationsStamp = nil
+                return (true, "the revocation list '\(path)' cannot be read (\(String(cString: strerror(errno))))")
             }
-            let stamp = (Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec), Int64(st.st_size))
+            let stamp = [Int64(st.st_mtim.tv_sec), Int64(st.st_mtim.tv_nsec), Int64(st.st_ctim.tv_sec), Int64(st.st_ctim.tv_nsec), Int64(st.st_size), Int64(st.st_ino)]
             if stamp != revocationsStamp {
+                guard let ids = Revocations.read(path) else {
+                    revocationsStamp = nil
+                    return (true, "the revocation list '\(path)' cannot be read")
+                }
+                revoked = Set(ids)
                 revocationsStamp = stamp
-                revoked = Set(Revocations.read(path))
             }
-            return revoked.contains(idHex)
+            return (revoked.contains(idHex), nil)
         }
+    }
+
+    func isRevoked(_ idHex: String) -> Bool { revocationState(idHex).revoked }
+
+    /// The token if its signature is valid, whatever its expiry or revocation (to name the user
+    /// in the audit line of a refusal; never to admit anyone).
+    public func genuine(_ text: String) -> UserToken? {
+        guard let (token, payload, sig) = try? UserToken.unverified(text), let key = issuers[token.issuer] else { return nil }
+        let msg = UserToken.domain + payload
+        return ferry_ed25519_verify(key, msg, msg.count, sig) == 1 ? token : nil
     }
 }
 
 /// The revocation list: one token id (hex) per line; '#' starts a comment.
 public enum Revocations {
-    static func read(_ path: String) -> [String] {
-        guard let text = try? readSmallFile(path, maxBytes: 64 << 20) else { return [] }
+    /// The ids of the list, or nil when it cannot be read.
+    static func read(_ path: String) -> [String]? {
+        guard let text = try? readSmallFile(path, maxBytes: 64 << 20) else { return nil }
         return text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }).compactMap { line in
             let s = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map { $0.trimmingCharacters(in: " \t") } ?? ""
             return s.isEmpty ? nil : s.lowercased()

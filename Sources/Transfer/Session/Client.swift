@@ -200,6 +200,7 @@ public enum TransferClient {
         guard type == .welcome else { throw TransferError.protocolError("expected WELCOME, got \(type)") }
         let welcome = try Welcome.decode(payload)
         let ctx = SessionContext(control: control, options: options, progress: progress, idleTimeoutSeconds: 120, protection: options.protection, direction: direction)
+        progress.whenCancelled { [weak ctx] reason in ctx?.fail(TransferError(.io, reason, resumable: true)) }
         var data: [Connection] = []
         defer { for d in data { d.close() } }
         for i in 0..<welcome.streams {

@@ -6,8 +6,30 @@ public final class TransferProgress: @unchecked Sendable {
     private let lock = Lock()
     private var s = Snapshot()
     private let startNs = monotonicNs()
+    private var cancelled: String?
+    private var onCancel: ((String) -> Void)?
 
     public init() {}
+
+    /// Stops the transfer this progress belongs to (a daemon cancelling a job, or stopping):
+    /// the session ends with a resumable error carrying `reason`; the journal keeps what is
+    /// done. Safe from any thread, before or during the transfer.
+    public func cancel(_ reason: String) {
+        let handler = lock.withLock { () -> ((String) -> Void)? in
+            if cancelled == nil { cancelled = reason }
+            return onCancel
+        }
+        handler?(reason)
+    }
+
+    /// Called by the client once its session exists; runs `handler` at once if already cancelled.
+    func whenCancelled(_ handler: @escaping (String) -> Void) {
+        let already = lock.withLock { () -> String? in
+            onCancel = handler
+            return cancelled
+        }
+        if let already { handler(already) }
+    }
 
     /// A consistent copy of the counters.
     public struct Snapshot: Sendable {

@@ -199,9 +199,8 @@ final class Receiver: @unchecked Sendable {
         }
         let shown = targetComponents.isEmpty ? "." : targetComponents.joined(separator: "/")
         if e.kind == .directory {
-            let fd = try Paths.makeDirectories(beneath: baseFd, targetComponents, mode: 0o700)
-            Glibc.close(fd)
-            targetDir = DirHandle(fd: try Paths.open(beneath: baseFd, targetComponents.joined(separator: "/"), flags: FERRY_O_PATH | O_DIRECTORY))
+            // The directory made (or found) step by step, not reopened by its path.
+            targetDir = DirHandle(fd: try Paths.makeDirectories(beneath: baseFd, targetComponents, mode: 0o700))
             dirFixups.append(e)
         } else {
             guard let last = targetComponents.last else {

@@ -22,6 +22,8 @@ final class ReceiverWorker {
     private let opener: FrameOpener?
     /// Sealed frames rejected on this stream (tampered, replayed, reordered).
     private(set) var rejectedFrames = 0
+    /// Counters of this stream already asked for again (each is asked once).
+    private var requested = Set<UInt64>()
 
     init(receiver: Receiver, conn: Connection) throws {
         self.receiver = receiver
@@ -100,19 +102,24 @@ final class ReceiverWorker {
                 switch opener.open(frame: buf, frameBytes: Wire.frameHeaderBytes + h.length, clearSubheaderBytes: clear) {
                 case .accept(let missing):
                     if let missing {
-                        // Frames skipped in the counter sequence were removed or reordered.
-                        for c in missing.prefix(Sender.frameHistoryMax) { try requestFrame(c) }
+                        // Frames skipped in the counter sequence were removed or reordered
+                        // (at most FrameOpener.gapMax of them, checked by the opener).
+                        for c in missing { try requestFrame(c) }
                     }
                 case .replayed:
                     rejectedFrames += 1
                     receiver.ctx.progress.rejectedFrame()
                     continue
                 case .tampered(let position):
+                    // The genuine frame of this position was replaced, or a forged one was
+                    // inserted before it: ask for it, but keep waiting for it too (a copy that
+                    // arrives twice is ignored).
                     rejectedFrames += 1
                     receiver.ctx.progress.rejectedFrame()
-                    opener.skip(position)
                     try requestFrame(position)
                     continue
+                case .invalid(let c):
+                    throw TransferError.protocolError("sealed frame with an impossible counter \(c) on data stream \(conn.streamIndex)")
                 }
                 p = body + Sealing.counterBytes
                 length = h.length - Sealing.overheadBytes
@@ -123,6 +130,10 @@ final class ReceiverWorker {
 
     /// Asks the sender (control stream) to send again what this stream's frame `counter` held.
     private func requestFrame(_ counter: UInt64) throws {
+        guard requested.insert(counter).inserted else { return }
+        if requested.count > 4 * Int(FrameOpener.gapMax) {
+            throw TransferError(.verify, "more than \(requested.count) frames of data stream \(conn.streamIndex) were rejected; the rerun resumes", resumable: true)
+        }
         var w = ByteWriter(capacity: 12)
         w.u32(UInt32(conn.streamIndex))
         w.u64(counter)

@@ -65,8 +65,13 @@ final class Sender: @unchecked Sendable {
     /// Sealed sessions: what each recent frame of each stream carried (counter → file ids and
     /// chunk indexes), so a frame the receiver rejected can be sent again. Bounded per stream:
     /// the receiver asks as soon as it sees the damage, within a few frames.
-    private var frameHistory: [Int: [(counter: UInt64, contents: [(UInt64, Int)])]] = [:]
+    private var frameHistory: [Int: FrameHistory] = [:]
     static let frameHistoryMax = 512
+    /// (file id, chunk) pairs waiting in `resendQueue`: each is queued once.
+    private var resendPending = Set<ResendKey>()
+    /// More pending resends than this ends the session: a peer asking for everything again and
+    /// again is not a receiver with damaged frames.
+    static let resendPendingMax = 1 << 16
 
     /// `rootFd`: the source, a directory or a regular file, opened O_RDONLY; owned by the Sender.
     init(ctx: SessionContext, rootFd: Int32) throws {
@@ -184,23 +189,22 @@ final class Sender: @unchecked Sendable {
                     let id = try r.u64()
                     let index = Int(try r.u32())
                     try r.expectEnd()
-                    lock.withLock {
-                        if let f = files[id], !f.failed, index < max(f.chunkCount, 1) {
-                            resendQueue.append((f, index))
-                            cond.broadcast()
-                        }
-                    }
+                    try lock.withLock { () throws in try queueResend(id, index) }
                     ctx.progress.retransmitted()
                 case .resendFrame:
                     let stream = Int(try r.u32())
                     let counter = try r.u64()
                     try r.expectEnd()
-                    lock.withLock {
-                        guard let entry = frameHistory[stream]?.first(where: { $0.counter == counter }) else { return }
-                        for (id, index) in entry.contents {
-                            if let f = files[id], !f.failed, index < max(f.chunkCount, 1) { resendQueue.append((f, index)) }
+                    try lock.withLock { () throws in
+                        guard let h = frameHistory[stream] else { return }
+                        switch h.take(counter) {
+                        case .found(let contents):
+                            for (id, index) in contents { try queueResend(id, index) }
+                        case .notYetSent, .alreadyAnswered:
+                            return  // it will arrive / it is on its way again
+                        case .forgotten:
+                            throw TransferError(.verify, "the receiver asked again for frame \(counter) of data stream \(stream), older than this sender remembers; the rerun resumes", resumable: true)
                         }
-                        cond.broadcast()
                     }
                     ctx.progress.retransmitted()
                 case .endAck:
@@ -286,6 +290,7 @@ final class Sender: @unchecked Sendable {
                 if ctx.isFinished { return nil }
                 while let (f, i) = resendQueue.first {
                     resendQueue.removeFirst()
+                    resendPending.remove(ResendKey(id: f.id, index: i))
                     if f.failed || files[f.id] == nil { continue }
                     return f.isSmall ? .batch([f]) : .chunk(f, i, resend: true)
                 }
@@ -340,11 +345,21 @@ final class Sender: @unchecked Sendable {
     /// Records what a sealed frame carried (see `frameHistory`).
     func remember(stream: Int, counter: UInt64, contents: [(UInt64, Int)]) {
         lock.withLock {
-            var h = frameHistory[stream, default: []]
-            if h.count >= Sender.frameHistoryMax { h.removeFirst(h.count - Sender.frameHistoryMax + 1) }
-            h.append((counter, contents))
+            let h = frameHistory[stream] ?? FrameHistory()
             frameHistory[stream] = h
+            h.add(counter, contents)
         }
+    }
+
+    /// Queues one chunk to be sent again, once; lock held.
+    private func queueResend(_ id: UInt64, _ index: Int) throws {
+        guard let f = files[id], !f.failed, index < max(f.chunkCount, 1) else { return }
+        guard resendPending.insert(ResendKey(id: id, index: index)).inserted else { return }
+        if resendPending.count > Sender.resendPendingMax {
+            throw TransferError.protocolError("the receiver asked for more than \(Sender.resendPendingMax) chunks again")
+        }
+        resendQueue.append((f, index))
+        cond.broadcast()
     }
 
     /// Opens (once) the file's descriptor for reading, beneath the source root.
@@ -421,4 +436,45 @@ final class Sender: @unchecked Sendable {
     }
 
     var rateLimiter: RateLimiter? { limiter }
+}
+
+struct ResendKey: Hashable {
+    var id: UInt64
+    var index: Int
+}
+
+/// What the last `Sender.frameHistoryMax` sealed frames of one stream carried, in a ring.
+/// Each entry answers one RESEND_FRAME; guarded by the Sender's lock.
+final class FrameHistory {
+    enum Lookup {
+        case found([(UInt64, Int)])
+        case notYetSent
+        case alreadyAnswered
+        case forgotten
+    }
+
+    private var ring: [(counter: UInt64, contents: [(UInt64, Int)]?)] = []
+    private var head = 0
+    /// One past the highest counter recorded.
+    private var end: UInt64 = 0
+
+    func add(_ counter: UInt64, _ contents: [(UInt64, Int)]) {
+        if ring.count < Sender.frameHistoryMax {
+            ring.append((counter, contents))
+        } else {
+            ring[head] = (counter, contents)
+            head = (head + 1) % ring.count
+        }
+        end = max(end, counter + 1)
+    }
+
+    func take(_ counter: UInt64) -> Lookup {
+        if counter >= end { return .notYetSent }
+        for i in ring.indices where ring[i].counter == counter {
+            guard let c = ring[i].contents else { return .alreadyAnswered }
+            ring[i].contents = nil
+            return .found(c)
+        }
+        return .forgotten
+    }
 }

@@ -197,11 +197,11 @@ public final class TransferServer: @unchecked Sendable {
         let center = conn.tls?.peerCommonName
         if !hello.token.isEmpty {
             let text = String(decoding: hello.token, as: UTF8.self)
-            // Name the user in refusals only when the token is genuine (expired or revoked).
-            if let (claimed, _, _) = try? UserToken.unverified(text) { note.user = "unverified:" + claimed.user }
+            // Name the user in refusals only when the signature is genuine (expired, revoked).
+            if let g = verifier.genuine(text) { note.user = "refused:" + qualified(g) }
             let token = try verifier.verify(text)
-            note.user = token.user
-            return Principal(user: token.user, center: center, scopes: token.scopes)
+            note.user = qualified(token)
+            return Principal(user: note.user, center: center, scopes: token.scopes)
         }
         if let center {
             note.user = "center:" + center
@@ -209,6 +209,10 @@ public final class TransferServer: @unchecked Sendable {
         }
         throw TransferError(.auth, "no credentials: send a user token (--token-file) or a center certificate (--cert/--key)")
     }
+
+    /// Users of this center's tokens keep their name; users of other trusted centers' tokens
+    /// are NAME@CENTER, so that another issuer can never speak for a local user.
+    private func qualified(_ t: UserToken) -> String { t.issuer == center ? t.user : t.user + "@" + t.issuer }
 
     private func serveControl(_ conn: Connection, ring: Ring, handshakeNs: Int64, note: AuditNote) throws {
         let (type, payload) = try conn.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 64 << 10)
@@ -239,7 +243,8 @@ public final class TransferServer: @unchecked Sendable {
             let base = try sys("cannot open the export") { dup(exportFd) }
             session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath)
         case .pull:
-            let fd = try Paths.open(beneath: exportFd, beneath.joined(separator: "/"), flags: O_RDONLY)
+            // Component by component: a symlink inside the scope cannot lead out of it.
+            let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY)
             session.sender = try Sender(ctx: ctx, rootFd: fd)
         }
         lock.withLock { sessions[session.id] = session }

@@ -73,15 +73,20 @@ final class Connection: @unchecked Sendable {
         self.peer = Socket.peerName(fd)
     }
 
-    deinit { close() }
+    deinit {
+        tls = nil
+        Glibc.close(fd)
+    }
 
-    /// Shuts the socket down (wakes any thread blocked on it) and closes it once.
+    /// Shuts the socket down (wakes any thread blocked on it). The descriptor itself is closed
+    /// when the last reference goes (deinit): other threads of the session may still be in a
+    /// call on it, and a closed number can be reused at once by another connection or file,
+    /// which they would then read or write.
     func close() {
         closeLock.withLock {
             if closed { return }
             closed = true
             shutdown(fd, Int32(SHUT_RDWR))
-            Glibc.close(fd)
         }
     }
 
@@ -107,16 +112,24 @@ final class Connection: @unchecked Sendable {
 
     func recvExact(_ ptr: UnsafeMutableRawPointer, _ length: Int, ring: Ring, timeoutNs: Int64) throws {
         var done = 0
+        // One deadline for the whole message: a peer dripping a byte at a time cannot stretch
+        // it (each call gets what is left).
+        let deadline = monotonicNs() + UInt64(max(0, timeoutNs))
+        func left() throws -> Int64 {
+            let now = monotonicNs()
+            if now >= deadline { throw TransferError(.timeout, "\(peer) sent nothing for \(timeoutNs / 1_000_000_000) s", resumable: true) }
+            return Int64(deadline - now)
+        }
         if let tls {
             while done < length {
-                let n = try tls.read(ptr + done, length - done, timeoutNs: timeoutNs, peer: peer)
+                let n = try tls.read(ptr + done, length - done, timeoutNs: try left(), peer: peer)
                 if n == 0 { throw TransferError(.io, "\(peer) closed the connection" + (done > 0 ? " in the middle of a message" : ""), resumable: true) }
                 done += n
             }
             return
         }
         while done < length {
-            let r = try ring.runOne(timeoutNs: timeoutNs) { () throws in
+            let r = try ring.runOne(timeoutNs: try left()) { () throws in
                 try ring.recv(fd: fd, buffer: ptr + done, length: length - done, tag: 0)
             }
             if r == -ETIMEDOUT { throw TransferError(.timeout, "\(peer) sent nothing for \(timeoutNs / 1_000_000_000) s", resumable: true) }
