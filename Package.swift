@@ -14,6 +14,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // System-library shims: each a tiny C target that includes the Debian header and
@@ -29,11 +30,15 @@ let package = Package(
         // The center's service: persistent job queue (SQLite via GRDB), runner, API.
         .target(
             name: "Daemon",
-            dependencies: ["Transfer", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: [
+                "Transfer",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ]
         ),
         .executableTarget(
             name: "CLI",
-            dependencies: ["Transfer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["Transfer", "Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "TransferTests", dependencies: ["Transfer"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Transfer"]),

@@ -9,7 +9,7 @@ struct Ferry: ParsableCommand {
         commandName: "ferry",
         abstract: "Move datasets between supercomputing centers: fast, verified, resumable.",
         version: "0.2.0",
-        subcommands: [Copy.self, Serve.self, CA.self, Token.self, Ping.self]
+        subcommands: [Copy.self, Serve.self, Jobs.self, CA.self, Token.self, Ping.self]
     )
 }
 

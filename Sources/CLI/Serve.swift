@@ -1,4 +1,5 @@
 import ArgumentParser
+import Daemon
 import Foundation
 import Transfer
 
@@ -68,6 +69,8 @@ extension Ferry {
 
         func run() throws {
             var config: ServerConfiguration
+            var daemonSection: ServerConfigFile.DaemonSection?
+            var peers: [String: HostPort] = [:]
             do {
                 var file = try configFile.map { try ServerConfigFile(path: $0) }
                 var exports = file?.exports ?? []
@@ -82,6 +85,8 @@ extension Ferry {
                 guard !identity.ca.isEmpty else { throw TransferError(.usage, "give the federation CA certificate (--ca)") }
                 config = ServerConfiguration(exports: exports, listen: addresses, tls: identity)
                 if let f = file {
+                    daemonSection = f.daemon
+                    peers = f.peers
                     config.tokenIssuers = f.tokenIssuers
                     config.revocations = f.revocations
                     config.minimumProtection = f.minimumProtection
@@ -121,9 +126,31 @@ extension Ferry {
                 throw ExitCode(1)
             }
             for b in bound { print("ferry serve: center \(server.center) listening on \(b)") }
+            var daemon: DaemonService?
+            if let d = daemonSection {
+                do {
+                    var settings = RunnerSettings(exports: config.exports, tls: config.tls)
+                    settings.peers = peers
+                    settings.workers = d.workers
+                    settings.leaseSeconds = Int64(d.leaseSeconds)
+                    settings.perPeerMax = d.perPeer
+                    settings.perUserMax = d.perUser
+                    let issuers = config.tokenIssuers.isEmpty ? [config.tls.certificate ?? ""] : config.tokenIssuers
+                    let verifier = try TokenVerifier(issuerCertificates: issuers, revocationsPath: config.revocations)
+                    let service = try DaemonService(databasePath: d.database, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center)
+                    try service.start()
+                    daemon = service
+                    print("ferry serve: center \(server.center) api listening on http://\(service.apiAddress)")
+                } catch {
+                    FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)
+                    server.stop()
+                    throw ExitCode(1)
+                }
+            }
             fflush(stdout)
             var received: Int32 = 0
             sigwait(&signals, &received)
+            daemon?.stop()
             server.stop()
             FileHandle.standardError.write("ferry serve: stopping (signal \(received))\n".data(using: .utf8)!)
         }

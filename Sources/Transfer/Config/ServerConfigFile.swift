@@ -40,6 +40,22 @@ public struct ServerConfigFile {
     public var connectionsMax = 256
     public var connectionsPerAddressMax = 64
     public var exports: [Export] = []
+    /// `[daemon]`: present when this server also runs the job queue and its API.
+    public var daemon: DaemonSection?
+    /// `[[peer]]`: other centers by name (jobs say `ferry://NAME/path`).
+    public var peers: [String: HostPort] = [:]
+
+    /// The `[daemon]` table.
+    public struct DaemonSection: Sendable {
+        /// SQLite file of the job queue (relative: beside the configuration).
+        public var database: String
+        /// Where the REST API listens (plain HTTP: keep it on loopback or behind a TLS proxy).
+        public var apiListen = HostPort(host: "127.0.0.1", port: 7480)
+        public var workers = 2
+        public var leaseSeconds = 30
+        public var perPeer = 4
+        public var perUser = 8
+    }
 
     public init(path: String) throws {
         let text = try readSmallFile(path, maxBytes: 1 << 20)
@@ -88,6 +104,29 @@ public struct ServerConfigFile {
                     case "idle_timeout": idleTimeoutSeconds = try int(lv, lk)
                     default: throw TransferError(.usage, "unknown setting 'limits.\(lk)'")
                     }
+                }
+            case "daemon":
+                guard case .table(let dt) = v else { throw TransferError(.usage, "'daemon' must be a table") }
+                var d = DaemonSection(database: resolve("jobs.sqlite"))
+                for (dk, dv) in dt {
+                    switch dk {
+                    case "database": d.database = resolve(try str(dv, dk))
+                    case "api_listen": d.apiListen = try HostPort(parsing: try str(dv, dk))
+                    case "workers": d.workers = try int(dv, dk)
+                    case "lease_seconds": d.leaseSeconds = try int(dv, dk)
+                    case "per_peer": d.perPeer = try int(dv, dk)
+                    case "per_user": d.perUser = try int(dv, dk)
+                    default: throw TransferError(.usage, "unknown setting 'daemon.\(dk)'")
+                    }
+                }
+                daemon = d
+            case "peer":
+                guard case .tables(let list) = v else { throw TransferError(.usage, "peers are written [[peer]]") }
+                for pt in list {
+                    guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"], pt.count == 2, Center.isValidName(name) else {
+                        throw TransferError(.usage, "every [[peer]] has exactly a name (a center name) and an address (HOST:PORT)")
+                    }
+                    peers[name] = try HostPort(parsing: address)
                 }
             case "export":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "exports are written [[export]]") }

@@ -42,7 +42,7 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
 
 /// Socket set-up (not the data path: connect, listen and accept are plain system calls; all
 /// reads and writes of a connection go through its thread's ring).
-enum Socket {
+public enum Socket {
     /// Resolves `address` to socket addresses, IPv6 first (the backbone is IPv6-native).
     static func resolve(_ address: HostPort, passive: Bool) throws -> [(family: Int32, storage: sockaddr_storage, length: socklen_t)] {
         var hints = addrinfo()
@@ -178,5 +178,17 @@ enum Socket {
         if g != 0 { return "?" }
         let h = String(cString: host)
         return h.contains(":") ? "[\(h)]:\(String(cString: serv))" : "\(h):\(String(cString: serv))"
+    }
+}
+
+extension Socket {
+    /// Binds `address` (port 0: any free port) and returns the listening fd and the address.
+    public static func listenForPort(_ address: HostPort) throws -> (Int32, HostPort) { try listen(address) }
+
+    /// True when a TCP connection to `address` succeeds (closed at once).
+    public static func canConnect(_ address: HostPort) -> Bool {
+        guard let fd = try? connect(address) else { return false }
+        Glibc.close(fd)
+        return true
     }
 }

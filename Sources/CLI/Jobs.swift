@@ -1,0 +1,168 @@
+import ArgumentParser
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Transfer
+
+extension Ferry {
+    /// `ferry jobs`: transfers run by a center's daemon (third-party transfers included).
+    struct Jobs: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "jobs",
+            abstract: "Submit and follow transfer jobs on a Ferry daemon.",
+            subcommands: [Submit.self, List.self, Show.self, Cancel.self, Retry.self, Wait.self]
+        )
+    }
+}
+
+/// The daemon's API address and the user's token.
+struct APIOptions: ParsableArguments {
+    @Option(help: "The daemon's API, http://HOST:PORT (env FERRY_API).")
+    var api: String?
+
+    @Option(name: .customLong("token-file"), help: "Your user token (env FERRY_TOKEN_FILE).")
+    var tokenFile: String?
+
+    @Flag(help: "Print the daemon's JSON.")
+    var json = false
+
+    /// Calls the API; returns the decoded JSON object, or exits 1 with the daemon's error.
+    func call(_ method: String, _ path: String, body: [String: Any]? = nil) throws -> [String: Any] {
+        let env = ProcessInfo.processInfo.environment
+        guard let base = api ?? env["FERRY_API"], let url = URL(string: base + path) else { throw ValidationError("give the daemon's API: --api http://HOST:PORT or FERRY_API") }
+        guard let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"] else { throw ValidationError("give your token: --token-file FILE or FERRY_TOKEN_FILE") }
+        var req = URLRequest(url: url, timeoutInterval: 30)
+        req.httpMethod = method
+        req.setValue("Bearer " + (try readToken(tokenPath)), forHTTPHeaderField: "Authorization")
+        if let body {
+            req.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            req.httpBody = try JSONSerialization.data(withJSONObject: body)
+        }
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: (Data?, URLResponse?, Error?) = (nil, nil, nil)
+        URLSession.shared.dataTask(with: req) { d, r, e in
+            result = (d, r, e)
+            done.signal()
+        }.resume()
+        _ = done.wait(timeout: .now() + 35)
+        if let e = result.2 { fail("cannot reach \(base): \(e.localizedDescription)") }
+        let status = (result.1 as? HTTPURLResponse)?.statusCode ?? 0
+        let obj = (result.0.flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]) ?? [:]
+        if !(200..<300).contains(status) { fail("\(obj["error"] as? String ?? "HTTP \(status)")") }
+        return obj
+    }
+
+    func fail(_ message: String) -> Never {
+        FileHandle.standardError.write("ferry jobs: error: \(message)\n".data(using: .utf8)!)
+        Foundation.exit(1)
+    }
+
+    func show(_ obj: [String: Any]) {
+        if json {
+            let d = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) ?? Data()
+            print(String(decoding: d, as: UTF8.self))
+        } else {
+            print(line(obj))
+        }
+    }
+
+    func line(_ j: [String: Any]) -> String {
+        let id = j["id"] as? Int ?? 0
+        let state = j["state"] as? String ?? "?"
+        let bytes = UInt64(j["bytes"] as? Int ?? 0)
+        var s = "\(id)\t\(state)\t\(j["source"] as? String ?? "") -> \(j["destination"] as? String ?? "")\t\(byteText(bytes))\tattempts \(j["attempts"] as? Int ?? 0)"
+        if let e = j["error"] as? String { s += "\t\(e)" }
+        return s
+    }
+}
+
+extension Ferry.Jobs {
+    struct Submit: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Submit a transfer: SRC and DST are /EXPORT/PATH at the daemon's center or ferry://PEER/PATH.",
+            discussion: "Example (center A pushes to center B, the laptop only watches): ferry jobs submit --api http://dtn-a:7480 -r /scratch/run1 ferry://b/incoming/run1")
+        @OptionGroup var api: APIOptions
+        @Flag(name: [.short, .customLong("recursive")]) var recursive = false
+        @Option var protection = "private"
+        @Option var compress = "auto"
+        @Flag var checksum = false
+        @Option var priority = 0
+        @Option(name: .customLong("after"), help: "Run only after these jobs succeeded (repeatable).") var after: [Int] = []
+        @Option(help: "Give up unless done within this duration (90s, 30m, 24h).") var deadline: String?
+        @Flag(help: "Wait for the job to end; exit 0 only on success or skipped.") var wait = false
+        @Argument var source: String
+        @Argument var destination: String
+
+        func run() throws {
+            var body: [String: Any] = ["source": source, "destination": destination, "recursive": recursive, "protection": protection,
+                                       "compress": compress, "checksum": checksum, "priority": priority, "dependsOn": after]
+            if let d = deadline { body["deadline"] = Int(Date().timeIntervalSince1970) + Int(try parseDuration(d)) }
+            let job = try api.call("POST", "/api/v1/transfers", body: body)
+            api.show(job)
+            if wait { try waitFor(job["id"] as? Int ?? 0, api: api) }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List your jobs (a page; --after for the next).")
+        @OptionGroup var api: APIOptions
+        @Option(help: "Only these states, comma-separated.") var state: String?
+        @Option var after = 0
+        @Option var limit = 100
+        func run() throws {
+            var q = "?after=\(after)&limit=\(limit)"
+            if let s = state { q += "&state=\(s)" }
+            let page = try api.call("GET", "/api/v1/transfers" + q)
+            if api.json { api.show(page); return }
+            for j in page["transfers"] as? [[String: Any]] ?? [] { print(api.line(j)) }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one job, with the reason if it failed.")
+        @OptionGroup var api: APIOptions
+        @Argument var id: Int
+        func run() throws { api.show(try api.call("GET", "/api/v1/transfers/\(id)")) }
+    }
+
+    struct Cancel: ParsableCommand {
+        @OptionGroup var api: APIOptions
+        @Argument var id: Int
+        func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/cancel")) }
+    }
+
+    struct Retry: ParsableCommand {
+        @OptionGroup var api: APIOptions
+        @Argument var id: Int
+        func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/retry")) }
+    }
+
+    struct Wait: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Wait until a job ends; exit 0 on success or skipped, 1 otherwise.")
+        @OptionGroup var api: APIOptions
+        @Argument var id: Int
+        @Option(help: "Give up waiting after this many seconds.") var timeout = 86_400
+        func run() throws { try waitFor(id, api: api, seconds: timeout) }
+    }
+}
+
+/// Polls a job until it ends (bounded), printing state changes.
+func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400) throws {
+    let deadline = Date().addingTimeInterval(Double(seconds))
+    var last = ""
+    let final: Set<String> = ["success", "failed", "upstream_failed", "skipped"]
+    while Date() < deadline {
+        let j = try api.call("GET", "/api/v1/transfers/\(id)")
+        let state = j["state"] as? String ?? "?"
+        if state != last && !api.json { FileHandle.standardError.write("ferry jobs: \(id) \(state)\n".data(using: .utf8)!) }
+        last = state
+        if final.contains(state) {
+            api.show(j)
+            if state == "success" || state == "skipped" { return }
+            throw ExitCode(1)
+        }
+        usleep(300_000)
+    }
+    api.fail("job \(id) did not end within \(seconds) s (last state: \(last))")
+}

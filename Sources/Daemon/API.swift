@@ -1,0 +1,188 @@
+import Foundation
+import Hummingbird
+import Transfer
+
+/// The daemon's REST API (Hummingbird 2), JSON, versioned paths:
+///   GET  /api/v1/health                      liveness, center name, jobs by state
+///   GET  /api/v1/openapi.json                this API's OpenAPI 3 document
+///   POST /api/v1/transfers                   create (body: a JobRequest) → 201 and the job
+///   GET  /api/v1/transfers?state=&after=&limit=   list (keyset paging: `next_after`)
+///   GET  /api/v1/transfers/{id}              one job
+///   POST /api/v1/transfers/{id}/cancel       cancel
+///   POST /api/v1/transfers/{id}/retry        retry a failed job
+///   GET  /metrics                            Prometheus text format
+/// Requests carry `Authorization: Bearer <user token>` (the same tokens as transfers). A user
+/// sees and changes only their own jobs; a token with scope `rw:/` is an operator's and sees all.
+/// A job's local paths must lie within the token's scopes (read for the source, write for the
+/// destination); the peer side is checked by the peer, against this center's certificate.
+public struct DaemonAPI: Sendable {
+    public let store: SQLiteJobStore
+    public let verifier: TokenVerifier
+    public let center: String
+    public let runner: JobRunner?
+
+    public init(store: SQLiteJobStore, verifier: TokenVerifier, center: String, runner: JobRunner?) {
+        self.store = store
+        self.verifier = verifier
+        self.center = center
+        self.runner = runner
+    }
+
+    public static let routes: [(method: String, path: String)] = [
+        ("GET", "/api/v1/health"), ("GET", "/api/v1/openapi.json"), ("POST", "/api/v1/transfers"),
+        ("GET", "/api/v1/transfers"), ("GET", "/api/v1/transfers/{id}"), ("POST", "/api/v1/transfers/{id}/cancel"),
+        ("POST", "/api/v1/transfers/{id}/retry"), ("GET", "/metrics"),
+    ]
+
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/api/v1/health") { _, _ in
+            json(200, ["status": "ok", "center": center, "jobs": (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]])
+        }
+        router.get("/api/v1/openapi.json") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: DaemonAPI.openAPI)))
+        }
+        router.get("/metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: metrics())))
+        }
+        router.post("/api/v1/transfers") { request, _ in
+            try await handle(request) { user in
+                let body = try await request.body.collect(upTo: 1 << 20)
+                var req = try JSONDecoder().decode(JobRequest.self, from: Data(buffer: body))
+                req.streams = req.streams.map { max(1, min($0, 64)) }
+                try authorizePaths(req, user)
+                let peer = peerName(req.source) ?? peerName(req.destination) ?? ""
+                let id = try store.submit(owner: user.user, request: req, peer: peer, now: now())
+                return json(201, jobObject(try store.get(id)!))
+            }
+        }
+        router.get("/api/v1/transfers") { request, _ in
+            try await handle(request) { user in
+                let q = request.uri.queryParameters
+                var f = JobFilter(owner: user.isOperator ? q["owner"].map(String.init) : user.user)
+                f.states = (q["state"].map(String.init) ?? "").split(separator: ",").compactMap { JobState(rawValue: String($0)) }
+                f.afterID = q["after"].flatMap { Int64(String($0)) } ?? 0
+                f.limit = q["limit"].flatMap { Int(String($0)) } ?? 100
+                let jobs = try store.list(f)
+                return json(200, ["transfers": jobs.map(jobObject), "next_after": jobs.last.map { Int($0.id) } as Any])
+            }
+        }
+        router.get("/api/v1/transfers/:id") { request, context in
+            try await handle(request) { user in json(200, jobObject(try ownJob(context, user))) }
+        }
+        router.post("/api/v1/transfers/:id/cancel") { request, context in
+            try await handle(request) { user in
+                let job = try ownJob(context, user)
+                return json(200, jobObject(try store.cancel(job.id, by: user.user, now: now())))
+            }
+        }
+        router.post("/api/v1/transfers/:id/retry") { request, context in
+            try await handle(request) { user in
+                let job = try ownJob(context, user)
+                return json(200, jobObject(try store.retryJob(job.id, now: now())))
+            }
+        }
+        return router
+    }
+
+    struct User {
+        var user: String
+        var scopes: [Scope]
+        var isOperator: Bool { scopes.contains { $0.read && $0.write && $0.path == "/" } }
+    }
+
+    struct HTTPFailure: Error {
+        var status: Int
+        var message: String
+    }
+
+    private func handle(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
+        do {
+            guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else {
+                throw HTTPFailure(status: 401, message: "send Authorization: Bearer <your ferry token>")
+            }
+            let token: UserToken
+            do { token = try verifier.verify(String(auth.dropFirst(7))) } catch let e as TransferError {
+                throw HTTPFailure(status: 401, message: e.message)
+            }
+            return try await body(User(user: token.user, scopes: token.scopes))
+        } catch let f as HTTPFailure {
+            return json(f.status, ["error": f.message])
+        } catch let e as JobStoreError {
+            return json(409, ["error": e.description])
+        } catch let e as TransferError {
+            return json(e.code == .auth ? 403 : 400, ["error": e.message])
+        } catch is DecodingError {
+            return json(400, ["error": "the body is not a transfer request (JSON with at least source and destination)"])
+        }
+    }
+
+    private func ownJob(_ context: BasicRequestContext, _ user: User) throws -> Job {
+        guard let id = context.parameters.get("id").flatMap({ Int64($0) }), let job = try store.get(id), job.owner == user.user || user.isOperator else {
+            throw HTTPFailure(status: 404, message: "no such transfer")
+        }
+        return job
+    }
+
+    private func authorizePaths(_ r: JobRequest, _ user: User) throws {
+        for (path, write) in [(r.source, false), (r.destination, true)] where !path.hasPrefix("ferry://") {
+            var rel = Substring(path)
+            while rel.hasPrefix("/") { rel = rel.dropFirst() }
+            let parts = try namespaceComponents(String(rel))
+            guard user.scopes.contains(where: { (write ? $0.write : $0.read) && $0.coversPath(parts) }) else {
+                throw TransferError(.auth, "your token does not allow \(write ? "writing" : "reading") '\(path)'")
+            }
+        }
+    }
+
+    private func peerName(_ path: String) -> String? {
+        guard path.hasPrefix("ferry://") else { return nil }
+        return String(path.dropFirst(8).prefix { $0 != "/" })
+    }
+
+    private func metrics() -> String {
+        var out = "# HELP ferry_jobs Transfer jobs by state.\n# TYPE ferry_jobs gauge\n"
+        let counts = (try? store.countsByState()) ?? [:]
+        for s in JobState.allCases { out += "ferry_jobs{state=\"\(s.rawValue)\"} \(counts[s] ?? 0)\n" }
+        return out
+    }
+
+    static let openAPI = """
+    {"openapi":"3.0.3","info":{"title":"Ferry daemon API","version":"1"},
+     "components":{"securitySchemes":{"token":{"type":"http","scheme":"bearer"}}},"security":[{"token":[]}],
+     "paths":{
+      "/api/v1/health":{"get":{"summary":"Liveness, center name, jobs by state","responses":{"200":{"description":"ok"}}}},
+      "/api/v1/openapi.json":{"get":{"summary":"This document","responses":{"200":{"description":"ok"}}}},
+      "/api/v1/transfers":{"post":{"summary":"Create a transfer job","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["source","destination"],"properties":{"source":{"type":"string"},"destination":{"type":"string"},"recursive":{"type":"boolean"},"protection":{"type":"string","enum":["clear","safe","private"]},"compress":{"type":"string"},"checksum":{"type":"boolean"},"streams":{"type":"integer"},"priority":{"type":"integer"},"dependsOn":{"type":"array","items":{"type":"integer"}},"deadline":{"type":"integer"},"maxAttempts":{"type":"integer"}}}}}},"responses":{"201":{"description":"created"},"400":{"description":"bad request"},"401":{"description":"no or bad token"},"403":{"description":"outside the token's scopes"}}},
+                           "get":{"summary":"List transfer jobs","parameters":[{"name":"state","in":"query","schema":{"type":"string"}},{"name":"after","in":"query","schema":{"type":"integer"}},{"name":"limit","in":"query","schema":{"type":"integer"}},{"name":"owner","in":"query","schema":{"type":"string"}}],"responses":{"200":{"description":"a page"}}}},
+      "/api/v1/transfers/{id}":{"get":{"summary":"One job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"404":{"description":"no such job"}}}},
+      "/api/v1/transfers/{id}/cancel":{"post":{"summary":"Cancel a job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"already ended"}}}},
+      "/api/v1/transfers/{id}/retry":{"post":{"summary":"Retry a failed job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"not failed"}}}},
+      "/metrics":{"get":{"summary":"Prometheus metrics","security":[],"responses":{"200":{"description":"text format"}}}}
+     }}
+    """
+}
+
+func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+func jobObject(_ j: Job) -> [String: Any] {
+    var o: [String: Any] = ["id": Int(j.id), "owner": j.owner, "state": j.state.rawValue, "source": j.request.source,
+                            "destination": j.request.destination, "attempts": j.attempts, "max_attempts": j.maxAttempts,
+                            "bytes": Int(j.bytes), "files": Int(j.files), "created": Int(j.created), "updated": Int(j.updated),
+                            "priority": j.request.priority, "depends_on": j.request.dependsOn.map { Int($0) }, "peer": j.peer]
+    if let e = j.error { o["error"] = e }
+    if j.notBefore > 0 { o["not_before"] = Int(j.notBefore) }
+    return o
+}
+
+func json(_ status: Int, _ object: [String: Any]) -> Response {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    return Response(status: .init(code: status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+extension Data {
+    init(buffer: ByteBuffer) {
+        var b = buffer
+        self = b.readBytes(length: b.readableBytes).map { Data($0) } ?? Data()
+    }
+}

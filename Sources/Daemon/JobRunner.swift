@@ -1,0 +1,162 @@
+import Foundation
+import Transfer
+
+/// What the runner needs to know about its center.
+public struct RunnerSettings: Sendable {
+    /// This center's exports: a job's local path `/EXPORT/sub/path` resolves beneath them.
+    public var exports: [Export]
+    /// The center's certificate: the runner authenticates to peers as `center:NAME`.
+    public var tls: TLSIdentity
+    /// Peer centers by name: `ferry://NAME/path` in a job goes to this address, and the peer
+    /// must prove to be NAME.
+    public var peers: [String: HostPort] = [:]
+    public var workers = 2
+    public var leaseSeconds: Int64 = 30
+    public var perPeerMax = 4
+    public var perUserMax = 8
+    /// Idle poll interval of each worker.
+    public var pollSeconds = 0.2
+
+    public init(exports: [Export], tls: TLSIdentity) {
+        self.exports = exports
+        self.tls = tls
+    }
+}
+
+/// Runs queued jobs: each worker thread promotes waiting jobs, claims one, runs the transfer
+/// with the engine, keeps its lease alive while it runs (and stops it when the lease is lost:
+/// cancelled, or taken back), and records the outcome.
+/// `@unchecked Sendable`: mutable state guarded by `lock`.
+public final class JobRunner: @unchecked Sendable {
+    public let store: SQLiteJobStore
+    public let settings: RunnerSettings
+    public let workerID: String
+    private let tls: TLSContext
+    private let lock = NSLock()
+    private var stopping = false
+    private var running: [Int64: TransferProgress] = [:]
+    private var threads = 0
+
+    public init(store: SQLiteJobStore, settings: RunnerSettings, workerID: String) throws {
+        self.store = store
+        self.settings = settings
+        self.workerID = workerID
+        tls = try TLSContext(server: false, identity: settings.tls)
+    }
+
+    public func start() {
+        for i in 0..<max(1, settings.workers) {
+            lock.withLock { threads += 1 }
+            let t = Thread { [self] in
+                workerLoop(name: "\(workerID)/\(i)")
+                lock.withLock { threads -= 1 }
+            }
+            t.name = "ferry-job-\(i)"
+            t.start()
+        }
+    }
+
+    /// Stops claiming; running transfers end resumably (`up_for_reschedule`, their journals keep
+    /// the progress). Waits at most `seconds` for the workers.
+    public func stop(seconds: Double = 8) {
+        let active = lock.withLock { () -> [TransferProgress] in
+            stopping = true
+            return Array(running.values)
+        }
+        for p in active { p.cancel("the daemon is stopping") }
+        let deadline = Date().addingTimeInterval(seconds)
+        while lock.withLock({ threads }) > 0 && Date() < deadline { usleep(50_000) }
+    }
+
+    private var isStopping: Bool { lock.withLock { stopping } }
+
+    private func workerLoop(name: String) {
+        while !isStopping {
+            let now = Int64(Date().timeIntervalSince1970)
+            var job: Job?
+            do {
+                try store.promote(now: now)
+                job = try store.claim(worker: name, now: now, leaseSeconds: settings.leaseSeconds,
+                                      perPeerMax: settings.perPeerMax, perUserMax: settings.perUserMax)
+            } catch {
+                FileHandle.standardError.write("ferry daemon: queue error: \(error)\n".data(using: .utf8)!)
+            }
+            guard let job else {
+                usleep(useconds_t(settings.pollSeconds * 1_000_000))
+                continue
+            }
+            run(job, worker: name)
+        }
+    }
+
+    private func run(_ job: Job, worker: String) {
+        let progress = TransferProgress()
+        lock.withLock { running[job.id] = progress }
+        defer { lock.withLock { running[job.id] = nil } }
+        // Keep the lease; a lost lease (cancel, or a takeover) stops the transfer.
+        let done = DispatchSemaphore(value: 0)
+        let keeper = Thread { [self] in
+            let every = max(1.0, Double(settings.leaseSeconds) / 3)
+            while done.wait(timeout: .now() + every) == .timedOut {
+                let s = progress.snapshot()
+                let held = (try? store.renew(job.id, worker: worker, now: Int64(Date().timeIntervalSince1970), leaseSeconds: settings.leaseSeconds,
+                                             bytes: Int64(s.bytesDone), files: Int64(s.filesDone))) ?? true
+                if !held { progress.cancel("job \(job.id) was cancelled or taken over") }
+            }
+        }
+        keeper.start()
+        let outcome = attempt(job, progress: progress)
+        done.signal()
+        let final = isStopping && outcome != .interrupted ? outcomeWhenStopping(outcome) : outcome
+        _ = try? store.finish(job.id, worker: worker, outcome: final, now: Int64(Date().timeIntervalSince1970))
+    }
+
+    /// A transfer cut by the daemon's own stop is not the job's failure.
+    private func outcomeWhenStopping(_ o: AttemptOutcome) -> AttemptOutcome {
+        if case .failure(_, true) = o { return .interrupted }
+        return o
+    }
+
+    func attempt(_ job: Job, progress: TransferProgress) -> AttemptOutcome {
+        do {
+            let (src, srcPeer) = try endpoint(job.request.source)
+            let (dst, dstPeer) = try endpoint(job.request.destination)
+            var options = TransferOptions()
+            options.recursive = job.request.recursive
+            options.checksum = job.request.checksum
+            options.streams = job.request.streams
+            options.protection = try ProtectionLevel(parsing: job.request.protection)
+            options.compression = try CompressionMode(parsing: job.request.compress)
+            let creds = ClientCredentials(tls: tls, token: nil, center: srcPeer ?? dstPeer)
+            let s = try TransferClient.copy(from: src, to: dst, options: options, credentials: creds, progress: progress)
+            if s.wireBytes == 0 && s.filesSkipped == s.files { return .skipped(files: Int64(s.files)) }
+            return .success(bytes: Int64(s.bytes), files: Int64(s.files))
+        } catch {
+            let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
+            if isStopping { return .interrupted }
+            let permanent: Set<TransferError.Code> = [.usage, .auth, .path]
+            return .failure(message: e.message, resumable: e.resumable && !permanent.contains(e.code))
+        }
+    }
+
+    /// A job path: `ferry://PEER/path` (a configured peer by name, or HOST:PORT), or
+    /// `/EXPORT/path` of this center. Returns the endpoint and the peer's center name.
+    func endpoint(_ text: String) throws -> (Endpoint, String?) {
+        if text.hasPrefix("ferry://") {
+            let rest = text.dropFirst("ferry://".count)
+            let name = String(rest.prefix { $0 != "/" })
+            if let address = settings.peers[name] {
+                let path = String(rest.dropFirst(name.count))
+                return (.remote(address, path: path.isEmpty ? "/" : path), name)
+            }
+            return (try Endpoint(parsing: text), nil)
+        }
+        let parts = text.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        guard text.hasPrefix("/"), let first = parts.first else { throw TransferError(.usage, "a local job path is /EXPORT/PATH, not '\(text)'") }
+        let root = settings.exports.count == 1 && settings.exports[0].name.isEmpty ? settings.exports[0] : settings.exports.first { $0.name == first }
+        guard let export = root else { throw TransferError(.path, "no export named '\(first)' at this center") }
+        let beneath = export.name.isEmpty ? parts : Array(parts.dropFirst())
+        for p in beneath where p == ".." || p == "." { throw TransferError(.path, "path '\(text)' leaves its export") }
+        return (.local(([export.path] + beneath).joined(separator: "/")), nil)
+    }
+}

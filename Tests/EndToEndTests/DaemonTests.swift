@@ -1,0 +1,152 @@
+// The daemon: two centers on loopback. Center hlrs runs `ferry serve --config` with a [daemon]
+// table (job queue, runner, API); center wuxi is a plain server whose export admits
+// `center:hlrs`. A user submits jobs to hlrs with `ferry jobs`; hlrs pushes to wuxi itself
+// (third-party transfer: the client only watches).
+
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Daemon")
+struct DaemonE2ETests {
+    struct Centers {
+        let sb: Sandbox
+        let a: FerryServer
+        let b: FerryServer
+        let api: String
+        let scratch: String
+        let incoming: String
+        let archive: String
+    }
+
+    static func start(_ name: String) throws -> Centers {
+        let sb = try Sandbox(name)
+        try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", "wuxi", "--host", "127.0.0.1"])
+        let scratch = try sb.dir("hlrs/scratch")
+        let incoming = try sb.dir("wuxi/incoming")
+        let archive = try sb.dir("wuxi/archive")
+        try writeFile(sb.file("wuxi.toml"), Array("""
+            center = "wuxi"
+            certificate = "pki/wuxi.crt"
+            key = "pki/wuxi.key"
+            ca = "pki/ca.crt"
+            [[export]]
+            name = "incoming"
+            path = "wuxi/incoming"
+            access = "rw"
+            users = ["center:hlrs"]
+            [[export]]
+            name = "archive"
+            path = "wuxi/archive"
+            access = "ro"
+            users = ["center:hlrs"]
+
+            """.utf8))
+        let b = try FerryServer(sb, root: "", extra: ["--config", sb.file("wuxi.toml"), "--cert", sb.pki + "/wuxi.crt", "--key", sb.pki + "/wuxi.key"])
+        try writeFile(sb.file("hlrs.toml"), Array("""
+            center = "hlrs"
+            certificate = "pki/hlrs.crt"
+            key = "pki/hlrs.key"
+            ca = "pki/ca.crt"
+            audit_log = "hlrs-audit.jsonl"
+            [daemon]
+            database = "hlrs-jobs.sqlite"
+            api_listen = "127.0.0.1:0"
+            workers = 2
+            lease_seconds = 6
+            [[peer]]
+            name = "wuxi"
+            address = "127.0.0.1:\(b.port)"
+            [[export]]
+            name = "scratch"
+            path = "hlrs/scratch"
+            access = "rw"
+            users = ["*"]
+
+            """.utf8))
+        let a = try FerryServer(sb, root: "", extra: ["--config", sb.file("hlrs.toml")])
+        var api = ""
+        _ = waitUntil(timeout: 20) {
+            api = a.process.stdout.split(separator: "\n").compactMap { l in l.range(of: "api listening on ").map { String(l[$0.upperBound...]) } }.first ?? ""
+            return !api.isEmpty
+        }
+        guard !api.isEmpty else { throw HarnessError("no API line: \(a.process.stdout) \(a.process.stderr)") }
+        return Centers(sb: sb, a: a, b: b, api: api, scratch: scratch, incoming: incoming, archive: archive)
+    }
+
+    static func jobs(_ c: Centers, _ args: [String], timeout: Double = 120) throws -> CpResult {
+        let sub = args[0]
+        return try c.sb.ferry(["jobs", sub, "--api", c.api, "--token-file", c.sb.tokenFile, "--json"] + args.dropFirst(), timeout: timeout)
+    }
+
+    /// A plain GET through Python's urllib (Foundation on Linux reads no http URLs directly).
+    static func httpGet(_ url: String) -> String {
+        runTool("/usr/bin/python3", ["-c", "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())", url]).output
+    }
+
+    static func lastJSON(_ r: CpResult) -> [String: Any] {
+        guard let line = r.stdout.split(separator: "\n").last,
+              let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return [:] }
+        return o
+    }
+
+    @Test("a job submitted with `ferry jobs` makes hlrs push a tree to wuxi; byte-identical; a rerun ends skipped; list, show, API errors")
+    func thirdPartyPush() throws {
+        let c = try DaemonE2ETests.start("daemon-push")
+        defer { c.a.stop(); c.b.stop() }
+        let run = try c.sb.dir("hlrs/scratch/run1/sub")
+        try writeRandomFile(run + "/big.bin", size: 20 * E2E.MiB)
+        for i in 0..<50 { try writeFile(c.scratch + "/run1/f\(i).txt", Array("file \(i)\n".utf8)) }
+        let r = try DaemonE2ETests.jobs(c, ["submit", "-r", "--wait", "/scratch/run1", "ferry://wuxi/incoming/run1"])
+        #expect(r.status == 0, "\(r)")
+        #expect(DaemonE2ETests.lastJSON(r)["state"] as? String == "success", "\(r.stdout)")
+        #expect(treeDifferences(c.scratch + "/run1", c.incoming + "/run1").isEmpty)
+        // Nothing to do the second time: `skipped`.
+        let again = try DaemonE2ETests.jobs(c, ["submit", "-r", "--wait", "/scratch/run1", "ferry://wuxi/incoming/run1"])
+        #expect(DaemonE2ETests.lastJSON(again)["state"] as? String == "skipped", "\(again)")
+        let list = try DaemonE2ETests.jobs(c, ["list"])
+        let all = (DaemonE2ETests.lastJSON(list)["transfers"] as? [[String: Any]]) ?? []
+        #expect(all.count == 2 && all.allSatisfy { $0["owner"] as? String == "alice" }, "\(list.stdout)")
+        // Outside the token's scopes? The sandbox token has rw:/, so ask with a narrower one.
+        let narrow = try c.sb.issueToken(scopes: ["read:/scratch/other"], name: "narrow.tok")
+        let refused = try c.sb.ferry(["jobs", "submit", "--api", c.api, "--token-file", narrow, "/scratch/run1", "ferry://wuxi/incoming/x"], timeout: 30)
+        #expect(refused.status == 1 && refused.stderr.contains("does not allow reading"), "\(refused)")
+        let noToken = try c.sb.ferry(["jobs", "list", "--api", c.api, "--token-file", c.sb.file("nonexistent")], timeout: 30)
+        #expect(noToken.status != 0)
+        // The wuxi side saw hlrs (the center), not the laptop.
+        #expect(c.b.process.stderr.contains("(center:hlrs): push to 'incoming/run1'"), "\(c.b.process.stderr)")
+    }
+
+    @Test("a refusing destination: the job fails with the reason in `ferry jobs show`; its dependent ends upstream_failed; the API serves its OpenAPI document")
+    func failureAndDependency() throws {
+        let c = try DaemonE2ETests.start("daemon-fail")
+        defer { c.a.stop(); c.b.stop() }
+        try writeFile(c.scratch + "/a.txt", Array("a\n".utf8))
+        let first = try DaemonE2ETests.jobs(c, ["submit", "/scratch/a.txt", "ferry://wuxi/archive/a.txt"])
+        let id = DaemonE2ETests.lastJSON(first)["id"] as? Int ?? -1
+        let second = try DaemonE2ETests.jobs(c, ["submit", "--after", "\(id)", "/scratch/a.txt", "ferry://wuxi/incoming/a.txt"])
+        let id2 = DaemonE2ETests.lastJSON(second)["id"] as? Int ?? -1
+        let w = try DaemonE2ETests.jobs(c, ["wait", "\(id)"])
+        #expect(w.status == 1)
+        let show = DaemonE2ETests.lastJSON(try DaemonE2ETests.jobs(c, ["show", "\(id)"]))
+        #expect(show["state"] as? String == "failed" && (show["error"] as? String ?? "").contains("read-only"), "\(show)")
+        var dep: [String: Any] = [:]
+        waitUntil(timeout: 20, interval: 0.2) {
+            dep = (try? DaemonE2ETests.lastJSON(DaemonE2ETests.jobs(c, ["show", "\(id2)"]))) ?? [:]
+            return dep["state"] as? String == "upstream_failed"
+        }
+        #expect(dep["state"] as? String == "upstream_failed", "\(dep)")
+        #expect(!exists(c.incoming + "/a.txt"))
+        // The OpenAPI document names every route the daemon serves, and each answers.
+        let spec = Data(DaemonE2ETests.httpGet(c.api + "/api/v1/openapi.json").utf8)
+        let paths = ((try JSONSerialization.jsonObject(with: spec) as? [String: Any])?["paths"] as? [String: Any]) ?? [:]
+        for p in ["/api/v1/health", "/api/v1/transfers", "/api/v1/transfers/{id}", "/api/v1/transfers/{id}/cancel", "/api/v1/transfers/{id}/retry", "/metrics", "/api/v1/openapi.json"] {
+            #expect(paths[p] != nil, "OpenAPI lacks \(p)")
+        }
+        let metrics = DaemonE2ETests.httpGet(c.api + "/metrics")
+        #expect(metrics.contains("ferry_jobs{state=\"failed\"} 1") && metrics.contains("ferry_jobs{state=\"upstream_failed\"} 1"), "\(metrics)")
+    }
+}
