@@ -11,6 +11,8 @@ public struct JobRequest: Sendable, Codable, Equatable {
     public var checksum = false
     /// nil: the daemon's per-peer tuning decides.
     public var streams: Int?
+    /// Bytes per second on the wire for this job; nil = unlimited.
+    public var bwlimit: UInt64?
     public var priority = 0
     /// Jobs that must end `success` (or `skipped`) first.
     public var dependsOn: [Int64] = []

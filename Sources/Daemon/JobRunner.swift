@@ -125,11 +125,15 @@ public final class JobRunner: @unchecked Sendable {
             options.recursive = job.request.recursive
             options.checksum = job.request.checksum
             options.streams = job.request.streams
+            options.bandwidthLimitBytesPerSecond = job.request.bwlimit
             options.protection = try ProtectionLevel(parsing: job.request.protection)
             options.compression = try CompressionMode(parsing: job.request.compress)
             let creds = ClientCredentials(tls: tls, token: nil, center: srcPeer ?? dstPeer)
             let s = try TransferClient.copy(from: src, to: dst, options: options, credentials: creds, progress: progress)
-            if s.wireBytes == 0 && s.filesSkipped == s.files { return .skipped(files: Int64(s.files)) }
+            // Nothing to do on a first attempt: `skipped`. On a later one it means an earlier
+            // attempt delivered everything before it was cut (a kill after the last byte): the
+            // job's work is done, `success`.
+            if s.wireBytes == 0 && s.filesSkipped == s.files && job.attempts <= 1 { return .skipped(files: Int64(s.files)) }
             return .success(bytes: Int64(s.bytes), files: Int64(s.files))
         } catch {
             let e = (error as? TransferError) ?? TransferError(.io, "\(error)")

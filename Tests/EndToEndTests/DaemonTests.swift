@@ -68,13 +68,18 @@ struct DaemonE2ETests {
 
             """.utf8))
         let a = try FerryServer(sb, root: "", extra: ["--config", sb.file("hlrs.toml")])
+        return Centers(sb: sb, a: a, b: b, api: try apiURL(a), scratch: scratch, incoming: incoming, archive: archive)
+    }
+
+    /// The API address a daemon printed ("... api listening on http://HOST:PORT").
+    static func apiURL(_ a: FerryServer) throws -> String {
         var api = ""
         _ = waitUntil(timeout: 20) {
             api = a.process.stdout.split(separator: "\n").compactMap { l in l.range(of: "api listening on ").map { String(l[$0.upperBound...]) } }.first ?? ""
             return !api.isEmpty
         }
         guard !api.isEmpty else { throw HarnessError("no API line: \(a.process.stdout) \(a.process.stderr)") }
-        return Centers(sb: sb, a: a, b: b, api: api, scratch: scratch, incoming: incoming, archive: archive)
+        return api
     }
 
     static func jobs(_ c: Centers, _ args: [String], timeout: Double = 120) throws -> CpResult {
@@ -148,5 +153,42 @@ struct DaemonE2ETests {
         }
         let metrics = DaemonE2ETests.httpGet(c.api + "/metrics")
         #expect(metrics.contains("ferry_jobs{state=\"failed\"} 1") && metrics.contains("ferry_jobs{state=\"upstream_failed\"} 1"), "\(metrics)")
+    }
+
+    @Test("kill -9 of the daemon in the middle of a job with 100 more queued; restart; every job ends success, none ran twice, every file identical")
+    func killAndRestart() throws {
+        let c = try DaemonE2ETests.start("daemon-kill")
+        defer { c.b.stop() }
+        try writeRandomFile(c.scratch + "/big.bin", size: 96 * E2E.MiB)
+        try c.sb.dir("hlrs/scratch/small")
+        for i in 0..<100 { try writeFile(c.scratch + "/small/f\(i).txt", Array("small file \(i)\n".utf8)) }
+        let big = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "4M", "/scratch/big.bin", "ferry://wuxi/incoming/big.bin"])
+        let bigID = DaemonE2ETests.lastJSON(big)["id"] as? Int ?? -1
+        for i in 0..<100 {
+            let r = try DaemonE2ETests.jobs(c, ["submit", "/scratch/small/f\(i).txt", "ferry://wuxi/incoming/small/f\(i).txt"])
+            #expect(r.status == 0, "\(r)")
+        }
+        // The big job is well under way: a partial file exists at wuxi.
+        #expect(waitUntil(timeout: 30) { exists(c.incoming + "/.big.bin.ferry-part") }, "the big job did not start")
+        c.a.kill9()
+        // Same configuration, same queue file.
+        let a2 = try FerryServer(c.sb, root: "", extra: ["--config", c.sb.file("hlrs.toml")])
+        defer { a2.stop() }
+        let c2 = Centers(sb: c.sb, a: a2, b: c.b, api: try DaemonE2ETests.apiURL(a2), scratch: c.scratch, incoming: c.incoming, archive: c.archive)
+        var jobs: [[String: Any]] = []
+        let finished = waitUntil(timeout: 120, interval: 0.5) {
+            let r = try? DaemonE2ETests.jobs(c2, ["list", "--limit", "500"])
+            jobs = r.map { (DaemonE2ETests.lastJSON($0)["transfers"] as? [[String: Any]]) ?? [] } ?? []
+            return jobs.count == 101 && jobs.allSatisfy { ["success", "failed", "upstream_failed", "skipped"].contains($0["state"] as? String ?? "") }
+        }
+        #expect(finished, "jobs did not all end: \(jobs.filter { $0["state"] as? String != "success" })")
+        #expect(jobs.allSatisfy { $0["state"] as? String == "success" }, "\(jobs.filter { $0["state"] as? String != "success" })")
+        // Only the jobs cut by the kill (at most one per worker: 2) ran a second time; every
+        // other job ran exactly once.
+        let rerun = jobs.filter { ($0["attempts"] as? Int ?? 0) != 1 }
+        #expect(rerun.count <= 2 && rerun.allSatisfy { $0["attempts"] as? Int == 2 }, "\(rerun)")
+        #expect(jobs.first { $0["id"] as? Int == bigID }?["attempts"] as? Int == 2, "the big job was cut by the kill and resumed")
+        #expect(filesIdentical(c.scratch + "/big.bin", c.incoming + "/big.bin"))
+        for i in 0..<100 { #expect(filesIdentical(c.scratch + "/small/f\(i).txt", c.incoming + "/small/f\(i).txt")) }
     }
 }
