@@ -191,4 +191,50 @@ struct DaemonE2ETests {
         #expect(filesIdentical(c.scratch + "/big.bin", c.incoming + "/big.bin"))
         for i in 0..<100 { #expect(filesIdentical(c.scratch + "/small/f\(i).txt", c.incoming + "/small/f\(i).txt")) }
     }
+
+    @Test("a peer that is down: the job waits in up_for_retry with the reason, and succeeds once the peer is back")
+    func retryWhilePeerDown() throws {
+        let c = try DaemonE2ETests.start("daemon-retry")
+        defer { c.a.stop() }
+        let port = c.b.port
+        c.b.stop()
+        try writeFile(c.scratch + "/r.txt", Array("retry me\n".utf8))
+        let r = try DaemonE2ETests.jobs(c, ["submit", "/scratch/r.txt", "ferry://wuxi/incoming/r.txt"])
+        let id = DaemonE2ETests.lastJSON(r)["id"] as? Int ?? -1
+        var job: [String: Any] = [:]
+        let waited = waitUntil(timeout: 30, interval: 0.3) {
+            job = (try? DaemonE2ETests.lastJSON(DaemonE2ETests.jobs(c, ["show", "\(id)"]))) ?? [:]
+            return job["state"] as? String == "up_for_retry"
+        }
+        #expect(waited, "\(job)")
+        #expect((job["error"] as? String ?? "").lowercased().contains("refused") || (job["error"] as? String ?? "").contains("connect"), "\(job)")
+        #expect((job["not_before"] as? Int ?? 0) > (job["updated"] as? Int ?? 0), "a backoff is set: \(job)")
+        // wuxi comes back on its old address.
+        let b2 = try FerryServer(c.sb, root: "", listen: ["127.0.0.1:\(port)"], extra: ["--config", c.sb.file("wuxi.toml"), "--cert", c.sb.pki + "/wuxi.crt", "--key", c.sb.pki + "/wuxi.key"])
+        defer { b2.stop() }
+        let w = try DaemonE2ETests.jobs(c, ["wait", "\(id)", "--timeout", "90"], timeout: 100)
+        #expect(w.status == 0, "\(w)")
+        #expect(filesIdentical(c.scratch + "/r.txt", c.incoming + "/r.txt"))
+    }
+
+    @Test("SIGTERM: the daemon stops within 10 s, the running job goes back to the queue and finishes after a restart")
+    func gracefulStop() throws {
+        let c = try DaemonE2ETests.start("daemon-term")
+        defer { c.b.stop() }
+        try writeRandomFile(c.scratch + "/slow.bin", size: 64 * E2E.MiB)
+        let r = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "4M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
+        let id = DaemonE2ETests.lastJSON(r)["id"] as? Int ?? -1
+        #expect(waitUntil(timeout: 30) { exists(c.incoming + "/.slow.bin.ferry-part") })
+        let t0 = monotonicSeconds()
+        #expect(c.a.stop(grace: 10), "did not exit on SIGTERM within 10 s")
+        #expect(monotonicSeconds() - t0 < 10.5)
+        let a2 = try FerryServer(c.sb, root: "", extra: ["--config", c.sb.file("hlrs.toml")])
+        defer { a2.stop() }
+        let c2 = Centers(sb: c.sb, a: a2, b: c.b, api: try DaemonE2ETests.apiURL(a2), scratch: c.scratch, incoming: c.incoming, archive: c.archive)
+        let w = try DaemonE2ETests.jobs(c2, ["wait", "\(id)", "--timeout", "90"], timeout: 100)
+        #expect(w.status == 0, "\(w)")
+        let j = DaemonE2ETests.lastJSON(w)
+        #expect(j["attempts"] as? Int == 2, "one attempt cut by the stop, one that finished it: \(j)")
+        #expect(filesIdentical(c.scratch + "/slow.bin", c.incoming + "/slow.bin"))
+    }
 }
