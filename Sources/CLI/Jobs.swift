@@ -11,7 +11,7 @@ extension Ferry {
         static let configuration = CommandConfiguration(
             commandName: "jobs",
             abstract: "Submit and follow transfer jobs on a Ferry daemon.",
-            subcommands: [Submit.self, List.self, Show.self, Cancel.self, Retry.self, Wait.self]
+            subcommands: [Submit.self, List.self, Show.self, Cancel.self, Retry.self, Wait.self, Watch.self]
         )
     }
 }
@@ -146,6 +146,38 @@ extension Ferry.Jobs {
         @Argument var id: Int
         @Option(help: "Give up waiting after this many seconds.") var timeout = 86_400
         func run() throws { try waitFor(id, api: api, seconds: timeout) }
+    }
+}
+
+extension Ferry.Jobs {
+    struct Watch: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Follow a job's progress until it ends (a line per change; --json: the job as JSON lines).")
+        @OptionGroup var api: APIOptions
+        @Argument var id: Int
+        @Option(help: "Give up after this many seconds.") var timeout = 86_400
+        func run() throws {
+            let deadline = Date().addingTimeInterval(Double(timeout))
+            var last = ""
+            while Date() < deadline {
+                let j = try api.call("GET", "/api/v1/transfers/\(id)")
+                let state = j["state"] as? String ?? "?"
+                let p = j["progress"] as? [String: Any]
+                let done = UInt64(p?["bytes_done"] as? Int ?? j["bytes"] as? Int ?? 0)
+                let total = UInt64(p?["bytes_total"] as? Int ?? 0)
+                let text = "\(id) \(state) \(byteText(done))" + (total > 0 ? " of \(byteText(total))" : "")
+                if text != last {
+                    if api.json { api.show(j) } else { print(text) }
+                    fflush(stdout)
+                    last = text
+                }
+                if ["success", "failed", "upstream_failed", "skipped"].contains(state) {
+                    if state == "success" || state == "skipped" { return }
+                    throw ExitCode(1)
+                }
+                usleep(400_000)
+            }
+            api.fail("job \(id) did not end within \(timeout) s")
+        }
     }
 }
 

@@ -10,6 +10,7 @@ import Transfer
 ///   GET  /api/v1/transfers/{id}              one job
 ///   POST /api/v1/transfers/{id}/cancel       cancel
 ///   POST /api/v1/transfers/{id}/retry        retry a failed job
+///   GET  /api/v1/transfers/{id}/events       progress as server-sent events until the job ends
 ///   GET  /metrics                            Prometheus text format
 /// Requests carry `Authorization: Bearer <user token>` (the same tokens as transfers). A user
 /// sees and changes only their own jobs; a token with scope `rw:/` is an operator's and sees all.
@@ -31,7 +32,7 @@ public struct DaemonAPI: Sendable {
     public static let routes: [(method: String, path: String)] = [
         ("GET", "/api/v1/health"), ("GET", "/api/v1/openapi.json"), ("POST", "/api/v1/transfers"),
         ("GET", "/api/v1/transfers"), ("GET", "/api/v1/transfers/{id}"), ("POST", "/api/v1/transfers/{id}/cancel"),
-        ("POST", "/api/v1/transfers/{id}/retry"), ("GET", "/metrics"),
+        ("POST", "/api/v1/transfers/{id}/retry"), ("GET", "/api/v1/transfers/{id}/events"), ("GET", "/metrics"),
     ]
 
     public func router() -> Router<BasicRequestContext> {
@@ -68,7 +69,32 @@ public struct DaemonAPI: Sendable {
             }
         }
         router.get("/api/v1/transfers/:id") { request, context in
-            try await handle(request) { user in json(200, jobObject(try ownJob(context, user))) }
+            try await handle(request) { user in json(200, live(try ownJob(context, user))) }
+        }
+        router.get("/api/v1/transfers/:id/events") { request, context in
+            try await handle(request) { user in
+                let id = try ownJob(context, user).id
+                let api = self
+                // One event when anything changes (state, bytes), polled every 0.5 s, at most a
+                // day; the stream ends with the job's final state.
+                let body = ResponseBody { writer in
+                    var last = ""
+                    for _ in 0..<(2 * 86_400) {
+                        guard let job = try api.store.get(id) else { break }
+                        let obj = api.live(job)
+                        let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) ?? Data()
+                        let text = String(decoding: data, as: UTF8.self)
+                        if text != last {
+                            try await writer.write(ByteBuffer(string: "event: \(job.state.isFinal ? "end" : "progress")\ndata: \(text)\n\n"))
+                            last = text
+                        }
+                        if job.state.isFinal { break }
+                        try await Task.sleep(nanoseconds: 500_000_000)
+                    }
+                    try await writer.finish(nil)
+                }
+                return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+            }
         }
         router.post("/api/v1/transfers/:id/cancel") { request, context in
             try await handle(request) { user in
@@ -135,6 +161,16 @@ public struct DaemonAPI: Sendable {
         }
     }
 
+    /// The job, with the runner's live counters while it runs.
+    func live(_ job: Job) -> [String: Any] {
+        var o = jobObject(job)
+        if job.state == .running, let p = runner?.liveProgress(job.id) {
+            o["progress"] = ["bytes_done": Int(p.bytesDone), "bytes_total": Int(p.bytesTotal), "files_done": Int(p.filesDone),
+                             "files_total": Int(p.filesTotal), "wire_bytes": Int(p.wireBytes), "seconds": p.seconds]
+        }
+        return o
+    }
+
     private func peerName(_ path: String) -> String? {
         guard path.hasPrefix("ferry://") else { return nil }
         return String(path.dropFirst(8).prefix { $0 != "/" })
@@ -157,6 +193,7 @@ public struct DaemonAPI: Sendable {
                            "get":{"summary":"List transfer jobs","parameters":[{"name":"state","in":"query","schema":{"type":"string"}},{"name":"after","in":"query","schema":{"type":"integer"}},{"name":"limit","in":"query","schema":{"type":"integer"}},{"name":"owner","in":"query","schema":{"type":"string"}}],"responses":{"200":{"description":"a page"}}}},
       "/api/v1/transfers/{id}":{"get":{"summary":"One job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"404":{"description":"no such job"}}}},
       "/api/v1/transfers/{id}/cancel":{"post":{"summary":"Cancel a job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"already ended"}}}},
+      "/api/v1/transfers/{id}/events":{"get":{"summary":"Progress as server-sent events (event: progress, then end)","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"text/event-stream"}}}},
       "/api/v1/transfers/{id}/retry":{"post":{"summary":"Retry a failed job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"not failed"}}}},
       "/metrics":{"get":{"summary":"Prometheus metrics","security":[],"responses":{"200":{"description":"text format"}}}}
      }}

@@ -70,6 +70,11 @@ public final class JobRunner: @unchecked Sendable {
 
     private var isStopping: Bool { lock.withLock { stopping } }
 
+    /// Live counters of a job this runner is running now.
+    public func liveProgress(_ id: Int64) -> TransferProgress.Snapshot? {
+        lock.withLock { running[id] }?.snapshot()
+    }
+
     private func workerLoop(name: String) {
         while !isStopping {
             let now = Int64(Date().timeIntervalSince1970)

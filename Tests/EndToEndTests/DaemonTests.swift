@@ -121,6 +121,9 @@ struct DaemonE2ETests {
         #expect(refused.status == 1 && refused.stderr.contains("does not allow reading"), "\(refused)")
         let noToken = try c.sb.ferry(["jobs", "list", "--api", c.api, "--token-file", c.sb.file("nonexistent")], timeout: 30)
         #expect(noToken.status != 0)
+        // Server-sent events of a finished job: its final state, then the stream ends.
+        let events = runTool("/usr/bin/python3", ["-c", "import sys, urllib.request; r = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + open(sys.argv[2]).read().strip()}); sys.stdout.write(urllib.request.urlopen(r, timeout=20).read().decode())", c.api + "/api/v1/transfers/1/events", c.sb.tokenFile]).output
+        #expect(events.hasPrefix("event: end\ndata: {") && events.contains("\"state\":\"success\""), "\(events)")
         // The wuxi side saw hlrs (the center), not the laptop.
         #expect(c.b.process.stderr.contains("(center:hlrs): push to 'incoming/run1'"), "\(c.b.process.stderr)")
     }
@@ -148,7 +151,7 @@ struct DaemonE2ETests {
         // The OpenAPI document names every route the daemon serves, and each answers.
         let spec = Data(DaemonE2ETests.httpGet(c.api + "/api/v1/openapi.json").utf8)
         let paths = ((try JSONSerialization.jsonObject(with: spec) as? [String: Any])?["paths"] as? [String: Any]) ?? [:]
-        for p in ["/api/v1/health", "/api/v1/transfers", "/api/v1/transfers/{id}", "/api/v1/transfers/{id}/cancel", "/api/v1/transfers/{id}/retry", "/metrics", "/api/v1/openapi.json"] {
+        for p in ["/api/v1/health", "/api/v1/transfers", "/api/v1/transfers/{id}", "/api/v1/transfers/{id}/cancel", "/api/v1/transfers/{id}/retry", "/api/v1/transfers/{id}/events", "/metrics", "/api/v1/openapi.json"] {
             #expect(paths[p] != nil, "OpenAPI lacks \(p)")
         }
         let metrics = DaemonE2ETests.httpGet(c.api + "/metrics")
@@ -231,9 +234,11 @@ struct DaemonE2ETests {
         let a2 = try FerryServer(c.sb, root: "", extra: ["--config", c.sb.file("hlrs.toml")])
         defer { a2.stop() }
         let c2 = Centers(sb: c.sb, a: a2, b: c.b, api: try DaemonE2ETests.apiURL(a2), scratch: c.scratch, incoming: c.incoming, archive: c.archive)
-        let w = try DaemonE2ETests.jobs(c2, ["wait", "\(id)", "--timeout", "90"], timeout: 100)
+        // `ferry jobs watch` follows it to the end, with live byte counts.
+        let w = try c2.sb.ferry(["jobs", "watch", "--api", c2.api, "--token-file", c2.sb.tokenFile, "\(id)", "--timeout", "90"], timeout: 100)
         #expect(w.status == 0, "\(w)")
-        let j = DaemonE2ETests.lastJSON(w)
+        #expect(w.stdout.contains("running") && w.stdout.contains("success"), "\(w.stdout)")
+        let j = DaemonE2ETests.lastJSON(try DaemonE2ETests.jobs(c2, ["show", "\(id)"]))
         #expect(j["attempts"] as? Int == 2, "one attempt cut by the stop, one that finished it: \(j)")
         #expect(filesIdentical(c.scratch + "/slow.bin", c.incoming + "/slow.bin"))
     }
