@@ -38,7 +38,9 @@ public struct DaemonAPI: Sendable {
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.get("/api/v1/health") { _, _ in
-            json(200, ["status": "ok", "center": center, "jobs": (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]])
+            let peers = (runner?.tuner.snapshot() ?? [:]).mapValues { ["streams": $0.streams, "rate_bytes_per_second": Int($0.lastRate), "errors": $0.errors] }
+            return json(200, ["status": "ok", "center": center, "peers": peers,
+                              "jobs": (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]])
         }
         router.get("/api/v1/openapi.json") { _, _ in
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: DaemonAPI.openAPI)))
@@ -180,6 +182,15 @@ public struct DaemonAPI: Sendable {
         var out = "# HELP ferry_jobs Transfer jobs by state.\n# TYPE ferry_jobs gauge\n"
         let counts = (try? store.countsByState()) ?? [:]
         for s in JobState.allCases { out += "ferry_jobs{state=\"\(s.rawValue)\"} \(counts[s] ?? 0)\n" }
+        if let tuner = runner?.tuner {
+            let peers = tuner.snapshot().sorted { $0.key < $1.key }
+            out += "# HELP ferry_peer_streams TCP streams the daemon uses towards each peer (self-tuned).\n# TYPE ferry_peer_streams gauge\n"
+            for (p, s) in peers { out += "ferry_peer_streams{peer=\"\(p)\"} \(s.streams)\n" }
+            out += "# HELP ferry_peer_rate_bytes Last measured throughput towards each peer.\n# TYPE ferry_peer_rate_bytes gauge\n"
+            for (p, s) in peers { out += "ferry_peer_rate_bytes{peer=\"\(p)\"} \(Int(s.lastRate))\n" }
+            out += "# HELP ferry_peer_errors_total Failed attempts towards each peer.\n# TYPE ferry_peer_errors_total counter\n"
+            for (p, s) in peers { out += "ferry_peer_errors_total{peer=\"\(p)\"} \(s.errors)\n" }
+        }
         return out
     }
 

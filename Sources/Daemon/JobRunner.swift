@@ -32,6 +32,8 @@ public final class JobRunner: @unchecked Sendable {
     public let settings: RunnerSettings
     public let workerID: String
     private let tls: TLSContext
+    /// Streams per peer, tuned from measured throughput and errors.
+    public let tuner = LinkTuner()
     private let lock = NSLock()
     private var stopping = false
     private var running: [Int64: TransferProgress] = [:]
@@ -129,12 +131,25 @@ public final class JobRunner: @unchecked Sendable {
             var options = TransferOptions()
             options.recursive = job.request.recursive
             options.checksum = job.request.checksum
-            options.streams = job.request.streams
+            let tuned = job.request.streams == nil && !job.peer.isEmpty
+            options.streams = job.request.streams ?? (job.peer.isEmpty ? nil : tuner.streams(for: job.peer))
             options.bandwidthLimitBytesPerSecond = job.request.bwlimit
             options.protection = try ProtectionLevel(parsing: job.request.protection)
             options.compression = try CompressionMode(parsing: job.request.compress)
             let creds = ClientCredentials(tls: tls, token: nil, center: srcPeer ?? dstPeer)
-            let s = try TransferClient.copy(from: src, to: dst, options: options, credentials: creds, progress: progress)
+            let s: TransferSummary
+            do {
+                s = try TransferClient.copy(from: src, to: dst, options: options, credentials: creds, progress: progress)
+            } catch {
+                // Link trouble (lost connections, timeouts) counts; refusals (auth, paths) do not.
+                if tuned && !isStopping, let e = error as? TransferError, e.resumable {
+                    tuner.record(peer: job.peer, streams: options.streams ?? 0, bytes: 0, seconds: 0, failed: true)
+                }
+                throw error
+            }
+            if tuned {
+                tuner.record(peer: job.peer, streams: options.streams ?? 0, bytes: Int64(s.wireBytes), seconds: s.seconds, failed: false)
+            }
             // Nothing to do on a first attempt: `skipped`. On a later one it means an earlier
             // attempt delivered everything before it was cut (a kill after the last byte): the
             // job's work is done, `success`.

@@ -157,4 +157,23 @@ struct JobStoreTests {
         #expect(page1.count == 1 && page2.count == 1 && page2[0].id == late)
         #expect(try s.list(JobFilter(owner: "nobody")).isEmpty)
     }
+
+    @Test("link tuning: more streams while throughput improves, fewer when it drops, half on errors, within limits")
+    func tuning() {
+        let t = LinkTuner(minStreams: 1, maxStreams: 6, initialStreams: 4, minBytes: 1)
+        #expect(t.streams(for: "b") == 4)
+        t.record(peer: "b", streams: 4, bytes: 100, seconds: 1, failed: false)   // first sample: try 5
+        #expect(t.streams(for: "b") == 5)
+        t.record(peer: "b", streams: 5, bytes: 120, seconds: 1, failed: false)   // better: 6
+        t.record(peer: "b", streams: 6, bytes: 130, seconds: 1, failed: false)   // better, at the cap
+        #expect(t.streams(for: "b") == 6)
+        t.record(peer: "b", streams: 6, bytes: 100, seconds: 1, failed: false)   // worse: back one
+        #expect(t.streams(for: "b") == 5)
+        t.record(peer: "b", streams: 5, bytes: 0, seconds: 0, failed: true)      // error: halve
+        #expect(t.streams(for: "b") == 2 && t.snapshot()["b"]?.errors == 1)
+        t.record(peer: "b", streams: 9, bytes: 999, seconds: 1, failed: false)   // a job's own setting: ignored
+        #expect(t.streams(for: "b") == 2)
+        for _ in 0..<5 { t.record(peer: "c", streams: t.streams(for: "c"), bytes: 0, seconds: 0, failed: true) }
+        #expect(t.streams(for: "c") == 1)
+    }
 }

@@ -218,6 +218,10 @@ struct DaemonE2ETests {
         let w = try DaemonE2ETests.jobs(c, ["wait", "\(id)", "--timeout", "90"], timeout: 100)
         #expect(w.status == 0, "\(w)")
         #expect(filesIdentical(c.scratch + "/r.txt", c.incoming + "/r.txt"))
+        // The failed attempts count as link errors and halved the streams towards wuxi.
+        let metrics = DaemonE2ETests.httpGet(c.api + "/metrics")
+        #expect(metrics.contains("ferry_peer_errors_total{peer=\"wuxi\"}") && metrics.contains("ferry_peer_streams{peer=\"wuxi\"} ")
+                && !metrics.contains("ferry_peer_streams{peer=\"wuxi\"} 4"), "\(metrics)")
     }
 
     @Test("SIGTERM: the daemon stops within 10 s, the running job goes back to the queue and finishes after a restart")
