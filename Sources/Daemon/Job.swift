@@ -24,6 +24,28 @@ public struct JobRequest: Sendable, Codable, Equatable {
         self.source = source
         self.destination = destination
     }
+
+    enum CodingKeys: String, CodingKey {
+        case source, destination, recursive, protection, compress, checksum, streams, bwlimit, priority, dependsOn, deadline, maxAttempts
+    }
+
+    /// Only `source` and `destination` are required (as the OpenAPI document says); every other
+    /// field keeps its default when absent.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        source = try c.decode(String.self, forKey: .source)
+        destination = try c.decode(String.self, forKey: .destination)
+        recursive = try c.decodeIfPresent(Bool.self, forKey: .recursive) ?? false
+        protection = try c.decodeIfPresent(String.self, forKey: .protection) ?? "private"
+        compress = try c.decodeIfPresent(String.self, forKey: .compress) ?? "auto"
+        checksum = try c.decodeIfPresent(Bool.self, forKey: .checksum) ?? false
+        streams = try c.decodeIfPresent(Int.self, forKey: .streams)
+        bwlimit = try c.decodeIfPresent(UInt64.self, forKey: .bwlimit)
+        priority = try c.decodeIfPresent(Int.self, forKey: .priority) ?? 0
+        dependsOn = try c.decodeIfPresent([Int64].self, forKey: .dependsOn) ?? []
+        deadline = try c.decodeIfPresent(Int64.self, forKey: .deadline)
+        maxAttempts = try c.decodeIfPresent(Int.self, forKey: .maxAttempts)
+    }
 }
 
 /// A job as the store keeps it.

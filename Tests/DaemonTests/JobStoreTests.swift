@@ -176,4 +176,11 @@ struct JobStoreTests {
         for _ in 0..<5 { t.record(peer: "c", streams: t.streams(for: "c"), bytes: 0, seconds: 0, failed: true) }
         #expect(t.streams(for: "c") == 1)
     }
+
+    @Test("a request with only source and destination decodes with the defaults")
+    func minimalRequest() throws {
+        let r = try JSONDecoder().decode(JobRequest.self, from: Data(#"{"source":"/a","destination":"ferry://b/a"}"#.utf8))
+        #expect(r.protection == "private" && r.compress == "auto" && !r.recursive && r.dependsOn.isEmpty && r.priority == 0)
+        #expect(throws: DecodingError.self) { try JSONDecoder().decode(JobRequest.self, from: Data(#"{"source":"/a"}"#.utf8)) }
+    }
 }
