@@ -155,48 +155,42 @@ extension Ferry.Jobs {
         @OptionGroup var api: APIOptions
         @Argument var id: Int
         @Option(help: "Give up after this many seconds.") var timeout = 86_400
-        func run() throws {
-            let deadline = Date().addingTimeInterval(Double(timeout))
-            var last = ""
-            while Date() < deadline {
-                let j = try api.call("GET", "/api/v1/transfers/\(id)")
-                let state = j["state"] as? String ?? "?"
-                let p = j["progress"] as? [String: Any]
-                let done = UInt64(p?["bytes_done"] as? Int ?? j["bytes"] as? Int ?? 0)
-                let total = UInt64(p?["bytes_total"] as? Int ?? 0)
-                let text = "\(id) \(state) \(byteText(done))" + (total > 0 ? " of \(byteText(total))" : "")
-                if text != last {
-                    if api.json { api.show(j) } else { print(text) }
-                    fflush(stdout)
-                    last = text
-                }
-                if ["success", "failed", "upstream_failed", "skipped"].contains(state) {
-                    if state == "success" || state == "skipped" { return }
-                    throw ExitCode(1)
-                }
-                usleep(400_000)
-            }
-            api.fail("job \(id) did not end within \(timeout) s")
-        }
+        func run() throws { try waitFor(id, api: api, seconds: timeout, progress: true) }
     }
 }
 
-/// Polls a job until it ends (bounded), printing state changes.
-func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400) throws {
+/// Polls a job until it ends (bounded). `wait` reports state changes on stderr and the final job
+/// on stdout; `watch` (`progress`) prints a line (or, with --json, the job) whenever its state
+/// or byte count changes. Exit 0 on success or skipped.
+func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool = false) throws {
     let deadline = Date().addingTimeInterval(Double(seconds))
     var last = ""
     let final: Set<String> = ["success", "failed", "upstream_failed", "skipped"]
     while Date() < deadline {
         let j = try api.call("GET", "/api/v1/transfers/\(id)")
         let state = j["state"] as? String ?? "?"
-        if state != last && !api.json { FileHandle.standardError.write("ferry jobs: \(id) \(state)\n".data(using: .utf8)!) }
-        last = state
+        var text = state
+        if progress {
+            let p = j["progress"] as? [String: Any]
+            let done = UInt64(p?["bytes_done"] as? Int ?? j["bytes"] as? Int ?? 0)
+            let total = UInt64(p?["bytes_total"] as? Int ?? 0)
+            text = "\(id) \(state) \(byteText(done))" + (total > 0 ? " of \(byteText(total))" : "")
+        }
+        if text != last {
+            if progress {
+                if api.json { api.show(j) } else { print(text) }
+                fflush(stdout)
+            } else if !api.json {
+                FileHandle.standardError.write("ferry jobs: \(id) \(state)\n".data(using: .utf8)!)
+            }
+            last = text
+        }
         if final.contains(state) {
-            api.show(j)
+            if !progress { api.show(j) }
             if state == "success" || state == "skipped" { return }
             throw ExitCode(1)
         }
-        usleep(300_000)
+        usleep(progress ? 400_000 : 300_000)
     }
-    api.fail("job \(id) did not end within \(seconds) s (last state: \(last))")
+    api.fail("job \(id) did not end within \(seconds) s (last: \(last))")
 }

@@ -157,7 +157,7 @@ public struct DaemonAPI: Sendable {
             var rel = Substring(path)
             while rel.hasPrefix("/") { rel = rel.dropFirst() }
             let parts = try namespaceComponents(String(rel))
-            guard user.scopes.contains(where: { (write ? $0.write : $0.read) && $0.coversPath(parts) }) else {
+            guard user.scopes.allow(parts, write: write) else {
                 throw TransferError(.auth, "your token does not allow \(write ? "writing" : "reading") '\(path)'")
             }
         }

@@ -181,6 +181,32 @@ public final class JobRunner: @unchecked Sendable {
         guard let export = root else { throw TransferError(.path, "no export named '\(first)' at this center") }
         let beneath = export.name.isEmpty ? parts : Array(parts.dropFirst())
         for p in beneath where p == ".." || p == "." { throw TransferError(.path, "path '\(text)' leaves its export") }
-        return (.local(([export.path] + beneath).joined(separator: "/")), nil)
+        let path = ([export.path] + beneath).joined(separator: "/")
+        try JobRunner.confine(path, within: export.path, shown: text)
+        return (.local(path), nil)
+    }
+
+    /// The engine opens a job's local path by name, following symlinks (a user's own files on
+    /// the command line); the daemon acts for users with fewer rights than its own, so a link in
+    /// a user's directory must not carry a job outside the export. The deepest part of `path`
+    /// that exists must resolve (realpath) beneath the export's directory.
+    static func confine(_ path: String, within root: String, shown: String) throws {
+        guard let base = realpath(root, nil) else { throw TransferError(.path, "cannot resolve the export '\(root)': \(String(cString: strerror(errno)))") }
+        let rootReal = String(cString: base)
+        free(base)
+        var probe = path
+        for _ in 0..<4096 {
+            if let r = realpath(probe, nil) {
+                let real = String(cString: r)
+                free(r)
+                guard real == rootReal || real.hasPrefix(rootReal.hasSuffix("/") ? rootReal : rootReal + "/") else {
+                    throw TransferError(.path, "path '\(shown)' resolves outside its export (a symbolic link)")
+                }
+                return
+            }
+            guard errno == ENOENT, let slash = probe.lastIndex(of: "/"), slash > probe.startIndex else { break }
+            probe = String(probe[..<slash])
+        }
+        throw TransferError(.path, "path '\(shown)' cannot be resolved")
     }
 }

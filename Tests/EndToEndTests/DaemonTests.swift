@@ -156,6 +156,14 @@ struct DaemonE2ETests {
         }
         let metrics = DaemonE2ETests.httpGet(c.api + "/metrics")
         #expect(metrics.contains("ferry_jobs{state=\"failed\"} 1") && metrics.contains("ferry_jobs{state=\"upstream_failed\"} 1"), "\(metrics)")
+        // A symlink in the export pointing out of it: the job fails, nothing leaves the center.
+        let outside = try c.sb.dir("hlrs/outside")
+        try writeFile(outside + "/secret.txt", Array("not for export\n".utf8))
+        symlink("../outside", c.scratch + "/escape")
+        let esc = try DaemonE2ETests.jobs(c, ["submit", "--wait", "/scratch/escape/secret.txt", "ferry://wuxi/incoming/secret.txt"])
+        #expect(esc.status == 1, "\(esc)")
+        #expect((DaemonE2ETests.lastJSON(esc)["error"] as? String ?? "").contains("outside its export"), "\(esc.stdout)")
+        #expect(!exists(c.incoming + "/secret.txt"))
     }
 
     @Test("kill -9 of the daemon in the middle of a job with 100 more queued; restart; every job ends success, none ran twice, every file identical")

@@ -37,7 +37,7 @@ ctx.load_verify_locations(ca)
 s = ctx.wrap_socket(raw, server_hostname=host)
 t, _, name = read_frame(s)
 assert t == 0x12, "expected READY, got %#x" % t
-p = path.encode("utf-8", "surrogateescape").replace(b"\\0", b"\0")
+p = path.encode("utf-8")
 tok = token.encode()
 hello = u16(len(tok)) + tok + bytes([direction]) + u16(len(p)) + p + bytes([0, 0, 1, 0, 0]) + struct.pack("<QI", 0, 4 << 20) + bytes([protection])
 s.sendall(frame(0x01, hello))

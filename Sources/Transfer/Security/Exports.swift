@@ -107,8 +107,7 @@ final class ExportTable: @unchecked Sendable {
         }
         guard allowed else { throw TransferError(.auth, "'\(who.user)' may not use \(label)") }
         if let scopes = who.scopes {
-            let covered = scopes.contains { s in (write ? s.write : s.read) && s.covers(parts) }
-            guard covered else {
+            guard scopes.allow(parts, write: write) else {
                 throw TransferError(.auth, "the token of '\(who.user)' does not allow \(write ? "writing" : "reading") '/\(parts.joined(separator: "/"))' (scopes: \(scopes.map(\.description).joined(separator: " ")))")
             }
         }

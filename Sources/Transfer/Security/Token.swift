@@ -31,8 +31,6 @@ public struct Scope: Sendable, Equatable, CustomStringConvertible {
         self.path = path
     }
 
-    /// `covers` for callers outside the engine (the daemon's API).
-    public func coversPath(_ components: [Substring]) -> Bool { covers(components) }
 
     /// True when `components` (a path in the server's namespace) lies at or beneath this scope.
     func covers(_ components: [Substring]) -> Bool {
@@ -42,6 +40,14 @@ public struct Scope: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { (read && write ? "rw" : read ? "read" : "write") + ":" + path }
+}
+
+extension Array where Element == Scope {
+    /// True when one of these scopes grants reading (or writing) at `components`, a path of
+    /// the server's namespace. The one rule for transfers (exports) and jobs (the daemon's API).
+    public func allow(_ components: [Substring], write: Bool) -> Bool {
+        contains { (write ? $0.write : $0.read) && $0.covers(components) }
+    }
 }
 
 /// A user's bearer token, issued and signed (Ed25519) by a center:
@@ -172,17 +178,28 @@ public final class TokenVerifier: @unchecked Sendable {
 
     /// The verified token, or an `.auth` error saying why it is refused.
     public func verify(_ text: String, now: Int64 = Int64(time(nil))) throws -> UserToken {
-        let (token, payload, sig) = try UserToken.unverified(text)
-        guard let key = issuers[token.issuer] else { throw TransferError(.auth, "token issued by '\(token.issuer)', which this server does not trust") }
+        let (token, error) = check(text, now: now)
+        if let error { throw error }
+        return token!
+    }
+
+    /// Verifies a token once and says both what it is and why it is refused: `token` is set
+    /// whenever the signature is genuine (also for an expired or revoked token, so that a
+    /// refusal can name its user), `error` whenever it is refused.
+    public func check(_ text: String, now: Int64 = Int64(time(nil))) -> (token: UserToken?, error: TransferError?) {
+        let token: UserToken, payload: [UInt8], sig: [UInt8]
+        do { (token, payload, sig) = try UserToken.unverified(text) } catch { return (nil, asTransferError(error)) }
+        guard let key = issuers[token.issuer] else { return (nil, TransferError(.auth, "token issued by '\(token.issuer)', which this server does not trust")) }
         let msg = UserToken.domain + payload
-        guard ferry_ed25519_verify(key, msg, msg.count, sig) == 1 else { throw TransferError(.auth, "token signature is not valid (forged or altered)") }
-        guard now < token.expiresAt else { throw TransferError(.auth, "token of '\(token.user)' expired at \(isoTime(token.expiresAt))") }
-        guard now + skewSeconds >= token.issuedAt else { throw TransferError(.auth, "token of '\(token.user)' is not valid before \(isoTime(token.issuedAt))") }
+        guard ferry_ed25519_verify(key, msg, msg.count, sig) == 1 else { return (nil, TransferError(.auth, "token signature is not valid (forged or altered)")) }
+        func refuse(_ m: String) -> (UserToken?, TransferError?) { (token, TransferError(.auth, m)) }
+        guard now < token.expiresAt else { return refuse("token of '\(token.user)' expired at \(isoTime(token.expiresAt))") }
+        guard now + skewSeconds >= token.issuedAt else { return refuse("token of '\(token.user)' is not valid before \(isoTime(token.issuedAt))") }
         let (revoked, error) = revocationState(token.idHex)
-        if let error { throw TransferError(.auth, "token refused: \(error)") }
-        guard !revoked else { throw TransferError(.auth, "token \(token.idHex) of '\(token.user)' has been revoked") }
-        guard UserToken.isValidUser(token.user) else { throw TransferError(.auth, "token names an invalid user") }
-        return token
+        if let error { return refuse("token refused: \(error)") }
+        guard !revoked else { return refuse("token \(token.idHex) of '\(token.user)' has been revoked") }
+        guard UserToken.isValidUser(token.user) else { return (nil, TransferError(.auth, "token names an invalid user")) }
+        return (token, nil)
     }
 
     /// Re-reads the revocation list when it changed (one stat per check; the file is small).
@@ -215,14 +232,6 @@ public final class TokenVerifier: @unchecked Sendable {
     }
 
     func isRevoked(_ idHex: String) -> Bool { revocationState(idHex).revoked }
-
-    /// The token if its signature is valid, whatever its expiry or revocation (to name the user
-    /// in the audit line of a refusal; never to admit anyone).
-    public func genuine(_ text: String) -> UserToken? {
-        guard let (token, payload, sig) = try? UserToken.unverified(text), let key = issuers[token.issuer] else { return nil }
-        let msg = UserToken.domain + payload
-        return ferry_ed25519_verify(key, msg, msg.count, sig) == 1 ? token : nil
-    }
 }
 
 /// The revocation list: one token id (hex) per line; '#' starts a comment.

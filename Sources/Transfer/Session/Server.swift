@@ -197,9 +197,13 @@ public final class TransferServer: @unchecked Sendable {
         let center = conn.tls?.peerCommonName
         if !hello.token.isEmpty {
             let text = String(decoding: hello.token, as: UTF8.self)
-            // Name the user in refusals only when the signature is genuine (expired, revoked).
-            if let g = verifier.genuine(text) { note.user = "refused:" + qualified(g) }
-            let token = try verifier.verify(text)
+            // One signature check; a refusal names the user only when the signature is genuine.
+            let (checked, refusal) = verifier.check(text)
+            if let refusal {
+                if let g = checked { note.user = "refused:" + qualified(g) }
+                throw refusal
+            }
+            let token = checked!
             note.user = qualified(token)
             return Principal(user: note.user, center: center, scopes: token.scopes)
         }
