@@ -2,8 +2,7 @@
 import PackageDescription
 
 /// Ferry: a data-transfer and storage fabric for a supercomputing internet.
-/// Dependencies flow one way: CLI → Daemon → Transfer → C modules (GlobalFS goes between
-/// Daemon and Transfer when it arrives).
+/// Dependencies flow one way: CLI → Daemon → GlobalFS → Transfer → C modules.
 let package = Package(
     name: "Ferry",
     platforms: [.macOS(.v14)],
@@ -15,6 +14,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // System-library shims: each a tiny C target that includes the Debian header and
@@ -27,13 +29,26 @@ let package = Package(
             name: "Transfer",
             dependencies: ["CLiburing", "CZstd", "CXXHash", "COpenSSL"]
         ),
-        // The center's service: persistent job queue (SQLite via GRDB), runner, API.
+        // The catalog and its storage (SQLite via GRDB, or PostgreSQL via postgres-nio), which
+        // the daemon's job queue shares.
+        .target(
+            name: "GlobalFS",
+            dependencies: [
+                "Transfer",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The center's service: persistent job queue, runner, API.
         .target(
             name: "Daemon",
             dependencies: [
                 "Transfer",
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "GlobalFS",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
@@ -41,8 +56,10 @@ let package = Package(
             dependencies: ["Transfer", "Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "TransferTests", dependencies: ["Transfer"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Transfer"]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Transfer", "TestSupport"]),
+        // Shared by the test targets: the storage engines to run against (a real PostgreSQL).
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "GlobalFS", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -4,26 +4,38 @@
 # C concurrent clients. Two centers on loopback (127.0.0.1 only), made in a temp dir in tmpfs;
 # everything is removed on exit. Release build expected at .build/release/ferry.
 #
-#   bench/daemon.sh [--jobs 10000] [--clients 100] [--requests 20] [--workers 4] [--ferry BIN]
+#   bench/daemon.sh [--jobs 10000] [--clients 100] [--seconds 15] [--workers 4] [--db sqlite|postgres] [--ferry BIN]
 #
-# Status (2026-11-25): first version. Its first run (2,000 jobs) found that the API refused a
-# request with only source and destination (fixed the same evening); it has not yet been run to
-# completion, so bench/RESULTS.md has no daemon figures yet.
+# The API latency is measured with wrk (GET of one job, C connections, --latency); the job
+# figures with a Python client (8 threads submitting). --db postgres starts a throwaway
+# PostgreSQL with scripts/postgres-test.sh. Prints "key<TAB>value" lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-jobs=10000; clients=100; requests=20; workers=4; ferry="$PWD/.build/release/ferry"
+jobs=10000; clients=100; seconds=15; workers=4; db=sqlite; ferry="$PWD/.build/release/ferry"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --jobs) jobs=$2; shift 2 ;; --clients) clients=$2; shift 2 ;; --requests) requests=$2; shift 2 ;;
-    --workers) workers=$2; shift 2 ;; --ferry) ferry=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;; --clients) clients=$2; shift 2 ;; --seconds) seconds=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;; --db) db=$2; shift 2 ;; --ferry) ferry=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
 [ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
+command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq wrk >/dev/null
 w=$(mktemp -d /dev/shm/ferry-daemon-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$w"; }
+pg=""
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  [ -n "$pg" ] && scripts/postgres-test.sh stop "$pg" >/dev/null 2>&1 || true
+  rm -rf "$w"
+}
 trap cleanup EXIT
+database="jobs.sqlite"
+if [ "$db" = postgres ]; then
+  pg="/tmp/ferry-daemon-bench-pg.$$"
+  base=$(scripts/postgres-test.sh start "$pg")
+  database=$(scripts/postgres-test.sh createdb "$base" ferry_bench)
+fi
 "$ferry" ca init --dir "$w/pki" >/dev/null
 for c in hlrs wuxi; do "$ferry" ca issue --dir "$w/pki" --center $c --host 127.0.0.1 >/dev/null; done
 "$ferry" token issue --cert "$w/pki/hlrs.crt" --key "$w/pki/hlrs.key" --user bench --scope rw:/ > "$w/token"
@@ -59,7 +71,7 @@ certificate = "pki/hlrs.crt"
 key = "pki/hlrs.key"
 ca = "pki/ca.crt"
 [daemon]
-database = "jobs.sqlite"
+database = "$database"
 api_listen = "127.0.0.1:0"
 workers = $workers
 per_peer = $workers
@@ -76,10 +88,11 @@ T
 timeout 3600 "$ferry" serve --config "$w/hlrs.toml" > "$w/hlrs.out" 2> "$w/hlrs.err" & pids+=($!)
 for _ in $(seq 1 100); do grep -q "api listening" "$w/hlrs.out" && break; sleep 0.1; done
 api=$(sed -n 's/.*api listening on //p' "$w/hlrs.out")
-echo "daemon bench: $jobs one-file jobs (4 KiB) hlrs -> wuxi, $workers workers; API at $api" >&2
-python3 - "$api" "$w/token" "$jobs" "$clients" "$requests" "$w/scratch/in" "$w/incoming" <<'PY'
+echo "daemon bench: $jobs one-file jobs (4 KiB) hlrs -> wuxi, $workers workers, queue on $db; API at $api" >&2
+echo -e "db\t$db"
+python3 - "$api" "$w/token" "$jobs" "$w/scratch/in" "$w/incoming" <<'PY'
 import json, os, sys, threading, time, urllib.request, statistics, filecmp
-api, tokfile, n, clients, requests, src, dst = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
+api, tokfile, n, src, dst = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 tok = open(tokfile).read().strip()
 def call(method, path, body=None):
     req = urllib.request.Request(api + path, method=method, data=json.dumps(body).encode() if body is not None else None,
@@ -109,16 +122,13 @@ t_all = time.time() - t0
 ok = sum(1 for i in range(n) if filecmp.cmp(os.path.join(src, "f%05d" % i), os.path.join(dst, "f%05d" % i), shallow=False))
 print("jobs\t%d\nsubmitted_in_s\t%.1f\nall_done_in_s\t%.1f\njobs_per_s\t%.1f\nsuccess\t%d\nfailed\t%d\nverified_identical\t%d" %
       (n, t_submit, t_all, n / t_all, h.get("success", 0), h.get("failed", 0), ok))
-# API latency: C clients, each R requests of GET /api/v1/transfers/{id}.
-lat = []; lk = threading.Lock()
-def client(k):
-    mine = []
-    for r in range(requests):
-        a = time.time(); call("GET", "/api/v1/transfers/%d" % ids[(k * requests + r) % len(ids)]); mine.append(time.time() - a)
-    with lk: lat.extend(mine)
-ts = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-a = time.time(); [t.start() for t in ts]; [t.join() for t in ts]; el = time.time() - a
-lat.sort()
-p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
-print("api_clients\t%d\napi_requests\t%d\napi_rps\t%.0f\napi_p50_ms\t%.1f\napi_p99_ms\t%.1f\napi_max_ms\t%.1f" % (clients, len(lat), len(lat) / el, p(0.5), p(0.99), lat[-1] * 1000))
 PY
+# API latency: wrk, C connections on 2 threads, each request one job's JSON (a token check and
+# a database read), for the given seconds.
+out=$(wrk -t2 -c"$clients" -d"${seconds}s" --latency -H "Authorization: Bearer $(cat "$w/token")" "$api/api/v1/transfers/1")
+echo "$out" >&2
+echo -e "api_clients\t$clients"
+echo -e "api_rps\t$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+echo -e "api_p50\t$(echo "$out" | awk '$1 == "50%" {print $2}')"
+echo -e "api_p99\t$(echo "$out" | awk '$1 == "99%" {print $2}')"
+echo -e "api_non2xx\t$(echo "$out" | awk '/Non-2xx/ {print $NF}')"

@@ -4,7 +4,7 @@ import Transfer
 
 /// The `ferry` command: argument parsing and presentation only; the work is in `Transfer`.
 @main
-struct Ferry: ParsableCommand {
+struct Ferry: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ferry",
         abstract: "Move datasets between supercomputing centers: fast, verified, resumable.",

@@ -91,6 +91,7 @@ extension Ferry.Jobs {
         @Option(help: "Bandwidth limit in bytes per second (K/M/G suffixes).") var bwlimit: String?
         @Option(name: .customLong("after"), help: "Run only after these jobs succeeded (repeatable).") var after: [Int] = []
         @Option(help: "Give up unless done within this duration (90s, 30m, 24h).") var deadline: String?
+        @Option(name: .customLong("max-attempts"), help: "Attempts before the job fails (default: the daemon's).") var maxAttempts: Int?
         @Flag(help: "Wait for the job to end; exit 0 only on success or skipped.") var wait = false
         @Argument var source: String
         @Argument var destination: String
@@ -100,6 +101,7 @@ extension Ferry.Jobs {
                                        "compress": compress, "checksum": checksum, "priority": priority, "dependsOn": after]
             if let d = deadline { body["deadline"] = Int(Date().timeIntervalSince1970) + Int(try parseDuration(d)) }
             if let b = bwlimit { body["bwlimit"] = Int(try parseSize(b, what: "--bwlimit")) }
+            if let m = maxAttempts { body["maxAttempts"] = m }
             let job = try api.call("POST", "/api/v1/transfers", body: body)
             api.show(job)
             if wait { try waitFor(job["id"] as? Int ?? 0, api: api) }

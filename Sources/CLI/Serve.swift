@@ -5,7 +5,7 @@ import Transfer
 
 extension Ferry {
     /// `ferry serve`: the transfer server.
-    struct Serve: ParsableCommand {
+    struct Serve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "serve",
             abstract: "Serve exports over TLS: clients push into them and pull from them.",
@@ -67,7 +67,7 @@ extension Ferry {
             }
         }
 
-        func run() throws {
+        func run() async throws {
             var config: ServerConfiguration
             var daemonSection: ServerConfigFile.DaemonSection?
             var peers: [String: HostPort] = [:]
@@ -110,12 +110,6 @@ extension Ferry {
             } catch {
                 throw ValidationError(asMessage(error))
             }
-            // Block the stop signals before any thread starts, then wait for them here.
-            var signals = sigset_t()
-            sigemptyset(&signals)
-            sigaddset(&signals, SIGTERM)
-            sigaddset(&signals, SIGINT)
-            pthread_sigmask(SIG_BLOCK, &signals, nil)
             let server: TransferServer
             let bound: [HostPort]
             do {
@@ -137,10 +131,11 @@ extension Ferry {
                     settings.perUserMax = d.perUser
                     let issuers = config.tokenIssuers.isEmpty ? [config.tls.certificate ?? ""] : config.tokenIssuers
                     let verifier = try TokenVerifier(issuerCertificates: issuers, revocationsPath: config.revocations)
-                    let service = try DaemonService(databasePath: d.database, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center)
-                    try service.start()
+                    var retry = RetryPolicy()
+                    retry.maxAttempts = d.maxAttempts
+                    retry.baseSeconds = Double(d.retryBaseSeconds)
+                    let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center)
                     daemon = service
-                    print("ferry serve: center \(server.center) api listening on http://\(service.apiAddress)")
                 } catch {
                     FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)
                     server.stop()
@@ -148,11 +143,18 @@ extension Ferry {
                 }
             }
             fflush(stdout)
-            var received: Int32 = 0
-            sigwait(&signals, &received)
-            daemon?.stop()
-            server.stop()
-            FileHandle.standardError.write("ferry serve: stopping (signal \(received))\n".data(using: .utf8)!)
+            let center = server.center
+            do {
+                try await runCenter(server: server, daemon: daemon) { address in
+                    print("ferry serve: center \(center) api listening on http://\(address)")
+                    fflush(stdout)
+                }
+            } catch {
+                FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)
+                server.stop()
+                throw ExitCode(1)
+            }
+            FileHandle.standardError.write("ferry serve: stopped\n".data(using: .utf8)!)
         }
     }
 }

@@ -17,12 +17,12 @@ import Transfer
 /// A job's local paths must lie within the token's scopes (read for the source, write for the
 /// destination); the peer side is checked by the peer, against this center's certificate.
 public struct DaemonAPI: Sendable {
-    public let store: SQLiteJobStore
+    public let store: JobStore
     public let verifier: TokenVerifier
     public let center: String
     public let runner: JobRunner?
 
-    public init(store: SQLiteJobStore, verifier: TokenVerifier, center: String, runner: JobRunner?) {
+    public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?) {
         self.store = store
         self.verifier = verifier
         self.center = center
@@ -38,7 +38,7 @@ public struct DaemonAPI: Sendable {
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.get("/api/v1/health") { _, _ in
-            let peers = (runner?.tuner.snapshot() ?? [:]).mapValues { ["streams": $0.streams, "rate_bytes_per_second": Int($0.lastRate), "errors": $0.errors] }
+            let peers = (runner?.tuner.snapshot() ?? [:]).mapValues { ["streams": $0.streams, "active": $0.active, "rate_bytes_per_second": Int($0.lastRate), "errors": $0.errors] }
             return json(200, ["status": "ok", "center": center, "peers": peers,
                               "jobs": (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]])
         }
@@ -182,10 +182,17 @@ public struct DaemonAPI: Sendable {
         var out = "# HELP ferry_jobs Transfer jobs by state.\n# TYPE ferry_jobs gauge\n"
         let counts = (try? store.countsByState()) ?? [:]
         for s in JobState.allCases { out += "ferry_jobs{state=\"\(s.rawValue)\"} \(counts[s] ?? 0)\n" }
+        if let t = try? store.totals() {
+            out += "# HELP ferry_bytes_total Bytes delivered by finished jobs.\n# TYPE ferry_bytes_total counter\nferry_bytes_total \(t.bytes)\n"
+            out += "# HELP ferry_files_total Files delivered by finished jobs.\n# TYPE ferry_files_total counter\nferry_files_total \(t.files)\n"
+            out += "# HELP ferry_retries_total Attempts beyond each job's first.\n# TYPE ferry_retries_total counter\nferry_retries_total \(t.retries)\n"
+        }
         if let tuner = runner?.tuner {
             let peers = tuner.snapshot().sorted { $0.key < $1.key }
             out += "# HELP ferry_peer_streams TCP streams the daemon uses towards each peer (self-tuned).\n# TYPE ferry_peer_streams gauge\n"
             for (p, s) in peers { out += "ferry_peer_streams{peer=\"\(p)\"} \(s.streams)\n" }
+            out += "# HELP ferry_peer_active Transfers the daemon runs at once towards each peer (self-tuned).\n# TYPE ferry_peer_active gauge\n"
+            for (p, s) in peers { out += "ferry_peer_active{peer=\"\(p)\"} \(s.active)\n" }
             out += "# HELP ferry_peer_rate_bytes Last measured throughput towards each peer.\n# TYPE ferry_peer_rate_bytes gauge\n"
             for (p, s) in peers { out += "ferry_peer_rate_bytes{peer=\"\(p)\"} \(Int(s.lastRate))\n" }
             out += "# HELP ferry_peer_errors_total Failed attempts towards each peer.\n# TYPE ferry_peer_errors_total counter\n"
@@ -220,6 +227,7 @@ func jobObject(_ j: Job) -> [String: Any] {
                             "priority": j.request.priority, "depends_on": j.request.dependsOn.map { Int($0) }, "peer": j.peer]
     if let e = j.error { o["error"] = e }
     if j.notBefore > 0 { o["not_before"] = Int(j.notBefore) }
+    if let w = j.lastWorker { o["worker"] = w }
     return o
 }
 

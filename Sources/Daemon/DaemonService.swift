@@ -1,44 +1,80 @@
 import Foundation
+import GlobalFS
 import Hummingbird
+import Logging
+import ServiceLifecycle
 import Transfer
 
 /// The daemon part of `ferry serve --config` (a `[daemon]` table): the job queue, its runner
 /// and the REST API, beside the transfer server.
 public final class DaemonService: @unchecked Sendable {
-    public let store: SQLiteJobStore
+    public let store: JobStore
     public let runner: JobRunner
     public let api: DaemonAPI
-    public let apiAddress: HostPort
-    private var task: Task<Void, Error>?
+    public let apiListen: HostPort
 
-    public init(databasePath: String, apiListen: HostPort, runner settings: RunnerSettings, verifier: TokenVerifier, center: String) throws {
-        store = try SQLiteJobStore(path: databasePath)
+    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, runner settings: RunnerSettings, verifier: TokenVerifier, center: String) throws {
+        store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
         api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner)
-        // Port 0: take a free one now so that it can be printed (the HTTP server binds it next).
-        var address = apiListen
-        if address.port == 0 {
-            let (fd, actual) = try Socket.listenForPort(address)
-            close(fd)
-            address = actual
-        }
-        apiAddress = address
+        self.apiListen = apiListen
     }
 
-    /// Starts the runner and the API; returns once the API answers.
-    public func start() throws {
+    /// The HTTP server; `onRunning` gets the address it bound (port 0 resolved).
+    func application(onRunning: @escaping @Sendable (HostPort) -> Void) -> some ApplicationProtocol {
+        let listen = apiListen
+        return Application(router: api.router(), configuration: .init(address: .hostname(listen.host, port: Int(listen.port)), serverName: "ferry"),
+                           onServerRunning: { channel in onRunning(HostPort(host: listen.host, port: UInt16(channel.localAddress?.port ?? Int(listen.port)))) })
+    }
+}
+
+/// The transfer server as a service: it already listens; a graceful shutdown stops it.
+struct TransferServerService: Service {
+    let server: TransferServer
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        server.stop()
+    }
+}
+
+/// The job runner as a service: a graceful shutdown stops claiming and checkpoints running
+/// transfers (`up_for_reschedule`; their journals keep the progress).
+struct JobRunnerService: Service {
+    let runner: JobRunner
+
+    func run() async throws {
         runner.start()
-        let app = Application(router: api.router(), configuration: .init(address: .hostname(apiAddress.host, port: Int(apiAddress.port)), serverName: "ferry"))
-        task = Task.detached { try await app.run() }
-        for _ in 0..<200 {
-            if Socket.canConnect(apiAddress) { return }
-            usleep(25_000)
+        try? await gracefulShutdown()
+        // `stop` waits for the workers (bounded): off the concurrency pool.
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                self.runner.stop(seconds: 7)
+                done.resume()
+            }
         }
-        throw TransferError(.io, "the API did not start on \(apiAddress)")
     }
+}
 
-    public func stop() {
-        runner.stop()
-        task?.cancel()
+/// Runs `ferry serve` until SIGTERM or SIGINT (swift-service-lifecycle): the transfer server,
+/// and with a `[daemon]` table the runner and the API. On the signal, the services stop in
+/// reverse order: the runner stops taking work and checkpoints what runs, the API closes, the
+/// transfer server stops; all within 9 s (then whatever remains is cancelled).
+public func runCenter(server: TransferServer, daemon: DaemonService?, onAPIRunning: @escaping @Sendable (HostPort) -> Void) async throws {
+    var logger = Logger(label: "ferry.serve")
+    logger.logLevel = .warning
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+        .init(service: TransferServerService(server: server), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)
+    ]
+    if let daemon {
+        services.append(.init(service: daemon.application(onRunning: onAPIRunning), successTerminationBehavior: .gracefullyShutdownGroup,
+                              failureTerminationBehavior: .gracefullyShutdownGroup))
+        services.append(.init(service: JobRunnerService(runner: daemon.runner), successTerminationBehavior: .gracefullyShutdownGroup,
+                              failureTerminationBehavior: .gracefullyShutdownGroup))
     }
+    var config = ServiceGroupConfiguration(services: services, logger: logger)
+    config.gracefulShutdownSignals = [.sigterm, .sigint]
+    config.maximumGracefulShutdownDuration = .seconds(8)
+    config.maximumCancellationDuration = .seconds(1)
+    try await ServiceGroup(configuration: config).run()
 }

@@ -67,6 +67,8 @@ public struct Job: Sendable, Equatable {
     public var updated: Int64
     /// The peer the job talks to ("" for local-only jobs): concurrency limits and tuning.
     public var peer: String
+    /// The daemon worker that ran its latest attempt (`CENTER-PID/N`).
+    public var lastWorker: String? = nil
 }
 
 /// Which jobs to list.

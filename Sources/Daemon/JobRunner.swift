@@ -28,22 +28,23 @@ public struct RunnerSettings: Sendable {
 /// cancelled, or taken back), and records the outcome.
 /// `@unchecked Sendable`: mutable state guarded by `lock`.
 public final class JobRunner: @unchecked Sendable {
-    public let store: SQLiteJobStore
+    public let store: JobStore
     public let settings: RunnerSettings
     public let workerID: String
     private let tls: TLSContext
-    /// Streams per peer, tuned from measured throughput and errors.
-    public let tuner = LinkTuner()
+    /// Streams and transfers in flight per peer, tuned from measured throughput and errors.
+    public let tuner: LinkTuner
     private let lock = NSLock()
     private var stopping = false
     private var running: [Int64: TransferProgress] = [:]
     private var threads = 0
 
-    public init(store: SQLiteJobStore, settings: RunnerSettings, workerID: String) throws {
+    public init(store: JobStore, settings: RunnerSettings, workerID: String) throws {
         self.store = store
         self.settings = settings
         self.workerID = workerID
         tls = try TLSContext(server: false, identity: settings.tls)
+        tuner = LinkTuner(maxActive: settings.perPeerMax)
     }
 
     public func start() {
@@ -84,7 +85,7 @@ public final class JobRunner: @unchecked Sendable {
             do {
                 try store.promote(now: now)
                 job = try store.claim(worker: name, now: now, leaseSeconds: settings.leaseSeconds,
-                                      perPeerMax: settings.perPeerMax, perUserMax: settings.perUserMax)
+                                      perPeerMax: settings.perPeerMax, perUserMax: settings.perUserMax, peerLimits: tuner.activeLimits())
             } catch {
                 FileHandle.standardError.write("ferry daemon: queue error: \(error)\n".data(using: .utf8)!)
             }
@@ -131,7 +132,7 @@ public final class JobRunner: @unchecked Sendable {
             var options = TransferOptions()
             options.recursive = job.request.recursive
             options.checksum = job.request.checksum
-            let tuned = job.request.streams == nil && !job.peer.isEmpty
+            let tuned = !job.peer.isEmpty
             options.streams = job.request.streams ?? (job.peer.isEmpty ? nil : tuner.streams(for: job.peer))
             options.bandwidthLimitBytesPerSecond = job.request.bwlimit
             options.protection = try ProtectionLevel(parsing: job.request.protection)

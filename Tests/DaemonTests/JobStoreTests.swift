@@ -1,14 +1,11 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import Daemon
 
-@Suite("Job queue (SQLite)")
+/// The queue's rules, on both storage engines (SQLite; a real PostgreSQL server).
+@Suite("Job queue")
 struct JobStoreTests {
-    func temp() -> String {
-        var t = Array("/tmp/ferry-jobs-XXXXXX".utf8CString)
-        let p = String(cString: mkdtemp(&t)!)
-        return p + "/jobs.sqlite"
-    }
 
     @Test("the state graph: every platform state is reachable, final states stay final")
     func stateGraph() {
@@ -39,9 +36,9 @@ struct JobStoreTests {
         #expect(p.delay(afterAttempt: 200, random: 0.5) == 60)
     }
 
-    @Test("claims: priority then age, never one job twice, per-peer and per-user limits")
-    func claims() throws {
-        let s = try SQLiteJobStore(path: temp())
+    @Test("claims: priority then age, never one job twice, per-peer and per-user limits", arguments: Backend.allCases)
+    func claims(_ backend: Backend) throws {
+        let s = try JobStore(database: try backend.newDatabase())
         let a = try s.submit(owner: "alice", request: JobRequest(source: "/a", destination: "ferry://b/a"), peer: "b", now: 100)
         var r = JobRequest(source: "/b", destination: "ferry://b/b")
         r.priority = 5
@@ -59,12 +56,12 @@ struct JobStoreTests {
         #expect(try s.claim(worker: "w4", now: 200, leaseSeconds: 30) == nil)
     }
 
-    @Test("two store handles on one file, claiming from several threads: 200 jobs, each claimed once")
-    func concurrentClaims() throws {
-        let path = temp()
-        let setup = try SQLiteJobStore(path: path)
+    @Test("two store handles on one database (two daemons), claiming from several threads: 200 jobs, each claimed once", arguments: Backend.allCases)
+    func concurrentClaims(_ backend: Backend) throws {
+        let path = try backend.newDatabase()
+        let setup = try JobStore(database: path)
         for i in 0..<200 { try setup.submit(owner: "u", request: JobRequest(source: "/\(i)", destination: "/d/\(i)"), peer: "", now: 1) }
-        let stores = [try SQLiteJobStore(path: path), try SQLiteJobStore(path: path)]
+        let stores = [try JobStore(database: path), try JobStore(database: path)]
         let lock = NSLock()
         var claimed: [Int64] = []
         DispatchQueue.concurrentPerform(iterations: 4) { w in
@@ -80,13 +77,46 @@ struct JobStoreTests {
         #expect(try setup.countsByState()[.success] == 200)
     }
 
-    @Test("failures: resumable ones retry after a backoff, then fail with the reason; others fail at once")
-    func failures() throws {
+    @Test("per-peer and per-user limits hold while two store handles claim from six threads", arguments: Backend.allCases)
+    func limitsUnderConcurrency(_ backend: Backend) throws {
+        let path = try backend.newDatabase()
+        let stores = [try JobStore(database: path), try JobStore(database: path)]
+        for i in 0..<60 {
+            try stores[0].submit(owner: i % 3 == 0 ? "bob" : "alice", request: JobRequest(source: "/\(i)", destination: "ferry://b/\(i)"), peer: i % 2 == 0 ? "b" : "c", now: 1)
+        }
+        let lock = NSLock()
+        var done = 0
+        var worst = (peer: 0, user: 0)
+        DispatchQueue.concurrentPerform(iterations: 6) { w in
+            let st = stores[w % 2]
+            for _ in 0..<400 {
+                guard let j = try? st.claim(worker: "w\(w)", now: 2, leaseSeconds: 60, perPeerMax: 2, perUserMax: 3) else {
+                    if (lock.withLock { done }) == 60 { break }
+                    usleep(2_000)
+                    continue
+                }
+                // While this job runs: nobody may exceed the limits.
+                let running = (try? st.list(JobFilter(states: [.running], limit: 1000))) ?? []
+                let peerMax = Dictionary(grouping: running, by: \.peer).values.map(\.count).max() ?? 0
+                let userMax = Dictionary(grouping: running, by: \.owner).values.map(\.count).max() ?? 0
+                lock.withLock { worst = (max(worst.peer, peerMax), max(worst.user, userMax)) }
+                usleep(1_000)
+                _ = try? st.finish(j.id, worker: "w\(w)", outcome: .success(bytes: 1, files: 1), now: 3)
+                lock.withLock { done += 1 }
+            }
+        }
+        #expect(done == 60)
+        #expect(worst.peer <= 2 && worst.user <= 3)
+        #expect(try stores[1].countsByState()[.success] == 60)
+    }
+
+    @Test("failures: resumable ones retry after a backoff, then fail with the reason; others fail at once", arguments: Backend.allCases)
+    func failures(_ backend: Backend) throws {
         var policy = RetryPolicy()
         policy.maxAttempts = 2
         policy.baseSeconds = 10
         policy.jitter = 0
-        let s = try SQLiteJobStore(path: temp(), retry: policy)
+        let s = try JobStore(database: try backend.newDatabase(), retry: policy)
         let id = try s.submit(owner: "u", request: JobRequest(source: "/x", destination: "ferry://b/x"), peer: "b", now: 0)
         _ = try s.claim(worker: "w", now: 0, leaseSeconds: 30)
         #expect(try s.finish(id, worker: "w", outcome: .failure(message: "disk full at b", resumable: true), now: 5) == .upForRetry)
@@ -106,9 +136,9 @@ struct JobStoreTests {
         #expect(try s.finish(other, worker: "w", outcome: .success(bytes: 1, files: 1), now: 22) == nil)
     }
 
-    @Test("dependencies: a dependent waits, runs after success, becomes upstream_failed after a failure; retry revives the chain")
-    func dependencies() throws {
-        let s = try SQLiteJobStore(path: temp())
+    @Test("dependencies: a dependent waits, runs after success, becomes upstream_failed after a failure; retry revives the chain", arguments: Backend.allCases)
+    func dependencies(_ backend: Backend) throws {
+        let s = try JobStore(database: try backend.newDatabase())
         let a = try s.submit(owner: "u", request: JobRequest(source: "/a", destination: "/b"), peer: "", now: 0)
         var r = JobRequest(source: "/b", destination: "/c")
         r.dependsOn = [a]
@@ -131,9 +161,9 @@ struct JobStoreTests {
         #expect(throws: JobStoreError.self) { try s.submit(owner: "u", request: { var x = r; x.dependsOn = [999]; return x }(), peer: "", now: 8) }
     }
 
-    @Test("leases: a dead daemon's job is rescheduled and claimed again; cancel and deadline end jobs")
-    func leases() throws {
-        let s = try SQLiteJobStore(path: temp())
+    @Test("leases: a dead daemon's job is rescheduled and claimed again; cancel and deadline end jobs", arguments: Backend.allCases)
+    func leases(_ backend: Backend) throws {
+        let s = try JobStore(database: try backend.newDatabase())
         let id = try s.submit(owner: "u", request: JobRequest(source: "/a", destination: "/b"), peer: "", now: 0)
         _ = try s.claim(worker: "dead", now: 0, leaseSeconds: 30)
         #expect(try s.renew(id, worker: "dead", now: 10, leaseSeconds: 30, bytes: 5, files: 0))
@@ -175,6 +205,35 @@ struct JobStoreTests {
         #expect(t.streams(for: "b") == 2)
         for _ in 0..<5 { t.record(peer: "c", streams: t.streams(for: "c"), bytes: 0, seconds: 0, failed: true) }
         #expect(t.streams(for: "c") == 1)
+    }
+
+    @Test("link tuning of transfers in flight: one more while the aggregate rate improves, one fewer when it drops, half on errors")
+    func activeTuning() {
+        final class Clock: @unchecked Sendable { var t = 1000.0 }
+        let clock = Clock()
+        let t = LinkTuner(maxActive: 6, windowSeconds: 5, clock: { clock.t })
+        #expect(t.activeLimits().isEmpty)
+        t.record(peer: "b", streams: 4, bytes: 0, seconds: 0, failed: true)
+        #expect(t.activeLimits()["b"] == 3)
+        func window(_ bytesPerSecond: Int64) {
+            for _ in 0..<5 {
+                clock.t += 1
+                t.record(peer: "b", streams: 99, bytes: bytesPerSecond, seconds: 1, failed: false)
+            }
+        }
+        window(100)   // first window: try one more
+        #expect(t.activeLimits()["b"] == 4)
+        window(200)   // better: one more
+        #expect(t.activeLimits()["b"] == 5)
+        window(100)   // worse: one fewer
+        #expect(t.activeLimits()["b"] == 4)
+        window(102)   // about the same: stay
+        #expect(t.activeLimits()["b"] == 4)
+        for _ in 0..<4 { window(Int64(1000 * (1 + t.activeLimits()["b"]!))) }
+        #expect(t.activeLimits()["b"] == 6)  // capped
+        clock.t += 1
+        t.record(peer: "b", streams: 99, bytes: 5, seconds: 1, failed: false)  // a lone transfer: no window yet
+        #expect(t.activeLimits()["b"] == 6)
     }
 
     @Test("a request with only source and destination decodes with the defaults")

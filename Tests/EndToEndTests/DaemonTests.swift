@@ -5,6 +5,7 @@
 
 import Foundation
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -22,14 +23,18 @@ struct DaemonE2ETests {
         let archive: String
     }
 
-    static func start(_ name: String) throws -> Centers {
-        let sb = try Sandbox(name)
+    /// Centers hlrs (daemon, its queue on `backend`) and wuxi. `database`: an existing queue
+    /// (a second daemon of hlrs on the same PostgreSQL).
+    static func start(_ name: String, backend: Backend = .sqlite) throws -> Centers {
+        let sb = try Sandbox(name + "-" + backend.rawValue)
+        let database = backend == .sqlite ? "hlrs-jobs.sqlite" : try backend.newDatabase()
         try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", "wuxi", "--host", "127.0.0.1"])
         let scratch = try sb.dir("hlrs/scratch")
         let incoming = try sb.dir("wuxi/incoming")
         let archive = try sb.dir("wuxi/archive")
         try writeFile(sb.file("wuxi.toml"), Array("""
             center = "wuxi"
+            audit_log = "wuxi-audit.jsonl"
             certificate = "pki/wuxi.crt"
             key = "pki/wuxi.key"
             ca = "pki/ca.crt"
@@ -53,10 +58,11 @@ struct DaemonE2ETests {
             ca = "pki/ca.crt"
             audit_log = "hlrs-audit.jsonl"
             [daemon]
-            database = "hlrs-jobs.sqlite"
+            database = "\(database)"
             api_listen = "127.0.0.1:0"
             workers = 2
             lease_seconds = 6
+            retry_base_seconds = 2
             [[peer]]
             name = "wuxi"
             address = "127.0.0.1:\(b.port)"
@@ -98,9 +104,9 @@ struct DaemonE2ETests {
         return o
     }
 
-    @Test("a job submitted with `ferry jobs` makes hlrs push a tree to wuxi; byte-identical; a rerun ends skipped; list, show, API errors")
-    func thirdPartyPush() throws {
-        let c = try DaemonE2ETests.start("daemon-push")
+    @Test("a job submitted with `ferry jobs` makes hlrs push a tree to wuxi; byte-identical; a rerun ends skipped; list, show, API errors", arguments: Backend.allCases)
+    func thirdPartyPush(_ backend: Backend) throws {
+        let c = try DaemonE2ETests.start("daemon-push", backend: backend)
         defer { c.a.stop(); c.b.stop() }
         let run = try c.sb.dir("hlrs/scratch/run1/sub")
         try writeRandomFile(run + "/big.bin", size: 20 * E2E.MiB)
@@ -128,9 +134,9 @@ struct DaemonE2ETests {
         #expect(c.b.process.stderr.contains("(center:hlrs): push to 'incoming/run1'"), "\(c.b.process.stderr)")
     }
 
-    @Test("a refusing destination: the job fails with the reason in `ferry jobs show`; its dependent ends upstream_failed; the API serves its OpenAPI document")
-    func failureAndDependency() throws {
-        let c = try DaemonE2ETests.start("daemon-fail")
+    @Test("a refusing destination: the job fails with the reason in `ferry jobs show`; its dependent ends upstream_failed; the API serves its OpenAPI document", arguments: Backend.allCases)
+    func failureAndDependency(_ backend: Backend) throws {
+        let c = try DaemonE2ETests.start("daemon-fail", backend: backend)
         defer { c.a.stop(); c.b.stop() }
         try writeFile(c.scratch + "/a.txt", Array("a\n".utf8))
         let first = try DaemonE2ETests.jobs(c, ["submit", "/scratch/a.txt", "ferry://wuxi/archive/a.txt"])
@@ -166,9 +172,9 @@ struct DaemonE2ETests {
         #expect(!exists(c.incoming + "/secret.txt"))
     }
 
-    @Test("kill -9 of the daemon in the middle of a job with 100 more queued; restart; every job ends success, none ran twice, every file identical")
-    func killAndRestart() throws {
-        let c = try DaemonE2ETests.start("daemon-kill")
+    @Test("kill -9 of the daemon in the middle of a job with 100 more queued; restart; every job ends success, none ran twice, every file identical", arguments: Backend.allCases)
+    func killAndRestart(_ backend: Backend) throws {
+        let c = try DaemonE2ETests.start("daemon-kill", backend: backend)
         defer { c.b.stop() }
         try writeRandomFile(c.scratch + "/big.bin", size: 96 * E2E.MiB)
         try c.sb.dir("hlrs/scratch/small")
@@ -203,9 +209,9 @@ struct DaemonE2ETests {
         for i in 0..<100 { #expect(filesIdentical(c.scratch + "/small/f\(i).txt", c.incoming + "/small/f\(i).txt")) }
     }
 
-    @Test("a peer that is down: the job waits in up_for_retry with the reason, and succeeds once the peer is back")
-    func retryWhilePeerDown() throws {
-        let c = try DaemonE2ETests.start("daemon-retry")
+    @Test("a peer that is down: the job waits in up_for_retry with the reason, and succeeds once the peer is back", arguments: Backend.allCases)
+    func retryWhilePeerDown(_ backend: Backend) throws {
+        let c = try DaemonE2ETests.start("daemon-retry", backend: backend)
         defer { c.a.stop() }
         let port = c.b.port
         c.b.stop()
@@ -232,9 +238,9 @@ struct DaemonE2ETests {
                 && !metrics.contains("ferry_peer_streams{peer=\"wuxi\"} 4"), "\(metrics)")
     }
 
-    @Test("SIGTERM: the daemon stops within 10 s, the running job goes back to the queue and finishes after a restart")
-    func gracefulStop() throws {
-        let c = try DaemonE2ETests.start("daemon-term")
+    @Test("SIGTERM: the daemon stops within 10 s, the running job goes back to the queue and finishes after a restart", arguments: Backend.allCases)
+    func gracefulStop(_ backend: Backend) throws {
+        let c = try DaemonE2ETests.start("daemon-term", backend: backend)
         defer { c.b.stop() }
         try writeRandomFile(c.scratch + "/slow.bin", size: 64 * E2E.MiB)
         let r = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "4M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
@@ -253,5 +259,86 @@ struct DaemonE2ETests {
         let j = DaemonE2ETests.lastJSON(try DaemonE2ETests.jobs(c2, ["show", "\(id)"]))
         #expect(j["attempts"] as? Int == 2, "one attempt cut by the stop, one that finished it: \(j)")
         #expect(filesIdentical(c.scratch + "/slow.bin", c.incoming + "/slow.bin"))
+    }
+
+    /// All jobs, once every one has ended (or what there was when `timeout` ran out).
+    static func waitAllEnded(_ c: Centers, count: Int, timeout: Double) -> (ended: Bool, jobs: [[String: Any]]) {
+        var jobs: [[String: Any]] = []
+        let ended = waitUntil(timeout: timeout, interval: 0.5) {
+            let r = try? DaemonE2ETests.jobs(c, ["list", "--limit", "1000"])
+            jobs = r.map { (DaemonE2ETests.lastJSON($0)["transfers"] as? [[String: Any]]) ?? [] } ?? []
+            return jobs.count == count && jobs.allSatisfy { ["success", "failed", "upstream_failed", "skipped"].contains($0["state"] as? String ?? "") }
+        }
+        return (ended, jobs)
+    }
+
+    @Test("a full disk at the destination: the job goes up_for_retry, then failed with the reason in `ferry jobs show`; its dependent ends upstream_failed", .enabled(if: E2E.isRoot, "mounting a tmpfs needs root"), arguments: Backend.allCases)
+    func destinationDiskFull(_ backend: Backend) throws {
+        let c = try DaemonE2ETests.start("daemon-full", backend: backend)
+        defer { c.a.stop(); c.b.stop(); c.sb.unmountAll() }
+        try c.sb.mountTmpfs(at: c.incoming + "/small", sizeMiB: 8)
+        try writeRandomFile(c.scratch + "/big.bin", size: 24 * E2E.MiB)
+        let first = try DaemonE2ETests.jobs(c, ["submit", "--max-attempts", "2", "--compress", "off", "/scratch/big.bin", "ferry://wuxi/incoming/small/big.bin"])
+        let id = DaemonE2ETests.lastJSON(first)["id"] as? Int ?? -1
+        let second = try DaemonE2ETests.jobs(c, ["submit", "--after", "\(id)", "/scratch/big.bin", "ferry://wuxi/incoming/copy.bin"])
+        let id2 = DaemonE2ETests.lastJSON(second)["id"] as? Int ?? -1
+        var job: [String: Any] = [:]
+        let retrying = waitUntil(timeout: 30, interval: 0.2) {
+            job = (try? DaemonE2ETests.lastJSON(DaemonE2ETests.jobs(c, ["show", "\(id)"]))) ?? [:]
+            return job["state"] as? String == "up_for_retry"
+        }
+        #expect(retrying, "\(job)")
+        #expect((job["error"] as? String ?? "").lowercased().contains("space"), "\(job)")
+        let w = try DaemonE2ETests.jobs(c, ["wait", "\(id)", "--timeout", "60"], timeout: 70)
+        #expect(w.status == 1, "\(w)")
+        let show = try c.sb.ferry(["jobs", "show", "--api", c.api, "--token-file", c.sb.tokenFile, "\(id)"], timeout: 30)
+        #expect(show.stdout.contains("failed") && show.stdout.lowercased().contains("space") && show.stdout.contains("gave up after 2 attempts"), "\(show)")
+        var dep: [String: Any] = [:]
+        waitUntil(timeout: 20, interval: 0.2) {
+            dep = (try? DaemonE2ETests.lastJSON(DaemonE2ETests.jobs(c, ["show", "\(id2)"]))) ?? [:]
+            return dep["state"] as? String == "upstream_failed"
+        }
+        #expect(dep["state"] as? String == "upstream_failed", "\(dep)")
+        #expect(!exists(c.incoming + "/copy.bin") && !exists(c.incoming + "/small/big.bin"))
+    }
+
+    @Test("two daemons of one center on one PostgreSQL share 200 jobs: each runs once, both take work, every file identical")
+    func twoDaemonsShareQueue() throws {
+        let c = try DaemonE2ETests.start("daemon-shared", backend: .postgres)
+        defer { c.a.stop(); c.b.stop() }
+        let a2 = try FerryServer(c.sb, root: "", extra: ["--config", c.sb.file("hlrs.toml")])
+        defer { a2.stop() }
+        let api2 = try DaemonE2ETests.apiURL(a2)
+        try c.sb.dir("hlrs/scratch/many")
+        for i in 0..<200 { try writeFile(c.scratch + "/many/f\(i).txt", Array("job \(i) \(String(repeating: "x", count: i * 97))\n".utf8)) }
+        // Submit through both daemons' APIs, alternating (one Python process: 200 POSTs).
+        let submit = runTool("/usr/bin/python3", ["-c", """
+            import json, sys, urllib.request
+            tok = open(sys.argv[3]).read().strip()
+            for i in range(200):
+                api = sys.argv[1] if i % 2 == 0 else sys.argv[2]
+                body = json.dumps({"source": "/scratch/many/f%d.txt" % i, "destination": "ferry://wuxi/incoming/many/f%d.txt" % i}).encode()
+                r = urllib.request.Request(api + "/api/v1/transfers", data=body, method="POST",
+                                           headers={"Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+                assert urllib.request.urlopen(r, timeout=20).status == 201
+            print("submitted")
+            """, c.api, api2, c.sb.tokenFile])
+        #expect(submit.output.contains("submitted"), "\(submit.output)")
+        let (ended, jobs) = DaemonE2ETests.waitAllEnded(c, count: 200, timeout: 180)
+        #expect(ended, "not all ended: \(jobs.filter { $0["state"] as? String != "success" }.prefix(5))")
+        #expect(jobs.allSatisfy { $0["state"] as? String == "success" && $0["attempts"] as? Int == 1 }, "\(jobs.filter { $0["attempts"] as? Int != 1 }.prefix(5))")
+        // Both daemons (two processes: two pids in the worker names) ran jobs.
+        let daemons = Set(jobs.compactMap { ($0["worker"] as? String)?.split(separator: "/").first.map(String.init) })
+        #expect(daemons.count == 2, "workers: \(daemons)")
+        for i in 0..<200 { #expect(filesIdentical(c.scratch + "/many/f\(i).txt", c.incoming + "/many/f\(i).txt")) }
+        // wuxi's audit log: every file arrived in exactly one successful push.
+        let audit = (try? String(contentsOfFile: c.sb.file("wuxi-audit.jsonl"), encoding: .utf8)) ?? ""
+        var pushes: [String: Int] = [:]
+        for line in audit.split(separator: "\n") {
+            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  o["action"] as? String == "push", o["result"] as? String == "ok", let p = o["path"] as? String, p.contains("/many/") else { continue }
+            pushes[p, default: 0] += 1
+        }
+        #expect(pushes.count == 200 && pushes.values.allSatisfy { $0 == 1 }, "\(pushes.filter { $0.value != 1 })")
     }
 }

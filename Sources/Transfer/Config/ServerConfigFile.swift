@@ -47,7 +47,8 @@ public struct ServerConfigFile {
 
     /// The `[daemon]` table.
     public struct DaemonSection: Sendable {
-        /// SQLite file of the job queue (relative: beside the configuration).
+        /// The job queue: a SQLite file (relative: beside the configuration), or a
+        /// `postgres://USER@HOST:PORT/DB` URL that several daemons of the center share.
         public var database: String
         /// Where the REST API listens (plain HTTP: keep it on loopback or behind a TLS proxy).
         public var apiListen = HostPort(host: "127.0.0.1", port: 7480)
@@ -55,6 +56,10 @@ public struct ServerConfigFile {
         public var leaseSeconds = 30
         public var perPeer = 4
         public var perUser = 8
+        /// Attempts per job unless the request says otherwise, and the first retry's delay
+        /// (it doubles per attempt, ±20 % jitter, at most 10 minutes).
+        public var maxAttempts = 5
+        public var retryBaseSeconds = 5
     }
 
     public init(path: String) throws {
@@ -110,12 +115,17 @@ public struct ServerConfigFile {
                 var d = DaemonSection(database: resolve("jobs.sqlite"))
                 for (dk, dv) in dt {
                     switch dk {
-                    case "database": d.database = resolve(try str(dv, dk))
+                    case "database":
+                        // A postgres:// URL is kept as it is; anything else is a SQLite file.
+                        let db = try str(dv, dk)
+                        d.database = db.hasPrefix("postgres://") || db.hasPrefix("postgresql://") ? db : resolve(db)
                     case "api_listen": d.apiListen = try HostPort(parsing: try str(dv, dk))
                     case "workers": d.workers = try int(dv, dk)
                     case "lease_seconds": d.leaseSeconds = try int(dv, dk)
                     case "per_peer": d.perPeer = try int(dv, dk)
                     case "per_user": d.perUser = try int(dv, dk)
+                    case "max_attempts": d.maxAttempts = try int(dv, dk)
+                    case "retry_base_seconds": d.retryBaseSeconds = try int(dv, dk)
                     default: throw TransferError(.usage, "unknown setting 'daemon.\(dk)'")
                     }
                 }

@@ -108,7 +108,9 @@ public final class TransferServer: @unchecked Sendable {
 
     /// Stops accepting; running sessions are cut.
     public func stop() {
+        // Idempotent: a second call must not close descriptor numbers reused since.
         let (fds, all) = lock.withLock { () -> ([Int32], [ServerSession]) in
+            if stopped { return ([], []) }
             stopped = true
             return (listeners, Array(sessions.values))
         }

@@ -1,0 +1,336 @@
+import Foundation
+import GlobalFS
+
+/// The persistent job queue, on embedded SQLite (one daemon) or PostgreSQL (several daemons of
+/// one center sharing it; see `openDatabase`). Every change is one transaction.
+///
+/// Claims: on SQLite writes are serialised, so selecting the next runnable job and marking it
+/// running in one transaction can never hand a job to two runners. On PostgreSQL the candidate
+/// rows are locked with `FOR UPDATE SKIP LOCKED` (another daemon's claim skips them instead of
+/// waiting), and a per-peer or per-user limit is re-checked under a transaction-scoped advisory
+/// lock on that peer and that user, so two daemons cannot both take the last free slot.
+/// Leases: a running job carries its worker and an expiry; a daemon that dies stops renewing,
+/// and any daemon's next `promote` puts the job back in the queue (`up_for_reschedule`).
+/// Times are Unix seconds from the callers' clocks (daemons sharing a database keep NTP time).
+public final class JobStore: @unchecked Sendable {
+    public let db: any SQLDatabase
+    public let retry: RetryPolicy
+    public var location: String { db.location }
+
+    /// Opens (creating the tables if needed) the queue in `database`: a SQLite path (":memory:"
+    /// for a private one) or a `postgres://` URL.
+    public convenience init(database: String, retry: RetryPolicy = RetryPolicy()) throws {
+        try self.init(db: try openDatabase(database), retry: retry)
+    }
+
+    public init(db: any SQLDatabase, retry: RetryPolicy = RetryPolicy()) throws {
+        self.db = db
+        self.retry = retry
+        let pg = db.dialect == .postgres
+        let id = pg ? "id BIGSERIAL PRIMARY KEY" : "id INTEGER PRIMARY KEY AUTOINCREMENT"
+        let int = pg ? "BIGINT" : "INTEGER"
+        try db.write { s in
+            // Two daemons starting together on one PostgreSQL: one creates, the other waits.
+            if pg { try s.execute("SELECT pg_advisory_xact_lock(7265726) AS locked") }
+            try s.execute("""
+                CREATE TABLE IF NOT EXISTS jobs (
+                    \(id),
+                    owner TEXT NOT NULL,
+                    request TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    priority \(int) NOT NULL DEFAULT 0,
+                    attempts \(int) NOT NULL DEFAULT 0,
+                    max_attempts \(int) NOT NULL,
+                    not_before \(int) NOT NULL DEFAULT 0,
+                    deadline \(int),
+                    lease_owner TEXT,
+                    lease_expires \(int),
+                    last_worker TEXT,
+                    error TEXT,
+                    bytes \(int) NOT NULL DEFAULT 0,
+                    files \(int) NOT NULL DEFAULT 0,
+                    peer TEXT NOT NULL DEFAULT '',
+                    created \(int) NOT NULL,
+                    updated \(int) NOT NULL);
+                CREATE TABLE IF NOT EXISTS job_deps (
+                    job \(int) NOT NULL REFERENCES jobs(id),
+                    depends_on \(int) NOT NULL REFERENCES jobs(id),
+                    PRIMARY KEY (job, depends_on));
+                CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs(state, priority DESC, id);
+                CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, id);
+                CREATE INDEX IF NOT EXISTS job_deps_on ON job_deps(depends_on);
+                """)
+        }
+    }
+
+    // MARK: submit, read
+
+    /// Adds a job: `queued`, or `scheduled` while it waits for its dependencies.
+    @discardableResult
+    public func submit(owner: String, request: JobRequest, peer: String, now: Int64) throws -> Int64 {
+        let json = String(decoding: try JSONEncoder().encode(request), as: UTF8.self)
+        return try db.write { s in
+            for d in request.dependsOn {
+                guard try s.one("SELECT 1 AS one FROM jobs WHERE id = ?", d) != nil else {
+                    throw JobStoreError("job \(d) (a dependency) does not exist")
+                }
+            }
+            let state: JobState = request.dependsOn.isEmpty ? .queued : .scheduled
+            guard let row = try s.one("""
+                INSERT INTO jobs (owner, request, state, priority, max_attempts, deadline, peer, created, updated)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+                """, owner, json, state.rawValue, request.priority, request.maxAttempts ?? retry.maxAttempts,
+                request.deadline, peer, now, now) else { throw JobStoreError("the database returned no id for the new job") }
+            let id = row.int("id")
+            for d in Set(request.dependsOn) {
+                try s.execute("INSERT INTO job_deps (job, depends_on) VALUES (?, ?)", id, d)
+            }
+            return id
+        }
+    }
+
+    public func get(_ id: Int64) throws -> Job? {
+        try db.read { s in try s.one("SELECT * FROM jobs WHERE id = ?", id).map(JobStore.job) }
+    }
+
+    /// A page of jobs, oldest first, after `afterID` (keyset paging: stable under inserts).
+    public func list(_ f: JobFilter) throws -> [Job] {
+        var sql = "SELECT * FROM jobs WHERE id > ?"
+        var args: [any SQLArgument] = [f.afterID]
+        if let o = f.owner { sql += " AND owner = ?"; args.append(o) }
+        if !f.states.isEmpty {
+            sql += " AND state IN (" + f.states.map { _ in "?" }.joined(separator: ",") + ")"
+            args += f.states.map { $0.rawValue }
+        }
+        sql += " ORDER BY id LIMIT ?"
+        args.append(max(1, min(f.limit, 1000)))
+        return try db.read { s in try s.query(sql, args).map(JobStore.job) }
+    }
+
+    public func countsByState() throws -> [JobState: Int] {
+        try db.read { s in
+            var out: [JobState: Int] = [:]
+            for row in try s.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state") {
+                if let st = JobState(rawValue: row.text("state")) { out[st] = Int(row.int("n")) }
+            }
+            return out
+        }
+    }
+
+    /// Bytes and files delivered by finished jobs, and attempts beyond each job's first.
+    public func totals() throws -> (bytes: Int64, files: Int64, retries: Int64) {
+        try db.read { s in
+            let r = try s.one("""
+                SELECT CAST(COALESCE(SUM(CASE WHEN state = 'success' THEN bytes ELSE 0 END), 0) AS BIGINT) AS b,
+                       CAST(COALESCE(SUM(CASE WHEN state = 'success' THEN files ELSE 0 END), 0) AS BIGINT) AS f,
+                       CAST(COALESCE(SUM(CASE WHEN attempts > 1 THEN attempts - 1 ELSE 0 END), 0) AS BIGINT) AS r FROM jobs
+                """)
+            return (r?.int("b") ?? 0, r?.int("f") ?? 0, r?.int("r") ?? 0)
+        }
+    }
+
+    // MARK: scheduling
+
+    /// Moves jobs whose wait is over: dependencies done → queued; a dependency failed →
+    /// upstream_failed (transitively); backoff or deferral over → queued; leases expired (a
+    /// daemon died) → up_for_reschedule → queued; deadline passed → failed. Returns how many
+    /// jobs moved.
+    @discardableResult
+    public func promote(now: Int64) throws -> Int {
+        try db.write { s in
+            var moved = 0
+            moved += try s.execute("""
+                UPDATE jobs SET state = 'up_for_reschedule', lease_owner = NULL, lease_expires = NULL, updated = ?,
+                    error = 'the daemon running it stopped or lost its lease'
+                WHERE state = 'running' AND lease_expires < ?
+                """, now, now)
+            moved += try s.execute("""
+                UPDATE jobs SET state = 'failed', error = 'deadline passed before the transfer finished', updated = ?
+                WHERE state IN ('scheduled', 'queued', 'deferred', 'up_for_retry', 'up_for_reschedule')
+                  AND deadline IS NOT NULL AND deadline < ?
+                """, now, now)
+            let failedDeps = s.dialect == .postgres ? "string_agg(d.depends_on::text, ',')" : "group_concat(d.depends_on)"
+            // Failure travels down dependency chains; bounded by the chain length.
+            for _ in 0..<10_000 {
+                let n = try s.execute("""
+                    UPDATE jobs SET state = 'upstream_failed', updated = ?,
+                        error = 'a job it depends on failed: ' || (SELECT \(failedDeps) FROM job_deps d JOIN jobs p ON p.id = d.depends_on
+                                                                   WHERE d.job = jobs.id AND p.state IN ('failed', 'upstream_failed'))
+                    WHERE state IN ('scheduled', 'queued', 'deferred') AND EXISTS (
+                        SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on
+                        WHERE d.job = jobs.id AND p.state IN ('failed', 'upstream_failed'))
+                    """, now)
+                if n == 0 { break }
+                moved += n
+            }
+            moved += try s.execute("""
+                UPDATE jobs SET state = 'queued', updated = ?
+                WHERE state = 'scheduled' AND NOT EXISTS (
+                    SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on
+                    WHERE d.job = jobs.id AND p.state NOT IN ('success', 'skipped'))
+                """, now)
+            moved += try s.execute("""
+                UPDATE jobs SET state = 'queued', updated = ?
+                WHERE (state IN ('up_for_retry', 'deferred') AND not_before <= ?) OR state = 'up_for_reschedule'
+                """, now, now)
+            return moved
+        }
+    }
+
+    /// Hands the next runnable job to `worker` (state `running`, one more attempt, a lease
+    /// until now + leaseSeconds), or nil. Highest priority first, then oldest; jobs over a
+    /// per-peer or per-user concurrency limit wait (they stay `queued`). `peerLimits` overrides
+    /// `perPeerMax` for the peers it names (the link tuner's figure).
+    public func claim(worker: String, now: Int64, leaseSeconds: Int64, perPeerMax: Int = .max, perUserMax: Int = .max,
+                      peerLimits: [String: Int] = [:]) throws -> Job? {
+        try db.write { s in
+            let pg = s.dialect == .postgres
+            var runningByPeer: [String: Int] = [:]
+            var runningByOwner: [String: Int] = [:]
+            for row in try s.query("SELECT peer, owner, COUNT(*) AS n FROM jobs WHERE state = 'running' GROUP BY peer, owner") {
+                runningByPeer[row.text("peer"), default: 0] += Int(row.int("n"))
+                runningByOwner[row.text("owner"), default: 0] += Int(row.int("n"))
+            }
+            let candidates = try s.query("""
+                SELECT id, peer, owner FROM jobs WHERE state = 'queued' AND not_before <= ?
+                ORDER BY priority DESC, id LIMIT \(pg ? 16 : 256)\(pg ? " FOR UPDATE SKIP LOCKED" : "")
+                """, now)
+            for c in candidates {
+                let peer = c.text("peer")
+                let owner = c.text("owner")
+                let peerMax = peerLimits[peer] ?? perPeerMax
+                if !peer.isEmpty && runningByPeer[peer, default: 0] >= peerMax { continue }
+                if runningByOwner[owner, default: 0] >= perUserMax { continue }
+                if pg && (peerMax < .max || perUserMax < .max) {
+                    // Another daemon may have filled the slot since the count above: count again
+                    // under locks that every claimant of this peer and user takes (peer first).
+                    if !peer.isEmpty && peerMax < .max {
+                        try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-peer:' || ?)) AS locked", peer)
+                        if try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND peer = ?", peer)?.int("n") ?? 0 >= Int64(peerMax) { continue }
+                    }
+                    if perUserMax < .max {
+                        try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-user:' || ?)) AS locked", owner)
+                        if try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND owner = ?", owner)?.int("n") ?? 0 >= Int64(perUserMax) { continue }
+                    }
+                }
+                let rows = try s.query("""
+                    UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_expires = ?, last_worker = ?, updated = ?
+                    WHERE id = ? AND state = 'queued' RETURNING *
+                    """, worker, now + leaseSeconds, worker, now, c.int("id"))
+                if let r = rows.first { return JobStore.job(r) }
+            }
+            return nil
+        }
+    }
+
+    /// Extends a running job's lease; false when the worker no longer holds it (cancelled, or
+    /// taken back after it expired): the runner must stop that transfer.
+    public func renew(_ id: Int64, worker: String, now: Int64, leaseSeconds: Int64, bytes: Int64, files: Int64) throws -> Bool {
+        try db.write { s in
+            try s.execute("""
+                UPDATE jobs SET lease_expires = ?, bytes = ?, files = ?, updated = ?
+                WHERE id = ? AND state = 'running' AND lease_owner = ?
+                """, now + leaseSeconds, bytes, files, now, id, worker) == 1
+        }
+    }
+
+    /// Records how an attempt ended. Returns the job's new state, or nil when the worker no
+    /// longer held the job (its outcome is then ignored: someone else owns the job now).
+    @discardableResult
+    public func finish(_ id: Int64, worker: String, outcome: AttemptOutcome, now: Int64, random: Double = Double.random(in: 0..<1)) throws -> JobState? {
+        try db.write { s in
+            let lock = s.dialect == .postgres ? " FOR UPDATE" : ""
+            guard let row = try s.one("SELECT * FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?\(lock)", id, worker) else {
+                return nil
+            }
+            let job = JobStore.job(row)
+            var state: JobState
+            var error: String? = nil
+            var notBefore = job.notBefore
+            var bytes = job.bytes
+            var files = job.files
+            switch outcome {
+            case .success(let b, let f):
+                state = .success
+                bytes = b
+                files = f
+            case .skipped(let f):
+                state = .skipped
+                files = f
+            case .interrupted:
+                state = .upForReschedule
+                error = "interrupted; it resumes from its journal"
+            case .failure(let message, let resumable):
+                error = message
+                let pastDeadline = job.request.deadline.map { now >= $0 } ?? false
+                if resumable && job.attempts < job.maxAttempts && !pastDeadline {
+                    state = .upForRetry
+                    notBefore = now + Int64(retry.delay(afterAttempt: job.attempts, random: random).rounded(.up))
+                } else {
+                    state = .failed
+                    if resumable && !pastDeadline { error = message + " (gave up after \(job.attempts) attempts)" }
+                    if pastDeadline { error = message + " (deadline passed)" }
+                }
+            }
+            try s.execute("""
+                UPDATE jobs SET state = ?, error = ?, not_before = ?, bytes = ?, files = ?, lease_owner = NULL, lease_expires = NULL, updated = ?
+                WHERE id = ?
+                """, state.rawValue, error, notBefore, bytes, files, now, id)
+            return state
+        }
+    }
+
+    /// Cancels a job that has not finished: `failed` with "cancelled"; a running one loses its
+    /// lease, so its runner stops at its next renewal. Returns the job after the change.
+    public func cancel(_ id: Int64, by user: String, now: Int64) throws -> Job {
+        try db.write { s in
+            let lock = s.dialect == .postgres ? " FOR UPDATE" : ""
+            guard let job = try s.one("SELECT * FROM jobs WHERE id = ?\(lock)", id).map(JobStore.job) else { throw JobStoreError("no job \(id)") }
+            guard !job.state.isFinal else { throw JobStoreError("job \(id) already ended \(job.state.rawValue)") }
+            let rows = try s.query("""
+                UPDATE jobs SET state = 'failed', error = ?, lease_owner = NULL, lease_expires = NULL, updated = ? WHERE id = ? RETURNING *
+                """, "cancelled by \(user)", now, id)
+            return JobStore.job(rows[0])
+        }
+    }
+
+    /// Runs a failed job again (attempts start over); its dependents that failed because of it
+    /// go back to waiting for it.
+    public func retryJob(_ id: Int64, now: Int64) throws -> Job {
+        try db.write { s in
+            let lock = s.dialect == .postgres ? " FOR UPDATE" : ""
+            guard let job = try s.one("SELECT * FROM jobs WHERE id = ?\(lock)", id).map(JobStore.job) else { throw JobStoreError("no job \(id)") }
+            guard job.state == .failed || job.state == .upstreamFailed else {
+                throw JobStoreError("job \(id) is \(job.state.rawValue); only failed jobs can be retried")
+            }
+            let hasDeps = try s.one("SELECT COUNT(*) AS n FROM job_deps WHERE job = ?", id)?.int("n") ?? 0 > 0
+            try s.execute("UPDATE jobs SET state = ?, attempts = 0, not_before = 0, error = NULL, updated = ? WHERE id = ?",
+                          (hasDeps ? JobState.scheduled : .queued).rawValue, now, id)
+            // Dependents that gave up because of this job wait again (transitively).
+            var frontier: [Int64] = [id]
+            for _ in 0..<10_000 where !frontier.isEmpty {
+                var next: [Int64] = []
+                for j in frontier {
+                    let ids = try s.query("""
+                        SELECT d.job AS job FROM job_deps d JOIN jobs c ON c.id = d.job WHERE d.depends_on = ? AND c.state = 'upstream_failed'
+                        """, j).map { $0.int("job") }
+                    for c in ids {
+                        try s.execute("UPDATE jobs SET state = 'scheduled', error = NULL, updated = ? WHERE id = ?", now, c)
+                    }
+                    next += ids
+                }
+                frontier = next
+            }
+            return try s.one("SELECT * FROM jobs WHERE id = ?", id).map(JobStore.job)!
+        }
+    }
+
+    static func job(_ r: SQLRow) -> Job {
+        let request = (try? JSONDecoder().decode(JobRequest.self, from: Data(r.text("request").utf8))) ?? JobRequest(source: "?", destination: "?")
+        return Job(id: r.int("id"), owner: r.text("owner"), request: request, state: JobState(rawValue: r.text("state")) ?? .noStatus,
+                   attempts: Int(r.int("attempts")), maxAttempts: Int(r.int("max_attempts")), notBefore: r.int("not_before"),
+                   leaseOwner: r.optionalText("lease_owner"), leaseExpires: r.optionalInt("lease_expires"), error: r.optionalText("error"),
+                   bytes: r.int("bytes"), files: r.int("files"), created: r.int("created"), updated: r.int("updated"), peer: r.text("peer"),
+                   lastWorker: r.optionalText("last_worker"))
+    }
+}
