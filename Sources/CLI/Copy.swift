@@ -12,6 +12,11 @@ extension Ferry {
             SRC and DST: a local path and ferry://HOST:PORT/PATH (IPv6: ferry://[::1]:7700/PATH).
             The content of SRC ends up exactly at DST (like rsync -a SRC/ DST); a single file
             sent to a DST ending in '/' keeps its name. Re-running an interrupted copy resumes it.
+
+            Both ferry:// (third-party transfer): the source center's daemon pushes straight to
+            the destination (a job, see `ferry jobs`); this command only submits and watches.
+            DST may then name a peer of the source center (ferry://wuxi/incoming/run1). The
+            daemon's API is --api, FERRY_API, or http://SOURCE-HOST:7480.
             """
         )
 
@@ -41,6 +46,9 @@ extension Ferry {
 
         @OptionGroup var credentials: CredentialOptions
 
+        @Option(help: "Third-party copies: the source center's daemon API, http://HOST:PORT (env FERRY_API).")
+        var api: String?
+
         @Argument(help: "Source: a local path or ferry://HOST:PORT/PATH.")
         var source: String
 
@@ -67,6 +75,10 @@ extension Ferry {
                 options.protection = try ProtectionLevel(parsing: protection)
             } catch {
                 throw ValidationError("\(error)")
+            }
+            if source.hasPrefix("ferry://") && destination.hasPrefix("ferry://") {
+                try thirdParty(options: options)
+                return
             }
             let creds = try credentials.load()
             let src: Endpoint
@@ -102,6 +114,36 @@ extension Ferry {
                 throw transferExitCode(for: e)
             }
         }
+    }
+}
+
+extension Ferry.Copy {
+    /// ferry://A/x → ferry://B/y: a job at A's daemon (A pushes to B), watched to its end.
+    func thirdParty(options: TransferOptions) throws {
+        let rest = source.dropFirst("ferry://".count)
+        let authority = String(rest.prefix { $0 != "/" })
+        let path = String(rest.dropFirst(authority.count))
+        guard !authority.isEmpty, path.hasPrefix("/") else { throw ValidationError("the source must be ferry://HOST:PORT/EXPORT/PATH, not '\(source)'") }
+        let host: String
+        if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
+            host = String(authority[...close])
+        } else {
+            host = String(authority.prefix { $0 != ":" })
+        }
+        let env = ProcessInfo.processInfo.environment
+        let base = api ?? env["FERRY_API"] ?? "http://\(host):7480"
+        var args = ["--api", base]
+        if let t = credentials.tokenFile { args += ["--token-file", t] }
+        if json { args.append("--json") }
+        let client = try APIOptions.parse(args)
+        var body: [String: Any] = ["source": path, "destination": destination, "recursive": options.recursive, "protection": protection,
+                                   "compress": compress, "checksum": options.checksum]
+        if let s = options.streams { body["streams"] = s }
+        if let b = options.bandwidthLimitBytesPerSecond { body["bwlimit"] = Int(b) }
+        let job = try client.call("POST", "/api/v1/transfers", body: body)
+        let id = job["id"] as? Int ?? 0
+        if !json { FileHandle.standardError.write("ferry: job \(id) at \(base): \(path) -> \(destination)\n".data(using: .utf8)!) }
+        try waitFor(id, api: client, progress: true)
     }
 }
 

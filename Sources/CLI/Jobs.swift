@@ -93,18 +93,31 @@ extension Ferry.Jobs {
         @Option(help: "Give up unless done within this duration (90s, 30m, 24h).") var deadline: String?
         @Option(name: .customLong("max-attempts"), help: "Attempts before the job fails (default: the daemon's).") var maxAttempts: Int?
         @Flag(help: "Wait for the job to end; exit 0 only on success or skipped.") var wait = false
-        @Argument var source: String
-        @Argument var destination: String
+        @Argument(help: "SRC... DST: with several sources, one job each, into the directory DST.") var paths: [String]
+
+        func validate() throws {
+            guard paths.count >= 2 else { throw ValidationError("give SRC and DST (or several SRC and a DST directory)") }
+        }
 
         func run() throws {
-            var body: [String: Any] = ["source": source, "destination": destination, "recursive": recursive, "protection": protection,
+            let destination = paths.last!
+            let sources = Array(paths.dropLast())
+            var body: [String: Any] = ["destination": destination, "recursive": recursive, "protection": protection,
                                        "compress": compress, "checksum": checksum, "priority": priority, "dependsOn": after]
+            if sources.count == 1 { body["source"] = sources[0] } else { body["sources"] = sources }
             if let d = deadline { body["deadline"] = Int(Date().timeIntervalSince1970) + Int(try parseDuration(d)) }
             if let b = bwlimit { body["bwlimit"] = Int(try parseSize(b, what: "--bwlimit")) }
             if let m = maxAttempts { body["maxAttempts"] = m }
-            let job = try api.call("POST", "/api/v1/transfers", body: body)
-            api.show(job)
-            if wait { try waitFor(job["id"] as? Int ?? 0, api: api) }
+            let answer = try api.call("POST", "/api/v1/transfers", body: body)
+            let jobs = (answer["transfers"] as? [[String: Any]]) ?? [answer]
+            for j in jobs { api.show(j) }
+            if wait {
+                var failed = false
+                for j in jobs {
+                    do { try waitFor(j["id"] as? Int ?? 0, api: api) } catch { failed = true }
+                }
+                if failed { throw ExitCode(1) }
+            }
         }
     }
 

@@ -50,13 +50,39 @@ public struct DaemonAPI: Sendable {
         }
         router.post("/api/v1/transfers") { request, _ in
             try await handle(request) { user in
-                let body = try await request.body.collect(upTo: 1 << 20)
-                var req = try JSONDecoder().decode(JobRequest.self, from: Data(buffer: body))
-                req.streams = req.streams.map { max(1, min($0, 64)) }
-                try authorizePaths(req, user)
-                let peer = peerName(req.source) ?? peerName(req.destination) ?? ""
-                let id = try store.submit(owner: user.user, request: req, peer: peer, now: now())
-                return json(201, jobObject(try store.get(id)!))
+                let body = Data(buffer: try await request.body.collect(upTo: 4 << 20))
+                // Several sources into one destination directory: one job (task) per source,
+                // all checked before any is queued.
+                var requests: [JobRequest] = []
+                var multi = false
+                if let obj = try? JSONSerialization.jsonObject(with: body) as? [String: Any], let sources = obj["sources"] as? [String] {
+                    guard (1...10_000).contains(sources.count), let dest = obj["destination"] as? String else {
+                        throw HTTPFailure(status: 400, message: "'sources' takes 1 to 10,000 paths, and a destination directory")
+                    }
+                    multi = true
+                    for src in sources {
+                        var one = obj
+                        one["sources"] = nil
+                        one["source"] = src
+                        let name = src.split(separator: "/").last.map(String.init) ?? ""
+                        guard !name.isEmpty, name != "..", name != "." else { throw HTTPFailure(status: 400, message: "source '\(src)' has no name to copy under") }
+                        one["destination"] = (dest.hasSuffix("/") ? dest : dest + "/") + name
+                        requests.append(try JSONDecoder().decode(JobRequest.self, from: JSONSerialization.data(withJSONObject: one)))
+                    }
+                } else {
+                    requests = [try JSONDecoder().decode(JobRequest.self, from: body)]
+                }
+                for i in requests.indices {
+                    requests[i].streams = requests[i].streams.map { max(1, min($0, 64)) }
+                    try authorizePaths(requests[i], user)
+                }
+                var jobs: [[String: Any]] = []
+                for req in requests {
+                    let peer = peerName(req.source) ?? peerName(req.destination) ?? ""
+                    let id = try store.submit(owner: user.user, request: req, peer: peer, now: now())
+                    jobs.append(jobObject(try store.get(id)!))
+                }
+                return json(201, multi ? ["transfers": jobs] : jobs[0])
             }
         }
         router.get("/api/v1/transfers") { request, _ in
@@ -207,7 +233,7 @@ public struct DaemonAPI: Sendable {
      "paths":{
       "/api/v1/health":{"get":{"summary":"Liveness, center name, jobs by state","responses":{"200":{"description":"ok"}}}},
       "/api/v1/openapi.json":{"get":{"summary":"This document","responses":{"200":{"description":"ok"}}}},
-      "/api/v1/transfers":{"post":{"summary":"Create a transfer job","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["source","destination"],"properties":{"source":{"type":"string"},"destination":{"type":"string"},"recursive":{"type":"boolean"},"protection":{"type":"string","enum":["clear","safe","private"]},"compress":{"type":"string"},"checksum":{"type":"boolean"},"streams":{"type":"integer"},"bwlimit":{"type":"integer"},"priority":{"type":"integer"},"dependsOn":{"type":"array","items":{"type":"integer"}},"deadline":{"type":"integer"},"maxAttempts":{"type":"integer"}}}}}},"responses":{"201":{"description":"created"},"400":{"description":"bad request"},"401":{"description":"no or bad token"},"403":{"description":"outside the token's scopes"}}},
+      "/api/v1/transfers":{"post":{"summary":"Create a transfer job","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["destination"],"properties":{"source":{"type":"string"},"sources":{"type":"array","items":{"type":"string"},"description":"instead of source: one job per source, each into destination/NAME; the answer is then {transfers:[...]}"},"destination":{"type":"string"},"recursive":{"type":"boolean"},"protection":{"type":"string","enum":["clear","safe","private"]},"compress":{"type":"string"},"checksum":{"type":"boolean"},"streams":{"type":"integer"},"bwlimit":{"type":"integer"},"priority":{"type":"integer"},"dependsOn":{"type":"array","items":{"type":"integer"}},"deadline":{"type":"integer"},"maxAttempts":{"type":"integer"}}}}}},"responses":{"201":{"description":"created"},"400":{"description":"bad request"},"401":{"description":"no or bad token"},"403":{"description":"outside the token's scopes"}}},
                            "get":{"summary":"List transfer jobs","parameters":[{"name":"state","in":"query","schema":{"type":"string"}},{"name":"after","in":"query","schema":{"type":"integer"}},{"name":"limit","in":"query","schema":{"type":"integer"}},{"name":"owner","in":"query","schema":{"type":"string"}}],"responses":{"200":{"description":"a page"}}}},
       "/api/v1/transfers/{id}":{"get":{"summary":"One job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"404":{"description":"no such job"}}}},
       "/api/v1/transfers/{id}/cancel":{"post":{"summary":"Cancel a job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"already ended"}}}},

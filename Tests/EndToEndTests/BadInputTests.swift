@@ -302,7 +302,7 @@ struct BadInputTests {
             ["cp"],
             ["cp", "--token-file", t, local + "/a"],
             ["cp", "--token-file", t, local + "/a", local + "/b"],  // neither side remote
-            ["cp", "--token-file", t, "ferry://127.0.0.1:1/x", "ferry://127.0.0.1:2/y"],  // both
+            ["cp", "--token-file", t, "ferry://127.0.0.1:1", "ferry://127.0.0.1:2/y"],  // third-party, no source path
             ["cp", "--token-file", t, "--bwlimit", "12Q", local + "/a", "ferry://127.0.0.1:1/a"],
             ["cp", "--token-file", t, "--chunk-size", "lots", local + "/a", "ferry://127.0.0.1:1/a"],
             ["cp", "--token-file", t, "--compress", "99", local + "/a", "ferry://127.0.0.1:1/a"],

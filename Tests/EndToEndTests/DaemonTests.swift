@@ -130,6 +130,16 @@ struct DaemonE2ETests {
         // Server-sent events of a finished job: its final state, then the stream ends.
         let events = runTool("/usr/bin/python3", ["-c", "import sys, urllib.request; r = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + open(sys.argv[2]).read().strip()}); sys.stdout.write(urllib.request.urlopen(r, timeout=20).read().decode())", c.api + "/api/v1/transfers/1/events", c.sb.tokenFile]).output
         #expect(events.hasPrefix("event: end\ndata: {") && events.contains("\"state\":\"success\""), "\(events)")
+        // `ferry cp` between two centers: a job at the source center's daemon, watched.
+        let hlrsURL = "ferry://127.0.0.1:\(c.a.port)/scratch/run1"
+        let cp = try c.sb.ferry(["cp", "-r", "--api", c.api, "--token-file", c.sb.tokenFile, hlrsURL, "ferry://wuxi/incoming/run2"], timeout: 120)
+        #expect(cp.status == 0 && cp.stdout.contains("success"), "\(cp)")
+        #expect(treeDifferences(c.scratch + "/run1", c.incoming + "/run2").isEmpty)
+        // Several sources, one destination directory: one job each.
+        let multi = try DaemonE2ETests.jobs(c, ["submit", "--wait", "/scratch/run1/f1.txt", "/scratch/run1/sub/big.bin", "ferry://wuxi/incoming/multi/"])
+        #expect(multi.status == 0, "\(multi)")
+        #expect(multi.stdout.components(separatedBy: "\"source\"").count - 1 >= 2, "\(multi.stdout)")
+        #expect(filesIdentical(c.scratch + "/run1/f1.txt", c.incoming + "/multi/f1.txt") && filesIdentical(c.scratch + "/run1/sub/big.bin", c.incoming + "/multi/big.bin"))
         // The wuxi side saw hlrs (the center), not the laptop.
         #expect(c.b.process.stderr.contains("(center:hlrs): push to 'incoming/run1'"), "\(c.b.process.stderr)")
     }
@@ -170,6 +180,31 @@ struct DaemonE2ETests {
         #expect(esc.status == 1, "\(esc)")
         #expect((DaemonE2ETests.lastJSON(esc)["error"] as? String ?? "").contains("outside its export"), "\(esc.stdout)")
         #expect(!exists(c.incoming + "/secret.txt"))
+        // The OpenAPI document against the real routes: every operation it lists, called with a
+        // real job, answers with one of the statuses documented for it (a missing route would
+        // answer 404, undocumented there); a path it does not list is not served.
+        let conformance = runTool("/usr/bin/python3", ["-c", """
+            import json, sys, urllib.request, urllib.error
+            api, tok, jid = sys.argv[1], open(sys.argv[2]).read().strip(), sys.argv[3]
+            spec = json.load(urllib.request.urlopen(api + "/api/v1/openapi.json", timeout=20))
+            def call(method, path, body=None):
+                r = urllib.request.Request(api + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                           headers={"Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+                try:
+                    return urllib.request.urlopen(r, timeout=20).status
+                except urllib.error.HTTPError as e:
+                    return e.code
+            n = 0
+            for path, ops in sorted(spec["paths"].items()):
+                for method, op in ops.items():
+                    body = {"source": "/scratch/a.txt", "destination": "ferry://wuxi/incoming/b.txt"} if method == "post" and path.endswith("/transfers") else None
+                    st = call(method.upper(), path.replace("{id}", jid), body)
+                    if str(st) not in op["responses"]:
+                        print("MISMATCH", method, path, st, sorted(op["responses"]))
+                    n += 1
+            print("checked", n, "unlisted", call("GET", "/api/v1/transfers/" + jid + "/nonexistent"))
+            """, c.api, c.sb.tokenFile, "\(id)"])
+        #expect(conformance.output.contains("checked 9 unlisted 404") && !conformance.output.contains("MISMATCH"), "\(conformance.output)")
     }
 
     @Test("kill -9 of the daemon in the middle of a job with 100 more queued; restart; every job ends success, none ran twice, every file identical", arguments: Backend.allCases)

@@ -90,6 +90,14 @@ public enum TransferClient {
                 let base = src.split(separator: "/").last.map(String.init) ?? src
                 path = path.isEmpty ? base : path + "/" + base
             }
+            // One file of a few chunks cannot use more streams than it has chunks, and every
+            // stream costs a connection, a thread and pinned buffers on both sides (a daemon
+            // running thousands of small one-file jobs pays that per job).
+            var options = options
+            if (st.st_mode & S_IFMT) == S_IFREG {
+                let chunks = max(1, (Int(st.st_size) + options.chunkBytes - 1) / options.chunkBytes)
+                options.streams = min(options.streams ?? TransferOptions.automaticStreams, chunks)
+            }
             return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
                 let sender = try Sender(ctx: ctx, rootFd: srcFd)
                 return (sender.runControl, sender.runWorker)
@@ -104,7 +112,7 @@ public enum TransferClient {
         case (.local, .local):
             throw TransferError(.usage, "one side must be a ferry:// URL (for a local copy use cp)")
         case (.remote, .remote):
-            throw TransferError(.usage, "copies between two servers need the transfer daemon (third-party transfer is not in this version)")
+            throw TransferError(.usage, "copies between two servers go through the source center's daemon (ferry cp with --api, or ferry jobs submit)")
         }
     }
 
@@ -230,6 +238,7 @@ public enum TransferClient {
         _ = workers.wait(seconds: 30)
         if let failure {
             var e = failure
+            if e.code != .remote, let verdict = ctx.peerVerdict() { e = verdict }
             if e.code != .remote { e.resumable = e.rerunResumes }  // remote errors carry the server's verdict
             throw e
         }

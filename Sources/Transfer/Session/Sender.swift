@@ -217,7 +217,8 @@ final class Sender: @unchecked Sendable {
                 }
             }
         } catch {
-            if !ctx.isFinished { ctx.fail(asTransferError(error)) }
+            let e = asTransferError(error)
+            if !ctx.isFinished || e.code == .remote { ctx.fail(e) }
             lock.withLock { cond.broadcast() }
         }
     }

@@ -17,6 +17,7 @@ final class SessionContext: @unchecked Sendable {
     private var dataConnections: [Connection] = []
     private var firstError: TransferError?
     private var finished = false
+    private var failedAtNs: UInt64 = 0
 
     init(control: Connection, options: TransferOptions, progress: TransferProgress, idleTimeoutSeconds: Int, protection: ProtectionLevel, direction: Direction) {
         self.control = control
@@ -46,14 +47,47 @@ final class SessionContext: @unchecked Sendable {
     /// Records the first fatal error and wakes every thread of the session.
     func fail(_ e: TransferError) {
         let first = lock.withLock { () -> Bool in
-            if firstError != nil || finished { return false }
+            if finished { return false }
+            if let prev = firstError {
+                // The peer's own verdict (its ERROR frame: "no space left", ...) explains a
+                // connection it broke better than the broken pipe this side saw first.
+                if e.code == .remote && prev.code == .io && monotonicNs() - failedAtNs < SessionContext.verdictWindowNs { firstError = e }
+                return false
+            }
             firstError = e
+            failedAtNs = monotonicNs()
             return true
         }
         if first {
-            control.shutdownReading()
             for d in lock.withLock({ dataConnections }) { d.shutdownBoth() }
+            if e.code == .io {
+                // A lost connection: the peer may be failing the session and have its reason
+                // on the way; keep reading the control stream a moment for it.
+                let control = self.control
+                spawnThread(name: "ferry-verdict") {
+                    usleep(useconds_t(SessionContext.verdictWindowNs / 1000))
+                    control.shutdownReading()
+                }
+            } else {
+                control.shutdownReading()
+            }
         }
+    }
+
+    /// How long after a lost connection the peer's ERROR frame may still replace it.
+    static let verdictWindowNs: UInt64 = 1_000_000_000
+
+    /// The peer's verdict (a `.remote` error) if one arrives within the window after the first
+    /// failure; nil otherwise. Waits at most the rest of the window.
+    func peerVerdict() -> TransferError? {
+        for _ in 0..<100 {
+            let (e, at) = lock.withLock { (firstError, failedAtNs) }
+            guard let e else { return nil }
+            if e.code == .remote { return e }
+            if monotonicNs() - at >= SessionContext.verdictWindowNs { return nil }
+            usleep(20_000)
+        }
+        return nil
     }
 
     /// Marks the session done (no error); data connections are shut down so receivers see EOF.
