@@ -257,8 +257,10 @@ func jobObject(_ j: Job) -> [String: Any] {
     return o
 }
 
+/// Keys unsorted: sorting goes through Foundation's locale-aware compare (ICU), several per
+/// cent of the API's CPU in a profile under load (perf, bench/daemon.sh).
 func json(_ status: Int, _ object: [String: Any]) -> Response {
-    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    let data = (try? JSONSerialization.data(withJSONObject: object)) ?? Data("{}".utf8)
     return Response(status: .init(code: status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
 }
 

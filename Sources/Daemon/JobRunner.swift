@@ -38,6 +38,7 @@ public final class JobRunner: @unchecked Sendable {
     private var stopping = false
     private var running: [Int64: TransferProgress] = [:]
     private var threads = 0
+    private var lastPromote: Int64 = 0
 
     public init(store: JobStore, settings: RunnerSettings, workerID: String) throws {
         self.store = store
@@ -83,7 +84,15 @@ public final class JobRunner: @unchecked Sendable {
             let now = Int64(Date().timeIntervalSince1970)
             var job: Job?
             do {
-                try store.promote(now: now)
+                // Submitted jobs are queued at once; promote moves only waiting ones (backoff,
+                // dependencies, leases, deadlines), so once a second is enough: not per claim.
+                if lock.withLock({ () -> Bool in
+                    guard now > lastPromote else { return false }
+                    lastPromote = now
+                    return true
+                }) {
+                    try store.promote(now: now)
+                }
                 job = try store.claim(worker: name, now: now, leaseSeconds: settings.leaseSeconds,
                                       perPeerMax: settings.perPeerMax, perUserMax: settings.perUserMax, peerLimits: tuner.activeLimits())
             } catch {

@@ -156,9 +156,9 @@ public final class JobStore: @unchecked Sendable {
                     UPDATE jobs SET state = 'upstream_failed', updated = ?,
                         error = 'a job it depends on failed: ' || (SELECT \(failedDeps) FROM job_deps d JOIN jobs p ON p.id = d.depends_on
                                                                    WHERE d.job = jobs.id AND p.state IN ('failed', 'upstream_failed'))
-                    WHERE state IN ('scheduled', 'queued', 'deferred') AND EXISTS (
-                        SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on
-                        WHERE d.job = jobs.id AND p.state IN ('failed', 'upstream_failed'))
+                    WHERE state IN ('scheduled', 'queued', 'deferred') AND id IN (
+                        SELECT d.job FROM jobs p JOIN job_deps d ON d.depends_on = p.id
+                        WHERE p.state IN ('failed', 'upstream_failed'))
                     """, now)
                 if n == 0 { break }
                 moved += n
@@ -169,10 +169,13 @@ public final class JobStore: @unchecked Sendable {
                     SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on
                     WHERE d.job = jobs.id AND p.state NOT IN ('success', 'skipped'))
                 """, now)
+            // Two statements, not one with OR: each is then a range of the (state, ...) index,
+            // not a scan of the whole queue.
             moved += try s.execute("""
                 UPDATE jobs SET state = 'queued', updated = ?
-                WHERE (state IN ('up_for_retry', 'deferred') AND not_before <= ?) OR state = 'up_for_reschedule'
+                WHERE state IN ('up_for_retry', 'deferred') AND not_before <= ?
                 """, now, now)
+            moved += try s.execute("UPDATE jobs SET state = 'queued', updated = ? WHERE state = 'up_for_reschedule'", now)
             return moved
         }
     }
