@@ -123,6 +123,15 @@ ok = sum(1 for i in range(n) if filecmp.cmp(os.path.join(src, "f%05d" % i), os.p
 print("jobs\t%d\nsubmitted_in_s\t%.1f\nall_done_in_s\t%.1f\njobs_per_s\t%.1f\nsuccess\t%d\nfailed\t%d\nverified_identical\t%d" %
       (n, t_submit, t_all, n / t_all, h.get("success", 0), h.get("failed", 0), ok))
 PY
+# The same kind of work without the daemon, as a user's script would do it: one `ferry cp`
+# per file, 4 at a time (xargs -P 4), for 1,000 of the files, with the center's certificate.
+mkdir -p "$w/incoming/baseline"
+b0=$(date +%s.%N)
+seq -f "%05g" 0 999 | xargs -P 4 -I{} "$ferry" cp --ca "$w/pki/ca.crt" --cert "$w/pki/hlrs.crt" --key "$w/pki/hlrs.key" --center wuxi \
+  "$w/scratch/in/f{}" "ferry://127.0.0.1:$bport/incoming/baseline/f{}" >/dev/null
+b1=$(date +%s.%N)
+echo -e "cp_loop_files\t1000"
+echo -e "cp_loop_files_per_s\t$(python3 -c "print('%.1f' % (1000 / ($b1 - $b0)))")"
 # API latency: wrk, C connections on 2 threads, each request one job's JSON (a token check and
 # a database read), for the given seconds.
 out=$(wrk -t2 -c"$clients" -d"${seconds}s" --latency -H "Authorization: Bearer $(cat "$w/token")" "$api/api/v1/transfers/1")
