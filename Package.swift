@@ -36,6 +36,7 @@ let package = Package(
             dependencies: [
                 "Transfer",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -60,6 +61,7 @@ let package = Package(
         // Shared by the test targets: the storage engines to run against (a real PostgreSQL).
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "GlobalFS", "TestSupport"]),
+        .testTarget(name: "GlobalFSTests", dependencies: ["GlobalFS", "Transfer", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,0 +1,504 @@
+import Foundation
+
+/// A center's catalog: its datasets, their files, where replicas are, and a feed of changes
+/// for the centers that follow it. Embedded SQLite or a shared PostgreSQL (`openDatabase`).
+///
+/// Files are keyed (dataset, dir, name): SQLite stores them in that key's order (WITHOUT
+/// ROWID) and PostgreSQL compares those columns byte-wise (COLLATE "C"), so both list a
+/// directory in the same order, page by a seek on the key, and find a subtree as one key
+/// range (`dir` from "P/" up to "P0", '0' being the byte after '/').
+///
+/// Every query takes a `Viewer` and goes through `visible(_:to:isOperator:)`: a dataset a
+/// user may not read does not exist for that user (not listed, not found, no "forbidden").
+public final class Catalog: @unchecked Sendable {
+    public let db: any SQLDatabase
+    let pg: Bool
+
+    public convenience init(database: String) throws {
+        try self.init(db: try openDatabase(database))
+    }
+
+    public init(db: any SQLDatabase) throws {
+        self.db = db
+        pg = db.dialect == .postgres
+        let int = pg ? "BIGINT" : "INTEGER"
+        let c = pg ? " COLLATE \"C\"" : ""
+        try db.write { s in
+            if pg { try s.execute("SELECT pg_advisory_xact_lock(7265727) AS locked") }
+            try s.execute("""
+                CREATE TABLE IF NOT EXISTS centers (
+                    name TEXT PRIMARY KEY,
+                    api TEXT NOT NULL DEFAULT '',
+                    last_seq \(int) NOT NULL DEFAULT 0,
+                    last_sync \(int) NOT NULL DEFAULT 0,
+                    reachable \(int) NOT NULL DEFAULT 1);
+                CREATE TABLE IF NOT EXISTS datasets (
+                    \(pg ? "id BIGSERIAL PRIMARY KEY" : "id INTEGER PRIMARY KEY AUTOINCREMENT"),
+                    center TEXT\(c) NOT NULL,
+                    name TEXT\(c) NOT NULL,
+                    version TEXT\(c) NOT NULL DEFAULT '',
+                    owner TEXT NOT NULL,
+                    description TEXT NOT NULL DEFAULT '',
+                    license TEXT NOT NULL DEFAULT '',
+                    readers TEXT NOT NULL DEFAULT '',
+                    root TEXT,
+                    file_count \(int) NOT NULL DEFAULT 0,
+                    bytes \(int) NOT NULL DEFAULT 0,
+                    created \(int) NOT NULL,
+                    updated \(int) NOT NULL,
+                    UNIQUE (center, name, version));
+                CREATE TABLE IF NOT EXISTS files (
+                    dataset \(int) NOT NULL,
+                    dir TEXT\(c) NOT NULL,
+                    name TEXT\(c) NOT NULL,
+                    size \(int) NOT NULL,
+                    mtime_ns \(int) NOT NULL,
+                    mode \(int) NOT NULL,
+                    digest TEXT,
+                    chunk_size \(int) NOT NULL DEFAULT 0,
+                    kind TEXT NOT NULL,
+                    target TEXT,
+                    PRIMARY KEY (dataset, dir, name))\(pg ? "" : " WITHOUT ROWID");
+                CREATE TABLE IF NOT EXISTS replicas (
+                    dataset \(int) NOT NULL,
+                    center TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    path TEXT NOT NULL DEFAULT '',
+                    files \(int) NOT NULL DEFAULT 0,
+                    bytes \(int) NOT NULL DEFAULT 0,
+                    verified_at \(int),
+                    PRIMARY KEY (dataset, center));
+                CREATE TABLE IF NOT EXISTS changes (
+                    \(pg ? "seq BIGSERIAL PRIMARY KEY" : "seq INTEGER PRIMARY KEY AUTOINCREMENT"),
+                    center TEXT NOT NULL,
+                    dataset \(int) NOT NULL,
+                    kind TEXT NOT NULL,
+                    at \(int) NOT NULL);
+                """)
+        }
+        // A bigger page cache than SQLite's 2 MB default keeps a million-row registration's
+        // B-tree pages in memory (per connection; SQLite only).
+        if !pg { try db.write { s in _ = try s.execute("PRAGMA cache_size = -65536") } }
+    }
+
+    // MARK: visibility
+
+    /// Whether `user` may see `d`: operators always, everyone when readers has "*", else its
+    /// owner and the users (or "center:NAME") it names. Names compare byte for byte: two
+    /// spellings of one name in different Unicode normal forms are different users.
+    public static func visible(_ d: Dataset, to user: String, isOperator: Bool) -> Bool {
+        if isOperator || d.readers.contains("*") { return true }
+        if user.isEmpty { return false }
+        return sameBytes(d.owner, user) || d.readers.contains { sameBytes($0, user) }
+    }
+
+    static func visible(_ d: Dataset, _ v: Viewer) -> Bool { visible(d, to: v.user, isOperator: v.isOperator) }
+
+    // MARK: datasets
+
+    static let datasetColumns = "id, center, name, version, owner, description, license, readers, root, file_count, bytes, created, updated"
+
+    static func dataset(_ r: SQLRow) -> Dataset {
+        Dataset(id: r.int("id"), center: r.text("center"), name: r.text("name"), version: r.text("version"),
+                owner: r.text("owner"), description: r.text("description"), license: r.text("license"),
+                readers: r.text("readers").utf8.split(separator: UInt8(ascii: ",")).map { String(Substring($0)) }, root: r.optionalText("root"),
+                fileCount: r.int("file_count"), bytes: r.int("bytes"), created: r.int("created"), updated: r.int("updated"))
+    }
+
+    /// The datasets `viewer` may see, by center, name and version.
+    public func datasets(visibleTo viewer: Viewer, center: String? = nil) throws -> [Dataset] {
+        try db.read { s in
+            let rows = center == nil
+                ? try s.query("SELECT \(Catalog.datasetColumns) FROM datasets ORDER BY center, name, version")
+                : try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? ORDER BY name, version", center!)
+            return rows.map(Catalog.dataset).filter { Catalog.visible($0, viewer) }
+        }
+    }
+
+    /// One dataset by id; `notFound` when it does not exist or `viewer` may not see it.
+    public func dataset(_ id: Int64, as viewer: Viewer) throws -> Dataset {
+        try db.read { s in try dataset(s, id, viewer) }
+    }
+
+    func dataset(_ s: any SQLSession, _ id: Int64, _ viewer: Viewer) throws -> Dataset {
+        guard let r = try s.one("SELECT \(Catalog.datasetColumns) FROM datasets WHERE id = ?", id),
+              case let d = Catalog.dataset(r), Catalog.visible(d, viewer) else {
+            throw CatalogError(.notFound, "no dataset \(id)")
+        }
+        return d
+    }
+
+    /// A dataset by name. Without a version: the unversioned one if there is one, else the
+    /// most recently registered version.
+    public func dataset(center: String, name: String, version: String? = nil, as viewer: Viewer) throws -> Dataset? {
+        try db.read { s in
+            try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND name = ?\(version == nil ? "" : " AND version = ?")",
+                        (version == nil ? [center, name] : [center, name, version!]) as [any SQLArgument])
+                .map(Catalog.dataset).filter { Catalog.visible($0, viewer) }
+                .max { a, b in Catalog.preference(a) < Catalog.preference(b) }
+        }
+    }
+
+    private static func preference(_ d: Dataset) -> (Int, Int64, Int64) { (d.version.isEmpty ? 1 : 0, d.created, d.id) }
+
+    /// Which dataset a `gfs://` path names, and the path within it: the longest leading run
+    /// of components that is a dataset name at that center that `viewer` may see (so a
+    /// private "a/b" hides behind a public "a" rather than revealing itself). The last
+    /// component of the dataset part may carry @VERSION.
+    public func resolve(_ path: GFSPath, as viewer: Viewer) throws -> (dataset: Dataset, path: String)? {
+        let comps = path.components
+        let n = min(comps.count, GFSPath.datasetComponentsMax)
+        guard n > 0 else { return nil }
+        var candidates: [(k: Int, name: String, version: String?)] = []
+        for k in 1...n {
+            var last = comps[k - 1]
+            var version: String?
+            if let at = last.utf8.firstIndex(of: UInt8(ascii: "@")) {
+                version = String(Substring(last.utf8[last.utf8.index(after: at)...]))
+                last = String(Substring(last.utf8[..<at]))
+            }
+            candidates.append((k, (comps[0..<(k - 1)] + [last]).joined(separator: "/"), version))
+        }
+        let names = Array(Set(candidates.map(\.name)))
+        let found: [Dataset] = try db.read { s in
+            try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND name IN (\(names.map { _ in "?" }.joined(separator: ",")))",
+                        ([path.center] + names) as [any SQLArgument]).map(Catalog.dataset)
+        }.filter { Catalog.visible($0, viewer) }
+        for c in candidates.reversed() {
+            let matching = found.filter { d in sameBytes(d.name, c.name) && (c.version.map { sameBytes(d.version, $0) } ?? true) }
+            if let d = matching.max(by: { Catalog.preference($0) < Catalog.preference($1) }) {
+                return (d, comps[c.k...].joined(separator: "/"))
+            }
+        }
+        return nil
+    }
+
+    /// Changes who may read a dataset and how it is described (nil: unchanged).
+    public func updateDataset(_ id: Int64, readers: [String]? = nil, description: String? = nil, license: String? = nil,
+                              now: Int64 = Catalog.now()) throws {
+        let readersText = try readers.map(Catalog.readersText)
+        try db.write { s in
+            guard let d = try s.one("SELECT center FROM datasets WHERE id = ?", id) else { throw CatalogError(.notFound, "no dataset \(id)") }
+            try s.execute("""
+                UPDATE datasets SET readers = COALESCE(?, readers), description = COALESCE(?, description),
+                    license = COALESCE(?, license), updated = ? WHERE id = ?
+                """, readersText, description, license, now, id)
+            try appendChange(s, center: d.text("center"), dataset: id, kind: .datasetUpdated, at: now)
+        }
+    }
+
+    /// Readers as stored: one comma-separated text, so each must be non-empty and comma-free.
+    static func readersText(_ readers: [String]) throws -> String {
+        if let bad = readers.first(where: { $0.isEmpty || $0.utf8.contains(UInt8(ascii: ",")) || $0.utf8.contains(0) }) {
+            throw CatalogError(.invalid, "a reader is a user name, center:NAME or *, not '\(bad)'")
+        }
+        return readers.joined(separator: ",")
+    }
+
+    /// Removes a dataset, its files and replicas.
+    public func deleteDataset(_ id: Int64, now: Int64 = Catalog.now()) throws {
+        try db.write { s in
+            guard let d = try s.one("SELECT center FROM datasets WHERE id = ?", id) else {
+                throw CatalogError(.notFound, "no dataset \(id)")
+            }
+            try s.execute("DELETE FROM files WHERE dataset = ?", id)
+            try s.execute("DELETE FROM replicas WHERE dataset = ?", id)
+            try s.execute("DELETE FROM datasets WHERE id = ?", id)
+            try appendChange(s, center: d.text("center"), dataset: id, kind: .datasetDeleted, at: now)
+        }
+    }
+
+    // MARK: files
+
+    static let entryColumns = "dataset, dir, name, kind, size, mtime_ns, mode, digest, chunk_size, target"
+
+    /// One page of a directory, by name (byte order), after `after`. An empty page at the
+    /// start of a listing means the path is no directory: a file's page is the file itself,
+    /// a missing path is `notFound`.
+    public func list(dataset: Int64, dir: String = "", after: String? = nil, limit: Int = 1000, as viewer: Viewer) throws -> [Entry] {
+        let dir = try CatalogPath.normalize(dir)
+        return try db.read { s in
+            _ = try self.dataset(s, dataset, viewer)
+            let page = try FastSQL.entries(s, "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ? AND dir = ? AND name > ? ORDER BY name LIMIT ?",
+                                           [.int(dataset), .text(dir), .text(after ?? ""), .int(Int64(max(1, min(limit, 100_000))))])
+            if page.isEmpty && after == nil && !dir.isEmpty {
+                guard let e = try entry(s, dataset, dir) else { throw CatalogError(.notFound, "no '\(dir)' in dataset \(dataset)") }
+                return e.kind == .directory ? [] : [e]
+            }
+            return page
+        }
+    }
+
+    /// One entry by its path within the dataset. The dataset's top ("") has no row of its
+    /// own; it is described from the dataset.
+    public func stat(dataset: Int64, path: String, as viewer: Viewer) throws -> Entry? {
+        let path = try CatalogPath.normalize(path)
+        return try db.read { s in
+            let d = try self.dataset(s, dataset, viewer)
+            if path.isEmpty {
+                return Entry(dataset: d.id, dir: "", name: "", kind: .directory, size: 0, mtimeNs: d.updated * 1_000_000_000, mode: 0o755)
+            }
+            return try entry(s, dataset, path)
+        }
+    }
+
+    func entry(_ s: any SQLSession, _ dataset: Int64, _ path: String) throws -> Entry? {
+        let (dir, name) = CatalogPath.split(path)
+        return try FastSQL.entries(s, "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ? AND dir = ? AND name = ?",
+                                   [.int(dataset), .text(dir), .text(name)]).first
+    }
+
+    /// Entries below `under` (in one dataset, or in every dataset `viewer` may see) whose name
+    /// matches a shell glob (`*`, `?`, `[...]`, `[!...]`, `\` escapes; case-sensitive), by
+    /// size (bytes, inclusive), modified after `newerThan` (Unix nanoseconds), of one kind.
+    /// Ordered by (dataset, dir, name); pass the last result's key as `after` to continue.
+    public func find(dataset: Int64? = nil, under: String = "", nameGlob: String? = nil, minSize: Int64? = nil, maxSize: Int64? = nil,
+                     newerThan: Int64? = nil, kind: EntryKind? = nil, after: EntryKey? = nil, limit: Int = 1000,
+                     as viewer: Viewer) throws -> [Entry] {
+        let under = try CatalogPath.normalize(under)
+        var filter = ""
+        var args: [SQLValue] = []
+        if !under.isEmpty {
+            filter += " AND (dir = ? OR (dir >= ? AND dir < ?))"
+            args += [.text(under), .text(under + "/"), .text(under + "0")]
+        }
+        if let g = nameGlob, g != "*" {
+            let (op, pattern) = pg ? Glob.postgres(g) : ("GLOB", Glob.sqlite(g))
+            filter += " AND name \(op) ?"
+            args.append(.text(pattern))
+        }
+        if let v = minSize { filter += " AND size >= ?"; args.append(.int(v)) }
+        if let v = maxSize { filter += " AND size <= ?"; args.append(.int(v)) }
+        if let v = newerThan { filter += " AND mtime_ns > ?"; args.append(.int(v)) }
+        if let k = kind { filter += " AND kind = ?"; args.append(.text(k.rawValue)) }
+        let limit = max(1, min(limit, 100_000))
+        return try db.read { s in
+            let ids: [Int64]
+            if let dataset {
+                ids = [try self.dataset(s, dataset, viewer).id]
+            } else {
+                ids = try s.query("SELECT \(Catalog.datasetColumns) FROM datasets ORDER BY id").map(Catalog.dataset)
+                    .filter { Catalog.visible($0, viewer) }.map(\.id)
+            }
+            var out: [Entry] = []
+            for id in ids where out.count < limit && id >= (after?.dataset ?? 0) {
+                var sql = "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ?" + filter
+                var a: [SQLValue] = [.int(id)] + args
+                if let after, after.dataset == id {
+                    sql += " AND (dir > ? OR (dir = ? AND name > ?))"
+                    a += [.text(after.dir), .text(after.dir), .text(after.name)]
+                }
+                sql += " ORDER BY dir, name LIMIT ?"
+                a.append(.int(Int64(limit - out.count)))
+                out += try FastSQL.entries(s, sql, a)
+            }
+            return out
+        }
+    }
+
+    /// Regular files, their bytes, and directories at or below `under`.
+    public func du(dataset: Int64, under: String = "", as viewer: Viewer) throws -> DiskUsage {
+        let under = try CatalogPath.normalize(under)
+        return try db.read { s in
+            _ = try self.dataset(s, dataset, viewer)
+            var sql = """
+                SELECT CAST(COALESCE(SUM(CASE WHEN kind = 'f' THEN 1 ELSE 0 END), 0) AS BIGINT) AS files,
+                       CAST(COALESCE(SUM(CASE WHEN kind = 'f' THEN size ELSE 0 END), 0) AS BIGINT) AS bytes,
+                       CAST(COALESCE(SUM(CASE WHEN kind = 'd' THEN 1 ELSE 0 END), 0) AS BIGINT) AS dirs
+                FROM files WHERE dataset = ?
+                """
+            var args: [any SQLArgument] = [dataset]
+            if !under.isEmpty {
+                guard let e = try entry(s, dataset, under) else { throw CatalogError(.notFound, "no '\(under)' in dataset \(dataset)") }
+                if e.kind != .directory { return DiskUsage(files: e.kind == .file ? 1 : 0, bytes: e.kind == .file ? e.size : 0, directories: 0) }
+                sql += " AND (dir = ? OR (dir >= ? AND dir < ?))"
+                args += [under, under + "/", under + "0"]
+            }
+            let r = try s.query(sql, args).first
+            return DiskUsage(files: r?.int("files") ?? 0, bytes: r?.int("bytes") ?? 0, directories: r?.int("dirs") ?? 0)
+        }
+    }
+
+    // MARK: replicas
+
+    static func replica(_ r: SQLRow) -> Replica {
+        Replica(dataset: r.int("dataset"), center: r.text("center"), state: ReplicaState(rawValue: r.text("state")) ?? .partial,
+                path: r.text("path"), files: r.int("files"), bytes: r.int("bytes"), verifiedAt: r.optionalInt("verified_at"))
+    }
+
+    public func replicas(dataset: Int64, as viewer: Viewer) throws -> [Replica] {
+        try db.read { s in
+            _ = try self.dataset(s, dataset, viewer)
+            return try s.query("SELECT * FROM replicas WHERE dataset = ? ORDER BY center", dataset).map(Catalog.replica)
+        }
+    }
+
+    /// Records (or updates) the replica of `dataset` at `center`, and a change.
+    public func setReplica(dataset: Int64, center: String, state: ReplicaState, path: String = "", files: Int64 = 0, bytes: Int64 = 0,
+                           verifiedAt: Int64? = nil, now: Int64 = Catalog.now()) throws {
+        try GFSPath.validateCenter(center)
+        try db.write { s in
+            guard try s.one("SELECT id FROM datasets WHERE id = ?", dataset) != nil else { throw CatalogError(.notFound, "no dataset \(dataset)") }
+            try setReplica(s, Replica(dataset: dataset, center: center, state: state, path: path, files: files, bytes: bytes, verifiedAt: verifiedAt), now: now)
+        }
+    }
+
+    func setReplica(_ s: any SQLSession, _ r: Replica, now: Int64) throws {
+        try s.execute("""
+            INSERT INTO replicas (dataset, center, state, path, files, bytes, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (dataset, center) DO UPDATE SET state = excluded.state, path = excluded.path, files = excluded.files,
+                bytes = excluded.bytes, verified_at = excluded.verified_at
+            """, r.dataset, r.center, r.state.rawValue, r.path, r.files, r.bytes, r.verifiedAt)
+        try appendChange(s, center: r.center, dataset: r.dataset, kind: .replicaUpdated, at: now)
+    }
+
+    public func removeReplica(dataset: Int64, center: String, now: Int64 = Catalog.now()) throws {
+        try db.write { s in
+            if try s.execute("DELETE FROM replicas WHERE dataset = ? AND center = ?", dataset, center) > 0 {
+                try appendChange(s, center: center, dataset: dataset, kind: .replicaDeleted, at: now)
+            }
+        }
+    }
+
+    // MARK: change feed
+
+    /// Appends to the feed inside the caller's transaction. On PostgreSQL a sequence hands out
+    /// numbers at insert, not at commit, so two writers could commit 8 before 7 and a follower
+    /// that already read 8 would never see 7; the transaction lock makes appends (and their
+    /// commits) happen in seq order. SQLite has one writer anyway.
+    func appendChange(_ s: any SQLSession, center: String, dataset: Int64, kind: ChangeKind, at: Int64) throws {
+        if pg { try s.execute("SELECT pg_advisory_xact_lock(7265728) AS locked") }
+        try s.execute("INSERT INTO changes (center, dataset, kind, at) VALUES (?, ?, ?, ?)", center, dataset, kind.rawValue, at)
+    }
+
+    /// The feed after `seq`, oldest first. It carries ids, not contents: a follower refetches
+    /// what a change names (with its own rights), so it needs no filtering here.
+    public func changes(after seq: Int64, limit: Int = 1000) throws -> [Change] {
+        try db.read { s in
+            try s.query("SELECT seq, center, dataset, kind, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", seq, max(1, min(limit, 100_000)))
+                .compactMap { r in
+                    ChangeKind(rawValue: r.text("kind")).map { Change(seq: r.int("seq"), center: r.text("center"), dataset: r.int("dataset"), kind: $0, at: r.int("at")) }
+                }
+        }
+    }
+
+    // MARK: centers
+
+    public func centers() throws -> [Center] {
+        try db.read { s in
+            try s.query("SELECT * FROM centers ORDER BY name").map {
+                Center(name: $0.text("name"), api: $0.text("api"), lastSeq: $0.int("last_seq"), lastSync: $0.int("last_sync"), reachable: $0.int("reachable") != 0)
+            }
+        }
+    }
+
+    /// Adds a center or changes its API address.
+    public func setCenter(_ name: String, api: String) throws {
+        try GFSPath.validateCenter(name)
+        try db.write { s in
+            _ = try s.execute("INSERT INTO centers (name, api) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET api = excluded.api", name, api)
+        }
+    }
+
+    /// What a sync with `center` achieved: the last seq applied, or that it was unreachable
+    /// (its entries stay, marked stale by `reachable`).
+    public func recordSync(center: String, lastSeq: Int64? = nil, reachable: Bool, at: Int64 = Catalog.now()) throws {
+        try db.write { s in
+            try s.execute("INSERT INTO centers (name) VALUES (?) ON CONFLICT (name) DO NOTHING", center)
+            try s.execute("UPDATE centers SET last_seq = COALESCE(?, last_seq), last_sync = ?, reachable = ? WHERE name = ?",
+                          lastSeq, at, reachable, center)
+        }
+    }
+
+    public static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+}
+
+/// Paths within a dataset: "a/b/c", no leading or trailing '/', no "." or "..".
+enum CatalogPath {
+    /// Accepts what a user types ("/a//b/", "./a"); refuses "..", NUL and over-long names.
+    /// Byte-wise: "/" followed by a combining mark is one Swift Character, not a separator.
+    static func normalize(_ p: String) throws -> String {
+        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+        if p.utf8.count > GFSPath.pathBytesMax { throw CatalogError(.invalid, "path longer than \(GFSPath.pathBytesMax) bytes") }
+        if !p.utf8.contains(where: { $0 == slash || $0 == dot || $0 == 0 }) {
+            if p.utf8.count > GFSPath.componentBytesMax { throw CatalogError(.invalid, "a name in '\(p)' is longer than \(GFSPath.componentBytesMax) bytes") }
+            return p
+        }
+        var parts: [String] = []
+        for c in p.utf8.split(separator: slash, omittingEmptySubsequences: true) where !c.elementsEqual([dot]) {
+            if c.elementsEqual([dot, dot]) { throw CatalogError(.invalid, "'..' is not allowed in '\(p)'") }
+            if c.contains(0) { throw CatalogError(.invalid, "NUL byte in a path") }
+            if c.count > GFSPath.componentBytesMax { throw CatalogError(.invalid, "a name in '\(p)' is longer than \(GFSPath.componentBytesMax) bytes") }
+            parts.append(String(Substring(c)))
+        }
+        return parts.joined(separator: "/")
+    }
+
+    /// ("a/b", "c") for "a/b/c"; ("", "c") for "c".
+    static func split(_ path: String) -> (String, String) {
+        guard let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")) else { return ("", path) }
+        return (String(Substring(path.utf8[..<slash])), String(Substring(path.utf8[path.utf8.index(after: slash)...])))
+    }
+}
+
+/// Shell globs as SQL patterns. SQLite's GLOB is a shell glob already (negation is `[^`);
+/// PostgreSQL gets LIKE when the glob has no bracket class (it can use the name's byte
+/// order), else an anchored regular expression.
+enum Glob {
+    static func sqlite(_ g: String) -> String {
+        var out = ""
+        var it = Array(g.unicodeScalars)[...]
+        while let c = it.popFirst() {
+            switch c {
+            case "\\":
+                if let n = it.popFirst() { out += "*?[".unicodeScalars.contains(n) ? "[\(n)]" : String(n) } else { out += "\\" }
+            case "[":
+                if let cls = bracket(&it) { out += "[" + (cls.negated ? "^" : "") + cls.body + "]" } else { out += "[[]" }
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out
+    }
+
+    static func postgres(_ g: String) -> (op: String, pattern: String) {
+        var like = ""
+        var regex = "^"
+        var usesClass = false
+        var it = Array(g.unicodeScalars)[...]
+        func literal(_ c: Unicode.Scalar) {
+            if "\\%_".unicodeScalars.contains(c) { like += "\\" }
+            like.unicodeScalars.append(c)
+            if "\\.^$|()+*?{}[]".unicodeScalars.contains(c) { regex += "\\" }
+            regex.unicodeScalars.append(c)
+        }
+        while let c = it.popFirst() {
+            switch c {
+            case "\\": literal(it.popFirst() ?? "\\")
+            case "*": like += "%"; regex += ".*"
+            case "?": like += "_"; regex += "."
+            case "[":
+                if let cls = bracket(&it) {
+                    usesClass = true
+                    regex += "[" + (cls.negated ? "^" : "") + cls.body.replacingOccurrences(of: "\\", with: "\\\\") + "]"
+                } else { literal("[") }
+            default: literal(c)
+            }
+        }
+        return usesClass ? ("~", regex + "$") : ("LIKE", like)
+    }
+
+    /// The class after a '[' up to its ']' (a ']' first is a member), or nil (and `it`
+    /// untouched) when unterminated: then '[' is literal, as in the shell.
+    private static func bracket(_ it: inout ArraySlice<Unicode.Scalar>) -> (negated: Bool, body: String)? {
+        var j = it
+        var negated = false
+        if let f = j.first, f == "!" || f == "^" { negated = true; j = j.dropFirst() }
+        var body = ""
+        if j.first == "]" { body += "]"; j = j.dropFirst() }
+        while let c = j.popFirst() {
+            if c == "]" { it = j; return (negated, body) }
+            body.unicodeScalars.append(c)
+        }
+        return nil
+    }
+}
