@@ -28,11 +28,11 @@ struct APIOptions: ParsableArguments {
     var json = false
 
     /// Calls the API; returns the decoded JSON object, or exits 1 with the daemon's error.
-    func call(_ method: String, _ path: String, body: [String: Any]? = nil) throws -> [String: Any] {
+    func call(_ method: String, _ path: String, body: [String: Any]? = nil, timeout: Double = 30) throws -> [String: Any] {
         let env = ProcessInfo.processInfo.environment
         guard let base = api ?? env["FERRY_API"], let url = URL(string: base + path) else { throw ValidationError("give the daemon's API: --api http://HOST:PORT or FERRY_API") }
         guard let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"] else { throw ValidationError("give your token: --token-file FILE or FERRY_TOKEN_FILE") }
-        var req = URLRequest(url: url, timeoutInterval: 30)
+        var req = URLRequest(url: url, timeoutInterval: timeout)
         req.httpMethod = method
         req.setValue("Bearer " + (try readToken(tokenPath)), forHTTPHeaderField: "Authorization")
         if let body {
@@ -45,7 +45,7 @@ struct APIOptions: ParsableArguments {
             result = (d, r, e)
             done.signal()
         }.resume()
-        _ = done.wait(timeout: .now() + 35)
+        if done.wait(timeout: .now() + timeout + 5) == .timedOut { fail("\(base) did not answer within \(Int(timeout)) s") }
         if let e = result.2 { fail("cannot reach \(base): \(e.localizedDescription)") }
         let status = (result.1 as? HTTPURLResponse)?.statusCode ?? 0
         let obj = (result.0.flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]) ?? [:]

@@ -1,4 +1,5 @@
 import Foundation
+import GlobalFS
 import Hummingbird
 import Transfer
 
@@ -21,18 +22,23 @@ public struct DaemonAPI: Sendable {
     public let verifier: TokenVerifier
     public let center: String
     public let runner: JobRunner?
+    /// This center's Global Files catalog (routes under /api/v1/catalog, see CatalogAPI.swift).
+    public let catalog: Catalog?
 
-    public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?) {
+    public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil) {
         self.store = store
         self.verifier = verifier
         self.center = center
         self.runner = runner
+        self.catalog = catalog
     }
 
     public static let routes: [(method: String, path: String)] = [
         ("GET", "/api/v1/health"), ("GET", "/api/v1/openapi.json"), ("POST", "/api/v1/transfers"),
         ("GET", "/api/v1/transfers"), ("GET", "/api/v1/transfers/{id}"), ("POST", "/api/v1/transfers/{id}/cancel"),
         ("POST", "/api/v1/transfers/{id}/retry"), ("GET", "/api/v1/transfers/{id}/events"), ("GET", "/metrics"),
+        ("POST", "/api/v1/catalog/register"), ("GET", "/api/v1/catalog/datasets"), ("GET", "/api/v1/catalog/ls"),
+        ("GET", "/api/v1/catalog/stat"), ("GET", "/api/v1/catalog/find"), ("GET", "/api/v1/catalog/du"),
     ]
 
     public func router() -> Router<BasicRequestContext> {
@@ -136,6 +142,7 @@ public struct DaemonAPI: Sendable {
                 return json(200, jobObject(try store.retryJob(job.id, now: now())))
             }
         }
+        addCatalogRoutes(router)
         return router
     }
 
@@ -150,7 +157,7 @@ public struct DaemonAPI: Sendable {
         var message: String
     }
 
-    private func handle(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
         do {
             guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else {
                 throw HTTPFailure(status: 401, message: "send Authorization: Bearer <your ferry token>")
@@ -164,6 +171,8 @@ public struct DaemonAPI: Sendable {
             return json(f.status, ["error": f.message])
         } catch let e as JobStoreError {
             return json(409, ["error": e.description])
+        } catch let e as CatalogError {
+            return json(e.code == .notFound ? 404 : e.code == .conflict ? 409 : e.code == .invalid ? 400 : 500, ["error": e.description])
         } catch let e as TransferError {
             return json(e.code == .auth ? 403 : 400, ["error": e.message])
         } catch is DecodingError {
@@ -180,12 +189,17 @@ public struct DaemonAPI: Sendable {
 
     private func authorizePaths(_ r: JobRequest, _ user: User) throws {
         for (path, write) in [(r.source, false), (r.destination, true)] where !path.hasPrefix("ferry://") {
-            var rel = Substring(path)
-            while rel.hasPrefix("/") { rel = rel.dropFirst() }
-            let parts = try namespaceComponents(String(rel))
-            guard user.scopes.allow(parts, write: write) else {
-                throw TransferError(.auth, "your token does not allow \(write ? "writing" : "reading") '\(path)'")
-            }
+            try authorizeLocal(path, user, write: write)
+        }
+    }
+
+    /// A local path of this center (/EXPORT/PATH) within the token's scopes.
+    func authorizeLocal(_ path: String, _ user: User, write: Bool) throws {
+        var rel = Substring(path)
+        while rel.hasPrefix("/") { rel = rel.dropFirst() }
+        let parts = try namespaceComponents(String(rel))
+        guard user.scopes.allow(parts, write: write) else {
+            throw TransferError(.auth, "your token does not allow \(write ? "writing" : "reading") '\(path)'")
         }
     }
 
@@ -239,7 +253,13 @@ public struct DaemonAPI: Sendable {
       "/api/v1/transfers/{id}/cancel":{"post":{"summary":"Cancel a job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"already ended"}}}},
       "/api/v1/transfers/{id}/events":{"get":{"summary":"Progress as server-sent events (event: progress, then end)","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"text/event-stream"}}}},
       "/api/v1/transfers/{id}/retry":{"post":{"summary":"Retry a failed job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"not failed"}}}},
-      "/metrics":{"get":{"summary":"Prometheus metrics","security":[],"responses":{"200":{"description":"text format"}}}}
+      "/metrics":{"get":{"summary":"Prometheus metrics","security":[],"responses":{"200":{"description":"text format"}}}},
+      "/api/v1/catalog/register":{"post":{"summary":"Register (or re-register) a directory of this center as a dataset","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["path","dataset"],"properties":{"path":{"type":"string","description":"/EXPORT/PATH"},"dataset":{"type":"string","description":"NAME[@VERSION]"},"readers":{"type":"array","items":{"type":"string"}},"description":{"type":"string"},"license":{"type":"string"},"hash":{"type":"boolean"}}}}}},"responses":{"200":{"description":"the registration summary"},"400":{"description":"bad request"},"403":{"description":"outside the token's scopes"},"404":{"description":"no such directory"}}}},
+      "/api/v1/catalog/datasets":{"get":{"summary":"The datasets the caller may see","responses":{"200":{"description":"datasets"}}}},
+      "/api/v1/catalog/ls":{"get":{"summary":"One page of a directory","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"},{"name":"after","in":"query","schema":{"type":"string"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"entries and next_after"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}},
+      "/api/v1/catalog/stat":{"get":{"summary":"One entry, its dataset and replicas","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"}],"responses":{"200":{"description":"the entry"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}},
+      "/api/v1/catalog/find":{"get":{"summary":"Entries by name glob, size and age","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"},{"name":"name","in":"query","schema":{"type":"string"}},{"name":"min_size","in":"query","schema":{"type":"integer"}},{"name":"max_size","in":"query","schema":{"type":"integer"}},{"name":"newer","in":"query","schema":{"type":"integer"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"entries"},"400":{"description":"bad path"},"404":{"description":"no such dataset"}}}},
+      "/api/v1/catalog/du":{"get":{"summary":"Files, directories and bytes under a path","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"}],"responses":{"200":{"description":"usage"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}}
      }}
     """
 }

@@ -16,7 +16,7 @@ public final class DaemonService: @unchecked Sendable {
     public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, runner settings: RunnerSettings, verifier: TokenVerifier, center: String) throws {
         store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
-        api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner)
+        api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: try Catalog(db: store.db))
         self.apiListen = apiListen
     }
 

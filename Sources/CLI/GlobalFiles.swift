@@ -1,0 +1,153 @@
+import ArgumentParser
+import Foundation
+import Transfer
+
+/// Global Files commands: ask a center's daemon (its API, as `ferry jobs` does) about its
+/// catalog. Presentation only; the work is in GlobalFS, served by the daemon.
+extension Ferry {
+    struct Register: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Register a directory of the daemon's center as a dataset (again: only what changed is updated).",
+            discussion: "Example: ferry register /datasets/zinc22 --dataset zinc22@2024 --readers '*'")
+        @OptionGroup var api: APIOptions
+        @Option(help: "NAME or NAME@VERSION.") var dataset: String
+        @Option(help: "Who may see it: '*' (everyone), user names, center:NAME (comma-separated; default: only you).") var readers: String?
+        @Option var description: String?
+        @Option var license: String?
+        @Flag(help: "Also compute every file's digest (reads every byte; resumes where a stopped run left off).") var hash = false
+        @Argument(help: "The directory, as /EXPORT/PATH at the daemon's center.") var path: String
+
+        func run() throws {
+            var body: [String: Any] = ["path": path, "dataset": dataset, "hash": hash]
+            if let r = readers { body["readers"] = r.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+            if let d = description { body["description"] = d }
+            if let l = license { body["license"] = l }
+            let s = try api.call("POST", "/api/v1/catalog/register", body: body, timeout: 86_400)
+            if api.json { api.show(s); return }
+            func n(_ k: String) -> Int { s[k] as? Int ?? 0 }
+            print("ferry: \(dataset): \(n("files")) files, \(byteText(UInt64(n("bytes")))); \(n("added")) added, \(n("changed")) changed, \(n("removed")) removed, \(n("unchanged")) unchanged, \(n("hashed")) hashed in \(String(format: "%.2f", s["seconds"] as? Double ?? 0)) s")
+            if let e = s["first_error"] as? String { FileHandle.standardError.write("ferry: warning: \(e)\n".data(using: .utf8)!) }
+        }
+    }
+
+    struct Datasets: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The datasets of the daemon's center that you may see.")
+        @OptionGroup var api: APIOptions
+
+        func run() throws {
+            let r = try api.call("GET", "/api/v1/catalog/datasets")
+            if api.json { api.show(r); return }
+            for d in (r["datasets"] as? [[String: Any]]) ?? [] {
+                let name = (d["name"] as? String ?? "") + ((d["version"] as? String).map { $0.isEmpty ? "" : "@" + $0 } ?? "")
+                print("gfs://\(d["center"] as? String ?? "")/\(name)\t\(d["file_count"] as? Int ?? 0) files\t\(byteText(UInt64(d["bytes"] as? Int ?? 0)))\t\(d["owner"] as? String ?? "")")
+            }
+        }
+    }
+
+    struct Ls: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List a directory of a dataset: gfs://CENTER/DATASET[/PATH], a page at a time.")
+        @OptionGroup var api: APIOptions
+        @Flag(name: .short, help: "Long format: kind, mode, size, mtime, name.") var long = false
+        @Option(help: "Entries per page (at most 10,000).") var limit = 1000
+        @Option(help: "Start after this name (the previous page's next_after).") var after: String?
+        @Flag(help: "Follow every page to the end.") var all = false
+        @Argument var path: String
+
+        func run() throws {
+            var cursor = after
+            for _ in 0..<1_000_000 {
+                var q = [("path", path), ("limit", String(limit))]
+                if let c = cursor { q.append(("after", c)) }
+                let page = try api.call("GET", "/api/v1/catalog/ls" + query(q))
+                if api.json { api.show(page) } else {
+                    for e in (page["entries"] as? [[String: Any]]) ?? [] { print(entryLine(e, long: long)) }
+                }
+                guard all, let next = page["next_after"] as? String else { return }
+                cursor = next
+            }
+        }
+    }
+
+    struct Stat: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One entry of a dataset, its dataset and the centers holding replicas.")
+        @OptionGroup var api: APIOptions
+        @Argument var path: String
+
+        func run() throws {
+            let r = try api.call("GET", "/api/v1/catalog/stat" + query([("path", path)]))
+            if api.json { api.show(r); return }
+            if let e = r["entry"] as? [String: Any] { print(entryLine(e, long: true)) }
+            if let d = r["dataset"] as? [String: Any] { print("dataset: \(d["name"] as? String ?? "") owner \(d["owner"] as? String ?? "") \(d["file_count"] as? Int ?? 0) files") }
+            for rep in (r["replicas"] as? [[String: Any]]) ?? [] {
+                print("replica: \(rep["center"] as? String ?? "") \(rep["state"] as? String ?? "") verified \(rep["verified_at"] as? Int ?? 0)")
+            }
+        }
+    }
+
+    struct Find: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Find entries of a dataset by name, size and age.")
+        @OptionGroup var api: APIOptions
+        @Option(help: "A glob on the name (* ? [..]).") var name: String?
+        @Option(help: "+SIZE (at least) or -SIZE (at most), K/M/G/T suffixes.") var size: String?
+        @Option(help: "Modified after this: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or Unix seconds.") var newer: String?
+        @Option var limit = 1000
+        @Argument var path: String
+
+        func run() throws {
+            var q = [("path", path), ("limit", String(limit))]
+            if let n = name { q.append(("name", n)) }
+            if let s = size {
+                guard let sign = s.first, sign == "+" || sign == "-" else { throw ValidationError("--size takes +SIZE or -SIZE") }
+                q.append((sign == "+" ? "min_size" : "max_size", String(try parseSize(String(s.dropFirst()), what: "--size"))))
+            }
+            if let t = newer { q.append(("newer", String(try parseTime(t)))) }
+            let r = try api.call("GET", "/api/v1/catalog/find" + query(q))
+            if api.json { api.show(r); return }
+            for e in (r["entries"] as? [[String: Any]]) ?? [] { print(entryLine(e, long: false, full: true)) }
+        }
+    }
+
+    struct Du: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Files, directories and bytes under a path of a dataset.")
+        @OptionGroup var api: APIOptions
+        @Argument var path: String
+
+        func run() throws {
+            let r = try api.call("GET", "/api/v1/catalog/du" + query([("path", path)]))
+            if api.json { api.show(r); return }
+            print("\(byteText(UInt64(r["bytes"] as? Int ?? 0)))\t\(r["files"] as? Int ?? 0) files\t\(r["directories"] as? Int ?? 0) directories\t\(path)")
+        }
+    }
+}
+
+func query(_ items: [(String, String)]) -> String {
+    var c = URLComponents()
+    c.queryItems = items.map { URLQueryItem(name: $0.0, value: $0.1) }
+    // '+' is a space to many servers: encode it too.
+    return "?" + (c.percentEncodedQuery ?? "").replacingOccurrences(of: "+", with: "%2B")
+}
+
+func entryLine(_ e: [String: Any], long: Bool, full: Bool = false) -> String {
+    let kind = e["kind"] as? String ?? "f"
+    let name = full ? ((e["dir"] as? String).map { $0.isEmpty ? "" : $0 + "/" } ?? "") + (e["name"] as? String ?? "") : (e["name"] as? String ?? "")
+    let shown = name + (kind == "d" ? "/" : "") + (kind == "l" ? " -> " + (e["target"] as? String ?? "") : "")
+    guard long else { return shown }
+    let mode = String(format: "%04o", (e["mode"] as? Int ?? 0) & 0o7777)
+    let mtime = Date(timeIntervalSince1970: Double(e["mtime_ns"] as? Int ?? 0) / 1e9)
+    let f = ISO8601DateFormatter()
+    return "\(kind) \(mode) \(String(e["size"] as? Int ?? 0).leftPad(14)) \(f.string(from: mtime)) \(shown)"
+}
+
+/// YYYY-MM-DD, an ISO 8601 time, or Unix seconds → Unix seconds.
+func parseTime(_ t: String) throws -> Int64 {
+    if let s = Int64(t) { return s }
+    let f = ISO8601DateFormatter()
+    if let d = f.date(from: t) { return Int64(d.timeIntervalSince1970) }
+    f.formatOptions = [.withFullDate]
+    if let d = f.date(from: t) { return Int64(d.timeIntervalSince1970) }
+    throw ValidationError("'\(t)' is not a date (YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or Unix seconds)")
+}
+
+extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+}

@@ -1,0 +1,133 @@
+import Foundation
+import GlobalFS
+import Hummingbird
+import Transfer
+
+/// Global Files through the daemon's API: this center's catalog (`GlobalFS.Catalog`, in the same
+/// database as the job queue).
+///   POST /api/v1/catalog/register   {path: "/EXPORT/dir", dataset: "NAME[@VERSION]", readers?,
+///                                    description?, license?, hash?} → the registration summary
+///   GET  /api/v1/catalog/datasets   the datasets the caller may see
+///   GET  /api/v1/catalog/ls?path=gfs://CENTER/DATASET/dir&after=NAME&limit=N   one page
+///   GET  /api/v1/catalog/stat?path=...
+///   GET  /api/v1/catalog/find?path=...&name=GLOB&min_size=&max_size=&newer=UNIX_SECONDS&limit=
+///   GET  /api/v1/catalog/du?path=...
+/// Paths name this center (federation, which answers for peers' datasets, comes next); a
+/// dataset the caller may not see answers exactly as a missing one (404).
+struct RegisterRequest: Decodable {
+    var path: String
+    var dataset: String
+    var readers: [String]?
+    var description: String?
+    var license: String?
+    var hash: Bool?
+}
+
+extension DaemonAPI {
+    func addCatalogRoutes(_ router: Router<BasicRequestContext>) {
+        guard let catalog else { return }
+        router.post("/api/v1/catalog/register") { request, _ in
+            try await handle(request) { user in
+                let body = Data(buffer: try await request.body.collect(upTo: 1 << 20))
+                let r = try JSONDecoder().decode(RegisterRequest.self, from: body)
+                try authorizeLocal(r.path, user, write: false)
+                guard let runner, case .local(let dir) = try runner.endpoint(r.path).0 else {
+                    throw HTTPFailure(status: 400, message: "register takes a directory of this center: /EXPORT/PATH")
+                }
+                let parts = r.dataset.split(separator: "@", maxSplits: 1).map(String.init)
+                let center = self.center
+                // A big tree takes a while: off the concurrency pool.
+                let summary: RegisterSummary = try await withCheckedThrowingContinuation { done in
+                    Thread.detachNewThread {
+                        done.resume(with: Result {
+                            try catalog.register(root: dir, dataset: parts[0], version: parts.count > 1 ? parts[1] : "", owner: user.user, center: center,
+                                                 readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false)
+                        })
+                    }
+                }
+                return try codable(200, summary)
+            }
+        }
+        router.get("/api/v1/catalog/datasets") { request, _ in
+            try await handle(request) { user in
+                try codable(200, ["datasets": try catalog.datasets(visibleTo: viewer(user))])
+            }
+        }
+        router.get("/api/v1/catalog/ls") { request, _ in
+            try await handle(request) { user in
+                let (d, path) = try resolve(request, user)
+                let q = request.uri.queryParameters
+                let limit = q["limit"].flatMap { Int(String($0)) } ?? 1000
+                if let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)), e.kind != .directory {
+                    return try codable(200, ListPage(dataset: d.qualifiedName, entries: [e], next_after: nil))
+                }
+                let entries = try catalog.list(dataset: d.id, dir: path, after: q["after"].map(String.init), limit: max(1, min(limit, 10_000)), as: viewer(user))
+                return try codable(200, ListPage(dataset: d.qualifiedName, entries: entries, next_after: entries.count == limit ? entries.last?.name : nil))
+            }
+        }
+        router.get("/api/v1/catalog/stat") { request, _ in
+            try await handle(request) { user in
+                let (d, path) = try resolve(request, user)
+                if path.isEmpty { return try codable(200, ["dataset": d]) }
+                guard let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)) else {
+                    throw HTTPFailure(status: 404, message: "no such file or directory: \(path)")
+                }
+                return try codable(200, StatAnswer(dataset: d, entry: e, replicas: try catalog.replicas(dataset: d.id, as: viewer(user))))
+            }
+        }
+        router.get("/api/v1/catalog/find") { request, _ in
+            try await handle(request) { user in
+                let (d, path) = try resolve(request, user)
+                let q = request.uri.queryParameters
+                func int(_ k: Substring) -> Int64? { q[k].flatMap { Int64(String($0)) } }
+                let entries = try catalog.find(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
+                                               maxSize: int("max_size"), newerThan: int("newer").map { $0 * 1_000_000_000 },
+                                               limit: Int(max(1, min(int("limit") ?? 1000, 100_000))), as: viewer(user))
+                return try codable(200, ListPage(dataset: d.qualifiedName, entries: entries, next_after: nil))
+            }
+        }
+        router.get("/api/v1/catalog/du") { request, _ in
+            try await handle(request) { user in
+                let (d, path) = try resolve(request, user)
+                return try codable(200, try catalog.du(dataset: d.id, under: path, as: viewer(user)))
+            }
+        }
+    }
+
+    struct ListPage: Encodable {
+        var dataset: String
+        var entries: [Entry]
+        var next_after: String?
+    }
+
+    struct StatAnswer: Encodable {
+        var dataset: Dataset
+        var entry: Entry
+        var replicas: [Replica]
+    }
+
+    func viewer(_ u: User) -> Viewer { Viewer(user: u.user, isOperator: u.isOperator) }
+
+    /// The dataset and the path within it that `?path=gfs://...` names, at this center.
+    func resolve(_ request: Request, _ user: User) throws -> (Dataset, String) {
+        guard let text = request.uri.queryParameters["path"].map(String.init), let catalog else {
+            throw HTTPFailure(status: 400, message: "give ?path=gfs://CENTER/DATASET[/PATH]")
+        }
+        let p: GFSPath
+        do { p = try GFSPath(text) } catch { throw HTTPFailure(status: 400, message: "\(error)") }
+        guard p.center == center else {
+            throw HTTPFailure(status: 404, message: "center '\(p.center)' is not this center ('\(center)'); ask its daemon")
+        }
+        guard let (d, path) = try catalog.resolve(p, as: viewer(user)) else {
+            throw HTTPFailure(status: 404, message: "no dataset at \(text)")
+        }
+        return (d, path)
+    }
+}
+
+func codable<T: Encodable>(_ status: Int, _ value: T) throws -> Response {
+    let e = JSONEncoder()
+    e.keyEncodingStrategy = .convertToSnakeCase
+    let data = try e.encode(value)
+    return Response(status: .init(code: status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+}
