@@ -3,8 +3,9 @@
 # a user token (`ferry ca`, `ferry token`), start a real server (`ferry serve --config`) on
 # loopback with one export, push a sample tree to it with `ferry cp -r` (TLS 1.3 control,
 # AES-256-GCM data: the default `--protection private`), verify the copy byte for byte, pull it
-# back, show that a rerun transfers nothing, and print the audit log. Everything lives in a
-# temporary directory.
+# back, show that a rerun transfers nothing, then let the center's daemon push the dataset to a
+# second center (third-party transfer: this shell only watches), register it in Global Files
+# and list it, and print the audit log. Everything lives in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -13,10 +14,15 @@ ferry="$PWD/.build/release/ferry"
 
 work=$(mktemp -d /tmp/ferry-quickstart.XXXXXX)
 server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+peer_pid=""
+cleanup() {
+  for p in $server_pid $peer_pid; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
-mkdir -p "$work/center-b" "$work/sample/genomes/run 1" "$work/sample/smiles" "$work/sample/empty"
+mkdir -p "$work/center-b" "$work/center-w" "$work/sample/genomes/run 1" "$work/sample/smiles" "$work/sample/empty"
 head -c 64M /dev/urandom > "$work/sample/genomes/run 1/reads.bin"
 for i in $(seq 1 500); do echo "CC(=O)Oc1ccccc1C(=O)O ZINC$(printf %012d $i)" ; done > "$work/sample/smiles/library.smi"
 for i in $(seq 1 200); do echo "result $i" > "$work/sample/smiles/dock_$i.txt"; done
@@ -25,8 +31,28 @@ ln -s smiles/library.smi "$work/sample/latest.smi"
 echo "== a federation CA, the certificate of center 'hlrs', a token for user 'alice'"
 "$ferry" ca init --dir "$work/pki"
 "$ferry" ca issue --dir "$work/pki" --center hlrs --host 127.0.0.1 --host ::1
+"$ferry" ca issue --dir "$work/pki" --center wuxi --host 127.0.0.1 >/dev/null
 "$ferry" token issue --cert "$work/pki/hlrs.crt" --key "$work/pki/hlrs.key" \
     --user alice --scope rw:/datasets/sample --ttl 1h > "$work/alice.token"
+# A second center, wuxi: its export "incoming" admits center hlrs (hlrs's daemon pushes there).
+cat > "$work/wuxi.toml" <<TOML
+center = "wuxi"
+listen = ["127.0.0.1:0"]
+certificate = "pki/wuxi.crt"
+key = "pki/wuxi.key"
+ca = "pki/ca.crt"
+
+[[export]]
+name = "incoming"
+path = "center-w"
+access = "rw"
+users = ["center:hlrs"]
+TOML
+"$ferry" serve --config "$work/wuxi.toml" > "$work/wuxi.out" 2> "$work/wuxi.log" &
+peer_pid=$!
+for _ in $(seq 1 100); do grep -q listening "$work/wuxi.out" && break; sleep 0.1; done
+wport=$(grep -o '[0-9]*$' "$work/wuxi.out" | head -1)
+
 cat > "$work/hlrs.toml" <<TOML
 center = "hlrs"
 listen = ["127.0.0.1:0"]
@@ -34,6 +60,14 @@ certificate = "pki/hlrs.crt"
 key = "pki/hlrs.key"
 ca = "pki/ca.crt"
 audit_log = "audit.jsonl"
+
+[daemon]
+database = "jobs.sqlite"
+api_listen = "127.0.0.1:0"
+
+[[peer]]
+name = "wuxi"
+address = "127.0.0.1:$wport"
 
 [[export]]
 name = "datasets"
@@ -44,8 +78,9 @@ TOML
 
 "$ferry" serve --config "$work/hlrs.toml" > "$work/serve.out" 2> "$work/serve.log" &
 server_pid=$!
-for _ in $(seq 1 100); do grep -q listening "$work/serve.out" && break; sleep 0.1; done
-port=$(grep -o '[0-9]*$' "$work/serve.out" | head -1)
+for _ in $(seq 1 100); do grep -q "api listening" "$work/serve.out" && break; sleep 0.1; done
+port=$(grep -v api "$work/serve.out" | grep -o '[0-9]*$' | head -1)
+api=$(sed -n 's/.*api listening on //p' "$work/serve.out")
 echo "== server: $(cat "$work/serve.out")"
 export FERRY_CA="$work/pki/ca.crt" FERRY_TOKEN_FILE="$work/alice.token"
 "$ferry" ping "ferry://127.0.0.1:$port" --count 5
@@ -65,6 +100,18 @@ echo "== push again: everything is already there"
 
 echo "== outside the token's scope: refused"
 if "$ferry" cp "$work/sample/smiles/dock_1.txt" "ferry://127.0.0.1:$port/datasets/other/x.txt"; then echo "not refused?"; exit 1; fi
+echo "== third-party: hlrs's daemon pushes the dataset to center wuxi; this shell only watches"
+FERRY_API="$api" "$ferry" cp -r "ferry://127.0.0.1:$port/datasets/sample" "ferry://wuxi/incoming/sample"
+diff -r --no-dereference "$work/sample" "$work/center-w/sample"
+echo "== verified: wuxi's copy is byte-identical"
+
+echo "== Global Files: register the dataset at hlrs, list it"
+export FERRY_API="$api"
+"$ferry" register /datasets/sample --dataset sample@v1 --readers '*'
+"$ferry" datasets
+"$ferry" ls -l gfs://hlrs/sample@v1
+"$ferry" du gfs://hlrs/sample@v1
+
 echo "== server log:"
 cat "$work/serve.log"
 echo "== audit log ($work/audit.jsonl):"
