@@ -17,6 +17,9 @@ extension Ferry {
             the destination (a job, see `ferry jobs`); this command only submits and watches.
             DST may then name a peer of the source center (ferry://wuxi/incoming/run1). The
             daemon's API is --api, FERRY_API, or http://SOURCE-HOST:7480.
+
+            SRC may be gfs://CENTER/DATASET[/PATH] (Global Files): the daemon named by --api or
+            FERRY_API says where the dataset's replica is, and the copy reads from it.
             """
         )
 
@@ -76,15 +79,24 @@ extension Ferry {
             } catch {
                 throw ValidationError("\(error)")
             }
+            if destination.hasPrefix("gfs://") {
+                throw ValidationError("a gfs:// path is read from; to place data at a center, copy to its ferry:// URL and register it (or use ferry replicate)")
+            }
             if source.hasPrefix("ferry://") && destination.hasPrefix("ferry://") {
                 try thirdParty(options: options)
                 return
             }
-            let creds = try credentials.load()
+            var creds = try credentials.load()
+            var sourceText = source
+            if source.hasPrefix("gfs://") {
+                let (url, center) = try gfsSource()
+                sourceText = url
+                if creds.center == nil { creds.center = center }
+            }
             let src: Endpoint
             let dst: Endpoint
             do {
-                src = try Endpoint(parsing: source)
+                src = try Endpoint(parsing: sourceText)
                 dst = try Endpoint(parsing: destination)
             } catch {
                 throw ValidationError("\(error)")
@@ -118,6 +130,33 @@ extension Ferry {
 }
 
 extension Ferry.Copy {
+    /// gfs://CENTER/DATASET/PATH → the ferry:// URL of its replica, and the center to expect.
+    /// Asks the daemon (--api / FERRY_API) for the entry and its replicas and reads from the
+    /// complete replica at that daemon's center. (Replicas at peers come with federation.)
+    func gfsSource() throws -> (String, String) {
+        let env = ProcessInfo.processInfo.environment
+        guard let base = api ?? env["FERRY_API"] else { throw ValidationError("a gfs:// path needs the daemon's API: --api http://HOST:PORT or FERRY_API") }
+        var args = ["--api", base]
+        if let t = credentials.tokenFile { args += ["--token-file", t] }
+        let client = try APIOptions.parse(args)
+        let health = try client.call("GET", "/api/v1/health")
+        let here = health["center"] as? String ?? ""
+        let st = try client.call("GET", "/api/v1/catalog/stat" + query([("path", source)]))
+        let entry = st["entry"] as? [String: Any]
+        if (entry?["kind"] as? String ?? "d") == "d" && !recursive { throw ValidationError("\(source) is a directory: give -r") }
+        let replicas = (st["replicas"] as? [[String: Any]]) ?? []
+        guard let replica = replicas.first(where: { $0["center"] as? String == here && $0["state"] as? String == "complete" }),
+              let root = replica["path"] as? String, root.hasPrefix("/"),
+              let address = (health["transfer"] as? [String])?.first else {
+            throw ValidationError("no complete replica of \(source) at \(here.isEmpty ? base : here) (replicas: \(replicas.compactMap { $0["center"] as? String }))")
+        }
+        let within = entry.map { e in ((e["dir"] as? String).map { $0.isEmpty ? "" : $0 + "/" } ?? "") + (e["name"] as? String ?? "") } ?? ""
+        let path = within.isEmpty ? root : root + "/" + within
+        let url = "ferry://\(address)" + path.split(separator: "/").map { String($0) }.reduce("") { $0 + "/" + $1 }
+        if !json { FileHandle.standardError.write("ferry: \(source): the replica at \(here) (\(url))\n".data(using: .utf8)!) }
+        return (url, here)
+    }
+
     /// ferry://A/x → ferry://B/y: a job at A's daemon (A pushes to B), watched to its end.
     func thirdParty(options: TransferOptions) throws {
         let rest = source.dropFirst("ferry://".count)

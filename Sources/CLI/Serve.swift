@@ -134,7 +134,8 @@ extension Ferry {
                     var retry = RetryPolicy()
                     retry.maxAttempts = d.maxAttempts
                     retry.baseSeconds = Double(d.retryBaseSeconds)
-                    let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center)
+                    let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center,
+                                                    transfer: bound.map(\.description))
                     daemon = service
                 } catch {
                     FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)

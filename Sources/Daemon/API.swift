@@ -24,8 +24,11 @@ public struct DaemonAPI: Sendable {
     public let runner: JobRunner?
     /// This center's Global Files catalog (routes under /api/v1/catalog, see CatalogAPI.swift).
     public let catalog: Catalog?
+    /// The center's transfer server (HOST:PORT): where clients read a replica of this center.
+    public let transfer: [String]
 
-    public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil) {
+    public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil, transfer: [String] = []) {
+        self.transfer = transfer
         self.store = store
         self.verifier = verifier
         self.center = center
@@ -45,7 +48,7 @@ public struct DaemonAPI: Sendable {
         let router = Router()
         router.get("/api/v1/health") { _, _ in
             let peers = (runner?.tuner.snapshot() ?? [:]).mapValues { ["streams": $0.streams, "active": $0.active, "rate_bytes_per_second": Int($0.lastRate), "errors": $0.errors] }
-            return json(200, ["status": "ok", "center": center, "peers": peers,
+            return json(200, ["status": "ok", "center": center, "peers": peers, "transfer": transfer,
                               "jobs": (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]])
         }
         router.get("/api/v1/openapi.json") { _, _ in

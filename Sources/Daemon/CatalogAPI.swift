@@ -41,7 +41,8 @@ extension DaemonAPI {
                     Thread.detachNewThread {
                         done.resume(with: Result {
                             try catalog.register(root: dir, dataset: parts[0], version: parts.count > 1 ? parts[1] : "", owner: user.user, center: center,
-                                                 readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false)
+                                                 readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false,
+                                                 replicaPath: r.path)
                         })
                     }
                 }
@@ -68,7 +69,7 @@ extension DaemonAPI {
         router.get("/api/v1/catalog/stat") { request, _ in
             try await handle(request) { user in
                 let (d, path) = try resolve(request, user)
-                if path.isEmpty { return try codable(200, ["dataset": d]) }
+                if path.isEmpty { return try codable(200, StatRoot(dataset: d, replicas: try catalog.replicas(dataset: d.id, as: viewer(user)))) }
                 guard let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)) else {
                     throw HTTPFailure(status: 404, message: "no such file or directory: \(path)")
                 }
@@ -98,6 +99,11 @@ extension DaemonAPI {
         var dataset: String
         var entries: [Entry]
         var next_after: String?
+    }
+
+    struct StatRoot: Encodable {
+        var dataset: Dataset
+        var replicas: [Replica]
     }
 
     struct StatAnswer: Encodable {

@@ -13,18 +13,23 @@ public final class DaemonService: @unchecked Sendable {
     public let api: DaemonAPI
     public let apiListen: HostPort
 
-    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, runner settings: RunnerSettings, verifier: TokenVerifier, center: String) throws {
+    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, runner settings: RunnerSettings, verifier: TokenVerifier, center: String, transfer: [String] = []) throws {
         store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
-        api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: try Catalog(db: store.db))
+        api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: try Catalog(db: store.db), transfer: transfer)
         self.apiListen = apiListen
     }
 
     /// The HTTP server; `onRunning` gets the address it bound (port 0 resolved).
     func application(onRunning: @escaping @Sendable (HostPort) -> Void) -> some ApplicationProtocol {
         let listen = apiListen
+        // Hummingbird's own lines (info: "server started", one per request at debug) would
+        // interleave with ferry's; warnings and errors still show.
+        var logger = Logger(label: "ferry.api")
+        logger.logLevel = .warning
         return Application(router: api.router(), configuration: .init(address: .hostname(listen.host, port: Int(listen.port)), serverName: "ferry"),
-                           onServerRunning: { channel in onRunning(HostPort(host: listen.host, port: UInt16(channel.localAddress?.port ?? Int(listen.port)))) })
+                           onServerRunning: { channel in onRunning(HostPort(host: listen.host, port: UInt16(channel.localAddress?.port ?? Int(listen.port)))) },
+                           logger: logger)
     }
 }
 

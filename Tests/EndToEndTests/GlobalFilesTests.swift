@@ -1,5 +1,6 @@
 // Global Files through a daemon: register a directory of center hlrs as a dataset, then list,
-// stat, find and du it with the `ferry` commands (the daemon's catalog API); re-register after
+// stat, find and du it with the `ferry` commands (the daemon's catalog API), copy from it with a
+// gfs:// source; re-register after
 // a change; a private dataset stays invisible to another user. Federation between centers is
 // not built yet (docs/NEXT.md).
 
@@ -41,6 +42,18 @@ struct GlobalFilesE2ETests {
         #expect(find.stdout.split(separator: "\n").sorted() == ["H20 P100/part 2.smi", "H21 P200/part 2.smi", "H22 Müller/part 2.smi"], "\(find)")
         let du = try run(c, ["du", "--json", "gfs://hlrs/zinc22@2024"])
         #expect(du.stdout.contains("\"files\":10") && du.stdout.contains("\"bytes\":18033"), "\(du)")
+        // A gfs:// path as the source of `ferry cp`: read from the dataset's replica at hlrs.
+        let laptop = try c.sb.dir("laptop")
+        let getDir = try c.sb.ferry(["cp", "-r", "--api", c.api, "--ca", c.sb.ca, "--token-file", c.sb.tokenFile,
+                                     "gfs://hlrs/zinc22@2024/H22 Müller", laptop + "/H22"], timeout: 60)
+        #expect(getDir.status == 0, "\(getDir)")
+        #expect(treeDifferences(root + "/H22 Müller", laptop + "/H22").isEmpty)
+        let getFile = try c.sb.ferry(["cp", "--api", c.api, "--ca", c.sb.ca, "--token-file", c.sb.tokenFile,
+                                      "gfs://hlrs/zinc22@2024/README", laptop + "/README"], timeout: 60)
+        #expect(getFile.status == 0 && filesIdentical(root + "/README", laptop + "/README"), "\(getFile)")
+        let noDir = try c.sb.ferry(["cp", "--api", c.api, "--ca", c.sb.ca, "--token-file", c.sb.tokenFile,
+                                    "gfs://hlrs/zinc22@2024/H20 P100", laptop + "/x"], timeout: 60)
+        #expect(noDir.status == 64 && noDir.stderr.contains("give -r"), "\(noDir)")
         // One file changed, one added, one removed: exactly those are written (and the two
         // directories whose mtimes moved with the addition and the removal).
         try writeFile(root + "/README", Array("changed\n".utf8))

@@ -23,13 +23,16 @@ extension Catalog {
     /// dataset is private to `owner` unless `readers` says otherwise). An existing dataset
     /// keeps its owner.
     ///
+    /// `replicaPath`: the replica's path as the center's transfer server names it
+    /// (`/EXPORT/PATH`, what a `ferry://` URL takes); default: the absolute directory.
+    ///
     /// One registration of a dataset at a time (the CLI or daemon serialises them): two at
     /// once would each diff against rows the other is rewriting.
     @discardableResult
     public func register(root: String, dataset name: String, version: String = "", owner: String, center: String,
                          readers: [String]? = nil, description: String? = nil, license: String? = nil,
                          hash: Bool = false, chunkSize: Int = Wire.chunkBytesDefault, threads: Int? = nil,
-                         now: Int64 = Catalog.now()) throws -> RegisterSummary {
+                         replicaPath: String? = nil, now: Int64 = Catalog.now()) throws -> RegisterSummary {
         let started = DispatchTime.now().uptimeNanoseconds
         try GFSPath.validateDataset(name: name, version: version)
         try GFSPath.validateCenter(center)
@@ -86,7 +89,7 @@ extension Catalog {
             sum.bytes = r?.int("b") ?? 0
             try s.execute("UPDATE datasets SET file_count = ?, bytes = ?, updated = ? WHERE id = ?", sum.files, sum.bytes, now, id)
             try appendChange(s, center: center, dataset: id, kind: isNew ? .datasetRegistered : .datasetUpdated, at: now)
-            try setReplica(s, Replica(dataset: id, center: center, state: .complete, path: absRoot, files: sum.files, bytes: sum.bytes, verifiedAt: now), now: now)
+            try setReplica(s, Replica(dataset: id, center: center, state: .complete, path: replicaPath ?? absRoot, files: sum.files, bytes: sum.bytes, verifiedAt: now), now: now)
         }
         sum.seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         return sum
