@@ -60,10 +60,10 @@ extension DaemonAPI {
                 let q = request.uri.queryParameters
                 let limit = q["limit"].flatMap { Int(String($0)) } ?? 1000
                 if let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)), e.kind != .directory {
-                    return try codable(200, ListPage(dataset: d.qualifiedName, entries: [e], next_after: nil))
+                    return listPage(dataset: d.qualifiedName, entries: [e], nextAfter: nil)
                 }
                 let entries = try catalog.list(dataset: d.id, dir: path, after: q["after"].map(String.init), limit: max(1, min(limit, 10_000)), as: viewer(user))
-                return try codable(200, ListPage(dataset: d.qualifiedName, entries: entries, next_after: entries.count == limit ? entries.last?.name : nil))
+                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: entries.count == limit ? entries.last?.name : nil)
             }
         }
         router.get("/api/v1/catalog/stat") { request, _ in
@@ -84,7 +84,7 @@ extension DaemonAPI {
                 let entries = try catalog.find(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
                                                maxSize: int("max_size"), newerThan: int("newer").map { $0 * 1_000_000_000 },
                                                limit: Int(max(1, min(int("limit") ?? 1000, 100_000))), as: viewer(user))
-                return try codable(200, ListPage(dataset: d.qualifiedName, entries: entries, next_after: nil))
+                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil)
             }
         }
         router.get("/api/v1/catalog/du") { request, _ in
@@ -95,10 +95,43 @@ extension DaemonAPI {
         }
     }
 
-    struct ListPage: Encodable {
-        var dataset: String
-        var entries: [Entry]
-        var next_after: String?
+    /// A page of entries as JSON, written directly: Foundation's JSONEncoder took about half of
+    /// a 1,000-entry page's 20 ms (bench/catalog.sh). Same fields and names as `codable` gives
+    /// an `Entry` (snake case).
+    func listPage(dataset: String, entries: [Entry], nextAfter: String?) -> Response {
+        var out: [UInt8] = []
+        out.reserveCapacity(64 + entries.count * 200)
+        func str(_ v: String) {
+            out.append(UInt8(ascii: "\""))
+            for b in v.utf8 {
+                switch b {
+                case UInt8(ascii: "\""): out += [92, 34]
+                case 92: out += [92, 92]
+                case 0..<0x20:
+                    let hex = Array("0123456789abcdef".utf8)
+                    out += [92, UInt8(ascii: "u"), 48, 48, hex[Int(b >> 4)], hex[Int(b & 15)]]
+                default: out.append(b)
+                }
+            }
+            out.append(UInt8(ascii: "\""))
+        }
+        func raw(_ v: String) { out += Array(v.utf8) }
+        raw("{\"dataset\":"); str(dataset)
+        raw(",\"next_after\":")
+        if let n = nextAfter { str(n) } else { raw("null") }
+        raw(",\"entries\":[")
+        for (i, e) in entries.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            raw("{\"dataset\":\(e.dataset),\"dir\":"); str(e.dir)
+            raw(",\"name\":"); str(e.name)
+            raw(",\"kind\":"); str(e.kind.rawValue)
+            raw(",\"size\":\(e.size),\"mtime_ns\":\(e.mtimeNs),\"mode\":\(e.mode),\"chunk_size\":\(e.chunkSize)")
+            if let d = e.digest { raw(",\"digest\":"); str(d) }
+            if let t = e.target { raw(",\"target\":"); str(t) }
+            out.append(UInt8(ascii: "}"))
+        }
+        raw("]}")
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
     }
 
     struct StatRoot: Encodable {
