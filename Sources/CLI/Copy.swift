@@ -130,15 +130,22 @@ extension Ferry {
 }
 
 extension Ferry.Copy {
+    /// The daemon client of --api / FERRY_API (or `fallback`), with this command's token file.
+    func apiClient(fallback: String?, json: Bool = false) throws -> (APIOptions, String) {
+        guard let base = api ?? ProcessInfo.processInfo.environment["FERRY_API"] ?? fallback else {
+            throw ValidationError("a gfs:// path needs the daemon's API: --api http://HOST:PORT or FERRY_API")
+        }
+        var args = ["--api", base]
+        if let t = credentials.tokenFile { args += ["--token-file", t] }
+        if json { args.append("--json") }
+        return (try APIOptions.parse(args), base)
+    }
+
     /// gfs://CENTER/DATASET/PATH → the ferry:// URL of its replica, and the center to expect.
     /// Asks the daemon (--api / FERRY_API) for the entry and its replicas and reads from the
     /// complete replica at that daemon's center. (Replicas at peers come with federation.)
     func gfsSource() throws -> (String, String) {
-        let env = ProcessInfo.processInfo.environment
-        guard let base = api ?? env["FERRY_API"] else { throw ValidationError("a gfs:// path needs the daemon's API: --api http://HOST:PORT or FERRY_API") }
-        var args = ["--api", base]
-        if let t = credentials.tokenFile { args += ["--token-file", t] }
-        let client = try APIOptions.parse(args)
+        let (client, base) = try apiClient(fallback: nil)
         let health = try client.call("GET", "/api/v1/health")
         let here = health["center"] as? String ?? ""
         let st = try client.call("GET", "/api/v1/catalog/stat" + query([("path", source)]))
@@ -152,7 +159,7 @@ extension Ferry.Copy {
         }
         let within = entry.map { e in ((e["dir"] as? String).map { $0.isEmpty ? "" : $0 + "/" } ?? "") + (e["name"] as? String ?? "") } ?? ""
         let path = within.isEmpty ? root : root + "/" + within
-        let url = "ferry://\(address)" + path.split(separator: "/").map { String($0) }.reduce("") { $0 + "/" + $1 }
+        let url = "ferry://\(address)/" + path.split(separator: "/").joined(separator: "/")
         if !json { FileHandle.standardError.write("ferry: \(source): the replica at \(here) (\(url))\n".data(using: .utf8)!) }
         return (url, here)
     }
@@ -169,12 +176,7 @@ extension Ferry.Copy {
         } else {
             host = String(authority.prefix { $0 != ":" })
         }
-        let env = ProcessInfo.processInfo.environment
-        let base = api ?? env["FERRY_API"] ?? "http://\(host):7480"
-        var args = ["--api", base]
-        if let t = credentials.tokenFile { args += ["--token-file", t] }
-        if json { args.append("--json") }
-        let client = try APIOptions.parse(args)
+        let (client, base) = try apiClient(fallback: "http://\(host):7480", json: json)
         var body: [String: Any] = ["source": path, "destination": destination, "recursive": options.recursive, "protection": protection,
                                    "compress": compress, "checksum": options.checksum]
         if let s = options.streams { body["streams"] = s }

@@ -36,14 +36,6 @@ public struct DaemonAPI: Sendable {
         self.catalog = catalog
     }
 
-    public static let routes: [(method: String, path: String)] = [
-        ("GET", "/api/v1/health"), ("GET", "/api/v1/openapi.json"), ("POST", "/api/v1/transfers"),
-        ("GET", "/api/v1/transfers"), ("GET", "/api/v1/transfers/{id}"), ("POST", "/api/v1/transfers/{id}/cancel"),
-        ("POST", "/api/v1/transfers/{id}/retry"), ("GET", "/api/v1/transfers/{id}/events"), ("GET", "/metrics"),
-        ("POST", "/api/v1/catalog/register"), ("GET", "/api/v1/catalog/datasets"), ("GET", "/api/v1/catalog/ls"),
-        ("GET", "/api/v1/catalog/stat"), ("GET", "/api/v1/catalog/find"), ("GET", "/api/v1/catalog/du"),
-    ]
-
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.get("/api/v1/health") { _, _ in

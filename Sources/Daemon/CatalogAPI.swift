@@ -101,20 +101,7 @@ extension DaemonAPI {
     func listPage(dataset: String, entries: [Entry], nextAfter: String?) -> Response {
         var out: [UInt8] = []
         out.reserveCapacity(64 + entries.count * 200)
-        func str(_ v: String) {
-            out.append(UInt8(ascii: "\""))
-            for b in v.utf8 {
-                switch b {
-                case UInt8(ascii: "\""): out += [92, 34]
-                case 92: out += [92, 92]
-                case 0..<0x20:
-                    let hex = Array("0123456789abcdef".utf8)
-                    out += [92, UInt8(ascii: "u"), 48, 48, hex[Int(b >> 4)], hex[Int(b & 15)]]
-                default: out.append(b)
-                }
-            }
-            out.append(UInt8(ascii: "\""))
-        }
+        func str(_ v: String) { out += Array(jsonString(v).utf8) }
         func raw(_ v: String) { out += Array(v.utf8) }
         raw("{\"dataset\":"); str(dataset)
         raw(",\"next_after\":")

@@ -242,8 +242,7 @@ public final class JobStore: @unchecked Sendable {
     @discardableResult
     public func finish(_ id: Int64, worker: String, outcome: AttemptOutcome, now: Int64, random: Double = Double.random(in: 0..<1)) throws -> JobState? {
         try db.write { s in
-            let lock = s.dialect == .postgres ? " FOR UPDATE" : ""
-            guard let row = try s.one("SELECT * FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?\(lock)", id, worker) else {
+            guard let row = try s.one("SELECT * FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?\(JobStore.forUpdate(s))", id, worker) else {
                 return nil
             }
             let job = JobStore.job(row)
@@ -287,8 +286,7 @@ public final class JobStore: @unchecked Sendable {
     /// lease, so its runner stops at its next renewal. Returns the job after the change.
     public func cancel(_ id: Int64, by user: String, now: Int64) throws -> Job {
         try db.write { s in
-            let lock = s.dialect == .postgres ? " FOR UPDATE" : ""
-            guard let job = try s.one("SELECT * FROM jobs WHERE id = ?\(lock)", id).map(JobStore.job) else { throw JobStoreError("no job \(id)") }
+            guard let job = try s.one("SELECT * FROM jobs WHERE id = ?\(JobStore.forUpdate(s))", id).map(JobStore.job) else { throw JobStoreError("no job \(id)") }
             guard !job.state.isFinal else { throw JobStoreError("job \(id) already ended \(job.state.rawValue)") }
             let rows = try s.query("""
                 UPDATE jobs SET state = 'failed', error = ?, lease_owner = NULL, lease_expires = NULL, updated = ? WHERE id = ? RETURNING *
@@ -301,8 +299,7 @@ public final class JobStore: @unchecked Sendable {
     /// go back to waiting for it.
     public func retryJob(_ id: Int64, now: Int64) throws -> Job {
         try db.write { s in
-            let lock = s.dialect == .postgres ? " FOR UPDATE" : ""
-            guard let job = try s.one("SELECT * FROM jobs WHERE id = ?\(lock)", id).map(JobStore.job) else { throw JobStoreError("no job \(id)") }
+            guard let job = try s.one("SELECT * FROM jobs WHERE id = ?\(JobStore.forUpdate(s))", id).map(JobStore.job) else { throw JobStoreError("no job \(id)") }
             guard job.state == .failed || job.state == .upstreamFailed else {
                 throw JobStoreError("job \(id) is \(job.state.rawValue); only failed jobs can be retried")
             }
@@ -327,6 +324,10 @@ public final class JobStore: @unchecked Sendable {
             return try s.one("SELECT * FROM jobs WHERE id = ?", id).map(JobStore.job)!
         }
     }
+
+    /// Locks the row read for the rest of the transaction on PostgreSQL (SQLite's writes are
+    /// serialised already).
+    static func forUpdate(_ s: any SQLSession) -> String { s.dialect == .postgres ? " FOR UPDATE" : "" }
 
     static func job(_ r: SQLRow) -> Job {
         let request = (try? JSONDecoder().decode(JobRequest.self, from: Data(r.text("request").utf8))) ?? JobRequest(source: "?", destination: "?")

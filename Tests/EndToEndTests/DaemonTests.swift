@@ -157,11 +157,7 @@ struct DaemonE2ETests {
         #expect(w.status == 1)
         let show = DaemonE2ETests.lastJSON(try DaemonE2ETests.jobs(c, ["show", "\(id)"]))
         #expect(show["state"] as? String == "failed" && (show["error"] as? String ?? "").contains("read-only"), "\(show)")
-        var dep: [String: Any] = [:]
-        waitUntil(timeout: 20, interval: 0.2) {
-            dep = (try? DaemonE2ETests.lastJSON(DaemonE2ETests.jobs(c, ["show", "\(id2)"]))) ?? [:]
-            return dep["state"] as? String == "upstream_failed"
-        }
+        let (_, dep) = DaemonE2ETests.waitForState(c, id2, "upstream_failed", timeout: 20)
         #expect(dep["state"] as? String == "upstream_failed", "\(dep)")
         #expect(!exists(c.incoming + "/a.txt"))
         // The OpenAPI document names every route the daemon serves, and each answers.
@@ -227,12 +223,7 @@ struct DaemonE2ETests {
         let a2 = try FerryServer(c.sb, root: "", extra: ["--config", c.sb.file("hlrs.toml")])
         defer { a2.stop() }
         let c2 = Centers(sb: c.sb, a: a2, b: c.b, api: try DaemonE2ETests.apiURL(a2), scratch: c.scratch, incoming: c.incoming, archive: c.archive)
-        var jobs: [[String: Any]] = []
-        let finished = waitUntil(timeout: 120, interval: 0.5) {
-            let r = try? DaemonE2ETests.jobs(c2, ["list", "--limit", "500"])
-            jobs = r.map { (DaemonE2ETests.lastJSON($0)["transfers"] as? [[String: Any]]) ?? [] } ?? []
-            return jobs.count == 101 && jobs.allSatisfy { ["success", "failed", "upstream_failed", "skipped"].contains($0["state"] as? String ?? "") }
-        }
+        let (finished, jobs) = DaemonE2ETests.waitAllEnded(c2, count: 101, timeout: 120)
         #expect(finished, "jobs did not all end: \(jobs.filter { $0["state"] as? String != "success" })")
         #expect(jobs.allSatisfy { $0["state"] as? String == "success" }, "\(jobs.filter { $0["state"] as? String != "success" })")
         // Only the jobs cut by the kill (at most one per worker: 2) ran a second time; every
@@ -253,11 +244,7 @@ struct DaemonE2ETests {
         try writeFile(c.scratch + "/r.txt", Array("retry me\n".utf8))
         let r = try DaemonE2ETests.jobs(c, ["submit", "/scratch/r.txt", "ferry://wuxi/incoming/r.txt"])
         let id = DaemonE2ETests.lastJSON(r)["id"] as? Int ?? -1
-        var job: [String: Any] = [:]
-        let waited = waitUntil(timeout: 30, interval: 0.3) {
-            job = (try? DaemonE2ETests.lastJSON(DaemonE2ETests.jobs(c, ["show", "\(id)"]))) ?? [:]
-            return job["state"] as? String == "up_for_retry"
-        }
+        let (waited, job) = DaemonE2ETests.waitForState(c, id, "up_for_retry", timeout: 30)
         #expect(waited, "\(job)")
         #expect((job["error"] as? String ?? "").lowercased().contains("refused") || (job["error"] as? String ?? "").contains("connect"), "\(job)")
         #expect((job["not_before"] as? Int ?? 0) > (job["updated"] as? Int ?? 0), "a backoff is set: \(job)")
@@ -296,6 +283,16 @@ struct DaemonE2ETests {
         #expect(filesIdentical(c.scratch + "/slow.bin", c.incoming + "/slow.bin"))
     }
 
+    /// Polls `ferry jobs show ID` until the job is in `state`; the last answer either way.
+    static func waitForState(_ c: Centers, _ id: Int, _ state: String, timeout: Double) -> (reached: Bool, job: [String: Any]) {
+        var job: [String: Any] = [:]
+        let reached = waitUntil(timeout: timeout, interval: 0.2) {
+            job = (try? lastJSON(jobs(c, ["show", "\(id)"]))) ?? [:]
+            return job["state"] as? String == state
+        }
+        return (reached, job)
+    }
+
     /// All jobs, once every one has ended (or what there was when `timeout` ran out).
     static func waitAllEnded(_ c: Centers, count: Int, timeout: Double) -> (ended: Bool, jobs: [[String: Any]]) {
         var jobs: [[String: Any]] = []
@@ -317,22 +314,14 @@ struct DaemonE2ETests {
         let id = DaemonE2ETests.lastJSON(first)["id"] as? Int ?? -1
         let second = try DaemonE2ETests.jobs(c, ["submit", "--after", "\(id)", "/scratch/big.bin", "ferry://wuxi/incoming/copy.bin"])
         let id2 = DaemonE2ETests.lastJSON(second)["id"] as? Int ?? -1
-        var job: [String: Any] = [:]
-        let retrying = waitUntil(timeout: 30, interval: 0.2) {
-            job = (try? DaemonE2ETests.lastJSON(DaemonE2ETests.jobs(c, ["show", "\(id)"]))) ?? [:]
-            return job["state"] as? String == "up_for_retry"
-        }
+        let (retrying, job) = DaemonE2ETests.waitForState(c, id, "up_for_retry", timeout: 30)
         #expect(retrying, "\(job)")
         #expect((job["error"] as? String ?? "").lowercased().contains("space"), "\(job)")
         let w = try DaemonE2ETests.jobs(c, ["wait", "\(id)", "--timeout", "60"], timeout: 70)
         #expect(w.status == 1, "\(w)")
         let show = try c.sb.ferry(["jobs", "show", "--api", c.api, "--token-file", c.sb.tokenFile, "\(id)"], timeout: 30)
         #expect(show.stdout.contains("failed") && show.stdout.lowercased().contains("space") && show.stdout.contains("gave up after 2 attempts"), "\(show)")
-        var dep: [String: Any] = [:]
-        waitUntil(timeout: 20, interval: 0.2) {
-            dep = (try? DaemonE2ETests.lastJSON(DaemonE2ETests.jobs(c, ["show", "\(id2)"]))) ?? [:]
-            return dep["state"] as? String == "upstream_failed"
-        }
+        let (_, dep) = DaemonE2ETests.waitForState(c, id2, "upstream_failed", timeout: 20)
         #expect(dep["state"] as? String == "upstream_failed", "\(dep)")
         #expect(!exists(c.incoming + "/copy.bin") && !exists(c.incoming + "/small/big.bin"))
     }
