@@ -142,26 +142,24 @@ extension Ferry.Copy {
     }
 
     /// gfs://CENTER/DATASET/PATH → the ferry:// URL of its replica, and the center to expect.
-    /// Asks the daemon (--api / FERRY_API) for the entry and its replicas and reads from the
-    /// complete replica at that daemon's center. (Replicas at peers come with federation.)
+    /// Asks the daemon (--api / FERRY_API) for the entry and its replicas in the order a copy
+    /// should use them (local first, then the best measured peer, skipping centers that are
+    /// down; `ferry stat --replicas` shows the same) and reads from the first.
     func gfsSource() throws -> (String, String) {
         let (client, base) = try apiClient(fallback: nil)
-        let health = try client.call("GET", "/api/v1/health")
-        let here = health["center"] as? String ?? ""
         let st = try client.call("GET", "/api/v1/catalog/stat" + query([("path", source)]))
         let entry = st["entry"] as? [String: Any]
         if (entry?["kind"] as? String ?? "d") == "d" && !recursive { throw ValidationError("\(source) is a directory: give -r") }
         let replicas = (st["replicas"] as? [[String: Any]]) ?? []
-        guard let replica = replicas.first(where: { $0["center"] as? String == here && $0["state"] as? String == "complete" }),
-              let root = replica["path"] as? String, root.hasPrefix("/"),
-              let address = (health["transfer"] as? [String])?.first else {
-            throw ValidationError("no complete replica of \(source) at \(here.isEmpty ? base : here) (replicas: \(replicas.compactMap { $0["center"] as? String }))")
+        guard let replica = replicas.first(where: { $0["rank"] as? Int == 1 }), let center = replica["center"] as? String,
+              let url = replica["url"] as? String else {
+            let why = replicas.map { "\($0["center"] as? String ?? ""): \($0["reason"] as? String ?? "")" }.joined(separator: "; ")
+            throw ValidationError("no usable replica of \(source) (asked \(base)): \(why.isEmpty ? "none recorded" : why)")
         }
         let within = entry.map { e in ((e["dir"] as? String).map { $0.isEmpty ? "" : $0 + "/" } ?? "") + (e["name"] as? String ?? "") } ?? ""
-        let path = within.isEmpty ? root : root + "/" + within
-        let url = "ferry://\(address)/" + path.split(separator: "/").joined(separator: "/")
-        if !json { FileHandle.standardError.write("ferry: \(source): the replica at \(here) (\(url))\n".data(using: .utf8)!) }
-        return (url, here)
+        let full = within.isEmpty ? url : url + "/" + within
+        if !json { FileHandle.standardError.write("ferry: \(source): the replica at \(center), \(replica["reason"] as? String ?? "") (\(full))\n".data(using: .utf8)!) }
+        return (full, center)
     }
 
     /// ferry://A/x → ferry://B/y: a job at A's daemon (A pushes to B), watched to its end.

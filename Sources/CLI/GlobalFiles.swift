@@ -39,7 +39,8 @@ extension Ferry {
             if api.json { api.show(r); return }
             for d in (r["datasets"] as? [[String: Any]]) ?? [] {
                 let name = (d["name"] as? String ?? "") + ((d["version"] as? String).map { $0.isEmpty ? "" : "@" + $0 } ?? "")
-                print("gfs://\(d["center"] as? String ?? "")/\(name)\t\(d["file_count"] as? Int ?? 0) files\t\(byteText(UInt64(d["bytes"] as? Int ?? 0)))\t\(d["owner"] as? String ?? "")")
+                let stale = d["stale"] as? Bool == true ? "\t(stale: its center is down)" : ""
+                print("gfs://\(d["center"] as? String ?? "")/\(name)\t\(d["file_count"] as? Int ?? 0) files\t\(byteText(UInt64(d["bytes"] as? Int ?? 0)))\t\(d["owner"] as? String ?? "")\(stale)")
             }
         }
     }
@@ -59,6 +60,7 @@ extension Ferry {
                 var q = [("path", path), ("limit", String(limit))]
                 if let c = cursor { q.append(("after", c)) }
                 let page = try api.call("GET", "/api/v1/catalog/ls" + query(q))
+                if page["stale"] as? Bool == true && cursor == after { warnStale(path) }
                 if api.json { api.show(page) } else {
                     for e in (page["entries"] as? [[String: Any]]) ?? [] { print(entryLine(e, long: long)) }
                 }
@@ -71,15 +73,87 @@ extension Ferry {
     struct Stat: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "One entry of a dataset, its dataset and the centers holding replicas.")
         @OptionGroup var api: APIOptions
+        @Flag(help: "Explain which replica a copy would read: every replica, its rank and the reason.") var replicas = false
         @Argument var path: String
 
         func run() throws {
             let r = try api.call("GET", "/api/v1/catalog/stat" + query([("path", path)]))
+            if r["stale"] as? Bool == true { warnStale(path) }
             if api.json { api.show(r); return }
             if let e = r["entry"] as? [String: Any] { print(entryLine(e, long: true)) }
-            if let d = r["dataset"] as? [String: Any] { print("dataset: \(d["name"] as? String ?? "") owner \(d["owner"] as? String ?? "") \(d["file_count"] as? Int ?? 0) files") }
+            if let d = r["dataset"] as? [String: Any] {
+                print("dataset: gfs://\(d["center"] as? String ?? "")/\(d["name"] as? String ?? "") owner \(d["owner"] as? String ?? "") \(d["file_count"] as? Int ?? 0) files \(byteText(UInt64(d["bytes"] as? Int ?? 0)))")
+            }
             for rep in (r["replicas"] as? [[String: Any]]) ?? [] {
-                print("replica: \(rep["center"] as? String ?? "") \(rep["state"] as? String ?? "") verified \(rep["verified_at"] as? Int ?? 0)")
+                let rank = (rep["rank"] as? Int).map { "#\($0)" } ?? "--"
+                let verified = (rep["verified_at"] as? Int).map { "verified " + isoDate($0) } ?? "not verified"
+                if replicas {
+                    print("replica \(rank)\t\(rep["center"] as? String ?? "")\t\(rep["state"] as? String ?? "")\t\(verified)\t\(rep["url"] as? String ?? "-")\t\(rep["reason"] as? String ?? "")")
+                } else {
+                    print("replica: \(rep["center"] as? String ?? "") \(rep["state"] as? String ?? "") \(verified)")
+                }
+            }
+        }
+    }
+
+    struct Replicate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a replica of a dataset at a center: gfs://CENTER/DATASET --to CENTER.",
+            discussion: """
+            The destination center's daemon copies the dataset (one job) from the best other
+            replica into its replica directory ([daemon] replicas) and records the replica
+            when the job succeeded; a failed one stays partial and a second replicate resumes
+            it. The request goes to the daemon of --to (its API address is known to your
+            daemon, FERRY_API, through federation).
+            """)
+        @OptionGroup var api: APIOptions
+        @Option(help: "The center that is to hold the replica (default: your daemon's).") var to: String?
+        @Flag(help: "Wait until the replica is complete (or the job failed).") var wait = false
+        @Argument var path: String
+
+        func run() throws {
+            var target = api
+            let centers = try api.call("GET", "/api/v1/catalog/centers")
+            let here = centers["center"] as? String ?? ""
+            if let to, to != here {
+                guard let c = ((centers["centers"] as? [[String: Any]]) ?? []).first(where: { $0["name"] as? String == to }),
+                      let address = c["api"] as? String, !address.isEmpty else {
+                    throw ValidationError("center '\(to)' is not a peer your daemon (\(here)) follows: ask its daemon with --api")
+                }
+                target.api = address
+            }
+            let r = try target.call("POST", "/api/v1/catalog/replicate", body: ["path": path])
+            if api.json && !wait { api.show(r); return }
+            if !api.json { print("ferry: \(r["message"] as? String ?? "")") }
+            guard wait, let job = r["job"] as? Int else { return }
+            // A day at most, one look per second.
+            for _ in 0..<86_400 {
+                let j = try target.call("GET", "/api/v1/transfers/\(job)")
+                let state = j["state"] as? String ?? ""
+                if ["success", "skipped"].contains(state) {
+                    if api.json { api.show(j) } else { print("ferry: replica of \(path) at \(r["center"] as? String ?? "") complete (job \(job) \(state))") }
+                    return
+                }
+                if ["failed", "upstream_failed"].contains(state) {
+                    FileHandle.standardError.write("ferry: error: job \(job) \(state): \(j["error"] as? String ?? ""); the replica stays partial, replicate again to resume\n".data(using: .utf8)!)
+                    throw ExitCode(1)
+                }
+                Thread.sleep(forTimeInterval: 1)
+            }
+        }
+    }
+
+    struct Centers: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The centers whose catalogs your daemon follows, and whether they are up.")
+        @OptionGroup var api: APIOptions
+
+        func run() throws {
+            let r = try api.call("GET", "/api/v1/catalog/centers")
+            if api.json { api.show(r); return }
+            print("\(r["center"] as? String ?? "")\t(this center)")
+            for c in (r["centers"] as? [[String: Any]]) ?? [] {
+                let up = c["reachable"] as? Bool == true
+                print("\(c["name"] as? String ?? "")\t\(up ? "up" : "DOWN (stale)")\tsynced \(isoDate(c["last_sync"] as? Int ?? 0))\tseq \(c["last_seq"] as? Int ?? 0)\t\(c["api"] as? String ?? "")")
             }
         }
     }
@@ -118,6 +192,14 @@ extension Ferry {
             print("\(byteText(UInt64(r["bytes"] as? Int ?? 0)))\t\(r["files"] as? Int ?? 0) files\t\(r["directories"] as? Int ?? 0) directories\t\(path)")
         }
     }
+}
+
+func warnStale(_ path: String) {
+    FileHandle.standardError.write("ferry: warning: the center of \(path) is down; this is its last known state (stale)\n".data(using: .utf8)!)
+}
+
+func isoDate(_ t: Int) -> String {
+    t <= 0 ? "never" : ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(t)))
 }
 
 func query(_ items: [(String, String)]) -> String {

@@ -71,6 +71,7 @@ extension Ferry {
             var config: ServerConfiguration
             var daemonSection: ServerConfigFile.DaemonSection?
             var peers: [String: HostPort] = [:]
+            var peerAPIs: [String: HostPort] = [:]
             do {
                 var file = try configFile.map { try ServerConfigFile(path: $0) }
                 var exports = file?.exports ?? []
@@ -87,6 +88,7 @@ extension Ferry {
                 if let f = file {
                     daemonSection = f.daemon
                     peers = f.peers
+                    peerAPIs = f.peerAPIs
                     config.tokenIssuers = f.tokenIssuers
                     config.revocations = f.revocations
                     config.minimumProtection = f.minimumProtection
@@ -135,7 +137,7 @@ extension Ferry {
                     retry.maxAttempts = d.maxAttempts
                     retry.baseSeconds = Double(d.retryBaseSeconds)
                     let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center,
-                                                    transfer: bound.map(\.description))
+                                                    transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas)
                     daemon = service
                 } catch {
                     FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)

@@ -389,6 +389,43 @@ int ferry_cert_info(const char *cert_path, unsigned char pub[32], char *cn, size
     return ok;
 }
 
+/* Verifies a PEM certificate held in memory against the CA file (chain, validity dates) and
+   returns its Ed25519 public key and common name. Used for centers calling a peer's API. */
+int ferry_cert_verify_pem(const char *pem, size_t len, const char *ca_path, unsigned char pub[32], char *cn, size_t cnlen,
+                          char *err, size_t errlen) {
+    int ok = 0;
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    X509 *ca = read_cert(ca_path, err, errlen);
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    if (!x) { snprintf(err, errlen, "the certificate is not PEM"); goto out; }
+    if (!ca || !store || !ctx) goto out;
+    X509_STORE_add_cert(store, ca);
+    if (X509_STORE_CTX_init(ctx, store, x, NULL) != 1) { fail(err, errlen, "cannot check the certificate"); goto out; }
+    if (X509_verify_cert(ctx) != 1) {
+        snprintf(err, errlen, "the certificate does not chain to the federation CA (%s)", X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+        goto out;
+    }
+    EVP_PKEY *k = X509_get0_pubkey(x);
+    size_t n = 32;
+    if (!(k && EVP_PKEY_get_id(k) == EVP_PKEY_ED25519 && EVP_PKEY_get_raw_public_key(k, pub, &n) == 1 && n == 32)) {
+        snprintf(err, errlen, "the certificate does not hold an Ed25519 key");
+        goto out;
+    }
+    if (cnlen) cn[0] = 0;
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, (int)cnlen) <= 0) { snprintf(err, errlen, "the certificate names no center"); goto out; }
+    ok = 1;
+out:
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    X509_free(ca);
+    X509_free(x);
+    BIO_free(bio);
+    ERR_clear_error();
+    return ok;
+}
+
 int ferry_ed25519_sign(const unsigned char priv[32], const unsigned char *msg, size_t len, unsigned char sig[64]) {
     EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, priv, 32);
     EVP_MD_CTX *m = EVP_MD_CTX_new();

@@ -26,9 +26,16 @@ public struct DaemonAPI: Sendable {
     public let catalog: Catalog?
     /// The center's transfer server (HOST:PORT): where clients read a replica of this center.
     public let transfer: [String]
+    /// Checks peer centers calling the federation routes (nil: no federation).
+    public let centers: CenterVerifier?
+    /// `[daemon] replicas`: where `ferry replicate` puts replicas here (/EXPORT/DIR).
+    public let replicaRoot: String?
 
-    public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil, transfer: [String] = []) {
+    public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil, transfer: [String] = [],
+                centers: CenterVerifier? = nil, replicaRoot: String? = nil) {
         self.transfer = transfer
+        self.centers = centers
+        self.replicaRoot = replicaRoot
         self.store = store
         self.verifier = verifier
         self.center = center
@@ -138,12 +145,15 @@ public struct DaemonAPI: Sendable {
             }
         }
         addCatalogRoutes(router)
+        addFederationRoutes(router)
         return router
     }
 
     struct User {
         var user: String
         var scopes: [Scope]
+        /// Set when a peer center's daemon calls (user is then "center:NAME", without scopes).
+        var center: String? = nil
         var isOperator: Bool { scopes.contains { $0.read && $0.write && $0.path == "/" } }
     }
 
@@ -154,6 +164,16 @@ public struct DaemonAPI: Sendable {
 
     func handle(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
         do {
+            if let auth = request.headers[.authorization], auth.hasPrefix(CenterAssertion.scheme) {
+                guard let centers, let cert = request.headers.first(where: { $0.name.canonicalName == CenterAssertion.certificateHeader.lowercased() })?.value else {
+                    throw HTTPFailure(status: 401, message: "this center does not federate with others, or the certificate header is missing")
+                }
+                let name: String
+                do { name = try centers.verify(assertion: String(auth.dropFirst(CenterAssertion.scheme.count)), certificate: cert) } catch let e as TransferError {
+                    throw HTTPFailure(status: 401, message: e.message)
+                }
+                return try await body(User(user: "center:" + name, scopes: [], center: name))
+            }
             guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else {
                 throw HTTPFailure(status: 401, message: "send Authorization: Bearer <your ferry token>")
             }

@@ -51,7 +51,8 @@ extension DaemonAPI {
         }
         router.get("/api/v1/catalog/datasets") { request, _ in
             try await handle(request) { user in
-                try codable(200, ["datasets": try catalog.datasets(visibleTo: viewer(user))])
+                let stale = staleCenters()
+                return try codable(200, ["datasets": try catalog.datasets(visibleTo: viewer(user)).map { DatasetView(dataset: $0, stale: stale.contains($0.center)) }])
             }
         }
         router.get("/api/v1/catalog/ls") { request, _ in
@@ -59,21 +60,24 @@ extension DaemonAPI {
                 let (d, path) = try resolve(request, user)
                 let q = request.uri.queryParameters
                 let limit = q["limit"].flatMap { Int(String($0)) } ?? 1000
+                let stale = staleCenters().contains(d.center)
                 if let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)), e.kind != .directory {
-                    return listPage(dataset: d.qualifiedName, entries: [e], nextAfter: nil)
+                    return listPage(dataset: d.qualifiedName, entries: [e], nextAfter: nil, stale: stale)
                 }
                 let entries = try catalog.list(dataset: d.id, dir: path, after: q["after"].map(String.init), limit: max(1, min(limit, 10_000)), as: viewer(user))
-                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: entries.count == limit ? entries.last?.name : nil)
+                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: entries.count == limit ? entries.last?.name : nil, stale: stale)
             }
         }
         router.get("/api/v1/catalog/stat") { request, _ in
             try await handle(request) { user in
                 let (d, path) = try resolve(request, user)
-                if path.isEmpty { return try codable(200, StatRoot(dataset: d, replicas: try catalog.replicas(dataset: d.id, as: viewer(user)))) }
+                let replicas = rankReplicas(try catalog.replicas(dataset: d.id, as: viewer(user)))
+                let stale = staleCenters().contains(d.center)
+                if path.isEmpty { return try codable(200, StatAnswer(dataset: d, entry: nil, replicas: replicas, stale: stale)) }
                 guard let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)) else {
                     throw HTTPFailure(status: 404, message: "no such file or directory: \(path)")
                 }
-                return try codable(200, StatAnswer(dataset: d, entry: e, replicas: try catalog.replicas(dataset: d.id, as: viewer(user))))
+                return try codable(200, StatAnswer(dataset: d, entry: e, replicas: replicas, stale: stale))
             }
         }
         router.get("/api/v1/catalog/find") { request, _ in
@@ -84,7 +88,7 @@ extension DaemonAPI {
                 let entries = try catalog.find(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
                                                maxSize: int("max_size"), newerThan: int("newer").map { $0 * 1_000_000_000 },
                                                limit: Int(max(1, min(int("limit") ?? 1000, 100_000))), as: viewer(user))
-                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil)
+                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil, stale: staleCenters().contains(d.center))
             }
         }
         router.get("/api/v1/catalog/du") { request, _ in
@@ -98,12 +102,13 @@ extension DaemonAPI {
     /// A page of entries as JSON, written directly: Foundation's JSONEncoder took about half of
     /// a 1,000-entry page's 20 ms (bench/catalog.sh). Same fields and names as `codable` gives
     /// an `Entry` (snake case).
-    func listPage(dataset: String, entries: [Entry], nextAfter: String?) -> Response {
+    func listPage(dataset: String, entries: [Entry], nextAfter: String?, stale: Bool = false) -> Response {
         var out: [UInt8] = []
         out.reserveCapacity(64 + entries.count * 200)
         func str(_ v: String) { out += Array(jsonString(v).utf8) }
         func raw(_ v: String) { out += Array(v.utf8) }
         raw("{\"dataset\":"); str(dataset)
+        if stale { raw(",\"stale\":true") }
         raw(",\"next_after\":")
         if let n = nextAfter { str(n) } else { raw("null") }
         raw(",\"entries\":[")
@@ -121,15 +126,30 @@ extension DaemonAPI {
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
     }
 
-    struct StatRoot: Encodable {
-        var dataset: Dataset
-        var replicas: [Replica]
-    }
-
     struct StatAnswer: Encodable {
         var dataset: Dataset
-        var entry: Entry
-        var replicas: [Replica]
+        var entry: Entry?
+        /// In the order a copy tries them (`rankReplicas`), each with the reason.
+        var replicas: [RankedReplica]
+        /// The dataset's center is down: this is its last known state.
+        var stale: Bool
+    }
+
+    /// A dataset with whether its center is down (its last known state is shown).
+    struct DatasetView: Encodable {
+        var dataset: Dataset
+        var stale: Bool
+        enum Key: String, CodingKey { case stale }
+        func encode(to encoder: Encoder) throws {
+            try dataset.encode(to: encoder)
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode(stale, forKey: .stale)
+        }
+    }
+
+    /// Followed centers whose last sync failed.
+    func staleCenters() -> Set<String> {
+        Set(((try? catalog?.centers()) ?? []).filter { !$0.reachable }.map(\.name))
     }
 
     func viewer(_ u: User) -> Viewer { Viewer(user: u.user, isOperator: u.isOperator) }
@@ -141,8 +161,8 @@ extension DaemonAPI {
         }
         let p: GFSPath
         do { p = try GFSPath(text) } catch { throw HTTPFailure(status: 400, message: "\(error)") }
-        guard p.center == center else {
-            throw HTTPFailure(status: 404, message: "center '\(p.center)' is not this center ('\(center)'); ask its daemon")
+        if p.center != center, try !catalog.centers().contains(where: { $0.name == p.center }) {
+            throw HTTPFailure(status: 404, message: "center '\(p.center)' is neither this center ('\(center)') nor a peer it follows")
         }
         guard let (d, path) = try catalog.resolve(p, as: viewer(user)) else {
             throw HTTPFailure(status: 404, message: "no dataset at \(text)")

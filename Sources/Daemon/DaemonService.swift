@@ -12,11 +12,24 @@ public final class DaemonService: @unchecked Sendable {
     public let runner: JobRunner
     public let api: DaemonAPI
     public let apiListen: HostPort
+    /// Follows the peers' catalogs (nil without a center certificate).
+    public let federation: Federation?
 
-    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, runner settings: RunnerSettings, verifier: TokenVerifier, center: String, transfer: [String] = []) throws {
+    /// `peerAPIs`: the peers whose catalogs this center follows (`[[peer]] api`); `replicas`:
+    /// where `ferry replicate` puts replicas here.
+    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
+                transfer: [String] = [], peerAPIs: [String: HostPort] = [:], syncSeconds: Int = 5, replicas: String? = nil) throws {
         store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
-        api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: try Catalog(db: store.db), transfer: transfer)
+        let catalog = try Catalog(db: store.db)
+        var centers: CenterVerifier?
+        if let cert = settings.tls.certificate, let key = settings.tls.key {
+            federation = try Federation(catalog: catalog, store: store, me: center, peers: peerAPIs, certificate: cert, key: key, intervalSeconds: syncSeconds)
+            centers = CenterVerifier(ca: settings.tls.ca, me: center, peers: Set(settings.peers.keys))
+        } else {
+            federation = nil
+        }
+        api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: catalog, transfer: transfer, centers: centers, replicaRoot: replicas)
         self.apiListen = apiListen
     }
 
@@ -61,6 +74,22 @@ struct JobRunnerService: Service {
     }
 }
 
+/// Federation (following the peers' catalogs, settling replicas) as a service.
+struct FederationService: Service {
+    let federation: Federation
+
+    func run() async throws {
+        federation.start()
+        try? await gracefulShutdown()
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                self.federation.stop()
+                done.resume()
+            }
+        }
+    }
+}
+
 /// Runs `ferry serve` until SIGTERM or SIGINT (swift-service-lifecycle): the transfer server,
 /// and with a `[daemon]` table the runner and the API. On the signal, the services stop in
 /// reverse order: the runner stops taking work and checkpoints what runs, the API closes, the
@@ -76,6 +105,10 @@ public func runCenter(server: TransferServer, daemon: DaemonService?, onAPIRunni
                               failureTerminationBehavior: .gracefullyShutdownGroup))
         services.append(.init(service: JobRunnerService(runner: daemon.runner), successTerminationBehavior: .gracefullyShutdownGroup,
                               failureTerminationBehavior: .gracefullyShutdownGroup))
+        if let f = daemon.federation {
+            services.append(.init(service: FederationService(federation: f), successTerminationBehavior: .gracefullyShutdownGroup,
+                                  failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
     }
     var config = ServiceGroupConfiguration(services: services, logger: logger)
     config.gracefulShutdownSignals = [.sigterm, .sigint]

@@ -49,6 +49,7 @@ int ferry_ca_issue(const char *ca_cert, const char *ca_key, const char *center, 
 int ferry_key_raw_private(const char *key_path, unsigned char out[32], char *err, size_t errlen);
 /// The Ed25519 public key, common name and expiry (Unix time) of a PEM certificate.
 int ferry_cert_info(const char *cert_path, unsigned char pub[32], char *cn, size_t cnlen, int64_t *not_after, char *err, size_t errlen);
+int ferry_cert_verify_pem(const char *pem, size_t len, const char *ca_path, unsigned char pub[32], char *cn, size_t cnlen, char *err, size_t errlen);
 int ferry_ed25519_sign(const unsigned char priv[32], const unsigned char *msg, size_t len, unsigned char sig[64]);
 /// 1 when the signature is valid.
 int ferry_ed25519_verify(const unsigned char pub[32], const unsigned char *msg, size_t len, const unsigned char sig[64]);

@@ -42,6 +42,7 @@ public final class Catalog: @unchecked Sendable {
                     license TEXT NOT NULL DEFAULT '',
                     readers TEXT NOT NULL DEFAULT '',
                     root TEXT,
+                    remote_id \(int),
                     file_count \(int) NOT NULL DEFAULT 0,
                     bytes \(int) NOT NULL DEFAULT 0,
                     created \(int) NOT NULL,
@@ -67,6 +68,7 @@ public final class Catalog: @unchecked Sendable {
                     files \(int) NOT NULL DEFAULT 0,
                     bytes \(int) NOT NULL DEFAULT 0,
                     verified_at \(int),
+                    job \(int),
                     PRIMARY KEY (dataset, center));
                 CREATE TABLE IF NOT EXISTS changes (
                     \(pg ? "seq BIGSERIAL PRIMARY KEY" : "seq INTEGER PRIMARY KEY AUTOINCREMENT"),
@@ -96,12 +98,12 @@ public final class Catalog: @unchecked Sendable {
 
     // MARK: datasets
 
-    static let datasetColumns = "id, center, name, version, owner, description, license, readers, root, file_count, bytes, created, updated"
+    static let datasetColumns = "id, center, name, version, owner, description, license, readers, root, remote_id, file_count, bytes, created, updated"
 
     static func dataset(_ r: SQLRow) -> Dataset {
         Dataset(id: r.int("id"), center: r.text("center"), name: r.text("name"), version: r.text("version"),
                 owner: r.text("owner"), description: r.text("description"), license: r.text("license"),
-                readers: r.text("readers").utf8.split(separator: UInt8(ascii: ",")).map { String(Substring($0)) }, root: r.optionalText("root"),
+                readers: r.text("readers").utf8.split(separator: UInt8(ascii: ",")).map { String(Substring($0)) }, root: r.optionalText("root"), remoteID: r.optionalInt("remote_id"),
                 fileCount: r.int("file_count"), bytes: r.int("bytes"), created: r.int("created"), updated: r.int("updated"))
     }
 
@@ -323,7 +325,7 @@ public final class Catalog: @unchecked Sendable {
 
     static func replica(_ r: SQLRow) -> Replica {
         Replica(dataset: r.int("dataset"), center: r.text("center"), state: ReplicaState(rawValue: r.text("state")) ?? .partial,
-                path: r.text("path"), files: r.int("files"), bytes: r.int("bytes"), verifiedAt: r.optionalInt("verified_at"))
+                path: r.text("path"), files: r.int("files"), bytes: r.int("bytes"), verifiedAt: r.optionalInt("verified_at"), job: r.optionalInt("job"))
     }
 
     public func replicas(dataset: Int64, as viewer: Viewer) throws -> [Replica] {
@@ -334,27 +336,30 @@ public final class Catalog: @unchecked Sendable {
     }
 
     /// Records (or updates) the replica of `dataset` at `center`, and a change.
+    /// `feed`: false for what a center learned from a peer (only a center's own facts go into
+    /// its feed, or two centers following each other would echo changes forever).
     public func setReplica(dataset: Int64, center: String, state: ReplicaState, path: String = "", files: Int64 = 0, bytes: Int64 = 0,
-                           verifiedAt: Int64? = nil, now: Int64 = Catalog.now()) throws {
+                           verifiedAt: Int64? = nil, job: Int64? = nil, feed: Bool = true, now: Int64 = Catalog.now()) throws {
         try GFSPath.validateCenter(center)
         try db.write { s in
             guard try s.one("SELECT id FROM datasets WHERE id = ?", dataset) != nil else { throw CatalogError(.notFound, "no dataset \(dataset)") }
-            try setReplica(s, Replica(dataset: dataset, center: center, state: state, path: path, files: files, bytes: bytes, verifiedAt: verifiedAt), now: now)
+            try setReplica(s, Replica(dataset: dataset, center: center, state: state, path: path, files: files, bytes: bytes, verifiedAt: verifiedAt, job: job),
+                           feed: feed, now: now)
         }
     }
 
-    func setReplica(_ s: any SQLSession, _ r: Replica, now: Int64) throws {
+    func setReplica(_ s: any SQLSession, _ r: Replica, feed: Bool = true, now: Int64) throws {
         try s.execute("""
-            INSERT INTO replicas (dataset, center, state, path, files, bytes, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO replicas (dataset, center, state, path, files, bytes, verified_at, job) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (dataset, center) DO UPDATE SET state = excluded.state, path = excluded.path, files = excluded.files,
-                bytes = excluded.bytes, verified_at = excluded.verified_at
-            """, r.dataset, r.center, r.state.rawValue, r.path, r.files, r.bytes, r.verifiedAt)
-        try appendChange(s, center: r.center, dataset: r.dataset, kind: .replicaUpdated, at: now)
+                bytes = excluded.bytes, verified_at = excluded.verified_at, job = excluded.job
+            """, r.dataset, r.center, r.state.rawValue, r.path, r.files, r.bytes, r.verifiedAt, r.job)
+        if feed { try appendChange(s, center: r.center, dataset: r.dataset, kind: .replicaUpdated, at: now) }
     }
 
-    public func removeReplica(dataset: Int64, center: String, now: Int64 = Catalog.now()) throws {
+    public func removeReplica(dataset: Int64, center: String, feed: Bool = true, now: Int64 = Catalog.now()) throws {
         try db.write { s in
-            if try s.execute("DELETE FROM replicas WHERE dataset = ? AND center = ?", dataset, center) > 0 {
+            if try s.execute("DELETE FROM replicas WHERE dataset = ? AND center = ?", dataset, center) > 0 && feed {
                 try appendChange(s, center: center, dataset: dataset, kind: .replicaDeleted, at: now)
             }
         }
@@ -405,8 +410,12 @@ public final class Catalog: @unchecked Sendable {
     public func recordSync(center: String, lastSeq: Int64? = nil, reachable: Bool, at: Int64 = Catalog.now()) throws {
         try db.write { s in
             try s.execute("INSERT INTO centers (name) VALUES (?) ON CONFLICT (name) DO NOTHING", center)
-            try s.execute("UPDATE centers SET last_seq = COALESCE(?, last_seq), last_sync = ?, reachable = ? WHERE name = ?",
-                          lastSeq, at, reachable, center)
+            // An unreachable center keeps the time of its last good sync (how stale it is).
+            if reachable {
+                try s.execute("UPDATE centers SET last_seq = COALESCE(?, last_seq), last_sync = ?, reachable = 1 WHERE name = ?", lastSeq, at, center)
+            } else {
+                try s.execute("UPDATE centers SET reachable = 0 WHERE name = ?", center)
+            }
         }
     }
 

@@ -57,6 +57,8 @@ public struct Dataset: Sendable, Codable, Equatable {
     public var readers: [String]
     /// The local directory it was registered from (only at its own center).
     public var root: String?
+    /// For a dataset learned from a peer center: its id there (the change feed names it so).
+    public var remoteID: Int64?
     public var fileCount: Int64
     public var bytes: Int64
     public var created: Int64
@@ -79,6 +81,13 @@ public struct Replica: Sendable, Codable, Equatable {
     public var files: Int64
     public var bytes: Int64
     public var verifiedAt: Int64?
+    /// The daemon job filling a `staging` replica (`ferry replicate`).
+    public var job: Int64?
+
+    public init(dataset: Int64, center: String, state: ReplicaState, path: String, files: Int64 = 0, bytes: Int64 = 0, verifiedAt: Int64? = nil, job: Int64? = nil) {
+        self.dataset = dataset; self.center = center; self.state = state; self.path = path
+        self.files = files; self.bytes = bytes; self.verifiedAt = verifiedAt; self.job = job
+    }
 }
 
 /// One row of the change feed. A follower keeps the last `seq` it applied and asks for what

@@ -18,6 +18,11 @@ import Glibc
 ///     handshake_timeout = 10
 ///     idle_timeout = 120
 ///
+///     [[peer]]
+///     name = "wuxi"
+///     address = "wuxi.example.org:7400"     # its transfer server
+///     api = "wuxi.example.org:7480"         # its daemon: follow its catalog (optional)
+///
 ///     [[export]]
 ///     name = "scratch"
 ///     path = "/scratch"
@@ -44,6 +49,9 @@ public struct ServerConfigFile {
     public var daemon: DaemonSection?
     /// `[[peer]]`: other centers by name (jobs say `ferry://NAME/path`).
     public var peers: [String: HostPort] = [:]
+    /// `[[peer]] api = "HOST:PORT"`: the peer daemon's API, whose catalog this center's
+    /// daemon follows (Global Files federation). Peers without one are not followed.
+    public var peerAPIs: [String: HostPort] = [:]
 
     /// The `[daemon]` table.
     public struct DaemonSection: Sendable {
@@ -60,6 +68,12 @@ public struct ServerConfigFile {
         /// (it doubles per attempt, ±20 % jitter, at most 10 minutes).
         public var maxAttempts = 5
         public var retryBaseSeconds = 5
+        /// Seconds between two syncs with each followed peer's catalog.
+        public var syncSeconds = 5
+        /// Where `ferry replicate` puts replicas of other centers' datasets: a local job path
+        /// /EXPORT/DIR; a replica goes to /EXPORT/DIR/CENTER/NAME[@VERSION]. Unset: this center
+        /// takes no replicas.
+        public var replicas: String?
     }
 
     public init(path: String) throws {
@@ -126,6 +140,11 @@ public struct ServerConfigFile {
                     case "per_user": d.perUser = try int(dv, dk)
                     case "max_attempts": d.maxAttempts = try int(dv, dk)
                     case "retry_base_seconds": d.retryBaseSeconds = try int(dv, dk)
+                    case "sync_seconds": d.syncSeconds = try int(dv, dk)
+                    case "replicas":
+                        let r = try str(dv, dk)
+                        guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.replicas is a local job path /EXPORT/DIR, not '\(r)'") }
+                        d.replicas = r
                     default: throw TransferError(.usage, "unknown setting 'daemon.\(dk)'")
                     }
                 }
@@ -133,10 +152,16 @@ public struct ServerConfigFile {
             case "peer":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "peers are written [[peer]]") }
                 for pt in list {
-                    guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"], pt.count == 2, Center.isValidName(name) else {
-                        throw TransferError(.usage, "every [[peer]] has exactly a name (a center name) and an address (HOST:PORT)")
+                    var api: String?
+                    if let a = pt["api"] {
+                        guard case .string(let text) = a else { throw TransferError(.usage, "[[peer]] api is \"HOST:PORT\"") }
+                        api = text
+                    }
+                    guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"], pt.count == (api == nil ? 2 : 3), Center.isValidName(name) else {
+                        throw TransferError(.usage, "every [[peer]] has a name (a center name), an address (HOST:PORT) and optionally api (HOST:PORT of its daemon)")
                     }
                     peers[name] = try HostPort(parsing: address)
+                    if let api { peerAPIs[name] = try HostPort(parsing: api) }
                 }
             case "export":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "exports are written [[export]]") }

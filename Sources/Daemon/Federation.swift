@@ -1,0 +1,245 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import GlobalFS
+import Transfer
+
+/// Global Files federation, the follower's side: every `sync_seconds` the daemon asks each
+/// peer that has an `api` in its `[[peer]]` table for the changes after the last one it
+/// applied (`/api/v1/federation/changes?after=SEQ`), authenticated as this center
+/// (`CenterAssertion`), and mirrors what they name into its own catalog: a dataset's metadata,
+/// then its entries page by page in key order (only differing rows are written), and the
+/// replicas the peer holds. Listings of `gfs://PEER/...` are then answered locally.
+///
+/// A peer that does not answer keeps its last known state, marked stale (`centers.reachable`
+/// false, with the time of the last good sync); replica selection skips it; the next good sync
+/// catches up from the last applied sequence number. A peer whose feed went backwards (its
+/// database was replaced) is re-read from the start.
+///
+/// The same loop settles `ferry replicate`'s replicas: a `staging` replica becomes `complete`
+/// when its job succeeded and `partial` when it failed (a later replicate resumes it).
+/// `@unchecked Sendable`: the state is guarded by `lock`; the loop is one thread.
+public final class Federation: @unchecked Sendable {
+    let catalog: Catalog
+    let store: JobStore
+    public let me: String
+    /// Peer name → its API base URL (http://HOST:PORT).
+    public let peers: [String: String]
+    let certificateHeader: String
+    let key: [UInt8]
+    let interval: Double
+    private let lock = NSLock()
+    private var stopping = false
+    private var thread: Thread?
+    private let wake = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+    /// Peers whose replica list could not be applied in full (a dataset not yet known here),
+    /// or not yet read since start: read again at the next sync.
+    private var replicasPending: Set<String>
+    /// Peers seen down (to log transitions, not every attempt).
+    private var down: Set<String> = []
+    /// Entries per page when mirroring a dataset.
+    public var pageSize = 20_000
+
+    public init(catalog: Catalog, store: JobStore, me: String, peers: [String: HostPort], certificate: String, key: String, intervalSeconds: Int) throws {
+        self.catalog = catalog
+        self.store = store
+        self.me = me
+        self.peers = peers.mapValues { "http://" + $0.description }
+        certificateHeader = try CenterAssertion.certificateHeaderValue(certificatePath: certificate)
+        self.key = try loadPrivateKey(key)
+        interval = Double(max(1, intervalSeconds))
+        replicasPending = Set(peers.keys)
+        for (name, api) in self.peers { try catalog.setCenter(name, api: api) }
+    }
+
+    public func start() {
+        let t = Thread { [self] in
+            // At most a year of rounds: the loop ends with the daemon.
+            for _ in 0..<(366 * 86_400) {
+                if lock.withLock({ stopping }) { break }
+                round()
+                _ = wake.wait(timeout: .now() + interval)
+            }
+            finished.signal()
+        }
+        t.name = "ferry-federation"
+        thread = t
+        t.start()
+    }
+
+    public func stop() {
+        let running = lock.withLock { () -> Bool in
+            stopping = true
+            return thread != nil
+        }
+        guard running else { return }
+        wake.signal()
+        _ = finished.wait(timeout: .now() + 12)
+    }
+
+    /// One round: every peer, then the replicas this center is filling. Public for tests.
+    public func round() {
+        for name in peers.keys.sorted() {
+            if lock.withLock({ stopping }) { return }
+            do {
+                try sync(name)
+                if lock.withLock({ down.remove(name) }) != nil { log("center \(name) is reachable again; caught up") }
+            } catch {
+                try? catalog.recordSync(center: name, reachable: false, at: Catalog.now())
+                // Keep the time of the last good sync: record only reachability.
+                if lock.withLock({ down.insert(name).inserted }) { log("center \(name): \(error); its catalog entries are kept, marked stale") }
+            }
+        }
+        settleReplicas()
+    }
+
+    func log(_ m: String) {
+        FileHandle.standardError.write("ferry serve: federation: \(m)\n".data(using: .utf8)!)
+    }
+
+    // MARK: syncing one peer
+
+    func sync(_ peer: String) throws {
+        let known = try catalog.centers().first { $0.name == peer }
+        var last = known?.lastSeq ?? 0
+        var replicas = lock.withLock { replicasPending.contains(peer) }
+        // At most 1,000 pages of 1,000 changes per round; the rest next round.
+        for _ in 0..<1000 {
+            let page = try get(peer, "/api/v1/federation/changes?after=\(last)&limit=1000")
+            guard let list = page["changes"] as? [[String: Any]], let head = (page["last_seq"] as? NSNumber)?.int64Value else {
+                throw FederationError("center \(peer) sent no change feed")
+            }
+            if head < last {
+                log("center \(peer)'s change feed restarted (at \(head), we had \(last)): reading it again from the start")
+                last = 0
+                replicas = true
+                continue
+            }
+            if list.isEmpty {
+                try catalog.recordSync(center: peer, lastSeq: last, reachable: true)
+                break
+            }
+            var datasets: [Int64] = []
+            var seen = Set<Int64>()
+            for c in list.reversed() {
+                let kind = c["kind"] as? String ?? ""
+                if kind.hasPrefix("replica.") { replicas = true; continue }
+                if let id = (c["dataset"] as? NSNumber)?.int64Value, seen.insert(id).inserted { datasets.append(id) }
+            }
+            for id in datasets.reversed() { try syncDataset(peer, remoteID: id) }
+            last = list.compactMap { ($0["seq"] as? NSNumber)?.int64Value }.max() ?? last
+            try catalog.recordSync(center: peer, lastSeq: last, reachable: true)
+            if list.count < 1000 { break }
+        }
+        if replicas {
+            let answer = try get(peer, "/api/v1/federation/replicas")
+            let data = try JSONSerialization.data(withJSONObject: answer["replicas"] ?? [])
+            let items = try decoder.decode([HeldReplica].self, from: data)
+            let unknown = try catalog.mirrorReplicas(at: peer, items.map { ($0.dataset, $0.replica) })
+            lock.withLock {
+                if unknown > 0 { replicasPending.insert(peer) } else { replicasPending.remove(peer) }
+            }
+        }
+    }
+
+    struct HeldReplica: Decodable {
+        var dataset: Dataset
+        var replica: Replica
+    }
+
+    let decoder: JSONDecoder = {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        return d
+    }()
+
+    /// Mirrors one of the peer's datasets: its metadata, then its entries in key order.
+    func syncDataset(_ peer: String, remoteID: Int64) throws {
+        guard let answer = try get(peer, "/api/v1/federation/datasets/\(remoteID)", allowMissing: true) else {
+            try catalog.dropMirror(center: peer, remoteID: remoteID)
+            return
+        }
+        var d = try decoder.decode(Dataset.self, from: JSONSerialization.data(withJSONObject: answer))
+        guard d.center == peer else { throw FederationError("center \(peer) sent a dataset of center '\(d.center)'") }
+        d.root = nil
+        let id = try catalog.mirrorDataset(d)
+        var after = (dir: "", name: "")
+        // Bounded: a dataset of up to 100,000 pages (2 billion entries at the default size).
+        for _ in 0..<100_000 {
+            let path = "/api/v1/federation/entries?dataset=\(remoteID)&limit=\(pageSize)&after_dir=\(escape(after.dir))&after_name=\(escape(after.name))"
+            guard let page = try get(peer, path, allowMissing: true) else {
+                try catalog.dropMirror(center: peer, remoteID: remoteID)
+                return
+            }
+            let entries = try decoder.decode([Entry].self, from: JSONSerialization.data(withJSONObject: page["entries"] ?? []))
+            let last = entries.count < pageSize
+            _ = try catalog.mergeMirror(dataset: id, after: after, page: entries, last: last)
+            if last { return }
+            after = (entries.last!.dir, entries.last!.name)
+        }
+    }
+
+    func escape(_ s: String) -> String {
+        s.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
+    }
+
+    /// A GET of the peer's API as this center; nil for a 404 when `allowMissing`.
+    func get(_ peer: String, _ path: String, allowMissing: Bool = false) throws -> [String: Any]? {
+        guard let base = peers[peer], let url = URL(string: base + path) else { throw FederationError("center \(peer) has no API address") }
+        var req = URLRequest(url: url, timeoutInterval: 30)
+        req.setValue(CenterAssertion.scheme + CenterAssertion(issuer: me, audience: peer).signed(privateKey: key), forHTTPHeaderField: "Authorization")
+        req.setValue(certificateHeader, forHTTPHeaderField: CenterAssertion.certificateHeader)
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: (Data?, URLResponse?, Error?) = (nil, nil, nil)
+        let task = URLSession.shared.dataTask(with: req) { d, r, e in
+            result = (d, r, e)
+            done.signal()
+        }
+        task.resume()
+        if done.wait(timeout: .now() + 35) == .timedOut {
+            task.cancel()
+            throw FederationError("\(base) did not answer within 30 s")
+        }
+        if let e = result.2 { throw FederationError("cannot reach \(base): \(e.localizedDescription)") }
+        let status = (result.1 as? HTTPURLResponse)?.statusCode ?? 0
+        let obj = result.0.flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]
+        if status == 404 && allowMissing { return nil }
+        guard (200..<300).contains(status), let obj else {
+            throw FederationError("\(base)\(path.prefix { $0 != "?" }): \(obj?["error"] as? String ?? "HTTP \(status)")")
+        }
+        return obj
+    }
+
+    func get(_ peer: String, _ path: String) throws -> [String: Any] {
+        try get(peer, path, allowMissing: false)!
+    }
+
+    // MARK: replicas being filled here
+
+    /// Staging replicas whose job ended: `complete` (verified now) or `partial`.
+    func settleReplicas() {
+        guard let staging = try? catalog.stagingReplicas(at: me) else { return }
+        for r in staging {
+            guard let id = r.job, let job = try? store.get(id), job.state.isFinal || job.state == .failed else { continue }
+            var done = r
+            if job.state.satisfiesDependents {
+                guard let d = try? catalog.dataset(r.dataset, as: .operator) else { continue }
+                done.state = .complete
+                done.files = d.fileCount
+                done.bytes = d.bytes
+                done.verifiedAt = Catalog.now()
+            } else {
+                done.state = .partial
+            }
+            try? catalog.setReplica(dataset: done.dataset, center: me, state: done.state, path: done.path, files: done.files, bytes: done.bytes,
+                                    verifiedAt: done.verifiedAt, job: id)
+        }
+    }
+}
+
+struct FederationError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}

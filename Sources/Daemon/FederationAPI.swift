@@ -1,0 +1,229 @@
+import Foundation
+import GlobalFS
+import Hummingbird
+import Transfer
+
+/// The federation's routes (for peer centers, authenticated by `CenterAssertion`), replica
+/// selection, and `ferry replicate`:
+///   GET  /api/v1/federation/changes?after=SEQ&limit=N  this center's change feed, and its last seq
+///   GET  /api/v1/federation/datasets/{id}              one of this center's datasets
+///   GET  /api/v1/federation/entries?dataset=ID&after_dir=&after_name=&limit=   its entries in key order
+///   GET  /api/v1/federation/replicas                   the replicas this center holds
+///   GET  /api/v1/catalog/centers                       the centers this one follows, and their state
+///   POST /api/v1/catalog/replicate {path: gfs://CENTER/DATASET}   a replica here (a job)
+///
+/// A peer center sees the metadata of every dataset of this center, private ones included:
+/// it must, to show each of them to the users their readers name. Centers of one federation
+/// are trusted with each other's catalogs (docs/SECURITY.md §8); users are not.
+extension DaemonAPI {
+    func addFederationRoutes(_ router: Router<BasicRequestContext>) {
+        guard let catalog else { return }
+        router.get("/api/v1/federation/changes") { request, _ in
+            try await handle(request) { user in
+                try requireCenter(user)
+                let q = request.uri.queryParameters
+                let after = q["after"].flatMap { Int64(String($0)) } ?? 0
+                let limit = q["limit"].flatMap { Int(String($0)) } ?? 1000
+                let changes = try catalog.changes(after: after, limit: limit)
+                let head = try lastSeq(catalog)
+                return try codable(200, FeedPage(changes: changes, lastSeq: head))
+            }
+        }
+        router.get("/api/v1/federation/datasets/:id") { request, context in
+            try await handle(request) { user in
+                try requireCenter(user)
+                guard let id = context.parameters.get("id").flatMap({ Int64($0) }), let d = try? catalog.dataset(id, as: .operator), d.center == center else {
+                    throw HTTPFailure(status: 404, message: "no such dataset of center \(center)")
+                }
+                return try codable(200, d)
+            }
+        }
+        router.get("/api/v1/federation/entries") { request, _ in
+            try await handle(request) { user in
+                try requireCenter(user)
+                let q = request.uri.queryParameters
+                guard let id = q["dataset"].flatMap({ Int64(String($0)) }), let d = try? catalog.dataset(id, as: .operator), d.center == center else {
+                    throw HTTPFailure(status: 404, message: "no such dataset of center \(center)")
+                }
+                let limit = q["limit"].flatMap { Int(String($0)) } ?? 20_000
+                let entries = try catalog.exportEntries(dataset: id, afterDir: q["after_dir"].map(String.init) ?? "",
+                                                        afterName: q["after_name"].map(String.init) ?? "", limit: limit)
+                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil)
+            }
+        }
+        router.get("/api/v1/federation/replicas") { request, _ in
+            try await handle(request) { user in
+                try requireCenter(user)
+                let held = try catalog.replicas(at: center).map { HeldReplica(dataset: $0.dataset, replica: $0.replica) }
+                return try codable(200, ["replicas": held])
+            }
+        }
+        router.get("/api/v1/catalog/centers") { request, _ in
+            try await handle(request) { _ in
+                try codable(200, CentersAnswer(center: center, centers: try catalog.centers().map { CenterView($0) }))
+            }
+        }
+        router.post("/api/v1/catalog/replicate") { request, _ in
+            try await handle(request) { user in
+                let body = Data(buffer: try await request.body.collect(upTo: 1 << 16))
+                guard let obj = try? JSONSerialization.jsonObject(with: body) as? [String: Any], let path = obj["path"] as? String else {
+                    throw HTTPFailure(status: 400, message: "give {\"path\": \"gfs://CENTER/DATASET\"}")
+                }
+                return json(200, try replicate(path, user: user))
+            }
+        }
+    }
+
+    struct CentersAnswer: Encodable {
+        var center: String
+        var centers: [CenterView]
+    }
+
+    struct FeedPage: Encodable {
+        var changes: [Change]
+        var lastSeq: Int64
+    }
+
+    struct HeldReplica: Encodable {
+        var dataset: Dataset
+        var replica: Replica
+    }
+
+    struct CenterView: Encodable {
+        var name: String
+        var api: String
+        var lastSeq: Int64
+        var lastSync: Int64
+        var reachable: Bool
+        init(_ c: GlobalFS.Center) { name = c.name; api = c.api; lastSeq = c.lastSeq; lastSync = c.lastSync; reachable = c.reachable }
+    }
+
+    func lastSeq(_ catalog: Catalog) throws -> Int64 {
+        try catalog.db.read { s in try s.one("SELECT COALESCE(MAX(seq), 0) AS m FROM changes")?.int("m") ?? 0 }
+    }
+
+    func requireCenter(_ user: User) throws {
+        guard user.center != nil || user.isOperator else {
+            throw HTTPFailure(status: 403, message: "the federation routes are for peer centers (a center assertion)")
+        }
+    }
+
+    // MARK: replica selection
+
+    /// A replica as `stat` shows it: where it is, whether a copy would use it, and why.
+    struct RankedReplica: Encodable {
+        var center: String
+        var state: String
+        var path: String
+        var files: Int64
+        var bytes: Int64
+        var verifiedAt: Int64?
+        /// The center's transfer server (HOST:PORT), and the replica as a ferry:// URL there.
+        var address: String?
+        var url: String?
+        var reachable: Bool
+        var lastSync: Int64?
+        var rateBytesPerSecond: Int64?
+        /// 1 = the one a copy reads from; nil = not usable.
+        var rank: Int?
+        var reason: String
+    }
+
+    /// The replicas of a dataset in the order a copy should try them: a complete replica at
+    /// this center first; then complete replicas at reachable peers, the best measured
+    /// throughput first (this daemon's per-link figures, `LinkTuner`), unmeasured links after
+    /// measured ones (by name); never a partial or staging replica, a peer whose catalog sync
+    /// failed (down), or a center without a transfer address.
+    func rankReplicas(_ replicas: [Replica]) -> [RankedReplica] {
+        let centers = Dictionary(((try? catalog?.centers()) ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let rates = runner?.tuner.snapshot() ?? [:]
+        var out: [RankedReplica] = []
+        var order: [(key: (Int, Double, String), index: Int)] = []
+        for r in replicas {
+            let local = r.center == center
+            let address = local ? transfer.first : runner?.settings.peers[r.center]?.description
+            let c = centers[r.center]
+            let reachable = local || (c?.reachable ?? true)
+            let rate = local ? nil : rates[r.center].map { Int64($0.lastRate) }.flatMap { $0 > 0 ? $0 : nil }
+            var x = RankedReplica(center: r.center, state: r.state.rawValue, path: r.path, files: r.files, bytes: r.bytes, verifiedAt: r.verifiedAt,
+                                  address: address, url: address.map { "ferry://\($0)" + r.path }, reachable: reachable,
+                                  lastSync: local ? nil : c?.lastSync, rateBytesPerSecond: rate, rank: nil, reason: "")
+            if r.state != .complete {
+                x.reason = "\(r.state.rawValue) replica: not read from"
+            } else if address == nil {
+                x.reason = "no transfer address for center \(r.center) ([[peer]] in this center's configuration)"
+            } else if !reachable {
+                x.reason = "center \(r.center) is down (no catalog sync since \(isoTime(c?.lastSync ?? 0))): skipped"
+            } else if local {
+                x.reason = "at this center"
+                order.append(((0, 0, r.center), out.count))
+            } else if let rate {
+                x.reason = "peer, measured \(byteRate(rate))"
+                order.append(((1, -Double(rate), r.center), out.count))
+            } else {
+                x.reason = "peer, link not yet measured"
+                order.append(((2, 0, r.center), out.count))
+            }
+            out.append(x)
+        }
+        order.sort { a, b in a.key.0 != b.key.0 ? a.key.0 < b.key.0 : a.key.1 != b.key.1 ? a.key.1 < b.key.1 : a.key.2 < b.key.2 }
+        for (k, o) in order.enumerated() { out[o.index].rank = k + 1 }
+        return out.sorted { ($0.rank ?? Int.max, $0.center) < ($1.rank ?? Int.max, $1.center) }
+    }
+
+    func byteRate(_ r: Int64) -> String {
+        let v = Double(r)
+        return v >= 1e9 ? String(format: "%.2f GB/s", v / 1e9) : v >= 1e6 ? String(format: "%.1f MB/s", v / 1e6) : String(format: "%.0f kB/s", v / 1e3)
+    }
+
+    // MARK: replicate
+
+    /// `ferry replicate`: a replica of a dataset at this center, pulled by one recursive job
+    /// from the best other replica. The replica is recorded `staging` with the job; the
+    /// federation loop marks it `complete` or `partial` when the job ends. A complete replica
+    /// here answers at once; a partial one is resumed (the engine skips what is already there
+    /// and verified). The caller must see the dataset and may write the replica directory.
+    func replicate(_ text: String, user: User) throws -> [String: Any] {
+        guard let catalog, runner != nil else { throw HTTPFailure(status: 503, message: "this daemon has no catalog") }
+        guard let root = replicaRoot else {
+            throw HTTPFailure(status: 409, message: "center \(center) takes no replicas (no [daemon] replicas = \"/EXPORT/DIR\" in its configuration)")
+        }
+        let p: GFSPath
+        do { p = try GFSPath(text) } catch { throw HTTPFailure(status: 400, message: "\(error)") }
+        guard let (d, within) = try catalog.resolve(p, as: viewer(user)) else { throw HTTPFailure(status: 404, message: "no dataset at \(text)") }
+        guard within.isEmpty else { throw HTTPFailure(status: 400, message: "replicate takes a whole dataset, gfs://\(d.center)/\(d.qualifiedName)") }
+        let target = root + "/" + d.center + "/" + d.qualifiedName
+        try authorizeLocal(target, user, write: true)
+        let replicas = try catalog.replicas(dataset: d.id, as: .operator)
+        if let here = replicas.first(where: { $0.center == center }) {
+            if here.state == .complete { return ["state": "complete", "center": center, "path": here.path, "message": "already complete at \(center)"] }
+            if here.state == .staging, let j = here.job, let job = try store.get(j) {
+                if !job.state.isFinal {
+                    return ["state": "staging", "center": center, "path": here.path, "job": Int(j), "message": "already being replicated by job \(j)"]
+                }
+                if job.state.satisfiesDependents {
+                    return ["state": "complete", "center": center, "path": here.path, "message": "already complete at \(center) (job \(j))"]
+                }
+            }
+        }
+        guard let source = rankReplicas(replicas.filter { $0.center != center }).first(where: { $0.rank != nil }), source.address != nil else {
+            throw HTTPFailure(status: 409, message: "no usable replica of gfs://\(d.center)/\(d.qualifiedName) to copy from (\(replicas.map { "\($0.center): \($0.state.rawValue)" }.joined(separator: ", ")))")
+        }
+        // The replica's parent directories (CENTER/) are the daemon's to make.
+        if case .local(let dir) = try runner!.endpoint(target).0 {
+            let parent = String(dir[..<(dir.lastIndex(of: "/") ?? dir.endIndex)])
+            try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        }
+        var req = JobRequest(source: "ferry://\(source.center)" + source.path, destination: target)
+        req.recursive = true
+        let id = try store.submit(owner: user.user, request: req, peer: source.center, now: now())
+        try catalog.setReplica(dataset: d.id, center: center, state: .staging, path: target, job: id)
+        return ["state": "staging", "center": center, "path": target, "job": Int(id), "from": source.center,
+                "message": "job \(id) copies gfs://\(d.center)/\(d.qualifiedName) from \(source.center) to \(center):\(target)"]
+    }
+}
+
+func isoTime(_ t: Int64) -> String {
+    guard t > 0 else { return "never" }
+    return ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(t)))
+}

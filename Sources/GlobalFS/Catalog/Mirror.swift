@@ -1,0 +1,142 @@
+import Foundation
+
+/// Federation, the catalog's half: what a center serves its peers (its own datasets, their
+/// entries in key order, the replicas it holds) and how a follower mirrors a peer's catalog
+/// into its own tables, so that `ls`, `find` and `stat` of `gfs://PEER/...` are answered
+/// locally. A mirrored dataset is a row with the peer's center name and `remote_id` = its id
+/// there. Mirroring never writes the follower's own change feed: a center's feed carries only
+/// the facts it owns (its datasets, the replicas at it), so centers that follow each other do
+/// not echo changes back and forth. The daemon's `Federation` drives this over HTTP.
+extension Catalog {
+    // MARK: serving peers
+
+    /// Entries of one of this center's datasets in key order after (dir, name): what a peer
+    /// pages through to mirror it. `("", "")` starts at the beginning.
+    public func exportEntries(dataset: Int64, afterDir: String, afterName: String, limit: Int) throws -> [Entry] {
+        try db.read { s in
+            try FastSQL.entries(s, "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ? AND (dir, name) > (?, ?) ORDER BY dir, name LIMIT ?",
+                                [.int(dataset), .text(afterDir), .text(afterName), .int(Int64(max(1, min(limit, 100_000))))])
+        }
+    }
+
+    /// The replicas held at `center`, with the identity of each one's dataset (center, name,
+    /// version, and its id at that center when it is `center`'s own).
+    public func replicas(at center: String) throws -> [(dataset: Dataset, replica: Replica)] {
+        try db.read { s in
+            let rows = try s.query("SELECT * FROM replicas WHERE center = ? ORDER BY dataset", center).map(Catalog.replica)
+            return try rows.compactMap { r in
+                try s.one("SELECT \(Catalog.datasetColumns) FROM datasets WHERE id = ?", r.dataset).map { (Catalog.dataset($0), r) }
+            }
+        }
+    }
+
+    // MARK: following peers
+
+    /// The local id of the dataset mirrored from `center` whose id there is `remoteID`.
+    public func mirroredDataset(center: String, remoteID: Int64) throws -> Int64? {
+        try db.read { s in try s.one("SELECT id FROM datasets WHERE center = ? AND remote_id = ?", center, remoteID)?.int("id") }
+    }
+
+    /// Creates or updates the mirror of a peer's dataset (its metadata as the peer sent it,
+    /// `d.id` being the peer's id); returns the local id. A dataset the peer deleted and
+    /// registered again under the same name takes over the old mirror (the entries merge then
+    /// corrects its files).
+    public func mirrorDataset(_ d: Dataset, now: Int64 = Catalog.now()) throws -> Int64 {
+        try GFSPath.validateCenter(d.center)
+        let readers = try Catalog.readersText(d.readers)
+        return try db.write { s in
+            let existing = try s.one("SELECT id FROM datasets WHERE center = ? AND remote_id = ?", d.center, d.id)
+                ?? s.one("SELECT id FROM datasets WHERE center = ? AND name = ? AND version = ?", d.center, d.name, d.version)
+            if let id = existing?.int("id") {
+                try s.execute("""
+                    UPDATE datasets SET name = ?, version = ?, owner = ?, description = ?, license = ?, readers = ?, remote_id = ?,
+                        file_count = ?, bytes = ?, created = ?, updated = ? WHERE id = ?
+                    """, d.name, d.version, d.owner, d.description, d.license, readers, d.id, d.fileCount, d.bytes, d.created, d.updated, id)
+                return id
+            }
+            try s.execute("""
+                INSERT INTO datasets (center, name, version, owner, description, license, readers, remote_id, file_count, bytes, created, updated)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, d.center, d.name, d.version, d.owner, d.description, d.license, readers, d.id, d.fileCount, d.bytes, d.created, d.updated)
+            guard let id = try s.one("SELECT id FROM datasets WHERE center = ? AND remote_id = ?", d.center, d.id)?.int("id") else {
+                throw CatalogError(.io, "the mirror of \(d.center)/\(d.qualifiedName) was not stored")
+            }
+            return id
+        }
+    }
+
+    /// Removes the mirror of a dataset its center deleted (entries and replicas with it).
+    public func dropMirror(center: String, remoteID: Int64) throws {
+        try db.write { s in
+            guard let id = try s.one("SELECT id FROM datasets WHERE center = ? AND remote_id = ?", center, remoteID)?.int("id") else { return }
+            try s.execute("DELETE FROM files WHERE dataset = ?", id)
+            try s.execute("DELETE FROM replicas WHERE dataset = ?", id)
+            try s.execute("DELETE FROM datasets WHERE id = ?", id)
+        }
+    }
+
+    /// Merges one page of a peer dataset's entries (in key order, after `after`; `last` when
+    /// the peer has no more) into the mirror `dataset`: rows that differ are written, local
+    /// rows in the page's key range that the peer no longer has are removed. Returns how many
+    /// rows were written and removed: a re-sync of an unchanged dataset writes nothing.
+    public func mergeMirror(dataset: Int64, after: (dir: String, name: String), page: [Entry], last: Bool) throws -> (written: Int, removed: Int) {
+        try db.write { s in
+            var sql = "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ? AND (dir, name) > (?, ?)"
+            var args: [SQLValue] = [.int(dataset), .text(after.dir), .text(after.name)]
+            if !last, let end = page.last {
+                sql += " AND (dir, name) <= (?, ?)"
+                args += [.text(end.dir), .text(end.name)]
+            }
+            var local: [PathKey: Entry] = [:]
+            for e in try FastSQL.entries(s, sql + " ORDER BY dir, name", args) { local[PathKey(e.dir, e.name)] = e }
+            var changed: [Entry] = []
+            for var e in page {
+                e.dataset = dataset
+                if let mine = local.removeValue(forKey: PathKey(e.dir, e.name)), mine == e { continue }
+                changed.append(e)
+            }
+            if !changed.isEmpty { try FastSQL.upsert(s, changed[...]) }
+            let gone = Array(local.keys)
+            if !gone.isEmpty { _ = try FastSQL.delete(s, dataset: dataset, gone[...]) }
+            return (changed.count, gone.count)
+        }
+    }
+
+    /// Makes this catalog's record of the replicas at peer `center` what the peer says
+    /// (`list`: each replica with its dataset's identity as the peer knows it). Returns the
+    /// number of replicas whose dataset is not (yet) known here: the follower tries again at
+    /// its next sync (the dataset's own center may not have been synced yet).
+    public func mirrorReplicas(at center: String, _ list: [(dataset: Dataset, replica: Replica)]) throws -> Int {
+        try db.write { s in
+            var keep = Set<Int64>()
+            var unknown = 0
+            for (d, r) in list {
+                let row: SQLRow?
+                if d.center == center {
+                    row = try s.one("SELECT id FROM datasets WHERE center = ? AND remote_id = ?", center, d.id)
+                } else {
+                    row = try s.one("SELECT id FROM datasets WHERE center = ? AND name = ? AND version = ?", d.center, d.name, d.version)
+                }
+                guard let id = row?.int("id") else { unknown += 1; continue }
+                keep.insert(id)
+                var mine = r
+                mine.dataset = id
+                mine.center = center
+                mine.job = nil
+                let current = try s.one("SELECT * FROM replicas WHERE dataset = ? AND center = ?", id, center).map(Catalog.replica)
+                if current != mine { try setReplica(s, mine, feed: false, now: Catalog.now()) }
+            }
+            for r in try s.query("SELECT dataset FROM replicas WHERE center = ?", center) where !keep.contains(r.int("dataset")) {
+                try s.execute("DELETE FROM replicas WHERE dataset = ? AND center = ?", r.int("dataset"), center)
+            }
+            return unknown
+        }
+    }
+
+    /// Replicas at this center that `ferry replicate` is filling (state staging, with a job).
+    public func stagingReplicas(at center: String) throws -> [Replica] {
+        try db.read { s in
+            try s.query("SELECT * FROM replicas WHERE center = ? AND state = 'staging' AND job IS NOT NULL", center).map(Catalog.replica)
+        }
+    }
+}

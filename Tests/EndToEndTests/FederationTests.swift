@@ -1,0 +1,256 @@
+// Global Files federation: three centers on loopback (hlrs, wuxi, csc), each a `ferry serve`
+// with a daemon that follows the other two's catalogs. A dataset registered at hlrs is listed
+// and found through wuxi's daemon, copied through gfs:// from the best replica, replicated to
+// wuxi (asked of csc's daemon, which forwards to wuxi's), and survives hlrs going down (stale,
+// its replica skipped, the copy served from wuxi) and coming back (caught up with a
+// re-registration made meanwhile). A user without rights sees nothing of a private dataset at
+// any center.
+
+import Foundation
+import Testing
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Global Files federation")
+struct FederationE2ETests {
+    static let names = ["hlrs", "wuxi", "csc"]
+
+    /// A free TCP port on 127.0.0.1 (bound and released: the daemons need their peers' ports
+    /// before they start, and a restarted center must come back on the same ones).
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        a.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &a) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard ok else { throw HarnessError("no free port: errno \(errno)") }
+        return Int(UInt16(bigEndian: a.sin_port))
+    }
+
+    final class Federation {
+        let sb: Sandbox
+        var servers: [String: FerryServer] = [:]
+        var transferPort: [String: Int] = [:]
+        var apiPort: [String: Int] = [:]
+        let bobToken: String
+        init(sb: Sandbox, bobToken: String) { self.sb = sb; self.bobToken = bobToken }
+
+        func api(_ c: String) -> String { "http://127.0.0.1:\(apiPort[c]!)" }
+
+        func start(_ c: String) throws {
+            servers[c] = try FerryServer(sb, root: "", listen: [], extra: ["--config", sb.file("\(c).toml"), "--cert", sb.pki + "/\(c).crt", "--key", sb.pki + "/\(c).key"])
+            // The API answers once its line is printed.
+            _ = try DaemonE2ETests.apiURL(servers[c]!)
+        }
+
+        func stopAll() { for s in servers.values { s.stop() } }
+
+        /// `ferry SUBCOMMAND --api (center c) --token-file ... ARGS`.
+        func ferry(_ c: String, _ args: [String], token: String? = nil, timeout: Double = 60) throws -> CpResult {
+            try sb.ferry([args[0], "--api", api(c), "--token-file", token ?? sb.tokenFile] + args.dropFirst(), timeout: timeout)
+        }
+    }
+
+    /// Three centers, hlrs's database on `backend`. Every export admits users and the other
+    /// centers; every center takes replicas under /replicas/store.
+    static func start(_ backend: Backend) throws -> Federation {
+        let sb = try Sandbox("fed-" + backend.rawValue)
+        for c in names where c != "hlrs" { try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", c, "--host", "127.0.0.1"]) }
+        let bob = try sb.issueToken(user: "bob", scopes: ["read:/data"], name: "bob.tok")
+        let f = Federation(sb: sb, bobToken: bob)
+        for c in names {
+            f.transferPort[c] = try freePort()
+            f.apiPort[c] = try freePort()
+        }
+        for c in names {
+            try sb.dir("\(c)/data")
+            try sb.dir("\(c)/replicas")
+            let database = c == "hlrs" && backend == .postgres ? try backend.newDatabase() : "\(c)-catalog.sqlite"
+            var peers = ""
+            for p in names where p != c {
+                peers += """
+                    [[peer]]
+                    name = "\(p)"
+                    address = "127.0.0.1:\(f.transferPort[p]!)"
+                    api = "127.0.0.1:\(f.apiPort[p]!)"
+
+                    """
+            }
+            try writeFile(sb.file("\(c).toml"), Array("""
+                center = "\(c)"
+                listen = ["127.0.0.1:\(f.transferPort[c]!)"]
+                certificate = "pki/\(c).crt"
+                key = "pki/\(c).key"
+                ca = "pki/ca.crt"
+                token_issuers = ["pki/hlrs.crt"]
+                [daemon]
+                database = "\(database)"
+                api_listen = "127.0.0.1:\(f.apiPort[c]!)"
+                workers = 2
+                retry_base_seconds = 1
+                max_attempts = 2
+                sync_seconds = 1
+                replicas = "/replicas/store"
+                \(peers)
+                [[export]]
+                name = "data"
+                path = "\(c)/data"
+                access = "rw"
+                users = ["*", "center:hlrs", "center:wuxi", "center:csc"]
+                [[export]]
+                name = "replicas"
+                path = "\(c)/replicas"
+                access = "rw"
+                users = ["*", "center:hlrs", "center:wuxi", "center:csc"]
+
+                """.utf8))
+        }
+        for c in names { try f.start(c) }
+        return f
+    }
+
+    /// Polls `probe` (at most `seconds`, twice a second) until `ok` holds for its result.
+    func eventually(_ seconds: Double, _ probe: () throws -> CpResult, _ ok: (CpResult) -> Bool) throws -> CpResult {
+        var last = try probe()
+        for _ in 0..<Int(seconds * 2) where !ok(last) {
+            usleep(500_000)
+            last = try probe()
+        }
+        return last
+    }
+
+    @Test("three centers: list and find a peer's dataset locally, copy from the best replica, replicate, a peer down is stale and skipped, back it catches up",
+          arguments: Backend.allCases)
+    func threeCenters(_ backend: Backend) throws {
+        let f = try FederationE2ETests.start(backend)
+        defer { f.stopAll() }
+        let sb = f.sb
+        // A dataset at hlrs: UTF-8 and spaces in names, a tree 40 levels deep.
+        let root = sb.file("hlrs/data/zinc")
+        let deep = (1...40).map { "level \($0)" }.joined(separator: "/")
+        for t in ["H20 P100", "H21 P200", "H22 Müller ü"] {
+            try sb.dir("hlrs/data/zinc/\(t)")
+            for i in 0..<3 { try writeFile(root + "/\(t)/part \(i).smi", Array(String(repeating: "CCO\tZINC\(i)\n", count: 200 * (i + 1)).utf8)) }
+        }
+        try sb.dir("hlrs/data/zinc/" + deep)
+        try writeFile(root + "/" + deep + "/leaf 日本.txt", Array("deep\n".utf8))
+        try writeFile(root + "/big.bin", (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 13) })
+        let reg = try f.ferry("hlrs", ["register", "/data/zinc", "--dataset", "zinc22@2024", "--readers", "*"])
+        #expect(reg.status == 0 && reg.stdout.contains("11 files"), "\(reg)")
+        // A private dataset of alice's.
+        try sb.dir("hlrs/data/mine")
+        try writeFile(sb.file("hlrs/data/mine/secret.txt"), Array("x\n".utf8))
+        #expect(try f.ferry("hlrs", ["register", "/data/mine", "--dataset", "alice/private"]).status == 0)
+
+        // Listed, found and stat'ed through wuxi's daemon (its mirror of hlrs's catalog).
+        let ls = try eventually(30, { try f.ferry("wuxi", ["ls", "gfs://hlrs/zinc22@2024"]) }) { $0.status == 0 }
+        #expect(ls.stdout.split(separator: "\n") == ["H20 P100/", "H21 P200/", "H22 Müller ü/", "big.bin", "level 1/"], "\(ls)")
+        let deepLs = try f.ferry("wuxi", ["ls", "gfs://hlrs/zinc22@2024/" + deep])
+        #expect(deepLs.stdout.contains("leaf 日本.txt"), "\(deepLs)")
+        let find = try f.ferry("csc", ["find", "--name", "part 2*", "gfs://hlrs/zinc22@2024"])
+        #expect(find.stdout.split(separator: "\n").sorted() == ["H20 P100/part 2.smi", "H21 P200/part 2.smi", "H22 Müller ü/part 2.smi"], "\(find)")
+        let ds = try f.ferry("csc", ["datasets"])
+        #expect(ds.stdout.contains("gfs://hlrs/zinc22@2024") && ds.stdout.contains("gfs://hlrs/alice/private"), "\(ds)")
+        // A user without rights: the private dataset does not exist for bob, at any center.
+        for c in FederationE2ETests.names {
+            let bobSees = try f.ferry(c, ["datasets"], token: f.bobToken)
+            #expect(bobSees.stdout.contains("zinc22") && !bobSees.stdout.contains("private"), "\(c): \(bobSees)")
+            let bobLs = try f.ferry(c, ["ls", "gfs://hlrs/alice/private"], token: f.bobToken)
+            #expect(bobLs.status == 1 && bobLs.stderr.contains("no dataset"), "\(c): \(bobLs)")
+            let bobFind = try f.ferry(c, ["find", "--name", "secret*", "gfs://hlrs/alice/private"], token: f.bobToken)
+            #expect(bobFind.status == 1 && !bobFind.stdout.contains("secret"), "\(c): \(bobFind)")
+        }
+        #expect(try f.ferry("wuxi", ["ls", "gfs://hlrs/alice/private"]).stdout.contains("secret.txt"))
+
+        // Copy through gfs:// asking wuxi's daemon: the only replica is hlrs's.
+        let st = try f.ferry("wuxi", ["stat", "--replicas", "gfs://hlrs/zinc22@2024"])
+        #expect(st.stdout.contains("replica #1\thlrs\tcomplete") && st.stdout.contains("peer, link not yet measured"), "\(st)")
+        let laptop = try sb.dir("laptop")
+        let get1 = try sb.ferry(["cp", "-r", "--api", f.api("wuxi"), "--ca", sb.ca, "--token-file", sb.tokenFile,
+                                 "gfs://hlrs/zinc22@2024/H22 Müller ü", laptop + "/one"], timeout: 60)
+        #expect(get1.status == 0 && get1.stderr.contains("the replica at hlrs"), "\(get1)")
+        #expect(treeDifferences(root + "/H22 Müller ü", laptop + "/one").isEmpty)
+
+        // Replicate to wuxi, asking csc's daemon (it forwards to wuxi's API).
+        let rep = try f.ferry("csc", ["replicate", "gfs://hlrs/zinc22@2024", "--to", "wuxi", "--wait"], timeout: 120)
+        #expect(rep.status == 0 && rep.stdout.contains("complete"), "\(rep)")
+        #expect(treeDifferences(root, sb.file("wuxi/replicas/store/hlrs/zinc22@2024")).isEmpty)
+        let again = try f.ferry("wuxi", ["replicate", "gfs://hlrs/zinc22@2024"])
+        #expect(again.status == 0 && again.stdout.contains("already complete"), "\(again)")
+        // csc learns of wuxi's replica from wuxi's feed; hlrs records it for its own dataset.
+        for c in ["csc", "hlrs"] {
+            let seen = try eventually(30, { try f.ferry(c, ["stat", "--replicas", "gfs://hlrs/zinc22@2024"]) }) { $0.stdout.contains("\twuxi\tcomplete") }
+            #expect(seen.stdout.contains("\twuxi\tcomplete") && seen.stdout.contains("\thlrs\tcomplete"), "\(c): \(seen)")
+        }
+        // At wuxi, its own replica comes first.
+        let local = try f.ferry("wuxi", ["stat", "--replicas", "gfs://hlrs/zinc22@2024"])
+        #expect(local.stdout.contains("replica #1\twuxi\tcomplete") && local.stdout.contains("at this center"), "\(local)")
+
+        // hlrs goes down: its entries stay (stale), its replica is skipped, copies come from wuxi.
+        f.servers["hlrs"]!.stop()
+        let down = try eventually(30, { try f.ferry("csc", ["centers"]) }) { $0.stdout.contains("hlrs\tDOWN") }
+        #expect(down.stdout.contains("hlrs\tDOWN (stale)") && down.stdout.contains("wuxi\tup"), "\(down)")
+        let stale = try f.ferry("csc", ["ls", "gfs://hlrs/zinc22@2024"])
+        #expect(stale.status == 0 && stale.stdout.contains("big.bin") && stale.stderr.contains("stale"), "\(stale)")
+        let skip = try f.ferry("csc", ["stat", "--replicas", "gfs://hlrs/zinc22@2024"])
+        #expect(skip.stdout.contains("replica #1\twuxi\tcomplete") && skip.stdout.contains("center hlrs is down"), "\(skip)")
+        let get2 = try sb.ferry(["cp", "-r", "--api", f.api("csc"), "--ca", sb.ca, "--token-file", sb.tokenFile,
+                                 "gfs://hlrs/zinc22@2024", laptop + "/two"], timeout: 60)
+        #expect(get2.status == 0 && get2.stderr.contains("the replica at wuxi"), "\(get2)")
+        #expect(treeDifferences(root, laptop + "/two").isEmpty)
+
+        // hlrs comes back; a re-registration there (one file changed, one added, one removed)
+        // reaches the others.
+        try f.start("hlrs")
+        try writeFile(root + "/H20 P100/part 0.smi", Array("changed\n".utf8))
+        try writeFile(root + "/H20 P100/new one.smi", Array("C\n".utf8))
+        unlink(root + "/H21 P200/part 1.smi")
+        let rereg = try f.ferry("hlrs", ["register", "/data/zinc", "--dataset", "zinc22@2024"])
+        #expect(rereg.status == 0 && rereg.stdout.contains("1 added, 3 changed, 1 removed"), "\(rereg)")
+        let caught = try eventually(30, { try f.ferry("csc", ["ls", "-l", "gfs://hlrs/zinc22@2024/H20 P100"]) }) { $0.stdout.contains("new one.smi") }
+        #expect(caught.stdout.contains("new one.smi") && !caught.stderr.contains("stale"), "\(caught)")
+        let gone = try f.ferry("csc", ["ls", "gfs://hlrs/zinc22@2024/H21 P200"])
+        #expect(gone.stdout.split(separator: "\n") == ["part 0.smi", "part 2.smi"], "\(gone)")
+        let changed = try f.ferry("wuxi", ["stat", "--json", "gfs://hlrs/zinc22@2024/H20 P100/part 0.smi"])
+        #expect(changed.stdout.contains("\"size\":8"), "\(changed)")
+        let up = try f.ferry("csc", ["centers"])
+        #expect(up.stdout.contains("hlrs\tup"), "\(up)")
+    }
+
+    @Test("the federation routes refuse users, forged and misdirected center assertions")
+    func federationAuth() throws {
+        let f = try FederationE2ETests.start(.sqlite)
+        defer { f.stopAll() }
+        // A user's token is not a center's.
+        let user = runTool("/usr/bin/python3", ["-c", """
+            import sys, urllib.request, urllib.error
+            r = urllib.request.Request(sys.argv[1] + '/api/v1/federation/changes', headers={'Authorization': 'Bearer ' + open(sys.argv[2]).read().strip()})
+            try:
+                urllib.request.urlopen(r, timeout=10); print('200')
+            except urllib.error.HTTPError as e:
+                print(e.code, e.read().decode())
+            """, f.api("hlrs"), f.bobToken])
+        #expect(user.output.hasPrefix("403") && user.output.contains("peer centers"), "\(user.output)")
+        // Garbage in place of an assertion and a certificate.
+        let garbage = runTool("/usr/bin/python3", ["-c", """
+            import sys, urllib.request, urllib.error
+            r = urllib.request.Request(sys.argv[1] + '/api/v1/federation/changes', headers={'Authorization': 'FerryCenter ferryc1.AAAA.BBBB', 'X-Ferry-Certificate': 'not-a-cert'})
+            try:
+                urllib.request.urlopen(r, timeout=10); print('200')
+            except urllib.error.HTTPError as e:
+                print(e.code, e.read().decode())
+            """, f.api("hlrs")])
+        #expect(garbage.output.hasPrefix("401") && garbage.output.contains("malformed"), "\(garbage.output)")
+        // Every center reports the others as up (its assertions are accepted).
+        let centers = try eventually(20, { try f.ferry("wuxi", ["centers"]) }) { $0.stdout.contains("hlrs\tup") && $0.stdout.contains("csc\tup") }
+        #expect(centers.stdout.contains("hlrs\tup") && centers.stdout.contains("csc\tup"), "\(centers)")
+    }
+}
