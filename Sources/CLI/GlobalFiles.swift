@@ -109,6 +109,7 @@ extension Ferry {
         @OptionGroup var api: APIOptions
         @Option(help: "The center that is to hold the replica (default: your daemon's).") var to: String?
         @Flag(help: "Wait until the replica is complete (or the job failed).") var wait = false
+        @Option(help: "Bandwidth limit for the copy, bytes per second (K/M/G suffixes).") var bwlimit: String?
         @Argument var path: String
 
         func run() throws {
@@ -122,7 +123,9 @@ extension Ferry {
                 }
                 target.api = address
             }
-            let r = try target.call("POST", "/api/v1/catalog/replicate", body: ["path": path])
+            var body: [String: Any] = ["path": path]
+            if let b = bwlimit { body["bwlimit"] = try parseSize(b, what: "--bwlimit") }
+            let r = try target.call("POST", "/api/v1/catalog/replicate", body: body)
             if api.json && !wait { api.show(r); return }
             if !api.json { print("ferry: \(r["message"] as? String ?? "")") }
             guard wait, let job = r["job"] as? Int else { return }

@@ -10,7 +10,7 @@ import Transfer
 ///   GET  /api/v1/federation/entries?dataset=ID&after_dir=&after_name=&limit=   its entries in key order
 ///   GET  /api/v1/federation/replicas                   the replicas this center holds
 ///   GET  /api/v1/catalog/centers                       the centers this one follows, and their state
-///   POST /api/v1/catalog/replicate {path: gfs://CENTER/DATASET}   a replica here (a job)
+///   POST /api/v1/catalog/replicate {path: gfs://CENTER/DATASET, bwlimit?}   a replica here (a job)
 ///
 /// A peer center sees the metadata of every dataset of this center, private ones included:
 /// it must, to show each of them to the users their readers name. Centers of one federation
@@ -69,7 +69,8 @@ extension DaemonAPI {
                 guard let obj = try? JSONSerialization.jsonObject(with: body) as? [String: Any], let path = obj["path"] as? String else {
                     throw HTTPFailure(status: 400, message: "give {\"path\": \"gfs://CENTER/DATASET\"}")
                 }
-                return json(200, try replicate(path, user: user))
+                let bwlimit = (obj["bwlimit"] as? NSNumber).map { UInt64(max(0, $0.int64Value)) }
+                return json(200, try replicate(path, user: user, bwlimit: bwlimit.flatMap { $0 > 0 ? $0 : nil }))
             }
         }
     }
@@ -183,7 +184,7 @@ extension DaemonAPI {
     /// federation loop marks it `complete` or `partial` when the job ends. A complete replica
     /// here answers at once; a partial one is resumed (the engine skips what is already there
     /// and verified). The caller must see the dataset and may write the replica directory.
-    func replicate(_ text: String, user: User) throws -> [String: Any] {
+    func replicate(_ text: String, user: User, bwlimit: UInt64? = nil) throws -> [String: Any] {
         guard let catalog, runner != nil else { throw HTTPFailure(status: 503, message: "this daemon has no catalog") }
         guard let root = replicaRoot else {
             throw HTTPFailure(status: 409, message: "center \(center) takes no replicas (no [daemon] replicas = \"/EXPORT/DIR\" in its configuration)")
@@ -216,6 +217,7 @@ extension DaemonAPI {
         }
         var req = JobRequest(source: "ferry://\(source.center)" + source.path, destination: target)
         req.recursive = true
+        req.bwlimit = bwlimit
         let id = try store.submit(owner: user.user, request: req, peer: source.center, now: now())
         try catalog.setReplica(dataset: d.id, center: center, state: .staging, path: target, job: id)
         return ["state": "staging", "center": center, "path": target, "job": Int(id), "from": source.center,

@@ -177,6 +177,66 @@ struct CatalogTests {
         #expect(d.fileCount == fifth.files && d.bytes == 11 + 5 + 42 + 1 + 2 + 3 + 77 + 4)
     }
 
+    /// What a follower does with a peer's catalog, page by page (the daemon's Federation does
+    /// it over HTTP): returns (written, removed) over all pages.
+    static func mirror(from a: Catalog, _ remote: Dataset, into b: Catalog, pageSize: Int) throws -> (Int, Int) {
+        let id = try b.mirrorDataset(remote)
+        var after = (dir: "", name: "")
+        var total = (0, 0)
+        for _ in 0..<10_000 {
+            let page = try a.exportEntries(dataset: remote.id, afterDir: after.dir, afterName: after.name, limit: pageSize)
+            let last = page.count < pageSize
+            let r = try b.mergeMirror(dataset: id, after: after, page: page, last: last)
+            total = (total.0 + r.written, total.1 + r.removed)
+            if last { break }
+            after = (page.last!.dir, page.last!.name)
+        }
+        return total
+    }
+
+    @Test("mirroring a peer's dataset: the same entries, only differences written on re-sync, no echo in the follower's feed", arguments: Backend.allCases)
+    func mirror(_ backend: Backend) throws {
+        let t = try CatalogTests.sampleTree()
+        let a = try Catalog(database: try backend.newDatabase())
+        let b = try Catalog(database: try backend.newDatabase())
+        let reg = try a.register(root: t.root, dataset: "lib", version: "1", owner: "alice", center: "c1", readers: ["bob"])
+        let remote = try a.dataset(reg.dataset, as: .operator)
+        let n = t.snapshot().count
+        // Pages of 3 (many page boundaries, one inside the 100-level-deep chain).
+        let first = try CatalogTests.mirror(from: a, remote, into: b, pageSize: 3)
+        #expect(first.0 == n && first.1 == 0)
+        let local = try #require(try b.mirroredDataset(center: "c1", remoteID: remote.id))
+        #expect(try catalogSnapshot(b, local) == t.snapshot())
+        let m = try b.dataset(local, as: .operator)
+        #expect(m.center == "c1" && m.qualifiedName == "lib@1" && m.readers == ["bob"] && m.fileCount == reg.files && m.remoteID == remote.id)
+        // Rights travel with the mirror: bob sees it, carol does not.
+        #expect(try b.resolve(try GFSPath("gfs://c1/lib@1/sub"), as: Viewer(user: "bob"))?.path == "sub")
+        #expect(try b.resolve(try GFSPath("gfs://c1/lib@1"), as: Viewer(user: "carol")) == nil)
+        // Unchanged: nothing written.
+        #expect(try CatalogTests.mirror(from: a, remote, into: b, pageSize: 3) == (0, 0))
+        // One changed, one added, a subtree gone: exactly those (and the top-level dirs' rows).
+        try t.file("a.txt", size: 12, seed: 3)
+        try t.file("zz new.txt", size: 5)
+        try t.remove("sub")
+        let again = try a.register(root: t.root, dataset: "lib", version: "1", owner: "alice", center: "c1")
+        let second = try CatalogTests.mirror(from: a, try a.dataset(reg.dataset, as: .operator), into: b, pageSize: 4)
+        #expect(second.0 == again.added + again.changed && second.1 == again.removed, "\(second) vs \(again)")
+        #expect(try catalogSnapshot(b, local) == t.snapshot())
+        // Replicas the peer holds; one of a dataset not known here is counted, not invented.
+        var ghost = remote
+        ghost.center = "c9"
+        let unknown = try b.mirrorReplicas(at: "c1", [(remote, Replica(dataset: remote.id, center: "c1", state: .complete, path: "/x")),
+                                                      (ghost, Replica(dataset: 77, center: "c1", state: .complete, path: "/y"))])
+        #expect(unknown == 1)
+        #expect(try b.replicas(dataset: local, as: .operator).map(\.center) == ["c1"])
+        // None of this went into b's own change feed (no echo between centers).
+        #expect(try b.changes(after: 0).isEmpty)
+        // The peer deleted it: the mirror goes, with its entries and replicas.
+        try b.dropMirror(center: "c1", remoteID: remote.id)
+        #expect(try b.mirroredDataset(center: "c1", remoteID: remote.id) == nil)
+        #expect(try b.find(as: .operator).isEmpty)
+    }
+
     @Test("a private dataset is invisible to others in datasets, list, stat, find, du and resolve", arguments: Backend.allCases)
     func privateDataset(_ backend: Backend) throws {
         let t = try Tree()
@@ -285,8 +345,11 @@ struct CatalogTests {
         #expect(try cat.changes(after: all.last!.seq).isEmpty)
         #expect(throws: CatalogError.self) { try cat.dataset(a.dataset, as: .operator) }
         #expect(try cat.replicas(dataset: b.dataset, as: .operator).map(\.center) == ["c1"])
-        try cat.recordSync(center: "c2", lastSeq: 42, reachable: false, at: 7)
+        try cat.recordSync(center: "c2", lastSeq: 42, reachable: true, at: 7)
         #expect(try cat.centers().map(\.name) == ["c1", "c2"])
+        #expect(try cat.centers().last == Center(name: "c2", api: "", lastSeq: 42, lastSync: 7, reachable: true))
+        // A failed sync marks it down and keeps the time and seq of the last good one.
+        try cat.recordSync(center: "c2", reachable: false, at: 9)
         #expect(try cat.centers().last == Center(name: "c2", api: "", lastSeq: 42, lastSync: 7, reachable: false))
     }
 

@@ -68,6 +68,44 @@ struct SecurityUnitTests {
         #expect(throws: TransferError.self) { try UserToken.unverified("ferry1." + String(repeating: "A", count: 5000) + ".x") }
     }
 
+    @Test("center assertions: accepted from a peer with a CA certificate; refused when forged, misdirected, stale, from a non-peer or another CA")
+    func centerAssertions() throws {
+        let pki = try PKI()
+        try CertificateAuthority.issue(caCertificate: pki.dir.path + "/ca.crt", caKey: pki.dir.path + "/ca.key", center: "wuxi", hosts: ["127.0.0.1"], days: 10,
+                                       certificate: pki.dir.path + "/wuxi.crt", key: pki.dir.path + "/wuxi.key")
+        let key = try loadPrivateKey(pki.key)
+        let cert = try CenterAssertion.certificateHeaderValue(certificatePath: pki.cert)
+        let now = Int64(time(nil))
+        let v = CenterVerifier(ca: pki.dir.path + "/ca.crt", me: "wuxi", peers: ["hlrs"])
+        let good = CenterAssertion(issuer: "hlrs", audience: "wuxi", issuedAt: now).signed(privateKey: key)
+        #expect(try v.verify(assertion: good, certificate: cert, now: now) == "hlrs")
+        func refused(_ text: String, _ certificate: String, now: Int64 = now, _ v: CenterVerifier = v) -> String {
+            do { _ = try v.verify(assertion: text, certificate: certificate, now: now); return "accepted" } catch let e as TransferError { return e.message } catch { return "\(error)" }
+        }
+        // Meant for another center; expired; not yet valid.
+        #expect(refused(CenterAssertion(issuer: "hlrs", audience: "csc", issuedAt: now).signed(privateKey: key), cert).contains("is for 'csc'"))
+        #expect(refused(good, cert, now: now + 301).contains("expired"))
+        #expect(refused(CenterAssertion(issuer: "hlrs", audience: "wuxi", issuedAt: now + 900).signed(privateKey: key), cert).contains("not yet valid"))
+        // Signed by wuxi's key but claiming hlrs, with hlrs's certificate: the signature fails.
+        let wuxiKey = try loadPrivateKey(pki.dir.path + "/wuxi.key")
+        #expect(refused(CenterAssertion(issuer: "hlrs", audience: "wuxi", issuedAt: now).signed(privateKey: wuxiKey), cert).contains("signature"))
+        // hlrs's assertion with wuxi's certificate: the names disagree.
+        let wuxiCert = try CenterAssertion.certificateHeaderValue(certificatePath: pki.dir.path + "/wuxi.crt")
+        let v2 = CenterVerifier(ca: pki.dir.path + "/ca.crt", me: "csc", peers: ["hlrs", "wuxi"])
+        #expect(refused(CenterAssertion(issuer: "hlrs", audience: "csc", issuedAt: now).signed(privateKey: key), wuxiCert, v2).contains("center 'wuxi''s"))
+        // A center that is not a configured peer.
+        let v3 = CenterVerifier(ca: pki.dir.path + "/ca.crt", me: "wuxi", peers: ["csc"])
+        #expect(refused(good, cert, v3).contains("not a peer"))
+        // A certificate "hlrs" from another CA, with its own key.
+        let other = try PKI()
+        let forged = CenterAssertion(issuer: "hlrs", audience: "wuxi", issuedAt: now).signed(privateKey: try loadPrivateKey(other.key))
+        #expect(refused(forged, try CenterAssertion.certificateHeaderValue(certificatePath: other.cert)).contains("does not chain to the federation CA"))
+        // Garbage.
+        #expect(refused("ferryc1.AAAA.BBBB", cert).contains("malformed"))
+        #expect(refused(good, "bm90IGEgY2VydA").contains("not PEM"))
+        #expect(refused(String(good.dropLast(3)) + "AAA", cert).contains("signature") || refused(String(good.dropLast(3)) + "AAA", cert).contains("malformed"))
+    }
+
     @Test("base64url: round trip, and only canonical text decodes")
     func base64() {
         for n in 0..<40 {
