@@ -60,7 +60,7 @@ let package = Package(
         .testTarget(name: "EndToEndTests", dependencies: ["Transfer", "TestSupport"]),
         // Shared by the test targets: the storage engines to run against (a real PostgreSQL).
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "GlobalFS", "TestSupport"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "GlobalFS", "Transfer", "TestSupport"]),
         .testTarget(name: "GlobalFSTests", dependencies: ["GlobalFS", "Transfer", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]

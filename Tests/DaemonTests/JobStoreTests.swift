@@ -1,6 +1,8 @@
 import Foundation
 import Testing
+import GlobalFS
 import TestSupport
+import Transfer
 @testable import Daemon
 
 /// The queue's rules, on both storage engines (SQLite; a real PostgreSQL server).
@@ -241,5 +243,46 @@ struct JobStoreTests {
         let r = try JSONDecoder().decode(JobRequest.self, from: Data(#"{"source":"/a","destination":"ferry://b/a"}"#.utf8))
         #expect(r.protection == "private" && r.compress == "auto" && !r.recursive && r.dependsOn.isEmpty && r.priority == 0)
         #expect(throws: DecodingError.self) { try JSONDecoder().decode(JobRequest.self, from: Data(#"{"source":"/a"}"#.utf8)) }
+    }
+}
+
+/// Which replica a copy reads (`ferry stat --replicas`, `ferry cp gfs://`), with the daemon's
+/// own link figures and the federation's view of which centers are down.
+@Suite("Replica selection")
+struct ReplicaSelectionTests {
+    @Test("local first; then reachable peers by measured throughput, unmeasured after; partial, down and unaddressed ones never", arguments: Backend.allCases)
+    func ranking(_ backend: Backend) throws {
+        let db = try backend.newDatabase()
+        let store = try JobStore(database: db)
+        let catalog = try Catalog(db: store.db)
+        let dir = NSTemporaryDirectory() + "ferry-rank-\(getpid())-\(backend.rawValue)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try CertificateAuthority.initialize(name: "test CA", days: 1, certificate: dir + "/ca.crt", key: dir + "/ca.key")
+        var settings = RunnerSettings(exports: [], tls: TLSIdentity(certificate: nil, key: nil, ca: dir + "/ca.crt"))
+        for (i, p) in ["fast", "slow", "fresh", "down", "half"].enumerated() { settings.peers[p] = HostPort(host: "127.0.0.1", port: UInt16(7400 + i)) }
+        let runner = try JobRunner(store: store, settings: settings, workerID: "t")
+        let api = DaemonAPI(store: store, verifier: TokenVerifier(issuers: [:], revocationsPath: nil), center: "here", runner: runner, catalog: catalog,
+                            transfer: ["127.0.0.1:7399"])
+        // Measured links: fast 2 GB/s, slow 100 MB/s (one big transfer each).
+        runner.tuner.record(peer: "fast", streams: runner.tuner.streams(for: "fast"), bytes: 4 << 30, seconds: 2.147, failed: false)
+        runner.tuner.record(peer: "slow", streams: runner.tuner.streams(for: "slow"), bytes: 1 << 30, seconds: 10.7, failed: false)
+        for c in ["fast", "slow", "fresh", "down", "half"] { try catalog.recordSync(center: c, reachable: true, at: 100) }
+        try catalog.recordSync(center: "down", reachable: false, at: 200)
+        func r(_ c: String, _ s: ReplicaState = .complete) -> Replica { Replica(dataset: 1, center: c, state: s, path: "/data/x") }
+        let all = [r("slow"), r("fresh"), r("down"), r("half", .partial), r("fast"), r("nowhere"), r("here")]
+        let ranked = api.rankReplicas(all)
+        #expect(ranked.map(\.center) == ["here", "fast", "slow", "fresh", "down", "half", "nowhere"])
+        #expect(ranked.map(\.rank) == [1, 2, 3, 4, nil, nil, nil])
+        #expect(ranked[0].reason == "at this center" && ranked[0].url == "ferry://127.0.0.1:7399/data/x")
+        #expect(ranked[1].reason.contains("measured 2.00 GB/s") && ranked[2].reason.contains("measured 100.3 MB/s"), "\(ranked[1].reason) \(ranked[2].reason)")
+        #expect(ranked[3].reason == "peer, link not yet measured")
+        #expect(ranked[4].reason.contains("center down is down") && !ranked[4].reachable)
+        #expect(ranked[5].reason.contains("partial replica"))
+        #expect(ranked[6].reason.contains("no transfer address"))
+        // Without a local replica the fastest peer is first; a link error resets its figure.
+        #expect(api.rankReplicas(Array(all.dropLast())).first?.center == "fast")
+        runner.tuner.record(peer: "fast", streams: runner.tuner.streams(for: "fast"), bytes: 0, seconds: 0, failed: true)
+        #expect(api.rankReplicas(Array(all.dropLast())).first?.center == "slow")
     }
 }
