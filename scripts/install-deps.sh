@@ -2,7 +2,7 @@
 # Installs the system packages Ferry builds against and its tests use (Debian 12, as root).
 # Swift 6 itself is expected on PATH (/opt/swift on these machines).
 set -euo pipefail
-packages=(liburing-dev libssl-dev libzstd-dev libxxhash-dev pkg-config time util-linux iproute2 python3 libsqlite3-dev postgresql)
+packages=(liburing-dev libssl-dev libzstd-dev libxxhash-dev pkg-config time util-linux iproute2 python3 libsqlite3-dev postgresql munge slurmctld slurmd slurm-client slurm-wlm-basic-plugins)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
