@@ -24,6 +24,9 @@
 #   DIR/etc/burst_buffer.conf with Directive=FERRY (so "#FERRY" lines are the burst
 #   buffer directives), Flags=DisablePersistent,TeardownFailure and stage timeouts
 #   (FERRY_SLURM_STAGE_TIMEOUT seconds, default 180).
+# - enables job_submit/lua (JobSubmitPlugins=lua) with contrib/slurm/job_submit.lua of
+#   this repository copied to DIR/etc/job_submit.lua: sbatch refuses a #FERRY line
+#   after the first command (which Slurm itself would silently ignore).
 # - writes DIR/etc/ferry-bb.env: PATH and every FERRY_* variable of start's environment
 #   (FERRY_BIN, FERRY_API, FERRY_TOKEN_FILE, FERRY_CA, FERRY_BB_STATE, ...), one
 #   KEY=VALUE a line. burst_buffer.lua reads the ferry-bb.env beside itself on every
@@ -44,6 +47,7 @@ STOP_TIMEOUT_S=15        # per daemon, after SIGTERM, before SIGKILL
 MUNGE_TIMEOUT_S=10
 PORT_ATTEMPTS=50
 STAGE_TIMEOUT_S=${FERRY_SLURM_STAGE_TIMEOUT:-180}
+JOB_SUBMIT_LUA="$(dirname "$0")/../contrib/slurm/job_submit.lua"
 
 die() {
   echo "$PROG: $*" >&2
@@ -263,6 +267,7 @@ ReturnToService=2
 MailProg=/bin/true
 MinJobAge=300
 BurstBufferType=burst_buffer/lua
+JobSubmitPlugins=lua
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -311,6 +316,7 @@ cmd_start() {
   dir=$(abs_dir "$1")
   lua=$2
   [[ -f "$lua" && -r "$lua" ]] || die "LUA_FILE '$lua' is not a readable file"
+  [[ -f "$JOB_SUBMIT_LUA" && -r "$JOB_SUBMIT_LUA" ]] || die "'$JOB_SUBMIT_LUA' is not a readable file"
   if pid_alive "$(read_pid "$dir/run/slurmctld.pid")" || pid_alive "$(read_pid "$dir/run/slurmd.pid")"; then
     die "a cluster from $dir is still running; run: $PROG stop $dir"
   fi
@@ -327,6 +333,7 @@ cmd_start() {
   slurmd_port=$(free_port "$ctld_port")
   write_configs "$dir" "$ctld_port" "$slurmd_port"
   install -m 0644 "$lua" "$dir/etc/burst_buffer.lua"
+  install -m 0644 "$JOB_SUBMIT_LUA" "$dir/etc/job_submit.lua"
   install -d -m 0755 "${FERRY_BB_STATE:-$dir/ferry-bb-state}"
   write_env_file "$dir/etc/ferry-bb.env" "$dir/ferry-bb-state"
 

@@ -67,8 +67,10 @@ INSTALLING (operators)
 
   Root cannot use burst buffers in Slurm: jobs of uid 0 with #FERRY lines are refused.
   A job whose only #FERRY lines come after its first command has no burst buffer for
-  Slurm at all, so no hook (not even job_process) sees it and it runs unstaged; use a
-  job_submit or cli_filter plugin if that case must be refused too.
+  Slurm at all, so no hook (not even job_process) sees it and it would run unstaged.
+  Ferry ships job_submit.lua (beside this file) for that case: with
+  JobSubmitPlugins=lua it refuses at sbatch any #FERRY line after the first command,
+  by the same rule and with the same message as job_process (see its top comment).
 
 WHAT SLURM DOES AROUND THE HOOKS (seen on 22.05.8), SO WHAT ferry MUST TOLERATE
   - A failed stage-in: Slurm holds the job (Priority=0, `scontrol release` retries the
