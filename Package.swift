@@ -54,7 +54,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "CLI",
-            dependencies: ["Transfer", "Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["Transfer", "GlobalFS", "Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "TransferTests", dependencies: ["Transfer"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Transfer", "TestSupport"]),

@@ -137,7 +137,8 @@ extension Ferry {
                     retry.maxAttempts = d.maxAttempts
                     retry.baseSeconds = Double(d.retryBaseSeconds)
                     let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center,
-                                                    transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas)
+                                                    transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas,
+                                                    staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
                     daemon = service
                 } catch {
                     FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)

@@ -30,9 +30,12 @@ public struct DaemonAPI: Sendable {
     public let centers: CenterVerifier?
     /// `[daemon] replicas`: where `ferry replicate` puts replicas here (/EXPORT/DIR).
     public let replicaRoot: String?
+    /// Prestaging (`[daemon] staging`), nil when this center does none.
+    public let staging: StagingSettings?
 
     public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil, transfer: [String] = [],
-                centers: CenterVerifier? = nil, replicaRoot: String? = nil) {
+                centers: CenterVerifier? = nil, replicaRoot: String? = nil, staging: StagingSettings? = nil) {
+        self.staging = staging
         self.transfer = transfer
         self.centers = centers
         self.replicaRoot = replicaRoot
@@ -146,6 +149,7 @@ public struct DaemonAPI: Sendable {
         }
         addCatalogRoutes(router)
         addFederationRoutes(router)
+        addStagingRoutes(router)
         return router
     }
 
@@ -272,8 +276,14 @@ public struct DaemonAPI: Sendable {
       "/api/v1/catalog/register":{"post":{"summary":"Register (or re-register) a directory of this center as a dataset","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["path","dataset"],"properties":{"path":{"type":"string","description":"/EXPORT/PATH"},"dataset":{"type":"string","description":"NAME[@VERSION]"},"readers":{"type":"array","items":{"type":"string"}},"description":{"type":"string"},"license":{"type":"string"},"hash":{"type":"boolean"}}}}}},"responses":{"200":{"description":"the registration summary"},"400":{"description":"bad request"},"403":{"description":"outside the token's scopes"},"404":{"description":"no such directory"}}}},
       "/api/v1/catalog/datasets":{"get":{"summary":"The datasets the caller may see","responses":{"200":{"description":"datasets"}}}},
       "/api/v1/catalog/ls":{"get":{"summary":"One page of a directory","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"},{"name":"after","in":"query","schema":{"type":"string"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"entries and next_after"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}},
-      "/api/v1/catalog/stat":{"get":{"summary":"One entry, its dataset and replicas","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"}],"responses":{"200":{"description":"the entry"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}},
+      "/api/v1/catalog/stat":{"get":{"summary":"One entry, its dataset and replicas (ranked: the order a copy uses them, each with its reason), and whether its center is down (stale)","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"}],"responses":{"200":{"description":"the entry"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}},
       "/api/v1/catalog/find":{"get":{"summary":"Entries by name glob, size and age","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"},{"name":"name","in":"query","schema":{"type":"string"}},{"name":"min_size","in":"query","schema":{"type":"integer"}},{"name":"max_size","in":"query","schema":{"type":"integer"}},{"name":"newer","in":"query","schema":{"type":"integer"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"entries"},"400":{"description":"bad path"},"404":{"description":"no such dataset"}}}},
+      "/api/v1/catalog/centers":{"get":{"summary":"This center and the peers whose catalogs it follows: API address, last sequence number applied, last good sync, reachable","responses":{"200":{"description":"centers"}}}},
+      "/api/v1/catalog/replicate":{"post":{"summary":"Make a replica of a dataset at this center (one job from the best other replica; staging, then complete or partial)","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["path"],"properties":{"path":{"type":"string","description":"gfs://CENTER/DATASET[@VERSION]"},"bwlimit":{"type":"integer"}}}}}},"responses":{"200":{"description":"state (staging with the job, or complete)"},"400":{"description":"bad request"},"403":{"description":"may not write the replica directory"},"404":{"description":"no such dataset"},"409":{"description":"this center takes no replicas, or no usable replica to copy from"}}}},
+      "/api/v1/federation/changes":{"get":{"summary":"For peer centers (FerryCenter assertion): this center's change feed after a sequence number, and its last one","parameters":[{"name":"after","in":"query","schema":{"type":"integer"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"changes and last_seq"},"401":{"description":"bad assertion"},"403":{"description":"not a center"}}}},
+      "/api/v1/federation/datasets/{id}":{"get":{"summary":"For peer centers: one of this center's datasets","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the dataset"},"403":{"description":"not a center"},"404":{"description":"no such dataset of this center"}}}},
+      "/api/v1/federation/entries":{"get":{"summary":"For peer centers: a dataset's entries in key order","parameters":[{"name":"dataset","in":"query","required":true,"schema":{"type":"integer"}},{"name":"after_dir","in":"query","schema":{"type":"string"}},{"name":"after_name","in":"query","schema":{"type":"string"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"entries"},"403":{"description":"not a center"},"404":{"description":"no such dataset of this center"}}}},
+      "/api/v1/federation/replicas":{"get":{"summary":"For peer centers: the replicas this center holds, each with its dataset","responses":{"200":{"description":"replicas"},"403":{"description":"not a center"}}}},
       "/api/v1/catalog/du":{"get":{"summary":"Files, directories and bytes under a path","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"}],"responses":{"200":{"description":"usage"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}}
      }}
     """

@@ -12,8 +12,9 @@ import Transfer
 ///   GET  /api/v1/catalog/stat?path=...
 ///   GET  /api/v1/catalog/find?path=...&name=GLOB&min_size=&max_size=&newer=UNIX_SECONDS&limit=
 ///   GET  /api/v1/catalog/du?path=...
-/// Paths name this center (federation, which answers for peers' datasets, comes next); a
-/// dataset the caller may not see answers exactly as a missing one (404).
+/// Paths name this center or a peer it follows (answered from the local mirror of the peer's
+/// catalog, `Federation`; `stale: true` when that peer is down); a dataset the caller may not
+/// see answers exactly as a missing one (404).
 struct RegisterRequest: Decodable {
     var path: String
     var dataset: String

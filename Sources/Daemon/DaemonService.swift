@@ -18,7 +18,8 @@ public final class DaemonService: @unchecked Sendable {
     /// `peerAPIs`: the peers whose catalogs this center follows (`[[peer]] api`); `replicas`:
     /// where `ferry replicate` puts replicas here.
     public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
-                transfer: [String] = [], peerAPIs: [String: HostPort] = [:], syncSeconds: Int = 5, replicas: String? = nil) throws {
+                transfer: [String] = [], peerAPIs: [String: HostPort] = [:], syncSeconds: Int = 5, replicas: String? = nil,
+                staging: String? = nil, stagingQuota: Int64 = 100 << 30, stagingBandwidth: Int64? = nil) throws {
         store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
         let catalog = try Catalog(db: store.db)
@@ -29,7 +30,15 @@ public final class DaemonService: @unchecked Sendable {
         } else {
             federation = nil
         }
-        api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: catalog, transfer: transfer, centers: centers, replicaRoot: replicas)
+        var stagingSettings: StagingSettings?
+        if let staging {
+            guard case .local(let real) = try runner.endpoint(staging).0 else { throw TransferError(.usage, "daemon.staging '\(staging)' is not a local path") }
+            try FileManager.default.createDirectory(atPath: real, withIntermediateDirectories: true)
+            stagingSettings = StagingSettings(cache: try StagingCache(db: store.db), root: staging, rootReal: real, quota: stagingQuota)
+            stagingSettings!.bandwidth = stagingBandwidth
+        }
+        api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: catalog, transfer: transfer, centers: centers,
+                        replicaRoot: replicas, staging: stagingSettings)
         self.apiListen = apiListen
     }
 

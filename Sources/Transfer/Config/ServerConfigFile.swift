@@ -74,6 +74,13 @@ public struct ServerConfigFile {
         /// /EXPORT/DIR; a replica goes to /EXPORT/DIR/CENTER/NAME[@VERSION]. Unset: this center
         /// takes no replicas.
         public var replicas: String?
+        /// Prestaging: the staging cache as a local job path /EXPORT/DIR (unset: none), and
+        /// its quota in bytes (unpinned entries are evicted beyond it).
+        public var staging: String?
+        public var stagingQuota: Int64 = 100 << 30
+        /// Bytes per second for each staging transfer (nil: unlimited), so that staging does
+        /// not starve interactive transfers on a shared link.
+        public var stagingBandwidth: Int64?
     }
 
     public init(path: String) throws {
@@ -141,6 +148,18 @@ public struct ServerConfigFile {
                     case "max_attempts": d.maxAttempts = try int(dv, dk)
                     case "retry_base_seconds": d.retryBaseSeconds = try int(dv, dk)
                     case "sync_seconds": d.syncSeconds = try int(dv, dk)
+                    case "staging":
+                        let r = try str(dv, dk)
+                        guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.staging is a local job path /EXPORT/DIR, not '\(r)'") }
+                        d.staging = r
+                    case "staging_bwlimit":
+                        let text = try str(dv, dk)
+                        guard let q = parseByteSize(text), q > 0 else { throw TransferError(.usage, "daemon.staging_bwlimit is bytes per second like \"200M\", not '\(text)'") }
+                        d.stagingBandwidth = q
+                    case "staging_quota":
+                        let text = try str(dv, dk)
+                        guard let q = parseByteSize(text) else { throw TransferError(.usage, "daemon.staging_quota is a size like \"500G\", not '\(text)'") }
+                        d.stagingQuota = q
                     case "replicas":
                         let r = try str(dv, dk)
                         guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.replicas is a local job path /EXPORT/DIR, not '\(r)'") }
@@ -194,4 +213,16 @@ public struct ServerConfigFile {
             }
         }
     }
+}
+
+/// "500G", "10M", "1T", "4096": bytes (K/M/G/T are powers of 1024).
+public func parseByteSize(_ text: String) -> Int64? {
+    var t = Substring(text)
+    var mult: Int64 = 1
+    if let last = t.last, let m = ["K": Int64(1) << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40][String(last).uppercased()] {
+        mult = m
+        t = t.dropLast()
+    }
+    guard let v = Double(t), v >= 0, v * Double(mult) < 9e18 else { return nil }
+    return Int64(v * Double(mult))
 }

@@ -1,0 +1,178 @@
+import ArgumentParser
+import Foundation
+import GlobalFS
+import Transfer
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Prestaging commands for the batch scheduler's hooks (contrib/slurm/burst_buffer.lua; PBS
+/// and LSF prologs call `ferry stage-in --wait`). They read the job script's `#FERRY` lines
+/// and ask this center's daemon (FERRY_API, with the scheduler's operator token) to do the
+/// work. Exit 0: done; 1: failed, and the last line printed is the one-line reason the
+/// scheduler shows; 75 (EX_TEMPFAIL): still staging (with --no-wait). Every command can run
+/// twice with the same effect.
+struct StageOptions: ParsableArguments {
+    @OptionGroup var api: APIOptions
+    @Option(help: "The scheduler's job id (replaces %j in the directives).") var job: String
+    @Option(help: "The job script holding the #FERRY lines.") var script: String
+    @Option(help: "The job's user id (its links and directories are made its own).") var uid: UInt32?
+    @Flag(inversion: .prefixedNo, help: "Wait until everything is staged or something failed (the default).") var wait = true
+    @Option(help: "Give up after this many seconds (default: a day).") var timeout: Int = 86_400
+
+    /// The script's directives; a copy Slurm already substituted (/proc/PID/fd/N) keeps its text.
+    func directives() throws -> [StageDirective] {
+        guard let data = FileManager.default.contents(atPath: script) else { fail("cannot read the job script \(script)") }
+        do {
+            return try Directives.parse(String(decoding: data, as: UTF8.self), jobID: script.hasPrefix("/proc/") ? nil : job)
+        } catch {
+            fail("\(error)")
+        }
+    }
+
+    func user() -> (name: String, uid: UInt32?, gid: UInt32?) {
+        guard let uid else { return (ProcessInfo.processInfo.environment["USER"] ?? "root", nil, nil) }
+        guard let pw = getpwuid(uid) else { fail("uid \(uid) has no user on this host") }
+        return (String(cString: pw.pointee.pw_name), uid, pw.pointee.pw_gid)
+    }
+
+    func fail(_ message: String) -> Never {
+        FileHandle.standardError.write("ferry: \(message)\n".data(using: .utf8)!)
+        Foundation.exit(1)
+    }
+
+    /// Posts the request every second (it is idempotent) until nothing is staging, or once
+    /// without --wait; prints one line per item and ends with the verdict.
+    func run(_ route: String, verb: String) throws {
+        let list = try directives()
+        let mine = list.filter { $0.direction == (verb == "stage-in" ? .stageIn : .stageOut) }
+        if mine.isEmpty {
+            print("ferry: job \(job): nothing to \(verb == "stage-in" ? "stage in" : "stage out")")
+            return
+        }
+        let who = user()
+        let encoded = try JSONSerialization.jsonObject(with: JSONEncoder().encode(mine))
+        var body: [String: Any] = ["job": job, "user": who.name, "directives": encoded]
+        if let u = who.uid { body["uid"] = Int(u) }
+        if let g = who.gid { body["gid"] = Int(g) }
+        let start = Date()
+        var items: [[String: Any]] = []
+        for _ in 0..<max(1, timeout) {
+            items = (try api.call("POST", route, body: body)["items"] as? [[String: Any]]) ?? []
+            let staging = items.contains { $0["state"] as? String == "staging" }
+            if !staging || !wait { break }
+            if Date().timeIntervalSince(start) > Double(timeout) { break }
+            Thread.sleep(forTimeInterval: 1)
+        }
+        if api.json { api.show(["job": job, "items": items]) }
+        var failed: String?
+        var pending = false
+        for it in items {
+            let state = it["state"] as? String ?? "?"
+            let line = "line \(it["line"] as? Int ?? 0): \(it["source"] as? String ?? "") -> \(it["destination"] as? String ?? ""): \(state)"
+            if !api.json { print("ferry: " + line + ((it["error"] as? String).map { " (\($0))" } ?? "")) }
+            if state == "failed" && failed == nil { failed = it["error"] as? String ?? line }
+            if state == "staging" { pending = true }
+            if state == "skipped" { FileHandle.standardError.write("ferry: warning: optional \(it["source"] as? String ?? "") skipped: \(it["error"] as? String ?? "")\n".data(using: .utf8)!) }
+        }
+        if let failed {
+            // The last line: the scheduler shows it as the job's reason.
+            FileHandle.standardError.write("ferry: \(verb) of job \(job) failed: \(failed)\n".data(using: .utf8)!)
+            throw ExitCode(1)
+        }
+        if pending {
+            FileHandle.standardError.write("ferry: \(verb) of job \(job): still staging\(wait ? " after \(timeout) s" : "")\n".data(using: .utf8)!)
+            throw ExitCode(wait ? 1 : 75)
+        }
+        print("ferry: \(verb) of job \(job): done")
+    }
+}
+
+extension Ferry {
+    struct StageIn: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "stage-in",
+            abstract: "Stage a job's inputs (its #FERRY stage_in lines) in before it starts.",
+            discussion: """
+            For each directive the daemon links DST to the data: a replica at this center
+            directly, anything else through the center's staging cache (one transfer however
+            many jobs ask; the entry is pinned for this job until `ferry stage teardown`).
+            Waits until everything is local and verified, or one non-optional directive failed.
+            """)
+        @OptionGroup var options: StageOptions
+        func run() throws { try options.run("/api/v1/stage/in", verb: "stage-in") }
+    }
+
+    struct StageOut: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "stage-out",
+            abstract: "Deliver a job's results (its #FERRY stage_out lines) after it ended.")
+        @OptionGroup var options: StageOptions
+        func run() throws { try options.run("/api/v1/stage/out", verb: "stage-out") }
+    }
+
+    struct Stage: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Prestaging: a job's state, teardown, the staging cache.",
+            subcommands: [Status.self, Teardown.self, Sweep.self, Cache.self])
+
+        struct Status: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "What is staged for a job: pinned cache entries, links, stage-outs.")
+            @OptionGroup var api: APIOptions
+            @Option var job: String
+            func run() throws {
+                let r = try api.call("GET", "/api/v1/stage/status" + query([("job", job)]))
+                if api.json { api.show(r); return }
+                for e in (r["entries"] as? [[String: Any]]) ?? [] {
+                    print("entry \(e["id"] as? Int ?? 0)\t\(e["state"] as? String ?? "")\t\(byteText(UInt64(e["bytes"] as? Int ?? 0)))\t\(e["source"] as? String ?? "")\(e["error"].map { "\t\($0)" } ?? "")")
+                }
+                for l in (r["links"] as? [[String]]) ?? [] where l.count == 2 { print("link\t\(l[0]) -> \(l[1])") }
+                for o in (r["stage_out"] as? [[String: Any]]) ?? [] {
+                    print("stage_out\t\(o["source"] as? String ?? "") -> \(o["destination"] as? String ?? "")\tjob \(o["job"] as? Int ?? 0)")
+                }
+            }
+        }
+
+        struct Teardown: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "A job ended (or was cancelled): unpin its data, remove its links, stop transfers nobody waits for.")
+            @OptionGroup var api: APIOptions
+            @Option var job: String
+            @Flag(help: "The scheduler is in a hurry (cancel or failure): same work, nothing is waited for.") var hurry = false
+            func run() throws {
+                let r = try api.call("POST", "/api/v1/stage/teardown", body: ["job": job, "hurry": hurry])
+                if api.json { api.show(r); return }
+                print("ferry: job \(job): \(r["unpinned"] as? Int ?? 0) unpinned, \(r["links_removed"] as? Int ?? 0) links removed, \(r["transfers_cancelled"] as? Int ?? 0) transfers cancelled")
+            }
+        }
+
+        struct Sweep: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Clear what crashed jobs left: pins of jobs that are gone, stray directories, orphan transfers.")
+            @OptionGroup var api: APIOptions
+            @Option(help: "The scheduler's live job ids (comma-separated, e.g. from `squeue -h -o %i`): every other job's pins go.") var keepJobs: String?
+            @Option(help: "Pins older than this many hours go (default 168).") var maxPinHours: Int?
+            func run() throws {
+                var body: [String: Any] = [:]
+                if let k = keepJobs { body["keep_jobs"] = k.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+                if let h = maxPinHours { body["max_pin_hours"] = h }
+                let r = try api.call("POST", "/api/v1/stage/sweep", body: body)
+                if api.json { api.show(r); return }
+                print("ferry: swept: pins of \((r["pins_expired"] as? [String])?.count ?? 0) jobs, \(r["transfers_cancelled"] as? Int ?? 0) transfers cancelled, \((r["stray_directories"] as? [String])?.count ?? 0) stray directories")
+            }
+        }
+
+        struct Cache: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "The staging cache: entries, their pins, the quota.")
+            @OptionGroup var api: APIOptions
+            func run() throws {
+                let r = try api.call("GET", "/api/v1/stage/cache")
+                if api.json { api.show(r); return }
+                print("ferry: staging cache \(r["root"] as? String ?? ""): \(byteText(UInt64(r["ready_bytes"] as? Int ?? 0))) of \(byteText(UInt64(r["quota"] as? Int ?? 0)))")
+                for e in (r["entries"] as? [[String: Any]]) ?? [] {
+                    let pins = (e["pins"] as? [String]) ?? []
+                    print("\(e["id"] as? Int ?? 0)\t\(e["state"] as? String ?? "")\t\(byteText(UInt64(e["bytes"] as? Int ?? 0)))\tpins \(pins.isEmpty ? "-" : pins.joined(separator: ","))\t\(e["source"] as? String ?? "")")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,453 @@
+import Foundation
+import GlobalFS
+import Hummingbird
+import Transfer
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Prestaging for the batch scheduler, the daemon's side (`ferry stage-in`, `stage-out`,
+/// `stage teardown|sweep|status|cache` call these routes with the scheduler's operator token):
+///   POST /api/v1/stage/in        {job, uid, gid, user, directives}  pin, start or reuse transfers, link what is ready
+///   POST /api/v1/stage/out       {job, uid, gid, user, directives}  one daemon job per stage_out
+///   POST /api/v1/stage/teardown  {job, hurry}                       unpin, remove the job's links, drop orphans
+///   POST /api/v1/stage/sweep     {keep_jobs?, max_pin_hours?}       what crashed jobs left
+///   GET  /api/v1/stage/status?job=ID                                 pins, links, stage-outs of a job
+///   GET  /api/v1/stage/cache                                         entries, pins, quota
+/// Every call can be repeated (the scheduler may run a hook twice): stage-in and stage-out are
+/// answered from the recorded state; the CLI calls them again each second until everything is
+/// ready or something failed.
+///
+/// Data comes in through the staging cache (`StagingCache`): a gfs:// source whose best
+/// replica is at this center is linked directly, anything else is one transfer job into
+/// `[daemon] staging` (/EXPORT/DIR/ENTRY/data) shared by every job that asks for it. The job's
+/// DST becomes a symbolic link to it, owned by the job's user. Local paths in directives are
+/// real paths and must lie within one of this center's exports (the daemon runs as root: it
+/// writes nowhere else).
+public struct StagingSettings: Sendable {
+    public var cache: StagingCache
+    /// The cache directory as a local job path (/EXPORT/DIR) and as a real path.
+    public var root: String
+    public var rootReal: String
+    public var quota: Int64
+    /// Pins older than this are dropped by a sweep (a job that long is not running).
+    public var maxPinHours: Int64 = 7 * 24
+    /// `staging_bwlimit`: bytes per second for each staging transfer.
+    public var bandwidth: Int64?
+
+    public init(cache: StagingCache, root: String, rootReal: String, quota: Int64) {
+        self.cache = cache; self.root = root; self.rootReal = rootReal; self.quota = quota
+    }
+}
+
+struct StageItem: Encodable {
+    var line: Int
+    var direction: String
+    var source: String
+    var destination: String
+    var optional: Bool
+    /// ready (stage_in linked) / done (stage_out delivered) / staging / failed / skipped (optional, failed)
+    var state: String
+    var error: String?
+    var job: Int64?
+    var entry: Int64?
+}
+
+struct StageRequest: Decodable {
+    var job: String
+    var uid: UInt32?
+    var gid: UInt32?
+    var user: String
+    var directives: [StageDirective]
+}
+
+extension DaemonAPI {
+    func addStagingRoutes(_ router: Router<BasicRequestContext>) {
+        router.post("/api/v1/stage/in") { request, _ in
+            try await handle(request) { user in
+                let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
+                return try codable(200, ["items": try stageIn(r)])
+            }
+        }
+        router.post("/api/v1/stage/out") { request, _ in
+            try await handle(request) { user in
+                let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
+                return try codable(200, ["items": try stageOut(r)])
+            }
+        }
+        router.post("/api/v1/stage/teardown") { request, _ in
+            try await handle(request) { user in
+                let st = try stagingFor(user)
+                let body = try JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 16))) as? [String: Any] ?? [:]
+                guard let job = body["job"] as? String, !job.isEmpty else { throw HTTPFailure(status: 400, message: "give {\"job\": \"ID\"}") }
+                return json(200, try teardown(st, job: job))
+            }
+        }
+        router.post("/api/v1/stage/sweep") { request, _ in
+            try await handle(request) { user in
+                let st = try stagingFor(user)
+                let body = try JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 22))) as? [String: Any] ?? [:]
+                let keep = (body["keep_jobs"] as? [String]).map(Set.init)
+                let hours = (body["max_pin_hours"] as? NSNumber)?.int64Value ?? st.maxPinHours
+                return json(200, try sweep(st, keep: keep, maxPinHours: hours))
+            }
+        }
+        router.get("/api/v1/stage/status") { request, _ in
+            try await handle(request) { user in
+                let st = try stagingFor(user)
+                guard let job = request.uri.queryParameters["job"].map(String.init) else { throw HTTPFailure(status: 400, message: "give ?job=ID") }
+                settle(st)
+                let pinned = try st.cache.entries().filter { $0.pins.contains(job) }
+                return try codable(200, StageStatus(job: job, entries: pinned, links: try st.cache.links(schedulerJob: job).map { [$0.path, $0.target] },
+                                                    stageOut: try st.cache.outbound(schedulerJob: job)))
+            }
+        }
+        router.get("/api/v1/stage/cache") { request, _ in
+            try await handle(request) { user in
+                let st = try stagingFor(user)
+                settle(st)
+                let entries = try st.cache.entries()
+                return try codable(200, CacheView(root: st.root, quota: st.quota, readyBytes: entries.filter { $0.state == .ready }.reduce(0) { $0 + $1.bytes }, entries: entries))
+            }
+        }
+    }
+
+    struct StageStatus: Encodable {
+        var job: String
+        var entries: [StagingCache.Entry]
+        var links: [[String]]
+        var stageOut: [StagingCache.Outbound]
+    }
+
+    struct CacheView: Encodable {
+        var root: String
+        var quota: Int64
+        var readyBytes: Int64
+        var entries: [StagingCache.Entry]
+    }
+
+    func stagingFor(_ user: User) throws -> StagingSettings {
+        guard let staging else { throw HTTPFailure(status: 409, message: "center \(center) does no prestaging (no [daemon] staging = \"/EXPORT/DIR\")") }
+        guard user.isOperator else { throw HTTPFailure(status: 403, message: "prestaging is the scheduler's: an operator token (rw:/) is needed") }
+        return staging
+    }
+
+    func stageRequest(_ body: ByteBuffer, _ user: User) throws -> StageRequest {
+        _ = try stagingFor(user)
+        do { return try JSONDecoder().decode(StageRequest.self, from: Data(buffer: body)) } catch {
+            throw HTTPFailure(status: 400, message: "the body is not a stage request ({job, user, uid, gid, directives})")
+        }
+    }
+
+    // MARK: stage in
+
+    func stageIn(_ r: StageRequest) throws -> [StageItem] {
+        guard let st = staging else { throw HTTPFailure(status: 409, message: "no staging") }
+        settle(st)
+        var items: [StageItem] = []
+        for d in r.directives where d.direction == .stageIn {
+            var item = StageItem(line: d.line, direction: d.direction.rawValue, source: d.source, destination: d.destination, optional: d.optional, state: "staging")
+            do {
+                try stageOne(st, d, r, &item)
+            } catch {
+                item.state = "failed"
+                item.error = "\(d.source): " + message(error)
+            }
+            if item.state == "failed" && d.optional { item.state = "skipped" }
+            items.append(item)
+        }
+        return items
+    }
+
+    func message(_ e: Error) -> String {
+        if let f = e as? HTTPFailure { return f.message }
+        if let t = e as? TransferError { return t.message }
+        return "\(e)"
+    }
+
+    private func stageOne(_ st: StagingSettings, _ d: StageDirective, _ r: StageRequest, _ item: inout StageItem) throws {
+        guard let catalog, let runner else { throw HTTPFailure(status: 503, message: "no catalog") }
+        let dst = try exportPath(d.destination, what: "DST")
+        if d.source.hasPrefix("/") {
+            // A local source: linked where it is.
+            var sb = stat()
+            guard lstat(d.source, &sb) == 0 else { throw HTTPFailure(status: 404, message: "does not exist") }
+            _ = try exportPath(d.source, what: "SRC")
+            try link(st, job: r.job, dst: dst.real, target: d.source, uid: r.uid, gid: r.gid)
+            item.state = "ready"
+            return
+        }
+        var key = d.source
+        var fetch = d.source
+        var recursive = true
+        var peer = ""
+        if d.source.hasPrefix("gfs://") {
+            let p = try GFSPath(d.source)
+            guard let (ds, within) = try catalog.resolve(p, as: Viewer(user: r.user)) else {
+                throw HTTPFailure(status: 404, message: "no dataset there (or \(r.user) may not read it)")
+            }
+            guard let e = try catalog.stat(dataset: ds.id, path: within, as: Viewer(user: r.user)) else {
+                throw HTTPFailure(status: 404, message: "no such file or directory in gfs://\(ds.center)/\(ds.qualifiedName)")
+            }
+            recursive = e.kind == .directory
+            let ranked = rankReplicas(try catalog.replicas(dataset: ds.id, as: .operator))
+            guard let best = ranked.first(where: { $0.rank == 1 }) else {
+                throw HTTPFailure(status: 409, message: "no usable replica (\(ranked.map { "\($0.center): \($0.reason)" }.joined(separator: "; ")))")
+            }
+            let path = best.path + (within.isEmpty ? "" : "/" + within)
+            if best.center == center {
+                // Here already: linked, not copied.
+                guard case .local(let real) = try runner.endpoint(path).0 else { throw HTTPFailure(status: 500, message: "replica path \(path) is not local") }
+                try link(st, job: r.job, dst: dst.real, target: real, uid: r.uid, gid: r.gid)
+                item.state = "ready"
+                return
+            }
+            key = "gfs://\(ds.center)/\(ds.qualifiedName)/\(within)#\(ds.updated)"
+            fetch = "ferry://\(best.center)" + path
+            peer = best.center
+        } else if d.source.hasPrefix("ferry://") {
+            peer = String(d.source.dropFirst(8).prefix { $0 != "/" })
+            guard runner.settings.peers[peer] != nil else { throw HTTPFailure(status: 400, message: "'\(peer)' is not a peer of center \(center) ([[peer]])") }
+        }
+        let (entry, created) = try st.cache.pin(key: key, source: d.source, schedulerJob: r.job, now: now()) { id in st.rootReal + "/\(id)" }
+        item.entry = entry.id
+        var current = entry
+        if created {
+            try? FileManager.default.removeItem(atPath: entry.path)
+            try FileManager.default.createDirectory(atPath: entry.path, withIntermediateDirectories: true)
+            var req = JobRequest(source: fetch, destination: st.root + "/\(entry.id)/data")
+            req.recursive = recursive
+            req.checksum = d.checksum
+            req.bwlimit = st.bandwidth.map { UInt64($0) }
+            let id = try store.submit(owner: r.user, request: req, peer: peer, now: now())
+            try st.cache.setJob(entry.id, job: id)
+            current.job = id
+        }
+        item.job = current.job
+        switch current.state {
+        case .ready:
+            try link(st, job: r.job, dst: dst.real, target: current.path + "/data", uid: r.uid, gid: r.gid)
+            item.state = "ready"
+        case .failed:
+            item.state = "failed"
+            item.error = "\(d.source): " + (current.error ?? "the transfer failed")
+        case .staging:
+            item.state = "staging"
+        }
+    }
+
+    /// A real path in a directive, checked to lie within one of this center's exports (its
+    /// existing part resolved: a symbolic link cannot lead out).
+    func exportPath(_ path: String, what: String) throws -> (real: String, job: String) {
+        guard path.hasPrefix("/"), !path.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
+            throw HTTPFailure(status: 400, message: "\(what) '\(path)' must be an absolute path without . or ..")
+        }
+        guard let runner else { throw HTTPFailure(status: 503, message: "no runner") }
+        // The deepest existing ancestor, resolved.
+        var probe = path
+        var rest: [String] = []
+        for _ in 0..<4096 {
+            if let r = realpath(probe, nil) {
+                let real = String(cString: r)
+                free(r)
+                let full = ([real == "/" ? "" : real] + rest.reversed()).joined(separator: "/")
+                for e in runner.settings.exports {
+                    guard let b = realpath(e.path, nil) else { continue }
+                    let base = String(cString: b)
+                    free(b)
+                    if full == base || full.hasPrefix(base + "/") {
+                        let rel = String(full.dropFirst(base.count))
+                        return (full, (e.name.isEmpty ? "" : "/" + e.name) + (rel.isEmpty ? "/" : rel))
+                    }
+                }
+                throw HTTPFailure(status: 403, message: "\(what) '\(path)' is not within an export of center \(center)")
+            }
+            guard let slash = probe.lastIndex(of: "/"), probe != "/" else { break }
+            rest.append(String(probe[probe.index(after: slash)...]))
+            probe = slash == probe.startIndex ? "/" : String(probe[..<slash])
+        }
+        throw HTTPFailure(status: 400, message: "\(what) '\(path)' cannot be resolved")
+    }
+
+    /// DST → target as a symbolic link owned by the job's user (parents made, owned by them
+    /// too). Idempotent; refuses to replace anything that is not a link Ferry made.
+    func link(_ st: StagingSettings, job: String, dst: String, target: String, uid: UInt32?, gid: UInt32?) throws {
+        var buf = [CChar](repeating: 0, count: 4097)
+        let n = readlink(dst, &buf, 4096)
+        if n >= 0 {
+            let existing = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if existing == target { try st.cache.recordLink(schedulerJob: job, path: dst, target: target); return }
+            guard try st.cache.links(schedulerJob: job).contains(where: { $0.path == dst }) else {
+                throw HTTPFailure(status: 409, message: "DST \(dst) exists (a link Ferry did not make); not replaced")
+            }
+            unlink(dst)
+        } else {
+            var sb = stat()
+            if lstat(dst, &sb) == 0 { throw HTTPFailure(status: 409, message: "DST \(dst) exists; Ferry links staged data there and does not overwrite") }
+        }
+        // Parents, owned by the job's user where we make them.
+        var made: [String] = []
+        var p = (dst as NSString).deletingLastPathComponent
+        for _ in 0..<4096 where !FileManager.default.fileExists(atPath: p) {
+            made.append(p)
+            p = (p as NSString).deletingLastPathComponent
+        }
+        for dir in made.reversed() {
+            guard mkdir(dir, 0o755) == 0 || errno == EEXIST else { throw HTTPFailure(status: 500, message: "cannot make \(dir): \(String(cString: strerror(errno)))") }
+            if let uid { _ = chown(dir, uid, gid ?? UInt32.max) }
+        }
+        guard symlink(target, dst) == 0 else { throw HTTPFailure(status: 500, message: "cannot link \(dst): \(String(cString: strerror(errno)))") }
+        if let uid { _ = lchown(dst, uid, gid ?? UInt32.max) }
+        try st.cache.recordLink(schedulerJob: job, path: dst, target: target)
+    }
+
+    // MARK: settling, eviction
+
+    /// Entries whose transfer ended: ready (bytes counted, then the cache trimmed to its
+    /// quota) or failed (the job's error).
+    func settle(_ st: StagingSettings) {
+        guard let entries = try? st.cache.entries() else { return }
+        var readied = false
+        for e in entries where e.state == .staging {
+            guard let id = e.job, let job = try? store.get(id) else { continue }
+            if job.state.satisfiesDependents {
+                try? st.cache.finish(e.id, state: .ready, bytes: DaemonAPI.bytes(under: e.path), now: now())
+                readied = true
+            } else if job.state == .failed || job.state == .upstreamFailed {
+                try? st.cache.finish(e.id, state: .failed, error: job.error ?? "the transfer failed", now: now())
+            }
+        }
+        if readied { evict(st) }
+    }
+
+    func evict(_ st: StagingSettings) {
+        for e in (try? st.cache.evictionCandidates(quota: st.quota)) ?? [] {
+            try? FileManager.default.removeItem(atPath: e.path)
+            try? st.cache.remove(e.id)
+        }
+    }
+
+    static func bytes(under path: String) -> Int64 {
+        var total: Int64 = 0
+        guard let walk = FileManager.default.enumerator(atPath: path) else { return 0 }
+        for case let rel as String in walk {
+            if let a = try? FileManager.default.attributesOfItem(atPath: path + "/" + rel), a[.type] as? FileAttributeType == .typeRegular {
+                total += (a[.size] as? NSNumber)?.int64Value ?? 0
+            }
+        }
+        return total
+    }
+
+    // MARK: teardown, sweep
+
+    func teardown(_ st: StagingSettings, job: String) throws -> [String: Any] {
+        var removed = 0
+        for l in try st.cache.links(schedulerJob: job) {
+            var buf = [CChar](repeating: 0, count: 4097)
+            let n = readlink(l.path, &buf, 4096)
+            if n >= 0, String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == l.target, unlink(l.path) == 0 { removed += 1 }
+        }
+        try st.cache.forgetLinks(schedulerJob: job)
+        let entries = try st.cache.unpin(schedulerJob: job)
+        let dropped = try dropOrphans(st, only: Set(entries))
+        evict(st)
+        return ["job": job, "unpinned": entries.count, "links_removed": removed, "transfers_cancelled": dropped]
+    }
+
+    /// Entries no job pins any more that are not ready (a transfer nobody waits for, or a
+    /// failed one): the transfer is cancelled, the directory and the row removed.
+    func dropOrphans(_ st: StagingSettings, only: Set<Int64>? = nil) throws -> Int {
+        var n = 0
+        for e in try st.cache.entries() where e.pins.isEmpty && e.state != .ready && (only?.contains(e.id) ?? true) {
+            if e.state == .staging, let j = e.job {
+                _ = try? store.cancel(j, by: "ferry-stage", now: now())
+                n += 1
+            }
+            try? FileManager.default.removeItem(atPath: e.path)
+            try st.cache.remove(e.id)
+        }
+        return n
+    }
+
+    func sweep(_ st: StagingSettings, keep: Set<String>?, maxPinHours: Int64) throws -> [String: Any] {
+        settle(st)
+        let expired = try st.cache.expirePins(keep: keep, before: now() - maxPinHours * 3600)
+        for j in expired {
+            for l in try st.cache.links(schedulerJob: j) where (try? FileManager.default.destinationOfSymbolicLink(atPath: l.path)) == l.target {
+                unlink(l.path)
+            }
+            try st.cache.forgetLinks(schedulerJob: j)
+        }
+        let dropped = try dropOrphans(st)
+        // Directories under the cache root that no entry owns (a crash between making one and
+        // recording it, or a database restored from backup).
+        let known = Set(try st.cache.entries().map { ($0.path as NSString).lastPathComponent })
+        var strays: [String] = []
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: st.rootReal)) ?? [] where !known.contains(name) {
+            try? FileManager.default.removeItem(atPath: st.rootReal + "/" + name)
+            strays.append(name)
+        }
+        evict(st)
+        return ["pins_expired": expired, "transfers_cancelled": dropped, "stray_directories": strays.sorted()]
+    }
+
+    // MARK: stage out
+
+    func stageOut(_ r: StageRequest) throws -> [StageItem] {
+        guard staging != nil else { throw HTTPFailure(status: 409, message: "no staging") }
+        let recorded = Dictionary(try staging!.cache.outbound(schedulerJob: r.job).map { ($0.index, $0) }, uniquingKeysWith: { a, _ in a })
+        var items: [StageItem] = []
+        for (i, d) in r.directives.filter({ $0.direction == .stageOut }).enumerated() {
+            var item = StageItem(line: d.line, direction: d.direction.rawValue, source: d.source, destination: d.destination, optional: d.optional, state: "staging")
+            do {
+                var o = recorded[i]
+                if let j = o?.job, let job = try store.get(j), job.state == .failed || job.state == .upstreamFailed {
+                    o = nil  // a failed delivery is tried again by a repeated stage-out
+                }
+                if o == nil || o?.job == nil {
+                    o = try submitOut(d, index: i, r)
+                }
+                item.job = o!.job
+                if let j = o!.job, let job = try store.get(j) {
+                    switch job.state {
+                    case .success, .skipped: item.state = "done"
+                    case .failed, .upstreamFailed:
+                        item.state = "failed"
+                        item.error = "\(d.source) -> \(d.destination): " + (job.error ?? "failed")
+                    default: item.state = "staging"
+                    }
+                }
+            } catch {
+                item.state = "failed"
+                item.error = "\(d.source) -> \(d.destination): " + message(error)
+            }
+            if item.state == "failed" && d.optional { item.state = "skipped" }
+            items.append(item)
+        }
+        return items
+    }
+
+    private func submitOut(_ d: StageDirective, index: Int, _ r: StageRequest) throws -> StagingCache.Outbound {
+        guard d.source.hasPrefix("/") else { throw HTTPFailure(status: 400, message: "a stage_out SRC is a local path (the job's results)") }
+        var sb = stat()
+        guard lstat(d.source, &sb) == 0 else { throw HTTPFailure(status: 404, message: "\(d.source) does not exist") }
+        let src = try exportPath(d.source, what: "SRC")
+        let dst: String
+        var peer = ""
+        if d.destination.hasPrefix("ferry://") {
+            dst = d.destination
+            peer = String(d.destination.dropFirst(8).prefix { $0 != "/" })
+        } else if d.destination.hasPrefix("/") {
+            dst = try exportPath(d.destination, what: "DST").job
+        } else {
+            throw HTTPFailure(status: 400, message: "a stage_out DST is ferry://CENTER/EXPORT/PATH or a local path; to publish results in Global Files, deliver them to the center and register them there")
+        }
+        var req = JobRequest(source: src.job, destination: dst)
+        req.recursive = (sb.st_mode & S_IFMT) == S_IFDIR
+        let id = try store.submit(owner: r.user, request: req, peer: peer, now: now())
+        let o = StagingCache.Outbound(schedulerJob: r.job, index: index, source: d.source, destination: d.destination, optional: d.optional, job: id, error: nil)
+        try staging!.cache.recordOutbound(o)
+        return o
+    }
+}

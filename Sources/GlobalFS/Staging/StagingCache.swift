@@ -1,0 +1,227 @@
+import Foundation
+
+/// A center's staging cache (prestaging for the batch scheduler): data staged in for jobs,
+/// keyed by what was asked for (a dataset path at a given registration, a ferry:// URL), so
+/// that ten jobs asking for the same thing share one transfer. Each entry is a directory
+/// under the cache root; jobs pin the entries they use while they are pending or running
+/// (`stage_pins`); unpinned ready entries are evicted least recently used when the cache is
+/// over its quota; a pinned entry is never evicted. Stage-out transfers and the links made
+/// in jobs' directories are recorded per job, so that stage-in, stage-out and teardown can run
+/// twice (the scheduler may) and end in the same state.
+///
+/// The daemon drives it (`Daemon/Staging.swift`); this is the bookkeeping, in the daemon's
+/// database (SQLite or PostgreSQL).
+public final class StagingCache: @unchecked Sendable {
+    public let db: any SQLDatabase
+
+    public enum State: String, Sendable, Codable { case staging, ready, failed }
+
+    public struct Entry: Sendable, Codable, Equatable {
+        public var id: Int64
+        public var key: String
+        public var source: String
+        /// The entry's directory (real path) and, inside it, what was staged.
+        public var path: String
+        public var state: State
+        public var bytes: Int64
+        /// The daemon job filling it.
+        public var job: Int64?
+        public var error: String?
+        public var created: Int64
+        public var lastUsed: Int64
+        public var pins: [String]
+    }
+
+    public struct Outbound: Sendable, Codable, Equatable {
+        public var schedulerJob: String
+        public var index: Int
+        public var source: String
+        public var destination: String
+        public var optional: Bool
+        public var job: Int64?
+        public var error: String?
+
+        public init(schedulerJob: String, index: Int, source: String, destination: String, optional: Bool, job: Int64?, error: String?) {
+            self.schedulerJob = schedulerJob; self.index = index; self.source = source; self.destination = destination
+            self.optional = optional; self.job = job; self.error = error
+        }
+    }
+
+    public init(db: any SQLDatabase) throws {
+        self.db = db
+        let pg = db.dialect == .postgres
+        let int = pg ? "BIGINT" : "INTEGER"
+        try db.write { s in
+            if pg { try s.execute("SELECT pg_advisory_xact_lock(7265729) AS locked") }
+            try s.execute("""
+                CREATE TABLE IF NOT EXISTS stage_entries (
+                    \(pg ? "id BIGSERIAL PRIMARY KEY" : "id INTEGER PRIMARY KEY AUTOINCREMENT"),
+                    key TEXT NOT NULL UNIQUE,
+                    source TEXT NOT NULL,
+                    path TEXT NOT NULL DEFAULT '',
+                    state TEXT NOT NULL,
+                    bytes \(int) NOT NULL DEFAULT 0,
+                    job \(int),
+                    error TEXT,
+                    created \(int) NOT NULL,
+                    last_used \(int) NOT NULL);
+                CREATE TABLE IF NOT EXISTS stage_pins (
+                    entry \(int) NOT NULL,
+                    sjob TEXT NOT NULL,
+                    created \(int) NOT NULL,
+                    PRIMARY KEY (entry, sjob));
+                CREATE TABLE IF NOT EXISTS stage_links (
+                    sjob TEXT NOT NULL,
+                    path TEXT NOT NULL,
+                    target TEXT NOT NULL,
+                    PRIMARY KEY (sjob, path));
+                CREATE TABLE IF NOT EXISTS stage_out (
+                    sjob TEXT NOT NULL,
+                    idx \(int) NOT NULL,
+                    source TEXT NOT NULL,
+                    destination TEXT NOT NULL,
+                    optional \(int) NOT NULL DEFAULT 0,
+                    job \(int),
+                    error TEXT,
+                    PRIMARY KEY (sjob, idx));
+                """)
+        }
+    }
+
+    static func entry(_ r: SQLRow, pins: [String]) -> Entry {
+        Entry(id: r.int("id"), key: r.text("key"), source: r.text("source"), path: r.text("path"), state: State(rawValue: r.text("state")) ?? .failed,
+              bytes: r.int("bytes"), job: r.optionalInt("job"), error: r.optionalText("error"), created: r.int("created"), lastUsed: r.int("last_used"), pins: pins)
+    }
+
+    func pins(_ s: any SQLSession, _ entry: Int64) throws -> [String] {
+        try s.query("SELECT sjob FROM stage_pins WHERE entry = ? ORDER BY sjob", entry).map { $0.text("sjob") }
+    }
+
+    public func entries() throws -> [Entry] {
+        try db.read { s in try s.query("SELECT * FROM stage_entries ORDER BY id").map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) } }
+    }
+
+    public func entry(key: String) throws -> Entry? {
+        try db.read { s in try s.one("SELECT * FROM stage_entries WHERE key = ?", key).map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) } }
+    }
+
+    public func entry(id: Int64) throws -> Entry? {
+        try db.read { s in try s.one("SELECT * FROM stage_entries WHERE id = ?", id).map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) } }
+    }
+
+    /// The entry for `key`, pinned by `schedulerJob`: an existing one (a failed one is reset to
+    /// staging, `created` true, so the caller starts a new transfer), or a new one in state
+    /// staging (`created` true). One transaction: two jobs asking at once get one entry.
+    public func pin(key: String, source: String, schedulerJob: String, now: Int64, path: (Int64) -> String) throws -> (entry: Entry, created: Bool) {
+        try db.write { s in
+            var created = false
+            if let r = try s.one("SELECT * FROM stage_entries WHERE key = ?", key) {
+                if r.text("state") == State.failed.rawValue {
+                    try s.execute("UPDATE stage_entries SET state = 'staging', error = NULL, job = NULL, last_used = ? WHERE id = ?", now, r.int("id"))
+                    created = true
+                } else {
+                    try s.execute("UPDATE stage_entries SET last_used = ? WHERE id = ?", now, r.int("id"))
+                }
+            } else {
+                // Two jobs asking at once (PostgreSQL, several daemons): one insert wins.
+                created = try s.execute("INSERT INTO stage_entries (key, source, state, created, last_used) VALUES (?, ?, 'staging', ?, ?) ON CONFLICT (key) DO NOTHING",
+                                        key, source, now, now) > 0
+            }
+            guard let row = try s.one("SELECT * FROM stage_entries WHERE key = ?", key) else { throw CatalogError(.io, "staging entry not stored") }
+            let id = row.int("id")
+            if row.text("path").isEmpty { try s.execute("UPDATE stage_entries SET path = ? WHERE id = ?", path(id), id) }
+            try s.execute("INSERT INTO stage_pins (entry, sjob, created) VALUES (?, ?, ?) ON CONFLICT (entry, sjob) DO NOTHING", id, schedulerJob, now)
+            let fresh = try s.one("SELECT * FROM stage_entries WHERE id = ?", id)!
+            return (StagingCache.entry(fresh, pins: try pins(s, id)), created)
+        }
+    }
+
+    public func setJob(_ entry: Int64, job: Int64) throws {
+        try db.write { s in _ = try s.execute("UPDATE stage_entries SET job = ? WHERE id = ?", job, entry) }
+    }
+
+    public func finish(_ entry: Int64, state: State, bytes: Int64 = 0, error: String? = nil, now: Int64) throws {
+        try db.write { s in
+            _ = try s.execute("UPDATE stage_entries SET state = ?, bytes = ?, error = ?, last_used = ? WHERE id = ?", state.rawValue, bytes, error, now, entry)
+        }
+    }
+
+    /// Removes `schedulerJob`'s pins; returns the entries it had pinned.
+    public func unpin(schedulerJob: String) throws -> [Int64] {
+        try db.write { s in
+            let ids = try s.query("SELECT entry FROM stage_pins WHERE sjob = ?", schedulerJob).map { $0.int("entry") }
+            try s.execute("DELETE FROM stage_pins WHERE sjob = ?", schedulerJob)
+            return ids
+        }
+    }
+
+    /// Removes pins of jobs not in `keep`, and pins older than `before` (Unix seconds).
+    public func expirePins(keep: Set<String>?, before: Int64) throws -> [String] {
+        try db.write { s in
+            var gone: [String] = []
+            for r in try s.query("SELECT DISTINCT sjob, created FROM stage_pins") {
+                let j = r.text("sjob")
+                if (keep.map { !$0.contains(j) } ?? false) || r.int("created") < before { gone.append(j) }
+            }
+            for j in Set(gone) { try s.execute("DELETE FROM stage_pins WHERE sjob = ?", j) }
+            return Array(Set(gone)).sorted()
+        }
+    }
+
+    /// Deletes an entry's row (and pins): the caller removes its directory.
+    public func remove(_ entry: Int64) throws {
+        try db.write { s in
+            try s.execute("DELETE FROM stage_pins WHERE entry = ?", entry)
+            try s.execute("DELETE FROM stage_entries WHERE id = ?", entry)
+        }
+    }
+
+    /// Ready, unpinned entries to evict, least recently used first, until the ready bytes fit
+    /// in `quota`. Pinned entries are never chosen (the cache may then stay over quota).
+    public func evictionCandidates(quota: Int64) throws -> [Entry] {
+        let all = try entries().filter { $0.state == .ready }
+        var total = all.reduce(0) { $0 + $1.bytes }
+        var out: [Entry] = []
+        for e in all.filter({ $0.pins.isEmpty }).sorted(by: { ($0.lastUsed, $0.id) < ($1.lastUsed, $1.id) }) where total > quota {
+            out.append(e)
+            total -= e.bytes
+        }
+        return out
+    }
+
+    // MARK: links and stage-out
+
+    public func recordLink(schedulerJob: String, path: String, target: String) throws {
+        try db.write { s in
+            _ = try s.execute("INSERT INTO stage_links (sjob, path, target) VALUES (?, ?, ?) ON CONFLICT (sjob, path) DO UPDATE SET target = excluded.target",
+                              schedulerJob, path, target)
+        }
+    }
+
+    public func links(schedulerJob: String) throws -> [(path: String, target: String)] {
+        try db.read { s in try s.query("SELECT path, target FROM stage_links WHERE sjob = ? ORDER BY path", schedulerJob).map { ($0.text("path"), $0.text("target")) } }
+    }
+
+    public func forgetLinks(schedulerJob: String) throws {
+        try db.write { s in _ = try s.execute("DELETE FROM stage_links WHERE sjob = ?", schedulerJob) }
+    }
+
+    public func outbound(schedulerJob: String) throws -> [Outbound] {
+        try db.read { s in
+            try s.query("SELECT * FROM stage_out WHERE sjob = ? ORDER BY idx", schedulerJob).map {
+                Outbound(schedulerJob: $0.text("sjob"), index: Int($0.int("idx")), source: $0.text("source"), destination: $0.text("destination"),
+                         optional: $0.int("optional") != 0, job: $0.optionalInt("job"), error: $0.optionalText("error"))
+            }
+        }
+    }
+
+    public func recordOutbound(_ o: Outbound) throws {
+        try db.write { s in
+            _ = try s.execute("""
+                INSERT INTO stage_out (sjob, idx, source, destination, optional, job, error) VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (sjob, idx) DO UPDATE SET source = excluded.source, destination = excluded.destination,
+                    optional = excluded.optional, job = excluded.job, error = excluded.error
+                """, o.schedulerJob, Int64(o.index), o.source, o.destination, o.optional, o.job, o.error)
+        }
+    }
+}
