@@ -1,0 +1,100 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import GlobalFS
+
+/// The #FERRY directive rules (the same as contrib/slurm/burst_buffer.lua's) and the staging
+/// cache's bookkeeping on both engines.
+@Suite("Prestaging units")
+struct StagingTests {
+    @Test("directives: the leading block only, %j and %%, options, and every refusal names its line")
+    func directives() throws {
+        let good = """
+            #!/bin/bash
+            #SBATCH -N 1
+
+            #FERRY stage_in --checksum gfs://wuxi/zinc22@2024/H20 /scratch/%j/in
+            #FERRY stage_in --optional ferry://hlrs/data/x.nc /scratch/%j/x.nc
+            #FERRY stage_out /scratch/%j/out ferry://wuxi/results/100%%-%j
+            srun ./dock
+            # a comment after the command is fine
+            """
+        let d = try Directives.parse(good, jobID: "4711")
+        #expect(d.count == 3)
+        #expect(d[0] == StageDirective(direction: .stageIn, source: "gfs://wuxi/zinc22@2024/H20", destination: "/scratch/4711/in", checksum: true, line: 4))
+        #expect(d[1].optional && !d[1].checksum && d[1].line == 5)
+        #expect(d[2].direction == .stageOut && d[2].destination == "ferry://wuxi/results/100%-4711")
+        // A copy Slurm already substituted is taken as it is.
+        #expect(try Directives.parse("#!/bin/sh\n#FERRY stage_in gfs://a/b /s/77\n", jobID: nil)[0].destination == "/s/77")
+        #expect(try Directives.parse("#!/bin/sh\necho no directives\n", jobID: "1").isEmpty)
+
+        func refusal(_ script: String) -> String {
+            do { _ = try Directives.parse(script, jobID: "1"); return "accepted" } catch { return "\(error)" }
+        }
+        #expect(refusal("#!/bin/sh\nhostname\n#FERRY stage_in gfs://a/b /x\n") == "line 3: #FERRY directive after the first command would be ignored by Slurm; move it above")
+        #expect(refusal("#!/bin/sh\n   \n#FERRY stage_in gfs://a/b /x\n").contains("line 3: #FERRY directive after line 2, which holds only blanks"))
+        #expect(refusal("#!/bin/sh\nhostname\n   #FERRY stage_out /a ferry://b/c\n").hasPrefix("line 3: #FERRY directive after the first command"))
+        #expect(refusal("#FERRY stage_in gfs://a/b\n") == "line 1: stage_in needs SRC and DST, got 1 argument")
+        #expect(refusal("#FERRY stage_in gfs://a/b relative/dst\n") == "line 1: DST 'relative/dst' is not gfs://..., ferry://... or an absolute path")
+        #expect(refusal("#FERRY stage_in http://a/b /x\n").contains("SRC 'http://a/b' is not gfs://"))
+        #expect(refusal("#FERRY stage_out --checksum /a ferry://b/c\n") == "line 1: unknown option '--checksum' for stage_out")
+        #expect(refusal("#FERRY stage_in --fast gfs://a/b /x\n") == "line 1: unknown option '--fast' for stage_in")
+        #expect(refusal("#FERRY copy gfs://a/b /x\n").contains("unknown #FERRY verb 'copy'"))
+        #expect(refusal("#FERRYX stage_in gfs://a/b /x\n").contains("unknown directive '#FERRYX'"))
+        #expect(refusal("#FERRY stage_in gfs://a/b /x/%u\n").contains("contains '%u'; only %j (job id) and %% are allowed"))
+        #expect(refusal("#FERRY stage_in gfs://a/b /x\r\n").contains("carriage return"))
+        #expect(refusal("#FERRY stage_in gfs://a/b \\\n/x\n").contains("line continuation"))
+        #expect(refusal("#FERRY\n").contains("needs stage_in or stage_out"))
+        // Not a directive: other #-lines, and #FERRY inside a word after the block.
+        #expect(refusal("#!/bin/sh\n#SBATCH -J x\nhostname\necho '#FERRYX'\n# FERRY stage_in a b\n") == "accepted")
+    }
+
+    @Test("staging cache: one entry for concurrent askers, pins, LRU eviction of unpinned ready entries only, expiry of dead jobs' pins", arguments: Backend.allCases)
+    func cache(_ backend: Backend) throws {
+        let c = try StagingCache(db: try openDatabase(try backend.newDatabase()))
+        // Ten jobs ask for one source at once: one entry, created once, ten pins.
+        let created = Counter()
+        DispatchQueue.concurrentPerform(iterations: 10) { k in
+            if let r = try? c.pin(key: "gfs://wuxi/genome/#1", source: "gfs://wuxi/genome", schedulerJob: "j\(k)", now: 100, path: { "/cache/\($0)" }), r.created {
+                created.add()
+            }
+        }
+        #expect(created.value == 1)
+        let all = try c.entries()
+        #expect(all.count == 1 && all[0].pins.count == 10 && all[0].state == .staging && all[0].path == "/cache/\(all[0].id)")
+        let genome = all[0].id
+        try c.finish(genome, state: .ready, bytes: 10, now: 110)
+        // Two more entries; quota 25 with 10 + 10 + 10 ready.
+        let a = try c.pin(key: "a", source: "a", schedulerJob: "ja", now: 120) { "/cache/\($0)" }.entry.id
+        let b = try c.pin(key: "b", source: "b", schedulerJob: "jb", now: 130) { "/cache/\($0)" }.entry.id
+        try c.finish(a, state: .ready, bytes: 10, now: 120)
+        try c.finish(b, state: .ready, bytes: 10, now: 130)
+        #expect(try c.evictionCandidates(quota: 25).isEmpty)  // everything pinned
+        for k in 0..<10 { _ = try c.unpin(schedulerJob: "j\(k)") }
+        _ = try c.unpin(schedulerJob: "ja")
+        // Unpinned: genome (used at 110) and a (120); one must go, the least recently used.
+        #expect(try c.evictionCandidates(quota: 25).map(\.id) == [genome])
+        #expect(try c.evictionCandidates(quota: 5).map(\.id) == [genome, a])  // b stays pinned even over quota
+        // A failed entry asked for again is reset to staging (a new transfer).
+        try c.finish(a, state: .failed, error: "peer down", now: 140)
+        let again = try c.pin(key: "a", source: "a", schedulerJob: "jc", now: 150) { "/cache/\($0)" }
+        #expect(again.created && again.entry.state == .staging && again.entry.error == nil && again.entry.id == a)
+        // Dead jobs' pins: not in the scheduler's list, or older than the limit.
+        #expect(try c.expirePins(keep: ["jc"], before: 0) == ["jb"])
+        #expect(try c.expirePins(keep: nil, before: 151) == ["jc"])
+        #expect(try c.entries().allSatisfy { $0.pins.isEmpty })
+        // Links and stage-outs are remembered per job, for idempotent repeats and teardown.
+        try c.recordLink(schedulerJob: "j1", path: "/s/1/in", target: "/cache/1/data")
+        try c.recordLink(schedulerJob: "j1", path: "/s/1/in", target: "/cache/1/data")
+        #expect(try c.links(schedulerJob: "j1").map(\.path) == ["/s/1/in"])
+        try c.recordOutbound(.init(schedulerJob: "j1", index: 0, source: "/s/1/out", destination: "ferry://w/r", optional: false, job: 7, error: nil))
+        #expect(try c.outbound(schedulerJob: "j1").first?.job == 7)
+    }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add() { lock.withLock { n += 1 } }
+    var value: Int { lock.withLock { n } }
+}
