@@ -328,5 +328,35 @@ struct SlurmE2ETests {
         #expect(try !site.cache().contains { ($0["pins"] as? [String] ?? []).contains("999999") })
         #expect(!FileManager.default.fileExists(atPath: sb.file("hlrs/cache/stage/stray-from-a-crash")))
         #expect(!FileManager.default.fileExists(atPath: S + "/ghost/a"))
+
+        // (9) Other schedulers: the PBS prologue and epilogue (contrib/pbs), run as PBS would,
+        // block until the data is there or fail with the reason as their last line.
+        let pbs = try sb.dir("pbs/mom_priv/jobs")
+        try writeFile(pbs + "/42.pbs.SC", Array("#!/bin/sh\n#PBS -N dock\n#FERRY stage_in gfs://wuxi/lib \(S)/pbs42/l\n./dock\n".utf8))
+        try writeFile(pbs + "/43.pbs.SC", Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/not-there \(S)/pbs43/l\n./dock\n".utf8))
+        let bin = (E2E.ferryBinary as NSString).deletingLastPathComponent
+        let env = ["PBS_HOME": sb.file("pbs"), "FERRY_API": site.api["hlrs"]!, "FERRY_TOKEN_FILE": site.operatorToken,
+                   "PATH": bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")]
+        let pro = SlurmE2ETests.sh("'\(E2E.packageRoot)/contrib/pbs/prologue' 42.pbs ferryjob ferryjob", timeout: 120, env: env)
+        #expect(pro.status == 0, "\(pro.output)")
+        #expect(filesIdentical(S + "/pbs42/l/part 1.bin", sb.file("wuxi/data/lib/part 1.bin")))
+        let bad = SlurmE2ETests.sh("'\(E2E.packageRoot)/contrib/pbs/prologue' 43.pbs ferryjob ferryjob", timeout: 120, env: env)
+        let reason = bad.output.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(bad.status == 1 && reason.contains("gfs://wuxi/not-there") && reason.contains("no dataset"), "\(bad.output)")
+        let epi = SlurmE2ETests.sh("'\(E2E.packageRoot)/contrib/pbs/epilogue' 42.pbs ferryjob ferryjob", timeout: 120, env: env)
+        #expect(epi.status == 0 && !FileManager.default.fileExists(atPath: S + "/pbs42/l"), "\(epi.output)")
+        // Without waiting: "still staging" is exit 75 (EX_TEMPFAIL); asked again, it is done.
+        try writeFile(pbs + "/44.pbs.SC", Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/slow \(S)/pbs44/s\n".utf8))
+        _ = try site.ferry("hlrs", ["stage", "teardown", "--job", id8])
+        let evictSlow = try site.cache().filter { $0["source"] as? String == "gfs://wuxi/slow" }
+        if evictSlow.isEmpty {
+            let nowait = try sb.ferry(["stage-in", "--no-wait", "--api", site.api["hlrs"]!, "--token-file", site.operatorToken, "--job", "44",
+                                       "--script", pbs + "/44.pbs.SC"], timeout: 60)
+            #expect(nowait.status == 75 && nowait.stderr.contains("still staging"), "\(nowait)")
+        }
+        let waited = try sb.ferry(["stage-in", "--wait", "--api", site.api["hlrs"]!, "--token-file", site.operatorToken, "--job", "44",
+                                   "--script", pbs + "/44.pbs.SC"], timeout: 120)
+        #expect(waited.status == 0 && waited.stdout.contains("done"), "\(waited)")
+        #expect(filesIdentical(S + "/pbs44/s/part 1.bin", sb.file("wuxi/data/slow/part 1.bin")))
     }
 }
