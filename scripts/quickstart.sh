@@ -4,8 +4,10 @@
 # loopback with one export, push a sample tree to it with `ferry cp -r` (TLS 1.3 control,
 # AES-256-GCM data: the default `--protection private`), verify the copy byte for byte, pull it
 # back, show that a rerun transfers nothing, then let the center's daemon push the dataset to a
-# second center (third-party transfer: this shell only watches), register it in Global Files
-# and list it, and print the audit log. Everything lives in a temporary directory.
+# second center (third-party transfer: this shell only watches), register it in Global Files,
+# list it from the other center (federation), replicate it there and read it back through
+# gfs:// from the new replica, and print the audit log. Everything lives in a temporary
+# directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -33,29 +35,48 @@ echo "== a federation CA, the certificate of center 'hlrs', a token for user 'al
 "$ferry" ca issue --dir "$work/pki" --center hlrs --host 127.0.0.1 --host ::1
 "$ferry" ca issue --dir "$work/pki" --center wuxi --host 127.0.0.1 >/dev/null
 "$ferry" token issue --cert "$work/pki/hlrs.crt" --key "$work/pki/hlrs.key" \
-    --user alice --scope rw:/datasets/sample --ttl 1h > "$work/alice.token"
-# A second center, wuxi: its export "incoming" admits center hlrs (hlrs's daemon pushes there).
+    --user alice --scope rw:/datasets/sample --scope rw:/incoming/replicas --ttl 1h > "$work/alice.token"
+# Four free loopback ports: each center's transfer server and daemon API (the two centers
+# name each other in [[peer]], so the ports are chosen before either starts).
+read -r wport wapi hport hapi < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(4)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+# A second center, wuxi, with its daemon: its export "incoming" admits center hlrs (hlrs's
+# daemon pushes there); it follows hlrs's catalog and takes replicas under /incoming/replicas.
 cat > "$work/wuxi.toml" <<TOML
 center = "wuxi"
-listen = ["127.0.0.1:0"]
+listen = ["127.0.0.1:$wport"]
 certificate = "pki/wuxi.crt"
 key = "pki/wuxi.key"
 ca = "pki/ca.crt"
+token_issuers = ["pki/hlrs.crt"]
+
+[daemon]
+database = "wuxi.sqlite"
+api_listen = "127.0.0.1:$wapi"
+sync_seconds = 1
+replicas = "/incoming/replicas"
+
+[[peer]]
+name = "hlrs"
+address = "127.0.0.1:$hport"
+api = "127.0.0.1:$hapi"
 
 [[export]]
 name = "incoming"
 path = "center-w"
 access = "rw"
-users = ["center:hlrs"]
+users = ["center:hlrs", "*"]
 TOML
 "$ferry" serve --config "$work/wuxi.toml" > "$work/wuxi.out" 2> "$work/wuxi.log" &
 peer_pid=$!
-for _ in $(seq 1 100); do grep -q listening "$work/wuxi.out" && break; sleep 0.1; done
-wport=$(grep -o '[0-9]*$' "$work/wuxi.out" | head -1)
+for _ in $(seq 1 100); do grep -q "api listening" "$work/wuxi.out" && break; sleep 0.1; done
 
 cat > "$work/hlrs.toml" <<TOML
 center = "hlrs"
-listen = ["127.0.0.1:0"]
+listen = ["127.0.0.1:$hport"]
 certificate = "pki/hlrs.crt"
 key = "pki/hlrs.key"
 ca = "pki/ca.crt"
@@ -63,17 +84,19 @@ audit_log = "audit.jsonl"
 
 [daemon]
 database = "jobs.sqlite"
-api_listen = "127.0.0.1:0"
+api_listen = "127.0.0.1:$hapi"
+sync_seconds = 1
 
 [[peer]]
 name = "wuxi"
 address = "127.0.0.1:$wport"
+api = "127.0.0.1:$wapi"
 
 [[export]]
 name = "datasets"
 path = "center-b"
 access = "rw"
-users = ["*"]
+users = ["*", "center:wuxi"]
 TOML
 
 "$ferry" serve --config "$work/hlrs.toml" > "$work/serve.out" 2> "$work/serve.log" &
@@ -111,6 +134,20 @@ export FERRY_API="$api"
 "$ferry" datasets
 "$ferry" ls -l gfs://hlrs/sample@v1
 "$ferry" du gfs://hlrs/sample@v1
+
+echo "== federation: wuxi's daemon follows hlrs's catalog; asked at wuxi, the listing is answered there"
+wuxi_api="http://127.0.0.1:$wapi"
+for _ in $(seq 1 60); do FERRY_API="$wuxi_api" "$ferry" ls gfs://hlrs/sample@v1 >/dev/null 2>&1 && break; sleep 0.5; done
+FERRY_API="$wuxi_api" "$ferry" datasets
+FERRY_API="$wuxi_api" "$ferry" stat --replicas gfs://hlrs/sample@v1
+echo "== replicate it to wuxi (asked at hlrs: the request goes to wuxi's daemon, which pulls it)"
+"$ferry" replicate gfs://hlrs/sample@v1 --to wuxi --wait
+diff -r --no-dereference "$work/sample" "$work/center-w/replicas/hlrs/sample@v1"
+echo "== verified: the replica is byte-identical; at wuxi it is now the first choice"
+FERRY_API="$wuxi_api" "$ferry" stat --replicas gfs://hlrs/sample@v1
+FERRY_API="$wuxi_api" "$ferry" cp -r gfs://hlrs/sample@v1/smiles "$work/from-gfs"
+diff -r "$work/sample/smiles" "$work/from-gfs"
+echo "== verified: read through gfs:// from wuxi's replica"
 
 echo "== server log:"
 cat "$work/serve.log"

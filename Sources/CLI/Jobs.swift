@@ -41,7 +41,14 @@ struct APIOptions: ParsableArguments {
         }
         let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var result: (Data?, URLResponse?, Error?) = (nil, nil, nil)
-        URLSession.shared.dataTask(with: req) { d, r, e in
+        // The shared session gives up after 60 s without an answer whatever the request says
+        // (FoundationNetworking); a registration of 10 M files takes longer.
+        let config = URLSessionConfiguration.default
+        config.timeoutIntervalForRequest = timeout
+        config.timeoutIntervalForResource = timeout + 1
+        let session = URLSession(configuration: config)
+        defer { session.finishTasksAndInvalidate() }
+        session.dataTask(with: req) { d, r, e in
             result = (d, r, e)
             done.signal()
         }.resume()
