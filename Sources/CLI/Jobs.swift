@@ -29,6 +29,18 @@ struct APIOptions: ParsableArguments {
 
     /// Calls the API; returns the decoded JSON object, or exits 1 with the daemon's error.
     func call(_ method: String, _ path: String, body: [String: Any]? = nil, timeout: Double = 30) throws -> [String: Any] {
+        do { return try request(method, path, body: body, timeout: timeout) } catch let f as APIFailure { fail(f.message) }
+    }
+
+    /// What went wrong with a call; `transient` when asking again may work (no answer, a
+    /// timeout, a 5xx), not when the daemon refused (4xx).
+    struct APIFailure: Error {
+        var message: String
+        var transient: Bool
+    }
+
+    /// Calls the API; returns the decoded JSON object or throws `APIFailure`.
+    func request(_ method: String, _ path: String, body: [String: Any]? = nil, timeout: Double = 30) throws -> [String: Any] {
         let env = ProcessInfo.processInfo.environment
         guard let base = api ?? env["FERRY_API"], let url = URL(string: base + path) else { throw ValidationError("give the daemon's API: --api http://HOST:PORT or FERRY_API") }
         guard let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"] else { throw ValidationError("give your token: --token-file FILE or FERRY_TOKEN_FILE") }
@@ -52,11 +64,11 @@ struct APIOptions: ParsableArguments {
             result = (d, r, e)
             done.signal()
         }.resume()
-        if done.wait(timeout: .now() + timeout + 5) == .timedOut { fail("\(base) did not answer within \(Int(timeout)) s") }
-        if let e = result.2 { fail("cannot reach \(base): \(e.localizedDescription)") }
+        if done.wait(timeout: .now() + timeout + 5) == .timedOut { throw APIFailure(message: "\(base) did not answer within \(Int(timeout)) s", transient: true) }
+        if let e = result.2 { throw APIFailure(message: "cannot reach \(base): \(e.localizedDescription)", transient: true) }
         let status = (result.1 as? HTTPURLResponse)?.statusCode ?? 0
         let obj = (result.0.flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]) ?? [:]
-        if !(200..<300).contains(status) { fail("\(obj["error"] as? String ?? "HTTP \(status)")") }
+        if !(200..<300).contains(status) { throw APIFailure(message: "\(obj["error"] as? String ?? "HTTP \(status)")", transient: status >= 500 || status == 0) }
         return obj
     }
 

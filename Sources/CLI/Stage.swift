@@ -58,13 +58,27 @@ struct StageOptions: ParsableArguments {
         if let g = who.gid { body["gid"] = Int(g) }
         let start = Date()
         var items: [[String: Any]] = []
+        var answered = false
+        var lastFailure = ""
         for _ in 0..<max(1, timeout) {
-            items = (try api.call("POST", route, body: body)["items"] as? [[String: Any]]) ?? []
+            do {
+                items = (try api.request("POST", route, body: body, timeout: 120)["items"] as? [[String: Any]]) ?? []
+                answered = true
+            } catch let f as APIOptions.APIFailure {
+                // A daemon that is restarting or overloaded: ask again (the request is
+                // idempotent) until the deadline; a refusal ends it at once.
+                guard f.transient, wait, Date().timeIntervalSince(start) < Double(timeout) else { fail(f.message) }
+                if f.message != lastFailure { FileHandle.standardError.write("ferry: \(f.message); asking again\n".data(using: .utf8)!) }
+                lastFailure = f.message
+                Thread.sleep(forTimeInterval: 2)
+                continue
+            }
             let staging = items.contains { $0["state"] as? String == "staging" }
             if !staging || !wait { break }
             if Date().timeIntervalSince(start) > Double(timeout) { break }
             Thread.sleep(forTimeInterval: 1)
         }
+        if !answered { fail(lastFailure.isEmpty ? "no answer from the daemon" : lastFailure) }
         if api.json { api.show(["job": job, "items": items]) }
         var failed: String?
         var pending = false

@@ -79,7 +79,7 @@ extension DaemonAPI {
         router.post("/api/v1/stage/teardown") { request, _ in
             try await handle(request) { user in
                 let st = try stagingFor(user)
-                let body = try JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 16))) as? [String: Any] ?? [:]
+                let body = (try? JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 16)))) as? [String: Any] ?? [:]
                 guard let job = body["job"] as? String, !job.isEmpty else { throw HTTPFailure(status: 400, message: "give {\"job\": \"ID\"}") }
                 return json(200, try teardown(st, job: job))
             }
@@ -87,7 +87,7 @@ extension DaemonAPI {
         router.post("/api/v1/stage/sweep") { request, _ in
             try await handle(request) { user in
                 let st = try stagingFor(user)
-                let body = try JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 22))) as? [String: Any] ?? [:]
+                let body = (try? JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 22)))) as? [String: Any] ?? [:]
                 let keep = (body["keep_jobs"] as? [String]).map(Set.init)
                 let hours = (body["max_pin_hours"] as? NSNumber)?.int64Value ?? st.maxPinHours
                 return json(200, try sweep(st, keep: keep, maxPinHours: hours))
