@@ -82,7 +82,8 @@ extension Ferry {
             if api.json { api.show(r); return }
             if let e = r["entry"] as? [String: Any] { print(entryLine(e, long: true)) }
             if let d = r["dataset"] as? [String: Any] {
-                print("dataset: gfs://\(d["center"] as? String ?? "")/\(d["name"] as? String ?? "") owner \(d["owner"] as? String ?? "") \(d["file_count"] as? Int ?? 0) files \(byteText(UInt64(d["bytes"] as? Int ?? 0)))")
+                let version = (d["version"] as? String).map { $0.isEmpty ? "" : "@" + $0 } ?? ""
+                print("dataset: gfs://\(d["center"] as? String ?? "")/\(d["name"] as? String ?? "")\(version) owner \(d["owner"] as? String ?? "") \(d["file_count"] as? Int ?? 0) files \(byteText(UInt64(d["bytes"] as? Int ?? 0)))")
             }
             for rep in (r["replicas"] as? [[String: Any]]) ?? [] {
                 let rank = (rep["rank"] as? Int).map { "#\($0)" } ?? "--"
