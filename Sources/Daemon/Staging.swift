@@ -244,9 +244,12 @@ extension DaemonAPI {
             throw HTTPFailure(status: 400, message: "\(what) '\(path)' must be an absolute path without . or ..")
         }
         guard let runner else { throw HTTPFailure(status: 503, message: "no runner") }
-        // The deepest existing ancestor, resolved.
-        var probe = path
-        var rest: [String] = []
+        // The deepest existing ancestor of the parent, resolved; the last component is taken
+        // as it is (it may be the link a previous stage-in of this job made: resolving it
+        // would lead into the cache).
+        let last = (path as NSString).lastPathComponent
+        var probe = (path as NSString).deletingLastPathComponent
+        var rest: [String] = last.isEmpty ? [] : [last]
         for _ in 0..<4096 {
             if let r = realpath(probe, nil) {
                 let real = String(cString: r)
