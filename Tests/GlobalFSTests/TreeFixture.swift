@@ -6,13 +6,41 @@ import GlobalFS
 final class Tree {
     let root: String
 
+    /// Whether `root` is a tmpfs this tree mounted (unmounted when it goes).
+    private var mounted = false
+
     init() throws {
         var t = Array("/tmp/ferry-gfs-XXXXXX".utf8CString)
         guard let p = mkdtemp(&t) else { throw CatalogError(.io, "mkdtemp failed") }
         root = String(cString: p)
     }
 
-    deinit { _ = try? FileManager.default.removeItem(atPath: root) }
+    /// A tree on a tmpfs of its own without an inode limit (a million entries in one
+    /// directory: /tmp's ext4 takes minutes to create them, /dev/shm has ~3 M inodes for
+    /// everything). Needs root, as the test command runs.
+    convenience init(tmpfsMiB: Int) throws {
+        try self.init()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/mount")
+        p.arguments = ["-t", "tmpfs", "-o", "size=\(tmpfsMiB)m,nr_inodes=0,mode=0755", "ferry-gfs-test", root]
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw CatalogError(.io, "mount -t tmpfs on \(root) failed") }
+        mounted = true
+    }
+
+    deinit {
+        if mounted {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/umount")
+            p.arguments = [root]
+            try? p.run()
+            p.waitUntilExit()
+            rmdir(root)
+        } else {
+            _ = try? FileManager.default.removeItem(atPath: root)
+        }
+    }
 
     func full(_ path: String) -> String { root + "/" + path }
 
