@@ -144,6 +144,7 @@ echo "== replicate it to wuxi (asked at hlrs: the request goes to wuxi's daemon,
 "$ferry" replicate gfs://hlrs/sample@v1 --to wuxi --wait
 diff -r --no-dereference "$work/sample" "$work/center-w/replicas/hlrs/sample@v1"
 echo "== verified: the replica is byte-identical; at wuxi it is now the first choice"
+for _ in $(seq 1 20); do FERRY_API="$wuxi_api" "$ferry" stat --replicas gfs://hlrs/sample@v1 | grep -q "^replica #1.wuxi" && break; sleep 0.5; done
 FERRY_API="$wuxi_api" "$ferry" stat --replicas gfs://hlrs/sample@v1
 FERRY_API="$wuxi_api" "$ferry" cp -r gfs://hlrs/sample@v1/smiles "$work/from-gfs"
 diff -r "$work/sample/smiles" "$work/from-gfs"
