@@ -1,8 +1,8 @@
 // Global Files through a daemon: register a directory of center hlrs as a dataset, then list,
 // stat, find and du it with the `ferry` commands (the daemon's catalog API), copy from it with a
 // gfs:// source; re-register after
-// a change; a private dataset stays invisible to another user. Federation between centers is
-// not built yet (docs/NEXT.md).
+// a change; a private dataset stays invisible to another user. Federation between centers:
+// FederationTests.swift.
 
 import Foundation
 import Testing
