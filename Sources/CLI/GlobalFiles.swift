@@ -87,7 +87,7 @@ extension Ferry {
             }
             for rep in (r["replicas"] as? [[String: Any]]) ?? [] {
                 let rank = (rep["rank"] as? Int).map { "#\($0)" } ?? "--"
-                let verified = (rep["verified_at"] as? Int).map { "verified " + isoDate($0) } ?? "not verified"
+                let verified = (rep["verified_at"] as? Int).map { "verified " + isoTimeOrNever(Int64($0)) } ?? "not verified"
                 if replicas {
                     print("replica \(rank)\t\(rep["center"] as? String ?? "")\t\(rep["state"] as? String ?? "")\t\(verified)\t\(rep["url"] as? String ?? "-")\t\(rep["reason"] as? String ?? "")")
                 } else {
@@ -157,7 +157,7 @@ extension Ferry {
             print("\(r["center"] as? String ?? "")\t(this center)")
             for c in (r["centers"] as? [[String: Any]]) ?? [] {
                 let up = c["reachable"] as? Bool == true
-                print("\(c["name"] as? String ?? "")\t\(up ? "up" : "DOWN (stale)")\tsynced \(isoDate(c["last_sync"] as? Int ?? 0))\tseq \(c["last_seq"] as? Int ?? 0)\t\(c["api"] as? String ?? "")")
+                print("\(c["name"] as? String ?? "")\t\(up ? "up" : "DOWN (stale)")\tsynced \(isoTimeOrNever(Int64(c["last_sync"] as? Int ?? 0)))\tseq \(c["last_seq"] as? Int ?? 0)\t\(c["api"] as? String ?? "")")
             }
         }
     }
@@ -202,9 +202,6 @@ func warnStale(_ path: String) {
     FileHandle.standardError.write("ferry: warning: the center of \(path) is down; this is its last known state (stale)\n".data(using: .utf8)!)
 }
 
-func isoDate(_ t: Int) -> String {
-    t <= 0 ? "never" : ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(t)))
-}
 
 func query(_ items: [(String, String)]) -> String {
     var c = URLComponents()

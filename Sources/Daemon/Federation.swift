@@ -222,7 +222,7 @@ public final class Federation: @unchecked Sendable {
     func settleReplicas() {
         guard let staging = try? catalog.stagingReplicas(at: me) else { return }
         for r in staging {
-            guard let id = r.job, let job = try? store.get(id), job.state.isFinal || job.state == .failed else { continue }
+            guard let id = r.job, let job = try? store.get(id), job.state.isFinal else { continue }
             var done = r
             if job.state.satisfiesDependents {
                 guard let d = try? catalog.dataset(r.dataset, as: .operator) else { continue }

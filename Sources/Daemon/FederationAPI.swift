@@ -25,7 +25,7 @@ extension DaemonAPI {
                 let after = q["after"].flatMap { Int64(String($0)) } ?? 0
                 let limit = q["limit"].flatMap { Int(String($0)) } ?? 1000
                 let changes = try catalog.changes(after: after, limit: limit)
-                let head = try lastSeq(catalog)
+                let head = try catalog.lastChangeSeq()
                 return try codable(200, FeedPage(changes: changes, lastSeq: head))
             }
         }
@@ -99,10 +99,6 @@ extension DaemonAPI {
         init(_ c: GlobalFS.Center) { name = c.name; api = c.api; lastSeq = c.lastSeq; lastSync = c.lastSync; reachable = c.reachable }
     }
 
-    func lastSeq(_ catalog: Catalog) throws -> Int64 {
-        try catalog.db.read { s in try s.one("SELECT COALESCE(MAX(seq), 0) AS m FROM changes")?.int("m") ?? 0 }
-    }
-
     func requireCenter(_ user: User) throws {
         guard user.center != nil || user.isOperator else {
             throw HTTPFailure(status: 403, message: "the federation routes are for peer centers (a center assertion)")
@@ -154,7 +150,7 @@ extension DaemonAPI {
             } else if address == nil {
                 x.reason = "no transfer address for center \(r.center) ([[peer]] in this center's configuration)"
             } else if !reachable {
-                x.reason = "center \(r.center) is down (no catalog sync since \(isoTime(c?.lastSync ?? 0))): skipped"
+                x.reason = "center \(r.center) is down (no catalog sync since \(isoTimeOrNever(c?.lastSync ?? 0))): skipped"
             } else if local {
                 x.reason = "at this center"
                 order.append(((0, 0, r.center), out.count))
@@ -225,7 +221,3 @@ extension DaemonAPI {
     }
 }
 
-func isoTime(_ t: Int64) -> String {
-    guard t > 0 else { return "never" }
-    return ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(t)))
-}

@@ -276,10 +276,7 @@ extension DaemonAPI {
     /// DST → target as a symbolic link owned by the job's user (parents made, owned by them
     /// too). Idempotent; refuses to replace anything that is not a link Ferry made.
     func link(_ st: StagingSettings, job: String, dst: String, target: String, uid: UInt32?, gid: UInt32?) throws {
-        var buf = [CChar](repeating: 0, count: 4097)
-        let n = readlink(dst, &buf, 4096)
-        if n >= 0 {
-            let existing = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if let existing = DaemonAPI.linkTarget(dst) {
             if existing == target { try st.cache.recordLink(schedulerJob: job, path: dst, target: target); return }
             guard try st.cache.links(schedulerJob: job).contains(where: { $0.path == dst }) else {
                 throw HTTPFailure(status: 409, message: "DST \(dst) exists (a link Ferry did not make); not replaced")
@@ -303,6 +300,11 @@ extension DaemonAPI {
         guard symlink(target, dst) == 0 else { throw HTTPFailure(status: 500, message: "cannot link \(dst): \(String(cString: strerror(errno)))") }
         if let uid { _ = lchown(dst, uid, gid ?? UInt32.max) }
         try st.cache.recordLink(schedulerJob: job, path: dst, target: target)
+    }
+
+    /// What the symbolic link at `path` points to; nil when it is not a link.
+    static func linkTarget(_ path: String) -> String? {
+        try? FileManager.default.destinationOfSymbolicLink(atPath: path)
     }
 
     // MARK: settling, eviction
@@ -346,10 +348,8 @@ extension DaemonAPI {
 
     func teardown(_ st: StagingSettings, job: String) throws -> [String: Any] {
         var removed = 0
-        for l in try st.cache.links(schedulerJob: job) {
-            var buf = [CChar](repeating: 0, count: 4097)
-            let n = readlink(l.path, &buf, 4096)
-            if n >= 0, String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == l.target, unlink(l.path) == 0 { removed += 1 }
+        for l in try st.cache.links(schedulerJob: job) where DaemonAPI.linkTarget(l.path) == l.target && unlink(l.path) == 0 {
+            removed += 1
         }
         try st.cache.forgetLinks(schedulerJob: job)
         let entries = try st.cache.unpin(schedulerJob: job)
@@ -377,7 +377,7 @@ extension DaemonAPI {
         settle(st)
         let expired = try st.cache.expirePins(keep: keep, before: now() - maxPinHours * 3600)
         for j in expired {
-            for l in try st.cache.links(schedulerJob: j) where (try? FileManager.default.destinationOfSymbolicLink(atPath: l.path)) == l.target {
+            for l in try st.cache.links(schedulerJob: j) where DaemonAPI.linkTarget(l.path) == l.target {
                 unlink(l.path)
             }
             try st.cache.forgetLinks(schedulerJob: j)

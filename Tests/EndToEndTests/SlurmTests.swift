@@ -359,12 +359,12 @@ struct SlurmE2ETests {
         // Without waiting: "still staging" is exit 75 (EX_TEMPFAIL); asked again, it is done.
         try writeFile(pbs + "/44.pbs.SC", Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/slow \(S)/pbs44/s\n".utf8))
         _ = try site.ferry("hlrs", ["stage", "teardown", "--job", id8])
-        let evictSlow = try site.cache().filter { $0["source"] as? String == "gfs://wuxi/slow" }
-        if evictSlow.isEmpty {
-            let nowait = try sb.ferry(["stage-in", "--no-wait", "--api", site.api["hlrs"]!, "--token-file", site.operatorToken, "--job", "44",
-                                       "--script", pbs + "/44.pbs.SC"], timeout: 60)
-            #expect(nowait.status == 75 && nowait.stderr.contains("still staging"), "\(nowait)")
-        }
+        // Unpinned, 96 MiB over a 24 MiB quota: the teardown evicted it, so it is staged anew.
+        let slowLeft = try site.cache().filter { $0["source"] as? String == "gfs://wuxi/slow" }
+        #expect(slowLeft.isEmpty, "\(slowLeft)")
+        let nowait = try sb.ferry(["stage-in", "--no-wait", "--api", site.api["hlrs"]!, "--token-file", site.operatorToken, "--job", "44",
+                                   "--script", pbs + "/44.pbs.SC"], timeout: 60)
+        #expect(nowait.status == 75 && nowait.stderr.contains("still staging"), "\(nowait)")
         let waited = try sb.ferry(["stage-in", "--wait", "--api", site.api["hlrs"]!, "--token-file", site.operatorToken, "--job", "44",
                                    "--script", pbs + "/44.pbs.SC"], timeout: 120)
         #expect(waited.status == 0 && waited.stdout.contains("done"), "\(waited)")

@@ -103,7 +103,8 @@ struct SecurityUnitTests {
         // Garbage.
         #expect(refused("ferryc1.AAAA.BBBB", cert).contains("malformed"))
         #expect(refused(good, "bm90IGEgY2VydA").contains("not PEM"))
-        #expect(refused(String(good.dropLast(3)) + "AAA", cert).contains("signature") || refused(String(good.dropLast(3)) + "AAA", cert).contains("malformed"))
+        let altered = refused(String(good.dropLast(3)) + "AAA", cert)
+        #expect(altered.contains("signature") || altered.contains("malformed"), "\(altered)")
     }
 
     @Test("base64url: round trip, and only canonical text decodes")

@@ -387,6 +387,12 @@ public final class Catalog: @unchecked Sendable {
         }
     }
 
+    /// The feed's last sequence number (0 when empty): a follower that holds a larger one
+    /// knows the feed was reset.
+    public func lastChangeSeq() throws -> Int64 {
+        try db.read { s in try s.one("SELECT COALESCE(MAX(seq), 0) AS m FROM changes")?.int("m") ?? 0 }
+    }
+
     // MARK: centers
 
     public func centers() throws -> [Center] {

@@ -332,7 +332,8 @@ enum Base64URL {
     }
 }
 
-func isoTime(_ t: Int64) -> String {
+/// Unix seconds as ISO 8601 UTC ("2026-11-26T04:54:28Z").
+public func isoTime(_ t: Int64) -> String {
     var tm = tm()
     var tt = time_t(t)
     gmtime_r(&tt, &tm)
@@ -370,3 +371,6 @@ extension Substring {
 extension String {
     func replacingNewlines() -> String { String(map { $0 == "\n" || $0 == "\r" ? " " : $0 }) }
 }
+
+/// As `isoTime`, but "never" for 0 (a time not yet recorded).
+public func isoTimeOrNever(_ t: Int64) -> String { t > 0 ? isoTime(t) : "never" }
