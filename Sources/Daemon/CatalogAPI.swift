@@ -37,15 +37,11 @@ extension DaemonAPI {
                 }
                 let parts = r.dataset.split(separator: "@", maxSplits: 1).map(String.init)
                 let center = self.center
-                // A big tree takes a while: off the concurrency pool.
-                let summary: RegisterSummary = try await withCheckedThrowingContinuation { done in
-                    Thread.detachNewThread {
-                        done.resume(with: Result {
-                            try catalog.register(root: dir, dataset: parts[0], version: parts.count > 1 ? parts[1] : "", owner: user.user, center: center,
-                                                 readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false,
-                                                 replicaPath: r.path)
-                        })
-                    }
+                // A big tree takes a while: off the event loop.
+                let summary: RegisterSummary = try await offLoop {
+                    try catalog.register(root: dir, dataset: parts[0], version: parts.count > 1 ? parts[1] : "", owner: user.user, center: center,
+                                         readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false,
+                                         replicaPath: r.path)
                 }
                 return try codable(200, summary)
             }
@@ -169,6 +165,15 @@ extension DaemonAPI {
             throw HTTPFailure(status: 404, message: "no dataset at \(text)")
         }
         return (d, path)
+    }
+}
+
+/// Runs blocking work (database transactions, file system walks) on a thread of its own, so
+/// that the server's event loops keep answering while it runs (ten scheduler hooks staging at
+/// once must not stall the API).
+func offLoop<T>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { done in
+        Thread.detachNewThread { done.resume(with: Result { try body() }) }
     }
 }
 

@@ -67,13 +67,15 @@ extension DaemonAPI {
         router.post("/api/v1/stage/in") { request, _ in
             try await handle(request) { user in
                 let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
-                return try codable(200, ["items": try stageIn(r)])
+                let api = self
+                return try codable(200, ["items": try await offLoop { try api.stageIn(r) }])
             }
         }
         router.post("/api/v1/stage/out") { request, _ in
             try await handle(request) { user in
                 let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
-                return try codable(200, ["items": try stageOut(r)])
+                let api = self
+                return try codable(200, ["items": try await offLoop { try api.stageOut(r) }])
             }
         }
         router.post("/api/v1/stage/teardown") { request, _ in
