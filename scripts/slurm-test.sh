@@ -114,6 +114,22 @@ PY
   die "no free TCP port found on 127.0.0.1 after $PORT_ATTEMPTS attempts"
 }
 
+# Runs a command (a daemon that forks away) with every descriptor above 2 closed. A daemon
+# keeps what it inherits (munged does): a caller's pipe or socket would stay open for as long
+# as the daemon lives, and a caller that waits for it to close (a CI reading our output, or
+# Foundation's Process, which learns of a child's exit through such a socket) would wait
+# forever.
+without_inherited_fds() {
+  (
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)) && { exec {fd}>&-; } 2>/dev/null
+    done
+    exec "$@"
+  )
+}
+
 pid_alive() {
   [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null
 }
@@ -178,7 +194,7 @@ start_munge() {
   fi
   install -d -o munge -g munge -m 0755 /run/munge
   install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
-  runuser -u munge -- /usr/sbin/munged >&2 || die "munged failed to start (see /var/log/munge/munged.log)"
+  without_inherited_fds runuser -u munge -- /usr/sbin/munged >&2 || die "munged failed to start (see /var/log/munge/munged.log)"
   echo "munged started by $PROG start" >"$dir/munged-started"
   for ((i = 0; i < MUNGE_TIMEOUT_S * 10; i++)); do
     munge -n >/dev/null 2>&1 && return 0
@@ -289,7 +305,7 @@ start_ctld() {
   [[ "$clean" == clean ]] && args+=(-c)
   # slurmctld daemonizes; its environment (this one) is what slurmscriptd and so the
   # burst_buffer.lua hooks inherit.
-  (cd / && SLURM_CONF="$dir/etc/slurm.conf" slurmctld "${args[@]}") >>"$dir/log/slurmctld.stdout" 2>&1 ||
+  (cd / && SLURM_CONF="$dir/etc/slurm.conf" without_inherited_fds slurmctld "${args[@]}") >>"$dir/log/slurmctld.stdout" 2>&1 ||
     fail_start "$dir" "slurmctld failed to start"
 }
 
@@ -339,7 +355,7 @@ cmd_start() {
 
   start_ctld "$dir" clean
   wait_ctld "$dir"
-  (cd / && SLURM_CONF="$dir/etc/slurm.conf" slurmd -N localhost) >>"$dir/log/slurmd.stdout" 2>&1 ||
+  (cd / && SLURM_CONF="$dir/etc/slurm.conf" without_inherited_fds slurmd -N localhost) >>"$dir/log/slurmd.stdout" 2>&1 ||
     fail_start "$dir" "slurmd failed to start"
 
   for ((i = 0; i < READY_TIMEOUT_S * 4; i++)); do

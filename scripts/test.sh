@@ -13,5 +13,18 @@ pgdir=$(mktemp -u /tmp/ferry-test-pg.XXXXXX)
 trap './scripts/postgres-test.sh stop "$pgdir" >/dev/null 2>&1 || true' EXIT
 FERRY_TEST_POSTGRES=$(./scripts/postgres-test.sh start "$pgdir")
 export FERRY_TEST_POSTGRES
-swift test --skip-build "$@"
+# Bounded: if anything hangs, the run ends with a list of what was still running (the test
+# sandboxes' names say which test), not with a CI timeout that shows nothing.
+limit=${FERRY_TEST_TIMEOUT:-2700}
+(
+  sleep "$limit" >/dev/null 2>&1
+  echo "test.sh: the tests did not finish within ${limit} s; processes still running:" >&2
+  ps -eo pid,ppid,etimes,args --forest | grep -E 'ferry|slurm|munge|postgres|xctest|swift' | grep -v grep | cut -c1-300 >&2 || true
+) </dev/null &
+watchdog=$!
+rc=0
+timeout -k 30 "$((limit + 10))" swift test --skip-build "$@" || rc=$?
+pkill -P "$watchdog" sleep 2>/dev/null || true
+kill "$watchdog" 2>/dev/null || true
+[[ $rc -eq 0 ]] || exit "$rc"
 ./fuzz/run.sh 30

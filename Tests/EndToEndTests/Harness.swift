@@ -188,19 +188,28 @@ func withSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
     return try body()
 }
 
-/// Runs a short helper tool (mount, umount, ...) to completion, bounded by 30 s.
+/// Runs a short helper tool (mount, umount, ...) to completion, bounded by 30 s. Output goes
+/// to a file, and the wait is a bounded poll: reading a pipe to its end, or Foundation's
+/// waitUntilExit, never returns if something the tool started keeps the descriptor open.
 func runTool(_ exe: String, _ args: [String]) -> (status: Int32, output: String) {
+    let out = NSTemporaryDirectory() + "ferry-tool-\(getpid())-\(logCounter.next()).out"
+    defer { unlink(out) }
+    guard FileManager.default.createFile(atPath: out, contents: nil), let handle = FileHandle(forWritingAtPath: out) else {
+        return (-1, "cannot create \(out)")
+    }
+    defer { try? handle.close() }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
     p.arguments = ["-k", "5", "30", exe] + args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
+    p.standardOutput = handle
+    p.standardError = handle
     p.standardInput = FileHandle.nullDevice
     do { try withSignalsUnblocked { try p.run() } } catch { return (-1, "\(error)") }
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    let output = { (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" }
+    guard waitUntil(timeout: 45, interval: 0.02, { !p.isRunning }) else {
+        return (-1, "\(exe): no exit reported within 45 s: \(output())")
+    }
+    return (p.terminationStatus, output())
 }
 
 private let logCounter = Counter()

@@ -23,7 +23,11 @@ struct SlurmE2ETests {
         p.arguments = ["-k", "5", "\(timeout)", "/bin/sh", "-c", "(\(command)) > '\(out)' 2>&1 < /dev/null"]
         p.environment = ProcessInfo.processInfo.environment.merging(env) { _, b in b }
         do { try p.run() } catch { return (-1, "\(error)") }
-        p.waitUntilExit()
+        // Bounded even if Foundation never learns of the exit (it waits for a socket the child
+        // inherits to close: a daemon started beneath that keeps it would hold it forever).
+        guard waitUntil(timeout: Double(timeout) + 15, interval: 0.05, { !p.isRunning }) else {
+            return (-1, "no exit reported within \(timeout + 15) s: \((try? String(contentsOfFile: out, encoding: .utf8)) ?? "")")
+        }
         return (p.terminationStatus, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
     }
 
@@ -44,7 +48,7 @@ struct SlurmE2ETests {
             scratch = sb.path + "/hlrs/scratch/ferryjob"
         }
 
-        func slurm(_ command: String, timeout: Int = 30) -> (status: Int32, output: String) {
+        func slurm(_ command: String, timeout: Int = 15) -> (status: Int32, output: String) {
             SlurmE2ETests.sh(command, timeout: timeout, env: ["SLURM_CONF": conf])
         }
 
@@ -68,16 +72,24 @@ struct SlurmE2ETests {
             return field("JobState") + "|" + reason
         }
 
-        /// Waits (bounded) until the job is in a final state; returns it.
+        /// Waits until the job is in a final state, at most `seconds` of wall time (and never
+        /// beyond the test's own deadline, whatever a hanging scontrol costs); returns the state.
         func waitEnd(_ id: String, seconds: Int = 240) -> String {
             var s = ""
-            for _ in 0..<(seconds * 2) {
+            let until = min(monotonicSeconds() + Double(seconds), deadline)
+            for _ in 0..<(seconds * 2 + 1) {
                 s = state(id)
                 if ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"].contains(where: { s.hasPrefix($0 + "|") }) { return s }
+                if monotonicSeconds() >= until { break }
                 usleep(500_000)
             }
             return s
         }
+
+        /// The whole test ends by then: every wait below is clamped to it, so a Slurm that stops
+        /// answering costs at most this long, not count × command timeout.
+        let deadline = monotonicSeconds() + 1500
+        var timeLeft: Bool { monotonicSeconds() < deadline }
 
         func ferry(_ c: String, _ args: [String], timeout: Double = 60) throws -> CpResult {
             // Group commands (jobs, stage) take the options after their subcommand.
@@ -210,7 +222,7 @@ struct SlurmE2ETests {
         let sum = SlurmE2ETests.sha256(sb.file("wuxi/data/ensemble/part 1.bin"))
         // hlrs follows wuxi's catalog: gfs://wuxi/... resolves there.
         var seen = false
-        for _ in 0..<60 where !seen {
+        for _ in 0..<60 where !seen && site.timeLeft {
             seen = (try site.ferry("hlrs", ["ls", "gfs://wuxi/slow"])).status == 0
             if !seen { usleep(500_000) }
         }
@@ -234,7 +246,7 @@ struct SlurmE2ETests {
         // Stage-out ran after the job: its results are at wuxi, and they say the job read exactly
         // the dataset's bytes.
         var delivered = ""
-        for _ in 0..<60 where delivered.isEmpty {
+        for _ in 0..<60 where delivered.isEmpty && site.timeLeft {
             delivered = (try? String(contentsOfFile: sb.file("wuxi/results/run-\(id1)/sum.txt"), encoding: .utf8)) ?? ""
             if delivered.isEmpty { usleep(500_000) }
         }
@@ -242,7 +254,7 @@ struct SlurmE2ETests {
         #expect(filesIdentical(sb.file("wuxi/data/ensemble/README"), sb.file("wuxi/results/run-\(id1)/README")))
         // Teardown removed the job's link and unpinned the entry (it stays, ready, for reuse).
         var after: [[String: Any]] = []
-        for _ in 0..<40 {
+        for _ in 0..<40 where site.timeLeft {
             after = try site.cache()
             if after.contains(where: { $0["source"] as? String == "gfs://wuxi/ensemble" && ($0["pins"] as? [String] ?? ["x"]).isEmpty }) { break }
             usleep(500_000)
@@ -254,7 +266,7 @@ struct SlurmE2ETests {
         let j2 = try site.submit("missing", "#!/bin/sh\n#FERRY stage_in gfs://wuxi/no-such-dataset \(S)/%j/in\necho never\n")
         let id2 = try #require(j2.id, "\(j2.output)")
         var held = ""
-        for _ in 0..<60 {
+        for _ in 0..<60 where site.timeLeft {
             held = site.slurm("squeue -h -j \(id2) -o '%T|%r'").output
             if held.contains("no dataset") { break }
             usleep(500_000)
@@ -285,14 +297,14 @@ struct SlurmE2ETests {
         let j5 = try site.submit("cancel", "#!/bin/sh\n#FERRY stage_in gfs://wuxi/slow \(S)/%j/s\necho ran\n")
         let id5 = try #require(j5.id, "\(j5.output)")
         var staging: [String: Any]?
-        for _ in 0..<60 where staging == nil {
+        for _ in 0..<60 where staging == nil && site.timeLeft {
             staging = try site.cache().first { $0["source"] as? String == "gfs://wuxi/slow" && $0["state"] as? String == "staging" }
             if staging == nil { usleep(250_000) }
         }
         let entryJob = try #require(staging?["job"] as? Int, "\(String(describing: staging))")
         _ = site.slurm("scancel \(id5)")
         var gone = false
-        for _ in 0..<60 where !gone {
+        for _ in 0..<60 where !gone && site.timeLeft {
             gone = try !site.cache().contains { $0["source"] as? String == "gfs://wuxi/slow" }
             if !gone { usleep(500_000) }
         }
@@ -306,7 +318,7 @@ struct SlurmE2ETests {
         // entries (least recently used first) are evicted, never lib.
         let j6 = try site.submit("pinned", "#!/bin/sh\n#FERRY stage_in gfs://wuxi/lib \(S)/%j/l\nset -e\nsleep 12\nsha256sum \"$FERRY_STAGED_1/part 1.bin\"\n")
         let id6 = try #require(j6.id, "\(j6.output)")
-        for _ in 0..<120 where !site.state(id6).hasPrefix("RUNNING") { usleep(500_000) }
+        for _ in 0..<120 where site.timeLeft && !site.state(id6).hasPrefix("RUNNING") { usleep(500_000) }
         let j7 = try site.submit("atlas", "#!/bin/sh\n#FERRY stage_in gfs://wuxi/atlas \(S)/%j/a\ncat \"$FERRY_STAGED_1/README\"\n")
         let id7 = try #require(j7.id, "\(j7.output)")
         #expect(site.waitEnd(id7).hasPrefix("COMPLETED"), "\(site.state(id7))")
@@ -319,7 +331,7 @@ struct SlurmE2ETests {
         let slowSum = SlurmE2ETests.sha256(sb.file("wuxi/data/slow/part 1.bin"))
         let j8 = try site.submit("restart", "#!/bin/sh\n#FERRY stage_in gfs://wuxi/slow \(S)/%j/s\nset -e\ntest \"$(sha256sum \"$FERRY_STAGED_1/part 1.bin\" | cut -c1-64)\" = \"\(slowSum)\"\necho verified\n")
         let id8 = try #require(j8.id, "\(j8.output)")
-        for _ in 0..<60 where !(try site.cache().contains { $0["source"] as? String == "gfs://wuxi/slow" }) { usleep(250_000) }
+        for _ in 0..<60 where try site.timeLeft && !(site.cache().contains { $0["source"] as? String == "gfs://wuxi/slow" }) { usleep(250_000) }
         let restart = site.slurm("'\(E2E.packageRoot)/scripts/slurm-test.sh' restart-ctld '\(site.slurmDir)'", timeout: 90)
         #expect(restart.status == 0, "\(restart.output)")
         #expect(site.waitEnd(id8, seconds: 300).hasPrefix("COMPLETED"), "\(site.state(id8))")
