@@ -106,9 +106,10 @@ extension Ferry {
             let done = DispatchSemaphore(value: 0)
             nonisolated(unsafe) var result: Result<TransferSummary, TransferError> = .failure(TransferError(.io, "not run"))
             let opts = options
+            let credentials = creds
             Thread.detachNewThread {
                 do {
-                    result = .success(try TransferClient.copy(from: src, to: dst, options: opts, credentials: creds, progress: progress))
+                    result = .success(try TransferClient.copy(from: src, to: dst, options: opts, credentials: credentials, progress: progress))
                 } catch {
                     result = .failure(error as! TransferError)
                 }

@@ -61,6 +61,9 @@ struct StageOptions: ParsableArguments {
         var answered = false
         var lastFailure = ""
         for _ in 0..<max(1, timeout) {
+            // The first answered request of this run starts failed transfers again (a requeue,
+            // an operator who made room); the polls after it only watch.
+            body["retry"] = !answered
             do {
                 items = (try api.request("POST", route, body: body, timeout: 120)["items"] as? [[String: Any]]) ?? []
                 answered = true

@@ -37,8 +37,9 @@ public final class Federation: @unchecked Sendable {
     /// Peers whose replica list could not be applied in full (a dataset not yet known here),
     /// or not yet read since start: read again at the next sync.
     private var replicasPending: Set<String>
-    /// Peers seen down (to log transitions, not every attempt).
-    private var down: Set<String> = []
+    /// Peers seen down, with the reason last logged (a transition or a new reason is logged,
+    /// not every attempt).
+    private var down: [String: String] = [:]
     /// Entries per page when mirroring a dataset.
     public var pageSize = 20_000
 
@@ -85,11 +86,14 @@ public final class Federation: @unchecked Sendable {
             if lock.withLock({ stopping }) { return }
             do {
                 try sync(name)
-                if lock.withLock({ down.remove(name) }) != nil { log("center \(name) is reachable again; caught up") }
+                if lock.withLock({ down.removeValue(forKey: name) }) != nil { log("center \(name) is reachable again; caught up") }
             } catch {
                 try? catalog.recordSync(center: name, reachable: false, at: Catalog.now())
                 // Keep the time of the last good sync: record only reachability.
-                if lock.withLock({ down.insert(name).inserted }) { log("center \(name): \(error); its catalog entries are kept, marked stale") }
+                let reason = "\(error)"
+                if lock.withLock({ down.updateValue(reason, forKey: name) != reason }) {
+                    log("center \(name): \(reason); its catalog entries are kept, marked stale")
+                }
             }
         }
         settleReplicas()
@@ -135,8 +139,7 @@ public final class Federation: @unchecked Sendable {
         }
         if replicas {
             let answer = try get(peer, "/api/v1/federation/replicas")
-            let data = try JSONSerialization.data(withJSONObject: answer["replicas"] ?? [])
-            let items = try decoder.decode([HeldReplica].self, from: data)
+            let items = try decode([HeldReplica].self, answer["replicas"], "replica list", from: peer)
             let unknown = try catalog.mirrorReplicas(at: peer, items.map { ($0.dataset, $0.replica) })
             lock.withLock {
                 if unknown > 0 { replicasPending.insert(peer) } else { replicasPending.remove(peer) }
@@ -155,13 +158,24 @@ public final class Federation: @unchecked Sendable {
         return d
     }()
 
+    /// `value` (a part of a peer's JSON answer) as a `T`; a clear error naming the peer and
+    /// what it sent when it is missing or of another shape.
+    func decode<T: Decodable>(_ type: T.Type, _ value: Any?, _ what: String, from peer: String) throws -> T {
+        do {
+            guard let value, JSONSerialization.isValidJSONObject(value) else { throw FederationError("missing") }
+            return try decoder.decode(T.self, from: JSONSerialization.data(withJSONObject: value))
+        } catch {
+            throw FederationError("center \(peer) sent a malformed \(what)")
+        }
+    }
+
     /// Mirrors one of the peer's datasets: its metadata, then its entries in key order.
     func syncDataset(_ peer: String, remoteID: Int64) throws {
         guard let answer = try get(peer, "/api/v1/federation/datasets/\(remoteID)", allowMissing: true) else {
             try catalog.dropMirror(center: peer, remoteID: remoteID)
             return
         }
-        var d = try decoder.decode(Dataset.self, from: JSONSerialization.data(withJSONObject: answer))
+        var d = try decode(Dataset.self, answer, "dataset \(remoteID)", from: peer)
         guard d.center == peer else { throw FederationError("center \(peer) sent a dataset of center '\(d.center)'") }
         d.root = nil
         let id = try catalog.mirrorDataset(d)
@@ -173,9 +187,13 @@ public final class Federation: @unchecked Sendable {
                 try catalog.dropMirror(center: peer, remoteID: remoteID)
                 return
             }
-            let entries = try decoder.decode([Entry].self, from: JSONSerialization.data(withJSONObject: page["entries"] ?? []))
+            let entries = try decode([Entry].self, page["entries"], "entries of its dataset \(remoteID)", from: peer)
             let last = entries.count < pageSize
-            _ = try catalog.mergeMirror(dataset: id, after: after, page: entries, last: last)
+            do {
+                _ = try catalog.mergeMirror(dataset: id, after: after, page: entries, last: last)
+            } catch let e as CatalogError where e.code == .invalid {
+                throw FederationError("center \(peer) sent an invalid page of \(d.qualifiedName), refused: \(e.description)")
+            }
             if last { return }
             after = (entries.last!.dir, entries.last!.name)
         }
@@ -191,26 +209,34 @@ public final class Federation: @unchecked Sendable {
         var req = URLRequest(url: url, timeoutInterval: 30)
         req.setValue(CenterAssertion.scheme + CenterAssertion(issuer: me, audience: peer).signed(privateKey: key), forHTTPHeaderField: "Authorization")
         req.setValue(certificateHeader, forHTTPHeaderField: CenterAssertion.certificateHeader)
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var result: (Data?, URLResponse?, Error?) = (nil, nil, nil)
-        let task = URLSession.shared.dataTask(with: req) { d, r, e in
-            result = (d, r, e)
-            done.signal()
-        }
+        let fetch = CappedFetch(limit: Federation.maxAnswerBytes)
+        let session = URLSession(configuration: .ephemeral, delegate: fetch, delegateQueue: nil)
+        defer { session.finishTasksAndInvalidate() }
+        let task = session.dataTask(with: req)
         task.resume()
-        if done.wait(timeout: .now() + 35) == .timedOut {
+        if fetch.done.wait(timeout: .now() + 35) == .timedOut {
             task.cancel()
             throw FederationError("\(base) did not answer within 30 s")
         }
+        if fetch.tooLarge {
+            throw FederationError("\(base)\(path.prefix { $0 != "?" }): an answer larger than \(Federation.maxAnswerBytes >> 20) MiB, cut off")
+        }
+        let result = (fetch.data as Data?, fetch.response, fetch.error)
         if let e = result.2 { throw FederationError("cannot reach \(base): \(e.localizedDescription)") }
         let status = (result.1 as? HTTPURLResponse)?.statusCode ?? 0
         let obj = result.0.flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]
         if status == 404 && allowMissing { return nil }
-        guard (200..<300).contains(status), let obj else {
+        guard (200..<300).contains(status) else {
             throw FederationError("\(base)\(path.prefix { $0 != "?" }): \(obj?["error"] as? String ?? "HTTP \(status)")")
         }
+        guard let obj else { throw FederationError("\(base)\(path.prefix { $0 != "?" }): the answer is not a JSON object") }
         return obj
     }
+
+    /// The largest answer a peer may send (a page of 20,000 entries is a few MiB); beyond it
+    /// the transfer is cut off rather than buffered, so a peer streaming without end cannot
+    /// exhaust this daemon's memory.
+    public static let maxAnswerBytes = 64 << 20
 
     func get(_ peer: String, _ path: String) throws -> [String: Any] {
         try get(peer, path, allowMissing: false)!
@@ -236,6 +262,47 @@ public final class Federation: @unchecked Sendable {
             try? catalog.setReplica(dataset: done.dataset, center: me, state: done.state, path: done.path, files: done.files, bytes: done.bytes,
                                     verifiedAt: done.verifiedAt, job: id)
         }
+    }
+}
+
+/// One HTTP answer, collected up to `limit` bytes: a larger one (announced or streamed) is
+/// cancelled and flagged. `@unchecked Sendable`: the delegate callbacks run one at a time on
+/// the session's queue; the fields are read only after `done` was signalled.
+final class CappedFetch: NSObject, URLSessionDataDelegate, @unchecked Sendable {
+    let limit: Int
+    var data = Data()
+    var response: URLResponse?
+    var error: Error?
+    var tooLarge = false
+    let done = DispatchSemaphore(value: 0)
+
+    init(limit: Int) { self.limit = limit }
+
+    func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
+                    completionHandler: @escaping (URLSession.ResponseDisposition) -> Void) {
+        self.response = response
+        if response.expectedContentLength > Int64(limit) {
+            tooLarge = true
+            completionHandler(.cancel)
+            return
+        }
+        completionHandler(.allow)
+    }
+
+    func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
+        guard !tooLarge else { return }
+        if self.data.count + data.count > limit {
+            tooLarge = true
+            self.data = Data()
+            dataTask.cancel()
+            return
+        }
+        self.data.append(data)
+    }
+
+    func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: Error?) {
+        self.error = error
+        done.signal()
     }
 }
 

@@ -9,15 +9,18 @@ import Glibc
 
 /// Prestaging for the batch scheduler, the daemon's side (`ferry stage-in`, `stage-out`,
 /// `stage teardown|sweep|status|cache` call these routes with the scheduler's operator token):
-///   POST /api/v1/stage/in        {job, uid, gid, user, directives}  pin, start or reuse transfers, link what is ready
-///   POST /api/v1/stage/out       {job, uid, gid, user, directives}  one daemon job per stage_out
+///   POST /api/v1/stage/in        {job, uid, gid, user, directives, retry}  pin, start or reuse transfers, link what is ready
+///   POST /api/v1/stage/out       {job, uid, gid, user, directives, retry}  one daemon job per stage_out
 ///   POST /api/v1/stage/teardown  {job, hurry}                       unpin, remove the job's links, drop orphans
 ///   POST /api/v1/stage/sweep     {keep_jobs?, max_pin_hours?}       what crashed jobs left
 ///   GET  /api/v1/stage/status?job=ID                                 pins, links, stage-outs of a job
 ///   GET  /api/v1/stage/cache                                         entries, pins, quota
 /// Every call can be repeated (the scheduler may run a hook twice): stage-in and stage-out are
 /// answered from the recorded state; the CLI calls them again each second until everything is
-/// ready or something failed.
+/// ready or something failed. A failed transfer is started again only when a request says
+/// `retry` (the CLI's first request of each run does, its polls do not): a poll reports the
+/// failure instead of restarting it for ever, and a new run of the hook (a requeue, an operator
+/// who made room) tries once more.
 ///
 /// Data comes in through the staging cache (`StagingCache`): a gfs:// source whose best
 /// replica is at this center is linked directly, anything else is one transfer job into
@@ -60,6 +63,8 @@ struct StageRequest: Decodable {
     var gid: UInt32?
     var user: String
     var directives: [StageDirective]
+    /// Start failed transfers again (absent: no, report them).
+    var retry: Bool?
 }
 
 extension DaemonAPI {
@@ -212,7 +217,7 @@ extension DaemonAPI {
             peer = String(d.source.dropFirst(8).prefix { $0 != "/" })
             guard runner.settings.peers[peer] != nil else { throw HTTPFailure(status: 400, message: "'\(peer)' is not a peer of center \(center) ([[peer]])") }
         }
-        let (entry, created) = try st.cache.pin(key: key, source: d.source, schedulerJob: r.job, now: now()) { id in st.rootReal + "/\(id)" }
+        let (entry, created) = try st.cache.pin(key: key, source: d.source, schedulerJob: r.job, retryFailed: r.retry ?? false, now: now()) { id in st.rootReal + "/\(id)" }
         item.entry = entry.id
         var current = entry
         if created {
@@ -407,8 +412,8 @@ extension DaemonAPI {
             var item = StageItem(line: d.line, direction: d.direction.rawValue, source: d.source, destination: d.destination, optional: d.optional, state: "staging")
             do {
                 var o = recorded[i]
-                if let j = o?.job, let job = try store.get(j), job.state == .failed || job.state == .upstreamFailed {
-                    o = nil  // a failed delivery is tried again by a repeated stage-out
+                if r.retry == true, let j = o?.job, let job = try store.get(j), job.state == .failed || job.state == .upstreamFailed {
+                    o = nil  // a failed delivery is tried again by a new run of stage-out
                 }
                 if o == nil || o?.job == nil {
                     o = try submitOut(d, index: i, r)

@@ -214,6 +214,26 @@ struct CatalogTests {
         #expect(try b.resolve(try GFSPath("gfs://c1/lib@1"), as: Viewer(user: "carol")) == nil)
         // Unchanged: nothing written.
         #expect(try CatalogTests.mirror(from: a, remote, into: b, pageSize: 3) == (0, 0))
+        // A peer's bad page is refused whole and nothing of it written: a name that is not one
+        // component, a parent that escapes, nonsense values, keys out of order.
+        let good = try a.exportEntries(dataset: remote.id, afterDir: "", afterName: "", limit: 2)
+        func spoilt(_ change: (inout Entry) -> Void) -> [Entry] {
+            var page = good
+            change(&page[1])
+            return page
+        }
+        let badPages: [[Entry]] = [
+            spoilt { $0.name = ".." }, spoilt { $0.name = "x/y" }, spoilt { $0.name = "" }, spoilt { $0.name = "nul\0" },
+            spoilt { $0.dir = "../etc" }, spoilt { $0.dir = "a//b" }, spoilt { $0.dir = "/abs" },
+            spoilt { $0.size = -1 }, spoilt { $0.mode = 0o170000 }, spoilt { $0.digest = "XYZ" },
+            [good[1], good[0]],
+        ]
+        for page in badPages {
+            #expect(throws: CatalogError.self, "\(page.map(\.path))") { try b.mergeMirror(dataset: local, after: ("", ""), page: page, last: false) }
+        }
+        // The same page again after its own last key (a pager that never advances).
+        #expect(throws: CatalogError.self) { try b.mergeMirror(dataset: local, after: (good[1].dir, good[1].name), page: good, last: false) }
+        #expect(try catalogSnapshot(b, local) == t.snapshot())
         // One changed, one added, a subtree gone: exactly those (and the top-level dirs' rows).
         try t.file("a.txt", size: 12, seed: 3)
         try t.file("zz new.txt", size: 5)

@@ -75,9 +75,12 @@ struct StagingTests {
         // Unpinned: genome (used at 110) and a (120); one must go, the least recently used.
         #expect(try c.evictionCandidates(quota: 25).map(\.id) == [genome])
         #expect(try c.evictionCandidates(quota: 5).map(\.id) == [genome, a])  // b stays pinned even over quota
-        // A failed entry asked for again is reset to staging (a new transfer).
+        // A failed entry polled for stays failed, with its reason (a waiting hook must see it);
+        // asked for again with retry, it is reset to staging (a new transfer).
         try c.finish(a, state: .failed, error: "peer down", now: 140)
-        let again = try c.pin(key: "a", source: "a", schedulerJob: "jc", now: 150) { "/cache/\($0)" }
+        let polled = try c.pin(key: "a", source: "a", schedulerJob: "jc", retryFailed: false, now: 145) { "/cache/\($0)" }
+        #expect(!polled.created && polled.entry.state == .failed && polled.entry.error == "peer down")
+        let again = try c.pin(key: "a", source: "a", schedulerJob: "jc", retryFailed: true, now: 150) { "/cache/\($0)" }
         #expect(again.created && again.entry.state == .staging && again.entry.error == nil && again.entry.id == a)
         // Dead jobs' pins: not in the scheduler's list, or older than the limit.
         #expect(try c.expirePins(keep: ["jc"], before: 0) == ["jb"])

@@ -79,8 +79,21 @@ extension Catalog {
     /// the peer has no more) into the mirror `dataset`: rows that differ are written, local
     /// rows in the page's key range that the peer no longer has are removed. Returns how many
     /// rows were written and removed: a re-sync of an unchanged dataset writes nothing.
+    ///
+    /// A peer's page is input like any other: it is refused whole (nothing written) unless
+    /// every entry is one this catalog could have made itself (`Entry.checkMirrored`) and the
+    /// keys rise strictly, byte-wise, after `after`, the order the peer's own paging uses. A
+    /// page that repeats or goes backwards would otherwise keep a follower paging forever.
     public func mergeMirror(dataset: Int64, after: (dir: String, name: String), page: [Entry], last: Bool) throws -> (written: Int, removed: Int) {
-        try db.write { s in
+        var previous = after
+        for e in page {
+            try e.checkMirrored()
+            guard Entry.keyPrecedes(previous, (e.dir, e.name)) else {
+                throw CatalogError(.invalid, "entry '\(e.path)' is out of key order (after '\(previous.dir.isEmpty ? previous.name : previous.dir + "/" + previous.name)')")
+            }
+            previous = (e.dir, e.name)
+        }
+        return try db.write { s in
             var sql = "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ? AND (dir, name) > (?, ?)"
             var args: [SQLValue] = [.int(dataset), .text(after.dir), .text(after.name)]
             if !last, let end = page.last {
@@ -138,5 +151,39 @@ extension Catalog {
         try db.read { s in
             try s.query("SELECT * FROM replicas WHERE center = ? AND state = 'staging' AND job IS NOT NULL", center).map(Catalog.replica)
         }
+    }
+}
+
+extension Entry {
+    /// The catalog's key order: (dir, name) compared byte-wise, as SQLite's BINARY and
+    /// PostgreSQL's COLLATE "C" compare them.
+    public static func keyPrecedes(_ a: (dir: String, name: String), _ b: (dir: String, name: String)) -> Bool {
+        if a.dir != b.dir { return a.dir.utf8.lexicographicallyPrecedes(b.dir.utf8) }
+        return a.name.utf8.lexicographicallyPrecedes(b.name.utf8)
+    }
+
+    /// Throws unless this entry is one a scan could have produced: its name one path
+    /// component (not empty, "." or "..", without "/" or NUL), its dir "" or such components
+    /// joined by "/", size and chunk size not negative (an mtime may be: before 1970), mode within 0o7777, a digest of
+    /// 32 lowercase hex digits or none, a target only on a symlink. What a peer sends is
+    /// checked against this before it is mirrored.
+    public func checkMirrored() throws {
+        func bad(_ why: String) -> CatalogError { CatalogError(.invalid, "entry '\(path.prefix(200))': \(why)") }
+        func component(_ c: Substring) -> Bool {
+            !c.isEmpty && c != "." && c != ".." && !c.contains("\0") && !c.contains("/") && c.utf8.count <= 255
+        }
+        guard component(Substring(name)) else { throw bad("the name is not one path component") }
+        guard dir.isEmpty || dir.split(separator: "/", omittingEmptySubsequences: false).allSatisfy(component) else {
+            throw bad("the parent is not a relative path of plain components")
+        }
+        guard dir.utf8.count + name.utf8.count < 4096 else { throw bad("the path is longer than PATH_MAX") }
+        guard size >= 0, chunkSize >= 0 else { throw bad("a negative size or chunk size") }
+        guard (0...0o7777).contains(mode) else { throw bad("mode \(mode) is not permission bits") }
+        if let d = digest {
+            guard d.utf8.count == 32, d.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {
+                throw bad("the digest is not 32 hex digits")
+            }
+        }
+        guard target == nil || kind == .symlink else { throw bad("a target on a \(kind)") }
     }
 }

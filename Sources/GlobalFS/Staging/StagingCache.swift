@@ -109,14 +109,16 @@ public final class StagingCache: @unchecked Sendable {
         try db.read { s in try s.one("SELECT * FROM stage_entries WHERE id = ?", id).map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) } }
     }
 
-    /// The entry for `key`, pinned by `schedulerJob`: an existing one (a failed one is reset to
-    /// staging, `created` true, so the caller starts a new transfer), or a new one in state
-    /// staging (`created` true). One transaction: two jobs asking at once get one entry.
-    public func pin(key: String, source: String, schedulerJob: String, now: Int64, path: (Int64) -> String) throws -> (entry: Entry, created: Bool) {
+    /// The entry for `key`, pinned by `schedulerJob`: an existing one (a failed one, with
+    /// `retryFailed`, is reset to staging, `created` true, so the caller starts a new transfer;
+    /// without, it is returned failed), or a new one in state staging (`created` true). One
+    /// transaction: two jobs asking at once get one entry.
+    public func pin(key: String, source: String, schedulerJob: String, retryFailed: Bool = true, now: Int64,
+                    path: (Int64) -> String) throws -> (entry: Entry, created: Bool) {
         try db.write { s in
             var created = false
             if let r = try s.one("SELECT * FROM stage_entries WHERE key = ?", key) {
-                if r.text("state") == State.failed.rawValue {
+                if r.text("state") == State.failed.rawValue && retryFailed {
                     try s.execute("UPDATE stage_entries SET state = 'staging', error = NULL, job = NULL, last_used = ? WHERE id = ?", now, r.int("id"))
                     created = true
                 } else {

@@ -97,8 +97,10 @@ final class Receiver: @unchecked Sendable {
 
     func runControl() throws {
         ctx.startHeartbeat()
+        var controlRing: Ring?
         do {
             let ring = try Ring(entries: 8)
+            controlRing = ring
             while true {
                 let (type, payload) = try ctx.control.receive(ring: ring, timeoutNs: ctx.idleTimeoutNs)
                 var r = ByteReader(payload)
@@ -163,6 +165,13 @@ final class Receiver: @unchecked Sendable {
         } catch {
             let e = asTransferError(error)
             ctx.fail(e)
+            // The sender learns why before the slower cleanup below: once its data streams
+            // break it waits only a moment for a verdict, and "no space left" explains more
+            // than its broken pipe. (A second ERROR after this one finds it gone, unread.)
+            if var verdict = ctx.error, verdict.code != .remote, let ring = controlRing {
+                verdict.resumable = verdict.rerunResumes
+                ctx.control.sendError(verdict, ring: ring)
+            }
             flushAll()
             throw ctx.error ?? e
         }
