@@ -65,7 +65,9 @@ struct StageOptions: ParsableArguments {
             // an operator who made room); the polls after it only watch.
             body["retry"] = !answered
             do {
-                items = (try api.request("POST", route, body: body, timeout: 120)["items"] as? [[String: Any]]) ?? []
+                // The daemon answers at once (transfers run in its queue, not in the request):
+                // an answer that takes 30 s is lost, and asking again costs less than waiting.
+                items = (try api.request("POST", route, body: body, timeout: 30)["items"] as? [[String: Any]]) ?? []
                 answered = true
             } catch let f as APIOptions.APIFailure {
                 // A daemon that is restarting or overloaded: ask again (the request is

@@ -48,7 +48,7 @@ struct SlurmE2ETests {
             scratch = sb.path + "/hlrs/scratch/ferryjob"
         }
 
-        func slurm(_ command: String, timeout: Int = 15) -> (status: Int32, output: String) {
+        func slurm(_ command: String, timeout: Int = 60) -> (status: Int32, output: String) {
             SlurmE2ETests.sh(command, timeout: timeout, env: ["SLURM_CONF": conf])
         }
 
