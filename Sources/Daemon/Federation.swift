@@ -221,10 +221,9 @@ public final class Federation: @unchecked Sendable {
         if fetch.tooLarge {
             throw FederationError("\(base)\(path.prefix { $0 != "?" }): an answer larger than \(Federation.maxAnswerBytes >> 20) MiB, cut off")
         }
-        let result = (fetch.data as Data?, fetch.response, fetch.error)
-        if let e = result.2 { throw FederationError("cannot reach \(base): \(e.localizedDescription)") }
-        let status = (result.1 as? HTTPURLResponse)?.statusCode ?? 0
-        let obj = result.0.flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]
+        if let e = fetch.error { throw FederationError("cannot reach \(base): \(e.localizedDescription)") }
+        let status = (fetch.response as? HTTPURLResponse)?.statusCode ?? 0
+        let obj = (try? JSONSerialization.jsonObject(with: fetch.data)) as? [String: Any]
         if status == 404 && allowMissing { return nil }
         guard (200..<300).contains(status) else {
             throw FederationError("\(base)\(path.prefix { $0 != "?" }): \(obj?["error"] as? String ?? "HTTP \(status)")")

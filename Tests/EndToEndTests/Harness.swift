@@ -188,10 +188,12 @@ func withSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
     return try body()
 }
 
-/// Runs a short helper tool (mount, umount, ...) to completion, bounded by 30 s. Output goes
-/// to a file, and the wait is a bounded poll: reading a pipe to its end, or Foundation's
-/// waitUntilExit, never returns if something the tool started keeps the descriptor open.
-func runTool(_ exe: String, _ args: [String]) -> (status: Int32, output: String) {
+/// Runs a helper tool (mount, umount, a shell command, ...) to completion, bounded by
+/// `timeout` seconds (killed after), with `env` added to the environment. Output goes to a
+/// file, and the wait is a bounded poll: reading a pipe to its end, or Foundation's
+/// waitUntilExit, never returns if something the tool started (a daemon) keeps the
+/// descriptor open.
+func runTool(_ exe: String, _ args: [String], timeout: Int = 30, env: [String: String] = [:]) -> (status: Int32, output: String) {
     let out = NSTemporaryDirectory() + "ferry-tool-\(getpid())-\(logCounter.next()).out"
     defer { unlink(out) }
     guard FileManager.default.createFile(atPath: out, contents: nil), let handle = FileHandle(forWritingAtPath: out) else {
@@ -200,14 +202,15 @@ func runTool(_ exe: String, _ args: [String]) -> (status: Int32, output: String)
     defer { try? handle.close() }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-    p.arguments = ["-k", "5", "30", exe] + args
+    p.arguments = ["-k", "5", String(timeout), exe] + args
+    if !env.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(env) { _, b in b } }
     p.standardOutput = handle
     p.standardError = handle
     p.standardInput = FileHandle.nullDevice
     do { try withSignalsUnblocked { try p.run() } } catch { return (-1, "\(error)") }
     let output = { (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" }
-    guard waitUntil(timeout: 45, interval: 0.02, { !p.isRunning }) else {
-        return (-1, "\(exe): no exit reported within 45 s: \(output())")
+    guard waitUntil(timeout: Double(timeout + 15), interval: 0.02, { !p.isRunning }) else {
+        return (-1, "\(exe): no exit reported within \(timeout + 15) s: \(output())")
     }
     return (p.terminationStatus, output())
 }

@@ -16,19 +16,7 @@ struct SlurmE2ETests {
     /// Runs a shell command to completion (output to a file, not a pipe: slurm-test.sh
     /// starts daemons), at most `timeout` seconds.
     static func sh(_ command: String, timeout: Int = 60, env: [String: String] = [:]) -> (status: Int32, output: String) {
-        let out = NSTemporaryDirectory() + "ferry-sh-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
-        defer { unlink(out) }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-        p.arguments = ["-k", "5", "\(timeout)", "/bin/sh", "-c", "(\(command)) > '\(out)' 2>&1 < /dev/null"]
-        p.environment = ProcessInfo.processInfo.environment.merging(env) { _, b in b }
-        do { try p.run() } catch { return (-1, "\(error)") }
-        // Bounded even if Foundation never learns of the exit (it waits for a socket the child
-        // inherits to close: a daemon started beneath that keeps it would hold it forever).
-        guard waitUntil(timeout: Double(timeout) + 15, interval: 0.05, { !p.isRunning }) else {
-            return (-1, "no exit reported within \(timeout + 15) s: \((try? String(contentsOfFile: out, encoding: .utf8)) ?? "")")
-        }
-        return (p.terminationStatus, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
+        runTool("/bin/sh", ["-c", "(\(command)) < /dev/null"], timeout: timeout, env: env)
     }
 
     final class Site {

@@ -167,7 +167,7 @@ final class Receiver: @unchecked Sendable {
             ctx.fail(e)
             // The sender learns why before the slower cleanup below: once its data streams
             // break it waits only a moment for a verdict, and "no space left" explains more
-            // than its broken pipe. (A second ERROR after this one finds it gone, unread.)
+            // than its broken pipe. (The connection sends one ERROR: the server's is dropped.)
             if var verdict = ctx.error, verdict.code != .remote, let ring = controlRing {
                 verdict.resumable = verdict.rerunResumes
                 ctx.control.sendError(verdict, ring: ring)

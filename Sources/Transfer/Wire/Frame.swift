@@ -61,6 +61,8 @@ final class Connection: @unchecked Sendable {
     let peer: String
     private let sendLock = Lock()
     private var closed = false
+    /// Set by the first `sendError`: a connection says why it hangs up once.
+    private var errorSent = false
     private let closeLock = Lock()
     /// Set on control connections once the TLS handshake is done: every byte after the
     /// preamble goes through it.
@@ -205,9 +207,15 @@ final class Connection: @unchecked Sendable {
         return (header.type, payload)
     }
 
-    /// Best effort: tell the peer why we hang up.
+    /// Best effort: tell the peer why we hang up, once per connection (the receiver says it as
+    /// soon as it fails, before its cleanup; the server's later word is then not sent again).
     /// ERROR frames carry flag bit 0 when a rerun would resume.
     func sendError(_ error: TransferError, ring: Ring) {
+        let first = closeLock.withLock { () -> Bool in
+            defer { errorSent = true }
+            return !errorSent
+        }
+        guard first else { return }
         try? send(.error, Array(error.message.utf8.prefix(4096)), flags: error.resumable ? 1 : 0, ring: ring)
     }
 }
