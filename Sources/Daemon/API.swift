@@ -49,7 +49,8 @@ public struct DaemonAPI: Sendable {
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.get("/api/v1/health") { _, _ in
-            let peers = (runner?.tuner.snapshot() ?? [:]).mapValues { ["streams": $0.streams, "active": $0.active, "rate_bytes_per_second": Int($0.lastRate), "errors": $0.errors] }
+            // Unauthenticated: only what the configuration names (peers, allowed hosts).
+            let peers = (runner?.tuner.snapshot() ?? [:]).filter { runner?.isConfiguredKey($0.key) ?? false }.mapValues { ["streams": $0.streams, "active": $0.active, "rate_bytes_per_second": Int($0.lastRate), "errors": $0.errors] }
             return json(200, ["status": "ok", "center": center, "peers": peers, "transfer": transfer,
                               "jobs": (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]])
         }
@@ -87,9 +88,13 @@ public struct DaemonAPI: Sendable {
                     requests[i].streams = requests[i].streams.map { max(1, min($0, 64)) }
                     try authorizePaths(requests[i], user)
                 }
-                var jobs: [[String: Any]] = []
+                var peers: [String] = []
                 for req in requests {
-                    let peer = peerName(req.source) ?? peerName(req.destination) ?? ""
+                    peers.append(try remoteKey(req.source) ?? remoteKey(req.destination) ?? "")
+                    try authorizeDependencies(req.dependsOn, user)
+                }
+                var jobs: [[String: Any]] = []
+                for (req, peer) in zip(requests, peers) {
                     let id = try store.submit(owner: user.user, request: req, peer: peer, now: now())
                     jobs.append(jobObject(try store.get(id)!))
                 }
@@ -232,30 +237,49 @@ public struct DaemonAPI: Sendable {
         return o
     }
 
-    private func peerName(_ path: String) -> String? {
+    /// The remote side of a job path (`ferry://AUTHORITY/...`) as the configuration names it
+    /// (a peer, or an entry of `allow_hosts`): the job's key for limits, tuning and metrics.
+    /// nil for a local path; 400 for anything the configuration does not name (nothing is
+    /// dialled, no peer entry is made).
+    func remoteKey(_ path: String) throws -> String? {
         guard path.hasPrefix("ferry://") else { return nil }
-        return String(path.dropFirst(8).prefix { $0 != "/" })
+        guard let runner else { throw HTTPFailure(status: 400, message: "this daemon runs no jobs") }
+        do {
+            return try runner.remote(String(path.dropFirst(8).prefix { $0 != "/" })).key
+        } catch let e as TransferError {
+            throw HTTPFailure(status: 400, message: e.message)
+        }
+    }
+
+    /// `dependsOn` names only the caller's own jobs (an operator's: any): another user's job
+    /// answers exactly as a missing one.
+    func authorizeDependencies(_ ids: [Int64], _ user: User) throws {
+        for d in ids {
+            guard let j = try store.get(d), j.owner == user.user || user.isOperator else {
+                throw JobStoreError("job \(d) (a dependency) does not exist")
+            }
+        }
     }
 
     private func metrics() -> String {
         var out = "# HELP ferry_jobs Transfer jobs by state.\n# TYPE ferry_jobs gauge\n"
         let counts = (try? store.countsByState()) ?? [:]
-        for s in JobState.allCases { out += "ferry_jobs{state=\"\(s.rawValue)\"} \(counts[s] ?? 0)\n" }
+        for s in JobState.allCases { out += "ferry_jobs{state=\(promLabel(s.rawValue))} \(counts[s] ?? 0)\n" }
         if let t = try? store.totals() {
             out += "# HELP ferry_bytes_total Bytes delivered by finished jobs.\n# TYPE ferry_bytes_total counter\nferry_bytes_total \(t.bytes)\n"
             out += "# HELP ferry_files_total Files delivered by finished jobs.\n# TYPE ferry_files_total counter\nferry_files_total \(t.files)\n"
             out += "# HELP ferry_retries_total Attempts beyond each job's first.\n# TYPE ferry_retries_total counter\nferry_retries_total \(t.retries)\n"
         }
         if let tuner = runner?.tuner {
-            let peers = tuner.snapshot().sorted { $0.key < $1.key }
+            let peers = tuner.snapshot().sorted { $0.key < $1.key }.map { (promLabel($0.key), $0.value) }
             out += "# HELP ferry_peer_streams TCP streams the daemon uses towards each peer (self-tuned).\n# TYPE ferry_peer_streams gauge\n"
-            for (p, s) in peers { out += "ferry_peer_streams{peer=\"\(p)\"} \(s.streams)\n" }
+            for (p, s) in peers { out += "ferry_peer_streams{peer=\(p)} \(s.streams)\n" }
             out += "# HELP ferry_peer_active Transfers the daemon runs at once towards each peer (self-tuned).\n# TYPE ferry_peer_active gauge\n"
-            for (p, s) in peers { out += "ferry_peer_active{peer=\"\(p)\"} \(s.active)\n" }
+            for (p, s) in peers { out += "ferry_peer_active{peer=\(p)} \(s.active)\n" }
             out += "# HELP ferry_peer_rate_bytes Last measured throughput towards each peer.\n# TYPE ferry_peer_rate_bytes gauge\n"
-            for (p, s) in peers { out += "ferry_peer_rate_bytes{peer=\"\(p)\"} \(Int(s.lastRate))\n" }
+            for (p, s) in peers { out += "ferry_peer_rate_bytes{peer=\(p)} \(Int(s.lastRate))\n" }
             out += "# HELP ferry_peer_errors_total Failed attempts towards each peer.\n# TYPE ferry_peer_errors_total counter\n"
-            for (p, s) in peers { out += "ferry_peer_errors_total{peer=\"\(p)\"} \(s.errors)\n" }
+            for (p, s) in peers { out += "ferry_peer_errors_total{peer=\(p)} \(s.errors)\n" }
         }
         return out
     }
@@ -296,6 +320,22 @@ public struct DaemonAPI: Sendable {
 }
 
 func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+/// A Prometheus label value, quoted and escaped as the text exposition format says: backslash,
+/// double quote and line feed escaped (`\\`, `\"`, `\n`); nothing a value holds can end the
+/// label, the line, or start another sample.
+func promLabel(_ v: String) -> String {
+    var out = "\""
+    for u in v.unicodeScalars {
+        switch u {
+        case "\\": out += "\\\\"
+        case "\"": out += "\\\""
+        case "\n": out += "\\n"
+        default: out.unicodeScalars.append(u)
+        }
+    }
+    return out + "\""
+}
 
 func jobObject(_ j: Job) -> [String: Any] {
     var o: [String: Any] = ["id": Int(j.id), "owner": j.owner, "state": j.state.rawValue, "source": j.request.source,

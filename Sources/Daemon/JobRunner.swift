@@ -10,6 +10,10 @@ public struct RunnerSettings: Sendable {
     /// Peer centers by name: `ferry://NAME/path` in a job goes to this address, and the peer
     /// must prove to be NAME.
     public var peers: [String: HostPort] = [:]
+    /// Remote sides a job may name besides the peers: `HOST:PORT` strings (`[daemon]
+    /// allow_hosts`). Anything else is refused at submit: the daemon is no open proxy that
+    /// dials wherever a user points it with the center's certificate.
+    public var allowHosts: [String] = []
     public var workers = 2
     public var leaseSeconds: Int64 = 30
     public var perPeerMax = 4
@@ -173,17 +177,18 @@ public final class JobRunner: @unchecked Sendable {
         }
     }
 
-    /// A job path: `ferry://PEER/path` (a configured peer by name, or HOST:PORT), or
-    /// `/EXPORT/path` of this center. Returns the endpoint and the peer's center name.
+    /// A job path: `ferry://PEER/path` (a configured peer by name, or HOST:PORT of a configured
+    /// peer or of `allowHosts`), or `/EXPORT/path` of this center. Returns the endpoint and the
+    /// peer's center name.
     func endpoint(_ text: String) throws -> (Endpoint, String?) {
         if text.hasPrefix("ferry://") {
             let rest = text.dropFirst("ferry://".count)
             let name = String(rest.prefix { $0 != "/" })
-            if let address = settings.peers[name] {
-                let path = String(rest.dropFirst(name.count))
-                return (.remote(address, path: path.isEmpty ? "/" : path), name)
+            let path = String(rest.dropFirst(name.count))
+            switch try remote(name) {
+            case .peer(let peer): return (.remote(settings.peers[peer]!, path: path.isEmpty ? "/" : path), peer)
+            case .allowed: return (try Endpoint(parsing: text), nil)
             }
-            return (try Endpoint(parsing: text), nil)
         }
         let parts = text.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         guard text.hasPrefix("/"), let first = parts.first else { throw TransferError(.usage, "a local job path is /EXPORT/PATH, not '\(text)'") }
@@ -194,6 +199,41 @@ public final class JobRunner: @unchecked Sendable {
         let path = ([export.path] + beneath).joined(separator: "/")
         try JobRunner.confine(path, within: export.path, shown: text)
         return (.local(path), nil)
+    }
+
+    /// Whether `key` (a job's peer) is one the configuration names: what unauthenticated
+    /// answers (health) may show.
+    public func isConfiguredKey(_ key: String) -> Bool {
+        settings.peers[key] != nil || settings.allowHosts.contains(key)
+    }
+
+    /// What the authority of a `ferry://AUTHORITY/...` job path is allowed to be.
+    enum Remote: Equatable {
+        /// A configured `[[peer]]` (named, or by its exact address): authenticated as that center.
+        case peer(String)
+        /// An entry of `allowHosts` (the canonical HOST:PORT).
+        case allowed(String)
+
+        /// The key for per-peer limits, tuning and metrics: always a string of the configuration.
+        var key: String {
+            switch self {
+            case .peer(let p): return p
+            case .allowed(let a): return a
+            }
+        }
+    }
+
+    /// Checks the authority of a job's remote side against the configuration: a peer's name,
+    /// a peer's address or an allowed host. Anything else (an unknown host, a port of this
+    /// machine, a name with control characters) is refused before anything is dialled.
+    func remote(_ authority: String) throws -> Remote {
+        if settings.peers[authority] != nil { return .peer(authority) }
+        let shown = String(authority.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : Character($0) }.prefix(200))
+        if authority.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }), let hp = try? HostPort(parsing: authority) {
+            if let peer = settings.peers.filter({ $0.value == hp }).keys.sorted().first { return .peer(peer) }
+            if let a = settings.allowHosts.first(where: { (try? HostPort(parsing: $0)) == hp }) { return .allowed(a) }
+        }
+        throw TransferError(.usage, "'\(shown)' is neither a peer of this center ([[peer]] name or address) nor an allowed host")
     }
 
     /// The engine opens a job's local path by name, following symlinks (a user's own files on

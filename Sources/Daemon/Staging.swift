@@ -447,7 +447,7 @@ extension DaemonAPI {
         var peer = ""
         if d.destination.hasPrefix("ferry://") {
             dst = d.destination
-            peer = String(d.destination.dropFirst(8).prefix { $0 != "/" })
+            peer = try remoteKey(d.destination) ?? ""
         } else if d.destination.hasPrefix("/") {
             dst = try exportPath(d.destination, what: "DST").job
         } else {

@@ -1,0 +1,189 @@
+// Issue 13, tried as an attacker with a valid token of an ordinary user would: the daemon is no
+// open proxy, dependencies name only one's own jobs, dataset names have owners, refusals and
+// jobs are audited. Two centers on loopback (DaemonE2ETests.start): hlrs runs the daemon,
+// wuxi is its only [[peer]].
+
+import Foundation
+import Testing
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Multi-user trust (daemon)")
+struct TrustTests {
+    /// One HTTP request through Python's urllib: the status and the body (also for 4xx).
+    static func http(_ method: String, _ url: String, token: String?, body: String? = nil) -> (status: Int, body: String) {
+        let script = """
+            import sys, urllib.request, urllib.error
+            url, method, tok, body = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+            h = {'Content-Type': 'application/json'}
+            if tok: h['Authorization'] = 'Bearer ' + open(tok).read().strip()
+            req = urllib.request.Request(url, data=body.encode() if body else None, method=method, headers=h)
+            try:
+                r = urllib.request.urlopen(req, timeout=30); code = r.status; text = r.read().decode()
+            except urllib.error.HTTPError as e:
+                code = e.code; text = e.read().decode()
+            sys.stdout.write(str(code) + '\\n' + text)
+            """
+        let out = runTool("/usr/bin/python3", ["-c", script, url, method, token ?? "", body ?? ""], timeout: 60).output
+        guard let nl = out.firstIndex(of: "\n"), let code = Int(out[..<nl]) else { return (0, out) }
+        return (code, String(out[out.index(after: nl)...]))
+    }
+
+    static func object(_ text: String) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]) ?? [:]
+    }
+
+    /// Reads the Prometheus text exposition format strictly (comments, then samples
+    /// `name{label="value",...} number`, values escaped only as `\\`, `\"`, `\n`): the samples
+    /// with their unescaped labels, or nil at the first line the format does not allow.
+    static func parseMetrics(_ text: String) -> [(name: String, labels: [String: String], value: Double)]? {
+        var out: [(String, [String: String], Double)] = []
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.isEmpty || line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ") { continue }
+            var it = Array(line.unicodeScalars)[...]
+            func isNameChar(_ c: Unicode.Scalar, first: Bool) -> Bool {
+                (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || c == "_" || c == ":" || (!first && c >= "0" && c <= "9")
+            }
+            var name = ""
+            while let c = it.first, isNameChar(c, first: name.isEmpty) { name.unicodeScalars.append(c); it = it.dropFirst() }
+            guard !name.isEmpty else { return nil }
+            var labels: [String: String] = [:]
+            if it.first == "{" {
+                it = it.dropFirst()
+                while it.first != "}" {
+                    var key = ""
+                    while let c = it.first, isNameChar(c, first: key.isEmpty) { key.unicodeScalars.append(c); it = it.dropFirst() }
+                    guard !key.isEmpty, it.first == "=" else { return nil }
+                    it = it.dropFirst()
+                    guard it.first == "\"" else { return nil }
+                    it = it.dropFirst()
+                    var value = ""
+                    while true {
+                        guard let c = it.first else { return nil }
+                        it = it.dropFirst()
+                        if c == "\"" { break }
+                        if c == "\\" {
+                            guard let e = it.first else { return nil }
+                            it = it.dropFirst()
+                            switch e {
+                            case "\\": value += "\\"
+                            case "\"": value += "\""
+                            case "n": value += "\n"
+                            default: return nil
+                            }
+                        } else {
+                            value.unicodeScalars.append(c)
+                        }
+                    }
+                    labels[key] = value
+                    if it.first == "," { it = it.dropFirst() } else if it.first != "}" { return nil }
+                }
+                it = it.dropFirst()
+            }
+            guard it.first == " ", let v = Double(String(String.UnicodeScalarView(it.dropFirst()))) else { return nil }
+            out.append((name, labels, v))
+        }
+        return out
+    }
+
+    @Test("the daemon is no open proxy: unknown hosts and hostile names refused at submit (400, nothing dialled, no peer entry); /metrics parses; health shows only configured peers; dependsOn on another user's job answers as a missing one")
+    func notAnOpenProxy() throws {
+        let c = try DaemonE2ETests.start("trust-proxy")
+        defer { c.a.stop(); c.b.stop() }
+        let alice = try c.sb.issueToken(user: "alice", scopes: ["rw:/scratch/alice"], name: "alice.tok")
+        let bob = try c.sb.issueToken(user: "bob", scopes: ["rw:/scratch/bob"], name: "bob.tok")
+        try c.sb.dir("hlrs/scratch/alice")
+        try c.sb.dir("hlrs/scratch/bob")
+        try writeRandomFile(c.scratch + "/alice/data.bin", size: 3 * E2E.MiB)
+        try writeFile(c.scratch + "/bob/b.txt", Array("bob\n".utf8))
+        // Something listening on loopback that is not a peer: the daemon must never dial it.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var addr = loopbackAddress(port: 0)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(listen(listener, 16) == 0)
+        var bound = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
+        let trapPort = Int(UInt16(bigEndian: bound.sin_port))
+        _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
+
+        // A legitimate job of alice's to the configured peer, by name.
+        let legit = TrustTests.http("POST", c.api + "/api/v1/transfers", token: alice,
+                                    body: #"{"source": "/scratch/alice/data.bin", "destination": "ferry://wuxi/incoming/alice-data.bin"}"#)
+        #expect(legit.status == 201, "\(legit)")
+        let legitID = TrustTests.object(legit.body)["id"] as? Int ?? -1
+
+        // Hosts the configuration does not name, including ones with quotes and newlines.
+        let hostile = [
+            "ferry://127.0.0.1:\(trapPort)/x",
+            "ferry://127.0.0.1:22/x",
+            "ferry://localhost:\(trapPort)/x",
+            "ferry://ev\\\"il} 1\\nferry_injected{a=\\\"b:1/x",
+            "ferry://a\\nb:7400/x",
+        ]
+        for dst in hostile {
+            let r = TrustTests.http("POST", c.api + "/api/v1/transfers", token: bob, body: #"{"source": "/scratch/bob/b.txt", "destination": "\#(dst)"}"#)
+            #expect(r.status == 400, "\(dst): \(r)")
+            #expect((TrustTests.object(r.body)["error"] as? String ?? "").contains("neither a peer of this center"), "\(dst): \(r.body)")
+            // As a source too (pull from an unknown host into the user's own directory).
+            let s = TrustTests.http("POST", c.api + "/api/v1/transfers", token: bob, body: #"{"source": "\#(dst)", "destination": "/scratch/bob/in"}"#)
+            #expect(s.status == 400, "\(dst) as source: \(s)")
+        }
+        // Several sources: refused whole.
+        let multi = TrustTests.http("POST", c.api + "/api/v1/transfers", token: bob,
+                                    body: #"{"sources": ["/scratch/bob/b.txt"], "destination": "ferry://127.0.0.1:\#(trapPort)/d/"}"#)
+        #expect(multi.status == 400, "\(multi)")
+        // A peer's own address is that peer (authenticated as wuxi): accepted.
+        let byAddress = TrustTests.http("POST", c.api + "/api/v1/transfers", token: bob,
+                                        body: #"{"source": "/scratch/bob/b.txt", "destination": "ferry://127.0.0.1:\#(c.b.port)/incoming/bob-b.txt"}"#)
+        #expect(byAddress.status == 201, "\(byAddress)")
+        #expect(TrustTests.object(byAddress.body)["peer"] as? String == "wuxi", "\(byAddress.body)")
+
+        // Bob's jobs: only the one to wuxi exists.
+        let listed = TrustTests.object(TrustTests.http("GET", c.api + "/api/v1/transfers", token: bob).body)["transfers"] as? [[String: Any]] ?? []
+        #expect(listed.count == 1, "\(listed)")
+
+        // dependsOn: alice's job id answers for bob exactly as a job that does not exist.
+        let missingID = 900_000
+        let onAlice = TrustTests.http("POST", c.api + "/api/v1/transfers", token: bob,
+                                      body: #"{"source": "/scratch/bob/b.txt", "destination": "ferry://wuxi/incoming/bob2.txt", "dependsOn": [\#(legitID)]}"#)
+        let onMissing = TrustTests.http("POST", c.api + "/api/v1/transfers", token: bob,
+                                        body: #"{"source": "/scratch/bob/b.txt", "destination": "ferry://wuxi/incoming/bob2.txt", "dependsOn": [\#(missingID)]}"#)
+        #expect(onMissing.status != 201, "\(onMissing)")
+        #expect(onAlice.status == onMissing.status, "\(onAlice) vs \(onMissing)")
+        #expect(onAlice.body.replacingOccurrences(of: "\(legitID)", with: "N") == onMissing.body.replacingOccurrences(of: "\(missingID)", with: "N"),
+                "\(onAlice.body) vs \(onMissing.body)")
+        // Her own job: accepted.
+        let own = TrustTests.http("POST", c.api + "/api/v1/transfers", token: alice,
+                                  body: #"{"source": "/scratch/alice/data.bin", "destination": "ferry://wuxi/incoming/alice-2.bin", "dependsOn": [\#(legitID)]}"#)
+        #expect(own.status == 201, "\(own)")
+
+        // The legitimate transfers complete byte-identical.
+        let (_, done) = DaemonE2ETests.waitForState(c, Int(TrustTests.object(own.body)["id"] as? Int ?? -1), "success", timeout: 60)
+        #expect(done["state"] as? String == "success", "\(done)")
+        #expect(filesIdentical(c.scratch + "/alice/data.bin", c.incoming + "/alice-data.bin"))
+        #expect(filesIdentical(c.scratch + "/alice/data.bin", c.incoming + "/alice-2.bin"))
+        #expect(filesIdentical(c.scratch + "/bob/b.txt", c.incoming + "/bob-b.txt"))
+
+        // Nothing ever connected to the trap.
+        var peerAddr = sockaddr()
+        var peerLen = socklen_t(MemoryLayout<sockaddr>.size)
+        let accepted = accept(listener, &peerAddr, &peerLen)
+        #expect(accepted < 0, "the daemon dialled a host the configuration does not name")
+        if accepted >= 0 { close(accepted) }
+
+        // Health (no token): only configured peers. Metrics (no token): the format parses.
+        let health = TrustTests.object(DaemonE2ETests.httpGet(c.api + "/api/v1/health"))
+        let peers = (health["peers"] as? [String: Any]) ?? [:]
+        #expect(Set(peers.keys).isSubset(of: ["wuxi"]), "\(health)")
+        let metrics = DaemonE2ETests.httpGet(c.api + "/metrics")
+        let samples = TrustTests.parseMetrics(metrics)
+        #expect(samples != nil, "/metrics does not parse: \(metrics)")
+        #expect(!(samples ?? []).contains { $0.name == "ferry_injected" }, "\(metrics)")
+        #expect((samples ?? []).allSatisfy { ($0.labels["peer"] ?? "wuxi") == "wuxi" }, "\(metrics)")
+    }
+}
