@@ -94,19 +94,29 @@ extension Ferry {
             @Option(help: "Lifetime: 90s, 30m, 24h, 7d.")
             var ttl = "24h"
 
-            @Option(help: "Start the validity this long ago (for tests of expired tokens).")
+            @Option(help: "Start the validity this long ago (for tests of expired tokens; -1h: in an hour, for tests of tokens not yet valid).")
             var backdate = "0s"
+
+            @Option(help: "Write the token to this file (created with mode 0600, never through a symbolic link) instead of printing it.")
+            var out: String?
 
             func run() throws {
                 guard !scope.isEmpty else { throw ValidationError("give at least one --scope") }
                 guard UserToken.isValidUser(user) else { throw ValidationError("bad user name '\(user)': 1-255 bytes, no control characters, no '@', not '*' or 'center:...'") }
-                let now = Int64(Date().timeIntervalSince1970) - (try parseDuration(backdate))
+                let back = backdate.hasPrefix("-") ? -(try parseDuration(String(backdate.dropFirst()))) : try parseDuration(backdate)
+                let now = Int64(Date().timeIntervalSince1970) - back
                 let lifetime = try parseDuration(ttl)
-                try asUsageError {
+                let text = try asUsageError {
                     let scopes = try scope.map { try Scope(parsing: $0) }
                     let info = try CertificateInfo(path: cert)
                     let t = UserToken(issuer: info.commonName, user: user, scopes: scopes, issuedAt: now, expiresAt: now + lifetime)
-                    print(t.signed(privateKey: try loadPrivateKey(key)))
+                    return t.signed(privateKey: try loadPrivateKey(key))
+                }
+                if let out {
+                    try writeSecret(text + "\n", to: out)
+                    print("ferry token: wrote the token of '\(user)' to \(out) (mode 0600)")
+                } else {
+                    print(text)
                 }
             }
         }
@@ -122,11 +132,18 @@ extension Ferry {
 
             func run() throws {
                 let text = try tokenArgument(token)
-                let t = try asUsageError {
-                    try cert.map { try TokenVerifier(issuerCertificates: [$0], revocationsPath: nil).verify(text) } ?? UserToken.decodeUnverified(text)
+                // With --cert: the signature must be genuine; an expired or not yet valid token is
+                // still shown, with its state (the point of asking).
+                let t = try asUsageError { () throws -> UserToken in
+                    guard let cert else { return try UserToken.decodeUnverified(text) }
+                    let (token, error) = try TokenVerifier(issuerCertificates: [cert], revocationsPath: nil).check(text)
+                    guard let token else { throw error ?? TransferError(.auth, "token refused") }
+                    return token
                 }
                 let scopes = t.scopes.map { jsonString($0.description) }.joined(separator: ",")
-                print("{\"id\":\"\(t.idHex)\",\"issuer\":\(jsonString(t.issuer)),\"user\":\(jsonString(t.user)),\"scopes\":[\(scopes)],\"issued_at\":\(t.issuedAt),\"expires_at\":\(t.expiresAt),\"verified\":\(cert != nil)}")
+                let (state, note) = tokenValidity(t)
+                print("{\"id\":\"\(t.idHex)\",\"issuer\":\(jsonString(t.issuer)),\"user\":\(jsonString(t.user)),\"scopes\":[\(scopes)],\"issued_at\":\(t.issuedAt),\"expires_at\":\(t.expiresAt),\"state\":\"\(state)\",\"verified\":\(cert != nil)}")
+                if let note { FileHandle.standardError.write("ferry token: \(note)\n".data(using: .utf8)!) }
             }
         }
 
@@ -180,6 +197,19 @@ extension Ferry {
                 return hp
             }
             let creds = try credentials.load(needsIdentity: false)
+            // The token a transfer would use (--token-file, FERRY_TOKEN_FILE): say when it is
+            // expired or not yet valid (ping itself does not send it).
+            if let path = credentials.tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"] {
+                let note: String
+                do {
+                    let t = try UserToken.decodeUnverified(try readToken(path))
+                    let (state, why) = tokenValidity(t)
+                    note = why ?? "token of '\(t.user)' is \(state) until \(isoTime(t.expiresAt))"
+                } catch {
+                    note = "the token in '\(path)' cannot be read: \(asMessage(error))"
+                }
+                FileHandle.standardError.write("ferry ping: \(note)\n".data(using: .utf8)!)
+            }
             var times: [Double] = []
             for i in 0..<count {
                 do {
@@ -200,6 +230,55 @@ extension Ferry {
             }
         }
     }
+}
+
+/// A token's validity now: "valid", "expired" or "not_yet_valid", and a sentence when it is
+/// not valid (the servers allow 300 s of clock skew before `issued_at`).
+func tokenValidity(_ t: UserToken, now: Int64 = Int64(Date().timeIntervalSince1970)) -> (state: String, note: String?) {
+    if now >= t.expiresAt {
+        return ("expired", "token of '\(t.user)' expired at \(isoTime(t.expiresAt)) (\(now - t.expiresAt) s ago): ask for a new one")
+    }
+    if now + 300 < t.issuedAt {
+        return ("not_yet_valid", "token of '\(t.user)' is not valid before \(isoTime(t.issuedAt)) (in \(t.issuedAt - now) s; check the clocks)")
+    }
+    return ("valid", nil)
+}
+
+/// Writes a secret (a token) to `path` readable by its owner only: the file is created with
+/// O_EXCL and mode 0600, or, when it exists, opened without following a symbolic link, checked
+/// to be a regular file of this user, set to 0600 and emptied before anything is written.
+func writeSecret(_ text: String, to path: String) throws {
+    var fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    if fd < 0 && errno == EEXIST {
+        fd = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        if fd < 0 && errno == ELOOP { throw ValidationError("'\(path)' is a symbolic link: not writing a token through it") }
+        if fd >= 0 {
+            var st = stat()
+            guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_uid == geteuid(), st.st_nlink == 1 else {
+                close(fd)
+                throw ValidationError("'\(path)' is not a regular file of yours with one link: not writing a token there")
+            }
+            guard fchmod(fd, 0o600) == 0, ftruncate(fd, 0) == 0 else {
+                let e = String(cString: strerror(errno))
+                close(fd)
+                throw ValidationError("cannot make '\(path)' private: \(e)")
+            }
+        }
+    }
+    if fd < 0 {
+        if errno == ELOOP { throw ValidationError("'\(path)' is a symbolic link: not writing a token through it") }
+        throw ValidationError("cannot create '\(path)': \(String(cString: strerror(errno)))")
+    }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    var done = 0
+    while done < bytes.count {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { throw ValidationError("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+        done += n
+    }
+    guard fsync(fd) == 0 else { throw ValidationError("cannot write '\(path)': \(String(cString: strerror(errno)))") }
 }
 
 /// "90s", "30m", "24h", "7d" → seconds.

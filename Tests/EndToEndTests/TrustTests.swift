@@ -186,4 +186,65 @@ struct TrustTests {
         #expect(!(samples ?? []).contains { $0.name == "ferry_injected" }, "\(metrics)")
         #expect((samples ?? []).allSatisfy { ($0.labels["peer"] ?? "wuxi") == "wuxi" }, "\(metrics)")
     }
+
+    @Test("`ferry token issue --out FILE`: mode 0600 whatever was there, never through a symbolic link; `token show` and `ping` say when a token is expired or not yet valid")
+    func tokenFiles() throws {
+        let sb = try Sandbox("trust-token")
+        let issue = ["token", "issue", "--cert", sb.centerCert, "--key", sb.centerKey, "--user", "carol", "--scope", "read:/data"]
+        // A new file: 0600.
+        let fresh = sb.file("fresh.tok")
+        let r1 = try sb.ferry(issue + ["--out", fresh])
+        #expect(r1.status == 0, "\(r1)")
+        #expect((meta(fresh)?.mode ?? 0) & 0o7777 == 0o600, "\(String(meta(fresh)?.mode ?? 0, radix: 8))")
+        #expect(!r1.stdout.contains(String(decoding: readFile(fresh) ?? [], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)), "the token went to stdout too")
+        // An existing world-readable file: made 0600 before the token is in it.
+        let old = sb.file("old.tok")
+        try writeFile(old, Array("an old token that is much longer than any new one would ever be, padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding\n".utf8))
+        chmod(old, 0o644)
+        let r2 = try sb.ferry(issue + ["--out", old])
+        #expect(r2.status == 0, "\(r2)")
+        #expect((meta(old)?.mode ?? 0) & 0o7777 == 0o600)
+        let written = String(decoding: readFile(old) ?? [], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!written.contains("padding") && !written.isEmpty, "\(written)")
+        let shown = try sb.ferry(["token", "show", "@" + old, "--cert", sb.centerCert])
+        #expect(shown.status == 0 && shown.stdout.contains("\"user\":\"carol\"") && shown.stdout.contains("\"state\":\"valid\""), "\(shown)")
+        // A symbolic link (to a file the attacker wants readable, or anywhere): refused, target untouched.
+        let target = sb.file("target.txt")
+        try writeFile(target, Array("keep\n".utf8))
+        chmod(target, 0o644)
+        let link = sb.file("link.tok")
+        #expect(symlink(target, link) == 0)
+        let r3 = try sb.ferry(issue + ["--out", link])
+        #expect(r3.status != 0 && r3.stderr.contains("symbolic link"), "\(r3)")
+        #expect(readFile(target) == Array("keep\n".utf8))
+        #expect((meta(target)?.mode ?? 0) & 0o7777 == 0o644)
+        let dangling = sb.file("dangling.tok")
+        #expect(symlink(sb.file("nowhere/created.tok"), dangling) == 0)
+        let r4 = try sb.ferry(issue + ["--out", dangling])
+        #expect(r4.status != 0, "\(r4)")
+        #expect(!exists(sb.file("nowhere")))
+        // A directory: refused.
+        let r5 = try sb.ferry(issue + ["--out", try sb.dir("adir")])
+        #expect(r5.status != 0, "\(r5)")
+
+        // Expired and not yet valid: `token show` says so (also with --cert), `ping` too.
+        let expired = sb.file("expired.tok")
+        #expect(try sb.ferry(issue + ["--ttl", "60s", "--backdate", "2h", "--out", expired]).status == 0)
+        let early = sb.file("early.tok")
+        #expect(try sb.ferry(issue + ["--ttl", "2h", "--backdate=-1h", "--out", early]).status == 0)
+        for cert in [[], ["--cert", sb.centerCert]] {
+            let e = try sb.ferry(["token", "show", "@" + expired] + cert)
+            #expect(e.status == 0 && e.stdout.contains("\"state\":\"expired\"") && e.stderr.contains("expired at"), "\(e)")
+            let n = try sb.ferry(["token", "show", "@" + early] + cert)
+            #expect(n.status == 0 && n.stdout.contains("\"state\":\"not_yet_valid\"") && n.stderr.contains("not valid before"), "\(n)")
+        }
+        let server = try FerryServer(sb, root: try sb.dir("root"))
+        defer { server.stop() }
+        let pe = try sb.ferry(["ping", server.url(""), "--ca", sb.ca, "--token-file", expired])
+        #expect(pe.status == 0 && pe.stdout.contains("is center hlrs") && pe.stderr.contains("expired at"), "\(pe)")
+        let pn = try sb.ferry(["ping", server.url(""), "--ca", sb.ca, "--token-file", early])
+        #expect(pn.stderr.contains("not valid before"), "\(pn)")
+        let pv = try sb.ferry(["ping", server.url(""), "--ca", sb.ca, "--token-file", fresh])
+        #expect(pv.status == 0 && pv.stderr.contains("valid until"), "\(pv)")
+    }
 }
