@@ -87,6 +87,7 @@ echo -e "tree_build_s\t$(python3 -c "print('%.1f' % ($(date +%s.%N) - $t0))")"
 "$ferry" token issue --cert "$w/pki/bench.crt" --key "$w/pki/bench.key" --user bench --scope rw:/ > "$w/token"
 cat > "$w/bench.toml" <<T
 center = "bench"
+run_as = "root"
 listen = ["127.0.0.1:0"]
 certificate = "pki/bench.crt"
 key = "pki/bench.key"

@@ -48,6 +48,7 @@ for i in range(n):
 PY
 cat > "$w/wuxi.toml" <<T
 center = "wuxi"
+run_as = "root"
 listen = ["127.0.0.1:0"]
 certificate = "pki/wuxi.crt"
 key = "pki/wuxi.key"
@@ -66,6 +67,7 @@ for _ in $(seq 1 100); do grep -q listening "$w/wuxi.out" && break; sleep 0.1; d
 bport=$(grep -o '[0-9]*$' "$w/wuxi.out" | head -1)
 cat > "$w/hlrs.toml" <<T
 center = "hlrs"
+run_as = "root"
 listen = ["127.0.0.1:0"]
 certificate = "pki/hlrs.crt"
 key = "pki/hlrs.key"

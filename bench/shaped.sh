@@ -48,7 +48,7 @@ ip -n "$A" link set "va$$" up; ip -n "$B" link set "vb$$" up
 "$ferry" ca issue --dir "$work/pki" --center b --host fd77:feee::2 > /dev/null
 "$ferry" token issue --cert "$work/pki/b.crt" --key "$work/pki/b.key" --user bench --scope rw:/ > "$work/token"
 mkdir -p "$work/dst"
-ip netns exec "$B" "$ferry" serve --root "$work/dst" --listen "[fd77:feee::2]:7700" --cert "$work/pki/b.crt" --key "$work/pki/b.key" --ca "$work/pki/ca.crt" > "$work/serve.out" 2> "$work/serve.err" &
+ip netns exec "$B" "$ferry" serve --root "$work/dst" --run-as root --listen "[fd77:feee::2]:7700" --cert "$work/pki/b.crt" --key "$work/pki/b.key" --ca "$work/pki/ca.crt" > "$work/serve.out" 2> "$work/serve.err" &
 for _ in $(seq 1 100); do grep -q listening "$work/serve.out" && break; sleep 0.1; done
 grep -q listening "$work/serve.out" || { echo "server did not start: $(cat "$work/serve.err")" >&2; exit 1; }
 printf 'rate\tmode\trun\tseconds\tgoodput_gbps\twire_bytes\n'

@@ -47,6 +47,9 @@ print(*[s.getsockname()[1] for s in ss])')
 # daemon pushes there); it follows hlrs's catalog and takes replicas under /incoming/replicas.
 cat > "$work/wuxi.toml" <<TOML
 center = "wuxi"
+# One machine, one demo user: the transfer server acts as root here. A center maps each
+# token user to its own local account instead (docs/SECURITY.md, "Identity").
+run_as = "root"
 listen = ["127.0.0.1:$wport"]
 certificate = "pki/wuxi.crt"
 key = "pki/wuxi.key"
@@ -76,6 +79,9 @@ for _ in $(seq 1 100); do grep -q "api listening" "$work/wuxi.out" && break; sle
 
 cat > "$work/hlrs.toml" <<TOML
 center = "hlrs"
+# One machine, one demo user: the transfer server acts as root here. A center maps each
+# token user to its own local account instead (docs/SECURITY.md, "Identity").
+run_as = "root"
 listen = ["127.0.0.1:$hport"]
 certificate = "pki/hlrs.crt"
 key = "pki/hlrs.key"

@@ -115,7 +115,8 @@ extension Ferry {
                 }
                 done.signal()
             }
-            let display = ProgressDisplay(json: json)
+            // With `-` as DST standard output carries the data: every message goes to stderr.
+            let display = ProgressDisplay(json: json, messagesToStderr: destination == "-")
             while done.wait(timeout: .now() + .milliseconds(400)) == .timedOut {
                 display.show(progress.snapshot())
             }
@@ -190,12 +191,22 @@ extension Ferry.Copy {
 /// Progress on a terminal (a bar on stderr) or as JSON lines on stdout.
 final class ProgressDisplay {
     let json: Bool
+    /// Where JSON lines and the summary go: stdout, or stderr when stdout carries data.
+    let out: UnsafeMutablePointer<FILE>
     let tty = isatty(2) != 0
     var lastBytes: UInt64 = 0
     var lastTime = Date()
     var rate: Double = 0
 
-    init(json: Bool) { self.json = json }
+    init(json: Bool, messagesToStderr: Bool = false) {
+        self.json = json
+        out = messagesToStderr ? stderr : stdout
+    }
+
+    private func emit(_ line: String) {
+        fputs(line + "\n", out)
+        fflush(out)
+    }
 
     private func updateRate(_ s: TransferProgress.Snapshot) {
         let now = Date()
@@ -211,8 +222,7 @@ final class ProgressDisplay {
     func show(_ s: TransferProgress.Snapshot) {
         updateRate(s)
         if json {
-            print("{\"type\":\"progress\",\"bytes_done\":\(s.bytesDone),\"bytes_total\":\(s.bytesTotal),\"files_done\":\(s.filesDone),\"files_total\":\(s.filesTotal),\"rate_bytes_per_second\":\(UInt64(max(0, rate)))}")
-            fflush(stdout)
+            emit("{\"type\":\"progress\",\"bytes_done\":\(s.bytesDone),\"bytes_total\":\(s.bytesTotal),\"files_done\":\(s.filesDone),\"files_total\":\(s.filesTotal),\"rate_bytes_per_second\":\(UInt64(max(0, rate)))}")
         } else if tty {
             let pct = s.bytesTotal > 0 ? Double(s.bytesDone) / Double(s.bytesTotal) : 0
             let width = 24
@@ -228,19 +238,22 @@ final class ProgressDisplay {
 
     func finish(_ s: TransferProgress.Snapshot, summary: TransferSummary) {
         if json {
-            print("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"seconds\":\(String(format: "%.3f", summary.seconds))}")
-            fflush(stdout)
+            let special = summary.specialNames.map(jsonString).joined(separator: ",")
+            emit("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"special_files_skipped\":\(summary.specialFiles),\"special_files\":[\(special)],\"seconds\":\(String(format: "%.3f", summary.seconds))}")
             return
         }
         if tty { FileHandle.standardError.write("\n".data(using: .utf8)!) }
         let rateText = summary.seconds > 0 ? byteText(UInt64(Double(summary.bytes - min(summary.bytes, summary.skippedBytes)) / summary.seconds)) + "/s" : "-"
-        print("ferry: \(summary.files) files, \(byteText(summary.bytes)) in \(String(format: "%.2f", summary.seconds)) s (\(rateText)); \(byteText(summary.wireBytes)) on the wire, \(byteText(summary.skippedBytes)) already there, \(summary.retransmittedChunks) chunks resent; all verified")
+        emit("ferry: \(summary.files) files, \(byteText(summary.bytes)) in \(String(format: "%.2f", summary.seconds)) s (\(rateText)); \(byteText(summary.wireBytes)) on the wire, \(byteText(summary.skippedBytes)) already there, \(summary.retransmittedChunks) chunks resent; all verified")
+        if summary.specialFiles > 0 {
+            let more = summary.specialFiles > UInt64(summary.specialNames.count) ? ", …" : ""
+            emit("ferry: skipped \(summary.specialFiles) special file\(summary.specialFiles == 1 ? "" : "s") (devices, FIFOs and sockets are never transferred): \(summary.specialNames.joined(separator: ", "))\(more)")
+        }
     }
 
     func fail(_ e: TransferError, _ s: TransferProgress.Snapshot) {
         if json {
-            print("{\"type\":\"error\",\"message\":\(jsonString(e.message)),\"resumable\":\(e.resumable)}")
-            fflush(stdout)
+            emit("{\"type\":\"error\",\"message\":\(jsonString(e.message)),\"resumable\":\(e.resumable)}")
         }
         if tty && !json { FileHandle.standardError.write("\n".data(using: .utf8)!) }
         let hint = e.resumable ? " (run the same command again to resume)" : ""

@@ -58,6 +58,12 @@ extension Ferry {
         @Option(name: .customLong("max-connections-per-address"), help: "Connections from one address at once; more are refused (default 64).")
         var maxConnectionsPerAddress: Int?
 
+        @Option(name: .customLong("run-as"), help: "Running as root: the local account of every user not mapped otherwise (default: the account named like the token's user).")
+        var runAs: String?
+
+        @Option(name: .customLong("map"), help: "Running as root: USER=ACCOUNT, the local account a token's user (NAME, NAME@CENTER, center:NAME) acts as (repeatable).")
+        var map: [String] = []
+
         @Option(name: .customLong("audit-log"), help: "Append one JSON line per session and per refused connection to this file.")
         var auditLog: String?
 
@@ -109,6 +115,20 @@ extension Ferry {
                 if let v = maxConnections { config.connectionsMax = v }
                 if let v = maxConnectionsPerAddress { config.connectionsPerAddressMax = v }
                 if let auditLog { config.audit = try AuditLog(path: auditLog) }
+                if let f = file { config.identities = f.identities }
+                if let runAs { config.identities.runAs = runAs }
+                for m in map {
+                    guard let eq = m.firstIndex(of: "="), eq != m.startIndex, m.index(after: eq) != m.endIndex else {
+                        throw TransferError(.usage, "--map takes USER=ACCOUNT, not '\(m)'")
+                    }
+                    config.identities.entries[String(m[..<eq])] = String(m[m.index(after: eq)...])
+                }
+                if IdentityMap.canSwitch {
+                    // Checked now, not at the first session: a typo is a start-up error.
+                    for a in Set(config.identities.entries.values).union(config.identities.runAs.map { [$0] } ?? []).union(exports.compactMap(\.account)) {
+                        _ = try LocalAccount.lookup(a)
+                    }
+                }
             } catch {
                 throw ValidationError(asMessage(error))
             }

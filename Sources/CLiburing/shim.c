@@ -56,3 +56,20 @@ void ferry_set_thread_name(const char *name) {
     buf[sizeof(buf) - 1] = 0;
     pthread_setname_np(pthread_self(), buf);
 }
+
+/* Per-thread credentials. glibc's setgroups(2) wrapper changes every thread of the process
+   (it broadcasts the change); the raw system calls change only the calling thread, which is
+   what a server acting for several users at once needs. */
+int ferry_thread_setgroups(unsigned long count, const unsigned *groups) {
+    long r = syscall(SYS_setgroups, count, groups);
+    return r < 0 ? -errno : 0;
+}
+
+unsigned ferry_thread_setfsuid(unsigned uid) { return (unsigned)syscall(SYS_setfsuid, uid); }
+
+unsigned ferry_thread_setfsgid(unsigned gid) { return (unsigned)syscall(SYS_setfsgid, gid); }
+
+int ferry_thread_getgroups(int size, unsigned *groups) {
+    long r = syscall(SYS_getgroups, size, groups);
+    return r < 0 ? -errno : (int)r;
+}

@@ -34,6 +34,7 @@ struct DaemonE2ETests {
         let archive = try sb.dir("wuxi/archive")
         try writeFile(sb.file("wuxi.toml"), Array("""
             center = "wuxi"
+            run_as = "root"
             audit_log = "wuxi-audit.jsonl"
             certificate = "pki/wuxi.crt"
             key = "pki/wuxi.key"
@@ -53,6 +54,7 @@ struct DaemonE2ETests {
         let b = try FerryServer(sb, root: "", extra: ["--config", sb.file("wuxi.toml"), "--cert", sb.pki + "/wuxi.crt", "--key", sb.pki + "/wuxi.key"])
         try writeFile(sb.file("hlrs.toml"), Array("""
             center = "hlrs"
+            run_as = "root"
             certificate = "pki/hlrs.crt"
             key = "pki/hlrs.key"
             ca = "pki/ca.crt"

@@ -89,6 +89,7 @@ struct FederationE2ETests {
             }
             try writeFile(sb.file("\(c).toml"), Array("""
                 center = "\(c)"
+                run_as = "root"
                 listen = ["127.0.0.1:\(f.transferPort[c]!)"]
                 certificate = "pki/\(c).crt"
                 key = "pki/\(c).key"

@@ -238,7 +238,8 @@ final class FerryProcess {
     let arguments: [String]
     let startedAt: Double
 
-    init(_ args: [String], logDir: String, wallLimitSeconds: Int = 600) throws {
+    /// `stdinPath`: a file to read standard input from (default: /dev/null).
+    init(_ args: [String], logDir: String, wallLimitSeconds: Int = 600, stdinPath: String? = nil) throws {
         let bin = E2E.ferryBinary
         guard FileManager.default.isExecutableFile(atPath: bin) else {
             throw HarnessError(
@@ -259,7 +260,12 @@ final class FerryProcess {
         process.arguments = ["-k", "5", String(wallLimitSeconds), bin] + args
         process.standardOutput = out
         process.standardError = err
-        process.standardInput = FileHandle.nullDevice
+        if let stdinPath {
+            guard let input = FileHandle(forReadingAtPath: stdinPath) else { throw HarnessError("cannot read \(stdinPath)") }
+            process.standardInput = input
+        } else {
+            process.standardInput = FileHandle.nullDevice
+        }
         startedAt = monotonicSeconds()
         try withSignalsUnblocked { try process.run() }
         try? out.close()
@@ -468,7 +474,8 @@ final class FerryServer {
     let addresses: [String]
     let root: String
 
-    init(_ sandbox: Sandbox, root: String, listen: [String] = ["127.0.0.1:0"], extra: [String] = [])
+    /// `runAsRoot`: map every user to root (`--run-as root`) unless `extra` maps identities.
+    init(_ sandbox: Sandbox, root: String, listen: [String] = ["127.0.0.1:0"], extra: [String] = [], runAsRoot: Bool = true)
         throws
     {
         self.root = root
@@ -476,6 +483,9 @@ final class FerryServer {
         if !extra.contains("--config") && !extra.contains("--export") { args += ["--root", root] }
         for l in listen { args += ["--listen", l] }
         if !extra.contains("--cert") { args += ["--cert", sandbox.centerCert, "--key", sandbox.centerKey] }
+        // The tests run as root with the token user "alice", which has no local account: the
+        // server acts as root unless a test maps identities itself (IdentityTests do).
+        if runAsRoot && !extra.contains("--config") && !extra.contains("--run-as") && !extra.contains("--map") { args += ["--run-as", "root"] }
         if !extra.contains("--ca") { args += ["--ca", sandbox.ca] }
         args += extra
         let p = try FerryProcess(args, logDir: sandbox.path + "/logs")

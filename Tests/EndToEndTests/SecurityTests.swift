@@ -33,6 +33,7 @@ struct SecurityTests {
         let config = sb.file("serve.toml")
         try writeFile(config, Array("""
             center = "hlrs"
+            run_as = "root"
             certificate = "pki/hlrs.crt"
             key = "pki/hlrs.key"
             ca = "pki/ca.crt"

@@ -139,6 +139,7 @@ struct SlurmE2ETests {
             let staging = c == "hlrs" ? "staging = \"/cache/stage\"\nstaging_quota = \"24M\"\nstaging_bwlimit = \"16M\"\n" : ""
             try writeFile(sb.file("\(c).toml"), Array("""
                 center = "\(c)"
+                run_as = "root"
                 listen = ["127.0.0.1:\(tport[c]!)"]
                 certificate = "pki/\(c).crt"
                 key = "pki/\(c).key"

@@ -21,6 +21,7 @@ struct io_uring_sqe *ferry_uring_get_sqe(struct io_uring *ring);
 int ferry_openat2(int dirfd, const char *path, int flags, unsigned mode, unsigned long long resolve);
 /// Constants Glibc hides behind _GNU_SOURCE or that Swift cannot import as written.
 #define FERRY_O_PATH 010000000
+#define FERRY_O_TMPFILE (020000000 | 0200000)
 #define FERRY_IOSQE_IO_LINK 4u
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): 0 or -errno.
 int ferry_punch_hole(int fd, long long offset, long long length);
@@ -29,4 +30,10 @@ void ferry_set_thread_name(const char *name);
 /// Flags of IORING_CQE_F_MORE / IORING_CQE_F_NOTIF, which Swift sees as macros.
 unsigned ferry_cqe_f_more(void);
 unsigned ferry_cqe_f_notif(void);
+/// The calling thread's supplementary groups, fsuid and fsgid (raw system calls: this thread
+/// only). setgroups: 0 or -errno; setfsuid/setfsgid: the previous id (as the calls do).
+int ferry_thread_setgroups(unsigned long count, const unsigned *groups);
+unsigned ferry_thread_setfsuid(unsigned uid);
+unsigned ferry_thread_setfsgid(unsigned gid);
+int ferry_thread_getgroups(int size, unsigned *groups);
 #endif

@@ -251,9 +251,12 @@ public final class Scanner: @unchecked Sendable {
 /// transfer verified. Returns nil when the file is not the one expected (size or mtime moved
 /// while it was read): a digest is only recorded for the version it describes.
 func engineDigest(path: String, size: Int64, mtimeNs: Int64, chunkSize: Int, buffer: UnsafeMutableRawPointer) -> ChunkHash? {
-    let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    // O_NONBLOCK: a FIFO put where the scan saw a file must not block the scan for ever.
+    let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
     if fd < 0 { return nil }
     defer { close(fd) }
+    var opened = stat()
+    guard fstat(fd, &opened) == 0, opened.st_mode & S_IFMT == S_IFREG else { return nil }
     _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
     var digest = FileDigest()
     var offset: Int64 = 0

@@ -28,7 +28,16 @@ import Glibc
 ///     path = "/scratch"
 ///     access = "rw"                         # "ro" or "rw"
 ///     users = ["*", "center:wuxi"]          # "*": any user with a valid token
+///     account = "projsvc"                   # optional: everyone here acts as this account
+///     setid = false                         # apply setuid/setgid bits from clients (default no)
 ///
+///     run_as = "ferry"                      # (top level) the account of anyone not mapped below
+///     [[identity]]                          # who acts as which local account (server as root)
+///     user = "bob@wuxi"                     # a token's user, NAME@CENTER or center:NAME
+///     account = "bob"
+///
+/// Without `[[identity]]`, `run_as` or an export's `account`, a token's user acts as the local
+/// account of the same name (see `IdentityMap`).
 /// Unknown keys are errors, so a typo never silently weakens a setting.
 public struct ServerConfigFile {
     public var center: String?
@@ -45,6 +54,8 @@ public struct ServerConfigFile {
     public var connectionsMax = 256
     public var connectionsPerAddressMax = 64
     public var exports: [Export] = []
+    /// `run_as` and `[[identity]]`: which local account each principal acts as.
+    public var identities = IdentityMap()
     /// `[daemon]`: present when this server also runs the job queue and its API.
     public var daemon: DaemonSection?
     /// `[[peer]]`: other centers by name (jobs say `ferry://NAME/path`).
@@ -120,6 +131,16 @@ public struct ServerConfigFile {
             case "revocations": revocations = resolve(try str(v, k))
             case "audit_log": auditLog = resolve(try str(v, k))
             case "minimum_protection": minimumProtection = try ProtectionLevel(parsing: try str(v, k))
+            case "run_as": identities.runAs = try str(v, k)
+            case "identity":
+                guard case .tables(let list) = v else { throw TransferError(.usage, "identities are written [[identity]]") }
+                for it in list {
+                    guard case .string(let user)? = it["user"], case .string(let account)? = it["account"], it.count == 2, !user.isEmpty, !account.isEmpty else {
+                        throw TransferError(.usage, "every [[identity]] has a user (NAME, NAME@CENTER or center:NAME) and an account (a local account name)")
+                    }
+                    guard identities.entries[user] == nil else { throw TransferError(.usage, "[[identity]] for '\(user)' is given twice") }
+                    identities.entries[user] = account
+                }
             case "limits":
                 guard case .table(let lt) = v else { throw TransferError(.usage, "'limits' must be a table") }
                 for (lk, lv) in lt {
@@ -189,6 +210,8 @@ public struct ServerConfigFile {
                     var path: String?
                     var writable = false
                     var users = ["*"]
+                    var account: String?
+                    var setid = false
                     for (ek, ev) in et {
                         switch ek {
                         case "name": name = try str(ev, ek)
@@ -200,11 +223,17 @@ public struct ServerConfigFile {
                             default: throw TransferError(.usage, "export access must be \"ro\" or \"rw\"")
                             }
                         case "users": users = try strings(ev, ek)
+                        case "account": account = try str(ev, ek)
+                        case "setid":
+                            guard case .bool(let b) = ev else { throw TransferError(.usage, "export setid is true or false") }
+                            setid = b
                         default: throw TransferError(.usage, "unknown export setting '\(ek)'")
                         }
                     }
                     guard let name, let path, !name.isEmpty else { throw TransferError(.usage, "every [[export]] needs a name and a path") }
-                    let e = Export(name: name, path: path, writable: writable, users: users)
+                    var e = Export(name: name, path: path, writable: writable, users: users)
+                    e.account = account
+                    e.preserveSetid = setid
                     try e.validate()
                     exports.append(e)
                 }

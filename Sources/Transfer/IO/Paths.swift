@@ -80,6 +80,70 @@ enum Paths {
         throw TransferError(.io, "cannot open '\(path)': interrupted too often")
     }
 
+    /// A file type in a user's words, for messages ("a FIFO", "a character device").
+    static func kindName(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFREG: "a regular file"
+        case S_IFDIR: "a directory"
+        case S_IFLNK: "a symbolic link"
+        case S_IFIFO: "a FIFO"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        case S_IFSOCK: "a socket"
+        default: "a special file"
+        }
+    }
+
+    /// True for what Ferry moves as data: regular files and directories.
+    static func isData(_ mode: mode_t) -> Bool {
+        let k = mode & S_IFMT
+        return k == S_IFREG || k == S_IFDIR
+    }
+
+    /// Opens a regular file or a directory beneath `root` without ever blocking on, or even
+    /// opening, anything else. A FIFO's open(2) waits for a writer for ever and a device's open
+    /// can have side effects (a tape rewinds), so the path is first opened with O_PATH (which
+    /// opens neither) and its type checked; the real open then adds O_NONBLOCK (a FIFO swapped
+    /// in meanwhile cannot block it), checks that it is the same inode, and clears O_NONBLOCK
+    /// again (io_uring would otherwise hand back EAGAIN for reads that miss the page cache).
+    static func openData(beneath root: Int32, _ path: String, flags: Int32, noSymlinks: Bool = false) throws -> Int32 {
+        let probe = try open(beneath: root, path, flags: FERRY_O_PATH | (flags & O_NOFOLLOW), noSymlinks: noSymlinks)
+        var before = stat()
+        let r = fstat(probe, &before)
+        let e = errno
+        Glibc.close(probe)
+        if r != 0 { throw TransferError.system("cannot stat '\(path)'", errno: e) }
+        try requireData(before.st_mode, path)
+        let fd = try open(beneath: root, path, flags: flags | O_NONBLOCK, noSymlinks: noSymlinks)
+        do {
+            try settle(fd, path, same: before)
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Refuses anything but a regular file or a directory, naming what it is.
+    static func requireData(_ mode: mode_t, _ path: String) throws {
+        guard isData(mode) else {
+            throw TransferError(.path, "'\(path.isEmpty ? "." : path)' is \(kindName(mode)): only regular files and directories are transferred")
+        }
+    }
+
+    /// After an O_NONBLOCK open: checks the descriptor is a regular file or a directory (and
+    /// the inode `same` names, when given), then clears O_NONBLOCK. The caller closes on error.
+    static func settle(_ fd: Int32, _ path: String, same: stat? = nil) throws {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw TransferError.system("cannot stat '\(path)'", errno: errno) }
+        try requireData(st.st_mode, path)
+        if let same, same.st_dev != st.st_dev || same.st_ino != st.st_ino {
+            throw TransferError(.path, "'\(path)' was replaced while being opened")
+        }
+        let fl = fcntl(fd, F_GETFL)
+        if fl >= 0 && fl & O_NONBLOCK != 0 { _ = fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) }
+    }
+
     /// Opens `components` one at a time, each beneath the directory opened before it, so that a
     /// symlink on the way can never lead above the component it sits in: a path checked
     /// against a scope by its text stays within that scope on disk. (One openat2 of the whole
@@ -89,7 +153,9 @@ enum Paths {
         for (i, c) in components.enumerated() {
             let last = i == components.count - 1
             do {
-                let next = try open(beneath: current, String(c), flags: last ? flags : O_DIRECTORY | FERRY_O_PATH)
+                let next = last
+                    ? try openData(beneath: current, String(c), flags: flags)
+                    : try open(beneath: current, String(c), flags: O_DIRECTORY | FERRY_O_PATH)
                 Glibc.close(current)
                 current = next
             } catch {
@@ -98,7 +164,7 @@ enum Paths {
             }
         }
         if components.isEmpty {
-            let fd = try open(beneath: root, "", flags: flags)
+            let fd = try openData(beneath: root, "", flags: flags)
             Glibc.close(current)
             return fd
         }

@@ -13,6 +13,15 @@ public struct Export: Sendable {
     /// NAME@CENTER), "*" for any user with a valid token, "center:NAME" for a peer center
     /// authenticated by its certificate ("center:*": any). Compared byte by byte.
     public var users: [String]
+    /// The local account everyone using this export acts as (a project's service account);
+    /// nil: each principal's own mapping (`IdentityMap`).
+    public var account: String?
+    /// Whether setuid and setgid bits sent by a client are applied to files written here.
+    /// Off by default: only the permission bits and the sticky bit (0o1777) arrive.
+    public var preserveSetid = false
+
+    /// The mode bits a receiver may apply to what it writes into this export.
+    public var modeMask: UInt32 { preserveSetid ? 0o7777 : 0o1777 }
 
     public init(name: String, path: String, writable: Bool, users: [String] = ["*"]) {
         self.name = name
@@ -40,6 +49,7 @@ public struct Export: Sendable {
             }
         }
         guard !path.isEmpty else { throw TransferError(.usage, "export '\(name)' has no directory") }
+        if let a = account, a.isEmpty { throw TransferError(.usage, "export '\(name)' has an empty account") }
     }
 }
 

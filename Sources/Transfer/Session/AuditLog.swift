@@ -29,6 +29,8 @@ public final class AuditLog: @unchecked Sendable {
         public var seconds: Double = 0
         /// Data-stream protection of a transfer ("" for refusals before it was known).
         public var protection = ""
+        /// The local account the work ran as ("" when no identity switch happened).
+        public var account = ""
 
         public init(user: String, peer: String, action: String, path: String, result: String) {
             self.user = user
@@ -48,7 +50,7 @@ public final class AuditLog: @unchecked Sendable {
         let time = String(Int(tm.tm_year) + 1900) + "-" + two(Int(tm.tm_mon) + 1) + "-" + two(Int(tm.tm_mday)) + "T"
             + two(Int(tm.tm_hour)) + ":" + two(Int(tm.tm_min)) + ":" + two(Int(tm.tm_sec)) + "." + three(ts.tv_nsec / 1_000_000) + "Z"
         let ms = Int((r.seconds * 1000).rounded())
-        let line = "{\"time\":\"\(time)\",\"user\":\(jsonString(r.user)),\"center\":\(jsonString(r.center)),\"peer\":\(jsonString(r.peer)),\"action\":\(jsonString(r.action)),\"path\":\(jsonString(r.path)),\"files\":\(r.files),\"bytes\":\(r.bytes),\"result\":\(jsonString(r.result)),\"protection\":\(jsonString(r.protection)),\"duration_ms\":\(ms)}\n"
+        let line = "{\"time\":\"\(time)\",\"user\":\(jsonString(r.user)),\"center\":\(jsonString(r.center)),\"peer\":\(jsonString(r.peer)),\"action\":\(jsonString(r.action)),\"path\":\(jsonString(r.path)),\"files\":\(r.files),\"bytes\":\(r.bytes),\"result\":\(jsonString(r.result)),\"protection\":\(jsonString(r.protection)),\(r.account.isEmpty ? "" : "\"account\":\(jsonString(r.account)),")\"duration_ms\":\(ms)}\n"
         lock.withLock {
             let bytes = Array(line.utf8)
             var done = 0

@@ -81,11 +81,14 @@ public enum TransferClient {
         }
         switch (source, destination) {
         case (.local(let src), .remote(let server, let urlPath)):
-            let srcFd = open(src, O_RDONLY | O_CLOEXEC)
-            if srcFd < 0 { throw TransferError.system("cannot read '\(src)'", errno: errno) }
+            let (srcFd, isStream) = try openLocalSource(src, progress: progress)
             var st = stat()
             fstat(srcFd, &st)
             var (path, trailing) = try Paths.remoteRelative(urlPath)
+            if trailing && isStream {
+                Glibc.close(srcFd)
+                throw TransferError(.usage, "name the destination file for \(src == "-" ? "standard input" : "'\(src)'") (the URL ends in '/')")
+            }
             if trailing && (st.st_mode & S_IFMT) == S_IFREG {
                 let base = src.split(separator: "/").last.map(String.init) ?? src
                 path = path.isEmpty ? base : path + "/" + base
@@ -104,6 +107,16 @@ public enum TransferClient {
             }
         case (.remote(let server, let urlPath), .local(let dst)):
             let (path, _) = try Paths.remoteRelative(urlPath)
+            if let sink = try localSink(dst) {
+                // Written in order: one data stream keeps the chunks in order (only a resent
+                // chunk can be overtaken, and the sink holds a few such in memory).
+                var options = options
+                options.streams = 1
+                return try run(server: server, direction: .pull, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
+                    let receiver = Receiver(ctx: ctx, sink: sink)
+                    return (receiver.runControl, receiver.runWorker)
+                }
+            }
             let (baseFd, target) = try localTarget(dst, remoteName: path.split(separator: "/").last.map(String.init), recursive: options.recursive)
             return try run(server: server, direction: .pull, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
                 let receiver = Receiver(ctx: ctx, baseFd: baseFd, target: target)
@@ -114,6 +127,96 @@ public enum TransferClient {
         case (.remote, .remote):
             throw TransferError(.usage, "copies between two servers go through the source center's daemon (ferry cp with --api, or ferry jobs submit)")
         }
+    }
+
+    /// The local source of a push, opened for reading. A regular file or directory is opened
+    /// without blocking; `-` (standard input), a FIFO or a character device is a stream, read
+    /// to its end into an unnamed temporary file in $TMPDIR (or /tmp) first and sent from
+    /// there as a regular file: the wire announces every file's size before its data, and a
+    /// chunk the receiver rejects must be readable again. Block devices and sockets are refused.
+    private static func openLocalSource(_ src: String, progress: TransferProgress) throws -> (Int32, isStream: Bool) {
+        if src == "-" { return (try spool(fd: 0, display: "standard input"), true) }
+        var st = stat()
+        guard stat(src, &st) == 0 else { throw TransferError.system("cannot read '\(src)'", errno: errno) }
+        let kind = st.st_mode & S_IFMT
+        if kind == S_IFIFO || kind == S_IFCHR {
+            // The user named it: waiting for its writer is what they asked for.
+            let fd = open(src, O_RDONLY | O_CLOEXEC)
+            if fd < 0 { throw TransferError.system("cannot read '\(src)'", errno: errno) }
+            defer { Glibc.close(fd) }
+            return (try spool(fd: fd, display: "'\(src)'"), true)
+        }
+        guard Paths.isData(st.st_mode) else {
+            throw TransferError(.usage, "'\(src)' is \(Paths.kindName(st.st_mode)): Ferry reads regular files, directories, FIFOs, character devices and - (standard input)")
+        }
+        let fd = open(src, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        if fd < 0 { throw TransferError.system("cannot read '\(src)'", errno: errno) }
+        do { try Paths.settle(fd, src) } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        return (fd, false)
+    }
+
+    /// Reads `fd` to its end into an unnamed temporary file (O_TMPFILE: nothing to clean up,
+    /// whatever happens) and returns that file, positioned at its start.
+    private static func spool(fd: Int32, display: String) throws -> Int32 {
+        let dir = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        let out = open(dir, FERRY_O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600)
+        if out < 0 { throw TransferError.system("cannot spool \(display) in \(dir) (set TMPDIR)", errno: errno) }
+        let bytes = 1 << 20
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
+        defer { buf.deallocate() }
+        while true {
+            let n = read(fd, buf, bytes)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EAGAIN {
+                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&pfd, 1, 1000)
+                continue
+            }
+            if n < 0 {
+                let e = errno
+                Glibc.close(out)
+                throw TransferError.system("cannot read \(display)", errno: e)
+            }
+            if n == 0 { break }
+            var done = 0
+            while done < n {
+                let w = write(out, buf + done, n - done)
+                if w < 0 && errno == EINTR { continue }
+                if w <= 0 {
+                    let e = w < 0 ? errno : EIO
+                    Glibc.close(out)
+                    throw TransferError.system("cannot spool \(display) in \(dir)", errno: e)
+                }
+                done += w
+            }
+        }
+        _ = lseek(out, 0, SEEK_SET)
+        return out
+    }
+
+    /// A pull's destination that is written in place: `-` (standard output), or an existing
+    /// character device or FIFO. nil for anything else (a file or directory path). A block
+    /// device is refused: writing one is never what a copy means.
+    private static func localSink(_ dst: String) throws -> SinkTarget? {
+        if dst == "-" {
+            let fd = dup(1)
+            if fd < 0 { throw TransferError.system("cannot use standard output", errno: errno) }
+            return SinkTarget(fd: fd, display: "standard output")
+        }
+        var st = stat()
+        guard stat(dst, &st) == 0 else { return nil }
+        let kind = st.st_mode & S_IFMT
+        if kind == S_IFBLK || kind == S_IFSOCK {
+            throw TransferError(.usage, "'\(dst)' is \(Paths.kindName(st.st_mode)): Ferry does not write into one")
+        }
+        guard kind == S_IFCHR || kind == S_IFIFO else { return nil }
+        // A FIFO's open waits for its reader, as cp's would: the user named it.
+        let fd = open(dst, O_WRONLY | O_CLOEXEC)
+        if fd < 0 { throw TransferError.system("cannot write '\(dst)'", errno: errno) }
+        return SinkTarget(fd: fd, display: "'\(dst)' (\(Paths.kindName(st.st_mode)))")
     }
 
     /// The directory a local destination resolves beneath, and the target's name in it.

@@ -50,6 +50,9 @@ public final class TransferProgress: @unchecked Sendable {
         public var seconds: Double = 0
         /// The first few per-file failures, for the final message.
         public var failures: [String] = []
+        /// Devices, FIFOs and sockets met in a tree and left out; the first few by name.
+        public var specialFiles: UInt64 = 0
+        public var specialNames: [String] = []
     }
 
     public func snapshot() -> Snapshot {
@@ -65,6 +68,12 @@ public final class TransferProgress: @unchecked Sendable {
         lock.withLock {
             s.filesDone += 1
             if skipped { s.filesSkipped += 1 }
+        }
+    }
+    func specialSkipped(_ path: String, mode: UInt32) {
+        lock.withLock {
+            s.specialFiles += 1
+            if s.specialNames.count < 20 { s.specialNames.append("\(path) (\(Paths.kindName(mode_t(mode))))") }
         }
     }
     func retransmitted() { lock.withLock { s.retransmittedChunks += 1 } }
@@ -88,6 +97,9 @@ public struct TransferSummary: Sendable {
     public var retransmittedChunks: UInt64
     public var rejectedFrames: UInt64
     public var seconds: Double
+    /// Devices, FIFOs and sockets left out of a tree, and the first few of them by name.
+    public var specialFiles: UInt64
+    public var specialNames: [String]
 
     init(_ s: TransferProgress.Snapshot) {
         files = s.filesTotal
@@ -98,6 +110,8 @@ public struct TransferSummary: Sendable {
         retransmittedChunks = s.retransmittedChunks
         rejectedFrames = s.rejectedFrames
         seconds = s.seconds
+        specialFiles = s.specialFiles
+        specialNames = s.specialNames
     }
 }
 

@@ -5,7 +5,49 @@ import Glibc
 final class DirHandle {
     let fd: Int32
     init(fd: Int32) { self.fd = fd }
+    deinit { if fd >= 0 { Glibc.close(fd) } }
+}
+
+/// A destination written in place and in order: a character device, a FIFO or standard output
+/// named as the destination of a pull. Nothing is created, renamed or changed there (no
+/// partial file, journal, mode or time); every chunk is still verified before it is written.
+/// Chunks that arrive ahead of their turn (a resent one overtaken by the next) wait in memory,
+/// at most `pendingChunksMax` of them. Guarded by the file's lock.
+final class SinkTarget {
+    let fd: Int32
+    let display: String
+    var nextIndex = 0
+    var pending: [Int: [UInt8]] = [:]
+    static let pendingChunksMax = 16
+
+    /// `fd` is owned (closed with the sink).
+    init(fd: Int32, display: String) {
+        self.fd = fd
+        self.display = display
+    }
     deinit { Glibc.close(fd) }
+
+    /// Writes all of `n` bytes (blocking: the reader sets the pace); an error text or nil.
+    func writeAll(_ p: UnsafeRawPointer, _ n: Int) -> String? {
+        var done = 0
+        while done < n {
+            let r = Glibc.write(fd, p + done, n - done)
+            if r < 0 && errno == EINTR { continue }
+            if r < 0 && errno == EAGAIN {
+                var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&pfd, 1, 1000)
+                continue
+            }
+            if r < 0 {
+                let e = errno
+                if e == EPIPE { return "the reader of \(display) went away" }
+                return "cannot write to \(display): \(String(cString: strerror(e))) (\(e))"
+            }
+            if r == 0 { return "cannot write to \(display): no progress" }
+            done += r
+        }
+        return nil
+    }
 }
 
 /// One destination file between its plan and its commit. Guarded by its own `lock`, so
@@ -26,6 +68,8 @@ final class ReceiverFile {
     var pendingBytes = 0
     var lastSyncNs: UInt64 = 0
     var senderDigest: ChunkHash?
+    /// Set when the destination is a stream written in place (`SinkTarget`).
+    var sink: SinkTarget?
     var awaitingDecision = false
     var failed = false
     var done = false
@@ -69,6 +113,10 @@ final class Receiver: @unchecked Sendable {
     private var dirCache: [String: DirHandle] = [:]
     private var dirFixups: [ManifestEntry] = []
     private let chunkBytes: Int
+    /// A device, FIFO or standard output written in place (see `SinkTarget`); nil for files.
+    private let sink: SinkTarget?
+    /// Mode bits applied from manifest entries (see `init`).
+    private let modeMask: UInt32
     /// Bytes written to a file between two fdatasyncs of its data and journal: small files get
     /// a fine-grained journal (a kill loses little), huge ones fewer syncs.
     private static func durableGroupBytes(size: UInt64, chunkBytes: Int) -> Int {
@@ -78,18 +126,32 @@ final class Receiver: @unchecked Sendable {
 
     /// `baseFd`: a directory everything resolves beneath (owned); `target`: the path of the
     /// destination relative to it ("" components = `baseFd` itself).
-    init(ctx: SessionContext, baseFd: Int32, target: [Substring]) {
+    /// `modeMask`: the mode bits applied from the sender (setuid and setgid are dropped unless
+    /// the export allows them: a pushed copy of a setuid binary must not become one here).
+    init(ctx: SessionContext, baseFd: Int32, target: [Substring], modeMask: UInt32 = 0o1777) {
         self.ctx = ctx
         self.baseFd = baseFd
         self.targetComponents = target
         self.chunkBytes = ctx.options.chunkBytes
+        self.sink = nil
+        self.modeMask = modeMask
+    }
+
+    /// A receiver that writes one file into `sink` in place, in order.
+    init(ctx: SessionContext, sink: SinkTarget) {
+        self.ctx = ctx
+        self.baseFd = -1
+        self.targetComponents = []
+        self.chunkBytes = ctx.options.chunkBytes
+        self.sink = sink
+        self.modeMask = 0
     }
 
     /// One chunk of scratch memory for the control thread's re-reads (--checksum, resume).
     private var scratch: UnsafeMutableRawPointer?
 
     deinit {
-        Glibc.close(baseFd)
+        if baseFd >= 0 { Glibc.close(baseFd) }
         scratch.map { free($0) }
     }
 
@@ -207,6 +269,13 @@ final class Receiver: @unchecked Sendable {
             throw TransferError.protocolError("the first manifest entry must be the root")
         }
         let shown = targetComponents.isEmpty ? "." : targetComponents.joined(separator: "/")
+        if let sink {
+            guard e.kind == .file else {
+                throw TransferError(.usage, "\(sink.display) takes the bytes of one file, not a directory tree")
+            }
+            targetFile = (DirHandle(fd: -1), sink.display)
+            return
+        }
         if e.kind == .directory {
             // The directory made (or found) step by step, not reopened by its path.
             targetDir = DirHandle(fd: try Paths.makeDirectories(beneath: baseFd, targetComponents, mode: 0o700))
@@ -222,11 +291,19 @@ final class Receiver: @unchecked Sendable {
 
     /// Turns one manifest entry into a plan entry (files) or creates it (directories, links).
     private func handle(_ e: ManifestEntry, refusals: inout [(UInt64, String)]) throws -> PlanEntry? {
+        var e = e
+        if e.kind != .special { e.mode &= modeMask }
         lock.withLock {
             highestID = max(highestID, e.id)
             anyAnnounced = true
         }
         let parts = try Paths.components(of: e.path)
+        if e.kind == .special {
+            // Named so the summary can list it; nothing is created for it.
+            guard !parts.isEmpty else { throw TransferError.protocolError("a special file as the root entry") }
+            ctx.progress.specialSkipped(e.path, mode: e.mode)
+            return nil
+        }
         if parts.isEmpty { try resolveTarget(e) }
         let display = e.path.isEmpty ? (targetComponents.last.map(String.init) ?? ".") : e.path
         let dir: DirHandle
@@ -255,6 +332,7 @@ final class Receiver: @unchecked Sendable {
             dirFixups.append(e)
             return nil
         case .symlink:
+            try refuseSpecial(dir.fd, name, display)
             let tmp = PartialNames.part(name)
             _ = unlinkat(dir.fd, tmp, 0)
             if symlinkat(e.linkTarget, dir.fd, tmp) != 0 || renameat(dir.fd, tmp, dir.fd, name) != 0 {
@@ -268,9 +346,18 @@ final class Receiver: @unchecked Sendable {
             return nil
         case .file:
             break
+        case .special:
+            return nil
         }
         let f = ReceiverFile(entry: e, chunkBytes: chunkBytes, dir: dir, name: name, display: display)
         ctx.progress.announce(bytes: e.size)
+        if let sink {
+            f.sink = sink
+            f.present = [Bool](repeating: false, count: f.chunkCount)
+            f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
+            lock.withLock { files[e.id] = f }
+            return PlanEntry(id: e.id, action: .full)
+        }
         var st = stat()
         if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
             let kind = st.st_mode & S_IFMT
@@ -279,6 +366,15 @@ final class Receiver: @unchecked Sendable {
                 lock.withLock { files[e.id] = f }
                 refusals.append((e.id, "cannot write '\(display)': a directory is in the way"))
                 ctx.progress.fileFailed("cannot write '\(display)': a directory is in the way")
+                return PlanEntry(id: e.id, action: .full)
+            }
+            if kind != S_IFREG && kind != S_IFLNK {
+                // A device, FIFO or socket is never replaced by the partial file's rename.
+                let why = "cannot write '\(display)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)"
+                f.failed = true
+                lock.withLock { files[e.id] = f }
+                refusals.append((e.id, why))
+                ctx.progress.fileFailed(why)
                 return PlanEntry(id: e.id, action: .full)
             }
             if kind == S_IFREG && UInt64(st.st_size) == e.size {
@@ -338,6 +434,17 @@ final class Receiver: @unchecked Sendable {
         return PlanEntry(id: e.id, action: .full)
     }
 
+    /// Throws when `name` exists in `dir` and is a device, FIFO or socket: never replaced.
+    private func refuseSpecial(_ dir: Int32, _ name: String, _ display: String) throws {
+        var st = stat()
+        if fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+            let k = st.st_mode & S_IFMT
+            if k != S_IFREG && k != S_IFLNK && k != S_IFDIR {
+                throw TransferError(.path, "cannot create '\(display)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)")
+            }
+        }
+    }
+
     /// Creates the partial file and its journal (file lock held or not yet shared).
     private func startPartial(_ f: ReceiverFile) -> String? {
         let part = PartialNames.part(f.name)
@@ -382,9 +489,11 @@ final class Receiver: @unchecked Sendable {
     /// `--checksum`: digest of the file already at the destination (same definition as the
     /// engine's: XXH3-128 over per-chunk XXH3-128).
     private func existingDigest(dir: Int32, name: String, size: UInt64) -> ChunkHash? {
-        let fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        let fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         if fd < 0 { return nil }
         defer { Glibc.close(fd) }
+        var opened = stat()
+        guard fstat(fd, &opened) == 0, opened.st_mode & S_IFMT == S_IFREG else { return nil }
         var digest = FileDigest()
         var offset: UInt64 = 0
         while offset < size {
@@ -434,9 +543,10 @@ final class Receiver: @unchecked Sendable {
             f.presentCount += 1
         }
         f.hashes[index] = hash
+        ctx.progress.moved(raw: UInt64(rawBytes), wire: UInt64(wireBytes))
+        if f.sink != nil { return maybeCommit(f) }
         f.pendingDurable.append((index, hash))
         f.pendingBytes += rawBytes
-        ctx.progress.moved(raw: UInt64(rawBytes), wire: UInt64(wireBytes))
         if f.pendingBytes >= Receiver.durableGroupBytes(size: f.entry.size, chunkBytes: chunkBytes) || monotonicNs() - f.lastSyncNs >= Receiver.durableGroupNs {
             do { try syncDurable(f) } catch { return failFile(f, asTransferError(error).message + "; rerun resumes") }
         }
@@ -447,6 +557,15 @@ final class Receiver: @unchecked Sendable {
     func maybeCommit(_ f: ReceiverFile) -> (UInt64, Bool, String)? {
         guard !f.done, !f.failed, f.presentCount == f.chunkCount, let expected = f.senderDigest else { return nil }
         let digest = FileDigest.of(f.hashes)
+        if let sink = f.sink {
+            guard digest == expected, sink.pending.isEmpty, sink.nextIndex == f.chunkCount else {
+                return failFile(f, "\(sink.display): whole-file digest mismatch (\(digest) ≠ \(expected)); the bytes already written there are not the source's")
+            }
+            f.done = true
+            ctx.progress.fileDone()
+            lock.withLock { files[f.entry.id] = nil }
+            return (f.entry.id, true, "")
+        }
         guard digest == expected else {
             _ = unlinkat(f.dir.fd, PartialNames.part(f.name), 0)
             _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
@@ -469,6 +588,27 @@ final class Receiver: @unchecked Sendable {
         ctx.progress.fileDone()
         lock.withLock { files[f.entry.id] = nil }
         return (f.entry.id, true, "")
+    }
+
+    /// Writes chunk `index` of a sink file in its turn, with any chunks that waited for it;
+    /// a chunk ahead of its turn waits in memory (bounded). File lock held. An error text or nil.
+    func sinkWrite(_ f: ReceiverFile, _ sink: SinkTarget, index: Int, data: UnsafeRawPointer, rawBytes: Int) -> String? {
+        // Already written (a resend); an empty file has no chunk at all.
+        if index < sink.nextIndex || (index < f.present.count && f.present[index]) { return nil }
+        if index > sink.nextIndex {
+            guard sink.pending.count < SinkTarget.pendingChunksMax else {
+                return "more than \(SinkTarget.pendingChunksMax) chunks arrived ahead of their turn for \(sink.display), which is written in order"
+            }
+            sink.pending[index] = Array(UnsafeRawBufferPointer(start: data, count: rawBytes))
+            return nil
+        }
+        if let err = sink.writeAll(data, rawBytes) { return err }
+        sink.nextIndex += 1
+        while let next = sink.pending.removeValue(forKey: sink.nextIndex) {
+            if let err = next.withUnsafeBytes({ sink.writeAll($0.baseAddress!, $0.count) }) { return err }
+            sink.nextIndex += 1
+        }
+        return nil
     }
 
     /// Marks a file failed, keeping what is durable for a rerun.

@@ -195,7 +195,14 @@ final class ReceiverWorker {
         }
         f.lock.lock()
         var verdict = receiver.beginFullIfDeciding(f)
-        if verdict == nil && !f.failed && !f.done && f.partFd >= 0 {
+        if verdict == nil && !f.failed && !f.done, let sink = f.sink {
+            if codec == .zero { memset(data, 0, rawBytes) }
+            if let err = receiver.sinkWrite(f, sink, index: index, data: data, rawBytes: rawBytes) {
+                verdict = receiver.failFile(f, err)
+            } else {
+                verdict = receiver.chunkWritten(f, index: index, hash: hash, rawBytes: rawBytes, wireBytes: payloadBytes)
+            }
+        } else if verdict == nil && !f.failed && !f.done && f.partFd >= 0 {
             if let err = write(f, data: data, rawBytes: rawBytes, offset: offset, zero: codec == .zero) {
                 let written = UInt64(f.presentCount) * UInt64(chunkBytes)
                 verdict = receiver.failFile(f, "cannot write '\(f.display)': \(err); \(byteText(min(written, f.entry.size))) of \(byteText(f.entry.size)) written, rerun resumes")
@@ -289,11 +296,28 @@ final class ReceiverWorker {
             f.lock.lock()
             _ = receiver.beginFullIfDeciding(f)
             let skip = f.failed || f.done
+            if !skip, let sink = f.sink {
+                // A stream destination: written in place, no file to create.
+                if let err = receiver.sinkWrite(f, sink, index: 0, data: data, rawBytes: size) {
+                    verdicts.append(receiver.failFile(f, err))
+                } else {
+                    f.done = true
+                    receiver.ctx.progress.moved(raw: UInt64(size), wire: UInt64(payloadBytes))
+                    receiver.ctx.progress.fileDone()
+                    verdicts.append((f.entry.id, true, ""))
+                }
+                f.lock.unlock()
+                if f.done { receiver.forget(f.entry.id) }
+                continue
+            }
             f.lock.unlock()
             if !skip { accepted.append((f, data, size)) }
         }
         guard at == rawBytes else { throw TransferError.protocolError("batch has \(rawBytes - at) unaccounted bytes") }
-        if accepted.isEmpty { return }
+        if accepted.isEmpty {
+            if !verdicts.isEmpty { try receiver.sendVerdicts(verdicts, ring: ring) }
+            return
+        }
         let bufferIndex = content == pool.buffer(1) ? 1 : 0
         // Phase 1: create every temporary file.
         for (i, a) in accepted.enumerated() {

@@ -154,6 +154,8 @@ final class Sender: @unchecked Sendable {
                 let f = SenderFile(entry: e, chunkBytes: chunkBytes)
                 lock.withLock { files[f.id] = f }
                 ctx.progress.announce(bytes: e.size)
+            } else if e.kind == .special {
+                ctx.progress.specialSkipped(e.path, mode: e.mode)
             }
             e.encode(&w)
             count += 1
@@ -373,7 +375,7 @@ final class Sender: @unchecked Sendable {
                 if f.path.isEmpty && rootIsFile {
                     fd = try sys("cannot open source") { dup(rootFd) }
                 } else {
-                    fd = try Paths.open(beneath: rootFd, f.path, flags: O_RDONLY | O_NOFOLLOW, noSymlinks: true)
+                    fd = try Paths.openData(beneath: rootFd, f.path, flags: O_RDONLY | O_NOFOLLOW, noSymlinks: true)
                 }
                 var st = stat()
                 fstat(fd, &st)
@@ -394,6 +396,11 @@ final class Sender: @unchecked Sendable {
     }
 
     func openForBatch() -> (rootFd: Int32, rootIsFile: Bool) { (rootFd, rootIsFile) }
+
+    /// A batch file that turned out to be something else than a regular file when opened.
+    func batchNotData(_ f: SenderFile, _ error: TransferError) {
+        lock.withLock { failLocally(f, "cannot read '\(displayPath(f))': \(error.message)") }
+    }
 
     func batchOpenFailed(_ f: SenderFile, errno e: Int32) {
         let text = e == EXDEV || e == ELOOP ? "path leaves the source root" : String(cString: strerror(e))

@@ -170,10 +170,25 @@ final class SenderWorker {
             let slot = pathArena + i * pathSlotBytes
             _ = f.path.withCString { strncpy(slot, $0, pathSlotBytes - 1) }
             slot[pathSlotBytes - 1] = 0
-            hows[i] = open_how(flags: UInt64(O_RDONLY | O_NOFOLLOW | O_CLOEXEC), mode: 0, resolve: Paths.resolveBeneath | Paths.resolveNoSymlinks | Paths.resolveNoMagicLinks)
+            // O_NONBLOCK: the walk saw a regular file, but a FIFO put in its place since must
+            // not block a kernel worker (and this stream) for ever; checked and cleared below.
+            hows[i] = open_how(flags: UInt64(O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), mode: 0, resolve: Paths.resolveBeneath | Paths.resolveNoSymlinks | Paths.resolveNoMagicLinks)
             try ring.openat2(dir: rootFd, path: slot, how: hows + i, tag: UInt64(i))
         }
         try ring.drain { tag, res in self.fds[Int(tag)] = res }
+        for (i, f) in files.enumerated() where fds[i] >= 0 {
+            do {
+                try Paths.settle(fds[i], f.path)
+                var st = stat()
+                if fstat(fds[i], &st) == 0 && (st.st_mode & S_IFMT) != S_IFREG {
+                    throw TransferError(.path, "'\(f.path)' is \(Paths.kindName(st.st_mode)), not a file")
+                }
+            } catch {
+                Glibc.close(fds[i])
+                fds[i] = Int32.min  // failed and reported
+                sender.batchNotData(f, asTransferError(error))
+            }
+        }
         // Phase 2: read each file into its place in the batch.
         let content = pool.buffer(0) + headroom + DataLayout.batchSubheaderBytes
         let table = content
@@ -201,7 +216,7 @@ final class SenderWorker {
         }
         for (i, f) in files.enumerated() {
             if fds[i] < 0 {
-                sender.batchOpenFailed(f, errno: -fds[i])
+                if fds[i] != Int32.min { sender.batchOpenFailed(f, errno: -fds[i]) }
                 continue
             }
             try ring.close(fd: fds[i], tag: UInt64(i))

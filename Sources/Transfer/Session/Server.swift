@@ -21,6 +21,8 @@ public struct ServerConfiguration: Sendable {
     public var connectionsMax = 256
     /// Connections from one address at once (a flood from one host cannot starve the others).
     public var connectionsPerAddressMax = 64
+    /// Which local account each user acts as (the server runs as root; see `IdentityMap`).
+    public var identities = IdentityMap()
     /// Every session and every refusal is recorded here when set.
     public var audit: AuditLog?
     /// Where one line per session and per refused connection goes.
@@ -41,6 +43,7 @@ final class AuditNote {
     var center = ""
     var action = "connect"
     var path = ""
+    var account = ""
 }
 
 /// One session on the server: the control connection's role object and its data streams.
@@ -50,6 +53,8 @@ final class ServerSession: @unchecked Sendable {
     let secret: [UInt8]
     let streams: Int
     let ctx: SessionContext
+    /// The account every thread of this session acts as; nil when the server cannot switch.
+    var account: LocalAccount?
     var sender: Sender?
     var receiver: Receiver?
     let lock = Lock()
@@ -239,15 +244,24 @@ public final class TransferServer: @unchecked Sendable {
         guard hello.options.protection >= configuration.minimumProtection else {
             throw TransferError(.auth, "this server requires --protection \(configuration.minimumProtection) or stronger")
         }
-        let (exportFd, beneath, _) = try exports.authorize(who, path: hello.path, write: hello.direction == .push)
+        let (exportFd, beneath, export) = try exports.authorize(who, path: hello.path, write: hello.direction == .push)
+        // From here on this thread (and every thread it starts) acts as the user's account:
+        // the kernel checks each open, create and rename as it would for the user's shell.
+        let account = try configuration.identities.resolve(who.user, export: export)
+        if let account {
+            try ThreadIdentity.adopt(account)
+            note.account = account.name
+        }
+        defer { if account != nil { ThreadIdentity.restore() } }
         let streams = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax)
         let progress = TransferProgress()
         let ctx = SessionContext(control: conn, options: hello.options, progress: progress, idleTimeoutSeconds: configuration.idleTimeoutSeconds, protection: hello.options.protection, direction: hello.direction)
         let session = ServerSession(id: randomBytes(16), secret: randomBytes(32), streams: streams, ctx: ctx)
+        session.account = account
         switch hello.direction {
         case .push:
             let base = try sys("cannot open the export") { dup(exportFd) }
-            session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath)
+            session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath, modeMask: export.modeMask)
         case .pull:
             // Component by component: a symlink inside the scope cannot lead out of it.
             let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY)
@@ -267,6 +281,7 @@ public final class TransferServer: @unchecked Sendable {
         let what = "\(hello.direction == .push ? "push to" : "pull from") '\(hello.path.isEmpty ? "." : hello.path)'"
         var record = AuditLog.Record(user: who.user, peer: conn.peer, action: note.action, path: hello.path, result: "ok")
         record.center = who.center ?? ""
+        record.account = note.account
         record.protection = hello.options.protection.description
         defer {
             let p = progress.snapshot()
@@ -307,6 +322,9 @@ public final class TransferServer: @unchecked Sendable {
             session.cond.broadcast()
         }
         conn.streamIndex = join.streamIndex
+        // The data streams write and read for the same user as the control stream.
+        if let account = session.account { try ThreadIdentity.adopt(account) }
+        defer { if session.account != nil { ThreadIdentity.restore() } }
         session.ctx.add(data: conn)
         try conn.send(.joined, ring: ring)
         if let s = session.sender { s.runWorker(conn) }

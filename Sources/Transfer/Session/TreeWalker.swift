@@ -3,7 +3,7 @@ import Glibc
 /// Streams the entries of a source, depth first, parents before children, without holding the
 /// tree in memory: one open directory per level. Symlinks are reported as links and never
 /// followed; Ferry's own partial and journal files are skipped; devices, FIFOs and sockets are
-/// skipped and counted.
+/// reported as `.special` entries (never opened: the receiver lists them as skipped).
 final class TreeWalker {
     private struct Level {
         let dir: OpaquePointer  // DIR*
@@ -35,7 +35,7 @@ final class TreeWalker {
         return ManifestEntry(
             id: nextID, kind: kind, path: path, size: kind == .file ? UInt64(st.st_size) : 0,
             mtimeSeconds: Int64(st.st_mtim.tv_sec), mtimeNanoseconds: UInt32(st.st_mtim.tv_nsec),
-            mode: UInt32(st.st_mode) & 0o7777, linkTarget: target)
+            mode: kind == .special ? UInt32(st.st_mode) : UInt32(st.st_mode) & 0o7777, linkTarget: target)
     }
 
     /// The next entry, or nil at the end.
@@ -93,7 +93,7 @@ final class TreeWalker {
                 return entry(path: path, st: st, kind: .symlink, target: target)
             default:
                 skippedSpecial += 1
-                continue
+                return entry(path: path, st: st, kind: .special)
             }
         }
         return nil

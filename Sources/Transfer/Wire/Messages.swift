@@ -202,6 +202,9 @@ enum EntryKind: UInt8 {
     case file = 1
     case directory = 2
     case symlink = 3
+    /// A device, FIFO or socket met in a tree: never transferred, only named, so that the
+    /// receiving side's summary can list what was left out. `mode` keeps its type bits.
+    case special = 4
 }
 
 /// One entry of the streamed manifest. `path` is relative to the transfer's root ("" = the
@@ -238,7 +241,7 @@ struct ManifestEntry {
         let mode = try r.u32()
         let target = kind == .symlink ? try r.string(maxBytes: PathLimits.symlinkTargetBytesMax) : ""
         guard size <= 1 << 56 else { throw TransferError.protocolError("file size out of range") }
-        return ManifestEntry(id: id, kind: kind, path: path, size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, mode: mode & 0o7777, linkTarget: target)
+        return ManifestEntry(id: id, kind: kind, path: path, size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, mode: kind == .special ? mode : mode & 0o7777, linkTarget: target)
     }
 }
 
