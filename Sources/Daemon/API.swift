@@ -196,7 +196,7 @@ public struct DaemonAPI: Sendable {
         } catch let e as JobStoreError {
             return json(409, ["error": e.description])
         } catch let e as CatalogError {
-            return json(e.code == .notFound ? 404 : e.code == .conflict ? 409 : e.code == .invalid ? 400 : 500, ["error": e.description])
+            return json(e.code == .notFound ? 404 : e.code == .conflict ? 409 : e.code == .invalid ? 400 : e.code == .forbidden ? 403 : 500, ["error": e.description])
         } catch let e as TransferError {
             return json(e.code == .auth ? 403 : 400, ["error": e.message])
         } catch is DecodingError {

@@ -41,7 +41,7 @@ extension DaemonAPI {
                 let summary: RegisterSummary = try await offLoop {
                     try catalog.register(root: dir, dataset: parts[0], version: parts.count > 1 ? parts[1] : "", owner: user.user, center: center,
                                          readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false,
-                                         replicaPath: r.path)
+                                         replicaPath: r.path, administrator: user.isOperator)
                 }
                 return try codable(200, summary)
             }

@@ -106,6 +106,8 @@ public final class Federation: @unchecked Sendable {
     // MARK: syncing one peer
 
     func sync(_ peer: String) throws {
+        // A peer named as this center would mirror over this center's own datasets.
+        guard peer != me else { throw FederationError("a [[peer]] is named '\(peer)', this center's own name: not followed") }
         let known = try catalog.centers().first { $0.name == peer }
         var last = known?.lastSeq ?? 0
         var replicas = lock.withLock { replicasPending.contains(peer) }

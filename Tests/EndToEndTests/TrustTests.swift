@@ -247,4 +247,39 @@ struct TrustTests {
         let pv = try sb.ferry(["ping", server.url(""), "--ca", sb.ca, "--token-file", fresh])
         #expect(pv.status == 0 && pv.stderr.contains("valid until"), "\(pv)")
     }
+
+    @Test("dataset names have owners: another user's register of a taken name is refused (403) and changes nothing; the owner and an operator may register again")
+    func datasetNames() throws {
+        let c = try DaemonE2ETests.start("trust-names")
+        defer { c.a.stop(); c.b.stop() }
+        let alice = try c.sb.issueToken(user: "alice", scopes: ["rw:/scratch/alice"], name: "alice.tok")
+        let bob = try c.sb.issueToken(user: "bob", scopes: ["rw:/scratch/bob"], name: "bob.tok")
+        let ops = try c.sb.issueToken(user: "ops", scopes: ["rw:/"], name: "ops.tok")
+        try writeFile(try c.sb.dir("hlrs/scratch/alice/results") + "/secret.txt", Array("alice's\n".utf8))
+        try writeFile(try c.sb.dir("hlrs/scratch/bob/fake") + "/planted.txt", Array("bob's\n".utf8))
+        let reg = TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: alice, body: #"{"path": "/scratch/alice/results", "dataset": "results"}"#)
+        #expect(reg.status == 200, "\(reg)")
+
+        let takeover = TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: bob,
+                                       body: #"{"path": "/scratch/bob/fake", "dataset": "results", "readers": ["*"]}"#)
+        #expect(takeover.status == 403, "\(takeover)")
+        #expect((TrustTests.object(takeover.body)["error"] as? String ?? "").contains("belongs to another user"), "\(takeover.body)")
+        // Still alice's, still private, still her tree.
+        let bobSees = TrustTests.http("GET", c.api + "/api/v1/catalog/datasets", token: bob)
+        #expect(bobSees.status == 200 && !bobSees.body.contains("results"), "\(bobSees)")
+        let stat = TrustTests.http("GET", c.api + "/api/v1/catalog/stat?path=gfs://hlrs/results/secret.txt", token: alice)
+        #expect(stat.status == 200, "\(stat)")
+        let planted = TrustTests.http("GET", c.api + "/api/v1/catalog/stat?path=gfs://hlrs/results/planted.txt", token: alice)
+        #expect(planted.status == 404, "\(planted)")
+        let ds = (TrustTests.object(TrustTests.http("GET", c.api + "/api/v1/catalog/datasets", token: alice).body)["datasets"] as? [[String: Any]]) ?? []
+        #expect(ds.count == 1 && ds.first?["owner"] as? String == "alice" && (ds.first?["readers"] as? [String]) == [], "\(ds)")
+
+        // The owner registers again; an operator may (readers changed, owner kept).
+        #expect(TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: alice, body: #"{"path": "/scratch/alice/results", "dataset": "results"}"#).status == 200)
+        let byOps = TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: ops,
+                                    body: #"{"path": "/scratch/alice/results", "dataset": "results", "readers": ["carol"]}"#)
+        #expect(byOps.status == 200, "\(byOps)")
+        let ds2 = (TrustTests.object(TrustTests.http("GET", c.api + "/api/v1/catalog/datasets", token: alice).body)["datasets"] as? [[String: Any]]) ?? []
+        #expect(ds2.first?["owner"] as? String == "alice" && (ds2.first?["readers"] as? [String]) == ["carol"], "\(ds2)")
+    }
 }

@@ -175,17 +175,32 @@ public final class Catalog: @unchecked Sendable {
         return nil
     }
 
-    /// Changes who may read a dataset and how it is described (nil: unchanged).
+    /// Changes who may read a dataset and how it is described (nil: unchanged). `by`: the user
+    /// asking (nil: the center itself); only the owner or an operator may, and only a dataset
+    /// registered here (a mirror changes at its own center).
     public func updateDataset(_ id: Int64, readers: [String]? = nil, description: String? = nil, license: String? = nil,
-                              now: Int64 = Catalog.now()) throws {
+                              by requester: Viewer? = nil, now: Int64 = Catalog.now()) throws {
         let readersText = try readers.map(Catalog.readersText)
         try db.write { s in
             guard let d = try s.one("SELECT center FROM datasets WHERE id = ?", id) else { throw CatalogError(.notFound, "no dataset \(id)") }
+            try checkOwner(s, id, requester)
             try s.execute("""
                 UPDATE datasets SET readers = COALESCE(?, readers), description = COALESCE(?, description),
                     license = COALESCE(?, license), updated = ? WHERE id = ?
                 """, readersText, description, license, now, id)
             try appendChange(s, center: d.text("center"), dataset: id, kind: .datasetUpdated, at: now)
+        }
+    }
+
+    /// Only a dataset's owner (or an operator) changes it, and only at its own center: a
+    /// dataset the requester may not see is missing (`notFound`), one of another owner or a
+    /// mirror of a peer's is `forbidden`. nil: the center itself (no check).
+    func checkOwner(_ s: any SQLSession, _ id: Int64, _ requester: Viewer?) throws {
+        guard let v = requester else { return }
+        let d = try dataset(s, id, v)
+        guard d.remoteID == nil else { throw CatalogError(.forbidden, "dataset '\(d.qualifiedName)' is a mirror of center \(d.center)'s catalog: change it there") }
+        guard v.isOperator || sameBytes(d.owner, v.user) else {
+            throw CatalogError(.forbidden, "dataset '\(d.qualifiedName)' at center \(d.center) belongs to another user: only its owner (or an operator) may change or remove it")
         }
     }
 
@@ -197,12 +212,13 @@ public final class Catalog: @unchecked Sendable {
         return readers.joined(separator: ",")
     }
 
-    /// Removes a dataset, its files and replicas.
-    public func deleteDataset(_ id: Int64, now: Int64 = Catalog.now()) throws {
+    /// Removes a dataset, its files and replicas. `by`: as for `updateDataset`.
+    public func deleteDataset(_ id: Int64, by requester: Viewer? = nil, now: Int64 = Catalog.now()) throws {
         try db.write { s in
             guard let d = try s.one("SELECT center FROM datasets WHERE id = ?", id) else {
                 throw CatalogError(.notFound, "no dataset \(id)")
             }
+            try checkOwner(s, id, requester)
             try s.execute("DELETE FROM files WHERE dataset = ?", id)
             try s.execute("DELETE FROM replicas WHERE dataset = ?", id)
             try s.execute("DELETE FROM datasets WHERE id = ?", id)

@@ -41,12 +41,19 @@ extension Catalog {
     /// `d.id` being the peer's id); returns the local id. A dataset the peer deleted and
     /// registered again under the same name takes over the old mirror (the entries merge then
     /// corrects its files).
+    ///
+    /// A mirror only ever writes mirrored rows (`remote_id` set): a row registered here (no
+    /// `remote_id`) is never taken over, whatever center, name or owner a peer claims, so a
+    /// peer cannot change the owner, readers or entries of this center's datasets.
     public func mirrorDataset(_ d: Dataset, now: Int64 = Catalog.now()) throws -> Int64 {
         try GFSPath.validateCenter(d.center)
         let readers = try Catalog.readersText(d.readers)
         return try db.write { s in
+            if let local = try s.one("SELECT id FROM datasets WHERE center = ? AND name = ? AND version = ? AND remote_id IS NULL", d.center, d.name, d.version) {
+                throw CatalogError(.conflict, "center \(d.center)'s dataset '\(d.qualifiedName)' collides with dataset \(local.int("id")) registered at this center: not mirrored")
+            }
             let existing = try s.one("SELECT id FROM datasets WHERE center = ? AND remote_id = ?", d.center, d.id)
-                ?? s.one("SELECT id FROM datasets WHERE center = ? AND name = ? AND version = ?", d.center, d.name, d.version)
+                ?? s.one("SELECT id FROM datasets WHERE center = ? AND name = ? AND version = ? AND remote_id IS NOT NULL", d.center, d.name, d.version)
             if let id = existing?.int("id") {
                 try s.execute("""
                     UPDATE datasets SET name = ?, version = ?, owner = ?, description = ?, license = ?, readers = ?, remote_id = ?,

@@ -157,7 +157,8 @@ public struct Viewer: Sendable {
 }
 
 public struct CatalogError: Error, CustomStringConvertible, Sendable, Equatable {
-    public enum Code: Sendable { case notFound, invalid, conflict, io }
+    /// `forbidden`: the dataset exists and is another user's (re-register, readers, removal).
+    public enum Code: Sendable { case notFound, invalid, conflict, io, forbidden }
     public var code: Code
     public var description: String
     public init(_ code: Code, _ d: String) { self.code = code; description = d }

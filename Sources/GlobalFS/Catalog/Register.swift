@@ -21,7 +21,10 @@ extension Catalog {
     /// left off). Off by default, since it reads every byte.
     /// `readers`, `description`, `license`: nil keeps the dataset's current value (a new
     /// dataset is private to `owner` unless `readers` says otherwise). An existing dataset
-    /// keeps its owner.
+    /// keeps its owner, and only its owner may register it again (new root, readers,
+    /// description): anyone else gets `forbidden` and nothing changes, unless `administrator`
+    /// (an operator's token: the center's own administration). Names are per center: the same
+    /// name at two centers is two datasets, each with its owner.
     ///
     /// `replicaPath`: the replica's path as the center's transfer server names it
     /// (`/EXPORT/PATH`, what a `ferry://` URL takes); default: the absolute directory.
@@ -32,7 +35,7 @@ extension Catalog {
     public func register(root: String, dataset name: String, version: String = "", owner: String, center: String,
                          readers: [String]? = nil, description: String? = nil, license: String? = nil,
                          hash: Bool = false, chunkSize: Int = Wire.chunkBytesDefault, threads: Int? = nil,
-                         replicaPath: String? = nil, now: Int64 = Catalog.now()) throws -> RegisterSummary {
+                         replicaPath: String? = nil, administrator: Bool = false, now: Int64 = Catalog.now()) throws -> RegisterSummary {
         let started = DispatchTime.now().uptimeNanoseconds
         try GFSPath.validateDataset(name: name, version: version)
         try GFSPath.validateCenter(center)
@@ -44,8 +47,15 @@ extension Catalog {
         // The dataset row first (so its id exists), then the files, then counts and replica.
         let (id, isNew, fresh) = try db.write { s -> (Int64, Bool, Bool) in
             try s.execute("INSERT INTO centers (name) VALUES (?) ON CONFLICT (name) DO NOTHING", center)
-            if let r = try s.one("SELECT id FROM datasets WHERE center = ? AND name = ? AND version = ?", center, name, version) {
+            if let r = try s.one("SELECT id, owner, remote_id FROM datasets WHERE center = ? AND name = ? AND version = ?", center, name, version) {
                 let id = r.int("id")
+                let shown = "\(name)\(version.isEmpty ? "" : "@" + version)"
+                guard r.optionalInt("remote_id") == nil else {
+                    throw CatalogError(.conflict, "dataset '\(shown)' of center \(center) is a mirror of that center's catalog, not registered here")
+                }
+                guard sameBytes(r.text("owner"), owner) || administrator else {
+                    throw CatalogError(.forbidden, "the dataset name '\(shown)' at center \(center) belongs to another user: only its owner (or an operator) may register it again")
+                }
                 try s.execute("""
                     UPDATE datasets SET readers = COALESCE(?, readers), description = COALESCE(?, description),
                         license = COALESCE(?, license), root = ? WHERE id = ?
