@@ -123,6 +123,12 @@ final class Receiver: @unchecked Sendable {
         max(chunkBytes, min(64 << 20, Int(size / 64)))
     }
     static let durableGroupNs: UInt64 = 1_000_000_000
+    /// Files between plan and verdict, enforced here whatever the sender promises (its own
+    /// bound is the same): each costs a `ReceiverFile`.
+    static let filesInFlightMax = Sender.filesInFlightMax
+    /// Chunks of one file: its state costs 17 bytes a chunk (a flag and a hash), so this caps a
+    /// file's bookkeeping at 68 MiB (16 TiB at 4 MiB chunks; larger files take larger chunks).
+    static let chunksPerFileMax = 1 << 22
 
     /// `baseFd`: a directory everything resolves beneath (owned); `target`: the path of the
     /// destination relative to it ("" components = `baseFd` itself).
@@ -349,6 +355,15 @@ final class Receiver: @unchecked Sendable {
         case .special:
             return nil
         }
+        // Bounded by what is real, not by what is declared (checked before any allocation).
+        guard lock.withLock({ files.count }) < Receiver.filesInFlightMax else {
+            throw TransferError.protocolError("more than \(Receiver.filesInFlightMax) files announced without a verdict")
+        }
+        let chunks = ResumeJournal.chunkCount(size: e.size, chunkBytes: chunkBytes)
+        if chunks > Receiver.chunksPerFileMax {
+            let need = (e.size + UInt64(Receiver.chunksPerFileMax) - 1) / UInt64(Receiver.chunksPerFileMax)
+            throw TransferError(.usage, "'\(display)' (\(byteText(e.size))) has more than \(Receiver.chunksPerFileMax) chunks of \(byteText(UInt64(chunkBytes))): use --chunk-size \(byteText(need)) or more")
+        }
         let f = ReceiverFile(entry: e, chunkBytes: chunkBytes, dir: dir, name: name, display: display)
         ctx.progress.announce(bytes: e.size)
         if let sink {
@@ -447,6 +462,15 @@ final class Receiver: @unchecked Sendable {
 
     /// Creates the partial file and its journal (file lock held or not yet shared).
     private func startPartial(_ f: ReceiverFile) -> String? {
+        // A declared size never decides an allocation: a file larger than the free space is
+        // refused before anything is written (a sparse partial would otherwise hide it).
+        var fs = statvfs()
+        if fstatvfs(f.dir.fd, &fs) == 0 {
+            let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
+            if f.entry.size > free {
+                return "cannot write '\(f.display)': no space: \(byteText(f.entry.size)) needed, \(byteText(free)) free"
+            }
+        }
         let part = PartialNames.part(f.name)
         let fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
         if fd < 0 { return "cannot write '\(f.display)': \(String(cString: strerror(errno))) (\(errno))" }
