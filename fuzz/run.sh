@@ -42,6 +42,7 @@ sources=(
   "$src/Security/Token.swift"
   "$src/Security/DataProtection.swift"
   "$src/Security/Exports.swift"
+  "$src/Security/Identity.swift"
   "$src/Config/TOML.swift"
   "$src/Config/ServerConfigFile.swift"
   "$src/Session/AuditLog.swift"
