@@ -32,6 +32,10 @@ public struct DaemonAPI: Sendable {
     public let replicaRoot: String?
     /// Prestaging (`[daemon] staging`), nil when this center does none.
     public let staging: StagingSettings?
+    /// The center's audit log (the transfer server's, `audit_log`): every refusal of the API,
+    /// every change it makes (jobs submitted, cancelled, retried; registrations, replications,
+    /// staging), one JSON line each in the engine's format. nil: none.
+    public var audit: AuditLog?
 
     public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil, transfer: [String] = [],
                 centers: CenterVerifier? = nil, replicaRoot: String? = nil, staging: StagingSettings? = nil) {
@@ -96,6 +100,7 @@ public struct DaemonAPI: Sendable {
                 var jobs: [[String: Any]] = []
                 for (req, peer) in zip(requests, peers) {
                     let id = try store.submit(owner: user.user, request: req, peer: peer, now: now())
+                    auditLine(user, action: "job.submit", path: "\(req.source) -> \(req.destination)", result: "ok: job \(id)")
                     jobs.append(jobObject(try store.get(id)!))
                 }
                 return json(201, multi ? ["transfers": jobs] : jobs[0])
@@ -143,13 +148,17 @@ public struct DaemonAPI: Sendable {
         router.post("/api/v1/transfers/:id/cancel") { request, context in
             try await handle(request) { user in
                 let job = try ownJob(context, user)
-                return json(200, jobObject(try store.cancel(job.id, by: user.user, now: now())))
+                let answer = jobObject(try store.cancel(job.id, by: user.user, now: now()))
+                auditLine(user, action: "job.cancel", path: "\(job.request.source) -> \(job.request.destination)", result: "ok: job \(job.id)")
+                return json(200, answer)
             }
         }
         router.post("/api/v1/transfers/:id/retry") { request, context in
             try await handle(request) { user in
                 let job = try ownJob(context, user)
-                return json(200, jobObject(try store.retryJob(job.id, now: now())))
+                let answer = jobObject(try store.retryJob(job.id, now: now()))
+                auditLine(user, action: "job.retry", path: "\(job.request.source) -> \(job.request.destination)", result: "ok: job \(job.id)")
+                return json(200, answer)
             }
         }
         addCatalogRoutes(router)
@@ -171,7 +180,22 @@ public struct DaemonAPI: Sendable {
         var message: String
     }
 
+    /// Authenticates the request and runs `body` for its user. Every refusal (4xx: a bad or
+    /// missing token, a path outside the scopes, another user's job or dataset answered as
+    /// missing, a host that is no peer) and every failure is answered as JSON and written to the
+    /// audit log (`api`, `METHOD /path`, `refused: STATUS reason`), with the user when known.
     func handle(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
+        var who = ""
+        var whoCenter = ""
+        func refuse(_ status: Int, _ message: String) -> Response {
+            if let audit {
+                var r = AuditLog.Record(user: who, peer: "", action: "api", path: request.method.rawValue + " " + request.uri.path,
+                                        result: (status < 500 ? "refused: " : "failed: ") + "\(status) \(message)")
+                r.center = whoCenter
+                audit.write(r)
+            }
+            return json(status, ["error": message])
+        }
         do {
             if let auth = request.headers[.authorization], auth.hasPrefix(CenterAssertion.scheme) {
                 guard let centers, let cert = request.headers.first(where: { $0.name.canonicalName == CenterAssertion.certificateHeader.lowercased() })?.value else {
@@ -181,27 +205,45 @@ public struct DaemonAPI: Sendable {
                 do { name = try centers.verify(assertion: String(auth.dropFirst(CenterAssertion.scheme.count)), certificate: cert) } catch let e as TransferError {
                     throw HTTPFailure(status: 401, message: e.message)
                 }
+                who = "center:" + name
+                whoCenter = name
                 return try await body(User(user: "center:" + name, scopes: [], center: name))
             }
             guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else {
                 throw HTTPFailure(status: 401, message: "send Authorization: Bearer <your ferry token>")
             }
-            let token: UserToken
-            do { token = try verifier.verify(String(auth.dropFirst(7))) } catch let e as TransferError {
-                throw HTTPFailure(status: 401, message: e.message)
+            // `check`: the user of a genuine but refused token (expired, revoked) is known; the
+            // audit names it `refused:NAME`, as the transfer server does.
+            let (checked, refusal) = verifier.check(String(auth.dropFirst(7)))
+            if let refusal {
+                who = checked.map { "refused:" + $0.user } ?? ""
+                throw HTTPFailure(status: 401, message: refusal.message)
             }
+            guard let token = checked else { throw HTTPFailure(status: 401, message: "token refused") }
+            who = token.user
             return try await body(User(user: token.user, scopes: token.scopes))
         } catch let f as HTTPFailure {
-            return json(f.status, ["error": f.message])
+            return refuse(f.status, f.message)
         } catch let e as JobStoreError {
-            return json(409, ["error": e.description])
+            return refuse(409, e.description)
         } catch let e as CatalogError {
-            return json(e.code == .notFound ? 404 : e.code == .conflict ? 409 : e.code == .invalid ? 400 : e.code == .forbidden ? 403 : 500, ["error": e.description])
+            return refuse(e.code == .notFound ? 404 : e.code == .conflict ? 409 : e.code == .invalid ? 400 : e.code == .forbidden ? 403 : 500, e.description)
         } catch let e as TransferError {
-            return json(e.code == .auth ? 403 : 400, ["error": e.message])
+            return refuse(e.code == .auth ? 403 : 400, e.message)
         } catch is DecodingError {
-            return json(400, ["error": "the body is not a transfer request (JSON with at least source and destination)"])
+            return refuse(400, "the body is not a transfer request (JSON with at least source and destination)")
         }
+    }
+
+    /// One audit line for a change the API made for `user`.
+    func auditLine(_ user: User, action: String, path: String, result: String, files: Int64 = 0, bytes: Int64 = 0, seconds: Double = 0) {
+        guard let audit else { return }
+        var r = AuditLog.Record(user: user.user, peer: "", action: action, path: path, result: result)
+        r.center = user.center ?? ""
+        r.files = UInt64(max(0, files))
+        r.bytes = UInt64(max(0, bytes))
+        r.seconds = seconds
+        audit.write(r)
     }
 
     private func ownJob(_ context: BasicRequestContext, _ user: User) throws -> Job {

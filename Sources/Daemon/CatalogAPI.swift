@@ -43,6 +43,9 @@ extension DaemonAPI {
                                          readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false,
                                          replicaPath: r.path, administrator: user.isOperator)
                 }
+                auditLine(user, action: "register", path: "\(r.path) -> gfs://\(center)/\(r.dataset)",
+                          result: "ok: \(summary.added) added, \(summary.changed) changed, \(summary.removed) removed", files: summary.files, bytes: summary.bytes,
+                          seconds: summary.seconds)
                 return try codable(200, summary)
             }
         }

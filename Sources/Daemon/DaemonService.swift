@@ -10,7 +10,7 @@ import Transfer
 public final class DaemonService: @unchecked Sendable {
     public let store: JobStore
     public let runner: JobRunner
-    public let api: DaemonAPI
+    public private(set) var api: DaemonAPI
     public let apiListen: HostPort
     /// Follows the peers' catalogs (nil without a center certificate).
     public let federation: Federation?
@@ -40,6 +40,13 @@ public final class DaemonService: @unchecked Sendable {
         api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: catalog, transfer: transfer, centers: centers,
                         replicaRoot: replicas, staging: stagingSettings)
         self.apiListen = apiListen
+    }
+
+    /// Writes the API's refusals and changes and the runner's jobs to `log` (the transfer
+    /// server's audit log, so one file holds every access). Before `runCenter`.
+    public func attachAudit(_ log: AuditLog?) {
+        api.audit = log
+        runner.audit = log
     }
 
     /// The HTTP server; `onRunning` gets the address it bound (port 0 resolved).
@@ -110,6 +117,8 @@ public func runCenter(server: TransferServer, daemon: DaemonService?, onAPIRunni
         .init(service: TransferServerService(server: server), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)
     ]
     if let daemon {
+        // One audit log for the center: the transfer server's also takes the daemon's lines.
+        daemon.attachAudit(server.configuration.audit)
         services.append(.init(service: daemon.application(onRunning: onAPIRunning), successTerminationBehavior: .gracefullyShutdownGroup,
                               failureTerminationBehavior: .gracefullyShutdownGroup))
         services.append(.init(service: JobRunnerService(runner: daemon.runner), successTerminationBehavior: .gracefullyShutdownGroup,

@@ -70,7 +70,10 @@ extension DaemonAPI {
                     throw HTTPFailure(status: 400, message: "give {\"path\": \"gfs://CENTER/DATASET\"}")
                 }
                 let bwlimit = (obj["bwlimit"] as? NSNumber).map { UInt64(max(0, $0.int64Value)) }
-                return json(200, try replicate(path, user: user, bwlimit: bwlimit.flatMap { $0 > 0 ? $0 : nil }))
+                let answer = try replicate(path, user: user, bwlimit: bwlimit.flatMap { $0 > 0 ? $0 : nil })
+                auditLine(user, action: "replicate", path: "\(path) -> \(center):\(answer["path"] as? String ?? "")",
+                          result: "ok: \(answer["state"] as? String ?? "")" + ((answer["job"] as? Int).map { ", job \($0)" } ?? ""))
+                return json(200, answer)
             }
         }
     }

@@ -43,6 +43,8 @@ public final class JobRunner: @unchecked Sendable {
     private var running: [Int64: TransferProgress] = [:]
     private var threads = 0
     private var lastPromote: Int64 = 0
+    /// The center's audit log: each attempt's start and end (set before `start`).
+    public var audit: AuditLog?
 
     public init(store: JobStore, settings: RunnerSettings, workerID: String) throws {
         self.store = store
@@ -126,10 +128,36 @@ public final class JobRunner: @unchecked Sendable {
             }
         }
         keeper.start()
+        let started = Date()
+        auditJob(job, action: "job.start", result: "running: attempt \(job.attempts) on \(worker)")
         let outcome = attempt(job, progress: progress)
         done.signal()
         let final = isStopping && outcome != .interrupted ? outcomeWhenStopping(outcome) : outcome
+        // The end's line before the state: once a job shows its final state, its line is there.
+        switch final {
+        case .success(let bytes, let files): auditJob(job, action: "job.end", result: "ok", files: files, bytes: bytes, seconds: Date().timeIntervalSince(started))
+        case .skipped(let files): auditJob(job, action: "job.end", result: "ok: skipped, already in sync", files: files, seconds: Date().timeIntervalSince(started))
+        case .failure(let message, let resumable):
+            let s = progress.snapshot()
+            auditJob(job, action: "job.end", result: (resumable ? "retry: " : "failed: ") + message, files: Int64(s.filesDone), bytes: Int64(s.bytesDone),
+                     seconds: Date().timeIntervalSince(started))
+        case .interrupted:
+            let s = progress.snapshot()
+            auditJob(job, action: "job.end", result: "interrupted: back to the queue", files: Int64(s.filesDone), bytes: Int64(s.bytesDone),
+                     seconds: Date().timeIntervalSince(started))
+        }
         _ = try? store.finish(job.id, worker: worker, outcome: final, now: Int64(Date().timeIntervalSince1970))
+    }
+
+    /// One audit line of a job: its owner, its peer, `SOURCE -> DESTINATION (job N)`.
+    private func auditJob(_ job: Job, action: String, result: String, files: Int64 = 0, bytes: Int64 = 0, seconds: Double = 0) {
+        guard let audit else { return }
+        var r = AuditLog.Record(user: job.owner, peer: job.peer, action: action, path: "\(job.request.source) -> \(job.request.destination) (job \(job.id))", result: result)
+        r.files = UInt64(max(0, files))
+        r.bytes = UInt64(max(0, bytes))
+        r.seconds = seconds
+        r.protection = job.request.protection
+        audit.write(r)
     }
 
     /// A transfer cut by the daemon's own stop is not the job's failure.

@@ -73,14 +73,18 @@ extension DaemonAPI {
             try await handle(request) { user in
                 let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
                 let api = self
-                return try codable(200, ["items": try await offLoop { try api.stageIn(r) }])
+                let items = try await offLoop { try api.stageIn(r) }
+                auditStaging(user, "stage-in", r, items)
+                return try codable(200, ["items": items])
             }
         }
         router.post("/api/v1/stage/out") { request, _ in
             try await handle(request) { user in
                 let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
                 let api = self
-                return try codable(200, ["items": try await offLoop { try api.stageOut(r) }])
+                let items = try await offLoop { try api.stageOut(r) }
+                auditStaging(user, "stage-out", r, items)
+                return try codable(200, ["items": items])
             }
         }
         router.post("/api/v1/stage/teardown") { request, _ in
@@ -88,7 +92,9 @@ extension DaemonAPI {
                 let st = try stagingFor(user)
                 let body = (try? JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 16)))) as? [String: Any] ?? [:]
                 guard let job = body["job"] as? String, !job.isEmpty else { throw HTTPFailure(status: 400, message: "give {\"job\": \"ID\"}") }
-                return json(200, try teardown(st, job: job))
+                let answer = try teardown(st, job: job)
+                auditLine(user, action: "stage-teardown", path: "scheduler job \(job)", result: "ok")
+                return json(200, answer)
             }
         }
         router.post("/api/v1/stage/sweep") { request, _ in
@@ -97,7 +103,9 @@ extension DaemonAPI {
                 let body = (try? JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 22)))) as? [String: Any] ?? [:]
                 let keep = (body["keep_jobs"] as? [String]).map(Set.init)
                 let hours = (body["max_pin_hours"] as? NSNumber)?.int64Value ?? st.maxPinHours
-                return json(200, try sweep(st, keep: keep, maxPinHours: hours))
+                let answer = try sweep(st, keep: keep, maxPinHours: hours)
+                auditLine(user, action: "stage-sweep", path: "", result: "ok")
+                return json(200, answer)
             }
         }
         router.get("/api/v1/stage/status") { request, _ in
@@ -117,6 +125,17 @@ extension DaemonAPI {
                 let entries = try st.cache.entries()
                 return try codable(200, CacheView(root: st.root, quota: st.quota, readyBytes: entries.filter { $0.state == .ready }.reduce(0) { $0 + $1.bytes }, entries: entries))
             }
+        }
+    }
+
+    /// One audit line per directive of a stage-in or stage-out request: the scheduler job's
+    /// user, SRC -> DST, and the item's state (the hook asks again until each is final).
+    func auditStaging(_ user: User, _ action: String, _ r: StageRequest, _ items: [StageItem]) {
+        for item in items {
+            var who = user
+            who.user = r.user
+            auditLine(who, action: action, path: "\(item.source) -> \(item.destination) (scheduler job \(r.job), asked by \(user.user))",
+                      result: item.state == "failed" ? "failed: " + (item.error ?? "") : item.state)
         }
     }
 

@@ -282,4 +282,61 @@ struct TrustTests {
         let ds2 = (TrustTests.object(TrustTests.http("GET", c.api + "/api/v1/catalog/datasets", token: alice).body)["datasets"] as? [[String: Any]]) ?? []
         #expect(ds2.first?["owner"] as? String == "alice" && (ds2.first?["readers"] as? [String]) == ["carol"], "\(ds2)")
     }
+
+    @Test("the API's refusals (401, 403, 404 on another user's job or dataset, 400 for a host that is no peer) and each job's start and end, submits and registrations are in the center's audit log, in the engine's format")
+    func auditTrail() throws {
+        let c = try DaemonE2ETests.start("trust-audit")
+        defer { c.a.stop(); c.b.stop() }
+        let alice = try c.sb.issueToken(user: "alice", scopes: ["rw:/scratch/alice"], name: "alice.tok")
+        let bob = try c.sb.issueToken(user: "bob", scopes: ["rw:/scratch/bob"], name: "bob.tok")
+        let expired = try c.sb.issueToken(user: "eve", scopes: ["rw:/scratch/eve"], ttl: "60s", extra: ["--backdate", "2h"], name: "eve.tok")
+        try writeRandomFile(try c.sb.dir("hlrs/scratch/alice/results") + "/r.bin", size: 1_000_000)
+        try c.sb.dir("hlrs/scratch/bob")
+        let auditPath = c.sb.file("hlrs-audit.jsonl")
+
+        let job = TrustTests.http("POST", c.api + "/api/v1/transfers", token: alice,
+                                  body: #"{"source": "/scratch/alice/results/r.bin", "destination": "ferry://wuxi/incoming/r.bin"}"#)
+        #expect(job.status == 201, "\(job)")
+        let id = TrustTests.object(job.body)["id"] as? Int ?? -1
+        let (_, done) = DaemonE2ETests.waitForState(c, id, "success", timeout: 60)
+        #expect(done["state"] as? String == "success", "\(done)")
+        #expect(TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: alice, body: #"{"path": "/scratch/alice/results", "dataset": "results"}"#).status == 200)
+
+        // Refusals.
+        #expect(TrustTests.http("GET", c.api + "/api/v1/transfers", token: nil).status == 401)
+        #expect(TrustTests.http("GET", c.api + "/api/v1/transfers", token: expired).status == 401)
+        #expect(TrustTests.http("GET", c.api + "/api/v1/transfers/\(id)", token: bob).status == 404)
+        #expect(TrustTests.http("POST", c.api + "/api/v1/transfers/\(id)/cancel", token: bob).status == 404)
+        #expect(TrustTests.http("GET", c.api + "/api/v1/catalog/stat?path=gfs://hlrs/results/r.bin", token: bob).status == 404)
+        #expect(TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: bob, body: #"{"path": "/scratch/bob", "dataset": "results"}"#).status == 403)
+        #expect(TrustTests.http("POST", c.api + "/api/v1/transfers", token: bob, body: #"{"source": "/scratch/alice/results/r.bin", "destination": "ferry://wuxi/incoming/x"}"#).status == 403)
+        #expect(TrustTests.http("POST", c.api + "/api/v1/transfers", token: bob, body: #"{"source": "/scratch/bob/x", "destination": "ferry://127.0.0.1:22/x"}"#).status == 400)
+
+        // Every line is one JSON object with the engine's fields; find ours.
+        let text = String(decoding: readFile(auditPath) ?? [], as: UTF8.self)
+        let lines = text.split(separator: "\n").map { TrustTests.object(String($0)) }
+        #expect(!lines.isEmpty && lines.allSatisfy { !$0.isEmpty }, "\(text)")
+        let engineKeys: Set<String> = ["time", "user", "center", "peer", "action", "path", "files", "bytes", "result", "protection", "duration_ms"]
+        #expect(lines.allSatisfy { engineKeys.isSubset(of: Set($0.keys)) && Set($0.keys).subtracting(engineKeys).isSubset(of: ["account"]) }, "\(text)")
+        func has(_ what: String, _ p: @escaping ([String: Any]) -> Bool) {
+            let found = lines.contains(where: p)
+            #expect(found, "no audit line for \(what) in:\n\(text)")
+        }
+        func str(_ o: [String: Any], _ k: String) -> String { o[k] as? String ?? "" }
+        has("the job's start") { str($0, "action") == "job.start" && str($0, "user") == "alice" && str($0, "peer") == "wuxi" && str($0, "path").contains("/scratch/alice/results/r.bin -> ferry://wuxi/incoming/r.bin") }
+        has("the job's end") { str($0, "action") == "job.end" && str($0, "user") == "alice" && str($0, "result") == "ok" && ($0["bytes"] as? Int) == 1_000_000 && ($0["files"] as? Int) == 1 }
+        has("the submit") { str($0, "action") == "job.submit" && str($0, "user") == "alice" && str($0, "result") == "ok: job \(id)" }
+        has("the registration") { str($0, "action") == "register" && str($0, "user") == "alice" && str($0, "path") == "/scratch/alice/results -> gfs://hlrs/results" && ($0["files"] as? Int) == 1 }
+        func refusal(_ user: String, _ path: String, _ status: Int) -> ([String: Any]) -> Bool {
+            { str($0, "action") == "api" && str($0, "user") == user && str($0, "path") == path && str($0, "result").hasPrefix("refused: \(status) ") }
+        }
+        has("401 without a token", refusal("", "GET /api/v1/transfers", 401))
+        has("401 of an expired token, naming its user", refusal("refused:eve", "GET /api/v1/transfers", 401))
+        has("404 on alice's job", refusal("bob", "GET /api/v1/transfers/\(id)", 404))
+        has("404 on cancelling alice's job", refusal("bob", "POST /api/v1/transfers/\(id)/cancel", 404))
+        has("404 on alice's dataset", refusal("bob", "GET /api/v1/catalog/stat", 404))
+        has("403 on taking alice's dataset name", refusal("bob", "POST /api/v1/catalog/register", 403))
+        has("403 on alice's path", refusal("bob", "POST /api/v1/transfers", 403))
+        has("400 on a host that is no peer", refusal("bob", "POST /api/v1/transfers", 400))
+    }
 }
