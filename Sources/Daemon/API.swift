@@ -98,9 +98,18 @@ public struct DaemonAPI: Sendable {
                     try authorizeDependencies(req.dependsOn, user)
                 }
                 var jobs: [[String: Any]] = []
+                // One audit line per request (a request of 10,000 sources is not 10,000 synced
+                // writes): also when it stops half way, for the jobs it made.
+                var ids: [Int64] = []
+                defer {
+                    if let first = ids.first {
+                        let path = "\(requests[0].source) -> \(requests[0].destination)" + (ids.count > 1 ? " and \(ids.count - 1) more of \(requests.count)" : "")
+                        auditLine(user, action: "job.submit", path: path, result: ids.count == 1 ? "ok: job \(first)" : "ok: \(ids.count) jobs, \(first) to \(ids.last!)")
+                    }
+                }
                 for (req, peer) in zip(requests, peers) {
                     let id = try store.submit(owner: user.user, request: req, peer: peer, now: now())
-                    auditLine(user, action: "job.submit", path: "\(req.source) -> \(req.destination)", result: "ok: job \(id)")
+                    ids.append(id)
                     jobs.append(jobObject(try store.get(id)!))
                 }
                 return json(201, multi ? ["transfers": jobs] : jobs[0])
