@@ -158,6 +158,7 @@ extension Ferry {
                     retry.baseSeconds = Double(d.retryBaseSeconds)
                     let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center,
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas,
+                    settings.identities = config.identities
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
                     daemon = service
                 } catch {

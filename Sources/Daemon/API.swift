@@ -238,7 +238,7 @@ public struct DaemonAPI: Sendable {
         } catch let e as CatalogError {
             return refuse(e.code == .notFound ? 404 : e.code == .conflict ? 409 : e.code == .invalid ? 400 : e.code == .forbidden ? 403 : 500, e.description)
         } catch let e as TransferError {
-            return refuse(e.code == .auth ? 403 : 400, e.message)
+            return refuse(e.code == .auth || e.code == .permission ? 403 : 400, e.message)
         } catch is DecodingError {
             return refuse(400, "the body is not a transfer request (JSON with at least source and destination)")
         }
@@ -275,6 +275,13 @@ public struct DaemonAPI: Sendable {
         let parts = try namespaceComponents(String(rel))
         guard user.scopes.allow(parts, write: write) else {
             throw TransferError(.auth, "your token does not allow \(write ? "writing" : "reading") '\(path)'")
+        }
+        // Checked on disk too, as the job will open it: a link that leads out of the directory
+        // it sits in is refused now (403), and again at run time if one is swapped in later.
+        if let runner, case (.confined(let root, let components), _, _) = try runner.jobEndpoint(path) {
+            do { try probeConfined(root: root, components: components) } catch let e as TransferError where e.code == .path {
+                throw TransferError(.auth, "'\(path)': \(e.message)")
+            }
         }
     }
 
@@ -341,14 +348,14 @@ public struct DaemonAPI: Sendable {
      "paths":{
       "/api/v1/health":{"get":{"summary":"Liveness, center name, jobs by state","responses":{"200":{"description":"ok"}}}},
       "/api/v1/openapi.json":{"get":{"summary":"This document","responses":{"200":{"description":"ok"}}}},
-      "/api/v1/transfers":{"post":{"summary":"Create a transfer job","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["destination"],"properties":{"source":{"type":"string"},"sources":{"type":"array","items":{"type":"string"},"description":"instead of source: one job per source, each into destination/NAME; the answer is then {transfers:[...]}"},"destination":{"type":"string"},"recursive":{"type":"boolean"},"protection":{"type":"string","enum":["clear","safe","private"]},"compress":{"type":"string"},"checksum":{"type":"boolean"},"streams":{"type":"integer"},"bwlimit":{"type":"integer"},"priority":{"type":"integer"},"dependsOn":{"type":"array","items":{"type":"integer"}},"deadline":{"type":"integer"},"maxAttempts":{"type":"integer"}}}}}},"responses":{"201":{"description":"created"},"400":{"description":"bad request"},"401":{"description":"no or bad token"},"403":{"description":"outside the token's scopes"}}},
+      "/api/v1/transfers":{"post":{"summary":"Create a transfer job","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["destination"],"properties":{"source":{"type":"string"},"sources":{"type":"array","items":{"type":"string"},"description":"instead of source: one job per source, each into destination/NAME; the answer is then {transfers:[...]}"},"destination":{"type":"string"},"recursive":{"type":"boolean"},"protection":{"type":"string","enum":["clear","safe","private"]},"compress":{"type":"string"},"checksum":{"type":"boolean"},"streams":{"type":"integer"},"bwlimit":{"type":"integer"},"priority":{"type":"integer"},"dependsOn":{"type":"array","items":{"type":"integer"},"description":"ids of the caller's own jobs (another user's answers as a missing one, 409)"},"deadline":{"type":"integer"},"maxAttempts":{"type":"integer"}}}}}},"responses":{"201":{"description":"created"},"400":{"description":"bad request, or a remote side that is no configured peer (the daemon dials only its [[peer]]s)"},"401":{"description":"no or bad token"},"403":{"description":"outside the token's scopes"}}},
                            "get":{"summary":"List transfer jobs","parameters":[{"name":"state","in":"query","schema":{"type":"string"}},{"name":"after","in":"query","schema":{"type":"integer"}},{"name":"limit","in":"query","schema":{"type":"integer"}},{"name":"owner","in":"query","schema":{"type":"string"}}],"responses":{"200":{"description":"a page"}}}},
       "/api/v1/transfers/{id}":{"get":{"summary":"One job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"404":{"description":"no such job"}}}},
       "/api/v1/transfers/{id}/cancel":{"post":{"summary":"Cancel a job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"already ended"}}}},
       "/api/v1/transfers/{id}/events":{"get":{"summary":"Progress as server-sent events (event: progress, then end)","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"text/event-stream"}}}},
       "/api/v1/transfers/{id}/retry":{"post":{"summary":"Retry a failed job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"not failed"}}}},
       "/metrics":{"get":{"summary":"Prometheus metrics","security":[],"responses":{"200":{"description":"text format"}}}},
-      "/api/v1/catalog/register":{"post":{"summary":"Register (or re-register) a directory of this center as a dataset","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["path","dataset"],"properties":{"path":{"type":"string","description":"/EXPORT/PATH"},"dataset":{"type":"string","description":"NAME[@VERSION]"},"readers":{"type":"array","items":{"type":"string"}},"description":{"type":"string"},"license":{"type":"string"},"hash":{"type":"boolean"}}}}}},"responses":{"200":{"description":"the registration summary"},"400":{"description":"bad request"},"403":{"description":"outside the token's scopes"},"404":{"description":"no such directory"}}}},
+      "/api/v1/catalog/register":{"post":{"summary":"Register (or re-register) a directory of this center as a dataset","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["path","dataset"],"properties":{"path":{"type":"string","description":"/EXPORT/PATH"},"dataset":{"type":"string","description":"NAME[@VERSION]"},"readers":{"type":"array","items":{"type":"string"}},"description":{"type":"string"},"license":{"type":"string"},"hash":{"type":"boolean"}}}}}},"responses":{"200":{"description":"the registration summary"},"400":{"description":"bad request"},"403":{"description":"outside the token's scopes, or the dataset name belongs to another user (only its owner or an operator registers it again)"},"404":{"description":"no such directory"}}}},
       "/api/v1/catalog/datasets":{"get":{"summary":"The datasets the caller may see","responses":{"200":{"description":"datasets"}}}},
       "/api/v1/catalog/ls":{"get":{"summary":"One page of a directory","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"},{"name":"after","in":"query","schema":{"type":"string"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"entries and next_after"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}},
       "/api/v1/catalog/stat":{"get":{"summary":"One entry, its dataset and replicas (ranked: the order a copy uses them, each with its reason), and whether its center is down (stale)","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"}],"responses":{"200":{"description":"the entry"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}},

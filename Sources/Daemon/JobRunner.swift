@@ -14,6 +14,10 @@ public struct RunnerSettings: Sendable {
     /// allow_hosts`). Anything else is refused at submit: the daemon is no open proxy that
     /// dials wherever a user points it with the center's certificate.
     public var allowHosts: [String] = []
+    /// Which local account a job's owner acts as (the transfer server's `IdentityMap`): a
+    /// job's local side is read and written with that account's rights, as the owner's own
+    /// `ferry cp` session would be.
+    public var identities = IdentityMap()
     public var workers = 2
     public var leaseSeconds: Int64 = 30
     public var perPeerMax = 4
@@ -168,8 +172,8 @@ public final class JobRunner: @unchecked Sendable {
 
     func attempt(_ job: Job, progress: TransferProgress) -> AttemptOutcome {
         do {
-            let (src, srcPeer) = try endpoint(job.request.source)
-            let (dst, dstPeer) = try endpoint(job.request.destination)
+            let (src, srcPeer, srcExport) = try jobEndpoint(job.request.source)
+            let (dst, dstPeer, dstExport) = try jobEndpoint(job.request.destination)
             var options = TransferOptions()
             options.recursive = job.request.recursive
             options.checksum = job.request.checksum
@@ -179,8 +183,13 @@ public final class JobRunner: @unchecked Sendable {
             options.protection = try ProtectionLevel(parsing: job.request.protection)
             options.compression = try CompressionMode(parsing: job.request.compress)
             let creds = ClientCredentials(tls: tls, token: nil, center: srcPeer ?? dstPeer)
+            // The owner's account for the local side; this thread (and the transfer's threads it
+            // starts) act as it for the copy only: the queue's own work stays the daemon's.
+            let account = try (srcExport ?? dstExport).flatMap { try settings.identities.resolve(job.owner, export: $0) }
             let s: TransferSummary
             do {
+                if let account { try ThreadIdentity.adopt(account) }
+                defer { if account != nil { ThreadIdentity.restore() } }
                 s = try TransferClient.copy(from: src, to: dst, options: options, credentials: creds, progress: progress)
             } catch {
                 // Link trouble (lost connections, timeouts) counts; refusals (auth, paths) do not.
@@ -200,7 +209,7 @@ public final class JobRunner: @unchecked Sendable {
         } catch {
             let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
             if isStopping { return .interrupted }
-            let permanent: Set<TransferError.Code> = [.usage, .auth, .path]
+            let permanent: Set<TransferError.Code> = [.usage, .auth, .path, .permission]
             return .failure(message: e.message, resumable: e.resumable && !permanent.contains(e.code))
         }
     }
@@ -227,6 +236,24 @@ public final class JobRunner: @unchecked Sendable {
         let path = ([export.path] + beneath).joined(separator: "/")
         try JobRunner.confine(path, within: export.path, shown: text)
         return (.local(path), nil)
+    }
+
+    /// A job's side as the runner opens it: a peer's URL as `endpoint` gives it, or a local
+    /// path confined beneath its export component by component (no name resolved first and
+    /// opened later: a link swapped in after the submit is refused at run time too), with the
+    /// export it lies in.
+    func jobEndpoint(_ text: String) throws -> (Endpoint, String?, Export?) {
+        if text.hasPrefix("ferry://") {
+            let (e, peer) = try endpoint(text)
+            return (e, peer, nil)
+        }
+        let parts = text.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        guard text.hasPrefix("/"), let first = parts.first else { throw TransferError(.usage, "a local job path is /EXPORT/PATH, not '\(text)'") }
+        let root = settings.exports.count == 1 && settings.exports[0].name.isEmpty ? settings.exports[0] : settings.exports.first { $0.name == first }
+        guard let export = root else { throw TransferError(.path, "no export named '\(first)' at this center") }
+        let beneath = export.name.isEmpty ? parts : Array(parts.dropFirst())
+        _ = try namespaceComponents(beneath.joined(separator: "/"))
+        return (.confined(root: export.path, components: beneath), nil, export)
     }
 
     /// Whether `key` (a job's peer) is one the configuration names: what unauthenticated

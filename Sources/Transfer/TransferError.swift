@@ -6,7 +6,7 @@ import Glibc
 public struct TransferError: Error, CustomStringConvertible, Sendable {
     /// Stable error codes. A struct over a private enum so codes can be added later.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Value: String { case io, protocolViolation, auth, path, usage, remote, verify, timeout, noSpace }
+        private enum Value: String { case io, protocolViolation, auth, path, usage, remote, verify, timeout, noSpace, permission }
         private let value: Value
         private init(_ v: Value) { value = v }
         public static let io = Code(.io)
@@ -18,6 +18,8 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
         public static let verify = Code(.verify)
         public static let timeout = Code(.timeout)
         public static let noSpace = Code(.noSpace)
+        /// The filesystem refused the account the work runs as (EACCES, EPERM): a rerun meets it again.
+        public static let permission = Code(.permission)
         public var description: String { value.rawValue }
     }
 
@@ -35,12 +37,12 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
 
     /// Whether running the same transfer again continues it: not for refusals (authentication,
     /// paths, usage), which a rerun would meet again.
-    public var rerunResumes: Bool { code != .auth && code != .path && code != .usage }
+    public var rerunResumes: Bool { code != .auth && code != .path && code != .usage && code != .permission }
 
     /// An error from a system call or io_uring completion (`-errno` or errno), with context.
     static func system(_ what: String, errno e: Int32, resumable: Bool = false) -> TransferError {
         let text = String(cString: strerror(e))
-        let code: Code = (e == ENOSPC || e == EDQUOT) ? .noSpace : (e == ETIMEDOUT || e == ETIME ? .timeout : .io)
+        let code: Code = (e == ENOSPC || e == EDQUOT) ? .noSpace : (e == ETIMEDOUT || e == ETIME ? .timeout : (e == EACCES || e == EPERM ? .permission : .io))
         return TransferError(code, "\(what): \(text) (\(e))", resumable: resumable)
     }
 

@@ -25,7 +25,9 @@ struct DaemonE2ETests {
 
     /// Centers hlrs (daemon, its queue on `backend`) and wuxi. `database`: an existing queue
     /// (a second daemon of hlrs on the same PostgreSQL).
-    static func start(_ name: String, backend: Backend = .sqlite) throws -> Centers {
+    /// `hlrsIdentity`: top-level identity lines of hlrs's configuration (default: everyone acts
+    /// as root); `hlrsTables`: tables appended to it (`[[identity]]` entries).
+    static func start(_ name: String, backend: Backend = .sqlite, hlrsIdentity: String = "run_as = \"root\"", hlrsTables: String = "") throws -> Centers {
         let sb = try Sandbox(name + "-" + backend.rawValue)
         let database = backend == .sqlite ? "hlrs-jobs.sqlite" : try backend.newDatabase()
         try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", "wuxi", "--host", "127.0.0.1"])
@@ -54,7 +56,7 @@ struct DaemonE2ETests {
         let b = try FerryServer(sb, root: "", extra: ["--config", sb.file("wuxi.toml"), "--cert", sb.pki + "/wuxi.crt", "--key", sb.pki + "/wuxi.key"])
         try writeFile(sb.file("hlrs.toml"), Array("""
             center = "hlrs"
-            run_as = "root"
+            \(hlrsIdentity)
             certificate = "pki/hlrs.crt"
             key = "pki/hlrs.key"
             ca = "pki/ca.crt"
@@ -73,6 +75,7 @@ struct DaemonE2ETests {
             path = "hlrs/scratch"
             access = "rw"
             users = ["*"]
+            \(hlrsTables)
 
             """.utf8))
         let a = try FerryServer(sb, root: "", extra: ["--config", sb.file("hlrs.toml")])

@@ -258,3 +258,57 @@ print(json.dumps(answer))
         return obj["message"] as? String ?? ""
     }
 }
+
+@Suite("Daemon jobs act as their owner", .serialized)
+struct DaemonIdentityTests {
+    @Test("a job reads and writes with its owner's rights, and a link out of the owner's directory is refused at submit")
+    func jobsAsOwner() throws {
+        let u1 = try IdentityTests.account("ferryu1")
+        let u2 = try IdentityTests.account("ferryu2")
+        // hlrs maps each token user to the account of the same name; alice (the sandbox's
+        // operator token, used to watch jobs) to ferryu1.
+        let c = try DaemonE2ETests.start("ident-jobs", hlrsIdentity: "", hlrsTables: "[[identity]]\nuser = \"alice\"\naccount = \"ferryu1\"")
+        defer { c.a.stop(); c.b.stop() }
+        chmod(c.sb.path, 0o755)
+        chmod(c.sb.path + "/hlrs", 0o755)
+        chmod(c.scratch, 0o755)
+        let d1 = try c.sb.dir("hlrs/scratch/u1")
+        chown(d1, u1.uid, u1.gid)
+        let d2 = try c.sb.dir("hlrs/scratch/u2")
+        chown(d2, u2.uid, u2.gid)
+        chmod(d2, 0o700)
+        try writeRandomFile(d2 + "/secret", size: 5000)
+        chown(d2 + "/secret", u2.uid, u2.gid)
+        chmod(d2 + "/secret", 0o600)
+        symlink("../u2", d1 + "/evil")
+        try writeRandomFile(c.archive + "/in.bin", size: 2 * E2E.MiB + 1)
+        let t1 = try c.sb.issueToken(user: "ferryu1", scopes: ["rw:/scratch"], name: "u1.tok")
+
+        func submit(_ src: String, _ dst: String) -> (status: Int, id: Int, body: String) {
+            let r = TrustTests.http("POST", c.api + "/api/v1/transfers", token: t1, body: #"{"source": "\#(src)", "destination": "\#(dst)"}"#)
+            return (r.status, TrustTests.object(r.body)["id"] as? Int ?? -1, r.body)
+        }
+        // A pull into the owner's directory: the file belongs to the owner.
+        let pull = submit("ferry://wuxi/archive/in.bin", "/scratch/u1/in.bin")
+        #expect(pull.status == 201, "\(pull)")
+        let (_, pulled) = DaemonE2ETests.waitForState(c, pull.id, "success", timeout: 60)
+        #expect(pulled["state"] as? String == "success", "\(pulled)")
+        #expect(IdentityTests.owner(d1 + "/in.bin")?.uid == u1.uid, "the job's file is not ferryu1's")
+        #expect(filesIdentical(c.archive + "/in.bin", d1 + "/in.bin"))
+
+        // A link in the owner's directory that leads into another's: refused at submit.
+        let evil = submit("/scratch/u1/evil/secret", "ferry://wuxi/incoming/stolen")
+        #expect(evil.status == 403 && evil.body.contains("symbolic link"), "\(evil)")
+        // Within the token's scope but not the account's rights: the job runs and the kernel
+        // refuses (a failed job naming the reason, nothing sent or planted).
+        for (src, dst) in [("/scratch/u2/secret", "ferry://wuxi/incoming/stolen2"), ("ferry://wuxi/archive/in.bin", "/scratch/u2/planted")] {
+            let j = submit(src, dst)
+            #expect(j.status == 201, "\(j)")
+            let (_, job) = DaemonE2ETests.waitForState(c, j.id, "failed", timeout: 60)
+            #expect(job["state"] as? String == "failed" && (job["error"] as? String ?? "").contains("Permission denied"), "\(src) -> \(dst): \(job)")
+            #expect(job["attempts"] as? Int == 1, "a permission refusal is not retried: \(job)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: c.incoming + "/stolen2"))
+        #expect(!FileManager.default.fileExists(atPath: d2 + "/planted"))
+    }
+}

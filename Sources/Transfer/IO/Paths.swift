@@ -75,7 +75,7 @@ enum Paths {
             if fd == -EXDEV || fd == -ELOOP {
                 throw TransferError(.path, "path '\(path)' resolves outside the root (refused)")
             }
-            throw TransferError.system("cannot open '\(path)'", errno: -fd)
+            throw TransferError.system("cannot open '\(path.isEmpty ? "." : path)'", errno: -fd)
         }
         throw TransferError(.io, "cannot open '\(path)': interrupted too often")
     }
@@ -218,3 +218,26 @@ enum PartialNames {
 /// Validated components of a relative path in a server's namespace (the daemon's scope checks):
 /// no empty, ".", ".." or over-long components, no NUL, checked byte by byte.
 public func namespaceComponents(_ path: String) throws -> [Substring] { try Paths.components(of: path) }
+
+/// Opens the deepest existing part of `components` beneath `root` one component at a time
+/// (O_PATH: nothing is read or blocked on), as a transfer would: throws `.path` when a
+/// symbolic link on the way leads above the directory it sits in. A missing part ends the
+/// walk quietly (it will be created). For checks made before work is queued, such as a
+/// daemon's job submit.
+public func probeConfined(root: String, components: [String]) throws {
+    var current = open(root, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
+    if current < 0 { throw TransferError.system("cannot open '\(root)'", errno: errno) }
+    defer { close(current) }
+    for c in components {
+        let next: Int32
+        do {
+            next = try Paths.open(beneath: current, c, flags: FERRY_O_PATH)
+        } catch let e as TransferError where e.code == .path {
+            throw TransferError(.path, "'\(c)' leads outside the directory it is in (a symbolic link)")
+        } catch {
+            return
+        }
+        close(current)
+        current = next
+    }
+}

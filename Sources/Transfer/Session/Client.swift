@@ -5,6 +5,10 @@ import Glibc
 public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
     case local(String)
     case remote(HostPort, path: String)
+    /// A path beneath a directory (an export), opened component by component from it: a
+    /// symbolic link can never lead above the directory it sits in, and nothing is resolved
+    /// by name first and opened later. A daemon's job uses this for its local side.
+    case confined(root: String, components: [String])
 
     /// Parses `ferry://host:port/path`, `ferry://[v6]:port/path`, or a local path.
     public init(parsing text: String) throws {
@@ -32,6 +36,7 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .local(let p): p
         case .remote(let hp, let path): "ferry://\(hp)\(path)"
+        case .confined(let root, let components): ([root] + components).joined(separator: "/")
         }
     }
 }
@@ -122,11 +127,57 @@ public enum TransferClient {
                 let receiver = Receiver(ctx: ctx, baseFd: baseFd, target: target)
                 return (receiver.runControl, receiver.runWorker)
             }
+        case (.confined(let root, let components), .remote(let server, let urlPath)):
+            let rootFd = try openRoot(root)
+            defer { Glibc.close(rootFd) }
+            let srcFd = try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY)
+            var st = stat()
+            fstat(srcFd, &st)
+            var (path, trailing) = try Paths.remoteRelative(urlPath)
+            if trailing && (st.st_mode & S_IFMT) == S_IFREG, let base = components.last {
+                path = path.isEmpty ? base : path + "/" + base
+            }
+            var options = options
+            if (st.st_mode & S_IFMT) == S_IFREG {
+                let chunks = max(1, (Int(st.st_size) + options.chunkBytes - 1) / options.chunkBytes)
+                options.streams = min(options.streams ?? TransferOptions.automaticStreams, chunks)
+            }
+            return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
+                let sender = try Sender(ctx: ctx, rootFd: srcFd)
+                return (sender.runControl, sender.runWorker)
+            }
+        case (.remote(let server, let urlPath), .confined(let root, let components)):
+            let (path, _) = try Paths.remoteRelative(urlPath)
+            let rootFd = try openRoot(root)
+            defer { Glibc.close(rootFd) }
+            var target = components.map { Substring($0) }
+            // An existing directory receives a single file under its remote name, as for a
+            // local destination; it is opened the same confined way to find out.
+            if !options.recursive, let name = path.split(separator: "/").last,
+               let fd = try? Paths.openStepwise(beneath: rootFd, target, flags: O_RDONLY | O_DIRECTORY) {
+                Glibc.close(fd)
+                target.append(name)
+            }
+            guard let last = target.last else { throw TransferError(.usage, "name the destination beneath '\(root)'") }
+            let parent = try Paths.makeDirectories(beneath: rootFd, Array(target.dropLast()))
+            return try run(server: server, direction: .pull, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
+                let receiver = Receiver(ctx: ctx, baseFd: parent, target: [last])
+                return (receiver.runControl, receiver.runWorker)
+            }
+        case (.confined, _), (_, .confined):
+            throw TransferError(.usage, "a confined path is copied to or from a ferry:// URL")
         case (.local, .local):
             throw TransferError(.usage, "one side must be a ferry:// URL (for a local copy use cp)")
         case (.remote, .remote):
             throw TransferError(.usage, "copies between two servers go through the source center's daemon (ferry cp with --api, or ferry jobs submit)")
         }
+    }
+
+    /// The directory a confined endpoint resolves beneath.
+    private static func openRoot(_ root: String) throws -> Int32 {
+        let fd = open(root, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0 { throw TransferError.system("cannot open '\(root)'", errno: errno) }
+        return fd
     }
 
     /// The local source of a push, opened for reading. A regular file or directory is opened
