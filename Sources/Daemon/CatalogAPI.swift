@@ -32,16 +32,27 @@ extension DaemonAPI {
                 let body = Data(buffer: try await request.body.collect(upTo: 1 << 20))
                 let r = try JSONDecoder().decode(RegisterRequest.self, from: body)
                 try authorizeLocal(r.path, user, write: false)
-                guard let runner, case .local(let dir) = try runner.endpoint(r.path).0 else {
+                guard let runner, case (.confined(let root, let components), _, let export?) = try runner.jobEndpoint(r.path) else {
                     throw HTTPFailure(status: 400, message: "register takes a directory of this center: /EXPORT/PATH")
                 }
+                let dir = ([root] + components).joined(separator: "/")
+                let account = try runner.settings.identities.resolve(user.user, export: export)
                 let parts = r.dataset.split(separator: "@", maxSplits: 1).map(String.init)
                 let center = self.center
-                // A big tree takes a while: off the event loop.
+                // A big tree takes a while: off the event loop. The directory is opened beneath
+                // its export component by component, as the user's account; the scan's threads
+                // act as that account too (the catalog's own writes stay the daemon's).
                 let summary: RegisterSummary = try await offLoop {
-                    try catalog.register(root: dir, dataset: parts[0], version: parts.count > 1 ? parts[1] : "", owner: user.user, center: center,
-                                         readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false,
-                                         replicaPath: r.path, administrator: user.isOperator)
+                    if let account { try ThreadIdentity.adopt(account) }
+                    let fd: Int32
+                    do {
+                        defer { if account != nil { ThreadIdentity.restore() } }
+                        fd = try openConfined(root: root, components: components, flags: O_RDONLY | O_DIRECTORY)
+                    }
+                    defer { close(fd) }
+                    return try catalog.register(root: dir, dataset: parts[0], version: parts.count > 1 ? parts[1] : "", owner: user.user, center: center,
+                                                readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false,
+                                                replicaPath: r.path, administrator: user.isOperator, rootFd: fd, account: account)
                 }
                 auditLine(user, action: "register", path: "\(r.path) -> gfs://\(center)/\(r.dataset)",
                           result: "ok: \(summary.added) added, \(summary.changed) changed, \(summary.removed) removed", files: summary.files, bytes: summary.bytes,

@@ -161,6 +161,11 @@ public final class JobRunner: @unchecked Sendable {
         r.bytes = UInt64(max(0, bytes))
         r.seconds = seconds
         r.protection = job.request.protection
+        // The account the job's local side runs as (the same resolution as `attempt`).
+        let local = [job.request.source, job.request.destination].first { !$0.hasPrefix("ferry://") }
+        if let local, let export = try? jobEndpoint(local).2, let a = try? settings.identities.resolve(job.owner, export: export) {
+            r.account = a.name
+        }
         audit.write(r)
     }
 

@@ -310,5 +310,19 @@ struct DaemonIdentityTests {
         }
         #expect(!FileManager.default.fileExists(atPath: c.incoming + "/stolen2"))
         #expect(!FileManager.default.fileExists(atPath: d2 + "/planted"))
+
+        // Registration: the same confinement and the same rights.
+        func register(_ path: String, _ name: String) -> (status: Int, body: String) {
+            TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: t1, body: #"{"path": "\#(path)", "dataset": "\#(name)", "readers": ["*"]}"#)
+        }
+        let viaLink = register("/scratch/u1/evil", "stolen")
+        #expect(viaLink.status == 403 && viaLink.body.contains("symbolic link"), "\(viaLink)")
+        let other = register("/scratch/u2", "theirs")
+        #expect(other.status == 403 && other.body.contains("Permission denied"), "\(other)")
+        let mine = register("/scratch/u1", "mine")
+        #expect(mine.status == 200, "\(mine)")
+        // The link inside is recorded as a link, never followed: u2's names do not appear.
+        let ls = TrustTests.http("GET", c.api + "/api/v1/catalog/find?path=gfs://hlrs/mine&name=secret", token: t1)
+        #expect(!ls.body.contains("secret"), "\(ls)")
     }
 }

@@ -35,13 +35,14 @@ extension Catalog {
     public func register(root: String, dataset name: String, version: String = "", owner: String, center: String,
                          readers: [String]? = nil, description: String? = nil, license: String? = nil,
                          hash: Bool = false, chunkSize: Int = Wire.chunkBytesDefault, threads: Int? = nil,
-                         replicaPath: String? = nil, administrator: Bool = false, now: Int64 = Catalog.now()) throws -> RegisterSummary {
+                         replicaPath: String? = nil, administrator: Bool = false, rootFd: Int32? = nil, account: LocalAccount? = nil,
+                         now: Int64 = Catalog.now()) throws -> RegisterSummary {
         let started = DispatchTime.now().uptimeNanoseconds
         try GFSPath.validateDataset(name: name, version: version)
         try GFSPath.validateCenter(center)
         let readersText = try readers.map(Catalog.readersText)
         guard chunkSize > 0 && chunkSize <= 1 << 30 else { throw CatalogError(.invalid, "chunk size \(chunkSize) out of range") }
-        let scanner = try Scanner(root: root, threads: threads ?? Scanner.defaultThreads)
+        let scanner = try Scanner(root: root, rootFd: rootFd, account: account, threads: threads ?? Scanner.defaultThreads)
         let absRoot = realpath(root, nil).map { p in defer { free(p) }; return String(cString: p) } ?? root
 
         // The dataset row first (so its id exists), then the files, then counts and replica.
@@ -77,7 +78,7 @@ extension Catalog {
         var batchEntries = 0
         let hashThreads = max(1, threads ?? scanner.threads)
         let flush = { [self] in
-            try self.apply(batch, dataset: id, root: absRoot, fresh: fresh, hash: hash, chunkSize: chunkSize, threads: hashThreads, into: &sum)
+            try self.apply(batch, dataset: id, scanner: scanner, fresh: fresh, hash: hash, chunkSize: chunkSize, threads: hashThreads, into: &sum)
             batch.removeAll(keepingCapacity: true)
             batchEntries = 0
         }
@@ -107,7 +108,7 @@ extension Catalog {
 
     /// Diffs a batch of complete directory listings against the catalog and writes the
     /// difference. `fresh` (nothing registered yet): everything is new, nothing is read.
-    private func apply(_ batch: [ScannedDirectory], dataset id: Int64, root: String, fresh: Bool, hash: Bool, chunkSize: Int,
+    private func apply(_ batch: [ScannedDirectory], dataset id: Int64, scanner: Scanner, fresh: Bool, hash: Bool, chunkSize: Int,
                        threads: Int, into sum: inout RegisterSummary) throws {
         if batch.isEmpty { return }
         var old: [PathKey: Entry] = fresh ? [:] : try db.read { s in try FastSQL.existing(s, dataset: id, dirs: batch.map(\.dir)) }
@@ -149,17 +150,33 @@ extension Catalog {
             let lock = NSLock()
             var results: [(Int, String?)] = []
             results.reserveCapacity(toHash.count)
-            DispatchQueue.concurrentPerform(iterations: n) { t in
-                let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunkSize, alignment: 4096)
-                defer { buffer.deallocate() }
-                var mine: [(Int, String?)] = []
-                for j in stride(from: t, to: toHash.count, by: n) {
-                    let e = upserts[toHash[j]]
-                    let h = engineDigest(path: root + "/" + e.path, size: e.size, mtimeNs: e.mtimeNs, chunkSize: chunkSize, buffer: buffer)
-                    mine.append((toHash[j], h?.description))
+            // Threads of their own, not a shared pool's: each acts as the scan's account, and
+            // opens files beneath the scanned directory without following links.
+            let rows = upserts
+            let hashList = toHash
+            let done = DispatchGroup()
+            for t in 0..<n {
+                done.enter()
+                let thread = Thread {
+                    defer { done.leave() }
+                    if let account = scanner.account {
+                        guard (try? ThreadIdentity.adopt(account)) != nil else { return }
+                    }
+                    defer { if scanner.account != nil { ThreadIdentity.restore() } }
+                    let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunkSize, alignment: 4096)
+                    defer { buffer.deallocate() }
+                    var mine: [(Int, String?)] = []
+                    for j in stride(from: t, to: hashList.count, by: n) {
+                        let e = rows[hashList[j]]
+                        let h = engineDigest(path: e.path, size: e.size, mtimeNs: e.mtimeNs, chunkSize: chunkSize, buffer: buffer, beneath: scanner.rootFd)
+                        mine.append((hashList[j], h?.description))
+                    }
+                    lock.withLock { results += mine }
                 }
-                lock.withLock { results += mine }
+                thread.stackSize = 1 << 20
+                thread.start()
             }
+            done.wait()
             for (i, d) in results {
                 upserts[i].digest = d
                 if d == nil { upserts[i].chunkSize = 0 } else { sum.hashed += 1 }

@@ -44,7 +44,11 @@ public struct ScanStats: Sendable {
 public final class Scanner: @unchecked Sendable {
     public let root: String
     public let threads: Int
-    private let rootFd: Int32
+    /// The scanned directory, opened once; everything beneath is opened relative to it.
+    let rootFd: Int32
+    /// The account the scan's threads act as (a daemon registering for a user); nil: the
+    /// caller's own rights.
+    let account: LocalAccount?
     private let rootID: (UInt64, UInt64)
 
     /// Two threads at least (one waits on lstat while the other lists), at most eight.
@@ -53,13 +57,16 @@ public final class Scanner: @unchecked Sendable {
     static let queuedEntriesMax = 64 * 1024
 
     /// Opens `root` (a directory; a symlink naming one is followed, only there).
-    public init(root: String, threads: Int = Scanner.defaultThreads) throws {
+    /// `rootFd`: the directory already opened by the caller (confined, as the user): used
+    /// instead of opening `root`, which is then only its name in messages. Not taken over.
+    public init(root: String, rootFd: Int32? = nil, account: LocalAccount? = nil, threads: Int = Scanner.defaultThreads) throws {
         self.root = root
         self.threads = max(1, threads)
-        rootFd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if rootFd < 0 { throw CatalogError(.io, "cannot open the directory '\(root)': \(String(cString: strerror(errno)))") }
+        self.account = account
+        self.rootFd = rootFd.map { dup($0) } ?? open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if self.rootFd < 0 { throw CatalogError(.io, "cannot open the directory '\(root)': \(String(cString: strerror(errno)))") }
         var st = stat()
-        fstat(rootFd, &st)
+        fstat(self.rootFd, &st)
         rootID = (UInt64(st.st_dev), UInt64(st.st_ino))
     }
 
@@ -72,6 +79,7 @@ public final class Scanner: @unchecked Sendable {
         var stack: [Work] = []
         var active = 0
         let out = NSCondition()
+        var identityError: String?
         var queue: [ScannedDirectory] = []
         var head = 0
         var queuedEntries = 0
@@ -90,7 +98,17 @@ public final class Scanner: @unchecked Sendable {
         st.liveWorkers = threads
         for i in 0..<threads {
             let t = Thread { [self] in
-                self.worker(st)
+                // A thread of its own (never a shared pool's): it can act as the account.
+                var adopted = true
+                if let account = self.account {
+                    do { try ThreadIdentity.adopt(account) } catch {
+                        adopted = false
+                        st.out.withLock { st.identityError = "\(error)" }
+                        self.cancel(st)
+                    }
+                }
+                defer { if self.account != nil { ThreadIdentity.restore() } }
+                if adopted { self.worker(st) }
                 st.out.lock()
                 st.liveWorkers -= 1
                 st.out.broadcast()
@@ -125,6 +143,7 @@ public final class Scanner: @unchecked Sendable {
             }
         }
         if let failure { throw failure }
+        if let e = st.out.withLock({ st.identityError }) { throw CatalogError(.io, "cannot scan '\(root)' as \(account?.name ?? "?"): \(e)") }
         return st.out.withLock { st.stats }
     }
 
@@ -250,9 +269,10 @@ public final class Scanner: @unchecked Sendable {
 /// chunk (`FileDigest` over `ChunkHash`), so a catalog digest can be compared with what a
 /// transfer verified. Returns nil when the file is not the one expected (size or mtime moved
 /// while it was read): a digest is only recorded for the version it describes.
-func engineDigest(path: String, size: Int64, mtimeNs: Int64, chunkSize: Int, buffer: UnsafeMutableRawPointer) -> ChunkHash? {
+func engineDigest(path: String, size: Int64, mtimeNs: Int64, chunkSize: Int, buffer: UnsafeMutableRawPointer, beneath dirFd: Int32? = nil) -> ChunkHash? {
     // O_NONBLOCK: a FIFO put where the scan saw a file must not block the scan for ever.
-    let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+    // Beneath the scanned directory, no link followed: a link swapped in is not read.
+    let fd = dirFd.map { (try? openBeneath($0, path, flags: O_RDONLY)) ?? -1 } ?? open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
     if fd < 0 { return nil }
     defer { close(fd) }
     var opened = stat()

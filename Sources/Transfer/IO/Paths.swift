@@ -241,3 +241,19 @@ public func probeConfined(root: String, components: [String]) throws {
         current = next
     }
 }
+
+/// Opens `components` beneath the directory `root` one component at a time (a symbolic link
+/// never leads above the directory it sits in); the last must be a regular file or a
+/// directory and is opened with `flags`, never blocking. The caller closes the descriptor.
+public func openConfined(root: String, components: [String], flags: Int32) throws -> Int32 {
+    let rootFd = open(root, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
+    if rootFd < 0 { throw TransferError.system("cannot open '\(root)'", errno: errno) }
+    defer { close(rootFd) }
+    return try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: flags)
+}
+
+/// Opens the regular file or directory `path` beneath `dirFd` without following any symbolic
+/// link and without blocking (`Paths.openData`). The caller closes the descriptor.
+public func openBeneath(_ dirFd: Int32, _ path: String, flags: Int32) throws -> Int32 {
+    try Paths.openData(beneath: dirFd, path, flags: flags | O_NOFOLLOW, noSymlinks: true)
+}
