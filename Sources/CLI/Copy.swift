@@ -239,7 +239,7 @@ final class ProgressDisplay {
     func finish(_ s: TransferProgress.Snapshot, summary: TransferSummary) {
         if json {
             let special = summary.specialNames.map(jsonString).joined(separator: ",")
-            emit("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"special_files_skipped\":\(summary.specialFiles),\"special_files\":[\(special)],\"seconds\":\(String(format: "%.3f", summary.seconds))}")
+            emit("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"files_copied\":\(summary.filesCopied),\"files_failed\":\(summary.filesFailed),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"special_files_skipped\":\(summary.specialFiles),\"special_files\":[\(special)],\"seconds\":\(String(format: "%.3f", summary.seconds))}")
             return
         }
         if tty { FileHandle.standardError.write("\n".data(using: .utf8)!) }
@@ -253,7 +253,8 @@ final class ProgressDisplay {
 
     func fail(_ e: TransferError, _ s: TransferProgress.Snapshot) {
         if json {
-            emit("{\"type\":\"error\",\"message\":\(jsonString(e.message)),\"resumable\":\(e.resumable)}")
+            // What this run settled, so that no failed file is ever taken for copied.
+            emit("{\"type\":\"error\",\"message\":\(jsonString(e.message)),\"resumable\":\(e.resumable),\"files\":\(s.filesTotal),\"files_copied\":\(s.filesCopied),\"files_skipped\":\(s.filesSkipped),\"files_failed\":\(s.filesFailed)}")
         }
         if tty && !json { FileHandle.standardError.write("\n".data(using: .utf8)!) }
         let hint = e.resumable ? " (run the same command again to resume)" : ""

@@ -107,7 +107,7 @@ public enum TransferClient {
                 options.streams = min(options.streams ?? TransferOptions.automaticStreams, chunks)
             }
             return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
-                let sender = try Sender(ctx: ctx, rootFd: srcFd)
+                let sender = try Sender(ctx: ctx, rootFd: srcFd, name: src == "-" ? "standard input" : src)
                 return (sender.runControl, sender.runWorker)
             }
         case (.remote(let server, let urlPath), .local(let dst)):
@@ -143,7 +143,7 @@ public enum TransferClient {
                 options.streams = min(options.streams ?? TransferOptions.automaticStreams, chunks)
             }
             return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
-                let sender = try Sender(ctx: ctx, rootFd: srcFd)
+                let sender = try Sender(ctx: ctx, rootFd: srcFd, name: components.joined(separator: "/"))
                 return (sender.runControl, sender.runWorker)
             }
         case (.remote(let server, let urlPath), .confined(let root, let components)):

@@ -47,6 +47,9 @@ public final class TransferProgress: @unchecked Sendable {
         /// Sealed data frames this side rejected (tampered, replayed or reordered).
         public var rejectedFrames: UInt64 = 0
         public var filesFailed: UInt64 = 0
+        /// Files written in full at their final name this run (renamed into place, or, on the
+        /// sending side, confirmed so by the receiver); not skipped, not failed.
+        public var filesCopied: UInt64 = 0
         public var seconds: Double = 0
         /// The first few per-file failures, for the final message.
         public var failures: [String] = []
@@ -67,7 +70,7 @@ public final class TransferProgress: @unchecked Sendable {
     func fileDone(skipped: Bool = false) {
         lock.withLock {
             s.filesDone += 1
-            if skipped { s.filesSkipped += 1 }
+            if skipped { s.filesSkipped += 1 } else { s.filesCopied += 1 }
         }
     }
     func specialSkipped(_ path: String, mode: UInt32) {
@@ -94,6 +97,9 @@ public struct TransferSummary: Sendable {
     public var wireBytes: UInt64
     public var skippedBytes: UInt64
     public var filesSkipped: UInt64
+    /// Files copied (at their final name) and failed; a successful transfer has none failed.
+    public var filesCopied: UInt64
+    public var filesFailed: UInt64
     public var retransmittedChunks: UInt64
     public var rejectedFrames: UInt64
     public var seconds: Double
@@ -101,12 +107,14 @@ public struct TransferSummary: Sendable {
     public var specialFiles: UInt64
     public var specialNames: [String]
 
-    init(_ s: TransferProgress.Snapshot) {
+    public init(_ s: TransferProgress.Snapshot) {
         files = s.filesTotal
         bytes = s.bytesTotal
         wireBytes = s.wireBytes
         skippedBytes = s.skippedBytes
         filesSkipped = s.filesSkipped
+        filesCopied = s.filesCopied
+        filesFailed = s.filesFailed
         retransmittedChunks = s.retransmittedChunks
         rejectedFrames = s.rejectedFrames
         seconds = s.seconds

@@ -218,8 +218,11 @@ final class Receiver: @unchecked Sendable {
                     ctx.progress.fileDone(skipped: true)
                     lock.withLock { files[id] = nil }
                     try sendVerdicts([(id, true, "")], ring: ring)
+                case .sourceFailed:
+                    for failure in try SourceFailure.decode(payload) { try sourceFailed(failure) }
                 case .end:
                     try r.expectEnd()
+                    failUnfinished()
                     try applyDirectoryMetadata()
                     try ctx.control.send(.endAck, ring: ring)
                     ctx.finish()
@@ -242,6 +245,37 @@ final class Receiver: @unchecked Sendable {
             }
             flushAll()
             throw ctx.error ?? e
+        }
+    }
+
+    /// The sender could not read a file, or it changed while being read: it fails here too.
+    /// A changed source's partial copy is removed (a rerun starts that file over anyway).
+    private func sourceFailed(_ failure: SourceFailure) throws {
+        guard let f = file(failure.id) else {
+            if wasAnnounced(failure.id) { return }  // already failed or finished here
+            throw TransferError.protocolError("source failure for unknown file \(failure.id)")
+        }
+        f.lock.withLock {
+            guard !f.done else { return }
+            f.awaitingDecision = false
+            _ = failFile(f, failure.message)
+            if failure.changed && f.sink == nil {
+                _ = unlinkat(f.dir.fd, PartialNames.part(f.name), 0)
+                _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
+            }
+        }
+        forget(failure.id)
+    }
+
+    /// At END: a file that never got all its chunks (or its digest, or its `--checksum`
+    /// verdict) was not copied, whatever the sender thinks: it is counted failed, never done.
+    private func failUnfinished() {
+        let open = lock.withLock { files.values.filter { !$0.failed && !$0.done } }
+        for f in open {
+            f.lock.withLock {
+                guard !f.failed && !f.done else { return }
+                _ = failFile(f, "'\(f.display)' was not received completely (\(f.presentCount) of \(f.chunkCount) chunks): the sender ended the session; rerun resumes")
+            }
         }
     }
 

@@ -7,6 +7,10 @@ final class SenderFile {
     let id: UInt64
     let path: String
     let size: UInt64
+    /// The manifest's mtime: a file whose size or mtime differs after its last read changed
+    /// while being read.
+    let mtimeSeconds: Int64
+    let mtimeNanoseconds: UInt32
     let chunkCount: Int
     var fd: Int32 = -1
     var cursor = 0
@@ -24,6 +28,8 @@ final class SenderFile {
         id = entry.id
         path = entry.path
         size = entry.size
+        mtimeSeconds = entry.mtimeSeconds
+        mtimeNanoseconds = entry.mtimeNanoseconds
         chunkCount = ResumeJournal.chunkCount(size: entry.size, chunkBytes: chunkBytes)
         hashes = []
     }
@@ -50,6 +56,8 @@ final class Sender: @unchecked Sendable {
     let compressionPolicy: SharedCompressionPolicy
     private let rootFd: Int32
     private let rootIsFile: Bool
+    /// How messages name a single-file source (the user's path, or the path asked for).
+    private let rootName: String?
     private let walker: TreeWalker
     private let limiter: RateLimiter?
     private let lock = Lock()
@@ -62,6 +70,10 @@ final class Sender: @unchecked Sendable {
     private var checkQueue: [SenderFile] = []
     private var resendQueue: [(SenderFile, Int)] = []
     private var endAcknowledged = false
+    /// Files failed on this side, not yet reported to the receiver (see `SourceFailure`).
+    private var sourceFailures: [SourceFailure] = []
+    /// Held while reporting: the END that follows the last verdict can never overtake a report.
+    private let reportLock = Lock()
     /// Sealed sessions: what each recent frame of each stream carried (counter → file ids and
     /// chunk indexes), so a frame the receiver rejected can be sent again. Bounded per stream:
     /// the receiver asks as soon as it sees the damage, within a few frames.
@@ -74,9 +86,11 @@ final class Sender: @unchecked Sendable {
     static let resendPendingMax = 1 << 16
 
     /// `rootFd`: the source, a directory or a regular file, opened O_RDONLY; owned by the Sender.
-    init(ctx: SessionContext, rootFd: Int32) throws {
+    /// `name`: how messages name the source when it is a single file.
+    init(ctx: SessionContext, rootFd: Int32, name: String? = nil) throws {
         self.ctx = ctx
         self.rootFd = rootFd
+        self.rootName = name.flatMap { $0.isEmpty ? nil : $0 }
         compressionPolicy = SharedCompressionPolicy(mode: ctx.options.compression, streams: ctx.options.streams ?? TransferOptions.automaticStreams)
         var st = stat()
         _ = try sys("cannot stat source") { fstat(rootFd, &st) }
@@ -103,6 +117,8 @@ final class Sender: @unchecked Sendable {
                 }
             }
             let ring = try Ring(entries: 8)
+            // Files failed here reach the receiver before the END: it fails them too.
+            try reportSourceFailures(ring: ring)
             try ctx.control.send(.end, ring: ring)
             try lock.withLock { () throws in
                 var waited = 0
@@ -269,15 +285,38 @@ final class Sender: @unchecked Sendable {
         }
     }
 
-    /// Lock held: the sender itself could not read a file.
-    private func failLocally(_ f: SenderFile, _ message: String) {
+    /// Lock held: the sender itself could not read a file, or it changed while being read.
+    /// Counted failed here and queued for the receiver (`reportSourceFailures`), which fails
+    /// it too: both sides' counts, exit status and audit line agree.
+    private func failLocally(_ f: SenderFile, _ message: String, changed: Bool = false) {
         if files.removeValue(forKey: f.id) != nil {
             f.failed = true
             if f.fd >= 0 { Glibc.close(f.fd); f.fd = -1 }
             ctx.progress.fileFailed(message)
+            sourceFailures.append(SourceFailure(id: f.id, changed: changed, message: message))
             cond.broadcast()
         }
     }
+
+    /// Sends the queued `SourceFailure`s to the receiver. Called by a data stream after each
+    /// piece of work and by the control thread before END.
+    func reportSourceFailures(ring: Ring) throws {
+        try reportLock.withLock { () throws in
+            let list = lock.withLock { () -> [SourceFailure] in
+                defer { sourceFailures.removeAll() }
+                return sourceFailures
+            }
+            var at = 0
+            while at < list.count {
+                let end = min(list.count, at + SourceFailure.perFrameMax)
+                try ctx.control.send(.sourceFailed, SourceFailure.encode(list[at..<end]), ring: ring)
+                at = end
+            }
+        }
+    }
+
+    /// True when there is something for `reportSourceFailures` (a cheap check for the streams).
+    var hasSourceFailures: Bool { lock.withLock { !sourceFailures.isEmpty } }
 
     // MARK: data workers
 
@@ -336,6 +375,7 @@ final class Sender: @unchecked Sendable {
                 case .batch(let files): try w.sendBatch(files)
                 case .check(let f): try w.check(f)
                 }
+                if hasSourceFailures { try w.reportSourceFailures() }
             }
         } catch {
             ctx.fail(asTransferError(error))
@@ -389,10 +429,33 @@ final class Sender: @unchecked Sendable {
         }
     }
 
-    func displayPath(_ f: SenderFile) -> String { f.path.isEmpty ? "(source file)" : f.path }
+    func displayPath(_ f: SenderFile) -> String { f.path.isEmpty ? (rootName ?? "(source file)") : f.path }
 
-    func sourceChanged(_ f: SenderFile) {
-        lock.withLock { failLocally(f, "'\(displayPath(f))' changed while being sent (rerun to copy the new version)") }
+    /// The file changed between its manifest entry and its last read (a short read, or a size
+    /// or mtime that differs): it fails on both sides, and its partial copy is discarded.
+    /// `fd`: a descriptor of the file to describe the change with (-1: the sender's own).
+    func sourceChanged(_ f: SenderFile, fd: Int32 = -1) {
+        lock.withLock { failChanged(f, fd: fd) }
+    }
+
+    /// Lock held.
+    private func failChanged(_ f: SenderFile, fd: Int32 = -1) {
+        var how = ""
+        var st = stat()
+        let d = fd >= 0 ? fd : f.fd
+        if d >= 0 && fstat(d, &st) == 0 {
+            if UInt64(st.st_size) != f.size {
+                how = " (\(byteText(f.size)) when listed, \(byteText(UInt64(max(0, st.st_size)))) now)"
+            } else {
+                how = " (modified: its mtime changed)"
+            }
+        }
+        failLocally(f, "'\(displayPath(f))' changed while being read\(how); nothing was written at its name, rerun to copy the new version", changed: true)
+    }
+
+    /// True when `st` no longer matches the file's manifest entry (size or mtime).
+    static func differs(_ f: SenderFile, _ st: stat) -> Bool {
+        UInt64(st.st_size) != f.size || Int64(st.st_mtim.tv_sec) != f.mtimeSeconds || UInt32(st.st_mtim.tv_nsec) != f.mtimeNanoseconds
     }
 
     func openForBatch() -> (rootFd: Int32, rootIsFile: Bool) { (rootFd, rootIsFile) }
@@ -407,13 +470,19 @@ final class Sender: @unchecked Sendable {
         lock.withLock { failLocally(f, "cannot read '\(displayPath(f))': \(text) (\(e))") }
     }
 
-    /// Records a chunk's hash; when the file's last chunk is in, sends its digest.
+    /// Records a chunk's hash; when the file's last chunk is in, sends its digest, unless the
+    /// file changed since its manifest entry (grew, shrank, or was written to): then it fails.
     func record(_ f: SenderFile, index: Int, hash: ChunkHash, resend: Bool, ring: Ring) throws {
         let digest: ChunkHash? = lock.withLock {
             if resend || f.failed || f.isSmall { return nil }  // one-chunk files: verdict comes per file
             f.hashes[index] = hash
             f.processed += 1
             guard f.processed == f.chunkCount, !f.isSmall else { return nil }
+            var st = stat()
+            if f.fd >= 0 && fstat(f.fd, &st) == 0 && Sender.differs(f, st) {
+                failChanged(f)
+                return nil
+            }
             return FileDigest.of(f.hashes)
         }
         if let digest {

@@ -48,6 +48,9 @@ final class SenderWorker {
         hows.deallocate()
     }
 
+    /// Tells the receiver about files failed on this side (see `Sender.reportSourceFailures`).
+    func reportSourceFailures() throws { try sender.reportSourceFailures(ring: ring) }
+
     /// Reads `length` bytes at `offset` into `dst` through the ring (READ_FIXED); returns the
     /// bytes read (fewer only at end of file).
     private func readFully(fd: Int32, into dst: UnsafeMutableRawPointer, length: Int, offset: UInt64) throws -> Int {
@@ -219,7 +222,12 @@ final class SenderWorker {
                 if fds[i] != Int32.min { sender.batchOpenFailed(f, errno: -fds[i]) }
                 continue
             }
+            // Read whole, but grown or written to since it was listed: not the listed version.
+            var st = stat()
+            let changed = fstat(fds[i], &st) == 0 && Sender.differs(f, st)
+            if changed && results[i] >= 0 { sender.sourceChanged(f, fd: fds[i]) }
             try ring.close(fd: fds[i], tag: UInt64(i))
+            if changed && results[i] >= 0 { continue }
             if f.size > 0 && results[i] != Int32(f.size) {
                 if results[i] < 0 { sender.batchOpenFailed(f, errno: -results[i]) } else { sender.sourceChanged(f) }
                 continue
@@ -283,6 +291,8 @@ final class SenderWorker {
             digest.add(ChunkHash.of(data, length))
             offset += UInt64(length)
         }
+        var st = stat()
+        if fstat(fd, &st) == 0 && Sender.differs(f, st) { sender.sourceChanged(f); return }
         try sender.checked(f, digest: digest.finish(), ring: ring)
     }
 }

@@ -265,7 +265,7 @@ public final class TransferServer: @unchecked Sendable {
         case .pull:
             // Component by component: a symlink inside the scope cannot lead out of it.
             let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY)
-            session.sender = try Sender(ctx: ctx, rootFd: fd)
+            session.sender = try Sender(ctx: ctx, rootFd: fd, name: hello.path)
         }
         lock.withLock { sessions[session.id] = session }
         defer { lock.withLock { sessions[session.id] = nil } }
@@ -295,7 +295,7 @@ public final class TransferServer: @unchecked Sendable {
             if let r = session.receiver { try r.runControl() }
             let p = progress.snapshot()
             if p.filesFailed > 0 { record.result = "failed: " + (p.failures.first ?? "") }
-            configuration.log("ferry serve: \(conn.peer) (\(who.user)): \(what): ok, \(p.filesTotal) files, \(byteText(p.bytesTotal)), \(byteText(p.wireBytes)) on the wire, \(p.filesFailed) failed, \(hello.options.protection), \(p.rejectedFrames) frames rejected")
+            configuration.log("ferry serve: \(conn.peer) (\(who.user)): \(what): \(p.filesFailed > 0 ? "failed" : "ok"), \(p.filesTotal) files, \(byteText(p.bytesTotal)), \(byteText(p.wireBytes)) on the wire, \(p.filesFailed) failed, \(hello.options.protection), \(p.rejectedFrames) frames rejected")
         } catch {
             var e = asTransferError(error)
             e.resumable = e.rerunResumes

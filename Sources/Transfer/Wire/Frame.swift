@@ -50,6 +50,9 @@ enum FrameType: UInt8 {
     case batch = 0x11
     /// Server → client, first frame after the TLS handshake (payload: the center's name).
     case ready = 0x12
+    /// Sender → receiver (control): files the sender failed itself (unreadable, or changed
+    /// while being read); see `SourceFailure`. The receiver fails them too.
+    case sourceFailed = 0x13
     case error = 0x7F
 }
 

@@ -294,3 +294,44 @@ struct PlanEntry {
         }
     }
 }
+
+/// A file the sender failed on its own side: it could not be read, or it changed between its
+/// manifest entry and its last chunk. Sent so that the receiver fails (and counts) it too: a
+/// file never silently stays half-received while either side reports success.
+/// Frame payload: u32 count (≤ `perFrameMax`), then per file: u64 id, u8 flags (bit 0: the
+/// source changed, so the partial copy is of no use to a rerun), string message (≤ 4 KiB).
+struct SourceFailure: Equatable {
+    var id: UInt64
+    var changed: Bool
+    var message: String
+
+    static let perFrameMax = 1024
+    static let messageBytesMax = 4096
+
+    static func encode(_ list: ArraySlice<SourceFailure>) -> [UInt8] {
+        var w = ByteWriter(capacity: 4 + list.count * 64)
+        w.u32(UInt32(list.count))
+        for f in list {
+            w.u64(f.id)
+            w.u8(f.changed ? 1 : 0)
+            w.string(String(decoding: f.message.utf8.prefix(messageBytesMax - 96), as: UTF8.self))
+        }
+        return w.bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) throws -> [SourceFailure] {
+        var r = ByteReader(bytes)
+        let n = Int(try r.u32())
+        guard n <= perFrameMax, n * 11 <= r.remaining else { throw TransferError.protocolError("source failure list too long") }
+        var list: [SourceFailure] = []
+        list.reserveCapacity(n)
+        for _ in 0..<n {
+            let id = try r.u64()
+            let flags = try r.u8()
+            guard flags <= 1 else { throw TransferError.protocolError("bad source failure flags") }
+            list.append(SourceFailure(id: id, changed: flags == 1, message: try r.string(maxBytes: messageBytesMax)))
+        }
+        try r.expectEnd()
+        return list
+    }
+}
