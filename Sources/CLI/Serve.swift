@@ -160,6 +160,7 @@ extension Ferry {
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas,
                     settings.identities = config.identities
                     settings.allowHosts = d.allowHosts
+                    settings.daemonAreas = [d.staging, d.replicas].compactMap { $0 }
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
                     daemon = service
                 } catch {

@@ -18,6 +18,10 @@ public struct RunnerSettings: Sendable {
     /// job's local side is read and written with that account's rights, as the owner's own
     /// `ferry cp` session would be.
     public var identities = IdentityMap()
+    /// The daemon's own areas (`[daemon] staging` and `replicas`, job paths /EXPORT/DIR):
+    /// shared by every user, filled from peers' datasets the user may read, so transfers into
+    /// them run with the daemon's rights, not the requester's.
+    public var daemonAreas: [String] = []
     public var workers = 2
     public var leaseSeconds: Int64 = 30
     public var perPeerMax = 4
@@ -163,7 +167,7 @@ public final class JobRunner: @unchecked Sendable {
         r.protection = job.request.protection
         // The account the job's local side runs as (the same resolution as `attempt`).
         let local = [job.request.source, job.request.destination].first { !$0.hasPrefix("ferry://") }
-        if let local, let export = try? jobEndpoint(local).2, let a = try? settings.identities.resolve(job.owner, export: export) {
+        if let local, let export = try? jobEndpoint(local).2, let a = try? localAccount(job, export) {
             r.account = a.name
         }
         audit.write(r)
@@ -190,7 +194,7 @@ public final class JobRunner: @unchecked Sendable {
             let creds = ClientCredentials(tls: tls, token: nil, center: srcPeer ?? dstPeer)
             // The owner's account for the local side; this thread (and the transfer's threads it
             // starts) act as it for the copy only: the queue's own work stays the daemon's.
-            let account = try (srcExport ?? dstExport).flatMap { try settings.identities.resolve(job.owner, export: $0) }
+            let account = try localAccount(job, srcExport ?? dstExport)
             let s: TransferSummary
             do {
                 if let account { try ThreadIdentity.adopt(account) }
@@ -241,6 +245,19 @@ public final class JobRunner: @unchecked Sendable {
         let path = ([export.path] + beneath).joined(separator: "/")
         try JobRunner.confine(path, within: export.path, shown: text)
         return (.local(path), nil)
+    }
+
+    /// The account a job's local side runs as: its owner's, unless that side is one of the
+    /// daemon's own areas.
+    func localAccount(_ job: Job, _ export: Export?) throws -> LocalAccount? {
+        guard let export else { return nil }
+        let local = [job.request.source, job.request.destination].first { !$0.hasPrefix("ferry://") } ?? ""
+        let parts = local.split(separator: "/")
+        for area in settings.daemonAreas {
+            let a = area.split(separator: "/")
+            if parts.count >= a.count && Array(parts.prefix(a.count)) == a { return nil }
+        }
+        return try settings.identities.resolve(job.owner, export: export)
     }
 
     /// A job's side as the runner opens it: a peer's URL as `endpoint` gives it, or a local

@@ -200,7 +200,7 @@ extension DaemonAPI {
             var sb = stat()
             guard lstat(d.source, &sb) == 0 else { throw HTTPFailure(status: 404, message: "does not exist") }
             _ = try exportPath(d.source, what: "SRC")
-            try link(st, job: r.job, dst: dst.real, target: d.source, uid: r.uid, gid: r.gid)
+            try link(st, job: r.job, dst: dst, target: d.source, uid: r.uid, gid: r.gid)
             item.state = "ready"
             return
         }
@@ -225,7 +225,7 @@ extension DaemonAPI {
             if best.center == center {
                 // Here already: linked, not copied.
                 guard case .local(let real) = try runner.endpoint(path).0 else { throw HTTPFailure(status: 500, message: "replica path \(path) is not local") }
-                try link(st, job: r.job, dst: dst.real, target: real, uid: r.uid, gid: r.gid)
+                try link(st, job: r.job, dst: dst, target: real, uid: r.uid, gid: r.gid)
                 item.state = "ready"
                 return
             }
@@ -253,7 +253,7 @@ extension DaemonAPI {
         item.job = current.job
         switch current.state {
         case .ready:
-            try link(st, job: r.job, dst: dst.real, target: current.path + "/data", uid: r.uid, gid: r.gid)
+            try link(st, job: r.job, dst: dst, target: current.path + "/data", uid: r.uid, gid: r.gid)
             item.state = "ready"
         case .failed:
             item.state = "failed"
@@ -301,31 +301,49 @@ extension DaemonAPI {
 
     /// DST → target as a symbolic link owned by the job's user (parents made, owned by them
     /// too). Idempotent; refuses to replace anything that is not a link Ferry made.
-    func link(_ st: StagingSettings, job: String, dst: String, target: String, uid: UInt32?, gid: UInt32?) throws {
-        if let existing = DaemonAPI.linkTarget(dst) {
-            if existing == target { try st.cache.recordLink(schedulerJob: job, path: dst, target: target); return }
-            guard try st.cache.links(schedulerJob: job).contains(where: { $0.path == dst }) else {
-                throw HTTPFailure(status: 409, message: "DST \(dst) exists (a link Ferry did not make); not replaced")
+    ///
+    /// Made as the job's user (the account of `uid`, when the daemon runs as root), in the
+    /// directory opened beneath the export component by component: the kernel decides whether
+    /// that user may put a link there, and a parent swapped for a link cannot send the daemon's
+    /// rights elsewhere. Only the system calls on DST run as the user; the cache's records
+    /// stay the daemon's.
+    func link(_ st: StagingSettings, job: String, dst: (real: String, job: String), target: String, uid: UInt32?, gid: UInt32?) throws {
+        guard let runner, case (.confined(let root, let components), _, _) = try runner.jobEndpoint(dst.job) else {
+            throw HTTPFailure(status: 400, message: "DST \(dst.real) is not a path of this center")
+        }
+        let ours = try st.cache.links(schedulerJob: job).contains(where: { $0.path == dst.real })
+        var account: LocalAccount?
+        if let uid, IdentityMap.canSwitch {
+            guard let pw = getpwuid(uid) else { throw HTTPFailure(status: 400, message: "no local account has uid \(uid)") }
+            account = try LocalAccount.lookup(String(cString: pw.pointee.pw_name))
+            if let gid, gid != account!.gid, !account!.groups.contains(gid) {
+                throw HTTPFailure(status: 400, message: "uid \(uid) is not in group \(gid)")
             }
-            unlink(dst)
-        } else {
-            var sb = stat()
-            if lstat(dst, &sb) == 0 { throw HTTPFailure(status: 409, message: "DST \(dst) exists; Ferry links staged data there and does not overwrite") }
         }
-        // Parents, owned by the job's user where we make them.
-        var made: [String] = []
-        var p = (dst as NSString).deletingLastPathComponent
-        for _ in 0..<4096 where !FileManager.default.fileExists(atPath: p) {
-            made.append(p)
-            p = (p as NSString).deletingLastPathComponent
-        }
-        for dir in made.reversed() {
-            guard mkdir(dir, 0o755) == 0 || errno == EEXIST else { throw HTTPFailure(status: 500, message: "cannot make \(dir): \(String(cString: strerror(errno)))") }
-            if let uid { _ = chown(dir, uid, gid ?? UInt32.max) }
-        }
-        guard symlink(target, dst) == 0 else { throw HTTPFailure(status: 500, message: "cannot link \(dst): \(String(cString: strerror(errno)))") }
-        if let uid { _ = lchown(dst, uid, gid ?? UInt32.max) }
-        try st.cache.recordLink(schedulerJob: job, path: dst, target: target)
+        try {
+            if let account { try ThreadIdentity.adopt(account) }
+            defer { if account != nil { ThreadIdentity.restore() } }
+            return try withConfinedParent(root: root, components: components) { dir, name in
+                var buf = [CChar](repeating: 0, count: 4097)
+                let n = readlinkat(dir, name, &buf, buf.count - 1)
+                if n >= 0 {
+                    let existing = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                    if existing == target { return }  // made by an earlier request of this job
+                    guard ours else { throw HTTPFailure(status: 409, message: "DST \(dst.real) exists (a link Ferry did not make); not replaced") }
+                    _ = unlinkat(dir, name, 0)
+                } else {
+                    var sb = stat()
+                    if fstatat(dir, name, &sb, AT_SYMLINK_NOFOLLOW) == 0 {
+                        throw HTTPFailure(status: 409, message: "DST \(dst.real) exists; Ferry links staged data there and does not overwrite")
+                    }
+                }
+                guard symlinkat(target, dir, name) == 0 else {
+                    let e = errno
+                    throw HTTPFailure(status: e == EACCES || e == EPERM ? 403 : 500, message: "cannot link \(dst.real): \(String(cString: strerror(e)))")
+                }
+            }
+        }()
+        try st.cache.recordLink(schedulerJob: job, path: dst.real, target: target)
     }
 
     /// What the symbolic link at `path` points to; nil when it is not a link.

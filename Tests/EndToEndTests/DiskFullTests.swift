@@ -1,5 +1,6 @@
-// Destination disk full (a small tmpfs): a clear error naming the file that says the rerun
-// resumes; after space is freed, the rerun completes.
+// Destination disk full (a small tmpfs): a file larger than the free space is refused before
+// anything is written; a disk that fills during a copy gives a clear error naming the file that
+// says the rerun resumes; after space is freed, the rerun completes.
 
 import Foundation
 import Testing
@@ -10,14 +11,16 @@ import Glibc
 
 @Suite("Disk full", .serialized, .enabled(if: E2E.isRoot, "mounting a tmpfs needs root"))
 struct DiskFullTests {
-    static func expectDiskFullError(_ r: CpResult, sourceLocation: SourceLocation = #_sourceLocation) {
+    /// The error of a copy that filled the disk: names one of `files`, gives the cause, says
+    /// the rerun resumes.
+    static func expectDiskFullError(_ r: CpResult, files: [String], sourceLocation: SourceLocation = #_sourceLocation) {
         #expect(r.status == 1, "exit status on a full disk: \(r)", sourceLocation: sourceLocation)
         guard let e = r.error else {
             Issue.record("no {\"type\":\"error\"} line: \(r)", sourceLocation: sourceLocation)
             return
         }
         let m = e.message.lowercased()
-        #expect(m.contains("big.bin"), "message does not name the file: \(e.message)",
+        #expect(files.contains { m.contains($0) }, "message does not name the file: \(e.message)",
             sourceLocation: sourceLocation)
         #expect(m.contains("space") || m.contains("enospc") || m.contains("full"),
             "message does not give the cause: \(e.message)", sourceLocation: sourceLocation)
@@ -26,33 +29,38 @@ struct DiskFullTests {
         #expect(e.resumable == true, "a full disk is resumable: \(e.message)", sourceLocation: sourceLocation)
     }
 
+    /// Two files of 30 MiB onto 48 MiB, one stream: each fits when planned, the second fills
+    /// the disk half way (the journal keeps what is durable).
+    static func makeTree(_ dir: String) throws -> [String] {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for name in ["a.bin", "big.bin"] { try writeRandomFile(dir + "/" + name, size: 30 * E2E.MiB) }
+        return ["a.bin", "big.bin"]
+    }
+
     @Test("push onto a full tmpfs beneath the server root, then remount bigger and rerun")
     func pushDiskFull() throws {
         let sb = try Sandbox("diskfull-push")
         defer { sb.unmountAll() }
         let root = try sb.dir("root")
-        let local = try sb.dir("local")
         let small = root + "/small"
         try sb.mountTmpfs(at: small, sizeMiB: 48)
-        let src = local + "/big.bin"
-        let size = 96 * E2E.MiB
-        try writeRandomFile(src, size: size)
+        let tree = sb.file("local/tree")
+        let names = try Self.makeTree(tree)
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
 
-        let first = try sb.cp(src, server.url("small/big.bin"), timeout: 120)
-        Self.expectDiskFullError(first)
-        #expect(!exists(small + "/big.bin"), "an incomplete file under its final name")
+        let first = try sb.cp(tree, server.url("small/tree"), options: ["-r", "--streams", "1"], timeout: 120)
+        Self.expectDiskFullError(first, files: names)
+        #expect(names.filter { exists(small + "/tree/" + $0) }.count <= 1, "an incomplete file under its final name")
         #expect(server.isRunning, "the server died on a full disk")
 
         try sb.remountTmpfs(at: small, sizeMiB: 256)
-        let rerun = try sb.cp(src, server.url("small/big.bin"), timeout: 120)
+        let rerun = try sb.cp(tree, server.url("small/tree"), options: ["-r"], timeout: 120)
         #expect(rerun.succeeded, "\(rerun)")
-        #expect(filesIdentical(src, small + "/big.bin"), "result differs from the source")
+        for n in names { #expect(filesIdentical(tree + "/" + n, small + "/tree/" + n), "\(n) differs from the source") }
         #expect(ferryLeftovers(small).isEmpty, "\(ferryLeftovers(small))")
         if let s = rerun.summary {
-            #expect(s.skippedBytes > 0, "the rerun did not resume: \(s)")
-            #expect(s.wireBytes + s.skippedBytes >= size, "\(s)")
+            #expect(s.skippedBytes > 30 * E2E.MiB, "the rerun did not resume (the finished file and the durable part of the other): \(s)")
         } else {
             Issue.record("no summary: \(rerun)")
         }
@@ -65,27 +73,46 @@ struct DiskFullTests {
         let root = try sb.dir("root")
         let small = sb.file("local-small")
         try sb.mountTmpfs(at: small, sizeMiB: 48)
-        let src = root + "/big.bin"
-        let size = 96 * E2E.MiB
-        try writeRandomFile(src, size: size)
+        let names = try Self.makeTree(root + "/tree")
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
 
-        let dst = small + "/big.bin"
-        let first = try sb.cp(server.url("big.bin"), dst, timeout: 120)
-        Self.expectDiskFullError(first)
-        #expect(!exists(dst), "an incomplete file under its final name")
+        let dst = small + "/tree"
+        let first = try sb.cp(server.url("tree"), dst, options: ["-r", "--streams", "1"], timeout: 120)
+        Self.expectDiskFullError(first, files: names)
         #expect(server.isRunning)
 
         try sb.remountTmpfs(at: small, sizeMiB: 256)
-        let rerun = try sb.cp(server.url("big.bin"), dst, timeout: 120)
+        let rerun = try sb.cp(server.url("tree"), dst, options: ["-r"], timeout: 120)
         #expect(rerun.succeeded, "\(rerun)")
-        #expect(filesIdentical(src, dst), "result differs from the source")
+        for n in names { #expect(filesIdentical(root + "/tree/" + n, dst + "/" + n), "\(n) differs from the source") }
         #expect(ferryLeftovers(small).isEmpty, "\(ferryLeftovers(small))")
         if let s = rerun.summary {
-            #expect(s.skippedBytes > 0, "the rerun did not resume: \(s)")
+            #expect(s.skippedBytes > 30 * E2E.MiB, "the rerun did not resume: \(s)")
         } else {
             Issue.record("no summary: \(rerun)")
+        }
+    }
+
+    @Test("a file larger than the free space is refused before anything is written, push and pull")
+    func tooBigUpFront() throws {
+        let sb = try Sandbox("diskfull-upfront")
+        defer { sb.unmountAll() }
+        let root = try sb.dir("root")
+        let small = root + "/small"
+        try sb.mountTmpfs(at: small, sizeMiB: 48)
+        let local = try sb.dir("local")
+        try writeRandomFile(local + "/big.bin", size: 96 * E2E.MiB)
+        try writeRandomFile(root + "/big.bin", size: 96 * E2E.MiB)
+        let localSmall = sb.file("local-small")
+        try sb.mountTmpfs(at: localSmall, sizeMiB: 48)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        for (r, dir) in [(try sb.cp(local + "/big.bin", server.url("small/big.bin")), small),
+                         (try sb.cp(server.url("big.bin"), localSmall + "/big.bin"), localSmall)] {
+            #expect(r.status == 1 && r.allMessages.contains("no space: 96.0 MiB needed") && r.allMessages.contains("big.bin"), "\(r)")
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? ["?"]
+            #expect(left.isEmpty, "something was written to \(dir): \(left)")
         }
     }
 }

@@ -147,9 +147,12 @@ extension Catalog {
 
         if !toHash.isEmpty {
             let n = min(threads, toHash.count)
-            let lock = NSLock()
-            var results: [(Int, String?)] = []
-            results.reserveCapacity(toHash.count)
+            /// The digests the threads found, guarded by its lock.
+            final class Results: @unchecked Sendable {
+                let lock = NSLock()
+                var list: [(Int, String?)] = []
+            }
+            let found = Results()
             // Threads of their own, not a shared pool's: each acts as the scan's account, and
             // opens files beneath the scanned directory without following links.
             let rows = upserts
@@ -171,13 +174,13 @@ extension Catalog {
                         let h = engineDigest(path: e.path, size: e.size, mtimeNs: e.mtimeNs, chunkSize: chunkSize, buffer: buffer, beneath: scanner.rootFd)
                         mine.append((hashList[j], h?.description))
                     }
-                    lock.withLock { results += mine }
+                    found.lock.withLock { found.list += mine }
                 }
                 thread.stackSize = 1 << 20
                 thread.start()
             }
             done.wait()
-            for (i, d) in results {
+            for (i, d) in found.list {
                 upserts[i].digest = d
                 if d == nil { upserts[i].chunkSize = 0 } else { sum.hashed += 1 }
             }

@@ -257,3 +257,18 @@ public func openConfined(root: String, components: [String], flags: Int32) throw
 public func openBeneath(_ dirFd: Int32, _ path: String, flags: Int32) throws -> Int32 {
     try Paths.openData(beneath: dirFd, path, flags: flags | O_NOFOLLOW, noSymlinks: true)
 }
+
+/// Runs `body` with the directory that holds the last of `components` beneath `root` (made,
+/// with its missing parents, component by component: no link leads above the directory it
+/// sits in) and that last name, for work on a name in place (a link to make, one to
+/// replace). The directory descriptor is closed afterwards.
+public func withConfinedParent<T>(root: String, components: [String], _ body: (_ dirFd: Int32, _ name: String) throws -> T) throws -> T {
+    guard let name = components.last else { throw TransferError(.usage, "no name beneath '\(root)'") }
+    _ = try Paths.components(of: components.joined(separator: "/"))
+    let rootFd = open(root, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
+    if rootFd < 0 { throw TransferError.system("cannot open '\(root)'", errno: errno) }
+    defer { close(rootFd) }
+    let parent = try Paths.makeDirectories(beneath: rootFd, components.dropLast().map { Substring($0) })
+    defer { close(parent) }
+    return try body(parent, name)
+}

@@ -241,7 +241,7 @@ struct ManifestEntry {
         let mode = try r.u32()
         let target = kind == .symlink ? try r.string(maxBytes: PathLimits.symlinkTargetBytesMax) : ""
         guard size <= 1 << 56 else { throw TransferError.protocolError("file size out of range") }
-        return ManifestEntry(id: id, kind: kind, path: path, size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, mode: kind == .special ? mode : mode & 0o7777, linkTarget: target)
+        return ManifestEntry(id: id, kind: kind, path: path, size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, mode: kind == .special ? mode & 0o177777 : mode & 0o7777, linkTarget: target)
     }
 }
 
