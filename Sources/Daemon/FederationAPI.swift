@@ -209,10 +209,10 @@ extension DaemonAPI {
         guard let source = rankReplicas(replicas.filter { $0.center != center }).first(where: { $0.rank != nil }), source.address != nil else {
             throw HTTPFailure(status: 409, message: "no usable replica of gfs://\(d.center)/\(d.qualifiedName) to copy from (\(replicas.map { "\($0.center): \($0.state.rawValue)" }.joined(separator: ", ")))")
         }
-        // The replica's parent directories (CENTER/) are the daemon's to make.
-        if case .local(let dir) = try runner!.endpoint(target).0 {
-            let parent = String(dir[..<(dir.lastIndex(of: "/") ?? dir.endIndex)])
-            try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        // The replica's parent directories (CENTER/) are the daemon's to make: beneath the
+        // export, component by component (no link leads elsewhere).
+        if case (.confined(let root, let components), _, _) = try runner!.jobEndpoint(target) {
+            try withConfinedParent(root: root, components: components) { _, _ in }
         }
         var req = JobRequest(source: "ferry://\(source.center)" + source.path, destination: target)
         req.recursive = true
