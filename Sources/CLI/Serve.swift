@@ -58,6 +58,12 @@ extension Ferry {
         @Option(name: .customLong("max-connections-per-address"), help: "Connections from one address at once; more are refused (default 64).")
         var maxConnectionsPerAddress: Int?
 
+        @Option(name: .customLong("max-unauthenticated"), help: "Connections not yet authenticated, at once: a separate, smaller budget (default 64).")
+        var maxUnauthenticated: Int?
+
+        @Option(name: .customLong("max-unauthenticated-per-address"), help: "Connections not yet authenticated from one address (IPv6: one /64) at once (default 8).")
+        var maxUnauthenticatedPerAddress: Int?
+
         @Option(name: .customLong("run-as"), help: "Running as root: the local account of every user not mapped otherwise (default: the account named like the token's user).")
         var runAs: String?
 
@@ -68,7 +74,7 @@ extension Ferry {
         var auditLog: String?
 
         func validate() throws {
-            for v in [handshakeTimeout, idleTimeout, maxConnections, maxConnectionsPerAddress] {
+            for v in [handshakeTimeout, idleTimeout, maxConnections, maxConnectionsPerAddress, maxUnauthenticated, maxUnauthenticatedPerAddress] {
                 if let v, v < 1 { throw ValidationError("timeouts and limits must be positive") }
             }
         }
@@ -102,6 +108,9 @@ extension Ferry {
                     config.idleTimeoutSeconds = f.idleTimeoutSeconds
                     config.connectionsMax = f.connectionsMax
                     config.connectionsPerAddressMax = f.connectionsPerAddressMax
+                    config.unauthenticatedMax = f.unauthenticatedMax
+                    config.unauthenticatedPerAddressMax = f.unauthenticatedPerAddressMax
+                    config.refusalAuditIntervalSeconds = f.refusalAuditIntervalSeconds
                     if let a = f.auditLog { config.audit = try AuditLog(path: a) }
                     if let name = f.center, let c = identity.certificate, try CertificateInfo(path: c).commonName != name {
                         throw TransferError(.usage, "the certificate '\(c)' is not for center '\(name)'")
@@ -114,6 +123,8 @@ extension Ferry {
                 if let v = idleTimeout { config.idleTimeoutSeconds = v }
                 if let v = maxConnections { config.connectionsMax = v }
                 if let v = maxConnectionsPerAddress { config.connectionsPerAddressMax = v }
+                if let v = maxUnauthenticated { config.unauthenticatedMax = v }
+                if let v = maxUnauthenticatedPerAddress { config.unauthenticatedPerAddressMax = v }
                 if let auditLog { config.audit = try AuditLog(path: auditLog) }
                 if let f = file { config.identities = f.identities }
                 if let runAs { config.identities.runAs = runAs }

@@ -13,8 +13,13 @@ import Glibc
 ///     minimum_protection = "safe"
 ///
 ///     [limits]
-///     connections = 256
+///     connections = 256                     # authenticated connections at once
 ///     connections_per_address = 64
+///     unauthenticated = 64                  # connections not yet authenticated, at once
+///     unauthenticated_per_address = 8       # per address (IPv6: per /64)
+///     refusal_audit_interval = 10           # seconds: refusals of unauthenticated
+///                                           # connections, one audit line per address
+///                                           # per interval with a count
 ///     handshake_timeout = 10
 ///     idle_timeout = 120
 ///
@@ -53,6 +58,9 @@ public struct ServerConfigFile {
     public var idleTimeoutSeconds = 120
     public var connectionsMax = 256
     public var connectionsPerAddressMax = 64
+    public var unauthenticatedMax = 64
+    public var unauthenticatedPerAddressMax = 8
+    public var refusalAuditIntervalSeconds = 10
     public var exports: [Export] = []
     /// `run_as` and `[[identity]]`: which local account each principal acts as.
     public var identities = IdentityMap()
@@ -150,6 +158,9 @@ public struct ServerConfigFile {
                     switch lk {
                     case "connections": connectionsMax = try int(lv, lk)
                     case "connections_per_address": connectionsPerAddressMax = try int(lv, lk)
+                    case "unauthenticated": unauthenticatedMax = try int(lv, lk)
+                    case "unauthenticated_per_address": unauthenticatedPerAddressMax = try int(lv, lk)
+                    case "refusal_audit_interval": refusalAuditIntervalSeconds = try int(lv, lk)
                     case "handshake_timeout": handshakeTimeoutSeconds = try int(lv, lk)
                     case "idle_timeout": idleTimeoutSeconds = try int(lv, lk)
                     default: throw TransferError(.usage, "unknown setting 'limits.\(lk)'")

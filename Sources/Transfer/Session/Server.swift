@@ -18,9 +18,21 @@ public struct ServerConfiguration: Sendable {
     public var minimumProtection: ProtectionLevel = .clear
     public var handshakeTimeoutSeconds = 10
     public var idleTimeoutSeconds = 120
+    /// Authenticated connections at once (a connection counts here once its token or center
+    /// certificate was verified, or its data stream joined with a valid proof).
     public var connectionsMax = 256
-    /// Connections from one address at once (a flood from one host cannot starve the others).
+    /// Authenticated connections from one address at once (one host cannot starve the others).
     public var connectionsPerAddressMax = 64
+    /// Connections that have not authenticated yet, at once: a separate, smaller budget,
+    /// checked before a thread is spawned; when it is full, a newcomer from an address holding
+    /// fewer of them takes the place of the oldest from the address holding most (see
+    /// `ConnectionBudget`), so a flood from several addresses cannot keep anyone else out.
+    public var unauthenticatedMax = 64
+    /// Unauthenticated connections from one address (an IPv6 address counts with its /64).
+    public var unauthenticatedPerAddressMax = 8
+    /// Refusals of connections that never authenticated are audited and logged once per
+    /// address and kind per this many seconds, with a count of the rest.
+    public var refusalAuditIntervalSeconds = 10
     /// Which local account each user acts as (the server runs as root; see `IdentityMap`).
     public var identities = IdentityMap()
     /// Every session and every refusal is recorded here when set.
@@ -44,6 +56,8 @@ final class AuditNote {
     var action = "connect"
     var path = ""
     var account = ""
+    /// The connection's place in the server's budgets.
+    var ticket: AdmissionTicket?
 }
 
 /// One session on the server: the control connection's role object and its data streams.
@@ -83,8 +97,10 @@ public final class TransferServer: @unchecked Sendable {
     private let lock = Lock()
     private var sessions: [[UInt8]: ServerSession] = [:]
     private var listeners: [Int32] = []
-    private var connections = 0
-    private var connectionsByAddress: [String: Int] = [:]
+    /// Both connection budgets (unauthenticated, authenticated); guarded by `lock`.
+    private var budget: ConnectionBudget
+    /// Refusals of unauthenticated connections, one line per address and interval.
+    private let refusals: RefusalDigest
     private var stopped = false
 
     public init(_ configuration: ServerConfiguration) throws {
@@ -97,6 +113,12 @@ public final class TransferServer: @unchecked Sendable {
         tlsContext = try TLSContext(server: true, identity: configuration.tls)
         center = try CertificateInfo(path: cert).commonName
         verifier = try TokenVerifier(issuerCertificates: configuration.tokenIssuers.isEmpty ? [cert] : configuration.tokenIssuers, revocationsPath: configuration.revocations)
+        budget = ConnectionBudget(authenticatedMax: configuration.connectionsMax, authenticatedPerAddressMax: configuration.connectionsPerAddressMax,
+                                  unauthenticatedMax: configuration.unauthenticatedMax, unauthenticatedPerAddressMax: configuration.unauthenticatedPerAddressMax)
+        refusals = RefusalDigest(intervalSeconds: configuration.refusalAuditIntervalSeconds) { [configuration] line in
+            configuration.log("ferry serve: refused \(line.peer): \(line.message)")
+            configuration.audit?.write(.init(user: "", peer: line.peer, action: "connect", path: "", result: "refused: " + line.message))
+        }
     }
 
     /// Binds every listen address and starts accepting; returns the bound addresses.
@@ -107,6 +129,13 @@ public final class TransferServer: @unchecked Sendable {
             lock.withLock { listeners.append(fd) }
             bound.append(actual)
             spawnThread(name: "ferry-accept") { [self] in acceptLoop(fd) }
+        }
+        // Counts of aggregated refusals are written when their interval has passed.
+        spawnThread(name: "ferry-refusals") { [self] in
+            while !lock.withLock({ stopped }) {
+                usleep(500_000)
+                refusals.flush()
+            }
         }
         return bound
     }
@@ -121,6 +150,7 @@ public final class TransferServer: @unchecked Sendable {
         }
         for fd in fds { shutdown(fd, Int32(SHUT_RDWR)); Glibc.close(fd) }
         for s in all { s.ctx.fail(TransferError(.io, "server stopping", resumable: true)) }
+        if !fds.isEmpty { refusals.flush(all: true) }
     }
 
     private func acceptLoop(_ listenFd: Int32) {
@@ -135,18 +165,18 @@ public final class TransferServer: @unchecked Sendable {
             }
             let peer = Socket.peerName(fd)
             let address = Socket.hostPart(peer)
-            let refusal = lock.withLock { () -> String? in
-                if connections >= configuration.connectionsMax { return "too many connections (\(configuration.connectionsMax))" }
-                if connectionsByAddress[address, default: 0] >= configuration.connectionsPerAddressMax {
-                    return "too many connections from \(address) (\(configuration.connectionsPerAddressMax))"
-                }
-                connections += 1
-                connectionsByAddress[address, default: 0] += 1
-                return nil
+            // Decided before a thread exists: a flood costs an accept and a close each.
+            let decision = lock.withLock { () -> ConnectionBudget.Decision in
+                let d = budget.admit(address: address, fd: fd)
+                // The evicted connection's descriptor stays open until its thread has left
+                // the budget (`serve`), so this cannot hit a reused descriptor.
+                if case .admitted(_, let victim?) = d { shutdown(victim.fd, Int32(SHUT_RDWR)) }
+                return d
             }
-            if let refusal {
-                configuration.log("ferry serve: refused \(peer): \(refusal)")
-                configuration.audit?.write(.init(user: "", peer: peer, action: "connect", path: "", result: "refused: " + refusal))
+            guard case .admitted(let ticket, _) = decision else {
+                if case .refused(let refusal) = decision {
+                    refusals.refused(group: ConnectionBudget.group(address), kind: refusal, peer: peer, message: refusal)
+                }
                 Glibc.close(fd)
                 continue
             }
@@ -154,24 +184,23 @@ public final class TransferServer: @unchecked Sendable {
             Socket.tune(fd)
             let conn = Connection(fd: fd)
             spawnThread(name: "ferry-conn") { [self] in
-                serve(conn)
-                lock.withLock {
-                    connections -= 1
-                    connectionsByAddress[address, default: 1] -= 1
-                    if connectionsByAddress[address] == 0 { connectionsByAddress[address] = nil }
-                }
+                serve(conn, ticket: ticket)
             }
         }
     }
 
-    private func serve(_ conn: Connection) {
+    private func serve(_ conn: Connection, ticket: AdmissionTicket) {
+        // Every path leaves the budget before the descriptor is closed (an eviction shuts a
+        // waiting connection's descriptor down until then).
         let ring: Ring
         do { ring = try Ring(entries: 16) } catch {
+            lock.withLock { budget.end(ticket) }
             conn.close()
             return
         }
         let handshakeNs = Int64(configuration.handshakeTimeoutSeconds) * 1_000_000_000
         let note = AuditNote()
+        note.ticket = ticket
         do {
             let role = try conn.recvPreamble(ring: ring, timeoutNs: handshakeNs)
             switch role {
@@ -183,12 +212,21 @@ public final class TransferServer: @unchecked Sendable {
                 try serveControl(conn, ring: ring, handshakeNs: handshakeNs, note: note)
             case .data:
                 note.action = "join"
-                try serveData(conn, ring: ring, handshakeNs: handshakeNs)
+                try serveData(conn, ring: ring, handshakeNs: handshakeNs, ticket: ticket)
             }
         } catch {
             // Refused before a session started: a rerun would not help.
             var e = asTransferError(error)
             e.resumable = false
+            // A flood's connections (evicted, silent, or gone before a word) that never
+            // authenticated: one line per address and kind per interval, with a count.
+            if note.user.isEmpty, let kind = lock.withLock({ floodKind(ticket, e) }) {
+                let message = ticket.evicted ? kind : e.message
+                refusals.refused(group: ticket.group, kind: kind, peer: conn.peer, message: message)
+                lock.withLock { budget.end(ticket) }
+                conn.close()
+                return
+            }
             configuration.log("ferry serve: \(conn.peer): refused: \(e.message)")
             var r = AuditLog.Record(user: note.user, peer: conn.peer, action: note.action, path: note.path, result: "refused: " + e.message)
             r.center = note.center
@@ -196,7 +234,27 @@ public final class TransferServer: @unchecked Sendable {
             // After a failed TLS handshake there is no channel to explain on (the TLS alert did).
             if !(note.action == "connect" && conn.tls == nil && e.code == .auth) { conn.sendError(e, ring: ring) }
         }
+        lock.withLock { budget.end(ticket) }
         conn.close()
+    }
+
+    /// What kind of flood refusal this failure of a connection is, or nil to audit it alone.
+    /// Called with `lock` held.
+    private func floodKind(_ t: AdmissionTicket, _ e: TransferError) -> String? {
+        if t.authenticated { return nil }
+        if t.evicted { return "evicted: the unauthenticated budget (\(configuration.unauthenticatedMax)) was full and \(t.group) held the most waiting connections" }
+        if e.code == .timeout || e.message.contains("handshake timed out") { return "no handshake within \(configuration.handshakeTimeoutSeconds) s" }
+        if e.message.contains("closed the connection") || e.message.contains("unexpected eof") || e.message.contains("reset by peer") {
+            return "closed before authenticating"
+        }
+        return nil
+    }
+
+    /// The connection has authenticated: it moves from the unauthenticated budget to the
+    /// authenticated one, or is refused when that is full.
+    private func authenticated(_ ticket: AdmissionTicket?) throws {
+        guard let ticket, let refusal = lock.withLock({ budget.authenticate(ticket) }) else { return }
+        throw TransferError(.io, refusal)
     }
 
     /// Who is asking: a verified user token, or a peer center's verified certificate.
@@ -241,6 +299,7 @@ public final class TransferServer: @unchecked Sendable {
         note.action = hello.direction == .push ? "push" : "pull"
         note.path = hello.path
         let who = try authenticate(hello, conn: conn, note: note)
+        try authenticated(note.ticket)
         guard hello.options.protection >= configuration.minimumProtection else {
             throw TransferError(.auth, "this server requires --protection \(configuration.minimumProtection) or stronger")
         }
@@ -269,15 +328,25 @@ public final class TransferServer: @unchecked Sendable {
         }
         lock.withLock { sessions[session.id] = session }
         defer { lock.withLock { sessions[session.id] = nil } }
+        // This session's data streams get in even while the unauthenticated budget is full.
+        let reservedFor = note.ticket?.address
+        if let a = reservedFor { lock.withLock { budget.reserve(address: a, count: streams) } }
         try conn.send(.welcome, Welcome(sessionID: session.id, secret: session.secret, streams: streams).encode(), ring: ring)
         // Every data stream must join within the handshake timeout.
         let deadline = monotonicNs() + UInt64(handshakeNs)
-        try session.lock.withLock { () throws in
-            while session.joined < streams {
-                if monotonicNs() >= deadline { throw TransferError(.timeout, "only \(session.joined) of \(streams) data streams joined") }
-                session.cond.wait(seconds: 0.1)
+        let allJoined = Result { () throws in
+            try session.lock.withLock { () throws in
+                while session.joined < streams {
+                    if monotonicNs() >= deadline { throw TransferError(.timeout, "only \(session.joined) of \(streams) data streams joined") }
+                    session.cond.wait(seconds: 0.1)
+                }
             }
         }
+        if let a = reservedFor {
+            let unused = streams - session.lock.withLock { session.joined }
+            lock.withLock { budget.release(address: a, count: unused) }
+        }
+        try allJoined.get()
         let what = "\(hello.direction == .push ? "push to" : "pull from") '\(hello.path.isEmpty ? "." : hello.path)'"
         var record = AuditLog.Record(user: who.user, peer: conn.peer, action: note.action, path: hello.path, result: "ok")
         record.center = who.center ?? ""
@@ -306,7 +375,7 @@ public final class TransferServer: @unchecked Sendable {
         }
     }
 
-    private func serveData(_ conn: Connection, ring: Ring, handshakeNs: Int64) throws {
+    private func serveData(_ conn: Connection, ring: Ring, handshakeNs: Int64, ticket: AdmissionTicket) throws {
         let (type, payload) = try conn.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 1024)
         guard type == .join else { throw TransferError.protocolError("expected JOIN, got \(type)") }
         let join = try Join.decode(payload)
@@ -314,6 +383,7 @@ public final class TransferServer: @unchecked Sendable {
               constantTimeEqual(join.proof, Join.proof(secret: session.secret, sessionID: session.id, streamIndex: join.streamIndex)) else {
             throw TransferError(.auth, "data stream for an unknown session or with a wrong proof")
         }
+        try authenticated(ticket)
         try session.lock.withLock { () throws in
             guard session.joined < session.streams, join.streamIndex < session.streams else { throw TransferError.protocolError("more data streams than agreed") }
             // An index joins once: it is part of every sealed frame's nonce.

@@ -1,0 +1,309 @@
+// Floods do not lock users out (issue 13, item 7). Connections that have not authenticated
+// have their own, smaller budget; a flood of them from ten loopback addresses (preamble-only,
+// a valid preamble and then nothing, half a TLS handshake, a data preamble without JOIN) is
+// held open while a legitimate `ferry cp` completes byte-identical; the refusals are audited
+// as a few lines per address with counts, not one line per connection.
+
+import Foundation
+import Testing
+@testable import Transfer
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Floods of unauthenticated connections", .serialized)
+struct FloodTests {
+    // MARK: - the accounting, without sockets
+
+    @Test("budget: per-address cap, fair eviction when full, reservations, authenticated budget")
+    func budgetAccounting() {
+        var b = ConnectionBudget(authenticatedMax: 3, authenticatedPerAddressMax: 2, unauthenticatedMax: 64, unauthenticatedPerAddressMax: 8)
+        var fd: Int32 = 100
+        func admit(_ a: String) -> (AdmissionTicket?, AdmissionTicket?, String?) {
+            fd += 1
+            switch b.admit(address: a, fd: fd) {
+            case .admitted(let t, let v): return (t, v, nil)
+            case .refused(let r): return (nil, nil, r)
+            }
+        }
+        // A flood from ten addresses, twelve tries each, round-robin until the budget settles.
+        var held: [String: [AdmissionTicket]] = [:]
+        var refusals = 0
+        for _ in 0..<12 {
+            for i in 2...11 {
+                let a = "127.0.0.\(i)"
+                let (t, v, r) = admit(a)
+                if let t { held[a, default: []].append(t) }
+                if let v { held[v.address]!.removeAll { $0 === v }; #expect(v.evicted) }
+                if r != nil { refusals += 1 }
+            }
+        }
+        #expect(b.waitingCount == 64)
+        #expect(held.values.map(\.count).reduce(0, +) == 64)
+        let counts = held.values.map(\.count)
+        #expect(counts.allSatisfy { $0 <= 8 }, "per-address cap: \(counts)")
+        #expect((counts.max() ?? 0) - (counts.min() ?? 0) <= 1, "shares settle equal: \(counts)")
+        #expect(refusals > 0)
+        // One more from a flooding address that holds the least is refused (no unfairness created).
+        let least = held.min { $0.value.count < $1.value.count }!.key
+        let (_, _, r1) = admit(least)
+        #expect(r1 != nil && r1!.contains("too many unauthenticated connections"), "\(String(describing: r1))")
+        // A newcomer from another address gets in, taking the oldest place of a heaviest address.
+        let (legit, victim, r2) = admit("127.0.0.1")
+        #expect(legit != nil && victim != nil && r2 == nil)
+        #expect(victim.map { held[$0.address]!.count == (counts.max() ?? 0) } ?? false)
+        if let victim { b.end(victim) }  // its thread leaves the budget
+        #expect(b.waitingCount == 64)
+        // It authenticates: out of the waiting budget, into the authenticated one.
+        #expect(b.authenticate(legit!) == nil)
+        #expect(b.waitingCount == 63 && b.authenticated == 1)
+        // Its session reserves four data streams: they get in although the budget is full again.
+        _ = admit("127.0.0.12")
+        #expect(b.waitingCount == 64)
+        b.reserve(address: "127.0.0.1", count: 4)
+        var streams: [AdmissionTicket] = []
+        for _ in 0..<4 {
+            let (t, v, r) = admit("127.0.0.1")
+            #expect(t?.reserved == true && v == nil && r == nil)
+            if let t { streams.append(t) }
+        }
+        #expect(b.reservations["127.0.0.1"] == nil && b.reservedWaiting == 4)
+        // The authenticated budget: two per address, three in all.
+        #expect(b.authenticate(streams[0]) == nil)
+        #expect(b.authenticate(streams[1])?.contains("too many connections from 127.0.0.1") == true)
+        b.end(streams[1])
+        #expect(b.reservedWaiting == 2)
+        // Everything ends: both budgets return to zero.
+        for t in streams + [legit!] { b.end(t) }
+        for list in held.values { for t in list { b.end(t) } }
+        b.release(address: "127.0.0.1", count: 9)
+        #expect(b.authenticated == 0 && b.authenticatedByAddress.isEmpty && b.reservedWaiting == 0)
+        #expect(b.waitingCount == 1)  // the one from 127.0.0.12
+        // Address groups: IPv6 by /64, IPv4-mapped as IPv4.
+        #expect(ConnectionBudget.group("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64")
+        #expect(ConnectionBudget.group("2001:db8:1:2:bbbb::7") == "2001:db8:1:2::/64")
+        #expect(ConnectionBudget.group("::ffff:10.1.2.3") == "10.1.2.3")
+        #expect(ConnectionBudget.group("10.1.2.3") == "10.1.2.3")
+    }
+
+    final class FakeClock: @unchecked Sendable {
+        var ns: UInt64 = 1_000_000_000
+    }
+
+    final class Lines: @unchecked Sendable {
+        let lock = NSLock()
+        var lines: [RefusalDigest.Line] = []
+        func add(_ l: RefusalDigest.Line) { lock.lock(); lines.append(l); lock.unlock() }
+    }
+
+    @Test("refusal digest: the first refusal at once, the rest as one line with a count per interval")
+    func refusalDigest() {
+        let clock = FakeClock()
+        let out = Lines()
+        let d = RefusalDigest(intervalSeconds: 10, groupsMax: 3, now: { clock.ns }, emit: out.add)
+        for i in 0..<10_000 { d.refused(group: "127.0.0.2", kind: "too many", peer: "127.0.0.2:\(1000 + i % 50_000)", message: "too many") }
+        #expect(out.lines.count == 1 && out.lines[0].count == 1 && out.lines[0].peer.hasPrefix("127.0.0.2:"))
+        d.flush()
+        #expect(out.lines.count == 1, "nothing more before the interval has passed")
+        clock.ns += 10_000_000_000
+        d.flush()
+        #expect(out.lines.count == 2 && out.lines[1].count == 9_999 && out.lines[1].peer == "127.0.0.2")
+        #expect(out.lines[1].message.contains("9999 more from 127.0.0.2 in 10 s"), "\(out.lines[1].message)")
+        // The next refusal after an interval writes the pending count and itself.
+        d.refused(group: "127.0.0.3", kind: "k", peer: "127.0.0.3:1", message: "k")
+        d.refused(group: "127.0.0.3", kind: "k", peer: "127.0.0.3:2", message: "k")
+        clock.ns += 11_000_000_000
+        d.refused(group: "127.0.0.3", kind: "k", peer: "127.0.0.3:3", message: "k")
+        #expect(out.lines.count == 5 && out.lines[3].count == 1 && out.lines[4].count == 1)
+        // Kinds count apart; beyond groupsMax groups, the rest count together as "*".
+        for g in 4...20 { d.refused(group: "10.0.0.\(g)", kind: "k", peer: "10.0.0.\(g):1", message: "k") }
+        let before = out.lines.count
+        #expect(before < 5 + 17, "groups beyond the cap are not written one by one")
+        clock.ns += 20_000_000_000
+        d.flush(all: true)
+        #expect(out.lines.contains { $0.peer == "*" && $0.count > 0 })
+    }
+
+    // MARK: - a real flood against a real server
+
+    /// Floods from 127.0.0.2 ... 127.0.0.11 (several kinds of connections that never
+    /// authenticate), reconnecting whatever the server closes, for at most `seconds` or until
+    /// the stop file exists; writes what it holds to the report file twice a second.
+    static let attacker = #"""
+import json, os, select, socket, ssl, struct, sys, time
+host, port, report, stop, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
+addrs = ["127.0.0.%d" % i for i in range(2, 12)]
+preamble = lambda role: b"FERRY\0\0\0" + struct.pack("<HHI", 2, role, 0)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+def hello_bytes():
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="x")
+    try: obj.do_handshake()
+    except ssl.SSLWantReadError: pass
+    return out.read()
+payloads = [preamble(1)[:6], preamble(1), preamble(1) + hello_bytes(), preamble(2)]
+held = {a: [] for a in addrs}   # (socket, opened at)
+attempts = closed = connect_errors = 0
+kinds = [0, 0, 0, 0]
+start = time.time()
+last = 0
+while time.time() - start < seconds and not os.path.exists(stop):
+    for a in addrs:
+        while len(held[a]) < 10:
+            k = attempts % 4
+            attempts += 1
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((a, 0))
+                s.settimeout(2)
+                s.connect((host, port))
+                s.sendall(payloads[k])
+                s.setblocking(False)
+            except OSError:
+                connect_errors += 1
+                s.close()
+                break
+            kinds[k] += 1
+            held[a].append((s, time.time()))
+    time.sleep(0.05)
+    socks = [s for a in addrs for (s, _) in held[a]]
+    r, _, _ = select.select(socks, [], [], 0)
+    gone = set()
+    for s in r:
+        try:
+            d = s.recv(65536)
+        except BlockingIOError:
+            continue
+        except OSError:
+            d = b""
+        if not d:
+            gone.add(s)
+    for a in addrs:
+        keep = []
+        for (s, t) in held[a]:
+            if s in gone:
+                closed += 1
+                s.close()
+            else:
+                keep.append((s, t))
+        held[a] = keep
+    now = time.time()
+    if now - last > 0.5:
+        last = now
+        stable = {a: sum(1 for (_, t) in held[a] if now - t > 1.0) for a in addrs}
+        tmp = report + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"stable": stable, "attempts": attempts, "closed": closed, "connect_errors": connect_errors, "kinds": kinds, "elapsed": now - start}, f)
+        os.rename(tmp, report)
+"""#
+
+    static func report(_ path: String) -> [String: Any]? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+    }
+
+    @Test("a flood from ten addresses is held open while a legitimate cp completes; refusals audited per address with counts")
+    func floodFromTenAddresses() throws {
+        let sb = try Sandbox("flood")
+        let root = try sb.dir("root")
+        let local = try sb.dir("local")
+        let audit = sb.file("audit.jsonl")
+        // A long handshake timeout: the flood's places do not free themselves during the test.
+        let server = try FerryServer(sb, root: root, extra: ["--audit-log", audit, "--handshake-timeout", "60"])
+        defer { server.stop() }
+        let size = 6 * E2E.MiB
+        try writeRandomFile(local + "/data.bin", size: size)
+
+        let reportPath = sb.file("flood.json")
+        let stopPath = sb.file("flood.stop")
+        let attacker = Process()
+        attacker.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        attacker.arguments = ["-c", FloodTests.attacker, "127.0.0.1", String(server.port), reportPath, stopPath, "90"]
+        attacker.standardOutput = FileHandle.nullDevice
+        let errPipe = Pipe()
+        attacker.standardError = errPipe
+        try attacker.run()
+        defer {
+            FileManager.default.createFile(atPath: stopPath, contents: Data())
+            if !waitUntil(timeout: 10, { !attacker.isRunning }) { kill(attacker.processIdentifier, SIGKILL) }
+            attacker.waitUntilExit()
+        }
+
+        // The flood fills the unauthenticated budget (64) and keeps it full.
+        var rep: [String: Any] = [:]
+        let filled = waitUntil(timeout: 30, interval: 0.25) {
+            rep = FloodTests.report(reportPath) ?? [:]
+            let stable = (rep["stable"] as? [String: Int]) ?? [:]
+            return stable.values.reduce(0, +) >= 56 && (rep["closed"] as? Int ?? 0) > 100 && (rep["elapsed"] as? Double ?? 0) > 3
+        }
+        #expect(filled, "the flood did not fill the budget: \(rep); attacker stderr: \(attacker.isRunning ? "" : String(decoding: errPipe.fileHandleForReading.availableData, as: UTF8.self))")
+        let stable = (rep["stable"] as? [String: Int]) ?? [:]
+        #expect(stable.values.allSatisfy { $0 <= 8 }, "per-address cap (8) exceeded: \(stable)")
+        #expect(stable.values.reduce(0, +) <= 64, "unauthenticated budget (64) exceeded: \(stable)")
+        #expect(stable.count == 10 && stable.values.allSatisfy { $0 >= 3 }, "every flooding address holds a share: \(stable)")
+        let closedBefore = rep["closed"] as? Int ?? 0
+
+        // While the flood goes on, a legitimate transfer gets in and completes.
+        let t0 = monotonicSeconds()
+        let r = try sb.cp(local + "/data.bin", server.url("data.bin"), timeout: 30)
+        let took = monotonicSeconds() - t0
+        #expect(r.succeeded, "the legitimate cp failed during the flood: \(r)")
+        #expect(filesIdentical(local + "/data.bin", root + "/data.bin"))
+        #expect(took < 20, "the legitimate cp took \(took) s")
+        // ... and a pull too (data streams the other way).
+        let back = try sb.cp(server.url("data.bin"), local + "/back.bin", timeout: 30)
+        #expect(back.succeeded, "the legitimate pull failed during the flood: \(back)")
+        #expect(filesIdentical(local + "/data.bin", local + "/back.bin"))
+
+        // The flood went on meanwhile (a report written after the transfers says so); it
+        // keeps going for a few seconds more.
+        let elapsedAfter = (FloodTests.report(reportPath)?["elapsed"] as? Double ?? 0) + 0.6
+        waitUntil(timeout: 20, interval: 0.25) {
+            rep = FloodTests.report(reportPath) ?? rep
+            return (rep["elapsed"] as? Double ?? 0) > max(elapsedAfter, 8)
+        }
+        #expect(attacker.isRunning, "the flood stopped early: \(rep)")
+        #expect((rep["closed"] as? Int ?? 0) > closedBefore, "the server kept refusing during the transfer: \(rep)")
+        #expect(server.isRunning)
+
+        // Stop the flood; within an interval (10 s) the counts are written.
+        FileManager.default.createFile(atPath: stopPath, contents: Data())
+        #expect(waitUntil(timeout: 10) { !attacker.isRunning })
+        rep = FloodTests.report(reportPath) ?? rep
+        let attempts = rep["attempts"] as? Int ?? 0
+        let closed = rep["closed"] as? Int ?? 0
+        let floodPeers = Set((2...11).map { "127.0.0.\($0)" })
+        func host(_ peer: String) -> String { Socket.hostPart(peer) }
+        var lines: [[String: Any]] = []
+        var counted = 0
+        waitUntil(timeout: 25, interval: 0.5) {
+            lines = SecurityTests.auditLines(audit).filter {
+                floodPeers.contains(host($0["peer"] as? String ?? "")) && ($0["result"] as? String ?? "").hasPrefix("refused")
+            }
+            counted = lines.reduce(0) { n, l in
+                let text = l["result"] as? String ?? ""
+                if let m = text.range(of: #": (\d+) more from "#, options: .regularExpression) {
+                    let digits = text[m].filter(\.isNumber)
+                    return n + (Int(digits) ?? 0)
+                }
+                return n + 1
+            }
+            // Every closed connection (refused, evicted, or closed by the attacker at the end)
+            // is accounted for by a line or a count.
+            return counted >= closed
+        }
+        let byPeer = Dictionary(grouping: lines) { host($0["peer"] as? String ?? "") }
+        let elapsed = (FloodTests.report(reportPath)?["elapsed"] as? Double) ?? 60
+        let intervals = Int(elapsed / 10) + 2
+        let perAddressMax = 4 * 2 * intervals  // four kinds, first line and count, per interval
+        #expect(byPeer.count == 10, "refusals of every flooding address are audited: \(byPeer.keys.sorted())")
+        #expect(byPeer.values.allSatisfy { $0.count <= perAddressMax }, "too many refusal lines per address: \(byPeer.mapValues(\.count)) (at most \(perAddressMax))")
+        #expect(lines.count * 10 < attempts, "\(lines.count) refusal lines for \(attempts) connections: not aggregated")
+        #expect(counted >= closed, "the counts (\(counted)) cover the \(closed) connections the server closed")
+        #expect(lines.contains { ($0["result"] as? String ?? "").contains(" more from 127.0.0.") }, "no line with a count")
+        #expect(SecurityTests.auditLines(audit).contains { ($0["action"] as? String) == "push" && ($0["result"] as? String) == "ok" })
+    }
+}
