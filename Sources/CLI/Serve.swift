@@ -158,6 +158,9 @@ extension Ferry {
                 do {
                     var settings = RunnerSettings(exports: config.exports, tls: config.tls)
                     settings.peers = peers
+                    settings.identities = config.identities
+                    settings.allowHosts = d.allowHosts
+                    settings.daemonAreas = [d.staging, d.replicas].compactMap { $0 }
                     settings.workers = d.workers
                     settings.leaseSeconds = Int64(d.leaseSeconds)
                     settings.perPeerMax = d.perPeer
@@ -169,9 +172,6 @@ extension Ferry {
                     retry.baseSeconds = Double(d.retryBaseSeconds)
                     let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center,
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas,
-                    settings.identities = config.identities
-                    settings.allowHosts = d.allowHosts
-                    settings.daemonAreas = [d.staging, d.replicas].compactMap { $0 }
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
                     daemon = service
                 } catch {

@@ -77,6 +77,9 @@ public struct ServerConfigFile {
         /// The job queue: a SQLite file (relative: beside the configuration), or a
         /// `postgres://USER@HOST:PORT/DB` URL that several daemons of the center share.
         public var database: String
+        /// `allow_hosts`: HOST:PORT of transfer servers a job may name besides the peers
+        /// (`ferry://HOST:PORT/...`); the daemon dials nothing else.
+        public var allowHosts: [String] = []
         /// Where the REST API listens (plain HTTP: keep it on loopback or behind a TLS proxy).
         public var apiListen = HostPort(host: "127.0.0.1", port: 7480)
         public var workers = 2
@@ -85,9 +88,6 @@ public struct ServerConfigFile {
         public var perUser = 8
         /// Attempts per job unless the request says otherwise, and the first retry's delay
         /// (it doubles per attempt, ±20 % jitter, at most 10 minutes).
-        /// `allow_hosts`: HOST:PORT of transfer servers a job may name besides the peers
-        /// (`ferry://HOST:PORT/...`); the daemon dials nothing else.
-        public var allowHosts: [String] = []
         public var maxAttempts = 5
         public var retryBaseSeconds = 5
         /// Seconds between two syncs with each followed peer's catalog.
@@ -177,6 +177,9 @@ public struct ServerConfigFile {
                         d.database = db.hasPrefix("postgres://") || db.hasPrefix("postgresql://") ? db : resolve(db)
                     case "api_listen": d.apiListen = try HostPort(parsing: try str(dv, dk))
                     case "workers": d.workers = try int(dv, dk)
+                    case "allow_hosts":
+                        d.allowHosts = try strings(dv, dk)
+                        for h in d.allowHosts { _ = try HostPort(parsing: h) }
                     case "lease_seconds": d.leaseSeconds = try int(dv, dk)
                     case "per_peer": d.perPeer = try int(dv, dk)
                     case "per_user": d.perUser = try int(dv, dk)
@@ -188,9 +191,6 @@ public struct ServerConfigFile {
                         guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.staging is a local job path /EXPORT/DIR, not '\(r)'") }
                         d.staging = r
                     case "staging_bwlimit":
-                    case "allow_hosts":
-                        d.allowHosts = try strings(dv, dk)
-                        for h in d.allowHosts { _ = try HostPort(parsing: h) }
                         let text = try str(dv, dk)
                         guard let q = parseByteSize(text), q > 0 else { throw TransferError(.usage, "daemon.staging_bwlimit is bytes per second like \"200M\", not '\(text)'") }
                         d.stagingBandwidth = q
