@@ -15,9 +15,10 @@ import sys
 
 GiB = 1 << 30
 MiB = 1 << 20
-SCENARIOS = ["bigfile", "smallfiles", "smiles", "mixed", "rss"]
+SCENARIOS = ["bigfile", "sink", "smallfiles", "smiles", "mixed", "rss"]
 TITLES = {
     "bigfile": "One random file",
+    "sink": "Sink: the random file pulled into a character device (no destination filesystem)",
     "smallfiles": "Many small files (nested tree)",
     "smiles": "SMILES text (compressible)",
     "mixed": "Mixed tree (a few large files, many small ones)",
@@ -25,10 +26,11 @@ TITLES = {
 }
 TREES = ("smallfiles", "mixed")          # scenarios that copy a tree: files/s shown
 # Display order of the tools within a table.
-ORDER = ["ferry", "ferry-auto", "ferry-off", "ferry-clear", "ferry-safe", "ferry-handshake", "cp", "rsync", "scp", "gridftp", "xrootd", "xrootd-nopg", "rclone",
+ORDER = ["ferry", "ferry-user", "ferry-stdout", "ferry-auto", "ferry-off", "ferry-clear", "ferry-safe", "ferry-handshake", "cp", "rsync", "scp", "gridftp", "xrootd", "xrootd-nopg", "rclone",
          "iperf3-P1", "iperf3-P4"]
 DESCR = {
     "ferry": "Ferry, defaults (`--protection private`: AES-256-GCM, `--compress auto`)",
+    "ferry-user": "Ferry, defaults, the server acting as the unprivileged account `ferrybench` (`--run-as ferrybench`)",
     "ferry-clear": "Ferry, `--protection clear` (XXH3 checksums only, like the other tools)",
     "ferry-safe": "Ferry, `--protection safe` (AES-256-GCM authentication, no encryption)",
     "ferry-handshake": "Ferry, TLS 1.3 handshake (`ferry ping --count 50`, median; seconds column)",
@@ -44,6 +46,25 @@ DESCR = {
     "iperf3-P1": "iperf3, 1 stream (network ceiling)",
     "iperf3-P4": "iperf3, 4 streams (network ceiling)",
 }
+# The sink scenario's rows: every client is the receiver, pulling into the device node.
+DESCR_SINK = {
+    "ferry": "Ferry, defaults: `ferry cp ferry://…/big.bin NODE` (written in place, one stream)",
+    "ferry-stdout": "Ferry, defaults, to standard output: `ferry cp ferry://…/big.bin - >NODE`",
+    "cp": "local `cp big.bin NODE` (read ceiling, no network)",
+    "rsync": "rsync",
+    "gridftp": "GridFTP: `globus-url-copy -p 4 -cc 4 -pp -fast ftp://…/big.bin file://NODE`",
+    "xrootd": "XRootD: `xrdcp -S 4 root://…//big.bin - >NODE`",
+    "xrootd-nopg": "XRootD as above, page checksums off (`XRD_CPUSEPGWRTRD=0`)",
+    "rclone": "rclone: `rclone cat :http:big.bin >NODE` from `rclone serve http` (one stream)",
+}
+
+
+def descr(s, name):
+    if s == "sink" and name in DESCR_SINK:
+        return DESCR_SINK[name]
+    return DESCR.get(name, name)
+
+
 # Other tools that copy over the network (the comparisons the issues ask for).
 NETWORK_TOOLS = ["rsync", "scp", "gridftp", "xrootd", "xrootd-nopg", "rclone"]
 
@@ -188,9 +209,14 @@ def targets(scen):
     s_ = rate("bigfile", "ferry-safe")
     r = ratio(s_, c_)
     rows.append(("4 GiB file: `--protection safe` vs `clear` (no target)", "issue 3", f(r and 100 * r, "%.0f %% of clear"), "info"))
+    for s_, what, attr in (("bigfile", "4 GiB file", "gbps"), ("smallfiles", "20,000 × 4 KiB", "files_per_s")):
+        u, r0 = rate(s_, "ferry-user", attr), rate(s_, "ferry", attr)
+        r = ratio(u, r0)
+        rows.append(("%s: server acting as an unprivileged account within 3 %% of root" % what, "issue 13",
+                     f(r and 100 * (r - 1), "%+.1f %% (account vs root, medians)"), r and r >= 0.97))
     h = tool("bigfile", "ferry-handshake")
     hs = h.seconds if h else None
-    rows.append(("TLS 1.3 handshake on loopback ≤ 5 ms", "issue 3", f(hs and hs * 1000, "%.2f ms"), hs is not None and hs <= 0.005))
+    rows.append(("TLS 1.3 handshake on loopback ≤ 5 ms", "issue 3", f(hs and hs * 1000, "%.2f ms"), (hs <= 0.005) if hs is not None else None))
     a, o = rate("bigfile", "ferry-auto"), rate("bigfile", "ferry-off")
     r = ratio(a, o)
     rows.append(("random data: `--compress auto` within 5 % of `off`", "issue 2",
@@ -202,7 +228,7 @@ def targets(scen):
     m = shaped_medians(shaped_rows(OUT_DIR[0])) if OUT_DIR else {}
     a1 = m.get(("1gbit", "auto"))
     rows.append(("shaped 1 Gbit/s, SMILES: goodput with `--compress auto` ≥ 2× the link", "issue 5",
-                 f(a1, "%.2f Gbit/s") + (" (%.2f× the link)" % a1 if a1 else ""), a1 is not None and a1 >= 2.0))
+                 f(a1, "%.2f Gbit/s") + (" (%.2f× the link)" % a1 if a1 else ""), (a1 >= 2.0) if a1 is not None else None))
     a5, o5 = m.get(("5gbit", "auto")), m.get(("5gbit", "off"))
     r = ratio(a5, o5)
     rows.append(("shaped 5 Gbit/s, SMILES: `--compress auto` never slower than `off`", "issue 5",
@@ -289,9 +315,9 @@ def scenario_table(s, d, machine, data, scen):
                        + " |" * (len(hdr) - 4))
             continue
         if t.skipped:
-            out.append("| %s | skipped (%s) |" % (DESCR.get(name, name), t.rows[0]["note"]) + " |" * (len(hdr) - 2))
+            out.append("| %s | skipped (%s) |" % (descr(s, name), t.rows[0]["note"]) + " |" * (len(hdr) - 2))
             continue
-        row = [DESCR.get(name, name), "%d/%d" % (t.n_ok, t.n), f(t.seconds, "%.2f"), f(t.gbps, "%.2f")]
+        row = [descr(s, name), "%d/%d" % (t.n_ok, t.n), f(t.seconds, "%.2f"), f(t.gbps, "%.2f")]
         if files_col:
             row.append(f(t.files_per_s, "%.0f"))
         if ceil:
@@ -313,7 +339,13 @@ def scenario_table(s, d, machine, data, scen):
         out.append("÷ iperf3: the tool's Gbit/s divided by %.2f Gbit/s, the faster of the iperf3 medians "
                    "(1 or 4 streams, memory to memory)%s.\n"
                    % (ceil, "" if ceil_src == s else " measured in the %s scenario" % ceil_src))
-    if "rclone" in tools and not tools["rclone"].skipped:
+    if s == "sink":
+        out.append("Every client here is the receiver: it pulls from its server (which reads the file from tmpfs) "
+                   "and writes into NODE, a character device with `/dev/null`'s numbers (1,3) that `bench/run` "
+                   "makes with `mknod` in its own directory; after every run NODE must still be that device, and "
+                   "Ferry's summary (and GridFTP's transfer log) must count the file's bytes, else the run fails. "
+                   "Client CPU is the receiving side, server CPU the sending side.\n")
+    elif "rclone" in tools and not tools["rclone"].skipped:
         out.append("rclone pulls (its client is the receiver and `rclone serve http` the sender); "
                    "every other tool pushes from the client to the server.\n")
     conc = sum(t.n_concurrent for t in tools.values())
@@ -337,10 +369,24 @@ def scenario_table(s, d, machine, data, scen):
             r = ratio(a, b)
             if r is not None:
                 parts.append("Ferry/%s **%.2f**" % (other, r))
+        peers = [(n, getattr(tools[n], key)) for n in NETWORK_TOOLS if n in tools and tools[n].n_ok
+                 and getattr(tools[n], key)]
+        if peers:
+            bn, bv = max(peers, key=lambda p: p[1])
+            parts.append("Ferry/fastest other network tool (%s) **%.2f**" % (bn, ratio(getattr(fe, key), bv)))
         if parts:
             out.append("Ratios (%s, medians%s): %s.\n" % ("files/s" if files_col else "Gbit/s",
                                                         "; Gbit/s for iperf3" if files_col and any("iperf3" in p for p in parts) else "",
                                                         "; ".join(parts)))
+    if fe and fe.n_ok and "ferry-user" in tools and tools["ferry-user"].n_ok:
+        u = tools["ferry-user"]
+        key = "files_per_s" if files_col else "gbps"
+        r = ratio(getattr(u, key), getattr(fe, key))
+        if r:
+            out.append("Identity switching (issue 13): the server acting as `ferrybench` (per-thread setfsuid/setfsgid/"
+                       "setgroups) reaches %.3f× the %s of the same server acting as root (%+.1f %%; aim: within 3 %%); "
+                       "server CPU %s against %s s/GiB. Every file it wrote was checked to be owned by `ferrybench`.\n"
+                       % (r, "files/s" if files_col else "Gbit/s", 100 * (r - 1), f(u.server_cpu), f(fe.server_cpu)))
     if "ferry-auto" in tools and "ferry-off" in tools:
         a, o = tools["ferry-auto"], tools["ferry-off"]
         r = ratio(a.gbps, o.gbps)
@@ -385,7 +431,7 @@ def charts(scen, chart_dir):
             ax.axis("off")
         return fig, flat
 
-    panels = [(s, "files_per_s" if s == "smallfiles" else "gbps") for s in ("bigfile", "smallfiles", "smiles", "mixed")
+    panels = [(s, "files_per_s" if s == "smallfiles" else "gbps") for s in ("bigfile", "sink", "smallfiles", "smiles", "mixed")
               if s in scen]
     if panels:
         fig, axes = grid(len(panels))
@@ -408,7 +454,7 @@ def charts(scen, chart_dir):
         fig.savefig(os.path.join(chart_dir, "throughput.png"), dpi=110)
         plt.close(fig)
         written.append("throughput.png")
-    panels = [s for s in ("bigfile", "smallfiles", "smiles", "mixed") if s in scen]
+    panels = [s for s in ("bigfile", "sink", "smallfiles", "smiles", "mixed") if s in scen]
     if panels:
         fig, axes = grid(len(panels))
         for ax, s in zip(axes, panels):
@@ -604,6 +650,8 @@ def main():
 
     L.append("## Data sets\n")
     L.append("- **bigfile**: random bytes (AES-128-CTR keystream from `openssl enc`), in tmpfs.")
+    L.append("- **sink**: the bigfile data set, read by each tool's server from tmpfs and written by its client "
+             "into a device node (`mknod DIR/null c 1 3`), never the system's `/dev/null`.")
     L.append("- **smallfiles**: random 4 KiB files, 50 per directory, two directory levels "
              "(`bench/gen_tree.py`), in tmpfs.")
     L.append("- **smiles**: `bench/gen_smiles.py --size 2147483648 --seed 42` (2 GiB; `--quick`: 64 MiB): drug-like molecules assembled from ring systems, "
