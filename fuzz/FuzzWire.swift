@@ -236,7 +236,7 @@ func fuzzManifestFrame(_ b: [UInt8]) {
     var w = ByteWriter()
     w.u32(UInt32(entries.count))
     for e in entries {
-        guard e.mtimeNanoseconds < 1_000_000_000, e.mode <= (e.kind == .special ? 0o177777 : 0o7777), e.size <= 1 << 56 else { finding("ManifestEntry field out of its range") }
+        guard e.mtimeNanoseconds < 1_000_000_000, e.mode <= (e.kind == .special ? 0o177777 : 0o7777), e.size <= 1 << 56 || e.size == ManifestEntry.streamSize else { finding("ManifestEntry field out of its range") }
         guard e.kind == .symlink || e.linkTarget.isEmpty else { finding("link target on a non-link") }
         guard e.path.utf8.count <= PathLimits.pathBytesMax, e.linkTarget.utf8.count <= PathLimits.symlinkTargetBytesMax else { finding("ManifestEntry string over its limit") }
         e.encode(&w)

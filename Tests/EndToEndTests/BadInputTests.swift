@@ -143,7 +143,9 @@ struct BadInputTests {
         let local = try sb.dir("local")
         let src = local + "/valid.bin"
         try writeRandomFile(src, size: 32 * E2E.MiB)
-        let server = try FerryServer(sb, root: root, extra: ["--handshake-timeout", "2"])
+        // All the bad clients come from 127.0.0.1 at once: room for them in the unauthenticated
+        // budget (its default of 8 per address is FloodTests' subject), so each gets its answer.
+        let server = try FerryServer(sb, root: root, extra: ["--handshake-timeout", "2", "--max-unauthenticated-per-address", "64"])
         defer { server.stop() }
 
         // A valid transfer, slowed so that it runs while the bad clients do their worst.
@@ -205,7 +207,8 @@ struct BadInputTests {
         let local = try sb.dir("local")
         let src = local + "/f.bin"
         try writeRandomFile(src, size: 3 * E2E.MiB)
-        let server = try FerryServer(sb, root: root, extra: ["--handshake-timeout", "2", "--max-connections-per-address", "200"])
+        let server = try FerryServer(sb, root: root, extra: ["--handshake-timeout", "2", "--max-connections-per-address", "200",
+                                                             "--max-unauthenticated", "256", "--max-unauthenticated-per-address", "200"])
         defer { server.stop() }
 
         let silent = try (0..<100).map { _ in try RawClient(port: server.port) }
@@ -235,8 +238,8 @@ struct BadInputTests {
             extra: ["--handshake-timeout", "20", "--max-connections-per-address", "8", "--audit-log", audit])
         defer { server.stop() }
 
-        // 20 silent connections from 127.0.0.1: 8 are admitted (and wait for their handshake
-        // timeout), the other 12 are closed at once.
+        // 20 silent connections from 127.0.0.1: 8 are admitted (the unauthenticated budget of
+        // one address; they wait for their handshake timeout), the other 12 are closed at once.
         let flood = try (0..<20).map { _ in try RawClient(port: server.port) }
         var closedAtOnce = 0
         for c in flood where c.readUntilClosed(timeout: 0.3).closed { closedAtOnce += 1 }
@@ -248,7 +251,10 @@ struct BadInputTests {
         #expect(r.succeeded, "\(r)")
         #expect(filesIdentical(local + "/f.bin", root + "/f.bin"))
         let text = (try? String(contentsOfFile: audit, encoding: .utf8)) ?? ""
-        #expect(text.components(separatedBy: "too many connections from 127.0.0.1").count - 1 == 12, "\(text)")
+        // Refusals of connections that never authenticated are audited once per address and
+        // interval: the first at once (the count of the rest follows when the interval ends).
+        let lines = text.components(separatedBy: "too many unauthenticated connections from 127.0.0.1").count - 1
+        #expect(lines >= 1 && lines <= 2, "\(text)")
         #expect(server.isRunning)
     }
 

@@ -131,6 +131,34 @@ struct SpecialFileTests {
         #expect(!FileManager.default.fileExists(atPath: root + "/dir/-"))
     }
 
+    @Test("a pipe of unknown length streams to the server as it is read (no spool), sizes 0 to several chunks", arguments: [0, 5, E2E.MiB, 5 * E2E.MiB + 3])
+    func pipeStreams(size: Int) throws {
+        let sb = try Sandbox("pipe\(size)")
+        let root = try sb.dir("root")
+        let src = try sb.dir("local") + "/in.bin"
+        try writeRandomFile(src, size: size)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        // A real pipe: `cat` writes it, ferry reads standard input; an empty TMPDIR-less
+        // environment shows nothing is spooled to disk.
+        let out = sb.file("cp.out")
+        let sh = try FerryShell("TMPDIR=/nonexistent cat '\(src)' | '\(E2E.ferryBinary)' cp --ca '\(sb.ca)' --token-file '\(sb.tokenFile)' --chunk-size 1M --json - '\(server.url("piped.bin"))' > '\(out)' 2>&1; echo $? >> '\(out)'", logDir: sb.path + "/logs")
+        #expect(sh.waitExit(timeout: 60), "the streamed copy did not end")
+        let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        #expect(text.hasSuffix("0\n"), "exit status: \(text)")
+        #expect(filesIdentical(src, root + "/piped.bin"), "the streamed file differs (size \(size)): \(text)")
+        #expect(text.contains("\"bytes\":\(size)"), "the summary does not count the stream's bytes: \(text)")
+        #expect(ferryLeftovers(root).isEmpty, "\(ferryLeftovers(root))")
+        // A FIFO as the source: the same stream.
+        let fifo = sb.file("in.fifo")
+        try Self.mkfifoOrThrow(fifo)
+        let writer = try FerryShell("cat '\(src)' > '\(fifo)'", logDir: sb.path + "/logs")
+        let r = try sb.cp(fifo, server.url("from-fifo.bin"), options: ["--chunk-size", "1M"])
+        #expect(r.succeeded, "\(r)")
+        #expect(writer.waitExit(timeout: 30))
+        #expect(filesIdentical(src, root + "/from-fifo.bin"), "the file from the FIFO differs (size \(size))")
+    }
+
     @Test("pulls of a FIFO inside an export end with a clear error and leak nothing")
     func fifoInExport() throws {
         let sb = try Sandbox("fifo-export")

@@ -21,7 +21,6 @@ struct io_uring_sqe *ferry_uring_get_sqe(struct io_uring *ring);
 int ferry_openat2(int dirfd, const char *path, int flags, unsigned mode, unsigned long long resolve);
 /// Constants Glibc hides behind _GNU_SOURCE or that Swift cannot import as written.
 #define FERRY_O_PATH 010000000
-#define FERRY_O_TMPFILE (020000000 | 0200000)
 #define FERRY_IOSQE_IO_LINK 4u
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): 0 or -errno.
 int ferry_punch_hole(int fd, long long offset, long long length);

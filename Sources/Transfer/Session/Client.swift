@@ -102,12 +102,14 @@ public enum TransferClient {
             // stream costs a connection, a thread and pinned buffers on both sides (a daemon
             // running thousands of small one-file jobs pays that per job).
             var options = options
-            if (st.st_mode & S_IFMT) == S_IFREG {
+            if isStream {
+                options.streams = 1  // read in order by one data stream
+            } else if (st.st_mode & S_IFMT) == S_IFREG {
                 let chunks = max(1, (Int(st.st_size) + options.chunkBytes - 1) / options.chunkBytes)
                 options.streams = min(options.streams ?? TransferOptions.automaticStreams, chunks)
             }
             return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
-                let sender = try Sender(ctx: ctx, rootFd: srcFd, name: src == "-" ? "standard input" : src)
+                let sender = try Sender(ctx: ctx, rootFd: srcFd, name: src == "-" ? "standard input" : src, stream: isStream)
                 return (sender.runControl, sender.runWorker)
             }
         case (.remote(let server, let urlPath), .local(let dst)):
@@ -181,12 +183,16 @@ public enum TransferClient {
     }
 
     /// The local source of a push, opened for reading. A regular file or directory is opened
-    /// without blocking; `-` (standard input), a FIFO or a character device is a stream, read
-    /// to its end into an unnamed temporary file in $TMPDIR (or /tmp) first and sent from
-    /// there as a regular file: the wire announces every file's size before its data, and a
-    /// chunk the receiver rejects must be readable again. Block devices and sockets are refused.
+    /// without blocking; `-` (standard input), a FIFO or a character device is a stream: sent
+    /// as it is read, in order, on one data stream, its length said at its end (nothing is
+    /// buffered on disk; a chunk damaged in flight cannot be read again, so that copy fails
+    /// and is rerun whole). Block devices and sockets are refused.
     private static func openLocalSource(_ src: String, progress: TransferProgress) throws -> (Int32, isStream: Bool) {
-        if src == "-" { return (try spool(fd: 0, display: "standard input"), true) }
+        if src == "-" {
+            let fd = dup(0)
+            if fd < 0 { throw TransferError.system("cannot read standard input", errno: errno) }
+            return (fd, true)
+        }
         var st = stat()
         guard stat(src, &st) == 0 else { throw TransferError.system("cannot read '\(src)'", errno: errno) }
         let kind = st.st_mode & S_IFMT
@@ -194,8 +200,7 @@ public enum TransferClient {
             // The user named it: waiting for its writer is what they asked for.
             let fd = open(src, O_RDONLY | O_CLOEXEC)
             if fd < 0 { throw TransferError.system("cannot read '\(src)'", errno: errno) }
-            defer { Glibc.close(fd) }
-            return (try spool(fd: fd, display: "'\(src)'"), true)
+            return (fd, true)
         }
         guard Paths.isData(st.st_mode) else {
             throw TransferError(.usage, "'\(src)' is \(Paths.kindName(st.st_mode)): Ferry reads regular files, directories, FIFOs, character devices and - (standard input)")
@@ -207,45 +212,6 @@ public enum TransferClient {
             throw error
         }
         return (fd, false)
-    }
-
-    /// Reads `fd` to its end into an unnamed temporary file (O_TMPFILE: nothing to clean up,
-    /// whatever happens) and returns that file, positioned at its start.
-    private static func spool(fd: Int32, display: String) throws -> Int32 {
-        let dir = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
-        let out = open(dir, FERRY_O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600)
-        if out < 0 { throw TransferError.system("cannot spool \(display) in \(dir) (set TMPDIR)", errno: errno) }
-        let bytes = 1 << 20
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
-        defer { buf.deallocate() }
-        while true {
-            let n = read(fd, buf, bytes)
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && errno == EAGAIN {
-                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                _ = poll(&pfd, 1, 1000)
-                continue
-            }
-            if n < 0 {
-                let e = errno
-                Glibc.close(out)
-                throw TransferError.system("cannot read \(display)", errno: e)
-            }
-            if n == 0 { break }
-            var done = 0
-            while done < n {
-                let w = write(out, buf + done, n - done)
-                if w < 0 && errno == EINTR { continue }
-                if w <= 0 {
-                    let e = w < 0 ? errno : EIO
-                    Glibc.close(out)
-                    throw TransferError.system("cannot spool \(display) in \(dir)", errno: e)
-                }
-                done += w
-            }
-        }
-        _ = lseek(out, 0, SEEK_SET)
-        return out
     }
 
     /// A pull's destination that is written in place: `-` (standard output), or an existing

@@ -65,6 +65,8 @@ public final class TransferProgress: @unchecked Sendable {
     }
 
     func announce(bytes: UInt64) { lock.withLock { s.filesTotal += 1; s.bytesTotal += bytes } }
+    /// A stream's length, known at its end.
+    func add(bytesTotal: UInt64) { lock.withLock { s.bytesTotal += bytesTotal } }
     func moved(raw: UInt64, wire: UInt64) { lock.withLock { s.bytesDone += raw; s.wireBytes += wire } }
     func skipped(bytes: UInt64) { lock.withLock { s.bytesDone += bytes; s.skippedBytes += bytes } }
     func fileDone(skipped: Bool = false) {

@@ -55,7 +55,11 @@ final class SinkTarget {
 final class ReceiverFile {
     let lock = Lock()
     let entry: ManifestEntry
-    let chunkCount: Int
+    /// Int.max for a stream until its FILE_DIGEST says its length.
+    var chunkCount: Int
+    /// A stream (standard input on the sending side): chunks arrive in order up to an end
+    /// announced with the digest; no journal, no resume.
+    let isStream: Bool
     let dir: DirHandle
     let name: String
     let display: String
@@ -76,13 +80,14 @@ final class ReceiverFile {
 
     init(entry: ManifestEntry, chunkBytes: Int, dir: DirHandle, name: String, display: String) {
         self.entry = entry
-        self.chunkCount = ResumeJournal.chunkCount(size: entry.size, chunkBytes: chunkBytes)
+        isStream = entry.size == ManifestEntry.streamSize
+        self.chunkCount = isStream ? Int.max : ResumeJournal.chunkCount(size: entry.size, chunkBytes: chunkBytes)
         self.dir = dir
         self.name = name
         self.display = display
     }
 
-    var isSmall: Bool { chunkCount <= 1 }
+    var isSmall: Bool { !isStream && chunkCount <= 1 }
     var identity: SourceIdentity {
         SourceIdentity(size: entry.size, mtimeSeconds: entry.mtimeSeconds, mtimeNanoseconds: entry.mtimeNanoseconds, chunkBytes: 0)
     }
@@ -196,9 +201,23 @@ final class Receiver: @unchecked Sendable {
                 case .fileDigest:
                     let id = try r.u64()
                     let digest = try r.hash()
+                    let streamSize: UInt64? = r.remaining == 8 ? try r.u64() : nil
                     try r.expectEnd()
                     guard let f = lock.withLock({ files[id] }) else { throw TransferError.protocolError("digest for unknown file") }
+                    guard f.isStream == (streamSize != nil) else { throw TransferError.protocolError("a stream's length is said with its digest, and only a stream's") }
                     f.lock.lock()
+                    if let size = streamSize {
+                        guard size <= 1 << 56, f.senderDigest == nil else {
+                            f.lock.unlock()
+                            throw TransferError.protocolError("stream length out of range")
+                        }
+                        f.chunkCount = ResumeJournal.chunkCount(size: size, chunkBytes: chunkBytes)
+                        ctx.progress.add(bytesTotal: size)
+                        // The partial holds every chunk at its offset; its length is the stream's.
+                        if f.partFd >= 0 && ftruncate(f.partFd, off_t(size)) != 0 {
+                            _ = failFile(f, "cannot write '\(f.display)': \(String(cString: strerror(errno)))")
+                        }
+                    }
                     f.senderDigest = digest
                     let verdict = maybeCommit(f)
                     f.lock.unlock()
@@ -393,6 +412,11 @@ final class Receiver: @unchecked Sendable {
         guard lock.withLock({ files.count }) < Receiver.filesInFlightMax else {
             throw TransferError.protocolError("more than \(Receiver.filesInFlightMax) files announced without a verdict")
         }
+        if e.size == ManifestEntry.streamSize {
+            // A stream is the one file of a push (`ferry cp - ...`).
+            guard parts.isEmpty, targetFile != nil, sink == nil else { throw TransferError.protocolError("a stream that is not the single file of a push") }
+            return try planStream(e, dir: dir, name: name, display: display, refusals: &refusals)
+        }
         let chunks = ResumeJournal.chunkCount(size: e.size, chunkBytes: chunkBytes)
         if chunks > Receiver.chunksPerFileMax {
             let need = (e.size + UInt64(Receiver.chunksPerFileMax) - 1) / UInt64(Receiver.chunksPerFileMax)
@@ -480,6 +504,33 @@ final class Receiver: @unchecked Sendable {
             refusals.append((e.id, err))
             ctx.progress.fileFailed(err)
         }
+        return PlanEntry(id: e.id, action: .full)
+    }
+
+    /// A stream's plan: always sent in full, into a fresh partial file without journal (nothing
+    /// of a stream can be resumed); what is in the way is refused as for any file.
+    private func planStream(_ e: ManifestEntry, dir: DirHandle, name: String, display: String, refusals: inout [(UInt64, String)]) throws -> PlanEntry {
+        let f = ReceiverFile(entry: e, chunkBytes: chunkBytes, dir: dir, name: name, display: display)
+        ctx.progress.announce(bytes: 0)
+        lock.withLock { files[e.id] = f }
+        var st = stat()
+        if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & S_IFMT != S_IFREG && st.st_mode & S_IFMT != S_IFLNK {
+            let why = "cannot write '\(display)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)"
+            f.failed = true
+            refusals.append((e.id, why))
+            ctx.progress.fileFailed(why)
+            return PlanEntry(id: e.id, action: .full)
+        }
+        let fd = openat(dir.fd, PartialNames.part(name), O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd < 0 {
+            let why = "cannot write '\(display)': \(String(cString: strerror(errno))) (\(errno))"
+            f.failed = true
+            refusals.append((e.id, why))
+            ctx.progress.fileFailed(why)
+            return PlanEntry(id: e.id, action: .full)
+        }
+        f.partFd = fd
+        _ = unlinkat(dir.fd, PartialNames.journal(name), 0)  // an older journal of a file: not this
         return PlanEntry(id: e.id, action: .full)
     }
 
@@ -596,13 +647,18 @@ final class Receiver: @unchecked Sendable {
 
     /// Records one verified, written chunk; commits the file when complete.
     func chunkWritten(_ f: ReceiverFile, index: Int, hash: ChunkHash, rawBytes: Int, wireBytes: Int) -> (UInt64, Bool, String)? {
+        if f.isStream && index >= f.present.count {
+            // A stream's bookkeeping grows with what arrived (bounded by chunksPerFileMax).
+            f.present += [Bool](repeating: false, count: index + 1 - f.present.count)
+            f.hashes += [ChunkHash](repeating: .zero, count: index + 1 - f.hashes.count)
+        }
         if !f.present[index] {
             f.present[index] = true
             f.presentCount += 1
         }
         f.hashes[index] = hash
         ctx.progress.moved(raw: UInt64(rawBytes), wire: UInt64(wireBytes))
-        if f.sink != nil { return maybeCommit(f) }
+        if f.sink != nil || f.isStream { return maybeCommit(f) }
         f.pendingDurable.append((index, hash))
         f.pendingBytes += rawBytes
         if f.pendingBytes >= Receiver.durableGroupBytes(size: f.entry.size, chunkBytes: chunkBytes) || monotonicNs() - f.lastSyncNs >= Receiver.durableGroupNs {

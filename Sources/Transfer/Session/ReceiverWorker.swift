@@ -168,9 +168,10 @@ final class ReceiverWorker {
         }
         let payload = p + DataLayout.chunkSubheaderBytes
         let payloadBytes = length - DataLayout.chunkSubheaderBytes
-        guard !f.isSmall, index < f.chunkCount else { throw TransferError.protocolError("chunk \(index) out of range for file \(id)") }
+        guard !f.isSmall, index < f.chunkCount, index < Receiver.chunksPerFileMax else { throw TransferError.protocolError("chunk \(index) out of range for file \(id)") }
         let offset = UInt64(index) * UInt64(chunkBytes)
-        guard rawBytes == Int(min(UInt64(chunkBytes), f.entry.size - offset)) else {
+        // A stream's chunks are full but for its last; its length comes with its digest.
+        guard f.isStream ? (1...chunkBytes).contains(rawBytes) : rawBytes == Int(min(UInt64(chunkBytes), f.entry.size - offset)) else {
             throw TransferError.protocolError("chunk \(index) of file \(id) has the wrong length")
         }
         var data = payload

@@ -6,12 +6,17 @@ import Glibc
 final class SenderFile {
     let id: UInt64
     let path: String
-    let size: UInt64
+    /// Bytes; for a stream, those read so far (its entry said `ManifestEntry.streamSize`).
+    var size: UInt64
+    /// Read to its end while sent (standard input, a FIFO): chunks are read in order, their
+    /// count is known at the end, and none can be read again.
+    let isStream: Bool
     /// The manifest's mtime: a file whose size or mtime differs after its last read changed
     /// while being read.
     let mtimeSeconds: Int64
     let mtimeNanoseconds: UInt32
-    let chunkCount: Int
+    /// Int.max for a stream until its end is read.
+    var chunkCount: Int
     var fd: Int32 = -1
     var cursor = 0
     var processed = 0
@@ -27,15 +32,16 @@ final class SenderFile {
     init(entry: ManifestEntry, chunkBytes: Int) {
         id = entry.id
         path = entry.path
-        size = entry.size
+        isStream = entry.size == ManifestEntry.streamSize
+        size = isStream ? 0 : entry.size
         mtimeSeconds = entry.mtimeSeconds
         mtimeNanoseconds = entry.mtimeNanoseconds
-        chunkCount = ResumeJournal.chunkCount(size: entry.size, chunkBytes: chunkBytes)
+        chunkCount = isStream ? Int.max : ResumeJournal.chunkCount(size: entry.size, chunkBytes: chunkBytes)
         hashes = []
     }
 
     /// A file of at most one chunk travels inside a small-file batch.
-    var isSmall: Bool { chunkCount <= 1 }
+    var isSmall: Bool { !isStream && chunkCount <= 1 }
 }
 
 /// The sending side of a session (the client in a push, the server in a pull).
@@ -56,6 +62,8 @@ final class Sender: @unchecked Sendable {
     let compressionPolicy: SharedCompressionPolicy
     private let rootFd: Int32
     private let rootIsFile: Bool
+    private let stream: Bool
+    private var streamAnnounced = false
     /// How messages name a single-file source (the user's path, or the path asked for).
     private let rootName: String?
     private let walker: TreeWalker
@@ -87,14 +95,17 @@ final class Sender: @unchecked Sendable {
 
     /// `rootFd`: the source, a directory or a regular file, opened O_RDONLY; owned by the Sender.
     /// `name`: how messages name the source when it is a single file.
-    init(ctx: SessionContext, rootFd: Int32, name: String? = nil) throws {
+    /// `stream`: `rootFd` is a stream (standard input, a FIFO, a character device) sent as one
+    /// file read to its end while it is sent: one data stream reads it, in order.
+    init(ctx: SessionContext, rootFd: Int32, name: String? = nil, stream: Bool = false) throws {
         self.ctx = ctx
         self.rootFd = rootFd
+        self.stream = stream
         self.rootName = name.flatMap { $0.isEmpty ? nil : $0 }
         compressionPolicy = SharedCompressionPolicy(mode: ctx.options.compression, streams: ctx.options.streams ?? TransferOptions.automaticStreams)
         var st = stat()
         _ = try sys("cannot stat source") { fstat(rootFd, &st) }
-        rootIsFile = (st.st_mode & S_IFMT) == S_IFREG
+        rootIsFile = stream || (st.st_mode & S_IFMT) == S_IFREG
         walker = TreeWalker(rootFd: rootFd, recursive: ctx.options.recursive)
         limiter = ctx.options.bandwidthLimitBytesPerSecond.map { RateLimiter(bytesPerSecond: $0) }
     }
@@ -152,7 +163,7 @@ final class Sender: @unchecked Sendable {
             w.u32(0)
             count = 0
         }
-        while let e = try walker.next() {
+        while let e = try nextEntry() {
             if let err = ctx.error { throw err }
             if e.kind == .file {
                 // Bounded memory: at most filesInFlightMax files between manifest and verdict.
@@ -169,7 +180,7 @@ final class Sender: @unchecked Sendable {
                 }
                 let f = SenderFile(entry: e, chunkBytes: chunkBytes)
                 lock.withLock { files[f.id] = f }
-                ctx.progress.announce(bytes: e.size)
+                ctx.progress.announce(bytes: f.isStream ? 0 : e.size)
             } else if e.kind == .special {
                 ctx.progress.specialSkipped(e.path, mode: e.mode)
             }
@@ -179,6 +190,17 @@ final class Sender: @unchecked Sendable {
         }
         try flush()
         try ctx.control.send(.manifestEnd, ring: ring)
+    }
+
+    /// The next manifest entry: the walker's, or for a stream its one entry.
+    private func nextEntry() throws -> ManifestEntry? {
+        guard stream else { return try walker.next() }
+        if streamAnnounced { return nil }
+        streamAnnounced = true
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return ManifestEntry(id: 1, kind: .file, path: "", size: ManifestEntry.streamSize, mtimeSeconds: Int64(ts.tv_sec),
+                             mtimeNanoseconds: UInt32(ts.tv_nsec), mode: 0o644, linkTarget: "")
     }
 
     private func readControl() {
@@ -265,7 +287,7 @@ final class Sender: @unchecked Sendable {
 
     /// Lock held.
     private func enqueueFull(_ f: SenderFile) {
-        f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
+        f.hashes = f.isStream ? [] : [ChunkHash](repeating: .zero, count: f.chunkCount)
         f.cursor = 0
         f.processed = 0
         if f.isSmall { smallQueue.append(f) } else { bigQueue.append(f) }
@@ -397,6 +419,11 @@ final class Sender: @unchecked Sendable {
     /// Queues one chunk to be sent again, once; lock held.
     private func queueResend(_ id: UInt64, _ index: Int) throws {
         guard let f = files[id], !f.failed, index < max(f.chunkCount, 1) else { return }
+        if f.isStream {
+            // Nothing of a stream can be read again: the copy of it fails (rerun it).
+            failLocally(f, "a chunk of \(displayPath(f)) arrived damaged and a stream cannot be read again; nothing was written at its name")
+            return
+        }
         guard resendPending.insert(ResendKey(id: id, index: index)).inserted else { return }
         if resendPending.count > Sender.resendPendingMax {
             throw TransferError.protocolError("the receiver asked for more than \(Sender.resendPendingMax) chunks again")
@@ -475,22 +502,40 @@ final class Sender: @unchecked Sendable {
     func record(_ f: SenderFile, index: Int, hash: ChunkHash, resend: Bool, ring: Ring) throws {
         let digest: ChunkHash? = lock.withLock {
             if resend || f.failed || f.isSmall { return nil }  // one-chunk files: verdict comes per file
-            f.hashes[index] = hash
+            if f.isStream && index == f.hashes.count { f.hashes.append(hash) } else { f.hashes[index] = hash }
             f.processed += 1
             guard f.processed == f.chunkCount, !f.isSmall else { return nil }
             var st = stat()
-            if f.fd >= 0 && fstat(f.fd, &st) == 0 && Sender.differs(f, st) {
+            if !f.isStream && f.fd >= 0 && fstat(f.fd, &st) == 0 && Sender.differs(f, st) {
                 failChanged(f)
                 return nil
             }
             return FileDigest.of(f.hashes)
         }
-        if let digest {
-            var w = ByteWriter(capacity: 24)
-            w.u64(f.id)
-            w.hash(digest)
-            try ctx.control.send(.fileDigest, w.bytes, ring: ring)
+        if let digest { try sendDigest(f, digest, ring: ring) }
+    }
+
+    /// FILE_DIGEST: the file's id and digest; for a stream also its length, known only now.
+    private func sendDigest(_ f: SenderFile, _ digest: ChunkHash, ring: Ring) throws {
+        var w = ByteWriter(capacity: 32)
+        w.u64(f.id)
+        w.hash(digest)
+        if f.isStream { w.u64(f.size) }
+        try ctx.control.send(.fileDigest, w.bytes, ring: ring)
+    }
+
+    /// A stream's end was read: it has `chunks` chunks and `size` bytes. Called by the one
+    /// data stream that reads it, before it records the last chunk (if any); when every chunk
+    /// is already recorded (the end fell on a chunk boundary), the digest goes now.
+    func streamEnded(_ f: SenderFile, chunks: Int, size: UInt64, ring: Ring) throws {
+        let digest: ChunkHash? = lock.withLock {
+            f.chunkCount = chunks
+            f.size = size
+            guard !f.failed, f.processed == chunks else { return nil }
+            return FileDigest.of(f.hashes)
         }
+        ctx.progress.add(bytesTotal: size)
+        if let digest { try sendDigest(f, digest, ring: ring) }
     }
 
     /// `--checksum` verdict: identical → FILE_SKIP; different → sent in full.

@@ -67,6 +67,26 @@ final class SenderWorker {
     }
 
 
+    /// Reads up to one chunk of a stream (a pipe, a FIFO, a terminal): fewer bytes only at
+    /// its end. Waits for a writer that is slow; a read error fails the session.
+    private func readStream(_ fd: Int32, into dst: UnsafeMutableRawPointer, _ f: SenderFile) throws -> Int {
+        var got = 0
+        while got < chunkBytes {
+            if sender.ctx.isFinished { throw sender.ctx.error ?? TransferError(.io, "stopped", resumable: false) }
+            let n = Glibc.read(fd, dst + got, chunkBytes - got)
+            if n > 0 { got += n; continue }
+            if n == 0 { break }
+            if errno == EINTR { continue }
+            if errno == EAGAIN {
+                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&pfd, 1, 1000)
+                continue
+            }
+            throw TransferError.system("cannot read \(sender.displayPath(f))", errno: errno)
+        }
+        return got
+    }
+
     /// True when [offset, offset+length) is a hole (no data) in a sparse file.
     private func isHole(fd: Int32, offset: UInt64, length: Int) -> Bool {
         let next = lseek(fd, off_t(offset), SEEK_DATA)
@@ -114,11 +134,19 @@ final class SenderWorker {
     func sendChunk(_ f: SenderFile, _ index: Int, resend: Bool) throws {
         guard let fd = try sender.descriptor(f) else { return }
         let offset = UInt64(index) * UInt64(chunkBytes)
-        let length = Int(min(UInt64(chunkBytes), f.size - offset))
+        var length = f.isStream ? chunkBytes : Int(min(UInt64(chunkBytes), f.size - offset))
         let data = pool.buffer(0) + headroom
         var codec = ChunkCodec.raw
         let hash: ChunkHash
-        if f.sparse && isHole(fd: fd, offset: offset, length: length) {
+        if f.isStream {
+            // In order, from the one stream that reads it: up to a chunk, fewer only at its end.
+            length = try readStream(fd, into: data, f)
+            if length < chunkBytes {
+                try sender.streamEnded(f, chunks: length == 0 ? index : index + 1, size: offset + UInt64(length), ring: ring)
+                if length == 0 { return }
+            }
+            hash = ChunkHash.of(data, length)
+        } else if f.sparse && isHole(fd: fd, offset: offset, length: length) {
             codec = .zero
             hash = zeroHashes.hash(length, scratch: pool.buffer(1))
         } else {

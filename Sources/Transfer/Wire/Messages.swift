@@ -210,6 +210,9 @@ enum EntryKind: UInt8 {
 /// One entry of the streamed manifest. `path` is relative to the transfer's root ("" = the
 /// root itself: the single file, or the top directory).
 struct ManifestEntry {
+    /// `size` of a stream (standard input, a FIFO): read to its end while it is sent. Its
+    /// length travels with its digest (`FILE_DIGEST` then carries a u64 size).
+    static let streamSize = UInt64.max
     var id: UInt64
     var kind: EntryKind
     var path: String
@@ -240,7 +243,7 @@ struct ManifestEntry {
         guard nsec < 1_000_000_000 else { throw TransferError.protocolError("bad mtime") }
         let mode = try r.u32()
         let target = kind == .symlink ? try r.string(maxBytes: PathLimits.symlinkTargetBytesMax) : ""
-        guard size <= 1 << 56 else { throw TransferError.protocolError("file size out of range") }
+        guard size <= 1 << 56 || (size == ManifestEntry.streamSize && kind == .file) else { throw TransferError.protocolError("file size out of range") }
         return ManifestEntry(id: id, kind: kind, path: path, size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, mode: kind == .special ? mode & 0o177777 : mode & 0o7777, linkTarget: target)
     }
 }
