@@ -291,7 +291,8 @@ struct SlurmE2ETests {
         let id5 = try #require(j5.id, "\(j5.output)")
         var staging: [String: Any]?
         for _ in 0..<60 where staging == nil && site.timeLeft {
-            staging = try site.cache().first { $0["source"] as? String == "gfs://wuxi/slow" && $0["state"] as? String == "staging" }
+            // Staging, with its transfer job recorded (the entry exists a moment before it).
+            staging = try site.cache().first { $0["source"] as? String == "gfs://wuxi/slow" && $0["state"] as? String == "staging" && $0["job"] is Int }
             if staging == nil { usleep(250_000) }
         }
         let entryJob = try #require(staging?["job"] as? Int, "\(String(describing: staging))")
