@@ -78,6 +78,8 @@ final class Sender: @unchecked Sendable {
     private var checkQueue: [SenderFile] = []
     private var resendQueue: [(SenderFile, Int)] = []
     private var endAcknowledged = false
+    /// Set when the control-reading thread has left `readControl`.
+    private var readerDone = false
     /// Files failed on this side, not yet reported to the receiver (see `SourceFailure`).
     private var sourceFailures: [SourceFailure] = []
     /// Held while reporting: the END that follows the last verdict can never overtake a report.
@@ -117,7 +119,10 @@ final class Sender: @unchecked Sendable {
     /// Streams the manifest, waits for every file's verdict, ends the session.
     func runControl() throws {
         ctx.startHeartbeat()
-        spawnThread(name: "ferry-sender-control") { [self] in readControl() }
+        // Weakly held: the session's owner, not this thread, releases the Sender (and with it
+        // the connection's TLS state), so that nothing is freed on a thread that outlives it
+        // while the process exits (a CI run once aborted there after a successful copy).
+        spawnThread(name: "ferry-sender-control") { [weak self] in self?.readControl() }
         do {
             try streamManifest()
             // Wait until every file has its verdict.
@@ -141,7 +146,12 @@ final class Sender: @unchecked Sendable {
                 }
             }
             ctx.finish()
-            lock.withLock { cond.broadcast() }
+            // The reader returns right after END_ACK: wait for it (bounded) before the caller
+            // closes the connection it was reading.
+            lock.withLock {
+                cond.broadcast()
+                for _ in 0..<20 where !readerDone { cond.wait(seconds: 0.1) }
+            }
         } catch {
             ctx.fail(asTransferError(error))
             lock.withLock { cond.broadcast() }
@@ -204,6 +214,7 @@ final class Sender: @unchecked Sendable {
     }
 
     private func readControl() {
+        defer { lock.withLock { readerDone = true; cond.broadcast() } }
         do {
             let ring = try Ring(entries: 8)
             while !ctx.isFinished {
