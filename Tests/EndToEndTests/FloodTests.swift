@@ -261,7 +261,7 @@ while time.time() - start < seconds and not os.path.exists(stop):
         // The flood went on meanwhile (a report written after the transfers says so); it
         // keeps going for a few seconds more.
         let elapsedAfter = (FloodTests.report(reportPath)?["elapsed"] as? Double ?? 0) + 0.6
-        waitUntil(timeout: 20, interval: 0.25) {
+        waitUntil(timeout: 60, interval: 0.25) {
             rep = FloodTests.report(reportPath) ?? rep
             return (rep["elapsed"] as? Double ?? 0) > max(elapsedAfter, 8)
         }

@@ -150,7 +150,7 @@ struct IdentityTests {
         let many = try ManifestClient.pushManifest(sb, server: server, entries: [.directory(path: "")] + (0..<1_000_000).map { .file(path: "f\($0)", size: 1) }, chunkBytes: 4 << 20)
         // The server ends the session with the reason (the client may see only the reset that
         // follows an unread manifest, so the server's own log line is checked).
-        let said = waitUntil(timeout: 10, interval: 0.1) { server.process.stderr.contains("files announced without a verdict") }
+        let said = waitUntil(timeout: 60, interval: 0.1) { server.process.stderr.contains("files announced without a verdict") }
         #expect(said, "\(many.prefix(300)); server: \(server.process.stderr.suffix(600))")
         let rss = residentKiB(server.process.pid)
         #expect(rss > 0 && rss < 400 * 1024, "server resident memory \(rss) KiB after hostile manifests")
