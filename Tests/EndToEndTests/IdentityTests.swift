@@ -176,7 +176,7 @@ enum ManifestClient {
     }
 
     static let script = #"""
-import hashlib, hmac, json, socket, ssl, struct, sys, threading, time
+import hashlib, hmac, json, select, socket, ssl, struct, sys, time
 host, port, ca, token, chunk, spec, target = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], sys.argv[7].encode()
 def u16(v): return struct.pack("<H", v)
 def frame(t, payload): return struct.pack("<IBBH", len(payload), t, 0, 0) + payload
@@ -208,34 +208,55 @@ d.sendall(b"FERRY\0\0\0" + struct.pack("<HHI", 2, 2, 0))
 proof = hmac.new(secret, b"ferry-join" + sid + bytes([0]), hashlib.sha256).digest()
 d.sendall(frame(0x03, sid + bytes([0]) + proof))
 read_frame(d)
+# One thread drives the TLS socket both ways, non-blocking: OpenSSL does not allow one
+# connection to be read and written from two threads at once (a reader thread beside the
+# writer once saw a false end of stream, and the test blamed the server).
 answer = {"message": ""}
-def reader():
-    try:
-        while True:
-            t, p = read_frame(s)
-            if t == 0x7F:
-                answer["message"] = p.decode("utf-8", "replace"); return
-            if t == 0x0A and not answer["message"]:
-                # a per-file verdict: [count][id u64][ok u8][message]
-                n = struct.unpack("<I", p[:4])[0]
-                if n and p[12] == 1:
-                    m = struct.unpack("<H", p[13:15])[0]
-                    answer["message"] = p[15:15 + m].decode("utf-8", "replace"); return
-    except Exception as e:
-        answer["message"] = answer["message"] or "closed: %s" % e
-th = threading.Thread(target=reader, daemon=True); th.start()
 entries = json.loads(open(spec).read())
-try:
-    for start in range(0, len(entries), 4096):
-        if answer["message"]: break
+s.setblocking(False)
+out, inbuf, next_start, deadline = bytearray(), bytearray(), 0, time.time() + 100
+def parse():
+    while len(inbuf) >= 8:
+        n, t, _, _ = struct.unpack("<IBBH", bytes(inbuf[:8]))
+        if len(inbuf) < 8 + n: return
+        p = bytes(inbuf[8:8 + n]); del inbuf[:8 + n]
+        if t == 0x7F:
+            answer["message"] = p.decode("utf-8", "replace"); return
+        if t == 0x0A:
+            # a per-file verdict: [count][id u64][ok u8][message]
+            c = struct.unpack("<I", p[:4])[0]
+            if c and p[12] == 1:
+                m = struct.unpack("<H", p[13:15])[0]
+                answer["message"] = p[15:15 + m].decode("utf-8", "replace"); return
+while not answer["message"] and time.time() < deadline:
+    if not out and next_start < len(entries):
+        batch = entries[next_start:next_start + 4096]
         body = b""
-        for i, (kind, path, size) in enumerate(entries[start:start + 4096]):
+        for i, (kind, path, size) in enumerate(batch):
             p = path.encode()
-            body += struct.pack("<QB", start + i + 1, kind) + u16(len(p)) + p + struct.pack("<QqII", size, 0, 0, 0o644)
-        s.sendall(frame(0x05, struct.pack("<I", len(entries[start:start + 4096])) + body))
-except Exception as e:
-    pass
-th.join(60)
+            body += struct.pack("<QB", next_start + i + 1, kind) + u16(len(p)) + p + struct.pack("<QqII", size, 0, 0, 0o644)
+        out += frame(0x05, struct.pack("<I", len(batch)) + body)
+        next_start += len(batch)
+    r, w, _ = select.select([s], [s] if out else [], [], 0 if s.pending() else 1.0)
+    if r or s.pending():
+        try:
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    answer["message"] = "closed: end of stream"; break
+                inbuf += c
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except OSError as e:
+            answer["message"] = "closed: %s" % e
+        parse()
+    if w and out and not answer["message"]:
+        try:
+            del out[:s.send(bytes(out[:65536]))]
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except OSError as e:
+            answer["message"] = "closed: %s" % e
 print(json.dumps(answer))
 """#
 
