@@ -52,17 +52,17 @@ public struct DaemonAPI: Sendable {
 
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
-        router.get("/api/v1/health") { _, _ in
+        router.get("/api/v1/health") { _, _ in try await onPool {
             // Unauthenticated: only what the configuration names (peers, allowed hosts).
             let peers = (runner?.tuner.snapshot() ?? [:]).filter { runner?.isConfiguredKey($0.key) ?? false }.mapValues { ["streams": $0.streams, "active": $0.active, "rate_bytes_per_second": Int($0.lastRate), "errors": $0.errors] }
             return json(200, ["status": "ok", "center": center, "peers": peers, "transfer": transfer,
                               "jobs": (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]])
-        }
+        } }
         router.get("/api/v1/openapi.json") { _, _ in
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: DaemonAPI.openAPI)))
         }
         router.get("/metrics") { _, _ in
-            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: metrics())))
+            try await onPool { Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: metrics()))) }
         }
         router.post("/api/v1/transfers") { request, _ in
             try await handle(request) { user in
@@ -135,7 +135,7 @@ public struct DaemonAPI: Sendable {
                 let api = self
                 // One event when anything changes (state, bytes), polled every 0.5 s, at most a
                 // day; the stream ends with the job's final state.
-                let body = ResponseBody { writer in
+                let body = ResponseBody { writer in try await onPool {
                     var last = ""
                     for _ in 0..<(2 * 86_400) {
                         guard let job = try api.store.get(id) else { break }
@@ -150,7 +150,7 @@ public struct DaemonAPI: Sendable {
                         try await Task.sleep(nanoseconds: 500_000_000)
                     }
                     try await writer.finish(nil)
-                }
+                } }
                 return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
             }
         }
@@ -193,7 +193,13 @@ public struct DaemonAPI: Sendable {
     /// missing token, a path outside the scopes, another user's job or dataset answered as
     /// missing, a host that is no peer) and every failure is answered as JSON and written to the
     /// audit log (`api`, `METHOD /path`, `refused: STATUS reason`), with the user when known.
+    ///
+    /// The whole of it, and `body`, runs on the daemon's blocking pool (`BlockingPool`).
     func handle(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
+        try await onPool(request.method == .get || request.method == .head ? .reads : .writes) { try await authenticated(request, body) }
+    }
+
+    private func authenticated(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
         var who = ""
         var whoCenter = ""
         func refuse(_ status: Int, _ message: String) -> Response {
@@ -241,6 +247,10 @@ public struct DaemonAPI: Sendable {
             return refuse(e.code == .auth || e.code == .permission ? 403 : 400, e.message)
         } catch is DecodingError {
             return refuse(400, "the body is not a transfer request (JSON with at least source and destination)")
+        } catch let e as SQLStoreError {
+            // A busy database: 503, ask again (scheduler hooks do); anything else is ours (500),
+            // with its reason in the answer and the audit log rather than an empty 500.
+            return refuse(e.busy ? 503 : 500, e.description)
         }
     }
 

@@ -39,10 +39,12 @@ extension DaemonAPI {
                 let account = try runner.settings.identities.resolve(user.user, export: export)
                 let parts = r.dataset.split(separator: "@", maxSplits: 1).map(String.init)
                 let center = self.center
-                // A big tree takes a while: off the event loop. The directory is opened beneath
-                // its export component by component, as the user's account; the scan's threads
-                // act as that account too (the catalog's own writes stay the daemon's).
-                let summary: RegisterSummary = try await offLoop {
+                // A big tree takes a while (on the API's write pool, see BlockingPool; nothing in
+                // this closure suspends, so the thread that adopts the account restores it). The
+                // directory is opened beneath its export component by component, as the user's
+                // account; the scan's threads act as that account too (the catalog's own writes
+                // stay the daemon's).
+                let summary: RegisterSummary = try {
                     if let account { try ThreadIdentity.adopt(account) }
                     let fd: Int32
                     do {
@@ -53,7 +55,7 @@ extension DaemonAPI {
                     return try catalog.register(root: dir, dataset: parts[0], version: parts.count > 1 ? parts[1] : "", owner: user.user, center: center,
                                                 readers: r.readers, description: r.description, license: r.license, hash: r.hash ?? false,
                                                 replicaPath: r.path, administrator: user.isOperator, rootFd: fd, account: account)
-                }
+                }()
                 auditLine(user, action: "register", path: "\(r.path) -> gfs://\(center)/\(r.dataset)",
                           result: "ok: \(summary.added) added, \(summary.changed) changed, \(summary.removed) removed", files: summary.files, bytes: summary.bytes,
                           seconds: summary.seconds)
@@ -179,15 +181,6 @@ extension DaemonAPI {
             throw HTTPFailure(status: 404, message: "no dataset at \(text)")
         }
         return (d, path)
-    }
-}
-
-/// Runs blocking work (database transactions, file system walks) on a thread of its own, so
-/// that the server's event loops keep answering while it runs (ten scheduler hooks staging at
-/// once must not stall the API).
-func offLoop<T>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { done in
-        Thread.detachNewThread { done.resume(with: Result { try body() }) }
     }
 }
 

@@ -72,8 +72,7 @@ extension DaemonAPI {
         router.post("/api/v1/stage/in") { request, _ in
             try await handle(request) { user in
                 let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
-                let api = self
-                let items = try await offLoop { try api.stageIn(r) }
+                let items = try stageIn(r)
                 auditStaging(user, "stage-in", r, items)
                 return try codable(200, ["items": items])
             }
@@ -81,8 +80,7 @@ extension DaemonAPI {
         router.post("/api/v1/stage/out") { request, _ in
             try await handle(request) { user in
                 let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
-                let api = self
-                let items = try await offLoop { try api.stageOut(r) }
+                let items = try stageOut(r)
                 auditStaging(user, "stage-out", r, items)
                 return try codable(200, ["items": items])
             }

@@ -190,10 +190,6 @@ struct SlurmE2ETests {
 
     @Test("jobs run on verified staged data; a missing source holds the job with the reason; results go to another center; ten jobs make one transfer; a cancel leaves nothing; quota evicts only unpinned data; a controller restart still ends well")
     func prestaging() throws {
-        try exclusiveHeavyTest { try prestagingRun() }
-    }
-
-    func prestagingRun() throws {
         let site = try SlurmE2ETests.start()
         defer { site.stop() }
         let sb = site.sb

@@ -375,10 +375,6 @@ struct CatalogTests {
 
     @Test("one directory of 1,000,000 entries, paged by 1,000: every entry once, in order; registered again, nothing written", arguments: Backend.allCases)
     func hugeDirectory(_ backend: Backend) throws {
-        try exclusiveHeavyTest { try hugeDirectoryRun(backend) }
-    }
-
-    func hugeDirectoryRun(_ backend: Backend) throws {
         let n = 1_000_000
         let t = try Tree(tmpfsMiB: 1024)
         try t.dir("big")

@@ -84,7 +84,10 @@ public protocol SQLDatabase: AnyObject, Sendable {
 
 public struct SQLStoreError: Error, CustomStringConvertible, Sendable {
     public var description: String
-    public init(_ d: String) { description = d }
+    /// The database was busy (a lock held longer than the busy timeout, no free connection):
+    /// asking again later can succeed (the API answers 503).
+    public var busy = false
+    public init(_ d: String, busy: Bool = false) { description = d; self.busy = busy }
 }
 
 /// Opens the database a configuration names: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
@@ -101,14 +104,23 @@ public func openDatabase(_ spec: String) throws -> any SQLDatabase {
 public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
     public let dialect = SQLDialect.sqlite
     public let location: String
-    private let queue: DatabaseQueue
+    /// A file's database is a `DatabasePool` (WAL): reads run on their own connections beside a
+    /// write transaction (a registration's, the runner's), so an API read never waits behind
+    /// a long write. ":memory:" has one connection (`DatabaseQueue`).
+    private let queue: any DatabaseWriter
 
     public init(path: String) throws {
         var config = Configuration()
         config.busyMode = .timeout(10)
+        config.maximumReaderCount = 8
         location = path
         do {
-            queue = path == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabaseQueue(path: path, configuration: config)
+            if path == ":memory:" {
+                queue = try DatabaseQueue(configuration: config)
+            } else {
+                config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+                queue = try DatabasePool(path: path, configuration: config)
+            }
             try queue.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL") }
         } catch {
             throw SQLStoreError("cannot open the database \(path): \(error)")
@@ -116,11 +128,19 @@ public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
     }
 
     public func write<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        try queue.write { db in try body(Session(db: db)) }
+        do { return try queue.write { db in try body(Session(db: db)) } } catch let e as DatabaseError where SQLiteDatabase.isBusy(e) {
+            throw SQLStoreError("the database \(location) is busy (locked for more than 10 s): \(e.message ?? "")", busy: true)
+        }
     }
 
     public func read<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        try queue.read { db in try body(Session(db: db)) }
+        do { return try queue.read { db in try body(Session(db: db)) } } catch let e as DatabaseError where SQLiteDatabase.isBusy(e) {
+            throw SQLStoreError("the database \(location) is busy (locked for more than 10 s): \(e.message ?? "")", busy: true)
+        }
+    }
+
+    static func isBusy(_ e: DatabaseError) -> Bool {
+        e.resultCode == .SQLITE_BUSY || e.resultCode == .SQLITE_LOCKED
     }
 
     struct Session: SQLSession {
@@ -202,7 +222,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
 
     private func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
         guard slots.wait(timeout: .now() + 30) == .success else {
-            throw SQLStoreError("no free connection to \(location) within 30 s")
+            throw SQLStoreError("no free connection to \(location) within 30 s", busy: true)
         }
         defer { slots.signal() }
         var conn = lock.withLock { idle.popLast() }

@@ -1,0 +1,78 @@
+import Foundation
+
+/// The threads on which the API does its blocking work: database transactions (GRDB's queue,
+/// PostgreSQL round trips), token checks, audit lines (synced writes), directory walks of the
+/// staging cache, registration scans.
+///
+/// Why (issue 14, `bench/stall.sh`): the route handlers are async, and Swift runs them on its
+/// cooperative pool, which has one thread per core: two on a two-core node. Handlers that
+/// block there (a read waiting behind a registration's write transaction, a synced audit line
+/// on a loaded disk) take those threads from everything else that is async in the process:
+/// Hummingbird's loop that takes new connections from NIO, the request bodies, the event
+/// streams. Requests then wait before they reach a handler, and with enough of them a
+/// client's timeout ends them first: the API "stops answering" although nothing in it is busy.
+///
+/// Every handler therefore runs with one of two such executors as its task executor
+/// (`DaemonAPI.handle`, `onPool`): the cooperative pool only moves bytes and never waits on a
+/// lock, a disk or a database. Each pool has a fixed number of threads (16): it bounds how much
+/// blocking work runs at once, and a request beyond it waits in the queue (in order), instead
+/// of an OS thread being made per request as the daemon's `offLoop` used to.
+public final class BlockingPool: TaskExecutor, @unchecked Sendable {
+    /// Requests that only read (GET, HEAD): job and catalog reads, event streams (a watcher
+    /// holds a thread only while it reads, not while it sleeps between reads).
+    public static let reads = BlockingPool(threads: 16, name: "ferry-api-r")
+    /// Requests that change something: submissions, stage-in and stage-out, registrations.
+    /// Apart from reads so that writes waiting for the database's lock never keep a read
+    /// from running.
+    public static let writes = BlockingPool(threads: 16, name: "ferry-api-w")
+
+    private let cond = NSCondition()
+    private var jobs: [UnownedJob] = []
+    private var head = 0
+    public let threads: Int
+
+    public init(threads: Int, name: String) {
+        self.threads = max(1, threads)
+        for i in 0..<self.threads {
+            let t = Thread { [unowned self] in self.loop() }
+            t.name = "\(name)-\(i)"
+            t.stackSize = 1 << 20
+            t.start()
+        }
+    }
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let unowned = UnownedJob(job)
+        cond.lock()
+        jobs.append(unowned)
+        cond.signal()
+        cond.unlock()
+    }
+
+    /// Jobs waiting for a thread (for /metrics).
+    public var queued: Int {
+        cond.lock()
+        defer { cond.unlock() }
+        return jobs.count - head
+    }
+
+    private func loop() {
+        while true {
+            cond.lock()
+            while head == jobs.count { cond.wait() }
+            let job = jobs[head]
+            head += 1
+            if head > 1024 && head * 2 > jobs.count {
+                jobs.removeFirst(head)
+                head = 0
+            }
+            cond.unlock()
+            job.runSynchronously(on: asUnownedTaskExecutor())
+        }
+    }
+}
+
+/// Runs `body` (async, but free to block) on one of the daemon's blocking pools.
+func onPool<T>(_ pool: BlockingPool = .reads, _ body: () async throws -> T) async throws -> T {
+    try await withTaskExecutorPreference(pool) { try await body() }
+}

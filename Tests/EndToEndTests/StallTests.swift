@@ -1,0 +1,92 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// The daemon API keeps answering while its database's writer is stuck (issue 14, the stall).
+///
+/// The stall's mechanism: route handlers blocked on the database (a read queued behind a write
+/// that waits for a lock) took the two threads of Swift's cooperative pool on a two-core node,
+/// and with them the server's loop that takes new connections, so requests that needed no
+/// database at all waited too, and clients gave up. Here another process holds SQLite's write
+/// lock for 20 s (as a long registration, a slow fsync or a second writer would), the runner's
+/// workers and a few submissions wait for it, and twenty clients keep reading: every read and
+/// every request that needs no database must be answered within 2 s, every submission must be
+/// answered (after the lock, or with an error) and none lost. On the code before the fix,
+/// reads waited behind the runner's claims on GRDB's single connection for up to the busy
+/// timeout, and the OpenAPI document behind them.
+@Suite("The daemon API under a stuck writer", .serialized)
+struct StallTests {
+    static let client = #"""
+import json, sqlite3, sys, threading, time, urllib.request, urllib.error
+api, tokfile, dbpath, hold = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+tok = open(tokfile).read().strip()
+lock = threading.Lock()
+reads, writes, lost = [], [], []
+def call(method, path, body=None, timeout=30):
+    req = urllib.request.Request(api + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+    t0 = time.time()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r: code = r.status; r.read()
+    except urllib.error.HTTPError as e:
+        code = e.code
+    return code, time.time() - t0
+# A job to read back.
+code, _ = call("POST", "/api/v1/transfers", {"source": "/scratch/in.bin", "destination": "ferry://wuxi/incoming/first.bin"})
+assert code == 201, code
+con = sqlite3.connect(dbpath, isolation_level=None, timeout=30)
+con.execute("BEGIN IMMEDIATE")
+held_at = time.time()
+stop = held_at + hold
+def reader(k):
+    paths = ["/api/v1/transfers/1", "/api/v1/transfers?limit=5", "/api/v1/openapi.json", "/api/v1/catalog/datasets"]
+    i = k
+    while time.time() < stop:
+        try:
+            code, s = call("GET", paths[i % len(paths)])
+            with lock: reads.append((paths[i % len(paths)], code, s))
+        except Exception as e:
+            with lock: lost.append("GET %s: %r" % (paths[i % len(paths)], e))
+        i += 1
+        time.sleep(0.1)
+def writer(k):
+    try:
+        code, s = call("POST", "/api/v1/transfers", {"source": "/scratch/in.bin", "destination": "ferry://wuxi/incoming/w%d.bin" % k}, timeout=60)
+        with lock: writes.append((code, s))
+    except Exception as e:
+        with lock: lost.append("POST: %r" % e)
+ws = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+rs = [threading.Thread(target=reader, args=(k,)) for k in range(20)]
+for t in ws + rs: t.start()
+for t in rs: t.join(hold + 60)
+con.execute("COMMIT")
+con.close()
+for t in ws: t.join(60)
+after, _ = call("POST", "/api/v1/transfers", {"source": "/scratch/in.bin", "destination": "ferry://wuxi/incoming/after.bin"})
+slow = sorted(reads, key=lambda r: -r[2])[:5]
+print(json.dumps({"reads": len(reads), "bad_reads": [r for r in reads if r[1] != 200], "slowest": slow, "max_read": max([r[2] for r in reads] or [99]),
+                  "writes": writes, "lost": lost[:5], "after": after}))
+"""#
+
+    @Test("SQLite's write lock held by another process for 20 s: reads answer within 2 s, submissions are answered, nothing lost")
+    func stuckWriter() throws {
+        let c = try DaemonE2ETests.start("stall")
+        defer { c.a.stop(); c.b.stop() }
+        try writeRandomFile(c.scratch + "/in.bin", size: 1000)
+        let r = runTool("/usr/bin/python3", ["-c", Self.client, c.api, c.sb.tokenFile, c.sb.file("hlrs-jobs.sqlite"), "20"], timeout: 240)
+        guard let line = r.output.split(separator: "\n").last, let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            Issue.record("the client failed: \(r.output)")
+            return
+        }
+        let reads = o["reads"] as? Int ?? 0
+        let maxRead = o["max_read"] as? Double ?? 99
+        #expect(reads >= 200, "only \(reads) reads answered in 20 s: \(line)")
+        #expect(maxRead < 2.0, "the slowest read took \(maxRead) s: \(o["slowest"] ?? "")")
+        #expect((o["bad_reads"] as? [Any])?.isEmpty == true, "reads that failed: \(o["bad_reads"] ?? "")")
+        #expect((o["lost"] as? [Any])?.isEmpty == true, "requests without an answer: \(o["lost"] ?? "")")
+        let writes = o["writes"] as? [[Any]] ?? []
+        #expect(writes.count == 4, "submissions answered: \(writes)")
+        #expect(o["after"] as? Int == 201, "a submission after the lock: \(o["after"] ?? "")")
+        #expect(c.a.isRunning)
+    }
+}

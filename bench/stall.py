@@ -1,0 +1,123 @@
+"""Load for the daemon API (bench/stall.sh): pollers, watchers, job submissions and a catalog
+registration under a new name each time (every entry
+written again) repeated, all at once, for a fixed time. Every request opens a new connection
+(as hooks and scripts do) with a 30 s timeout. Prints key<TAB>value lines."""
+import json, sys, threading, time, urllib.request, urllib.error, http.client
+
+api, tokfile, clients, watchers, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+hooks = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+scratch = sys.argv[7] if len(sys.argv) > 7 else "/scratch"  # the export's real path: directives name real paths
+tok = open(tokfile).read().strip()
+lock = threading.Lock()
+lat, errors, done_at = [], [], []
+stop = time.time() + seconds
+
+
+def call(method, path, body=None, timeout=30):
+    req = urllib.request.Request(api + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def timed(method, path, body=None):
+    t0 = time.time()
+    try:
+        r = call(method, path, body)
+        t1 = time.time()
+        with lock:
+            lat.append(t1 - t0); done_at.append(t1)
+        return r
+    except Exception as e:  # a timeout, a refused or reset connection, a 5xx
+        with lock:
+            errors.append("%s %s after %.1f s: %r" % (method, path, time.time() - t0, e))
+        return None
+
+
+def poller(k):
+    paths = ["/api/v1/transfers?limit=20", "/api/v1/health", "/api/v1/transfers?state=running", "/api/v1/catalog/datasets"]
+    i = k
+    while time.time() < stop:
+        timed("GET", paths[i % len(paths)])
+        i += 1
+        time.sleep(0.2)
+
+
+def submitter():
+    i = 0
+    while time.time() < stop:
+        timed("POST", "/api/v1/transfers", {"source": "/scratch/in/f%02d" % (i % 64), "destination": "ferry://wuxi/incoming/f%06d" % i})
+        i += 1
+        time.sleep(0.05)
+
+
+def registrar():
+    n = 0
+    while time.time() < stop:
+        t0 = time.time()
+        try:
+            call("POST", "/api/v1/catalog/register", {"path": "/scratch/tree", "dataset": "tree%d" % n, "readers": ["*"]}, timeout=600)
+            n += 1
+        except Exception as e:
+            with lock: errors.append("register: %r" % e)
+            time.sleep(1)
+    with lock: stats["registrations"] = n
+
+
+def hook(k):
+    """A scheduler's stage-in hook, job after job: ask until the input is ready (as
+    `ferry stage-in --wait` does), read the status, tear down."""
+    n = 0
+    while time.time() < stop:
+        job = "%d-%d" % (k, n)
+        body = {"job": job, "user": "bench", "directives": [{"direction": "stage_in", "source": "ferry://wuxi/archive/f%02d" % ((k + n) % 64),
+                "destination": "%s/jobs/%s/in" % (scratch, job), "optional": False, "checksum": False, "line": 2}]}
+        t0 = time.time()
+        state = ""
+        while time.time() < stop:
+            r = timed("POST", "/api/v1/stage/in", body)
+            state = r["items"][0]["state"] if r else ""
+            if state in ("ready", "failed"): break
+            time.sleep(1)
+        if state == "ready":
+            with lock: staged.append(time.time() - t0)
+        elif state == "failed":
+            with lock: errors.append("stage-in %s failed: %s" % (job, r["items"][0].get("error")))
+        timed("GET", "/api/v1/stage/status?job=" + job)
+        timed("POST", "/api/v1/stage/teardown", {"job": job})
+        n += 1
+
+
+def watcher(k):
+    while time.time() < stop:
+        t0 = time.time()
+        try:
+            req = urllib.request.Request(api + "/api/v1/transfers/%d/events" % (1 + k), headers={"Authorization": "Bearer " + tok})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                while time.time() < stop:
+                    if not r.readline(): break
+        except Exception:
+            pass  # a job that does not exist yet, or its stream ended
+        time.sleep(0.5)
+
+
+stats = {}
+staged = []
+threads = [threading.Thread(target=poller, args=(k,), daemon=True) for k in range(clients)]
+threads += [threading.Thread(target=watcher, args=(k,), daemon=True) for k in range(watchers)]
+threads += [threading.Thread(target=hook, args=(k,), daemon=True) for k in range(hooks)]
+threads += [threading.Thread(target=submitter, daemon=True), threading.Thread(target=registrar, daemon=True)]
+t_start = time.time()
+for t in threads: t.start()
+for t in threads: t.join(timeout=max(0.1, stop + 120 - time.time()))
+lat.sort()
+def pct(p): return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
+times = sorted([t_start] + done_at + [stop])
+gap = max(b - a for a, b in zip(times, times[1:]))
+staged.sort()
+print("stage_ins\t%d\nstage_in_max_s\t%.1f" % (len(staged), staged[-1] if staged else float("nan")))
+print("requests\t%d\nerrors\t%d\np50_ms\t%.1f\np99_ms\t%.1f\nmax_ms\t%.1f\nover_1s\t%d\nlongest_silence_s\t%.1f\nregistrations\t%s" % (
+    len(lat), len(errors), pct(0.5) * 1000, pct(0.99) * 1000, (lat[-1] if lat else float("nan")) * 1000,
+    sum(1 for x in lat if x > 1), gap, stats.get("registrations", "unfinished")))
+for e in errors[:5]:
+    print("error: " + e, file=sys.stderr)

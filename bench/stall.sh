@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The daemon API under load (issue 14, "find the stall"): K scheduler hooks staging inputs in
+# from a peer job after job (ask, poll every second until ready, status, teardown), P clients
+# polling the API the way scripts do (a new connection per request, 30 s timeout), W progress
+# watchers (server-sent events), jobs submitted to a peer and running, a catalog registration
+# of F files repeated the whole time (long write transactions), and H CPU hogs beside it on
+# the two cores. Two centers on loopback (127.0.0.1 only), in a temp dir in tmpfs, removed on
+# exit. Prints "key<TAB>value" lines: requests, errors, latency percentiles, the longest
+# request and the longest time with no request answered.
+#
+#   bench/stall.sh [--clients 200] [--hooks 100] [--watchers 20] [--seconds 60] [--files 200000] [--hogs 2]
+#                  [--db sqlite|postgres] [--ferry BIN]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+clients=200; hooks=100; watchers=20; seconds=60; files=200000; hogs=2; db=sqlite; ferry="$PWD/.build/release/ferry"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --clients) clients=$2; shift 2 ;; --hooks) hooks=$2; shift 2 ;; --watchers) watchers=$2; shift 2 ;; --seconds) seconds=$2; shift 2 ;;
+    --files) files=$2; shift 2 ;; --hogs) hogs=$2; shift 2 ;; --db) db=$2; shift 2 ;; --ferry) ferry=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 64 ;;
+  esac
+done
+[ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
+w=$(mktemp -d /dev/shm/ferry-stall-bench.XXXXXX)
+pids=()
+pg=""
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  [ -n "$pg" ] && scripts/postgres-test.sh stop "$pg" >/dev/null 2>&1 || true
+  rm -rf "$w"
+}
+trap cleanup EXIT
+database="jobs.sqlite"
+if [ "$db" = postgres ]; then
+  pg="/tmp/ferry-stall-bench-pg.$$"
+  base=$(scripts/postgres-test.sh start "$pg")
+  database=$(scripts/postgres-test.sh createdb "$base" ferry_stall)
+fi
+"$ferry" ca init --dir "$w/pki" >/dev/null
+for c in hlrs wuxi; do "$ferry" ca issue --dir "$w/pki" --center $c --host 127.0.0.1 >/dev/null; done
+"$ferry" token issue --cert "$w/pki/hlrs.crt" --key "$w/pki/hlrs.key" --user bench --scope rw:/ > "$w/token"
+mkdir -p "$w/scratch/in" "$w/scratch/tree" "$w/scratch/jobs" "$w/scratch/stage" "$w/incoming" "$w/archive"
+python3 - "$w/scratch" "$files" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(64):
+    data = os.urandom(256 << 10)
+    for where in ("in", "../archive"):
+        with open(os.path.join(d, where, "f%02d" % i), "wb") as f: f.write(data)
+per = 5000
+for i in range(n):
+    sub = os.path.join(d, "tree", "d%04d" % (i // per))
+    if i % per == 0: os.makedirs(sub, exist_ok=True)
+    open(os.path.join(sub, "f%07d" % i), "wb").close()
+PY
+cat > "$w/wuxi.toml" <<T
+center = "wuxi"
+run_as = "root"
+listen = ["127.0.0.1:0"]
+certificate = "pki/wuxi.crt"
+key = "pki/wuxi.key"
+ca = "pki/ca.crt"
+[[export]]
+name = "incoming"
+path = "incoming"
+access = "rw"
+users = ["center:hlrs"]
+[[export]]
+name = "archive"
+path = "archive"
+access = "ro"
+users = ["center:hlrs"]
+T
+timeout 3600 "$ferry" serve --config "$w/wuxi.toml" > "$w/wuxi.out" 2> "$w/wuxi.err" & pids+=($!)
+for _ in $(seq 1 100); do grep -q listening "$w/wuxi.out" && break; sleep 0.1; done
+bport=$(grep -o '[0-9]*$' "$w/wuxi.out" | head -1)
+cat > "$w/hlrs.toml" <<T
+center = "hlrs"
+run_as = "root"
+listen = ["127.0.0.1:0"]
+certificate = "pki/hlrs.crt"
+key = "pki/hlrs.key"
+ca = "pki/ca.crt"
+[daemon]
+database = "$database"
+api_listen = "127.0.0.1:0"
+workers = 4
+staging = "/scratch/stage"
+[[peer]]
+name = "wuxi"
+address = "127.0.0.1:$bport"
+[[export]]
+name = "scratch"
+path = "scratch"
+access = "rw"
+users = ["*"]
+T
+timeout 3600 "$ferry" serve --config "$w/hlrs.toml" > "$w/hlrs.out" 2> "$w/hlrs.err" & pids+=($!)
+for _ in $(seq 1 100); do grep -q "api listening" "$w/hlrs.out" && break; sleep 0.1; done
+api=$(sed -n 's/.*api listening on //p' "$w/hlrs.out")
+for _ in $(seq 1 "$hogs"); do timeout "$((seconds + 120))" sh -c 'while :; do :; done' & pids+=($!); done
+echo "stall bench: $hooks stage-in hooks, $clients pollers, $watchers watchers, jobs to wuxi, registration of $files files, $hogs CPU hogs, ${seconds}s, queue on $db; API at $api" >&2
+echo -e "db\t$db"
+python3 bench/stall.py "$api" "$w/token" "$clients" "$watchers" "$seconds" "$hooks" "$w/scratch"
+grep -i "error\|fatal" "$w/hlrs.err" | head -5 >&2 || true
