@@ -16,7 +16,7 @@ extension Ferry {
             Both ferry:// (third-party transfer): the source center's daemon pushes straight to
             the destination (a job, see `ferry jobs`); this command only submits and watches.
             DST may then name a peer of the source center (ferry://wuxi/incoming/run1). The
-            daemon's API is --api, FERRY_API, or http://SOURCE-HOST:7480.
+            daemon's API is --api, FERRY_API, or https://SOURCE-HOST:7480.
 
             SRC may be gfs://CENTER/DATASET[/PATH] (Global Files): the daemon named by --api or
             FERRY_API says where the dataset's replica is, and the copy reads from it.
@@ -49,7 +49,7 @@ extension Ferry {
 
         @OptionGroup var credentials: CredentialOptions
 
-        @Option(help: "Third-party copies: the source center's daemon API, http://HOST:PORT (env FERRY_API).")
+        @Option(help: "Third-party copies: the source center's daemon API, https://HOST:PORT (env FERRY_API).")
         var api: String?
 
         @Argument(help: "Source: a local path or ferry://HOST:PORT/PATH.")
@@ -135,10 +135,11 @@ extension Ferry.Copy {
     /// The daemon client of --api / FERRY_API (or `fallback`), with this command's token file.
     func apiClient(fallback: String?, json: Bool = false) throws -> (APIOptions, String) {
         guard let base = api ?? ProcessInfo.processInfo.environment["FERRY_API"] ?? fallback else {
-            throw ValidationError("a gfs:// path needs the daemon's API: --api http://HOST:PORT or FERRY_API")
+            throw ValidationError("a gfs:// path needs the daemon's API: --api https://HOST:PORT or FERRY_API")
         }
         var args = ["--api", base]
         if let t = credentials.tokenFile { args += ["--token-file", t] }
+        if let c = credentials.ca { args += ["--ca", c] }
         if json { args.append("--json") }
         return (try APIOptions.parse(args), base)
     }
@@ -176,7 +177,7 @@ extension Ferry.Copy {
         } else {
             host = String(authority.prefix { $0 != ":" })
         }
-        let (client, base) = try apiClient(fallback: "http://\(host):7480", json: json)
+        let (client, base) = try apiClient(fallback: "\(host):7480", json: json)
         var body: [String: Any] = ["source": path, "destination": destination, "recursive": options.recursive, "protection": protection,
                                    "compress": compress, "checksum": options.checksum]
         if let s = options.streams { body["streams"] = s }

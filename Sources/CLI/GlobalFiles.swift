@@ -64,7 +64,12 @@ extension Ferry {
                 if api.json { api.show(page) } else {
                     for e in (page["entries"] as? [[String: Any]]) ?? [] { print(entryLine(e, long: long)) }
                 }
-                guard all, let next = page["next_after"] as? String else { return }
+                guard let next = page["next_after"] as? String else { return }
+                guard all else {
+                    // Never a silent cut: say how to get the rest.
+                    FileHandle.standardError.write("ferry: more entries follow: --after '\(next)' for the next page, --all for every page\n".data(using: .utf8)!)
+                    return
+                }
                 cursor = next
             }
         }
@@ -168,20 +173,39 @@ extension Ferry {
         @Option(help: "A glob on the name (* ? [..]).") var name: String?
         @Option(help: "+SIZE (at least) or -SIZE (at most), K/M/G/T suffixes.") var size: String?
         @Option(help: "Modified after this: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or Unix seconds.") var newer: String?
-        @Option var limit = 1000
+        @Option(help: "At most this many results (default: every match, read a page of 1,000 at a time).") var limit: Int?
+        @Option(help: "Start after this entry (DIR/NAME, as a previous run printed it).") var after: String?
         @Argument var path: String
 
         func run() throws {
-            var q = [("path", path), ("limit", String(limit))]
-            if let n = name { q.append(("name", n)) }
+            var base = [("path", path)]
+            if let n = name { base.append(("name", n)) }
             if let s = size {
                 guard let sign = s.first, sign == "+" || sign == "-" else { throw ValidationError("--size takes +SIZE or -SIZE") }
-                q.append((sign == "+" ? "min_size" : "max_size", String(try parseSize(String(s.dropFirst()), what: "--size"))))
+                base.append((sign == "+" ? "min_size" : "max_size", String(try parseSize(String(s.dropFirst()), what: "--size"))))
             }
-            if let t = newer { q.append(("newer", String(try parseTime(t)))) }
-            let r = try api.call("GET", "/api/v1/catalog/find" + query(q))
-            if api.json { api.show(r); return }
-            for e in (r["entries"] as? [[String: Any]]) ?? [] { print(entryLine(e, long: false, full: true)) }
+            if let t = newer { base.append(("newer", String(try parseTime(t)))) }
+            if let l = limit, l < 1 { throw ValidationError("--limit is at least 1") }
+            var cursor = after
+            var printed = 0
+            // Every page until the last (or --limit); with --json, one object per page.
+            for _ in 0..<10_000_000 {
+                let want = min(1000, (limit ?? Int.max) - printed)
+                var q = base + [("limit", String(want))]
+                if let c = cursor { q.append(("after", c)) }
+                let r = try api.call("GET", "/api/v1/catalog/find" + query(q))
+                let entries = (r["entries"] as? [[String: Any]]) ?? []
+                if api.json { api.show(r) } else {
+                    for e in entries { print(entryLine(e, long: false, full: true)) }
+                }
+                printed += entries.count
+                guard let next = r["next_after"] as? String else { return }
+                if let limit, printed >= limit {
+                    FileHandle.standardError.write("ferry: more matches follow: --after '\(next)' for the next ones, or leave out --limit\n".data(using: .utf8)!)
+                    return
+                }
+                cursor = next
+            }
         }
     }
 

@@ -1,8 +1,5 @@
 import ArgumentParser
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Transfer
 
 extension Ferry {
@@ -18,8 +15,11 @@ extension Ferry {
 
 /// The daemon's API address and the user's token.
 struct APIOptions: ParsableArguments {
-    @Option(help: "The daemon's API, http://HOST:PORT (env FERRY_API).")
+    @Option(help: "The daemon's API, https://HOST:PORT (http only on loopback) (env FERRY_API).")
     var api: String?
+
+    @Option(help: "Federation CA certificate to verify an https API with (env FERRY_CA).")
+    var ca: String?
 
     @Option(name: .customLong("token-file"), help: "Your user token (env FERRY_TOKEN_FILE).")
     var tokenFile: String?
@@ -42,32 +42,27 @@ struct APIOptions: ParsableArguments {
     /// Calls the API; returns the decoded JSON object or throws `APIFailure`.
     func request(_ method: String, _ path: String, body: [String: Any]? = nil, timeout: Double = 30) throws -> [String: Any] {
         let env = ProcessInfo.processInfo.environment
-        guard let base = api ?? env["FERRY_API"], let url = URL(string: base + path) else { throw ValidationError("give the daemon's API: --api http://HOST:PORT or FERRY_API") }
+        guard let base = api ?? env["FERRY_API"] else { throw ValidationError("give the daemon's API: --api https://HOST:PORT or FERRY_API") }
         guard let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"] else { throw ValidationError("give your token: --token-file FILE or FERRY_TOKEN_FILE") }
-        var req = URLRequest(url: url, timeoutInterval: timeout)
-        req.httpMethod = method
-        req.setValue("Bearer " + (try readToken(tokenPath)), forHTTPHeaderField: "Authorization")
+        var headers = [("Authorization", "Bearer " + (try readToken(tokenPath)))]
+        var data: [UInt8]?
         if let body {
-            req.setValue("application/json", forHTTPHeaderField: "Content-Type")
-            req.httpBody = try JSONSerialization.data(withJSONObject: body)
+            headers.append(("Content-Type", "application/json"))
+            data = Array(try JSONSerialization.data(withJSONObject: body))
         }
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var result: (Data?, URLResponse?, Error?) = (nil, nil, nil)
-        // The shared session gives up after 60 s without an answer whatever the request says
-        // (FoundationNetworking); a registration of 10 M files takes longer.
-        let config = URLSessionConfiguration.default
-        config.timeoutIntervalForRequest = timeout
-        config.timeoutIntervalForResource = timeout + 1
-        let session = URLSession(configuration: config)
-        defer { session.finishTasksAndInvalidate() }
-        session.dataTask(with: req) { d, r, e in
-            result = (d, r, e)
-            done.signal()
-        }.resume()
-        if done.wait(timeout: .now() + timeout + 5) == .timedOut { throw APIFailure(message: "\(base) did not answer within \(Int(timeout)) s", transient: true) }
-        if let e = result.2 { throw APIFailure(message: "cannot reach \(base): \(e.localizedDescription)", transient: true) }
-        let status = (result.1 as? HTTPURLResponse)?.statusCode ?? 0
-        let obj = (result.0.flatMap { try? JSONSerialization.jsonObject(with: $0) } as? [String: Any]) ?? [:]
+        let answer: HTTPClient.Response
+        do {
+            let client = try HTTPClient(base, ca: ca ?? env["FERRY_CA"], timeout: timeout)
+            answer = try client.send(method, path, headers: headers, body: data)
+        } catch let e as TransferError where e.code == .usage {
+            throw ValidationError(e.message)
+        } catch let e as TransferError {
+            // A refused certificate is not worth asking again; no answer or a timeout is.
+            throw APIFailure(message: e.code == .timeout ? "\(base) did not answer within \(Int(timeout)) s" : "cannot reach \(base): \(e.message)",
+                             transient: e.code != .auth)
+        }
+        let status = answer.status
+        let obj = ((try? JSONSerialization.jsonObject(with: Data(answer.body))) as? [String: Any]) ?? [:]
         if !(200..<300).contains(status) { throw APIFailure(message: "\(obj["error"] as? String ?? "HTTP \(status)")", transient: status >= 500 || status == 0) }
         return obj
     }
@@ -89,8 +84,11 @@ struct APIOptions: ParsableArguments {
     func line(_ j: [String: Any]) -> String {
         let id = j["id"] as? Int ?? 0
         let state = j["state"] as? String ?? "?"
-        let bytes = UInt64(j["bytes"] as? Int ?? 0)
-        var s = "\(id)\t\(state)\t\(j["source"] as? String ?? "") -> \(j["destination"] as? String ?? "")\t\(byteText(bytes))\tattempts \(j["attempts"] as? Int ?? 0)"
+        // A running job: its live progress (what `jobs watch` shows), not the last checkpoint.
+        let progress = j["progress"] as? [String: Any]
+        let bytes = UInt64(progress?["bytes_done"] as? Int ?? j["bytes"] as? Int ?? 0)
+        let amount = progress.map { "\(byteText(bytes)) of \(byteText(UInt64($0["bytes_total"] as? Int ?? 0)))" } ?? byteText(bytes)
+        var s = "\(id)\t\(state)\t\(j["source"] as? String ?? "") -> \(j["destination"] as? String ?? "")\t\(amount)\tattempts \(j["attempts"] as? Int ?? 0)"
         if let e = j["error"] as? String { s += "\t\(e)" }
         return s
     }
@@ -100,7 +98,7 @@ extension Ferry.Jobs {
     struct Submit: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Submit a transfer: SRC and DST are /EXPORT/PATH at the daemon's center or ferry://PEER/PATH.",
-            discussion: "Example (center A pushes to center B, the laptop only watches): ferry jobs submit --api http://dtn-a:7480 -r /scratch/run1 ferry://b/incoming/run1")
+            discussion: "Example (center A pushes to center B, the laptop only watches): ferry jobs submit --api https://dtn-a:7480 -r /scratch/run1 ferry://b/incoming/run1")
         @OptionGroup var api: APIOptions
         @Flag(name: [.short, .customLong("recursive")]) var recursive = false
         @Option var protection = "private"
@@ -152,6 +150,9 @@ extension Ferry.Jobs {
             let page = try api.call("GET", "/api/v1/transfers" + q)
             if api.json { api.show(page); return }
             for j in page["transfers"] as? [[String: Any]] ?? [] { print(api.line(j)) }
+            if let next = page["next_after"] as? Int {
+                FileHandle.standardError.write("ferry: more jobs follow: --after \(next) for the next page\n".data(using: .utf8)!)
+            }
         }
     }
 

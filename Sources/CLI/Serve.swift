@@ -83,7 +83,7 @@ extension Ferry {
             var config: ServerConfiguration
             var daemonSection: ServerConfigFile.DaemonSection?
             var peers: [String: HostPort] = [:]
-            var peerAPIs: [String: HostPort] = [:]
+            var peerAPIs: [String: String] = [:]
             do {
                 var file = try configFile.map { try ServerConfigFile(path: $0) }
                 var exports = file?.exports ?? []
@@ -170,7 +170,11 @@ extension Ferry {
                     var retry = RetryPolicy()
                     retry.maxAttempts = d.maxAttempts
                     retry.baseSeconds = Double(d.retryBaseSeconds)
-                    let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, runner: settings, verifier: verifier, center: server.center,
+                    let apiTLS = d.apiTLS ?? !HTTPClient.isLoopback(d.apiListen.host)
+                    if !apiTLS && !HTTPClient.isLoopback(d.apiListen.host) {
+                        throw TransferError(.usage, "daemon.api_tls = false on \(d.apiListen): plain http only on a loopback api_listen (tokens would cross the network in clear)")
+                    }
+                    let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, apiTLS: apiTLS, runner: settings, verifier: verifier, center: server.center,
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas,
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
                     daemon = service
@@ -183,8 +187,9 @@ extension Ferry {
             fflush(stdout)
             let center = server.center
             do {
+                let scheme = daemon?.apiTLS == true ? "https" : "http"
                 try await runCenter(server: server, daemon: daemon) { address in
-                    print("ferry serve: center \(center) api listening on http://\(address)")
+                    print("ferry serve: center \(center) api listening on \(scheme)://\(address)")
                     fflush(stdout)
                 }
             } catch {

@@ -91,6 +91,7 @@ public struct DaemonAPI: Sendable {
                 for i in requests.indices {
                     requests[i].streams = requests[i].streams.map { max(1, min($0, 64)) }
                     try authorizePaths(requests[i], user)
+                    try validate(requests[i], user)
                 }
                 var peers: [String] = []
                 for req in requests {
@@ -119,11 +120,23 @@ public struct DaemonAPI: Sendable {
             try await handle(request) { user in
                 let q = request.uri.queryParameters
                 var f = JobFilter(owner: user.isOperator ? q["owner"].map(String.init) : user.user)
-                f.states = (q["state"].map(String.init) ?? "").split(separator: ",").compactMap { JobState(rawValue: String($0)) }
-                f.afterID = q["after"].flatMap { Int64(String($0)) } ?? 0
-                f.limit = q["limit"].flatMap { Int(String($0)) } ?? 100
-                let jobs = try store.list(f)
-                return json(200, ["transfers": jobs.map(jobObject), "next_after": jobs.last.map { Int($0.id) } as Any])
+                // An unknown state is an error, not a filter that matches everything.
+                for name in (q["state"].map(String.init) ?? "").split(separator: ",") {
+                    guard let st = JobState(rawValue: String(name)) else {
+                        throw HTTPFailure(status: 400, message: "unknown state '\(name)': one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    f.states.append(st)
+                }
+                guard let after = Int64(q["after"].map(String.init) ?? "0"), after >= 0, let limit = Int(q["limit"].map(String.init) ?? "100"), (1...1000).contains(limit) else {
+                    throw HTTPFailure(status: 400, message: "after is a job id (0 or more), limit 1 to 1000")
+                }
+                f.afterID = after
+                // One more than asked: `more` says whether another page follows.
+                f.limit = limit + 1
+                var jobs = try store.list(f)
+                let more = jobs.count > limit
+                if more { jobs.removeLast(jobs.count - limit) }
+                return json(200, ["transfers": jobs.map(jobObject), "more": more, "next_after": more ? jobs.last.map { Int($0.id) } as Any : NSNull()])
             }
         }
         router.get("/api/v1/transfers/:id") { request, context in
@@ -251,6 +264,32 @@ public struct DaemonAPI: Sendable {
             // A busy database: 503, ask again (scheduler hooks do); anything else is ours (500),
             // with its reason in the answer and the audit log rather than an empty 500.
             return refuse(e.busy ? 503 : 500, e.description)
+        }
+    }
+
+    /// What a job would only find out when it runs, answered at submit (400 with the reason):
+    /// the protection and compression words, counts and times that cannot be, and a local
+    /// source that does not exist (a job would fail on it later, after its retries).
+    func validate(_ r: JobRequest, _ user: User) throws {
+        do {
+            _ = try ProtectionLevel(parsing: r.protection)
+            _ = try CompressionMode(parsing: r.compress)
+        } catch let e as TransferError {
+            throw HTTPFailure(status: 400, message: e.message)
+        }
+        if let m = r.maxAttempts, !(1...100).contains(m) { throw HTTPFailure(status: 400, message: "max_attempts is 1 to 100, not \(m)") }
+        if let d = r.deadline, d < 0 { throw HTTPFailure(status: 400, message: "deadline is a Unix time in seconds") }
+        if !r.source.hasPrefix("ferry://"), let runner, case (.confined(let root, let components), _, let export?) = try runner.jobEndpoint(r.source) {
+            // Looked up as the owner's account (as the job will read it), so the answer tells
+            // the user nothing their own rights do not: after the scope check, on this thread
+            // only, which nothing here suspends.
+            let account = try runner.settings.identities.resolve(user.user, export: export)
+            if let account { try ThreadIdentity.adopt(account) }
+            defer { if account != nil { ThreadIdentity.restore() } }
+            var st = stat()
+            if lstat(([root] + components).joined(separator: "/"), &st) != 0 && errno == ENOENT {
+                throw HTTPFailure(status: 400, message: "'\(r.source)' does not exist")
+            }
         }
     }
 

@@ -10,7 +10,8 @@ import Transfer
 ///   GET  /api/v1/catalog/datasets   the datasets the caller may see
 ///   GET  /api/v1/catalog/ls?path=gfs://CENTER/DATASET/dir&after=NAME&limit=N   one page
 ///   GET  /api/v1/catalog/stat?path=...
-///   GET  /api/v1/catalog/find?path=...&name=GLOB&min_size=&max_size=&newer=UNIX_SECONDS&limit=
+///   GET  /api/v1/catalog/find?path=...&name=GLOB&min_size=&max_size=&newer=UNIX_SECONDS&after=DIR/NAME&limit=
+/// Pages (ls, find) say `more` (whether another page follows) and `next_after` (its cursor).
 ///   GET  /api/v1/catalog/du?path=...
 /// Paths name this center or a peer it follows (answered from the local mirror of the peer's
 /// catalog, `Federation`; `stale: true` when that peer is down); a dataset the caller may not
@@ -77,8 +78,12 @@ extension DaemonAPI {
                 if let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)), e.kind != .directory {
                     return listPage(dataset: d.qualifiedName, entries: [e], nextAfter: nil, stale: stale)
                 }
-                let entries = try catalog.list(dataset: d.id, dir: path, after: q["after"].map(String.init), limit: max(1, min(limit, 10_000)), as: viewer(user))
-                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: entries.count == limit ? entries.last?.name : nil, stale: stale)
+                // One more than asked: whether more follows is known, not guessed from a full page.
+                let want = max(1, min(limit, 10_000))
+                var entries = try catalog.list(dataset: d.id, dir: path, after: q["after"].map(String.init), limit: want + 1, as: viewer(user))
+                let more = entries.count > want
+                if more { entries.removeLast(entries.count - want) }
+                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: more ? entries.last?.name : nil, stale: stale)
             }
         }
         router.get("/api/v1/catalog/stat") { request, _ in
@@ -98,10 +103,21 @@ extension DaemonAPI {
                 let (d, path) = try resolve(request, user)
                 let q = request.uri.queryParameters
                 func int(_ k: Substring) -> Int64? { q[k].flatMap { Int64(String($0)) } }
-                let entries = try catalog.find(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
+                // Keyset paging: `after` is the previous page's `next_after`, the last entry's
+                // path within the dataset (DIR/NAME; a name holds no slash).
+                var after: EntryKey?
+                if let a = q["after"].map(String.init), !a.isEmpty {
+                    let slash = a.lastIndex(of: "/")
+                    after = EntryKey(dataset: d.id, dir: slash.map { String(a[..<$0]) } ?? "", name: slash.map { String(a[a.index(after: $0)...]) } ?? a)
+                }
+                let want = Int(max(1, min(int("limit") ?? 1000, 10_000)))
+                var entries = try catalog.find(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
                                                maxSize: int("max_size"), newerThan: int("newer").map { $0 * 1_000_000_000 },
-                                               limit: Int(max(1, min(int("limit") ?? 1000, 100_000))), as: viewer(user))
-                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil, stale: staleCenters().contains(d.center))
+                                               after: after, limit: want + 1, as: viewer(user))
+                let more = entries.count > want
+                if more { entries.removeLast(entries.count - want) }
+                let next = more ? entries.last.map { $0.dir.isEmpty ? $0.name : $0.dir + "/" + $0.name } : nil
+                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: next, stale: staleCenters().contains(d.center))
             }
         }
         router.get("/api/v1/catalog/du") { request, _ in
@@ -115,13 +131,17 @@ extension DaemonAPI {
     /// A page of entries as JSON, written directly: Foundation's JSONEncoder took about half of
     /// a 1,000-entry page's 20 ms (bench/catalog.sh). Same fields and names as `codable` gives
     /// an `Entry` (snake case).
-    func listPage(dataset: String, entries: [Entry], nextAfter: String?, stale: Bool = false) -> Response {
+    /// `paged`: the answer says `more` (the federation's pages do not: the follower reads until
+    /// a short page).
+    func listPage(dataset: String, entries: [Entry], nextAfter: String?, stale: Bool = false, paged: Bool = true) -> Response {
         var out: [UInt8] = []
         out.reserveCapacity(64 + entries.count * 200)
         func str(_ v: String) { out += Array(jsonString(v).utf8) }
         func raw(_ v: String) { out += Array(v.utf8) }
         raw("{\"dataset\":"); str(dataset)
         if stale { raw(",\"stale\":true") }
+        // `more`: whether another page follows (then `next_after` is its cursor).
+        if paged { raw(",\"more\":\(nextAfter != nil)") }
         raw(",\"next_after\":")
         if let n = nextAfter { str(n) } else { raw("null") }
         raw(",\"entries\":[")

@@ -1,6 +1,8 @@
 import Foundation
 import GlobalFS
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import ServiceLifecycle
 import Transfer
@@ -12,20 +14,22 @@ public final class DaemonService: @unchecked Sendable {
     public let runner: JobRunner
     public private(set) var api: DaemonAPI
     public let apiListen: HostPort
+    /// The API speaks HTTPS with the center's certificate (`[daemon] api_tls`).
+    public let apiTLS: Bool
     /// Follows the peers' catalogs (nil without a center certificate).
     public let federation: Federation?
 
     /// `peerAPIs`: the peers whose catalogs this center follows (`[[peer]] api`); `replicas`:
     /// where `ferry replicate` puts replicas here.
-    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
-                transfer: [String] = [], peerAPIs: [String: HostPort] = [:], syncSeconds: Int = 5, replicas: String? = nil,
+    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, apiTLS: Bool = false, runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
+                transfer: [String] = [], peerAPIs: [String: String] = [:], syncSeconds: Int = 5, replicas: String? = nil,
                 staging: String? = nil, stagingQuota: Int64 = 100 << 30, stagingBandwidth: Int64? = nil) throws {
         store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
         let catalog = try Catalog(db: store.db)
         var centers: CenterVerifier?
         if let cert = settings.tls.certificate, let key = settings.tls.key {
-            federation = try Federation(catalog: catalog, store: store, me: center, peers: peerAPIs, certificate: cert, key: key, intervalSeconds: syncSeconds)
+            federation = try Federation(catalog: catalog, store: store, me: center, peers: peerAPIs, certificate: cert, key: key, ca: settings.tls.ca, intervalSeconds: syncSeconds)
             centers = CenterVerifier(ca: settings.tls.ca, me: center, peers: Set(settings.peers.keys))
         } else {
             federation = nil
@@ -40,7 +44,26 @@ public final class DaemonService: @unchecked Sendable {
         api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: catalog, transfer: transfer, centers: centers,
                         replicaRoot: replicas, staging: stagingSettings)
         self.apiListen = apiListen
+        self.apiTLS = apiTLS
+        if apiTLS {
+            guard let cert = settings.tls.certificate, let key = settings.tls.key else {
+                throw TransferError(.usage, "the API speaks https (api_tls) with the center's certificate: give certificate and key")
+            }
+            do {
+                var tls = TLSConfiguration.makeServerConfiguration(certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
+                                                                   privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+                tls.minimumTLSVersion = .tlsv13
+                apiServer = try HTTPServerBuilder.tls(.http1(), tlsConfiguration: tls)
+            } catch {
+                throw TransferError(.auth, "the API's TLS: cannot load \(cert) and \(key): \(error)")
+            }
+        } else {
+            apiServer = .http1()
+        }
     }
+
+    /// HTTPS with the center's certificate (TLS 1.3), or plain HTTP on loopback.
+    let apiServer: HTTPServerBuilder
 
     /// Writes the API's refusals and changes and the runner's jobs to `log` (the transfer
     /// server's audit log, so one file holds every access). Before `runCenter`.
@@ -56,7 +79,7 @@ public final class DaemonService: @unchecked Sendable {
         // interleave with ferry's; warnings and errors still show.
         var logger = Logger(label: "ferry.api")
         logger.logLevel = .warning
-        return Application(router: api.router(), configuration: .init(address: .hostname(listen.host, port: Int(listen.port)), serverName: "ferry"),
+        return Application(router: api.router(), server: apiServer, configuration: .init(address: .hostname(listen.host, port: Int(listen.port)), serverName: "ferry"),
                            onServerRunning: { channel in onRunning(HostPort(host: listen.host, port: UInt16(channel.localAddress?.port ?? Int(listen.port)))) },
                            logger: logger)
     }

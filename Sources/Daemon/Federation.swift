@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import GlobalFS
 import Transfer
 
@@ -24,8 +21,10 @@ public final class Federation: @unchecked Sendable {
     let catalog: Catalog
     let store: JobStore
     public let me: String
-    /// Peer name → its API base URL (http://HOST:PORT).
+    /// Peer name → its API base URL (https://HOST:PORT; http only on loopback).
     public let peers: [String: String]
+    /// The federation CA: a peer's API must present a certificate it signed, for that peer.
+    let ca: String
     let certificateHeader: String
     let key: [UInt8]
     let interval: Double
@@ -43,11 +42,12 @@ public final class Federation: @unchecked Sendable {
     /// Entries per page when mirroring a dataset.
     public var pageSize = 20_000
 
-    public init(catalog: Catalog, store: JobStore, me: String, peers: [String: HostPort], certificate: String, key: String, intervalSeconds: Int) throws {
+    public init(catalog: Catalog, store: JobStore, me: String, peers: [String: String], certificate: String, key: String, ca: String, intervalSeconds: Int) throws {
         self.catalog = catalog
         self.store = store
         self.me = me
-        self.peers = peers.mapValues { "http://" + $0.description }
+        self.peers = peers
+        self.ca = ca
         certificateHeader = try CenterAssertion.certificateHeaderValue(certificatePath: certificate)
         self.key = try loadPrivateKey(key)
         interval = Double(max(1, intervalSeconds))
@@ -205,27 +205,23 @@ public final class Federation: @unchecked Sendable {
         s.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
     }
 
-    /// A GET of the peer's API as this center; nil for a 404 when `allowMissing`.
+    /// A GET of the peer's API as this center; nil for a 404 when `allowMissing`. Over
+    /// https the peer must show its own certificate (signed by the federation CA, for its
+    /// address and its center name); the answer is capped at `maxAnswerBytes`.
     func get(_ peer: String, _ path: String, allowMissing: Bool = false) throws -> [String: Any]? {
-        guard let base = peers[peer], let url = URL(string: base + path) else { throw FederationError("center \(peer) has no API address") }
-        var req = URLRequest(url: url, timeoutInterval: 30)
-        req.setValue(CenterAssertion.scheme + CenterAssertion(issuer: me, audience: peer).signed(privateKey: key), forHTTPHeaderField: "Authorization")
-        req.setValue(certificateHeader, forHTTPHeaderField: CenterAssertion.certificateHeader)
-        let fetch = CappedFetch(limit: Federation.maxAnswerBytes)
-        let session = URLSession(configuration: .ephemeral, delegate: fetch, delegateQueue: nil)
-        defer { session.finishTasksAndInvalidate() }
-        let task = session.dataTask(with: req)
-        task.resume()
-        if fetch.done.wait(timeout: .now() + 35) == .timedOut {
-            task.cancel()
-            throw FederationError("\(base) did not answer within 30 s")
+        guard let base = peers[peer] else { throw FederationError("center \(peer) has no API address") }
+        let answer: HTTPClient.Response
+        do {
+            let client = try HTTPClient(base, ca: ca, center: peer, timeout: 30, maxBody: Federation.maxAnswerBytes)
+            answer = try client.send("GET", path, headers: [
+                ("Authorization", CenterAssertion.scheme + CenterAssertion(issuer: me, audience: peer).signed(privateKey: key)),
+                (CenterAssertion.certificateHeader, certificateHeader),
+            ])
+        } catch let e as TransferError {
+            throw FederationError("cannot reach \(base): \(e.message)")
         }
-        if fetch.tooLarge {
-            throw FederationError("\(base)\(path.prefix { $0 != "?" }): an answer larger than \(Federation.maxAnswerBytes >> 20) MiB, cut off")
-        }
-        if let e = fetch.error { throw FederationError("cannot reach \(base): \(e.localizedDescription)") }
-        let status = (fetch.response as? HTTPURLResponse)?.statusCode ?? 0
-        let obj = (try? JSONSerialization.jsonObject(with: fetch.data)) as? [String: Any]
+        let status = answer.status
+        let obj = (try? JSONSerialization.jsonObject(with: Data(answer.body))) as? [String: Any]
         if status == 404 && allowMissing { return nil }
         guard (200..<300).contains(status) else {
             throw FederationError("\(base)\(path.prefix { $0 != "?" }): \(obj?["error"] as? String ?? "HTTP \(status)")")
@@ -263,47 +259,6 @@ public final class Federation: @unchecked Sendable {
             try? catalog.setReplica(dataset: done.dataset, center: me, state: done.state, path: done.path, files: done.files, bytes: done.bytes,
                                     verifiedAt: done.verifiedAt, job: id)
         }
-    }
-}
-
-/// One HTTP answer, collected up to `limit` bytes: a larger one (announced or streamed) is
-/// cancelled and flagged. `@unchecked Sendable`: the delegate callbacks run one at a time on
-/// the session's queue; the fields are read only after `done` was signalled.
-final class CappedFetch: NSObject, URLSessionDataDelegate, @unchecked Sendable {
-    let limit: Int
-    var data = Data()
-    var response: URLResponse?
-    var error: Error?
-    var tooLarge = false
-    let done = DispatchSemaphore(value: 0)
-
-    init(limit: Int) { self.limit = limit }
-
-    func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
-                    completionHandler: @escaping (URLSession.ResponseDisposition) -> Void) {
-        self.response = response
-        if response.expectedContentLength > Int64(limit) {
-            tooLarge = true
-            completionHandler(.cancel)
-            return
-        }
-        completionHandler(.allow)
-    }
-
-    func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-        guard !tooLarge else { return }
-        if self.data.count + data.count > limit {
-            tooLarge = true
-            self.data = Data()
-            dataTask.cancel()
-            return
-        }
-        self.data.append(data)
-    }
-
-    func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: Error?) {
-        self.error = error
-        done.signal()
     }
 }
 

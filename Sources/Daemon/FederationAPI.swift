@@ -48,7 +48,7 @@ extension DaemonAPI {
                 let limit = q["limit"].flatMap { Int(String($0)) } ?? 20_000
                 let entries = try catalog.exportEntries(dataset: id, afterDir: q["after_dir"].map(String.init) ?? "",
                                                         afterName: q["after_name"].map(String.init) ?? "", limit: limit)
-                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil)
+                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil, paged: false)
             }
         }
         router.get("/api/v1/federation/replicas") { request, _ in

@@ -103,7 +103,7 @@ public final class JobStore: @unchecked Sendable {
             args += f.states.map { $0.rawValue }
         }
         sql += " ORDER BY id LIMIT ?"
-        args.append(max(1, min(f.limit, 1000)))
+        args.append(max(1, min(f.limit, 1001)))  // 1,000 a page, and one more to know whether more follow
         return try db.read { s in try s.query(sql, args).map(JobStore.job) }
     }
 

@@ -41,9 +41,11 @@ struct FederationE2ETests {
         var transferPort: [String: Int] = [:]
         var apiPort: [String: Int] = [:]
         let bobToken: String
-        init(sb: Sandbox, bobToken: String) { self.sb = sb; self.bobToken = bobToken }
+        /// The daemons' APIs speak HTTPS (`api_tls = true`), also to each other.
+        let tls: Bool
+        init(sb: Sandbox, bobToken: String, tls: Bool) { self.sb = sb; self.bobToken = bobToken; self.tls = tls }
 
-        func api(_ c: String) -> String { "http://127.0.0.1:\(apiPort[c]!)" }
+        func api(_ c: String) -> String { (tls ? "https" : "http") + "://127.0.0.1:\(apiPort[c]!)" }
 
         func start(_ c: String) throws {
             servers[c] = try FerryServer(sb, root: "", listen: [], extra: ["--config", sb.file("\(c).toml"), "--cert", sb.pki + "/\(c).crt", "--key", sb.pki + "/\(c).key"])
@@ -55,20 +57,20 @@ struct FederationE2ETests {
 
         /// `ferry SUBCOMMAND --api (center c) --token-file ... ARGS`.
         func ferry(_ c: String, _ args: [String], token: String? = nil, timeout: Double = 60) throws -> CpResult {
-            try sb.ferry([args[0], "--api", api(c), "--token-file", token ?? sb.tokenFile] + args.dropFirst(), timeout: timeout)
+            try sb.ferry([args[0], "--api", api(c), "--ca", sb.ca, "--token-file", token ?? sb.tokenFile] + args.dropFirst(), timeout: timeout)
         }
     }
 
     /// Three centers, hlrs's database on `backend`. Every export admits users and the other
     /// centers; every center takes replicas under /replicas/store.
     /// With `stagingMiB`, hlrs also has a staging cache (`/replicas/stage`) on a tmpfs of that
-    /// size.
-    static func start(_ backend: Backend, stagingMiB: Int? = nil) throws -> Federation {
+    /// size. With `tls`, every API speaks HTTPS and the centers follow each other over it.
+    static func start(_ backend: Backend, stagingMiB: Int? = nil, tls: Bool = false) throws -> Federation {
         let sb = try Sandbox("fed-" + backend.rawValue)
         if let mib = stagingMiB { try sb.mountTmpfs(at: sb.file("hlrs/replicas/stage"), sizeMiB: mib) }
         for c in names where c != "hlrs" { try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", c, "--host", "127.0.0.1"]) }
         let bob = try sb.issueToken(user: "bob", scopes: ["read:/data"], name: "bob.tok")
-        let f = Federation(sb: sb, bobToken: bob)
+        let f = Federation(sb: sb, bobToken: bob, tls: tls)
         for c in names {
             f.transferPort[c] = try freePort()
             f.apiPort[c] = try freePort()
@@ -83,7 +85,7 @@ struct FederationE2ETests {
                     [[peer]]
                     name = "\(p)"
                     address = "127.0.0.1:\(f.transferPort[p]!)"
-                    api = "127.0.0.1:\(f.apiPort[p]!)"
+                    api = "\(tls ? "https://" : "")127.0.0.1:\(f.apiPort[p]!)"
 
                     """
             }
@@ -98,6 +100,7 @@ struct FederationE2ETests {
                 [daemon]
                 database = "\(database)"
                 api_listen = "127.0.0.1:\(f.apiPort[c]!)"
+                api_tls = \(tls)
                 workers = 2
                 retry_base_seconds = 1
                 max_attempts = 2
@@ -134,7 +137,9 @@ struct FederationE2ETests {
     @Test("three centers: list and find a peer's dataset locally, copy from the best replica, replicate, a peer down is stale and skipped, back it catches up",
           arguments: Backend.allCases)
     func threeCenters(_ backend: Backend) throws {
-        let f = try FederationE2ETests.start(backend)
+        // Over HTTPS: the CLI verifies each daemon against the federation CA, and the daemons
+        // each other (the other tests of this suite speak plain HTTP on loopback).
+        let f = try FederationE2ETests.start(backend, tls: true)
         defer { f.stopAll() }
         let sb = f.sb
         // A dataset at hlrs: UTF-8 and spaces in names, a tree 40 levels deep.
@@ -420,7 +425,7 @@ struct FederationE2ETests {
         let script = sb.file("job7.sh")
         try writeFile(script, Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/big \(dst)\n".utf8))
         func stageIn() throws -> CpResult {
-            try sb.ferry(["stage-in", "--api", f.api("hlrs"), "--token-file", sb.tokenFile, "--job", "7", "--script", script, "--uid", "0"], timeout: 150)
+            try sb.ferry(["stage-in", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "7", "--script", script, "--uid", "0"], timeout: 150)
         }
         // 24 MiB into 8: the transfer fails on the full disk (after its retry); the hook's last
         // line says which source and why; no link is made; the daemon carries on.

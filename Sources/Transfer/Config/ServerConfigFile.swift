@@ -26,7 +26,7 @@ import Glibc
 ///     [[peer]]
 ///     name = "wuxi"
 ///     address = "wuxi.example.org:7400"     # its transfer server
-///     api = "wuxi.example.org:7480"         # its daemon: follow its catalog (optional)
+///     api = "https://wuxi.example.org:7480" # its daemon: follow its catalog (optional)
 ///
 ///     [[export]]
 ///     name = "scratch"
@@ -68,9 +68,11 @@ public struct ServerConfigFile {
     public var daemon: DaemonSection?
     /// `[[peer]]`: other centers by name (jobs say `ferry://NAME/path`).
     public var peers: [String: HostPort] = [:]
-    /// `[[peer]] api = "HOST:PORT"`: the peer daemon's API, whose catalog this center's
-    /// daemon follows (Global Files federation). Peers without one are not followed.
-    public var peerAPIs: [String: HostPort] = [:]
+    /// `[[peer]] api = "https://HOST:PORT"`: the peer daemon's API (its base URL), whose
+    /// catalog this center's daemon follows (Global Files federation). Peers without one are
+    /// not followed. A bare HOST:PORT is https, or http on loopback (`HTTPClient.Target`);
+    /// plain http to another host is refused.
+    public var peerAPIs: [String: String] = [:]
 
     /// The `[daemon]` table.
     public struct DaemonSection: Sendable {
@@ -80,8 +82,12 @@ public struct ServerConfigFile {
         /// `allow_hosts`: HOST:PORT of transfer servers a job may name besides the peers
         /// (`ferry://HOST:PORT/...`); the daemon dials nothing else.
         public var allowHosts: [String] = []
-        /// Where the REST API listens (plain HTTP: keep it on loopback or behind a TLS proxy).
+        /// Where the REST API listens.
         public var apiListen = HostPort(host: "127.0.0.1", port: 7480)
+        /// `api_tls`: the API speaks HTTPS with the center's certificate (TLS 1.3). Default:
+        /// on, except on a loopback `api_listen`, where nothing crosses a network; off is
+        /// refused on any other address (tokens and center assertions would travel in clear).
+        public var apiTLS: Bool?
         public var workers = 2
         public var leaseSeconds = 30
         public var perPeer = 4
@@ -176,6 +182,9 @@ public struct ServerConfigFile {
                         let db = try str(dv, dk)
                         d.database = db.hasPrefix("postgres://") || db.hasPrefix("postgresql://") ? db : resolve(db)
                     case "api_listen": d.apiListen = try HostPort(parsing: try str(dv, dk))
+                    case "api_tls":
+                        guard case .bool(let b) = dv else { throw TransferError(.usage, "daemon.api_tls is true or false") }
+                        d.apiTLS = b
                     case "workers": d.workers = try int(dv, dk)
                     case "allow_hosts":
                         d.allowHosts = try strings(dv, dk)
@@ -211,14 +220,20 @@ public struct ServerConfigFile {
                 for pt in list {
                     var api: String?
                     if let a = pt["api"] {
-                        guard case .string(let text) = a else { throw TransferError(.usage, "[[peer]] api is \"HOST:PORT\"") }
+                        guard case .string(let text) = a else { throw TransferError(.usage, "[[peer]] api is \"https://HOST:PORT\"") }
                         api = text
                     }
                     guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"], pt.count == (api == nil ? 2 : 3), Center.isValidName(name) else {
-                        throw TransferError(.usage, "every [[peer]] has a name (a center name), an address (HOST:PORT) and optionally api (HOST:PORT of its daemon)")
+                        throw TransferError(.usage, "every [[peer]] has a name (a center name), an address (HOST:PORT) and optionally api (https://HOST:PORT of its daemon)")
                     }
                     peers[name] = try HostPort(parsing: address)
-                    if let api { peerAPIs[name] = try HostPort(parsing: api) }
+                    if let api {
+                        let target = try HTTPClient.Target(parsing: api)
+                        guard target.tls || HTTPClient.isLoopback(target.host) else {
+                            throw TransferError(.usage, "[[peer]] \(name): api '\(api)' is plain http to another host; give https://HOST:PORT")
+                        }
+                        peerAPIs[name] = target.url
+                    }
                 }
             case "export":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "exports are written [[export]]") }
