@@ -36,6 +36,7 @@ sources=(
   "$src/IO/Paths.swift"
   "$src/IO/Ring.swift"
   "$src/IO/Socket.swift"
+  "$src/IO/HTTPClient.swift"
   "$src/Sync.swift"
   "$src/Session/Progress.swift"
   "$src/Security/TLS.swift"

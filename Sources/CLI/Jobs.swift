@@ -83,7 +83,7 @@ struct APIOptions: ParsableArguments {
 
     func line(_ j: [String: Any]) -> String {
         let id = j["id"] as? Int ?? 0
-        let state = j["state"] as? String ?? "?"
+        let state = (j["state"] as? String ?? "?") + (j["cancelled"] as? Bool == true ? " (cancelled)" : "")
         // A running job: its live progress (what `jobs watch` shows), not the last checkpoint.
         let progress = j["progress"] as? [String: Any]
         let bytes = UInt64(progress?["bytes_done"] as? Int ?? j["bytes"] as? Int ?? 0)
@@ -203,7 +203,7 @@ func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool =
     let final: Set<String> = ["success", "failed", "upstream_failed", "skipped"]
     while Date() < deadline {
         let j = try api.call("GET", "/api/v1/transfers/\(id)")
-        let state = j["state"] as? String ?? "?"
+        let state = (j["state"] as? String ?? "?") + (j["cancelled"] as? Bool == true ? " (cancelled)" : "")
         var text = state
         if progress {
             let p = j["progress"] as? [String: Any]

@@ -201,8 +201,9 @@ public final class JobRunner: @unchecked Sendable {
                 defer { if account != nil { ThreadIdentity.restore() } }
                 s = try TransferClient.copy(from: src, to: dst, options: options, credentials: creds, progress: progress)
             } catch {
-                // Link trouble (lost connections, timeouts) counts; refusals (auth, paths) do not.
-                if tuned && !isStopping, let e = error as? TransferError, e.resumable {
+                // Link trouble (lost connections, timeouts) counts; refusals (auth, paths) do not,
+                // nor a transfer the daemon cut itself (a cancelled job, a lost lease).
+                if tuned && !isStopping && !progress.isCancelled, let e = error as? TransferError, e.resumable {
                     tuner.record(peer: job.peer, streams: options.streams ?? 0, bytes: 0, seconds: 0, failed: true)
                 }
                 throw error

@@ -17,6 +17,19 @@ public final class JobStore: @unchecked Sendable {
     public let retry: RetryPolicy
     public var location: String { db.location }
 
+    /// Bumped after every write of this store in this process: the API's event streams read a
+    /// job again only when something moved (and at least every 5 s, for what another daemon
+    /// sharing a PostgreSQL queue changed), not twice a second per watcher.
+    public var generation: UInt64 { generationLock.withLock { _generation } }
+    private let generationLock = NSLock()
+    private var _generation: UInt64 = 0
+
+    /// One transaction of the store's, then the generation moves on.
+    private func write<T>(_ body: (any SQLSession) throws -> T) throws -> T {
+        defer { generationLock.withLock { _generation &+= 1 } }
+        return try db.write(body)
+    }
+
     /// Opens (creating the tables if needed) the queue in `database`: a SQLite path (":memory:"
     /// for a private one) or a `postgres://` URL.
     public convenience init(database: String, retry: RetryPolicy = RetryPolicy()) throws {
@@ -29,7 +42,7 @@ public final class JobStore: @unchecked Sendable {
         let pg = db.dialect == .postgres
         let id = pg ? "id BIGSERIAL PRIMARY KEY" : "id INTEGER PRIMARY KEY AUTOINCREMENT"
         let int = pg ? "BIGINT" : "INTEGER"
-        try db.write { s in
+        try write { s in
             // Two daemons starting together on one PostgreSQL: one creates, the other waits.
             if pg { try s.execute("SELECT pg_advisory_xact_lock(7265726) AS locked") }
             try s.execute("""
@@ -69,7 +82,7 @@ public final class JobStore: @unchecked Sendable {
     @discardableResult
     public func submit(owner: String, request: JobRequest, peer: String, now: Int64) throws -> Int64 {
         let json = String(decoding: try JSONEncoder().encode(request), as: UTF8.self)
-        return try db.write { s in
+        return try write { s in
             for d in request.dependsOn {
                 guard try s.one("SELECT 1 AS one FROM jobs WHERE id = ?", d) != nil else {
                     throw JobStoreError("job \(d) (a dependency) does not exist")
@@ -137,7 +150,7 @@ public final class JobStore: @unchecked Sendable {
     /// jobs moved.
     @discardableResult
     public func promote(now: Int64) throws -> Int {
-        try db.write { s in
+        try write { s in
             var moved = 0
             moved += try s.execute("""
                 UPDATE jobs SET state = 'up_for_reschedule', lease_owner = NULL, lease_expires = NULL, updated = ?,
@@ -186,7 +199,7 @@ public final class JobStore: @unchecked Sendable {
     /// `perPeerMax` for the peers it names (the link tuner's figure).
     public func claim(worker: String, now: Int64, leaseSeconds: Int64, perPeerMax: Int = .max, perUserMax: Int = .max,
                       peerLimits: [String: Int] = [:]) throws -> Job? {
-        try db.write { s in
+        try write { s in
             let pg = s.dialect == .postgres
             var runningByPeer: [String: Int] = [:]
             var runningByOwner: [String: Int] = [:]
@@ -229,7 +242,7 @@ public final class JobStore: @unchecked Sendable {
     /// Extends a running job's lease; false when the worker no longer holds it (cancelled, or
     /// taken back after it expired): the runner must stop that transfer.
     public func renew(_ id: Int64, worker: String, now: Int64, leaseSeconds: Int64, bytes: Int64, files: Int64) throws -> Bool {
-        try db.write { s in
+        try write { s in
             try s.execute("""
                 UPDATE jobs SET lease_expires = ?, bytes = ?, files = ?, updated = ?
                 WHERE id = ? AND state = 'running' AND lease_owner = ?
@@ -241,7 +254,7 @@ public final class JobStore: @unchecked Sendable {
     /// longer held the job (its outcome is then ignored: someone else owns the job now).
     @discardableResult
     public func finish(_ id: Int64, worker: String, outcome: AttemptOutcome, now: Int64, random: Double = Double.random(in: 0..<1)) throws -> JobState? {
-        try db.write { s in
+        try write { s in
             guard let row = try s.one("SELECT * FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?\(JobStore.forUpdate(s))", id, worker) else {
                 return nil
             }
@@ -284,13 +297,17 @@ public final class JobStore: @unchecked Sendable {
 
     /// Cancels a job that has not finished: `failed` with "cancelled"; a running one loses its
     /// lease, so its runner stops at its next renewal. Returns the job after the change.
+    /// The error a cancelled job carries ("cancelled by USER"): the API marks such a failed
+    /// job `cancelled`.
+    public static let cancelledPrefix = "cancelled by "
+
     public func cancel(_ id: Int64, by user: String, now: Int64) throws -> Job {
-        try db.write { s in
+        try write { s in
             guard let job = try s.one("SELECT * FROM jobs WHERE id = ?\(JobStore.forUpdate(s))", id).map(JobStore.job) else { throw JobStoreError("no job \(id)") }
             guard !job.state.isFinal else { throw JobStoreError("job \(id) already ended \(job.state.rawValue)") }
             let rows = try s.query("""
                 UPDATE jobs SET state = 'failed', error = ?, lease_owner = NULL, lease_expires = NULL, updated = ? WHERE id = ? RETURNING *
-                """, "cancelled by \(user)", now, id)
+                """, JobStore.cancelledPrefix + user, now, id)
             return JobStore.job(rows[0])
         }
     }
@@ -298,7 +315,7 @@ public final class JobStore: @unchecked Sendable {
     /// Runs a failed job again (attempts start over); its dependents that failed because of it
     /// go back to waiting for it.
     public func retryJob(_ id: Int64, now: Int64) throws -> Job {
-        try db.write { s in
+        try write { s in
             guard let job = try s.one("SELECT * FROM jobs WHERE id = ?\(JobStore.forUpdate(s))", id).map(JobStore.job) else { throw JobStoreError("no job \(id)") }
             guard job.state == .failed || job.state == .upstreamFailed else {
                 throw JobStoreError("job \(id) is \(job.state.rawValue); only failed jobs can be retried")

@@ -66,5 +66,23 @@ struct ListingTests {
         #expect(!missing.succeeded && missing.stderr.contains("does not exist"), "\(missing)")
         let count = try ferry(["jobs", "list", "--json"])
         #expect((DaemonE2ETests.lastJSON(count)["transfers"] as? [Any])?.count == 3, "\(count)")
+
+        // A cancelled job says so (the platform's states have no "cancelled": it is failed,
+        // marked cancelled), and its cut transfer is not held against the link.
+        try writeRandomFile(c.scratch + "/slow.bin", size: 24 * E2E.MiB)
+        let slow = try ferry(["jobs", "submit", "--bwlimit", "2M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin", "--json"])
+        let slowID = DaemonE2ETests.lastJSON(slow)["id"] as? Int ?? 0
+        let (_, running) = DaemonE2ETests.waitForState(c, slowID, "running", timeout: 60)
+        #expect(running["state"] as? String == "running", "\(running)")
+        usleep(1_500_000)
+        let cancel = try ferry(["jobs", "cancel", String(slowID)])
+        #expect(cancel.succeeded && cancel.stdout.contains("failed (cancelled)"), "\(cancel)")
+        let shown = try ferry(["jobs", "show", String(slowID), "--json"])
+        let o = DaemonE2ETests.lastJSON(shown)
+        #expect(o["state"] as? String == "failed" && o["cancelled"] as? Bool == true && (o["error"] as? String ?? "").hasPrefix("cancelled by"), "\(o)")
+        usleep(3_000_000)  // the runner notices the lost lease and ends the transfer
+        let health = DaemonE2ETests.httpGet(c.api + "/api/v1/health")
+        let wuxi = ((try? JSONSerialization.jsonObject(with: Data(health.utf8)) as? [String: Any])?["peers"] as? [String: Any])?["wuxi"] as? [String: Any]
+        #expect(wuxi?["errors"] as? Int == 0, "the cancellation counted as a link error: \(health)")
     }
 }

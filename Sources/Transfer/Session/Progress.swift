@@ -22,6 +22,9 @@ public final class TransferProgress: @unchecked Sendable {
         handler?(reason)
     }
 
+    /// Whether `cancel` was called (the transfer's end is then not the link's fault).
+    public var isCancelled: Bool { lock.withLock { cancelled != nil } }
+
     /// Called by the client once its session exists; runs `handler` at once if already cancelled.
     func whenCancelled(_ handler: @escaping (String) -> Void) {
         let already = lock.withLock { () -> String? in
