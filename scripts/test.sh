@@ -3,7 +3,7 @@
 # (real sockets on loopback, real files, real io_uring; some tests mount a small tmpfs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install-deps.sh
+./scripts/install-deps.sh --tests
 swift build
 swift build --build-tests
 export FERRY_BIN="$PWD/.build/debug/ferry"
