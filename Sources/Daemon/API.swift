@@ -226,14 +226,14 @@ public struct DaemonAPI: Sendable {
     private func authenticated(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
         var who = ""
         var whoCenter = ""
-        func refuse(_ status: Int, _ message: String) -> Response {
+        func refuse(_ status: Int, _ message: String, code: String? = nil) -> Response {
             if let audit {
                 var r = AuditLog.Record(user: who, peer: "", action: "api", path: request.method.rawValue + " " + request.uri.path,
                                         result: (status < 500 ? "refused: " : "failed: ") + "\(status) \(message)")
                 r.center = whoCenter
                 audit.write(r)
             }
-            return json(status, ["error": message])
+            return problem(status, message, code: code)
         }
         do {
             if let auth = request.headers[.authorization], auth.hasPrefix(CenterAssertion.scheme) {
@@ -268,13 +268,18 @@ public struct DaemonAPI: Sendable {
         } catch let e as CatalogError {
             return refuse(e.code == .notFound ? 404 : e.code == .conflict ? 409 : e.code == .invalid ? 400 : e.code == .forbidden ? 403 : 500, e.description)
         } catch let e as TransferError {
-            return refuse(e.code == .auth || e.code == .permission ? 403 : 400, e.message)
+            return refuse(e.code == .auth || e.code == .permission ? 403 : 400, e.message, code: e.code.description)
         } catch is DecodingError {
             return refuse(400, "the body is not a transfer request (JSON with at least source and destination)")
         } catch let e as SQLStoreError {
             // A busy database: 503, ask again (scheduler hooks do); anything else is ours (500),
             // with its reason in the answer and the audit log rather than an empty 500.
             return refuse(e.busy ? 503 : 500, e.description)
+        } catch let e as HTTPError {
+            // Hummingbird's own (a body over its limit: 413).
+            return refuse(Int(e.status.code), e.body ?? e.status.reasonPhrase)
+        } catch {
+            return refuse(500, "internal error: \(error)")
         }
     }
 
@@ -468,6 +473,25 @@ func jobObject(_ j: Job) -> [String: Any] {
     if j.notBefore > 0 { o["not_before"] = Int(j.notBefore) }
     if let w = j.lastWorker { o["worker"] = w }
     return o
+}
+
+/// An error answer as RFC 9457 problem details (`application/problem+json`): `status`, `title`
+/// (the status's name), `detail` (the reason, for people), `code` (for programs: the engine's
+/// error code when it has one: auth, permission, path, usage, no_space, ...; else one per
+/// status: invalid_request, unauthenticated, forbidden, not_found, conflict, too_large, busy,
+/// internal), and `error` (the same as `detail`, which clients of the first API read).
+func problem(_ status: Int, _ detail: String, code: String? = nil) -> Response {
+    let byStatus: [Int: String] = [400: "invalid_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 409: "conflict",
+                                   413: "too_large", 503: "busy", 500: "internal"]
+    // The engine's codes are camel case (noSpace): snake case here, as every key of the API.
+    let snake = code.map { c in c.reduce(into: "") { out, ch in out += ch.isUppercase ? "_" + ch.lowercased() : String(ch) } }
+    let code = snake ?? byStatus[status] ?? (status >= 500 ? "internal" : "invalid_request")
+    let titles: [Int: String] = [400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+                                 413: "Content Too Large", 500: "Internal Server Error", 503: "Service Unavailable"]
+    let object: [String: Any] = ["type": "about:blank", "title": titles[status] ?? "HTTP \(status)", "status": status, "detail": detail, "code": code, "error": detail]
+    // Sorted keys: the same problem reads the same whichever request it answers.
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    return Response(status: .init(code: status), headers: [.contentType: "application/problem+json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
 }
 
 /// Keys unsorted: sorting goes through Foundation's locale-aware compare (ICU), several per

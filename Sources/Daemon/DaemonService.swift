@@ -113,6 +113,31 @@ struct JobRunnerService: Service {
     }
 }
 
+/// Prestaging's settler as a service: once a second, staging-cache entries whose transfer
+/// ended become ready (or failed) and the cache is evicted to its quota. This is the only
+/// writer of those transitions besides the hooks' own POSTs, so `GET /stage/status` and
+/// `/stage/cache` only read (no walks or deletions inside a GET).
+struct StagingSettlerService: Service {
+    let api: DaemonAPI
+    let staging: StagingSettings
+
+    func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown {
+                // At most a year of rounds: the loop ends with the daemon.
+                for _ in 0..<(366 * 86_400) {
+                    if Task.isCancelled { break }
+                    let (api, staging) = (self.api, self.staging)
+                    try? await onPool(.writes) { api.settle(staging) }
+                    try await Task.sleep(nanoseconds: 1_000_000_000)
+                }
+            }
+        } catch is CancellationError {
+            // The daemon is stopping.
+        }
+    }
+}
+
 /// Federation (following the peers' catalogs, settling replicas) as a service.
 struct FederationService: Service {
     let federation: Federation
@@ -146,6 +171,10 @@ public func runCenter(server: TransferServer, daemon: DaemonService?, onAPIRunni
                               failureTerminationBehavior: .gracefullyShutdownGroup))
         services.append(.init(service: JobRunnerService(runner: daemon.runner), successTerminationBehavior: .gracefullyShutdownGroup,
                               failureTerminationBehavior: .gracefullyShutdownGroup))
+        if let staging = daemon.api.staging {
+            services.append(.init(service: StagingSettlerService(api: daemon.api, staging: staging), successTerminationBehavior: .gracefullyShutdownGroup,
+                                  failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
         if let f = daemon.federation {
             services.append(.init(service: FederationService(federation: f), successTerminationBehavior: .gracefullyShutdownGroup,
                                   failureTerminationBehavior: .gracefullyShutdownGroup))

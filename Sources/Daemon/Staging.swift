@@ -110,7 +110,6 @@ extension DaemonAPI {
             try await handle(request) { user in
                 let st = try stagingFor(user)
                 guard let job = request.uri.queryParameters["job"].map(String.init) else { throw HTTPFailure(status: 400, message: "give ?job=ID") }
-                settle(st)
                 let pinned = try st.cache.entries().filter { $0.pins.contains(job) }
                 return try codable(200, StageStatus(job: job, entries: pinned, links: try st.cache.links(schedulerJob: job).map { [$0.path, $0.target] },
                                                     stageOut: try st.cache.outbound(schedulerJob: job)))
@@ -119,7 +118,6 @@ extension DaemonAPI {
         router.get("/api/v1/stage/cache") { request, _ in
             try await handle(request) { user in
                 let st = try stagingFor(user)
-                settle(st)
                 let entries = try st.cache.entries()
                 return try codable(200, CacheView(root: st.root, quota: st.quota, readyBytes: entries.filter { $0.state == .ready }.reduce(0) { $0 + $1.bytes }, entries: entries))
             }

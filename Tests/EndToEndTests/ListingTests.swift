@@ -57,6 +57,11 @@ struct ListingTests {
         // Not a state: refused, with the states there are.
         let done = try ferry(["jobs", "list", "--state", "done"])
         #expect(!done.succeeded && done.stderr.contains("unknown state 'done'") && done.stderr.contains("success"), "\(done)")
+        // As problem details (RFC 9457), with a code for programs.
+        let raw = TrustTests.http("GET", c.api + "/api/v1/transfers?state=done", token: sb.tokenFile)
+        let problem = TrustTests.object(raw.body)
+        #expect(raw.status == 400 && problem["status"] as? Int == 400 && problem["code"] as? String == "invalid_request"
+                && (problem["detail"] as? String ?? "").contains("unknown state") && problem["title"] as? String == "Bad Request", "\(raw)")
 
         // Refused at submit, not failed later: a protection that does not exist, a source
         // that does not exist. No job is made for either.
