@@ -174,7 +174,8 @@ extension Ferry {
                     if !apiTLS && !HTTPClient.isLoopback(d.apiListen.host) {
                         throw TransferError(.usage, "daemon.api_tls = false on \(d.apiListen): plain http only on a loopback api_listen (tokens would cross the network in clear)")
                     }
-                    let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, apiTLS: apiTLS, runner: settings, verifier: verifier, center: server.center,
+                    let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, apiTLS: apiTLS,
+                                                    apiConnections: d.apiConnections, apiIdleSeconds: d.apiIdleSeconds, runner: settings, verifier: verifier, center: server.center,
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas,
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
                     daemon = service

@@ -21,7 +21,8 @@ public final class DaemonService: @unchecked Sendable {
 
     /// `peerAPIs`: the peers whose catalogs this center follows (`[[peer]] api`); `replicas`:
     /// where `ferry replicate` puts replicas here.
-    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, apiTLS: Bool = false, runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
+    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, apiTLS: Bool = false, apiConnections: Int = 1024, apiIdleSeconds: Int = 60,
+                runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
                 transfer: [String] = [], peerAPIs: [String: String] = [:], syncSeconds: Int = 5, replicas: String? = nil,
                 staging: String? = nil, stagingQuota: Int64 = 100 << 30, stagingBandwidth: Int64? = nil) throws {
         store = try JobStore(database: database, retry: retry)
@@ -45,6 +46,9 @@ public final class DaemonService: @unchecked Sendable {
                         replicaRoot: replicas, staging: stagingSettings)
         self.apiListen = apiListen
         self.apiTLS = apiTLS
+        self.apiConnections = apiConnections
+        // Closed when idle (no request being read or answered; an event stream is an answer).
+        let http1: HTTPServerBuilder = .http1(configuration: .init(idleTimeout: .seconds(Int64(apiIdleSeconds))))
         if apiTLS {
             guard let cert = settings.tls.certificate, let key = settings.tls.key else {
                 throw TransferError(.usage, "the API speaks https (api_tls) with the center's certificate: give certificate and key")
@@ -53,14 +57,17 @@ public final class DaemonService: @unchecked Sendable {
                 var tls = TLSConfiguration.makeServerConfiguration(certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
                                                                    privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
                 tls.minimumTLSVersion = .tlsv13
-                apiServer = try HTTPServerBuilder.tls(.http1(), tlsConfiguration: tls)
+                apiServer = try HTTPServerBuilder.tls(http1, tlsConfiguration: tls)
             } catch {
                 throw TransferError(.auth, "the API's TLS: cannot load \(cert) and \(key): \(error)")
             }
         } else {
-            apiServer = .http1()
+            apiServer = http1
         }
     }
+
+    /// Open API connections at most (`[daemon] api_connections`).
+    let apiConnections: Int
 
     /// HTTPS with the center's certificate (TLS 1.3), or plain HTTP on loopback.
     let apiServer: HTTPServerBuilder
@@ -79,7 +86,9 @@ public final class DaemonService: @unchecked Sendable {
         // interleave with ferry's; warnings and errors still show.
         var logger = Logger(label: "ferry.api")
         logger.logLevel = .warning
-        return Application(router: api.router(), server: apiServer, configuration: .init(address: .hostname(listen.host, port: Int(listen.port)), serverName: "ferry"),
+        return Application(router: api.router(), server: apiServer,
+                           configuration: .init(address: .hostname(listen.host, port: Int(listen.port)), serverName: "ferry",
+                                                availableConnectionsDelegate: MaximumAvailableConnections(apiConnections, logger: logger)),
                            onServerRunning: { channel in onRunning(HostPort(host: listen.host, port: UInt16(channel.localAddress?.port ?? Int(listen.port)))) },
                            logger: logger)
     }

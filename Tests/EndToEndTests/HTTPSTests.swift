@@ -9,7 +9,7 @@ import TestSupport
 @Suite("The API over HTTPS", .serialized)
 struct HTTPSTests {
     /// hlrs with `api_tls = true` on loopback; its peer "wuxi" is followed at `peerAPI`.
-    static func start(_ name: String, peerAPI: String, listen: String = "127.0.0.1:0") throws -> (sb: Sandbox, server: FerryServer, api: String) {
+    static func start(_ name: String, peerAPI: String, listen: String = "127.0.0.1:0", tls: Bool = true, daemonExtra: String = "") throws -> (sb: Sandbox, server: FerryServer, api: String) {
         let sb = try Sandbox(name)
         try sb.dir("hlrs/scratch")
         try writeFile(sb.file("hlrs.toml"), Array("""
@@ -21,8 +21,9 @@ struct HTTPSTests {
             [daemon]
             database = "hlrs.sqlite"
             api_listen = "\(listen)"
-            api_tls = true
+            api_tls = \(tls)
             sync_seconds = 1
+            \(daemonExtra)
             [[peer]]
             name = "wuxi"
             address = "127.0.0.1:9"

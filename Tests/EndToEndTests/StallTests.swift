@@ -89,4 +89,42 @@ print(json.dumps({"reads": len(reads), "bad_reads": [r for r in reads if r[1] !=
         #expect(o["after"] as? Int == 201, "a submission after the lock: \(o["after"] ?? "")")
         #expect(c.a.isRunning)
     }
+
+    @Test("a flood of idle connections: at most api_connections are held, idle ones are closed after api_idle_seconds, a request then gets through")
+    func idleFlood() throws {
+        let (_, server, api) = try HTTPSTests.start("api-idle-flood", peerAPI: "127.0.0.1:9", tls: false, daemonExtra: "api_connections = 20\napi_idle_seconds = 3")
+        defer { server.stop() }
+        let port = String(api.split(separator: ":").last ?? "")
+        let script = #"""
+import json, socket, sys, time, urllib.request
+port = int(sys.argv[1])
+idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(20)]
+time.sleep(0.5)
+t0 = time.time()
+body = urllib.request.urlopen("http://127.0.0.1:%d/api/v1/health" % port, timeout=30).read()
+waited = time.time() - t0
+closed = 0
+for s in idle:
+    s.settimeout(15)
+    try:
+        closed += s.recv(1) == b""
+    except OSError:
+        closed += 1
+t1 = time.time()
+urllib.request.urlopen("http://127.0.0.1:%d/api/v1/health" % port, timeout=30).read()
+print(json.dumps({"waited": waited, "closed": closed, "after": time.time() - t1, "ok": b"center" in body}))
+"""#
+        let r = runTool("/usr/bin/python3", ["-c", script, port], timeout: 120)
+        guard let line = r.output.split(separator: "\n").last, let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            Issue.record("the client failed: \(r.output)")
+            return
+        }
+        let waited = o["waited"] as? Double ?? 0
+        // The 21st connection waited for a slot (the cap holds), and got one when the idle
+        // ones were closed (the idle timeout holds); the server closed all twenty.
+        #expect(waited >= 2 && waited < 15, "a request beside 20 idle connections took \(waited) s")
+        #expect(o["closed"] as? Int == 20 && o["ok"] as? Bool == true, "\(o)")
+        #expect((o["after"] as? Double ?? 99) < 2, "\(o)")
+        #expect(server.isRunning)
+    }
 }

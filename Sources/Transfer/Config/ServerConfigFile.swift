@@ -98,6 +98,12 @@ public struct ServerConfigFile {
         public var retryBaseSeconds = 5
         /// Seconds between two syncs with each followed peer's catalog.
         public var syncSeconds = 5
+        /// The API's connections: at most `apiConnections` open at once (beyond it the daemon
+        /// stops accepting until one closes), and one idle (no request in progress) for
+        /// `apiIdleSeconds` is closed: a flood of idle connections cannot take the daemon's
+        /// descriptors.
+        public var apiConnections = 1024
+        public var apiIdleSeconds = 60
         /// Where `ferry replicate` puts replicas of other centers' datasets: a local job path
         /// /EXPORT/DIR; a replica goes to /EXPORT/DIR/CENTER/NAME[@VERSION]. Unset: this center
         /// takes no replicas.
@@ -195,6 +201,12 @@ public struct ServerConfigFile {
                     case "max_attempts": d.maxAttempts = try int(dv, dk)
                     case "retry_base_seconds": d.retryBaseSeconds = try int(dv, dk)
                     case "sync_seconds": d.syncSeconds = try int(dv, dk)
+                    case "api_connections":
+                        d.apiConnections = try int(dv, dk)
+                        guard (1...1_000_000).contains(d.apiConnections) else { throw TransferError(.usage, "daemon.api_connections is 1 to 1,000,000") }
+                    case "api_idle_seconds":
+                        d.apiIdleSeconds = try int(dv, dk)
+                        guard (1...86_400).contains(d.apiIdleSeconds) else { throw TransferError(.usage, "daemon.api_idle_seconds is 1 to 86,400") }
                     case "staging":
                         let r = try str(dv, dk)
                         guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.staging is a local job path /EXPORT/DIR, not '\(r)'") }
