@@ -22,6 +22,7 @@ done
 [ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
 command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq wrk >/dev/null
 w=$(mktemp -d /dev/shm/ferry-daemon-bench.XXXXXX)
+. bench/centers.sh
 pids=()
 pg=""
 cleanup() {
@@ -36,9 +37,7 @@ if [ "$db" = postgres ]; then
   base=$(scripts/postgres-test.sh start "$pg")
   database=$(scripts/postgres-test.sh createdb "$base" ferry_bench)
 fi
-"$ferry" ca init --dir "$w/pki" >/dev/null
-for c in hlrs wuxi; do "$ferry" ca issue --dir "$w/pki" --center $c --host 127.0.0.1 >/dev/null; done
-"$ferry" token issue --cert "$w/pki/hlrs.crt" --key "$w/pki/hlrs.key" --user bench --scope rw:/ > "$w/token"
+bench_pki
 mkdir -p "$w/scratch/in" "$w/incoming"
 python3 - "$w/scratch/in" "$jobs" <<'PY'
 import os, sys
@@ -46,13 +45,7 @@ d, n = sys.argv[1], int(sys.argv[2])
 for i in range(n):
     with open(os.path.join(d, "f%05d" % i), "wb") as f: f.write(os.urandom(4096))
 PY
-cat > "$w/wuxi.toml" <<T
-center = "wuxi"
-run_as = "root"
-listen = ["127.0.0.1:0"]
-certificate = "pki/wuxi.crt"
-key = "pki/wuxi.key"
-ca = "pki/ca.crt"
+{ bench_header wuxi; cat <<T
 [limits]
 connections = 1024
 connections_per_address = 1024
@@ -62,16 +55,10 @@ path = "incoming"
 access = "rw"
 users = ["center:hlrs"]
 T
-timeout 3600 "$ferry" serve --config "$w/wuxi.toml" > "$w/wuxi.out" 2> "$w/wuxi.err" & pids+=($!)
-for _ in $(seq 1 100); do grep -q listening "$w/wuxi.out" && break; sleep 0.1; done
-bport=$(grep -o '[0-9]*$' "$w/wuxi.out" | head -1)
-cat > "$w/hlrs.toml" <<T
-center = "hlrs"
-run_as = "root"
-listen = ["127.0.0.1:0"]
-certificate = "pki/hlrs.crt"
-key = "pki/hlrs.key"
-ca = "pki/ca.crt"
+} > "$w/wuxi.toml"
+bench_serve wuxi
+bport=$bench_port
+{ bench_header hlrs; cat <<T
 [daemon]
 database = "$database"
 api_listen = "127.0.0.1:0"
@@ -87,9 +74,9 @@ path = "scratch"
 access = "rw"
 users = ["*"]
 T
-timeout 3600 "$ferry" serve --config "$w/hlrs.toml" > "$w/hlrs.out" 2> "$w/hlrs.err" & pids+=($!)
-for _ in $(seq 1 100); do grep -q "api listening" "$w/hlrs.out" && break; sleep 0.1; done
-api=$(sed -n 's/.*api listening on //p' "$w/hlrs.out")
+} > "$w/hlrs.toml"
+bench_serve hlrs
+api=$bench_api
 echo "daemon bench: $jobs one-file jobs (4 KiB) hlrs -> wuxi, $workers workers, queue on $db; API at $api" >&2
 echo -e "db\t$db"
 python3 - "$api" "$w/token" "$jobs" "$w/scratch/in" "$w/incoming" <<'PY'

@@ -22,6 +22,7 @@ while [ $# -gt 0 ]; do
 done
 [ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
 w=$(mktemp -d /dev/shm/ferry-stall-bench.XXXXXX)
+. bench/centers.sh
 pids=()
 pg=""
 cleanup() {
@@ -36,9 +37,7 @@ if [ "$db" = postgres ]; then
   base=$(scripts/postgres-test.sh start "$pg")
   database=$(scripts/postgres-test.sh createdb "$base" ferry_stall)
 fi
-"$ferry" ca init --dir "$w/pki" >/dev/null
-for c in hlrs wuxi; do "$ferry" ca issue --dir "$w/pki" --center $c --host 127.0.0.1 >/dev/null; done
-"$ferry" token issue --cert "$w/pki/hlrs.crt" --key "$w/pki/hlrs.key" --user bench --scope rw:/ > "$w/token"
+bench_pki
 mkdir -p "$w/scratch/in" "$w/scratch/tree" "$w/scratch/jobs" "$w/scratch/stage" "$w/incoming" "$w/archive"
 python3 - "$w/scratch" "$files" <<'PY'
 import os, sys
@@ -53,13 +52,7 @@ for i in range(n):
     if i % per == 0: os.makedirs(sub, exist_ok=True)
     open(os.path.join(sub, "f%07d" % i), "wb").close()
 PY
-cat > "$w/wuxi.toml" <<T
-center = "wuxi"
-run_as = "root"
-listen = ["127.0.0.1:0"]
-certificate = "pki/wuxi.crt"
-key = "pki/wuxi.key"
-ca = "pki/ca.crt"
+{ bench_header wuxi; cat <<T
 [[export]]
 name = "incoming"
 path = "incoming"
@@ -71,16 +64,10 @@ path = "archive"
 access = "ro"
 users = ["center:hlrs"]
 T
-timeout 3600 "$ferry" serve --config "$w/wuxi.toml" > "$w/wuxi.out" 2> "$w/wuxi.err" & pids+=($!)
-for _ in $(seq 1 100); do grep -q listening "$w/wuxi.out" && break; sleep 0.1; done
-bport=$(grep -o '[0-9]*$' "$w/wuxi.out" | head -1)
-cat > "$w/hlrs.toml" <<T
-center = "hlrs"
-run_as = "root"
-listen = ["127.0.0.1:0"]
-certificate = "pki/hlrs.crt"
-key = "pki/hlrs.key"
-ca = "pki/ca.crt"
+} > "$w/wuxi.toml"
+bench_serve wuxi
+bport=$bench_port
+{ bench_header hlrs; cat <<T
 [daemon]
 database = "$database"
 api_listen = "127.0.0.1:0"
@@ -95,9 +82,9 @@ path = "scratch"
 access = "rw"
 users = ["*"]
 T
-timeout 3600 "$ferry" serve --config "$w/hlrs.toml" > "$w/hlrs.out" 2> "$w/hlrs.err" & pids+=($!)
-for _ in $(seq 1 100); do grep -q "api listening" "$w/hlrs.out" && break; sleep 0.1; done
-api=$(sed -n 's/.*api listening on //p' "$w/hlrs.out")
+} > "$w/hlrs.toml"
+bench_serve hlrs
+api=$bench_api
 for _ in $(seq 1 "$hogs"); do timeout "$((seconds + 120))" sh -c 'while :; do :; done' & pids+=($!); done
 echo "stall bench: $hooks stage-in hooks, $clients pollers, $watchers watchers, jobs to wuxi, registration of $files files, $hogs CPU hogs, ${seconds}s, queue on $db; API at $api" >&2
 echo -e "db\t$db"
