@@ -1,6 +1,29 @@
 # Sourced by bench/daemon.sh and bench/stall.sh: two centers on loopback (hlrs with a daemon,
 # wuxi a plain transfer server) in the work directory $w, run by $ferry; every server's pid
-# goes to the caller's `pids` array (its cleanup kills them).
+# goes to `pids`, killed on exit.
+
+# bench_setup NAME DB: a work directory in tmpfs ($w), removed on exit with every server and
+# the throwaway PostgreSQL; $database is the daemon's queue (a SQLite file, or with DB
+# "postgres" a new database on a PostgreSQL started by scripts/postgres-test.sh).
+bench_setup() {
+  w=$(mktemp -d "/dev/shm/ferry-$1-bench.XXXXXX")
+  pids=()
+  pg=""
+  trap bench_cleanup EXIT
+  database="jobs.sqlite"
+  if [ "$2" = postgres ]; then
+    pg="/tmp/ferry-$1-bench-pg.$$"
+    local base
+    base=$(scripts/postgres-test.sh start "$pg")
+    database=$(scripts/postgres-test.sh createdb "$base" "ferry_$1")
+  fi
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  [ -n "$pg" ] && scripts/postgres-test.sh stop "$pg" >/dev/null 2>&1 || true
+  rm -rf "$w"
+}
 
 # A federation CA, certificates of hlrs and wuxi for 127.0.0.1, and an operator token of
 # hlrs's in $w/token.

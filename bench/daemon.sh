@@ -21,22 +21,8 @@ while [ $# -gt 0 ]; do
 done
 [ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
 command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq wrk >/dev/null
-w=$(mktemp -d /dev/shm/ferry-daemon-bench.XXXXXX)
 . bench/centers.sh
-pids=()
-pg=""
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
-  [ -n "$pg" ] && scripts/postgres-test.sh stop "$pg" >/dev/null 2>&1 || true
-  rm -rf "$w"
-}
-trap cleanup EXIT
-database="jobs.sqlite"
-if [ "$db" = postgres ]; then
-  pg="/tmp/ferry-daemon-bench-pg.$$"
-  base=$(scripts/postgres-test.sh start "$pg")
-  database=$(scripts/postgres-test.sh createdb "$base" ferry_bench)
-fi
+bench_setup daemon "$db"
 bench_pki
 mkdir -p "$w/scratch/in" "$w/incoming"
 python3 - "$w/scratch/in" "$jobs" <<'PY'

@@ -21,22 +21,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
-w=$(mktemp -d /dev/shm/ferry-stall-bench.XXXXXX)
 . bench/centers.sh
-pids=()
-pg=""
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
-  [ -n "$pg" ] && scripts/postgres-test.sh stop "$pg" >/dev/null 2>&1 || true
-  rm -rf "$w"
-}
-trap cleanup EXIT
-database="jobs.sqlite"
-if [ "$db" = postgres ]; then
-  pg="/tmp/ferry-stall-bench-pg.$$"
-  base=$(scripts/postgres-test.sh start "$pg")
-  database=$(scripts/postgres-test.sh createdb "$base" ferry_stall)
-fi
+bench_setup stall "$db"
 bench_pki
 mkdir -p "$w/scratch/in" "$w/scratch/tree" "$w/scratch/jobs" "$w/scratch/stage" "$w/incoming" "$w/archive"
 python3 - "$w/scratch" "$files" <<'PY'

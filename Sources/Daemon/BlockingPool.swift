@@ -49,13 +49,6 @@ public final class BlockingPool: TaskExecutor, @unchecked Sendable {
         cond.unlock()
     }
 
-    /// Jobs waiting for a thread (for /metrics).
-    public var queued: Int {
-        cond.lock()
-        defer { cond.unlock() }
-        return jobs.count - head
-    }
-
     private func loop() {
         while true {
             cond.lock()
