@@ -145,9 +145,9 @@ extension Ferry.Jobs {
         @Option var after = 0
         @Option var limit = 100
         func run() throws {
-            var q = "?after=\(after)&limit=\(limit)"
-            if let s = state { q += "&state=\(s)" }
-            let page = try api.call("GET", "/api/v1/transfers" + q)
+            var items = [("after", String(after)), ("limit", String(limit))]
+            if let s = state { items.append(("state", s)) }
+            let page = try api.call("GET", "/api/v1/transfers" + query(items))
             if api.json { api.show(page); return }
             for j in page["transfers"] as? [[String: Any]] ?? [] { print(api.line(j)) }
             if let next = page["next_after"] as? Int {

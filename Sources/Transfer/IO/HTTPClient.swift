@@ -103,6 +103,11 @@ public struct HTTPClient: Sendable {
     /// response's `body` stays empty.
     public func send(_ method: String, _ path: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                      stream: ((ArraySlice<UInt8>) throws -> Bool)? = nil) throws -> Response {
+        // The request line is METHOD SP PATH: neither may carry a space or a line break (a
+        // caller's unescaped text would end the line and start headers of its own).
+        guard !method.isEmpty, !(method + path).contains(where: { $0 == " " || $0 == "\r" || $0 == "\n" }), path.hasPrefix("/") else {
+            throw TransferError(.usage, "not a request path: '\(path.prefix(80))' (spaces and line breaks must be percent-encoded)")
+        }
         let deadline = Int64(monotonicNs()) + Int64(timeout * 1e9)
         let conn = try Conn(target: target, ca: ca, center: center, timeoutMs: Int32(clamping: Int(timeout * 1000)))
         defer { conn.close() }
