@@ -41,16 +41,126 @@ static void fail(char *err, size_t errlen, const char *what) {
 }
 
 // ---- TLS ---------------------------------------------------------------------------------
-struct ferry_tls_ctx { SSL_CTX *ctx; };
-struct ferry_tls { SSL *ssl; int fd; pthread_mutex_t mu; };
+/* Client-side session cache (TLS 1.3 resumption, issue 14 item 6). A daemon that runs many
+   small jobs to one peer would otherwise pay a full handshake (certificate chain verified,
+   signatures made and checked) per job. Tickets the server sends are kept here, per cache
+   key, and each is offered once (RFC 8446 C.4: a ticket is not reused). The key is chosen by
+   the caller and names the peer exactly (the center name or address the server's certificate
+   must carry, and the address dialled); the cache lives in one context, i.e. one set of
+   credentials: a session is never offered to another peer or under other credentials. Every
+   lookup is bounded (FERRY_SESS_KEYS keys, FERRY_SESS_PER_KEY tickets each), and a ticket is
+   dropped once older than FERRY_SESS_SECONDS. A resumed session is still checked: the peer
+   certificate it carries must name what the caller expects and still be within its dates. */
+#define FERRY_SESS_KEYS 64
+#define FERRY_SESS_PER_KEY 8
+#define FERRY_SESS_SECONDS 300
+#define FERRY_SESS_KEY_BYTES 256
+struct sess_slot { char key[FERRY_SESS_KEY_BYTES]; SSL_SESSION *s[FERRY_SESS_PER_KEY]; int n; long long used; };
+struct ferry_tls_ctx {
+    SSL_CTX *ctx; int server;
+    pthread_mutex_t mu;                        /* guards slots and the counters */
+    struct sess_slot slots[FERRY_SESS_KEYS];
+    long long full, resumed, clock;
+};
+struct ferry_tls { SSL *ssl; int fd; pthread_mutex_t mu; ferry_tls_ctx *owner; char key[FERRY_SESS_KEY_BYTES]; int resumed; };
+
+void ferry_tls_free(ferry_tls *t);
+
+static int session_fresh(SSL_SESSION *s) {
+    long long age = (long long)time(NULL) - (long long)SSL_SESSION_get_time(s);
+    long life = SSL_SESSION_get_timeout(s);
+    if (life > FERRY_SESS_SECONDS) life = FERRY_SESS_SECONDS;
+    return SSL_SESSION_is_resumable(s) && age >= 0 && age < life;
+}
+
+/* The slot of `key`, or (when `make`) a free or least recently used one taken over for it.
+   Called with c->mu held. */
+static struct sess_slot *session_slot(ferry_tls_ctx *c, const char *key, int make) {
+    struct sess_slot *victim = NULL;
+    for (int i = 0; i < FERRY_SESS_KEYS; i++) {
+        struct sess_slot *e = &c->slots[i];
+        if (e->key[0] && strcmp(e->key, key) == 0) { e->used = ++c->clock; return e; }
+        if (!victim || (!e->key[0] && victim->key[0]) || (e->key[0] && victim->key[0] && e->used < victim->used)) victim = e;
+    }
+    if (!make || !victim) return NULL;
+    for (int j = 0; j < victim->n; j++) SSL_SESSION_free(victim->s[j]);
+    victim->n = 0;
+    snprintf(victim->key, sizeof victim->key, "%s", key);
+    victim->used = ++c->clock;
+    return victim;
+}
+
+/* OpenSSL calls this on the client when a ticket arrives (inside SSL_read, after the
+   handshake). A copy is kept: the session OpenSSL passes stays attached to the connection,
+   and a connection freed without close_notify (as ours are: the protocol ends with its own
+   END exchange) marks its attached session unresumable. Returns 0: OpenSSL keeps its own
+   reference. */
+static int new_session(SSL *ssl, SSL_SESSION *sess) {
+    ferry_tls *t = SSL_get_app_data(ssl);
+    ferry_tls_ctx *c = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    if (!t || !c || !t->key[0] || !SSL_SESSION_is_resumable(sess)) return 0;
+    SSL_SESSION *copy = SSL_SESSION_dup(sess);
+    if (!copy) return 0;
+    pthread_mutex_lock(&c->mu);
+    struct sess_slot *e = session_slot(c, t->key, 1);
+    if (e->n == FERRY_SESS_PER_KEY) {          // full: the oldest ticket goes
+        SSL_SESSION_free(e->s[0]);
+        memmove(&e->s[0], &e->s[1], sizeof e->s[0] * (FERRY_SESS_PER_KEY - 1));
+        e->n--;
+    }
+    e->s[e->n++] = copy;
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
+/* Takes the newest fresh ticket of `key` out of the cache (NULL: none); stale ones are freed. */
+static SSL_SESSION *session_take(ferry_tls_ctx *c, const char *key) {
+    SSL_SESSION *found = NULL;
+    pthread_mutex_lock(&c->mu);
+    struct sess_slot *e = session_slot(c, key, 0);
+    while (e && e->n > 0 && !found) {
+        SSL_SESSION *s = e->s[--e->n];
+        if (session_fresh(s)) found = s; else SSL_SESSION_free(s);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return found;
+}
+
+/* A resumed session's peer certificate (restored from the ticket, not sent again) must still
+   be what the caller expects: within its dates, verified when first seen, and (client) naming
+   `expected`. The cache key already ties a ticket to one peer; this holds even if it did not. */
+static int resumed_peer_ok(SSL *ssl, int server, const char *expected, char *err, size_t errlen) {
+    X509 *peer = SSL_get0_peer_certificate(ssl);
+    if (!peer) {
+        if (server) return 1;   // a client without a certificate (a user with a token)
+        snprintf(err, errlen, "TLS handshake failed: a resumed session without the server's certificate");
+        return 0;
+    }
+    if (SSL_get_verify_result(ssl) != X509_V_OK) {
+        snprintf(err, errlen, "TLS handshake failed: a resumed session of an unverified certificate");
+        return 0;
+    }
+    if (X509_cmp_current_time(X509_get0_notAfter(peer)) <= 0 || X509_cmp_current_time(X509_get0_notBefore(peer)) >= 0) {
+        snprintf(err, errlen, "TLS handshake failed: the peer's certificate is no longer valid");
+        return 0;
+    }
+    if (!server && expected && *expected) {
+        int ip = X509_check_ip_asc(peer, expected, 0);   // -2: `expected` is not an address
+        if (!(ip == 1 || (ip == -2 && X509_check_host(peer, expected, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) == 1))) {
+            snprintf(err, errlen, "TLS handshake failed: a resumed session's certificate does not name '%s'", expected);
+            return 0;
+        }
+    }
+    return 1;
+}
 
 ferry_tls_ctx *ferry_tls_ctx_new(int server, const char *cert, const char *key, const char *ca, char *err, size_t errlen) {
     SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
     if (!ctx) { fail(err, errlen, "cannot create a TLS context"); return NULL; }
     SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
     SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_num_tickets(ctx, 0);   // no post-handshake messages: reads never need to write
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);   // a server keeps no sessions: its tickets are stateless
+    SSL_CTX_set_num_tickets(ctx, 0);   // none unless resumption is set up below
     SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (cert && *cert) {
         if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
@@ -77,10 +187,52 @@ ferry_tls_ctx *ferry_tls_ctx_new(int server, const char *cert, const char *key, 
     SSL_CTX_set_verify_depth(ctx, 4);
     ferry_tls_ctx *c = calloc(1, sizeof *c);
     c->ctx = ctx;
+    c->server = server;
+    pthread_mutex_init(&c->mu, NULL);
+    SSL_CTX_set_app_data(ctx, c);
+    // Resumption: the server issues stateless tickets (encrypted with a key of this process
+    // only: a restart invalidates them, and the client then falls back to a full handshake);
+    // the client keeps them per peer (see the cache above). A resumed handshake still runs a
+    // fresh (EC)DHE exchange (psk_dhe_ke; OpenSSL never offers psk_ke unless told to), so
+    // each connection has its own keys and exported data keys; no early data.
+    SSL_CTX_set_timeout(ctx, FERRY_SESS_SECONDS);
+    if (server) {
+        // Required with client certificates: the ticket carries the client's verified
+        // certificate, and it is accepted only by the context that issued it.
+        static const unsigned char sid[] = "ferry-transfer-1";
+        SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+        SSL_CTX_set_num_tickets(ctx, 2);   // written inside SSL_accept: reads still never write
+        SSL_CTX_set_max_early_data(ctx, 0);
+    } else {
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(ctx, new_session);
+    }
     return c;
 }
 
-void ferry_tls_ctx_free(ferry_tls_ctx *c) { if (c) { SSL_CTX_free(c->ctx); free(c); } }
+void ferry_tls_ctx_free(ferry_tls_ctx *c) {
+    if (!c) return;
+    for (int i = 0; i < FERRY_SESS_KEYS; i++)
+        for (int j = 0; j < c->slots[i].n; j++) SSL_SESSION_free(c->slots[i].s[j]);
+    pthread_mutex_destroy(&c->mu);
+    SSL_CTX_free(c->ctx);
+    free(c);
+}
+
+void ferry_tls_ctx_counts(ferry_tls_ctx *c, long long *full, long long *resumed) {
+    pthread_mutex_lock(&c->mu);
+    *full = c->full; *resumed = c->resumed;
+    pthread_mutex_unlock(&c->mu);
+}
+
+void ferry_tls_ctx_forget(ferry_tls_ctx *c) {
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < FERRY_SESS_KEYS; i++) {
+        for (int j = 0; j < c->slots[i].n; j++) SSL_SESSION_free(c->slots[i].s[j]);
+        c->slots[i].n = 0; c->slots[i].key[0] = 0;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
 
 static long long now_ms(void) {
     struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -113,10 +265,15 @@ static void verify_fail(SSL *ssl, char *err, size_t errlen, const char *what) {
     }
 }
 
-ferry_tls *ferry_tls_handshake(ferry_tls_ctx *c, int fd, int server, const char *expected, int timeout_ms, char *err, size_t errlen) {
+ferry_tls *ferry_tls_handshake(ferry_tls_ctx *c, int fd, int server, const char *expected, const char *session_key, int timeout_ms, char *err, size_t errlen) {
     ERR_clear_error();
     SSL *ssl = SSL_new(c->ctx);
     if (!ssl) { fail(err, errlen, "cannot create a TLS session"); return NULL; }
+    ferry_tls *t = calloc(1, sizeof *t);
+    if (!t) { SSL_free(ssl); snprintf(err, errlen, "out of memory"); return NULL; }
+    t->ssl = ssl; t->fd = fd; t->owner = c;
+    pthread_mutex_init(&t->mu, NULL);
+    SSL_set_app_data(ssl, t);   // the new-ticket callback finds the cache key here
     int flags = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, flags | O_NONBLOCK);
     SSL_set_fd(ssl, fd);
@@ -128,27 +285,38 @@ ferry_tls *ferry_tls_handshake(ferry_tls_ctx *c, int fd, int server, const char 
             ok = X509_VERIFY_PARAM_set1_host(param, expected, 0);
             SSL_set_tlsext_host_name(ssl, expected);
         }
-        if (!ok) { snprintf(err, errlen, "bad center name '%s'", expected); SSL_free(ssl); return NULL; }
+        if (!ok) { snprintf(err, errlen, "bad center name '%s'", expected); ferry_tls_free(t); return NULL; }
+    }
+    // A client offers a ticket of this exact key (peer and address) when it holds one; without
+    // a key (or an expected name to check it by) it never resumes nor keeps tickets.
+    if (!server && session_key && *session_key && expected && *expected && strlen(session_key) < sizeof t->key) {
+        snprintf(t->key, sizeof t->key, "%s", session_key);
+        SSL_SESSION *sess = session_take(c, t->key);
+        if (sess) { SSL_set_session(ssl, sess); SSL_SESSION_free(sess); }
     }
     long long deadline = now_ms() + timeout_ms;
     for (int rounds = 0; rounds < 100000; rounds++) {
         int r = server ? SSL_accept(ssl) : SSL_connect(ssl);
         if (r == 1) {
-            ferry_tls *t = calloc(1, sizeof *t);
-            t->ssl = ssl; t->fd = fd;
-            pthread_mutex_init(&t->mu, NULL);
+            t->resumed = SSL_session_reused(ssl) == 1;
+            if (t->resumed && !resumed_peer_ok(ssl, server, expected, err, errlen)) { ferry_tls_free(t); return NULL; }
+            pthread_mutex_lock(&c->mu);
+            if (t->resumed) c->resumed++; else c->full++;
+            pthread_mutex_unlock(&c->mu);
             return t;
         }
         int e = SSL_get_error(ssl, r);
         int w = 0;
         if (e == SSL_ERROR_WANT_READ) w = wait_fd(fd, POLLIN, deadline);
         else if (e == SSL_ERROR_WANT_WRITE) w = wait_fd(fd, POLLOUT, deadline);
-        else { verify_fail(ssl, err, errlen, "TLS handshake failed"); SSL_free(ssl); return NULL; }
-        if (w == 0) { snprintf(err, errlen, "TLS handshake timed out after %d ms", timeout_ms); SSL_free(ssl); return NULL; }
-        if (w < 0) { snprintf(err, errlen, "TLS handshake: %s", strerror(errno)); SSL_free(ssl); return NULL; }
+        else { verify_fail(ssl, err, errlen, "TLS handshake failed"); ferry_tls_free(t); return NULL; }
+        if (w == 0) { snprintf(err, errlen, "TLS handshake timed out after %d ms", timeout_ms); ferry_tls_free(t); return NULL; }
+        if (w < 0) { snprintf(err, errlen, "TLS handshake: %s", strerror(errno)); ferry_tls_free(t); return NULL; }
     }
-    snprintf(err, errlen, "TLS handshake did not finish"); SSL_free(ssl); return NULL;
+    snprintf(err, errlen, "TLS handshake did not finish"); ferry_tls_free(t); return NULL;
 }
+
+int ferry_tls_resumed(ferry_tls *t) { return t->resumed; }
 
 long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *err, size_t errlen) {
     long long deadline = now_ms() + timeout_ms;

@@ -386,6 +386,13 @@ public struct DaemonAPI: Sendable {
 
     private func metrics() -> String {
         var out = "# HELP ferry_jobs Transfer jobs by state.\n# TYPE ferry_jobs gauge\n"
+        if let handshakes = runner?.tlsHandshakes(), !handshakes.isEmpty {
+            out += "# HELP ferry_peer_tls_handshakes_total TLS handshakes of jobs towards each peer: full, or resumed from an earlier session's ticket.\n# TYPE ferry_peer_tls_handshakes_total counter\n"
+            for (p, h) in handshakes.sorted(by: { $0.key < $1.key }) {
+                out += "ferry_peer_tls_handshakes_total{peer=\(promLabel(p)),kind=\"full\"} \(h.full)\n"
+                out += "ferry_peer_tls_handshakes_total{peer=\(promLabel(p)),kind=\"resumed\"} \(h.resumed)\n"
+            }
+        }
         let counts = (try? store.countsByState()) ?? [:]
         for s in JobState.allCases { out += "ferry_jobs{state=\(promLabel(s.rawValue))} \(counts[s] ?? 0)\n" }
         if let t = try? store.totals() {

@@ -44,6 +44,13 @@ public final class JobRunner: @unchecked Sendable {
     public let settings: RunnerSettings
     public let workerID: String
     private let tls: TLSContext
+    /// One client TLS context per peer (made on first use from the center's certificate):
+    /// each keeps the TLS 1.3 tickets of its own peer only, so job after job to a peer resumes
+    /// its session (no certificate chain sent, verified and signed for again: most of a
+    /// one-file job's TLS cost) and a ticket can never be offered to another peer; its
+    /// counters say how many handshakes were full and how many resumed (`/metrics`).
+    /// Guarded by `lock`; as many as configured peers and allowed hosts.
+    private var peerTLS: [String: TLSContext] = [:]
     /// Streams and transfers in flight per peer, tuned from measured throughput and errors.
     public let tuner: LinkTuner
     private let lock = NSLock()
@@ -87,6 +94,24 @@ public final class JobRunner: @unchecked Sendable {
     }
 
     private var isStopping: Bool { lock.withLock { stopping } }
+
+    /// The client TLS context for jobs towards `peer` (its tuning key).
+    private func tlsContext(peer: String) throws -> TLSContext {
+        if peer.isEmpty { return tls }
+        if let c = lock.withLock({ peerTLS[peer] }) { return c }
+        let made = try TLSContext(server: false, identity: settings.tls)
+        return lock.withLock {
+            if let c = peerTLS[peer] { return c }
+            peerTLS[peer] = made
+            return made
+        }
+    }
+
+    /// TLS handshakes towards each peer so far: full ones and resumed ones (a ticket of an
+    /// earlier job's session).
+    public func tlsHandshakes() -> [String: (full: Int, resumed: Int)] {
+        lock.withLock { peerTLS }.mapValues(\.handshakes)
+    }
 
     /// Live counters of a job this runner is running now.
     public func liveProgress(_ id: Int64) -> TransferProgress.Snapshot? {
@@ -191,7 +216,7 @@ public final class JobRunner: @unchecked Sendable {
             options.bandwidthLimitBytesPerSecond = job.request.bwlimit
             options.protection = try ProtectionLevel(parsing: job.request.protection)
             options.compression = try CompressionMode(parsing: job.request.compress)
-            let creds = ClientCredentials(tls: tls, token: nil, center: srcPeer ?? dstPeer)
+            let creds = ClientCredentials(tls: try tlsContext(peer: job.peer), token: nil, center: srcPeer ?? dstPeer)
             // The owner's account for the local side; this thread (and the transfer's threads it
             // starts) act as it for the copy only: the queue's own work stays the daemon's.
             let account = try localAccount(job, srcExport ?? dstExport)

@@ -25,7 +25,17 @@ void ferry_tls_ctx_free(ferry_tls_ctx *ctx);
 /// Runs the handshake on a connected socket (made non-blocking here) within timeout_ms.
 /// Client: `expected` is the center name or address the server's certificate must carry.
 /// NULL on failure with the reason in err (for example the certificate verification result).
-ferry_tls *ferry_tls_handshake(ferry_tls_ctx *ctx, int fd, int server, const char *expected, int timeout_ms, char *err, size_t errlen);
+/// Client: `session_key` (NULL: none) names the peer exactly (center or address, and the address
+/// dialled); a ticket kept under it from an earlier session is offered (TLS 1.3 resumption,
+/// each ticket once) and tickets the server sends are kept under it. A resumed session's
+/// certificate is checked against `expected` and its dates again.
+ferry_tls *ferry_tls_handshake(ferry_tls_ctx *ctx, int fd, int server, const char *expected, const char *session_key, int timeout_ms, char *err, size_t errlen);
+/// 1 when the handshake resumed an earlier session (no certificate sent again).
+int ferry_tls_resumed(ferry_tls *t);
+/// Handshakes this context completed: full ones, and resumed ones.
+void ferry_tls_ctx_counts(ferry_tls_ctx *ctx, long long *full, long long *resumed);
+/// Drops every kept ticket (a client).
+void ferry_tls_ctx_forget(ferry_tls_ctx *ctx);
 /// Reads up to len bytes; waits at most timeout_ms. >0 bytes, 0 clean close, -1 error
 /// (message in err), -2 timeout. Safe to call while another thread writes.
 long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *err, size_t errlen);

@@ -34,13 +34,38 @@ public final class TLSContext: @unchecked Sendable {
 
     /// Runs the handshake on `fd`. A client names the center (or address) the server's
     /// certificate must carry.
-    func handshake(fd: Int32, expected: String?, timeoutMs: Int) throws -> TLSChannel {
+    ///
+    /// `sessionKey` (a client's, nil: none) turns on TLS 1.3 resumption for this connection:
+    /// a ticket kept under that key from an earlier session with this context is offered, and
+    /// the tickets the server sends are kept under it (`shim.c` has the cache: per context, so
+    /// per set of credentials; bounded; each ticket offered once; five minutes at most). The
+    /// key must name the peer exactly (`sessionKey(expected:server:)`): the expected center
+    /// and the address dialled. A resumed session's certificate (the one verified when the
+    /// session began, carried in the ticket) is checked again against `expected` and its
+    /// dates. A server that restarted no longer knows its old tickets and answers with a full
+    /// handshake: nothing fails.
+    func handshake(fd: Int32, expected: String?, sessionKey: String? = nil, timeoutMs: Int) throws -> TLSChannel {
         var err = [CChar](repeating: 0, count: 512)
-        guard let t = ferry_tls_handshake(raw, fd, isServer ? 1 : 0, expected, Int32(clamping: timeoutMs), &err, err.count) else {
+        guard let t = ferry_tls_handshake(raw, fd, isServer ? 1 : 0, expected, sessionKey, Int32(clamping: timeoutMs), &err, err.count) else {
             throw TransferError(.auth, String(cString: err))
         }
         return TLSChannel(raw: t)
     }
+
+    /// The resumption key of a client's connection to `server` that must prove to be `expected`.
+    static func sessionKey(expected: String, server: HostPort) -> String { "\(expected)@\(server)" }
+
+    /// Handshakes this context completed so far: full ones (certificates sent and verified)
+    /// and resumed ones (a ticket of an earlier session).
+    public var handshakes: (full: Int, resumed: Int) {
+        var full: Int64 = 0, resumed: Int64 = 0
+        ferry_tls_ctx_counts(raw, &full, &resumed)
+        return (Int(full), Int(resumed))
+    }
+
+    /// Drops every ticket this (client) context keeps: the next connection to each peer runs
+    /// a full handshake.
+    public func forgetSessions() { ferry_tls_ctx_forget(raw) }
 }
 
 /// One TLS session over a control connection. Reads and writes may run on different threads
@@ -77,6 +102,9 @@ final class TLSChannel: @unchecked Sendable {
         return out
     }
 
+    /// Whether the handshake resumed an earlier session (a ticket) instead of a full one.
+    var resumed: Bool { ferry_tls_resumed(raw) == 1 }
+
     /// The common name of the peer's verified certificate, nil when it sent none.
     var peerCommonName: String? {
         var buf = [CChar](repeating: 0, count: 256)
@@ -94,7 +122,7 @@ public enum CertificateAuthority {
     /// Issues a center certificate (server and client use). `backdateSeconds` moves the
     /// validity window into the past (operators: 0; tests: an expired certificate).
     public static func issue(caCertificate: String, caKey: String, center: String, hosts: [String], days: Int, backdateSeconds: Int = 0, certificate: String, key: String) throws {
-        guard Center.isValidName(center) else { throw TransferError(.usage, "bad center name '\(center)': use letters, digits, '-' and '.'") }
+        try CenterName.validate(center)
         var err = [CChar](repeating: 0, count: 512)
         guard ferry_ca_issue(caCertificate, caKey, center, hosts.joined(separator: ","), Int32(days), backdateSeconds, certificate, key, &err, err.count) == 1 else {
             throw TransferError(.io, String(cString: err))
@@ -102,14 +130,6 @@ public enum CertificateAuthority {
     }
 }
 
-public enum Center {
-    /// Center names are DNS labels (they appear in certificates and gfs:// URLs).
-    public static func isValidName(_ s: String) -> Bool {
-        let b = Array(s.utf8)
-        guard (1...63).contains(b.count), b.first != UInt8(ascii: "-"), b.first != UInt8(ascii: ".") else { return false }
-        return b.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x2E }
-    }
-}
 
 /// Small crypto helpers over OpenSSL.
 enum Crypto {

@@ -107,6 +107,7 @@ public enum TransferClient {
             } else if (st.st_mode & S_IFMT) == S_IFREG {
                 let chunks = max(1, (Int(st.st_size) + options.chunkBytes - 1) / options.chunkBytes)
                 options.streams = min(options.streams ?? TransferOptions.automaticStreams, chunks)
+                options.chunkBytes = fittedChunkBytes(fileBytes: Int64(st.st_size), options.chunkBytes)
             }
             return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
                 let sender = try Sender(ctx: ctx, rootFd: srcFd, name: src == "-" ? "standard input" : src, stream: isStream)
@@ -143,6 +144,7 @@ public enum TransferClient {
             if (st.st_mode & S_IFMT) == S_IFREG {
                 let chunks = max(1, (Int(st.st_size) + options.chunkBytes - 1) / options.chunkBytes)
                 options.streams = min(options.streams ?? TransferOptions.automaticStreams, chunks)
+                options.chunkBytes = fittedChunkBytes(fileBytes: Int64(st.st_size), options.chunkBytes)
             }
             return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
                 let sender = try Sender(ctx: ctx, rootFd: srcFd, name: components.joined(separator: "/"))
@@ -173,6 +175,22 @@ public enum TransferClient {
         case (.remote, .remote):
             throw TransferError(.usage, "copies between two servers go through the source center's daemon (ferry cp with --api, or ferry jobs submit)")
         }
+    }
+
+    /// The chunk size for a push of one regular file of `fileBytes`: a file that fits in one
+    /// chunk gets the smallest chunk (a power of two, at least `Wire.chunkBytesMin`) that holds
+    /// it, never more than `chunkBytes`. Each data stream's buffers, on both sides, are sized
+    /// from the chunk size and registered with io_uring (every page faulted in, zeroed and
+    /// pinned, and unpinned at the end): two 4 MiB buffers per side for a 4 KiB file were most
+    /// of a one-file job's CPU (issue 14, item 6; `perf` in bench/RESULTS.md). A file of one
+    /// chunk has one chunk whatever its size, so nothing else changes; a larger file keeps the
+    /// chunk size asked for (its journal, and so its resume, depends on it). The same file
+    /// gets the same size on every attempt, so a rerun finds its journal.
+    static func fittedChunkBytes(fileBytes: Int64, _ chunkBytes: Int) -> Int {
+        guard fileBytes >= 0, fileBytes < Int64(chunkBytes) else { return chunkBytes }
+        var fitted = Wire.chunkBytesMin
+        while fitted < chunkBytes && Int64(fitted) < fileBytes { fitted *= 2 }
+        return min(fitted, chunkBytes)
     }
 
     /// The directory a confined endpoint resolves beneath.
@@ -305,7 +323,11 @@ public enum TransferClient {
         defer { control.close() }
         try control.sendPreamble(role: .control, ring: ring)
         do {
-            control.tls = try credentials.tls.handshake(fd: control.fd, expected: credentials.center ?? server.host, timeoutMs: Int(handshakeNs / 1_000_000))
+            // Resumed when this context holds a ticket of the same peer at the same address (a
+            // daemon running job after job to a peer): no certificates sent and verified again.
+            let expected = credentials.center ?? server.host
+            control.tls = try credentials.tls.handshake(fd: control.fd, expected: expected, sessionKey: TLSContext.sessionKey(expected: expected, server: server),
+                                                        timeoutMs: Int(handshakeNs / 1_000_000))
         } catch {
             // The server may have said why (for example, too many connections) before TLS.
             var e = asTransferError(error)
