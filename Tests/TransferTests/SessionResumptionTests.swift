@@ -1,0 +1,122 @@
+import Foundation
+import Glibc
+import Testing
+@testable import Transfer
+
+/// TLS 1.3 resumption of the transfer protocol's control connections (issue 14, item 6): a
+/// client context keeps its peers' tickets per key; a session is resumed only for the same
+/// key, in the same context, against a server that still knows its ticket key; a resumed
+/// session's certificate is still checked against the name expected.
+@Suite("TLS session resumption")
+struct SessionResumptionTests {
+    final class PKI {
+        let dir = try! TempDir()
+        var ca: String { dir.path + "/ca.crt" }
+        func cert(_ c: String) -> String { dir.path + "/\(c).crt" }
+        func key(_ c: String) -> String { dir.path + "/\(c).key" }
+        init() throws {
+            try CertificateAuthority.initialize(name: "test CA", days: 10, certificate: ca, key: dir.path + "/ca.key")
+            for c in ["hlrs", "wuxi"] {
+                try CertificateAuthority.issue(caCertificate: ca, caKey: dir.path + "/ca.key", center: c, hosts: ["127.0.0.1"], days: 10, certificate: cert(c), key: key(c))
+            }
+        }
+    }
+
+    /// One connection over a socket pair: the server sends 5 bytes (the client reads the
+    /// tickets before them, as a real client reads READY), the client answers 2. Returns
+    /// whether each side resumed and the client center the server saw, or the client's error.
+    static func connect(server: TLSContext, client: TLSContext, expected: String, key: String?) -> Result<(client: Bool, server: Bool, peer: String?), TransferError> {
+        var sv: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0 else { return .failure(TransferError(.io, "socketpair")) }
+        defer { close(sv[0]); close(sv[1]) }
+        let side = ServerSide()
+        let serverFd = sv[0]
+        let t = Thread {
+            if let ch = try? server.handshake(fd: serverFd, expected: nil, timeoutMs: 5000) {
+                var ready: [UInt8] = Array("READY".utf8)
+                try? ch.write(&ready, 5, peer: "client")
+                var answer = [UInt8](repeating: 0, count: 2)
+                _ = try? ch.read(&answer, 2, timeoutNs: 5_000_000_000, peer: "client")
+                side.set(resumed: ch.resumed, peer: ch.peerCommonName)
+            }
+            side.done.signal()
+        }
+        t.start()
+        do {
+            let ch = try client.handshake(fd: sv[1], expected: expected, sessionKey: key, timeoutMs: 5000)
+            var ready = [UInt8](repeating: 0, count: 5)
+            _ = try ch.read(&ready, 5, timeoutNs: 5_000_000_000, peer: "server")
+            var ok: [UInt8] = Array("OK".utf8)
+            try ch.write(&ok, 2, peer: "server")
+            side.done.wait()
+            return .success((ch.resumed, side.resumed, side.peer))
+        } catch {
+            shutdown(sv[1], Int32(SHUT_RDWR))
+            side.done.wait()
+            return .failure(error as? TransferError ?? TransferError(.io, "\(error)"))
+        }
+    }
+
+    final class ServerSide: @unchecked Sendable {
+        let done = DispatchSemaphore(value: 0)
+        private let lock = NSLock()
+        private var r = false
+        private var p: String?
+        var resumed: Bool { lock.withLock { r } }
+        var peer: String? { lock.withLock { p } }
+        func set(resumed: Bool, peer: String?) { lock.withLock { r = resumed; p = peer } }
+    }
+
+    @Test("job after job to one peer resumes; another key, another context or a restarted server does not; a resumed session's name is still checked")
+    func resumption() throws {
+        signal(SIGPIPE, SIG_IGN)  // as every Ferry process does (a side writing after the other left)
+        let pki = try PKI()
+        let server = try TLSContext(server: true, identity: TLSIdentity(certificate: pki.cert("wuxi"), key: pki.key("wuxi"), ca: pki.ca))
+        let client = try TLSContext(server: false, identity: TLSIdentity(certificate: pki.cert("hlrs"), key: pki.key("hlrs"), ca: pki.ca))
+        let key = TLSContext.sessionKey(expected: "wuxi", server: try HostPort(parsing: "127.0.0.1:7400"))
+        let first = try SessionResumptionTests.connect(server: server, client: client, expected: "wuxi", key: key).get()
+        #expect(!first.client && !first.server && first.peer == "hlrs")
+        for _ in 0..<5 {
+            let next = try SessionResumptionTests.connect(server: server, client: client, expected: "wuxi", key: key).get()
+            // The server knows the client's center from the ticket (its certificate is not sent again).
+            #expect(next.client && next.server && next.peer == "hlrs")
+        }
+        #expect(client.handshakes.full == 1 && client.handshakes.resumed == 5)
+        // Another address of the same center: a key of its own, a full handshake.
+        let other = TLSContext.sessionKey(expected: "wuxi", server: try HostPort(parsing: "127.0.0.1:7401"))
+        #expect(try !SessionResumptionTests.connect(server: server, client: client, expected: "wuxi", key: other).get().client)
+        // Without a key: never resumed.
+        #expect(try !SessionResumptionTests.connect(server: server, client: client, expected: "wuxi", key: nil).get().client)
+        // Other credentials (another context, no certificate): their own sessions only.
+        let anonymous = try TLSContext(server: false, identity: TLSIdentity(certificate: nil, key: nil, ca: pki.ca))
+        let anon = try SessionResumptionTests.connect(server: server, client: anonymous, expected: "wuxi", key: key).get()
+        #expect(!anon.client && anon.peer == nil)
+        // A ticket offered under a name its certificate does not carry is refused, even though
+        // the server would resume it.
+        let wrong = SessionResumptionTests.connect(server: server, client: client, expected: "hlrs", key: key)
+        guard case .failure(let e) = wrong else { Issue.record("a resumed session for the wrong name was accepted"); return }
+        #expect(e.code == .auth && e.message.contains("does not name 'hlrs'"), "\(e)")
+        // A restarted server (a new context: a new ticket key) answers a stale ticket with a
+        // full handshake; the one after resumes again.
+        let restarted = try TLSContext(server: true, identity: TLSIdentity(certificate: pki.cert("wuxi"), key: pki.key("wuxi"), ca: pki.ca))
+        let fresh = try SessionResumptionTests.connect(server: restarted, client: client, expected: "wuxi", key: key).get()
+        #expect(!fresh.client && !fresh.server && fresh.peer == "hlrs")
+        #expect(try SessionResumptionTests.connect(server: restarted, client: client, expected: "wuxi", key: key).get().client)
+        // Forgotten tickets: a full handshake.
+        client.forgetSessions()
+        #expect(try !SessionResumptionTests.connect(server: restarted, client: client, expected: "wuxi", key: key).get().client)
+    }
+
+    @Test("a one-file push uses the smallest chunk that holds the file; larger files keep the chunk size asked for")
+    func fittedChunks() {
+        let four = 4 << 20
+        #expect(TransferClient.fittedChunkBytes(fileBytes: 0, four) == Wire.chunkBytesMin)
+        #expect(TransferClient.fittedChunkBytes(fileBytes: 4096, four) == Wire.chunkBytesMin)
+        #expect(TransferClient.fittedChunkBytes(fileBytes: Int64(Wire.chunkBytesMin), four) == Wire.chunkBytesMin)
+        #expect(TransferClient.fittedChunkBytes(fileBytes: Int64(Wire.chunkBytesMin) + 1, four) == 2 * Wire.chunkBytesMin)
+        #expect(TransferClient.fittedChunkBytes(fileBytes: Int64(four) - 1, four) == four)
+        #expect(TransferClient.fittedChunkBytes(fileBytes: Int64(four), four) == four)
+        #expect(TransferClient.fittedChunkBytes(fileBytes: 1 << 40, four) == four)
+        #expect(TransferClient.fittedChunkBytes(fileBytes: 100_000, 96 << 10) == 96 << 10)
+    }
+}
