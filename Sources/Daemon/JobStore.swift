@@ -17,18 +17,31 @@ public final class JobStore: @unchecked Sendable {
     public let retry: RetryPolicy
     public var location: String { db.location }
 
-    /// Bumped after every write of this store in this process: the API's event streams read a
-    /// job again only when something moved (and at least every 5 s, for what another daemon
-    /// sharing a PostgreSQL queue changed), not twice a second per watcher.
-    public var generation: UInt64 { generationLock.withLock { _generation } }
-    private let generationLock = NSLock()
-    private var _generation: UInt64 = 0
+    /// The queue's change feed (ChangeFeed.swift): bumped after every transaction of this
+    /// store that changed a row, and on PostgreSQL also by every other store's (another
+    /// daemon's) through LISTEN/NOTIFY. The API's event streams await it instead of polling.
+    public let changes = ChangeFeed()
+    /// `changes.generation`.
+    public var generation: UInt64 { changes.generation }
+    /// The LISTEN loop on PostgreSQL (nil on SQLite), ended with the store.
+    var listener: Task<Void, Never>?
 
-    /// One transaction of the store's, then the generation moves on.
+    /// One transaction of the store's; when it changed a row, the change feed moves on (on
+    /// PostgreSQL a NOTIFY in the same transaction tells the other daemons at commit).
     private func write<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        defer { generationLock.withLock { _generation &+= 1 } }
-        return try db.write(body)
+        var changed = false
+        let r = try db.write { s in
+            let counting = ChangeCountingSession(base: s)
+            let r = try body(counting)
+            changed = counting.changed
+            if changed && s.dialect == .postgres { try s.execute("SELECT pg_notify(?, ?) AS sent", ChangeFeed.channel, changes.origin) }
+            return r
+        }
+        if changed { changes.bump() }
+        return r
     }
+
+    deinit { listener?.cancel() }
 
     /// Opens (creating the tables if needed) the queue in `database`: a SQLite path (":memory:"
     /// for a private one) or a `postgres://` URL.
@@ -74,6 +87,7 @@ public final class JobStore: @unchecked Sendable {
                 CREATE INDEX IF NOT EXISTS job_deps_on ON job_deps(depends_on);
                 """)
         }
+        listener = changes.listen(db)
     }
 
     // MARK: submit, read

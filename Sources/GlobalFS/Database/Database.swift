@@ -10,10 +10,13 @@ import PostgresNIO
 /// the configuration names a `postgres://` URL, and then several daemons of one center share
 /// it (the job queue claims rows with `FOR UPDATE SKIP LOCKED`).
 ///
-/// The interface is synchronous on purpose: its callers are the runner's worker threads and the
-/// API's handlers, and a query is a loopback round trip. The PostgreSQL engine waits on NIO
-/// futures, which complete on NIO's own event-loop threads, never on the Swift concurrency
-/// pool, so a handler blocking here cannot starve the thread that would complete it.
+/// Transactions (`read`, `write`) are synchronous: their callers are the runner's worker
+/// threads and the API's blocking pool, and the queue's and the catalog's transactions are
+/// written as straight-line code. Nothing they wait for runs on Swift's cooperative pool (NIO's
+/// threads complete PostgreSQL's futures; the pool's leases run on `PostgresExecutor`), so a
+/// blocked caller cannot starve the thread that would wake it. Single-statement reads also
+/// have an async way in (`fetch`) that holds no thread while it waits, and PostgreSQL adds
+/// LISTEN/NOTIFY (`listen`) for change feeds across daemons (issue 14, item 3).
 public enum SQLDialect: Sendable { case sqlite, postgres }
 
 /// A value bound to a statement or read from a row. Integers are 64-bit in both engines
@@ -80,6 +83,25 @@ public protocol SQLDatabase: AnyObject, Sendable {
     func write<T>(_ body: (any SQLSession) throws -> T) throws -> T
     /// Reads outside a write transaction.
     func read<T>(_ body: (any SQLSession) throws -> T) throws -> T
+    /// One statement outside any transaction, awaited: the calling task's thread is free while
+    /// the database works (SQLite: on GRDB's reader queue; PostgreSQL: a lease from the pool and
+    /// the round trip are suspensions). For the API's reads, which should hold no thread.
+    func fetch(_ sql: String, _ args: [SQLValue]) async throws -> [SQLRow]
+    /// Notifications sent on `channel` by any connection to this database, this process's or
+    /// another daemon's (PostgreSQL LISTEN/NOTIFY); nil where there are none (SQLite: one
+    /// process owns the file, and changes are known in-process). See PostgreSQLDatabase.listen.
+    func listen(_ channel: String, listening: @escaping @Sendable () -> Void, notify: @escaping @Sendable (String) -> Void) -> Task<Void, Never>?
+}
+
+extension SQLDatabase {
+    /// The synchronous read, for engines without an async path of their own (it blocks).
+    public func fetch(_ sql: String, _ args: [SQLValue]) async throws -> [SQLRow] {
+        try read { s in try s.query(sql, args) }
+    }
+
+    public func listen(_ channel: String, listening: @escaping @Sendable () -> Void, notify: @escaping @Sendable (String) -> Void) -> Task<Void, Never>? {
+        nil
+    }
 }
 
 public struct SQLStoreError: Error, CustomStringConvertible, Sendable {
@@ -139,6 +161,14 @@ public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
         }
     }
 
+    /// GRDB's async read: the statement runs on one of the pool's reader connections (its own
+    /// dispatch queue) while the caller is suspended.
+    public func fetch(_ sql: String, _ args: [SQLValue]) async throws -> [SQLRow] {
+        do { return try await queue.read { db in try Session(db: db).query(sql, args) } } catch let e as DatabaseError where SQLiteDatabase.isBusy(e) {
+            throw SQLStoreError("the database \(location) is busy (locked for more than 10 s): \(e.message ?? "")", busy: true)
+        }
+    }
+
     static func isBusy(_ e: DatabaseError) -> Bool {
         e.resultCode == .SQLITE_BUSY || e.resultCode == .SQLITE_LOCKED
     }
@@ -188,60 +218,200 @@ public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
 
 // MARK: - PostgreSQL
 
-/// A small pool of PostgreSQL connections (postgres-nio), used synchronously. A connection
-/// that broke (server restarted) is replaced on its next use.
+/// The threads on which postgres-nio's pool runs (`PostgresClient.run`, its connection
+/// leases and the LISTEN loops): two of their own, never Swift's cooperative pool.
+///
+/// Why not the cooperative pool: the synchronous interface (`read`, `write`) is still called
+/// from threads that block (the runner's workers, the API's blocking pool, and test bodies,
+/// which Swift Testing runs on the cooperative pool). A thread blocked waiting for a lease must
+/// never be one that the pool needs to hand the lease out: on a two-core host the cooperative
+/// pool has two threads, and two blocked waiters would deadlock the process. Work here is
+/// tiny (state-machine steps between suspensions), so two threads are plenty.
+final class PostgresExecutor: TaskExecutor, @unchecked Sendable {
+    static let shared = PostgresExecutor(threads: 2)
+
+    private let cond = NSCondition()
+    private var jobs: [UnownedJob] = []
+    private var head = 0
+
+    init(threads: Int) {
+        for i in 0..<threads {
+            let t = Thread { [unowned self] in self.loop() }
+            t.name = "ferry-pg-\(i)"
+            t.start()
+        }
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let unowned = UnownedJob(job)
+        cond.lock()
+        jobs.append(unowned)
+        cond.signal()
+        cond.unlock()
+    }
+
+    private func loop() {
+        while true {
+            cond.lock()
+            while head == jobs.count { cond.wait() }
+            let job = jobs[head]
+            head += 1
+            if head > 1024 && head * 2 > jobs.count {
+                jobs.removeFirst(head)
+                head = 0
+            }
+            cond.unlock()
+            job.runSynchronously(on: asUnownedTaskExecutor())
+        }
+    }
+}
+
+/// PostgreSQL through postgres-nio's `PostgresClient`: its connection pool (up to `size`
+/// connections, opened on demand, closed after a minute idle, replaced when broken), run for
+/// as long as this object lives in a task of its own on `PostgresExecutor`.
+///
+/// Two ways in:
+/// - `fetch` (async): one statement, awaited. The caller's thread is free while the lease and
+///   the round trip are pending: the API's hot reads use it (`JobStore.fetchJob` and its
+///   siblings), so a read waiting for PostgreSQL holds no handler thread.
+/// - `read` / `write` (synchronous, the `SQLDatabase` interface that JobStore, Catalog and
+///   StagingCache are written against): the connection is leased from the same pool
+///   asynchronously and handed to the calling thread for the body (statements are
+///   `EventLoopFuture.wait()`s completed by NIO's threads). Kept because rewriting the queue's
+///   and the catalog's transactions (claims with advisory locks, registrations in batches,
+///   mirrors) as async code is a larger change than this one; their callers are threads that
+///   may block (runner workers, the API's blocking pool).
+///
+/// Why the PostgreSQL tail was long (issue 14, `bench/stall.sh`): the old pool had 8
+/// connections behind one semaphore, for 16 + 16 API threads, the runner's workers, the
+/// staging settler and a registration's long batches: most of a request's time was the wait
+/// for a connection (a FIFO-less semaphore, so the unlucky ones waited several turns: the
+/// tail). Now up to `size` (default 40) connections, leases handed out by postgres-nio's pool
+/// in order, and reads that wait without a thread.
 public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     public let dialect = SQLDialect.postgres
     public let location: String
-    private let configuration: PostgresConnection.Configuration
+    /// The pool (postgres-nio). Its `run()` is driven by `running`.
+    public let client: PostgresClient
+    private let running: Task<Void, Never>
     private let logger = Logger(label: "ferry.postgres")
-    private let lock = NSLock()
-    private var idle: [PostgresConnection] = []
-    private let slots: DispatchSemaphore
-    private var nextID = 0
+    /// How long a synchronous caller waits for a connection before the database counts as busy.
+    static let leaseTimeout: DispatchTimeInterval = .seconds(30)
 
-    /// `size`: connections at most (each worker thread and API request holds one briefly).
-    public init(url: String, size: Int = 8) throws {
+    /// `size`: connections at most. The default leaves room for a few daemons on PostgreSQL's
+    /// default max_connections (100): a daemon's demand is its API threads plus its workers.
+    public init(url: String, size: Int = 40) throws {
         guard let u = URLComponents(string: url), let host = u.host, !host.isEmpty, let user = u.user, !user.isEmpty else {
             throw SQLStoreError("a PostgreSQL database is postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, not '\(url)'")
         }
         let database = String(u.path.drop { $0 == "/" })
-        var c = PostgresConnection.Configuration(host: host, port: u.port ?? 5432, username: user, password: u.password,
-                                                 database: database.isEmpty ? user : database, tls: .disable)
+        let name = database.isEmpty ? user : database
+        location = "postgres://\(user)@\(host):\(u.port ?? 5432)/\(name)"
+        // Fail now, with the server's reason (a pool would only retry and time out).
+        var probe = PostgresConnection.Configuration(host: host, port: u.port ?? 5432, username: user, password: u.password, database: name, tls: .disable)
+        probe.options.connectTimeout = .seconds(10)
+        do {
+            let c = try PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.any(), configuration: probe, id: 0, logger: logger).wait()
+            try? c.close().wait()
+        } catch {
+            throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(error))")
+        }
+        var c = PostgresClient.Configuration(host: host, port: u.port ?? 5432, username: user, password: u.password, database: name, tls: .disable)
         c.options.connectTimeout = .seconds(10)
-        configuration = c
-        location = "postgres://\(user)@\(host):\(u.port ?? 5432)/\(database.isEmpty ? user : database)"
-        slots = DispatchSemaphore(value: max(1, size))
-        // Fail now, with the reason, rather than at the first job.
-        _ = try read { s in try s.query("SELECT 1 AS one") }
+        c.options.minimumConnections = 0
+        c.options.maximumConnections = max(2, size)
+        c.options.connectionIdleTimeout = .seconds(60)
+        var quiet = Logger(label: "ferry.postgres.pool")
+        quiet.logLevel = .error
+        let client = PostgresClient(configuration: c, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, backgroundLogger: quiet)
+        self.client = client
+        running = Task(executorPreference: PostgresExecutor.shared) { await client.run() }
     }
 
     deinit {
-        for c in idle { _ = try? c.close().wait() }
+        // Ends the pool's run: its connections are closed.
+        running.cancel()
+    }
+
+    /// A connection of the pool handed to the calling (blocking) thread until it returns.
+    private final class Lease: @unchecked Sendable {
+        let lock = NSLock()
+        let ready = DispatchSemaphore(value: 0)
+        var connection: PostgresConnection?
+        var error: (any Error)?
+        var abandoned = false
+        var finished = false
+        var release: CheckedContinuation<Void, Never>?
+
+        /// The pool's side: false when the caller gave up waiting (the connection goes back).
+        func deliver(_ c: PostgresConnection) -> Bool {
+            guard lock.withLock({ () -> Bool in
+                if abandoned { return false }
+                connection = c
+                return true
+            }) else { return false }
+            ready.signal()
+            return true
+        }
+
+        func fail(_ e: any Error) {
+            lock.withLock { if connection == nil { error = e } }
+            ready.signal()
+        }
+
+        /// Suspends (no thread) until the caller is done with the connection.
+        func held() async {
+            await withCheckedContinuation { (k: CheckedContinuation<Void, Never>) in
+                let now = lock.withLock { () -> Bool in
+                    if finished { return true }
+                    release = k
+                    return false
+                }
+                if now { k.resume() }
+            }
+        }
+
+        /// The caller's side.
+        func finish() {
+            let k = lock.withLock { () -> CheckedContinuation<Void, Never>? in
+                finished = true
+                defer { release = nil }
+                return release
+            }
+            k?.resume()
+        }
+
+        /// True when no connection had come (the lease request is then cancelled).
+        func abandon() -> Bool {
+            lock.withLock {
+                if connection == nil && error == nil { abandoned = true; return true }
+                return false
+            }
+        }
     }
 
     private func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
-        guard slots.wait(timeout: .now() + 30) == .success else {
-            throw SQLStoreError("no free connection to \(location) within 30 s", busy: true)
-        }
-        defer { slots.signal() }
-        var conn = lock.withLock { idle.popLast() }
-        if conn?.isClosed ?? false { conn = nil }
-        if conn == nil {
-            let id = lock.withLock { () -> Int in nextID += 1; return nextID }
+        let lease = Lease()
+        let client = self.client
+        let task = Task(executorPreference: PostgresExecutor.shared) {
             do {
-                conn = try PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.any(), configuration: configuration,
-                                                      id: id, logger: logger).wait()
+                try await client.withConnection { (conn: PostgresConnection) async -> Void in
+                    if lease.deliver(conn) { await lease.held() }
+                }
             } catch {
-                throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(error))")
+                lease.fail(error)
             }
         }
-        let c = conn!
-        // Back to the pool whether or not `body` threw (a failed statement leaves the
-        // connection usable; `write` rolled back); a broken one is closed, never just dropped
-        // (postgres-nio requires every connection to be closed).
-        defer {
-            if c.isClosed { _ = try? c.close().wait() } else { lock.withLock { idle.append(c) } }
+        if lease.ready.wait(timeout: .now() + PostgreSQLDatabase.leaseTimeout) == .timedOut {
+            if lease.abandon() {
+                task.cancel()
+                throw SQLStoreError("no free connection to \(location) within 30 s", busy: true)
+            }
+            lease.ready.wait()  // it came just now
+        }
+        defer { lease.finish() }
+        guard let c = lease.connection else {
+            throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(lease.error ?? CancellationError()))", busy: true)
         }
         return try body(c)
     }
@@ -265,6 +435,52 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         try withConnection { c in try body(Session(conn: c, logger: logger)) }
     }
 
+    /// One statement on a leased connection, awaited (see the type's comment).
+    public func fetch(_ sql: String, _ args: [SQLValue]) async throws -> [SQLRow] {
+        let query = PostgresQuery(unsafeSQL: Session.numbered(sql), binds: Session.bindings(args))
+        let logger = self.logger
+        do {
+            return try await client.withConnection { (conn: PostgresConnection) async throws -> [SQLRow] in
+                var out: [SQLRow] = []
+                for try await row in try await conn.query(query, logger: logger) {
+                    var values: [String: SQLValue] = [:]
+                    for cell in row { values[cell.columnName] = try Session.value(cell) }
+                    out.append(SQLRow(values: values))
+                }
+                return out
+            }
+        } catch let e as SQLStoreError {
+            throw e
+        } catch {
+            throw SQLStoreError(PostgreSQLDatabase.reason(error))
+        }
+    }
+
+    /// LISTEN on `channel` on a connection of its own (leased from the pool for as long as the
+    /// returned task runs): `notify` gets each notification's payload; `listening` is called
+    /// each time the LISTEN is (re)established (after a broken connection, notifications sent
+    /// meanwhile are lost: the caller should look again). Retries every second until cancelled.
+    public func listen(_ channel: String, listening: @escaping @Sendable () -> Void, notify: @escaping @Sendable (String) -> Void) -> Task<Void, Never>? {
+        let client = self.client
+        return Task(executorPreference: PostgresExecutor.shared) {
+            for _ in 0..<Int.max {
+                if Task.isCancelled { return }
+                do {
+                    try await client.withConnection { (conn: PostgresConnection) async throws -> Void in
+                        try await conn.listen(on: channel) { notifications in
+                            listening()
+                            for try await n in notifications { notify(n.payload) }
+                        }
+                    }
+                } catch {
+                    // The connection broke, or the task was cancelled.
+                }
+                if Task.isCancelled { return }
+                try? await Task.sleep(nanoseconds: 1_000_000_000)
+            }
+        }
+    }
+
     /// The server's message, not postgres-nio's generic description.
     static func reason(_ error: Error) -> String {
         if let e = error as? PSQLError {
@@ -279,16 +495,21 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         let logger: Logger
         var dialect: SQLDialect { .postgres }
 
-        func run(_ sql: String, _ args: [any SQLArgument]) throws -> PostgresQueryResult {
+        static func bindings(_ args: [SQLValue]) -> PostgresBindings {
             var binds = PostgresBindings(capacity: args.count)
             for a in args {
-                switch a.sqlValue {
+                switch a {
                 case .int(let i): binds.append(i)
                 case .real(let d): binds.append(d)
                 case .text(let s): binds.append(s)
                 case .null: binds.appendNull()
                 }
             }
+            return binds
+        }
+
+        func run(_ sql: String, _ args: [any SQLArgument]) throws -> PostgresQueryResult {
+            let binds = Session.bindings(args.map(\.sqlValue))
             do {
                 return try conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: binds), logger: logger).wait()
             } catch {

@@ -1,0 +1,145 @@
+import Foundation
+import Testing
+import GlobalFS
+import TestSupport
+import Transfer
+@testable import Daemon
+
+/// Event streams are pushed by the queue's change feed (issue 14, item 3), on both engines:
+/// a watcher costs no query while nothing changes, and on PostgreSQL a change made through
+/// another store (another daemon sharing the queue) reaches it through LISTEN/NOTIFY.
+@Suite("Change feed")
+struct ChangeFeedTests {
+
+    /// The events route's body (`DaemonAPI.streamEvents`) for job `id`, run in a task: what it
+    /// sends, as it sends it.
+    final class Watcher: @unchecked Sendable {
+        private let lock = NSLock()
+        private var sent: [(String, ContinuousClock.Instant)] = []
+        private(set) var task: Task<Void, Never>?
+
+        init(_ api: DaemonAPI, _ id: Int64) {
+            task = Task {
+                try? await api.streamEvents(of: id, render: { "\($0.state.rawValue) \($0.error ?? "")" }) { text in
+                    self.lock.withLock { self.sent.append((text, ContinuousClock.now)) }
+                }
+            }
+        }
+
+        var events: [(String, ContinuousClock.Instant)] { lock.withLock { sent } }
+
+        /// Waits (at most `seconds`) for an event containing `text`; when it came.
+        func wait(for text: String, seconds: Double) async -> ContinuousClock.Instant? {
+            let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+            while ContinuousClock.now < end {
+                if let e = events.first(where: { $0.0.contains(text) }) { return e.1 }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+            return nil
+        }
+    }
+
+    static func api(_ store: JobStore) -> DaemonAPI {
+        DaemonAPI(store: store, verifier: TokenVerifier(issuers: [:], revocationsPath: nil), center: "here", runner: nil)
+    }
+
+    @Test("an idle watcher makes no query for 10 s; a change reaches it at once", arguments: Backend.allCases)
+    func idleWatcherDoesNotPoll(_ backend: Backend) async throws {
+        let counting = CountingDatabase(try openDatabase(try backend.newDatabase()))
+        let store = try JobStore(db: counting)
+        let id = try store.submit(owner: "u", request: JobRequest(source: "/a", destination: "ferry://b/a"), peer: "b", now: 1)
+        let watcher = Watcher(Self.api(store), id)
+        defer { watcher.task?.cancel() }
+        #expect(await watcher.wait(for: "event: progress", seconds: 10) != nil)
+        let before = counting.statements
+        try await Task.sleep(for: .seconds(10))
+        // Nothing changed: not one statement reached the database (the route used to read the
+        // job every 5 s, and before that twice a second).
+        #expect(counting.statements == before, "the idle watcher made \(counting.statements - before) queries in 10 s")
+        #expect(watcher.events.count == 1)
+        let changed = ContinuousClock.now
+        _ = try store.cancel(id, by: "u", now: 2)
+        let seen = try #require(await watcher.wait(for: "event: end", seconds: 5))
+        #expect(seen - changed < .seconds(1))
+        #expect(watcher.events.last?.0.contains("failed cancelled by u") == true)
+        await watcher.task?.value
+    }
+
+    @Test("PostgreSQL: a change made by a second store (another daemon) on the same database wakes the watcher (LISTEN/NOTIFY)")
+    func otherDaemonsChangeReachesWatcher() async throws {
+        let url = try Backend.postgres.newDatabase()
+        let here = try JobStore(database: url)
+        let there = try JobStore(database: url)
+        #expect(here.changes.isListening && there.changes.isListening)
+        let id = try here.submit(owner: "u", request: JobRequest(source: "/a", destination: "ferry://b/a"), peer: "b", now: 1)
+        let watcher = Watcher(Self.api(here), id)
+        defer { watcher.task?.cancel() }
+        #expect(await watcher.wait(for: "queued", seconds: 10) != nil)
+        // The other daemon claims the job, then cancels it; `here` wrote nothing since.
+        let g = here.generation
+        let changed = ContinuousClock.now
+        _ = try #require(try there.claim(worker: "there-1", now: 2, leaseSeconds: 60))
+        let running = try #require(await watcher.wait(for: "running", seconds: 5), "no event within 5 s of the other store's claim")
+        #expect(running - changed < .seconds(2))
+        #expect(here.generation != g)
+        let cancelled = ContinuousClock.now
+        _ = try there.cancel(id, by: "u", now: 3)
+        let end = try #require(await watcher.wait(for: "event: end", seconds: 5))
+        #expect(end - cancelled < .seconds(2))
+        await watcher.task?.value
+    }
+
+    @Test("the feed: waiters wake on a change, time out without one, leave on cancellation; no-op writes wake nobody", arguments: Backend.allCases)
+    func feed(_ backend: Backend) async throws {
+        let store = try JobStore(database: try backend.newDatabase())
+        let g0 = store.generation
+        // A claim that finds nothing and a promote that moves nothing change no row.
+        #expect(try store.claim(worker: "w", now: 1, leaseSeconds: 30) == nil)
+        #expect(try store.promote(now: 1) == 0)
+        #expect(store.generation == g0)
+        let t0 = ContinuousClock.now
+        #expect(await store.waitForChange(after: g0, timeout: .milliseconds(300)) == g0)
+        #expect(ContinuousClock.now - t0 >= .milliseconds(250))
+        let waiting = Task { await store.waitForChange(after: g0, timeout: .seconds(30)) }
+        try await Task.sleep(for: .milliseconds(100))
+        try store.submit(owner: "u", request: JobRequest(source: "/a", destination: "/b"), peer: "", now: 1)
+        #expect(await waiting.value != g0)
+        let g1 = store.generation
+        let cancelled = Task { await store.waitForChange(after: g1, timeout: .seconds(30)) }
+        try await Task.sleep(for: .milliseconds(100))
+        let t1 = ContinuousClock.now
+        cancelled.cancel()
+        #expect(await cancelled.value == g1)
+        #expect(ContinuousClock.now - t1 < .seconds(5))
+    }
+}
+
+/// A database that counts the statements and reads that reach it: how the tests see that a
+/// watcher does not poll.
+final class CountingDatabase: SQLDatabase, @unchecked Sendable {
+    let base: any SQLDatabase
+    private let lock = NSLock()
+    private var n = 0
+    init(_ base: any SQLDatabase) { self.base = base }
+    var statements: Int { lock.withLock { n } }
+    private func count(_ k: Int = 1) { lock.withLock { n += k } }
+
+    var dialect: SQLDialect { base.dialect }
+    var location: String { base.location }
+
+    final class Session: SQLSession {
+        let base: any SQLSession
+        let db: CountingDatabase
+        init(_ base: any SQLSession, _ db: CountingDatabase) { self.base = base; self.db = db }
+        var dialect: SQLDialect { base.dialect }
+        func query(_ sql: String, _ args: [any SQLArgument]) throws -> [SQLRow] { db.count(); return try base.query(sql, args) }
+        func execute(_ sql: String, _ args: [any SQLArgument]) throws -> Int { db.count(); return try base.execute(sql, args) }
+    }
+
+    func write<T>(_ body: (any SQLSession) throws -> T) throws -> T { try base.write { s in try body(Session(s, self)) } }
+    func read<T>(_ body: (any SQLSession) throws -> T) throws -> T { try base.read { s in try body(Session(s, self)) } }
+    func fetch(_ sql: String, _ args: [SQLValue]) async throws -> [SQLRow] { count(); return try await base.fetch(sql, args) }
+    func listen(_ channel: String, listening: @escaping @Sendable () -> Void, notify: @escaping @Sendable (String) -> Void) -> Task<Void, Never>? {
+        base.listen(channel, listening: listening, notify: notify)
+    }
+}
