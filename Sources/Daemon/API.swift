@@ -146,32 +146,12 @@ public struct DaemonAPI: Sendable {
             try await handle(request) { user in
                 let id = try ownJob(context, user).id
                 let api = self
-                // One event when anything changes (state, bytes), looked at every 0.5 s, at most
-                // a day; the stream ends with the job's final state. The job is read from the
-                // database only when the store wrote since (`generation`) or 5 s went by; its
-                // live counters come from the runner's memory.
+                // Pushed by the queue's change feed, not polled: see streamEvents (Events.swift).
                 let body = ResponseBody { writer in try await onPool {
-                    var last = ""
-                    var seen: UInt64?
-                    var readAt = Date.distantPast
-                    var current: Job?
-                    for _ in 0..<(2 * 86_400) {
-                        let g = api.store.generation
-                        if g != seen || Date().timeIntervalSince(readAt) >= 5 {
-                            current = try api.store.get(id)
-                            seen = g
-                            readAt = Date()
-                        }
-                        guard let job = current else { break }
-                        let obj = api.live(job)
-                        let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) ?? Data()
-                        let text = String(decoding: data, as: UTF8.self)
-                        if text != last {
-                            try await writer.write(ByteBuffer(string: "event: \(job.state.isFinal ? "end" : "progress")\ndata: \(text)\n\n"))
-                            last = text
-                        }
-                        if job.state.isFinal { break }
-                        try await Task.sleep(nanoseconds: 500_000_000)
+                    try await api.streamEvents(of: id, render: { job in
+                        String(decoding: (try? JSONSerialization.data(withJSONObject: api.live(job), options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+                    }) { text in
+                        try await writer.write(ByteBuffer(string: text))
                     }
                     try await writer.finish(nil)
                 } }
