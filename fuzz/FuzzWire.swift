@@ -79,6 +79,7 @@ enum Target: UInt8, CaseIterable {
     case token
     case toml
     case sealed
+    case errorFrame
 }
 
 /// User tokens as the server reads them from HELLO: decode throws an `.auth` TransferError or
@@ -220,6 +221,35 @@ func fuzzJoin(_ b: [UInt8]) {
     let v2: Join
     do { v2 = try Join.decode(e1) } catch { finding("re-encoded Join does not decode: \(error)") }
     guard same(v, v2) else { finding("Join round trip changed the value") }
+}
+
+/// ERROR frames (first byte: the header's flags, the rest the payload) and SOURCE_FAILED
+/// payloads (the same bytes): decode throws a protocol error or gives the peer's error
+/// (`fromPeer`, no control characters); re-encoding keeps code, flag and text.
+func fuzzErrorFrame(_ b: [UInt8]) {
+    guard let flags = b.first else { return }
+    let payload = Array(b.dropFirst())
+    do {
+        let e = try ErrorFrame.decode(flags: flags, payload: payload)
+        guard e.fromPeer else { finding("an ERROR frame decoded without fromPeer") }
+        guard !e.message.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { finding("control character in a decoded ERROR") }
+        let (f2, p2) = ErrorFrame.encode(TransferError(e.code, String(decoding: payload, as: UTF8.self), resumable: e.resumable))
+        let e2: TransferError
+        do { e2 = try ErrorFrame.decode(flags: f2, payload: p2) } catch { finding("re-encoded ERROR does not decode: \(error)") }
+        guard e2.code == e.code, e2.resumable == e.resumable else { finding("ERROR round trip changed code or flag") }
+    } catch {
+        expectWireError(error, "ErrorFrame.decode")
+    }
+    do {
+        let list = try SourceFailure.decode(b)
+        let again: [SourceFailure]
+        do { again = try SourceFailure.decode(SourceFailure.encode(list[...])) } catch { finding("re-encoded SOURCE_FAILED does not decode: \(error)") }
+        guard again.count == list.count, zip(again, list).allSatisfy({ $0.id == $1.id && $0.changed == $1.changed && $0.code == $1.code }) else {
+            finding("SOURCE_FAILED round trip changed a field")
+        }
+    } catch {
+        expectWireError(error, "SourceFailure.decode")
+    }
 }
 
 /// A MANIFEST payload as the receiver reads it: u32 count (bounded), that many entries, end.
@@ -451,7 +481,8 @@ enum ControlStream {
             }
         } catch {
             guard let e = error as? TransferError else { finding("Connection threw a non-TransferError: \(error)") }
-            guard e.code == .protocolViolation || e.code == .io || e.code == .remote else {
+            // An ERROR frame throws the peer's own code (`fromPeer`).
+            guard e.code == .protocolViolation || e.code == .io || e.fromPeer else {
                 finding("Connection threw \(e.code): \(e.message)")
             }
         }
@@ -488,6 +519,7 @@ public func fuzzWireTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> 
     case .token: fuzzToken(b)
     case .toml: fuzzTOML(b)
     case .sealed: Sealed.run(b)
+    case .errorFrame: fuzzErrorFrame(b)
     }
     return 0
 }

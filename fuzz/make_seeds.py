@@ -11,7 +11,7 @@ seeds also cross-check the format. Deterministic: rerunning rewrites the same fi
 import os
 import struct
 
-FRAME_HEADER, HELLO, WELCOME, JOIN, MANIFEST, PLAN, CHUNK_FRAME, BYTE_READER, WIRE_PATH, CONTROL_STREAM, TOKEN, TOML, SEALED = range(13)
+FRAME_HEADER, HELLO, WELCOME, JOIN, MANIFEST, PLAN, CHUNK_FRAME, BYTE_READER, WIRE_PATH, CONTROL_STREAM, TOKEN, TOML, SEALED, ERROR_FRAME = range(14)
 
 T_HELLO, T_WELCOME, T_JOIN, T_JOINED, T_MANIFEST, T_MANIFEST_END, T_PLAN = 1, 2, 3, 4, 5, 6, 7
 T_FILE_DIGEST, T_FILE_SKIP, T_FILE_DONE, T_RESEND, T_END, T_END_ACK, T_PING, T_RESEND_FRAME = 8, 9, 10, 11, 12, 13, 14, 15
@@ -177,6 +177,13 @@ users = ["*", "center:wuxi",
     s["sealed-chunk"] = (SEALED, u8(2) + bytes(range(40)) + b"payload bytes")
     s["sealed-batch-safe"] = (SEALED, u8(1) + bytes(16) + b"x" * 100)
     s["stream-data-join"] = (CONTROL_STREAM, preamble(2) + frame(T_JOIN, join(1)))
+    # ERROR frames with a code (flags: bit 0 resumable, bit 1 coded, bits 2..7 the code's
+    # number: 9 no_space, 10 permission; docs/CONTRACT.md), and SOURCE_FAILED payloads.
+    s["error-frame-old"] = (ERROR_FRAME, u8(1) + b"refused: bad token")
+    s["error-frame-no-space"] = (ERROR_FRAME, u8(0b10 | 9 << 2) + b"cannot write 'a': no space: 96.0 MiB needed")
+    s["error-frame-permission"] = (ERROR_FRAME, u8(1 | 0b10 | 10 << 2) + b"Permission denied (13)")
+    s["source-failed-coded"] = (ERROR_FRAME, u32(1) + u64(5) + u8(0b10 | 10 << 2) + string("cannot read 'x': Permission denied (13)"))
+    s["stream-error-coded"] = (CONTROL_STREAM, preamble(1) + frame(T_WELCOME, welcome(2)) + frame(T_ERROR, b"no space", flags=0b10 | 9 << 2))
     s["stream-error"] = (CONTROL_STREAM, preamble(1) + frame(T_WELCOME, welcome(2)) + frame(T_ERROR, b"refused: bad token", flags=0))
     return s
 

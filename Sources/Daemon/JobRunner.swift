@@ -228,7 +228,7 @@ public final class JobRunner: @unchecked Sendable {
             } catch {
                 // Link trouble (lost connections, timeouts) counts; refusals (auth, paths) do not,
                 // nor a transfer the daemon cut itself (a cancelled job, a lost lease).
-                if tuned && !isStopping && !progress.isCancelled, let e = error as? TransferError, e.resumable {
+                if tuned && !isStopping && !progress.isCancelled, let e = error as? TransferError, JobRunner.isLinkTrouble(e) {
                     tuner.record(peer: job.peer, streams: options.streams ?? 0, bytes: 0, seconds: 0, failed: true)
                 }
                 throw error
@@ -244,9 +244,20 @@ public final class JobRunner: @unchecked Sendable {
         } catch {
             let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
             if isStopping { return .interrupted }
-            let permanent: Set<TransferError.Code> = [.usage, .auth, .path, .permission]
-            return .failure(message: e.message, resumable: e.resumable && !permanent.contains(e.code))
+            return .failure(message: e.message, resumable: e.resumable && !JobRunner.permanent.contains(e.code))
         }
+    }
+
+    /// Failures a later attempt would meet again, from this side or said by the peer (its
+    /// ERROR frame or a file's verdict carry the code): the job fails at once with the reason,
+    /// and a user retries it once the cause is fixed (freed space, granted rights); the
+    /// engine's journal then resumes it.
+    static let permanent: Set<TransferError.Code> = [.usage, .auth, .path, .permission, .noSpace, .notFound]
+
+    /// Whether a failure speaks of the link (lost connections, timeouts, protocol breaks),
+    /// which the per-peer tuning counts: not a refusal or a disk's trouble, on either side.
+    static func isLinkTrouble(_ e: TransferError) -> Bool {
+        e.resumable && !e.fromPeer && (e.code == .io || e.code == .timeout || e.code == .protocolViolation)
     }
 
     /// A job path: `ferry://PEER/path` (a configured peer by name, or HOST:PORT of a configured

@@ -26,14 +26,16 @@ struct DaemonE2ETests {
     /// Centers hlrs (daemon, its queue on `backend`) and wuxi. `database`: an existing queue
     /// (a second daemon of hlrs on the same PostgreSQL).
     /// `hlrsIdentity`: top-level identity lines of hlrs's configuration (default: everyone acts
-    /// as root); `hlrsTables`: tables appended to it (`[[identity]]` entries).
-    static func start(_ name: String, backend: Backend = .sqlite, hlrsIdentity: String = "run_as = \"root\"", hlrsTables: String = "") throws -> Centers {
+    /// as root); `hlrsTables`: tables appended to it (`[[identity]]` entries). `wuxiLocked`: wuxi
+    /// also has an export `locked` (a directory only root may write) where it acts as `nobody`.
+    static func start(_ name: String, backend: Backend = .sqlite, hlrsIdentity: String = "run_as = \"root\"", hlrsTables: String = "", wuxiLocked: Bool = false) throws -> Centers {
         let sb = try Sandbox(name + "-" + backend.rawValue)
         let database = backend == .sqlite ? "hlrs-jobs.sqlite" : try backend.newDatabase()
         try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", "wuxi", "--host", "127.0.0.1"])
         let scratch = try sb.dir("hlrs/scratch")
         let incoming = try sb.dir("wuxi/incoming")
         let archive = try sb.dir("wuxi/archive")
+        if wuxiLocked { chmod(try sb.dir("wuxi/locked"), 0o755) }
         try writeFile(sb.file("wuxi.toml"), Array("""
             center = "wuxi"
             run_as = "root"
@@ -51,6 +53,7 @@ struct DaemonE2ETests {
             path = "wuxi/archive"
             access = "ro"
             users = ["center:hlrs"]
+            \(wuxiLocked ? "[[export]]\nname = \"locked\"\npath = \"wuxi/locked\"\naccess = \"rw\"\nusers = [\"center:hlrs\"]\naccount = \"nobody\"" : "")
 
             """.utf8))
         let b = try FerryServer(sb, root: "", extra: ["--config", sb.file("wuxi.toml"), "--cert", sb.pki + "/wuxi.crt", "--key", sb.pki + "/wuxi.key"])
@@ -309,26 +312,51 @@ struct DaemonE2ETests {
         return (ended, jobs)
     }
 
-    @Test("a full disk at the destination: the job goes up_for_retry, then failed with the reason in `ferry jobs show`; its dependent ends upstream_failed", .enabled(if: E2E.isRoot, "mounting a tmpfs needs root"), arguments: Backend.allCases)
+    @Test("a full disk at the destination: the peer's no_space fails the job at once (no retry), with the peer's reason and code in `ferry jobs show`; its dependent ends upstream_failed", .enabled(if: E2E.isRoot, "mounting a tmpfs needs root"), arguments: Backend.allCases)
     func destinationDiskFull(_ backend: Backend) throws {
         let c = try DaemonE2ETests.start("daemon-full", backend: backend)
         defer { c.a.stop(); c.b.stop(); c.sb.unmountAll() }
         try c.sb.mountTmpfs(at: c.incoming + "/small", sizeMiB: 8)
         try writeRandomFile(c.scratch + "/big.bin", size: 24 * E2E.MiB)
-        let first = try DaemonE2ETests.jobs(c, ["submit", "--max-attempts", "2", "--compress", "off", "/scratch/big.bin", "ferry://wuxi/incoming/small/big.bin"])
+        let first = try DaemonE2ETests.jobs(c, ["submit", "--max-attempts", "3", "--compress", "off", "/scratch/big.bin", "ferry://wuxi/incoming/small/big.bin"])
         let id = DaemonE2ETests.lastJSON(first)["id"] as? Int ?? -1
         let second = try DaemonE2ETests.jobs(c, ["submit", "--after", "\(id)", "/scratch/big.bin", "ferry://wuxi/incoming/copy.bin"])
         let id2 = DaemonE2ETests.lastJSON(second)["id"] as? Int ?? -1
-        let (retrying, job) = DaemonE2ETests.waitForState(c, id, "up_for_retry", timeout: 30)
-        #expect(retrying, "\(job)")
-        #expect((job["error"] as? String ?? "").lowercased().contains("space"), "\(job)")
         let w = try DaemonE2ETests.jobs(c, ["wait", "\(id)", "--timeout", "60"], timeout: 70)
         #expect(w.status == 1, "\(w)")
+        let job = DaemonE2ETests.lastJSON(try DaemonE2ETests.jobs(c, ["show", "\(id)"]))
+        // Failed on its first attempt: a peer's "no space" is its verdict, not a link error to retry.
+        #expect(job["state"] as? String == "failed" && job["attempts"] as? Int == 1, "\(job)")
+        let error = job["error"] as? String ?? ""
+        #expect(error.contains("remote error (no_space)") && error.contains("no space: 24.0 MiB needed") && !error.contains("gave up after"), "\(job)")
         let show = try c.sb.ferry(["jobs", "show", "--api", c.api, "--token-file", c.sb.tokenFile, "\(id)"], timeout: 30)
-        #expect(show.stdout.contains("failed") && show.stdout.lowercased().contains("space") && show.stdout.contains("gave up after 2 attempts"), "\(show)")
+        #expect(show.stdout.contains("failed") && show.stdout.contains("no_space"), "\(show)")
+        let audit = (try? String(contentsOfFile: c.sb.file("hlrs-audit.jsonl"), encoding: .utf8)) ?? ""
+        #expect(!audit.split(separator: "\n").contains { $0.contains("job.end") && $0.contains("retry: ") }, "the job was retried: \(audit)")
         let (_, dep) = DaemonE2ETests.waitForState(c, id2, "upstream_failed", timeout: 20)
         #expect(dep["state"] as? String == "upstream_failed", "\(dep)")
         #expect(!exists(c.incoming + "/copy.bin") && !exists(c.incoming + "/small/big.bin"))
+    }
+
+    @Test("a peer refuses for permission: its export acts as an account that may not write there; the job fails once (not retried) with the peer's reason and code", .enabled(if: E2E.isRoot, "acting as another account needs root"))
+    func peerPermissionRefusal() throws {
+        let c = try DaemonE2ETests.start("daemon-perm", wuxiLocked: true)
+        defer { c.a.stop(); c.b.stop() }
+        // A directory of wuxi's writable export that only root may write: wuxi acts for hlrs
+        // as `nobody` there (the export's account), so the kernel refuses the file.
+        let locked = c.sb.file("wuxi/locked")
+        try writeFile(c.scratch + "/a.txt", Array("a\n".utf8))
+        let first = try DaemonE2ETests.jobs(c, ["submit", "--max-attempts", "3", "/scratch/a.txt", "ferry://wuxi/locked/a.txt"])
+        let id = DaemonE2ETests.lastJSON(first)["id"] as? Int ?? -1
+        let w = try DaemonE2ETests.jobs(c, ["wait", "\(id)", "--timeout", "60"], timeout: 70)
+        #expect(w.status == 1, "\(w)")
+        let job = DaemonE2ETests.lastJSON(try DaemonE2ETests.jobs(c, ["show", "\(id)"]))
+        let error = job["error"] as? String ?? ""
+        #expect(job["state"] as? String == "failed" && job["attempts"] as? Int == 1, "\(job)")
+        #expect(error.contains("remote error (permission)") && error.contains("Permission denied"), "\(job)")
+        #expect(!exists(locked + "/a.txt"))
+        let audit = (try? String(contentsOfFile: c.sb.file("hlrs-audit.jsonl"), encoding: .utf8)) ?? ""
+        #expect(!audit.split(separator: "\n").contains { $0.contains("job.end") && $0.contains("retry: ") }, "the job was retried: \(audit)")
     }
 
     @Test("two daemons of one center on one PostgreSQL share 200 jobs: each runs once, both take work, every file identical")

@@ -223,9 +223,9 @@ def parse():
         if t == 0x7F:
             answer["message"] = p.decode("utf-8", "replace"); return
         if t == 0x0A:
-            # a per-file verdict: [count][id u64][ok u8][message]
+            # a per-file verdict: [count][id u64][status u8: 0 done, else bit 0 set and the code above it][message]
             c = struct.unpack("<I", p[:4])[0]
-            if c and p[12] == 1:
+            if c and p[12] & 1:
                 m = struct.unpack("<H", p[13:15])[0]
                 answer["message"] = p[15:15 + m].decode("utf-8", "replace"); return
 while not answer["message"] and time.time() < deadline:

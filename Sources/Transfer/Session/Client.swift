@@ -380,15 +380,19 @@ public enum TransferClient {
         _ = workers.wait(seconds: 30)
         if let failure {
             var e = failure
-            if e.code != .remote, let verdict = ctx.peerVerdict() { e = verdict }
-            if e.code != .remote { e.resumable = e.rerunResumes }  // remote errors carry the server's verdict
+            if !e.fromPeer, let verdict = ctx.peerVerdict() { e = verdict }
+            if !e.fromPeer { e.resumable = e.rerunResumes }  // remote errors carry the server's verdict
             throw e
         }
         let snap = progress.snapshot()
         if snap.filesFailed > 0 {
             let first = snap.failures.first ?? "unknown error"
             let more = snap.filesFailed > 1 ? " (and \(snap.filesFailed - 1) more failed files)" : ""
-            throw TransferError(.io, first + more, resumable: true)
+            // The first failure's code, the peer's when it said it (a daemon job keys on it).
+            let code = snap.failureCode ?? .io
+            var e = TransferError(code, (snap.failureFromPeer ? "remote error (\(code.name)): " : "") + first + more, resumable: true)
+            e.fromPeer = snap.failureFromPeer
+            throw e
         }
         return TransferSummary(snap)
     }

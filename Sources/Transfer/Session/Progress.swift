@@ -56,6 +56,10 @@ public final class TransferProgress: @unchecked Sendable {
         public var seconds: Double = 0
         /// The first few per-file failures, for the final message.
         public var failures: [String] = []
+        /// The code of the first failure (the one `failures` names first), and whether the
+        /// peer said it (a receiver's verdict on a file, a sender's unreadable source).
+        public var failureCode: TransferError.Code? = nil
+        public var failureFromPeer = false
         /// Devices, FIFOs and sockets met in a tree and left out; the first few by name.
         public var specialFiles: UInt64 = 0
         public var specialNames: [String] = []
@@ -86,8 +90,9 @@ public final class TransferProgress: @unchecked Sendable {
     }
     func retransmitted() { lock.withLock { s.retransmittedChunks += 1 } }
     func rejectedFrame() { lock.withLock { s.rejectedFrames += 1 } }
-    func fileFailed(_ message: String) {
+    func fileFailed(_ message: String, code: TransferError.Code = .io, fromPeer: Bool = false) {
         lock.withLock {
+            if s.filesFailed == 0 { s.failureCode = code; s.failureFromPeer = fromPeer }
             s.filesFailed += 1
             s.filesDone += 1
             if s.failures.count < 20 { s.failures.append(message) }

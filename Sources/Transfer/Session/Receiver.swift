@@ -1,6 +1,10 @@
 import CLiburing
 import Glibc
 
+/// A file's verdict for FILE_DONE: its id, nil when it is done or the code of its failure,
+/// and the failure's message.
+typealias FileVerdict = (UInt64, TransferError.Code?, String)
+
 /// An open directory beneath the destination, shared by the files being written into it.
 final class DirHandle {
     let fd: Int32
@@ -184,7 +188,7 @@ final class Receiver: @unchecked Sendable {
                     var plan = ByteWriter(capacity: n * 12 + 4)
                     plan.u32(0)
                     var planned: UInt32 = 0
-                    var refusals: [(UInt64, String)] = []
+                    var refusals: [FileVerdict] = []
                     for _ in 0..<n {
                         let e = try ManifestEntry.decode(&r)
                         if let p = try handle(e, refusals: &refusals) {
@@ -195,7 +199,7 @@ final class Receiver: @unchecked Sendable {
                     try r.expectEnd()
                     plan.bytes.withUnsafeMutableBytes { $0.storeBytes(of: planned.littleEndian, toByteOffset: 0, as: UInt32.self) }
                     try ctx.control.send(.plan, plan.bytes, ring: ring)
-                    if !refusals.isEmpty { try sendVerdicts(refusals.map { ($0.0, false, $0.1) }, ring: ring) }
+                    if !refusals.isEmpty { try sendVerdicts(refusals, ring: ring) }
                 case .manifestEnd:
                     try r.expectEnd()
                 case .fileDigest:
@@ -236,7 +240,7 @@ final class Receiver: @unchecked Sendable {
                     ctx.progress.skipped(bytes: f.entry.size)
                     ctx.progress.fileDone(skipped: true)
                     lock.withLock { files[id] = nil }
-                    try sendVerdicts([(id, true, "")], ring: ring)
+                    try sendVerdicts([(id, nil, "")], ring: ring)
                 case .sourceFailed:
                     for failure in try SourceFailure.decode(payload) { try sourceFailed(failure) }
                 case .end:
@@ -258,7 +262,7 @@ final class Receiver: @unchecked Sendable {
             // The sender learns why before the slower cleanup below: once its data streams
             // break it waits only a moment for a verdict, and "no space left" explains more
             // than its broken pipe. (The connection sends one ERROR: the server's is dropped.)
-            if var verdict = ctx.error, verdict.code != .remote, let ring = controlRing {
+            if var verdict = ctx.error, !verdict.fromPeer, let ring = controlRing {
                 verdict.resumable = verdict.rerunResumes
                 ctx.control.sendError(verdict, ring: ring)
             }
@@ -277,7 +281,7 @@ final class Receiver: @unchecked Sendable {
         f.lock.withLock {
             guard !f.done else { return }
             f.awaitingDecision = false
-            _ = failFile(f, failure.message)
+            _ = failFile(f, failure.message, code: failure.code ?? .remote, fromPeer: true)
             if failure.changed && f.sink == nil {
                 _ = unlinkat(f.dir.fd, PartialNames.part(f.name), 0)
                 _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
@@ -293,17 +297,19 @@ final class Receiver: @unchecked Sendable {
         for f in open {
             f.lock.withLock {
                 guard !f.failed && !f.done else { return }
-                _ = failFile(f, "'\(f.display)' was not received completely (\(f.presentCount) of \(f.chunkCount) chunks): the sender ended the session; rerun resumes")
+                _ = failFile(f, "'\(f.display)' was not received completely (\(f.presentCount) of \(f.chunkCount) chunks): the sender ended the session; rerun resumes", code: .io)
             }
         }
     }
 
-    func sendVerdicts(_ verdicts: [(UInt64, Bool, String)], ring: Ring) throws {
+    /// FILE_DONE: u32 count, then per file u64 id, u8 status (0: done; else bit 0 set, the
+    /// failure's code in bits 1...7, `CodedFlags`), string message.
+    func sendVerdicts(_ verdicts: [FileVerdict], ring: Ring) throws {
         var w = ByteWriter(capacity: verdicts.count * 12 + 4)
         w.u32(UInt32(verdicts.count))
-        for (id, ok, message) in verdicts {
+        for (id, failure, message) in verdicts {
             w.u64(id)
-            w.u8(ok ? 0 : 1)
+            w.u8(failure.map { CodedFlags.pack(true, $0) } ?? 0)
             w.string(String(decoding: message.utf8.prefix(4000), as: UTF8.self))
         }
         try ctx.control.send(.fileDone, w.bytes, ring: ring)
@@ -349,7 +355,7 @@ final class Receiver: @unchecked Sendable {
     }
 
     /// Turns one manifest entry into a plan entry (files) or creates it (directories, links).
-    private func handle(_ e: ManifestEntry, refusals: inout [(UInt64, String)]) throws -> PlanEntry? {
+    private func handle(_ e: ManifestEntry, refusals: inout [FileVerdict]) throws -> PlanEntry? {
         var e = e
         if e.kind != .special { e.mode &= modeMask }
         lock.withLock {
@@ -437,8 +443,8 @@ final class Receiver: @unchecked Sendable {
             if kind == S_IFDIR {
                 f.failed = true
                 lock.withLock { files[e.id] = f }
-                refusals.append((e.id, "cannot write '\(display)': a directory is in the way"))
-                ctx.progress.fileFailed("cannot write '\(display)': a directory is in the way")
+                refusals.append((e.id, .path, "cannot write '\(display)': a directory is in the way"))
+                ctx.progress.fileFailed("cannot write '\(display)': a directory is in the way", code: .path)
                 return PlanEntry(id: e.id, action: .full)
             }
             if kind != S_IFREG && kind != S_IFLNK {
@@ -446,8 +452,8 @@ final class Receiver: @unchecked Sendable {
                 let why = "cannot write '\(display)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)"
                 f.failed = true
                 lock.withLock { files[e.id] = f }
-                refusals.append((e.id, why))
-                ctx.progress.fileFailed(why)
+                refusals.append((e.id, .path, why))
+                ctx.progress.fileFailed(why, code: .path)
                 return PlanEntry(id: e.id, action: .full)
             }
             if kind == S_IFREG && UInt64(st.st_size) == e.size {
@@ -499,17 +505,17 @@ final class Receiver: @unchecked Sendable {
             }
             if fd >= 0 { Glibc.close(fd) }
         }
-        if let err = startPartial(f) {
+        if let (err, code) = startPartial(f) {
             f.failed = true
-            refusals.append((e.id, err))
-            ctx.progress.fileFailed(err)
+            refusals.append((e.id, code, err))
+            ctx.progress.fileFailed(err, code: code)
         }
         return PlanEntry(id: e.id, action: .full)
     }
 
     /// A stream's plan: always sent in full, into a fresh partial file without journal (nothing
     /// of a stream can be resumed); what is in the way is refused as for any file.
-    private func planStream(_ e: ManifestEntry, dir: DirHandle, name: String, display: String, refusals: inout [(UInt64, String)]) throws -> PlanEntry {
+    private func planStream(_ e: ManifestEntry, dir: DirHandle, name: String, display: String, refusals: inout [FileVerdict]) throws -> PlanEntry {
         let f = ReceiverFile(entry: e, chunkBytes: chunkBytes, dir: dir, name: name, display: display)
         ctx.progress.announce(bytes: 0)
         lock.withLock { files[e.id] = f }
@@ -517,16 +523,17 @@ final class Receiver: @unchecked Sendable {
         if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & S_IFMT != S_IFREG && st.st_mode & S_IFMT != S_IFLNK {
             let why = "cannot write '\(display)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)"
             f.failed = true
-            refusals.append((e.id, why))
-            ctx.progress.fileFailed(why)
+            refusals.append((e.id, .path, why))
+            ctx.progress.fileFailed(why, code: .path)
             return PlanEntry(id: e.id, action: .full)
         }
         let fd = openat(dir.fd, PartialNames.part(name), O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
         if fd < 0 {
-            let why = "cannot write '\(display)': \(String(cString: strerror(errno))) (\(errno))"
+            let err = errno
+            let why = "cannot write '\(display)': \(String(cString: strerror(err))) (\(err))"
             f.failed = true
-            refusals.append((e.id, why))
-            ctx.progress.fileFailed(why)
+            refusals.append((e.id, TransferError.Code(errno: err), why))
+            ctx.progress.fileFailed(why, code: TransferError.Code(errno: err))
             return PlanEntry(id: e.id, action: .full)
         }
         f.partFd = fd
@@ -546,23 +553,26 @@ final class Receiver: @unchecked Sendable {
     }
 
     /// Creates the partial file and its journal (file lock held or not yet shared).
-    private func startPartial(_ f: ReceiverFile) -> String? {
+    private func startPartial(_ f: ReceiverFile) -> (String, TransferError.Code)? {
         // A declared size never decides an allocation: a file larger than the free space is
         // refused before anything is written (a sparse partial would otherwise hide it).
         var fs = statvfs()
         if fstatvfs(f.dir.fd, &fs) == 0 {
             let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
             if f.entry.size > free {
-                return "cannot write '\(f.display)': no space: \(byteText(f.entry.size)) needed, \(byteText(free)) free"
+                return ("cannot write '\(f.display)': no space: \(byteText(f.entry.size)) needed, \(byteText(free)) free", .noSpace)
             }
         }
         let part = PartialNames.part(f.name)
         let fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        if fd < 0 { return "cannot write '\(f.display)': \(String(cString: strerror(errno))) (\(errno))" }
+        if fd < 0 {
+            let e = errno
+            return ("cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))", TransferError.Code(errno: e))
+        }
         if ftruncate(fd, off_t(f.entry.size)) != 0 {
             let e = errno
             Glibc.close(fd)
-            return "cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))"
+            return ("cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))", TransferError.Code(errno: e))
         }
         var id = f.identity
         id.chunkBytes = UInt32(chunkBytes)
@@ -570,7 +580,7 @@ final class Receiver: @unchecked Sendable {
             f.journal = try ResumeJournal.create(dir: f.dir.fd, name: PartialNames.journal(f.name), identity: id)
         } catch {
             Glibc.close(fd)
-            return "cannot write '\(f.display)': \(asTransferError(error).message)"
+            return ("cannot write '\(f.display)': \(asTransferError(error).message)", asTransferError(error).code)
         }
         f.partFd = fd
         f.present = [Bool](repeating: false, count: f.chunkCount)
@@ -646,7 +656,7 @@ final class Receiver: @unchecked Sendable {
     }
 
     /// Records one verified, written chunk; commits the file when complete.
-    func chunkWritten(_ f: ReceiverFile, index: Int, hash: ChunkHash, rawBytes: Int, wireBytes: Int) -> (UInt64, Bool, String)? {
+    func chunkWritten(_ f: ReceiverFile, index: Int, hash: ChunkHash, rawBytes: Int, wireBytes: Int) -> FileVerdict? {
         if f.isStream && index >= f.present.count {
             // A stream's bookkeeping grows with what arrived (bounded by chunksPerFileMax).
             f.present += [Bool](repeating: false, count: index + 1 - f.present.count)
@@ -662,28 +672,28 @@ final class Receiver: @unchecked Sendable {
         f.pendingDurable.append((index, hash))
         f.pendingBytes += rawBytes
         if f.pendingBytes >= Receiver.durableGroupBytes(size: f.entry.size, chunkBytes: chunkBytes) || monotonicNs() - f.lastSyncNs >= Receiver.durableGroupNs {
-            do { try syncDurable(f) } catch { return failFile(f, asTransferError(error).message + "; rerun resumes") }
+            do { try syncDurable(f) } catch { return failFile(f, asTransferError(error).message + "; rerun resumes", code: asTransferError(error).code) }
         }
         return maybeCommit(f)
     }
 
     /// Commits when every chunk is in and the sender's digest has arrived.
-    func maybeCommit(_ f: ReceiverFile) -> (UInt64, Bool, String)? {
+    func maybeCommit(_ f: ReceiverFile) -> FileVerdict? {
         guard !f.done, !f.failed, f.presentCount == f.chunkCount, let expected = f.senderDigest else { return nil }
         let digest = FileDigest.of(f.hashes)
         if let sink = f.sink {
             guard digest == expected, sink.pending.isEmpty, sink.nextIndex == f.chunkCount else {
-                return failFile(f, "\(sink.display): whole-file digest mismatch (\(digest) ≠ \(expected)); the bytes already written there are not the source's")
+                return failFile(f, "\(sink.display): whole-file digest mismatch (\(digest) ≠ \(expected)); the bytes already written there are not the source's", code: .verify)
             }
             f.done = true
             ctx.progress.fileDone()
             lock.withLock { files[f.entry.id] = nil }
-            return (f.entry.id, true, "")
+            return (f.entry.id, nil, "")
         }
         guard digest == expected else {
             _ = unlinkat(f.dir.fd, PartialNames.part(f.name), 0)
             _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
-            return failFile(f, "'\(f.display)': whole-file digest mismatch (\(digest) ≠ \(expected)); rerun starts it over")
+            return failFile(f, "'\(f.display)': whole-file digest mismatch (\(digest) ≠ \(expected)); rerun starts it over", code: .verify)
         }
         if fdatasync(f.partFd) != 0 {
             return failFile(f, "cannot sync '\(f.display)': \(String(cString: strerror(errno))); rerun resumes")
@@ -701,7 +711,7 @@ final class Receiver: @unchecked Sendable {
         f.done = true
         ctx.progress.fileDone()
         lock.withLock { files[f.entry.id] = nil }
-        return (f.entry.id, true, "")
+        return (f.entry.id, nil, "")
     }
 
     /// Writes chunk `index` of a sink file in its turn, with any chunks that waited for it;
@@ -726,15 +736,18 @@ final class Receiver: @unchecked Sendable {
     }
 
     /// Marks a file failed, keeping what is durable for a rerun.
-    func failFile(_ f: ReceiverFile, _ message: String) -> (UInt64, Bool, String) {
+    /// `code`: why (nil: read from the system's text in `message`, see `Code(systemText:)`);
+    /// `fromPeer`: the sender said it (its source failed).
+    func failFile(_ f: ReceiverFile, _ message: String, code: TransferError.Code? = nil, fromPeer: Bool = false) -> FileVerdict {
+        let code = code ?? TransferError.Code(systemText: message)
         if !f.failed {
             f.failed = true
             try? syncDurable(f)
             if f.partFd >= 0 { Glibc.close(f.partFd); f.partFd = -1 }
             f.journal = nil
-            ctx.progress.fileFailed(message)
+            ctx.progress.fileFailed(message, code: code, fromPeer: fromPeer)
         }
-        return (f.entry.id, false, message)
+        return (f.entry.id, code, message)
     }
 
     /// On a broken session: make everything written so far durable, so the rerun resumes.
@@ -753,11 +766,11 @@ final class Receiver: @unchecked Sendable {
     func file(_ id: UInt64) -> ReceiverFile? { lock.withLock { files[id] } }
 
     /// A file that was waiting for a `--checksum` verdict gets data after all: start it afresh.
-    func beginFullIfDeciding(_ f: ReceiverFile) -> (UInt64, Bool, String)? {
+    func beginFullIfDeciding(_ f: ReceiverFile) -> FileVerdict? {
         guard f.awaitingDecision else { return nil }
         f.awaitingDecision = false
         if f.isSmall { return nil }
-        if let err = startPartial(f) { return failFile(f, err) }
+        if let (err, code) = startPartial(f) { return failFile(f, err, code: code) }
         return nil
     }
 

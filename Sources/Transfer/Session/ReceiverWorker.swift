@@ -273,7 +273,7 @@ final class ReceiverWorker {
         }
         // Parse and verify.
         var accepted: [(f: ReceiverFile, data: UnsafeMutableRawPointer, size: Int)] = []
-        var verdicts: [(UInt64, Bool, String)] = []
+        var verdicts: [FileVerdict] = []
         var at = tableBytes
         for k in 0..<count {
             let e = content + k * DataLayout.batchEntryBytes
@@ -305,7 +305,7 @@ final class ReceiverWorker {
                     f.done = true
                     receiver.ctx.progress.moved(raw: UInt64(size), wire: UInt64(payloadBytes))
                     receiver.ctx.progress.fileDone()
-                    verdicts.append((f.entry.id, true, ""))
+                    verdicts.append((f.entry.id, nil, ""))
                 }
                 f.lock.unlock()
                 if f.done { receiver.forget(f.entry.id) }
@@ -378,12 +378,12 @@ final class ReceiverWorker {
             a.f.lock.lock()
             if err != 0 {
                 if fds[i] >= 0 { _ = unlinkat(a.f.dir.fd, PartialNames.part(a.f.name), 0) }
-                verdicts.append(receiver.failFile(a.f, "cannot write '\(a.f.display)': \(String(cString: strerror(err))) (\(err)); rerun resumes"))
+                verdicts.append(receiver.failFile(a.f, "cannot write '\(a.f.display)': \(String(cString: strerror(err))) (\(err)); rerun resumes", code: TransferError.Code(errno: err)))
             } else {
                 a.f.done = true
                 rawDone += a.size
                 receiver.ctx.progress.fileDone()
-                verdicts.append((a.f.entry.id, true, ""))
+                verdicts.append((a.f.entry.id, nil, ""))
             }
             a.f.lock.unlock()
             if err == 0 { receiver.forget(a.f.entry.id) }

@@ -231,9 +231,9 @@ final class Sender: @unchecked Sendable {
                     guard n <= Wire.batchFilesMax * 4 else { throw TransferError.protocolError("verdict list too long") }
                     for _ in 0..<n {
                         let id = try r.u64()
-                        let ok = try r.u8() == 0
+                        let (failed, code) = try CodedFlags.unpack(try r.u8(), "file verdict")
                         let message = try r.string(maxBytes: 4096)
-                        verdict(id: id, ok: ok, message: message)
+                        verdict(id: id, ok: !failed, message: message, code: code)
                     }
                     try r.expectEnd()
                 case .resend:
@@ -269,7 +269,7 @@ final class Sender: @unchecked Sendable {
             }
         } catch {
             let e = asTransferError(error)
-            if !ctx.isFinished || e.code == .remote { ctx.fail(e) }
+            if !ctx.isFinished || e.fromPeer { ctx.fail(e) }
             lock.withLock { cond.broadcast() }
         }
     }
@@ -304,7 +304,7 @@ final class Sender: @unchecked Sendable {
         if f.isSmall { smallQueue.append(f) } else { bigQueue.append(f) }
     }
 
-    private func verdict(id: UInt64, ok: Bool, message: String) {
+    private func verdict(id: UInt64, ok: Bool, message: String, code: TransferError.Code?) {
         lock.withLock {
             guard let f = files.removeValue(forKey: id) else { return }
             if f.fd >= 0 { Glibc.close(f.fd); f.fd = -1 }
@@ -312,7 +312,7 @@ final class Sender: @unchecked Sendable {
             if ok {
                 ctx.progress.fileDone(skipped: f.skipping)
             } else {
-                ctx.progress.fileFailed(message)
+                ctx.progress.fileFailed(message, code: code ?? .remote, fromPeer: true)
             }
             cond.broadcast()
         }
@@ -321,12 +321,12 @@ final class Sender: @unchecked Sendable {
     /// Lock held: the sender itself could not read a file, or it changed while being read.
     /// Counted failed here and queued for the receiver (`reportSourceFailures`), which fails
     /// it too: both sides' counts, exit status and audit line agree.
-    private func failLocally(_ f: SenderFile, _ message: String, changed: Bool = false) {
+    private func failLocally(_ f: SenderFile, _ message: String, changed: Bool = false, code: TransferError.Code = .io) {
         if files.removeValue(forKey: f.id) != nil {
             f.failed = true
             if f.fd >= 0 { Glibc.close(f.fd); f.fd = -1 }
-            ctx.progress.fileFailed(message)
-            sourceFailures.append(SourceFailure(id: f.id, changed: changed, message: message))
+            ctx.progress.fileFailed(message, code: code)
+            sourceFailures.append(SourceFailure(id: f.id, changed: changed, message: message, code: code))
             cond.broadcast()
         }
     }
@@ -461,7 +461,8 @@ final class Sender: @unchecked Sendable {
                 f.fd = fd
                 return fd
             } catch {
-                failLocally(f, "cannot read '\(displayPath(f))': \(asTransferError(error).message)")
+                let e = asTransferError(error)
+                failLocally(f, "cannot read '\(displayPath(f))': \(e.message)", code: e.code)
                 return nil
             }
         }
@@ -500,12 +501,12 @@ final class Sender: @unchecked Sendable {
 
     /// A batch file that turned out to be something else than a regular file when opened.
     func batchNotData(_ f: SenderFile, _ error: TransferError) {
-        lock.withLock { failLocally(f, "cannot read '\(displayPath(f))': \(error.message)") }
+        lock.withLock { failLocally(f, "cannot read '\(displayPath(f))': \(error.message)", code: error.code) }
     }
 
     func batchOpenFailed(_ f: SenderFile, errno e: Int32) {
         let text = e == EXDEV || e == ELOOP ? "path leaves the source root" : String(cString: strerror(e))
-        lock.withLock { failLocally(f, "cannot read '\(displayPath(f))': \(text) (\(e))") }
+        lock.withLock { failLocally(f, "cannot read '\(displayPath(f))': \(text) (\(e))", code: e == EXDEV || e == ELOOP ? .path : TransferError.Code(errno: e)) }
     }
 
     /// Records a chunk's hash; when the file's last chunk is in, sends its digest, unless the

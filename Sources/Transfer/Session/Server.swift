@@ -254,7 +254,7 @@ public final class TransferServer: @unchecked Sendable {
     /// authenticated one, or is refused when that is full.
     private func authenticated(_ ticket: AdmissionTicket?) throws {
         guard let ticket, let refusal = lock.withLock({ budget.authenticate(ticket) }) else { return }
-        throw TransferError(.io, refusal)
+        throw TransferError(.busy, refusal, resumable: true)
     }
 
     /// Who is asking: a verified user token, or a peer center's verified certificate.
@@ -371,7 +371,7 @@ public final class TransferServer: @unchecked Sendable {
             configuration.log("ferry serve: \(conn.peer): \(what): \(e.message)")
             record.result = "failed: " + e.message
             // The peer learns why, unless it is the one that went away.
-            if e.code != .remote { conn.sendError(e, ring: ring) }
+            if !e.fromPeer { conn.sendError(e, ring: ring) }
         }
     }
 

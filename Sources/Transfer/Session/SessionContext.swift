@@ -51,7 +51,7 @@ final class SessionContext: @unchecked Sendable {
             if let prev = firstError {
                 // The peer's own verdict (its ERROR frame: "no space left", ...) explains a
                 // connection it broke better than the broken pipe this side saw first.
-                if e.code == .remote && prev.code == .io && monotonicNs() - failedAtNs < SessionContext.verdictWindowNs { firstError = e }
+                if e.fromPeer && !prev.fromPeer && prev.code == .io && monotonicNs() - failedAtNs < SessionContext.verdictWindowNs { firstError = e }
                 return false
             }
             firstError = e
@@ -77,13 +77,13 @@ final class SessionContext: @unchecked Sendable {
     /// How long after a lost connection the peer's ERROR frame may still replace it.
     static let verdictWindowNs: UInt64 = 1_000_000_000
 
-    /// The peer's verdict (a `.remote` error) if one arrives within the window after the first
+    /// The peer's verdict (an error `fromPeer`) if one arrives within the window after the first
     /// failure; nil otherwise. Waits at most the rest of the window.
     func peerVerdict() -> TransferError? {
         for _ in 0..<100 {
             let (e, at) = lock.withLock { (firstError, failedAtNs) }
             guard let e else { return nil }
-            if e.code == .remote { return e }
+            if e.fromPeer { return e }
             if monotonicNs() - at >= SessionContext.verdictWindowNs { return nil }
             usleep(20_000)
         }

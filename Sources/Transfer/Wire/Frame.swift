@@ -203,23 +203,23 @@ final class Connection: @unchecked Sendable {
         if header.length > 0 {
             try payload.withUnsafeMutableBytes { (p) throws in try recvExact(p.baseAddress!, p.count, ring: ring, timeoutNs: timeoutNs) }
         }
-        if header.type == .error {
-            let text = String(decoding: payload.prefix(4096), as: UTF8.self)
-            throw TransferError(.remote, "remote error: \(text)", resumable: header.flags & 1 != 0)
-        }
+        if header.type == .error { throw try ErrorFrame.decode(flags: header.flags, payload: payload) }
         return (header.type, payload)
     }
 
     /// Best effort: tell the peer why we hang up, once per connection (the receiver says it as
     /// soon as it fails, before its cleanup; the server's later word is then not sent again).
-    /// ERROR frames carry flag bit 0 when a rerun would resume.
+    /// ERROR frames carry flag bit 0 when a rerun would resume, and the error's code
+    /// (`ErrorFrame`). A peer's own error is never sent back to it.
     func sendError(_ error: TransferError, ring: Ring) {
+        guard !error.fromPeer else { return }
         let first = closeLock.withLock { () -> Bool in
             defer { errorSent = true }
             return !errorSent
         }
         guard first else { return }
-        try? send(.error, Array(error.message.utf8.prefix(4096)), flags: error.resumable ? 1 : 0, ring: ring)
+        let (flags, payload) = ErrorFrame.encode(error)
+        try? send(.error, payload, flags: flags, ring: ring)
     }
 }
 

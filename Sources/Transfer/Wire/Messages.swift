@@ -298,15 +298,82 @@ struct PlanEntry {
     }
 }
 
+/// A `TransferError.Code` packed into a flags byte beside one flag of its own (bit 0): bit 1 says
+/// a code is present, bits 2...7 hold its wire number (1...63, `TransferError.Code.wire`). Used
+/// by ERROR frames (header flags; bit 0: a rerun resumes), FILE_DONE verdicts (status byte;
+/// bit 0: the file failed) and SOURCE_FAILED entries (bit 0: the source changed).
+///
+/// This is how these messages are versioned without a new protocol version: peers from before
+/// codes sent only bit 0 (0 or 1) and read only bit 0, so a coded byte means the same to them
+/// and theirs decode here with no code. Strict: code bits without the code flag, or the flag
+/// with code 0, are protocol errors. A nonzero number this side does not know (a newer peer's)
+/// decodes as `.remote`: the peer's word stands, with its message, but its meaning is unknown.
+enum CodedFlags {
+    static let codeFlag: UInt8 = 0b10
+    static let codeMax: UInt8 = 63
+
+    static func pack(_ bit0: Bool, _ code: TransferError.Code?) -> UInt8 {
+        var f: UInt8 = bit0 ? 1 : 0
+        if let code, (1...codeMax).contains(code.wire) { f |= codeFlag | code.wire << 2 }
+        return f
+    }
+
+    /// Bit 0 and the code (nil when none was sent).
+    static func unpack(_ f: UInt8, _ what: String) throws -> (Bool, TransferError.Code?) {
+        let bit0 = f & 1 != 0
+        let number = f >> 2
+        guard f & codeFlag != 0 else {
+            guard number == 0 else { throw TransferError.protocolError("\(what): code bits without the code flag (0x\(String(f, radix: 16)))") }
+            return (bit0, nil)
+        }
+        guard number != 0 else { throw TransferError.protocolError("\(what): code flag with no code") }
+        return (bit0, TransferError.Code(wire: number) ?? .remote)
+    }
+}
+
+/// ERROR (0x7F): why a side hangs up, once per connection. Payload: the reason, UTF-8, at most
+/// `messageBytesMax` bytes (longer is refused: no peer ever sent more). Header flags: bit 0 a
+/// rerun resumes, bits 1...7 the error's code (`CodedFlags`). Decoded, it is the local
+/// `TransferError` of the connection: the peer's code (so a peer's "no space" or "permission"
+/// keeps its meaning in a daemon job's state), `fromPeer`, and the message
+/// `remote error (CODE): TEXT` (`remote error: TEXT` from a peer that sent no code) with
+/// control characters shown as `?` (the text reaches terminals and job listings).
+enum ErrorFrame {
+    static let messageBytesMax = 4096
+
+    static func encode(_ e: TransferError) -> (flags: UInt8, payload: [UInt8]) {
+        let all = Array(e.message.utf8)
+        var n = min(all.count, messageBytesMax)
+        while n > 0 && n < all.count && all[n] & 0xC0 == 0x80 { n -= 1 }  // never cut a character
+        return (CodedFlags.pack(e.resumable, e.code), Array(all[..<n]))
+    }
+
+    static func decode(flags: UInt8, payload: [UInt8]) throws -> TransferError {
+        guard payload.count <= messageBytesMax else {
+            throw TransferError.protocolError("ERROR frame of \(payload.count) bytes (at most \(messageBytesMax))")
+        }
+        let (resumable, code) = try CodedFlags.unpack(flags, "ERROR frame")
+        let text = String(String.UnicodeScalarView(String(decoding: payload, as: UTF8.self).unicodeScalars.map {
+            $0.value < 0x20 || $0.value == 0x7F || (0x80..<0xA0).contains($0.value) ? "?" : $0
+        }))
+        var e = TransferError(code ?? .remote, "remote error\(code.map { " (\($0.name))" } ?? ""): \(text)", resumable: resumable)
+        e.fromPeer = true
+        return e
+    }
+}
+
 /// A file the sender failed on its own side: it could not be read, or it changed between its
 /// manifest entry and its last chunk. Sent so that the receiver fails (and counts) it too: a
 /// file never silently stays half-received while either side reports success.
 /// Frame payload: u32 count (≤ `perFrameMax`), then per file: u64 id, u8 flags (bit 0: the
-/// source changed, so the partial copy is of no use to a rerun), string message (≤ 4 KiB).
+/// source changed, so the partial copy is of no use to a rerun; bits 1...7: the failure's
+/// code, `CodedFlags`), string message (≤ 4 KiB).
 struct SourceFailure: Equatable {
     var id: UInt64
     var changed: Bool
     var message: String
+    /// Why the sender failed it (`.permission` for an unreadable file); nil from older peers.
+    var code: TransferError.Code? = nil
 
     static let perFrameMax = 1024
     static let messageBytesMax = 4096
@@ -316,7 +383,7 @@ struct SourceFailure: Equatable {
         w.u32(UInt32(list.count))
         for f in list {
             w.u64(f.id)
-            w.u8(f.changed ? 1 : 0)
+            w.u8(CodedFlags.pack(f.changed, f.code))
             w.string(String(decoding: f.message.utf8.prefix(messageBytesMax - 96), as: UTF8.self))
         }
         return w.bytes
@@ -330,9 +397,8 @@ struct SourceFailure: Equatable {
         list.reserveCapacity(n)
         for _ in 0..<n {
             let id = try r.u64()
-            let flags = try r.u8()
-            guard flags <= 1 else { throw TransferError.protocolError("bad source failure flags") }
-            list.append(SourceFailure(id: id, changed: flags == 1, message: try r.string(maxBytes: messageBytesMax)))
+            let (changed, code) = try CodedFlags.unpack(try r.u8(), "source failure")
+            list.append(SourceFailure(id: id, changed: changed, message: try r.string(maxBytes: messageBytesMax), code: code))
         }
         try r.expectEnd()
         return list
