@@ -28,6 +28,7 @@ clang="${CLANG:-$(dirname "$swiftc")/clang}"
 src=Sources/Transfer
 sources=(
   "$src/TransferError.swift"
+  "$src/Location.swift"
   "$src/Wire/Bytes.swift"
   "$src/Wire/Frame.swift"
   "$src/Wire/Messages.swift"

@@ -167,16 +167,9 @@ extension Ferry.Copy {
 
     /// ferry://A/x → ferry://B/y: a job at A's daemon (A pushes to B), watched to its end.
     func thirdParty(options: TransferOptions) throws {
-        let rest = source.dropFirst("ferry://".count)
-        let authority = String(rest.prefix { $0 != "/" })
-        let path = String(rest.dropFirst(authority.count))
-        guard !authority.isEmpty, path.hasPrefix("/") else { throw ValidationError("the source must be ferry://HOST:PORT/EXPORT/PATH, not '\(source)'") }
-        let host: String
-        if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
-            host = String(authority[...close])
-        } else {
-            host = String(authority.prefix { $0 != ":" })
-        }
+        guard let url = try? FerryURL(parsing: source), url.path != "/" else { throw ValidationError("the source must be ferry://HOST:PORT/EXPORT/PATH, not '\(source)'") }
+        let path = url.path
+        let host = url.hostForURL
         let (client, base) = try apiClient(fallback: "\(host):7480", json: json)
         var body: [String: Any] = ["source": path, "destination": destination, "recursive": options.recursive, "protection": protection,
                                    "compress": compress, "checksum": options.checksum]

@@ -14,24 +14,9 @@ struct Ferry: AsyncParsableCommand {
     )
 }
 
-/// Parses `123`, `64K`, `4M`, `1.5G`, `2T` (powers of 1024).
+/// A size option (`--bwlimit 500M`, `--chunk-size 4MiB`): `ByteSize`, the one size parser.
 func parseSize(_ text: String, what: String) throws -> UInt64 {
-    let t = text.trimmingCharacters(in: .whitespaces)
-    guard let last = t.last else { throw ValidationError("\(what): empty size") }
-    let multipliers: [Character: Double] = ["K": 1024, "M": 1_048_576, "G": 1_073_741_824, "T": 1_099_511_627_776]
-    var number = t
-    var multiplier = 1.0
-    if let m = multipliers[Character(last.uppercased())] {
-        multiplier = m
-        number = String(t.dropLast())
-        if number.uppercased().hasSuffix("I") { number = String(number.dropLast()) }  // "MiB"-ish "Mi"
-    } else if last == "B" || last == "b" {
-        return try parseSize(String(t.dropLast()), what: what)
-    }
-    guard let v = Double(number), v >= 0, v.isFinite else {
-        throw ValidationError("\(what): '\(text)' is not a size (use e.g. 512K, 64M, 1G)")
-    }
-    return UInt64(v * multiplier)
+    do { return try ByteSize.parse(text) } catch let e as TransferError { throw ValidationError("\(what): \(e.message)") }
 }
 
 func readToken(_ path: String) throws -> String {

@@ -348,7 +348,7 @@ public struct DaemonAPI: Sendable {
         guard path.hasPrefix("ferry://") else { return nil }
         guard let runner else { throw HTTPFailure(status: 400, message: "this daemon runs no jobs") }
         do {
-            return try runner.remote(String(path.dropFirst(8).prefix { $0 != "/" })).key
+            return try runner.remote(try FerryURL(parsing: path).authority).key
         } catch let e as TransferError {
             throw HTTPFailure(status: 400, message: e.message)
         }

@@ -264,21 +264,18 @@ public final class JobRunner: @unchecked Sendable {
     /// peer or of `allowHosts`), or `/EXPORT/path` of this center. Returns the endpoint and the
     /// peer's center name.
     func endpoint(_ text: String) throws -> (Endpoint, String?) {
-        if text.hasPrefix("ferry://") {
-            let rest = text.dropFirst("ferry://".count)
-            let name = String(rest.prefix { $0 != "/" })
-            let path = String(rest.dropFirst(name.count))
-            switch try remote(name) {
-            case .peer(let peer): return (.remote(settings.peers[peer]!, path: path.isEmpty ? "/" : path), peer)
+        if FerryURL.isFerry(text) {
+            let url = try FerryURL(parsing: text)
+            switch try remote(url.authority) {
+            case .peer(let peer): return (.remote(settings.peers[peer]!, path: url.path), peer)
             case .allowed: return (try Endpoint(parsing: text), nil)
             }
         }
-        let parts = text.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
-        guard text.hasPrefix("/"), let first = parts.first else { throw TransferError(.usage, "a local job path is /EXPORT/PATH, not '\(text)'") }
+        let parts = try Location.exportComponents(text)
+        let first = parts[0]
         let root = settings.exports.count == 1 && settings.exports[0].name.isEmpty ? settings.exports[0] : settings.exports.first { $0.name == first }
         guard let export = root else { throw TransferError(.path, "no export named '\(first)' at this center") }
         let beneath = export.name.isEmpty ? parts : Array(parts.dropFirst())
-        for p in beneath where p == ".." || p == "." { throw TransferError(.path, "path '\(text)' leaves its export") }
         let path = ([export.path] + beneath).joined(separator: "/")
         try JobRunner.confine(path, within: export.path, shown: text)
         return (.local(path), nil)
@@ -302,12 +299,12 @@ public final class JobRunner: @unchecked Sendable {
     /// opened later: a link swapped in after the submit is refused at run time too), with the
     /// export it lies in.
     func jobEndpoint(_ text: String) throws -> (Endpoint, String?, Export?) {
-        if text.hasPrefix("ferry://") {
+        if FerryURL.isFerry(text) {
             let (e, peer) = try endpoint(text)
             return (e, peer, nil)
         }
-        let parts = text.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
-        guard text.hasPrefix("/"), let first = parts.first else { throw TransferError(.usage, "a local job path is /EXPORT/PATH, not '\(text)'") }
+        let parts = try Location.exportComponents(text)
+        let first = parts[0]
         let root = settings.exports.count == 1 && settings.exports[0].name.isEmpty ? settings.exports[0] : settings.exports.first { $0.name == first }
         guard let export = root else { throw TransferError(.path, "no export named '\(first)' at this center") }
         let beneath = export.name.isEmpty ? parts : Array(parts.dropFirst())

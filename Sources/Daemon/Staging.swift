@@ -229,7 +229,7 @@ extension DaemonAPI {
             fetch = "ferry://\(best.center)" + path
             peer = best.center
         } else if d.source.hasPrefix("ferry://") {
-            peer = String(d.source.dropFirst(8).prefix { $0 != "/" })
+            do { peer = try FerryURL(parsing: d.source).authority } catch let e as TransferError { throw HTTPFailure(status: 400, message: e.message) }
             guard runner.settings.peers[peer] != nil else { throw HTTPFailure(status: 400, message: "'\(peer)' is not a peer of center \(center) ([[peer]])") }
         }
         let (entry, created) = try st.cache.pin(key: key, source: d.source, schedulerJob: r.job, retryFailed: r.retry ?? false, now: now()) { id in st.rootReal + "/\(id)" }

@@ -1,3 +1,5 @@
+import Transfer
+
 /// A name in the global namespace: `gfs://CENTER/PATH`. PATH's leading components name a
 /// dataset (names may contain '/', as in "datasets/zinc22", and the last of them may carry
 /// @VERSION); the rest is a path within it. Which split is right depends on the datasets that
@@ -11,7 +13,7 @@ public struct GFSPath: Sendable, Equatable, CustomStringConvertible {
     public static let scheme = "gfs://"
     public static let componentBytesMax = 255
     public static let pathBytesMax = 4096
-    public static let centerBytesMax = 63
+    public static let centerBytesMax = CenterName.bytesMax
     /// A dataset name has at most this many components (resolution tries each prefix).
     public static let datasetComponentsMax = 32
     static let datasetNameBytesMax = 1024
@@ -29,27 +31,13 @@ public struct GFSPath: Sendable, Equatable, CustomStringConvertible {
     public init(_ text: String) throws { try self.init(utf8: Array(text.utf8)) }
 
     /// From raw bytes (a command-line argument as the kernel passed it): refused unless UTF-8.
+    /// The text is parsed by `Location.gfsParts` (Transfer), the one gfs:// parser.
     public init<C: Collection>(utf8 bytes: C) throws where C.Element == UInt8 {
-        let b = Array(bytes)
-        guard b.starts(with: GFSPath.scheme.utf8) else { throw CatalogError(.invalid, "not a gfs:// path: '\(String(decoding: b, as: UTF8.self))'") }
-        guard let text = String(validating: b, as: UTF8.self) else { throw CatalogError(.invalid, "a gfs:// path must be UTF-8") }
-        if b.contains(0) { throw CatalogError(.invalid, "NUL byte in '\(text)'") }
-        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
-        let rest = b.dropFirst(GFSPath.scheme.utf8.count)
-        let centerBytes = rest.prefix { $0 != slash }
-        guard GFSPath.isCenterName(centerBytes) else {
-            throw CatalogError(.invalid, "'\(text)': the center is letters, digits, '.', '-' and '_' (at most \(GFSPath.centerBytesMax))")
+        do {
+            (center, components) = try Location.gfsParts(Array(bytes))
+        } catch let e as TransferError {
+            throw CatalogError(.invalid, e.message)
         }
-        let pathBytes = rest.dropFirst(centerBytes.count)
-        if pathBytes.count > GFSPath.pathBytesMax { throw CatalogError(.invalid, "'\(text)': path longer than \(GFSPath.pathBytesMax) bytes") }
-        var comps: [String] = []
-        for c in pathBytes.split(separator: slash, omittingEmptySubsequences: true) where !c.elementsEqual([dot]) {
-            if c.elementsEqual([dot, dot]) { throw CatalogError(.invalid, "'\(text)': '..' is not allowed") }
-            if c.count > GFSPath.componentBytesMax { throw CatalogError(.invalid, "'\(text)': a name is longer than \(GFSPath.componentBytesMax) bytes") }
-            comps.append(String(decoding: c, as: UTF8.self))
-        }
-        center = String(decoding: centerBytes, as: UTF8.self)
-        components = comps
     }
 
     public init(center: String, path: String) throws {
@@ -62,17 +50,9 @@ public struct GFSPath: Sendable, Equatable, CustomStringConvertible {
             && zip(a.components, b.components).allSatisfy { sameBytes($0, $1) }
     }
 
-    /// ASCII letters, digits, '.', '-', '_', not starting with '.': a center's name is also a
-    /// host-like label in configurations and URLs.
-    static func isCenterName<C: Collection>(_ b: C) -> Bool where C.Element == UInt8 {
-        !b.isEmpty && b.count <= centerBytesMax && b.first != UInt8(ascii: ".")
-            && b.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x2D || $0 == 0x5F || $0 == 0x2E }
-    }
-
+    /// A center's name: `CenterName` (Transfer), the one rule.
     static func validateCenter(_ name: String) throws {
-        guard isCenterName(name.utf8) else {
-            throw CatalogError(.invalid, "bad center name '\(name)': letters, digits, '.', '-' and '_' (at most \(centerBytesMax))")
-        }
+        guard CenterName.isValid(name) else { throw CatalogError(.invalid, "bad center name '\(name)': \(CenterName.rule)") }
     }
 
     /// A dataset name is a relative path of 1 to `datasetComponentsMax` components without

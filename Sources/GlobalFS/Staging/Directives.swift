@@ -1,4 +1,5 @@
 import Foundation
+import Transfer
 
 /// One `#FERRY stage_in|stage_out [--optional] [--checksum] SRC DST` line of a job script.
 /// SRC and DST are `gfs://...`, `ferry://...` or absolute local paths; `%j` is the job id and
@@ -104,10 +105,13 @@ public enum Directives {
         return d
     }
 
+    /// gfs://..., ferry://... (as `Location` parses them) or an absolute local path.
     static func validLocation(_ s: String) -> Bool {
-        if s.hasPrefix("/") { return true }
-        for scheme in ["gfs://", "ferry://"] where s.hasPrefix(scheme) { return s.count > scheme.count }
-        return false
+        switch try? Location(parsing: s) {
+        case .ferry?, .gfs?: return true
+        case .local(let p)?: return p.hasPrefix("/")
+        case nil: return false
+        }
     }
 
     static func badPercent(_ s: String) -> String? {

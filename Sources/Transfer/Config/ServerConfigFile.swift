@@ -213,12 +213,12 @@ public struct ServerConfigFile {
                         d.staging = r
                     case "staging_bwlimit":
                         let text = try str(dv, dk)
-                        guard let q = parseByteSize(text), q > 0 else { throw TransferError(.usage, "daemon.staging_bwlimit is bytes per second like \"200M\", not '\(text)'") }
-                        d.stagingBandwidth = q
+                        guard let q = try? ByteSize.parse(text), q > 0 else { throw TransferError(.usage, "daemon.staging_bwlimit is bytes per second like \"200M\", not '\(text)'") }
+                        d.stagingBandwidth = Int64(q)
                     case "staging_quota":
                         let text = try str(dv, dk)
-                        guard let q = parseByteSize(text) else { throw TransferError(.usage, "daemon.staging_quota is a size like \"500G\", not '\(text)'") }
-                        d.stagingQuota = q
+                        guard let q = try? ByteSize.parse(text) else { throw TransferError(.usage, "daemon.staging_quota is a size like \"500G\", not '\(text)'") }
+                        d.stagingQuota = Int64(q)
                     case "replicas":
                         let r = try str(dv, dk)
                         guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.replicas is a local job path /EXPORT/DIR, not '\(r)'") }
@@ -235,7 +235,7 @@ public struct ServerConfigFile {
                         guard case .string(let text) = a else { throw TransferError(.usage, "[[peer]] api is \"https://HOST:PORT\"") }
                         api = text
                     }
-                    guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"], pt.count == (api == nil ? 2 : 3), Center.isValidName(name) else {
+                    guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"], pt.count == (api == nil ? 2 : 3), CenterName.isValid(name) else {
                         throw TransferError(.usage, "every [[peer]] has a name (a center name), an address (HOST:PORT) and optionally api (https://HOST:PORT of its daemon)")
                     }
                     peers[name] = try HostPort(parsing: address)
@@ -286,16 +286,4 @@ public struct ServerConfigFile {
             }
         }
     }
-}
-
-/// "500G", "10M", "1T", "4096": bytes (K/M/G/T are powers of 1024).
-public func parseByteSize(_ text: String) -> Int64? {
-    var t = Substring(text)
-    var mult: Int64 = 1
-    if let last = t.last, let m = ["K": Int64(1) << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40][String(last).uppercased()] {
-        mult = m
-        t = t.dropLast()
-    }
-    guard let v = Double(t), v >= 0, v * Double(mult) < 9e18 else { return nil }
-    return Int64(v * Double(mult))
 }

@@ -10,26 +10,16 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
     /// by name first and opened later. A daemon's job uses this for its local side.
     case confined(root: String, components: [String])
 
-    /// Parses `ferry://host:port/path`, `ferry://[v6]:port/path`, or a local path.
+    /// Parses `ferry://host:port/path`, `ferry://[v6]:port/path`, or a local path
+    /// (`Location`, the one parser); the URL must name a port.
     public init(parsing text: String) throws {
-        let scheme = "ferry://"
-        guard text.hasPrefix(scheme) else {
-            guard !text.isEmpty else { throw TransferError(.usage, "empty path") }
-            self = .local(text)
-            return
+        switch try Location(parsing: text) {
+        case .local(let path): self = .local(path)
+        case .ferry(let url):
+            guard let address = url.address else { throw TransferError(.usage, "bad URL '\(url)': expected ferry://HOST:PORT/PATH") }
+            self = .remote(address, path: url.path)
+        case .gfs: throw TransferError(.usage, "'\(text)' is a Global Files path: copy from it with ferry cp (it resolves a replica), not as an endpoint")
         }
-        let rest = text.dropFirst(scheme.count)
-        let authorityEnd: Substring.Index
-        if rest.hasPrefix("[") {
-            guard let close = rest.firstIndex(of: "]") else { throw TransferError(.usage, "bad URL '\(text)': missing ']'") }
-            authorityEnd = rest[close...].firstIndex(of: "/") ?? rest.endIndex
-        } else {
-            authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
-        }
-        let hostPort = try HostPort(parsing: String(rest[..<authorityEnd]))
-        guard hostPort.port != 0 else { throw TransferError(.usage, "bad URL '\(text)': port 0") }
-        let path = String(rest[authorityEnd...])
-        self = .remote(hostPort, path: path.isEmpty ? "/" : path)
     }
 
     public var description: String {
