@@ -1,4 +1,5 @@
 import ArgumentParser
+import Daemon
 import Foundation
 import Transfer
 
@@ -150,18 +151,17 @@ extension Ferry.Copy {
     /// down; `ferry stat --replicas` shows the same) and reads from the first.
     func gfsSource() throws -> (String, String) {
         let (client, base) = try apiClient(fallback: nil)
-        let st = try client.call("GET", "/api/v1/catalog/stat" + query([("path", source)]))
-        let entry = st["entry"] as? [String: Any]
-        if (entry?["kind"] as? String ?? "d") == "d" && !recursive { throw ValidationError("\(source) is a directory: give -r") }
-        let replicas = (st["replicas"] as? [[String: Any]]) ?? []
-        guard let replica = replicas.first(where: { $0["rank"] as? Int == 1 }), let center = replica["center"] as? String,
-              let url = replica["url"] as? String else {
-            let why = replicas.map { "\($0["center"] as? String ?? ""): \($0["reason"] as? String ?? "")" }.joined(separator: "; ")
+        let st = try client.call("GET", "/api/v1/catalog/stat" + query([("path", source)]), as: V1.StatAnswer.self)
+        let entry = st.entry
+        if (entry?.kind ?? .directory) == .directory && !recursive { throw ValidationError("\(source) is a directory: give -r") }
+        guard let replica = st.replicas.first(where: { $0.rank == 1 }), let url = replica.url else {
+            let why = st.replicas.map { "\($0.center): \($0.reason)" }.joined(separator: "; ")
             throw ValidationError("no usable replica of \(source) (asked \(base)): \(why.isEmpty ? "none recorded" : why)")
         }
-        let within = entry.map { e in ((e["dir"] as? String).map { $0.isEmpty ? "" : $0 + "/" } ?? "") + (e["name"] as? String ?? "") } ?? ""
+        let center = replica.center
+        let within = entry?.path ?? ""
         let full = within.isEmpty ? url : url + "/" + within
-        if !json { FileHandle.standardError.write("ferry: \(source): the replica at \(center), \(replica["reason"] as? String ?? "") (\(full))\n".data(using: .utf8)!) }
+        if !json { FileHandle.standardError.write("ferry: \(source): the replica at \(center), \(replica.reason) (\(full))\n".data(using: .utf8)!) }
         return (full, center)
     }
 
@@ -171,12 +171,15 @@ extension Ferry.Copy {
         let path = url.path
         let host = url.hostForURL
         let (client, base) = try apiClient(fallback: "\(host):7480", json: json)
-        var body: [String: Any] = ["source": path, "destination": destination, "recursive": options.recursive, "protection": protection,
-                                   "compress": compress, "checksum": options.checksum]
-        if let s = options.streams { body["streams"] = s }
-        if let b = options.bandwidthLimitBytesPerSecond { body["bwlimit"] = Int(b) }
-        let job = try client.call("POST", "/api/v1/transfers", body: body)
-        let id = job["id"] as? Int ?? 0
+        var body = JobRequest(source: path, destination: destination)
+        body.recursive = options.recursive
+        body.protection = protection
+        body.compress = compress
+        body.checksum = options.checksum
+        body.streams = options.streams
+        body.bwlimit = options.bandwidthLimitBytesPerSecond
+        let job = try client.call("POST", "/api/v1/transfers", body: V1.TransferSubmission(request: body), as: V1.Transfer.self)
+        let id = Int(job.id)
         if !json { FileHandle.standardError.write("ferry: job \(id) at \(base): \(path) -> \(destination)\n".data(using: .utf8)!) }
         try waitFor(id, api: client, progress: true)
     }

@@ -1,5 +1,7 @@
 import ArgumentParser
+import Daemon
 import Foundation
+import GlobalFS
 import Transfer
 
 /// Global Files commands: ask a center's daemon (its API, as `ferry jobs` does) about its
@@ -18,15 +20,15 @@ extension Ferry {
         @Argument(help: "The directory, as /EXPORT/PATH at the daemon's center.") var path: String
 
         func run() throws {
-            var body: [String: Any] = ["path": path, "dataset": dataset, "hash": hash]
-            if let r = readers { body["readers"] = r.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
-            if let d = description { body["description"] = d }
-            if let l = license { body["license"] = l }
-            let s = try api.call("POST", "/api/v1/catalog/register", body: body, timeout: 86_400)
-            if api.json { api.show(s); return }
-            func n(_ k: String) -> Int { s[k] as? Int ?? 0 }
-            print("ferry: \(dataset): \(n("files")) files, \(byteText(UInt64(n("bytes")))); \(n("added")) added, \(n("changed")) changed, \(n("removed")) removed, \(n("unchanged")) unchanged, \(n("hashed")) hashed in \(String(format: "%.2f", s["seconds"] as? Double ?? 0)) s")
-            if let e = s["first_error"] as? String { FileHandle.standardError.write("ferry: warning: \(e)\n".data(using: .utf8)!) }
+            var body = V1.RegisterRequest(path: path, dataset: dataset)
+            body.hash = hash
+            body.readers = readers.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+            body.description = description
+            body.license = license
+            let s = try api.call("POST", "/api/v1/catalog/register", body: body, as: RegisterSummary.self, timeout: 86_400)
+            if api.json { api.printJSON(s); return }
+            print("ferry: \(dataset): \(s.files) files, \(byteText(UInt64(max(0, s.bytes)))); \(s.added) added, \(s.changed) changed, \(s.removed) removed, \(s.unchanged) unchanged, \(s.hashed) hashed in \(String(format: "%.2f", s.seconds)) s")
+            if let e = s.firstError { FileHandle.standardError.write("ferry: warning: \(e)\n".data(using: .utf8)!) }
         }
     }
 
@@ -35,12 +37,12 @@ extension Ferry {
         @OptionGroup var api: APIOptions
 
         func run() throws {
-            let r = try api.call("GET", "/api/v1/catalog/datasets")
-            if api.json { api.show(r); return }
-            for d in (r["datasets"] as? [[String: Any]]) ?? [] {
-                let name = (d["name"] as? String ?? "") + ((d["version"] as? String).map { $0.isEmpty ? "" : "@" + $0 } ?? "")
-                let stale = d["stale"] as? Bool == true ? "\t(stale: its center is down)" : ""
-                print("gfs://\(d["center"] as? String ?? "")/\(name)\t\(d["file_count"] as? Int ?? 0) files\t\(byteText(UInt64(d["bytes"] as? Int ?? 0)))\t\(d["owner"] as? String ?? "")\(stale)")
+            let r = try api.call("GET", "/api/v1/catalog/datasets", as: V1.DatasetList.self)
+            if api.json { api.printJSON(r); return }
+            for v in r.datasets {
+                let d = v.dataset
+                let stale = v.stale ? "\t(stale: its center is down)" : ""
+                print("gfs://\(d.center)/\(d.qualifiedName)\t\(d.fileCount) files\t\(byteText(UInt64(max(0, d.bytes))))\t\(d.owner)\(stale)")
             }
         }
     }
@@ -59,12 +61,12 @@ extension Ferry {
             for _ in 0..<1_000_000 {
                 var q = [("path", path), ("limit", String(limit))]
                 if let c = cursor { q.append(("after", c)) }
-                let page = try api.call("GET", "/api/v1/catalog/ls" + query(q))
-                if page["stale"] as? Bool == true && cursor == after { warnStale(path) }
-                if api.json { api.show(page) } else {
-                    for e in (page["entries"] as? [[String: Any]]) ?? [] { print(entryLine(e, long: long)) }
+                let page = try api.call("GET", "/api/v1/catalog/ls" + query(q), as: V1.EntryPage.self)
+                if page.stale == true && cursor == after { warnStale(path) }
+                if api.json { api.printJSON(page) } else {
+                    for e in page.entries { print(entryLine(e, long: long)) }
                 }
-                guard let next = page["next_after"] as? String else { return }
+                guard let next = page.nextAfter else { return }
                 guard all else {
                     // Never a silent cut: say how to get the rest.
                     FileHandle.standardError.write("ferry: more entries follow: --after '\(next)' for the next page, --all for every page\n".data(using: .utf8)!)
@@ -82,21 +84,19 @@ extension Ferry {
         @Argument var path: String
 
         func run() throws {
-            let r = try api.call("GET", "/api/v1/catalog/stat" + query([("path", path)]))
-            if r["stale"] as? Bool == true { warnStale(path) }
-            if api.json { api.show(r); return }
-            if let e = r["entry"] as? [String: Any] { print(entryLine(e, long: true)) }
-            if let d = r["dataset"] as? [String: Any] {
-                let version = (d["version"] as? String).map { $0.isEmpty ? "" : "@" + $0 } ?? ""
-                print("dataset: gfs://\(d["center"] as? String ?? "")/\(d["name"] as? String ?? "")\(version) owner \(d["owner"] as? String ?? "") \(d["file_count"] as? Int ?? 0) files \(byteText(UInt64(d["bytes"] as? Int ?? 0)))")
-            }
-            for rep in (r["replicas"] as? [[String: Any]]) ?? [] {
-                let rank = (rep["rank"] as? Int).map { "#\($0)" } ?? "--"
-                let verified = (rep["verified_at"] as? Int).map { "verified " + isoTimeOrNever(Int64($0)) } ?? "not verified"
+            let r = try api.call("GET", "/api/v1/catalog/stat" + query([("path", path)]), as: V1.StatAnswer.self)
+            if r.stale { warnStale(path) }
+            if api.json { api.printJSON(r); return }
+            if let e = r.entry { print(entryLine(e, long: true)) }
+            let d = r.dataset
+            print("dataset: gfs://\(d.center)/\(d.qualifiedName) owner \(d.owner) \(d.fileCount) files \(byteText(UInt64(max(0, d.bytes))))")
+            for rep in r.replicas {
+                let rank = rep.rank.map { "#\($0)" } ?? "--"
+                let verified = rep.verifiedAt.map { "verified " + isoTimeOrNever($0) } ?? "not verified"
                 if replicas {
-                    print("replica \(rank)\t\(rep["center"] as? String ?? "")\t\(rep["state"] as? String ?? "")\t\(verified)\t\(rep["url"] as? String ?? "-")\t\(rep["reason"] as? String ?? "")")
+                    print("replica \(rank)\t\(rep.center)\t\(rep.state)\t\(verified)\t\(rep.url ?? "-")\t\(rep.reason)")
                 } else {
-                    print("replica: \(rep["center"] as? String ?? "") \(rep["state"] as? String ?? "") \(verified)")
+                    print("replica: \(rep.center) \(rep.state) \(verified)")
                 }
             }
         }
@@ -120,31 +120,29 @@ extension Ferry {
 
         func run() throws {
             var target = api
-            let centers = try api.call("GET", "/api/v1/catalog/centers")
-            let here = centers["center"] as? String ?? ""
+            let centers = try api.call("GET", "/api/v1/catalog/centers", as: V1.CentersAnswer.self)
+            let here = centers.center
             if let to, to != here {
-                guard let c = ((centers["centers"] as? [[String: Any]]) ?? []).first(where: { $0["name"] as? String == to }),
-                      let address = c["api"] as? String, !address.isEmpty else {
+                guard let c = centers.centers.first(where: { $0.name == to }), case let address = c.api, !address.isEmpty else {
                     throw ValidationError("center '\(to)' is not a peer your daemon (\(here)) follows: ask its daemon with --api")
                 }
                 target.api = address
             }
-            var body: [String: Any] = ["path": path]
-            if let b = bwlimit { body["bwlimit"] = try parseSize(b, what: "--bwlimit") }
-            let r = try target.call("POST", "/api/v1/catalog/replicate", body: body)
-            if api.json && !wait { api.show(r); return }
-            if !api.json { print("ferry: \(r["message"] as? String ?? "")") }
-            guard wait, let job = r["job"] as? Int else { return }
+            let body = V1.ReplicateRequest(path: path, bwlimit: try bwlimit.map { Int64(try parseSize($0, what: "--bwlimit")) })
+            let r = try target.call("POST", "/api/v1/catalog/replicate", body: body, as: V1.ReplicateAnswer.self)
+            if api.json && !wait { api.printJSON(r); return }
+            if !api.json { print("ferry: \(r.message)") }
+            guard wait, let job = r.job else { return }
             // A day at most, one look per second.
             for _ in 0..<86_400 {
-                let j = try target.call("GET", "/api/v1/transfers/\(job)")
-                let state = j["state"] as? String ?? ""
-                if ["success", "skipped"].contains(state) {
-                    if api.json { api.show(j) } else { print("ferry: replica of \(path) at \(r["center"] as? String ?? "") complete (job \(job) \(state))") }
+                let j = try target.call("GET", "/api/v1/transfers/\(job)", as: V1.Transfer.self)
+                let state = j.stateText
+                if j.state.satisfiesDependents {
+                    if api.json { api.printJSON(j) } else { print("ferry: replica of \(path) at \(r.center) complete (job \(job) \(state))") }
                     return
                 }
-                if ["failed", "upstream_failed"].contains(state) {
-                    FileHandle.standardError.write("ferry: error: job \(job) \(state): \(j["error"] as? String ?? ""); the replica stays partial, replicate again to resume\n".data(using: .utf8)!)
+                if j.state.isFinal {
+                    FileHandle.standardError.write("ferry: error: job \(job) \(state): \(j.error ?? ""); the replica stays partial, replicate again to resume\n".data(using: .utf8)!)
                     throw ExitCode(1)
                 }
                 Thread.sleep(forTimeInterval: 1)
@@ -157,12 +155,11 @@ extension Ferry {
         @OptionGroup var api: APIOptions
 
         func run() throws {
-            let r = try api.call("GET", "/api/v1/catalog/centers")
-            if api.json { api.show(r); return }
-            print("\(r["center"] as? String ?? "")\t(this center)")
-            for c in (r["centers"] as? [[String: Any]]) ?? [] {
-                let up = c["reachable"] as? Bool == true
-                print("\(c["name"] as? String ?? "")\t\(up ? "up" : "DOWN (stale)")\tsynced \(isoTimeOrNever(Int64(c["last_sync"] as? Int ?? 0)))\tseq \(c["last_seq"] as? Int ?? 0)\t\(c["api"] as? String ?? "")")
+            let r = try api.call("GET", "/api/v1/catalog/centers", as: V1.CentersAnswer.self)
+            if api.json { api.printJSON(r); return }
+            print("\(r.center)\t(this center)")
+            for c in r.centers {
+                print("\(c.name)\t\(c.reachable ? "up" : "DOWN (stale)")\tsynced \(isoTimeOrNever(c.lastSync))\tseq \(c.lastSeq)\t\(c.api)")
             }
         }
     }
@@ -193,13 +190,13 @@ extension Ferry {
                 let want = min(1000, (limit ?? Int.max) - printed)
                 var q = base + [("limit", String(want))]
                 if let c = cursor { q.append(("after", c)) }
-                let r = try api.call("GET", "/api/v1/catalog/find" + query(q))
-                let entries = (r["entries"] as? [[String: Any]]) ?? []
-                if api.json { api.show(r) } else {
+                let r = try api.call("GET", "/api/v1/catalog/find" + query(q), as: V1.EntryPage.self)
+                let entries = r.entries
+                if api.json { api.printJSON(r) } else {
                     for e in entries { print(entryLine(e, long: false, full: true)) }
                 }
                 printed += entries.count
-                guard let next = r["next_after"] as? String else { return }
+                guard let next = r.nextAfter else { return }
                 if let limit, printed >= limit {
                     FileHandle.standardError.write("ferry: more matches follow: --after '\(next)' for the next ones, or leave out --limit\n".data(using: .utf8)!)
                     return
@@ -215,9 +212,9 @@ extension Ferry {
         @Argument var path: String
 
         func run() throws {
-            let r = try api.call("GET", "/api/v1/catalog/du" + query([("path", path)]))
-            if api.json { api.show(r); return }
-            print("\(byteText(UInt64(r["bytes"] as? Int ?? 0)))\t\(r["files"] as? Int ?? 0) files\t\(r["directories"] as? Int ?? 0) directories\t\(path)")
+            let r = try api.call("GET", "/api/v1/catalog/du" + query([("path", path)]), as: DiskUsage.self)
+            if api.json { api.printJSON(r); return }
+            print("\(byteText(UInt64(max(0, r.bytes))))\t\(r.files) files\t\(r.directories) directories\t\(path)")
         }
     }
 }
@@ -234,15 +231,15 @@ func query(_ items: [(String, String)]) -> String {
     return "?" + (c.percentEncodedQuery ?? "").replacingOccurrences(of: "+", with: "%2B")
 }
 
-func entryLine(_ e: [String: Any], long: Bool, full: Bool = false) -> String {
-    let kind = e["kind"] as? String ?? "f"
-    let name = full ? ((e["dir"] as? String).map { $0.isEmpty ? "" : $0 + "/" } ?? "") + (e["name"] as? String ?? "") : (e["name"] as? String ?? "")
-    let shown = name + (kind == "d" ? "/" : "") + (kind == "l" ? " -> " + (e["target"] as? String ?? "") : "")
+func entryLine(_ e: Entry, long: Bool, full: Bool = false) -> String {
+    let kind = e.kind.rawValue
+    let name = full ? e.path : e.name
+    let shown = name + (e.kind == .directory ? "/" : "") + (e.kind == .symlink ? " -> " + (e.target ?? "") : "")
     guard long else { return shown }
-    let mode = String(format: "%04o", (e["mode"] as? Int ?? 0) & 0o7777)
-    let mtime = Date(timeIntervalSince1970: Double(e["mtime_ns"] as? Int ?? 0) / 1e9)
+    let mode = String(format: "%04o", e.mode & 0o7777)
+    let mtime = Date(timeIntervalSince1970: Double(e.mtimeNs) / 1e9)
     let f = ISO8601DateFormatter()
-    return "\(kind) \(mode) \(String(e["size"] as? Int ?? 0).leftPad(14)) \(f.string(from: mtime)) \(shown)"
+    return "\(kind) \(mode) \(String(e.size).leftPad(14)) \(f.string(from: mtime)) \(shown)"
 }
 
 /// YYYY-MM-DD, an ISO 8601 time, or Unix seconds → Unix seconds.

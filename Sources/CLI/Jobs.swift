@@ -1,4 +1,5 @@
 import ArgumentParser
+import Daemon
 import Foundation
 import Transfer
 
@@ -27,9 +28,10 @@ struct APIOptions: ParsableArguments {
     @Flag(help: "Print the daemon's JSON.")
     var json = false
 
-    /// Calls the API; returns the decoded JSON object, or exits 1 with the daemon's error.
-    func call(_ method: String, _ path: String, body: [String: Any]? = nil, timeout: Double = 30) throws -> [String: Any] {
-        do { return try request(method, path, body: body, timeout: timeout) } catch let f as APIFailure { fail(f.message) }
+    /// Calls the API; returns its answer as the contract's type `T` (`Daemon.V1`), or exits 1
+    /// with the daemon's error.
+    func call<T: Decodable>(_ method: String, _ path: String, body: (any Encodable)? = nil, as type: T.Type, timeout: Double = 30) throws -> T {
+        do { return try request(method, path, body: body, as: type, timeout: timeout) } catch let f as APIFailure { fail(f.message) }
     }
 
     /// What went wrong with a call; `transient` when asking again may work (no answer, a
@@ -39,8 +41,9 @@ struct APIOptions: ParsableArguments {
         var transient: Bool
     }
 
-    /// Calls the API; returns the decoded JSON object or throws `APIFailure`.
-    func request(_ method: String, _ path: String, body: [String: Any]? = nil, timeout: Double = 30) throws -> [String: Any] {
+    /// Calls the API; returns its answer as `T`, or throws `APIFailure` (with the problem's
+    /// detail when the daemon refused).
+    func request<T: Decodable>(_ method: String, _ path: String, body: (any Encodable)? = nil, as type: T.Type, timeout: Double = 30) throws -> T {
         let env = ProcessInfo.processInfo.environment
         guard let base = api ?? env["FERRY_API"] else { throw ValidationError("give the daemon's API: --api https://HOST:PORT or FERRY_API") }
         guard let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"] else { throw ValidationError("give your token: --token-file FILE or FERRY_TOKEN_FILE") }
@@ -48,7 +51,7 @@ struct APIOptions: ParsableArguments {
         var data: [UInt8]?
         if let body {
             headers.append(("Content-Type", "application/json"))
-            data = Array(try JSONSerialization.data(withJSONObject: body))
+            data = Array(try APIJSON.encoder().encode(body))
         }
         let answer: HTTPClient.Response
         do {
@@ -62,9 +65,14 @@ struct APIOptions: ParsableArguments {
                              transient: e.code != .auth)
         }
         let status = answer.status
-        let obj = ((try? JSONSerialization.jsonObject(with: Data(answer.body))) as? [String: Any]) ?? [:]
-        if !(200..<300).contains(status) { throw APIFailure(message: "\(obj["error"] as? String ?? "HTTP \(status)")", transient: status >= 500 || status == 0) }
-        return obj
+        if !(200..<300).contains(status) {
+            let problem = try? APIJSON.decode(V1.Problem.self, from: Data(answer.body))
+            throw APIFailure(message: problem?.detail ?? "HTTP \(status)", transient: status >= 500 || status == 0)
+        }
+        do { return try APIJSON.decode(T.self, from: Data(answer.body)) } catch let e as DecodingError {
+            throw APIFailure(message: "\(base)\(path.prefix { $0 != "?" }) answered what this ferry cannot read (\(DaemonAPI.explain(e))): is it another version?",
+                             transient: false)
+        }
     }
 
     func fail(_ message: String) -> Never {
@@ -72,24 +80,23 @@ struct APIOptions: ParsableArguments {
         Foundation.exit(1)
     }
 
-    func show(_ obj: [String: Any]) {
-        if json {
-            let d = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) ?? Data()
-            print(String(decoding: d, as: UTF8.self))
-        } else {
-            print(line(obj))
-        }
+    /// An answer as --json prints it: the contract's encoding, keys sorted.
+    func printJSON(_ value: some Encodable) {
+        let e = APIJSON.encoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: (try? e.encode(value)) ?? Data(), as: UTF8.self))
     }
 
-    func line(_ j: [String: Any]) -> String {
-        let id = j["id"] as? Int ?? 0
-        let state = (j["state"] as? String ?? "?") + (j["cancelled"] as? Bool == true ? " (cancelled)" : "")
+    func show(_ job: V1.Transfer) {
+        if json { printJSON(job) } else { print(line(job)) }
+    }
+
+    func line(_ j: V1.Transfer) -> String {
         // A running job: its live progress (what `jobs watch` shows), not the last checkpoint.
-        let progress = j["progress"] as? [String: Any]
-        let bytes = UInt64(progress?["bytes_done"] as? Int ?? j["bytes"] as? Int ?? 0)
-        let amount = progress.map { "\(byteText(bytes)) of \(byteText(UInt64($0["bytes_total"] as? Int ?? 0)))" } ?? byteText(bytes)
-        var s = "\(id)\t\(state)\t\(j["source"] as? String ?? "") -> \(j["destination"] as? String ?? "")\t\(amount)\tattempts \(j["attempts"] as? Int ?? 0)"
-        if let e = j["error"] as? String { s += "\t\(e)" }
+        let bytes = UInt64(max(0, j.progress?.bytesDone ?? j.bytes))
+        let amount = j.progress.map { "\(byteText(bytes)) of \(byteText(UInt64(max(0, $0.bytesTotal))))" } ?? byteText(bytes)
+        var s = "\(j.id)\t\(j.stateText)\t\(j.source) -> \(j.destination)\t\(amount)\tattempts \(j.attempts)"
+        if let e = j.error { s += "\t\(e)" }
         return s
     }
 }
@@ -119,19 +126,25 @@ extension Ferry.Jobs {
         func run() throws {
             let destination = paths.last!
             let sources = Array(paths.dropLast())
-            var body: [String: Any] = ["destination": destination, "recursive": recursive, "protection": protection,
-                                       "compress": compress, "checksum": checksum, "priority": priority, "dependsOn": after]
-            if sources.count == 1 { body["source"] = sources[0] } else { body["sources"] = sources }
-            if let d = deadline { body["deadline"] = Int(Date().timeIntervalSince1970) + Int(try parseDuration(d)) }
-            if let b = bwlimit { body["bwlimit"] = Int(try parseSize(b, what: "--bwlimit")) }
-            if let m = maxAttempts { body["maxAttempts"] = m }
-            let answer = try api.call("POST", "/api/v1/transfers", body: body)
-            let jobs = (answer["transfers"] as? [[String: Any]]) ?? [answer]
+            var r = JobRequest(source: sources.count == 1 ? sources[0] : "", destination: destination)
+            r.recursive = recursive
+            r.protection = protection
+            r.compress = compress
+            r.checksum = checksum
+            r.priority = priority
+            r.dependsOn = after.map(Int64.init)
+            if let d = deadline { r.deadline = Int64(Date().timeIntervalSince1970) + Int64(try parseDuration(d)) }
+            if let b = bwlimit { r.bwlimit = try parseSize(b, what: "--bwlimit") }
+            r.maxAttempts = maxAttempts
+            let submission = V1.TransferSubmission(request: r, sources: sources.count == 1 ? nil : sources)
+            let jobs: [V1.Transfer] = sources.count == 1
+                ? [try api.call("POST", "/api/v1/transfers", body: submission, as: V1.Transfer.self)]
+                : try api.call("POST", "/api/v1/transfers", body: submission, as: V1.TransferBatch.self).transfers
             for j in jobs { api.show(j) }
             if wait {
                 var failed = false
                 for j in jobs {
-                    do { try waitFor(j["id"] as? Int ?? 0, api: api) } catch { failed = true }
+                    do { try waitFor(Int(j.id), api: api) } catch { failed = true }
                 }
                 if failed { throw ExitCode(1) }
             }
@@ -147,10 +160,10 @@ extension Ferry.Jobs {
         func run() throws {
             var items = [("after", String(after)), ("limit", String(limit))]
             if let s = state { items.append(("state", s)) }
-            let page = try api.call("GET", "/api/v1/transfers" + query(items))
-            if api.json { api.show(page); return }
-            for j in page["transfers"] as? [[String: Any]] ?? [] { print(api.line(j)) }
-            if let next = page["next_after"] as? Int {
+            let page = try api.call("GET", "/api/v1/transfers" + query(items), as: V1.TransferPage.self)
+            if api.json { api.printJSON(page); return }
+            for j in page.transfers { print(api.line(j)) }
+            if page.more, let next = page.nextAfter {
                 FileHandle.standardError.write("ferry: more jobs follow: --after \(next) for the next page\n".data(using: .utf8)!)
             }
         }
@@ -160,19 +173,19 @@ extension Ferry.Jobs {
         static let configuration = CommandConfiguration(abstract: "Show one job, with the reason if it failed.")
         @OptionGroup var api: APIOptions
         @Argument var id: Int
-        func run() throws { api.show(try api.call("GET", "/api/v1/transfers/\(id)")) }
+        func run() throws { api.show(try api.call("GET", "/api/v1/transfers/\(id)", as: V1.Transfer.self)) }
     }
 
     struct Cancel: ParsableCommand {
         @OptionGroup var api: APIOptions
         @Argument var id: Int
-        func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/cancel")) }
+        func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/cancel", as: V1.Transfer.self)) }
     }
 
     struct Retry: ParsableCommand {
         @OptionGroup var api: APIOptions
         @Argument var id: Int
-        func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/retry")) }
+        func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/retry", as: V1.Transfer.self)) }
     }
 
     struct Wait: ParsableCommand {
@@ -200,15 +213,13 @@ extension Ferry.Jobs {
 func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool = false) throws {
     let deadline = Date().addingTimeInterval(Double(seconds))
     var last = ""
-    let final: Set<String> = ["success", "failed", "upstream_failed", "skipped"]
     while Date() < deadline {
-        let j = try api.call("GET", "/api/v1/transfers/\(id)")
-        let state = (j["state"] as? String ?? "?") + (j["cancelled"] as? Bool == true ? " (cancelled)" : "")
+        let j = try api.call("GET", "/api/v1/transfers/\(id)", as: V1.Transfer.self)
+        let state = j.stateText
         var text = state
         if progress {
-            let p = j["progress"] as? [String: Any]
-            let done = UInt64(p?["bytes_done"] as? Int ?? j["bytes"] as? Int ?? 0)
-            let total = UInt64(p?["bytes_total"] as? Int ?? 0)
+            let done = UInt64(max(0, j.progress?.bytesDone ?? j.bytes))
+            let total = UInt64(max(0, j.progress?.bytesTotal ?? 0))
             text = "\(id) \(state) \(byteText(done))" + (total > 0 ? " of \(byteText(total))" : "")
         }
         if text != last {
@@ -220,9 +231,9 @@ func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool =
             }
             last = text
         }
-        if final.contains(state) {
+        if j.state.isFinal {
             if !progress { api.show(j) }
-            if state == "success" || state == "skipped" { return }
+            if j.state.satisfiesDependents { return }
             throw ExitCode(1)
         }
         usleep(progress ? 400_000 : 300_000)

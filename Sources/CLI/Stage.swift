@@ -1,4 +1,5 @@
 import ArgumentParser
+import Daemon
 import Foundation
 import GlobalFS
 import Transfer
@@ -52,22 +53,19 @@ struct StageOptions: ParsableArguments {
             return
         }
         let who = user()
-        let encoded = try JSONSerialization.jsonObject(with: JSONEncoder().encode(mine))
-        var body: [String: Any] = ["job": job, "user": who.name, "directives": encoded]
-        if let u = who.uid { body["uid"] = Int(u) }
-        if let g = who.gid { body["gid"] = Int(g) }
+        var body = V1.StageRequest(job: job, uid: who.uid, gid: who.gid, user: who.name, directives: mine, retry: nil)
         let start = Date()
-        var items: [[String: Any]] = []
+        var items: [V1.StageItem] = []
         var answered = false
         var lastFailure = ""
         for _ in 0..<max(1, timeout) {
             // The first answered request of this run starts failed transfers again (a requeue,
             // an operator who made room); the polls after it only watch.
-            body["retry"] = !answered
+            body.retry = !answered
             do {
                 // The daemon answers at once (transfers run in its queue, not in the request):
                 // an answer that takes 30 s is lost, and asking again costs less than waiting.
-                items = (try api.request("POST", route, body: body, timeout: 30)["items"] as? [[String: Any]]) ?? []
+                items = try api.request("POST", route, body: body, as: V1.StageItems.self, timeout: 30).items
                 answered = true
             } catch let f as APIOptions.APIFailure {
                 // A daemon that is restarting or overloaded: ask again (the request is
@@ -78,22 +76,23 @@ struct StageOptions: ParsableArguments {
                 Thread.sleep(forTimeInterval: 2)
                 continue
             }
-            let staging = items.contains { $0["state"] as? String == "staging" }
+            let staging = items.contains { $0.state == "staging" }
             if !staging || !wait { break }
             if Date().timeIntervalSince(start) > Double(timeout) { break }
             Thread.sleep(forTimeInterval: 1)
         }
         if !answered { fail(lastFailure.isEmpty ? "no answer from the daemon" : lastFailure) }
-        if api.json { api.show(["job": job, "items": items]) }
+        struct Run: Encodable { var job: String; var items: [V1.StageItem] }
+        if api.json { api.printJSON(Run(job: job, items: items)) }
         var failed: String?
         var pending = false
         for it in items {
-            let state = it["state"] as? String ?? "?"
-            let line = "line \(it["line"] as? Int ?? 0): \(it["source"] as? String ?? "") -> \(it["destination"] as? String ?? ""): \(state)"
-            if !api.json { print("ferry: " + line + ((it["error"] as? String).map { " (\($0))" } ?? "")) }
-            if state == "failed" && failed == nil { failed = it["error"] as? String ?? line }
+            let state = it.state
+            let line = "line \(it.line): \(it.source) -> \(it.destination): \(state)"
+            if !api.json { print("ferry: " + line + (it.error.map { " (\($0))" } ?? "")) }
+            if state == "failed" && failed == nil { failed = it.error ?? line }
             if state == "staging" { pending = true }
-            if state == "skipped" { FileHandle.standardError.write("ferry: warning: optional \(it["source"] as? String ?? "") skipped: \(it["error"] as? String ?? "")\n".data(using: .utf8)!) }
+            if state == "skipped" { FileHandle.standardError.write("ferry: warning: optional \(it.source) skipped: \(it.error ?? "")\n".data(using: .utf8)!) }
         }
         if let failed {
             // The last line: the scheduler shows it as the job's reason.
@@ -141,14 +140,14 @@ extension Ferry {
             @OptionGroup var api: APIOptions
             @Option var job: String
             func run() throws {
-                let r = try api.call("GET", "/api/v1/stage/status" + query([("job", job)]))
-                if api.json { api.show(r); return }
-                for e in (r["entries"] as? [[String: Any]]) ?? [] {
-                    print("entry \(e["id"] as? Int ?? 0)\t\(e["state"] as? String ?? "")\t\(byteText(UInt64(e["bytes"] as? Int ?? 0)))\t\(e["source"] as? String ?? "")\(e["error"].map { "\t\($0)" } ?? "")")
+                let r = try api.call("GET", "/api/v1/stage/status" + query([("job", job)]), as: V1.StageStatus.self)
+                if api.json { api.printJSON(r); return }
+                for e in r.entries {
+                    print("entry \(e.id)\t\(e.state.rawValue)\t\(byteText(UInt64(max(0, e.bytes))))\t\(e.source)\(e.error.map { "\t\($0)" } ?? "")")
                 }
-                for l in (r["links"] as? [[String]]) ?? [] where l.count == 2 { print("link\t\(l[0]) -> \(l[1])") }
-                for o in (r["stage_out"] as? [[String: Any]]) ?? [] {
-                    print("stage_out\t\(o["source"] as? String ?? "") -> \(o["destination"] as? String ?? "")\tjob \(o["job"] as? Int ?? 0)")
+                for l in r.links where l.count == 2 { print("link\t\(l[0]) -> \(l[1])") }
+                for o in r.stageOut {
+                    print("stage_out\t\(o.source) -> \(o.destination)\tjob \(o.job ?? 0)")
                 }
             }
         }
@@ -159,9 +158,9 @@ extension Ferry {
             @Option var job: String
             @Flag(help: "The scheduler is in a hurry (cancel or failure): same work, nothing is waited for.") var hurry = false
             func run() throws {
-                let r = try api.call("POST", "/api/v1/stage/teardown", body: ["job": job, "hurry": hurry])
-                if api.json { api.show(r); return }
-                print("ferry: job \(job): \(r["unpinned"] as? Int ?? 0) unpinned, \(r["links_removed"] as? Int ?? 0) links removed, \(r["transfers_cancelled"] as? Int ?? 0) transfers cancelled")
+                let r = try api.call("POST", "/api/v1/stage/teardown", body: V1.TeardownRequest(job: job, hurry: hurry), as: V1.TeardownAnswer.self)
+                if api.json { api.printJSON(r); return }
+                print("ferry: job \(job): \(r.unpinned) unpinned, \(r.linksRemoved) links removed, \(r.transfersCancelled) transfers cancelled")
             }
         }
 
@@ -171,12 +170,11 @@ extension Ferry {
             @Option(help: "The scheduler's live job ids (comma-separated, e.g. from `squeue -h -o %i`): every other job's pins go.") var keepJobs: String?
             @Option(help: "Pins older than this many hours go (default 168).") var maxPinHours: Int?
             func run() throws {
-                var body: [String: Any] = [:]
-                if let k = keepJobs { body["keep_jobs"] = k.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
-                if let h = maxPinHours { body["max_pin_hours"] = h }
-                let r = try api.call("POST", "/api/v1/stage/sweep", body: body)
-                if api.json { api.show(r); return }
-                print("ferry: swept: pins of \((r["pins_expired"] as? [String])?.count ?? 0) jobs, \(r["transfers_cancelled"] as? Int ?? 0) transfers cancelled, \((r["stray_directories"] as? [String])?.count ?? 0) stray directories")
+                let body = V1.SweepRequest(keepJobs: keepJobs.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
+                                           maxPinHours: maxPinHours.map(Int64.init))
+                let r = try api.call("POST", "/api/v1/stage/sweep", body: body, as: V1.SweepAnswer.self)
+                if api.json { api.printJSON(r); return }
+                print("ferry: swept: pins of \(r.pinsExpired.count) jobs, \(r.transfersCancelled) transfers cancelled, \(r.strayDirectories.count) stray directories")
             }
         }
 
@@ -184,12 +182,11 @@ extension Ferry {
             static let configuration = CommandConfiguration(abstract: "The staging cache: entries, their pins, the quota.")
             @OptionGroup var api: APIOptions
             func run() throws {
-                let r = try api.call("GET", "/api/v1/stage/cache")
-                if api.json { api.show(r); return }
-                print("ferry: staging cache \(r["root"] as? String ?? ""): \(byteText(UInt64(r["ready_bytes"] as? Int ?? 0))) of \(byteText(UInt64(r["quota"] as? Int ?? 0)))")
-                for e in (r["entries"] as? [[String: Any]]) ?? [] {
-                    let pins = (e["pins"] as? [String]) ?? []
-                    print("\(e["id"] as? Int ?? 0)\t\(e["state"] as? String ?? "")\t\(byteText(UInt64(e["bytes"] as? Int ?? 0)))\tpins \(pins.isEmpty ? "-" : pins.joined(separator: ","))\t\(e["source"] as? String ?? "")")
+                let r = try api.call("GET", "/api/v1/stage/cache", as: V1.CacheView.self)
+                if api.json { api.printJSON(r); return }
+                print("ferry: staging cache \(r.root): \(byteText(UInt64(max(0, r.readyBytes)))) of \(byteText(UInt64(max(0, r.quota))))")
+                for e in r.entries {
+                    print("\(e.id)\t\(e.state.rawValue)\t\(byteText(UInt64(max(0, e.bytes))))\tpins \(e.pins.isEmpty ? "-" : e.pins.joined(separator: ","))\t\(e.source)")
                 }
             }
         }

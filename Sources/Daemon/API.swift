@@ -52,42 +52,28 @@ public struct DaemonAPI: Sendable {
 
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
-        router.get("/api/v1/health") { _, _ in try await onPool {
+        route(router, "health") { _, _ in try await onPool {
             // Unauthenticated: only what the configuration names (peers, allowed hosts).
-            let peers = (runner?.tuner.snapshot() ?? [:]).filter { runner?.isConfiguredKey($0.key) ?? false }.mapValues { ["streams": $0.streams, "active": $0.active, "rate_bytes_per_second": Int($0.lastRate), "errors": $0.errors] }
-            return json(200, ["status": "ok", "center": center, "peers": peers, "transfer": transfer,
-                              "jobs": (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]])
+            let peers = (runner?.tuner.snapshot() ?? [:]).filter { runner?.isConfiguredKey($0.key) ?? false }.mapValues {
+                V1.PeerHealth(streams: $0.streams, active: $0.active, rateBytesPerSecond: Int64($0.lastRate), errors: $0.errors)
+            }
+            let jobs = (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]
+            return try codable(200, V1.Health(status: "ok", center: center, peers: peers, transfer: transfer, jobs: jobs))
         } }
-        router.get("/api/v1/openapi.json") { _, _ in
-            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: DaemonAPI.openAPI)))
+        route(router, "openapi") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: APIContract.document)))
         }
-        router.get("/metrics") { _, _ in
+        route(router, "metrics") { _, _ in
             try await onPool { Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: metrics()))) }
         }
-        router.post("/api/v1/transfers") { request, _ in
+        route(router, "submitTransfer") { request, _ in
             try await handle(request) { user in
                 let body = Data(buffer: try await request.body.collect(upTo: 4 << 20))
-                // Several sources into one destination directory: one job (task) per source,
-                // all checked before any is queued.
-                var requests: [JobRequest] = []
-                var multi = false
-                if let obj = try? JSONSerialization.jsonObject(with: body) as? [String: Any], let sources = obj["sources"] as? [String] {
-                    guard (1...10_000).contains(sources.count), let dest = obj["destination"] as? String else {
-                        throw HTTPFailure(status: 400, message: "'sources' takes 1 to 10,000 paths, and a destination directory")
-                    }
-                    multi = true
-                    for src in sources {
-                        var one = obj
-                        one["sources"] = nil
-                        one["source"] = src
-                        let name = src.split(separator: "/").last.map(String.init) ?? ""
-                        guard !name.isEmpty, name != "..", name != "." else { throw HTTPFailure(status: 400, message: "source '\(src)' has no name to copy under") }
-                        one["destination"] = (dest.hasSuffix("/") ? dest : dest + "/") + name
-                        requests.append(try JSONDecoder().decode(JobRequest.self, from: JSONSerialization.data(withJSONObject: one)))
-                    }
-                } else {
-                    requests = [try JSONDecoder().decode(JobRequest.self, from: body)]
-                }
+                // One source, or several into one destination directory: one job (task) per
+                // source, all checked before any is queued.
+                let submission = try APIJSON.decode(V1.TransferSubmission.self, from: body)
+                var requests = try submission.requests()
+                let multi = submission.sources != nil
                 for i in requests.indices {
                     requests[i].streams = requests[i].streams.map { max(1, min($0, 64)) }
                     try authorizePaths(requests[i], user)
@@ -98,7 +84,7 @@ public struct DaemonAPI: Sendable {
                     peers.append(try remoteKey(req.source) ?? remoteKey(req.destination) ?? "")
                     try authorizeDependencies(req.dependsOn, user)
                 }
-                var jobs: [[String: Any]] = []
+                var jobs: [V1.Transfer] = []
                 // One audit line per request (a request of 10,000 sources is not 10,000 synced
                 // writes): also when it stops half way, for the jobs it made.
                 var ids: [Int64] = []
@@ -111,12 +97,12 @@ public struct DaemonAPI: Sendable {
                 for (req, peer) in zip(requests, peers) {
                     let id = try store.submit(owner: user.user, request: req, peer: peer, now: now())
                     ids.append(id)
-                    jobs.append(jobObject(try store.get(id)!))
+                    jobs.append(V1.Transfer(try store.get(id)!))
                 }
-                return json(201, multi ? ["transfers": jobs] : jobs[0])
+                return multi ? try codable(201, V1.TransferBatch(transfers: jobs)) : try codable(201, jobs[0])
             }
         }
-        router.get("/api/v1/transfers") { request, _ in
+        route(router, "listTransfers") { request, _ in
             try await handle(request) { user in
                 let q = request.uri.queryParameters
                 var f = JobFilter(owner: user.isOperator ? q["owner"].map(String.init) : user.user)
@@ -136,21 +122,19 @@ public struct DaemonAPI: Sendable {
                 var jobs = try store.list(f)
                 let more = jobs.count > limit
                 if more { jobs.removeLast(jobs.count - limit) }
-                return json(200, ["transfers": jobs.map(jobObject), "more": more, "next_after": more ? jobs.last.map { Int($0.id) } as Any : NSNull()])
+                return try codable(200, V1.TransferPage(transfers: jobs.map { V1.Transfer($0) }, more: more, nextAfter: more ? jobs.last?.id : nil))
             }
         }
-        router.get("/api/v1/transfers/:id") { request, context in
-            try await handle(request) { user in json(200, live(try ownJob(context, user))) }
+        route(router, "getTransfer") { request, context in
+            try await handle(request) { user in try codable(200, live(try ownJob(context, user))) }
         }
-        router.get("/api/v1/transfers/:id/events") { request, context in
+        route(router, "transferEvents") { request, context in
             try await handle(request) { user in
                 let id = try ownJob(context, user).id
                 let api = self
                 // Pushed by the queue's change feed, not polled: see streamEvents (Events.swift).
                 let body = ResponseBody { writer in try await onPool {
-                    try await api.streamEvents(of: id, render: { job in
-                        String(decoding: (try? JSONSerialization.data(withJSONObject: api.live(job), options: [.sortedKeys])) ?? Data(), as: UTF8.self)
-                    }) { text in
+                    try await api.streamEvents(of: id, render: { job in String(decoding: (try? APIJSON.encode(api.live(job))) ?? Data(), as: UTF8.self) }) { text in
                         try await writer.write(ByteBuffer(string: text))
                     }
                     try await writer.finish(nil)
@@ -158,26 +142,39 @@ public struct DaemonAPI: Sendable {
                 return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
             }
         }
-        router.post("/api/v1/transfers/:id/cancel") { request, context in
+        route(router, "cancelTransfer") { request, context in
             try await handle(request) { user in
                 let job = try ownJob(context, user)
-                let answer = jobObject(try store.cancel(job.id, by: user.user, now: now()))
+                let answer = V1.Transfer(try store.cancel(job.id, by: user.user, now: now()))
                 auditLine(user, action: "job.cancel", path: "\(job.request.source) -> \(job.request.destination)", result: "ok: job \(job.id)")
-                return json(200, answer)
+                return try codable(200, answer)
             }
         }
-        router.post("/api/v1/transfers/:id/retry") { request, context in
+        route(router, "retryTransfer") { request, context in
             try await handle(request) { user in
                 let job = try ownJob(context, user)
-                let answer = jobObject(try store.retryJob(job.id, now: now()))
+                let answer = V1.Transfer(try store.retryJob(job.id, now: now()))
                 auditLine(user, action: "job.retry", path: "\(job.request.source) -> \(job.request.destination)", result: "ok: job \(job.id)")
-                return json(200, answer)
+                return try codable(200, answer)
             }
         }
         addCatalogRoutes(router)
         addFederationRoutes(router)
         addStagingRoutes(router)
         return router
+    }
+
+    /// Registers the handler of one operation of the contract (`APIContract.operations`): the
+    /// router holds no route the document does not describe.
+    func route(_ router: Router<BasicRequestContext>, _ id: String,
+               _ handler: @escaping @Sendable (Request, BasicRequestContext) async throws -> Response) {
+        let op = APIContract.operation(id)
+        router.on(RouterPath(op.routerPath), method: op.method == "POST" ? .post : .get) { request, context in
+            if let why = op.queryProblem(request.uri.queryParameters.map { (String($0.key), String($0.value)) }) {
+                return problem(400, why)
+            }
+            return try await handler(request, context)
+        }
     }
 
     struct User {
@@ -249,8 +246,8 @@ public struct DaemonAPI: Sendable {
             return refuse(e.code == .notFound ? 404 : e.code == .conflict ? 409 : e.code == .invalid ? 400 : e.code == .forbidden ? 403 : 500, e.description)
         } catch let e as TransferError {
             return refuse(e.code == .auth || e.code == .permission ? 403 : 400, e.message, code: e.code.description)
-        } catch is DecodingError {
-            return refuse(400, "the body is not a transfer request (JSON with at least source and destination)")
+        } catch let e as DecodingError {
+            return refuse(400, "the body does not match the API's schema: " + DaemonAPI.explain(e))
         } catch let e as SQLStoreError {
             // A busy database: 503, ask again (scheduler hooks do); anything else is ours (500),
             // with its reason in the answer and the audit log rather than an empty 500.
@@ -331,13 +328,23 @@ public struct DaemonAPI: Sendable {
     }
 
     /// The job, with the runner's live counters while it runs.
-    func live(_ job: Job) -> [String: Any] {
-        var o = jobObject(job)
-        if job.state == .running, let p = runner?.liveProgress(job.id) {
-            o["progress"] = ["bytes_done": Int(p.bytesDone), "bytes_total": Int(p.bytesTotal), "files_done": Int(p.filesDone),
-                             "files_total": Int(p.filesTotal), "wire_bytes": Int(p.wireBytes), "seconds": p.seconds]
+    func live(_ job: Job) -> V1.Transfer {
+        V1.Transfer(job, progress: job.state == .running ? runner?.liveProgress(job.id) : nil)
+    }
+
+    /// A decoding error as one line a person can act on: which key, and what was wrong.
+    public static func explain(_ e: DecodingError) -> String {
+        func path(_ c: DecodingError.Context) -> String {
+            let p = c.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+            return p.isEmpty ? "" : " at '\(p)'"
         }
-        return o
+        switch e {
+        case .keyNotFound(let k, let c): return "'\(k.stringValue)' is missing" + path(c)
+        case .typeMismatch(let t, let c): return "expected \(t)" + path(c)
+        case .valueNotFound(let t, let c): return "expected \(t), got null" + path(c)
+        case .dataCorrupted(let c): return c.debugDescription + path(c)
+        @unknown default: return "\(e)"
+        }
     }
 
     /// The remote side of a job path (`ferry://AUTHORITY/...`) as the configuration names it
@@ -366,13 +373,6 @@ public struct DaemonAPI: Sendable {
 
     private func metrics() -> String {
         var out = "# HELP ferry_jobs Transfer jobs by state.\n# TYPE ferry_jobs gauge\n"
-        if let handshakes = runner?.tlsHandshakes(), !handshakes.isEmpty {
-            out += "# HELP ferry_peer_tls_handshakes_total TLS handshakes of jobs towards each peer: full, or resumed from an earlier session's ticket.\n# TYPE ferry_peer_tls_handshakes_total counter\n"
-            for (p, h) in handshakes.sorted(by: { $0.key < $1.key }) {
-                out += "ferry_peer_tls_handshakes_total{peer=\(promLabel(p)),kind=\"full\"} \(h.full)\n"
-                out += "ferry_peer_tls_handshakes_total{peer=\(promLabel(p)),kind=\"resumed\"} \(h.resumed)\n"
-            }
-        }
         let counts = (try? store.countsByState()) ?? [:]
         for s in JobState.allCases { out += "ferry_jobs{state=\(promLabel(s.rawValue))} \(counts[s] ?? 0)\n" }
         if let t = try? store.totals() {
@@ -391,42 +391,16 @@ public struct DaemonAPI: Sendable {
             out += "# HELP ferry_peer_errors_total Failed attempts towards each peer.\n# TYPE ferry_peer_errors_total counter\n"
             for (p, s) in peers { out += "ferry_peer_errors_total{peer=\(p)} \(s.errors)\n" }
         }
+        if let handshakes = runner?.tlsHandshakes(), !handshakes.isEmpty {
+            out += "# HELP ferry_peer_tls_handshakes_total TLS handshakes of jobs towards each peer: full, or resumed from an earlier session's ticket.\n# TYPE ferry_peer_tls_handshakes_total counter\n"
+            for (p, h) in handshakes.sorted(by: { $0.key < $1.key }) {
+                out += "ferry_peer_tls_handshakes_total{peer=\(promLabel(p)),kind=\"full\"} \(h.full)\n"
+                out += "ferry_peer_tls_handshakes_total{peer=\(promLabel(p)),kind=\"resumed\"} \(h.resumed)\n"
+            }
+        }
         return out
     }
 
-    static let openAPI = """
-    {"openapi":"3.0.3","info":{"title":"Ferry daemon API","version":"1"},
-     "components":{"securitySchemes":{"token":{"type":"http","scheme":"bearer"}}},"security":[{"token":[]}],
-     "paths":{
-      "/api/v1/health":{"get":{"summary":"Liveness, center name, jobs by state","responses":{"200":{"description":"ok"}}}},
-      "/api/v1/openapi.json":{"get":{"summary":"This document","responses":{"200":{"description":"ok"}}}},
-      "/api/v1/transfers":{"post":{"summary":"Create a transfer job","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["destination"],"properties":{"source":{"type":"string"},"sources":{"type":"array","items":{"type":"string"},"description":"instead of source: one job per source, each into destination/NAME; the answer is then {transfers:[...]}"},"destination":{"type":"string"},"recursive":{"type":"boolean"},"protection":{"type":"string","enum":["clear","safe","private"]},"compress":{"type":"string"},"checksum":{"type":"boolean"},"streams":{"type":"integer"},"bwlimit":{"type":"integer"},"priority":{"type":"integer"},"dependsOn":{"type":"array","items":{"type":"integer"},"description":"ids of the caller's own jobs (another user's answers as a missing one, 409)"},"deadline":{"type":"integer"},"maxAttempts":{"type":"integer"}}}}}},"responses":{"201":{"description":"created"},"400":{"description":"bad request: a remote side that is no configured peer (the daemon dials only its [[peer]]s), an unknown protection or compression, a local source that does not exist"},"503":{"description":"the database is busy: ask again"},"401":{"description":"no or bad token"},"403":{"description":"outside the token's scopes"}}},
-                           "get":{"summary":"List transfer jobs","parameters":[{"name":"state","in":"query","schema":{"type":"string"},"description":"comma-separated states; an unknown one is a 400"},{"name":"after","in":"query","schema":{"type":"integer","minimum":0}},{"name":"limit","in":"query","schema":{"type":"integer","minimum":1,"maximum":1000}},{"name":"owner","in":"query","schema":{"type":"string"}}],"responses":{"200":{"description":"a page: transfers, more (whether another page follows), next_after (its cursor, or null)"},"400":{"description":"an unknown state, a bad after or limit"}}}},
-      "/api/v1/transfers/{id}":{"get":{"summary":"One job (a running one with its live progress; a cancelled one is failed with cancelled: true)","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"404":{"description":"no such job"}}}},
-      "/api/v1/transfers/{id}/cancel":{"post":{"summary":"Cancel a job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"already ended"}}}},
-      "/api/v1/transfers/{id}/events":{"get":{"summary":"Progress as server-sent events (event: progress, then end)","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"text/event-stream"}}}},
-      "/api/v1/transfers/{id}/retry":{"post":{"summary":"Retry a failed job","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the job"},"409":{"description":"not failed"}}}},
-      "/metrics":{"get":{"summary":"Prometheus metrics","security":[],"responses":{"200":{"description":"text format"}}}},
-      "/api/v1/catalog/register":{"post":{"summary":"Register (or re-register) a directory of this center as a dataset","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["path","dataset"],"properties":{"path":{"type":"string","description":"/EXPORT/PATH"},"dataset":{"type":"string","description":"NAME[@VERSION]"},"readers":{"type":"array","items":{"type":"string"}},"description":{"type":"string"},"license":{"type":"string"},"hash":{"type":"boolean"}}}}}},"responses":{"200":{"description":"the registration summary"},"400":{"description":"bad request"},"403":{"description":"outside the token's scopes, or the dataset name belongs to another user (only its owner or an operator registers it again)"},"404":{"description":"no such directory"}}}},
-      "/api/v1/catalog/datasets":{"get":{"summary":"The datasets the caller may see","responses":{"200":{"description":"datasets"}}}},
-      "/api/v1/catalog/ls":{"get":{"summary":"One page of a directory","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"},{"name":"after","in":"query","schema":{"type":"string"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"entries, more (whether another page follows) and next_after (its cursor)"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}},
-      "/api/v1/catalog/stat":{"get":{"summary":"One entry, its dataset and replicas (ranked: the order a copy uses them, each with its reason), and whether its center is down (stale)","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"}],"responses":{"200":{"description":"the entry"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}},
-      "/api/v1/catalog/find":{"get":{"summary":"Entries by name glob, size and age","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"},{"name":"name","in":"query","schema":{"type":"string"}},{"name":"min_size","in":"query","schema":{"type":"integer"}},{"name":"max_size","in":"query","schema":{"type":"integer"}},{"name":"newer","in":"query","schema":{"type":"integer"}},{"name":"after","in":"query","schema":{"type":"string"},"description":"the previous page's next_after (DIR/NAME)"},{"name":"limit","in":"query","schema":{"type":"integer","maximum":10000}}],"responses":{"200":{"description":"entries, more and next_after"},"400":{"description":"bad path"},"404":{"description":"no such dataset"}}}},
-      "/api/v1/catalog/centers":{"get":{"summary":"This center and the peers whose catalogs it follows: API address, last sequence number applied, last good sync, reachable","responses":{"200":{"description":"centers"}}}},
-      "/api/v1/catalog/replicate":{"post":{"summary":"Make a replica of a dataset at this center (one job from the best other replica; staging, then complete or partial)","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["path"],"properties":{"path":{"type":"string","description":"gfs://CENTER/DATASET[@VERSION]"},"bwlimit":{"type":"integer"}}}}}},"responses":{"200":{"description":"state (staging with the job, or complete)"},"400":{"description":"bad request"},"403":{"description":"may not write the replica directory"},"404":{"description":"no such dataset"},"409":{"description":"this center takes no replicas, or no usable replica to copy from"}}}},
-      "/api/v1/federation/changes":{"get":{"summary":"For peer centers (FerryCenter assertion): this center's change feed after a sequence number, and its last one","parameters":[{"name":"after","in":"query","schema":{"type":"integer"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"changes and last_seq"},"401":{"description":"bad assertion"},"403":{"description":"not a center"}}}},
-      "/api/v1/federation/datasets/{id}":{"get":{"summary":"For peer centers: one of this center's datasets","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}],"responses":{"200":{"description":"the dataset"},"403":{"description":"not a center"},"404":{"description":"no such dataset of this center"}}}},
-      "/api/v1/federation/entries":{"get":{"summary":"For peer centers: a dataset's entries in key order","parameters":[{"name":"dataset","in":"query","required":true,"schema":{"type":"integer"}},{"name":"after_dir","in":"query","schema":{"type":"string"}},{"name":"after_name","in":"query","schema":{"type":"string"}},{"name":"limit","in":"query","schema":{"type":"integer"}}],"responses":{"200":{"description":"entries"},"403":{"description":"not a center"},"404":{"description":"no such dataset of this center"}}}},
-      "/api/v1/federation/replicas":{"get":{"summary":"For peer centers: the replicas this center holds, each with its dataset","responses":{"200":{"description":"replicas"},"403":{"description":"not a center"}}}},
-      "/api/v1/stage/in":{"post":{"summary":"Prestaging (the scheduler's hook, operator token): pin, start or reuse transfers into the staging cache, link what is ready; idempotent","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["job","user","directives"],"properties":{"job":{"type":"string"},"user":{"type":"string"},"uid":{"type":"integer"},"gid":{"type":"integer"},"directives":{"type":"array","items":{"type":"object","properties":{"direction":{"type":"string","enum":["stage_in","stage_out"]},"source":{"type":"string"},"destination":{"type":"string"},"optional":{"type":"boolean"},"checksum":{"type":"boolean"},"line":{"type":"integer"}}}},"retry":{"type":"boolean","description":"start failed transfers again (default false: report them)"}}}}}},"responses":{"200":{"description":"items, each ready/done/staging/failed/skipped"},"400":{"description":"bad request"},"403":{"description":"not an operator token"},"409":{"description":"this center does no prestaging"}}}},
-      "/api/v1/stage/out":{"post":{"summary":"Prestaging: one daemon job per stage_out directive; idempotent","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["job","user","directives"],"properties":{"job":{"type":"string"},"user":{"type":"string"},"uid":{"type":"integer"},"gid":{"type":"integer"},"directives":{"type":"array","items":{"type":"object","properties":{"direction":{"type":"string","enum":["stage_in","stage_out"]},"source":{"type":"string"},"destination":{"type":"string"},"optional":{"type":"boolean"},"checksum":{"type":"boolean"},"line":{"type":"integer"}}}},"retry":{"type":"boolean","description":"start failed transfers again (default false: report them)"}}}}}},"responses":{"200":{"description":"items, each ready/done/staging/failed/skipped"},"400":{"description":"bad request"},"403":{"description":"not an operator token"},"409":{"description":"this center does no prestaging"}}}},
-      "/api/v1/stage/teardown":{"post":{"summary":"Prestaging: a job ended; unpin its entries, remove its links, cancel transfers nobody waits for","requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object","required":["job"],"properties":{"job":{"type":"string"},"hurry":{"type":"boolean"}}}}}},"responses":{"200":{"description":"what was released"},"400":{"description":"bad request"},"403":{"description":"not an operator token"},"409":{"description":"this center does no prestaging"}}}},
-      "/api/v1/stage/sweep":{"post":{"summary":"Prestaging: drop pins of jobs the scheduler no longer lists or older than max_pin_hours, stray directories, orphan transfers","requestBody":{"content":{"application/json":{"schema":{"type":"object","properties":{"keep_jobs":{"type":"array","items":{"type":"string"}},"max_pin_hours":{"type":"integer"}}}}}},"responses":{"200":{"description":"what was swept"},"403":{"description":"not an operator token"},"409":{"description":"this center does no prestaging"}}}},
-      "/api/v1/stage/status":{"get":{"summary":"Prestaging: a job's pinned entries, links and stage-outs","parameters":[{"name":"job","in":"query","required":true,"schema":{"type":"string"}}],"responses":{"200":{"description":"the job's staging"},"400":{"description":"no job"},"403":{"description":"not an operator token"},"409":{"description":"this center does no prestaging"}}}},
-      "/api/v1/stage/cache":{"get":{"summary":"Prestaging: the staging cache's entries, pins, ready bytes and quota","responses":{"200":{"description":"the cache"},"403":{"description":"not an operator token"},"409":{"description":"this center does no prestaging"}}}},
-      "/api/v1/catalog/du":{"get":{"summary":"Files, directories and bytes under a path","parameters":[{"name":"path","in":"query","required":true,"schema":{"type":"string"},"description":"gfs://CENTER/DATASET[/PATH] at this center"}],"responses":{"200":{"description":"usage"},"400":{"description":"bad path"},"404":{"description":"no such dataset or path"}}}}
-     }}
-    """
 }
 
 func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
@@ -447,20 +421,6 @@ func promLabel(_ v: String) -> String {
     return out + "\""
 }
 
-func jobObject(_ j: Job) -> [String: Any] {
-    var o: [String: Any] = ["id": Int(j.id), "owner": j.owner, "state": j.state.rawValue, "source": j.request.source,
-                            "destination": j.request.destination, "attempts": j.attempts, "max_attempts": j.maxAttempts,
-                            "bytes": Int(j.bytes), "files": Int(j.files), "created": Int(j.created), "updated": Int(j.updated),
-                            "priority": j.request.priority, "depends_on": j.request.dependsOn.map { Int($0) }, "peer": j.peer]
-    if let e = j.error { o["error"] = e }
-    // The platform's eleven states have no "cancelled": a cancelled job is `failed`, marked
-    // `cancelled: true` (its error says by whom), so neither a person nor a script takes it
-    // for a transfer that broke.
-    if j.state == .failed, j.error?.hasPrefix(JobStore.cancelledPrefix) == true { o["cancelled"] = true }
-    if j.notBefore > 0 { o["not_before"] = Int(j.notBefore) }
-    if let w = j.lastWorker { o["worker"] = w }
-    return o
-}
 
 /// An error answer as RFC 9457 problem details (`application/problem+json`): `status`, `title`
 /// (the status's name), `detail` (the reason, for people), `code` (for programs: the engine's

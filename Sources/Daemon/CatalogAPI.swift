@@ -16,22 +16,14 @@ import Transfer
 /// Paths name this center or a peer it follows (answered from the local mirror of the peer's
 /// catalog, `Federation`; `stale: true` when that peer is down); a dataset the caller may not
 /// see answers exactly as a missing one (404).
-struct RegisterRequest: Decodable {
-    var path: String
-    var dataset: String
-    var readers: [String]?
-    var description: String?
-    var license: String?
-    var hash: Bool?
-}
 
 extension DaemonAPI {
     func addCatalogRoutes(_ router: Router<BasicRequestContext>) {
         guard let catalog else { return }
-        router.post("/api/v1/catalog/register") { request, _ in
+        route(router, "register") { request, _ in
             try await handle(request) { user in
                 let body = Data(buffer: try await request.body.collect(upTo: 1 << 20))
-                let r = try JSONDecoder().decode(RegisterRequest.self, from: body)
+                let r = try APIJSON.decode(V1.RegisterRequest.self, from: body)
                 try authorizeLocal(r.path, user, write: false)
                 guard let runner, case (.confined(let root, let components), _, let export?) = try runner.jobEndpoint(r.path) else {
                     throw HTTPFailure(status: 400, message: "register takes a directory of this center: /EXPORT/PATH")
@@ -63,13 +55,13 @@ extension DaemonAPI {
                 return try codable(200, summary)
             }
         }
-        router.get("/api/v1/catalog/datasets") { request, _ in
+        route(router, "datasets") { request, _ in
             try await handle(request) { user in
                 let stale = staleCenters()
-                return try codable(200, ["datasets": try catalog.datasets(visibleTo: viewer(user)).map { DatasetView(dataset: $0, stale: stale.contains($0.center)) }])
+                return try codable(200, V1.DatasetList(datasets: try catalog.datasets(visibleTo: viewer(user)).map { V1.DatasetView(dataset: $0, stale: stale.contains($0.center)) }))
             }
         }
-        router.get("/api/v1/catalog/ls") { request, _ in
+        route(router, "ls") { request, _ in
             try await handle(request) { user in
                 let (d, path) = try resolve(request, user)
                 let q = request.uri.queryParameters
@@ -86,19 +78,19 @@ extension DaemonAPI {
                 return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: more ? entries.last?.name : nil, stale: stale)
             }
         }
-        router.get("/api/v1/catalog/stat") { request, _ in
+        route(router, "stat") { request, _ in
             try await handle(request) { user in
                 let (d, path) = try resolve(request, user)
                 let replicas = rankReplicas(try catalog.replicas(dataset: d.id, as: viewer(user)))
                 let stale = staleCenters().contains(d.center)
-                if path.isEmpty { return try codable(200, StatAnswer(dataset: d, entry: nil, replicas: replicas, stale: stale)) }
+                if path.isEmpty { return try codable(200, V1.StatAnswer(dataset: d, entry: nil, replicas: replicas, stale: stale)) }
                 guard let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)) else {
                     throw HTTPFailure(status: 404, message: "no such file or directory: \(path)")
                 }
-                return try codable(200, StatAnswer(dataset: d, entry: e, replicas: replicas, stale: stale))
+                return try codable(200, V1.StatAnswer(dataset: d, entry: e, replicas: replicas, stale: stale))
             }
         }
-        router.get("/api/v1/catalog/find") { request, _ in
+        route(router, "find") { request, _ in
             try await handle(request) { user in
                 let (d, path) = try resolve(request, user)
                 let q = request.uri.queryParameters
@@ -120,7 +112,7 @@ extension DaemonAPI {
                 return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: next, stale: staleCenters().contains(d.center))
             }
         }
-        router.get("/api/v1/catalog/du") { request, _ in
+        route(router, "du") { request, _ in
             try await handle(request) { user in
                 let (d, path) = try resolve(request, user)
                 return try codable(200, try catalog.du(dataset: d.id, under: path, as: viewer(user)))
@@ -159,27 +151,6 @@ extension DaemonAPI {
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
     }
 
-    struct StatAnswer: Encodable {
-        var dataset: Dataset
-        var entry: Entry?
-        /// In the order a copy tries them (`rankReplicas`), each with the reason.
-        var replicas: [RankedReplica]
-        /// The dataset's center is down: this is its last known state.
-        var stale: Bool
-    }
-
-    /// A dataset with whether its center is down (its last known state is shown).
-    struct DatasetView: Encodable {
-        var dataset: Dataset
-        var stale: Bool
-        enum Key: String, CodingKey { case stale }
-        func encode(to encoder: Encoder) throws {
-            try dataset.encode(to: encoder)
-            var c = encoder.container(keyedBy: Key.self)
-            try c.encode(stale, forKey: .stale)
-        }
-    }
-
     /// Followed centers whose last sync failed.
     func staleCenters() -> Set<String> {
         Set(((try? catalog?.centers()) ?? []).filter { !$0.reachable }.map(\.name))
@@ -204,9 +175,8 @@ extension DaemonAPI {
     }
 }
 
+/// An answer of the contract, encoded as every answer is (`APIJSON`: snake_case).
 func codable<T: Encodable>(_ status: Int, _ value: T) throws -> Response {
-    let e = JSONEncoder()
-    e.keyEncodingStrategy = .convertToSnakeCase
-    let data = try e.encode(value)
+    let data = try APIJSON.encode(value)
     return Response(status: .init(code: status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
 }

@@ -113,10 +113,9 @@ public final class Federation: @unchecked Sendable {
         var replicas = lock.withLock { replicasPending.contains(peer) }
         // At most 1,000 pages of 1,000 changes per round; the rest next round.
         for _ in 0..<1000 {
-            let page = try get(peer, "/api/v1/federation/changes?after=\(last)&limit=1000")
-            guard let list = page["changes"] as? [[String: Any]], let head = (page["last_seq"] as? NSNumber)?.int64Value else {
-                throw FederationError("center \(peer) sent no change feed")
-            }
+            let page = try fetch(V1.FeedPage.self, peer, "/api/v1/federation/changes?after=\(last)&limit=1000", "change feed")!
+            let list = page.changes
+            let head = page.lastSeq
             if head < last {
                 log("center \(peer)'s change feed restarted (at \(head), we had \(last)): reading it again from the start")
                 last = 0
@@ -130,18 +129,16 @@ public final class Federation: @unchecked Sendable {
             var datasets: [Int64] = []
             var seen = Set<Int64>()
             for c in list.reversed() {
-                let kind = c["kind"] as? String ?? ""
-                if kind.hasPrefix("replica.") { replicas = true; continue }
-                if let id = (c["dataset"] as? NSNumber)?.int64Value, seen.insert(id).inserted { datasets.append(id) }
+                if c.kind == .replicaUpdated || c.kind == .replicaDeleted { replicas = true; continue }
+                if seen.insert(c.dataset).inserted { datasets.append(c.dataset) }
             }
             for id in datasets.reversed() { try syncDataset(peer, remoteID: id) }
-            last = list.compactMap { ($0["seq"] as? NSNumber)?.int64Value }.max() ?? last
+            last = list.map(\.seq).max() ?? last
             try catalog.recordSync(center: peer, lastSeq: last, reachable: true)
             if list.count < 1000 { break }
         }
         if replicas {
-            let answer = try get(peer, "/api/v1/federation/replicas")
-            let items = try decode([HeldReplica].self, answer["replicas"], "replica list", from: peer)
+            let items = try fetch(V1.HeldReplicas.self, peer, "/api/v1/federation/replicas", "replica list")!.replicas
             let unknown = try catalog.mirrorReplicas(at: peer, items.map { ($0.dataset, $0.replica) })
             lock.withLock {
                 if unknown > 0 { replicasPending.insert(peer) } else { replicasPending.remove(peer) }
@@ -149,35 +146,13 @@ public final class Federation: @unchecked Sendable {
         }
     }
 
-    struct HeldReplica: Decodable {
-        var dataset: Dataset
-        var replica: Replica
-    }
-
-    let decoder: JSONDecoder = {
-        let d = JSONDecoder()
-        d.keyDecodingStrategy = .convertFromSnakeCase
-        return d
-    }()
-
-    /// `value` (a part of a peer's JSON answer) as a `T`; a clear error naming the peer and
-    /// what it sent when it is missing or of another shape.
-    func decode<T: Decodable>(_ type: T.Type, _ value: Any?, _ what: String, from peer: String) throws -> T {
-        do {
-            guard let value, JSONSerialization.isValidJSONObject(value) else { throw FederationError("missing") }
-            return try decoder.decode(T.self, from: JSONSerialization.data(withJSONObject: value))
-        } catch {
-            throw FederationError("center \(peer) sent a malformed \(what)")
-        }
-    }
 
     /// Mirrors one of the peer's datasets: its metadata, then its entries in key order.
     func syncDataset(_ peer: String, remoteID: Int64) throws {
-        guard let answer = try get(peer, "/api/v1/federation/datasets/\(remoteID)", allowMissing: true) else {
+        guard var d = try fetch(Dataset.self, peer, "/api/v1/federation/datasets/\(remoteID)", "dataset \(remoteID)", allowMissing: true) else {
             try catalog.dropMirror(center: peer, remoteID: remoteID)
             return
         }
-        var d = try decode(Dataset.self, answer, "dataset \(remoteID)", from: peer)
         guard d.center == peer else { throw FederationError("center \(peer) sent a dataset of center '\(d.center)'") }
         d.root = nil
         let id = try catalog.mirrorDataset(d)
@@ -185,11 +160,11 @@ public final class Federation: @unchecked Sendable {
         // Bounded: a dataset of up to 100,000 pages (2 billion entries at the default size).
         for _ in 0..<100_000 {
             let path = "/api/v1/federation/entries?dataset=\(remoteID)&limit=\(pageSize)&after_dir=\(escape(after.dir))&after_name=\(escape(after.name))"
-            guard let page = try get(peer, path, allowMissing: true) else {
+            guard let page = try fetch(V1.EntryPage.self, peer, path, "entries of its dataset \(remoteID)", allowMissing: true) else {
                 try catalog.dropMirror(center: peer, remoteID: remoteID)
                 return
             }
-            let entries = try decode([Entry].self, page["entries"], "entries of its dataset \(remoteID)", from: peer)
+            let entries = page.entries
             let last = entries.count < pageSize
             do {
                 _ = try catalog.mergeMirror(dataset: id, after: after, page: entries, last: last)
@@ -208,7 +183,7 @@ public final class Federation: @unchecked Sendable {
     /// A GET of the peer's API as this center; nil for a 404 when `allowMissing`. Over
     /// https the peer must show its own certificate (signed by the federation CA, for its
     /// address and its center name); the answer is capped at `maxAnswerBytes`.
-    func get(_ peer: String, _ path: String, allowMissing: Bool = false) throws -> [String: Any]? {
+    func fetch<T: Decodable>(_ type: T.Type, _ peer: String, _ path: String, _ what: String, allowMissing: Bool = false) throws -> T? {
         guard let base = peers[peer] else { throw FederationError("center \(peer) has no API address") }
         let answer: HTTPClient.Response
         do {
@@ -221,23 +196,21 @@ public final class Federation: @unchecked Sendable {
             throw FederationError("cannot reach \(base): \(e.message)")
         }
         let status = answer.status
-        let obj = (try? JSONSerialization.jsonObject(with: Data(answer.body))) as? [String: Any]
         if status == 404 && allowMissing { return nil }
         guard (200..<300).contains(status) else {
-            throw FederationError("\(base)\(path.prefix { $0 != "?" }): \(obj?["error"] as? String ?? "HTTP \(status)")")
+            let problem = try? APIJSON.decode(V1.Problem.self, from: Data(answer.body))
+            throw FederationError("\(base)\(path.prefix { $0 != "?" }): \(problem?.detail ?? "HTTP \(status)")")
         }
-        guard let obj else { throw FederationError("\(base)\(path.prefix { $0 != "?" }): the answer is not a JSON object") }
-        return obj
+        // The contract's type, or a clear error naming the peer and what it sent.
+        do { return try APIJSON.decode(T.self, from: Data(answer.body)) } catch let e as DecodingError {
+            throw FederationError("center \(peer) sent a malformed \(what): \(DaemonAPI.explain(e))")
+        }
     }
 
     /// The largest answer a peer may send (a page of 20,000 entries is a few MiB); beyond it
     /// the transfer is cut off rather than buffered, so a peer streaming without end cannot
     /// exhaust this daemon's memory.
     public static let maxAnswerBytes = 64 << 20
-
-    func get(_ peer: String, _ path: String) throws -> [String: Any] {
-        try get(peer, path, allowMissing: false)!
-    }
 
     // MARK: replicas being filled here
 

@@ -18,7 +18,7 @@ import Transfer
 extension DaemonAPI {
     func addFederationRoutes(_ router: Router<BasicRequestContext>) {
         guard let catalog else { return }
-        router.get("/api/v1/federation/changes") { request, _ in
+        route(router, "federationChanges") { request, _ in
             try await handle(request) { user in
                 try requireCenter(user)
                 let q = request.uri.queryParameters
@@ -26,10 +26,10 @@ extension DaemonAPI {
                 let limit = q["limit"].flatMap { Int(String($0)) } ?? 1000
                 let changes = try catalog.changes(after: after, limit: limit)
                 let head = try catalog.lastChangeSeq()
-                return try codable(200, FeedPage(changes: changes, lastSeq: head))
+                return try codable(200, V1.FeedPage(changes: changes, lastSeq: head))
             }
         }
-        router.get("/api/v1/federation/datasets/:id") { request, context in
+        route(router, "federationDataset") { request, context in
             try await handle(request) { user in
                 try requireCenter(user)
                 guard let id = context.parameters.get("id").flatMap({ Int64($0) }), let d = try? catalog.dataset(id, as: .operator), d.center == center else {
@@ -38,7 +38,7 @@ extension DaemonAPI {
                 return try codable(200, d)
             }
         }
-        router.get("/api/v1/federation/entries") { request, _ in
+        route(router, "federationEntries") { request, _ in
             try await handle(request) { user in
                 try requireCenter(user)
                 let q = request.uri.queryParameters
@@ -51,55 +51,30 @@ extension DaemonAPI {
                 return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil, paged: false)
             }
         }
-        router.get("/api/v1/federation/replicas") { request, _ in
+        route(router, "federationReplicas") { request, _ in
             try await handle(request) { user in
                 try requireCenter(user)
-                let held = try catalog.replicas(at: center).map { HeldReplica(dataset: $0.dataset, replica: $0.replica) }
-                return try codable(200, ["replicas": held])
+                let held = try catalog.replicas(at: center).map { V1.HeldReplica(dataset: $0.dataset, replica: $0.replica) }
+                return try codable(200, V1.HeldReplicas(replicas: held))
             }
         }
-        router.get("/api/v1/catalog/centers") { request, _ in
+        route(router, "centers") { request, _ in
             try await handle(request) { _ in
-                try codable(200, CentersAnswer(center: center, centers: try catalog.centers().map { CenterView($0) }))
+                try codable(200, V1.CentersAnswer(center: center, centers: try catalog.centers().map { V1.CenterView($0) }))
             }
         }
-        router.post("/api/v1/catalog/replicate") { request, _ in
+        route(router, "replicate") { request, _ in
             try await handle(request) { user in
                 let body = Data(buffer: try await request.body.collect(upTo: 1 << 16))
-                guard let obj = try? JSONSerialization.jsonObject(with: body) as? [String: Any], let path = obj["path"] as? String else {
-                    throw HTTPFailure(status: 400, message: "give {\"path\": \"gfs://CENTER/DATASET\"}")
-                }
-                let bwlimit = (obj["bwlimit"] as? NSNumber).map { UInt64(max(0, $0.int64Value)) }
+                let r = try APIJSON.decode(V1.ReplicateRequest.self, from: body)
+                let path = r.path
+                let bwlimit = r.bwlimit.map { UInt64(max(0, $0)) }
                 let answer = try replicate(path, user: user, bwlimit: bwlimit.flatMap { $0 > 0 ? $0 : nil })
-                auditLine(user, action: "replicate", path: "\(path) -> \(center):\(answer["path"] as? String ?? "")",
-                          result: "ok: \(answer["state"] as? String ?? "")" + ((answer["job"] as? Int).map { ", job \($0)" } ?? ""))
-                return json(200, answer)
+                auditLine(user, action: "replicate", path: "\(path) -> \(center):\(answer.path)",
+                          result: "ok: \(answer.state)" + (answer.job.map { ", job \($0)" } ?? ""))
+                return try codable(200, answer)
             }
         }
-    }
-
-    struct CentersAnswer: Encodable {
-        var center: String
-        var centers: [CenterView]
-    }
-
-    struct FeedPage: Encodable {
-        var changes: [Change]
-        var lastSeq: Int64
-    }
-
-    struct HeldReplica: Encodable {
-        var dataset: Dataset
-        var replica: Replica
-    }
-
-    struct CenterView: Encodable {
-        var name: String
-        var api: String
-        var lastSeq: Int64
-        var lastSync: Int64
-        var reachable: Bool
-        init(_ c: GlobalFS.Center) { name = c.name; api = c.api; lastSeq = c.lastSeq; lastSync = c.lastSync; reachable = c.reachable }
     }
 
     func requireCenter(_ user: User) throws {
@@ -110,34 +85,15 @@ extension DaemonAPI {
 
     // MARK: replica selection
 
-    /// A replica as `stat` shows it: where it is, whether a copy would use it, and why.
-    struct RankedReplica: Encodable {
-        var center: String
-        var state: String
-        var path: String
-        var files: Int64
-        var bytes: Int64
-        var verifiedAt: Int64?
-        /// The center's transfer server (HOST:PORT), and the replica as a ferry:// URL there.
-        var address: String?
-        var url: String?
-        var reachable: Bool
-        var lastSync: Int64?
-        var rateBytesPerSecond: Int64?
-        /// 1 = the one a copy reads from; nil = not usable.
-        var rank: Int?
-        var reason: String
-    }
-
     /// The replicas of a dataset in the order a copy should try them: a complete replica at
     /// this center first; then complete replicas at reachable peers, the best measured
     /// throughput first (this daemon's per-link figures, `LinkTuner`), unmeasured links after
     /// measured ones (by name); never a partial or staging replica, a peer whose catalog sync
     /// failed (down), or a center without a transfer address.
-    func rankReplicas(_ replicas: [Replica]) -> [RankedReplica] {
+    func rankReplicas(_ replicas: [Replica]) -> [V1.RankedReplica] {
         let centers = Dictionary(((try? catalog?.centers()) ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let rates = runner?.tuner.snapshot() ?? [:]
-        var out: [RankedReplica] = []
+        var out: [V1.RankedReplica] = []
         var order: [(key: (Int, Double, String), index: Int)] = []
         for r in replicas {
             let local = r.center == center
@@ -145,7 +101,7 @@ extension DaemonAPI {
             let c = centers[r.center]
             let reachable = local || (c?.reachable ?? true)
             let rate = local ? nil : rates[r.center].map { Int64($0.lastRate) }.flatMap { $0 > 0 ? $0 : nil }
-            var x = RankedReplica(center: r.center, state: r.state.rawValue, path: r.path, files: r.files, bytes: r.bytes, verifiedAt: r.verifiedAt,
+            var x = V1.RankedReplica(center: r.center, state: r.state.rawValue, path: r.path, files: r.files, bytes: r.bytes, verifiedAt: r.verifiedAt,
                                   address: address, url: address.map { "ferry://\($0)" + r.path }, reachable: reachable,
                                   lastSync: local ? nil : c?.lastSync, rateBytesPerSecond: rate, rank: nil, reason: "")
             if r.state != .complete {
@@ -183,7 +139,7 @@ extension DaemonAPI {
     /// federation loop marks it `complete` or `partial` when the job ends. A complete replica
     /// here answers at once; a partial one is resumed (the engine skips what is already there
     /// and verified). The caller must see the dataset and may write the replica directory.
-    func replicate(_ text: String, user: User, bwlimit: UInt64? = nil) throws -> [String: Any] {
+    func replicate(_ text: String, user: User, bwlimit: UInt64? = nil) throws -> V1.ReplicateAnswer {
         guard let catalog, runner != nil else { throw HTTPFailure(status: 503, message: "this daemon has no catalog") }
         guard let root = replicaRoot else {
             throw HTTPFailure(status: 409, message: "center \(center) takes no replicas (no [daemon] replicas = \"/EXPORT/DIR\" in its configuration)")
@@ -196,13 +152,13 @@ extension DaemonAPI {
         try authorizeLocal(target, user, write: true)
         let replicas = try catalog.replicas(dataset: d.id, as: .operator)
         if let here = replicas.first(where: { $0.center == center }) {
-            if here.state == .complete { return ["state": "complete", "center": center, "path": here.path, "message": "already complete at \(center)"] }
+            if here.state == .complete { return V1.ReplicateAnswer(state: "complete", center: center, path: here.path, message: "already complete at \(center)") }
             if here.state == .staging, let j = here.job, let job = try store.get(j) {
                 if !job.state.isFinal {
-                    return ["state": "staging", "center": center, "path": here.path, "job": Int(j), "message": "already being replicated by job \(j)"]
+                    return V1.ReplicateAnswer(state: "staging", center: center, path: here.path, job: j, message: "already being replicated by job \(j)")
                 }
                 if job.state.satisfiesDependents {
-                    return ["state": "complete", "center": center, "path": here.path, "message": "already complete at \(center) (job \(j))"]
+                    return V1.ReplicateAnswer(state: "complete", center: center, path: here.path, message: "already complete at \(center) (job \(j))")
                 }
             }
         }
@@ -219,8 +175,8 @@ extension DaemonAPI {
         req.bwlimit = bwlimit
         let id = try store.submit(owner: user.user, request: req, peer: source.center, now: now())
         try catalog.setReplica(dataset: d.id, center: center, state: .staging, path: target, job: id)
-        return ["state": "staging", "center": center, "path": target, "job": Int(id), "from": source.center,
-                "message": "job \(id) copies gfs://\(d.center)/\(d.qualifiedName) from \(source.center) to \(center):\(target)"]
+        return V1.ReplicateAnswer(state: "staging", center: center, path: target, job: id, from: source.center,
+                                  message: "job \(id) copies gfs://\(d.center)/\(d.qualifiedName) from \(source.center) to \(center):\(target)")
     }
 }
 

@@ -31,9 +31,32 @@ public struct JobRequest: Sendable, Codable, Equatable {
 
     /// Only `source` and `destination` are required (as the OpenAPI document says); every other
     /// field keeps its default when absent.
-    public init(from decoder: Decoder) throws {
+    public init(from decoder: Decoder) throws { try self.init(from: decoder, requireSource: true) }
+
+    /// Every field, `source` only when set (a submission of several `sources` has none).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        if !source.isEmpty { try c.encode(source, forKey: .source) }
+        try c.encode(destination, forKey: .destination)
+        try c.encode(recursive, forKey: .recursive)
+        try c.encode(protection, forKey: .protection)
+        try c.encode(compress, forKey: .compress)
+        try c.encode(checksum, forKey: .checksum)
+        try c.encodeIfPresent(streams, forKey: .streams)
+        try c.encodeIfPresent(bwlimit, forKey: .bwlimit)
+        try c.encode(priority, forKey: .priority)
+        try c.encode(dependsOn, forKey: .dependsOn)
+        try c.encodeIfPresent(deadline, forKey: .deadline)
+        try c.encodeIfPresent(maxAttempts, forKey: .maxAttempts)
+    }
+
+    /// `requireSource: false`: a submission of several `sources` (the source is set per job).
+    /// Through the API's decoder (`APIJSON`, snake_case) both `depends_on` and the first form's
+    /// `dependsOn` arrive here as `dependsOn`; the store writes and reads its own rows with plain
+    /// JSONEncoder/JSONDecoder, so rows written before keep reading.
+    public init(from decoder: Decoder, requireSource: Bool) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        source = try c.decode(String.self, forKey: .source)
+        source = requireSource ? try c.decode(String.self, forKey: .source) : try c.decodeIfPresent(String.self, forKey: .source) ?? ""
         destination = try c.decode(String.self, forKey: .destination)
         recursive = try c.decodeIfPresent(Bool.self, forKey: .recursive) ?? false
         protection = try c.decodeIfPresent(String.self, forKey: .protection) ?? "private"

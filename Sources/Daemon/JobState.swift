@@ -8,7 +8,12 @@
 ///     running ──resumable error, attempts left──▶ up_for_retry ──backoff over──▶ queued
 ///     running ──error, no attempts left / not resumable / deadline passed──▶ failed
 ///     running ──daemon stopped or lease lost──▶ up_for_reschedule ──▶ queued
-///     failed / upstream_failed ──retry (user)──▶ queued        any unfinished ──cancel──▶ failed
+///     failed / upstream_failed ──retry (user)──▶ queued, or scheduled while it has dependencies
+///     deferred ──a dependency failed──▶ upstream_failed           any unfinished ──cancel──▶ failed
+///
+/// `JobStore` writes a state only through `sql(moving:to:)` (bulk moves: every source state is
+/// checked) or `checkMove(to:)` (one job): a move the table lacks is a `JobStoreError`, never
+/// a silent write.
 public enum JobState: String, CaseIterable, Sendable, Codable {
     case noStatus = "no_status"
     case scheduled
@@ -36,18 +41,34 @@ public enum JobState: String, CaseIterable, Sendable, Codable {
     static let edges: [JobState: Set<JobState>] = [
         .noStatus: [.scheduled, .queued, .failed],
         .scheduled: [.queued, .deferred, .upstreamFailed, .failed],
-        .deferred: [.queued, .failed],
+        .deferred: [.queued, .failed, .upstreamFailed],
         .queued: [.running, .deferred, .failed, .upstreamFailed],
         .running: [.success, .skipped, .upForRetry, .failed, .upForReschedule],
         .upForRetry: [.queued, .failed],
         .upForReschedule: [.queued, .failed],
-        .failed: [.queued],
+        .failed: [.queued, .scheduled],
         .upstreamFailed: [.queued, .scheduled],
         .success: [],
         .skipped: [],
     ]
 
     public func canMove(to next: JobState) -> Bool { JobState.edges[self]?.contains(next) ?? false }
+
+    /// Throws unless the table has the edge from this state to `next`.
+    public func checkMove(to next: JobState) throws {
+        guard canMove(to: next) else {
+            throw JobStoreError("illegal job state change \(rawValue) → \(next.rawValue) (not in JobState's transition table)")
+        }
+    }
+
+    /// SQL of a bulk move that the table allows from every state of `from`: `set` is
+    /// `state = 'TO'`, `where` is `state IN ('FROM', ...)` (raw values of this enum, never
+    /// user text). Throws for a move the table lacks.
+    public static func sql(moving from: [JobState], to: JobState) throws -> (set: String, where: String) {
+        precondition(!from.isEmpty)
+        for f in from { try f.checkMove(to: to) }
+        return ("state = '\(to.rawValue)'", "state IN (" + from.map { "'\($0.rawValue)'" }.joined(separator: ", ") + ")")
+    }
 }
 
 /// When a failed attempt is tried again: exponential backoff with jitter, so that many jobs

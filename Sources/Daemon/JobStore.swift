@@ -103,6 +103,7 @@ public final class JobStore: @unchecked Sendable {
                 }
             }
             let state: JobState = request.dependsOn.isEmpty ? .queued : .scheduled
+            try JobState.noStatus.checkMove(to: state)
             guard let row = try s.one("""
                 INSERT INTO jobs (owner, request, state, priority, max_attempts, deadline, peer, created, updated)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
@@ -166,43 +167,50 @@ public final class JobStore: @unchecked Sendable {
     public func promote(now: Int64) throws -> Int {
         try write { s in
             var moved = 0
+            // Every move below is checked against JobState's transition table.
+            let leaseLost = try JobState.sql(moving: [.running], to: .upForReschedule)
             moved += try s.execute("""
-                UPDATE jobs SET state = 'up_for_reschedule', lease_owner = NULL, lease_expires = NULL, updated = ?,
+                UPDATE jobs SET \(leaseLost.set), lease_owner = NULL, lease_expires = NULL, updated = ?,
                     error = 'the daemon running it stopped or lost its lease'
-                WHERE state = 'running' AND lease_expires < ?
+                WHERE \(leaseLost.where) AND lease_expires < ?
                 """, now, now)
+            let pastDeadline = try JobState.sql(moving: [.scheduled, .queued, .deferred, .upForRetry, .upForReschedule], to: .failed)
             moved += try s.execute("""
-                UPDATE jobs SET state = 'failed', error = 'deadline passed before the transfer finished', updated = ?
-                WHERE state IN ('scheduled', 'queued', 'deferred', 'up_for_retry', 'up_for_reschedule')
+                UPDATE jobs SET \(pastDeadline.set), error = 'deadline passed before the transfer finished', updated = ?
+                WHERE \(pastDeadline.where)
                   AND deadline IS NOT NULL AND deadline < ?
                 """, now, now)
             let failedDeps = s.dialect == .postgres ? "string_agg(d.depends_on::text, ',')" : "group_concat(d.depends_on)"
             // Failure travels down dependency chains; bounded by the chain length.
+            let upstream = try JobState.sql(moving: [.scheduled, .queued, .deferred], to: .upstreamFailed)
             for _ in 0..<10_000 {
                 let n = try s.execute("""
-                    UPDATE jobs SET state = 'upstream_failed', updated = ?,
+                    UPDATE jobs SET \(upstream.set), updated = ?,
                         error = 'a job it depends on failed: ' || (SELECT \(failedDeps) FROM job_deps d JOIN jobs p ON p.id = d.depends_on
                                                                    WHERE d.job = jobs.id AND p.state IN ('failed', 'upstream_failed'))
-                    WHERE state IN ('scheduled', 'queued', 'deferred') AND id IN (
+                    WHERE \(upstream.where) AND id IN (
                         SELECT d.job FROM jobs p JOIN job_deps d ON d.depends_on = p.id
                         WHERE p.state IN ('failed', 'upstream_failed'))
                     """, now)
                 if n == 0 { break }
                 moved += n
             }
+            let ready = try JobState.sql(moving: [.scheduled], to: .queued)
             moved += try s.execute("""
-                UPDATE jobs SET state = 'queued', updated = ?
-                WHERE state = 'scheduled' AND NOT EXISTS (
+                UPDATE jobs SET \(ready.set), updated = ?
+                WHERE \(ready.where) AND NOT EXISTS (
                     SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on
                     WHERE d.job = jobs.id AND p.state NOT IN ('success', 'skipped'))
                 """, now)
             // Two statements, not one with OR: each is then a range of the (state, ...) index,
             // not a scan of the whole queue.
+            let waited = try JobState.sql(moving: [.upForRetry, .deferred], to: .queued)
             moved += try s.execute("""
-                UPDATE jobs SET state = 'queued', updated = ?
-                WHERE state IN ('up_for_retry', 'deferred') AND not_before <= ?
+                UPDATE jobs SET \(waited.set), updated = ?
+                WHERE \(waited.where) AND not_before <= ?
                 """, now, now)
-            moved += try s.execute("UPDATE jobs SET state = 'queued', updated = ? WHERE state = 'up_for_reschedule'", now)
+            let rescheduled = try JobState.sql(moving: [.upForReschedule], to: .queued)
+            moved += try s.execute("UPDATE jobs SET \(rescheduled.set), updated = ? WHERE \(rescheduled.where)", now)
             return moved
         }
     }
@@ -243,9 +251,10 @@ public final class JobStore: @unchecked Sendable {
                         if try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND owner = ?", owner)?.int("n") ?? 0 >= Int64(perUserMax) { continue }
                     }
                 }
+                let claimed = try JobState.sql(moving: [.queued], to: .running)
                 let rows = try s.query("""
-                    UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_expires = ?, last_worker = ?, updated = ?
-                    WHERE id = ? AND state = 'queued' RETURNING *
+                    UPDATE jobs SET \(claimed.set), attempts = attempts + 1, lease_owner = ?, lease_expires = ?, last_worker = ?, updated = ?
+                    WHERE id = ? AND \(claimed.where) RETURNING *
                     """, worker, now + leaseSeconds, worker, now, c.int("id"))
                 if let r = rows.first { return JobStore.job(r) }
             }
@@ -301,6 +310,7 @@ public final class JobStore: @unchecked Sendable {
                     if pastDeadline { error = message + " (deadline passed)" }
                 }
             }
+            try job.state.checkMove(to: state)
             try s.execute("""
                 UPDATE jobs SET state = ?, error = ?, not_before = ?, bytes = ?, files = ?, lease_owner = NULL, lease_expires = NULL, updated = ?
                 WHERE id = ?
@@ -319,9 +329,10 @@ public final class JobStore: @unchecked Sendable {
         try write { s in
             guard let job = try s.one("SELECT * FROM jobs WHERE id = ?\(JobStore.forUpdate(s))", id).map(JobStore.job) else { throw JobStoreError("no job \(id)") }
             guard !job.state.isFinal else { throw JobStoreError("job \(id) already ended \(job.state.rawValue)") }
+            try job.state.checkMove(to: .failed)
             let rows = try s.query("""
-                UPDATE jobs SET state = 'failed', error = ?, lease_owner = NULL, lease_expires = NULL, updated = ? WHERE id = ? RETURNING *
-                """, JobStore.cancelledPrefix + user, now, id)
+                UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, lease_expires = NULL, updated = ? WHERE id = ? RETURNING *
+                """, JobState.failed.rawValue, JobStore.cancelledPrefix + user, now, id)
             return JobStore.job(rows[0])
         }
     }
@@ -335,8 +346,10 @@ public final class JobStore: @unchecked Sendable {
                 throw JobStoreError("job \(id) is \(job.state.rawValue); only failed jobs can be retried")
             }
             let hasDeps = try s.one("SELECT COUNT(*) AS n FROM job_deps WHERE job = ?", id)?.int("n") ?? 0 > 0
+            let next: JobState = hasDeps ? .scheduled : .queued
+            try job.state.checkMove(to: next)
             try s.execute("UPDATE jobs SET state = ?, attempts = 0, not_before = 0, error = NULL, updated = ? WHERE id = ?",
-                          (hasDeps ? JobState.scheduled : .queued).rawValue, now, id)
+                          next.rawValue, now, id)
             // Dependents that gave up because of this job wait again (transitively).
             var frontier: [Int64] = [id]
             for _ in 0..<10_000 where !frontier.isEmpty {
@@ -345,8 +358,9 @@ public final class JobStore: @unchecked Sendable {
                     let ids = try s.query("""
                         SELECT d.job AS job FROM job_deps d JOIN jobs c ON c.id = d.job WHERE d.depends_on = ? AND c.state = 'upstream_failed'
                         """, j).map { $0.int("job") }
+                    let again = try JobState.sql(moving: [.upstreamFailed], to: .scheduled)
                     for c in ids {
-                        try s.execute("UPDATE jobs SET state = 'scheduled', error = NULL, updated = ? WHERE id = ?", now, c)
+                        try s.execute("UPDATE jobs SET \(again.set), error = NULL, updated = ? WHERE id = ? AND \(again.where)", now, c)
                     }
                     next += ids
                 }

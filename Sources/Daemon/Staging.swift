@@ -44,82 +44,67 @@ public struct StagingSettings: Sendable {
     }
 }
 
-struct StageItem: Encodable {
-    var line: Int
-    var direction: String
-    var source: String
-    var destination: String
-    var optional: Bool
-    /// ready (stage_in linked) / done (stage_out delivered) / staging / failed / skipped (optional, failed)
-    var state: String
-    var error: String?
-    var job: Int64?
-    var entry: Int64?
-}
-
-struct StageRequest: Decodable {
-    var job: String
-    var uid: UInt32?
-    var gid: UInt32?
-    var user: String
-    var directives: [StageDirective]
-    /// Start failed transfers again (absent: no, report them).
-    var retry: Bool?
-}
+/// The hook's request and each directive's answer: the contract's types (`V1`).
+typealias StageItem = V1.StageItem
+typealias StageRequest = V1.StageRequest
 
 extension DaemonAPI {
     func addStagingRoutes(_ router: Router<BasicRequestContext>) {
-        router.post("/api/v1/stage/in") { request, _ in
+        route(router, "stageIn") { request, _ in
             try await handle(request) { user in
                 let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
                 let items = try stageIn(r)
                 auditStaging(user, "stage-in", r, items)
-                return try codable(200, ["items": items])
+                return try codable(200, V1.StageItems(items: items))
             }
         }
-        router.post("/api/v1/stage/out") { request, _ in
+        route(router, "stageOut") { request, _ in
             try await handle(request) { user in
                 let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
                 let items = try stageOut(r)
                 auditStaging(user, "stage-out", r, items)
-                return try codable(200, ["items": items])
+                return try codable(200, V1.StageItems(items: items))
             }
         }
-        router.post("/api/v1/stage/teardown") { request, _ in
+        route(router, "stageTeardown") { request, _ in
             try await handle(request) { user in
                 let st = try stagingFor(user)
-                let body = (try? JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 16)))) as? [String: Any] ?? [:]
-                guard let job = body["job"] as? String, !job.isEmpty else { throw HTTPFailure(status: 400, message: "give {\"job\": \"ID\"}") }
+                let body = try APIJSON.decode(V1.TeardownRequest.self, from: Data(buffer: try await request.body.collect(upTo: 1 << 16)))
+                let job = body.job
+                guard !job.isEmpty else { throw HTTPFailure(status: 400, message: "give {\"job\": \"ID\"}") }
                 let answer = try teardown(st, job: job)
                 auditLine(user, action: "stage-teardown", path: "scheduler job \(job)", result: "ok")
-                return json(200, answer)
+                return try codable(200, answer)
             }
         }
-        router.post("/api/v1/stage/sweep") { request, _ in
+        route(router, "stageSweep") { request, _ in
             try await handle(request) { user in
                 let st = try stagingFor(user)
-                let body = (try? JSONSerialization.jsonObject(with: Data(buffer: try await request.body.collect(upTo: 1 << 22)))) as? [String: Any] ?? [:]
-                let keep = (body["keep_jobs"] as? [String]).map(Set.init)
-                let hours = (body["max_pin_hours"] as? NSNumber)?.int64Value ?? st.maxPinHours
+                let data = Data(buffer: try await request.body.collect(upTo: 1 << 22))
+                // An empty body is a sweep with the defaults.
+                let body = data.isEmpty ? V1.SweepRequest(keepJobs: nil, maxPinHours: nil) : try APIJSON.decode(V1.SweepRequest.self, from: data)
+                let keep = body.keepJobs.map(Set.init)
+                let hours = body.maxPinHours ?? st.maxPinHours
+                guard hours >= 0 else { throw HTTPFailure(status: 400, message: "max_pin_hours is 0 or more") }
                 let answer = try sweep(st, keep: keep, maxPinHours: hours)
                 auditLine(user, action: "stage-sweep", path: "", result: "ok")
-                return json(200, answer)
+                return try codable(200, answer)
             }
         }
-        router.get("/api/v1/stage/status") { request, _ in
+        route(router, "stageStatus") { request, _ in
             try await handle(request) { user in
                 let st = try stagingFor(user)
                 guard let job = request.uri.queryParameters["job"].map(String.init) else { throw HTTPFailure(status: 400, message: "give ?job=ID") }
                 let pinned = try st.cache.entries().filter { $0.pins.contains(job) }
-                return try codable(200, StageStatus(job: job, entries: pinned, links: try st.cache.links(schedulerJob: job).map { [$0.path, $0.target] },
+                return try codable(200, V1.StageStatus(job: job, entries: pinned, links: try st.cache.links(schedulerJob: job).map { [$0.path, $0.target] },
                                                     stageOut: try st.cache.outbound(schedulerJob: job)))
             }
         }
-        router.get("/api/v1/stage/cache") { request, _ in
+        route(router, "stageCache") { request, _ in
             try await handle(request) { user in
                 let st = try stagingFor(user)
                 let entries = try st.cache.entries()
-                return try codable(200, CacheView(root: st.root, quota: st.quota, readyBytes: entries.filter { $0.state == .ready }.reduce(0) { $0 + $1.bytes }, entries: entries))
+                return try codable(200, V1.CacheView(root: st.root, quota: st.quota, readyBytes: entries.filter { $0.state == .ready }.reduce(0) { $0 + $1.bytes }, entries: entries))
             }
         }
     }
@@ -135,20 +120,6 @@ extension DaemonAPI {
         }
     }
 
-    struct StageStatus: Encodable {
-        var job: String
-        var entries: [StagingCache.Entry]
-        var links: [[String]]
-        var stageOut: [StagingCache.Outbound]
-    }
-
-    struct CacheView: Encodable {
-        var root: String
-        var quota: Int64
-        var readyBytes: Int64
-        var entries: [StagingCache.Entry]
-    }
-
     func stagingFor(_ user: User) throws -> StagingSettings {
         guard let staging else { throw HTTPFailure(status: 409, message: "center \(center) does no prestaging (no [daemon] staging = \"/EXPORT/DIR\")") }
         guard user.isOperator else { throw HTTPFailure(status: 403, message: "prestaging is the scheduler's: an operator token (rw:/) is needed") }
@@ -157,8 +128,8 @@ extension DaemonAPI {
 
     func stageRequest(_ body: ByteBuffer, _ user: User) throws -> StageRequest {
         _ = try stagingFor(user)
-        do { return try JSONDecoder().decode(StageRequest.self, from: Data(buffer: body)) } catch {
-            throw HTTPFailure(status: 400, message: "the body is not a stage request ({job, user, uid, gid, directives})")
+        do { return try APIJSON.decode(StageRequest.self, from: Data(buffer: body)) } catch let e as DecodingError {
+            throw HTTPFailure(status: 400, message: "the body is not a stage request ({job, user, uid, gid, directives}): " + DaemonAPI.explain(e))
         }
     }
 
@@ -386,7 +357,7 @@ extension DaemonAPI {
 
     // MARK: teardown, sweep
 
-    func teardown(_ st: StagingSettings, job: String) throws -> [String: Any] {
+    func teardown(_ st: StagingSettings, job: String) throws -> V1.TeardownAnswer {
         var removed = 0
         for l in try st.cache.links(schedulerJob: job) where DaemonAPI.linkTarget(l.path) == l.target && unlink(l.path) == 0 {
             removed += 1
@@ -395,7 +366,7 @@ extension DaemonAPI {
         let entries = try st.cache.unpin(schedulerJob: job)
         let dropped = try dropOrphans(st, only: Set(entries))
         evict(st)
-        return ["job": job, "unpinned": entries.count, "links_removed": removed, "transfers_cancelled": dropped]
+        return V1.TeardownAnswer(job: job, unpinned: entries.count, linksRemoved: removed, transfersCancelled: dropped)
     }
 
     /// Entries no job pins any more that are not ready (a transfer nobody waits for, or a
@@ -413,7 +384,7 @@ extension DaemonAPI {
         return n
     }
 
-    func sweep(_ st: StagingSettings, keep: Set<String>?, maxPinHours: Int64) throws -> [String: Any] {
+    func sweep(_ st: StagingSettings, keep: Set<String>?, maxPinHours: Int64) throws -> V1.SweepAnswer {
         settle(st)
         let expired = try st.cache.expirePins(keep: keep, before: now() - maxPinHours * 3600)
         for j in expired {
@@ -432,7 +403,7 @@ extension DaemonAPI {
             strays.append(name)
         }
         evict(st)
-        return ["pins_expired": expired, "transfers_cancelled": dropped, "stray_directories": strays.sorted()]
+        return V1.SweepAnswer(pinsExpired: expired, transfersCancelled: dropped, strayDirectories: strays.sorted())
     }
 
     // MARK: stage out

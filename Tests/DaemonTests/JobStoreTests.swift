@@ -25,6 +25,41 @@ struct JobStoreTests {
         #expect(JobState.running.canMove(to: .upForRetry) && !JobState.queued.canMove(to: .success))
     }
 
+    @Test("states move only through JobState's transition table: an illegal move is an error, not a write", arguments: Backend.allCases)
+    func onlyLegalMoves(_ backend: Backend) throws {
+        #expect(throws: JobStoreError.self) { try JobState.sql(moving: [.success], to: .queued) }
+        #expect(throws: JobStoreError.self) { try JobState.sql(moving: [.queued, .success], to: .failed) }  // one bad source is enough
+        #expect(throws: JobStoreError.self) { try JobState.failed.checkMove(to: .running) }
+        #expect(try JobState.sql(moving: [.upForRetry, .deferred], to: .queued) == ("state = 'queued'", "state IN ('up_for_retry', 'deferred')"))
+        let s = try JobStore(database: try backend.newDatabase())
+        // A failed job with a dependency is retried into `scheduled` (an edge the table lacked).
+        let dep = try s.submit(owner: "alice", request: JobRequest(source: "/a", destination: "ferry://b/a"), peer: "b", now: 100)
+        var r = JobRequest(source: "/b", destination: "ferry://b/b")
+        r.dependsOn = [dep]
+        let child = try s.submit(owner: "alice", request: r, peer: "b", now: 100)
+        let claimed = try #require(try s.claim(worker: "w", now: 101, leaseSeconds: 30))
+        #expect(claimed.id == dep)
+        #expect(try s.finish(dep, worker: "w", outcome: .success(bytes: 1, files: 1), now: 102) == .success)
+        try s.promote(now: 103)
+        #expect(try s.get(child)?.state == .queued)
+        _ = try #require(try s.claim(worker: "w", now: 104, leaseSeconds: 30))
+        #expect(try s.finish(child, worker: "w", outcome: .failure(message: "no", resumable: false), now: 105) == .failed)
+        #expect(try s.retryJob(child, now: 106).state == .scheduled)
+        // Moves the table refuses change nothing: a finished job is neither cancelled nor
+        // retried, an outcome for a job not running is ignored.
+        #expect(throws: JobStoreError.self) { try s.retryJob(dep, now: 107) }
+        #expect(throws: JobStoreError.self) { try s.cancel(dep, by: "alice", now: 107) }
+        #expect(try s.finish(dep, worker: "w", outcome: .failure(message: "late", resumable: true), now: 107) == nil)
+        #expect(try s.get(dep)?.state == .success && s.get(dep)?.error == nil)
+        // The store has no state write of its own: every `SET state` goes through the table.
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources/Daemon/JobStore.swift")
+        let text = try String(contentsOf: source, encoding: .utf8)
+        #expect(!text.contains("SET state = '"), "a literal state write in JobStore.swift")
+        #expect(text.components(separatedBy: "SET state = ?").count - 1 == text.components(separatedBy: ".checkMove(to:").count - 1 - 1,
+                "each `SET state = ?` follows a checkMove (submit checks one more, its INSERT)")
+    }
+
     @Test("backoff: exponential, capped, jittered within bounds")
     func backoff() {
         var p = RetryPolicy()

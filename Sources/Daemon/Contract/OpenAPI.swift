@@ -1,0 +1,257 @@
+import Foundation
+import GlobalFS
+import Transfer
+
+/// One operation of the REST API: its method and path, what it takes and what it answers. The
+/// daemon registers its routes from these (`DaemonAPI.route`), so a route cannot exist without
+/// its entry in the document, and the document (`APIContract.document`) is generated from them.
+public struct APIOperation: Sendable {
+    public enum Auth: Sendable {
+        /// A user's bearer token.
+        case token
+        /// Nobody's: liveness, metrics, this document.
+        case none
+        /// A peer center's daemon (a `FerryCenter` assertion with its certificate).
+        case center
+    }
+
+    public struct Parameter: Sendable {
+        public var name: String
+        public var inPath: Bool
+        public var required: Bool
+        public var schema: Schema
+        public var description: String?
+
+        public static func path(_ name: String, _ schema: Schema = .integer(minimum: 1)) -> Parameter {
+            Parameter(name: name, inPath: true, required: true, schema: schema, description: nil)
+        }
+        public static func query(_ name: String, _ schema: Schema, required: Bool = false, _ description: String? = nil) -> Parameter {
+            Parameter(name: name, inPath: false, required: required, schema: schema, description: description)
+        }
+    }
+
+    public var id: String
+    public var method: String
+    /// As OpenAPI writes it: `/api/v1/transfers/{id}`.
+    public var path: String
+    public var summary: String
+    public var auth: Auth = .token
+    public var parameters: [Parameter] = []
+    public var body: Schema? = nil
+    /// The success answer: its status, description, and body (nil: `contentType` text).
+    public var status = 200
+    public var answer: Schema?
+    public var description: String
+    public var contentType = "application/json"
+    /// The error statuses this operation answers with a `Problem` (every one also has a
+    /// `default` problem for the unexpected).
+    public var errors: [Int: String] = [:]
+
+    /// The query as the document describes it, or why not: a required parameter missing, an
+    /// integer that is not one or out of its range (each occurrence, when repeated). The
+    /// router checks every request against this before its handler runs (`DaemonAPI.route`),
+    /// so what the document calls invalid is a 400, never a default silently used.
+    public func queryProblem(_ items: [(String, String)]) -> String? {
+        for p in parameters where !p.inPath {
+            let values = items.filter { $0.0 == p.name }.map(\.1)
+            if p.required && values.isEmpty { return "give ?\(p.name)=" }
+            guard p.schema.json["type"] as? String == "integer" else { continue }
+            let lo = (p.schema.json["minimum"] as? Int64) ?? Int64.min
+            let hi = (p.schema.json["maximum"] as? Int64) ?? Int64.max
+            for v in values {
+                guard let n = Int64(v), (lo...hi).contains(n) else {
+                    let range = lo == Int64.min ? "an integer" : hi == Int64.max ? "an integer of \(lo) or more" : "an integer from \(lo) to \(hi)"
+                    return "\(p.name) is \(range), not '\(v.prefix(40))'"
+                }
+            }
+        }
+        return nil
+    }
+
+    /// The path as Hummingbird's router writes it (`/api/v1/transfers/:id`).
+    public var routerPath: String {
+        path.split(separator: "/", omittingEmptySubsequences: false).map { part in
+            part.hasPrefix("{") && part.hasSuffix("}") ? ":" + part.dropFirst().dropLast() : part
+        }.joined(separator: "/")
+    }
+}
+
+/// The REST API's contract: every operation, and the OpenAPI 3.1 document made from them.
+public enum APIContract {
+    static let states = "comma-separated job states (\(V1.jobStates.joined(separator: ", "))); an unknown one is a 400"
+    static let gfsPath = APIOperation.Parameter.query("path", .string(minLength: 1), required: true, "gfs://CENTER/DATASET[/PATH], of this center or a peer it follows")
+    static let operatorOnly = [403: "not an operator token (rw:/)", 409: "this center does no prestaging"]
+
+    public static let operations: [APIOperation] = [
+        APIOperation(id: "health", method: "GET", path: "/api/v1/health", summary: "Liveness, center name, peers and jobs by state", auth: .none,
+                     answer: .ref(V1.Health.self), description: "the daemon is up"),
+        APIOperation(id: "openapi", method: "GET", path: "/api/v1/openapi.json", summary: "This document", auth: .none,
+                     answer: .any, description: "the OpenAPI 3.1 document"),
+        APIOperation(id: "metrics", method: "GET", path: "/metrics", summary: "Prometheus metrics (text exposition format)", auth: .none,
+                     answer: nil, description: "metrics", contentType: "text/plain"),
+        APIOperation(id: "submitTransfer", method: "POST", path: "/api/v1/transfers",
+                     summary: "Create a transfer job (source), or one job per source into a directory (sources); checked before any is queued",
+                     body: .ref(V1.TransferSubmission.self), status: 201, answer: .oneOf([.ref(V1.Transfer.self), .ref(V1.TransferBatch.self)]),
+                     description: "the job, or the jobs (sources)",
+                     errors: [400: "a bad request: unknown protection or compression, a missing source, a peer the configuration does not name",
+                              403: "a path outside the token's scopes, or a link leading out of its directory",
+                              409: "a dependency that does not exist", 413: "the body is over 4 MiB"]),
+        APIOperation(id: "listTransfers", method: "GET", path: "/api/v1/transfers", summary: "The caller's jobs (an operator's: all), by id",
+                     parameters: [.query("state", .string(), states), .query("after", .integer(minimum: 0), "the previous page's next_after"),
+                                  .query("limit", .integer(minimum: 1, maximum: 1000)), .query("owner", .string(), "an operator's filter")],
+                     answer: .ref(V1.TransferPage.self), description: "a page", errors: [400: "an unknown state, a bad after or limit"]),
+        APIOperation(id: "getTransfer", method: "GET", path: "/api/v1/transfers/{id}", summary: "One job (a running one with its live progress)",
+                     parameters: [.path("id")], answer: .ref(V1.Transfer.self), description: "the job", errors: [404: "no such job of the caller"]),
+        APIOperation(id: "transferEvents", method: "GET", path: "/api/v1/transfers/{id}/events",
+                     summary: "Progress as server-sent events (event: progress, then end; data: the job as getTransfer answers it)",
+                     parameters: [.path("id")], answer: nil, description: "the event stream, until the job ends", contentType: "text/event-stream",
+                     errors: [404: "no such job of the caller"]),
+        APIOperation(id: "cancelTransfer", method: "POST", path: "/api/v1/transfers/{id}/cancel",
+                     summary: "Cancel a job (it ends failed, with cancelled: true)", parameters: [.path("id")],
+                     answer: .ref(V1.Transfer.self), description: "the job", errors: [404: "no such job of the caller", 409: "it already ended"]),
+        APIOperation(id: "retryTransfer", method: "POST", path: "/api/v1/transfers/{id}/retry", summary: "Retry a failed job",
+                     parameters: [.path("id")], answer: .ref(V1.Transfer.self), description: "the job",
+                     errors: [404: "no such job of the caller", 409: "it is not failed"]),
+
+        APIOperation(id: "register", method: "POST", path: "/api/v1/catalog/register",
+                     summary: "Register (or re-register) a directory of this center as a dataset", body: .ref(V1.RegisterRequest.self),
+                     answer: .ref(RegisterSummary.self), description: "what the scan found",
+                     errors: [400: "a bad request", 403: "outside the token's scopes, or the dataset belongs to another user", 404: "no such directory"]),
+        APIOperation(id: "datasets", method: "GET", path: "/api/v1/catalog/datasets", summary: "The datasets the caller may see, of every followed center",
+                     answer: .ref(V1.DatasetList.self), description: "datasets"),
+        APIOperation(id: "ls", method: "GET", path: "/api/v1/catalog/ls", summary: "One page of a directory, by name",
+                     parameters: [gfsPath, .query("after", .string(), "the previous page's next_after"), .query("limit", .integer(minimum: 1, maximum: 10_000))],
+                     answer: .ref(V1.EntryPage.self), description: "a page", errors: [400: "a bad path", 404: "no such dataset or path"]),
+        APIOperation(id: "stat", method: "GET", path: "/api/v1/catalog/stat",
+                     summary: "One entry, its dataset and its replicas (ranked: the order a copy uses them, each with the reason)",
+                     parameters: [gfsPath], answer: .ref(V1.StatAnswer.self), description: "the entry",
+                     errors: [400: "a bad path", 404: "no such dataset or path"]),
+        APIOperation(id: "find", method: "GET", path: "/api/v1/catalog/find", summary: "Entries by name glob, size and age, in key order",
+                     parameters: [gfsPath, .query("name", .string(), "a glob (* ? [...])"), .query("min_size", .integer(minimum: 0)),
+                                  .query("max_size", .integer(minimum: 0)), .query("newer", .integer(), "Unix seconds"),
+                                  .query("after", .string(), "the previous page's next_after (DIR/NAME)"),
+                                  .query("limit", .integer(minimum: 1, maximum: 10_000))],
+                     answer: .ref(V1.EntryPage.self), description: "a page", errors: [400: "a bad path", 404: "no such dataset"]),
+        APIOperation(id: "du", method: "GET", path: "/api/v1/catalog/du", summary: "Files, directories and bytes under a path",
+                     parameters: [gfsPath], answer: .ref(DiskUsage.self), description: "usage", errors: [400: "a bad path", 404: "no such dataset or path"]),
+        APIOperation(id: "centers", method: "GET", path: "/api/v1/catalog/centers",
+                     summary: "This center and the peers whose catalogs it follows: API, last sequence applied, last good sync, reachable",
+                     answer: .ref(V1.CentersAnswer.self), description: "centers"),
+        APIOperation(id: "replicate", method: "POST", path: "/api/v1/catalog/replicate",
+                     summary: "Make a replica of a dataset at this center (one job from the best other replica)", body: .ref(V1.ReplicateRequest.self),
+                     answer: .ref(V1.ReplicateAnswer.self), description: "staging (with its job) or complete",
+                     errors: [400: "a bad path", 403: "may not write the replica directory", 404: "no such dataset",
+                              409: "this center takes no replicas, or no usable replica to copy from"]),
+
+        APIOperation(id: "federationChanges", method: "GET", path: "/api/v1/federation/changes",
+                     summary: "For peer centers: this center's change feed after a sequence number, and its last one", auth: .center,
+                     parameters: [.query("after", .integer(minimum: 0)), .query("limit", .integer(minimum: 1, maximum: 10_000))],
+                     answer: .ref(V1.FeedPage.self), description: "changes", errors: [403: "not a center"]),
+        APIOperation(id: "federationDataset", method: "GET", path: "/api/v1/federation/datasets/{id}", summary: "For peer centers: one of this center's datasets",
+                     auth: .center, parameters: [.path("id")], answer: .ref(Dataset.self), description: "the dataset",
+                     errors: [403: "not a center", 404: "no such dataset of this center"]),
+        APIOperation(id: "federationEntries", method: "GET", path: "/api/v1/federation/entries",
+                     summary: "For peer centers: a dataset's entries in key order (pages end with a short one)", auth: .center,
+                     parameters: [.query("dataset", .integer(), required: true), .query("after_dir", .string()), .query("after_name", .string()),
+                                  .query("limit", .integer(minimum: 1, maximum: 100_000))],
+                     answer: .ref(V1.EntryPage.self), description: "entries", errors: [403: "not a center", 404: "no such dataset of this center"]),
+        APIOperation(id: "federationReplicas", method: "GET", path: "/api/v1/federation/replicas",
+                     summary: "For peer centers: the replicas this center holds, each with its dataset", auth: .center,
+                     answer: .ref(V1.HeldReplicas.self), description: "replicas", errors: [403: "not a center"]),
+
+        APIOperation(id: "stageIn", method: "POST", path: "/api/v1/stage/in",
+                     summary: "Prestaging (the scheduler's hook): pin, start or reuse transfers into the staging cache, link what is ready; idempotent",
+                     body: .ref(V1.StageRequest.self), answer: .ref(V1.StageItems.self), description: "each directive's state",
+                     errors: operatorOnly.merging([400: "a bad request"]) { a, _ in a }),
+        APIOperation(id: "stageOut", method: "POST", path: "/api/v1/stage/out", summary: "Prestaging: one daemon job per stage_out directive; idempotent",
+                     body: .ref(V1.StageRequest.self), answer: .ref(V1.StageItems.self), description: "each directive's state",
+                     errors: operatorOnly.merging([400: "a bad request"]) { a, _ in a }),
+        APIOperation(id: "stageTeardown", method: "POST", path: "/api/v1/stage/teardown",
+                     summary: "Prestaging: a job ended; unpin its entries, remove its links, cancel transfers nobody waits for",
+                     body: .ref(V1.TeardownRequest.self), answer: .ref(V1.TeardownAnswer.self), description: "what was released",
+                     errors: operatorOnly.merging([400: "a bad request"]) { a, _ in a }),
+        APIOperation(id: "stageSweep", method: "POST", path: "/api/v1/stage/sweep",
+                     summary: "Prestaging: drop pins of jobs the scheduler no longer lists or older than max_pin_hours, stray directories, orphan transfers",
+                     body: .ref(V1.SweepRequest.self), answer: .ref(V1.SweepAnswer.self), description: "what was swept",
+                     errors: operatorOnly.merging([400: "a bad request"]) { a, _ in a }),
+        APIOperation(id: "stageStatus", method: "GET", path: "/api/v1/stage/status", summary: "Prestaging: a job's pinned entries, links and stage-outs",
+                     parameters: [.query("job", .string(minLength: 1), required: true)], answer: .ref(V1.StageStatus.self),
+                     description: "the job's staging", errors: operatorOnly.merging([400: "no job"]) { a, _ in a }),
+        APIOperation(id: "stageCache", method: "GET", path: "/api/v1/stage/cache", summary: "Prestaging: the staging cache's entries, pins, ready bytes and quota",
+                     answer: .ref(V1.CacheView.self), description: "the cache", errors: operatorOnly),
+    ]
+
+    public static func operation(_ id: String) -> APIOperation {
+        guard let op = operations.first(where: { $0.id == id }) else { fatalError("no API operation '\(id)'") }
+        return op
+    }
+
+    /// The OpenAPI 3.1 document, as served at /api/v1/openapi.json (keys sorted: the same bytes
+    /// every time).
+    public static let document: String = {
+        var paths: [String: [String: Any]] = [:]
+        var models: [String: any APIModel.Type] = [:]
+        func collect(_ s: Schema?) {
+            for m in s?.refs ?? [] where models[m.schemaName] == nil {
+                models[m.schemaName] = m
+                collect(m.schema)
+            }
+        }
+        collect(.ref(V1.Problem.self))
+        let problem: [String: Any] = ["application/problem+json": ["schema": Schema.ref(V1.Problem.self).json]]
+        for op in operations {
+            var o: [String: Any] = ["operationId": op.id, "summary": op.summary]
+            var params: [[String: Any]] = op.parameters.map { p in
+                var d: [String: Any] = ["name": p.name, "in": p.inPath ? "path" : "query", "required": p.required, "schema": p.schema.json]
+                if let t = p.description { d["description"] = t }
+                return d
+            }
+            if params.isEmpty { params = [] }
+            if !params.isEmpty { o["parameters"] = params }
+            if let body = op.body {
+                collect(body)
+                o["requestBody"] = ["required": true, "content": ["application/json": ["schema": body.json]]]
+            }
+            var success: [String: Any] = ["description": op.description]
+            if let a = op.answer {
+                collect(a)
+                success["content"] = [op.contentType: ["schema": a.json]]
+            } else {
+                success["content"] = [op.contentType: ["schema": ["type": "string"]]]
+            }
+            var responses: [String: Any] = [String(op.status): success, "default": ["description": "an error (RFC 9457 problem details)", "content": problem]]
+            var errors = op.errors
+            switch op.auth {
+            case .token: errors[401] = errors[401] ?? "no token, or a token refused (expired, revoked, not this federation's)"
+            case .center: errors[401] = errors[401] ?? "no center assertion, or one refused"
+            case .none: break
+            }
+            if op.auth != .none || op.body != nil { errors[503] = "the database is busy: ask again" }
+            if op.body != nil { errors[400] = errors[400] ?? "the body is not valid JSON of the right shape" }
+            if op.parameters.contains(where: { !$0.inPath }) { errors[400] = errors[400] ?? "a query parameter missing or out of its range" }
+            for (status, text) in errors { responses[String(status)] = ["description": text, "content": problem] }
+            o["responses"] = responses
+            switch op.auth {
+            case .none: o["security"] = [[String: Any]]()
+            case .center: o["security"] = [["center": [String]()]]
+            case .token: break
+            }
+            paths[op.path, default: [:]][op.method.lowercased()] = o
+        }
+        let doc: [String: Any] = [
+            "openapi": "3.1.0",
+            "info": ["title": "Ferry daemon API", "version": "1",
+                     "description": "Generated from the daemon's contract types (Sources/Daemon/Contract). Keys are snake_case; errors are RFC 9457 problem details with a machine-readable code; pages say whether more follows (more, next_after)."],
+            "components": [
+                "securitySchemes": ["token": ["type": "http", "scheme": "bearer", "description": "a ferry user token"],
+                                    "center": ["type": "apiKey", "in": "header", "name": "Authorization",
+                                               "description": "FerryCenter ASSERTION, with the center's certificate in X-Ferry-Center-Certificate"]],
+                "schemas": models.mapValues { $0.schema.json },
+            ],
+            "security": [["token": [String]()]],
+            "paths": paths,
+        ]
+        let data = (try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }()
+}

@@ -1,0 +1,235 @@
+import Foundation
+import GlobalFS
+import Testing
+import Transfer
+@testable import Daemon
+
+/// The API's contract on its own (no daemon): the generated OpenAPI document is whole (every
+/// reference resolves, every JSON answer has a schema), each contract type encodes to what its
+/// schema says (a field added to a type without its schema fails here), and requests decode as
+/// documented: snake_case, the first form's camelCase for one release, unknown keys refused.
+/// The live daemon's answers are checked against the same document by `ContractTests`
+/// (schemathesis, response_schema_conformance).
+@Suite("API contract: the generated document and the types")
+struct ContractSchemaTests {
+    static func document() throws -> [String: Any] {
+        try #require(JSONSerialization.jsonObject(with: Data(APIContract.document.utf8)) as? [String: Any])
+    }
+
+    @Test("the document is OpenAPI 3.1 and every $ref resolves to a component")
+    func referencesResolve() throws {
+        let doc = try Self.document()
+        #expect(doc["openapi"] as? String == "3.1.0")
+        let components = try #require((doc["components"] as? [String: Any])?["schemas"] as? [String: Any])
+        var refs: [String] = []
+        func walk(_ v: Any) {
+            if let o = v as? [String: Any] {
+                if let r = o["$ref"] as? String { refs.append(r) }
+                o.values.forEach(walk)
+            } else if let a = v as? [Any] {
+                a.forEach(walk)
+            }
+        }
+        walk(doc)
+        #expect(refs.count > 40)
+        for r in Set(refs) {
+            #expect(r.hasPrefix("#/components/schemas/"), "\(r)")
+            #expect(components[String(r.dropFirst("#/components/schemas/".count))] != nil, "\(r) does not resolve")
+        }
+    }
+
+    @Test("every operation is in the document, every JSON answer with a schema and a problem for errors")
+    func operationsDocumented() throws {
+        let doc = try Self.document()
+        let paths = try #require(doc["paths"] as? [String: [String: Any]])
+        #expect(Set(APIContract.operations.map(\.id)).count == APIContract.operations.count, "operation ids are unique")
+        for op in APIContract.operations {
+            let o = try #require(paths[op.path]?[op.method.lowercased()] as? [String: Any], "\(op.method) \(op.path) is missing")
+            let responses = try #require(o["responses"] as? [String: Any])
+            let ok = try #require(responses[String(op.status)] as? [String: Any])
+            let content = try #require(ok["content"] as? [String: Any])
+            if op.contentType == "application/json" {
+                let schema = try #require((content["application/json"] as? [String: Any])?["schema"] as? [String: Any])
+                #expect(!schema.isEmpty || op.id == "openapi", "\(op.id) answers JSON without a schema")
+            }
+            let problem = try #require(responses["default"] as? [String: Any])
+            #expect((problem["content"] as? [String: Any])?["application/problem+json"] != nil)
+            if op.auth == .token { #expect(responses["401"] != nil, "\(op.id)") }
+        }
+        // The router registers from this table (`DaemonAPI.route`): the paths the document
+        // names are all there is (no route of the daemon is left out of it).
+        let routes = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/DaemonTests/ContractSchemaTests.swift", with: "Sources/Daemon/API.swift"), encoding: .utf8)
+        #expect(!routes.contains("router.get(") && !routes.contains("router.post("), "a route registered outside the contract")
+    }
+
+    // MARK: types against their schemas
+
+    static func schema(of model: any APIModel.Type) throws -> [String: Any] {
+        let doc = try document()
+        let components = try #require((doc["components"] as? [String: Any])?["schemas"] as? [String: [String: Any]])
+        return try #require(components[model.schemaName], "\(model.schemaName) is not among the components")
+    }
+
+    /// A small JSON Schema check (the parts the contract uses): type, enum, properties,
+    /// required, additionalProperties, items, $ref, anyOf, oneOf. Returns what is wrong.
+    static func violations(_ value: Any, _ schema: [String: Any], at path: String = "$") throws -> [String] {
+        let components = try #require((try document()["components"] as? [String: Any])?["schemas"] as? [String: [String: Any]])
+        func check(_ v: Any, _ s: [String: Any], _ p: String) -> [String] {
+            if let r = s["$ref"] as? String { return check(v, components[String(r.split(separator: "/").last!)] ?? [:], p) }
+            if let any = s["anyOf"] as? [[String: Any]] ?? s["oneOf"] as? [[String: Any]] {
+                let fits = any.filter { check(v, $0, p).isEmpty }.count
+                return (s["oneOf"] != nil ? fits == 1 : fits >= 1) ? [] : ["\(p): fits \(fits) of the alternatives"]
+            }
+            var out: [String] = []
+            let types = (s["type"] as? [String]) ?? (s["type"] as? String).map { [$0] } ?? []
+            // JSONSerialization gives booleans as NSNumber of type "c" (or Bool).
+            let isBool = (v as? NSNumber).map { ["c", "B"].contains(String(cString: $0.objCType)) } ?? (v is Bool)
+            func isType(_ t: String) -> Bool {
+                switch t {
+                case "null": return v is NSNull
+                case "boolean": return isBool
+                case "integer": return !isBool && ((v as? NSNumber).map { $0.doubleValue == $0.doubleValue.rounded() } ?? false)
+                case "number": return !isBool && v is NSNumber
+                case "string": return v is String
+                case "array": return v is [Any]
+                case "object": return v is [String: Any]
+                default: return false
+                }
+            }
+            if !types.isEmpty && !types.contains(where: isType) { return ["\(p): \(type(of: v)) is not \(types)"] }
+            if let e = s["enum"] as? [Any], !e.contains(where: { ($0 as? String) == (v as? String) && v is String || ($0 is NSNull && v is NSNull) }) {
+                out.append("\(p): '\(v)' is not one of \(e)")
+            }
+            if let o = v as? [String: Any] {
+                let props = s["properties"] as? [String: [String: Any]] ?? [:]
+                for k in s["required"] as? [String] ?? [] where o[k] == nil { out.append("\(p).\(k) is required") }
+                for (k, x) in o {
+                    if let ps = props[k] {
+                        out += check(x, ps, p + "." + k)
+                    } else if let extra = s["additionalProperties"] as? [String: Any] {
+                        out += check(x, extra, p + "." + k)
+                    } else if (s["additionalProperties"] as? Bool) == false {
+                        out.append("\(p).\(k) is not in the schema")
+                    }
+                }
+            }
+            if let a = v as? [Any], let items = s["items"] as? [String: Any] {
+                for (i, x) in a.enumerated() { out += check(x, items, "\(p)[\(i)]") }
+            }
+            return out
+        }
+        return check(value, schema, path)
+    }
+
+    static func expectConforms<T: APIModel>(_ value: T, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let json = try JSONSerialization.jsonObject(with: APIJSON.encode(value))
+        let wrong = try violations(json, schema(of: T.self))
+        #expect(wrong.isEmpty, "\(T.schemaName): \(wrong)", sourceLocation: sourceLocation)
+    }
+
+    static func decoded<T: Decodable>(_ json: String) throws -> T { try APIJSON.decode(T.self, from: Data(json.utf8)) }
+
+    static func job(_ state: JobState, error: String? = nil) -> Job {
+        var r = JobRequest(source: "/data/in", destination: "ferry://b:7400/x")
+        r.dependsOn = [3]
+        return Job(id: 7, owner: "alice", request: r, state: state, attempts: 1, maxAttempts: 5, notBefore: 0, leaseOwner: nil, leaseExpires: nil,
+                   error: error, bytes: 10, files: 1, created: 1, updated: 2, peer: "b", lastWorker: "a-1/0")
+    }
+
+    @Test("every contract type, filled and sparse, encodes to what its schema says")
+    func typesMatchSchemas() throws {
+        var running = V1.Transfer(Self.job(.running))
+        running.progress = try Self.decoded(#"{"bytes_done":5,"bytes_total":10,"files_done":0,"files_total":1,"wire_bytes":5,"seconds":0.5}"#)
+        try Self.expectConforms(running)
+        try Self.expectConforms(V1.Transfer(Self.job(.failed, error: JobStore.cancelledPrefix + " by alice")))
+        try Self.expectConforms(V1.TransferPage(transfers: [V1.Transfer(Self.job(.queued))], more: false, nextAfter: nil))
+        try Self.expectConforms(V1.TransferPage(transfers: [], more: true, nextAfter: 9))
+        try Self.expectConforms(V1.TransferBatch(transfers: [V1.Transfer(Self.job(.success))]))
+        try Self.expectConforms(V1.Health(status: "ok", center: "a", peers: ["b": V1.PeerHealth(streams: 4, active: 1, rateBytesPerSecond: 5, errors: 0)],
+                                          transfer: ["127.0.0.1:7400"], jobs: ["queued": 1]))
+        try Self.expectConforms(V1.Problem(type: "about:blank", title: "Bad Request", status: 400, detail: "x", code: "invalid_request", error: "x"))
+        let d: Dataset = try Self.decoded(#"{"id":1,"center":"a","name":"zinc","version":"","owner":"alice","description":"","license":"","readers":["*"],"root":"/d","file_count":2,"bytes":3,"created":1,"updated":1}"#)
+        #expect(d.fileCount == 2 && d.root == "/d")
+        let e = Entry(dataset: 1, dir: "", name: "f", kind: .file, size: 3, mtimeNs: 5, mode: 0o644, digest: "ab", chunkSize: 4)
+        try Self.expectConforms(d)
+        try Self.expectConforms(e)
+        try Self.expectConforms(V1.DatasetList(datasets: [V1.DatasetView(dataset: d, stale: true)]))
+        try Self.expectConforms(V1.StatAnswer(dataset: d, entry: e, replicas: [V1.RankedReplica(center: "a", state: "complete", path: "/d", files: 1, bytes: 1,
+                                               verifiedAt: 3, address: "h:1", url: "ferry://h:1/d", reachable: true, lastSync: nil,
+                                               rateBytesPerSecond: nil, rank: 1, reason: "at this center")], stale: false))
+        try Self.expectConforms(V1.StatAnswer(dataset: d, entry: nil, replicas: [], stale: false))
+        try Self.expectConforms(V1.FeedPage(changes: [try Self.decoded(#"{"seq":1,"center":"a","dataset":1,"kind":"dataset.register","at":1}"#)], lastSeq: 1))
+        try Self.expectConforms(V1.HeldReplicas(replicas: [V1.HeldReplica(dataset: d, replica: Replica(dataset: 1, center: "a", state: .staging, path: "/r", job: 4))]))
+        try Self.expectConforms(V1.CentersAnswer(center: "a", centers: []))
+        try Self.expectConforms(V1.ReplicateAnswer(state: "staging", center: "a", path: "/r", job: 3, from: "b", message: "m"))
+        let summary: RegisterSummary = try Self.decoded(#"{"dataset":1,"added":1,"changed":0,"removed":0,"unchanged":0,"hashed":0,"files":1,"bytes":2,"skipped":0,"unreadable":1,"first_error":"one unreadable file","seconds":0.1}"#)
+        #expect(summary.firstError != nil)
+        try Self.expectConforms(summary)
+        try Self.expectConforms(try Self.decoded(#"{"files":1,"bytes":2,"directories":3}"#) as DiskUsage)
+        try Self.expectConforms(V1.TeardownAnswer(job: "1", unpinned: 0, linksRemoved: 0, transfersCancelled: 0))
+        try Self.expectConforms(V1.SweepAnswer(pinsExpired: [], transfersCancelled: 0, strayDirectories: ["x"]))
+        try Self.expectConforms(V1.StageItems(items: [V1.StageItem(line: 3, direction: "stage_in", source: "gfs://a/d", destination: "/s/x",
+                                                                 optional: false, state: "staging", error: nil, job: 4, entry: 2)]))
+    }
+
+    @Test("a field the schema does not name is caught")
+    func driftIsCaught() throws {
+        var o = try #require(JSONSerialization.jsonObject(with: APIJSON.encode(V1.Transfer(Self.job(.queued)))) as? [String: Any])
+        o["surprise"] = 1
+        #expect(try !Self.violations(o, Self.schema(of: V1.Transfer.self)).isEmpty)
+        o["surprise"] = nil
+        o["state"] = "done"
+        #expect(try Self.violations(o, Self.schema(of: V1.Transfer.self)).contains { $0.contains("not one of") })
+    }
+
+    // MARK: requests
+
+    @Test("a submission decodes snake_case and the first form's camelCase, and refuses unknown keys and both source and sources")
+    func submissions() throws {
+        let snake = try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"source":"/a","destination":"/b","depends_on":[4],"max_attempts":3}"#.utf8))
+        #expect(snake.request.dependsOn == [4] && snake.request.maxAttempts == 3 && snake.sources == nil)
+        let camel = try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"source":"/a","destination":"/b","dependsOn":[4],"maxAttempts":3}"#.utf8))
+        #expect(camel.request == snake.request)
+        do {
+            _ = try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"source":"/a","destination":"/b","protecton":"clear"}"#.utf8))
+            Issue.record("a misspelt key was accepted")
+        } catch let e as DecodingError {
+            #expect(DaemonAPI.explain(e).contains("unknown key 'protecton'"), "\(DaemonAPI.explain(e))")
+        }
+        #expect(throws: DecodingError.self) {
+            try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"source":"/a","sources":["/c"],"destination":"/b"}"#.utf8))
+        }
+        let many = try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"sources":["/x/a","/y/b"],"destination":"/d"}"#.utf8))
+        #expect(try many.requests().map(\.destination) == ["/d/a", "/d/b"])
+        let dots = try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"sources":["/x/.."],"destination":"/d"}"#.utf8))
+        #expect(throws: DecodingError.self) { try dots.requests() }
+        // What the CLI sends (its encoding) is what the server reads back, snake_case.
+        var r = JobRequest(source: "", destination: "/d")
+        r.dependsOn = [1]
+        let sent = try APIJSON.encode(V1.TransferSubmission(request: r, sources: ["/a", "/b"]))
+        let text = String(decoding: sent, as: UTF8.self)
+        #expect(text.contains("\"depends_on\"") && !text.contains("\"source\""), "\(text)")
+        #expect(try APIJSON.decode(V1.TransferSubmission.self, from: sent).sources == ["/a", "/b"])
+    }
+
+    @Test("a query is checked against the operation's parameters: required, integers and their ranges, every repetition")
+    func queries() throws {
+        let list = APIContract.operation("listTransfers")
+        #expect(list.queryProblem([]) == nil)
+        #expect(list.queryProblem([("limit", "1000"), ("after", "0")]) == nil)
+        #expect(list.queryProblem([("limit", "1001")])?.contains("from 1 to 1000") == true)
+        #expect(list.queryProblem([("limit", "null")])?.contains("'null'") == true)
+        #expect(list.queryProblem([("after", "5"), ("after", "-1")]) != nil)
+        let ls = APIContract.operation("ls")
+        #expect(ls.queryProblem([("limit", "10")]) == "give ?path=")
+        #expect(ls.queryProblem([("path", "gfs://a/b"), ("after", "x y")]) == nil)
+    }
+
+    @Test("a job stored with the first form's keys still reads (the store's own JSON)")
+    func storedRequestsRead() throws {
+        let old = #"{"source":"/a","destination":"/b","recursive":true,"protection":"clear","compress":"auto","checksum":false,"priority":2,"dependsOn":[9],"maxAttempts":4}"#
+        let r = try JSONDecoder().decode(JobRequest.self, from: Data(old.utf8))
+        #expect(r.dependsOn == [9] && r.maxAttempts == 4 && r.recursive)
+        #expect(try JSONDecoder().decode(JobRequest.self, from: JSONEncoder().encode(r)) == r)
+    }
+}
