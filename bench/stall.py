@@ -10,6 +10,7 @@ scratch = sys.argv[7] if len(sys.argv) > 7 else "/scratch"  # the export's real 
 tok = open(tokfile).read().strip()
 lock = threading.Lock()
 lat, errors, done_at = [], [], []
+by_kind = {}  # "METHOD /path" (ids and queries cut) -> latencies
 stop = time.time() + seconds
 
 
@@ -25,8 +26,9 @@ def timed(method, path, body=None):
     try:
         r = call(method, path, body)
         t1 = time.time()
+        kind = method + " " + "/".join("{id}" if p.isdigit() else p for p in path.split("?")[0].split("/"))
         with lock:
-            lat.append(t1 - t0); done_at.append(t1)
+            lat.append(t1 - t0); done_at.append(t1); by_kind.setdefault(kind, []).append(t1 - t0)
         return r
     except Exception as e:  # a timeout, a refused or reset connection, a 5xx
         with lock:
@@ -119,5 +121,9 @@ print("stage_ins\t%d\nstage_in_max_s\t%.1f" % (len(staged), staged[-1] if staged
 print("requests\t%d\nerrors\t%d\np50_ms\t%.1f\np99_ms\t%.1f\nmax_ms\t%.1f\nover_1s\t%d\nlongest_silence_s\t%.1f\nregistrations\t%s" % (
     len(lat), len(errors), pct(0.5) * 1000, pct(0.99) * 1000, (lat[-1] if lat else float("nan")) * 1000,
     sum(1 for x in lat if x > 1), gap, stats.get("registrations", "unfinished")))
+# Per kind of request (the bar is for job and catalog reads): count, p50, p99, max.
+for kind in sorted(by_kind):
+    v = sorted(by_kind[kind])
+    print("kind\t%s\t%d\tp50_ms %.1f\tp99_ms %.1f\tmax_ms %.1f" % (kind, len(v), v[len(v) // 2] * 1000, v[min(len(v) - 1, int(0.99 * len(v)))] * 1000, v[-1] * 1000))
 for e in errors[:5]:
     print("error: " + e, file=sys.stderr)

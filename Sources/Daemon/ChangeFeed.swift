@@ -129,6 +129,12 @@ final class ChangeCountingSession: SQLSession {
         if n > 0 && ChangeCountingSession.changes(sql) { changed = true }
         return n
     }
+
+    func send(_ sql: String, _ args: [any SQLArgument]) throws {
+        // Its row count is not known: counted as a change when it is one.
+        if ChangeCountingSession.changes(sql) { changed = true }
+        try base.send(sql, args)
+    }
 }
 
 extension JobStore {

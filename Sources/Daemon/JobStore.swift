@@ -34,7 +34,7 @@ public final class JobStore: @unchecked Sendable {
             let counting = ChangeCountingSession(base: s)
             let r = try body(counting)
             changed = counting.changed
-            if changed && s.dialect == .postgres { try s.execute("SELECT pg_notify(?, ?) AS sent", ChangeFeed.channel, changes.origin) }
+            if changed && s.dialect == .postgres { try s.send("SELECT pg_notify(?, ?) AS sent", [ChangeFeed.channel, changes.origin]) }
             return r
         }
         if changed { changes.bump() }

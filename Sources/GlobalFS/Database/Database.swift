@@ -67,9 +67,14 @@ public protocol SQLSession {
     func query(_ sql: String, _ args: [any SQLArgument]) throws -> [SQLRow]
     /// Runs a statement; returns the number of rows it changed.
     @discardableResult func execute(_ sql: String, _ args: [any SQLArgument]) throws -> Int
+    /// Sends a statement whose answer nobody needs now (a NOTIFY): PostgreSQL queues it on the
+    /// connection and the next statement's wait (at the latest COMMIT's) also reports its error,
+    /// which spares the calling thread one wake-up per statement. Elsewhere `execute`.
+    func send(_ sql: String, _ args: [any SQLArgument]) throws
 }
 
 extension SQLSession {
+    public func send(_ sql: String, _ args: [any SQLArgument]) throws { try execute(sql, args) }
     public func query(_ sql: String, _ args: any SQLArgument...) throws -> [SQLRow] { try query(sql, args) }
     @discardableResult public func execute(_ sql: String, _ args: any SQLArgument...) throws -> Int { try execute(sql, args) }
     public func one(_ sql: String, _ args: any SQLArgument...) throws -> SQLRow? { try query(sql, args).first }
@@ -416,10 +421,14 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         return try body(c)
     }
 
+    /// One transaction. BEGIN is sent, not waited for: the first statement is queued behind it
+    /// on the connection and one wait covers both (each wait of a blocked thread is a wake-up,
+    /// and on a loaded two-core host a wake-up costs milliseconds: `bench/stall.sh` measured
+    /// about 12 ms a round trip with two CPU hogs, most of it the threads' turns, not the server).
     public func write<T>(_ body: (any SQLSession) throws -> T) throws -> T {
         try withConnection { c in
-            let s = Session(conn: c, logger: logger)
-            try s.execute("BEGIN")
+            let s = Session(conn: c, logger: logger, pending: Session.Pending())
+            try s.send("BEGIN", [])
             do {
                 let r = try body(s)
                 try s.execute("COMMIT")
@@ -432,7 +441,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     }
 
     public func read<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        try withConnection { c in try body(Session(conn: c, logger: logger)) }
+        try withConnection { c in try body(Session(conn: c, logger: logger, pending: Session.Pending())) }
     }
 
     /// One statement on a leased connection, awaited (see the type's comment).
@@ -493,7 +502,23 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     struct Session: SQLSession {
         let conn: PostgresConnection
         let logger: Logger
+        /// Statements sent and not waited for (`send`): checked after the next wait.
+        final class Pending { var futures: [EventLoopFuture<PostgresQueryResult>] = [] }
+        let pending: Pending
         var dialect: SQLDialect { .postgres }
+
+        func send(_ sql: String, _ args: [any SQLArgument]) throws {
+            pending.futures.append(conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: Session.bindings(args.map(\.sqlValue))), logger: logger))
+        }
+
+        /// Waits for what was sent before (already answered: the connection answers in order).
+        func settle() throws {
+            let sent = pending.futures
+            pending.futures.removeAll()
+            for f in sent {
+                do { _ = try f.wait() } catch { throw SQLStoreError(PostgreSQLDatabase.reason(error)) }
+            }
+        }
 
         static func bindings(_ args: [SQLValue]) -> PostgresBindings {
             var binds = PostgresBindings(capacity: args.count)
@@ -510,11 +535,15 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
 
         func run(_ sql: String, _ args: [any SQLArgument]) throws -> PostgresQueryResult {
             let binds = Session.bindings(args.map(\.sqlValue))
+            let result: Result<PostgresQueryResult, any Error>
             do {
-                return try conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: binds), logger: logger).wait()
+                result = .success(try conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: binds), logger: logger).wait())
             } catch {
-                throw SQLStoreError(PostgreSQLDatabase.reason(error))
+                result = .failure(error)
             }
+            // A statement sent before that failed is the cause: its error first.
+            try settle()
+            do { return try result.get() } catch { throw SQLStoreError(PostgreSQLDatabase.reason(error)) }
         }
 
         func query(_ sql: String, _ args: [any SQLArgument]) throws -> [SQLRow] {
