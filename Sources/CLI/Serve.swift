@@ -81,7 +81,7 @@ extension Ferry {
 
         func run() async throws {
             var config: ServerConfiguration
-            var daemonSection: ServerConfigFile.DaemonSection?
+            var daemonSection: DaemonConfig?
             var peers: [String: HostPort] = [:]
             var peerAPIs: [String: String] = [:]
             do {
@@ -98,7 +98,7 @@ extension Ferry {
                 guard !identity.ca.isEmpty else { throw TransferError(.usage, "give the federation CA certificate (--ca)") }
                 config = ServerConfiguration(exports: exports, listen: addresses, tls: identity)
                 if let f = file {
-                    daemonSection = f.daemon
+                    daemonSection = try DaemonConfig(f, path: configFile ?? "")
                     peers = f.peers
                     peerAPIs = f.peerAPIs
                     config.tokenIssuers = f.tokenIssuers

@@ -64,8 +64,13 @@ public struct ServerConfigFile {
     public var exports: [Export] = []
     /// `run_as` and `[[identity]]`: which local account each principal acts as.
     public var identities = IdentityMap()
-    /// `[daemon]`: present when this server also runs the job queue and its API.
-    public var daemon: DaemonSection?
+    /// `[daemon]`: present when this server also runs the job queue and its API. Kept as the
+    /// table it is: the daemon decodes (and checks) its own settings (`Daemon.DaemonConfig`),
+    /// the engine only says that it is a table. Relative paths in it are relative to
+    /// `directory`.
+    public var daemonTable: [String: TOMLValue]?
+    /// The directory of the configuration file: relative paths are resolved beside it.
+    public var directory = "."
     /// `[[peer]]`: other centers by name (jobs say `ferry://NAME/path`).
     public var peers: [String: HostPort] = [:]
     /// `[[peer]] api = "https://HOST:PORT"`: the peer daemon's API (its base URL), whose
@@ -73,49 +78,6 @@ public struct ServerConfigFile {
     /// not followed. A bare HOST:PORT is https, or http on loopback (`HTTPClient.Target`);
     /// plain http to another host is refused.
     public var peerAPIs: [String: String] = [:]
-
-    /// The `[daemon]` table.
-    public struct DaemonSection: Sendable {
-        /// The job queue: a SQLite file (relative: beside the configuration), or a
-        /// `postgres://USER@HOST:PORT/DB` URL that several daemons of the center share.
-        public var database: String
-        /// `allow_hosts`: HOST:PORT of transfer servers a job may name besides the peers
-        /// (`ferry://HOST:PORT/...`); the daemon dials nothing else.
-        public var allowHosts: [String] = []
-        /// Where the REST API listens.
-        public var apiListen = HostPort(host: "127.0.0.1", port: 7480)
-        /// `api_tls`: the API speaks HTTPS with the center's certificate (TLS 1.3). Default:
-        /// on, except on a loopback `api_listen`, where nothing crosses a network; off is
-        /// refused on any other address (tokens and center assertions would travel in clear).
-        public var apiTLS: Bool?
-        public var workers = 2
-        public var leaseSeconds = 30
-        public var perPeer = 4
-        public var perUser = 8
-        /// Attempts per job unless the request says otherwise, and the first retry's delay
-        /// (it doubles per attempt, ±20 % jitter, at most 10 minutes).
-        public var maxAttempts = 5
-        public var retryBaseSeconds = 5
-        /// Seconds between two syncs with each followed peer's catalog.
-        public var syncSeconds = 5
-        /// The API's connections: at most `apiConnections` open at once (beyond it the daemon
-        /// stops accepting until one closes), and one idle (no request in progress) for
-        /// `apiIdleSeconds` is closed: a flood of idle connections cannot take the daemon's
-        /// descriptors.
-        public var apiConnections = 1024
-        public var apiIdleSeconds = 60
-        /// Where `ferry replicate` puts replicas of other centers' datasets: a local job path
-        /// /EXPORT/DIR; a replica goes to /EXPORT/DIR/CENTER/NAME[@VERSION]. Unset: this center
-        /// takes no replicas.
-        public var replicas: String?
-        /// Prestaging: the staging cache as a local job path /EXPORT/DIR (unset: none), and
-        /// its quota in bytes (unpinned entries are evicted beyond it).
-        public var staging: String?
-        public var stagingQuota: Int64 = 100 << 30
-        /// Bytes per second for each staging transfer (nil: unlimited), so that staging does
-        /// not starve interactive transfers on a shared link.
-        public var stagingBandwidth: Int64?
-    }
 
     public init(path: String) throws {
         let text = try readSmallFile(path, maxBytes: 1 << 20)
@@ -129,6 +91,7 @@ public struct ServerConfigFile {
     }
 
     public init(parsing text: String, relativeTo dir: String) throws {
+        directory = dir
         let t = try TOML.parse(text)
         func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : dir + "/" + p }
         func str(_ v: TOMLValue, _ k: String) throws -> String {
@@ -180,53 +143,7 @@ public struct ServerConfigFile {
                 }
             case "daemon":
                 guard case .table(let dt) = v else { throw TransferError(.usage, "'daemon' must be a table") }
-                var d = DaemonSection(database: resolve("jobs.sqlite"))
-                for (dk, dv) in dt {
-                    switch dk {
-                    case "database":
-                        // A postgres:// URL is kept as it is; anything else is a SQLite file.
-                        let db = try str(dv, dk)
-                        d.database = db.hasPrefix("postgres://") || db.hasPrefix("postgresql://") ? db : resolve(db)
-                    case "api_listen": d.apiListen = try HostPort(parsing: try str(dv, dk))
-                    case "api_tls":
-                        guard case .bool(let b) = dv else { throw TransferError(.usage, "daemon.api_tls is true or false") }
-                        d.apiTLS = b
-                    case "workers": d.workers = try int(dv, dk)
-                    case "allow_hosts":
-                        d.allowHosts = try strings(dv, dk)
-                        for h in d.allowHosts { _ = try HostPort(parsing: h) }
-                    case "lease_seconds": d.leaseSeconds = try int(dv, dk)
-                    case "per_peer": d.perPeer = try int(dv, dk)
-                    case "per_user": d.perUser = try int(dv, dk)
-                    case "max_attempts": d.maxAttempts = try int(dv, dk)
-                    case "retry_base_seconds": d.retryBaseSeconds = try int(dv, dk)
-                    case "sync_seconds": d.syncSeconds = try int(dv, dk)
-                    case "api_connections":
-                        d.apiConnections = try int(dv, dk)
-                        guard (1...1_000_000).contains(d.apiConnections) else { throw TransferError(.usage, "daemon.api_connections is 1 to 1,000,000") }
-                    case "api_idle_seconds":
-                        d.apiIdleSeconds = try int(dv, dk)
-                        guard (1...86_400).contains(d.apiIdleSeconds) else { throw TransferError(.usage, "daemon.api_idle_seconds is 1 to 86,400") }
-                    case "staging":
-                        let r = try str(dv, dk)
-                        guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.staging is a local job path /EXPORT/DIR, not '\(r)'") }
-                        d.staging = r
-                    case "staging_bwlimit":
-                        let text = try str(dv, dk)
-                        guard let q = try? ByteSize.parse(text), q > 0 else { throw TransferError(.usage, "daemon.staging_bwlimit is bytes per second like \"200M\", not '\(text)'") }
-                        d.stagingBandwidth = Int64(q)
-                    case "staging_quota":
-                        let text = try str(dv, dk)
-                        guard let q = try? ByteSize.parse(text) else { throw TransferError(.usage, "daemon.staging_quota is a size like \"500G\", not '\(text)'") }
-                        d.stagingQuota = Int64(q)
-                    case "replicas":
-                        let r = try str(dv, dk)
-                        guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.replicas is a local job path /EXPORT/DIR, not '\(r)'") }
-                        d.replicas = r
-                    default: throw TransferError(.usage, "unknown setting 'daemon.\(dk)'")
-                    }
-                }
-                daemon = d
+                daemonTable = dt
             case "peer":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "peers are written [[peer]]") }
                 for pt in list {

@@ -1,0 +1,137 @@
+import Transfer
+
+/// The `[daemon]` table of `ferry serve --config FILE`, decoded by the daemon itself (issue 14
+/// item 5): the engine's `ServerConfigFile` only keeps the table (`daemonTable`) and the file's
+/// directory, so the transfer engine carries no job-queue, API or staging setting. The file's
+/// format is unchanged; unknown keys are still errors at start-up, named `daemon.KEY`.
+///
+///     [daemon]
+///     database = "jobs.sqlite"          # or postgres://USER@HOST:PORT/DB (shared by the center's daemons)
+///     api_listen = "127.0.0.1:7480"
+///     api_tls = true                    # default: on, except on a loopback api_listen
+///     api_connections = 1024
+///     api_idle_seconds = 60
+///     workers = 2
+///     allow_hosts = ["dtn.example:7400"]
+///     lease_seconds = 30
+///     per_peer = 4
+///     per_user = 8
+///     max_attempts = 5
+///     retry_base_seconds = 5
+///     sync_seconds = 5
+///     replicas = "/EXPORT/DIR"
+///     staging = "/EXPORT/DIR"
+///     staging_quota = "100G"
+///     staging_bwlimit = "200M"
+public struct DaemonConfig: Sendable {
+    /// The job queue: a SQLite file (relative: beside the configuration), or a
+    /// `postgres://USER@HOST:PORT/DB` URL that several daemons of the center share.
+    public var database: String
+    /// `allow_hosts`: HOST:PORT of transfer servers a job may name besides the peers
+    /// (`ferry://HOST:PORT/...`); the daemon dials nothing else.
+    public var allowHosts: [String] = []
+    /// Where the REST API listens.
+    public var apiListen = HostPort(host: "127.0.0.1", port: 7480)
+    /// `api_tls`: the API speaks HTTPS with the center's certificate (TLS 1.3). Default:
+    /// on, except on a loopback `api_listen`, where nothing crosses a network; off is
+    /// refused on any other address (tokens and center assertions would travel in clear).
+    public var apiTLS: Bool?
+    public var workers = 2
+    public var leaseSeconds = 30
+    public var perPeer = 4
+    public var perUser = 8
+    /// Attempts per job unless the request says otherwise, and the first retry's delay
+    /// (it doubles per attempt, ±20 % jitter, at most 10 minutes).
+    public var maxAttempts = 5
+    public var retryBaseSeconds = 5
+    /// Seconds between two syncs with each followed peer's catalog.
+    public var syncSeconds = 5
+    /// The API's connections: at most `apiConnections` open at once (beyond it the daemon
+    /// stops accepting until one closes), and one idle (no request in progress) for
+    /// `apiIdleSeconds` is closed: a flood of idle connections cannot take the daemon's
+    /// descriptors.
+    public var apiConnections = 1024
+    public var apiIdleSeconds = 60
+    /// Where `ferry replicate` puts replicas of other centers' datasets: a local job path
+    /// /EXPORT/DIR; a replica goes to /EXPORT/DIR/CENTER/NAME[@VERSION]. Unset: this center
+    /// takes no replicas.
+    public var replicas: String?
+    /// Prestaging: the staging cache as a local job path /EXPORT/DIR (unset: none), and
+    /// its quota in bytes (unpinned entries are evicted beyond it).
+    public var staging: String?
+    public var stagingQuota: Int64 = 100 << 30
+    /// Bytes per second for each staging transfer (nil: unlimited), so that staging does
+    /// not starve interactive transfers on a shared link.
+    public var stagingBandwidth: Int64?
+
+    /// The daemon's settings of a configuration file; nil when it has no `[daemon]` table.
+    /// Errors name the file, as the engine's own do.
+    public init?(_ file: ServerConfigFile, path: String) throws {
+        guard let table = file.daemonTable else { return nil }
+        do {
+            try self.init(table: table, relativeTo: file.directory)
+        } catch let e as TransferError {
+            throw TransferError(.usage, "\(path): \(e.message)")
+        }
+    }
+
+    /// Decodes a `[daemon]` table; relative paths (a SQLite file) are resolved in `dir`.
+    public init(table: [String: TOMLValue], relativeTo dir: String) throws {
+        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : dir + "/" + p }
+        func str(_ v: TOMLValue, _ k: String) throws -> String {
+            guard case .string(let s) = v else { throw TransferError(.usage, "'daemon.\(k)' must be a string") }
+            return s
+        }
+        func int(_ v: TOMLValue, _ k: String) throws -> Int {
+            guard case .integer(let n) = v, n > 0, n < Int64(Int32.max) else { throw TransferError(.usage, "'daemon.\(k)' must be a positive integer") }
+            return Int(n)
+        }
+        database = resolve("jobs.sqlite")
+        for (k, v) in table {
+            switch k {
+            case "database":
+                // A postgres:// URL is kept as it is; anything else is a SQLite file.
+                let db = try str(v, k)
+                database = db.hasPrefix("postgres://") || db.hasPrefix("postgresql://") ? db : resolve(db)
+            case "api_listen": apiListen = try HostPort(parsing: try str(v, k))
+            case "api_tls":
+                guard case .bool(let b) = v else { throw TransferError(.usage, "daemon.api_tls is true or false") }
+                apiTLS = b
+            case "workers": workers = try int(v, k)
+            case "allow_hosts":
+                guard case .array(let a) = v else { throw TransferError(.usage, "'daemon.allow_hosts' must be an array of strings") }
+                allowHosts = try a.map { try str($0, k) }
+                for h in allowHosts { _ = try HostPort(parsing: h) }
+            case "lease_seconds": leaseSeconds = try int(v, k)
+            case "per_peer": perPeer = try int(v, k)
+            case "per_user": perUser = try int(v, k)
+            case "max_attempts": maxAttempts = try int(v, k)
+            case "retry_base_seconds": retryBaseSeconds = try int(v, k)
+            case "sync_seconds": syncSeconds = try int(v, k)
+            case "api_connections":
+                apiConnections = try int(v, k)
+                guard (1...1_000_000).contains(apiConnections) else { throw TransferError(.usage, "daemon.api_connections is 1 to 1,000,000") }
+            case "api_idle_seconds":
+                apiIdleSeconds = try int(v, k)
+                guard (1...86_400).contains(apiIdleSeconds) else { throw TransferError(.usage, "daemon.api_idle_seconds is 1 to 86,400") }
+            case "staging":
+                let r = try str(v, k)
+                guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.staging is a local job path /EXPORT/DIR, not '\(r)'") }
+                staging = r
+            case "staging_bwlimit":
+                let text = try str(v, k)
+                guard let q = try? ByteSize.parse(text), q > 0 else { throw TransferError(.usage, "daemon.staging_bwlimit is bytes per second like \"200M\", not '\(text)'") }
+                stagingBandwidth = Int64(q)
+            case "staging_quota":
+                let text = try str(v, k)
+                guard let q = try? ByteSize.parse(text) else { throw TransferError(.usage, "daemon.staging_quota is a size like \"500G\", not '\(text)'") }
+                stagingQuota = Int64(q)
+            case "replicas":
+                let r = try str(v, k)
+                guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.replicas is a local job path /EXPORT/DIR, not '\(r)'") }
+                replicas = r
+            default: throw TransferError(.usage, "unknown setting 'daemon.\(k)'")
+            }
+        }
+    }
+}

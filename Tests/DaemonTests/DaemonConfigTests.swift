@@ -1,0 +1,47 @@
+import Testing
+import Transfer
+@testable import Daemon
+
+/// The daemon decodes its own `[daemon]` settings (issue 14 item 5); the engine keeps the table.
+@Suite("Daemon configuration")
+struct DaemonConfigTests {
+    @Test("[daemon] is decoded by the daemon: same keys, defaults, relative paths and errors as before")
+    func decode() throws {
+        let text = """
+            center = "hlrs"
+            [daemon]
+            database = "q/jobs.sqlite"
+            api_listen = "127.0.0.1:0"
+            workers = 3
+            allow_hosts = ["dtn.example:7400"]
+            staging = "/scratch/stage"
+            staging_quota = "24M"
+            staging_bwlimit = "16MiB"
+            api_tls = false
+            """
+        let file = try ServerConfigFile(parsing: text, relativeTo: "/etc/ferry")
+        let d = try #require(try DaemonConfig(file, path: "/etc/ferry/hlrs.toml"))
+        #expect(d.database == "/etc/ferry/q/jobs.sqlite" && d.workers == 3 && d.apiListen == HostPort(host: "127.0.0.1", port: 0))
+        #expect(d.allowHosts == ["dtn.example:7400"] && d.staging == "/scratch/stage" && d.stagingQuota == 24 << 20 && d.stagingBandwidth == 16 << 20)
+        #expect(d.apiTLS == false && d.leaseSeconds == 30 && d.maxAttempts == 5 && d.replicas == nil)
+        #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]\ndatabase = \"postgres://f@db:5432/q\"", relativeTo: "/x"), path: "c")?.database == "postgres://f@db:5432/q")
+        #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]", relativeTo: "/x"), path: "c")?.database == "/x/jobs.sqlite")
+        #expect(try DaemonConfig(ServerConfigFile(parsing: "center = \"c\"", relativeTo: "/x"), path: "c") == nil)
+    }
+
+    @Test("a bad [daemon] setting is an error naming the file and the key; the engine's parse keeps the table as it is")
+    func errors() throws {
+        for (bad, says) in [("workers = 0", "daemon.workers"), ("typo = 1", "daemon.typo"), ("staging_quota = \"1Q\"", "staging_quota"),
+                            ("api_connections = 2000000", "api_connections"), ("staging = \"rel\"", "daemon.staging"), ("api_tls = 1", "api_tls")] {
+            let file = try ServerConfigFile(parsing: "[daemon]\n" + bad, relativeTo: "/x")
+            #expect(file.daemonTable != nil)
+            do {
+                _ = try DaemonConfig(file, path: "/x/c.toml")
+                Issue.record("accepted \(bad)")
+            } catch let e as TransferError {
+                #expect(e.code == .usage && e.message.hasPrefix("/x/c.toml: ") && e.message.contains(says), "\(e.message)")
+            }
+        }
+        #expect(throws: TransferError.self) { try ServerConfigFile(parsing: "daemon = 1", relativeTo: "/x") }
+    }
+}
