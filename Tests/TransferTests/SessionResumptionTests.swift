@@ -119,4 +119,31 @@ struct SessionResumptionTests {
         #expect(TransferClient.fittedChunkBytes(fileBytes: 1 << 40, four) == four)
         #expect(TransferClient.fittedChunkBytes(fileBytes: 100_000, 96 << 10) == 96 << 10)
     }
+
+    @Test("an idle ring goes back to the pool and serves the next ring of its size; one of another size or with buffers in flight is not mixed up")
+    func ringPool() throws {
+        // Sizes no other code uses, so tests running beside this one do not take these rings.
+        var first: Ring? = try Ring(entries: 48)
+        let fd = first!.descriptor
+        first = nil
+        let other = try Ring(entries: 80)
+        #expect(other.descriptor != fd, "a ring of another size")
+        #expect(RingPool.shared.count(entries: 48) == 1)
+        let again = try Ring(entries: 48)
+        #expect(again.descriptor == fd && RingPool.shared.count(entries: 48) == 0, "the idle ring is reused")
+        // One with a receive still in flight is closed, not kept.
+        var sv: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
+        defer { close(sv[0]); close(sv[1]) }
+        var busy: Ring? = try Ring(entries: 112)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
+        defer { buffer.deallocate() }
+        try busy!.recv(fd: sv[0], buffer: buffer, length: 16, tag: 1)
+        _ = try busy!.submitAndWait(minimum: 0) { _, _, _ in }
+        busy = nil
+        #expect(RingPool.shared.count(entries: 112) == 0, "a ring with an operation in flight was kept")
+        var idle: Ring? = try Ring(entries: 112)
+        idle = nil
+        #expect(RingPool.shared.count(entries: 112) == 1 && idle == nil)
+    }
 }

@@ -21,27 +21,51 @@ final class Ring {
     /// Tag reserved for timeouts armed by `runOne(timeoutNs:)`.
     static let timeoutTag: UInt64 = .max - 1
 
+    /// The size this ring was made with (rounded as `RingPool` keys it), and the thread
+    /// identity (fsuid) it was made under.
+    private let poolEntries: UInt32
+    private let poolOwner: UInt32
+
     init(entries: UInt32 = 256) throws {
-        var params = io_uring_params()
-        params.flags = UInt32(IORING_SETUP_SUBMIT_ALL) | UInt32(IORING_SETUP_COOP_TASKRUN)
-        var r = io_uring_queue_init_params(entries, &ring, &params)
-        if r == -EINVAL {  // older kernels: plain setup
-            params = io_uring_params()
-            r = io_uring_queue_init_params(entries, &ring, &params)
+        let size = RingPool.size(entries)
+        let owner = ThreadIdentity.fsuid
+        if let kept = RingPool.shared.take(entries: size, owner: owner) {
+            ring = kept
+        } else {
+            var params = io_uring_params()
+            params.flags = UInt32(IORING_SETUP_SUBMIT_ALL) | UInt32(IORING_SETUP_COOP_TASKRUN)
+            var r = io_uring_queue_init_params(size, &ring, &params)
+            if r == -EINVAL {  // older kernels: plain setup
+                params = io_uring_params()
+                r = io_uring_queue_init_params(size, &ring, &params)
+            }
+            // Thrown before the other properties exist: no deinit runs for this instance.
+            if r < 0 { throw TransferError.system("io_uring_queue_init", errno: -r) }
         }
-        if r < 0 { throw TransferError.system("io_uring_queue_init", errno: -r) }
+        poolEntries = size
+        poolOwner = owner
         tags = .allocate(capacity: reapCapacity)
         results = .allocate(capacity: reapCapacity)
         flags = .allocate(capacity: reapCapacity)
     }
 
     deinit {
-        io_uring_queue_exit(&ring)
+        // A ring with nothing in flight (every submission completed and reaped) and no
+        // registered buffers goes back to the pool for the next session's thread; anything
+        // else is closed.
+        var reusable = inFlight == 0
+        if reusable && registeredBuffers { reusable = io_uring_unregister_buffers(&ring) == 0 }
+        if !reusable || !RingPool.shared.put(ring, entries: poolEntries, owner: poolOwner) {
+            io_uring_queue_exit(&ring)
+        }
         tags.deallocate()
         results.deallocate()
         flags.deallocate()
         timeoutSpec.deallocate()
     }
+
+    /// The ring's descriptor (tests: which kernel ring this is).
+    var descriptor: Int32 { ring.ring_fd }
 
     /// Registers `count` buffers for READ_FIXED/WRITE_FIXED (index = position).
     func register(buffers: UnsafeMutablePointer<iovec>, count: Int) throws {
@@ -192,4 +216,70 @@ final class Ring {
             try submitAndWait(minimum: inFlight) { tag, res, _ in handle(tag, res) }
         }
     }
+}
+
+/// io_uring instances kept between sessions. A one-file job made and closed about ten rings
+/// on each side (control, manifest, heartbeat, data stream, ...): each a kernel context, two
+/// mappings and an asynchronous teardown, a visible share of a small job's CPU (issue 14,
+/// item 6). A ring returns here only idle (nothing in flight, every completion reaped, no
+/// registered buffers: `Ring.deinit`), and is handed out again only for the same size and to a
+/// thread of the same identity (fsuid) as the one that made it; the kernel takes every
+/// operation's credentials from the thread that submits it in any case. Bounded: `max` rings
+/// at most, each closed after `idleNs` unused (checked at every take and put).
+/// `@unchecked Sendable`: guarded by `lock`.
+final class RingPool: @unchecked Sendable {
+    static let shared = RingPool()
+    static let max = 48
+    static let idleNs: UInt64 = 30_000_000_000
+
+    private struct Idle {
+        var ring: io_uring
+        var entries: UInt32
+        var owner: UInt32
+        var sinceNs: UInt64
+    }
+    private let lock = Lock()
+    private var idle: [Idle] = []
+
+    /// The size a request for `entries` is made with: small rings (control streams, 8 or 16)
+    /// share one size so that they can stand in for each other.
+    static func size(_ entries: UInt32) -> UInt32 { entries <= 16 ? 16 : entries }
+
+    func take(entries: UInt32, owner: UInt32) -> io_uring? {
+        let (found, stale) = lock.withLock { () -> (io_uring?, [io_uring]) in
+            let stale = expire()
+            guard let i = idle.lastIndex(where: { $0.entries == entries && $0.owner == owner }) else { return (nil, stale) }
+            return (idle.remove(at: i).ring, stale)
+        }
+        close(stale)
+        return found
+    }
+
+    /// Keeps `ring`; false when the pool is full (the caller closes it).
+    func put(_ ring: io_uring, entries: UInt32, owner: UInt32) -> Bool {
+        let (kept, stale) = lock.withLock { () -> (Bool, [io_uring]) in
+            let stale = expire()
+            guard idle.count < RingPool.max else { return (false, stale) }
+            idle.append(Idle(ring: ring, entries: entries, owner: owner, sinceNs: monotonicNs()))
+            return (true, stale)
+        }
+        close(stale)
+        return kept
+    }
+
+    /// Rings idle for longer than `idleNs`, taken out of the pool. Called with `lock` held.
+    private func expire() -> [io_uring] {
+        let now = monotonicNs()
+        guard let first = idle.first, now - first.sinceNs > RingPool.idleNs else { return [] }
+        let old = idle.filter { now - $0.sinceNs > RingPool.idleNs }.map(\.ring)
+        idle.removeAll { now - $0.sinceNs > RingPool.idleNs }
+        return old
+    }
+
+    private func close(_ rings: [io_uring]) {
+        for var r in rings { io_uring_queue_exit(&r) }
+    }
+
+    /// Rings of `entries` kept now (tests).
+    func count(entries: UInt32) -> Int { lock.withLock { idle.filter { $0.entries == entries }.count } }
 }
