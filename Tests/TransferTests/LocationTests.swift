@@ -52,6 +52,11 @@ struct LocationTests {
         #expect(throws: TransferError.self) { try Endpoint(parsing: "ferry://wuxi/x") }
         #expect(throws: TransferError.self) { try Endpoint(parsing: "") }
         #expect(throws: TransferError.self) { try Endpoint(parsing: "gfs://wuxi/x") }
+        // Configured addresses (listen, [[peer]], allow_hosts): decimal ports only, 0 allowed to listen.
+        #expect(try HostPort(parsing: "[::]:0").port == 0 && HostPort(parsing: "h:65535").port == 65535)
+        for b in ["h:+80", "h:-1", "h: 80", "h:0x50", "h:65536", "h:", ":80", "h:000080", "[::1]80", "::1:80"] {
+            #expect(throws: TransferError.self, "\(b)") { try HostPort(parsing: b) }
+        }
     }
 
     @Test("gfs:// paths and /EXPORT/PATH job paths")

@@ -30,7 +30,8 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
             portText = text[text.index(after: colon)...]
             if host.contains(":") { throw TransferError(.usage, "bad address '\(text)': put IPv6 addresses in brackets, [::1]:7700") }
         }
-        guard !host.isEmpty, let port = UInt16(portText) else {
+        // Decimal digits only (UInt16("+80") would take a sign), at most five of them.
+        guard !host.isEmpty, (1...5).contains(portText.utf8.count), portText.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let port = UInt16(portText) else {
             throw TransferError(.usage, "bad address '\(text)': expected HOST:PORT with a port 0-65535")
         }
         self.host = String(host)
