@@ -80,6 +80,7 @@ enum Target: UInt8, CaseIterable {
     case toml
     case sealed
     case errorFrame
+    case location
 }
 
 /// User tokens as the server reads them from HELLO: decode throws an `.auth` TransferError or
@@ -249,6 +250,49 @@ func fuzzErrorFrame(_ b: [UInt8]) {
         }
     } catch {
         expectWireError(error, "SourceFailure.decode")
+    }
+}
+
+/// The one parser of locations, sizes and center names (Location.swift), fed any text: it
+/// returns or throws a TransferError; what it accepts has no NUL, no `..`, a port in range,
+/// and prints back to a text that parses to the same value.
+func fuzzLocation(_ b: [UInt8]) {
+    let text = String(decoding: b, as: UTF8.self)
+    do {
+        switch try Location(parsing: text) {
+        case .ferry(let u):
+            guard u.path.utf8.first == UInt8(ascii: "/"), !u.path.utf8.contains(0),
+                  !u.path.utf8.split(separator: UInt8(ascii: "/")).contains(where: { $0.elementsEqual("..".utf8) }),
+                  !u.authority.isEmpty, u.authority.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0.value != 0x7F }) else {
+                finding("FerryURL accepted \(hex(b))")
+            }
+            if let p = u.port, p == 0 { finding("FerryURL accepted port 0") }
+            let again: FerryURL
+            do { again = try FerryURL(parsing: u.description) } catch { finding("FerryURL's description does not parse: \(error)") }
+            guard again == u else { finding("FerryURL round trip changed the value") }
+        case .gfs(let center, let components):
+            guard CenterName.isValid(center), components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." && !$0.utf8.contains(0) && !$0.contains("/") }) else {
+                finding("gfs:// accepted \(hex(b))")
+            }
+        case .local(let p):
+            guard !p.isEmpty, !p.utf8.contains(0) else { finding("local path accepted \(hex(b))") }
+            if let parts = try? Location.exportComponents(p) {
+                guard parts.allSatisfy({ !$0.isEmpty && !$0.utf8.contains(UInt8(ascii: "/")) && !$0.utf8.elementsEqual(".".utf8) && !$0.utf8.elementsEqual("..".utf8) }) else {
+                    finding("exportComponents accepted \(hex(b))")
+                }
+            }
+        }
+    } catch {
+        guard error is TransferError else { finding("Location threw a non-TransferError: \(error)") }
+    }
+    do {
+        let n = try ByteSize.parse(text)
+        guard n <= ByteSize.maximum else { finding("ByteSize over the maximum") }
+    } catch {
+        guard error is TransferError else { finding("ByteSize threw a non-TransferError: \(error)") }
+    }
+    if CenterName.isValid(text) {
+        guard text.utf8.count <= CenterName.bytesMax, text.unicodeScalars.allSatisfy({ $0.isASCII }) else { finding("CenterName accepted \(hex(b))") }
     }
 }
 
@@ -520,6 +564,7 @@ public func fuzzWireTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> 
     case .toml: fuzzTOML(b)
     case .sealed: Sealed.run(b)
     case .errorFrame: fuzzErrorFrame(b)
+    case .location: fuzzLocation(b)
     }
     return 0
 }

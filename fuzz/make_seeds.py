@@ -11,7 +11,7 @@ seeds also cross-check the format. Deterministic: rerunning rewrites the same fi
 import os
 import struct
 
-FRAME_HEADER, HELLO, WELCOME, JOIN, MANIFEST, PLAN, CHUNK_FRAME, BYTE_READER, WIRE_PATH, CONTROL_STREAM, TOKEN, TOML, SEALED, ERROR_FRAME = range(14)
+FRAME_HEADER, HELLO, WELCOME, JOIN, MANIFEST, PLAN, CHUNK_FRAME, BYTE_READER, WIRE_PATH, CONTROL_STREAM, TOKEN, TOML, SEALED, ERROR_FRAME, LOCATION = range(15)
 
 T_HELLO, T_WELCOME, T_JOIN, T_JOINED, T_MANIFEST, T_MANIFEST_END, T_PLAN = 1, 2, 3, 4, 5, 6, 7
 T_FILE_DIGEST, T_FILE_SKIP, T_FILE_DONE, T_RESEND, T_END, T_END_ACK, T_PING, T_RESEND_FRAME = 8, 9, 10, 11, 12, 13, 14, 15
@@ -184,6 +184,11 @@ users = ["*", "center:wuxi",
     s["error-frame-permission"] = (ERROR_FRAME, u8(1 | 0b10 | 10 << 2) + b"Permission denied (13)")
     s["source-failed-coded"] = (ERROR_FRAME, u32(1) + u64(5) + u8(0b10 | 10 << 2) + string("cannot read 'x': Permission denied (13)"))
     s["stream-error-coded"] = (CONTROL_STREAM, preamble(1) + frame(T_WELCOME, welcome(2)) + frame(T_ERROR, b"no space", flags=0b10 | 9 << 2))
+    # Locations, sizes and center names (Transfer/Location.swift).
+    s["location-ferry-v6"] = (LOCATION, b"ferry://[2001:db8::10]:7700/datasets/era5/2024.nc")
+    s["location-ferry-peer"] = (LOCATION, b"ferry://wuxi/incoming/run1")
+    s["location-gfs"] = (LOCATION, b"gfs://wuxi/datasets/zinc22/H20/a b.smi")
+    s["location-size"] = (LOCATION, b"1.5GiB")
     s["stream-error"] = (CONTROL_STREAM, preamble(1) + frame(T_WELCOME, welcome(2)) + frame(T_ERROR, b"refused: bad token", flags=0))
     return s
 

@@ -61,8 +61,9 @@ public enum Location: Sendable, Equatable {
     /// the daemon has one unnamed export): absolute, no `.` or `..`, no NUL; empty components
     /// are dropped.
     public static func exportComponents(_ text: String) throws -> [String] {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
-        guard text.hasPrefix("/"), !parts.isEmpty else { throw TransferError(.usage, "a local job path is /EXPORT/PATH, not '\(shown(text))'") }
+        // Byte-wise, as the kernel splits (see `FerryURL`): components are whole UTF-8 sequences.
+        let parts = text.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true).map { String(decoding: $0, as: UTF8.self) }
+        guard text.utf8.first == UInt8(ascii: "/"), !parts.isEmpty else { throw TransferError(.usage, "a local job path is /EXPORT/PATH, not '\(shown(text))'") }
         guard !text.utf8.contains(0) else { throw TransferError(.path, "NUL byte in the path '\(shown(text))'") }
         for p in parts where p == ".." || p == "." { throw TransferError(.path, "path '\(shown(text))' leaves its export") }
         return parts
@@ -148,7 +149,11 @@ public struct FerryURL: Sendable, Equatable, CustomStringConvertible {
         let path = pathText.isEmpty ? "/" : pathText
         guard !path.utf8.contains(0) else { throw TransferError(.path, "bad URL '\(s)': NUL byte in the path") }
         guard path.utf8.count <= PathLimits.pathBytesMax else { throw TransferError(.path, "bad URL '\(s)': path longer than \(PathLimits.pathBytesMax) bytes") }
-        if path.split(separator: "/").contains("..") { throw TransferError(.path, "path '\(Location.shown(path))' leaves the server's root ('..' refused)") }
+        // Byte-wise, as the kernel splits: "/" followed by a combining mark is one Swift
+        // Character, but still a separator on disk.
+        if path.utf8.split(separator: UInt8(ascii: "/")).contains(where: { $0.elementsEqual("..".utf8) }) {
+            throw TransferError(.path, "path '\(Location.shown(path))' leaves the server's root ('..' refused)")
+        }
         self.authority = String(authority)
         self.host = String(host)
         self.port = port

@@ -36,6 +36,7 @@ struct LocationTests {
             "ferry://user@h:1/x", "ferry://h?x=1:1/x", "ferry://h#f/x", "ferry://h%2e:1/x", "ferry://-h:1/x", "ferry://.h:1/x", "ferry://h\u{0}:1/x",
             "ferry://h\n:1/x", "ferry://h\u{1b}[31m/x", "ferry://hü:1/x", "ferry:// h:1/x",
             "ferry://h:1/a/../b", "ferry://h:1/..", "ferry://h:1/a/\u{0}b",
+            "ferry://h:1/a/../\u{301}b", "ferry://h:1/\u{301}/../x",  // "/" + a combining mark: one Character, still a separator on disk
             "ferry://" + String(repeating: "h", count: 254) + ":1/x",
             "ferry://h:1/" + String(repeating: "p", count: 4100),
         ]
@@ -69,7 +70,8 @@ struct LocationTests {
         }
         #expect(throws: TransferError.self) { try Location.gfsParts(Array("gfs://c/".utf8) + [0xFF]) }
         #expect(try Location.exportComponents("/scratch//alice/run1/") == ["scratch", "alice", "run1"])
-        for b in ["", "/", "relative/x", "/scratch/../etc", "/scratch/./x", "/scratch/a\u{0}b"] {
+        #expect(try Location.exportComponents("/scratch/a/\u{301}b") == ["scratch", "a", "\u{301}b"])
+        for b in ["", "/", "relative/x", "/scratch/../etc", "/scratch/./x", "/scratch/a\u{0}b", "/scratch/../\u{301}etc", "\u{301}/scratch"] {
             #expect(throws: TransferError.self, "\(b)") { try Location.exportComponents(b) }
         }
         #expect(throws: TransferError.self) { try Location(parsing: "") }
