@@ -97,6 +97,11 @@ t_all = time.time() - t0
 ok = sum(1 for i in range(n) if filecmp.cmp(os.path.join(src, "f%05d" % i), os.path.join(dst, "f%05d" % i), shallow=False))
 print("jobs\t%d\nsubmitted_in_s\t%.1f\nall_done_in_s\t%.1f\njobs_per_s\t%.1f\nsuccess\t%d\nfailed\t%d\nverified_identical\t%d" %
       (n, t_submit, t_all, n / t_all, h.get("success", 0), h.get("failed", 0), ok))
+# TLS handshakes of the jobs towards wuxi: full ones and ones resumed from a ticket (issue 14).
+metrics = urllib.request.urlopen(api + "/metrics", timeout=60).read().decode()
+for kind in ("full", "resumed"):
+    line = [l for l in metrics.splitlines() if l.startswith('ferry_peer_tls_handshakes_total{peer="wuxi",kind="%s"}' % kind)]
+    print("tls_%s\t%s" % (kind, line[0].split()[-1] if line else "-"))
 PY
 # The same kind of work without the daemon, as a user's script would do it: one `ferry cp`
 # per file, 4 at a time (xargs -P 4), for 1,000 of the files, with the center's certificate.
