@@ -59,8 +59,10 @@ struct ChangeFeedTests {
         #expect(watcher.events.count == 1)
         let changed = ContinuousClock.now
         _ = try store.cancel(id, by: "u", now: 2)
-        let seen = try #require(await watcher.wait(for: "event: end", seconds: 5))
-        #expect(seen - changed < .seconds(1))
+        // Pushed: the watcher was waiting for the feed (with no change it would sleep 30 s).
+        // The bound is loose for a loaded two-core host; the count above is the exact check.
+        let seen = try #require(await watcher.wait(for: "event: end", seconds: 10))
+        #expect(seen - changed < .seconds(3))
         #expect(watcher.events.last?.0.contains("failed cancelled by u") == true)
         await watcher.task?.value
     }
@@ -70,7 +72,8 @@ struct ChangeFeedTests {
         let url = try Backend.postgres.newDatabase()
         let here = try JobStore(database: url)
         let there = try JobStore(database: url)
-        #expect(here.changes.isListening && there.changes.isListening)
+        for _ in 0..<300 where !here.changes.isListening { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(here.changes.isListening)
         let id = try here.submit(owner: "u", request: JobRequest(source: "/a", destination: "ferry://b/a"), peer: "b", now: 1)
         let watcher = Watcher(Self.api(here), id)
         defer { watcher.task?.cancel() }
@@ -79,13 +82,14 @@ struct ChangeFeedTests {
         let g = here.generation
         let changed = ContinuousClock.now
         _ = try #require(try there.claim(worker: "there-1", now: 2, leaseSeconds: 60))
-        let running = try #require(await watcher.wait(for: "running", seconds: 5), "no event within 5 s of the other store's claim")
-        #expect(running - changed < .seconds(2))
-        #expect(here.generation != g)
+        // The exact check: `here` wrote nothing, yet its feed moved (the NOTIFY of `there`).
+        #expect(await here.waitForChange(after: g, timeout: .seconds(20)) != g)
+        let running = try #require(await watcher.wait(for: "running", seconds: 20), "no event within 20 s of the other store's claim")
+        #expect(running - changed < .seconds(3))
         let cancelled = ContinuousClock.now
         _ = try there.cancel(id, by: "u", now: 3)
-        let end = try #require(await watcher.wait(for: "event: end", seconds: 5))
-        #expect(end - cancelled < .seconds(2))
+        let end = try #require(await watcher.wait(for: "event: end", seconds: 20))
+        #expect(end - cancelled < .seconds(3))
         await watcher.task?.value
     }
 
@@ -111,6 +115,44 @@ struct ChangeFeedTests {
         cancelled.cancel()
         #expect(await cancelled.value == g1)
         #expect(ContinuousClock.now - t1 < .seconds(5))
+    }
+}
+
+extension ChangeFeedTests {
+    @Test("async reads beside synchronous ones on a small blocking pool: no deadlock (few readers or connections, many tasks)", arguments: Backend.allCases)
+    func asyncAndSyncReadsTogether(_ backend: Backend) async throws {
+        let url = try backend.newDatabase()
+        // PostgreSQL: 4 connections (one is the LISTEN's); SQLite: GRDB's 8 readers.
+        let store = try JobStore(db: backend == .postgres ? try PostgreSQLDatabase(url: url, size: 4) : try openDatabase(url))
+        let id = try store.submit(owner: "u", request: JobRequest(source: "/a", destination: "/b"), peer: "", now: 1)
+        // Two threads, as busy as the API's pool gets: while they block in synchronous reads,
+        // an async read must never hold a reader or a connection waiting for one of them.
+        let pool = BlockingPool(threads: 2, name: "ferry-test-pool")
+        let finished = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<40 {
+                group.addTask(executorPreference: pool) {
+                    var n = 0
+                    for _ in 0..<20 {
+                        if try await store.fetchJob(id) != nil { n += 1 }
+                        if try store.get(id) != nil { n += 1 }
+                    }
+                    return n
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: .seconds(120))
+                return -1
+            }
+            var total = 0
+            for _ in 0..<40 {
+                let n = try await group.next()!
+                if n < 0 { break }
+                total += n
+            }
+            group.cancelAll()
+            return total
+        }
+        #expect(finished == 40 * 40, "the reads did not finish within 120 s: a deadlock")
     }
 }
 

@@ -166,11 +166,24 @@ public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
         }
     }
 
-    /// GRDB's async read: the statement runs on one of the pool's reader connections (its own
-    /// dispatch queue) while the caller is suspended.
+    /// The statement runs on one of the pool's reader connections (GRDB's `asyncRead`: its
+    /// dispatch queues) while the caller is suspended; the caller resumes after the reader is
+    /// back in the pool.
+    ///
+    /// Not GRDB's `async` read: that one holds its reader while it resumes on the calling
+    /// task's executor, and the API's tasks run on the blocking pool, whose threads may all be
+    /// waiting in synchronous reads for a reader: a deadlock (seen under `bench/stall.sh`: 16
+    /// threads waiting for 8 readers that event streams held while waiting for a thread).
     public func fetch(_ sql: String, _ args: [SQLValue]) async throws -> [SQLRow] {
-        do { return try await queue.read { db in try Session(db: db).query(sql, args) } } catch let e as DatabaseError where SQLiteDatabase.isBusy(e) {
-            throw SQLStoreError("the database \(location) is busy (locked for more than 10 s): \(e.message ?? "")", busy: true)
+        let location = self.location
+        return try await withCheckedThrowingContinuation { (k: CheckedContinuation<[SQLRow], any Error>) in
+            queue.asyncRead { db in
+                k.resume(with: Result {
+                    do { return try Session(db: try db.get()).query(sql, args) } catch let e as DatabaseError where SQLiteDatabase.isBusy(e) {
+                        throw SQLStoreError("the database \(location) is busy (locked for more than 10 s): \(e.message ?? "")", busy: true)
+                    }
+                })
+            }
         }
     }
 
@@ -444,12 +457,15 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         try withConnection { c in try body(Session(conn: c, logger: logger, pending: Session.Pending())) }
     }
 
-    /// One statement on a leased connection, awaited (see the type's comment).
+    /// One statement on a leased connection, awaited (see the type's comment). The lease, the
+    /// query and the release run in a task on `PostgresExecutor`, and the caller resumes after
+    /// the release: a connection is never held by a task waiting for a thread of the API's
+    /// blocking pool (whose threads may all be waiting for connections: a deadlock).
     public func fetch(_ sql: String, _ args: [SQLValue]) async throws -> [SQLRow] {
         let query = PostgresQuery(unsafeSQL: Session.numbered(sql), binds: Session.bindings(args))
-        let logger = self.logger
-        do {
-            return try await client.withConnection { (conn: PostgresConnection) async throws -> [SQLRow] in
+        let (client, logger) = (self.client, self.logger)
+        let task = Task(executorPreference: PostgresExecutor.shared) { () async throws -> [SQLRow] in
+            try await client.withConnection { (conn: PostgresConnection) async throws -> [SQLRow] in
                 var out: [SQLRow] = []
                 for try await row in try await conn.query(query, logger: logger) {
                     var values: [String: SQLValue] = [:]
@@ -458,6 +474,9 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
                 }
                 return out
             }
+        }
+        do {
+            return try await withTaskCancellationHandler { try await task.value } onCancel: { task.cancel() }
         } catch let e as SQLStoreError {
             throw e
         } catch {
