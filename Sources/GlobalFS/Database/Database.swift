@@ -300,12 +300,16 @@ final class PostgresExecutor: TaskExecutor, @unchecked Sendable {
 ///   mirrors) as async code is a larger change than this one; their callers are threads that
 ///   may block (runner workers, the API's blocking pool).
 ///
-/// Why the PostgreSQL tail was long (issue 14, `bench/stall.sh`): the old pool had 8
-/// connections behind one semaphore, for 16 + 16 API threads, the runner's workers, the
-/// staging settler and a registration's long batches: most of a request's time was the wait
-/// for a connection (a FIFO-less semaphore, so the unlucky ones waited several turns: the
-/// tail). Now up to `size` (default 40) connections, leases handed out by postgres-nio's pool
-/// in order, and reads that wait without a thread.
+/// Why the PostgreSQL tail was long (issue 14, `bench/stall.sh`, bench/RESULTS.md): the old
+/// pool had 8 connections behind one semaphore, for 16 + 16 API threads, the runner's workers,
+/// the staging settler and a registration's batches. Every kind of request, reads included,
+/// waited seconds for a connection (p50 3.7 s) while the server sat idle. Now up to `size`
+/// (default 40) connections, handed out by postgres-nio's pool in order; reads p50 50-170 ms
+/// under the same load. What remains slow are writes (stage-in, submit: ~1-2 s at p50 there):
+/// each is many statements, each a synchronous round trip of milliseconds on a two-core host
+/// with CPU hogs, on one of 16 write threads. Fewer round trips (BEGIN and NOTIFY are sent
+/// without waiting; `StagingCache.entries` is two statements, not one per entry) helped;
+/// async transactions or batched statements would be the next step.
 public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     public let dialect = SQLDialect.postgres
     public let location: String
