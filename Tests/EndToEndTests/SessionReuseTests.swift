@@ -64,5 +64,7 @@ struct SessionReuseTests {
         let metrics3 = DaemonE2ETests.httpGet(c.api + "/metrics")
         #expect(SessionReuseTests.handshakes(metrics3, "resumed") == resumed + 1, "\(metrics3)")
         #expect(filesIdentical(c.scratch + "/after2.bin", c.incoming + "/after2.bin"))
+        // Every session counted once by the peer, across its restart: nothing lost or doubled.
+        #expect(SessionReuseTests.auditedPushes(c) == n + 2)
     }
 }
