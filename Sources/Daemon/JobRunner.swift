@@ -254,10 +254,11 @@ public final class JobRunner: @unchecked Sendable {
     /// engine's journal then resumes it.
     static let permanent: Set<TransferError.Code> = [.usage, .auth, .path, .permission, .noSpace, .notFound]
 
-    /// Whether a failure speaks of the link (lost connections, timeouts, protocol breaks),
-    /// which the per-peer tuning counts: not a refusal or a disk's trouble, on either side.
+    /// Whether a failure speaks of the link (lost connections, timeouts, protocol breaks) or
+    /// of a peer at its connection limits (`busy`), which the per-peer tuning counts (fewer
+    /// streams and transfers towards it): not a refusal or a disk's trouble, on either side.
     static func isLinkTrouble(_ e: TransferError) -> Bool {
-        e.resumable && !e.fromPeer && (e.code == .io || e.code == .timeout || e.code == .protocolViolation)
+        e.resumable && (e.code == .busy || (!e.fromPeer && (e.code == .io || e.code == .timeout || e.code == .protocolViolation)))
     }
 
     /// A job path: `ferry://PEER/path` (a configured peer by name, or HOST:PORT of a configured
