@@ -323,7 +323,7 @@ struct FederationE2ETests {
                     if mode == "shape":
                         return self.send(200, json.dumps({"changes": "all of them", "last_seq": "many"}).encode())
                     after = int(q.get("after", ["0"])[0])
-                    changes = [{"seq": k, "center": "wuxi", "dataset": k, "kind": "dataset.registered", "at": 0}] if after < k else []
+                    changes = [{"seq": k, "center": "wuxi", "dataset": k, "kind": "dataset.register", "at": 0}] if after < k else []
                     return self.send(200, json.dumps({"changes": changes, "last_seq": k}).encode())
                 if u.path == "/api/v1/federation/datasets/%d" % k:
                     return self.send(200, json.dumps({"id": k, "center": "wuxi", "name": mode, "version": "", "owner": "alice",
@@ -350,7 +350,7 @@ struct FederationE2ETests {
                         return
                     else:
                         es = [entry(k, "", "README"), entry(k, "", "data", "d"), entry(k, "data", "x.bin")]
-                    return self.send(200, json.dumps({"entries": es}).encode())
+                    return self.send(200, json.dumps({"dataset": mode, "next_after": None, "entries": es}).encode())
                 if u.path == "/api/v1/federation/replicas":
                     return self.send(200, b'{"replicas": []}')
                 self.send(404, b'{"error": "no such route"}')
@@ -381,8 +381,8 @@ struct FederationE2ETests {
         let log = f.servers["hlrs"]!.process
         // Each kind of garbage: hlrs logs why it refused it, reports wuxi down, keeps serving.
         let cases: [(mode: String, reason: String)] = [
-            ("garbage", "the answer is not a JSON object"),
-            ("shape", "sent no change feed"),
+            ("garbage", "sent a malformed change feed: The given data was not valid JSON"),
+            ("shape", "sent a malformed change feed: expected Array"),
             ("escape", "sent an invalid page of escape, refused: entry 'sub/../../../passwd': the parent is not a relative path of plain components"),
             ("loop", "sent an invalid page of loop, refused: entry 'f000000' is out of key order"),
             ("huge", "an answer larger than 64 MiB, cut off"),
