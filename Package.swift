@@ -2,7 +2,7 @@
 import PackageDescription
 
 /// Ferry: a data-transfer and storage fabric for a supercomputing internet.
-/// Dependencies flow one way: CLI → Daemon → GlobalFS → Transfer → C modules.
+/// Dependencies flow one way: CLI → Daemon → GlobalFS → Storage, Transfer → C modules.
 let package = Package(
     name: "Ferry",
     platforms: [.macOS(.v14)],
@@ -29,12 +29,24 @@ let package = Package(
             name: "Transfer",
             dependencies: ["CLiburing", "CZstd", "CXXHash", "COpenSSL"]
         ),
-        // The catalog and its storage (SQLite via GRDB, or PostgreSQL via postgres-nio), which
-        // the daemon's job queue shares.
+        // The storage the catalog and the daemon's job queue share: one small SQL interface over
+        // SQLite (GRDB) or PostgreSQL (postgres-nio).
+        .target(
+            name: "Storage",
+            dependencies: [
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        // The catalog (Global Files) and the staging cache, on Storage.
         .target(
             name: "GlobalFS",
             dependencies: [
                 "Transfer",
+                "Storage",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
@@ -48,6 +60,7 @@ let package = Package(
             dependencies: [
                 "Transfer",
                 "GlobalFS",
+                "Storage",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -64,8 +77,8 @@ let package = Package(
         .testTarget(name: "EndToEndTests", dependencies: ["Transfer", "TestSupport"]),
         // Shared by the test targets: the storage engines to run against (a real PostgreSQL).
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "GlobalFS", "Transfer", "TestSupport"]),
-        .testTarget(name: "GlobalFSTests", dependencies: ["GlobalFS", "Transfer", "TestSupport"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "GlobalFS", "Storage", "Transfer", "TestSupport"]),
+        .testTarget(name: "GlobalFSTests", dependencies: ["GlobalFS", "Storage", "Transfer", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

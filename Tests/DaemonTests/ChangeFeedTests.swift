@@ -4,6 +4,7 @@ import GlobalFS
 import TestSupport
 import Transfer
 @testable import Daemon
+import Storage
 
 /// Event streams are pushed by the queue's change feed (issue 14, item 3), on both engines:
 /// a watcher costs no query while nothing changes, and on PostgreSQL a change made through

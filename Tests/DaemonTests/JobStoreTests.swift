@@ -53,7 +53,7 @@ struct JobStoreTests {
         #expect(try s.get(dep)?.state == .success && s.get(dep)?.error == nil)
         // The store has no state write of its own: every `SET state` goes through the table.
         let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Sources/Daemon/JobStore.swift")
+            .appendingPathComponent("Sources/Daemon/Jobs/JobStore.swift")
         let text = try String(contentsOf: source, encoding: .utf8)
         #expect(!text.contains("SET state = '"), "a literal state write in JobStore.swift")
         #expect(text.components(separatedBy: "SET state = ?").count - 1 == text.components(separatedBy: ".checkMove(to:").count - 1 - 1,

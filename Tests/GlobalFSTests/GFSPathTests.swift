@@ -1,5 +1,6 @@
 import Testing
 @testable import GlobalFS
+import Storage
 
 @Suite("gfs:// paths")
 struct GFSPathTests {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TestSupport
 @testable import GlobalFS
+import Storage
 
 /// The #FERRY directive rules (the same as contrib/slurm/burst_buffer.lua's) and the staging
 /// cache's bookkeeping on both engines.

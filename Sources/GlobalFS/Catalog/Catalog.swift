@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 
 /// A center's catalog: its datasets, their files, where replicas are, and a feed of changes
 /// for the centers that follow it. Embedded SQLite or a shared PostgreSQL (`openDatabase`).

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import GRDBSQLite
 import PostgresNIO
+import Storage
 
 /// The catalog's bulk paths, below `SQLSession`: the generic interface turns every row into a
 /// dictionary and every argument into an existential, a few microseconds a row, which alone

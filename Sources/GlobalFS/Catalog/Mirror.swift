@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 
 /// Federation, the catalog's half: what a center serves its peers (its own datasets, their
 /// entries in key order, the replicas it holds) and how a follower mirrors a peer's catalog

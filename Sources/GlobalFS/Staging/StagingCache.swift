@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 
 /// A center's staging cache (prestaging for the batch scheduler): data staged in for jobs,
 /// keyed by what was asked for (a dataset path at a given registration, a ferry:// URL), so
@@ -9,7 +10,7 @@ import Foundation
 /// in jobs' directories are recorded per job, so that stage-in, stage-out and teardown can run
 /// twice (the scheduler may) and end in the same state.
 ///
-/// The daemon drives it (`Daemon/Staging.swift`); this is the bookkeeping, in the daemon's
+/// The daemon drives it (`Daemon/Staging/Staging.swift`); this is the bookkeeping, in the daemon's
 /// database (SQLite or PostgreSQL).
 public final class StagingCache: @unchecked Sendable {
     public let db: any SQLDatabase

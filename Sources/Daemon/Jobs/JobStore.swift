@@ -1,5 +1,6 @@
 import Foundation
 import GlobalFS
+import Storage
 
 /// The persistent job queue, on embedded SQLite (one daemon) or PostgreSQL (several daemons of
 /// one center sharing it; see `openDatabase`). Every change is one transaction.

@@ -1,5 +1,6 @@
 import Foundation
 import GlobalFS
+import Storage
 
 /// The job queue's change feed (issue 14, item 3: events pushed, not polled).
 ///

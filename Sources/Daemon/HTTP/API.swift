@@ -2,6 +2,7 @@ import Foundation
 import GlobalFS
 import Hummingbird
 import Transfer
+import Storage
 
 /// The daemon's REST API (Hummingbird 2), JSON, versioned paths:
 ///   GET  /api/v1/health                      liveness, center name, jobs by state

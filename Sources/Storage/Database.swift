@@ -191,11 +191,11 @@ public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
         e.resultCode == .SQLITE_BUSY || e.resultCode == .SQLITE_LOCKED
     }
 
-    struct Session: SQLSession {
-        let db: GRDB.Database
-        var dialect: SQLDialect { .sqlite }
+    package struct Session: SQLSession {
+        package let db: GRDB.Database
+        package var dialect: SQLDialect { .sqlite }
 
-        func query(_ sql: String, _ args: [any SQLArgument]) throws -> [SQLRow] {
+        package func query(_ sql: String, _ args: [any SQLArgument]) throws -> [SQLRow] {
             let statement = try db.cachedStatement(sql: sql)
             return try Row.fetchAll(statement, arguments: Session.arguments(args)).map { row in
                 var values: [String: SQLValue] = [:]
@@ -212,7 +212,7 @@ public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
             }
         }
 
-        func execute(_ sql: String, _ args: [any SQLArgument]) throws -> Int {
+        package func execute(_ sql: String, _ args: [any SQLArgument]) throws -> Int {
             if args.isEmpty && sql.contains(";") {
                 try db.execute(sql: sql)  // a script (schema)
             } else {
@@ -514,7 +514,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     }
 
     /// The server's message, not postgres-nio's generic description.
-    static func reason(_ error: Error) -> String {
+    package static func reason(_ error: Error) -> String {
         if let e = error as? PSQLError {
             if let m = e.serverInfo?[.message] { return m }
             return "\(e.code)" + (e.underlying.map { ": \($0)" } ?? "")
@@ -522,15 +522,15 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         return "\(error)"
     }
 
-    struct Session: SQLSession {
-        let conn: PostgresConnection
-        let logger: Logger
+    package struct Session: SQLSession {
+        package let conn: PostgresConnection
+        package let logger: Logger
         /// Statements sent and not waited for (`send`): checked after the next wait.
         final class Pending { var futures: [EventLoopFuture<PostgresQueryResult>] = [] }
         let pending: Pending
-        var dialect: SQLDialect { .postgres }
+        package var dialect: SQLDialect { .postgres }
 
-        func send(_ sql: String, _ args: [any SQLArgument]) throws {
+        package func send(_ sql: String, _ args: [any SQLArgument]) throws {
             pending.futures.append(conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: Session.bindings(args.map(\.sqlValue))), logger: logger))
         }
 
@@ -556,7 +556,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             return binds
         }
 
-        func run(_ sql: String, _ args: [any SQLArgument]) throws -> PostgresQueryResult {
+        package func run(_ sql: String, _ args: [any SQLArgument]) throws -> PostgresQueryResult {
             let binds = Session.bindings(args.map(\.sqlValue))
             let result: Result<PostgresQueryResult, any Error>
             do {
@@ -569,7 +569,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             do { return try result.get() } catch { throw SQLStoreError(PostgreSQLDatabase.reason(error)) }
         }
 
-        func query(_ sql: String, _ args: [any SQLArgument]) throws -> [SQLRow] {
+        package func query(_ sql: String, _ args: [any SQLArgument]) throws -> [SQLRow] {
             try run(sql, args).rows.map { row in
                 var values: [String: SQLValue] = [:]
                 for cell in row {
@@ -579,7 +579,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             }
         }
 
-        func execute(_ sql: String, _ args: [any SQLArgument]) throws -> Int {
+        package func execute(_ sql: String, _ args: [any SQLArgument]) throws -> Int {
             if args.isEmpty && sql.contains(";") {
                 // A script: the extended protocol takes one statement at a time.
                 for part in sql.split(separator: ";") where !part.allSatisfy({ $0.isWhitespace }) {
