@@ -20,8 +20,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
-command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq wrk >/dev/null
 . bench/centers.sh
+bench_wrk
 bench_setup daemon "$db"
 bench_pki
 mkdir -p "$w/scratch/in" "$w/incoming"
