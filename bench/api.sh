@@ -31,9 +31,10 @@
 # are counted, not dropped), and the CPU used by the daemon and by the whole machine, in cores.
 # wrk keeps every connection busy (the next request leaves when the answer has come), so the
 # median is about CLIENTS / requests per second, and a stall delays the requests not sent.
-# --perf DIR: `perf record -g` of the daemon for 10 s, in one extra idle job-read round and
-# in the first busy round (both then left out of the figures); reports in DIR: ENGINE-*.dso.txt
-# (by thread name and library), *.self.txt (by symbol), *.children.txt (by symbol, callees included).
+# --perf DIR: `perf record -g` of the daemon for 10 s in one extra idle round of each kind and
+# in the first busy round (job reads; all left out of the figures); reports, made at the end, in
+# DIR: ENGINE-PHASE-KIND.dso.txt (by thread and library), .self.txt (by symbol), .children.txt
+# (by symbol, callees included).
 # Prints "key<TAB>value" lines ("db<TAB>ENGINE" first for each engine); progress on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,14 +89,21 @@ wrk_round() {
     timeout $(($3 + 60)) wrk -t2 -c"$clients" -d"$3s" --timeout 30s -s bench/api.lua "$bench_api" > "$w/wrk/$1.txt"
 }
 
-# profile NAME: perf record of the daemon for 10 s (background, bounded; waited for at the end),
-# then its reports in $perf_dir.
+# profile NAME: perf record of the daemon for 10 s, in the background (bounded); the reports are
+# made at the end (report_profiles), when nothing is measured any more.
 profile() {
   [ -n "$perf_dir" ] || return 0
-  ( timeout 60 perf record -q -F 499 -g -p "$bench_pid" -o "$w/$1.perf" -- sleep 10 >/dev/null 2>&1
-    timeout 300 perf report -i "$w/$1.perf" --stdio --sort comm,dso -g none 2>/dev/null > "$perf_dir/$1.dso.txt"
-    timeout 300 perf report -i "$w/$1.perf" --stdio --no-children --sort dso,symbol -g none --percent-limit 0.3 2>/dev/null > "$perf_dir/$1.self.txt"
-    timeout 300 perf report -i "$w/$1.perf" --stdio --children --sort symbol -g none --percent-limit 2 2>/dev/null > "$perf_dir/$1.children.txt" ) &
+  timeout 60 perf record -q -F 499 -g -p "$bench_pid" -o "$w/$1.perf" -- sleep 10 >/dev/null 2>&1 &
+}
+report_profiles() {
+  local f n
+  for f in "$w"/*.perf; do
+    [ -e "$f" ] || continue
+    n=$(basename "$f" .perf)
+    timeout 300 perf report -i "$f" --stdio --sort comm,dso -g none 2>/dev/null > "$perf_dir/$n.dso.txt" || true
+    timeout 300 perf report -i "$f" --stdio --no-children --sort dso,symbol -g none --percent-limit 0.3 2>/dev/null > "$perf_dir/$n.self.txt" || true
+    timeout 300 perf report -i "$f" --stdio --children --sort symbol -g none --percent-limit 2 2>/dev/null > "$perf_dir/$n.children.txt" || true
+  done
 }
 
 engine() {
@@ -148,7 +156,9 @@ PY
     wrk_round "$db.idle.$kind" $kind "$seconds"
     usage_end "idle_$kind"
   done
-  if [ -n "$perf_dir" ]; then profile "$db-idle-jobs"; wrk_round "$db.prof.jobs" jobs 12; fi
+  if [ -n "$perf_dir" ]; then
+    for kind in jobs ls stat; do profile "$db-idle-$kind"; wrk_round "$db.prof.$kind" $kind 12; done
+  fi
   # (b) busy: the registration of the zinc tree, and rounds of reads for as long as it runs.
   echo "  $db busy: registering $entries entries, rounds of ${round}s" >&2
   ( bench_register zinc /data/zinc > "$w/register.out" 2> "$w/register.err" ) & regpid=$!
@@ -215,3 +225,4 @@ PY
 
 for db in ${dbs//,/ }; do engine "$db"; done
 wait
+if [ -n "$perf_dir" ]; then report_profiles; fi
