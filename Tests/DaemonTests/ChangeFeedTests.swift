@@ -20,7 +20,9 @@ struct ChangeFeedTests {
         private(set) var task: Task<Void, Never>?
 
         init(_ api: DaemonAPI, _ id: Int64) {
-            task = Task {
+            // On the daemon's own pool, as the route runs it (`handle` → `onPool`): the full
+            // suite's synchronous tests can hold Swift's two cooperative threads for minutes.
+            task = Task(executorPreference: BlockingPool.reads) {
                 try? await api.streamEvents(of: id, render: { "\($0.state.rawValue) \($0.error ?? "")" }) { text in
                     self.lock.withLock { self.sent.append((text, ContinuousClock.now)) }
                 }
@@ -36,7 +38,8 @@ struct ChangeFeedTests {
                 if let e = events.first(where: { $0.0.contains(text) }) { return e.1 }
                 try? await Task.sleep(for: .milliseconds(10))
             }
-            return nil
+            // Once more at the end: a waiter that woke late still sees what came in time.
+            return events.first(where: { $0.0.contains(text) })?.1
         }
     }
 
@@ -46,10 +49,14 @@ struct ChangeFeedTests {
 
     @Test("an idle watcher makes no query for 10 s; a change reaches it at once", arguments: Backend.allCases)
     func idleWatcherDoesNotPoll(_ backend: Backend) async throws {
+        try await onPool(.writes) { try await Self.idleWatcher(backend) }
+    }
+
+    static func idleWatcher(_ backend: Backend) async throws {
         let counting = CountingDatabase(try openDatabase(try backend.newDatabase()))
         let store = try JobStore(db: counting)
         let id = try store.submit(owner: "u", request: JobRequest(source: "/a", destination: "ferry://b/a"), peer: "b", now: 1)
-        let watcher = Watcher(Self.api(store), id)
+        let watcher = Watcher(api(store), id)
         defer { watcher.task?.cancel() }
         // The first event (the job as it is) is bounded loosely: a loaded host in the full suite.
         #expect(await watcher.wait(for: "event: progress", seconds: 30) != nil)
@@ -71,13 +78,17 @@ struct ChangeFeedTests {
 
     @Test("PostgreSQL: a change made by a second store (another daemon) on the same database wakes the watcher (LISTEN/NOTIFY)")
     func otherDaemonsChangeReachesWatcher() async throws {
+        try await onPool(.writes) { try await Self.otherDaemonsChange() }
+    }
+
+    static func otherDaemonsChange() async throws {
         let url = try Backend.postgres.newDatabase()
         let here = try JobStore(database: url)
         let there = try JobStore(database: url)
         for _ in 0..<300 where !here.changes.isListening { try await Task.sleep(for: .milliseconds(100)) }
         #expect(here.changes.isListening)
         let id = try here.submit(owner: "u", request: JobRequest(source: "/a", destination: "ferry://b/a"), peer: "b", now: 1)
-        let watcher = Watcher(Self.api(here), id)
+        let watcher = Watcher(api(here), id)
         defer { watcher.task?.cancel() }
         #expect(await watcher.wait(for: "queued", seconds: 10) != nil)
         // The other daemon claims the job, then cancels it; `here` wrote nothing since.
