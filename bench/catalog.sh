@@ -74,10 +74,22 @@ for k in range(50):
 lat.sort()
 print("page_1000_of_flat_p50_ms\t%.1f" % (lat[len(lat) // 2] * 1000))
 print("page_1000_of_flat_p99_ms\t%.1f" % (lat[-1] * 1000))
-dt, found = get("/api/v1/catalog/find", path="gfs://hlrs/zinc", name="*0001234*", limit=100000)
-print("find_glob_s\t%.2f\nfind_glob_hits\t%d" % (dt, len(found["entries"])))
-dt, found = get("/api/v1/catalog/find", path="gfs://hlrs/zinc", min_size=60000000, limit=100000)
-print("find_size_s\t%.2f\nfind_size_hits\t%d" % (dt, len(found["entries"])))
+def find(want=100000, **q):
+    # Pages of at most 10,000 (the contract's limit), following next_after, up to `want` hits.
+    total, hits, after = 0.0, 0, None
+    for _ in range(want // 10000 + 1):
+        extra = {"after": after} if after else {}
+        dt, page = get("/api/v1/catalog/find", path="gfs://hlrs/zinc", limit=min(10000, want - hits), **q, **extra)
+        total += dt
+        hits += len(page["entries"])
+        after = page.get("next_after")
+        if not page.get("more") or hits >= want:
+            break
+    return total, hits
+dt, n = find(name="*0001234*")
+print("find_glob_s\t%.2f\nfind_glob_hits\t%d" % (dt, n))
+dt, n = find(min_size=60000000)
+print("find_size_s\t%.2f\nfind_size_hits\t%d" % (dt, n))
 dt, du = get("/api/v1/catalog/du", path="gfs://hlrs/zinc")
 print("du_s\t%.2f\ndu_files\t%d" % (dt, du["files"]))
 PY

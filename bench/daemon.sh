@@ -104,14 +104,16 @@ for kind in ("full", "resumed"):
     print("tls_%s\t%s" % (kind, line[0].split()[-1] if line else "-"))
 PY
 # The same kind of work without the daemon, as a user's script would do it: one `ferry cp`
-# per file, 4 at a time (xargs -P 4), for 1,000 of the files, with the center's certificate.
+# per file, 4 at a time (xargs -P 4), for 1,000 of the files (all of them when --jobs is less),
+# with the center's certificate.
 mkdir -p "$w/incoming/baseline"
+nloop=$(( jobs < 1000 ? jobs : 1000 ))
 b0=$(date +%s.%N)
-seq -f "%05g" 0 999 | xargs -P 4 -I{} "$ferry" cp --ca "$w/pki/ca.crt" --cert "$w/pki/hlrs.crt" --key "$w/pki/hlrs.key" --center wuxi \
+seq -f "%05g" 0 $((nloop - 1)) | xargs -P 4 -I{} "$ferry" cp --ca "$w/pki/ca.crt" --cert "$w/pki/hlrs.crt" --key "$w/pki/hlrs.key" --center wuxi \
   "$w/scratch/in/f{}" "ferry://127.0.0.1:$bport/incoming/baseline/f{}" >/dev/null
 b1=$(date +%s.%N)
-echo -e "cp_loop_files\t1000"
-echo -e "cp_loop_files_per_s\t$(python3 -c "print('%.1f' % (1000 / ($b1 - $b0)))")"
+echo -e "cp_loop_files\t$nloop"
+echo -e "cp_loop_files_per_s\t$(python3 -c "print('%.1f' % ($nloop / ($b1 - $b0)))")"
 # API latency: wrk, C connections on 2 threads, each request one job's JSON (a token check and
 # a database read), for the given seconds.
 out=$(wrk -t2 -c"$clients" -d"${seconds}s" --latency -H "Authorization: Bearer $(cat "$w/token")" "$api/api/v1/transfers/1")
