@@ -222,6 +222,77 @@ struct ContractSchemaTests {
         #expect(try APIJSON.decode(V1.TransferSubmission.self, from: sent).sources == ["/a", "/b"])
     }
 
+    /// Each request body of the contract, as its smallest valid form.
+    static let requestBodies: [(name: String, json: String, decode: @Sendable (Data) throws -> Void)] = [
+        (V1.TransferSubmission.schemaName, #"{"source":"/a","destination":"/b"}"#, { _ = try APIJSON.decode(V1.TransferSubmission.self, from: $0) }),
+        (V1.RegisterRequest.schemaName, #"{"path":"/d/zinc","dataset":"zinc"}"#, { _ = try APIJSON.decode(V1.RegisterRequest.self, from: $0) }),
+        (V1.ReplicateRequest.schemaName, #"{"path":"gfs://a/zinc"}"#, { _ = try APIJSON.decode(V1.ReplicateRequest.self, from: $0) }),
+        (V1.StageRequest.schemaName, #"{"job":"1","user":"alice","directives":[]}"#, { _ = try APIJSON.decode(V1.StageRequest.self, from: $0) }),
+        (V1.TeardownRequest.schemaName, #"{"job":"1"}"#, { _ = try APIJSON.decode(V1.TeardownRequest.self, from: $0) }),
+        (V1.SweepRequest.schemaName, #"{}"#, { _ = try APIJSON.decode(V1.SweepRequest.self, from: $0) }),
+    ]
+
+    static func refusal(_ decode: (Data) throws -> Void, _ json: String) -> String? {
+        do { try decode(Data(json.utf8)); return nil } catch let e as DecodingError { return DaemonAPI.explain(e) } catch { return "\(error)" }
+    }
+
+    @Test("every request body is closed: an unknown key is refused by name (nested directives too), the schemas say additionalProperties false, the first form's camelCase still reads")
+    func requestBodiesClosed() throws {
+        // The table above covers every operation that takes a body.
+        var bodies: Set<String> = []
+        for op in APIContract.operations {
+            for model in op.body?.refs ?? [] { bodies.insert(model.schemaName) }
+        }
+        #expect(bodies == Set(Self.requestBodies.map(\.name)), "request bodies of the contract: \(bodies.sorted())")
+        let components = try #require((try Self.document()["components"] as? [String: Any])?["schemas"] as? [String: [String: Any]])
+        for (name, json, decode) in Self.requestBodies {
+            #expect(Self.refusal(decode, json) == nil, "\(name): \(json) is refused: \(Self.refusal(decode, json) ?? "")")
+            let typo = String(json.dropLast()) + (json == "{}" ? "" : ",") + #""bogus_key":1}"#
+            let why = Self.refusal(decode, typo)
+            #expect(why?.contains("unknown key 'bogus_key'") == true, "\(name): \(typo) -> \(why ?? "accepted")")
+            // The document says so too: every object schema the body reaches is closed.
+            var open: [String] = []
+            func walk(_ s: [String: Any], _ at: String) {
+                if let r = s["$ref"] as? String {
+                    let n = String(r.split(separator: "/").last!)
+                    if let c = components[n] { walk(c, n) }
+                    return
+                }
+                for alt in (s["oneOf"] as? [[String: Any]] ?? []) + (s["anyOf"] as? [[String: Any]] ?? []) { walk(alt, at) }
+                if s["type"] as? String == "object", s["properties"] != nil, s["additionalProperties"] as? Bool != false { open.append(at) }
+                for (k, v) in s["properties"] as? [String: [String: Any]] ?? [:] { walk(v, at + "." + k) }
+                if let items = s["items"] as? [String: Any] { walk(items, at + "[]") }
+            }
+            walk(try #require(components[name]), name)
+            #expect(open.isEmpty, "open object schemas in a request body: \(open)")
+        }
+        // A directive of a stage request is checked too, and its place is named.
+        let directive = #"{"job":"1","user":"alice","directives":[{"direction":"stage_in","source":"gfs://a/d","destination":"/s/x","optional":false,"checksum":false,"line":2,"optinal":true}]}"#
+        let why = Self.refusal({ _ = try APIJSON.decode(V1.StageRequest.self, from: $0) }, directive)
+        #expect(why?.contains("unknown key 'optinal'") == true && why?.contains("directives") == true, "\(why ?? "accepted")")
+        // A snake_case typo is named as written; the answer lists what the body takes.
+        let teardown = Self.refusal({ _ = try APIJSON.decode(V1.TeardownRequest.self, from: $0) }, #"{"job":"1","hury":true}"#) ?? ""
+        #expect(teardown.contains("unknown key 'hury'") && teardown.contains("hurry, job"), "\(teardown)")
+        let sweep = Self.refusal({ _ = try APIJSON.decode(V1.SweepRequest.self, from: $0) }, #"{"max_pin_hour":3}"#) ?? ""
+        #expect(sweep.contains("unknown key 'max_pin_hour'"), "\(sweep)")
+        // The first form's camelCase keys still read, as before.
+        let camel = try APIJSON.decode(V1.SweepRequest.self, from: Data(#"{"keepJobs":["7"],"maxPinHours":3}"#.utf8))
+        #expect(camel.keepJobs == ["7"] && camel.maxPinHours == 3)
+        let snake = try APIJSON.decode(V1.SweepRequest.self, from: Data(#"{"keep_jobs":["7"],"max_pin_hours":3}"#.utf8))
+        #expect(snake.keepJobs == ["7"] && snake.maxPinHours == 3)
+        let stage = try APIJSON.decode(V1.StageRequest.self, from: Data(#"{"job":"1","uid":5,"user":"alice","retry":true,"directives":[{"direction":"stage_out","source":"/s/o","destination":"gfs://a/d","optional":true,"checksum":false,"line":4}]}"#.utf8))
+        #expect(stage.uid == 5 && stage.retry == true && stage.directives.first?.direction == .stageOut && stage.directives.first?.optional == true)
+        // What the CLI sends reads back.
+        let sent = V1.StageRequest(job: "9", uid: 1, gid: 2, user: "bob", directives: [StageDirective(direction: .stageIn, source: "gfs://a/d", destination: "/s/d", line: 3)], retry: nil)
+        #expect(try APIJSON.decode(V1.StageRequest.self, from: APIJSON.encode(sent)).directives == sent.directives)
+        var register = V1.RegisterRequest(path: "/d/z", dataset: "z")
+        register.hash = true
+        register.readers = ["*"]
+        let back = try APIJSON.decode(V1.RegisterRequest.self, from: APIJSON.encode(register))
+        #expect(back.hash == true && back.readers == ["*"])
+        #expect(try APIJSON.decode(V1.ReplicateRequest.self, from: APIJSON.encode(V1.ReplicateRequest(path: "gfs://a/z", bwlimit: 5))).bwlimit == 5)
+    }
+
     @Test("a query is checked against the operation's parameters: required, integers and their ranges, every repetition")
     func queries() throws {
         let list = APIContract.operation("listTransfers")
@@ -233,6 +304,36 @@ struct ContractSchemaTests {
         let ls = APIContract.operation("ls")
         #expect(ls.queryProblem([("limit", "10")]) == "give ?path=")
         #expect(ls.queryProblem([("path", "gfs://a/b"), ("after", "x y")]) == nil)
+    }
+
+    @Test("a query is checked for every kind of parameter: enums (a job state filter), string lengths, booleans, patterns, comma-separated lists")
+    func queryKinds() throws {
+        let list = APIContract.operation("listTransfers")
+        #expect(list.queryProblem([("state", "queued,failed")]) == nil)
+        #expect(list.queryProblem([("state", "up_for_retry")]) == nil)
+        let done = list.queryProblem([("state", "queued,done")])
+        #expect(done?.contains("unknown state 'done': one of") == true && done?.contains("up_for_retry") == true, "\(done ?? "accepted")")
+        #expect(list.queryProblem([("state", "failed"), ("state", "cancelled")]) != nil, "every repetition is checked")
+        #expect(list.queryProblem([("state", "")])?.contains("unknown state ''") == true && list.queryProblem([("state", "queued,,failed")]) != nil)
+        // The document says the list is one comma-separated value.
+        let doc = try Self.document()
+        let get = try #require(((doc["paths"] as? [String: Any])?["/api/v1/transfers"] as? [String: Any])?["get"] as? [String: Any])
+        let state = try #require((get["parameters"] as? [[String: Any]])?.first { $0["name"] as? String == "state" })
+        #expect(state["style"] as? String == "form" && state["explode"] as? Bool == false)
+        #expect(((state["schema"] as? [String: Any])?["items"] as? [String: Any])?["enum"] as? [String] == V1.jobStates)
+        // minLength: an empty required string is not one.
+        #expect(APIContract.operation("stageStatus").queryProblem([("job", "")])?.contains("job is at least 1 character") == true)
+        #expect(APIContract.operation("stat").queryProblem([("path", "")]) != nil)
+        #expect(APIContract.operation("stageStatus").queryProblem([("job", "42")]) == nil)
+        // The kinds the table may use next: booleans, patterns, lengths, numbers.
+        let flag = APIOperation(id: "t", method: "GET", path: "/t", summary: "", parameters: [
+            .query("deep", .boolean()), .query("name", .string(pattern: "^[a-z]+$", maxLength: 8)), .query("ratio", .number())],
+            answer: nil, description: "")
+        #expect(flag.queryProblem([("deep", "true"), ("deep", "false"), ("name", "abc"), ("ratio", "0.5")]) == nil)
+        #expect(flag.queryProblem([("deep", "yes")]) == "deep is true or false, not 'yes'")
+        #expect(flag.queryProblem([("name", "ab1")])?.contains("does not match") == true)
+        #expect(flag.queryProblem([("name", "abcdefghi")])?.contains("at most 8") == true)
+        #expect(flag.queryProblem([("ratio", "nan")]) != nil && flag.queryProblem([("ratio", "x")]) != nil)
     }
 
     @Test("a job stored with the first form's keys still reads (the store's own JSON)")

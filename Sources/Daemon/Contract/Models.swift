@@ -86,22 +86,14 @@ extension V1 {
 
         public init(request: JobRequest, sources: [String]? = nil) { self.request = request; self.sources = sources }
 
-        struct AnyKey: CodingKey {
-            var stringValue: String
-            var intValue: Int? { nil }
-            init(stringValue: String) { self.stringValue = stringValue }
-            init?(intValue: Int) { nil }
-        }
+        static let knownKeys = schema.decodedKeys
 
         /// A key the contract does not name is refused (400 with its name), not ignored: a typo
         /// such as `protecton` would otherwise be a job with the default protection.
         public init(from decoder: Decoder) throws {
+            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys,
+                                          takes: "a transfer takes \(V1.transferOptions.map(\.0).joined(separator: ", ")), source or sources")
             let keys = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue)
-            let known: Set<String> = ["source", "sources", "destination", "recursive", "protection", "compress", "checksum", "streams",
-                                      "bwlimit", "priority", "dependsOn", "deadline", "maxAttempts"]
-            if let unknown = keys.first(where: { !known.contains($0) }) {
-                throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "unknown key '\(unknown)' (a transfer takes \(V1.transferOptions.map(\.0).joined(separator: ", ")), source or sources)"))
-            }
             let c = try decoder.container(keyedBy: AnyKey.self)
             sources = try c.decodeIfPresent([String].self, forKey: AnyKey(stringValue: "sources"))
             if sources != nil, keys.contains("source") {
@@ -353,6 +345,19 @@ extension V1 {
 
         public init(path: String, dataset: String) { self.path = path; self.dataset = dataset }
 
+        static let knownKeys = schema.decodedKeys
+        /// Closed, as every request body (`RequestKeys`).
+        public init(from decoder: Decoder) throws {
+            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a registration", Self.schema))
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            path = try c.decode(String.self, forKey: .path)
+            dataset = try c.decode(String.self, forKey: .dataset)
+            readers = try c.decodeIfPresent([String].self, forKey: .readers)
+            description = try c.decodeIfPresent(String.self, forKey: .description)
+            license = try c.decodeIfPresent(String.self, forKey: .license)
+            hash = try c.decodeIfPresent(Bool.self, forKey: .hash)
+        }
+
         public static var schema: Schema {
             .object(["path": .string("/EXPORT/PATH, a directory of this center", minLength: 1),
                      "dataset": .string("NAME[@VERSION]", minLength: 1), "readers": .array(.string(), "user names, * for everyone"),
@@ -471,6 +476,14 @@ extension V1 {
         public var path: String
         public var bwlimit: Int64?
         public init(path: String, bwlimit: Int64? = nil) { self.path = path; self.bwlimit = bwlimit }
+        static let knownKeys = schema.decodedKeys
+        /// Closed, as every request body (`RequestKeys`).
+        public init(from decoder: Decoder) throws {
+            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a replication", Self.schema))
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            path = try c.decode(String.self, forKey: .path)
+            bwlimit = try c.decodeIfPresent(Int64.self, forKey: .bwlimit)
+        }
         public static var schema: Schema {
             .object(["path": .string("gfs://CENTER/DATASET[@VERSION]", minLength: 1), "bwlimit": .integer("bytes per second", minimum: 0)],
                     required: ["path"])
@@ -561,6 +574,30 @@ extension V1 {
             self.job = job; self.uid = uid; self.gid = gid; self.user = user; self.directives = directives; self.retry = retry
         }
 
+        static let knownKeys = schema.decodedKeys
+        /// Closed, as every request body (`RequestKeys`), and so is each directive.
+        public init(from decoder: Decoder) throws {
+            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a stage request", Self.schema))
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            job = try c.decode(String.self, forKey: .job)
+            uid = try c.decodeIfPresent(UInt32.self, forKey: .uid)
+            gid = try c.decodeIfPresent(UInt32.self, forKey: .gid)
+            user = try c.decode(String.self, forKey: .user)
+            directives = try c.decode([DirectiveBody].self, forKey: .directives).map(\.value)
+            retry = try c.decodeIfPresent(Bool.self, forKey: .retry)
+        }
+
+        /// One directive of a request, its keys checked (`StageDirective` is GlobalFS's type).
+        struct DirectiveBody: Decodable {
+            static let knownKeys = StageDirective.schema.decodedKeys
+            static let takes = RequestKeys.takes("a directive", StageDirective.schema)
+            var value: StageDirective
+            init(from decoder: Decoder) throws {
+                try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: Self.takes)
+                value = try StageDirective(from: decoder)
+            }
+        }
+
         public static var schema: Schema {
             .object(["job": .string("the scheduler's job id", minLength: 1), "uid": .integer(minimum: 0, maximum: 4_294_967_295),
                      "gid": .integer(minimum: 0, maximum: 4_294_967_295), "user": .string(minLength: 1),
@@ -597,6 +634,14 @@ extension V1 {
         public var job: String
         public var hurry: Bool?
         public init(job: String, hurry: Bool? = nil) { self.job = job; self.hurry = hurry }
+        static let knownKeys = schema.decodedKeys
+        /// Closed, as every request body (`RequestKeys`).
+        public init(from decoder: Decoder) throws {
+            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a teardown", Self.schema))
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            job = try c.decode(String.self, forKey: .job)
+            hurry = try c.decodeIfPresent(Bool.self, forKey: .hurry)
+        }
         public static var schema: Schema {
             .object(["job": .string(minLength: 1), "hurry": .boolean()], required: ["job"])
         }
@@ -617,6 +662,14 @@ extension V1 {
         public var keepJobs: [String]?
         public var maxPinHours: Int64?
         public init(keepJobs: [String]?, maxPinHours: Int64?) { self.keepJobs = keepJobs; self.maxPinHours = maxPinHours }
+        static let knownKeys = schema.decodedKeys
+        /// Closed, as every request body (`RequestKeys`).
+        public init(from decoder: Decoder) throws {
+            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a sweep", Self.schema))
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            keepJobs = try c.decodeIfPresent([String].self, forKey: .keepJobs)
+            maxPinHours = try c.decodeIfPresent(Int64.self, forKey: .maxPinHours)
+        }
         public static var schema: Schema {
             .object(["keep_jobs": .array(.string(), "the scheduler's jobs that still exist (absent: do not judge by it)"),
                      "max_pin_hours": .integer(minimum: 0, maximum: 1_000_000)])

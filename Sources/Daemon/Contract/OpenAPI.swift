@@ -21,6 +21,8 @@ public struct APIOperation: Sendable {
         public var required: Bool
         public var schema: Schema
         public var description: String?
+        /// An array in the query: one value, comma-separated (`style: form, explode: false`).
+        public var isArray: Bool { schema.json["type"] as? String == "array" }
 
         public static func path(_ name: String, _ schema: Schema = .integer(minimum: 1)) -> Parameter {
             Parameter(name: name, inPath: true, required: true, schema: schema, description: nil)
@@ -47,23 +49,62 @@ public struct APIOperation: Sendable {
     /// `default` problem for the unexpected).
     public var errors: [Int: String] = [:]
 
-    /// The query as the document describes it, or why not: a required parameter missing, an
-    /// integer that is not one or out of its range (each occurrence, when repeated). The
-    /// router checks every request against this before its handler runs (`DaemonAPI.route`),
-    /// so what the document calls invalid is a 400, never a default silently used.
+    /// The query as the document describes it, or why not: a required parameter missing, or a
+    /// value its schema refuses (each occurrence, when repeated): an integer that is not one or
+    /// out of its range, a boolean that is not `true` or `false`, a word not among its enum, a
+    /// string too short, too long or not matching its pattern; an array (`style: form`,
+    /// `explode: false`: `?state=queued,failed`) item by item. The router checks every request
+    /// against this before its handler runs (`DaemonAPI.route`), so what the document calls
+    /// invalid is a 400 with the reason, never a default silently used.
     public func queryProblem(_ items: [(String, String)]) -> String? {
         for p in parameters where !p.inPath {
             let values = items.filter { $0.0 == p.name }.map(\.1)
             if p.required && values.isEmpty { return "give ?\(p.name)=" }
-            guard p.schema.json["type"] as? String == "integer" else { continue }
-            let lo = (p.schema.json["minimum"] as? Int64) ?? Int64.min
-            let hi = (p.schema.json["maximum"] as? Int64) ?? Int64.max
             for v in values {
-                guard let n = Int64(v), (lo...hi).contains(n) else {
-                    let range = lo == Int64.min ? "an integer" : hi == Int64.max ? "an integer of \(lo) or more" : "an integer from \(lo) to \(hi)"
-                    return "\(p.name) is \(range), not '\(v.prefix(40))'"
-                }
+                if let why = APIOperation.refusal(of: v, p.schema.json, name: p.name) { return why }
             }
+        }
+        return nil
+    }
+
+    /// Why the value of query parameter `name` does not fit `schema` ("limit is an integer from
+    /// 1 to 1000, not 'x'", "unknown state 'done': one of ..."), or nil.
+    static func refusal(of v: String, _ schema: [String: Any], name: String) -> String? {
+        let shown = "'\(v.prefix(40))'"
+        switch schema["type"] as? String {
+        case "integer":
+            let lo = (schema["minimum"] as? Int64) ?? Int64.min
+            let hi = (schema["maximum"] as? Int64) ?? Int64.max
+            guard let n = Int64(v), (lo...hi).contains(n) else {
+                let range = lo == Int64.min ? "an integer" : hi == Int64.max ? "an integer of \(lo) or more" : "an integer from \(lo) to \(hi)"
+                return "\(name) is \(range), not \(shown)"
+            }
+        case "number":
+            guard Double(v)?.isFinite == true else { return "\(name) is a number, not \(shown)" }
+        case "boolean":
+            guard v == "true" || v == "false" else { return "\(name) is true or false, not \(shown)" }
+        case "array":
+            let items = schema["items"] as? [String: Any] ?? [:]
+            // Every item counts, an empty one too (`?state=` or `queued,,failed` is not a list
+            // of states: refused, not read as "no filter").
+            let parts = v.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            if let lo = schema["minItems"] as? Int, parts.count < lo { return "\(name) takes at least \(lo) comma-separated values, not \(parts.count)" }
+            if let hi = schema["maxItems"] as? Int, parts.count > hi { return "\(name) takes at most \(hi) comma-separated values, not \(parts.count)" }
+            for part in parts {
+                if let why = refusal(of: part, items, name: name) { return why }
+            }
+        case "string":
+            if let words = schema["enum"] as? [String], !words.contains(v) {
+                return "unknown \(name) \(shown): one of \(words.joined(separator: ", "))"
+            }
+            if let lo = schema["minLength"] as? Int, v.count < lo { return "\(name) is at least \(lo) character\(lo == 1 ? "" : "s") long, not \(shown)" }
+            if let hi = schema["maxLength"] as? Int, v.count > hi { return "\(name) is at most \(hi) characters long, not \(v.count)" }
+            if let pattern = schema["pattern"] as? String {
+                // JSON Schema's patterns are not anchored: a match anywhere will do.
+                guard let re = try? Regex(pattern), v.firstMatch(of: re) != nil else { return "\(name) does not match \(pattern): \(shown)" }
+            }
+        default:
+            break
         }
         return nil
     }
@@ -78,7 +119,7 @@ public struct APIOperation: Sendable {
 
 /// The REST API's contract: every operation, and the OpenAPI 3.1 document made from them.
 public enum APIContract {
-    static let states = "comma-separated job states (\(V1.jobStates.joined(separator: ", "))); an unknown one is a 400"
+    static let states = "comma-separated job states; an unknown one is a 400"
     static let gfsPath = APIOperation.Parameter.query("path", .string(minLength: 1), required: true, "gfs://CENTER/DATASET[/PATH], of this center or a peer it follows")
     static let operatorOnly = [403: "not an operator token (rw:/)", 409: "this center does no prestaging"]
 
@@ -97,7 +138,7 @@ public enum APIContract {
                               403: "a path outside the token's scopes, or a link leading out of its directory",
                               409: "a dependency that does not exist", 413: "the body is over 4 MiB"]),
         APIOperation(id: "listTransfers", method: "GET", path: "/api/v1/transfers", summary: "The caller's jobs (an operator's: all), by id",
-                     parameters: [.query("state", .string(), states), .query("after", .integer(minimum: 0), "the previous page's next_after"),
+                     parameters: [.query("state", .array(.string(enum: V1.jobStates)), states), .query("after", .integer(minimum: 0), "the previous page's next_after"),
                                   .query("limit", .integer(minimum: 1, maximum: 1000)), .query("owner", .string(), "an operator's filter")],
                      answer: .ref(V1.TransferPage.self), description: "a page", errors: [400: "an unknown state, a bad after or limit"]),
         APIOperation(id: "getTransfer", method: "GET", path: "/api/v1/transfers/{id}", summary: "One job (a running one with its live progress)",
@@ -203,6 +244,7 @@ public enum APIContract {
             var o: [String: Any] = ["operationId": op.id, "summary": op.summary]
             var params: [[String: Any]] = op.parameters.map { p in
                 var d: [String: Any] = ["name": p.name, "in": p.inPath ? "path" : "query", "required": p.required, "schema": p.schema.json]
+                if p.isArray { d["style"] = "form"; d["explode"] = false }
                 if let t = p.description { d["description"] = t }
                 return d
             }
@@ -228,7 +270,7 @@ public enum APIContract {
             }
             if op.auth != .none || op.body != nil { errors[503] = "the database is busy: ask again" }
             if op.body != nil { errors[400] = errors[400] ?? "the body is not valid JSON of the right shape" }
-            if op.parameters.contains(where: { !$0.inPath }) { errors[400] = errors[400] ?? "a query parameter missing or out of its range" }
+            if op.parameters.contains(where: { !$0.inPath }) { errors[400] = errors[400] ?? "a query parameter missing, or a value its schema refuses" }
             for (status, text) in errors { responses[String(status)] = ["description": text, "content": problem] }
             o["responses"] = responses
             switch op.auth {

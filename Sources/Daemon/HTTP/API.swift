@@ -76,7 +76,6 @@ public struct DaemonAPI: Sendable {
                 var requests = try submission.requests()
                 let multi = submission.sources != nil
                 for i in requests.indices {
-                    requests[i].streams = requests[i].streams.map { max(1, min($0, 64)) }
                     try authorizePaths(requests[i], user)
                     try validate(requests[i], user)
                 }
@@ -262,8 +261,9 @@ public struct DaemonAPI: Sendable {
     }
 
     /// What a job would only find out when it runs, answered at submit (400 with the reason):
-    /// the protection and compression words, counts and times that cannot be, and a local
-    /// source that does not exist (a job would fail on it later, after its retries).
+    /// the protection and compression words, counts (streams, attempts) and times that cannot
+    /// be, and a local source that does not exist (a job would fail on it later, after its
+    /// retries).
     func validate(_ r: JobRequest, _ user: User) throws {
         do {
             _ = try ProtectionLevel(parsing: r.protection)
@@ -272,6 +272,9 @@ public struct DaemonAPI: Sendable {
             throw HTTPFailure(status: 400, message: e.message)
         }
         if let m = r.maxAttempts, !(1...100).contains(m) { throw HTTPFailure(status: 400, message: "max_attempts is 1 to 100, not \(m)") }
+        // Refused, not clamped: a job asked for 200 streams would otherwise run with 64 and
+        // nobody would know (the contract says 1 to 64).
+        if let n = r.streams, !(1...64).contains(n) { throw HTTPFailure(status: 400, message: "streams is 1 to 64, not \(n)") }
         if let d = r.deadline, d < 0 { throw HTTPFailure(status: 400, message: "deadline is a Unix time in seconds") }
         if !r.source.hasPrefix("ferry://"), let runner, case (.confined(let root, let components), _, let export?) = try runner.jobEndpoint(r.source) {
             // Looked up as the owner's account (as the job will read it), so the answer tells
@@ -423,11 +426,12 @@ func promLabel(_ v: String) -> String {
 }
 
 
-/// An error answer as RFC 9457 problem details (`application/problem+json`): `status`, `title`
-/// (the status's name), `detail` (the reason, for people), `code` (for programs: the engine's
-/// error code when it has one: auth, permission, path, usage, no_space, ...; else one per
-/// status: invalid_request, unauthenticated, forbidden, not_found, conflict, too_large, busy,
-/// internal), and `error` (the same as `detail`, which clients of the first API read).
+/// An error answer as RFC 9457 problem details (`application/problem+json`): `V1.Problem`,
+/// encoded as every answer is (`APIJSON`): `status`, `title` (the status's name), `detail`
+/// (the reason, for people), `code` (for programs: the engine's error code when it has one:
+/// auth, permission, path, usage, no_space, ...; else one per status: invalid_request,
+/// unauthenticated, forbidden, not_found, conflict, too_large, busy, internal), and `error`
+/// (the same as `detail`, which clients of the first API read).
 func problem(_ status: Int, _ detail: String, code: String? = nil) -> Response {
     let byStatus: [Int: String] = [400: "invalid_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 409: "conflict",
                                    413: "too_large", 503: "busy", 500: "internal"]
@@ -436,17 +440,14 @@ func problem(_ status: Int, _ detail: String, code: String? = nil) -> Response {
     let code = snake ?? byStatus[status] ?? (status >= 500 ? "internal" : "invalid_request")
     let titles: [Int: String] = [400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
                                  413: "Content Too Large", 500: "Internal Server Error", 503: "Service Unavailable"]
-    let object: [String: Any] = ["type": "about:blank", "title": titles[status] ?? "HTTP \(status)", "status": status, "detail": detail, "code": code, "error": detail]
-    // Sorted keys: the same problem reads the same whichever request it answers.
-    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    let answer = V1.Problem(type: "about:blank", title: titles[status] ?? "HTTP \(status)", status: status, detail: detail, code: code, error: detail)
+    // Sorted keys: the same problem reads the same whichever request it answers (JSONEncoder's
+    // own order is a dictionary's). Six strings and an integer cannot fail to encode; the
+    // fallback keeps the status.
+    let encoder = APIJSON.encoder()
+    encoder.outputFormatting = [.sortedKeys]
+    let data = (try? encoder.encode(answer)) ?? Data("{\"status\":\(status)}".utf8)
     return Response(status: .init(code: status), headers: [.contentType: "application/problem+json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
-}
-
-/// Keys unsorted: sorting goes through Foundation's locale-aware compare (ICU), several per
-/// cent of the API's CPU in a profile under load (perf, bench/daemon.sh).
-func json(_ status: Int, _ object: [String: Any]) -> Response {
-    let data = (try? JSONSerialization.data(withJSONObject: object)) ?? Data("{}".utf8)
-    return Response(status: .init(code: status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
 }
 
 extension Data {
