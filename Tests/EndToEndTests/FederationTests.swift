@@ -7,6 +7,7 @@
 // any center.
 
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -20,20 +21,29 @@ struct FederationE2ETests {
 
     /// A free TCP port on 127.0.0.1 (bound and released: the daemons need their peers' ports
     /// before they start, and a restarted center must come back on the same ones).
+    ///
+    /// Chosen at random below the kernel's ephemeral range (32768-60999 here), never twice in one
+    /// test process: a port from `bind(0)` comes from the range that outgoing connections use,
+    /// and under the parallel suite another test's connection took one between its release here
+    /// and the daemon's bind ("Address already in use", once in CI).
     static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_addr.s_addr = inet_addr("127.0.0.1")
-        a.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &a) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        for _ in 0..<500 {
+            let port = Int.random(in: 20_000..<32_768)
+            guard handedOut.withLock({ $0.insert(port).inserted }) else { continue }
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_addr.s_addr = inet_addr("127.0.0.1")
+            a.sin_port = UInt16(port).bigEndian
+            let ok = withUnsafePointer(to: &a) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            if ok { return port }
         }
-        guard ok else { throw HarnessError("no free port: errno \(errno)") }
-        return Int(UInt16(bigEndian: a.sin_port))
+        throw HarnessError("no free port below 32768 in 500 tries")
     }
+    private static let handedOut = Mutex<Set<Int>>([])
 
     final class Federation {
         let sb: Sandbox
