@@ -96,6 +96,12 @@ public protocol SQLDatabase: AnyObject, Sendable {
     /// another daemon's (PostgreSQL LISTEN/NOTIFY); nil where there are none (SQLite: one
     /// process owns the file, and changes are known in-process). See PostgreSQLDatabase.listen.
     func listen(_ channel: String, listening: @escaping @Sendable () -> Void, notify: @escaping @Sendable (String) -> Void) -> Task<Void, Never>?
+    /// Runs `body` with the database's reads sharing one connection: every `read` made by the
+    /// calling task inside it uses that connection instead of leasing one each (PostgreSQL:
+    /// a lease is a handoff to the pool's task and back; an API read made four of them). For
+    /// short, read-only work on a blocking thread (the API's bounded reads); writes still lease
+    /// their own. SQLite: `body` as is.
+    func sharingReads<T>(_ body: () async throws -> T) async throws -> T
 }
 
 extension SQLDatabase {
@@ -107,6 +113,8 @@ extension SQLDatabase {
     public func listen(_ channel: String, listening: @escaping @Sendable () -> Void, notify: @escaping @Sendable (String) -> Void) -> Task<Void, Never>? {
         nil
     }
+
+    public func sharingReads<T>(_ body: () async throws -> T) async throws -> T { try await body() }
 }
 
 public struct SQLStoreError: Error, CustomStringConvertible, Sendable {
@@ -135,12 +143,61 @@ public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
     /// write transaction (a registration's, the runner's), so an API read never waits behind
     /// a long write. ":memory:" has one connection (`DatabaseQueue`).
     private let queue: any DatabaseWriter
+    /// Connections for the synchronous reads of a file database (nil for ":memory:").
+    private let readers: Readers?
+
+    /// Read-only connections of a file database, one per reader at a time, kept for reuse.
+    ///
+    /// Not GRDB's `DatabasePool.read`: its reader pool takes a dispatch semaphore inside a
+    /// concurrent queue's `sync` and gives each reader back with a barrier block run on a
+    /// dispatch worker thread, so every read cost a thread handoff and, with the API's 16 read
+    /// threads, waits on that queue (a third of a catalog read's CPU was dispatch and futex
+    /// under `bench/api.sh`). Here a reader is popped from a stack under a lock and used on the
+    /// calling thread (its own serial queue is never contended, so `sync` runs inline). The
+    /// database's WAL lets any number of them read beside the writer; a reader beyond the
+    /// stack's size is opened for the call and closed after it.
+    final class Readers: @unchecked Sendable {
+        let path: String
+        let configuration: Configuration
+        private let lock = NSLock()
+        private var idle: [DatabaseQueue] = []
+        static let kept = 32
+
+        init(path: String, configuration: Configuration) {
+            self.path = path
+            self.configuration = configuration
+        }
+
+        /// `body` in one deferred (read) transaction on a reader: one snapshot for all of it.
+        func read<T>(_ body: (GRDB.Database) throws -> T) throws -> T {
+            lock.lock()
+            let kept = idle.popLast()
+            lock.unlock()
+            let reader = try kept ?? DatabaseQueue(path: path, configuration: configuration)
+            defer {
+                lock.lock()
+                if idle.count < Readers.kept { idle.append(reader) }
+                lock.unlock()
+            }
+            return try reader.inDatabase { db in
+                var result: T?
+                try db.inTransaction(.deferred) {
+                    result = try body(db)
+                    return .commit
+                }
+                return result!
+            }
+        }
+    }
 
     public init(path: String) throws {
         var config = Configuration()
         config.busyMode = .timeout(10)
         config.maximumReaderCount = 8
         location = path
+        var readOnly = config
+        readOnly.readonly = true
+        readers = path == ":memory:" ? nil : Readers(path: path, configuration: readOnly)
         do {
             if path == ":memory:" {
                 queue = try DatabaseQueue(configuration: config)
@@ -161,7 +218,10 @@ public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
     }
 
     public func read<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        do { return try queue.read { db in try body(Session(db: db)) } } catch let e as DatabaseError where SQLiteDatabase.isBusy(e) {
+        do {
+            if let readers { return try readers.read { db in try body(Session(db: db)) } }
+            return try queue.read { db in try body(Session(db: db)) }
+        } catch let e as DatabaseError where SQLiteDatabase.isBusy(e) {
             throw SQLStoreError("the database \(location) is busy (locked for more than 10 s): \(e.message ?? "")", busy: true)
         }
     }
@@ -412,7 +472,35 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         }
     }
 
+    /// The connection a task's reads share (`sharingReads`), with the database it belongs to.
+    private struct Shared: Sendable {
+        let database: ObjectIdentifier
+        let connection: PostgresConnection
+    }
+    @TaskLocal private static var shared: Shared?
+
+    public func sharingReads<T>(_ body: () async throws -> T) async throws -> T {
+        if let held = Self.shared, held.database == ObjectIdentifier(self) { return try await body() }
+        let lease = try acquire()
+        defer { lease.finish() }
+        guard let c = lease.connection else {
+            throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(lease.error ?? CancellationError()))", busy: true)
+        }
+        return try await Self.$shared.withValue(Shared(database: ObjectIdentifier(self), connection: c)) { try await body() }
+    }
+
     private func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
+        let lease = try acquire()
+        defer { lease.finish() }
+        guard let c = lease.connection else {
+            throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(lease.error ?? CancellationError()))", busy: true)
+        }
+        return try body(c)
+    }
+
+    /// A lease of one connection, handed to the calling (blocking) thread; `finish()` gives it
+    /// back. Waits at most `leaseTimeout`.
+    private func acquire() throws -> Lease {
         let lease = Lease()
         let client = self.client
         let task = Task(executorPreference: PostgresExecutor.shared) {
@@ -431,11 +519,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             }
             lease.ready.wait()  // it came just now
         }
-        defer { lease.finish() }
-        guard let c = lease.connection else {
-            throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(lease.error ?? CancellationError()))", busy: true)
-        }
-        return try body(c)
+        return lease
     }
 
     /// One transaction. BEGIN is sent, not waited for: the first statement is queued behind it
@@ -458,7 +542,10 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     }
 
     public func read<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        try withConnection { c in try body(Session(conn: c, logger: logger, pending: Session.Pending())) }
+        if let held = Self.shared, held.database == ObjectIdentifier(self) {
+            return try body(Session(conn: held.connection, logger: logger, pending: Session.Pending()))
+        }
+        return try withConnection { c in try body(Session(conn: c, logger: logger, pending: Session.Pending())) }
     }
 
     /// One statement on a leased connection, awaited (see the type's comment). The lease, the

@@ -44,6 +44,11 @@ struct SecurityUnitTests {
         func refusal(_ text: String, at: Int64, _ v: TokenVerifier) -> String {
             do { _ = try v.verify(text, now: at); return "accepted" } catch { return (error as? TransferError)?.message ?? "\(error)" }
         }
+        // The genuine signature is remembered (the API checks the same token on every request);
+        // expiry, start and revocation are still checked on each use, and a token altered by one
+        // character is another text, checked afresh.
+        #expect(v.rememberedCount == 1)
+        #expect(try v.verify(text, now: now + 20) == t)
         #expect(refusal(text, at: now + 3600, v).contains("expired"))
         #expect(refusal(text, at: now - 3600, v).contains("not valid before"))
         // One changed character anywhere in the payload or signature.
@@ -66,6 +71,14 @@ struct SecurityUnitTests {
         try Revocations.revoke(idHex: t.idHex, path: revoked, reason: "test")
         #expect(refusal(text, at: now + 10, v).contains("revoked"))
         #expect(throws: TransferError.self) { try UserToken.unverified("ferry1." + String(repeating: "A", count: 5000) + ".x") }
+        #expect(v.rememberedCount == 1, "refused texts are not remembered")
+        // Bounded: more distinct genuine tokens than the limit never hold more than the limit.
+        let many = TokenVerifier(issuers: v.issuers, revocationsPath: nil)
+        for i in 0..<(TokenVerifier.genuineLimit + 50) {
+            let u = UserToken(issuer: "hlrs", user: "u\(i)", scopes: t.scopes, issuedAt: now, expiresAt: now + 3600).signed(privateKey: priv)
+            #expect(try many.verify(u, now: now + 1).user == "u\(i)")
+        }
+        #expect(many.rememberedCount <= TokenVerifier.genuineLimit && many.rememberedCount >= 50)
     }
 
     @Test("center assertions: accepted from a peer with a CA certificate; refused when forged, misdirected, stale, from a non-peer or another CA")

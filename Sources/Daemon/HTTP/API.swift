@@ -53,7 +53,7 @@ public struct DaemonAPI: Sendable {
 
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
-        route(router, "health") { _, _ in try await onPool {
+        route(router, "health") { _, _ in try await onPool(.quickReads) {
             // Unauthenticated: only what the configuration names (peers, allowed hosts).
             let peers = (runner?.tuner.snapshot() ?? [:]).filter { runner?.isConfiguredKey($0.key) ?? false }.mapValues {
                 V1.PeerHealth(streams: $0.streams, active: $0.active, rateBytesPerSecond: Int64($0.lastRate), errors: $0.errors)
@@ -173,9 +173,19 @@ public struct DaemonAPI: Sendable {
             if let why = op.queryProblem(request.uri.queryParameters.map { (String($0.key), String($0.value)) }) {
                 return problem(400, why)
             }
-            return try await handler(request, context)
+            return try await DaemonAPI.$quick.withValue(DaemonAPI.quickOperations.contains(id)) { try await handler(request, context) }
         }
     }
+
+    /// Reads whose work is bounded by one key or one page (a job, a page of a listing, an
+    /// entry, a hook's staging status). They run on `BlockingPool.quickReads`, a few threads
+    /// that take them in order; the other reads (a find that scans, event streams, federation
+    /// pages of 20,000, du, metrics) on `BlockingPool.reads`, so that those can never hold the
+    /// threads the quick ones need.
+    static let quickOperations: Set<String> = ["health", "listTransfers", "getTransfer", "datasets", "ls", "stat", "centers",
+                                               "stageStatus", "federationDataset"]
+    /// Set by `route` while its handler runs: whether its operation is one of `quickOperations`.
+    @TaskLocal static var quick = false
 
     struct User {
         var user: String
@@ -197,7 +207,10 @@ public struct DaemonAPI: Sendable {
     ///
     /// The whole of it, and `body`, runs on the daemon's blocking pool (`BlockingPool`).
     func handle(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
-        try await onPool(request.method == .get || request.method == .head ? .reads : .writes) { try await authenticated(request, body) }
+        let pool: BlockingPool = request.method == .get || request.method == .head ? (DaemonAPI.quick ? .quickReads : .reads) : .writes
+        // A quick read's reads share one database connection (PostgreSQL; see sharingReads).
+        if pool === BlockingPool.quickReads { return try await onPool(pool) { try await store.db.sharingReads { try await authenticated(request, body) } } }
+        return try await onPool(pool) { try await authenticated(request, body) }
     }
 
     private func authenticated(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {

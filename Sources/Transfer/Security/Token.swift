@@ -187,11 +187,17 @@ public final class TokenVerifier: @unchecked Sendable {
     /// whenever the signature is genuine (also for an expired or revoked token, so that a
     /// refusal can name its user), `error` whenever it is refused.
     public func check(_ text: String, now: Int64 = Int64(time(nil))) -> (token: UserToken?, error: TransferError?) {
-        let token: UserToken, payload: [UInt8], sig: [UInt8]
-        do { (token, payload, sig) = try UserToken.unverified(text) } catch { return (nil, asTransferError(error)) }
-        guard let key = issuers[token.issuer] else { return (nil, TransferError(.auth, "token issued by '\(token.issuer)', which this server does not trust")) }
-        let msg = UserToken.domain + payload
-        guard ferry_ed25519_verify(key, msg, msg.count, sig) == 1 else { return (nil, TransferError(.auth, "token signature is not valid (forged or altered)")) }
+        let token: UserToken
+        if let known = lock.withLock({ genuine[text] }) {
+            token = known
+        } else {
+            let payload: [UInt8], sig: [UInt8]
+            do { (token, payload, sig) = try UserToken.unverified(text) } catch { return (nil, asTransferError(error)) }
+            guard let key = issuers[token.issuer] else { return (nil, TransferError(.auth, "token issued by '\(token.issuer)', which this server does not trust")) }
+            let msg = UserToken.domain + payload
+            guard ferry_ed25519_verify(key, msg, msg.count, sig) == 1 else { return (nil, TransferError(.auth, "token signature is not valid (forged or altered)")) }
+            remember(text, token, now: now)
+        }
         func refuse(_ m: String) -> (UserToken?, TransferError?) { (token, TransferError(.auth, m)) }
         guard now < token.expiresAt else { return refuse("token of '\(token.user)' expired at \(isoTime(token.expiresAt))") }
         guard now + skewSeconds >= token.issuedAt else { return refuse("token of '\(token.user)' is not valid before \(isoTime(token.issuedAt))") }
@@ -201,6 +207,30 @@ public final class TokenVerifier: @unchecked Sendable {
         guard UserToken.isValidUser(token.user) else { return (nil, TransferError(.auth, "token names an invalid user")) }
         return (token, nil)
     }
+
+    /// Tokens whose signature was found genuine, by their exact text. A daemon's API checks the
+    /// same few tokens thousands of times a second, and the Ed25519 check was a quarter of a job
+    /// read's CPU (issue 14, `bench/api.sh`). Only the signature is remembered: expiry, start
+    /// and revocation are checked on every use, so a revoked token is refused at its next
+    /// request. The text is the key (a token altered by one byte is another key and is checked
+    /// afresh); at most `genuineLimit` entries, emptied when full and of expired tokens as
+    /// they are met.
+    private var genuine: [String: UserToken] = [:]
+    static let genuineLimit = 4096
+
+    private func remember(_ text: String, _ token: UserToken, now: Int64) {
+        guard now < token.expiresAt, text.utf8.count <= 8192 else { return }
+        lock.withLock {
+            if genuine.count >= Self.genuineLimit {
+                genuine = genuine.filter { now < $0.value.expiresAt }
+                if genuine.count >= Self.genuineLimit { genuine.removeAll(keepingCapacity: true) }
+            }
+            genuine[text] = token
+        }
+    }
+
+    /// How many genuine signatures are remembered (tests).
+    var rememberedCount: Int { lock.withLock { genuine.count } }
 
     /// Re-reads the revocation list when it changed (one stat per check; the file is small).
     /// A list that does not exist revokes nothing; one that exists but cannot be read refuses
