@@ -96,7 +96,7 @@ struct APIOptions: ParsableArguments {
         let bytes = UInt64(max(0, j.progress?.bytesDone ?? j.bytes))
         let amount = j.progress.map { "\(byteText(bytes)) of \(byteText(UInt64(max(0, $0.bytesTotal))))" } ?? byteText(bytes)
         var s = "\(j.id)\t\(j.stateText)\t\(j.source) -> \(j.destination)\t\(amount)\tattempts \(j.attempts)"
-        if let e = j.error { s += "\t\(e)" }
+        if let e = j.error { s += "\t" + (j.errorCode.map { "[\($0)] " } ?? "") + e }
         return s
     }
 }

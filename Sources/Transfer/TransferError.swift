@@ -80,6 +80,12 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
             self = e.map { Code(errno: $0) } ?? .io
         }
 
+        /// The code `name` gives (`no_space`), or nil for a name this side does not know.
+        public init?(name: String) {
+            guard let c = Code.all.first(where: { $0.name == name }) else { return nil }
+            self = c
+        }
+
         public static let all: [Code] = [.io, .protocolViolation, .auth, .path, .usage, .remote, .verify, .timeout, .noSpace, .permission, .notFound, .busy]
     }
 

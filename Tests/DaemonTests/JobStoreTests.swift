@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import GlobalFS
+import Storage
 import TestSupport
 import Transfer
 @testable import Daemon
@@ -171,6 +172,57 @@ struct JobStoreTests {
         #expect(try s.finish(other, worker: "w", outcome: .failure(message: "permission denied", resumable: false), now: 21) == .failed)
         // An outcome from a worker that lost the job is ignored.
         #expect(try s.finish(other, worker: "w", outcome: .success(bytes: 1, files: 1), now: 22) == nil)
+    }
+
+    @Test("a failed attempt keeps the engine's error code beside its message (error_code in the API); retry and cancel clear it; a queue made before the column gets it", arguments: Backend.allCases)
+    func errorCodes(_ backend: Backend) throws {
+        // A queue as a daemon before error_code made it, with a failed job in it.
+        let url = try backend.newDatabase()
+        do {
+            let old = try openDatabase(url)
+            let id = old.dialect == .postgres ? "id BIGSERIAL PRIMARY KEY" : "id INTEGER PRIMARY KEY AUTOINCREMENT"
+            try old.write { s in
+                try s.execute("""
+                    CREATE TABLE jobs (\(id), owner TEXT NOT NULL, request TEXT NOT NULL, state TEXT NOT NULL, priority BIGINT NOT NULL DEFAULT 0,
+                        attempts BIGINT NOT NULL DEFAULT 0, max_attempts BIGINT NOT NULL, not_before BIGINT NOT NULL DEFAULT 0, deadline BIGINT,
+                        lease_owner TEXT, lease_expires BIGINT, last_worker TEXT, error TEXT, bytes BIGINT NOT NULL DEFAULT 0,
+                        files BIGINT NOT NULL DEFAULT 0, peer TEXT NOT NULL DEFAULT '', created BIGINT NOT NULL, updated BIGINT NOT NULL)
+                    """)
+                try s.execute("""
+                    INSERT INTO jobs (owner, request, state, attempts, max_attempts, error, created, updated)
+                    VALUES ('u', '{"source":"/o","destination":"/p"}', 'failed', 1, 5, 'remote error (no_space): full', 1, 1)
+                    """)
+            }
+        }
+        let s = try JobStore(database: url)
+        let old = try #require(try s.get(1))
+        #expect(old.state == .failed && old.error == "remote error (no_space): full" && old.errorCode == nil)
+        let oldJSON = try #require(try JSONSerialization.jsonObject(with: APIJSON.encode(V1.Transfer(old))) as? [String: Any])
+        #expect(oldJSON["error_code"] == nil && oldJSON["error"] as? String == "remote error (no_space): full", "\(oldJSON)")
+        // Opening it again changes nothing (the step is skipped).
+        _ = try JobStore(database: url)
+
+        let id = try s.submit(owner: "u", request: JobRequest(source: "/x", destination: "ferry://b/x"), peer: "b", now: 0)
+        _ = try s.claim(worker: "w", now: 0, leaseSeconds: 30)
+        #expect(try s.finish(id, worker: "w", outcome: .failure(message: "remote error (no_space): no space: 24.0 MiB needed", resumable: false, code: .noSpace), now: 1) == .failed)
+        let failed = try #require(try s.get(id))
+        #expect(failed.errorCode == .noSpace)
+        let json = try #require(try JSONSerialization.jsonObject(with: APIJSON.encode(V1.Transfer(failed))) as? [String: Any])
+        #expect(json["error_code"] as? String == "no_space" && (json["error"] as? String)?.contains("24.0 MiB") == true, "\(json)")
+        try ContractSchemaTests.expectConforms(V1.Transfer(failed))
+        // Retried: no error, no code; a resumable failure keeps its code while it waits.
+        #expect(try s.retryJob(id, now: 2).errorCode == nil)
+        _ = try s.claim(worker: "w", now: 3, leaseSeconds: 30)
+        #expect(try s.finish(id, worker: "w", outcome: .failure(message: "connection lost", resumable: true, code: .timeout), now: 4) == .upForRetry)
+        #expect(try s.get(id)?.errorCode == .timeout)
+        // Cancelled: the error is the canceller's, with no engine code.
+        let cancelled = try s.cancel(id, by: "u", now: 5)
+        #expect(cancelled.error == "cancelled by u" && cancelled.errorCode == nil)
+        // A failure the runner gave no code keeps none.
+        let other = try s.submit(owner: "u", request: JobRequest(source: "/y", destination: "/z"), peer: "", now: 6)
+        _ = try s.claim(worker: "w", now: 6, leaseSeconds: 30)
+        try s.finish(other, worker: "w", outcome: .failure(message: "odd", resumable: false), now: 7)
+        #expect(try s.get(other)?.errorCode == nil && (try s.get(other)?.error) == "odd")
     }
 
     @Test("dependencies: a dependent waits, runs after success, becomes upstream_failed after a failure; retry revives the chain", arguments: Backend.allCases)

@@ -329,8 +329,10 @@ struct DaemonE2ETests {
         #expect(job["state"] as? String == "failed" && job["attempts"] as? Int == 1, "\(job)")
         let error = job["error"] as? String ?? ""
         #expect(error.contains("remote error (no_space)") && error.contains("no space: 24.0 MiB needed") && !error.contains("gave up after"), "\(job)")
+        // The code is a field too: a script need not parse the message.
+        #expect(job["error_code"] as? String == "no_space", "\(job)")
         let show = try c.sb.ferry(["jobs", "show", "--api", c.api, "--token-file", c.sb.tokenFile, "\(id)"], timeout: 30)
-        #expect(show.stdout.contains("failed") && show.stdout.contains("no_space"), "\(show)")
+        #expect(show.stdout.contains("failed") && show.stdout.contains("[no_space] remote error"), "\(show)")
         let audit = (try? String(contentsOfFile: c.sb.file("hlrs-audit.jsonl"), encoding: .utf8)) ?? ""
         #expect(!audit.split(separator: "\n").contains { $0.contains("job.end") && $0.contains("retry: ") }, "the job was retried: \(audit)")
         let (_, dep) = DaemonE2ETests.waitForState(c, id2, "upstream_failed", timeout: 20)
@@ -354,6 +356,9 @@ struct DaemonE2ETests {
         let error = job["error"] as? String ?? ""
         #expect(job["state"] as? String == "failed" && job["attempts"] as? Int == 1, "\(job)")
         #expect(error.contains("remote error (permission)") && error.contains("Permission denied"), "\(job)")
+        #expect(job["error_code"] as? String == "permission", "\(job)")
+        let show = try c.sb.ferry(["jobs", "show", "--api", c.api, "--token-file", c.sb.tokenFile, "\(id)"], timeout: 30)
+        #expect(show.stdout.contains("[permission] remote error"), "\(show)")
         #expect(!exists(locked + "/a.txt"))
         let audit = (try? String(contentsOfFile: c.sb.file("hlrs-audit.jsonl"), encoding: .utf8)) ?? ""
         #expect(!audit.split(separator: "\n").contains { $0.contains("job.end") && $0.contains("retry: ") }, "the job was retried: \(audit)")

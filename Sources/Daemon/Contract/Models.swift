@@ -176,6 +176,10 @@ extension V1 {
         public var dependsOn: [Int64]
         public var peer: String
         public var error: String?
+        /// The engine's code of that error (`no_space`, `permission`, ...; the peer's own when
+        /// the peer said it): for programs, which should not parse `error`. Absent when the
+        /// error is not a transfer's (cancelled, deadline, a failed dependency).
+        public var errorCode: String?
         /// The platform's eleven states have no "cancelled": a cancelled job is `failed`,
         /// marked `cancelled: true` (its error says by whom), so neither a person nor a script
         /// takes it for a transfer that broke.
@@ -188,6 +192,7 @@ extension V1 {
             id = j.id; owner = j.owner; state = j.state; source = j.request.source; destination = j.request.destination
             attempts = j.attempts; maxAttempts = j.maxAttempts; bytes = j.bytes; files = j.files; created = j.created; updated = j.updated
             priority = j.request.priority; dependsOn = j.request.dependsOn; peer = j.peer; error = j.error
+            errorCode = j.error == nil ? nil : j.errorCode?.name
             if j.state == .failed, j.error?.hasPrefix(JobStore.cancelledPrefix) == true { cancelled = true }
             notBefore = j.notBefore > 0 ? j.notBefore : nil
             worker = j.lastWorker
@@ -203,6 +208,8 @@ extension V1 {
                      "bytes": .integer(minimum: 0), "files": .integer(minimum: 0), "created": .integer("Unix seconds"),
                      "updated": .integer("Unix seconds"), "priority": .integer(), "depends_on": .array(.integer()),
                      "peer": .string("the peer the job talks to (empty: local only)"), "error": .string(),
+                     "error_code": .string("the engine's code of the error, for programs (the peer's own when it said it)",
+                                           enum: TransferError.Code.all.map(\.name)),
                      "cancelled": .boolean("a cancelled job: state failed, cancelled true"), "not_before": .integer("Unix seconds"),
                      "worker": .string("the daemon worker of its latest attempt"), "progress": .ref(Progress.self)],
                     required: ["id", "owner", "state", "source", "destination", "attempts", "max_attempts", "bytes", "files", "created", "updated",

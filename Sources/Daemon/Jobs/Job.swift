@@ -1,4 +1,5 @@
 import Foundation
+import Transfer
 
 /// What a user asked for: copy `source` to `destination` (local paths of this center's
 /// exports, or ferry://CENTER-ADDRESS/PATH of a peer), with transfer options.
@@ -92,6 +93,10 @@ public struct Job: Sendable, Equatable {
     public var peer: String
     /// The daemon worker that ran its latest attempt (`CENTER-PID/N`).
     public var lastWorker: String? = nil
+    /// The engine's code of the failure `error` tells of (`no_space`, `permission`, ...; a
+    /// peer's own code when the peer said it), nil when `error` is none or not a transfer's
+    /// (cancelled, deadline, a dependency that failed, a lost lease).
+    public var errorCode: TransferError.Code? = nil
 }
 
 /// Which jobs to list.
@@ -115,7 +120,8 @@ public enum AttemptOutcome: Sendable, Equatable {
     /// Nothing to do: the destination was already in sync.
     case skipped(files: Int64)
     /// `resumable`: a later attempt continues from the journal (lost connection, timeout).
-    case failure(message: String, resumable: Bool)
+    /// `code`: the engine's code of the error (the store keeps it beside the message).
+    case failure(message: String, resumable: Bool, code: TransferError.Code? = nil)
     /// The daemon is stopping or lost its lease: the job goes back to the queue as is.
     case interrupted
 }

@@ -170,7 +170,7 @@ public final class JobRunner: @unchecked Sendable {
         switch final {
         case .success(let bytes, let files): auditJob(job, action: "job.end", result: "ok", files: files, bytes: bytes, seconds: Date().timeIntervalSince(started))
         case .skipped(let files): auditJob(job, action: "job.end", result: "ok: skipped, already in sync", files: files, seconds: Date().timeIntervalSince(started))
-        case .failure(let message, let resumable):
+        case .failure(let message, let resumable, _):
             let s = progress.snapshot()
             auditJob(job, action: "job.end", result: (resumable ? "retry: " : "failed: ") + message, files: Int64(s.filesDone), bytes: Int64(s.bytesDone),
                      seconds: Date().timeIntervalSince(started))
@@ -200,7 +200,7 @@ public final class JobRunner: @unchecked Sendable {
 
     /// A transfer cut by the daemon's own stop is not the job's failure.
     private func outcomeWhenStopping(_ o: AttemptOutcome) -> AttemptOutcome {
-        if case .failure(_, true) = o { return .interrupted }
+        if case .failure(_, true, _) = o { return .interrupted }
         return o
     }
 
@@ -244,7 +244,7 @@ public final class JobRunner: @unchecked Sendable {
         } catch {
             let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
             if isStopping { return .interrupted }
-            return .failure(message: e.message, resumable: e.resumable && !JobRunner.permanent.contains(e.code))
+            return .failure(message: e.message, resumable: e.resumable && !JobRunner.permanent.contains(e.code), code: e.code)
         }
     }
 

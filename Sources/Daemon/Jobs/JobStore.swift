@@ -1,6 +1,7 @@
 import Foundation
 import GlobalFS
 import Storage
+import Transfer
 
 /// The persistent job queue, on embedded SQLite (one daemon) or PostgreSQL (several daemons of
 /// one center sharing it; see `openDatabase`). Every change is one transaction.
@@ -74,6 +75,7 @@ public final class JobStore: @unchecked Sendable {
                     lease_expires \(int),
                     last_worker TEXT,
                     error TEXT,
+                    error_code TEXT,
                     bytes \(int) NOT NULL DEFAULT 0,
                     files \(int) NOT NULL DEFAULT 0,
                     peer TEXT NOT NULL DEFAULT '',
@@ -87,8 +89,21 @@ public final class JobStore: @unchecked Sendable {
                 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, id);
                 CREATE INDEX IF NOT EXISTS job_deps_on ON job_deps(depends_on);
                 """)
+            try JobStore.migrate(s)
         }
         listener = changes.listen(db)
+    }
+
+    /// Brings a queue made by an older daemon up to this one's columns (in the creating
+    /// transaction, under the same lock on PostgreSQL). Each step adds what is missing and
+    /// leaves existing rows as they are.
+    static func migrate(_ s: any SQLSession) throws {
+        // error_code (issue 14): the engine's code of a failed attempt; older rows have none.
+        if s.dialect == .postgres {
+            try s.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS error_code TEXT")
+        } else if try s.one("SELECT COUNT(*) AS n FROM pragma_table_info('jobs') WHERE name = 'error_code'")?.int("n") ?? 0 == 0 {
+            try s.execute("ALTER TABLE jobs ADD COLUMN error_code TEXT")
+        }
     }
 
     // MARK: submit, read
@@ -172,12 +187,12 @@ public final class JobStore: @unchecked Sendable {
             let leaseLost = try JobState.sql(moving: [.running], to: .upForReschedule)
             moved += try s.execute("""
                 UPDATE jobs SET \(leaseLost.set), lease_owner = NULL, lease_expires = NULL, updated = ?,
-                    error = 'the daemon running it stopped or lost its lease'
+                    error = 'the daemon running it stopped or lost its lease', error_code = NULL
                 WHERE \(leaseLost.where) AND lease_expires < ?
                 """, now, now)
             let pastDeadline = try JobState.sql(moving: [.scheduled, .queued, .deferred, .upForRetry, .upForReschedule], to: .failed)
             moved += try s.execute("""
-                UPDATE jobs SET \(pastDeadline.set), error = 'deadline passed before the transfer finished', updated = ?
+                UPDATE jobs SET \(pastDeadline.set), error = 'deadline passed before the transfer finished', error_code = NULL, updated = ?
                 WHERE \(pastDeadline.where)
                   AND deadline IS NOT NULL AND deadline < ?
                 """, now, now)
@@ -186,7 +201,7 @@ public final class JobStore: @unchecked Sendable {
             let upstream = try JobState.sql(moving: [.scheduled, .queued, .deferred], to: .upstreamFailed)
             for _ in 0..<10_000 {
                 let n = try s.execute("""
-                    UPDATE jobs SET \(upstream.set), updated = ?,
+                    UPDATE jobs SET \(upstream.set), updated = ?, error_code = NULL,
                         error = 'a job it depends on failed: ' || (SELECT \(failedDeps) FROM job_deps d JOIN jobs p ON p.id = d.depends_on
                                                                    WHERE d.job = jobs.id AND p.state IN ('failed', 'upstream_failed'))
                     WHERE \(upstream.where) AND id IN (
@@ -285,6 +300,7 @@ public final class JobStore: @unchecked Sendable {
             let job = JobStore.job(row)
             var state: JobState
             var error: String? = nil
+            var errorCode: TransferError.Code? = nil
             var notBefore = job.notBefore
             var bytes = job.bytes
             var files = job.files
@@ -299,8 +315,9 @@ public final class JobStore: @unchecked Sendable {
             case .interrupted:
                 state = .upForReschedule
                 error = "interrupted; it resumes from its journal"
-            case .failure(let message, let resumable):
+            case .failure(let message, let resumable, let code):
                 error = message
+                errorCode = code
                 let pastDeadline = job.request.deadline.map { now >= $0 } ?? false
                 if resumable && job.attempts < job.maxAttempts && !pastDeadline {
                     state = .upForRetry
@@ -313,9 +330,10 @@ public final class JobStore: @unchecked Sendable {
             }
             try job.state.checkMove(to: state)
             try s.execute("""
-                UPDATE jobs SET state = ?, error = ?, not_before = ?, bytes = ?, files = ?, lease_owner = NULL, lease_expires = NULL, updated = ?
+                UPDATE jobs SET state = ?, error = ?, error_code = ?, not_before = ?, bytes = ?, files = ?, lease_owner = NULL, lease_expires = NULL,
+                    updated = ?
                 WHERE id = ?
-                """, state.rawValue, error, notBefore, bytes, files, now, id)
+                """, state.rawValue, error, errorCode?.name, notBefore, bytes, files, now, id)
             return state
         }
     }
@@ -332,7 +350,7 @@ public final class JobStore: @unchecked Sendable {
             guard !job.state.isFinal else { throw JobStoreError("job \(id) already ended \(job.state.rawValue)") }
             try job.state.checkMove(to: .failed)
             let rows = try s.query("""
-                UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, lease_expires = NULL, updated = ? WHERE id = ? RETURNING *
+                UPDATE jobs SET state = ?, error = ?, error_code = NULL, lease_owner = NULL, lease_expires = NULL, updated = ? WHERE id = ? RETURNING *
                 """, JobState.failed.rawValue, JobStore.cancelledPrefix + user, now, id)
             return JobStore.job(rows[0])
         }
@@ -349,7 +367,7 @@ public final class JobStore: @unchecked Sendable {
             let hasDeps = try s.one("SELECT COUNT(*) AS n FROM job_deps WHERE job = ?", id)?.int("n") ?? 0 > 0
             let next: JobState = hasDeps ? .scheduled : .queued
             try job.state.checkMove(to: next)
-            try s.execute("UPDATE jobs SET state = ?, attempts = 0, not_before = 0, error = NULL, updated = ? WHERE id = ?",
+            try s.execute("UPDATE jobs SET state = ?, attempts = 0, not_before = 0, error = NULL, error_code = NULL, updated = ? WHERE id = ?",
                           next.rawValue, now, id)
             // Dependents that gave up because of this job wait again (transitively).
             var frontier: [Int64] = [id]
@@ -361,7 +379,7 @@ public final class JobStore: @unchecked Sendable {
                         """, j).map { $0.int("job") }
                     let again = try JobState.sql(moving: [.upstreamFailed], to: .scheduled)
                     for c in ids {
-                        try s.execute("UPDATE jobs SET \(again.set), error = NULL, updated = ? WHERE id = ? AND \(again.where)", now, c)
+                        try s.execute("UPDATE jobs SET \(again.set), error = NULL, error_code = NULL, updated = ? WHERE id = ? AND \(again.where)", now, c)
                     }
                     next += ids
                 }
@@ -381,6 +399,6 @@ public final class JobStore: @unchecked Sendable {
                    attempts: Int(r.int("attempts")), maxAttempts: Int(r.int("max_attempts")), notBefore: r.int("not_before"),
                    leaseOwner: r.optionalText("lease_owner"), leaseExpires: r.optionalInt("lease_expires"), error: r.optionalText("error"),
                    bytes: r.int("bytes"), files: r.int("files"), created: r.int("created"), updated: r.int("updated"), peer: r.text("peer"),
-                   lastWorker: r.optionalText("last_worker"))
+                   lastWorker: r.optionalText("last_worker"), errorCode: r.optionalText("error_code").flatMap(TransferError.Code.init(name:)))
     }
 }
