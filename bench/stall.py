@@ -88,6 +88,10 @@ def hook(k):
         timed("GET", "/api/v1/stage/status?job=" + job)
         timed("POST", "/api/v1/stage/teardown", {"job": job})
         n += 1
+        # The next job's hook: a scheduler runs one per job, not a new one in the same instant.
+        # Without this pause a hook whose inputs were ready at once asked again at once, and
+        # K hooks were K clients in a closed loop (a throughput test), not K jobs polling.
+        time.sleep(1)
 
 
 def watcher(k):

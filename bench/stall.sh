@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The daemon API under load (issue 14, "find the stall"): K scheduler hooks staging inputs in
-# from a peer job after job (ask, poll every second until ready, status, teardown), P clients
+# from a peer job after job (ask, poll every second until ready, status, teardown, one second
+# before the next job), P clients
 # polling the API the way scripts do (a new connection per request, 30 s timeout), W progress
 # watchers (server-sent events), jobs submitted to a peer and running, a catalog registration
 # of F files repeated the whole time (long write transactions), and H CPU hogs beside it on

@@ -95,7 +95,7 @@ extension DaemonAPI {
             try await handle(request) { user in
                 let st = try stagingFor(user)
                 guard let job = request.uri.queryParameters["job"].map(String.init) else { throw HTTPFailure(status: 400, message: "give ?job=ID") }
-                let pinned = try st.cache.entries().filter { $0.pins.contains(job) }
+                let pinned = try st.cache.entries(pinnedBy: job)
                 return try codable(200, V1.StageStatus(job: job, entries: pinned, links: try st.cache.links(schedulerJob: job).map { [$0.path, $0.target] },
                                                     stageOut: try st.cache.outbound(schedulerJob: job)))
             }
@@ -323,7 +323,7 @@ extension DaemonAPI {
     /// Entries whose transfer ended: ready (bytes counted, then the cache trimmed to its
     /// quota) or failed (the job's error).
     func settle(_ st: StagingSettings) {
-        guard let entries = try? st.cache.entries() else { return }
+        guard let entries = try? st.cache.entries(in: .staging) else { return }
         var readied = false
         for e in entries where e.state == .staging {
             guard let id = e.job, let job = try? store.get(id) else { continue }
@@ -373,7 +373,8 @@ extension DaemonAPI {
     /// failed one): the transfer is cancelled, the directory and the row removed.
     func dropOrphans(_ st: StagingSettings, only: Set<Int64>? = nil) throws -> Int {
         var n = 0
-        for e in try st.cache.entries() where e.pins.isEmpty && e.state != .ready && (only?.contains(e.id) ?? true) {
+        let candidates = try only.map { ids in try ids.sorted().compactMap { try st.cache.entry(id: $0) } } ?? st.cache.entries()
+        for e in candidates where e.pins.isEmpty && e.state != .ready {
             if e.state == .staging, let j = e.job {
                 _ = try? store.cancel(j, by: "ferry-stage", now: now())
                 n += 1

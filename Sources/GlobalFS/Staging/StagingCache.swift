@@ -110,6 +110,23 @@ public final class StagingCache: @unchecked Sendable {
         }
     }
 
+    /// The entries `schedulerJob` pins, each with all its pins (a hook's status: not every
+    /// entry of the cache, as `entries()` is; with 1,000 hooks asking, reading the whole cache
+    /// for each was a third of the daemon's CPU under `bench/stall.sh`).
+    public func entries(pinnedBy schedulerJob: String) throws -> [Entry] {
+        try db.read { s in
+            try s.query("SELECT e.* FROM stage_entries e JOIN stage_pins p ON p.entry = e.id WHERE p.sjob = ? ORDER BY e.id", schedulerJob)
+                .map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) }
+        }
+    }
+
+    /// The entries in `state` (the settler's: those still staging), each with its pins.
+    public func entries(in state: State) throws -> [Entry] {
+        try db.read { s in
+            try s.query("SELECT * FROM stage_entries WHERE state = ? ORDER BY id", state.rawValue).map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) }
+        }
+    }
+
     public func entry(key: String) throws -> Entry? {
         try db.read { s in try s.one("SELECT * FROM stage_entries WHERE key = ?", key).map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) } }
     }
@@ -190,6 +207,9 @@ public final class StagingCache: @unchecked Sendable {
     /// Ready, unpinned entries to evict, least recently used first, until the ready bytes fit
     /// in `quota`. Pinned entries are never chosen (the cache may then stay over quota).
     public func evictionCandidates(quota: Int64) throws -> [Entry] {
+        // Under the quota (the common case, asked after every teardown): one sum, no entries.
+        let ready = try db.read { s in try s.one("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS total FROM stage_entries WHERE state = 'ready'")?.int("total") ?? 0 }
+        if ready <= quota { return [] }
         let all = try entries().filter { $0.state == .ready }
         var total = all.reduce(0) { $0 + $1.bytes }
         var out: [Entry] = []
