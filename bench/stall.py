@@ -2,11 +2,12 @@
 registration under a new name each time (every entry
 written again) repeated, all at once, for a fixed time. Every request opens a new connection
 (as hooks and scripts do) with a 30 s timeout. Prints key<TAB>value lines."""
-import json, sys, threading, time, urllib.request, urllib.error, http.client
+import asyncio, json, sys, threading, time, urllib.request, urllib.error, http.client
 
 api, tokfile, clients, watchers, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 hooks = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 scratch = sys.argv[7] if len(sys.argv) > 7 else "/scratch"  # the export's real path: directives name real paths
+files = int(sys.argv[8]) if len(sys.argv) > 8 else 1  # 0: no registration running beside
 tok = open(tokfile).read().strip()
 lock = threading.Lock()
 lat, errors, done_at = [], [], []
@@ -66,9 +67,47 @@ def registrar():
     with lock: stats["registrations"] = n
 
 
-def hook(k):
+# The hooks are coroutines of one asyncio loop, not threads: with 1,000 threads and urllib the
+# load generator itself took 1.2 cores of the two and the daemon 0.6, and a thread waited for
+# Python's lock long after its answer had come (latencies measured the client). Each request
+# opens its own connection, as a hook's `ferry stage` call does.
+host, port = api.split("//", 1)[1].rsplit(":", 1)
+
+
+async def acall(method, path, body=None, timeout=30):
+    data = json.dumps(body).encode() if body is not None else b""
+    async def go():
+        r, w = await asyncio.open_connection(host, int(port))
+        try:
+            w.write(("%s %s HTTP/1.1\r\nHost: %s:%s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\nConnection: close\r\n\r\n" % (method, path, host, port, tok, len(data))).encode() + data)
+            raw = await r.read()
+        finally:
+            w.close()
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status >= 300: raise RuntimeError("HTTP %d: %s" % (status, payload[:200]))
+        return json.loads(payload)
+    return await asyncio.wait_for(go(), timeout)
+
+
+async def atimed(method, path, body=None):
+    t0 = time.time()
+    try:
+        r = await acall(method, path, body)
+        t1 = time.time()
+        kind = method + " " + "/".join("{id}" if p.isdigit() else p for p in path.split("?")[0].split("/"))
+        lat.append(t1 - t0); done_at.append(t1); by_kind.setdefault(kind, []).append(t1 - t0)
+        return r
+    except Exception as e:  # a timeout, a refused or reset connection, a 4xx or 5xx
+        errors.append("%s %s after %.1f s: %r" % (method, path, time.time() - t0, e))
+        return None
+
+
+async def hook(k):
     """A scheduler's stage-in hook, job after job: ask until the input is ready (as
-    `ferry stage-in --wait` does), read the status, tear down."""
+    `ferry stage-in --wait` does, once a second), read the status, tear down."""
+    await asyncio.sleep(k / max(1, hooks))  # hooks start spread over the first second
     n = 0
     while time.time() < stop:
         job = "%d-%d" % (k, n)
@@ -77,21 +116,27 @@ def hook(k):
         t0 = time.time()
         state = ""
         while time.time() < stop:
-            r = timed("POST", "/api/v1/stage/in", body)
+            r = await atimed("POST", "/api/v1/stage/in", body)
             state = r["items"][0]["state"] if r else ""
             if state in ("ready", "failed"): break
-            time.sleep(1)
+            await asyncio.sleep(1)
         if state == "ready":
-            with lock: staged.append(time.time() - t0)
+            staged.append(time.time() - t0)
         elif state == "failed":
-            with lock: errors.append("stage-in %s failed: %s" % (job, r["items"][0].get("error")))
-        timed("GET", "/api/v1/stage/status?job=" + job)
-        timed("POST", "/api/v1/stage/teardown", {"job": job})
+            errors.append("stage-in %s failed: %s" % (job, r["items"][0].get("error")))
+        elif time.time() < stop:
+            errors.append("stage-in %s: no answer" % job)
+        await atimed("GET", "/api/v1/stage/status?job=" + job)
+        await atimed("POST", "/api/v1/stage/teardown", {"job": job})
         n += 1
         # The next job's hook: a scheduler runs one per job, not a new one in the same instant.
         # Without this pause a hook whose inputs were ready at once asked again at once, and
         # K hooks were K clients in a closed loop (a throughput test), not K jobs polling.
-        time.sleep(1)
+        await asyncio.sleep(1)
+
+
+async def all_hooks():
+    await asyncio.gather(*(hook(k) for k in range(hooks)))
 
 
 def watcher(k):
@@ -111,10 +156,12 @@ stats = {}
 staged = []
 threads = [threading.Thread(target=poller, args=(k,), daemon=True) for k in range(clients)]
 threads += [threading.Thread(target=watcher, args=(k,), daemon=True) for k in range(watchers)]
-threads += [threading.Thread(target=hook, args=(k,), daemon=True) for k in range(hooks)]
-threads += [threading.Thread(target=submitter, daemon=True), threading.Thread(target=registrar, daemon=True)]
+threads += [threading.Thread(target=submitter, daemon=True)]
+if files > 0: threads += [threading.Thread(target=registrar, daemon=True)]
 t_start = time.time()
 for t in threads: t.start()
+if hooks > 0:
+    asyncio.run(all_hooks())  # in this thread; the lists are appended under the GIL
 for t in threads: t.join(timeout=max(0.1, stop + 120 - time.time()))
 lat.sort()
 def pct(p): return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")

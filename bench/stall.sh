@@ -4,7 +4,7 @@
 # before the next job), P clients
 # polling the API the way scripts do (a new connection per request, 30 s timeout), W progress
 # watchers (server-sent events), jobs submitted to a peer and running, a catalog registration
-# of F files repeated the whole time (long write transactions), and H CPU hogs beside it on
+# of F files repeated the whole time (long write transactions; none with --files 0), and H CPU hogs beside it on
 # the two cores. Two centers on loopback (127.0.0.1 only), in a temp dir in tmpfs, removed on
 # exit. Prints "key<TAB>value" lines: requests, errors, latency percentiles, the longest
 # request and the longest time with no request answered.
@@ -75,5 +75,5 @@ api=$bench_api
 for _ in $(seq 1 "$hogs"); do timeout "$((seconds + 120))" sh -c 'while :; do :; done' & pids+=($!); done
 echo "stall bench: $hooks stage-in hooks, $clients pollers, $watchers watchers, jobs to wuxi, registration of $files files, $hogs CPU hogs, ${seconds}s, queue on $db; API at $api" >&2
 echo -e "db\t$db"
-python3 bench/stall.py "$api" "$w/token" "$clients" "$watchers" "$seconds" "$hooks" "$w/scratch"
+python3 bench/stall.py "$api" "$w/token" "$clients" "$watchers" "$seconds" "$hooks" "$w/scratch" "$files"
 grep -i "error\|fatal" "$w/hlrs.err" | head -5 >&2 || true
