@@ -305,22 +305,32 @@ public final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
 /// never be one that the pool needs to hand the lease out: on a two-core host the cooperative
 /// pool has two threads, and two blocked waiters would deadlock the process. Work here is
 /// tiny (state-machine steps between suspensions), so two threads are plenty.
-final class PostgresExecutor: TaskExecutor, @unchecked Sendable {
-    static let shared = PostgresExecutor(threads: 2)
+enum PostgresExecutor {
+    static let shared = ThreadPoolExecutor(threads: 2, name: "ferry-pg")
+}
 
+/// A fixed set of threads of its own that runs the jobs of tasks preferring it, in the order
+/// they come (a FIFO under one lock). For work that blocks, or that must never wait for a
+/// thread that blocks: PostgreSQL's leases (`PostgresExecutor`) and the daemon's API handlers
+/// (`BlockingPool` in the daemon, which says why).
+public final class ThreadPoolExecutor: TaskExecutor, @unchecked Sendable {
     private let cond = NSCondition()
     private var jobs: [UnownedJob] = []
     private var head = 0
+    public let threads: Int
 
-    init(threads: Int) {
-        for i in 0..<threads {
+    /// `threads` threads named NAME-0, NAME-1, ...; `stackSize` in bytes (nil: the default).
+    public init(threads: Int, name: String, stackSize: Int? = nil) {
+        self.threads = max(1, threads)
+        for i in 0..<self.threads {
             let t = Thread { [unowned self] in self.loop() }
-            t.name = "ferry-pg-\(i)"
+            t.name = "\(name)-\(i)"
+            if let stackSize { t.stackSize = stackSize }
             t.start()
         }
     }
 
-    func enqueue(_ job: consuming ExecutorJob) {
+    public func enqueue(_ job: consuming ExecutorJob) {
         let unowned = UnownedJob(job)
         cond.lock()
         jobs.append(unowned)
@@ -472,21 +482,35 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         }
     }
 
-    /// The connection a task's reads share (`sharingReads`), with the database it belongs to.
-    private struct Shared: Sendable {
+    /// The connection a task's reads share (`sharingReads`), with the database it belongs to:
+    /// leased by the first read made inside, so a request refused before it reads (a bad
+    /// token) or one that never reads takes no connection. Used by one task at a time.
+    private final class Shared: @unchecked Sendable {
         let database: ObjectIdentifier
-        let connection: PostgresConnection
+        var lease: Lease?
+        init(_ database: ObjectIdentifier) { self.database = database }
     }
     @TaskLocal private static var shared: Shared?
 
     public func sharingReads<T>(_ body: () async throws -> T) async throws -> T {
         if let held = Self.shared, held.database == ObjectIdentifier(self) { return try await body() }
-        let lease = try acquire()
-        defer { lease.finish() }
-        guard let c = lease.connection else {
-            throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(lease.error ?? CancellationError()))", busy: true)
+        let box = Shared(ObjectIdentifier(self))
+        defer { box.lease?.finish() }
+        return try await Self.$shared.withValue(box) { try await body() }
+    }
+
+    /// The connection of the task's `sharingReads`, leased on first use; nil outside one.
+    private func sharedConnection() throws -> PostgresConnection? {
+        guard let box = Self.shared, box.database == ObjectIdentifier(self) else { return nil }
+        if box.lease == nil {
+            let lease = try acquire()
+            guard lease.connection != nil else {
+                lease.finish()
+                throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(lease.error ?? CancellationError()))", busy: true)
+            }
+            box.lease = lease
         }
-        return try await Self.$shared.withValue(Shared(database: ObjectIdentifier(self), connection: c)) { try await body() }
+        return box.lease?.connection
     }
 
     private func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
@@ -542,8 +566,8 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     }
 
     public func read<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        if let held = Self.shared, held.database == ObjectIdentifier(self) {
-            return try body(Session(conn: held.connection, logger: logger, pending: Session.Pending()))
+        if let c = try sharedConnection() {
+            return try body(Session(conn: c, logger: logger, pending: Session.Pending()))
         }
         return try withConnection { c in try body(Session(conn: c, logger: logger, pending: Session.Pending())) }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 
 /// The threads on which the API does its blocking work: database transactions (GRDB's queue,
 /// PostgreSQL round trips), token checks, audit lines (synced writes), directory walks of the
@@ -17,59 +18,23 @@ import Foundation
 /// lock, a disk or a database. Each pool has a fixed number of threads (16; `quickReads` fewer): it bounds how much
 /// blocking work runs at once, and a request beyond it waits in the queue (in order), instead
 /// of an OS thread being made per request as the daemon's `offLoop` used to.
-public final class BlockingPool: TaskExecutor, @unchecked Sendable {
+public typealias BlockingPool = ThreadPoolExecutor
+
+extension ThreadPoolExecutor {
     /// Requests that only read (GET, HEAD): job and catalog reads, event streams (a watcher
     /// holds a thread only while it reads, not while it sleeps between reads).
-    public static let reads = BlockingPool(threads: 16, name: "ferry-api-r")
+    public static let reads = BlockingPool(threads: 16, name: "ferry-api-r", stackSize: 1 << 20)
     /// Reads whose work is bounded by one key or one page (`DaemonAPI.quickOperations`): a
     /// job, a page of a listing, an entry, a hook's staging status. Two threads per core: the
     /// work is CPU (SQLite's pages are in memory) or one round trip (PostgreSQL), and with as
     /// many threads as `reads` has they were time-sliced against each other on two cores, every
     /// request finishing late instead of most finishing early (`bench/api.sh`, job reads, 100
     /// clients: 16 threads 7,137 requests/s, p99 40.5 ms; 4 threads 11,798/s, p99 22.4 ms).
-    public static let quickReads = BlockingPool(threads: max(4, 2 * ProcessInfo.processInfo.activeProcessorCount), name: "ferry-api-q")
+    public static let quickReads = BlockingPool(threads: max(4, 2 * ProcessInfo.processInfo.activeProcessorCount), name: "ferry-api-q", stackSize: 1 << 20)
     /// Requests that change something: submissions, stage-in and stage-out, registrations.
     /// Apart from reads so that writes waiting for the database's lock never keep a read
     /// from running.
-    public static let writes = BlockingPool(threads: 16, name: "ferry-api-w")
-
-    private let cond = NSCondition()
-    private var jobs: [UnownedJob] = []
-    private var head = 0
-    public let threads: Int
-
-    public init(threads: Int, name: String) {
-        self.threads = max(1, threads)
-        for i in 0..<self.threads {
-            let t = Thread { [unowned self] in self.loop() }
-            t.name = "\(name)-\(i)"
-            t.stackSize = 1 << 20
-            t.start()
-        }
-    }
-
-    public func enqueue(_ job: consuming ExecutorJob) {
-        let unowned = UnownedJob(job)
-        cond.lock()
-        jobs.append(unowned)
-        cond.signal()
-        cond.unlock()
-    }
-
-    private func loop() {
-        while true {
-            cond.lock()
-            while head == jobs.count { cond.wait() }
-            let job = jobs[head]
-            head += 1
-            if head > 1024 && head * 2 > jobs.count {
-                jobs.removeFirst(head)
-                head = 0
-            }
-            cond.unlock()
-            job.runSynchronously(on: asUnownedTaskExecutor())
-        }
-    }
+    public static let writes = BlockingPool(threads: 16, name: "ferry-api-w", stackSize: 1 << 20)
 }
 
 /// Runs `body` (async, but free to block) on one of the daemon's blocking pools.
