@@ -173,10 +173,13 @@ struct SpecialFileTests {
         #expect(warm.succeeded, "\(warm)")
         let before = threads()
 
-        // 100 pulls, ten at a time: more than the connection limit would allow if any hung.
+        // 104 pulls, eight at a time: more than the connection limit would allow if any hung.
+        // Eight: the server's budget of connections in their handshake per address (all of
+        // these come from 127.0.0.1); with ten at once, a loaded host had a ninth handshake
+        // still running and one pull was refused at the door (CI, 2026-12-03), not by the FIFO.
         var failures: [String] = []
-        for round in 0..<10 {
-            let ps = try (0..<10).map { i in try sb.startCp(server.url("trap"), sb.file("got-\(round)-\(i)")) }
+        for round in 0..<13 {
+            let ps = try (0..<8).map { i in try sb.startCp(server.url("trap"), sb.file("got-\(round)-\(i)")) }
             for p in ps {
                 let r = sb.finish(p, timeout: 30)
                 if r.succeeded || r.timedOut || !r.allMessages.contains("FIFO") { failures.append(r.description) }
@@ -186,7 +189,7 @@ struct SpecialFileTests {
         #expect(Self.kind(root + "/trap")?.type == S_IFIFO)
         // Connection threads end with their sessions (bounded wait for the last ones).
         let settled = waitUntil(timeout: 10, interval: 0.1) { threads() <= before + 2 }
-        #expect(settled, "server threads: \(before) before, \(threads()) after 100 refused pulls")
+        #expect(settled, "server threads: \(before) before, \(threads()) after 104 refused pulls")
         let ok = try sb.cp(server.url("ok.bin"), sb.file("ok.bin"))
         #expect(ok.succeeded && filesIdentical(root + "/ok.bin", sb.file("ok.bin")), "\(ok)")
     }
