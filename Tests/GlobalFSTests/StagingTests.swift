@@ -93,6 +93,33 @@ struct StagingTests {
         #expect(try c.links(schedulerJob: "j1").map(\.path) == ["/s/1/in"])
         try c.recordOutbound(.init(schedulerJob: "j1", index: 0, source: "/s/1/out", destination: "ferry://w/r", optional: false, job: 7, error: nil))
         #expect(try c.outbound(schedulerJob: "j1").first?.job == 7)
+        // A pin returns the asking job's recorded links (its ask needs them next).
+        #expect(try c.pin(key: "k", source: "k", schedulerJob: "j1", now: 160) { "/cache/\($0)" }.links.map(\.target) == ["/cache/1/data"])
+        let status = try c.status(schedulerJob: "j1")
+        #expect(status.entries.map(\.key) == ["k"] && status.links.map(\.path) == ["/s/1/in"] && status.outbound.map(\.index) == [0])
+    }
+
+    @Test("teardown's release: links and pins forgotten, only unpinned entries that are not ready lose their rows, ready bytes counted", arguments: Backend.allCases)
+    func release(_ backend: Backend) throws {
+        let c = try StagingCache(db: try openDatabase(try backend.newDatabase()))
+        let path: (Int64) -> String = { "/cache/\($0)" }
+        let staging = try c.pin(key: "s", source: "s", schedulerJob: "t1", now: 1, path: path).entry.id   // only t1: orphaned
+        let shared = try c.pin(key: "x", source: "x", schedulerJob: "t1", now: 1, path: path).entry.id    // t2 too: kept
+        _ = try c.pin(key: "x", source: "x", schedulerJob: "t2", now: 1, path: path)
+        let ready = try c.pin(key: "r", source: "r", schedulerJob: "t1", now: 1, path: path).entry.id     // ready: kept
+        try c.finish(ready, state: .ready, bytes: 42, now: 2)
+        try c.setJob(staging, job: 99)
+        try c.recordLink(schedulerJob: "t1", path: "/j/t1/in", target: "/cache/1/data")
+        let r = try c.release(schedulerJob: "t1")
+        #expect(r.unpinned == [staging, shared, ready])
+        #expect(r.orphans.map(\.id) == [staging] && r.orphans.first?.job == 99 && r.orphans.first?.path == "/cache/\(staging)")
+        #expect(r.readyBytes == 42)
+        #expect(try c.links(schedulerJob: "t1").isEmpty && c.entries(pinnedBy: "t1").isEmpty)
+        #expect(try c.entries().map(\.id) == [shared, ready])
+        #expect(try c.entry(id: shared)?.pins == ["t2"])
+        // Twice (a scheduler may run the hook again): nothing more to do.
+        let again = try c.release(schedulerJob: "t1")
+        #expect(again.unpinned.isEmpty && again.orphans.isEmpty && again.readyBytes == 42)
     }
 }
 

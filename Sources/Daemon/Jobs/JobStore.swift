@@ -137,6 +137,22 @@ public final class JobStore: @unchecked Sendable {
         try db.read { s in try s.one("SELECT * FROM jobs WHERE id = ?", id).map(JobStore.job) }
     }
 
+    /// The jobs with these ids (those that exist), in one read: 500 ids a statement.
+    public func get(_ ids: [Int64]) throws -> [Int64: Job] {
+        guard !ids.isEmpty else { return [:] }
+        return try db.read { s in
+            var out: [Int64: Job] = [:]
+            for start in stride(from: 0, to: ids.count, by: 500) {
+                let part = Array(ids[start..<min(ids.count, start + 500)])
+                for r in try s.query("SELECT * FROM jobs WHERE id IN (" + part.map { _ in "?" }.joined(separator: ",") + ")", part.map { $0 as any SQLArgument }) {
+                    let j = JobStore.job(r)
+                    out[j.id] = j
+                }
+            }
+            return out
+        }
+    }
+
     /// A page of jobs, oldest first, after `afterID` (keyset paging: stable under inserts).
     public func list(_ f: JobFilter) throws -> [Job] {
         var sql = "SELECT * FROM jobs WHERE id > ?"

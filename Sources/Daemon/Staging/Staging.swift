@@ -38,10 +38,24 @@ public struct StagingSettings: Sendable {
     public var maxPinHours: Int64 = 7 * 24
     /// `staging_bwlimit`: bytes per second for each staging transfer.
     public var bandwidth: Int64?
+    /// The job queue's generation the last complete settle began at (`settle`).
+    let settled = SettledMark()
 
     public init(cache: StagingCache, root: String, rootReal: String, quota: Int64) {
         self.cache = cache; self.root = root; self.rootReal = rootReal; self.quota = quota
     }
+}
+
+/// The queue generation (`JobStore.generation`) a complete settle began at. Entries move from
+/// staging only when their job changes, and every job change (this daemon's, or another's
+/// through LISTEN/NOTIFY on PostgreSQL) moves the generation: an ask that finds it where the
+/// last settle left it has nothing to settle. With 1,000 hooks asking once a second for
+/// transfers still running, each ask had read every staging entry and its job.
+final class SettledMark: @unchecked Sendable {
+    private let lock = NSLock()
+    private var generation: UInt64?
+    func isCurrent(_ g: UInt64) -> Bool { lock.withLock { generation == g } }
+    func set(_ g: UInt64) { lock.withLock { generation = g } }
 }
 
 /// The hook's request and each directive's answer: the contract's types (`V1`).
@@ -95,9 +109,8 @@ extension DaemonAPI {
             try await handle(request) { user in
                 let st = try stagingFor(user)
                 guard let job = request.uri.queryParameters["job"].map(String.init) else { throw HTTPFailure(status: 400, message: "give ?job=ID") }
-                let pinned = try st.cache.entries(pinnedBy: job)
-                return try codable(200, V1.StageStatus(job: job, entries: pinned, links: try st.cache.links(schedulerJob: job).map { [$0.path, $0.target] },
-                                                    stageOut: try st.cache.outbound(schedulerJob: job)))
+                let s = try st.cache.status(schedulerJob: job)
+                return try codable(200, V1.StageStatus(job: job, entries: s.entries, links: s.links.map { [$0.path, $0.target] }, stageOut: s.outbound))
             }
         }
         route(router, "stageCache") { request, _ in
@@ -203,7 +216,7 @@ extension DaemonAPI {
             do { peer = try FerryURL(parsing: d.source).authority } catch let e as TransferError { throw HTTPFailure(status: 400, message: e.message) }
             guard runner.settings.peers[peer] != nil else { throw HTTPFailure(status: 400, message: "'\(peer)' is not a peer of center \(center) ([[peer]])") }
         }
-        let (entry, created) = try st.cache.pin(key: key, source: d.source, schedulerJob: r.job, retryFailed: r.retry ?? false, now: now()) { id in st.rootReal + "/\(id)" }
+        let (entry, created, links) = try st.cache.pin(key: key, source: d.source, schedulerJob: r.job, retryFailed: r.retry ?? false, now: now()) { id in st.rootReal + "/\(id)" }
         item.entry = entry.id
         var current = entry
         if created {
@@ -220,7 +233,7 @@ extension DaemonAPI {
         item.job = current.job
         switch current.state {
         case .ready:
-            try link(st, job: r.job, dst: dst, target: current.path + "/data", uid: r.uid, gid: r.gid)
+            try link(st, job: r.job, dst: dst, target: current.path + "/data", uid: r.uid, gid: r.gid, recorded: links)
             item.state = "ready"
         case .failed:
             item.state = "failed"
@@ -274,11 +287,15 @@ extension DaemonAPI {
     /// that user may put a link there, and a parent swapped for a link cannot send the daemon's
     /// rights elsewhere. Only the system calls on DST run as the user; the cache's records
     /// stay the daemon's.
-    func link(_ st: StagingSettings, job: String, dst: (real: String, job: String), target: String, uid: UInt32?, gid: UInt32?) throws {
+    ///
+    /// `recorded`: the job's links as read by the caller (nil: read them here).
+    func link(_ st: StagingSettings, job: String, dst: (real: String, job: String), target: String, uid: UInt32?, gid: UInt32?,
+              recorded: [(path: String, target: String)]? = nil) throws {
         guard let runner, case (.confined(let root, let components), _, _) = try runner.jobEndpoint(dst.job) else {
             throw HTTPFailure(status: 400, message: "DST \(dst.real) is not a path of this center")
         }
-        let ours = try st.cache.links(schedulerJob: job).contains(where: { $0.path == dst.real })
+        let known = try recorded ?? st.cache.links(schedulerJob: job)
+        let ours = known.contains(where: { $0.path == dst.real })
         var account: LocalAccount?
         if let uid, IdentityMap.canSwitch {
             guard let pw = getpwuid(uid) else { throw HTTPFailure(status: 400, message: "no local account has uid \(uid)") }
@@ -310,6 +327,8 @@ extension DaemonAPI {
                 }
             }
         }()
+        // Recorded already with this target (a poll after the link was made): nothing to write.
+        if known.contains(where: { $0.path == dst.real && $0.target == target }) { return }
         try st.cache.recordLink(schedulerJob: job, path: dst.real, target: target)
     }
 
@@ -323,18 +342,27 @@ extension DaemonAPI {
     /// Entries whose transfer ended: ready (bytes counted, then the cache trimmed to its
     /// quota) or failed (the job's error).
     func settle(_ st: StagingSettings) {
+        let generation = store.generation
+        if st.settled.isCurrent(generation) { return }
         guard let entries = try? st.cache.entries(in: .staging) else { return }
+        guard let jobs = try? store.get(entries.compactMap(\.job)) else { return }
         var readied = false
+        var complete = true
         for e in entries where e.state == .staging {
-            guard let id = e.job, let job = try? store.get(id) else { continue }
-            if job.state.satisfiesDependents {
-                try? st.cache.finish(e.id, state: .ready, bytes: DaemonAPI.bytes(under: e.path), now: now())
-                readied = true
-            } else if job.state == .failed || job.state == .upstreamFailed {
-                try? st.cache.finish(e.id, state: .failed, error: job.error ?? "the transfer failed", now: now())
+            guard let id = e.job, let job = jobs[id] else { continue }
+            do {
+                if job.state.satisfiesDependents {
+                    try st.cache.finish(e.id, state: .ready, bytes: DaemonAPI.bytes(under: e.path), now: now())
+                    readied = true
+                } else if job.state == .failed || job.state == .upstreamFailed {
+                    try st.cache.finish(e.id, state: .failed, error: job.error ?? "the transfer failed", now: now())
+                }
+            } catch {
+                complete = false  // settled again by the next ask
             }
         }
         if readied { evict(st) }
+        if complete { st.settled.set(generation) }
     }
 
     func evict(_ st: StagingSettings) {
@@ -362,19 +390,25 @@ extension DaemonAPI {
         for l in try st.cache.links(schedulerJob: job) where DaemonAPI.linkTarget(l.path) == l.target && unlink(l.path) == 0 {
             removed += 1
         }
-        try st.cache.forgetLinks(schedulerJob: job)
-        let entries = try st.cache.unpin(schedulerJob: job)
-        let dropped = try dropOrphans(st, only: Set(entries))
-        evict(st)
-        return V1.TeardownAnswer(job: job, unpinned: entries.count, linksRemoved: removed, transfersCancelled: dropped)
+        // The records in one transaction (links, pins, orphaned entries), then the files.
+        let released = try st.cache.release(schedulerJob: job)
+        var cancelled = 0
+        for e in released.orphans {
+            if e.state == .staging, let j = e.job {
+                _ = try? store.cancel(j, by: "ferry-stage", now: now())
+                cancelled += 1
+            }
+            try? FileManager.default.removeItem(atPath: e.path)
+        }
+        if released.readyBytes > st.quota { evict(st) }
+        return V1.TeardownAnswer(job: job, unpinned: released.unpinned.count, linksRemoved: removed, transfersCancelled: cancelled)
     }
 
     /// Entries no job pins any more that are not ready (a transfer nobody waits for, or a
     /// failed one): the transfer is cancelled, the directory and the row removed.
-    func dropOrphans(_ st: StagingSettings, only: Set<Int64>? = nil) throws -> Int {
+    func dropOrphans(_ st: StagingSettings) throws -> Int {
         var n = 0
-        let candidates = try only.map { ids in try ids.sorted().compactMap { try st.cache.entry(id: $0) } } ?? st.cache.entries()
-        for e in candidates where e.pins.isEmpty && e.state != .ready {
+        for e in try st.cache.entries() where e.pins.isEmpty && e.state != .ready {
             if e.state == .staging, let j = e.job {
                 _ = try? store.cancel(j, by: "ferry-stage", now: now())
                 n += 1

@@ -72,6 +72,7 @@ public final class StagingCache: @unchecked Sendable {
                     created \(int) NOT NULL,
                     PRIMARY KEY (entry, sjob));
                 CREATE INDEX IF NOT EXISTS stage_pins_sjob ON stage_pins(sjob);
+                CREATE INDEX IF NOT EXISTS stage_entries_state ON stage_entries(state);
                 CREATE TABLE IF NOT EXISTS stage_links (
                     sjob TEXT NOT NULL,
                     path TEXT NOT NULL,
@@ -114,10 +115,12 @@ public final class StagingCache: @unchecked Sendable {
     /// entry of the cache, as `entries()` is; with 1,000 hooks asking, reading the whole cache
     /// for each was a third of the daemon's CPU under `bench/stall.sh`).
     public func entries(pinnedBy schedulerJob: String) throws -> [Entry] {
-        try db.read { s in
-            try s.query("SELECT e.* FROM stage_entries e JOIN stage_pins p ON p.entry = e.id WHERE p.sjob = ? ORDER BY e.id", schedulerJob)
-                .map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) }
-        }
+        try db.read { s in try entries(s, pinnedBy: schedulerJob) }
+    }
+
+    func entries(_ s: any SQLSession, pinnedBy schedulerJob: String) throws -> [Entry] {
+        try s.query("SELECT e.* FROM stage_entries e JOIN stage_pins p ON p.entry = e.id WHERE p.sjob = ? ORDER BY e.id", schedulerJob)
+            .map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) }
     }
 
     /// The entries in `state` (the settler's: those still staging), each with its pins.
@@ -138,29 +141,71 @@ public final class StagingCache: @unchecked Sendable {
     /// The entry for `key`, pinned by `schedulerJob`: an existing one (a failed one, with
     /// `retryFailed`, is reset to staging, `created` true, so the caller starts a new transfer;
     /// without, it is returned failed), or a new one in state staging (`created` true). One
-    /// transaction: two jobs asking at once get one entry.
+    /// transaction: two jobs asking at once get one entry. `links` are the links recorded for
+    /// `schedulerJob` (read in the same transaction: the hook's ask needs them next, and each
+    /// transaction of its own was a turn on SQLite's one writer or a PostgreSQL round trip).
     public func pin(key: String, source: String, schedulerJob: String, retryFailed: Bool = true, now: Int64,
-                    path: (Int64) -> String) throws -> (entry: Entry, created: Bool) {
+                    path: (Int64) -> String) throws -> (entry: Entry, created: Bool, links: [(path: String, target: String)]) {
         try db.write { s in
             var created = false
+            var row: SQLRow
             if let r = try s.one("SELECT * FROM stage_entries WHERE key = ?", key) {
                 if r.text("state") == State.failed.rawValue && retryFailed {
                     try s.execute("UPDATE stage_entries SET state = 'staging', error = NULL, job = NULL, last_used = ? WHERE id = ?", now, r.int("id"))
                     created = true
+                    row = try s.one("SELECT * FROM stage_entries WHERE id = ?", r.int("id"))!
                 } else {
+                    // The common ask (an entry staging or ready): the row read is the answer,
+                    // with the time of use set below.
                     try s.execute("UPDATE stage_entries SET last_used = ? WHERE id = ?", now, r.int("id"))
+                    row = r
                 }
             } else {
                 // Two jobs asking at once (PostgreSQL, several daemons): one insert wins.
                 created = try s.execute("INSERT INTO stage_entries (key, source, state, created, last_used) VALUES (?, ?, 'staging', ?, ?) ON CONFLICT (key) DO NOTHING",
                                         key, source, now, now) > 0
+                guard let r = try s.one("SELECT * FROM stage_entries WHERE key = ?", key) else { throw CatalogError(.io, "staging entry not stored") }
+                row = r
             }
-            guard let row = try s.one("SELECT * FROM stage_entries WHERE key = ?", key) else { throw CatalogError(.io, "staging entry not stored") }
             let id = row.int("id")
-            if row.text("path").isEmpty { try s.execute("UPDATE stage_entries SET path = ? WHERE id = ?", path(id), id) }
+            var entry = StagingCache.entry(row, pins: [])
+            entry.lastUsed = max(entry.lastUsed, now)
+            if entry.path.isEmpty {
+                entry.path = path(id)
+                try s.execute("UPDATE stage_entries SET path = ? WHERE id = ?", entry.path, id)
+            }
             try s.execute("INSERT INTO stage_pins (entry, sjob, created) VALUES (?, ?, ?) ON CONFLICT (entry, sjob) DO NOTHING", id, schedulerJob, now)
-            let fresh = try s.one("SELECT * FROM stage_entries WHERE id = ?", id)!
-            return (StagingCache.entry(fresh, pins: try pins(s, id)), created)
+            entry.pins = try pins(s, id)
+            return (entry, created, try links(s, schedulerJob))
+        }
+    }
+
+    /// What `stage status` shows of `schedulerJob`, in one read: the entries it pins (each with
+    /// all its pins), its links, its stage-outs.
+    public func status(schedulerJob: String) throws -> (entries: [Entry], links: [(path: String, target: String)], outbound: [Outbound]) {
+        try db.read { s in (try entries(s, pinnedBy: schedulerJob), try links(s, schedulerJob), try outbound(s, schedulerJob)) }
+    }
+
+    /// A teardown's bookkeeping in one transaction: `schedulerJob`'s links and pins are
+    /// forgotten, and the entries it pinned that no job pins any more and that are not ready
+    /// (a transfer nobody waits for, a failed one) lose their rows. Returns the entries it had
+    /// pinned, those orphans (the caller cancels their transfers and removes their
+    /// directories: a crash in between leaves a directory no entry owns, which a sweep
+    /// removes), and the bytes of ready entries (whether eviction has anything to do).
+    public func release(schedulerJob: String) throws -> (unpinned: [Int64], orphans: [Entry], readyBytes: Int64) {
+        try db.write { s in
+            try s.execute("DELETE FROM stage_links WHERE sjob = ?", schedulerJob)
+            let ids = try s.query("SELECT entry FROM stage_pins WHERE sjob = ? ORDER BY entry", schedulerJob).map { $0.int("entry") }
+            try s.execute("DELETE FROM stage_pins WHERE sjob = ?", schedulerJob)
+            var orphans: [Entry] = []
+            for id in ids {
+                guard let r = try s.one("SELECT * FROM stage_entries WHERE id = ?", id), r.text("state") != State.ready.rawValue,
+                      try s.one("SELECT 1 AS one FROM stage_pins WHERE entry = ? LIMIT 1", id) == nil else { continue }
+                orphans.append(StagingCache.entry(r, pins: []))
+                try s.execute("DELETE FROM stage_entries WHERE id = ?", id)
+            }
+            let ready = try s.one("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS total FROM stage_entries WHERE state = 'ready'")?.int("total") ?? 0
+            return (ids, orphans, ready)
         }
     }
 
@@ -230,7 +275,11 @@ public final class StagingCache: @unchecked Sendable {
     }
 
     public func links(schedulerJob: String) throws -> [(path: String, target: String)] {
-        try db.read { s in try s.query("SELECT path, target FROM stage_links WHERE sjob = ? ORDER BY path", schedulerJob).map { ($0.text("path"), $0.text("target")) } }
+        try db.read { s in try links(s, schedulerJob) }
+    }
+
+    func links(_ s: any SQLSession, _ schedulerJob: String) throws -> [(path: String, target: String)] {
+        try s.query("SELECT path, target FROM stage_links WHERE sjob = ? ORDER BY path", schedulerJob).map { ($0.text("path"), $0.text("target")) }
     }
 
     public func forgetLinks(schedulerJob: String) throws {
@@ -238,11 +287,13 @@ public final class StagingCache: @unchecked Sendable {
     }
 
     public func outbound(schedulerJob: String) throws -> [Outbound] {
-        try db.read { s in
-            try s.query("SELECT * FROM stage_out WHERE sjob = ? ORDER BY idx", schedulerJob).map {
-                Outbound(schedulerJob: $0.text("sjob"), index: Int($0.int("idx")), source: $0.text("source"), destination: $0.text("destination"),
-                         optional: $0.int("optional") != 0, job: $0.optionalInt("job"), error: $0.optionalText("error"))
-            }
+        try db.read { s in try outbound(s, schedulerJob) }
+    }
+
+    func outbound(_ s: any SQLSession, _ schedulerJob: String) throws -> [Outbound] {
+        try s.query("SELECT * FROM stage_out WHERE sjob = ? ORDER BY idx", schedulerJob).map {
+            Outbound(schedulerJob: $0.text("sjob"), index: Int($0.int("idx")), source: $0.text("source"), destination: $0.text("destination"),
+                     optional: $0.int("optional") != 0, job: $0.optionalInt("job"), error: $0.optionalText("error"))
         }
     }
 

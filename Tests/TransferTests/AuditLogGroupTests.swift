@@ -1,0 +1,32 @@
+import Foundation
+import Testing
+@testable import Transfer
+
+@Suite("Audit log, grouped syncs")
+struct AuditLogGroupTests {
+    @Test("16 threads writing at once: every line whole and present, fewer syncs than lines")
+    func groupedSyncs() throws {
+        // On the disk, not in tmpfs: a sync there takes long enough for writers to meet.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ferry-audit-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try AuditLog(path: dir + "/audit.jsonl")
+        let threads = 16, each = 40
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            for i in 0..<each {
+                log.write(AuditLog.Record(user: "u\(t)", peer: "", action: "api", path: "line \(i) of thread \(t) " + String(repeating: "x", count: 200), result: "ok"))
+            }
+        }
+        let text = try String(contentsOfFile: dir + "/audit.jsonl", encoding: .utf8)
+        let lines = text.split(separator: "\n")
+        #expect(lines.count == threads * each)
+        var seen = Set<String>()
+        for l in lines {
+            let o = try #require(try JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any], "a torn line: \(l.prefix(80))")
+            seen.insert("\(o["user"] ?? "")/\(o["path"] ?? "")")
+        }
+        #expect(seen.count == threads * each, "every line once")
+        #expect(log.syncs >= 1)
+        #expect(log.syncs < UInt64(threads * each), "each line synced alone: \(log.syncs) syncs for \(threads * each) lines")
+    }
+}
