@@ -128,7 +128,7 @@ extension Ferry {
                 }
                 target.api = address
             }
-            let body = V1.ReplicateRequest(path: path, bwlimit: try bwlimit.map { Int64(try parseSize($0, what: "--bwlimit")) })
+            let body = V1.ReplicateRequest(path: path, bwlimit: try bwlimit.map { try parseSize($0, what: "--bwlimit") })
             let r = try target.call("POST", "/api/v1/catalog/replicate", body: body, as: V1.ReplicateAnswer.self)
             if api.json && !wait { api.printJSON(r); return }
             if !api.json { print("ferry: \(r.message)") }

@@ -200,15 +200,11 @@ struct ContractSchemaTests {
         #expect(snake.request.dependsOn == [4] && snake.request.maxAttempts == 3 && snake.sources == nil)
         let camel = try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"source":"/a","destination":"/b","dependsOn":[4],"maxAttempts":3}"#.utf8))
         #expect(camel.request == snake.request)
-        do {
-            _ = try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"source":"/a","destination":"/b","protecton":"clear"}"#.utf8))
-            Issue.record("a misspelt key was accepted")
-        } catch let e as DecodingError {
-            #expect(DaemonAPI.explain(e).contains("unknown key 'protecton'"), "\(DaemonAPI.explain(e))")
-        }
-        #expect(throws: DecodingError.self) {
-            try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"source":"/a","sources":["/c"],"destination":"/b"}"#.utf8))
-        }
+        let decode: (Data) throws -> Void = { _ = try APIJSON.decode(V1.TransferSubmission.self, from: $0) }
+        let typo = Self.refusal(decode, #"{"source":"/a","destination":"/b","protecton":"clear"}"#) ?? "accepted"
+        #expect(typo.contains("unknown key 'protecton'") && typo.contains("a transfer takes bwlimit, checksum") && typo.contains("source, sources, streams"), "\(typo)")
+        let both = Self.refusal(decode, #"{"source":"/a","sources":["/c"],"destination":"/b"}"#)
+        #expect(both == "give source or sources, not both", "\(both ?? "accepted")")
         let many = try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"sources":["/x/a","/y/b"],"destination":"/d"}"#.utf8))
         #expect(try many.requests().map(\.destination) == ["/d/a", "/d/b"])
         let dots = try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"sources":["/x/.."],"destination":"/d"}"#.utf8))
@@ -234,6 +230,122 @@ struct ContractSchemaTests {
 
     static func refusal(_ decode: (Data) throws -> Void, _ json: String) -> String? {
         do { try decode(Data(json.utf8)); return nil } catch let e as DecodingError { return DaemonAPI.explain(e) } catch { return "\(error)" }
+    }
+
+    static func decoder<T: APIRequest>(_ type: T.Type) -> @Sendable (Data) throws -> Void { { _ = try APIJSON.decode(T.self, from: $0) } }
+
+    @Test("every operation's body is an APIRequest, so APIJSON.decode checks it against its schema before decoding")
+    func everyBodyIsChecked() throws {
+        var bodies: Set<String> = []
+        for op in APIContract.operations {
+            for model in op.body?.refs ?? [] {
+                bodies.insert(model.schemaName)
+                #expect(model is any APIRequest.Type, "\(op.id): \(model.schemaName) is not an APIRequest (its body would decode unchecked)")
+            }
+        }
+        #expect(bodies.count == Self.requestBodies.count, "\(bodies)")
+        // Answers are not checked (a newer server may add a field): only request types are.
+        #expect(try APIJSON.decode(V1.CenterView.self, from: Data(#"{"name":"a","api":"x","last_seq":1,"last_sync":2,"reachable":true,"new":1}"#.utf8)).name == "a")
+    }
+
+    /// Bodies each request type's schema refuses, and what the refusal must say. Each is a
+    /// `RequestRefusal` (a 400 whose detail is the message as it is), from the schema-driven
+    /// check, before any decoding.
+    static let refused: [(what: String, decode: @Sendable (Data) throws -> Void, json: String, says: [String])] = [
+        // Transfers: types, ranges (the camelCase spelling of the first form too), enums, lengths.
+        ("transfer: boolean as a string", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","recursive":"yes"}"#,
+         ["recursive is true or false, not a string ('yes')"]),
+        ("transfer: streams 65", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","streams":65}"#, ["streams is 1 to 64, not 65"]),
+        ("transfer: streams 1.5", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","streams":1.5}"#, ["streams is an integer, not 1.5"]),
+        ("transfer: negative bwlimit", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","bwlimit":-1}"#, ["bwlimit is 0 or more, not -1"]),
+        ("transfer: bwlimit null", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","bwlimit":null}"#, ["bwlimit is an integer, not null"]),
+        ("transfer: maxAttempts 101", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","maxAttempts":101}"#, ["maxAttempts is 1 to 100, not 101"]),
+        ("transfer: max_attempts 0", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","max_attempts":0}"#, ["max_attempts is 1 to 100, not 0"]),
+        ("transfer: a dependency 0", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","depends_on":[4,0]}"#, ["depends_on[1] is 1 or more, not 0"]),
+        ("transfer: negative deadline", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","deadline":-5}"#, ["deadline is 0 or more, not -5"]),
+        ("transfer: unknown protection", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","protection":"secret"}"#,
+         ["unknown protection 'secret': one of clear, safe, private"]),
+        ("transfer: compress level 20", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","compress":"20"}"#, ["unknown compress '20': one of auto, off"]),
+        ("transfer: empty destination", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":""}"#, ["destination is at least 1 character long"]),
+        ("transfer: both spellings", decoder(V1.TransferSubmission.self), #"{"source":"/a","destination":"/b","depends_on":[1],"dependsOn":[2]}"#,
+         ["dependsOn and depends_on are the same key: give one"]),
+        ("transfer: no source", decoder(V1.TransferSubmission.self), #"{"destination":"/b"}"#, ["give 'source' or 'sources'"]),
+        ("transfer: no destination", decoder(V1.TransferSubmission.self), #"{"source":"/a"}"#, ["'destination' is missing"]),
+        ("transfer: no sources", decoder(V1.TransferSubmission.self), #"{"sources":[],"destination":"/b"}"#, ["sources takes 1 to 10000 items, not 0"]),
+        ("transfer: an empty source", decoder(V1.TransferSubmission.self), #"{"sources":["/a",""],"destination":"/b"}"#, ["sources[1] is at least 1 character long"]),
+        ("transfer: an array body", decoder(V1.TransferSubmission.self), #"[{"source":"/a","destination":"/b"}]"#, ["the body is an object, not an array"]),
+        // Register.
+        ("register: hash as 1", decoder(V1.RegisterRequest.self), #"{"path":"/d","dataset":"z","hash":1}"#, ["hash is true or false, not 1"]),
+        ("register: a reader that is a number", decoder(V1.RegisterRequest.self), #"{"path":"/d","dataset":"z","readers":["bob",7]}"#, ["readers[1] is a string, not 7"]),
+        ("register: empty dataset", decoder(V1.RegisterRequest.self), #"{"path":"/d","dataset":""}"#, ["dataset is at least 1 character long"]),
+        ("register: no dataset", decoder(V1.RegisterRequest.self), #"{"path":"/d"}"#, ["'dataset' is missing"]),
+        // Replicate: a negative limit was read as none.
+        ("replicate: negative bwlimit", decoder(V1.ReplicateRequest.self), #"{"path":"gfs://a/z","bwlimit":-5}"#, ["bwlimit is 0 or more, not -5"]),
+        ("replicate: bwlimit as a string", decoder(V1.ReplicateRequest.self), #"{"path":"gfs://a/z","bwlimit":"8M"}"#, ["bwlimit is an integer, not a string ('8M')"]),
+        ("replicate: path as a number", decoder(V1.ReplicateRequest.self), #"{"path":5}"#, ["path is a string, not 5"]),
+        // Stage requests and their directives, named by place.
+        ("stage: uid as a string", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","uid":"5","directives":[]}"#, ["uid is an integer, not a string ('5')"]),
+        ("stage: uid beyond 32 bits", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","uid":4294967296,"directives":[]}"#, ["uid is 0 to 4294967295, not 4294967296"]),
+        ("stage: negative gid", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","gid":-1,"directives":[]}"#, ["gid is 0 to 4294967295, not -1"]),
+        ("stage: empty job", decoder(V1.StageRequest.self), #"{"job":"","user":"u","directives":[]}"#, ["job is at least 1 character long"]),
+        ("stage: directives an object", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","directives":{}}"#, ["directives is an array, not an object"]),
+        ("directive: unknown key", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","directives":[\#(directive),{"direction":"stage_in","source":"s","destination":"d","optional":false,"checksum":false,"line":3,"hurry":1}]}"#,
+         ["unknown key 'hurry' in directives[1] (a directive takes checksum, destination, direction, line, optional, source)"]),
+        ("directive: unknown direction", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","directives":[{"direction":"stage_up","source":"s","destination":"d","optional":false,"checksum":false,"line":3}]}"#,
+         ["unknown directives[0].direction 'stage_up': one of stage_in, stage_out"]),
+        ("directive: negative line", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","directives":[{"direction":"stage_in","source":"s","destination":"d","optional":false,"checksum":false,"line":-1}]}"#,
+         ["directives[0].line is 0 or more, not -1"]),
+        ("directive: optional as a string", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","directives":[{"direction":"stage_in","source":"s","destination":"d","optional":"no","checksum":false,"line":1}]}"#,
+         ["directives[0].optional is true or false, not a string ('no')"]),
+        ("directive: no line", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","directives":[{"direction":"stage_in","source":"s","destination":"d","optional":false,"checksum":false}]}"#,
+         ["'line' is missing in directives[0]"]),
+        ("directive: not an object", decoder(V1.StageRequest.self), #"{"job":"1","user":"u","directives":["stage_in s d"]}"#, ["directives[0] is an object, not a string"]),
+        // Teardown and sweep.
+        ("teardown: hurry as a string", decoder(V1.TeardownRequest.self), #"{"job":"1","hurry":"yes"}"#, ["hurry is true or false, not a string ('yes')"]),
+        ("teardown: empty job", decoder(V1.TeardownRequest.self), #"{"job":""}"#, ["job is at least 1 character long"]),
+        ("sweep: max_pin_hours over the maximum", decoder(V1.SweepRequest.self), #"{"max_pin_hours":1000001}"#, ["max_pin_hours is 0 to 1000000, not 1000001"]),
+        ("sweep: maxPinHours negative", decoder(V1.SweepRequest.self), #"{"maxPinHours":-1}"#, ["maxPinHours is 0 to 1000000, not -1"]),
+        ("sweep: a kept job that is a number", decoder(V1.SweepRequest.self), #"{"keep_jobs":["7",8]}"#, ["keep_jobs[1] is a string, not 8"]),
+        ("sweep: keep_jobs a string", decoder(V1.SweepRequest.self), #"{"keep_jobs":"7"}"#, ["keep_jobs is an array, not a string ('7')"]),
+    ]
+
+    static let directive = #"{"direction":"stage_in","source":"gfs://a/d","destination":"/s/x","optional":false,"checksum":false,"line":2}"#
+
+    @Test("request bodies are checked against their schemas, nested directives too: types, integer ranges, enums, lengths, required keys; each refusal names the key and its place")
+    func requestsCheckedBySchema() throws {
+        for (what, decode, json, says) in Self.refused {
+            do {
+                try decode(Data(json.utf8))
+                Issue.record("\(what): \(json) was accepted")
+            } catch let r as RequestRefusal {
+                for s in says { #expect(r.description.contains(s), "\(what): \(r.description)") }
+            } catch {
+                Issue.record("\(what): refused by the decoder, not the schema check: \(error)")
+            }
+        }
+        // Large bodies: 10,000 directives is the most a stage request takes.
+        let many = #"{"job":"1","user":"u","directives":["# + Array(repeating: Self.directive, count: 10_001).joined(separator: ",") + "]}"
+        #expect(Self.refusal(Self.decoder(V1.StageRequest.self), many) == "directives takes at most 10000 items, not 10001")
+        let most = #"{"job":"1","user":"u","directives":["# + Array(repeating: Self.directive, count: 10_000).joined(separator: ",") + "]}"
+        #expect(try APIJSON.decode(V1.StageRequest.self, from: Data(most.utf8)).directives.count == 10_000)
+    }
+
+    @Test("valid bodies decode: every option, snake_case and the first form's camelCase, the edges of each range")
+    func validRequestsDecode() throws {
+        let snake = #"{"source":"/a","destination":"/b","recursive":true,"protection":"clear","compress":"19","checksum":true,"streams":64,"bwlimit":0,"priority":-3,"depends_on":[1,2],"deadline":0,"max_attempts":100}"#
+        let s = try APIJSON.decode(V1.TransferSubmission.self, from: Data(snake.utf8)).request
+        #expect(s.recursive && s.protection == "clear" && s.compress == "19" && s.checksum && s.streams == 64 && s.bwlimit == 0 && s.priority == -3)
+        #expect(s.dependsOn == [1, 2] && s.deadline == 0 && s.maxAttempts == 100)
+        let camel = snake.replacingOccurrences(of: "depends_on", with: "dependsOn").replacingOccurrences(of: "max_attempts", with: "maxAttempts")
+        #expect(try APIJSON.decode(V1.TransferSubmission.self, from: Data(camel.utf8)).request == s)
+        // "0" is off, as the engine reads it (the schema's enum says so too).
+        #expect(try APIJSON.decode(V1.TransferSubmission.self, from: Data(#"{"source":"/a","destination":"/b","compress":"0","streams":1,"max_attempts":1}"#.utf8)).request.compress == "0")
+        let stage = try APIJSON.decode(V1.StageRequest.self, from: Data(#"{"job":"1","uid":4294967295,"gid":0,"user":"u","directives":[\#(Self.directive)]}"#.utf8))
+        #expect(stage.uid == UInt32.max && stage.gid == 0 && stage.directives.first?.line == 2 && stage.retry == nil)
+        #expect(try APIJSON.decode(V1.SweepRequest.self, from: Data(#"{"max_pin_hours":1000000,"keep_jobs":[]}"#.utf8)).maxPinHours == 1_000_000)
+        #expect(try APIJSON.decode(V1.ReplicateRequest.self, from: Data(#"{"path":"gfs://a/z","bwlimit":0}"#.utf8)).bwlimit == 0)
+        let reg = try APIJSON.decode(V1.RegisterRequest.self, from: Data(#"{"path":"/d","dataset":"z@1","readers":[],"description":"","license":"cc-by","hash":false}"#.utf8))
+        #expect(reg.dataset == "z@1" && reg.readers == [] && reg.license == "cc-by" && reg.hash == false)
     }
 
     @Test("every request body is closed: an unknown key is refused by name (nested directives too), the schemas say additionalProperties false, the first form's camelCase still reads")

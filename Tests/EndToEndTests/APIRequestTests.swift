@@ -45,6 +45,23 @@ struct APIRequestTests {
             let r = Self.post(c, path, body)
             #expect(r.status == 400 && Self.detail(r.body).contains("unknown key '\(key)'"), "\(path): \(r)")
         }
+        // Values the schema refuses are 400s that name the key, checked before anything is
+        // looked up: a negative bwlimit on a replication was read as no limit (this center
+        // takes no replicas: without the check the answer is its 409).
+        let values: [(String, String, String)] = [
+            ("/api/v1/catalog/replicate", #"{"path":"gfs://hlrs/d","bwlimit":-1}"#, "bwlimit is 0 or more, not -1"),
+            ("/api/v1/catalog/replicate", #"{"path":"gfs://hlrs/d","bwlimit":"8M"}"#, "bwlimit is an integer, not a string"),
+            ("/api/v1/transfers", job + #","bwlimit":-1}"#, "bwlimit is 0 or more, not -1"),
+            ("/api/v1/transfers", job + #","protection":"secret"}"#, "unknown protection 'secret': one of clear, safe, private"),
+            ("/api/v1/transfers", job + #","dependsOn":[0]}"#, "dependsOn[0] is 1 or more, not 0"),
+            ("/api/v1/catalog/register", #"{"path":"/scratch","dataset":"d","readers":"*"}"#, "readers is an array, not a string"),
+        ]
+        for (path, body, says) in values {
+            let r = Self.post(c, path, body)
+            #expect(r.status == 400 && Self.detail(r.body).hasPrefix(says), "\(path) \(body): \(r)")
+        }
+        let audit = (try? String(contentsOfFile: c.sb.file("hlrs-audit.jsonl"), encoding: .utf8)) ?? ""
+        #expect(!audit.contains(#""action":"replicate""#) && !audit.contains(#""action":"register""#), "a refused request made a change: \(audit)")
         let list = TrustTests.object(TrustTests.http("GET", c.api + "/api/v1/transfers", token: c.sb.tokenFile).body)
         #expect((list["transfers"] as? [[String: Any]])?.isEmpty == true, "a refused request queued a job: \(list)")
 

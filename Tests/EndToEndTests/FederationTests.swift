@@ -255,6 +255,14 @@ struct FederationE2ETests {
         for i in 0..<20 { try writeFile(root + "/small \(i).txt", Array("member \(i)\n".utf8)) }
         #expect(try f.ferry("hlrs", ["register", "/data/ensemble", "--dataset", "icon-eu", "--readers", "*"]).status == 0)
         _ = try eventually(30, { try f.ferry("wuxi", ["ls", "gfs://hlrs/icon-eu"]) }) { $0.status == 0 }
+        // A negative limit is a 400 naming it, and makes nothing (it was once read as no limit:
+        // a job, and a staging replica).
+        let negative = TrustTests.http("POST", f.api("wuxi") + "/api/v1/catalog/replicate", token: sb.tokenFile, body: #"{"path":"gfs://hlrs/icon-eu","bwlimit":-1}"#)
+        #expect(negative.status == 400 && (TrustTests.object(negative.body)["detail"] as? String ?? "").hasPrefix("bwlimit is 0 or more, not -1"), "\(negative)")
+        let noJobs = TrustTests.object(TrustTests.http("GET", f.api("wuxi") + "/api/v1/transfers", token: sb.tokenFile).body)
+        #expect((noJobs["transfers"] as? [[String: Any]])?.isEmpty == true, "a refused replication queued a job: \(noJobs)")
+        let noReplica = try f.ferry("wuxi", ["stat", "--replicas", "gfs://hlrs/icon-eu"])
+        #expect(noReplica.status == 0 && !noReplica.stdout.contains("\twuxi\t"), "a refused replication recorded a replica: \(noReplica)")
         // 8 MiB/s: the copy takes about 5 s; hlrs dies after 1.5 s.
         let rep = try f.ferry("wuxi", ["replicate", "--json", "--bwlimit", "8M", "gfs://hlrs/icon-eu"])
         #expect(rep.status == 0 && rep.stdout.contains("\"state\":\"staging\""), "\(rep)")

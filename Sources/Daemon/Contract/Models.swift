@@ -6,9 +6,10 @@ import Transfer
 /// federation follower read, and (through `schema`) what the OpenAPI document says. One home:
 /// a field is added here, with its schema, and the server, both clients and the document follow.
 ///
-/// Keys are snake_case on the wire (`APIJSON`). Requests: the camelCase keys of the API's first
-/// form (`dependsOn`, `maxAttempts`) are still accepted by the decoder for one release; the
-/// document names only the snake_case ones.
+/// Keys are snake_case on the wire (`APIJSON`). Requests (`APIRequest`) are checked against their
+/// schemas before they are decoded (`RequestCheck`); the camelCase keys of the API's first form
+/// (`dependsOn`, `maxAttempts`) are still accepted for one release; the document names only the
+/// snake_case ones.
 public enum V1 {}
 
 // MARK: - enums
@@ -16,8 +17,8 @@ public enum V1 {}
 extension V1 {
     /// `protection`: how a job's data travels (docs/SECURITY.md).
     public static let protections = ["clear", "safe", "private"]
-    /// `compress`: auto, off, or a zstd level.
-    public static let compressions = ["auto", "off", "none"] + (1...19).map(String.init)
+    /// `compress`: auto, off, or a zstd level (the words `CompressionMode` reads: "0" is off).
+    public static let compressions = ["auto", "off", "none", "0"] + (1...19).map(String.init)
     public static let jobStates = JobState.allCases.map(\.rawValue)
     /// A staging item's state: ready (stage_in linked), done (stage_out delivered), staging,
     /// failed, skipped (an optional directive that failed).
@@ -63,7 +64,7 @@ extension V1 {
         ("compress", .string("auto (default), off, or a zstd level", enum: compressions)),
         ("checksum", .boolean("compare by content, not size and time")),
         ("streams", .integer("TCP streams (1 to 64); absent: the per-peer tuning decides", minimum: 1, maximum: 64)),
-        ("bwlimit", .integer("bytes per second on the wire", minimum: 0)),
+        ("bwlimit", .integer("bytes per second on the wire; 0 or absent: no limit", minimum: 0)),
         ("priority", .integer("higher first")),
         ("depends_on", .array(.integer(minimum: 1), "jobs of the caller that must end success or skipped first")),
         ("deadline", .integer("give up (failed) if not done by then, Unix seconds", minimum: 0)),
@@ -79,26 +80,19 @@ extension V1 {
 
     /// POST /api/v1/transfers: one job (`source`), or one job per source into a directory
     /// (`sources`). The body is `JobRequest` (the store's type) or this batch.
-    public struct TransferSubmission: APIModel {
+    public struct TransferSubmission: APIRequest {
         /// The job's options, with `source` (empty when `sources` is given).
         public var request: JobRequest
         public var sources: [String]?
 
         public init(request: JobRequest, sources: [String]? = nil) { self.request = request; self.sources = sources }
 
-        static let knownKeys = schema.decodedKeys
+        public static var noun: String { "a transfer" }
 
-        /// A key the contract does not name is refused (400 with its name), not ignored: a typo
-        /// such as `protecton` would otherwise be a job with the default protection.
+        /// The job's fields are `JobRequest`'s, beside `sources`. Keys, types, ranges and
+        /// "source or sources, not both" are the schema's (`RequestCheck`, before this runs).
         public init(from decoder: Decoder) throws {
-            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys,
-                                          takes: "a transfer takes \(V1.transferOptions.map(\.0).joined(separator: ", ")), source or sources")
-            let keys = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue)
-            let c = try decoder.container(keyedBy: AnyKey.self)
-            sources = try c.decodeIfPresent([String].self, forKey: AnyKey(stringValue: "sources"))
-            if sources != nil, keys.contains("source") {
-                throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "give source or sources, not both"))
-            }
+            sources = try decoder.container(keyedBy: AnyKey.self).decodeIfPresent([String].self, forKey: AnyKey(stringValue: "sources"))
             request = try JobRequest(from: decoder, requireSource: sources == nil)
         }
 
@@ -342,7 +336,7 @@ extension DiskUsage: APIModel {
 
 extension V1 {
     /// POST /api/v1/catalog/register.
-    public struct RegisterRequest: APIModel {
+    public struct RegisterRequest: APIRequest {
         public var path: String
         public var dataset: String
         public var readers: [String]?
@@ -352,18 +346,7 @@ extension V1 {
 
         public init(path: String, dataset: String) { self.path = path; self.dataset = dataset }
 
-        static let knownKeys = schema.decodedKeys
-        /// Closed, as every request body (`RequestKeys`).
-        public init(from decoder: Decoder) throws {
-            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a registration", Self.schema))
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            path = try c.decode(String.self, forKey: .path)
-            dataset = try c.decode(String.self, forKey: .dataset)
-            readers = try c.decodeIfPresent([String].self, forKey: .readers)
-            description = try c.decodeIfPresent(String.self, forKey: .description)
-            license = try c.decodeIfPresent(String.self, forKey: .license)
-            hash = try c.decodeIfPresent(Bool.self, forKey: .hash)
-        }
+        public static var noun: String { "a registration" }
 
         public static var schema: Schema {
             .object(["path": .string("/EXPORT/PATH, a directory of this center", minLength: 1),
@@ -479,20 +462,16 @@ extension V1 {
         }
     }
 
-    public struct ReplicateRequest: APIModel {
+    /// POST /api/v1/catalog/replicate.
+    public struct ReplicateRequest: APIRequest {
         public var path: String
-        public var bwlimit: Int64?
-        public init(path: String, bwlimit: Int64? = nil) { self.path = path; self.bwlimit = bwlimit }
-        static let knownKeys = schema.decodedKeys
-        /// Closed, as every request body (`RequestKeys`).
-        public init(from decoder: Decoder) throws {
-            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a replication", Self.schema))
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            path = try c.decode(String.self, forKey: .path)
-            bwlimit = try c.decodeIfPresent(Int64.self, forKey: .bwlimit)
-        }
+        /// Bytes per second; 0 or nil: no limit. Unsigned, as the schema says (a negative
+        /// limit is a 400, it was once read as none).
+        public var bwlimit: UInt64?
+        public init(path: String, bwlimit: UInt64? = nil) { self.path = path; self.bwlimit = bwlimit }
+        public static var noun: String { "a replication" }
         public static var schema: Schema {
-            .object(["path": .string("gfs://CENTER/DATASET[@VERSION]", minLength: 1), "bwlimit": .integer("bytes per second", minimum: 0)],
+            .object(["path": .string("gfs://CENTER/DATASET[@VERSION]", minLength: 1), "bwlimit": .integer("bytes per second; 0 or absent: no limit", minimum: 0)],
                     required: ["path"])
         }
     }
@@ -540,6 +519,7 @@ extension V1 {
 
 extension StageDirective: APIModel {
     public static var schemaName: String { "StageDirective" }
+    public static var noun: String { "a directive" }
     public static var schema: Schema {
         .object(["direction": .string(enum: ["stage_in", "stage_out"]), "source": .string(), "destination": .string(),
                  "optional": .boolean(), "checksum": .boolean(), "line": .integer("its line in the job script", minimum: 0)],
@@ -568,7 +548,7 @@ extension StagingCache.Outbound: APIModel {
 
 extension V1 {
     /// POST /api/v1/stage/in and /stage/out (the scheduler's hook).
-    public struct StageRequest: APIModel {
+    public struct StageRequest: APIRequest {
         public var job: String
         public var uid: UInt32?
         public var gid: UInt32?
@@ -581,29 +561,7 @@ extension V1 {
             self.job = job; self.uid = uid; self.gid = gid; self.user = user; self.directives = directives; self.retry = retry
         }
 
-        static let knownKeys = schema.decodedKeys
-        /// Closed, as every request body (`RequestKeys`), and so is each directive.
-        public init(from decoder: Decoder) throws {
-            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a stage request", Self.schema))
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            job = try c.decode(String.self, forKey: .job)
-            uid = try c.decodeIfPresent(UInt32.self, forKey: .uid)
-            gid = try c.decodeIfPresent(UInt32.self, forKey: .gid)
-            user = try c.decode(String.self, forKey: .user)
-            directives = try c.decode([DirectiveBody].self, forKey: .directives).map(\.value)
-            retry = try c.decodeIfPresent(Bool.self, forKey: .retry)
-        }
-
-        /// One directive of a request, its keys checked (`StageDirective` is GlobalFS's type).
-        struct DirectiveBody: Decodable {
-            static let knownKeys = StageDirective.schema.decodedKeys
-            static let takes = RequestKeys.takes("a directive", StageDirective.schema)
-            var value: StageDirective
-            init(from decoder: Decoder) throws {
-                try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: Self.takes)
-                value = try StageDirective(from: decoder)
-            }
-        }
+        public static var noun: String { "a stage request" }
 
         public static var schema: Schema {
             .object(["job": .string("the scheduler's job id", minLength: 1), "uid": .integer(minimum: 0, maximum: 4_294_967_295),
@@ -637,18 +595,11 @@ extension V1 {
         public static var schema: Schema { .object(["items": .array(.ref(StageItem.self))], required: ["items"]) }
     }
 
-    public struct TeardownRequest: APIModel {
+    public struct TeardownRequest: APIRequest {
         public var job: String
         public var hurry: Bool?
         public init(job: String, hurry: Bool? = nil) { self.job = job; self.hurry = hurry }
-        static let knownKeys = schema.decodedKeys
-        /// Closed, as every request body (`RequestKeys`).
-        public init(from decoder: Decoder) throws {
-            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a teardown", Self.schema))
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            job = try c.decode(String.self, forKey: .job)
-            hurry = try c.decodeIfPresent(Bool.self, forKey: .hurry)
-        }
+        public static var noun: String { "a teardown" }
         public static var schema: Schema {
             .object(["job": .string(minLength: 1), "hurry": .boolean()], required: ["job"])
         }
@@ -665,18 +616,11 @@ extension V1 {
         }
     }
 
-    public struct SweepRequest: APIModel {
+    public struct SweepRequest: APIRequest {
         public var keepJobs: [String]?
         public var maxPinHours: Int64?
         public init(keepJobs: [String]?, maxPinHours: Int64?) { self.keepJobs = keepJobs; self.maxPinHours = maxPinHours }
-        static let knownKeys = schema.decodedKeys
-        /// Closed, as every request body (`RequestKeys`).
-        public init(from decoder: Decoder) throws {
-            try RequestKeys.refuseUnknown(decoder, known: Self.knownKeys, takes: RequestKeys.takes("a sweep", Self.schema))
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            keepJobs = try c.decodeIfPresent([String].self, forKey: .keepJobs)
-            maxPinHours = try c.decodeIfPresent(Int64.self, forKey: .maxPinHours)
-        }
+        public static var noun: String { "a sweep" }
         public static var schema: Schema {
             .object(["keep_jobs": .array(.string(), "the scheduler's jobs that still exist (absent: do not judge by it)"),
                      "max_pin_hours": .integer(minimum: 0, maximum: 1_000_000)])

@@ -106,10 +106,14 @@ public protocol APIModel: Codable, Sendable {
     static var schema: Schema { get }
     /// Its name among the document's components.
     static var schemaName: String { get }
+    /// How a refusal of a request body names one of these ("unknown key 'hury' (a teardown
+    /// takes hurry, job)").
+    static var noun: String { get }
 }
 
 extension APIModel {
     public static var schemaName: String { String(describing: Self.self) }
+    public static var noun: String { "a " + schemaName }
 }
 
 /// The one JSON convention of the API: keys in snake_case both ways (`depends_on`,
@@ -128,10 +132,16 @@ public enum APIJSON {
     }
 
     public static func encode<T: Encodable>(_ value: T) throws -> Data { try encoder().encode(value) }
-    public static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T { try decoder().decode(type, from: data) }
+    /// A request body of the contract (`APIRequest`) is checked against its schema first
+    /// (`RequestCheck`: `RequestRefusal`, a 400 with the reason); any other type is decoded as
+    /// it comes (answers: a newer server may add a field).
+    public static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
+        if let request = T.self as? any APIRequest.Type { try RequestCheck.check(data, as: request) }
+        return try decoder().decode(type, from: data)
+    }
 }
 
-// MARK: - request keys
+// MARK: - keys
 
 /// A JSON object's key, whatever its name (to see every key a body holds).
 struct AnyKey: CodingKey {
@@ -139,52 +149,4 @@ struct AnyKey: CodingKey {
     var intValue: Int? { nil }
     init(stringValue: String) { self.stringValue = stringValue }
     init?(intValue: Int) { nil }
-}
-
-extension Schema {
-    /// The property names of this object schema (of every branch of a `oneOf`) as the API's
-    /// decoder hands keys to a type: snake_case becomes camelCase (`depends_on` → `dependsOn`),
-    /// as `APIJSON.decoder()` converts them. A camelCase key of the first form (`dependsOn`)
-    /// passes the decoder unchanged, so it matches too.
-    var decodedKeys: Set<String> {
-        let branches = (json["oneOf"] as? [[String: Any]]) ?? [json]
-        var out: Set<String> = []
-        for b in branches {
-            for name in (b["properties"] as? [String: Any])?.keys ?? [String: Any]().keys {
-                let words = name.split(separator: "_")
-                out.insert(words.isEmpty ? name : String(words[0]) + words.dropFirst().map { $0.prefix(1).uppercased() + $0.dropFirst() }.joined())
-            }
-        }
-        return out
-    }
-}
-
-/// Request bodies are closed, as their schemas say (`additionalProperties: false`): a key the
-/// contract does not name is refused (400 with its name), not ignored, so a typo such as
-/// `max_atempts` or `hury` is not a request that silently takes the default.
-enum RequestKeys {
-    /// Throws for the first key of the object being decoded that is not in `known` (keys as the
-    /// decoder presents them: `Schema.decodedKeys`). The key is named as the contract spells
-    /// keys, snake_case; `takes` lists what the body may hold.
-    static func refuseUnknown(_ decoder: Decoder, known: Set<String>, takes: String) throws {
-        let keys = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue)
-        guard let unknown = keys.first(where: { !known.contains($0) }) else { return }
-        throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "unknown key '\(snakeCase(unknown))' (\(takes))"))
-    }
-
-    /// `protectonLevel` → `protecton_level`: how the API spells keys (the decoder turned the
-    /// body's snake_case into camelCase before the check saw it).
-    static func snakeCase(_ key: String) -> String {
-        var out = ""
-        for (i, ch) in key.enumerated() {
-            if ch.isUppercase && i > 0 { out += "_" + ch.lowercased() } else { out.append(ch) }
-        }
-        return out
-    }
-
-    /// "a NAME takes a, b, c": the schema's properties, sorted.
-    static func takes(_ what: String, _ schema: Schema) -> String {
-        let names = ((schema.json["properties"] as? [String: Any])?.keys).map { Array($0).sorted() } ?? []
-        return "\(what) takes " + names.joined(separator: ", ")
-    }
 }

@@ -68,8 +68,9 @@ extension DaemonAPI {
                 let body = Data(buffer: try await request.body.collect(upTo: 1 << 16))
                 let r = try APIJSON.decode(V1.ReplicateRequest.self, from: body)
                 let path = r.path
-                let bwlimit = r.bwlimit.map { UInt64(max(0, $0)) }
-                let answer = try replicate(path, user: user, bwlimit: bwlimit.flatMap { $0 > 0 ? $0 : nil })
+                // Checked against the schema before it decoded (a negative limit is a 400, not
+                // none); 0 is no limit.
+                let answer = try replicate(path, user: user, bwlimit: r.bwlimit.flatMap { $0 > 0 ? $0 : nil })
                 auditLine(user, action: "replicate", path: "\(path) -> \(center):\(answer.path)",
                           result: "ok: \(answer.state)" + (answer.job.map { ", job \($0)" } ?? ""))
                 return try codable(200, answer)

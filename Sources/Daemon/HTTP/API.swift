@@ -76,6 +76,9 @@ public struct DaemonAPI: Sendable {
                 var requests = try submission.requests()
                 let multi = submission.sources != nil
                 for i in requests.indices {
+                    // 0 is no limit, as on the wire and for a replication (the schema says so);
+                    // the engine's rate limiter takes only a positive rate.
+                    if requests[i].bwlimit == 0 { requests[i].bwlimit = nil }
                     try authorizePaths(requests[i], user)
                     try validate(requests[i], user)
                 }
@@ -259,6 +262,9 @@ public struct DaemonAPI: Sendable {
             return refuse(e.code == .notFound ? 404 : e.code == .conflict ? 409 : e.code == .invalid ? 400 : e.code == .forbidden ? 403 : 500, e.description)
         } catch let e as TransferError {
             return refuse(e.code == .auth || e.code == .permission ? 403 : 400, e.message, code: e.code.description)
+        } catch let e as RequestRefusal {
+            // A body its schema refuses (`RequestCheck`): the reason as it is, naming the key.
+            return refuse(400, e.description)
         } catch let e as DecodingError {
             return refuse(400, "the body does not match the API's schema: " + DaemonAPI.explain(e))
         } catch let e as SQLStoreError {
