@@ -10,7 +10,7 @@ scratch = sys.argv[7] if len(sys.argv) > 7 else "/scratch"  # the export's real 
 files = int(sys.argv[8]) if len(sys.argv) > 8 else 1  # 0: no registration running beside
 tok = open(tokfile).read().strip()
 lock = threading.Lock()
-lat, errors, done_at = [], [], []
+lat, errors, done_at, ended = [], [], [], []
 by_kind = {}  # "METHOD /path" (ids and queries cut) -> latencies
 stop = time.time() + seconds
 
@@ -29,7 +29,7 @@ def timed(method, path, body=None):
         t1 = time.time()
         kind = method + " " + "/".join("{id}" if p.isdigit() else p for p in path.split("?")[0].split("/"))
         with lock:
-            lat.append(t1 - t0); done_at.append(t1); by_kind.setdefault(kind, []).append(t1 - t0)
+            lat.append(t1 - t0); done_at.append(t1); ended.append((t1, t1 - t0)); by_kind.setdefault(kind, []).append(t1 - t0)
         return r
     except Exception as e:  # a timeout, a refused or reset connection, a 5xx
         with lock:
@@ -97,7 +97,7 @@ async def atimed(method, path, body=None):
         r = await acall(method, path, body)
         t1 = time.time()
         kind = method + " " + "/".join("{id}" if p.isdigit() else p for p in path.split("?")[0].split("/"))
-        lat.append(t1 - t0); done_at.append(t1); by_kind.setdefault(kind, []).append(t1 - t0)
+        lat.append(t1 - t0); done_at.append(t1); ended.append((t1, t1 - t0)); by_kind.setdefault(kind, []).append(t1 - t0)
         return r
     except Exception as e:  # a timeout, a refused or reset connection, a 4xx or 5xx
         errors.append("%s %s after %.1f s: %r" % (method, path, time.time() - t0, e))
@@ -174,6 +174,12 @@ if files > 0: threads += [threading.Thread(target=registrar, daemon=True)]
 t_start = time.time()
 for t in threads: t.start()
 if hooks > 0:
+    try:
+        import uvloop  # bench/stall.sh installs it in /opt/ferry-bench-venv
+        uvloop.install()
+        print("loop\tuvloop")
+    except ImportError:
+        print("loop\tasyncio")
     asyncio.run(all_hooks())  # in this thread; the lists are appended under the GIL
 for t in threads: t.join(timeout=max(0.1, stop + 120 - time.time()))
 lat.sort()
@@ -185,6 +191,11 @@ print("stage_ins\t%d\nstage_in_max_s\t%.1f" % (len(staged), staged[-1] if staged
 print("requests\t%d\nerrors\t%d\np50_ms\t%.1f\np99_ms\t%.1f\nmax_ms\t%.1f\nover_1s\t%d\nlongest_silence_s\t%.1f\nregistrations\t%s" % (
     len(lat), len(errors), pct(0.5) * 1000, pct(0.99) * 1000, (lat[-1] if lat else float("nan")) * 1000,
     sum(1 for x in lat if x > 1), gap, stats.get("registrations", "unfinished")))
+# When the slow answers came: requests over 1 s per 10 s of the run (by the time they ended).
+slow = {}
+for t1, took in ended:
+    if took > 1: slow[int((t1 - t_start) // 10) * 10] = slow.get(int((t1 - t_start) // 10) * 10, 0) + 1
+print("over_1s_by_10s\t" + " ".join("%d:%d" % (k, slow[k]) for k in sorted(slow)))
 if lag:
     lag.sort()
     print("client_lag_p99_ms\t%.1f\nclient_lag_max_ms\t%.1f" % (lag[min(len(lag) - 1, int(0.99 * len(lag)))] * 1000, lag[-1] * 1000))

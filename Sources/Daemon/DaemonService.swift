@@ -86,8 +86,14 @@ public final class DaemonService: @unchecked Sendable {
         // interleave with ferry's; warnings and errors still show.
         var logger = Logger(label: "ferry.api")
         logger.logLevel = .warning
+        // The listen backlog: 4,096 (the kernel caps it at net.core.somaxconn), not
+        // Hummingbird's 256. Scheduler hooks and scripts open a connection per call; when the
+        // daemon is busy for a moment, connections wait in this queue, and one that finds it
+        // full is dropped by the kernel without a word: the client's SYN is sent again after
+        // one second, then three. Under `bench/stall.sh` (1,000 hooks) that was every answer
+        // slower than a second (TcpExtListenOverflows counted the drops).
         return Application(router: api.router(), server: apiServer,
-                           configuration: .init(address: .hostname(listen.host, port: Int(listen.port)), serverName: "ferry",
+                           configuration: .init(address: .hostname(listen.host, port: Int(listen.port)), serverName: "ferry", backlog: 4096,
                                                 availableConnectionsDelegate: MaximumAvailableConnections(apiConnections, logger: logger)),
                            onServerRunning: { channel in onRunning(HostPort(host: listen.host, port: UInt16(channel.localAddress?.port ?? Int(listen.port)))) },
                            logger: logger)

@@ -180,13 +180,16 @@ public struct DaemonAPI: Sendable {
         }
     }
 
-    /// Reads whose work is bounded by one key or one page (a job, a page of a listing, an
-    /// entry, a hook's staging status). They run on `BlockingPool.quickReads`, a few threads
-    /// that take them in order; the other reads (a find that scans, event streams, federation
-    /// pages of 20,000, du, metrics) on `BlockingPool.reads`, so that those can never hold the
-    /// threads the quick ones need.
+    /// Operations whose work is bounded by one key, one page or the request's own size: reads
+    /// (a job, a page of a listing, an entry, a hook's staging status) and writes (a
+    /// submission, a cancel, a retry, a hook's stage-in, stage-out and teardown). They run on
+    /// `BlockingPool.quickReads` and `quickWrites`, a few threads each that take them in
+    /// order; the others (a find that scans, event streams, federation pages of 20,000, du,
+    /// metrics; a registration that walks a tree, a sweep, a replication) on `reads` and
+    /// `writes`, so that those can never hold the threads the quick ones need.
     static let quickOperations: Set<String> = ["health", "listTransfers", "getTransfer", "datasets", "ls", "stat", "centers",
-                                               "stageStatus", "federationDataset"]
+                                               "stageStatus", "federationDataset",
+                                               "submitTransfer", "cancelTransfer", "retryTransfer", "stageIn", "stageOut", "stageTeardown"]
     /// Set by `route` while its handler runs: whether its operation is one of `quickOperations`.
     @TaskLocal static var quick = false
 
@@ -210,7 +213,8 @@ public struct DaemonAPI: Sendable {
     ///
     /// The whole of it, and `body`, runs on the daemon's blocking pool (`BlockingPool`).
     func handle(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
-        let pool: BlockingPool = request.method == .get || request.method == .head ? (DaemonAPI.quick ? .quickReads : .reads) : .writes
+        let reading = request.method == .get || request.method == .head
+        let pool: BlockingPool = reading ? (DaemonAPI.quick ? .quickReads : .reads) : (DaemonAPI.quick ? .quickWrites : .writes)
         // A quick read's reads share one database connection (PostgreSQL; see sharingReads).
         if pool === BlockingPool.quickReads { return try await onPool(pool) { try await store.db.sharingReads { try await authenticated(request, body) } } }
         return try await onPool(pool) { try await authenticated(request, body) }
