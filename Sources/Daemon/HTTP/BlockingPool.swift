@@ -37,12 +37,11 @@ extension ThreadPoolExecutor {
     public static let writes = BlockingPool(threads: 16, name: "ferry-api-w", stackSize: 1 << 20)
     /// Writes bounded by their request (`DaemonAPI.quickOperations`: a submission, a cancel or
     /// retry, a hook's stage-in, stage-out and teardown). Two threads per core, as
-    /// `quickReads`, and for the same reason: on SQLite they queue for one writer anyway, and
-    /// their work is CPU (parsing, links, the audit line). With 16 threads, 1,000 hooks'
-    /// stage-ins were time-sliced against each other and against NIO's event loops on two
-    /// cores (`bench/stall.sh`, 60 s: stage-in p99 1.96 s against 0.41 s for the hooks' status
-    /// reads on the four quick-read threads, while no write transaction waited more than
-    /// 300 ms for SQLite's lock).
+    /// `quickReads`: on SQLite they queue for one writer anyway and their work is CPU
+    /// (parsing, links, the audit line), and with threads of their own a registration walking
+    /// a tree for minutes, or sixteen of them, cannot hold the threads a hook's stage-in needs.
+    /// (Measured under `bench/stall.sh`, 1,000 hooks, 90 s: alone this changed nothing
+    /// measurable; the hooks' slow answers were the listen backlog, `DaemonService`.)
     public static let quickWrites = BlockingPool(threads: max(4, 2 * ProcessInfo.processInfo.activeProcessorCount), name: "ferry-api-qw", stackSize: 1 << 20)
 }
 
