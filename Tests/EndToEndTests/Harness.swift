@@ -209,10 +209,36 @@ func runTool(_ exe: String, _ args: [String], timeout: Int = 30, env: [String: S
     p.standardInput = FileHandle.nullDevice
     do { try withSignalsUnblocked { try p.run() } } catch { return (-1, "\(error)") }
     let output = { (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" }
-    guard waitUntil(timeout: Double(timeout + 15), interval: 0.02, { !p.isRunning }) else {
+    // Foundation's `isRunning` waits for its own monitor to reap the child; once (a loaded
+    // host, two suites at once) it stayed true for 45 s after the tool had exited. The kernel
+    // knows sooner: a child that exited and is not reaped yet is a zombie, and its wait status
+    // is the last field of /proc/PID/stat. A zombie for a second is taken as exited.
+    var zombieSince: Double?
+    var zombieStatus: Int32?
+    guard waitUntil(timeout: Double(timeout + 15), interval: 0.02, {
+        if !p.isRunning { return true }
+        guard let status = exitedChildStatus(p.processIdentifier) else { return false }
+        let now = Date().timeIntervalSince1970
+        if zombieSince == nil { zombieSince = now }
+        zombieStatus = status
+        return now - zombieSince! >= 1
+    }) else {
         return (-1, "\(exe): no exit reported within \(timeout + 15) s: \(output())")
     }
+    if p.isRunning, let zombieStatus { return (zombieStatus, output()) }
     return (p.terminationStatus, output())
+}
+
+/// The exit status of a child that has exited but is not reaped yet (a zombie: state `Z` in
+/// /proc/PID/stat, whose last field is the wait status); nil while it runs or once reaped.
+func exitedChildStatus(_ pid: Int32) -> Int32? {
+    guard pid > 0, let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = text.lastIndex(of: ")") else { return nil }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    guard fields.first == "Z", let raw = Int32(fields.last!.trimmingCharacters(in: .whitespacesAndNewlines)) else { return nil }
+    // A wait status: exited (code in bits 8-15) or killed by a signal (bits 0-6: the signal,
+    // as Foundation's `terminationStatus` gives it).
+    return raw & 0x7f == 0 ? (raw >> 8) & 0xff : raw & 0x7f
 }
 
 private let logCounter = Counter()
