@@ -40,8 +40,10 @@ extension ThreadPoolExecutor {
     /// `quickReads`: on SQLite they queue for one writer anyway and their work is CPU
     /// (parsing, links, the audit line), and with threads of their own a registration walking
     /// a tree for minutes, or sixteen of them, cannot hold the threads a hook's stage-in needs.
-    /// (Measured under `bench/stall.sh`, 1,000 hooks, 90 s: alone this changed nothing
-    /// measurable; the hooks' slow answers were the listen backlog, `DaemonService`.)
+    /// (Measured under `bench/stall.sh`, 1,000 hooks: on SQLite four threads or sixteen made
+    /// no measurable difference, the hooks' slow answers were the listen backlog,
+    /// `DaemonService`; on PostgreSQL sixteen gave the same 219 stage-ins/s as four, and the
+    /// status reads beside them went from 9.5 ms to 413 ms at the median.)
     public static let quickWrites = BlockingPool(threads: max(4, 2 * ProcessInfo.processInfo.activeProcessorCount), name: "ferry-api-qw", stackSize: 1 << 20)
 }
 
