@@ -90,6 +90,66 @@ print(json.dumps({"reads": len(reads), "bad_reads": [r for r in reads if r[1] !=
         #expect(c.a.isRunning)
     }
 
+    /// Hooks and scripts open a connection per call. While the daemon is busy for a moment, new
+    /// connections wait in the kernel's listen queue; one that finds the queue full is dropped
+    /// without a word and its client's kernel tries again one second later (then three): that
+    /// was every answer over 1 s under `bench/stall.sh` with Hummingbird's backlog of 256.
+    /// Here the daemon is stopped (SIGSTOP) while 900 clients connect: each must complete its
+    /// handshake in the queue at once, and each gets its answer once the daemon runs again.
+    @Test("900 clients connecting while the daemon cannot accept: all wait in the listen queue, none is dropped, all are answered")
+    func listenQueue() throws {
+        let (_, server, api) = try HTTPSTests.start("api-backlog", peerAPI: "127.0.0.1:9", tls: false)
+        defer { kill(-server.process.pid, SIGCONT); server.stop() }
+        let port = String(api.split(separator: ":").last ?? "")
+        let somaxconn = Int((try? String(contentsOfFile: "/proc/sys/net/core/somaxconn", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 4096
+        let script = #"""
+import json, os, select, signal, socket, sys, time
+port, pgid, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+os.killpg(pgid, signal.SIGSTOP)
+try:
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        socks.append(s)
+    # 0.8 s: the kernel's first SYN retransmission comes after one second.
+    time.sleep(0.8)
+    _, writable, _ = select.select([], socks, [], 0)
+    connected = sum(1 for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+finally:
+    os.killpg(pgid, signal.SIGCONT)
+for s in socks:
+    s.setblocking(True)
+    s.settimeout(60)
+answered = 0
+t0 = time.time()
+for s in socks:
+    try:
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk: break
+            data += chunk
+        answered += data.startswith(b"HTTP/1.1 200")
+    except OSError:
+        pass
+    s.close()
+print(json.dumps({"connected": connected, "answered": answered, "seconds": time.time() - t0}))
+"""#
+        let n = 900
+        let r = runTool("/usr/bin/python3", ["-c", script, port, String(server.process.pid), String(n)], timeout: 180)
+        guard let line = r.output.split(separator: "\n").last, let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            Issue.record("the client failed: \(r.output)")
+            return
+        }
+        // Linux keeps up to backlog + 1 connections waiting, the backlog capped by somaxconn.
+        #expect(o["connected"] as? Int == min(n, somaxconn + 1), "connections that completed their handshake while the daemon was stopped: \(o)")
+        #expect(o["answered"] as? Int == n, "\(o)")
+        #expect(server.isRunning)
+    }
+
     @Test("a flood of idle connections: at most api_connections are held, idle ones are closed after api_idle_seconds, a request then gets through")
     func idleFlood() throws {
         let (_, server, api) = try HTTPSTests.start("api-idle-flood", peerAPI: "127.0.0.1:9", tls: false, daemonExtra: "api_connections = 20\napi_idle_seconds = 3")

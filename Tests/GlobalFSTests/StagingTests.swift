@@ -99,6 +99,18 @@ struct StagingTests {
         #expect(status.entries.map(\.key) == ["k"] && status.links.map(\.path) == ["/s/1/in"] && status.outbound.map(\.index) == [0])
     }
 
+    @Test("an ask records an entry's use at most once a minute (hooks polling a shared entry do not all write its row)", arguments: Backend.allCases)
+    func useResolution(_ backend: Backend) throws {
+        let c = try StagingCache(db: try openDatabase(try backend.newDatabase()))
+        let path: (Int64) -> String = { "/cache/\($0)" }
+        let id = try c.pin(key: "k", source: "k", schedulerJob: "a", now: 1_000, path: path).entry.id
+        #expect(try c.pin(key: "k", source: "k", schedulerJob: "b", now: 1_030, path: path).entry.lastUsed == 1_000)
+        #expect(try c.entry(id: id)?.lastUsed == 1_000)
+        #expect(try c.pin(key: "k", source: "k", schedulerJob: "c", now: 1_000 + StagingCache.useResolution + 1, path: path).entry.lastUsed == 1_061)
+        #expect(try c.entry(id: id)?.lastUsed == 1_061)
+        #expect(try c.entry(id: id)?.pins == ["a", "b", "c"])
+    }
+
     @Test("teardown's release: links and pins forgotten, only unpinned entries that are not ready lose their rows, ready bytes counted", arguments: Backend.allCases)
     func release(_ backend: Backend) throws {
         let c = try StagingCache(db: try openDatabase(try backend.newDatabase()))

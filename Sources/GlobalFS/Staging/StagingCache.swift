@@ -17,6 +17,9 @@ public final class StagingCache: @unchecked Sendable {
 
     public enum State: String, Sendable, Codable { case staging, ready, failed }
 
+    /// Seconds: an ask records an entry's use only when the last recorded one is older.
+    public static let useResolution: Int64 = 60
+
     public struct Entry: Sendable, Codable, Equatable {
         public var id: Int64
         public var key: String
@@ -155,9 +158,13 @@ public final class StagingCache: @unchecked Sendable {
                     created = true
                     row = try s.one("SELECT * FROM stage_entries WHERE id = ?", r.int("id"))!
                 } else {
-                    // The common ask (an entry staging or ready): the row read is the answer,
-                    // with the time of use set below.
-                    try s.execute("UPDATE stage_entries SET last_used = ? WHERE id = ?", now, r.int("id"))
+                    // The common ask (an entry staging or ready): the row read is the answer.
+                    // Its time of use is written at most once a minute (eviction is least
+                    // recently used; a minute is fine-grained enough): every hook polling an
+                    // entry once a second updated its row, and on PostgreSQL an update holds
+                    // the row's lock until the commit, so hooks sharing an entry queued on it.
+                    // An UPDATE whose WHERE matches nothing locks nothing.
+                    try s.execute("UPDATE stage_entries SET last_used = ? WHERE id = ? AND last_used < ?", now, r.int("id"), now - StagingCache.useResolution)
                     row = r
                 }
             } else {
@@ -169,7 +176,7 @@ public final class StagingCache: @unchecked Sendable {
             }
             let id = row.int("id")
             var entry = StagingCache.entry(row, pins: [])
-            entry.lastUsed = max(entry.lastUsed, now)
+            if entry.lastUsed < now - StagingCache.useResolution { entry.lastUsed = now }
             if entry.path.isEmpty {
                 entry.path = path(id)
                 try s.execute("UPDATE stage_entries SET path = ? WHERE id = ?", entry.path, id)
