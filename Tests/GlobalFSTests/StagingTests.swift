@@ -71,8 +71,8 @@ struct StagingTests {
         try c.finish(a, state: .ready, bytes: 10, now: 120)
         try c.finish(b, state: .ready, bytes: 10, now: 130)
         #expect(try c.evictionCandidates(quota: 25).isEmpty)  // everything pinned
-        for k in 0..<10 { _ = try c.unpin(schedulerJob: "j\(k)") }
-        _ = try c.unpin(schedulerJob: "ja")
+        for k in 0..<10 { _ = try c.release(schedulerJob: "j\(k)") }
+        _ = try c.release(schedulerJob: "ja")
         // Unpinned: genome (used at 110) and a (120); one must go, the least recently used.
         #expect(try c.evictionCandidates(quota: 25).map(\.id) == [genome])
         #expect(try c.evictionCandidates(quota: 5).map(\.id) == [genome, a])  // b stays pinned even over quota
@@ -126,7 +126,7 @@ struct StagingTests {
         #expect(r.unpinned == [staging, shared, ready])
         #expect(r.orphans.map(\.id) == [staging] && r.orphans.first?.job == 99 && r.orphans.first?.path == "/cache/\(staging)")
         #expect(r.readyBytes == 42)
-        #expect(try c.links(schedulerJob: "t1").isEmpty && c.entries(pinnedBy: "t1").isEmpty)
+        #expect(try c.links(schedulerJob: "t1").isEmpty && c.status(schedulerJob: "t1").entries.isEmpty)
         #expect(try c.entries().map(\.id) == [shared, ready])
         #expect(try c.entry(id: shared)?.pins == ["t2"])
         // Twice (a scheduler may run the hook again): nothing more to do.

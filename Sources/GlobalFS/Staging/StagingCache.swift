@@ -115,12 +115,7 @@ public final class StagingCache: @unchecked Sendable {
     }
 
     /// The entries `schedulerJob` pins, each with all its pins (a hook's status: not every
-    /// entry of the cache, as `entries()` is; with 1,000 hooks asking, reading the whole cache
-    /// for each was a third of the daemon's CPU under `bench/stall.sh`).
-    public func entries(pinnedBy schedulerJob: String) throws -> [Entry] {
-        try db.read { s in try entries(s, pinnedBy: schedulerJob) }
-    }
-
+    /// entry of the cache, as `entries()` is).
     func entries(_ s: any SQLSession, pinnedBy schedulerJob: String) throws -> [Entry] {
         try s.query("SELECT e.* FROM stage_entries e JOIN stage_pins p ON p.entry = e.id WHERE p.sjob = ? ORDER BY e.id", schedulerJob)
             .map { StagingCache.entry($0, pins: try pins(s, $0.int("id"))) }
@@ -223,15 +218,6 @@ public final class StagingCache: @unchecked Sendable {
     public func finish(_ entry: Int64, state: State, bytes: Int64 = 0, error: String? = nil, now: Int64) throws {
         try db.write { s in
             _ = try s.execute("UPDATE stage_entries SET state = ?, bytes = ?, error = ?, last_used = ? WHERE id = ?", state.rawValue, bytes, error, now, entry)
-        }
-    }
-
-    /// Removes `schedulerJob`'s pins; returns the entries it had pinned.
-    public func unpin(schedulerJob: String) throws -> [Int64] {
-        try db.write { s in
-            let ids = try s.query("SELECT entry FROM stage_pins WHERE sjob = ?", schedulerJob).map { $0.int("entry") }
-            try s.execute("DELETE FROM stage_pins WHERE sjob = ?", schedulerJob)
-            return ids
         }
     }
 
