@@ -37,7 +37,8 @@ struct CatalogTests {
     @Test("register a tree; list with paging, stat, find by glob, size and mtime, du, resolve", arguments: Backend.allCases)
     func registerAndQuery(_ backend: Backend) throws {
         let t = try CatalogTests.sampleTree()
-        let cat = try Catalog(database: try backend.newDatabase())
+        let spec = try backend.newDatabase()
+        let cat = try Catalog(database: spec)
         let s = try cat.register(root: t.root, dataset: "datasets/zinc22", owner: "alice", center: "c1", readers: ["*"], now: 1000)
         let disk = t.snapshot()
         #expect(s.added == disk.count && s.changed == 0 && s.removed == 0 && s.unchanged == 0)
@@ -118,6 +119,40 @@ struct CatalogTests {
         #expect(reps[0].files == 11 && reps[0].path == URL(fileURLWithPath: t.root).resolvingSymlinksInPath().path)
         let d = try #require(try cat.datasets(visibleTo: me).first)
         #expect(d.name == "datasets/zinc22" && d.owner == "alice" && d.fileCount == 11 && d.root != nil)
+
+        // The API's one-read forms (for a dataset already resolved): the same pages as list,
+        // a file alone and marked, a missing path refused unless a cursor says it was there.
+        func listing(_ p: String, after: String? = nil, limit: Int = 1000) throws -> ([String], Bool) {
+            let l = try cat.listing(of: d, path: p, after: after, limit: limit)
+            return (l.entries.map(\.name), l.isFile)
+        }
+        let now = try cat.list(dataset: s.dataset, as: me).map(\.name)  // top and the odd name
+        #expect(try listing("").0 == now && now.count == top.count + 1)
+        #expect(try listing("", after: now[1], limit: 2).0 == Array(now[2..<4]))
+        #expect(try listing("/sub/") == (["emptier", "nested", "x.dat", "y.dat"], false))
+        #expect(try listing("sub/x.dat") == (["x.dat"], true))
+        #expect(try listing("sub/x.dat", after: "x.dat") == (["x.dat"], true))
+        #expect(try listing("link") == (["link"], true))
+        #expect(try listing("empty") == ([], false))
+        #expect(try listing("sub/emptier", after: "zzz") == ([], false))
+        #expect(throws: CatalogError.self) { try cat.listing(of: d, path: "nothing", after: nil, limit: 10) }
+        #expect(try listing("nothing", after: "a") == ([], false))
+        #expect(throws: CatalogError.self) { try cat.listing(of: d, path: "sub/../..", after: nil, limit: 10) }
+        let x = try cat.details(of: d, path: "sub/x.dat")
+        #expect(x.entry?.size == 100 && x.replicas == reps)
+        #expect(try cat.details(of: d, path: "").entry?.kind == .directory)
+        #expect(try cat.details(of: d, path: "pipe").entry == nil)
+
+        // The centers as recently read: a change through this catalog is seen at once.
+        #expect(try cat.recentCentersList().map(\.name) == (try cat.centers()).map(\.name))
+        try cat.setCenter("c9", api: "https://c9.example:7700")
+        #expect(try cat.recentCentersList().contains { $0.name == "c9" && $0.reachable })
+        try cat.recordSync(center: "c9", reachable: false)
+        #expect(try cat.recentCentersList().contains { $0.name == "c9" && !$0.reachable })
+        // One made by another daemon on the same database: within CentersMemo.lifetime (1 s).
+        try Catalog(database: spec).recordSync(center: "c9", reachable: true)
+        usleep(1_100_000)
+        #expect(try cat.recentCentersList().contains { $0.name == "c9" && $0.reachable })
     }
 
     /// find's order: (dir, name) by bytes.

@@ -67,13 +67,10 @@ extension DaemonAPI {
                 let q = request.uri.queryParameters
                 let limit = q["limit"].flatMap { Int(String($0)) } ?? 1000
                 let stale = staleCenters().contains(d.center)
-                if let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)), e.kind != .directory {
-                    return listPage(dataset: d.qualifiedName, entries: [e], nextAfter: nil, stale: stale)
-                }
                 // One more than asked: whether more follows is known, not guessed from a full page.
                 let want = max(1, min(limit, 10_000))
-                var entries = try catalog.list(dataset: d.id, dir: path, after: q["after"].map(String.init), limit: want + 1, as: viewer(user))
-                let more = entries.count > want
+                var (entries, isFile) = try catalog.listing(of: d, path: path, after: q["after"].map(String.init), limit: want + 1)
+                let more = !isFile && entries.count > want
                 if more { entries.removeLast(entries.count - want) }
                 return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: more ? entries.last?.name : nil, stale: stale)
             }
@@ -81,10 +78,11 @@ extension DaemonAPI {
         route(router, "stat") { request, _ in
             try await handle(request) { user in
                 let (d, path) = try resolve(request, user)
-                let replicas = rankReplicas(try catalog.replicas(dataset: d.id, as: viewer(user)))
+                let (entry, found) = try catalog.details(of: d, path: path)
+                let replicas = rankReplicas(found)
                 let stale = staleCenters().contains(d.center)
                 if path.isEmpty { return try codable(200, V1.StatAnswer(dataset: d, entry: nil, replicas: replicas, stale: stale)) }
-                guard let e = try catalog.stat(dataset: d.id, path: path, as: viewer(user)) else {
+                guard let e = entry else {
                     throw HTTPFailure(status: 404, message: "no such file or directory: \(path)")
                 }
                 return try codable(200, V1.StatAnswer(dataset: d, entry: e, replicas: replicas, stale: stale))
@@ -127,22 +125,27 @@ extension DaemonAPI {
     /// a short page).
     func listPage(dataset: String, entries: [Entry], nextAfter: String?, stale: Bool = false, paged: Bool = true) -> Response {
         var out: [UInt8] = []
-        out.reserveCapacity(64 + entries.count * 200)
-        func str(_ v: String) { out += Array(jsonString(v).utf8) }
-        func raw(_ v: String) { out += Array(v.utf8) }
+        out.reserveCapacity(96 + entries.count * 160)
+        func str(_ v: String) { JSONText.appendString(v, to: &out) }
+        func raw(_ v: StaticString) { JSONText.appendRaw(v, to: &out) }
+        func int(_ v: Int64) { JSONText.appendInt(v, to: &out) }
         raw("{\"dataset\":"); str(dataset)
         if stale { raw(",\"stale\":true") }
         // `more`: whether another page follows (then `next_after` is its cursor).
-        if paged { raw(",\"more\":\(nextAfter != nil)") }
+        if paged { nextAfter != nil ? raw(",\"more\":true") : raw(",\"more\":false") }
         raw(",\"next_after\":")
         if let n = nextAfter { str(n) } else { raw("null") }
         raw(",\"entries\":[")
         for (i, e) in entries.enumerated() {
             if i > 0 { out.append(UInt8(ascii: ",")) }
-            raw("{\"dataset\":\(e.dataset),\"dir\":"); str(e.dir)
+            raw("{\"dataset\":"); int(e.dataset)
+            raw(",\"dir\":"); str(e.dir)
             raw(",\"name\":"); str(e.name)
             raw(",\"kind\":"); str(e.kind.rawValue)
-            raw(",\"size\":\(e.size),\"mtime_ns\":\(e.mtimeNs),\"mode\":\(e.mode),\"chunk_size\":\(e.chunkSize)")
+            raw(",\"size\":"); int(e.size)
+            raw(",\"mtime_ns\":"); int(e.mtimeNs)
+            raw(",\"mode\":"); int(e.mode)
+            raw(",\"chunk_size\":"); int(e.chunkSize)
             if let d = e.digest { raw(",\"digest\":"); str(d) }
             if let t = e.target { raw(",\"target\":"); str(t) }
             out.append(UInt8(ascii: "}"))
@@ -151,9 +154,10 @@ extension DaemonAPI {
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
     }
 
-    /// Followed centers whose last sync failed.
+    /// Followed centers whose last sync failed (as known at most a second ago:
+    /// `Catalog.recentCentersList`).
     func staleCenters() -> Set<String> {
-        Set(((try? catalog?.centers()) ?? []).filter { !$0.reachable }.map(\.name))
+        Set(((try? catalog?.recentCentersList()) ?? []).filter { !$0.reachable }.map(\.name))
     }
 
     func viewer(_ u: User) -> Viewer { Viewer(user: u.user, isOperator: u.isOperator) }
@@ -165,7 +169,7 @@ extension DaemonAPI {
         }
         let p: GFSPath
         do { p = try GFSPath(text) } catch { throw HTTPFailure(status: 400, message: "\(error)") }
-        if p.center != center, try !catalog.centers().contains(where: { $0.name == p.center }) {
+        if p.center != center, try !catalog.recentCentersList().contains(where: { $0.name == p.center }) {
             throw HTTPFailure(status: 404, message: "center '\(p.center)' is neither this center ('\(center)') nor a peer it follows")
         }
         guard let (d, path) = try catalog.resolve(p, as: viewer(user)) else {

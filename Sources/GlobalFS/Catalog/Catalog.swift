@@ -14,6 +14,8 @@ import Storage
 public final class Catalog: @unchecked Sendable {
     public let db: any SQLDatabase
     let pg: Bool
+    /// `recentCentersList`'s memory.
+    let recentCenters = CentersMemo()
 
     public convenience init(database: String) throws {
         try self.init(db: try openDatabase(database))
@@ -261,6 +263,39 @@ public final class Catalog: @unchecked Sendable {
         }
     }
 
+    /// What a listing of `path` shows, in one read, for a dataset `resolve` found for the
+    /// viewer (so not looked up and checked again): the page of the directory's entries after
+    /// `after` (by name), or, when `path` names a file or a link, that entry alone (`isFile`).
+    /// The entry of `path` itself is read only when the page is empty (a directory with
+    /// entries cannot be a file). A path that does not exist: not found (with no `after`; a
+    /// cursor past the last entry of a directory removed since gives an empty page).
+    public func listing(of d: Dataset, path: String, after: String?, limit: Int) throws -> (entries: [Entry], isFile: Bool) {
+        let dir = try CatalogPath.normalize(path)
+        return try db.read { s in
+            let page = try FastSQL.entries(s, "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ? AND dir = ? AND name > ? ORDER BY name LIMIT ?",
+                                           [.int(d.id), .text(dir), .text(after ?? ""), .int(Int64(max(1, min(limit, 100_000))))])
+            if !page.isEmpty || dir.isEmpty { return (page, false) }
+            guard let e = try entry(s, d.id, dir) else {
+                if after == nil { throw CatalogError(.notFound, "no '\(dir)' in dataset \(d.id)") }
+                return ([], false)
+            }
+            return e.kind == .directory ? ([], false) : ([e], true)
+        }
+    }
+
+    /// One entry of a dataset `resolve` found for the viewer, and the dataset's replicas, in
+    /// one read. The dataset's top ("") is described from the dataset (no row of its own).
+    public func details(of d: Dataset, path: String) throws -> (entry: Entry?, replicas: [Replica]) {
+        let path = try CatalogPath.normalize(path)
+        return try db.read { s in
+            let replicas = try s.query("SELECT * FROM replicas WHERE dataset = ? ORDER BY center", d.id).map(Catalog.replica)
+            if path.isEmpty {
+                return (Entry(dataset: d.id, dir: "", name: "", kind: .directory, size: 0, mtimeNs: d.updated * 1_000_000_000, mode: 0o755), replicas)
+            }
+            return (try entry(s, d.id, path), replicas)
+        }
+    }
+
     func entry(_ s: any SQLSession, _ dataset: Int64, _ path: String) throws -> Entry? {
         let (dir, name) = CatalogPath.split(path)
         return try FastSQL.entries(s, "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ? AND dir = ? AND name = ?",
@@ -413,11 +448,23 @@ public final class Catalog: @unchecked Sendable {
     // MARK: centers
 
     public func centers() throws -> [Center] {
-        try db.read { s in
+        let found = try db.read { s in
             try s.query("SELECT * FROM centers ORDER BY name").map {
                 Center(name: $0.text("name"), api: $0.text("api"), lastSeq: $0.int("last_seq"), lastSync: $0.int("last_sync"), reachable: $0.int("reachable") != 0)
             }
         }
+        recentCenters.keep(found)
+        return found
+    }
+
+    /// The centers as read at most `CentersMemo.lifetime` ago (or now): for what every catalog
+    /// read asks and a second's delay cannot harm (whether a path names a followed center,
+    /// which centers are stale). A change made through this catalog is seen at once; one made
+    /// by another daemon on the same database within the lifetime. Not for the follower's
+    /// sequence numbers (`centers()`).
+    public func recentCentersList() throws -> [Center] {
+        if let kept = recentCenters.fresh() { return kept }
+        return try centers()
     }
 
     /// Adds a center or changes its API address.
@@ -426,6 +473,7 @@ public final class Catalog: @unchecked Sendable {
         try db.write { s in
             _ = try s.execute("INSERT INTO centers (name, api) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET api = excluded.api", name, api)
         }
+        recentCenters.forget()
     }
 
     /// What a sync with `center` achieved: the last seq applied, or that it was unreachable
@@ -440,9 +488,30 @@ public final class Catalog: @unchecked Sendable {
                 try s.execute("UPDATE centers SET reachable = 0 WHERE name = ?", center)
             }
         }
+        recentCenters.forget()
     }
 
     public static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+}
+
+/// The centers table as last read, for `Catalog.recentCentersList`: a few rows every catalog
+/// request asked for (twice, for a page: a query each, a third of a page's round trips on
+/// PostgreSQL).
+final class CentersMemo: @unchecked Sendable {
+    static let lifetime: UInt64 = 1_000_000_000
+    private let lock = NSLock()
+    private var kept: [Center]?
+    private var readAt: UInt64 = 0
+
+    func fresh() -> [Center]? {
+        lock.withLock { kept != nil && DispatchTime.now().uptimeNanoseconds &- readAt < CentersMemo.lifetime ? kept : nil }
+    }
+
+    func keep(_ centers: [Center]) {
+        lock.withLock { kept = centers; readAt = DispatchTime.now().uptimeNanoseconds }
+    }
+
+    func forget() { lock.withLock { kept = nil } }
 }
 
 /// Paths within a dataset: "a/b/c", no leading or trailing '/', no "." or "..".

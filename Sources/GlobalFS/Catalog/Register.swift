@@ -71,6 +71,7 @@ extension Catalog {
                 absRoot, now, now) else { throw CatalogError(.io, "the database returned no id for the new dataset") }
             return (r.int("id"), true, true)
         }
+        recentCenters.forget()
 
         var sum = RegisterSummary()
         sum.dataset = id

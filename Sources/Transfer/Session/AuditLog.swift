@@ -107,22 +107,8 @@ public final class AuditLog: @unchecked Sendable {
 
 /// A JSON string literal (quotes and escapes).
 public func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 {
-                let hex = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-    }
-    return out + "\""
+    var out: [UInt8] = []
+    out.reserveCapacity(s.utf8.count + 2)
+    JSONText.appendString(s, to: &out)
+    return String(decoding: out, as: UTF8.self)
 }
