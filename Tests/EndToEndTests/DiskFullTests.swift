@@ -66,6 +66,41 @@ struct DiskFullTests {
         }
     }
 
+    /// The race behind the flake of `pushDiskFull` under load, made certain by a proxy: the
+    /// server fails big.bin (no space) while the client is still sending its chunks; the client
+    /// sends END on the verdict, the server acknowledges it and closes the data stream with the
+    /// chunk unread (a reset), and its END_ACK reaches the client only after the client's send
+    /// has failed. The session is complete (every file has its verdict): the client reports
+    /// the no-space verdict, never the broken pipe.
+    @Test("a data stream broken after the END (the server closed it with a failed file's chunk unread) reports no space, not the broken pipe")
+    func pushBrokenAfterEnd() throws {
+        let sb = try Sandbox("diskfull-late-ack")
+        defer { sb.unmountAll() }
+        let root = try sb.dir("root")
+        let small = root + "/small"
+        try sb.mountTmpfs(at: small, sizeMiB: 40)
+        let tree = sb.file("local/tree")
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        // Each fits when planned; the second sent (the walk's order) fills the disk at 40 MiB
+        // of the 62 MiB sent.
+        let names = ["a.bin", "big.bin"]
+        try writeRandomFile(tree + "/a.bin", size: 24 * E2E.MiB)
+        try writeRandomFile(tree + "/big.bin", size: 38 * E2E.MiB)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        // The server meets the full disk with at most 44 MiB received; past 48 MiB the data
+        // stream is no longer read, so the client is blocked in a send when it is reset.
+        let proxy = try LaggingProxy(targetPort: server.port, controlDelay: 0.3, dataStallBytes: 48 * E2E.MiB)
+        defer { proxy.stop() }
+
+        let r = try sb.cp(tree, "ferry://127.0.0.1:\(proxy.port)/small/tree", options: ["-r", "--streams", "1"], timeout: 120)
+        #expect(proxy.dataResets >= 1, "the data stream was not reset with the client's bytes unread: the race was not made")
+        Self.expectDiskFullError(r, files: names)
+        #expect(r.allMessages.contains("no_space"), "not the peer's no_space verdict: \(r)")
+        #expect(!r.allMessages.lowercased().contains("broken pipe") && !r.allMessages.lowercased().contains("reset by peer"), "\(r)")
+        #expect(server.isRunning)
+    }
+
     @Test("pull into a full local tmpfs, then remount bigger and rerun")
     func pullDiskFull() throws {
         let sb = try Sandbox("diskfull-pull")

@@ -136,13 +136,17 @@ final class Sender: @unchecked Sendable {
             // Files failed here reach the receiver before the END: it fails them too.
             try reportSourceFailures(ring: ring)
             try ctx.control.send(.end, ring: ring)
+            // Every file has its verdict: the data streams have nothing left to carry. The
+            // receiver may acknowledge the END and close them while a stream is still sending
+            // (a chunk of a file it already failed, say for a full disk): that stream's broken
+            // pipe must not hide the END_ACK on its way, so a lost connection waits for it
+            // (or for the peer's ERROR) as long as the control stream is still read for it.
             try lock.withLock { () throws in
-                var waited = 0
+                let deadline = monotonicNs() + UInt64(ctx.idleTimeoutNs)
                 while !endAcknowledged {
-                    if let e = ctx.error { throw e }
-                    cond.wait(seconds: 0.5)
-                    waited += 1
-                    if waited > Int(ctx.idleTimeoutNs / 500_000_000) { throw TransferError(.timeout, "receiver did not confirm the end", resumable: true) }
+                    if let e = ctx.error, !ctx.awaitingPeerWord { throw e }
+                    cond.wait(seconds: ctx.error == nil ? 0.5 : 0.05)
+                    if monotonicNs() >= deadline { throw TransferError(.timeout, "receiver did not confirm the end", resumable: true) }
                 }
             }
             ctx.finish()
@@ -217,7 +221,10 @@ final class Sender: @unchecked Sendable {
         defer { lock.withLock { readerDone = true; cond.broadcast() } }
         do {
             let ring = try Ring(entries: 8)
-            while !ctx.isFinished {
+            // After a lost connection this side keeps reading a moment (`awaitingPeerWord`,
+            // bounded by the verdict window, which also shuts the reading down): the peer's
+            // ERROR frame, or the END_ACK, may come behind other frames (verdicts, pings).
+            while !ctx.isFinished || ctx.awaitingPeerWord {
                 let (type, payload) = try ctx.control.receive(ring: ring, timeoutNs: ctx.idleTimeoutNs)
                 var r = ByteReader(payload)
                 switch type {

@@ -74,13 +74,26 @@ final class SessionContext: @unchecked Sendable {
         }
     }
 
-    /// How long after a lost connection the peer's ERROR frame may still replace it.
-    static let verdictWindowNs: UInt64 = 1_000_000_000
+    /// How long after a lost connection the peer's ERROR frame may still replace it (and, for
+    /// a sender that has sent END, its END_ACK still complete the session): the control stream
+    /// is read that long. Two seconds: under load a peer's last frame was seen to come later
+    /// than one (DiskFullTests).
+    static let verdictWindowNs: UInt64 = 2_000_000_000
+
+    /// True while this side's session has failed on a lost connection (`.io`, not the peer's
+    /// word) less than `verdictWindowNs` ago: the peer may still have its reason, or its
+    /// END_ACK, on the way, and the control stream is still read for it.
+    var awaitingPeerWord: Bool {
+        lock.withLock {
+            guard !finished, let e = firstError, !e.fromPeer, e.code == .io else { return false }
+            return monotonicNs() - failedAtNs < SessionContext.verdictWindowNs
+        }
+    }
 
     /// The peer's verdict (an error `fromPeer`) if one arrives within the window after the first
     /// failure; nil otherwise. Waits at most the rest of the window.
     func peerVerdict() -> TransferError? {
-        for _ in 0..<100 {
+        for _ in 0..<(Int(SessionContext.verdictWindowNs / 20_000_000) + 1) {
             let (e, at) = lock.withLock { (firstError, failedAtNs) }
             guard let e else { return nil }
             if e.fromPeer { return e }
