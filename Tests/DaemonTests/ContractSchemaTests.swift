@@ -135,6 +135,22 @@ struct ContractSchemaTests {
         let json = try JSONSerialization.jsonObject(with: APIJSON.encode(value))
         let wrong = try violations(json, schema(of: T.self))
         #expect(wrong.isEmpty, "\(T.schemaName): \(wrong)", sourceLocation: sourceLocation)
+        try expectSameJSON(value, sourceLocation: sourceLocation)
+    }
+
+    /// The server writes its answers with `AnswerEncoder`: the same JSON as `JSONEncoder`'s.
+    static func expectSameJSON<T: Encodable>(_ value: T, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let fast = try AnswerEncoder.encode(value)
+        // Compared as parsed JSON, written again with sorted keys (the escapes and key order of
+        // the two may differ).
+        func canonical(_ d: Data) throws -> String {
+            String(decoding: try JSONSerialization.data(withJSONObject: try JSONSerialization.jsonObject(with: d, options: [.fragmentsAllowed]),
+                                                        options: [.sortedKeys, .fragmentsAllowed]), as: UTF8.self)
+        }
+        let foundation = try APIJSON.encode(value)
+        let (a, b) = (try canonical(Data(fast)), try canonical(foundation))
+        #expect(a == b, "\(T.self): \(String(decoding: fast, as: UTF8.self)) against \(String(decoding: foundation, as: UTF8.self))",
+                sourceLocation: sourceLocation)
     }
 
     static func decoded<T: Decodable>(_ json: String) throws -> T { try APIJSON.decode(T.self, from: Data(json.utf8)) }
@@ -180,6 +196,49 @@ struct ContractSchemaTests {
         try Self.expectConforms(V1.SweepAnswer(pinsExpired: [], transfersCancelled: 0, strayDirectories: ["x"]))
         try Self.expectConforms(V1.StageItems(items: [V1.StageItem(line: 3, direction: "stage_in", source: "gfs://a/d", destination: "/s/x",
                                                                  optional: false, state: "staging", error: nil, job: 4, entry: 2)]))
+    }
+
+    @Test("answers written directly are JSONEncoder's JSON: hostile strings, limits, nulls, nested and flattened types; what it cannot write goes to JSONEncoder")
+    func answerEncoder() throws {
+        let hostile = "\"},{\"x\":1\\\n\t\u{0}\u{1F}é/日本🙂"
+        var j = Self.job(.failed, error: hostile)
+        j.request.source = "/data/" + hostile
+        j.bytes = Int64.max
+        j.files = Int64.min
+        try Self.expectSameJSON(V1.Transfer(j))
+        try Self.expectSameJSON(V1.TransferPage(transfers: [V1.Transfer(j), V1.Transfer(Self.job(.queued))], more: true, nextAfter: nil))
+        try Self.expectSameJSON(V1.Health(status: "ok", center: "a", peers: ["B_Peer": V1.PeerHealth(streams: 4, active: 1, rateBytesPerSecond: 5, errors: 0),
+                                                                          hostile: V1.PeerHealth(streams: 1, active: 0, rateBytesPerSecond: 0, errors: 3)],
+                                          transfer: [], jobs: ["upForRetry": 1, "queued": 0]))
+        try Self.expectSameJSON(["a": [1, 2], "camelKey": []] as [String: [Int]])
+        try Self.expectSameJSON([Optional<Int>.none, 3])
+        try Self.expectSameJSON(0.1 as Double)
+        try Self.expectSameJSON(UInt64.max)
+        // Flattened: a DatasetView adds `stale` to its dataset's own object.
+        let d: Dataset = try Self.decoded(#"{"id":1,"center":"a","name":"zinc","version":"","owner":"alice","description":"","license":"","readers":["*"],"root":null,"remote_id":7,"file_count":2,"bytes":3,"created":1,"updated":1}"#)
+        try Self.expectSameJSON(V1.DatasetList(datasets: [V1.DatasetView(dataset: d, stale: true), V1.DatasetView(dataset: d, stale: false)]))
+        // What it does not write itself, JSONEncoder does (a date, nested containers).
+        struct Odd: Encodable {
+            enum K: String, CodingKey { case when, inner }
+            func encode(to encoder: Encoder) throws {
+                var c = encoder.container(keyedBy: K.self)
+                try c.encode(Date(timeIntervalSince1970: 5), forKey: .when)
+                var n = c.nestedContainer(keyedBy: K.self, forKey: .inner)
+                try n.encode(1, forKey: .when)
+            }
+        }
+        try Self.expectSameJSON(Odd())
+        struct Nested: Encodable {
+            enum K: String, CodingKey { case outerKey, innerKey }
+            func encode(to encoder: Encoder) throws {
+                var c = encoder.container(keyedBy: K.self)
+                var n = c.nestedContainer(keyedBy: K.self, forKey: .outerKey)
+                try n.encode("x", forKey: .innerKey)
+                try c.encode(2, forKey: .innerKey)
+            }
+        }
+        try Self.expectSameJSON(Nested())
+        #expect(throws: (any Error).self) { try AnswerEncoder.encode(Double.nan) }
     }
 
     @Test("a field the schema does not name is caught")

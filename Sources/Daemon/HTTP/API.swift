@@ -137,7 +137,7 @@ public struct DaemonAPI: Sendable {
                 let api = self
                 // Pushed by the queue's change feed, not polled: see streamEvents (Events.swift).
                 let body = ResponseBody { writer in try await onPool {
-                    try await api.streamEvents(of: id, render: { job in String(decoding: (try? APIJSON.encode(api.live(job))) ?? Data(), as: UTF8.self) }) { text in
+                    try await api.streamEvents(of: id, render: { job in String(decoding: (try? AnswerEncoder.encode(api.live(job))) ?? [], as: UTF8.self) }) { text in
                         try await writer.write(ByteBuffer(string: text))
                     }
                     try await writer.finish(nil)

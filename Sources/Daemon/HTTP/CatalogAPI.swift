@@ -179,8 +179,9 @@ extension DaemonAPI {
     }
 }
 
-/// An answer of the contract, encoded as every answer is (`APIJSON`: snake_case).
+/// An answer of the contract, encoded as every answer is (`AnswerEncoder`: the JSON of
+/// `APIJSON.encoder()`, snake_case, written directly).
 func codable<T: Encodable>(_ status: Int, _ value: T) throws -> Response {
-    let data = try APIJSON.encode(value)
+    let data = try AnswerEncoder.encode(value)
     return Response(status: .init(code: status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
 }
