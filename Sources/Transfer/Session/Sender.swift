@@ -17,7 +17,17 @@ final class SenderFile {
     let mtimeNanoseconds: UInt32
     /// Int.max for a stream until its end is read.
     var chunkCount: Int
+    /// The source opened for reading (`Sender.descriptor`). Data streams read it outside the
+    /// lock, so it is never closed under one of them: `fdUsers` counts the streams between
+    /// `descriptor` and `release`, and a close asked for meanwhile (`Sender.retire`: the
+    /// file's verdict, or its failure here) waits for the last of them. A number closed under
+    /// a reader fails its read (EBADF), or worse, is reused at once by another file or socket,
+    /// which the reader would then read.
     var fd: Int32 = -1
+    var fdUsers = 0
+    /// No more reads: the file has its verdict or failed here (`fd` is closed, or will be when
+    /// its last user releases it; it is never opened again).
+    var retired = false
     var cursor = 0
     var processed = 0
     var hashes: [ChunkHash]
@@ -112,7 +122,12 @@ final class Sender: @unchecked Sendable {
         limiter = ctx.options.bandwidthLimitBytesPerSecond.map { RateLimiter(bytesPerSecond: $0) }
     }
 
-    deinit { Glibc.close(rootFd) }
+    deinit {
+        // A session that ended before every verdict: its files' descriptors go with it (no
+        // data stream runs any more; each holds the Sender while it does).
+        for f in files.values where f.fd >= 0 { Glibc.close(f.fd) }
+        Glibc.close(rootFd)
+    }
 
     // MARK: control
 
@@ -314,7 +329,7 @@ final class Sender: @unchecked Sendable {
     private func verdict(id: UInt64, ok: Bool, message: String, code: TransferError.Code?) {
         lock.withLock {
             guard let f = files.removeValue(forKey: id) else { return }
-            if f.fd >= 0 { Glibc.close(f.fd); f.fd = -1 }
+            retire(f)
             f.failed = !ok
             if ok {
                 ctx.progress.fileDone(skipped: f.skipping)
@@ -331,7 +346,7 @@ final class Sender: @unchecked Sendable {
     private func failLocally(_ f: SenderFile, _ message: String, changed: Bool = false, code: TransferError.Code = .io) {
         if files.removeValue(forKey: f.id) != nil {
             f.failed = true
-            if f.fd >= 0 { Glibc.close(f.fd); f.fd = -1 }
+            retire(f)
             ctx.progress.fileFailed(message, code: code)
             sourceFailures.append(SourceFailure(id: f.id, changed: changed, message: message, code: code))
             cond.broadcast()
@@ -450,11 +465,19 @@ final class Sender: @unchecked Sendable {
         cond.broadcast()
     }
 
-    /// Opens (once) the file's descriptor for reading, beneath the source root.
+    /// Lock held: the file needs its descriptor no more. Closed now if no data stream is
+    /// reading it, else by the last one's `release`.
+    private func retire(_ f: SenderFile) {
+        f.retired = true
+        if f.fd >= 0 && f.fdUsers == 0 { Glibc.close(f.fd); f.fd = -1 }
+    }
+
+    /// Opens (once) the file's descriptor for reading, beneath the source root, and counts the
+    /// caller as its user until `release`; nil (no user counted) for a file failed or done.
     func descriptor(_ f: SenderFile) throws -> Int32? {
         try lock.withLock { () throws -> Int32? in
-            if f.failed { return nil }
-            if f.fd >= 0 { return f.fd }
+            if f.failed || f.retired { return nil }
+            if f.fd >= 0 { f.fdUsers += 1; return f.fd }
             do {
                 let fd: Int32
                 if f.path.isEmpty && rootIsFile {
@@ -466,6 +489,7 @@ final class Sender: @unchecked Sendable {
                 fstat(fd, &st)
                 f.sparse = st.st_blocks * 512 < st.st_size
                 f.fd = fd
+                f.fdUsers += 1
                 return fd
             } catch {
                 let e = asTransferError(error)
@@ -474,6 +498,18 @@ final class Sender: @unchecked Sendable {
             }
         }
     }
+
+    /// The caller of `descriptor` is done with the file's descriptor: closed if the file was
+    /// retired meanwhile and no other stream still reads it.
+    func release(_ f: SenderFile) {
+        lock.withLock {
+            f.fdUsers -= 1
+            if f.retired && f.fdUsers == 0 && f.fd >= 0 { Glibc.close(f.fd); f.fd = -1 }
+        }
+    }
+
+    /// True once the file failed or has its verdict: a stream still reading it may stop.
+    func isRetired(_ f: SenderFile) -> Bool { lock.withLock { f.retired } }
 
     func displayPath(_ f: SenderFile) -> String { f.path.isEmpty ? (rootName ?? "(source file)") : f.path }
 

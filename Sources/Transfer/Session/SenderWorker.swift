@@ -68,11 +68,13 @@ final class SenderWorker {
 
 
     /// Reads up to one chunk of a stream (a pipe, a FIFO, a terminal): fewer bytes only at
-    /// its end. Waits for a writer that is slow; a read error fails the session.
-    private func readStream(_ fd: Int32, into dst: UnsafeMutableRawPointer, _ f: SenderFile) throws -> Int {
+    /// its end. Waits for a writer that is slow; a read error fails the session. Nil when the
+    /// file failed meanwhile (the receiver's verdict, say a full disk): nothing more to send.
+    private func readStream(_ fd: Int32, into dst: UnsafeMutableRawPointer, _ f: SenderFile) throws -> Int? {
         var got = 0
         while got < chunkBytes {
             if sender.ctx.isFinished { throw sender.ctx.error ?? TransferError(.io, "stopped", resumable: false) }
+            if sender.isRetired(f) { return nil }
             let n = Glibc.read(fd, dst + got, chunkBytes - got)
             if n > 0 { got += n; continue }
             if n == 0 { break }
@@ -133,6 +135,7 @@ final class SenderWorker {
 
     func sendChunk(_ f: SenderFile, _ index: Int, resend: Bool) throws {
         guard let fd = try sender.descriptor(f) else { return }
+        defer { sender.release(f) }
         let offset = UInt64(index) * UInt64(chunkBytes)
         var length = f.isStream ? chunkBytes : Int(min(UInt64(chunkBytes), f.size - offset))
         let data = pool.buffer(0) + headroom
@@ -140,7 +143,8 @@ final class SenderWorker {
         let hash: ChunkHash
         if f.isStream {
             // In order, from the one stream that reads it: up to a chunk, fewer only at its end.
-            length = try readStream(fd, into: data, f)
+            guard let got = try readStream(fd, into: data, f) else { return }
+            length = got
             if length < chunkBytes {
                 try sender.streamEnded(f, chunks: length == 0 ? index : index + 1, size: offset + UInt64(length), ring: ring)
                 if length == 0 { return }
@@ -309,6 +313,7 @@ final class SenderWorker {
     /// `--checksum`: hashes the whole file to compare its digest with the receiver's.
     func check(_ f: SenderFile) throws {
         guard let fd = try sender.descriptor(f) else { return }
+        defer { sender.release(f) }
         var digest = FileDigest()
         let data = pool.buffer(0) + headroom
         var offset: UInt64 = 0
