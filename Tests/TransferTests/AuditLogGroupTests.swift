@@ -14,11 +14,22 @@ struct AuditLogGroupTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let log = try AuditLog(path: dir + "/audit.jsonl")
         let threads = 16, each = 40
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
-            for i in 0..<each {
-                log.write(AuditLog.Record(user: "u\(t)", peer: "", action: "api", path: "line \(i) of thread \(t) " + String(repeating: "x", count: 200), result: "ok"))
-            }
+        // Sixteen threads of their own (concurrentPerform would use one per core: two here,
+        // and on a loaded machine they rarely meet), released together.
+        let start = DispatchSemaphore(value: 0)
+        let done = DispatchGroup()
+        for t in 0..<threads {
+            done.enter()
+            Thread {
+                start.wait()
+                for i in 0..<each {
+                    log.write(AuditLog.Record(user: "u\(t)", peer: "", action: "api", path: "line \(i) of thread \(t) " + String(repeating: "x", count: 200), result: "ok"))
+                }
+                done.leave()
+            }.start()
         }
+        for _ in 0..<threads { start.signal() }
+        #expect(done.wait(timeout: .now() + 120) == .success, "the writers did not finish in 2 minutes")
         let text = try String(contentsOfFile: dir + "/audit.jsonl", encoding: .utf8)
         let lines = text.split(separator: "\n")
         #expect(lines.count == threads * each)
