@@ -386,6 +386,9 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     /// The pool (postgres-nio). Its `run()` is driven by `running`.
     public let client: PostgresClient
     private let running: Task<Void, Never>
+    /// How a thread's own connection is opened (`sharingReads`).
+    private let ownConfiguration: PostgresConnection.Configuration
+    private let owned = ThreadConnections()
     private let logger = Logger(label: "ferry.postgres")
     /// How long a synchronous caller waits for a connection before the database counts as busy.
     static let leaseTimeout: DispatchTimeInterval = .seconds(30)
@@ -417,12 +420,8 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         quiet.logLevel = .error
         let client = PostgresClient(configuration: c, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, backgroundLogger: quiet)
         self.client = client
+        ownConfiguration = probe
         running = Task(executorPreference: PostgresExecutor.shared) { await client.run() }
-    }
-
-    deinit {
-        // Ends the pool's run: its connections are closed.
-        running.cancel()
     }
 
     /// A connection of the pool handed to the calling (blocking) thread until it returns.
@@ -482,35 +481,58 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         }
     }
 
-    /// The connection a task's reads share (`sharingReads`), with the database it belongs to:
-    /// leased by the first read made inside, so a request refused before it reads (a bad
-    /// token) or one that never reads takes no connection. Used by one task at a time.
-    private final class Shared: @unchecked Sendable {
-        let database: ObjectIdentifier
-        var lease: Lease?
-        init(_ database: ObjectIdentifier) { self.database = database }
+    /// Connections owned by threads, for the reads made inside `sharingReads`: one per
+    /// thread, opened on its first such read and kept (at most `limit`; a thread beyond them
+    /// leases from the pool). The API's bounded reads run on a few permanent threads
+    /// (`BlockingPool.quickReads`), so these are a few connections that each thread uses
+    /// alone, one statement after another, without the pool: a lease is a handoff to the
+    /// pool's task and back, and its release another (`bench/api.sh`: a quarter of a page's
+    /// cost on PostgreSQL was those handoffs and the pool's bookkeeping).
+    private final class ThreadConnections: @unchecked Sendable {
+        static let limit = 8
+        let lock = NSLock()
+        var byThread: [UInt: PostgresConnection] = [:]
     }
-    @TaskLocal private static var shared: Shared?
+    @TaskLocal private static var sharing: ObjectIdentifier?
 
     public func sharingReads<T>(_ body: () async throws -> T) async throws -> T {
-        if let held = Self.shared, held.database == ObjectIdentifier(self) { return try await body() }
-        let box = Shared(ObjectIdentifier(self))
-        defer { box.lease?.finish() }
-        return try await Self.$shared.withValue(box) { try await body() }
+        if Self.sharing == ObjectIdentifier(self) { return try await body() }
+        return try await Self.$sharing.withValue(ObjectIdentifier(self)) { try await body() }
     }
 
-    /// The connection of the task's `sharingReads`, leased on first use; nil outside one.
-    private func sharedConnection() throws -> PostgresConnection? {
-        guard let box = Self.shared, box.database == ObjectIdentifier(self) else { return nil }
-        if box.lease == nil {
-            let lease = try acquire()
-            guard lease.connection != nil else {
-                lease.finish()
-                throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(lease.error ?? CancellationError()))", busy: true)
-            }
-            box.lease = lease
+    deinit {
+        // Ends the pool's run: its connections are closed; so are the threads' own.
+        running.cancel()
+        for c in owned.lock.withLock({ Array(owned.byThread.values) }) { PostgreSQLDatabase.closeKeeping(c) }
+    }
+
+    /// Closes `c`, holding it until the close is done (postgres-nio wants a connection closed
+    /// before it is released).
+    private static func closeKeeping(_ c: PostgresConnection) {
+        let f: EventLoopFuture<Void> = c.close()
+        f.whenComplete { _ in withExtendedLifetime(c) {} }
+    }
+
+    /// The calling thread's own connection inside `sharingReads` (nil outside it, or when
+    /// `ThreadConnections.limit` threads have one already). A closed one is replaced.
+    private func threadConnection() throws -> PostgresConnection? {
+        guard Self.sharing == ObjectIdentifier(self) else { return nil }
+        let me = UInt(pthread_self())
+        let (kept, room) = owned.lock.withLock { () -> (PostgresConnection?, Bool) in
+            (owned.byThread[me], owned.byThread.count < ThreadConnections.limit)
         }
-        return box.lease?.connection
+        if let kept, !kept.isClosed { return kept }
+        guard kept != nil || room else { return nil }
+        let c: PostgresConnection
+        do {
+            c = try PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.any(), configuration: ownConfiguration, id: Int(truncatingIfNeeded: me),
+                                               logger: logger).wait()
+        } catch {
+            throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(error))", busy: true)
+        }
+        owned.lock.withLock { owned.byThread[me] = c }
+        if let kept { PostgreSQLDatabase.closeKeeping(kept) }
+        return c
     }
 
     private func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
@@ -566,8 +588,13 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     }
 
     public func read<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        if let c = try sharedConnection() {
-            return try body(Session(conn: c, logger: logger, pending: Session.Pending()))
+        if let c = try threadConnection() {
+            do {
+                return try body(Session(conn: c, logger: logger, pending: Session.Pending()))
+            } catch where c.isClosed {
+                // The server went away under it (a restart): once more on the pool's connection
+                // (a read has no effect to repeat); the thread opens a new one next time.
+            }
         }
         return try withConnection { c in try body(Session(conn: c, logger: logger, pending: Session.Pending())) }
     }

@@ -198,3 +198,42 @@ final class CountingDatabase: SQLDatabase, @unchecked Sendable {
         base.listen(channel, listening: listening, notify: notify)
     }
 }
+
+extension ChangeFeedTests {
+    @Test("PostgreSQL reads inside sharingReads: one connection of each thread's own, kept across requests; a connection the server ends is replaced and the read still answers")
+    func threadOwnedConnections() async throws {
+        let db = try PostgreSQLDatabase(url: try Backend.postgres.newDatabase(), size: 4)
+        func backend() throws -> Int64 { try db.read { s in try s.one("SELECT pg_backend_pid() AS pid")!.int("pid") } }
+        let pool = BlockingPool(threads: 2, name: "ferry-test-own")
+        // Each task's reads, on one of two threads: per thread one backend, the same every time.
+        let seen = try await withThrowingTaskGroup(of: [Int64].self) { group in
+            for _ in 0..<8 {
+                group.addTask(executorPreference: pool) { try await db.sharingReads { [try backend(), try backend(), try backend()] } }
+            }
+            var all: [[Int64]] = []
+            for try await r in group { all.append(r) }
+            return all
+        }
+        for r in seen { #expect(Set(r).count == 1, "one request's reads on one connection: \(r)") }
+        let owners = Set(seen.flatMap { $0 })
+        #expect(owners.count <= 2, "at most one connection per thread: \(owners)")
+        // Outside sharingReads, a read leases from the pool: not one of the threads' own.
+        let leased = try backend()
+        #expect(!owners.contains(leased))
+
+        // The server ends a thread's connection (as a restart or an operator would).
+        let victim = try #require(owners.first)
+        let ended = try db.read { s in try s.one("SELECT pg_terminate_backend(CAST(? AS integer)) AS ok", victim)!.int("ok") }
+        #expect(ended == 1)
+        let after = try await withThrowingTaskGroup(of: [Int64].self) { group in
+            for _ in 0..<8 {
+                group.addTask(executorPreference: pool) { try await db.sharingReads { [try backend(), try backend()] } }
+            }
+            var all: [[Int64]] = []
+            for try await r in group { all.append(r) }
+            return all
+        }
+        #expect(after.count == 8, "every read answered after its connection was ended")
+        #expect(!after.flatMap { $0 }.contains(victim), "the ended connection is not used again")
+    }
+}
