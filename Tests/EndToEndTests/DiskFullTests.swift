@@ -101,6 +101,30 @@ struct DiskFullTests {
         #expect(server.isRunning)
     }
 
+    @Test("standard input pushed onto a full tmpfs: the error says how much of the stream was written, promises no resume and no size it does not know")
+    func pushStreamDiskFull() throws {
+        let sb = try Sandbox("diskfull-stream")
+        defer { sb.unmountAll() }
+        let root = try sb.dir("root")
+        let small = root + "/small"
+        try sb.mountTmpfs(at: small, sizeMiB: 8)
+        let src = try sb.dir("local") + "/in.bin"
+        try writeRandomFile(src, size: 24 * E2E.MiB)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+
+        let push = try FerryProcess(["cp", "--json", "--ca", sb.ca, "--token-file", sb.tokenFile, "--chunk-size", "1M", "-", server.url("small/in.bin")],
+                                    logDir: sb.path + "/logs", stdinPath: src)
+        let r = sb.finish(push, timeout: 120)
+        #expect(r.status == 1, "\(r)")
+        let m = r.allMessages
+        #expect(m.contains("of the stream written"), "how much of the stream was written: \(r)")
+        #expect(!m.contains("PiB") && !m.contains("EiB"), "a stream's placeholder size shown as its size: \(r)")
+        #expect(!m.contains("rerun resumes"), "a stream cannot be read again: \(r)")
+        #expect(!exists(small + "/in.bin"), "an incomplete stream under its final name")
+        #expect(server.isRunning)
+    }
+
     @Test("pull into a full local tmpfs, then remount bigger and rerun")
     func pullDiskFull() throws {
         let sb = try Sandbox("diskfull-pull")

@@ -206,7 +206,10 @@ final class ReceiverWorker {
         } else if verdict == nil && !f.failed && !f.done && f.partFd >= 0 {
             if let err = write(f, data: data, rawBytes: rawBytes, offset: offset, zero: codec == .zero) {
                 let written = UInt64(f.presentCount) * UInt64(chunkBytes)
-                verdict = receiver.failFile(f, "cannot write '\(f.display)': \(err); \(byteText(min(written, f.entry.size))) of \(byteText(f.entry.size)) written, rerun resumes")
+                // A stream (a FIFO's bytes) has no size to give (its placeholder is not one), and
+                // what its writer sent cannot be read again: no promise of a resume.
+                let done = f.isStream ? "\(byteText(written)) of the stream written" : "\(byteText(min(written, f.entry.size))) of \(byteText(f.entry.size)) written, rerun resumes"
+                verdict = receiver.failFile(f, "cannot write '\(f.display)': \(err); \(done)")
             } else {
                 verdict = receiver.chunkWritten(f, index: index, hash: hash, rawBytes: rawBytes, wireBytes: payloadBytes)
             }
