@@ -32,6 +32,7 @@ sources=(
   "$src/Wire/Bytes.swift"
   "$src/Wire/Frame.swift"
   "$src/Wire/Messages.swift"
+  "$src/Wire/JSONText.swift"
   "$src/Session/SessionContext.swift"
   "$src/Chunk/ChunkCodec.swift"
   "$src/IO/Paths.swift"
