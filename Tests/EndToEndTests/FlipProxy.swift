@@ -29,41 +29,20 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
     let flipOffset: Int
     let direction: Direction
 
-    private let listenFd: Int32
+    private let listener: LoopbackListener
     private let lock = NSLock()
-    private var stopped = false
     private var didFlip = false
     private var flippedConnection = -1
     private var connectionCount = 0
     private var bytesForwarded: [Int: (up: Int, down: Int)] = [:]
-    private var liveThreads = 0
 
     init(targetPort: Int, flipOffset: Int, direction: Direction) throws {
         self.targetPort = targetPort
         self.flipOffset = flipOffset
         self.direction = direction
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw HarnessError("proxy socket: errno \(errno)") }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = loopbackAddress(port: 0)
-        let b = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard b == 0, listen(fd, 64) == 0 else {
-            close(fd)
-            throw HarnessError("proxy bind/listen: errno \(errno)")
-        }
-        var bound = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &bound) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        listenFd = fd
-        port = Int(UInt16(bigEndian: bound.sin_port))
-        startThread { [self] in acceptLoop() }
+        listener = try LoopbackListener(targetPort: targetPort)
+        port = listener.port
+        listener.start { [self] client, upstream in accepted(client: client, upstream: upstream) }
     }
 
     var flipped: Bool { locked { didFlip } }
@@ -75,15 +54,9 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
     }
 
     /// Stops accepting and ends all pumps (bounded wait for the threads).
-    func stop() {
-        locked { stopped = true }
-        waitUntil(timeout: 5) { locked { liveThreads == 0 } }
-        close(listenFd)
-    }
+    func stop() { listener.stop() }
 
-    deinit {
-        if !locked({ stopped }) { stop() }
-    }
+    deinit { listener.stop() }
 
     private func locked<T>(_ body: () -> T) -> T {
         lock.lock()
@@ -91,48 +64,23 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
         return body()
     }
 
-    private var isStopped: Bool { locked { stopped } }
+    private var isStopped: Bool { listener.isStopped }
 
-    private func startThread(_ body: @escaping () -> Void) {
-        locked { liveThreads += 1 }
-        let t = Thread { [self] in
-            body()
-            locked { liveThreads -= 1 }
-        }
-        t.start()
-    }
+    private func startThread(_ body: @escaping () -> Void) { listener.startThread(body) }
 
-    private func acceptLoop() {
-        while !isStopped {
-            var pfd = pollfd(fd: listenFd, events: Int16(POLLIN), revents: 0)
-            if poll(&pfd, 1, 100) <= 0 { continue }
-            let client = accept(listenFd, nil, nil)
-            if client < 0 { continue }
-            let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = loopbackAddress(port: targetPort)
-            let r = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-            if r != 0 {
-                close(client)
-                close(upstream)
-                continue
-            }
-            let id = locked { () -> Int in
-                connectionCount += 1
-                bytesForwarded[connectionCount] = (0, 0)
-                return connectionCount
-            }
-            let pair = SocketPair(client: client, upstream: upstream)
-            if frameAction != nil {
-                startThread { [self] in framePump(from: client, to: upstream, pair: pair) }
-            } else {
-                startThread { [self] in pump(id: id, from: client, to: upstream, up: true, pair: pair) }
-            }
-            startThread { [self] in pump(id: id, from: upstream, to: client, up: false, pair: pair) }
+    private func accepted(client: Int32, upstream: Int32) {
+        let id = locked { () -> Int in
+            connectionCount += 1
+            bytesForwarded[connectionCount] = (0, 0)
+            return connectionCount
         }
+        let pair = SocketPair(client: client, upstream: upstream)
+        if frameAction != nil {
+            startThread { [self] in framePump(from: client, to: upstream, pair: pair) }
+        } else {
+            startThread { [self] in pump(id: id, from: client, to: upstream, up: true, pair: pair) }
+        }
+        startThread { [self] in pump(id: id, from: upstream, to: client, up: false, pair: pair) }
     }
 
     private func pump(id: Int, from src: Int32, to dst: Int32, up: Bool, pair: SocketPair) {
@@ -186,7 +134,7 @@ extension FlipProxy {
         var out = [UInt8](repeating: 0, count: n)
         var done = 0
         while done < n {
-            if locked({ stopped }) { return nil }
+            if isStopped { return nil }
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let pr = poll(&pfd, 1, 100)
             if pr <= 0 { continue }
@@ -207,7 +155,7 @@ extension FlipProxy {
         if !isData {
             // Control connection: forward untouched (TLS).
             var buf = [UInt8](repeating: 0, count: 64 * 1024)
-            while !locked({ stopped }) {
+            while !isStopped {
                 var pfd = pollfd(fd: src, events: Int16(POLLIN), revents: 0)
                 if poll(&pfd, 1, 100) <= 0 { continue }
                 let n = buf.withUnsafeMutableBytes { recv(src, $0.baseAddress!, $0.count, 0) }

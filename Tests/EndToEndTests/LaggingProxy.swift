@@ -22,42 +22,19 @@ final class LaggingProxy: @unchecked Sendable {  // mutable state guarded by `lo
     let controlDelay: Double
     let dataStallBytes: Int
 
-    private let listenFd: Int32
+    private let listener: LoopbackListener
     private let lock = NSLock()
-    private var stopped = false
-    private var liveThreads = 0
     private var resets = 0
 
     init(targetPort: Int, controlDelay: Double, dataStallBytes: Int) throws {
         self.targetPort = targetPort
         self.controlDelay = controlDelay
         self.dataStallBytes = dataStallBytes
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw HarnessError("proxy socket: errno \(errno)") }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         // A small receive buffer (inherited by accepted sockets): a stalled data stream holds
         // little, so the client blocks in its send instead of finishing it into buffers.
-        var small: Int32 = 64 * 1024
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
-        var addr = loopbackAddress(port: 0)
-        let b = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard b == 0, listen(fd, 64) == 0 else {
-            close(fd)
-            throw HarnessError("proxy bind/listen: errno \(errno)")
-        }
-        var bound = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &bound) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        listenFd = fd
-        port = Int(UInt16(bigEndian: bound.sin_port))
-        startThread { [self] in acceptLoop() }
+        listener = try LoopbackListener(targetPort: targetPort, receiveBuffer: 64 * 1024)
+        port = listener.port
+        listener.start { [self] client, upstream in listener.startThread { [self] in serve(client: client, upstream: upstream) } }
     }
 
     /// Data connections the proxy closed with bytes from the client unread (a reset sent
@@ -65,15 +42,9 @@ final class LaggingProxy: @unchecked Sendable {  // mutable state guarded by `lo
     var dataResets: Int { locked { resets } }
 
     /// Stops accepting and ends all pumps (bounded wait for the threads).
-    func stop() {
-        locked { stopped = true }
-        _ = waitUntil(timeout: 5) { locked { liveThreads == 0 } }
-        close(listenFd)
-    }
+    func stop() { listener.stop() }
 
-    deinit {
-        if !locked({ stopped }) { stop() }
-    }
+    deinit { listener.stop() }
 
     private func locked<T>(_ body: () -> T) -> T {
         lock.lock()
@@ -81,38 +52,9 @@ final class LaggingProxy: @unchecked Sendable {  // mutable state guarded by `lo
         return body()
     }
 
-    private var isStopped: Bool { locked { stopped } }
+    private var isStopped: Bool { listener.isStopped }
 
-    private func startThread(_ body: @escaping () -> Void) {
-        locked { liveThreads += 1 }
-        let t = Thread { [self] in
-            body()
-            locked { liveThreads -= 1 }
-        }
-        t.start()
-    }
-
-    private func acceptLoop() {
-        while !isStopped {
-            var pfd = pollfd(fd: listenFd, events: Int16(POLLIN), revents: 0)
-            if poll(&pfd, 1, 100) <= 0 { continue }
-            let client = accept(listenFd, nil, nil)
-            if client < 0 { continue }
-            let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = loopbackAddress(port: targetPort)
-            let r = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-            if r != 0 {
-                close(client)
-                close(upstream)
-                continue
-            }
-            startThread { [self] in serve(client: client, upstream: upstream) }
-        }
-    }
+    private func startThread(_ body: @escaping () -> Void) { listener.startThread(body) }
 
     /// Reads up to `max` bytes with a short poll; nil on end of stream or error, [] on nothing yet.
     private func readSome(_ fd: Int32, max: Int) -> [UInt8]? {
