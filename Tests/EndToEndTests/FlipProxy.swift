@@ -45,12 +45,12 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
         listener.start { [self] client, upstream in accepted(client: client, upstream: upstream) }
     }
 
-    var flipped: Bool { locked { didFlip } }
-    var frameActionDone: Bool { locked { didFrameAction } }
-    var connections: Int { locked { connectionCount } }
+    var flipped: Bool { lock.withLock { didFlip } }
+    var frameActionDone: Bool { lock.withLock { didFrameAction } }
+    var connections: Int { lock.withLock { connectionCount } }
     /// Bytes forwarded per connection (in accept order): client→server, server→client.
     var traffic: [(up: Int, down: Int)] {
-        locked { bytesForwarded.keys.sorted().map { bytesForwarded[$0]! } }
+        lock.withLock { bytesForwarded.keys.sorted().map { bytesForwarded[$0]! } }
     }
 
     /// Stops accepting and ends all pumps (bounded wait for the threads).
@@ -58,18 +58,12 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
 
     deinit { listener.stop() }
 
-    private func locked<T>(_ body: () -> T) -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return body()
-    }
-
     private var isStopped: Bool { listener.isStopped }
 
     private func startThread(_ body: @escaping () -> Void) { listener.startThread(body) }
 
     private func accepted(client: Int32, upstream: Int32) {
-        let id = locked { () -> Int in
+        let id = lock.withLock { () -> Int in
             connectionCount += 1
             bytesForwarded[connectionCount] = (0, 0)
             return connectionCount
@@ -105,7 +99,7 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
                 return
             }
             if flipsHere && total <= flipOffset && flipOffset < total + n {
-                let doIt = locked { () -> Bool in
+                let doIt = lock.withLock { () -> Bool in
                     if didFlip { return false }
                     didFlip = true
                     flippedConnection = id
@@ -114,7 +108,7 @@ final class FlipProxy: @unchecked Sendable {  // mutable state guarded by `lock`
                 if doIt { buf[flipOffset - total] ^= 0xFF }
             }
             total += n
-            locked {
+            lock.withLock {
                 var t = bytesForwarded[id] ?? (0, 0)
                 if up { t.up += n } else { t.down += n }
                 bytesForwarded[id] = t
@@ -170,7 +164,7 @@ extension FlipProxy {
             let len = Int(h[0]) | Int(h[1]) << 8 | Int(h[2]) << 16 | Int(h[3]) << 24
             guard len <= 128 << 20, let body = readExact(src, len) else { break }
             let frame = h + body
-            if index == frameIndex, let action = frameAction, locked({ () -> Bool in
+            if index == frameIndex, let action = frameAction, lock.withLock({ () -> Bool in
                 if didFrameAction { return false }
                 didFrameAction = true
                 return true

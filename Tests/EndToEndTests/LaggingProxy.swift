@@ -39,18 +39,12 @@ final class LaggingProxy: @unchecked Sendable {  // mutable state guarded by `lo
 
     /// Data connections the proxy closed with bytes from the client unread (a reset sent
     /// while the client was still sending).
-    var dataResets: Int { locked { resets } }
+    var dataResets: Int { lock.withLock { resets } }
 
     /// Stops accepting and ends all pumps (bounded wait for the threads).
     func stop() { listener.stop() }
 
     deinit { listener.stop() }
-
-    private func locked<T>(_ body: () -> T) -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return body()
-    }
 
     private var isStopped: Bool { listener.isStopped }
 
@@ -105,7 +99,7 @@ final class LaggingProxy: @unchecked Sendable {  // mutable state guarded by `lo
         }
         _ = waitUntil(timeout: 10, interval: 0.005) { downDone.isSet || isStopped }
         var unread: Int32 = 0
-        if isData && ioctl(client, UInt(FIONREAD), &unread) == 0 && unread > 0 { locked { resets += 1 } }
+        if isData && ioctl(client, UInt(FIONREAD), &unread) == 0 && unread > 0 { lock.withLock { resets += 1 } }
         close(client)
         close(upstream)
     }
