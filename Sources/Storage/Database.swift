@@ -122,7 +122,12 @@ public struct SQLStoreError: Error, CustomStringConvertible, Sendable {
     /// The database was busy (a lock held longer than the busy timeout, no free connection):
     /// asking again later can succeed (the API answers 503).
     public var busy = false
-    public init(_ d: String, busy: Bool = false) { description = d; self.busy = busy }
+    /// The connection the statement ran on is gone or going (the server closed it, or ended
+    /// its backend: SQLSTATE classes 08 and 57): a read can be asked again on another one.
+    public var connectionEnded = false
+    public init(_ d: String, busy: Bool = false, connectionEnded: Bool = false) {
+        description = d; self.busy = busy; self.connectionEnded = connectionEnded
+    }
 }
 
 /// Opens the database a configuration names: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
@@ -535,6 +540,17 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         return c
     }
 
+    /// Drops `c` as the calling thread's own connection (and closes it).
+    private func forgetThreadConnection(_ c: PostgresConnection) {
+        let me = UInt(pthread_self())
+        let dropped = owned.lock.withLock { () -> Bool in
+            guard owned.byThread[me] === c else { return false }
+            owned.byThread[me] = nil
+            return true
+        }
+        if dropped { PostgreSQLDatabase.closeKeeping(c) }
+    }
+
     private func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
         let lease = try acquire()
         defer { lease.finish() }
@@ -591,9 +607,12 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         if let c = try threadConnection() {
             do {
                 return try body(Session(conn: c, logger: logger, pending: Session.Pending()))
-            } catch where c.isClosed {
-                // The server went away under it (a restart): once more on the pool's connection
-                // (a read has no effect to repeat); the thread opens a new one next time.
+            } catch let e where c.isClosed || (e as? SQLStoreError)?.connectionEnded == true {
+                // The server went away under it (a restart, an operator's pg_terminate_backend):
+                // once more on the pool's connection (a read has no effect to repeat). The
+                // thread's connection is forgotten now, closed or not yet: its next read opens
+                // a new one.
+                forgetThreadConnection(c)
             }
         }
         return try withConnection { c in try body(Session(conn: c, logger: logger, pending: Session.Pending())) }
@@ -622,7 +641,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         } catch let e as SQLStoreError {
             throw e
         } catch {
-            throw SQLStoreError(PostgreSQLDatabase.reason(error))
+            throw PostgreSQLDatabase.storeError(error)
         }
     }
 
@@ -651,6 +670,19 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         }
     }
 
+    /// `error` as the store's error: the server's message, and whether the connection ended
+    /// with it. A terminated backend (`pg_terminate_backend`, a server shutting down) first
+    /// sends its FATAL message (SQLSTATE 57P01) and closes after: the statement fails before
+    /// `isClosed` is true, so the code, not the connection's state, tells.
+    package static func storeError(_ error: Error) -> SQLStoreError {
+        var ended = false
+        if let e = error as? PSQLError {
+            if e.code == .serverClosedConnection || e.code == .uncleanShutdown { ended = true }
+            if let state = e.serverInfo?[.sqlState], state.hasPrefix("08") || state.hasPrefix("57") { ended = true }
+        }
+        return SQLStoreError(reason(error), connectionEnded: ended)
+    }
+
     /// The server's message, not postgres-nio's generic description.
     package static func reason(_ error: Error) -> String {
         if let e = error as? PSQLError {
@@ -677,7 +709,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             let sent = pending.futures
             pending.futures.removeAll()
             for f in sent {
-                do { _ = try f.wait() } catch { throw SQLStoreError(PostgreSQLDatabase.reason(error)) }
+                do { _ = try f.wait() } catch { throw PostgreSQLDatabase.storeError(error) }
             }
         }
 
@@ -704,7 +736,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             }
             // A statement sent before that failed is the cause: its error first.
             try settle()
-            do { return try result.get() } catch { throw SQLStoreError(PostgreSQLDatabase.reason(error)) }
+            do { return try result.get() } catch { throw PostgreSQLDatabase.storeError(error) }
         }
 
         package func query(_ sql: String, _ args: [any SQLArgument]) throws -> [SQLRow] {
