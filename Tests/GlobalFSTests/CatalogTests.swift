@@ -149,7 +149,7 @@ struct CatalogTests {
         #expect(try cat.recentCentersList().contains { $0.name == "c9" && $0.reachable })
         try cat.recordSync(center: "c9", reachable: false)
         #expect(try cat.recentCentersList().contains { $0.name == "c9" && !$0.reachable })
-        // One made by another daemon on the same database: within CentersMemo.lifetime (1 s).
+        // One made by another daemon on the same database: within Recent.lifetime (1 s).
         try Catalog(database: spec).recordSync(center: "c9", reachable: true)
         usleep(1_100_000)
         #expect(try cat.recentCentersList().contains { $0.name == "c9" && $0.reachable })
@@ -329,6 +329,56 @@ struct CatalogTests {
         #expect(try cat.dataset(priv.dataset, as: carol).description == "now open")
         #expect(try cat.changes(after: 0).last.map { ($0.dataset, $0.kind) }! == (priv.dataset, .datasetUpdated))
         #expect(throws: CatalogError.self) { try cat.updateDataset(priv.dataset, readers: ["a,b"]) }
+    }
+
+    @Test("resolve's kept datasets: a change through the catalog is seen at once (readers taken away, deleted, registered, mirrored), another daemon's within a second", arguments: Backend.allCases)
+    func resolutionKept(_ backend: Backend) throws {
+        let t = try Tree()
+        try t.file("secret.txt", size: 3)
+        let spec = try backend.newDatabase()
+        let cat = try Catalog(database: spec)
+        let bob = Viewer(user: "bob")
+        let p = try GFSPath("gfs://c1/lab/secret.txt")
+        func seen() throws -> Int64? { try cat.resolve(p, as: bob)?.dataset.id }
+        let lab = try cat.register(root: t.root, dataset: "lab", owner: "alice", center: "c1", readers: ["bob"])
+        #expect(try seen() == lab.dataset)
+        #expect(cat.recentDatasets.count == 1, "the answer is kept")
+        // Taken away from bob: his next resolution, at once, finds nothing.
+        try cat.updateDataset(lab.dataset, readers: ["carol"])
+        #expect(try seen() == nil)
+        try cat.updateDataset(lab.dataset, readers: ["bob"])
+        #expect(try seen() == lab.dataset)
+        // A longer name registered now wins at once (not the kept "lab").
+        let deeper = try cat.register(root: t.root, dataset: "lab/secret.txt", owner: "alice", center: "c1", readers: ["bob"])
+        #expect(try cat.resolve(p, as: bob).map { ($0.dataset.id, $0.path) }! == (deeper.dataset, ""))
+        try cat.deleteDataset(deeper.dataset)
+        let labRow = try cat.dataset(lab.dataset, as: .operator)
+        try cat.deleteDataset(lab.dataset)
+        #expect(try seen() == nil)
+        // A peer's dataset mirrored, then dropped.
+        let peer = try GFSPath("gfs://c2/shared/x")
+        #expect(try cat.resolve(peer, as: bob) == nil)
+        var mirrored = labRow
+        (mirrored.id, mirrored.center, mirrored.name, mirrored.readers, mirrored.root) = (77, "c2", "shared", ["*"], nil)
+        let local = try cat.mirrorDataset(mirrored)
+        #expect(try cat.resolve(peer, as: bob)?.dataset.id == local)
+        try cat.dropMirror(center: "c2", remoteID: 77)
+        #expect(try cat.resolve(peer, as: bob) == nil)
+
+        // Another daemon on the same database: seen within Recent.lifetime (1 s).
+        let again = try cat.register(root: t.root, dataset: "lab", owner: "alice", center: "c1", readers: ["bob"])
+        #expect(try seen() == again.dataset)
+        try Catalog(database: spec).updateDataset(again.dataset, readers: ["carol"])
+        usleep(1_100_000)
+        #expect(try seen() == nil, "another daemon's change is seen within a second")
+
+        // A read that began before a forget keeps nothing.
+        let stamp = cat.recentDatasets.stamp()
+        cat.recentDatasets.forget()
+        cat.recentDatasets.keep(["c1", "old"], [], stamp: stamp)
+        #expect(cat.recentDatasets.fresh(["c1", "old"]) == nil)
+        cat.recentDatasets.keep(["c1", "old"], [], stamp: cat.recentDatasets.stamp())
+        #expect(cat.recentDatasets.fresh(["c1", "old"]) != nil)
     }
 
     @Test("gfs:// resolution: the longest dataset name, @VERSION, the unversioned one first", arguments: Backend.allCases)

@@ -14,8 +14,11 @@ import Storage
 public final class Catalog: @unchecked Sendable {
     public let db: any SQLDatabase
     let pg: Bool
-    /// `recentCentersList`'s memory.
-    let recentCenters = CentersMemo()
+    /// `recentCentersList`'s memory (one key).
+    let recentCenters = Recent<Int, [Center]>(capacity: 1)
+    /// `resolve`'s memory: the datasets of a center with one of some names (before the
+    /// viewer's visibility is applied), by center and names.
+    let recentDatasets = Recent<[String], [Dataset]>(capacity: 4096)
 
     public convenience init(database: String) throws {
         try self.init(db: try openDatabase(database))
@@ -164,11 +167,21 @@ public final class Catalog: @unchecked Sendable {
             }
             candidates.append((k, (comps[0..<(k - 1)] + [last]).joined(separator: "/"), version))
         }
-        let names = Array(Set(candidates.map(\.name)))
-        let found: [Dataset] = try db.read { s in
-            try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND name IN (\(names.map { _ in "?" }.joined(separator: ",")))",
-                        ([path.center] + names) as [any SQLArgument]).map(Catalog.dataset)
-        }.filter { Catalog.visible($0, viewer) }
+        let names = Array(Set(candidates.map(\.name))).sorted()
+        // Kept for a second (`Recent`): every request of the API resolves its path first.
+        let key = [path.center] + names
+        let rows: [Dataset]
+        if let kept = recentDatasets.fresh(key) {
+            rows = kept
+        } else {
+            let stamp = recentDatasets.stamp()
+            rows = try db.read { s in
+                try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND name IN (\(names.map { _ in "?" }.joined(separator: ",")))",
+                            key as [any SQLArgument]).map(Catalog.dataset)
+            }
+            recentDatasets.keep(key, rows, stamp: stamp)
+        }
+        let found = rows.filter { Catalog.visible($0, viewer) }
         for c in candidates.reversed() {
             let matching = found.filter { d in sameBytes(d.name, c.name) && (c.version.map { sameBytes(d.version, $0) } ?? true) }
             if let d = matching.max(by: { Catalog.preference($0) < Catalog.preference($1) }) {
@@ -184,6 +197,7 @@ public final class Catalog: @unchecked Sendable {
     public func updateDataset(_ id: Int64, readers: [String]? = nil, description: String? = nil, license: String? = nil,
                               by requester: Viewer? = nil, now: Int64 = Catalog.now()) throws {
         let readersText = try readers.map(Catalog.readersText)
+        defer { recentDatasets.forget() }
         try db.write { s in
             guard let d = try s.one("SELECT center FROM datasets WHERE id = ?", id) else { throw CatalogError(.notFound, "no dataset \(id)") }
             try checkOwner(s, id, requester)
@@ -217,6 +231,7 @@ public final class Catalog: @unchecked Sendable {
 
     /// Removes a dataset, its files and replicas. `by`: as for `updateDataset`.
     public func deleteDataset(_ id: Int64, by requester: Viewer? = nil, now: Int64 = Catalog.now()) throws {
+        defer { recentDatasets.forget() }
         try db.write { s in
             guard let d = try s.one("SELECT center FROM datasets WHERE id = ?", id) else {
                 throw CatalogError(.notFound, "no dataset \(id)")
@@ -448,22 +463,23 @@ public final class Catalog: @unchecked Sendable {
     // MARK: centers
 
     public func centers() throws -> [Center] {
+        let stamp = recentCenters.stamp()
         let found = try db.read { s in
             try s.query("SELECT * FROM centers ORDER BY name").map {
                 Center(name: $0.text("name"), api: $0.text("api"), lastSeq: $0.int("last_seq"), lastSync: $0.int("last_sync"), reachable: $0.int("reachable") != 0)
             }
         }
-        recentCenters.keep(found)
+        recentCenters.keep(0, found, stamp: stamp)
         return found
     }
 
-    /// The centers as read at most `CentersMemo.lifetime` ago (or now): for what every catalog
+    /// The centers as read at most `Recent.lifetime` ago (or now): for what every catalog
     /// read asks and a second's delay cannot harm (whether a path names a followed center,
     /// which centers are stale). A change made through this catalog is seen at once; one made
     /// by another daemon on the same database within the lifetime. Not for the follower's
     /// sequence numbers (`centers()`).
     public func recentCentersList() throws -> [Center] {
-        if let kept = recentCenters.fresh() { return kept }
+        if let kept = recentCenters.fresh(0) { return kept }
         return try centers()
     }
 
@@ -492,26 +508,6 @@ public final class Catalog: @unchecked Sendable {
     }
 
     public static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
-}
-
-/// The centers table as last read, for `Catalog.recentCentersList`: a few rows every catalog
-/// request asked for (twice, for a page: a query each, a third of a page's round trips on
-/// PostgreSQL).
-final class CentersMemo: @unchecked Sendable {
-    static let lifetime: UInt64 = 1_000_000_000
-    private let lock = NSLock()
-    private var kept: [Center]?
-    private var readAt: UInt64 = 0
-
-    func fresh() -> [Center]? {
-        lock.withLock { kept != nil && DispatchTime.now().uptimeNanoseconds &- readAt < CentersMemo.lifetime ? kept : nil }
-    }
-
-    func keep(_ centers: [Center]) {
-        lock.withLock { kept = centers; readAt = DispatchTime.now().uptimeNanoseconds }
-    }
-
-    func forget() { lock.withLock { kept = nil } }
 }
 
 /// Paths within a dataset: "a/b/c", no leading or trailing '/', no "." or "..".

@@ -49,6 +49,7 @@ extension Catalog {
     public func mirrorDataset(_ d: Dataset, now: Int64 = Catalog.now()) throws -> Int64 {
         try GFSPath.validateCenter(d.center)
         let readers = try Catalog.readersText(d.readers)
+        defer { recentDatasets.forget() }
         return try db.write { s in
             if let local = try s.one("SELECT id FROM datasets WHERE center = ? AND name = ? AND version = ? AND remote_id IS NULL", d.center, d.name, d.version) {
                 throw CatalogError(.conflict, "center \(d.center)'s dataset '\(d.qualifiedName)' collides with dataset \(local.int("id")) registered at this center: not mirrored")
@@ -75,6 +76,7 @@ extension Catalog {
 
     /// Removes the mirror of a dataset its center deleted (entries and replicas with it).
     public func dropMirror(center: String, remoteID: Int64) throws {
+        defer { recentDatasets.forget() }
         try db.write { s in
             guard let id = try s.one("SELECT id FROM datasets WHERE center = ? AND remote_id = ?", center, remoteID)?.int("id") else { return }
             try s.execute("DELETE FROM files WHERE dataset = ?", id)

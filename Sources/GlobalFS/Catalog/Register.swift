@@ -46,6 +46,8 @@ extension Catalog {
         let absRoot = realpath(root, nil).map { p in defer { free(p) }; return String(cString: p) } ?? root
 
         // The dataset row first (so its id exists), then the files, then counts and replica.
+        // Each write of the row forgets the datasets `resolve` keeps (after its transaction).
+        defer { recentDatasets.forget() }
         let (id, isNew, fresh) = try db.write { s -> (Int64, Bool, Bool) in
             try s.execute("INSERT INTO centers (name) VALUES (?) ON CONFLICT (name) DO NOTHING", center)
             if let r = try s.one("SELECT id, owner, remote_id FROM datasets WHERE center = ? AND name = ? AND version = ?", center, name, version) {
@@ -72,6 +74,7 @@ extension Catalog {
             return (r.int("id"), true, true)
         }
         recentCenters.forget()
+        recentDatasets.forget()
 
         var sum = RegisterSummary()
         sum.dataset = id
