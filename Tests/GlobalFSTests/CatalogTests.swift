@@ -372,6 +372,16 @@ struct CatalogTests {
         usleep(1_100_000)
         #expect(try seen() == nil, "another daemon's change is seen within a second")
 
+        // A top name with more datasets below it than a family keeps: resolved by its own
+        // names (and each of them still found).
+        cat.familyMax = 2
+        for n in ["big/a", "big/b", "big/c"] { try cat.register(root: t.root, dataset: n, owner: "alice", center: "c1", readers: ["bob"]) }
+        for n in ["a", "b", "c"] {
+            #expect(try cat.resolve(try GFSPath("gfs://c1/big/\(n)/secret.txt"), as: bob).map { ($0.dataset.name, $0.path) }! == ("big/\(n)", "secret.txt"))
+        }
+        #expect(cat.recentDatasets.fresh(["c1", "big"]).map { $0 == nil } == true, "too many to keep: kept as such")
+        #expect(try cat.resolve(try GFSPath("gfs://c1/big/d/secret.txt"), as: bob) == nil)
+
         // A read that began before a forget keeps nothing.
         let stamp = cat.recentDatasets.stamp()
         cat.recentDatasets.forget()

@@ -16,9 +16,11 @@ public final class Catalog: @unchecked Sendable {
     let pg: Bool
     /// `recentCentersList`'s memory (one key).
     let recentCenters = Recent<Int, [Center]>(capacity: 1)
-    /// `resolve`'s memory: the datasets of a center with one of some names (before the
-    /// viewer's visibility is applied), by center and names.
-    let recentDatasets = Recent<[String], [Dataset]>(capacity: 4096)
+    /// `resolve`'s memory: a center's datasets by their first name component (`family`),
+    /// before the viewer's visibility is applied; nil: too many to keep.
+    let recentDatasets = Recent<[String], [Dataset]?>(capacity: 4096)
+    /// The most datasets `family` keeps for one first component (a variable for the tests).
+    var familyMax = 1000
 
     public convenience init(database: String) throws {
         try self.init(db: try openDatabase(database))
@@ -167,19 +169,15 @@ public final class Catalog: @unchecked Sendable {
             }
             candidates.append((k, (comps[0..<(k - 1)] + [last]).joined(separator: "/"), version))
         }
-        let names = Array(Set(candidates.map(\.name))).sorted()
-        // Kept for a second (`Recent`): every request of the API resolves its path first.
-        let key = [path.center] + names
+        let names = Array(Set(candidates.map(\.name)))
         let rows: [Dataset]
-        if let kept = recentDatasets.fresh(key) {
-            rows = kept
+        if sameBytes(comps[0], candidates[0].name), let family = try family(center: path.center, first: comps[0]) {
+            rows = family.filter { d in names.contains { sameBytes($0, d.name) } }
         } else {
-            let stamp = recentDatasets.stamp()
             rows = try db.read { s in
                 try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND name IN (\(names.map { _ in "?" }.joined(separator: ",")))",
-                            key as [any SQLArgument]).map(Catalog.dataset)
+                            ([path.center] + names) as [any SQLArgument]).map(Catalog.dataset)
             }
-            recentDatasets.keep(key, rows, stamp: stamp)
         }
         let found = rows.filter { Catalog.visible($0, viewer) }
         for c in candidates.reversed() {
@@ -189,6 +187,25 @@ public final class Catalog: @unchecked Sendable {
             }
         }
         return nil
+    }
+
+    /// The datasets of `center` named `first` or `first/...`: every dataset a path whose first
+    /// component is `first` can name, kept for a second (`recentDatasets`): each API request
+    /// resolves its path, and the paths of one dataset share their first component (a key per
+    /// path would never be asked twice: a file's name is in it). nil when there are more than
+    /// `familyMax` (a top name with thousands of datasets below it): those paths are resolved
+    /// by their own names, one query each, as before.
+    private func family(center: String, first: String) throws -> [Dataset]? {
+        let key = [center, first]
+        if let kept = recentDatasets.fresh(key) { return kept }
+        let stamp = recentDatasets.stamp()
+        let rows = try db.read { s in
+            try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND (name = ? OR (name >= ? AND name < ?)) LIMIT ?",
+                        center, first, first + "/", first + "0", familyMax + 1).map(Catalog.dataset)
+        }
+        let family: [Dataset]? = rows.count > familyMax ? nil : rows
+        recentDatasets.keep(key, family, stamp: stamp)
+        return family
     }
 
     /// Changes who may read a dataset and how it is described (nil: unchanged). `by`: the user
