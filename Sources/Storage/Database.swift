@@ -71,10 +71,19 @@ public protocol SQLSession {
     /// connection and the next statement's wait (at the latest COMMIT's) also reports its error,
     /// which spares the calling thread one wake-up per statement. Elsewhere `execute`.
     func send(_ sql: String, _ args: [any SQLArgument]) throws
+    /// A query whose rows are needed after the next statement's: PostgreSQL sends it now and
+    /// the connection answers both in one round trip (the returned closure waits for nothing
+    /// more once the next statement was waited for). Elsewhere it runs now. Call the closure
+    /// before the session ends.
+    func queryLater(_ sql: String, _ args: [any SQLArgument]) throws -> () throws -> [SQLRow]
 }
 
 extension SQLSession {
     public func send(_ sql: String, _ args: [any SQLArgument]) throws { try execute(sql, args) }
+    public func queryLater(_ sql: String, _ args: [any SQLArgument]) throws -> () throws -> [SQLRow] {
+        let rows = try query(sql, args)
+        return { rows }
+    }
     public func query(_ sql: String, _ args: any SQLArgument...) throws -> [SQLRow] { try query(sql, args) }
     @discardableResult public func execute(_ sql: String, _ args: any SQLArgument...) throws -> Int { try execute(sql, args) }
     public func one(_ sql: String, _ args: any SQLArgument...) throws -> SQLRow? { try query(sql, args).first }
@@ -704,6 +713,17 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             pending.futures.append(conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: Session.bindings(args.map(\.sqlValue))), logger: logger))
         }
 
+        package func queryLater(_ sql: String, _ args: [any SQLArgument]) throws -> () throws -> [SQLRow] {
+            let f = conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: Session.bindings(args.map(\.sqlValue))), logger: logger)
+            // Also pending: the next statement's wait reports its error first, as for `send`.
+            pending.futures.append(f)
+            return {
+                let result: PostgresQueryResult
+                do { result = try f.wait() } catch { throw PostgreSQLDatabase.storeError(error) }
+                return try Session.rows(result)
+            }
+        }
+
         /// Waits for what was sent before (already answered: the connection answers in order).
         func settle() throws {
             let sent = pending.futures
@@ -740,7 +760,11 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         }
 
         package func query(_ sql: String, _ args: [any SQLArgument]) throws -> [SQLRow] {
-            try run(sql, args).rows.map { row in
+            try Session.rows(run(sql, args))
+        }
+
+        static func rows(_ result: PostgresQueryResult) throws -> [SQLRow] {
+            try result.rows.map { row in
                 var values: [String: SQLValue] = [:]
                 for cell in row {
                     values[cell.columnName] = try Session.value(cell)

@@ -237,3 +237,29 @@ extension ChangeFeedTests {
         #expect(!after.flatMap { $0 }.contains(victim), "the ended connection is not used again")
     }
 }
+
+extension ChangeFeedTests {
+    @Test("queryLater: its rows come after the next statement's (one round trip on PostgreSQL); a failing one fails the read with its own message", arguments: Backend.allCases)
+    func queryLater(_ backend: Backend) throws {
+        let db = try openDatabase(try backend.newDatabase())
+        try db.write { s in
+            try s.execute("CREATE TABLE later_t (k INTEGER)")
+            try s.execute("INSERT INTO later_t VALUES (1), (2), (3)")
+        }
+        let (n, ks) = try db.read { s -> (Int64, [Int64]) in
+            let later = try s.queryLater("SELECT k FROM later_t WHERE k > ? ORDER BY k", [1])
+            let n = try s.one("SELECT COUNT(*) AS n FROM later_t")!.int("n")
+            return (n, try later().map { $0.int("k") })
+        }
+        #expect(n == 3 && ks == [2, 3])
+        #expect {
+            try db.read { s in
+                let later = try s.queryLater("SELECT k FROM no_such_table", [])
+                _ = try s.one("SELECT 1 AS one")
+                _ = try later()
+            }
+        } throws: { "\($0)".contains("no_such_table") }
+        // The connection answers again afterwards.
+        #expect(try db.read { s in try s.one("SELECT COUNT(*) AS n FROM later_t")!.int("n") } == 3)
+    }
+}

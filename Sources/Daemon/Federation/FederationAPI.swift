@@ -90,9 +90,10 @@ extension DaemonAPI {
     /// this center first; then complete replicas at reachable peers, the best measured
     /// throughput first (this daemon's per-link figures, `LinkTuner`), unmeasured links after
     /// measured ones (by name); never a partial or staging replica, a peer whose catalog sync
-    /// failed (down), or a center without a transfer address.
+    /// failed (down), or a center without a transfer address. The centers as read within the
+    /// last second (`Catalog.recentCentersList`): every `stat` ranks its replicas.
     func rankReplicas(_ replicas: [Replica]) -> [V1.RankedReplica] {
-        let centers = Dictionary(((try? catalog?.centers()) ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let centers = Dictionary(((try? catalog?.recentCentersList()) ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let rates = runner?.tuner.snapshot() ?? [:]
         var out: [V1.RankedReplica] = []
         var order: [(key: (Int, Double, String), index: Int)] = []

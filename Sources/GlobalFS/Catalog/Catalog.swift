@@ -320,11 +320,14 @@ public final class Catalog: @unchecked Sendable {
     public func details(of d: Dataset, path: String) throws -> (entry: Entry?, replicas: [Replica]) {
         let path = try CatalogPath.normalize(path)
         return try db.read { s in
-            let replicas = try s.query("SELECT * FROM replicas WHERE dataset = ? ORDER BY center", d.id).map(Catalog.replica)
+            // Both statements in one round trip on PostgreSQL.
+            let replicas = try s.queryLater("SELECT * FROM replicas WHERE dataset = ? ORDER BY center", [d.id])
             if path.isEmpty {
-                return (Entry(dataset: d.id, dir: "", name: "", kind: .directory, size: 0, mtimeNs: d.updated * 1_000_000_000, mode: 0o755), replicas)
+                return (Entry(dataset: d.id, dir: "", name: "", kind: .directory, size: 0, mtimeNs: d.updated * 1_000_000_000, mode: 0o755),
+                        try replicas().map(Catalog.replica))
             }
-            return (try entry(s, d.id, path), replicas)
+            let e = try entry(s, d.id, path)
+            return (e, try replicas().map(Catalog.replica))
         }
     }
 
