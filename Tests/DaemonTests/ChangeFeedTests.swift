@@ -263,3 +263,29 @@ extension ChangeFeedTests {
         #expect(try db.read { s in try s.one("SELECT COUNT(*) AS n FROM later_t")!.int("n") } == 3)
     }
 }
+
+extension ChangeFeedTests {
+    @Test("PostgreSQL reads on a thread's own connection are prepared once and run again by name; a binding the server's inferred type refuses runs unprepared")
+    func preparedOnOwnConnections() async throws {
+        let db = try PostgreSQLDatabase(url: try Backend.postgres.newDatabase(), size: 2)
+        let pool = BlockingPool(threads: 1, name: "ferry-test-prep")
+        let probe = "SELECT pg_backend_pid() AS pid, CAST(? AS bigint) + 1 AS n"
+        let (answers, prepared, narrow) = try await Task(executorPreference: pool) {
+            try await db.sharingReads { () -> ([Int64], [String], [Int64]) in
+                var answers: [Int64] = []
+                for i in 0..<5 { answers.append(try db.read { s in try s.one(probe, Int64(i))!.int("n") }) }
+                let prepared = try db.read { s in try s.query("SELECT statement FROM pg_prepared_statements", []).map { $0.text("statement") } }
+                // `integer` inferred for the parameter: a 64-bit binding is refused (22P03), so
+                // the statement is run unprepared, every time, with the right answer.
+                var narrow: [Int64] = []
+                for i in 0..<3 { narrow.append(try db.read { s in try s.one("SELECT CAST(? AS integer) * 2 AS n", Int64(i + 20))!.int("n") }) }
+                return (answers, prepared, narrow)
+            }
+        }.value
+        #expect(answers == [1, 2, 3, 4, 5])
+        #expect(prepared.filter { $0.contains("pg_backend_pid()") }.count == 1, "one statement, prepared once: \(prepared)")
+        #expect(narrow == [40, 42, 44])
+        // Outside sharingReads (a leased connection): nothing prepared there.
+        #expect(try db.read { s in try s.one(probe, Int64(9))!.int("n") } == 10)
+    }
+}

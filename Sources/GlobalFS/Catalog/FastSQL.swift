@@ -26,7 +26,7 @@ enum FastSQL {
             return out
         }
         if let q = s as? PostgreSQLDatabase.Session {
-            return try pgEntries(q.run(PGArray.packed(sql), args))
+            return try pgEntries(q.textRows(PGArray.packed(sql), args))
         }
         return try s.query(sql, args).map { r in
             Entry(dataset: r.int("dataset"), dir: r.text("dir"), name: r.text("name"), kind: EntryKind(rawValue: r.text("kind")) ?? .file,
@@ -42,7 +42,7 @@ enum FastSQL {
             var b = PostgresBindings(capacity: 2)
             b.append(dataset)
             b.append(PGArray.literal(dirs))
-            for e in try pgEntries(q.raw(PGArray.packed("SELECT \(Catalog.entryColumns) FROM files WHERE dataset = $1 AND dir = ANY($2::text[])"), b)) {
+            for e in try pgEntries(q.raw(PGArray.packed("SELECT \(Catalog.entryColumns) FROM files WHERE dataset = $1 AND dir = ANY($2::text[])"), b).rows) {
                 out[PathKey(e.dir, e.name)] = e
             }
             return out
@@ -56,8 +56,8 @@ enum FastSQL {
     }
 
     /// The one row of ten arrays that `PGArray.packed` makes of a result.
-    private static func pgEntries(_ r: PostgresQueryResult) throws -> [Entry] {
-        guard let row = r.rows.first else { return [] }
+    private static func pgEntries(_ rows: [PostgresRow]) throws -> [Entry] {
+        guard let row = rows.first else { return [] }
         let (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9) = try row.decode((String?, String?, String?, String?, String?, String?, String?, String?, String?, String?).self)
         let cols = try [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9].map { try PGArray.parse($0 ?? "{}") }
         let n = cols[0].count
