@@ -883,22 +883,29 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             }
         }
 
-        /// `?` → `$1, $2, ...`, outside quoted strings.
+        /// `?` → `$1, $2, ...`, outside quoted strings. On the UTF-8 bytes (every statement
+        /// passes here; by Characters it was 5 % of a page's CPU on PostgreSQL).
         static func numbered(_ sql: String) -> String {
-            var out = ""
+            let question = UInt8(ascii: "?"), quote = UInt8(ascii: "'")
+            guard sql.utf8.contains(question) else { return sql }
+            var out: [UInt8] = []
             out.reserveCapacity(sql.utf8.count + 16)
             var n = 0
             var quoted = false
-            for ch in sql {
-                if ch == "'" { quoted.toggle() }
-                if ch == "?" && !quoted {
+            for b in sql.utf8 {
+                if b == quote { quoted.toggle() }
+                if b == question && !quoted {
                     n += 1
-                    out += "$\(n)"
+                    out.append(UInt8(ascii: "$"))
+                    var digits: [UInt8] = []
+                    var m = n
+                    while m > 0 { digits.append(UInt8(ascii: "0") + UInt8(m % 10)); m /= 10 }
+                    out.append(contentsOf: digits.reversed())
                 } else {
-                    out.append(ch)
+                    out.append(b)
                 }
             }
-            return out
+            return String(decoding: out, as: UTF8.self)
         }
     }
 }

@@ -4,7 +4,7 @@ import GlobalFS
 import TestSupport
 import Transfer
 @testable import Daemon
-import Storage
+@testable import Storage
 
 /// Event streams are pushed by the queue's change feed (issue 14, item 3), on both engines:
 /// a watcher costs no query while nothing changes, and on PostgreSQL a change made through
@@ -287,5 +287,15 @@ extension ChangeFeedTests {
         #expect(narrow == [40, 42, 44])
         // Outside sharingReads (a leased connection): nothing prepared there.
         #expect(try db.read { s in try s.one(probe, Int64(9))!.int("n") } == 10)
+    }
+}
+
+extension ChangeFeedTests {
+    @Test("PostgreSQL placeholders: ? becomes $1, $2, ... (two digits past nine), not inside quotes; names in any script stay as they are")
+    func numberedPlaceholders() {
+        let sql = "SELECT ? AS a, '?' AS q, 'it''s ?' AS r, ? , ?,?,?,?,?,?,?,?, ? AS ü FROM t WHERE name = 'ünï?'"
+        #expect(PostgreSQLDatabase.Session.numbered(sql)
+                == "SELECT $1 AS a, '?' AS q, 'it''s ?' AS r, $2 , $3,$4,$5,$6,$7,$8,$9,$10, $11 AS ü FROM t WHERE name = 'ünï?'")
+        #expect(PostgreSQLDatabase.Session.numbered("SELECT 1") == "SELECT 1")
     }
 }
