@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PostgresNIO
@@ -74,7 +75,9 @@ public protocol SQLSession {
     /// A query whose rows are needed after the next statement's: PostgreSQL sends it now and
     /// the connection answers both in one round trip (the returned closure waits for nothing
     /// more once the next statement was waited for). Elsewhere it runs now. Call the closure
-    /// before the session ends.
+    /// before the session ends, or, in a `write`, after it returned: COMMIT's wait was the
+    /// last, so the rows are there (a transaction's results read after its COMMIT cost no wait
+    /// of their own).
     func queryLater(_ sql: String, _ args: [any SQLArgument]) throws -> () throws -> [SQLRow]
 }
 
@@ -85,6 +88,8 @@ extension SQLSession {
         return { rows }
     }
     public func query(_ sql: String, _ args: any SQLArgument...) throws -> [SQLRow] { try query(sql, args) }
+    public func send(_ sql: String, _ args: any SQLArgument...) throws { try send(sql, args) }
+    public func queryLater(_ sql: String, _ args: any SQLArgument...) throws -> () throws -> [SQLRow] { try queryLater(sql, args) }
     @discardableResult public func execute(_ sql: String, _ args: any SQLArgument...) throws -> Int { try execute(sql, args) }
     public func one(_ sql: String, _ args: any SQLArgument...) throws -> SQLRow? { try query(sql, args).first }
 }
@@ -111,6 +116,10 @@ public protocol SQLDatabase: AnyObject, Sendable {
     /// short, read-only work on a blocking thread (the API's bounded reads); writes still lease
     /// their own. SQLite: `body` as is.
     func sharingReads<T>(_ body: () async throws -> T) async throws -> T
+    /// `sharingReads`, and the transactions (`write`) made inside it too: on the thread's own
+    /// connection, with its prepared statements. For the API's bounded writes (a hook's ask or
+    /// teardown, a submission), which run on a few permanent threads as the bounded reads do.
+    func sharingConnection<T>(_ body: () async throws -> T) async throws -> T
 }
 
 extension SQLDatabase {
@@ -124,6 +133,7 @@ extension SQLDatabase {
     }
 
     public func sharingReads<T>(_ body: () async throws -> T) async throws -> T { try await body() }
+    public func sharingConnection<T>(_ body: () async throws -> T) async throws -> T { try await body() }
 }
 
 public struct SQLStoreError: Error, CustomStringConvertible, Sendable {
@@ -134,6 +144,14 @@ public struct SQLStoreError: Error, CustomStringConvertible, Sendable {
     /// The connection the statement ran on is gone or going (the server closed it, or ended
     /// its backend: SQLSTATE classes 08 and 57): a read can be asked again on another one.
     public var connectionEnded = false
+    /// The server refused a prepared statement's bindings (PostgreSQL 22P03: it inferred a
+    /// parameter's type narrower than the value sent; the statement runs unprepared from now
+    /// on) or its plan (0A000: a table changed under it; prepared again on its next use), and
+    /// a transaction it broke can run again.
+    public var preparedRefused = false
+    /// A statement of a transaction failed before its COMMIT: the transaction committed
+    /// nothing, whatever happened to the connection after.
+    public var uncommitted = false
     public init(_ d: String, busy: Bool = false, connectionEnded: Bool = false) {
         description = d; self.busy = busy; self.connectionEnded = connectionEnded
     }
@@ -519,13 +537,24 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         let conn: PostgresConnection
         var statements: [String: PreparedQuery] = [:]
         var refused: Set<String> = []
+        /// A transaction is open on it: a read or write nested in it leases its own connection,
+        /// as everywhere else (they must not see, join or end the open transaction).
+        var inTransaction = false
         init(_ conn: PostgresConnection) { self.conn = conn }
     }
     @TaskLocal private static var sharing: ObjectIdentifier?
+    @TaskLocal private static var sharingWrites: ObjectIdentifier?
 
     public func sharingReads<T>(_ body: () async throws -> T) async throws -> T {
         if Self.sharing == ObjectIdentifier(self) { return try await body() }
         return try await Self.$sharing.withValue(ObjectIdentifier(self)) { try await body() }
+    }
+
+    public func sharingConnection<T>(_ body: () async throws -> T) async throws -> T {
+        try await sharingReads {
+            if Self.sharingWrites == ObjectIdentifier(self) { return try await body() }
+            return try await Self.$sharingWrites.withValue(ObjectIdentifier(self)) { try await body() }
+        }
     }
 
     deinit {
@@ -612,23 +641,59 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     /// on the connection and one wait covers both (each wait of a blocked thread is a wake-up,
     /// and on a loaded two-core host a wake-up costs milliseconds: `bench/stall.sh` measured
     /// about 12 ms a round trip with two CPU hogs, most of it the threads' turns, not the server).
+    ///
+    /// Inside `sharingConnection`, on the thread's own connection, whose prepared statements
+    /// the session uses (and pipelines: `send`, `queryLater`). A transaction there that failed
+    /// before its COMMIT was sent, because the server ended the connection or refused a
+    /// prepared statement's bindings (22P03, that statement unprepared from then on), committed
+    /// nothing: it runs once more, on the pool's connection or unprepared. A connection whose
+    /// ROLLBACK failed is forgotten (a transaction left open would poison its next use).
     public func write<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        try withConnection { c in
-            let s = Session(conn: c, logger: logger, pending: Session.Pending())
-            try s.send("BEGIN", [])
+        if Self.sharingWrites == ObjectIdentifier(self), let own = try threadConnection(), !own.inTransaction {
+            own.inTransaction = true
+            defer { own.inTransaction = false }
+            let c = own.conn
+            let s = Session(conn: c, logger: logger, pending: Session.Pending(), own: own, transactional: true)
+            var committing = false
             do {
+                try s.send("BEGIN", [])
                 let r = try body(s)
-                try s.execute("COMMIT")
+                // A connection closed before the COMMIT is written cannot carry it: nothing of
+                // the transaction was committed.
+                committing = !c.isClosed
+                try s.commit()
                 return r
             } catch {
-                _ = try? s.execute("ROLLBACK")
-                throw error
+                let failure = error as? SQLStoreError
+                let ended = c.isClosed || failure?.connectionEnded == true
+                let usable = !ended && s.rollback()
+                if !usable { forgetThreadConnection(c) }
+                // A refused binding broke the transaction wherever it was found (its COMMIT
+                // then rolls back); an ended connection is certain to have committed nothing
+                // unless the COMMIT itself was sent and went unanswered.
+                let refused = failure?.preparedRefused == true
+                guard refused || (ended && (!committing || failure?.uncommitted == true)) else { throw error }
+                if refused && usable { return try transaction(on: c, own: own, body) }
             }
+        }
+        return try withConnection { c in try transaction(on: c, own: nil, body) }
+    }
+
+    private func transaction<T>(on c: PostgresConnection, own: OwnConnection?, _ body: (any SQLSession) throws -> T) throws -> T {
+        let s = Session(conn: c, logger: logger, pending: Session.Pending(), own: own, transactional: true)
+        try s.send("BEGIN", [])
+        do {
+            let r = try body(s)
+            try s.commit()
+            return r
+        } catch {
+            _ = s.rollback()
+            throw error
         }
     }
 
     public func read<T>(_ body: (any SQLSession) throws -> T) throws -> T {
-        if let own = try threadConnection() {
+        if let own = try threadConnection(), !own.inTransaction {
             let c = own.conn
             do {
                 return try body(Session(conn: c, logger: logger, pending: Session.Pending(), own: own))
@@ -701,7 +766,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     /// `isClosed` is true, so the code, not the connection's state, tells.
     package static func storeError(_ error: Error) -> SQLStoreError {
         var ended = false
-        if let e = error as? PSQLError, e.code == .serverClosedConnection || e.code == .uncleanShutdown { ended = true }
+        if let e = error as? PSQLError, e.code == .serverClosedConnection || e.code == .uncleanShutdown || e.code == .clientClosedConnection { ended = true }
         if case .connectionClosed? = error as? PostgresError { ended = true }
         if let state = sqlState(error), state.hasPrefix("08") || state.hasPrefix("57") { ended = true }
         return SQLStoreError(reason(error), connectionEnded: ended)
@@ -728,34 +793,146 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     package struct Session: SQLSession {
         package let conn: PostgresConnection
         package let logger: Logger
-        /// Statements sent and not waited for (`send`): checked after the next wait.
-        final class Pending { var futures: [EventLoopFuture<PostgresQueryResult>] = [] }
+        /// Statements sent and not waited for (`send`, `queryLater`), with their SQL (as sent,
+        /// numbered): checked after the next wait.
+        final class Pending { var futures: [(sql: String, done: EventLoopFuture<Void>)] = [] }
         let pending: Pending
         /// The thread's own connection, whose statements are prepared (nil: a leased one).
         var own: OwnConnection? = nil
+        /// Inside BEGIN ... COMMIT: a failed statement breaks what follows.
+        var transactional = false
         package var dialect: SQLDialect { .postgres }
 
         package func send(_ sql: String, _ args: [any SQLArgument]) throws {
-            pending.futures.append(conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: Session.bindings(args.map(\.sqlValue))), logger: logger))
+            _ = try sent(sql, args)
         }
 
         package func queryLater(_ sql: String, _ args: [any SQLArgument]) throws -> () throws -> [SQLRow] {
-            let f = conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: Session.bindings(args.map(\.sqlValue))), logger: logger)
             // Also pending: the next statement's wait reports its error first, as for `send`.
-            pending.futures.append(f)
+            let answer = try sent(sql, args)
             return {
-                let result: PostgresQueryResult
-                do { result = try f.wait() } catch { throw PostgreSQLDatabase.storeError(error) }
-                return try Session.rows(result)
+                switch answer {
+                case .prepared(let f):
+                    do { return try Session.rows(try awaited(f), binary: true) } catch { throw PostgreSQLDatabase.storeError(error) }
+                case .plain(let f):
+                    do { return try Session.rows(try awaited(f)) } catch { throw PostgreSQLDatabase.storeError(error) }
+                }
             }
         }
 
+        enum Sent {
+            case prepared(EventLoopFuture<[PostgresRow]>)
+            case plain(EventLoopFuture<PostgresQueryResult>)
+        }
+
+        /// Sends a statement without waiting: by its prepared statement on a thread's own
+        /// connection (prepared first if need be: that is a wait), else as it is.
+        private func sent(_ sql: String, _ args: [any SQLArgument]) throws -> Sent {
+            let numbered = Session.numbered(sql)
+            if let own, let statement = try statement(own, numbered) {
+                let f = statement.execute(Session.data(args))
+                pending.futures.append((numbered, f.map { _ in }))
+                return .prepared(f)
+            }
+            let f = conn.query(PostgresQuery(unsafeSQL: numbered, binds: Session.bindings(args.map(\.sqlValue))), logger: logger)
+            pending.futures.append((numbered, f.map { _ in }))
+            return .plain(f)
+        }
+
+        /// The answer to a statement sent on `conn`, waited for. Not `EventLoopFuture.wait()`
+        /// alone: a statement written after the connection's pipeline was torn down (the server
+        /// ended the backend, its FATAL answered an earlier statement of the same transaction)
+        /// never gets an answer from postgres-nio, whose write drops it with its promise, and
+        /// the thread waited for ever (`ChangeFeedTests.transactionsOnOwnConnections` hung so).
+        /// Here the wait looks at the connection every half second, and once it is closed the
+        /// statement gets half a second more, then fails as `connectionEnded`.
+        func awaited<T: Sendable>(_ f: EventLoopFuture<T>) throws -> T {
+            // The answer is kept by the callback (one callback and one lock, as `wait()` has:
+            // a second wait after this one cost the API's job reads a tenth of their rate).
+            let answer = Answer<T>()
+            f.whenComplete { r in
+                answer.done.lock()
+                answer.result = r
+                answer.done.unlock(withValue: 1)
+            }
+            var closedSeen = false
+            // As long as the statement runs (a long one may take minutes), or until it is lost.
+            while !answer.done.lock(whenValue: 1, timeoutSeconds: 0.5) {
+                if closedSeen {
+                    throw SQLStoreError("the connection to the database closed before it answered", connectionEnded: true)
+                }
+                closedSeen = conn.isClosed
+            }
+            let result = answer.result!
+            answer.done.unlock()
+            return try result.get()
+        }
+
+        private final class Answer<T>: @unchecked Sendable {
+            let done = ConditionLock(value: 0)
+            var result: Result<T, any Error>?
+        }
+
         /// Waits for what was sent before (already answered: the connection answers in order).
+        /// A prepared statement whose bindings the server refused (22P03) runs unprepared from
+        /// now on.
         func settle() throws {
             let sent = pending.futures
             pending.futures.removeAll()
-            for f in sent {
-                do { _ = try f.wait() } catch { throw PostgreSQLDatabase.storeError(error) }
+            for (sql, f) in sent {
+                do { _ = try awaited(f) } catch { throw refusing(sql, error) }
+            }
+        }
+
+        /// `error` as the store's; a 22P03 for a prepared statement of `sql` refuses it. A
+        /// 0A000 ("cached plan must not change result type": a table of a `SELECT *` changed,
+        /// another daemon's migration) drops it, to be prepared again on its next use.
+        private func refusing(_ sql: String, _ error: Error) -> SQLStoreError {
+            var e = PostgreSQLDatabase.storeError(error)
+            let state = PostgreSQLDatabase.sqlState(error)
+            if let own, state == "22P03" || state == "0A000", let statement = own.statements[sql] {
+                own.statements[sql] = nil
+                if state == "22P03" { own.refused.insert(sql) }
+                _ = statement.deallocate()
+                e.preparedRefused = true
+            }
+            return e
+        }
+
+        /// Sends COMMIT and waits for it and for everything sent before it. A statement before
+        /// it that failed is reported first, as `uncommitted`: the server ends a transaction
+        /// with a failed statement, or a connection that closed, by rolling it back.
+        func commit() throws {
+            let f = conn.query(PostgresQuery(unsafeSQL: "COMMIT"), logger: logger)
+            do {
+                try settle()
+            } catch var e as SQLStoreError {
+                e.uncommitted = true
+                throw e
+            }
+            do { _ = try awaited(f) } catch { throw PostgreSQLDatabase.storeError(error) }
+        }
+
+        /// Ends the transaction: what was sent and not waited for is answered before the
+        /// ROLLBACK (in order) and no longer matters. False when the connection did not answer.
+        func rollback() -> Bool {
+            pending.futures.removeAll()
+            do {
+                _ = try awaited(conn.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger))
+                return true
+            } catch {
+                return false
+            }
+        }
+
+        static func data(_ args: [any SQLArgument]) -> [PostgresData] {
+            args.map { a -> PostgresData in
+                switch a.sqlValue {
+                case .int(let i): return PostgresData(int64: i)
+                case .real(let d): return PostgresData(double: d)
+                case .text(let t): return PostgresData(string: t)
+                case .null: return .null
+                }
             }
         }
 
@@ -776,7 +953,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             let binds = Session.bindings(args.map(\.sqlValue))
             let result: Result<PostgresQueryResult, any Error>
             do {
-                result = .success(try conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: binds), logger: logger).wait())
+                result = .success(try awaited(conn.query(PostgresQuery(unsafeSQL: Session.numbered(sql), binds: binds), logger: logger)))
             } catch {
                 result = .failure(error)
             }
@@ -799,49 +976,44 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             return try run(sql, args).rows
         }
 
-        /// nil: not prepared (the connection's statements are at their limit, or the server
-        /// refused it for our bindings' types); the caller runs it unprepared.
-        private func prepared(_ own: OwnConnection, _ sql: String, _ args: [any SQLArgument]) throws -> [PostgresRow]? {
-            if own.refused.contains(sql) { return nil }
-            let statement: PreparedQuery
-            if let kept = own.statements[sql] {
-                statement = kept
-            } else {
-                guard own.statements.count < OwnConnection.statementsMax else { return nil }
-                do {
-                    statement = try conn.prepare(query: sql).wait()
-                } catch {
-                    let e = PostgreSQLDatabase.storeError(error)
-                    try settle()
-                    if e.connectionEnded { throw e }
-                    own.refused.insert(sql)
-                    return nil
-                }
+        /// The prepared statement of `sql` on `own` (prepared now if need be); nil when it is
+        /// not to be prepared: not a query or a change of rows (BEGIN, NOTIFY), the
+        /// connection's statements are at their limit, or the server refused it before.
+        private func statement(_ own: OwnConnection, _ sql: String) throws -> PreparedQuery? {
+            if let kept = own.statements[sql] { return kept }
+            if own.refused.contains(sql) || own.statements.count >= OwnConnection.statementsMax { return nil }
+            let verb = sql.prefix { !$0.isWhitespace }.uppercased()
+            guard ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH"].contains(verb) else { return nil }
+            do {
+                let statement = try awaited(conn.prepare(query: sql))
                 own.statements[sql] = statement
+                return statement
+            } catch {
+                let e = PostgreSQLDatabase.storeError(error)
+                // A statement sent before that failed is the cause (in a transaction, the
+                // Parse is refused after it): its error first.
+                try settle()
+                if e.connectionEnded { throw e }
+                own.refused.insert(sql)
+                return nil
             }
-            let data = args.map { a -> PostgresData in
-                switch a.sqlValue {
-                case .int(let i): return PostgresData(int64: i)
-                case .real(let d): return PostgresData(double: d)
-                case .text(let t): return PostgresData(string: t)
-                case .null: return .null
-                }
-            }
+        }
+
+        /// A query's rows by its prepared statement on a thread's own connection; nil: not
+        /// prepared (see `statement`), or the server refused our bindings for it (22P03: a
+        /// 64-bit integer for an `integer` parameter; outside a transaction it runs again
+        /// unprepared, inside one the transaction is broken and the error says so).
+        private func prepared(_ own: OwnConnection, _ sql: String, _ args: [any SQLArgument]) throws -> [PostgresRow]? {
+            guard let statement = try statement(own, sql) else { return nil }
             let result: Result<[PostgresRow], any Error>
-            do { result = .success(try statement.execute(data).wait()) } catch { result = .failure(error) }
+            do { result = .success(try awaited(statement.execute(Session.data(args)))) } catch { result = .failure(error) }
             try settle()
             switch result {
             case .success(let rows): return rows
             case .failure(let error):
-                // A binding the statement's inferred types do not take (22P03: a 64-bit integer
-                // for an `integer` parameter): that statement runs unprepared from now on.
-                if PostgreSQLDatabase.sqlState(error) == "22P03" {
-                    own.statements[sql] = nil
-                    own.refused.insert(sql)
-                    _ = statement.deallocate()
-                    return nil
-                }
-                throw PostgreSQLDatabase.storeError(error)
+                let e = refusing(sql, error)
+                if e.preparedRefused && !transactional { return nil }
+                throw e
             }
         }
 

@@ -299,3 +299,114 @@ extension ChangeFeedTests {
         #expect(PostgreSQLDatabase.Session.numbered("SELECT 1") == "SELECT 1")
     }
 }
+
+extension ChangeFeedTests {
+    @Test("PostgreSQL transactions inside sharingConnection: on the thread's own connection, prepared and pipelined; a refused binding (22P03) runs the transaction again unprepared, once; a failed one leaves the connection usable; a nested one and one after the backend was ended run on the pool")
+    func transactionsOnOwnConnections() async throws {
+        let url = try Backend.postgres.newDatabase()
+        let db = try PostgreSQLDatabase(url: url, size: 3)
+        try db.write { s in
+            try s.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT NOT NULL)")
+            try s.execute("CREATE TABLE narrow (k INTEGER NOT NULL)")
+        }
+        let pool = BlockingPool(threads: 1, name: "ferry-test-txn")
+        let pid = "SELECT pg_backend_pid() AS pid"
+        let outcome = try await Task(executorPreference: pool) {
+            try await db.sharingConnection { () -> [String: [Int64]] in
+                var out: [String: [Int64]] = [:]
+                let readPid = try db.read { s in try s.one(pid)!.int("pid") }
+                // Five transactions: each a sent INSERT and a count read after the COMMIT.
+                for i in 1...5 {
+                    let (writePid, count) = try db.write { s -> (Int64, () throws -> [SQLRow]) in
+                        try s.send("INSERT INTO t (id, v) VALUES (?, ?)", Int64(i), "v\(i)")
+                        return (try s.one(pid)!.int("pid"), try s.queryLater("SELECT count(*) AS n FROM t"))
+                    }
+                    out["pids", default: []].append(writePid - readPid)
+                    out["counts", default: []].append(try count().first!.int("n"))
+                }
+                out["prepared"] = [try db.read { s in try s.one("SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO t %'")!.int("n") }]
+                // `integer` inferred for the column: the 64-bit binding is refused inside the
+                // transaction, which runs again unprepared; its rows are written once.
+                var runs: Int64 = 0
+                try db.write { s in
+                    runs += 1
+                    try s.send("INSERT INTO narrow (k) VALUES (?)", Int64(7))
+                    try s.send("INSERT INTO t (id, v) VALUES (?, ?)", Int64(100), "after narrow")
+                }
+                out["narrow"] = [runs, try db.read { s in try s.one("SELECT count(*) AS n FROM narrow")!.int("n") },
+                                 try db.read { s in try s.one("SELECT count(*) AS n FROM t WHERE id = 100")!.int("n") }]
+                // A duplicate key, sent and not waited for: the COMMIT's wait reports it, nothing
+                // of the transaction stays, and the connection serves the next one.
+                var failure = ""
+                do {
+                    try db.write { s in
+                        try s.send("INSERT INTO t (id, v) VALUES (?, ?)", Int64(200), "kept?")
+                        try s.send("INSERT INTO t (id, v) VALUES (?, ?)", Int64(1), "duplicate")
+                    }
+                } catch { failure = "\(error)" }
+                out["duplicate"] = [failure.contains("duplicate key") ? 1 : 0, try db.read { s in try s.one("SELECT count(*) AS n FROM t WHERE id = 200")!.int("n") },
+                                    try db.write { s in try s.one(pid)!.int("pid") } - readPid]
+                // Nested: the inner transaction leases a connection of its own and commits on its
+                // own; the outer one's failure does not undo it.
+                var inner: Int64 = 0
+                _ = try? db.write { s -> Void in
+                    try s.send("INSERT INTO t (id, v) VALUES (?, ?)", Int64(300), "outer")
+                    inner = try db.write { s2 in
+                        try s2.send("INSERT INTO t (id, v) VALUES (?, ?)", Int64(301), "inner")
+                        return try s2.one(pid)!.int("pid")
+                    }
+                    throw SQLStoreError("the outer one fails")
+                }
+                out["nested"] = [inner == readPid ? 0 : 1, try db.read { s in try s.query("SELECT id FROM t WHERE id IN (300, 301) ORDER BY id", []).map { $0.int("id") } }.first ?? 0]
+                // A table changed under a prepared `SELECT *` (another daemon's migration): the
+                // read answers with the new column, and so does the statement prepared again.
+                let admin = try PostgreSQLDatabase(url: url, size: 1)
+                let row = "SELECT * FROM t WHERE id = ?"
+                _ = try db.read { s in try s.one(row, Int64(1)) }
+                _ = try admin.write { s in try s.execute("ALTER TABLE t ADD COLUMN w TEXT NOT NULL DEFAULT 'new'") }
+                out["migrated"] = try (0..<2).map { _ in try db.read { s in try s.one(row, Int64(1))!.optionalText("w") == "new" ? 1 : 0 } }
+                    + [try db.write { s in try s.one(row, Int64(2))!.optionalText("w") == "new" ? 1 : 0 }]
+                // The backend ended by an operator: the next transaction either finds the
+                // connection closed (and opens another) or fails on it before its COMMIT (and
+                // runs again on the pool); either way it is written once.
+                _ = try admin.read { s in try s.query("SELECT pg_terminate_backend(CAST(? AS integer)) AS ok", [readPid]) }
+                var attempts: Int64 = 0
+                try db.write { s in
+                    attempts += 1
+                    try s.send("INSERT INTO t (id, v) VALUES (?, ?)", Int64(400), "after the end")
+                }
+                out["ended"] = [attempts, try db.read { s in try s.one("SELECT count(*) AS n FROM t WHERE id = 400")!.int("n") }]
+                // Ended in the middle of a transaction (idle in it): the statements written after
+                // the connection closed are never answered by postgres-nio; the transaction
+                // must not wait for them for ever, and as its COMMIT could not be sent, it runs
+                // again on the pool, written once.
+                var midRuns: Int64 = 0
+                let started = Date()
+                try db.write { s in
+                    midRuns += 1
+                    try s.send("INSERT INTO t (id, v) VALUES (?, ?)", Int64(500), "ended midway")
+                    if midRuns == 1, let session = s as? PostgreSQLDatabase.Session {
+                        let victim = try s.one(pid)!.int("pid")
+                        _ = try admin.read { a in try a.query("SELECT pg_terminate_backend(CAST(? AS integer)) AS ok", [victim]) }
+                        for _ in 0..<100 where !session.conn.isClosed { Thread.sleep(forTimeInterval: 0.1) }
+                    }
+                    try s.send("INSERT INTO t (id, v) VALUES (?, ?)", Int64(501), "after the end")
+                }
+                out["midway"] = [midRuns, try db.read { s in try s.query("SELECT id FROM t WHERE id IN (500, 501) ORDER BY id", []).map { $0.int("id") } }.reduce(0, +),
+                                 Date().timeIntervalSince(started) < 15 ? 1 : 0]
+                return out
+            }
+        }.value
+        #expect(outcome["pids"] == [0, 0, 0, 0, 0], "every transaction on the thread's own connection")
+        #expect(outcome["counts"] == [1, 2, 3, 4, 5])
+        #expect(outcome["prepared"] == [1], "the INSERT prepared once on that connection")
+        #expect(outcome["narrow"] == [2, 1, 1], "two runs of the body, one row each")
+        #expect(outcome["duplicate"] == [1, 0, 0])
+        #expect(outcome["nested"] == [1, 301])
+        #expect(outcome["midway"] == [2, 1001, 1], "run twice, both rows once, within seconds: \(outcome["midway"] ?? [])")
+        #expect(outcome["migrated"] == [1, 1, 1])
+        // Run once when the connection was seen closed before the transaction began (a new
+        // own connection), twice when the FATAL came as its first answer (then on the pool).
+        #expect(outcome["ended"] == [1, 1] || outcome["ended"] == [2, 1], "\(outcome["ended"] ?? [])")
+    }
+}

@@ -122,7 +122,14 @@ struct StagingTests {
         try c.finish(ready, state: .ready, bytes: 42, now: 2)
         try c.setJob(staging, job: 99)
         try c.recordLink(schedulerJob: "t1", path: "/j/t1/in", target: "/cache/1/data")
-        let r = try c.release(schedulerJob: "t1")
+        try c.recordLink(schedulerJob: "t1", path: "/j/t1/gone", target: "/cache/2/data")
+        try c.recordLink(schedulerJob: "t2", path: "/j/t2/in", target: "/cache/2/data")
+        // Each of t1's links is offered to the caller, inside the transaction, and counted when
+        // the caller removed it (one was gone already); t2's stays.
+        var offered: [String] = []
+        let r = try c.release(schedulerJob: "t1") { l in offered.append(l.path + " -> " + l.target); return l.path.hasSuffix("/in") }
+        #expect(offered == ["/j/t1/gone -> /cache/2/data", "/j/t1/in -> /cache/1/data"] && r.linksRemoved == 1)
+        #expect(try c.links(schedulerJob: "t2").map(\.path) == ["/j/t2/in"])
         #expect(r.unpinned == [staging, shared, ready])
         #expect(r.orphans.map(\.id) == [staging] && r.orphans.first?.job == 99 && r.orphans.first?.path == "/cache/\(staging)")
         #expect(r.readyBytes == 42)
@@ -130,8 +137,14 @@ struct StagingTests {
         #expect(try c.entries().map(\.id) == [shared, ready])
         #expect(try c.entry(id: shared)?.pins == ["t2"])
         // Twice (a scheduler may run the hook again): nothing more to do.
-        let again = try c.release(schedulerJob: "t1")
-        #expect(again.unpinned.isEmpty && again.orphans.isEmpty && again.readyBytes == 42)
+        let again = try c.release(schedulerJob: "t1") { _ in Issue.record("no link is left to offer"); return true }
+        #expect(again.unpinned.isEmpty && again.orphans.isEmpty && again.readyBytes == 42 && again.linksRemoved == 0)
+        // The last pin of an entry still staging goes with its job: the entry is an orphan.
+        _ = try c.pin(key: "x", source: "x", schedulerJob: "t3", now: 3, path: path)
+        #expect(try c.release(schedulerJob: "t2").orphans.isEmpty)
+        let last = try c.release(schedulerJob: "t3")
+        #expect(last.unpinned == [shared] && last.orphans.map(\.id) == [shared] && last.orphans.first?.pins == [])
+        #expect(try c.entries().map(\.id) == [ready])
     }
 }
 

@@ -215,8 +215,11 @@ public struct DaemonAPI: Sendable {
     func handle(_ request: Request, _ body: (User) async throws -> Response) async throws -> Response {
         let reading = request.method == .get || request.method == .head
         let pool: BlockingPool = reading ? (DaemonAPI.quick ? .quickReads : .reads) : (DaemonAPI.quick ? .quickWrites : .writes)
-        // A quick read's reads share one database connection (PostgreSQL; see sharingReads).
+        // A quick read's reads share one database connection (PostgreSQL; see sharingReads), and
+        // so do a quick write's transactions (prepared statements, no lease: a hook's ask and
+        // teardown, `bench/stall.sh`).
         if pool === BlockingPool.quickReads { return try await onPool(pool) { try await store.db.sharingReads { try await authenticated(request, body) } } }
+        if pool === BlockingPool.quickWrites { return try await onPool(pool) { try await store.db.sharingConnection { try await authenticated(request, body) } } }
         return try await onPool(pool) { try await authenticated(request, body) }
     }
 

@@ -386,12 +386,9 @@ extension DaemonAPI {
     // MARK: teardown, sweep
 
     func teardown(_ st: StagingSettings, job: String) throws -> V1.TeardownAnswer {
-        var removed = 0
-        for l in try st.cache.links(schedulerJob: job) where DaemonAPI.linkTarget(l.path) == l.target && unlink(l.path) == 0 {
-            removed += 1
-        }
-        // The records in one transaction (links, pins, orphaned entries), then the files.
-        let released = try st.cache.release(schedulerJob: job)
+        // The records in one transaction (links, pins, orphaned entries; the links removed from
+        // the job's directories as their records are deleted), then the orphans' files.
+        let released = try st.cache.release(schedulerJob: job) { l in DaemonAPI.linkTarget(l.path) == l.target && unlink(l.path) == 0 }
         var cancelled = 0
         for e in released.orphans {
             if e.state == .staging, let j = e.job {
@@ -401,7 +398,7 @@ extension DaemonAPI {
             try? FileManager.default.removeItem(atPath: e.path)
         }
         if released.readyBytes > st.quota { evict(st) }
-        return V1.TeardownAnswer(job: job, unpinned: released.unpinned.count, linksRemoved: removed, transfersCancelled: cancelled)
+        return V1.TeardownAnswer(job: job, unpinned: released.unpinned.count, linksRemoved: released.linksRemoved, transfersCancelled: cancelled)
     }
 
     /// Entries no job pins any more that are not ready (a transfer nobody waits for, or a

@@ -142,9 +142,14 @@ public final class StagingCache: @unchecked Sendable {
     /// transaction: two jobs asking at once get one entry. `links` are the links recorded for
     /// `schedulerJob` (read in the same transaction: the hook's ask needs them next, and each
     /// transaction of its own was a turn on SQLite's one writer or a PostgreSQL round trip).
+    ///
+    /// The common ask (the entry exists) is two round trips on PostgreSQL: the entry's row, then
+    /// the pin, the pins and the links sent together and answered with the COMMIT (their rows
+    /// are read after it). Every hook asks once a second: with a wait per statement an ask was
+    /// six round trips, and 1,000 hooks queued behind each other (`bench/stall.sh`).
     public func pin(key: String, source: String, schedulerJob: String, retryFailed: Bool = true, now: Int64,
                     path: (Int64) -> String) throws -> (entry: Entry, created: Bool, links: [(path: String, target: String)]) {
-        try db.write { s in
+        let (entry, created, pinsLater, linksLater) = try db.write { s in
             var created = false
             var row: SQLRow
             if let r = try s.one("SELECT * FROM stage_entries WHERE key = ?", key) {
@@ -158,8 +163,11 @@ public final class StagingCache: @unchecked Sendable {
                     // recently used; a minute is fine-grained enough): every hook polling an
                     // entry once a second updated its row, and on PostgreSQL an update holds
                     // the row's lock until the commit, so hooks sharing an entry queued on it.
-                    // An UPDATE whose WHERE matches nothing locks nothing.
-                    try s.execute("UPDATE stage_entries SET last_used = ? WHERE id = ? AND last_used < ?", now, r.int("id"), now - StagingCache.useResolution)
+                    // The condition is in the WHERE too: of two asks that both read an old
+                    // time, the second's update changes (and locks) nothing.
+                    if r.int("last_used") < now - StagingCache.useResolution {
+                        try s.send("UPDATE stage_entries SET last_used = ? WHERE id = ? AND last_used < ?", now, r.int("id"), now - StagingCache.useResolution)
+                    }
                     row = r
                 }
             } else {
@@ -174,12 +182,15 @@ public final class StagingCache: @unchecked Sendable {
             if entry.lastUsed < now - StagingCache.useResolution { entry.lastUsed = now }
             if entry.path.isEmpty {
                 entry.path = path(id)
-                try s.execute("UPDATE stage_entries SET path = ? WHERE id = ?", entry.path, id)
+                try s.send("UPDATE stage_entries SET path = ? WHERE id = ?", entry.path, id)
             }
-            try s.execute("INSERT INTO stage_pins (entry, sjob, created) VALUES (?, ?, ?) ON CONFLICT (entry, sjob) DO NOTHING", id, schedulerJob, now)
-            entry.pins = try pins(s, id)
-            return (entry, created, try links(s, schedulerJob))
+            try s.send("INSERT INTO stage_pins (entry, sjob, created) VALUES (?, ?, ?) ON CONFLICT (entry, sjob) DO NOTHING", id, schedulerJob, now)
+            return (entry, created, try s.queryLater("SELECT sjob FROM stage_pins WHERE entry = ? ORDER BY sjob", id),
+                    try s.queryLater("SELECT path, target FROM stage_links WHERE sjob = ? ORDER BY path", schedulerJob))
         }
+        var pinned = entry
+        pinned.pins = try pinsLater().map { $0.text("sjob") }
+        return (pinned, created, try linksLater().map { ($0.text("path"), $0.text("target")) })
     }
 
     /// What `stage status` shows of `schedulerJob`, in one read: the entries it pins (each with
@@ -190,25 +201,33 @@ public final class StagingCache: @unchecked Sendable {
 
     /// A teardown's bookkeeping in one transaction: `schedulerJob`'s links and pins are
     /// forgotten, and the entries it pinned that no job pins any more and that are not ready
-    /// (a transfer nobody waits for, a failed one) lose their rows. Returns the entries it had
-    /// pinned, those orphans (the caller cancels their transfers and removes their
-    /// directories: a crash in between leaves a directory no entry owns, which a sweep
-    /// removes), and the bytes of ready entries (whether eviction has anything to do).
-    public func release(schedulerJob: String) throws -> (unpinned: [Int64], orphans: [Entry], readyBytes: Int64) {
-        try db.write { s in
-            try s.execute("DELETE FROM stage_links WHERE sjob = ?", schedulerJob)
-            let ids = try s.query("SELECT entry FROM stage_pins WHERE sjob = ? ORDER BY entry", schedulerJob).map { $0.int("entry") }
-            try s.execute("DELETE FROM stage_pins WHERE sjob = ?", schedulerJob)
-            var orphans: [Entry] = []
-            for id in ids {
-                guard let r = try s.one("SELECT * FROM stage_entries WHERE id = ?", id), r.text("state") != State.ready.rawValue,
-                      try s.one("SELECT 1 AS one FROM stage_pins WHERE entry = ? LIMIT 1", id) == nil else { continue }
-                orphans.append(StagingCache.entry(r, pins: []))
-                try s.execute("DELETE FROM stage_entries WHERE id = ?", id)
-            }
-            let ready = try s.one("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS total FROM stage_entries WHERE state = 'ready'")?.int("total") ?? 0
-            return (ids, orphans, ready)
+    /// (a transfer nobody waits for, a failed one) lose their rows. `unlink` is called, inside
+    /// the transaction, with each link recorded for the job (true: it was removed); a
+    /// transaction that then fails leaves the records, and a teardown run again finds the
+    /// links gone. Returns the entries it had pinned, those orphans (the caller cancels their
+    /// transfers and removes their directories: a crash in between leaves a directory no entry
+    /// owns, which a sweep removes), the bytes of ready entries (whether eviction has anything
+    /// to do) and how many links `unlink` removed.
+    ///
+    /// Two round trips on PostgreSQL: the links' and the pins' deletions (each returning what
+    /// it deleted) sent together, then the orphans' deletion and the ready bytes with the
+    /// COMMIT. It was a wait per statement, eight for a hook's teardown.
+    public func release(schedulerJob: String, unlink: ((path: String, target: String)) -> Bool = { _ in false })
+        throws -> (unpinned: [Int64], orphans: [Entry], readyBytes: Int64, linksRemoved: Int) {
+        let (ids, removed, orphansLater, readyLater) = try db.write { s in
+            let links = try s.queryLater("DELETE FROM stage_links WHERE sjob = ? RETURNING path, target", schedulerJob)
+            let ids = try s.query("DELETE FROM stage_pins WHERE sjob = ? RETURNING entry", schedulerJob).map { $0.int("entry") }.sorted()
+            let removed = try links().map { ($0.text("path"), $0.text("target")) }.sorted { $0.0 < $1.0 }.filter(unlink).count
+            // Of the entries it pinned, those now pinned by nobody and not ready.
+            let orphans = ids.isEmpty ? nil : try s.queryLater("""
+                DELETE FROM stage_entries WHERE id IN (\(ids.map { _ in "?" }.joined(separator: ", "))) AND state <> 'ready'
+                    AND NOT EXISTS (SELECT 1 FROM stage_pins p WHERE p.entry = stage_entries.id) RETURNING *
+                """, ids.map { $0 as any SQLArgument })
+            let ready = try s.queryLater("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS total FROM stage_entries WHERE state = 'ready'")
+            return (ids, removed, orphans, ready)
         }
+        let orphans = try (orphansLater?() ?? []).map { StagingCache.entry($0, pins: []) }.sorted { $0.id < $1.id }
+        return (ids, orphans, try readyLater().first?.int("total") ?? 0, removed)
     }
 
     public func setJob(_ entry: Int64, job: Int64) throws {
