@@ -407,11 +407,12 @@ public final class ThreadPoolExecutor: TaskExecutor, @unchecked Sendable {
 /// the staging settler and a registration's batches. Every kind of request, reads included,
 /// waited seconds for a connection (p50 3.7 s) while the server sat idle. Now up to `size`
 /// (default 40) connections, handed out by postgres-nio's pool in order; reads p50 50-170 ms
-/// under the same load. What remains slow are writes (stage-in, submit: ~1-2 s at p50 there):
-/// each is many statements, each a synchronous round trip of milliseconds on a two-core host
-/// with CPU hogs, on one of 16 write threads. Fewer round trips (BEGIN and NOTIFY are sent
-/// without waiting; `StagingCache.entries` is two statements, not one per entry) helped;
-/// async transactions or batched statements would be the next step.
+/// under the same load. Writes were the slow part (stage-in, submit: ~1-2 s at p50 there):
+/// each many statements, each a synchronous round trip. Now statements whose answer is not
+/// needed at once are sent without waiting (`send`, `queryLater`: a hook's ask and teardown
+/// are two round trips each), and the API's bounded writes run on their thread's own
+/// connection with prepared statements (`sharingConnection`); 1,000 hooks: 327 → 500
+/// stage-ins/s (bench/RESULTS.md, 2026-12-04). Async transactions would be the next step.
 public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     public let dialect = SQLDialect.postgres
     public let location: String
