@@ -66,6 +66,18 @@ pg_tool() {
 
 # Runs a server-side command as the postgres user when we are root (the server refuses
 # root). cd / first so an unreadable working directory (e.g. /root) cannot trip it up.
+# Closes every descriptor above stderr that this script inherited: the server it starts
+# would keep them open for its whole life (a `flock LOCK swift test` run's lock stayed held by
+# the server of a test process that was killed, and every later build waited for it).
+close_inherited() {
+  local fd n
+  for fd in /proc/$$/fd/*; do
+    n=${fd##*/}
+    [[ $n =~ ^[0-9]+$ && $n -gt 2 && $n -lt 1024 ]] || continue
+    eval "exec $n>&-" 2>/dev/null || true
+  done
+}
+
 as_pg() {
   if [[ $EUID -eq 0 ]]; then
     (cd / && runuser -u postgres -- "$@")
@@ -161,6 +173,7 @@ cmd_start() {
   pg_ctl=$(pg_tool pg_ctl)
   pg_tool postgres >/dev/null
   check_pg_user
+  close_inherited
 
   if [[ -e "$dir" ]]; then
     [[ -d "$dir" ]] || die "$dir exists and is not a directory"
