@@ -766,6 +766,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     /// sends its FATAL message (SQLSTATE 57P01) and closes after: the statement fails before
     /// `isClosed` is true, so the code, not the connection's state, tells.
     package static func storeError(_ error: Error) -> SQLStoreError {
+        if let e = error as? SQLStoreError { return e }  // already ours (`awaited`): its flags kept
         var ended = false
         if let e = error as? PSQLError, e.code == .serverClosedConnection || e.code == .uncleanShutdown || e.code == .clientClosedConnection { ended = true }
         if case .connectionClosed? = error as? PostgresError { ended = true }
