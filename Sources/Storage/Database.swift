@@ -644,51 +644,50 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     /// about 12 ms a round trip with two CPU hogs, most of it the threads' turns, not the server).
     ///
     /// Inside `sharingConnection`, on the thread's own connection, whose prepared statements
-    /// the session uses (and pipelines: `send`, `queryLater`). A transaction there that failed
-    /// before its COMMIT was sent, because the server ended the connection or refused a
-    /// prepared statement's bindings (22P03, that statement unprepared from then on), committed
-    /// nothing: it runs once more, on the pool's connection or unprepared. A connection whose
-    /// ROLLBACK failed is forgotten (a transaction left open would poison its next use).
+    /// the session uses (and pipelines: `send`, `queryLater`). A transaction there that
+    /// committed nothing for certain, because the server ended the connection before its
+    /// COMMIT or refused a prepared statement (22P03, 0A000: see `Session.refusing`), runs once
+    /// more on the pool's connection. A connection whose ROLLBACK was not answered is forgotten
+    /// (a transaction left open would poison its next use).
     public func write<T>(_ body: (any SQLSession) throws -> T) throws -> T {
         if Self.sharingWrites == ObjectIdentifier(self), let own = try threadConnection(), !own.inTransaction {
             own.inTransaction = true
             defer { own.inTransaction = false }
-            let c = own.conn
-            let s = Session(conn: c, logger: logger, pending: Session.Pending(), own: own, transactional: true)
-            var committing = false
+            var outcome = Outcome()
             do {
-                try s.send("BEGIN", [])
-                let r = try body(s)
-                // A connection closed before the COMMIT is written cannot carry it: nothing of
-                // the transaction was committed.
-                committing = !c.isClosed
-                try s.commit()
-                return r
+                return try transaction(on: own.conn, own: own, body, &outcome)
             } catch {
+                if !outcome.rolledBack { forgetThreadConnection(own.conn) }
                 let failure = error as? SQLStoreError
-                let ended = c.isClosed || failure?.connectionEnded == true
-                let usable = !ended && s.rollback()
-                if !usable { forgetThreadConnection(c) }
-                // A refused binding broke the transaction wherever it was found (its COMMIT
-                // then rolls back); an ended connection is certain to have committed nothing
-                // unless the COMMIT itself was sent and went unanswered.
+                let ended = own.conn.isClosed || failure?.connectionEnded == true
+                // A refused statement broke the transaction wherever it was found (its COMMIT
+                // then rolls back); an ended connection committed nothing unless the COMMIT
+                // itself was sent and went unanswered.
                 let refused = failure?.preparedRefused == true
-                guard refused || (ended && (!committing || failure?.uncommitted == true)) else { throw error }
-                if refused && usable { return try transaction(on: c, own: own, body) }
+                guard refused || (ended && (!outcome.committing || failure?.uncommitted == true)) else { throw error }
             }
         }
-        return try withConnection { c in try transaction(on: c, own: nil, body) }
+        var outcome = Outcome()
+        return try withConnection { c in try transaction(on: c, own: nil, body, &outcome) }
     }
 
-    private func transaction<T>(on c: PostgresConnection, own: OwnConnection?, _ body: (any SQLSession) throws -> T) throws -> T {
+    /// How a transaction that threw ended: whether its COMMIT was written on an open
+    /// connection (it may have been committed) and whether its ROLLBACK was answered.
+    private struct Outcome { var committing = false, rolledBack = false }
+
+    private func transaction<T>(on c: PostgresConnection, own: OwnConnection?, _ body: (any SQLSession) throws -> T,
+                                _ outcome: inout Outcome) throws -> T {
         let s = Session(conn: c, logger: logger, pending: Session.Pending(), own: own, transactional: true)
-        try s.send("BEGIN", [])
         do {
+            try s.send("BEGIN", [])
             let r = try body(s)
+            // A connection closed before the COMMIT is written cannot carry it.
+            outcome.committing = !c.isClosed
             try s.commit()
             return r
         } catch {
-            _ = s.rollback()
+            let ended = c.isClosed || (error as? SQLStoreError)?.connectionEnded == true
+            outcome.rolledBack = !ended && s.rollback()
             throw error
         }
     }
