@@ -429,6 +429,39 @@ struct FederationE2ETests {
         #expect(try f.ferry("hlrs", ["datasets"]).status == 0)
     }
 
+    @Test("a teardown removes the job's own link only: a parent swapped for a symbolic link does not lead the daemon's unlink into another directory",
+          .enabled(if: E2E.isRoot, "mounting a tmpfs needs root"))
+    func teardownConfined() throws {
+        let f = try FederationE2ETests.start(.sqlite, stagingMiB: 64)
+        defer { f.stopAll() }
+        let sb = f.sb
+        let ds = try sb.dir("wuxi/data/small")
+        try writeRandomFile(ds + "/a.bin", size: 64 * 1024)
+        #expect(try f.ferry("wuxi", ["register", "/data/small", "--dataset", "small", "--readers", "*"]).status == 0)
+        _ = try eventually(30, { try f.ferry("hlrs", ["ls", "gfs://wuxi/small"]) }) { $0.status == 0 }
+        let job8 = sb.file("hlrs/data/job8")
+        let script = sb.file("job8.sh")
+        try writeFile(script, Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/small \(job8)/in\n".utf8))
+        let staged = try sb.ferry(["stage-in", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "8", "--script", script, "--uid", "0"], timeout: 150)
+        #expect(staged.status == 0, "\(staged)")
+        let target = try FileManager.default.destinationOfSymbolicLink(atPath: job8 + "/in")
+        // Another directory holds a link to the same data; the job's directory is then moved
+        // away and a symbolic link to that other directory put in its place.
+        let victim = try sb.dir("hlrs/data/victim")
+        try FileManager.default.createSymbolicLink(atPath: victim + "/in", withDestinationPath: target)
+        try FileManager.default.moveItem(atPath: job8, toPath: job8 + ".moved")
+        try FileManager.default.createSymbolicLink(atPath: job8, withDestinationPath: "victim")
+        let down = try sb.ferry(["stage", "teardown", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "8"])
+        #expect(down.status == 0, "\(down)")
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: victim + "/in")) == target, "the other directory's link stays")
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: job8 + ".moved/in")) == target, "not where it was recorded: left alone")
+        // Put back, a second teardown finds no records left: nothing is removed.
+        try FileManager.default.removeItem(atPath: job8)
+        try FileManager.default.moveItem(atPath: job8 + ".moved", toPath: job8)
+        #expect(try sb.ferry(["stage", "teardown", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "8"]).status == 0)
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: job8 + "/in")) == target)
+    }
+
     @Test("a full staging cache: the stage-in fails with the reason and links nothing; with room again, asked again, it completes identical",
           .enabled(if: E2E.isRoot, "mounting a tmpfs needs root"))
     func stagingDiskFull() throws {

@@ -261,15 +261,7 @@ extension DaemonAPI {
                 let real = String(cString: r)
                 free(r)
                 let full = ([real == "/" ? "" : real] + rest.reversed()).joined(separator: "/")
-                for e in runner.settings.exports {
-                    guard let b = realpath(e.path, nil) else { continue }
-                    let base = String(cString: b)
-                    free(b)
-                    if full == base || full.hasPrefix(base + "/") {
-                        let rel = String(full.dropFirst(base.count))
-                        return (full, (e.name.isEmpty ? "" : "/" + e.name) + (rel.isEmpty ? "/" : rel))
-                    }
-                }
+                if let job = jobPath(real: full, runner) { return (full, job) }
                 throw HTTPFailure(status: 403, message: "\(what) '\(path)' is not within an export of center \(center)")
             }
             guard let slash = probe.lastIndex(of: "/"), probe != "/" else { break }
@@ -277,6 +269,41 @@ extension DaemonAPI {
             probe = slash == probe.startIndex ? "/" : String(probe[..<slash])
         }
         throw HTTPFailure(status: 400, message: "\(what) '\(path)' cannot be resolved")
+    }
+
+    /// `full` (a real path, taken as it is) as a job path `/EXPORT/PATH`, when it lies within
+    /// an export; nil otherwise.
+    func jobPath(real full: String, _ runner: JobRunner) -> String? {
+        for e in runner.settings.exports {
+            guard let b = realpath(e.path, nil) else { continue }
+            let base = String(cString: b)
+            free(b)
+            if full == base || full.hasPrefix(base + "/") {
+                let rel = String(full.dropFirst(base.count))
+                return (e.name.isEmpty ? "" : "/" + e.name) + (rel.isEmpty ? "/" : rel)
+            }
+        }
+        return nil
+    }
+
+    /// Removes the link a stage-in made at `path` (recorded as a real path) if it still points
+    /// to `target`. The path is not resolved again: its directory is opened beneath the export
+    /// without following any symbolic link (the daemon removes it with its own rights, and a
+    /// parent the job's user swapped for a link must not lead it into another directory), and
+    /// the link is read and removed by name in that directory. True when it was removed.
+    func removeLink(_ path: String, target: String) -> Bool {
+        guard let runner, let job = jobPath(real: path, runner),
+              case (.confined(let root, let components), _, _)? = try? runner.jobEndpoint(job), let name = components.last else { return false }
+        let rootFd = open(root, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
+        guard rootFd >= 0 else { return false }
+        let parents = components.dropLast().joined(separator: "/")
+        let opened = parents.isEmpty ? dup(rootFd) : ((try? openBeneath(rootFd, parents, flags: O_DIRECTORY | O_RDONLY)) ?? -1)
+        close(rootFd)
+        guard opened >= 0 else { return false }
+        let dir = opened
+        defer { close(dir) }
+        guard DaemonAPI.linkTarget(dir, name) == target else { return false }
+        return unlinkat(dir, name, 0) == 0
     }
 
     /// DST → target as a symbolic link owned by the job's user (parents made, owned by them
@@ -308,10 +335,7 @@ extension DaemonAPI {
             if let account { try ThreadIdentity.adopt(account) }
             defer { if account != nil { ThreadIdentity.restore() } }
             return try withConfinedParent(root: root, components: components) { dir, name in
-                var buf = [CChar](repeating: 0, count: 4097)
-                let n = readlinkat(dir, name, &buf, buf.count - 1)
-                if n >= 0 {
-                    let existing = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                if let existing = DaemonAPI.linkTarget(dir, name) {
                     if existing == target { return }  // made by an earlier request of this job
                     guard ours else { throw HTTPFailure(status: 409, message: "DST \(dst.real) exists (a link Ferry did not make); not replaced") }
                     _ = unlinkat(dir, name, 0)
@@ -332,9 +356,11 @@ extension DaemonAPI {
         try st.cache.recordLink(schedulerJob: job, path: dst.real, target: target)
     }
 
-    /// What the symbolic link at `path` points to; nil when it is not a link.
-    static func linkTarget(_ path: String) -> String? {
-        try? FileManager.default.destinationOfSymbolicLink(atPath: path)
+    /// What the symbolic link `name` in the directory `dir` points to; nil when it is not a link.
+    static func linkTarget(_ dir: Int32, _ name: String) -> String? {
+        var buf = [CChar](repeating: 0, count: PathLimits.symlinkTargetBytesMax + 1)
+        let n = readlinkat(dir, name, &buf, buf.count - 1)
+        return n < 0 ? nil : String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     // MARK: settling, eviction
@@ -388,7 +414,7 @@ extension DaemonAPI {
     func teardown(_ st: StagingSettings, job: String) throws -> V1.TeardownAnswer {
         // The records in one transaction (links, pins, orphaned entries; the links removed from
         // the job's directories as their records are deleted), then the orphans' files.
-        let released = try st.cache.release(schedulerJob: job) { l in DaemonAPI.linkTarget(l.path) == l.target && unlink(l.path) == 0 }
+        let released = try st.cache.release(schedulerJob: job) { l in removeLink(l.path, target: l.target) }
         var cancelled = 0
         for e in released.orphans {
             if e.state == .staging, let j = e.job {
@@ -420,9 +446,7 @@ extension DaemonAPI {
         settle(st)
         let expired = try st.cache.expirePins(keep: keep, before: now() - maxPinHours * 3600)
         for j in expired {
-            for l in try st.cache.links(schedulerJob: j) where DaemonAPI.linkTarget(l.path) == l.target {
-                unlink(l.path)
-            }
+            for l in try st.cache.links(schedulerJob: j) { _ = removeLink(l.path, target: l.target) }
             try st.cache.forgetLinks(schedulerJob: j)
         }
         let dropped = try dropOrphans(st)
