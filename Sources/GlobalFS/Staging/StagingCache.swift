@@ -209,24 +209,26 @@ public final class StagingCache: @unchecked Sendable {
     /// owns, which a sweep removes), the bytes of ready entries (whether eviction has anything
     /// to do) and how many links `unlink` removed.
     ///
-    /// Two round trips on PostgreSQL: the links' and the pins' deletions (each returning what
-    /// it deleted) sent together, then the orphans' deletion and the ready bytes with the
-    /// COMMIT. It was a wait per statement, eight for a hook's teardown.
+    /// Two round trips on PostgreSQL: the links', the orphans' and the pins' deletions (each
+    /// returning what it deleted) sent together, then the ready bytes with the COMMIT. It was a wait per statement, eight for a hook's teardown.
     public func release(schedulerJob: String, unlink: ((path: String, target: String)) -> Bool = { _ in false })
         throws -> (unpinned: [Int64], orphans: [Entry], readyBytes: Int64, linksRemoved: Int) {
         let (ids, removed, orphansLater, readyLater) = try db.write { s in
             let links = try s.queryLater("DELETE FROM stage_links WHERE sjob = ? RETURNING path, target", schedulerJob)
+            // Of the entries it pins, those no other job pins and not ready: one statement
+            // whatever their number (a request's directives are many at most, never a list of
+            // parameters that could pass the engine's limit).
+            let orphans = try s.queryLater("""
+                DELETE FROM stage_entries WHERE state <> 'ready'
+                    AND id IN (SELECT entry FROM stage_pins WHERE sjob = ?)
+                    AND NOT EXISTS (SELECT 1 FROM stage_pins p WHERE p.entry = stage_entries.id AND p.sjob <> ?) RETURNING *
+                """, schedulerJob, schedulerJob)
             let ids = try s.query("DELETE FROM stage_pins WHERE sjob = ? RETURNING entry", schedulerJob).map { $0.int("entry") }.sorted()
             let removed = try links().map { ($0.text("path"), $0.text("target")) }.sorted { $0.0 < $1.0 }.filter(unlink).count
-            // Of the entries it pinned, those now pinned by nobody and not ready.
-            let orphans = ids.isEmpty ? nil : try s.queryLater("""
-                DELETE FROM stage_entries WHERE id IN (\(ids.map { _ in "?" }.joined(separator: ", "))) AND state <> 'ready'
-                    AND NOT EXISTS (SELECT 1 FROM stage_pins p WHERE p.entry = stage_entries.id) RETURNING *
-                """, ids.map { $0 as any SQLArgument })
             let ready = try s.queryLater("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS total FROM stage_entries WHERE state = 'ready'")
             return (ids, removed, orphans, ready)
         }
-        let orphans = try (orphansLater?() ?? []).map { StagingCache.entry($0, pins: []) }.sorted { $0.id < $1.id }
+        let orphans = try orphansLater().map { StagingCache.entry($0, pins: []) }.sorted { $0.id < $1.id }
         return (ids, orphans, try readyLater().first?.int("total") ?? 0, removed)
     }
 
