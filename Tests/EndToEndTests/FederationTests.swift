@@ -65,6 +65,19 @@ struct FederationE2ETests {
 
         func stopAll() { for s in servers.values { s.stop() } }
 
+        /// Scheduler job `job`'s stage-in hook for `gfs://wuxi/small` (one 64 KiB file, made and
+        /// registered at wuxi, and seen by hlrs, on the first call) into `dst` at hlrs.
+        func stageSmall(job: String, into dst: String) throws -> CpResult {
+            if !FileManager.default.fileExists(atPath: sb.file("wuxi/data/small/a.bin")) {
+                try writeRandomFile(try sb.dir("wuxi/data/small") + "/a.bin", size: 64 * 1024)
+                #expect(try ferry("wuxi", ["register", "/data/small", "--dataset", "small", "--readers", "*"]).status == 0)
+                _ = try FederationE2ETests.eventually(30, { try self.ferry("hlrs", ["ls", "gfs://wuxi/small"]) }) { $0.status == 0 }
+            }
+            let script = sb.file("job\(job).sh")
+            try writeFile(script, Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/small \(dst)\n".utf8))
+            return try sb.ferry(["stage-in", "--api", api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", job, "--script", script, "--uid", "0"], timeout: 150)
+        }
+
         /// `ferry SUBCOMMAND --api (center c) --token-file ... ARGS`.
         func ferry(_ c: String, _ args: [String], token: String? = nil, timeout: Double = 60) throws -> CpResult {
             try sb.ferry([args[0], "--api", api(c), "--ca", sb.ca, "--token-file", token ?? sb.tokenFile] + args.dropFirst(), timeout: timeout)
@@ -136,6 +149,10 @@ struct FederationE2ETests {
 
     /// Polls `probe` (at most `seconds`, twice a second) until `ok` holds for its result.
     func eventually(_ seconds: Double, _ probe: () throws -> CpResult, _ ok: (CpResult) -> Bool) throws -> CpResult {
+        try FederationE2ETests.eventually(seconds, probe, ok)
+    }
+
+    static func eventually(_ seconds: Double, _ probe: () throws -> CpResult, _ ok: (CpResult) -> Bool) throws -> CpResult {
         var last = try probe()
         for _ in 0..<Int(seconds * 2) where !ok(last) {
             usleep(500_000)
@@ -435,14 +452,8 @@ struct FederationE2ETests {
         let f = try FederationE2ETests.start(.sqlite, stagingMiB: 64)
         defer { f.stopAll() }
         let sb = f.sb
-        let ds = try sb.dir("wuxi/data/small")
-        try writeRandomFile(ds + "/a.bin", size: 64 * 1024)
-        #expect(try f.ferry("wuxi", ["register", "/data/small", "--dataset", "small", "--readers", "*"]).status == 0)
-        _ = try eventually(30, { try f.ferry("hlrs", ["ls", "gfs://wuxi/small"]) }) { $0.status == 0 }
         let job8 = sb.file("hlrs/data/job8")
-        let script = sb.file("job8.sh")
-        try writeFile(script, Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/small \(job8)/in\n".utf8))
-        let staged = try sb.ferry(["stage-in", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "8", "--script", script, "--uid", "0"], timeout: 150)
+        let staged = try f.stageSmall(job: "8", into: job8 + "/in")
         #expect(staged.status == 0, "\(staged)")
         let target = try FileManager.default.destinationOfSymbolicLink(atPath: job8 + "/in")
         // Another directory holds a link to the same data; the job's directory is then moved
@@ -460,6 +471,28 @@ struct FederationE2ETests {
         try FileManager.default.moveItem(atPath: job8 + ".moved", toPath: job8)
         #expect(try sb.ferry(["stage", "teardown", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "8"]).status == 0)
         #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: job8 + "/in")) == target)
+    }
+
+    @Test("a destination holding a link Ferry did not make is refused on every ask, and never replaced: the refused ask leaves no record that would make it Ferry's",
+          .enabled(if: E2E.isRoot, "mounting a tmpfs needs root"))
+    func occupiedDestination() throws {
+        let f = try FederationE2ETests.start(.sqlite, stagingMiB: 64)
+        defer { f.stopAll() }
+        let sb = f.sb
+        // Job 8 stages the dataset: its entry is ready, so job 9's first ask links at once
+        // (and records the link in the same transaction as its pin).
+        #expect(try f.stageSmall(job: "8", into: sb.file("hlrs/data/job8/in")).status == 0)
+        let job9 = try sb.dir("hlrs/data/job9")
+        try FileManager.default.createSymbolicLink(atPath: job9 + "/in", withDestinationPath: "/etc")
+        for attempt in 1...2 {
+            let refused = try f.stageSmall(job: "9", into: job9 + "/in")
+            #expect(refused.status == 1 && refused.stderr.contains("Ferry did not make"), "ask \(attempt): \(refused)")
+            #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: job9 + "/in")) == "/etc", "ask \(attempt)")
+        }
+        let status = try sb.ferry(["stage", "status", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "9", "--json"])
+        #expect(status.status == 0 && !status.stdout.contains(job9 + "/in"), "no link recorded for job 9: \(status)")
+        #expect(try sb.ferry(["stage", "teardown", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "9"]).status == 0)
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: job9 + "/in")) == "/etc")
     }
 
     @Test("a full staging cache: the stage-in fails with the reason and links nothing; with room again, asked again, it completes identical",

@@ -111,6 +111,33 @@ struct StagingTests {
         #expect(try c.entry(id: id)?.pins == ["a", "b", "c"])
     }
 
+    @Test("an ask of a ready entry records the job's link in its own transaction; the links it returns are those from before; a link not made is put back", arguments: Backend.allCases)
+    func pinRecordsLink(_ backend: Backend) throws {
+        let c = try StagingCache(db: try openDatabase(try backend.newDatabase()))
+        let path: (Int64) -> String = { "/cache/\($0)" }
+        let link: (path: String, target: (String) -> String) = ("/j/a/in", { $0 + "/data" })
+        // Staging: nothing recorded (the link is made when the entry is ready).
+        let first = try c.pin(key: "k", source: "k", schedulerJob: "a", now: 1, linkIfReady: link, path: path)
+        #expect(first.entry.state == .staging && !first.linkRecorded && first.links.isEmpty)
+        #expect(try c.links(schedulerJob: "a").isEmpty)
+        try c.finish(first.entry.id, state: .ready, bytes: 1, now: 2)
+        // Ready: recorded with the entry's target; the answer still lists the links from before.
+        let ready = try c.pin(key: "k", source: "k", schedulerJob: "a", now: 3, linkIfReady: link, path: path)
+        let target = "/cache/\(first.entry.id)/data"
+        #expect(ready.linkRecorded && ready.links.isEmpty)
+        #expect(try c.links(schedulerJob: "a").map { $0.path + " -> " + $0.target } == ["/j/a/in -> " + target])
+        // The next ask sees it among the job's links.
+        #expect(try c.pin(key: "k", source: "k", schedulerJob: "a", now: 4, linkIfReady: link, path: path).links.map(\.target) == [target])
+        // The link could not be made: the record goes (none before) or gets its old target back.
+        try c.restoreLink(schedulerJob: "a", path: "/j/a/in", before: nil)
+        #expect(try c.links(schedulerJob: "a").isEmpty)
+        try c.recordLink(schedulerJob: "b", path: "/j/b/in", target: "/elsewhere")
+        _ = try c.pin(key: "k", source: "k", schedulerJob: "b", now: 5, linkIfReady: ("/j/b/in", { $0 + "/data" }), path: path)
+        #expect(try c.links(schedulerJob: "b").map(\.target) == [target])
+        try c.restoreLink(schedulerJob: "b", path: "/j/b/in", before: "/elsewhere")
+        #expect(try c.links(schedulerJob: "b").map(\.target) == ["/elsewhere"])
+    }
+
     @Test("teardown's release: links and pins forgotten, only unpinned entries that are not ready lose their rows, ready bytes counted", arguments: Backend.allCases)
     func release(_ backend: Backend) throws {
         let c = try StagingCache(db: try openDatabase(try backend.newDatabase()))

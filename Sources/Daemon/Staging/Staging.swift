@@ -49,8 +49,8 @@ public struct StagingSettings: Sendable {
 /// The queue generation (`JobStore.generation`) a complete settle began at. Entries move from
 /// staging only when their job changes, and every job change (this daemon's, or another's
 /// through LISTEN/NOTIFY on PostgreSQL) moves the generation: an ask that finds it where the
-/// last settle left it has nothing to settle. With 1,000 hooks asking once a second for
-/// transfers still running, each ask had read every staging entry and its job.
+/// last settle left it has nothing to settle. (The settler service's round and a sweep settle
+/// the whole cache; an ask settles only its own entries, `DaemonAPI.settled`.)
 final class SettledMark: @unchecked Sendable {
     private let lock = NSLock()
     private var generation: UInt64?
@@ -150,7 +150,6 @@ extension DaemonAPI {
 
     func stageIn(_ r: StageRequest) throws -> [StageItem] {
         guard let st = staging else { throw HTTPFailure(status: 409, message: "no staging") }
-        settle(st)
         var items: [StageItem] = []
         for d in r.directives where d.direction == .stageIn {
             var item = StageItem(line: d.line, direction: d.direction.rawValue, source: d.source, destination: d.destination, optional: d.optional, state: "staging")
@@ -216,7 +215,8 @@ extension DaemonAPI {
             do { peer = try FerryURL(parsing: d.source).authority } catch let e as TransferError { throw HTTPFailure(status: 400, message: e.message) }
             guard runner.settings.peers[peer] != nil else { throw HTTPFailure(status: 400, message: "'\(peer)' is not a peer of center \(center) ([[peer]])") }
         }
-        let (entry, created, links) = try st.cache.pin(key: key, source: d.source, schedulerJob: r.job, retryFailed: r.retry ?? false, now: now()) { id in st.rootReal + "/\(id)" }
+        let (entry, created, links, recorded) = try st.cache.pin(key: key, source: d.source, schedulerJob: r.job, retryFailed: r.retry ?? false, now: now(),
+                                                                  linkIfReady: (dst.real, { $0 + "/data" })) { id in st.rootReal + "/\(id)" }
         item.entry = entry.id
         var current = entry
         if created {
@@ -231,9 +231,10 @@ extension DaemonAPI {
             current.job = id
         }
         item.job = current.job
+        if current.state == .staging, !created { current = settled(st, current) }
         switch current.state {
         case .ready:
-            try link(st, job: r.job, dst: dst, target: current.path + "/data", uid: r.uid, gid: r.gid, recorded: links)
+            try link(st, job: r.job, dst: dst, target: current.path + "/data", uid: r.uid, gid: r.gid, recorded: links, recordedNow: recorded)
             item.state = "ready"
         case .failed:
             item.state = "failed"
@@ -315,14 +316,34 @@ extension DaemonAPI {
     /// rights elsewhere. Only the system calls on DST run as the user; the cache's records
     /// stay the daemon's.
     ///
-    /// `recorded`: the job's links as read by the caller (nil: read them here).
+    /// `recorded`: the job's links as read by the caller (nil: read them here). `recordedNow`:
+    /// the caller's transaction has already recorded this link (`StagingCache.pin`); if it
+    /// cannot be made, the record is put back as `recorded` had it.
     func link(_ st: StagingSettings, job: String, dst: (real: String, job: String), target: String, uid: UInt32?, gid: UInt32?,
-              recorded: [(path: String, target: String)]? = nil) throws {
+              recorded: [(path: String, target: String)]? = nil, recordedNow: Bool = false) throws {
+        let known = try recorded ?? st.cache.links(schedulerJob: job)
+        let before = known.first(where: { $0.path == dst.real })?.target
+        do {
+            try makeLink(dst: dst, target: target, uid: uid, gid: gid, ours: before != nil)
+        } catch {
+            // A crash before this leaves a record of a link never made: a later ask of the same
+            // job may then replace a symbolic link at DST (never a file or a directory), and a
+            // teardown removes only a link that points at the recorded target.
+            if recordedNow, before != target { try? st.cache.restoreLink(schedulerJob: job, path: dst.real, before: before) }
+            throw error
+        }
+        // Recorded already with this target (a poll after the link was made, or this ask's
+        // own transaction): nothing to write.
+        if recordedNow || before == target { return }
+        try st.cache.recordLink(schedulerJob: job, path: dst.real, target: target)
+    }
+
+    /// The link itself, as the job's user (`link`). `ours`: the job has a record of a link at
+    /// DST, which may then be replaced.
+    private func makeLink(dst: (real: String, job: String), target: String, uid: UInt32?, gid: UInt32?, ours: Bool) throws {
         guard let runner, case (.confined(let root, let components), _, _) = try runner.jobEndpoint(dst.job) else {
             throw HTTPFailure(status: 400, message: "DST \(dst.real) is not a path of this center")
         }
-        let known = try recorded ?? st.cache.links(schedulerJob: job)
-        let ours = known.contains(where: { $0.path == dst.real })
         var account: LocalAccount?
         if let uid, IdentityMap.canSwitch {
             guard let pw = getpwuid(uid) else { throw HTTPFailure(status: 400, message: "no local account has uid \(uid)") }
@@ -351,9 +372,6 @@ extension DaemonAPI {
                 }
             }
         }()
-        // Recorded already with this target (a poll after the link was made): nothing to write.
-        if known.contains(where: { $0.path == dst.real && $0.target == target }) { return }
-        try st.cache.recordLink(schedulerJob: job, path: dst.real, target: target)
     }
 
     /// What the symbolic link `name` in the directory `dir` points to; nil when it is not a link.
@@ -389,6 +407,32 @@ extension DaemonAPI {
         }
         if readied { evict(st) }
         if complete { st.settled.set(generation) }
+    }
+
+    /// `entry` (staging) settled if its transfer has ended: an ask settles the entry it pins and
+    /// no other (the settler service does the rest once a second). Each ask had settled the
+    /// whole cache whenever the job queue had moved since the last settle, which at start-up
+    /// is every ask: a thousand hooks' first asks, while their transfers ran, each read every
+    /// staging entry and its job and raced the others to finish the same rows (their answers
+    /// took 1-2.5 s for the first ten seconds, `bench/stall.sh` on PostgreSQL).
+    func settled(_ st: StagingSettings, _ entry: StagingCache.Entry) -> StagingCache.Entry {
+        guard let id = entry.job, let job = try? store.get(id) else { return entry }
+        var e = entry
+        do {
+            if job.state.satisfiesDependents {
+                e.bytes = DaemonAPI.bytes(under: e.path)
+                try st.cache.finish(e.id, state: .ready, bytes: e.bytes, now: now())
+                e.state = .ready
+                evict(st)
+            } else if job.state == .failed || job.state == .upstreamFailed {
+                e.error = job.error ?? "the transfer failed"
+                try st.cache.finish(e.id, state: .failed, error: e.error, now: now())
+                e.state = .failed
+            }
+        } catch {
+            return entry  // settled by the next ask, or by the settler
+        }
+        return e
     }
 
     func evict(_ st: StagingSettings) {

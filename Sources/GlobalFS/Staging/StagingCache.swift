@@ -147,9 +147,18 @@ public final class StagingCache: @unchecked Sendable {
     /// the pin, the pins and the links sent together and answered with the COMMIT (their rows
     /// are read after it). Every hook asks once a second: with a wait per statement an ask was
     /// six round trips, and 1,000 hooks queued behind each other (`bench/stall.sh`).
+    ///
+    /// `linkIfReady`: a link the caller will make when the entry is ready (its path, and its
+    /// target from the entry's directory). It is recorded in the same transaction, so a hook's
+    /// ask of a ready entry is one transaction, not two (the record was a transaction of its
+    /// own, two more round trips per job on PostgreSQL). `links` are read before that record is
+    /// written: they say what the job had recorded before this ask (whether a link at that path
+    /// is Ferry's), and `linkRecorded` whether this ask recorded one. The caller undoes the
+    /// record with `restoreLink` when it then fails to make the link.
     public func pin(key: String, source: String, schedulerJob: String, retryFailed: Bool = true, now: Int64,
-                    path: (Int64) -> String) throws -> (entry: Entry, created: Bool, links: [(path: String, target: String)]) {
-        let (entry, created, pinsLater, linksLater) = try db.write { s in
+                    linkIfReady: (path: String, target: (String) -> String)? = nil,
+                    path: (Int64) -> String) throws -> (entry: Entry, created: Bool, links: [(path: String, target: String)], linkRecorded: Bool) {
+        let (entry, created, pinsLater, linksLater, linkRecorded) = try db.write { s in
             var created = false
             var row: SQLRow
             if let r = try s.one("SELECT * FROM stage_entries WHERE key = ?", key) {
@@ -185,12 +194,18 @@ public final class StagingCache: @unchecked Sendable {
                 try s.send("UPDATE stage_entries SET path = ? WHERE id = ?", entry.path, id)
             }
             try s.send("INSERT INTO stage_pins (entry, sjob, created) VALUES (?, ?, ?) ON CONFLICT (entry, sjob) DO NOTHING", id, schedulerJob, now)
-            return (entry, created, try s.queryLater("SELECT sjob FROM stage_pins WHERE entry = ? ORDER BY sjob", id),
-                    try s.queryLater("SELECT path, target FROM stage_links WHERE sjob = ? ORDER BY path", schedulerJob))
+            let pins = try s.queryLater("SELECT sjob FROM stage_pins WHERE entry = ? ORDER BY sjob", id)
+            let links = try s.queryLater("SELECT path, target FROM stage_links WHERE sjob = ? ORDER BY path", schedulerJob)
+            var recorded = false
+            if entry.state == .ready, let l = linkIfReady {
+                try s.send(StagingCache.recordLinkSQL, schedulerJob, l.path, l.target(entry.path))
+                recorded = true
+            }
+            return (entry, created, pins, links, recorded)
         }
         var pinned = entry
         pinned.pins = try pinsLater().map { $0.text("sjob") }
-        return (pinned, created, try linksLater().map { ($0.text("path"), $0.text("target")) })
+        return (pinned, created, try linksLater().map { ($0.text("path"), $0.text("target")) }, linkRecorded)
     }
 
     /// What `stage status` shows of `schedulerJob`, in one read: the entries it pins (each with
@@ -281,10 +296,23 @@ public final class StagingCache: @unchecked Sendable {
 
     // MARK: links and stage-out
 
+    static let recordLinkSQL = "INSERT INTO stage_links (sjob, path, target) VALUES (?, ?, ?) ON CONFLICT (sjob, path) DO UPDATE SET target = excluded.target"
+
     public func recordLink(schedulerJob: String, path: String, target: String) throws {
+        try db.write { s in try s.send(StagingCache.recordLinkSQL, schedulerJob, path, target) }
+    }
+
+    /// Puts `schedulerJob`'s record of the link at `path` back as it was before a `pin` recorded
+    /// one there (`before`: its target then, nil when there was none): the link could not be
+    /// made, and a record of a link that is not there would later let the job replace whatever
+    /// sits at that path as if Ferry had made it.
+    public func restoreLink(schedulerJob: String, path: String, before: String?) throws {
         try db.write { s in
-            _ = try s.execute("INSERT INTO stage_links (sjob, path, target) VALUES (?, ?, ?) ON CONFLICT (sjob, path) DO UPDATE SET target = excluded.target",
-                              schedulerJob, path, target)
+            if let before {
+                try s.send(StagingCache.recordLinkSQL, schedulerJob, path, before)
+            } else {
+                try s.send("DELETE FROM stage_links WHERE sjob = ? AND path = ?", schedulerJob, path)
+            }
         }
     }
 
