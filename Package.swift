@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // System-library shims: each a tiny C target that includes the Debian header and
@@ -65,7 +66,13 @@ let package = Package(
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            resources: [
+                // The web console's files, in the binary (Sources/Daemon/HTTP/Console.swift).
+                .embedInCode("Console/index.html"), .embedInCode("Console/console.js"), .embedInCode("Console/console.css"),
+                .embedInCode("Console/i18n/en.json"), .embedInCode("Console/i18n/zh-CN.json"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),

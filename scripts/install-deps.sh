@@ -3,6 +3,9 @@
 # Swift 6 itself is expected on PATH (/opt/swift on these machines).
 set -euo pipefail
 packages=(liburing-dev libssl-dev libzstd-dev libxxhash-dev pkg-config time util-linux iproute2 python3 python3-venv libsqlite3-dev postgresql munge slurmctld slurmd slurm-client slurm-wlm-basic-plugins)
+# With --tests (scripts/test.sh): Chromium and its WebDriver, for the web console's browser test, and a
+# font with Chinese glyphs for its screenshots of the Chinese pages (the console ships no font).
+[ "${1:-}" = "--tests" ] && packages+=(chromium chromium-driver fonts-wqy-zenhei)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,9 +16,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v swift >/dev/null || { echo "swift not found: install a Swift 6 toolchain (e.g. /opt/swift/usr/bin on PATH)" >&2; exit 1; }
-# With --tests (scripts/test.sh): schemathesis (PyPI) for the API contract test, in a virtual
-# environment of its own (Debian's Python is externally managed).
-if [ "${1:-}" = "--tests" ] && [ ! -x /opt/ferry-test-venv/bin/st ]; then
-  python3 -m venv /opt/ferry-test-venv
-  /opt/ferry-test-venv/bin/pip install --quiet --disable-pip-version-check "schemathesis>=4,<5"
+# With --tests (scripts/test.sh): schemathesis (PyPI) for the API contract test and selenium for
+# the web console's browser test, in a virtual environment of their own (Debian's Python is
+# externally managed).
+if [ "${1:-}" = "--tests" ] && { [ ! -x /opt/ferry-test-venv/bin/st ] || ! /opt/ferry-test-venv/bin/python -c "import selenium" 2>/dev/null; }; then
+  [ -x /opt/ferry-test-venv/bin/python ] || python3 -m venv /opt/ferry-test-venv
+  /opt/ferry-test-venv/bin/pip install --quiet --disable-pip-version-check "schemathesis>=4,<5" "selenium>=4.10,<5"
 fi

@@ -37,6 +37,10 @@ public struct DaemonAPI: Sendable {
     /// every change it makes (jobs submitted, cancelled, retried; registrations, replications,
     /// staging), one JSON line each in the engine's format. nil: none.
     public var audit: AuditLog?
+    /// The web console's sessions (Console.swift).
+    public let sessions = ConsoleSessions()
+    /// Whether the console's cookie says `Secure` (the API speaks HTTPS).
+    public var secureCookies = false
 
     public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil, transfer: [String] = [],
                 centers: CenterVerifier? = nil, replicaRoot: String? = nil, staging: StagingSettings? = nil) {
@@ -164,6 +168,7 @@ public struct DaemonAPI: Sendable {
         addCatalogRoutes(router)
         addFederationRoutes(router)
         addStagingRoutes(router)
+        addConsoleRoutes(router)
         return router
     }
 
@@ -248,12 +253,20 @@ public struct DaemonAPI: Sendable {
                 whoCenter = name
                 return try await body(User(user: "center:" + name, scopes: [], center: name))
             }
-            guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else {
+            // A bearer token, or the web console's session cookie standing for one (with the
+            // session's CSRF token on a POST; Console.swift).
+            let bearer: String
+            if let auth = request.headers[.authorization] {
+                guard auth.hasPrefix("Bearer ") else { throw HTTPFailure(status: 401, message: "send Authorization: Bearer <your ferry token>") }
+                bearer = String(auth.dropFirst(7))
+            } else if let token = try consoleToken(request) {
+                bearer = token
+            } else {
                 throw HTTPFailure(status: 401, message: "send Authorization: Bearer <your ferry token>")
             }
             // `check`: the user of a genuine but refused token (expired, revoked) is known; the
             // audit names it `refused:NAME`, as the transfer server does.
-            let (checked, refusal) = verifier.check(String(auth.dropFirst(7)))
+            let (checked, refusal) = verifier.check(bearer)
             if let refusal {
                 who = checked.map { "refused:" + $0.user } ?? ""
                 throw HTTPFailure(status: 401, message: refusal.message)

@@ -1,0 +1,420 @@
+// Ferry's web console: a thin page over the daemon's JSON API (/api/v1, the same calls as the
+// CLI). Every element is built with textContent, never from HTML text: names from the catalog
+// are data. The session is a cookie the script cannot read (HttpOnly); the CSRF token for POSTs
+// comes from GET /ui/session. See Sources/Daemon/HTTP/Console.swift.
+"use strict";
+
+const STATES = ["no_status", "scheduled", "queued", "running", "success", "failed", "up_for_retry",
+  "up_for_reschedule", "upstream_failed", "skipped", "deferred"];
+const PAGE = 100;
+
+const app = { lang: "en", words: {}, session: null, view: "overview", jobsAfter: [], entries: null, timer: null };
+
+function $(id) { return document.getElementById(id); }
+
+function t(key, vars) {
+  let s = app.words[key];
+  if (s === undefined) s = key;
+  for (const [k, v] of Object.entries(vars || {})) s = s.split("{" + k + "}").join(String(v));
+  return s;
+}
+
+function el(tag, text, attrs) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  return e;
+}
+
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const c of cells) {
+    if (c instanceof Node) { const td = document.createElement("td"); td.appendChild(c); tr.appendChild(td); }
+    else if (c && typeof c === "object") tr.appendChild(el("td", c.text, c.attrs));
+    else tr.appendChild(el("td", c));
+  }
+  return tr;
+}
+
+function fill(tableId, rows) {
+  const body = $(tableId).tBodies[0];
+  body.replaceChildren(...rows);
+}
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let v = Number(n) || 0, i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return (i === 0 ? v.toFixed(0) : v.toFixed(1)) + " " + units[i];
+}
+
+function when(unix) {
+  if (!unix) return "–";
+  return new Date(unix * 1000).toLocaleString(app.lang);
+}
+
+function stateName(s) { return t("state." + s); }
+
+function say(text) { $("status").textContent = text || ""; }
+function fail(text) { $("error").textContent = text || ""; }
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (method !== "GET") {
+    headers["Content-Type"] = "application/json";
+    if (app.session) headers["X-Ferry-CSRF"] = app.session.csrf;
+  }
+  const r = await fetch(path, { method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  if (r.status !== 204) { try { data = await r.json(); } catch (e) { data = null; } }
+  if (r.status === 401 && path !== "/ui/session") { app.session = null; show("signin"); }
+  if (!r.ok) {
+    const why = data && (data.detail || data.error) ? (data.detail || data.error) : "HTTP " + r.status;
+    const err = new Error(why);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+// MARK: language
+
+async function setLanguage(lang) {
+  const r = await fetch("/ui/i18n/" + lang + ".json", { credentials: "same-origin" });
+  app.words = await r.json();
+  app.lang = lang;
+  document.documentElement.lang = lang;
+  $("lang").value = lang;
+  try { localStorage.setItem("ferry.lang", lang); } catch (e) { /* private mode */ }
+  for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
+  document.title = t("title");
+  fillStateFilter();
+  if (app.session) { renderWho(); refresh(); }
+}
+
+function chosenLanguage() {
+  try { const saved = localStorage.getItem("ferry.lang"); if (saved === "en" || saved === "zh-CN") return saved; } catch (e) { /* none */ }
+  for (const l of navigator.languages || [navigator.language || "en"]) {
+    if (l.toLowerCase().startsWith("zh")) return "zh-CN";
+    if (l.toLowerCase().startsWith("en")) return "en";
+  }
+  return "en";
+}
+
+// MARK: session
+
+function renderWho() {
+  const s = app.session;
+  $("whoami").textContent = s ? t("signedin", { user: s.user }) + (s.operator ? " (" + t("operator") + ")" : "") : "";
+  $("center").textContent = s ? t("center", { center: s.center }) : "";
+}
+
+async function signIn(ev) {
+  ev.preventDefault();
+  fail("");
+  let token = $("token").value.trim();
+  const file = $("token-file").files[0];
+  if (!token && file) token = (await file.text()).trim();
+  if (!token) { fail(t("signin.empty")); return; }
+  try {
+    app.session = await api("POST", "/ui/session", { token });
+    $("token").value = "";
+    $("token-file").value = "";
+    started();
+  } catch (e) {
+    fail(t("signin.refused", { why: e.message }));
+  }
+}
+
+async function signOut() {
+  try { await api("POST", "/ui/session/end"); } catch (e) { /* ended anyway */ }
+  app.session = null;
+  renderWho();
+  show("signin");
+}
+
+function started() {
+  renderWho();
+  $("nav").hidden = false;
+  $("signout").hidden = false;
+  show(location.hash.replace("#", "") || "overview");
+}
+
+// MARK: views
+
+function show(view) {
+  if (!app.session) view = "signin";
+  if (!["signin", "overview", "files", "jobs"].includes(view)) view = "overview";
+  app.view = view;
+  for (const v of ["signin", "overview", "files", "jobs"]) $("view-" + v).hidden = v !== view;
+  for (const b of document.querySelectorAll("#nav button")) {
+    if (b.dataset.view === view) b.setAttribute("aria-current", "page"); else b.removeAttribute("aria-current");
+  }
+  if (view === "signin") { $("nav").hidden = true; $("signout").hidden = true; }
+  else if (location.hash !== "#" + view) history.replaceState(null, "", "#" + view);
+  clearInterval(app.timer);
+  app.timer = null;
+  follow([]);
+  fail("");
+  if (view === "jobs") { app.jobsAfter = []; app.timer = setInterval(() => loadJobs(true).catch(() => {}), 5000); }
+  refresh();
+}
+
+function refresh() {
+  if (app.view === "overview") loadOverview().catch(e => fail(e.message));
+  if (app.view === "files") (app.entries ? loadEntries(app.entries.path, app.entries.after) : loadDatasets()).catch(e => fail(e.message));
+  if (app.view === "jobs") loadJobs(false).catch(e => fail(e.message));
+}
+
+// Overview: jobs by state (a bar chart drawn here, each bar labelled with its state and
+// count, so colour says nothing the text does not), peers, centers.
+async function loadOverview() {
+  const [health, centers] = await Promise.all([api("GET", "/api/v1/health"), api("GET", "/api/v1/catalog/centers")]);
+  const counts = health.jobs || {};
+  fill("overview-states", STATES.map(s => row([stateName(s), { text: counts[s] || 0, attrs: { class: "num" } }])));
+  drawBars($("overview-chart"), STATES.map(s => [stateName(s), counts[s] || 0]));
+  const peers = Object.entries(health.peers || {}).sort();
+  fill("overview-peers", peers.map(([name, p]) => row([name, bytes(p.rate_bytes_per_second) + "/s", { text: p.streams, attrs: { class: "num" } },
+    { text: p.active, attrs: { class: "num" } }, { text: p.errors, attrs: { class: "num" } }])));
+  fill("overview-centers", (centers.centers || []).map(c => row([c.name, c.name === centers.center ? t("here") : (c.reachable ? t("yes") : t("no")), when(c.last_sync)])));
+}
+
+function drawBars(box, pairs) {
+  const ns = "http://www.w3.org/2000/svg";
+  const max = Math.max(1, ...pairs.map(p => p[1]));
+  const h = 18, w = 520, label = 170;
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 " + w + " " + (pairs.length * h + 4));
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", t("overview.jobs"));
+  pairs.forEach(([name, n], i) => {
+    const text = document.createElementNS(ns, "text");
+    text.setAttribute("x", 0); text.setAttribute("y", i * h + 13);
+    text.textContent = name;
+    const bar = document.createElementNS(ns, "rect");
+    bar.setAttribute("x", label); bar.setAttribute("y", i * h + 3);
+    bar.setAttribute("height", h - 6); bar.setAttribute("width", Math.max(n ? 2 : 0, (w - label - 60) * n / max));
+    const count = document.createElementNS(ns, "text");
+    count.setAttribute("x", label + (w - label - 60) * n / max + 6); count.setAttribute("y", i * h + 13);
+    count.textContent = String(n);
+    svg.append(text, bar, count);
+  });
+  box.replaceChildren(svg);
+}
+
+// Global Files: datasets, then a directory a page at a time (keyset paging: `next_after`).
+async function loadDatasets() {
+  app.entries = null;
+  $("entries").hidden = true;
+  $("entries-more").hidden = true;
+  $("details").hidden = true;
+  $("find").hidden = true;
+  $("datasets").hidden = false;
+  crumbs(null);
+  const list = await api("GET", "/api/v1/catalog/datasets");
+  fill("datasets", (list.datasets || []).map(v => {
+    const d = v;  // a dataset's fields and `stale`, side by side
+    const name = d.version ? d.name + "@" + d.version : d.name;
+    const open = el("button", name, { type: "button" });
+    open.addEventListener("click", () => loadEntries("gfs://" + d.center + "/" + name, null).catch(e => fail(e.message)));
+    return row([open, d.center + (v.stale ? " (" + t("stale") + ")" : ""), d.owner, { text: d.file_count, attrs: { class: "num" } },
+      { text: bytes(d.bytes), attrs: { class: "num" } }, when(d.updated)]);
+  }));
+}
+
+function crumbs(path) {
+  const nav = $("files-crumbs");
+  const top = el("button", t("files.datasets"), { type: "button" });
+  top.addEventListener("click", () => loadDatasets().catch(e => fail(e.message)));
+  const parts = [top];
+  if (path) {
+    const rest = path.slice("gfs://".length).split("/");
+    let acc = "gfs:/";
+    rest.forEach((p, i) => {
+      acc += "/" + p;
+      const target = acc;
+      const b = el("button", p, { type: "button" });
+      if (i === rest.length - 1) b.setAttribute("aria-current", "location");
+      if (i >= 1) b.addEventListener("click", () => loadEntries(target, null).catch(e => fail(e.message)));
+      else b.disabled = true;
+      parts.push(b);
+    });
+  }
+  nav.replaceChildren(...parts);
+}
+
+async function loadEntries(path, after) {
+  const q = "path=" + encodeURIComponent(path) + "&limit=" + PAGE + (after ? "&after=" + encodeURIComponent(after) : "");
+  const page = await api("GET", "/api/v1/catalog/ls?" + q);
+  app.entries = { path, after, next: page.more ? page.next_after : null };
+  $("datasets").hidden = true;
+  $("details").hidden = true;
+  $("entries").hidden = false;
+  $("find").hidden = false;
+  crumbs(path);
+  $("entries-caption").textContent = path + (page.stale ? " (" + t("stale") + ")" : "");
+  fill("entries", (page.entries || []).map(e => {
+    const full = path + "/" + e.name;
+    const name = el("button", e.name, { type: "button", class: "entry" });
+    if (e.kind === "d") name.addEventListener("click", () => loadEntries(full, null).catch(x => fail(x.message)));
+    else name.addEventListener("click", () => loadDetails(full).catch(x => fail(x.message)));
+    return row([name, t("kind." + e.kind), { text: e.kind === "d" ? "" : bytes(e.size), attrs: { class: "num" } }, when(Math.floor(e.mtime_ns / 1e9))]);
+  }));
+  $("entries-more").hidden = !page.more;
+  say(t("files.page", { n: (page.entries || []).length }) + (page.more ? " " + t("files.more") : ""));
+}
+
+async function findEntries(ev) {
+  ev.preventDefault();
+  if (!app.entries) return;
+  const name = $("find-name").value.trim();
+  if (!name) return;
+  const page = await api("GET", "/api/v1/catalog/find?path=" + encodeURIComponent(app.entries.path) + "&name=" + encodeURIComponent(name) + "&limit=" + PAGE);
+  const base = app.entries.path.split("/").slice(0, 4).join("/");
+  fill("entries", (page.entries || []).map(e => {
+    const full = base + "/" + (e.dir ? e.dir + "/" : "") + e.name;
+    const b = el("button", (e.dir ? e.dir + "/" : "") + e.name, { type: "button", class: "entry" });
+    b.addEventListener("click", () => (e.kind === "d" ? loadEntries(full, null) : loadDetails(full)).catch(x => fail(x.message)));
+    return row([b, t("kind." + e.kind), { text: e.kind === "d" ? "" : bytes(e.size), attrs: { class: "num" } }, when(Math.floor(e.mtime_ns / 1e9))]);
+  }));
+  $("entries-more").hidden = true;
+  say(t("find.found", { n: (page.entries || []).length }) + (page.more ? " " + t("files.more") : ""));
+}
+
+async function loadDetails(path) {
+  const s = await api("GET", "/api/v1/catalog/stat?path=" + encodeURIComponent(path));
+  $("details").hidden = false;
+  $("details-title").textContent = path;
+  const fields = [[t("col.kind"), t("kind." + s.entry.kind)], [t("col.size"), bytes(s.entry.size)], [t("col.modified"), when(Math.floor(s.entry.mtime_ns / 1e9))],
+    [t("col.owner"), s.dataset.owner], [t("col.digest"), s.entry.digest || "–"]];
+  $("details-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
+  fill("replicas", (s.replicas || []).map(r => row([r.center, r.state, { text: r.rank, attrs: { class: "num" } }, r.reason || ""])));
+  const rep = $("replicate");
+  rep.onclick = async () => {
+    try {
+      const dataset = path.split("/").slice(0, 4).join("/");
+      const a = await api("POST", "/api/v1/catalog/replicate", { path: dataset });
+      say(t("details.replicating", { state: a.state, job: a.job || "–" }));
+    } catch (e) { fail(e.message); }
+  };
+  $("details").scrollIntoView();
+}
+
+// Jobs: the user's own (an operator's: all), by id, a page at a time; the page is read again
+// every five seconds while shown (new jobs, states), and running jobs' progress is pushed.
+function fillStateFilter() {
+  const sel = $("jobs-state");
+  const keep = sel.value;
+  const all = el("option", t("jobs.all"), { value: "" });
+  sel.replaceChildren(all, ...STATES.map(s => el("option", stateName(s), { value: s })));
+  sel.value = keep;
+}
+
+async function loadJobs(quiet) {
+  const state = $("jobs-state").value;
+  const after = app.jobsAfter.length ? app.jobsAfter[app.jobsAfter.length - 1] : 0;
+  const page = await api("GET", "/api/v1/transfers?limit=" + PAGE + (state ? "&state=" + state : "") + (after ? "&after=" + after : ""));
+  fill("jobs", (page.transfers || []).map(listed => {
+    // A running job's progress is what its stream last said (the list carries none).
+    const live = streamed.get(listed.id);
+    const j = live && live.state === listed.state ? Object.assign({}, listed, { progress: live.progress }) : listed;
+    const actions = document.createElement("span");
+    if (["no_status", "scheduled", "queued", "running", "up_for_retry", "up_for_reschedule", "deferred"].includes(j.state)) {
+      const b = el("button", t("jobs.cancel"), { type: "button", "aria-label": t("jobs.cancel") + " #" + j.id });
+      b.addEventListener("click", () => act(j.id, "cancel"));
+      actions.appendChild(b);
+    }
+    if (j.state === "failed" || j.state === "upstream_failed") {
+      const b = el("button", t("jobs.retry"), { type: "button", "aria-label": t("jobs.retry") + " #" + j.id });
+      b.addEventListener("click", () => act(j.id, "retry"));
+      actions.appendChild(b);
+    }
+    const tr = row([{ text: j.id, attrs: { class: "num" } }, { text: jobState(j), attrs: { class: "state" } },
+      { text: j.source, attrs: { class: "path" } }, { text: j.destination, attrs: { class: "path" } }, { text: progressText(j), attrs: { class: "progress" } },
+      (j.error_code ? "[" + j.error_code + "] " : "") + (j.error || ""), actions]);
+    tr.id = "job-" + j.id;
+    tr.dataset.state = j.state;
+    return tr;
+  }));
+  follow((page.transfers || []).filter(j => j.state === "running").map(j => j.id));
+  $("jobs-more").hidden = !page.more;
+  $("jobs-more").onclick = () => { app.jobsAfter.push(page.next_after); loadJobs(false).catch(e => fail(e.message)); };
+  if (!quiet) say(t("jobs.shown", { n: (page.transfers || []).length }) + (page.more ? " " + t("files.more") : ""));
+}
+
+function jobState(j) { return stateName(j.state) + (j.cancelled ? " (" + t("jobs.cancelled") + ")" : ""); }
+
+// Bytes, rate and time left of a running job (its live progress), or what it moved.
+function progressText(j) {
+  const p = j.progress;
+  if (!p) return j.bytes ? bytes(j.bytes) : "";
+  const rate = p.seconds > 0 ? p.bytes_done / p.seconds : 0;
+  let s = bytes(p.bytes_done) + " / " + bytes(p.bytes_total) + " · " + t("jobs.files", { done: p.files_done, total: p.files_total });
+  if (rate > 0) {
+    s += " · " + bytes(rate) + "/s";
+    const left = (p.bytes_total - p.bytes_done) / rate;
+    if (left >= 0 && isFinite(left)) s += " · " + t("jobs.eta", { s: Math.ceil(left) });
+  }
+  return s;
+}
+
+// Running jobs' progress, pushed by the daemon (server-sent events, its change feed): one
+// stream per running job shown, at most ten; closed when the job ends or leaves the page.
+const streams = new Map();
+const streamed = new Map();
+function follow(ids) {
+  const keep = new Set(ids);
+  for (const [id, es] of streams) if (!keep.has(id)) { es.close(); streams.delete(id); }
+  for (const id of streamed.keys()) if (!keep.has(id)) streamed.delete(id);
+  for (const id of ids) {
+    if (streams.has(id) || streams.size >= 10) continue;
+    const es = new EventSource("/api/v1/transfers/" + id + "/events");
+    const update = ev => {
+      let j;
+      try { j = JSON.parse(ev.data); } catch (e) { return; }
+      streamed.set(j.id, j);
+      const tr = $("job-" + j.id);
+      if (tr) {
+        tr.dataset.state = j.state;
+        tr.querySelector("td.state").textContent = jobState(j);
+        tr.querySelector("td.progress").textContent = progressText(j);
+      }
+      if (ev.type === "end") { es.close(); streams.delete(id); }
+    };
+    es.addEventListener("progress", update);
+    es.addEventListener("end", update);
+    es.onerror = () => { es.close(); streams.delete(id); };
+    streams.set(id, es);
+  }
+}
+
+async function act(id, what) {
+  try {
+    await api("POST", "/api/v1/transfers/" + id + "/" + what);
+    say(t("jobs.done." + what, { id }));
+    await loadJobs(true);
+  } catch (e) { fail(e.message); }
+}
+
+// MARK: start
+
+window.addEventListener("DOMContentLoaded", async () => {
+  $("signin").addEventListener("submit", signIn);
+  $("signout").addEventListener("click", signOut);
+  $("lang").addEventListener("change", () => setLanguage($("lang").value));
+  $("find").addEventListener("submit", ev => findEntries(ev).catch(e => fail(e.message)));
+  $("entries-more").addEventListener("click", () => {
+    if (app.entries && app.entries.next) loadEntries(app.entries.path, app.entries.next).catch(e => fail(e.message));
+  });
+  $("jobs-state").addEventListener("change", () => { app.jobsAfter = []; loadJobs(false).catch(e => fail(e.message)); });
+  $("jobs-refresh").addEventListener("click", () => { app.jobsAfter = []; loadJobs(false).catch(e => fail(e.message)); });
+  for (const b of document.querySelectorAll("#nav button")) b.addEventListener("click", () => show(b.dataset.view));
+  await setLanguage(chosenLanguage());
+  try {
+    app.session = await api("GET", "/ui/session");
+    started();
+  } catch (e) {
+    show("signin");
+  }
+  document.body.dataset.ready = "1";
+});

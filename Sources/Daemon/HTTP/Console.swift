@@ -1,0 +1,189 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Transfer
+
+/// The web console (issue 15): a static page served by the daemon on the API's own port, with
+/// the same HTTPS, calling the same JSON API as the CLI. Decided so (not server-side templates):
+/// the API already holds every rule (rights, paging, job states, validation), and a page that
+/// only calls it cannot grow a second implementation of any of them; the page, its script, its
+/// style and its two catalogues (English, Simplified Chinese) are files of this target
+/// (`Console/`), embedded in the binary at build time, so the console needs nothing from the
+/// internet. The page builds every element with `textContent` (never HTML from data), and
+/// the Content-Security-Policy allows scripts and styles from the daemon only, none inline: a
+/// file named `<img src=x onerror=...>` is text, and an injected script would not run.
+///
+/// Signing in: the user pastes their token (the one `ferry token issue` made) once; the daemon
+/// checks it and keeps it in a session (`ConsoleSessions`), and the browser gets only the
+/// session's id, in an `HttpOnly; SameSite=Strict` cookie (`Secure` when the API speaks HTTPS:
+/// a plain-HTTP API listens on loopback only). The API accepts that cookie instead of a bearer
+/// token; a state-changing request (POST) must also carry the session's CSRF token in
+/// `X-Ferry-CSRF`, which the page reads from `GET /ui/session` (same origin only: another
+/// site can make the browser send a request, not read its answer). Every request through a
+/// session checks the token again (expiry, revocation), so the console sees exactly what the
+/// token may see. Sessions live in the daemon's memory: a restart signs everyone out.
+public final class ConsoleSessions: @unchecked Sendable {
+    struct Session {
+        let token: String
+        let user: String
+        let csrf: String
+        let expires: Int64
+        let isOperator: Bool
+    }
+
+    /// At most this many sessions at once (expired ones are dropped first); a sign-in beyond
+    /// it is refused (503), it never evicts a live session.
+    static let maxSessions = 10_000
+    /// A session ends after this long, or when its token expires, whichever comes first.
+    static let maxSeconds: Int64 = 12 * 3600
+    static let cookie = "ferry_session"
+    static let csrfHeader = "X-Ferry-CSRF"
+
+    private let lock = NSLock()
+    private var sessions: [String: Session] = [:]
+
+    public init() {}
+
+    /// 32 random bytes, base64url without padding (the system's generator: getrandom).
+    static func secret() -> String {
+        var g = SystemRandomNumberGenerator()
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &g) }
+        return Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    func create(token: String, _ t: UserToken, isOperator: Bool, now: Int64) -> (id: String, session: Session)? {
+        let s = Session(token: token, user: t.user, csrf: ConsoleSessions.secret(), expires: min(t.expiresAt, now + ConsoleSessions.maxSeconds), isOperator: isOperator)
+        let id = ConsoleSessions.secret()
+        return lock.withLock {
+            if sessions.count >= ConsoleSessions.maxSessions { sessions = sessions.filter { $0.value.expires > now } }
+            guard sessions.count < ConsoleSessions.maxSessions else { return nil }
+            sessions[id] = s
+            return (id, s)
+        }
+    }
+
+    func get(_ id: String, now: Int64) -> Session? {
+        lock.withLock {
+            guard let s = sessions[id] else { return nil }
+            if s.expires <= now { sessions[id] = nil; return nil }
+            return s
+        }
+    }
+
+    func end(_ id: String) { lock.withLock { sessions[id] = nil } }
+
+    var count: Int { lock.withLock { sessions.count } }
+}
+
+/// `GET /ui/session` and a sign-in's answer: who is signed in, until when, and the CSRF token
+/// the page sends with every POST.
+struct ConsoleSessionAnswer: Encodable {
+    var user: String
+    var `operator`: Bool
+    var expires: Int64
+    var csrf: String
+    var center: String
+}
+
+/// The console's files, embedded at build time (Package.swift: `.embedInCode`).
+enum ConsoleAssets {
+    struct Asset { let bytes: [UInt8]; let type: String }
+    static let files: [String: Asset] = [
+        "/": Asset(bytes: PackageResources.index_html, type: "text/html; charset=utf-8"),
+        "/ui/console.js": Asset(bytes: PackageResources.console_js, type: "text/javascript; charset=utf-8"),
+        "/ui/console.css": Asset(bytes: PackageResources.console_css, type: "text/css; charset=utf-8"),
+        "/ui/i18n/en.json": Asset(bytes: PackageResources.en_json, type: "application/json"),
+        "/ui/i18n/zh-CN.json": Asset(bytes: PackageResources.zh_CN_json, type: "application/json"),
+    ]
+
+    /// Scripts, styles, images and connections from this daemon only; nothing inline, no
+    /// frames (clickjacking), no forms posted elsewhere.
+    static let policy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        + "font-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+}
+
+extension DaemonAPI {
+    func addConsoleRoutes(_ router: Router<BasicRequestContext>) {
+        for (path, asset) in ConsoleAssets.files {
+            router.get(RouterPath(path)) { _, _ in
+                var headers = DaemonAPI.consoleHeaders
+                headers[.contentType] = asset.type
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: asset.bytes)))
+            }
+        }
+        router.get("/ui") { _, _ in Response(status: .seeOther, headers: [.location: "/"]) }
+        router.get("/ui/session") { request, _ in
+            guard let (_, s) = consoleSession(request) else { return consoleAnswer(problem(401, "not signed in")) }
+            return consoleAnswer(try codable(200, ConsoleSessionAnswer(user: s.user, operator: s.isOperator, expires: s.expires, csrf: s.csrf, center: center)))
+        }
+        router.post("/ui/session") { request, _ in
+            let body = try await request.body.collect(upTo: 16 << 10)
+            guard let form = try? JSONDecoder().decode([String: String].self, from: Data(buffer: body)), let text = form["token"] else {
+                return consoleAnswer(problem(400, "send {\"token\": \"ferry1....\"}"))
+            }
+            let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            let (checked, refusal) = verifier.check(token)
+            guard let t = checked, refusal == nil else {
+                auditLine(User(user: checked.map { "refused:" + $0.user } ?? "", scopes: []), action: "console.sign-in", path: "", result: "refused: " + (refusal?.message ?? "token refused"))
+                return consoleAnswer(problem(401, refusal?.message ?? "token refused"))
+            }
+            let user = User(user: t.user, scopes: t.scopes)
+            guard let (id, s) = sessions.create(token: token, t, isOperator: user.isOperator, now: now()) else {
+                return consoleAnswer(problem(503, "too many console sessions; try again later"))
+            }
+            auditLine(user, action: "console.sign-in", path: "", result: "ok")
+            var response = consoleAnswer(try codable(200, ConsoleSessionAnswer(user: s.user, operator: s.isOperator, expires: s.expires, csrf: s.csrf, center: center)))
+            response.headers[values: .setCookie].append(sessionCookie(id, maxAge: max(0, s.expires - now())))
+            return response
+        }
+        router.post("/ui/session/end") { request, _ in
+            guard let (id, s) = consoleSession(request) else { return consoleAnswer(problem(401, "not signed in")) }
+            guard request.headers[HTTPField.Name(ConsoleSessions.csrfHeader)!] == s.csrf else {
+                return consoleAnswer(problem(403, "missing or wrong \(ConsoleSessions.csrfHeader) header"))
+            }
+            sessions.end(id)
+            auditLine(User(user: s.user, scopes: []), action: "console.sign-out", path: "", result: "ok")
+            var response = Response(status: .noContent, headers: DaemonAPI.consoleHeaders)
+            response.headers[values: .setCookie].append(sessionCookie("", maxAge: 0))
+            return response
+        }
+    }
+
+    static let consoleHeaders: HTTPFields = [
+        .contentSecurityPolicy: ConsoleAssets.policy,
+        HTTPField.Name("X-Content-Type-Options")!: "nosniff",
+        HTTPField.Name("Referrer-Policy")!: "no-referrer",
+        HTTPField.Name("X-Frame-Options")!: "DENY",
+        .cacheControl: "no-store",
+    ]
+
+    func consoleAnswer(_ r: Response) -> Response {
+        var r = r
+        for f in DaemonAPI.consoleHeaders where r.headers[f.name] == nil { r.headers.append(f) }
+        return r
+    }
+
+    func sessionCookie(_ id: String, maxAge: Int64) -> String {
+        "\(ConsoleSessions.cookie)=\(id); Path=/; Max-Age=\(maxAge); HttpOnly; SameSite=Strict" + (secureCookies ? "; Secure" : "")
+    }
+
+    /// The request's console session (its cookie), if it has a live one.
+    func consoleSession(_ request: Request) -> (id: String, session: ConsoleSessions.Session)? {
+        guard let id = request.cookies[ConsoleSessions.cookie]?.value, !id.isEmpty, id.count <= 64,
+              let s = sessions.get(id, now: now()) else { return nil }
+        return (id, s)
+    }
+
+    /// The bearer token a console session stands for, for `authenticated`: nil when the request
+    /// has no session cookie; a refusal when it has one that is gone, or when a state-changing
+    /// request lacks the session's CSRF token.
+    func consoleToken(_ request: Request) throws -> String? {
+        guard request.cookies[ConsoleSessions.cookie] != nil else { return nil }
+        guard let (_, s) = consoleSession(request) else { throw HTTPFailure(status: 401, message: "the console session has ended; sign in again") }
+        if request.method != .get && request.method != .head && request.headers[HTTPField.Name(ConsoleSessions.csrfHeader)!] != s.csrf {
+            throw HTTPFailure(status: 403, message: "missing or wrong \(ConsoleSessions.csrfHeader) header (a request from another site?)")
+        }
+        return s.token
+    }
+}

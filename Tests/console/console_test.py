@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""The web console in a real headless Chromium (issue 15), against a real daemon that
+Tests/EndToEndTests/ConsoleTests.swift started and filled. Run by that test:
+
+    console_test.py CONFIG.json
+
+CONFIG: api (http://127.0.0.1:PORT), alice_token and bob_token (the tokens' text), running and
+victim (two of alice's running jobs: one the user cancels, one a forged cross-site POST tries
+to), shots (a directory for screenshots). alice owns the datasets "public" (readers *, 250 files
+and two named like markup) and "private" (alice only).
+
+Prints one line per check; exits 0 when every check held, 1 at the first that did not. Bounded:
+every wait 10 s at most, the whole run 150 s (a watchdog).
+"""
+
+import http.server
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from browser import browser  # noqa: E402
+
+cfg = json.load(open(sys.argv[1]))
+API = cfg["api"]
+failures = []
+
+
+def check(cond, what):
+    print(("ok    " if cond else "FAIL  ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+        raise AssertionError(what)
+
+
+def wait(driver, cond, what, seconds=10):
+    try:
+        # A table re-rendered under the check: asked again at the next poll.
+        return WebDriverWait(driver, seconds, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]).until(lambda d: cond(d))
+    except TimeoutException:
+        check(False, what + " (waited %d s)" % seconds)
+
+
+def by_id(driver, i):
+    return driver.find_element(By.ID, i)
+
+
+def visible(driver, i):
+    return driver.execute_script("const e = document.getElementById(arguments[0]); return !!e && !e.hidden", i)
+
+
+def api(method, path, token):
+    """The API itself, as the CLI calls it (a bearer token), to see what the browser did."""
+    req = urllib.request.Request(API + path, method=method, headers={"Authorization": "Bearer " + token})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def page_fetch(driver, method, path):
+    """A fetch from the console's own page (its cookie, no CSRF header): the status."""
+    return driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0], {method: arguments[1], credentials: 'same-origin'}).then(r => done(r.status), e => done(String(e)));",
+        path, method)
+
+
+def shot(driver, name):
+    os.makedirs(cfg["shots"], exist_ok=True)
+    driver.save_screenshot(os.path.join(cfg["shots"], name + ".png"))
+
+
+def sign_in(driver, token, user):
+    driver.get(API + "/")
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.ready") == "1", "the console loads")
+    check(visible(driver, "view-signin"), "signed out, the console shows its sign-in form")
+    box = by_id(driver, "token")
+    box.clear()
+    box.send_keys(token)
+    by_id(driver, "signin-submit").click()
+    wait(driver, lambda d: user in by_id(d, "whoami").text, "signed in as " + user)
+    # The session is a cookie the page's script cannot read.
+    check(driver.execute_script("return document.cookie") == "", "the session cookie is HttpOnly (document.cookie is empty)")
+    jar = {c["name"]: c for c in driver.get_cookies()}
+    c = jar.get("ferry_session", {})
+    check(c.get("httpOnly") is True and c.get("sameSite") == "Strict", "the cookie is HttpOnly and SameSite=Strict: %r" % c)
+
+
+def evil_server(target):
+    """Another origin (another port of 127.0.0.1) whose page posts a form to `target` at once."""
+    page = ("<!doctype html><html><body><form id=f method=POST action='%s'>"
+            "<input type=hidden name=x value=1></form>"
+            "<script>document.getElementById('f').submit()</script></body></html>" % target).encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *a):
+            pass
+
+    s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    s.daemon_threads = True
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    return s
+
+
+def main():
+    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("the console test took over 150 s")))
+    signal.alarm(150)
+    with browser() as d:
+        # Markup in names must not run: a payload would set this global or raise an alert.
+        sign_in(d, cfg["alice_token"], "alice")
+
+        # Data Overview: all eleven states by the platform's names, and a chart.
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#overview-states tbody tr")) == 11, "the overview lists the eleven states")
+        states = [r.text for r in d.find_elements(By.CSS_SELECTOR, "#overview-states tbody tr td:first-child")]
+        check("Up for reschedule" in states and "Upstream failed" in states and "Deferred" in states, "states by the platform's names: %r" % states)
+        check(len(d.find_elements(By.CSS_SELECTOR, "#overview-chart svg rect")) == 11, "the chart draws one bar per state")
+        shot(d, "overview-en")
+
+        # Global Files: the datasets, then a 250-entry directory a page at a time.
+        by_id(d, "nav-files").click()
+        wait(d, lambda d: "public" in by_id(d, "datasets").text and "private" in by_id(d, "datasets").text, "alice sees her two datasets")
+        shot(d, "files-en")
+        d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='public']").click()
+        wait(d, lambda d: visible(d, "entries") and len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 100, "the first page has 100 entries")
+        names = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")]
+        check("<img src=x onerror=alert(1)>" in names and '"><svg onload=window.__pwned=1>' in names, "names with markup are shown as text")
+        check(len(d.find_elements(By.CSS_SELECTOR, "#entries img, #entries svg, #entries script")) == 0, "no element was made from a name")
+        seen = set(names)
+        for page in (2, 3):
+            check(visible(d, "entries-more"), "page %d: 'Next page' is offered" % (page - 1))
+            first = names[0]
+            by_id(d, "entries-more").click()
+            wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")[0].text != first, "page %d loads" % page)
+            names = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")]
+            seen.update(names)
+        check(len(seen) == 252 and not visible(d, "entries-more"), "three pages hold all 252 entries, and no more is offered (%d)" % len(seen))
+        # Find, and an entry's details with its replicas ranked.
+        box = by_id(d, "find-name")
+        box.send_keys("f0012?")
+        by_id(d, "find-submit").click()
+        wait(d, lambda d: sorted(b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")) == ["f0012%d" % i for i in range(10)],
+             "find f0012? lists exactly the ten matching files")
+        d.find_element(By.XPATH, "//table[@id='entries']//button[text()='f00123']").click()
+        wait(d, lambda d: visible(d, "details") and "at this center" in by_id(d, "replicas").text, "the entry's replica is shown with its rank and reason")
+        shot(d, "entry-en")
+
+        # Jobs: alice's running jobs, one cancelled from the page.
+        by_id(d, "nav-jobs").click()
+        row = "job-%d" % cfg["running"]
+        wait(d, lambda d: len(d.find_elements(By.ID, row)) == 1, "the running job is listed")
+        # Live progress, pushed (the list itself carries none): bytes, files and a rate.
+        progress = lambda d: d.find_element(By.CSS_SELECTOR, "#job-%d td.progress" % cfg["victim"]).text
+        wait(d, lambda d: "/s" in progress(d) and "files" in progress(d), "a running job shows its live progress")
+        shot(d, "jobs-en")
+        d.find_element(By.CSS_SELECTOR, "#%s button" % row).click()
+        wait(d, lambda d: d.find_element(By.ID, row).get_attribute("data-state") == "failed" and "cancelled" in d.find_element(By.ID, row).text,
+             "after Cancel the row says failed (cancelled), without a reload")
+        status, job = api("GET", "/api/v1/transfers/%d" % cfg["running"], cfg["alice_token"])
+        check(status == 200 and job["state"] == "failed" and job.get("cancelled") is True, "the daemon has the job cancelled")
+
+        # A POST without the session's CSRF token, from the page itself and from another site.
+        check(page_fetch(d, "POST", "/api/v1/transfers/%d/cancel" % cfg["victim"]) == 403, "a POST without the CSRF header is refused (403)")
+        evil = evil_server(API + "/api/v1/transfers/%d/cancel" % cfg["victim"])
+        try:
+            d.get("http://127.0.0.1:%d/" % evil.server_address[1])
+            time.sleep(1.5)
+        finally:
+            evil.shutdown()
+        status, job = api("GET", "/api/v1/transfers/%d" % cfg["victim"], cfg["alice_token"])
+        check(status == 200 and job["state"] != "failed" and not job.get("cancelled"), "a forged cross-site POST did not cancel the job (%s)" % job["state"])
+
+        # Simplified Chinese, chosen in the page; the choice stays.
+        d.get(API + "/#files")
+        wait(d, lambda d: d.execute_script("return document.body.dataset.ready") == "1", "the console loads again, signed in")
+        Select = __import__("selenium.webdriver.support.ui", fromlist=["Select"]).Select
+        Select(by_id(d, "lang")).select_by_value("zh-CN")
+        wait(d, lambda d: by_id(d, "nav-files").text == "全局文件" and d.execute_script("return document.documentElement.lang") == "zh-CN", "the console speaks Chinese")
+        wait(d, lambda d: "public" in by_id(d, "datasets").text, "datasets listed in Chinese too")
+        shot(d, "files-zh")
+        by_id(d, "nav-overview").click()
+        wait(d, lambda d: "上游失败" in by_id(d, "overview-states").text, "state names in Chinese")
+        shot(d, "overview-zh")
+        by_id(d, "nav-jobs").click()
+        wait(d, lambda d: len(d.find_elements(By.ID, "job-%d" % cfg["victim"])) == 1, "jobs in Chinese")
+        shot(d, "jobs-zh")
+        Select(by_id(d, "lang")).select_by_value("en")
+        wait(d, lambda d: by_id(d, "nav-files").text == "Global Files", "back to English")
+
+        # The keyboard alone: Tab reaches every control of the header, Enter opens a view.
+        d.get(API + "/#overview")
+        wait(d, lambda d: d.execute_script("return document.body.dataset.ready") == "1", "reloaded")
+        reached = []
+        body = d.find_element(By.TAG_NAME, "body")
+        body.click()
+        for _ in range(30):
+            d.switch_to.active_element.send_keys(Keys.TAB)
+            reached.append(d.switch_to.active_element.get_attribute("id") or d.switch_to.active_element.tag_name)
+        check({"nav-overview", "nav-files", "nav-jobs", "lang", "signout"} <= set(reached), "Tab reaches every header control: %r" % reached)
+        by_id(d, "nav-jobs").send_keys(Keys.ENTER)
+        wait(d, lambda d: visible(d, "view-jobs"), "Enter on 'Jobs' opens the jobs view")
+
+        # Sign out: the session is gone at the daemon, not only in the page.
+        by_id(d, "signout").click()
+        wait(d, lambda d: visible(d, "view-signin"), "signed out, the sign-in form is back")
+        check(page_fetch(d, "GET", "/api/v1/transfers") == 401, "after sign-out the API refuses the old session (401)")
+
+        # Bob sees none of alice's private data or jobs, in lists or by direct address.
+        sign_in(d, cfg["bob_token"], "bob")
+        by_id(d, "nav-files").click()
+        wait(d, lambda d: "public" in by_id(d, "datasets").text, "bob sees the public dataset")
+        check("private" not in by_id(d, "datasets").text, "bob does not see alice's private dataset")
+        check(page_fetch(d, "GET", "/api/v1/catalog/ls?path=gfs%3A%2F%2Fhlrs%2Fprivate") in (403, 404), "nor list it by its address")
+        by_id(d, "nav-jobs").click()
+        time.sleep(0.5)
+        check(len(d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")) == 0, "bob's job list is empty")
+        check(page_fetch(d, "GET", "/api/v1/transfers/%d" % cfg["victim"]) == 404, "alice's job by its address: 404 for bob")
+
+        # Nothing a name carried ran, and the page raised no script error.
+        check(d.execute_script("return window.__pwned === undefined"), "no payload ran (window.__pwned unset)")
+        logs = d.get_log("browser")
+        bad = [e["message"] for e in logs if "Uncaught" in e["message"] or "alert" in e["message"] or "Content Security Policy" in e["message"]]
+        check(not bad, "no script error or policy violation in the console: %r" % bad)
+    print("all console checks held")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except AssertionError:
+        sys.exit(1)
