@@ -36,7 +36,7 @@ struct ConsoleTests {
         return (c, alice, bob, running)
     }
 
-    @Test("in Chromium: sign in, the overview's eleven states, a 252-entry directory paged, find, an entry's replicas, cancel a job live, CSRF and a forged cross-site POST refused, Chinese, the keyboard alone, sign-out, another user sees nothing of alice's, names with markup stay text",
+    @Test("in Chromium: sign in, the overview's eleven states, a directory of 252 entries, find, an entry's replicas, cancel a job live, CSRF and a forged cross-site POST refused, Chinese, the keyboard alone, sign-out, another user sees nothing of alice's, names with markup stay text",
           .timeLimit(.minutes(5)))
     func inChromium() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), FileManager.default.isExecutableFile(atPath: "/usr/bin/chromedriver") else {
@@ -51,12 +51,44 @@ struct ConsoleTests {
         let config: [String: Any] = ["api": c.api, "alice_token": try token(alice), "bob_token": try token(bob),
                                      "running": running[0], "victim": running[1], "shots": shots]
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: c.sb.file("console.json")))
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("console/console_test.py").path
-        let r = runTool(ConsoleTests.python, [script, c.sb.file("console.json")], timeout: 200)
+        let r = runTool(ConsoleTests.python, [ConsoleTests.script, c.sb.file("console.json")], timeout: 200)
         #expect(r.status == 0, "console_test.py:\n\(r.output.suffix(6000))")
         #expect(r.output.contains("all console checks held"), "\(r.output.suffix(2000))")
         #expect(c.a.isRunning)
     }
+
+    @Test("in Chromium, through federation: wuxi's 100,000-entry directory paged at hlrs (100 pages of 1,000, each entry once), a replication of wuxi's dataset started from its entry and watched to success without a reload",
+          .timeLimit(.minutes(6)))
+    func federation() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/chromedriver") else {
+            Issue.record("chromium-driver is missing: scripts/install-deps.sh --tests installs it")
+            return
+        }
+        let f = try FederationE2ETests.start(.sqlite)
+        defer { f.stopAll() }
+        let sb = f.sb
+        // 100,000 empty files in one directory of wuxi's, and a small dataset to replicate.
+        let big = try sb.dir("wuxi/data/big")
+        for i in 0..<100_000 { FileManager.default.createFile(atPath: big + String(format: "/e%06d", i), contents: nil) }
+        try writeRandomFile(try sb.dir("wuxi/data/small") + "/a.bin", size: 256 * 1024)
+        for name in ["big", "small"] {
+            let r = try f.ferry("wuxi", ["register", "/data/" + name, "--dataset", name, "--readers", "*"], timeout: 120)
+            #expect(r.status == 0, "\(r)")
+        }
+        let seen = try FederationE2ETests.eventually(60, { try f.ferry("hlrs", ["ls", "--json", "--limit", "1", "--after", "e099998", "gfs://wuxi/big"]) }) {
+            $0.status == 0 && $0.stdout.contains("e099999")
+        }
+        #expect(seen.stdout.contains("e099999"), "hlrs has wuxi's 100,000 entries: \(seen)")
+        let shots = ProcessInfo.processInfo.environment["FERRY_CONSOLE_SHOTS"] ?? sb.file("shots")
+        let config: [String: Any] = ["mode": "federation", "api": f.api("hlrs"), "alice_token": sb.token, "shots": shots]
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: sb.file("console.json")))
+        let r = runTool(ConsoleTests.python, [ConsoleTests.script, sb.file("console.json")], timeout: 300)
+        #expect(r.status == 0, "console_test.py:\n\(r.output.suffix(6000))")
+        #expect(r.output.contains("all console checks held"), "\(r.output.suffix(2000))")
+        print(r.output.split(separator: "\n").filter { $0.hasPrefix("pages:") }.joined(separator: "\n"))
+    }
+
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("console/console_test.py").path
 
     func token(_ file: String) throws -> String { try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) }
 

@@ -120,10 +120,56 @@ def evil_server(target):
     return s
 
 
+def federation(d):
+    """Through federation: alice at hlrs browses wuxi's 100,000-entry directory a page at a time
+    and replicates a small dataset of wuxi's, watching the job to success without a reload."""
+    sign_in(d, cfg["alice_token"], "alice")
+    d.execute_script("window.__sameDocument = 1")
+    by_id(d, "nav-files").click()
+    wait(d, lambda d: "big" in by_id(d, "datasets").text and "wuxi" in by_id(d, "datasets").text, "wuxi's datasets are listed at hlrs")
+    d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='big']").click()
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 1000, "a first page of 1,000 entries")
+    seen = set()
+    times = []
+    for page in range(1, 121):
+        names = d.execute_script("return Array.from(document.querySelectorAll('#entries tbody button.entry'), b => b.textContent)")
+        seen.update(names)
+        if not visible(d, "entries-more"):
+            break
+        first = names[0]
+        t0 = time.monotonic()
+        by_id(d, "entries-more").click()
+        wait(d, lambda d: d.execute_script("const b = document.querySelector('#entries tbody button.entry'); return b && b.textContent") != first, "page %d loads" % (page + 1))
+        times.append(time.monotonic() - t0)
+    times.sort()
+    print("pages: %d, click to rendered page of 1,000: median %.0f ms, max %.0f ms" % (len(times) + 1, 1000 * times[len(times) // 2], 1000 * times[-1]))
+    check(len(seen) == 100000 and page == 100, "100 pages of 1,000 hold all 100,000 entries, each once (%d, %d pages)" % (len(seen), page))
+    shot(d, "files-big-en")
+    # Replicate a small dataset of wuxi's to hlrs from its entry's page; the job is watched.
+    by_id(d, "files-crumbs").find_element(By.TAG_NAME, "button").click()
+    wait(d, lambda d: "small" in by_id(d, "datasets").text, "back to the datasets")
+    d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='small']").click()
+    wait(d, lambda d: len(d.find_elements(By.XPATH, "//table[@id='entries']//button[text()='a.bin']")) == 1, "the small dataset's file")
+    d.find_element(By.XPATH, "//table[@id='entries']//button[text()='a.bin']").click()
+    wait(d, lambda d: visible(d, "details") and "wuxi" in by_id(d, "replicas").text, "its replica at wuxi is shown")
+    shot(d, "entry-replicas-en")
+    by_id(d, "replicate").click()
+    wait(d, lambda d: by_id(d, "replicate").get_attribute("data-job"), "the replication has a job")
+    job = int(by_id(d, "replicate").get_attribute("data-job"))
+    by_id(d, "nav-jobs").click()
+    wait(d, lambda d: len(d.find_elements(By.ID, "job-%d" % job)) == 1, "the replication job is listed")
+    wait(d, lambda d: d.find_element(By.ID, "job-%d" % job).get_attribute("data-state") == "success", "the replication reaches success on the page, no reload", 60)
+    check(d.execute_script("return window.__sameDocument === 1"), "the same page all along (no reload)")
+
+
 def main():
     signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("the console test took over 150 s")))
     signal.alarm(150)
     with browser() as d:
+        if cfg.get("mode") == "federation":
+            federation(d)
+            print("all console checks held")
+            return 0
         # Markup in names must not run: a payload would set this global or raise an alert.
         sign_in(d, cfg["alice_token"], "alice")
 
@@ -139,19 +185,11 @@ def main():
         wait(d, lambda d: "public" in by_id(d, "datasets").text and "private" in by_id(d, "datasets").text, "alice sees her two datasets")
         shot(d, "files-en")
         d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='public']").click()
-        wait(d, lambda d: visible(d, "entries") and len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 100, "the first page has 100 entries")
+        wait(d, lambda d: visible(d, "entries") and len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 252, "the directory's 252 entries, in one page of up to 1,000")
         names = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")]
         check("<img src=x onerror=alert(1)>" in names and '"><svg onload=window.__pwned=1>' in names, "names with markup are shown as text")
         check(len(d.find_elements(By.CSS_SELECTOR, "#entries img, #entries svg, #entries script")) == 0, "no element was made from a name")
-        seen = set(names)
-        for page in (2, 3):
-            check(visible(d, "entries-more"), "page %d: 'Next page' is offered" % (page - 1))
-            first = names[0]
-            by_id(d, "entries-more").click()
-            wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")[0].text != first, "page %d loads" % page)
-            names = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")]
-            seen.update(names)
-        check(len(seen) == 252 and not visible(d, "entries-more"), "three pages hold all 252 entries, and no more is offered (%d)" % len(seen))
+        check(not visible(d, "entries-more"), "no next page offered for 252 entries")
         # Find, and an entry's details with its replicas ranked.
         box = by_id(d, "find-name")
         box.send_keys("f0012?")

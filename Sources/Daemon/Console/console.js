@@ -6,7 +6,8 @@
 
 const STATES = ["no_status", "scheduled", "queued", "running", "success", "failed", "up_for_retry",
   "up_for_reschedule", "upstream_failed", "skipped", "deferred"];
-const PAGE = 100;
+const PAGE = 100;  // jobs per page
+const ENTRIES = 1000;  // directory entries per page (keyset paging: a 1,000,000-entry directory is never read whole)
 
 const app = { lang: "en", words: {}, session: null, view: "overview", jobsAfter: [], entries: null, timer: null };
 
@@ -244,7 +245,7 @@ function crumbs(path) {
 }
 
 async function loadEntries(path, after) {
-  const q = "path=" + encodeURIComponent(path) + "&limit=" + PAGE + (after ? "&after=" + encodeURIComponent(after) : "");
+  const q = "path=" + encodeURIComponent(path) + "&limit=" + ENTRIES + (after ? "&after=" + encodeURIComponent(after) : "");
   const page = await api("GET", "/api/v1/catalog/ls?" + q);
   app.entries = { path, after, next: page.more ? page.next_after : null };
   $("datasets").hidden = true;
@@ -295,6 +296,7 @@ async function loadDetails(path) {
       const dataset = path.split("/").slice(0, 4).join("/");
       const a = await api("POST", "/api/v1/catalog/replicate", { path: dataset });
       say(t("details.replicating", { state: a.state, job: a.job || "–" }));
+      if (a.job) rep.dataset.job = String(a.job);
     } catch (e) { fail(e.message); }
   };
   $("details").scrollIntoView();
