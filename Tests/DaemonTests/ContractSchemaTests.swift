@@ -187,6 +187,9 @@ struct ContractSchemaTests {
         try Self.expectConforms(V1.FeedPage(changes: [try Self.decoded(#"{"seq":1,"center":"a","dataset":1,"kind":"dataset.register","at":1}"#)], lastSeq: 1))
         try Self.expectConforms(V1.HeldReplicas(replicas: [V1.HeldReplica(dataset: d, replica: Replica(dataset: 1, center: "a", state: .staging, path: "/r", job: 4))]))
         try Self.expectConforms(V1.CentersAnswer(center: "a", centers: []))
+        try Self.expectConforms(V1.ConsoleSession(user: "alice", operator: false, expires: 9, csrf: "x", center: "hlrs"))
+        try Self.expectConforms(V1.SignedOut(signedOut: true))
+        try Self.expectConforms(try Self.decoded(#"{"title":"Ferry","state.running":"Running"}"#) as V1.ConsoleCatalogue)
         try Self.expectConforms(V1.ReplicateAnswer(state: "staging", center: "a", path: "/r", job: 3, from: "b", message: "m"))
         let summary: RegisterSummary = try Self.decoded(#"{"dataset":1,"added":1,"changed":0,"removed":0,"unchanged":0,"hashed":0,"files":1,"bytes":2,"skipped":0,"unreadable":1,"first_error":"one unreadable file","seconds":0.1}"#)
         #expect(summary.firstError != nil)
@@ -285,6 +288,7 @@ struct ContractSchemaTests {
         (V1.StageRequest.schemaName, #"{"job":"1","user":"alice","directives":[]}"#, { _ = try APIJSON.decode(V1.StageRequest.self, from: $0) }),
         (V1.TeardownRequest.schemaName, #"{"job":"1"}"#, { _ = try APIJSON.decode(V1.TeardownRequest.self, from: $0) }),
         (V1.SweepRequest.schemaName, #"{}"#, { _ = try APIJSON.decode(V1.SweepRequest.self, from: $0) }),
+        (V1.ConsoleSignIn.schemaName, #"{"token":"ferry1.x"}"#, { _ = try APIJSON.decode(V1.ConsoleSignIn.self, from: $0) }),
     ]
 
     static func refusal(_ decode: (Data) throws -> Void, _ json: String) -> String? {

@@ -81,7 +81,7 @@ async function api(method, path, body) {
 // MARK: language
 
 async function setLanguage(lang) {
-  const r = await fetch("/ui/i18n/" + lang + ".json", { credentials: "same-origin" });
+  const r = await fetch("/ui/i18n/" + lang, { credentials: "same-origin" });
   app.words = await r.json();
   app.lang = lang;
   document.documentElement.lang = lang;

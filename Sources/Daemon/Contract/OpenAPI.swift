@@ -13,6 +13,9 @@ public struct APIOperation: Sendable {
         case none
         /// A peer center's daemon (a `FerryCenter` assertion with its certificate).
         case center
+        /// A web console session: the `ferry_session` cookie (a POST also carries the
+        /// session's CSRF token in `X-Ferry-CSRF`; Daemon/HTTP/Console.swift).
+        case session
     }
 
     public struct Parameter: Sendable {
@@ -130,6 +133,23 @@ public enum APIContract {
                      answer: .any, description: "the OpenAPI 3.1 document"),
         APIOperation(id: "metrics", method: "GET", path: "/metrics", summary: "Prometheus metrics (text exposition format)", auth: .none,
                      answer: nil, description: "metrics", contentType: "text/plain"),
+        APIOperation(id: "console", method: "GET", path: "/", summary: "The web console's page", auth: .none,
+                     answer: nil, description: "the page (its script and style below; no other asset)", contentType: "text/html"),
+        APIOperation(id: "consoleScript", method: "GET", path: "/ui/console.js", summary: "The web console's script", auth: .none,
+                     answer: nil, description: "the script", contentType: "text/javascript"),
+        APIOperation(id: "consoleStyle", method: "GET", path: "/ui/console.css", summary: "The web console's style", auth: .none,
+                     answer: nil, description: "the style sheet", contentType: "text/css"),
+        APIOperation(id: "consoleCatalogue", method: "GET", path: "/ui/i18n/{lang}", summary: "The web console's words in one language",
+                     auth: .none, parameters: [.path("lang", .string(enum: ["en", "zh-CN"]))],
+                     answer: .ref(V1.ConsoleCatalogue.self), description: "key to text", errors: [404: "no such language"]),
+        APIOperation(id: "consoleSession", method: "GET", path: "/ui/session", summary: "The console session of the request's cookie", auth: .session,
+                     answer: .ref(V1.ConsoleSession.self), description: "who is signed in, until when, and the CSRF token for POSTs"),
+        APIOperation(id: "consoleSignIn", method: "POST", path: "/ui/session",
+                     summary: "Sign in to the web console with a user token: a session cookie (HttpOnly, SameSite=Strict; Secure over HTTPS)",
+                     auth: .none, body: .ref(V1.ConsoleSignIn.self), answer: .ref(V1.ConsoleSession.self), description: "signed in (Set-Cookie)",
+                     errors: [401: "the token is refused (bad, expired, revoked)", 503: "too many console sessions at once"]),
+        APIOperation(id: "consoleSignOut", method: "POST", path: "/ui/session/end", summary: "End the console session (with X-Ferry-CSRF)", auth: .session,
+                     answer: .ref(V1.SignedOut.self), description: "the session ended", errors: [403: "no or a wrong X-Ferry-CSRF header"]),
         APIOperation(id: "submitTransfer", method: "POST", path: "/api/v1/transfers",
                      summary: "Create a transfer job (source), or one job per source into a directory (sources); checked before any is queued",
                      body: .ref(V1.TransferSubmission.self), status: 201, answer: .oneOf([.ref(V1.Transfer.self), .ref(V1.TransferBatch.self)]),
@@ -266,6 +286,7 @@ public enum APIContract {
             switch op.auth {
             case .token: errors[401] = errors[401] ?? "no token, or a token refused (expired, revoked, not this federation's)"
             case .center: errors[401] = errors[401] ?? "no center assertion, or one refused"
+            case .session: errors[401] = errors[401] ?? "no console session, or one that ended"
             case .none: break
             }
             if op.auth != .none || op.body != nil { errors[503] = "the database is busy: ask again" }
@@ -276,6 +297,7 @@ public enum APIContract {
             switch op.auth {
             case .none: o["security"] = [[String: Any]]()
             case .center: o["security"] = [["center": [String]()]]
+            case .session: o["security"] = [["session": [String]()]]
             case .token: break
             }
             paths[op.path, default: [:]][op.method.lowercased()] = o
@@ -287,10 +309,12 @@ public enum APIContract {
             "components": [
                 "securitySchemes": ["token": ["type": "http", "scheme": "bearer", "description": "a ferry user token"],
                                     "center": ["type": "apiKey", "in": "header", "name": "Authorization",
-                                               "description": "FerryCenter ASSERTION, with the center's certificate in X-Ferry-Center-Certificate"]],
+                                               "description": "FerryCenter ASSERTION, with the center's certificate in X-Ferry-Center-Certificate"],
+                                    "session": ["type": "apiKey", "in": "cookie", "name": "ferry_session",
+                                                "description": "the web console's session (POST /ui/session); every POST with it also sends X-Ferry-CSRF"]],
                 "schemas": models.mapValues { $0.schema.json },
             ],
-            "security": [["token": [String]()]],
+            "security": [["token": [String]()], ["session": [String]()]],
             "paths": paths,
         ]
         let data = (try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)

@@ -76,26 +76,50 @@ public final class ConsoleSessions: @unchecked Sendable {
     var count: Int { lock.withLock { sessions.count } }
 }
 
-/// `GET /ui/session` and a sign-in's answer: who is signed in, until when, and the CSRF token
-/// the page sends with every POST.
-struct ConsoleSessionAnswer: Encodable {
-    var user: String
-    var `operator`: Bool
-    var expires: Int64
-    var csrf: String
-    var center: String
+extension V1 {
+    /// `GET /ui/session` and a sign-in's answer: who is signed in, until when, and the CSRF
+    /// token the page sends with every POST.
+    public struct ConsoleSession: APIModel {
+        public var user: String
+        public var `operator`: Bool
+        public var expires: Int64
+        public var csrf: String
+        public var center: String
+        public static var schema: Schema {
+            .object(["user": .string(), "operator": .boolean("the token is an operator's (rw:/)"), "expires": .integer("Unix seconds"),
+                     "csrf": .string("send it as X-Ferry-CSRF with every POST"), "center": .string("this daemon's center")],
+                    required: ["user", "operator", "expires", "csrf", "center"])
+        }
+    }
+
+    /// `POST /ui/session`: the user's token, as `ferry token issue` wrote it.
+    public struct ConsoleSignIn: APIRequest {
+        public var token: String
+        public static var noun: String { "a sign-in" }
+        public static var schema: Schema { .object(["token": .string(minLength: 1, maxLength: 8192)], required: ["token"]) }
+    }
+
+    /// `POST /ui/session/end`.
+    public struct SignedOut: APIModel {
+        public var signedOut: Bool
+        public static var schema: Schema { .object(["signed_out": .boolean()], required: ["signed_out"]) }
+    }
+
+    /// The console's words in one language: key to text (`Console/i18n/LANG.json`).
+    public struct ConsoleCatalogue: APIModel {
+        public var words: [String: String]
+        public init(from decoder: any Decoder) throws { words = try decoder.singleValueContainer().decode([String: String].self) }
+        public func encode(to encoder: any Encoder) throws { var c = encoder.singleValueContainer(); try c.encode(words) }
+        public static var schema: Schema { .map(.string()) }
+    }
 }
 
 /// The console's files, embedded at build time (Package.swift: `.embedInCode`).
 enum ConsoleAssets {
-    struct Asset { let bytes: [UInt8]; let type: String }
-    static let files: [String: Asset] = [
-        "/": Asset(bytes: PackageResources.index_html, type: "text/html; charset=utf-8"),
-        "/ui/console.js": Asset(bytes: PackageResources.console_js, type: "text/javascript; charset=utf-8"),
-        "/ui/console.css": Asset(bytes: PackageResources.console_css, type: "text/css; charset=utf-8"),
-        "/ui/i18n/en.json": Asset(bytes: PackageResources.en_json, type: "application/json"),
-        "/ui/i18n/zh-CN.json": Asset(bytes: PackageResources.zh_CN_json, type: "application/json"),
-    ]
+    static let page = PackageResources.index_html
+    static let script = PackageResources.console_js
+    static let style = PackageResources.console_css
+    static let catalogues = ["en": PackageResources.en_json, "zh-CN": PackageResources.zh_CN_json]
 
     /// Scripts, styles, images and connections from this daemon only; nothing inline, no
     /// frames (clickjacking), no forms posted elsewhere.
@@ -104,25 +128,32 @@ enum ConsoleAssets {
 }
 
 extension DaemonAPI {
+    /// The console's routes, operations of the contract like the API's (`APIContract`).
     func addConsoleRoutes(_ router: Router<BasicRequestContext>) {
-        for (path, asset) in ConsoleAssets.files {
-            router.get(RouterPath(path)) { _, _ in
-                var headers = DaemonAPI.consoleHeaders
-                headers[.contentType] = asset.type
-                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: asset.bytes)))
+        for (id, bytes, type) in [("console", ConsoleAssets.page, "text/html; charset=utf-8"), ("consoleScript", ConsoleAssets.script, "text/javascript; charset=utf-8"),
+                                  ("consoleStyle", ConsoleAssets.style, "text/css; charset=utf-8")] {
+            route(router, id) { _, _ in asset(bytes, type) }
+        }
+        route(router, "consoleCatalogue") { _, context in
+            guard let lang = context.parameters.get("lang"), let bytes = ConsoleAssets.catalogues[lang] else {
+                return consoleAnswer(problem(404, "no such language: en or zh-CN"))
             }
+            return asset(bytes, "application/json")
         }
-        router.get("/ui") { _, _ in Response(status: .seeOther, headers: [.location: "/"]) }
-        router.get("/ui/session") { request, _ in
+        route(router, "consoleSession") { request, _ in
             guard let (_, s) = consoleSession(request) else { return consoleAnswer(problem(401, "not signed in")) }
-            return consoleAnswer(try codable(200, ConsoleSessionAnswer(user: s.user, operator: s.isOperator, expires: s.expires, csrf: s.csrf, center: center)))
+            return consoleAnswer(try codable(200, V1.ConsoleSession(user: s.user, operator: s.isOperator, expires: s.expires, csrf: s.csrf, center: center)))
         }
-        router.post("/ui/session") { request, _ in
-            let body = try await request.body.collect(upTo: 16 << 10)
-            guard let form = try? JSONDecoder().decode([String: String].self, from: Data(buffer: body)), let text = form["token"] else {
+        route(router, "consoleSignIn") { request, _ in
+            let form: V1.ConsoleSignIn
+            do {
+                form = try APIJSON.decode(V1.ConsoleSignIn.self, from: Data(buffer: try await request.body.collect(upTo: 16 << 10)))
+            } catch let e as RequestRefusal {
+                return consoleAnswer(problem(400, e.description))
+            } catch {
                 return consoleAnswer(problem(400, "send {\"token\": \"ferry1....\"}"))
             }
-            let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            let token = form.token.trimmingCharacters(in: .whitespacesAndNewlines)
             let (checked, refusal) = verifier.check(token)
             guard let t = checked, refusal == nil else {
                 auditLine(User(user: checked.map { "refused:" + $0.user } ?? "", scopes: []), action: "console.sign-in", path: "", result: "refused: " + (refusal?.message ?? "token refused"))
@@ -133,21 +164,27 @@ extension DaemonAPI {
                 return consoleAnswer(problem(503, "too many console sessions; try again later"))
             }
             auditLine(user, action: "console.sign-in", path: "", result: "ok")
-            var response = consoleAnswer(try codable(200, ConsoleSessionAnswer(user: s.user, operator: s.isOperator, expires: s.expires, csrf: s.csrf, center: center)))
+            var response = consoleAnswer(try codable(200, V1.ConsoleSession(user: s.user, operator: s.isOperator, expires: s.expires, csrf: s.csrf, center: center)))
             response.headers[values: .setCookie].append(sessionCookie(id, maxAge: max(0, s.expires - now())))
             return response
         }
-        router.post("/ui/session/end") { request, _ in
+        route(router, "consoleSignOut") { request, _ in
             guard let (id, s) = consoleSession(request) else { return consoleAnswer(problem(401, "not signed in")) }
             guard request.headers[HTTPField.Name(ConsoleSessions.csrfHeader)!] == s.csrf else {
                 return consoleAnswer(problem(403, "missing or wrong \(ConsoleSessions.csrfHeader) header"))
             }
             sessions.end(id)
             auditLine(User(user: s.user, scopes: []), action: "console.sign-out", path: "", result: "ok")
-            var response = Response(status: .noContent, headers: DaemonAPI.consoleHeaders)
+            var response = consoleAnswer(try codable(200, V1.SignedOut(signedOut: true)))
             response.headers[values: .setCookie].append(sessionCookie("", maxAge: 0))
             return response
         }
+    }
+
+    func asset(_ bytes: [UInt8], _ type: String) -> Response {
+        var headers = DaemonAPI.consoleHeaders
+        headers[.contentType] = type
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
     static let consoleHeaders: HTTPFields = [
