@@ -74,6 +74,36 @@ struct JobStoreTests {
         #expect(p.delay(afterAttempt: 200, random: 0.5) == 60)
     }
 
+    @Test("bytes moved by day and by five minutes, per peer, the owner's or everyone's, successes only; lists by peer and by creation time", arguments: Backend.allCases)
+    func moved(_ backend: Backend) throws {
+        let s = try JobStore(database: try backend.newDatabase())
+        let day: Int64 = 86_400
+        // Jobs ending at (day 10, 00:10), (day 10, 00:12), (day 11, 00:01) to peer b, one local
+        // copy, one of bob's; one that failed moved nothing.
+        func run(_ owner: String, _ peer: String, created: Int64, ends: Int64, _ outcome: AttemptOutcome) throws -> Int64 {
+            let id = try s.submit(owner: owner, request: JobRequest(source: "/a", destination: peer.isEmpty ? "/b" : "ferry://\(peer)/a"), peer: peer, now: created)
+            let job = try #require(try s.claim(worker: "w", now: ends - 1, leaseSeconds: 30))
+            #expect(job.id == id)
+            _ = try s.finish(id, worker: "w", outcome: outcome, now: ends)
+            return id
+        }
+        let first = try run("alice", "b", created: 10 * day, ends: 10 * day + 600, .success(bytes: 100, files: 1))
+        _ = try run("alice", "b", created: 10 * day + 700, ends: 10 * day + 720, .success(bytes: 50, files: 1))
+        let late = try run("alice", "b", created: 11 * day, ends: 11 * day + 60, .success(bytes: 7, files: 1))
+        _ = try run("alice", "", created: 11 * day, ends: 11 * day + 61, .success(bytes: 3, files: 1))
+        _ = try run("bob", "b", created: 11 * day, ends: 11 * day + 62, .success(bytes: 1000, files: 1))
+        _ = try run("alice", "b", created: 11 * day, ends: 11 * day + 63, .failure(message: "no", resumable: false, code: .permission))
+        let byDay = try s.moved(owner: "alice", since: 10 * day, bucket: day)
+        #expect(byDay.map { "\($0.start / day) \($0.peer) \($0.bytes) \($0.jobs)" } == ["10 b 150 2", "11  3 1", "11 b 7 1"])
+        #expect(try s.moved(owner: nil, since: 11 * day, bucket: day).map(\.bytes) == [3, 1007])
+        let byFive = try s.moved(owner: "alice", since: 10 * day, bucket: 300)
+        #expect(byFive.map { "\($0.start - 10 * day) \($0.peer) \($0.bytes)" } == ["600 b 150", "\(day)  3", "\(day) b 7"])
+        // Lists by peer ("" : local copies) and by creation time.
+        #expect(try s.list(JobFilter(owner: "alice", limit: 100).with { $0.peer = "b"; $0.since = 11 * day }).map(\.id).first == late)
+        #expect(try s.list(JobFilter(owner: "alice", limit: 100).with { $0.peer = "b" }).first?.id == first)
+        #expect(try s.list(JobFilter(owner: "alice", limit: 100).with { $0.peer = "" }).count == 1)
+    }
+
     @Test("claims: priority then age, never one job twice, per-peer and per-user limits", arguments: Backend.allCases)
     func claims(_ backend: Backend) throws {
         let s = try JobStore(database: try backend.newDatabase())
@@ -372,4 +402,8 @@ struct ReplicaSelectionTests {
         runner.tuner.record(peer: "fast", streams: runner.tuner.streams(for: "fast"), bytes: 0, seconds: 0, failed: true)
         #expect(api.rankReplicas(Array(all.dropLast())).first?.center == "slow")
     }
+}
+
+extension JobFilter {
+    func with(_ change: (inout JobFilter) -> Void) -> JobFilter { var f = self; change(&f); return f }
 }

@@ -57,14 +57,14 @@ struct ConsoleTests {
         #expect(c.a.isRunning)
     }
 
-    @Test("in Chromium, through federation: wuxi's 100,000-entry directory paged at hlrs (100 pages of 1,000, each entry once), a replication of wuxi's dataset started from its entry and watched to success without a reload",
-          .timeLimit(.minutes(6)))
+    @Test("in Chromium, through federation: wuxi's 100,000-entry directory paged at hlrs (100 pages of 1,000, each entry once), a replication of wuxi's dataset started from its entry and watched to success without a reload, its bytes in the overview, the operator's staging view",
+          .enabled(if: E2E.isRoot, "the staging cache is a tmpfs: mounting needs root"), .timeLimit(.minutes(6)))
     func federation() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/chromedriver") else {
             Issue.record("chromium-driver is missing: scripts/install-deps.sh --tests installs it")
             return
         }
-        let f = try FederationE2ETests.start(.sqlite)
+        let f = try FederationE2ETests.start(.sqlite, stagingMiB: 64)
         defer { f.stopAll() }
         let sb = f.sb
         // 100,000 empty files in one directory of wuxi's, and a small dataset to replicate.
@@ -79,6 +79,10 @@ struct ConsoleTests {
             $0.status == 0 && $0.stdout.contains("e099999")
         }
         #expect(seen.stdout.contains("e099999"), "hlrs has wuxi's 100,000 entries: \(seen)")
+        _ = try FederationE2ETests.eventually(30, { try f.ferry("hlrs", ["ls", "gfs://wuxi/small"]) }) { $0.status == 0 }
+        // Scheduler job 8 stages the small dataset in at hlrs (the operator's Staging view).
+        let staged = try f.stageSmall(job: "8", into: sb.file("hlrs/data/job8/in"))
+        #expect(staged.status == 0, "\(staged)")
         let shots = ProcessInfo.processInfo.environment["FERRY_CONSOLE_SHOTS"] ?? sb.file("shots")
         let config: [String: Any] = ["mode": "federation", "api": f.api("hlrs"), "alice_token": sb.token, "shots": shots]
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: sb.file("console.json")))
@@ -178,7 +182,7 @@ struct ConsoleTests {
             }
         }
         let dynamic = ["no_status", "scheduled", "queued", "running", "success", "failed", "up_for_retry", "up_for_reschedule", "upstream_failed",
-                       "skipped", "deferred"].map { "state." + $0 } + ["kind.f", "kind.d", "kind.l", "jobs.done.cancel", "jobs.done.retry"]
+                       "skipped", "deferred"].map { "state." + $0 } + ["kind.f", "kind.d", "kind.l", "jobs.done.cancel", "jobs.done.retry", "staging.state.ready", "staging.state.staging", "staging.state.failed"]
         used.formUnion(dynamic)
         #expect(used.count > 50)
         #expect(used.subtracting(en).isEmpty, "used but not in the catalogues: \(used.subtracting(en).sorted())")

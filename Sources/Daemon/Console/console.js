@@ -137,6 +137,7 @@ async function signOut() {
 function started() {
   renderWho();
   $("nav").hidden = false;
+  $("nav-staging").hidden = !app.session.operator;
   $("signout").hidden = false;
   show(location.hash.replace("#", "") || "overview");
 }
@@ -145,9 +146,10 @@ function started() {
 
 function show(view) {
   if (!app.session) view = "signin";
-  if (!["signin", "overview", "files", "jobs"].includes(view)) view = "overview";
+  const views = ["signin", "overview", "files", "jobs", "staging"];
+  if (!views.includes(view) || (view === "staging" && !(app.session && app.session.operator))) view = "overview";
   app.view = view;
-  for (const v of ["signin", "overview", "files", "jobs"]) $("view-" + v).hidden = v !== view;
+  for (const v of views) $("view-" + v).hidden = v !== view;
   for (const b of document.querySelectorAll("#nav button")) {
     if (b.dataset.view === view) b.setAttribute("aria-current", "page"); else b.removeAttribute("aria-current");
   }
@@ -156,6 +158,7 @@ function show(view) {
   clearInterval(app.timer);
   app.timer = null;
   follow([]);
+  say("");
   fail("");
   if (view === "jobs") { app.jobsAfter = []; app.timer = setInterval(() => loadJobs(true).catch(() => {}), 5000); }
   refresh();
@@ -165,12 +168,57 @@ function refresh() {
   if (app.view === "overview") loadOverview().catch(e => fail(e.message));
   if (app.view === "files") (app.entries ? loadEntries(app.entries.path, app.entries.after) : loadDatasets()).catch(e => fail(e.message));
   if (app.view === "jobs") loadJobs(false).catch(e => fail(e.message));
+  if (app.view === "staging") loadStaging().catch(e => fail(e.message));
+}
+
+// Staging (operators): the cache's use against its quota, each entry with the scheduler jobs
+// that pin it, and for one still staging, its transfer's state and error (why they wait).
+async function loadStaging() {
+  const c = await api("GET", "/api/v1/stage/cache");
+  const staged = (c.entries || []).reduce((n, e) => n + (e.state === "ready" ? e.bytes : 0), 0);
+  const pct = c.quota > 0 ? Math.round(100 * c.ready_bytes / c.quota) : 0;
+  $("staging-use").textContent = t("staging.use", { used: bytes(c.ready_bytes), quota: bytes(c.quota), pct, root: c.root });
+  drawBars($("staging-chart"), [[t("staging.ready"), c.ready_bytes], [t("staging.quota"), c.quota]], bytes);
+  const waiting = (c.entries || []).filter(e => e.state === "staging" && e.job);
+  const jobs = {};
+  await Promise.all(waiting.slice(0, 50).map(async e => {
+    try { jobs[e.job] = await api("GET", "/api/v1/transfers/" + e.job); } catch (x) { /* gone */ }
+  }));
+  fill("staging", (c.entries || []).map(e => {
+    const j = e.job ? jobs[e.job] : null;
+    const transfer = e.job ? "#" + e.job + (j ? " " + jobState(j) + (j.error ? ": " + j.error : "") : "") : "";
+    return row([{ text: e.id, attrs: { class: "num" } }, { text: e.source, attrs: { class: "path" } }, t("staging.state." + e.state) + (e.error ? ": " + e.error : ""),
+      { text: e.state === "ready" ? bytes(e.bytes) : "", attrs: { class: "num" } }, (e.pins || []).join(", "), transfer, when(e.last_used)]);
+  }));
+  say(t("staging.count", { n: (c.entries || []).length, staged: bytes(staged) }));
 }
 
 // Overview: jobs by state (a bar chart drawn here, each bar labelled with its state and
 // count, so colour says nothing the text does not), peers, centers.
 async function loadOverview() {
-  const [health, centers] = await Promise.all([api("GET", "/api/v1/health"), api("GET", "/api/v1/catalog/centers")]);
+  const [health, centers, stats] = await Promise.all([api("GET", "/api/v1/health"), api("GET", "/api/v1/catalog/centers"), api("GET", "/api/v1/stats?days=14")]);
+  const peerName = p => p === "" ? t("local") : p;
+  // Per day: a bar per day (all peers), and a row per day and peer.
+  const perDay = new Map();
+  for (const d of stats.days) perDay.set(d.start, (perDay.get(d.start) || 0) + d.bytes);
+  const day = unix => new Date(unix * 1000).toISOString().slice(0, 10);
+  drawBars($("overview-days-chart"), [...perDay.entries()].map(([s, b]) => [day(s), b]), bytes);
+  fill("overview-days", stats.days.map(d => row([day(d.start), peerName(d.peer), { text: bytes(d.bytes), attrs: { class: "num" } }, { text: d.jobs, attrs: { class: "num" } }])));
+  // The last hour per peer: a line of its twelve five-minute rates, the last one and the average.
+  const span = stats.span_seconds;
+  const now = Math.floor(Date.now() / 1000);
+  const first = Math.floor((now - 3600) / span) * span;
+  const hourly = new Map();
+  for (const m of stats.last_hour) {
+    if (!hourly.has(m.peer)) hourly.set(m.peer, new Array(13).fill(0));
+    const i = Math.round((m.start - first) / span);
+    if (i >= 0 && i < 13) hourly.get(m.peer)[i] += m.bytes / span;
+  }
+  fill("overview-hour", [...hourly.entries()].sort().map(([p, rates]) => {
+    const hour = rates.reduce((a, b) => a + b, 0) * span / 3600;
+    return row([peerName(p), spark(rates, t("overview.hourof", { peer: peerName(p) })), { text: bytes(rates[rates.length - 1]) + "/s", attrs: { class: "num" } },
+      { text: bytes(hour) + "/s", attrs: { class: "num" } }]);
+  }));
   const counts = health.jobs || {};
   fill("overview-states", STATES.map(s => row([stateName(s), { text: counts[s] || 0, attrs: { class: "num" } }])));
   drawBars($("overview-chart"), STATES.map(s => [stateName(s), counts[s] || 0]));
@@ -180,10 +228,29 @@ async function loadOverview() {
   fill("overview-centers", (centers.centers || []).map(c => row([c.name, c.name === centers.center ? t("here") : (c.reachable ? t("yes") : t("no")), when(c.last_sync)])));
 }
 
-function drawBars(box, pairs) {
+// A line of the values (rates), drawn in the page; its label says what it is, and the cells
+// beside it give the figures.
+function spark(values, label) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  const w = 160, h = 28, max = Math.max(1, ...values);
+  svg.setAttribute("viewBox", "0 0 " + w + " " + h);
+  svg.setAttribute("width", w); svg.setAttribute("height", h);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", label);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", values.map((v, i) => (i * w / (values.length - 1)).toFixed(1) + "," + (h - 2 - (h - 4) * v / max).toFixed(1)).join(" "));
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "#0b4fa8");
+  line.setAttribute("stroke-width", "2");
+  svg.appendChild(line);
+  return svg;
+}
+
+function drawBars(box, pairs, format) {
   const ns = "http://www.w3.org/2000/svg";
   const max = Math.max(1, ...pairs.map(p => p[1]));
-  const h = 18, w = 520, label = 170;
+  const h = 18, w = 560, label = 170;
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", "0 0 " + w + " " + (pairs.length * h + 4));
   svg.setAttribute("role", "img");
@@ -194,10 +261,10 @@ function drawBars(box, pairs) {
     text.textContent = name;
     const bar = document.createElementNS(ns, "rect");
     bar.setAttribute("x", label); bar.setAttribute("y", i * h + 3);
-    bar.setAttribute("height", h - 6); bar.setAttribute("width", Math.max(n ? 2 : 0, (w - label - 60) * n / max));
+    bar.setAttribute("height", h - 6); bar.setAttribute("width", Math.max(n ? 2 : 0, (w - label - 100) * n / max));
     const count = document.createElementNS(ns, "text");
-    count.setAttribute("x", label + (w - label - 60) * n / max + 6); count.setAttribute("y", i * h + 13);
-    count.textContent = String(n);
+    count.setAttribute("x", label + (w - label - 100) * n / max + 6); count.setAttribute("y", i * h + 13);
+    count.textContent = format ? format(n) : String(n);
     svg.append(text, bar, count);
   });
   box.replaceChildren(svg);

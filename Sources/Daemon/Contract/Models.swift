@@ -441,6 +441,31 @@ extension V1 {
         }
     }
 
+    /// Bytes moved to or from one peer ("": local copies) by jobs that ended in success within
+    /// one span (a day, or five minutes) starting at `start` (Unix seconds).
+    public struct MovedBytes: APIModel {
+        public var start: Int64
+        public var peer: String
+        public var bytes: Int64
+        public var jobs: Int64
+        public static var schema: Schema {
+            .object(["start": .integer("Unix seconds: the span's start"), "peer": .string("the peer; empty for copies within this center"),
+                     "bytes": .integer(), "jobs": .integer()], required: ["start", "peer", "bytes", "jobs"])
+        }
+    }
+
+    /// GET /api/v1/stats.
+    public struct TransferStats: APIModel {
+        public var days: [MovedBytes]
+        public var lastHour: [MovedBytes]
+        public var spanSeconds: Int64
+        public static var schema: Schema {
+            .object(["days": .array(.ref(MovedBytes.self), "by day (UTC), oldest first"),
+                     "last_hour": .array(.ref(MovedBytes.self), "by five minutes, oldest first"),
+                     "span_seconds": .integer("the length of last_hour's spans (300)")], required: ["days", "last_hour", "span_seconds"])
+        }
+    }
+
     public struct CenterView: APIModel {
         public var name: String
         public var api: String

@@ -124,12 +124,28 @@ public struct DaemonAPI: Sendable {
                     throw HTTPFailure(status: 400, message: "after is a job id (0 or more), limit 1 to 1000")
                 }
                 f.afterID = after
+                f.peer = q["peer"].map(String.init)
+                f.since = q["since"].flatMap { Int64(String($0)) }
                 // One more than asked: `more` says whether another page follows.
                 f.limit = limit + 1
                 var jobs = try store.list(f)
                 let more = jobs.count > limit
                 if more { jobs.removeLast(jobs.count - limit) }
                 return try codable(200, V1.TransferPage(transfers: jobs.map { V1.Transfer($0) }, more: more, nextAfter: more ? jobs.last?.id : nil))
+            }
+        }
+        route(router, "transferStats") { request, _ in
+            try await handle(request) { user in
+                let days = Int64(request.uri.queryParameters["days"].map(String.init) ?? "14") ?? 14
+                let owner = user.isOperator ? nil : user.user
+                let t = now()
+                // Whole days (UTC), today's included; the last hour in spans of five minutes.
+                let byDay = try store.moved(owner: owner, since: (t / 86_400 - (days - 1)) * 86_400, bucket: 86_400)
+                let byFive = try store.moved(owner: owner, since: (t - 3_600) / 300 * 300, bucket: 300)
+                func view(_ rows: [(start: Int64, peer: String, bytes: Int64, jobs: Int64)]) -> [V1.MovedBytes] {
+                    rows.map { V1.MovedBytes(start: $0.start, peer: $0.peer, bytes: $0.bytes, jobs: $0.jobs) }
+                }
+                return try codable(200, V1.TransferStats(days: view(byDay), lastHour: view(byFive), spanSeconds: 300))
             }
         }
         route(router, "getTransfer") { request, context in

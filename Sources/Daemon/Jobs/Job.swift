@@ -105,6 +105,10 @@ public struct JobFilter: Sendable {
     public var states: [JobState] = []
     public var afterID: Int64 = 0
     public var limit = 100
+    /// Only jobs to or from this peer ("" : local copies).
+    public var peer: String?
+    /// Only jobs created at or after this Unix time.
+    public var since: Int64?
 
     public init(owner: String? = nil, states: [JobState] = [], afterID: Int64 = 0, limit: Int = 100) {
         self.owner = owner

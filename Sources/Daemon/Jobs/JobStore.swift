@@ -158,6 +158,8 @@ public final class JobStore: @unchecked Sendable {
         var sql = "SELECT * FROM jobs WHERE id > ?"
         var args: [any SQLArgument] = [f.afterID]
         if let o = f.owner { sql += " AND owner = ?"; args.append(o) }
+        if let p = f.peer { sql += " AND peer = ?"; args.append(p) }
+        if let t = f.since { sql += " AND created >= ?"; args.append(t) }
         if !f.states.isEmpty {
             sql += " AND state IN (" + f.states.map { _ in "?" }.joined(separator: ",") + ")"
             args += f.states.map { $0.rawValue }
@@ -165,6 +167,17 @@ public final class JobStore: @unchecked Sendable {
         sql += " ORDER BY id LIMIT ?"
         args.append(max(1, min(f.limit, 1001)))  // 1,000 a page, and one more to know whether more follow
         return try db.read { s in try s.query(sql, args).map(JobStore.job) }
+    }
+
+    /// Bytes moved by jobs that ended in success since `since` (Unix seconds), by peer and by
+    /// the span of `bucket` seconds they ended in (each span's start, in Unix seconds); `owner`'s
+    /// jobs only, or everyone's. In key order (span, peer).
+    public func moved(owner: String?, since: Int64, bucket: Int64) throws -> [(start: Int64, peer: String, bytes: Int64, jobs: Int64)] {
+        var sql = "SELECT peer, (updated / ?) * ? AS at, CAST(SUM(bytes) AS BIGINT) AS moved, COUNT(*) AS n FROM jobs WHERE state = 'success' AND updated >= ?"
+        var args: [any SQLArgument] = [bucket, bucket, since]
+        if let owner { sql += " AND owner = ?"; args.append(owner) }
+        sql += " GROUP BY peer, at ORDER BY at, peer"
+        return try db.read { s in try s.query(sql, args).map { ($0.int("at"), $0.text("peer"), $0.int("moved"), $0.int("n")) } }
     }
 
     public func countsByState() throws -> [JobState: Int] {
