@@ -189,6 +189,10 @@ struct ContractSchemaTests {
         try Self.expectConforms(V1.CentersAnswer(center: "a", centers: []))
         try Self.expectConforms(V1.ConsoleSession(user: "alice", operator: false, expires: 9, csrf: "x", center: "hlrs"))
         try Self.expectConforms(V1.SignedOut(signedOut: true))
+        try Self.expectConforms(V1.AttemptList(job: 7, attempts: [V1.Attempt(attempt: 1, worker: "hlrs-1/0", ended: 9, state: .upForRetry, error: "reset",
+                                                                             errorCode: "io", bytes: 5),
+                                                                  V1.Attempt(attempt: 2, worker: "hlrs-1/0", ended: 12, state: .success, error: nil, errorCode: nil, bytes: 10)]))
+        try Self.expectConforms(V1.TransferStats(days: [V1.MovedBytes(start: 86_400, peer: "wuxi", bytes: 10, jobs: 1)], lastHour: [], spanSeconds: 300))
         try Self.expectConforms(try Self.decoded(#"{"title":"Ferry","state.running":"Running"}"#) as V1.ConsoleCatalogue)
         try Self.expectConforms(V1.ReplicateAnswer(state: "staging", center: "a", path: "/r", job: 3, from: "b", message: "m"))
         let summary: RegisterSummary = try Self.decoded(#"{"dataset":1,"added":1,"changed":0,"removed":0,"unchanged":0,"hashed":0,"files":1,"bytes":2,"skipped":0,"unreadable":1,"first_error":"one unreadable file","seconds":0.1}"#)

@@ -104,6 +104,30 @@ struct JobStoreTests {
         #expect(try s.list(JobFilter(owner: "alice", limit: 100).with { $0.peer = "" }).count == 1)
     }
 
+    @Test("a job's history: each attempt with the state it led to, its error and code; numbered again after a retry", arguments: Backend.allCases)
+    func attemptHistory(_ backend: Backend) throws {
+        let s = try JobStore(database: try backend.newDatabase())
+        var r = JobRequest(source: "/a", destination: "ferry://b/a")
+        r.maxAttempts = 2
+        let id = try s.submit(owner: "alice", request: r, peer: "b", now: 100)
+        #expect(try s.attempts(id).isEmpty)
+        _ = try #require(try s.claim(worker: "w1", now: 101, leaseSeconds: 30))
+        #expect(try s.finish(id, worker: "w1", outcome: .failure(message: "reset by peer", resumable: true, code: .io), now: 102) == .upForRetry)
+        try s.promote(now: 10_000)
+        _ = try #require(try s.claim(worker: "w2", now: 10_000, leaseSeconds: 30))
+        #expect(try s.finish(id, worker: "w2", outcome: .failure(message: "disk full", resumable: false, code: .noSpace), now: 10_001) == .failed)
+        _ = try s.retryJob(id, now: 10_002)
+        _ = try #require(try s.claim(worker: "w1", now: 10_003, leaseSeconds: 30))
+        #expect(try s.finish(id, worker: "w1", outcome: .success(bytes: 42, files: 1), now: 10_004) == .success)
+        let h = try s.attempts(id)
+        #expect(h.map { "\($0.attempt) \($0.worker) \($0.state) \($0.code ?? "-") \($0.bytes)" } ==
+                ["1 w1 up_for_retry io 0", "2 w2 failed no_space 0", "1 w1 success - 42"], "\(h)")
+        #expect(h[0].error == "reset by peer" && h[1].error == "disk full" && h[2].error == nil && h.map(\.ended) == [102, 10_001, 10_004])
+        // An outcome from a worker that no longer holds the job is not an attempt of it.
+        #expect(try s.finish(id, worker: "w9", outcome: .success(bytes: 1, files: 1), now: 10_005) == nil)
+        #expect(try s.attempts(id).count == 3)
+    }
+
     @Test("claims: priority then age, never one job twice, per-peer and per-user limits", arguments: Backend.allCases)
     func claims(_ backend: Backend) throws {
         let s = try JobStore(database: try backend.newDatabase())

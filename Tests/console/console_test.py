@@ -164,6 +164,19 @@ def federation(d):
     wait(d, lambda d: len(d.find_elements(By.ID, "job-%d" % job)) == 1, "the replication job is listed")
     wait(d, lambda d: d.find_element(By.ID, "job-%d" % job).get_attribute("data-state") == "success", "the replication reaches success on the page, no reload", 60)
     check(d.execute_script("return window.__sameDocument === 1"), "the same page all along (no reload)")
+    # The job's details: where it waits for nothing, its one attempt and how it ended.
+    d.find_element(By.XPATH, "//tr[@id='job-%d']//button[text()='#%d']" % (job, job)).click()
+    wait(d, lambda d: visible(d, "job-details") and len(d.find_elements(By.CSS_SELECTOR, "#job-attempts tbody tr")) == 1, "the job's details list its attempt")
+    check("Success" in d.find_element(By.CSS_SELECTOR, "#job-attempts tbody tr").text, "the attempt led to success")
+    check("wuxi" in by_id(d, "job-fields").text, "the job's peer is shown")
+    shot(d, "job-details-en")
+    # Filters: by peer (wuxi: the replication; csc: nothing).
+    for peer, expect in (("csc", False), ("wuxi", True)):
+        box = by_id(d, "jobs-peer")
+        box.clear()
+        box.send_keys(peer)
+        by_id(d, "jobs-refresh").click()
+        wait(d, lambda d: (len(d.find_elements(By.ID, "job-%d" % job)) == 1) == expect, "jobs with peer %s: the replication %s" % (peer, "listed" if expect else "not listed"))
     # The overview counts the replication's bytes for peer wuxi, today and in the last hour.
     by_id(d, "nav-overview").click()
     today = time.strftime("%Y-%m-%d", time.gmtime())
@@ -241,7 +254,7 @@ def run(d):
         progress = lambda d: d.find_element(By.CSS_SELECTOR, "#job-%d td.progress" % cfg["victim"]).text
         wait(d, lambda d: "/s" in progress(d) and "files" in progress(d), "a running job shows its live progress")
         shot(d, "jobs-en")
-        d.find_element(By.CSS_SELECTOR, "#%s button" % row).click()
+        d.find_element(By.XPATH, "//tr[@id='%s']//button[text()='Cancel']" % row).click()
         wait(d, lambda d: d.find_element(By.ID, row).get_attribute("data-state") == "failed" and "cancelled" in d.find_element(By.ID, row).text,
              "after Cancel the row says failed (cancelled), without a reload")
         status, job = api("GET", "/api/v1/transfers/%d" % cfg["running"], cfg["alice_token"])

@@ -223,6 +223,7 @@ async function loadOverview() {
   fill("overview-states", STATES.map(s => row([stateName(s), { text: counts[s] || 0, attrs: { class: "num" } }])));
   drawBars($("overview-chart"), STATES.map(s => [stateName(s), counts[s] || 0]));
   const peers = Object.entries(health.peers || {}).sort();
+  $("peer-names").replaceChildren(...peers.map(([name]) => el("option", null, { value: name })));
   fill("overview-peers", peers.map(([name, p]) => row([name, bytes(p.rate_bytes_per_second) + "/s", { text: p.streams, attrs: { class: "num" } },
     { text: p.active, attrs: { class: "num" } }, { text: p.errors, attrs: { class: "num" } }])));
   fill("overview-centers", (centers.centers || []).map(c => row([c.name, c.name === centers.center ? t("here") : (c.reachable ? t("yes") : t("no")), when(c.last_sync)])));
@@ -381,8 +382,11 @@ function fillStateFilter() {
 
 async function loadJobs(quiet) {
   const state = $("jobs-state").value;
+  const peer = $("jobs-peer").value.trim();
+  const since = $("jobs-since").value ? Math.floor(Date.parse($("jobs-since").value + "T00:00:00Z") / 1000) : 0;
   const after = app.jobsAfter.length ? app.jobsAfter[app.jobsAfter.length - 1] : 0;
-  const page = await api("GET", "/api/v1/transfers?limit=" + PAGE + (state ? "&state=" + state : "") + (after ? "&after=" + after : ""));
+  const page = await api("GET", "/api/v1/transfers?limit=" + PAGE + (state ? "&state=" + state : "") + (after ? "&after=" + after : "")
+    + (peer ? "&peer=" + encodeURIComponent(peer) : "") + (since ? "&since=" + since : ""));
   fill("jobs", (page.transfers || []).map(listed => {
     // A running job's progress is what its stream last said (the list carries none).
     const live = streamed.get(listed.id);
@@ -398,7 +402,9 @@ async function loadJobs(quiet) {
       b.addEventListener("click", () => act(j.id, "retry"));
       actions.appendChild(b);
     }
-    const tr = row([{ text: j.id, attrs: { class: "num" } }, { text: jobState(j), attrs: { class: "state" } },
+    const open = el("button", "#" + j.id, { type: "button", "aria-label": t("jobs.details", { id: j.id }) });
+    open.addEventListener("click", () => loadJob(j.id).catch(e => fail(e.message)));
+    const tr = row([open, { text: jobState(j), attrs: { class: "state" } },
       { text: j.source, attrs: { class: "path" } }, { text: j.destination, attrs: { class: "path" } }, { text: progressText(j), attrs: { class: "progress" } },
       (j.error_code ? "[" + j.error_code + "] " : "") + (j.error || ""), actions]);
     tr.id = "job-" + j.id;
@@ -457,6 +463,21 @@ function follow(ids) {
   }
 }
 
+// One job: its fields, what it waits for, and each attempt with how it ended.
+async function loadJob(id) {
+  const [j, h] = await Promise.all([api("GET", "/api/v1/transfers/" + id), api("GET", "/api/v1/transfers/" + id + "/attempts")]);
+  $("job-details").hidden = false;
+  $("job-title").textContent = t("jobs.details", { id });
+  const fields = [[t("col.state"), jobState(j)], [t("col.source"), j.source], [t("col.destination"), j.destination], [t("col.peer"), j.peer || t("local")],
+    [t("col.owner"), j.owner], [t("jobs.created"), when(j.created)], [t("jobs.updated"), when(j.updated)],
+    [t("jobs.tries"), j.attempts + " / " + j.max_attempts], [t("jobs.dependson"), (j.depends_on || []).map(d => "#" + d).join(", ") || "–"],
+    [t("col.progress"), progressText(j) || "–"], [t("col.error"), (j.error_code ? "[" + j.error_code + "] " : "") + (j.error || "–")]];
+  $("job-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
+  fill("job-attempts", h.attempts.map(a => row([{ text: a.attempt, attrs: { class: "num" } }, when(a.ended), a.worker, stateName(a.state),
+    { text: bytes(a.bytes), attrs: { class: "num" } }, (a.error_code ? "[" + a.error_code + "] " : "") + (a.error || "")])));
+  $("job-details").scrollIntoView();
+}
+
 async function act(id, what) {
   try {
     await api("POST", "/api/v1/transfers/" + id + "/" + what);
@@ -476,7 +497,7 @@ window.addEventListener("DOMContentLoaded", async () => {
     if (app.entries && app.entries.next) loadEntries(app.entries.path, app.entries.next).catch(e => fail(e.message));
   });
   $("jobs-state").addEventListener("change", () => { app.jobsAfter = []; loadJobs(false).catch(e => fail(e.message)); });
-  $("jobs-refresh").addEventListener("click", () => { app.jobsAfter = []; loadJobs(false).catch(e => fail(e.message)); });
+  $("jobs-filters").addEventListener("submit", ev => { ev.preventDefault(); app.jobsAfter = []; loadJobs(false).catch(e => fail(e.message)); });
   for (const b of document.querySelectorAll("#nav button")) b.addEventListener("click", () => show(b.dataset.view));
   await setLanguage(chosenLanguage());
   try {

@@ -441,6 +441,33 @@ extension V1 {
         }
     }
 
+    /// One attempt of a job: its number (from 1; again from 1 after a retry), the worker that
+    /// ran it, when it ended (Unix seconds), the state it moved the job to, its error and code.
+    public struct Attempt: APIModel {
+        public var attempt: Int
+        public var worker: String
+        public var ended: Int64
+        public var state: JobState
+        public var error: String?
+        public var errorCode: String?
+        public var bytes: Int64
+        public static var schema: Schema {
+            .object(["attempt": .integer(minimum: 0), "worker": .string(), "ended": .integer("Unix seconds"),
+                     "state": .string("the state the attempt moved the job to", enum: V1.jobStates),
+                     "error": .string(), "error_code": .string(), "bytes": .integer(minimum: 0)],
+                    required: ["attempt", "worker", "ended", "state", "bytes"])
+        }
+    }
+
+    /// GET /api/v1/transfers/{id}/attempts.
+    public struct AttemptList: APIModel {
+        public var job: Int64
+        public var attempts: [Attempt]
+        public static var schema: Schema {
+            .object(["job": .integer(), "attempts": .array(.ref(Attempt.self), "oldest first (the last 100)")], required: ["job", "attempts"])
+        }
+    }
+
     /// Bytes moved to or from one peer ("": local copies) by jobs that ended in success within
     /// one span (a day, or five minutes) starting at `start` (Unix seconds).
     public struct MovedBytes: APIModel {

@@ -169,6 +169,8 @@ public enum APIContract {
                      answer: .ref(V1.TransferStats.self), description: "bytes moved"),
         APIOperation(id: "getTransfer", method: "GET", path: "/api/v1/transfers/{id}", summary: "One job (a running one with its live progress)",
                      parameters: [.path("id")], answer: .ref(V1.Transfer.self), description: "the job", errors: [404: "no such job of the caller"]),
+        APIOperation(id: "transferAttempts", method: "GET", path: "/api/v1/transfers/{id}/attempts", summary: "One job's attempts, oldest first, each with how it ended",
+                     parameters: [.path("id")], answer: .ref(V1.AttemptList.self), description: "the attempts", errors: [404: "no such job of the caller"]),
         APIOperation(id: "transferEvents", method: "GET", path: "/api/v1/transfers/{id}/events",
                      summary: "Progress as server-sent events (event: progress, then end; data: the job as getTransfer answers it)",
                      parameters: [.path("id")], answer: nil, description: "the event stream, until the job ends", contentType: "text/event-stream",

@@ -151,6 +151,16 @@ public struct DaemonAPI: Sendable {
         route(router, "getTransfer") { request, context in
             try await handle(request) { user in try codable(200, live(try ownJob(context, user))) }
         }
+        route(router, "transferAttempts") { request, context in
+            try await handle(request) { user in
+                let job = try ownJob(context, user)
+                let list = try store.attempts(job.id).map {
+                    V1.Attempt(attempt: $0.attempt, worker: $0.worker, ended: $0.ended, state: JobState(rawValue: $0.state) ?? .noStatus, error: $0.error,
+                               errorCode: $0.code, bytes: $0.bytes)
+                }
+                return try codable(200, V1.AttemptList(job: job.id, attempts: list))
+            }
+        }
         route(router, "transferEvents") { request, context in
             try await handle(request) { user in
                 let id = try ownJob(context, user).id
@@ -208,7 +218,7 @@ public struct DaemonAPI: Sendable {
     /// order; the others (a find that scans, event streams, federation pages of 20,000, du,
     /// metrics; a registration that walks a tree, a sweep, a replication) on `reads` and
     /// `writes`, so that those can never hold the threads the quick ones need.
-    static let quickOperations: Set<String> = ["health", "listTransfers", "getTransfer", "datasets", "ls", "stat", "centers",
+    static let quickOperations: Set<String> = ["health", "listTransfers", "getTransfer", "transferAttempts", "datasets", "ls", "stat", "centers",
                                                "stageStatus", "federationDataset",
                                                "submitTransfer", "cancelTransfer", "retryTransfer", "stageIn", "stageOut", "stageTeardown"]
     /// Set by `route` while its handler runs: whether its operation is one of `quickOperations`.

@@ -88,6 +88,17 @@ public final class JobStore: @unchecked Sendable {
                 CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs(state, priority DESC, id);
                 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, id);
                 CREATE INDEX IF NOT EXISTS job_deps_on ON job_deps(depends_on);
+                CREATE TABLE IF NOT EXISTS job_attempts (
+                    \(id),
+                    job \(int) NOT NULL REFERENCES jobs(id),
+                    attempt \(int) NOT NULL,
+                    worker TEXT NOT NULL,
+                    ended \(int) NOT NULL,
+                    state TEXT NOT NULL,
+                    error TEXT,
+                    error_code TEXT,
+                    bytes \(int) NOT NULL DEFAULT 0);
+                CREATE INDEX IF NOT EXISTS job_attempts_job ON job_attempts(job, id);
                 """)
             try JobStore.migrate(s)
         }
@@ -363,7 +374,21 @@ public final class JobStore: @unchecked Sendable {
                     updated = ?
                 WHERE id = ?
                 """, state.rawValue, error, errorCode?.name, notBefore, bytes, files, now, id)
+            // The attempt's own line of the job's history (the job keeps only its last error).
+            try s.send("INSERT INTO job_attempts (job, attempt, worker, ended, state, error, error_code, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       id, job.attempts, worker, now, state.rawValue, error, errorCode?.name, bytes)
             return state
+        }
+    }
+
+    /// A job's attempts, oldest first: how each ended (the state it moved the job to), its
+    /// error and code, and the bytes the job had then. Attempts are numbered from 1 again after
+    /// a retry (`retryJob`); at most the last `limit`.
+    public func attempts(_ id: Int64, limit: Int = 100) throws -> [(attempt: Int, worker: String, ended: Int64, state: String, error: String?, code: String?, bytes: Int64)] {
+        try db.read { s in
+            try s.query("SELECT * FROM job_attempts WHERE job = ? ORDER BY id DESC LIMIT ?", id, limit).reversed().map {
+                (Int($0.int("attempt")), $0.text("worker"), $0.int("ended"), $0.text("state"), $0.optionalText("error"), $0.optionalText("error_code"), $0.int("bytes"))
+            }
         }
     }
 
