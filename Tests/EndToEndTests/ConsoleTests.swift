@@ -90,6 +90,8 @@ struct ConsoleTests {
         #expect(r.status == 0, "console_test.py:\n\(r.output.suffix(6000))")
         #expect(r.output.contains("all console checks held"), "\(r.output.suffix(2000))")
         print(r.output.split(separator: "\n").filter { $0.hasPrefix("pages:") }.joined(separator: "\n"))
+        // "Copy to" made a real copy from wuxi's replica.
+        #expect(filesIdentical(sb.file("hlrs/data/copy-a.bin"), sb.file("wuxi/data/small/a.bin")), "the console's copy arrived whole")
     }
 
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("console/console_test.py").path

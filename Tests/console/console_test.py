@@ -157,12 +157,18 @@ def federation(d):
     d.find_element(By.XPATH, "//table[@id='entries']//button[text()='a.bin']").click()
     wait(d, lambda d: visible(d, "details") and "wuxi" in by_id(d, "replicas").text, "its replica at wuxi is shown")
     shot(d, "entry-replicas-en")
+    # Copy it from its best replica to a path of hlrs: one job.
+    by_id(d, "copy-to").send_keys("/data/copy-a.bin")
+    by_id(d, "copy-submit").click()
+    wait(d, lambda d: by_id(d, "copy-submit").get_attribute("data-job"), "the copy has a job")
+    copy = int(by_id(d, "copy-submit").get_attribute("data-job"))
     by_id(d, "replicate").click()
     wait(d, lambda d: by_id(d, "replicate").get_attribute("data-job"), "the replication has a job")
     job = int(by_id(d, "replicate").get_attribute("data-job"))
     by_id(d, "nav-jobs").click()
     wait(d, lambda d: len(d.find_elements(By.ID, "job-%d" % job)) == 1, "the replication job is listed")
     wait(d, lambda d: d.find_element(By.ID, "job-%d" % job).get_attribute("data-state") == "success", "the replication reaches success on the page, no reload", 60)
+    wait(d, lambda d: d.find_element(By.ID, "job-%d" % copy).get_attribute("data-state") == "success", "the copy reaches success", 60)
     check(d.execute_script("return window.__sameDocument === 1"), "the same page all along (no reload)")
     # The job's details: where it waits for nothing, its one attempt and how it ended.
     d.find_element(By.XPATH, "//tr[@id='job-%d']//button[text()='#%d']" % (job, job)).click()
@@ -180,9 +186,10 @@ def federation(d):
     # The overview counts the replication's bytes for peer wuxi, today and in the last hour.
     by_id(d, "nav-overview").click()
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    # (The stage-in and the replication each moved the 256 KiB file from wuxi: an operator sees both.)
-    wait(d, lambda d: any(today in r.text and "wuxi" in r.text and "512.0 KiB" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#overview-days tbody tr")),
-         "bytes moved today from wuxi (2 x 256 KiB) are in the overview")
+    # (The stage-in, the copy and the replication each moved the 256 KiB file from wuxi: an
+    # operator sees all three.)
+    wait(d, lambda d: any(today in r.text and "wuxi" in r.text and "768.0 KiB" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#overview-days tbody tr")),
+         "bytes moved today from wuxi (3 x 256 KiB) are in the overview")
     wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#overview-hour tbody tr svg polyline")) >= 1 and "wuxi" in by_id(d, "overview-hour").text,
          "wuxi's throughput over the last hour is drawn")
     shot(d, "overview-federation-en")
@@ -242,6 +249,19 @@ def run(d):
         by_id(d, "find-submit").click()
         wait(d, lambda d: sorted(b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")) == ["f0012%d" % i for i in range(10)],
              "find f0012? lists exactly the ten matching files")
+        # By size too: f00120 to f00129 hold four bytes ("120\n"); none of them three or fewer.
+        by_id(d, "find-max").send_keys("3")
+        by_id(d, "find-submit").click()
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")) == 0, "find f0012? of at most 3 bytes: none")
+        by_id(d, "find-max").clear()
+        by_id(d, "find-min").send_keys("4")
+        by_id(d, "find-submit").click()
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")) == 10, "find f0012? of at least 4 bytes: the ten")
+        by_id(d, "find-min").clear()
+        by_id(d, "find-min").send_keys("lots")
+        by_id(d, "find-submit").click()
+        wait(d, lambda d: "Not a size" in by_id(d, "error").text, "a size that is not one is refused in the page")
+        by_id(d, "find-min").clear()
         d.find_element(By.XPATH, "//table[@id='entries']//button[text()='f00123']").click()
         wait(d, lambda d: visible(d, "details") and "at this center" in by_id(d, "replicas").text, "the entry's replica is shown with its rank and reason")
         shot(d, "entry-en")

@@ -333,12 +333,29 @@ async function loadEntries(path, after) {
   say(t("files.page", { n: (page.entries || []).length }) + (page.more ? " " + t("files.more") : ""));
 }
 
+// "10M" and the like as bytes (K, M, G, T: powers of 1,024, as the CLI reads them); null when
+// it is not a size.
+function sizeOf(text) {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?$/i.exec(text);
+  if (!m) return null;
+  return Math.round(Number(m[1]) * Math.pow(1024, " KMGT".indexOf((m[2] || " ").toUpperCase())));
+}
+
 async function findEntries(ev) {
   ev.preventDefault();
   if (!app.entries) return;
   const name = $("find-name").value.trim();
-  if (!name) return;
-  const page = await api("GET", "/api/v1/catalog/find?path=" + encodeURIComponent(app.entries.path) + "&name=" + encodeURIComponent(name) + "&limit=" + PAGE);
+  let q = "path=" + encodeURIComponent(app.entries.path) + "&limit=" + ENTRIES + (name ? "&name=" + encodeURIComponent(name) : "");
+  for (const [id, key] of [["find-min", "min_size"], ["find-max", "max_size"]]) {
+    const text = $(id).value.trim();
+    if (!text) continue;
+    const n = sizeOf(text);
+    if (n === null) { fail(t("find.badsize", { text })); return; }
+    q += "&" + key + "=" + n;
+  }
+  if ($("find-newer").value) q += "&newer=" + Math.floor(Date.parse($("find-newer").value + "T00:00:00Z") / 1000);
+  fail("");
+  const page = await api("GET", "/api/v1/catalog/find?" + q);
   const base = app.entries.path.split("/").slice(0, 4).join("/");
   fill("entries", (page.entries || []).map(e => {
     const full = base + "/" + (e.dir ? e.dir + "/" : "") + e.name;
@@ -365,6 +382,21 @@ async function loadDetails(path) {
       const a = await api("POST", "/api/v1/catalog/replicate", { path: dataset });
       say(t("details.replicating", { state: a.state, job: a.job || "–" }));
       if (a.job) rep.dataset.job = String(a.job);
+    } catch (e) { fail(e.message); }
+  };
+  // Copy to a path of this center or of a peer: one job from the best replica (the first
+  // ranked), as `ferry cp gfs://...` makes.
+  $("copy").onsubmit = async ev => {
+    ev.preventDefault();
+    const best = (s.replicas || []).find(r => r.rank === 1);
+    const to = $("copy-to").value.trim();
+    if (!best || !to) { fail(best ? t("details.copyempty") : t("details.noreplica")); return; }
+    const within = (s.entry.dir ? s.entry.dir + "/" : "") + s.entry.name;
+    const source = (best.center === app.session.center ? "" : "ferry://" + best.center) + best.path + "/" + within;
+    try {
+      const job = await api("POST", "/api/v1/transfers", { source, destination: to, recursive: s.entry.kind === "d" });
+      $("copy-submit").dataset.job = String(job.id);
+      say(t("details.copying", { job: job.id, source }));
     } catch (e) { fail(e.message); }
   };
   $("details").scrollIntoView();
