@@ -136,14 +136,14 @@ def federation(d):
     seen = set()
     times = []
     for page in range(1, 121):
-        names = d.execute_script("return Array.from(document.querySelectorAll('#entries tbody button.entry'), b => b.textContent)")
+        names = d.execute_script("return Array.from(document.querySelectorAll('#entries tbody a.entry'), b => b.textContent)")
         seen.update(names)
         if not visible(d, "entries-more"):
             break
         first = names[0]
         t0 = time.monotonic()
         by_id(d, "entries-more").click()
-        wait(d, lambda d: d.execute_script("const b = document.querySelector('#entries tbody button.entry'); return b && b.textContent") != first, "page %d loads" % (page + 1))
+        wait(d, lambda d: d.execute_script("const b = document.querySelector('#entries tbody a.entry'); return b && b.textContent") != first, "page %d loads" % (page + 1))
         times.append(time.monotonic() - t0)
     times.sort()
     print("pages: %d, click to rendered page of 1,000: median %.0f ms, max %.0f ms" % (len(times) + 1, 1000 * times[len(times) // 2], 1000 * times[-1]))
@@ -153,8 +153,8 @@ def federation(d):
     by_id(d, "files-crumbs").find_element(By.TAG_NAME, "button").click()
     wait(d, lambda d: "small" in by_id(d, "datasets").text, "back to the datasets")
     d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='small']").click()
-    wait(d, lambda d: len(d.find_elements(By.XPATH, "//table[@id='entries']//button[text()='a.bin']")) == 1, "the small dataset's file")
-    d.find_element(By.XPATH, "//table[@id='entries']//button[text()='a.bin']").click()
+    wait(d, lambda d: len(d.find_elements(By.XPATH, "//table[@id='entries']//a[text()='a.bin']")) == 1, "the small dataset's file")
+    d.find_element(By.XPATH, "//table[@id='entries']//a[text()='a.bin']").click()
     wait(d, lambda d: visible(d, "details") and "wuxi" in by_id(d, "replicas").text, "its replica at wuxi is shown")
     shot(d, "entry-replicas-en")
     # Copy it from its best replica to a path of hlrs: one job.
@@ -239,7 +239,7 @@ def run(d):
         shot(d, "files-en")
         d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='public']").click()
         wait(d, lambda d: visible(d, "entries") and len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 252, "the directory's 252 entries, in one page of up to 1,000")
-        names = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")]
+        names = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")]
         check("<img src=x onerror=alert(1)>" in names and '"><svg onload=window.__pwned=1>' in names, "names with markup are shown as text")
         check(len(d.find_elements(By.CSS_SELECTOR, "#entries img, #entries svg, #entries script")) == 0, "no element was made from a name")
         check(not visible(d, "entries-more"), "no next page offered for 252 entries")
@@ -247,22 +247,22 @@ def run(d):
         box = by_id(d, "find-name")
         box.send_keys("f0012?")
         by_id(d, "find-submit").click()
-        wait(d, lambda d: sorted(b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")) == ["f0012%d" % i for i in range(10)],
+        wait(d, lambda d: sorted(b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")) == ["f0012%d" % i for i in range(10)],
              "find f0012? lists exactly the ten matching files")
         # By size too: f00120 to f00129 hold four bytes ("120\n"); none of them three or fewer.
         by_id(d, "find-max").send_keys("3")
         by_id(d, "find-submit").click()
-        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")) == 0, "find f0012? of at most 3 bytes: none")
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")) == 0, "find f0012? of at most 3 bytes: none")
         by_id(d, "find-max").clear()
         by_id(d, "find-min").send_keys("4")
         by_id(d, "find-submit").click()
-        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody button.entry")) == 10, "find f0012? of at least 4 bytes: the ten")
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")) == 10, "find f0012? of at least 4 bytes: the ten")
         by_id(d, "find-min").clear()
         by_id(d, "find-min").send_keys("lots")
         by_id(d, "find-submit").click()
         wait(d, lambda d: "Not a size" in by_id(d, "error").text, "a size that is not one is refused in the page")
         by_id(d, "find-min").clear()
-        d.find_element(By.XPATH, "//table[@id='entries']//button[text()='f00123']").click()
+        d.find_element(By.XPATH, "//table[@id='entries']//a[text()='f00123']").click()
         wait(d, lambda d: visible(d, "details") and "at this center" in by_id(d, "replicas").text, "the entry's replica is shown with its rank and reason")
         shot(d, "entry-en")
 
