@@ -85,6 +85,40 @@ def shot(driver, name):
     driver.set_window_size(1280, 800)
 
 
+CONTRAST_JS = """
+// WCAG 2 contrast of every visible element that holds text, against the first opaque
+// background behind it: the lowest ratios that fall short (4.5:1, or 3:1 for large text).
+function lum(c) {
+  const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}
+function rgba(text) { const m = text.match(/[\\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; }
+function background(e) {
+  for (; e; e = e.parentElement) { const c = rgba(getComputedStyle(e).backgroundColor); if (c[3] > 0.5) return c; }
+  return [255, 255, 255, 1];
+}
+const short = [];
+for (const e of document.querySelectorAll('body *')) {
+  if (!e.offsetParent && getComputedStyle(e).position !== 'fixed') continue;
+  if (!Array.from(e.childNodes).some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+  const st = getComputedStyle(e);
+  if (st.visibility === 'hidden' || parseFloat(st.opacity) === 0) continue;
+  const fg = rgba(st.color), bg = background(e);
+  const a = lum(fg), b = lum(bg);
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  const size = parseFloat(st.fontSize), bold = parseInt(st.fontWeight) >= 700;
+  const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+  if (ratio < need) short.push(e.tagName + ' "' + e.textContent.trim().slice(0, 30) + '" ' + ratio.toFixed(2));
+}
+return short;
+"""
+
+
+def contrast(driver, where):
+    short = driver.execute_script(CONTRAST_JS)
+    check(not short, "text contrast passes WCAG AA on %s: %r" % (where, short[:5]))
+
+
 def sign_in(driver, token, user):
     driver.get(API + "/")
     wait(driver, lambda d: d.execute_script("return document.body.dataset.ready") == "1", "the console loads")
@@ -201,6 +235,7 @@ def federation(d):
     check(any("ready" in r and "8" in r for r in rows), "ready, pinned by scheduler job 8: %r" % rows)
     check("quota" in by_id(d, "staging-use").text, "its use against the quota: %r" % by_id(d, "staging-use").text)
     shot(d, "staging-en")
+    contrast(d, "the staging view")
 
 
 def main():
@@ -232,11 +267,13 @@ def run(d):
         check("Up for reschedule" in states and "Upstream failed" in states and "Deferred" in states, "states by the platform's names: %r" % states)
         check(len(d.find_elements(By.CSS_SELECTOR, "#overview-chart svg rect")) == 11, "the chart draws one bar per state")
         shot(d, "overview-en")
+        contrast(d, "the overview")
 
         # Global Files: the datasets, then a 250-entry directory a page at a time.
         by_id(d, "nav-files").click()
         wait(d, lambda d: "public" in by_id(d, "datasets").text and "private" in by_id(d, "datasets").text, "alice sees her two datasets")
         shot(d, "files-en")
+        contrast(d, "the datasets")
         d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='public']").click()
         wait(d, lambda d: visible(d, "entries") and len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 252, "the directory's 252 entries, in one page of up to 1,000")
         names = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")]
@@ -274,6 +311,7 @@ def run(d):
         progress = lambda d: d.find_element(By.CSS_SELECTOR, "#job-%d td.progress" % cfg["victim"]).text
         wait(d, lambda d: "/s" in progress(d) and "files" in progress(d), "a running job shows its live progress")
         shot(d, "jobs-en")
+        contrast(d, "the jobs")
         d.find_element(By.XPATH, "//tr[@id='%s']//button[text()='Cancel']" % row).click()
         wait(d, lambda d: d.find_element(By.ID, row).get_attribute("data-state") == "failed" and "cancelled" in d.find_element(By.ID, row).text,
              "after Cancel the row says failed (cancelled), without a reload")

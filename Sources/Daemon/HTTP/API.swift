@@ -8,12 +8,16 @@ import Storage
 ///   GET  /api/v1/health                      liveness, center name, jobs by state
 ///   GET  /api/v1/openapi.json                this API's OpenAPI 3 document
 ///   POST /api/v1/transfers                   create (body: a JobRequest) → 201 and the job
-///   GET  /api/v1/transfers?state=&after=&limit=   list (keyset paging: `next_after`)
+///   GET  /api/v1/transfers?state=&peer=&since=&after=&limit=   list (keyset paging: `next_after`)
 ///   GET  /api/v1/transfers/{id}              one job
+///   GET  /api/v1/transfers/{id}/attempts     its attempts, each with how it ended
+///   GET  /api/v1/stats?days=                 bytes moved per day and per five minutes, per peer
 ///   POST /api/v1/transfers/{id}/cancel       cancel
 ///   POST /api/v1/transfers/{id}/retry        retry a failed job
 ///   GET  /api/v1/transfers/{id}/events       progress as server-sent events until the job ends
 ///   GET  /metrics                            Prometheus text format
+///   GET  /, /ui/...; POST /ui/session[/end]  the web console and its sessions (Console.swift)
+/// (and the catalog's, federation's and staging's routes; the whole list: `APIContract`).
 /// Requests carry `Authorization: Bearer <user token>` (the same tokens as transfers). A user
 /// sees and changes only their own jobs; a token with scope `rw:/` is an operator's and sees all.
 /// A job's local paths must lie within the token's scopes (read for the source, write for the
@@ -39,6 +43,8 @@ public struct DaemonAPI: Sendable {
     public var audit: AuditLog?
     /// The web console's sessions (Console.swift).
     public let sessions = ConsoleSessions()
+    /// What the event streams of one job share (Events.swift).
+    let events = EventShare()
     /// Whether the console's cookie says `Secure` (the API speaks HTTPS).
     public var secureCookies = false
 

@@ -11,7 +11,9 @@ extension DaemonAPI {
     /// LISTEN/NOTIFY, so a change made by another daemon sharing the queue wakes it too) and
     /// reads its job (one row, `fetchJob`, no thread held) only after a change. A watcher of a
     /// job that nothing changes costs no query at all. Two exceptions, neither a query: a job
-    /// this daemon's runner is running has live counters in memory, looked at every 0.5 s; and
+    /// this daemon's runner is running has live counters in memory, looked at every second (fifty
+    /// consoles watching ten running jobs each cost the daemon 5.7 % of a core at twice a second,
+    /// 4.2 % at once, `bench/console.sh`; a person reads a rate no faster); and
     /// after 30 s without a change a comment line (`: idle`, ignored by SSE clients) is sent,
     /// so that a client that went away ends the stream (the write fails) and proxies keep it.
     /// However fast the queue changes, a watcher reads its job at most four times a second.
@@ -24,24 +26,65 @@ extension DaemonAPI {
         var readAt = clock.now
         for _ in 0..<1_000_000 {
             guard let j = job else { break }
-            let text = render(j)
+            let text = events.rendered(j, render)
             if text != last {
                 try await send("event: \(j.state.isFinal ? "end" : "progress")\ndata: \(text)\n\n")
                 last = text
             }
             if j.state.isFinal || clock.now >= end || Task.isCancelled { break }
             let live = j.state == .running && runner?.liveProgress(id) != nil
-            let g = await store.waitForChange(after: seen, timeout: live ? .milliseconds(500) : .seconds(30))
+            let g = await store.waitForChange(after: seen, timeout: live ? .seconds(1) : .seconds(30))
             if Task.isCancelled { break }
             if g != seen {
                 let since = clock.now - readAt
                 if since < .milliseconds(250) { try await Task.sleep(for: .milliseconds(250) - since) }
                 seen = store.generation
-                job = try await store.fetchJob(id)
+                job = try await events.job(id, generation: seen) { try await store.fetchJob(id) }
                 readAt = clock.now
             } else if !live {
                 try await send(": idle\n\n")
             }
         }
+    }
+}
+
+/// What the event streams of one job share (many consoles watching the same jobs): the job as
+/// read after a queue generation, and its rendering, made once for every stream that wants it.
+/// A stream reads its job after each change of the queue (at most four times a second) and
+/// renders it at least twice a second while it runs (its live counters); fifty consoles
+/// watching ten running jobs made 500 reads per change and 1,000 renderings a second, 6.5 % of
+/// a core on the daemon (`bench/console.sh`). Now a job is read once per generation for all
+/// its streams, and rendered once per quarter second (a new state or update renders at once).
+/// Bounded: at most 10,000 jobs remembered, then forgotten together.
+final class EventShare: @unchecked Sendable {
+    private let lock = NSLock()
+    private var jobs: [Int64: (generation: UInt64, job: Job?)] = [:]
+    private var texts: [Int64: (key: String, at: ContinuousClock.Instant, text: String)] = [:]
+    static let maxJobs = 10_000
+    static let renderAge: Duration = .milliseconds(250)
+
+    /// Job `id` as read at `generation` or later: the read another stream made, or `fetch`.
+    func job(_ id: Int64, generation: UInt64, fetch: () async throws -> Job?) async throws -> Job? {
+        if let known = lock.withLock({ jobs[id] }), known.generation >= generation { return known.job }
+        let job = try await fetch()
+        lock.withLock {
+            if jobs.count >= EventShare.maxJobs { jobs.removeAll() }
+            if (jobs[id]?.generation ?? 0) < generation { jobs[id] = (generation, job) }
+        }
+        return job
+    }
+
+    /// `render(job)`, or the text another stream made of the same job (same state and update)
+    /// less than a quarter second ago.
+    func rendered(_ job: Job, _ render: (Job) -> String) -> String {
+        let key = "\(job.state.rawValue) \(job.updated) \(job.attempts) \(job.bytes)"
+        let now = ContinuousClock.now
+        if let t = lock.withLock({ texts[job.id] }), t.key == key, now - t.at < EventShare.renderAge { return t.text }
+        let text = render(job)
+        lock.withLock {
+            if texts.count >= EventShare.maxJobs { texts.removeAll() }
+            texts[job.id] = (key, now, text)
+        }
+        return text
     }
 }
