@@ -70,9 +70,9 @@ T
 bench_serve hlrs
 [ -n "$bench_api" ] || { echo "the daemon did not start:" >&2; cat "$w/hlrs.err" >&2; exit 1; }
 echo -e "entries\t$entries\ndir_entries\t$dir_entries"
-t0=$(date +%s.%N)
-FERRY_API="$bench_api" FERRY_TOKEN_FILE="$w/token" timeout 7200 "$ferry" register --dataset zinc --readers '*' /data/zinc >/dev/null
-FERRY_API="$bench_api" FERRY_TOKEN_FILE="$w/token" timeout 7200 "$ferry" register --dataset flat --readers '*' /data/flat >/dev/null
-echo -e "register_s\t$(python3 -c "print('%.1f' % ($(date +%s.%N) - $t0))")"
+read -r n s < <(bench_register zinc /data/zinc)
+echo -e "zinc_entries\t$n\nzinc_register_s\t$s"
+read -r n s < <(bench_register flat /data/flat)
+echo -e "flat_entries\t$n\nflat_register_s\t$s"
 echo -e "loadavg_at_start\t$(cut -d' ' -f1-3 /proc/loadavg)"
 /opt/ferry-test-venv/bin/python bench/console.py "$bench_api" "$w/token" "$bench_pid" "$watchers" "$seconds" "$dir_entries"
