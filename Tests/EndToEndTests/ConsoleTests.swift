@@ -98,7 +98,7 @@ struct ConsoleTests {
 
     func token(_ file: String) throws -> String { try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) }
 
-    @Test("sessions over HTTP: a bad token signs nobody in, the cookie's flags, POST needs the CSRF token, sign-out ends the session, a forged cookie is refused, the page's policy allows no inline script")
+    @Test("sessions over HTTP: a bad token signs nobody in, the cookie's flags, POST needs the CSRF token, sign-out ends the session, a forged cookie is refused, one user's sign-ins in a loop keep 20 sessions, the page's policy allows no inline script")
     func sessions() throws {
         let c = try DaemonE2ETests.start("console-http")
         defer { c.a.stop(); c.b.stop() }
@@ -136,6 +136,14 @@ struct ConsoleTests {
             show("endnocsrf", call("POST", "/ui/session/end", headers={"Cookie": cookie}))
             show("end", call("POST", "/ui/session/end", headers={"Cookie": cookie, "X-Ferry-CSRF": csrf}))
             show("after", call("GET", "/api/v1/transfers", headers={"Cookie": cookie}))
+            # One token signing in over and over: its oldest sessions end, never more than 20.
+            jar = []
+            for _ in range(25):
+                s, h, b = call("POST", "/ui/session", {"token": tok})
+                jar.append(h.get("Set-Cookie").split(";")[0])
+            show("loopfirst", call("GET", "/api/v1/transfers", headers={"Cookie": jar[0]}))
+            show("loop5", call("GET", "/api/v1/transfers", headers={"Cookie": jar[5]}))
+            show("looplast", call("GET", "/api/v1/transfers", headers={"Cookie": jar[-1]}))
             """
         try writeRandomFile(c.scratch + "/in.bin", size: 1000)
         let r = runTool("/usr/bin/python3", ["-c", probe, c.api, alice, expired], timeout: 60)
@@ -158,6 +166,8 @@ struct ConsoleTests {
         #expect(status("csrf") == 201, "with it, the job is submitted: \(r.output)")
         #expect(status("forged") == 401, "a cookie the daemon never issued: \(r.output)")
         #expect(status("endnocsrf") == 403 && status("end") == 200 && status("after") == 401, "sign-out needs the CSRF token and ends the session: \(r.output)")
+        #expect(status("loopfirst") == 401 && status("loop5") == 200 && status("looplast") == 200,
+                "25 sign-ins of one user keep its last 20 sessions: \(r.output)")
         // Every change made through a session is audited under the token's user.
         let audit = (try? String(contentsOfFile: c.sb.file("hlrs-audit.jsonl"), encoding: .utf8)) ?? ""
         #expect(audit.contains("console.sign-in") && audit.contains("console.sign-out") && audit.contains("job.submit"), "audit: \(audit.suffix(1500))")

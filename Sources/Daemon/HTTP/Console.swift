@@ -32,8 +32,11 @@ public final class ConsoleSessions: @unchecked Sendable {
     }
 
     /// At most this many sessions at once (expired ones are dropped first); a sign-in beyond
-    /// it is refused (503), it never evicts a live session.
+    /// it is refused (503), it never evicts another user's live session.
     static let maxSessions = 10_000
+    /// At most this many per user: a user's sign-in beyond it ends that user's oldest session
+    /// (one token signing in in a loop cannot fill the daemon and lock everyone else out).
+    static let maxPerUser = 20
     /// A session ends after this long, or when its token expires, whichever comes first.
     static let maxSeconds: Int64 = 12 * 3600
     static let cookie = "ferry_session"
@@ -44,18 +47,24 @@ public final class ConsoleSessions: @unchecked Sendable {
 
     public init() {}
 
-    /// 32 random bytes, base64url without padding (the system's generator: getrandom).
+    /// 32 random bytes (OpenSSL's generator, as the engine's secrets), base64url without padding.
     static func secret() -> String {
-        var g = SystemRandomNumberGenerator()
-        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &g) }
-        return Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+        Data(randomBytes(32)).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
             .replacingOccurrences(of: "=", with: "")
+    }
+
+    /// Whether a request's CSRF header is the session's (compared in constant time).
+    static func csrfMatches(_ header: String?, _ s: Session) -> Bool {
+        guard let header else { return false }
+        return constantTimeEqual(Array(header.utf8), Array(s.csrf.utf8))
     }
 
     func create(token: String, _ t: UserToken, isOperator: Bool, now: Int64) -> (id: String, session: Session)? {
         let s = Session(token: token, user: t.user, csrf: ConsoleSessions.secret(), expires: min(t.expiresAt, now + ConsoleSessions.maxSeconds), isOperator: isOperator)
         let id = ConsoleSessions.secret()
         return lock.withLock {
+            let own = sessions.filter { $0.value.user == t.user }
+            if own.count >= ConsoleSessions.maxPerUser, let oldest = own.min(by: { $0.value.expires < $1.value.expires }) { sessions[oldest.key] = nil }
             if sessions.count >= ConsoleSessions.maxSessions { sessions = sessions.filter { $0.value.expires > now } }
             guard sessions.count < ConsoleSessions.maxSessions else { return nil }
             sessions[id] = s
@@ -170,7 +179,7 @@ extension DaemonAPI {
         }
         route(router, "consoleSignOut") { request, _ in
             guard let (id, s) = consoleSession(request) else { return consoleAnswer(problem(401, "not signed in")) }
-            guard request.headers[HTTPField.Name(ConsoleSessions.csrfHeader)!] == s.csrf else {
+            guard ConsoleSessions.csrfMatches(request.headers[HTTPField.Name(ConsoleSessions.csrfHeader)!], s) else {
                 return consoleAnswer(problem(403, "missing or wrong \(ConsoleSessions.csrfHeader) header"))
             }
             sessions.end(id)
@@ -218,7 +227,7 @@ extension DaemonAPI {
     func consoleToken(_ request: Request) throws -> String? {
         guard request.cookies[ConsoleSessions.cookie] != nil else { return nil }
         guard let (_, s) = consoleSession(request) else { throw HTTPFailure(status: 401, message: "the console session has ended; sign in again") }
-        if request.method != .get && request.method != .head && request.headers[HTTPField.Name(ConsoleSessions.csrfHeader)!] != s.csrf {
+        if request.method != .get && request.method != .head && !ConsoleSessions.csrfMatches(request.headers[HTTPField.Name(ConsoleSessions.csrfHeader)!], s) {
             throw HTTPFailure(status: 403, message: "missing or wrong \(ConsoleSessions.csrfHeader) header (a request from another site?)")
         }
         return s.token

@@ -147,7 +147,9 @@ enum Crypto {
     }
 }
 
-func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+/// Whether `a` and `b` are equal, in a time that does not depend on where they differ (secrets:
+/// join proofs, the web console's CSRF tokens). Empty is never equal.
+public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     guard a.count == b.count, !a.isEmpty else { return false }
     return a.withUnsafeBytes { pa in b.withUnsafeBytes { pb in ferry_ct_memcmp(pa.baseAddress, pb.baseAddress, a.count) == 0 } }
 }
