@@ -29,6 +29,9 @@ public final class ConsoleSessions: @unchecked Sendable {
         let csrf: String
         let expires: Int64
         let isOperator: Bool
+        /// The order sessions were made in (a user's oldest is ended first; many end in the
+        /// same second, so not their expiry).
+        var serial: UInt64 = 0
     }
 
     /// At most this many sessions at once (expired ones are dropped first); a sign-in beyond
@@ -44,6 +47,7 @@ public final class ConsoleSessions: @unchecked Sendable {
 
     private let lock = NSLock()
     private var sessions: [String: Session] = [:]
+    private var made: UInt64 = 0
 
     public init() {}
 
@@ -60,11 +64,13 @@ public final class ConsoleSessions: @unchecked Sendable {
     }
 
     func create(token: String, _ t: UserToken, isOperator: Bool, now: Int64) -> (id: String, session: Session)? {
-        let s = Session(token: token, user: t.user, csrf: ConsoleSessions.secret(), expires: min(t.expiresAt, now + ConsoleSessions.maxSeconds), isOperator: isOperator)
+        var s = Session(token: token, user: t.user, csrf: ConsoleSessions.secret(), expires: min(t.expiresAt, now + ConsoleSessions.maxSeconds), isOperator: isOperator)
         let id = ConsoleSessions.secret()
         return lock.withLock {
+            made += 1
+            s.serial = made
             let own = sessions.filter { $0.value.user == t.user }
-            if own.count >= ConsoleSessions.maxPerUser, let oldest = own.min(by: { $0.value.expires < $1.value.expires }) { sessions[oldest.key] = nil }
+            if own.count >= ConsoleSessions.maxPerUser, let oldest = own.min(by: { $0.value.serial < $1.value.serial }) { sessions[oldest.key] = nil }
             if sessions.count >= ConsoleSessions.maxSessions { sessions = sessions.filter { $0.value.expires > now } }
             guard sessions.count < ConsoleSessions.maxSessions else { return nil }
             sessions[id] = s
