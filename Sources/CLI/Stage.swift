@@ -179,7 +179,7 @@ extension Ferry {
         }
 
         struct Cache: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "The staging cache: entries, their pins, the quota.")
+            static let configuration = CommandConfiguration(abstract: "The staging cache: entries, their pins, the quota, the last evictions.")
             @OptionGroup var api: APIOptions
             func run() throws {
                 let r = try api.call("GET", "/api/v1/stage/cache", as: V1.CacheView.self)
@@ -187,6 +187,11 @@ extension Ferry {
                 print("ferry: staging cache \(r.root): \(byteText(UInt64(max(0, r.readyBytes)))) of \(byteText(UInt64(max(0, r.quota))))")
                 for e in r.entries {
                     print("\(e.id)\t\(e.state.rawValue)\t\(byteText(UInt64(max(0, e.bytes))))\tpins \(e.pins.isEmpty ? "-" : e.pins.joined(separator: ","))\t\(e.source)")
+                }
+                if !r.evictions.isEmpty { print("ferry: the last \(r.evictions.count) evictions, newest first:") }
+                for v in r.evictions {
+                    let at = Date(timeIntervalSince1970: TimeInterval(v.at)).ISO8601Format()
+                    print("evicted\t\(at)\t\(byteText(UInt64(max(0, v.bytes))))\t\(v.source)\t\(v.reason)")
                 }
             }
         }

@@ -104,6 +104,32 @@ struct JobStoreTests {
         #expect(try s.list(JobFilter(owner: "alice", limit: 100).with { $0.peer = "" }).count == 1)
     }
 
+    @Test("measured throughput: bytes recorded at each renewal and at an attempt's end, by minute and peer, the owner's or everyone's, failed attempts too; a lost lease records nothing; samples older than two hours pruned", arguments: Backend.allCases)
+    func measured(_ backend: Backend) throws {
+        let s = try JobStore(database: try backend.newDatabase())
+        let t0: Int64 = 1_000_000 * 60
+        let a = try s.submit(owner: "alice", request: JobRequest(source: "/a", destination: "ferry://b/a"), peer: "b", now: t0)
+        let b = try s.submit(owner: "bob", request: JobRequest(source: "/a", destination: "ferry://c/a"), peer: "c", now: t0)
+        #expect(try s.claim(worker: "w", now: t0, leaseSeconds: 30)?.id == a)
+        #expect(try s.claim(worker: "w", now: t0, leaseSeconds: 30)?.id == b)
+        // alice's job: 100 bytes in the first minute (two renewals), 50 in the second, 5 at its
+        // (failed) end in the third; bob's: 1,000 in the second minute.
+        #expect(try s.renew(a, worker: "w", now: t0 + 10, leaseSeconds: 30, bytes: 60, files: 0, moved: 60))
+        #expect(try s.renew(a, worker: "w", now: t0 + 20, leaseSeconds: 30, bytes: 100, files: 0, moved: 40))
+        #expect(try s.renew(a, worker: "w", now: t0 + 70, leaseSeconds: 30, bytes: 150, files: 0, moved: 50))
+        #expect(try s.renew(b, worker: "w", now: t0 + 75, leaseSeconds: 30, bytes: 1000, files: 0, moved: 1000))
+        #expect(try s.finish(a, worker: "w", outcome: .failure(message: "reset", resumable: true, code: .io), now: t0 + 130, moved: 5) == .upForRetry)
+        // A worker that lost its lease records nothing.
+        #expect(try !s.renew(a, worker: "w", now: t0 + 140, leaseSeconds: 30, bytes: 999, files: 0, moved: 999))
+        let alice = try s.measured(owner: "alice", since: t0, bucket: 60)
+        #expect(alice.map { "\($0.start - t0) \($0.peer) \($0.bytes) \($0.jobs)" } == ["0 b 100 1", "60 b 50 1", "120 b 5 1"])
+        let all = try s.measured(owner: nil, since: t0 + 60, bucket: 60)
+        #expect(all.map { "\($0.start - t0) \($0.peer) \($0.bytes)" } == ["60 b 50", "60 c 1000", "120 b 5"])
+        // Two hours later, bob's job ends: the old samples go, its last one stays.
+        #expect(try s.finish(b, worker: "w", outcome: .success(bytes: 1001, files: 1), now: t0 + 7_400, moved: 1) != nil)
+        #expect(try s.measured(owner: nil, since: 0, bucket: 60).map(\.bytes) == [1])
+    }
+
     @Test("a job's history: each attempt with the state it led to, its error and code; numbered again after a retry", arguments: Backend.allCases)
     func attemptHistory(_ backend: Backend) throws {
         let s = try JobStore(database: try backend.newDatabase())

@@ -64,7 +64,7 @@ struct ConsoleTests {
             Issue.record("chromium-driver is missing: scripts/install-deps.sh --tests installs it")
             return
         }
-        let f = try FederationE2ETests.start(.sqlite, stagingMiB: 64)
+        let f = try FederationE2ETests.start(.sqlite, stagingMiB: 64, stagingQuota: "300K")
         defer { f.stopAll() }
         let sb = f.sb
         // 100,000 empty files in one directory of wuxi's, and a small dataset to replicate.
@@ -83,6 +83,17 @@ struct ConsoleTests {
         // Scheduler job 8 stages the small dataset in at hlrs (the operator's Staging view).
         let staged = try f.stageSmall(job: "8", into: sb.file("hlrs/data/job8/in"))
         #expect(staged.status == 0, "\(staged)")
+        // Scheduler job 9 stages "mid" (128 KiB) in and ends: unpinned, over the 300 KiB quota
+        // beside job 8's 256 KiB, it is evicted (the Staging view lists the eviction).
+        try writeRandomFile(try sb.dir("wuxi/data/mid") + "/m.bin", size: 128 * 1024)
+        #expect(try f.ferry("wuxi", ["register", "/data/mid", "--dataset", "mid", "--readers", "*"]).status == 0)
+        _ = try FederationE2ETests.eventually(30, { try f.ferry("hlrs", ["ls", "gfs://wuxi/mid"]) }) { $0.status == 0 }
+        try writeFile(sb.file("job9.sh"), Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/mid \(sb.file("hlrs/data/job9/in"))\n".utf8))
+        let nine = try sb.ferry(["stage-in", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "9", "--script", sb.file("job9.sh"),
+                                 "--uid", "0"], timeout: 150)
+        #expect(nine.status == 0, "\(nine)")
+        let down = try sb.ferry(["stage", "teardown", "--api", f.api("hlrs"), "--ca", sb.ca, "--token-file", sb.tokenFile, "--job", "9"], timeout: 60)
+        #expect(down.status == 0, "\(down)")
         let shots = ProcessInfo.processInfo.environment["FERRY_CONSOLE_SHOTS"] ?? sb.file("shots")
         let config: [String: Any] = ["mode": "federation", "api": f.api("hlrs"), "alice_token": sb.token, "shots": shots]
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: sb.file("console.json")))

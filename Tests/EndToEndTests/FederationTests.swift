@@ -87,8 +87,9 @@ struct FederationE2ETests {
     /// Three centers, hlrs's database on `backend`. Every export admits users and the other
     /// centers; every center takes replicas under /replicas/store.
     /// With `stagingMiB`, hlrs also has a staging cache (`/replicas/stage`) on a tmpfs of that
-    /// size. With `tls`, every API speaks HTTPS and the centers follow each other over it.
-    static func start(_ backend: Backend, stagingMiB: Int? = nil, tls: Bool = false) throws -> Federation {
+    /// size (and `stagingQuota`, when given: its `staging_quota`). With `tls`, every API speaks
+    /// HTTPS and the centers follow each other over it.
+    static func start(_ backend: Backend, stagingMiB: Int? = nil, stagingQuota: String? = nil, tls: Bool = false) throws -> Federation {
         let sb = try Sandbox("fed-" + backend.rawValue)
         if let mib = stagingMiB { try sb.mountTmpfs(at: sb.file("hlrs/replicas/stage"), sizeMiB: mib) }
         for c in names where c != "hlrs" { try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", c, "--host", "127.0.0.1"]) }
@@ -129,7 +130,7 @@ struct FederationE2ETests {
                 max_attempts = 2
                 sync_seconds = 1
                 replicas = "/replicas/store"
-                \(c == "hlrs" && stagingMiB != nil ? "staging = \"/replicas/stage\"\n" : "")\(peers)
+                \(c == "hlrs" && stagingMiB != nil ? "staging = \"/replicas/stage\"\n" : "")\(c == "hlrs" && stagingQuota != nil ? "staging_quota = \"\(stagingQuota!)\"\n" : "")\(peers)
                 [[export]]
                 name = "data"
                 path = "\(c)/data"

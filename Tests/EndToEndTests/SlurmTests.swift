@@ -85,10 +85,10 @@ struct SlurmE2ETests {
             return try sb.ferry(Array(args.prefix(k)) + ["--api", api[c]!, "--token-file", operatorToken] + args.dropFirst(k), timeout: timeout)
         }
 
-        func cache() throws -> [[String: Any]] {
+        func cache(_ key: String = "entries") throws -> [[String: Any]] {
             let r = try ferry("hlrs", ["stage", "cache", "--json"])
             let obj = (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any]
-            return (obj?["entries"] as? [[String: Any]]) ?? []
+            return (obj?[key] as? [[String: Any]]) ?? []
         }
 
         func stop() {
@@ -365,6 +365,12 @@ struct SlurmE2ETests {
         // Unpinned, 96 MiB over a 24 MiB quota: the teardown evicted it, so it is staged anew.
         let slowLeft = try site.cache().filter { $0["source"] as? String == "gfs://wuxi/slow" }
         #expect(slowLeft.isEmpty, "\(slowLeft)")
+        // ... and recorded: what, how big, why (`ferry stage cache`, the console's Staging view).
+        let evicted = try site.cache("evictions").filter { $0["source"] as? String == "gfs://wuxi/slow" }
+        #expect(!evicted.isEmpty && (evicted.first?["bytes"] as? Int ?? 0) >= 96 * 1024 * 1024
+                && (evicted.first?["reason"] as? String ?? "").contains("over quota"), "\(evicted)")
+        let listed = try site.ferry("hlrs", ["stage", "cache"])
+        #expect(listed.stdout.contains("evicted") && listed.stdout.contains("gfs://wuxi/slow"), "\(listed)")
         let nowait = try sb.ferry(["stage-in", "--no-wait", "--api", site.api["hlrs"]!, "--token-file", site.operatorToken, "--job", "44",
                                    "--script", pbs + "/44.pbs.SC"], timeout: 60)
         #expect(nowait.status == 75 && nowait.stderr.contains("still staging"), "\(nowait)")

@@ -76,6 +76,14 @@ struct StagingTests {
         // Unpinned: genome (used at 110) and a (120); one must go, the least recently used.
         #expect(try c.evictionCandidates(quota: 25).map(\.id) == [genome])
         #expect(try c.evictionCandidates(quota: 5).map(\.id) == [genome, a])  // b stays pinned even over quota
+        // Evicted: the row goes, the eviction is recorded (newest first), counted in the use.
+        let genomeEntry = try #require(try c.entry(id: genome))
+        try c.evicted(genomeEntry, reason: "over quota", now: 135)
+        #expect(try c.entry(id: genome) == nil)
+        #expect(try c.evictions().map { "\($0.source) \($0.bytes) \($0.lastUsed) \($0.at) \($0.reason)" } == ["gfs://wuxi/genome 10 110 135 over quota"])
+        let use = try c.use(evictedSince: 130)
+        #expect(use.readyBytes == 20 && use.entries == 2 && use.pinned == 1 && use.evicted == 1, "\(use)")
+        #expect(try c.use(evictedSince: 136).evicted == 0)
         // A failed entry polled for stays failed, with its reason (a waiting hook must see it);
         // asked for again with retry, it is reset to staging (a new transfer).
         try c.finish(a, state: .failed, error: "peer down", now: 140)

@@ -47,7 +47,7 @@ def wait(driver, cond, what, seconds=10):
         # A table re-rendered under the check: asked again at the next poll.
         return WebDriverWait(driver, seconds, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]).until(lambda d: cond(d))
     except TimeoutException:
-        check(False, what + " (waited %d s)" % seconds)
+        check(False, (what() if callable(what) else what) + " (waited %d s)" % seconds)
 
 
 def by_id(driver, i):
@@ -119,6 +119,20 @@ return [checked, short];
 def contrast(driver, where):
     checked, short = driver.execute_script(CONTRAST_JS)
     check(checked >= 20 and not short, "text contrast passes WCAG AA on %s (%d elements with text): %r" % (where, checked, short[:5]))
+
+
+def tab_to(driver, match, what, presses=80):
+    """Tab, as a keyboard user would, until the focused element is the one `match` accepts
+    (given its id, text and aria-label); every element reached on the way, as (id, text, label)."""
+    reached = []
+    for _ in range(presses):
+        driver.switch_to.active_element.send_keys(Keys.TAB)
+        e = driver.switch_to.active_element
+        seen = (e.get_attribute("id") or "", e.text or "", e.get_attribute("aria-label") or "")
+        reached.append(seen)
+        if match(*seen):
+            return reached
+    check(False, "Tab reaches %s (%d presses: %r)" % (what, presses, reached[-12:]))
 
 
 def sign_in(driver, token, user):
@@ -222,12 +236,14 @@ def federation(d):
     # The overview counts the replication's bytes for peer wuxi, today and in the last hour.
     by_id(d, "nav-overview").click()
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    # (The stage-in, the copy and the replication each moved the 256 KiB file from wuxi: an
-    # operator sees all three.)
-    wait(d, lambda d: any(today in r.text and "wuxi" in r.text and "768.0 KiB" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#overview-days tbody tr")),
-         "bytes moved today from wuxi (3 x 256 KiB) are in the overview")
+    # (The stage-in, the copy and the replication each moved the 256 KiB file from wuxi, job 9's
+    # stage-in 128 KiB: an operator sees all four.)
+    wait(d, lambda d: any(today in r.text and "wuxi" in r.text and "896.0 KiB" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#overview-days tbody tr")),
+         "bytes moved today from wuxi (3 x 256 KiB and job 9's 128 KiB) are in the overview")
     wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#overview-hour tbody tr svg polyline")) >= 1 and "wuxi" in by_id(d, "overview-hour").text,
          "wuxi's throughput over the last hour is drawn")
+    wait(d, lambda d: "quota" in by_id(d, "overview-staging").text and "1 evicted" in by_id(d, "overview-staging").text,
+         "the overview shows the staging cache's use against its quota and the eviction: %r" % by_id(d, "overview-staging").text)
     shot(d, "overview-federation-en")
     # Staging (alice's token is an operator's here): the entry job 8 pins, and the quota.
     check(visible(d, "nav-staging"), "an operator sees the Staging view")
@@ -236,8 +252,29 @@ def federation(d):
     rows = [r.text for r in d.find_elements(By.CSS_SELECTOR, "#staging tbody tr")]
     check(any("ready" in r and "8" in r for r in rows), "ready, pinned by scheduler job 8: %r" % rows)
     check("quota" in by_id(d, "staging-use").text, "its use against the quota: %r" % by_id(d, "staging-use").text)
+    evictions = [r.text for r in d.find_elements(By.CSS_SELECTOR, "#staging-evictions tbody tr")]
+    check(len(evictions) == 1 and "gfs://wuxi/mid" in evictions[0] and "128.0 KiB" in evictions[0] and "over quota" in evictions[0],
+          "the eviction of job 9's unpinned entry is listed with its size and reason: %r" % evictions)
+    check(not visible(d, "staging-evictions-none"), "no 'no eviction' note beside it")
     shot(d, "staging-en")
     contrast(d, "the staging view")
+    # The same pages in Simplified Chinese.
+    Select = __import__("selenium.webdriver.support.ui", fromlist=["Select"]).Select
+    Select(by_id(d, "lang")).select_by_value("zh-CN")
+    caption = lambda d: d.execute_script("return document.querySelector('#staging-evictions caption').textContent")
+    wait(d, lambda d: by_id(d, "nav-staging").text == "预置缓存" and "最近的清除" in caption(d),
+         lambda: "the staging view in Chinese: %r, %r" % (by_id(d, "nav-staging").text, caption(d)))
+    shot(d, "staging-zh")
+    by_id(d, "nav-jobs").click()
+    wait(d, lambda d: len(d.find_elements(By.ID, "job-%d" % job)) == 1, "the jobs in Chinese")
+    d.find_element(By.XPATH, "//tr[@id='job-%d']//button[text()='#%d']" % (job, job)).click()
+    wait(d, lambda d: visible(d, "job-details") and "成功" in by_id(d, "job-attempts").text, "the job's details in Chinese")
+    shot(d, "job-details-zh")
+    by_id(d, "nav-overview").click()
+    wait(d, lambda d: "配额" in by_id(d, "overview-staging").text, "the overview's staging card in Chinese")
+    shot(d, "overview-federation-zh")
+    Select(by_id(d, "lang")).select_by_value("en")
+    wait(d, lambda d: by_id(d, "nav-files").text == "Global Files", "back to English")
 
 
 def main():
@@ -268,6 +305,7 @@ def run(d):
         states = d.execute_script("return Array.from(document.querySelectorAll('#overview-states tbody tr td:first-child'), c => c.textContent)")
         check("Up for reschedule" in states and "Upstream failed" in states and "Deferred" in states, "states by the platform's names: %r" % states)
         check(len(d.find_elements(By.CSS_SELECTOR, "#overview-chart svg rect")) == 11, "the chart draws one bar per state")
+        check("no prestaging" in by_id(d, "overview-staging").text, "a center without staging says so on the overview")
         shot(d, "overview-en")
         contrast(d, "the overview")
 
@@ -339,6 +377,11 @@ def run(d):
         wait(d, lambda d: by_id(d, "nav-files").text == "全局文件" and d.execute_script("return document.documentElement.lang") == "zh-CN", "the console speaks Chinese")
         wait(d, lambda d: "public" in by_id(d, "datasets").text, "datasets listed in Chinese too")
         shot(d, "files-zh")
+        d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='public']").click()
+        wait(d, lambda d: len(d.find_elements(By.XPATH, "//table[@id='entries']//a[text()='f00123']")) == 1, "the directory in Chinese")
+        d.find_element(By.XPATH, "//table[@id='entries']//a[text()='f00123']").click()
+        wait(d, lambda d: visible(d, "details") and "复制" in by_id(d, "details").text, "an entry's details in Chinese")
+        shot(d, "entry-zh")
         by_id(d, "nav-overview").click()
         wait(d, lambda d: "上游失败" in by_id(d, "overview-chart").text, "state names in Chinese")
         shot(d, "overview-zh")
@@ -360,6 +403,41 @@ def run(d):
         check({"nav-overview", "nav-files", "nav-jobs", "lang", "signout"} <= set(reached), "Tab reaches every header control: %r" % reached)
         by_id(d, "nav-jobs").send_keys(Keys.ENTER)
         wait(d, lambda d: visible(d, "view-jobs"), "Enter on 'Jobs' opens the jobs view")
+        # ... and every action of the tables: in the jobs, Tab reaches each row's details, the
+        # running job's Cancel and the cancelled one's Retry; Enter opens a job's details.
+        wait(d, lambda d: len(d.find_elements(By.ID, "job-%d" % cfg["victim"])) == 1, "the jobs are listed")
+        by_id(d, "nav-jobs").click()
+        labels = set()
+        d.switch_to.active_element.send_keys(Keys.TAB)  # from the Jobs button on
+        for _ in range(60):
+            labels.add(d.switch_to.active_element.get_attribute("aria-label") or "")
+            d.switch_to.active_element.send_keys(Keys.TAB)
+        want = {"Job #%d" % cfg["victim"], "Cancel #%d" % cfg["victim"], "Job #%d" % cfg["running"], "Retry #%d" % cfg["running"]}
+        check(want <= labels, "Tab reaches each job's details, the running job's Cancel, the cancelled job's Retry: missing %r" % (want - labels))
+        by_id(d, "nav-jobs").click()
+        tab_to(d, lambda i, text, label: label == "Job #%d" % cfg["victim"], "the running job's details button")
+        d.switch_to.active_element.send_keys(Keys.ENTER)
+        wait(d, lambda d: visible(d, "job-details") and ("#%d" % cfg["victim"]) in by_id(d, "job-title").text, "Enter on a job's details button opens its details")
+        # In Global Files: a dataset, an entry, then Replicate and Copy, by Tab and Enter.
+        by_id(d, "nav-files").click()
+        wait(d, lambda d: visible(d, "entries"), "Global Files shows the directory last open")
+        tab_to(d, lambda i, text, label: text == "Datasets", "the path's first step, 'Datasets'")
+        d.switch_to.active_element.send_keys(Keys.ENTER)
+        wait(d, lambda d: visible(d, "datasets") and "public" in by_id(d, "datasets").text, "Enter on it lists the datasets again")
+        tab_to(d, lambda i, text, label: text == "public", "the dataset 'public'")
+        d.switch_to.active_element.send_keys(Keys.ENTER)
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 252, "Enter opens the dataset")
+        tab_to(d, lambda i, text, label: text == "f00003", "the entry f00003", presses=40)
+        d.switch_to.active_element.send_keys(Keys.ENTER)
+        wait(d, lambda d: visible(d, "details") and "f00003" in by_id(d, "details-title").text, "Enter opens the entry's details")
+        walk = tab_to(d, lambda i, text, label: i == "copy-submit", "the details' Copy button", presses=400)
+        check({"replicate", "copy-to"} <= {i for i, _, _ in walk}, "on the way Tab reached Replicate and the copy's destination")
+
+        # The overview's throughput of the last hour is what the runner measured while alice's
+        # jobs to wuxi ran (the victim still runs): her line for wuxi is there.
+        by_id(d, "nav-overview").click()
+        wait(d, lambda d: "wuxi" in by_id(d, "overview-hour").text and len(d.find_elements(By.CSS_SELECTOR, "#overview-hour tbody tr svg polyline")) == 1,
+             "the last hour's throughput to wuxi, measured while the jobs run", 30)
 
         # Sign out: the session is gone at the daemon, not only in the page.
         by_id(d, "signout").click()
@@ -376,6 +454,20 @@ def run(d):
         time.sleep(0.5)
         check(len(d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")) == 0, "bob's job list is empty")
         check(page_fetch(d, "GET", "/api/v1/transfers/%d" % cfg["victim"]) == 404, "alice's job by its address: 404 for bob")
+        # Nor through search: find in the public dataset works for him, in the private one not.
+        by_id(d, "nav-files").click()
+        wait(d, lambda d: "public" in by_id(d, "datasets").text, "bob's datasets")
+        d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='public']").click()
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 252, "bob opens the public dataset")
+        by_id(d, "find-name").send_keys("*")
+        by_id(d, "find-submit").click()
+        wait(d, lambda d: "252 found" in by_id(d, "status").text, "bob's find in public lists its 252 entries")
+        check(not any("secret" in b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")), "no entry of alice's private dataset among them")
+        check(page_fetch(d, "GET", "/api/v1/catalog/find?path=gfs%3A%2F%2Fhlrs%2Fprivate&name=secret*") in (403, 404), "bob's find in alice's private dataset is refused")
+        check(page_fetch(d, "GET", "/api/v1/catalog/find?path=gfs%3A%2F%2Fhlrs&name=secret*") in (400, 403, 404), "and a find over the whole center is no way around it")
+        # His overview: nothing of alice's jobs in the last hour's throughput.
+        by_id(d, "nav-overview").click()
+        wait(d, lambda d: "Nothing moved" in by_id(d, "overview-hour").text, "bob's overview shows no throughput of alice's jobs")
 
         # Nothing a name carried ran, and the page raised no script error.
         check(d.execute_script("return window.__pwned === undefined"), "no payload ran (window.__pwned unset)")

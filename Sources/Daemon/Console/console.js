@@ -182,7 +182,7 @@ async function loadStaging() {
   const staged = (c.entries || []).reduce((n, e) => n + (e.state === "ready" ? e.bytes : 0), 0);
   const pct = c.quota > 0 ? Math.round(100 * c.ready_bytes / c.quota) : 0;
   $("staging-use").textContent = t("staging.use", { used: bytes(c.ready_bytes), quota: bytes(c.quota), pct, root: c.root });
-  drawBars($("staging-chart"), [[t("staging.ready"), c.ready_bytes], [t("staging.quota"), c.quota]], bytes);
+  drawBars($("staging-chart"), [[t("staging.ready"), c.ready_bytes], [t("staging.quota"), c.quota]], bytes, t("staging.title"));
   const waiting = (c.entries || []).filter(e => e.state === "staging" && e.job);
   const jobs = {};
   await Promise.all(waiting.slice(0, 50).map(async e => {
@@ -194,6 +194,11 @@ async function loadStaging() {
     return row([{ text: e.id, attrs: { class: "num" } }, { text: e.source, attrs: { class: "path" } }, t("staging.state." + e.state) + (e.error ? ": " + e.error : ""),
       { text: e.state === "ready" ? bytes(e.bytes) : "", attrs: { class: "num" } }, (e.pins || []).join(", "), transfer, when(e.last_used)]);
   }));
+  const evictions = c.evictions || [];
+  fill("staging-evictions", evictions.map(v => row([when(v.at), { text: v.source, attrs: { class: "path" } }, { text: bytes(v.bytes), attrs: { class: "num" } },
+    when(v.last_used), v.reason])));
+  $("staging-evictions").hidden = evictions.length === 0;
+  $("staging-evictions-none").hidden = evictions.length > 0;
   say(t("staging.count", { n: (c.entries || []).length, staged: bytes(staged) }));
 }
 
@@ -206,23 +211,38 @@ async function loadOverview() {
   const perDay = new Map();
   for (const d of stats.days) perDay.set(d.start, (perDay.get(d.start) || 0) + d.bytes);
   const day = unix => new Date(unix * 1000).toISOString().slice(0, 10);
-  drawBars($("overview-days-chart"), [...perDay.entries()].map(([s, b]) => [day(s), b]), bytes);
+  drawBars($("overview-days-chart"), [...perDay.entries()].map(([s, b]) => [day(s), b]), bytes, t("overview.days"));
   fill("overview-days", stats.days.map(d => row([day(d.start), peerName(d.peer), { text: bytes(d.bytes), attrs: { class: "num" } }, { text: d.jobs, attrs: { class: "num" } }])));
-  // The last hour per peer: a line of its twelve five-minute rates, the last one and the average.
+  // The last hour per peer, as the runner measured it while jobs ran: a line of its rate in
+  // each span (a minute), the last span's rate and the hour's average.
   const span = stats.span_seconds;
   const now = Math.floor(Date.now() / 1000);
   const first = Math.floor((now - 3600) / span) * span;
+  const points = Math.floor(3600 / span) + 1;
   const hourly = new Map();
   for (const m of stats.last_hour) {
-    if (!hourly.has(m.peer)) hourly.set(m.peer, new Array(13).fill(0));
+    if (!hourly.has(m.peer)) hourly.set(m.peer, new Array(points).fill(0));
     const i = Math.round((m.start - first) / span);
-    if (i >= 0 && i < 13) hourly.get(m.peer)[i] += m.bytes / span;
+    if (i >= 0 && i < points) hourly.get(m.peer)[i] += m.bytes / span;
   }
   fill("overview-hour", [...hourly.entries()].sort().map(([p, rates]) => {
     const hour = rates.reduce((a, b) => a + b, 0) * span / 3600;
     return row([peerName(p), spark(rates, t("overview.hourof", { peer: peerName(p) })), { text: bytes(rates[rates.length - 1]) + "/s", attrs: { class: "num" } },
       { text: bytes(hour) + "/s", attrs: { class: "num" } }]);
   }));
+  if (!hourly.size) fill("overview-hour", [row([{ text: t("overview.hourempty"), attrs: { colspan: 4 } }])]);
+
+  // The staging cache: totals only (its entries are the operators' Staging view).
+  const u = stats.staging;
+  if (u) {
+    const pct = u.quota > 0 ? Math.round(100 * u.ready_bytes / u.quota) : 0;
+    $("overview-staging").textContent = t("overview.staginguse", { used: bytes(u.ready_bytes), quota: bytes(u.quota), pct, entries: u.entries, pinned: u.pinned,
+      evicted: u.evicted_day });
+    drawBars($("overview-staging-chart"), [[t("staging.ready"), u.ready_bytes], [t("staging.quota"), u.quota]], bytes, t("overview.staging"));
+  } else {
+    $("overview-staging").textContent = t("overview.nostaging");
+    $("overview-staging-chart").replaceChildren();
+  }
   const counts = health.jobs || {};
   fill("overview-states", STATES.map(s => row([stateName(s), { text: counts[s] || 0, attrs: { class: "num" } }])));
   drawBars($("overview-chart"), STATES.map(s => [stateName(s), counts[s] || 0]));
@@ -252,14 +272,14 @@ function spark(values, label) {
   return svg;
 }
 
-function drawBars(box, pairs, format) {
+function drawBars(box, pairs, format, title) {
   const ns = "http://www.w3.org/2000/svg";
   const max = Math.max(1, ...pairs.map(p => p[1]));
   const h = 18, w = 560, label = 170;
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", "0 0 " + w + " " + (pairs.length * h + 4));
   svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", t("overview.jobs"));
+  svg.setAttribute("aria-label", title || t("overview.jobs"));
   pairs.forEach(([name, n], i) => {
     const text = document.createElementNS(ns, "text");
     text.setAttribute("x", 0); text.setAttribute("y", i * h + 13);

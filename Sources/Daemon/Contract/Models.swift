@@ -468,8 +468,9 @@ extension V1 {
         }
     }
 
-    /// Bytes moved to or from one peer ("": local copies) by jobs that ended in success within
-    /// one span (a day, or five minutes) starting at `start` (Unix seconds).
+    /// Bytes moved to or from one peer ("": local copies) within one span starting at `start`
+    /// (Unix seconds): by day, the bytes of jobs that ended in success that day; in the last
+    /// hour, the bytes the runner measured moving in each minute, while jobs ran.
     public struct MovedBytes: APIModel {
         public var start: Int64
         public var peer: String
@@ -481,15 +482,34 @@ extension V1 {
         }
     }
 
+    /// The staging cache's use as every user's overview shows it: totals only (the entries,
+    /// their sources and pins are the operators' `GET /stage/cache`).
+    public struct StagingUse: APIModel {
+        public var readyBytes: Int64
+        public var quota: Int64
+        public var entries: Int64
+        public var pinned: Int64
+        /// Evictions in the last 24 hours.
+        public var evictedDay: Int64
+        public static var schema: Schema {
+            .object(["ready_bytes": .integer(minimum: 0), "quota": .integer(minimum: 0), "entries": .integer("staged entries", minimum: 0),
+                     "pinned": .integer("entries a scheduler job pins", minimum: 0), "evicted_day": .integer("evictions in the last 24 hours", minimum: 0)],
+                    required: ["ready_bytes", "quota", "entries", "pinned", "evicted_day"])
+        }
+    }
+
     /// GET /api/v1/stats.
     public struct TransferStats: APIModel {
         public var days: [MovedBytes]
         public var lastHour: [MovedBytes]
         public var spanSeconds: Int64
+        /// nil when this center does no prestaging.
+        public var staging: StagingUse?
         public static var schema: Schema {
-            .object(["days": .array(.ref(MovedBytes.self), "by day (UTC), oldest first"),
-                     "last_hour": .array(.ref(MovedBytes.self), "by five minutes, oldest first"),
-                     "span_seconds": .integer("the length of last_hour's spans (300)")], required: ["days", "last_hour", "span_seconds"])
+            .object(["days": .array(.ref(MovedBytes.self), "by day (UTC) of the jobs that ended in success, oldest first"),
+                     "last_hour": .array(.ref(MovedBytes.self), "bytes the runner measured moving, by span, oldest first (jobs: how many moved bytes in it)"),
+                     "span_seconds": .integer("the length of last_hour's spans (60)"),
+                     "staging": .ref(StagingUse.self)], required: ["days", "last_hour", "span_seconds"])
         }
     }
 
@@ -586,6 +606,14 @@ extension StagingCache.Entry: APIModel {
                  "bytes": .integer(minimum: 0), "job": .integer(), "error": .string(), "created": .integer(), "last_used": .integer(),
                  "pins": .array(.string(), "scheduler jobs that use it")],
                 required: ["id", "key", "source", "path", "state", "bytes", "created", "last_used", "pins"])
+    }
+}
+
+extension StagingCache.Eviction: APIModel {
+    public static var schemaName: String { "StagingEviction" }
+    public static var schema: Schema {
+        .object(["source": .string(), "bytes": .integer(minimum: 0), "last_used": .integer("Unix seconds"), "at": .integer("Unix seconds: when it was evicted"),
+                 "reason": .string()], required: ["source", "bytes", "last_used", "at", "reason"])
     }
 }
 
@@ -706,9 +734,12 @@ extension V1 {
         public var quota: Int64
         public var readyBytes: Int64
         public var entries: [StagingCache.Entry]
+        /// The last evictions, newest first (at most 100).
+        public var evictions: [StagingCache.Eviction]
         public static var schema: Schema {
-            .object(["root": .string(), "quota": .integer(minimum: 0), "ready_bytes": .integer(minimum: 0), "entries": .array(.ref(StagingCache.Entry.self))],
-                    required: ["root", "quota", "ready_bytes", "entries"])
+            .object(["root": .string(), "quota": .integer(minimum: 0), "ready_bytes": .integer(minimum: 0), "entries": .array(.ref(StagingCache.Entry.self)),
+                     "evictions": .array(.ref(StagingCache.Eviction.self), "the last evictions, newest first (at most 100)")],
+                    required: ["root", "quota", "ready_bytes", "entries", "evictions"])
         }
     }
 }

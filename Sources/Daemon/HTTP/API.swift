@@ -11,7 +11,7 @@ import Storage
 ///   GET  /api/v1/transfers?state=&peer=&since=&after=&limit=   list (keyset paging: `next_after`)
 ///   GET  /api/v1/transfers/{id}              one job
 ///   GET  /api/v1/transfers/{id}/attempts     its attempts, each with how it ended
-///   GET  /api/v1/stats?days=                 bytes moved per day and per five minutes, per peer
+///   GET  /api/v1/stats?days=                 bytes moved per day and per minute of the last hour, per peer; staging use
 ///   POST /api/v1/transfers/{id}/cancel       cancel
 ///   POST /api/v1/transfers/{id}/retry        retry a failed job
 ///   GET  /api/v1/transfers/{id}/events       progress as server-sent events until the job ends
@@ -145,13 +145,19 @@ public struct DaemonAPI: Sendable {
                 let days = Int64(request.uri.queryParameters["days"].map(String.init) ?? "14") ?? 14
                 let owner = user.isOperator ? nil : user.user
                 let t = now()
-                // Whole days (UTC), today's included; the last hour in spans of five minutes.
+                // Whole days (UTC), today's included, from the jobs that ended; the last hour by
+                // minute from the runner's measurements while jobs ran (`link_samples`).
                 let byDay = try store.moved(owner: owner, since: (t / 86_400 - (days - 1)) * 86_400, bucket: 86_400)
-                let byFive = try store.moved(owner: owner, since: (t - 3_600) / 300 * 300, bucket: 300)
+                let byMinute = try store.measured(owner: owner, since: (t - 3_600) / 60 * 60, bucket: 60)
                 func view(_ rows: [(start: Int64, peer: String, bytes: Int64, jobs: Int64)]) -> [V1.MovedBytes] {
                     rows.map { V1.MovedBytes(start: $0.start, peer: $0.peer, bytes: $0.bytes, jobs: $0.jobs) }
                 }
-                return try codable(200, V1.TransferStats(days: view(byDay), lastHour: view(byFive), spanSeconds: 300))
+                var stats = V1.TransferStats(days: view(byDay), lastHour: view(byMinute), spanSeconds: 60)
+                if let st = staging {
+                    let u = try st.cache.use(evictedSince: t - 86_400)
+                    stats.staging = V1.StagingUse(readyBytes: u.readyBytes, quota: st.quota, entries: u.entries, pinned: u.pinned, evictedDay: u.evicted)
+                }
+                return try codable(200, stats)
             }
         }
         route(router, "getTransfer") { request, context in

@@ -35,6 +35,20 @@ public struct RunnerSettings: Sendable {
     }
 }
 
+/// A running total handed out in increments: `advance(to:)` returns how much `total` grew since
+/// the last call (never negative), so two threads sampling one job never count a byte twice.
+final class SampleCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var last: Int64 = 0
+    func advance(to total: Int64) -> Int64 {
+        lock.withLock {
+            let d = max(0, total - last)
+            last = max(last, total)
+            return d
+        }
+    }
+}
+
 /// Runs queued jobs: each worker thread promotes waiting jobs, claims one, runs the transfer
 /// with the engine, keeps its lease alive while it runs (and stops it when the lease is lost:
 /// cancelled, or taken back), and records the outcome.
@@ -151,12 +165,16 @@ public final class JobRunner: @unchecked Sendable {
         defer { lock.withLock { running[job.id] = nil } }
         // Keep the lease; a lost lease (cancel, or a takeover) stops the transfer.
         let done = DispatchSemaphore(value: 0)
+        // Bytes moved (not skipped as already there) as last recorded: each renewal and the
+        // attempt's end record what moved since (`link_samples`, the overview's throughput).
+        let recorded = SampleCounter()
         let keeper = Thread { [self] in
             let every = max(1.0, Double(settings.leaseSeconds) / 3)
             while done.wait(timeout: .now() + every) == .timedOut {
                 let s = progress.snapshot()
+                let moved = recorded.advance(to: JobRunner.moved(s))
                 let held = (try? store.renew(job.id, worker: worker, now: Int64(Date().timeIntervalSince1970), leaseSeconds: settings.leaseSeconds,
-                                             bytes: Int64(s.bytesDone), files: Int64(s.filesDone))) ?? true
+                                             bytes: Int64(s.bytesDone), files: Int64(s.filesDone), moved: moved)) ?? true
                 if !held { progress.cancel("job \(job.id) was cancelled or taken over") }
             }
         }
@@ -179,7 +197,16 @@ public final class JobRunner: @unchecked Sendable {
             auditJob(job, action: "job.end", result: "interrupted: back to the queue", files: Int64(s.filesDone), bytes: Int64(s.bytesDone),
                      seconds: Date().timeIntervalSince(started))
         }
-        _ = try? store.finish(job.id, worker: worker, outcome: final, now: Int64(Date().timeIntervalSince1970))
+        // The keeper has stopped (signalled above; a renewal in flight may still add its part:
+        // `advance` hands each byte to one of them only).
+        _ = try? store.finish(job.id, worker: worker, outcome: final, now: Int64(Date().timeIntervalSince1970),
+                              moved: recorded.advance(to: JobRunner.moved(progress.snapshot())))
+    }
+
+    /// Bytes an attempt moved over its link or disk: accounted for, less those skipped as
+    /// already there.
+    static func moved(_ s: TransferProgress.Snapshot) -> Int64 {
+        Int64(s.bytesDone) - Int64(min(s.skippedBytes, s.bytesDone))
     }
 
     /// One audit line of a job: its owner, its peer, `SOURCE -> DESTINATION (job N)`.

@@ -99,6 +99,13 @@ public final class JobStore: @unchecked Sendable {
                     error_code TEXT,
                     bytes \(int) NOT NULL DEFAULT 0);
                 CREATE INDEX IF NOT EXISTS job_attempts_job ON job_attempts(job, id);
+                CREATE TABLE IF NOT EXISTS link_samples (
+                    at \(int) NOT NULL,
+                    job \(int) NOT NULL,
+                    owner TEXT NOT NULL,
+                    peer TEXT NOT NULL,
+                    bytes \(int) NOT NULL);
+                CREATE INDEX IF NOT EXISTS link_samples_at ON link_samples(at);
                 """)
             try JobStore.migrate(s)
         }
@@ -189,6 +196,26 @@ public final class JobStore: @unchecked Sendable {
         if let owner { sql += " AND owner = ?"; args.append(owner) }
         sql += " GROUP BY peer, at ORDER BY at, peer"
         return try db.read { s in try s.query(sql, args).map { ($0.int("at"), $0.text("peer"), $0.int("moved"), $0.int("n")) } }
+    }
+
+    /// Bytes the runners measured moving since `since`, by peer and span of `bucket` seconds
+    /// (`link_samples`: each lease renewal and each attempt's end adds what moved since the
+    /// last one), and how many jobs moved bytes in each span; `owner`'s jobs only, or everyone's.
+    /// What moved while a job ran, failed attempts included, whether or not it succeeded later.
+    public func measured(owner: String?, since: Int64, bucket: Int64) throws -> [(start: Int64, peer: String, bytes: Int64, jobs: Int64)] {
+        var sql = "SELECT peer, (at / ?) * ? AS span, CAST(SUM(bytes) AS BIGINT) AS moved, COUNT(DISTINCT job) AS n FROM link_samples WHERE at >= ?"
+        var args: [any SQLArgument] = [bucket, bucket, since]
+        if let owner { sql += " AND owner = ?"; args.append(owner) }
+        sql += " GROUP BY peer, span ORDER BY span, peer"
+        return try db.read { s in try s.query(sql, args).map { ($0.int("span"), $0.text("peer"), $0.int("moved"), $0.int("n")) } }
+    }
+
+    /// Samples are kept two hours (the overview draws the last one).
+    static let samplesKept: Int64 = 7_200
+
+    static func sample(_ s: any SQLSession, job: Int64, now: Int64, moved: Int64) throws {
+        guard moved > 0 else { return }
+        try s.send("INSERT INTO link_samples (at, job, owner, peer, bytes) SELECT ?, id, owner, peer, ? FROM jobs WHERE id = ?", now, moved, job)
     }
 
     public func countsByState() throws -> [JobState: Int] {
@@ -320,23 +347,29 @@ public final class JobStore: @unchecked Sendable {
 
     /// Extends a running job's lease; false when the worker no longer holds it (cancelled, or
     /// taken back after it expired): the runner must stop that transfer.
-    public func renew(_ id: Int64, worker: String, now: Int64, leaseSeconds: Int64, bytes: Int64, files: Int64) throws -> Bool {
+    /// `moved`: bytes moved since the last renewal (the overview's measured throughput).
+    public func renew(_ id: Int64, worker: String, now: Int64, leaseSeconds: Int64, bytes: Int64, files: Int64, moved: Int64 = 0) throws -> Bool {
         try write { s in
-            try s.execute("""
+            let held = try s.execute("""
                 UPDATE jobs SET lease_expires = ?, bytes = ?, files = ?, updated = ?
                 WHERE id = ? AND state = 'running' AND lease_owner = ?
                 """, now + leaseSeconds, bytes, files, now, id, worker) == 1
+            if held { try JobStore.sample(s, job: id, now: now, moved: moved) }
+            return held
         }
     }
 
     /// Records how an attempt ended. Returns the job's new state, or nil when the worker no
     /// longer held the job (its outcome is then ignored: someone else owns the job now).
+    /// `moved`: bytes moved since the attempt's last lease renewal.
     @discardableResult
-    public func finish(_ id: Int64, worker: String, outcome: AttemptOutcome, now: Int64, random: Double = Double.random(in: 0..<1)) throws -> JobState? {
+    public func finish(_ id: Int64, worker: String, outcome: AttemptOutcome, now: Int64, moved: Int64 = 0, random: Double = Double.random(in: 0..<1)) throws -> JobState? {
         try write { s in
             guard let row = try s.one("SELECT * FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?\(JobStore.forUpdate(s))", id, worker) else {
                 return nil
             }
+            try JobStore.sample(s, job: id, now: now, moved: moved)
+            try s.execute("DELETE FROM link_samples WHERE at < ?", now - JobStore.samplesKept)
             let job = JobStore.job(row)
             var state: JobState
             var error: String? = nil

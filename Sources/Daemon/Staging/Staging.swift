@@ -117,7 +117,8 @@ extension DaemonAPI {
             try await handle(request) { user in
                 let st = try stagingFor(user)
                 let entries = try st.cache.entries()
-                return try codable(200, V1.CacheView(root: st.root, quota: st.quota, readyBytes: entries.filter { $0.state == .ready }.reduce(0) { $0 + $1.bytes }, entries: entries))
+                return try codable(200, V1.CacheView(root: st.root, quota: st.quota, readyBytes: entries.filter { $0.state == .ready }.reduce(0) { $0 + $1.bytes }, entries: entries,
+                                                     evictions: try st.cache.evictions(limit: 100)))
             }
         }
     }
@@ -435,10 +436,17 @@ extension DaemonAPI {
         return e
     }
 
+    /// Unpinned ready entries, least recently used first, until the cache fits its quota; each
+    /// recorded (`stage_evictions`: the Staging view and `ferry stage cache` list them).
     func evict(_ st: StagingSettings) {
-        for e in (try? st.cache.evictionCandidates(quota: st.quota)) ?? [] {
+        let candidates = (try? st.cache.evictionCandidates(quota: st.quota)) ?? []
+        guard !candidates.isEmpty else { return }
+        var ready = ((try? st.cache.entries()) ?? []).filter { $0.state == .ready }.reduce(0) { $0 + $1.bytes }
+        for e in candidates {
             try? FileManager.default.removeItem(atPath: e.path)
-            try? st.cache.remove(e.id)
+            let reason = "over quota: \(byteText(UInt64(max(0, ready)))) ready of \(byteText(UInt64(max(0, st.quota)))), least recently used and pinned by no job"
+            try? st.cache.evicted(e, reason: reason, now: now())
+            ready -= e.bytes
         }
     }
 

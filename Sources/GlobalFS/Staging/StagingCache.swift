@@ -90,9 +90,29 @@ public final class StagingCache: @unchecked Sendable {
                     job \(int),
                     error TEXT,
                     PRIMARY KEY (sjob, idx));
+                CREATE TABLE IF NOT EXISTS stage_evictions (
+                    \(pg ? "id BIGSERIAL PRIMARY KEY" : "id INTEGER PRIMARY KEY AUTOINCREMENT"),
+                    source TEXT NOT NULL,
+                    bytes \(int) NOT NULL,
+                    last_used \(int) NOT NULL,
+                    at \(int) NOT NULL,
+                    reason TEXT NOT NULL);
                 """)
         }
     }
+
+    /// An entry the cache removed to stay within its quota: what it held, when it was last
+    /// used, when it went and why (the operators' Staging view lists the last ones).
+    public struct Eviction: Sendable, Codable, Equatable {
+        public var source: String
+        public var bytes: Int64
+        public var lastUsed: Int64
+        public var at: Int64
+        public var reason: String
+    }
+
+    /// Evictions kept: the table is a recent log, not an archive.
+    public static let evictionsKept: Int64 = 1_000
 
     static func entry(_ r: SQLRow, pins: [String]) -> Entry {
         Entry(id: r.int("id"), key: r.text("key"), source: r.text("source"), path: r.text("path"), state: State(rawValue: r.text("state")) ?? .failed,
@@ -275,6 +295,37 @@ public final class StagingCache: @unchecked Sendable {
         try db.write { s in
             try s.execute("DELETE FROM stage_pins WHERE entry = ?", entry)
             try s.execute("DELETE FROM stage_entries WHERE id = ?", entry)
+        }
+    }
+
+    /// Deletes an evicted entry's row and records the eviction, in one transaction, keeping the
+    /// last `evictionsKept`; the caller removes its directory.
+    public func evicted(_ entry: Entry, reason: String, now: Int64) throws {
+        try db.write { s in
+            try s.execute("DELETE FROM stage_pins WHERE entry = ?", entry.id)
+            try s.execute("DELETE FROM stage_entries WHERE id = ?", entry.id)
+            try s.send("INSERT INTO stage_evictions (source, bytes, last_used, at, reason) VALUES (?, ?, ?, ?, ?)",
+                       entry.source, entry.bytes, entry.lastUsed, now, reason)
+            try s.execute("DELETE FROM stage_evictions WHERE id <= (SELECT MAX(id) FROM stage_evictions) - ?", StagingCache.evictionsKept)
+        }
+    }
+
+    /// Totals for an overview: ready bytes, entries, pinned entries, evictions since `since`.
+    public func use(evictedSince since: Int64) throws -> (readyBytes: Int64, entries: Int64, pinned: Int64, evicted: Int64) {
+        try db.read { s in
+            let e = try s.one("SELECT CAST(COALESCE(SUM(CASE WHEN state = 'ready' THEN bytes ELSE 0 END), 0) AS BIGINT) AS ready, COUNT(*) AS n FROM stage_entries")
+            let p = try s.one("SELECT COUNT(DISTINCT entry) AS n FROM stage_pins")?.int("n") ?? 0
+            let v = try s.one("SELECT COUNT(*) AS n FROM stage_evictions WHERE at >= ?", since)?.int("n") ?? 0
+            return (e?.int("ready") ?? 0, e?.int("n") ?? 0, p, v)
+        }
+    }
+
+    /// The last `limit` evictions, newest first.
+    public func evictions(limit: Int = 100) throws -> [Eviction] {
+        try db.read { s in
+            try s.query("SELECT * FROM stage_evictions ORDER BY id DESC LIMIT ?", limit).map {
+                Eviction(source: $0.text("source"), bytes: $0.int("bytes"), lastUsed: $0.int("last_used"), at: $0.int("at"), reason: $0.text("reason"))
+            }
         }
     }
 
