@@ -83,12 +83,12 @@ with browser() as d:
         window.__t = null;
         loadEntries('gfs://' + app.session.center + '/flat/all', name);
     """ % (dir_entries // 2))
-    until(d, "return document.querySelectorAll('#entries tbody tr').length === 1000")
+    until(d, "return document.querySelectorAll('#entries-body > div').length === 1000")
     pages = []
     for _ in range(40):
         took = d.execute_async_script("""
             const done = arguments[arguments.length - 1];
-            const body = document.querySelector('#entries tbody');
+            const body = document.getElementById('entries-body');
             const first = body.firstElementChild;
             const t0 = performance.now();
             const seen = new MutationObserver(() => {

@@ -182,18 +182,18 @@ def federation(d):
     by_id(d, "nav-files").click()
     wait(d, lambda d: "big" in by_id(d, "datasets").text and "wuxi" in by_id(d, "datasets").text, "wuxi's datasets are listed at hlrs")
     d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='big']").click()
-    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 1000, "a first page of 1,000 entries")
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries-body > div")) == 1000, "a first page of 1,000 entries")
     seen = set()
     times = []
     for page in range(1, 121):
-        names = d.execute_script("return Array.from(document.querySelectorAll('#entries tbody a.entry'), b => b.textContent)")
+        names = d.execute_script("return Array.from(document.querySelectorAll('#entries-body a.entry'), b => b.textContent)")
         seen.update(names)
         if not visible(d, "entries-more"):
             break
         first = names[0]
         t0 = time.monotonic()
         by_id(d, "entries-more").click()
-        wait(d, lambda d: d.execute_script("const b = document.querySelector('#entries tbody a.entry'); return b && b.textContent") != first, "page %d loads" % (page + 1))
+        wait(d, lambda d: d.execute_script("const b = document.querySelector('#entries-body a.entry'); return b && b.textContent") != first, "page %d loads" % (page + 1))
         times.append(time.monotonic() - t0)
     times.sort()
     print("pages: %d, click to rendered page of 1,000: median %.0f ms, max %.0f ms" % (len(times) + 1, 1000 * times[len(times) // 2], 1000 * times[-1]))
@@ -203,8 +203,8 @@ def federation(d):
     by_id(d, "files-crumbs").find_element(By.TAG_NAME, "button").click()
     wait(d, lambda d: "small" in by_id(d, "datasets").text, "back to the datasets")
     d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='small']").click()
-    wait(d, lambda d: len(d.find_elements(By.XPATH, "//table[@id='entries']//a[text()='a.bin']")) == 1, "the small dataset's file")
-    d.find_element(By.XPATH, "//table[@id='entries']//a[text()='a.bin']").click()
+    wait(d, lambda d: len(d.find_elements(By.XPATH, "//div[@id='entries']//a[text()='a.bin']")) == 1, "the small dataset's file")
+    d.find_element(By.XPATH, "//div[@id='entries']//a[text()='a.bin']").click()
     wait(d, lambda d: visible(d, "details") and "wuxi" in by_id(d, "replicas").text, "its replica at wuxi is shown")
     shot(d, "entry-replicas-en")
     # Copy it from its best replica to a path of hlrs: one job.
@@ -315,8 +315,17 @@ def run(d):
         shot(d, "files-en")
         contrast(d, "the datasets")
         d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='public']").click()
-        wait(d, lambda d: visible(d, "entries") and len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 252, "the directory's 252 entries, in one page of up to 1,000")
-        names = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")]
+        wait(d, lambda d: visible(d, "entries") and len(d.find_elements(By.CSS_SELECTOR, "#entries-body > div")) == 252, "the directory's 252 entries, in one page of up to 1,000")
+        # A grid of rows on screen, a table to assistive technology: Chromium's computed roles
+        # and names (what a screen reader is given).
+        grid = by_id(d, "entries")
+        heads = d.find_elements(By.CSS_SELECTOR, "#entries [role=columnheader]")
+        first = d.find_elements(By.CSS_SELECTOR, "#entries-body > div")[0]
+        check(grid.aria_role == "table" and grid.accessible_name.endswith("public") and [h.aria_role for h in heads] == ["columnheader"] * 4
+              and [h.accessible_name for h in heads] == ["Name", "Kind", "Size", "Modified"] and first.aria_role == "row"
+              and {c.aria_role for c in first.find_elements(By.XPATH, "./div")} == {"cell"},
+              "the entries are a table with four column headers to assistive technology (%s %r %r)" % (grid.aria_role, grid.accessible_name, [h.accessible_name for h in heads]))
+        names = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries-body a.entry")]
         check("<img src=x onerror=alert(1)>" in names and '"><svg onload=window.__pwned=1>' in names, "names with markup are shown as text")
         check(len(d.find_elements(By.CSS_SELECTOR, "#entries img, #entries svg, #entries script")) == 0, "no element was made from a name")
         check(not visible(d, "entries-more"), "no next page offered for 252 entries")
@@ -324,22 +333,22 @@ def run(d):
         box = by_id(d, "find-name")
         box.send_keys("f0012?")
         by_id(d, "find-submit").click()
-        wait(d, lambda d: sorted(b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")) == ["f0012%d" % i for i in range(10)],
+        wait(d, lambda d: sorted(b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries-body a.entry")) == ["f0012%d" % i for i in range(10)],
              "find f0012? lists exactly the ten matching files")
         # By size too: f00120 to f00129 hold four bytes ("120\n"); none of them three or fewer.
         by_id(d, "find-max").send_keys("3")
         by_id(d, "find-submit").click()
-        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")) == 0, "find f0012? of at most 3 bytes: none")
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries-body a.entry")) == 0, "find f0012? of at most 3 bytes: none")
         by_id(d, "find-max").clear()
         by_id(d, "find-min").send_keys("4")
         by_id(d, "find-submit").click()
-        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")) == 10, "find f0012? of at least 4 bytes: the ten")
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries-body a.entry")) == 10, "find f0012? of at least 4 bytes: the ten")
         by_id(d, "find-min").clear()
         by_id(d, "find-min").send_keys("lots")
         by_id(d, "find-submit").click()
         wait(d, lambda d: "Not a size" in by_id(d, "error").text, "a size that is not one is refused in the page")
         by_id(d, "find-min").clear()
-        d.find_element(By.XPATH, "//table[@id='entries']//a[text()='f00123']").click()
+        d.find_element(By.XPATH, "//div[@id='entries']//a[text()='f00123']").click()
         wait(d, lambda d: visible(d, "details") and "at this center" in by_id(d, "replicas").text, "the entry's replica is shown with its rank and reason")
         shot(d, "entry-en")
 
@@ -378,8 +387,8 @@ def run(d):
         wait(d, lambda d: "public" in by_id(d, "datasets").text, "datasets listed in Chinese too")
         shot(d, "files-zh")
         d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='public']").click()
-        wait(d, lambda d: len(d.find_elements(By.XPATH, "//table[@id='entries']//a[text()='f00123']")) == 1, "the directory in Chinese")
-        d.find_element(By.XPATH, "//table[@id='entries']//a[text()='f00123']").click()
+        wait(d, lambda d: len(d.find_elements(By.XPATH, "//div[@id='entries']//a[text()='f00123']")) == 1, "the directory in Chinese")
+        d.find_element(By.XPATH, "//div[@id='entries']//a[text()='f00123']").click()
         wait(d, lambda d: visible(d, "details") and "复制" in by_id(d, "details").text, "an entry's details in Chinese")
         shot(d, "entry-zh")
         by_id(d, "nav-overview").click()
@@ -426,7 +435,7 @@ def run(d):
         wait(d, lambda d: visible(d, "datasets") and "public" in by_id(d, "datasets").text, "Enter on it lists the datasets again")
         tab_to(d, lambda i, text, label: text == "public", "the dataset 'public'")
         d.switch_to.active_element.send_keys(Keys.ENTER)
-        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 252, "Enter opens the dataset")
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries-body > div")) == 252, "Enter opens the dataset")
         tab_to(d, lambda i, text, label: text == "f00003", "the entry f00003", presses=40)
         d.switch_to.active_element.send_keys(Keys.ENTER)
         wait(d, lambda d: visible(d, "details") and "f00003" in by_id(d, "details-title").text, "Enter opens the entry's details")
@@ -458,11 +467,11 @@ def run(d):
         by_id(d, "nav-files").click()
         wait(d, lambda d: "public" in by_id(d, "datasets").text, "bob's datasets")
         d.find_element(By.XPATH, "//table[@id='datasets']//button[text()='public']").click()
-        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")) == 252, "bob opens the public dataset")
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries-body > div")) == 252, "bob opens the public dataset")
         by_id(d, "find-name").send_keys("*")
         by_id(d, "find-submit").click()
         wait(d, lambda d: "252 found" in by_id(d, "status").text, "bob's find in public lists its 252 entries")
-        check(not any("secret" in b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries tbody a.entry")), "no entry of alice's private dataset among them")
+        check(not any("secret" in b.text for b in d.find_elements(By.CSS_SELECTOR, "#entries-body a.entry")), "no entry of alice's private dataset among them")
         check(page_fetch(d, "GET", "/api/v1/catalog/find?path=gfs%3A%2F%2Fhlrs%2Fprivate&name=secret*") in (403, 404), "bob's find in alice's private dataset is refused")
         check(page_fetch(d, "GET", "/api/v1/catalog/find?path=gfs%3A%2F%2Fhlrs&name=secret*") in (400, 403, 404), "and a find over the whole center is no way around it")
         # His overview: nothing of alice's jobs in the last hour's throughput.

@@ -37,6 +37,21 @@ function row(cells) {
   return tr;
 }
 
+// A row of the entries' grid (#entries: roles row and cell, see index.html).
+function gridRow(cells) {
+  const r = document.createElement("div");
+  r.setAttribute("role", "row");
+  r.className = "erow";
+  for (const c of cells) {
+    if (c instanceof Node) { const d = document.createElement("div"); d.setAttribute("role", "cell"); d.appendChild(c); r.appendChild(d); }
+    else if (c && typeof c === "object") { const d = el("div", c.text, c.attrs); d.setAttribute("role", "cell"); r.appendChild(d); }
+    else r.appendChild(el("div", c, { role: "cell" }));
+  }
+  return r;
+}
+
+function fillEntries(rows) { $("entries-body").replaceChildren(...rows); }
+
 function fill(tableId, rows) {
   const body = $(tableId).tBodies[0];
   body.replaceChildren(...rows);
@@ -348,9 +363,9 @@ async function loadEntries(path, after) {
   $("entries-caption").textContent = path + (page.stale ? " (" + t("stale") + ")" : "");
   // Each name a link (a button each cost the page of 1,000 a third more style and layout); one
   // listener on the table opens what was clicked (entriesClicked).
-  fill("entries", (page.entries || []).map(e => {
+  fillEntries((page.entries || []).map(e => {
     const name = el("a", e.name, { href: "#files", class: "entry", "data-path": path + "/" + e.name, "data-kind": e.kind });
-    return row([name, t("kind." + e.kind), { text: e.kind === "d" ? "" : bytes(e.size), attrs: { class: "num" } }, when(Math.floor(e.mtime_ns / 1e9))]);
+    return gridRow([name, t("kind." + e.kind), { text: e.kind === "d" ? "" : bytes(e.size), attrs: { class: "num" } }, when(Math.floor(e.mtime_ns / 1e9))]);
   }));
   $("entries-more").hidden = !page.more;
   say(t("files.page", { n: (page.entries || []).length }) + (page.more ? " " + t("files.more") : ""));
@@ -387,10 +402,10 @@ async function findEntries(ev) {
   fail("");
   const page = await api("GET", "/api/v1/catalog/find?" + q);
   const base = app.entries.path.split("/").slice(0, 4).join("/");
-  fill("entries", (page.entries || []).map(e => {
+  fillEntries((page.entries || []).map(e => {
     const full = base + "/" + (e.dir ? e.dir + "/" : "") + e.name;
     const b = el("a", (e.dir ? e.dir + "/" : "") + e.name, { href: "#files", class: "entry", "data-path": full, "data-kind": e.kind });
-    return row([b, t("kind." + e.kind), { text: e.kind === "d" ? "" : bytes(e.size), attrs: { class: "num" } }, when(Math.floor(e.mtime_ns / 1e9))]);
+    return gridRow([b, t("kind." + e.kind), { text: e.kind === "d" ? "" : bytes(e.size), attrs: { class: "num" } }, when(Math.floor(e.mtime_ns / 1e9))]);
   }));
   $("entries-more").hidden = true;
   say(t("find.found", { n: (page.entries || []).length }) + (page.more ? " " + t("files.more") : ""));
@@ -554,7 +569,7 @@ window.addEventListener("DOMContentLoaded", async () => {
   $("signout").addEventListener("click", signOut);
   $("lang").addEventListener("change", () => setLanguage($("lang").value));
   $("find").addEventListener("submit", ev => findEntries(ev).catch(e => fail(e.message)));
-  $("entries").tBodies[0].addEventListener("click", entriesClicked);
+  $("entries-body").addEventListener("click", entriesClicked);
   $("entries-more").addEventListener("click", () => {
     if (app.entries && app.entries.next) loadEntries(app.entries.path, app.entries.next).catch(e => fail(e.message));
   });
