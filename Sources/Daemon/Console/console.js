@@ -263,7 +263,9 @@ async function loadOverview() {
   drawBars($("overview-chart"), STATES.map(s => [stateName(s), counts[s] || 0]));
   const peers = Object.entries(health.peers || {}).sort();
   $("peer-names").replaceChildren(...peers.map(([name]) => el("option", null, { value: name })));
-  fill("overview-peers", peers.map(([name, p]) => row([name, bytes(p.rate_bytes_per_second) + "/s", { text: p.streams, attrs: { class: "num" } },
+  // The link tuner's figures: its rate is that of the last transfer big enough to tune by
+  // (none yet: "–"); what moves now is the measured line above.
+  fill("overview-peers", peers.map(([name, p]) => row([name, p.rate_bytes_per_second > 0 ? bytes(p.rate_bytes_per_second) + "/s" : "–", { text: p.streams, attrs: { class: "num" } },
     { text: p.active, attrs: { class: "num" } }, { text: p.errors, attrs: { class: "num" } }])));
   fill("overview-centers", (centers.centers || []).map(c => row([c.name, c.name === centers.center ? t("here") : (c.reachable ? t("yes") : t("no")), when(c.last_sync)])));
 }
