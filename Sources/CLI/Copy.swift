@@ -236,16 +236,39 @@ final class ProgressDisplay {
     func finish(_ s: TransferProgress.Snapshot, summary: TransferSummary) {
         if json {
             let special = summary.specialNames.map(jsonString).joined(separator: ",")
-            emit("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"files_copied\":\(summary.filesCopied),\"files_failed\":\(summary.filesFailed),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"special_files_skipped\":\(summary.specialFiles),\"special_files\":[\(special)],\"seconds\":\(String(format: "%.3f", summary.seconds))}")
+            emit("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"bytes_sent\":\(summary.bytes - min(summary.bytes, summary.skippedBytes)),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"files_unread\":\(summary.unreadFiles),\"bytes_unread\":\(summary.unreadBytes),\"files_identical\":\(summary.matchedFiles),\"bytes_identical\":\(summary.matchedBytes - min(summary.matchedBytes, summary.resumedBytes)),\"bytes_resumed\":\(summary.resumedBytes),\"files_copied\":\(summary.filesCopied),\"files_failed\":\(summary.filesFailed),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"special_files_skipped\":\(summary.specialFiles),\"special_files\":[\(special)],\"seconds\":\(String(format: "%.3f", summary.seconds))}")
             return
         }
         if tty { FileHandle.standardError.write("\n".data(using: .utf8)!) }
-        let rateText = summary.seconds > 0 ? byteText(UInt64(Double(summary.bytes - min(summary.bytes, summary.skippedBytes)) / summary.seconds)) + "/s" : "-"
-        emit("ferry: \(summary.files) files, \(byteText(summary.bytes)) in \(String(format: "%.2f", summary.seconds)) s (\(rateText)); \(byteText(summary.wireBytes)) on the wire, \(byteText(summary.skippedBytes)) already there, \(summary.retransmittedChunks) chunks resent; all verified")
+        emit(ProgressDisplay.summaryLine(summary))
         if summary.specialFiles > 0 {
             let more = summary.specialFiles > UInt64(summary.specialNames.count) ? ", …" : ""
             emit("ferry: skipped \(summary.specialFiles) special file\(summary.specialFiles == 1 ? "" : "s") (devices, FIFOs and sockets are never transferred): \(summary.specialNames.joined(separator: ", "))\(more)")
         }
+    }
+
+    /// The end of a run in one line that says no more than the run knows: what was sent (and
+    /// verified: each chunk's hash and the whole file's digest, checked by the receiver), what
+    /// was found identical by content, and what was skipped by size and modification time
+    /// without being read (never called verified: a byte changed in place keeps both).
+    static func summaryLine(_ s: TransferSummary) -> String {
+        let sent = s.bytes - min(s.bytes, s.skippedBytes)
+        let rate = s.seconds > 0 && sent > 0 ? " (" + byteText(UInt64(Double(sent) / s.seconds)) + "/s)" : ""
+        func files(_ n: UInt64) -> String { "\(n) file\(n == 1 ? "" : "s")" }
+        var parts: [String] = []
+        if s.filesCopied > 0 || sent > 0 {
+            parts.append("\(s.filesCopied) copied, \(byteText(sent)) sent (\(byteText(s.wireBytes)) on the wire), verified by chunk and file hashes"
+                         + (s.retransmittedChunks > 0 ? ", \(s.retransmittedChunks) chunks resent" : ""))
+        }
+        if s.resumedBytes > 0 { parts.append("\(byteText(s.resumedBytes)) already there from an interrupted run, checked by chunk hash") }
+        let identical = s.matchedBytes - min(s.matchedBytes, s.resumedBytes)
+        if s.matchedFiles > 0 { parts.append("\(files(s.matchedFiles)) identical by content (\(byteText(identical)) compared, not sent)") }
+        if s.unreadFiles > 0 {
+            parts.append("\(files(s.unreadFiles)) skipped by size and mtime (\(byteText(s.unreadBytes)), not read: --checksum compares their content)")
+        }
+        if s.filesFailed > 0 { parts.append("\(files(s.filesFailed)) failed") }
+        if parts.isEmpty { parts.append("nothing to send") }
+        return "ferry: \(files(s.files)), \(byteText(s.bytes)) in \(String(format: "%.2f", s.seconds)) s\(rate): " + parts.joined(separator: "; ")
     }
 
     func fail(_ e: TransferError, _ s: TransferProgress.Snapshot) {

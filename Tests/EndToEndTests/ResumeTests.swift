@@ -109,6 +109,9 @@ struct ResumeTests {
             "rerun sent \(s.wireBytes) bytes (\(100 * s.wireBytes / size) %) after a kill at \(100 * progress.bytesDone / size) %: \(s)"
         )
         #expect(s.skippedBytes > 0, "\(s)")
+        // Said as what it is: bytes of an interrupted run, checked by chunk hash; nothing of the
+        // file skipped by size and mtime.
+        #expect(s.raw["bytes_resumed"] as? Int == s.skippedBytes && s.raw["files_unread"] as? Int == 0 && s.raw["files_identical"] as? Int == 0, "\(s)")
     }
 
     /// A partial file damaged at rest between the interrupted run and the rerun: the journal

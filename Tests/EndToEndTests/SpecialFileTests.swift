@@ -121,7 +121,7 @@ struct SpecialFileTests {
         let pl = sb.finish(pull, timeout: 60)
         #expect(pl.succeeded, "\(pl)")
         #expect(filesIdentical(src, pull.stdoutPath), "standard output holds other bytes than the file (size \(size))")
-        #expect(pl.stderr.contains("all verified"), "the summary belongs on stderr: \(pl)")
+        #expect(pl.stderr.contains("verified by chunk and file hashes"), "the summary belongs on stderr: \(pl)")
 
         // Naming no file for standard input is a usage error, not a file called '-'.
         let unnamed = try FerryProcess(["cp", "--ca", sb.ca, "--token-file", sb.tokenFile, "-", server.url("dir/")],

@@ -75,7 +75,9 @@ enum Paths {
             if fd == -EXDEV || fd == -ELOOP {
                 throw TransferError(.path, "path '\(path)' resolves outside the root (refused)")
             }
-            throw TransferError.system("cannot open '\(path.isEmpty ? "." : path)'", errno: -fd)
+            var e = TransferError.system("cannot open '\(path.isEmpty ? "." : path)'", errno: -fd)
+            if fd == -ENOTDIR { e.message += ": a file is where the path needs a directory" }
+            throw e
         }
         throw TransferError(.io, "cannot open '\(path)': interrupted too often")
     }

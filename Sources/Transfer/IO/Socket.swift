@@ -52,7 +52,13 @@ public enum Socket {
         var list: UnsafeMutablePointer<addrinfo>?
         let r = getaddrinfo(address.host, String(address.port), &hints, &list)
         guard r == 0, let first = list else {
-            throw TransferError(.io, "cannot resolve \(address.host): \(String(cString: gai_strerror(r)))", resumable: true)
+            // A name that does not exist (or has no address) stays so on a rerun; a resolver
+            // that could not answer now (EAI_AGAIN, a failed system call) may answer later.
+            let text = "cannot resolve \(address.host): \(String(cString: gai_strerror(r)))"
+            if r == EAI_NONAME || r == -5 /* EAI_NODATA, a GNU extension */ || r == EAI_FAIL || r == EAI_SERVICE {
+                throw TransferError(.notFound, text + " (check the host name)")
+            }
+            throw TransferError(.io, text, resumable: true)
         }
         defer { freeaddrinfo(list) }
         var out: [(Int32, sockaddr_storage, socklen_t)] = []

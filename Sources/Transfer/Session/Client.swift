@@ -380,7 +380,10 @@ public enum TransferClient {
             let more = snap.filesFailed > 1 ? " (and \(snap.filesFailed - 1) more failed files)" : ""
             // The first failure's code, the peer's when it said it (a daemon job keys on it).
             let code = snap.failureCode ?? .io
-            var e = TransferError(code, (snap.failureFromPeer ? "remote error (\(code.name)): " : "") + first + more, resumable: true)
+            var e = TransferError(code, (snap.failureFromPeer ? "remote error (\(code.name)): " : "") + first + more)
+            // A rerun resumes only what it can mend: not a path in the way, a refused account, a
+            // missing file (the first failure's code decides, as it does for the daemon's jobs).
+            e.resumable = e.rerunResumes
             e.fromPeer = snap.failureFromPeer
             throw e
         }

@@ -44,8 +44,21 @@ public final class TransferProgress: @unchecked Sendable {
         public var bytesDone: UInt64 = 0
         /// Payload bytes on data streams this run (after compression).
         public var wireBytes: UInt64 = 0
+        /// Bytes not sent because the destination held them: `unreadBytes` + `matchedBytes`.
         public var skippedBytes: UInt64 = 0
+        /// Files not sent: `unreadFiles` + `matchedFiles`.
         public var filesSkipped: UInt64 = 0
+        /// Files skipped because the destination's size and modification time matched (without
+        /// `--checksum`): neither side read them, so nothing says their content is the same.
+        public var unreadFiles: UInt64 = 0
+        public var unreadBytes: UInt64 = 0
+        /// Files skipped after their content compared equal (`--checksum`: whole-file digests).
+        public var matchedFiles: UInt64 = 0
+        /// Bytes found already there by content: those files, and the chunks of a resumed
+        /// partial file whose hashes matched the source's.
+        public var matchedBytes: UInt64 = 0
+        /// Of `matchedBytes`: chunks of resumed partial files (an interrupted earlier run).
+        public var resumedBytes: UInt64 = 0
         public var retransmittedChunks: UInt64 = 0
         /// Sealed data frames this side rejected (tampered, replayed or reordered).
         public var rejectedFrames: UInt64 = 0
@@ -75,11 +88,24 @@ public final class TransferProgress: @unchecked Sendable {
     /// A stream's length, known at its end.
     func add(bytesTotal: UInt64) { lock.withLock { s.bytesTotal += bytesTotal } }
     func moved(raw: UInt64, wire: UInt64) { lock.withLock { s.bytesDone += raw; s.wireBytes += wire } }
-    func skipped(bytes: UInt64) { lock.withLock { s.bytesDone += bytes; s.skippedBytes += bytes } }
+    /// Bytes already there by content (a digest or chunk hash compared equal).
+    func skipped(bytes: UInt64) { lock.withLock { s.bytesDone += bytes; s.skippedBytes += bytes; s.matchedBytes += bytes } }
+    /// Chunks of a resumed partial file found already there (their hashes matched).
+    func resumed(bytes: UInt64) {
+        lock.withLock { s.bytesDone += bytes; s.skippedBytes += bytes; s.matchedBytes += bytes; s.resumedBytes += bytes }
+    }
+    /// A file done: copied, or (`skipped`) found identical by content.
     func fileDone(skipped: Bool = false) {
         lock.withLock {
             s.filesDone += 1
-            if skipped { s.filesSkipped += 1 } else { s.filesCopied += 1 }
+            if skipped { s.filesSkipped += 1; s.matchedFiles += 1 } else { s.filesCopied += 1 }
+        }
+    }
+    /// A file skipped by size and modification time: done, not read.
+    func skippedUnread(bytes: UInt64) {
+        lock.withLock {
+            s.bytesDone += bytes; s.skippedBytes += bytes; s.unreadBytes += bytes
+            s.filesDone += 1; s.filesSkipped += 1; s.unreadFiles += 1
         }
     }
     func specialSkipped(_ path: String, mode: UInt32) {
@@ -107,6 +133,12 @@ public struct TransferSummary: Sendable {
     public var wireBytes: UInt64
     public var skippedBytes: UInt64
     public var filesSkipped: UInt64
+    /// See `TransferProgress.Snapshot`: skipped by size and mtime (not read), and by content.
+    public var unreadFiles: UInt64
+    public var unreadBytes: UInt64
+    public var matchedFiles: UInt64
+    public var matchedBytes: UInt64
+    public var resumedBytes: UInt64
     /// Files copied (at their final name) and failed; a successful transfer has none failed.
     public var filesCopied: UInt64
     public var filesFailed: UInt64
@@ -123,6 +155,11 @@ public struct TransferSummary: Sendable {
         wireBytes = s.wireBytes
         skippedBytes = s.skippedBytes
         filesSkipped = s.filesSkipped
+        unreadFiles = s.unreadFiles
+        unreadBytes = s.unreadBytes
+        matchedFiles = s.matchedFiles
+        matchedBytes = s.matchedBytes
+        resumedBytes = s.resumedBytes
         filesCopied = s.filesCopied
         filesFailed = s.filesFailed
         retransmittedChunks = s.retransmittedChunks

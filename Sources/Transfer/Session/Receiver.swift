@@ -392,7 +392,7 @@ final class Receiver: @unchecked Sendable {
             }
             var st = stat()
             if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || (st.st_mode & S_IFMT) != S_IFDIR {
-                throw TransferError(.path, "cannot create directory '\(display)': something else is in the way")
+                throw TransferError(.path, "cannot create directory '\(display)': a file is in the way (remove it, or copy into another directory)")
             }
             dirFixups.append(e)
             return nil
@@ -443,8 +443,9 @@ final class Receiver: @unchecked Sendable {
             if kind == S_IFDIR {
                 f.failed = true
                 lock.withLock { files[e.id] = f }
-                refusals.append((e.id, .path, "cannot write '\(display)': a directory is in the way"))
-                ctx.progress.fileFailed("cannot write '\(display)': a directory is in the way", code: .path)
+                let why = "cannot write '\(display)': a directory is in the way (to copy into it, end the destination with '/')"
+                refusals.append((e.id, .path, why))
+                ctx.progress.fileFailed(why, code: .path)
                 return PlanEntry(id: e.id, action: .full)
             }
             if kind != S_IFREG && kind != S_IFLNK {
@@ -459,8 +460,7 @@ final class Receiver: @unchecked Sendable {
             if kind == S_IFREG && UInt64(st.st_size) == e.size {
                 if !ctx.options.checksum && Int64(st.st_mtim.tv_sec) == e.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == e.mtimeNanoseconds {
                     if UInt32(st.st_mode) & 0o7777 != e.mode { _ = fchmodat(dir.fd, name, mode_t(e.mode), 0) }
-                    ctx.progress.skipped(bytes: e.size)
-                    ctx.progress.fileDone(skipped: true)
+                    ctx.progress.skippedUnread(bytes: e.size)
                     return PlanEntry(id: e.id, action: .skip)
                 }
                 if ctx.options.checksum, let digest = existingDigest(dir: dir.fd, name: name, size: e.size) {
@@ -500,7 +500,7 @@ final class Receiver: @unchecked Sendable {
                 }
                 // Counted as already there; a chunk the sender finds different (its source
                 // changed within the same size and mtime) is sent and counted again as moved.
-                ctx.progress.skipped(bytes: haveBytes)
+                ctx.progress.resumed(bytes: haveBytes)
                 return PlanEntry(id: e.id, action: .resume(list))
             }
             if fd >= 0 { Glibc.close(fd) }

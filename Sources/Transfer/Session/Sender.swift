@@ -302,8 +302,7 @@ final class Sender: @unchecked Sendable {
             switch p.action {
             case .skip:
                 files[p.id] = nil
-                ctx.progress.skipped(bytes: f.size)
-                ctx.progress.fileDone(skipped: true)
+                ctx.progress.skippedUnread(bytes: f.size)
             case .full:
                 enqueueFull(f)
             case .resume(let have):

@@ -161,7 +161,7 @@ final class SenderWorker {
         }
         if !resend, let claimed = f.claimed[index], claimed == hash {
             // Resume: the receiver already holds this chunk, durable and verified.
-            sender.ctx.progress.skipped(bytes: UInt64(length))
+            sender.ctx.progress.resumed(bytes: UInt64(length))
             try sender.record(f, index: index, hash: hash, resend: false, ring: ring)
             return
         }
