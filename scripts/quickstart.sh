@@ -124,8 +124,10 @@ echo "== pull it back"
 diff -r --no-dereference "$work/sample" "$work/pulled"
 echo "== verified: the pulled copy is byte-identical"
 
-echo "== push again: everything is already there"
-"$ferry" cp -r --json "$work/sample" "ferry://127.0.0.1:$port/datasets/sample" | tail -1
+echo "== push again: every file is there with its size and mtime, so none is read or sent"
+"$ferry" cp -r "$work/sample" "ferry://127.0.0.1:$port/datasets/sample"
+echo "== and with --checksum: compared by content, identical, none sent"
+"$ferry" cp -r --checksum "$work/sample" "ferry://127.0.0.1:$port/datasets/sample"
 
 echo "== outside the token's scope: refused"
 if "$ferry" cp "$work/sample/smiles/dock_1.txt" "ferry://127.0.0.1:$port/datasets/other/x.txt"; then echo "not refused?"; exit 1; fi

@@ -13,7 +13,6 @@ struct SummaryTests {
     /// One byte of the destination changed in place, its size and mtime kept: a plain rerun
     /// skips the file by size and mtime and says so (not "verified", the file still differs);
     /// `--checksum` finds and mends it; a second `--checksum` run finds it identical by content.
-    /// A file pulled in two runs (the first cut) reports what the second found already there.
     @Test("a byte changed in place: a plain rerun says 'skipped by size and mtime, not read', --checksum mends it and then says 'identical by content'; push and pull")
     func changedInPlace() throws {
         let sb = try Sandbox("summary")
