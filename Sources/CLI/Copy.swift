@@ -45,6 +45,12 @@ extension Ferry {
         @Flag(help: "One JSON object per line: progress events and a final summary.")
         var json = false
 
+        @Option(help: ArgumentHelp("Off a terminal (batch jobs, cron, logs): a progress line every SECONDS (0: none).", valueName: "SECONDS"))
+        var stats: Int = 30
+
+        @Flag(help: "Third-party copies: on Ctrl-C, cancel the daemon's job (by default it goes on at the daemon).")
+        var cancelOnInterrupt = false
+
         @Option(help: "Data-stream protection: clear (checksums), safe (authenticated) or private (AES-256-GCM).")
         var protection = "private"
 
@@ -61,6 +67,7 @@ extension Ferry {
 
         func validate() throws {
             if let s = streams, !(1...64).contains(s) { throw ValidationError("--streams must be 1...64") }
+            if stats < 0 { throw ValidationError("--stats is a number of seconds, 0 or more") }
         }
 
         func run() throws {
@@ -116,8 +123,11 @@ extension Ferry {
                 }
                 done.signal()
             }
+            // Ctrl-C or SIGTERM: the transfer stops as a daemon's cancel stops it (the receiver
+            // keeps its partial files and journals), then the command says what is kept.
+            let interrupts = Interrupts { sig in progress.cancel(sig == SIGINT ? "interrupted (Ctrl-C)" : "interrupted (SIGTERM)") }
             // With `-` as DST standard output carries the data: every message goes to stderr.
-            let display = ProgressDisplay(json: json, messagesToStderr: destination == "-")
+            let display = ProgressDisplay(json: json, messagesToStderr: destination == "-", statsSeconds: stats)
             while done.wait(timeout: .now() + .milliseconds(400)) == .timedOut {
                 display.show(progress.snapshot())
             }
@@ -125,6 +135,10 @@ extension Ferry {
             case .success(let s):
                 display.finish(progress.snapshot(), summary: s)
             case .failure(let e):
+                if interrupts.signal != 0 {
+                    display.interrupted(progress.snapshot(), stream: source == "-" || destination == "-")
+                    throw interruptedExitCode(interrupts.signal)
+                }
                 display.fail(e, progress.snapshot())
                 throw transferExitCode(for: e)
             }
@@ -181,7 +195,22 @@ extension Ferry.Copy {
         let job = try client.call("POST", "/api/v1/transfers", body: V1.TransferSubmission(request: body), as: V1.Transfer.self)
         let id = Int(job.id)
         if !json { FileHandle.standardError.write("ferry: job \(id) at \(base): \(path) -> \(destination)\n".data(using: .utf8)!) }
-        try waitFor(id, api: client, progress: true)
+        // Ctrl-C stops the watching, not the job (it runs at the daemon, which resumes and
+        // retries it), unless --cancel-on-interrupt.
+        let interrupts = Interrupts { _ in }
+        do {
+            try waitFor(id, api: client, progress: true, interrupted: { interrupts.signal != 0 })
+        } catch is WaitInterrupted {
+            if cancelOnInterrupt {
+                _ = try? client.call("POST", "/api/v1/transfers/\(id)/cancel", as: V1.Transfer.self)
+                let now = try? client.call("GET", "/api/v1/transfers/\(id)", as: V1.Transfer.self)
+                FileHandle.standardError.write("ferry: interrupted: job \(id) cancelled at \(base)\(now.map { " (\($0.stateText))" } ?? "")\n".data(using: .utf8)!)
+            } else {
+                FileHandle.standardError.write(("ferry: interrupted: job \(id) goes on at \(base) (ferry jobs show \(id) to follow it, "
+                                                + "ferry jobs cancel \(id) to stop it)\n").data(using: .utf8)!)
+            }
+            throw interruptedExitCode(interrupts.signal)
+        }
     }
 }
 
@@ -195,9 +224,38 @@ final class ProgressDisplay {
     var lastTime = Date()
     var rate: Double = 0
 
-    init(json: Bool, messagesToStderr: Bool = false) {
+    /// Off a terminal: a line every this many seconds (0: none).
+    let statsSeconds: Int
+    var lastStats = Date()
+    /// Whether the terminal's line holds a bar (to be ended before any message).
+    var barShown = false
+
+    init(json: Bool, messagesToStderr: Bool = false, statsSeconds: Int = 30) {
         self.json = json
         out = messagesToStderr ? stderr : stdout
+        self.statsSeconds = statsSeconds
+    }
+
+    /// The terminal's width in columns (stderr's), 80 when it says none.
+    static func terminalWidth() -> Int {
+        var w = winsize()
+        if ioctl(2, UInt(TIOCGWINSZ), &w) == 0 && w.ws_col > 0 { return Int(w.ws_col) }
+        return 80
+    }
+
+    /// The percentage done and the time left ("--:--" before a rate is known).
+    func figures(_ s: TransferProgress.Snapshot) -> (pct: Int, eta: String) {
+        let pct = s.bytesTotal > 0 ? Int(100 * Double(s.bytesDone) / Double(s.bytesTotal)) : 0
+        let remaining = s.bytesTotal > s.bytesDone ? Double(s.bytesTotal - s.bytesDone) : 0
+        let eta = rate > 0 ? Int(remaining / rate) : -1
+        let etaText = eta < 0 ? "--:--" : eta >= 3600 ? String(format: "%d:%02d:%02d", eta / 3600, eta / 60 % 60, eta % 60) : String(format: "%d:%02d", eta / 60, eta % 60)
+        return (pct, etaText)
+    }
+
+    /// A log line: "1.2 GiB of 2.0 GiB (60 %), 3 of 10 files, 97.7 MiB/s, 0:08 left".
+    func logLine(_ s: TransferProgress.Snapshot) -> String {
+        let (pct, eta) = figures(s)
+        return "\(byteText(s.bytesDone)) of \(byteText(s.bytesTotal)) (\(pct) %), \(s.filesDone) of \(s.filesTotal) files, \(byteText(UInt64(max(0, rate))))/s, \(eta) left"
     }
 
     private func emit(_ line: String) {
@@ -221,16 +279,42 @@ final class ProgressDisplay {
         if json {
             emit("{\"type\":\"progress\",\"bytes_done\":\(s.bytesDone),\"bytes_total\":\(s.bytesTotal),\"files_done\":\(s.filesDone),\"files_total\":\(s.filesTotal),\"rate_bytes_per_second\":\(UInt64(max(0, rate)))}")
         } else if tty {
-            let pct = s.bytesTotal > 0 ? Double(s.bytesDone) / Double(s.bytesTotal) : 0
-            let width = 24
-            let filled = min(width, Int(pct * Double(width)))
-            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-            let remaining = s.bytesTotal > s.bytesDone ? Double(s.bytesTotal - s.bytesDone) : 0
-            let eta = rate > 0 ? Int(remaining / rate) : -1
-            let etaText = eta >= 0 ? String(format: "%d:%02d", eta / 60, eta % 60) : "--:--"
-            let line = String(format: "\r[%@] %3d%% %@ / %@  %@/s  ETA %@  files %llu/%llu ", bar, Int(pct * 100), byteText(s.bytesDone), byteText(s.bytesTotal), byteText(UInt64(max(0, rate))), etaText, s.filesDone, s.filesTotal)
-            FileHandle.standardError.write(line.data(using: .utf8)!)
+            // A bar as wide as the terminal leaves room for after the figures; on a narrow one
+            // the figures alone, cut to fit. Written over itself, the rest of the line erased.
+            let (pct, eta) = figures(s)
+            let columns = ProgressDisplay.terminalWidth() - 1
+            let tail = String(format: " %3d%% ", pct) + "\(byteText(s.bytesDone)) / \(byteText(s.bytesTotal))  \(byteText(UInt64(max(0, rate))))/s  ETA \(eta)  files \(s.filesDone)/\(s.filesTotal)"
+            var line: String
+            if columns - tail.count >= 12 {
+                let width = min(40, columns - tail.count - 2)
+                let filled = min(width, pct * width / 100)
+                line = "[" + String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled) + "]" + tail
+            } else {
+                line = String(tail.dropFirst().prefix(max(10, columns)))
+            }
+            FileHandle.standardError.write(("\r" + line + "\u{1B}[K").data(using: .utf8)!)
+            barShown = true
+        } else if statsSeconds > 0 && Date().timeIntervalSince(lastStats) >= Double(statsSeconds) {
+            // Off a terminal (a batch job's log, cron, CI): a line at each interval.
+            lastStats = Date()
+            emit("ferry: " + logLine(s))
         }
+    }
+
+    /// Ends a bar's line: what follows starts on a line of its own.
+    private func endBar() {
+        if barShown { FileHandle.standardError.write("\n".data(using: .utf8)!); barShown = false }
+    }
+
+    /// Ctrl-C or SIGTERM stopped the transfer: what the destination keeps, and how to go on.
+    func interrupted(_ s: TransferProgress.Snapshot, stream: Bool) {
+        endBar()
+        let kept = stream ? "a stream is not kept (it cannot be resumed)"
+            : "\(byteText(s.bytesDone)) of \(byteText(s.bytesTotal)) done and kept; run the same command to resume"
+        if json {
+            emit("{\"type\":\"interrupted\",\"bytes_done\":\(s.bytesDone),\"bytes_total\":\(s.bytesTotal),\"files_done\":\(s.filesDone),\"files_total\":\(s.filesTotal),\"resumable\":\(!stream)}")
+        }
+        FileHandle.standardError.write("ferry: interrupted: \(kept)\n".data(using: .utf8)!)
     }
 
     func finish(_ s: TransferProgress.Snapshot, summary: TransferSummary) {
@@ -239,7 +323,7 @@ final class ProgressDisplay {
             emit("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"bytes_sent\":\(summary.bytes - min(summary.bytes, summary.skippedBytes)),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"files_unread\":\(summary.unreadFiles),\"bytes_unread\":\(summary.unreadBytes),\"files_identical\":\(summary.matchedFiles),\"bytes_identical\":\(summary.matchedBytes - min(summary.matchedBytes, summary.resumedBytes)),\"bytes_resumed\":\(summary.resumedBytes),\"files_copied\":\(summary.filesCopied),\"files_failed\":\(summary.filesFailed),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"special_files_skipped\":\(summary.specialFiles),\"special_files\":[\(special)],\"seconds\":\(String(format: "%.3f", summary.seconds))}")
             return
         }
-        if tty { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+        endBar()
         emit(ProgressDisplay.summaryLine(summary))
         if summary.specialFiles > 0 {
             let more = summary.specialFiles > UInt64(summary.specialNames.count) ? ", …" : ""
@@ -276,7 +360,7 @@ final class ProgressDisplay {
             // What this run settled, so that no failed file is ever taken for copied.
             emit("{\"type\":\"error\",\"message\":\(jsonString(e.message)),\"resumable\":\(e.resumable),\"files\":\(s.filesTotal),\"files_copied\":\(s.filesCopied),\"files_skipped\":\(s.filesSkipped),\"files_failed\":\(s.filesFailed)}")
         }
-        if tty && !json { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+        endBar()
         let hint = e.resumable ? " (run the same command again to resume)" : ""
         FileHandle.standardError.write("ferry: error: \(e.message)\(hint)\n".data(using: .utf8)!)
     }

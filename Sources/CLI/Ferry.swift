@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
 import Transfer
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The `ferry` command: argument parsing and presentation only; the work is in `Transfer`.
 @main
@@ -84,3 +87,44 @@ func tokenArgument(_ arg: String) throws -> String {
 func transferExitCode(for e: TransferError) -> ExitCode {
     e.code == .usage ? ExitCode(64) : ExitCode(1)
 }
+
+/// SIGINT (Ctrl-C) and SIGTERM during a command that must end cleanly: the first one runs
+/// `onFirst` (the command stops its transfer and says what is kept) and the command then exits
+/// 130; a second one ends the process at once (the default action, restored after the first).
+final class Interrupts: @unchecked Sendable {
+    private let lock = NSLock()
+    private var received: Int32 = 0
+    private var sources: [DispatchSourceSignal] = []
+
+    /// The signal received first, or 0.
+    var signal: Int32 { lock.withLock { received } }
+
+    init(onFirst: @escaping @Sendable (Int32) -> Void) {
+        for sig in [SIGINT, SIGTERM] {
+            Glibc.signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { [weak self] in
+                guard let self else { return }
+                let first = self.lock.withLock { () -> Bool in
+                    guard self.received == 0 else { return false }
+                    self.received = sig
+                    return true
+                }
+                if first {
+                    Glibc.signal(SIGINT, SIG_DFL)
+                    Glibc.signal(SIGTERM, SIG_DFL)
+                    onFirst(sig)
+                }
+            }
+            s.resume()
+            sources.append(s)
+        }
+    }
+
+    deinit {
+        for s in sources { s.cancel() }
+    }
+}
+
+/// The exit status of a command ended by SIGINT or SIGTERM (128 + the signal, as shells count).
+func interruptedExitCode(_ sig: Int32) -> ExitCode { ExitCode(128 + sig) }

@@ -210,10 +210,14 @@ extension Ferry.Jobs {
 /// Polls a job until it ends (bounded). `wait` reports state changes on stderr and the final job
 /// on stdout; `watch` (`progress`) prints a line (or, with --json, the job) whenever its state
 /// or byte count changes. Exit 0 on success or skipped.
-func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool = false) throws {
+/// `waitFor` gave up because `interrupted` said so (Ctrl-C): the job goes on at the daemon.
+struct WaitInterrupted: Error {}
+
+func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool = false, interrupted: () -> Bool = { false }) throws {
     let deadline = Date().addingTimeInterval(Double(seconds))
     var last = ""
     while Date() < deadline {
+        if interrupted() { throw WaitInterrupted() }
         let j = try api.call("GET", "/api/v1/transfers/\(id)", as: V1.Transfer.self)
         let state = j.stateText
         var text = state

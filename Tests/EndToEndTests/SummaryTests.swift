@@ -101,6 +101,79 @@ struct SummaryTests {
         #expect(server.isRunning)
     }
 
+    /// Off a terminal (a batch job's log) a line every `--stats` seconds; none with 0.
+    @Test("off a terminal: a progress line every --stats seconds, before the summary; --stats 0 prints none")
+    func statsLines() throws {
+        let sb = try Sandbox("stats")
+        let root = try sb.dir("root")
+        let src = try sb.dir("local") + "/slow.bin"
+        try writeRandomFile(src, size: 12 * E2E.MiB)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let r = try sb.cp(src, server.url("a.bin"), options: ["--bwlimit", "2M", "--stats", "1", "--compress", "off"], json: false)
+        #expect(r.succeeded, "\(r)")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        let progress = lines.filter { $0.hasPrefix("ferry: ") && $0.contains(" of 12.0 MiB (") && $0.hasSuffix(" left") }
+        #expect(progress.count >= 2, "a line a second for about 4 s: \(r.stdout)")
+        #expect(lines.last?.contains("1 copied") == true, "the summary comes last: \(r.stdout)")
+        let quiet = try sb.cp(src, server.url("b.bin"), options: ["--bwlimit", "4M", "--stats", "0", "--compress", "off"], json: false)
+        #expect(quiet.succeeded && quiet.stdout.split(separator: "\n").count == 1, "only the summary: \(quiet.stdout)")
+        #expect(try sb.ferry(["cp", "--stats", "-1", src, server.url("c.bin")]).status == 64)
+    }
+
+    /// Ctrl-C typed on a terminal (a pseudo-terminal 60 columns wide): the bar fits the width,
+    /// the message starts on a line of its own, says what is kept, exit 130; the same command
+    /// again resumes from what was kept.
+    @Test("Ctrl-C on a terminal: the bar fits its width, a clean line says what is kept, exit 130, a rerun resumes")
+    func interruptOnTerminal() throws {
+        let sb = try Sandbox("ctrl-c")
+        let root = try sb.dir("root")
+        let src = try sb.dir("local") + "/big.bin"
+        try writeRandomFile(src, size: 16 * E2E.MiB)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let driver = """
+            import fcntl, os, pty, select, struct, sys, termios, time
+            pid, fd = pty.fork()
+            if pid == 0:
+                os.execv(sys.argv[1], sys.argv[1:])
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+            out, start, sent = b"", time.monotonic(), False
+            while time.monotonic() - start < 60:
+                if not sent and time.monotonic() - start > 3:
+                    os.write(fd, b"\\x03")  # Ctrl-C, as typed: the terminal sends SIGINT
+                    sent = True
+                r, _, _ = select.select([fd], [], [], 0.2)
+                if r:
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    out += data
+            _, status = os.waitpid(pid, 0)
+            sys.stdout.write(out.decode(errors="replace"))
+            print("\\nEXIT", os.waitstatus_to_exitcode(status))
+            """
+        let bin = ProcessInfo.processInfo.environment["FERRY_BIN"] ?? ""
+        let r = runTool("/usr/bin/python3", ["-c", driver, bin, "cp", "--ca", sb.ca, "--token-file", sb.tokenFile, "--bwlimit", "2M", "--compress", "off",
+                                             "--chunk-size", "1M", src, server.url("big.bin")], timeout: 90)
+        let out = r.output
+        #expect(out.contains("EXIT 130"), "exit 130 after Ctrl-C: \(out.suffix(1500))")
+        #expect(out.contains("\nferry: interrupted: ") && out.contains("of 16.0 MiB done and kept; run the same command to resume"), "\(out.suffix(1500))")
+        // Every state of the bar fits in 60 columns (each drawn after a carriage return).
+        // (A terminal ends lines with CR LF: those are line ends, not redraws.)
+        let bars = out.replacingOccurrences(of: "\r\n", with: "\n").components(separatedBy: "\r").map { String($0.replacingOccurrences(of: "\u{1B}[K", with: "").split(separator: "\n").first ?? "") }
+            .filter { $0.contains("%") && $0.contains("ETA") }
+        #expect(bars.count >= 3 && bars.allSatisfy { $0.count <= 59 }, "bars: \(bars.map(\.count)) \(bars.filter { $0.count > 59 })")
+        #expect(!FileManager.default.fileExists(atPath: root + "/big.bin"), "nothing at the final name yet")
+        // The same command again: it resumes from what was kept.
+        let rerun = try sb.cp(src, server.url("big.bin"), options: ["--chunk-size", "1M"])
+        #expect(rerun.succeeded && filesIdentical(src, root + "/big.bin"), "\(rerun)")
+        #expect((rerun.summary?.raw["bytes_resumed"] as? Int ?? 0) >= 2 * E2E.MiB, "the rerun resumed: \(rerun)")
+    }
+
     /// Changes one byte of `path` in place and puts its access and modification times back.
     func flipByte(_ path: String, at offset: Int) throws {
         var st = stat()
