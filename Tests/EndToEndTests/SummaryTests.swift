@@ -174,6 +174,37 @@ struct SummaryTests {
         #expect((rerun.summary?.raw["bytes_resumed"] as? Int ?? 0) >= 2 * E2E.MiB, "the rerun resumed: \(rerun)")
     }
 
+    /// Ctrl-C on a center-to-center copy: the job runs at the daemon, so by default it goes on
+    /// (the message says its id and how to follow or stop it); with --cancel-on-interrupt it is
+    /// cancelled.
+    @Test("Ctrl-C on a third-party copy: the job goes on at the daemon and the message says so; with --cancel-on-interrupt it is cancelled")
+    func interruptThirdParty() throws {
+        let c = try DaemonE2ETests.start("ctrl-c-3p")
+        defer { c.a.stop(); c.b.stop() }
+        try writeRandomFile(c.scratch + "/slow.bin", size: 8 * E2E.MiB)
+        let hlrs = "ferry://127.0.0.1:\(c.a.port)/scratch/slow.bin"
+        for (n, cancel) in [(1, false), (2, true)] {
+            let p = try FerryProcess(["cp", "--api", c.api, "--token-file", c.sb.tokenFile, "--bwlimit", "256K"] + (cancel ? ["--cancel-on-interrupt"] : [])
+                                     + [hlrs, "ferry://wuxi/incoming/slow\(n).bin"], logDir: c.sb.path + "/logs")
+            // Interrupted once the job runs (its first progress line).
+            for _ in 0..<100 where !p.stdout.contains("running") { usleep(100_000) }
+            kill(p.process.processIdentifier, SIGINT)
+            let r = c.sb.finish(p, timeout: 30)
+            #expect(r.status == 130, "\(r)")
+            let id = r.stderr.split(separator: " ").dropFirst(2).first.map(String.init) ?? ""
+            let show = try c.sb.ferry(["jobs", "show", "--json", "--api", c.api, "--token-file", c.sb.tokenFile, id], timeout: 30)
+            let state = DaemonE2ETests.lastJSON(show)["state"] as? String ?? ""
+            if cancel {
+                #expect(r.stderr.contains("ferry: interrupted: job \(id) cancelled"), "\(r)")
+                #expect(state == "failed" && DaemonE2ETests.lastJSON(show)["cancelled"] as? Bool == true, "\(show)")
+            } else {
+                #expect(r.stderr.contains("ferry: interrupted: job \(id) goes on at") && r.stderr.contains("ferry jobs cancel \(id)"), "\(r)")
+                #expect(state == "running" || state == "success", "the job goes on: \(show)")
+                _ = try c.sb.ferry(["jobs", "cancel", "--api", c.api, "--token-file", c.sb.tokenFile, id], timeout: 30)
+            }
+        }
+    }
+
     /// Changes one byte of `path` in place and puts its access and modification times back.
     func flipByte(_ path: String, at offset: Int) throws {
         var st = stat()
