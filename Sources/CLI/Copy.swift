@@ -95,7 +95,12 @@ extension Ferry {
                 return
             }
             var creds = try credentials.load()
-            var sourceText = source
+            // ferry://NAME/... of a center in the configuration, or a host without a port.
+            let config = try ClientConfig.get()
+            let (sourceText0, sourceCenter) = config.resolve(source)
+            let (destinationText, destinationCenter) = config.resolve(destination)
+            if creds.center == nil { creds.center = sourceCenter ?? destinationCenter }
+            var sourceText = sourceText0
             if source.hasPrefix("gfs://") {
                 let (url, center) = try gfsSource()
                 sourceText = url
@@ -105,7 +110,7 @@ extension Ferry {
             let dst: Endpoint
             do {
                 src = try Endpoint(parsing: sourceText)
-                dst = try Endpoint(parsing: destination)
+                dst = try Endpoint(parsing: destinationText)
             } catch {
                 throw ValidationError("\(error)")
             }
@@ -148,9 +153,13 @@ extension Ferry {
 
 extension Ferry.Copy {
     /// The daemon client of --api / FERRY_API (or `fallback`), with this command's token file.
-    func apiClient(fallback: String?, json: Bool = false) throws -> (APIOptions, String) {
-        guard let base = api ?? ProcessInfo.processInfo.environment["FERRY_API"] ?? fallback else {
-            throw ValidationError("a gfs:// path needs the daemon's API: --api https://HOST:PORT or FERRY_API")
+    /// `preferFallback`: the fallback is the configuration's API of the very center named (it
+    /// wins over FERRY_API and the configuration's default `api`, not over --api).
+    func apiClient(fallback: String?, json: Bool = false, preferFallback: Bool = false) throws -> (APIOptions, String) {
+        let env = ProcessInfo.processInfo.environment["FERRY_API"]
+        let config = try ClientConfig.get().api
+        guard let base = api ?? (preferFallback ? fallback : nil) ?? env ?? config ?? fallback else {
+            throw ValidationError("a gfs:// path needs the daemon's API: --api https://HOST:PORT, FERRY_API, or api in ~/.config/ferry/config.toml")
         }
         var args = ["--api", base]
         if let t = credentials.tokenFile { args += ["--token-file", t] }
@@ -184,7 +193,12 @@ extension Ferry.Copy {
         guard let url = try? FerryURL(parsing: source), url.path != "/" else { throw ValidationError("the source must be ferry://HOST:PORT/EXPORT/PATH, not '\(source)'") }
         let path = url.path
         let host = url.hostForURL
-        let (client, base) = try apiClient(fallback: "\(host):7480", json: json)
+        // The source center's daemon: --api, FERRY_API, the configuration's center of that
+        // name (its api), or the source host's registered API port.
+        let named = try ClientConfig.get().centers[url.host]
+        // (A bare HOST:PORT is https, plain http on loopback only, as the daemon's default.)
+        let fallback = named?.api ?? "\(named.map { $0.address.host.contains(":") ? "[\($0.address.host)]" : $0.address.host } ?? host):\(ClientConfig.apiPort)"
+        let (client, base) = try apiClient(fallback: fallback, json: json, preferFallback: named?.api != nil)
         var body = JobRequest(source: path, destination: destination)
         body.recursive = options.recursive
         body.protection = protection

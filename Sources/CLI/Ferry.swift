@@ -54,12 +54,15 @@ struct CredentialOptions: ParsableArguments {
     /// (`ferry ping` needs neither: it only checks the server).
     func load(needsIdentity: Bool = true) throws -> ClientCredentials {
         let env = ProcessInfo.processInfo.environment
-        guard let ca = ca ?? env["FERRY_CA"] else { throw ValidationError("give the federation CA certificate: --ca FILE or FERRY_CA") }
-        let tokenPath = needsIdentity ? tokenFile ?? env["FERRY_TOKEN_FILE"] : nil
+        let config = try ClientConfig.get()
+        guard let ca = ca ?? env["FERRY_CA"] ?? config.ca else {
+            throw ValidationError("give the federation CA certificate: --ca FILE, FERRY_CA, or ca = \"FILE\" in ~/.config/ferry/config.toml")
+        }
+        let tokenPath = needsIdentity ? tokenFile ?? env["FERRY_TOKEN_FILE"] ?? config.tokenFile : nil
         let certPath = cert ?? env["FERRY_CERT"]
         let keyPath = key ?? env["FERRY_KEY"]
         guard tokenPath != nil || certPath != nil || !needsIdentity else {
-            throw ValidationError("give a user token (--token-file or FERRY_TOKEN_FILE) or a center certificate (--cert and --key)")
+            throw ValidationError("give a user token (--token-file, FERRY_TOKEN_FILE, or token_file in ~/.config/ferry/config.toml) or a center certificate (--cert and --key)")
         }
         guard (certPath == nil) == (keyPath == nil) else { throw ValidationError("--cert and --key go together") }
         return try asUsageError {

@@ -45,8 +45,13 @@ struct APIOptions: ParsableArguments {
     /// detail when the daemon refused).
     func request<T: Decodable>(_ method: String, _ path: String, body: (any Encodable)? = nil, as type: T.Type, timeout: Double = 30) throws -> T {
         let env = ProcessInfo.processInfo.environment
-        guard let base = api ?? env["FERRY_API"] else { throw ValidationError("give the daemon's API: --api https://HOST:PORT or FERRY_API") }
-        guard let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"] else { throw ValidationError("give your token: --token-file FILE or FERRY_TOKEN_FILE") }
+        let config = try ClientConfig.get()
+        guard let base = api ?? env["FERRY_API"] ?? config.api else {
+            throw ValidationError("give the daemon's API: --api https://HOST:PORT, FERRY_API, or api = \"https://HOST:PORT\" in ~/.config/ferry/config.toml")
+        }
+        guard let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"] ?? config.tokenFile else {
+            throw ValidationError("give your token: --token-file FILE, FERRY_TOKEN_FILE, or token_file in ~/.config/ferry/config.toml")
+        }
         var headers = [("Authorization", "Bearer " + (try readToken(tokenPath)))]
         var data: [UInt8]?
         if let body {
@@ -55,7 +60,7 @@ struct APIOptions: ParsableArguments {
         }
         let answer: HTTPClient.Response
         do {
-            let client = try HTTPClient(base, ca: ca ?? env["FERRY_CA"], timeout: timeout)
+            let client = try HTTPClient(base, ca: ca ?? env["FERRY_CA"] ?? config.ca, timeout: timeout)
             answer = try client.send(method, path, headers: headers, body: data)
         } catch let e as TransferError where e.code == .usage {
             throw ValidationError(e.message)

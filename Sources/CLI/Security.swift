@@ -192,14 +192,17 @@ extension Ferry {
 
         func run() throws {
             guard (1...10_000).contains(count) else { throw ValidationError("--count must be 1...10000") }
+            let (resolved, named) = try ClientConfig.get().resolve(url)
             let server: HostPort = try asUsageError {
-                guard case .remote(let hp, _) = try Endpoint(parsing: url) else { throw TransferError(.usage, "give a ferry://HOST:PORT URL") }
+                guard case .remote(let hp, _) = try Endpoint(parsing: resolved) else { throw TransferError(.usage, "give a ferry://HOST[:PORT] URL") }
                 return hp
             }
-            let creds = try credentials.load(needsIdentity: false)
+            var creds = try credentials.load(needsIdentity: false)
+            if creds.center == nil { creds.center = named }
             // The token a transfer would use (--token-file, FERRY_TOKEN_FILE): say when it is
             // expired or not yet valid (ping itself does not send it).
-            if let path = credentials.tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"] {
+            let configToken = try ClientConfig.get().tokenFile
+            if let path = credentials.tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"] ?? configToken {
                 let note: String
                 do {
                     let t = try UserToken.decodeUnverified(try readToken(path))

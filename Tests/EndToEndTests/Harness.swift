@@ -265,7 +265,10 @@ final class FerryProcess {
     let startedAt: Double
 
     /// `stdinPath`: a file to read standard input from (default: /dev/null).
-    init(_ args: [String], logDir: String, wallLimitSeconds: Int = 600, stdinPath: String? = nil) throws {
+    /// `environment`: variables set (nil: unset) for this process only, over the test's own.
+    /// FERRY_CONFIG is "" (no client configuration file) unless given: a developer's
+    /// ~/.config/ferry/config.toml must not change what a test runs.
+    init(_ args: [String], logDir: String, wallLimitSeconds: Int = 600, stdinPath: String? = nil, environment: [String: String?] = [:]) throws {
         let bin = E2E.ferryBinary
         guard FileManager.default.isExecutableFile(atPath: bin) else {
             throw HarnessError(
@@ -284,6 +287,10 @@ final class FerryProcess {
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
         process.arguments = ["-k", "5", String(wallLimitSeconds), bin] + args
+        var env = ProcessInfo.processInfo.environment
+        env["FERRY_CONFIG"] = ""
+        for (k, v) in environment { env[k] = v }  // nil removes
+        process.environment = env
         process.standardOutput = out
         process.standardError = err
         if let stdinPath {

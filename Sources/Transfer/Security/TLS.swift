@@ -47,7 +47,12 @@ public final class TLSContext: @unchecked Sendable {
     func handshake(fd: Int32, expected: String?, sessionKey: String? = nil, timeoutMs: Int) throws -> TLSChannel {
         var err = [CChar](repeating: 0, count: 512)
         guard let t = ferry_tls_handshake(raw, fd, isServer ? 1 : 0, expected, sessionKey, Int32(clamping: timeoutMs), &err, err.count) else {
-            throw TransferError(.auth, String(cString: err))
+            var message = String(cString: err)
+            // Say whom the certificate failed to name: the center (or host) this side expected.
+            if let expected, message.hasSuffix("hostname mismatch") || message.hasSuffix("IP address mismatch") {
+                message += ": the certificate does not name '\(expected)' (the center or host this connection must reach)"
+            }
+            throw TransferError(.auth, message)
         }
         return TLSChannel(raw: t)
     }
