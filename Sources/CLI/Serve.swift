@@ -25,7 +25,7 @@ extension Ferry {
         @Option(help: "Serve a directory under a name: NAME=DIR[:ro|:rw] (repeatable).")
         var export: [String] = []
 
-        @Option(help: "Address to listen on, HOST:PORT or [V6]:PORT (repeatable; port 0 picks one).")
+        @Option(help: "Address to listen on, HOST:PORT or [V6]:PORT (repeatable; port 0 picks one; default [::]:7700 and 0.0.0.0:7700).")
         var listen: [String] = []
 
         @Option(help: "This center's certificate (PEM, from `ferry ca issue`).")
@@ -93,7 +93,11 @@ extension Ferry {
                 file?.exports = exports
                 var addresses = try listen.map { try HostPort(parsing: $0) }
                 if addresses.isEmpty { addresses = file?.listen ?? [] }
-                guard !addresses.isEmpty else { throw TransferError(.usage, "give at least one --listen HOST:PORT") }
+                // Neither says: the registered port on every address, IPv6 and IPv4 (the
+                // port clients dial when a ferry:// URL names none).
+                if addresses.isEmpty {
+                    addresses = [HostPort(host: "::", port: ClientConfig.transferPort), HostPort(host: "0.0.0.0", port: ClientConfig.transferPort)]
+                }
                 let identity = TLSIdentity(certificate: cert ?? file?.certificate, key: key ?? file?.key, ca: ca ?? file?.ca ?? "")
                 guard !identity.ca.isEmpty else { throw TransferError(.usage, "give the federation CA certificate (--ca)") }
                 config = ServerConfiguration(exports: exports, listen: addresses, tls: identity)

@@ -12,7 +12,7 @@ import Transfer
 ///     api_connections = 1024
 ///     api_idle_seconds = 60
 ///     workers = 2
-///     allow_hosts = ["dtn.example:7400"]
+///     allow_hosts = ["dtn.example:7700"]
 ///     lease_seconds = 30
 ///     per_peer = 4
 ///     per_user = 8

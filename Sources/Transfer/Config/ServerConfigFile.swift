@@ -3,7 +3,7 @@ import Glibc
 /// `ferry serve --config FILE`: the center's server settings in TOML.
 ///
 ///     center = "hlrs"                       # must match the certificate's name
-///     listen = ["[::]:7400", "0.0.0.0:7400"]
+///     listen = ["[::]:7700", "0.0.0.0:7700"]
 ///     certificate = "hlrs.crt"              # relative paths: beside this file
 ///     key = "hlrs.key"
 ///     ca = "ca.crt"
@@ -25,7 +25,7 @@ import Glibc
 ///
 ///     [[peer]]
 ///     name = "wuxi"
-///     address = "wuxi.example.org:7400"     # its transfer server
+///     address = "wuxi.example.org:7700"     # its transfer server
 ///     api = "https://wuxi.example.org:7480" # its daemon: follow its catalog (optional)
 ///
 ///     [[export]]
