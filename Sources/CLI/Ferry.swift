@@ -15,6 +15,37 @@ struct Ferry: AsyncParsableCommand {
         subcommands: [Copy.self, Serve.self, Jobs.self, Register.self, Datasets.self, Ls.self, Stat.self, Find.self, Du.self, Replicate.self, Centers.self, StageIn.self, StageOut.self, Stage.self,
                       CA.self, Token.self, Ping.self]
     )
+
+    /// ArgumentParser's own `main`, except for a command's `run` that refuses its input (a
+    /// `ValidationError`: "give the federation CA ..."): said under that command's name with
+    /// its help, not under the root's usage (which named no command at all), exit 64.
+    static func main() async {
+        let command: ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch {
+            exit(withError: error)  // a parse error: ArgumentParser knows the command and its usage
+        }
+        do {
+            if var a = command as? AsyncParsableCommand { try await a.run() } else { var c = command; try c.run() }
+        } catch let v as ValidationError {
+            let name = commandPath(type(of: command)) ?? "ferry"
+            FileHandle.standardError.write("\(name): error: \(v.message)\nSee '\(name) --help'.\n".data(using: .utf8)!)
+            Foundation.exit(64)
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    /// "ferry stage cache" for `Stage.Cache`: the words that reach `type` from the root.
+    static func commandPath(_ type: ParsableCommand.Type, from root: ParsableCommand.Type = Ferry.self, prefix: [String] = []) -> String? {
+        let here = prefix + [root.configuration.commandName ?? root._commandName]
+        if ObjectIdentifier(root) == ObjectIdentifier(type) { return here.joined(separator: " ") }
+        for sub in root.configuration.subcommands {
+            if let p = commandPath(type, from: sub, prefix: here) { return p }
+        }
+        return nil
+    }
 }
 
 /// A size option (`--bwlimit 500M`, `--chunk-size 4MiB`): `ByteSize`, the one size parser.
@@ -93,10 +124,14 @@ func transferExitCode(for e: TransferError) -> ExitCode {
 
 /// SIGINT (Ctrl-C) and SIGTERM during a command that must end cleanly: the first one runs
 /// `onFirst` (the command stops its transfer and says what is kept) and the command then exits
-/// 130; a second one ends the process at once (the default action, restored after the first).
+/// 130; another one half a second or more later ends the process at once (the default
+/// action). Within that half second a repeat is the same interrupt delivered twice, not a
+/// second Ctrl-C: `timeout` (and other wrappers) pass a signal on to their child and then to
+/// their whole process group, the child included.
 final class Interrupts: @unchecked Sendable {
     private let lock = NSLock()
     private var received: Int32 = 0
+    private var firstAt = Date.distantFuture
     private var sources: [DispatchSourceSignal] = []
 
     /// The signal received first, or 0.
@@ -108,15 +143,16 @@ final class Interrupts: @unchecked Sendable {
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             s.setEventHandler { [weak self] in
                 guard let self else { return }
-                let first = self.lock.withLock { () -> Bool in
-                    guard self.received == 0 else { return false }
+                let (first, again) = self.lock.withLock { () -> (Bool, Bool) in
+                    guard self.received == 0 else { return (false, Date().timeIntervalSince(self.firstAt) >= 0.5) }
                     self.received = sig
-                    return true
+                    self.firstAt = Date()
+                    return (true, false)
                 }
-                if first {
-                    Glibc.signal(SIGINT, SIG_DFL)
-                    Glibc.signal(SIGTERM, SIG_DFL)
-                    onFirst(sig)
+                if first { onFirst(sig) }
+                if again {
+                    Glibc.signal(sig, SIG_DFL)
+                    Glibc.raise(sig)
                 }
             }
             s.resume()

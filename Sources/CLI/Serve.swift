@@ -73,6 +73,9 @@ extension Ferry {
         @Option(name: .customLong("audit-log"), help: "Append one JSON line per session and per refused connection to this file.")
         var auditLog: String?
 
+        @Flag(help: "Check --config FILE and the files it names, print every problem with its line, start nothing (exit 0: none, 1: some).")
+        var check = false
+
         func validate() throws {
             for v in [handshakeTimeout, idleTimeout, maxConnections, maxConnectionsPerAddress, maxUnauthenticated, maxUnauthenticatedPerAddress] {
                 if let v, v < 1 { throw ValidationError("timeouts and limits must be positive") }
@@ -80,6 +83,7 @@ extension Ferry {
         }
 
         func run() async throws {
+            if check { try checkConfiguration(); return }
             var config: ServerConfiguration
             var daemonSection: DaemonConfig?
             var peers: [String: HostPort] = [:]
@@ -153,7 +157,7 @@ extension Ferry {
                 server = try TransferServer(config)
                 bound = try server.start()
             } catch {
-                FileHandle.standardError.write("ferry serve: error: \(error)\n".data(using: .utf8)!)
+                FileHandle.standardError.write("ferry serve: error: the transfer server (listen): \(asMessage(error))\n".data(using: .utf8)!)
                 throw ExitCode(1)
             }
             for b in bound { print("ferry serve: center \(server.center) listening on \(b)") }
@@ -203,6 +207,76 @@ extension Ferry {
                 throw ExitCode(1)
             }
             FileHandle.standardError.write("ferry serve: stopped\n".data(using: .utf8)!)
+        }
+
+        /// `--check`: every problem of the file (each key's value, at its line) and of the files
+        /// it names (certificate, key and CA that load together and name the center; token
+        /// issuers, revocations; export directories; the audit log's directory; local accounts),
+        /// all at once. Listening addresses are not bound: the server being checked may run.
+        func checkConfiguration() throws {
+            guard let path = configFile else { throw ValidationError("--check checks a configuration: give --config FILE") }
+            var problems: [ConfigProblem] = []
+            var file: ServerConfigFile?
+            do {
+                let text = try readSmallFile(path, maxBytes: 1 << 20)
+                let dir = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+                file = try ServerConfigFile(parsing: text, relativeTo: dir.isEmpty ? "/" : dir, problems: &problems)
+            } catch {
+                problems.append(ConfigProblem(line: nil, message: asMessage(error)))
+            }
+            var summary = ""
+            if let f = file {
+                if let table = f.daemonTable { _ = DaemonConfig(table: table, relativeTo: f.directory, lines: f.lines, problems: &problems) }
+                func problem(_ key: String, _ message: String) { problems.append(ConfigProblem(line: f.lines[key], message: message)) }
+                func readable(_ p: String?, _ key: String, _ what: String) -> Bool {
+                    guard let p else { return false }
+                    if FileManager.default.isReadableFile(atPath: p) { return true }
+                    problem(key, "\(what) '\(p)' cannot be read")
+                    return false
+                }
+                let cert = cert ?? f.certificate, key = key ?? f.key, caFile = ca ?? f.ca
+                if caFile == nil { problem("ca", "no federation CA: give ca = \"FILE\"") }
+                let loadable = [readable(cert, "certificate", "the certificate"), readable(key, "key", "the key"), readable(caFile, "ca", "the CA certificate")]
+                if loadable.allSatisfy({ $0 }) {
+                    do {
+                        _ = try TLSContext(server: true, identity: TLSIdentity(certificate: cert, key: key, ca: caFile ?? ""))
+                        if let name = f.center, let c = cert, try CertificateInfo(path: c).commonName != name {
+                            problem("center", "the certificate '\(c)' is not for center '\(name)'")
+                        }
+                    } catch {
+                        problem("certificate", "the certificate, key and CA do not load together: \(asMessage(error))")
+                    }
+                } else if cert == nil || key == nil {
+                    problem("certificate", "a server needs certificate = \"FILE\" and key = \"FILE\"")
+                }
+                for (i, issuer) in f.tokenIssuers.enumerated() where !FileManager.default.isReadableFile(atPath: issuer) {
+                    problem("token_issuers", "token issuer \(i + 1), '\(issuer)', cannot be read")
+                }
+                _ = readable(f.revocations, "revocations", "the revocation list")
+                if f.exports.isEmpty && root == nil && export.isEmpty { problem("export", "nothing to serve: no [[export]]") }
+                for (i, e) in f.exports.enumerated() {
+                    var isDir: ObjCBool = false
+                    if !FileManager.default.fileExists(atPath: e.path, isDirectory: &isDir) || !isDir.boolValue {
+                        problem("export[\(i)]", "export '\(e.name)': '\(e.path)' is not a directory")
+                    }
+                }
+                if let a = f.auditLog {
+                    let parent = (a as NSString).deletingLastPathComponent
+                    if !FileManager.default.isWritableFile(atPath: parent.isEmpty ? "." : parent) { problem("audit_log", "the audit log's directory '\(parent)' is not writable") }
+                }
+                if IdentityMap.canSwitch {
+                    for a in Set(f.identities.entries.values).union(f.identities.runAs.map { [$0] } ?? []).union(f.exports.compactMap(\.account)).sorted() {
+                        do { _ = try LocalAccount.lookup(a) } catch { problem("run_as", asMessage(error)) }
+                    }
+                }
+                summary = " (center \(f.center ?? "?"), \(f.exports.count) export\(f.exports.count == 1 ? "" : "s"), \(f.peers.count) peer\(f.peers.count == 1 ? "" : "s")\(f.daemonTable == nil ? "" : ", a daemon"))"
+            }
+            if problems.isEmpty {
+                print("ferry serve --check: \(path): no problem\(summary)")
+                return
+            }
+            FileHandle.standardError.write("ferry serve --check: \(path): \(ConfigProblem.text(problems))\n".data(using: .utf8)!)
+            throw ExitCode(1)
         }
     }
 }

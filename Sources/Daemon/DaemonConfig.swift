@@ -68,15 +68,26 @@ public struct DaemonConfig: Sendable {
     /// Errors name the file, as the engine's own do.
     public init?(_ file: ServerConfigFile, path: String) throws {
         guard let table = file.daemonTable else { return nil }
-        do {
-            try self.init(table: table, relativeTo: file.directory)
-        } catch let e as TransferError {
-            throw TransferError(.usage, "\(path): \(e.message)")
-        }
+        var problems: [ConfigProblem] = []
+        self.init(table: table, relativeTo: file.directory, lines: file.lines, problems: &problems)
+        if !problems.isEmpty { throw TransferError(.usage, "\(path): \(ConfigProblem.text(problems))") }
     }
 
     /// Decodes a `[daemon]` table; relative paths (a SQLite file) are resolved in `dir`.
     public init(table: [String: TOMLValue], relativeTo dir: String) throws {
+        var problems: [ConfigProblem] = []
+        self.init(table: table, relativeTo: dir, lines: [:], problems: &problems)
+        if !problems.isEmpty { throw TransferError(.usage, ConfigProblem.text(problems)) }
+    }
+
+    /// Decodes a `[daemon]` table, adding each problem to `problems` at its line (`lines`: the
+    /// file's, keys `daemon.KEY`) instead of stopping at the first.
+    public init(table: [String: TOMLValue], relativeTo dir: String, lines: [String: Int], problems: inout [ConfigProblem]) {
+        var found: [ConfigProblem] = []
+        func attempt(_ key: String, _ body: () throws -> Void) {
+            do { try body() } catch { found.append(ConfigProblem(line: lines["daemon.\(key)"], message: (error as? TransferError)?.message ?? "\(error)")) }
+        }
+        defer { problems += found }
         func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : dir + "/" + p }
         func str(_ v: TOMLValue, _ k: String) throws -> String {
             guard case .string(let s) = v else { throw TransferError(.usage, "'daemon.\(k)' must be a string") }
@@ -87,7 +98,8 @@ public struct DaemonConfig: Sendable {
             return Int(n)
         }
         database = resolve("jobs.sqlite")
-        for (k, v) in table {
+        for (k, v) in table.sorted(by: { (lines["daemon.\($0.key)"] ?? 0) < (lines["daemon.\($1.key)"] ?? 0) }) {
+            attempt(k) {
             switch k {
             case "database":
                 // A postgres:// URL is kept as it is; anything else is a SQLite file.
@@ -131,6 +143,7 @@ public struct DaemonConfig: Sendable {
                 guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.replicas is a local job path /EXPORT/DIR, not '\(r)'") }
                 replicas = r
             default: throw TransferError(.usage, "unknown setting 'daemon.\(k)'")
+            }
             }
         }
     }

@@ -101,6 +101,19 @@ public final class DaemonService: @unchecked Sendable {
     }
 }
 
+/// The API's application as a service whose failure names the listener and its address (a
+/// port in use said "Address already in use" and nothing else).
+struct APIService<App: ApplicationProtocol>: Service {
+    let app: App
+    let listen: HostPort
+
+    func run() async throws {
+        do { try await app.run() } catch {
+            throw TransferError(.io, "the daemon's API (api_listen) cannot serve on \(listen): \(error)")
+        }
+    }
+}
+
 /// The transfer server as a service: it already listens; a graceful shutdown stops it.
 struct TransferServerService: Service {
     let server: TransferServer
@@ -183,8 +196,8 @@ public func runCenter(server: TransferServer, daemon: DaemonService?, onAPIRunni
     if let daemon {
         // One audit log for the center: the transfer server's also takes the daemon's lines.
         daemon.attachAudit(server.configuration.audit)
-        services.append(.init(service: daemon.application(onRunning: onAPIRunning), successTerminationBehavior: .gracefullyShutdownGroup,
-                              failureTerminationBehavior: .gracefullyShutdownGroup))
+        services.append(.init(service: APIService(app: daemon.application(onRunning: onAPIRunning), listen: daemon.apiListen),
+                              successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
         services.append(.init(service: JobRunnerService(runner: daemon.runner), successTerminationBehavior: .gracefullyShutdownGroup,
                               failureTerminationBehavior: .gracefullyShutdownGroup))
         if let staging = daemon.api.staging {

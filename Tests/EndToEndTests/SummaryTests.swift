@@ -188,7 +188,11 @@ struct SummaryTests {
                                      + [hlrs, "ferry://wuxi/incoming/slow\(n).bin"], logDir: c.sb.path + "/logs")
             // Interrupted once the job runs (its first progress line).
             for _ in 0..<100 where !p.stdout.contains("running") { usleep(100_000) }
-            kill(p.process.processIdentifier, SIGINT)
+            // To ferry itself, as a terminal's Ctrl-C reaches it (the harness's `timeout` would
+            // pass it on twice: to its child, then to its process group).
+            let child = (try? String(contentsOfFile: "/proc/\(p.process.processIdentifier)/task/\(p.process.processIdentifier)/children", encoding: .utf8))
+                .flatMap { Int32($0.split(separator: " ").first ?? "") } ?? p.process.processIdentifier
+            kill(child, SIGINT)
             let r = c.sb.finish(p, timeout: 30)
             #expect(r.status == 130, "\(r)")
             let id = r.stderr.split(separator: " ").dropFirst(2).first.map(String.init) ?? ""

@@ -78,6 +78,8 @@ public struct ServerConfigFile {
     /// not followed. A bare HOST:PORT is https, or http on loopback (`HTTPClient.Target`);
     /// plain http to another host is refused.
     public var peerAPIs: [String: String] = [:]
+    /// Where each key is in the file (`TOML.parse(_:lines:)`): for the daemon's own check.
+    public var lines: [String: Int] = [:]
 
     public init(path: String) throws {
         let text = try readSmallFile(path, maxBytes: 1 << 20)
@@ -91,8 +93,24 @@ public struct ServerConfigFile {
     }
 
     public init(parsing text: String, relativeTo dir: String) throws {
+        var problems: [ConfigProblem] = []
+        try self.init(parsing: text, relativeTo: dir, problems: &problems)
+        if !problems.isEmpty { throw TransferError(.usage, ConfigProblem.text(problems)) }
+    }
+
+    /// Decodes `text`, adding every problem to `problems` with its line instead of stopping at
+    /// the first (`ferry serve --check` prints them all); throws only when the text is not
+    /// TOML at all. `lines` holds where each key is, for the daemon's own check.
+    public init(parsing text: String, relativeTo dir: String, problems: inout [ConfigProblem]) throws {
         directory = dir
-        let t = try TOML.parse(text)
+        var keyLines: [String: Int] = [:]
+        let t = try TOML.parse(text, lines: &keyLines)
+        lines = keyLines
+        var found: [ConfigProblem] = []
+        /// Runs `body`; an error becomes a problem at the line of `key`.
+        func attempt(_ key: String, _ body: () throws -> Void) {
+            do { try body() } catch { found.append(ConfigProblem(line: keyLines[key], message: asTransferError(error).message)) }
+        }
         func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : dir + "/" + p }
         func str(_ v: TOMLValue, _ k: String) throws -> String {
             guard case .string(let s) = v else { throw TransferError(.usage, "'\(k)' must be a string") }
@@ -106,7 +124,8 @@ public struct ServerConfigFile {
             guard case .integer(let n) = v, n > 0, n < Int64(Int32.max) else { throw TransferError(.usage, "'\(k)' must be a positive integer") }
             return Int(n)
         }
-        for (k, v) in t {
+        for (k, v) in t.sorted(by: { (keyLines[$0.key] ?? 0) < (keyLines[$1.key] ?? 0) }) {
+            attempt(k) {
             switch k {
             case "center": center = try str(v, k)
             case "listen": listen = try strings(v, k).map { try HostPort(parsing: $0) }
@@ -120,16 +139,16 @@ public struct ServerConfigFile {
             case "run_as": identities.runAs = try str(v, k)
             case "identity":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "identities are written [[identity]]") }
-                for it in list {
+                for (i, it) in list.enumerated() { attempt("identity[\(i)]") {
                     guard case .string(let user)? = it["user"], case .string(let account)? = it["account"], it.count == 2, !user.isEmpty, !account.isEmpty else {
                         throw TransferError(.usage, "every [[identity]] has a user (NAME, NAME@CENTER or center:NAME) and an account (a local account name)")
                     }
                     guard identities.entries[user] == nil else { throw TransferError(.usage, "[[identity]] for '\(user)' is given twice") }
                     identities.entries[user] = account
-                }
+                } }
             case "limits":
                 guard case .table(let lt) = v else { throw TransferError(.usage, "'limits' must be a table") }
-                for (lk, lv) in lt {
+                for (lk, lv) in lt { attempt("limits.\(lk)") {
                     switch lk {
                     case "connections": connectionsMax = try int(lv, lk)
                     case "connections_per_address": connectionsPerAddressMax = try int(lv, lk)
@@ -140,13 +159,13 @@ public struct ServerConfigFile {
                     case "idle_timeout": idleTimeoutSeconds = try int(lv, lk)
                     default: throw TransferError(.usage, "unknown setting 'limits.\(lk)'")
                     }
-                }
+                } }
             case "daemon":
                 guard case .table(let dt) = v else { throw TransferError(.usage, "'daemon' must be a table") }
                 daemonTable = dt
             case "peer":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "peers are written [[peer]]") }
-                for pt in list {
+                for (i, pt) in list.enumerated() { attempt("peer[\(i)]") {
                     var api: String?
                     if let a = pt["api"] {
                         guard case .string(let text) = a else { throw TransferError(.usage, "[[peer]] api is \"https://HOST:PORT\"") }
@@ -163,10 +182,10 @@ public struct ServerConfigFile {
                         }
                         peerAPIs[name] = target.url
                     }
-                }
+                } }
             case "export":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "exports are written [[export]]") }
-                for et in list {
+                for (i, et) in list.enumerated() { attempt("export[\(i)]") {
                     var name: String?
                     var path: String?
                     var writable = false
@@ -197,10 +216,27 @@ public struct ServerConfigFile {
                     e.preserveSetid = setid
                     try e.validate()
                     exports.append(e)
-                }
+                } }
             default:
                 throw TransferError(.usage, "unknown setting '\(k)'")
             }
+            }
         }
+        problems += found
+    }
+}
+
+/// One problem of a configuration file, at its line when known.
+public struct ConfigProblem: Sendable, Equatable, CustomStringConvertible {
+    public var line: Int?
+    public var message: String
+    public init(line: Int?, message: String) { self.line = line; self.message = message }
+    public var description: String { line.map { "line \($0): \(message)" } ?? message }
+
+    /// "line 3: ..." for one; "3 problems:" and one per line, in line order, for several.
+    public static func text(_ list: [ConfigProblem]) -> String {
+        let sorted = list.sorted { ($0.line ?? Int.max) < ($1.line ?? Int.max) }
+        if sorted.count == 1 { return sorted[0].description }
+        return "\(sorted.count) problems:\n  " + sorted.map(\.description).joined(separator: "\n  ")
     }
 }

@@ -13,6 +13,14 @@ public enum TOMLValue: Equatable, Sendable {
 
 public enum TOML {
     public static func parse(_ text: String) throws -> [String: TOMLValue] {
+        var lines: [String: Int] = [:]
+        return try parse(text, lines: &lines)
+    }
+
+    /// Parses `text` and records where each key and table is (1-based lines), so that a check
+    /// of the values can name the line of each problem: `key` at the top level, `table.key`,
+    /// and for arrays of tables `table[i].key` and the header's `table[i]` (i from 0).
+    public static func parse(_ text: String, lines keyLines: inout [String: Int]) throws -> [String: TOMLValue] {
         var root: [String: TOMLValue] = [:]
         var path: [String] = []  // current table ("" = root); arrays of tables append
         var isArrayTable = false
@@ -20,6 +28,13 @@ public enum TOML {
         var i = 0
         func fail(_ msg: String) -> TransferError { TransferError(.usage, "line \(i + 1): \(msg)") }
         func set(_ key: String, _ v: TOMLValue) throws {
+            if path.isEmpty {
+                keyLines[key] = i + 1
+            } else if isArrayTable, case .tables(let list)? = root[path[0]] {
+                keyLines["\(path[0])[\(list.count - 1)].\(key)"] = i + 1
+            } else {
+                keyLines["\(path[0]).\(key)"] = i + 1
+            }
             if path.isEmpty {
                 guard root[key] == nil else { throw fail("'\(key)' is set twice") }
                 root[key] = v
@@ -57,9 +72,11 @@ public enum TOML {
                     if root[name] == nil { root[name] = .tables([]) }
                     guard case .tables(var list)? = root[name] else { throw fail("'\(name)' is not an array of tables") }
                     list.append([:])
+                    keyLines["\(name)[\(list.count - 1)]"] = i + 1
                     root[name] = .tables(list)
                 } else {
                     guard root[name] == nil else { throw fail("table '\(name)' is defined twice") }
+                    keyLines[name] = i + 1
                     root[name] = .table([:])
                 }
                 i += 1
