@@ -51,6 +51,12 @@ extension Ferry {
         @Flag(help: "Third-party copies: on Ctrl-C, cancel the daemon's job (by default it goes on at the daemon).")
         var cancelOnInterrupt = false
 
+        @Flag(name: [.short, .customLong("verbose")], help: "One line per file: sent, identical (--checksum), skipped by size and mtime, or failed.")
+        var verbose = false
+
+        @Flag(name: [.short, .customLong("quiet")], help: "No progress and no summary: only errors (and the exit status).")
+        var quiet = false
+
         @Option(help: "Data-stream protection: clear (checksums), safe (authenticated) or private (AES-256-GCM).")
         var protection = "private"
 
@@ -68,6 +74,7 @@ extension Ferry {
         func validate() throws {
             if let s = streams, !(1...64).contains(s) { throw ValidationError("--streams must be 1...64") }
             if stats < 0 { throw ValidationError("--stats is a number of seconds, 0 or more") }
+            if verbose && quiet { throw ValidationError("-v and -q do not go together") }
         }
 
         func run() throws {
@@ -132,7 +139,8 @@ extension Ferry {
             // keeps its partial files and journals), then the command says what is kept.
             let interrupts = Interrupts { sig in progress.cancel(sig == SIGINT ? "interrupted (Ctrl-C)" : "interrupted (SIGTERM)") }
             // With `-` as DST standard output carries the data: every message goes to stderr.
-            let display = ProgressDisplay(json: json, messagesToStderr: destination == "-", statsSeconds: stats)
+            let display = ProgressDisplay(json: json, messagesToStderr: destination == "-", statsSeconds: stats, quiet: quiet)
+            if verbose && !json { progress.observeFiles { name, outcome, message in display.file(name, outcome, message) } }
             while done.wait(timeout: .now() + .milliseconds(400)) == .timedOut {
                 display.show(progress.snapshot())
             }
@@ -244,10 +252,43 @@ final class ProgressDisplay {
     /// Whether the terminal's line holds a bar (to be ended before any message).
     var barShown = false
 
-    init(json: Bool, messagesToStderr: Bool = false, statsSeconds: Int = 30) {
+    /// `-q`: nothing but errors.
+    let quiet: Bool
+    /// `-v`: one line per file, queued by the transfer's threads and written by the one that
+    /// draws the bar (so a line never lands inside the bar).
+    private let filesLock = NSLock()
+    private var fileLines: [String] = []
+
+    init(json: Bool, messagesToStderr: Bool = false, statsSeconds: Int = 30, quiet: Bool = false) {
         self.json = json
         out = messagesToStderr ? stderr : stdout
         self.statsSeconds = statsSeconds
+        self.quiet = quiet
+    }
+
+    /// A file's end, for `-v` (any thread).
+    func file(_ name: String, _ outcome: TransferProgress.FileOutcome, _ message: String?) {
+        let shown = name.isEmpty ? "." : name
+        let line: String
+        switch outcome {
+        case .copied: line = "sent       " + shown
+        case .identical: line = "identical  " + shown + " (compared by content)"
+        case .unread: line = "skipped    " + shown + " (same size and mtime, not read)"
+        case .failed: line = "failed     " + (message ?? shown)
+        }
+        filesLock.withLock { fileLines.append(line) }
+    }
+
+    /// Writes the queued `-v` lines (the bar's line ended first).
+    private func drainFiles() {
+        let lines = filesLock.withLock { () -> [String] in
+            defer { fileLines.removeAll() }
+            return fileLines
+        }
+        guard !lines.isEmpty else { return }
+        endBar()
+        for l in lines { fputs(l + "\n", out) }
+        fflush(out)
     }
 
     /// The terminal's width in columns (stderr's), 80 when it says none.
@@ -290,6 +331,8 @@ final class ProgressDisplay {
 
     func show(_ s: TransferProgress.Snapshot) {
         updateRate(s)
+        drainFiles()
+        if quiet { return }
         if json {
             emit("{\"type\":\"progress\",\"bytes_done\":\(s.bytesDone),\"bytes_total\":\(s.bytesTotal),\"files_done\":\(s.filesDone),\"files_total\":\(s.filesTotal),\"rate_bytes_per_second\":\(UInt64(max(0, rate)))}")
         } else if tty {
@@ -316,12 +359,13 @@ final class ProgressDisplay {
     }
 
     /// Ends a bar's line: what follows starts on a line of its own.
-    private func endBar() {
+    func endBar() {
         if barShown { FileHandle.standardError.write("\n".data(using: .utf8)!); barShown = false }
     }
 
     /// Ctrl-C or SIGTERM stopped the transfer: what the destination keeps, and how to go on.
     func interrupted(_ s: TransferProgress.Snapshot, stream: Bool) {
+        drainFiles()
         endBar()
         let kept = stream ? "a stream is not kept (it cannot be resumed)"
             : "\(byteText(s.bytesDone)) of \(byteText(s.bytesTotal)) done and kept; run the same command to resume"
@@ -337,7 +381,9 @@ final class ProgressDisplay {
             emit("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"bytes_sent\":\(summary.bytes - min(summary.bytes, summary.skippedBytes)),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"files_unread\":\(summary.unreadFiles),\"bytes_unread\":\(summary.unreadBytes),\"files_identical\":\(summary.matchedFiles),\"bytes_identical\":\(summary.matchedBytes - min(summary.matchedBytes, summary.resumedBytes)),\"bytes_resumed\":\(summary.resumedBytes),\"files_copied\":\(summary.filesCopied),\"files_failed\":\(summary.filesFailed),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"special_files_skipped\":\(summary.specialFiles),\"special_files\":[\(special)],\"seconds\":\(String(format: "%.3f", summary.seconds))}")
             return
         }
+        drainFiles()
         endBar()
+        if quiet { return }
         emit(ProgressDisplay.summaryLine(summary))
         if summary.specialFiles > 0 {
             let more = summary.specialFiles > UInt64(summary.specialNames.count) ? ", …" : ""
@@ -374,6 +420,7 @@ final class ProgressDisplay {
             // What this run settled, so that no failed file is ever taken for copied.
             emit("{\"type\":\"error\",\"message\":\(jsonString(e.message)),\"resumable\":\(e.resumable),\"files\":\(s.filesTotal),\"files_copied\":\(s.filesCopied),\"files_skipped\":\(s.filesSkipped),\"files_failed\":\(s.filesFailed)}")
         }
+        drainFiles()
         endBar()
         let hint = e.resumable ? " (run the same command again to resume)" : ""
         FileHandle.standardError.write("ferry: error: \(e.message)\(hint)\n".data(using: .utf8)!)

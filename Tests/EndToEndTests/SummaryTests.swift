@@ -209,6 +209,38 @@ struct SummaryTests {
         }
     }
 
+    /// `-v`: a line per file, saying how it ended; `-q`: nothing but errors.
+    @Test("-v names each file: sent, then skipped by size and mtime, then identical by content; -q prints nothing on success and the error on failure")
+    func verboseQuiet() throws {
+        let sb = try Sandbox("verbose")
+        let root = try sb.dir("root")
+        let tree = try sb.dir("local/tree/sub")
+        for (name, size) in [("a.bin", 5000), ("sub/b.bin", 2 * E2E.MiB), ("c.txt", 10)] {
+            try writeRandomFile(sb.file("local/tree/" + name), size: size)
+        }
+        _ = tree
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        func lines(_ r: CpResult, _ word: String) -> [String] {
+            r.stdout.split(separator: "\n").filter { $0.hasPrefix(word) }.map { String($0.dropFirst(11).prefix { $0 != " " }) }.sorted()
+        }
+        let all = ["a.bin", "c.txt", "sub/b.bin"]
+        let sent = try sb.ferry(["cp", "-r", "-v", "--ca", sb.ca, "--token-file", sb.tokenFile, sb.file("local/tree"), server.url("tree")])
+        #expect(sent.status == 0 && lines(sent, "sent ") == all, "\(sent)")
+        let again = try sb.ferry(["cp", "-r", "-v", "--ca", sb.ca, "--token-file", sb.tokenFile, sb.file("local/tree"), server.url("tree")])
+        #expect(again.status == 0 && lines(again, "skipped ") == all && lines(again, "sent ").isEmpty, "\(again)")
+        let same = try sb.ferry(["cp", "-r", "-v", "--checksum", "--ca", sb.ca, "--token-file", sb.tokenFile, sb.file("local/tree"), server.url("tree")])
+        #expect(same.status == 0 && lines(same, "identical ") == all, "\(same)")
+        // Pulled back, -v names what the receiving side wrote.
+        let pulled = try sb.ferry(["cp", "-r", "-v", "--ca", sb.ca, "--token-file", sb.tokenFile, server.url("tree"), sb.file("back")])
+        #expect(pulled.status == 0 && lines(pulled, "sent ") == all, "\(pulled)")
+        let quiet = try sb.ferry(["cp", "-r", "-q", "--ca", sb.ca, "--token-file", sb.tokenFile, sb.file("local/tree"), server.url("tree2")])
+        #expect(quiet.status == 0 && quiet.stdout.isEmpty && quiet.stderr.isEmpty && filesIdentical(sb.file("local/tree/a.bin"), root + "/tree2/a.bin"), "\(quiet)")
+        let quietFail = try sb.ferry(["cp", "-q", "--ca", sb.ca, "--token-file", sb.tokenFile, sb.file("local/nothing"), server.url("x")])
+        #expect(quietFail.status != 0 && quietFail.stderr.contains("nothing"), "\(quietFail)")
+        #expect(try sb.ferry(["cp", "-v", "-q", sb.file("local/tree"), server.url("x")]).status == 64)
+    }
+
     /// Changes one byte of `path` in place and puts its access and modification times back.
     func flipByte(_ path: String, at offset: Int) throws {
         var st = stat()

@@ -8,6 +8,30 @@ public final class TransferProgress: @unchecked Sendable {
     private let startNs = monotonicNs()
     private var cancelled: String?
     private var onCancel: ((String) -> Void)?
+    private var onFile: (@Sendable (String, FileOutcome, String?) -> Void)?
+
+    /// How one file of a transfer ended, as `observeFiles` reports it.
+    public enum FileOutcome: Sendable, Equatable {
+        /// Sent (or received) and verified, renamed into place.
+        case copied
+        /// Compared by content (`--checksum`) and found identical: not sent.
+        case identical
+        /// Skipped because size and modification time matched: not read.
+        case unread
+        case failed
+    }
+
+    /// Calls `observer` with each file's name (as the tree names it), how it ended and, for a
+    /// failure, the message; from the transfer's threads, before the transfer ends. Set it
+    /// before the transfer starts (`ferry cp -v`).
+    public func observeFiles(_ observer: @escaping @Sendable (String, FileOutcome, String?) -> Void) {
+        lock.withLock { onFile = observer }
+    }
+
+    private func told(_ name: String?, _ outcome: FileOutcome, _ message: String? = nil) {
+        guard let observer = lock.withLock({ onFile }) else { return }
+        observer(name ?? "", outcome, message)
+    }
 
     public init() {}
 
@@ -95,18 +119,20 @@ public final class TransferProgress: @unchecked Sendable {
         lock.withLock { s.bytesDone += bytes; s.skippedBytes += bytes; s.matchedBytes += bytes; s.resumedBytes += bytes }
     }
     /// A file done: copied, or (`skipped`) found identical by content.
-    func fileDone(skipped: Bool = false) {
+    func fileDone(skipped: Bool = false, name: String? = nil) {
         lock.withLock {
             s.filesDone += 1
             if skipped { s.filesSkipped += 1; s.matchedFiles += 1 } else { s.filesCopied += 1 }
         }
+        told(name, skipped ? .identical : .copied)
     }
     /// A file skipped by size and modification time: done, not read.
-    func skippedUnread(bytes: UInt64) {
+    func skippedUnread(bytes: UInt64, name: String? = nil) {
         lock.withLock {
             s.bytesDone += bytes; s.skippedBytes += bytes; s.unreadBytes += bytes
             s.filesDone += 1; s.filesSkipped += 1; s.unreadFiles += 1
         }
+        told(name, .unread)
     }
     func specialSkipped(_ path: String, mode: UInt32) {
         lock.withLock {
@@ -116,14 +142,16 @@ public final class TransferProgress: @unchecked Sendable {
     }
     func retransmitted() { lock.withLock { s.retransmittedChunks += 1 } }
     func rejectedFrame() { lock.withLock { s.rejectedFrames += 1 } }
-    func fileFailed(_ message: String, code: TransferError.Code = .io, fromPeer: Bool = false) {
+    func fileFailed(_ message: String, code: TransferError.Code = .io, fromPeer: Bool = false, name: String? = nil) {
         lock.withLock {
             if s.filesFailed == 0 { s.failureCode = code; s.failureFromPeer = fromPeer }
             s.filesFailed += 1
             s.filesDone += 1
             if s.failures.count < 20 { s.failures.append(message) }
         }
+        told(name, .failed, message)
     }
+
 }
 
 /// The result of a finished transfer.

@@ -238,7 +238,7 @@ final class Receiver: @unchecked Sendable {
                     _ = utimensat(f.dir.fd, f.name, &t, AT_SYMLINK_NOFOLLOW)
                     f.lock.unlock()
                     ctx.progress.skipped(bytes: f.entry.size)
-                    ctx.progress.fileDone(skipped: true)
+                    ctx.progress.fileDone(skipped: true, name: f.display)
                     lock.withLock { files[id] = nil }
                     try sendVerdicts([(id, nil, "")], ring: ring)
                 case .sourceFailed:
@@ -460,7 +460,7 @@ final class Receiver: @unchecked Sendable {
             if kind == S_IFREG && UInt64(st.st_size) == e.size {
                 if !ctx.options.checksum && Int64(st.st_mtim.tv_sec) == e.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == e.mtimeNanoseconds {
                     if UInt32(st.st_mode) & 0o7777 != e.mode { _ = fchmodat(dir.fd, name, mode_t(e.mode), 0) }
-                    ctx.progress.skippedUnread(bytes: e.size)
+                    ctx.progress.skippedUnread(bytes: e.size, name: display)
                     return PlanEntry(id: e.id, action: .skip)
                 }
                 if ctx.options.checksum, let digest = existingDigest(dir: dir.fd, name: name, size: e.size) {
@@ -686,7 +686,7 @@ final class Receiver: @unchecked Sendable {
                 return failFile(f, "\(sink.display): whole-file digest mismatch (\(digest) ≠ \(expected)); the bytes already written there are not the source's", code: .verify)
             }
             f.done = true
-            ctx.progress.fileDone()
+            ctx.progress.fileDone(name: f.display)
             lock.withLock { files[f.entry.id] = nil }
             return (f.entry.id, nil, "")
         }
@@ -709,7 +709,7 @@ final class Receiver: @unchecked Sendable {
         f.partFd = -1
         f.journal = nil
         f.done = true
-        ctx.progress.fileDone()
+        ctx.progress.fileDone(name: f.display)
         lock.withLock { files[f.entry.id] = nil }
         return (f.entry.id, nil, "")
     }

@@ -307,7 +307,7 @@ final class ReceiverWorker {
                 } else {
                     f.done = true
                     receiver.ctx.progress.moved(raw: UInt64(size), wire: UInt64(payloadBytes))
-                    receiver.ctx.progress.fileDone()
+                    receiver.ctx.progress.fileDone(name: f.display)
                     verdicts.append((f.entry.id, nil, ""))
                 }
                 f.lock.unlock()
@@ -385,7 +385,7 @@ final class ReceiverWorker {
             } else {
                 a.f.done = true
                 rawDone += a.size
-                receiver.ctx.progress.fileDone()
+                receiver.ctx.progress.fileDone(name: a.f.display)
                 verdicts.append((a.f.entry.id, nil, ""))
             }
             a.f.lock.unlock()

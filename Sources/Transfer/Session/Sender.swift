@@ -302,7 +302,7 @@ final class Sender: @unchecked Sendable {
             switch p.action {
             case .skip:
                 files[p.id] = nil
-                ctx.progress.skippedUnread(bytes: f.size)
+                ctx.progress.skippedUnread(bytes: f.size, name: f.path)
             case .full:
                 enqueueFull(f)
             case .resume(let have):
@@ -331,7 +331,7 @@ final class Sender: @unchecked Sendable {
             retire(f)
             f.failed = !ok
             if ok {
-                ctx.progress.fileDone(skipped: f.skipping)
+                ctx.progress.fileDone(skipped: f.skipping, name: f.path)
             } else {
                 ctx.progress.fileFailed(message, code: code ?? .remote, fromPeer: true)
             }
