@@ -12,7 +12,7 @@ struct ServeCheckTests {
     @Test("a configuration with five mistakes (three in the file, one in [daemon], a missing export directory) reports all five with their lines; a good one says no problem; the server does not start either way")
     func check() throws {
         let sb = try Sandbox("serve-check")
-        let data = try sb.dir("data")
+        _ = try sb.dir("data")  // the good configuration's first export
         let bad = sb.file("bad.toml")
         try writeFile(bad, Array((ServeCheckTests.head + """
             listn = ["127.0.0.1:0"]
@@ -64,7 +64,6 @@ struct ServeCheckTests {
         _ = try sb.dir("no-such-dir")
         let ok = try sb.ferry(["serve", "--check", "--config", good], timeout: 30)
         #expect(ok.status == 0 && ok.stdout.contains("no problem (center hlrs, 2 exports, 0 peers)"), "\(ok)")
-        _ = data
         // A certificate of another center is named.
         let other = sb.file("other.toml")
         try writeFile(other, Array(String(decoding: try Data(contentsOf: URL(fileURLWithPath: good)), as: UTF8.self).replacingOccurrences(of: "center = \"hlrs\"", with: "center = \"wuxi\"").utf8))

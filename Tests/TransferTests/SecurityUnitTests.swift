@@ -133,6 +133,7 @@ struct SecurityUnitTests {
 
     @Test("TOML subset: tables, arrays of tables, multi-line arrays; errors name the line")
     func toml() throws {
+        var lines: [String: Int] = [:]
         let t = try TOML.parse("""
             # comment
             center = "hlrs"   # trailing comment
@@ -146,8 +147,12 @@ struct SecurityUnitTests {
             name = 'scratch'
             [[export]]
             name = "b\\u00e9"
-            """)
+            """, lines: &lines)
         #expect(t["center"] == .string("hlrs") && t["n"] == .integer(1000) && t["yes"] == .bool(true))
+        // Where each key is (`ferry serve --check` names problems by line): a multi-line array
+        // at its key's line, keys of tables and of each table of an array, the headers.
+        #expect(lines["center"] == 2 && lines["listen"] == 3 && lines["n"] == 5 && lines["limits"] == 7 && lines["limits.idle_timeout"] == 8
+                && lines["export[0]"] == 9 && lines["export[0].name"] == 10 && lines["export[1]"] == 11 && lines["export[1].name"] == 12, "\(lines)")
         #expect(t["listen"] == .array([.string("[::1]:7400"), .string("127.0.0.1:7400")]))
         #expect(t["limits"] == .table(["idle_timeout": .integer(60)]))
         #expect(t["export"] == .tables([["name": .string("scratch")], ["name": .string("bé")]]))

@@ -27,6 +27,9 @@ public final class JobStore: @unchecked Sendable {
     public var generation: UInt64 { changes.generation }
     /// The LISTEN loop on PostgreSQL (nil on SQLite), ended with the store.
     var listener: Task<Void, Never>?
+    /// When this store last pruned `link_samples` (`pruneDue`).
+    private let pruneLock = NSLock()
+    private var lastPrune: Int64 = 0
 
     /// One transaction of the store's; when it changed a row, the change feed moves on (on
     /// PostgreSQL a NOTIFY in the same transaction tells the other daemons at commit).
@@ -213,6 +216,15 @@ public final class JobStore: @unchecked Sendable {
     /// Samples are kept two hours (the overview draws the last one).
     static let samplesKept: Int64 = 7_200
 
+    /// Whether this store's last prune of `link_samples` is a minute old (and now it is not).
+    private func pruneDue(_ now: Int64) -> Bool {
+        pruneLock.withLock {
+            guard now - lastPrune >= 60 || now < lastPrune else { return false }
+            lastPrune = now
+            return true
+        }
+    }
+
     static func sample(_ s: any SQLSession, job: Int64, now: Int64, moved: Int64) throws {
         guard moved > 0 else { return }
         try s.send("INSERT INTO link_samples (at, job, owner, peer, bytes) SELECT ?, id, owner, peer, ? FROM jobs WHERE id = ?", now, moved, job)
@@ -369,7 +381,9 @@ public final class JobStore: @unchecked Sendable {
                 return nil
             }
             try JobStore.sample(s, job: id, now: now, moved: moved)
-            try s.execute("DELETE FROM link_samples WHERE at < ?", now - JobStore.samplesKept)
+            // Old samples go once a minute per store, not at every end: on PostgreSQL two
+            // attempts ending together would wait for each other's delete of the same rows.
+            if pruneDue(now) { try s.execute("DELETE FROM link_samples WHERE at < ?", now - JobStore.samplesKept) }
             let job = JobStore.job(row)
             var state: JobState
             var error: String? = nil

@@ -27,13 +27,13 @@ public enum TOML {
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { Array($0.utf8) }
         var i = 0
         func fail(_ msg: String) -> TransferError { TransferError(.usage, "line \(i + 1): \(msg)") }
-        func set(_ key: String, _ v: TOMLValue) throws {
+        func set(_ key: String, _ v: TOMLValue, line: Int) throws {
             if path.isEmpty {
-                keyLines[key] = i + 1
+                keyLines[key] = line
             } else if isArrayTable, case .tables(let list)? = root[path[0]] {
-                keyLines["\(path[0])[\(list.count - 1)].\(key)"] = i + 1
+                keyLines["\(path[0])[\(list.count - 1)].\(key)"] = line
             } else {
-                keyLines["\(path[0]).\(key)"] = i + 1
+                keyLines["\(path[0]).\(key)"] = line
             }
             if path.isEmpty {
                 guard root[key] == nil else { throw fail("'\(key)' is set twice") }
@@ -83,6 +83,7 @@ public enum TOML {
                 continue
             }
             let key = try p.key()
+            let keyLine = i + 1  // an array may go on over the next lines: the key's own line
             p.skipSpace()
             guard p.eat("=") else { throw fail("expected '=' after '\(key)'") }
             p.skipSpace()
@@ -107,7 +108,7 @@ public enum TOML {
                 }
             }
             guard let value else { throw fail("array for '\(key)' too long") }
-            try set(key, value)
+            try set(key, value, line: keyLine)
             i += 1
         }
         return root
