@@ -229,6 +229,35 @@ struct CatalogTests {
         return total
     }
 
+    @Test("a dataset mirrored for the first time is seen by no reader (list, name, path, id, find) until its last page; a re-sync leaves it seen", arguments: Backend.allCases)
+    func firstMirrorHidden(_ backend: Backend) throws {
+        let t = try CatalogTests.sampleTree()
+        let a = try Catalog(database: try backend.newDatabase())
+        let b = try Catalog(database: try backend.newDatabase())
+        let reg = try a.register(root: t.root, dataset: "lib", owner: "alice", center: "c1", readers: ["*"])
+        let remote = try a.dataset(reg.dataset, as: .operator)
+        let id = try b.mirrorDataset(remote)
+        let page = try a.exportEntries(dataset: remote.id, afterDir: "", afterName: "", limit: 3)
+        _ = try b.mergeMirror(dataset: id, after: ("", ""), page: page, last: false)
+        let path = try GFSPath("gfs://c1/lib")
+        func seen() throws -> [Bool] {
+            [try b.datasets(visibleTo: .operator).contains { $0.name == "lib" },
+             try b.dataset(center: "c1", name: "lib", as: .operator) != nil,
+             try b.resolve(path, as: .operator) != nil,
+             (try? b.dataset(id, as: .operator)) != nil,
+             !(try b.find(as: .operator)).isEmpty]
+        }
+        let half = try seen()
+        #expect(half == [false, false, false, false, false], "half mirrored: \(half)")
+        #expect(try b.mirroredDataset(center: "c1", remoteID: remote.id) == id, "the follower itself finds it, to go on")
+        // The rest, then the last page: seen, whole.
+        _ = try CatalogTests.mirror(from: a, remote, into: b, pageSize: 1000)
+        #expect(try seen() == [true, true, true, true, true])
+        #expect(try catalogSnapshot(b, id) == t.snapshot())
+        _ = try CatalogTests.mirror(from: a, remote, into: b, pageSize: 3)
+        #expect(try seen() == [true, true, true, true, true], "a re-sync of a known mirror never hides it")
+    }
+
     @Test("mirroring a peer's dataset: the same entries, only differences written on re-sync, no echo in the follower's feed", arguments: Backend.allCases)
     func mirror(_ backend: Backend) throws {
         let t = try CatalogTests.sampleTree()

@@ -86,6 +86,18 @@ public final class Catalog: @unchecked Sendable {
                     at \(int) NOT NULL);
                 """)
         }
+        // A mirror's first pass (issue 6's follower, `Mirror.swift`): `syncing` is 1 from the
+        // dataset's row until its last page of entries, and readers do not see it meanwhile (a
+        // listing of a half-mirrored dataset was empty or partial, and said nothing). Added to
+        // catalogs made before it, under the same lock on PostgreSQL.
+        try db.write { s in
+            if pg {
+                try s.execute("SELECT pg_advisory_xact_lock(7265727) AS locked")
+                try s.execute("ALTER TABLE datasets ADD COLUMN IF NOT EXISTS syncing BIGINT NOT NULL DEFAULT 0")
+            } else if try s.one("SELECT COUNT(*) AS n FROM pragma_table_info('datasets') WHERE name = 'syncing'")?.int("n") ?? 0 == 0 {
+                try s.execute("ALTER TABLE datasets ADD COLUMN syncing INTEGER NOT NULL DEFAULT 0")
+            }
+        }
         // A bigger page cache than SQLite's 2 MB default keeps a million-row registration's
         // B-tree pages in memory (per connection; SQLite only).
         if !pg { try db.write { s in _ = try s.execute("PRAGMA cache_size = -65536") } }
@@ -119,8 +131,8 @@ public final class Catalog: @unchecked Sendable {
     public func datasets(visibleTo viewer: Viewer, center: String? = nil) throws -> [Dataset] {
         try db.read { s in
             let rows = center == nil
-                ? try s.query("SELECT \(Catalog.datasetColumns) FROM datasets ORDER BY center, name, version")
-                : try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? ORDER BY name, version", center!)
+                ? try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE syncing = 0 ORDER BY center, name, version")
+                : try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND syncing = 0 ORDER BY name, version", center!)
             return rows.map(Catalog.dataset).filter { Catalog.visible($0, viewer) }
         }
     }
@@ -131,7 +143,7 @@ public final class Catalog: @unchecked Sendable {
     }
 
     func dataset(_ s: any SQLSession, _ id: Int64, _ viewer: Viewer) throws -> Dataset {
-        guard let r = try s.one("SELECT \(Catalog.datasetColumns) FROM datasets WHERE id = ?", id),
+        guard let r = try s.one("SELECT \(Catalog.datasetColumns) FROM datasets WHERE id = ? AND syncing = 0", id),
               case let d = Catalog.dataset(r), Catalog.visible(d, viewer) else {
             throw CatalogError(.notFound, "no dataset \(id)")
         }
@@ -142,7 +154,7 @@ public final class Catalog: @unchecked Sendable {
     /// most recently registered version.
     public func dataset(center: String, name: String, version: String? = nil, as viewer: Viewer) throws -> Dataset? {
         try db.read { s in
-            try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND name = ?\(version == nil ? "" : " AND version = ?")",
+            try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND name = ? AND syncing = 0\(version == nil ? "" : " AND version = ?")",
                         (version == nil ? [center, name] : [center, name, version!]) as [any SQLArgument])
                 .map(Catalog.dataset).filter { Catalog.visible($0, viewer) }
                 .max { a, b in Catalog.preference(a) < Catalog.preference(b) }
@@ -175,7 +187,7 @@ public final class Catalog: @unchecked Sendable {
             rows = family.filter { d in names.contains { sameBytes($0, d.name) } }
         } else {
             rows = try db.read { s in
-                try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND name IN (\(names.map { _ in "?" }.joined(separator: ",")))",
+                try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND syncing = 0 AND name IN (\(names.map { _ in "?" }.joined(separator: ",")))",
                             ([path.center] + names) as [any SQLArgument]).map(Catalog.dataset)
             }
         }
@@ -200,7 +212,7 @@ public final class Catalog: @unchecked Sendable {
         if let kept = recentDatasets.fresh(key) { return kept }
         let stamp = recentDatasets.stamp()
         let rows = try db.read { s in
-            try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND (name = ? OR (name >= ? AND name < ?)) LIMIT ?",
+            try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE center = ? AND (name = ? OR (name >= ? AND name < ?)) AND syncing = 0 LIMIT ?",
                         center, first, first + "/", first + "0", familyMax + 1).map(Catalog.dataset)
         }
         let family: [Dataset]? = rows.count > familyMax ? nil : rows
@@ -366,7 +378,7 @@ public final class Catalog: @unchecked Sendable {
             if let dataset {
                 ids = [try self.dataset(s, dataset, viewer).id]
             } else {
-                ids = try s.query("SELECT \(Catalog.datasetColumns) FROM datasets ORDER BY id").map(Catalog.dataset)
+                ids = try s.query("SELECT \(Catalog.datasetColumns) FROM datasets WHERE syncing = 0 ORDER BY id").map(Catalog.dataset)
                     .filter { Catalog.visible($0, viewer) }.map(\.id)
             }
             var out: [Entry] = []

@@ -63,9 +63,10 @@ extension Catalog {
                     """, d.name, d.version, d.owner, d.description, d.license, readers, d.id, d.fileCount, d.bytes, d.created, d.updated, id)
                 return id
             }
+            // New: hidden from readers (`syncing`) until `mergeMirror` takes its last page.
             try s.execute("""
-                INSERT INTO datasets (center, name, version, owner, description, license, readers, remote_id, file_count, bytes, created, updated)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO datasets (center, name, version, owner, description, license, readers, remote_id, file_count, bytes, created, updated, syncing)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
                 """, d.center, d.name, d.version, d.owner, d.description, d.license, readers, d.id, d.fileCount, d.bytes, d.created, d.updated)
             guard let id = try s.one("SELECT id FROM datasets WHERE center = ? AND remote_id = ?", d.center, d.id)?.int("id") else {
                 throw CatalogError(.io, "the mirror of \(d.center)/\(d.qualifiedName) was not stored")
@@ -95,6 +96,7 @@ extension Catalog {
     /// keys rise strictly, byte-wise, after `after`, the order the peer's own paging uses. A
     /// page that repeats or goes backwards would otherwise keep a follower paging forever.
     public func mergeMirror(dataset: Int64, after: (dir: String, name: String), page: [Entry], last: Bool) throws -> (written: Int, removed: Int) {
+        defer { if last { recentDatasets.forget() } }
         var previous = after
         for e in page {
             try e.checkMirrored()
@@ -121,6 +123,8 @@ extension Catalog {
             if !changed.isEmpty { try FastSQL.upsert(s, changed[...]) }
             let gone = Array(local.keys)
             if !gone.isEmpty { _ = try FastSQL.delete(s, dataset: dataset, gone[...]) }
+            // The first pass is complete: readers see the dataset from this transaction on.
+            if last { try s.execute("UPDATE datasets SET syncing = 0 WHERE id = ? AND syncing = 1", dataset) }
             return (changed.count, gone.count)
         }
     }
