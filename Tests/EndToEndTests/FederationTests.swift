@@ -435,9 +435,10 @@ struct FederationE2ETests {
         // Nothing of a refused page is in the catalog: no escaping path, no endless listing.
         let escape = try f.ferry("hlrs", ["find", "gfs://wuxi/escape"])
         #expect(!escape.stdout.contains("passwd") && !escape.stdout.contains("a\n"), "\(escape)")
-        // The endless pager's first page was a good one and stays; the repeat ended the paging.
+        // The endless pager's first page was a good one, but the repeat refused the rest: its
+        // first pass never ended, so no reader sees a dataset that is not whole.
         let loop = try f.ferry("hlrs", ["find", "--limit", "100000", "gfs://wuxi/loop"], timeout: 120)
-        #expect(loop.stdout.split(separator: "\n").count == 20_000, "\(loop.stdout.suffix(300))")
+        #expect(loop.status != 0 && loop.stdout.isEmpty, "\(loop)")
         // The same peer answering well is followed again: the control that shows the garbage
         // above, not the test's fake, was what hlrs refused.
         try writeFile(modeFile, Array("good".utf8))

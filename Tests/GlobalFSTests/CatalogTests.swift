@@ -390,6 +390,8 @@ struct CatalogTests {
         var mirrored = labRow
         (mirrored.id, mirrored.center, mirrored.name, mirrored.readers, mirrored.root) = (77, "c2", "shared", ["*"], nil)
         let local = try cat.mirrorDataset(mirrored)
+        #expect(try cat.resolve(peer, as: bob) == nil, "not seen before its first pass ends")
+        _ = try cat.mergeMirror(dataset: local, after: ("", ""), page: [], last: true)
         #expect(try cat.resolve(peer, as: bob)?.dataset.id == local)
         try cat.dropMirror(center: "c2", remoteID: 77)
         #expect(try cat.resolve(peer, as: bob) == nil)
