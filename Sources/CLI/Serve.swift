@@ -253,7 +253,7 @@ extension Ferry {
                     problem("token_issuers", "token issuer \(i + 1), '\(issuer)', cannot be read")
                 }
                 _ = readable(f.revocations, "revocations", "the revocation list")
-                if f.exports.isEmpty && root == nil && export.isEmpty { problem("export", "nothing to serve: no [[export]]") }
+                if f.exports.isEmpty && root == nil && export.isEmpty && f.lines["export[0]"] == nil { problem("export", "nothing to serve: no [[export]]") }
                 for (i, e) in f.exports.enumerated() {
                     var isDir: ObjCBool = false
                     if !FileManager.default.fileExists(atPath: e.path, isDirectory: &isDir) || !isDir.boolValue {

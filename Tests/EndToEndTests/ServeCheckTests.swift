@@ -40,10 +40,10 @@ struct ServeCheckTests {
         #expect(e.contains("line 5: unknown setting 'listn'"), "\(r)")
         #expect(e.contains("line 8: 'connections' must be a positive integer"), "\(r)")
         #expect(e.contains("line 11: 'daemon.workers' must be a positive integer"), "\(r)")
-        #expect(e.contains("line 18:") && e.contains("\"ro\" or \"rw\""), "the second export's access, at its header: \(r)")
+        #expect(e.contains("line 21: export access must be \"ro\" or \"rw\""), "the second export's access, at its own line: \(r)")
         #expect(e.contains("line 13: export 'data':") && e.contains("missing-data' is not a directory"), "\(r)")
         // In line order.
-        let order = ["line 5:", "line 8:", "line 11:", "line 13:", "line 18:"].compactMap { e.range(of: $0)?.lowerBound }
+        let order = ["line 5:", "line 8:", "line 11:", "line 13:", "line 21:"].compactMap { e.range(of: $0)?.lowerBound }
         #expect(order.count == 5 && order == order.sorted(), "\(r)")
         // The same file without its mistakes: the named files are checked too.
         let good = sb.file("good.toml")
@@ -99,5 +99,36 @@ struct ServeCheckTests {
         #expect(refused.status == 64 && refused.stderr.contains("ferry cp: error: give a user token") && refused.stderr.contains("See 'ferry cp --help'."), "\(refused)")
         let nested = try sb.ferry(["stage", "cache", "--api", "http://127.0.0.1:1"], timeout: 30)
         #expect(nested.status == 64 && nested.stderr.contains("ferry stage cache: error: give your token"), "\(nested)")
+    }
+
+    /// The unit a center installs (contrib/systemd/ferry.service): systemd finds nothing wrong
+    /// in it (not even a warning), and its commands are ferry's own: its `--check` passes on a
+    /// good configuration and fails on a bad one, as `ExecStartPre` needs.
+    @Test("contrib/systemd/ferry.service: systemd-analyze verify says nothing; its ExecStartPre check passes a good configuration and stops a bad one")
+    func systemdUnit() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") else {
+            Issue.record("systemd-analyze is missing (Debian's systemd package)")
+            return
+        }
+        let sb = try Sandbox("systemd-unit")
+        let text = try String(contentsOfFile: E2E.packageRoot + "/contrib/systemd/ferry.service", encoding: .utf8)
+        // As installed, with the built binary where the package puts /usr/bin/ferry (systemd
+        // checks that each command exists).
+        let unit = sb.file("ferry.service")
+        try writeFile(unit, Array(text.replacingOccurrences(of: "/usr/bin/ferry", with: E2E.ferryBinary).utf8))
+        let verify = runTool("/usr/bin/systemd-analyze", ["verify", "--man=no", unit], timeout: 60)
+        #expect(verify.status == 0 && verify.output.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(verify.output)")
+        // ExecStartPre and ExecStart: `serve --check --config F` and `serve --config F`.
+        let commands = text.split(separator: "\n").filter { $0.hasPrefix("ExecStart") }.map { String($0.split(separator: "=", maxSplits: 1)[1]) }
+        #expect(commands == ["/usr/bin/ferry serve --check --config /etc/ferry/ferry.toml", "/usr/bin/ferry serve --config /etc/ferry/ferry.toml"], "\(commands)")
+        _ = try sb.dir("data")
+        let good = sb.file("ferry.toml")
+        try writeFile(good, Array((ServeCheckTests.head + "[[export]]\nname = \"data\"\npath = \"data\"\n").utf8))
+        let args = commands[0].split(separator: " ").dropFirst().map { $0 == "/etc/ferry/ferry.toml" ? good : String($0) }
+        let pass = try sb.ferry(args, timeout: 30)
+        #expect(pass.status == 0 && pass.stdout.contains("no problem"), "\(pass)")
+        try writeFile(good, Array((ServeCheckTests.head + "[[export]]\nname = \"data\"\npath = \"data\"\nacces = \"rw\"\n").utf8))
+        let stop = try sb.ferry(args, timeout: 30)
+        #expect(stop.status == 1 && stop.stderr.contains("line 8:") && stop.stderr.contains("acces"), "\(stop)")
     }
 }

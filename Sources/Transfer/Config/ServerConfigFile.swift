@@ -185,14 +185,16 @@ public struct ServerConfigFile {
                 } }
             case "export":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "exports are written [[export]]") }
-                for (i, et) in list.enumerated() { attempt("export[\(i)]") {
+                for (i, et) in list.enumerated() {
                     var name: String?
                     var path: String?
                     var writable = false
                     var users = ["*"]
                     var account: String?
                     var setid = false
-                    for (ek, ev) in et {
+                    // Each key at its own line; the export is made only when all of them hold.
+                    let before = found.count
+                    for (ek, ev) in et { attempt("export[\(i)].\(ek)") {
                         switch ek {
                         case "name": name = try str(ev, ek)
                         case "path": path = resolve(try str(ev, ek))
@@ -209,7 +211,9 @@ public struct ServerConfigFile {
                             setid = b
                         default: throw TransferError(.usage, "unknown export setting '\(ek)'")
                         }
-                    }
+                    } }
+                    if found.count > before { continue }
+                    attempt("export[\(i)]") {
                     guard let name, let path, !name.isEmpty else { throw TransferError(.usage, "every [[export]] needs a name and a path") }
                     var e = Export(name: name, path: path, writable: writable, users: users)
                     e.account = account
