@@ -200,12 +200,11 @@ extension Ferry.Copy {
     func thirdParty(options: TransferOptions) throws {
         guard let url = try? FerryURL(parsing: source), url.path != "/" else { throw ValidationError("the source must be ferry://HOST:PORT/EXPORT/PATH, not '\(source)'") }
         let path = url.path
-        let host = url.hostForURL
         // The source center's daemon: --api, FERRY_API, the configuration's center of that
         // name (its api), or the source host's registered API port.
         let named = try ClientConfig.get().centers[url.host]
         // (A bare HOST:PORT is https, plain http on loopback only, as the daemon's default.)
-        let fallback = named?.api ?? "\(named.map { $0.address.host.contains(":") ? "[\($0.address.host)]" : $0.address.host } ?? host):\(ClientConfig.apiPort)"
+        let fallback = named?.api ?? HostPort(host: named?.address.host ?? url.host, port: ClientConfig.apiPort).description
         let (client, base) = try apiClient(fallback: fallback, json: json, preferFallback: named?.api != nil)
         var body = JobRequest(source: path, destination: destination)
         body.recursive = options.recursive

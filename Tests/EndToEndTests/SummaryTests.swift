@@ -104,11 +104,7 @@ struct SummaryTests {
     /// Off a terminal (a batch job's log) a line every `--stats` seconds; none with 0.
     @Test("off a terminal: a progress line every --stats seconds, before the summary; --stats 0 prints none")
     func statsLines() throws {
-        let sb = try Sandbox("stats")
-        let root = try sb.dir("root")
-        let src = try sb.dir("local") + "/slow.bin"
-        try writeRandomFile(src, size: 12 * E2E.MiB)
-        let server = try FerryServer(sb, root: root)
+        let (sb, root, src, server) = try SummaryTests.serverAndFile("stats", "slow.bin", size: 12 * E2E.MiB)
         defer { server.stop() }
         let r = try sb.cp(src, server.url("a.bin"), options: ["--bwlimit", "2M", "--stats", "1", "--compress", "off"], json: false)
         #expect(r.succeeded, "\(r)")
@@ -126,11 +122,7 @@ struct SummaryTests {
     /// again resumes from what was kept.
     @Test("Ctrl-C on a terminal: the bar fits its width, a clean line says what is kept, exit 130, a rerun resumes")
     func interruptOnTerminal() throws {
-        let sb = try Sandbox("ctrl-c")
-        let root = try sb.dir("root")
-        let src = try sb.dir("local") + "/big.bin"
-        try writeRandomFile(src, size: 16 * E2E.MiB)
-        let server = try FerryServer(sb, root: root)
+        let (sb, root, src, server) = try SummaryTests.serverAndFile("ctrl-c", "big.bin", size: 16 * E2E.MiB)
         defer { server.stop() }
         let driver = """
             import fcntl, os, pty, select, struct, sys, termios, time
@@ -239,6 +231,15 @@ struct SummaryTests {
         let quietFail = try sb.ferry(["cp", "-q", "--ca", sb.ca, "--token-file", sb.tokenFile, sb.file("local/nothing"), server.url("x")])
         #expect(quietFail.status != 0 && quietFail.stderr.contains("nothing"), "\(quietFail)")
         #expect(try sb.ferry(["cp", "-v", "-q", sb.file("local/tree"), server.url("x")]).status == 64)
+    }
+
+    /// A sandbox, a server of its `root`, and a random file of `size` bytes at local/NAME.
+    static func serverAndFile(_ name: String, _ file: String, size: Int) throws -> (Sandbox, String, String, FerryServer) {
+        let sb = try Sandbox(name)
+        let root = try sb.dir("root")
+        let src = try sb.dir("local") + "/" + file
+        try writeRandomFile(src, size: size)
+        return (sb, root, src, try FerryServer(sb, root: root))
     }
 
     /// Changes one byte of `path` in place and puts its access and modification times back.

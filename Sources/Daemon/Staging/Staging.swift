@@ -439,10 +439,9 @@ extension DaemonAPI {
     /// Unpinned ready entries, least recently used first, until the cache fits its quota; each
     /// recorded (`stage_evictions`: the Staging view and `ferry stage cache` list them).
     func evict(_ st: StagingSettings) {
-        let candidates = (try? st.cache.evictionCandidates(quota: st.quota)) ?? []
-        guard !candidates.isEmpty else { return }
-        var ready = ((try? st.cache.entries()) ?? []).filter { $0.state == .ready }.reduce(0) { $0 + $1.bytes }
-        for e in candidates {
+        guard let plan = try? st.cache.evictionPlan(quota: st.quota), !plan.candidates.isEmpty else { return }
+        var ready = plan.ready
+        for e in plan.candidates {
             try? FileManager.default.removeItem(atPath: e.path)
             let reason = "over quota: \(byteText(UInt64(max(0, ready)))) ready of \(byteText(UInt64(max(0, st.quota)))), least recently used and pinned by no job"
             try? st.cache.evicted(e, reason: reason, now: now())

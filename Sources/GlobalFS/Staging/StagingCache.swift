@@ -331,18 +331,23 @@ public final class StagingCache: @unchecked Sendable {
 
     /// Ready, unpinned entries to evict, least recently used first, until the ready bytes fit
     /// in `quota`. Pinned entries are never chosen (the cache may then stay over quota).
-    public func evictionCandidates(quota: Int64) throws -> [Entry] {
+    public func evictionCandidates(quota: Int64) throws -> [Entry] { try evictionPlan(quota: quota).candidates }
+
+    /// `evictionCandidates`, with the ready bytes they were chosen against (an eviction's
+    /// recorded reason says them).
+    public func evictionPlan(quota: Int64) throws -> (ready: Int64, candidates: [Entry]) {
         // Under the quota (the common case, asked after every teardown): one sum, no entries.
         let ready = try db.read { s in try s.one("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS total FROM stage_entries WHERE state = 'ready'")?.int("total") ?? 0 }
-        if ready <= quota { return [] }
+        if ready <= quota { return (ready, []) }
         let all = try entries().filter { $0.state == .ready }
         var total = all.reduce(0) { $0 + $1.bytes }
+        let start = total
         var out: [Entry] = []
         for e in all.filter({ $0.pins.isEmpty }).sorted(by: { ($0.lastUsed, $0.id) < ($1.lastUsed, $1.id) }) where total > quota {
             out.append(e)
             total -= e.bytes
         }
-        return out
+        return (start, out)
     }
 
     // MARK: links and stage-out
