@@ -57,6 +57,14 @@ extension Ferry {
         @Flag(name: [.short, .customLong("quiet")], help: "No progress and no summary: only errors (and the exit status).")
         var quiet = false
 
+        @Flag(name: [.short, .customLong("dry-run")], help: "Say what would be sent, skipped and deleted (with -v, file by file); write nothing anywhere.")
+        var dryRun = false
+
+        @Flag(help: "With -r: delete destination entries the source does not have (after a copy without failures; never an excluded one; refused for an empty source).")
+        var delete = false
+
+        @OptionGroup var filters: FilterOptions
+
         @Option(help: "Data-stream protection: clear (checksums), safe (authenticated) or private (AES-256-GCM).")
         var protection = "private"
 
@@ -75,6 +83,10 @@ extension Ferry {
             if let s = streams, !(1...64).contains(s) { throw ValidationError("--streams must be 1...64") }
             if stats < 0 { throw ValidationError("--stats is a number of seconds, 0 or more") }
             if verbose && quiet { throw ValidationError("-v and -q do not go together") }
+            if delete && !recursive { throw ValidationError("--delete needs -r (it deletes inside a destination directory)") }
+            if (delete || dryRun || !filters.isEmpty) && (source == "-" || destination == "-") {
+                throw ValidationError("--delete, --dry-run and filters work on trees, not on standard input or output")
+            }
         }
 
         func run() throws {
@@ -97,7 +109,11 @@ extension Ferry {
             if destination.hasPrefix("gfs://") {
                 throw ValidationError("a gfs:// path is read from; to place data at a center, copy to its ferry:// URL and register it (or use ferry replicate)")
             }
+            options.filters = try filters.rules()
             if source.hasPrefix("ferry://") && destination.hasPrefix("ferry://") {
+                if delete || dryRun || !filters.isEmpty {
+                    throw ValidationError("--delete, --dry-run and filters are not supported yet on a center-to-center copy (the daemon's job has no such fields): copy through this machine, or without them")
+                }
                 try thirdParty(options: options)
                 return
             }
@@ -122,6 +138,15 @@ extension Ferry {
                 throw ValidationError("\(error)")
             }
 
+            if dryRun {
+                try dryRun(src, dst, options: options, credentials: creds)
+                return
+            }
+            var landingPoint = dst
+            if delete {
+                try checkDeleteSource(src, credentials: creds)
+                landingPoint = landing(src, dst, sourceIsFile: false)
+            }
             let progress = TransferProgress()
             let done = DispatchSemaphore(value: 0)
             nonisolated(unsafe) var result: Result<TransferSummary, TransferError> = .failure(TransferError(.io, "not run"))
@@ -147,6 +172,14 @@ extension Ferry {
             switch result {
             case .success(let s):
                 display.finish(progress.snapshot(), summary: s)
+                if delete {
+                    let n = try deleteExtraneous(src, landingPoint, options: opts, credentials: credentials)
+                    if json {
+                        print("{\"type\":\"deleted\",\"entries\":\(n)}")
+                    } else if !quiet {
+                        print("ferry: deleted \(n) extraneous entr\(n == 1 ? "y" : "ies") at the destination")
+                    }
+                }
             case .failure(let e):
                 if interrupts.signal != 0 {
                     display.interrupted(progress.snapshot(), stream: source == "-" || destination == "-")

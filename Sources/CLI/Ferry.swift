@@ -12,7 +12,7 @@ struct Ferry: AsyncParsableCommand {
         commandName: "ferry",
         abstract: "Move datasets between supercomputing centers: fast, verified, resumable.",
         version: "0.2.0",
-        subcommands: [Copy.self, Serve.self, Jobs.self, Register.self, Datasets.self, Ls.self, Stat.self, Find.self, Du.self, Replicate.self, Centers.self, StageIn.self, StageOut.self, Stage.self,
+        subcommands: [Copy.self, Serve.self, Jobs.self, Register.self, Datasets.self, Ls.self, Stat.self, Find.self, Du.self, Check.self, Replicate.self, Centers.self, StageIn.self, StageOut.self, Stage.self,
                       CA.self, Token.self, Ping.self]
     )
 

@@ -48,15 +48,29 @@ extension Ferry {
     }
 
     struct Ls: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List a directory of a dataset: gfs://CENTER/DATASET[/PATH], a page at a time.")
+        static let configuration = CommandConfiguration(
+            abstract: "List a directory: gfs://CENTER/DATASET[/PATH] from the catalog, or ferry://HOST/PATH through its transfer server.",
+            discussion: """
+            gfs://: the daemon's catalog (--api), a page at a time (--limit, --after, --all).
+            ferry://HOST[:PORT]/PATH (or a local path): the server lists the directory as it is
+            now, with the rights of your token (the scope that lets you copy from PATH), every
+            entry streamed (-R: the whole tree, with paths relative to PATH).
+            """
+        )
         @OptionGroup var api: APIOptions
         @Flag(name: .short, help: "Long format: kind, mode, size, mtime, name.") var long = false
-        @Option(help: "Entries per page (at most 10,000).") var limit = 1000
-        @Option(help: "Start after this name (the previous page's next_after).") var after: String?
-        @Flag(help: "Follow every page to the end.") var all = false
+        @Flag(name: .customShort("R"), help: "ferry:// and local paths: the whole tree.") var recursive = false
+        @Option(help: "gfs://: entries per page (at most 10,000).") var limit = 1000
+        @Option(help: "gfs://: start after this name (the previous page's next_after).") var after: String?
+        @Flag(help: "gfs://: follow every page to the end.") var all = false
+        @OptionGroup var filters: FilterOptions
         @Argument var path: String
 
         func run() throws {
+            if !path.hasPrefix("gfs://") {
+                try TreeCommands.ls(path, api: api, long: long, recursive: recursive, filters: try filters.rules())
+                return
+            }
             var cursor = after
             for _ in 0..<1_000_000 {
                 var q = [("path", path), ("limit", String(limit))]
@@ -81,9 +95,13 @@ extension Ferry {
         static let configuration = CommandConfiguration(abstract: "One entry of a dataset, its dataset and the centers holding replicas.")
         @OptionGroup var api: APIOptions
         @Flag(help: "Explain which replica a copy would read: every replica, its rank and the reason.") var replicas = false
-        @Argument var path: String
+        @Argument(help: "gfs://CENTER/DATASET/PATH (the catalog), or ferry://HOST/PATH or a local path (as it is now).") var path: String
 
         func run() throws {
+            if !path.hasPrefix("gfs://") {
+                try TreeCommands.stat(path, api: api)
+                return
+            }
             let r = try api.call("GET", "/api/v1/catalog/stat" + query([("path", path)]), as: V1.StatAnswer.self)
             if r.stale { warnStale(path) }
             if api.json { api.printJSON(r); return }
@@ -207,11 +225,16 @@ extension Ferry {
     }
 
     struct Du: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Files, directories and bytes under a path of a dataset.")
+        static let configuration = CommandConfiguration(abstract: "Files, directories and bytes under a path: gfs:// (the catalog), ferry:// or local (walked now).")
         @OptionGroup var api: APIOptions
+        @OptionGroup var filters: FilterOptions
         @Argument var path: String
 
         func run() throws {
+            if !path.hasPrefix("gfs://") {
+                try TreeCommands.du(path, api: api, filters: try filters.rules())
+                return
+            }
             let r = try api.call("GET", "/api/v1/catalog/du" + query([("path", path)]), as: DiskUsage.self)
             if api.json { api.printJSON(r); return }
             print("\(byteText(UInt64(max(0, r.bytes))))\t\(r.files) files\t\(r.directories) directories\t\(path)")

@@ -241,19 +241,4 @@ struct SummaryTests {
         try writeRandomFile(src, size: size)
         return (sb, root, src, try FerryServer(sb, root: root))
     }
-
-    /// Changes one byte of `path` in place and puts its access and modification times back.
-    func flipByte(_ path: String, at offset: Int) throws {
-        var st = stat()
-        guard stat(path, &st) == 0 else { throw HarnessError("stat \(path)") }
-        let fd = open(path, O_RDWR)
-        guard fd >= 0 else { throw HarnessError("open \(path)") }
-        defer { close(fd) }
-        var b: UInt8 = 0
-        guard pread(fd, &b, 1, off_t(offset)) == 1 else { throw HarnessError("read \(path)") }
-        b ^= 0x5a
-        guard pwrite(fd, &b, 1, off_t(offset)) == 1 else { throw HarnessError("write \(path)") }
-        var times = [st.st_atim, st.st_mtim]
-        guard futimens(fd, &times) == 0 else { throw HarnessError("futimens \(path)") }
-    }
 }

@@ -306,11 +306,21 @@ public enum TransferClient {
 
     private typealias Roles = (control: () throws -> Void, worker: (Connection) -> Void)
 
-    private static func run(server: HostPort, direction: Direction, path: String, options: TransferOptions, credentials: ClientCredentials, progress: TransferProgress, makeRoles: (SessionContext) throws -> Roles) throws -> TransferSummary {
-        let ring = try Ring(entries: 16)
-        let handshakeNs: Int64 = 30_000_000_000
+    static let handshakeNs: Int64 = 30_000_000_000
+
+    /// A control connection that has passed the TLS handshake and read the server's READY.
+    private static func connectControl(_ server: HostPort, credentials: ClientCredentials, ring: Ring) throws -> Connection {
         let control = Connection(fd: try Socket.connect(server))
-        defer { control.close() }
+        do {
+            try handshake(control, server: server, credentials: credentials, ring: ring)
+        } catch {
+            control.close()
+            throw error
+        }
+        return control
+    }
+
+    private static func handshake(_ control: Connection, server: HostPort, credentials: ClientCredentials, ring: Ring) throws {
         try control.sendPreamble(role: .control, ring: ring)
         do {
             // Resumed when this context holds a ticket of the same peer at the same address (a
@@ -335,6 +345,12 @@ public enum TransferClient {
             if e.code == .io { e = TransferError(.auth, "\(server) refused the connection: \(e.message)") }
             throw e
         }
+    }
+
+    private static func run(server: HostPort, direction: Direction, path: String, options: TransferOptions, credentials: ClientCredentials, progress: TransferProgress, makeRoles: (SessionContext) throws -> Roles) throws -> TransferSummary {
+        let ring = try Ring(entries: 16)
+        let control = try connectControl(server, credentials: credentials, ring: ring)
+        defer { control.close() }
         try control.send(.hello, Hello(token: Array((credentials.token ?? "").utf8), direction: direction, path: path, options: options).encode(), ring: ring)
         let (type, payload) = try control.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 4096)
         guard type == .welcome else { throw TransferError.protocolError("expected WELCOME, got \(type)") }
@@ -388,5 +404,135 @@ public enum TransferClient {
             throw e
         }
         return TransferSummary(snap)
+    }
+}
+
+extension TransferClient {
+    /// Lists `endpoint` (a local path or a ferry:// URL; a server checks the same token scope
+    /// as a copy from it): each entry is handed to `each` as it arrives, the tree is never held
+    /// here. Returns the number of entries and of those the filters left out.
+    @discardableResult
+    public static func list(_ endpoint: Endpoint, request: ListRequest, credentials: ClientCredentials, each: (ListEntry) throws -> Void) throws -> (entries: UInt64, excluded: UInt64) {
+        prepareProcess()
+        switch endpoint {
+        case .local(let path):
+            let fd = try openLocalTree(path)
+            var n: UInt64 = 0
+            let excluded = try Listing.walk(rootFd: fd, request: request) { e in
+                n += 1
+                try each(e)
+            }
+            return (n, UInt64(excluded))
+        case .confined(let root, let components):
+            let rootFd = try openRoot(root)
+            defer { Glibc.close(rootFd) }
+            let fd = try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY)
+            var n: UInt64 = 0
+            let excluded = try Listing.walk(rootFd: fd, request: request) { e in
+                n += 1
+                try each(e)
+            }
+            return (n, UInt64(excluded))
+        case .remote(let server, let urlPath):
+            let (path, _) = try Paths.remoteRelative(urlPath)
+            let ring = try Ring(entries: 8)
+            let control = try connectControl(server, credentials: credentials, ring: ring)
+            defer { control.close() }
+            var options = TransferOptions()
+            options.recursive = true
+            options.checksum = request.digests
+            options.filters = request.filters
+            options.listDepth = request.depth
+            options.protection = .clear  // nothing but the control stream (TLS) is used
+            try control.send(.hello, Hello(token: Array((credentials.token ?? "").utf8), direction: .list, path: path, options: options).encode(), ring: ring)
+            var n: UInt64 = 0
+            // A listing with digests reads whole files between frames: the wait is bounded
+            // by the server's own idle timeout, not by a short one here.
+            let waitNs: Int64 = request.digests ? 3_600_000_000_000 : 300_000_000_000
+            for _ in 0..<Int.max {
+                let (type, payload) = try control.receive(ring: ring, timeoutNs: waitNs, payloadBytesMax: 2 * Sender.manifestFrameBytesTarget + (1 << 20))
+                switch type {
+                case .manifest:
+                    for e in try Listing.decode(payload) {
+                        guard n > 0 || e.path.isEmpty else { throw TransferError.protocolError("a listing must start with its root") }
+                        guard n == 0 || !e.path.isEmpty else { throw TransferError.protocolError("a listing names its root twice") }
+                        n += 1
+                        try each(e)
+                    }
+                case .manifestEnd:
+                    var r = ByteReader(payload)
+                    let count = try r.u64()
+                    let excluded = try r.u64()
+                    try r.expectEnd()
+                    guard count == n else { throw TransferError.protocolError("the listing ended after \(n) of \(count) entries") }
+                    return (n, excluded)
+                case .ping:
+                    continue
+                default:
+                    throw TransferError.protocolError("unexpected \(type) in a listing")
+                }
+            }
+            throw TransferError.protocolError("listing without an end")
+        }
+    }
+
+    /// Removes `items` (paths relative to `endpoint`, children before their directories)
+    /// beneath the directory `endpoint`; returns what could not be removed and why.
+    public static func delete(_ items: [(path: String, isDirectory: Bool)], beneath endpoint: Endpoint, credentials: ClientCredentials) throws -> [(path: String, why: String)] {
+        prepareProcess()
+        switch endpoint {
+        case .local(let path):
+            let fd = open(path, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
+            if fd < 0 { throw TransferError.system("cannot open '\(path)'", errno: errno) }
+            defer { Glibc.close(fd) }
+            return items.compactMap { i in Listing.remove(beneath: fd, path: i.path, isDirectory: i.isDirectory).map { (i.path, $0) } }
+        case .confined(let root, let components):
+            let rootFd = try openRoot(root)
+            defer { Glibc.close(rootFd) }
+            let fd = try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY)
+            defer { Glibc.close(fd) }
+            return items.compactMap { i in Listing.remove(beneath: fd, path: i.path, isDirectory: i.isDirectory).map { (i.path, $0) } }
+        case .remote(let server, let urlPath):
+            let (path, _) = try Paths.remoteRelative(urlPath)
+            let ring = try Ring(entries: 8)
+            let control = try connectControl(server, credentials: credentials, ring: ring)
+            defer { control.close() }
+            var options = TransferOptions()
+            options.protection = .clear
+            try control.send(.hello, Hello(token: Array((credentials.token ?? "").utf8), direction: .delete, path: path, options: options).encode(), ring: ring)
+            var failures: [(String, String)] = []
+            var start = 0
+            while start < items.count {
+                let end = min(items.count, start + Listing.deletionsPerFrameMax)
+                try control.send(.manifest, Listing.encodeDeletions(items[start..<end]), ring: ring)
+                let (type, payload) = try control.receive(ring: ring, timeoutNs: 300_000_000_000)
+                guard type == .fileDone else { throw TransferError.protocolError("expected FILE_DONE, got \(type)") }
+                var r = ByteReader(payload)
+                let n = Int(try r.u32())
+                guard n <= end - start else { throw TransferError.protocolError("more failures than deletions") }
+                for _ in 0..<n { failures.append((try r.string(maxBytes: PathLimits.pathBytesMax), try r.string(maxBytes: 1000))) }
+                try r.expectEnd()
+                start = end
+            }
+            try control.send(.end, ring: ring)
+            let (type, _) = try control.receive(ring: ring, timeoutNs: 60_000_000_000)
+            guard type == .endAck else { throw TransferError.protocolError("expected END_ACK, got \(type)") }
+            return failures
+        }
+    }
+
+    /// A local tree to list: a regular file or a directory, opened without blocking on (or
+    /// opening) anything else.
+    private static func openLocalTree(_ path: String) throws -> Int32 {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw TransferError.system("cannot read '\(path)'", errno: errno) }
+        try Paths.requireData(st.st_mode, path)
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        if fd < 0 { throw TransferError.system("cannot read '\(path)'", errno: errno) }
+        do { try Paths.settle(fd, path, same: st) } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
     }
 }

@@ -118,7 +118,7 @@ final class Sender: @unchecked Sendable {
         var st = stat()
         _ = try sys("cannot stat source") { fstat(rootFd, &st) }
         rootIsFile = stream || (st.st_mode & S_IFMT) == S_IFREG
-        walker = TreeWalker(rootFd: rootFd, recursive: ctx.options.recursive)
+        walker = TreeWalker(rootFd: rootFd, recursive: ctx.options.recursive, filter: ctx.options.filters)
         limiter = ctx.options.bandwidthLimitBytesPerSecond.map { RateLimiter(bytesPerSecond: $0) }
     }
 

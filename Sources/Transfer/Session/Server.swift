@@ -296,14 +296,20 @@ public final class TransferServer: @unchecked Sendable {
         }
         guard type == .hello else { throw TransferError.protocolError("expected HELLO, got \(type)") }
         let hello = try Hello.decode(payload)
-        note.action = hello.direction == .push ? "push" : "pull"
+        note.action = switch hello.direction {
+        case .push: "push"
+        case .pull: "pull"
+        case .list: "list"
+        case .delete: "delete"
+        }
         note.path = hello.path
         let who = try authenticate(hello, conn: conn, note: note)
         try authenticated(note.ticket)
-        guard hello.options.protection >= configuration.minimumProtection else {
+        // A listing or a deletion uses the control stream alone (TLS 1.3): no data streams to protect.
+        guard hello.options.protection >= configuration.minimumProtection || hello.direction == .list || hello.direction == .delete else {
             throw TransferError(.auth, "this server requires --protection \(configuration.minimumProtection) or stronger")
         }
-        let (exportFd, beneath, export) = try exports.authorize(who, path: hello.path, write: hello.direction == .push)
+        let (exportFd, beneath, export) = try exports.authorize(who, path: hello.path, write: hello.direction == .push || hello.direction == .delete)
         // From here on this thread (and every thread it starts) acts as the user's account:
         // the kernel checks each open, create and rename as it would for the user's shell.
         let account = try configuration.identities.resolve(who.user, export: export)
@@ -312,6 +318,10 @@ public final class TransferServer: @unchecked Sendable {
             note.account = account.name
         }
         defer { if account != nil { ThreadIdentity.restore() } }
+        if hello.direction == .list || hello.direction == .delete {
+            try serveTree(hello, conn: conn, ring: ring, exportFd: exportFd, beneath: beneath, who: who, note: note)
+            return
+        }
         let streams = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax)
         let progress = TransferProgress()
         let ctx = SessionContext(control: conn, options: hello.options, progress: progress, idleTimeoutSeconds: configuration.idleTimeoutSeconds, protection: hello.options.protection, direction: hello.direction)
@@ -321,6 +331,8 @@ public final class TransferServer: @unchecked Sendable {
         case .push:
             let base = try sys("cannot open the export") { dup(exportFd) }
             session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath, modeMask: export.modeMask)
+        case .list, .delete:
+            throw TransferError.protocolError("not a transfer")
         case .pull:
             // Component by component: a symlink inside the scope cannot lead out of it.
             let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY)
@@ -371,6 +383,41 @@ public final class TransferServer: @unchecked Sendable {
             configuration.log("ferry serve: \(conn.peer): \(what): \(e.message)")
             record.result = "failed: " + e.message
             // The peer learns why, unless it is the one that went away.
+            if !e.fromPeer { conn.sendError(e, ring: ring) }
+        }
+    }
+
+    /// A listing or a deletion beneath the authorized path, as the user's account: one audit
+    /// record, one log line.
+    private func serveTree(_ hello: Hello, conn: Connection, ring: Ring, exportFd: Int32, beneath: [Substring], who: Principal, note: AuditNote) throws {
+        let start = monotonicNs()
+        var record = AuditLog.Record(user: who.user, peer: conn.peer, action: note.action, path: hello.path, result: "ok")
+        record.center = who.center ?? ""
+        record.account = note.account
+        defer {
+            record.seconds = Double(monotonicNs() - start) / 1e9
+            configuration.audit?.write(record)
+        }
+        let shown = hello.path.isEmpty ? "." : hello.path
+        do {
+            if hello.direction == .list {
+                let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY)
+                let request = ListRequest(depth: hello.options.listDepth, digests: hello.options.checksum, filters: hello.options.filters)
+                record.files = try Listing.serve(conn: conn, ring: ring, rootFd: fd, request: request)
+                configuration.log("ferry serve: \(conn.peer) (\(who.user)): list '\(shown)': ok, \(record.files) entries\(request.digests ? " with digests" : "")")
+            } else {
+                let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY | O_DIRECTORY)
+                defer { Glibc.close(fd) }
+                let (deleted, failed) = try Listing.serveDeletion(conn: conn, ring: ring, rootFd: fd, idleTimeoutNs: Int64(configuration.idleTimeoutSeconds) * 1_000_000_000)
+                record.files = deleted
+                if failed > 0 { record.result = "failed: \(failed) not deleted" }
+                configuration.log("ferry serve: \(conn.peer) (\(who.user)): delete in '\(shown)': \(deleted) deleted, \(failed) failed")
+            }
+        } catch {
+            var e = asTransferError(error)
+            e.resumable = false
+            record.result = "failed: " + e.message
+            configuration.log("ferry serve: \(conn.peer) (\(who.user)): \(note.action) '\(shown)': \(e.message)")
             if !e.fromPeer { conn.sendError(e, ring: ring) }
         }
     }

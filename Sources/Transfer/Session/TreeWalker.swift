@@ -19,11 +19,20 @@ final class TreeWalker {
     private var startedRoot = false
     private var nextID: UInt64 = 1
     private(set) var skippedSpecial = 0
+    /// Entries left out by the filter rules (an excluded directory counts once).
+    private(set) var excluded = 0
+    private let filter: FilterRules
+    /// Directories this deep below the root are reported, not entered (a listing's depth).
+    private let depthMax: Int
 
-    /// `rootFd`: the source (file or directory), opened with O_RDONLY.
-    init(rootFd: Int32, recursive: Bool) {
+    /// `rootFd`: the source (file or directory), opened with O_RDONLY. `filter`: entries it
+    /// excludes are never reported, opened or entered. `depth`: nil for a copy (a directory
+    /// root needs `recursive`); a listing's depth (0: the root alone) otherwise.
+    init(rootFd: Int32, recursive: Bool, filter: FilterRules = FilterRules(), depth: UInt32? = nil) {
         self.rootFd = rootFd
-        self.recursive = recursive
+        self.recursive = recursive || depth != nil
+        self.filter = filter
+        self.depthMax = depth.map { Int(min($0, UInt32(TreeWalker.depthMax + 1))) } ?? TreeWalker.depthMax + 1
     }
 
     deinit {
@@ -49,6 +58,7 @@ final class TreeWalker {
                 return entry(path: "", st: st, kind: .file)
             case S_IFDIR:
                 guard recursive else { throw TransferError(.usage, "source is a directory (use -r)") }
+                if depthMax == 0 { return entry(path: "", st: st, kind: .directory) }
                 try push(fd: try sys("cannot open source directory") { dup(rootFd) }, path: "")
                 return entry(path: "", st: st, kind: .directory)
             default:
@@ -73,10 +83,16 @@ final class TreeWalker {
                 if errno == ENOENT { continue }  // vanished while walking
                 throw TransferError.system("cannot stat '\(path)'", errno: errno)
             }
+            let isDirectory = st.st_mode & S_IFMT == S_IFDIR
+            if filter.excludes(path, isDirectory: isDirectory) {
+                excluded += 1
+                continue
+            }
             switch st.st_mode & S_IFMT {
             case S_IFREG:
                 return entry(path: path, st: st, kind: .file)
             case S_IFDIR:
+                if stack.count >= depthMax { return entry(path: path, st: st, kind: .directory) }
                 guard stack.count < TreeWalker.depthMax else {
                     throw TransferError(.path, "'\(path)' is nested deeper than \(TreeWalker.depthMax) levels")
                 }

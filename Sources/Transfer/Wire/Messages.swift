@@ -4,6 +4,12 @@ public enum Direction: UInt8, Sendable {
     case push = 1
     /// The server sends, the client receives.
     case pull = 2
+    /// The server lists a tree on the control stream (`ferry ls`, `du`, `stat`, `check`, and
+    /// `cp --dry-run`): entries, and with `checksum` each file's digest; no data streams.
+    case list = 3
+    /// The server removes entries beneath a destination that the client names (`cp --delete`
+    /// after a push): with the user's rights, never through a symlink, never the root.
+    case delete = 4
 }
 
 /// Compression of chunks on the wire.
@@ -68,6 +74,12 @@ public struct TransferOptions: Sendable {
     public var chunkBytes = Wire.chunkBytesDefault
     /// Data-stream protection; the control stream is TLS 1.3 at every level.
     public var protection: ProtectionLevel = .private
+    /// Include and exclude rules, applied where the tree is walked (the sender; both sides of
+    /// a listing).
+    public var filters = FilterRules()
+    /// A listing (`Direction.list`): how deep below the root to go (0: the root alone, 1: its
+    /// entries, `UInt32.max`: everything).
+    public var listDepth: UInt32 = .max
 
     public init() {}
 
@@ -106,6 +118,13 @@ struct Hello {
         w.u64(options.bandwidthLimitBytesPerSecond ?? 0)
         w.u32(UInt32(options.chunkBytes))
         w.u8(options.protection.rawValue)
+        // Extensions (version 1): sent only when used, so that a plain copy's HELLO is the
+        // same bytes as before them.
+        if !options.filters.isEmpty || options.listDepth != .max || direction == .list {
+            w.u8(1)
+            w.u32(options.listDepth)
+            options.filters.encode(&w)
+        }
         return w.bytes
     }
 
@@ -129,6 +148,11 @@ struct Hello {
         guard streams <= Wire.streamsMax else { throw TransferError.protocolError("too many streams") }
         guard let protection = ProtectionLevel(rawValue: try r.u8()) else { throw TransferError.protocolError("unknown protection level") }
         o.protection = protection
+        if r.remaining > 0 {
+            guard try r.u8() == 1 else { throw TransferError.protocolError("unknown HELLO extension") }
+            o.listDepth = try r.u32()
+            o.filters = try FilterRules.decode(&r)
+        }
         try r.expectEnd()
         return Hello(token: token, direction: direction, path: path, options: o)
     }

@@ -1,0 +1,256 @@
+// The command line of a daily rsync / rclone user (issue 16, items 1 and 2): filters applied on
+// the sending side, --dry-run that predicts the real run, --delete confined to the destination,
+// remote ls / stat / du through the transfer server, and `ferry check`.
+
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Filters, dry runs, deletion, remote listings, check", .serialized)
+struct TreeOpsTests {
+    /// Every entry of a tree with its kind, size, mode and mtime: equal before and after means
+    /// nothing was written.
+    static func snapshot(_ root: String) -> [String] {
+        walkTree(root).map { "\($0) \(meta(root + "/" + $0).map { "\($0)" } ?? "?")" }
+    }
+
+    /// The per-file lines of a `-v` run (sent, skipped, identical, failed, deleted), sorted.
+    static func fileLines(_ r: CpResult) -> [String] {
+        r.stdout.split(separator: "\n").map(String.init)
+            .filter { ["sent ", "skipped ", "identical ", "failed ", "deleted "].contains(where: $0.hasPrefix) }
+            .sorted()
+    }
+
+    @Test("--exclude / --include / --filter-from on push and pull, in the order given; an excluded file the server's account cannot read is never opened")
+    func filters() throws {
+        let (sb, root, u1, u2) = try IdentityTests.setUp("filters")
+        let token = try sb.issueToken(user: "ferryu1", scopes: ["rw:/"], name: "u1.token")
+        // u1's tree holds one file u1 cannot read (u2's, 0600): only an exclude lets a pull pass.
+        let tree = try sb.dir("export/u1/tree")
+        chown(tree, u1.0, u1.1)
+        for name in ["a.dat", "b.tmp", "keep.tmp", "sub/c.dat", "sub/d.tmp", "cache/big.bin", "deep/cache/x"] {
+            let p = tree + "/" + name
+            try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try writeRandomFile(p, size: 1000)
+        }
+        try writeRandomFile(tree + "/private.key", size: 100)
+        chown(tree + "/private.key", u2.0, u2.1)
+        chmod(tree + "/private.key", 0o600)
+        let server = try FerryServer(sb, root: root, runAsRoot: false)
+        defer { server.stop() }
+
+        // Without the exclude the unreadable file fails the pull (it is opened).
+        let plain = try sb.cp(server.url("u1/tree"), sb.file("plain"), options: ["-r"], tokenFile: token)
+        #expect(!plain.succeeded && plain.allMessages.contains("private.key") && plain.allMessages.contains("Permission denied"), "\(plain)")
+
+        // include before exclude: keep.tmp stays; a directory pattern and an anchored one.
+        let rules = sb.file("rules")
+        try writeFile(rules, Array("# generated data\n- cache/\n\n+ /sub/d.tmp\n- private.key\n".utf8))
+        let pulled = try sb.cp(server.url("u1/tree"), sb.file("pulled"), options: ["-r", "--include", "keep.tmp", "--exclude", "*.tmp", "--filter-from", rules], tokenFile: token)
+        #expect(pulled.succeeded, "\(pulled)")
+        let got = walkTree(sb.file("pulled"))
+        #expect(got == ["a.dat", "deep", "keep.tmp", "sub", "sub/c.dat"], "\(got)")
+        // The order decides: exclude first, the include never matches.
+        let reordered = try sb.cp(server.url("u1/tree"), sb.file("reordered"), options: ["-r", "--exclude", "*.tmp", "--include", "keep.tmp", "--filter-from", rules], tokenFile: token)
+        #expect(reordered.succeeded && !exists(sb.file("reordered/keep.tmp")) && exists(sb.file("reordered/a.dat")), "\(reordered)")
+
+        // Push: the same rules, applied by the client before anything is read or sent.
+        let local = try sb.dir("localtree")
+        for name in ["x.dat", "y.tmp", "cache/z", "sub/cache/w", "sub/v.dat"] {
+            let p = local + "/" + name
+            try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try writeRandomFile(p, size: 10)
+        }
+        let pushed = try sb.cp(local, server.url("u1/pushed"), options: ["-r", "--exclude", "*.tmp", "--exclude", "/cache/"], tokenFile: token)
+        #expect(pushed.succeeded, "\(pushed)")
+        #expect(walkTree(root + "/u1/pushed") == ["sub", "sub/cache", "sub/cache/w", "sub/v.dat", "x.dat"], "\(walkTree(root + "/u1/pushed"))")
+
+        // Bad rules are usage errors with their line.
+        try writeFile(rules, Array("- ok\nP bad\n".utf8))
+        let bad = try sb.cp(local, server.url("u1/bad"), options: ["-r", "--filter-from", rules], tokenFile: token, json: false)
+        #expect(bad.status == 64 && bad.stderr.contains("rules:2"), "\(bad)")
+        #expect(!exists(root + "/u1/bad"))
+    }
+
+    /// The trees of the dry-run tests: a source, and a destination that already holds part of
+    /// it (same, changed by size, changed in place with size and mtime kept, extra entries).
+    static func trees(_ src: String, _ dst: String) throws {
+        for (name, size) in [("same.bin", 5000), ("grown.bin", 3000), ("inplace.bin", 4000), ("new.bin", 2000), ("sub/same2.bin", 100), ("sub/new2.bin", 100)] {
+            let p = src + "/" + name
+            try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try writeRandomFile(p, size: size)
+            try setMtime(p, seconds: 1_700_000_000)
+        }
+        for name in ["same.bin", "inplace.bin", "sub/same2.bin"] {
+            let q = dst + "/" + name
+            try FileManager.default.createDirectory(atPath: (q as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: src + "/" + name, toPath: q)
+            try setMtime(q, seconds: 1_700_000_000)
+        }
+        try flipByte(dst + "/inplace.bin", at: 100)
+        try writeRandomFile(dst + "/grown.bin", size: 10)
+        try writeRandomFile(dst + "/extra.bin", size: 10)
+        try writeRandomFile(try sbDir(dst + "/olddir/inner") + "/f", size: 10)
+    }
+
+    static func sbDir(_ p: String) throws -> String {
+        try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+        return p
+    }
+
+    @Test("--dry-run writes nothing and prints exactly the file lines the real run then prints (push and pull, with --delete, with and without --checksum)")
+    func dryRunPredicts() throws {
+        let sb = try Sandbox("dryrun")
+        let root = try sb.dir("root")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        for direction in ["push", "pull"] {
+            for checksum in [false, true] {
+                let tag = "\(direction)\(checksum ? "-sum" : "")"
+                let src = direction == "push" ? try sb.dir("src-\(tag)") : try sb.dir("root/src-\(tag)")
+                let dst = direction == "push" ? try sb.dir("root/dst-\(tag)") : try sb.dir("dst-\(tag)")
+                try Self.trees(src, dst)
+                let (from, to) = direction == "push" ? (src, server.url("dst-\(tag)")) : (server.url("src-\(tag)"), dst)
+                let opts = ["-r", "-v", "--delete"] + (checksum ? ["--checksum"] : [])
+                let before = Self.snapshot(dst)
+                let dry = try sb.cp(from, to, options: opts + ["--dry-run"], json: false)
+                #expect(dry.succeeded && dry.stderr.contains("dry run, nothing written"), "\(tag): \(dry)")
+                #expect(Self.snapshot(dst) == before, "\(tag): the dry run changed the destination")
+                let predicted = Self.fileLines(dry)
+                let expected = (["sent       grown.bin", "sent       new.bin", "sent       sub/new2.bin",
+                                 checksum ? "sent       inplace.bin" : "skipped    inplace.bin (same size and mtime, not read)",
+                                 checksum ? "identical  same.bin (compared by content)" : "skipped    same.bin (same size and mtime, not read)",
+                                 checksum ? "identical  sub/same2.bin (compared by content)" : "skipped    sub/same2.bin (same size and mtime, not read)",
+                                 "deleted    extra.bin", "deleted    olddir", "deleted    olddir/inner", "deleted    olddir/inner/f"]).sorted()
+                #expect(predicted == expected, "\(tag): \(dry.stdout)")
+                let real = try sb.cp(from, to, options: opts, json: false)
+                #expect(real.succeeded, "\(tag): \(real)")
+                #expect(Self.fileLines(real) == predicted, "\(tag): the real run did other than predicted:\n\(real.stdout)\nvs\n\(dry.stdout)")
+                // After the real run the destination mirrors the source (but the in-place
+                // change a plain run cannot see).
+                let diff = treeDifferences(src, dst, checkMetadata: false)
+                #expect(checksum ? diff.isEmpty : diff.count == 1 && diff[0].contains("inplace.bin"), "\(tag): \(diff)")
+            }
+        }
+    }
+
+    @Test("--delete removes only extraneous entries inside the destination: never through a symlink, never an excluded one, never for an empty or missing source, never after a failed copy")
+    func deleteConfined() throws {
+        let sb = try Sandbox("delete")
+        let root = try sb.dir("root")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let src = try sb.dir("src")
+        try writeRandomFile(src + "/keep.bin", size: 100)
+        let dst = try sb.dir("root/dst")
+        // Outside the destination, reached by a link inside it.
+        let outside = try sb.dir("root/outside")
+        try writeRandomFile(outside + "/precious", size: 10)
+        symlink("../outside", dst + "/link-out")
+        try writeRandomFile(dst + "/stale.bin", size: 10)
+        try writeRandomFile(dst + "/notes.local", size: 10)
+
+        // An empty source: refused before anything is written or deleted.
+        let empty = try sb.dir("empty")
+        let e = try sb.cp(empty, server.url("dst"), options: ["-r", "--delete"], json: false)
+        #expect(e.status == 64 && e.stderr.contains("is empty"), "\(e)")
+        // A missing source: an error, nothing deleted.
+        let m = try sb.cp(sb.file("no-such-dir"), server.url("dst"), options: ["-r", "--delete"], json: false)
+        #expect(!m.succeeded, "\(m)")
+        #expect(exists(dst + "/stale.bin") && exists(dst + "/notes.local"))
+
+        // Excluded at the destination too: protected.
+        let r = try sb.cp(src, server.url("dst"), options: ["-r", "--delete", "--exclude", "*.local", "-v"], json: false)
+        #expect(r.succeeded && r.stdout.contains("deleted    stale.bin") && r.stdout.contains("deleted    link-out") && r.stdout.contains("deleted 2 extraneous entries"), "\(r)")
+        #expect(!exists(dst + "/stale.bin") && exists(dst + "/notes.local") && exists(dst + "/keep.bin"))
+        #expect(exists(outside + "/precious") && meta(dst + "/link-out") == nil, "the link was removed, not what it points to")
+
+        // Pull into a local directory: the same, locally.
+        let local = try sb.dir("localdst")
+        try writeRandomFile(local + "/old", size: 5)
+        let p = try sb.cp(server.url("dst"), local, options: ["-r", "--delete"])
+        #expect(p.succeeded && !exists(local + "/old") && exists(local + "/keep.bin") && exists(local + "/notes.local"), "\(p)")
+        #expect(p.jsonLines.contains { ($0["type"] as? String) == "deleted" && ($0["entries"] as? Int) == 1 }, "\(p.jsonLines)")
+
+        // A copy with a failed file deletes nothing.
+        try writeRandomFile(local + "/old2", size: 5)
+        _ = try sb.dir("localdst/keep.bin.dir")
+        try writeRandomFile(src + "/keep.bin.dir", size: 5)  // a file where the destination holds a directory
+        try writeRandomFile(root + "/dst/keep.bin.dir", size: 5)
+        let failed = try sb.cp(server.url("dst"), local, options: ["-r", "--delete"])
+        #expect(!failed.succeeded && exists(local + "/old2"), "\(failed)")
+    }
+
+    @Test("ferry check names exactly the differing, missing and extra files and exits 1; identical trees exit 0")
+    func check() throws {
+        let sb = try Sandbox("check")
+        let root = try sb.dir("root")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let src = try sb.dir("src")
+        for (name, size) in [("same", 3000), ("changed", 5 * E2E.MiB + 1), ("missing", 10), ("d/deep", 100)] {
+            let p = src + "/" + name
+            try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try writeRandomFile(p, size: size)
+        }
+        let up = try sb.cp(src, server.url("copy"), options: ["-r"])
+        #expect(up.succeeded, "\(up)")
+        let ok = try sb.ferry(["check", "--ca", sb.ca, "--token-file", sb.tokenFile, src, server.url("copy")])
+        #expect(ok.succeeded && ok.stderr.contains("4 identical, 0 differ, 0 missing, 0 extra"), "\(ok)")
+        // One byte changed in place (size and mtime kept), one file gone, one extra.
+        let m = meta(root + "/copy/changed")
+        try flipByte(root + "/copy/changed", at: 4 * E2E.MiB + 3)
+        _ = m
+        unlink(root + "/copy/missing")
+        try writeRandomFile(root + "/copy/d/extra", size: 1)
+        let bad = try sb.ferry(["check", "--ca", sb.ca, "--token-file", sb.tokenFile, src, server.url("copy")])
+        let lines = bad.stdout.split(separator: "\n").map(String.init).sorted()
+        #expect(bad.status == 1 && lines == ["differs changed", "extra   d/extra", "missing missing"], "\(bad)")
+        // The other way round, both remote-side names as the user gives them.
+        let rev = try sb.ferry(["check", "--ca", sb.ca, "--token-file", sb.tokenFile, server.url("copy"), src, "--exclude", "changed"])
+        #expect(rev.status == 1 && rev.stdout.split(separator: "\n").map(String.init).sorted() == ["extra   missing", "missing d/extra"], "\(rev)")
+    }
+
+    @Test("remote ls pages through 100,000 entries; -l, -R, stat and du; a token scoped to one directory lists only that")
+    func remoteListing() throws {
+        let sb = try Sandbox("remote-ls")
+        let root = try sb.dir("root")
+        let big = try sb.dir("root/big")
+        for i in 0..<100_000 {
+            let fd = open(big + "/f\(i)", O_CREAT | O_WRONLY | O_CLOEXEC, 0o644)
+            if fd >= 0 { close(fd) }
+        }
+        try writeRandomFile(try sb.dir("root/small/sub") + "/x", size: 1234)
+        try writeRandomFile(try sb.dir("root/secret") + "/s", size: 10)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        func ferry(_ args: [String], token: String? = nil) throws -> CpResult {
+            try sb.ferry([args[0], "--ca", sb.ca, "--token-file", token ?? sb.tokenFile] + args.dropFirst(), timeout: 120)
+        }
+        let ls = try ferry(["ls", server.url("big")])
+        let names = ls.stdout.split(separator: "\n")
+        #expect(ls.succeeded && names.count == 100_000 && Set(names).count == 100_000 && names.contains("f99999"), "\(names.count) \(ls.stderr)")
+        let long = try ferry(["ls", "-l", "-R", server.url("small")])
+        let ll = long.stdout.split(separator: "\n").map(String.init)
+        #expect(long.succeeded && ll.count == 2 && ll.contains { $0.hasPrefix("directory ") && $0.hasSuffix(" sub/") }
+                && ll.contains { $0.hasPrefix("file 0644") && $0.contains(" 1234 ") && $0.hasSuffix(" sub/x") }, "\(long)")
+        let st = try ferry(["stat", server.url("small/sub/x")])
+        #expect(st.succeeded && st.stdout.hasPrefix("file ") && st.stdout.contains(" 1234 "), "\(st)")
+        let du = try ferry(["du", server.url("")])
+        #expect(du.succeeded && du.stdout.contains("100002 files") && du.stdout.contains("5 directories"), "\(du)")
+        // A token for /small alone: /small lists, /secret and the root are refused.
+        let narrow = try sb.issueToken(scopes: ["read:/small"], name: "narrow.token")
+        let mine = try ferry(["ls", server.url("small")], token: narrow)
+        #expect(mine.succeeded && mine.stdout == "sub/\n", "\(mine)")
+        for path in ["secret", "", "small/../secret"] {
+            let no = try ferry(["ls", server.url(path)], token: narrow)
+            #expect(!no.succeeded && !no.stdout.contains("s\n"), "\(path): \(no)")
+        }
+        let nodu = try ferry(["du", server.url("secret")], token: narrow)
+        #expect(!nodu.succeeded, "\(nodu)")
+        #expect(server.isRunning)
+    }
+}
