@@ -78,7 +78,8 @@ let package = Package(
         ),
         .executableTarget(
             name: "CLI",
-            dependencies: ["Transfer", "GlobalFS", "Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["Transfer", "GlobalFS", "Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "TransferTests", dependencies: ["Transfer"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Transfer", "TestSupport"]),

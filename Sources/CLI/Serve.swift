@@ -151,6 +151,10 @@ extension Ferry {
             } catch {
                 throw ValidationError(asMessage(error))
             }
+            // From here on every line of the server (sessions, refusals, the daemon, the API's
+            // warnings) has a time and a level, or journald's priority when journald reads it.
+            FerryLogHandler.bootstrap()
+            config.logThroughSwiftLog()
             let server: TransferServer
             let bound: [HostPort]
             do {

@@ -268,7 +268,9 @@ final class FerryProcess {
     /// `environment`: variables set (nil: unset) for this process only, over the test's own.
     /// FERRY_CONFIG is "" (no client configuration file) unless given: a developer's
     /// ~/.config/ferry/config.toml must not change what a test runs.
-    init(_ args: [String], logDir: String, wallLimitSeconds: Int = 600, stdinPath: String? = nil, environment: [String: String?] = [:]) throws {
+    /// `journalStream`: JOURNAL_STREAM names the stderr file (device:inode), as systemd does
+    /// when journald reads a service's standard error.
+    init(_ args: [String], logDir: String, wallLimitSeconds: Int = 600, stdinPath: String? = nil, environment: [String: String?] = [:], journalStream: Bool = false) throws {
         let bin = E2E.ferryBinary
         guard FileManager.default.isExecutableFile(atPath: bin) else {
             throw HarnessError(
@@ -290,6 +292,8 @@ final class FerryProcess {
         var env = ProcessInfo.processInfo.environment
         env["FERRY_CONFIG"] = ""
         for (k, v) in environment { env[k] = v }  // nil removes
+        var st = stat()
+        if journalStream && stat(stderrPath, &st) == 0 { env["JOURNAL_STREAM"] = "\(st.st_dev):\(st.st_ino)" }
         process.environment = env
         process.standardOutput = out
         process.standardError = err
@@ -508,7 +512,7 @@ final class FerryServer {
     let root: String
 
     /// `runAsRoot`: map every user to root (`--run-as root`) unless `extra` maps identities.
-    init(_ sandbox: Sandbox, root: String, listen: [String] = ["127.0.0.1:0"], extra: [String] = [], runAsRoot: Bool = true)
+    init(_ sandbox: Sandbox, root: String, listen: [String] = ["127.0.0.1:0"], extra: [String] = [], runAsRoot: Bool = true, journalStream: Bool = false)
         throws
     {
         self.root = root
@@ -521,7 +525,7 @@ final class FerryServer {
         if runAsRoot && !extra.contains("--config") && !extra.contains("--run-as") && !extra.contains("--map") { args += ["--run-as", "root"] }
         if !extra.contains("--ca") { args += ["--ca", sandbox.ca] }
         args += extra
-        let p = try FerryProcess(args, logDir: sandbox.path + "/logs")
+        let p = try FerryProcess(args, logDir: sandbox.path + "/logs", journalStream: journalStream)
         process = p
         var found: [String] = []
         let ok = waitUntil(timeout: 20, interval: 0.02) {

@@ -131,4 +131,35 @@ struct ServeCheckTests {
         let stop = try sb.ferry(args, timeout: 30)
         #expect(stop.status == 1 && stop.stderr.contains("line 8:") && stop.stderr.contains("acces"), "\(stop)")
     }
+
+    @Test("server log lines: a time and a level, one line per session with user, account, peer, path, bytes, rate and result; journald's priority prefix when JOURNAL_STREAM names stderr")
+    func logLines() throws {
+        let sb = try Sandbox("serve-log")
+        let root = try sb.dir("root")
+        let src = try sb.dir("local") + "/f.bin"
+        try writeRandomFile(src, size: 300_000)
+        for journald in [false, true] {
+            let server = try FerryServer(sb, root: root, journalStream: journald)
+            defer { server.stop() }
+            let ok = try sb.cp(src, server.url("f\(journald).bin"))
+            #expect(ok.succeeded, "\(ok)")
+            let refused = try sb.cp(src, server.url("g.bin"), tokenFile: try sb.wrongTokenFile())
+            #expect(!refused.succeeded)
+            var lines: [String] = []
+            _ = waitUntil(timeout: 5) {
+                lines = server.process.stderr.split(separator: "\n").map(String.init)
+                return lines.contains { $0.contains("push to 'f\(journald).bin'") } && lines.contains { $0.contains("refused") }
+            }
+            let session = lines.first { $0.contains("push to 'f\(journald).bin'") } ?? ""
+            let refusal = lines.first { $0.contains("refused") } ?? ""
+            if journald {
+                #expect(session.hasPrefix("<6>ferry.serve: push to 'f\(journald).bin' by alice as root from 127.0.0.1:"), "\(lines)")
+                #expect(refusal.hasPrefix("<4>ferry.serve: "), "\(lines)")
+            } else {
+                let stamp = #/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info ferry\.serve: push to 'f(false|true)\.bin' by alice as root from 127\.0\.0\.1:\d+: ok, 1 files, 293\.0 KiB in [0-9.]+ s( \([0-9.]+ [KMG]?i?B/s\))?, .* on the wire, private$/#
+                #expect(session.wholeMatch(of: stamp) != nil, "\(session)")
+                #expect(refusal.contains(" warning ferry.serve: ") && refusal.contains("refused"), "\(refusal)")
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import GlobalFS
 import Transfer
 
@@ -100,7 +101,7 @@ public final class Federation: @unchecked Sendable {
     }
 
     func log(_ m: String) {
-        FileHandle.standardError.write("ferry serve: federation: \(m)\n".data(using: .utf8)!)
+        Logger(label: "ferry.federation").warning("\(m)")
     }
 
     // MARK: syncing one peer

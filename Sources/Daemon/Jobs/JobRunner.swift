@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Transfer
 
 /// What the runner needs to know about its center.
@@ -149,7 +150,7 @@ public final class JobRunner: @unchecked Sendable {
                 job = try store.claim(worker: name, now: now, leaseSeconds: settings.leaseSeconds,
                                       perPeerMax: settings.perPeerMax, perUserMax: settings.perUserMax, peerLimits: tuner.activeLimits())
             } catch {
-                FileHandle.standardError.write("ferry daemon: queue error: \(error)\n".data(using: .utf8)!)
+                Logger(label: "ferry.daemon").error("queue error: \(error)")
             }
             guard let job else {
                 usleep(useconds_t(settings.pollSeconds * 1_000_000))

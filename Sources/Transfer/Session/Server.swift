@@ -37,8 +37,9 @@ public struct ServerConfiguration: Sendable {
     public var identities = IdentityMap()
     /// Every session and every refusal is recorded here when set.
     public var audit: AuditLog?
-    /// Where one line per session and per refused connection goes.
-    public var log: @Sendable (String) -> Void = { line in
+    /// Where one line per session and per refused connection goes (`ferry serve` hands them
+    /// to swift-log: a time and a level, or journald's priority prefix).
+    public var log: @Sendable (ServerLogLevel, String) -> Void = { _, line in
         fputs(line + "\n", stderr)
     }
 
@@ -47,6 +48,14 @@ public struct ServerConfiguration: Sendable {
         self.listen = listen
         self.tls = tls
     }
+}
+
+/// The level of a server log line.
+public enum ServerLogLevel: Sendable {
+    /// A session that ended as asked.
+    case info
+    /// A refusal or a failure.
+    case warning
 }
 
 /// What the audit line of a connection will say, filled in as the server learns it.
@@ -116,7 +125,7 @@ public final class TransferServer: @unchecked Sendable {
         budget = ConnectionBudget(authenticatedMax: configuration.connectionsMax, authenticatedPerAddressMax: configuration.connectionsPerAddressMax,
                                   unauthenticatedMax: configuration.unauthenticatedMax, unauthenticatedPerAddressMax: configuration.unauthenticatedPerAddressMax)
         refusals = RefusalDigest(intervalSeconds: configuration.refusalAuditIntervalSeconds) { [configuration] line in
-            configuration.log("ferry serve: refused \(line.peer): \(line.message)")
+            configuration.log(.warning, "refused \(line.peer): \(line.message)")
             configuration.audit?.write(.init(user: "", peer: line.peer, action: "connect", path: "", result: "refused: " + line.message))
         }
     }
@@ -227,7 +236,7 @@ public final class TransferServer: @unchecked Sendable {
                 conn.close()
                 return
             }
-            configuration.log("ferry serve: \(conn.peer): refused: \(e.message)")
+            configuration.log(.warning, "\(note.action) from \(conn.peer)\(note.user.isEmpty ? "" : " (" + note.user + ")"): refused: \(e.message)")
             var r = AuditLog.Record(user: note.user, peer: conn.peer, action: note.action, path: note.path, result: "refused: " + e.message)
             r.center = note.center
             configuration.audit?.write(r)
@@ -376,11 +385,17 @@ public final class TransferServer: @unchecked Sendable {
             if let r = session.receiver { try r.runControl() }
             let p = progress.snapshot()
             if p.filesFailed > 0 { record.result = "failed: " + (p.failures.first ?? "") }
-            configuration.log("ferry serve: \(conn.peer) (\(who.user)): \(what): \(p.filesFailed > 0 ? "failed" : "ok"), \(p.filesTotal) files, \(byteText(p.bytesTotal)), \(byteText(p.wireBytes)) on the wire, \(p.filesFailed) failed, \(hello.options.protection), \(p.rejectedFrames) frames rejected")
+            let rate = p.seconds > 0 ? " (\(byteText(UInt64(Double(p.bytesDone) / p.seconds)))/s)" : ""
+            let account = note.account.isEmpty ? "" : " as " + note.account
+            let outcome = p.filesFailed > 0 ? "failed (\(p.filesFailed) files: \(p.failures.first ?? ""))" : "ok"
+            let seconds = "\(Double(Int(p.seconds * 100)) / 100)"
+            let rejected = p.rejectedFrames > 0 ? ", \(p.rejectedFrames) frames rejected" : ""
+            let line: String = "\(what) by \(who.user)\(account) from \(conn.peer): \(outcome), \(p.filesTotal) files, \(byteText(p.bytesDone)) in \(seconds) s\(rate), \(byteText(p.wireBytes)) on the wire, \(hello.options.protection)\(rejected)"
+            configuration.log(p.filesFailed > 0 ? .warning : .info, line)
         } catch {
             var e = asTransferError(error)
             e.resumable = e.rerunResumes
-            configuration.log("ferry serve: \(conn.peer): \(what): \(e.message)")
+            configuration.log(.warning, "\(what) by \(who.user) from \(conn.peer): failed: \(e.message)")
             record.result = "failed: " + e.message
             // The peer learns why, unless it is the one that went away.
             if !e.fromPeer { conn.sendError(e, ring: ring) }
@@ -404,20 +419,20 @@ public final class TransferServer: @unchecked Sendable {
                 let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY)
                 let request = ListRequest(depth: hello.options.listDepth, digests: hello.options.checksum, filters: hello.options.filters)
                 record.files = try Listing.serve(conn: conn, ring: ring, rootFd: fd, request: request)
-                configuration.log("ferry serve: \(conn.peer) (\(who.user)): list '\(shown)': ok, \(record.files) entries\(request.digests ? " with digests" : "")")
+                configuration.log(.info, "list '\(shown)' by \(who.user) from \(conn.peer): ok, \(record.files) entries\(request.digests ? " with digests" : "")")
             } else {
                 let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY | O_DIRECTORY)
                 defer { Glibc.close(fd) }
                 let (deleted, failed) = try Listing.serveDeletion(conn: conn, ring: ring, rootFd: fd, idleTimeoutNs: Int64(configuration.idleTimeoutSeconds) * 1_000_000_000)
                 record.files = deleted
                 if failed > 0 { record.result = "failed: \(failed) not deleted" }
-                configuration.log("ferry serve: \(conn.peer) (\(who.user)): delete in '\(shown)': \(deleted) deleted, \(failed) failed")
+                configuration.log(failed > 0 ? .warning : .info, "delete in '\(shown)' by \(who.user) from \(conn.peer): \(deleted) deleted, \(failed) failed")
             }
         } catch {
             var e = asTransferError(error)
             e.resumable = false
             record.result = "failed: " + e.message
-            configuration.log("ferry serve: \(conn.peer) (\(who.user)): \(note.action) '\(shown)': \(e.message)")
+            configuration.log(.warning, "\(note.action) '\(shown)' by \(who.user) from \(conn.peer): failed: \(e.message)")
             if !e.fromPeer { conn.sendError(e, ring: ring) }
         }
     }
