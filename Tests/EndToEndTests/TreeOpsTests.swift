@@ -135,6 +135,24 @@ struct TreeOpsTests {
                 #expect(checksum ? diff.isEmpty : diff.count == 1 && diff[0].contains("inplace.bin"), "\(tag): \(diff)")
             }
         }
+        // A destination that does not exist yet: everything would be sent, and it still does
+        // not exist afterwards; one file into a directory URL keeps its name.
+        let src = try sb.dir("fresh-src")
+        try writeRandomFile(src + "/a", size: 10)
+        try writeRandomFile(try sb.dir("fresh-src/b") + "/c", size: 20)
+        for (from, to, made) in [(src, server.url("fresh/new"), root + "/fresh"), (server.url("dst-push"), sb.file("fresh-local/x"), sb.file("fresh-local"))] {
+            let dry = try sb.cp(from, to, options: ["-r", "-n", "-v"], json: false)
+            #expect(dry.succeeded && !exists(made), "\(dry)")
+            #expect(!Self.fileLines(dry).isEmpty && Self.fileLines(dry).allSatisfy { $0.hasPrefix("sent ") }, "\(dry)")
+        }
+        let one = try sb.cp(src + "/a", server.url("dst-push/"), options: ["-n", "--json"])
+        let plan = one.jsonLines.first { ($0["type"] as? String) == "dry_run" }
+        #expect(one.succeeded && plan?["files_to_send"] as? Int == 1 && !exists(root + "/dst-push/a"), "\(one)")
+        let real = try sb.cp(src + "/a", server.url("dst-push/"))
+        #expect(real.succeeded && exists(root + "/dst-push/a"), "\(real)")
+        let again = try sb.cp(src + "/a", server.url("dst-push/"), options: ["-n", "--json"])
+        let plan2 = again.jsonLines.first { ($0["type"] as? String) == "dry_run" }
+        #expect(plan2?["files_to_send"] as? Int == 0 && plan2?["files_unread"] as? Int == 1, "\(again)")
     }
 
     @Test("--delete removes only extraneous entries inside the destination: never through a symlink, never an excluded one, never for an empty or missing source, never after a failed copy")
