@@ -25,6 +25,8 @@ let package = Package(
         .target(name: "CLiburing", linkerSettings: [.linkedLibrary("uring")]),
         .target(name: "CZstd", linkerSettings: [.linkedLibrary("zstd")]),
         .target(name: "CXXHash"),
+        // The commit and date of a release build (scripts/package.sh), for `ferry --version`.
+        .target(name: "CBuildInfo"),
         .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         .target(
             name: "Transfer",
@@ -78,7 +80,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "CLI",
-            dependencies: ["Transfer", "GlobalFS", "Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            dependencies: ["Transfer", "GlobalFS", "Daemon", "CBuildInfo", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "TransferTests", dependencies: ["Transfer"]),

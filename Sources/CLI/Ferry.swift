@@ -1,4 +1,5 @@
 import ArgumentParser
+import CBuildInfo
 import Foundation
 import Transfer
 #if canImport(Glibc)
@@ -11,7 +12,7 @@ struct Ferry: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ferry",
         abstract: "Move datasets between supercomputing centers: fast, verified, resumable.",
-        version: "0.2.0",
+        version: Ferry.versionText,
         subcommands: [Copy.self, Serve.self, Jobs.self, Register.self, Datasets.self, Ls.self, Stat.self, Find.self, Du.self, Check.self, Replicate.self, Centers.self, StageIn.self, StageOut.self, Stage.self,
                       CA.self, Token.self, Ping.self]
     )
@@ -45,6 +46,16 @@ struct Ferry: AsyncParsableCommand {
             if let p = commandPath(type, from: sub, prefix: here) { return p }
         }
         return nil
+    }
+}
+
+extension Ferry {
+    /// The release: Ferry's version, and the commit and date of a packaged build.
+    static let version = "0.3.0"
+    static var versionText: String {
+        let commit = String(cString: ferry_build_commit())
+        let date = String(cString: ferry_build_date())
+        return commit == "unknown" ? "\(version) (a development build)" : "\(version) (commit \(commit), built \(date))"
     }
 }
 
