@@ -5,7 +5,9 @@ set -euo pipefail
 packages=(liburing-dev libssl-dev libzstd-dev libxxhash-dev pkg-config time util-linux iproute2 python3 python3-venv libsqlite3-dev postgresql munge slurmctld slurmd slurm-client slurm-wlm-basic-plugins)
 # With --tests (scripts/test.sh): Chromium and its WebDriver, for the web console's browser test, and a
 # font with Chinese glyphs for its screenshots of the Chinese pages (the console ships no font).
-[ "${1:-}" = "--tests" ] && packages+=(chromium chromium-driver fonts-wqy-zenhei)
+# And what the package test needs: dpkg-dev and lintian to build and check the .deb, man-db to
+# read its man pages, systemd for systemd-analyze.
+[ "${1:-}" = "--tests" ] && packages+=(chromium chromium-driver fonts-wqy-zenhei dpkg-dev lintian man-db systemd xz-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -47,18 +47,16 @@ strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/u
 
 # Man pages: swift-argument-parser's generate-manual tool reads the binary's own description
 # of its commands (--experimental-dump-help): one page per command.
-tool=$(find .build -path '*debug/generate-manual-tool' -type f 2>/dev/null | head -1)
-if [ -z "$tool" ]; then
-  swift build --product generate-manual >/dev/null
-  tool=$(find .build -path '*debug/generate-manual' -type f | head -1)
-fi
+swift build --product generate-manual >/dev/null
+tool=$(find .build -path '*debug/generate-manual' -type f | head -1)
 man=$(mktemp -d /tmp/ferry-man.XXXXXX)
 "$tool" "$root/usr/bin/ferry" --multi-page --date "$date" --authors "the Ferry developers" --output-directory "$man" >/dev/null
 for f in "$man"/*.1; do gzip -9n < "$f" > "$root/usr/share/man/man1/$(basename "$f").gz"; done
 rm -rf "$man"
 chmod 0644 "$root"/usr/share/man/man1/*
 
-"$root/usr/bin/ferry" --generate-completion-script bash > "$root/usr/share/bash-completion/completions/ferry"
+# (bash-completion sources the file: no #! line.)
+"$root/usr/bin/ferry" --generate-completion-script bash | sed '1{/^#!/d}' > "$root/usr/share/bash-completion/completions/ferry"
 "$root/usr/bin/ferry" --generate-completion-script zsh > "$root/usr/share/zsh/vendor-completions/_ferry"
 "$root/usr/bin/ferry" --generate-completion-script fish > "$root/usr/share/fish/vendor_completions.d/ferry.fish"
 

@@ -7,10 +7,20 @@ cd "$(dirname "$0")/.."
 swift build
 swift build --build-tests
 export FERRY_BIN="$PWD/.build/debug/ferry"
+# The Debian package, as a center installs it (scripts/package.sh: a release build with the
+# Swift runtime linked in, man pages, completions, units; lintian-checked), for PackageTests.
+pkgdir=$(mktemp -d /tmp/ferry-test-deb.XXXXXX)
+if ! ./scripts/package.sh --out "$pkgdir" > "$pkgdir/package.log" 2>&1; then
+  tail -60 "$pkgdir/package.log" >&2
+  echo "test.sh: scripts/package.sh failed" >&2
+  exit 1
+fi
+FERRY_TEST_DEB=$(tail -1 "$pkgdir/package.log")
+export FERRY_TEST_DEB
 # A real PostgreSQL for the job-queue and daemon tests (they run on SQLite and on this):
 # initdb in a temporary directory, listening on 127.0.0.1 only, removed on exit.
 pgdir=$(mktemp -u /tmp/ferry-test-pg.XXXXXX)
-trap './scripts/postgres-test.sh stop "$pgdir" >/dev/null 2>&1 || true' EXIT
+trap './scripts/postgres-test.sh stop "$pgdir" >/dev/null 2>&1 || true; rm -rf "$pkgdir"' EXIT
 FERRY_TEST_POSTGRES=$(./scripts/postgres-test.sh start "$pgdir")
 export FERRY_TEST_POSTGRES
 # Bounded: if anything hangs, the run ends with a list of what was still running (the test
