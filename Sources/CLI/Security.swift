@@ -219,11 +219,12 @@ extension Ferry {
                     let r = try TransferClient.ping(server, credentials: creds)
                     times.append(r.handshake)
                     if json {
-                        print("{\"center\":\(jsonString(r.center)),\"handshake_ms\":\(String(format: "%.3f", r.handshake * 1000)),\"rtt_ms\":\(String(format: "%.3f", r.roundTrip * 1000))}")
+                        print("{\"center\":\(jsonString(r.center)),\"handshake_ms\":\(String(format: "%.3f", r.handshake * 1000)),\"rtt_ms\":\(String(format: "%.3f", r.roundTrip * 1000))\(r.certificateNotAfter.map { ",\"certificate_not_after\":\($0)" } ?? "")}")
                     } else if count == 1 || i == count - 1 {
                         let sorted = times.sorted()
                         let median = sorted[sorted.count / 2]
-                        print("ferry ping: \(server) is center \(r.center); TLS 1.3 handshake \(String(format: "%.2f", median * 1000)) ms (median of \(count)), round trip \(String(format: "%.3f", r.roundTrip * 1000)) ms")
+                        let valid = r.certificateNotAfter.map { " (certificate valid until \(isoTime($0)))" } ?? ""
+                        print("ferry ping: \(server) is center \(r.center)\(valid); TLS 1.3 handshake \(String(format: "%.2f", median * 1000)) ms (median of \(count)), round trip \(String(format: "%.3f", r.roundTrip * 1000)) ms")
                     }
                 } catch {
                     let e = (error as? TransferError) ?? TransferError(.io, "\(error)")

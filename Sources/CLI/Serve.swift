@@ -1,6 +1,7 @@
 import ArgumentParser
 import Daemon
 import Foundation
+import Logging
 import Transfer
 
 extension Ferry {
@@ -198,6 +199,10 @@ extension Ferry {
                 }
             }
             fflush(stdout)
+            // SIGHUP (`systemctl reload ferry`): the certificate, key and CA files read again.
+            let renewal = CertificateRenewal(server: server, identity: config.tls, runner: daemon?.runner)
+            renewal.start()
+            defer { renewal.stop() }
             let center = server.center
             do {
                 let scheme = daemon?.apiTLS == true ? "https" : "http"
@@ -281,6 +286,71 @@ extension Ferry {
             }
             FileHandle.standardError.write("ferry serve --check: \(path): \(ConfigProblem.text(problems))\n".data(using: .utf8)!)
             throw ExitCode(1)
+        }
+    }
+}
+
+/// The certificate's lifecycle in a running `ferry serve`: SIGHUP reloads the center's
+/// certificate, key and CA from the files the configuration names (replace them, then
+/// `systemctl reload ferry`) for the transfer server's next handshakes and the job runner's;
+/// transfers running go on. A certificate or CA that expires within 14 days is warned about in
+/// the log at start, at each reload and twice a day.
+///
+/// The daemon's HTTPS API keeps the certificate it started with until the service restarts
+/// (Hummingbird's TLS context is made once); a renewed certificate must overlap the old one
+/// until then.
+final class CertificateRenewal: @unchecked Sendable {
+    let server: TransferServer
+    let identity: TLSIdentity
+    let runner: JobRunner?
+    private let logger = Logger(label: "ferry.serve")
+    private var sources: [any DispatchSourceProtocol] = []
+    static let warnDays: Int64 = 14
+
+    init(server: TransferServer, identity: TLSIdentity, runner: JobRunner?) {
+        self.server = server
+        self.identity = identity
+        self.runner = runner
+    }
+
+    func start() {
+        signal(SIGHUP, SIG_IGN)
+        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        hup.setEventHandler { [self] in reload() }
+        hup.resume()
+        let timer = DispatchSource.makeTimerSource(queue: .global())
+        timer.schedule(deadline: .now() + .seconds(43_200), repeating: .seconds(43_200))
+        timer.setEventHandler { [self] in warnIfExpiring() }
+        timer.resume()
+        sources = [hup, timer]
+        warnIfExpiring()
+    }
+
+    func stop() {
+        for s in sources { s.cancel() }
+    }
+
+    func reload() {
+        do {
+            let info = try server.reload(identity)
+            try runner?.reloadTLS()
+            logger.notice("SIGHUP: reloaded the certificate of center \(info.commonName) (valid until \(isoTime(info.notAfter))), its key and the CA; new sessions use them")
+            warnIfExpiring()
+        } catch {
+            logger.error("SIGHUP: the certificate, key and CA were not reloaded, the previous ones stay in use: \(asMessage(error))")
+        }
+    }
+
+    func warnIfExpiring(now: Int64 = Int64(Date().timeIntervalSince1970)) {
+        var what: [(String, Int64)] = [("the center's certificate", server.certificateNotAfter)]
+        if let ca = try? CertificateInfo(path: identity.ca) { what.append(("the federation CA", ca.notAfter)) }
+        for (name, notAfter) in what where notAfter - now < CertificateRenewal.warnDays * 86_400 {
+            let days = (notAfter - now) / 86_400
+            if notAfter <= now {
+                logger.error("\(name) expired at \(isoTime(notAfter)): peers refuse this center; renew it (ferry ca issue) and send SIGHUP")
+            } else {
+                logger.warning("\(name) expires at \(isoTime(notAfter)) (in \(days) days): renew it (ferry ca issue) and send SIGHUP (systemctl reload ferry)")
+            }
         }
     }
 }

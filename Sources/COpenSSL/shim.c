@@ -386,6 +386,17 @@ int ferry_tls_peer_cn(ferry_tls *t, char *out, size_t outlen) {
     return n > 0;
 }
 
+int ferry_tls_peer_not_after(ferry_tls *t, int64_t *not_after) {
+    *not_after = 0;
+    X509 *x = SSL_get1_peer_certificate(t->ssl);
+    if (!x) return 0;
+    struct tm tm;
+    int ok = ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1;
+    if (ok) *not_after = (int64_t)timegm(&tm);
+    X509_free(x);
+    return ok;
+}
+
 void ferry_tls_free(ferry_tls *t) {
     if (!t) return;
     // No close_notify: the fd may already be closed (and its number reused) when the last

@@ -149,7 +149,7 @@ struct DaemonE2ETests {
         #expect(multi.stdout.components(separatedBy: "\"source\"").count - 1 >= 2, "\(multi.stdout)")
         #expect(filesIdentical(c.scratch + "/run1/f1.txt", c.incoming + "/multi/f1.txt") && filesIdentical(c.scratch + "/run1/sub/big.bin", c.incoming + "/multi/big.bin"))
         // The wuxi side saw hlrs (the center), not the laptop.
-        #expect(c.b.process.stderr.contains("(center:hlrs): push to 'incoming/run1'"), "\(c.b.process.stderr)")
+        #expect(c.b.process.stderr.contains("push to 'incoming/run1' by center:hlrs"), "\(c.b.process.stderr)")
     }
 
     @Test("a refusing destination: the job fails with the reason in `ferry jobs show`; its dependent ends upstream_failed; the API serves its OpenAPI document", arguments: Backend.allCases)

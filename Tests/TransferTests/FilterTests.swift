@@ -47,6 +47,8 @@ struct FilterTests {
             #expect(e.message.contains("f:2") && e.message.contains("f:3"), "\(e.message)")
         }
         #expect(throws: TransferError.self) { try FilterRules.Rule(include: false, pattern: "/") }
+        // Bounded: the matching work a peer's rules can ask per entry.
+        #expect(throws: TransferError.self) { try FilterRules((0..<20).map { _ in try FilterRules.Rule(include: false, pattern: String(repeating: "a", count: 1000)) }) }
         var o = TransferOptions()
         o.filters = try rules([(true, "a/"), (false, "*")])
         o.listDepth = 1

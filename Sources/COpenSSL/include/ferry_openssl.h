@@ -45,6 +45,8 @@ int ferry_tls_write(ferry_tls *t, const void *buf, size_t len, int timeout_ms, c
 int ferry_tls_export(ferry_tls *t, const char *label, unsigned char *out, size_t len);
 /// The verified peer certificate's common name (empty when the peer sent none): 1 if present.
 int ferry_tls_peer_cn(ferry_tls *t, char *out, size_t outlen);
+/// When the verified peer certificate expires (Unix seconds): 1 if known.
+int ferry_tls_peer_not_after(ferry_tls *t, int64_t *not_after);
 /// Frees the session; does not touch or close the fd.
 void ferry_tls_free(ferry_tls *t);
 

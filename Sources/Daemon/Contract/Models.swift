@@ -274,6 +274,27 @@ extension V1 {
     }
 }
 
+extension V1 {
+    public struct ReadinessCheck: APIModel {
+        /// "database", "export NAME" or "peer NAME".
+        public var name: String
+        public var ok: Bool
+        public var detail: String
+        public static var schema: Schema {
+            .object(["name": .string(), "ok": .boolean(), "detail": .string()], required: ["name", "ok", "detail"])
+        }
+    }
+
+    /// Readiness: every check, and "degraded" when only peers fail (this center still serves).
+    public struct Readiness: APIModel {
+        public var status: String
+        public var checks: [ReadinessCheck]
+        public static var schema: Schema {
+            .object(["status": .string(enum: ["ready", "degraded"]), "checks": .array(.ref(ReadinessCheck.self))], required: ["status", "checks"])
+        }
+    }
+}
+
 // MARK: - Global Files
 
 extension Entry: APIModel {

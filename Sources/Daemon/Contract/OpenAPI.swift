@@ -129,6 +129,9 @@ public enum APIContract {
     public static let operations: [APIOperation] = [
         APIOperation(id: "health", method: "GET", path: "/api/v1/health", summary: "Liveness, center name, peers and jobs by state", auth: .none,
                      answer: .ref(V1.Health.self), description: "the daemon is up"),
+        APIOperation(id: "ready", method: "GET", path: "/api/v1/ready", summary: "Readiness: the database, each export and each peer answer", auth: .none,
+                     answer: .ref(V1.Readiness.self), description: "the database and every export answer (status degraded: a peer does not)",
+                     errors: [503: "not ready: the database or an export does not answer (the detail says which and why)"]),
         APIOperation(id: "openapi", method: "GET", path: "/api/v1/openapi.json", summary: "This document", auth: .none,
                      answer: .any, description: "the OpenAPI 3.1 document"),
         APIOperation(id: "metrics", method: "GET", path: "/metrics", summary: "Prometheus metrics (text exposition format)", auth: .none,

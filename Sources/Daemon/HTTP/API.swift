@@ -71,6 +71,32 @@ public struct DaemonAPI: Sendable {
             let jobs = (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]
             return try codable(200, V1.Health(status: "ok", center: center, peers: peers, transfer: transfer, jobs: jobs))
         } }
+        route(router, "ready") { _, _ in try await onPool {
+            // Unauthenticated, like health: names only what the configuration names. A peer's
+            // outage makes the center "degraded", not unready: it still serves its own users,
+            // and a load balancer must not take it out for another center's sake.
+            var checks: [V1.ReadinessCheck] = []
+            do {
+                _ = try store.countsByState()
+                checks.append(.init(name: "database", ok: true, detail: "answers"))
+            } catch {
+                checks.append(.init(name: "database", ok: false, detail: "\(error)"))
+            }
+            for e in runner?.settings.exports ?? [] {
+                var st = stat()
+                let ok = stat(e.path, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR
+                let why = ok ? "a directory" : (errno == 0 ? "not a directory" : String(cString: strerror(errno)))
+                checks.append(.init(name: "export " + (e.name.isEmpty ? "/" : e.name), ok: ok, detail: ok ? why : "\(e.path): \(why)"))
+            }
+            for (peer, answer) in (runner?.probePeers() ?? [:]).sorted(by: { $0.key < $1.key }) {
+                checks.append(.init(name: "peer " + peer, ok: answer.ok, detail: answer.detail))
+            }
+            let local = checks.filter { !$0.ok && !$0.name.hasPrefix("peer ") }
+            if !local.isEmpty {
+                return problem(503, "not ready: " + local.map { "\($0.name): \($0.detail)" }.joined(separator: "; "), code: "not_ready")
+            }
+            return try codable(200, V1.Readiness(status: checks.allSatisfy(\.ok) ? "ready" : "degraded", checks: checks))
+        } }
         route(router, "openapi") { _, _ in
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: APIContract.document)))
         }

@@ -58,7 +58,7 @@ public final class JobRunner: @unchecked Sendable {
     public let store: JobStore
     public let settings: RunnerSettings
     public let workerID: String
-    private let tls: TLSContext
+    private var tls: TLSContext  // guarded by `lock` (`reloadTLS`)
     /// One client TLS context per peer (made on first use from the center's certificate):
     /// each keeps the TLS 1.3 tickets of its own peer only, so job after job to a peer resumes
     /// its session (no certificate chain sent, verified and signed for again: most of a
@@ -110,9 +110,71 @@ public final class JobRunner: @unchecked Sendable {
 
     private var isStopping: Bool { lock.withLock { stopping } }
 
+    /// The configured peers' transfer servers, each asked for a TLS handshake as this center
+    /// (`TransferClient.ping`): `ok`, or why not. Answers of the last 10 s are reused, every
+    /// probe runs on its own thread and is waited for at most `timeoutSeconds`, and a peer
+    /// whose earlier probe still runs is not probed again (a host that swallows SYNs cannot
+    /// make readiness checks pile up threads).
+    public func probePeers(timeoutSeconds: Double = 3) -> [String: (ok: Bool, detail: String)] {
+        let now = Date()
+        var toProbe: [(String, HostPort)] = []
+        lock.withLock {
+            for (name, address) in settings.peers {
+                if probing.contains(name) { continue }
+                if let last = probes[name], now.timeIntervalSince(last.at) < 10 { continue }
+                probing.insert(name)
+                toProbe.append((name, address))
+            }
+        }
+        let group = DispatchGroup()
+        for (name, address) in toProbe {
+            group.enter()
+            Thread.detachNewThread { [self] in
+                var answer: (Bool, String)
+                do {
+                    let creds = ClientCredentials(tls: try tlsContext(peer: name), token: nil, center: name)
+                    let r = try TransferClient.ping(address, credentials: creds)
+                    answer = (true, "center \(r.center) at \(address), handshake \(Int(r.handshake * 1000)) ms")
+                } catch {
+                    let why = (error as? TransferError)?.message ?? "\(error)"
+                    answer = (false, "\(address): \(why)")
+                }
+                lock.withLock {
+                    probing.remove(name)
+                    probes[name] = (Date(), answer.0, answer.1)
+                }
+                group.leave()
+            }
+        }
+        _ = group.wait(timeout: .now() + timeoutSeconds)
+        return lock.withLock {
+            var out: [String: (ok: Bool, detail: String)] = [:]
+            for name in settings.peers.keys {
+                if let p = probes[name], !(probing.contains(name) && now.timeIntervalSince(p.at) >= 10) {
+                    out[name] = (p.ok, p.detail)
+                } else {
+                    out[name] = (false, "no answer within \(Int(timeoutSeconds)) s")
+                }
+            }
+            return out
+        }
+    }
+    private var probes: [String: (at: Date, ok: Bool, detail: String)] = [:]
+    private var probing = Set<String>()
+
+    /// Reads the center's certificate, key and CA again (SIGHUP): the next handshake of every
+    /// job uses them; transfers running keep their sessions.
+    public func reloadTLS() throws {
+        let made = try TLSContext(server: false, identity: settings.tls)
+        lock.withLock {
+            tls = made
+            peerTLS.removeAll()
+        }
+    }
+
     /// The client TLS context for jobs towards `peer` (its tuning key).
     private func tlsContext(peer: String) throws -> TLSContext {
-        if peer.isEmpty { return tls }
+        if peer.isEmpty { return lock.withLock { tls } }
         if let c = lock.withLock({ peerTLS[peer] }) { return c }
         let made = try TLSContext(server: false, identity: settings.tls)
         return lock.withLock {

@@ -110,6 +110,12 @@ final class TLSChannel: @unchecked Sendable {
     /// Whether the handshake resumed an earlier session (a ticket) instead of a full one.
     var resumed: Bool { ferry_tls_resumed(raw) == 1 }
 
+    /// When the peer's verified certificate expires (Unix seconds), nil when it sent none.
+    var peerNotAfter: Int64? {
+        var t: Int64 = 0
+        return ferry_tls_peer_not_after(raw, &t) == 1 ? t : nil
+    }
+
     /// The common name of the peer's verified certificate, nil when it sent none.
     var peerCommonName: String? {
         var buf = [CChar](repeating: 0, count: 256)

@@ -152,8 +152,11 @@ public struct UserToken: Sendable, Equatable {
 /// Checks tokens: signature by a trusted issuer, validity window, revocation list.
 /// `@unchecked Sendable`: the revocation cache is guarded by `lock`.
 public final class TokenVerifier: @unchecked Sendable {
-    /// Issuer center name → its Ed25519 public key.
-    let issuers: [String: [UInt8]]
+    /// Issuer center name → its Ed25519 public key. (Guarded by `lock`; `trust` adds the key
+    /// of a renewed certificate beside the old one.)
+    private var keys: [String: [[UInt8]]]
+    /// The first key of each issuer (tests).
+    var issuers: [String: [UInt8]] { lock.withLock { keys.compactMapValues(\.first) } }
     let revocationsPath: String?
     private let lock = Lock()
     private var revoked: Set<String> = []
@@ -162,7 +165,7 @@ public final class TokenVerifier: @unchecked Sendable {
     let skewSeconds: Int64 = 300
 
     public init(issuers: [String: [UInt8]], revocationsPath: String?) {
-        self.issuers = issuers
+        self.keys = issuers.mapValues { [$0] }
         self.revocationsPath = revocationsPath
     }
 
@@ -174,6 +177,19 @@ public final class TokenVerifier: @unchecked Sendable {
             map[info.commonName] = info.publicKey
         }
         self.init(issuers: map, revocationsPath: revocationsPath)
+    }
+
+    /// Trusts the key of `certificate` for its center too (a renewed certificate): tokens
+    /// signed with the center's earlier keys stay valid until they expire. At most eight keys
+    /// per center are kept (the oldest goes).
+    public func trust(_ certificate: CertificateInfo) {
+        lock.withLock {
+            var list = keys[certificate.commonName] ?? []
+            guard !list.contains(certificate.publicKey) else { return }
+            list.append(certificate.publicKey)
+            if list.count > 8 { list.removeFirst() }
+            keys[certificate.commonName] = list
+        }
     }
 
     /// The verified token, or an `.auth` error saying why it is refused.
@@ -193,9 +209,11 @@ public final class TokenVerifier: @unchecked Sendable {
         } else {
             let payload: [UInt8], sig: [UInt8]
             do { (token, payload, sig) = try UserToken.unverified(text) } catch { return (nil, asTransferError(error)) }
-            guard let key = issuers[token.issuer] else { return (nil, TransferError(.auth, "token issued by '\(token.issuer)', which this server does not trust")) }
+            guard let candidates = lock.withLock({ keys[token.issuer] }) else { return (nil, TransferError(.auth, "token issued by '\(token.issuer)', which this server does not trust")) }
             let msg = UserToken.domain + payload
-            guard ferry_ed25519_verify(key, msg, msg.count, sig) == 1 else { return (nil, TransferError(.auth, "token signature is not valid (forged or altered)")) }
+            guard candidates.contains(where: { ferry_ed25519_verify($0, msg, msg.count, sig) == 1 }) else {
+                return (nil, TransferError(.auth, "token signature is not valid (forged or altered)"))
+            }
             remember(text, token, now: now)
         }
         func refuse(_ m: String) -> (UserToken?, TransferError?) { (token, TransferError(.auth, m)) }

@@ -286,7 +286,7 @@ public enum TransferClient {
     /// Connects, runs the TLS handshake (the server's certificate checked against the CA and
     /// the center name), waits for the server's READY and exchanges one PING. Returns the
     /// seconds to the end of the handshake (READY received) and the PING round trip.
-    public static func ping(_ server: HostPort, credentials: ClientCredentials) throws -> (handshake: Double, roundTrip: Double, center: String) {
+    public static func ping(_ server: HostPort, credentials: ClientCredentials) throws -> (handshake: Double, roundTrip: Double, center: String, certificateNotAfter: Int64?) {
         prepareProcess()
         let ring = try Ring(entries: 8)
         let t0 = monotonicNs()
@@ -301,7 +301,7 @@ public enum TransferClient {
         let (pong, _) = try control.receive(ring: ring, timeoutNs: 30_000_000_000, payloadBytesMax: 0)
         guard pong == .ping else { throw TransferError.protocolError("expected PING, got \(pong)") }
         let t2 = monotonicNs()
-        return (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, String(decoding: name, as: UTF8.self))
+        return (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, String(decoding: name, as: UTF8.self), control.tls?.peerNotAfter)
     }
 
     private typealias Roles = (control: () throws -> Void, worker: (Connection) -> Void)
@@ -414,25 +414,22 @@ extension TransferClient {
     @discardableResult
     public static func list(_ endpoint: Endpoint, request: ListRequest, credentials: ClientCredentials, each: (ListEntry) throws -> Void) throws -> (entries: UInt64, excluded: UInt64) {
         prepareProcess()
-        switch endpoint {
-        case .local(let path):
-            let fd = try openLocalTree(path)
+        /// A local tree (`fd` owned), walked here.
+        func walk(_ fd: Int32) throws -> (entries: UInt64, excluded: UInt64) {
             var n: UInt64 = 0
             let excluded = try Listing.walk(rootFd: fd, request: request) { e in
                 n += 1
                 try each(e)
             }
             return (n, UInt64(excluded))
+        }
+        switch endpoint {
+        case .local(let path):
+            return try walk(try openLocalTree(path))
         case .confined(let root, let components):
             let rootFd = try openRoot(root)
             defer { Glibc.close(rootFd) }
-            let fd = try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY)
-            var n: UInt64 = 0
-            let excluded = try Listing.walk(rootFd: fd, request: request) { e in
-                n += 1
-                try each(e)
-            }
-            return (n, UInt64(excluded))
+            return try walk(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY))
         case .remote(let server, let urlPath):
             let (path, _) = try Paths.remoteRelative(urlPath)
             let ring = try Ring(entries: 8)
@@ -480,18 +477,20 @@ extension TransferClient {
     /// beneath the directory `endpoint`; returns what could not be removed and why.
     public static func delete(_ items: [(path: String, isDirectory: Bool)], beneath endpoint: Endpoint, credentials: ClientCredentials) throws -> [(path: String, why: String)] {
         prepareProcess()
+        /// A local directory (`fd` owned), its entries removed here.
+        func remove(_ fd: Int32) -> [(path: String, why: String)] {
+            defer { Glibc.close(fd) }
+            return items.compactMap { i in Listing.remove(beneath: fd, path: i.path, isDirectory: i.isDirectory).map { (i.path, $0) } }
+        }
         switch endpoint {
         case .local(let path):
             let fd = open(path, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
             if fd < 0 { throw TransferError.system("cannot open '\(path)'", errno: errno) }
-            defer { Glibc.close(fd) }
-            return items.compactMap { i in Listing.remove(beneath: fd, path: i.path, isDirectory: i.isDirectory).map { (i.path, $0) } }
+            return remove(fd)
         case .confined(let root, let components):
             let rootFd = try openRoot(root)
             defer { Glibc.close(rootFd) }
-            let fd = try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY)
-            defer { Glibc.close(fd) }
-            return items.compactMap { i in Listing.remove(beneath: fd, path: i.path, isDirectory: i.isDirectory).map { (i.path, $0) } }
+            return remove(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY))
         case .remote(let server, let urlPath):
             let (path, _) = try Paths.remoteRelative(urlPath)
             let ring = try Ring(entries: 8)

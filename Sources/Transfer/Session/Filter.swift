@@ -66,6 +66,7 @@ public struct FilterRules: Sendable, Equatable {
 
     public static let rulesMax = 1000
     public static let patternBytesMax = 1024
+    public static let patternBytesTotalMax = 16 << 10
 
     public private(set) var rules: [Rule] = []
 
@@ -73,6 +74,11 @@ public struct FilterRules: Sendable, Equatable {
 
     public init(_ rules: [Rule]) throws {
         guard rules.count <= FilterRules.rulesMax else { throw TransferError(.usage, "more than \(FilterRules.rulesMax) filter rules") }
+        // Bounds the matching work per entry (pattern bytes × path bytes) that a peer's
+        // rules can ask of a server walking a tree for it.
+        guard rules.reduce(0, { $0 + $1.pattern.utf8.count }) <= FilterRules.patternBytesTotalMax else {
+            throw TransferError(.usage, "filter rules longer than \(FilterRules.patternBytesTotalMax) bytes in all")
+        }
         self.rules = rules
     }
 

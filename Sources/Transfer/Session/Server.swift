@@ -99,7 +99,11 @@ final class ServerSession: @unchecked Sendable {
 public final class TransferServer: @unchecked Sendable {
     public let configuration: ServerConfiguration
     private let exports: ExportTable
-    private let tlsContext: TLSContext
+    /// The center's certificate, key and CA for new handshakes (guarded by `lock`): `reload`
+    /// replaces it; a session keeps the context it was made with (OpenSSL holds it).
+    private var tlsContext: TLSContext
+    /// When the certificate in use expires (Unix seconds; guarded by `lock`).
+    private var certificateExpiry: Int64
     private let verifier: TokenVerifier
     /// This center's name (its certificate's CN).
     public let center: String
@@ -120,7 +124,9 @@ public final class TransferServer: @unchecked Sendable {
         }
         exports = try ExportTable(configuration.exports)
         tlsContext = try TLSContext(server: true, identity: configuration.tls)
-        center = try CertificateInfo(path: cert).commonName
+        let info = try CertificateInfo(path: cert)
+        center = info.commonName
+        certificateExpiry = info.notAfter
         verifier = try TokenVerifier(issuerCertificates: configuration.tokenIssuers.isEmpty ? [cert] : configuration.tokenIssuers, revocationsPath: configuration.revocations)
         budget = ConnectionBudget(authenticatedMax: configuration.connectionsMax, authenticatedPerAddressMax: configuration.connectionsPerAddressMax,
                                   unauthenticatedMax: configuration.unauthenticatedMax, unauthenticatedPerAddressMax: configuration.unauthenticatedPerAddressMax)
@@ -129,6 +135,33 @@ public final class TransferServer: @unchecked Sendable {
             configuration.audit?.write(.init(user: "", peer: line.peer, action: "connect", path: "", result: "refused: " + line.message))
         }
     }
+
+    /// Reads the center's certificate, key and CA again (SIGHUP after a renewal): handshakes
+    /// from now on present the new certificate and check peers against the new CA; sessions
+    /// already running keep theirs and go on. The new certificate must name this same center.
+    /// Tokens signed with the center's previous key stay valid until they expire (when the
+    /// center's own certificate is the token issuer): renewal overlaps, nobody is logged out.
+    /// Throws, changing nothing, when the files do not load together.
+    @discardableResult
+    public func reload(_ identity: TLSIdentity) throws -> CertificateInfo {
+        guard let cert = identity.certificate, identity.key != nil else {
+            throw TransferError(.usage, "the server needs its center certificate and key")
+        }
+        let info = try CertificateInfo(path: cert)
+        guard info.commonName == center else {
+            throw TransferError(.usage, "the certificate \(cert) names center '\(info.commonName)', not '\(center)' (a running server keeps its name: restart it to change)")
+        }
+        let context = try TLSContext(server: true, identity: identity)
+        if configuration.tokenIssuers.isEmpty { verifier.trust(info) }
+        lock.withLock {
+            tlsContext = context
+            certificateExpiry = info.notAfter
+        }
+        return info
+    }
+
+    /// When the certificate in use expires (Unix seconds).
+    public var certificateNotAfter: Int64 { lock.withLock { certificateExpiry } }
 
     /// Binds every listen address and starts accepting; returns the bound addresses.
     public func start() throws -> [HostPort] {
@@ -215,7 +248,8 @@ public final class TransferServer: @unchecked Sendable {
             switch role {
             case .control:
                 // TLS 1.3 right after the preamble; the whole handshake within the timeout.
-                conn.tls = try tlsContext.handshake(fd: conn.fd, expected: nil, timeoutMs: Int(handshakeNs / 1_000_000))
+                let context = lock.withLock { tlsContext }
+                conn.tls = try context.handshake(fd: conn.fd, expected: nil, timeoutMs: Int(handshakeNs / 1_000_000))
                 note.center = conn.tls?.peerCommonName ?? ""
                 try conn.send(.ready, Array(center.utf8), ring: ring)
                 try serveControl(conn, ring: ring, handshakeNs: handshakeNs, note: note)
