@@ -21,7 +21,8 @@ command -v swift >/dev/null || { echo "swift not found: install a Swift 6 toolch
 # With --tests (scripts/test.sh): schemathesis (PyPI) for the API contract test and selenium for
 # the web console's browser test, in a virtual environment of their own (Debian's Python is
 # externally managed).
-if [ "${1:-}" = "--tests" ] && { [ ! -x /opt/ferry-test-venv/bin/st ] || ! /opt/ferry-test-venv/bin/python -c "import selenium" 2>/dev/null; }; then
+# And prometheus_client, whose parser reads the daemon's /metrics as Prometheus would.
+if [ "${1:-}" = "--tests" ] && { [ ! -x /opt/ferry-test-venv/bin/st ] || ! /opt/ferry-test-venv/bin/python -c "import selenium, prometheus_client" 2>/dev/null; }; then
   [ -x /opt/ferry-test-venv/bin/python ] || python3 -m venv /opt/ferry-test-venv
-  /opt/ferry-test-venv/bin/pip install --quiet --disable-pip-version-check "schemathesis>=4,<5" "selenium>=4.10,<5"
+  /opt/ferry-test-venv/bin/pip install --quiet --disable-pip-version-check "schemathesis>=4,<5" "selenium>=4.10,<5" "prometheus_client>=0.17,<1"
 fi

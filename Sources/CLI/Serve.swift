@@ -1,4 +1,5 @@
 import ArgumentParser
+import CBuildInfo
 import Daemon
 import Foundation
 import Logging
@@ -191,6 +192,15 @@ extension Ferry {
                                                     apiConnections: d.apiConnections, apiIdleSeconds: d.apiIdleSeconds, runner: settings, verifier: verifier, center: server.center,
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas,
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
+                    let tls = config.tls
+                    service.attachMetrics { [server] in
+                        var o = "# HELP ferry_build_info The running build: version and commit.\n# TYPE ferry_build_info gauge\n"
+                        o += "ferry_build_info{version=\"\(Ferry.version)\",commit=\"\(String(cString: ferry_build_commit()))\"} 1\n"
+                        o += "# HELP ferry_certificate_expiry_timestamp_seconds When the center's certificate and the federation CA expire.\n# TYPE ferry_certificate_expiry_timestamp_seconds gauge\n"
+                        o += "ferry_certificate_expiry_timestamp_seconds{certificate=\"center\"} \(server.certificateNotAfter)\n"
+                        if let ca = try? CertificateInfo(path: tls.ca) { o += "ferry_certificate_expiry_timestamp_seconds{certificate=\"ca\"} \(ca.notAfter)\n" }
+                        return o + server.metricsText()
+                    }
                     daemon = service
                 } catch {
                     FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)

@@ -80,6 +80,11 @@ public final class DaemonService: @unchecked Sendable {
         runner.audit = log
     }
 
+    /// More of `/metrics`: the transfer server's counters, the build, the certificates.
+    public func attachMetrics(_ more: @escaping @Sendable () -> String) {
+        api.extraMetrics = more
+    }
+
     /// The HTTP server; `onRunning` gets the address it bound (port 0 resolved).
     func application(onRunning: @escaping @Sendable (HostPort) -> Void) -> some ApplicationProtocol {
         let listen = apiListen

@@ -47,6 +47,8 @@ public struct DaemonAPI: Sendable {
     let events = EventShare()
     /// Whether the console's cookie says `Secure` (the API speaks HTTPS).
     public var secureCookies = false
+    /// More lines of `/metrics` (`DaemonService.attachMetrics`).
+    public var extraMetrics: (@Sendable () -> String)?
 
     public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil, transfer: [String] = [],
                 centers: CenterVerifier? = nil, replicaRoot: String? = nil, staging: StagingSettings? = nil) {
@@ -493,8 +495,8 @@ public struct DaemonAPI: Sendable {
             for (p, s) in peers { out += "ferry_peer_streams{peer=\(p)} \(s.streams)\n" }
             out += "# HELP ferry_peer_active Transfers the daemon runs at once towards each peer (self-tuned).\n# TYPE ferry_peer_active gauge\n"
             for (p, s) in peers { out += "ferry_peer_active{peer=\(p)} \(s.active)\n" }
-            out += "# HELP ferry_peer_rate_bytes Last measured throughput towards each peer.\n# TYPE ferry_peer_rate_bytes gauge\n"
-            for (p, s) in peers { out += "ferry_peer_rate_bytes{peer=\(p)} \(Int(s.lastRate))\n" }
+            out += "# HELP ferry_peer_throughput_bytes_per_second Throughput of the last big transfer towards each peer.\n# TYPE ferry_peer_throughput_bytes_per_second gauge\n"
+            for (p, s) in peers { out += "ferry_peer_throughput_bytes_per_second{peer=\(p)} \(Int(s.lastRate))\n" }
             out += "# HELP ferry_peer_errors_total Failed attempts towards each peer.\n# TYPE ferry_peer_errors_total counter\n"
             for (p, s) in peers { out += "ferry_peer_errors_total{peer=\(p)} \(s.errors)\n" }
         }
@@ -505,6 +507,8 @@ public struct DaemonAPI: Sendable {
                 out += "ferry_peer_tls_handshakes_total{peer=\(promLabel(p)),kind=\"resumed\"} \(h.resumed)\n"
             }
         }
+        out += processMetricsText()
+        if let more = extraMetrics { out += more() }
         return out
     }
 

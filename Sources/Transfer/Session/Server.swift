@@ -115,10 +115,16 @@ public final class TransferServer: @unchecked Sendable {
     /// Refusals of unauthenticated connections, one line per address and interval.
     private let refusals: RefusalDigest
     private var stopped = false
+    /// Sessions, bytes, refusals and handshakes, for the daemon's `/metrics`.
+    let metrics = ServerMetrics()
+
+    /// The server's counters in Prometheus' text format.
+    public func metricsText() -> String { metrics.text() }
 
     public init(_ configuration: ServerConfiguration) throws {
         self.configuration = configuration
         prepareProcess()
+        noteProcessStart()
         guard let cert = configuration.tls.certificate, configuration.tls.key != nil else {
             throw TransferError(.usage, "the server needs its center certificate and key (--cert, --key; see `ferry ca issue`)")
         }
@@ -249,7 +255,9 @@ public final class TransferServer: @unchecked Sendable {
             case .control:
                 // TLS 1.3 right after the preamble; the whole handshake within the timeout.
                 let context = lock.withLock { tlsContext }
+                let started = monotonicNs()
                 conn.tls = try context.handshake(fd: conn.fd, expected: nil, timeoutMs: Int(handshakeNs / 1_000_000))
+                metrics.handshake(seconds: Double(monotonicNs() - started) / 1e9)
                 note.center = conn.tls?.peerCommonName ?? ""
                 try conn.send(.ready, Array(center.utf8), ring: ring)
                 try serveControl(conn, ring: ring, handshakeNs: handshakeNs, note: note)
@@ -264,12 +272,14 @@ public final class TransferServer: @unchecked Sendable {
             // A flood's connections (evicted, silent, or gone before a word) that never
             // authenticated: one line per address and kind per interval, with a count.
             if note.user.isEmpty, let kind = lock.withLock({ floodKind(ticket, e) }) {
+                metrics.refused("flood")
                 let message = ticket.evicted ? kind : e.message
                 refusals.refused(group: ticket.group, kind: kind, peer: conn.peer, message: message)
                 lock.withLock { budget.end(ticket) }
                 conn.close()
                 return
             }
+            metrics.refused(e.code.name)
             configuration.log(.warning, "\(note.action) from \(conn.peer)\(note.user.isEmpty ? "" : " (" + note.user + ")"): refused: \(e.message)")
             var r = AuditLog.Record(user: note.user, peer: conn.peer, action: note.action, path: note.path, result: "refused: " + e.message)
             r.center = note.center
@@ -426,10 +436,12 @@ public final class TransferServer: @unchecked Sendable {
             let rejected = p.rejectedFrames > 0 ? ", \(p.rejectedFrames) frames rejected" : ""
             let line: String = "\(what) by \(who.user)\(account) from \(conn.peer): \(outcome), \(p.filesTotal) files, \(byteText(p.bytesDone)) in \(seconds) s\(rate), \(byteText(p.wireBytes)) on the wire, \(hello.options.protection)\(rejected)"
             configuration.log(p.filesFailed > 0 ? .warning : .info, line)
+            metrics.session(direction: note.action, protection: hello.options.protection.description, ok: p.filesFailed == 0, snapshot: p)
         } catch {
             var e = asTransferError(error)
             e.resumable = e.rerunResumes
             configuration.log(.warning, "\(what) by \(who.user) from \(conn.peer): failed: \(e.message)")
+            metrics.session(direction: note.action, protection: hello.options.protection.description, ok: false, snapshot: progress.snapshot())
             record.result = "failed: " + e.message
             // The peer learns why, unless it is the one that went away.
             if !e.fromPeer { conn.sendError(e, ring: ring) }
@@ -446,6 +458,7 @@ public final class TransferServer: @unchecked Sendable {
         defer {
             record.seconds = Double(monotonicNs() - start) / 1e9
             configuration.audit?.write(record)
+            metrics.session(direction: note.action, protection: "clear", ok: record.result == "ok", snapshot: TransferProgress.Snapshot())
         }
         let shown = hello.path.isEmpty ? "." : hello.path
         do {

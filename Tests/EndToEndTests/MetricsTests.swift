@@ -1,0 +1,58 @@
+// /metrics as Prometheus reads it (issue 17, item 3): parsed by prometheus_client's text
+// parser, with the transfer server's families after a `ferry cp`, the daemon's after a job,
+// the build, the process and the certificates' expiry.
+
+import Foundation
+import Testing
+
+@Suite("Metrics", .serialized)
+struct MetricsTests {
+    @Test("/metrics parses with Prometheus' text parser and counts a ferry cp push, a refused connection, a daemon job, the build, the process and the certificates")
+    func exposition() throws {
+        let c = try DaemonE2ETests.start("metrics")
+        defer { c.a.stop(); c.b.stop() }
+        let src = try c.sb.dir("local") + "/m.bin"
+        try writeRandomFile(src, size: 3 * E2E.MiB + 5)
+        let push = try c.sb.cp(src, c.a.url("scratch/m.bin"))
+        #expect(push.succeeded, "\(push)")
+        let refused = try c.sb.cp(src, c.a.url("scratch/x.bin"), tokenFile: try c.sb.wrongTokenFile())
+        #expect(!refused.succeeded)
+        let job = try DaemonE2ETests.jobs(c, ["submit", "--wait", "/scratch/m.bin", "ferry://wuxi/incoming/m.bin"])
+        #expect(job.status == 0, "\(job)")
+
+        // Every sample as NAME{LABELS} VALUE, through prometheus_client's parser (it refuses
+        // what Prometheus would refuse: a bad line, a histogram without +Inf, ...).
+        let script = """
+            import sys, urllib.request
+            from prometheus_client.parser import text_string_to_metric_families
+            text = urllib.request.urlopen(sys.argv[1], timeout=20).read().decode()
+            for fam in text_string_to_metric_families(text):
+                print("FAMILY", fam.name, fam.type)
+                for s in fam.samples:
+                    print(s.name + "{" + ",".join("%s=%s" % kv for kv in sorted(s.labels.items())) + "}", s.value)
+            """
+        let r = runTool("/opt/ferry-test-venv/bin/python", ["-c", script, c.api + "/metrics"], timeout: 60)
+        #expect(r.status == 0, "\(r.output)")
+        var samples: [String: Double] = [:]
+        var families: [String: String] = [:]
+        for line in r.output.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.first == "FAMILY", parts.count == 3 { families[String(parts[1])] = String(parts[2]); continue }
+            if parts.count == 2, let v = Double(parts[1]) { samples[String(parts[0])] = v }
+        }
+        for (name, type) in [("ferry_server_sessions", "counter"), ("ferry_server_bytes", "counter"), ("ferry_server_refusals", "counter"),
+                             ("ferry_server_tls_handshake_seconds", "histogram"), ("ferry_jobs", "gauge"), ("ferry_build_info", "gauge"),
+                             ("ferry_certificate_expiry_timestamp_seconds", "gauge"), ("process_resident_memory_bytes", "gauge"),
+                             ("process_cpu_seconds", "counter"), ("process_open_fds", "gauge"), ("ferry_peer_throughput_bytes_per_second", "gauge")] {
+            #expect(families[name] == type, "\(name): \(families[name] ?? "missing") in \(families.keys.sorted())")
+        }
+        #expect((samples["ferry_server_sessions_total{direction=push,protection=private,result=ok}"] ?? 0) >= 1, "\(samples.filter { $0.key.hasPrefix("ferry_server_sessions") })")
+        #expect((samples["ferry_server_bytes_total{direction=push,protection=private}"] ?? 0) >= Double(3 * E2E.MiB + 5))
+        #expect((samples["ferry_server_refusals_total{reason=auth}"] ?? 0) >= 1, "\(samples.filter { $0.key.hasPrefix("ferry_server_refusals") })")
+        #expect((samples["ferry_server_tls_handshake_seconds_count{}"] ?? 0) >= 2)
+        #expect(samples["ferry_jobs{state=success}"] == 1, "\(samples.filter { $0.key.hasPrefix("ferry_jobs") })")
+        #expect((samples["process_resident_memory_bytes{}"] ?? 0) > 1_000_000 && (samples["process_open_fds{}"] ?? 0) > 3)
+        #expect((samples["ferry_certificate_expiry_timestamp_seconds{certificate=center}"] ?? 0) > Date().timeIntervalSince1970)
+        #expect(samples.keys.contains { $0.hasPrefix("ferry_build_info{commit=") }, "\(samples.keys.filter { $0.hasPrefix("ferry_build") })")
+    }
+}
