@@ -17,6 +17,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# With --tests: promtool (Debian's prometheus package) checks contrib/prometheus/ferry-rules.yml.
+# Its server must not start here (it would listen on every interface): invoke-rc.d and
+# deb-systemd-invoke obey a policy-rc.d that says no, put there for the install only.
+if [ "${1:-}" = "--tests" ] && ! command -v promtool >/dev/null; then
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends prometheus
+  [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
+fi
 command -v swift >/dev/null || { echo "swift not found: install a Swift 6 toolchain (e.g. /opt/swift/usr/bin on PATH)" >&2; exit 1; }
 # With --tests (scripts/test.sh): schemathesis (PyPI) for the API contract test and selenium for
 # the web console's browser test, in a virtual environment of their own (Debian's Python is

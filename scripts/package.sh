@@ -41,7 +41,8 @@ trap 'rm -rf "$root"' EXIT
 install -d "$root/DEBIAN" "$root/usr/bin" "$root/usr/share/man/man1" "$root/usr/share/doc/ferry" \
   "$root/lib/systemd/system" "$root/etc/ferry" "$root/usr/share/bash-completion/completions" \
   "$root/usr/share/zsh/vendor-completions" "$root/usr/share/fish/vendor_completions.d" \
-  "$root/usr/share/ferry/slurm" "$root/usr/share/ferry/pbs" "$root/usr/share/ferry/lsf"
+  "$root/usr/share/ferry/slurm" "$root/usr/share/ferry/pbs" "$root/usr/share/ferry/lsf" \
+  "$root/usr/share/ferry/prometheus" "$root/usr/share/ferry/grafana"
 install -m 0755 "$bin" "$root/usr/bin/ferry"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/usr/bin/ferry"
 
@@ -65,6 +66,8 @@ install -m 0644 contrib/systemd/ferry.service contrib/systemd/ferry-sweep.servic
 install -m 0644 contrib/slurm/*.lua "$root/usr/share/ferry/slurm/"
 install -m 0755 contrib/pbs/prologue contrib/pbs/epilogue "$root/usr/share/ferry/pbs/"
 install -m 0755 contrib/lsf/ferry-pre-exec contrib/lsf/ferry-post-exec "$root/usr/share/ferry/lsf/"
+install -m 0644 contrib/prometheus/ferry-rules.yml "$root/usr/share/ferry/prometheus/"
+install -m 0644 contrib/grafana/ferry.json "$root/usr/share/ferry/grafana/"
 install -m 0644 packaging/deb/copyright "$root/usr/share/doc/ferry/copyright"
 install -m 0644 README.md docs/SECURITY.md docs/CLI.md docs/CONTRACT.md "$root/usr/share/doc/ferry/"
 gzip -9n "$root/usr/share/doc/ferry/README.md" "$root/usr/share/doc/ferry/SECURITY.md" "$root/usr/share/doc/ferry/CONTRACT.md"

@@ -54,5 +54,22 @@ struct MetricsTests {
         #expect((samples["process_resident_memory_bytes{}"] ?? 0) > 1_000_000 && (samples["process_open_fds{}"] ?? 0) > 3)
         #expect((samples["ferry_certificate_expiry_timestamp_seconds{certificate=center}"] ?? 0) > Date().timeIntervalSince1970)
         #expect(samples.keys.contains { $0.hasPrefix("ferry_build_info{commit=") }, "\(samples.keys.filter { $0.hasPrefix("ferry_build") })")
+        #expect(samples["ferry_peer_up{peer=wuxi}"] == 1, "\(samples.filter { $0.key.hasPrefix("ferry_peer_up") })")
+
+        // The alert rules and the dashboard name only metrics the daemon exposes (the staging
+        // cache's when it has one: this daemon has none), and promtool accepts the rules.
+        let names = Set(samples.keys.map { String($0.prefix { $0 != "{" }) })
+        for file in ["contrib/prometheus/ferry-rules.yml", "contrib/grafana/ferry.json"] {
+            let text = try String(contentsOfFile: E2E.packageRoot + "/" + file, encoding: .utf8)
+            let used = Set(text.matches(of: #/\b(?:ferry|process)_[a-z_]+/#).map { String($0.output) })
+            #expect(!used.isEmpty)
+            for n in used where !n.hasPrefix("ferry_staging_") {
+                #expect(names.contains(n), "\(file) uses \(n), which /metrics does not have")
+            }
+        }
+        let promtool = runTool("/usr/bin/promtool", ["check", "rules", E2E.packageRoot + "/contrib/prometheus/ferry-rules.yml"], timeout: 60)
+        #expect(promtool.status == 0 && promtool.output.contains("SUCCESS"), "\(promtool.output)")
+        let dashboard = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: E2E.packageRoot + "/contrib/grafana/ferry.json"))) as? [String: Any]
+        #expect(((dashboard?["panels"] as? [Any])?.count ?? 0) >= 10)
     }
 }

@@ -38,7 +38,7 @@ struct PackageTests {
         let version = runTool("/usr/bin/ferry", ["--version"])
         #expect(version.status == 0 && version.output.contains("commit "), "\(version.output)")
         for f in ["/etc/ferry/ferry.toml", "/etc/ferry/stage.env", "/usr/share/man/man1/ferry.cp.1.gz", "/usr/share/bash-completion/completions/ferry",
-                  "/usr/share/ferry/slurm/burst_buffer.lua", "/usr/share/ferry/pbs/prologue", "/usr/share/doc/ferry/copyright"] {
+                  "/usr/share/ferry/slurm/burst_buffer.lua", "/usr/share/ferry/pbs/prologue", "/usr/share/ferry/prometheus/ferry-rules.yml", "/usr/share/ferry/grafana/ferry.json", "/usr/share/doc/ferry/copyright"] {
             #expect(FileManager.default.fileExists(atPath: f), "\(f) not installed")
         }
         #expect(getpwnam("ferry") != nil, "the service account")

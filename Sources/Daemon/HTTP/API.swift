@@ -507,6 +507,18 @@ public struct DaemonAPI: Sendable {
                 out += "ferry_peer_tls_handshakes_total{peer=\(promLabel(p)),kind=\"resumed\"} \(h.resumed)\n"
             }
         }
+        if let runner, !runner.settings.peers.isEmpty {
+            // A handshake with each configured peer (answers of the last 10 s reused; at most
+            // 3 s of waiting when one does not answer).
+            out += "# HELP ferry_peer_up Whether each configured peer's transfer server answered a handshake (1) or not (0).\n# TYPE ferry_peer_up gauge\n"
+            for (p, a) in runner.probePeers().sorted(by: { $0.key < $1.key }) { out += "ferry_peer_up{peer=\(promLabel(p))} \(a.ok ? 1 : 0)\n" }
+        }
+        if let st = staging, let u = try? st.cache.use(evictedSince: now() - 86_400) {
+            out += "# HELP ferry_staging_bytes Bytes of ready entries in the staging cache.\n# TYPE ferry_staging_bytes gauge\nferry_staging_bytes \(u.readyBytes)\n"
+            out += "# HELP ferry_staging_quota_bytes The staging cache's quota.\n# TYPE ferry_staging_quota_bytes gauge\nferry_staging_quota_bytes \(st.quota)\n"
+            out += "# HELP ferry_staging_entries Entries of the staging cache.\n# TYPE ferry_staging_entries gauge\nferry_staging_entries \(u.entries)\n"
+            out += "# HELP ferry_staging_pinned_entries Entries pinned by running or waiting jobs.\n# TYPE ferry_staging_pinned_entries gauge\nferry_staging_pinned_entries \(u.pinned)\n"
+        }
         out += processMetricsText()
         if let more = extraMetrics { out += more() }
         return out
