@@ -132,7 +132,9 @@ public final class JobRunner: @unchecked Sendable {
             Thread.detachNewThread { [self] in
                 var answer: (Bool, String)
                 do {
-                    let creds = ClientCredentials(tls: try tlsContext(peer: name), token: nil, center: name)
+                    // A context of the probes' own: a probe neither takes a ticket a job would
+                    // resume with nor counts among the jobs' handshakes.
+                    let creds = ClientCredentials(tls: try probeContext(), token: nil, center: name)
                     let r = try TransferClient.ping(address, credentials: creds)
                     answer = (true, "center \(r.center) at \(address), handshake \(Int(r.handshake * 1000)) ms")
                 } catch {
@@ -160,6 +162,17 @@ public final class JobRunner: @unchecked Sendable {
         }
     }
     private var probes: [String: (at: Date, ok: Bool, detail: String)] = [:]
+    private var probeTLS: TLSContext?
+
+    private func probeContext() throws -> TLSContext {
+        if let c = lock.withLock({ probeTLS }) { return c }
+        let made = try TLSContext(server: false, identity: settings.tls)
+        return lock.withLock {
+            if let c = probeTLS { return c }
+            probeTLS = made
+            return made
+        }
+    }
     private var probing = Set<String>()
 
     /// Reads the center's certificate, key and CA again (SIGHUP): the next handshake of every
@@ -169,6 +182,7 @@ public final class JobRunner: @unchecked Sendable {
         lock.withLock {
             tls = made
             peerTLS.removeAll()
+            probeTLS = nil
         }
     }
 
