@@ -11,6 +11,9 @@ struct MetricsTests {
     func exposition() throws {
         let c = try DaemonE2ETests.start("metrics")
         defer { c.a.stop(); c.b.stop() }
+        // Before any job, the configured peer has its series already (not only after a job).
+        let fresh = DaemonE2ETests.httpGet(c.api + "/metrics")
+        #expect(fresh.contains("ferry_peer_streams{peer=\"wuxi\"}") && fresh.contains("ferry_peer_throughput_bytes_per_second{peer=\"wuxi\"} 0"), "\(fresh)")
         let src = try c.sb.dir("local") + "/m.bin"
         try writeRandomFile(src, size: 3 * E2E.MiB + 5)
         let push = try c.sb.cp(src, c.a.url("scratch/m.bin"))

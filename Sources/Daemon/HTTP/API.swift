@@ -489,8 +489,15 @@ public struct DaemonAPI: Sendable {
             out += "# HELP ferry_files_total Files delivered by finished jobs.\n# TYPE ferry_files_total counter\nferry_files_total \(t.files)\n"
             out += "# HELP ferry_retries_total Attempts beyond each job's first.\n# TYPE ferry_retries_total counter\nferry_retries_total \(t.retries)\n"
         }
-        if let tuner = runner?.tuner {
-            let peers = tuner.snapshot().sorted { $0.key < $1.key }.map { (promLabel($0.key), $0.value) }
+        if let runner {
+            let tuner = runner.tuner
+            // Every configured peer has its series from the start (a restart does not make
+            // them vanish until the first job): the tuner's starting point until measured.
+            var snapshot = tuner.snapshot()
+            for p in runner.settings.peers.keys where snapshot[p] == nil {
+                snapshot[p] = LinkTuner.State(streams: tuner.initialStreams, active: tuner.maxActive)
+            }
+            let peers = snapshot.sorted { $0.key < $1.key }.map { (promLabel($0.key), $0.value) }
             out += "# HELP ferry_peer_streams TCP streams the daemon uses towards each peer (self-tuned).\n# TYPE ferry_peer_streams gauge\n"
             for (p, s) in peers { out += "ferry_peer_streams{peer=\(p)} \(s.streams)\n" }
             out += "# HELP ferry_peer_active Transfers the daemon runs at once towards each peer (self-tuned).\n# TYPE ferry_peer_active gauge\n"
