@@ -34,6 +34,7 @@ sources=(
   "$src/Wire/Messages.swift"
   "$src/Wire/JSONText.swift"
   "$src/Session/SessionContext.swift"
+  "$src/Session/Filter.swift"
   "$src/Chunk/ChunkCodec.swift"
   "$src/IO/Paths.swift"
   "$src/IO/Ring.swift"

@@ -86,9 +86,12 @@ public struct DaemonAPI: Sendable {
             }
             for e in runner?.settings.exports ?? [] {
                 var st = stat()
-                let ok = stat(e.path, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR
-                let why = ok ? "a directory" : (errno == 0 ? "not a directory" : String(cString: strerror(errno)))
-                checks.append(.init(name: "export " + (e.name.isEmpty ? "/" : e.name), ok: ok, detail: ok ? why : "\(e.path): \(why)"))
+                let found = stat(e.path, &st) == 0
+                let err = errno
+                let ok = found && st.st_mode & S_IFMT == S_IFDIR
+                let why = ok ? "a directory" : found ? "not a directory" : String(cString: strerror(err))
+                // The export's name, not its path: this answer is for anyone who asks.
+                checks.append(.init(name: "export " + (e.name.isEmpty ? "/" : e.name), ok: ok, detail: why))
             }
             for (peer, answer) in (runner?.probePeers() ?? [:]).sorted(by: { $0.key < $1.key }) {
                 checks.append(.init(name: "peer " + peer, ok: answer.ok, detail: answer.detail))
