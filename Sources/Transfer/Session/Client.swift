@@ -431,17 +431,13 @@ extension TransferClient {
             defer { Glibc.close(rootFd) }
             return try walk(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY))
         case .remote(let server, let urlPath):
-            let (path, _) = try Paths.remoteRelative(urlPath)
-            let ring = try Ring(entries: 8)
-            let control = try connectControl(server, credentials: credentials, ring: ring)
-            defer { control.close() }
             var options = TransferOptions()
             options.recursive = true
             options.checksum = request.digests
             options.filters = request.filters
             options.listDepth = request.depth
-            options.protection = .clear  // nothing but the control stream (TLS) is used
-            try control.send(.hello, Hello(token: Array((credentials.token ?? "").utf8), direction: .list, path: path, options: options).encode(), ring: ring)
+            let (control, ring) = try treeSession(server, urlPath, .list, options, credentials)
+            defer { control.close() }
             var n: UInt64 = 0
             // A listing with digests reads whole files between frames: the wait is bounded
             // by the server's own idle timeout, not by a short one here.
@@ -492,13 +488,8 @@ extension TransferClient {
             defer { Glibc.close(rootFd) }
             return remove(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY))
         case .remote(let server, let urlPath):
-            let (path, _) = try Paths.remoteRelative(urlPath)
-            let ring = try Ring(entries: 8)
-            let control = try connectControl(server, credentials: credentials, ring: ring)
+            let (control, ring) = try treeSession(server, urlPath, .delete, TransferOptions(), credentials)
             defer { control.close() }
-            var options = TransferOptions()
-            options.protection = .clear
-            try control.send(.hello, Hello(token: Array((credentials.token ?? "").utf8), direction: .delete, path: path, options: options).encode(), ring: ring)
             var failures: [(String, String)] = []
             var start = 0
             while start < items.count {
@@ -518,6 +509,24 @@ extension TransferClient {
             guard type == .endAck else { throw TransferError.protocolError("expected END_ACK, got \(type)") }
             return failures
         }
+    }
+
+    /// A listing or deletion session: the control connection alone, its HELLO sent. Nothing but
+    /// the control stream (TLS) is used, so the data-stream protection asked is `clear`.
+    private static func treeSession(_ server: HostPort, _ urlPath: String, _ direction: Direction, _ options: TransferOptions,
+                                    _ credentials: ClientCredentials) throws -> (Connection, Ring) {
+        let (path, _) = try Paths.remoteRelative(urlPath)
+        let ring = try Ring(entries: 8)
+        let control = try connectControl(server, credentials: credentials, ring: ring)
+        var options = options
+        options.protection = .clear
+        do {
+            try control.send(.hello, Hello(token: Array((credentials.token ?? "").utf8), direction: direction, path: path, options: options).encode(), ring: ring)
+        } catch {
+            control.close()
+            throw error
+        }
+        return (control, ring)
     }
 
     /// A local tree to list: a regular file or a directory, opened without blocking on (or
