@@ -58,6 +58,8 @@ struct FilterTests {
         let plain = Hello(token: [], direction: .push, path: "x", options: TransferOptions()).encode()
         #expect(try Hello.decode(plain).options.filters.isEmpty)
         #expect(throws: TransferError.self) { try Hello.decode(plain + [9]) }
+        // Found by the fuzzer: an extension that says nothing has no second encoding.
+        #expect(throws: TransferError.self) { try Hello.decode(plain + [1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]) }
     }
 
     @Test("deletion removes by name beneath its root only: no '..', not the root, not through a symlink, not Ferry's helper files, not a kind that changed")

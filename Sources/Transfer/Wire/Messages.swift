@@ -148,10 +148,16 @@ struct Hello {
         guard streams <= Wire.streamsMax else { throw TransferError.protocolError("too many streams") }
         guard let protection = ProtectionLevel(rawValue: try r.u8()) else { throw TransferError.protocolError("unknown protection level") }
         o.protection = protection
-        if r.remaining > 0 {
+        let extended = r.remaining > 0
+        if extended {
             guard try r.u8() == 1 else { throw TransferError.protocolError("unknown HELLO extension") }
             o.listDepth = try r.u32()
             o.filters = try FilterRules.decode(&r)
+        }
+        // One encoding per HELLO (the fuzzer's round trip): the extension is there exactly when
+        // `encode` sends it.
+        guard extended == (!o.filters.isEmpty || o.listDepth != .max || direction == .list) else {
+            throw TransferError.protocolError(extended ? "an empty HELLO extension" : "a listing's HELLO without its extension")
         }
         try r.expectEnd()
         return Hello(token: token, direction: direction, path: path, options: o)
