@@ -8,8 +8,71 @@ extension Ferry {
         static let configuration = CommandConfiguration(
             commandName: "ca",
             abstract: "Create the federation CA and issue center certificates (Ed25519).",
-            subcommands: [Init.self, Issue.self]
+            subcommands: [Init.self, Issue.self, Renew.self]
         )
+
+        struct Renew: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Renew the CA certificate, or a center's (--center), before it expires; the previous file is kept as .prev.",
+                discussion: """
+                    Without --center: DIR/ca.crt is renewed with the same name and key, so every certificate it issued \
+                    verifies against the new one (give the new ca.crt to the centers at leisure: no flag day). \
+                    With --center NAME: DIR/NAME.crt is re-issued with the same names (CN and every host), and the same key \
+                    unless --new-key (user tokens the key signed stay valid); then reload the server (systemctl reload ferry, \
+                    SIGHUP): transfers running go on, the next handshakes present the new certificate. \
+                    --within 30d renews only what expires within 30 days (for a timer; exit 0 either way).
+                    """)
+
+            @Option(help: "Directory holding ca.crt and ca.key (and NAME.crt, NAME.key with --center).")
+            var dir: String
+
+            @Option(help: "Renew this center's certificate (DIR/NAME.crt) instead of the CA's.")
+            var center: String?
+
+            @Option(help: "Validity in days from now (default: 365 for a center, 3650 for the CA).")
+            var days: Int?
+
+            @Flag(name: .customLong("new-key"), help: "A center's certificate with a new key (tokens signed with the old key stop verifying after the server's next restart).")
+            var newKey = false
+
+            @Option(help: "Renew only if it expires within this long (90s, 30m, 24h, 30d); otherwise say so and change nothing.")
+            var within: String?
+
+            @Option(name: .customLong("ca-dir"), help: "Directory of the CA, when not --dir.")
+            var caDir: String?
+
+            func validate() throws {
+                if let days, !(1...36_500).contains(days) { throw ValidationError("--days must be 1...36500") }
+                if newKey && center == nil { throw ValidationError("--new-key renews a center's key: give --center (the CA's key is what its certificates chain to)") }
+            }
+
+            func run() throws {
+                let ca = caDir ?? dir
+                let target = center.map { "\(dir)/\($0).crt" } ?? ca + "/ca.crt"
+                let info = try asUsageError { try CertificateInfo(path: target) }
+                let now = Int64(Date().timeIntervalSince1970)
+                if let within {
+                    let window = try parseDuration(within)
+                    if info.notAfter - now > window {
+                        print("ferry ca: \(target) is valid until \(isoTime(info.notAfter)), not within \(within): not renewed")
+                        return
+                    }
+                }
+                if let center {
+                    guard info.commonName == center else { throw ValidationError("\(target) is the certificate of '\(info.commonName)', not of '\(center)'") }
+                    try asUsageError {
+                        try CertificateAuthority.reissue(caCertificate: ca + "/ca.crt", caKey: ca + "/ca.key", certificate: target, key: "\(dir)/\(center).key",
+                                                         days: days ?? 365, newKey: newKey)
+                    }
+                    let renewed = try asUsageError { try CertificateInfo(path: target) }
+                    print("ferry ca: renewed \(target)\(newKey ? " with a new key" : "") until \(isoTime(renewed.notAfter)) (the previous one: \(target).prev); reload the server: systemctl reload ferry")
+                } else {
+                    try asUsageError { try CertificateAuthority.renew(caCertificate: target, caKey: ca + "/ca.key", days: days ?? 3650) }
+                    let renewed = try asUsageError { try CertificateInfo(path: target) }
+                    print("ferry ca: renewed \(target) until \(isoTime(renewed.notAfter)), same name and key (the previous one: \(target).prev); give it to every center, each reloads it on SIGHUP")
+                }
+            }
+        }
 
         struct Init: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Create a CA: DIR/ca.crt and DIR/ca.key (keep the key offline).")

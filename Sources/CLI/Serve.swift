@@ -75,6 +75,9 @@ extension Ferry {
         @Option(name: .customLong("audit-log"), help: "Append one JSON line per session and per refused connection to this file.")
         var auditLog: String?
 
+        @Option(name: .customLong("metrics-listen"), help: "Serve /metrics (Prometheus) and /health over plain HTTP on HOST:PORT, with or without a daemon.")
+        var metricsListen: String?
+
         @Flag(help: "Check --config FILE and the files it names, print every problem with its line, start nothing (exit 0: none, 1: some).")
         var check = false
 
@@ -90,6 +93,7 @@ extension Ferry {
             var daemonSection: DaemonConfig?
             var peers: [String: HostPort] = [:]
             var peerAPIs: [String: String] = [:]
+            var metricsAddress: HostPort?
             do {
                 var file = try configFile.map { try ServerConfigFile(path: $0) }
                 var exports = file?.exports ?? []
@@ -126,6 +130,7 @@ extension Ferry {
                         throw TransferError(.usage, "the certificate '\(c)' is not for center '\(name)'")
                     }
                 }
+                metricsAddress = try metricsListen.map { try HostPort(parsing: $0) } ?? file?.metricsListen
                 if !tokenIssuer.isEmpty { config.tokenIssuers = tokenIssuer }
                 if let revocations { config.revocations = revocations }
                 if let m = minProtection { config.minimumProtection = try ProtectionLevel(parsing: m) }
@@ -167,6 +172,17 @@ extension Ferry {
                 throw ExitCode(1)
             }
             for b in bound { print("ferry serve: center \(server.center) listening on \(b)") }
+            // The build, the certificates' expiry and the transfer server's families: in the
+            // daemon's /metrics, and on `metrics_listen` with or without a daemon.
+            let tlsIdentity = config.tls
+            let baseMetrics: @Sendable () -> String = { [server] in
+                var o = "# HELP ferry_build_info The running build: version and commit.\n# TYPE ferry_build_info gauge\n"
+                o += "ferry_build_info{version=\"\(Ferry.version)\",commit=\"\(String(cString: ferry_build_commit()))\"} 1\n"
+                o += "# HELP ferry_certificate_expiry_timestamp_seconds When the center's certificate and the federation CA expire.\n# TYPE ferry_certificate_expiry_timestamp_seconds gauge\n"
+                o += "ferry_certificate_expiry_timestamp_seconds{certificate=\"center\"} \(server.certificateNotAfter)\n"
+                if let ca = try? CertificateInfo(path: tlsIdentity.ca) { o += "ferry_certificate_expiry_timestamp_seconds{certificate=\"ca\"} \(ca.notAfter)\n" }
+                return o + server.metricsText()
+            }
             var daemon: DaemonService?
             if let d = daemonSection {
                 do {
@@ -192,15 +208,7 @@ extension Ferry {
                                                     apiConnections: d.apiConnections, apiIdleSeconds: d.apiIdleSeconds, runner: settings, verifier: verifier, center: server.center,
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas,
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
-                    let tls = config.tls
-                    service.attachMetrics { [server] in
-                        var o = "# HELP ferry_build_info The running build: version and commit.\n# TYPE ferry_build_info gauge\n"
-                        o += "ferry_build_info{version=\"\(Ferry.version)\",commit=\"\(String(cString: ferry_build_commit()))\"} 1\n"
-                        o += "# HELP ferry_certificate_expiry_timestamp_seconds When the center's certificate and the federation CA expire.\n# TYPE ferry_certificate_expiry_timestamp_seconds gauge\n"
-                        o += "ferry_certificate_expiry_timestamp_seconds{certificate=\"center\"} \(server.certificateNotAfter)\n"
-                        if let ca = try? CertificateInfo(path: tls.ca) { o += "ferry_certificate_expiry_timestamp_seconds{certificate=\"ca\"} \(ca.notAfter)\n" }
-                        return o + server.metricsText()
-                    }
+                    service.attachMetrics(baseMetrics)
                     daemon = service
                 } catch {
                     FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)
@@ -210,13 +218,20 @@ extension Ferry {
             }
             fflush(stdout)
             // SIGHUP (`systemctl reload ferry`): the certificate, key and CA files read again.
-            let renewal = CertificateRenewal(server: server, identity: config.tls, runner: daemon?.runner)
+            let renewal = CertificateRenewal(server: server, identity: config.tls, daemon: daemon)
             renewal.start()
             defer { renewal.stop() }
             let center = server.center
             do {
                 let scheme = daemon?.apiTLS == true ? "https" : "http"
-                try await runCenter(server: server, daemon: daemon) { address in
+                var metrics: MetricsEndpoint?
+                if let m = metricsAddress {
+                    metrics = MetricsEndpoint(listen: m, text: { baseMetrics() + processMetricsText() }, onRunning: { address in
+                        print("ferry serve: center \(center) metrics on http://\(address)/metrics")
+                        fflush(stdout)
+                    })
+                }
+                try await runCenter(server: server, daemon: daemon, metrics: metrics) { address in
                     print("ferry serve: center \(center) api listening on \(scheme)://\(address)")
                     fflush(stdout)
                 }
@@ -306,21 +321,21 @@ extension Ferry {
 /// transfers running go on. A certificate or CA that expires within 14 days is warned about in
 /// the log at start, at each reload and twice a day.
 ///
-/// The daemon's HTTPS API keeps the certificate it started with until the service restarts
-/// (Hummingbird's TLS context is made once); a renewed certificate must overlap the old one
-/// until then.
+/// The daemon's HTTPS API presents the reloaded certificate from its next handshake on too
+/// (`DaemonService.reloadAPICertificate`); its open connections keep theirs. `ferry ca renew
+/// --center NAME` writes the files (the previous ones kept as `.prev`).
 final class CertificateRenewal: @unchecked Sendable {
     let server: TransferServer
     let identity: TLSIdentity
-    let runner: JobRunner?
+    let daemon: DaemonService?
     private let logger = Logger(label: "ferry.serve")
     private var sources: [any DispatchSourceProtocol] = []
     static let warnDays: Int64 = 14
 
-    init(server: TransferServer, identity: TLSIdentity, runner: JobRunner?) {
+    init(server: TransferServer, identity: TLSIdentity, daemon: DaemonService?) {
         self.server = server
         self.identity = identity
-        self.runner = runner
+        self.daemon = daemon
     }
 
     func start() {
@@ -343,7 +358,8 @@ final class CertificateRenewal: @unchecked Sendable {
     func reload() {
         do {
             let info = try server.reload(identity)
-            try runner?.reloadTLS()
+            try daemon?.runner.reloadTLS()
+            try daemon?.reloadAPICertificate()
             logger.notice("SIGHUP: reloaded the certificate of center \(info.commonName) (valid until \(isoTime(info.notAfter))), its key and the CA; new sessions use them")
             warnIfExpiring()
         } catch {
@@ -357,9 +373,9 @@ final class CertificateRenewal: @unchecked Sendable {
         for (name, notAfter) in what where notAfter - now < CertificateRenewal.warnDays * 86_400 {
             let days = (notAfter - now) / 86_400
             if notAfter <= now {
-                logger.error("\(name) expired at \(isoTime(notAfter)): peers refuse this center; renew it (ferry ca issue) and send SIGHUP")
+                logger.error("\(name) expired at \(isoTime(notAfter)): peers refuse this center; renew it (ferry ca renew) and send SIGHUP")
             } else {
-                logger.warning("\(name) expires at \(isoTime(notAfter)) (in \(days) days): renew it (ferry ca issue) and send SIGHUP (systemctl reload ferry)")
+                logger.warning("\(name) expires at \(isoTime(notAfter)) (in \(days) days): renew it (ferry ca renew) and send SIGHUP (systemctl reload ferry)")
             }
         }
     }

@@ -541,6 +541,81 @@ int ferry_ca_issue(const char *ca_cert, const char *ca_key, const char *center, 
     return ok;
 }
 
+/* Renews the CA certificate: the same subject and key, a new serial and validity (from now,
+   `days` long). Certificates the old one issued verify against the new one (same name, same
+   key, same key identifier), so a renewed CA needs no re-issue and no flag day. */
+int ferry_ca_renew(const char *ca_cert, const char *ca_key, int days, const char *cert_out, char *err, size_t errlen) {
+    X509 *ca = read_cert(ca_cert, err, errlen);
+    if (!ca) return 0;
+    EVP_PKEY *k = read_key(ca_key, err, errlen);
+    if (!k) { X509_free(ca); return 0; }
+    int ok = X509_check_private_key(ca, k) == 1;
+    if (!ok) snprintf(err, errlen, "'%s' is not the key of '%s'", ca_key, ca_cert);
+    ok = ok && X509_check_ca(ca) >= 1;
+    if (!ok && !err[0]) snprintf(err, errlen, "'%s' is not a CA certificate", ca_cert);
+    X509 *x = ok ? X509_new() : NULL;
+    ok = ok && x && X509_set_version(x, 2) && random_serial(x);
+    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -300) && X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
+    ok = ok && X509_set_subject_name(x, X509_get_subject_name(ca)) && X509_set_issuer_name(x, X509_get_subject_name(ca)) && X509_set_pubkey(x, k);
+    ok = ok && add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
+    ok = ok && add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
+    ok = ok && add_ext(x, x, NID_subject_key_identifier, "hash");
+    ok = ok && X509_sign(x, k, NULL) > 0;
+    if (!ok && !err[0]) fail(err, errlen, "cannot renew the CA certificate");
+    ok = ok && write_cert(x, cert_out, err, errlen);
+    X509_free(x); X509_free(ca); EVP_PKEY_free(k);
+    ERR_clear_error();
+    return ok;
+}
+
+/* Re-issues a center certificate: the names of `old_cert` (subject and subjectAltName, copied
+   as they are), signed by the CA, valid from now for `days`. With `key_in` the certificate
+   keeps that key (it must be `old_cert`'s); without, a new key goes to `key_out`. `old_cert`
+   must have been issued by this CA (its issuer's name and signature). */
+int ferry_ca_reissue(const char *ca_cert, const char *ca_key, const char *old_cert, const char *key_in, int days,
+                     const char *cert_out, const char *key_out, char *err, size_t errlen) {
+    X509 *ca = read_cert(ca_cert, err, errlen);
+    if (!ca) return 0;
+    EVP_PKEY *cak = read_key(ca_key, err, errlen);
+    if (!cak) { X509_free(ca); return 0; }
+    X509 *old = read_cert(old_cert, err, errlen);
+    if (!old) { X509_free(ca); EVP_PKEY_free(cak); return 0; }
+    int ok = X509_check_private_key(ca, cak) == 1;
+    if (!ok) snprintf(err, errlen, "'%s' is not the key of '%s'", ca_key, ca_cert);
+    if (ok && (X509_NAME_cmp(X509_get_issuer_name(old), X509_get_subject_name(ca)) != 0 || X509_verify(old, X509_get0_pubkey(ca)) != 1)) {
+        snprintf(err, errlen, "'%s' was not issued by the CA '%s'", old_cert, ca_cert);
+        ok = 0;
+    }
+    EVP_PKEY *k = NULL;
+    if (ok && key_in) {
+        k = read_key(key_in, err, errlen);
+        ok = k != NULL;
+        if (ok && X509_check_private_key(old, k) != 1) { snprintf(err, errlen, "'%s' is not the key of '%s'", key_in, old_cert); ok = 0; }
+    } else if (ok) {
+        k = new_ed25519();
+        ok = k != NULL;
+    }
+    int san = ok ? X509_get_ext_by_NID(old, NID_subject_alt_name, -1) : -1;
+    if (ok && san < 0) { snprintf(err, errlen, "'%s' has no subjectAltName: not a center certificate", old_cert); ok = 0; }
+    X509 *x = ok ? X509_new() : NULL;
+    ok = ok && x && X509_set_version(x, 2) && random_serial(x);
+    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -300) && X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
+    ok = ok && X509_set_subject_name(x, X509_get_subject_name(old)) && X509_set_issuer_name(x, X509_get_subject_name(ca)) && X509_set_pubkey(x, k);
+    ok = ok && add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE");
+    ok = ok && add_ext(x, ca, NID_key_usage, "critical,digitalSignature");
+    ok = ok && add_ext(x, ca, NID_ext_key_usage, "serverAuth,clientAuth");
+    ok = ok && X509_add_ext(x, X509_get_ext(old, san), -1) == 1;
+    ok = ok && add_ext(x, ca, NID_subject_key_identifier, "hash");
+    ok = ok && add_ext(x, ca, NID_authority_key_identifier, "keyid:always");
+    ok = ok && X509_sign(x, cak, NULL) > 0;
+    if (!ok && !err[0]) fail(err, errlen, "cannot re-issue the certificate");
+    if (ok && !key_in) ok = write_key(k, key_out, err, errlen);
+    ok = ok && write_cert(x, cert_out, err, errlen);
+    X509_free(x); X509_free(old); X509_free(ca); EVP_PKEY_free(cak); EVP_PKEY_free(k);
+    ERR_clear_error();
+    return ok;
+}
+
 int ferry_key_raw_private(const char *key_path, unsigned char out[32], char *err, size_t errlen) {
     EVP_PKEY *k = read_key(key_path, err, errlen);
     if (!k) return 0;

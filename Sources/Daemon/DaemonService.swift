@@ -3,6 +3,7 @@ import GlobalFS
 import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
+import NIOSSL
 import Logging
 import ServiceLifecycle
 import Transfer
@@ -58,6 +59,10 @@ public final class DaemonService: @unchecked Sendable {
                 var tls = TLSConfiguration.makeServerConfiguration(certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
                                                                    privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
                 tls.minimumTLSVersion = .tlsv13
+                // Each handshake asks which certificate to present: the one loaded at start
+                // until a SIGHUP reloads them (`reloadAPICertificate`).
+                let current = apiCertificate
+                tls.sslContextCallback = { _, promise in promise.succeed(current.override ?? .noChanges) }
                 apiServer = try HTTPServerBuilder.tls(http1, tlsConfiguration: tls)
             } catch {
                 throw TransferError(.auth, "the API's TLS: cannot load \(cert) and \(key): \(error)")
@@ -65,6 +70,32 @@ public final class DaemonService: @unchecked Sendable {
         } else {
             apiServer = http1
         }
+    }
+
+    /// The API's certificate and key as last reloaded (nil: those it started with).
+    let apiCertificate = APICertificate()
+
+    /// SIGHUP: the API's next handshakes present the certificate and key now in the files the
+    /// configuration names (the transfer server's are reloaded beside). Connections open keep
+    /// theirs. Throws, and changes nothing, when the files do not load or do not match.
+    public func reloadAPICertificate() throws {
+        let identity = runner.settings.tls
+        guard apiTLS, let cert = identity.certificate, let key = identity.key else { return }
+        // A mismatched pair or a certificate outside the federation would fail every
+        // handshake: OpenSSL checks them together first (as the transfer server's reload).
+        _ = try TLSContext(server: true, identity: identity)
+        let chain: [NIOSSLCertificate]
+        let privateKey: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(cert)
+            privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
+        } catch {
+            throw TransferError(.auth, "the API's certificate: cannot load \(cert) and \(key): \(error)")
+        }
+        var o = NIOSSLContextConfigurationOverride()
+        o.certificateChain = chain.map { .certificate($0) }
+        o.privateKey = .privateKey(privateKey)
+        apiCertificate.override = o
     }
 
     /// Open API connections at most (`[daemon] api_connections`).
@@ -192,7 +223,8 @@ struct FederationService: Service {
 /// and with a `[daemon]` table the runner and the API. On the signal, the services stop in
 /// reverse order: the runner stops taking work and checkpoints what runs, the API closes, the
 /// transfer server stops; all within 9 s (then whatever remains is cancelled).
-public func runCenter(server: TransferServer, daemon: DaemonService?, onAPIRunning: @escaping @Sendable (HostPort) -> Void) async throws {
+public func runCenter(server: TransferServer, daemon: DaemonService?, metrics: MetricsEndpoint? = nil,
+                      onAPIRunning: @escaping @Sendable (HostPort) -> Void) async throws {
     var logger = Logger(label: "ferry.serve")
     logger.logLevel = .warning
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
@@ -214,9 +246,26 @@ public func runCenter(server: TransferServer, daemon: DaemonService?, onAPIRunni
                                   failureTerminationBehavior: .gracefullyShutdownGroup))
         }
     }
+    if let metrics {
+        let text: @Sendable () -> String
+        if let api = daemon?.api { text = { api.metrics() } } else { text = metrics.text }
+        services.append(.init(service: MetricsService(app: metrics.application(text: text), listen: metrics.listen),
+                              successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
+    }
     var config = ServiceGroupConfiguration(services: services, logger: logger)
     config.gracefulShutdownSignals = [.sigterm, .sigint]
     config.maximumGracefulShutdownDuration = .seconds(8)
     config.maximumCancellationDuration = .seconds(1)
     try await ServiceGroup(configuration: config).run()
+}
+
+/// The certificate the API presents after a reload (`DaemonService.reloadAPICertificate`).
+final class APICertificate: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: NIOSSLContextConfigurationOverride?
+
+    var override: NIOSSLContextConfigurationOverride? {
+        get { lock.withLock { value } }
+        set { lock.withLock { value = newValue } }
+    }
 }

@@ -372,6 +372,18 @@ struct JobStoreTests {
         #expect(t.streams(for: "b") == 2 && t.snapshot()["b"]?.errors == 1)
         t.record(peer: "b", streams: 9, bytes: 999, seconds: 1, failed: false)   // a job's own setting: ignored
         #expect(t.streams(for: "b") == 2)
+        // The reported throughput is the last attempt's from 1 MiB on, whatever its streams
+        // (it read 0 when jobs chose their own); a link error clears it.
+        let u = LinkTuner(initialStreams: 4)
+        u.record(peer: "p", streams: 4, bytes: 3 << 30, seconds: 2, failed: false)
+        u.record(peer: "p", streams: 4, bytes: 2 << 30, seconds: 4, failed: false)   // tuned streams are 5 now: not the tuner's sample
+        #expect(u.snapshot()["p"]?.throughput == Double(2 << 30) / 4)
+        u.record(peer: "p", streams: 16, bytes: 1 << 30, seconds: 1, failed: false)
+        #expect(u.snapshot()["p"]?.throughput == Double(1 << 30))
+        u.record(peer: "p", streams: 16, bytes: 1000, seconds: 0.001, failed: false)  // too small to say anything
+        #expect(u.snapshot()["p"]?.throughput == Double(1 << 30))
+        u.record(peer: "p", streams: 16, bytes: 0, seconds: 0, failed: true)
+        #expect(u.snapshot()["p"]?.throughput == 0)
         for _ in 0..<5 { t.record(peer: "c", streams: t.streams(for: "c"), bytes: 0, seconds: 0, failed: true) }
         #expect(t.streams(for: "c") == 1)
     }

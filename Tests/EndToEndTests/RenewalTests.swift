@@ -63,4 +63,103 @@ struct RenewalTests {
         #expect(try ping() == after)
         #expect(server.isRunning)
     }
+
+    /// The serial number of the certificate the HTTPS API at `api` presents, verified against
+    /// `ca` (Python's ssl: a second TLS stack).
+    static func apiSerial(_ api: String, ca: String) -> String {
+        let hostPort = api.replacingOccurrences(of: "https://", with: "")
+        let r = runTool("/usr/bin/python3", ["-c", """
+            import socket, ssl, sys
+            host, port = sys.argv[1].rsplit(":", 1)
+            ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.check_hostname = False
+            with socket.create_connection((host, int(port)), timeout=20) as s:
+                with ctx.wrap_socket(s) as t: print(t.getpeercert()["serialNumber"])
+            """, hostPort, ca], timeout: 60)
+        return r.status == 0 ? r.output.trimmingCharacters(in: .whitespacesAndNewlines) : "error: \(r.output)"
+    }
+
+    @Test("ferry ca renew: a center's certificate re-issued with its names and key (or a new key), the previous kept; the CA renewed under its name and key still verifies what it issued; --within; refusals")
+    func caRenew() throws {
+        let sb = try Sandbox("ca-renew")
+        let pki = sb.pki
+        let oldCert = try #require(readFile(sb.centerCert)), oldKey = try #require(readFile(sb.centerKey))
+        // Not due: a 365-day certificate is not within 30 days.
+        let notDue = try sb.ferry(["ca", "renew", "--dir", pki, "--center", "hlrs", "--within", "30d"])
+        #expect(notDue.succeeded && notDue.stdout.contains("not renewed") && readFile(sb.centerCert) == oldCert, "\(notDue)")
+        // Due: the same names and key, 40 days; the previous kept.
+        let renewed = try sb.ferry(["ca", "renew", "--dir", pki, "--center", "hlrs", "--days", "40", "--within", "400d"])
+        #expect(renewed.succeeded && renewed.stdout.contains("renewed \(sb.centerCert)"), "\(renewed)")
+        #expect(readFile(sb.centerCert) != oldCert && readFile(sb.centerCert + ".prev") == oldCert && readFile(sb.centerKey) == oldKey)
+        #expect(!FileManager.default.fileExists(atPath: sb.centerCert + ".new"))
+        // The renewed certificate serves: its names (127.0.0.1, ::1) and key are the old ones,
+        // so the tokens it signed work.
+        let root = try sb.dir("root")
+        let src = try sb.dir("local") + "/f.bin"
+        try writeRandomFile(src, size: 100_000)
+        do {
+            let server = try FerryServer(sb, root: root, listen: ["127.0.0.1:0", "[::1]:0"])
+            defer { server.stop() }
+            let ping = try sb.ferry(["ping", "--json", "--ca", sb.ca, server.url("")])
+            let notAfter = ping.jsonLines.first?["certificate_not_after"] as? Int ?? 0
+            #expect(ping.succeeded && abs(notAfter - Int(Date().timeIntervalSince1970) - 40 * 86_400) < 600, "\(ping)")
+            for address in server.addresses {
+                let cp = try sb.cp(src, server.url("via-\(address.hasPrefix("[") ? "v6" : "v4").bin", address: address))
+                #expect(cp.succeeded, "\(cp)")
+            }
+        }
+        // A new key: the key changes too (mode kept), the previous pair kept.
+        let keyMode = { () -> mode_t in var st = stat(); stat(sb.centerKey, &st); return st.st_mode & 0o777 }
+        let before = keyMode()
+        let rekeyed = try sb.ferry(["ca", "renew", "--dir", pki, "--center", "hlrs", "--new-key"])
+        #expect(rekeyed.succeeded && rekeyed.stdout.contains("with a new key"), "\(rekeyed)")
+        #expect(readFile(sb.centerKey) != oldKey && readFile(sb.centerKey + ".prev") == oldKey && keyMode() == before)
+        // The CA: same name and key, 20 days; the center certificate issued before verifies
+        // against the renewed CA (a client given only the new ca.crt).
+        let oldCA = try #require(readFile(sb.ca))
+        let ca = try sb.ferry(["ca", "renew", "--dir", pki, "--days", "20"])
+        #expect(ca.succeeded && readFile(sb.ca) != oldCA && readFile(sb.ca + ".prev") == oldCA, "\(ca)")
+        do {
+            let server = try FerryServer(sb, root: root)
+            defer { server.stop() }
+            // The key changed above and this server started after: the old key's tokens are no
+            // longer trusted (as `--new-key`'s help says), a token of the new key is.
+            let stale = try sb.cp(src, server.url("stale.bin"))
+            #expect(!stale.succeeded && stale.stderr.contains("token signature is not valid"), "\(stale)")
+            let cp = try sb.cp(src, server.url("after-ca.bin"), tokenFile: try sb.issueToken(name: "after.token"))
+            #expect(cp.succeeded && filesIdentical(src, root + "/after-ca.bin"), "\(cp)")
+        }
+        // Refusals, each with its reason and nothing changed.
+        let current = readFile(sb.centerCert)
+        let missing = try sb.ferry(["ca", "renew", "--dir", pki, "--center", "wuxi"])
+        #expect(!missing.succeeded && missing.stderr.contains("wuxi.crt"), "\(missing)")
+        try Sandbox.ferryTool(["ca", "init", "--dir", sb.file("other")])
+        try Sandbox.ferryTool(["ca", "issue", "--dir", sb.file("other"), "--center", "hlrs"])
+        let foreign = try sb.ferry(["ca", "renew", "--dir", sb.file("other"), "--center", "hlrs", "--ca-dir", pki])
+        #expect(!foreign.succeeded && foreign.stderr.contains("was not issued by the CA"), "\(foreign)")
+        let caKey = try sb.ferry(["ca", "renew", "--dir", pki, "--new-key"])
+        #expect(!caKey.succeeded && caKey.stderr.contains("give --center"), "\(caKey)")
+        #expect(readFile(sb.centerCert) == current && !FileManager.default.fileExists(atPath: sb.file("other/hlrs.crt.new")))
+    }
+
+    @Test("SIGHUP reloads the daemon's HTTPS certificate too: the next handshake presents the renewed one, the API keeps answering")
+    func apiCertificateReload() throws {
+        let (sb, server, api) = try HTTPSTests.start("renew-api", peerAPI: "https://127.0.0.1:9")
+        defer { server.stop() }
+        let before = Self.apiSerial(api, ca: sb.ca)
+        #expect(!before.hasPrefix("error"), "\(before)")
+        let renewed = try sb.ferry(["ca", "renew", "--dir", sb.pki, "--center", "hlrs", "--days", "30"])
+        #expect(renewed.succeeded, "\(renewed)")
+        let pid = try #require(Self.servePid(server))
+        kill(pid, SIGHUP)
+        #expect(waitUntil(timeout: 10) { server.process.stderr.contains("reloaded the certificate of center hlrs") }, "\(server.process.stderr)")
+        let after = Self.apiSerial(api, ca: sb.ca)
+        #expect(!after.hasPrefix("error") && after != before, "the API presents \(after), before \(before)")
+        let list = try sb.ferry(["jobs", "list", "--api", api, "--ca", sb.ca, "--token-file", sb.tokenFile])
+        #expect(list.succeeded, "\(list)")
+        // A broken key: refused, the API keeps presenting the renewed certificate.
+        try writeFile(sb.centerKey, Array("not a key\n".utf8))
+        kill(pid, SIGHUP)
+        #expect(waitUntil(timeout: 10) { server.process.stderr.contains("were not reloaded") }, "\(server.process.stderr)")
+        #expect(Self.apiSerial(api, ca: sb.ca) == after)
+    }
 }

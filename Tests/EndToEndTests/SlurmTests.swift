@@ -194,12 +194,15 @@ struct SlurmE2ETests {
         defer { site.stop() }
         let sb = site.sb
         let S = site.scratch
-        // Datasets at wuxi: ensemble (8 MiB), genome (10 MiB), lib (10 MiB), atlas (10 MiB), slow (96 MiB).
-        let sizes = ["ensemble": 8, "genome": 10, "lib": 10, "atlas": 10, "slow": 96]
+        // Datasets at wuxi: ensemble (8 MiB), genome (10 MiB), lib (10 MiB), atlas (10 MiB), slow (160 MiB).
+        let sizes = ["ensemble": 8, "genome": 10, "lib": 10, "atlas": 10, "slow": 160]
         for (name, mib) in sizes {
             let d = try sb.dir("wuxi/data/\(name)")
             if name == "slow" {
-                // Random: compression cannot shorten it, so staging_bwlimit (16 MiB/s) makes it take ~6 s.
+                // Random: compression cannot shorten it, so staging_bwlimit (16 MiB/s) makes it take
+                // ~10 s. (At 96 MiB, 6 s, a loaded CI once saw Slurm's teardown of the cancelled
+                // job arrive after the transfer had finished: the entry was then a finished,
+                // unpinned one, not the cancelled transfer (5) means to test.)
                 #expect(SlurmE2ETests.sh("head -c \(mib << 20) /dev/urandom > '\(d)/part 1.bin'").status == 0)
             } else {
                 try writeFile(d + "/part 1.bin", (0..<(mib << 20)).map { UInt8(truncatingIfNeeded: ($0 &* 2654435761 &+ mib) >> 11) })
@@ -283,7 +286,7 @@ struct SlurmE2ETests {
         let genomeJobs = list.filter { ($0["source"] as? String ?? "").hasSuffix("/data/genome") }
         #expect(genomeJobs.count == 1 && genomeJobs.first?["state"] as? String == "success", "\(transfers.stdout)")
 
-        // (5) Cancel during stage-in (96 MiB at 16 MiB/s): no orphan transfer, no pin, no link.
+        // (5) Cancel during stage-in (160 MiB at 16 MiB/s): no orphan transfer, no pin, no link.
         let j5 = try site.submit("cancel", "#!/bin/sh\n#FERRY stage_in gfs://wuxi/slow \(S)/%j/s\necho ran\n")
         let id5 = try #require(j5.id, "\(j5.output)")
         var staging: [String: Any]?
@@ -362,12 +365,12 @@ struct SlurmE2ETests {
         // Without waiting: "still staging" is exit 75 (EX_TEMPFAIL); asked again, it is done.
         try writeFile(pbs + "/44.pbs.SC", Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/slow \(S)/pbs44/s\n".utf8))
         _ = try site.ferry("hlrs", ["stage", "teardown", "--job", id8])
-        // Unpinned, 96 MiB over a 24 MiB quota: the teardown evicted it, so it is staged anew.
+        // Unpinned, 160 MiB over a 24 MiB quota: the teardown evicted it, so it is staged anew.
         let slowLeft = try site.cache().filter { $0["source"] as? String == "gfs://wuxi/slow" }
         #expect(slowLeft.isEmpty, "\(slowLeft)")
         // ... and recorded: what, how big, why (`ferry stage cache`, the console's Staging view).
         let evicted = try site.cache("evictions").filter { $0["source"] as? String == "gfs://wuxi/slow" }
-        #expect(!evicted.isEmpty && (evicted.first?["bytes"] as? Int ?? 0) >= 96 * 1024 * 1024
+        #expect(!evicted.isEmpty && (evicted.first?["bytes"] as? Int ?? 0) >= 160 * 1024 * 1024
                 && (evicted.first?["reason"] as? String ?? "").contains("over quota"), "\(evicted)")
         let listed = try site.ferry("hlrs", ["stage", "cache"])
         #expect(listed.stdout.contains("evicted") && listed.stdout.contains("gfs://wuxi/slow"), "\(listed)")

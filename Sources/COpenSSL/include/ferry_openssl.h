@@ -58,6 +58,9 @@ int ferry_ca_init(const char *name, int days, const char *cert_out, const char *
 int ferry_ca_issue(const char *ca_cert, const char *ca_key, const char *center, const char *hosts, int days, long backdate_seconds,
                    const char *cert_out, const char *key_out, char *err, size_t errlen);
 /// The raw Ed25519 private key of a PEM key file.
+int ferry_ca_renew(const char *ca_cert, const char *ca_key, int days, const char *cert_out, char *err, size_t errlen);
+int ferry_ca_reissue(const char *ca_cert, const char *ca_key, const char *old_cert, const char *key_in, int days,
+                     const char *cert_out, const char *key_out, char *err, size_t errlen);
 int ferry_key_raw_private(const char *key_path, unsigned char out[32], char *err, size_t errlen);
 /// The Ed25519 public key, common name and expiry (Unix time) of a PEM certificate.
 int ferry_cert_info(const char *cert_path, unsigned char pub[32], char *cn, size_t cnlen, int64_t *not_after, char *err, size_t errlen);

@@ -102,7 +102,7 @@ extension DaemonAPI {
             let address = local ? transfer.first : runner?.settings.peers[r.center]?.description
             let c = centers[r.center]
             let reachable = local || (c?.reachable ?? true)
-            let rate = local ? nil : rates[r.center].map { Int64($0.lastRate) }.flatMap { $0 > 0 ? $0 : nil }
+            let rate = local ? nil : rates[r.center].map { Int64($0.throughput) }.flatMap { $0 > 0 ? $0 : nil }
             var x = V1.RankedReplica(center: r.center, state: r.state.rawValue, path: r.path, files: r.files, bytes: r.bytes, verifiedAt: r.verifiedAt,
                                   address: address, url: address.map { "ferry://\($0)" + r.path }, reachable: reachable,
                                   lastSync: local ? nil : c?.lastSync, rateBytesPerSecond: rate, rank: nil, reason: "")

@@ -68,7 +68,7 @@ public struct DaemonAPI: Sendable {
         route(router, "health") { _, _ in try await onPool(.quickReads) {
             // Unauthenticated: only what the configuration names (peers, allowed hosts).
             let peers = (runner?.tuner.snapshot() ?? [:]).filter { runner?.isConfiguredKey($0.key) ?? false }.mapValues {
-                V1.PeerHealth(streams: $0.streams, active: $0.active, rateBytesPerSecond: Int64($0.lastRate), errors: $0.errors)
+                V1.PeerHealth(streams: $0.streams, active: $0.active, rateBytesPerSecond: Int64($0.throughput), errors: $0.errors)
             }
             let jobs = (try? store.countsByState())?.reduce(into: [String: Int]()) { $0[$1.key.rawValue] = $1.value } ?? [:]
             return try codable(200, V1.Health(status: "ok", center: center, peers: peers, transfer: transfer, jobs: jobs))
@@ -483,7 +483,7 @@ public struct DaemonAPI: Sendable {
         }
     }
 
-    private func metrics() -> String {
+    func metrics() -> String {
         var out = "# HELP ferry_jobs Transfer jobs by state.\n# TYPE ferry_jobs gauge\n"
         let counts = (try? store.countsByState()) ?? [:]
         for s in JobState.allCases { out += "ferry_jobs{state=\(promLabel(s.rawValue))} \(counts[s] ?? 0)\n" }
@@ -505,10 +505,20 @@ public struct DaemonAPI: Sendable {
             for (p, s) in peers { out += "ferry_peer_streams{peer=\(p)} \(s.streams)\n" }
             out += "# HELP ferry_peer_active Transfers the daemon runs at once towards each peer (self-tuned).\n# TYPE ferry_peer_active gauge\n"
             for (p, s) in peers { out += "ferry_peer_active{peer=\(p)} \(s.active)\n" }
-            out += "# HELP ferry_peer_throughput_bytes_per_second Throughput of the last big transfer towards each peer.\n# TYPE ferry_peer_throughput_bytes_per_second gauge\n"
-            for (p, s) in peers { out += "ferry_peer_throughput_bytes_per_second{peer=\(p)} \(Int(s.lastRate))\n" }
+            out += "# HELP ferry_peer_throughput_bytes_per_second Throughput of the last transfer of 1 MiB or more towards each peer (0: none yet).\n# TYPE ferry_peer_throughput_bytes_per_second gauge\n"
+            for (p, s) in peers { out += "ferry_peer_throughput_bytes_per_second{peer=\(p)} \(Int(s.throughput))\n" }
             out += "# HELP ferry_peer_errors_total Failed attempts towards each peer.\n# TYPE ferry_peer_errors_total counter\n"
             for (p, s) in peers { out += "ferry_peer_errors_total{peer=\(p)} \(s.errors)\n" }
+        }
+        if let runner { out += runner.jobMetricsText() }
+        if let sizes = try? catalog?.sizes() {
+            // By center: this one's datasets and each followed peer's (peers from the config).
+            out += "# HELP ferry_catalog_datasets Datasets in the Global Files catalog, by center.\n# TYPE ferry_catalog_datasets gauge\n"
+            for z in sizes { out += "ferry_catalog_datasets{center=\(promLabel(z.center))} \(z.datasets)\n" }
+            out += "# HELP ferry_catalog_files Files the catalog's datasets hold, by center.\n# TYPE ferry_catalog_files gauge\n"
+            for z in sizes { out += "ferry_catalog_files{center=\(promLabel(z.center))} \(z.files)\n" }
+            out += "# HELP ferry_catalog_bytes Bytes the catalog's datasets hold, by center.\n# TYPE ferry_catalog_bytes gauge\n"
+            for z in sizes { out += "ferry_catalog_bytes{center=\(promLabel(z.center))} \(z.bytes)\n" }
         }
         if let handshakes = runner?.tlsHandshakes(), !handshakes.isEmpty {
             out += "# HELP ferry_peer_tls_handshakes_total TLS handshakes of jobs towards each peer: full, or resumed from an earlier session's ticket.\n# TYPE ferry_peer_tls_handshakes_total counter\n"

@@ -71,6 +71,13 @@ public final class JobRunner: @unchecked Sendable {
     private let lock = NSLock()
     private var stopping = false
     private var running: [Int64: TransferProgress] = [:]
+    /// Attempts this runner ran, claim to end, by outcome (`ferry_job_duration_seconds`).
+    private var durations: [String: PromHistogram] = [:]
+    /// Jobs' waits from submission to their first attempt here (`ferry_job_queue_wait_seconds`).
+    private var queueWait = PromHistogram(buckets: JobRunner.waitBuckets)
+    static let durationBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
+    static let waitBuckets: [Double] = [0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
+    static let outcomes = ["success", "skipped", "failed", "retry", "interrupted"]
     private var threads = 0
     private var lastPromote: Int64 = 0
     /// The center's audit log: each attempt's start and end (set before `start`).
@@ -204,6 +211,22 @@ public final class JobRunner: @unchecked Sendable {
         lock.withLock { peerTLS }.mapValues(\.handshakes)
     }
 
+    /// The runner's histograms in Prometheus' text format: each attempt's seconds from claim to
+    /// end by outcome (`retry`: failed, resumable; every outcome has its series from the start),
+    /// and each job's wait from submission to its first attempt (dependencies and `not_before`
+    /// included: the wait a user sees). This daemon's attempts only: daemons sharing a queue
+    /// each count their own, and Prometheus sums them.
+    public func jobMetricsText() -> String {
+        lock.withLock {
+            var o = "# HELP ferry_job_duration_seconds Attempts this daemon ran, from claim to end, by outcome.\n# TYPE ferry_job_duration_seconds histogram\n"
+            for k in JobRunner.outcomes {
+                o += (durations[k] ?? PromHistogram(buckets: JobRunner.durationBuckets)).samples("ferry_job_duration_seconds", labels: "outcome=\"\(k)\"")
+            }
+            o += "# HELP ferry_job_queue_wait_seconds Jobs' waits from submission to their first attempt on this daemon.\n# TYPE ferry_job_queue_wait_seconds histogram\n"
+            return o + queueWait.samples("ferry_job_queue_wait_seconds")
+        }
+    }
+
     /// Live counters of a job this runner is running now.
     public func liveProgress(_ id: Int64) -> TransferProgress.Snapshot? {
         lock.withLock { running[id] }?.snapshot()
@@ -257,6 +280,10 @@ public final class JobRunner: @unchecked Sendable {
         }
         keeper.start()
         let started = Date()
+        if job.attempts <= 1 {
+            let waited = max(0, started.timeIntervalSince1970 - Double(job.created))
+            lock.withLock { queueWait.observe(waited) }
+        }
         auditJob(job, action: "job.start", result: "running: attempt \(job.attempts) on \(worker)")
         let outcome = attempt(job, progress: progress)
         done.signal()
@@ -274,6 +301,15 @@ public final class JobRunner: @unchecked Sendable {
             auditJob(job, action: "job.end", result: "interrupted: back to the queue", files: Int64(s.filesDone), bytes: Int64(s.bytesDone),
                      seconds: Date().timeIntervalSince(started))
         }
+        let kind: String
+        switch final {
+        case .success: kind = "success"
+        case .skipped: kind = "skipped"
+        case .failure(_, let resumable, _): kind = resumable ? "retry" : "failed"
+        case .interrupted: kind = "interrupted"
+        }
+        let seconds = Date().timeIntervalSince(started)
+        lock.withLock { durations[kind, default: PromHistogram(buckets: JobRunner.durationBuckets)].observe(seconds) }
         // The keeper has stopped (signalled above; a renewal in flight may still add its part:
         // `advance` hands each byte to one of them only).
         _ = try? store.finish(job.id, worker: worker, outcome: final, now: Int64(Date().timeIntervalSince1970),

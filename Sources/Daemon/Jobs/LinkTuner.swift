@@ -19,6 +19,12 @@ public final class LinkTuner: @unchecked Sendable {
         public var errors = 0
         /// Transfers in flight allowed to this peer.
         public var active: Int
+        /// Bytes/s of the last finished attempt of at least `reportBytes` towards this peer,
+        /// whatever its streams (`ferry_peer_throughput_bytes_per_second`, replica ranking); 0
+        /// after a link error. `lastRate` is the tuner's own comparison, set only by attempts
+        /// run at the tuned streams (it read 0 for a peer whose jobs chose their streams, or
+        /// ran two at once); this one is what the link did last.
+        public var throughput: Double = 0
         /// Aggregate throughput of the previous window (bytes/s).
         public var lastWindowRate: Double = 0
         var windowStart: Double = 0
@@ -31,6 +37,9 @@ public final class LinkTuner: @unchecked Sendable {
     public let initialStreams: Int
     /// Transfers shorter than this say more about latency than about the link: not counted.
     public let minBytes: Int64
+    /// Attempts from this size on are reported as the peer's throughput (`State.throughput`):
+    /// smaller ones measure the round trips more than the link.
+    public let reportBytes: Int64 = 1 << 20
     /// Transfers in flight per peer: from 1 up to this (the configured per-peer limit).
     public let maxActive: Int
     public let windowSeconds: Double
@@ -66,6 +75,11 @@ public final class LinkTuner: @unchecked Sendable {
             var s = peers[peer] ?? fresh()
             recordWindow(&s, bytes: bytes, failed: failed)
             defer { peers[peer] = s }
+            if failed {
+                s.throughput = 0
+            } else if bytes >= reportBytes && seconds > 0 {
+                s.throughput = Double(bytes) / seconds
+            }
             guard streams == s.streams else { return }  // a job that chose its own streams
             if failed {
                 s.errors += 1

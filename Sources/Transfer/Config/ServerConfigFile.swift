@@ -11,6 +11,7 @@ import Glibc
 ///     revocations = "revoked.txt"
 ///     audit_log = "/var/log/ferry/audit.jsonl"
 ///     minimum_protection = "safe"
+///     metrics_listen = "127.0.0.1:9464"     # /metrics and /health over plain HTTP (optional)
 ///
 ///     [limits]
 ///     connections = 256                     # authenticated connections at once
@@ -53,6 +54,8 @@ public struct ServerConfigFile {
     public var tokenIssuers: [String] = []
     public var revocations: String?
     public var auditLog: String?
+    /// Where `/metrics` and `/health` are served over plain HTTP, with or without a daemon.
+    public var metricsListen: HostPort?
     public var minimumProtection: ProtectionLevel = .clear
     public var handshakeTimeoutSeconds = 10
     public var idleTimeoutSeconds = 120
@@ -135,6 +138,7 @@ public struct ServerConfigFile {
             case "token_issuers": tokenIssuers = try strings(v, k).map(resolve)
             case "revocations": revocations = resolve(try str(v, k))
             case "audit_log": auditLog = resolve(try str(v, k))
+            case "metrics_listen": metricsListen = try HostPort(parsing: try str(v, k))
             case "minimum_protection": minimumProtection = try ProtectionLevel(parsing: try str(v, k))
             case "run_as": identities.runAs = try str(v, k)
             case "identity":

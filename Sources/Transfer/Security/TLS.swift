@@ -139,6 +139,55 @@ public enum CertificateAuthority {
             throw TransferError(.io, String(cString: err))
         }
     }
+
+    /// Renews the CA certificate in place: same name and key, valid from now for `days`. The
+    /// certificates it issued verify against the renewed one; the previous file is kept as
+    /// `CERT.prev`. Written beside it and renamed, so a reader never sees half a file.
+    public static func renew(caCertificate: String, caKey: String, days: Int) throws {
+        var err = [CChar](repeating: 0, count: 512)
+        let next = caCertificate + ".new"
+        guard ferry_ca_renew(caCertificate, caKey, Int32(days), next, &err, err.count) == 1 else {
+            unlink(next)
+            throw TransferError(.io, String(cString: err))
+        }
+        try replaceKeepingPrevious([(next, caCertificate)])
+    }
+
+    /// Re-issues the center certificate at `certificate` with its names (CN and every
+    /// subjectAltName), valid from now for `days`; with `newKey` a new key replaces `key`,
+    /// else the key stays (user tokens it signed stay valid). The previous files are kept as
+    /// `.prev`; the new ones are written beside and renamed into place (the certificate last),
+    /// so a server reloading on SIGHUP never reads half a file or a key without its
+    /// certificate.
+    public static func reissue(caCertificate: String, caKey: String, certificate: String, key: String, days: Int, newKey: Bool) throws {
+        var err = [CChar](repeating: 0, count: 512)
+        let nextCert = certificate + ".new", nextKey = key + ".new"
+        let ok = ferry_ca_reissue(caCertificate, caKey, certificate, newKey ? nil : key, Int32(days), nextCert, nextKey, &err, err.count) == 1
+        guard ok else {
+            unlink(nextCert)
+            unlink(nextKey)
+            throw TransferError(.io, String(cString: err))
+        }
+        try replaceKeepingPrevious(newKey ? [(nextKey, key), (nextCert, certificate)] : [(nextCert, certificate)])
+    }
+
+    /// Each (new, path): `new` takes `path`'s owner, group and mode (a key readable by the
+    /// service's group stays so), `path` becomes `path.prev` (a hard link: the old file stays
+    /// where it was until the rename), then `new` is renamed onto `path`.
+    private static func replaceKeepingPrevious(_ moves: [(String, String)]) throws {
+        for (next, path) in moves {
+            var st = stat()
+            guard stat(path, &st) == 0 else { throw TransferError(.io, "cannot read '\(path)': \(String(cString: strerror(errno)))") }
+            guard chown(next, st.st_uid, st.st_gid) == 0 || geteuid() != 0, chmod(next, st.st_mode & 0o7777) == 0 else {
+                throw TransferError(.io, "cannot give '\(next)' the owner and mode of '\(path)': \(String(cString: strerror(errno)))")
+            }
+            unlink(path + ".prev")
+            guard link(path, path + ".prev") == 0 else { throw TransferError(.io, "cannot keep '\(path)' as '\(path).prev': \(String(cString: strerror(errno)))") }
+        }
+        for (next, path) in moves {
+            guard rename(next, path) == 0 else { throw TransferError(.io, "cannot rename '\(next)' to '\(path)': \(String(cString: strerror(errno)))") }
+        }
+    }
 }
 
 

@@ -16,11 +16,8 @@ final class ServerMetrics: @unchecked Sendable {
     private var chunksResent: UInt64 = 0
     private var framesRejected: UInt64 = 0
     private var refusals: [String: UInt64] = [:]
-    /// TLS handshake seconds of control connections: cumulative bucket counts.
-    static let handshakeBuckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
-    private var handshakeCounts = [UInt64](repeating: 0, count: ServerMetrics.handshakeBuckets.count)
-    private var handshakeSum: Double = 0
-    private var handshakeCount: UInt64 = 0
+    /// TLS handshake seconds of control connections.
+    private var handshakes = PromHistogram(buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5])
 
     func session(direction: String, protection: String, ok: Bool, snapshot p: TransferProgress.Snapshot) {
         let key = Key(direction: direction, protection: protection, result: ok ? "ok" : "failed")
@@ -39,11 +36,7 @@ final class ServerMetrics: @unchecked Sendable {
     }
 
     func handshake(seconds: Double) {
-        lock.withLock {
-            for (i, b) in ServerMetrics.handshakeBuckets.enumerated() where seconds <= b { handshakeCounts[i] += 1 }
-            handshakeSum += seconds
-            handshakeCount += 1
-        }
+        lock.withLock { handshakes.observe(seconds) }
     }
 
     func text() -> String {
@@ -71,11 +64,40 @@ final class ServerMetrics: @unchecked Sendable {
                 o += "ferry_server_refusals_total{reason=\"\(r)\"} \(refusals[r] ?? 0)\n"
             }
             o += "# HELP ferry_server_tls_handshake_seconds TLS handshakes of control connections.\n# TYPE ferry_server_tls_handshake_seconds histogram\n"
-            for (i, b) in ServerMetrics.handshakeBuckets.enumerated() { o += "ferry_server_tls_handshake_seconds_bucket{le=\"\(b)\"} \(handshakeCounts[i])\n" }
-            o += "ferry_server_tls_handshake_seconds_bucket{le=\"+Inf\"} \(handshakeCount)\n"
-            o += "ferry_server_tls_handshake_seconds_sum \(handshakeSum)\nferry_server_tls_handshake_seconds_count \(handshakeCount)\n"
+            o += handshakes.samples("ferry_server_tls_handshake_seconds")
             return o
         }
+    }
+}
+
+/// One histogram's series in Prometheus' text format: cumulative buckets, `+Inf`, sum and
+/// count. Not locked: its owner's lock guards it.
+public struct PromHistogram: Sendable {
+    public let buckets: [Double]
+    private var counts: [UInt64]
+    private var sum: Double = 0
+    private var count: UInt64 = 0
+
+    public init(buckets: [Double]) {
+        self.buckets = buckets
+        counts = [UInt64](repeating: 0, count: buckets.count)
+    }
+
+    public mutating func observe(_ value: Double) {
+        for (i, b) in buckets.enumerated() where value <= b { counts[i] += 1 }
+        sum += value
+        count += 1
+    }
+
+    /// The sample lines of `name` (no HELP or TYPE); `labels` such as `outcome="ok"` go before
+    /// `le` in each bucket and on the sum and count.
+    public func samples(_ name: String, labels: String = "") -> String {
+        let pre = labels.isEmpty ? "" : labels + ","
+        let own = labels.isEmpty ? "" : "{\(labels)}"
+        var o = ""
+        for (i, b) in buckets.enumerated() { o += "\(name)_bucket{\(pre)le=\"\(b)\"} \(counts[i])\n" }
+        o += "\(name)_bucket{\(pre)le=\"+Inf\"} \(count)\n\(name)_sum\(own) \(sum)\n\(name)_count\(own) \(count)\n"
+        return o
     }
 }
 
