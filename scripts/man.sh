@@ -11,4 +11,6 @@ swift build --product ferry >/dev/null
 swift build --product generate-manual >/dev/null
 tool=$(find .build -path '*debug/generate-manual' -type f | head -1)
 "$tool" .build/debug/ferry --multi-page --authors "the Ferry developers" --output-directory "$out"
+# A blank line in a command's discussion is a paragraph break (mdoc's .Pp), as in the package.
+sed -i 's/^$/.Pp/' "$out"/*.1
 ls "$out"
