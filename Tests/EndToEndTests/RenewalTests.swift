@@ -86,11 +86,15 @@ struct RenewalTests {
         // Not due: a 365-day certificate is not within 30 days.
         let notDue = try sb.ferry(["ca", "renew", "--dir", pki, "--center", "hlrs", "--within", "30d"])
         #expect(notDue.succeeded && notDue.stdout.contains("not renewed") && readFile(sb.centerCert) == oldCert, "\(notDue)")
-        // Due: the same names and key, 40 days; the previous kept.
+        // Due: the same names and key, 40 days; the previous kept. A leftover `.new` name that
+        // points elsewhere is replaced, not written through.
+        let victim = sb.file("victim.txt")
+        try writeFile(victim, Array("untouched\n".utf8))
+        #expect(symlink(victim, sb.centerCert + ".new") == 0)
         let renewed = try sb.ferry(["ca", "renew", "--dir", pki, "--center", "hlrs", "--days", "40", "--within", "400d"])
         #expect(renewed.succeeded && renewed.stdout.contains("renewed \(sb.centerCert)"), "\(renewed)")
         #expect(readFile(sb.centerCert) != oldCert && readFile(sb.centerCert + ".prev") == oldCert && readFile(sb.centerKey) == oldKey)
-        #expect(!FileManager.default.fileExists(atPath: sb.centerCert + ".new"))
+        #expect(!FileManager.default.fileExists(atPath: sb.centerCert + ".new") && readFile(victim) == Array("untouched\n".utf8))
         // The renewed certificate serves: its names (127.0.0.1, ::1) and key are the old ones,
         // so the tokens it signed work.
         let root = try sb.dir("root")

@@ -146,6 +146,7 @@ public enum CertificateAuthority {
     public static func renew(caCertificate: String, caKey: String, days: Int) throws {
         var err = [CChar](repeating: 0, count: 512)
         let next = caCertificate + ".new"
+        unlink(next)  // written anew, never through whatever a leftover name points to
         guard ferry_ca_renew(caCertificate, caKey, Int32(days), next, &err, err.count) == 1 else {
             unlink(next)
             throw TransferError(.io, String(cString: err))
@@ -162,6 +163,8 @@ public enum CertificateAuthority {
     public static func reissue(caCertificate: String, caKey: String, certificate: String, key: String, days: Int, newKey: Bool) throws {
         var err = [CChar](repeating: 0, count: 512)
         let nextCert = certificate + ".new", nextKey = key + ".new"
+        unlink(nextCert)  // written anew, never through whatever a leftover name points to
+        unlink(nextKey)
         let ok = ferry_ca_reissue(caCertificate, caKey, certificate, newKey ? nil : key, Int32(days), nextCert, nextKey, &err, err.count) == 1
         guard ok else {
             unlink(nextCert)
