@@ -102,8 +102,8 @@ final class SenderWorker {
         let cbuf = pool.buffer(1) + headroom
         let capacity = pool.bytesPerBuffer - headroom
         let sample = min(n, CompressionPolicy.sampleBytes)
-        let level = policy.level(compressible: &compressible, chunksSinceProbe: &sinceProbe, sampleSize: sample, probe: {
-            compressor.compress(src, sample, into: cbuf, capacity: capacity, level: CompressionPolicy.autoLevel)
+        let level = policy.level(compressible: &compressible, chunksSinceProbe: &sinceProbe, sampleSize: sample, probe: { level in
+            compressor.compress(src, sample, into: cbuf, capacity: capacity, level: level)
         })
         if let level, let c = compressor.compress(src, n, into: cbuf, capacity: capacity, level: level) {
             return (cbuf, c, .zstd)
