@@ -73,13 +73,6 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
             }
         }
 
-        /// The code of a message that carries only a system call's text (`strerror`), for the
-        /// few places that keep no errno: no space, permission, not found; else `.io`.
-        public init(systemText text: String) {
-            let e = [ENOSPC, EDQUOT, EACCES, EPERM, ENOENT, ENOTDIR].first { text.contains(String(cString: strerror($0))) }
-            self = e.map { Code(errno: $0) } ?? .io
-        }
-
         /// The code `name` gives (`no_space`), or nil for a name this side does not know.
         public init?(name: String) {
             guard let c = Code.all.first(where: { $0.name == name }) else { return nil }

@@ -78,6 +78,16 @@ struct SpecialFileTests {
         let small = try sb.cp(server.url("small.bin"), dev)
         #expect(small.succeeded, "\(small)")
         #expect(Self.kind(dev)?.type == S_IFCHR)
+
+        // A device that refuses the bytes (/dev/full's numbers: every write is ENOSPC), in a
+        // chunk and in a batch: the copy fails saying so, the node stays what it was.
+        let full = sb.file("out/full")
+        try Self.mknodChar(full, major: 1, minor: 7)
+        for name in ["big.bin", "small.bin"] {
+            let r = try sb.cp(server.url(name), full, options: ["--chunk-size", "1M"])
+            #expect(!r.succeeded && r.allMessages.contains("No space left on device"), "\(r)")
+            #expect(Self.kind(full)?.type == S_IFCHR && Self.kind(full)?.rdev == Self.devNumber(1, 7))
+        }
     }
 
     @Test("a FIFO destination with a reader gets the exact bytes, and stays a FIFO")

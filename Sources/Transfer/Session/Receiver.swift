@@ -31,8 +31,9 @@ final class SinkTarget {
     }
     deinit { Glibc.close(fd) }
 
-    /// Writes all of `n` bytes (blocking: the reader sets the pace); an error text or nil.
-    func writeAll(_ p: UnsafeRawPointer, _ n: Int) -> String? {
+    /// Writes all of `n` bytes (blocking: the reader sets the pace); the error (with the
+    /// system's code) or nil.
+    func writeAll(_ p: UnsafeRawPointer, _ n: Int) -> TransferError? {
         var done = 0
         while done < n {
             let r = Glibc.write(fd, p + done, n - done)
@@ -44,10 +45,10 @@ final class SinkTarget {
             }
             if r < 0 {
                 let e = errno
-                if e == EPIPE { return "the reader of \(display) went away" }
-                return "cannot write to \(display): \(String(cString: strerror(e))) (\(e))"
+                if e == EPIPE { return TransferError(.io, "the reader of \(display) went away") }
+                return TransferError(TransferError.Code(errno: e), "cannot write to \(display): \(String(cString: strerror(e))) (\(e))")
             }
-            if r == 0 { return "cannot write to \(display): no progress" }
+            if r == 0 { return TransferError(.io, "cannot write to \(display): no progress") }
             done += r
         }
         return nil
@@ -219,7 +220,8 @@ final class Receiver: @unchecked Sendable {
                         ctx.progress.add(bytesTotal: size)
                         // The partial holds every chunk at its offset; its length is the stream's.
                         if f.partFd >= 0 && ftruncate(f.partFd, off_t(size)) != 0 {
-                            _ = failFile(f, "cannot write '\(f.display)': \(String(cString: strerror(errno)))")
+                            let e = errno
+                            _ = failFile(f, "cannot write '\(f.display)': \(String(cString: strerror(e)))", code: TransferError.Code(errno: e))
                         }
                     }
                     f.senderDigest = digest
@@ -696,13 +698,15 @@ final class Receiver: @unchecked Sendable {
             return failFile(f, "'\(f.display)': whole-file digest mismatch (\(digest) ≠ \(expected)); rerun starts it over", code: .verify)
         }
         if fdatasync(f.partFd) != 0 {
-            return failFile(f, "cannot sync '\(f.display)': \(String(cString: strerror(errno))); rerun resumes")
+            let e = errno
+            return failFile(f, "cannot sync '\(f.display)': \(String(cString: strerror(e))); rerun resumes", code: TransferError.Code(errno: e))
         }
         _ = fchmod(f.partFd, mode_t(f.entry.mode))
         var t = f.times
         _ = futimens(f.partFd, &t)
         if renameat(f.dir.fd, PartialNames.part(f.name), f.dir.fd, f.name) != 0 {
-            return failFile(f, "cannot rename into '\(f.display)': \(String(cString: strerror(errno)))")
+            let e = errno
+            return failFile(f, "cannot rename into '\(f.display)': \(String(cString: strerror(e)))", code: TransferError.Code(errno: e))
         }
         _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
         Glibc.close(f.partFd)
@@ -715,13 +719,13 @@ final class Receiver: @unchecked Sendable {
     }
 
     /// Writes chunk `index` of a sink file in its turn, with any chunks that waited for it;
-    /// a chunk ahead of its turn waits in memory (bounded). File lock held. An error text or nil.
-    func sinkWrite(_ f: ReceiverFile, _ sink: SinkTarget, index: Int, data: UnsafeRawPointer, rawBytes: Int) -> String? {
+    /// a chunk ahead of its turn waits in memory (bounded). File lock held. The error or nil.
+    func sinkWrite(_ f: ReceiverFile, _ sink: SinkTarget, index: Int, data: UnsafeRawPointer, rawBytes: Int) -> TransferError? {
         // Already written (a resend); an empty file has no chunk at all.
         if index < sink.nextIndex || (index < f.present.count && f.present[index]) { return nil }
         if index > sink.nextIndex {
             guard sink.pending.count < SinkTarget.pendingChunksMax else {
-                return "more than \(SinkTarget.pendingChunksMax) chunks arrived ahead of their turn for \(sink.display), which is written in order"
+                return TransferError(.io, "more than \(SinkTarget.pendingChunksMax) chunks arrived ahead of their turn for \(sink.display), which is written in order")
             }
             sink.pending[index] = Array(UnsafeRawBufferPointer(start: data, count: rawBytes))
             return nil
@@ -735,11 +739,10 @@ final class Receiver: @unchecked Sendable {
         return nil
     }
 
-    /// Marks a file failed, keeping what is durable for a rerun.
-    /// `code`: why (nil: read from the system's text in `message`, see `Code(systemText:)`);
+    /// Marks a file failed, keeping what is durable for a rerun. `code`: why (every caller
+    /// says: the errno where a system call failed, never read back from its text);
     /// `fromPeer`: the sender said it (its source failed).
-    func failFile(_ f: ReceiverFile, _ message: String, code: TransferError.Code? = nil, fromPeer: Bool = false) -> FileVerdict {
-        let code = code ?? TransferError.Code(systemText: message)
+    func failFile(_ f: ReceiverFile, _ message: String, code: TransferError.Code, fromPeer: Bool = false) -> FileVerdict {
         if !f.failed {
             f.failed = true
             try? syncDurable(f)
