@@ -102,6 +102,18 @@ metrics = urllib.request.urlopen(api + "/metrics", timeout=60).read().decode()
 for kind in ("full", "resumed"):
     line = [l for l in metrics.splitlines() if l.startswith('ferry_peer_tls_handshakes_total{peer="wuxi",kind="%s"}' % kind)]
     print("tls_%s\t%s" % (kind, line[0].split()[-1] if line else "-"))
+# One job at a time on an idle daemon: from the submission's answer to the job's success (read
+# every 5 ms), 50 jobs: what a user waiting for one third-party copy sees.
+solo = []
+for i in range(min(50, n)):
+    time.sleep(0.3)  # idle between jobs, as a user's jobs come
+    t = time.time()
+    j = call("POST", "/api/v1/transfers", {"source": "/scratch/in/f%05d" % i, "destination": "ferry://wuxi/incoming/solo/f%05d" % i})
+    while call("GET", "/api/v1/transfers/%d" % j["id"])["state"] not in ("success", "failed", "skipped"):
+        time.sleep(0.005)
+    solo.append(time.time() - t)
+solo.sort()
+print("solo_job_p50_ms\t%.0f\nsolo_job_p90_ms\t%.0f" % (1000 * solo[len(solo) // 2], 1000 * solo[int(len(solo) * 0.9)]))
 PY
 # The same kind of work without the daemon, as a user's script would do it: one `ferry cp`
 # per file, 4 at a time (xargs -P 4), for 1,000 of the files (all of them when --jobs is less),

@@ -76,6 +76,58 @@ struct ChangeFeedTests {
         await watcher.task?.value
     }
 
+    @Test("a thread waiting on the feed (a runner's worker) wakes at a change, waits out its timeout without one, and returns at once when it already moved")
+    func blockingWait() {
+        let feed = ChangeFeed()
+        let g = feed.generation
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.1) { feed.bump() }
+        let t0 = ContinuousClock.now
+        let v = feed.waitBlocking(after: g, timeout: 30)
+        #expect(v == g + 1 && ContinuousClock.now - t0 < .seconds(10))
+        let t1 = ContinuousClock.now
+        #expect(feed.waitBlocking(after: v, timeout: 0.3) == v)
+        #expect(ContinuousClock.now - t1 >= .milliseconds(250))
+        let t2 = ContinuousClock.now
+        #expect(feed.waitBlocking(after: g, timeout: 30) == v && ContinuousClock.now - t2 < .seconds(5))
+    }
+
+    @Test("an idle runner waits on the feed: about one claim per worker per second, not five; a submitted job is claimed without waiting for the next poll", arguments: Backend.allCases)
+    func idleRunner(_ backend: Backend) throws {
+        let counting = CountingDatabase(try openDatabase(try backend.newDatabase()))
+        let store = try JobStore(db: counting)
+        let before = counting.statements
+        _ = try store.claim(worker: "probe", now: 1, leaseSeconds: 30)
+        let perClaim = counting.statements - before
+        _ = try store.promote(now: 1)
+        let perPromote = counting.statements - before - perClaim
+        let dir = NSTemporaryDirectory() + "ferry-idle-runner-\(getpid())-\(backend.rawValue)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try CertificateAuthority.initialize(name: "test CA", days: 1, certificate: dir + "/ca.crt", key: dir + "/ca.key")
+        var settings = RunnerSettings(exports: [Export(name: "data", path: dir, writable: true)], tls: TLSIdentity(certificate: nil, key: nil, ca: dir + "/ca.crt"))
+        settings.workers = 2
+        let runner = try JobRunner(store: store, settings: settings, workerID: "idle")
+        runner.start()
+        defer { runner.stop() }
+        Thread.sleep(forTimeInterval: 1)
+        let idleStart = counting.statements
+        Thread.sleep(forTimeInterval: 5)
+        let idle = counting.statements - idleStart
+        // Two workers for 5 s: one claim each per second (and a promote per second between
+        // them); polling every 0.2 s made five each. Loose by half for a loaded host.
+        #expect(idle <= 15 * perClaim + 8 * perPromote, "an idle runner made \(idle) statements in 5 s (\(perClaim) per claim, \(perPromote) per promote)")
+        // A job (whose source does not exist: it fails at once) leaves the queue well before a
+        // worker's next timed look would have come.
+        let t0 = ContinuousClock.now
+        let id = try store.submit(owner: "u", request: JobRequest(source: "/data/missing", destination: "/data/copy"), peer: "", now: Int64(Date().timeIntervalSince1970))
+        var state = JobState.queued
+        for _ in 0..<200 where state == .queued {
+            Thread.sleep(forTimeInterval: 0.01)
+            state = try store.get(id)?.state ?? .queued
+        }
+        #expect(state != .queued && ContinuousClock.now - t0 < .seconds(2), "still \(state)")
+    }
+
     @Test("PostgreSQL: a change made by a second store (another daemon) on the same database wakes the watcher (LISTEN/NOTIFY)")
     func otherDaemonsChangeReachesWatcher() async throws {
         try await onPool(.writes) { try await Self.otherDaemonsChange() }

@@ -51,6 +51,24 @@ public final class ChangeFeed: @unchecked Sendable {
             timer?.cancel()
             k.resume(returning: v)
         }
+        threads.lock()
+        threads.broadcast()
+        threads.unlock()
+    }
+
+    /// Threads waiting in `waitBlocking` (the job runner's workers).
+    private let threads = NSCondition()
+
+    /// `wait(after:timeout:)` for a thread of its own (the runner's workers): blocks until the
+    /// generation differs from `after` or `timeout` seconds have passed; returns it.
+    public func waitBlocking(after: UInt64, timeout: Double) -> UInt64 {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        threads.lock()
+        defer { threads.unlock() }
+        // `bump` moves the value before it broadcasts under `threads`: a bump between this
+        // check and the wait finds the waiter already waiting.
+        while generation == after && threads.wait(until: deadline) {}
+        return generation
     }
 
     /// Returns the generation as soon as it differs from `after` (at once if it already does),

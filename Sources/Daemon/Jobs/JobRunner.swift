@@ -27,8 +27,14 @@ public struct RunnerSettings: Sendable {
     public var leaseSeconds: Int64 = 30
     public var perPeerMax = 4
     public var perUserMax = 8
-    /// Idle poll interval of each worker.
-    public var pollSeconds = 0.2
+    /// Longest a worker with nothing to claim waits before it looks again (time-based moves:
+    /// backoff, `not_before`, leases, deadlines, promoted once a second). It looks at once when
+    /// the queue changes (`ChangeFeed`: a submission, a finished job freeing a peer's slot,
+    /// another daemon's change through NOTIFY), at most every `claimGapSeconds`.
+    public var pollSeconds = 1.0
+    /// Shortest gap between one worker's claims that found nothing: under a storm of queue
+    /// changes an idle worker claims at most 50 times a second, not once per change.
+    public var claimGapSeconds = 0.02
 
     public init(exports: [Export], tls: TLSIdentity) {
         self.exports = exports
@@ -111,6 +117,7 @@ public final class JobRunner: @unchecked Sendable {
             return Array(running.values)
         }
         for p in active { p.cancel("the daemon is stopping") }
+        store.changes.bump()  // idle workers wake and see `stopping`
         let deadline = Date().addingTimeInterval(seconds)
         while lock.withLock({ threads }) > 0 && Date() < deadline { usleep(50_000) }
     }
@@ -235,6 +242,9 @@ public final class JobRunner: @unchecked Sendable {
     private func workerLoop(name: String) {
         while !isStopping {
             let now = Int64(Date().timeIntervalSince1970)
+            // Read before the claim: a change after it wakes the wait below at once.
+            let seen = store.changes.generation
+            let claimedAt = ProcessInfo.processInfo.systemUptime
             var job: Job?
             do {
                 // Submitted jobs are queued at once; promote moves only waiting ones (backoff,
@@ -252,7 +262,11 @@ public final class JobRunner: @unchecked Sendable {
                 Logger(label: "ferry.daemon").error("queue error: \(error)")
             }
             guard let job else {
-                usleep(useconds_t(settings.pollSeconds * 1_000_000))
+                // Until the queue changes (or the time-based moves are due), then no sooner
+                // than the claim gap after the last claim.
+                _ = store.changes.waitBlocking(after: seen, timeout: settings.pollSeconds)
+                let gap = settings.claimGapSeconds - (ProcessInfo.processInfo.systemUptime - claimedAt)
+                if gap > 0 { usleep(useconds_t(gap * 1_000_000)) }
                 continue
             }
             run(job, worker: name)
