@@ -44,6 +44,8 @@ extension Ferry {
             func validate() throws {
                 if let days, !(1...36_500).contains(days) { throw ValidationError("--days must be 1...36500") }
                 if newKey && center == nil { throw ValidationError("--new-key renews a center's key: give --center (the CA's key is what its certificates chain to)") }
+                // The name becomes a file name (DIR/NAME.crt): a center's name, nothing else.
+                if let center { do { try CenterName.validate(center) } catch { throw ValidationError("--center: \(asMessage(error))") } }
             }
 
             func run() throws {

@@ -140,6 +140,8 @@ struct RenewalTests {
         try Sandbox.ferryTool(["ca", "issue", "--dir", sb.file("other"), "--center", "hlrs"])
         let foreign = try sb.ferry(["ca", "renew", "--dir", sb.file("other"), "--center", "hlrs", "--ca-dir", pki])
         #expect(!foreign.succeeded && foreign.stderr.contains("was not issued by the CA"), "\(foreign)")
+        let escape = try sb.ferry(["ca", "renew", "--dir", pki, "--center", "../pki/hlrs"])
+        #expect(!escape.succeeded && escape.stderr.contains("--center"), "\(escape)")
         let caKey = try sb.ferry(["ca", "renew", "--dir", pki, "--new-key"])
         #expect(!caKey.succeeded && caKey.stderr.contains("give --center"), "\(caKey)")
         #expect(readFile(sb.centerCert) == current && !FileManager.default.fileExists(atPath: sb.file("other/hlrs.crt.new")))

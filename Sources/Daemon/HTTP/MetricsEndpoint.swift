@@ -32,8 +32,9 @@ public struct MetricsEndpoint: Sendable {
     func application(text: @escaping @Sendable () -> String) -> some ApplicationProtocol {
         let router = Router()
         router.get("/metrics") { _, _ in
-            // The text reads the queue's counts with a daemon: off the event loop.
-            try await onPool(.quickReads) {
+            // With a daemon the text reads the queue and may wait up to 3 s for a silent peer's
+            // handshake (`ferry_peer_up`): on the pool the API's own /metrics uses.
+            try await onPool(.reads) {
                 Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text())))
             }
         }
