@@ -459,19 +459,44 @@ static int random_serial(X509 *x) {
     return ok;
 }
 
+/* A new certificate: version 3, a random serial, valid from `backdate_seconds` ago (less five
+   minutes for clocks that lag) for `days` days from now, less the backdate. NULL on failure. */
+static X509 *new_cert(int days, long backdate_seconds) {
+    X509 *x = X509_new();
+    int ok = x && X509_set_version(x, 2) && random_serial(x);
+    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -backdate_seconds - 300)
+            && X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400 - backdate_seconds);
+    if (!ok) { X509_free(x); return NULL; }
+    return x;
+}
+
+/* A CA's extensions (self-signed: `x` is its own issuer). */
+static int add_ca_extensions(X509 *x) {
+    return add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0")
+        && add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign")
+        && add_ext(x, x, NID_subject_key_identifier, "hash");
+}
+
+/* A center certificate's extensions: server and client use, its names (`san`, as text, or
+   `san_ext`, copied from an earlier certificate), the key identifiers. */
+static int add_center_extensions(X509 *x, X509 *ca, const char *san, X509_EXTENSION *san_ext) {
+    return add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE")
+        && add_ext(x, ca, NID_key_usage, "critical,digitalSignature")
+        && add_ext(x, ca, NID_ext_key_usage, "serverAuth,clientAuth")
+        && (san_ext ? X509_add_ext(x, san_ext, -1) == 1 : add_ext(x, ca, NID_subject_alt_name, san))
+        && add_ext(x, ca, NID_subject_key_identifier, "hash")
+        && add_ext(x, ca, NID_authority_key_identifier, "keyid:always");
+}
+
 int ferry_ca_init(const char *name, int days, const char *cert_out, const char *key_out, char *err, size_t errlen) {
     EVP_PKEY *k = new_ed25519();
-    X509 *x = X509_new();
+    X509 *x = new_cert(days, 0);
     int ok = k && x;
-    ok = ok && X509_set_version(x, 2) && random_serial(x);
-    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -300) && X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
     X509_NAME *n = x ? X509_get_subject_name(x) : NULL;
     ok = ok && X509_NAME_add_entry_by_txt(n, "O", MBSTRING_UTF8, (const unsigned char *)"Ferry federation", -1, -1, 0);
     ok = ok && X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)name, -1, -1, 0);
     ok = ok && X509_set_issuer_name(x, n) && X509_set_pubkey(x, k);
-    ok = ok && add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
-    ok = ok && add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
-    ok = ok && add_ext(x, x, NID_subject_key_identifier, "hash");
+    ok = ok && add_ca_extensions(x);
     ok = ok && X509_sign(x, k, NULL) > 0;
     if (!ok) fail(err, errlen, "cannot create the CA certificate");
     ok = ok && write_key(k, key_out, err, errlen) && write_cert(x, cert_out, err, errlen);
@@ -508,10 +533,8 @@ int ferry_ca_issue(const char *ca_cert, const char *ca_key, const char *center, 
         X509_free(ca); EVP_PKEY_free(cak); ERR_clear_error(); return 0;
     }
     EVP_PKEY *k = new_ed25519();
-    X509 *x = X509_new();
-    int ok = k && x && X509_set_version(x, 2) && random_serial(x);
-    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -backdate_seconds - 300)
-            && X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400 - backdate_seconds);
+    X509 *x = new_cert(days, backdate_seconds);
+    int ok = k && x;
     X509_NAME *n = x ? X509_get_subject_name(x) : NULL;
     ok = ok && X509_NAME_add_entry_by_txt(n, "O", MBSTRING_UTF8, (const unsigned char *)"Ferry federation", -1, -1, 0);
     ok = ok && X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)center, -1, -1, 0);
@@ -528,12 +551,7 @@ int ferry_ca_issue(const char *ca_cert, const char *ca_key, const char *center, 
             at += snprintf(san + at, sizeof san - at, ",%s:%s", isip ? "IP" : "DNS", h);
         }
     }
-    ok = ok && add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE");
-    ok = ok && add_ext(x, ca, NID_key_usage, "critical,digitalSignature");
-    ok = ok && add_ext(x, ca, NID_ext_key_usage, "serverAuth,clientAuth");
-    ok = ok && add_ext(x, ca, NID_subject_alt_name, san);
-    ok = ok && add_ext(x, ca, NID_subject_key_identifier, "hash");
-    ok = ok && add_ext(x, ca, NID_authority_key_identifier, "keyid:always");
+    ok = ok && add_center_extensions(x, ca, san, NULL);
     ok = ok && X509_sign(x, cak, NULL) > 0;
     if (!ok) fail(err, errlen, "cannot issue the certificate");
     ok = ok && write_key(k, key_out, err, errlen) && write_cert(x, cert_out, err, errlen);
@@ -553,13 +571,10 @@ int ferry_ca_renew(const char *ca_cert, const char *ca_key, int days, const char
     if (!ok) snprintf(err, errlen, "'%s' is not the key of '%s'", ca_key, ca_cert);
     ok = ok && X509_check_ca(ca) >= 1;
     if (!ok && !err[0]) snprintf(err, errlen, "'%s' is not a CA certificate", ca_cert);
-    X509 *x = ok ? X509_new() : NULL;
-    ok = ok && x && X509_set_version(x, 2) && random_serial(x);
-    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -300) && X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
+    X509 *x = ok ? new_cert(days, 0) : NULL;
+    ok = ok && x;
     ok = ok && X509_set_subject_name(x, X509_get_subject_name(ca)) && X509_set_issuer_name(x, X509_get_subject_name(ca)) && X509_set_pubkey(x, k);
-    ok = ok && add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
-    ok = ok && add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
-    ok = ok && add_ext(x, x, NID_subject_key_identifier, "hash");
+    ok = ok && add_ca_extensions(x);
     ok = ok && X509_sign(x, k, NULL) > 0;
     if (!ok && !err[0]) fail(err, errlen, "cannot renew the CA certificate");
     ok = ok && write_cert(x, cert_out, err, errlen);
@@ -597,16 +612,10 @@ int ferry_ca_reissue(const char *ca_cert, const char *ca_key, const char *old_ce
     }
     int san = ok ? X509_get_ext_by_NID(old, NID_subject_alt_name, -1) : -1;
     if (ok && san < 0) { snprintf(err, errlen, "'%s' has no subjectAltName: not a center certificate", old_cert); ok = 0; }
-    X509 *x = ok ? X509_new() : NULL;
-    ok = ok && x && X509_set_version(x, 2) && random_serial(x);
-    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -300) && X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
+    X509 *x = ok ? new_cert(days, 0) : NULL;
+    ok = ok && x;
     ok = ok && X509_set_subject_name(x, X509_get_subject_name(old)) && X509_set_issuer_name(x, X509_get_subject_name(ca)) && X509_set_pubkey(x, k);
-    ok = ok && add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE");
-    ok = ok && add_ext(x, ca, NID_key_usage, "critical,digitalSignature");
-    ok = ok && add_ext(x, ca, NID_ext_key_usage, "serverAuth,clientAuth");
-    ok = ok && X509_add_ext(x, X509_get_ext(old, san), -1) == 1;
-    ok = ok && add_ext(x, ca, NID_subject_key_identifier, "hash");
-    ok = ok && add_ext(x, ca, NID_authority_key_identifier, "keyid:always");
+    ok = ok && add_center_extensions(x, ca, NULL, X509_get_ext(old, san));
     ok = ok && X509_sign(x, cak, NULL) > 0;
     if (!ok && !err[0]) fail(err, errlen, "cannot re-issue the certificate");
     if (ok && !key_in) ok = write_key(k, key_out, err, errlen);
