@@ -65,6 +65,21 @@ struct FederationE2ETests {
 
         func stopAll() { for s in servers.values { s.stop() } }
 
+        /// `ferry_federation_entries_total{peer=PEER}` of center `c`'s /metrics, by `how`.
+        func federationEntries(_ c: String, peer: String) -> [String: Int] {
+            let text = runTool("/usr/bin/python3", ["-c", """
+                import ssl, sys, urllib.request
+                ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.check_hostname = False
+                sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=20, context=ctx if sys.argv[1].startswith("https") else None).read().decode())
+                """, api(c) + "/metrics", sb.ca]).output
+            var out: [String: Int] = [:]
+            for line in text.split(separator: "\n") where line.hasPrefix("ferry_federation_entries_total{peer=\"\(peer)\",how=\"") {
+                let how = line.split(separator: "\"")[3]
+                out[String(how)] = Int(line.split(separator: " ").last ?? "")
+            }
+            return out
+        }
+
         /// Scheduler job `job`'s stage-in hook for `gfs://wuxi/small` (one 64 KiB file, made and
         /// registered at wuxi, and seen by hlrs, on the first call) into `dst` at hlrs.
         func stageSmall(job: String, into dst: String) throws -> CpResult {
@@ -263,6 +278,15 @@ struct FederationE2ETests {
         #expect((changed.stdout.contains("\"size\":8,") || changed.stdout.contains("\"size\":8}")) && !changed.stdout.contains("\"stale\":true"), "\(changed)")
         let up = try f.ferry("csc", ["centers"])
         #expect(up.stdout.contains("hlrs\tup"), "\(up)")
+        // csc read hlrs's datasets whole once, and the re-registration through the entry feed:
+        // the four rows it wrote and the one tombstone, not the dataset again.
+        var counted: [String: Int] = [:]
+        for _ in 0..<30 {
+            counted = f.federationEntries("csc", peer: "hlrs")
+            if counted["changed"] == 4 && counted["removed"] == 1 { break }
+            Thread.sleep(forTimeInterval: 1)
+        }
+        #expect(counted["changed"] == 4 && counted["removed"] == 1 && (counted["whole"] ?? 0) >= 12, "\(counted)")
     }
 
     @Test("a replication cut by the source's crash leaves a partial replica, never read from; replicating again completes it")
@@ -307,16 +331,19 @@ struct FederationE2ETests {
     func federationAuth() throws {
         let f = try FederationE2ETests.start(.sqlite)
         defer { f.stopAll() }
-        // A user's token is not a center's.
-        let user = runTool("/usr/bin/python3", ["-c", """
-            import sys, urllib.request, urllib.error
-            r = urllib.request.Request(sys.argv[1] + '/api/v1/federation/changes', headers={'Authorization': 'Bearer ' + open(sys.argv[2]).read().strip()})
-            try:
-                urllib.request.urlopen(r, timeout=10); print('200')
-            except urllib.error.HTTPError as e:
-                print(e.code, e.read().decode())
-            """, f.api("hlrs"), f.bobToken])
-        #expect(user.output.hasPrefix("403") && user.output.contains("peer centers"), "\(user.output)")
+        // A user's token is not a center's, on every federation route.
+        for route in ["/api/v1/federation/changes", "/api/v1/federation/entry-changes?dataset=1&since=1&part=entries",
+                      "/api/v1/federation/entries?dataset=1", "/api/v1/federation/replicas"] {
+            let user = runTool("/usr/bin/python3", ["-c", """
+                import sys, urllib.request, urllib.error
+                r = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + open(sys.argv[2]).read().strip()})
+                try:
+                    urllib.request.urlopen(r, timeout=10); print('200')
+                except urllib.error.HTTPError as e:
+                    print(e.code, e.read().decode())
+                """, f.api("hlrs") + route, f.bobToken])
+            #expect(user.output.hasPrefix("403") && user.output.contains("peer centers"), "\(route): \(user.output)")
+        }
         // Garbage in place of an assertion and a certificate.
         let garbage = runTool("/usr/bin/python3", ["-c", """
             import sys, urllib.request, urllib.error
@@ -337,7 +364,8 @@ struct FederationE2ETests {
     static let hostilePeer = #"""
         import sys, json, http.server, urllib.parse
         port, modefile = int(sys.argv[1]), sys.argv[2]
-        MODES = ["garbage", "shape", "escape", "loop", "huge", "good"]
+        MODES = ["garbage", "shape", "escape", "loop", "huge", "good", "nonadvance", "badtomb"]
+        FEED = ("nonadvance", "badtomb")  # a dataset read whole once, then a hostile entry feed
         def entry(ds, d, n, kind="f"):
             return {"dataset": ds, "dir": d, "name": n, "kind": kind, "size": 0 if kind == "d" else 3,
                     "mtime_ns": 1700000000000000000, "mode": 0o644, "digest": None, "chunk_size": 0, "target": None}
@@ -361,8 +389,19 @@ struct FederationE2ETests {
                     if mode == "shape":
                         return self.send(200, json.dumps({"changes": "all of them", "last_seq": "many"}).encode())
                     after = int(q.get("after", ["0"])[0])
+                    if mode in FEED:  # a change of dataset k at every round
+                        changes = [{"seq": after + 1, "center": "wuxi", "dataset": k, "kind": "dataset.update", "at": 0}]
+                        return self.send(200, json.dumps({"changes": changes, "last_seq": after + 1}).encode())
                     changes = [{"seq": k, "center": "wuxi", "dataset": k, "kind": "dataset.register", "at": 0}] if after < k else []
                     return self.send(200, json.dumps({"changes": changes, "last_seq": k}).encode())
+                if u.path == "/api/v1/federation/entry-changes" and mode in FEED:
+                    since = int(q["since"][0])
+                    page = {"dataset": mode, "entry_seq": 5, "floor": 0, "resync": since == 0, "entries": [], "removed": [], "next": None}
+                    if since > 0 and mode == "nonadvance":  # a cursor that stays where it was asked from
+                        page["next"] = {"seq": since, "dir": "", "name": ""}
+                    elif since > 0:
+                        page["removed"] = [{"seq": 5, "dir": "../..", "name": "etc"}]
+                    return self.send(200, json.dumps(page).encode())
                 if u.path == "/api/v1/federation/datasets/%d" % k:
                     return self.send(200, json.dumps({"id": k, "center": "wuxi", "name": mode, "version": "", "owner": "alice",
                         "description": "", "license": "", "readers": ["*"], "file_count": 2, "bytes": 3,
@@ -446,6 +485,16 @@ struct FederationE2ETests {
         #expect(good.status == 0 && good.stdout.contains("README") && good.stdout.contains("data/x.bin"), "\(good)")
         let up = try eventually(10, { try f.ferry("hlrs", ["centers"]) }) { $0.stdout.contains("wuxi\tup") }
         #expect(up.stdout.contains("wuxi\tup"), "\(up)")
+        // The entry feed of a dataset read whole once: a cursor that does not move and a
+        // tombstone that escapes are refused; the mirror keeps what the whole read gave.
+        for c in [(mode: "nonadvance", reason: "sent a page of changes that does not advance"),
+                  (mode: "badtomb", reason: "sent an invalid page of changes of badtomb, refused: entry '../../etc': the parent is not a relative path of plain components")] {
+            try writeFile(modeFile, Array(c.mode.utf8))
+            let logged = waitUntil(timeout: 30, interval: 0.2) { log.stderr.contains(c.reason) }
+            #expect(logged, "\(c.mode): \(log.stderr.suffix(2000))")
+            let kept = try f.ferry("hlrs", ["find", "gfs://wuxi/" + c.mode])
+            #expect(kept.status == 0 && kept.stdout.contains("README") && kept.stdout.contains("data/x.bin"), "\(c.mode): \(kept)")
+        }
         // hlrs's own data was served throughout.
         #expect(try f.ferry("hlrs", ["datasets"]).status == 0)
     }

@@ -308,6 +308,22 @@ extension Entry: APIModel {
     }
 }
 
+extension RemovedEntry: APIModel {
+    public static var schemaName: String { "RemovedEntry" }
+    public static var schema: Schema {
+        .object(["seq": .integer(minimum: 1), "dir": .string(), "name": .string()], required: ["seq", "dir", "name"],
+                "a tombstone: the entry, and for a directory everything below it, removed at seq")
+    }
+}
+
+extension EntryCursor: APIModel {
+    public static var schemaName: String { "EntryCursor" }
+    public static var schema: Schema {
+        .object(["seq": .integer(minimum: 0), "dir": .string(), "name": .string()], required: ["seq", "dir", "name"],
+                "the next page's after_seq, after_dir and after_name")
+    }
+}
+
 extension Dataset: APIModel {
     public static var schemaName: String { "Dataset" }
     static var properties: [(String, Schema)] {
@@ -591,6 +607,26 @@ extension V1 {
         public var lastSeq: Int64
         public static var schema: Schema {
             .object(["changes": .array(.ref(Change.self)), "last_seq": .integer("the feed's last sequence number")], required: ["changes", "last_seq"])
+        }
+    }
+
+    /// GET /api/v1/federation/entry-changes: one page of what changed in a dataset after a
+    /// follower's last applied sequence (GlobalFS `EntryFeed.swift`), or `resync`: read it whole.
+    public struct EntryChanges: APIModel {
+        public var dataset: String
+        public var entrySeq: Int64
+        public var floor: Int64
+        public var resync: Bool
+        public var entries: [Entry]
+        public var removed: [RemovedEntry]
+        public var next: EntryCursor?
+        public static var schema: Schema {
+            .object(["dataset": .string("NAME[@VERSION]"), "entry_seq": .integer("the dataset's entry sequence now: the follower's upto", minimum: 0),
+                     "floor": .integer("tombstones at or below it were pruned: a follower behind it reads the dataset whole", minimum: 0),
+                     "resync": .boolean("since is 0, below the floor or beyond entry_seq: read the dataset whole (federation/entries); nothing else is sent"),
+                     "entries": .array(.ref(Entry.self)), "removed": .array(.ref(RemovedEntry.self)),
+                     "next": Schema.ref(EntryCursor.self).nullable],
+                    required: ["dataset", "entry_seq", "floor", "resync", "entries", "removed", "next"])
         }
     }
 

@@ -119,6 +119,7 @@ public final class Federation: @unchecked Sendable {
             let head = page.lastSeq
             if head < last {
                 log("center \(peer)'s change feed restarted (at \(head), we had \(last)): reading it again from the start")
+                try catalog.resetMirrorSeqs(center: peer)
                 last = 0
                 replicas = true
                 continue
@@ -148,7 +149,11 @@ public final class Federation: @unchecked Sendable {
     }
 
 
-    /// Mirrors one of the peer's datasets: its metadata, then its entries in key order.
+    /// Mirrors one of the peer's datasets: its metadata, then what changed in its entries
+    /// since the peer's entry sequence this mirror last applied (GlobalFS `EntryFeed.swift`):
+    /// the tombstones, then the changed rows, each paged in (seq, dir, name) order up to the
+    /// sequence the peer had at the first page. A new mirror, one the peer cannot continue
+    /// (`resync`), or a peer without the route (404) is read whole in key order instead.
     func syncDataset(_ peer: String, remoteID: Int64) throws {
         guard var d = try fetch(Dataset.self, peer, "/api/v1/federation/datasets/\(remoteID)", "dataset \(remoteID)", allowMissing: true) else {
             try catalog.dropMirror(center: peer, remoteID: remoteID)
@@ -157,24 +162,117 @@ public final class Federation: @unchecked Sendable {
         guard d.center == peer else { throw FederationError("center \(peer) sent a dataset of center '\(d.center)'") }
         d.root = nil
         let id = try catalog.mirrorDataset(d)
+        let since = try catalog.entrySeq(dataset: id).seq
+        let base = "/api/v1/federation/entry-changes?dataset=\(remoteID)&since=\(since)&limit=\(pageSize)"
+        guard let first = try fetch(V1.EntryChanges.self, peer, base + "&part=removed", "changes of its dataset \(remoteID)", allowMissing: true) else {
+            try readWhole(peer, remoteID: remoteID, mirror: id, name: d.qualifiedName)
+            return
+        }
+        let upto = first.entrySeq
+        if first.resync {
+            guard try readWhole(peer, remoteID: remoteID, mirror: id, name: d.qualifiedName) else { return }
+            try catalog.setMirrorSeq(id, upto)
+            return
+        }
+        var removed = 0, changed = 0
+        for part in ["removed", "entries"] {
+            var page: V1.EntryChanges? = part == "removed" ? first : nil
+            var after: EntryCursor?
+            // Bounded: 100,000 pages of each part (2 billion rows at the default size).
+            for _ in 0..<100_000 {
+                if page == nil {
+                    var path = base + "&part=\(part)&upto=\(upto)"
+                    if let a = after { path += "&after_seq=\(a.seq)&after_dir=\(escape(a.dir))&after_name=\(escape(a.name))" }
+                    guard let p = try fetch(V1.EntryChanges.self, peer, path, "changes of its dataset \(remoteID)", allowMissing: true) else {
+                        try catalog.dropMirror(center: peer, remoteID: remoteID)
+                        return
+                    }
+                    // A peer that cannot continue mid-way (its catalog replaced): read whole next round.
+                    guard !p.resync else { try catalog.setMirrorSeq(id, 0); return }
+                    page = p
+                }
+                guard let p = page else { break }
+                do {
+                    if part == "removed" {
+                        removed += p.removed.count
+                        _ = try catalog.applyRemoved(mirror: id, p.removed)
+                    } else {
+                        changed += p.entries.count
+                        _ = try catalog.applyChanged(mirror: id, p.entries)
+                    }
+                } catch let e as CatalogError where e.code == .invalid {
+                    throw FederationError("center \(peer) sent an invalid page of changes of \(d.qualifiedName), refused: \(e.description)")
+                }
+                // The cursor must move forward, or a peer could keep this loop on one page.
+                guard let next = p.next else { break }
+                let previous = after ?? EntryCursor(seq: since, dir: "", name: "")
+                guard next.seq > previous.seq || (next.seq == previous.seq && Entry.keyPrecedes((previous.dir, previous.name), (next.dir, next.name))) else {
+                    throw FederationError("center \(peer) sent a page of changes that does not advance")
+                }
+                after = next
+                page = nil
+            }
+        }
+        try catalog.setMirrorSeq(id, upto)
+        count(peer, changed: changed, removed: removed)
+    }
+
+    /// Reads one of the peer's datasets whole, in key order, into mirror `mirror` (only the
+    /// rows that differ are written). False when the peer no longer has it (the mirror went).
+    @discardableResult
+    func readWhole(_ peer: String, remoteID: Int64, mirror id: Int64, name: String) throws -> Bool {
         var after = (dir: "", name: "")
+        var rows = 0
         // Bounded: a dataset of up to 100,000 pages (2 billion entries at the default size).
         for _ in 0..<100_000 {
             let path = "/api/v1/federation/entries?dataset=\(remoteID)&limit=\(pageSize)&after_dir=\(escape(after.dir))&after_name=\(escape(after.name))"
             guard let page = try fetch(V1.EntryPage.self, peer, path, "entries of its dataset \(remoteID)", allowMissing: true) else {
                 try catalog.dropMirror(center: peer, remoteID: remoteID)
-                return
+                return false
             }
             let entries = page.entries
             let last = entries.count < pageSize
+            rows += entries.count
             do {
                 _ = try catalog.mergeMirror(dataset: id, after: after, page: entries, last: last)
             } catch let e as CatalogError where e.code == .invalid {
-                throw FederationError("center \(peer) sent an invalid page of \(d.qualifiedName), refused: \(e.description)")
+                throw FederationError("center \(peer) sent an invalid page of \(name), refused: \(e.description)")
             }
-            if last { return }
+            if last {
+                count(peer, whole: rows)
+                return true
+            }
             after = (entries.last!.dir, entries.last!.name)
         }
+        return true
+    }
+
+    /// Entries read from each peer, by how (`/metrics`: `ferry_federation_entries_total`).
+    private var counted: [String: (whole: Int, changed: Int, removed: Int)] = [:]
+
+    private func count(_ peer: String, whole: Int = 0, changed: Int = 0, removed: Int = 0) {
+        lock.withLock {
+            var c = counted[peer] ?? (0, 0, 0)
+            c.whole += whole
+            c.changed += changed
+            c.removed += removed
+            counted[peer] = c
+        }
+    }
+
+    /// The follower's lines of `/metrics`: entries read from each peer, by how (whole
+    /// datasets read in key order; changed rows and tombstones from the entry feed).
+    public func metricsText() -> String {
+        let c = lock.withLock { counted }
+        var out = "# HELP ferry_federation_entries_total Catalog entries read from each peer: whole (a dataset read in full), changed and removed (its entry feed).\n"
+        out += "# TYPE ferry_federation_entries_total counter\n"
+        for p in peers.keys.sorted() {
+            let x = c[p] ?? (0, 0, 0)
+            for (how, n) in [("whole", x.whole), ("changed", x.changed), ("removed", x.removed)] {
+                out += "ferry_federation_entries_total{peer=\(promLabel(p)),how=\"\(how)\"} \(n)\n"
+            }
+        }
+        return out
     }
 
     func escape(_ s: String) -> String {

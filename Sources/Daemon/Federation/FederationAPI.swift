@@ -8,6 +8,8 @@ import Transfer
 ///   GET  /api/v1/federation/changes?after=SEQ&limit=N  this center's change feed, and its last seq
 ///   GET  /api/v1/federation/datasets/{id}              one of this center's datasets
 ///   GET  /api/v1/federation/entries?dataset=ID&after_dir=&after_name=&limit=   its entries in key order
+///   GET  /api/v1/federation/entry-changes?dataset=ID&since=SEQ&part=removed|entries&upto=&after_seq=&...
+///        what changed in it after a follower's last sequence (GlobalFS `EntryFeed.swift`)
 ///   GET  /api/v1/federation/replicas                   the replicas this center holds
 ///   GET  /api/v1/catalog/centers                       the centers this one follows, and their state
 ///   POST /api/v1/catalog/replicate {path: gfs://CENTER/DATASET, bwlimit?}   a replica here (a job)
@@ -49,6 +51,38 @@ extension DaemonAPI {
                 let entries = try catalog.exportEntries(dataset: id, afterDir: q["after_dir"].map(String.init) ?? "",
                                                         afterName: q["after_name"].map(String.init) ?? "", limit: limit)
                 return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil, paged: false)
+            }
+        }
+        route(router, "federationEntryChanges") { request, _ in
+            try await handle(request) { user in
+                try requireCenter(user)
+                let q = request.uri.queryParameters
+                guard let id = q["dataset"].flatMap({ Int64(String($0)) }), let d = try? catalog.dataset(id, as: .operator), d.center == center,
+                      d.remoteID == nil else {
+                    throw HTTPFailure(status: 404, message: "no such dataset of center \(center)")
+                }
+                let since = q["since"].flatMap { Int64(String($0)) } ?? 0
+                let (now, floor) = try catalog.entrySeq(dataset: id)
+                let upto = min(q["upto"].flatMap { Int64(String($0)) } ?? now, now)
+                var after: EntryCursor?
+                if let s = q["after_seq"].flatMap({ Int64(String($0)) }) {
+                    after = EntryCursor(seq: s, dir: q["after_dir"].map(String.init) ?? "", name: q["after_name"].map(String.init) ?? "")
+                } else if q["after_dir"] != nil || q["after_name"] != nil {
+                    throw HTTPFailure(status: 400, message: "after_dir and after_name go with after_seq")
+                }
+                var answer = V1.EntryChanges(dataset: d.qualifiedName, entrySeq: now, floor: floor, resync: false, entries: [], removed: [], next: nil)
+                // Numbers a follower cannot continue from: it reads the dataset whole.
+                if since == 0 || since < floor || since > now {
+                    answer.resync = true
+                    return try codable(200, answer)
+                }
+                let limit = q["limit"].flatMap { Int(String($0)) } ?? 20_000
+                if q["part"] == "removed" {
+                    (answer.removed, answer.next) = try catalog.removedEntries(dataset: id, since: since, upto: upto, after: after, limit: limit)
+                } else {
+                    (answer.entries, answer.next) = try catalog.changedEntries(dataset: id, since: since, upto: upto, after: after, limit: limit)
+                }
+                return try codable(200, answer)
             }
         }
         route(router, "federationReplicas") { request, _ in

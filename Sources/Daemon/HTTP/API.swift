@@ -49,6 +49,8 @@ public struct DaemonAPI: Sendable {
     public var secureCookies = false
     /// More lines of `/metrics` (`DaemonService.attachMetrics`).
     public var extraMetrics: (@Sendable () -> String)?
+    /// The federation follower, for its lines of `/metrics` (nil: this center follows nobody).
+    public var federation: Federation?
 
     public init(store: JobStore, verifier: TokenVerifier, center: String, runner: JobRunner?, catalog: Catalog? = nil, transfer: [String] = [],
                 centers: CenterVerifier? = nil, replicaRoot: String? = nil, staging: StagingSettings? = nil) {
@@ -520,6 +522,7 @@ public struct DaemonAPI: Sendable {
             out += "# HELP ferry_catalog_bytes Bytes the catalog's datasets hold, by center.\n# TYPE ferry_catalog_bytes gauge\n"
             for z in sizes { out += "ferry_catalog_bytes{center=\(promLabel(z.center))} \(z.bytes)\n" }
         }
+        if let federation { out += federation.metricsText() }
         if let handshakes = runner?.tlsHandshakes(), !handshakes.isEmpty {
             out += "# HELP ferry_peer_tls_handshakes_total TLS handshakes of jobs towards each peer: full, or resumed from an earlier session's ticket.\n# TYPE ferry_peer_tls_handshakes_total counter\n"
             for (p, h) in handshakes.sorted(by: { $0.key < $1.key }) {

@@ -21,6 +21,8 @@ public final class Catalog: @unchecked Sendable {
     let recentDatasets = Recent<[String], [Dataset]?>(capacity: 4096)
     /// The most datasets `family` keeps for one first component (a variable for the tests).
     var familyMax = 1000
+    /// Tombstones kept per dataset at least (`EntryFeed.swift`; a variable for the tests).
+    public var tombstonesKept = 100_000
 
     public convenience init(database: String) throws {
         try self.init(db: try openDatabase(database))
@@ -90,13 +92,29 @@ public final class Catalog: @unchecked Sendable {
         // dataset's row until its last page of entries, and readers do not see it meanwhile (a
         // listing of a half-mirrored dataset was empty or partial, and said nothing). Added to
         // catalogs made before it, under the same lock on PostgreSQL.
+        //
+        // The entries' change sequence (issue 21, `EntryFeed.swift`): `files.seq` (indexed with
+        // the dataset), `datasets.entry_seq` and `entry_floor`, and the `removed_files`
+        // tombstones. Rows of a catalog made before them have seq 0: a follower reads such a
+        // dataset whole once, as it did every time before.
         try db.write { s in
-            if pg {
-                try s.execute("SELECT pg_advisory_xact_lock(7265727) AS locked")
-                try s.execute("ALTER TABLE datasets ADD COLUMN IF NOT EXISTS syncing BIGINT NOT NULL DEFAULT 0")
-            } else if try s.one("SELECT COUNT(*) AS n FROM pragma_table_info('datasets') WHERE name = 'syncing'")?.int("n") ?? 0 == 0 {
-                try s.execute("ALTER TABLE datasets ADD COLUMN syncing INTEGER NOT NULL DEFAULT 0")
+            if pg { try s.execute("SELECT pg_advisory_xact_lock(7265727) AS locked") }
+            for (table, column) in [("datasets", "syncing"), ("datasets", "entry_seq"), ("datasets", "entry_floor"), ("files", "seq")] {
+                if pg {
+                    try s.execute("ALTER TABLE \(table) ADD COLUMN IF NOT EXISTS \(column) BIGINT NOT NULL DEFAULT 0")
+                } else if try s.one("SELECT COUNT(*) AS n FROM pragma_table_info('\(table)') WHERE name = ?", column)?.int("n") ?? 0 == 0 {
+                    try s.execute("ALTER TABLE \(table) ADD COLUMN \(column) INTEGER NOT NULL DEFAULT 0")
+                }
             }
+            try s.execute("""
+                CREATE INDEX IF NOT EXISTS files_seq ON files (dataset, seq);
+                CREATE TABLE IF NOT EXISTS removed_files (
+                    dataset \(int) NOT NULL,
+                    seq \(int) NOT NULL,
+                    dir TEXT\(c) NOT NULL,
+                    name TEXT\(c) NOT NULL,
+                    PRIMARY KEY (dataset, seq, dir, name))\(pg ? "" : " WITHOUT ROWID");
+                """)
         }
         // A bigger page cache than SQLite's 2 MB default keeps a million-row registration's
         // B-tree pages in memory (per connection; SQLite only).
@@ -279,6 +297,7 @@ public final class Catalog: @unchecked Sendable {
             }
             try checkOwner(s, id, requester)
             try s.execute("DELETE FROM files WHERE dataset = ?", id)
+            try s.execute("DELETE FROM removed_files WHERE dataset = ?", id)
             try s.execute("DELETE FROM replicas WHERE dataset = ?", id)
             try s.execute("DELETE FROM datasets WHERE id = ?", id)
             try appendChange(s, center: d.text("center"), dataset: id, kind: .datasetDeleted, at: now)

@@ -75,28 +75,30 @@ enum FastSQL {
 
     static let upsertTail = """
         ON CONFLICT (dataset, dir, name) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, mode = excluded.mode,
-            digest = excluded.digest, chunk_size = excluded.chunk_size, kind = excluded.kind, target = excluded.target
+            digest = excluded.digest, chunk_size = excluded.chunk_size, kind = excluded.kind, target = excluded.target, seq = excluded.seq
         """
 
-    /// Inserts or replaces entries (all of one dataset).
-    static func upsert(_ s: any SQLSession, _ rows: ArraySlice<Entry>) throws {
+    /// Inserts or replaces entries (all of one dataset), each stamped with `seq`: the
+    /// dataset's entry sequence of this write (`Catalog.nextEntrySeq`; 0 in a mirror).
+    static func upsert(_ s: any SQLSession, _ rows: ArraySlice<Entry>, seq: Int64 = 0) throws {
         guard let first = rows.first else { return }
         if let q = s as? SQLiteDatabase.Session {
             let st = try SQLiteStep(q.db, """
-                INSERT INTO files (dataset, dir, name, size, mtime_ns, mode, digest, chunk_size, kind, target)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO files (dataset, dir, name, size, mtime_ns, mode, digest, chunk_size, kind, target, seq)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """ + upsertTail)
             defer { st.done() }
             for e in rows {
                 st.bind(1, e.dataset); st.bind(2, e.dir); st.bind(3, e.name); st.bind(4, e.size); st.bind(5, e.mtimeNs)
                 st.bind(6, e.mode); st.bind(7, e.digest); st.bind(8, e.chunkSize); st.bind(9, e.kind.rawValue); st.bind(10, e.target)
+                st.bind(11, seq)
                 _ = try st.step()
                 st.reset()
             }
             return
         }
         if let q = s as? PostgreSQLDatabase.Session {
-            var b = PostgresBindings(capacity: 10)
+            var b = PostgresBindings(capacity: 11)
             b.append(first.dataset)
             b.append(PGArray.literal(rows.map(\.dir)))
             b.append(PGArray.literal(rows.map(\.name)))
@@ -107,18 +109,54 @@ enum FastSQL {
             b.append(PGArray.literal(rows.map(\.chunkSize)))
             b.append(PGArray.literal(rows.map(\.kind.rawValue)))
             b.append(PGArray.literal(rows.map(\.target)))
+            b.append(seq)
             _ = try q.raw("""
-                INSERT INTO files (dataset, dir, name, size, mtime_ns, mode, digest, chunk_size, kind, target)
-                SELECT $1, d, n, s, m, md, dg, cs, k, t
+                INSERT INTO files (dataset, dir, name, size, mtime_ns, mode, digest, chunk_size, kind, target, seq)
+                SELECT $1, d, n, s, m, md, dg, cs, k, t, $11
                 FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[])
                     AS u(d, n, s, m, md, dg, cs, k, t)
                 """ + upsertTail, b)
             return
         }
         for e in rows {
-            try s.execute("INSERT INTO files (dataset, dir, name, size, mtime_ns, mode, digest, chunk_size, kind, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) " + upsertTail,
-                          e.dataset, e.dir, e.name, e.size, e.mtimeNs, e.mode, e.digest, e.chunkSize, e.kind.rawValue, e.target)
+            try s.execute("INSERT INTO files (dataset, dir, name, size, mtime_ns, mode, digest, chunk_size, kind, target, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) " + upsertTail,
+                          e.dataset, e.dir, e.name, e.size, e.mtimeNs, e.mode, e.digest, e.chunkSize, e.kind.rawValue, e.target, seq)
         }
+    }
+
+    /// Records tombstones (`removed_files`) for `keys`, all with `seq`; a key given twice is
+    /// recorded once.
+    static func tombstones(_ s: any SQLSession, dataset: Int64, seq: Int64, _ keys: [PathKey]) throws {
+        if keys.isEmpty { return }
+        let sql = "INSERT INTO removed_files (dataset, seq, dir, name) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        if let q = s as? SQLiteDatabase.Session {
+            let st = try SQLiteStep(q.db, sql)
+            defer { st.done() }
+            for k in keys {
+                st.bind(1, dataset); st.bind(2, seq); st.bind(3, k.dir); st.bind(4, k.name)
+                _ = try st.step()
+                st.reset()
+            }
+            return
+        }
+        if let q = s as? PostgreSQLDatabase.Session {
+            var i = 0
+            while i < keys.count {
+                let part = keys[i..<min(i + Catalog.batchRows, keys.count)]
+                var b = PostgresBindings(capacity: 4)
+                b.append(dataset)
+                b.append(seq)
+                b.append(PGArray.literal(part.map(\.dir)))
+                b.append(PGArray.literal(part.map(\.name)))
+                _ = try q.raw("""
+                    INSERT INTO removed_files (dataset, seq, dir, name) SELECT $1, $2, d, n FROM unnest($3::text[], $4::text[]) AS u(d, n)
+                    ON CONFLICT DO NOTHING
+                    """, b)
+                i += Catalog.batchRows
+            }
+            return
+        }
+        for k in keys { try s.execute(sql, dataset, seq, k.dir, k.name) }
     }
 
     /// Deletes entries by key; returns how many went.
@@ -195,14 +233,18 @@ enum PGArray {
             let end = b.count - 1
             var out: [String?] = []
             var i = 1
-            func find(_ byte: UInt8, from k: Int) -> Int {
-                guard k < end, let m = memchr(p + k, Int32(byte), end - k) else { return end }
+            // The first `byte` in [k, limit), or limit. Every search is bounded by the element
+            // it is in: a search for a byte the rest of the array lacks (a backslash, in an
+            // array without one) read the whole rest each time, quadratic in a big array (a
+            // million names read back by a re-registration: 75 s of memchr).
+            func find(_ byte: UInt8, from k: Int, to limit: Int) -> Int {
+                guard k < limit, let m = memchr(p + k, Int32(byte), limit - k) else { return limit }
                 return UnsafeRawPointer(m) - UnsafeRawPointer(p)
             }
             while i < end {
                 if p[i] == 0x22 {
-                    var j = find(0x22, from: i + 1)
-                    if find(0x5C, from: i + 1) < j {  // escapes: byte by byte
+                    var j = find(0x22, from: i + 1, to: end)
+                    if find(0x5C, from: i + 1, to: j) < j {  // escapes: byte by byte
                         var bytes: [UInt8] = []
                         j = i + 1
                         while j < end && p[j] != 0x22 {
@@ -216,7 +258,7 @@ enum PGArray {
                     }
                     i = j + 2  // past the quote and the comma
                 } else {
-                    let j = find(0x2C, from: i)
+                    let j = find(0x2C, from: i, to: end)
                     let e = UnsafeBufferPointer(start: p + i, count: j - i)
                     out.append(e.count == 4 && e.elementsEqual("NULL".utf8) ? nil : String(decoding: e, as: UTF8.self))
                     i = j + 1
@@ -234,6 +276,16 @@ struct PathKey: Hashable {
     let dir: String
     let name: String
     init(_ dir: String, _ name: String) { self.dir = dir; self.name = name }
+    /// The key of a path within a dataset ("a/b/c": dir "a/b", name "c").
+    init(path: String) {
+        if let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")) {
+            dir = String(Substring(path.utf8[..<slash]))
+            name = String(Substring(path.utf8[path.utf8.index(after: slash)...]))
+        } else {
+            dir = ""
+            name = path
+        }
+    }
 
     static func == (a: PathKey, b: PathKey) -> Bool { sameBytes(a.name, b.name) && sameBytes(a.dir, b.dir) }
 

@@ -57,10 +57,13 @@ extension Catalog {
             let existing = try s.one("SELECT id FROM datasets WHERE center = ? AND remote_id = ?", d.center, d.id)
                 ?? s.one("SELECT id FROM datasets WHERE center = ? AND name = ? AND version = ? AND remote_id IS NOT NULL", d.center, d.name, d.version)
             if let id = existing?.int("id") {
+                // Another dataset of the peer's taking over this mirror: the sequence applied
+                // was the old one's (`EntryFeed.swift`), so the new one is read whole.
                 try s.execute("""
-                    UPDATE datasets SET name = ?, version = ?, owner = ?, description = ?, license = ?, readers = ?, remote_id = ?,
+                    UPDATE datasets SET name = ?, version = ?, owner = ?, description = ?, license = ?, readers = ?,
+                        entry_seq = CASE WHEN remote_id = ? THEN entry_seq ELSE 0 END, remote_id = ?,
                         file_count = ?, bytes = ?, created = ?, updated = ? WHERE id = ?
-                    """, d.name, d.version, d.owner, d.description, d.license, readers, d.id, d.fileCount, d.bytes, d.created, d.updated, id)
+                    """, d.name, d.version, d.owner, d.description, d.license, readers, d.id, d.id, d.fileCount, d.bytes, d.created, d.updated, id)
                 return id
             }
             // New: hidden from readers (`syncing`) until `mergeMirror` takes its last page.

@@ -103,6 +103,7 @@ extension Catalog {
             sum.files = r?.int("n") ?? 0
             sum.bytes = r?.int("b") ?? 0
             try s.execute("UPDATE datasets SET file_count = ?, bytes = ?, updated = ? WHERE id = ?", sum.files, sum.bytes, now, id)
+            try pruneTombstones(s, dataset: id, entries: sum.files)
             try appendChange(s, center: center, dataset: id, kind: isNew ? .datasetRegistered : .datasetUpdated, at: now)
             try setReplica(s, Replica(dataset: id, center: center, state: .complete, path: replicaPath ?? absRoot, files: sum.files, bytes: sum.bytes, verifiedAt: now), now: now)
         }
@@ -190,8 +191,13 @@ extension Catalog {
             }
         }
 
+        // Every write takes the dataset's next entry sequence (`EntryFeed.swift`): the rows it
+        // writes carry it, and what it removes leaves a tombstone with it (a gone directory,
+        // or one that became a file, is one tombstone for its whole subtree), so a follower
+        // asks for what changed after the last sequence it applied.
         if !deletes.isEmpty || !subtrees.isEmpty {
             try db.write { s in
+                let seq = try Catalog.nextEntrySeq(s, dataset: id)
                 var i = 0
                 while i < deletes.count {
                     sum.removed += try FastSQL.delete(s, dataset: id, deletes[i..<min(i + Catalog.batchRows, deletes.count)])
@@ -200,12 +206,13 @@ extension Catalog {
                 for p in subtrees {
                     sum.removed += try s.execute("DELETE FROM files WHERE dataset = ? AND (dir = ? OR (dir >= ? AND dir < ?))", id, p, p + "/", p + "0")
                 }
+                try FastSQL.tombstones(s, dataset: id, seq: seq, deletes + subtrees.map(PathKey.init(path:)))
             }
         }
         var i = 0
         while i < upserts.count {
             let slice = upserts[i..<min(i + Catalog.batchRows, upserts.count)]
-            try db.write { s in try FastSQL.upsert(s, slice) }
+            try db.write { s in try FastSQL.upsert(s, slice, seq: try Catalog.nextEntrySeq(s, dataset: id)) }
             i += Catalog.batchRows
         }
     }
