@@ -2,7 +2,7 @@
 # Global Files at scale (issue 6): a synthetic catalog shaped like a compound library, through
 # a real daemon (`ferry serve` with its API) on 127.0.0.1, on SQLite or PostgreSQL.
 #
-#   bench/catalog.sh [--files 1000000] [--flat 1000000] [--pool N] [--db sqlite|postgres] [--ferry BIN]
+#   bench/catalog.sh [--files 1000000] [--flat 1000000] [--pool N] [--db sqlite|postgres] [--follow] [--ferry BIN]
 #
 # --pool N: the zinc files are hard links to N sparse files of the same size classes (a tree of
 # 10 million entries then costs dentries only: about 2.5 GB of tmpfs metadata instead of 10 GB
@@ -16,12 +16,21 @@
 # of the flat directory (median and p99 of 50 API calls), `find` by glob and by size over the
 # whole zinc tree (API), a second registration with nothing changed, and the daemon's peak
 # memory (VmHWM). Prints "key<TAB>value" lines; everything is removed on exit.
+# --follow (issue 21, federation): then a second center, wuxi (its own database on the same
+# engine), follows hlrs: the time until its mirror lists both datasets (read whole, entries/s);
+# then ten files are added to the last zinc tranche (in key order, so that a follower that
+# reads the dataset whole in key order sees them only at its end), hlrs registers zinc again, and the time from
+# the end of that registration until wuxi's catalog has the tenth new file (the follower's
+# sync of a ten-file change in the big dataset); wuxi's ferry_federation_entries_total (rows
+# read whole, changed rows and tombstones from the entry feed; a binary from before the feed
+# has none) and its peak memory. Both daemons sync every second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-files=1000000; flat=1000000; pool=0; db=sqlite; ferry="$PWD/.build/release/ferry"
+files=1000000; flat=1000000; pool=0; db=sqlite; follow=0; ferry="$PWD/.build/release/ferry"
 while [ $# -gt 0 ]; do
   case "$1" in
     --files) files=$2; shift 2 ;; --flat) flat=$2; shift 2 ;; --pool) pool=$2; shift 2 ;; --db) db=$2; shift 2 ;; --ferry) ferry=$2; shift 2 ;;
+    --follow) follow=1; shift ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
@@ -34,10 +43,18 @@ t0=$(date +%s.%N)
 python3 bench/gen_catalog.py "$w/data" "$files" "$flat" "$pool"
 echo -e "tree_build_s\t$(python3 -c "print('%.1f' % ($(date +%s.%N) - $t0))")"
 bench_pki
-{ bench_header hlrs; cat <<T
+# --follow: fixed ports, each center the other's [[peer]] (their APIs follow each other).
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+hlrs_port=0; hlrs_api_port=0; peer_wuxi=""
+if [ "$follow" = 1 ]; then
+  hlrs_port=$(free_port); hlrs_api_port=$(free_port); wuxi_port=$(free_port); wuxi_api_port=$(free_port)
+  peer_wuxi=$(printf 'sync_seconds = 1\n[[peer]]\nname = "wuxi"\naddress = "127.0.0.1:%s"\napi = "127.0.0.1:%s"' "$wuxi_port" "$wuxi_api_port")
+fi
+{ bench_header hlrs | sed "s/127.0.0.1:0/127.0.0.1:$hlrs_port/"; cat <<T
 [daemon]
 database = "$database"
-api_listen = "127.0.0.1:0"
+api_listen = "127.0.0.1:$hlrs_api_port"
+$peer_wuxi
 [[export]]
 name = "data"
 path = "data"
@@ -94,3 +111,57 @@ dt, du = get("/api/v1/catalog/du", path="gfs://hlrs/zinc")
 print("du_s\t%.2f\ndu_files\t%d" % (dt, du["files"]))
 PY
 echo -e "daemon_peak_rss_mib\t$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$daemon_pid/status)"
+[ "$follow" = 1 ] || exit 0
+
+bench_database "$db"
+{ bench_header wuxi | sed "s/127.0.0.1:0/127.0.0.1:$wuxi_port/"; cat <<T
+token_issuers = ["pki/hlrs.crt"]
+[daemon]
+database = "$database"
+api_listen = "127.0.0.1:$wuxi_api_port"
+sync_seconds = 1
+[[peer]]
+name = "hlrs"
+address = "127.0.0.1:$hlrs_port"
+api = "127.0.0.1:$hlrs_api_port"
+[[export]]
+name = "data"
+path = "wuxi-data"
+access = "rw"
+users = ["*"]
+T
+} > "$w/wuxi.toml"
+mkdir -p "$w/wuxi-data"
+t0=$(date +%s.%N)
+bench_serve wuxi
+wuxi_api=$bench_api; wuxi_pid=$bench_pid
+bench_api=$api
+# wuxi_wait PATH...: seconds until wuxi's API answers a stat of every gfs:// PATH (polled every
+# 0.1 s, one hour at most), counted from $t0.
+wuxi_wait() {
+  python3 - "$wuxi_api" "$w/token" "$t0" "$@" <<'PY'
+import sys, time, urllib.parse, urllib.request, urllib.error
+api, tok, t0, paths = sys.argv[1], open(sys.argv[2]).read().strip(), float(sys.argv[3]), sys.argv[4:]
+for _ in range(36000):
+    try:
+        for p in paths:
+            r = urllib.request.Request(api + "/api/v1/catalog/stat?" + urllib.parse.urlencode({"path": p}), headers={"Authorization": "Bearer " + tok})
+            urllib.request.urlopen(r, timeout=60).read()
+        print("%.2f" % (time.time() - t0)); sys.exit(0)
+    except urllib.error.HTTPError:
+        time.sleep(0.1)
+sys.exit("wuxi never saw " + " ".join(paths))
+PY
+}
+first=$(wuxi_wait "gfs://hlrs/zinc" "gfs://hlrs/flat/all/m00000000.mol2")
+echo -e "follow_first_s\t$first"
+echo -e "follow_first_entries_per_s\t$(python3 -c "print('%.0f' % (($files + $flat) / $first))")"
+tranche=$(find "$w/data/zinc" -mindepth 2 -maxdepth 2 -type d | LC_ALL=C sort | tail -1)
+for i in $(seq 0 9); do : > "$tranche/new-$i.smi"; done
+read -r n s < <(bench_register zinc /data/zinc)
+echo -e "reregister_ten_added_s\t$s"
+t0=$(date +%s.%N)
+change=$(wuxi_wait "gfs://hlrs/zinc/${tranche#"$w/data/zinc/"}/new-9.smi")
+echo -e "follow_change_s\t$change"
+python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1] + "/metrics", timeout=60).read().decode())' "$wuxi_api" | sed -n 's/^ferry_federation_entries_total{peer="hlrs",how="\([a-z]*\)"} \(.*\)/follow_entries_\1\t\2/p'
+echo -e "follower_peak_rss_mib\t$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$wuxi_pid/status)"

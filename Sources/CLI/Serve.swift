@@ -93,6 +93,7 @@ extension Ferry {
             var daemonSection: DaemonConfig?
             var peers: [String: HostPort] = [:]
             var peerAPIs: [String: String] = [:]
+            var peersForwarded: Set<String> = []
             var metricsAddress: HostPort?
             do {
                 var file = try configFile.map { try ServerConfigFile(path: $0) }
@@ -115,6 +116,7 @@ extension Ferry {
                     daemonSection = try DaemonConfig(f, path: configFile ?? "")
                     peers = f.peers
                     peerAPIs = f.peerAPIs
+                    peersForwarded = f.peersForwarded
                     config.tokenIssuers = f.tokenIssuers
                     config.revocations = f.revocations
                     config.minimumProtection = f.minimumProtection
@@ -206,7 +208,7 @@ extension Ferry {
                     }
                     let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, apiTLS: apiTLS,
                                                     apiConnections: d.apiConnections, apiIdleSeconds: d.apiIdleSeconds, runner: settings, verifier: verifier, center: server.center,
-                                                    transfer: bound.map(\.description), peerAPIs: peerAPIs, syncSeconds: d.syncSeconds, replicas: d.replicas,
+                                                    transfer: bound.map(\.description), peerAPIs: peerAPIs, peersForwarded: peersForwarded, syncSeconds: d.syncSeconds, replicas: d.replicas,
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
                     service.attachMetrics(baseMetrics)
                     daemon = service

@@ -20,18 +20,19 @@ public final class DaemonService: @unchecked Sendable {
     /// Follows the peers' catalogs (nil without a center certificate).
     public let federation: Federation?
 
-    /// `peerAPIs`: the peers whose catalogs this center follows (`[[peer]] api`); `replicas`:
+    /// `peerAPIs`: the peers whose catalogs this center follows (`[[peer]] api`; those in
+    /// `peersForwarded` without their entries, `follow = "datasets"`); `replicas`:
     /// where `ferry replicate` puts replicas here.
     public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, apiTLS: Bool = false, apiConnections: Int = 1024, apiIdleSeconds: Int = 60,
                 runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
-                transfer: [String] = [], peerAPIs: [String: String] = [:], syncSeconds: Int = 5, replicas: String? = nil,
+                transfer: [String] = [], peerAPIs: [String: String] = [:], peersForwarded: Set<String> = [], syncSeconds: Int = 5, replicas: String? = nil,
                 staging: String? = nil, stagingQuota: Int64 = 100 << 30, stagingBandwidth: Int64? = nil) throws {
         store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
         let catalog = try Catalog(db: store.db)
         var centers: CenterVerifier?
         if let cert = settings.tls.certificate, let key = settings.tls.key {
-            federation = try Federation(catalog: catalog, store: store, me: center, peers: peerAPIs, certificate: cert, key: key, ca: settings.tls.ca, intervalSeconds: syncSeconds)
+            federation = try Federation(catalog: catalog, store: store, me: center, peers: peerAPIs, forwarded: peersForwarded, certificate: cert, key: key, ca: settings.tls.ca, intervalSeconds: syncSeconds)
             centers = CenterVerifier(ca: settings.tls.ca, me: center, peers: Set(settings.peers.keys))
         } else {
             federation = nil

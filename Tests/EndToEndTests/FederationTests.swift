@@ -104,7 +104,8 @@ struct FederationE2ETests {
     /// With `stagingMiB`, hlrs also has a staging cache (`/replicas/stage`) on a tmpfs of that
     /// size (and `stagingQuota`, when given: its `staging_quota`). With `tls`, every API speaks
     /// HTTPS and the centers follow each other over it.
-    static func start(_ backend: Backend, stagingMiB: Int? = nil, stagingQuota: String? = nil, tls: Bool = false) throws -> Federation {
+    /// With `datasetsOnly`, csc follows hlrs with `follow = "datasets"` (wuxi still mirrors it whole).
+    static func start(_ backend: Backend, stagingMiB: Int? = nil, stagingQuota: String? = nil, tls: Bool = false, datasetsOnly: Bool = false) throws -> Federation {
         let sb = try Sandbox("fed-" + backend.rawValue)
         if let mib = stagingMiB { try sb.mountTmpfs(at: sb.file("hlrs/replicas/stage"), sizeMiB: mib) }
         for c in names where c != "hlrs" { try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", c, "--host", "127.0.0.1"]) }
@@ -125,6 +126,7 @@ struct FederationE2ETests {
                     name = "\(p)"
                     address = "127.0.0.1:\(f.transferPort[p]!)"
                     api = "\(tls ? "https://" : "")127.0.0.1:\(f.apiPort[p]!)"
+                    \(datasetsOnly && c == "csc" && p == "hlrs" ? "follow = \"datasets\"" : "")
 
                     """
             }
@@ -289,6 +291,56 @@ struct FederationE2ETests {
         #expect(counted["changed"] == 4 && counted["removed"] == 1 && (counted["whole"] ?? 0) >= 12, "\(counted)")
     }
 
+    @Test("follow = \"datasets\": csc mirrors hlrs's datasets without their entries and asks hlrs for listings (ls, stat, find, du), with its readers applied here; hlrs down: the last answers, marked stale, or a clear error",
+          arguments: Backend.allCases)
+    func datasetsOnly(_ backend: Backend) throws {
+        let f = try FederationE2ETests.start(backend, datasetsOnly: true)
+        defer { f.stopAll() }
+        let sb = f.sb
+        let root = sb.file("hlrs/data/lib")
+        for t in ["H20 P100", "H21 Müller"] {
+            try sb.dir("hlrs/data/lib/\(t)")
+            for i in 0..<3 { try writeFile(root + "/\(t)/part \(i).smi", Array(String(repeating: "CCO\n", count: 100 * (i + 1)).utf8)) }
+        }
+        #expect(try f.ferry("hlrs", ["register", "/data/lib", "--dataset", "lib", "--readers", "*"]).status == 0)
+        try sb.dir("hlrs/data/mine")
+        try writeFile(sb.file("hlrs/data/mine/secret.txt"), Array("x\n".utf8))
+        #expect(try f.ferry("hlrs", ["register", "/data/mine", "--dataset", "alice/private"]).status == 0)
+
+        // csc lists the datasets (mirrored), and their entries through hlrs.
+        let ds = try eventually(30, { try f.ferry("csc", ["datasets"]) }) { $0.stdout.contains("gfs://hlrs/lib") && $0.stdout.contains("gfs://hlrs/alice/private") }
+        #expect(ds.stdout.contains("gfs://hlrs/lib"), "\(ds)")
+        let ls = try f.ferry("csc", ["ls", "gfs://hlrs/lib/H21 Müller"])
+        #expect(ls.status == 0 && ls.stdout.split(separator: "\n") == ["part 0.smi", "part 1.smi", "part 2.smi"] && !ls.stderr.contains("stale"), "\(ls)")
+        let paged = try f.ferry("csc", ["ls", "--limit", "2", "gfs://hlrs/lib/H20 P100"])
+        #expect(paged.stdout.split(separator: "\n") == ["part 0.smi", "part 1.smi"] && paged.stderr.contains("--after"), "\(paged)")
+        let st = try f.ferry("csc", ["stat", "--json", "gfs://hlrs/lib/H20 P100/part 2.smi"])
+        #expect(st.status == 0 && st.stdout.contains("\"size\":1200"), "\(st)")
+        let find = try f.ferry("csc", ["find", "--name", "part 1*", "gfs://hlrs/lib"])
+        #expect(find.stdout.split(separator: "\n").sorted() == ["H20 P100/part 1.smi", "H21 Müller/part 1.smi"], "\(find)")
+        let du = try f.ferry("csc", ["du", "gfs://hlrs/lib"])
+        #expect(du.status == 0 && du.stdout.contains("6 files"), "\(du)")
+        #expect(try f.ferry("csc", ["ls", "gfs://hlrs/lib/nowhere"]).status != 0)
+        // The readers are applied at csc: bob does not see alice's dataset, alice's operator does.
+        let bob = try f.ferry("csc", ["ls", "gfs://hlrs/alice/private"], token: f.bobToken)
+        #expect(bob.status == 1 && bob.stderr.contains("no dataset"), "\(bob)")
+        #expect(try f.ferry("csc", ["ls", "gfs://hlrs/alice/private"]).stdout.contains("secret.txt"))
+        // No entry of hlrs's is mirrored at csc; wuxi (follow = "entries") read them whole.
+        let cscCount = f.federationEntries("csc", peer: "hlrs")
+        #expect(cscCount.values.reduce(0, +) == 0, "\(cscCount)")
+        _ = try eventually(30, { try f.ferry("wuxi", ["ls", "gfs://hlrs/lib"]) }) { $0.status == 0 }
+        #expect((f.federationEntries("wuxi", peer: "hlrs")["whole"] ?? 0) > 0)
+
+        // hlrs down: what was asked before is answered again, marked stale; what was not, a clear error.
+        f.servers["hlrs"]!.stop()
+        let stale = try f.ferry("csc", ["ls", "gfs://hlrs/lib/H21 Müller"])
+        #expect(stale.status == 0 && stale.stdout.split(separator: "\n").count == 3 && stale.stderr.contains("stale"), "\(stale)")
+        let staleStat = try f.ferry("csc", ["stat", "--json", "gfs://hlrs/lib/H20 P100/part 2.smi"])
+        #expect(staleStat.status == 0 && staleStat.stdout.contains("\"stale\":true"), "\(staleStat)")
+        let unseen = try f.ferry("csc", ["ls", "gfs://hlrs/lib/H20 P100", "--limit", "1"])
+        #expect(unseen.status != 0 && unseen.stderr.contains("cannot be reached") && unseen.stderr.contains("follow = \"datasets\""), "\(unseen)")
+    }
+
     @Test("a replication cut by the source's crash leaves a partial replica, never read from; replicating again completes it")
     func partialReplica() throws {
         let f = try FederationE2ETests.start(.sqlite)
@@ -333,6 +385,8 @@ struct FederationE2ETests {
         defer { f.stopAll() }
         // A user's token is not a center's, on every federation route.
         for route in ["/api/v1/federation/changes", "/api/v1/federation/entry-changes?dataset=1&since=1&part=entries",
+                      "/api/v1/federation/ls?dataset=1", "/api/v1/federation/stat?dataset=1&path=a", "/api/v1/federation/find?dataset=1",
+                      "/api/v1/federation/du?dataset=1",
                       "/api/v1/federation/entries?dataset=1", "/api/v1/federation/replicas"] {
             let user = runTool("/usr/bin/python3", ["-c", """
                 import sys, urllib.request, urllib.error

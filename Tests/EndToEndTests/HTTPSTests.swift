@@ -83,13 +83,17 @@ struct HTTPSTests {
         #expect(centers.stdout.contains("wuxi\tDOWN"), "\(centers)")
     }
 
-    @Test("plain http is refused on an api_listen that is not loopback, and an http peer API on another host")
+    @Test("plain http is refused on an api_listen that is not loopback, and an http peer API on another host; a [[peer]] follow mode that is not one, or without an api")
     func plainOnlyOnLoopback() throws {
         let sb = try Sandbox("https-config")
         try sb.dir("data")
         for (i, daemonLines, peerLines, expected) in [
             (0, "api_listen = \"192.0.2.1:7480\"\napi_tls = false", "", "plain http only on a loopback api_listen"),
             (1, "api_listen = \"127.0.0.1:0\"", "[[peer]]\nname = \"wuxi\"\naddress = \"127.0.0.1:9\"\napi = \"http://192.0.2.1:7480\"", "plain http to another host"),
+            // The follow mode: one of two words, and only with an api.
+            (2, "api_listen = \"127.0.0.1:0\"", "[[peer]]\nname = \"wuxi\"\naddress = \"127.0.0.1:9\"\napi = \"127.0.0.1:7480\"\nfollow = \"everything\"",
+             "[[peer]] follow is \"entries\""),
+            (3, "api_listen = \"127.0.0.1:0\"", "[[peer]]\nname = \"wuxi\"\naddress = \"127.0.0.1:9\"\nfollow = \"datasets\"", "follow needs the peer's api"),
         ] {
             try writeFile(sb.file("c\(i).toml"), Array("""
                 center = "hlrs"

@@ -24,6 +24,10 @@ public final class Federation: @unchecked Sendable {
     public let me: String
     /// Peer name → its API base URL (https://HOST:PORT; http only on loopback).
     public let peers: [String: String]
+    /// Peers followed without their entries (`[[peer]] follow = "datasets"`): their datasets
+    /// and replicas are mirrored, and the API forwards listings of their entries to them
+    /// (`forward`), keeping the last answers to give, marked stale, while the peer is down.
+    public let forwarded: Set<String>
     /// The federation CA: a peer's API must present a certificate it signed, for that peer.
     let ca: String
     let certificateHeader: String
@@ -43,11 +47,12 @@ public final class Federation: @unchecked Sendable {
     /// Entries per page when mirroring a dataset.
     public var pageSize = 20_000
 
-    public init(catalog: Catalog, store: JobStore, me: String, peers: [String: String], certificate: String, key: String, ca: String, intervalSeconds: Int) throws {
+    public init(catalog: Catalog, store: JobStore, me: String, peers: [String: String], forwarded: Set<String> = [], certificate: String, key: String, ca: String, intervalSeconds: Int) throws {
         self.catalog = catalog
         self.store = store
         self.me = me
         self.peers = peers
+        self.forwarded = forwarded
         self.ca = ca
         certificateHeader = try CenterAssertion.certificateHeaderValue(certificatePath: certificate)
         self.key = try loadPrivateKey(key)
@@ -162,6 +167,10 @@ public final class Federation: @unchecked Sendable {
         guard d.center == peer else { throw FederationError("center \(peer) sent a dataset of center '\(d.center)'") }
         d.root = nil
         let id = try catalog.mirrorDataset(d)
+        if forwarded.contains(peer) {
+            try catalog.keepWithoutEntries(mirror: id)
+            return
+        }
         let since = try catalog.entrySeq(dataset: id).seq
         let base = "/api/v1/federation/entry-changes?dataset=\(remoteID)&since=\(since)&limit=\(pageSize)"
         guard let first = try fetch(V1.EntryChanges.self, peer, base + "&part=removed", "changes of its dataset \(remoteID)", allowMissing: true) else {
@@ -303,6 +312,53 @@ public final class Federation: @unchecked Sendable {
         // The contract's type, or a clear error naming the peer and what it sent.
         do { return try APIJSON.decode(T.self, from: Data(answer.body)) } catch let e as DecodingError {
             throw FederationError("center \(peer) sent a malformed \(what): \(DaemonAPI.explain(e))")
+        }
+    }
+
+    // MARK: forwarding listings
+
+    /// The last answers of peers followed without their entries, by peer and question
+    /// (at most `keptMax`, and `keptBytesMax` bytes; the oldest go first).
+    private var kept: [String: [UInt8]] = [:]
+    private var keptOrder: [String] = []
+    private var keptBytes = 0
+    static let keptMax = 1024
+    static let keptBytesMax = 64 << 20
+
+    /// Asks peer `peer` for `path` (one of its federation routes) as this center, within 10 s.
+    /// `keep`: a 200 answer is kept, and while the peer cannot be reached the last answer to
+    /// the same question is given instead (`fresh` false). Throws when the peer cannot be
+    /// reached and nothing is kept.
+    public func forward(_ peer: String, _ path: String, keep: Bool) throws -> (status: Int, body: [UInt8], fresh: Bool) {
+        guard let base = peers[peer] else { throw FederationError("center \(peer) has no API address") }
+        let question = peer + " " + path
+        do {
+            let client = try HTTPClient(base, ca: ca, center: peer, timeout: 10, maxBody: Federation.maxAnswerBytes)
+            let answer = try client.send("GET", path, headers: [
+                ("Authorization", CenterAssertion.scheme + CenterAssertion(issuer: me, audience: peer).signed(privateKey: self.key)),
+                (CenterAssertion.certificateHeader, certificateHeader),
+            ])
+            if keep && answer.status == 200 { remember(question, Array(answer.body)) }
+            return (answer.status, Array(answer.body), true)
+        } catch let e as TransferError {
+            if keep, let body = lock.withLock({ kept[question] }) { return (200, body, false) }
+            throw FederationError("center \(peer) cannot be reached (\(e.message)), and its entries are not mirrored here (follow = \"datasets\"): try again when it is up")
+        }
+    }
+
+    private func remember(_ key: String, _ body: [UInt8]) {
+        guard body.count <= Federation.keptBytesMax / 16 else { return }
+        lock.withLock {
+            if let old = kept.updateValue(body, forKey: key) {
+                keptBytes -= old.count
+                keptOrder.removeAll { $0 == key }
+            }
+            keptBytes += body.count
+            keptOrder.append(key)
+            while keptOrder.count > Federation.keptMax || keptBytes > Federation.keptBytesMax, let first = keptOrder.first {
+                keptOrder.removeFirst()
+                keptBytes -= kept.removeValue(forKey: first)?.count ?? 0
+            }
         }
     }
 

@@ -10,6 +10,7 @@ import Transfer
 ///   GET  /api/v1/federation/entries?dataset=ID&after_dir=&after_name=&limit=   its entries in key order
 ///   GET  /api/v1/federation/entry-changes?dataset=ID&since=SEQ&part=removed|entries&upto=&after_seq=&...
 ///        what changed in it after a follower's last sequence (GlobalFS `EntryFeed.swift`)
+///   GET  /api/v1/federation/{ls,stat,find,du}?dataset=ID&path=P&...   for peers that forward listings here
 ///   GET  /api/v1/federation/replicas                   the replicas this center holds
 ///   GET  /api/v1/catalog/centers                       the centers this one follows, and their state
 ///   POST /api/v1/catalog/replicate {path: gfs://CENTER/DATASET, bwlimit?}   a replica here (a job)
@@ -83,6 +84,24 @@ extension DaemonAPI {
                     (answer.entries, answer.next) = try catalog.changedEntries(dataset: id, since: since, upto: upto, after: after, limit: limit)
                 }
                 return try codable(200, answer)
+            }
+        }
+        // A dataset's entries for a peer that follows this center without them (`follow =
+        // "datasets"`) and forwards its users' listings here: as the user's route answers, with
+        // an operator's view (the peer checked its user against the dataset's readers).
+        for op in ["ls", "stat", "find", "du"] {
+            route(router, "federation" + op.prefix(1).uppercased() + op.dropFirst()) { request, _ in
+                try await handle(request) { user in
+                    try requireCenter(user)
+                    let q = request.uri.queryParameters
+                    guard let id = q["dataset"].flatMap({ Int64(String($0)) }), let d = try? catalog.dataset(id, as: .operator), d.center == center,
+                          d.remoteID == nil else {
+                        throw HTTPFailure(status: 404, message: "no such dataset of center \(center)")
+                    }
+                    let path: String
+                    do { path = try Catalog.normalizedPath(q["path"].map(String.init) ?? "") } catch { throw HTTPFailure(status: 400, message: "\(error)") }
+                    return try catalogAnswer(op, d, path, q, Viewer.operator, stale: false)
+                }
             }
         }
         route(router, "federationReplicas") { request, _ in

@@ -1,6 +1,7 @@
 import Foundation
 import GlobalFS
 import Hummingbird
+import HummingbirdCore
 import Transfer
 
 /// Global Files through the daemon's API: this center's catalog (`GlobalFS.Catalog`, in the same
@@ -14,7 +15,8 @@ import Transfer
 /// Pages (ls, find) say `more` (whether another page follows) and `next_after` (its cursor).
 ///   GET  /api/v1/catalog/du?path=...
 /// Paths name this center or a peer it follows (answered from the local mirror of the peer's
-/// catalog, `Federation`; `stale: true` when that peer is down); a dataset the caller may not
+/// catalog, `Federation`; `stale: true` when that peer is down; a peer followed with
+/// `follow = "datasets"` is asked, `forwardedAnswer`); a dataset the caller may not
 /// see answers exactly as a missing one (404).
 
 extension DaemonAPI {
@@ -61,60 +63,106 @@ extension DaemonAPI {
                 return try codable(200, V1.DatasetList(datasets: try catalog.datasets(visibleTo: viewer(user)).map { V1.DatasetView(dataset: $0, stale: stale.contains($0.center)) }))
             }
         }
-        route(router, "ls") { request, _ in
-            try await handle(request) { user in
-                let (d, path) = try resolve(request, user)
-                let q = request.uri.queryParameters
-                let limit = q["limit"].flatMap { Int(String($0)) } ?? 1000
-                let stale = staleCenters().contains(d.center)
-                // One more than asked: whether more follows is known, not guessed from a full page.
-                let want = max(1, min(limit, 10_000))
-                var (entries, isFile) = try catalog.listing(of: d, path: path, after: q["after"].map(String.init), limit: want + 1)
-                let more = !isFile && entries.count > want
-                if more { entries.removeLast(entries.count - want) }
-                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: more ? entries.last?.name : nil, stale: stale)
-            }
-        }
-        route(router, "stat") { request, _ in
-            try await handle(request) { user in
-                let (d, path) = try resolve(request, user)
-                let (entry, found) = try catalog.details(of: d, path: path)
-                let replicas = rankReplicas(found)
-                let stale = staleCenters().contains(d.center)
-                if path.isEmpty { return try codable(200, V1.StatAnswer(dataset: d, entry: nil, replicas: replicas, stale: stale)) }
-                guard let e = entry else {
-                    throw HTTPFailure(status: 404, message: "no such file or directory: \(path)")
+        // ls, stat, find and du: of a dataset mirrored here, or of a peer's followed without its
+        // entries (`follow = "datasets"`), asked of that peer (`forwardedAnswer`).
+        for op in ["ls", "stat", "find", "du"] {
+            route(router, op) { request, _ in
+                try await handle(request) { user in
+                    let (d, path) = try resolve(request, user)
+                    if let answer = try await forwardedAnswer(op, d, path, request) { return answer }
+                    return try catalogAnswer(op, d, path, request.uri.queryParameters, viewer(user), stale: staleCenters().contains(d.center))
                 }
-                return try codable(200, V1.StatAnswer(dataset: d, entry: e, replicas: replicas, stale: stale))
             }
         }
-        route(router, "find") { request, _ in
-            try await handle(request) { user in
-                let (d, path) = try resolve(request, user)
-                let q = request.uri.queryParameters
-                func int(_ k: Substring) -> Int64? { q[k].flatMap { Int64(String($0)) } }
-                // Keyset paging: `after` is the previous page's `next_after`, the last entry's
-                // path within the dataset (DIR/NAME; a name holds no slash).
-                var after: EntryKey?
-                if let a = q["after"].map(String.init), !a.isEmpty {
-                    let slash = a.lastIndex(of: "/")
-                    after = EntryKey(dataset: d.id, dir: slash.map { String(a[..<$0]) } ?? "", name: slash.map { String(a[a.index(after: $0)...]) } ?? a)
-                }
-                let want = Int(max(1, min(int("limit") ?? 1000, 10_000)))
-                var entries = try catalog.find(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
-                                               maxSize: int("max_size"), newerThan: int("newer").map { $0 * 1_000_000_000 },
-                                               after: after, limit: want + 1, as: viewer(user))
-                let more = entries.count > want
-                if more { entries.removeLast(entries.count - want) }
-                let next = more ? entries.last.map { $0.dir.isEmpty ? $0.name : $0.dir + "/" + $0.name } : nil
-                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: next, stale: staleCenters().contains(d.center))
+    }
+
+    /// ls, stat, find or du of `path` within `d` as `viewer`: the answer of the user's route
+    /// (`/api/v1/catalog/OP`) and of the federation's (`/api/v1/federation/OP`, for peers that
+    /// forward their users' listings here).
+    func catalogAnswer(_ op: String, _ d: Dataset, _ path: String, _ q: FlatDictionary<Substring, Substring>? = nil, _ viewer: Viewer, stale: Bool) throws -> Response {
+        guard let catalog else { throw HTTPFailure(status: 503, message: "this daemon has no catalog") }
+        let q = q ?? [:]
+        func int(_ k: Substring) -> Int64? { q[k].flatMap { Int64(String($0)) } }
+        switch op {
+        case "ls":
+            let limit = q["limit"].flatMap { Int(String($0)) } ?? 1000
+            // One more than asked: whether more follows is known, not guessed from a full page.
+            let want = max(1, min(limit, 10_000))
+            var (entries, isFile) = try catalog.listing(of: d, path: path, after: q["after"].map(String.init), limit: want + 1)
+            let more = !isFile && entries.count > want
+            if more { entries.removeLast(entries.count - want) }
+            return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: more ? entries.last?.name : nil, stale: stale)
+        case "stat":
+            let (entry, found) = try catalog.details(of: d, path: path)
+            let replicas = rankReplicas(found)
+            if path.isEmpty { return try codable(200, V1.StatAnswer(dataset: d, entry: nil, replicas: replicas, stale: stale)) }
+            guard let e = entry else {
+                throw HTTPFailure(status: 404, message: "no such file or directory: \(path)")
             }
+            return try codable(200, V1.StatAnswer(dataset: d, entry: e, replicas: replicas, stale: stale))
+        case "find":
+            // Keyset paging: `after` is the previous page's `next_after`, the last entry's
+            // path within the dataset (DIR/NAME; a name holds no slash).
+            var after: EntryKey?
+            if let a = q["after"].map(String.init), !a.isEmpty {
+                let slash = a.lastIndex(of: "/")
+                after = EntryKey(dataset: d.id, dir: slash.map { String(a[..<$0]) } ?? "", name: slash.map { String(a[a.index(after: $0)...]) } ?? a)
+            }
+            let want = Int(max(1, min(int("limit") ?? 1000, 10_000)))
+            var entries = try catalog.find(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
+                                           maxSize: int("max_size"), newerThan: int("newer").map { $0 * 1_000_000_000 },
+                                           after: after, limit: want + 1, as: viewer)
+            let more = entries.count > want
+            if more { entries.removeLast(entries.count - want) }
+            let next = more ? entries.last.map { $0.dir.isEmpty ? $0.name : $0.dir + "/" + $0.name } : nil
+            return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: next, stale: stale)
+        default:
+            return try codable(200, try catalog.du(dataset: d.id, under: path, as: viewer))
         }
-        route(router, "du") { request, _ in
-            try await handle(request) { user in
-                let (d, path) = try resolve(request, user)
-                return try codable(200, try catalog.du(dataset: d.id, under: path, as: viewer(user)))
+    }
+
+    /// For a dataset of a peer followed without its entries (`[[peer]] follow = "datasets"`):
+    /// the same operation asked of that peer (`/api/v1/federation/OP`, as this center, on a
+    /// thread of the `reads` pool: a slow peer must not hold the quick reads' few threads),
+    /// its entries given this center's dataset id, the replicas ranked here. The user's rights
+    /// were checked here, on the dataset's readers as mirrored. While the peer cannot be
+    /// reached, the last answer to the same question is given, marked stale (`ls`, `find`,
+    /// `stat`; a `du` never seen is an error). nil: not such a dataset.
+    func forwardedAnswer(_ op: String, _ d: Dataset, _ path: String, _ request: Request) async throws -> Response? {
+        guard let federation, let remote = d.remoteID, federation.forwarded.contains(d.center) else { return nil }
+        if op == "stat" && path.isEmpty { return nil }  // the dataset itself is mirrored here
+        var query = "dataset=\(remote)&path=" + queryEscape(path)
+        for k in ["after", "limit", "name", "min_size", "max_size", "newer"] {
+            if let v = request.uri.queryParameters[Substring(k)] { query += "&\(k)=" + queryEscape(String(v)) }
+        }
+        let got: (status: Int, body: [UInt8], fresh: Bool)
+        do {
+            got = try await onPool(.reads) { try federation.forward(d.center, "/api/v1/federation/\(op)?" + query, keep: op != "du") }
+        } catch let e as FederationError {
+            throw HTTPFailure(status: 503, message: e.description)
+        }
+        guard got.status == 200 else {
+            let detail = (try? APIJSON.decode(V1.Problem.self, from: Data(got.body)))?.detail ?? "HTTP \(got.status)"
+            if got.status == 404 || got.status == 400 { throw HTTPFailure(status: got.status, message: detail) }
+            throw HTTPFailure(status: 502, message: "center \(d.center) answered: \(detail)")
+        }
+        let stale = !got.fresh || staleCenters().contains(d.center)
+        do {
+            switch op {
+            case "ls", "find":
+                let page = try APIJSON.decode(V1.EntryPage.self, from: Data(got.body))
+                let entries = page.entries.map { e -> Entry in var e = e; e.dataset = d.id; return e }
+                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: page.nextAfter, stale: stale)
+            case "stat":
+                var entry = try APIJSON.decode(V1.StatAnswer.self, from: Data(got.body)).entry
+                entry?.dataset = d.id
+                let replicas = try catalog?.details(of: d, path: "").replicas ?? []
+                return try codable(200, V1.StatAnswer(dataset: d, entry: entry, replicas: rankReplicas(replicas), stale: stale))
+            default:
+                return try codable(200, try APIJSON.decode(DiskUsage.self, from: Data(got.body)))
             }
+        } catch let e as DecodingError {
+            throw HTTPFailure(status: 502, message: "center \(d.center) sent a malformed \(op) answer: \(DaemonAPI.explain(e))")
         }
     }
 
@@ -181,6 +229,10 @@ extension DaemonAPI {
 
 /// An answer of the contract, encoded as every answer is (`AnswerEncoder`: the JSON of
 /// `APIJSON.encoder()`, snake_case, written directly).
+func queryEscape(_ s: String) -> String {
+    s.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
+}
+
 func codable<T: Encodable>(_ status: Int, _ value: T) throws -> Response {
     let data = try AnswerEncoder.encode(value)
     return Response(status: .init(code: status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))

@@ -107,7 +107,7 @@ public final class Catalog: @unchecked Sendable {
                 }
             }
             try s.execute("""
-                CREATE INDEX IF NOT EXISTS files_seq ON files (dataset, seq);
+                CREATE INDEX IF NOT EXISTS files_seq ON files (dataset, seq) WHERE seq > 0;
                 CREATE TABLE IF NOT EXISTS removed_files (
                     dataset \(int) NOT NULL,
                     seq \(int) NOT NULL,
@@ -574,6 +574,12 @@ public final class Catalog: @unchecked Sendable {
 }
 
 /// Paths within a dataset: "a/b/c", no leading or trailing '/', no "." or "..".
+extension Catalog {
+    /// A path within a dataset as the catalog keys it ("/a//b/" and "./a" accepted; "..",
+    /// NUL and over-long names refused).
+    public static func normalizedPath(_ p: String) throws -> String { try CatalogPath.normalize(p) }
+}
+
 enum CatalogPath {
     /// Accepts what a user types ("/a//b/", "./a"); refuses "..", NUL and over-long names.
     /// Byte-wise: "/" followed by a combining mark is one Swift Character, not a separator.

@@ -78,6 +78,19 @@ extension Catalog {
         }
     }
 
+    /// A mirror kept without its entries (its peer is followed with `follow = "datasets"`):
+    /// whatever entries an earlier mode mirrored go, and the dataset is seen at once (its
+    /// listings are the peer's to answer). Its entry sequence is forgotten: followed whole
+    /// again, it is read whole.
+    public func keepWithoutEntries(mirror id: Int64) throws {
+        defer { recentDatasets.forget() }
+        try db.write { s in
+            guard try s.one("SELECT 1 AS one FROM datasets WHERE id = ? AND remote_id IS NOT NULL", id) != nil else { return }
+            try s.execute("DELETE FROM files WHERE dataset = ?", id)
+            try s.execute("UPDATE datasets SET syncing = 0, entry_seq = 0 WHERE id = ?", id)
+        }
+    }
+
     /// Removes the mirror of a dataset its center deleted (entries and replicas with it).
     public func dropMirror(center: String, remoteID: Int64) throws {
         defer { recentDatasets.forget() }

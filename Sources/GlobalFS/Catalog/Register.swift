@@ -104,6 +104,11 @@ extension Catalog {
             sum.bytes = r?.int("b") ?? 0
             try s.execute("UPDATE datasets SET file_count = ?, bytes = ?, updated = ? WHERE id = ?", sum.files, sum.bytes, now, id)
             try pruneTombstones(s, dataset: id, entries: sum.files)
+            if fresh {
+                // A follower that read any of it before now reads it whole again.
+                let seq = try Catalog.nextEntrySeq(s, dataset: id)
+                try s.execute("UPDATE datasets SET entry_floor = ? WHERE id = ?", seq, id)
+            }
             try appendChange(s, center: center, dataset: id, kind: isNew ? .datasetRegistered : .datasetUpdated, at: now)
             try setReplica(s, Replica(dataset: id, center: center, state: .complete, path: replicaPath ?? absRoot, files: sum.files, bytes: sum.bytes, verifiedAt: now), now: now)
         }
@@ -212,7 +217,8 @@ extension Catalog {
         var i = 0
         while i < upserts.count {
             let slice = upserts[i..<min(i + Catalog.batchRows, upserts.count)]
-            try db.write { s in try FastSQL.upsert(s, slice, seq: try Catalog.nextEntrySeq(s, dataset: id)) }
+            // A first registration's rows are stamped 0 (`EntryFeed.swift`): followers read it whole.
+            try db.write { s in try FastSQL.upsert(s, slice, seq: fresh ? 0 : try Catalog.nextEntrySeq(s, dataset: id)) }
             i += Catalog.batchRows
         }
     }

@@ -81,6 +81,10 @@ public struct ServerConfigFile {
     /// not followed. A bare HOST:PORT is https, or http on loopback (`HTTPClient.Target`);
     /// plain http to another host is refused.
     public var peerAPIs: [String: String] = [:]
+    /// `[[peer]] follow = "datasets"`: peers whose datasets and replicas are mirrored but not
+    /// their entries; listings of their datasets are forwarded to them (issue 21). The default,
+    /// `follow = "entries"`, mirrors everything.
+    public var peersForwarded: Set<String> = []
     /// Where each key is in the file (`TOML.parse(_:lines:)`): for the daemon's own check.
     public var lines: [String: Int] = [:]
 
@@ -175,9 +179,19 @@ public struct ServerConfigFile {
                         guard case .string(let text) = a else { throw TransferError(.usage, "[[peer]] api is \"https://HOST:PORT\"") }
                         api = text
                     }
-                    guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"], pt.count == (api == nil ? 2 : 3), CenterName.isValid(name) else {
-                        throw TransferError(.usage, "every [[peer]] has a name (a center name), an address (HOST:PORT) and optionally api (https://HOST:PORT of its daemon)")
+                    var follow: String?
+                    if let f = pt["follow"] {
+                        guard case .string(let text) = f, text == "entries" || text == "datasets" else {
+                            throw TransferError(.usage, "[[peer]] follow is \"entries\" (mirror its catalog whole, the default) or \"datasets\" (its datasets and replicas; listings of their entries are forwarded to it)")
+                        }
+                        follow = text
                     }
+                    guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"],
+                          pt.count == 2 + (api == nil ? 0 : 1) + (follow == nil ? 0 : 1), CenterName.isValid(name) else {
+                        throw TransferError(.usage, "every [[peer]] has a name (a center name), an address (HOST:PORT) and optionally api (https://HOST:PORT of its daemon) and follow (\"entries\" or \"datasets\")")
+                    }
+                    if follow != nil && api == nil { throw TransferError(.usage, "[[peer]] \(name): follow needs the peer's api") }
+                    if follow == "datasets" { peersForwarded.insert(name) }
                     peers[name] = try HostPort(parsing: address)
                     if let api {
                         let target = try HTTPClient.Target(parsing: api)
