@@ -552,10 +552,12 @@ struct CatalogTests {
         #expect(throws: CatalogError.self) { try cat.register(root: t.root, dataset: "m", owner: "o", center: "c1", readers: [""]) }
     }
 
-    @Test("names with quotes, backslashes, commas, braces, NULL, tabs and newlines survive both engines", arguments: Backend.allCases)
+    @Test("names with quotes, backslashes, commas, braces, NULL, \\N, tabs, returns and newlines survive both engines", arguments: Backend.allCases)
     func oddNames(_ backend: Backend) throws {
         let t = try Tree()
-        let names = ["a\"b", "c\\d", "e,f", "{g}", "NULL", " lead", "tab\there", "new\nline", "", "\\\""]
+        // (Also COPY's text form, a first registration's on PostgreSQL: \N is its NULL, and
+        // backslash, tab, newline and return its escapes.)
+        let names = ["a\"b", "c\\d", "e,f", "{g}", "NULL", " lead", "tab\there", "new\nline", "", "\\\"", "\\N", "cr\rhere", "\\\\n"]
             .filter { !$0.isEmpty }
         for n in names { try t.file(n, size: n.utf8.count) }
         try t.file("x,y{z}\"w\\/in \"dir\"", size: 1)

@@ -124,6 +124,31 @@ enum FastSQL {
         }
     }
 
+    /// Inserts entries of one dataset none of whose keys is in the catalog yet (a first
+    /// registration: `Catalog.register` with nothing registered), stamped 0. PostgreSQL: one
+    /// `COPY files FROM STDIN` of the batch in text form (no conflict check, no arrays to
+    /// parse and unnest); elsewhere the upsert, already the fast path there. A key that is there
+    /// after all (two first registrations of one dataset at once, which the callers serialise)
+    /// fails the batch with the server's unique-key error.
+    static func insertNew(_ s: any SQLSession, _ rows: ArraySlice<Entry>) throws {
+        guard let q = s as? PostgreSQLDatabase.Session else { return try upsert(s, rows) }
+        var out: [UInt8] = []
+        out.reserveCapacity(rows.count * 112)
+        for e in rows {
+            CopyText.int(e.dataset, &out); out.append(0x09)
+            CopyText.text(e.dir, &out); out.append(0x09)
+            CopyText.text(e.name, &out); out.append(0x09)
+            CopyText.int(e.size, &out); out.append(0x09)
+            CopyText.int(e.mtimeNs, &out); out.append(0x09)
+            CopyText.int(e.mode, &out); out.append(0x09)
+            CopyText.text(e.digest, &out); out.append(0x09)
+            CopyText.int(e.chunkSize, &out); out.append(0x09)
+            CopyText.text(e.kind.rawValue, &out); out.append(0x09)
+            CopyText.text(e.target, &out); out.append(0x0A)
+        }
+        try q.copy(into: "files", columns: ["dataset", "dir", "name", "size", "mtime_ns", "mode", "digest", "chunk_size", "kind", "target"], out)
+    }
+
     /// Records tombstones (`removed_files`) for `keys`, all with `seq`; a key given twice is
     /// recorded once.
     static func tombstones(_ s: any SQLSession, dataset: Int64, seq: Int64, _ keys: [PathKey]) throws {
@@ -367,6 +392,28 @@ struct SQLiteStep {
     func text(_ c: Int32) -> String? {
         guard let p = sqlite3_column_text(st, c) else { return nil }
         return String(decoding: UnsafeBufferPointer(start: p, count: Int(sqlite3_column_bytes(st, c))), as: UTF8.self)
+    }
+}
+
+/// COPY's text format: columns split by tabs, rows by newlines, `\\N` for NULL, and a
+/// backslash before what would be read as one of those (backslash, tab, newline, return).
+enum CopyText {
+    static func int(_ v: Int64, _ out: inout [UInt8]) {
+        if v >= 0 && v < 10 { out.append(0x30 + UInt8(v)); return }
+        out.append(contentsOf: String(v).utf8)
+    }
+
+    static func text(_ v: String?, _ out: inout [UInt8]) {
+        guard let v else { out.append(0x5C); out.append(0x4E); return }
+        for c in v.utf8 {
+            switch c {
+            case 0x5C: out.append(0x5C); out.append(0x5C)
+            case 0x09: out.append(0x5C); out.append(0x74)
+            case 0x0A: out.append(0x5C); out.append(0x6E)
+            case 0x0D: out.append(0x5C); out.append(0x72)
+            default: out.append(c)
+            }
+        }
     }
 }
 

@@ -217,8 +217,13 @@ extension Catalog {
         var i = 0
         while i < upserts.count {
             let slice = upserts[i..<min(i + Catalog.batchRows, upserts.count)]
-            // A first registration's rows are stamped 0 (`EntryFeed.swift`): followers read it whole.
-            try db.write { s in try FastSQL.upsert(s, slice, seq: fresh ? 0 : try Catalog.nextEntrySeq(s, dataset: id)) }
+            // A first registration's rows are new and stamped 0 (`EntryFeed.swift`: followers read
+            // it whole): on PostgreSQL they are copied in (`COPY`), not upserted.
+            if fresh {
+                try db.write { s in try FastSQL.insertNew(s, slice) }
+            } else {
+                try db.write { s in try FastSQL.upsert(s, slice, seq: try Catalog.nextEntrySeq(s, dataset: id)) }
+            }
             i += Catalog.batchRows
         }
     }
