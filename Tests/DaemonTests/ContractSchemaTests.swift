@@ -187,6 +187,9 @@ struct ContractSchemaTests {
                                                rateBytesPerSecond: nil, rank: 1, reason: "at this center")], stale: false))
         try Self.expectConforms(V1.StatAnswer(dataset: d, entry: nil, replicas: [], stale: false))
         try Self.expectConforms(V1.FeedPage(changes: [try Self.decoded(#"{"seq":1,"center":"a","dataset":1,"kind":"dataset.register","at":1}"#)], lastSeq: 1))
+        try Self.expectConforms(V1.EntryChanges(dataset: "lib@1", entrySeq: 9, floor: 2, resync: false, entries: [e],
+                                                removed: [RemovedEntry(seq: 8, dir: "a", name: "b")], next: EntryCursor(seq: 8, dir: "a", name: "b")))
+        try Self.expectConforms(V1.EntryChanges(dataset: "lib", entrySeq: 9, floor: 9, resync: true, entries: [], removed: [], next: nil))
         try Self.expectConforms(V1.HeldReplicas(replicas: [V1.HeldReplica(dataset: d, replica: Replica(dataset: 1, center: "a", state: .staging, path: "/r", job: 4))]))
         try Self.expectConforms(V1.CentersAnswer(center: "a", centers: []))
         try Self.expectConforms(V1.ConsoleSession(user: "alice", operator: false, expires: 9, csrf: "x", center: "hlrs"))

@@ -625,8 +625,8 @@ extension V1 {
                      "floor": .integer("tombstones at or below it were pruned: a follower behind it reads the dataset whole", minimum: 0),
                      "resync": .boolean("since is 0, below the floor or beyond entry_seq: read the dataset whole (federation/entries); nothing else is sent"),
                      "entries": .array(.ref(Entry.self)), "removed": .array(.ref(RemovedEntry.self)),
-                     "next": Schema.ref(EntryCursor.self).nullable],
-                    required: ["dataset", "entry_seq", "floor", "resync", "entries", "removed", "next"])
+                     "next": Schema.ref(EntryCursor.self).nullable],  // absent: the last page
+                    required: ["dataset", "entry_seq", "floor", "resync", "entries", "removed"])
         }
     }
 

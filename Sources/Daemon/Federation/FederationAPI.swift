@@ -1,6 +1,7 @@
 import Foundation
 import GlobalFS
 import Hummingbird
+import HummingbirdCore
 import Transfer
 
 /// The federation's routes (for peer centers, authenticated by `CenterAssertion`), replica
@@ -45,11 +46,9 @@ extension DaemonAPI {
             try await handle(request) { user in
                 try requireCenter(user)
                 let q = request.uri.queryParameters
-                guard let id = q["dataset"].flatMap({ Int64(String($0)) }), let d = try? catalog.dataset(id, as: .operator), d.center == center else {
-                    throw HTTPFailure(status: 404, message: "no such dataset of center \(center)")
-                }
+                let d = try ownDataset(q)
                 let limit = q["limit"].flatMap { Int(String($0)) } ?? 20_000
-                let entries = try catalog.exportEntries(dataset: id, afterDir: q["after_dir"].map(String.init) ?? "",
+                let entries = try catalog.exportEntries(dataset: d.id, afterDir: q["after_dir"].map(String.init) ?? "",
                                                         afterName: q["after_name"].map(String.init) ?? "", limit: limit)
                 return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: nil, paged: false)
             }
@@ -58,10 +57,8 @@ extension DaemonAPI {
             try await handle(request) { user in
                 try requireCenter(user)
                 let q = request.uri.queryParameters
-                guard let id = q["dataset"].flatMap({ Int64(String($0)) }), let d = try? catalog.dataset(id, as: .operator), d.center == center,
-                      d.remoteID == nil else {
-                    throw HTTPFailure(status: 404, message: "no such dataset of center \(center)")
-                }
+                let d = try ownDataset(q)
+                let id = d.id
                 let since = q["since"].flatMap { Int64(String($0)) } ?? 0
                 let (now, floor) = try catalog.entrySeq(dataset: id)
                 let upto = min(q["upto"].flatMap { Int64(String($0)) } ?? now, now)
@@ -94,10 +91,7 @@ extension DaemonAPI {
                 try await handle(request) { user in
                     try requireCenter(user)
                     let q = request.uri.queryParameters
-                    guard let id = q["dataset"].flatMap({ Int64(String($0)) }), let d = try? catalog.dataset(id, as: .operator), d.center == center,
-                          d.remoteID == nil else {
-                        throw HTTPFailure(status: 404, message: "no such dataset of center \(center)")
-                    }
+                    let d = try ownDataset(q)
                     let path: String
                     do { path = try Catalog.normalizedPath(q["path"].map(String.init) ?? "") } catch { throw HTTPFailure(status: 400, message: "\(error)") }
                     return try catalogAnswer(op, d, path, q, Viewer.operator, stale: false)
@@ -129,6 +123,16 @@ extension DaemonAPI {
                 return try codable(200, answer)
             }
         }
+    }
+
+    /// The dataset of this center that `?dataset=ID` names (its id here), for a peer: 404 for
+    /// any other id, a mirror included.
+    func ownDataset(_ q: FlatDictionary<Substring, Substring>) throws -> Dataset {
+        guard let id = q["dataset"].flatMap({ Int64(String($0)) }), let d = try? catalog?.dataset(id, as: .operator), d.center == center,
+              d.remoteID == nil else {
+            throw HTTPFailure(status: 404, message: "no such dataset of center \(center)")
+        }
+        return d
     }
 
     func requireCenter(_ user: User) throws {
