@@ -14,8 +14,8 @@
 # directory of FLAT entries.
 # Measures: registration (files/s, `ferry register`), one page of 1,000 entries in the middle
 # of the flat directory (median and p99 of 50 API calls), `find` by glob and by size over the
-# whole zinc tree (API), a second registration with nothing changed, and the daemon's peak
-# memory (VmHWM). Prints "key<TAB>value" lines; everything is removed on exit.
+# whole zinc tree (API), a second registration with nothing changed, the daemon's peak
+# memory (VmHWM) and the database's size on disk. Prints "key<TAB>value" lines; everything is removed on exit.
 # --follow (issue 21, federation): then a second center, wuxi (its own database on the same
 # engine), follows hlrs: the time until its mirror lists both datasets (read whole, entries/s);
 # then ten files are added to the last zinc tranche (in key order, so that a follower that
@@ -111,6 +111,13 @@ dt, du = get("/api/v1/catalog/du", path="gfs://hlrs/zinc")
 print("du_s\t%.2f\ndu_files\t%d" % (dt, du["files"]))
 PY
 echo -e "daemon_peak_rss_mib\t$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$daemon_pid/status)"
+# The database's size on disk after the registrations: the SQLite file with its WAL, or
+# PostgreSQL's pg_database_size (tables, indexes, TOAST).
+if [ "$db" = postgres ]; then
+  echo -e "database_mib\t$(psql "$database" -Atc 'SELECT pg_database_size(current_database()) / 1048576')"
+else
+  echo -e "database_mib\t$(cat "$w/$database"* | wc -c | awk '{printf "%.0f", $1 / 1048576}')"
+fi
 [ "$follow" = 1 ] || exit 0
 
 bench_database "$db"

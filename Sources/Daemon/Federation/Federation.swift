@@ -196,8 +196,14 @@ public final class Federation: @unchecked Sendable {
                         try catalog.dropMirror(center: peer, remoteID: remoteID)
                         return
                     }
-                    // A peer that cannot continue mid-way (its catalog replaced): read whole next round.
-                    guard !p.resync else { try catalog.setMirrorSeq(id, 0); return }
+                    // A peer that cannot continue mid-way (tombstones pruned meanwhile, or its
+                    // catalog replaced): the dataset is read whole now.
+                    guard !p.resync else {
+                        try catalog.setMirrorSeq(id, 0)
+                        guard try readWhole(peer, remoteID: remoteID, mirror: id, name: d.qualifiedName) else { return }
+                        try catalog.setMirrorSeq(id, p.entrySeq)
+                        return
+                    }
                     page = p
                 }
                 guard let p = page else { break }
