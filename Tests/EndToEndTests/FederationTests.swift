@@ -179,6 +179,15 @@ struct FederationE2ETests {
         return last
     }
 
+    /// Tranche directories under `dir` in the sandbox, each with "part 0.smi" to "part 2.smi"
+    /// holding `text(i)`.
+    static func tranches(_ sb: Sandbox, _ dir: String, _ names: [String], _ text: (Int) -> String) throws {
+        for t in names {
+            try sb.dir(dir + "/" + t)
+            for i in 0..<3 { try writeFile(sb.file(dir + "/\(t)/part \(i).smi"), Array(text(i).utf8)) }
+        }
+    }
+
     @Test("three centers: list and find a peer's dataset locally, copy from the best replica, replicate, a peer down is stale and skipped, back it catches up",
           arguments: Backend.allCases)
     func threeCenters(_ backend: Backend) throws {
@@ -190,9 +199,8 @@ struct FederationE2ETests {
         // A dataset at hlrs: UTF-8 and spaces in names, a tree 40 levels deep.
         let root = sb.file("hlrs/data/zinc")
         let deep = (1...40).map { "level \($0)" }.joined(separator: "/")
-        for t in ["H20 P100", "H21 P200", "H22 Müller ü"] {
-            try sb.dir("hlrs/data/zinc/\(t)")
-            for i in 0..<3 { try writeFile(root + "/\(t)/part \(i).smi", Array(String(repeating: "CCO\tZINC\(i)\n", count: 200 * (i + 1)).utf8)) }
+        try FederationE2ETests.tranches(sb, "hlrs/data/zinc", ["H20 P100", "H21 P200", "H22 Müller ü"]) { i in
+            String(repeating: "CCO\tZINC\(i)\n", count: 200 * (i + 1))
         }
         try sb.dir("hlrs/data/zinc/" + deep)
         try writeFile(root + "/" + deep + "/leaf 日本.txt", Array("deep\n".utf8))
@@ -297,11 +305,7 @@ struct FederationE2ETests {
         let f = try FederationE2ETests.start(backend, datasetsOnly: true)
         defer { f.stopAll() }
         let sb = f.sb
-        let root = sb.file("hlrs/data/lib")
-        for t in ["H20 P100", "H21 Müller"] {
-            try sb.dir("hlrs/data/lib/\(t)")
-            for i in 0..<3 { try writeFile(root + "/\(t)/part \(i).smi", Array(String(repeating: "CCO\n", count: 100 * (i + 1)).utf8)) }
-        }
+        try FederationE2ETests.tranches(sb, "hlrs/data/lib", ["H20 P100", "H21 Müller"]) { i in String(repeating: "CCO\n", count: 100 * (i + 1)) }
         #expect(try f.ferry("hlrs", ["register", "/data/lib", "--dataset", "lib", "--readers", "*"]).status == 0)
         try sb.dir("hlrs/data/mine")
         try writeFile(sb.file("hlrs/data/mine/secret.txt"), Array("x\n".utf8))

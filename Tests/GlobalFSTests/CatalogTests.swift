@@ -234,24 +234,29 @@ struct CatalogTests {
     /// row, in pages of `pageSize`; returns (rows, tombstones) carried.
     static func follow(from a: Catalog, _ remote: Int64, into b: Catalog, mirror: Int64, since: Int64, upto: Int64, pageSize: Int) throws -> (Int, Int) {
         var carried = (0, 0)
-        var after: EntryCursor?
-        for _ in 0..<10_000 {
+        try feedPages { after in
             let page = try a.removedEntries(dataset: remote, since: since, upto: upto, after: after, limit: pageSize)
             carried.1 += page.removed.count
             _ = try b.applyRemoved(mirror: mirror, page.removed)
-            guard let next = page.next else { break }
-            after = next
+            return page.next
         }
-        after = nil
-        for _ in 0..<10_000 {
+        try feedPages { after in
             let page = try a.changedEntries(dataset: remote, since: since, upto: upto, after: after, limit: pageSize)
             carried.0 += page.entries.count
             _ = try b.applyChanged(mirror: mirror, page.entries)
-            guard let next = page.next else { break }
-            after = next
+            return page.next
         }
         try b.setMirrorSeq(mirror, upto)
         return carried
+    }
+
+    /// Calls `page` with each page's cursor (nil first) until it returns none (10,000 at most).
+    static func feedPages(_ page: (EntryCursor?) throws -> EntryCursor?) throws {
+        var after: EntryCursor?
+        for _ in 0..<10_000 {
+            guard let next = try page(after) else { return }
+            after = next
+        }
     }
 
     @Test("the entry feed: a re-registration's changed rows and tombstones (a subtree as one) and nothing else, applied to a mirror page by page; pruned tombstones raise the floor",
@@ -658,12 +663,10 @@ struct CatalogTests {
         #expect(again.changed == 10 && again.added + again.removed == 0 && again.unchanged == n + 1 - 10, "\(again)")
         let h1 = try cat.entrySeq(dataset: s.dataset).seq
         var carried: [String] = []
-        var cursor: EntryCursor?
-        for _ in 0..<10 {
+        try CatalogTests.feedPages { cursor in
             let page = try cat.changedEntries(dataset: s.dataset, since: h0, upto: h1, after: cursor, limit: 4)
             carried += page.entries.map(\.path)
-            guard let next = page.next else { break }
-            cursor = next
+            return page.next
         }
         #expect(carried.sorted() == ten.map { "big/" + $0 }.sorted())
         #expect(try cat.removedEntries(dataset: s.dataset, since: h0, upto: h1, after: nil, limit: 100).removed.isEmpty)

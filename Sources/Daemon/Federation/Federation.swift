@@ -191,7 +191,7 @@ public final class Federation: @unchecked Sendable {
             for _ in 0..<100_000 {
                 if page == nil {
                     var path = base + "&part=\(part)&upto=\(upto)"
-                    if let a = after { path += "&after_seq=\(a.seq)&after_dir=\(escape(a.dir))&after_name=\(escape(a.name))" }
+                    if let a = after { path += "&after_seq=\(a.seq)&after_dir=\(queryEscape(a.dir))&after_name=\(queryEscape(a.name))" }
                     guard let p = try fetch(V1.EntryChanges.self, peer, path, "changes of its dataset \(remoteID)", allowMissing: true) else {
                         try catalog.dropMirror(center: peer, remoteID: remoteID)
                         return
@@ -240,7 +240,7 @@ public final class Federation: @unchecked Sendable {
         var rows = 0
         // Bounded: a dataset of up to 100,000 pages (2 billion entries at the default size).
         for _ in 0..<100_000 {
-            let path = "/api/v1/federation/entries?dataset=\(remoteID)&limit=\(pageSize)&after_dir=\(escape(after.dir))&after_name=\(escape(after.name))"
+            let path = "/api/v1/federation/entries?dataset=\(remoteID)&limit=\(pageSize)&after_dir=\(queryEscape(after.dir))&after_name=\(queryEscape(after.name))"
             guard let page = try fetch(V1.EntryPage.self, peer, path, "entries of its dataset \(remoteID)", allowMissing: true) else {
                 try catalog.dropMirror(center: peer, remoteID: remoteID)
                 return false
@@ -288,10 +288,6 @@ public final class Federation: @unchecked Sendable {
             }
         }
         return out
-    }
-
-    func escape(_ s: String) -> String {
-        s.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
     }
 
     /// A GET of the peer's API as this center; nil for a 404 when `allowMissing`. Over

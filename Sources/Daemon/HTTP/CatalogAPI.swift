@@ -151,10 +151,12 @@ extension DaemonAPI {
             switch op {
             case "ls", "find":
                 let page = try APIJSON.decode(V1.EntryPage.self, from: Data(got.body))
-                let entries = page.entries.map { e -> Entry in var e = e; e.dataset = d.id; return e }
+                // Held to what a mirrored page is held to (`Entry.checkMirrored`).
+                let entries = try page.entries.map { e -> Entry in try checkedForwarded(e, d); var e = e; e.dataset = d.id; return e }
                 return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: page.nextAfter, stale: stale)
             case "stat":
                 var entry = try APIJSON.decode(V1.StatAnswer.self, from: Data(got.body)).entry
+                if let e = entry { try checkedForwarded(e, d) }
                 entry?.dataset = d.id
                 let replicas = try catalog?.details(of: d, path: "").replicas ?? []
                 return try codable(200, V1.StatAnswer(dataset: d, entry: entry, replicas: rankReplicas(replicas), stale: stale))
@@ -227,12 +229,21 @@ extension DaemonAPI {
     }
 }
 
-/// An answer of the contract, encoded as every answer is (`AnswerEncoder`: the JSON of
-/// `APIJSON.encoder()`, snake_case, written directly).
+/// A forwarded entry must be one a scan could have made, as a mirrored one must: else 502.
+func checkedForwarded(_ e: Entry, _ d: Dataset) throws {
+    do { try e.checkMirrored() } catch {
+        throw DaemonAPI.HTTPFailure(status: 502, message: "center \(d.center) sent an invalid entry: \(error)")
+    }
+}
+
+/// A value for a URL's query, every byte but letters and digits percent-encoded (the
+/// federation client's paths and the listings forwarded to peers).
 func queryEscape(_ s: String) -> String {
     s.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
 }
 
+/// An answer of the contract, encoded as every answer is (`AnswerEncoder`: the JSON of
+/// `APIJSON.encoder()`, snake_case, written directly).
 func codable<T: Encodable>(_ status: Int, _ value: T) throws -> Response {
     let data = try AnswerEncoder.encode(value)
     return Response(status: .init(code: status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
