@@ -210,7 +210,8 @@ extension Ferry {
                 if let c = cursor { q.append(("after", c)) }
                 let r = try api.call("GET", "/api/v1/catalog/find" + query(q), as: V1.EntryPage.self)
                 let entries = r.entries
-                if api.json { api.printJSON(r) } else {
+                // A page cut short by the daemon's search budget may be empty: nothing to print.
+                if api.json { if !entries.isEmpty || r.nextAfter == nil { api.printJSON(r) } } else {
                     for e in entries { print(entryLine(e, long: false, full: true)) }
                 }
                 printed += entries.count

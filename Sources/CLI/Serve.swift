@@ -209,7 +209,8 @@ extension Ferry {
                     let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, apiTLS: apiTLS,
                                                     apiConnections: d.apiConnections, apiIdleSeconds: d.apiIdleSeconds, runner: settings, verifier: verifier, center: server.center,
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, peersForwarded: peersForwarded, syncSeconds: d.syncSeconds, replicas: d.replicas,
-                                                    staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth)
+                                                    staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth,
+                                                    catalogIndexes: d.catalogIndexes)
                     service.attachMetrics(baseMetrics)
                     daemon = service
                 } catch {

@@ -1,3 +1,4 @@
+import GlobalFS
 import Transfer
 
 /// The `[daemon]` table of `ferry serve --config FILE`, decoded by the daemon itself (issue 14
@@ -23,6 +24,7 @@ import Transfer
 ///     staging = "/EXPORT/DIR"
 ///     staging_quota = "100G"
 ///     staging_bwlimit = "200M"
+///     catalog_indexes = ["size", "mtime"]
 public struct DaemonConfig: Sendable {
     /// The job queue: a SQLite file (relative: beside the configuration), or a
     /// `postgres://USER@HOST:PORT/DB` URL that several daemons of the center share.
@@ -63,6 +65,12 @@ public struct DaemonConfig: Sendable {
     /// Bytes per second for each staging transfer (nil: unlimited), so that staging does
     /// not starve interactive transfers on a shared link.
     public var stagingBandwidth: Int64?
+    /// `catalog_indexes`: Global Files' optional search indexes, "size" and "mtime" (names
+    /// are always indexed). Each makes `ferry find --min-size/--max-size` or `--newer` a
+    /// lookup when few entries match, and costs every registration a random index insert
+    /// (bench/RESULTS.md, "Search that scales"). Those not listed are dropped at start-up:
+    /// every daemon of a center should list the same.
+    public var catalogIndexes: Set<Catalog.SearchIndex> = []
 
     /// The daemon's settings of a configuration file; nil when it has no `[daemon]` table.
     /// Errors name the file, as the engine's own do.
@@ -138,6 +146,15 @@ public struct DaemonConfig: Sendable {
                 let text = try str(v, k)
                 guard let q = try? ByteSize.parse(text) else { throw TransferError(.usage, "daemon.staging_quota is a size like \"500G\", not '\(text)'") }
                 stagingQuota = Int64(q)
+            case "catalog_indexes":
+                guard case .array(let a) = v else { throw TransferError(.usage, "'daemon.catalog_indexes' must be an array of strings") }
+                catalogIndexes = Set(try a.map {
+                    let name = try str($0, k)
+                    guard let i = Catalog.SearchIndex(rawValue: name) else {
+                        throw TransferError(.usage, "daemon.catalog_indexes takes \"size\" and \"mtime\", not '\(name)'")
+                    }
+                    return i
+                })
             case "replicas":
                 let r = try str(v, k)
                 guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.replicas is a local job path /EXPORT/DIR, not '\(r)'") }

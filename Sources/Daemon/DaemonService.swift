@@ -26,10 +26,11 @@ public final class DaemonService: @unchecked Sendable {
     public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, apiTLS: Bool = false, apiConnections: Int = 1024, apiIdleSeconds: Int = 60,
                 runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
                 transfer: [String] = [], peerAPIs: [String: String] = [:], peersForwarded: Set<String> = [], syncSeconds: Int = 5, replicas: String? = nil,
-                staging: String? = nil, stagingQuota: Int64 = 100 << 30, stagingBandwidth: Int64? = nil) throws {
+                staging: String? = nil, stagingQuota: Int64 = 100 << 30, stagingBandwidth: Int64? = nil,
+                catalogIndexes: Set<Catalog.SearchIndex> = []) throws {
         store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
-        let catalog = try Catalog(db: store.db)
+        let catalog = try Catalog(db: store.db, indexes: catalogIndexes)
         var centers: CenterVerifier?
         if let cert = settings.tls.certificate, let key = settings.tls.key {
             federation = try Federation(catalog: catalog, store: store, me: center, peers: peerAPIs, forwarded: peersForwarded, certificate: cert, key: key, ca: settings.tls.ca, intervalSeconds: syncSeconds)

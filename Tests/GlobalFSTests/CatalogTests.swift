@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Storage
 import Testing
 import TestSupport
 import Transfer
@@ -32,6 +33,111 @@ struct CatalogTests {
         try t.file(deep + "/leaf.txt", size: 3)
         t.fifo("pipe")
         return t
+    }
+
+    /// Search that scales (issue 21): `find` takes its candidates from the name index (a
+    /// glob's literal start), the size or the date index when few rows fall in their range,
+    /// else reads the rows in key order. Whichever way, the answer is what `fnmatch` and the
+    /// bounds say, in key order, and pages join up to it.
+    @Test("find by an index gives what a scan gives: literal starts at the edges of their range, SQL wildcards as text, size and date bounds, pages; many candidates are scanned", arguments: Backend.allCases)
+    func searchByIndex(_ backend: Backend) throws {
+        let t = try Tree()
+        for d in 0..<3 {
+            for i in 0..<300 {
+                try t.file("T\(d)/T\(d).\(String(format: "%05d", i)).smi", size: (i * 37) % 500, mtime: 1_700_000_000 + i * 10 + d)
+            }
+        }
+        // Names at the edges of a literal start's range (its successor skips the surrogates
+        // and carries past U+10FFFF), and SQL's wildcards as plain text.
+        let odd = ["ab", "ab\u{10FFFF}", "ab\u{10FFFF}z", "ac", "a\u{D7FF}x", "a\u{E000}", "50%_off", "50%", "50x", "x*y", "xyz", "日本語.txt"]
+        for n in odd { try t.file("odd/" + n, size: 1, mtime: 1_600_000_000) }
+        let db = try openDatabase(try backend.newDatabase())
+        let cat = try Catalog(db: db, indexes: [.size, .mtime])
+        #expect(cat.searchIndexes.isSuperset(of: ["files_name", "files_size", "files_mtime"]))
+        let r = try cat.register(root: t.root, dataset: "lib", owner: "alice", center: "c1", readers: ["*"], now: 1000)
+        let me = Viewer(user: "bob")
+        let all = try cat.find(dataset: r.dataset, limit: 100_000, as: me)
+        #expect(all.count == 900 + odd.count + 4)
+        #expect(zip(all, all.dropFirst()).allSatisfy { a, b in
+            a.dir == b.dir ? a.name.utf8.lexicographicallyPrecedes(b.name.utf8) : a.dir.utf8.lexicographicallyPrecedes(b.dir.utf8)
+        })
+
+        struct Q { var glob: String?; var min: Int64?; var max: Int64?; var newer: Int64?; var by: String }
+        let base: Int64 = 1_700_000_000
+        let queries = [
+            Q(glob: "T1.0012*", by: "name"), Q(glob: "T1.00123.smi", by: "name"), Q(glob: "*.smi", by: "scan"),
+            Q(glob: "ab*", by: "name"), Q(glob: "ab\u{10FFFF}*", by: "name"), Q(glob: "a\u{D7FF}*", by: "name"),
+            Q(glob: "50%*", by: "name"), Q(glob: "50_*", by: "name"), Q(glob: "x\\*y", by: "name"), Q(glob: "x[y]*", by: "name"),
+            Q(glob: "日本*", by: "name"), Q(glob: "[ab]*", by: "scan"), Q(glob: "T?.0001*", by: "name"),
+            Q(min: 490, by: "size"), Q(min: 100, max: 101, by: "size"), Q(newer: (base + 2_975) * 1_000_000_000, by: "mtime"),
+            Q(glob: "T2*", newer: (base + 2_950) * 1_000_000_000, by: "mtime"), Q(glob: "T2.002*", min: 0, by: "name"),
+        ]
+        for q in queries {
+            let want: [Entry] = all.filter { (e: Entry) -> Bool in
+                if let g = q.glob, fnmatch(g, e.name, 0) != 0 { return false }
+                if let m = q.min, e.size < m { return false }
+                if let m = q.max, e.size > m { return false }
+                if let n = q.newer, e.mtimeNs <= n { return false }
+                return true
+            }
+            func run(limit: Int, after: EntryKey? = nil) throws -> [Entry] {
+                try cat.find(dataset: r.dataset, nameGlob: q.glob, minSize: q.min, maxSize: q.max, newerThan: q.newer, after: after, limit: limit, as: me)
+            }
+            cat.indexedCandidates = -1  // every index refused: a scan in key order
+            let scanned = try run(limit: 100_000)
+            cat.indexedCandidates = 20_000
+            let before = cat.searchCounts()
+            let got = try run(limit: 100_000)
+            #expect(cat.searchCounts()[q.by, default: 0] == before[q.by, default: 0] + 1, "\(q.glob ?? "") \(q.min ?? 0) \(q.newer ?? 0): not by \(q.by)")
+            #expect(got.map { $0.path } == want.map { $0.path }, "\(q.glob ?? "") min \(q.min ?? 0) newer \(q.newer ?? 0)")
+            #expect(scanned.map { $0.path } == want.map { $0.path })
+            var paged: [Entry] = []
+            for _ in 0..<200 {
+                let page = try run(limit: 7, after: paged.last.map { EntryKey(dataset: r.dataset, dir: $0.dir, name: $0.name) })
+                paged += page
+                if page.count < 7 { break }
+            }
+            #expect(paged.map { $0.path } == want.map { $0.path })
+        }
+        #expect(try cat.find(dataset: r.dataset, nameGlob: "T1.0012*", as: me).count == 10)
+
+        // Over the bound: a literal start that 301 names share is read in key order.
+        cat.indexedCandidates = 50
+        let scans = cat.searchCounts()["scan", default: 0]
+        #expect(try cat.find(dataset: r.dataset, nameGlob: "T1*", as: me).count == 301)  // the directory T1 and its files
+        #expect(cat.searchCounts()["scan", default: 0] == scans + 1)
+
+        // A search no index serves, at a budget of 100 rows a page: short pages (empty ones
+        // too) that say where to go on, and join up to the whole answer.
+        cat.scanBudget = 100
+        let last = all.filter { $0.name.hasSuffix("00299.smi") }
+        #expect(last.count == 3)
+        var joined: [Entry] = []
+        var cursor: EntryKey?
+        var pages = 0, empty = 0
+        for _ in 0..<1000 {
+            let page = try cat.findPage(dataset: r.dataset, nameGlob: "*00299.smi", after: cursor, limit: 1000, as: me)
+            pages += 1
+            if page.entries.isEmpty { empty += 1 }
+            joined += page.entries
+            guard let resume = page.resume else { break }
+            #expect(cursor.map { c in c.dir < resume.dir || (c.dir == resume.dir && c.name < resume.name) } ?? true)  // always forward
+            cursor = resume
+        }
+        #expect(joined.map { $0.path } == last.map { $0.path })
+        #expect(pages == (all.count + 99) / 100 && empty > 0)
+        #expect(try cat.find(dataset: r.dataset, nameGlob: "*00299.smi", as: me).map { $0.path } == last.map { $0.path })
+        cat.scanBudget = 2_000_000
+
+        // The operator takes the size and date indexes away: they are dropped, and find
+        // gives the same answers without them. A tool opening the catalog leaves them be.
+        let plain = try Catalog(db: db, indexes: [])
+        #expect(plain.searchIndexes.contains("files_name") && !plain.searchIndexes.contains("files_size") && !plain.searchIndexes.contains("files_mtime"))
+        #expect(try plain.find(dataset: r.dataset, minSize: 490, as: me).count == all.filter { $0.size >= 490 }.count)
+        #expect(plain.searchCounts() == ["scan": 1])
+        _ = try Catalog(db: db, indexes: [.mtime])
+        #expect(try Catalog(db: db).searchIndexes.contains("files_mtime"))
+        #expect(!(try Catalog(db: db).searchIndexes.contains("files_size")))
     }
 
     @Test("register a tree; list with paging, stat, find by glob, size and mtime, du, resolve", arguments: Backend.allCases)

@@ -56,6 +56,12 @@ struct GFSPathTests {
         #expect(Glob.postgres("x?\\*") == ("LIKE", "x_*"))
         #expect(Glob.postgres("[ab]*.smi") == ("~", "^[ab].*\\.smi$"))
         #expect(Glob.postgres("[!]a](x)") == ("~", "^[^]a]\\(x\\)$"))
+        // The literal start an index can serve, and the end of its range.
+        #expect(Glob.literalStart("H17P020.00012*") == "H17P020.00012" && Glob.literalStart("exact.smi") == "exact.smi")
+        #expect(Glob.literalStart("*.smi") == "" && Glob.literalStart("[ab]c") == "" && Glob.literalStart("ab?c") == "ab")
+        #expect(Glob.literalStart("a\\*b*") == "a*b" && Glob.literalStart("a[b") == "a[b" && Glob.literalStart("a\\") == "a\\")
+        #expect(Glob.successor("ab") == "ac" && Glob.successor("a\u{D7FF}") == "a\u{E000}" && Glob.successor("a\u{10FFFF}") == "b")
+        #expect(Glob.successor("\u{10FFFF}\u{10FFFF}") == nil && Glob.successor("") == nil && Glob.successor("z/") == "z0")
     }
 
     @Test("PostgreSQL array text: what literal writes, parse reads back")

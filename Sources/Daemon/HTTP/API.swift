@@ -522,6 +522,11 @@ public struct DaemonAPI: Sendable {
             out += "# HELP ferry_catalog_bytes Bytes the catalog's datasets hold, by center.\n# TYPE ferry_catalog_bytes gauge\n"
             for z in sizes { out += "ferry_catalog_bytes{center=\(promLabel(z.center))} \(z.bytes)\n" }
         }
+        if let catalog {
+            let n = catalog.searchCounts()
+            out += "# HELP ferry_catalog_searches_total Datasets searched by find: from the candidates of an index (name, size, mtime) or by reading their rows in key order (scan).\n# TYPE ferry_catalog_searches_total counter\n"
+            for by in ["name", "size", "mtime", "scan"] { out += "ferry_catalog_searches_total{by=\"\(by)\"} \(n[by] ?? 0)\n" }
+        }
         if let federation { out += federation.metricsText() }
         if let handshakes = runner?.tlsHandshakes(), !handshakes.isEmpty {
             out += "# HELP ferry_peer_tls_handshakes_total TLS handshakes of jobs towards each peer: full, or resumed from an earlier session's ticket.\n# TYPE ferry_peer_tls_handshakes_total counter\n"

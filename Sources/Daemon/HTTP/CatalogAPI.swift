@@ -109,12 +109,20 @@ extension DaemonAPI {
                 after = EntryKey(dataset: d.id, dir: slash.map { String(a[..<$0]) } ?? "", name: slash.map { String(a[a.index(after: $0)...]) } ?? a)
             }
             let want = Int(max(1, min(int("limit") ?? 1000, 10_000)))
-            var entries = try catalog.find(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
-                                           maxSize: int("max_size"), newerThan: int("newer").map { $0 * 1_000_000_000 },
-                                           after: after, limit: want + 1, as: viewer)
-            let more = entries.count > want
-            if more { entries.removeLast(entries.count - want) }
-            let next = more ? entries.last.map { $0.dir.isEmpty ? $0.name : $0.dir + "/" + $0.name } : nil
+            // A page may come back short, even empty, with `more`: the search read its
+            // budget of rows (`Catalog.findPage`) and goes on after `next_after`.
+            let page = try catalog.findPage(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
+                                            maxSize: int("max_size"), newerThan: int("newer").map { $0 * 1_000_000_000 },
+                                            after: after, limit: want + 1, as: viewer)
+            var entries = page.entries
+            func key(_ dir: String, _ name: String) -> String { dir.isEmpty ? name : dir + "/" + name }
+            var next: String?
+            if entries.count > want {
+                entries.removeLast(entries.count - want)
+                next = entries.last.map { key($0.dir, $0.name) }
+            } else if let r = page.resume {
+                next = key(r.dir, r.name)
+            }
             return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: next, stale: stale)
         default:
             return try codable(200, try catalog.du(dataset: d.id, under: path, as: viewer))

@@ -21,14 +21,27 @@ public final class Catalog: @unchecked Sendable {
     let recentDatasets = Recent<[String], [Dataset]?>(capacity: 4096)
     /// The most datasets `family` keeps for one first component (a variable for the tests).
     var familyMax = 1000
+    /// How many rows an index range may name for `find` to take its candidates from it rather
+    /// than read the dataset in key order: sorting this many costs milliseconds (a variable
+    /// for the tests).
+    var indexedCandidates: Int64 = 20_000
+    let searchLock = NSLock()
+    var searched: [String: Int] = [:]
     /// Tombstones kept per dataset at least (`EntryFeed.swift`; a variable for the tests).
     public var tombstonesKept = 100_000
+
+    /// The indexes `find` may take its candidates from (`files_name` always; `files_size`
+    /// and `files_mtime` when the operator asked for them), as found when the catalog opened.
+    private(set) var searchIndexes: Set<String> = []
 
     public convenience init(database: String) throws {
         try self.init(db: try openDatabase(database))
     }
 
-    public init(db: any SQLDatabase) throws {
+    /// `indexes`: the optional search indexes this catalog must have (`[daemon]
+    /// catalog_indexes`); those not named are dropped. nil leaves them as they are (a tool
+    /// that opens the catalog must not undo the operator's choice).
+    public init(db: any SQLDatabase, indexes: Set<SearchIndex>? = nil) throws {
         self.db = db
         pg = db.dialect == .postgres
         let int = pg ? "BIGINT" : "INTEGER"
@@ -108,6 +121,7 @@ public final class Catalog: @unchecked Sendable {
             }
             try s.execute("""
                 CREATE INDEX IF NOT EXISTS files_seq ON files (dataset, seq) WHERE seq > 0;
+                CREATE INDEX IF NOT EXISTS files_name ON files (dataset, name);
                 CREATE TABLE IF NOT EXISTS removed_files (
                     dataset \(int) NOT NULL,
                     seq \(int) NOT NULL,
@@ -116,6 +130,26 @@ public final class Catalog: @unchecked Sendable {
                     PRIMARY KEY (dataset, seq, dir, name))\(pg ? "" : " WITHOUT ROWID");
                 """)
         }
+        // Search (issue 21): names always have an index (an exact name or a literal start
+        // is a lookup, not a scan; it costs registrations little, as names mostly arrive in
+        // the order of their directory). Size and date indexes cost every registration a
+        // random insert each (bench/RESULTS.md: on SQLite several times slower), so they
+        // are the operator's choice.
+        if let indexes {
+            try db.write { s in
+                if pg { try s.execute("SELECT pg_advisory_xact_lock(7265727) AS locked") }
+                for i in SearchIndex.allCases {
+                    try s.execute(indexes.contains(i) ? "CREATE INDEX IF NOT EXISTS \(i.indexName) ON files (dataset, \(i.column))"
+                                                      : "DROP INDEX IF EXISTS \(i.indexName)")
+                }
+            }
+        }
+        let found = try db.read { s in
+            let names = pg ? try s.query("SELECT indexname AS name FROM pg_indexes WHERE tablename = 'files' AND schemaname = current_schema()")
+                           : try s.query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'files'")
+            return Set(names.map { $0.text("name") })
+        }
+        searchIndexes = found
         // A bigger page cache than SQLite's 2 MB default keeps a million-row registration's
         // B-tree pages in memory (per connection; SQLite only).
         if !pg { try db.write { s in _ = try s.execute("PRAGMA cache_size = -65536") } }
@@ -384,24 +418,78 @@ public final class Catalog: @unchecked Sendable {
     /// matches a shell glob (`*`, `?`, `[...]`, `[!...]`, `\` escapes; case-sensitive), by
     /// size (bytes, inclusive), modified after `newerThan` (Unix nanoseconds), of one kind.
     /// Ordered by (dataset, dir, name); pass the last result's key as `after` to continue.
+    ///
+    /// How each dataset is searched (issue 21, "search that scales"): a glob that starts with
+    /// literal text (`H17P020.00012*`, an exact name), a size bound or a date bound can each
+    /// be served by an index (`files_name`, `files_size`, `files_mtime`, each led by the
+    /// dataset). Each such index is probed first for at most `indexedCandidates` rows; the
+    /// narrowest one under that bound gives the candidates, which are then filtered and
+    /// sorted into key order (a few thousand rows, milliseconds at any catalog size). When
+    /// none is that narrow (`*.smi.gz`, a size bound that a fifth of the files meet), the
+    /// rows are read in key order, filtered as they come, up to the page's limit: many
+    /// matches fill a page early. What no index serves (a glob with no literal start that few
+    /// names match) is a scan of the dataset's rows, linear in them: `find` reads on to the
+    /// end or the limit; `findPage` reads at most `scanBudget` rows per dataset and says
+    /// where it stopped.
     public func find(dataset: Int64? = nil, under: String = "", nameGlob: String? = nil, minSize: Int64? = nil, maxSize: Int64? = nil,
                      newerThan: Int64? = nil, kind: EntryKind? = nil, after: EntryKey? = nil, limit: Int = 1000,
                      as viewer: Viewer) throws -> [Entry] {
+        let limit = max(1, min(limit, 100_000))
+        var out: [Entry] = []
+        var cursor = after
+        while out.count < limit {
+            let page = try findPage(dataset: dataset, under: under, nameGlob: nameGlob, minSize: minSize, maxSize: maxSize, newerThan: newerThan,
+                                    kind: kind, after: cursor, limit: limit - out.count, as: viewer)
+            out += page.entries
+            guard let resume = page.resume else { break }
+            cursor = resume
+        }
+        return out
+    }
+
+    /// A page of `find` whose work is bounded: a dataset read in key order is read for at
+    /// most `scanBudget` rows (about 0.1-0.2 s), and when that stops it before the page is
+    /// full, `resume` is the last key read: the next page starts after it. A search of 100 M
+    /// entries that few match is then a series of short requests that each hold a reader for
+    /// a fraction of a second (a forwarded search, a CLI's page), never one of a minute.
+    /// `resume` is nil when the search reached its end or `limit`.
+    public func findPage(dataset: Int64? = nil, under: String = "", nameGlob: String? = nil, minSize: Int64? = nil, maxSize: Int64? = nil,
+                         newerThan: Int64? = nil, kind: EntryKind? = nil, after: EntryKey? = nil, limit: Int = 1000,
+                         as viewer: Viewer) throws -> FindPage {
         let under = try CatalogPath.normalize(under)
+        // The subtree as a key range (in the scan, inside the budgeted read).
+        var keyRange = ""
+        var keyArgs: [SQLValue] = []
+        if !under.isEmpty {
+            keyRange += " AND (dir = ? OR (dir >= ? AND dir < ?))"
+            keyArgs += [.text(under), .text(under + "/"), .text(under + "0")]
+        }
         var filter = ""
         var args: [SQLValue] = []
-        if !under.isEmpty {
-            filter += " AND (dir = ? OR (dir >= ? AND dir < ?))"
-            args += [.text(under), .text(under + "/"), .text(under + "0")]
-        }
+        // The ranges an index can serve, each as (index, its condition, arguments).
+        var ranges: [(index: String, sql: String, args: [SQLValue])] = []
         if let g = nameGlob, g != "*" {
             let (op, pattern) = pg ? Glob.postgres(g) : ("GLOB", Glob.sqlite(g))
             filter += " AND name \(op) ?"
             args.append(.text(pattern))
+            let start = Glob.literalStart(g)
+            if !start.isEmpty {
+                if let end = Glob.successor(start) {
+                    ranges.append(("files_name", "name >= ? AND name < ?", [.text(start), .text(end)]))
+                } else {
+                    ranges.append(("files_name", "name >= ?", [.text(start)]))
+                }
+            }
         }
         if let v = minSize { filter += " AND size >= ?"; args.append(.int(v)) }
         if let v = maxSize { filter += " AND size <= ?"; args.append(.int(v)) }
-        if let v = newerThan { filter += " AND mtime_ns > ?"; args.append(.int(v)) }
+        if minSize != nil || maxSize != nil {
+            ranges.append(("files_size", "size >= ? AND size <= ?", [.int(minSize ?? Int64.min), .int(maxSize ?? Int64.max)]))
+        }
+        if let v = newerThan {
+            filter += " AND mtime_ns > ?"; args.append(.int(v))
+            ranges.append(("files_mtime", "mtime_ns > ?", [.int(v)]))
+        }
         if let k = kind { filter += " AND kind = ?"; args.append(.text(k.rawValue)) }
         let limit = max(1, min(limit, 100_000))
         return try db.read { s in
@@ -414,19 +502,68 @@ public final class Catalog: @unchecked Sendable {
             }
             var out: [Entry] = []
             for id in ids where out.count < limit && id >= (after?.dataset ?? 0) {
-                var sql = "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ?" + filter
-                var a: [SQLValue] = [.int(id)] + args
-                if let after, after.dataset == id {
-                    sql += " AND (dir > ? OR (dir = ? AND name > ?))"
-                    a += [.text(after.dir), .text(after.dir), .text(after.name)]
+                // The narrowest index range under the bound, if any.
+                var best: (range: (index: String, sql: String, args: [SQLValue]), rows: Int64)?
+                for r in ranges where self.searchIndexes.contains(r.index) {
+                    let probe: [SQLValue] = [.int(id)] + r.args + [.int(self.indexedCandidates + 1)]
+                    let n = try s.query("SELECT COUNT(*) AS n FROM (SELECT 1 FROM files\(pg ? "" : " INDEXED BY \(r.index)") WHERE dataset = ? AND \(r.sql) LIMIT ?) AS c",
+                                        probe).first?.int("n") ?? 0
+                    if n <= self.indexedCandidates, n < (best?.rows ?? .max) { best = (r, n) }
                 }
-                sql += " ORDER BY dir, name LIMIT ?"
-                a.append(.int(Int64(limit - out.count)))
-                out += try FastSQL.entries(s, sql, a)
+                let how = best.map { String($0.range.index.dropFirst("files_".count)) } ?? "scan"
+                self.searchLock.withLock { self.searched[how, default: 0] += 1 }
+                var afterCond = ""
+                var afterArgs: [SQLValue] = []
+                if let after, after.dataset == id {
+                    afterCond = " AND (dir > ? OR (dir = ? AND name > ?))"
+                    afterArgs = [.text(after.dir), .text(after.dir), .text(after.name)]
+                }
+                let want = Int64(limit - out.count)
+                if let best {
+                    // Candidates by the index (materialized: the planner must not trade them
+                    // for a key-order scan), then filtered and sorted.
+                    let sql = "WITH c AS MATERIALIZED (SELECT * FROM files\(pg ? "" : " INDEXED BY \(best.range.index)") WHERE dataset = ? AND \(best.range.sql)) "
+                        + "SELECT \(Catalog.entryColumns) FROM c WHERE 1 = 1" + keyRange + filter + afterCond + " ORDER BY dir, name LIMIT ?"
+                    out += try FastSQL.entries(s, sql, [.int(id)] + best.range.args + keyArgs + args + afterArgs + [.int(want)])
+                    continue
+                }
+                // In key order, at most `scanBudget` rows read, filtered as they come.
+                let read = "SELECT * FROM files WHERE dataset = ?" + keyRange + afterCond + " ORDER BY dir, name"
+                let readArgs: [SQLValue] = [.int(id)] + keyArgs + afterArgs
+                let found = try FastSQL.entries(s, "SELECT \(Catalog.entryColumns) FROM (\(read) LIMIT ?) AS f WHERE 1 = 1" + filter + " ORDER BY dir, name LIMIT ?",
+                                                readArgs + [.int(self.scanBudget)] + args + [.int(want)])
+                out += found
+                if found.count < want,
+                   let last = try s.query("SELECT dir, name FROM (\(read) LIMIT 1 OFFSET ?) AS l", readArgs + [.int(self.scanBudget - 1)]).first {
+                    // The budget ran out inside this dataset: the next page goes on from there.
+                    return FindPage(entries: out, resume: EntryKey(dataset: id, dir: last.text("dir"), name: last.text("name")))
+                }
             }
-            return out
+            return FindPage(entries: out, resume: nil)
         }
     }
+
+    /// A page of `findPage`: its entries, and where the next page starts when the search
+    /// stopped at its budget rather than at its end or limit.
+    public struct FindPage: Sendable {
+        public var entries: [Entry]
+        public var resume: EntryKey?
+    }
+
+    /// Rows a dataset is read for in key order by one `findPage` (a variable for the tests):
+    /// at the rates of bench/RESULTS.md, 0.1-0.2 s.
+    var scanBudget: Int64 = 2_000_000
+
+    /// An optional index for `find` (`[daemon] catalog_indexes`).
+    public enum SearchIndex: String, CaseIterable, Sendable {
+        case size, mtime
+        var indexName: String { "files_" + rawValue }
+        var column: String { self == .size ? "size" : "mtime_ns" }
+    }
+
+    /// Datasets `find` searched, by how: "name", "size", "mtime" (the candidates of that
+    /// index) or "scan" (the rows in key order). For `/metrics` and the tests.
+    public func searchCounts() -> [String: Int] { searchLock.withLock { searched } }
 
     /// Regular files, their bytes, and directories at or below `under`.
     public func du(dataset: Int64, under: String = "", as viewer: Viewer) throws -> DiskUsage {
@@ -611,6 +748,44 @@ enum CatalogPath {
 /// PostgreSQL gets LIKE when the glob has no bracket class (it can use the name's byte
 /// order), else an anchored regular expression.
 enum Glob {
+    /// The literal text every name the glob matches starts with ("" when it starts with a
+    /// wildcard or a class): `H17P\\*x*` gives `H17P*x`.
+    static func literalStart(_ g: String) -> String {
+        var out = ""
+        var it = Array(g.unicodeScalars)[...]
+        while let c = it.popFirst() {
+            switch c {
+            case "\\":
+                out.unicodeScalars.append(it.popFirst() ?? "\\")
+            case "*", "?":
+                return out
+            case "[":
+                var probe = it
+                if bracket(&probe) != nil { return out }
+                out += "["
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out
+    }
+
+    /// The least string above every string that starts with `s`, in byte (code point) order:
+    /// its last scalar raised by one (past the surrogates; a last U+10FFFF is dropped and the
+    /// one before raised). nil when there is none (`s` is all U+10FFFF, or empty).
+    static func successor(_ s: String) -> String? {
+        var scalars = Array(s.unicodeScalars)
+        while let last = scalars.popLast() {
+            let v = last.value == 0xD7FF ? 0xE000 : last.value + 1
+            if let next = Unicode.Scalar(v) {
+                var out = String.UnicodeScalarView()
+                out.append(contentsOf: scalars)
+                out.append(next)
+                return String(out)
+            }
+        }
+        return nil
+    }
+
     static func sqlite(_ g: String) -> String {
         var out = ""
         var it = Array(g.unicodeScalars)[...]
