@@ -2,7 +2,8 @@
 # Global Files at scale (issue 6): a synthetic catalog shaped like a compound library, through
 # a real daemon (`ferry serve` with its API) on 127.0.0.1, on SQLite or PostgreSQL.
 #
-#   bench/catalog.sh [--files 1000000] [--flat 1000000] [--pool N] [--db sqlite|postgres] [--follow] [--ferry BIN]
+#   bench/catalog.sh [--files 1000000] [--flat 1000000] [--pool N] [--db sqlite|postgres] [--follow]
+#                    [--indexes size,mtime] [--ferry BIN]
 #
 # --pool N: the zinc files are hard links to N sparse files of the same size classes (a tree of
 # 10 million entries then costs dentries only: about 2.5 GB of tmpfs metadata instead of 10 GB
@@ -14,7 +15,7 @@
 # directory of FLAT entries.
 # Measures: registration (files/s, `ferry register`), one page of 1,000 entries in the middle
 # of the flat directory (median and p99 of 50 API calls), `find` by glob and by size over the
-# whole zinc tree (API), a second registration with nothing changed, the daemon's peak
+# whole zinc tree (API: every page, each request's longest time too), a second registration with nothing changed, the daemon's peak
 # memory (VmHWM) and the database's size on disk. Prints "key<TAB>value" lines; everything is removed on exit.
 # --follow (issue 21, federation): then a second center, wuxi (its own database on the same
 # engine), follows hlrs: the time until its mirror lists both datasets (read whole, entries/s);
@@ -24,13 +25,19 @@
 # sync of a ten-file change in the big dataset); wuxi's ferry_federation_entries_total (rows
 # read whole, changed rows and tombstones from the entry feed; a binary from before the feed
 # has none) and its peak memory. Both daemons sync every second.
+# Search (issue 21 item 4): an exact name and a literal start (100 hits) that the name index
+# serves; an infix glob (one hit per tranche) that no index serves; a size bound a fifth of the
+# files meet; --newer matching the files of one pool inode (touched a day ahead before the
+# registration: FILES/POOL entries). --indexes adds `catalog_indexes` (size, mtime) to the
+# daemon (a binary from before them refuses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-files=1000000; flat=1000000; pool=0; db=sqlite; follow=0; ferry="$PWD/.build/release/ferry"
+files=1000000; flat=1000000; pool=0; db=sqlite; follow=0; indexes=""; ferry="$PWD/.build/release/ferry"
 while [ $# -gt 0 ]; do
   case "$1" in
     --files) files=$2; shift 2 ;; --flat) flat=$2; shift 2 ;; --pool) pool=$2; shift 2 ;; --db) db=$2; shift 2 ;; --ferry) ferry=$2; shift 2 ;;
     --follow) follow=1; shift ;;
+    --indexes) indexes=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
@@ -41,6 +48,7 @@ echo -e "db\t$db"
 bench_tmpfs "$w/data"
 t0=$(date +%s.%N)
 python3 bench/gen_catalog.py "$w/data" "$files" "$flat" "$pool"
+[ "$pool" -gt 0 ] && touch -d "+1 day" "$w/data/pool/b00007"
 echo -e "tree_build_s\t$(python3 -c "print('%.1f' % ($(date +%s.%N) - $t0))")"
 bench_pki
 # --follow: fixed ports, each center the other's [[peer]] (their APIs follow each other).
@@ -54,6 +62,7 @@ fi
 [daemon]
 database = "$database"
 api_listen = "127.0.0.1:$hlrs_api_port"
+$([ -n "$indexes" ] && echo "catalog_indexes = [\"${indexes//,/\", \"}\"]")
 $peer_wuxi
 [[export]]
 name = "data"
@@ -93,20 +102,25 @@ print("page_1000_of_flat_p50_ms\t%.1f" % (lat[len(lat) // 2] * 1000))
 print("page_1000_of_flat_p99_ms\t%.1f" % (lat[-1] * 1000))
 def find(want=100000, **q):
     # Pages of at most 10,000 (the contract's limit), following next_after, up to `want` hits.
-    total, hits, after = 0.0, 0, None
-    for _ in range(want // 10000 + 1):
+    # A page may be short or empty (the daemon's search budget): every page is followed.
+    total, hits, after, longest, requests = 0.0, 0, None, 0.0, 0
+    for _ in range(100000):
         extra = {"after": after} if after else {}
         dt, page = get("/api/v1/catalog/find", path="gfs://hlrs/zinc", limit=min(10000, want - hits), **q, **extra)
-        total += dt
+        total += dt; requests += 1; longest = max(longest, dt)
         hits += len(page["entries"])
         after = page.get("next_after")
         if not page.get("more") or hits >= want:
             break
-    return total, hits
-dt, n = find(name="*0001234*")
-print("find_glob_s\t%.2f\nfind_glob_hits\t%d" % (dt, n))
-dt, n = find(min_size=60000000)
-print("find_size_s\t%.2f\nfind_size_hits\t%d" % (dt, n))
+    return total, hits, longest, requests
+def report(key, r):
+    dt, n, longest, requests = r
+    print("%s_s\t%.3f\n%s_hits\t%d\n%s_requests\t%d\n%s_longest_request_s\t%.3f" % (key, dt, key, n, key, requests, key, longest))
+report("find_exact", find(name="H17P020.0001234.smi.gz"))
+report("find_prefix", find(name="H17P020.00012*"))
+report("find_glob", find(name="*0001234*"))
+report("find_size", find(min_size=60000000))
+report("find_newer", find(newer=int(time.time()) + 3600))
 dt, du = get("/api/v1/catalog/du", path="gfs://hlrs/zinc")
 print("du_s\t%.2f\ndu_files\t%d" % (dt, du["files"]))
 PY

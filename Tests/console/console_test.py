@@ -199,6 +199,14 @@ def federation(d):
     print("pages: %d, click to rendered page of 1,000: median %.0f ms, max %.0f ms" % (len(times) + 1, 1000 * times[len(times) // 2], 1000 * times[-1]))
     check(len(seen) == 100000 and page == 100, "100 pages of 1,000 hold all 100,000 entries, each once (%d, %d pages)" % (len(seen), page))
     shot(d, "files-big-en")
+    # Find in that directory: a literal start (the name index) and a glob that ends the name
+    # (a read in key order, in as many requests as the daemon's budget takes).
+    for glob, want in [("e0999*", ["e0999%02d" % k for k in range(100)]), ("*777", ["e%03d777" % k for k in range(100)])]:
+        by_id(d, "find-name").clear()
+        by_id(d, "find-name").send_keys(glob)
+        by_id(d, "find-submit").click()
+        wait(d, lambda d: d.execute_script("return Array.from(document.querySelectorAll('#entries-body a.entry'), b => b.textContent)") == want,
+             "find %s lists its %d entries in order" % (glob, len(want)))
     # Replicate a small dataset of wuxi's to hlrs from its entry's page; the job is watched.
     by_id(d, "files-crumbs").find_element(By.TAG_NAME, "button").click()
     wait(d, lambda d: "small" in by_id(d, "datasets").text, "back to the datasets")

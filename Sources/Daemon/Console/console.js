@@ -402,7 +402,16 @@ async function findEntries(ev) {
   }
   if ($("find-newer").value) q += "&newer=" + Math.floor(Date.parse($("find-newer").value + "T00:00:00Z") / 1000);
   fail("");
-  const page = await api("GET", "/api/v1/catalog/find?" + q);
+  // The daemon bounds each search request (a page may come back short, or empty, with
+  // more): ask on until a page's worth is found or the search ends, at most 50 requests.
+  let page = { entries: [], more: true, next_after: null };
+  const found = [];
+  for (let k = 0; k < 50 && page.more && found.length < ENTRIES; k++) {
+    page = await api("GET", "/api/v1/catalog/find?" + q.replace("&limit=" + ENTRIES, "&limit=" + (ENTRIES - found.length))
+      + (page.next_after ? "&after=" + encodeURIComponent(page.next_after) : ""));
+    found.push(...(page.entries || []));
+  }
+  page.entries = found;
   const base = app.entries.path.split("/").slice(0, 4).join("/");
   fillEntries((page.entries || []).map(e => {
     const full = base + "/" + (e.dir ? e.dir + "/" : "") + e.name;

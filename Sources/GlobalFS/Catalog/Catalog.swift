@@ -528,15 +528,13 @@ public final class Catalog: @unchecked Sendable {
                     continue
                 }
                 // In key order, at most `scanBudget` rows read, filtered as they come.
-                let read = "SELECT * FROM files WHERE dataset = ?" + keyRange + afterCond + " ORDER BY dir, name"
-                let readArgs: [SQLValue] = [.int(id)] + keyArgs + afterArgs
-                let found = try FastSQL.entries(s, "SELECT \(Catalog.entryColumns) FROM (\(read) LIMIT ?) AS f WHERE 1 = 1" + filter + " ORDER BY dir, name LIMIT ?",
-                                                readArgs + [.int(self.scanBudget)] + args + [.int(want)])
+                let hit = pg ? "(TRUE" + filter + ")" : "(1" + filter + ")"
+                let (found, stop) = try FastSQL.scan(s, "SELECT \(Catalog.entryColumns), \(hit) AS hit FROM files WHERE dataset = ?" + keyRange + afterCond + " ORDER BY dir, name",
+                                                     args + [.int(id)] + keyArgs + afterArgs, budget: self.scanBudget, limit: Int(want))
                 out += found
-                if found.count < want,
-                   let last = try s.query("SELECT dir, name FROM (\(read) LIMIT 1 OFFSET ?) AS l", readArgs + [.int(self.scanBudget - 1)]).first {
+                if let stop {
                     // The budget ran out inside this dataset: the next page goes on from there.
-                    return FindPage(entries: out, resume: EntryKey(dataset: id, dir: last.text("dir"), name: last.text("name")))
+                    return FindPage(entries: out, resume: EntryKey(dataset: id, dir: stop.dir, name: stop.name))
                 }
             }
             return FindPage(entries: out, resume: nil)
