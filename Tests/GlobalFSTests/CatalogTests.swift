@@ -107,8 +107,9 @@ struct CatalogTests {
         #expect(try cat.find(dataset: r.dataset, nameGlob: "T1*", as: me).count == 301)  // the directory T1 and its files
         #expect(cat.searchCounts()["scan", default: 0] == scans + 1)
 
-        // A search no index serves, at a budget of 100 rows a page: short pages (empty ones
-        // too) that say where to go on, and join up to the whole answer.
+        // A search no index serves, at a budget of 100 rows a page: on SQLite short pages
+        // (empty ones too) that say where to go on, and join up to the whole answer; on
+        // PostgreSQL (no budget: parallel workers) one page.
         cat.scanBudget = 100
         let last = all.filter { $0.name.hasSuffix("00299.smi") }
         #expect(last.count == 3)
@@ -125,7 +126,11 @@ struct CatalogTests {
             cursor = resume
         }
         #expect(joined.map { $0.path } == last.map { $0.path })
-        #expect(pages == (all.count + 99) / 100 && empty > 0)
+        if backend == .sqlite {
+            #expect(pages == (all.count + 99) / 100 && empty > 0)
+        } else {
+            #expect(pages == 1)
+        }
         #expect(try cat.find(dataset: r.dataset, nameGlob: "*00299.smi", as: me).map { $0.path } == last.map { $0.path })
         cat.scanBudget = 2_000_000
 

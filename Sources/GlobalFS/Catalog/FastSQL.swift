@@ -35,64 +35,6 @@ enum FastSQL {
         }
     }
 
-    /// A bounded read in key order (`Catalog.findPage`): `sql` selects `Catalog.entryColumns`
-    /// and an 11th column, `hit` (whether the row matches), in key order. At most `budget`
-    /// rows are read; the hits are kept, at most `limit`. Returns the hits and, when the
-    /// budget ran out first, the last key read (where the next page starts).
-    /// SQLite steps the statement here and stops at once; PostgreSQL numbers the first
-    /// `budget` rows on the server and sends only the hits and that last row.
-    static func scan(_ s: any SQLSession, _ sql: String, _ args: [SQLValue], budget: Int64, limit: Int) throws -> ([Entry], PathKey?) {
-        var out: [Entry] = []
-        if let q = s as? SQLiteDatabase.Session {
-            let st = try SQLiteStep(q.db, sql)
-            defer { st.done() }
-            for (i, a) in args.enumerated() { st.bind(Int32(i + 1), a) }
-            var read: Int64 = 0
-            while try st.step() {
-                read += 1
-                if st.int(10) != 0 {
-                    out.append(Entry(dataset: st.int(0), dir: st.text(1) ?? "", name: st.text(2) ?? "", kind: EntryKind(rawValue: st.text(3) ?? "f") ?? .file,
-                                     size: st.int(4), mtimeNs: st.int(5), mode: st.int(6), digest: st.text(7), chunkSize: st.int(8), target: st.text(9)))
-                    if out.count >= limit { return (out, nil) }
-                }
-                if read >= budget { return (out, PathKey(st.text(1) ?? "", st.text(2) ?? "")) }
-            }
-            return (out, nil)
-        }
-        // The first `budget` rows numbered in key order; only hits and the last of them come back.
-        let wrapped = "SELECT \(Catalog.entryColumns), hit, k FROM (SELECT b.*, row_number() OVER () AS k FROM (\(sql) LIMIT \(budget)) b) w "
-            + "WHERE hit OR k = \(budget) ORDER BY k LIMIT \(limit + 1)"
-        if let q = s as? PostgreSQLDatabase.Session {
-            // As one row of arrays (`PGArray.packed`), with the hit flags and row numbers.
-            let cols = PGArray.columns + ["hit", "k"]
-            let packed = "SELECT " + cols.enumerated().map { "array_agg(q.\($1))::text AS c\($0)" }.joined(separator: ", ") + " FROM (\(wrapped)) q"
-            guard let row = try q.textRows(packed, args).first else { return (out, nil) }
-            let (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11) = try row.decode(
-                (String?, String?, String?, String?, String?, String?, String?, String?, String?, String?, String?, String?).self)
-            let arrays = try [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11].map { try PGArray.parse($0 ?? "{}") }
-            let entries = try entriesOf(Array(arrays[0..<10]))
-            guard arrays[10].count == entries.count, arrays[11].count == entries.count else { throw SQLStoreError("misaligned arrays from the server") }
-            for (i, e) in entries.enumerated() {
-                if arrays[10][i] == "t" {
-                    out.append(e)
-                    if out.count >= limit { return (out, nil) }
-                }
-                if Int64(arrays[11][i] ?? "") == budget { return (out, PathKey(e.dir, e.name)) }
-            }
-            return (out, nil)
-        }
-        for r in try s.query(wrapped, args) {
-            if r.int("hit") != 0 {
-                out.append(Entry(dataset: r.int("dataset"), dir: r.text("dir"), name: r.text("name"), kind: EntryKind(rawValue: r.text("kind")) ?? .file,
-                                 size: r.int("size"), mtimeNs: r.int("mtime_ns"), mode: r.int("mode"), digest: r.optionalText("digest"),
-                                 chunkSize: r.int("chunk_size"), target: r.optionalText("target")))
-                if out.count >= limit { return (out, nil) }
-            }
-            if r.int("k") == budget { return (out, PathKey(r.text("dir"), r.text("name"))) }
-        }
-        return (out, nil)
-    }
-
     /// The catalog's entries of the directories `dirs` of a dataset, by (dir, name).
     static func existing(_ s: any SQLSession, dataset: Int64, dirs: [String]) throws -> [PathKey: Entry] {
         var out: [PathKey: Entry] = [:]
