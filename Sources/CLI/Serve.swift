@@ -210,7 +210,7 @@ extension Ferry {
                                                     apiConnections: d.apiConnections, apiIdleSeconds: d.apiIdleSeconds, runner: settings, verifier: verifier, center: server.center,
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, peersForwarded: peersForwarded, syncSeconds: d.syncSeconds, replicas: d.replicas,
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth,
-                                                    catalogIndexes: d.catalogIndexes)
+                                                    catalogIndexes: d.catalogIndexes, catalogScanRows: d.catalogScanRows)
                     service.attachMetrics(baseMetrics)
                     daemon = service
                 } catch {

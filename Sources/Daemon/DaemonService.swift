@@ -27,10 +27,11 @@ public final class DaemonService: @unchecked Sendable {
                 runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
                 transfer: [String] = [], peerAPIs: [String: String] = [:], peersForwarded: Set<String> = [], syncSeconds: Int = 5, replicas: String? = nil,
                 staging: String? = nil, stagingQuota: Int64 = 100 << 30, stagingBandwidth: Int64? = nil,
-                catalogIndexes: Set<Catalog.SearchIndex> = []) throws {
+                catalogIndexes: Set<Catalog.SearchIndex> = [], catalogScanRows: Int64? = nil) throws {
         store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
         let catalog = try Catalog(db: store.db, indexes: catalogIndexes)
+        if let catalogScanRows { catalog.scanBudget = catalogScanRows }
         var centers: CenterVerifier?
         if let cert = settings.tls.certificate, let key = settings.tls.key {
             federation = try Federation(catalog: catalog, store: store, me: center, peers: peerAPIs, forwarded: peersForwarded, certificate: cert, key: key, ca: settings.tls.ca, intervalSeconds: syncSeconds)

@@ -19,13 +19,14 @@ struct DaemonConfigTests {
             staging_bwlimit = "16MiB"
             api_tls = false
             catalog_indexes = ["mtime", "size"]
+            catalog_scan_rows = 5000
             """
         let file = try ServerConfigFile(parsing: text, relativeTo: "/etc/ferry")
         let d = try #require(try DaemonConfig(file, path: "/etc/ferry/hlrs.toml"))
         #expect(d.database == "/etc/ferry/q/jobs.sqlite" && d.workers == 3 && d.apiListen == HostPort(host: "127.0.0.1", port: 0))
         #expect(d.allowHosts == ["dtn.example:7400"] && d.staging == "/scratch/stage" && d.stagingQuota == 24 << 20 && d.stagingBandwidth == 16 << 20)
         #expect(d.apiTLS == false && d.leaseSeconds == 30 && d.maxAttempts == 5 && d.replicas == nil)
-        #expect(d.catalogIndexes == [.size, .mtime])
+        #expect(d.catalogIndexes == [.size, .mtime] && d.catalogScanRows == 5000)
         #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]", relativeTo: "/x"), path: "c")?.catalogIndexes == [])
         #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]\ndatabase = \"postgres://f@db:5432/q\"", relativeTo: "/x"), path: "c")?.database == "postgres://f@db:5432/q")
         #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]", relativeTo: "/x"), path: "c")?.database == "/x/jobs.sqlite")
@@ -37,7 +38,8 @@ struct DaemonConfigTests {
         for (bad, says) in [("workers = 0", "daemon.workers"), ("typo = 1", "daemon.typo"), ("staging_quota = \"1Q\"", "staging_quota"),
                             ("api_connections = 2000000", "api_connections"), ("staging = \"rel\"", "daemon.staging"), ("api_tls = 1", "api_tls"),
                             ("catalog_indexes = [\"name\"]", "catalog_indexes"), ("catalog_indexes = \"size\"", "catalog_indexes"),
-                            ("catalog_indexes = [\"size; DROP TABLE files\"]", "catalog_indexes")] {
+                            ("catalog_indexes = [\"size; DROP TABLE files\"]", "catalog_indexes"), ("catalog_scan_rows = 99", "catalog_scan_rows"),
+                            ("catalog_scan_rows = \"2M\"", "catalog_scan_rows")] {
             let file = try ServerConfigFile(parsing: "[daemon]\n" + bad, relativeTo: "/x")
             #expect(file.daemonTable != nil)
             do {

@@ -28,7 +28,8 @@ struct DaemonE2ETests {
     /// `hlrsIdentity`: top-level identity lines of hlrs's configuration (default: everyone acts
     /// as root); `hlrsTables`: tables appended to it (`[[identity]]` entries). `wuxiLocked`: wuxi
     /// also has an export `locked` (a directory only root may write) where it acts as `nobody`.
-    static func start(_ name: String, backend: Backend = .sqlite, hlrsIdentity: String = "run_as = \"root\"", hlrsTables: String = "", wuxiLocked: Bool = false) throws -> Centers {
+    static func start(_ name: String, backend: Backend = .sqlite, hlrsIdentity: String = "run_as = \"root\"", hlrsTables: String = "", hlrsDaemon: String = "",
+                      wuxiLocked: Bool = false) throws -> Centers {
         let sb = try Sandbox(name + "-" + backend.rawValue)
         let database = backend == .sqlite ? "hlrs-jobs.sqlite" : try backend.newDatabase()
         try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", "wuxi", "--host", "127.0.0.1"])
@@ -70,6 +71,7 @@ struct DaemonE2ETests {
             workers = 2
             lease_seconds = 6
             retry_base_seconds = 2
+            \(hlrsDaemon)
             [[peer]]
             name = "wuxi"
             address = "127.0.0.1:\(b.port)"

@@ -75,4 +75,32 @@ struct GlobalFilesE2ETests {
         let refused = try run(c, ["register", "/scratch/zinc", "--dataset", "stolen"], token: bob)
         #expect(refused.status == 1 && refused.stderr.contains("does not allow reading"), "\(refused)")
     }
+
+    /// A search no index serves, on a daemon whose requests read at most 100 rows
+    /// (`catalog_scan_rows`): the API's pages come back short or empty with `more`, and
+    /// `ferry find` follows them to every match, in order.
+    @Test("a search read in bounded requests: short and empty pages say more, and ferry find prints every match in order")
+    func boundedSearch() throws {
+        let c = try DaemonE2ETests.start("gfs-scan", hlrsDaemon: "catalog_scan_rows = 100")
+        defer { c.a.stop(); c.b.stop() }
+        let root = try c.sb.dir("hlrs/scratch/lib")
+        for d in 0..<4 {
+            try c.sb.dir("hlrs/scratch/lib/T\(d)")
+            for i in 0..<250 { try writeFile(root + "/T\(d)/m\(String(format: "%04d", i)).smi", [UInt8(i & 0xFF)]) }
+        }
+        #expect(try run(c, ["register", "/scratch/lib", "--dataset", "lib", "--readers", "*"]).status == 0)
+        let want = (0..<4).flatMap { d in [77, 177].map { "T\(d)/m\(String(format: "%04d", $0)).smi" } }
+        let all = try run(c, ["find", "--name", "*77.smi", "gfs://hlrs/lib"])
+        #expect(all.status == 0 && all.stdout.split(separator: "\n").map(String.init) == want, "\(all)")
+        // The API's pages as `--json` prints them (one object a page; the empty ones left
+        // out): the first read T0..T3 and T0/m0000..m0095 (100 rows), found m0077, and says
+        // more, after the last row it read. 1,004 rows: eleven requests, some found nothing.
+        let json = try run(c, ["find", "--json", "--name", "*77.smi", "gfs://hlrs/lib"])
+        let pages = json.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let first = try #require(pages.first)
+        #expect((first["entries"] as? [[String: Any]])?.compactMap { $0["name"] as? String } == ["m0077.smi"], "\(json)")
+        #expect(first["more"] as? Bool == true && first["next_after"] as? String == "T0/m0095.smi", "\(first)")
+        #expect(pages.dropLast().allSatisfy { $0["more"] as? Bool == true } && pages.last?["more"] as? Bool == false, "\(json)")
+        #expect(pages.count < 11 && pages.flatMap { ($0["entries"] as? [[String: Any]]) ?? [] }.count == want.count, "\(json)")
+    }
 }

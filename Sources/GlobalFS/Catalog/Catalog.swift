@@ -571,9 +571,10 @@ public final class Catalog: @unchecked Sendable {
         public var resume: EntryKey?
     }
 
-    /// Rows a dataset is read for in key order by one `findPage` (a variable for the tests):
-    /// at the rates of bench/RESULTS.md, 0.1-0.2 s.
-    var scanBudget: Int64 = 2_000_000
+    /// Rows a dataset is read for in key order by one `findPage` on SQLite (`[daemon]
+    /// catalog_scan_rows`; set before the catalog is shared): at the rates of
+    /// bench/RESULTS.md, about 0.3 s.
+    public var scanBudget: Int64 = 2_000_000
 
     /// An optional index for `find` (`[daemon] catalog_indexes`).
     public enum SearchIndex: String, CaseIterable, Sendable {
