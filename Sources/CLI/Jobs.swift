@@ -80,8 +80,11 @@ struct APIOptions: ParsableArguments {
         }
     }
 
+    /// Every command that talks to the daemon ends here: the message names that command
+    /// (`ferry stat: error: ...`), not always `ferry jobs`.
     func fail(_ message: String) -> Never {
-        FileHandle.standardError.write("ferry jobs: error: \(message)\n".data(using: .utf8)!)
+        let command = CommandLine.arguments.dropFirst().first { !$0.hasPrefix("-") } ?? "jobs"
+        FileHandle.standardError.write("ferry \(command): error: \(message)\n".data(using: .utf8)!)
         Foundation.exit(1)
     }
 

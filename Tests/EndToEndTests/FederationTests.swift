@@ -343,6 +343,17 @@ struct FederationE2ETests {
         #expect(staleStat.status == 0 && staleStat.stdout.contains("\"stale\":true"), "\(staleStat)")
         let unseen = try f.ferry("csc", ["ls", "gfs://hlrs/lib/H20 P100", "--limit", "1"])
         #expect(unseen.status != 0 && unseen.stderr.contains("cannot be reached") && unseen.stderr.contains("follow = \"datasets\""), "\(unseen)")
+
+        // hlrs's API port then answered by a peer that forges entries: csc passes none of them
+        // on (502, naming the center), for a listing, a search and a stat alike.
+        let forger = try FederationE2ETests.fakePeer(sb, FederationE2ETests.forgingPeer, port: f.apiPort["hlrs"]!)
+        defer { kill(-forger.processIdentifier, SIGKILL) }
+        for args in [["ls", "gfs://hlrs/lib/H21 Müller"], ["find", "gfs://hlrs/lib"], ["stat", "gfs://hlrs/lib/H20 P100/part 2.smi"]] {
+            let forged = try eventually(20, { try f.ferry("csc", args) }) { $0.stderr.contains("center hlrs sent an invalid entry") }
+            #expect(forged.status != 0 && forged.stderr.hasPrefix("ferry \(args[0]): error: ") && forged.stderr.contains("center hlrs sent an invalid entry")
+                    && !forged.stdout.contains("passwd")
+                    && !forged.stdout.contains("shadow") && !forged.stdout.contains("a/b"), "\(args): \(forged)")
+        }
     }
 
     @Test("a replication cut by the source's crash leaves a partial replica, never read from; replicating again completes it")
@@ -495,6 +506,54 @@ struct FederationE2ETests {
         S(("127.0.0.1", port), H).serve_forever()
         """#
 
+    /// A Python HTTP server (`source`, given the port and `args`) in place of a peer's API, for
+    /// at most 300 s.
+    static func fakePeer(_ sb: Sandbox, _ source: String, port: Int, _ args: String...) throws -> Process {
+        let script = sb.file("fake-peer-\(port).py")
+        try writeFile(script, Array(source.utf8))
+        let fake = Process()
+        fake.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+        fake.arguments = ["-k", "5", "300", "/usr/bin/python3", script, String(port)] + args
+        fake.standardOutput = FileHandle.nullDevice
+        fake.standardError = FileHandle.nullDevice
+        fake.standardInput = FileHandle.nullDevice
+        try withSignalsUnblocked { try fake.run() }
+        return fake
+    }
+
+    /// A peer followed with `follow = "datasets"` whose forwarded listings and entries name
+    /// paths no scan makes (a parent that climbs out, a name with a slash).
+    static let forgingPeer = #"""
+        import sys, json, http.server, urllib.parse
+        port = int(sys.argv[1])
+        def entry(d, n):
+            return {"dataset": 1, "dir": d, "name": n, "kind": "f", "size": 3, "mtime_ns": 1700000000000000000,
+                    "mode": 0o644, "digest": None, "chunk_size": 0, "target": None}
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            def log_message(self, *a): pass
+            def send(self, code, body):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            def do_GET(self):
+                u = urllib.parse.urlparse(self.path)
+                if u.path in ("/api/v1/federation/ls", "/api/v1/federation/find"):
+                    page = {"dataset": "lib", "entries": [entry("../../etc", "passwd"), entry("", "a/b")], "more": False, "next_after": None}
+                    return self.send(200, json.dumps(page).encode())
+                if u.path == "/api/v1/federation/stat":
+                    ds = {"id": 1, "center": "hlrs", "name": "lib", "version": "", "owner": "alice", "description": "", "license": "",
+                          "readers": ["*"], "file_count": 6, "bytes": 3, "created": 0, "updated": 0}
+                    return self.send(200, json.dumps({"dataset": ds, "entry": entry("..", "shadow"), "replicas": [], "stale": False}).encode())
+                self.send(404, b'{"error": "no such route"}')
+        class S(http.server.ThreadingHTTPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+        S(("127.0.0.1", port), H).serve_forever()
+        """#
+
     @Test("a peer answering garbage, wrong shapes, escaping paths, endless pages or an endless body is refused and marked down; nothing of it is mirrored; a good answer then is")
     func hostilePeer() throws {
         let f = try FederationE2ETests.start(.sqlite)
@@ -502,16 +561,9 @@ struct FederationE2ETests {
         let sb = f.sb
         _ = try eventually(20, { try f.ferry("hlrs", ["centers"]) }) { $0.stdout.contains("wuxi\tup") }
         f.servers["wuxi"]!.stop()
-        let script = sb.file("hostile.py"), modeFile = sb.file("mode")
-        try writeFile(script, Array(FederationE2ETests.hostilePeer.utf8))
+        let modeFile = sb.file("mode")
         try writeFile(modeFile, Array("garbage".utf8))
-        let fake = Process()
-        fake.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-        fake.arguments = ["-k", "5", "300", "/usr/bin/python3", script, String(f.apiPort["wuxi"]!), modeFile]
-        fake.standardOutput = FileHandle.nullDevice
-        fake.standardError = FileHandle.nullDevice
-        fake.standardInput = FileHandle.nullDevice
-        try withSignalsUnblocked { try fake.run() }
+        let fake = try FederationE2ETests.fakePeer(sb, FederationE2ETests.hostilePeer, port: f.apiPort["wuxi"]!, modeFile)
         defer { kill(-fake.processIdentifier, SIGKILL) }
         let log = f.servers["hlrs"]!.process
         // Each kind of garbage: hlrs logs why it refused it, reports wuxi down, keeps serving.
