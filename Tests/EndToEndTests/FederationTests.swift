@@ -354,6 +354,13 @@ struct FederationE2ETests {
                     && !forged.stdout.contains("passwd")
                     && !forged.stdout.contains("shadow") && !forged.stdout.contains("a/b"), "\(args): \(forged)")
         }
+        // Down again: the answers kept are the good ones from before, not the forged ones.
+        kill(-forger.processIdentifier, SIGKILL)
+        kill(forger.processIdentifier, SIGKILL)
+        let keptGood = try eventually(20, { try f.ferry("csc", ["ls", "gfs://hlrs/lib/H21 Müller"]) }) { $0.status == 0 }
+        #expect(keptGood.stdout.split(separator: "\n") == ["part 0.smi", "part 1.smi", "part 2.smi"] && keptGood.stderr.contains("stale"), "\(keptGood)")
+        let keptStat = try f.ferry("csc", ["stat", "--json", "gfs://hlrs/lib/H20 P100/part 2.smi"])
+        #expect(keptStat.status == 0 && keptStat.stdout.contains("\"size\":1200") && !keptStat.stdout.contains("shadow"), "\(keptStat)")
     }
 
     @Test("a replication cut by the source's crash leaves a partial replica, never read from; replicating again completes it")

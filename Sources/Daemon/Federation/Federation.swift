@@ -328,9 +328,9 @@ public final class Federation: @unchecked Sendable {
     static let keptBytesMax = 64 << 20
 
     /// Asks peer `peer` for `path` (one of its federation routes) as this center, within 10 s.
-    /// `keep`: a 200 answer is kept, and while the peer cannot be reached the last answer to
-    /// the same question is given instead (`fresh` false). Throws when the peer cannot be
-    /// reached and nothing is kept.
+    /// `keep`: while the peer cannot be reached, the last answer to the same question that
+    /// the caller kept (`keepAnswer`, once it passed the caller's checks) is given instead
+    /// (`fresh` false). Throws when the peer cannot be reached and nothing is kept.
     public func forward(_ peer: String, _ path: String, keep: Bool) throws -> (status: Int, body: [UInt8], fresh: Bool) {
         guard let base = peers[peer] else { throw FederationError("center \(peer) has no API address") }
         let question = peer + " " + path
@@ -340,13 +340,17 @@ public final class Federation: @unchecked Sendable {
                 ("Authorization", CenterAssertion.scheme + CenterAssertion(issuer: me, audience: peer).signed(privateKey: self.key)),
                 (CenterAssertion.certificateHeader, certificateHeader),
             ])
-            if keep && answer.status == 200 { remember(question, Array(answer.body)) }
             return (answer.status, Array(answer.body), true)
         } catch let e as TransferError {
             if keep, let body = lock.withLock({ kept[question] }) { return (200, body, false) }
             throw FederationError("center \(peer) cannot be reached (\(e.message)), and its entries are not mirrored here (follow = \"datasets\"): try again when it is up")
         }
     }
+
+    /// Keeps `body` as the answer of `peer` to `path` (`forward`), for when that peer cannot
+    /// be reached: only an answer that passed the caller's checks, so that a forged one
+    /// never displaces a good one.
+    public func keepAnswer(_ peer: String, _ path: String, _ body: [UInt8]) { remember(peer + " " + path, body) }
 
     private func remember(_ key: String, _ body: [UInt8]) {
         guard body.count <= Federation.keptBytesMax / 16 else { return }

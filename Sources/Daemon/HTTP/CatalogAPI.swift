@@ -143,9 +143,10 @@ extension DaemonAPI {
         for k in ["after", "limit", "name", "min_size", "max_size", "newer"] {
             if let v = request.uri.queryParameters[Substring(k)] { query += "&\(k)=" + queryEscape(String(v)) }
         }
+        let route = "/api/v1/federation/\(op)?" + query
         let got: (status: Int, body: [UInt8], fresh: Bool)
         do {
-            got = try await onPool(.reads) { try federation.forward(d.center, "/api/v1/federation/\(op)?" + query, keep: op != "du") }
+            got = try await onPool(.reads) { try federation.forward(d.center, route, keep: op != "du") }
         } catch let e as FederationError {
             throw HTTPFailure(status: 503, message: e.description)
         }
@@ -155,19 +156,24 @@ extension DaemonAPI {
             throw HTTPFailure(status: 502, message: "center \(d.center) answered: \(detail)")
         }
         let stale = !got.fresh || staleCenters().contains(d.center)
+        // A fresh answer is kept for when the peer is down, once it passed the checks below.
+        func kept(_ r: Response) -> Response {
+            if got.fresh && op != "du" { federation.keepAnswer(d.center, route, got.body) }
+            return r
+        }
         do {
             switch op {
             case "ls", "find":
                 let page = try APIJSON.decode(V1.EntryPage.self, from: Data(got.body))
                 // Held to what a mirrored page is held to (`Entry.checkMirrored`).
                 let entries = try page.entries.map { e -> Entry in try checkedForwarded(e, d); var e = e; e.dataset = d.id; return e }
-                return listPage(dataset: d.qualifiedName, entries: entries, nextAfter: page.nextAfter, stale: stale)
+                return kept(listPage(dataset: d.qualifiedName, entries: entries, nextAfter: page.nextAfter, stale: stale))
             case "stat":
                 var entry = try APIJSON.decode(V1.StatAnswer.self, from: Data(got.body)).entry
                 if let e = entry { try checkedForwarded(e, d) }
                 entry?.dataset = d.id
                 let replicas = try catalog?.details(of: d, path: "").replicas ?? []
-                return try codable(200, V1.StatAnswer(dataset: d, entry: entry, replicas: rankReplicas(replicas), stale: stale))
+                return kept(try codable(200, V1.StatAnswer(dataset: d, entry: entry, replicas: rankReplicas(replicas), stale: stale)))
             default:
                 return try codable(200, try APIJSON.decode(DiskUsage.self, from: Data(got.body)))
             }
