@@ -438,22 +438,10 @@ struct FederationE2ETests {
     /// A peer that answers the federation API with garbage (wuxi's API port taken over by a
     /// Python server once wuxi's daemon is stopped), one kind of garbage at a time.
     static let hostilePeer = #"""
-        import sys, json, http.server, urllib.parse
-        port, modefile = int(sys.argv[1]), sys.argv[2]
+        modefile = sys.argv[2]
         MODES = ["garbage", "shape", "escape", "loop", "huge", "good", "nonadvance", "badtomb"]
         FEED = ("nonadvance", "badtomb")  # a dataset read whole once, then a hostile entry feed
-        def entry(ds, d, n, kind="f"):
-            return {"dataset": ds, "dir": d, "name": n, "kind": kind, "size": 0 if kind == "d" else 3,
-                    "mtime_ns": 1700000000000000000, "mode": 0o644, "digest": None, "chunk_size": 0, "target": None}
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            def log_message(self, *a): pass
-            def send(self, code, body):
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        class H(Peer):
             def do_GET(self):
                 mode = open(modefile).read().strip()
                 k = MODES.index(mode) + 1  # this mode's change seq and dataset id
@@ -507,17 +495,40 @@ struct FederationE2ETests {
                 if u.path == "/api/v1/federation/replicas":
                     return self.send(200, b'{"replicas": []}')
                 self.send(404, b'{"error": "no such route"}')
+        """#
+
+    /// What every fake peer's script has: `port`, `entry(...)`, a handler base with `send`,
+    /// and (after the script's `H`) the server on 127.0.0.1:`port`.
+    static let fakePeerPrelude = #"""
+        import sys, json, http.server, urllib.parse
+        port = int(sys.argv[1])
+        def entry(ds, d, n, kind="f"):
+            return {"dataset": ds, "dir": d, "name": n, "kind": kind, "size": 0 if kind == "d" else 3,
+                    "mtime_ns": 1700000000000000000, "mode": 0o644, "digest": None, "chunk_size": 0, "target": None}
+        class Peer(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            def log_message(self, *a): pass
+            def send(self, code, body):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        """#
+    static let fakePeerServe = #"""
+
         class S(http.server.ThreadingHTTPServer):
             allow_reuse_address = True
             daemon_threads = True
         S(("127.0.0.1", port), H).serve_forever()
         """#
 
-    /// A Python HTTP server (`source`, given the port and `args`) in place of a peer's API, for
-    /// at most 300 s.
+    /// A Python HTTP server (`source`: a handler `H` on `fakePeerPrelude`, given the port and
+    /// `args`) in place of a peer's API, for at most 300 s.
     static func fakePeer(_ sb: Sandbox, _ source: String, port: Int, _ args: String...) throws -> Process {
         let script = sb.file("fake-peer-\(port).py")
-        try writeFile(script, Array(source.utf8))
+        try writeFile(script, Array((fakePeerPrelude + source + fakePeerServe).utf8))
         let fake = Process()
         fake.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
         fake.arguments = ["-k", "5", "300", "/usr/bin/python3", script, String(port)] + args
@@ -531,34 +542,17 @@ struct FederationE2ETests {
     /// A peer followed with `follow = "datasets"` whose forwarded listings and entries name
     /// paths no scan makes (a parent that climbs out, a name with a slash).
     static let forgingPeer = #"""
-        import sys, json, http.server, urllib.parse
-        port = int(sys.argv[1])
-        def entry(d, n):
-            return {"dataset": 1, "dir": d, "name": n, "kind": "f", "size": 3, "mtime_ns": 1700000000000000000,
-                    "mode": 0o644, "digest": None, "chunk_size": 0, "target": None}
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            def log_message(self, *a): pass
-            def send(self, code, body):
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        class H(Peer):
             def do_GET(self):
                 u = urllib.parse.urlparse(self.path)
                 if u.path in ("/api/v1/federation/ls", "/api/v1/federation/find"):
-                    page = {"dataset": "lib", "entries": [entry("../../etc", "passwd"), entry("", "a/b")], "more": False, "next_after": None}
+                    page = {"dataset": "lib", "entries": [entry(1, "../../etc", "passwd"), entry(1, "", "a/b")], "more": False, "next_after": None}
                     return self.send(200, json.dumps(page).encode())
                 if u.path == "/api/v1/federation/stat":
                     ds = {"id": 1, "center": "hlrs", "name": "lib", "version": "", "owner": "alice", "description": "", "license": "",
                           "readers": ["*"], "file_count": 6, "bytes": 3, "created": 0, "updated": 0}
-                    return self.send(200, json.dumps({"dataset": ds, "entry": entry("..", "shadow"), "replicas": [], "stale": False}).encode())
+                    return self.send(200, json.dumps({"dataset": ds, "entry": entry(1, "..", "shadow"), "replicas": [], "stale": False}).encode())
                 self.send(404, b'{"error": "no such route"}')
-        class S(http.server.ThreadingHTTPServer):
-            allow_reuse_address = True
-            daemon_threads = True
-        S(("127.0.0.1", port), H).serve_forever()
         """#
 
     @Test("a peer answering garbage, wrong shapes, escaping paths, endless pages or an endless body is refused and marked down; nothing of it is mirrored; a good answer then is")

@@ -458,7 +458,7 @@ public final class Catalog: @unchecked Sendable {
                          newerThan: Int64? = nil, kind: EntryKind? = nil, after: EntryKey? = nil, limit: Int = 1000,
                          as viewer: Viewer) throws -> FindPage {
         let under = try CatalogPath.normalize(under)
-        // The subtree as a key range (in the scan, inside the budgeted read).
+        // The subtree as a key range.
         var keyRange = ""
         var keyArgs: [SQLValue] = []
         if !under.isEmpty {
@@ -770,25 +770,40 @@ enum CatalogPath {
 /// PostgreSQL gets LIKE when the glob has no bracket class (it can use the name's byte
 /// order), else an anchored regular expression.
 enum Glob {
-    /// The literal text every name the glob matches starts with ("" when it starts with a
-    /// wildcard or a class): `H17P\\*x*` gives `H17P*x`.
-    static func literalStart(_ g: String) -> String {
-        var out = ""
+    /// A glob's parts: `\` escapes the next character (a last `\` is itself), and a `[`
+    /// with no `]` after it is a literal `[`, as in the shell.
+    enum Token {
+        case literal(Unicode.Scalar)
+        case anyRun  // *
+        case anyOne  // ?
+        case oneOf(negated: Bool, body: String)  // [...] or [!...]
+    }
+
+    static func tokens(_ g: String) -> [Token] {
+        var out: [Token] = []
         var it = Array(g.unicodeScalars)[...]
         while let c = it.popFirst() {
             switch c {
-            case "\\":
-                out.unicodeScalars.append(it.popFirst() ?? "\\")
-            case "*", "?":
-                return out
+            case "\\": out.append(.literal(it.popFirst() ?? "\\"))
+            case "*": out.append(.anyRun)
+            case "?": out.append(.anyOne)
             case "[":
-                var probe = it
-                if bracket(&probe) != nil { return out }
-                out += "["
-            default: out.unicodeScalars.append(c)
+                if let cls = bracket(&it) { out.append(.oneOf(negated: cls.negated, body: cls.body)) } else { out.append(.literal("[")) }
+            default: out.append(.literal(c))
             }
         }
         return out
+    }
+
+    /// The literal text every name the glob matches starts with ("" when it starts with a
+    /// wildcard or a class): `H17P\\*x*` gives `H17P*x`.
+    static func literalStart(_ g: String) -> String {
+        var out = String.UnicodeScalarView()
+        for t in tokens(g) {
+            guard case .literal(let c) = t else { break }
+            out.append(c)
+        }
+        return String(out)
     }
 
     /// The least string above every string that starts with `s`, in byte (code point) order:
@@ -808,43 +823,37 @@ enum Glob {
         return nil
     }
 
+    /// SQLite's GLOB: the same syntax, a literal wildcard as a one-member class.
     static func sqlite(_ g: String) -> String {
         var out = ""
-        var it = Array(g.unicodeScalars)[...]
-        while let c = it.popFirst() {
-            switch c {
-            case "\\":
-                if let n = it.popFirst() { out += "*?[".unicodeScalars.contains(n) ? "[\(n)]" : String(n) } else { out += "\\" }
-            case "[":
-                if let cls = bracket(&it) { out += "[" + (cls.negated ? "^" : "") + cls.body + "]" } else { out += "[[]" }
-            default: out.unicodeScalars.append(c)
+        for t in tokens(g) {
+            switch t {
+            case .literal(let c): out += "*?[".unicodeScalars.contains(c) ? "[\(c)]" : String(c)
+            case .anyRun: out += "*"
+            case .anyOne: out += "?"
+            case .oneOf(let negated, let body): out += "[" + (negated ? "^" : "") + body + "]"
             }
         }
         return out
     }
 
+    /// LIKE (its escapes), or an anchored regular expression when there is a class.
     static func postgres(_ g: String) -> (op: String, pattern: String) {
         var like = ""
         var regex = "^"
         var usesClass = false
-        var it = Array(g.unicodeScalars)[...]
-        func literal(_ c: Unicode.Scalar) {
-            if "\\%_".unicodeScalars.contains(c) { like += "\\" }
-            like.unicodeScalars.append(c)
-            if "\\.^$|()+*?{}[]".unicodeScalars.contains(c) { regex += "\\" }
-            regex.unicodeScalars.append(c)
-        }
-        while let c = it.popFirst() {
-            switch c {
-            case "\\": literal(it.popFirst() ?? "\\")
-            case "*": like += "%"; regex += ".*"
-            case "?": like += "_"; regex += "."
-            case "[":
-                if let cls = bracket(&it) {
-                    usesClass = true
-                    regex += "[" + (cls.negated ? "^" : "") + cls.body.replacingOccurrences(of: "\\", with: "\\\\") + "]"
-                } else { literal("[") }
-            default: literal(c)
+        for t in tokens(g) {
+            switch t {
+            case .literal(let c):
+                if "\\%_".unicodeScalars.contains(c) { like += "\\" }
+                like.unicodeScalars.append(c)
+                if "\\.^$|()+*?{}[]".unicodeScalars.contains(c) { regex += "\\" }
+                regex.unicodeScalars.append(c)
+            case .anyRun: like += "%"; regex += ".*"
+            case .anyOne: like += "_"; regex += "."
+            case .oneOf(let negated, let body):
+                usesClass = true
+                regex += "[" + (negated ? "^" : "") + body.replacingOccurrences(of: "\\", with: "\\\\") + "]"
             }
         }
         return usesClass ? ("~", regex + "$") : ("LIKE", like)
