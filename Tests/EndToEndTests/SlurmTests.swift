@@ -352,7 +352,10 @@ struct SlurmE2ETests {
         try writeFile(pbs + "/42.pbs.SC", Array("#!/bin/sh\n#PBS -N dock\n#FERRY stage_in gfs://wuxi/lib \(S)/pbs42/l\n./dock\n".utf8))
         try writeFile(pbs + "/43.pbs.SC", Array("#!/bin/sh\n#FERRY stage_in gfs://wuxi/not-there \(S)/pbs43/l\n./dock\n".utf8))
         let bin = (E2E.ferryBinary as NSString).deletingLastPathComponent
+        // FERRY_STAGE_ENV: not the host's /etc/ferry/stage.env (the package test installs one
+        // while this runs, and its token file is not this site's).
         let env = ["PBS_HOME": sb.file("pbs"), "FERRY_API": site.api["hlrs"]!, "FERRY_TOKEN_FILE": site.operatorToken,
+                   "FERRY_STAGE_ENV": sb.file("no-stage.env"),
                    "PATH": bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")]
         let pro = SlurmE2ETests.sh("'\(E2E.packageRoot)/contrib/pbs/prologue' 42.pbs ferryjob ferryjob", timeout: 120, env: env)
         #expect(pro.status == 0, "\(pro.output)")
