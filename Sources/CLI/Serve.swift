@@ -78,6 +78,9 @@ extension Ferry {
         @Option(name: .customLong("metrics-listen"), help: "Serve /metrics (Prometheus) and /health over plain HTTP on HOST:PORT, with or without a daemon.")
         var metricsListen: String?
 
+        @Option(name: .customLong("direct-io"), help: "Receiving (pushes to this server): write large files with O_DIRECT on ext4, XFS, Lustre, GPFS and BeeGFS (auto, the default; env FERRY_DIRECT_IO), or always through the page cache (off).")
+        var directIO: String?
+
         @Flag(help: "Check --config FILE and the files it names, print every problem with its line, start nothing (exit 0: none, 1: some).")
         var check = false
 
@@ -136,6 +139,7 @@ extension Ferry {
                 if !tokenIssuer.isEmpty { config.tokenIssuers = tokenIssuer }
                 if let revocations { config.revocations = revocations }
                 if let m = minProtection { config.minimumProtection = try ProtectionLevel(parsing: m) }
+                if let directIO { DirectIO.enabled = try DirectIO.parse(directIO) }
                 if let v = handshakeTimeout { config.handshakeTimeoutSeconds = v }
                 if let v = idleTimeout { config.idleTimeoutSeconds = v }
                 if let v = maxConnections { config.connectionsMax = v }

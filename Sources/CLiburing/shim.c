@@ -6,6 +6,8 @@
 #include <pthread.h>
 #include <string.h>
 #include <linux/falloc.h>
+#include <sys/vfs.h>
+#include <stdio.h>
 
 int ferry_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr, long long timeout_ns) {
     if (timeout_ns <= 0) {
@@ -48,6 +50,19 @@ unsigned ferry_cqe_f_notif(void) { return IORING_CQE_F_NOTIF; }
 int ferry_punch_hole(int fd, long long offset, long long length) {
     int r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
     return r < 0 ? -errno : 0;
+}
+
+long long ferry_fs_type(int fd) {
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0) return -errno;
+    return (long long)(unsigned long)fs.f_type;
+}
+
+int ferry_reopen_direct(int fd) {
+    char path[40];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    int r = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
+    return r < 0 ? -errno : r;
 }
 
 void ferry_set_thread_name(const char *name) {

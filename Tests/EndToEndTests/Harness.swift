@@ -152,6 +152,25 @@ final class Sandbox {
         mounts.append(dir)
     }
 
+    /// A fresh ext4 filesystem of `sizeMiB` at `dir`: an image file in the sandbox, formatted
+    /// and mounted through a loop device (a real block filesystem with direct I/O, wherever
+    /// the sandbox itself lives).
+    func mountExt4(at dir: String, sizeMiB: Int) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let image = path + "/ext4-\(mounts.count).img"
+        guard let f = FileHandle(forWritingAtPath: image) ?? {
+            _ = FileManager.default.createFile(atPath: image, contents: nil)
+            return FileHandle(forWritingAtPath: image)
+        }() else { throw HarnessError("cannot create \(image)") }
+        try f.truncate(atOffset: UInt64(sizeMiB) << 20)
+        try f.close()
+        let mk = runTool("/usr/sbin/mkfs.ext4", ["-q", "-F", "-m", "0", image], timeout: 60)
+        guard mk.status == 0 else { throw HarnessError("mkfs.ext4 \(image) failed: \(mk.output)") }
+        let r = runTool("/bin/mount", ["-o", "loop", image, dir])
+        guard r.status == 0 else { throw HarnessError("mount -o loop \(image) at \(dir) failed: \(r.output)") }
+        mounts.append(dir)
+    }
+
     func remountTmpfs(at dir: String, sizeMiB: Int) throws {
         let r = runTool("/bin/mount", ["-o", "remount,size=\(sizeMiB)m", dir])
         guard r.status == 0 else { throw HarnessError("remount \(dir) failed: \(r.output)") }

@@ -24,6 +24,11 @@ int ferry_openat2(int dirfd, const char *path, int flags, unsigned mode, unsigne
 #define FERRY_IOSQE_IO_LINK 4u
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): 0 or -errno.
 int ferry_punch_hole(int fd, long long offset, long long length);
+/// The filesystem type (statfs f_type) of `fd`'s filesystem, or -errno.
+long long ferry_fs_type(int fd);
+/// `fd` opened again through /proc/self/fd with O_WRONLY | O_DIRECT | O_CLOEXEC: a descriptor
+/// or -errno.
+int ferry_reopen_direct(int fd);
 /// Names the calling thread (at most 15 bytes are kept).
 void ferry_set_thread_name(const char *name);
 /// Flags of IORING_CQE_F_MORE / IORING_CQE_F_NOTIF, which Swift sees as macros.

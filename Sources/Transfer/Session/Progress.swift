@@ -86,6 +86,8 @@ public final class TransferProgress: @unchecked Sendable {
         public var retransmittedChunks: UInt64 = 0
         /// Sealed data frames this side rejected (tampered, replayed or reordered).
         public var rejectedFrames: UInt64 = 0
+        /// Received bytes this side wrote with direct I/O (`DirectIO`), past the page cache.
+        public var directBytes: UInt64 = 0
         public var filesFailed: UInt64 = 0
         /// Files written in full at their final name this run (renamed into place, or, on the
         /// sending side, confirmed so by the receiver); not skipped, not failed.
@@ -112,6 +114,7 @@ public final class TransferProgress: @unchecked Sendable {
     /// A stream's length, known at its end.
     func add(bytesTotal: UInt64) { lock.withLock { s.bytesTotal += bytesTotal } }
     func moved(raw: UInt64, wire: UInt64) { lock.withLock { s.bytesDone += raw; s.wireBytes += wire } }
+    func wroteDirect(bytes: UInt64) { lock.withLock { s.directBytes += bytes } }
     /// Bytes already there by content (a digest or chunk hash compared equal).
     func skipped(bytes: UInt64) { lock.withLock { s.bytesDone += bytes; s.skippedBytes += bytes; s.matchedBytes += bytes } }
     /// Chunks of a resumed partial file found already there (their hashes matched).
@@ -172,6 +175,8 @@ public struct TransferSummary: Sendable {
     public var filesFailed: UInt64
     public var retransmittedChunks: UInt64
     public var rejectedFrames: UInt64
+    /// See `TransferProgress.Snapshot.directBytes`.
+    public var directBytes: UInt64
     public var seconds: Double
     /// Devices, FIFOs and sockets left out of a tree, and the first few of them by name.
     public var specialFiles: UInt64
@@ -192,6 +197,7 @@ public struct TransferSummary: Sendable {
         filesFailed = s.filesFailed
         retransmittedChunks = s.retransmittedChunks
         rejectedFrames = s.rejectedFrames
+        directBytes = s.directBytes
         seconds = s.seconds
         specialFiles = s.specialFiles
         specialNames = s.specialNames

@@ -69,6 +69,9 @@ final class ReceiverFile {
     let name: String
     let display: String
     var partFd: Int32 = -1
+    /// The partial opened again with O_DIRECT for whole aligned chunks (`DirectIO`); -1 when
+    /// not used (small file, another filesystem, refused).
+    var directFd: Int32 = -1
     var journal: ResumeJournal?
     var present: [Bool] = []
     var presentCount = 0
@@ -93,6 +96,24 @@ final class ReceiverFile {
     }
 
     var isSmall: Bool { !isStream && chunkCount <= 1 }
+
+    /// Takes `fd` as the partial file, with a direct descriptor beside it where `DirectIO` says.
+    func usePartial(_ fd: Int32) {
+        partFd = fd
+        if directFd >= 0 { Glibc.close(directFd) }
+        directFd = DirectIO.open(partial: fd, size: entry.size)
+    }
+
+    /// Closes the partial's descriptors (its bytes stay for a rerun or were renamed).
+    func closePartial() {
+        if directFd >= 0 { Glibc.close(directFd); directFd = -1 }
+        if partFd >= 0 { Glibc.close(partFd); partFd = -1 }
+    }
+
+    /// Direct I/O refused by the filesystem: this file's writes go buffered from now on.
+    func dropDirect() {
+        if directFd >= 0 { Glibc.close(directFd); directFd = -1 }
+    }
     var identity: SourceIdentity {
         SourceIdentity(size: entry.size, mtimeSeconds: entry.mtimeSeconds, mtimeNanoseconds: entry.mtimeNanoseconds, chunkBytes: 0)
     }
@@ -481,7 +502,7 @@ final class Receiver: @unchecked Sendable {
             let fd = openat(dir.fd, PartialNames.part(name), O_RDWR | O_NOFOLLOW | O_CLOEXEC)
             var pst = stat()
             if fd >= 0 && fstat(fd, &pst) == 0 && UInt64(pst.st_size) == e.size {
-                f.partFd = fd
+                f.usePartial(fd)
                 f.journal = journal
                 f.present = [Bool](repeating: false, count: f.chunkCount)
                 f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
@@ -584,7 +605,7 @@ final class Receiver: @unchecked Sendable {
             Glibc.close(fd)
             return ("cannot write '\(f.display)': \(asTransferError(error).message)", asTransferError(error).code)
         }
-        f.partFd = fd
+        f.usePartial(fd)
         f.present = [Bool](repeating: false, count: f.chunkCount)
         f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
         f.presentCount = 0
@@ -709,8 +730,7 @@ final class Receiver: @unchecked Sendable {
             return failFile(f, "cannot rename into '\(f.display)': \(String(cString: strerror(e)))", code: TransferError.Code(errno: e))
         }
         _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
-        Glibc.close(f.partFd)
-        f.partFd = -1
+        f.closePartial()
         f.journal = nil
         f.done = true
         ctx.progress.fileDone(name: f.display)
@@ -746,7 +766,7 @@ final class Receiver: @unchecked Sendable {
         if !f.failed {
             f.failed = true
             try? syncDurable(f)
-            if f.partFd >= 0 { Glibc.close(f.partFd); f.partFd = -1 }
+            f.closePartial()
             f.journal = nil
             ctx.progress.fileFailed(message, code: code, fromPeer: fromPeer)
         }
@@ -759,7 +779,7 @@ final class Receiver: @unchecked Sendable {
         for f in all {
             f.lock.withLock {
                 try? syncDurable(f)
-                if f.partFd >= 0 { Glibc.close(f.partFd); f.partFd = -1 }
+                f.closePartial()
                 f.journal = nil
                 f.failed = true
             }

@@ -36,7 +36,9 @@ final class ReceiverWorker {
         chunkBytes = receiver.ctx.options.chunkBytes
         frameBytesMax = DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes)
         ring = try Ring(entries: UInt32(Wire.batchFilesMax * 2))
-        pool = try BufferPool(count: 2, bytesPerBuffer: frameBytesMax + DataLayout.headroomBytes)
+        // Buffer 0 has a block of slack in front: a chunk's payload lands on a `DirectIO`
+        // boundary (see `run`). Buffer 1 (decompressed chunks) is page-aligned as it is.
+        pool = try BufferPool(count: 2, bytesPerBuffer: frameBytesMax + DataLayout.headroomBytes + DirectIO.alignment)
         try pool.register(with: ring)
         nameArena = .allocate(capacity: nameSlotBytes * Wire.batchFilesMax * 2)
         fds = [Int32](repeating: -1, count: Wire.batchFilesMax)
@@ -69,12 +71,15 @@ final class ReceiverWorker {
     }
 
     func run() throws {
-        let buf = pool.buffer(0)
         // Sealed frames are received behind a copy of their header, so the header, counter,
-        // subheader and payload are one contiguous authenticated region.
+        // subheader and payload are one contiguous authenticated region. The body is placed so
+        // that a chunk's payload starts on a `DirectIO.alignment` boundary of buffer 0: a raw
+        // chunk can then be written with O_DIRECT straight from where it was received.
         let sealed = opener != nil
         let overhead = sealed ? Sealing.overheadBytes : 0
-        let body = sealed ? buf + Wire.frameHeaderBytes : buf
+        let payloadOffset = (sealed ? Sealing.counterBytes : 0) + DataLayout.chunkSubheaderBytes
+        let body = pool.buffer(0) + DirectIO.alignment - payloadOffset
+        let buf = body - (sealed ? Wire.frameHeaderBytes : 0)
         while true {
             guard try receive(header, Wire.frameHeaderBytes, allowEOF: true) else { return }
             let h = try FrameHeader(pointer: header)
@@ -234,18 +239,32 @@ final class ReceiverWorker {
         }
         let bufferIndex = data >= pool.buffer(1) ? 1 : 0
         var done = 0
+        // Whole aligned blocks go direct (no page-cache copy); the rest, and everything once
+        // the filesystem refused a direct write, through the ordinary descriptor.
+        var direct = f.directFd >= 0 && !zero ? DirectIO.directBytes(buffer: data, offset: offset, length: rawBytes) : 0
         while done < rawBytes {
+            let viaDirect = done < direct
+            let fd = viaDirect ? f.directFd : f.partFd
+            let length = (viaDirect ? direct : rawBytes) - done
             let r: Int32
             do {
                 r = try ring.runOne { () throws in
-                    try ring.write(fd: f.partFd, buffer: data + done, length: rawBytes - done, offset: offset + UInt64(done), bufferIndex: bufferIndex, tag: 3)
+                    try ring.write(fd: fd, buffer: data + done, length: length, offset: offset + UInt64(done), bufferIndex: bufferIndex, tag: 3)
                 }
             } catch {
                 return asTransferError(error)
             }
+            if viaDirect && r == -EINVAL {
+                f.dropDirect()
+                direct = 0
+                continue
+            }
             if r < 0 { return TransferError(TransferError.Code(errno: -r), "\(String(cString: strerror(-r))) (\(-r))") }
             if r == 0 { return TransferError(.io, "write made no progress") }
             done += Int(r)
+            if viaDirect { receiver.ctx.progress.wroteDirect(bytes: UInt64(r)) }
+            // A short direct write leaves `done` unaligned: finish the chunk buffered.
+            if viaDirect && done % DirectIO.alignment != 0 { direct = 0 }
         }
         return nil
     }
