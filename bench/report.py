@@ -15,10 +15,11 @@ import sys
 
 GiB = 1 << 30
 MiB = 1 << 20
-SCENARIOS = ["bigfile", "sink", "smallfiles", "smiles", "mixed", "rss"]
+SCENARIOS = ["bigfile", "sink", "disk", "smallfiles", "smiles", "mixed", "rss"]
 TITLES = {
     "bigfile": "One random file",
     "sink": "Sink: the random file pulled into a character device (no destination filesystem)",
+    "disk": "Disk to disk: the random file from ext4 to ext4, source not cached, timed until synced",
     "smallfiles": "Many small files (nested tree)",
     "smiles": "SMILES text (compressible)",
     "mixed": "Mixed tree (a few large files, many small ones)",
@@ -26,7 +27,7 @@ TITLES = {
 }
 TREES = ("smallfiles", "mixed")          # scenarios that copy a tree: files/s shown
 # Display order of the tools within a table.
-ORDER = ["ferry", "ferry-user", "ferry-stdout", "ferry-auto", "ferry-off", "ferry-clear", "ferry-safe", "ferry-handshake", "cp", "rsync", "scp", "gridftp", "xrootd", "xrootd-nopg", "rclone",
+ORDER = ["ferry", "ferry-user", "ferry-stdout", "ferry-auto", "ferry-off", "ferry-buffered", "ferry-clear", "ferry-safe", "ferry-handshake", "cp", "rsync", "scp", "gridftp", "xrootd", "xrootd-nopg", "rclone",
          "iperf3-P1", "iperf3-P4"]
 DESCR = {
     "ferry": "Ferry, defaults (`--protection private`: AES-256-GCM, `--compress auto`)",
@@ -35,6 +36,7 @@ DESCR = {
     "ferry-safe": "Ferry, `--protection safe` (AES-256-GCM authentication, no encryption)",
     "ferry-handshake": "Ferry, TLS 1.3 handshake (`ferry ping --count 50`, median; seconds column)",
     "ferry-auto": "Ferry, `--compress auto`",
+    "ferry-buffered": "Ferry, defaults, the server with `--direct-io off` (page cache)",
     "ferry-off": "Ferry, `--compress off`",
     "cp": "local `cp` (storage ceiling)",
     "rsync": "rsync daemon, `--whole-file`",
