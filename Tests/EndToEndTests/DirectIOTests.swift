@@ -47,6 +47,42 @@ struct DirectIOTests {
         #expect(ferryLeftovers(local).isEmpty && ferryLeftovers(root).isEmpty)
     }
 
+    /// The direct descriptor is opened by the session's thread acting as the user (through
+    /// /proc/self/fd): a user's push is written direct into a file that is the user's, and a
+    /// directory the user may not write stays closed to it.
+    @Test("a user's push onto ext4 is written direct, as the user's account")
+    func asTheUser() throws {
+        let u1 = try IdentityTests.account("ferryu1")
+        let u2 = try IdentityTests.account("ferryu2")
+        let sb = try Sandbox("dio-user")
+        defer { sb.unmountAll() }
+        chmod(sb.path, 0o755)
+        let root = sb.file("export")
+        try sb.mountExt4(at: root, sizeMiB: 192)
+        chmod(root, 0o755)
+        let d1 = try sb.dir("export/u1")
+        chown(d1, u1.uid, u1.gid)
+        let d2 = try sb.dir("export/u2")
+        chown(d2, u2.uid, u2.gid)
+        chmod(d2, 0o700)
+        let src = try sb.dir("local") + "/big.bin"
+        try writeRandomFile(src, size: Self.size)
+        let token = try sb.issueToken(user: "ferryu1", scopes: ["rw:/"], name: "u1.token")
+        let server = try FerryServer(sb, root: root, runAsRoot: false)
+        defer { server.stop() }
+
+        let r = try sb.cp(src, server.url("u1/big.bin"), tokenFile: token)
+        #expect(r.succeeded, "\(r)")
+        #expect(filesIdentical(src, d1 + "/big.bin"))
+        #expect(IdentityTests.owner(d1 + "/big.bin")?.uid == u1.uid, "not owned by ferryu1")
+        #expect(waitUntil(timeout: 5) { server.process.stderr.contains("as ferryu1") && server.process.stderr.contains("40.0 MiB written direct") },
+            "\(server.process.stderr.suffix(600))")
+
+        let refused = try sb.cp(src, server.url("u2/big.bin"), tokenFile: token)
+        #expect(refused.status != 0, "ferryu1 wrote into ferryu2's 0700 directory: \(refused)")
+        #expect(!exists(d2 + "/big.bin") && !exists(d2 + "/.big.bin.ferry-part"))
+    }
+
     @Test("fallbacks: tmpfs, --direct-io off, a small file and compressible chunks")
     func fallbacks() throws {
         let sb = try Sandbox("dio-fallback")
