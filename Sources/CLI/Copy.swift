@@ -68,6 +68,9 @@ extension Ferry {
         @Option(help: "Data-stream protection: clear (checksums), safe (authenticated) or private (AES-256-GCM).")
         var protection = "private"
 
+        @Flag(name: .customLong("zero-copy"), help: "Sending from here (a push): raw chunks go with io_uring SEND_ZC from their buffers, not copied into the socket (for a NIC; no gain over loopback; env FERRY_ZERO_COPY=on).")
+        var zeroCopy = false
+
         @Option(name: .customLong("direct-io"), help: "Receiving here (a pull): write large files with O_DIRECT on ext4, XFS, Lustre, GPFS and BeeGFS (auto, the default; env FERRY_DIRECT_IO), or always through the page cache (off).")
         var directIO: String?
 
@@ -107,6 +110,7 @@ extension Ferry {
             do {
                 options.protection = try ProtectionLevel(parsing: protection)
                 if let directIO { DirectIO.enabled = try DirectIO.parse(directIO) }
+                if zeroCopy { ZeroCopy.enabled = true }
             } catch {
                 throw ValidationError("\(error)")
             }
@@ -414,7 +418,7 @@ final class ProgressDisplay {
     func finish(_ s: TransferProgress.Snapshot, summary: TransferSummary) {
         if json {
             let special = summary.specialNames.map(jsonString).joined(separator: ",")
-            emit("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"bytes_sent\":\(summary.bytes - min(summary.bytes, summary.skippedBytes)),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"files_unread\":\(summary.unreadFiles),\"bytes_unread\":\(summary.unreadBytes),\"files_identical\":\(summary.matchedFiles),\"bytes_identical\":\(summary.matchedBytes - min(summary.matchedBytes, summary.resumedBytes)),\"bytes_resumed\":\(summary.resumedBytes),\"files_copied\":\(summary.filesCopied),\"files_failed\":\(summary.filesFailed),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"direct_bytes\":\(summary.directBytes),\"special_files_skipped\":\(summary.specialFiles),\"special_files\":[\(special)],\"seconds\":\(String(format: "%.3f", summary.seconds))}")
+            emit("{\"type\":\"summary\",\"files\":\(summary.files),\"bytes\":\(summary.bytes),\"bytes_sent\":\(summary.bytes - min(summary.bytes, summary.skippedBytes)),\"wire_bytes\":\(summary.wireBytes),\"skipped_bytes\":\(summary.skippedBytes),\"files_skipped\":\(summary.filesSkipped),\"files_unread\":\(summary.unreadFiles),\"bytes_unread\":\(summary.unreadBytes),\"files_identical\":\(summary.matchedFiles),\"bytes_identical\":\(summary.matchedBytes - min(summary.matchedBytes, summary.resumedBytes)),\"bytes_resumed\":\(summary.resumedBytes),\"files_copied\":\(summary.filesCopied),\"files_failed\":\(summary.filesFailed),\"retransmitted_chunks\":\(summary.retransmittedChunks),\"rejected_frames\":\(summary.rejectedFrames),\"direct_bytes\":\(summary.directBytes),\"zero_copy_bytes\":\(summary.zeroCopyBytes),\"special_files_skipped\":\(summary.specialFiles),\"special_files\":[\(special)],\"seconds\":\(String(format: "%.3f", summary.seconds))}")
             return
         }
         drainFiles()

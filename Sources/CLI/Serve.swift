@@ -78,6 +78,9 @@ extension Ferry {
         @Option(name: .customLong("metrics-listen"), help: "Serve /metrics (Prometheus) and /health over plain HTTP on HOST:PORT, with or without a daemon.")
         var metricsListen: String?
 
+        @Flag(name: .customLong("zero-copy"), help: "Sending (pulls from this server): raw chunks go with io_uring SEND_ZC from their buffers, not copied into the socket (for a NIC; no gain over loopback; env FERRY_ZERO_COPY=on).")
+        var zeroCopy = false
+
         @Option(name: .customLong("direct-io"), help: "Receiving (pushes to this server): write large files with O_DIRECT on ext4, XFS, Lustre, GPFS and BeeGFS (auto, the default; env FERRY_DIRECT_IO), or always through the page cache (off).")
         var directIO: String?
 
@@ -140,6 +143,7 @@ extension Ferry {
                 if let revocations { config.revocations = revocations }
                 if let m = minProtection { config.minimumProtection = try ProtectionLevel(parsing: m) }
                 if let directIO { DirectIO.enabled = try DirectIO.parse(directIO) }
+                if zeroCopy { ZeroCopy.enabled = true }
                 if let v = handshakeTimeout { config.handshakeTimeoutSeconds = v }
                 if let v = idleTimeout { config.idleTimeoutSeconds = v }
                 if let v = maxConnections { config.connectionsMax = v }

@@ -194,15 +194,17 @@ struct SlurmE2ETests {
         defer { site.stop() }
         let sb = site.sb
         let S = site.scratch
-        // Datasets at wuxi: ensemble (8 MiB), genome (10 MiB), lib (10 MiB), atlas (10 MiB), slow (160 MiB).
-        let sizes = ["ensemble": 8, "genome": 10, "lib": 10, "atlas": 10, "slow": 160]
+        // Datasets at wuxi: ensemble (8 MiB), genome (10 MiB), lib (10 MiB), atlas (10 MiB),
+        // slow (160 MiB), cancel (640 MiB, only for the cancelled stage-in).
+        let sizes = ["ensemble": 8, "genome": 10, "lib": 10, "atlas": 10, "slow": 160, "cancel": 640]
         for (name, mib) in sizes {
             let d = try sb.dir("wuxi/data/\(name)")
-            if name == "slow" {
-                // Random: compression cannot shorten it, so staging_bwlimit (16 MiB/s) makes it take
-                // ~10 s. (At 96 MiB, 6 s, a loaded CI once saw Slurm's teardown of the cancelled
-                // job arrive after the transfer had finished: the entry was then a finished,
-                // unpinned one, not the cancelled transfer (5) means to test.)
+            if name == "slow" || name == "cancel" {
+                // Random: compression cannot shorten it, so staging_bwlimit (16 MiB/s) makes slow
+                // take ~10 s and cancel ~40 s. (5) cancels a stage-in of its own dataset: at 96,
+                // then 160 MiB a loaded CI saw Slurm's teardown of the cancelled job arrive after
+                // the transfer had finished (the entry was then a finished, unpinned one, not
+                // the cancelled transfer (5) means to test); its 40 s leave room for that.
                 #expect(SlurmE2ETests.sh("head -c \(mib << 20) /dev/urandom > '\(d)/part 1.bin'").status == 0)
             } else {
                 try writeFile(d + "/part 1.bin", (0..<(mib << 20)).map { UInt8(truncatingIfNeeded: ($0 &* 2654435761 &+ mib) >> 11) })
@@ -212,7 +214,7 @@ struct SlurmE2ETests {
             #expect(reg.status == 0, "\(reg)")
         }
         let sum = SlurmE2ETests.sha256(sb.file("wuxi/data/ensemble/part 1.bin"))
-        // hlrs follows wuxi's catalog: gfs://wuxi/... resolves there, every one of the five
+        // hlrs follows wuxi's catalog: gfs://wuxi/... resolves there, every one of the six
         // (registered in a dictionary's order: one being there says nothing of the others).
         var seen = false
         for _ in 0..<60 where !seen && site.timeLeft {
@@ -286,20 +288,20 @@ struct SlurmE2ETests {
         let genomeJobs = list.filter { ($0["source"] as? String ?? "").hasSuffix("/data/genome") }
         #expect(genomeJobs.count == 1 && genomeJobs.first?["state"] as? String == "success", "\(transfers.stdout)")
 
-        // (5) Cancel during stage-in (160 MiB at 16 MiB/s): no orphan transfer, no pin, no link.
-        let j5 = try site.submit("cancel", "#!/bin/sh\n#FERRY stage_in gfs://wuxi/slow \(S)/%j/s\necho ran\n")
+        // (5) Cancel during stage-in (640 MiB at 16 MiB/s): no orphan transfer, no pin, no link.
+        let j5 = try site.submit("cancel", "#!/bin/sh\n#FERRY stage_in gfs://wuxi/cancel \(S)/%j/s\necho ran\n")
         let id5 = try #require(j5.id, "\(j5.output)")
         var staging: [String: Any]?
         for _ in 0..<60 where staging == nil && site.timeLeft {
             // Staging, with its transfer job recorded (the entry exists a moment before it).
-            staging = try site.cache().first { $0["source"] as? String == "gfs://wuxi/slow" && $0["state"] as? String == "staging" && $0["job"] is Int }
+            staging = try site.cache().first { $0["source"] as? String == "gfs://wuxi/cancel" && $0["state"] as? String == "staging" && $0["job"] is Int }
             if staging == nil { usleep(250_000) }
         }
         let entryJob = try #require(staging?["job"] as? Int, "\(String(describing: staging))")
         _ = site.slurm("scancel \(id5)")
         var gone = false
         for _ in 0..<60 where !gone && site.timeLeft {
-            gone = try !site.cache().contains { $0["source"] as? String == "gfs://wuxi/slow" }
+            gone = try !site.cache().contains { $0["source"] as? String == "gfs://wuxi/cancel" }
             if !gone { usleep(500_000) }
         }
         #expect(gone, "\(String(describing: try? site.cache()))")

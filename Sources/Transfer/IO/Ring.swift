@@ -133,6 +133,9 @@ final class Ring {
         finish(s, tag)
     }
 
+    /// Counts an operation prepared by hand (`io_uring_prep_*` on an `sqe()`, tag set).
+    func countSubmitted() { inFlight += 1 }
+
     @inline(__always)
     private func finish(_ s: UnsafeMutablePointer<io_uring_sqe>, _ tag: UInt64) {
         io_uring_sqe_set_data64(s, tag)

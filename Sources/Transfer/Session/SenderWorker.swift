@@ -22,6 +22,8 @@ final class SenderWorker {
     private var zeroHashes = ZeroHashes()
     /// Seals every frame at the `safe` and `private` levels; nil at `clear`.
     private let sealer: FrameSealer?
+    /// Zero-copy sends of raw chunks (`ZeroCopy`); nil when off.
+    private let zeroCopy: ZeroCopySender?
 
     init(sender: Sender, conn: Connection) throws {
         self.sender = sender
@@ -36,6 +38,7 @@ final class SenderWorker {
         let bufferBytes = headroom + DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes)
         pool = try BufferPool(count: 2, bytesPerBuffer: bufferBytes)
         try pool.register(with: ring)
+        zeroCopy = ZeroCopy.enabled ? try ZeroCopySender(bytesPerBuffer: bufferBytes) : nil
         policy = sender.compressionPolicy
         pathArena = .allocate(capacity: pathSlotBytes * Wire.batchFilesMax)
         hows = .allocate(capacity: Wire.batchFilesMax)
@@ -53,11 +56,12 @@ final class SenderWorker {
 
     /// Reads `length` bytes at `offset` into `dst` through the ring (READ_FIXED); returns the
     /// bytes read (fewer only at end of file).
-    private func readFully(fd: Int32, into dst: UnsafeMutableRawPointer, length: Int, offset: UInt64) throws -> Int {
+    /// `registered`: `dst` lies in this ring's buffer 0 (READ_FIXED); else a plain READ.
+    private func readFully(fd: Int32, into dst: UnsafeMutableRawPointer, length: Int, offset: UInt64, registered: Bool = true) throws -> Int {
         var done = 0
         while done < length {
             let r = try ring.runOne { () throws in
-                try ring.read(fd: fd, buffer: dst + done, length: length - done, offset: offset + UInt64(done), bufferIndex: 0, tag: 1)
+                try ring.read(fd: fd, buffer: dst + done, length: length - done, offset: offset + UInt64(done), bufferIndex: registered ? 0 : nil, tag: 1)
             }
             if r < 0 { throw TransferError.system("read", errno: -r) }
             if r == 0 { break }
@@ -114,7 +118,8 @@ final class SenderWorker {
     /// Frames (and at `safe`/`private` seals) the subheader at `sub` and the payload after it,
     /// then sends it in one call. `contents`: what the frame carries (file id, chunk index),
     /// remembered so that the receiver can ask for a rejected frame again.
-    private func emit(_ type: FrameType, sub: UnsafeMutableRawPointer, subheaderBytes: Int, clearSubheaderBytes: Int, payloadBytes: Int, contents: () -> [(UInt64, Int)]) throws {
+    /// `zeroCopySlot`: the frame lies in that zero-copy slot's buffer and goes by SEND_ZC.
+    private func emit(_ type: FrameType, sub: UnsafeMutableRawPointer, subheaderBytes: Int, clearSubheaderBytes: Int, payloadBytes: Int, zeroCopySlot: Int? = nil, contents: () -> [(UInt64, Int)]) throws {
         let start: UnsafeMutableRawPointer
         let total: Int
         if let sealer {
@@ -130,6 +135,12 @@ final class SenderWorker {
             total = Wire.frameHeaderBytes + subheaderBytes + payloadBytes
         }
         sender.rateLimiter?.acquire(total)
+        if let slot = zeroCopySlot, let zc = zeroCopy, zc.usable {
+            if try conn.sendFramedZeroCopy(start, total, zc, slot: slot) {
+                sender.ctx.progress.sentZeroCopy(bytes: UInt64(total))
+                return
+            }
+        }
         try conn.sendFramed(start, total, ring: ring)
     }
 
@@ -138,7 +149,9 @@ final class SenderWorker {
         defer { sender.release(f) }
         let offset = UInt64(index) * UInt64(chunkBytes)
         var length = f.isStream ? chunkBytes : Int(min(UInt64(chunkBytes), f.size - offset))
-        let data = pool.buffer(0) + headroom
+        // A file's chunk is read into the next zero-copy slot when those sends are on.
+        let slot = f.isStream ? nil : try zeroCopy.flatMap { $0.usable ? try $0.acquire() : nil }
+        let data = (slot.map { zeroCopy!.pool.buffer($0) } ?? pool.buffer(0)) + headroom
         var codec = ChunkCodec.raw
         let hash: ChunkHash
         if f.isStream {
@@ -154,7 +167,7 @@ final class SenderWorker {
             codec = .zero
             hash = zeroHashes.hash(length, scratch: pool.buffer(1))
         } else {
-            let got = try readFully(fd: fd, into: data, length: length, offset: offset)
+            let got = try readFully(fd: fd, into: data, length: length, offset: offset, registered: slot == nil)
             if got != length { sender.sourceChanged(f); return }
             hash = ChunkHash.of(data, length)
             if f.sparse && isAllZero(data, length) { codec = .zero }
@@ -183,7 +196,8 @@ final class SenderWorker {
         // `private` a check over the hash would leak a function of the plaintext).
         let check = sealer == nil ? DataLayout.subheaderCheck(sub) : 0
         sub.storeBytes(of: check.littleEndian, toByteOffset: 20, as: UInt32.self)
-        try emit(.chunk, sub: sub, subheaderBytes: DataLayout.chunkSubheaderBytes, clearSubheaderBytes: Sealing.chunkClearSubheaderBytes, payloadBytes: payloadBytes) { [(f.id, index)] }
+        try emit(.chunk, sub: sub, subheaderBytes: DataLayout.chunkSubheaderBytes, clearSubheaderBytes: Sealing.chunkClearSubheaderBytes, payloadBytes: payloadBytes,
+                 zeroCopySlot: payload == data && payloadBytes > 0 ? slot : nil) { [(f.id, index)] }
         if f.compressible == true && codec != .zero { policy.delivered(rawBytes: length, compressedArm: codec == .zstd) }
         sender.ctx.progress.moved(raw: resend ? 0 : UInt64(length), wire: UInt64(payloadBytes))
         try sender.record(f, index: index, hash: hash, resend: resend, ring: ring)

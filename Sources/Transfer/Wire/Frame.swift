@@ -191,6 +191,12 @@ final class Connection: @unchecked Sendable {
         try sendLock.withLock { () throws in try sendAll(ptr, length, ring: ring) }
     }
 
+    /// `sendFramed` by zero-copy (`ZeroCopySender.send`), under the same lock; false when the
+    /// socket refused it and nothing was sent.
+    func sendFramedZeroCopy(_ ptr: UnsafeRawPointer, _ length: Int, _ zc: ZeroCopySender, slot: Int) throws -> Bool {
+        try sendLock.withLock { () throws -> Bool in try zc.send(fd: fd, ptr, length, slot: slot, peer: peer) }
+    }
+
     /// Receives one control frame, validating the header before allocating the payload.
     func receive(ring: Ring, timeoutNs: Int64, payloadBytesMax: Int = Wire.controlPayloadBytesMax) throws -> (FrameType, [UInt8]) {
         var h = [UInt8](repeating: 0, count: Wire.frameHeaderBytes)
