@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# bench/ab.sh — two option sets of one push, alternated: wall time, Gbit/s and each side's CPU
+# per GiB (issue 18's A/B measurements: --zero-copy, --direct-io, protections).
+#
+# Usage: bench/ab.sh --src FILE --dst DIR [--ferry BIN] [--runs N] [--cold]
+#                    --a "CP OPTIONS" [--a-serve "SERVE OPTIONS"] --b "CP OPTIONS" [--b-serve "..."]
+#   --src    the file pushed; --dst  the server's root (emptied before each run)
+#   --ferry  the binary (default .build/release/ferry); --runs  pairs (default 3)
+#   --cold   drop the page cache before each run (the source is read from its disk) and stop
+#            each run's clock when `sync` returns
+# Each run starts a fresh `ferry serve` on 127.0.0.1 (port 0) with a PKI made once in a
+# temporary directory; the copy is compared with its source (cmp) after the run, not timed.
+# Prints one line per run and, per option set, the medians.
+set -euo pipefail
+FERRY=.build/release/ferry; RUNS=3; COLD=0; SRC=""; DST=""; A=""; B=""; AS=""; BS=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --src) SRC=$2; shift 2 ;; --dst) DST=$2; shift 2 ;; --ferry) FERRY=$2; shift 2 ;;
+        --runs) RUNS=$2; shift 2 ;; --cold) COLD=1; shift ;;
+        --a) A=$2; shift 2 ;; --b) B=$2; shift 2 ;; --a-serve) AS=$2; shift 2 ;; --b-serve) BS=$2; shift 2 ;;
+        *) echo "bench/ab.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+[ -f "$SRC" ] && [ -n "$DST" ] || { echo "bench/ab.sh: --src FILE and --dst DIR are required" >&2; exit 2; }
+case $DST in /|/tmp|/var|/var/tmp|/dev/shm|"$HOME") echo "bench/ab.sh: --dst must be a directory of its own" >&2; exit 2 ;; esac
+FERRY=$(readlink -f "$FERRY")
+P=$(mktemp -d /tmp/ferry-ab.XXXXXX)
+SERVER=""
+cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$P"; }
+trap cleanup EXIT
+"$FERRY" ca init --dir "$P" >/dev/null
+"$FERRY" ca issue --dir "$P" --center bench --host 127.0.0.1 >/dev/null
+"$FERRY" token issue --cert "$P/bench.crt" --key "$P/bench.key" --user alice --scope rw:/ --ttl 24h >"$P/token"
+SIZE=$(stat -c %s "$SRC")
+cpu() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat"; }
+
+run() {  # run LABEL "CP OPTIONS" "SERVE OPTIONS"
+    local label=$1 opts=$2 sopts=$3 port="" i s0 s1 t0 t1 e u s ok
+    rm -rf "$DST"; mkdir -p "$DST"
+    # shellcheck disable=SC2086 # option strings, split on purpose
+    "$FERRY" serve --root "$DST" --run-as root $sopts --listen 127.0.0.1:0 --cert "$P/bench.crt" --key "$P/bench.key" --ca "$P/ca.crt" >"$P/serve.out" 2>"$P/serve.err" &
+    SERVER=$!
+    for i in $(seq 1 100); do
+        port=$(grep -m1 -oE 'listening on 127\.0\.0\.1:[0-9]+' "$P/serve.out" | sed 's/.*://' || true)
+        [ -n "$port" ] && break
+        sleep 0.1
+    done
+    [ -n "$port" ] || { echo "ferry serve did not start: $(tail -c 300 "$P/serve.err")" >&2; exit 1; }
+    if [ "$COLD" = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
+    s0=$(cpu "$SERVER"); t0=$EPOCHREALTIME
+    # shellcheck disable=SC2086
+    /usr/bin/time -f "%U %S" -o "$P/time" timeout 600 "$FERRY" cp $opts --ca "$P/ca.crt" --token-file "$P/token" "$SRC" "ferry://127.0.0.1:$port/ab.bin" >"$P/cp.out" 2>&1 \
+        || { echo "ferry cp failed: $(tail -c 300 "$P/cp.out")" >&2; exit 1; }
+    [ "$COLD" = 1 ] && sync
+    t1=$EPOCHREALTIME
+    sleep 0.1
+    s1=$(cpu "$SERVER")
+    kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
+    read -r u s <"$P/time"
+    cmp -s "$SRC" "$DST/ab.bin" && ok=ok || ok=DIFFERS
+    python3 -c "import sys; t0,t1,u,s,s0,s1,b=map(float,sys.argv[1:8]); g=b/2**30; e=t1-t0
+print(f'{sys.argv[8]}\t{e:.2f}\t{b*8/e/1e9:.2f}\t{(u+s)/g:.3f}\t{(s1-s0)/100/g:.3f}\t{sys.argv[9]}')" "$t0" "$t1" "$u" "$s" "$s0" "$s1" "$SIZE" "$label" "$ok" | tee -a "$P/results"
+}
+
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC') $(basename "$SRC") ($SIZE bytes) -> $DST, $RUNS pairs$( [ "$COLD" = 1 ] && echo ', cold cache, timed until sync'); A: cp $A ${AS:+/ serve $AS}; B: cp $B ${BS:+/ serve $BS}"
+echo -e "set\tseconds\tGbit/s\tclient s/GiB\tserver s/GiB\tcopy"
+for r in $(seq 1 "$RUNS"); do
+    if [ $((r % 2)) = 1 ]; then run A "$A" "$AS"; run B "$B" "$BS"; else run B "$B" "$BS"; run A "$A" "$AS"; fi
+done
+python3 - "$P/results" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+for label in ("A", "B"):
+    r = [x for x in rows if x[0] == label]
+    med = lambda i: statistics.median(float(x[i]) for x in r)
+    print(f"median {label}: {med(1):.2f} s, {med(2):.2f} Gbit/s, client {med(3):.3f} s/GiB, server {med(4):.3f} s/GiB ({sum(x[5] == 'ok' for x in r)}/{len(r)} identical)")
+PY
