@@ -150,28 +150,8 @@ struct DirectIOTests {
         defer { sb.unmountAll() }
         let root = sb.file("root")
         try sb.mountExt4(at: root, sizeMiB: 384)
-        let local = try sb.dir("local")
-        let size = 128 * E2E.MiB
-        try writeRandomFile(local + "/big.bin", size: size)
-        var server = try FerryServer(sb, root: root)
-        let first = try sb.startCp(local + "/big.bin", server.url("big.bin"), options: ["--bwlimit", "32M"])
-        guard waitForProgress(first, fraction: 0.5) != nil else {
-            Issue.record("never saw progress ≥ 50 %: \(sb.finish(first, timeout: 5))")
-            server.stop()
-            return
-        }
-        server.kill9()
-        let r = sb.finish(first, timeout: 60)
-        #expect(r.status == 1 && r.error?.resumable == true, "\(r)")
-        #expect(!exists(root + "/big.bin") && exists(root + "/.big.bin.ferry-part"))
-        server = try FerryServer(sb, root: root)
-        defer { server.stop() }
-        let rerun = try sb.cp(local + "/big.bin", server.url("big.bin"))
-        #expect(rerun.succeeded, "\(rerun)")
-        #expect(filesIdentical(local + "/big.bin", root + "/big.bin"), "result differs from the source")
-        let s = try #require(rerun.summary, "\(rerun)")
-        #expect(s.skippedBytes > 0 && Double(s.wireBytes) <= 0.55 * Double(size), "the rerun did not resume: \(s)")
-        #expect(ferryLeftovers(root).isEmpty, "\(ferryLeftovers(root))")
+        let r = try Scenarios.killReceiverThenResume(sb, root: root, local: try sb.dir("local"), sizeMiB: 128)
+        #expect(r?.serverLog.contains("written direct") == true, "the rerun's session did not write direct: \(r?.serverLog.suffix(600) ?? "")")
     }
 
     @Test("a sparse file pulled onto ext4 stays sparse; its data chunks go direct")
@@ -184,12 +164,7 @@ struct DirectIOTests {
         try sb.mountExt4(at: local, sizeMiB: 640)
         let src = root + "/sparse.bin"
         let size = 512 * E2E.MiB
-        let fd = open(src, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        #expect(fd >= 0)
-        #expect(ftruncate(fd, off_t(size)) == 0)
-        try writeRandom(fd: fd, offset: 64 * E2E.MiB, count: 4 * E2E.MiB, path: src)
-        try writeRandom(fd: fd, offset: size - 3 * E2E.MiB - 100, count: 3 * E2E.MiB + 100, path: src)
-        close(fd)
+        try Scenarios.sparseFile(src, size: size, data: [(64 * E2E.MiB, 4 * E2E.MiB), (size - 3 * E2E.MiB - 100, 3 * E2E.MiB + 100)])
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
         let r = try sb.cp(server.url("sparse.bin"), local + "/sparse.bin", timeout: 120)
@@ -212,19 +187,9 @@ struct DirectIOTests {
         // About 85 MiB free (no reserved blocks); a filler of 40 MiB leaves room for one of the
         // two files of 30 MiB and half of the other: each fits when planned, the second fills it.
         try writeRandomFile(small + "/filler", size: 40 * E2E.MiB)
-        let tree = sb.file("local/tree")
-        let names = try DiskFullTests.makeTree(tree)
-        let server = try FerryServer(sb, root: root)
-        defer { server.stop() }
-        let first = try sb.cp(tree, server.url("small/tree"), options: ["-r", "--streams", "1"], timeout: 120)
-        DiskFullTests.expectDiskFullError(first, files: names)
-        #expect(names.filter { exists(small + "/tree/" + $0) }.count <= 1, "an incomplete file under its final name")
-        #expect(server.isRunning)
-        try FileManager.default.removeItem(atPath: small + "/filler")
-        let rerun = try sb.cp(tree, server.url("small/tree"), options: ["-r"], timeout: 120)
-        #expect(rerun.succeeded, "\(rerun)")
-        for n in names { #expect(filesIdentical(tree + "/" + n, small + "/tree/" + n), "\(n) differs") }
-        #expect(ferryLeftovers(small).isEmpty, "\(ferryLeftovers(small))")
-        #expect((rerun.summary?.skippedBytes ?? 0) > 30 * E2E.MiB, "the rerun did not resume: \(rerun)")
+        let r = try Scenarios.diskFullThenResume(sb, root: root, small: small) {
+            try FileManager.default.removeItem(atPath: small + "/filler")
+        }
+        #expect(r.serverLog.contains("written direct"), "the server wrote nothing direct: \(r.serverLog.suffix(600))")
     }
 }

@@ -65,28 +65,8 @@ struct ZeroCopyTests {
     @Test("kill -9 of the receiving server half way, zero-copy sender, then a rerun resumes")
     func killReceiver() throws {
         let sb = try Sandbox("zc-kill")
-        let root = try sb.dir("root")
-        let local = try sb.dir("local")
-        let size = 128 * E2E.MiB
-        try writeRandomFile(local + "/big.bin", size: size)
-        var server = try FerryServer(sb, root: root)
-        let first = try sb.startCp(local + "/big.bin", server.url("big.bin"), options: ["--zero-copy", "--bwlimit", "32M"])
-        guard waitForProgress(first, fraction: 0.5) != nil else {
-            Issue.record("never saw progress ≥ 50 %: \(sb.finish(first, timeout: 5))")
-            server.stop()
-            return
-        }
-        server.kill9()
-        let r = sb.finish(first, timeout: 60)
-        #expect(!r.timedOut && r.status == 1 && r.error?.resumable == true, "the client did not give up cleanly: \(r)")
-        server = try FerryServer(sb, root: root)
-        defer { server.stop() }
-        let rerun = try sb.cp(local + "/big.bin", server.url("big.bin"), options: ["--zero-copy"])
-        #expect(rerun.succeeded, "\(rerun)")
-        #expect(filesIdentical(local + "/big.bin", root + "/big.bin"), "result differs from the source")
-        let s = try #require(rerun.summary, "\(rerun)")
-        #expect(s.skippedBytes > 0 && Double(s.wireBytes) <= 0.55 * Double(size), "the rerun did not resume: \(s)")
-        #expect(ferryLeftovers(root).isEmpty, "\(ferryLeftovers(root))")
+        let r = try Scenarios.killReceiverThenResume(sb, root: try sb.dir("root"), local: try sb.dir("local"), sizeMiB: 128, options: ["--zero-copy"])
+        #expect((r.flatMap { Self.zeroCopyBytes($0.rerun) } ?? 0) > 0, "the rerun did not send zero-copy: \(String(describing: r?.rerun))")
     }
 
     @Test("a sparse file pushed zero-copy stays sparse; only its data chunks travel")
@@ -95,12 +75,7 @@ struct ZeroCopyTests {
         let root = try sb.dir("root")
         let local = try sb.dir("local")
         let src = local + "/sparse.bin"
-        let size = 256 * E2E.MiB
-        let fd = open(src, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        #expect(fd >= 0)
-        #expect(ftruncate(fd, off_t(size)) == 0)
-        try writeRandom(fd: fd, offset: 32 * E2E.MiB + 999, count: 4 * E2E.MiB, path: src)
-        close(fd)
+        try Scenarios.sparseFile(src, size: 256 * E2E.MiB, data: [(32 * E2E.MiB + 999, 4 * E2E.MiB)])
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
         let r = try sb.cp(src, server.url("sparse.bin"), options: ["--zero-copy"], timeout: 120)
@@ -120,17 +95,9 @@ struct ZeroCopyTests {
         let root = try sb.dir("root")
         let small = root + "/small"
         try sb.mountTmpfs(at: small, sizeMiB: 48)
-        let tree = sb.file("local/tree")
-        let names = try DiskFullTests.makeTree(tree)
-        let server = try FerryServer(sb, root: root)
-        defer { server.stop() }
-        let first = try sb.cp(tree, server.url("small/tree"), options: ["-r", "--streams", "1", "--zero-copy"], timeout: 120)
-        DiskFullTests.expectDiskFullError(first, files: names)
-        #expect(server.isRunning)
-        try sb.remountTmpfs(at: small, sizeMiB: 256)
-        let rerun = try sb.cp(tree, server.url("small/tree"), options: ["-r", "--zero-copy"], timeout: 120)
-        #expect(rerun.succeeded, "\(rerun)")
-        for n in names { #expect(filesIdentical(tree + "/" + n, small + "/tree/" + n), "\(n) differs") }
-        #expect((rerun.summary?.skippedBytes ?? 0) > 30 * E2E.MiB, "the rerun did not resume: \(rerun)")
+        let r = try Scenarios.diskFullThenResume(sb, root: root, small: small, options: ["--zero-copy"]) {
+            try sb.remountTmpfs(at: small, sizeMiB: 256)
+        }
+        #expect((Self.zeroCopyBytes(r.rerun) ?? 0) > 0, "the rerun did not send zero-copy: \(r.rerun)")
     }
 }
