@@ -52,19 +52,9 @@ struct DirectIOTests {
     /// directory the user may not write stays closed to it.
     @Test("a user's push onto ext4 is written direct, as the user's account")
     func asTheUser() throws {
-        let u1 = try IdentityTests.account("ferryu1")
-        let u2 = try IdentityTests.account("ferryu2")
-        let sb = try Sandbox("dio-user")
+        let (sb, root, u1, _) = try IdentityTests.setUp("dio-user") { sb, root in try sb.mountExt4(at: root, sizeMiB: 192) }
         defer { sb.unmountAll() }
-        chmod(sb.path, 0o755)
-        let root = sb.file("export")
-        try sb.mountExt4(at: root, sizeMiB: 192)
-        chmod(root, 0o755)
-        let d1 = try sb.dir("export/u1")
-        chown(d1, u1.uid, u1.gid)
-        let d2 = try sb.dir("export/u2")
-        chown(d2, u2.uid, u2.gid)
-        chmod(d2, 0o700)
+        let d1 = root + "/u1", d2 = root + "/u2"
         let src = try sb.dir("local") + "/big.bin"
         try writeRandomFile(src, size: Self.size)
         let token = try sb.issueToken(user: "ferryu1", scopes: ["rw:/"], name: "u1.token")
@@ -74,7 +64,7 @@ struct DirectIOTests {
         let r = try sb.cp(src, server.url("u1/big.bin"), tokenFile: token)
         #expect(r.succeeded, "\(r)")
         #expect(filesIdentical(src, d1 + "/big.bin"))
-        #expect(IdentityTests.owner(d1 + "/big.bin")?.uid == u1.uid, "not owned by ferryu1")
+        #expect(IdentityTests.owner(d1 + "/big.bin")?.uid == u1.0, "not owned by ferryu1")
         #expect(waitUntil(timeout: 5) { server.process.stderr.contains("as ferryu1") && server.process.stderr.contains("40.0 MiB written direct") },
             "\(server.process.stderr.suffix(600))")
 

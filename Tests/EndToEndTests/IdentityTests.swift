@@ -31,12 +31,14 @@ struct IdentityTests {
 
     /// A sandbox the test accounts can enter, an export root owned by root (0755) with one
     /// directory per account: u1 (0755, ferryu1) and u2 (0700, ferryu2, a 0600 secret in it).
-    static func setUp(_ name: String) throws -> (sb: Sandbox, root: String, u1: (uid_t, gid_t), u2: (uid_t, gid_t)) {
+    /// `mount`: makes the export root (a filesystem of its own) before the accounts' directories.
+    static func setUp(_ name: String, mount: ((Sandbox, String) throws -> Void)? = nil) throws -> (sb: Sandbox, root: String, u1: (uid_t, gid_t), u2: (uid_t, gid_t)) {
         let u1 = try account("ferryu1")
         let u2 = try account("ferryu2")
         let sb = try Sandbox(name)
         chmod(sb.path, 0o755)
-        let root = try sb.dir("export")
+        let root = sb.file("export")
+        if let mount { try mount(sb, root) } else { _ = try sb.dir("export") }
         chmod(root, 0o755)
         let d1 = try sb.dir("export/u1")
         chown(d1, u1.uid, u1.gid)
