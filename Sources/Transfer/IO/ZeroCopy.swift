@@ -35,6 +35,14 @@ public enum ZeroCopy {
     static let drainNs: Int64 = 2_000_000_000
 }
 
+extension Connection {
+    /// `sendFramed` by zero-copy (`ZeroCopySender.send`), under the same lock; false when the
+    /// socket refused it and nothing was sent.
+    func sendFramedZeroCopy(_ ptr: UnsafeRawPointer, _ length: Int, _ zc: ZeroCopySender, slot: Int) throws -> Bool {
+        try sendLock.withLock { () throws -> Bool in try zc.send(fd: fd, ptr, length, slot: slot, peer: peer) }
+    }
+}
+
 /// One stream's zero-copy sending state: its ring, its slot buffers and how many notifications
 /// each slot still waits for. Not thread-safe: one per `SenderWorker`.
 final class ZeroCopySender {

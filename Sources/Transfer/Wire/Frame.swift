@@ -62,7 +62,8 @@ enum FrameType: UInt8 {
 final class Connection: @unchecked Sendable {
     let fd: Int32
     let peer: String
-    private let sendLock = Lock()
+    /// Held for each whole frame sent (`sendFramed`, and `sendFramedZeroCopy` in ZeroCopy.swift).
+    let sendLock = Lock()
     private var closed = false
     /// Set by the first `sendError`: a connection says why it hangs up once.
     private var errorSent = false
@@ -189,12 +190,6 @@ final class Connection: @unchecked Sendable {
     /// Sends bytes already framed by the caller (data path), under the send lock.
     func sendFramed(_ ptr: UnsafeRawPointer, _ length: Int, ring: Ring) throws {
         try sendLock.withLock { () throws in try sendAll(ptr, length, ring: ring) }
-    }
-
-    /// `sendFramed` by zero-copy (`ZeroCopySender.send`), under the same lock; false when the
-    /// socket refused it and nothing was sent.
-    func sendFramedZeroCopy(_ ptr: UnsafeRawPointer, _ length: Int, _ zc: ZeroCopySender, slot: Int) throws -> Bool {
-        try sendLock.withLock { () throws -> Bool in try zc.send(fd: fd, ptr, length, slot: slot, peer: peer) }
     }
 
     /// Receives one control frame, validating the header before allocating the payload.
