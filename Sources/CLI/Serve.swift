@@ -133,6 +133,8 @@ extension Ferry {
                     config.unauthenticatedMax = f.unauthenticatedMax
                     config.unauthenticatedPerAddressMax = f.unauthenticatedPerAddressMax
                     config.refusalAuditIntervalSeconds = f.refusalAuditIntervalSeconds
+                    if let d = f.directIO { DirectIO.enabled = d }
+                    if f.zeroCopy { ZeroCopy.enabled = true }
                     if let a = f.auditLog { config.audit = try AuditLog(path: a) }
                     if let name = f.center, let c = identity.certificate, try CertificateInfo(path: c).commonName != name {
                         throw TransferError(.usage, "the certificate '\(c)' is not for center '\(name)'")

@@ -73,6 +73,31 @@ struct DirectIOTests {
         #expect(!exists(d2 + "/big.bin") && !exists(d2 + "/.big.bin.ferry-part"))
     }
 
+    /// What an operator sets in ferry.toml: `direct_io = "off"` keeps a push onto ext4 in the
+    /// page cache, `zero_copy = true` sends a pull's chunks zero-copy.
+    @Test("the server's config file: direct_io = \"off\" and zero_copy = true")
+    func configFile() throws {
+        let sb = try Sandbox("dio-config")
+        defer { sb.unmountAll() }
+        let root = sb.file("root")
+        try sb.mountExt4(at: root, sizeMiB: 160)
+        let config = sb.file("ferry.toml")
+        try "run_as = \"root\"\ndirect_io = \"off\"\nzero_copy = true\n[[export]]\nname = \"data\"\npath = \"\(root)\"\naccess = \"rw\"\n"
+            .write(toFile: config, atomically: false, encoding: .utf8)
+        let src = try sb.dir("local") + "/src.bin"
+        try writeRandomFile(src, size: Self.size)
+        let server = try FerryServer(sb, root: "", extra: ["--config", config])
+        defer { server.stop() }
+        let push = try sb.cp(src, server.url("data/pushed.bin"))
+        #expect(push.succeeded && filesIdentical(src, root + "/pushed.bin"), "\(push)")
+        let pull = try sb.cp(server.url("data/pushed.bin"), sb.file("local/pulled.bin"))
+        #expect(pull.succeeded && filesIdentical(src, sb.file("local/pulled.bin")), "\(pull)")
+        #expect(waitUntil(timeout: 5) { server.process.stderr.components(separatedBy: " by alice ").count > 2 }, "\(server.process.stderr.suffix(800))")
+        let log = server.process.stderr
+        #expect(!log.contains("written direct"), "direct_io = \"off\" wrote direct: \(log.suffix(800))")
+        #expect(log.contains("sent zero-copy"), "zero_copy = true did not send zero-copy: \(log.suffix(800))")
+    }
+
     @Test("fallbacks: tmpfs, --direct-io off, a small file and compressible chunks")
     func fallbacks() throws {
         let sb = try Sandbox("dio-fallback")

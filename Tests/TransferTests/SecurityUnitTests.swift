@@ -166,6 +166,23 @@ struct SecurityUnitTests {
         }
     }
 
+    @Test("server config: direct_io and zero_copy, and their bad values")
+    func engineSwitches() throws {
+        let f = try ServerConfigFile(parsing: "center = \"c\"\ndirect_io = \"off\"\nzero_copy = true", relativeTo: "/etc/ferry")
+        #expect(f.directIO == false && f.zeroCopy == true)
+        let d = try ServerConfigFile(parsing: "center = \"c\"", relativeTo: "/etc/ferry")
+        #expect(d.directIO == nil && d.zeroCopy == false)
+        #expect(try ServerConfigFile(parsing: "direct_io = \"auto\"", relativeTo: "/x").directIO == true)
+        for (text, says) in [("direct_io = \"always\"", "auto or off"), ("direct_io = true", "direct_io"), ("zero_copy = \"yes\"", "true or false")] {
+            do {
+                _ = try ServerConfigFile(parsing: text, relativeTo: "/x")
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect("\(error)".contains(says), "\(text): \(error)")
+            }
+        }
+    }
+
     @Test("exports: root mode, names, read-only, user lists, token scopes")
     func exports() throws {
         let d = try TempDir()

@@ -12,6 +12,8 @@ import Glibc
 ///     audit_log = "/var/log/ferry/audit.jsonl"
 ///     minimum_protection = "safe"
 ///     metrics_listen = "127.0.0.1:9464"     # /metrics and /health over plain HTTP (optional)
+///     direct_io = "auto"                    # or "off": large files written with O_DIRECT (DirectIO)
+///     zero_copy = false                     # true: raw chunks sent with SEND_ZC (ZeroCopy)
 ///
 ///     [limits]
 ///     connections = 256                     # authenticated connections at once
@@ -57,6 +59,10 @@ public struct ServerConfigFile {
     /// Where `/metrics` and `/health` are served over plain HTTP, with or without a daemon.
     public var metricsListen: HostPort?
     public var minimumProtection: ProtectionLevel = .clear
+    /// `direct_io`: nil when the file does not say (the process's default stands).
+    public var directIO: Bool?
+    /// `zero_copy`.
+    public var zeroCopy = false
     public var handshakeTimeoutSeconds = 10
     public var idleTimeoutSeconds = 120
     public var connectionsMax = 256
@@ -144,6 +150,10 @@ public struct ServerConfigFile {
             case "audit_log": auditLog = resolve(try str(v, k))
             case "metrics_listen": metricsListen = try HostPort(parsing: try str(v, k))
             case "minimum_protection": minimumProtection = try ProtectionLevel(parsing: try str(v, k))
+            case "direct_io": directIO = try DirectIO.parse(try str(v, k), what: "direct_io")
+            case "zero_copy":
+                guard case .bool(let b) = v else { throw TransferError(.usage, "'zero_copy' is true or false") }
+                zeroCopy = b
             case "run_as": identities.runAs = try str(v, k)
             case "identity":
                 guard case .tables(let list) = v else { throw TransferError(.usage, "identities are written [[identity]]") }

@@ -52,12 +52,12 @@ public enum DirectIO {
         0x1983_0326, // BeeGFS
     ]
 
-    /// Parses the option's value (`auto` or `off`).
-    public static func parse(_ text: String) throws -> Bool {
+    /// Parses the setting's value (`auto` or `off`); `what`: its name in the error.
+    public static func parse(_ text: String, what: String = "--direct-io") throws -> Bool {
         switch text {
         case "auto": return true
         case "off": return false
-        default: throw TransferError(.usage, "--direct-io takes auto or off, not '\(text)'")
+        default: throw TransferError(.usage, "\(what) takes auto or off, not '\(text)'")
         }
     }
 
