@@ -23,6 +23,7 @@ import time
 import urllib.request
 
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -121,12 +122,19 @@ def contrast(driver, where):
     check(checked >= 20 and not short, "text contrast passes WCAG AA on %s (%d elements with text): %r" % (where, checked, short[:5]))
 
 
+def press(driver, key):
+    """One key pressed, as on a keyboard: it goes to whatever has the focus. (Sending it to the
+    focused element found a moment before failed once under load, "element not interactable",
+    when the page re-rendered in between.)"""
+    ActionChains(driver).send_keys(key).perform()
+
+
 def tab_to(driver, match, what, presses=80):
     """Tab, as a keyboard user would, until the focused element is the one `match` accepts
     (given its id, text and aria-label); every element reached on the way, as (id, text, label)."""
     reached = []
     for _ in range(presses):
-        driver.switch_to.active_element.send_keys(Keys.TAB)
+        press(driver, Keys.TAB)
         e = driver.switch_to.active_element
         seen = (e.get_attribute("id") or "", e.text or "", e.get_attribute("aria-label") or "")
         reached.append(seen)
@@ -415,7 +423,7 @@ def run(d):
         body = d.find_element(By.TAG_NAME, "body")
         body.click()
         for _ in range(30):
-            d.switch_to.active_element.send_keys(Keys.TAB)
+            press(d, Keys.TAB)
             reached.append(d.switch_to.active_element.get_attribute("id") or d.switch_to.active_element.tag_name)
         check({"nav-overview", "nav-files", "nav-jobs", "lang", "signout"} <= set(reached), "Tab reaches every header control: %r" % reached)
         by_id(d, "nav-jobs").send_keys(Keys.ENTER)
@@ -425,27 +433,27 @@ def run(d):
         wait(d, lambda d: len(d.find_elements(By.ID, "job-%d" % cfg["victim"])) == 1, "the jobs are listed")
         by_id(d, "nav-jobs").click()
         labels = set()
-        d.switch_to.active_element.send_keys(Keys.TAB)  # from the Jobs button on
+        press(d, Keys.TAB)  # from the Jobs button on
         for _ in range(60):
             labels.add(d.switch_to.active_element.get_attribute("aria-label") or "")
-            d.switch_to.active_element.send_keys(Keys.TAB)
+            press(d, Keys.TAB)
         want = {"Job #%d" % cfg["victim"], "Cancel #%d" % cfg["victim"], "Job #%d" % cfg["running"], "Retry #%d" % cfg["running"]}
         check(want <= labels, "Tab reaches each job's details, the running job's Cancel, the cancelled job's Retry: missing %r" % (want - labels))
         by_id(d, "nav-jobs").click()
         tab_to(d, lambda i, text, label: label == "Job #%d" % cfg["victim"], "the running job's details button")
-        d.switch_to.active_element.send_keys(Keys.ENTER)
+        press(d, Keys.ENTER)
         wait(d, lambda d: visible(d, "job-details") and ("#%d" % cfg["victim"]) in by_id(d, "job-title").text, "Enter on a job's details button opens its details")
         # In Global Files: a dataset, an entry, then Replicate and Copy, by Tab and Enter.
         by_id(d, "nav-files").click()
         wait(d, lambda d: visible(d, "entries"), "Global Files shows the directory last open")
         tab_to(d, lambda i, text, label: text == "Datasets", "the path's first step, 'Datasets'")
-        d.switch_to.active_element.send_keys(Keys.ENTER)
+        press(d, Keys.ENTER)
         wait(d, lambda d: visible(d, "datasets") and "public" in by_id(d, "datasets").text, "Enter on it lists the datasets again")
         tab_to(d, lambda i, text, label: text == "public", "the dataset 'public'")
-        d.switch_to.active_element.send_keys(Keys.ENTER)
+        press(d, Keys.ENTER)
         wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entries-body > div")) == 252, "Enter opens the dataset")
         tab_to(d, lambda i, text, label: text == "f00003", "the entry f00003", presses=40)
-        d.switch_to.active_element.send_keys(Keys.ENTER)
+        press(d, Keys.ENTER)
         wait(d, lambda d: visible(d, "details") and "f00003" in by_id(d, "details-title").text, "Enter opens the entry's details")
         walk = tab_to(d, lambda i, text, label: i == "copy-submit", "the details' Copy button", presses=400)
         check({"replicate", "copy-to"} <= {i for i, _, _ in walk}, "on the way Tab reached Replicate and the copy's destination")
