@@ -39,6 +39,7 @@ sources=(
   "$src/IO/Paths.swift"
   "$src/IO/Ring.swift"
   "$src/IO/Socket.swift"
+  "$src/IO/DirectIO.swift"
   "$src/IO/HTTPClient.swift"
   "$src/Sync.swift"
   "$src/Session/Progress.swift"
