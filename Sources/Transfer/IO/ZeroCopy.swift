@@ -31,6 +31,8 @@ public enum ZeroCopy {
 
     /// Chunk buffers per stream for zero-copy sends.
     static let slots = 3
+    /// How long a stream waits for a slot's buffer to be released before it fails.
+    static let releaseWaitNs: Int64 = 120_000_000_000
     /// How long a finishing stream waits for the kernel to release its buffers.
     static let drainNs: Int64 = 2_000_000_000
 }
@@ -65,14 +67,16 @@ final class ZeroCopySender {
 
     deinit { drain(timeoutNs: ZeroCopy.drainNs) }
 
-    /// The next slot, once the kernel has released it.
+    /// The next slot, once the kernel has released it: at most `releaseWaitNs` (a peer that no
+    /// longer acknowledges keeps the pages; the session's idle timeout ends it anyway).
     func acquire() throws -> Int {
         let slot = next
         next = (next + 1) % pending.count
-        var rounds = 0
+        let deadline = monotonicNs() + UInt64(ZeroCopy.releaseWaitNs)
         while pending[slot] > 0 {
-            rounds += 1
-            if rounds > 100_000 { throw TransferError(.io, "zero-copy buffers were not released by the kernel", resumable: true) }
+            if monotonicNs() >= deadline {
+                throw TransferError(.io, "zero-copy buffers were not released by the kernel within \(ZeroCopy.releaseWaitNs / 1_000_000_000) s", resumable: true)
+            }
             try reap(waitNs: 1_000_000_000)
         }
         return slot
