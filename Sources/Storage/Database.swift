@@ -977,6 +977,16 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             return try run(sql, args).rows
         }
 
+        /// A query's rows by its prepared statement on the thread's own connection, every cell
+        /// in binary whatever its format says (see `textRows`); nil when the session has no own
+        /// connection or the statement is not prepared there (the caller then asks otherwise).
+        /// For callers that decode cells by their data type (`FastSQL.entries`, one entry by
+        /// its key: bench/RESULTS.md, "API reads, fifth pass").
+        package func binaryRows(_ sql: String, _ args: [any SQLArgument]) throws -> [PostgresRow]? {
+            guard let own else { return nil }
+            return try prepared(own, Session.numbered(sql), args)
+        }
+
         /// The prepared statement of `sql` on `own` (prepared now if need be); nil when it is
         /// not to be prepared: not a query or a change of rows (BEGIN, NOTIFY), the
         /// connection's statements are at their limit, or the server refused it before.

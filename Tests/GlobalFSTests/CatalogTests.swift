@@ -783,3 +783,58 @@ struct CatalogTests {
         #expect(try cat.removedEntries(dataset: s.dataset, since: h0, upto: h1, after: nil, limit: 100).removed.isEmpty)
     }
 }
+
+extension CatalogTests {
+    @Test("PostgreSQL: entries read on a thread's own connection (one binary row each) and pages there are those read on a leased one (text arrays) and on SQLite: odd names, links, NULL digests, sizes, times and modes alike")
+    func binaryRowsAsTextArrays() async throws {
+        let t = try CatalogTests.sampleTree()
+        try t.file("odd/a\"b,{c}\\NULL", size: 7, mtime: 1_700_000_001)
+        try t.symlink("odd/\"link\"", to: "../a.txt")
+        let pg = try Catalog(database: try Backend.postgres.newDatabase())
+        let lite = try Catalog(database: try Backend.sqlite.newDatabase())
+        // Digests on one dataset only: NULL and text digests both pass through.
+        let hashed = try pg.register(root: t.root, dataset: "hashed", owner: "o", center: "c1", hash: true)
+        let plain = try pg.register(root: t.root, dataset: "plain", owner: "o", center: "c1")
+        let liteHashed = try lite.register(root: t.root, dataset: "hashed", owner: "o", center: "c1", hash: true)
+        let dirs = ["", "sub", "sub/nested", "ünïcödé", "odd", CatalogTests.deep]
+        func pages(_ cat: Catalog, _ id: Int64) throws -> [[Entry]] {
+            try dirs.map { dir in
+                var all: [Entry] = []
+                var after: String?
+                for _ in 0..<100 {  // pages of 2: the cursor crosses odd names too
+                    let page = try cat.list(dataset: id, dir: dir, after: after, limit: 2, as: .operator)
+                    all += page
+                    guard page.count == 2 else { break }
+                    after = page.last?.name
+                }
+                return all
+            }
+        }
+        func stats(_ cat: Catalog, _ id: Int64, _ listed: [[Entry]]) throws -> [Entry?] {
+            try listed.joined().map { e in try cat.stat(dataset: id, path: e.dir.isEmpty ? e.name : e.dir + "/" + e.name, as: .operator) }
+        }
+        let leased = try [hashed.dataset, plain.dataset].map { id in try pages(pg, id) }
+        let leasedStats = try [hashed.dataset, plain.dataset].enumerated().map { i, id in try stats(pg, id, leased[i]) }
+        let pool = ThreadPoolExecutor(threads: 1, name: "ferry-test-binrows")
+        let (own, ownStats, prepared) = try await Task(executorPreference: pool) {
+            try await pg.db.sharingReads { () -> ([[[Entry]]], [[Entry?]], Int64) in
+                let own = try [hashed.dataset, plain.dataset].map { id in try pages(pg, id) }
+                let ownStats = try [hashed.dataset, plain.dataset].enumerated().map { i, id in try stats(pg, id, own[i]) }
+                // The entries above were read by the prepared (binary) statement of one key.
+                let n = try pg.db.read { s in
+                    try s.one("SELECT COUNT(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'SELECT dataset, dir, name%name = $3' AND statement NOT LIKE '%array_agg%'")!.int("n")
+                }
+                return (own, ownStats, n)
+            }
+        }.value
+        #expect(prepared >= 1, "the own connection prepared the entries' SELECT")
+        #expect(own == leased)
+        #expect(ownStats == leasedStats)
+        #expect(leased[0].joined().contains { $0.digest != nil } && leased[1].joined().allSatisfy { $0.digest == nil })
+        #expect(leased[0].joined().contains { $0.target == "../a.txt" && $0.kind == .symlink })
+        // The same entries as SQLite's (the dataset ids may differ).
+        let liteListed = try pages(lite, liteHashed.dataset).map { $0.map { var e = $0; e.dataset = hashed.dataset; return e } }
+        #expect(own[0] == liteListed)
+        #expect(own[0].joined().count == leased[0].joined().count && own[0].joined().count > 10)
+    }
+}

@@ -411,7 +411,7 @@ public final class Catalog: @unchecked Sendable {
     func entry(_ s: any SQLSession, _ dataset: Int64, _ path: String) throws -> Entry? {
         let (dir, name) = CatalogPath.split(path)
         return try FastSQL.entries(s, "SELECT \(Catalog.entryColumns) FROM files WHERE dataset = ? AND dir = ? AND name = ?",
-                                   [.int(dataset), .text(dir), .text(name)]).first
+                                   [.int(dataset), .text(dir), .text(name)], single: true).first
     }
 
     /// Entries below `under` (in one dataset, or in every dataset `viewer` may see) whose name
