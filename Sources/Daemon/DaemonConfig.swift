@@ -28,7 +28,8 @@ import Transfer
 ///     catalog_scan_rows = 2000000
 public struct DaemonConfig: Sendable {
     /// The job queue: a SQLite file (relative: beside the configuration), or a
-    /// `postgres://USER@HOST:PORT/DB` URL that several daemons of the center share.
+    /// `postgres://USER@HOST:PORT/DB` URL (or `postgres://USER@/DB?host=/SOCKET/DIR`, its Unix
+    /// socket) that several daemons of the center share.
     public var database: String
     /// `allow_hosts`: HOST:PORT of transfer servers a job may name besides the peers
     /// (`ferry://HOST:PORT/...`); the daemon dials nothing else.

@@ -429,14 +429,16 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     /// `size`: connections at most. The default leaves room for a few daemons on PostgreSQL's
     /// default max_connections (100): a daemon's demand is its API threads plus its workers.
     public init(url: String, size: Int = 40) throws {
-        guard let u = URLComponents(string: url), let host = u.host, !host.isEmpty, let user = u.user, !user.isEmpty else {
-            throw SQLStoreError("a PostgreSQL database is postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, not '\(url)'")
-        }
-        let database = String(u.path.drop { $0 == "/" })
-        let name = database.isEmpty ? user : database
-        location = "postgres://\(user)@\(host):\(u.port ?? 5432)/\(name)"
+        let server = try PostgreSQLDatabase.server(url)
+        let (user, name) = (server.user, server.database)
+        location = server.location
         // Fail now, with the server's reason (a pool would only retry and time out).
-        var probe = PostgresConnection.Configuration(host: host, port: u.port ?? 5432, username: user, password: u.password, database: name, tls: .disable)
+        var probe: PostgresConnection.Configuration
+        if let socket = server.socket {
+            probe = PostgresConnection.Configuration(unixSocketPath: socket, username: user, password: server.password, database: name)
+        } else {
+            probe = PostgresConnection.Configuration(host: server.host, port: server.port, username: user, password: server.password, database: name, tls: .disable)
+        }
         probe.options.connectTimeout = .seconds(10)
         do {
             let c = try PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.any(), configuration: probe, id: 0, logger: logger).wait()
@@ -444,7 +446,12 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         } catch {
             throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(error))")
         }
-        var c = PostgresClient.Configuration(host: host, port: u.port ?? 5432, username: user, password: u.password, database: name, tls: .disable)
+        var c: PostgresClient.Configuration
+        if let socket = server.socket {
+            c = PostgresClient.Configuration(unixSocketPath: socket, username: user, password: server.password, database: name)
+        } else {
+            c = PostgresClient.Configuration(host: server.host, port: server.port, username: user, password: server.password, database: name, tls: .disable)
+        }
         c.options.connectTimeout = .seconds(10)
         c.options.minimumConnections = 0
         c.options.maximumConnections = max(2, size)
@@ -455,6 +462,51 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         self.client = client
         ownConfiguration = probe
         running = Task(executorPreference: PostgresExecutor.shared) { await client.run() }
+    }
+
+    /// Where a `postgres://` URL points. Two forms:
+    /// - `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`: TCP;
+    /// - `postgres://USER[:PASSWORD]@/DATABASE?host=/DIR` (libpq's form; `[:PORT]` after the
+    ///   empty host picks the socket's number): the server's Unix socket `DIR/.s.PGSQL.PORT`.
+    ///   What a DTN with its PostgreSQL on the same host, or several nodes in network namespaces
+    ///   of one host, use: a pathname socket is not confined to a network namespace.
+    /// The database defaults to the user's name. Any other query parameter is refused, not
+    /// ignored (TLS to PostgreSQL is not offered: `sslmode` would be a promise not kept).
+    package struct Server: Equatable, Sendable {
+        var user: String, password: String?, database: String
+        var host: String, port: Int
+        /// The socket file's path, for the socket form.
+        var socket: String?
+        var location: String {
+            socket == nil ? "postgres://\(user)@\(host):\(port)/\(database)" : "postgres://\(user)@/\(database)?host=\(host) (socket \(socket!))"
+        }
+    }
+
+    package static func server(_ url: String) throws -> Server {
+        let usage = "a PostgreSQL database is postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, or postgres://USER[:PASSWORD]@/DATABASE?host=/SOCKET/DIR"
+        guard let u = URLComponents(string: url), let user = u.user, !user.isEmpty else { throw SQLStoreError("\(usage), not '\(url)'") }
+        let database = String(u.path.drop { $0 == "/" })
+        let name = database.isEmpty ? user : database
+        let port = u.port ?? 5432
+        guard (1...65535).contains(port) else { throw SQLStoreError("\(usage): port \(port) is not 1 to 65535") }
+        var dir: String?
+        for item in u.queryItems ?? [] {
+            guard item.name == "host", let v = item.value, dir == nil else {
+                throw SQLStoreError("\(usage): the query parameter '\(item.name)' is not understood (only one ?host=/DIR)")
+            }
+            dir = v
+        }
+        if let dir {
+            guard u.host?.isEmpty ?? true else { throw SQLStoreError("\(usage): a host and ?host=\(dir) both given in '\(url)'") }
+            // The directory's path plus the socket's name must fit sockaddr_un (108 bytes with its NUL).
+            let socket = (dir.hasSuffix("/") && dir.count > 1 ? String(dir.dropLast()) : dir) + "/.s.PGSQL.\(port)"
+            guard dir.hasPrefix("/"), !dir.contains("\0"), socket.utf8.count < 108 else {
+                throw SQLStoreError("\(usage): ?host= names the socket's directory by its absolute path (at most 90 bytes), not '\(dir)'")
+            }
+            return Server(user: user, password: u.password, database: name, host: dir, port: port, socket: socket)
+        }
+        guard let host = u.host, !host.isEmpty else { throw SQLStoreError("\(usage), not '\(url)'") }
+        return Server(user: user, password: u.password, database: name, host: host, port: port, socket: nil)
     }
 
     /// A connection of the pool handed to the calling (blocking) thread until it returns.

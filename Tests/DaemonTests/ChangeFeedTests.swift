@@ -466,3 +466,63 @@ extension ChangeFeedTests {
         #expect(outcome["ended"] == [1, 1] || outcome["ended"] == [2, 1], "\(outcome["ended"] ?? [])")
     }
 }
+
+extension ChangeFeedTests {
+    @Test("PostgreSQL through its Unix socket (postgres://USER@/DB?host=/DIR): the queue works there, its own connections too, LISTEN/NOTIFY reaches a TCP store; bad socket URLs are refused with the reason")
+    func unixSocket() async throws {
+        let tcp = try Backend.postgres.newDatabase()
+        // Where the test server's socket is, from the server itself.
+        let probe = try PostgreSQLDatabase(url: tcp, size: 2)
+        let (dirs, port) = try probe.read { s in
+            (try s.one("SELECT current_setting('unix_socket_directories') AS d")!.text("d"), try s.one("SELECT current_setting('port') AS p")!.text("p"))
+        }
+        let dir = try #require(dirs.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.first { $0.hasPrefix("/") })
+        let u = try #require(URLComponents(string: tcp))
+        let url = "postgres://\(u.user!)@:\(port)/\(u.path.dropFirst())?host=\(dir)"
+        let server = try PostgreSQLDatabase.server(url)
+        #expect(server.socket == dir + "/.s.PGSQL.\(port)")
+
+        // A job submitted through the socket is seen through TCP and the other way round; a
+        // watcher of the TCP store is woken by the socket store's change (NOTIFY crosses).
+        let viaSocket = try JobStore(database: url)
+        let viaTCP = try JobStore(database: tcp)
+        #expect(viaSocket.location.contains("?host=\(dir)"))
+        let feed = viaTCP.changes
+        for _ in 0..<300 where !feed.isListening || !viaSocket.changes.isListening { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(feed.isListening && viaSocket.changes.isListening)
+        let before = feed.generation
+        let id = try viaSocket.submit(owner: "alice", request: JobRequest(source: "/data/a", destination: "ferry://wuxi/b"), peer: "wuxi", now: 1)
+        #expect(try viaTCP.get(id)?.owner == "alice")
+        #expect(await feed.wait(after: before, timeout: .seconds(10)) != before, "the TCP store's feed woke for the socket store's change")
+        let id2 = try viaTCP.submit(owner: "bob", request: JobRequest(source: "/data/c", destination: "ferry://wuxi/d"), peer: "wuxi", now: 2)
+        #expect(try viaSocket.get(id2)?.owner == "bob")
+        // The API's own connections (prepared statements) over the socket.
+        let db = try PostgreSQLDatabase(url: url, size: 2)
+        let pool = ThreadPoolExecutor(threads: 1, name: "ferry-test-sock")
+        let n = try await Task(executorPreference: pool) {
+            try await db.sharingReads { try db.read { s in try s.one("SELECT COUNT(*) AS n FROM jobs WHERE owner IN (?, ?)", "alice", "bob")!.int("n") } }
+        }.value
+        #expect(n == 2)
+
+        // Refusals, each with its reason, before any connection is tried.
+        let refusals: [(String, String)] = [
+            ("postgres://ferry@/db?host=relative/dir", "absolute path"),
+            ("postgres://ferry@/db?host=/\(String(repeating: "d", count: 100))", "at most 90 bytes"),
+            ("postgres://ferry@db.example/db?host=/tmp", "both given"),
+            ("postgres://ferry@/db?host=/tmp&sslmode=require", "'sslmode' is not understood"),
+            ("postgres://ferry@/db?host=/tmp&host=/var", "not understood"),
+            ("postgres://@/db?host=/tmp", "postgres://USER"),
+            ("postgres://ferry@/db", "postgres://USER"),
+        ]
+        for (bad, why) in refusals {
+            #expect { try PostgreSQLDatabase.server(bad) } throws: { "\($0)".contains(why) }
+        }
+        // A directory with no server's socket in it: the connection's own reason.
+        let empty = FileManager.default.temporaryDirectory.appendingPathComponent("ferry-nosock-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: empty) }
+        #expect { try PostgreSQLDatabase(url: "postgres://ferry@/db?host=\(empty)", size: 2) } throws: {
+            "\($0)".contains("cannot connect to postgres://ferry@/db?host=\(empty)")
+        }
+    }
+}
