@@ -501,7 +501,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
             // The directory's path plus the socket's name must fit sockaddr_un (108 bytes with its NUL).
             let socket = (dir.hasSuffix("/") && dir.count > 1 ? String(dir.dropLast()) : dir) + "/.s.PGSQL.\(port)"
             guard dir.hasPrefix("/"), !dir.contains("\0"), socket.utf8.count < 108 else {
-                throw SQLStoreError("\(usage): ?host= names the socket's directory by its absolute path (at most 90 bytes), not '\(dir)'")
+                throw SQLStoreError("\(usage): ?host= names the socket's directory by its absolute path, and DIR/.s.PGSQL.PORT must fit in 107 bytes, not '\(dir)'")
             }
             return Server(user: user, password: u.password, database: name, host: dir, port: port, socket: socket)
         }

@@ -30,7 +30,7 @@ enum FastSQL {
         if let q = s as? PostgreSQLDatabase.Session {
             // One entry on a thread's own connection (the API's stat): its row in binary, which
             // spares the server the arrays and this side their parsing (bench/RESULTS.md, "API
-            // reads, fifth pass": entries +13 % requests/s). A page stays one row of ten text
+            // reads, fifth pass": entries +18 % requests/s). A page stays one row of ten text
             // arrays: read as 100 binary rows it cost the daemon a fifth more CPU (postgres-nio
             // decodes a message per row), for no more pages per second.
             if single, let rows = try q.binaryRows(sql, args) { return try binaryEntries(rows) }
