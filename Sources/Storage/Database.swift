@@ -430,15 +430,9 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
     /// default max_connections (100): a daemon's demand is its API threads plus its workers.
     public init(url: String, size: Int = 40) throws {
         let server = try PostgreSQLDatabase.server(url)
-        let (user, name) = (server.user, server.database)
         location = server.location
         // Fail now, with the server's reason (a pool would only retry and time out).
-        var probe: PostgresConnection.Configuration
-        if let socket = server.socket {
-            probe = PostgresConnection.Configuration(unixSocketPath: socket, username: user, password: server.password, database: name)
-        } else {
-            probe = PostgresConnection.Configuration(host: server.host, port: server.port, username: user, password: server.password, database: name, tls: .disable)
-        }
+        var probe = server.connection
         probe.options.connectTimeout = .seconds(10)
         do {
             let c = try PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.any(), configuration: probe, id: 0, logger: logger).wait()
@@ -446,12 +440,7 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         } catch {
             throw SQLStoreError("cannot connect to \(location): \(PostgreSQLDatabase.reason(error))")
         }
-        var c: PostgresClient.Configuration
-        if let socket = server.socket {
-            c = PostgresClient.Configuration(unixSocketPath: socket, username: user, password: server.password, database: name)
-        } else {
-            c = PostgresClient.Configuration(host: server.host, port: server.port, username: user, password: server.password, database: name, tls: .disable)
-        }
+        var c = server.pool
         c.options.connectTimeout = .seconds(10)
         c.options.minimumConnections = 0
         c.options.maximumConnections = max(2, size)
@@ -479,6 +468,16 @@ public final class PostgreSQLDatabase: SQLDatabase, @unchecked Sendable {
         var socket: String?
         var location: String {
             socket == nil ? "postgres://\(user)@\(host):\(port)/\(database)" : "postgres://\(user)@/\(database)?host=\(host) (socket \(socket!))"
+        }
+        /// One connection to it (the probe, the API threads' own connections).
+        var connection: PostgresConnection.Configuration {
+            if let socket { return .init(unixSocketPath: socket, username: user, password: password, database: database) }
+            return .init(host: host, port: port, username: user, password: password, database: database, tls: .disable)
+        }
+        /// The pool's connections to it.
+        var pool: PostgresClient.Configuration {
+            if let socket { return .init(unixSocketPath: socket, username: user, password: password, database: database) }
+            return .init(host: host, port: port, username: user, password: password, database: database, tls: .disable)
         }
     }
 
