@@ -298,13 +298,30 @@ struct SlurmE2ETests {
             if staging == nil { usleep(250_000) }
         }
         let entryJob = try #require(staging?["job"] as? Int, "\(String(describing: staging))")
-        _ = site.slurm("scancel \(id5)")
+        let scancel = site.slurm("scancel \(id5)")
+        #expect(scancel.status == 0, "\(scancel.output)")
+        // What Slurm's teardown sends on a cancel (burst_buffer.lua), sent here at once: under
+        // CI load Slurm's own came more than 30 s late, after the transfer this step means to
+        // stop had nearly finished. Slurm's own arrives at its pace; checked at the end.
+        let td = try site.ferry("hlrs", ["stage", "teardown", "--job", id5, "--hurry"])
+        #expect(td.status == 0, "\(td)")
         var gone = false
         for _ in 0..<60 where !gone && site.timeLeft {
             gone = try !site.cache().contains { $0["source"] as? String == "gfs://wuxi/cancel" }
             if !gone { usleep(500_000) }
         }
         #expect(gone, "\(String(describing: try? site.cache()))")
+        // A poll of the stage-in hook that Slurm has not killed yet (retry false) stages nothing
+        // again for the torn-down job: "failed", and the cache stays without it.
+        let poll = SlurmE2ETests.sh("""
+            python3 -c "import sys,json,urllib.request,urllib.error
+            body=json.dumps({'job':sys.argv[3],'user':'ferryjob','uid':\(site.uid),'gid':\(site.uid),'retry':False,'directives':[{'direction':'stage_in','source':'gfs://wuxi/cancel','destination':sys.argv[4],'optional':False,'checksum':False,'line':2}]}).encode()
+            r=urllib.request.Request(sys.argv[1]+'/api/v1/stage/in',data=body,headers={'Authorization':'Bearer '+open(sys.argv[2]).read().strip(),'Content-Type':'application/json'})
+            try: print(urllib.request.urlopen(r,timeout=30).read().decode())
+            except urllib.error.HTTPError as e: print(e.code, e.read().decode())" '\(site.api["hlrs"]!)' '\(site.operatorToken)' '\(id5)' '\(S)/\(id5)/s'
+            """)
+        #expect(poll.output.contains("failed") && poll.output.contains("was torn down"), "\(poll.output)")
+        #expect(try !site.cache().contains { $0["source"] as? String == "gfs://wuxi/cancel" })
         let cancelled = try site.ferry("hlrs", ["jobs", "show", "--json", "\(entryJob)"])
         #expect(cancelled.stdout.contains("\"state\":\"failed\""), "\(cancelled.stdout)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: sb.file("hlrs/cache/stage")).count == (try site.cache()).count)
@@ -402,6 +419,19 @@ struct SlurmE2ETests {
             #expect(r.status == 1 && (r.stderr.contains("not within an export") || r.stderr.contains("without . or ..")), "\(dst): \(r)")
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty)
+        // (5), continued: Slurm's own teardown of the cancelled job came (the hook ran and the
+        // daemon answered), however late; and it, or the stage-in hook before its kill, staged
+        // nothing again.
+        var slurmTeardown = false
+        let log = site.slurmDir + "/log/slurmctld.log"
+        for _ in 0..<600 where !slurmTeardown && site.timeLeft {
+            slurmTeardown = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("teardown JobId=\(id5): stage teardown succeeded")
+            if !slurmTeardown { usleep(500_000) }
+        }
+        #expect(slurmTeardown, "no teardown of the cancelled job \(id5) in \(log)")
+        #expect(try !site.cache().contains { $0["source"] as? String == "gfs://wuxi/cancel" })
+        #expect(!FileManager.default.fileExists(atPath: S + "/\(id5)/s"))
+
         // Garbage instead of a stage request: 400, nothing else.
         let garbage = SlurmE2ETests.sh("python3 -c \"import sys,urllib.request,urllib.error\nr=urllib.request.Request(sys.argv[1]+'/api/v1/stage/in',data=b'{not json',headers={'Authorization':'Bearer '+open(sys.argv[2]).read().strip()})\ntry: urllib.request.urlopen(r,timeout=10); print(200)\nexcept urllib.error.HTTPError as e: print(e.code)\" '\(site.api["hlrs"]!)' '\(site.operatorToken)'")
         #expect(garbage.output.hasPrefix("400"), "\(garbage.output)")

@@ -40,6 +40,9 @@ public struct StagingSettings: Sendable {
     public var bandwidth: Int64?
     /// The job queue's generation the last complete settle began at (`settle`).
     let settled = SettledMark()
+    /// Scheduler jobs torn down lately, so that a poll of a stage-in the scheduler has not yet
+    /// killed does not stage their data again (`TornDownJobs`).
+    let tornDown = TornDownJobs()
 
     public init(cache: StagingCache, root: String, rootReal: String, quota: Int64) {
         self.cache = cache; self.root = root; self.rootReal = rootReal; self.quota = quota
@@ -56,6 +59,42 @@ final class SettledMark: @unchecked Sendable {
     private var generation: UInt64?
     func isCurrent(_ g: UInt64) -> Bool { lock.withLock { generation == g } }
     func set(_ g: UInt64) { lock.withLock { generation = g } }
+}
+
+/// Scheduler jobs this daemon tore down in the last hour. Slurm runs teardown --hurry on a
+/// scancel during stage-in and may do so before its kill of the stage-in hook has landed (seen:
+/// milliseconds; under load, longer): the hook's next poll (`retry: false`) would then pin the
+/// job's data again and start a transfer for a job that no longer exists, kept until a sweep.
+/// A poll for a job torn down here is answered "failed" instead and stages nothing; a new run
+/// of the hook (its first request, `retry` true or absent: a requeue, a restarted controller)
+/// clears the mark. Kept in memory and bounded (a restarted daemon forgets: the hook's poll
+/// then stages again, and a sweep of jobs the scheduler no longer knows removes it).
+final class TornDownJobs: @unchecked Sendable {
+    private let lock = NSLock()
+    private var at: [String: Double] = [:]
+    static let keepSeconds = 3600.0
+    static let limit = 10_000
+
+    func mark(_ job: String) {
+        let t = ProcessInfo.processInfo.systemUptime
+        lock.withLock {
+            if at.count >= TornDownJobs.limit {
+                at = at.filter { t - $0.value < TornDownJobs.keepSeconds }
+                // Still full (10,000 teardowns within the hour): the oldest half goes.
+                if at.count >= TornDownJobs.limit {
+                    let cut = at.values.sorted()[at.count / 2]
+                    at = at.filter { $0.value > cut }
+                }
+            }
+            at[job] = t
+        }
+    }
+
+    func contains(_ job: String) -> Bool {
+        lock.withLock { at[job].map { ProcessInfo.processInfo.systemUptime - $0 < TornDownJobs.keepSeconds } ?? false }
+    }
+
+    func clear(_ job: String) { _ = lock.withLock { at.removeValue(forKey: job) } }
 }
 
 /// The hook's request and each directive's answer: the contract's types (`V1`).
@@ -151,6 +190,16 @@ extension DaemonAPI {
 
     func stageIn(_ r: StageRequest) throws -> [StageItem] {
         guard let st = staging else { throw HTTPFailure(status: 409, message: "no staging") }
+        let poll = r.retry == false
+        if !poll { st.tornDown.clear(r.job) }
+        let gone = "scheduler job \(r.job) was torn down (cancelled or ended); a new run of its stage-in stages again"
+        func refused() -> [StageItem] {
+            r.directives.filter { $0.direction == .stageIn }.map {
+                StageItem(line: $0.line, direction: $0.direction.rawValue, source: $0.source, destination: $0.destination, optional: $0.optional,
+                          state: "failed", error: "\($0.source): " + gone)
+            }
+        }
+        if poll && st.tornDown.contains(r.job) { return refused() }
         var items: [StageItem] = []
         for d in r.directives where d.direction == .stageIn {
             var item = StageItem(line: d.line, direction: d.direction.rawValue, source: d.source, destination: d.destination, optional: d.optional, state: "staging")
@@ -162,6 +211,12 @@ extension DaemonAPI {
             }
             if item.state == "failed" && d.optional { item.state = "skipped" }
             items.append(item)
+        }
+        // A teardown that arrived while this poll pinned: it marks before it releases, so what
+        // this poll pinned after that release is released here, as the teardown would have.
+        if poll && st.tornDown.contains(r.job) {
+            _ = try teardown(st, job: r.job)
+            return refused()
         }
         return items
     }
@@ -463,6 +518,8 @@ extension DaemonAPI {
     // MARK: teardown, sweep
 
     func teardown(_ st: StagingSettings, job: String) throws -> V1.TeardownAnswer {
+        // Marked first: a poll of the job's stage-in from now on stages nothing (`TornDownJobs`).
+        st.tornDown.mark(job)
         // The records in one transaction (links, pins, orphaned entries; the links removed from
         // the job's directories as their records are deleted), then the orphans' files.
         let released = try st.cache.release(schedulerJob: job) { l in removeLink(l.path, target: l.target) }
