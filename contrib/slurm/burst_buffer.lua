@@ -76,7 +76,9 @@ WHAT SLURM DOES AROUND THE HOOKS (seen on 22.05.8), SO WHAT ferry MUST TOLERATE
   - A failed stage-in: Slurm holds the job (Priority=0, `scontrol release` retries the
     stage-in) and runs teardown with --hurry right away.
   - scancel during stage-in: Slurm kills the stage-in's process group and runs teardown
-    --hurry; teardown may start a few milliseconds before the kill has landed.
+    --hurry; teardown may start a few milliseconds before the kill has landed (under load,
+    longer). The daemon then answers the old hook's polls "failed" and stages nothing again
+    (it remembers the torn-down job for an hour; the hook's next run clears that).
   - slurmctld stopped (SIGTERM) during stage-in: the stage-in is killed; after the restart
     Slurm runs teardown --hurry, defers the job about 60 s, then setup and stage-in again.
     slurmctld killed (SIGKILL): the stage-in dies with it, and after the restart the
