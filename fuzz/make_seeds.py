@@ -147,6 +147,9 @@ def seeds():
     s["stream-ready-welcome"] = (CONTROL_STREAM, preamble(1) + frame(T_READY, b"hlrs") + frame(T_WELCOME, welcome(4)) + frame(T_RESEND_FRAME, u32(1) + u64(7)))
     s["hello-clear"] = (HELLO, hello(b"", 2, "x", protection=0))
     s["hello-safe"] = (HELLO, hello(b"ferry1.abc.def", 1, "x", protection=1))
+    # A range session (striping): extension 2 = depth, no filters, first, count, size, mtime.
+    s["hello-range"] = (HELLO, hello(b"tok", 1, "big.bin") + u8(2) + u32(0xFFFFFFFF) + u16(0)
+                        + u64(4) + u64(3) + u64((10 << 22) - 12345) + i64(1_700_000_000) + u32(5))
     # Tokens: the payload layout of Token.swift (u8 1, issuer, user, iat, exp, 16-byte id,
     # u16 scopes, each u8 access + path), base64url without padding, then a 64-byte signature.
     import base64

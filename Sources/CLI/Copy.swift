@@ -76,6 +76,9 @@ extension Ferry {
 
         @OptionGroup var credentials: CredentialOptions
 
+        @Option(name: .customLong("range"), help: ArgumentHelp("Striping, for operators and tests: move only chunks FIRST..FIRST+COUNT-1 of one file into its partial copy beside the destination (its own range journal), renaming nothing; the file is the version seen now.", valueName: "FIRST:COUNT", visibility: .hidden))
+        var range: String?
+
         @Option(help: "Third-party copies: the source center's daemon API, https://HOST:PORT (env FERRY_API).")
         var api: String?
 
@@ -146,6 +149,12 @@ extension Ferry {
                 throw ValidationError("\(error)")
             }
 
+            if let range {
+                guard !recursive, !checksum, !delete, !dryRun, source != "-", destination != "-" else {
+                    throw ValidationError("--range moves chunks of one file: not with -r, --checksum, --delete, --dry-run or standard input/output")
+                }
+                options.range = try stripeRange(range, src, chunkBytes: options.chunkBytes, credentials: creds)
+            }
             if dryRun {
                 try dryRun(src, dst, options: options, credentials: creds)
                 return
@@ -201,6 +210,31 @@ extension Ferry {
 }
 
 extension Ferry.Copy {
+    /// `--range FIRST:COUNT` with the source file's identity as it is now (a local stat, or a
+    /// listing of the remote file): the version a range session moves.
+    func stripeRange(_ text: String, _ src: Endpoint, chunkBytes: Int, credentials: ClientCredentials) throws -> StripeRange {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, let first = Int(parts[0]), let count = Int(parts[1]), first >= 0, count >= 1 else {
+            throw ValidationError("--range is FIRST:COUNT (chunk numbers, from 0)")
+        }
+        var r: StripeRange
+        switch src {
+        case .local(let path):
+            var st = stat()
+            guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { throw ValidationError("--range: '\(path)' is not a regular file") }
+            r = StripeRange(first: first, count: count, size: UInt64(st.st_size), mtimeSeconds: Int64(st.st_mtim.tv_sec), mtimeNanoseconds: UInt32(st.st_mtim.tv_nsec))
+        case .remote:
+            var seen: ListEntry?
+            _ = try TransferClient.list(src, request: ListRequest(depth: 0), credentials: credentials) { seen = seen ?? $0 }
+            guard let e = seen, e.kind == .file else { throw ValidationError("--range: \(source) is not a regular file") }
+            r = StripeRange(first: first, count: count, size: e.size, mtimeSeconds: e.mtimeSeconds, mtimeNanoseconds: e.mtimeNanoseconds)
+        case .confined:
+            throw ValidationError("--range takes a local path or a ferry:// URL")
+        }
+        do { try r.check(chunkBytes: chunkBytes) } catch { throw ValidationError("--range \(text): \((error as? TransferError)?.message ?? "\(error)")") }
+        return r
+    }
+
     /// The daemon client of --api / FERRY_API (or `fallback`), with this command's token file.
     /// `preferFallback`: the fallback is the configuration's API of the very center named (it
     /// wins over FERRY_API and the configuration's default `api`, not over --api).

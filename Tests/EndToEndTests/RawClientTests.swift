@@ -17,6 +17,7 @@ struct RawClientTests {
     static let script = #"""
 import json, socket, ssl, struct, sys
 host, port, ca, token, direction, path, protection = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], int(sys.argv[7])
+extension = bytes.fromhex(sys.argv[8]) if len(sys.argv) > 8 else b""
 def u16(v): return struct.pack("<H", v)
 def frame(t, payload): return struct.pack("<IBBH", len(payload), t, 0, 0) + payload
 def read_exact(s, n):
@@ -39,7 +40,7 @@ t, _, name = read_frame(s)
 assert t == 0x12, "expected READY, got %#x" % t
 p = path.encode("utf-8")
 tok = token.encode()
-hello = u16(len(tok)) + tok + bytes([direction]) + u16(len(p)) + p + bytes([0, 0, 1, 0, 0]) + struct.pack("<QI", 0, 4 << 20) + bytes([protection])
+hello = u16(len(tok)) + tok + bytes([direction]) + u16(len(p)) + p + bytes([0, 0, 1, 0, 0]) + struct.pack("<QI", 0, 4 << 20) + bytes([protection]) + extension
 s.sendall(frame(0x01, hello))
 try:
     t, flags, payload = read_frame(s)
@@ -53,8 +54,9 @@ except EOFError as e:
         var message: String
     }
 
-    static func hello(_ sb: Sandbox, port: Int, token: String, push: Bool, path: String, protection: Int = 2) throws -> Answer {
-        let r = runTool("/usr/bin/python3", ["-c", script, "127.0.0.1", String(port), sb.ca, token, push ? "1" : "2", path, String(protection)])
+    /// `extensionHex`: bytes appended to the HELLO (its extension), in hex.
+    static func hello(_ sb: Sandbox, port: Int, token: String, push: Bool, path: String, protection: Int = 2, extensionHex: String = "") throws -> Answer {
+        let r = runTool("/usr/bin/python3", ["-c", script, "127.0.0.1", String(port), sb.ca, token, push ? "1" : "2", path, String(protection), extensionHex])
         guard r.status == 0, let line = r.output.split(separator: "\n").last,
               let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
             throw HarnessError("raw client failed: \(r.output)")
@@ -85,10 +87,25 @@ except EOFError as e:
             (false, "//etc/passwd", 2, "absolute"),
             (true, "a//b", 2, "not normalised"),
             (true, "x.bin", 9, "protection"),
+            // Range sessions (striping, HELLO extension 2): a range past the file's end, one of
+            // no chunk, of a one-chunk file, and an unknown extension version.
+            (true, "x.bin", 2, "not within the file's 2 chunks"),
+            (false, "x.bin", 2, "not within the file's 2 chunks"),
+            (true, "x.bin", 2, "chunk range 0+0"),
+            (true, "x.bin", 2, "more than one chunk"),
+            (true, "x.bin", 2, "unknown HELLO extension"),
         ]
-        for c in cases {
+        /// Extension 2: depth (all), no filters, then first, count, size, mtime s, mtime ns.
+        func rangeExtension(first: UInt64, count: UInt64, size: UInt64) -> String {
+            func le(_ v: UInt64, _ n: Int) -> String { (0..<n).map { String(format: "%02x", (v >> (8 * UInt64($0))) & 0xFF) }.joined() }
+            return "02" + "ffffffff" + "0000" + le(first, 8) + le(count, 8) + le(size, 8) + le(1_700_000_000, 8) + le(0, 4)
+        }
+        let extensions = ["", "", "", "", "", "", "",
+                          rangeExtension(first: 1, count: 5, size: 8 << 20), rangeExtension(first: 1, count: 5, size: 8 << 20),
+                          rangeExtension(first: 0, count: 0, size: 8 << 20), rangeExtension(first: 0, count: 1, size: 4 << 20), "03"]
+        for (c, ext) in zip(cases, extensions) {
             let before = SecurityTests.auditLines(audit).count
-            let a = try RawClientTests.hello(sb, port: server.port, token: sb.token, push: c.push, path: c.path, protection: c.protection)
+            let a = try RawClientTests.hello(sb, port: server.port, token: sb.token, push: c.push, path: c.path, protection: c.protection, extensionHex: ext)
             #expect(a.type == 0x7F, "\(c.path): expected an ERROR frame, got \(a)")
             #expect(a.message.contains(c.says), "\(c.path): the ERROR should say '\(c.says)': \(a.message)")
             var line: [String: Any]?

@@ -70,6 +70,66 @@ struct ChunkAndJournalTests {
         #expect(have.keys.sorted() == [1])
     }
 
+    @Test("a range journal (striping) records only its own chunks, reopens only for the same range and source, and ignores a torn record")
+    func rangeJournal() throws {
+        let dir = try TempDir()
+        let dfd = dir.fd
+        // 10 MiB in 1 MiB chunks; this node's range is chunks 4, 5 and 6.
+        let id = SourceIdentity(size: 10 << 20, mtimeSeconds: 1000, mtimeNanoseconds: 5, chunkBytes: 1 << 20)
+        let range = try ChunkRange(first: 4, count: 3, of: 10)
+        let j = try ResumeJournal.create(dir: dfd, name: "r", identity: id, range: range)
+        let h4 = ChunkHash(low: 4, high: 44), h5 = ChunkHash(low: 5, high: 55), h6 = ChunkHash(low: 6, high: 66)
+        try j.recordDurable([(4, h4), (6, h6)])
+        // Records sit at their place in the range, not the file: the journal is 64 + 3 × 32 bytes.
+        var st = stat()
+        #expect(fstatat(dfd, "r", &st, 0) == 0 && st.st_size == off_t(ResumeJournal.headerBytes + 3 * ResumeJournal.recordBytes))
+        // A chunk of another range is refused and nothing is written.
+        #expect(throws: TransferError.self) { try j.recordDurable([(5, h5), (7, ChunkHash(low: 7, high: 77))]) }
+        #expect(throws: TransferError.self) { try j.recordDurable([(3, ChunkHash(low: 3, high: 33))]) }
+        let (again, have) = try #require(ResumeJournal.open(dir: dfd, name: "r", identity: id, range: range))
+        #expect(have == [4: h4, 6: h6])
+        #expect(again.range == range && again.chunkCount == 10)
+        // Not the whole file's journal, nor another range's, nor another version of the source.
+        #expect(ResumeJournal.open(dir: dfd, name: "r", identity: id) == nil)
+        #expect(ResumeJournal.open(dir: dfd, name: "r", identity: id, range: try ChunkRange(first: 4, count: 2, of: 10)) == nil)
+        #expect(ResumeJournal.open(dir: dfd, name: "r", identity: id, range: try ChunkRange(first: 3, count: 3, of: 10)) == nil)
+        var changed = id
+        changed.mtimeNanoseconds += 1
+        #expect(ResumeJournal.open(dir: dfd, name: "r", identity: changed, range: range) == nil)
+        // ... and a whole-file journal is not a range's.
+        let whole = try ResumeJournal.create(dir: dfd, name: "w", identity: id)
+        try whole.recordDurable([(5, h5)])
+        #expect(ResumeJournal.open(dir: dfd, name: "w", identity: id, range: range) == nil)
+        // A torn record (a byte of chunk 6's hash flipped) is dropped, the others kept.
+        let fd = openat(dfd, "r", O_RDWR)
+        var b: UInt8 = 0x5A
+        pwrite(fd, &b, 1, off_t(ResumeJournal.headerBytes + 2 * ResumeJournal.recordBytes + 20))
+        close(fd)
+        let (_, torn) = try #require(ResumeJournal.open(dir: dfd, name: "r", identity: id, range: range))
+        #expect(torn == [4: h4])
+        // A range must hold a chunk and lie within the file, when made and when journaled.
+        #expect(throws: TransferError.self) { try ChunkRange(first: 8, count: 3, of: 10) }
+        #expect(throws: TransferError.self) { try ChunkRange(first: 0, count: 0, of: 10) }
+        #expect(throws: TransferError.self) { try ChunkRange(first: -1, count: 2, of: 10) }
+        #expect(throws: TransferError.self) { try ChunkRange(first: Int.max, count: Int.max, of: 10) }
+        let small = SourceIdentity(size: 2 << 20, mtimeSeconds: 1000, mtimeNanoseconds: 5, chunkBytes: 1 << 20)
+        #expect(throws: TransferError.self) { try ResumeJournal.create(dir: dfd, name: "x", identity: small, range: range) }
+        #expect(faccessat(dfd, "x", F_OK, 0) != 0)
+    }
+
+    @Test("range journal names: one per range beside the partial, skipped by walks, within NAME_MAX for long names")
+    func rangeJournalNames() throws {
+        let a = PartialNames.rangeJournal("data.bin", try ChunkRange(first: 0, count: 64, of: 256))
+        let b = PartialNames.rangeJournal("data.bin", try ChunkRange(first: 64, count: 64, of: 256))
+        #expect(a == ".data.bin.r0+64.ferry-journal" && a != b)
+        #expect(PartialNames.isHelper(a) && PartialNames.isHelper(b))
+        #expect(a != PartialNames.journal("data.bin"))
+        let long = String(repeating: "n", count: 250)
+        let la = PartialNames.rangeJournal(long, try ChunkRange(first: 0, count: 64, of: 1 << 20))
+        let lb = PartialNames.rangeJournal(long, try ChunkRange(first: 999_936, count: 64, of: 1 << 20))
+        #expect(la.utf8.count <= 255 && lb.utf8.count <= 255 && la != lb && PartialNames.isHelper(la))
+    }
+
     /// Simulates a link on which compressed chunks deliver `compressedRate` raw bytes per
     /// second and raw chunks `rawRate`; returns the share of chunks sent compressed.
     /// The probe sees a core that compresses at `sampleSpeed` bytes/s with ratio 4.

@@ -203,6 +203,12 @@ enum PartialNames {
     static let journalSuffix = ".ferry-journal"
     static func part(_ name: String) -> String { helper(name, partSuffix) }
     static func journal(_ name: String) -> String { helper(name, journalSuffix) }
+    /// The journal of one range of a striped file (`.NAME.r<first>+<count>.ferry-journal`):
+    /// one per range beside the one shared partial, each written by the node that moves it.
+    /// It ends in the journal suffix, so a walk skips it as it skips the others.
+    static func rangeJournal(_ name: String, _ range: ChunkRange) -> String {
+        helper(name, ".r\(range.first)+\(range.count)" + journalSuffix)
+    }
     /// Long names would overflow NAME_MAX with the suffix: they get a hashed helper name.
     private static func helper(_ name: String, _ suffix: String) -> String {
         if name.utf8.count + 1 + suffix.utf8.count <= PathLimits.componentBytesMax { return "." + name + suffix }

@@ -74,6 +74,11 @@ public enum TransferClient {
         guard (Wire.chunkBytesMin...Wire.chunkBytesMax).contains(options.chunkBytes) else {
             throw TransferError(.usage, "--chunk-size must be between 64K and 64M")
         }
+        if let r = options.range {
+            // Refused here with the reason, not by the server as a bad HELLO.
+            guard !options.recursive, !options.checksum else { throw TransferError(.usage, "a range is of one file: not with --recursive or --checksum") }
+            do { _ = try r.chunks(chunkBytes: options.chunkBytes) } catch { throw TransferError(.usage, asTransferError(error).message) }
+        }
         switch (source, destination) {
         case (.local(let src), .remote(let server, let urlPath)):
             let (srcFd, isStream) = try openLocalSource(src, progress: progress)
@@ -95,9 +100,10 @@ public enum TransferClient {
             if isStream {
                 options.streams = 1  // read in order by one data stream
             } else if (st.st_mode & S_IFMT) == S_IFREG {
-                let chunks = max(1, (Int(st.st_size) + options.chunkBytes - 1) / options.chunkBytes)
+                let chunks = options.range?.count ?? max(1, (Int(st.st_size) + options.chunkBytes - 1) / options.chunkBytes)
                 options.streams = min(options.streams ?? TransferOptions.automaticStreams, chunks)
-                options.chunkBytes = fittedChunkBytes(fileBytes: Int64(st.st_size), options.chunkBytes)
+                // A range's chunks are the planner's: the chunk size is never fitted.
+                if options.range == nil { options.chunkBytes = fittedChunkBytes(fileBytes: Int64(st.st_size), options.chunkBytes) }
             }
             return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
                 let sender = try Sender(ctx: ctx, rootFd: srcFd, name: src == "-" ? "standard input" : src, stream: isStream)
@@ -106,6 +112,7 @@ public enum TransferClient {
         case (.remote(let server, let urlPath), .local(let dst)):
             let (path, _) = try Paths.remoteRelative(urlPath)
             if let sink = try localSink(dst) {
+                guard options.range == nil else { throw TransferError(.usage, "a range is written into a file's partial copy, not into \(sink.display)") }
                 // Written in order: one data stream keeps the chunks in order (only a resent
                 // chunk can be overtaken, and the sink holds a few such in memory).
                 var options = options
@@ -132,9 +139,9 @@ public enum TransferClient {
             }
             var options = options
             if (st.st_mode & S_IFMT) == S_IFREG {
-                let chunks = max(1, (Int(st.st_size) + options.chunkBytes - 1) / options.chunkBytes)
+                let chunks = options.range?.count ?? max(1, (Int(st.st_size) + options.chunkBytes - 1) / options.chunkBytes)
                 options.streams = min(options.streams ?? TransferOptions.automaticStreams, chunks)
-                options.chunkBytes = fittedChunkBytes(fileBytes: Int64(st.st_size), options.chunkBytes)
+                if options.range == nil { options.chunkBytes = fittedChunkBytes(fileBytes: Int64(st.st_size), options.chunkBytes) }
             }
             return try run(server: server, direction: .push, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
                 let sender = try Sender(ctx: ctx, rootFd: srcFd, name: components.joined(separator: "/"))
@@ -403,7 +410,9 @@ public enum TransferClient {
             e.fromPeer = snap.failureFromPeer
             throw e
         }
-        return TransferSummary(snap)
+        var summary = TransferSummary(snap)
+        summary.rangeHashes = ctx.rangeHashes
+        return summary
     }
 }
 

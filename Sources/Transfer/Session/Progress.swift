@@ -185,6 +185,10 @@ public struct TransferSummary: Sendable {
     /// Devices, FIFOs and sockets left out of a tree, and the first few of them by name.
     public var specialFiles: UInt64
     public var specialNames: [String]
+    /// A range session (`TransferOptions.range`): the range's chunk hashes in order, as sent
+    /// (push) or as received and verified (pull); a striped file's digest is made of all its
+    /// ranges' hashes. Empty for other transfers.
+    public var rangeHashes: [ChunkHash] = []
 
     public init(_ s: TransferProgress.Snapshot) {
         files = s.filesTotal

@@ -85,6 +85,13 @@ final class ReceiverFile {
     var awaitingDecision = false
     var failed = false
     var done = false
+    /// A range session's chunks (striping): only these are accepted, journaled in the range's
+    /// own journal, and the file is never renamed here; nil: the whole file.
+    var range: ChunkRange?
+    var first: Int { range?.first ?? 0 }
+    var end: Int { range?.end ?? chunkCount }
+    /// The journal beside the partial: the range's, or the file's.
+    var journalName: String { range.map { PartialNames.rangeJournal(name, $0) } ?? PartialNames.journal(name) }
 
     init(entry: ManifestEntry, chunkBytes: Int, dir: DirHandle, name: String, display: String) {
         self.entry = entry
@@ -306,8 +313,9 @@ final class Receiver: @unchecked Sendable {
             f.awaitingDecision = false
             _ = failFile(f, failure.message, code: failure.code ?? .remote, fromPeer: true)
             if failure.changed && f.sink == nil {
-                _ = unlinkat(f.dir.fd, PartialNames.part(f.name), 0)
-                _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
+                // A range's partial is shared with the file's other ranges: only its journal goes.
+                if f.range == nil { _ = unlinkat(f.dir.fd, PartialNames.part(f.name), 0) }
+                _ = unlinkat(f.dir.fd, f.journalName, 0)
             }
         }
         forget(failure.id)
@@ -320,7 +328,7 @@ final class Receiver: @unchecked Sendable {
         for f in open {
             f.lock.withLock {
                 guard !f.failed && !f.done else { return }
-                _ = failFile(f, "'\(f.display)' was not received completely (\(f.presentCount) of \(f.chunkCount) chunks): the sender ended the session; rerun resumes", code: .io)
+                _ = failFile(f, "'\(f.display)' was not received completely (\(f.presentCount) of \(f.end - f.first) chunks): the sender ended the session; rerun resumes", code: .io)
             }
         }
     }
@@ -452,7 +460,17 @@ final class Receiver: @unchecked Sendable {
             throw TransferError(.usage, "'\(display)' (\(byteText(e.size))) has more than \(Receiver.chunksPerFileMax) chunks of \(byteText(UInt64(chunkBytes))): use --chunk-size \(byteText(need)) or more")
         }
         let f = ReceiverFile(entry: e, chunkBytes: chunkBytes, dir: dir, name: name, display: display)
-        ctx.progress.announce(bytes: e.size)
+        var announced = e.size
+        if let r = ctx.options.range {
+            // A range session: the one file of the session, the version the range names.
+            guard parts.isEmpty, targetFile != nil, sink == nil else { throw TransferError.protocolError("a range session's entry that is not its one file") }
+            guard e.size == r.size, e.mtimeSeconds == r.mtimeSeconds, e.mtimeNanoseconds == r.mtimeNanoseconds else {
+                throw TransferError.protocolError("a range session's file is not the version its HELLO named")
+            }
+            f.range = try r.chunks(chunkBytes: chunkBytes)
+            announced = r.bytes(chunkBytes: chunkBytes)
+        }
+        ctx.progress.announce(bytes: announced)
         if let sink {
             f.sink = sink
             f.present = [Bool](repeating: false, count: f.chunkCount)
@@ -498,7 +516,7 @@ final class Receiver: @unchecked Sendable {
         // A partial copy of the same source version resumes; anything else starts over.
         var id = f.identity
         id.chunkBytes = UInt32(chunkBytes)
-        if let (journal, have) = ResumeJournal.open(dir: dir.fd, name: PartialNames.journal(name), identity: id) {
+        if let (journal, have) = ResumeJournal.open(dir: dir.fd, name: f.journalName, identity: id, range: f.range) {
             let fd = openat(dir.fd, PartialNames.part(name), O_RDWR | O_NOFOLLOW | O_CLOEXEC)
             var pst = stat()
             if fd >= 0 && fstat(fd, &pst) == 0 && UInt64(pst.st_size) == e.size {
@@ -508,7 +526,7 @@ final class Receiver: @unchecked Sendable {
                 f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
                 var list: [(index: UInt32, hash: ChunkHash)] = []
                 var haveBytes: UInt64 = 0
-                for (i, h) in have.sorted(by: { $0.key < $1.key }) where i < f.chunkCount {
+                for (i, h) in have.sorted(by: { $0.key < $1.key }) where i >= f.first && i < f.end {
                     // Claim only what the partial really holds: the journal says what was
                     // written, the bytes may have been damaged since. A chunk that no longer
                     // matches is left out of the claim, so the sender sends it again.
@@ -579,20 +597,28 @@ final class Receiver: @unchecked Sendable {
     private func startPartial(_ f: ReceiverFile) -> (String, TransferError.Code)? {
         // A declared size never decides an allocation: a file larger than the free space is
         // refused before anything is written (a sparse partial would otherwise hide it).
+        // A range needs room for its own bytes (the file's other ranges are other nodes' to check).
+        let needed = ctx.options.range?.bytes(chunkBytes: chunkBytes) ?? f.entry.size
         var fs = statvfs()
         if fstatvfs(f.dir.fd, &fs) == 0 {
             let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
-            if f.entry.size > free {
-                return ("cannot write '\(f.display)': no space: \(byteText(f.entry.size)) needed, \(byteText(free)) free", .noSpace)
+            if needed > free {
+                return ("cannot write '\(f.display)': no space: \(byteText(needed)) needed, \(byteText(free)) free", .noSpace)
             }
         }
         let part = PartialNames.part(f.name)
-        let fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        // A range writes into the partial its file's other ranges share (written by other
+        // nodes at the same time, each into its own chunks): opened as it is, never truncated;
+        // sized only when it is new or of another size.
+        let fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | (f.range == nil ? O_TRUNC : 0) | O_NOFOLLOW | O_CLOEXEC, 0o600)
         if fd < 0 {
             let e = errno
             return ("cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))", TransferError.Code(errno: e))
         }
-        if ftruncate(fd, off_t(f.entry.size)) != 0 {
+        var pst = stat()
+        if f.range != nil && fstat(fd, &pst) == 0 && UInt64(pst.st_size) == f.entry.size {
+            // Already sized by another range.
+        } else if ftruncate(fd, off_t(f.entry.size)) != 0 {
             let e = errno
             Glibc.close(fd)
             return ("cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))", TransferError.Code(errno: e))
@@ -600,7 +626,7 @@ final class Receiver: @unchecked Sendable {
         var id = f.identity
         id.chunkBytes = UInt32(chunkBytes)
         do {
-            f.journal = try ResumeJournal.create(dir: f.dir.fd, name: PartialNames.journal(f.name), identity: id)
+            f.journal = try ResumeJournal.create(dir: f.dir.fd, name: f.journalName, identity: id, range: f.range)
         } catch {
             Glibc.close(fd)
             return ("cannot write '\(f.display)': \(asTransferError(error).message)", asTransferError(error).code)
@@ -702,7 +728,8 @@ final class Receiver: @unchecked Sendable {
 
     /// Commits when every chunk is in and the sender's digest has arrived.
     func maybeCommit(_ f: ReceiverFile) -> FileVerdict? {
-        guard !f.done, !f.failed, f.presentCount == f.chunkCount, let expected = f.senderDigest else { return nil }
+        guard !f.done, !f.failed, f.presentCount == f.end - f.first, let expected = f.senderDigest else { return nil }
+        if let r = f.range { return rangeComplete(f, r, expected: expected) }
         let digest = FileDigest.of(f.hashes)
         if let sink = f.sink {
             guard digest == expected, sink.pending.isEmpty, sink.nextIndex == f.chunkCount else {
@@ -733,6 +760,31 @@ final class Receiver: @unchecked Sendable {
         f.closePartial()
         f.journal = nil
         f.done = true
+        ctx.progress.fileDone(name: f.display)
+        lock.withLock { files[f.entry.id] = nil }
+        return (f.entry.id, nil, "")
+    }
+
+    /// A range session's end: the range's digest checked, its data and every record durable;
+    /// the partial keeps its name (the commit renames it once all ranges are in) and the range
+    /// journal stays, the record of what this range holds.
+    private func rangeComplete(_ f: ReceiverFile, _ r: ChunkRange, expected: ChunkHash) -> FileVerdict? {
+        let digest = FileDigest.of(Array(f.hashes[r.first..<r.end]))
+        guard digest == expected else {
+            _ = unlinkat(f.dir.fd, f.journalName, 0)
+            return failFile(f, "'\(f.display)' chunks \(r.first)+\(r.count): range digest mismatch (\(digest) ≠ \(expected)); rerun sends the range again", code: .verify)
+        }
+        do { try syncDurable(f) } catch {
+            return failFile(f, asTransferError(error).message + "; rerun resumes", code: asTransferError(error).code)
+        }
+        if fdatasync(f.partFd) != 0 {
+            let e = errno
+            return failFile(f, "cannot sync '\(f.display)': \(String(cString: strerror(e))); rerun resumes", code: TransferError.Code(errno: e))
+        }
+        f.closePartial()
+        f.journal = nil
+        f.done = true
+        ctx.rangeHashes = Array(f.hashes[r.first..<r.end])
         ctx.progress.fileDone(name: f.display)
         lock.withLock { files[f.entry.id] = nil }
         return (f.entry.id, nil, "")

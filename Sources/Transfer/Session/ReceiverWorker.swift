@@ -174,6 +174,8 @@ final class ReceiverWorker {
         let payload = p + DataLayout.chunkSubheaderBytes
         let payloadBytes = length - DataLayout.chunkSubheaderBytes
         guard !f.isSmall, index < f.chunkCount, index < Receiver.chunksPerFileMax else { throw TransferError.protocolError("chunk \(index) out of range for file \(id)") }
+        // A range session takes its range's chunks only: another node writes the others.
+        if let r = f.range, !r.contains(index) { throw TransferError.protocolError("chunk \(index) is outside the session's range \(r.first)+\(r.count)") }
         let offset = UInt64(index) * UInt64(chunkBytes)
         // A stream's chunks are full but for its last; its length comes with its digest.
         guard f.isStream ? (1...chunkBytes).contains(rawBytes) : rawBytes == Int(min(UInt64(chunkBytes), f.entry.size - offset)) else {

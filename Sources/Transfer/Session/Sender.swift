@@ -38,6 +38,13 @@ final class SenderFile {
     var sparse = false
     var compressible: Bool?
     var chunksSinceProbe = 0
+    /// A range session's chunks of the file (HELLO's `range`); nil: all of them.
+    var range: ChunkRange?
+    /// The bytes this session moves of the file: its range's, or its size.
+    var announcedBytes: UInt64 = 0
+    /// The chunks this session sends: `range`'s, or the whole file's.
+    var first: Int { range?.first ?? 0 }
+    var end: Int { range?.end ?? chunkCount }
 
     init(entry: ManifestEntry, chunkBytes: Int) {
         id = entry.id
@@ -208,8 +215,14 @@ final class Sender: @unchecked Sendable {
                     }
                 }
                 let f = SenderFile(entry: e, chunkBytes: chunkBytes)
+                var announced = f.isStream ? 0 : e.size
+                if let r = ctx.options.range {
+                    f.range = try rangeOf(e, r)
+                    announced = r.bytes(chunkBytes: chunkBytes)
+                }
+                f.announcedBytes = announced
                 lock.withLock { files[f.id] = f }
-                ctx.progress.announce(bytes: f.isStream ? 0 : e.size)
+                ctx.progress.announce(bytes: announced)
             } else if e.kind == .special {
                 ctx.progress.specialSkipped(e.path, mode: e.mode)
             }
@@ -219,6 +232,18 @@ final class Sender: @unchecked Sendable {
         }
         try flush()
         try ctx.control.send(.manifestEnd, ring: ring)
+    }
+
+    /// A range session's one file: the version the range was planned for, or the session
+    /// fails (the planner plans that file again); its chunks.
+    private func rangeOf(_ e: ManifestEntry, _ r: StripeRange) throws -> ChunkRange {
+        guard e.path.isEmpty, rootIsFile, !stream else {
+            throw TransferError(.usage, "a range is of one regular file, not of a directory or a stream")
+        }
+        guard e.size == r.size, e.mtimeSeconds == r.mtimeSeconds, e.mtimeNanoseconds == r.mtimeNanoseconds else {
+            throw TransferError(.verify, "'\(rootName ?? "(source file)")' is not the version its range was planned for (\(byteText(r.size)) then, \(byteText(e.size)) now, or its mtime changed): plan the file again")
+        }
+        return try r.chunks(chunkBytes: ctx.options.chunkBytes)
     }
 
     /// The next manifest entry: the walker's, or for a stream its one entry.
@@ -302,12 +327,12 @@ final class Sender: @unchecked Sendable {
             switch p.action {
             case .skip:
                 files[p.id] = nil
-                ctx.progress.skippedUnread(bytes: f.size, name: f.path)
+                ctx.progress.skippedUnread(bytes: f.range == nil ? f.size : f.announcedBytes, name: f.path)
             case .full:
                 enqueueFull(f)
             case .resume(let have):
                 guard !f.isSmall else { throw TransferError.protocolError("resume plan for a one-chunk file") }
-                for h in have where Int(h.index) < f.chunkCount { f.claimed[Int(h.index)] = h.hash }
+                for h in have where Int(h.index) >= f.first && Int(h.index) < f.end { f.claimed[Int(h.index)] = h.hash }
                 enqueueFull(f)
             case .compareDigest(let d):
                 f.expectedDigest = d
@@ -320,7 +345,7 @@ final class Sender: @unchecked Sendable {
     /// Lock held.
     private func enqueueFull(_ f: SenderFile) {
         f.hashes = f.isStream ? [] : [ChunkHash](repeating: .zero, count: f.chunkCount)
-        f.cursor = 0
+        f.cursor = f.first
         f.processed = 0
         if f.isSmall { smallQueue.append(f) } else { bigQueue.append(f) }
     }
@@ -407,10 +432,10 @@ final class Sender: @unchecked Sendable {
                 }
                 while bigHead < bigQueue.count {
                     let f = bigQueue[bigHead]
-                    if f.failed || f.cursor >= f.chunkCount { bigHead += 1; continue }
+                    if f.failed || f.cursor >= f.end { bigHead += 1; continue }
                     let i = f.cursor
                     f.cursor += 1
-                    if f.cursor >= f.chunkCount { bigHead += 1 }
+                    if f.cursor >= f.end { bigHead += 1 }
                     if bigHead == bigQueue.count { bigQueue.removeAll(keepingCapacity: true); bigHead = 0 }
                     return .chunk(f, i, resend: false)
                 }
@@ -451,6 +476,8 @@ final class Sender: @unchecked Sendable {
     /// Queues one chunk to be sent again, once; lock held.
     private func queueResend(_ id: UInt64, _ index: Int) throws {
         guard let f = files[id], !f.failed, index < max(f.chunkCount, 1) else { return }
+        // A range session sends its own chunks only, whatever is asked.
+        if let r = f.range, !r.contains(index) { throw TransferError.protocolError("chunk \(index) asked again is outside the range \(r.first)+\(r.count)") }
         if f.isStream {
             // Nothing of a stream can be read again: the copy of it fails (rerun it).
             failLocally(f, "a chunk of \(displayPath(f)) arrived damaged and a stream cannot be read again; nothing was written at its name")
@@ -558,11 +585,17 @@ final class Sender: @unchecked Sendable {
             if resend || f.failed || f.isSmall { return nil }  // one-chunk files: verdict comes per file
             if f.isStream && index == f.hashes.count { f.hashes.append(hash) } else { f.hashes[index] = hash }
             f.processed += 1
-            guard f.processed == f.chunkCount, !f.isSmall else { return nil }
+            guard f.processed == f.end - f.first, !f.isSmall else { return nil }
             var st = stat()
             if !f.isStream && f.fd >= 0 && fstat(f.fd, &st) == 0 && Sender.differs(f, st) {
                 failChanged(f)
                 return nil
+            }
+            // A range's digest covers its own chunks (the receiver checks the same).
+            if let r = f.range {
+                let hashes = Array(f.hashes[r.first..<r.end])
+                ctx.rangeHashes = hashes
+                return FileDigest.of(hashes)
             }
             return FileDigest.of(f.hashes)
         }

@@ -41,6 +41,14 @@ final class SessionContext: @unchecked Sendable {
         if closeNow { data.shutdownBoth() }
     }
 
+    /// A range session's chunk hashes, in order, once the range is complete on this side
+    /// (the sender's as sent, the receiver's as received and checked): `TransferSummary.rangeHashes`.
+    private var completedRangeHashes: [ChunkHash] = []
+    var rangeHashes: [ChunkHash] {
+        get { lock.withLock { completedRangeHashes } }
+        set { lock.withLock { completedRangeHashes = newValue } }
+    }
+
     var error: TransferError? { lock.withLock { firstError } }
     var isFinished: Bool { lock.withLock { finished || firstError != nil } }
 

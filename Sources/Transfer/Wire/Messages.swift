@@ -61,6 +61,61 @@ public enum CompressionMode: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
+/// A run of whole chunks of one file, `[first, first + count)`: the part of a striped file one
+/// transfer node moves (docs/STRIPING.md). Chunk-aligned, so two ranges of one file never share
+/// a byte of the partial file, nor a record of a journal.
+struct ChunkRange: Equatable, Hashable, Sendable {
+    var first: Int
+    var count: Int
+    var end: Int { first + count }
+
+    /// A range of a file of `chunkCount` chunks: at least one chunk, all within the file.
+    init(first: Int, count: Int, of chunkCount: Int) throws {
+        guard first >= 0, count >= 1, first <= chunkCount - count else {
+            throw TransferError.protocolError("chunk range \(first)+\(count) is not within the file's \(chunkCount) chunks")
+        }
+        self.first = first
+        self.count = count
+    }
+
+    func contains(_ index: Int) -> Bool { index >= first && index < end }
+}
+
+/// One range of one file, with the file's identity as the planner saw it: what a range
+/// session (HELLO extension 2) moves. The sender refuses it when its file is no longer that
+/// version; the receiver writes the range into the file's shared partial beside its own
+/// range journal and renames nothing (`Direction.commit`, later, does).
+public struct StripeRange: Sendable, Equatable {
+    public var first: Int
+    public var count: Int
+    public var size: UInt64
+    public var mtimeSeconds: Int64
+    public var mtimeNanoseconds: UInt32
+
+    public init(first: Int, count: Int, size: UInt64, mtimeSeconds: Int64, mtimeNanoseconds: UInt32) {
+        self.first = first; self.count = count; self.size = size
+        self.mtimeSeconds = mtimeSeconds; self.mtimeNanoseconds = mtimeNanoseconds
+    }
+
+    /// The chunks, checked against the file's chunk count at `chunkBytes`; a range session
+    /// is for a file of more than one chunk (a one-chunk file travels whole in a batch).
+    func chunks(chunkBytes: Int) throws -> ChunkRange {
+        guard size <= 1 << 56 else { throw TransferError.protocolError("range of a file of \(size) bytes") }
+        let n = size == 0 ? 0 : Int((size + UInt64(chunkBytes) - 1) / UInt64(chunkBytes))
+        guard n > 1 else { throw TransferError.protocolError("a range is for a file of more than one chunk (\(size) bytes at \(chunkBytes)-byte chunks)") }
+        return try ChunkRange(first: first, count: count, of: n)
+    }
+
+    /// Throws (a protocol error naming why) unless `chunks` would accept the range.
+    public func check(chunkBytes: Int) throws { _ = try chunks(chunkBytes: chunkBytes) }
+
+    /// Bytes of the file within the range (its last chunk may be short).
+    func bytes(chunkBytes: Int) -> UInt64 {
+        let start = UInt64(first) * UInt64(chunkBytes)
+        return min(size, UInt64(first + count) * UInt64(chunkBytes)) - min(size, start)
+    }
+}
+
 /// Options of one transfer, as the client asks for them.
 public struct TransferOptions: Sendable {
     public var recursive = false
@@ -80,6 +135,8 @@ public struct TransferOptions: Sendable {
     /// A listing (`Direction.list`): how deep below the root to go (0: the root alone, 1: its
     /// entries, `UInt32.max`: everything).
     public var listDepth: UInt32 = .max
+    /// A range session (striping): one range of one file (push or pull, not recursive).
+    public var range: StripeRange?
 
     public init() {}
 
@@ -118,9 +175,19 @@ struct Hello {
         w.u64(options.bandwidthLimitBytesPerSecond ?? 0)
         w.u32(UInt32(options.chunkBytes))
         w.u8(options.protection.rawValue)
-        // Extensions (version 1): sent only when used, so that a plain copy's HELLO is the
-        // same bytes as before them.
-        if !options.filters.isEmpty || options.listDepth != .max || direction == .list {
+        // Extensions: sent only when used, so that a plain copy's HELLO is the same bytes as
+        // before them. Version 1: depth and filters; version 2: the same, then a range (a peer
+        // that predates ranges refuses it as an unknown extension, never ignores it).
+        if let range = options.range {
+            w.u8(2)
+            w.u32(options.listDepth)
+            options.filters.encode(&w)
+            w.u64(UInt64(range.first))
+            w.u64(UInt64(range.count))
+            w.u64(range.size)
+            w.i64(range.mtimeSeconds)
+            w.u32(range.mtimeNanoseconds)
+        } else if !options.filters.isEmpty || options.listDepth != .max || direction == .list {
             w.u8(1)
             w.u32(options.listDepth)
             options.filters.encode(&w)
@@ -149,15 +216,29 @@ struct Hello {
         guard let protection = ProtectionLevel(rawValue: try r.u8()) else { throw TransferError.protocolError("unknown protection level") }
         o.protection = protection
         let extended = r.remaining > 0
+        var version: UInt8 = 0
         if extended {
-            guard try r.u8() == 1 else { throw TransferError.protocolError("unknown HELLO extension") }
+            version = try r.u8()
+            guard version == 1 || version == 2 else { throw TransferError.protocolError("unknown HELLO extension") }
             o.listDepth = try r.u32()
             o.filters = try FilterRules.decode(&r)
+            if version == 2 {
+                let first = try r.u64(), count = try r.u64()
+                guard first <= 1 << 48, count <= 1 << 48 else { throw TransferError.protocolError("chunk range out of bounds") }
+                let range = StripeRange(first: Int(first), count: Int(count), size: try r.u64(), mtimeSeconds: try r.i64(), mtimeNanoseconds: try r.u32())
+                guard direction == .push || direction == .pull, !o.recursive, !o.checksum else {
+                    throw TransferError.protocolError("a range is of one file, pushed or pulled, without --checksum")
+                }
+                _ = try range.chunks(chunkBytes: o.chunkBytes)
+                o.range = range
+            }
         }
         // One encoding per HELLO (the fuzzer's round trip): the extension is there exactly when
-        // `encode` sends it.
-        guard extended == (!o.filters.isEmpty || o.listDepth != .max || direction == .list) else {
-            throw TransferError.protocolError(extended ? "an empty HELLO extension" : "a listing's HELLO without its extension")
+        // `encode` sends it, in the version it sends.
+        if version == 1 && o.range == nil {
+            guard !o.filters.isEmpty || o.listDepth != .max || direction == .list else { throw TransferError.protocolError("an empty HELLO extension") }
+        } else if !extended && direction == .list {
+            throw TransferError.protocolError("a listing's HELLO without its extension")
         }
         try r.expectEnd()
         return Hello(token: token, direction: direction, path: path, options: o)
