@@ -79,6 +79,9 @@ extension Ferry {
         @Option(name: .customLong("range"), help: ArgumentHelp("Striping, for operators and tests: move only chunks FIRST..FIRST+COUNT-1 of one file into its partial copy beside the destination (its own range journal), renaming nothing; the file is the version seen now.", valueName: "FIRST:COUNT", visibility: .hidden))
         var range: String?
 
+        @Option(name: .customLong("commit"), help: ArgumentHelp("Striping, for operators and tests: once the ranges FIRST:COUNT,... of SRC are all at DST (--range), check their journals against SRC's digest and rename DST's partial copy into place (4 MiB chunks).", valueName: "RANGES", visibility: .hidden))
+        var commitRanges: String?
+
         @Option(help: "Third-party copies: the source center's daemon API, https://HOST:PORT (env FERRY_API).")
         var api: String?
 
@@ -149,6 +152,10 @@ extension Ferry {
                 throw ValidationError("\(error)")
             }
 
+            if let commitRanges {
+                try commit(commitRanges, src, dst, credentials: creds)
+                return
+            }
             if let range {
                 guard !recursive, !checksum, !delete, !dryRun, source != "-", destination != "-" else {
                     throw ValidationError("--range moves chunks of one file: not with -r, --checksum, --delete, --dry-run or standard input/output")
@@ -210,6 +217,36 @@ extension Ferry {
 }
 
 extension Ferry.Copy {
+    /// `--commit RANGES`: SRC's version, mode and digest (a listing with digests, here or at
+    /// its server, at the listing's 4 MiB chunks), then the commit at DST.
+    func commit(_ text: String, _ src: Endpoint, _ dst: Endpoint, credentials: ClientCredentials) throws {
+        guard !recursive, !delete, !dryRun, range == nil else { throw ValidationError("--commit renames one striped file: not with -r, --delete, --dry-run or --range") }
+        guard Int(try parseSize(chunkSize, what: "--chunk-size")) == Wire.chunkBytesDefault else {
+            throw ValidationError("--commit checks the source's digest at 4 MiB chunks: its ranges must have been moved with them")
+        }
+        var ranges: [(Int, Int)] = []
+        for item in text.split(separator: ",") {
+            let p = item.split(separator: ":", omittingEmptySubsequences: false)
+            guard p.count == 2, let f = Int(p[0]), let c = Int(p[1]) else { throw ValidationError("--commit is FIRST:COUNT,FIRST:COUNT,... (the ranges moved with --range)") }
+            ranges.append((f, c))
+        }
+        do {
+            var seen: ListEntry?
+            _ = try TransferClient.list(src, request: ListRequest(depth: 0, digests: true), credentials: credentials) { seen = seen ?? $0 }
+            guard let e = seen, e.kind == .file, let digest = e.digest else { throw ValidationError("--commit: \(source) is not a readable regular file") }
+            let chunks = e.size == 0 ? 0 : Int((e.size + UInt64(Wire.chunkBytesDefault) - 1) / UInt64(Wire.chunkBytesDefault))
+            let list: [ChunkRange]
+            do { list = try ranges.map { try ChunkRange(first: $0.0, count: $0.1, of: chunks) } } catch { throw ValidationError("--commit \(text): \((error as? TransferError)?.message ?? "\(error)")") }
+            let request = CommitRequest(size: e.size, mtimeSeconds: e.mtimeSeconds, mtimeNanoseconds: e.mtimeNanoseconds, mode: e.mode & 0o7777,
+                                        chunkBytes: Wire.chunkBytesDefault, digest: digest, ranges: list)
+            let outcome = try TransferClient.commit(dst, request, credentials: credentials)
+            if !quiet { print("ferry: \(destination): \(outcome == .committed ? "committed (\(list.count) ranges)" : "already committed")") }
+        } catch let e as TransferError {
+            FileHandle.standardError.write("ferry: \(e.message)\n".data(using: .utf8)!)
+            throw transferExitCode(for: e)
+        }
+    }
+
     /// `--range FIRST:COUNT` with the source file's identity as it is now (a local stat, or a
     /// listing of the remote file): the version a range session moves.
     func stripeRange(_ text: String, _ src: Endpoint, chunkBytes: Int, credentials: ClientCredentials) throws -> StripeRange {

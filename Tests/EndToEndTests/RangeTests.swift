@@ -60,6 +60,67 @@ struct RangeTests {
                 #expect(RangeTests.size(dir + "/.\(name).r\(r.0)+\(r.1).ferry-journal") == 64 + 32 * r.1)
             }
         }
+        // The commit: at the server for the pushed file, here for the pulled one. The file is
+        // in place, the source's bytes, mode and mtime; no helper file is left; a second
+        // commit (a coordinator that retries) is "already committed".
+        try setMtime(local + "/big.bin", seconds: 1_700_000_123, nanoseconds: 456)
+        chmod(local + "/big.bin", 0o640)
+        // (The source's mtime changed after the ranges: they are another version's now.)
+        let stale = try sb.ferry(["cp", "--commit", "0:4,4:3,7:3", "--ca", sb.ca, "--token-file", sb.tokenFile, local + "/big.bin", server.url("big.bin")])
+        #expect(stale.status == 1 && stale.stderr.contains("no journal for this version"), "\(stale)")
+        try setMtime(local + "/big.bin", seconds: 1_700_000_000)
+        let again = try ranges.map { try sb.startCp(local + "/big.bin", server.url("big.bin"), options: ["--range", "\($0.0):\($0.1)"]) }
+        for p in again { let r = sb.finish(p, timeout: 120); #expect(r.succeeded, "\(r)") }
+        for (src, dst, dir, name) in [(local + "/big.bin", server.url("big.bin"), root, "big.bin"), (server.url("src.bin"), local + "/got.bin", local, "got.bin")] {
+            let c = try sb.ferry(["cp", "--commit", "0:4,4:3,7:3", "--ca", sb.ca, "--token-file", sb.tokenFile, src, dst])
+            #expect(c.status == 0 && c.stdout.contains("committed (3 ranges)"), "\(c)")
+            let source = name == "big.bin" ? local + "/big.bin" : root + "/src.bin"
+            #expect(filesIdentical(dir + "/" + name, source))
+            var a = stat(), b = stat()
+            #expect(stat(dir + "/" + name, &a) == 0 && stat(source, &b) == 0 && a.st_mtim.tv_sec == b.st_mtim.tv_sec && a.st_mtim.tv_nsec == b.st_mtim.tv_nsec
+                    && a.st_mode & 0o7777 == b.st_mode & 0o7777, "mode or mtime not the source's")
+            #expect(ferryLeftovers(dir).isEmpty, "\(ferryLeftovers(dir))")
+            let twice = try sb.ferry(["cp", "--commit", "0:4,4:3,7:3", "--ca", sb.ca, "--token-file", sb.tokenFile, src, dst])
+            #expect(twice.status == 0 && twice.stdout.contains("already committed"), "\(twice)")
+        }
+    }
+
+    @Test("a commit refuses what is not whole: a range missing, ranges that do not cover the file, a digest that is not the source's (the partial is then removed), a path out of the export, a token without write rights")
+    func commitRefusals() throws {
+        let sb = try Sandbox("range-commit")
+        let root = try sb.dir("root")
+        let local = try sb.dir("local")
+        let size = 10 * RangeTests.chunk
+        try writeRandomFile(local + "/big.bin", size: size)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        func commit(_ ranges: String, _ dst: String = "big.bin", token: String? = nil) throws -> CpResult {
+            try sb.ferry(["cp", "--commit", ranges, "--ca", sb.ca, "--token-file", token ?? sb.tokenFile, local + "/big.bin", server.url(dst)])
+        }
+        for r in [(0, 4), (4, 3)] {
+            let done = try sb.cp(local + "/big.bin", server.url("big.bin"), options: ["--range", "\(r.0):\(r.1)"])
+            #expect(done.succeeded, "\(done)")
+        }
+        let missing = try commit("0:4,4:3,7:3")
+        #expect(missing.status == 1 && missing.stderr.contains("7+3 (no journal"), "\(missing)")
+        let short = try commit("0:4,4:3")
+        #expect(short.status == 64 && short.stderr.contains("cover 7 of the file's 10 chunks"), "\(short)")
+        let gap = try commit("0:4,5:5")
+        #expect(gap.status == 64 && gap.stderr.contains("do not cover"), "\(gap)")
+        let outside = try commit("0:4,4:3,7:3", "../outside.bin")
+        #expect(outside.status != 0 && outside.stderr.contains("leaves the server's root"), "\(outside)")
+        let reader = try sb.issueToken(scopes: ["read:/"], name: "reader.tok")
+        let readOnly = try commit("0:4,4:3,7:3", token: reader)
+        #expect(readOnly.status == 1 && readOnly.stderr.contains("does not allow writing"), "\(readOnly)")
+        #expect(!FileManager.default.fileExists(atPath: root + "/big.bin") && FileManager.default.fileExists(atPath: root + "/.big.bin.ferry-part"))
+        let last = try sb.cp(local + "/big.bin", server.url("big.bin"), options: ["--range", "7:3"])
+        #expect(last.succeeded, "\(last)")
+        // The source now differs in one byte, with its size and mtime put back: the ranges are
+        // of the same version by size and mtime, but their digest is not the source's.
+        try flipByte(local + "/big.bin", at: 5 * RangeTests.chunk + 17)
+        let wrong = try commit("0:4,4:3,7:3")
+        #expect(wrong.status == 1 && wrong.stderr.contains("is not the source's"), "\(wrong)")
+        #expect(!FileManager.default.fileExists(atPath: root + "/big.bin") && ferryLeftovers(root).isEmpty, "\(walkTree(root))")
     }
 
     @Test("a range session killed with -9 resumes its own range: the rerun sends only what is missing, and nothing outside the range is written")

@@ -55,8 +55,9 @@ except EOFError as e:
     }
 
     /// `extensionHex`: bytes appended to the HELLO (its extension), in hex.
-    static func hello(_ sb: Sandbox, port: Int, token: String, push: Bool, path: String, protection: Int = 2, extensionHex: String = "") throws -> Answer {
-        let r = runTool("/usr/bin/python3", ["-c", script, "127.0.0.1", String(port), sb.ca, token, push ? "1" : "2", path, String(protection), extensionHex])
+    /// `direction`: another than push (1) or pull (2), e.g. 5 (a striped file's commit).
+    static func hello(_ sb: Sandbox, port: Int, token: String, push: Bool, path: String, protection: Int = 2, extensionHex: String = "", direction: Int? = nil) throws -> Answer {
+        let r = runTool("/usr/bin/python3", ["-c", script, "127.0.0.1", String(port), sb.ca, token, String(direction ?? (push ? 1 : 2)), path, String(protection), extensionHex])
         guard r.status == 0, let line = r.output.split(separator: "\n").last,
               let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
             throw HarnessError("raw client failed: \(r.output)")
@@ -115,6 +116,11 @@ except EOFError as e:
             }
             #expect((line?["result"] as? String ?? "").contains(c.says), "\(c.path): audit line: \(String(describing: line))")
         }
+        // A commit (direction 5) of a path out of the root, or of the root itself.
+        let commitOut = try RawClientTests.hello(sb, port: server.port, token: sb.token, push: true, path: "../outside/x.bin", direction: 5)
+        #expect(commitOut.type == 0x7F && commitOut.message.contains("leaves its root"), "\(commitOut)")
+        let commitRoot = try RawClientTests.hello(sb, port: server.port, token: sb.token, push: true, path: "", direction: 5)
+        #expect(commitRoot.type == 0x7F && commitRoot.message.contains("names a file"), "\(commitRoot)")
         #expect((listDirectory(outside) ?? ["?"]).isEmpty, "something was written outside the root")
         #expect(server.isRunning)
         let done = sb.finish(legit, timeout: 120)

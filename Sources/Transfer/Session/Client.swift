@@ -520,6 +520,41 @@ extension TransferClient {
         }
     }
 
+    /// Renames a striped file into place once all its ranges are in (`StripedCommit`): at the
+    /// server (`Direction.commit`, with the user's rights there) or here for a local or confined
+    /// destination. The endpoint names the file.
+    public static func commit(_ endpoint: Endpoint, _ request: CommitRequest, credentials: ClientCredentials) throws -> StripedCommit.Outcome {
+        prepareProcess()
+        try request.checkCover()  // said here, before a connection
+        func local(_ parent: Int32, _ name: String, _ shown: String) throws -> StripedCommit.Outcome {
+            defer { Glibc.close(parent) }
+            return try StripedCommit.commit(dir: parent, name: name, request, display: shown)
+        }
+        switch endpoint {
+        case .local(let path):
+            let slash = path.lastIndex(of: "/")
+            let parent = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+            let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+            let fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd < 0 { throw TransferError.system("cannot open the directory of '\(path)'", errno: errno) }
+            return try local(fd, name, path)
+        case .confined(let root, let components):
+            guard let last = components.last else { throw TransferError(.usage, "a commit names a file beneath '\(root)'") }
+            let rootFd = try openRoot(root)
+            defer { Glibc.close(rootFd) }
+            let parent = try Paths.openStepwise(beneath: rootFd, components.dropLast().map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY)
+            return try local(parent, last, components.joined(separator: "/"))
+        case .remote(let server, let urlPath):
+            let (control, ring) = try treeSession(server, urlPath, .commit, TransferOptions(), credentials)
+            defer { control.close() }
+            try control.send(.manifest, request.encode(), ring: ring)
+            // The server reads the ranges' journals (not the data) and syncs the file once.
+            let (type, payload) = try control.receive(ring: ring, timeoutNs: 300_000_000_000, payloadBytesMax: 4096)
+            guard type == .fileDone, payload.count == 1, payload[0] <= 1 else { throw TransferError.protocolError("expected a commit's answer, got \(type)") }
+            return payload[0] == 0 ? .committed : .alreadyCommitted
+        }
+    }
+
     /// A listing or deletion session: the control connection alone, its HELLO sent. Nothing but
     /// the control stream (TLS) is used, so the data-stream protection asked is `clear`.
     private static func treeSession(_ server: HostPort, _ urlPath: String, _ direction: Direction, _ options: TransferOptions,

@@ -354,15 +354,17 @@ public final class TransferServer: @unchecked Sendable {
         case .pull: "pull"
         case .list: "list"
         case .delete: "delete"
+        case .commit: "commit"
         }
         note.path = hello.path
         let who = try authenticate(hello, conn: conn, note: note)
         try authenticated(note.ticket)
         // A listing or a deletion uses the control stream alone (TLS 1.3): no data streams to protect.
-        guard hello.options.protection >= configuration.minimumProtection || hello.direction == .list || hello.direction == .delete else {
+        let controlOnly = hello.direction == .list || hello.direction == .delete || hello.direction == .commit
+        guard hello.options.protection >= configuration.minimumProtection || controlOnly else {
             throw TransferError(.auth, "this server requires --protection \(configuration.minimumProtection) or stronger")
         }
-        let (exportFd, beneath, export) = try exports.authorize(who, path: hello.path, write: hello.direction == .push || hello.direction == .delete)
+        let (exportFd, beneath, export) = try exports.authorize(who, path: hello.path, write: hello.direction == .push || hello.direction == .delete || hello.direction == .commit)
         // From here on this thread (and every thread it starts) acts as the user's account:
         // the kernel checks each open, create and rename as it would for the user's shell.
         let account = try configuration.identities.resolve(who.user, export: export)
@@ -371,8 +373,8 @@ public final class TransferServer: @unchecked Sendable {
             note.account = account.name
         }
         defer { if account != nil { ThreadIdentity.restore() } }
-        if hello.direction == .list || hello.direction == .delete {
-            try serveTree(hello, conn: conn, ring: ring, exportFd: exportFd, beneath: beneath, who: who, note: note)
+        if controlOnly {
+            try serveTree(hello, conn: conn, ring: ring, exportFd: exportFd, beneath: beneath, modeMask: export.modeMask, who: who, note: note)
             return
         }
         let streams = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax)
@@ -384,7 +386,7 @@ public final class TransferServer: @unchecked Sendable {
         case .push:
             let base = try sys("cannot open the export") { dup(exportFd) }
             session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath, modeMask: export.modeMask)
-        case .list, .delete:
+        case .list, .delete, .commit:
             throw TransferError.protocolError("not a transfer")
         case .pull:
             // Component by component: a symlink inside the scope cannot lead out of it.
@@ -450,7 +452,7 @@ public final class TransferServer: @unchecked Sendable {
 
     /// A listing or a deletion beneath the authorized path, as the user's account: one audit
     /// record, one log line.
-    private func serveTree(_ hello: Hello, conn: Connection, ring: Ring, exportFd: Int32, beneath: [Substring], who: Principal, note: AuditNote) throws {
+    private func serveTree(_ hello: Hello, conn: Connection, ring: Ring, exportFd: Int32, beneath: [Substring], modeMask: UInt32, who: Principal, note: AuditNote) throws {
         let start = monotonicNs()
         var record = AuditLog.Record(user: who.user, peer: conn.peer, action: note.action, path: hello.path, result: "ok")
         record.center = who.center ?? ""
@@ -467,6 +469,19 @@ public final class TransferServer: @unchecked Sendable {
                 let request = ListRequest(depth: hello.options.listDepth, digests: hello.options.checksum, filters: hello.options.filters)
                 record.files = try Listing.serve(conn: conn, ring: ring, rootFd: fd, request: request)
                 configuration.log(.info, "list '\(shown)' by \(who.user) from \(conn.peer): ok, \(record.files) entries\(request.digests ? " with digests" : "")")
+            } else if hello.direction == .commit {
+                // One request, one answer: the striped file's ranges checked and it renamed.
+                guard let name = beneath.last else { throw TransferError(.path, "a commit names a file, not the export's root") }
+                let dir = try Paths.openStepwise(beneath: exportFd, Array(beneath.dropLast()), flags: O_RDONLY | O_DIRECTORY)
+                defer { Glibc.close(dir) }
+                let (type, payload) = try conn.receive(ring: ring, timeoutNs: Int64(configuration.idleTimeoutSeconds) * 1_000_000_000, payloadBytesMax: 16 + 48 + CommitRequest.rangesMax * 16)
+                guard type == .manifest else { throw TransferError.protocolError("expected a COMMIT request, got \(type)") }
+                let request = try CommitRequest.decode(payload)
+                let outcome = try StripedCommit.commit(dir: dir, name: String(name), request, modeMask: modeMask, display: shown)
+                record.files = 1
+                record.bytes = request.size
+                try conn.send(.fileDone, [outcome == .committed ? 0 : 1], ring: ring)
+                configuration.log(.info, "commit '\(shown)' (\(request.ranges.count) ranges) by \(who.user) from \(conn.peer): \(outcome == .committed ? "renamed into place" : "already committed")")
             } else {
                 let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY | O_DIRECTORY)
                 defer { Glibc.close(fd) }

@@ -10,6 +10,10 @@ public enum Direction: UInt8, Sendable {
     /// The server removes entries beneath a destination that the client names (`cp --delete`
     /// after a push): with the user's rights, never through a symlink, never the root.
     case delete = 4
+    /// The server renames a striped file's partial copy into place once every range of it is
+    /// in (`StripedCommit`): one COMMIT request (a MANIFEST frame) on the control stream, one
+    /// answer; write rights on the path, the user's identity, no data streams.
+    case commit = 5
 }
 
 /// Compression of chunks on the wire.
@@ -64,13 +68,14 @@ public enum CompressionMode: Equatable, Sendable, CustomStringConvertible {
 /// A run of whole chunks of one file, `[first, first + count)`: the part of a striped file one
 /// transfer node moves (docs/STRIPING.md). Chunk-aligned, so two ranges of one file never share
 /// a byte of the partial file, nor a record of a journal.
-struct ChunkRange: Equatable, Hashable, Sendable {
-    var first: Int
-    var count: Int
-    var end: Int { first + count }
+public struct ChunkRange: Equatable, Hashable, Sendable, CustomStringConvertible {
+    public private(set) var first: Int
+    public private(set) var count: Int
+    public var end: Int { first + count }
+    public var description: String { "\(first)+\(count)" }
 
     /// A range of a file of `chunkCount` chunks: at least one chunk, all within the file.
-    init(first: Int, count: Int, of chunkCount: Int) throws {
+    public init(first: Int, count: Int, of chunkCount: Int) throws {
         guard first >= 0, count >= 1, first <= chunkCount - count else {
             throw TransferError.protocolError("chunk range \(first)+\(count) is not within the file's \(chunkCount) chunks")
         }
@@ -78,7 +83,82 @@ struct ChunkRange: Equatable, Hashable, Sendable {
         self.count = count
     }
 
-    func contains(_ index: Int) -> Bool { index >= first && index < end }
+    public func contains(_ index: Int) -> Bool { index >= first && index < end }
+}
+
+/// What renames a striped file into place (`Direction.commit`, `StripedCommit`): the source
+/// version, its mode, the chunk size of its ranges, its whole-file digest (the source's, the
+/// same definition as a copy's), and the ranges, which must cover the file's chunks exactly.
+public struct CommitRequest: Sendable, Equatable {
+    public var size: UInt64
+    public var mtimeSeconds: Int64
+    public var mtimeNanoseconds: UInt32
+    public var mode: UInt32
+    public var chunkBytes: Int
+    public var digest: ChunkHash
+    public var ranges: [ChunkRange]
+    /// A file has at most `Receiver.chunksPerFileMax` chunks; ranges are fewer.
+    static let rangesMax = 1 << 16
+
+    public init(size: UInt64, mtimeSeconds: Int64, mtimeNanoseconds: UInt32, mode: UInt32, chunkBytes: Int, digest: ChunkHash, ranges: [ChunkRange]) {
+        self.size = size; self.mtimeSeconds = mtimeSeconds; self.mtimeNanoseconds = mtimeNanoseconds
+        self.mode = mode; self.chunkBytes = chunkBytes; self.digest = digest; self.ranges = ranges
+    }
+
+    var chunkCount: Int { size == 0 ? 0 : Int((size + UInt64(chunkBytes) - 1) / UInt64(chunkBytes)) }
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter(capacity: 48 + ranges.count * 16)
+        w.u64(size)
+        w.i64(mtimeSeconds)
+        w.u32(mtimeNanoseconds)
+        w.u32(mode)
+        w.u32(UInt32(chunkBytes))
+        w.hash(digest)
+        w.u32(UInt32(ranges.count))
+        for r in ranges {
+            w.u64(UInt64(r.first))
+            w.u64(UInt64(r.count))
+        }
+        return w.bytes
+    }
+
+    /// Every field checked: the chunk size as a HELLO's, the ranges within the file, sorted,
+    /// touching, and covering it from its first chunk to its last.
+    static func decode(_ bytes: [UInt8]) throws -> CommitRequest {
+        var r = ByteReader(bytes)
+        let size = try r.u64(), sec = try r.i64(), nsec = try r.u32(), mode = try r.u32()
+        let chunkBytes = Int(try r.u32())
+        guard (Wire.chunkBytesMin...Wire.chunkBytesMax).contains(chunkBytes), size <= 1 << 56 else {
+            throw TransferError.protocolError("a commit's chunk size or file size is out of range")
+        }
+        let digest = try r.hash()
+        let n = Int(try r.u32())
+        guard n >= 1, n <= rangesMax, r.remaining == n * 16 else { throw TransferError.protocolError("a commit's range list is malformed") }
+        var c = CommitRequest(size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, mode: mode & 0o7777, chunkBytes: chunkBytes, digest: digest, ranges: [])
+        let chunks = c.chunkCount
+        c.ranges.reserveCapacity(n)
+        for _ in 0..<n {
+            let first = try r.u64(), count = try r.u64()
+            guard first <= 1 << 48, count <= 1 << 48 else { throw TransferError.protocolError("chunk range out of bounds") }
+            c.ranges.append(try ChunkRange(first: Int(first), count: Int(count), of: chunks))
+        }
+        try r.expectEnd()
+        try c.checkCover()
+        return c
+    }
+
+    /// The ranges, in order, cover chunks 0..<chunkCount exactly (no gap, no overlap).
+    func checkCover() throws {
+        var next = 0
+        for range in ranges {
+            guard range.first == next else {
+                throw TransferError(.usage, "the ranges do not cover the file's \(chunkCount) chunks exactly: \(range) follows chunk \(next - 1)")
+            }
+            next = range.end
+        }
+        guard next == chunkCount, chunkCount > 1 else { throw TransferError(.usage, "the ranges cover \(next) of the file's \(chunkCount) chunks") }
+    }
 }
 
 /// One range of one file, with the file's identity as the planner saw it: what a range
