@@ -82,6 +82,7 @@ enum Target: UInt8, CaseIterable {
     case sealed
     case errorFrame
     case location
+    case commitRequest
 }
 
 /// User tokens as the server reads them from HELLO: decode throws an `.auth` TransferError or
@@ -201,6 +202,23 @@ func fuzzHello(_ b: [UInt8]) {
     guard same(v, v2) else { finding("Hello round trip changed the value") }
     guard v2.encode() == e1 else { finding("Hello encoding is not stable") }
     guard e1.count == b.count else { finding("Hello re-encodes to another length than its input") }
+}
+
+/// A striped file's COMMIT (Direction.commit): decode throws a protocol error or yields ranges
+/// within the file that cover it exactly, and the value survives a round trip unchanged.
+func fuzzCommitRequest(_ b: [UInt8]) {
+    let v: CommitRequest
+    do { v = try CommitRequest.decode(b) } catch { expectWireError(error, "CommitRequest.decode"); return }
+    var next = 0
+    for r in v.ranges {
+        guard r.first == next, r.count >= 1 else { finding("CommitRequest ranges with a gap or an overlap accepted") }
+        next = r.end
+    }
+    guard next == v.chunkCount, v.mode <= 0o7777 else { finding("CommitRequest not covering its file, or mode bits beyond 0o7777") }
+    let e1 = v.encode()
+    let v2: CommitRequest
+    do { v2 = try CommitRequest.decode(e1) } catch { finding("re-encoded CommitRequest does not decode: \(error)") }
+    guard v2 == v, v2.encode() == e1 else { finding("CommitRequest round trip changed the value") }
 }
 
 func fuzzWelcome(_ b: [UInt8]) {
@@ -566,6 +584,7 @@ public func fuzzWireTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> 
     case .sealed: Sealed.run(b)
     case .errorFrame: fuzzErrorFrame(b)
     case .location: fuzzLocation(b)
+    case .commitRequest: fuzzCommitRequest(b)
     }
     return 0
 }

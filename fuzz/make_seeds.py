@@ -11,7 +11,7 @@ seeds also cross-check the format. Deterministic: rerunning rewrites the same fi
 import os
 import struct
 
-FRAME_HEADER, HELLO, WELCOME, JOIN, MANIFEST, PLAN, CHUNK_FRAME, BYTE_READER, WIRE_PATH, CONTROL_STREAM, TOKEN, TOML, SEALED, ERROR_FRAME, LOCATION = range(15)
+FRAME_HEADER, HELLO, WELCOME, JOIN, MANIFEST, PLAN, CHUNK_FRAME, BYTE_READER, WIRE_PATH, CONTROL_STREAM, TOKEN, TOML, SEALED, ERROR_FRAME, LOCATION, COMMIT = range(16)
 
 T_HELLO, T_WELCOME, T_JOIN, T_JOINED, T_MANIFEST, T_MANIFEST_END, T_PLAN = 1, 2, 3, 4, 5, 6, 7
 T_FILE_DIGEST, T_FILE_SKIP, T_FILE_DONE, T_RESEND, T_END, T_END_ACK, T_PING, T_RESEND_FRAME = 8, 9, 10, 11, 12, 13, 14, 15
@@ -147,6 +147,9 @@ def seeds():
     s["stream-ready-welcome"] = (CONTROL_STREAM, preamble(1) + frame(T_READY, b"hlrs") + frame(T_WELCOME, welcome(4)) + frame(T_RESEND_FRAME, u32(1) + u64(7)))
     s["hello-clear"] = (HELLO, hello(b"", 2, "x", protection=0))
     s["hello-safe"] = (HELLO, hello(b"ferry1.abc.def", 1, "x", protection=1))
+    # A striped file's commit: size, mtime, mode, chunk size, digest, ranges covering its chunks.
+    s["commit-three-ranges"] = (COMMIT, u64((10 << 22) - 12345) + i64(1_700_000_000) + u32(5) + u32(0o644) + u32(4 << 20)
+                                + u64(0x1111) + u64(0x2222) + u32(3) + u64(0) + u64(4) + u64(4) + u64(3) + u64(7) + u64(3))
     # A range session (striping): extension 2 = depth, no filters, first, count, size, mtime.
     s["hello-range"] = (HELLO, hello(b"tok", 1, "big.bin") + u8(2) + u32(0xFFFFFFFF) + u16(0)
                         + u64(4) + u64(3) + u64((10 << 22) - 12345) + i64(1_700_000_000) + u32(5))

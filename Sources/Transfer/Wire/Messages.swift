@@ -144,7 +144,7 @@ public struct CommitRequest: Sendable, Equatable {
             c.ranges.append(try ChunkRange(first: Int(first), count: Int(count), of: chunks))
         }
         try r.expectEnd()
-        try c.checkCover()
+        do { try c.checkCover() } catch { throw TransferError.protocolError(asTransferError(error).message) }
         return c
     }
 
