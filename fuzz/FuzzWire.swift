@@ -36,7 +36,7 @@ func same(_ a: Hello, _ b: Hello) -> Bool {
         && same(a.options.compression, b.options.compression) && a.options.checksum == b.options.checksum
         && a.options.bandwidthLimitBytesPerSecond == b.options.bandwidthLimitBytesPerSecond
         && a.options.chunkBytes == b.options.chunkBytes && a.options.protection == b.options.protection
-        && a.options.range == b.options.range
+        && a.options.range == b.options.range && a.options.selection?.count == b.options.selection?.count
 }
 
 func same(_ a: Welcome, _ b: Welcome) -> Bool {

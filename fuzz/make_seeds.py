@@ -147,6 +147,8 @@ def seeds():
     s["stream-ready-welcome"] = (CONTROL_STREAM, preamble(1) + frame(T_READY, b"hlrs") + frame(T_WELCOME, welcome(4)) + frame(T_RESEND_FRAME, u32(1) + u64(7)))
     s["hello-clear"] = (HELLO, hello(b"", 2, "x", protection=0))
     s["hello-safe"] = (HELLO, hello(b"ferry1.abc.def", 1, "x", protection=1))
+    # A selection (extension 3): depth, no filters, the number of paths that follow in frames.
+    s["hello-selection"] = (HELLO, hello(b"tok", 2, "tree", recursive=True) + u8(3) + u32(0xFFFFFFFF) + u16(0) + u32(3))
     # A striped file's commit: size, mtime, mode, chunk size, digest, ranges covering its chunks.
     s["commit-three-ranges"] = (COMMIT, u64((10 << 22) - 12345) + i64(1_700_000_000) + u32(5) + u32(0o644) + u32(4 << 20)
                                 + u64(0x1111) + u64(0x2222) + u32(3) + u64(0) + u64(4) + u64(4) + u64(3) + u64(7) + u64(3))

@@ -65,6 +65,9 @@ extension Ferry {
 
         @OptionGroup var filters: FilterOptions
 
+        @Option(name: .customLong("files-from"), help: ArgumentHelp("Copy only the paths listed in FILE (one per line, relative to SRC, a directory), with their parent directories; a listed directory is made, not entered. Implies -r; at most 65,536 paths.", valueName: "FILE"))
+        var filesFrom: String?
+
         @Option(help: "Data-stream protection: clear (checksums), safe (authenticated) or private (AES-256-GCM).")
         var protection = "private"
 
@@ -124,9 +127,29 @@ extension Ferry {
                 throw ValidationError("a gfs:// path is read from; to place data at a center, copy to its ferry:// URL and register it (or use ferry replicate)")
             }
             options.filters = try filters.rules()
+            if let filesFrom {
+                guard filters.isEmpty, !delete, !dryRun, range == nil, commitRanges == nil, source != "-", destination != "-" else {
+                    throw ValidationError("--files-from names what to copy: not with filters, --delete, --dry-run, --range, --commit or standard input/output")
+                }
+                guard let text = try? String(contentsOfFile: filesFrom, encoding: .utf8) else { throw ValidationError("--files-from: cannot read '\(filesFrom)' (UTF-8 text, one path per line)") }
+                // rsync's form: blank lines and lines starting with # or ; are skipped; a
+                // leading ./ and a trailing / are allowed.
+                var paths: [String] = []
+                for raw in text.split(separator: "\n", omittingEmptySubsequences: true) {
+                    var line = String(raw)
+                    if line.hasSuffix("\r") { line.removeLast() }
+                    if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
+                    while line.hasPrefix("./") { line.removeFirst(2) }
+                    while line.count > 1 && line.hasSuffix("/") { line.removeLast() }
+                    paths.append(line)
+                }
+                guard !paths.isEmpty else { throw ValidationError("--files-from: '\(filesFrom)' lists no path") }
+                options.selection = paths
+                options.recursive = true
+            }
             if source.hasPrefix("ferry://") && destination.hasPrefix("ferry://") {
-                if delete || dryRun || !filters.isEmpty {
-                    throw ValidationError("--delete, --dry-run and filters are not supported yet on a center-to-center copy (the daemon's job has no such fields): copy through this machine, or without them")
+                if delete || dryRun || !filters.isEmpty || filesFrom != nil {
+                    throw ValidationError("--delete, --dry-run, filters and --files-from are not supported yet on a center-to-center copy (the daemon's job has no such fields): copy through this machine, or without them")
                 }
                 try thirdParty(options: options)
                 return

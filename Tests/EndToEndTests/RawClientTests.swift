@@ -18,6 +18,8 @@ struct RawClientTests {
 import json, socket, ssl, struct, sys
 host, port, ca, token, direction, path, protection = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], int(sys.argv[7])
 extension = bytes.fromhex(sys.argv[8]) if len(sys.argv) > 8 else b""
+after = bytes.fromhex(sys.argv[9]) if len(sys.argv) > 9 else b""
+recursive = len(sys.argv) > 10 and sys.argv[10] == "1"
 def u16(v): return struct.pack("<H", v)
 def frame(t, payload): return struct.pack("<IBBH", len(payload), t, 0, 0) + payload
 def read_exact(s, n):
@@ -40,8 +42,8 @@ t, _, name = read_frame(s)
 assert t == 0x12, "expected READY, got %#x" % t
 p = path.encode("utf-8")
 tok = token.encode()
-hello = u16(len(tok)) + tok + bytes([direction]) + u16(len(p)) + p + bytes([0, 0, 1, 0, 0]) + struct.pack("<QI", 0, 4 << 20) + bytes([protection]) + extension
-s.sendall(frame(0x01, hello))
+hello = u16(len(tok)) + tok + bytes([direction]) + u16(len(p)) + p + bytes([1 if recursive else 0, 0, 1, 0, 0]) + struct.pack("<QI", 0, 4 << 20) + bytes([protection]) + extension
+s.sendall(frame(0x01, hello) + after)
 try:
     t, flags, payload = read_frame(s)
     print(json.dumps({"center": name.decode(), "type": t, "flags": flags, "message": payload.decode("utf-8", "replace")}))
@@ -56,8 +58,11 @@ except EOFError as e:
 
     /// `extensionHex`: bytes appended to the HELLO (its extension), in hex.
     /// `direction`: another than push (1) or pull (2), e.g. 5 (a striped file's commit).
-    static func hello(_ sb: Sandbox, port: Int, token: String, push: Bool, path: String, protection: Int = 2, extensionHex: String = "", direction: Int? = nil) throws -> Answer {
-        let r = runTool("/usr/bin/python3", ["-c", script, "127.0.0.1", String(port), sb.ca, token, String(direction ?? (push ? 1 : 2)), path, String(protection), extensionHex])
+    /// `after`: raw frames (hex) sent right behind the HELLO; `recursive`: HELLO's -r byte.
+    static func hello(_ sb: Sandbox, port: Int, token: String, push: Bool, path: String, recursive: Bool = false, protection: Int = 2, extensionHex: String = "",
+                      direction: Int? = nil, after: String = "") throws -> Answer {
+        let r = runTool("/usr/bin/python3", ["-c", script, "127.0.0.1", String(port), sb.ca, token, String(direction ?? (push ? 1 : 2)), path, String(protection), extensionHex,
+                                             after, recursive ? "1" : "0"])
         guard r.status == 0, let line = r.output.split(separator: "\n").last,
               let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
             throw HarnessError("raw client failed: \(r.output)")
@@ -103,7 +108,7 @@ except EOFError as e:
         }
         let extensions = ["", "", "", "", "", "", "",
                           rangeExtension(first: 1, count: 5, size: 8 << 20), rangeExtension(first: 1, count: 5, size: 8 << 20),
-                          rangeExtension(first: 0, count: 0, size: 8 << 20), rangeExtension(first: 0, count: 1, size: 4 << 20), "03"]
+                          rangeExtension(first: 0, count: 0, size: 8 << 20), rangeExtension(first: 0, count: 1, size: 4 << 20), "04"]
         for (c, ext) in zip(cases, extensions) {
             let before = SecurityTests.auditLines(audit).count
             let a = try RawClientTests.hello(sb, port: server.port, token: sb.token, push: c.push, path: c.path, protection: c.protection, extensionHex: ext)

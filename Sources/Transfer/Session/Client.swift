@@ -74,6 +74,19 @@ public enum TransferClient {
         guard (Wire.chunkBytesMin...Wire.chunkBytesMax).contains(options.chunkBytes) else {
             throw TransferError(.usage, "--chunk-size must be between 64K and 64M")
         }
+        if let selection = options.selection {
+            guard options.recursive, options.filters.isEmpty, options.range == nil else {
+                throw TransferError(.usage, "a selection (--files-from) is of a directory tree: not with filters or --range")
+            }
+            guard (1...Selection.pathsMax).contains(selection.count) else {
+                throw TransferError(.usage, "a selection (--files-from) of \(selection.count) paths: give 1 to \(Selection.pathsMax) (split a longer list)")
+            }
+            for p in selection {
+                guard let parts = try? Paths.components(of: p), !parts.isEmpty else {
+                    throw TransferError(.usage, "--files-from: '\(p)' is not a relative path beneath the source (no leading /, no . or .., no //)")
+                }
+            }
+        }
         if let r = options.range {
             // Refused here with the reason, not by the server as a bad HELLO.
             guard !options.recursive, !options.checksum else { throw TransferError(.usage, "a range is of one file: not with --recursive or --checksum") }
@@ -359,6 +372,9 @@ public enum TransferClient {
         let control = try connectControl(server, credentials: credentials, ring: ring)
         defer { control.close() }
         try control.send(.hello, Hello(token: Array((credentials.token ?? "").utf8), direction: direction, path: path, options: options).encode(), ring: ring)
+        if direction == .pull, let selection = options.selection {
+            for frame in Selection.frames(selection) { try control.send(.selection, frame, ring: ring) }
+        }
         let (type, payload) = try control.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 4096)
         guard type == .welcome else { throw TransferError.protocolError("expected WELCOME, got \(type)") }
         let welcome = try Welcome.decode(payload)

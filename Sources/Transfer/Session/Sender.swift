@@ -83,7 +83,7 @@ final class Sender: @unchecked Sendable {
     private var streamAnnounced = false
     /// How messages name a single-file source (the user's path, or the path asked for).
     private let rootName: String?
-    private let walker: TreeWalker
+    private let walker: EntrySource
     private let limiter: RateLimiter?
     private let lock = Lock()
     private lazy var cond = Condition(lock)
@@ -125,7 +125,11 @@ final class Sender: @unchecked Sendable {
         var st = stat()
         _ = try sys("cannot stat source") { fstat(rootFd, &st) }
         rootIsFile = stream || (st.st_mode & S_IFMT) == S_IFREG
-        walker = TreeWalker(rootFd: rootFd, recursive: ctx.options.recursive, filter: ctx.options.filters)
+        if let selection = ctx.options.selection {
+            walker = try SelectionWalker(rootFd: rootFd, selection: selection)
+        } else {
+            walker = TreeWalker(rootFd: rootFd, recursive: ctx.options.recursive, filter: ctx.options.filters)
+        }
         limiter = ctx.options.bandwidthLimitBytesPerSecond.map { RateLimiter(bytesPerSecond: $0) }
     }
 

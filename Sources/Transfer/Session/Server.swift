@@ -348,7 +348,7 @@ public final class TransferServer: @unchecked Sendable {
             return
         }
         guard type == .hello else { throw TransferError.protocolError("expected HELLO, got \(type)") }
-        let hello = try Hello.decode(payload)
+        var hello = try Hello.decode(payload)
         note.action = switch hello.direction {
         case .push: "push"
         case .pull: "pull"
@@ -376,6 +376,21 @@ public final class TransferServer: @unchecked Sendable {
         if controlOnly {
             try serveTree(hello, conn: conn, ring: ring, exportFd: exportFd, beneath: beneath, modeMask: export.modeMask, who: who, note: note)
             return
+        }
+        if let announced = hello.options.selection?.count {
+            if hello.direction == .pull {
+                // The selection's paths follow the HELLO (the client's Sender walks a push's).
+                var paths: [String] = []
+                paths.reserveCapacity(announced)
+                for _ in 0..<announced where paths.count < announced {
+                    let (type, payload) = try conn.receive(ring: ring, timeoutNs: handshakeNs)
+                    guard type == .selection else { throw TransferError.protocolError("expected SELECTION, got \(type)") }
+                    paths += try Selection.decode(payload, room: announced - paths.count)
+                }
+                hello.options.selection = paths
+            } else {
+                hello.options.selection = nil
+            }
         }
         let streams = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax)
         let progress = TransferProgress()

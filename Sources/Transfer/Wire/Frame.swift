@@ -53,6 +53,8 @@ enum FrameType: UInt8 {
     /// Sender → receiver (control): files the sender failed itself (unreadable, or changed
     /// while being read); see `SourceFailure`. The receiver fails them too.
     case sourceFailed = 0x13
+    /// Paths of a pull's selection (striping's files parts), after HELLO (`Selection`).
+    case selection = 0x14
     case error = 0x7F
 }
 

@@ -217,6 +217,10 @@ public struct TransferOptions: Sendable {
     public var listDepth: UInt32 = .max
     /// A range session (striping): one range of one file (push or pull, not recursive).
     public var range: StripeRange?
+    /// A files part (striping): only these paths beneath the source directory (with their
+    /// ancestor directories), in this order; with `recursive`, without filters. A pull sends
+    /// them to the server in SELECTION frames after its HELLO (extension 3).
+    public var selection: [String]?
 
     public init() {}
 
@@ -267,6 +271,11 @@ struct Hello {
             w.u64(range.size)
             w.i64(range.mtimeSeconds)
             w.u32(range.mtimeNanoseconds)
+        } else if let selection = options.selection {
+            w.u8(3)
+            w.u32(options.listDepth)
+            options.filters.encode(&w)
+            w.u32(UInt32(selection.count))
         } else if !options.filters.isEmpty || options.listDepth != .max || direction == .list {
             w.u8(1)
             w.u32(options.listDepth)
@@ -299,7 +308,7 @@ struct Hello {
         var version: UInt8 = 0
         if extended {
             version = try r.u8()
-            guard version == 1 || version == 2 else { throw TransferError.protocolError("unknown HELLO extension") }
+            guard (1...3).contains(version) else { throw TransferError.protocolError("unknown HELLO extension") }
             o.listDepth = try r.u32()
             o.filters = try FilterRules.decode(&r)
             if version == 2 {
@@ -312,16 +321,60 @@ struct Hello {
                 _ = try range.chunks(chunkBytes: o.chunkBytes)
                 o.range = range
             }
+            if version == 3 {
+                // The paths follow in SELECTION frames (`Selection`); here only their count.
+                let n = Int(try r.u32())
+                guard n >= 1, n <= Selection.pathsMax else { throw TransferError.protocolError("a selection of \(n) paths (1...\(Selection.pathsMax))") }
+                guard direction == .push || direction == .pull, o.recursive, o.filters.isEmpty, o.listDepth == .max else {
+                    throw TransferError.protocolError("a selection is of a directory, pushed or pulled with -r, without filters")
+                }
+                o.selection = [String](repeating: "", count: n)
+            }
         }
         // One encoding per HELLO (the fuzzer's round trip): the extension is there exactly when
         // `encode` sends it, in the version it sends.
-        if version == 1 && o.range == nil {
+        if version == 1 {
             guard !o.filters.isEmpty || o.listDepth != .max || direction == .list else { throw TransferError.protocolError("an empty HELLO extension") }
         } else if !extended && direction == .list {
             throw TransferError.protocolError("a listing's HELLO without its extension")
         }
         try r.expectEnd()
         return Hello(token: token, direction: direction, path: path, options: o)
+    }
+}
+
+/// A selection's paths on the wire: after a pull's HELLO (extension 3, which says how many),
+/// the client sends them in SELECTION frames of at most `perFrameMax` paths (u32 count, then
+/// each path as a string), so that HELLO stays small; the server reads exactly the announced
+/// number before it answers. A push needs no frames: its own Sender walks the selection.
+enum Selection {
+    static let pathsMax = 65_536
+    static let perFrameMax = 4096
+
+    static func frames(_ paths: [String]) -> [[UInt8]] {
+        stride(from: 0, to: paths.count, by: perFrameMax).map { start in
+            var w = ByteWriter()
+            let part = paths[start..<min(paths.count, start + perFrameMax)]
+            w.u32(UInt32(part.count))
+            for p in part { w.string(p) }
+            return w.bytes
+        }
+    }
+
+    /// One frame's paths, each a valid relative path; at most `room` of them.
+    static func decode(_ payload: [UInt8], room: Int) throws -> [String] {
+        var r = ByteReader(payload)
+        let n = Int(try r.u32())
+        guard n >= 1, n <= perFrameMax, n <= room else { throw TransferError.protocolError("a SELECTION frame of \(n) paths (\(room) announced left)") }
+        var out: [String] = []
+        out.reserveCapacity(n)
+        for _ in 0..<n {
+            let p = try r.string(maxBytes: PathLimits.pathBytesMax)
+            guard !((try? Paths.components(of: p))?.isEmpty ?? true) else { throw TransferError(.path, "a selection path that leaves its root or is not normalised: '\(p)'") }
+            out.append(p)
+        }
+        try r.expectEnd()
+        return out
     }
 }
 
