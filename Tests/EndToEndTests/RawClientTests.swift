@@ -126,6 +126,15 @@ except EOFError as e:
         #expect(commitOut.type == 0x7F && commitOut.message.contains("leaves its root"), "\(commitOut)")
         let commitRoot = try RawClientTests.hello(sb, port: server.port, token: sb.token, push: true, path: "", direction: 5)
         #expect(commitRoot.type == 0x7F && commitRoot.message.contains("names a file"), "\(commitRoot)")
+        // A commit declaring 2^50 bytes in 64 KiB chunks (2^34 chunk hashes to hold): refused
+        // before any allocation.
+        func le(_ v: UInt64, _ n: Int) -> String { (0..<n).map { String(format: "%02x", (v >> (8 * UInt64($0))) & 0xFF) }.joined() }
+        let request = le(1 << 50, 8) + le(1_700_000_000, 8) + le(0, 4) + le(0o644, 4) + le(64 << 10, 4) + String(repeating: "00", count: 16)
+            + le(1, 4) + le(0, 8) + le(1 << 34, 8)
+        let huge = try RawClientTests.hello(sb, port: server.port, token: sb.token, push: true, path: "huge.bin", direction: 5,
+                                            after: le(UInt64(request.count / 2), 4) + "05" + "00" + "0000" + request)
+        #expect(huge.type == 0x7F && huge.message.contains("at most 4194304"), "\(huge)")
+        #expect(server.isRunning)
         #expect((listDirectory(outside) ?? ["?"]).isEmpty, "something was written outside the root")
         #expect(server.isRunning)
         let done = sb.finish(legit, timeout: 120)

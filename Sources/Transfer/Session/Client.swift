@@ -82,9 +82,7 @@ public enum TransferClient {
                 throw TransferError(.usage, "a selection (--files-from) of \(selection.count) paths: give 1 to \(Selection.pathsMax) (split a longer list)")
             }
             for p in selection {
-                guard let parts = try? Paths.components(of: p), !parts.isEmpty else {
-                    throw TransferError(.usage, "--files-from: '\(p)' is not a relative path beneath the source (no leading /, no . or .., no //)")
-                }
+                do { _ = try Selection.components(p) } catch { throw TransferError(.usage, "--files-from: " + asTransferError(error).message) }
             }
         }
         if let r = options.range {

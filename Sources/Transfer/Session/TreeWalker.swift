@@ -141,9 +141,6 @@ final class TreeWalker: EntrySource {
 /// silently leave them out is not what was asked); one that vanishes while the session walks
 /// is left out. A directory is reported, not entered; Ferry's own helper names are refused.
 final class SelectionWalker: EntrySource {
-    /// Paths in one selection: the same bound as files in flight of one session.
-    static let pathsMax = 65_536
-
     private let rootFd: Int32
     private let paths: [[Substring]]
     private var at = 0
@@ -155,16 +152,14 @@ final class SelectionWalker: EntrySource {
     /// `rootFd`: the source directory, opened O_RDONLY. Every path is checked here (relative,
     /// normalised, no `.` or `..`), before anything is read.
     init(rootFd: Int32, selection: [String]) throws {
-        guard selection.count <= SelectionWalker.pathsMax else {
-            throw TransferError(.usage, "a selection of \(selection.count) paths: at most \(SelectionWalker.pathsMax)")
+        guard selection.count <= Selection.pathsMax else {
+            throw TransferError(.usage, "a selection of \(selection.count) paths: at most \(Selection.pathsMax)")
         }
         self.rootFd = rootFd
         var seen = Set<String>()
         var list: [[Substring]] = []
         for p in selection {
-            let parts = try Paths.components(of: p)
-            guard !parts.isEmpty else { throw TransferError(.path, "a selection names a path beneath the root, not the root") }
-            if let bad = parts.first(where: { PartialNames.isHelper(String($0)) }) { throw TransferError(.path, "a selection names Ferry's own helper file '\(bad)'") }
+            let parts = try Selection.components(p)
             if seen.insert(p).inserted { list.append(parts) }
         }
         paths = list

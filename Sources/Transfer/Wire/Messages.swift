@@ -97,8 +97,10 @@ public struct CommitRequest: Sendable, Equatable {
     public var chunkBytes: Int
     public var digest: ChunkHash
     public var ranges: [ChunkRange]
-    /// A file has at most `Receiver.chunksPerFileMax` chunks; ranges are fewer.
     static let rangesMax = 1 << 16
+    /// A file's chunks, as a receiver bounds them (`Receiver.chunksPerFileMax`): the commit
+    /// holds one hash per chunk, so a declared size never decides a larger allocation.
+    static let chunksMax = 1 << 22
 
     public init(size: UInt64, mtimeSeconds: Int64, mtimeNanoseconds: UInt32, mode: UInt32, chunkBytes: Int, digest: ChunkHash, ranges: [ChunkRange]) {
         self.size = size; self.mtimeSeconds = mtimeSeconds; self.mtimeNanoseconds = mtimeNanoseconds
@@ -137,6 +139,7 @@ public struct CommitRequest: Sendable, Equatable {
         guard n >= 1, n <= rangesMax, r.remaining == n * 16 else { throw TransferError.protocolError("a commit's range list is malformed") }
         var c = CommitRequest(size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, mode: mode & 0o7777, chunkBytes: chunkBytes, digest: digest, ranges: [])
         let chunks = c.chunkCount
+        guard chunks <= CommitRequest.chunksMax else { throw TransferError.protocolError("a commit of \(chunks) chunks (at most \(CommitRequest.chunksMax))") }
         c.ranges.reserveCapacity(n)
         for _ in 0..<n {
             let first = try r.u64(), count = try r.u64()
@@ -150,6 +153,9 @@ public struct CommitRequest: Sendable, Equatable {
 
     /// The ranges, in order, cover chunks 0..<chunkCount exactly (no gap, no overlap).
     func checkCover() throws {
+        guard chunkCount <= CommitRequest.chunksMax else {
+            throw TransferError(.usage, "a commit of \(chunkCount) chunks: at most \(CommitRequest.chunksMax) (use larger chunks)")
+        }
         var next = 0
         for range in ranges {
             guard range.first == next else {
@@ -351,6 +357,16 @@ enum Selection {
     static let pathsMax = 65_536
     static let perFrameMax = 4096
 
+    /// One selected path's components: relative, normalised, beneath the root (not the root),
+    /// not one of Ferry's helper names. Every side checks each path with this before use.
+    static func components(_ p: String) throws -> [Substring] {
+        guard let parts = try? Paths.components(of: p), !parts.isEmpty else {
+            throw TransferError(.path, "a selection path that leaves its root or is not normalised: '\(p)' (relative beneath the source; no leading /, no . or .., no //)")
+        }
+        if let bad = parts.first(where: { PartialNames.isHelper(String($0)) }) { throw TransferError(.path, "a selection names Ferry's own helper file '\(bad)'") }
+        return parts
+    }
+
     static func frames(_ paths: [String]) -> [[UInt8]] {
         stride(from: 0, to: paths.count, by: perFrameMax).map { start in
             var w = ByteWriter()
@@ -370,7 +386,7 @@ enum Selection {
         out.reserveCapacity(n)
         for _ in 0..<n {
             let p = try r.string(maxBytes: PathLimits.pathBytesMax)
-            guard !((try? Paths.components(of: p))?.isEmpty ?? true) else { throw TransferError(.path, "a selection path that leaves its root or is not normalised: '\(p)'") }
+            _ = try components(p)
             out.append(p)
         }
         try r.expectEnd()
