@@ -135,9 +135,9 @@ extension Ferry {
                 // rsync's form: blank lines and lines starting with # or ; are skipped; a
                 // leading ./ and a trailing / are allowed.
                 var paths: [String] = []
-                for raw in text.split(separator: "\n", omittingEmptySubsequences: true) {
+                // \.isNewline: "\r\n" is one Character in Swift, which "\n" alone would not split.
+                for raw in text.split(whereSeparator: \.isNewline) {
                     var line = String(raw)
-                    if line.hasSuffix("\r") { line.removeLast() }
                     if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
                     while line.hasPrefix("./") { line.removeFirst(2) }
                     while line.count > 1 && line.hasSuffix("/") { line.removeLast() }

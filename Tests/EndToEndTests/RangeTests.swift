@@ -72,8 +72,11 @@ struct RangeTests {
         let again = try ranges.map { try sb.startCp(local + "/big.bin", server.url("big.bin"), options: ["--range", "\($0.0):\($0.1)"]) }
         for p in again { let r = sb.finish(p, timeout: 120); #expect(r.succeeded, "\(r)") }
         for (src, dst, dir, name) in [(local + "/big.bin", server.url("big.bin"), root, "big.bin"), (server.url("src.bin"), local + "/got.bin", local, "got.bin")] {
-            let c = try sb.ferry(["cp", "--commit", "0:4,4:3,7:3", "--ca", sb.ca, "--token-file", sb.tokenFile, src, dst])
-            #expect(c.status == 0 && c.stdout.contains("committed (3 ranges)"), "\(c)")
+            // Two coordinators commit at once: one renames, the other finds it done.
+            let args = ["cp", "--commit", "0:4,4:3,7:3", "--ca", sb.ca, "--token-file", sb.tokenFile, src, dst]
+            let both = try [FerryProcess(args, logDir: sb.path + "/logs"), FerryProcess(args, logDir: sb.path + "/logs")].map { sb.finish($0, timeout: 60) }
+            #expect(both.allSatisfy { $0.status == 0 }, "\(both)")
+            #expect(both.filter { $0.stdout.contains("committed (3 ranges)") }.count == 1 && both.filter { $0.stdout.contains("already committed") }.count == 1, "\(both)")
             let source = name == "big.bin" ? local + "/big.bin" : root + "/src.bin"
             #expect(filesIdentical(dir + "/" + name, source))
             var a = stat(), b = stat()
@@ -115,6 +118,22 @@ struct RangeTests {
         #expect(!FileManager.default.fileExists(atPath: root + "/big.bin") && FileManager.default.fileExists(atPath: root + "/.big.bin.ferry-part"))
         let last = try sb.cp(local + "/big.bin", server.url("big.bin"), options: ["--range", "7:3"])
         #expect(last.succeeded, "\(last)")
+        // Written over after the ranges (what a whole-file session of the same name does: it
+        // truncates the partial): the journals still vouch for every chunk, the data does not.
+        let part = root + "/.big.bin.ferry-part"
+        #expect(truncate(part, 0) == 0 && truncate(part, off_t(size)) == 0)
+        let overwritten = try commit("0:4,4:3,7:3")
+        #expect(overwritten.status == 1 && overwritten.stderr.contains("no longer holds what ranges 0+4, 4+3, 7+3 recorded"), "\(overwritten)")
+        // One range run again (its resume re-hashes what its journal claims, and sends it all):
+        // the commit now names only the two others.
+        let again = try sb.cp(local + "/big.bin", server.url("big.bin"), options: ["--range", "4:3"])
+        #expect(again.succeeded && (again.summary?.wireBytes ?? 0) >= 3 * RangeTests.chunk, "\(again)")
+        let two = try commit("0:4,4:3,7:3")
+        #expect(two.status == 1 && two.stderr.contains("ranges 0+4, 7+3 recorded"), "\(two)")
+        for r in ["0:4", "7:3"] {
+            let done = try sb.cp(local + "/big.bin", server.url("big.bin"), options: ["--range", r])
+            #expect(done.succeeded, "\(done)")
+        }
         // The source now differs in one byte, with its size and mtime put back: the ranges are
         // of the same version by size and mtime, but their digest is not the source's.
         try flipByte(local + "/big.bin", at: 5 * RangeTests.chunk + 17)

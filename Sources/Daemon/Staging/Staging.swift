@@ -212,9 +212,10 @@ extension DaemonAPI {
             if item.state == "failed" && d.optional { item.state = "skipped" }
             items.append(item)
         }
-        // A teardown that arrived while this poll pinned: it marks before it releases, so what
-        // this poll pinned after that release is released here, as the teardown would have.
-        if poll && st.tornDown.contains(r.job) {
+        // A teardown that arrived while this request pinned (a first request cleared the mark
+        // above, so a mark now is that teardown's): it marks before it releases, so what this
+        // request pinned after that release is released here, as the teardown would have.
+        if st.tornDown.contains(r.job) {
             _ = try teardown(st, job: r.job)
             return refused()
         }

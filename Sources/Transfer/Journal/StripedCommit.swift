@@ -4,11 +4,14 @@ import Glibc
 ///
 /// Range sessions each leave their chunks in the file's shared `.NAME.ferry-part` and a range
 /// journal whose records are written only after the data is durable, each hash checked against
-/// its chunk on receipt (and on disk again at a resume). The commit reads those journals, not the
-/// data: every range of the request must have its journal for this version of the source with
-/// every chunk recorded; the hashes in chunk order must make the source's digest (the same
-/// definition as a copy's: XXH3-128 over the chunk hashes); then the partial is made durable,
-/// gets its mode and mtime and is renamed to NAME, and the journals go.
+/// its chunk on receipt (and on disk again at a resume). The commit reads those journals: every
+/// range of the request must have its journal for this version of the source with every chunk
+/// recorded, and the hashes in chunk order must make the source's digest (the same definition
+/// as a copy's: XXH3-128 over the chunk hashes). It then reads the partial once and hashes
+/// every chunk against its record: the journals say what was written, not that nothing wrote
+/// over it since (a whole-file session of the same name truncates the partial; a range of
+/// another version resizes it). Then the partial is made durable, gets its mode and mtime and
+/// is renamed to NAME, if NAME's partial is still the file it read, and the journals go.
 ///
 /// Idempotent, for a coordinator that retries or two that race: no partial, and NAME already
 /// that version (size and mtime), is "already committed"; a rename that loses the race (the
@@ -30,18 +33,27 @@ public enum StripedCommit {
             throw TransferError(.path, "cannot commit '\(shown)': not a file name")
         }
         try r.checkCover()
+        /// NAME is this version already (the commit of another, or an earlier, committer).
+        func committed() -> Bool {
+            var st = stat()
+            return fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & S_IFMT == S_IFREG && UInt64(st.st_size) == r.size
+                && Int64(st.st_mtim.tv_sec) == r.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == r.mtimeNanoseconds
+        }
+        /// A commit found done: journals a crashed committer may have left go too.
+        func already() -> Outcome {
+            for range in r.ranges { _ = unlinkat(dir, PartialNames.rangeJournal(name, range), 0) }
+            return .alreadyCommitted
+        }
         var st = stat()
-        let present = fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0
-        let isThatVersion = present && st.st_mode & S_IFMT == S_IFREG && UInt64(st.st_size) == r.size
-            && Int64(st.st_mtim.tv_sec) == r.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == r.mtimeNanoseconds
-        if present && st.st_mode & S_IFMT != S_IFREG && st.st_mode & S_IFMT != S_IFLNK {
+        if fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & S_IFMT != S_IFREG && st.st_mode & S_IFMT != S_IFLNK {
             throw TransferError(.path, "cannot commit '\(shown)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)")
         }
         let part = PartialNames.part(name)
         let fd = openat(dir, part, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
         if fd < 0 {
             let e = errno
-            if e == ENOENT && isThatVersion { return .alreadyCommitted }
+            // Checked after the open: a committer that renamed it a moment ago is seen.
+            if e == ENOENT && committed() { return already() }
             if e == ENOENT { throw TransferError(.notFound, "cannot commit '\(shown)': no partial copy of it (no range was moved, or it was committed as another version)") }
             throw TransferError.system("cannot commit '\(shown)'", errno: e)
         }
@@ -69,28 +81,67 @@ public enum StripedCommit {
             let list = incomplete.prefix(8).joined(separator: ", ") + (incomplete.count > 8 ? " and \(incomplete.count - 8) more" : "")
             throw TransferError(.io, "cannot commit '\(shown)': ranges not complete: \(list); run them again", resumable: true)
         }
+        /// NAME's partial is still the file this commit opened (not one a newer range session
+        /// made after another committer renamed this one).
+        func stillOurs() -> Bool {
+            var now = stat()
+            return fstatat(dir, part, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == pst.st_dev && now.st_ino == pst.st_ino
+        }
         let digest = FileDigest.of(hashes)
         guard digest == r.digest else {
-            _ = unlinkat(dir, part, 0)
+            if stillOurs() { _ = unlinkat(dir, part, 0) }
             for range in r.ranges { _ = unlinkat(dir, PartialNames.rangeJournal(name, range), 0) }
             throw TransferError(.verify, "cannot commit '\(shown)': the ranges' digest \(digest) is not the source's \(r.digest); the partial copy was removed, move the file again")
         }
+        // The data itself, once: what each journal recorded must still be there.
+        let damaged = try rehash(fd, hashes, r)
+        if !damaged.isEmpty {
+            let list = damaged.prefix(8).map(\.description).joined(separator: ", ") + (damaged.count > 8 ? " and \(damaged.count - 8) more" : "")
+            throw TransferError(.io, "cannot commit '\(shown)': its partial copy no longer holds what ranges \(list) recorded (written over since); run them again", resumable: true)
+        }
         _ = try sys("cannot sync '\(shown)'") { fdatasync(fd) }
-        _ = fchmod(fd, mode_t(r.mode & modeMask))
+        _ = try sys("cannot set the mode of '\(shown)'") { fchmod(fd, mode_t(r.mode & modeMask)) }
         let t = timespec(tv_sec: Int(r.mtimeSeconds), tv_nsec: Int(r.mtimeNanoseconds))
         var times = [t, t]
-        _ = futimens(fd, &times)
+        _ = try sys("cannot set the times of '\(shown)'") { futimens(fd, &times) }
+        guard stillOurs() else {
+            if committed() { return already() }
+            throw TransferError(.io, "cannot commit '\(shown)': its partial copy was replaced while it was checked; commit again", resumable: true)
+        }
         if renameat(dir, part, dir, name) != 0 {
             let e = errno
             // Another committer renamed it first: the same file, now in place.
-            var now = stat()
-            if e == ENOENT && fstatat(dir, name, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_mode & S_IFMT == S_IFREG
-                && UInt64(now.st_size) == r.size && Int64(now.st_mtim.tv_sec) == r.mtimeSeconds {
-                return .alreadyCommitted
-            }
+            if e == ENOENT && committed() { return already() }
             throw TransferError.system("cannot rename into '\(shown)'", errno: e)
         }
         for range in r.ranges { _ = unlinkat(dir, PartialNames.rangeJournal(name, range), 0) }
         return .committed
+    }
+
+    /// The ranges whose chunks on disk differ from their journal's hashes (one chunk buffer;
+    /// the file read once, in order).
+    private static func rehash(_ fd: Int32, _ hashes: [ChunkHash], _ r: CommitRequest) throws -> [ChunkRange] {
+        guard let buffer = malloc(r.chunkBytes) else { throw TransferError(.io, "out of memory") }
+        defer { free(buffer) }
+        var damaged: [ChunkRange] = []
+        for range in r.ranges {
+            for i in range.first..<range.end {
+                let offset = UInt64(i) * UInt64(r.chunkBytes)
+                let length = Int(min(UInt64(r.chunkBytes), r.size - offset))
+                var got = 0
+                while got < length {
+                    let n = pread(fd, buffer + got, length - got, off_t(offset) + off_t(got))
+                    if n < 0 && errno == EINTR { continue }
+                    if n < 0 { throw TransferError.system("cannot read the partial copy", errno: errno, resumable: true) }
+                    if n == 0 { break }
+                    got += n
+                }
+                if got != length || ChunkHash.of(buffer, length) != hashes[i] {
+                    damaged.append(range)
+                    break
+                }
+            }
+        }
+        return damaged
     }
 }

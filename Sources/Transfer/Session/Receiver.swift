@@ -501,7 +501,7 @@ final class Receiver: @unchecked Sendable {
             if kind == S_IFREG && UInt64(st.st_size) == e.size {
                 if !ctx.options.checksum && Int64(st.st_mtim.tv_sec) == e.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == e.mtimeNanoseconds {
                     if UInt32(st.st_mode) & 0o7777 != e.mode { _ = fchmodat(dir.fd, name, mode_t(e.mode), 0) }
-                    ctx.progress.skippedUnread(bytes: e.size, name: display)
+                    ctx.progress.skippedUnread(bytes: announced, name: display)
                     return PlanEntry(id: e.id, action: .skip)
                 }
                 if ctx.options.checksum, let digest = existingDigest(dir: dir.fd, name: name, size: e.size) {
@@ -774,12 +774,9 @@ final class Receiver: @unchecked Sendable {
             _ = unlinkat(f.dir.fd, f.journalName, 0)
             return failFile(f, "'\(f.display)' chunks \(r.first)+\(r.count): range digest mismatch (\(digest) ≠ \(expected)); rerun sends the range again", code: .verify)
         }
+        // Data, then its records (every record is written after its data's fdatasync).
         do { try syncDurable(f) } catch {
             return failFile(f, asTransferError(error).message + "; rerun resumes", code: asTransferError(error).code)
-        }
-        if fdatasync(f.partFd) != 0 {
-            let e = errno
-            return failFile(f, "cannot sync '\(f.display)': \(String(cString: strerror(e))); rerun resumes", code: TransferError.Code(errno: e))
         }
         f.closePartial()
         f.journal = nil

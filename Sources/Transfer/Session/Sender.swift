@@ -331,7 +331,7 @@ final class Sender: @unchecked Sendable {
             switch p.action {
             case .skip:
                 files[p.id] = nil
-                ctx.progress.skippedUnread(bytes: f.range == nil ? f.size : f.announcedBytes, name: f.path)
+                ctx.progress.skippedUnread(bytes: f.announcedBytes, name: f.path)
             case .full:
                 enqueueFull(f)
             case .resume(let have):

@@ -380,11 +380,17 @@ public final class TransferServer: @unchecked Sendable {
         if let announced = hello.options.selection?.count {
             if hello.direction == .pull {
                 // The selection's paths follow the HELLO (the client's Sender walks a push's).
+                // One deadline for all of it, and a bound on its bytes.
                 var paths: [String] = []
-                paths.reserveCapacity(announced)
+                var bytes = 0
+                let deadline = monotonicNs() + UInt64(handshakeNs)
                 for _ in 0..<announced where paths.count < announced {
-                    let (type, payload) = try conn.receive(ring: ring, timeoutNs: handshakeNs)
+                    let now = monotonicNs()
+                    guard now < deadline else { throw TransferError(.timeout, "the selection's paths did not arrive in time") }
+                    let (type, payload) = try conn.receive(ring: ring, timeoutNs: Int64(deadline - now))
                     guard type == .selection else { throw TransferError.protocolError("expected SELECTION, got \(type)") }
+                    bytes += payload.count
+                    guard bytes <= Selection.bytesMax else { throw TransferError.protocolError("a selection of more than \(Selection.bytesMax) bytes") }
                     paths += try Selection.decode(payload, room: announced - paths.count)
                 }
                 hello.options.selection = paths

@@ -145,7 +145,9 @@ final class SelectionWalker: EntrySource {
     private let paths: [[Substring]]
     private var at = 0
     private var startedRoot = false
-    private var emitted = Set<String>()
+    /// Directories already reported, by their bytes (Swift's String equality would take an
+    /// NFC and an NFD spelling, two names on disk, for one).
+    private var emitted = Set<[UInt8]>()
     private var pending: [ManifestEntry] = []
     private var nextID: UInt64 = 1
 
@@ -156,11 +158,11 @@ final class SelectionWalker: EntrySource {
             throw TransferError(.usage, "a selection of \(selection.count) paths: at most \(Selection.pathsMax)")
         }
         self.rootFd = rootFd
-        var seen = Set<String>()
+        var seen = Set<[UInt8]>()
         var list: [[Substring]] = []
         for p in selection {
             let parts = try Selection.components(p)
-            if seen.insert(p).inserted { list.append(parts) }
+            if seen.insert(Array(p.utf8)).inserted { list.append(parts) }
         }
         paths = list
         var missing: [String] = []
@@ -227,7 +229,7 @@ final class SelectionWalker: EntrySource {
         var dir = try sys("cannot open source directory") { dup(rootFd) }
         defer { Glibc.close(dir) }
         var mine: [ManifestEntry] = []
-        var newDirs: [String] = []
+        var newDirs: [[UInt8]] = []
         defer {
             pending += mine
             emitted.formUnion(newDirs)
@@ -243,8 +245,8 @@ final class SelectionWalker: EntrySource {
             let last = i == parts.count - 1
             switch st.st_mode & S_IFMT {
             case S_IFDIR:
-                if !emitted.contains(path) {
-                    newDirs.append(path)
+                if !emitted.contains(Array(path.utf8)) && !newDirs.contains(Array(path.utf8)) {
+                    newDirs.append(Array(path.utf8))
                     mine.append(entry(path, st, .directory))
                 }
                 if last { return }

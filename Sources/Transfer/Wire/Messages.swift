@@ -356,6 +356,11 @@ struct Hello {
 enum Selection {
     static let pathsMax = 65_536
     static let perFrameMax = 4096
+    /// Bytes of all paths of one selection (a server holds them for the session): 16 MiB, an
+    /// average of 256 bytes a path at the most paths.
+    static let bytesMax = 16 << 20
+    /// Bytes of one frame's paths, well within a control frame.
+    static let frameBytesTarget = 4 << 20
 
     /// One selected path's components: relative, normalised, beneath the root (not the root),
     /// not one of Ferry's helper names. Every side checks each path with this before use.
@@ -367,14 +372,27 @@ enum Selection {
         return parts
     }
 
+    /// Frames of at most `perFrameMax` paths and about `frameBytesTarget` bytes each.
     static func frames(_ paths: [String]) -> [[UInt8]] {
-        stride(from: 0, to: paths.count, by: perFrameMax).map { start in
-            var w = ByteWriter()
-            let part = paths[start..<min(paths.count, start + perFrameMax)]
-            w.u32(UInt32(part.count))
-            for p in part { w.string(p) }
-            return w.bytes
+        var out: [[UInt8]] = []
+        var w = ByteWriter()
+        var n: UInt32 = 0
+        func flush() {
+            guard n > 0 else { return }
+            var f = ByteWriter(capacity: w.bytes.count + 4)
+            f.u32(n)
+            f.raw(w.bytes)
+            out.append(f.bytes)
+            w = ByteWriter()
+            n = 0
         }
+        for p in paths {
+            if n == UInt32(perFrameMax) || w.bytes.count + p.utf8.count + 2 > frameBytesTarget { flush() }
+            w.string(p)
+            n += 1
+        }
+        flush()
+        return out
     }
 
     /// One frame's paths, each a valid relative path; at most `room` of them.
