@@ -95,6 +95,9 @@ final class TornDownJobs: @unchecked Sendable {
     }
 
     func clear(_ job: String) { _ = lock.withLock { at.removeValue(forKey: job) } }
+
+    /// Jobs remembered (expired ones included until the next pruning).
+    var count: Int { lock.withLock { at.count } }
 }
 
 /// The hook's request and each directive's answer: the contract's types (`V1`).
