@@ -219,7 +219,9 @@ struct FederationE2ETests {
         #expect(ls.stdout.split(separator: "\n") == ["H20 P100/", "H21 P200/", "H22 Müller ü/", "big.bin", "level 1/"], "\(ls)")
         let deepLs = try f.ferry("wuxi", ["ls", "gfs://hlrs/zinc22@2024/" + deep])
         #expect(deepLs.stdout.contains("leaf 日本.txt"), "\(deepLs)")
-        let find = try f.ferry("csc", ["find", "--name", "part 2*", "gfs://hlrs/zinc22@2024"])
+        // csc follows hlrs on its own clock (the `ls` above waited for wuxi only): a CI run once
+        // asked csc before its first round had mirrored the dataset ("no dataset at ...").
+        let find = try eventually(30, { try f.ferry("csc", ["find", "--name", "part 2*", "gfs://hlrs/zinc22@2024"]) }) { $0.status == 0 }
         #expect(find.stdout.split(separator: "\n").sorted() == ["H20 P100/part 2.smi", "H21 P200/part 2.smi", "H22 Müller ü/part 2.smi"], "\(find)")
         // csc follows hlrs on its own clock: the private dataset may reach it a round later.
         let ds = try eventually(30, { try f.ferry("csc", ["datasets"]) }) { $0.stdout.contains("gfs://hlrs/alice/private") }
