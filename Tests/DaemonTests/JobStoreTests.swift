@@ -24,6 +24,8 @@ struct JobStoreTests {
         #expect(seen == Set(JobState.allCases))
         #expect(!JobState.success.canMove(to: .queued) && !JobState.skipped.canMove(to: .running))
         #expect(JobState.running.canMove(to: .upForRetry) && !JobState.queued.canMove(to: .success))
+        // Parts have one more edge (a range redone after its commit), jobs never.
+        #expect(JobState.success.canMovePart(to: .queued) && !JobState.skipped.canMovePart(to: .queued) && !JobState.failed.canMovePart(to: .running))
     }
 
     @Test("states move only through JobState's transition table: an illegal move is an error, not a write", arguments: Backend.allCases)
@@ -57,6 +59,9 @@ struct JobStoreTests {
             .appendingPathComponent("Sources/Daemon/Jobs/JobStore.swift")
         let text = try String(contentsOf: source, encoding: .utf8)
         #expect(!text.contains("SET state = '"), "a literal state write in JobStore.swift")
+        let parts = try String(contentsOf: source.deletingLastPathComponent().appendingPathComponent("PartStore.swift"), encoding: .utf8)
+        #expect(!parts.contains("job_parts SET state = '"), "a literal part state write in PartStore.swift")
+        #expect(parts.components(separatedBy: "SET state = ?").count - 1 == parts.components(separatedBy: ".checkMove(to:").count - 1)
         #expect(text.components(separatedBy: "SET state = ?").count - 1 == text.components(separatedBy: ".checkMove(to:").count - 1 - 1,
                 "each `SET state = ?` follows a checkMove (submit checks one more, its INSERT)")
     }
@@ -277,6 +282,7 @@ struct JobStoreTests {
         let s = try JobStore(database: url)
         let old = try #require(try s.get(1))
         #expect(old.state == .failed && old.error == "remote error (no_space): full" && old.errorCode == nil)
+        #expect(try !s.isStriped(1) && s.note(1) == nil && s.parts(1).isEmpty, "striped and note added to an older queue")
         let oldJSON = try #require(try JSONSerialization.jsonObject(with: APIJSON.encode(V1.Transfer(old))) as? [String: Any])
         #expect(oldJSON["error_code"] == nil && oldJSON["error"] as? String == "remote error (no_space): full", "\(oldJSON)")
         // Opening it again changes nothing (the step is skipped).

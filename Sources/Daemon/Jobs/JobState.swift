@@ -54,6 +54,22 @@ public enum JobState: String, CaseIterable, Sendable, Codable {
 
     public func canMove(to next: JobState) -> Bool { JobState.edges[self]?.contains(next) ?? false }
 
+    /// A striped job's parts (PartStore.swift) move along the same edges and one more: a
+    /// range that succeeded goes back to `queued` when its file's commit finds it missing on
+    /// the destination or the file's digest wrong. A job's success stays final.
+    static let partEdges: [JobState: Set<JobState>] = [.success: [.queued]]
+
+    public func canMovePart(to next: JobState) -> Bool { canMove(to: next) || (JobState.partEdges[self]?.contains(next) ?? false) }
+
+    /// `sql(moving:to:)` for parts: checked against the table and `partEdges`.
+    public static func sql(movingParts from: [JobState], to: JobState) throws -> (set: String, where: String) {
+        precondition(!from.isEmpty)
+        for f in from where !f.canMovePart(to: to) {
+            throw JobStoreError("illegal part state change \(f.rawValue) → \(to.rawValue) (not in JobState's transition table)")
+        }
+        return ("state = '\(to.rawValue)'", "state IN (" + from.map { "'\($0.rawValue)'" }.joined(separator: ", ") + ")")
+    }
+
     /// Throws unless the table has the edge from this state to `next`.
     public func checkMove(to next: JobState) throws {
         guard canMove(to: next) else {

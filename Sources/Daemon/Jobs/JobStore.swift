@@ -33,7 +33,7 @@ public final class JobStore: @unchecked Sendable {
 
     /// One transaction of the store's; when it changed a row, the change feed moves on (on
     /// PostgreSQL a NOTIFY in the same transaction tells the other daemons at commit).
-    private func write<T>(_ body: (any SQLSession) throws -> T) throws -> T {
+    func write<T>(_ body: (any SQLSession) throws -> T) throws -> T {
         var changed = false
         let r = try db.write { s in
             let counting = ChangeCountingSession(base: s)
@@ -111,6 +111,7 @@ public final class JobStore: @unchecked Sendable {
                 CREATE INDEX IF NOT EXISTS link_samples_at ON link_samples(at);
                 """)
             try JobStore.migrate(s)
+            try JobStore.createPartTables(s)
         }
         listener = changes.listen(db)
     }
@@ -125,6 +126,8 @@ public final class JobStore: @unchecked Sendable {
         } else if try s.one("SELECT COUNT(*) AS n FROM pragma_table_info('jobs') WHERE name = 'error_code'")?.int("n") ?? 0 == 0 {
             try s.execute("ALTER TABLE jobs ADD COLUMN error_code TEXT")
         }
+        // striped, note (issue 19): a job cut into parts (PartStore.swift), and a word to its owner.
+        try migrateStriping(s)
     }
 
     // MARK: submit, read
@@ -306,6 +309,7 @@ public final class JobStore: @unchecked Sendable {
                 """, now, now)
             let rescheduled = try JobState.sql(moving: [.upForReschedule], to: .queued)
             moved += try s.execute("UPDATE jobs SET \(rescheduled.set), updated = ? WHERE \(rescheduled.where)", now)
+            moved += try JobStore.promoteParts(s, now: now)
             return moved
         }
     }
@@ -320,9 +324,14 @@ public final class JobStore: @unchecked Sendable {
             let pg = s.dialect == .postgres
             var runningByPeer: [String: Int] = [:]
             var runningByOwner: [String: Int] = [:]
-            for row in try s.query("SELECT peer, owner, COUNT(*) AS n FROM jobs WHERE state = 'running' GROUP BY peer, owner") {
-                runningByPeer[row.text("peer"), default: 0] += Int(row.int("n"))
+            // A striped job's own attempt coordinates and moves no bytes: toward its peer its
+            // running parts count instead (it still counts for its owner).
+            for row in try s.query("SELECT peer, owner, striped, COUNT(*) AS n FROM jobs WHERE state = 'running' GROUP BY peer, owner, striped") {
+                if row.int("striped") == 0 { runningByPeer[row.text("peer"), default: 0] += Int(row.int("n")) }
                 runningByOwner[row.text("owner"), default: 0] += Int(row.int("n"))
+            }
+            for row in try s.query("SELECT peer, COUNT(*) AS n FROM job_parts WHERE state = 'running' GROUP BY peer") {
+                runningByPeer[row.text("peer"), default: 0] += Int(row.int("n"))
             }
             let candidates = try s.query("""
                 SELECT id, peer, owner FROM jobs WHERE state = 'queued' AND not_before <= ?
@@ -339,7 +348,7 @@ public final class JobStore: @unchecked Sendable {
                     // under locks that every claimant of this peer and user takes (peer first).
                     if !peer.isEmpty && peerMax < .max {
                         try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-peer:' || ?)) AS locked", peer)
-                        if try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND peer = ?", peer)?.int("n") ?? 0 >= Int64(peerMax) { continue }
+                        if try JobStore.runningToward(s, peer: peer) >= peerMax { continue }
                     }
                     if perUserMax < .max {
                         try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-user:' || ?)) AS locked", owner)
@@ -453,6 +462,7 @@ public final class JobStore: @unchecked Sendable {
             let rows = try s.query("""
                 UPDATE jobs SET state = ?, error = ?, error_code = NULL, lease_owner = NULL, lease_expires = NULL, updated = ? WHERE id = ? RETURNING *
                 """, JobState.failed.rawValue, JobStore.cancelledPrefix + user, now, id)
+            try JobStore.cancelParts(s, job: id, by: user, now: now)
             return JobStore.job(rows[0])
         }
     }
@@ -470,6 +480,7 @@ public final class JobStore: @unchecked Sendable {
             try job.state.checkMove(to: next)
             try s.execute("UPDATE jobs SET state = ?, attempts = 0, not_before = 0, error = NULL, error_code = NULL, updated = ? WHERE id = ?",
                           next.rawValue, now, id)
+            try JobStore.retryParts(s, job: id, now: now)
             // Dependents that gave up because of this job wait again (transitively).
             var frontier: [Int64] = [id]
             for _ in 0..<10_000 where !frontier.isEmpty {
