@@ -51,6 +51,9 @@ extension Ferry {
         @Flag(help: "Third-party copies: on Ctrl-C, cancel the daemon's job (by default it goes on at the daemon).")
         var cancelOnInterrupt = false
 
+        @Flag(inversion: .prefixedNo, help: "Third-party copies: split the job across the source center's transfer nodes (--stripe) or never (--no-stripe); by default the daemon stripes jobs above its stripe_threshold.")
+        var stripe: Bool?
+
         @Flag(name: [.short, .customLong("verbose")], help: "One line per file: sent, identical (--checksum), skipped by size and mtime, or failed.")
         var verbose = false
 
@@ -146,6 +149,9 @@ extension Ferry {
                 guard !paths.isEmpty else { throw ValidationError("--files-from: '\(filesFrom)' lists no path") }
                 options.selection = paths
                 options.recursive = true
+            }
+            if stripe != nil && !(source.hasPrefix("ferry://") && destination.hasPrefix("ferry://")) {
+                throw ValidationError("--stripe and --no-stripe are for a center-to-center copy (ferry://A/... ferry://B/...), which a daemon runs across its center's nodes; a copy from or to this machine runs here, as one transfer")
             }
             if source.hasPrefix("ferry://") && destination.hasPrefix("ferry://") {
                 if delete || dryRun || !filters.isEmpty || filesFrom != nil {
@@ -348,6 +354,7 @@ extension Ferry.Copy {
         body.checksum = options.checksum
         body.streams = options.streams
         body.bwlimit = options.bandwidthLimitBytesPerSecond
+        body.stripe = stripe
         let job = try client.call("POST", "/api/v1/transfers", body: V1.TransferSubmission(request: body), as: V1.Transfer.self)
         let id = Int(job.id)
         if !json { FileHandle.standardError.write("ferry: job \(id) at \(base): \(path) -> \(destination)\n".data(using: .utf8)!) }

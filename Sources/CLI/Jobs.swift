@@ -104,7 +104,13 @@ struct APIOptions: ParsableArguments {
         let bytes = UInt64(max(0, j.progress?.bytesDone ?? j.bytes))
         let amount = j.progress.map { "\(byteText(bytes)) of \(byteText(UInt64(max(0, $0.bytesTotal))))" } ?? byteText(bytes)
         var s = "\(j.id)\t\(j.stateText)\t\(j.source) -> \(j.destination)\t\(amount)\tattempts \(j.attempts)"
+        if let p = j.parts {
+            // A striped job: its parts' progress (the job's own counters are its coordinator's).
+            s = "\(j.id)\t\(j.stateText)\t\(j.source) -> \(j.destination)\t\(byteText(UInt64(max(0, p.bytesDone)))) of \(byteText(UInt64(max(0, p.bytesTotal))))"
+                + "\tparts \(p.success)/\(p.total) done, \(p.running) running\(p.failed > 0 ? ", \(p.failed) failed" : "")\tattempts \(j.attempts)"
+        }
         if let e = j.error { s += "\t" + (j.errorCode.map { "[\($0)] " } ?? "") + e }
+        if let n = j.note { s += "\t(" + n + ")" }
         return s
     }
 }
@@ -124,6 +130,7 @@ extension Ferry.Jobs {
         @Option(name: .customLong("after"), help: "Run only after these jobs succeeded (repeatable).") var after: [Int] = []
         @Option(help: "Give up unless done within this duration (90s, 30m, 24h).") var deadline: String?
         @Option(name: .customLong("max-attempts"), help: "Attempts before the job fails (default: the daemon's).") var maxAttempts: Int?
+        @Flag(inversion: .prefixedNo, help: "Split the job across the center's transfer nodes (--stripe) or never (--no-stripe); by default the daemon stripes jobs above its stripe_threshold.") var stripe: Bool?
         @Flag(help: "Wait for the job to end; exit 0 only on success or skipped.") var wait = false
         @Argument(help: "SRC... DST: with several sources, one job each, into the directory DST.") var paths: [String]
 
@@ -144,6 +151,7 @@ extension Ferry.Jobs {
             if let d = deadline { r.deadline = Int64(Date().timeIntervalSince1970) + Int64(try parseDuration(d)) }
             if let b = bwlimit { r.bwlimit = try parseSize(b, what: "--bwlimit") }
             r.maxAttempts = maxAttempts
+            r.stripe = stripe
             let submission = V1.TransferSubmission(request: r, sources: sources.count == 1 ? nil : sources)
             let jobs: [V1.Transfer] = sources.count == 1
                 ? [try api.call("POST", "/api/v1/transfers", body: submission, as: V1.Transfer.self)]

@@ -100,6 +100,7 @@ extension Ferry {
             var peers: [String: HostPort] = [:]
             var peerAPIs: [String: String] = [:]
             var peersForwarded: Set<String> = []
+            var peerNodes: [String: [HostPort]] = [:]
             var metricsAddress: HostPort?
             do {
                 var file = try configFile.map { try ServerConfigFile(path: $0) }
@@ -123,6 +124,7 @@ extension Ferry {
                     peers = f.peers
                     peerAPIs = f.peerAPIs
                     peersForwarded = f.peersForwarded
+                    peerNodes = f.peerNodes
                     config.tokenIssuers = f.tokenIssuers
                     config.revocations = f.revocations
                     config.minimumProtection = f.minimumProtection
@@ -207,6 +209,10 @@ extension Ferry {
                     settings.leaseSeconds = Int64(d.leaseSeconds)
                     settings.perPeerMax = d.perPeer
                     settings.perUserMax = d.perUser
+                    settings.node = d.node
+                    settings.nodes = d.nodes
+                    settings.stripe = d.stripe
+                    settings.peerNodes = peerNodes
                     let issuers = config.tokenIssuers.isEmpty ? [config.tls.certificate ?? ""] : config.tokenIssuers
                     let verifier = try TokenVerifier(issuerCertificates: issuers, revocationsPath: config.revocations)
                     var retry = RetryPolicy()

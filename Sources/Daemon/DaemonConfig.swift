@@ -1,3 +1,4 @@
+import Foundation
 import GlobalFS
 import Transfer
 
@@ -26,6 +27,13 @@ import Transfer
 ///     staging_bwlimit = "200M"
 ///     catalog_indexes = ["size", "mtime"]
 ///     catalog_scan_rows = 2000000
+///     node = "dtn1"                     # this transfer node's name (default: the host's name)
+///     nodes = 3                         # transfer nodes of this center on one PostgreSQL and one shared filesystem
+///     stripe_threshold = "4G"           # a job moving more is striped across them
+///     stripe_range = "256M"             # a big file's part (a multiple of 4 MiB)
+///     stripe_files = 1000               # at most this many files per part of a tree
+///     stripe_group = "256M"             # and about this many bytes
+///     per_node = 2                      # parts one node runs at once
 public struct DaemonConfig: Sendable {
     /// The job queue: a SQLite file (relative: beside the configuration), or a
     /// `postgres://USER@HOST:PORT/DB` URL (or `postgres://USER@/DB?host=/SOCKET/DIR`, its Unix
@@ -77,6 +85,18 @@ public struct DaemonConfig: Sendable {
     /// (a search no index serves); the answer then says where to go on. Default 2,000,000
     /// (about 0.3 s); 100 to 1,000,000,000.
     public var catalogScanRows: Int64?
+    /// Striping (issue 19, docs/STRIPING.md): this node's name, how many nodes the center runs
+    /// (1: none to stripe across), and how jobs are cut.
+    public var node: String = DaemonConfig.hostName()
+    public var nodes = 1
+    public var stripe = StripeSettings()
+
+    static func hostName() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buf, buf.count - 1) == 0 else { return "node" }
+        let name = String(cString: buf)
+        return StripeSettings.isNodeName(name) ? name : "node"
+    }
 
     /// The daemon's settings of a configuration file; nil when it has no `[daemon]` table.
     /// Errors name the file, as the engine's own do.
@@ -170,6 +190,31 @@ public struct DaemonConfig: Sendable {
                 let r = try str(v, k)
                 guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.replicas is a local job path /EXPORT/DIR, not '\(r)'") }
                 replicas = r
+            case "node":
+                let n = try str(v, k)
+                guard StripeSettings.isNodeName(n) else { throw TransferError(.usage, "daemon.node is 1 to 64 letters, digits, '.', '-' or '_', not '\(n)'") }
+                node = n
+            case "nodes":
+                nodes = try int(v, k)
+                guard nodes <= 1024 else { throw TransferError(.usage, "daemon.nodes is 1 to 1,024") }
+            case "per_node":
+                stripe.perNode = try int(v, k)
+                guard stripe.perNode <= 64 else { throw TransferError(.usage, "daemon.per_node is 1 to 64") }
+            case "stripe_files":
+                stripe.groupFiles = try int(v, k)
+                guard stripe.groupFiles <= 65_536 else { throw TransferError(.usage, "daemon.stripe_files is 1 to 65,536 (a selection's bound)") }
+            case "stripe_threshold", "stripe_range", "stripe_group":
+                let text = try str(v, k)
+                guard let q = try? ByteSize.parse(text), q > 0, q <= 1 << 50 else { throw TransferError(.usage, "daemon.\(k) is a size like \"4G\", not '\(text)'") }
+                switch k {
+                case "stripe_threshold": stripe.threshold = Int64(q)
+                case "stripe_group": stripe.groupBytes = Int64(q)
+                default:
+                    guard q % UInt64(Wire.chunkBytesDefault) == 0 else {
+                        throw TransferError(.usage, "daemon.stripe_range is a multiple of the 4 MiB chunk, not '\(text)'")
+                    }
+                    stripe.rangeBytes = Int64(q)
+                }
             default: throw TransferError(.usage, "unknown setting 'daemon.\(k)'")
             }
             }

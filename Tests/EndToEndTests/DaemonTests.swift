@@ -21,6 +21,10 @@ struct DaemonE2ETests {
         let scratch: String
         let incoming: String
         let archive: String
+        /// wuxi's further transfer nodes (`wuxiNodes`), serving the same directories.
+        var bNodes: [FerryServer] = []
+        /// hlrs's queue (a SQLite file name beside the configuration, or a postgres:// URL).
+        var database = ""
     }
 
     /// Centers hlrs (daemon, its queue on `backend`) and wuxi. `database`: an existing queue
@@ -29,7 +33,7 @@ struct DaemonE2ETests {
     /// as root); `hlrsTables`: tables appended to it (`[[identity]]` entries). `wuxiLocked`: wuxi
     /// also has an export `locked` (a directory only root may write) where it acts as `nobody`.
     static func start(_ name: String, backend: Backend = .sqlite, hlrsIdentity: String = "run_as = \"root\"", hlrsTables: String = "", hlrsDaemon: String = "",
-                      wuxiLocked: Bool = false) throws -> Centers {
+                      wuxiLocked: Bool = false, wuxiNodes: Int = 1) throws -> Centers {
         let sb = try Sandbox(name + "-" + backend.rawValue)
         let database = backend == .sqlite ? "hlrs-jobs.sqlite" : try backend.newDatabase()
         try Sandbox.ferryTool(["ca", "issue", "--dir", sb.pki, "--center", "wuxi", "--host", "127.0.0.1"])
@@ -58,6 +62,10 @@ struct DaemonE2ETests {
 
             """.utf8))
         let b = try FerryServer(sb, root: "", extra: ["--config", sb.file("wuxi.toml"), "--cert", sb.pki + "/wuxi.crt", "--key", sb.pki + "/wuxi.key"])
+        let bNodes = try (1..<max(1, wuxiNodes)).map { _ in
+            try FerryServer(sb, root: "", extra: ["--config", sb.file("wuxi.toml"), "--cert", sb.pki + "/wuxi.crt", "--key", sb.pki + "/wuxi.key"])
+        }
+        let nodesLine = bNodes.isEmpty ? "" : "nodes = [" + ([b] + bNodes).map { "\"127.0.0.1:\($0.port)\"" }.joined(separator: ", ") + "]"
         try writeFile(sb.file("hlrs.toml"), Array("""
             center = "hlrs"
             \(hlrsIdentity)
@@ -75,6 +83,7 @@ struct DaemonE2ETests {
             [[peer]]
             name = "wuxi"
             address = "127.0.0.1:\(b.port)"
+            \(nodesLine)
             [[export]]
             name = "scratch"
             path = "hlrs/scratch"
@@ -84,7 +93,7 @@ struct DaemonE2ETests {
 
             """.utf8))
         let a = try FerryServer(sb, root: "", extra: ["--config", sb.file("hlrs.toml")])
-        return Centers(sb: sb, a: a, b: b, api: try apiURL(a), scratch: scratch, incoming: incoming, archive: archive)
+        return Centers(sb: sb, a: a, b: b, api: try apiURL(a), scratch: scratch, incoming: incoming, archive: archive, bNodes: bNodes, database: database)
     }
 
     /// The API address a daemon printed ("... api listening on http://HOST:PORT").

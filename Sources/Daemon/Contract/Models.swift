@@ -69,6 +69,7 @@ extension V1 {
         ("depends_on", .array(.integer(minimum: 1), "jobs of the caller that must end success or skipped first")),
         ("deadline", .integer("give up (failed) if not done by then, Unix seconds", minimum: 0)),
         ("max_attempts", .integer(minimum: 1, maximum: 100)),
+        ("stripe", .boolean("split across the center's transfer nodes: true always (when the center can), false never; absent: above the daemon's stripe_threshold")),
     ]
 
     static func objectSchema(_ props: [(String, Schema)], required: [String], _ description: String) -> Schema {
@@ -181,8 +182,16 @@ extension V1 {
         public var notBefore: Int64?
         public var worker: String?
         public var progress: Progress?
+        /// Cut into parts run by the center's transfer nodes (issue 19), and how they stand.
+        public var striped: Bool?
+        public var parts: Parts?
+        /// A word from the daemon (why a job that asked for striping was not striped).
+        public var note: String?
 
-        public init(_ j: Job, progress: TransferProgress.Snapshot? = nil) {
+        public init(_ j: Job, progress: TransferProgress.Snapshot? = nil, parts: JobStore.PartProgress? = nil) {
+            striped = j.striped ? true : nil
+            note = j.note
+            self.parts = parts.map(Parts.init)
             id = j.id; owner = j.owner; state = j.state; source = j.request.source; destination = j.request.destination
             attempts = j.attempts; maxAttempts = j.maxAttempts; bytes = j.bytes; files = j.files; created = j.created; updated = j.updated
             priority = j.request.priority; dependsOn = j.request.dependsOn; peer = j.peer; error = j.error
@@ -205,9 +214,42 @@ extension V1 {
                      "error_code": .string("the engine's code of the error, for programs (the peer's own when it said it)",
                                            enum: TransferError.Code.all.map(\.name)),
                      "cancelled": .boolean("a cancelled job: state failed, cancelled true"), "not_before": .integer("Unix seconds"),
-                     "worker": .string("the daemon worker of its latest attempt"), "progress": .ref(Progress.self)],
+                     "worker": .string("the daemon worker of its latest attempt"), "progress": .ref(Progress.self),
+                     "striped": .boolean("cut into parts that the center's transfer nodes run"), "parts": .ref(Parts.self),
+                     "note": .string("a word from the daemon, such as why a job was not striped")],
                     required: ["id", "owner", "state", "source", "destination", "attempts", "max_attempts", "bytes", "files", "created", "updated",
                                "priority", "depends_on", "peer"])
+        }
+    }
+
+    /// A striped job's parts: how many stand in each state, and the bytes and files they
+    /// moved of those planned (a striped file counts once it is committed).
+    public struct Parts: APIModel {
+        public var queued: Int
+        public var running: Int
+        public var success: Int
+        public var failed: Int
+        public var total: Int
+        public var bytesDone: Int64
+        public var bytesTotal: Int64
+        public var filesDone: Int64
+        public var filesTotal: Int64
+
+        public init(_ p: JobStore.PartProgress) {
+            queued = p.byState[.queued, default: 0] + p.byState[.upForRetry, default: 0] + p.byState[.upForReschedule, default: 0]
+            running = p.byState[.running, default: 0]
+            success = p.byState[.success, default: 0]
+            failed = p.byState[.failed, default: 0]
+            total = p.total
+            bytesDone = p.bytes; bytesTotal = p.bytesTotal; filesDone = p.files; filesTotal = p.filesTotal
+        }
+
+        public static var schema: Schema {
+            .object(["queued": .integer("waiting, backing off or taken back", minimum: 0), "running": .integer(minimum: 0),
+                     "success": .integer(minimum: 0), "failed": .integer(minimum: 0), "total": .integer(minimum: 0),
+                     "bytes_done": .integer(minimum: 0), "bytes_total": .integer(minimum: 0), "files_done": .integer(minimum: 0),
+                     "files_total": .integer(minimum: 0)],
+                    required: ["queued", "running", "success", "failed", "total", "bytes_done", "bytes_total", "files_done", "files_total"])
         }
     }
 

@@ -443,7 +443,8 @@ public struct DaemonAPI: Sendable {
 
     /// The job, with the runner's live counters while it runs.
     func live(_ job: Job) -> V1.Transfer {
-        V1.Transfer(job, progress: job.state == .running ? runner?.liveProgress(job.id) : nil)
+        V1.Transfer(job, progress: job.state == .running ? runner?.liveProgress(job.id) : nil,
+                    parts: job.striped ? try? store.partProgress(job.id) : nil)
     }
 
     /// A decoding error as one line a person can act on: which key, and what was wrong.

@@ -20,6 +20,9 @@ public struct JobRequest: Sendable, Codable, Equatable {
     /// Give up (state `failed`) if not done by then (Unix seconds).
     public var deadline: Int64?
     public var maxAttempts: Int?
+    /// Striping across the center's transfer nodes (issue 19): nil, by the daemon's
+    /// `stripe_threshold`; true, whenever the center can; false, never.
+    public var stripe: Bool?
 
     public init(source: String, destination: String) {
         self.source = source
@@ -27,7 +30,7 @@ public struct JobRequest: Sendable, Codable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case source, destination, recursive, protection, compress, checksum, streams, bwlimit, priority, dependsOn, deadline, maxAttempts
+        case source, destination, recursive, protection, compress, checksum, streams, bwlimit, priority, dependsOn, deadline, maxAttempts, stripe
     }
 
     /// Only `source` and `destination` are required (as the OpenAPI document says); every other
@@ -49,6 +52,7 @@ public struct JobRequest: Sendable, Codable, Equatable {
         try c.encode(dependsOn, forKey: .dependsOn)
         try c.encodeIfPresent(deadline, forKey: .deadline)
         try c.encodeIfPresent(maxAttempts, forKey: .maxAttempts)
+        try c.encodeIfPresent(stripe, forKey: .stripe)
     }
 
     /// `requireSource: false`: a submission of several `sources` (the source is set per job).
@@ -69,6 +73,7 @@ public struct JobRequest: Sendable, Codable, Equatable {
         dependsOn = try c.decodeIfPresent([Int64].self, forKey: .dependsOn) ?? []
         deadline = try c.decodeIfPresent(Int64.self, forKey: .deadline)
         maxAttempts = try c.decodeIfPresent(Int.self, forKey: .maxAttempts)
+        stripe = try c.decodeIfPresent(Bool.self, forKey: .stripe)
     }
 }
 
@@ -97,6 +102,10 @@ public struct Job: Sendable, Equatable {
     /// peer's own code when the peer said it), nil when `error` is none or not a transfer's
     /// (cancelled, deadline, a dependency that failed, a lost lease).
     public var errorCode: TransferError.Code? = nil
+    /// Cut into parts that the center's nodes run (issue 19, PartStore.swift).
+    public var striped = false
+    /// A word to its owner (why it was not striped, for one).
+    public var note: String? = nil
 }
 
 /// Which jobs to list.

@@ -35,6 +35,12 @@ public struct RunnerSettings: Sendable {
     /// Shortest gap between one worker's claims that found nothing: under a storm of queue
     /// changes an idle worker claims at most 50 times a second, not once per change.
     public var claimGapSeconds = 0.02
+    /// Striping (issue 19, Striping.swift): this node's name, the center's number of nodes
+    /// (striping needs more than one, on PostgreSQL), how jobs are cut, and the peers' nodes.
+    public var node = "node"
+    public var nodes = 1
+    public var stripe = StripeSettings()
+    public var peerNodes: [String: [HostPort]] = [:]
 
     public init(exports: [Export], tls: TLSIdentity) {
         self.exports = exports
@@ -95,6 +101,9 @@ public final class JobRunner: @unchecked Sendable {
         self.workerID = workerID
         tls = try TLSContext(server: false, identity: settings.tls)
         tuner = LinkTuner(maxActive: settings.perPeerMax)
+        if canStripe {
+            for (peer, nodes) in settings.peerNodes { try store.setPeerNodes(peer, nodes.map(\.description)) }
+        }
     }
 
     public func start() {
@@ -123,6 +132,7 @@ public final class JobRunner: @unchecked Sendable {
     }
 
     private var isStopping: Bool { lock.withLock { stopping } }
+    var isStoppingNow: Bool { isStopping }
 
     /// The configured peers' transfer servers, each asked for a TLS handshake as this center
     /// (`TransferClient.ping`): `ok`, or why not. Answers of the last 10 s are reused, every
@@ -200,6 +210,8 @@ public final class JobRunner: @unchecked Sendable {
         }
     }
 
+    func tlsContextForJobs(peer: String) throws -> TLSContext { try tlsContext(peer: peer) }
+
     /// The client TLS context for jobs towards `peer` (its tuning key).
     private func tlsContext(peer: String) throws -> TLSContext {
         if peer.isEmpty { return lock.withLock { tls } }
@@ -256,6 +268,18 @@ public final class JobRunner: @unchecked Sendable {
                 }) {
                     try store.promote(now: now)
                 }
+                // Parts of striped jobs first: they are jobs already started.
+                if canStripe {
+                    if let part = try store.claimPart(worker: name, node: settings.node, now: now, leaseSeconds: settings.leaseSeconds,
+                                                      perNodeMax: settings.stripe.perNode, perPeerMax: settings.perPeerMax, peerLimits: tuner.activeLimits()) {
+                        runPart(part, worker: name)
+                        continue
+                    }
+                    if let file = try store.claimCommit(worker: name, now: now, leaseSeconds: settings.leaseSeconds + 600) {
+                        runCommit(file, worker: name)
+                        continue
+                    }
+                }
                 job = try store.claim(worker: name, now: now, leaseSeconds: settings.leaseSeconds,
                                       perPeerMax: settings.perPeerMax, perUserMax: settings.perUserMax, peerLimits: tuner.activeLimits())
             } catch {
@@ -299,7 +323,7 @@ public final class JobRunner: @unchecked Sendable {
             lock.withLock { queueWait.observe(waited) }
         }
         auditJob(job, action: "job.start", result: "running: attempt \(job.attempts) on \(worker)")
-        let outcome = attempt(job, progress: progress)
+        let outcome = stripedAttempt(job, progress: progress, worker: worker) ?? attempt(job, progress: progress)
         done.signal()
         let final = isStopping && outcome != .interrupted ? outcomeWhenStopping(outcome) : outcome
         // The end's line before the state: once a job shows its final state, its line is there.
@@ -362,14 +386,8 @@ public final class JobRunner: @unchecked Sendable {
         do {
             let (src, srcPeer, srcExport) = try jobEndpoint(job.request.source)
             let (dst, dstPeer, dstExport) = try jobEndpoint(job.request.destination)
-            var options = TransferOptions()
-            options.recursive = job.request.recursive
-            options.checksum = job.request.checksum
+            let options = try baseOptions(job)
             let tuned = !job.peer.isEmpty
-            options.streams = job.request.streams ?? (job.peer.isEmpty ? nil : tuner.streams(for: job.peer))
-            options.bandwidthLimitBytesPerSecond = job.request.bwlimit
-            options.protection = try ProtectionLevel(parsing: job.request.protection)
-            options.compression = try CompressionMode(parsing: job.request.compress)
             let creds = ClientCredentials(tls: try tlsContext(peer: job.peer), token: nil, center: srcPeer ?? dstPeer)
             // The owner's account for the local side; this thread (and the transfer's threads it
             // starts) act as it for the copy only: the queue's own work stays the daemon's.
@@ -400,6 +418,18 @@ public final class JobRunner: @unchecked Sendable {
             if isStopping { return .interrupted }
             return .failure(message: e.message, resumable: e.resumable && !JobRunner.permanent.contains(e.code), code: e.code)
         }
+    }
+
+    /// A job's transfer options as its request and the per-peer tuning say.
+    func baseOptions(_ job: Job) throws -> TransferOptions {
+        var options = TransferOptions()
+        options.recursive = job.request.recursive
+        options.checksum = job.request.checksum
+        options.streams = job.request.streams ?? (job.peer.isEmpty ? nil : tuner.streams(for: job.peer))
+        options.bandwidthLimitBytesPerSecond = job.request.bwlimit
+        options.protection = try ProtectionLevel(parsing: job.request.protection)
+        options.compression = try CompressionMode(parsing: job.request.compress)
+        return options
     }
 
     /// Failures a later attempt would meet again, from this side or said by the peer (its

@@ -511,6 +511,7 @@ public final class JobStore: @unchecked Sendable {
                    attempts: Int(r.int("attempts")), maxAttempts: Int(r.int("max_attempts")), notBefore: r.int("not_before"),
                    leaseOwner: r.optionalText("lease_owner"), leaseExpires: r.optionalInt("lease_expires"), error: r.optionalText("error"),
                    bytes: r.int("bytes"), files: r.int("files"), created: r.int("created"), updated: r.int("updated"), peer: r.text("peer"),
-                   lastWorker: r.optionalText("last_worker"), errorCode: r.optionalText("error_code").flatMap(TransferError.Code.init(name:)))
+                   lastWorker: r.optionalText("last_worker"), errorCode: r.optionalText("error_code").flatMap(TransferError.Code.init(name:)),
+                   striped: r.int("striped") != 0, note: r.optionalText("note"))
     }
 }

@@ -47,7 +47,7 @@ public struct JobPart: Sendable, Equatable {
 
 /// A file of a striped job that moves as ranges, and its commit.
 public struct StripedFile: Sendable, Equatable {
-    public enum CommitState: String, Sendable { case open, committing, committed }
+    public enum CommitState: String, Sendable { case open, committing, committed, failed }
     public var id: Int64
     public var job: Int64
     /// Relative to the job's source (empty: the source is this file).
@@ -61,6 +61,8 @@ public struct StripedFile: Sendable, Equatable {
     public var rangesDone: Int
     public var state: CommitState
     public var committer: String?
+    /// Why its commit failed for good (state `failed`).
+    public var error: String? = nil
 }
 
 /// How a job is cut: files that move as ranges and groups of whole files (`StripePlanner`).
@@ -165,6 +167,7 @@ extension JobStore {
                 committer TEXT,
                 commit_expires \(int),
                 commit_lease \(int) NOT NULL DEFAULT 0,
+                error TEXT,
                 UNIQUE (job, path));
             CREATE TABLE IF NOT EXISTS job_parts (
                 \(id),
@@ -457,8 +460,13 @@ extension JobStore {
         /// These ranges (first chunks) were missing or not durable on the destination: their
         /// parts go back to the queue; the file waits for them again.
         case redo(firsts: [Int])
-        /// The destination's digest did not match the ranges' hashes: every range goes back.
+        /// The destination's digest did not match the ranges' hashes, or its partial copy is
+        /// gone or damaged: every range goes back (each resumes from its journal, so only what
+        /// is missing moves again).
         case redoAll
+        /// A refusal that a new attempt would meet again (permissions, a directory in the way):
+        /// the file fails, and with it the job.
+        case failed(String)
     }
 
     /// Ends `worker`'s commit of file `id`; false when `worker` no longer held it.
@@ -475,6 +483,9 @@ extension JobStore {
                 return true
             case .redo(let f): firsts = f
             case .redoAll: break
+            case .failed(let why):
+                try s.execute("UPDATE job_files SET state = 'failed', error = ?, committer = NULL, commit_expires = NULL WHERE id = ?", why, id)
+                return true
             }
             let again = try JobState.sql(movingParts: [.success], to: .queued)
             var redone = 0
@@ -545,6 +556,7 @@ extension JobStore {
 
     /// A retried job's failed parts run again, their attempts counted from one.
     static func retryParts(_ s: any SQLSession, job: Int64, now: Int64) throws {
+        try s.execute("UPDATE job_files SET state = 'committing', error = NULL, committer = NULL WHERE job = ? AND state = 'failed'", job)
         let again = try JobState.sql(moving: [.failed], to: .queued)
         try s.execute("UPDATE job_parts SET \(again.set), attempts = 0, not_before = 0, error = NULL, error_code = NULL, updated = ? WHERE job = ? AND \(again.where)",
                       now, job)
@@ -553,6 +565,20 @@ extension JobStore {
     /// A striped job's parts, in order.
     public func parts(_ job: Int64) throws -> [JobPart] {
         try db.read { s in try s.query("SELECT * FROM job_parts WHERE job = ? ORDER BY seq", job).map(JobStore.part) }
+    }
+
+    public func stripedFile(_ id: Int64) throws -> StripedFile? {
+        try db.read { s in try s.one("SELECT * FROM job_files WHERE id = ?", id).map(JobStore.stripedFile) }
+    }
+
+    /// A striped file's ranges, in chunk order.
+    public func ranges(file id: Int64) throws -> [ChunkRange] {
+        try db.read { s in
+            try s.query("SELECT first_chunk, chunk_count FROM job_parts WHERE file = ? ORDER BY first_chunk", id).compactMap {
+                let first = Int($0.int("first_chunk")), count = Int($0.int("chunk_count"))
+                return try? ChunkRange(first: first, count: count, of: first + count)
+            }
+        }
     }
 
     public func stripedFiles(_ job: Int64) throws -> [StripedFile] {
@@ -568,6 +594,8 @@ extension JobStore {
         public var filesTotal: Int64 = 0
         public var filesCommitted = 0
         public var filesStriped = 0
+        /// Striped files whose commit failed for good.
+        public var filesFailed = 0
         public var total: Int { byState.values.reduce(0, +) }
         /// Every part succeeded and every striped file is committed.
         public var complete: Bool { total > 0 && byState[.success, default: 0] == total && filesCommitted == filesStriped }
@@ -584,9 +612,11 @@ extension JobStore {
                 if let st = JobState(rawValue: r.text("state")) { p.byState[st, default: 0] += Int(r.int("n")) }
                 p.bytes += r.int("b"); p.files += r.int("f"); p.bytesTotal += r.int("bt"); p.filesTotal += r.int("ft")
             }
-            if let f = try s.one("SELECT COUNT(*) AS n, SUM(CASE WHEN state = 'committed' THEN 1 ELSE 0 END) AS c FROM job_files WHERE job = ?", job) {
+            if let f = try s.one("SELECT COUNT(*) AS n, SUM(CASE WHEN state = 'committed' THEN 1 ELSE 0 END) AS c, "
+                                   + "SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS x FROM job_files WHERE job = ?", job) {
                 p.filesStriped = Int(f.int("n"))
                 p.filesCommitted = Int(f.int("c"))
+                p.filesFailed = Int(f.int("x"))
                 // A committed file counts as one file moved (its ranges carry no file count).
                 p.files += Int64(p.filesCommitted)
                 p.filesTotal += Int64(p.filesStriped)
@@ -614,7 +644,8 @@ extension JobStore {
         StripedFile(id: r.int("id"), job: r.int("job"), path: r.text("path"), size: r.int("size"), mtimeSeconds: r.int("mtime_s"),
                     mtimeNanoseconds: r.int("mtime_ns"), mode: r.int("mode"), chunkBytes: r.int("chunk_bytes"),
                     rangesTotal: Int(r.int("ranges_total")), rangesDone: Int(r.int("ranges_done")),
-                    state: StripedFile.CommitState(rawValue: r.text("state")) ?? .open, committer: r.optionalText("committer"))
+                    state: StripedFile.CommitState(rawValue: r.text("state")) ?? .open, committer: r.optionalText("committer"),
+                    error: r.optionalText("error"))
     }
 
     /// 32 hex digits per hash (high word, then low).

@@ -82,6 +82,9 @@ public struct ServerConfigFile {
     public var directory = "."
     /// `[[peer]]`: other centers by name (jobs say `ferry://NAME/path`).
     public var peers: [String: HostPort] = [:]
+    /// `[[peer]] nodes`: a peer's transfer nodes (striping spreads a job's parts over them;
+    /// `address` stays what everything else dials).
+    public var peerNodes: [String: [HostPort]] = [:]
     /// `[[peer]] api = "https://HOST:PORT"`: the peer daemon's API (its base URL), whose
     /// catalog this center's daemon follows (Global Files federation). Peers without one are
     /// not followed. A bare HOST:PORT is https, or http on loopback (`HTTPClient.Target`);
@@ -196,10 +199,21 @@ public struct ServerConfigFile {
                         }
                         follow = text
                     }
-                    guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"],
-                          pt.count == 2 + (api == nil ? 0 : 1) + (follow == nil ? 0 : 1), CenterName.isValid(name) else {
-                        throw TransferError(.usage, "every [[peer]] has a name (a center name), an address (HOST:PORT) and optionally api (https://HOST:PORT of its daemon) and follow (\"entries\" or \"datasets\")")
+                    var nodes: [HostPort]?
+                    if let n = pt["nodes"] {
+                        guard case .array(let list) = n, !list.isEmpty, list.count <= 1024 else {
+                            throw TransferError(.usage, "[[peer]] nodes is a list of 1 to 1,024 \"HOST:PORT\" (the peer's transfer nodes)")
+                        }
+                        nodes = try list.map {
+                            guard case .string(let text) = $0 else { throw TransferError(.usage, "[[peer]] nodes is a list of \"HOST:PORT\"") }
+                            return try HostPort(parsing: text)
+                        }
                     }
+                    guard case .string(let name)? = pt["name"], case .string(let address)? = pt["address"],
+                          pt.count == 2 + (api == nil ? 0 : 1) + (follow == nil ? 0 : 1) + (nodes == nil ? 0 : 1), CenterName.isValid(name) else {
+                        throw TransferError(.usage, "every [[peer]] has a name (a center name), an address (HOST:PORT) and optionally api (https://HOST:PORT of its daemon), follow (\"entries\" or \"datasets\") and nodes ([\"HOST:PORT\", ...], its transfer nodes)")
+                    }
+                    if let nodes { peerNodes[name] = nodes }
                     if follow != nil && api == nil { throw TransferError(.usage, "[[peer]] \(name): follow needs the peer's api") }
                     if follow == "datasets" { peersForwarded.insert(name) }
                     peers[name] = try HostPort(parsing: address)
