@@ -170,6 +170,16 @@ struct ContractSchemaTests {
         running.progress = try Self.decoded(#"{"bytes_done":5,"bytes_total":10,"files_done":0,"files_total":1,"wire_bytes":5,"seconds":0.5}"#)
         try Self.expectConforms(running)
         try Self.expectConforms(V1.Transfer(Self.job(.failed, error: JobStore.cancelledPrefix + " by alice")))
+        // A striped job: its parts and a note.
+        var striped = Self.job(.running)
+        striped.striped = true
+        striped.note = "a word"
+        var pp = JobStore.PartProgress()
+        pp.byState = [.queued: 2, .running: 1, .success: 4, .upForRetry: 1]
+        pp.bytes = 10; pp.bytesTotal = 20; pp.files = 3; pp.filesTotal = 9
+        let sv = V1.Transfer(striped, parts: pp)
+        #expect(sv.parts?.queued == 3 && sv.parts?.total == 8 && sv.striped == true)
+        try Self.expectConforms(sv)
         try Self.expectConforms(V1.TransferPage(transfers: [V1.Transfer(Self.job(.queued))], more: false, nextAfter: nil))
         try Self.expectConforms(V1.TransferPage(transfers: [], more: true, nextAfter: 9))
         try Self.expectConforms(V1.TransferBatch(transfers: [V1.Transfer(Self.job(.success))]))

@@ -39,7 +39,10 @@ struct DaemonConfigTests {
                             ("api_connections = 2000000", "api_connections"), ("staging = \"rel\"", "daemon.staging"), ("api_tls = 1", "api_tls"),
                             ("catalog_indexes = [\"name\"]", "catalog_indexes"), ("catalog_indexes = \"size\"", "catalog_indexes"),
                             ("catalog_indexes = [\"size; DROP TABLE files\"]", "catalog_indexes"), ("catalog_scan_rows = 99", "catalog_scan_rows"),
-                            ("catalog_scan_rows = \"2M\"", "catalog_scan_rows")] {
+                            ("catalog_scan_rows = \"2M\"", "catalog_scan_rows"), ("node = \"a b\"", "daemon.node"), ("node = \"\"", "daemon.node"),
+                            ("node = \"../x\"", "daemon.node"), ("nodes = 0", "daemon.nodes"), ("nodes = 5000", "daemon.nodes"),
+                            ("stripe_range = \"6M\"", "4 MiB"), ("stripe_range = \"0\"", "stripe_range"), ("stripe_threshold = \"lots\"", "stripe_threshold"),
+                            ("stripe_files = 70000", "stripe_files"), ("per_node = 65", "per_node"), ("stripe_group = 5", "stripe_group")] {
             let file = try ServerConfigFile(parsing: "[daemon]\n" + bad, relativeTo: "/x")
             #expect(file.daemonTable != nil)
             do {
@@ -50,5 +53,34 @@ struct DaemonConfigTests {
             }
         }
         #expect(throws: TransferError.self) { try ServerConfigFile(parsing: "daemon = 1", relativeTo: "/x") }
+    }
+
+    @Test("striping: this node and the center's count, how jobs are cut, and the peers' nodes; bad peer nodes refused")
+    func striping() throws {
+        let file = try ServerConfigFile(parsing: """
+            [daemon]
+            node = "dtn-2.hlrs"
+            nodes = 3
+            stripe_threshold = "1T"
+            stripe_range = "64M"
+            stripe_files = 500
+            stripe_group = "32M"
+            per_node = 3
+            [[peer]]
+            name = "wuxi"
+            address = "[fd00::1]:7700"
+            nodes = ["[fd00::1]:7700", "[fd00::2]:7700"]
+            """, relativeTo: "/x")
+        let d = try #require(try DaemonConfig(file, path: "c"))
+        #expect(d.node == "dtn-2.hlrs" && d.nodes == 3 && d.stripe.threshold == 1 << 40 && d.stripe.rangeBytes == 64 << 20)
+        #expect(d.stripe.groupFiles == 500 && d.stripe.groupBytes == 32 << 20 && d.stripe.perNode == 3)
+        #expect(file.peerNodes["wuxi"] == [HostPort(host: "fd00::1", port: 7700), HostPort(host: "fd00::2", port: 7700)])
+        let defaults = try #require(try DaemonConfig(ServerConfigFile(parsing: "[daemon]", relativeTo: "/x"), path: "c"))
+        #expect(defaults.nodes == 1 && defaults.stripe == StripeSettings() && StripeSettings.isNodeName(defaults.node))
+        for bad in ["nodes = []", "nodes = \"h:1\"", "nodes = [1]", "nodes = [\"no port\"]"] {
+            #expect(throws: TransferError.self, "\(bad)") {
+                try ServerConfigFile(parsing: "[[peer]]\nname = \"wuxi\"\naddress = \"h:1\"\n" + bad, relativeTo: "/x")
+            }
+        }
     }
 }

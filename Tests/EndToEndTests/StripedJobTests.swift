@@ -125,3 +125,88 @@ struct StripedJobTests {
         #expect(!exists(c.scratch + "/copy.bin"))
     }
 }
+
+extension StripedJobTests {
+    /// The daemon's own pid (the harness runs it under `timeout`): its worker names carry it.
+    static func daemonPid(_ s: FerryServer) -> String {
+        let pid = s.process.pid
+        let children = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return children.split(separator: " ").first.map(String.init) ?? "\(pid)"
+    }
+
+    static func psql(_ c: DaemonE2ETests.Centers, _ sql: String) -> String {
+        runTool("/usr/bin/psql", [c.database, "-Atc", sql]).output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Submits a striped push of `size` bytes, waits until `fraction` of its parts are done,
+    /// then `kill` runs; returns the job, the bytes of parts running on `node` at that moment
+    /// (nil: any node).
+    static func killMidway(_ c: DaemonE2ETests.Centers, size: Int, node: (String) -> String?, kill: (String) -> Void) throws -> (id: Int, unfinished: Int) {
+        try writeRandomFile(c.scratch + "/big.bin", size: size)
+        let id = try submit(c, ["--stripe", "--compress", "off", "--bwlimit", "12M", "/scratch/big.bin", "ferry://wuxi/incoming/big.bin"])
+        var unfinished = 0
+        var victim = ""
+        let reached = waitUntil(timeout: 60, interval: 0.05) {
+            let total = Int(psql(c, "SELECT COUNT(*) FROM job_parts WHERE job = \(id)")) ?? 0
+            let done = Int(psql(c, "SELECT COUNT(*) FROM job_parts WHERE job = \(id) AND state = 'success'")) ?? 0
+            guard total > 0, done * 10 >= total * 3 else { return false }
+            let worker = psql(c, "SELECT last_worker FROM jobs WHERE id = \(id)")
+            guard let n = node(worker) else { return false }
+            let running = psql(c, "SELECT COALESCE(SUM(bytes_total), 0) FROM job_parts WHERE job = \(id) AND state = 'running' AND (node = '\(n)' OR peer_node = '\(n)')")
+            guard let r = Int(running), r > 0 else { return false }
+            unfinished = r
+            victim = n
+            return true
+        }
+        #expect(reached, "the job did not reach 30 % with parts running on the victim")
+        kill(victim)
+        return (id, unfinished)
+    }
+
+    @Test("kill -9 of the source node coordinating a striped job at a third: the other node takes over the job and the lost parts (from their journals), byte-identical, and what moved again is at most the killed node's unfinished parts")
+    func sourceNodeKilled() throws {
+        let (c, a2) = try Self.start("striped-kill-src")
+        defer { c.a.stop(); a2.stop(); c.b.stop(); c.bNodes.forEach { $0.stop() } }
+        let size = 96 * E2E.MiB + 777
+        var killed = ""
+        let (id, unfinished) = try Self.killMidway(c, size: size, node: { worker in
+            // The coordinator's node: its worker is CENTER-PID/N.
+            if worker.contains("-\(Self.daemonPid(c.a))/") { return "a1" }
+            if worker.contains("-\(Self.daemonPid(a2))/") { return "a2" }
+            return nil
+        }, kill: { n in
+            killed = n
+            if n == "a1" { c.a.kill9() } else { a2.kill9() }
+        })
+        let survivor = killed == "a1" ? a2 : c.a
+        let api = try DaemonE2ETests.apiURL(survivor)
+        let w = try c.sb.ferry(["jobs", "wait", "--api", api, "--token-file", c.sb.tokenFile, "\(id)", "--timeout", "150"], timeout: 160)
+        #expect(w.status == 0, "\(w)")
+        #expect(filesIdentical(c.scratch + "/big.bin", c.incoming + "/big.bin"))
+        #expect(ferryLeftovers(c.incoming).isEmpty, "\(ferryLeftovers(c.incoming))")
+        // Bytes the runners recorded moving (each renewal and each part's end): the killed
+        // node's last unrecorded span is missing, so at least size − its unfinished parts, and
+        // what moved again (resumed from the journals) at most its unfinished parts.
+        let moved = Int(Self.psql(c, "SELECT COALESCE(SUM(bytes), 0) FROM link_samples WHERE job = \(id)")) ?? -1
+        #expect(moved >= size - unfinished && moved <= size + unfinished, "moved \(moved) for \(size) (killed node's unfinished parts \(unfinished))")
+        let retaken = Int(Self.psql(c, "SELECT COUNT(*) FROM job_parts WHERE job = \(id) AND attempts > 1")) ?? 0
+        #expect(retaken >= 1, "no part was taken back from the killed node")
+        #expect(Self.psql(c, "SELECT COUNT(*) FROM jobs WHERE id = \(id) AND attempts >= 2") == "1", "the job's coordinator was not taken over")
+    }
+
+    @Test("kill -9 of one of the peer's two servers at a third: its parts go to the other server (the dead one rests), byte-identical, what moved again at most its unfinished parts")
+    func peerNodeKilled() throws {
+        let (c, a2) = try Self.start("striped-kill-dst")
+        defer { c.a.stop(); a2.stop(); c.b.stop(); c.bNodes.forEach { $0.stop() } }
+        let size = 96 * E2E.MiB + 777
+        let servers = [c.b] + c.bNodes
+        let (id, unfinished) = try Self.killMidway(c, size: size, node: { _ in "127.0.0.1:\(servers[1].port)" }, kill: { _ in servers[1].kill9() })
+        let w = try DaemonE2ETests.jobs(c, ["wait", "\(id)", "--timeout", "150"], timeout: 160)
+        #expect(w.status == 0, "\(w)")
+        #expect(filesIdentical(c.scratch + "/big.bin", c.incoming + "/big.bin"))
+        #expect(ferryLeftovers(c.incoming).isEmpty, "\(ferryLeftovers(c.incoming))")
+        let moved = Int(Self.psql(c, "SELECT COALESCE(SUM(bytes), 0) FROM link_samples WHERE job = \(id)")) ?? -1
+        #expect(moved >= size && moved <= size + unfinished, "moved \(moved) for \(size) (the dead server's unfinished parts \(unfinished))")
+        #expect(Self.psql(c, "SELECT down_until > 0 FROM peer_nodes WHERE address = '127.0.0.1:\(servers[1].port)'") == "t", "the dead server was not marked down")
+    }
+}
