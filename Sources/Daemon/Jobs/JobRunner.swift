@@ -261,13 +261,7 @@ public final class JobRunner: @unchecked Sendable {
             do {
                 // Submitted jobs are queued at once; promote moves only waiting ones (backoff,
                 // dependencies, leases, deadlines), so once a second is enough: not per claim.
-                if lock.withLock({ () -> Bool in
-                    guard now > lastPromote else { return false }
-                    lastPromote = now
-                    return true
-                }) {
-                    try store.promote(now: now)
-                }
+                try promoteIfDue(now)
                 // Parts of striped jobs first: they are jobs already started.
                 if canStripe {
                     if let part = try store.claimPart(worker: name, node: settings.node, now: now, leaseSeconds: settings.leaseSeconds,
@@ -294,6 +288,28 @@ public final class JobRunner: @unchecked Sendable {
                 continue
             }
             run(job, worker: name)
+        }
+    }
+
+    /// Moves waiting jobs and parts (backoff, dependencies, leases, deadlines) once a second
+    /// per daemon, whichever of its workers or coordinators comes first.
+    func promoteIfDue(_ now: Int64) throws {
+        if lock.withLock({ () -> Bool in
+            guard now > lastPromote else { return false }
+            lastPromote = now
+            return true
+        }) {
+            try store.promote(now: now)
+        }
+    }
+
+    /// A part's or commit's progress, cancelled by `stop` like a job's (`running`, keyed by
+    /// the negated part id so as not to meet a job's).
+    func track(part id: Int64, _ progress: TransferProgress?) -> Bool {
+        lock.withLock {
+            if progress != nil && stopping { return false }
+            running[-id] = progress
+            return true
         }
     }
 

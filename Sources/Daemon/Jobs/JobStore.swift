@@ -337,24 +337,28 @@ public final class JobStore: @unchecked Sendable {
                 SELECT id, peer, owner FROM jobs WHERE state = 'queued' AND not_before <= ?
                 ORDER BY priority DESC, id LIMIT \(pg ? 16 : 256)\(pg ? " FOR UPDATE SKIP LOCKED" : "")
                 """, now)
+            if pg {
+                // Another daemon may have filled a slot since the counts above: count again
+                // under locks that every claimant of a peer or user takes, all in one order
+                // (peers sorted, then users sorted), so two claimants never wait on each other.
+                let peers = Set(candidates.map { $0.text("peer") }).filter { !$0.isEmpty && (peerLimits[$0] ?? perPeerMax) < .max }
+                for peer in peers.sorted() {
+                    try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-peer:' || ?)) AS locked", peer)
+                    runningByPeer[peer] = try JobStore.runningToward(s, peer: peer)
+                }
+                if perUserMax < .max {
+                    for owner in Set(candidates.map { $0.text("owner") }).sorted() {
+                        try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-user:' || ?)) AS locked", owner)
+                        runningByOwner[owner] = Int(try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND owner = ?", owner)?.int("n") ?? 0)
+                    }
+                }
+            }
             for c in candidates {
                 let peer = c.text("peer")
                 let owner = c.text("owner")
                 let peerMax = peerLimits[peer] ?? perPeerMax
                 if !peer.isEmpty && runningByPeer[peer, default: 0] >= peerMax { continue }
                 if runningByOwner[owner, default: 0] >= perUserMax { continue }
-                if pg && (peerMax < .max || perUserMax < .max) {
-                    // Another daemon may have filled the slot since the count above: count again
-                    // under locks that every claimant of this peer and user takes (peer first).
-                    if !peer.isEmpty && peerMax < .max {
-                        try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-peer:' || ?)) AS locked", peer)
-                        if try JobStore.runningToward(s, peer: peer) >= peerMax { continue }
-                    }
-                    if perUserMax < .max {
-                        try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-user:' || ?)) AS locked", owner)
-                        if try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND owner = ?", owner)?.int("n") ?? 0 >= Int64(perUserMax) { continue }
-                    }
-                }
                 let claimed = try JobState.sql(moving: [.queued], to: .running)
                 let rows = try s.query("""
                     UPDATE jobs SET \(claimed.set), attempts = attempts + 1, lease_owner = ?, lease_expires = ?, last_worker = ?, updated = ?

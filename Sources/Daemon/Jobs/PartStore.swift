@@ -103,6 +103,15 @@ public enum StripePlanner {
         }
     }
 
+    /// Bounds on what one job is cut from (a listing is held while it is planned) and into.
+    public static let entriesMax = 2_000_000
+    public static let pathBytesMax = 256 << 20
+    public static let partsMax = 1_000_000
+    /// A commit's bounds (`CommitRequest`): chunks of one file, and ranges of one file (a
+    /// file that would need more ranges gets longer ones).
+    static let fileChunksMax = 1 << 22
+    static let fileRangesMax = 1 << 16
+
     public static func plan(_ entries: [Entry], chunkBytes: Int64, rangeBytes: Int64, groupFiles: Int, groupBytes: Int64) throws -> StripePlan {
         guard chunkBytes > 0, rangeBytes >= chunkBytes, rangeBytes % chunkBytes == 0 else {
             throw JobStoreError("stripe range \(rangeBytes) is not a multiple of the chunk size \(chunkBytes)")
@@ -111,9 +120,11 @@ public enum StripePlanner {
         var plan = StripePlan()
         var group = StripePlan.Group(paths: [], bytes: 0)
         for e in entries {
-            if e.isFile && e.size >= 2 * rangeBytes {
-                let chunks = Int((e.size + chunkBytes - 1) / chunkBytes)
-                let per = Int(rangeBytes / chunkBytes)
+            guard plan.partCount + (group.paths.isEmpty ? 0 : 1) <= partsMax else { throw JobStoreError("more than \(partsMax) parts: too many to stripe in one job") }
+            // A file too big for one commit's bounds moves whole, in a group.
+            let chunks = e.size <= 0 ? 0 : Int(e.size / chunkBytes + (e.size % chunkBytes == 0 ? 0 : 1))
+            if e.isFile && e.size / 2 >= rangeBytes && chunks <= fileChunksMax {
+                let per = max(Int(rangeBytes / chunkBytes), (chunks + fileRangesMax - 1) / fileRangesMax)
                 var ranges: [ChunkRange] = []
                 var first = 0
                 while first < chunks {
@@ -126,12 +137,12 @@ public enum StripePlanner {
                                         mode: e.mode, chunkBytes: chunkBytes, ranges: ranges))
                 continue
             }
-            if !group.paths.isEmpty && (group.paths.count >= groupFiles || group.bytes + max(0, e.size) > groupBytes) {
+            if !group.paths.isEmpty && (group.paths.count >= groupFiles || group.bytes > groupBytes - max(0, e.size)) {
                 plan.groups.append(group)
                 group = .init(paths: [], bytes: 0)
             }
             group.paths.append(e.path)
-            group.bytes += e.isFile ? max(0, e.size) : 0
+            group.bytes = e.isFile ? min(Int64.max / 2, group.bytes + max(0, min(e.size, Int64.max / 4))) : group.bytes
         }
         if !group.paths.isEmpty { plan.groups.append(group) }
         return plan
@@ -167,6 +178,8 @@ extension JobStore {
                 committer TEXT,
                 commit_expires \(int),
                 commit_lease \(int) NOT NULL DEFAULT 0,
+                commit_after \(int) NOT NULL DEFAULT 0,
+                commit_attempts \(int) NOT NULL DEFAULT 0,
                 error TEXT,
                 UNIQUE (job, path));
             CREATE TABLE IF NOT EXISTS job_parts (
@@ -311,15 +324,16 @@ extension JobStore {
                 WHERE p.state = 'queued' AND p.not_before <= ? AND j.striped = 1 AND j.state IN ('running', 'queued', 'up_for_reschedule')
                 ORDER BY j.priority DESC, p.job, p.seq LIMIT \(pg ? 16 : 64)\(pg ? " FOR UPDATE OF p SKIP LOCKED" : "")
                 """, now)
+            // The peers' locks in one order (sorted), after the node's: two claimants never wait
+            // for each other's locks in opposite orders.
             var full: Set<String> = []
+            for peer in Set(candidates.map { $0.text("peer") }).sorted() where !peer.isEmpty && (peerLimits[peer] ?? perPeerMax) < .max {
+                if pg { try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-peer:' || ?)) AS locked", peer) }
+                if try JobStore.runningToward(s, peer: peer) >= peerLimits[peer] ?? perPeerMax { full.insert(peer) }
+            }
             for c in candidates {
                 let peer = c.text("peer")
-                let peerMax = peerLimits[peer] ?? perPeerMax
                 if full.contains(peer) { continue }
-                if !peer.isEmpty && peerMax < .max {
-                    if pg { try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-peer:' || ?)) AS locked", peer) }
-                    if try JobStore.runningToward(s, peer: peer) >= peerMax { full.insert(peer); continue }
-                }
                 let peerNode = try s.one("""
                     SELECT n.address AS address FROM peer_nodes n WHERE n.peer = ? AND n.down_until <= ?
                     ORDER BY (SELECT COUNT(*) FROM job_parts r WHERE r.state = 'running' AND r.peer = n.peer AND r.peer_node = n.address), n.address
@@ -443,9 +457,9 @@ extension JobStore {
             let pg = s.dialect == .postgres
             let c = try s.query("""
                 SELECT f.id AS id FROM job_files f JOIN jobs j ON j.id = f.job
-                WHERE f.state = 'committing' AND f.committer IS NULL AND j.state IN ('running', 'queued', 'up_for_reschedule')
+                WHERE f.state = 'committing' AND f.committer IS NULL AND f.commit_after <= ? AND j.state IN ('running', 'queued', 'up_for_reschedule')
                 ORDER BY f.id LIMIT 1\(pg ? " FOR UPDATE OF f SKIP LOCKED" : "")
-                """)
+                """, now)
             guard let id = c.first?.int("id") else { return nil }
             return try s.query("""
                 UPDATE job_files SET committer = ?, commit_expires = ?, commit_lease = ? WHERE id = ? AND committer IS NULL RETURNING *
@@ -467,7 +481,13 @@ extension JobStore {
         /// A refusal that a new attempt would meet again (permissions, a directory in the way):
         /// the file fails, and with it the job.
         case failed(String)
+        /// The commit could not be made now (the peer's node unreachable, a timeout): free for
+        /// another try after `seconds`; after `commitAttemptsMax` such tries the file fails.
+        case release(seconds: Int64, why: String)
     }
+
+    /// Tries of one file's commit that ended in `release` before the file fails.
+    public static let commitAttemptsMax = 8
 
     /// Ends `worker`'s commit of file `id`; false when `worker` no longer held it.
     @discardableResult
@@ -486,6 +506,16 @@ extension JobStore {
             case .failed(let why):
                 try s.execute("UPDATE job_files SET state = 'failed', error = ?, committer = NULL, commit_expires = NULL WHERE id = ?", why, id)
                 return true
+            case .release(let seconds, let why):
+                let tries = (try s.one("SELECT commit_attempts FROM job_files WHERE id = ?", id)?.int("commit_attempts") ?? 0) + 1
+                if tries >= JobStore.commitAttemptsMax {
+                    try s.execute("UPDATE job_files SET state = 'failed', error = ?, committer = NULL, commit_expires = NULL, commit_attempts = ? WHERE id = ?",
+                                  why + " (gave up after \(tries) tries of its commit)", tries, id)
+                } else {
+                    try s.execute("UPDATE job_files SET committer = NULL, commit_expires = NULL, commit_after = ?, commit_attempts = ? WHERE id = ?",
+                                  now + seconds, tries, id)
+                }
+                return true
             }
             let again = try JobState.sql(movingParts: [.success], to: .queued)
             var redone = 0
@@ -496,6 +526,11 @@ extension JobStore {
                 }
             } else {
                 redone = try s.execute("UPDATE job_parts SET \(again.set), hashes = NULL, updated = ? WHERE file = ? AND \(again.where)", now, id)
+            }
+            // Nothing went back (ranges that are not this file's): the commit stays to be made.
+            if redone == 0 {
+                try s.execute("UPDATE job_files SET committer = NULL, commit_expires = NULL WHERE id = ?", id)
+                return true
             }
             try s.execute("""
                 UPDATE job_files SET state = 'open', ranges_done = ranges_done - ?, committer = NULL, commit_expires = NULL WHERE id = ?
@@ -546,7 +581,15 @@ extension JobStore {
 
     /// Ends the unfinished parts of a cancelled job (their runners see it at their next renewal).
     static func cancelParts(_ s: any SQLSession, job: Int64, by user: String, now: Int64) throws {
-        let cancel = try JobState.sql(moving: [.queued, .running, .upForRetry, .upForReschedule], to: .failed)
+        // A running part's runner learns of it at its next renewal: until two leases have
+        // passed, a retry must not hand the part to another (`not_before`).
+        let fence = try JobState.sql(moving: [.running], to: .failed)
+        try s.execute("""
+            UPDATE job_parts SET \(fence.set), error = ?, error_code = NULL, lease_owner = NULL, lease_expires = NULL,
+                not_before = ? + 2 * lease_seconds, updated = ?
+            WHERE job = ? AND \(fence.where)
+            """, JobStore.cancelledPrefix + user, now, now, job)
+        let cancel = try JobState.sql(moving: [.queued, .upForRetry, .upForReschedule], to: .failed)
         try s.execute("""
             UPDATE job_parts SET \(cancel.set), error = ?, error_code = NULL, lease_owner = NULL, lease_expires = NULL, updated = ?
             WHERE job = ? AND \(cancel.where)
@@ -556,9 +599,10 @@ extension JobStore {
 
     /// A retried job's failed parts run again, their attempts counted from one.
     static func retryParts(_ s: any SQLSession, job: Int64, now: Int64) throws {
-        try s.execute("UPDATE job_files SET state = 'committing', error = NULL, committer = NULL WHERE job = ? AND state = 'failed'", job)
+        try s.execute("UPDATE job_files SET state = 'committing', error = NULL, committer = NULL, commit_attempts = 0, commit_after = 0 WHERE job = ? AND state = 'failed'", job)
         let again = try JobState.sql(moving: [.failed], to: .queued)
-        try s.execute("UPDATE job_parts SET \(again.set), attempts = 0, not_before = 0, error = NULL, error_code = NULL, updated = ? WHERE job = ? AND \(again.where)",
+        // not_before stays: a part cancelled while running waits out its fence.
+        try s.execute("UPDATE job_parts SET \(again.set), attempts = 0, error = NULL, error_code = NULL, updated = ? WHERE job = ? AND \(again.where)",
                       now, job)
     }
 

@@ -56,6 +56,10 @@ extension JobRunner {
                 if job.request.stripe == true && job.note == nil { try? store.setNote(job.id, JobRunner.notStripedEmbedded, now: JobRunner.now()) }
                 return nil
             }
+            // Weighing a job against the threshold takes a walk of its source: done for local
+            // sources (a push) only; a pull is striped when asked (a listing of the peer per job
+            // would cost every small pull a session).
+            if job.request.stripe == nil && FerryURL.isFerry(job.request.source) { return nil }
             do {
                 guard let plan = try planStripes(job) else { return nil }
                 try store.plan(job.id, worker: worker, plan: plan, now: JobRunner.now())
@@ -63,6 +67,8 @@ extension JobRunner {
             } catch {
                 let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
                 if isStoppingNow { return .interrupted }
+                // Not asked for: the job runs whole, and meets the same trouble there if it is real.
+                if job.request.stripe == nil { return nil }
                 return .failure(message: "planning the stripes: " + e.message, resumable: e.resumable && !JobRunner.permanent.contains(e.code), code: e.code)
             }
         }
@@ -78,18 +84,37 @@ extension JobRunner {
         let account = try localAccount(job, srcExport ?? dstExport)
         var entries: [StripePlanner.Entry] = []
         var total: Int64 = 0
+        var pathBytes = 0
+        var readOnlyDirectory: String?
         do {
             if let account { try ThreadIdentity.adopt(account) }
             defer { if account != nil { ThreadIdentity.restore() } }
             _ = try TransferClient.list(src, request: ListRequest(depth: job.request.recursive ? .max : 0), credentials: creds) { e in
-                guard entries.count < 10_000_000 else { throw TransferError(.usage, "more than 10,000,000 entries: too many to stripe in one job") }
+                // A listing (a peer's, or a local tree) is bounded before it is held.
+                pathBytes += e.path.utf8.count + 64
+                guard entries.count < StripePlanner.entriesMax, pathBytes < StripePlanner.pathBytesMax else {
+                    throw TransferError(.usage, "more than \(StripePlanner.entriesMax) entries or \(StripePlanner.pathBytesMax >> 20) MiB of names: too many to stripe in one job")
+                }
+                // Each part's session sets the directories it passes to their modes at its end:
+                // one the owner may not write would lock the next parts out of it.
+                if e.kind == .directory && e.mode & 0o200 == 0 && readOnlyDirectory == nil { readOnlyDirectory = e.path.isEmpty ? "." : e.path }
                 if e.path.isEmpty && e.kind == .directory { return }  // the root: made by every part
-                entries.append(.init(path: e.path, size: Int64(e.size), mtimeSeconds: e.mtimeSeconds, mtimeNanoseconds: Int64(e.mtimeNanoseconds),
+                // A peer's listing is checked where it is decoded; once more here, since these
+                // paths become local paths of range parts and commits.
+                if !e.path.isEmpty { _ = try namespaceComponents(e.path) }
+                let size = Int64(clamping: e.size)
+                entries.append(.init(path: e.path, size: size, mtimeSeconds: e.mtimeSeconds, mtimeNanoseconds: Int64(e.mtimeNanoseconds),
                                      mode: Int64(e.mode & 0o7777), isFile: e.kind == .file))
-                if e.kind == .file { total += Int64(e.size) }
+                if e.kind == .file { total = total.addingReportingOverflow(size).overflow ? .max : total + size }
             }
         }
         if job.request.stripe == nil && total < settings.stripe.threshold { return nil }
+        if let dir = readOnlyDirectory {
+            if job.request.stripe == true && job.note == nil {
+                try? store.setNote(job.id, "not striped: directory '\(dir)' is not writable by its owner (parts would lock each other out of it)", now: JobRunner.now())
+            }
+            return nil
+        }
         let s = settings.stripe
         let plan = try StripePlanner.plan(entries, chunkBytes: Int64(Wire.chunkBytesDefault), rangeBytes: s.rangeBytes, groupFiles: s.groupFiles, groupBytes: s.groupBytes)
         // One file too small for ranges travels whole; so does a job of one part.
@@ -111,6 +136,9 @@ extension JobRunner {
             if progress.isCancelled { return .interrupted }
             let seen = store.changes.generation
             do {
+                // Every worker may be a coordinator: the time-based moves must not wait for one
+                // that is not.
+                try promoteIfDue(JobRunner.now())
                 if let part = try store.claimPart(worker: worker, node: settings.node, now: JobRunner.now(), leaseSeconds: settings.leaseSeconds,
                                                   perNodeMax: settings.stripe.perNode, perPeerMax: settings.perPeerMax, peerLimits: tuner.activeLimits()) {
                     runPart(part, worker: worker)
@@ -122,7 +150,12 @@ extension JobRunner {
                 }
                 let p = try store.partProgress(job.id)
                 if p.complete {
-                    finishDirectories(job)
+                    do {
+                        try finishDirectories(job)
+                    } catch {
+                        let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
+                        return .failure(message: "the directories' modes and times after the parts: " + e.message, resumable: e.resumable && !JobRunner.permanent.contains(e.code), code: e.code)
+                    }
                     return .success(bytes: p.bytes, files: p.files)
                 }
                 if p.filesFailed > 0, let f = try store.stripedFiles(job.id).first(where: { $0.state == .failed }) {
@@ -154,8 +187,10 @@ extension JobRunner {
             var e = e
             if case .remote(let server, let p) = e { e = .remote(node ?? server, path: p) }
             guard !path.isEmpty else {
-                // One file into a directory named with a trailing '/': its name beneath it.
-                if destination, job.request.destination.hasSuffix("/"), let name = job.request.source.split(separator: "/").last {
+                // One file into a directory (named with a trailing '/', or a local one that
+                // exists): its name beneath it, as the engine does for a whole copy.
+                if destination, let name = job.request.source.split(separator: "/").last,
+                   job.request.destination.hasSuffix("/") || JobRunner.isDirectory(e) {
                     return JobRunner.beneath(e, String(name))
                 }
                 return e
@@ -164,6 +199,13 @@ extension JobRunner {
         }
         let creds = ClientCredentials(tls: try tlsContextForJobs(peer: job.peer), token: nil, center: srcPeer ?? dstPeer)
         return (place(src, destination: false), place(dst, destination: true), creds, try localAccount(job, srcExport ?? dstExport), srcPeer ?? dstPeer)
+    }
+
+    /// Whether a local job path is an existing directory (opened step by step beneath its
+    /// export, no link followed; the daemon's own look, no content read).
+    static func isDirectory(_ e: Endpoint) -> Bool {
+        guard case .confined(let root, let components) = e, !components.isEmpty else { return false }
+        return isConfinedDirectory(root: root, components: components)
     }
 
     static func beneath(_ e: Endpoint, _ rel: String) -> Endpoint {
@@ -179,28 +221,42 @@ extension JobRunner {
     /// Runs one part under its lease (renewed, and self-fenced), records its outcome, and
     /// commits the file when this was its last range.
     func runPart(_ part: JobPart, worker: String) {
+        // (`done` is signalled once the transfer ended; the keeper and its renewals stop.)
         let progress = TransferProgress()
         let done = DispatchSemaphore(value: 0)
         let recorded = SampleCounter()
         let lease = Double(settings.leaseSeconds)
+        // Renewals run on threads of their own, so that a database that hangs cannot stop the
+        // watch: the part stops once no renewal succeeded for two thirds of its lease, well
+        // before the queue would hand it to another node (a whole lease after its expiry).
+        let held = RenewalWatch()
         let keeper = Thread { [self] in
-            var lastHeld = ProcessInfo.processInfo.systemUptime
             let every = max(0.5, lease / 3)
-            while done.wait(timeout: .now() + every) == .timedOut {
-                let s = progress.snapshot()
-                let moved = recorded.advance(to: JobRunner.moved(s))
-                switch Result(catching: { try store.renewPart(part.id, worker: worker, now: JobRunner.now(), bytes: Int64(s.bytesDone), files: Int64(s.filesDone), moved: moved) }) {
-                case .success(true): lastHeld = ProcessInfo.processInfo.systemUptime
-                case .success(false): progress.cancel("part \(part.seq) of job \(part.job) was cancelled or taken over")
-                case .failure:
-                    // The database cannot be reached: stop before the queue could hand the
-                    // range to another node (it waits a whole lease past the expiry).
-                    if ProcessInfo.processInfo.systemUptime - lastHeld > lease * 2 / 3 {
-                        progress.cancel("part \(part.seq) of job \(part.job): no lease renewal for \(Int(lease * 2 / 3)) s")
+            var nextRenewal = ProcessInfo.processInfo.systemUptime + every
+            while done.wait(timeout: .now() + 0.25) == .timedOut {
+                let now = ProcessInfo.processInfo.systemUptime
+                if now - held.lastHeld > lease * 2 / 3 {
+                    progress.cancel("part \(part.seq) of job \(part.job): no lease renewal for \(Int(lease * 2 / 3)) s")
+                }
+                guard now >= nextRenewal, held.begin() else { continue }
+                nextRenewal = now + every
+                Thread.detachNewThread { [self] in
+                    defer { held.end() }
+                    let s = progress.snapshot()
+                    let moved = recorded.advance(to: JobRunner.moved(s))
+                    switch Result(catching: { try store.renewPart(part.id, worker: worker, now: JobRunner.now(), bytes: Int64(s.bytesDone), files: Int64(s.filesDone), moved: moved) }) {
+                    case .success(true): held.renewed(at: now)
+                    case .success(false): progress.cancel("part \(part.seq) of job \(part.job) was cancelled or taken over")
+                    case .failure: break  // the watch above decides
                     }
                 }
             }
         }
+        guard track(part: part.id, progress) else {
+            _ = try? store.finishPart(part.id, worker: worker, outcome: .interrupted, now: JobRunner.now())
+            return
+        }
+        defer { _ = track(part: part.id, nil) }
         keeper.start()
         var hashes: [ChunkHash] = []
         var commitSeconds = settings.leaseSeconds
@@ -268,17 +324,32 @@ extension JobRunner {
             }
             let request = CommitRequest(size: UInt64(file.size), mtimeSeconds: file.mtimeSeconds, mtimeNanoseconds: UInt32(clamping: file.mtimeNanoseconds),
                                         mode: UInt32(file.mode), chunkBytes: Int(file.chunkBytes), digest: FileDigest.of(hashes), ranges: try store.ranges(file: file.id))
-            let ends = try partEndpoints(job, path: file.path, peerNode: nil)
-            do {
-                if let a = ends.account { try ThreadIdentity.adopt(a) }
-                defer { if ends.account != nil { ThreadIdentity.restore() } }
-                _ = try TransferClient.commit(ends.dst, request, credentials: ends.creds)
+            // A push commits at the peer: at its address, else at its other nodes in turn (the
+            // partial copy is on their shared filesystem); a pull commits here.
+            let nodes = FerryURL.isFerry(job.request.destination) ? peerNodesInTurn(job) : [nil]
+            var unreachable: TransferError?
+            var result: JobStore.CommitOutcome?
+            for node in nodes {
+                let ends = try partEndpoints(job, path: file.path, peerNode: node)
+                do {
+                    if let a = ends.account { try ThreadIdentity.adopt(a) }
+                    defer { if ends.account != nil { ThreadIdentity.restore() } }
+                    _ = try TransferClient.commit(ends.dst, request, credentials: ends.creds)
+                    result = .committed
+                    break
+                } catch let e as TransferError where FerryURL.isFerry(job.request.destination) && !e.fromPeer && e.code != .usage {
+                    // The peer's node could not be reached or did not answer in time: not the
+                    // file's fault; the next node, or later.
+                    unreachable = e
+                }
             }
-            outcome = .committed
+            outcome = result ?? .release(seconds: 15, why: "commit of \(file.path.isEmpty ? "the file" : file.path): \(unreachable?.message ?? "no node of the peer answered")")
         } catch {
             let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
-            // A digest that does not match, a partial copy gone or damaged: the ranges run again
-            // (from their journals). A refusal a new attempt would meet again fails the file.
+            // What the committer found: a digest that does not match, a partial copy gone or
+            // damaged → the ranges run again (each resumes from its journal where one is left;
+            // a digest mismatch removed them, so that file moves again whole). A refusal a new
+            // attempt would meet again fails the file, and the job.
             if e.code == .verify || e.code == .notFound || (e.resumable && !JobRunner.permanent.contains(e.code)) {
                 Logger(label: "ferry.daemon").warning("job \(file.job): commit of \(file.path.isEmpty ? "the file" : file.path): \(e.message); its ranges run again")
                 outcome = .redoAll
@@ -291,7 +362,7 @@ extension JobRunner {
 
     /// After every part of a tree: its directories once more (made, not entered), so that their
     /// modes and times are the source's after the parts wrote into them.
-    func finishDirectories(_ job: Job) {
+    func finishDirectories(_ job: Job) throws {
         guard job.request.recursive, let parts = try? store.parts(job.id) else { return }
         var dirs: [String] = []
         var seen = Set<String>()
@@ -314,18 +385,47 @@ extension JobRunner {
         }
         guard !dirs.isEmpty else { return }
         dirs.sort()
-        do {
-            var options = try baseOptions(job)
-            options.recursive = true
-            let ends = try partEndpoints(job, path: "", peerNode: nil)
-            if let a = ends.account { try ThreadIdentity.adopt(a) }
-            defer { if ends.account != nil { ThreadIdentity.restore() } }
-            for start in stride(from: 0, to: dirs.count, by: 65_536) {
-                options.selection = Array(dirs[start..<min(dirs.count, start + 65_536)])
-                _ = try TransferClient.copy(from: ends.src, to: ends.dst, options: options, credentials: ends.creds)
+        var options = try baseOptions(job)
+        options.recursive = true
+        // At the peer's address, else at its other nodes in turn.
+        var lastError: Error?
+        for node in peerNodesInTurn(job) {
+            let ends = try partEndpoints(job, path: "", peerNode: node)
+            do {
+                if let a = ends.account { try ThreadIdentity.adopt(a) }
+                defer { if ends.account != nil { ThreadIdentity.restore() } }
+                for start in stride(from: 0, to: dirs.count, by: 65_536) {
+                    options.selection = Array(dirs[start..<min(dirs.count, start + 65_536)])
+                    _ = try TransferClient.copy(from: ends.src, to: ends.dst, options: options, credentials: ends.creds)
+                }
+                return
+            } catch let e as TransferError where !e.fromPeer && e.code != .usage && e.resumable {
+                lastError = e
             }
-        } catch {
-            Logger(label: "ferry.daemon").warning("job \(job.id): directories' modes and times after striping: \(error)")
         }
+        if let lastError { throw lastError }
     }
+
+    /// The peer's address (nil), then its other nodes: where a job's own steps (a commit, the
+    /// directories at the end) may go when the address does not answer.
+    func peerNodesInTurn(_ job: Job) -> [String?] {
+        var nodes: [String?] = [nil]
+        let remoteSide = [job.request.source, job.request.destination].first { FerryURL.isFerry($0) }
+        if let r = remoteSide, let peer = try? remote(FerryURL(parsing: r).authority).key {
+            nodes += (settings.peerNodes[peer] ?? []).map(\.description).filter { $0 != settings.peers[peer]?.description }
+        }
+        return nodes
+    }
+}
+
+/// When a part's lease was last renewed (monotonic seconds), and whether a renewal is under way.
+final class RenewalWatch: @unchecked Sendable {
+    private let lock = NSLock()
+    private var held = ProcessInfo.processInfo.systemUptime
+    private var busy = false
+    var lastHeld: Double { lock.withLock { held } }
+    func renewed(at t: Double) { lock.withLock { held = max(held, t) } }
+    /// Starts a renewal unless one is still under way.
+    func begin() -> Bool { lock.withLock { if busy { return false }; busy = true; return true } }
+    func end() { lock.withLock { busy = false } }
 }

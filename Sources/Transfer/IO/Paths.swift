@@ -227,6 +227,19 @@ enum PartialNames {
 /// no empty, ".", ".." or over-long components, no NUL, checked byte by byte.
 public func namespaceComponents(_ path: String) throws -> [Substring] { try Paths.components(of: path) }
 
+/// Whether `components` beneath `root` name an existing directory, opened one component at a
+/// time without following a link (O_PATH: nothing read). False when anything on the way is
+/// missing, a link or not a directory.
+public func isConfinedDirectory(root: String, components: [String]) -> Bool {
+    let rootFd = open(root, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
+    guard rootFd >= 0 else { return false }
+    defer { close(rootFd) }
+    guard let fd = try? Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: FERRY_O_PATH) else { return false }
+    defer { close(fd) }
+    var st = stat()
+    return fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR
+}
+
 /// Opens the deepest existing part of `components` beneath `root` one component at a time
 /// (O_PATH: nothing is read or blocked on), as a transfer would: throws `.path` when a
 /// symbolic link on the way leads above the directory it sits in. A missing part ends the

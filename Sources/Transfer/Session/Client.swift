@@ -562,8 +562,10 @@ extension TransferClient {
             let (control, ring) = try treeSession(server, urlPath, .commit, TransferOptions(), credentials)
             defer { control.close() }
             try control.send(.manifest, request.encode(), ring: ring)
-            // The server reads the ranges' journals (not the data) and syncs the file once.
-            let (type, payload) = try control.receive(ring: ring, timeoutNs: 300_000_000_000, payloadBytesMax: 4096)
+            // The server reads the ranges' journals, then the whole partial copy once (each chunk
+            // against its record), and syncs it: the wait is 5 minutes plus the file at 50 MB/s.
+            let waitNs = Int64(300 + min(request.size / 50_000_000, 1 << 20)) * 1_000_000_000
+            let (type, payload) = try control.receive(ring: ring, timeoutNs: waitNs, payloadBytesMax: 4096)
             guard type == .fileDone, payload.count == 1, payload[0] <= 1 else { throw TransferError.protocolError("expected a commit's answer, got \(type)") }
             return payload[0] == 0 ? .committed : .alreadyCommitted
         }
