@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 
 /// Renames a striped file into place once every range of it is in (issue 19; docs/STRIPING.md).
@@ -118,30 +119,73 @@ public enum StripedCommit {
         return .committed
     }
 
-    /// The ranges whose chunks on disk differ from their journal's hashes (one chunk buffer;
-    /// the file read once, in order).
+    /// The ranges whose chunks on disk differ from their journal's hashes. The ranges are
+    /// independent: up to `min(8, cores)` threads read them (each range in order, one chunk
+    /// buffer per thread), so that a commit of a large file costs the file's read at the
+    /// disk's speed rather than one core's hashing. The threads are made here and end here
+    /// (no pool thread keeps the caller's identity) and only `pread` an open descriptor.
     private static func rehash(_ fd: Int32, _ hashes: [ChunkHash], _ r: CommitRequest) throws -> [ChunkRange] {
-        guard let buffer = malloc(r.chunkBytes) else { throw TransferError(.io, "out of memory") }
-        defer { free(buffer) }
-        var damaged: [ChunkRange] = []
-        for range in r.ranges {
-            for i in range.first..<range.end {
-                let offset = UInt64(i) * UInt64(r.chunkBytes)
-                let length = Int(min(UInt64(r.chunkBytes), r.size - offset))
-                var got = 0
-                while got < length {
-                    let n = pread(fd, buffer + got, length - got, off_t(offset) + off_t(got))
-                    if n < 0 && errno == EINTR { continue }
-                    if n < 0 { throw TransferError.system("cannot read the partial copy", errno: errno, resumable: true) }
-                    if n == 0 { break }
-                    got += n
-                }
-                if got != length || ChunkHash.of(buffer, length) != hashes[i] {
-                    damaged.append(range)
-                    break
+        let workers = max(1, min(8, ProcessInfo.processInfo.activeProcessorCount, r.ranges.count))
+        let state = RehashState(ranges: r.ranges)
+        let done = DispatchGroup()
+        for _ in 0..<workers {
+            done.enter()
+            let t = Thread {
+                defer { done.leave() }
+                guard let buffer = malloc(r.chunkBytes) else { state.fail(TransferError(.io, "out of memory")); return }
+                defer { free(buffer) }
+                while let range = state.next() {
+                    for i in range.first..<range.end {
+                        let offset = UInt64(i) * UInt64(r.chunkBytes)
+                        let length = Int(min(UInt64(r.chunkBytes), r.size - offset))
+                        var got = 0
+                        while got < length {
+                            let n = pread(fd, buffer + got, length - got, off_t(offset) + off_t(got))
+                            if n < 0 && errno == EINTR { continue }
+                            if n < 0 { state.fail(TransferError.system("cannot read the partial copy", errno: errno, resumable: true)); return }
+                            if n == 0 { break }
+                            got += n
+                        }
+                        if got != length || ChunkHash.of(buffer, length) != hashes[i] {
+                            state.damaged(range)
+                            break
+                        }
+                    }
                 }
             }
+            t.name = "ferry-commit-rehash"
+            t.start()
         }
-        return damaged
+        done.wait()
+        return try state.result()
+    }
+}
+
+/// The ranges still to re-read, and what the readers found (`StripedCommit.rehash`).
+private final class RehashState: @unchecked Sendable {
+    private let lock = NSLock()
+    private var ranges: [ChunkRange]
+    private var cursor = 0
+    private var bad: [ChunkRange] = []
+    private var error: Error?
+
+    init(ranges: [ChunkRange]) { self.ranges = ranges }
+
+    func next() -> ChunkRange? {
+        lock.withLock {
+            guard error == nil, cursor < ranges.count else { return nil }
+            defer { cursor += 1 }
+            return ranges[cursor]
+        }
+    }
+
+    func damaged(_ r: ChunkRange) { lock.withLock { bad.append(r) } }
+    func fail(_ e: Error) { lock.withLock { if error == nil { error = e } } }
+
+    func result() throws -> [ChunkRange] {
+        try lock.withLock {
+            if let error { throw error }
+            return bad.sorted { $0.first < $1.first }
+        }
     }
 }

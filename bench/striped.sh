@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Striping across a center's transfer nodes (issue 19, docs/STRIPING.md step 10): two centers of
+# N nodes each, every node in a network namespace of its own, linked through one bridge
+# namespace by a veth pair shaped with tbf on both ends (RATE per node link). hlrs's nodes run
+# `ferry serve --config` with a [daemon] on one PostgreSQL (its Unix socket: a pathname socket
+# crosses namespaces) and share one export directory; wuxi's nodes are transfer servers over one
+# directory. Each round pushes one big file and one tree through hlrs's daemon as a striped job
+# and as a whole job (`--no-stripe`), in turn, and checks the copies byte for byte.
+#
+#   bench/striped.sh [--nodes 3] [--rate 1gbit] [--size-mib 6144] [--files 30000] [--file-kib 32]
+#                    [--runs 3] [--range-mib 256] [--protection private] [--ferry BIN] [--out TSV]
+#
+# Prints a TSV (round, what, mode, seconds, goodput Gbit/s, goodput / (nodes × rate)) and the
+# medians. Needs root (namespaces), PostgreSQL (scripts/postgres-test.sh) and a release build.
+# Only addresses inside the namespaces it creates are used; everything is removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nodes=3; rate=1gbit; size_mib=6144; files=30000; file_kib=32; runs=3; protection=private; range_mib=256
+ferry="$PWD/.build/release/ferry"; out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) nodes="$2"; shift 2 ;;
+    --rate) rate="$2"; shift 2 ;;
+    --size-mib) size_mib="$2"; shift 2 ;;
+    --files) files="$2"; shift 2 ;;
+    --file-kib) file_kib="$2"; shift 2 ;;
+    --runs) runs="$2"; shift 2 ;;
+    --range-mib) range_mib="$2"; shift 2 ;;
+    --protection) protection="$2"; shift 2 ;;
+    --ferry) ferry="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 64 ;;
+  esac
+done
+[ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
+[ "$nodes" -ge 2 ] && [ "$nodes" -le 9 ] || { echo "--nodes is 2 to 9" >&2; exit 64; }
+case "$rate" in *gbit) rate_gbps=${rate%gbit} ;; *mbit) rate_gbps=$(python3 -c "print(${rate%mbit}/1000)") ;; *) echo "--rate is Ngbit or Nmbit" >&2; exit 64 ;; esac
+work=$(mktemp -d /dev/shm/ferry-striped.XXXXXX)
+chmod 755 "$work"   # the PostgreSQL server (user postgres) keeps its data and socket in it
+tag=$(( $$ % 100000 ))
+R="fs$tag-r"
+names=(); for i in $(seq 1 "$nodes"); do names+=("a$i"); done; for i in $(seq 1 "$nodes"); do names+=("b$i"); done
+cleanup() {
+  for n in "${names[@]}"; do
+    ip netns pids "fs$tag-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "fs$tag-$n" 2>/dev/null || true
+  done
+  ip netns del "$R" 2>/dev/null || true
+  scripts/postgres-test.sh stop "$work/pg" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+addr() { echo "fd77:5717::$1"; }   # a1, b2, ... are hexadecimal digits
+
+# The links: one bridge, one shaped veth pair per node.
+ip netns add "$R"
+ip -n "$R" link set lo up
+ip -n "$R" link add br0 type bridge
+ip -n "$R" link set br0 up
+for n in "${names[@]}"; do
+  ns="fs$tag-$n"
+  ip netns add "$ns"
+  ip link add "v$tag$n" type veth peer name "w$tag$n"
+  ip link set "v$tag$n" netns "$ns"
+  ip link set "w$tag$n" netns "$R"
+  ip -n "$R" link set "w$tag$n" master br0
+  ip -n "$R" link set "w$tag$n" up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" addr add "$(addr "$n")/64" dev "v$tag$n" nodad
+  ip -n "$ns" link set "v$tag$n" up
+  ip netns exec "$ns" tc qdisc replace dev "v$tag$n" root tbf rate "$rate" burst 4mb latency 50ms
+  ip netns exec "$R" tc qdisc replace dev "w$tag$n" root tbf rate "$rate" burst 4mb latency 50ms
+done
+
+# The queue: one PostgreSQL, reached by every hlrs node through its Unix socket.
+tcp_url=$(scripts/postgres-test.sh start "$work/pg")
+db_tcp=$(scripts/postgres-test.sh createdb "$tcp_url" striped)
+port=$(echo "$db_tcp" | sed -E 's|.*:([0-9]+)/.*|\1|')
+sockdir=$(psql "$db_tcp" -Atc "SHOW unix_socket_directories" | cut -d, -f1)
+db_sock="postgres://ferry@:$port/striped?host=$sockdir"
+
+# Certificates, a token, the configurations.
+"$ferry" ca init --dir "$work/pki" > /dev/null
+hosts_a=(); hosts_b=(); nodes_b=()
+for i in $(seq 1 "$nodes"); do
+  hosts_a+=(--host "$(addr "a$i")"); hosts_b+=(--host "$(addr "b$i")"); nodes_b+=("\"[$(addr "b$i")]:7700\"")
+done
+"$ferry" ca issue --dir "$work/pki" --center hlrs "${hosts_a[@]}" > /dev/null
+"$ferry" ca issue --dir "$work/pki" --center wuxi "${hosts_b[@]}" > /dev/null
+"$ferry" token issue --cert "$work/pki/hlrs.crt" --key "$work/pki/hlrs.key" --user bench --scope rw:/ > "$work/token"
+mkdir -p "$work/A" "$work/B"
+cat > "$work/wuxi.toml" <<EOF
+center = "wuxi"
+run_as = "root"
+certificate = "pki/wuxi.crt"
+key = "pki/wuxi.key"
+ca = "pki/ca.crt"
+[[export]]
+name = "in"
+path = "B"
+access = "rw"
+users = ["center:hlrs"]
+EOF
+for i in $(seq 1 "$nodes"); do
+  cat > "$work/hlrs-a$i.toml" <<EOF
+center = "hlrs"
+run_as = "root"
+certificate = "pki/hlrs.crt"
+key = "pki/hlrs.key"
+ca = "pki/ca.crt"
+[daemon]
+database = "$db_sock"
+api_listen = "[::1]:7480"
+workers = 3
+per_peer = 32
+lease_seconds = 20
+node = "a$i"
+nodes = $nodes
+stripe_threshold = "1T"
+stripe_range = "${range_mib}M"
+stripe_files = 1000
+stripe_group = "${range_mib}M"
+per_node = 2
+[[peer]]
+name = "wuxi"
+address = "[$(addr b1)]:7700"
+nodes = [$(IFS=,; echo "${nodes_b[*]}")]
+[[export]]
+name = "data"
+path = "A"
+access = "rw"
+users = ["*"]
+EOF
+done
+start_node() {  # NAME CONFIG
+  ip netns exec "fs$tag-$1" "$ferry" serve --config "$2" --listen "[$(addr "$1")]:7700" > "$work/$1.out" 2> "$work/$1.err" &
+  for _ in $(seq 1 200); do grep -q "listening on" "$work/$1.out" && return 0; sleep 0.1; done
+  echo "node $1 did not start: $(cat "$work/$1.err")" >&2; exit 1
+}
+for i in $(seq 1 "$nodes"); do start_node "b$i" "$work/wuxi.toml"; done
+for i in $(seq 1 "$nodes"); do start_node "a$i" "$work/hlrs-a$i.toml"; done
+for _ in $(seq 1 100); do grep -q "api listening" "$work/a1.out" && break; sleep 0.1; done
+
+# The data: one big file and one tree, on hlrs's shared directory.
+head -c $((size_mib << 20)) /dev/urandom > "$work/A/big.bin"
+python3 - "$work/A/tree" "$files" "$file_kib" <<'PY'
+import os, sys
+root, n, kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(n):
+    d = os.path.join(root, "d%03d" % (i % 300))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(os.urandom(max(1, (kib * 1024 * (i % 7 + 1)) // 4)))
+PY
+tree_bytes=$(du -sb --apparent-size "$work/A/tree" | cut -f1)
+big_bytes=$((size_mib << 20))
+
+api() { ip netns exec "fs$tag-a1" "$ferry" jobs "$@" --api "http://[::1]:7480" --token-file "$work/token" --ca "$work/pki/ca.crt"; }
+results="$work/results.tsv"
+printf 'round\twhat\tmode\tseconds\tgoodput_gbps\tof_nodes_x_link\n'
+for round in $(seq 1 "$runs"); do
+  for what in file tree; do
+    for mode in stripe no-stripe; do
+      rm -rf "$work/B/"*
+      if [ "$what" = file ]; then src=/data/big.bin; dst=ferry://wuxi/in/big.bin; flags=(); bytes=$big_bytes
+      else src=/data/tree; dst=ferry://wuxi/in/tree; flags=(-r); bytes=$tree_bytes; fi
+      t0=$(date +%s.%N)
+      id=$(api submit --json "--$mode" --protection "$protection" --compress off "${flags[@]}" "$src" "$dst" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().split("\n")[-1])["id"])')
+      api wait "$id" --timeout 3600 > /dev/null 2>&1 || { echo "job $id ($what, $mode) failed: $(api show "$id")" >&2; exit 1; }
+      t1=$(date +%s.%N)
+      if [ "$what" = file ]; then cmp -s "$work/A/big.bin" "$work/B/big.bin" || { echo "big.bin differs ($mode)" >&2; exit 1; }
+      else diff -rq "$work/A/tree" "$work/B/tree" > /dev/null || { echo "tree differs ($mode)" >&2; exit 1; }; fi
+      # Where the parts ran: this center's node, the peer's node, how many (on stderr).
+      [ "$mode" = stripe ] && psql "$db_tcp" -Atc "SELECT node, peer_node, COUNT(*) FROM job_parts WHERE job = $id GROUP BY 1, 2 ORDER BY 1, 2" | tr '\n' ' ' | sed 's/^/  parts: /' >&2 && echo >&2
+      python3 - "$round" "$what" "$mode" "$t0" "$t1" "$bytes" "$nodes" "$rate_gbps" <<'PY' | tee -a "$results"
+import sys
+r, what, mode, t0, t1, b, n, g = sys.argv[1:]
+s = float(t1) - float(t0)
+gbps = int(b) * 8 / s / 1e9
+print(f"{r}\t{what}\t{mode}\t{s:.2f}\t{gbps:.3f}\t{gbps / (int(n) * float(g)):.3f}")
+PY
+    done
+  done
+done
+[ -n "$out" ] && cp "$results" "$out"
+python3 - "$results" "$nodes" "$rate" <<'PY'
+import sys, statistics, collections
+rows = [l.split('\t') for l in open(sys.argv[1]).read().split('\n') if l]
+by = collections.defaultdict(list)
+for r in rows: by[(r[1], r[2])].append((float(r[4]), float(r[5])))
+print(f"\nmedians ({sys.argv[2]} nodes per center, {sys.argv[3]} per node link):")
+for (what, mode), v in sorted(by.items()):
+    print(f"  {what} {mode}: {statistics.median(x[0] for x in v):.2f} Gbit/s, {statistics.median(x[1] for x in v):.2f} x (nodes x link)")
+PY
