@@ -398,36 +398,10 @@ public final class JobStore: @unchecked Sendable {
             // attempts ending together would wait for each other's delete of the same rows.
             if pruneDue(now) { try s.execute("DELETE FROM link_samples WHERE at < ?", now - JobStore.samplesKept) }
             let job = JobStore.job(row)
-            var state: JobState
-            var error: String? = nil
-            var errorCode: TransferError.Code? = nil
-            var notBefore = job.notBefore
-            var bytes = job.bytes
-            var files = job.files
-            switch outcome {
-            case .success(let b, let f):
-                state = .success
-                bytes = b
-                files = f
-            case .skipped(let f):
-                state = .skipped
-                files = f
-            case .interrupted:
-                state = .upForReschedule
-                error = "interrupted; it resumes from its journal"
-            case .failure(let message, let resumable, let code):
-                error = message
-                errorCode = code
-                let pastDeadline = job.request.deadline.map { now >= $0 } ?? false
-                if resumable && job.attempts < job.maxAttempts && !pastDeadline {
-                    state = .upForRetry
-                    notBefore = now + Int64(retry.delay(afterAttempt: job.attempts, random: random).rounded(.up))
-                } else {
-                    state = .failed
-                    if resumable && !pastDeadline { error = message + " (gave up after \(job.attempts) attempts)" }
-                    if pastDeadline { error = message + " (deadline passed)" }
-                }
-            }
+            let pastDeadline = job.request.deadline.map { now >= $0 } ?? false
+            let e = ending(outcome, attempts: job.attempts, maxAttempts: job.maxAttempts, pastDeadline: pastDeadline, skipped: .skipped,
+                           now: now, notBefore: job.notBefore, bytes: job.bytes, files: job.files, random: random)
+            let (state, error, errorCode, notBefore, bytes, files) = (e.state, e.error, e.code, e.notBefore, e.bytes, e.files)
             try job.state.checkMove(to: state)
             try s.execute("""
                 UPDATE jobs SET state = ?, error = ?, error_code = ?, not_before = ?, bytes = ?, files = ?, lease_owner = NULL, lease_expires = NULL,
@@ -439,6 +413,45 @@ public final class JobStore: @unchecked Sendable {
                        id, job.attempts, worker, now, state.rawValue, error, errorCode?.name, bytes)
             return state
         }
+    }
+
+    /// What an attempt's outcome makes of a job (or of a part: `skipped` is then `success`): its
+    /// next state, its error and code, when it may run again, and its bytes and files.
+    struct Ending {
+        var state: JobState
+        var error: String?
+        var code: TransferError.Code?
+        var notBefore: Int64
+        var bytes: Int64
+        var files: Int64
+    }
+
+    func ending(_ outcome: AttemptOutcome, attempts: Int, maxAttempts: Int, pastDeadline: Bool, skipped: JobState, now: Int64,
+                notBefore: Int64, bytes: Int64, files: Int64, random: Double) -> Ending {
+        var e = Ending(state: .success, error: nil, code: nil, notBefore: notBefore, bytes: bytes, files: files)
+        switch outcome {
+        case .success(let b, let f):
+            e.bytes = b
+            e.files = f
+        case .skipped(let f):
+            e.state = skipped
+            e.files = f
+        case .interrupted:
+            e.state = .upForReschedule
+            e.error = "interrupted; it resumes from its journal"
+        case .failure(let message, let resumable, let code):
+            e.error = message
+            e.code = code
+            if resumable && attempts < maxAttempts && !pastDeadline {
+                e.state = .upForRetry
+                e.notBefore = now + Int64(retry.delay(afterAttempt: attempts, random: random).rounded(.up))
+            } else {
+                e.state = .failed
+                if resumable && !pastDeadline { e.error = message + " (gave up after \(attempts) attempts)" }
+                if pastDeadline { e.error = message + " (deadline passed)" }
+            }
+        }
+        return e
     }
 
     /// A job's attempts, oldest first: how each ended (the state it moved the job to), its

@@ -393,34 +393,10 @@ extension JobStore {
             let part = JobStore.part(row)
             try JobStore.sample(s, job: part.job, now: now, moved: moved)
             let maxAttempts = try s.one("SELECT max_attempts FROM jobs WHERE id = ?", part.job)?.int("max_attempts") ?? 1
-            var state: JobState
-            var bytes = part.bytes, files = part.files
-            var error: String? = nil
-            var code: TransferError.Code? = nil
-            var notBefore: Int64 = 0
+            let e = ending(outcome, attempts: part.attempts, maxAttempts: Int(maxAttempts), pastDeadline: false, skipped: .success,
+                           now: now, notBefore: 0, bytes: part.bytes, files: part.files, random: random)
+            let (state, error, code, notBefore, bytes, files) = (e.state, e.error, e.code, e.notBefore, e.bytes, e.files)
             var hashText: String? = nil
-            switch outcome {
-            case .success(let b, let f):
-                state = .success
-                bytes = b
-                files = f
-            case .skipped(let f):
-                state = .success
-                files = f
-            case .interrupted:
-                state = .upForReschedule
-                error = "interrupted; it resumes from its journal"
-            case .failure(let message, let resumable, let c):
-                error = message
-                code = c
-                if resumable && part.attempts < maxAttempts {
-                    state = .upForRetry
-                    notBefore = now + Int64(retry.delay(afterAttempt: part.attempts, random: random).rounded(.up))
-                } else {
-                    state = .failed
-                    if resumable { error = message + " (gave up after \(part.attempts) attempts)" }
-                }
-            }
             if state == .success, let r = part.range {
                 guard hashes.count == r.count else {
                     throw JobStoreError("part \(id): \(hashes.count) chunk hashes for a range of \(r.count) chunks")
