@@ -47,10 +47,7 @@ final class TreeWalker: EntrySource {
 
     private func entry(path: String, st: stat, kind: EntryKind, target: String = "") -> ManifestEntry {
         defer { nextID += 1 }
-        return ManifestEntry(
-            id: nextID, kind: kind, path: path, size: kind == .file ? UInt64(st.st_size) : 0,
-            mtimeSeconds: Int64(st.st_mtim.tv_sec), mtimeNanoseconds: UInt32(st.st_mtim.tv_nsec),
-            mode: kind == .special ? UInt32(st.st_mode) : UInt32(st.st_mode) & 0o7777, linkTarget: target)
+        return ManifestEntry(id: nextID, path: path, stat: st, kind: kind, target: target)
     }
 
     /// The next entry, or nil at the end.
@@ -195,9 +192,7 @@ final class SelectionWalker: EntrySource {
 
     /// An entry without its id: ids are given in the order entries leave `next`.
     private func entry(_ path: String, _ st: stat, _ kind: EntryKind, target: String = "") -> ManifestEntry {
-        ManifestEntry(id: 0, kind: kind, path: path, size: kind == .file ? UInt64(st.st_size) : 0,
-                             mtimeSeconds: Int64(st.st_mtim.tv_sec), mtimeNanoseconds: UInt32(st.st_mtim.tv_nsec),
-                             mode: kind == .special ? UInt32(st.st_mode) : UInt32(st.st_mode) & 0o7777, linkTarget: target)
+        ManifestEntry(id: 0, path: path, stat: st, kind: kind, target: target)
     }
 
     func next() throws -> ManifestEntry? {
@@ -270,5 +265,15 @@ final class SelectionWalker: EntrySource {
                 }
             }
         }
+    }
+}
+
+extension ManifestEntry {
+    /// An entry as a walker reports it from its `stat`: a file's size (others 0), the
+    /// modification time, the permission bits (a special file's type bits too).
+    init(id: UInt64, path: String, stat st: stat, kind: EntryKind, target: String = "") {
+        self.init(id: id, kind: kind, path: path, size: kind == .file ? UInt64(st.st_size) : 0,
+                  mtimeSeconds: Int64(st.st_mtim.tv_sec), mtimeNanoseconds: UInt32(st.st_mtim.tv_nsec),
+                  mode: kind == .special ? UInt32(st.st_mode) : UInt32(st.st_mode) & 0o7777, linkTarget: target)
     }
 }
