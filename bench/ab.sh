@@ -21,35 +21,18 @@ while [ $# -gt 0 ]; do
         *) echo "bench/ab.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ -f "$SRC" ] && [ -n "$DST" ] || { echo "bench/ab.sh: --src FILE and --dst DIR are required" >&2; exit 2; }
-case $DST in /|/tmp|/var|/var/tmp|/dev/shm|"$HOME") echo "bench/ab.sh: --dst must be a directory of its own" >&2; exit 2 ;; esac
-FERRY=$(readlink -f "$FERRY")
-P=$(mktemp -d /tmp/ferry-ab.XXXXXX)
-SERVER=""
-cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$P"; }
-trap cleanup EXIT
-"$FERRY" ca init --dir "$P" >/dev/null
-"$FERRY" ca issue --dir "$P" --center bench --host 127.0.0.1 >/dev/null
-"$FERRY" token issue --cert "$P/bench.crt" --key "$P/bench.key" --user alice --scope rw:/ --ttl 24h >"$P/token"
+. "$(dirname "$0")/lib.sh"
+bench_setup ab
 SIZE=$(stat -c %s "$SRC")
-cpu() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat"; }
 
 run() {  # run LABEL "CP OPTIONS" "SERVE OPTIONS"
-    local label=$1 opts=$2 sopts=$3 port="" i s0 s1 t0 t1 e u s ok
-    rm -rf "$DST"; mkdir -p "$DST"
+    local label=$1 opts=$2 sopts=$3 s0 s1 t0 t1 e u s ok
     # shellcheck disable=SC2086 # option strings, split on purpose
-    "$FERRY" serve --root "$DST" --run-as root $sopts --listen 127.0.0.1:0 --cert "$P/bench.crt" --key "$P/bench.key" --ca "$P/ca.crt" >"$P/serve.out" 2>"$P/serve.err" &
-    SERVER=$!
-    for i in $(seq 1 100); do
-        port=$(grep -m1 -oE 'listening on 127\.0\.0\.1:[0-9]+' "$P/serve.out" | sed 's/.*://' || true)
-        [ -n "$port" ] && break
-        sleep 0.1
-    done
-    [ -n "$port" ] || { echo "ferry serve did not start: $(tail -c 300 "$P/serve.err")" >&2; exit 1; }
+    bench_serve $sopts
     if [ "$COLD" = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
     s0=$(cpu "$SERVER"); t0=$EPOCHREALTIME
     # shellcheck disable=SC2086
-    /usr/bin/time -f "%U %S" -o "$P/time" timeout 600 "$FERRY" cp $opts --ca "$P/ca.crt" --token-file "$P/token" "$SRC" "ferry://127.0.0.1:$port/ab.bin" >"$P/cp.out" 2>&1 \
+    /usr/bin/time -f "%U %S" -o "$P/time" timeout 600 "$FERRY" cp $opts --ca "$P/ca.crt" --token-file "$P/token" "$SRC" "ferry://127.0.0.1:$PORT/ab.bin" >"$P/cp.out" 2>&1 \
         || { echo "ferry cp failed: $(tail -c 300 "$P/cp.out")" >&2; exit 1; }
     [ "$COLD" = 1 ] && sync
     t1=$EPOCHREALTIME

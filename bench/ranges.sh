@@ -19,16 +19,8 @@ while [ $# -gt 0 ]; do
         *) echo "bench/ranges.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ -f "$SRC" ] && [ -n "$DST" ] || { echo "bench/ranges.sh: --src FILE and --dst DIR are required" >&2; exit 2; }
-case $DST in /|/tmp|/var|/var/tmp|/dev/shm|"$HOME") echo "bench/ranges.sh: --dst must be a directory of its own" >&2; exit 2 ;; esac
-FERRY=$(readlink -f "$FERRY")
-P=$(mktemp -d /tmp/ferry-ranges.XXXXXX)
-SERVER=""
-cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$P"; }
-trap cleanup EXIT
-"$FERRY" ca init --dir "$P" >/dev/null
-"$FERRY" ca issue --dir "$P" --center bench --host 127.0.0.1 >/dev/null
-"$FERRY" token issue --cert "$P/bench.crt" --key "$P/bench.key" --user alice --scope rw:/ --ttl 24h >"$P/token"
+. "$(dirname "$0")/lib.sh"
+bench_setup ranges
 SIZE=$(stat -c %s "$SRC")
 CHUNKS=$(( (SIZE + 4194304 - 1) / 4194304 ))
 [ "$CHUNKS" -ge "$N" ] || { echo "bench/ranges.sh: $CHUNKS chunks of 4 MiB cannot make $N ranges" >&2; exit 2; }
@@ -38,24 +30,11 @@ for k in $(seq 1 "$N"); do
     RANGES+=("$first:$count"); first=$((first + count))
 done
 LIST=$(IFS=,; echo "${RANGES[*]}")
-cpu() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat"; }
-start_server() {
-    rm -rf "$DST"; mkdir -p "$DST"
-    "$FERRY" serve --root "$DST" --run-as root --listen 127.0.0.1:0 --cert "$P/bench.crt" --key "$P/bench.key" --ca "$P/ca.crt" >"$P/serve.out" 2>"$P/serve.err" &
-    SERVER=$!
-    PORT=""
-    for _ in $(seq 1 100); do
-        PORT=$(grep -m1 -oE 'listening on 127\.0\.0\.1:[0-9]+' "$P/serve.out" | sed 's/.*://' || true)
-        [ -n "$PORT" ] && break
-        sleep 0.1
-    done
-    [ -n "$PORT" ] || { echo "ferry serve did not start: $(tail -c 300 "$P/serve.err")" >&2; exit 1; }
-}
 cp_() { # shellcheck disable=SC2086
     timeout 600 "$FERRY" cp $OPTS --ca "$P/ca.crt" --token-file "$P/token" "$@"; }
 run() {  # run whole|ranges
     local label=$1 s0 s1 t0 t1 tc=0 ok pids=()
-    start_server
+    bench_serve
     s0=$(cpu "$SERVER"); t0=$EPOCHREALTIME
     if [ "$label" = whole ]; then
         cp_ "$SRC" "ferry://127.0.0.1:$PORT/f.bin" >"$P/cp.out" 2>&1 || { echo "cp failed: $(tail -c 300 "$P/cp.out")" >&2; exit 1; }
