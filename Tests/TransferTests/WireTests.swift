@@ -132,6 +132,23 @@ struct PathTests {
         #expect(PartialNames.isHelper(PartialNames.part("\u{301}x")))
         #expect(PartialNames.isHelper(PartialNames.journal("x\u{600}")))
     }
+
+    @Test("a striped file's ranges share a partial named after the source's version: another version, a whole-file copy and another name each have their own")
+    func rangePartNames() {
+        func part(_ name: String, size: UInt64 = 1 << 30, mtime: Int64 = 1_700_000_000, ns: UInt32 = 5, chunk: Int = 4 << 20) -> String {
+            PartialNames.rangePart(name, size: size, mtimeSeconds: mtime, mtimeNanoseconds: ns, chunkBytes: chunk)
+        }
+        let mine = part("big.bin")
+        #expect(mine == part("big.bin") && mine.hasPrefix(".big.bin.v") && PartialNames.isHelper(mine))
+        let others = [part("big.bin", size: 1 << 31), part("big.bin", mtime: 1), part("big.bin", ns: 6), part("big.bin", chunk: 8 << 20)]
+        #expect(Set(others + [mine]).count == 5, "versions share a partial: \(others)")
+        #expect(others.allSatisfy { PartialNames.isRangePart($0, like: mine) })
+        for notOne in [PartialNames.part("big.bin"), part("big.bin2"), part("bigXbin"), ".big.bin.vzzzzzzzzzzzzzzzz.ferry-part", mine + "x"] {
+            #expect(!PartialNames.isRangePart(notOne, like: mine), "\(notOne)")
+        }
+        let long = String(repeating: "n", count: 255)
+        #expect(part(long).utf8.count <= 255 && PartialNames.isRangePart(part(long, mtime: 2), like: part(long)))
+    }
 }
 
 /// A temporary directory removed at the end of the test.

@@ -173,8 +173,8 @@ extension JobRunner {
         return .interrupted
     }
 
-    /// A commit re-reads the whole partial copy: its lease is the job lease plus the file at
-    /// 100 MB/s.
+    /// A commit makes the whole partial copy durable (what the nodes wrote and the filesystem
+    /// still holds dirty): its lease is the job lease plus the file at 100 MB/s.
     func commitLease(_ size: UInt64) -> Int64 { settings.leaseSeconds + Int64(size / 100_000_000) }
 
     /// The endpoints of a part: the job's sides, the remote one at the part's peer node, and

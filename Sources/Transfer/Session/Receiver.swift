@@ -62,6 +62,7 @@ final class ReceiverFile {
     let entry: ManifestEntry
     /// Int.max for a stream until its FILE_DIGEST says its length.
     var chunkCount: Int
+    let chunkBytes: Int
     /// A stream (standard input on the sending side): chunks arrive in order up to an end
     /// announced with the digest; no journal, no resume.
     let isStream: Bool
@@ -92,11 +93,17 @@ final class ReceiverFile {
     var end: Int { range?.end ?? chunkCount }
     /// The journal beside the partial: the range's, or the file's.
     var journalName: String { range.map { PartialNames.rangeJournal(name, $0) } ?? PartialNames.journal(name) }
+    /// The partial copy: the file's own, or the one its version's ranges share.
+    var partName: String {
+        guard range != nil else { return PartialNames.part(name) }
+        return PartialNames.rangePart(name, size: entry.size, mtimeSeconds: entry.mtimeSeconds, mtimeNanoseconds: entry.mtimeNanoseconds, chunkBytes: chunkBytes)
+    }
 
     init(entry: ManifestEntry, chunkBytes: Int, dir: DirHandle, name: String, display: String) {
         self.entry = entry
         isStream = entry.size == ManifestEntry.streamSize
         self.chunkCount = isStream ? Int.max : ResumeJournal.chunkCount(size: entry.size, chunkBytes: chunkBytes)
+        self.chunkBytes = chunkBytes
         self.dir = dir
         self.name = name
         self.display = display
@@ -517,7 +524,7 @@ final class Receiver: @unchecked Sendable {
         var id = f.identity
         id.chunkBytes = UInt32(chunkBytes)
         if let (journal, have) = ResumeJournal.open(dir: dir.fd, name: f.journalName, identity: id, range: f.range) {
-            let fd = openat(dir.fd, PartialNames.part(name), O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+            let fd = openat(dir.fd, f.partName, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
             var pst = stat()
             if fd >= 0 && fstat(fd, &pst) == 0 && UInt64(pst.st_size) == e.size {
                 f.usePartial(fd)
@@ -606,11 +613,17 @@ final class Receiver: @unchecked Sendable {
                 return ("cannot write '\(f.display)': no space: \(byteText(needed)) needed, \(byteText(free)) free", .noSpace)
             }
         }
-        let part = PartialNames.part(f.name)
-        // A range writes into the partial its file's other ranges share (written by other
+        let part = f.partName
+        // A range writes into the partial its version's other ranges share (written by other
         // nodes at the same time, each into its own chunks): opened as it is, never truncated;
-        // sized only when it is new or of another size.
-        let fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | (f.range == nil ? O_TRUNC : 0) | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        // sized only when it is new. The first range of a version removes the partials that
+        // older versions' ranges left (their commits would fail now anyway: the source changed).
+        var fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd >= 0 && f.range != nil {
+            PartialNames.removeOtherRangeParts(dir: f.dir.fd, mine: part)
+        } else if fd < 0 && errno == EEXIST {
+            fd = openat(f.dir.fd, part, O_RDWR | (f.range == nil ? O_TRUNC : 0) | O_NOFOLLOW | O_CLOEXEC)
+        }
         if fd < 0 {
             let e = errno
             return ("cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))", TransferError.Code(errno: e))
@@ -741,8 +754,8 @@ final class Receiver: @unchecked Sendable {
             return (f.entry.id, nil, "")
         }
         guard digest == expected else {
-            _ = unlinkat(f.dir.fd, PartialNames.part(f.name), 0)
-            _ = unlinkat(f.dir.fd, PartialNames.journal(f.name), 0)
+            _ = unlinkat(f.dir.fd, f.partName, 0)
+            _ = unlinkat(f.dir.fd, f.journalName, 0)
             return failFile(f, "'\(f.display)': whole-file digest mismatch (\(digest) ≠ \(expected)); rerun starts it over", code: .verify)
         }
         if fdatasync(f.partFd) != 0 {
