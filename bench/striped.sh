@@ -8,15 +8,25 @@
 # and as a whole job (`--no-stripe`), in turn, and checks the copies byte for byte.
 #
 #   bench/striped.sh [--nodes 3] [--rate 1gbit] [--size-mib 6144] [--files 30000] [--file-kib 32]
-#                    [--runs 3] [--range-mib 256] [--protection private] [--ferry BIN] [--out TSV]
+#                    [--runs 3] [--range-mib 256] [--group-files 1000] [--protection private] [--ferry BIN] [--out TSV]
+#                    [--kill source,dest] [--kill-runs 1] [--check]
 #
 # Prints a TSV (round, what, mode, seconds, goodput Gbit/s, goodput / (nodes × rate)) and the
-# medians. Needs root (namespaces), PostgreSQL (scripts/postgres-test.sh) and a release build.
+# medians. `--kill`: after those rounds, the big file is pushed striped again and, once half
+# its bytes are in (the queue's count: parts done, and what running parts last reported), one
+# node is killed with -9: a2 of hlrs (`source`) or b2 of wuxi (`dest`), while it runs a part.
+# The copy must complete byte-identical with no helper file left; the bytes resent are what
+# wuxi's links received beyond an undisturbed striped run's median, set against the killed
+# node's unfinished parts (their bytes not yet done, as the queue last knew them). The node is
+# started again before the next round. `--check` (scripts/test.sh runs a small version): no
+# whole-job rounds, and the run fails unless the striped parts ran on every node of hlrs and
+# every kill resent at most the killed node's unfinished parts; speed is not judged.
+# Needs root (namespaces), PostgreSQL (scripts/postgres-test.sh) and a release build.
 # Only addresses inside the namespaces it creates are used; everything is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-nodes=3; rate=1gbit; size_mib=6144; files=30000; file_kib=32; runs=3; protection=private; range_mib=256
-ferry="$PWD/.build/release/ferry"; out=""
+nodes=3; rate=1gbit; size_mib=6144; files=30000; file_kib=32; runs=3; protection=private; range_mib=256; group_files=1000
+ferry="$PWD/.build/release/ferry"; out=""; kills=""; kill_runs=1; check=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
@@ -26,9 +36,13 @@ while [ $# -gt 0 ]; do
     --file-kib) file_kib="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --range-mib) range_mib="$2"; shift 2 ;;
+    --group-files) group_files="$2"; shift 2 ;;
     --protection) protection="$2"; shift 2 ;;
     --ferry) ferry="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --kill) kills="$2"; shift 2 ;;
+    --kill-runs) kill_runs="$2"; shift 2 ;;
+    --check) check=1; shift ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
@@ -118,7 +132,7 @@ node = "a$i"
 nodes = $nodes
 stripe_threshold = "1T"
 stripe_range = "${range_mib}M"
-stripe_files = 1000
+stripe_files = $group_files
 stripe_group = "${range_mib}M"
 per_node = 2
 [[peer]]
@@ -133,6 +147,7 @@ users = ["*"]
 EOF
 done
 start_node() {  # NAME CONFIG
+  : > "$work/$1.out"
   ip netns exec "fs$tag-$1" "$ferry" serve --config "$2" --listen "[$(addr "$1")]:7700" > "$work/$1.out" 2> "$work/$1.err" &
   for _ in $(seq 1 200); do grep -q "listening on" "$work/$1.out" && return 0; sleep 0.1; done
   echo "node $1 did not start: $(cat "$work/$1.err")" >&2; exit 1
@@ -155,23 +170,36 @@ PY
 tree_bytes=$(du -sb --apparent-size "$work/A/tree" | cut -f1)
 big_bytes=$((size_mib << 20))
 
+# Bytes wuxi's node links received so far (their veth counters outlive a killed process).
+rx_bytes() {
+  local sum=0 i
+  for i in $(seq 1 "$nodes"); do sum=$((sum + $(ip netns exec "fs$tag-b$i" cat "/sys/class/net/v${tag}b$i/statistics/rx_bytes"))); done
+  echo "$sum"
+}
 api() { ip netns exec "fs$tag-a1" "$ferry" jobs "$@" --api "http://[::1]:7480" --token-file "$work/token" --ca "$work/pki/ca.crt"; }
 results="$work/results.tsv"
 printf 'round\twhat\tmode\tseconds\tgoodput_gbps\tof_nodes_x_link\n'
 for round in $(seq 1 "$runs"); do
   for what in file tree; do
     for mode in stripe no-stripe; do
+      [ -n "$check" ] && [ "$mode" = no-stripe ] && continue
       rm -rf "$work/B/"*
       if [ "$what" = file ]; then src=/data/big.bin; dst=ferry://wuxi/in/big.bin; flags=(); bytes=$big_bytes
       else src=/data/tree; dst=ferry://wuxi/in/tree; flags=(-r); bytes=$tree_bytes; fi
+      rx0=$(rx_bytes)
       t0=$(date +%s.%N)
       id=$(api submit --json "--$mode" --protection "$protection" --compress off "${flags[@]}" "$src" "$dst" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().split("\n")[-1])["id"])')
       api wait "$id" --timeout 3600 > /dev/null 2>&1 || { echo "job $id ($what, $mode) failed: $(api show "$id")" >&2; exit 1; }
       t1=$(date +%s.%N)
+      [ "$what" = file ] && [ "$mode" = stripe ] && echo $(( $(rx_bytes) - rx0 )) >> "$work/rx-stripe"
       if [ "$what" = file ]; then cmp -s "$work/A/big.bin" "$work/B/big.bin" || { echo "big.bin differs ($mode)" >&2; exit 1; }
       else diff -rq "$work/A/tree" "$work/B/tree" > /dev/null || { echo "tree differs ($mode)" >&2; exit 1; }; fi
       # Where the parts ran: this center's node, the peer's node, how many (on stderr).
       [ "$mode" = stripe ] && psql "$db_tcp" -Atc "SELECT node, peer_node, COUNT(*) FROM job_parts WHERE job = $id GROUP BY 1, 2 ORDER BY 1, 2" | tr '\n' ' ' | sed 's/^/  parts: /' >&2 && echo >&2
+      if [ -n "$check" ] && [ "$mode" = stripe ] && [ "$what" = file ]; then
+        ran_on=$(psql "$db_tcp" -Atc "SELECT COUNT(DISTINCT node) FROM job_parts WHERE job = $id")
+        [ "$ran_on" -eq "$nodes" ] || { echo "check: the striped file's parts ran on $ran_on of hlrs's $nodes nodes" >&2; exit 1; }
+      fi
       python3 - "$round" "$what" "$mode" "$t0" "$t1" "$bytes" "$nodes" "$rate_gbps" <<'PY' | tee -a "$results"
 import sys
 r, what, mode, t0, t1, b, n, g = sys.argv[1:]
@@ -182,6 +210,58 @@ PY
     done
   done
 done
+# Kills halfway: the big file, striped, one node killed with -9.
+if [ -n "$kills" ]; then
+  rx_base=$(python3 -c "import statistics,sys; print(int(statistics.median(int(l) for l in open(sys.argv[1]))))" "$work/rx-stripe")
+  printf '\nkill\tround\tvictim\tseconds\tidentical\tresent_MiB\tunfinished_MiB\tvictim_parts\n'
+  for victim_side in ${kills//,/ }; do
+    case "$victim_side" in
+      source) victim=a2; config="$work/hlrs-a2.toml"; where="node = 'a2'" ;;
+      dest) victim=b2; config="$work/wuxi.toml"; where="peer_node = '[$(addr b2)]:7700'" ;;
+      *) echo "--kill takes source and/or dest" >&2; exit 64 ;;
+    esac
+    for round in $(seq 1 "$kill_runs"); do
+      rm -rf "$work/B/"*
+      rx0=$(rx_bytes)
+      t0=$(date +%s.%N)
+      id=$(api submit --json --stripe --protection "$protection" --compress off /data/big.bin ferry://wuxi/in/big.bin | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().split("\n")[-1])["id"])')
+      # Half the bytes in, and the victim running a part (bounded: 20 minutes).
+      at_kill=""
+      for _ in $(seq 1 12000); do
+        at_kill=$(psql "$db_tcp" -Atc "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM job_parts WHERE job = $id AND state IN ('queued', 'running')) AND EXISTS (SELECT 1 FROM job_parts WHERE job = $id) THEN 'over'
+                                               WHEN (SELECT 2 * SUM(CASE WHEN state = 'success' THEN bytes_total ELSE bytes END) >= SUM(bytes_total) FROM job_parts WHERE job = $id)
+                                               THEN (SELECT COUNT(*) || ' ' || COALESCE(SUM(bytes_total - bytes), 0) FROM job_parts WHERE job = $id AND state = 'running' AND $where) END")
+        case "$at_kill" in ""|"0 0") sleep 0.1 ;; *) break ;; esac
+      done
+      case "$at_kill" in ""|"0 0"|over) echo "job $id: never half done with $victim running a part ($at_kill)" >&2; exit 1 ;; esac
+      ip netns pids "fs$tag-$victim" | xargs -r kill -9
+      # A part the victim claimed between that reading and the kill is one of its unfinished
+      # parts too: the larger of the two readings (a source's parts stay `running` until their
+      # lease is taken back; a destination's go back to the queue as their senders notice).
+      after=$(psql "$db_tcp" -Atc "SELECT COUNT(*) || ' ' || COALESCE(SUM(bytes_total - bytes), 0) FROM job_parts WHERE job = $id AND state = 'running' AND $where")
+      [ "${after#* }" -gt "${at_kill#* }" ] && at_kill=$after
+      api wait "$id" --timeout 3600 > /dev/null 2>&1 || { echo "job $id (kill $victim_side) failed: $(api show "$id")" >&2; exit 1; }
+      t1=$(date +%s.%N)
+      identical=yes; cmp -s "$work/A/big.bin" "$work/B/big.bin" || identical=NO
+      rx=$(( $(rx_bytes) - rx0 ))
+      python3 - "$victim_side" "$round" "$victim" "$t0" "$t1" "$identical" "$rx" "$rx_base" $at_kill <<'PY' | tee -a "$work/kills.tsv"
+import sys
+side, r, victim, t0, t1, ident, rx, base, parts, unfinished = sys.argv[1:]
+print(f"{side}\t{r}\t{victim}\t{float(t1) - float(t0):.1f}\t{ident}\t{(int(rx) - int(base)) / 2**20:.1f}\t{int(unfinished) / 2**20:.1f}\t{parts}")
+PY
+      [ "$identical" = yes ] || { echo "big.bin differs after the kill of $victim" >&2; exit 1; }
+      ls -A "$work/B" | grep -q ferry && { echo "helper files left after the kill of $victim: $(ls -A "$work/B")" >&2; exit 1; }
+      if [ -n "$check" ]; then
+        python3 - "$work/kills.tsv" <<'PY' || { echo "check: the kill of $victim resent more than its unfinished parts" >&2; exit 1; }
+import sys
+last = open(sys.argv[1]).read().strip().split("\n")[-1].split("\t")
+sys.exit(0 if float(last[5]) <= float(last[6]) else 1)
+PY
+      fi
+      start_node "$victim" "$config"
+    done
+  done
+fi
 [ -n "$out" ] && cp "$results" "$out"
 python3 - "$results" "$nodes" "$rate" <<'PY'
 import sys, statistics, collections

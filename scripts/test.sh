@@ -38,3 +38,11 @@ pkill -P "$watchdog" sleep 2>/dev/null || true
 kill "$watchdog" 2>/dev/null || true
 [[ $rc -eq 0 ]] || exit "$rc"
 ./fuzz/run.sh 30
+# Striping across network namespaces (issue 19): two centers of two nodes each, every node in a
+# namespace of its own on a tbf-shaped link, a shared directory and a PostgreSQL per center; a
+# file and a tree striped, then a source node and a destination node killed with -9 halfway:
+# byte-identical copies, parts on every node, no more resent than the killed node's unfinished
+# parts (bench/striped.sh --check; about a minute; the full measurement is bench/striped.sh).
+if [ $# -eq 0 ]; then
+  timeout 900 ./bench/striped.sh --check --ferry "$FERRY_BIN" --nodes 2 --rate 400mbit --size-mib 256 --range-mib 16 --files 2000 --runs 1 --kill source,dest
+fi
