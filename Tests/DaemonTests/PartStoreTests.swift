@@ -61,6 +61,27 @@ struct PartStoreTests {
         #expect(try StripePlanner.plan([], chunkBytes: c, rangeBytes: c, groupFiles: 1, groupBytes: 1).partCount == 0)
     }
 
+    @Test("groups shrink toward the end of a plan (guided sizes) so that the center's slots end together: full groups first, then 1/slots of what is left, down to the floor; slots 1 keeps full groups")
+    func guidedGroups() throws {
+        let mib: Int64 = 1 << 20
+        let entries: [StripePlanner.Entry] = (0..<600).map { .init(path: "f\($0)", size: mib, mtimeSeconds: 1, mtimeNanoseconds: 0, mode: 0o644, isFile: true) }
+        let one = try StripePlanner.plan(entries, chunkBytes: 4 * mib, rangeBytes: 1024 * mib, groupFiles: 1000, groupBytes: 64 * mib)
+        #expect(one.groups.map(\.paths.count) == Array(repeating: 64, count: 9) + [24])
+        let six = try StripePlanner.plan(entries, chunkBytes: 4 * mib, rangeBytes: 1024 * mib, groupFiles: 1000, groupBytes: 64 * mib, slots: 6)
+        let sizes = six.groups.map(\.paths.count)
+        #expect(six.groups.flatMap(\.paths) == entries.map(\.path), "the walk order is kept")
+        // 600 MiB: full 64 MiB groups while more than six of them are left (4), then a sixth of
+        // the rest (344 MiB → 57), shrinking to the 16 MiB floor; the last takes the remainder.
+        #expect(Array(sizes.prefix(5)) == [64, 64, 64, 64, 57], "\(sizes)")
+        #expect(zip(sizes, sizes.dropFirst()).allSatisfy { $0 >= $1 }, "\(sizes)")
+        #expect(sizes.dropLast().allSatisfy { $0 >= 16 } && sizes.last! <= 16 && sizes.suffix(3).dropLast().allSatisfy { $0 == 16 }, "\(sizes)")
+        #expect(sizes.count > one.groups.count && sizes.count <= 2 * one.groups.count + 6, "\(sizes)")
+        // By entries too: 3,000 empty files, groups of at most 1,000 entries, 6 slots.
+        let empty: [StripePlanner.Entry] = (0..<3000).map { .init(path: "e\($0)", size: 0, mtimeSeconds: 1, mtimeNanoseconds: 0, mode: 0o644, isFile: true) }
+        let byFiles = try StripePlanner.plan(empty, chunkBytes: 4 * mib, rangeBytes: 1024 * mib, groupFiles: 1000, groupBytes: 64 * mib, slots: 6).groups.map(\.paths.count)
+        #expect(byFiles.first == 500 && byFiles.reduce(0, +) == 3000 && byFiles.dropLast().allSatisfy { $0 >= StripePlanner.groupFilesFloor }, "\(byFiles)")
+    }
+
     @Test("a plan is written once, by the job's holder: a second attempt keeps the parts; nobody else may plan", arguments: Backend.allCases)
     func planOnce(_ backend: Backend) throws {
         let s = try JobStore(database: try backend.newDatabase())

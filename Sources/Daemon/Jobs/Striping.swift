@@ -116,7 +116,8 @@ extension JobRunner {
             return nil
         }
         let s = settings.stripe
-        let plan = try StripePlanner.plan(entries, chunkBytes: Int64(Wire.chunkBytesDefault), rangeBytes: s.rangeBytes, groupFiles: s.groupFiles, groupBytes: s.groupBytes)
+        let plan = try StripePlanner.plan(entries, chunkBytes: Int64(Wire.chunkBytesDefault), rangeBytes: s.rangeBytes, groupFiles: s.groupFiles, groupBytes: s.groupBytes,
+                                          slots: settings.nodes * s.perNode)
         // One file too small for ranges travels whole; so does a job of one part.
         let whole = plan.partCount < 2 || plan.groups.contains { $0.paths.contains("") }
         if whole {
