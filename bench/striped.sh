@@ -18,9 +18,10 @@
 # The copy must complete byte-identical with no helper file left; the bytes resent are what
 # wuxi's links received beyond an undisturbed striped run's median, set against the killed
 # node's unfinished parts (their bytes not yet done, as the queue last knew them). The node is
-# started again before the next round. `--check` (scripts/test.sh runs a small version): no
-# whole-job rounds, and the run fails unless the striped parts ran on every node of hlrs and
-# every kill resent at most the killed node's unfinished parts; speed is not judged.
+# started again before the next round. Every round checks the copy byte for byte and that no
+# helper file is left. `--check` (scripts/test.sh runs a small version): no whole-job rounds,
+# and the run fails unless the striped file's parts ran on every node of hlrs and every kill
+# resent at most the killed node's unfinished parts; speed is not judged.
 # Needs root (namespaces), PostgreSQL (scripts/postgres-test.sh) and a release build.
 # Only addresses inside the namespaces it creates are used; everything is removed on exit.
 set -euo pipefail
@@ -183,7 +184,7 @@ for round in $(seq 1 "$runs"); do
   for what in file tree; do
     for mode in stripe no-stripe; do
       [ -n "$check" ] && [ "$mode" = no-stripe ] && continue
-      rm -rf "$work/B/"*
+      find "$work/B" -mindepth 1 -delete
       if [ "$what" = file ]; then src=/data/big.bin; dst=ferry://wuxi/in/big.bin; flags=(); bytes=$big_bytes
       else src=/data/tree; dst=ferry://wuxi/in/tree; flags=(-r); bytes=$tree_bytes; fi
       rx0=$(rx_bytes)
@@ -194,6 +195,8 @@ for round in $(seq 1 "$runs"); do
       [ "$what" = file ] && [ "$mode" = stripe ] && echo $(( $(rx_bytes) - rx0 )) >> "$work/rx-stripe"
       if [ "$what" = file ]; then cmp -s "$work/A/big.bin" "$work/B/big.bin" || { echo "big.bin differs ($mode)" >&2; exit 1; }
       else diff -rq "$work/A/tree" "$work/B/tree" > /dev/null || { echo "tree differs ($mode)" >&2; exit 1; }; fi
+      left=$(find "$work/B" -name '*.ferry-*' -print -quit)
+      [ -z "$left" ] || { echo "helper files left ($what, $mode): $left" >&2; exit 1; }
       # Where the parts ran: this center's node, the peer's node, how many (on stderr).
       [ "$mode" = stripe ] && psql "$db_tcp" -Atc "SELECT node, peer_node, COUNT(*) FROM job_parts WHERE job = $id GROUP BY 1, 2 ORDER BY 1, 2" | tr '\n' ' ' | sed 's/^/  parts: /' >&2 && echo >&2
       if [ -n "$check" ] && [ "$mode" = stripe ] && [ "$what" = file ]; then
@@ -221,19 +224,20 @@ if [ -n "$kills" ]; then
       *) echo "--kill takes source and/or dest" >&2; exit 64 ;;
     esac
     for round in $(seq 1 "$kill_runs"); do
-      rm -rf "$work/B/"*
+      find "$work/B" -mindepth 1 -delete
       rx0=$(rx_bytes)
       t0=$(date +%s.%N)
       id=$(api submit --json --stripe --protection "$protection" --compress off /data/big.bin ferry://wuxi/in/big.bin | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().split("\n")[-1])["id"])')
-      # Half the bytes in, and the victim running a part (bounded: 20 minutes).
+      # Half the bytes in, and the victim running a part with bytes left (bounded: 3,000
+      # readings, about 6 minutes).
       at_kill=""
-      for _ in $(seq 1 12000); do
+      for _ in $(seq 1 3000); do
         at_kill=$(psql "$db_tcp" -Atc "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM job_parts WHERE job = $id AND state IN ('queued', 'running')) AND EXISTS (SELECT 1 FROM job_parts WHERE job = $id) THEN 'over'
                                                WHEN (SELECT 2 * SUM(CASE WHEN state = 'success' THEN bytes_total ELSE bytes END) >= SUM(bytes_total) FROM job_parts WHERE job = $id)
                                                THEN (SELECT COUNT(*) || ' ' || COALESCE(SUM(bytes_total - bytes), 0) FROM job_parts WHERE job = $id AND state = 'running' AND $where) END")
-        case "$at_kill" in ""|"0 0") sleep 0.1 ;; *) break ;; esac
+        case "$at_kill" in ""|*" 0") sleep 0.1 ;; *) break ;; esac
       done
-      case "$at_kill" in ""|"0 0"|over) echo "job $id: never half done with $victim running a part ($at_kill)" >&2; exit 1 ;; esac
+      case "$at_kill" in ""|*" 0"|over) echo "job $id: never half done with $victim running a part ($at_kill)" >&2; exit 1 ;; esac
       ip netns pids "fs$tag-$victim" | xargs -r kill -9
       # A part the victim claimed between that reading and the kill is one of its unfinished
       # parts too: the larger of the two readings (a source's parts stay `running` until their
@@ -250,7 +254,8 @@ side, r, victim, t0, t1, ident, rx, base, parts, unfinished = sys.argv[1:]
 print(f"{side}\t{r}\t{victim}\t{float(t1) - float(t0):.1f}\t{ident}\t{(int(rx) - int(base)) / 2**20:.1f}\t{int(unfinished) / 2**20:.1f}\t{parts}")
 PY
       [ "$identical" = yes ] || { echo "big.bin differs after the kill of $victim" >&2; exit 1; }
-      ls -A "$work/B" | grep -q ferry && { echo "helper files left after the kill of $victim: $(ls -A "$work/B")" >&2; exit 1; }
+      left=$(find "$work/B" -name '*.ferry-*' -print -quit)
+      [ -z "$left" ] || { echo "helper files left after the kill of $victim: $left" >&2; exit 1; }
       if [ -n "$check" ]; then
         python3 - "$work/kills.tsv" <<'PY' || { echo "check: the kill of $victim resent more than its unfinished parts" >&2; exit 1; }
 import sys

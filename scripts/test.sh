@@ -43,6 +43,7 @@ kill "$watchdog" 2>/dev/null || true
 # file and a tree striped, then a source node and a destination node killed with -9 halfway:
 # byte-identical copies, parts on every node, no more resent than the killed node's unfinished
 # parts (bench/striped.sh --check; about a minute; the full measurement is bench/striped.sh).
-if [ $# -eq 0 ]; then
-  timeout 900 ./bench/striped.sh --check --ferry "$FERRY_BIN" --nodes 2 --rate 400mbit --size-mib 256 --range-mib 16 --files 2000 --runs 1 --kill source,dest
+# It needs root, network namespaces and tc; FERRY_TEST_NETNS=0 skips it where they are missing.
+if [ $# -eq 0 ] && [ "${FERRY_TEST_NETNS:-1}" != 0 ]; then
+  timeout -k 30 900 ./bench/striped.sh --check --ferry "$FERRY_BIN" --nodes 2 --rate 400mbit --size-mib 256 --range-mib 16 --files 2000 --runs 1 --kill source,dest
 fi

@@ -897,9 +897,9 @@ func treeDifferences(
     return diffs
 }
 
-/// Leftover `.NAME.ferry-part` / `.NAME.ferry-journal` helper files beneath `root`.
+/// Leftover `.NAME.ferry-part` / `.NAME.ferry-journal` / `.NAME.v<VERSION>.ferry-stripe` helper files beneath `root`.
 func ferryLeftovers(_ root: String) -> [String] {
-    walkTree(root).filter { $0.hasSuffix(".ferry-part") || $0.hasSuffix(".ferry-journal") }
+    walkTree(root).filter { $0.hasSuffix(".ferry-part") || $0.hasSuffix(".ferry-journal") || $0.hasSuffix(".ferry-stripe") }
 }
 
 // MARK: - Raw TCP (bad clients and the proxy)

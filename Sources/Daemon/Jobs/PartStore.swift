@@ -91,13 +91,14 @@ public struct StripePlan: Sendable, Equatable {
 /// into groups of at most `groupFiles` entries and about `groupBytes` bytes.
 ///
 /// Groups shrink toward the end of the plan (guided sizes): once what is left is less than
-/// `slots` groups' worth (`slots`: the parts the center runs at once, nodes × per_node), a group
-/// takes at most 1/`slots` of the remaining bytes and entries, down to `groupBytesFloor` and
-/// `groupFilesFloor`. Parts are claimed in plan order, so the last ones to run are small and
+/// `slots` groups' worth of bytes (`slots`: the parts the center runs at once, nodes ×
+/// per_node), a group takes at most 1/`slots` of the remaining bytes, down to
+/// `groupBytesFloor`. Parts are claimed in plan order, so the last ones to run are small and
 /// the slots end close together, instead of idling while the last full-size parts finish
-/// (bench/RESULTS.md, 2026-12-05: a 6.3 GB tree of 30,000 files in 256 MiB groups spent its
-/// last 3 s with fewer parts than slots). The floors keep a part's fixed cost (a session, a
-/// claim: about 0.08 s) small beside its data.
+/// (bench/RESULTS.md, 2026-12-05: a 6.45 GB tree of 30,000 files went from 0.89 × to 0.91 × the
+/// links). Bytes only: shrinking groups of small files by their count too made a 1.03 GB tree
+/// of 30,000 files slower (0.68 × → 0.60 ×): such a group's session and files cost more than
+/// its bytes, and more parts cost more than the shorter tail saves.
 public enum StripePlanner {
     public struct Entry: Sendable {
         public var path: String
@@ -122,7 +123,6 @@ public enum StripePlanner {
     static let fileRangesMax = 1 << 16
 
     public static let groupBytesFloor: Int64 = 16 << 20
-    public static let groupFilesFloor = 250
 
     public static func plan(_ entries: [Entry], chunkBytes: Int64, rangeBytes: Int64, groupFiles: Int, groupBytes: Int64, slots: Int = 1) throws -> StripePlan {
         guard chunkBytes > 0, rangeBytes >= chunkBytes, rangeBytes % chunkBytes == 0 else {
@@ -154,17 +154,13 @@ public enum StripePlanner {
         }
         // Totals saturate: an entry counts for at most Int64.max / 4 (`remainingBytes` is a guide).
         var remainingBytes = grouped.reduce(Int64(0)) { min(Int64.max / 2, $0 + $1.bytes) }
-        var remainingFiles = grouped.count
         let slots = max(1, slots)
         var group = StripePlan.Group(paths: [], bytes: 0)
-        var filesCap = groupFiles, bytesCap = groupBytes
-        func caps() {
-            filesCap = min(groupFiles, max(min(groupFiles, groupFilesFloor), (remainingFiles + slots - 1) / slots))
-            bytesCap = min(groupBytes, max(min(groupBytes, groupBytesFloor), remainingBytes / Int64(slots)))
-        }
+        var bytesCap = groupBytes
+        func caps() { bytesCap = min(groupBytes, max(min(groupBytes, groupBytesFloor), remainingBytes / Int64(slots))) }
         caps()
         for e in grouped {
-            if !group.paths.isEmpty && (group.paths.count >= filesCap || group.bytes > bytesCap - e.bytes) {
+            if !group.paths.isEmpty && (group.paths.count >= groupFiles || group.bytes > bytesCap - e.bytes) {
                 plan.groups.append(group)
                 guard plan.partCount <= partsMax else { throw JobStoreError("more than \(partsMax) parts: too many to stripe in one job") }
                 group = .init(paths: [], bytes: 0)
@@ -172,7 +168,6 @@ public enum StripePlanner {
             }
             group.paths.append(e.path)
             group.bytes = min(Int64.max / 2, group.bytes + e.bytes)
-            remainingFiles -= 1
             remainingBytes = max(0, remainingBytes - e.bytes)
         }
         if !group.paths.isEmpty { plan.groups.append(group) }

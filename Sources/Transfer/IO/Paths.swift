@@ -209,43 +209,15 @@ enum PartialNames {
     static func rangeJournal(_ name: String, _ range: ChunkRange) -> String {
         helper(name, ".r\(range.first)+\(range.count)" + journalSuffix)
     }
-    /// The partial copy a striped file's ranges share (`.NAME.v<version>.ferry-part`): named
+    static let stripePartSuffix = ".ferry-stripe"
+    /// The partial copy a striped file's ranges share (`.NAME.v<version>.ferry-stripe`): named
     /// after the source's version (size, mtime, chunk size), so that nothing but ranges of that
     /// version writes into it: a whole-file session of NAME has `.NAME.ferry-part` of its own,
-    /// and ranges of another version another partial. That is what lets a commit trust the
-    /// ranges' journals without reading the data again (`StripedCommit`).
+    /// ranges of another version another partial. A suffix of its own: no whole-file partial
+    /// (of a file named `NAME.v0123456789abcdef`, say) is ever taken for one.
     static func rangePart(_ name: String, size: UInt64, mtimeSeconds: Int64, mtimeNanoseconds: UInt32, chunkBytes: Int) -> String {
-        helper(name, ".v" + rangeVersion(size: size, mtimeSeconds: mtimeSeconds, mtimeNanoseconds: mtimeNanoseconds, chunkBytes: chunkBytes) + partSuffix)
-    }
-    /// 16 hexadecimal digits naming one version of a source file.
-    static func rangeVersion(size: UInt64, mtimeSeconds: Int64, mtimeNanoseconds: UInt32, chunkBytes: Int) -> String {
-        String(ChunkHash.of(Array("\(size):\(mtimeSeconds):\(mtimeNanoseconds):\(chunkBytes)".utf8)).description.prefix(16))
-    }
-    /// Whether `candidate` is the ranges' partial of NAME for some version (same shape as
-    /// `mine`, which is one): what a new version's first range removes.
-    static func isRangePart(_ candidate: String, like mine: String) -> Bool {
-        let tail = 16 + partSuffix.utf8.count
-        guard candidate.utf8.count == mine.utf8.count, candidate.hasSuffix(partSuffix) else { return false }
-        return candidate.utf8.dropLast(tail).elementsEqual(mine.utf8.dropLast(tail))
-            && candidate.utf8.dropLast(partSuffix.utf8.count).suffix(16).allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
-    }
-    /// Removes from `dir` the ranges' partials of NAME's other versions (`mine` is this
-    /// version's). One pass over the directory, made once per version of a striped file (its
-    /// first range creates the partial), never per chunk or per small file.
-    static func removeOtherRangeParts(dir: Int32, mine: String) {
-        // (Directory handles are O_PATH: the listing needs a descriptor of its own that reads.)
-        let listing = openat(dir, ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard listing >= 0, let d = fdopendir(listing) else {
-            if listing >= 0 { Glibc.close(listing) }
-            return
-        }
-        defer { closedir(d) }
-        var stale: [String] = []
-        while let e = readdir(d) {
-            let candidate = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if candidate != mine && isRangePart(candidate, like: mine) { stale.append(candidate) }
-        }
-        for name in stale { _ = unlinkat(dir, name, 0) }
+        let version = String(ChunkHash.of(Array("\(size):\(mtimeSeconds):\(mtimeNanoseconds):\(chunkBytes)".utf8)).description.prefix(16))
+        return helper(name, ".v" + version + stripePartSuffix)
     }
     /// Long names would overflow NAME_MAX with the suffix: they get a hashed helper name.
     private static func helper(_ name: String, _ suffix: String) -> String {
@@ -257,7 +229,7 @@ enum PartialNames {
         // Bytes, not Characters: a combining mark must not hide the leading "." or the suffix.
         let b = Array(name.utf8)
         guard b.first == UInt8(ascii: ".") else { return false }
-        return b.count > 1 && (b.reversed().starts(with: partSuffix.utf8.reversed()) || b.reversed().starts(with: journalSuffix.utf8.reversed()))
+        return b.count > 1 && [partSuffix, journalSuffix, stripePartSuffix].contains { b.reversed().starts(with: $0.utf8.reversed()) }
     }
 }
 

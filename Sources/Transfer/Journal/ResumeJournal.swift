@@ -77,6 +77,19 @@ final class ResumeJournal {
     /// Opens an existing journal when it belongs to the same source version and covers the
     /// same chunks (the whole file, or `range`); returns the journal and the durable chunks
     /// (index in the file → hash), or nil when absent, stale, another range's or corrupt.
+    /// The source version a journal `name` in `dir` was made for (its header only; nil when it
+    /// is not a journal): what a range of a new version reads to name the older partial.
+    static func storedIdentity(dir: Int32, name: String) -> SourceIdentity? {
+        let fd = openat(dir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+        if fd < 0 { return nil }
+        defer { Glibc.close(fd) }
+        var header = [UInt8](repeating: 0, count: headerBytes)
+        guard header.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, $0.count, 0) }) == headerBytes else { return nil }
+        var r = ByteReader(header)
+        guard (try? r.u64()) == magic, (try? r.u32()) != nil, let cb = try? r.u32(), let size = try? r.u64(), let sec = try? r.i64(), let nsec = try? r.u32() else { return nil }
+        return SourceIdentity(size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, chunkBytes: cb)
+    }
+
     static func open(dir: Int32, name: String, identity: SourceIdentity, range: ChunkRange? = nil) -> (ResumeJournal, [Int: ChunkHash])? {
         let fd = openat(dir, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
         if fd < 0 { return nil }

@@ -614,15 +614,27 @@ final class Receiver: @unchecked Sendable {
             }
         }
         let part = f.partName
+        var id = f.identity
+        id.chunkBytes = UInt32(chunkBytes)
         // A range writes into the partial its version's other ranges share (written by other
         // nodes at the same time, each into its own chunks): opened as it is, never truncated;
-        // sized only when it is new. The first range of a version removes the partials that
-        // older versions' ranges left (their commits would fail now anyway: the source changed).
-        var fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        if fd >= 0 && f.range != nil {
-            PartialNames.removeOtherRangeParts(dir: f.dir.fd, mine: part)
-        } else if fd < 0 && errno == EEXIST {
+        // sized only when it is new. A range that makes it new removes the partial an older
+        // version's ranges left, named by the version in this range's journal (an older
+        // version's, when there is one; their commit could not succeed now: the source changed).
+        // Created or opened in turn (a partial renamed or removed between the two: again).
+        var fd: Int32 = -1
+        for _ in 0..<3 {
+            fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            if fd >= 0 {
+                if f.range != nil, let old = ResumeJournal.storedIdentity(dir: f.dir.fd, name: f.journalName), old != id {
+                    _ = unlinkat(f.dir.fd, PartialNames.rangePart(f.name, size: old.size, mtimeSeconds: old.mtimeSeconds,
+                                                                  mtimeNanoseconds: old.mtimeNanoseconds, chunkBytes: Int(old.chunkBytes)), 0)
+                }
+                break
+            }
+            guard errno == EEXIST else { break }
             fd = openat(f.dir.fd, part, O_RDWR | (f.range == nil ? O_TRUNC : 0) | O_NOFOLLOW | O_CLOEXEC)
+            if fd >= 0 || errno != ENOENT { break }
         }
         if fd < 0 {
             let e = errno
@@ -636,8 +648,6 @@ final class Receiver: @unchecked Sendable {
             Glibc.close(fd)
             return ("cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))", TransferError.Code(errno: e))
         }
-        var id = f.identity
-        id.chunkBytes = UInt32(chunkBytes)
         do {
             f.journal = try ResumeJournal.create(dir: f.dir.fd, name: f.journalName, identity: id, range: f.range)
         } catch {
