@@ -95,8 +95,8 @@ public struct StripePlan: Sendable, Equatable {
 /// per_node), a group takes at most 1/`slots` of the remaining bytes, down to
 /// `groupBytesFloor`. Parts are claimed in plan order, so the last ones to run are small and
 /// the slots end close together, instead of idling while the last full-size parts finish
-/// (bench/RESULTS.md, 2026-12-05: a 6.45 GB tree of 30,000 files went from 0.89 × to 0.91 × the
-/// links). Bytes only: shrinking groups of small files by their count too made a 1.03 GB tree
+/// (bench/RESULTS.md, 2026-12-05: a 6.45 GB tree of 30,000 files went from 19.35 s to 19.20 s,
+/// 0.889 × to 0.896 × the links). Bytes only: shrinking groups of small files by their count too made a 1.03 GB tree
 /// of 30,000 files slower (0.68 × → 0.60 ×): such a group's session and files cost more than
 /// its bytes, and more parts cost more than the shorter tail saves.
 public enum StripePlanner {
@@ -478,7 +478,7 @@ extension JobStore {
         /// parts go back to the queue; the file waits for them again.
         case redo(firsts: [Int])
         /// The destination's digest did not match the ranges' hashes, or its partial copy is
-        /// gone or damaged: every range goes back (each resumes from its journal, so only what
+        /// gone or does not hold what its ranges recorded: every range goes back (each resumes from its journal, so only what
         /// is missing moves again).
         case redoAll
         /// A refusal that a new attempt would meet again (permissions, a directory in the way):

@@ -347,8 +347,8 @@ extension JobRunner {
             outcome = result ?? .release(seconds: 15, why: "commit of \(file.path.isEmpty ? "the file" : file.path): \(unreachable?.message ?? "no node of the peer answered")")
         } catch {
             let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
-            // What the committer found: a digest that does not match, a partial copy gone or
-            // damaged → the ranges run again (each resumes from its journal where one is left;
+            // What the committer found: a digest that does not match, a partial copy gone or not
+            // holding what its ranges recorded (a chunk of each read back) → the ranges run again (each resumes from its journal where one is left;
             // a digest mismatch removed them, so that file moves again whole). A refusal a new
             // attempt would meet again fails the file, and the job.
             if e.code == .verify || e.code == .notFound || (e.resumable && !JobRunner.permanent.contains(e.code)) {
