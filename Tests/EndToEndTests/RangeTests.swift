@@ -136,9 +136,16 @@ struct RangeTests {
         let replaced = try commit("0:4,4:3,7:3")
         #expect(replaced.status == 1 && replaced.stderr.contains("no longer holds what ranges 0+4, 4+3 recorded"), "\(replaced)")
         #expect(!FileManager.default.fileExists(atPath: root + "/big.bin"))
-        for r in ["0:4", "4:3"] {
+        for (r, count) in [("0:4", 4), ("4:3", 3)] {
             let done = try sb.cp(local + "/big.bin", server.url("big.bin"), options: ["--range", r])
-            #expect(done.succeeded && (done.summary?.wireBytes ?? 0) >= 3 * RangeTests.chunk, "a rerun range did not send its chunks again: \(done)")
+            #expect(done.succeeded && (done.summary?.wireBytes ?? 0) >= count * RangeTests.chunk, "a rerun range did not send its chunks again: \(done)")
+        }
+        let healed = try commit("0:4,4:3,7:3")
+        #expect(healed.status == 0 && healed.stdout.contains("committed (3 ranges)") && filesIdentical(root + "/big.bin", local + "/big.bin"), "\(healed)")
+        #expect(unlink(root + "/big.bin") == 0)
+        for r in ["0:4", "4:3", "7:3"] {
+            let done = try sb.cp(local + "/big.bin", server.url("big.bin"), options: ["--range", r])
+            #expect(done.succeeded, "\(done)")
         }
         // The source now differs in one byte, with its size and mtime put back: the ranges are
         // of the same version by size and mtime, but their digest is not the source's.
@@ -148,8 +155,8 @@ struct RangeTests {
         #expect(!FileManager.default.fileExists(atPath: root + "/big.bin") && ferryLeftovers(root).isEmpty, "\(walkTree(root))")
         // The byte put back, the ranges moved again; meanwhile a whole-file copy of other bytes
         // to the same name (which once truncated the ranges' partial, shared then): it writes a
-        // partial of its own, so the ranges' journals still vouch for theirs, and the commit,
-        // which no longer reads the data again, puts the source's bytes in place.
+        // partial of its own, so the ranges' journals still vouch for theirs, and the commit
+        // (reading one chunk of each range back) puts the source's bytes in place.
         try flipByte(local + "/big.bin", at: 5 * RangeTests.chunk + 17)
         for r in ["0:4", "4:3", "7:3"] {
             let done = try sb.cp(local + "/big.bin", server.url("big.bin"), options: ["--range", r])

@@ -54,6 +54,26 @@ struct ChunkAndJournalTests {
         #expect(ResumeJournal.open(dir: dfd, name: "j", identity: otherChunk) == nil)
     }
 
+    @Test("a journal's cleared records are gone after reopen; its header names its version; a new journal is a new file, so a holder of the old one writes where no one reads")
+    func journalForgetAndReplace() throws {
+        let dir = try TempDir()
+        let dfd = dir.fd
+        let id = SourceIdentity(size: 10 << 20, mtimeSeconds: 1000, mtimeNanoseconds: 5, chunkBytes: 1 << 20)
+        let range = try ChunkRange(first: 2, count: 6, of: 10)
+        let old = try ResumeJournal.create(dir: dfd, name: "r", identity: id, range: range)
+        let h = (0..<10).map { ChunkHash(low: UInt64($0), high: UInt64($0) * 11) }
+        try old.recordDurable([(2, h[2]), (3, h[3]), (5, h[5])])
+        try old.forget([3, 9])  // 9: outside the range, ignored
+        let (_, have) = try #require(ResumeJournal.open(dir: dfd, name: "r", identity: id, range: range))
+        #expect(have == [2: h[2], 5: h[5]])
+        #expect(ResumeJournal.storedIdentity(dir: dfd, name: "r") == id && ResumeJournal.storedIdentity(dir: dfd, name: "nothing") == nil)
+        // Made again (a rerun that starts the range over): the old holder's records land elsewhere.
+        _ = try ResumeJournal.create(dir: dfd, name: "r", identity: id, range: range)
+        try old.recordDurable([(4, h[4])])
+        let (_, fresh) = try #require(ResumeJournal.open(dir: dfd, name: "r", identity: id, range: range))
+        #expect(fresh.isEmpty, "\(fresh)")
+    }
+
     @Test("a torn journal record is ignored, not trusted")
     func tornRecord() throws {
         let dir = try TempDir()

@@ -54,6 +54,9 @@ final class ResumeJournal {
     static func create(dir: Int32, name: String, identity: SourceIdentity, range: ChunkRange? = nil) throws -> ResumeJournal {
         let n = chunkCount(size: identity.size, chunkBytes: Int(identity.chunkBytes))
         if let range { _ = try ChunkRange(first: range.first, count: range.count, of: n) }
+        // A new file, not the old one truncated: a session that still holds the old journal (one
+        // killed but not yet gone, on another node) goes on writing into a file no one reads.
+        _ = unlinkat(dir, name, 0)
         let fd = try sys("cannot create journal \(name)") { openat(dir, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
         var w = ByteWriter(capacity: headerBytes)
         w.u64(magic)
@@ -74,9 +77,6 @@ final class ResumeJournal {
         return j
     }
 
-    /// Opens an existing journal when it belongs to the same source version and covers the
-    /// same chunks (the whole file, or `range`); returns the journal and the durable chunks
-    /// (index in the file → hash), or nil when absent, stale, another range's or corrupt.
     /// The source version a journal `name` in `dir` was made for (its header only; nil when it
     /// is not a journal): what a range of a new version reads to name the older partial.
     static func storedIdentity(dir: Int32, name: String) -> SourceIdentity? {
@@ -90,6 +90,9 @@ final class ResumeJournal {
         return SourceIdentity(size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, chunkBytes: cb)
     }
 
+    /// Opens an existing journal when it belongs to the same source version and covers the
+    /// same chunks (the whole file, or `range`); returns the journal and the durable chunks
+    /// (index in the file → hash), or nil when absent, stale, another range's or corrupt.
     static func open(dir: Int32, name: String, identity: SourceIdentity, range: ChunkRange? = nil) -> (ResumeJournal, [Int: ChunkHash])? {
         let fd = openat(dir, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
         if fd < 0 { return nil }
@@ -152,6 +155,19 @@ final class ResumeJournal {
             w.u64(ResumeJournal.checkWord(index: UInt32(c.index), hash: c.hash))
             w.hash(c.hash)
             try pwriteAll(w.bytes, at: ResumeJournal.headerBytes + (c.index - first) * ResumeJournal.recordBytes, name: "journal")
+        }
+        _ = try sys("cannot sync journal") { fdatasync(fd) }
+    }
+
+    /// Clears the records of `chunks` (state 0: not written), durably: chunks a resume found
+    /// no longer on disk as recorded, before they are sent again.
+    func forget(_ chunks: [Int]) throws {
+        if chunks.isEmpty { return }
+        let first = range?.first ?? 0
+        let end = range?.end ?? chunkCount
+        let zeros = [UInt8](repeating: 0, count: ResumeJournal.recordBytes)
+        for i in chunks where i >= first && i < end {
+            try pwriteAll(zeros, at: ResumeJournal.headerBytes + (i - first) * ResumeJournal.recordBytes, name: "journal")
         }
         _ = try sys("cannot sync journal") { fdatasync(fd) }
     }

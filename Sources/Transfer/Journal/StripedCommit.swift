@@ -4,7 +4,7 @@ import Glibc
 /// Renames a striped file into place once every range of it is in (issue 19; docs/STRIPING.md).
 ///
 /// Range sessions each leave their chunks in the partial copy their version shares
-/// (`.NAME.v<version>.ferry-part`) and a range journal whose records are written only after the
+/// (`.NAME.v<version>.ferry-stripe`) and a range journal whose records are written only after the
 /// data is durable, each hash checked against its chunk on receipt (and on disk again at a
 /// resume). The commit reads those journals: every range of the request must have its journal
 /// for this version of the source with every chunk recorded, and the hashes in chunk order
@@ -16,7 +16,9 @@ import Glibc
 /// zeros). The journals vouch for the bytes as a whole-file copy's received hashes do before its
 /// rename; what they cannot say is into which file they went. Every chunk a complete range
 /// journal records is in the file its range's last session had open (a session writes one
-/// descriptor; a resume checks the chunks it keeps on disk and sends the rest again), so one
+/// descriptor; a resume checks the chunks it keeps on disk and clears the records of the rest
+/// before sending them again; a new journal is a new file, so a session that still holds an
+/// older one writes into a file no one reads), so one
 /// chunk per range tells whether that file is the partial opened here, or one removed since
 /// (by hand, or by a newer version's range) and made again by another range, whose holes the
 /// journals would otherwise vouch for. What wrote over a partial is kept out by its name: a

@@ -533,18 +533,33 @@ final class Receiver: @unchecked Sendable {
                 f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
                 var list: [(index: UInt32, hash: ChunkHash)] = []
                 var haveBytes: UInt64 = 0
+                var stale: [Int] = []
                 for (i, h) in have.sorted(by: { $0.key < $1.key }) where i >= f.first && i < f.end {
                     // Claim only what the partial really holds: the journal says what was
                     // written, the bytes may have been damaged since. A chunk that no longer
-                    // matches is left out of the claim, so the sender sends it again.
+                    // matches is left out of the claim, so the sender sends it again, and its
+                    // record is cleared first: a session that dies before sending it must not
+                    // leave the journal vouching for it (a striped commit reads back only one
+                    // chunk of each range).
                     let offset = UInt64(i) * UInt64(chunkBytes)
                     let length = Int(min(UInt64(chunkBytes), e.size - offset))
-                    guard hashOnDisk(fd, offset: offset, length: length) == h else { continue }
+                    guard hashOnDisk(fd, offset: offset, length: length) == h else { stale.append(i); continue }
                     f.present[i] = true
                     f.hashes[i] = h
                     f.presentCount += 1
                     list.append((UInt32(i), h))
                     haveBytes += UInt64(length)
+                }
+                if !stale.isEmpty {
+                    do {
+                        try journal.forget(stale)
+                    } catch {
+                        let t = asTransferError(error)
+                        f.failed = true
+                        refusals.append((e.id, t.code, "cannot write '\(display)': \(t.message)"))
+                        ctx.progress.fileFailed(t.message, code: t.code)
+                        return PlanEntry(id: e.id, action: .full)
+                    }
                 }
                 // Counted as already there; a chunk the sender finds different (its source
                 // changed within the same size and mtime) is sent and counted again as moved.
