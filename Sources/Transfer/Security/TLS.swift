@@ -52,6 +52,12 @@ public final class TLSContext: @unchecked Sendable {
             if let expected, message.hasSuffix("hostname mismatch") || message.hasSuffix("IP address mismatch") {
                 message += ": the certificate does not name '\(expected)' (the center or host this connection must reach)"
             }
+            // A connection that ended or stalled before the handshake did (a node killed or
+            // restarting, a network cut) is the link's trouble, worth another try; a refusal
+            // (a certificate, an alert) is not.
+            if message.hasSuffix(": the peer closed the connection") || message.hasPrefix("TLS handshake timed out") || message.hasPrefix("TLS handshake: ") {
+                throw TransferError(.io, message, resumable: true)
+            }
             throw TransferError(.auth, message)
         }
         return TLSChannel(raw: t)

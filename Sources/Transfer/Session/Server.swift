@@ -285,7 +285,7 @@ public final class TransferServer: @unchecked Sendable {
             r.center = note.center
             configuration.audit?.write(r)
             // After a failed TLS handshake there is no channel to explain on (the TLS alert did).
-            if !(note.action == "connect" && conn.tls == nil && e.code == .auth) { conn.sendError(e, ring: ring) }
+            if !(note.action == "connect" && conn.tls == nil && (e.code == .auth || e.message.hasPrefix("TLS handshake"))) { conn.sendError(e, ring: ring) }
         }
         lock.withLock { budget.end(ticket) }
         conn.close()
