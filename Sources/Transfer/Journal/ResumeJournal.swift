@@ -86,8 +86,19 @@ final class ResumeJournal {
         var header = [UInt8](repeating: 0, count: headerBytes)
         guard header.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, $0.count, 0) }) == headerBytes else { return nil }
         var r = ByteReader(header)
-        guard (try? r.u64()) == magic, (try? r.u32()) != nil, let cb = try? r.u32(), let size = try? r.u64(), let sec = try? r.i64(), let nsec = try? r.u32() else { return nil }
-        return SourceIdentity(size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, chunkBytes: cb)
+        return (try? readHeader(&r))?.identity
+    }
+
+    /// The header's magic, version and source version (the fields `create` writes first);
+    /// nil when the magic is not a journal's.
+    private static func readHeader(_ r: inout ByteReader) throws -> (version: UInt32, identity: SourceIdentity)? {
+        guard try r.u64() == magic else { return nil }
+        let version = try r.u32()
+        let cb = try r.u32()
+        let size = try r.u64()
+        let sec = try r.i64()
+        let nsec = try r.u32()
+        return (version, SourceIdentity(size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, chunkBytes: cb))
     }
 
     /// Opens an existing journal when it belongs to the same source version and covers the
@@ -107,12 +118,7 @@ final class ResumeJournal {
         guard got == bytes.count else { Glibc.close(fd); return nil }
         var r = ByteReader(bytes)
         do {
-            guard try r.u64() == magic, try r.u32() == (range == nil ? 1 : 2) else { Glibc.close(fd); return nil }
-            let cb = try r.u32()
-            let size = try r.u64()
-            let sec = try r.i64()
-            let nsec = try r.u32()
-            let stored = SourceIdentity(size: size, mtimeSeconds: sec, mtimeNanoseconds: nsec, chunkBytes: cb)
+            guard let (version, stored) = try readHeader(&r), version == (range == nil ? 1 : 2) else { Glibc.close(fd); return nil }
             _ = try r.u32()
             guard stored == identity, try r.u64() == UInt64(n) else { Glibc.close(fd); return nil }
             if let range {

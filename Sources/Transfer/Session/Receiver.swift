@@ -555,6 +555,7 @@ final class Receiver: @unchecked Sendable {
                         try journal.forget(stale)
                     } catch {
                         let t = asTransferError(error)
+                        f.closePartial()
                         f.failed = true
                         refusals.append((e.id, t.code, "cannot write '\(display)': \(t.message)"))
                         ctx.progress.fileFailed(t.message, code: t.code)
