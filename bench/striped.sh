@@ -9,7 +9,8 @@
 #
 #   bench/striped.sh [--nodes 3] [--rate 1gbit] [--size-mib 6144] [--files 30000] [--file-kib 32]
 #                    [--runs 3] [--range-mib 256] [--group-files 1000] [--protection private] [--ferry BIN] [--out TSV]
-#                    [--kill source,dest] [--kill-runs 1] [--check]
+#                    [--kill source,dest] [--kill-runs 1] [--check] [--what file,tree] [--modes stripe,no-stripe]
+#                    [--mtu 1500] [--timeline] [--logs DIR]
 #
 # Prints a TSV (round, what, mode, seconds, goodput Gbit/s, goodput / (nodes × rate)) and the
 # medians. `--kill`: after those rounds, the big file is pushed striped again and, once half
@@ -22,12 +23,18 @@
 # helper file is left. `--check` (scripts/test.sh runs a small version): no whole-job rounds,
 # and the run fails unless the striped file's parts ran on every node of hlrs and every kill
 # resent at most the killed node's unfinished parts; speed is not judged.
+# `--what` and `--modes` pick the rounds' jobs; `--mtu` sets the node links' MTU (1500, the
+# default, or 9000: the jumbo frames of a Science DMZ's DTNs); `--timeline` samples the queue
+# every 20 ms during each striped job (one psql session) and prints, on stderr, when its parts
+# started, when the last was claimed and done, and when the job ended, from the submit;
+# `--logs DIR` keeps the nodes' output there.
 # Needs root (namespaces), PostgreSQL (scripts/postgres-test.sh) and a release build.
 # Only addresses inside the namespaces it creates are used; everything is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nodes=3; rate=1gbit; size_mib=6144; files=30000; file_kib=32; runs=3; protection=private; range_mib=256; group_files=1000
 ferry="$PWD/.build/release/ferry"; out=""; kills=""; kill_runs=1; check=""
+whats="file,tree"; modes="stripe,no-stripe"; mtu=1500; timeline=""; logs=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
@@ -44,11 +51,17 @@ while [ $# -gt 0 ]; do
     --kill) kills="$2"; shift 2 ;;
     --kill-runs) kill_runs="$2"; shift 2 ;;
     --check) check=1; shift ;;
+    --what) whats="$2"; shift 2 ;;
+    --modes) modes="$2"; shift 2 ;;
+    --mtu) mtu="$2"; shift 2 ;;
+    --timeline) timeline=1; shift ;;
+    --logs) logs="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
 [ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
 [ "$nodes" -ge 2 ] && [ "$nodes" -le 9 ] || { echo "--nodes is 2 to 9" >&2; exit 64; }
+case "$mtu" in 1500|9000) ;; *) echo "--mtu is 1500 or 9000" >&2; exit 64 ;; esac
 case "$rate" in *gbit) rate_gbps=${rate%gbit} ;; *mbit) rate_gbps=$(python3 -c "print(${rate%mbit}/1000)") ;; *) echo "--rate is Ngbit or Nmbit" >&2; exit 64 ;; esac
 work=$(mktemp -d /dev/shm/ferry-striped.XXXXXX)
 chmod 755 "$work"   # the PostgreSQL server (user postgres) keeps its data and socket in it
@@ -56,6 +69,7 @@ tag=$(( $$ % 100000 ))
 R="fs$tag-r"
 names=(); for i in $(seq 1 "$nodes"); do names+=("a$i"); done; for i in $(seq 1 "$nodes"); do names+=("b$i"); done
 cleanup() {
+  [ -n "$logs" ] && mkdir -p "$logs" && cp "$work"/*.out "$work"/*.err "$logs"/ 2>/dev/null
   for n in "${names[@]}"; do
     ip netns pids "fs$tag-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "fs$tag-$n" 2>/dev/null || true
@@ -78,9 +92,11 @@ for n in "${names[@]}"; do
   ip link add "v$tag$n" type veth peer name "w$tag$n"
   ip link set "v$tag$n" netns "$ns"
   ip link set "w$tag$n" netns "$R"
+  ip -n "$R" link set "w$tag$n" mtu "$mtu"
   ip -n "$R" link set "w$tag$n" master br0
   ip -n "$R" link set "w$tag$n" up
   ip -n "$ns" link set lo up
+  ip -n "$ns" link set "v$tag$n" mtu "$mtu"
   ip -n "$ns" addr add "$(addr "$n")/64" dev "v$tag$n" nodad
   ip -n "$ns" link set "v$tag$n" up
   ip netns exec "$ns" tc qdisc replace dev "v$tag$n" root tbf rate "$rate" burst 4mb latency 50ms
@@ -180,9 +196,47 @@ rx_bytes() {
 api() { ip netns exec "fs$tag-a1" "$ferry" jobs "$@" --api "http://[::1]:7480" --token-file "$work/token" --ca "$work/pki/ca.crt"; }
 results="$work/results.tsv"
 printf 'round\twhat\tmode\tseconds\tgoodput_gbps\tof_nodes_x_link\n'
+# The queue every 20 ms during a striped job (bounded: 90,000 samples, 30 minutes), from one
+# psql session: prints when the parts started and ended, relative to T0.
+timeline_start() {  # JOB
+  python3 - "$1" <<'PY' | psql "$db_tcp" -Atq -F ' ' > "$work/timeline" 2>/dev/null &
+import sys
+job = sys.argv[1]
+try:
+  for _ in range(90000):
+    print(f"SELECT extract(epoch FROM clock_timestamp()), (SELECT state FROM jobs WHERE id = {job}), "
+          f"COUNT(*) FILTER (WHERE state = 'queued'), COUNT(*) FILTER (WHERE state = 'running'), "
+          f"COUNT(*) FILTER (WHERE state = 'success'), COUNT(*) FROM job_parts WHERE job = {job};")
+    print("SELECT pg_sleep(0.02);", flush=True)
+except BrokenPipeError:
+  pass
+PY
+  timeline_pid=$!
+}
+timeline_report() {  # T0 T1 SUBMITTED
+  kill "$timeline_pid" 2>/dev/null || true; wait "$timeline_pid" 2>/dev/null || true
+  python3 - "$work/timeline" "$1" "$2" "$3" <<'PY' >&2
+import sys
+t0, t1 = float(sys.argv[2]), float(sys.argv[3])
+rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 6]
+def first(pred):
+    for r in rows:
+        if pred(r): return f"{float(r[0]) - t0:.2f}"
+    return "-"
+def last(pred):
+    for r in reversed(rows):
+        if pred(r): return f"{float(r[0]) - t0:.2f}"
+    return "-"
+n = max((int(r[5]) for r in rows), default=0)
+import datetime
+print(f"  timeline: t0 {datetime.datetime.utcfromtimestamp(t0).strftime('%H:%M:%S.%f')[:-3]}, submitted {float(sys.argv[4]) - t0:.2f} s, planned {first(lambda r: int(r[5]) > 0)} s ({n} parts), first running {first(lambda r: int(r[3]) > 0)}, "
+      f"last claimed {first(lambda r: int(r[5]) > 0 and int(r[2]) == 0)}, parts done {first(lambda r: int(r[5]) > 0 and int(r[4]) == int(r[5]))}, "
+      f"job ended {first(lambda r: r[1] in ('success', 'failed'))}, wait returned {t1 - t0:.2f}")
+PY
+}
 for round in $(seq 1 "$runs"); do
-  for what in file tree; do
-    for mode in stripe no-stripe; do
+  for what in ${whats//,/ }; do
+    for mode in ${modes//,/ }; do
       [ -n "$check" ] && [ "$mode" = no-stripe ] && continue
       find "$work/B" -mindepth 1 -delete
       if [ "$what" = file ]; then src=/data/big.bin; dst=ferry://wuxi/in/big.bin; flags=(); bytes=$big_bytes
@@ -190,8 +244,11 @@ for round in $(seq 1 "$runs"); do
       rx0=$(rx_bytes)
       t0=$(date +%s.%N)
       id=$(api submit --json "--$mode" --protection "$protection" --compress off "${flags[@]}" "$src" "$dst" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().split("\n")[-1])["id"])')
+      ts=$(date +%s.%N)
+      [ -n "$timeline" ] && [ "$mode" = stripe ] && timeline_start "$id"
       api wait "$id" --timeout 3600 > /dev/null 2>&1 || { echo "job $id ($what, $mode) failed: $(api show "$id")" >&2; exit 1; }
       t1=$(date +%s.%N)
+      [ -n "$timeline" ] && [ "$mode" = stripe ] && timeline_report "$t0" "$t1" "$ts"
       [ "$what" = file ] && [ "$mode" = stripe ] && echo $(( $(rx_bytes) - rx0 )) >> "$work/rx-stripe"
       if [ "$what" = file ]; then cmp -s "$work/A/big.bin" "$work/B/big.bin" || { echo "big.bin differs ($mode)" >&2; exit 1; }
       else diff -rq "$work/A/tree" "$work/B/tree" > /dev/null || { echo "tree differs ($mode)" >&2; exit 1; }; fi

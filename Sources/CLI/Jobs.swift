@@ -223,7 +223,7 @@ extension Ferry.Jobs {
     }
 }
 
-/// Polls a job until it ends (bounded). `wait` reports state changes on stderr and the final job
+/// Polls a job until it ends (bounded; at `WaitPace`'s pace). `wait` reports state changes on stderr and the final job
 /// on stdout; `watch` (`progress`) prints a line (or, with --json, the job) whenever its state
 /// or byte count changes. Exit 0 on success or skipped.
 /// `waitFor` gave up because `interrupted` said so (Ctrl-C): the job goes on at the daemon.
@@ -232,6 +232,7 @@ struct WaitInterrupted: Error {}
 func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool = false, interrupted: () -> Bool = { false }) throws {
     let deadline = Date().addingTimeInterval(Double(seconds))
     var last = ""
+    var pace = WaitPace(steady: progress ? 0.4 : 0.3)
     while Date() < deadline {
         if interrupted() { throw WaitInterrupted() }
         let j = try api.call("GET", "/api/v1/transfers/\(id)", as: V1.Transfer.self)
@@ -256,7 +257,7 @@ func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool =
             if j.state.satisfiesDependents { return }
             throw ExitCode(1)
         }
-        usleep(progress ? 400_000 : 300_000)
+        usleep(useconds_t(pace.next(after: j) * 1e6))
     }
     api.fail("job \(id) did not end within \(seconds) s (last: \(last))")
 }

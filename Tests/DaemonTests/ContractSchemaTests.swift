@@ -538,3 +538,51 @@ struct ContractSchemaTests {
         #expect(try JSONDecoder().decode(JobRequest.self, from: JSONEncoder().encode(r)) == r)
     }
 }
+
+/// `WaitPace`: how often a waiting client looks at its job.
+@Suite struct WaitPaceTests {
+    func job(_ state: JobState, progress: (Int64, Int64)? = nil, parts: (queued: Int, running: Int, total: Int)? = nil) throws -> V1.Transfer {
+        var j = V1.Transfer(ContractSchemaTests.job(state))
+        if let (done, total) = progress {
+            j.progress = try ContractSchemaTests.decoded(#"{"bytes_done":\#(done),"bytes_total":\#(total),"files_done":0,"files_total":1,"wire_bytes":5,"seconds":0.5}"#)
+        }
+        if let p = parts {
+            var pp = JobStore.PartProgress()
+            pp.byState = [.queued: p.queued, .running: p.running, .success: p.total - p.queued - p.running]
+            j.parts = V1.Parts(pp)
+        }
+        return j
+    }
+
+    @Test func soonAfterSubmitThenSteady() throws {
+        var pace = WaitPace(steady: 0.3)
+        let queued = try job(.queued)
+        let pauses = (0..<7).map { _ in pace.next(after: queued) }
+        #expect(pauses == [0.025, 0.05, 0.1, 0.2, 0.3, 0.3, 0.3])
+        var watch = WaitPace(steady: 0.04)
+        #expect(watch.next(after: queued) == 0.025 && watch.next(after: queued) == 0.04)
+    }
+
+    @Test func quickNearTheEnd() throws {
+        var pace = WaitPace(steady: 0.3)
+        for _ in 0..<6 { _ = pace.next(after: try job(.running, progress: (10, 100))) }
+        #expect(pace.next(after: try job(.running, progress: (99, 100))) == 0.3)
+        #expect(pace.next(after: try job(.running, progress: (100, 100))) == WaitPace.lastStepSeconds)
+        // A striped job: parts still queued → steady; the last ones running → 100 ms; none left → 50 ms.
+        #expect(pace.next(after: try job(.running, parts: (1, 5, 30))) == 0.3)
+        #expect(pace.next(after: try job(.running, parts: (0, 2, 30))) == WaitPace.lastPartsSeconds)
+        #expect(pace.next(after: try job(.running, parts: (0, 0, 30))) == WaitPace.lastStepSeconds)
+        // Not running (a retry waits in the queue): steady, whatever its counters said.
+        #expect(pace.next(after: try job(.upForRetry, parts: (0, 0, 30))) == 0.3)
+    }
+
+    @Test func quickLooksAreBounded() throws {
+        var pace = WaitPace(steady: 0.3)
+        for _ in 0..<4 { _ = pace.next(after: try job(.queued)) }
+        let stuck = try job(.running, progress: (100, 100))
+        let pauses = (0..<100).map { _ in pace.next(after: stuck) }
+        let quick = pauses.prefix { $0 == WaitPace.lastStepSeconds }
+        #expect(abs(Double(quick.count) * WaitPace.lastStepSeconds - WaitPace.quickBudget) < 1e-6)
+        #expect(pauses.dropFirst(quick.count).allSatisfy { $0 == 0.3 })
+    }
+}

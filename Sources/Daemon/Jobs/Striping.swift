@@ -61,9 +61,13 @@ extension JobRunner {
             // would cost every small pull a session).
             if job.request.stripe == nil && FerryURL.isFerry(job.request.source) { return nil }
             do {
+                let clock = ContinuousClock()
+                let t0 = clock.now
                 guard let plan = try planStripes(job) else { return nil }
+                let t1 = clock.now
                 try store.plan(job.id, worker: worker, plan: plan, now: JobRunner.now())
-                Logger(label: "ferry.daemon").info("job \(job.id) striped into \(plan.partCount) parts (\(plan.files.count) files as ranges)")
+                let ms = { (d: Duration) in d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000 }
+                Logger(label: "ferry.daemon").info("job \(job.id) striped into \(plan.partCount) parts (\(plan.files.count) files as ranges; planned in \(ms(t1 - t0)) ms, queued in \(ms(clock.now - t1)) ms)")
             } catch {
                 let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
                 if isStoppingNow { return .interrupted }

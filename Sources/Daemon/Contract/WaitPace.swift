@@ -1,0 +1,48 @@
+import Foundation
+
+/// How long a client waiting for a job (`ferry jobs wait`, `watch`, `submit --wait`, `cp --via`)
+/// sleeps before its next look at it.
+///
+/// A fixed 0.3 s made every wait end on average 0.15 s after its job, and up to 0.3 s: most of a
+/// small job's whole time (a one-file job ends within tens of milliseconds of its submit), and
+/// a good part of the fixed costs that keep a striped tree from its links' rate (issue 19). The
+/// first looks therefore come soon and spread out (25, 50, 100, 200 ms, then `steady`); near the
+/// end they come quicker: every 100 ms once a striped job has no part left to claim (its last
+/// parts run), every 50 ms once its bytes are all in (its live progress says so, or a striped job
+/// has no part left to run: what is left is its last step, a commit, a tree's directories, the
+/// queue's write). Quick looks take at most `quickBudget` seconds in all, then the steady pace
+/// again. A look is one GET of one row: a waiter costs the daemon at most 20 a second, only at
+/// the start and the end of its job. (The job's event stream pushes changes, but reads a job at
+/// most four times a second however fast the queue moves, so it would not see the end sooner.)
+public struct WaitPace: Sendable {
+    public let steady: Double
+    private var looks = 0
+    private var quickSpent = 0.0
+    public static let lastStepSeconds = 0.05
+    public static let lastPartsSeconds = 0.1
+    public static let quickBudget = 3.0
+    static let start: [Double] = [0.025, 0.05, 0.1, 0.2]
+
+    public init(steady: Double) { self.steady = steady }
+
+    /// The pause after a look that found `job` not yet ended.
+    public mutating func next(after job: V1.Transfer) -> Double {
+        looks += 1
+        let early = looks <= WaitPace.start.count ? min(steady, WaitPace.start[looks - 1]) : steady
+        let near = job.state == .running ? WaitPace.nearEnd(job) : nil
+        if let near, near < early, quickSpent + near <= WaitPace.quickBudget + 1e-9 {
+            quickSpent += near
+            return near
+        }
+        return early
+    }
+
+    /// The pause for a running job near its end, or nil: its bytes all in (its live counters),
+    /// or, striped, no part left to run → `lastStepSeconds`; striped with none left to claim →
+    /// `lastPartsSeconds`.
+    static func nearEnd(_ job: V1.Transfer) -> Double? {
+        if let p = job.progress, p.bytesTotal > 0, p.bytesDone >= p.bytesTotal { return lastStepSeconds }
+        if let p = job.parts, p.total > 0, p.queued == 0 { return p.running == 0 ? lastStepSeconds : lastPartsSeconds }
+        return nil
+    }
+}
