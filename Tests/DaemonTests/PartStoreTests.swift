@@ -11,8 +11,11 @@ struct PartStoreTests {
     static let chunk: Int64 = 4 << 20
 
     /// A running job of `peer` held by `worker`, striped into `plan`.
-    static func stripedJob(_ s: JobStore, plan: StripePlan, peer: String = "b", worker: String = "coord", now: Int64 = 10) throws -> Int64 {
-        let id = try s.submit(owner: "alice", request: JobRequest(source: "/data/big", destination: "ferry://\(peer)/in/big"), peer: peer, now: now)
+    static func stripedJob(_ s: JobStore, plan: StripePlan, peer: String = "b", worker: String = "coord", now: Int64 = 10,
+                           owner: String = "alice", deadline: Int64? = nil) throws -> Int64 {
+        var request = JobRequest(source: "/data/big", destination: "ferry://\(peer)/in/big")
+        request.deadline = deadline
+        let id = try s.submit(owner: owner, request: request, peer: peer, now: now)
         let j = try #require(try s.claim(worker: worker, now: now, leaseSeconds: 600))
         #expect(j.id == id)
         #expect(try s.plan(id, worker: worker, plan: plan, now: now))
@@ -296,6 +299,41 @@ struct PartStoreTests {
         try s.setPeerNodes("b", [])
         let none = try #require(try s.claimPart(worker: "w21", node: "n", now: 25, leaseSeconds: 60))
         #expect(none.peerNode == nil, "no node known: the peer's configured address")
+    }
+
+    @Test("per user: a user's running parts and whole jobs together stay within per_user (a coordinator counts for nothing), another user's parts go on; a part that fails after the job's deadline is not tried again", arguments: Backend.allCases)
+    func perUserAndDeadline(_ backend: Backend) throws {
+        var policy = RetryPolicy()
+        policy.maxAttempts = 5
+        policy.jitter = 0
+        let s = try JobStore(database: try backend.newDatabase(), retry: policy)
+        var plan = StripePlan()
+        plan.groups = (0..<6).map { .init(paths: ["g\($0)"], bytes: 1) }
+        let alices = try Self.stripedJob(s, plan: plan, worker: "coord-a")
+        var running: [JobPart] = []
+        for w in 0..<3 { running.append(try #require(try s.claimPart(worker: "w\(w)", node: "n\(w)", now: 20, leaseSeconds: 60, perUserMax: 3))) }
+        #expect(running.allSatisfy { $0.job == alices })
+        #expect(try s.claimPart(worker: "w3", node: "n0", now: 20, leaseSeconds: 60, perUserMax: 3) == nil, "alice has three transfers running")
+        // Bob's striped job: its coordinator and its parts start although alice is at her limit.
+        let bobs = try Self.stripedJob(s, plan: plan, worker: "coord-b", now: 21, owner: "bob")
+        let bobsPart = try #require(try s.claimPart(worker: "w4", node: "n1", now: 22, leaseSeconds: 60, perUserMax: 3))
+        #expect(bobsPart.job == bobs)
+        // A whole job of alice's waits for one of her parts to end, then starts; her parts then wait for it.
+        let whole = try s.submit(owner: "alice", request: JobRequest(source: "/x", destination: "ferry://b/x"), peer: "b", now: 23)
+        #expect(try s.claim(worker: "x", now: 24, leaseSeconds: 60, perUserMax: 3) == nil)
+        #expect(try s.finishPart(running[0].id, worker: "w0", outcome: .success(bytes: 1, files: 1), now: 25)?.state == .success)
+        #expect(try s.claim(worker: "x", now: 26, leaseSeconds: 60, perUserMax: 3)?.id == whole)
+        #expect(try s.claimPart(worker: "w5", node: "n2", now: 27, leaseSeconds: 60, perUserMax: 3)?.job == bobs, "alice's next part waits; bob's does not")
+
+        // Deadlines: a part failing before its job's deadline is retried; after it, it fails, and the job with it.
+        let d = try JobStore(database: try backend.newDatabase(), retry: policy)
+        let late = try Self.stripedJob(d, plan: plan, worker: "coord-c", now: 30, owner: "carol", deadline: 50)
+        let before = try #require(try d.claimPart(worker: "c1", node: "n0", now: 31, leaseSeconds: 60))
+        #expect(try d.finishPart(before.id, worker: "c1", outcome: .failure(message: "reset", resumable: true), now: 40)?.state == .upForRetry)
+        let after = try #require(try d.claimPart(worker: "c2", node: "n1", now: 41, leaseSeconds: 60))
+        #expect(after.id != before.id)
+        #expect(try d.finishPart(after.id, worker: "c2", outcome: .failure(message: "reset", resumable: true), now: 51)?.state == .failed)
+        #expect(try d.parts(late).first { $0.id == after.id }?.error?.contains("deadline passed") == true)
     }
 
     @Test("a commit that cannot be made now (the peer unreachable) is released for a while, then claimed again; after eight such tries the file fails, and a retry of the job reopens it", arguments: Backend.allCases)

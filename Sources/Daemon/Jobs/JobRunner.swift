@@ -265,7 +265,8 @@ public final class JobRunner: @unchecked Sendable {
                 // Parts of striped jobs first: they are jobs already started.
                 if canStripe {
                     if let part = try store.claimPart(worker: name, node: settings.node, now: now, leaseSeconds: settings.leaseSeconds,
-                                                      perNodeMax: settings.stripe.perNode, perPeerMax: settings.perPeerMax, peerLimits: tuner.activeLimits()) {
+                                                      perNodeMax: settings.stripe.perNode, perPeerMax: settings.perPeerMax, perUserMax: settings.perUserMax,
+                                                      peerLimits: tuner.activeLimits()) {
                         runPart(part, worker: name)
                         continue
                     }

@@ -316,7 +316,8 @@ public final class JobStore: @unchecked Sendable {
 
     /// Hands the next runnable job to `worker` (state `running`, one more attempt, a lease
     /// until now + leaseSeconds), or nil. Highest priority first, then oldest; jobs over a
-    /// per-peer or per-user concurrency limit wait (they stay `queued`). `peerLimits` overrides
+    /// per-peer or per-user concurrency limit wait (they stay `queued`). Both limits count
+    /// transfers that move bytes: unstriped running jobs and running parts of striped ones. `peerLimits` overrides
     /// `perPeerMax` for the peers it names (the link tuner's figure).
     public func claim(worker: String, now: Int64, leaseSeconds: Int64, perPeerMax: Int = .max, perUserMax: Int = .max,
                       peerLimits: [String: Int] = [:]) throws -> Job? {
@@ -324,14 +325,18 @@ public final class JobStore: @unchecked Sendable {
             let pg = s.dialect == .postgres
             var runningByPeer: [String: Int] = [:]
             var runningByOwner: [String: Int] = [:]
-            // A striped job's own attempt coordinates and moves no bytes: toward its peer its
-            // running parts count instead (it still counts for its owner).
-            for row in try s.query("SELECT peer, owner, striped, COUNT(*) AS n FROM jobs WHERE state = 'running' GROUP BY peer, owner, striped") {
-                if row.int("striped") == 0 { runningByPeer[row.text("peer"), default: 0] += Int(row.int("n")) }
+            // A striped job's own attempt coordinates and moves no bytes: toward its peer and
+            // for its owner its running parts count instead (`runningToward`, `runningFor`).
+            for row in try s.query("SELECT peer, owner, COUNT(*) AS n FROM jobs WHERE state = 'running' AND striped = 0 GROUP BY peer, owner") {
+                runningByPeer[row.text("peer"), default: 0] += Int(row.int("n"))
                 runningByOwner[row.text("owner"), default: 0] += Int(row.int("n"))
             }
-            for row in try s.query("SELECT peer, COUNT(*) AS n FROM job_parts WHERE state = 'running' GROUP BY peer") {
+            for row in try s.query("""
+                SELECT p.peer AS peer, j.owner AS owner, COUNT(*) AS n FROM job_parts p JOIN jobs j ON j.id = p.job
+                WHERE p.state = 'running' GROUP BY p.peer, j.owner
+                """) {
                 runningByPeer[row.text("peer"), default: 0] += Int(row.int("n"))
+                runningByOwner[row.text("owner"), default: 0] += Int(row.int("n"))
             }
             let candidates = try s.query("""
                 SELECT id, peer, owner FROM jobs WHERE state = 'queued' AND not_before <= ?
@@ -349,7 +354,7 @@ public final class JobStore: @unchecked Sendable {
                 if perUserMax < .max {
                     for owner in Set(candidates.map { $0.text("owner") }).sorted() {
                         try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-user:' || ?)) AS locked", owner)
-                        runningByOwner[owner] = Int(try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND owner = ?", owner)?.int("n") ?? 0)
+                        runningByOwner[owner] = try JobStore.runningFor(s, owner: owner)
                     }
                 }
             }

@@ -339,7 +339,7 @@ extension JobStore {
     /// parts and unstriped jobs toward one peer. The peer's node is chosen here: the one, not
     /// marked down, with the fewest running parts.
     public func claimPart(worker: String, node: String, now: Int64, leaseSeconds: Int64, perNodeMax: Int = .max,
-                          perPeerMax: Int = .max, peerLimits: [String: Int] = [:]) throws -> JobPart? {
+                          perPeerMax: Int = .max, perUserMax: Int = .max, peerLimits: [String: Int] = [:]) throws -> JobPart? {
         try write { s in
             let pg = s.dialect == .postgres
             if perNodeMax < .max {
@@ -347,7 +347,7 @@ extension JobStore {
                 if try s.one("SELECT COUNT(*) AS n FROM job_parts WHERE state = 'running' AND node = ?", node)?.int("n") ?? 0 >= Int64(perNodeMax) { return nil }
             }
             let candidates = try s.query("""
-                SELECT p.id AS id, p.peer AS peer FROM job_parts p JOIN jobs j ON j.id = p.job
+                SELECT p.id AS id, p.peer AS peer, j.owner AS owner FROM job_parts p JOIN jobs j ON j.id = p.job
                 WHERE p.state = 'queued' AND p.not_before <= ? AND j.striped = 1 AND j.state IN ('running', 'queued', 'up_for_reschedule')
                 ORDER BY j.priority DESC, p.job, p.seq LIMIT \(pg ? 16 : 64)\(pg ? " FOR UPDATE OF p SKIP LOCKED" : "")
                 """, now)
@@ -358,9 +358,18 @@ extension JobStore {
                 if pg { try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-peer:' || ?)) AS locked", peer) }
                 if try JobStore.runningToward(s, peer: peer) >= peerLimits[peer] ?? perPeerMax { full.insert(peer) }
             }
+            // The owners' after the peers' (the order `claim` takes them in): a user's running
+            // parts and whole jobs together stay within `per_user`.
+            var busy: Set<String> = []
+            if perUserMax < .max {
+                for owner in Set(candidates.map { $0.text("owner") }).sorted() {
+                    if pg { try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-user:' || ?)) AS locked", owner) }
+                    if try JobStore.runningFor(s, owner: owner) >= perUserMax { busy.insert(owner) }
+                }
+            }
             for c in candidates {
                 let peer = c.text("peer")
-                if full.contains(peer) { continue }
+                if full.contains(peer) || busy.contains(c.text("owner")) { continue }
                 let peerNode = try s.one("""
                     SELECT n.address AS address FROM peer_nodes n WHERE n.peer = ? AND n.down_until <= ?
                     ORDER BY (SELECT COUNT(*) FROM job_parts r WHERE r.state = 'running' AND r.peer = n.peer AND r.peer_node = n.address), n.address
@@ -383,6 +392,16 @@ extension JobStore {
     static func runningToward(_ s: any SQLSession, peer: String) throws -> Int {
         let jobs = try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND peer = ? AND striped = 0", peer)?.int("n") ?? 0
         let parts = try s.one("SELECT COUNT(*) AS n FROM job_parts WHERE state = 'running' AND peer = ?", peer)?.int("n") ?? 0
+        return Int(jobs + parts)
+    }
+
+    /// A user's transfers moving bytes: running unstriped jobs and running parts of their
+    /// striped jobs (a striped job's own attempt only coordinates).
+    static func runningFor(_ s: any SQLSession, owner: String) throws -> Int {
+        let jobs = try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND owner = ? AND striped = 0", owner)?.int("n") ?? 0
+        let parts = try s.one("""
+            SELECT COUNT(*) AS n FROM job_parts p JOIN jobs j ON j.id = p.job WHERE p.state = 'running' AND j.owner = ?
+            """, owner)?.int("n") ?? 0
         return Int(jobs + parts)
     }
 
@@ -419,8 +438,12 @@ extension JobStore {
             }
             let part = JobStore.part(row)
             try JobStore.sample(s, job: part.job, now: now, moved: moved)
-            let maxAttempts = try s.one("SELECT max_attempts FROM jobs WHERE id = ?", part.job)?.int("max_attempts") ?? 1
-            let e = ending(outcome, attempts: part.attempts, maxAttempts: Int(maxAttempts), pastDeadline: false, skipped: .success,
+            // The job's deadline bounds its parts' retries as it bounds a whole job's: a part
+            // that fails after it is not tried again, and the job fails with it.
+            let job = try s.one("SELECT max_attempts, deadline FROM jobs WHERE id = ?", part.job)
+            let maxAttempts = job?.int("max_attempts") ?? 1
+            let pastDeadline = job?.optionalInt("deadline").map { now >= $0 } ?? false
+            let e = ending(outcome, attempts: part.attempts, maxAttempts: Int(maxAttempts), pastDeadline: pastDeadline, skipped: .success,
                            now: now, notBefore: 0, bytes: part.bytes, files: part.files, random: random)
             let (state, error, code, notBefore, bytes, files) = (e.state, e.error, e.code, e.notBefore, e.bytes, e.files)
             var hashText: String? = nil

@@ -145,7 +145,8 @@ extension JobRunner {
                 // that is not.
                 try promoteIfDue(JobRunner.now())
                 if let part = try store.claimPart(worker: worker, node: settings.node, now: JobRunner.now(), leaseSeconds: settings.leaseSeconds,
-                                                  perNodeMax: settings.stripe.perNode, perPeerMax: settings.perPeerMax, peerLimits: tuner.activeLimits()) {
+                                                  perNodeMax: settings.stripe.perNode, perPeerMax: settings.perPeerMax, perUserMax: settings.perUserMax,
+                                                      peerLimits: tuner.activeLimits()) {
                     runPart(part, worker: worker)
                     continue
                 }
