@@ -47,7 +47,7 @@ while [ $# -gt 0 ]; do
     --group-files) group_files="$2"; shift 2 ;;
     --protection) protection="$2"; shift 2 ;;
     --ferry) ferry="$2"; shift 2 ;;
-    --out) out="$2"; shift 2 ;;
+    --out) case "$2" in /*) out="$2" ;; *) out="$OLDPWD/$2" ;; esac; shift 2 ;;
     --kill) kills="$2"; shift 2 ;;
     --kill-runs) kill_runs="$2"; shift 2 ;;
     --check) check=1; shift ;;
@@ -55,13 +55,17 @@ while [ $# -gt 0 ]; do
     --modes) modes="$2"; shift 2 ;;
     --mtu) mtu="$2"; shift 2 ;;
     --timeline) timeline=1; shift ;;
-    --logs) logs="$2"; shift 2 ;;
+    --logs) case "$2" in /*) logs="$2" ;; *) logs="$OLDPWD/$2" ;; esac; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
 [ -x "$ferry" ] || { echo "no ferry binary at $ferry (swift build -c release)" >&2; exit 1; }
 [ "$nodes" -ge 2 ] && [ "$nodes" -le 9 ] || { echo "--nodes is 2 to 9" >&2; exit 64; }
 case "$mtu" in 1500|9000) ;; *) echo "--mtu is 1500 or 9000" >&2; exit 64 ;; esac
+for w in ${whats//,/ }; do case "$w" in file|tree) ;; *) echo "--what takes file and/or tree" >&2; exit 64 ;; esac; done
+for m in ${modes//,/ }; do case "$m" in stripe|no-stripe) ;; *) echo "--modes takes stripe and/or no-stripe" >&2; exit 64 ;; esac; done
+if [ -n "$kills" ]; then case ",$whats," in *,file,*) ;; *) echo "--kill needs the file rounds (--what file)" >&2; exit 64 ;; esac
+  case ",$modes," in *,stripe,*) ;; *) echo "--kill needs the striped rounds (--modes stripe)" >&2; exit 64 ;; esac; fi
 case "$rate" in *gbit) rate_gbps=${rate%gbit} ;; *mbit) rate_gbps=$(python3 -c "print(${rate%mbit}/1000)") ;; *) echo "--rate is Ngbit or Nmbit" >&2; exit 64 ;; esac
 work=$(mktemp -d /dev/shm/ferry-striped.XXXXXX)
 chmod 755 "$work"   # the PostgreSQL server (user postgres) keeps its data and socket in it
@@ -69,7 +73,7 @@ tag=$(( $$ % 100000 ))
 R="fs$tag-r"
 names=(); for i in $(seq 1 "$nodes"); do names+=("a$i"); done; for i in $(seq 1 "$nodes"); do names+=("b$i"); done
 cleanup() {
-  [ -n "$logs" ] && mkdir -p "$logs" && cp "$work"/*.out "$work"/*.err "$logs"/ 2>/dev/null
+  if [ -n "$logs" ]; then mkdir -p "$logs" && cp "$work"/*.out "$work"/*.err "$logs"/ 2>/dev/null || true; fi
   for n in "${names[@]}"; do
     ip netns pids "fs$tag-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "fs$tag-$n" 2>/dev/null || true
@@ -229,7 +233,7 @@ def last(pred):
     return "-"
 n = max((int(r[5]) for r in rows), default=0)
 import datetime
-print(f"  timeline: t0 {datetime.datetime.utcfromtimestamp(t0).strftime('%H:%M:%S.%f')[:-3]}, submitted {float(sys.argv[4]) - t0:.2f} s, planned {first(lambda r: int(r[5]) > 0)} s ({n} parts), first running {first(lambda r: int(r[3]) > 0)}, "
+print(f"  timeline: t0 {datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).strftime('%H:%M:%S.%f')[:-3]}, submitted {float(sys.argv[4]) - t0:.2f} s, planned {first(lambda r: int(r[5]) > 0)} s ({n} parts), first running {first(lambda r: int(r[3]) > 0)}, "
       f"last claimed {first(lambda r: int(r[5]) > 0 and int(r[2]) == 0)}, parts done {first(lambda r: int(r[5]) > 0 and int(r[4]) == int(r[5]))}, "
       f"job ended {first(lambda r: r[1] in ('success', 'failed'))}, wait returned {t1 - t0:.2f}")
 PY

@@ -12,11 +12,11 @@ struct PartStoreTests {
 
     /// A running job of `peer` held by `worker`, striped into `plan`.
     static func stripedJob(_ s: JobStore, plan: StripePlan, peer: String = "b", worker: String = "coord", now: Int64 = 10,
-                           owner: String = "alice", deadline: Int64? = nil) throws -> Int64 {
+                           owner: String = "alice", deadline: Int64? = nil, perUserMax: Int = .max) throws -> Int64 {
         var request = JobRequest(source: "/data/big", destination: "ferry://\(peer)/in/big")
         request.deadline = deadline
         let id = try s.submit(owner: owner, request: request, peer: peer, now: now)
-        let j = try #require(try s.claim(worker: worker, now: now, leaseSeconds: 600))
+        let j = try #require(try s.claim(worker: worker, now: now, leaseSeconds: 600, perUserMax: perUserMax))
         #expect(j.id == id)
         #expect(try s.plan(id, worker: worker, plan: plan, now: now))
         return id
@@ -301,39 +301,51 @@ struct PartStoreTests {
         #expect(none.peerNode == nil, "no node known: the peer's configured address")
     }
 
-    @Test("per user: a user's running parts and whole jobs together stay within per_user (a coordinator counts for nothing), another user's parts go on; a part that fails after the job's deadline is not tried again", arguments: Backend.allCases)
+    @Test("per user: a user's running parts and whole jobs stay within per_user (a coordinator counts when a job starts, not when a part does), another user's go on; past a job's deadline its waiting parts fail and a failing part is not tried again", arguments: Backend.allCases)
     func perUserAndDeadline(_ backend: Backend) throws {
         var policy = RetryPolicy()
         policy.maxAttempts = 5
+        policy.baseSeconds = 20
         policy.jitter = 0
         let s = try JobStore(database: try backend.newDatabase(), retry: policy)
         var plan = StripePlan()
         plan.groups = (0..<6).map { .init(paths: ["g\($0)"], bytes: 1) }
-        let alices = try Self.stripedJob(s, plan: plan, worker: "coord-a")
+        let alices = try Self.stripedJob(s, plan: plan, worker: "coord-a", perUserMax: 3)
         var running: [JobPart] = []
         for w in 0..<3 { running.append(try #require(try s.claimPart(worker: "w\(w)", node: "n\(w)", now: 20, leaseSeconds: 60, perUserMax: 3))) }
         #expect(running.allSatisfy { $0.job == alices })
-        #expect(try s.claimPart(worker: "w3", node: "n0", now: 20, leaseSeconds: 60, perUserMax: 3) == nil, "alice has three transfers running")
+        #expect(try s.claimPart(worker: "w3", node: "n0", now: 20, leaseSeconds: 60, perUserMax: 3) == nil, "alice has three parts running")
         // Bob's striped job: its coordinator and its parts start although alice is at her limit.
-        let bobs = try Self.stripedJob(s, plan: plan, worker: "coord-b", now: 21, owner: "bob")
-        let bobsPart = try #require(try s.claimPart(worker: "w4", node: "n1", now: 22, leaseSeconds: 60, perUserMax: 3))
-        #expect(bobsPart.job == bobs)
-        // A whole job of alice's waits for one of her parts to end, then starts; her parts then wait for it.
+        let bobs = try Self.stripedJob(s, plan: plan, worker: "coord-b", now: 21, owner: "bob", perUserMax: 3)
+        #expect(try s.claimPart(worker: "w4", node: "n1", now: 22, leaseSeconds: 60, perUserMax: 3)?.job == bobs)
+        // A job of alice's waits while her coordinator and parts fill her three; two parts end,
+        // it starts; then one more part of hers (a part counts whole jobs and parts), then bob's.
         let whole = try s.submit(owner: "alice", request: JobRequest(source: "/x", destination: "ferry://b/x"), peer: "b", now: 23)
         #expect(try s.claim(worker: "x", now: 24, leaseSeconds: 60, perUserMax: 3) == nil)
-        #expect(try s.finishPart(running[0].id, worker: "w0", outcome: .success(bytes: 1, files: 1), now: 25)?.state == .success)
+        for p in running.prefix(2) { #expect(try s.finishPart(p.id, worker: p.leaseOwner ?? "", outcome: .success(bytes: 1, files: 1), now: 25)?.state == .success) }
         #expect(try s.claim(worker: "x", now: 26, leaseSeconds: 60, perUserMax: 3)?.id == whole)
-        #expect(try s.claimPart(worker: "w5", node: "n2", now: 27, leaseSeconds: 60, perUserMax: 3)?.job == bobs, "alice's next part waits; bob's does not")
+        #expect(try s.claimPart(worker: "w5", node: "n2", now: 27, leaseSeconds: 60, perUserMax: 3)?.job == alices)
+        #expect(try s.claimPart(worker: "w6", node: "n2", now: 27, leaseSeconds: 60, perUserMax: 3)?.job == bobs, "alice is at three again")
 
-        // Deadlines: a part failing before its job's deadline is retried; after it, it fails, and the job with it.
+        // per_user 1: a striped job still runs, one part at a time.
         let d = try JobStore(database: try backend.newDatabase(), retry: policy)
-        let late = try Self.stripedJob(d, plan: plan, worker: "coord-c", now: 30, owner: "carol", deadline: 50)
-        let before = try #require(try d.claimPart(worker: "c1", node: "n0", now: 31, leaseSeconds: 60))
-        #expect(try d.finishPart(before.id, worker: "c1", outcome: .failure(message: "reset", resumable: true), now: 40)?.state == .upForRetry)
-        let after = try #require(try d.claimPart(worker: "c2", node: "n1", now: 41, leaseSeconds: 60))
-        #expect(after.id != before.id)
-        #expect(try d.finishPart(after.id, worker: "c2", outcome: .failure(message: "reset", resumable: true), now: 51)?.state == .failed)
-        #expect(try d.parts(late).first { $0.id == after.id }?.error?.contains("deadline passed") == true)
+        let late = try Self.stripedJob(d, plan: plan, worker: "coord-c", now: 30, owner: "carol", deadline: 50, perUserMax: 1)
+        let first = try #require(try d.claimPart(worker: "c1", node: "n0", now: 31, leaseSeconds: 60, perUserMax: 1))
+        #expect(try d.claimPart(worker: "c2", node: "n1", now: 31, leaseSeconds: 60, perUserMax: 1) == nil)
+        // Deadline 50: a failure at 40 backs off until 60; another part starts at 41.
+        #expect(try d.finishPart(first.id, worker: "c1", outcome: .failure(message: "reset", resumable: true), now: 40)?.state == .upForRetry)
+        let second = try #require(try d.claimPart(worker: "c2", node: "n1", now: 41, leaseSeconds: 60, perUserMax: 1))
+        #expect(second.id != first.id)
+        // Past the deadline the waiting parts fail (the backing-off one and the four never
+        // started); the running one goes on, and fails for good when it fails.
+        try d.promote(now: 51)
+        let parts = try d.parts(late)
+        #expect(parts.filter { $0.state == .failed }.count == 5)
+        #expect(parts.first { $0.id == first.id }?.error == "deadline passed before the transfer finished")
+        #expect(parts.first { $0.id == second.id }?.state == .running)
+        #expect(try d.claimPart(worker: "c3", node: "n2", now: 52, leaseSeconds: 60) == nil)
+        #expect(try d.finishPart(second.id, worker: "c2", outcome: .failure(message: "reset", resumable: true), now: 53)?.state == .failed)
+        #expect(try d.parts(late).first { $0.id == second.id }?.error?.contains("deadline passed") == true)
     }
 
     @Test("a commit that cannot be made now (the peer unreachable) is released for a while, then claimed again; after eight such tries the file fails, and a retry of the job reopens it", arguments: Backend.allCases)

@@ -316,8 +316,9 @@ public final class JobStore: @unchecked Sendable {
 
     /// Hands the next runnable job to `worker` (state `running`, one more attempt, a lease
     /// until now + leaseSeconds), or nil. Highest priority first, then oldest; jobs over a
-    /// per-peer or per-user concurrency limit wait (they stay `queued`). Both limits count
-    /// transfers that move bytes: unstriped running jobs and running parts of striped ones. `peerLimits` overrides
+    /// per-peer or per-user concurrency limit wait (they stay `queued`). Toward a peer, what
+    /// moves bytes counts (unstriped running jobs and running parts); for a user, running jobs
+    /// of both kinds and running parts. `peerLimits` overrides
     /// `perPeerMax` for the peers it names (the link tuner's figure).
     public func claim(worker: String, now: Int64, leaseSeconds: Int64, perPeerMax: Int = .max, perUserMax: Int = .max,
                       peerLimits: [String: Int] = [:]) throws -> Job? {
@@ -325,10 +326,13 @@ public final class JobStore: @unchecked Sendable {
             let pg = s.dialect == .postgres
             var runningByPeer: [String: Int] = [:]
             var runningByOwner: [String: Int] = [:]
-            // A striped job's own attempt coordinates and moves no bytes: toward its peer and
-            // for its owner its running parts count instead (`runningToward`, `runningFor`).
-            for row in try s.query("SELECT peer, owner, COUNT(*) AS n FROM jobs WHERE state = 'running' AND striped = 0 GROUP BY peer, owner") {
-                runningByPeer[row.text("peer"), default: 0] += Int(row.int("n"))
+            // A striped job's own attempt coordinates and moves no bytes: toward its peer its
+            // running parts count instead (`runningToward`). For its owner it counts here, with
+            // the parts (`startedFor`): each holds a worker for its whole job, so a user's
+            // striped jobs must not take every worker; `claimPart` leaves it out (a limit of 1
+            // then still runs one part at a time).
+            for row in try s.query("SELECT peer, owner, striped, COUNT(*) AS n FROM jobs WHERE state = 'running' GROUP BY peer, owner, striped") {
+                if row.int("striped") == 0 { runningByPeer[row.text("peer"), default: 0] += Int(row.int("n")) }
                 runningByOwner[row.text("owner"), default: 0] += Int(row.int("n"))
             }
             for row in try s.query("""
@@ -354,7 +358,7 @@ public final class JobStore: @unchecked Sendable {
                 if perUserMax < .max {
                     for owner in Set(candidates.map { $0.text("owner") }).sorted() {
                         try s.execute("SELECT pg_advisory_xact_lock(hashtext('ferry-user:' || ?)) AS locked", owner)
-                        runningByOwner[owner] = try JobStore.runningFor(s, owner: owner)
+                        runningByOwner[owner] = try JobStore.startedFor(s, owner: owner)
                     }
                 }
             }

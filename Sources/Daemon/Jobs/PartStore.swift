@@ -396,9 +396,19 @@ extension JobStore {
     }
 
     /// A user's transfers moving bytes: running unstriped jobs and running parts of their
-    /// striped jobs (a striped job's own attempt only coordinates).
+    /// striped jobs (what `claimPart` limits: a striped job's own attempt only coordinates).
     static func runningFor(_ s: any SQLSession, owner: String) throws -> Int {
-        let jobs = try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND owner = ? AND striped = 0", owner)?.int("n") ?? 0
+        try userCount(s, owner: owner, coordinators: false)
+    }
+
+    /// What `claim` limits: the same, and the user's running striped jobs themselves (each
+    /// holds a worker until its job ends).
+    static func startedFor(_ s: any SQLSession, owner: String) throws -> Int {
+        try userCount(s, owner: owner, coordinators: true)
+    }
+
+    private static func userCount(_ s: any SQLSession, owner: String, coordinators: Bool) throws -> Int {
+        let jobs = try s.one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running' AND owner = ?\(coordinators ? "" : " AND striped = 0")", owner)?.int("n") ?? 0
         let parts = try s.one("""
             SELECT COUNT(*) AS n FROM job_parts p JOIN jobs j ON j.id = p.job WHERE p.state = 'running' AND j.owner = ?
             """, owner)?.int("n") ?? 0
@@ -596,6 +606,15 @@ extension JobStore {
             """, now, now)
         let back = try JobState.sql(moving: [.upForReschedule], to: .queued)
         moved += try s.execute("UPDATE job_parts SET \(back.set), updated = ? WHERE \(back.where)", now)
+        // A job past its deadline starts nothing more (as a waiting whole job fails, `promote`):
+        // its parts still waiting fail, and the coordinator fails the job with them; running
+        // parts go on, as a running whole job does.
+        let late = try JobState.sql(moving: [.queued, .upForRetry, .upForReschedule], to: .failed)
+        moved += try s.execute("""
+            UPDATE job_parts SET \(late.set), error = 'deadline passed before the transfer finished', error_code = NULL, updated = ?
+            WHERE \(late.where) AND job IN (SELECT id FROM jobs WHERE striped = 1 AND deadline IS NOT NULL AND deadline < ?
+                                                                AND state IN ('running', 'queued', 'up_for_reschedule'))
+            """, now, now)
         let waited = try JobState.sql(moving: [.upForRetry], to: .queued)
         moved += try s.execute("UPDATE job_parts SET \(waited.set), updated = ? WHERE \(waited.where) AND not_before <= ?", now, now)
         moved += try s.execute("""

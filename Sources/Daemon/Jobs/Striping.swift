@@ -146,7 +146,7 @@ extension JobRunner {
                 try promoteIfDue(JobRunner.now())
                 if let part = try store.claimPart(worker: worker, node: settings.node, now: JobRunner.now(), leaseSeconds: settings.leaseSeconds,
                                                   perNodeMax: settings.stripe.perNode, perPeerMax: settings.perPeerMax, perUserMax: settings.perUserMax,
-                                                      peerLimits: tuner.activeLimits()) {
+                                                  peerLimits: tuner.activeLimits()) {
                     runPart(part, worker: worker)
                     continue
                 }
