@@ -582,7 +582,16 @@ struct ContractSchemaTests {
         let stuck = try job(.running, progress: (100, 100))
         let pauses = (0..<100).map { _ in pace.next(after: stuck) }
         let quick = pauses.prefix { $0 == WaitPace.lastStepSeconds }
-        #expect(abs(Double(quick.count) * WaitPace.lastStepSeconds - WaitPace.quickBudget) < 1e-6)
+        #expect(abs(Double(quick.count) * WaitPace.lastStepSeconds - WaitPace.lastStepBudget) < 1e-6)
         #expect(pauses.dropFirst(quick.count).allSatisfy { $0 == 0.3 })
+        // The last parts' looks have a budget of their own, and spending it leaves the last step's.
+        var striped = WaitPace(steady: 0.3)
+        for _ in 0..<4 { _ = striped.next(after: try job(.queued)) }
+        let lastParts = try job(.running, parts: (0, 3, 24))
+        let partPauses = (0..<200).map { _ in striped.next(after: lastParts) }
+        let partQuick = partPauses.prefix { $0 == WaitPace.lastPartsSeconds }
+        #expect(abs(Double(partQuick.count) * WaitPace.lastPartsSeconds - WaitPace.lastPartsBudget) < 1e-6)
+        #expect(partPauses.dropFirst(partQuick.count).allSatisfy { $0 == 0.3 })
+        #expect(striped.next(after: try job(.running, parts: (0, 0, 24))) == WaitPace.lastStepSeconds)
     }
 }

@@ -86,6 +86,32 @@ struct PartStoreTests {
         #expect(byFiles == [1000, 1000, 1000], "\(byFiles)")
     }
 
+    @Test("a big file's last ranges shrink too when they end the plan: full ranges first, then 1/slots of what is left, down to the floor; they cover the file exactly, and slots 1 keeps full ranges")
+    func guidedRanges() throws {
+        let mib: Int64 = 1 << 20
+        let file = StripePlanner.Entry(path: "big", size: 6144 * mib - 7, mtimeSeconds: 1, mtimeNanoseconds: 0, mode: 0o644, isFile: true)
+        let one = try StripePlanner.plan([file], chunkBytes: 4 * mib, rangeBytes: 256 * mib, groupFiles: 1000, groupBytes: 256 * mib)
+        #expect(one.files.first?.ranges.map(\.count) == Array(repeating: 64, count: 24))
+        let six = try #require(try StripePlanner.plan([file], chunkBytes: 4 * mib, rangeBytes: 256 * mib, groupFiles: 1000, groupBytes: 256 * mib, slots: 6).files.first)
+        let sizes = six.ranges.map(\.count)
+        var next = 0
+        for r in six.ranges { #expect(r.first == next); next = r.end }
+        #expect(next == 1536, "the ranges cover the file's 1,536 chunks exactly")
+        // 6 GiB less 7 bytes: full ranges while at least six are left (18 of them), then a sixth
+        // of the rest (383.99 chunks → 63), down to the 16 MiB floor (4 chunks); the last takes
+        // the remainder.
+        #expect(Array(sizes.prefix(18)) == Array(repeating: 64, count: 18), "\(sizes)")
+        #expect(sizes[18] == 63 && sizes[19] == 53, "\(sizes)")
+        #expect(zip(sizes, sizes.dropFirst()).allSatisfy { $0 >= $1 }, "\(sizes)")
+        #expect(sizes.dropLast().allSatisfy { $0 >= 4 } && sizes.suffix(2).first == 4, "\(sizes)")
+        #expect(sizes.count > 24 && sizes.count <= 48, "\(sizes)")
+        // Ranges before a tree's groups keep their size while the groups are left to shrink.
+        let small: [StripePlanner.Entry] = (0..<600).map { .init(path: "f\($0)", size: 4 * mib, mtimeSeconds: 1, mtimeNanoseconds: 0, mode: 0o644, isFile: true) }
+        let mixed = try StripePlanner.plan([file] + small, chunkBytes: 4 * mib, rangeBytes: 256 * mib, groupFiles: 1000, groupBytes: 256 * mib, slots: 6)
+        #expect(mixed.files.first?.ranges.map(\.count) == Array(repeating: 64, count: 24))
+        #expect(mixed.groups.flatMap(\.paths).count == 600)
+    }
+
     @Test("a plan is written once, by the job's holder: a second attempt keeps the parts; nobody else may plan", arguments: Backend.allCases)
     func planOnce(_ backend: Backend) throws {
         let s = try JobStore(database: try backend.newDatabase())

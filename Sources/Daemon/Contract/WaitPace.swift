@@ -10,17 +10,20 @@ import Foundation
 /// end they come quicker: every 100 ms once a striped job has no part left to claim (its last
 /// parts run), every 50 ms once its bytes are all in (its live progress says so, or a striped job
 /// has no part left to run: what is left is its last step, a commit, a tree's directories, the
-/// queue's write). Quick looks take at most `quickBudget` seconds in all, then the steady pace
-/// again. A look is one GET of one row: a waiter costs the daemon at most 20 a second, only at
-/// the start and the end of its job. (The job's event stream pushes changes, but reads a job at
+/// queue's write). Each kind of quick look has a budget (`lastPartsBudget`, 10 s: the last
+/// ranges of a big file run for a range's time, 4-5 s at 256 MiB on a 1 Gbit/s link;
+/// `lastStepBudget`, 3 s), then the steady pace again. A look is one GET of one row: a waiter
+/// costs the daemon at most 20 a second, only at the start and the end of its job. (The job's event stream pushes changes, but reads a job at
 /// most four times a second however fast the queue moves, so it would not see the end sooner.)
 public struct WaitPace: Sendable {
     public let steady: Double
     private var looks = 0
-    private var quickSpent = 0.0
+    private var lastStepSpent = 0.0
+    private var lastPartsSpent = 0.0
     public static let lastStepSeconds = 0.05
     public static let lastPartsSeconds = 0.1
-    public static let quickBudget = 3.0
+    public static let lastStepBudget = 3.0
+    public static let lastPartsBudget = 10.0
     static let start: [Double] = [0.025, 0.05, 0.1, 0.2]
 
     public init(steady: Double) { self.steady = steady }
@@ -30,9 +33,15 @@ public struct WaitPace: Sendable {
         looks += 1
         let early = looks <= WaitPace.start.count ? min(steady, WaitPace.start[looks - 1]) : steady
         let near = job.state == .running ? WaitPace.nearEnd(job) : nil
-        if let near, near < early, quickSpent + near <= WaitPace.quickBudget + 1e-9 {
-            quickSpent += near
-            return near
+        if let near, near < early {
+            if near == WaitPace.lastStepSeconds, lastStepSpent + near <= WaitPace.lastStepBudget + 1e-9 {
+                lastStepSpent += near
+                return near
+            }
+            if near == WaitPace.lastPartsSeconds, lastPartsSpent + near <= WaitPace.lastPartsBudget + 1e-9 {
+                lastPartsSpent += near
+                return near
+            }
         }
         return early
     }

@@ -88,7 +88,8 @@ public struct StripePlan: Sendable, Equatable {
 
 /// Cuts a walked source into parts: a file of at least two range sizes becomes chunk-aligned
 /// ranges of `rangeBytes` (the last one takes the rest), every other entry goes in walk order
-/// into groups of at most `groupFiles` entries and about `groupBytes` bytes.
+/// into groups of at most `groupFiles` entries and about `groupBytes` bytes. Files' ranges come
+/// first in the plan, then the groups.
 ///
 /// Groups shrink toward the end of the plan (guided sizes): once what is left is less than
 /// `slots` groups' worth of bytes (`slots`: the parts the center runs at once, nodes ×
@@ -98,7 +99,10 @@ public struct StripePlan: Sendable, Equatable {
 /// (bench/RESULTS.md, 2026-12-05: a 6.45 GB tree of 30,000 files went from 19.35 s to 19.20 s,
 /// 0.889 × to 0.896 × the links). Bytes only: shrinking groups of small files by their count too made a 1.03 GB tree
 /// of 30,000 files slower (0.68 × → 0.60 ×): such a group's session and files cost more than
-/// its bytes, and more parts cost more than the shorter tail saves.
+/// its bytes, and more parts cost more than the shorter tail saves. Ranges are guided the same
+/// way when they end the plan (a job of big files): with six slots a 6 GiB file's last 1.5 GiB
+/// goes in ranges of 1/6 of what is left instead of six more of 256 MiB, whose slots ended up to
+/// 4 s apart (bench/RESULTS.md, 2026-12-06).
 public enum StripePlanner {
     public struct Entry: Sendable {
         public var path: String
@@ -130,31 +134,45 @@ public enum StripePlanner {
         }
         guard groupFiles >= 1, groupBytes >= 1 else { throw JobStoreError("a files part needs room for one file") }
         var plan = StripePlan()
-        /// The entries that go in groups, in walk order, with the bytes each counts for.
+        /// The entries that go in groups, in walk order, with the bytes each counts for; and the
+        /// files cut into ranges, with their chunk counts.
         var grouped: [(path: String, bytes: Int64)] = []
+        var ranged: [(entry: Entry, chunks: Int)] = []
         for e in entries {
-            guard plan.partCount + grouped.count / groupFiles <= partsMax else { throw JobStoreError("more than \(partsMax) parts: too many to stripe in one job") }
+            guard ranged.count + grouped.count / groupFiles <= partsMax else { throw JobStoreError("more than \(partsMax) parts: too many to stripe in one job") }
             // A file too big for one commit's bounds moves whole, in a group.
             let chunks = e.size <= 0 ? 0 : Int(e.size / chunkBytes + (e.size % chunkBytes == 0 ? 0 : 1))
             if e.isFile && e.size / 2 >= rangeBytes && chunks <= fileChunksMax {
-                let per = max(Int(rangeBytes / chunkBytes), (chunks + fileRangesMax - 1) / fileRangesMax)
-                var ranges: [ChunkRange] = []
-                var first = 0
-                while first < chunks {
-                    // The last range takes a remainder shorter than half a range.
-                    let count = chunks - first < per + per / 2 ? chunks - first : per
-                    ranges.append(try ChunkRange(first: first, count: count, of: chunks))
-                    first += count
-                }
-                plan.files.append(.init(path: e.path, size: e.size, mtimeSeconds: e.mtimeSeconds, mtimeNanoseconds: e.mtimeNanoseconds,
-                                        mode: e.mode, chunkBytes: chunkBytes, ranges: ranges))
-                continue
+                ranged.append((e, chunks))
+            } else {
+                grouped.append((e.path, e.isFile ? max(0, min(e.size, Int64.max / 4)) : 0))
             }
-            grouped.append((e.path, e.isFile ? max(0, min(e.size, Int64.max / 4)) : 0))
         }
         // Totals saturate: an entry counts for at most Int64.max / 4 (`remainingBytes` is a guide).
-        var remainingBytes = grouped.reduce(Int64(0)) { min(Int64.max / 2, $0 + $1.bytes) }
+        var remainingBytes = (ranged.map { min(Int64.max / 4, $0.entry.size) } + grouped.map(\.bytes)).reduce(Int64(0)) { min(Int64.max / 2, $0 + $1) }
         let slots = max(1, slots)
+        let floorChunks = max(1, Int(groupBytesFloor / chunkBytes))
+        for (e, chunks) in ranged {
+            let per = max(Int(rangeBytes / chunkBytes), (chunks + fileRangesMax - 1) / fileRangesMax)
+            // Guided like the groups (below): once less than `slots` ranges' worth of the plan is
+            // left, a range takes 1/`slots` of it, down to the floor (never so small that the
+            // file would need more than `fileRangesMax` ranges).
+            let fewest = (chunks + fileRangesMax - 1) / fileRangesMax
+            var ranges: [ChunkRange] = []
+            var first = 0
+            while first < chunks {
+                let guided = Int(min(Int64(Int32.max), remainingBytes / Int64(slots) / chunkBytes))
+                let size = slots > 1 ? max(fewest, min(per, max(floorChunks, guided))) : per
+                // The last range takes a remainder shorter than half a range.
+                let count = chunks - first < size + size / 2 ? chunks - first : size
+                ranges.append(try ChunkRange(first: first, count: count, of: chunks))
+                remainingBytes = max(0, remainingBytes - min(e.size - Int64(first) * chunkBytes, Int64(count) * chunkBytes))
+                first += count
+            }
+            plan.files.append(.init(path: e.path, size: e.size, mtimeSeconds: e.mtimeSeconds, mtimeNanoseconds: e.mtimeNanoseconds,
+                                    mode: e.mode, chunkBytes: chunkBytes, ranges: ranges))
+            guard plan.partCount <= partsMax else { throw JobStoreError("more than \(partsMax) parts: too many to stripe in one job") }
+        }
         var group = StripePlan.Group(paths: [], bytes: 0)
         var bytesCap = groupBytes
         func caps() { bytesCap = min(groupBytes, max(min(groupBytes, groupBytesFloor), remainingBytes / Int64(slots))) }
