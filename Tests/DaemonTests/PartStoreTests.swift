@@ -31,6 +31,22 @@ struct PartStoreTests {
         return plan
     }
 
+    /// A store whose retries wait `base` seconds, then twice that, ..., with no jitter.
+    static func store(_ backend: Backend, attempts: Int, base: Double) throws -> JobStore {
+        var policy = RetryPolicy()
+        policy.maxAttempts = attempts
+        policy.baseSeconds = base
+        policy.jitter = 0
+        return try JobStore(database: try backend.newDatabase(), retry: policy)
+    }
+
+    /// A plan of `n` one-path groups (g0, g1, ...).
+    static func groups(_ n: Int) -> StripePlan {
+        var plan = StripePlan()
+        plan.groups = (0..<n).map { .init(paths: ["g\($0)"], bytes: 1) }
+        return plan
+    }
+
     static func hashes(_ r: ChunkRange) -> [ChunkHash] { (r.first..<r.end).map { ChunkHash(low: UInt64($0), high: 0xfe77_0000 + UInt64($0)) } }
 
     @Test("the planner: big files as chunk-aligned ranges that cover them exactly, the rest in groups bounded in count and bytes; bad sizes refused")
@@ -259,13 +275,8 @@ struct PartStoreTests {
 
     @Test("failures, cancel and retry reach the parts: a resumable failure backs off, a cancelled job's parts stop, a retried job's run again", arguments: Backend.allCases)
     func cancelAndRetry(_ backend: Backend) throws {
-        var policy = RetryPolicy()
-        policy.maxAttempts = 2
-        policy.baseSeconds = 10
-        policy.jitter = 0
-        let s = try JobStore(database: try backend.newDatabase(), retry: policy)
-        var plan = StripePlan()
-        plan.groups = (0..<3).map { .init(paths: ["g\($0)"], bytes: 1) }
+        let s = try Self.store(backend, attempts: 2, base: 10)
+        let plan = Self.groups(3)
         let id = try Self.stripedJob(s, plan: plan)
         let p = try #require(try s.claimPart(worker: "a", node: "n1", now: 20, leaseSeconds: 60))
         #expect(try s.finishPart(p.id, worker: "a", outcome: .failure(message: "reset", resumable: true), now: 21)?.state == .upForRetry)
@@ -301,9 +312,7 @@ struct PartStoreTests {
     func peerLimitsAndNodes(_ backend: Backend) throws {
         let s = try JobStore(database: try backend.newDatabase())
         try s.setPeerNodes("b", ["[fd00::b1]:7700", "[fd00::b2]:7700", "[fd00::b3]:7700"])
-        var plan = StripePlan()
-        plan.groups = (0..<8).map { .init(paths: ["g\($0)"], bytes: 1) }
-        _ = try Self.stripedJob(s, plan: plan)
+        _ = try Self.stripedJob(s, plan: Self.groups(8))
         let whole = try s.submit(owner: "bob", request: JobRequest(source: "/x", destination: "ferry://b/x"), peer: "b", now: 11)
         var chosen: [String?] = []
         for w in 0..<3 { chosen.append(try #require(try s.claimPart(worker: "w\(w)", node: "n", now: 20, leaseSeconds: 60, peerLimits: ["b": 4])).peerNode) }
@@ -329,13 +338,8 @@ struct PartStoreTests {
 
     @Test("per user: a user's running parts and whole jobs stay within per_user (a coordinator counts when a job starts, not when a part does), another user's go on; past a job's deadline its waiting parts fail and a failing part is not tried again", arguments: Backend.allCases)
     func perUserAndDeadline(_ backend: Backend) throws {
-        var policy = RetryPolicy()
-        policy.maxAttempts = 5
-        policy.baseSeconds = 20
-        policy.jitter = 0
-        let s = try JobStore(database: try backend.newDatabase(), retry: policy)
-        var plan = StripePlan()
-        plan.groups = (0..<6).map { .init(paths: ["g\($0)"], bytes: 1) }
+        let s = try Self.store(backend, attempts: 5, base: 20)
+        let plan = Self.groups(6)
         let alices = try Self.stripedJob(s, plan: plan, worker: "coord-a", perUserMax: 3)
         var running: [JobPart] = []
         for w in 0..<3 { running.append(try #require(try s.claimPart(worker: "w\(w)", node: "n\(w)", now: 20, leaseSeconds: 60, perUserMax: 3))) }
@@ -354,7 +358,7 @@ struct PartStoreTests {
         #expect(try s.claimPart(worker: "w6", node: "n2", now: 27, leaseSeconds: 60, perUserMax: 3)?.job == bobs, "alice is at three again")
 
         // per_user 1: a striped job still runs, one part at a time.
-        let d = try JobStore(database: try backend.newDatabase(), retry: policy)
+        let d = try Self.store(backend, attempts: 5, base: 20)
         let late = try Self.stripedJob(d, plan: plan, worker: "coord-c", now: 30, owner: "carol", deadline: 50, perUserMax: 1)
         let first = try #require(try d.claimPart(worker: "c1", node: "n0", now: 31, leaseSeconds: 60, perUserMax: 1))
         #expect(try d.claimPart(worker: "c2", node: "n1", now: 31, leaseSeconds: 60, perUserMax: 1) == nil)
