@@ -152,6 +152,7 @@ public enum StripePlanner {
         var remainingBytes = (ranged.map { min(Int64.max / 4, $0.entry.size) } + grouped.map(\.bytes)).reduce(Int64(0)) { min(Int64.max / 2, $0 + $1) }
         let slots = max(1, slots)
         let floorChunks = max(1, Int(groupBytesFloor / chunkBytes))
+        var parts = 0
         for (e, chunks) in ranged {
             let per = max(Int(rangeBytes / chunkBytes), (chunks + fileRangesMax - 1) / fileRangesMax)
             // Guided like the groups (below): once less than `slots` ranges' worth of the plan is
@@ -171,7 +172,9 @@ public enum StripePlanner {
             }
             plan.files.append(.init(path: e.path, size: e.size, mtimeSeconds: e.mtimeSeconds, mtimeNanoseconds: e.mtimeNanoseconds,
                                     mode: e.mode, chunkBytes: chunkBytes, ranges: ranges))
-            guard plan.partCount <= partsMax else { throw JobStoreError("more than \(partsMax) parts: too many to stripe in one job") }
+            // Counted as they come (`partCount` walks every file: once per part would be quadratic).
+            parts += ranges.count
+            guard parts <= partsMax else { throw JobStoreError("more than \(partsMax) parts: too many to stripe in one job") }
         }
         var group = StripePlan.Group(paths: [], bytes: 0)
         var bytesCap = groupBytes
@@ -180,7 +183,8 @@ public enum StripePlanner {
         for e in grouped {
             if !group.paths.isEmpty && (group.paths.count >= groupFiles || group.bytes > bytesCap - e.bytes) {
                 plan.groups.append(group)
-                guard plan.partCount <= partsMax else { throw JobStoreError("more than \(partsMax) parts: too many to stripe in one job") }
+                parts += 1
+                guard parts <= partsMax else { throw JobStoreError("more than \(partsMax) parts: too many to stripe in one job") }
                 group = .init(paths: [], bytes: 0)
                 caps()
             }
