@@ -258,6 +258,19 @@ static void verify_fail(SSL *ssl, char *err, size_t errlen, const char *what) {
     if (v != X509_V_OK) {
         snprintf(err, errlen, "%s: certificate verification failed: %s", what, X509_verify_cert_error_string(v));
         ERR_clear_error();
+#ifdef SSL_R_UNEXPECTED_EOF_WHILE_READING
+    } else if (e && ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+        /* OpenSSL 3 reports an end of stream in the middle of the handshake as an SSL error,
+           not as SSL_ERROR_SYSCALL with an empty queue: the same "peer closed" for Ferry. */
+        snprintf(err, errlen, "%s: the peer closed the connection", what);
+        ERR_clear_error();
+#endif
+#ifdef ERR_SYSTEM_ERROR
+    } else if (e && ERR_SYSTEM_ERROR(e)) {
+        /* A socket error (a reset: the peer's process killed) queued by OpenSSL 3. */
+        snprintf(err, errlen, "TLS handshake: %s", strerror(ERR_GET_REASON(e)));
+        ERR_clear_error();
+#endif
     } else if (e) {
         fail(err, errlen, what);
     } else {

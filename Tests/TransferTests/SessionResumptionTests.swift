@@ -67,6 +67,69 @@ struct SessionResumptionTests {
         func set(resumed: Bool, peer: String?) { lock.withLock { r = resumed; p = peer } }
     }
 
+    /// A client handshake against a peer that reads its hello and then does `then`.
+    static func cutHandshake(_ client: TLSContext, tcp: Bool, then: @escaping @Sendable (Int32) -> Void) throws -> TransferError? {
+        var fds: [Int32] = [-1, -1]
+        if tcp {
+            let l = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(l) }
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            try withUnsafeMutablePointer(to: &a) { p in
+                try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
+                    guard bind(l, sp, len) == 0, listen(l, 1) == 0, getsockname(l, sp, &len) == 0 else { throw TransferError(.io, "listen") }
+                }
+            }
+            fds[1] = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let ok = withUnsafePointer(to: &a) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fds[1], $0, len) } }
+            guard ok == 0 else { throw TransferError(.io, "connect") }
+            fds[0] = accept(l, nil, nil)
+        } else {
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { throw TransferError(.io, "socketpair") }
+        }
+        defer { close(fds[1]) }
+        let peer = fds[0]
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            var hello = [UInt8](repeating: 0, count: 4096)
+            _ = read(peer, &hello, hello.count)
+            then(peer)
+            done.signal()
+        }.start()
+        defer { done.wait() }
+        do {
+            _ = try client.handshake(fd: fds[1], expected: "wuxi", timeoutMs: 1500)
+            return nil
+        } catch let e as TransferError {
+            return e
+        }
+    }
+
+    @Test("a handshake the peer ends (closed after the hello, reset, or silent) is link trouble, resumable; a peer that answers something other than TLS is refused for good")
+    func cutHandshakes() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let pki = try PKI()
+        let client = try TLSContext(server: false, identity: TLSIdentity(certificate: pki.cert("hlrs"), key: pki.key("hlrs"), ca: pki.ca))
+        let closed = try #require(try Self.cutHandshake(client, tcp: false) { close($0) })
+        #expect(closed.code == .io && closed.resumable && closed.message.contains("closed the connection"), "\(closed)")
+        let reset = try #require(try Self.cutHandshake(client, tcp: true) { fd in
+            var l = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+            close(fd)
+        })
+        #expect(reset.code == .io && reset.resumable, "\(reset)")
+        let silent = try #require(try Self.cutHandshake(client, tcp: false) { fd in usleep(2_500_000); close(fd) })
+        #expect(silent.resumable, "\(silent)")
+        let garbage = try #require(try Self.cutHandshake(client, tcp: false) { fd in
+            let text = Array("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".utf8)
+            _ = write(fd, text, text.count)
+            close(fd)
+        })
+        #expect(garbage.code == .auth && !garbage.resumable, "\(garbage)")
+    }
+
     @Test("job after job to one peer resumes; another key, another context or a restarted server does not; a resumed session's name is still checked")
     func resumption() throws {
         signal(SIGPIPE, SIG_IGN)  // as every Ferry process does (a side writing after the other left)
