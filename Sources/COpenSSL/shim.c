@@ -340,14 +340,44 @@ long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *e
         int r = SSL_read_ex(t->ssl, buf, len, &got);
         int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
         if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_ZERO_RETURN) {
-            if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+            unsigned long q = ERR_peek_error();
+            long out = -1;
+            if (e == SSL_ERROR_SYSCALL && q == 0) {
                 if (errno == 0 || errno == EAGAIN) { pthread_mutex_unlock(&t->mu); return 0; }  // EOF without close_notify
                 snprintf(err, errlen, "%s", strerror(errno));
+#ifdef SSL_R_UNEXPECTED_EOF_WHILE_READING
+            } else if (ERR_GET_LIB(q) == ERR_LIB_SSL && ERR_GET_REASON(q) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+                /* OpenSSL 3's name for the same end of stream without close_notify (a peer
+                   killed, or one that never sends close_notify, as Ferry's sides do not): an
+                   end of stream; the protocol's frames and END exchange tell a cut session. */
+                ERR_clear_error();
+                pthread_mutex_unlock(&t->mu);
+                return 0;
+#endif
+#ifdef ERR_SYSTEM_ERROR
+            } else if (ERR_SYSTEM_ERROR(q)) {
+                snprintf(err, errlen, "%s", strerror(ERR_GET_REASON(q)));  // a reset, queued by OpenSSL 3
+                ERR_clear_error();
+#endif
             } else {
+                /* A received alert (reason = SSL_AD_REASON_OFFSET + the alert's code) about
+                   certificates or access is the peer's verdict on who we are, e.g. the client
+                   certificate it refused right after a TLS 1.3 handshake: told apart (-3) from
+                   a broken link. Other alerts (a bad record MAC) stay link trouble. */
+                if (ERR_GET_LIB(q) == ERR_LIB_SSL && ERR_GET_REASON(q) > SSL_AD_REASON_OFFSET) {
+                    switch (ERR_GET_REASON(q) - SSL_AD_REASON_OFFSET) {
+                    case SSL_AD_HANDSHAKE_FAILURE: case SSL_AD_BAD_CERTIFICATE: case SSL_AD_UNSUPPORTED_CERTIFICATE:
+                    case SSL_AD_CERTIFICATE_REVOKED: case SSL_AD_CERTIFICATE_EXPIRED: case SSL_AD_CERTIFICATE_UNKNOWN:
+                    case SSL_AD_UNKNOWN_CA: case SSL_AD_ACCESS_DENIED: case SSL_AD_INSUFFICIENT_SECURITY:
+                    case SSL_AD_CERTIFICATE_REQUIRED:
+                        out = -3; break;
+                    default: break;
+                    }
+                }
                 fail(err, errlen, "TLS read failed");
             }
             pthread_mutex_unlock(&t->mu);
-            return -1;
+            return out;
         }
         pthread_mutex_unlock(&t->mu);
         if (e == SSL_ERROR_NONE) return (long)got;

@@ -36,8 +36,9 @@ int ferry_tls_resumed(ferry_tls *t);
 void ferry_tls_ctx_counts(ferry_tls_ctx *ctx, long long *full, long long *resumed);
 /// Drops every kept ticket (a client).
 void ferry_tls_ctx_forget(ferry_tls_ctx *ctx);
-/// Reads up to len bytes; waits at most timeout_ms. >0 bytes, 0 clean close, -1 error
-/// (message in err), -2 timeout. Safe to call while another thread writes.
+/// Reads up to len bytes; waits at most timeout_ms. >0 bytes, 0 the peer closed (with or
+/// without close_notify), -1 error (message in err), -2 timeout, -3 the peer sent an alert
+/// about certificates or access (its refusal). Safe to call while another thread writes.
 long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
 /// Writes all len bytes; waits at most timeout_ms for room. 1 ok, -1 error, -2 timeout.
 int ferry_tls_write(ferry_tls *t, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen);

@@ -88,12 +88,15 @@ final class TLSChannel: @unchecked Sendable {
     init(raw: OpaquePointer) { self.raw = raw }
     deinit { ferry_tls_free(raw) }
 
-    /// Reads up to `length` bytes; 0 = the peer closed; throws on error or timeout.
+    /// Reads up to `length` bytes; 0 = the peer closed (with or without close_notify); throws
+    /// on error or timeout: `auth` when the peer sent an alert (its verdict on this session,
+    /// not a broken link), `io` (resumable) otherwise.
     func read(_ p: UnsafeMutableRawPointer, _ length: Int, timeoutNs: Int64, peer: String) throws -> Int {
         var err = [CChar](repeating: 0, count: 256)
         let ms = Int32(clamping: timeoutNs / 1_000_000)
         let n = ferry_tls_read(raw, p, length, ms, &err, err.count)
         if n == -2 { throw TransferError(.timeout, "\(peer) sent nothing for \(timeoutNs / 1_000_000_000) s", resumable: true) }
+        if n == -3 { throw TransferError(.auth, "\(peer) refused the session: \(String(cString: err))") }
         if n < 0 { throw TransferError(.io, "receive from \(peer): \(String(cString: err))", resumable: true) }
         return n
     }
