@@ -28,30 +28,33 @@ public struct WaitPace: Sendable {
 
     public init(steady: Double) { self.steady = steady }
 
+    /// The kinds of quick look near a job's end, each with its pause and its budget.
+    enum NearEnd: Equatable {
+        /// Its bytes are all in, or a striped job has no part left to run.
+        case lastStep
+        /// A striped job has no part left to claim: its last parts run.
+        case lastParts
+        var seconds: Double { self == .lastStep ? WaitPace.lastStepSeconds : WaitPace.lastPartsSeconds }
+        var budget: Double { self == .lastStep ? WaitPace.lastStepBudget : WaitPace.lastPartsBudget }
+    }
+
     /// The pause after a look that found `job` not yet ended.
     public mutating func next(after job: V1.Transfer) -> Double {
         looks += 1
         let early = looks <= WaitPace.start.count ? min(steady, WaitPace.start[looks - 1]) : steady
-        let near = job.state == .running ? WaitPace.nearEnd(job) : nil
-        if let near, near < early {
-            if near == WaitPace.lastStepSeconds, lastStepSpent + near <= WaitPace.lastStepBudget + 1e-9 {
-                lastStepSpent += near
-                return near
-            }
-            if near == WaitPace.lastPartsSeconds, lastPartsSpent + near <= WaitPace.lastPartsBudget + 1e-9 {
-                lastPartsSpent += near
-                return near
-            }
-        }
-        return early
+        guard job.state == .running, let near = WaitPace.nearEnd(job), near.seconds < early else { return early }
+        let spent = near == .lastStep ? lastStepSpent : lastPartsSpent
+        guard spent + near.seconds <= near.budget + 1e-9 else { return early }
+        if near == .lastStep { lastStepSpent += near.seconds } else { lastPartsSpent += near.seconds }
+        return near.seconds
     }
 
-    /// The pause for a running job near its end, or nil: its bytes all in (its live counters),
-    /// or, striped, no part left to run → `lastStepSeconds`; striped with none left to claim →
-    /// `lastPartsSeconds`.
-    static func nearEnd(_ job: V1.Transfer) -> Double? {
-        if let p = job.progress, p.bytesTotal > 0, p.bytesDone >= p.bytesTotal { return lastStepSeconds }
-        if let p = job.parts, p.total > 0, p.queued == 0 { return p.running == 0 ? lastStepSeconds : lastPartsSeconds }
+    /// Which quick look a running job near its end gets, or nil: its bytes all in (its live
+    /// counters), or, striped, no part left to run → `lastStep`; striped with none left to
+    /// claim → `lastParts`.
+    static func nearEnd(_ job: V1.Transfer) -> NearEnd? {
+        if let p = job.progress, p.bytesTotal > 0, p.bytesDone >= p.bytesTotal { return .lastStep }
+        if let p = job.parts, p.total > 0, p.queued == 0 { return p.running == 0 ? .lastStep : .lastParts }
         return nil
     }
 }
