@@ -355,16 +355,11 @@ public enum TransferClient {
         // The server speaks first after the handshake: in TLS 1.3 it checks a client
         // certificate only after the client's side of the handshake is done, and its verdict
         // (an alert) must be read, not lost under a write to a closed connection. The TLS
-        // layer tells that verdict (`auth`) from a server that died or was cut off here
-        // (`io`, resumable: a striped part then goes to another node).
-        do {
-            let (ready, _) = try control.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 1024)
-            guard ready == .ready else { throw TransferError.protocolError("expected READY, got \(ready)") }
-        } catch {
-            var e = asTransferError(error)
-            if e.code == .auth { e = TransferError(.auth, "\(server) refused the connection: \(e.message)") }
-            throw e
-        }
+        // layer tells that verdict (`auth`: "... refused the session: ... alert unknown ca")
+        // from a server that died or was cut off here (`io`, resumable: a striped part then
+        // goes to another node).
+        let (ready, _) = try control.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 1024)
+        guard ready == .ready else { throw TransferError.protocolError("expected READY, got \(ready)") }
     }
 
     private static func run(server: HostPort, direction: Direction, path: String, options: TransferOptions, credentials: ClientCredentials, progress: TransferProgress, makeRoles: (SessionContext) throws -> Roles) throws -> TransferSummary {
