@@ -62,7 +62,10 @@ struct ferry_tls_ctx {
     struct sess_slot slots[FERRY_SESS_KEYS];
     long long full, resumed, clock;
 };
-struct ferry_tls { SSL *ssl; int fd; pthread_mutex_t mu; ferry_tls_ctx *owner; char key[FERRY_SESS_KEY_BYTES]; int resumed; };
+/* closed_cleanly: the peer ended with close_notify (not a bare end of the stream). Ferry's
+   own protocol frames its messages and needs no such proof; an HTTP answer that runs to the
+   connection's end does (a cut answer would otherwise look complete). */
+struct ferry_tls { SSL *ssl; int fd; pthread_mutex_t mu; ferry_tls_ctx *owner; char key[FERRY_SESS_KEY_BYTES]; int resumed; int closed_cleanly; };
 
 void ferry_tls_free(ferry_tls *t);
 
@@ -379,6 +382,7 @@ long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *e
             pthread_mutex_unlock(&t->mu);
             return out;
         }
+        if (e == SSL_ERROR_ZERO_RETURN) t->closed_cleanly = 1;
         pthread_mutex_unlock(&t->mu);
         if (e == SSL_ERROR_NONE) return (long)got;
         if (e == SSL_ERROR_ZERO_RETURN) return 0;
@@ -387,6 +391,22 @@ long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *e
         if (w < 0) { snprintf(err, errlen, "%s", strerror(errno)); return -1; }
     }
     return -2;
+}
+
+int ferry_tls_closed_cleanly(ferry_tls *t) {
+    pthread_mutex_lock(&t->mu);
+    int c = t->closed_cleanly;
+    pthread_mutex_unlock(&t->mu);
+    return c;
+}
+
+int ferry_tls_shutdown(ferry_tls *t) {
+    pthread_mutex_lock(&t->mu);
+    ERR_clear_error();
+    int r = SSL_shutdown(t->ssl);  // sends close_notify; does not wait for the peer's
+    ERR_clear_error();
+    pthread_mutex_unlock(&t->mu);
+    return r >= 0 ? 1 : -1;
 }
 
 int ferry_tls_write(ferry_tls *t, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen) {

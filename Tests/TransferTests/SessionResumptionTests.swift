@@ -180,6 +180,55 @@ struct SessionResumptionTests {
         #expect(e.code == .auth && !e.resumable && e.message.contains("alert"), "\(e)")
     }
 
+    /// One HTTPS answer that runs to the connection's end (no length, not chunked), from a
+    /// server that ends it with close_notify or just closes: what `HTTPClient` makes of it.
+    static func answerToTheEnd(_ pki: PKI, closeNotify: Bool) throws -> Result<String, TransferError> {
+        let server = try TLSContext(server: true, identity: TLSIdentity(certificate: pki.cert("wuxi"), key: pki.key("wuxi"), ca: pki.ca))
+        let l = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(l) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try withUnsafeMutablePointer(to: &a) { p in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
+                guard bind(l, sp, len) == 0, listen(l, 1) == 0, getsockname(l, sp, &len) == 0 else { throw TransferError(.io, "listen") }
+            }
+        }
+        let port = UInt16(bigEndian: a.sin_port)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            defer { done.signal() }
+            var pfd = pollfd(fd: l, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 5000) == 1 else { return }
+            let fd = accept(l, nil, nil)
+            guard fd >= 0 else { return }
+            defer { close(fd) }
+            guard let ch = try? server.handshake(fd: fd, expected: nil, timeoutMs: 5000) else { return }
+            var request: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 4096)
+            for _ in 0..<100 where !String(decoding: request, as: UTF8.self).contains("\r\n\r\n") {
+                guard let n = try? ch.read(&buf, buf.count, timeoutNs: 5_000_000_000, peer: "client"), n > 0 else { return }
+                request += buf[0..<n]
+            }
+            var answer = Array("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nthe whole answer".utf8)
+            try? ch.write(&answer, answer.count, peer: "client")
+            if closeNotify { ch.shutdown() }
+        }.start()
+        defer { done.wait() }
+        let client = try HTTPClient("https://127.0.0.1:\(port)", ca: pki.ca, timeout: 10)
+        do { return .success(String(decoding: try client.send("GET", "/x").body, as: UTF8.self)) } catch let e as TransferError { return .failure(e) }
+    }
+
+    @Test("an HTTPS answer that runs to the connection's end is whole only with the server's close_notify; a bare end of the stream (a cut answer) is an error")
+    func httpsAnswerToTheEnd() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let pki = try PKI()
+        #expect(try Self.answerToTheEnd(pki, closeNotify: true).get() == "the whole answer")
+        guard case .failure(let e) = try Self.answerToTheEnd(pki, closeNotify: false) else { Issue.record("a bare end was taken for a whole answer"); return }
+        #expect(e.code == .io && e.resumable && e.message.contains("close_notify"), "\(e)")
+    }
+
     @Test("job after job to one peer resumes; another key, another context or a restarted server does not; a resumed session's name is still checked")
     func resumption() throws {
         signal(SIGPIPE, SIG_IGN)  // as every Ferry process does (a side writing after the other left)

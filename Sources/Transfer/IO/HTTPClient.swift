@@ -172,9 +172,16 @@ public struct HTTPClient: Sendable {
                 if try !deliver(part[...]) { break }
             }
         } else {
+            // Neither chunked nor a length: the answer runs to the connection's end. Over TLS
+            // that end must be the server's close_notify, or a cut answer would pass for whole.
             for _ in 0..<Int.max {
                 let part = try reader.some(max: 1 << 20)
-                if part.isEmpty { break }
+                if part.isEmpty {
+                    if let tls = conn.tls, !tls.closedCleanly {
+                        throw TransferError(.io, "\(target.url) ended its answer without TLS close_notify: it may be cut short", resumable: true)
+                    }
+                    break
+                }
                 if try !deliver(part[...]) { break }
             }
         }

@@ -108,6 +108,13 @@ final class TLSChannel: @unchecked Sendable {
         if r < 0 { throw TransferError(.io, "send to \(peer): \(String(cString: err))", resumable: true) }
     }
 
+    /// Whether a read met the peer's close_notify: the stream ended cleanly, not cut. A read
+    /// returns 0 for both (Ferry's frames say themselves whether a message is whole).
+    var closedCleanly: Bool { ferry_tls_closed_cleanly(raw) == 1 }
+
+    /// Sends close_notify.
+    func shutdown() { _ = ferry_tls_shutdown(raw) }
+
     /// RFC 8446 exported keying material, unique to this TLS session.
     func export(label: String, bytes: Int) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: bytes)
