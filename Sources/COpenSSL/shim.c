@@ -339,6 +339,7 @@ long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *e
     for (int rounds = 0; rounds < 1000000; rounds++) {
         pthread_mutex_lock(&t->mu);
         ERR_clear_error();
+        errno = 0;  // an EAGAIN left by an earlier would-block read must not pass for an end
         size_t got = 0;
         int r = SSL_read_ex(t->ssl, buf, len, &got);
         int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
@@ -346,7 +347,7 @@ long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *e
             unsigned long q = ERR_peek_error();
             long out = -1;
             if (e == SSL_ERROR_SYSCALL && q == 0) {
-                if (errno == 0 || errno == EAGAIN) { pthread_mutex_unlock(&t->mu); return 0; }  // EOF without close_notify
+                if (errno == 0) { pthread_mutex_unlock(&t->mu); return 0; }  // EOF without close_notify
                 snprintf(err, errlen, "%s", strerror(errno));
 #ifdef SSL_R_UNEXPECTED_EOF_WHILE_READING
             } else if (ERR_GET_LIB(q) == ERR_LIB_SSL && ERR_GET_REASON(q) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
@@ -400,13 +401,20 @@ int ferry_tls_closed_cleanly(ferry_tls *t) {
     return c;
 }
 
-int ferry_tls_shutdown(ferry_tls *t) {
-    pthread_mutex_lock(&t->mu);
-    ERR_clear_error();
-    int r = SSL_shutdown(t->ssl);  // sends close_notify; does not wait for the peer's
-    ERR_clear_error();
-    pthread_mutex_unlock(&t->mu);
-    return r >= 0 ? 1 : -1;
+int ferry_tls_shutdown(ferry_tls *t, int timeout_ms) {
+    long long deadline = now_ms() + timeout_ms;
+    for (int rounds = 0; rounds < 1000; rounds++) {
+        pthread_mutex_lock(&t->mu);
+        ERR_clear_error();
+        int r = SSL_shutdown(t->ssl);  // sends close_notify; does not wait for the peer's
+        int e = r >= 0 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
+        ERR_clear_error();
+        pthread_mutex_unlock(&t->mu);
+        if (e == SSL_ERROR_NONE) return 1;
+        if (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_WANT_READ) return -1;
+        if (wait_fd(t->fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline) <= 0) return -1;
+    }
+    return -1;
 }
 
 int ferry_tls_write(ferry_tls *t, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen) {

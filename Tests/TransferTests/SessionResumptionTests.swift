@@ -89,7 +89,9 @@ struct SessionResumptionTests {
         let c = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         let ok = withUnsafePointer(to: &a) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(c, $0, len) } }
         guard ok == 0 else { close(c); throw TransferError(.io, "connect") }
-        return (accept(l, nil, nil), c)
+        let a2 = accept(l, nil, nil)
+        guard a2 >= 0 else { close(c); throw TransferError(.io, "accept") }
+        return (a2, c)
     }
 
     /// Closes `fd` with a reset (SO_LINGER 0), as a killed process's socket may end.
@@ -197,6 +199,8 @@ struct SessionResumptionTests {
         }
         let port = UInt16(bigEndian: a.sin_port)
         let done = DispatchSemaphore(value: 0)
+        let notified = ServerSide()  // its flag: close_notify sent
+        let client = try HTTPClient("https://127.0.0.1:\(port)", ca: pki.ca, timeout: 10)
         Thread {
             defer { done.signal() }
             var pfd = pollfd(fd: l, events: Int16(POLLIN), revents: 0)
@@ -213,11 +217,13 @@ struct SessionResumptionTests {
             }
             var answer = Array("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nthe whole answer".utf8)
             try? ch.write(&answer, answer.count, peer: "client")
-            if closeNotify { ch.shutdown() }
+            if closeNotify { notified.set(resumed: ch.shutdown(), peer: nil) }
         }.start()
-        defer { done.wait() }
-        let client = try HTTPClient("https://127.0.0.1:\(port)", ca: pki.ca, timeout: 10)
-        do { return .success(String(decoding: try client.send("GET", "/x").body, as: UTF8.self)) } catch let e as TransferError { return .failure(e) }
+        let answer: Result<String, TransferError>
+        do { answer = .success(String(decoding: try client.send("GET", "/x").body, as: UTF8.self)) } catch let e as TransferError { answer = .failure(e) }
+        done.wait()
+        if closeNotify && !notified.resumed { return .failure(TransferError(.io, "the test server could not send close_notify")) }
+        return answer
     }
 
     @Test("an HTTPS answer that runs to the connection's end is whole only with the server's close_notify; a bare end of the stream (a cut answer) is an error")

@@ -42,8 +42,9 @@ void ferry_tls_ctx_forget(ferry_tls_ctx *ctx);
 long ferry_tls_read(ferry_tls *t, void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
 /// 1 once a read met the peer's close_notify (a clean end), 0 before or after a bare end.
 int ferry_tls_closed_cleanly(ferry_tls *t);
-/// Sends close_notify (without waiting for the peer's). 1 sent or queued, -1 error.
-int ferry_tls_shutdown(ferry_tls *t);
+/// Sends close_notify (without waiting for the peer's), waiting at most timeout_ms for room
+/// on the socket. 1 sent, -1 error or timeout. The process must ignore SIGPIPE.
+int ferry_tls_shutdown(ferry_tls *t, int timeout_ms);
 /// Writes all len bytes; waits at most timeout_ms for room. 1 ok, -1 error, -2 timeout.
 int ferry_tls_write(ferry_tls *t, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
 /// Keying material from the TLS session (RFC 8446 exporter): 1 on success.

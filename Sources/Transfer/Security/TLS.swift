@@ -89,8 +89,8 @@ final class TLSChannel: @unchecked Sendable {
     deinit { ferry_tls_free(raw) }
 
     /// Reads up to `length` bytes; 0 = the peer closed (with or without close_notify); throws
-    /// on error or timeout: `auth` when the peer sent an alert (its verdict on this session,
-    /// not a broken link), `io` (resumable) otherwise.
+    /// on error or timeout: `auth` when the peer sent an alert about certificates or access
+    /// (its verdict on who we are, not a broken link), `io` (resumable) otherwise.
     func read(_ p: UnsafeMutableRawPointer, _ length: Int, timeoutNs: Int64, peer: String) throws -> Int {
         var err = [CChar](repeating: 0, count: 256)
         let ms = Int32(clamping: timeoutNs / 1_000_000)
@@ -112,8 +112,9 @@ final class TLSChannel: @unchecked Sendable {
     /// returns 0 for both (Ferry's frames say themselves whether a message is whole).
     var closedCleanly: Bool { ferry_tls_closed_cleanly(raw) == 1 }
 
-    /// Sends close_notify.
-    func shutdown() { _ = ferry_tls_shutdown(raw) }
+    /// Sends close_notify (waits up to a second for room on the socket). SIGPIPE must be
+    /// ignored, as every Ferry process does.
+    @discardableResult func shutdown() -> Bool { ferry_tls_shutdown(raw, 1000) == 1 }
 
     /// RFC 8446 exported keying material, unique to this TLS session.
     func export(label: String, bytes: Int) -> [UInt8] {
