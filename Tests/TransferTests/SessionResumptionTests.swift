@@ -67,7 +67,20 @@ struct SessionResumptionTests {
         func set(resumed: Bool, peer: String?) { lock.withLock { r = resumed; p = peer } }
     }
 
-    /// A client handshake against a peer that reads its hello and then does `then`.
+    /// A listening TCP socket on 127.0.0.1 and its port.
+    static func listener() throws -> (Int32, UInt16) {
+        let l = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &a) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in bind(l, sp, len) == 0 && listen(l, 1) == 0 && getsockname(l, sp, &len) == 0 }
+        }
+        guard ok else { close(l); throw TransferError(.io, "listen") }
+        return (l, UInt16(bigEndian: a.sin_port))
+    }
+
     /// A connected TCP pair on 127.0.0.1 (a reset needs TCP), or a Unix socket pair.
     static func pair(tcp: Bool) throws -> (Int32, Int32) {
         var fds: [Int32] = [-1, -1]
@@ -75,17 +88,13 @@ struct SessionResumptionTests {
             guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { throw TransferError(.io, "socketpair") }
             return (fds[0], fds[1])
         }
-        let l = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (l, port) = try listener()
         defer { close(l) }
         var a = sockaddr_in()
         a.sin_family = sa_family_t(AF_INET)
         a.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &a) { p in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
-                guard bind(l, sp, len) == 0, listen(l, 1) == 0, getsockname(l, sp, &len) == 0 else { throw TransferError(.io, "listen") }
-            }
-        }
+        a.sin_port = port.bigEndian
+        let len = socklen_t(MemoryLayout<sockaddr_in>.size)
         let c = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         let ok = withUnsafePointer(to: &a) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(c, $0, len) } }
         guard ok == 0 else { close(c); throw TransferError(.io, "connect") }
@@ -101,6 +110,7 @@ struct SessionResumptionTests {
         close(fd)
     }
 
+    /// A client handshake against a peer that reads its hello and then does `then`.
     static func cutHandshake(_ client: TLSContext, tcp: Bool, then: @escaping @Sendable (Int32) -> Void) throws -> TransferError? {
         let fds = try pair(tcp: tcp)
         defer { close(fds.1) }
@@ -186,18 +196,8 @@ struct SessionResumptionTests {
     /// server that ends it with close_notify or just closes: what `HTTPClient` makes of it.
     static func answerToTheEnd(_ pki: PKI, closeNotify: Bool) throws -> Result<String, TransferError> {
         let server = try TLSContext(server: true, identity: TLSIdentity(certificate: pki.cert("wuxi"), key: pki.key("wuxi"), ca: pki.ca))
-        let l = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (l, port) = try listener()
         defer { close(l) }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &a) { p in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
-                guard bind(l, sp, len) == 0, listen(l, 1) == 0, getsockname(l, sp, &len) == 0 else { throw TransferError(.io, "listen") }
-            }
-        }
-        let port = UInt16(bigEndian: a.sin_port)
         let done = DispatchSemaphore(value: 0)
         let notified = ServerSide()  // its flag: close_notify sent
         let client = try HTTPClient("https://127.0.0.1:\(port)", ca: pki.ca, timeout: 10)
