@@ -160,6 +160,12 @@ extension Ferry {
                 try thirdParty(options: options)
                 return
             }
+            // Said before any credential is asked for: a user who typed two local paths needs
+            // this, not a request for a CA and a token that would not help.
+            let remote = { (s: String) in s.hasPrefix("ferry://") || s.hasPrefix("gfs://") }
+            guard remote(source) || remote(destination) else {
+                throw ValidationError("one side must be a ferry:// URL (for a local copy use cp)")
+            }
             var creds = try credentials.load()
             // ferry://NAME/... of a center in the configuration, or a host without a port.
             let config = try ClientConfig.get()

@@ -32,10 +32,32 @@ struct Ferry: AsyncParsableCommand {
         } catch let v as ValidationError {
             let name = commandPath(type(of: command)) ?? "ferry"
             FileHandle.standardError.write("\(name): error: \(v.message)\nSee '\(name) --help'.\n".data(using: .utf8)!)
-            Foundation.exit(64)
+            leave(64)
         } catch {
-            exit(withError: error)
+            // As `exit(withError:)` says it (a clean exit's text on stdout, the rest on stderr),
+            // but leaving as below.
+            let code = exitCode(for: error).rawValue
+            let text = fullMessage(for: error)
+            if !text.isEmpty {
+                if code == 0 { print(text) } else { FileHandle.standardError.write((text + "\n").data(using: .utf8)!) }
+            }
+            leave(code)
         }
+        leave(0)
+    }
+
+    /// Ends the process once a command has run: standard output and error flushed, then
+    /// `_exit`, without `exit`'s atexit handlers. A transfer's threads are detached
+    /// (`spawnThread`): one that has reported its end may still be releasing its TLS session or
+    /// ring when `run` returns, and `exit` would run OpenSSL's cleanup (which frees the
+    /// library's global tables) beside it. A CI run saw a push client die with SIGSEGV in such a
+    /// thread after it had printed its summary: a copy that succeeded, reported as a crash.
+    /// Nothing of Ferry's needs an atexit handler: files are written and closed by the code that
+    /// writes them, databases commit before answering.
+    static func leave(_ code: Int32) -> Never {
+        fflush(stdout)
+        fflush(stderr)
+        _exit(code)
     }
 
     /// "ferry stage cache" for `Stage.Cache`: the words that reach `type` from the root.

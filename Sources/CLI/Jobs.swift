@@ -85,7 +85,7 @@ struct APIOptions: ParsableArguments {
     func fail(_ message: String) -> Never {
         let command = CommandLine.arguments.dropFirst().first { !$0.hasPrefix("-") } ?? "jobs"
         FileHandle.standardError.write("ferry \(command): error: \(message)\n".data(using: .utf8)!)
-        Foundation.exit(1)
+        Ferry.leave(1)
     }
 
     /// An answer as --json prints it: the contract's encoding, keys sorted.

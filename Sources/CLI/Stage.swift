@@ -40,7 +40,7 @@ struct StageOptions: ParsableArguments {
 
     func fail(_ message: String) -> Never {
         FileHandle.standardError.write("ferry: \(message)\n".data(using: .utf8)!)
-        Foundation.exit(1)
+        Ferry.leave(1)
     }
 
     /// Posts the request every second (it is idempotent) until nothing is staging, or once

@@ -321,6 +321,13 @@ struct BadInputTests {
             #expect(r.status == 64, "usage error should exit 64: \(r)")
             #expect(!r.stderr.isEmpty, "usage error without a message: \(r)")
         }
+        // Two local paths and no credentials at all: what helps is that one side must be
+        // remote, not a request for a CA and a token.
+        let bare = sb.finish(try FerryProcess(["cp", local + "/a", local + "/b"], logDir: sb.path + "/logs",
+                                              environment: ["FERRY_CA": nil, "FERRY_TOKEN_FILE": nil]), timeout: 30)
+        #expect(bare.status == 64, "\(bare)")
+        #expect(bare.stderr.contains("one side must be a ferry:// URL"), "\(bare)")
+        #expect(!FileManager.default.fileExists(atPath: local + "/b"))
     }
 
     @Test("unreachable server: exit 1 with a message")
