@@ -44,15 +44,8 @@ struct APIOptions: ParsableArguments {
     /// Calls the API; returns its answer as `T`, or throws `APIFailure` (with the problem's
     /// detail when the daemon refused).
     func request<T: Decodable>(_ method: String, _ path: String, body: (any Encodable)? = nil, as type: T.Type, timeout: Double = 30) throws -> T {
-        let env = ProcessInfo.processInfo.environment
-        let config = try ClientConfig.get()
-        guard let base = api ?? env["FERRY_API"] ?? config.api else {
-            throw ValidationError("give the daemon's API: --api https://HOST:PORT, FERRY_API, or api = \"https://HOST:PORT\" in ~/.config/ferry/config.toml")
-        }
-        guard let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"] ?? config.tokenFile else {
-            throw ValidationError("give your token: --token-file FILE, FERRY_TOKEN_FILE, or token_file in ~/.config/ferry/config.toml")
-        }
-        var headers = [("Authorization", "Bearer " + (try readToken(tokenPath)))]
+        let (base, ca, token) = try target()
+        var headers = [("Authorization", "Bearer " + token)]
         var data: [UInt8]?
         if let body {
             headers.append(("Content-Type", "application/json"))
@@ -60,7 +53,7 @@ struct APIOptions: ParsableArguments {
         }
         let answer: HTTPClient.Response
         do {
-            let client = try HTTPClient(base, ca: ca ?? env["FERRY_CA"] ?? config.ca, timeout: timeout)
+            let client = try HTTPClient(base, ca: ca, timeout: timeout)
             answer = try client.send(method, path, headers: headers, body: data)
         } catch let e as TransferError where e.code == .usage {
             throw ValidationError(e.message)
@@ -78,6 +71,30 @@ struct APIOptions: ParsableArguments {
             throw APIFailure(message: "\(base)\(path.prefix { $0 != "?" }) answered what this ferry cannot read (\(DaemonAPI.explain(e))): is it another version?",
                              transient: false)
         }
+    }
+
+    /// The daemon's API, the CA to verify it with, and the user's token.
+    private func target() throws -> (base: String, ca: String?, token: String) {
+        let env = ProcessInfo.processInfo.environment
+        let config = try ClientConfig.get()
+        guard let base = api ?? env["FERRY_API"] ?? config.api else {
+            throw ValidationError("give the daemon's API: --api https://HOST:PORT, FERRY_API, or api = \"https://HOST:PORT\" in ~/.config/ferry/config.toml")
+        }
+        guard let tokenPath = tokenFile ?? env["FERRY_TOKEN_FILE"] ?? config.tokenFile else {
+            throw ValidationError("give your token: --token-file FILE, FERRY_TOKEN_FILE, or token_file in ~/.config/ferry/config.toml")
+        }
+        return (base, ca ?? env["FERRY_CA"] ?? config.ca, try readToken(tokenPath))
+    }
+
+    /// `GET path` as a stream of server-sent events: `sink` gets the body as it arrives (false
+    /// to stop). Returns the answer's status (the sink got nothing unless it is 200). An answer
+    /// may last as long as bytes keep coming, at most `idle` seconds apart; `check` runs at
+    /// least four times a second and may end it by throwing.
+    func stream(_ path: String, idle: Double, check: @escaping () throws -> Void, _ sink: @escaping (ArraySlice<UInt8>) throws -> Bool) throws -> Int {
+        let (base, ca, token) = try target()
+        let client = try HTTPClient(base, ca: ca, timeout: idle)
+        return try client.send("GET", path, headers: [("Authorization", "Bearer " + token), ("Accept", "text/event-stream")],
+                               stream: sink, idle: idle, check: check).status
     }
 
     /// Every command that talks to the daemon ends here: the message names that command
@@ -223,19 +240,59 @@ extension Ferry.Jobs {
     }
 }
 
-/// Polls a job until it ends (bounded; at `WaitPace`'s pace). `wait` reports state changes on stderr and the final job
-/// on stdout; `watch` (`progress`) prints a line (or, with --json, the job) whenever its state
-/// or byte count changes. Exit 0 on success or skipped.
 /// `waitFor` gave up because `interrupted` said so (Ctrl-C): the job goes on at the daemon.
 struct WaitInterrupted: Error {}
 
-func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool = false, interrupted: () -> Bool = { false }) throws {
+/// Follows a job until it ends (bounded by `seconds`). `wait` reports state changes on stderr
+/// and the final job on stdout; `watch` (`progress`) prints a line (or, with --json, the job)
+/// whenever its state or byte count changes. Exit 0 on success or skipped.
+///
+/// Pushed, not polled: the job's event stream (`GET /api/v1/transfers/{id}/events`, which the
+/// daemon feeds from its queue's change feed) says each change as it happens, on one
+/// connection, and costs the daemon no query while nothing changes; a poll cost a request
+/// and a read of the queue three times a second per waiting user. When the stream cannot be
+/// used (a daemon restarting, a proxy that buffers, no answer for 75 s although the daemon
+/// sends a comment every 30 s), the rest of the wait polls at `WaitPace`'s pace, as before.
+func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool = false, interrupted: @escaping () -> Bool = { false }) throws {
     let deadline = Date().addingTimeInterval(Double(seconds))
-    var last = ""
+    let shown = JobShown(id: id, api: api, progress: progress)
+    let ended: V1.Transfer?
+    do {
+        ended = try followEvents(id, api: api, shown: shown) {
+            if interrupted() { throw WaitInterrupted() }
+            if Date() >= deadline { throw WaitExpired() }
+        }
+    } catch is WaitExpired {
+        api.fail("job \(id) did not end within \(seconds) s (last: \(shown.last))")
+    }
+    if let ended { return try shown.finish(ended) }
     var pace = WaitPace(steady: progress ? 0.4 : 0.3)
     while Date() < deadline {
         if interrupted() { throw WaitInterrupted() }
         let j = try api.call("GET", "/api/v1/transfers/\(id)", as: V1.Transfer.self)
+        shown.see(j)
+        if j.state.isFinal { return try shown.finish(j) }
+        usleep(useconds_t(pace.next(after: j) * 1e6))
+    }
+    api.fail("job \(id) did not end within \(seconds) s (last: \(shown.last))")
+}
+
+/// The wait's own deadline passed (`waitFor`'s `seconds`).
+private struct WaitExpired: Error {}
+
+/// What a wait or a watch has printed of a job: a line (or the job) per change.
+final class JobShown {
+    let id: Int
+    let api: APIOptions
+    let progress: Bool
+    private(set) var last = ""
+
+    init(id: Int, api: APIOptions, progress: Bool) {
+        self.id = id; self.api = api; self.progress = progress
+    }
+
+    /// Prints `j` if it changed from what was printed last.
+    func see(_ j: V1.Transfer) {
         let state = j.stateText
         var text = state
         if progress {
@@ -243,21 +300,102 @@ func waitFor(_ id: Int, api: APIOptions, seconds: Int = 86_400, progress: Bool =
             let total = UInt64(max(0, j.progress?.bytesTotal ?? 0))
             text = "\(id) \(state) \(byteText(done))" + (total > 0 ? " of \(byteText(total))" : "")
         }
-        if text != last {
-            if progress {
-                if api.json { api.show(j) } else { print(text) }
-                fflush(stdout)
-            } else if !api.json {
-                FileHandle.standardError.write("ferry jobs: \(id) \(state)\n".data(using: .utf8)!)
-            }
-            last = text
+        guard text != last else { return }
+        if progress {
+            if api.json { api.show(j) } else { print(text) }
+            fflush(stdout)
+        } else if !api.json {
+            FileHandle.standardError.write("ferry jobs: \(id) \(state)\n".data(using: .utf8)!)
         }
-        if j.state.isFinal {
-            if !progress { api.show(j) }
-            if j.state.satisfiesDependents { return }
-            throw ExitCode(1)
-        }
-        usleep(useconds_t(pace.next(after: j) * 1e6))
+        last = text
     }
-    api.fail("job \(id) did not end within \(seconds) s (last: \(last))")
+
+    /// The job ended: the final job (for `wait`; its line carries the reason of a failure),
+    /// exit 0 when dependents may run. A watch's last line is its state and bytes only: the
+    /// reason of a failure follows on stderr (a center-to-center `ferry cp` that failed said
+    /// only "failed 0 B").
+    func finish(_ j: V1.Transfer) throws {
+        if !progress { api.show(j) }
+        if j.state.satisfiesDependents { return }
+        if progress && !api.json {
+            let reason = j.error.map { ": " + (j.errorCode.map { "[\($0)] " } ?? "") + $0 } ?? ""
+            FileHandle.standardError.write("ferry: job \(id) \(j.stateText)\(reason) (ferry jobs show \(id))\n".data(using: .utf8)!)
+        }
+        throw ExitCode(1)
+    }
+}
+
+/// Follows the job's event stream until its `end` event: the job as it ended, or nil when the
+/// stream could not be used or broke first (the caller polls). `check` runs at least four
+/// times a second; what it throws ends the wait.
+func followEvents(_ id: Int, api: APIOptions, shown: JobShown, check: @escaping () throws -> Void) throws -> V1.Transfer? {
+    let parser = EventStreamParser()
+    var ended: V1.Transfer?
+    var unreadable = false
+    do {
+        let status = try api.stream("/api/v1/transfers/\(id)/events", idle: 75, check: check) { bytes in
+            try parser.feed(bytes) { event, data in
+                guard event == "progress" || event == "end" else { return true }
+                guard let j = try? APIJSON.decode(V1.Transfer.self, from: Data(data)) else { unreadable = true; return false }
+                shown.see(j)
+                if j.state.isFinal { ended = j; return false }
+                return true
+            }
+        }
+        if status != 200 || unreadable { return nil }
+    } catch is WaitInterrupted {
+        throw WaitInterrupted()
+    } catch is WaitExpired {
+        throw WaitExpired()
+    } catch {
+        // The stream broke (a restart, a cut connection, a proxy): polling goes on from here.
+        return ended
+    }
+    return ended
+}
+
+/// Server-sent events (the WHATWG form the daemon writes: `event:` and `data:` lines, a blank
+/// line ends an event, lines starting with `:` are comments), bounded: a line or an event's
+/// data over 1 MiB ends the stream as unreadable.
+final class EventStreamParser {
+    private var pending: [UInt8] = []
+    private var event = ""
+    private var data: [UInt8] = []
+    static let maxBytes = 1 << 20
+
+    struct TooLong: Error {}
+
+    /// Feeds bytes; `deliver` gets each whole event (its name, "message" when it had none, and
+    /// its data) and returns false to stop. Returns false once `deliver` did.
+    func feed(_ bytes: ArraySlice<UInt8>, _ deliver: (String, [UInt8]) throws -> Bool) throws -> Bool {
+        pending += bytes
+        var start = 0
+        defer { pending.removeFirst(start) }
+        while let nl = pending[start...].firstIndex(of: 10) {
+            var line = pending[start..<nl]
+            start = nl + 1
+            if line.last == 13 { line = line.dropLast() }
+            if line.isEmpty {
+                let (name, payload) = (event.isEmpty ? "message" : event, data)
+                event = ""; data = []
+                if !payload.isEmpty, try !deliver(name, payload) { return false }
+                continue
+            }
+            if line.first == UInt8(ascii: ":") { continue }
+            let colon = line.firstIndex(of: UInt8(ascii: ":")) ?? line.endIndex
+            let field = String(decoding: line[..<colon], as: UTF8.self)
+            var value = colon < line.endIndex ? line[(colon + 1)...] : line[line.endIndex...]
+            if value.first == UInt8(ascii: " ") { value = value.dropFirst() }
+            switch field {
+            case "event": event = String(decoding: value, as: UTF8.self)
+            case "data":
+                if !data.isEmpty { data.append(10) }
+                data += value
+                if data.count > EventStreamParser.maxBytes { throw TooLong() }
+            default: break
+            }
+        }
+        if pending.count - start > EventStreamParser.maxBytes { throw TooLong() }
+        return true
+    }
 }

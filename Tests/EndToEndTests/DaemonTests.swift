@@ -163,6 +163,52 @@ struct DaemonE2ETests {
         #expect(c.b.process.stderr.contains("push to 'incoming/run1' by center:hlrs"), "\(c.b.process.stderr)")
     }
 
+    /// `ferry jobs wait` and `watch` follow the job's event stream (pushed by the daemon's queue
+    /// changes) instead of polling: one connection for the whole wait. Through a proxy that cuts
+    /// event streams the wait still ends right, polling.
+    @Test("`ferry jobs wait` and `watch` follow the job's event stream: one request, not a poll; polling when a proxy cuts the stream")
+    func waitFollowsEvents() throws {
+        let c = try DaemonE2ETests.start("daemon-events")
+        defer { c.a.stop(); c.b.stop() }
+        try writeFile(c.scratch + "/slow.bin", randomBytes(12 << 20))
+        guard let apiPort = Int(c.api.split(separator: ":").last ?? "") else { throw HarnessError("no port in \(c.api)") }
+        let proxy = try CountingProxy(targetPort: apiPort)
+        defer { proxy.stop() }
+        let via = ["--api", "http://127.0.0.1:\(proxy.port)", "--token-file", c.sb.tokenFile]
+        // 12 MiB at 4 MiB/s: about three seconds of transfer to wait for.
+        let sub = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "4M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
+        let id = DaemonE2ETests.lastJSON(sub)["id"] as? Int ?? -1
+        #expect(id > 0, "\(sub)")
+        let t0 = Date()
+        let w = try c.sb.ferry(["jobs", "wait"] + via + ["\(id)", "--timeout", "60"], timeout: 70)
+        let took = Date().timeIntervalSince(t0)
+        #expect(w.status == 0 && w.stdout.contains("success"), "\(w)")
+        #expect(w.stderr.contains("ferry jobs: \(id) running") || w.stderr.contains("ferry jobs: \(id) queued"), "state changes on stderr: \(w)")
+        #expect(took > 1.5, "the wait returned before the transfer could end: \(took) s")
+        #expect(proxy.connections == 1 && proxy.eventStreamRequests == 1,
+                "one connection for the whole wait, not a poll (\(proxy.connections) connections in \(took) s)")
+        #expect(filesIdentical(c.scratch + "/slow.bin", c.incoming + "/slow.bin"))
+        // A job that has ended: `watch` prints its last line from the stream's first event.
+        let watched = try c.sb.ferry(["jobs", "watch"] + via + ["\(id)", "--timeout", "30"], timeout: 40)
+        #expect(watched.status == 0 && watched.stdout.contains("\(id) success"), "\(watched)")
+        #expect(proxy.connections == 2, "\(proxy.connections)")
+
+        // The same wait through a proxy that closes every event stream: it polls, and still
+        // reports the end (a failed job: exit 1).
+        let cutting = try CountingProxy(targetPort: apiPort, cutEventStreams: true)
+        defer { cutting.stop() }
+        try writeFile(c.scratch + "/slow2.bin", randomBytes(8 << 20))
+        let sub2 = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "4M", "/scratch/slow2.bin", "ferry://wuxi/archive/slow2.bin"])
+        let id2 = DaemonE2ETests.lastJSON(sub2)["id"] as? Int ?? -1
+        let w2 = try c.sb.ferry(["jobs", "wait", "--api", "http://127.0.0.1:\(cutting.port)", "--token-file", c.sb.tokenFile, "\(id2)", "--timeout", "60"], timeout: 70)
+        #expect(w2.status == 1 && w2.stdout.contains("failed") && w2.stdout.contains("read-only"), "archive is read-only: \(w2)")
+        #expect(cutting.eventStreamRequests == 1 && cutting.connections >= 2, "the stream tried once, then polls: \(cutting.connections)")
+        // `watch` of the failed job says why on stderr, not only "failed" (exit 1).
+        let wf = try c.sb.ferry(["jobs", "watch"] + via + ["\(id2)", "--timeout", "30"], timeout: 40)
+        #expect(wf.status == 1 && wf.stdout.contains("\(id2) failed"), "\(wf)")
+        #expect(wf.stderr.contains("ferry: job \(id2) failed: [") && wf.stderr.contains("read-only"), "\(wf)")
+    }
+
     @Test("a refusing destination: the job fails with the reason in `ferry jobs show`; its dependent ends upstream_failed; the API serves its OpenAPI document", arguments: Backend.allCases)
     func failureAndDependency(_ backend: Backend) throws {
         let c = try DaemonE2ETests.start("daemon-fail", backend: backend)

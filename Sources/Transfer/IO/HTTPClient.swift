@@ -13,7 +13,8 @@ import Glibc
 /// - `http://` only to a loopback address (127.0.0.0/8, ::1, localhost): a token or a
 ///   center's assertion never crosses a network in clear.
 /// - Answers are capped (`maxBody`); `Content-Length`, chunked and read-to-close bodies;
-///   `stream` gets the body as it arrives (server-sent events) instead of a buffer.
+///   `stream` gets the body as it arrives (server-sent events) instead of a buffer, and with
+///   `idle` the answer may go on for as long as its bytes keep coming.
 public struct HTTPClient: Sendable {
     public struct Response: Sendable {
         public var status: Int
@@ -99,10 +100,17 @@ public struct HTTPClient: Sendable {
     }
 
     /// One request. `headers` are added as given; a body gets its Content-Length. With
-    /// `stream`, the body goes there chunk by chunk (return false to stop reading) and the
-    /// response's `body` stays empty.
+    /// `stream`, a 2xx answer's body goes there chunk by chunk (return false to stop reading)
+    /// and the response's `body` stays empty; another answer's body is collected as usual.
+    ///
+    /// `idle` (with `stream`: an event stream that lasts as long as the job it follows): the
+    /// time limit covers the answer's head and then each wait for more bytes, at most `idle`
+    /// seconds, not the whole answer; `maxBody` does not apply (the sink keeps what it keeps).
+    /// `check` is called at least four times a second while the answer is awaited: what it
+    /// throws ends the request (a user's Ctrl-C, the caller's own deadline).
     public func send(_ method: String, _ path: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
-                     stream: ((ArraySlice<UInt8>) throws -> Bool)? = nil) throws -> Response {
+                     stream: ((ArraySlice<UInt8>) throws -> Bool)? = nil, idle: Double? = nil,
+                     check: (() throws -> Void)? = nil) throws -> Response {
         // The request line is METHOD SP PATH: neither may carry a space or a line break (a
         // caller's unescaped text would end the line and start headers of its own).
         guard !method.isEmpty, !(method + path).contains(where: { $0 == " " || $0 == "\r" || $0 == "\n" }), path.hasPrefix("/") else {
@@ -123,7 +131,7 @@ public struct HTTPClient: Sendable {
         head += "\r\n"
         try conn.write(Array(head.utf8) + (body ?? []))
 
-        var reader = Reader(conn: conn, deadline: deadline, what: target.url)
+        var reader = Reader(conn: conn, deadline: deadline, what: target.url, check: check)
         let statusLine = try reader.line(max: 8192)
         let parts = statusLine.split(separator: " ", maxSplits: 2)
         guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
@@ -139,10 +147,14 @@ public struct HTTPClient: Sendable {
         var collected: [UInt8] = []
         var total = 0
         // Returns false when the sink wants no more.
+        // Only a 2xx answer streams; any other is collected (its problem details).
+        let sink = (200..<300).contains(status) ? stream : nil
         func deliver(_ bytes: ArraySlice<UInt8>) throws -> Bool {
             total += bytes.count
-            if total > maxBody { throw TransferError(.protocolViolation, "\(target.url)\(path.prefix { $0 != "?" }): an answer larger than \(maxBody >> 20) MiB, cut off") }
-            if let stream { return try stream(bytes) }
+            if sink != nil, let idle, idle > 0 {
+                reader.deadline = Int64(monotonicNs()) + Int64(idle * 1e9)  // an answer that goes on
+            } else if total > maxBody { throw TransferError(.protocolViolation, "\(target.url)\(path.prefix { $0 != "?" }): an answer larger than \(maxBody >> 20) MiB, cut off") }
+            if let sink { return try sink(bytes) }
             collected += bytes
             return true
         }
@@ -231,19 +243,33 @@ public struct HTTPClient: Sendable {
             }
         }
 
-        /// Up to `max` bytes; empty at the end of the stream.
-        func read(max: Int, deadline: Int64) throws -> [UInt8] {
+        /// Up to `max` bytes; empty at the end of the stream. With `check`, the wait is cut in
+        /// quarter seconds and `check` runs between them.
+        func read(max: Int, deadline: Int64, check: (() throws -> Void)? = nil) throws -> [UInt8] {
             var buf = [UInt8](repeating: 0, count: max)
-            let left = Swift.max(1, (deadline - Int64(monotonicNs())) / 1_000_000)
-            if let tls {
-                let n = try buf.withUnsafeMutableBytes { try tls.read($0.baseAddress!, max, timeoutNs: left * 1_000_000, peer: peer) }
-                return Array(buf[0..<n])
+            // The wait for the next slice: the time left, at most a quarter second with `check`.
+            func slice() -> Int64 {
+                let left = Swift.max(1, (deadline - Int64(monotonicNs())) / 1_000_000)
+                return check == nil ? left : Swift.min(left, 250)
             }
-            for _ in 0..<1_000_000 {
+            if let tls {
+                for _ in 0..<100_000_000 {
+                    do {
+                        let n = try buf.withUnsafeMutableBytes { try tls.read($0.baseAddress!, max, timeoutNs: slice() * 1_000_000, peer: peer) }
+                        return Array(buf[0..<n])
+                    } catch let e as TransferError where e.code == .timeout && check != nil && Int64(monotonicNs()) < deadline {
+                        try check?()
+                    }
+                }
+                throw TransferError(.timeout, "\(peer) did not answer in time", resumable: true)
+            }
+            for _ in 0..<100_000_000 {
                 var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                let ms = Int32(clamping: Swift.max(1, (deadline - Int64(monotonicNs())) / 1_000_000))
-                let p = poll(&pfd, 1, ms)
-                if p == 0 { throw TransferError(.timeout, "\(peer) did not answer in time", resumable: true) }
+                let p = poll(&pfd, 1, Int32(clamping: slice()))
+                if p == 0 {
+                    if let check, Int64(monotonicNs()) < deadline { try check(); continue }
+                    throw TransferError(.timeout, "\(peer) did not answer in time", resumable: true)
+                }
                 if p < 0 { if errno == EINTR { continue }; throw TransferError.system("receive from \(peer)", errno: errno, resumable: true) }
                 let n = buf.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, max, 0) }
                 if n < 0 { if errno == EINTR || errno == EAGAIN { continue }; throw TransferError.system("receive from \(peer)", errno: errno, resumable: true) }
@@ -258,18 +284,20 @@ public struct HTTPClient: Sendable {
     /// Buffered reading of a response: lines, exact lengths, whatever arrives.
     struct Reader {
         let conn: Conn
-        let deadline: Int64
+        /// Until when the answer may take (moved on by an answer that goes on: `idle`).
+        var deadline: Int64
         let what: String
+        let check: (() throws -> Void)?
         var buffer: [UInt8] = []
         var at = 0
 
-        init(conn: Conn, deadline: Int64, what: String) {
-            self.conn = conn; self.deadline = deadline; self.what = what
+        init(conn: Conn, deadline: Int64, what: String, check: (() throws -> Void)? = nil) {
+            self.conn = conn; self.deadline = deadline; self.what = what; self.check = check
         }
 
         mutating func fill() throws -> Bool {
             if Int64(monotonicNs()) > deadline { throw TransferError(.timeout, "\(what) did not answer in time", resumable: true) }
-            let more = try conn.read(max: 65536, deadline: deadline)
+            let more = try conn.read(max: 65536, deadline: deadline, check: check)
             if more.isEmpty { return false }
             if at > 0 { buffer.removeFirst(at); at = 0 }
             buffer += more
