@@ -330,6 +330,26 @@ struct BadInputTests {
         #expect(!FileManager.default.fileExists(atPath: local + "/b"))
     }
 
+    /// The server refuses a pull of a directory without -r after its WELCOME, while the client
+    /// joins its data streams: the client must report the server's reason (a usage error, exit
+    /// 64), not the closed stream ("run the same command again to resume", exit 1), which it
+    /// did four times in five.
+    @Test("a pulled directory without -r: the server's reason and exit 64, every time")
+    func pullDirectoryWithoutRecursion() throws {
+        let sb = try Sandbox("pull-dir")
+        let root = try sb.dir("root")
+        let local = try sb.dir("local")
+        try writeFile(try sb.dir("root/tree") + "/a", [1, 2, 3])
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        for i in 0..<5 {
+            let r = try sb.cp(server.url("tree"), local + "/got\(i)", json: false, timeout: 60)
+            #expect(r.status == 64, "run \(i): \(r)")
+            #expect(r.stderr.contains("source is a directory (use -r)") && !r.stderr.contains("resume"), "run \(i): \(r)")
+            #expect(!FileManager.default.fileExists(atPath: local + "/got\(i)"))
+        }
+    }
+
     @Test("unreachable server: exit 1 with a message")
     func unreachable() throws {
         let sb = try Sandbox("unreachable")

@@ -377,15 +377,25 @@ public enum TransferClient {
         progress.whenCancelled { [weak ctx] reason in ctx?.fail(TransferError(.io, reason, resumable: true)) }
         var data: [Connection] = []
         defer { for d in data { d.close() } }
-        for i in 0..<welcome.streams {
-            let c = Connection(fd: try Socket.connect(server))
-            c.streamIndex = i
-            data.append(c)
-            try c.sendPreamble(role: .data, ring: ring)
-            try c.send(.join, Join(sessionID: welcome.sessionID, streamIndex: i, secret: welcome.secret).encode(), ring: ring)
-            let (t, _) = try c.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 0)
-            guard t == .joined else { throw TransferError.protocolError("expected JOINED, got \(t)") }
-            ctx.add(data: c)
+        do {
+            for i in 0..<welcome.streams {
+                let c = Connection(fd: try Socket.connect(server))
+                c.streamIndex = i
+                data.append(c)
+                try c.sendPreamble(role: .data, ring: ring)
+                try c.send(.join, Join(sessionID: welcome.sessionID, streamIndex: i, secret: welcome.secret).encode(), ring: ring)
+                let (t, _) = try c.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 0)
+                guard t == .joined else { throw TransferError.protocolError("expected JOINED, got \(t)") }
+                ctx.add(data: c)
+            }
+        } catch {
+            // The server may have refused the request after its WELCOME (a pulled directory
+            // without -r, a source it cannot read) and closed the session while the streams
+            // joined: its ERROR waits on the control connection, and it is the reason, not the
+            // closed stream (which said "closed the connection ... run it again to resume",
+            // exit 1, for what is a usage error). Two seconds at most to read it.
+            if let verdict = Self.pendingRefusal(control, ring: ring) { throw verdict }
+            throw error
         }
         let roles = try makeRoles(ctx)
         let workers = WaitGroup()
@@ -428,6 +438,17 @@ public enum TransferClient {
 }
 
 extension TransferClient {
+    /// The peer's ERROR frame if one is waiting on `control` (read for at most two seconds),
+    /// else nil.
+    static func pendingRefusal(_ control: Connection, ring: Ring) -> TransferError? {
+        do {
+            _ = try control.receive(ring: ring, timeoutNs: 2_000_000_000, payloadBytesMax: 4096)
+        } catch let e as TransferError where e.fromPeer {
+            return e
+        } catch {}
+        return nil
+    }
+
     /// Lists `endpoint` (a local path or a ferry:// URL; a server checks the same token scope
     /// as a copy from it): each entry is handed to `each` as it arrives, the tree is never held
     /// here. Returns the number of entries and of those the filters left out.
