@@ -203,8 +203,8 @@ extension Ferry {
             }
             var landingPoint = dst
             if delete {
-                try checkDeleteSource(src, credentials: creds)
                 landingPoint = landing(src, dst, sourceIsFile: false)
+                try checkDeleteSource(src, landingPoint, credentials: creds)
             }
             let progress = TransferProgress()
             let done = DispatchSemaphore(value: 0)
@@ -224,7 +224,10 @@ extension Ferry {
             let interrupts = Interrupts { sig in progress.cancel(sig == SIGINT ? "interrupted (Ctrl-C)" : "interrupted (SIGTERM)") }
             // With `-` as DST standard output carries the data: every message goes to stderr.
             let display = ProgressDisplay(json: json, messagesToStderr: destination == "-", statsSeconds: stats, quiet: quiet)
-            if verbose && !json { progress.observeFiles { name, outcome, message in display.file(name, outcome, message) } }
+            // A single file's entry has no path of its own (it is the transfer's root): its line
+            // names it as it lands, as the dry run does (it said ".").
+            let rootName = baseName(landing(src, dst, sourceIsFile: true))
+            if verbose && !json { progress.observeFiles { name, outcome, message in display.file(name.isEmpty ? rootName : name, outcome, message) } }
             while done.wait(timeout: .now() + .milliseconds(400)) == .timedOut {
                 display.show(progress.snapshot())
             }
@@ -569,7 +572,9 @@ final class ProgressDisplay {
         }
         drainFiles()
         endBar()
-        let hint = e.resumable ? " (run the same command again to resume)" : ""
+        // A run that moved nothing (no server there, a refused connection) has nothing to resume.
+        let started = s.bytesDone > 0 || s.wireBytes > 0 || s.filesDone > 0 || s.filesSkipped > 0
+        let hint = !e.resumable ? "" : started ? " (run the same command again to resume)" : " (nothing was copied; run the same command again to retry)"
         FileHandle.standardError.write("ferry: error: \(e.message)\(hint)\n".data(using: .utf8)!)
     }
 }

@@ -235,14 +235,17 @@ extension Ferry {
 extension Ferry.Copy {
     /// Where a copy of `src` lands: `dst`, or DST/NAME when one file goes into a directory
     /// (a URL ending in '/', or an existing local directory), as the copy itself decides.
-    func landing(_ src: Endpoint, _ dst: Endpoint, sourceIsFile: Bool) -> Endpoint {
-        func base(_ e: Endpoint) -> String {
-            switch e {
-            case .local(let p): p.split(separator: "/").last.map(String.init) ?? p
-            case .remote(_, let p): p.split(separator: "/").last.map(String.init) ?? p
-            case .confined(_, let c): c.last ?? ""
-            }
+    /// The last component of an endpoint's path (a single file's name in `-v` lines).
+    func baseName(_ e: Endpoint) -> String {
+        switch e {
+        case .local(let p): p.split(separator: "/").last.map(String.init) ?? p
+        case .remote(_, let p): p.split(separator: "/").last.map(String.init) ?? p
+        case .confined(_, let c): c.last ?? ""
         }
+    }
+
+    func landing(_ src: Endpoint, _ dst: Endpoint, sourceIsFile: Bool) -> Endpoint {
+        let base = baseName
         switch dst {
         case .remote(let server, let path) where sourceIsFile && path.hasSuffix("/"):
             return .remote(server, path: path + base(src))
@@ -286,7 +289,7 @@ extension Ferry.Copy {
                     target = landing(src, dst, sourceIsFile: e.kind == .file)
                     thereOrder = try destinationEntries(target, request: request, credentials: credentials)
                     for t in thereOrder { there[t.path] = t }
-                    if case .local(let p) = target, e.kind == .file { rootName = p.split(separator: "/").last.map(String.init) ?? p }
+                    if e.kind == .file { rootName = baseName(target) }  // the file's name where it lands, as -v says it
                 }
                 sourcePaths.insert(e.path)
                 let name = e.path.isEmpty ? rootName : e.path
@@ -343,7 +346,7 @@ extension Ferry.Copy {
 
     /// `--delete`, before the copy: refused unless the source is a directory with something
     /// in it (an empty or unreadable source would otherwise empty the destination).
-    func checkDeleteSource(_ src: Endpoint, credentials: ClientCredentials) throws {
+    func checkDeleteSource(_ src: Endpoint, _ dst: Endpoint, credentials: ClientCredentials) throws {
         var entries = 0
         var rootIsDirectory = false
         try TreeCommands.run {
@@ -353,7 +356,25 @@ extension Ferry.Copy {
             }
         }
         guard rootIsDirectory else { throw ValidationError("--delete needs a directory as the source") }
-        guard entries > 1 else { throw ValidationError("--delete refused: the source \(source) is empty (the copy would delete everything at \(destination)); nothing was changed") }
+        // An empty source would delete everything at the destination (a source unmounted, a
+        // wrong path): refused, unless there is nothing there to delete (a mirror of a
+        // directory that is sometimes empty, run from cron, must not fail then).
+        guard entries > 1 || holdsNothing(dst, credentials: credentials) else {
+            throw ValidationError("--delete refused: the source \(source) is empty (the copy would delete everything at \(destination)); nothing was changed")
+        }
+    }
+
+    /// Whether `e` is missing or an empty directory (false when it cannot be listed).
+    func holdsNothing(_ e: Endpoint, credentials: ClientCredentials) -> Bool {
+        var entries = 0
+        do {
+            try TransferClient.list(e, request: ListRequest(depth: 1), credentials: credentials) { _ in entries += 1 }
+        } catch let t as TransferError where t.code == .notFound {
+            return true
+        } catch {
+            return false
+        }
+        return entries <= 1
     }
 
     /// `--delete`, after a copy without failures: removes from the destination what the
@@ -367,10 +388,10 @@ extension Ferry.Copy {
         var extras: [(path: String, isDirectory: Bool)] = []
         try TreeCommands.run {
             try TransferClient.list(src, request: request, credentials: credentials) { sourcePaths.insert($0.path) }
-            guard sourcePaths.count > 1 else { throw TransferError(.usage, "--delete refused: the source became empty during the copy; nothing was deleted") }
             try TransferClient.list(dst, request: request, credentials: credentials) { e in
                 if !e.path.isEmpty && !sourcePaths.contains(e.path) { extras.append((e.path, e.kind == .directory)) }
             }
+            guard sourcePaths.count > 1 || extras.isEmpty else { throw TransferError(.usage, "--delete refused: the source became empty during the copy; nothing was deleted") }
         }
         guard !extras.isEmpty else { return 0 }
         extras.reverse()

@@ -359,5 +359,9 @@ struct BadInputTests {
         let r = try sb.cp(local + "/a", "ferry://127.0.0.1:\(port)/a", timeout: 60)
         #expect(r.status == 1, "\(r)")
         #expect(!r.allMessages.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(r)")
+        // Nothing was moved: the advice is to retry, not to resume.
+        let plain = try sb.cp(local + "/a", "ferry://127.0.0.1:\(port)/a", json: false, timeout: 60)
+        #expect(plain.status == 1 && plain.stderr.contains("nothing was copied; run the same command again to retry")
+                && !plain.stderr.contains("resume"), "\(plain)")
     }
 }

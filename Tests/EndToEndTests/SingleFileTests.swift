@@ -135,6 +135,14 @@ struct SingleFileTests {
         let seconds = monotonicSeconds() - t0
         #expect(r.succeeded, "\(r)")
         #expect(seconds >= 2, "--bwlimit 16M moved 48 MiB in \(seconds) s")
+        // A file of one chunk is limited too (its one frame went at full speed: the turn of a
+        // frame was only ever waited for by the next one).
+        try writeRandomFile(local + "/one.bin", size: 2 * E2E.MiB)
+        let t1 = monotonicSeconds()
+        let one = try sb.cp(local + "/one.bin", server.url("one.bin"), options: ["--bwlimit", "1M", "--compress", "off"])
+        let oneSeconds = monotonicSeconds() - t1
+        #expect(one.succeeded && filesIdentical(local + "/one.bin", root + "/one.bin"), "\(one)")
+        #expect(oneSeconds >= 1.8, "--bwlimit 1M moved a 2 MiB file in \(oneSeconds) s")
         let types = r.jsonLines.map { $0["type"] as? String ?? "?" }
         #expect(types.last == "summary", "last line must be the summary: \(types.suffix(3))")
         let progress = r.jsonLines.filter { ($0["type"] as? String) == "progress" }.map(Progress.init)

@@ -175,6 +175,14 @@ struct TreeOpsTests {
         let empty = try sb.dir("empty")
         let e = try sb.cp(empty, server.url("dst"), options: ["-r", "--delete"], json: false)
         #expect(e.status == 64 && e.stderr.contains("is empty"), "\(e)")
+        // ... unless there is nothing there to delete: an empty mirror of an empty directory,
+        // new or existing, succeeds (a cron job's sync of a sometimes-empty directory).
+        _ = try sb.dir("root/emptymirror")
+        for target in ["emptymirror", "newmirror"] {
+            let ok = try sb.cp(empty, server.url(target), options: ["-r", "--delete"], json: false)
+            #expect(ok.succeeded, "\(target): \(ok)")
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: root + "/" + target)) ?? ["?"]).isEmpty, "\(target)")
+        }
         // A missing source: an error, nothing deleted.
         let m = try sb.cp(sb.file("no-such-dir"), server.url("dst"), options: ["-r", "--delete"], json: false)
         #expect(!m.succeeded, "\(m)")
@@ -200,6 +208,56 @@ struct TreeOpsTests {
         try writeRandomFile(root + "/dst/keep.bin.dir", size: 5)
         let failed = try sb.cp(server.url("dst"), local, options: ["-r", "--delete"])
         #expect(!failed.succeeded && exists(local + "/old2"), "\(failed)")
+    }
+
+    @Test("a tree pushed to a new nested path: its missing parents are made 0755 less the umask, as mkdir -p (they were 0700)")
+    func newParentsReadable() throws {
+        let sb = try Sandbox("parents")
+        let root = try sb.dir("root")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let src = try sb.dir("src")
+        try writeRandomFile(src + "/a", size: 100)
+        chmod(src, 0o750)
+        let up = try sb.cp(src, server.url("new/deeper/tree"), options: ["-r"])
+        #expect(up.succeeded, "\(up)")
+        let um = umask(0)
+        umask(um)
+        for p in ["new", "new/deeper"] {
+            #expect(meta(root + "/" + p)?.mode == UInt32(0o755 & ~um), "\(p): \(String(describing: meta(root + "/" + p)))")
+        }
+        #expect(meta(root + "/new/deeper/tree")?.mode == 0o750, "the tree's own directory keeps its source's mode")
+        #expect(filesIdentical(src + "/a", root + "/new/deeper/tree/a"))
+    }
+
+    /// A copy of a multi-chunk file interrupted, then its source shrunk to one chunk: the rerun
+    /// succeeds and leaves no journal behind (a one-chunk file never read or removed it).
+    @Test("no journal is left beside a file that shrank to one chunk after an interrupted copy")
+    func shrunkFileLeavesNoJournal() throws {
+        let sb = try Sandbox("shrunk")
+        let root = try sb.dir("root")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let src = try sb.dir("src")
+        try writeRandomFile(src + "/f.bin", size: 6 * E2E.MiB)
+        let journal = root + "/out/.f.bin.ferry-journal"
+        _ = try sb.dir("root/out")
+        let p = try sb.startCp(src + "/f.bin", server.url("out/f.bin"), options: ["--chunk-size", "1M", "--bwlimit", "1M"])
+        #expect(waitUntil(timeout: 20) { exists(journal) }, "a journal while the copy runs")
+        p.kill9()
+        _ = p.waitExit(timeout: 10)
+        #expect(exists(journal) && !exists(root + "/out/f.bin"))
+        try writeRandomFile(src + "/f.bin", size: 100_000)
+        let again = try sb.cp(src + "/f.bin", server.url("out/f.bin"), options: ["--chunk-size", "1M", "-v"], json: false)
+        #expect(again.succeeded, "\(again)")
+        // -v names a single file as it lands (it said "."), and so does the dry run.
+        #expect(again.stdout.contains("sent       f.bin"), "\(again)")
+        let dry = try sb.cp(src + "/f.bin", server.url("out/f.bin"), options: ["-n"], json: false)
+        #expect(dry.succeeded && dry.stdout.contains("skipped    f.bin (same size and mtime, not read)"), "\(dry)")
+        #expect(filesIdentical(src + "/f.bin", root + "/out/f.bin"))
+        #expect(!exists(journal), "the larger version's journal is gone")
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: root + "/out")) ?? []
+        #expect(left == ["f.bin"], "\(left)")
     }
 
     @Test("ferry check names exactly the differing, missing and extra files and exits 1; identical trees exit 0")

@@ -174,11 +174,22 @@ enum Paths {
     }
 
     /// Creates each missing directory of `components` beneath `root` and returns an fd of the last.
-    static func makeDirectories(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755) throws -> Int32 {
+    /// Missing parents get `mode` (less the umask), as `mkdir -p` makes them; the last one
+    /// `lastMode` when given (a transfer's target, kept private until its own mode is applied).
+    static func makeDirectories(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755, lastMode: mode_t? = nil) throws -> Int32 {
+        try makeDirectoriesTellingNew(beneath: root, components, mode: mode, lastMode: lastMode).fd
+    }
+
+    /// `makeDirectories`, and whether the last directory was made now (`new`: nothing was in it
+    /// before this call).
+    static func makeDirectoriesTellingNew(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755,
+                                          lastMode: mode_t? = nil) throws -> (fd: Int32, new: Bool) {
         var current = try open(beneath: root, "", flags: O_DIRECTORY | FERRY_O_PATH)
-        for c in components {
+        var made = false
+        for (i, c) in components.enumerated() {
             let name = String(c)
-            let r = mkdirat(current, name, mode)
+            let r = mkdirat(current, name, i == components.count - 1 ? lastMode ?? mode : mode)
+            made = r == 0
             if r != 0 && errno != EEXIST {
                 let e = errno
                 Glibc.close(current)
@@ -193,7 +204,7 @@ enum Paths {
                 throw error
             }
         }
-        return current
+        return (current, made && !components.isEmpty)
     }
 }
 

@@ -441,11 +441,19 @@ extension TransferClient {
     /// The peer's ERROR frame if one is waiting on `control` (read for at most two seconds),
     /// else nil.
     static func pendingRefusal(_ control: Connection, ring: Ring) -> TransferError? {
-        do {
-            _ = try control.receive(ring: ring, timeoutNs: 2_000_000_000, payloadBytesMax: 4096)
-        } catch let e as TransferError where e.fromPeer {
-            return e
-        } catch {}
+        let until = monotonicNs() + 2_000_000_000
+        for _ in 0..<64 {
+            let now = monotonicNs()
+            guard now < until else { return nil }
+            do {
+                // Frames before it (a PING, the first of a pull's manifest) are passed over.
+                _ = try control.receive(ring: ring, timeoutNs: Int64(until - now), payloadBytesMax: Wire.controlPayloadBytesMax)
+            } catch let e as TransferError where e.fromPeer {
+                return e
+            } catch {
+                return nil
+            }
+        }
         return nil
     }
 

@@ -215,6 +215,9 @@ public struct TransferSummary: Sendable {
 
 /// A shared token bucket on wire bytes (`--bwlimit`): each frame waits for its turn on a
 /// virtual clock, so the long-run rate never exceeds the limit and bursts stay one frame long.
+/// A frame goes at the start of its turn and the next waits for its end; the session's last
+/// turn is waited for by `drain` before the sender ends the session (without it, a file of one
+/// chunk, up to 4 MiB by default, went at full speed whatever the limit).
 final class RateLimiter: @unchecked Sendable {
     private let lock = Lock()
     private let bytesPerSecond: Double
@@ -233,6 +236,16 @@ final class RateLimiter: @unchecked Sendable {
             var ts = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
             var rest = timespec()
             while nanosleep(&ts, &rest) != 0 && errno == EINTR { ts = rest }
+        }
+    }
+
+    /// Waits until the last frame's turn has ended, in tenths of a second, giving up as soon
+    /// as `stop` says so (a cancelled or failed session).
+    func drain(stop: () -> Bool) {
+        for _ in 0..<1_000_000 {
+            let left = lock.withLock { nextFreeNs > monotonicNs() ? nextFreeNs - monotonicNs() : 0 }
+            if left == 0 || stop() { return }
+            usleep(useconds_t(min(left / 1000, 100_000)))
         }
     }
 }

@@ -8,7 +8,10 @@ typealias FileVerdict = (UInt64, TransferError.Code?, String)
 /// An open directory beneath the destination, shared by the files being written into it.
 final class DirHandle {
     let fd: Int32
-    init(fd: Int32) { self.fd = fd }
+    /// Made by this session: none of Ferry's helper files (a journal of an earlier, larger
+    /// version of a file) can be in it, so a one-chunk file need not look for one.
+    var new = false
+    init(fd: Int32, new: Bool = false) { self.fd = fd; self.new = new }
     deinit { if fd >= 0 { Glibc.close(fd) } }
 }
 
@@ -156,6 +159,10 @@ final class Receiver: @unchecked Sendable {
     private var targetDir: DirHandle?
     private var targetFile: (dir: DirHandle, name: String)?
     private var dirCache: [String: DirHandle] = [:]
+    /// Directories this session made (relative to the target; at most `newDirectoriesMax`,
+    /// beyond which one-chunk files in further new directories look for a stale journal too).
+    private var newDirectories: Set<String> = []
+    static let newDirectoriesMax = 100_000
     private var dirFixups: [ManifestEntry] = []
     private let chunkBytes: Int
     /// A device, FIFO or standard output written in place (see `SinkTarget`); nil for files.
@@ -361,7 +368,7 @@ final class Receiver: @unchecked Sendable {
         if let d = dirCache[key] { return d }
         if dirCache.count >= 256 { dirCache.removeAll(keepingCapacity: true) }
         let fd = try Paths.open(beneath: top.fd, key, flags: FERRY_O_PATH | O_DIRECTORY)
-        let d = DirHandle(fd: fd)
+        let d = DirHandle(fd: fd, new: newDirectories.contains(key))
         dirCache[key] = d
         return d
     }
@@ -381,7 +388,10 @@ final class Receiver: @unchecked Sendable {
         }
         if e.kind == .directory {
             // The directory made (or found) step by step, not reopened by its path.
-            targetDir = DirHandle(fd: try Paths.makeDirectories(beneath: baseFd, targetComponents, mode: 0o700))
+            // Missing parents 0755 as `mkdir -p` (they were 0700: a group could not reach a
+            // tree pushed to a new path); the target itself private until its mode is applied.
+            let (fd, new) = try Paths.makeDirectoriesTellingNew(beneath: baseFd, targetComponents, lastMode: 0o700)
+            targetDir = DirHandle(fd: fd, new: new)
             dirFixups.append(e)
         } else {
             guard let last = targetComponents.last else {
@@ -425,9 +435,11 @@ final class Receiver: @unchecked Sendable {
         if PartialNames.isHelper(name) { throw TransferError(.path, "refusing to write Ferry's own helper name '\(e.path)'") }
         switch e.kind {
         case .directory:
-            if mkdirat(dir.fd, name, 0o700) != 0 && errno != EEXIST {
+            let made = mkdirat(dir.fd, name, 0o700) == 0
+            if !made && errno != EEXIST {
                 throw TransferError.system("cannot create directory '\(display)'", errno: errno)
             }
+            if made && newDirectories.count < Receiver.newDirectoriesMax { newDirectories.insert(parts.joined(separator: "/")) }
             var st = stat()
             if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || (st.st_mode & S_IFMT) != S_IFDIR {
                 throw TransferError(.path, "cannot create directory '\(display)': a file is in the way (remove it, or copy into another directory)")
@@ -519,7 +531,14 @@ final class Receiver: @unchecked Sendable {
             }
         }
         lock.withLock { files[e.id] = f }
-        if f.isSmall { return PlanEntry(id: e.id, action: .full) }
+        if f.isSmall {
+            // A journal left by an earlier, larger version of this file (a copy interrupted,
+            // then the source shrank to one chunk) would stay for good: no later copy of a
+            // one-chunk file reads or removes it. Not looked for in a directory this session
+            // made (a tree of small files pays no extra call per file).
+            if !dir.new { _ = unlinkat(dir.fd, f.journalName, 0) }
+            return PlanEntry(id: e.id, action: .full)
+        }
         // A partial copy of the same source version resumes; anything else starts over.
         var id = f.identity
         id.chunkBytes = UInt32(chunkBytes)

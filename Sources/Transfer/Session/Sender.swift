@@ -158,6 +158,8 @@ final class Sender: @unchecked Sendable {
                     cond.wait(seconds: 0.5)
                 }
             }
+            // --bwlimit: the last frame's turn, before the END (see RateLimiter).
+            limiter?.drain { ctx.error != nil }
             let ring = try Ring(entries: 8)
             // Files failed here reach the receiver before the END: it fails them too.
             try reportSourceFailures(ring: ring)

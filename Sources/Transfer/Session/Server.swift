@@ -412,6 +412,13 @@ public final class TransferServer: @unchecked Sendable {
         case .pull:
             // Component by component: a symlink inside the scope cannot lead out of it.
             let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY)
+            // Said now, in place of the WELCOME, not by the walk once the data streams join:
+            // a session torn down while they joined let the client see a broken stream first.
+            var st = stat()
+            if !hello.options.recursive && fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
+                Glibc.close(fd)
+                throw TransferError(.usage, "source is a directory (use -r)")
+            }
             session.sender = try Sender(ctx: ctx, rootFd: fd, name: hello.path)
         }
         lock.withLock { sessions[session.id] = session }
