@@ -60,7 +60,7 @@ extension Ferry {
         @Flag(name: [.short, .customLong("quiet")], help: "No progress and no summary: only errors (and the exit status).")
         var quiet = false
 
-        @Flag(name: [.customShort("n"), .customLong("dry-run")], help: "Say what would be sent, skipped and deleted (with -v, file by file); write nothing anywhere.")
+        @Flag(name: [.customShort("n"), .customLong("dry-run")], help: "Say what would be sent, skipped and deleted, file by file as -v says it of a real run (-q: the totals only); write nothing anywhere.")
         var dryRun = false
 
         @Flag(help: "With -r: delete destination entries the source does not have (after a copy without failures; never an excluded one; refused for an empty source).")

@@ -78,6 +78,10 @@ struct SummaryTests {
         _ = try sb.dir("root/dirx/x")
         try writeFile(root + "/in-the-way", Array("b\n".utf8))
         try writeFile(try sb.dir("local/t2/in-the-way") + "/z", Array("z\n".utf8))
+        try writeFile(try sb.dir("local/t3/linked") + "/z", Array("z\n".utf8))
+        _ = try sb.dir("root/sub3")
+        let elsewhere = try sb.dir("elsewhere")
+        symlink(elsewhere, root + "/sub3/linked")
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
         let port = server.address.split(separator: ":").last.map(String.init) ?? ""
@@ -86,6 +90,7 @@ struct SummaryTests {
             ("a file where a directory is needed", [local + "/x", server.url("plainfile/x")], "plainfile", "a file is where the path needs a directory"),
             ("a directory in the way", [local + "/x", server.url("dirx")], "a directory is in the way", "end the destination with '/'"),
             ("a file in the way of a directory", ["-r", local + "/t2/", server.url("")], "cannot create directory 'in-the-way'", "a file is in the way"),
+            ("a symbolic link in the way of a directory", ["-r", local + "/t3/", server.url("sub3")], "cannot create directory 'linked'", "a symbolic link is in the way"),
         ]
         for (what, args, cause, advice) in cases {
             let r = try sb.ferry(["cp", "--ca", sb.ca, "--token-file", sb.tokenFile] + args)
@@ -94,6 +99,8 @@ struct SummaryTests {
             let j = try sb.ferry(["cp", "--json", "--ca", sb.ca, "--token-file", sb.tokenFile] + args)
             #expect(j.error?.resumable == false, "\(what): not resumable: \(j)")
         }
+        // The link was not followed: nothing was written where it points.
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: elsewhere)) ?? ["?"]).isEmpty)
         // And the destination's files are as they were.
         #expect(try String(contentsOfFile: root + "/plainfile", encoding: .utf8) == "f\n")
         #expect(try String(contentsOfFile: root + "/in-the-way", encoding: .utf8) == "b\n")

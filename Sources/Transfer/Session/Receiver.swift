@@ -442,7 +442,10 @@ final class Receiver: @unchecked Sendable {
             if made && newDirectories.count < Receiver.newDirectoriesMax { newDirectories.insert(parts.joined(separator: "/")) }
             var st = stat()
             if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || (st.st_mode & S_IFMT) != S_IFDIR {
-                throw TransferError(.path, "cannot create directory '\(display)': a file is in the way (remove it, or copy into another directory)")
+                // Named as what it is: a symbolic link is never followed here (it could lead
+                // out of the destination), so it is in the way as a file would be.
+                let what = (st.st_mode & S_IFMT) == S_IFLNK ? "a symbolic link" : "a file"
+                throw TransferError(.path, "cannot create directory '\(display)': \(what) is in the way (remove it, or copy into another directory)")
             }
             dirFixups.append(e)
             return nil
