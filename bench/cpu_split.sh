@@ -7,24 +7,24 @@
 #   bench/cpu_split.sh 15 20 > cpu.txt & bench/stall.sh --db postgres --hooks 1000 ... --seconds 40; wait; cat cpu.txt
 #
 # Prints "daemon_cores X postgres_cores Y loadgen_cores Z" (cores busy on average over the
-# window). Processes that start or end inside the window are counted from their first or to
-# their last sample only.
+# window). Only processes alive at both samples count, each by its own difference.
 set -u
 after=${1:?AFTER seconds}; for=${2:?FOR seconds}
 sleep "$after"
 tick=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-snap() {
-    local d=0 p=0 g=0 pid
+snap() {  # "GROUP PID TICKS" per process
+    local pid
     for pid in $(pgrep -f "serve --config .*hlrs.toml"); do
-        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = ferry ] && d=$((d + $(ticks "$pid")))
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = ferry ] && awk -v p="$pid" '{print "daemon", p, $14 + $15}' "/proc/$pid/stat" 2>/dev/null
     done
-    for pid in $(pgrep -x postgres); do p=$((p + $(ticks "$pid"))); done
-    for pid in $(pgrep -f "bench/stall.py"); do g=$((g + $(ticks "$pid"))); done
-    echo "$d $p $g"
+    for pid in $(pgrep -x postgres); do awk -v p="$pid" '{print "postgres", p, $14 + $15}' "/proc/$pid/stat" 2>/dev/null; done
+    for pid in $(pgrep -f "bench/stall.py"); do awk -v p="$pid" '{print "loadgen", p, $14 + $15}' "/proc/$pid/stat" 2>/dev/null; done
 }
-read -r d0 p0 g0 < <(snap)
+first=$(snap)
 sleep "$for"
-read -r d1 p1 g1 < <(snap)
-awk -v t="$tick" -v s="$for" -v d=$((d1 - d0)) -v p=$((p1 - p0)) -v g=$((g1 - g0)) \
-    'BEGIN { printf "daemon_cores %.2f postgres_cores %.2f loadgen_cores %.2f\n", d / t / s, p / t / s, g / t / s }'
+second=$(snap)
+awk -v t="$tick" -v s="$for" '
+    NR == FNR { before[$1 " " $2] = $3; next }
+    ($1 " " $2) in before { used[$1] += $3 - before[$1 " " $2] }
+    END { printf "daemon_cores %.2f postgres_cores %.2f loadgen_cores %.2f\n", used["daemon"] / t / s, used["postgres"] / t / s, used["loadgen"] / t / s }
+' <(echo "$first") <(echo "$second")

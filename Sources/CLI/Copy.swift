@@ -162,7 +162,7 @@ extension Ferry {
             }
             // Said before any credential is asked for: a user who typed two local paths needs
             // this, not a request for a CA and a token that would not help.
-            let remote = { (s: String) in s.hasPrefix("ferry://") || s.hasPrefix("gfs://") }
+            let remote = { (s: String) in FerryURL.isFerry(s) || s.hasPrefix(Location.gfsScheme) }
             guard remote(source) || remote(destination) else {
                 throw ValidationError("one side must be a ferry:// URL (for a local copy use cp)")
             }

@@ -364,17 +364,22 @@ extension Ferry.Copy {
         }
     }
 
-    /// Whether `e` is missing or an empty directory (false when it cannot be listed).
+    /// Whether `e` is missing or an empty directory (false for a file, or when it cannot be
+    /// listed). The listing stops at the first entry inside.
     func holdsNothing(_ e: Endpoint, credentials: ClientCredentials) -> Bool {
-        var entries = 0
+        struct Something: Error {}
+        var directory = false
         do {
-            try TransferClient.list(e, request: ListRequest(depth: 1), credentials: credentials) { _ in entries += 1 }
+            try TransferClient.list(e, request: ListRequest(depth: 1), credentials: credentials) { entry in
+                if !entry.path.isEmpty { throw Something() }
+                directory = entry.kind == .directory
+            }
         } catch let t as TransferError where t.code == .notFound {
             return true
         } catch {
             return false
         }
-        return entries <= 1
+        return directory
     }
 
     /// `--delete`, after a copy without failures: removes from the destination what the

@@ -210,7 +210,7 @@ struct TreeOpsTests {
         #expect(!failed.succeeded && exists(local + "/old2"), "\(failed)")
     }
 
-    @Test("a tree pushed to a new nested path: its missing parents are made 0755 less the umask, as mkdir -p (they were 0700)")
+    @Test("a tree pushed or pulled to a new nested path: its missing parents are made 0755 less the process's umask, as mkdir -p (they were 0700)")
     func newParentsReadable() throws {
         let sb = try Sandbox("parents")
         let root = try sb.dir("root")
@@ -228,6 +228,44 @@ struct TreeOpsTests {
         }
         #expect(meta(root + "/new/deeper/tree")?.mode == 0o750, "the tree's own directory keeps its source's mode")
         #expect(filesIdentical(src + "/a", root + "/new/deeper/tree/a"))
+        // A pull into a new nested local path, by a user whose umask is 027: its new parents
+        // are 0750, as mkdir -p would make them in that shell.
+        let local = try sb.dir("local")
+        let pull = runTool("/bin/sh", ["-c", "umask 027 && exec \"$0\" \"$@\"", E2E.ferryBinary, "cp", "-r", "--ca", sb.ca, "--token-file", sb.tokenFile,
+                                       server.url("new/deeper/tree"), local + "/p1/p2/tree"], timeout: 60)
+        #expect(pull.status == 0, "\(pull.output)")
+        for p in ["p1", "p1/p2"] {
+            #expect(meta(local + "/" + p)?.mode == 0o750, "\(p): \(String(describing: meta(local + "/" + p)))")
+        }
+        #expect(filesIdentical(src + "/a", local + "/p1/p2/tree/a"))
+    }
+
+    /// Linux names are bytes: "café" in NFC (é one code point) and in NFD (e and a combining
+    /// accent) are two directories. Swift's String compares them as equal, and the receiver's
+    /// directory cache keyed by String handed one's handle for the other's entries.
+    @Test("two directories whose names differ only by Unicode normalisation (NFC, NFD) each get their own files, push and pull")
+    func normalisationTwins() throws {
+        let sb = try Sandbox("nfc-nfd")
+        let root = try sb.dir("root")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let src = try sb.dir("src")
+        let nfc = "caf\u{E9}", nfd = "cafe\u{301}"
+        #expect(nfc == nfd && Array(nfc.utf8) != Array(nfd.utf8), "Swift calls them equal, their bytes differ")
+        for (name, byte) in [(nfc, UInt8(1)), (nfd, UInt8(2))] {
+            try writeFile(try sb.dir("src/" + name) + "/x", [UInt8](repeating: byte, count: 1000))
+        }
+        let up = try sb.cp(src, server.url("twins"), options: ["-r"])
+        #expect(up.succeeded, "\(up)")
+        let local = try sb.dir("back")
+        let down = try sb.cp(server.url("twins"), local + "/twins", options: ["-r"])
+        #expect(down.succeeded, "\(down)")
+        for (name, byte) in [(nfc, UInt8(1)), (nfd, UInt8(2))] {
+            for base in [root + "/twins/", local + "/twins/"] {
+                let got = FileManager.default.contents(atPath: base + name + "/x").map { [UInt8]($0) }
+                #expect(got == [UInt8](repeating: byte, count: 1000), "\(base)\(Array(name.utf8)): \(String(describing: got?.prefix(4)))")
+            }
+        }
     }
 
     /// A copy of a multi-chunk file interrupted, then its source shrunk to one chunk: the rerun

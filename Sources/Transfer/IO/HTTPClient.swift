@@ -74,6 +74,8 @@ public struct HTTPClient: Sendable {
     public let center: String?
     public var timeout: Double
     public var maxBody: Int
+    /// The largest chunk of a streamed answer that goes on (`idle`): 1 MiB and a little.
+    public static let streamChunkMax = (1 << 20) + 4096
 
     public init(_ url: String, ca: String?, center: String? = nil, timeout: Double = 30, maxBody: Int = 64 << 20) throws {
         target = try Target(parsing: url)
@@ -169,6 +171,11 @@ public struct HTTPClient: Sendable {
                 }
                 if size == 0 { break }
                 if size > maxBody { throw TransferError(.protocolViolation, "\(target.url): a chunk larger than \(maxBody >> 20) MiB") }
+                // A streamed answer's sink bounds what it keeps (an event of at most 1 MiB):
+                // a chunk is read whole before it is delivered, so it is bounded here too.
+                if sink != nil && idle != nil && size > HTTPClient.streamChunkMax {
+                    throw TransferError(.protocolViolation, "\(target.url): a chunk of \(size) bytes in an event stream (at most \(HTTPClient.streamChunkMax))")
+                }
                 let data = try reader.exactly(size)
                 _ = try reader.line(max: 2)
                 if try !deliver(data[...]) { break chunks }
@@ -246,6 +253,9 @@ public struct HTTPClient: Sendable {
         /// Up to `max` bytes; empty at the end of the stream. With `check`, the wait is cut in
         /// quarter seconds and `check` runs between them.
         func read(max: Int, deadline: Int64, check: (() throws -> Void)? = nil) throws -> [UInt8] {
+            // Before every read, not only after a quiet quarter second: a stream whose bytes
+            // keep coming (a comment every 200 ms) must not outlast a Ctrl-C or a deadline.
+            try check?()
             var buf = [UInt8](repeating: 0, count: max)
             // The wait for the next slice: the time left, at most a quarter second with `check`.
             func slice() -> Int64 {

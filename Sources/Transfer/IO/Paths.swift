@@ -174,15 +174,16 @@ enum Paths {
     }
 
     /// Creates each missing directory of `components` beneath `root` and returns an fd of the last.
-    /// Missing parents get `mode` (less the umask), as `mkdir -p` makes them; the last one
+    /// Missing parents get `mode` (by default 0755 less the umask the process started with:
+    /// `prepareProcess` sets 0), as `mkdir -p` makes them; the last one
     /// `lastMode` when given (a transfer's target, kept private until its own mode is applied).
-    static func makeDirectories(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755, lastMode: mode_t? = nil) throws -> Int32 {
+    static func makeDirectories(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755 & ~startUmask, lastMode: mode_t? = nil) throws -> Int32 {
         try makeDirectoriesTellingNew(beneath: root, components, mode: mode, lastMode: lastMode).fd
     }
 
     /// `makeDirectories`, and whether the last directory was made now (`new`: nothing was in it
     /// before this call).
-    static func makeDirectoriesTellingNew(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755,
+    static func makeDirectoriesTellingNew(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755 & ~startUmask,
                                           lastMode: mode_t? = nil) throws -> (fd: Int32, new: Bool) {
         var current = try open(beneath: root, "", flags: O_DIRECTORY | FERRY_O_PATH)
         var made = false

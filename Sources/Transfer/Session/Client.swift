@@ -288,11 +288,12 @@ public enum TransferClient {
         let parent = "/" + parts.dropLast().joined(separator: "/")
         var made = parent
         if access(parent, F_OK) != 0 {
-            // Create missing parents like `mkdir -p`.
+            // Create missing parents like `mkdir -p` (0755 less the user's umask: the
+            // process runs with umask 0 so that copied modes are exact).
             made = ""
             for p in parts.dropLast() {
                 made += "/" + p
-                if mkdir(made, 0o755) != 0 && errno != EEXIST { throw TransferError.system("cannot create '\(made)'", errno: errno) }
+                if mkdir(made, 0o755 & ~startUmask) != 0 && errno != EEXIST { throw TransferError.system("cannot create '\(made)'", errno: errno) }
             }
             made = parent
         }
@@ -377,25 +378,17 @@ public enum TransferClient {
         progress.whenCancelled { [weak ctx] reason in ctx?.fail(TransferError(.io, reason, resumable: true)) }
         var data: [Connection] = []
         defer { for d in data { d.close() } }
-        do {
-            for i in 0..<welcome.streams {
-                let c = Connection(fd: try Socket.connect(server))
-                c.streamIndex = i
-                data.append(c)
-                try c.sendPreamble(role: .data, ring: ring)
-                try c.send(.join, Join(sessionID: welcome.sessionID, streamIndex: i, secret: welcome.secret).encode(), ring: ring)
-                let (t, _) = try c.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 0)
-                guard t == .joined else { throw TransferError.protocolError("expected JOINED, got \(t)") }
-                ctx.add(data: c)
-            }
-        } catch {
-            // The server may have refused the request after its WELCOME (a pulled directory
-            // without -r, a source it cannot read) and closed the session while the streams
-            // joined: its ERROR waits on the control connection, and it is the reason, not the
-            // closed stream (which said "closed the connection ... run it again to resume",
-            // exit 1, for what is a usage error). Two seconds at most to read it.
-            if let verdict = Self.pendingRefusal(control, ring: ring) { throw verdict }
-            throw error
+        // (A server refuses what it can before its WELCOME, a pulled directory without -r
+        // included: a refusal after it, while these streams join, showed as a broken stream.)
+        for i in 0..<welcome.streams {
+            let c = Connection(fd: try Socket.connect(server))
+            c.streamIndex = i
+            data.append(c)
+            try c.sendPreamble(role: .data, ring: ring)
+            try c.send(.join, Join(sessionID: welcome.sessionID, streamIndex: i, secret: welcome.secret).encode(), ring: ring)
+            let (t, _) = try c.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 0)
+            guard t == .joined else { throw TransferError.protocolError("expected JOINED, got \(t)") }
+            ctx.add(data: c)
         }
         let roles = try makeRoles(ctx)
         let workers = WaitGroup()
@@ -438,25 +431,6 @@ public enum TransferClient {
 }
 
 extension TransferClient {
-    /// The peer's ERROR frame if one is waiting on `control` (read for at most two seconds),
-    /// else nil.
-    static func pendingRefusal(_ control: Connection, ring: Ring) -> TransferError? {
-        let until = monotonicNs() + 2_000_000_000
-        for _ in 0..<64 {
-            let now = monotonicNs()
-            guard now < until else { return nil }
-            do {
-                // Frames before it (a PING, the first of a pull's manifest) are passed over.
-                _ = try control.receive(ring: ring, timeoutNs: Int64(until - now), payloadBytesMax: Wire.controlPayloadBytesMax)
-            } catch let e as TransferError where e.fromPeer {
-                return e
-            } catch {
-                return nil
-            }
-        }
-        return nil
-    }
-
     /// Lists `endpoint` (a local path or a ferry:// URL; a server checks the same token scope
     /// as a copy from it): each entry is handed to `each` as it arrives, the tree is never held
     /// here. Returns the number of entries and of those the filters left out.

@@ -10,7 +10,7 @@ final class DirHandle {
     let fd: Int32
     /// Made by this session: none of Ferry's helper files (a journal of an earlier, larger
     /// version of a file) can be in it, so a one-chunk file need not look for one.
-    var new = false
+    let new: Bool
     init(fd: Int32, new: Bool = false) { self.fd = fd; self.new = new }
     deinit { if fd >= 0 { Glibc.close(fd) } }
 }
@@ -158,10 +158,13 @@ final class Receiver: @unchecked Sendable {
     private var anyAnnounced = false
     private var targetDir: DirHandle?
     private var targetFile: (dir: DirHandle, name: String)?
-    private var dirCache: [String: DirHandle] = [:]
-    /// Directories this session made (relative to the target; at most `newDirectoriesMax`,
-    /// beyond which one-chunk files in further new directories look for a stale journal too).
-    private var newDirectories: Set<String> = []
+    /// By the path's bytes, not by `String`: Swift compares and hashes canonically equivalent
+    /// spellings as equal, and "café" in NFC and in NFD are two directories on Linux.
+    private var dirCache: [[UInt8]: DirHandle] = [:]
+    /// Directories this session made (relative to the target, by their bytes; at most
+    /// `newDirectoriesMax`, beyond which one-chunk files in further new directories look for a
+    /// stale journal too).
+    private var newDirectories: Set<[UInt8]> = []
     static let newDirectoriesMax = 100_000
     private var dirFixups: [ManifestEntry] = []
     private let chunkBytes: Int
@@ -364,10 +367,11 @@ final class Receiver: @unchecked Sendable {
     private func directory(_ relative: ArraySlice<Substring>) throws -> DirHandle {
         guard let top = targetDir else { throw TransferError.protocolError("entry before the root entry") }
         if relative.isEmpty { return top }
-        let key = relative.joined(separator: "/")
+        let path = relative.joined(separator: "/")
+        let key = Array(path.utf8)
         if let d = dirCache[key] { return d }
         if dirCache.count >= 256 { dirCache.removeAll(keepingCapacity: true) }
-        let fd = try Paths.open(beneath: top.fd, key, flags: FERRY_O_PATH | O_DIRECTORY)
+        let fd = try Paths.open(beneath: top.fd, path, flags: FERRY_O_PATH | O_DIRECTORY)
         let d = DirHandle(fd: fd, new: newDirectories.contains(key))
         dirCache[key] = d
         return d
@@ -388,9 +392,12 @@ final class Receiver: @unchecked Sendable {
         }
         if e.kind == .directory {
             // The directory made (or found) step by step, not reopened by its path.
-            // Missing parents 0755 as `mkdir -p` (they were 0700: a group could not reach a
-            // tree pushed to a new path); the target itself private until its mode is applied.
-            let (fd, new) = try Paths.makeDirectoriesTellingNew(beneath: baseFd, targetComponents, lastMode: 0o700)
+            // Missing parents as `mkdir -p` makes them: 0755 less the umask the process was
+            // started with (a daemon's unit's UMask, a user's shell's) and the export's mode
+            // mask (they were 0700: a group could not reach a tree pushed to a new path); the
+            // target itself private until its own mode is applied.
+            let parents = mode_t(0o755 & modeMask) & ~startUmask
+            let (fd, new) = try Paths.makeDirectoriesTellingNew(beneath: baseFd, targetComponents, mode: parents, lastMode: 0o700)
             targetDir = DirHandle(fd: fd, new: new)
             dirFixups.append(e)
         } else {
@@ -439,7 +446,7 @@ final class Receiver: @unchecked Sendable {
             if !made && errno != EEXIST {
                 throw TransferError.system("cannot create directory '\(display)'", errno: errno)
             }
-            if made && newDirectories.count < Receiver.newDirectoriesMax { newDirectories.insert(parts.joined(separator: "/")) }
+            if made && newDirectories.count < Receiver.newDirectoriesMax { newDirectories.insert(Array(parts.joined(separator: "/").utf8)) }
             var st = stat()
             if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || (st.st_mode & S_IFMT) != S_IFDIR {
                 // Named as what it is: a symbolic link is never followed here (it could lead

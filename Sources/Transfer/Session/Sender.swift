@@ -160,6 +160,7 @@ final class Sender: @unchecked Sendable {
             }
             // --bwlimit: the last frame's turn, before the END (see RateLimiter).
             limiter?.drain { ctx.error != nil }
+            if let e = ctx.error { throw e }  // cancelled while the last turn ran out
             let ring = try Ring(entries: 8)
             // Files failed here reach the receiver before the END: it fails them too.
             try reportSourceFailures(ring: ring)
