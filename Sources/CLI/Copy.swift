@@ -10,16 +10,16 @@ extension Ferry {
             commandName: "cp",
             abstract: "Copy a file or a tree to or from a Ferry server.",
             discussion: """
-            SRC and DST: a local path and ferry://HOST:PORT/PATH (IPv6: ferry://[::1]:7700/PATH).
-            The content of SRC ends up exactly at DST (like rsync -a SRC/ DST); a single file
+            SRC and DST: a local path and ferry://HOST:PORT/PATH (IPv6: ferry://[::1]:7700/PATH). \
+            The content of SRC ends up exactly at DST (like rsync -a SRC/ DST); a single file \
             sent to a DST ending in '/' keeps its name. Re-running an interrupted copy resumes it.
 
-            Both ferry:// (third-party transfer): the source center's daemon pushes straight to
-            the destination (a job, see `ferry jobs`); this command only submits and watches.
-            DST may then name a peer of the source center (ferry://wuxi/incoming/run1). The
+            Both ferry:// (third-party transfer): the source center's daemon pushes straight to \
+            the destination (a job, see `ferry jobs`); this command only submits and watches. \
+            DST may then name a peer of the source center (ferry://wuxi/incoming/run1). The \
             daemon's API is --api, FERRY_API, or https://SOURCE-HOST:7480.
 
-            SRC may be gfs://CENTER/DATASET[/PATH] (Global Files): the daemon named by --api or
+            SRC may be gfs://CENTER/DATASET[/PATH] (Global Files): the daemon named by --api or \
             FERRY_API says where the dataset's replica is, and the copy reads from it.
             """
         )

@@ -52,8 +52,9 @@ extension Ferry {
             abstract: "List a directory: gfs://CENTER/DATASET[/PATH] from the catalog, or ferry://HOST/PATH through its transfer server.",
             discussion: """
             gfs://: the daemon's catalog (--api), a page at a time (--limit, --after, --all).
-            ferry://HOST[:PORT]/PATH (or a local path): the server lists the directory as it is
-            now, with the rights of your token (the scope that lets you copy from PATH), every
+
+            ferry://HOST[:PORT]/PATH (or a local path): the server lists the directory as it is \
+            now, with the rights of your token (the scope that lets you copy from PATH), every \
             entry streamed (-R: the whole tree, with paths relative to PATH).
             """
         )
@@ -124,10 +125,10 @@ extension Ferry {
         static let configuration = CommandConfiguration(
             abstract: "Make a replica of a dataset at a center: gfs://CENTER/DATASET --to CENTER.",
             discussion: """
-            The destination center's daemon copies the dataset (one job) from the best other
-            replica into its replica directory ([daemon] replicas) and records the replica
-            when the job succeeded; a failed one stays partial and a second replicate resumes
-            it. The request goes to the daemon of --to (its API address is known to your
+            The destination center's daemon copies the dataset (one job) from the best other \
+            replica into its replica directory ([daemon] replicas) and records the replica \
+            when the job succeeded; a failed one stays partial and a second replicate resumes \
+            it. The request goes to the daemon of --to (its API address is known to your \
             daemon, FERRY_API, through federation).
             """)
         @OptionGroup var api: APIOptions

@@ -210,12 +210,14 @@ extension Ferry.Jobs {
     }
 
     struct Cancel: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cancel a job: a running transfer stops and keeps what it moved (retry resumes it).")
         @OptionGroup var api: APIOptions
         @Argument var id: Int
         func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/cancel", as: V1.Transfer.self)) }
     }
 
     struct Retry: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Queue a failed or cancelled job again; it resumes from what its earlier attempts moved.")
         @OptionGroup var api: APIOptions
         @Argument var id: Int
         func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/retry", as: V1.Transfer.self)) }

@@ -12,8 +12,8 @@ extension Ferry {
             commandName: "serve",
             abstract: "Serve exports over TLS: clients push into them and pull from them.",
             discussion: """
-            Settings come from --config FILE (TOML, see docs/SECURITY.md) and/or the options
-            below (options win). Clients authenticate with a user token signed by a trusted
+            Settings come from --config FILE (TOML, see docs/SECURITY.md) and/or the options \
+            below (options win). Clients authenticate with a user token signed by a trusted \
             center, or with a center certificate from the federation CA.
             """
         )

@@ -113,9 +113,9 @@ extension Ferry {
             commandName: "stage-in",
             abstract: "Stage a job's inputs (its #FERRY stage_in lines) in before it starts.",
             discussion: """
-            For each directive the daemon links DST to the data: a replica at this center
-            directly, anything else through the center's staging cache (one transfer however
-            many jobs ask; the entry is pinned for this job until `ferry stage teardown`).
+            For each directive the daemon links DST to the data: a replica at this center \
+            directly, anything else through the center's staging cache (one transfer however \
+            many jobs ask; the entry is pinned for this job until `ferry stage teardown`). \
             Waits until everything is local and verified, or one non-optional directive failed.
             """)
         @OptionGroup var options: StageOptions

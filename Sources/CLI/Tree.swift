@@ -158,10 +158,10 @@ extension Ferry {
         static let configuration = CommandConfiguration(
             abstract: "Compare two trees by content and name every file that differs, is missing or is extra.",
             discussion: """
-            SRC and DST: local paths or ferry:// URLs. Each side is listed where it is, its
-            files' digests computed there, with your rights. One line per difference:
-            "differs PATH", "missing PATH" (in SRC, not in DST), "extra PATH" (in DST, not in
-            SRC), "error PATH: WHY" (unreadable). Exit status 0 when the trees are the same,
+            SRC and DST: local paths or ferry:// URLs. Each side is listed where it is, its \
+            files' digests computed there, with your rights. One line per difference: \
+            "differs PATH", "missing PATH" (in SRC, not in DST), "extra PATH" (in DST, not in \
+            SRC), "error PATH: WHY" (unreadable). Exit status 0 when the trees are the same, \
             1 when anything differs.
             """
         )

@@ -209,6 +209,14 @@ enum Paths {
     }
 }
 
+/// The umask the process was started with, before `prepareProcess` set it to 0: what the
+/// directories Ferry makes on its own (the missing parents of a destination) are masked with,
+/// as `mkdir -p` would be. (Here, beside its users, not in Server.swift: the fuzz target
+/// builds this file without that one.)
+nonisolated(unsafe) var startUmask: mode_t = 0o022
+/// Keeps the umask in `startUmask` and sets 0, once: `prepareProcess` touches it first thing.
+let savedStartUmask: Void = { startUmask = umask(0) }()
+
 /// The journal and partial-file names that sit beside a destination file.
 enum PartialNames {
     static let partSuffix = ".ferry-part"

@@ -554,12 +554,6 @@ public final class TransferServer: @unchecked Sendable {
     }
 }
 
-/// The umask the process was started with, before `prepareProcess` set it to 0: what the
-/// directories Ferry makes on its own (the missing parents of a destination) are masked with,
-/// as `mkdir -p` would be.
-nonisolated(unsafe) var startUmask: mode_t = 0o022
-private let savedStartUmask: Void = { startUmask = umask(0) }()
-
 /// Process-wide settings both ends need: exact modes (umask 0, as the modes come from the
 /// source), enough descriptors for deep trees, no SIGPIPE.
 func prepareProcess() {
