@@ -150,6 +150,12 @@ extension Ferry {
                 options.selection = paths
                 options.recursive = true
             }
+            // rsync copies `SRC` into `DST/` as DST/SRC-NAME; Ferry makes DST hold SRC's content
+            // (docs/CLI.md). With --delete that difference deletes what else DST/ held, so a
+            // trailing '/' on a tree's destination is refused: the user says which was meant.
+            if delete && destinationPathEndsInSlash(destination) {
+                throw ValidationError("with --delete, DST is made to hold exactly SRC's content, and everything else in it is deleted; '\(destination)' ends in '/', as rsync's 'copy into' does: give it without the '/' to mirror into it, or as DST/NAME to copy SRC beside what it holds")
+            }
             if stripe != nil && !(source.hasPrefix("ferry://") && destination.hasPrefix("ferry://")) {
                 throw ValidationError("--stripe and --no-stripe are for a center-to-center copy (ferry://A/... ferry://B/...), which a daemon runs across its center's nodes; a copy from or to this machine runs here, as one transfer")
             }
@@ -344,6 +350,17 @@ extension Ferry.Copy {
         let full = within.isEmpty ? url : url + "/" + within
         if !json { FileHandle.standardError.write("ferry: \(source): the replica at \(center), \(replica.reason) (\(full))\n".data(using: .utf8)!) }
         return (full, center)
+    }
+
+    /// Whether a destination's path ends in '/' below its root (`dir/`, `ferry://h:7700/x/`; not
+    /// `/` or `ferry://h:7700/` alone).
+    func destinationPathEndsInSlash(_ text: String) -> Bool {
+        var path = Substring(text)
+        if FerryURL.isFerry(text) {
+            let rest = text.dropFirst(FerryURL.scheme.count)
+            path = rest.firstIndex(of: "/").map { rest[$0...] } ?? ""
+        }
+        return path.count > 1 && path.hasSuffix("/")
     }
 
     /// ferry://A/x → ferry://B/y: a job at A's daemon (A pushes to B), watched to its end.

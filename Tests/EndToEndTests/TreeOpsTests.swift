@@ -183,6 +183,15 @@ struct TreeOpsTests {
             #expect(ok.succeeded, "\(target): \(ok)")
             #expect(((try? FileManager.default.contentsOfDirectory(atPath: root + "/" + target)) ?? ["?"]).isEmpty, "\(target)")
         }
+        // A destination ending in '/' (rsync's "into"): refused with --delete, both ways and in
+        // a dry run, before anything is read or deleted.
+        for (from, to) in [(src, server.url("dst") + "/"), (server.url("dst"), dst + "/")] {
+            for extra in [[], ["--dry-run"]] {
+                let slash = try sb.cp(from, to, options: ["-r", "--delete"] + extra, json: false)
+                #expect(slash.status == 64 && slash.stderr.contains("ends in '/'"), "\(to) \(extra): \(slash)")
+            }
+        }
+        #expect(exists(dst + "/stale.bin") && exists(dst + "/notes.local") && !exists(dst + "/keep.bin"))
         // A missing source: an error, nothing deleted.
         let m = try sb.cp(sb.file("no-such-dir"), server.url("dst"), options: ["-r", "--delete"], json: false)
         #expect(!m.succeeded, "\(m)")
