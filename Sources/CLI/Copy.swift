@@ -54,7 +54,7 @@ extension Ferry {
         @Flag(inversion: .prefixedNo, help: "Third-party copies: split the job across the source center's transfer nodes (--stripe) or never (--no-stripe); by default the daemon stripes jobs above its stripe_threshold.")
         var stripe: Bool?
 
-        @Flag(name: [.short, .customLong("verbose")], help: "One line per file: sent, identical (--checksum), skipped by size and mtime, or failed.")
+        @Flag(name: [.short, .customLong("verbose")], help: "One line per file: sent (received, in a pull), identical (--checksum), skipped by size and mtime, or failed.")
         var verbose = false
 
         @Flag(name: [.short, .customLong("quiet")], help: "No progress and no summary: only errors (and the exit status).")
@@ -230,6 +230,7 @@ extension Ferry {
             let interrupts = Interrupts { sig in progress.cancel(sig == SIGINT ? "interrupted (Ctrl-C)" : "interrupted (SIGTERM)") }
             // With `-` as DST standard output carries the data: every message goes to stderr.
             let display = ProgressDisplay(json: json, messagesToStderr: destination == "-", statsSeconds: stats, quiet: quiet)
+            if case .remote = src { display.copiedVerb = "received" }
             // A single file's entry has no path of its own (it is the transfer's root): its line
             // names it as it lands, as the dry run does (it said ".").
             let rootName = baseName(landing(src, dst, sourceIsFile: true))
@@ -286,7 +287,7 @@ extension Ferry.Copy {
             let outcome = try TransferClient.commit(dst, request, credentials: credentials)
             if !quiet { print("ferry: \(destination): \(outcome == .committed ? "committed (\(list.count) ranges)" : "already committed")") }
         } catch let e as TransferError {
-            FileHandle.standardError.write("ferry: \(e.message)\n".data(using: .utf8)!)
+            printError("ferry: \(e.message)\n")
             throw transferExitCode(for: e)
         }
     }
@@ -348,7 +349,7 @@ extension Ferry.Copy {
         let center = replica.center
         let within = entry?.path ?? ""
         let full = within.isEmpty ? url : url + "/" + within
-        if !json { FileHandle.standardError.write("ferry: \(source): the replica at \(center), \(replica.reason) (\(full))\n".data(using: .utf8)!) }
+        if !json { printError("ferry: \(source): the replica at \(center), \(replica.reason) (\(full))\n") }
         return (full, center)
     }
 
@@ -383,7 +384,7 @@ extension Ferry.Copy {
         body.stripe = stripe
         let job = try client.call("POST", "/api/v1/transfers", body: V1.TransferSubmission(request: body), as: V1.Transfer.self)
         let id = Int(job.id)
-        if !json { FileHandle.standardError.write("ferry: job \(id) at \(base): \(path) -> \(destination)\n".data(using: .utf8)!) }
+        if !json { printError("ferry: job \(id) at \(base): \(path) -> \(destination)\n") }
         // Ctrl-C stops the watching, not the job (it runs at the daemon, which resumes and
         // retries it), unless --cancel-on-interrupt.
         let interrupts = Interrupts { _ in }
@@ -393,10 +394,10 @@ extension Ferry.Copy {
             if cancelOnInterrupt {
                 _ = try? client.call("POST", "/api/v1/transfers/\(id)/cancel", as: V1.Transfer.self)
                 let now = try? client.call("GET", "/api/v1/transfers/\(id)", as: V1.Transfer.self)
-                FileHandle.standardError.write("ferry: interrupted: job \(id) cancelled at \(base)\(now.map { " (\($0.stateText))" } ?? "")\n".data(using: .utf8)!)
+                printError("ferry: interrupted: job \(id) cancelled at \(base)\(now.map { " (\($0.stateText))" } ?? "")\n")
             } else {
-                FileHandle.standardError.write(("ferry: interrupted: job \(id) goes on at \(base) (ferry jobs show \(id) to follow it, "
-                                                + "ferry jobs cancel \(id) to stop it)\n").data(using: .utf8)!)
+                printError("ferry: interrupted: job \(id) goes on at \(base) (ferry jobs show \(id) to follow it, "
+                           + "ferry jobs cancel \(id) to stop it)\n")
             }
             throw interruptedExitCode(interrupts.signal)
         }
@@ -433,15 +434,20 @@ final class ProgressDisplay {
         self.quiet = quiet
     }
 
-    /// A file's end, for `-v` (any thread).
+    /// What `-v` says of a file that moved: "sent" in a push, "received" in a pull (set
+    /// before the transfer starts).
+    var copiedVerb = "sent"
+
+    /// A file's end, for `-v` (any thread). The name is the sender's (in a pull, the server's:
+    /// anyone who can write there chose it), shown as `Terminal.name` makes it.
     func file(_ name: String, _ outcome: TransferProgress.FileOutcome, _ message: String?) {
-        let shown = name.isEmpty ? "." : name
+        let shown = Terminal.name(name.isEmpty ? "." : name)
         let line: String
         switch outcome {
-        case .copied: line = "sent       " + shown
+        case .copied: line = copiedVerb.padding(toLength: 11, withPad: " ", startingAt: 0) + shown
         case .identical: line = "identical  " + shown + " (compared by content)"
         case .unread: line = "skipped    " + shown + " (same size and mtime, not read)"
-        case .failed: line = "failed     " + (message ?? shown)
+        case .failed: line = "failed     " + (message.map { Terminal.visible($0) } ?? shown)
         }
         filesLock.withLock { fileLines.append(line) }
     }
@@ -481,7 +487,7 @@ final class ProgressDisplay {
     }
 
     private func emit(_ line: String) {
-        fputs(line + "\n", out)
+        fputs(Terminal.visible(line) + "\n", out)
         fflush(out)
     }
 
@@ -527,7 +533,7 @@ final class ProgressDisplay {
 
     /// Ends a bar's line: what follows starts on a line of its own.
     func endBar() {
-        if barShown { FileHandle.standardError.write("\n".data(using: .utf8)!); barShown = false }
+        if barShown { printError("\n"); barShown = false }
     }
 
     /// Ctrl-C or SIGTERM stopped the transfer: what the destination keeps, and how to go on.
@@ -539,7 +545,7 @@ final class ProgressDisplay {
         if json {
             emit("{\"type\":\"interrupted\",\"bytes_done\":\(s.bytesDone),\"bytes_total\":\(s.bytesTotal),\"files_done\":\(s.filesDone),\"files_total\":\(s.filesTotal),\"resumable\":\(!stream)}")
         }
-        FileHandle.standardError.write("ferry: interrupted: \(kept)\n".data(using: .utf8)!)
+        printError("ferry: interrupted: \(kept)\n")
     }
 
     func finish(_ s: TransferProgress.Snapshot, summary: TransferSummary) {
@@ -592,6 +598,6 @@ final class ProgressDisplay {
         // A run that moved nothing (no server there, a refused connection) has nothing to resume.
         let started = s.bytesDone > 0 || s.wireBytes > 0 || s.filesDone > 0 || s.filesSkipped > 0
         let hint = !e.resumable ? "" : started ? " (run the same command again to resume)" : " (nothing was copied; run the same command again to retry)"
-        FileHandle.standardError.write("ferry: error: \(e.message)\(hint)\n".data(using: .utf8)!)
+        printError("ferry: error: \(e.message)\(hint)\n")
     }
 }

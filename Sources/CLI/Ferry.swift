@@ -31,7 +31,7 @@ struct Ferry: AsyncParsableCommand {
             if var a = command as? AsyncParsableCommand { try await a.run() } else { var c = command; try c.run() }
         } catch let v as ValidationError {
             let name = commandPath(type(of: command)) ?? "ferry"
-            FileHandle.standardError.write("\(name): error: \(v.message)\nSee '\(name) --help'.\n".data(using: .utf8)!)
+            printError("\(name): error: \(v.message)\nSee '\(name) --help'.\n")
             leave(64)
         } catch {
             // As `exit(withError:)` says it (a clean exit's text on stdout, the rest on stderr),
@@ -39,7 +39,7 @@ struct Ferry: AsyncParsableCommand {
             let code = exitCode(for: error).rawValue
             let text = fullMessage(for: error)
             if !text.isEmpty {
-                if code == 0 { print(text) } else { FileHandle.standardError.write((text + "\n").data(using: .utf8)!) }
+                if code == 0 { print(text) } else { printError(text + "\n") }
             }
             leave(code)
         }

@@ -28,7 +28,7 @@ extension Ferry {
             let s = try api.call("POST", "/api/v1/catalog/register", body: body, as: RegisterSummary.self, timeout: 86_400)
             if api.json { api.printJSON(s); return }
             print("ferry: \(dataset): \(s.files) files, \(byteText(UInt64(max(0, s.bytes)))); \(s.added) added, \(s.changed) changed, \(s.removed) removed, \(s.unchanged) unchanged, \(s.hashed) hashed in \(String(format: "%.2f", s.seconds)) s")
-            if let e = s.firstError { FileHandle.standardError.write("ferry: warning: \(e)\n".data(using: .utf8)!) }
+            if let e = s.firstError { printError("ferry: warning: \(e)\n") }
         }
     }
 
@@ -84,7 +84,7 @@ extension Ferry {
                 guard let next = page.nextAfter else { return }
                 guard all else {
                     // Never a silent cut: say how to get the rest.
-                    FileHandle.standardError.write("ferry: more entries follow: --after '\(next)' for the next page, --all for every page\n".data(using: .utf8)!)
+                    printError("ferry: more entries follow: --after '\(next)' for the next page, --all for every page\n")
                     return
                 }
                 cursor = next
@@ -161,7 +161,7 @@ extension Ferry {
                     return
                 }
                 if j.state.isFinal {
-                    FileHandle.standardError.write("ferry: error: job \(job) \(state): \(j.error ?? ""); the replica stays partial, replicate again to resume\n".data(using: .utf8)!)
+                    printError("ferry: error: job \(job) \(state): \(j.error ?? ""); the replica stays partial, replicate again to resume\n")
                     throw ExitCode(1)
                 }
                 Thread.sleep(forTimeInterval: 1)
@@ -218,7 +218,7 @@ extension Ferry {
                 printed += entries.count
                 guard let next = r.nextAfter else { return }
                 if let limit, printed >= limit {
-                    FileHandle.standardError.write("ferry: more matches follow: --after '\(next)' for the next ones, or leave out --limit\n".data(using: .utf8)!)
+                    printError("ferry: more matches follow: --after '\(next)' for the next ones, or leave out --limit\n")
                     return
                 }
                 cursor = next
@@ -245,7 +245,7 @@ extension Ferry {
 }
 
 func warnStale(_ path: String) {
-    FileHandle.standardError.write("ferry: warning: the center of \(path) is down; this is its last known state (stale)\n".data(using: .utf8)!)
+    printError("ferry: warning: the center of \(path) is down; this is its last known state (stale)\n")
 }
 
 

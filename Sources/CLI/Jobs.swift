@@ -101,7 +101,7 @@ struct APIOptions: ParsableArguments {
     /// (`ferry stat: error: ...`), not always `ferry jobs`.
     func fail(_ message: String) -> Never {
         let command = CommandLine.arguments.dropFirst().first { !$0.hasPrefix("-") } ?? "jobs"
-        FileHandle.standardError.write("ferry \(command): error: \(message)\n".data(using: .utf8)!)
+        printError("ferry \(command): error: \(message)\n")
         Ferry.leave(1)
     }
 
@@ -190,6 +190,15 @@ extension Ferry.Jobs {
         @Option(help: "Only these states, comma-separated.") var state: String?
         @Option var after = 0
         @Option var limit = 100
+        func validate() throws {
+            // Refused here as bad usage (exit 64), with the states to choose from; the daemon
+            // refuses them too (a 400), which read as a failure to reach it (exit 1).
+            let unknown = (state ?? "").split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+                .filter { state != nil && !V1.jobStates.contains($0) }
+            if let bad = unknown.first {
+                throw ValidationError("--state: '\(bad)' is not a job state (one of \(V1.jobStates.joined(separator: ", ")))")
+            }
+        }
         func run() throws {
             var items = [("after", String(after)), ("limit", String(limit))]
             if let s = state { items.append(("state", s)) }
@@ -197,7 +206,7 @@ extension Ferry.Jobs {
             if api.json { api.printJSON(page); return }
             for j in page.transfers { print(api.line(j)) }
             if page.more, let next = page.nextAfter {
-                FileHandle.standardError.write("ferry: more jobs follow: --after \(next) for the next page\n".data(using: .utf8)!)
+                printError("ferry: more jobs follow: --after \(next) for the next page\n")
             }
         }
     }
@@ -307,7 +316,7 @@ final class JobShown {
             if api.json { api.show(j) } else { print(text) }
             fflush(stdout)
         } else if !api.json {
-            FileHandle.standardError.write("ferry jobs: \(id) \(state)\n".data(using: .utf8)!)
+            printError("ferry jobs: \(id) \(state)\n")
         }
         last = text
     }
@@ -321,7 +330,7 @@ final class JobShown {
         if j.state.satisfiesDependents { return }
         if progress && !api.json {
             let reason = j.error.map { ": " + (j.errorCode.map { "[\($0)] " } ?? "") + $0 } ?? ""
-            FileHandle.standardError.write("ferry: job \(id) \(j.stateText)\(reason) (ferry jobs show \(id))\n".data(using: .utf8)!)
+            printError("ferry: job \(id) \(j.stateText)\(reason) (ferry jobs show \(id))\n")
         }
         throw ExitCode(1)
     }

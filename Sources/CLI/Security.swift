@@ -208,7 +208,7 @@ extension Ferry {
                 let scopes = t.scopes.map { jsonString($0.description) }.joined(separator: ",")
                 let (state, note) = tokenValidity(t)
                 print("{\"id\":\"\(t.idHex)\",\"issuer\":\(jsonString(t.issuer)),\"user\":\(jsonString(t.user)),\"scopes\":[\(scopes)],\"issued_at\":\(t.issuedAt),\"expires_at\":\(t.expiresAt),\"state\":\"\(state)\",\"verified\":\(cert != nil)}")
-                if let note { FileHandle.standardError.write("ferry token: \(note)\n".data(using: .utf8)!) }
+                if let note { printError("ferry token: \(note)\n") }
             }
         }
 
@@ -276,7 +276,7 @@ extension Ferry {
                 } catch {
                     note = "the token in '\(path)' cannot be read: \(asMessage(error))"
                 }
-                FileHandle.standardError.write("ferry ping: \(note)\n".data(using: .utf8)!)
+                printError("ferry ping: \(note)\n")
             }
             var times: [Double] = []
             for i in 0..<count {
@@ -293,7 +293,7 @@ extension Ferry {
                     }
                 } catch {
                     let e = (error as? TransferError) ?? TransferError(.io, "\(error)")
-                    FileHandle.standardError.write("ferry ping: error: \(e.message)\n".data(using: .utf8)!)
+                    printError("ferry ping: error: \(e.message)\n")
                     throw ExitCode(1)
                 }
             }

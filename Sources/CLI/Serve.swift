@@ -182,7 +182,7 @@ extension Ferry {
                 server = try TransferServer(config)
                 bound = try server.start()
             } catch {
-                FileHandle.standardError.write("ferry serve: error: the transfer server (listen): \(asMessage(error))\n".data(using: .utf8)!)
+                printError("ferry serve: error: the transfer server (listen): \(asMessage(error))\n")
                 throw ExitCode(1)
             }
             for b in bound { print("ferry serve: center \(server.center) listening on \(b)") }
@@ -230,7 +230,7 @@ extension Ferry {
                     service.attachMetrics(baseMetrics)
                     daemon = service
                 } catch {
-                    FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)
+                    printError("ferry serve: error: \(asMessage(error))\n")
                     server.stop()
                     throw ExitCode(1)
                 }
@@ -255,11 +255,11 @@ extension Ferry {
                     fflush(stdout)
                 }
             } catch {
-                FileHandle.standardError.write("ferry serve: error: \(asMessage(error))\n".data(using: .utf8)!)
+                printError("ferry serve: error: \(asMessage(error))\n")
                 server.stop()
                 throw ExitCode(1)
             }
-            FileHandle.standardError.write("ferry serve: stopped\n".data(using: .utf8)!)
+            printError("ferry serve: stopped\n")
         }
 
         /// `--check`: every problem of the file (each key's value, at its line) and of the files
@@ -328,7 +328,7 @@ extension Ferry {
                 print("ferry serve --check: \(path): no problem\(summary)")
                 return
             }
-            FileHandle.standardError.write("ferry serve --check: \(path): \(ConfigProblem.text(problems))\n".data(using: .utf8)!)
+            printError("ferry serve --check: \(path): \(ConfigProblem.text(problems))\n")
             throw ExitCode(1)
         }
     }

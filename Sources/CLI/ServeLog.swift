@@ -56,8 +56,9 @@ struct FerryLogHandler: LogHandler {
         var all = metadata
         if let extra { all.merge(extra) { $1 } }
         let tail = all.isEmpty ? "" : " " + all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        // One line, whatever the message holds: a newline would split an entry in two.
-        let text = "\(message)\(tail)".replacingOccurrences(of: "\n", with: " ")
+        // One line, whatever the message holds: a newline would split an entry in two, and a
+        // user's path may hold escape sequences meant for the operator's terminal.
+        let text = Terminal.name("\(message)\(tail)")
         let out = FerryLogHandler.journald
             ? "<\(FerryLogHandler.priority(level))>\(label): \(text)\n"
             : "\(FerryLogHandler.timestamp()) \(level) \(label): \(text)\n"

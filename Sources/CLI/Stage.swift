@@ -39,7 +39,7 @@ struct StageOptions: ParsableArguments {
     }
 
     func fail(_ message: String) -> Never {
-        FileHandle.standardError.write("ferry: \(message)\n".data(using: .utf8)!)
+        printError("ferry: \(message)\n")
         Ferry.leave(1)
     }
 
@@ -71,7 +71,7 @@ struct StageOptions: ParsableArguments {
                 // A daemon that is restarting or overloaded: ask again (the request is
                 // idempotent) until the deadline; a refusal ends it at once.
                 guard f.transient, wait, Date().timeIntervalSince(start) < Double(timeout) else { fail(f.message) }
-                if f.message != lastFailure { FileHandle.standardError.write("ferry: \(f.message); asking again\n".data(using: .utf8)!) }
+                if f.message != lastFailure { printError("ferry: \(f.message); asking again\n") }
                 lastFailure = f.message
                 Thread.sleep(forTimeInterval: 2)
                 continue
@@ -92,15 +92,15 @@ struct StageOptions: ParsableArguments {
             if !api.json { print("ferry: " + line + (it.error.map { " (\($0))" } ?? "")) }
             if state == "failed" && failed == nil { failed = it.error ?? line }
             if state == "staging" { pending = true }
-            if state == "skipped" { FileHandle.standardError.write("ferry: warning: optional \(it.source) skipped: \(it.error ?? "")\n".data(using: .utf8)!) }
+            if state == "skipped" { printError("ferry: warning: optional \(it.source) skipped: \(it.error ?? "")\n") }
         }
         if let failed {
             // The last line: the scheduler shows it as the job's reason.
-            FileHandle.standardError.write("ferry: \(verb) of job \(job) failed: \(failed)\n".data(using: .utf8)!)
+            printError("ferry: \(verb) of job \(job) failed: \(failed)\n")
             throw ExitCode(1)
         }
         if pending {
-            FileHandle.standardError.write("ferry: \(verb) of job \(job): still staging\(wait ? " after \(timeout) s" : "")\n".data(using: .utf8)!)
+            printError("ferry: \(verb) of job \(job): still staging\(wait ? " after \(timeout) s" : "")\n")
             throw ExitCode(wait ? 1 : 75)
         }
         print("ferry: \(verb) of job \(job): done")

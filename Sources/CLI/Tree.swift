@@ -70,7 +70,8 @@ func treeEndpoint(_ text: String, credentials: inout ClientCredentials) throws -
 
 /// One line of a tree listing: `ls -l`'s columns, or the name alone.
 func listLine(_ e: ListEntry, name: String, long: Bool) -> String {
-    let shown = name + (e.kind == .directory ? "/" : "") + (e.kind == .symlink ? " -> " + e.linkTarget : "")
+    // Names come from whoever wrote the tree: shown as `Terminal.name` makes them.
+    let shown = Terminal.name(name) + (e.kind == .directory ? "/" : "") + (e.kind == .symlink ? " -> " + Terminal.name(e.linkTarget) : "")
     guard long else { return shown }
     let mtime = Date(timeIntervalSince1970: Double(e.mtimeSeconds) + Double(e.mtimeNanoseconds) / 1e9)
     let kind = e.kind == .special ? "special" : e.kind.rawValue
@@ -146,7 +147,7 @@ enum TreeCommands {
     /// Runs a listing; its failure is the command's (exit 1, or 64 for a usage error).
     static func run(_ body: () throws -> Void) throws {
         do { try body() } catch let e as TransferError {
-            FileHandle.standardError.write("ferry: error: \(e.message)\n".data(using: .utf8)!)
+            printError("ferry: error: \(e.message)\n")
             throw transferExitCode(for: e)
         }
     }
@@ -182,10 +183,11 @@ extension Ferry {
             var differs = 0, missing = 0, extra = 0, same = 0, errors = 0
             func say(_ what: String, _ path: String, _ why: String? = nil) {
                 let shown = path.isEmpty ? "." : path
+                // (JSON escapes the path itself; the line below shows it as `Terminal.name` does.)
                 if json {
                     print("{\"type\":\(jsonString(what)),\"path\":\(jsonString(shown))\(why.map { ",\"why\":" + jsonString($0) } ?? "")}")
                 } else {
-                    print(what.padding(toLength: 8, withPad: " ", startingAt: 0) + shown + (why.map { ": " + $0 } ?? ""))
+                    print(what.padding(toLength: 8, withPad: " ", startingAt: 0) + Terminal.name(shown) + (why.map { ": " + $0 } ?? ""))
                 }
             }
             try TreeCommands.run {
@@ -225,7 +227,7 @@ extension Ferry {
             if json {
                 print("{\"type\":\"summary\",\"identical\":\(same),\"differ\":\(differs),\"missing\":\(missing),\"extra\":\(extra),\"errors\":\(errors)}")
             } else {
-                FileHandle.standardError.write((summary + "\n").data(using: .utf8)!)
+                printError(summary + "\n")
             }
             if differs + missing + extra + errors > 0 { throw ExitCode(1) }
         }
@@ -282,6 +284,9 @@ extension Ferry.Copy {
         var there: [String: ListEntry] = [:]
         var thereOrder: [ListEntry] = []
         var rootName = "."
+        // As `-v` says it: "sent" in a push, "received" in a pull.
+        var copiedVerb = "sent       "
+        if case .remote = src { copiedVerb = "received   " }
         try TreeCommands.run {
             try TransferClient.list(src, request: request, credentials: credentials) { e in
                 if e.path.isEmpty {
@@ -292,7 +297,7 @@ extension Ferry.Copy {
                     if e.kind == .file { rootName = baseName(target) }  // the file's name where it lands, as -v says it
                 }
                 sourcePaths.insert(e.path)
-                let name = e.path.isEmpty ? rootName : e.path
+                let name = Terminal.name(e.path.isEmpty ? rootName : e.path)
                 let d = there[e.path]
                 switch e.kind {
                 case .directory:
@@ -320,7 +325,7 @@ extension Ferry.Copy {
                     } else {
                         send += 1
                         sendBytes += e.size
-                        lines.append("sent       " + name)
+                        lines.append(copiedVerb + name)
                     }
                 }
             }
@@ -333,7 +338,7 @@ extension Ferry.Copy {
         }
         if !quiet {
             for l in lines { print(l) }
-            for d in deletions { print("deleted    " + d.path) }
+            for d in deletions { print("deleted    " + Terminal.name(d.path)) }
         }
         var parts = ["\(send) to send (\(byteText(sendBytes)))"]
         if unread > 0 { parts.append("\(unread) skipped by size and mtime (\(byteText(unreadBytes)), not read: --checksum compares their content)") }
@@ -341,7 +346,7 @@ extension Ferry.Copy {
         if failed > 0 { parts.append("\(failed) would fail") }
         if delete { parts.append("\(deletions.count) to delete") }
         if special > 0 { parts.append("\(special) special files skipped") }
-        FileHandle.standardError.write("ferry: dry run, nothing written: \(files) file\(files == 1 ? "" : "s"): \(parts.joined(separator: "; "))\n".data(using: .utf8)!)
+        printError("ferry: dry run, nothing written: \(files) file\(files == 1 ? "" : "s"): \(parts.joined(separator: "; "))\n")
     }
 
     /// `--delete`, before the copy: refused unless the source is a directory with something
@@ -404,11 +409,11 @@ extension Ferry.Copy {
         try TreeCommands.run { failures = try TransferClient.delete(extras, beneath: dst, credentials: credentials) }
         let failed = Set(failures.map(\.path))
         for e in extras where !failed.contains(e.path) {
-            if verbose { print("deleted    " + e.path) }
+            if verbose { print("deleted    " + Terminal.name(e.path)) }
         }
-        for f in failures { FileHandle.standardError.write("ferry: not deleted: \(f.path): \(f.why)\n".data(using: .utf8)!) }
+        for f in failures { printError("ferry: not deleted: \(f.path): \(f.why)\n") }
         if !failures.isEmpty {
-            FileHandle.standardError.write("ferry: error: \(failures.count) of \(extras.count) extraneous entries could not be deleted\n".data(using: .utf8)!)
+            printError("ferry: error: \(failures.count) of \(extras.count) extraneous entries could not be deleted\n")
             throw ExitCode(1)
         }
         return extras.count

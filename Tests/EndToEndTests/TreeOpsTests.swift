@@ -20,7 +20,7 @@ struct TreeOpsTests {
     /// The per-file lines of a `-v` run (sent, skipped, identical, failed, deleted), sorted.
     static func fileLines(_ r: CpResult) -> [String] {
         r.stdout.split(separator: "\n").map(String.init)
-            .filter { ["sent ", "skipped ", "identical ", "failed ", "deleted "].contains(where: $0.hasPrefix) }
+            .filter { ["sent ", "received ", "skipped ", "identical ", "failed ", "deleted "].contains(where: $0.hasPrefix) }
             .sorted()
     }
 
@@ -120,8 +120,9 @@ struct TreeOpsTests {
                 #expect(dry.succeeded && dry.stderr.contains("dry run, nothing written"), "\(tag): \(dry)")
                 #expect(Self.snapshot(dst) == before, "\(tag): the dry run changed the destination")
                 let predicted = Self.fileLines(dry)
-                let expected = (["sent       grown.bin", "sent       new.bin", "sent       sub/new2.bin",
-                                 checksum ? "sent       inplace.bin" : "skipped    inplace.bin (same size and mtime, not read)",
+                let moved = direction == "push" ? "sent       " : "received   "
+                let expected = ([moved + "grown.bin", moved + "new.bin", moved + "sub/new2.bin",
+                                 checksum ? moved + "inplace.bin" : "skipped    inplace.bin (same size and mtime, not read)",
                                  checksum ? "identical  same.bin (compared by content)" : "skipped    same.bin (same size and mtime, not read)",
                                  checksum ? "identical  sub/same2.bin (compared by content)" : "skipped    sub/same2.bin (same size and mtime, not read)",
                                  "deleted    extra.bin", "deleted    olddir", "deleted    olddir/inner", "deleted    olddir/inner/f"]).sorted()
@@ -140,10 +141,10 @@ struct TreeOpsTests {
         let src = try sb.dir("fresh-src")
         try writeRandomFile(src + "/a", size: 10)
         try writeRandomFile(try sb.dir("fresh-src/b") + "/c", size: 20)
-        for (from, to, made) in [(src, server.url("fresh/new"), root + "/fresh"), (server.url("dst-push"), sb.file("fresh-local/x"), sb.file("fresh-local"))] {
+        for (from, to, made, moved) in [(src, server.url("fresh/new"), root + "/fresh", "sent "), (server.url("dst-push"), sb.file("fresh-local/x"), sb.file("fresh-local"), "received ")] {
             let dry = try sb.cp(from, to, options: ["-r", "-n", "-v"], json: false)
             #expect(dry.succeeded && !exists(made), "\(dry)")
-            #expect(!Self.fileLines(dry).isEmpty && Self.fileLines(dry).allSatisfy { $0.hasPrefix("sent ") }, "\(dry)")
+            #expect(!Self.fileLines(dry).isEmpty && Self.fileLines(dry).allSatisfy { $0.hasPrefix(moved) }, "\(dry)")
         }
         let one = try sb.cp(src + "/a", server.url("dst-push/"), options: ["-n", "--json"])
         let plan = one.jsonLines.first { ($0["type"] as? String) == "dry_run" }
@@ -335,6 +336,47 @@ struct TreeOpsTests {
         // The other way round, both remote-side names as the user gives them.
         let rev = try sb.ferry(["check", "--ca", sb.ca, "--token-file", sb.tokenFile, server.url("copy"), src, "--exclude", "changed"])
         #expect(rev.status == 1 && rev.stdout.split(separator: "\n").map(String.init).sorted() == ["extra   missing", "missing d/extra"], "\(rev)")
+    }
+
+    @Test("names and messages from the other side reach the terminal with their control characters escaped; the files keep their names")
+    func hostileNames() throws {
+        let sb = try Sandbox("hostile-names")
+        let root = try sb.dir("root")
+        // Another member of a shared project names files to attack whoever lists them: an OSC
+        // that retitles the window, a clear-screen, a forged line, a right-to-left override.
+        let names = ["evil\u{1B}]0;pwned\u{07}\u{1B}[2J.txt", "two\nsent       fake.bin", "\u{202E}txt.exe", "plain.txt"]
+        let shared = try sb.dir("root/shared")
+        for n in names { try writeRandomFile(shared + "/" + n, size: 100) }
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        func ferry(_ args: [String]) throws -> CpResult {
+            try sb.ferry([args[0], "--ca", sb.ca, "--token-file", sb.tokenFile] + args.dropFirst(), timeout: 60)
+        }
+        func raw(_ r: CpResult) -> Bool {
+            (r.stdout + r.stderr).unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 || $0.value == 0x202E }
+        }
+        let ls = try ferry(["ls", server.url("shared")])
+        let lines = ls.stdout.split(separator: "\n").map(String.init).sorted()
+        #expect(ls.succeeded && !raw(ls) && lines == ["\\u202etxt.exe", "evil\\u001b]0;pwned\\u0007\\u001b[2J.txt", "plain.txt", "two\\u000asent       fake.bin"], "\(lines)")
+        let long = try ferry(["ls", "-l", server.url("shared")])
+        #expect(long.succeeded && !raw(long) && long.stdout.split(separator: "\n").count == 4, "\(long)")
+        // --json keeps the exact name (JSON's own escapes).
+        let json = try ferry(["ls", "--json", server.url("shared")])
+        let paths = json.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }.compactMap { $0["path"] as? String }
+        #expect(Set(paths) == Set(names) && !raw(json), "\(json)")
+        // A pull with -v and its dry run: lines escaped, the files land under their real names.
+        let dry = try sb.cp(server.url("shared"), sb.file("back"), options: ["-r", "-v", "-n"], json: false)
+        #expect(dry.succeeded && !raw(dry) && Self.fileLines(dry).count == 4 && Self.fileLines(dry).allSatisfy { $0.hasPrefix("received   ") }, "\(dry)")
+        let pull = try sb.cp(server.url("shared"), sb.file("back"), options: ["-r", "-v"], json: false)
+        #expect(pull.succeeded && !raw(pull) && Self.fileLines(pull) == Self.fileLines(dry), "\(pull)")
+        for n in names { #expect(filesIdentical(shared + "/" + n, sb.file("back/" + n)), "\(n)") }
+        // A refusal quotes the path it was given: the server shows it with '?', and an error
+        // of the client's own that names a path is escaped on its way out.
+        let missing = try ferry(["ls", server.url("shared/no\u{1B}[31mpe")])
+        #expect(!missing.succeeded && !raw(missing) && missing.stderr.contains("[31mpe"), "\(missing)")
+        let local = try sb.cp(sb.file("no\u{1B}[31mpe"), server.url("x"), json: false)
+        #expect(!local.succeeded && !raw(local) && local.stderr.contains("no\\u001b[31mpe"), "\(local)")
+        #expect(server.isRunning)
     }
 
     @Test("remote ls pages through 100,000 entries; -l, -R, stat and du; a token scoped to one directory lists only that")
