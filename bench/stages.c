@@ -9,6 +9,11 @@
 //   gcm-seal       AES-256-GCM encryption in place (OpenSSL EVP; `private`, sender)
 //   gcm-open       AES-256-GCM decryption in place with the tag check (`private`, receiver)
 //   gmac           AES-256-GCM authentication only, the chunk as additional data (`safe`)
+//   seal+xxh3      what the sender does with a chunk in `private`: XXH3-128 of the whole chunk,
+//                  then AES-256-GCM over it (two passes), over 16 chunks in turn (64 MiB, more
+//                  than the last-level cache, as a stream's buffers are not one chunk)
+//   seal+xxh3-1pass  the same in one pass: hash and seal each 64 KiB while it is in the L1/L2
+//                  cache (issue 18's "cryptography in one pass")
 //   send / recv    TCP over loopback: a child process sends, the parent receives; each side's
 //                  own CPU (the kernel's copies into and out of the socket buffers)
 //   read+xxh3      pread into a buffer and hash it (what the sender does with a chunk)
@@ -121,6 +126,50 @@ static void gcm(const char *stage, unsigned char *buf, uint64_t bytes, int enc, 
     EVP_CIPHER_CTX_free(c);
 }
 
+// seal+xxh3 and seal+xxh3-1pass (above). The ciphertext stays in the buffers: the content does
+// not change what either costs.
+static void onepass(uint64_t bytes) {
+    enum { NBUF = 16, PIECE = 64 << 10 };
+    unsigned char *bufs[NBUF];
+    for (int i = 0; i < NBUF; i++) {
+        bufs[i] = aligned_alloc(4096, CHUNK);
+        if (!bufs[i]) die("aligned_alloc");
+        fill(bufs[i], CHUNK);
+    }
+    unsigned char key[32] = {1}, iv[12] = {2}, tag[16];
+    int len;
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, NULL);
+    XXH3_state_t *st = XXH3_createState();
+    uint64_t acc = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        double t0 = thread_cpu();
+        uint64_t n = 0;
+        for (uint64_t o = 0; o < bytes; o += CHUNK, n++) {
+            unsigned char *b = bufs[n % NBUF];
+            EVP_EncryptInit_ex(c, NULL, NULL, NULL, iv);
+            if (pass == 0) {
+                acc += XXH3_128bits(b, CHUNK).low64;
+                EVP_EncryptUpdate(c, b, &len, b, CHUNK);
+            } else {
+                XXH3_128bits_reset(st);
+                for (size_t p = 0; p < CHUNK; p += PIECE) {
+                    XXH3_128bits_update(st, b + p, PIECE);
+                    EVP_EncryptUpdate(c, b + p, &len, b + p, PIECE);
+                }
+                acc += XXH3_128bits_digest(st).low64;
+            }
+            EVP_EncryptFinal_ex(c, tag, &len);
+            EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, tag);
+        }
+        report(pass == 0 ? "seal+xxh3" : "seal+xxh3-1pass", thread_cpu() - t0, bytes);
+    }
+    if (acc == 42) printf("#\n");
+    XXH3_freeState(st);
+    EVP_CIPHER_CTX_free(c);
+    for (int i = 0; i < NBUF; i++) free(bufs[i]);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: stages DIR [BYTES]\n"); return 2; }
     const char *dir = argv[1];
@@ -152,6 +201,7 @@ int main(int argc, char **argv) {
     gcm("gcm-seal", buf, bytes, 1, 0);
     gcm("gcm-open", buf, bytes, 0, 0);
     gcm("gmac", buf, bytes, 1, 1);
+    onepass(bytes);
 
     // read+xxh3 and mmap+xxh3 over a page-cached file; the file stays for send-splice.
     snprintf(path, sizeof path, "/dev/shm/ferry-stages-s-%d", getpid());
