@@ -475,7 +475,10 @@ final class ProgressDisplay {
     func figures(_ s: TransferProgress.Snapshot) -> (pct: Int, eta: String) {
         let pct = s.bytesTotal > 0 ? Int(100 * Double(s.bytesDone) / Double(s.bytesTotal)) : 0
         let remaining = s.bytesTotal > s.bytesDone ? Double(s.bytesTotal - s.bytesDone) : 0
-        let eta = rate > 0 ? Int(remaining / rate) : -1
+        // A rate barely above zero (a stalled or throttled start) makes the quotient infinite,
+        // and Int(infinity) stops the process: no estimate then, or beyond a year.
+        let seconds = rate > 0 ? remaining / rate : -1
+        let eta = seconds.isFinite && seconds >= 0 && seconds < 31_536_000 ? Int(seconds) : -1
         let etaText = eta < 0 ? "--:--" : eta >= 3600 ? String(format: "%d:%02d:%02d", eta / 3600, eta / 60 % 60, eta % 60) : String(format: "%d:%02d", eta / 60, eta % 60)
         return (pct, etaText)
     }
@@ -483,7 +486,7 @@ final class ProgressDisplay {
     /// A log line: "1.2 GiB of 2.0 GiB (60 %), 3 of 10 files, 97.7 MiB/s, 0:08 left".
     func logLine(_ s: TransferProgress.Snapshot) -> String {
         let (pct, eta) = figures(s)
-        return "\(byteText(s.bytesDone)) of \(byteText(s.bytesTotal)) (\(pct) %), \(s.filesDone) of \(s.filesTotal) files, \(byteText(UInt64(max(0, rate))))/s, \(eta) left"
+        return "\(byteText(s.bytesDone)) of \(byteText(s.bytesTotal)) (\(pct) %), \(s.filesDone) of \(s.filesTotal) files, \(byteText(rateShown))/s, \(eta) left"
     }
 
     private func emit(_ line: String) {
@@ -491,11 +494,14 @@ final class ProgressDisplay {
         fflush(out)
     }
 
+    /// The rate as a whole number of bytes a second, whatever the Double holds.
+    private var rateShown: UInt64 { rate.isFinite && rate > 0 ? UInt64(min(rate, 1e18)) : 0 }
+
     private func updateRate(_ s: TransferProgress.Snapshot) {
         let now = Date()
         let dt = now.timeIntervalSince(lastTime)
         if dt > 0.2 {
-            let r = Double(s.bytesDone &- lastBytes) / dt
+            let r = s.bytesDone >= lastBytes ? Double(s.bytesDone - lastBytes) / dt : 0
             rate = rate == 0 ? r : 0.6 * r + 0.4 * rate
             lastBytes = s.bytesDone
             lastTime = now
@@ -507,13 +513,13 @@ final class ProgressDisplay {
         drainFiles()
         if quiet { return }
         if json {
-            emit("{\"type\":\"progress\",\"bytes_done\":\(s.bytesDone),\"bytes_total\":\(s.bytesTotal),\"files_done\":\(s.filesDone),\"files_total\":\(s.filesTotal),\"rate_bytes_per_second\":\(UInt64(max(0, rate)))}")
+            emit("{\"type\":\"progress\",\"bytes_done\":\(s.bytesDone),\"bytes_total\":\(s.bytesTotal),\"files_done\":\(s.filesDone),\"files_total\":\(s.filesTotal),\"rate_bytes_per_second\":\(rateShown)}")
         } else if tty {
             // A bar as wide as the terminal leaves room for after the figures; on a narrow one
             // the figures alone, cut to fit. Written over itself, the rest of the line erased.
             let (pct, eta) = figures(s)
             let columns = ProgressDisplay.terminalWidth() - 1
-            let tail = String(format: " %3d%% ", pct) + "\(byteText(s.bytesDone)) / \(byteText(s.bytesTotal))  \(byteText(UInt64(max(0, rate))))/s  ETA \(eta)  files \(s.filesDone)/\(s.filesTotal)"
+            let tail = String(format: " %3d%% ", pct) + "\(byteText(s.bytesDone)) / \(byteText(s.bytesTotal))  \(byteText(rateShown))/s  ETA \(eta)  files \(s.filesDone)/\(s.filesTotal)"
             var line: String
             if columns - tail.count >= 12 {
                 let width = min(40, columns - tail.count - 2)

@@ -265,14 +265,15 @@ extension Ferry {
             var creds = try credentials.load(needsIdentity: false)
             if creds.center == nil { creds.center = named }
             // The token a transfer would use (--token-file, FERRY_TOKEN_FILE): say when it is
-            // expired or not yet valid (ping itself does not send it).
+            // expired or not yet valid. Ping does not send it, so only its dates are read here:
+            // whether the server takes it (its signer, its scopes, a revocation) is not known.
             let configToken = try ClientConfig.get().tokenFile
             if let path = credentials.tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"] ?? configToken {
                 let note: String
                 do {
                     let t = try UserToken.decodeUnverified(try readToken(path))
                     let (state, why) = tokenValidity(t)
-                    note = why ?? "token of '\(t.user)' is \(state) until \(isoTime(t.expiresAt))"
+                    note = why ?? "token of '\(t.user)' is within its dates, valid until \(isoTime(t.expiresAt)) (its signature and scopes are checked by a copy, not by ping)"
                 } catch {
                     note = "the token in '\(path)' cannot be read: \(asMessage(error))"
                 }

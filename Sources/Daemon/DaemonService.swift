@@ -49,6 +49,7 @@ public final class DaemonService: @unchecked Sendable {
         api = DaemonAPI(store: store, verifier: verifier, center: center, runner: runner, catalog: catalog, transfer: transfer, centers: centers,
                         replicaRoot: replicas, staging: stagingSettings)
         api.secureCookies = apiTLS
+        api.eventStreams = EventStreamLimit(connections: apiConnections)
         api.federation = federation
         self.apiListen = apiListen
         self.apiTLS = apiTLS

@@ -166,6 +166,53 @@ struct DaemonE2ETests {
     /// `ferry jobs wait` and `watch` follow the job's event stream (pushed by the daemon's queue
     /// changes) instead of polling: one connection for the whole wait. Through a proxy that cuts
     /// event streams the wait still ends right, polling.
+    @Test("one user's event streams cannot take the API's connections: past 64 a stream gets `event: refused` and ends; the health check and a closed place answer again")
+    func eventStreamsLimited() throws {
+        let c = try DaemonE2ETests.start("daemon-event-limit")
+        defer { c.a.stop(); c.b.stop() }
+        try writeFile(c.scratch + "/slow.bin", randomBytes(24 << 20))
+        // 24 MiB at 1 MiB/s: the job runs while the streams are opened.
+        let sub = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "1M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
+        let id = DaemonE2ETests.lastJSON(sub)["id"] as? Int ?? -1
+        #expect(id > 0, "\(sub)")
+        let script = #"""
+            import socket, sys, time, urllib.request
+            host, port = sys.argv[1].rsplit("//", 1)[1].split(":")
+            token = open(sys.argv[2]).read().strip(); job = sys.argv[3]
+            def stream():
+                s = socket.create_connection((host, int(port)), timeout=10)
+                s.sendall(("GET /api/v1/transfers/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % (job, token)).encode())
+                got = b""
+                end = time.time() + 10
+                while b"data:" not in got and time.time() < end:
+                    b = s.recv(65536)
+                    if not b: break
+                    got += b
+                return s, got
+            held = [stream() for _ in range(64)]
+            first = sum(1 for _, g in held if b"event: progress" in g or b"event: end" in g)
+            s65, g65 = stream()
+            refused = b"event: refused" in g65 and b"limit per user" in g65
+            health = urllib.request.urlopen(sys.argv[1] + "/api/v1/health", timeout=10).status
+            for s, _ in held: s.close()
+            # A stream's place is given back when its next write finds the client gone (a
+            # running job's progress goes out at least once a second).
+            freed = False
+            for _ in range(20):
+                time.sleep(0.5)
+                again, g = stream()
+                again.close()
+                if b"event: refused" not in g:
+                    freed = True
+                    break
+            print(first, refused, health, freed)
+            """#
+        let r = runTool("/usr/bin/python3", ["-c", script, c.api, c.sb.tokenFile, "\(id)"], timeout: 90)
+        #expect(r.output.trimmingCharacters(in: .whitespacesAndNewlines) == "64 True 200 True", "\(r.output)")
+        _ = try DaemonE2ETests.jobs(c, ["cancel", "\(id)"])
+        #expect(c.a.isRunning)
+    }
+
     @Test("`ferry jobs wait` and `watch` follow the job's event stream: one request, not a poll; polling when a proxy cuts the stream")
     func waitFollowsEvents() throws {
         let c = try DaemonE2ETests.start("daemon-events")

@@ -306,4 +306,48 @@ while time.time() - start < seconds and not os.path.exists(stop):
         #expect(lines.contains { ($0["result"] as? String ?? "").contains(" more from 127.0.0.") }, "no line with a count")
         #expect(SecurityTests.auditLines(audit).contains { ($0["action"] as? String) == "push" && ($0["result"] as? String) == "ok" })
     }
+
+    @Test("one user's streams and chunk size cannot pin the server's memory: 64 streams of 16 MiB chunks get what fits in a session's budget")
+    func pinnedBuffersBounded() throws {
+        let sb = try Sandbox("pinned")
+        let root = try sb.dir("root")
+        let src = sb.file("zeros.bin")
+        // 1 GiB of written zeros (not sparse: every chunk travels, raw with --compress off), so
+        // that 64 chunks of 16 MiB can keep 64 streams busy.
+        let fd = open(src, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let block = [UInt8](repeating: 0, count: 16 << 20)
+        for i in 0..<64 { _ = block.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(i) << 24) } }
+        close(fd)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        // The server's own process (under the harness's `timeout` wrapper, when there is one).
+        var serverPid = server.process.pid
+        if let comm = try? String(contentsOfFile: "/proc/\(serverPid)/comm", encoding: .utf8), !comm.hasPrefix("ferry"),
+           let kids = try? String(contentsOfFile: "/proc/\(serverPid)/task/\(serverPid)/children", encoding: .utf8),
+           let kid = kids.split(separator: " ").first.flatMap({ pid_t(String($0)) }) {
+            serverPid = kid
+        }
+        // Slowed, so that the streams are open while the server's memory is read.
+        let p = try sb.startCp(src, server.url("zeros.bin"), options: ["--streams", "64", "--chunk-size", "16M", "--bwlimit", "16M", "--compress", "off"])
+        var pinnedKiB = 0
+        let deadline = Date().addingTimeInterval(6)
+        while Date() < deadline && p.isRunning {
+            if let text = try? String(contentsOfFile: "/proc/\(serverPid)/status", encoding: .utf8) {
+                for line in text.split(separator: "\n") where line.hasPrefix("VmPin:") {
+                    pinnedKiB = max(pinnedKiB, Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0)
+                }
+            }
+            usleep(100_000)
+        }
+        p.kill9()
+        _ = p.waitExit(timeout: 10)
+        // A session's budget is 1 GiB (TransferServer.sessionBufferBytes); before, 64 streams
+        // pinned 64 x 2 x 16 MiB = 2 GiB.
+        #expect(pinnedKiB > 100_000 && pinnedKiB <= 1_100_000, "VmPin peaked at \(pinnedKiB) KiB")
+        #expect(server.isRunning)
+        // A copy of the defaults still gets its streams and lands whole.
+        try writeRandomFile(sb.file("small.bin"), size: 9 * E2E.MiB)
+        let ok = try sb.cp(sb.file("small.bin"), server.url("small.bin"))
+        #expect(ok.succeeded && filesIdentical(sb.file("small.bin"), root + "/small.bin"), "\(ok)")
+    }
 }

@@ -45,6 +45,9 @@ public struct DaemonAPI: Sendable {
     public let sessions = ConsoleSessions()
     /// What the event streams of one job share (Events.swift).
     let events = EventShare()
+    /// Open event streams, per user and in all (Events.swift); `DaemonService` sizes it to
+    /// its `api_connections`.
+    var eventStreams = EventStreamLimit()
     /// Whether the console's cookie says `Secure` (the API speaks HTTPS).
     public var secureCookies = false
     /// More lines of `/metrics` (`DaemonService.attachMetrics`).
@@ -211,7 +214,16 @@ public struct DaemonAPI: Sendable {
                 let id = try ownJob(context, user).id
                 let api = self
                 // Pushed by the queue's change feed, not polled: see streamEvents (Events.swift).
+                let who = user.user
                 let body = ResponseBody { writer in try await onPool {
+                    // Counted while the stream runs (a place taken before the answer starts
+                    // could be lost with a connection that closes first).
+                    if let refused = api.eventStreams.enter(who) {
+                        try await writer.write(ByteBuffer(string: "event: refused\ndata: \(jsonString(refused))\n\n"))
+                        try await writer.finish(nil)
+                        return
+                    }
+                    defer { api.eventStreams.leave(who) }
                     try await api.streamEvents(of: id, render: { job in String(decoding: (try? AnswerEncoder.encode(api.live(job))) ?? [], as: UTF8.self) }) { text in
                         try await writer.write(ByteBuffer(string: text))
                     }
@@ -431,6 +443,12 @@ public struct DaemonAPI: Sendable {
         let parts = try namespaceComponents(String(rel))
         guard user.scopes.allow(parts, write: write) else {
             throw TransferError(.auth, "your token does not allow \(write ? "writing" : "reading") '\(path)'")
+        }
+        // The export's own rules, as the transfer server applies them to a direct copy: its
+        // access (`ro`) and its user list (a token's scopes alone let a user submit a job into a
+        // read-only export, or out of one whose `users` does not name them).
+        if let runner, case (_, _, let export?) = try runner.jobEndpoint(path) {
+            try export.admit(user.user, byToken: user.center == nil, write: write)
         }
         // Checked on disk too, as the job will open it: a link that leads out of the directory
         // it sits in is refused now (403), and again at run time if one is swapped in later.

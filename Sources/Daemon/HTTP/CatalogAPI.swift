@@ -109,10 +109,18 @@ extension DaemonAPI {
                 after = EntryKey(dataset: d.id, dir: slash.map { String(a[..<$0]) } ?? "", name: slash.map { String(a[a.index(after: $0)...]) } ?? a)
             }
             let want = Int(max(1, min(int("limit") ?? 1000, 10_000)))
+            // Seconds since the epoch, as nanoseconds: a value whose product would overflow is
+            // refused (it stopped the daemon: Swift traps on overflow).
+            var newerNs: Int64?
+            if let newer = int("newer") {
+                let (ns, over) = newer.multipliedReportingOverflow(by: 1_000_000_000)
+                guard !over else { throw HTTPFailure(status: 400, message: "newer: \(newer) is out of range (seconds since 1970)") }
+                newerNs = ns
+            }
             // A page may come back short, even empty, with `more`: the search read its
             // budget of rows (`Catalog.findPage`) and goes on after `next_after`.
             let page = try catalog.findPage(dataset: d.id, under: path, nameGlob: q["name"].map(String.init), minSize: int("min_size"),
-                                            maxSize: int("max_size"), newerThan: int("newer").map { $0 * 1_000_000_000 },
+                                            maxSize: int("max_size"), newerThan: newerNs,
                                             after: after, limit: want + 1, as: viewer)
             var entries = page.entries
             func key(_ dir: String, _ name: String) -> String { dir.isEmpty ? name : dir + "/" + name }

@@ -48,6 +48,43 @@ extension DaemonAPI {
     }
 }
 
+/// How many event streams may be open at once: per user, and for all users together. A stream
+/// lasts as long as its job (up to a day) and holds one of the API's connections
+/// (`api_connections`, 1,024 by default) all that time: without a limit, one token's 1,024
+/// streams of its own running job left no connection for anyone else (the health check, the
+/// Slurm hooks, other users). A stream beyond a limit gets one `event: refused` with the reason
+/// and ends at once; `ferry jobs wait` then polls, a browser's EventSource tries again later.
+final class EventStreamLimit: @unchecked Sendable {
+    let perUser: Int
+    let total: Int
+    private let lock = NSLock()
+    private var open: [String: Int] = [:]
+    private var all = 0
+
+    /// `connections`: the API's connection limit; event streams may take half of it.
+    init(perUser: Int = 64, connections: Int = 1024) {
+        self.perUser = perUser
+        self.total = max(1, connections / 2)
+    }
+
+    /// Takes a place for one stream of `user`; nil when there is one, else the reason.
+    func enter(_ user: String) -> String? {
+        lock.lock(); defer { lock.unlock() }
+        if all >= total { return "the daemon has \(all) event streams open, its limit; poll the job instead" }
+        if open[user, default: 0] >= perUser { return "'\(user)' has \(perUser) event streams open, the limit per user; close some, or poll" }
+        open[user, default: 0] += 1
+        all += 1
+        return nil
+    }
+
+    func leave(_ user: String) {
+        lock.lock(); defer { lock.unlock() }
+        all -= 1
+        let n = open[user, default: 1] - 1
+        open[user] = n > 0 ? n : nil
+    }
+}
+
 /// What the event streams of one job share (many consoles watching the same jobs): the job as
 /// read after a queue generation, and its rendering, made once for every stream that wants it.
 /// A stream reads its job after each change of the queue (at most four times a second) and

@@ -66,6 +66,26 @@ extension Catalog {
                 let empty = try s.one("SELECT 1 AS one FROM files WHERE dataset = ? LIMIT 1", id) == nil
                 return (id, false, empty)
             }
+            // A name has one owner across its versions, and no one registers a name inside, or
+            // around, another owner's: `resolve` prefers the longest name, then the unversioned
+            // one, then the newest version, so `climate/sub` (or `climate@2025`, or `climate`)
+            // registered by another user would answer for paths of the owner's `climate`.
+            if !administrator {
+                var ancestors: [String] = []
+                var prefix = ""
+                for part in name.split(separator: "/").dropLast() {
+                    prefix += (prefix.isEmpty ? "" : "/") + part
+                    ancestors.append(prefix)
+                }
+                var others = try s.query("""
+                    SELECT name, version, owner FROM datasets WHERE center = ? AND (name = ? OR substr(name, 1, ?) = ?)
+                    """, center, name, Int64(name.unicodeScalars.count + 1), name + "/")
+                for a in ancestors { others += try s.query("SELECT name, version, owner FROM datasets WHERE center = ? AND name = ?", center, a) }
+                if let o = others.first(where: { !sameBytes($0.text("owner"), owner) }) {
+                    let theirs = o.text("name") + (o.text("version").isEmpty ? "" : "@" + o.text("version"))
+                    throw CatalogError(.forbidden, "the dataset name '\(name)' at center \(center) would take over paths of '\(theirs)', which belongs to another user: choose another name (an operator may register it)")
+                }
+            }
             guard let r = try s.one("""
                 INSERT INTO datasets (center, name, version, owner, description, license, readers, root, created, updated)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id

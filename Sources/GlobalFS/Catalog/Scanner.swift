@@ -233,7 +233,7 @@ public final class Scanner: @unchecked Sendable {
                 if errno != ENOENT { skipped += 1 }  // gone meanwhile: as if never there
                 continue
             }
-            let mtime = Int64(s.st_mtim.tv_sec) * 1_000_000_000 + Int64(s.st_mtim.tv_nsec)
+            let mtime = nanoseconds(s.st_mtim)
             let mode = Int64(s.st_mode & 0o7777)
             switch s.st_mode & S_IFMT {
             case S_IFREG:
@@ -269,6 +269,16 @@ public final class Scanner: @unchecked Sendable {
 /// chunk (`FileDigest` over `ChunkHash`), so a catalog digest can be compared with what a
 /// transfer verified. Returns nil when the file is not the one expected (size or mtime moved
 /// while it was read): a digest is only recorded for the version it describes.
+/// A file's time in nanoseconds since the epoch, saturated at Int64's ends: a file's owner sets
+/// its mtime (tmpfs takes 2^62 seconds), and a product that overflowed would stop the daemon
+/// (Swift traps). Times past 2262 all read as the largest value.
+func nanoseconds(_ t: timespec) -> Int64 {
+    let (ns, over) = Int64(t.tv_sec).multipliedReportingOverflow(by: 1_000_000_000)
+    if over { return t.tv_sec < 0 ? .min : .max }
+    let (sum, over2) = ns.addingReportingOverflow(Int64(t.tv_nsec))
+    return over2 ? .max : sum
+}
+
 func engineDigest(path: String, size: Int64, mtimeNs: Int64, chunkSize: Int, buffer: UnsafeMutableRawPointer, beneath dirFd: Int32? = nil) -> ChunkHash? {
     // O_NONBLOCK: a FIFO put where the scan saw a file must not block the scan for ever.
     // Beneath the scanned directory, no link followed: a link swapped in is not read.
@@ -295,7 +305,7 @@ func engineDigest(path: String, size: Int64, mtimeNs: Int64, chunkSize: Int, buf
     let h = digest.finish()
     var st = stat()
     guard fstat(fd, &st) == 0, Int64(st.st_size) == size,
-          Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec) == mtimeNs else { return nil }
+          nanoseconds(st.st_mtim) == mtimeNs else { return nil }
     return h
 }
 
@@ -309,7 +319,7 @@ public func fileDigest(path: String, chunkSize: Int = Wire.chunkBytesDefault) th
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(1, chunkSize), alignment: 4096)
     defer { buffer.deallocate() }
     guard let h = engineDigest(path: path, size: Int64(st.st_size),
-                               mtimeNs: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
+                               mtimeNs: nanoseconds(st.st_mtim),
                                chunkSize: chunkSize, buffer: buffer) else {
         throw CatalogError(.io, "cannot read '\(path)', or it changed while read")
     }

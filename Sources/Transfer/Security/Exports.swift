@@ -54,6 +54,25 @@ public struct Export: Sendable {
 }
 
 /// Who is asking: a user (bearer token), a peer center (certificate), or both.
+extension Export {
+    /// Whether `user` may use this export for reading or (`write`) writing: its access (`ro`,
+    /// write-only) and its user list. A user of a token (`byToken`) is admitted by name or by
+    /// "*"; a center authenticated by its certificate alone by its name or "center:*". The
+    /// transfer server and the daemon (a job's local side, a registration) ask the same
+    /// question; a token's scopes are checked beside it, not instead.
+    public func admit(_ user: String, byToken: Bool, write: Bool) throws {
+        let label = name.isEmpty ? "this server" : "export '\(name)'"
+        if write && !writable { throw TransferError(.auth, "\(label) is read-only") }
+        if !write && !readable { throw TransferError(.auth, "\(label) is write-only") }
+        let allowed = users.contains { u in
+            if Array(u.utf8) == Array(user.utf8) { return true }
+            if byToken { return u == "*" }
+            return u == "center:*" && user.hasPrefix("center:")
+        }
+        guard allowed else { throw TransferError(.auth, "'\(user)' may not use \(label)") }
+    }
+}
+
 public struct Principal: Sendable {
     /// The token's user, or "center:NAME" for a center without a token.
     public var user: String
@@ -107,15 +126,7 @@ final class ExportTable: @unchecked Sendable {
             (opened, beneath) = (e, Array(parts.dropFirst()))
         }
         let e = opened.export
-        let label = e.name.isEmpty ? "this server" : "export '\(e.name)'"
-        if write && !e.writable { throw TransferError(.auth, "\(label) is read-only") }
-        if !write && !e.readable { throw TransferError(.auth, "\(label) is write-only") }
-        let allowed = e.users.contains { u in
-            if Array(u.utf8) == Array(who.user.utf8) { return true }
-            if who.scopes != nil { return u == "*" }
-            return u == "center:*" && who.user.hasPrefix("center:")
-        }
-        guard allowed else { throw TransferError(.auth, "'\(who.user)' may not use \(label)") }
+        try e.admit(who.user, byToken: who.scopes != nil, write: write)
         if let scopes = who.scopes {
             guard scopes.allow(parts, write: write) else {
                 throw TransferError(.auth, "the token of '\(who.user)' does not allow \(write ? "writing" : "reading") '/\(parts.joined(separator: "/"))' (scopes: \(scopes.map(\.description).joined(separator: " ")))")

@@ -115,6 +115,27 @@ public final class TransferServer: @unchecked Sendable {
     /// Refusals of unauthenticated connections, one line per address and interval.
     private let refusals: RefusalDigest
     private var stopped = false
+    /// Bytes of data-stream buffers granted to the sessions running now (guarded by `lock`).
+    private var bufferBytesGranted = 0
+
+    /// Buffer memory for data streams, the whole server and one session. Each data stream
+    /// holds two frame buffers of the session's chunk size (registered with its ring, so
+    /// pinned), and both the stream count (up to 64) and the chunk size (up to 64 MiB) are the
+    /// client's to choose: one session could pin 8 GiB. A session gets the streams it asks for
+    /// while they fit in a quarter of the budget and in what other sessions left; a session
+    /// that cannot have one stream is refused as busy (retryable). With the default 4 MiB
+    /// chunks a stream costs about 8.1 MiB: 64 streams fit in a session, and four such
+    /// sessions at once; 64 MiB chunks get 7 streams.
+    static let bufferBudgetBytes = 4 << 30
+    static let sessionBufferBytes = bufferBudgetBytes / 4
+
+    /// What one data stream of a session with `chunkBytes` chunks holds (both directions:
+    /// two frame buffers and their headroom; zero-copy slots come on top when enabled).
+    static func streamBufferBytes(chunkBytes: Int) -> Int {
+        2 * (DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes) + DataLayout.headroomBytes + DirectIO.alignment)
+            + (ZeroCopy.enabled ? 3 * (DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes) + DataLayout.headroomBytes) : 0)
+    }
+
     /// Sessions, bytes, refusals and handshakes, for the daemon's `/metrics`.
     let metrics = ServerMetrics()
 
@@ -398,7 +419,17 @@ public final class TransferServer: @unchecked Sendable {
                 hello.options.selection = nil
             }
         }
-        let streams = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax)
+        let perStream = TransferServer.streamBufferBytes(chunkBytes: hello.options.chunkBytes)
+        let streams = try lock.withLock { () throws -> Int in
+            let left = min(TransferServer.sessionBufferBytes, TransferServer.bufferBudgetBytes - bufferBytesGranted)
+            let granted = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax, left / perStream)
+            guard granted >= 1 else {
+                throw TransferError(.busy, "the server's buffer memory is taken by other transfers (\(byteText(UInt64(bufferBytesGranted))) of \(byteText(UInt64(TransferServer.bufferBudgetBytes)))); try again later", resumable: true)
+            }
+            bufferBytesGranted += granted * perStream
+            return granted
+        }
+        defer { lock.withLock { bufferBytesGranted -= streams * perStream } }
         let progress = TransferProgress()
         let ctx = SessionContext(control: conn, options: hello.options, progress: progress, idleTimeoutSeconds: configuration.idleTimeoutSeconds, protection: hello.options.protection, direction: hello.direction)
         let session = ServerSession(id: randomBytes(16), secret: randomBytes(32), streams: streams, ctx: ctx)
