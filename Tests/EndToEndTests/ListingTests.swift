@@ -72,6 +72,12 @@ struct ListingTests {
         #expect(!bad.succeeded && bad.stderr.contains("secret"), "\(bad)")
         let missing = try ferry(["jobs", "submit", "/scratch/no-such-file", "ferry://wuxi/incoming/y.bin"])
         #expect(!missing.succeeded && missing.stderr.contains("does not exist"), "\(missing)")
+        // Both sides here, or both at peers: refused at submit too (the engine would refuse it
+        // when the job ran).
+        let inside = try ferry(["jobs", "submit", "/scratch/in.bin", "/scratch/copy.bin"])
+        #expect(!inside.succeeded && inside.stderr.contains("one side is ferry://PEER/PATH"), "\(inside)")
+        let between = try ferry(["jobs", "submit", "ferry://wuxi/archive/a", "ferry://wuxi/incoming/b"])
+        #expect(!between.succeeded && between.stderr.contains("source center's daemon"), "\(between)")
         let count = try ferry(["jobs", "list", "--json"])
         #expect((DaemonE2ETests.lastJSON(count)["transfers"] as? [Any])?.count == 3, "\(count)")
 

@@ -187,6 +187,45 @@ struct SecurityTests {
         #expect(ok.succeeded && filesIdentical(root + "/alice/sub/mine.txt", local + "/mine.txt"), "\(ok)")
     }
 
+    @Test("a link at the limit of a token's scope is not followed (the scope holds on disk), and a tree's destination that is a link is neither written nor deleted in")
+    func linksAtScopeAndTreeDestination() throws {
+        let sb = try Sandbox("scope-limit-link")
+        let root = try sb.dir("root")
+        try writeFile(try sb.dir("root/shared/b") + "/data.txt", Array("b's\n".utf8))
+        symlink("b", root + "/shared/c")  // beneath its own directory, but out of the scope /shared/c
+        let local = try sb.dir("local")
+        let reader = try sb.issueToken(scopes: ["read:/shared/c"], name: "c-read.tok")
+        let writer = try sb.issueToken(scopes: ["rw:/shared/c"], name: "c-rw.tok")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let pull = try sb.cp(server.url("shared/c/data.txt"), local + "/got.txt", tokenFile: reader, timeout: 30)
+        #expect(!pull.succeeded && !exists(local + "/got.txt") && (pull.error?.message ?? pull.stderr).contains("symbolic link"), "\(pull)")
+        let ls = try sb.ferry(["ls", "--ca", sb.ca, "--token-file", reader, server.url("shared/c")], timeout: 30)
+        #expect(!ls.succeeded && !ls.stdout.contains("data.txt"), "\(ls)")
+        try writeFile(local + "/x.txt", Array("x\n".utf8))
+        let push = try sb.cp(local + "/x.txt", server.url("shared/c/x.txt"), tokenFile: writer, timeout: 30)
+        #expect(!push.succeeded && !exists(root + "/shared/b/x.txt"), "\(push)")
+
+        // A shared project directory: someone who can write it puts a link where the user's
+        // tree goes; the user's own `cp -r --delete` must not empty the linked directory.
+        let archive = try sb.dir("root/proj/archive")
+        for n in ["precious1", "precious2"] { try writeFile(archive + "/" + n, Array(n.utf8)) }
+        symlink("archive", root + "/proj/tree")
+        let src = try sb.dir("local/src")
+        try writeFile(src + "/new.txt", Array("new\n".utf8))
+        let proj = try sb.issueToken(scopes: ["rw:/proj"], name: "proj.tok")
+        let del = try sb.cp(src, server.url("proj/tree"), options: ["-r", "--delete"], tokenFile: proj, timeout: 30)
+        #expect(!del.succeeded && (del.error?.message ?? del.stderr).contains("symbolic link"), "\(del)")
+        #expect(exists(archive + "/precious1") && exists(archive + "/precious2") && !exists(archive + "/new.txt"), "the linked directory was changed")
+        // Links beneath the limit still work where they stay in their directory.
+        try writeFile(try sb.dir("root/shared/c2/sub") + "/in.txt", Array("in\n".utf8))
+        symlink("sub", root + "/shared/c2/inside")
+        let c2 = try sb.issueToken(scopes: ["read:/shared/c2"], name: "c2.tok")
+        let ok = try sb.cp(server.url("shared/c2/inside/in.txt"), local + "/in.txt", tokenFile: c2, timeout: 30)
+        #expect(ok.succeeded && filesIdentical(root + "/shared/c2/sub/in.txt", local + "/in.txt"), "\(ok)")
+        #expect(server.isRunning)
+    }
+
     @Test("an expired server certificate is refused by the client")
     func expiredServerCertificate() throws {
         let sb = try Sandbox("expired-server")

@@ -193,8 +193,10 @@ struct SecurityUnitTests {
             Export(name: "b", path: d.path + "/b", writable: false, users: ["*"]),
         ])
         let alice = Principal(user: "alice", center: nil, scopes: [try Scope(parsing: "rw:/a/alice"), try Scope(parsing: "read:/b")])
-        let (_, beneath, e) = try table.authorize(alice, path: "a/alice/x", write: true)
-        #expect(e.name == "a" && beneath == ["alice", "x"])
+        let (_, beneath, e, linkFree) = try table.authorize(alice, path: "a/alice/x", write: true)
+        // The scope /a/alice ends at 'alice': that component is opened without following links.
+        #expect(e.name == "a" && beneath == ["alice", "x"] && linkFree == 1)
+        #expect(try table.authorize(alice, path: "b/x", write: false).linkFree == 0)
         func refusal(_ p: Principal, _ path: String, write: Bool) -> String {
             do { _ = try table.authorize(p, path: path, write: write); return "accepted" } catch { return (error as? TransferError)?.message ?? "" }
         }

@@ -398,6 +398,13 @@ public struct DaemonAPI: Sendable {
         // nobody would know (the contract says 1 to 64).
         if let n = r.streams, !(1...64).contains(n) { throw HTTPFailure(status: 400, message: "streams is 1 to 64, not \(n)") }
         if let d = r.deadline, d < 0 { throw HTTPFailure(status: 400, message: "deadline is a Unix time in seconds") }
+        // A job moves data between this center and a peer: one side local, one ferry://. Both
+        // local or both remote could only fail when it runs (the engine refuses either).
+        if r.source.hasPrefix("ferry://") == r.destination.hasPrefix("ferry://") {
+            throw HTTPFailure(status: 400, message: r.source.hasPrefix("ferry://")
+                ? "a job copies between this center and a peer: between two peers, submit it at the source center's daemon"
+                : "a job copies between this center and a peer: one side is ferry://PEER/PATH (a copy within the center is cp's)")
+        }
         if !r.source.hasPrefix("ferry://"), let runner, case (.confined(let root, let components), _, let export?) = try runner.jobEndpoint(r.source) {
             // Looked up as the owner's account (as the job will read it), so the answer tells
             // the user nothing their own rights do not: after the scope check, on this thread

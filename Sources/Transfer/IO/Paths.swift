@@ -72,6 +72,9 @@ enum Paths {
             let fd = ferry_openat2(root, p, flags | O_CLOEXEC, UInt32(mode), resolve)
             if fd >= 0 { return fd }
             if fd == -EINTR || fd == -EAGAIN { continue }
+            if fd == -ELOOP && noSymlinks {
+                throw TransferError(.path, "'\(path)' is a symbolic link where Ferry follows none (at or above the limit of the token's scope, or a tree's destination): name the directory itself")
+            }
             if fd == -EXDEV || fd == -ELOOP {
                 throw TransferError(.path, "path '\(path)' resolves outside the root (refused)")
             }
@@ -150,14 +153,22 @@ enum Paths {
     /// symlink on the way can never lead above the component it sits in: a path checked
     /// against a scope by its text stays within that scope on disk. (One openat2 of the whole
     /// path only keeps it beneath `root`.)
-    static func openStepwise(beneath root: Int32, _ components: [Substring], flags: Int32) throws -> Int32 {
+    ///
+    /// `linkFree`: how many of the first components are opened without following any symbolic
+    /// link (those down to the limit of the token's scope: a link there, even one that stays
+    /// beneath its own directory, would carry the session out of the scope its path was checked
+    /// against; beneath the limit a link is followed within its directory, as before).
+    /// `lastLinkFree`: the last component is not followed either (a tree's destination that a
+    /// deletion or a tree push works in: a link swapped in there by someone who can write its
+    /// parent would turn the user's own `--delete` on another of their directories).
+    static func openStepwise(beneath root: Int32, _ components: [Substring], flags: Int32, linkFree: Int = 0, lastLinkFree: Bool = false) throws -> Int32 {
         var current = try open(beneath: root, "", flags: O_DIRECTORY | FERRY_O_PATH)
         for (i, c) in components.enumerated() {
             let last = i == components.count - 1
             do {
                 let next = last
-                    ? try openData(beneath: current, String(c), flags: flags)
-                    : try open(beneath: current, String(c), flags: O_DIRECTORY | FERRY_O_PATH)
+                    ? try openData(beneath: current, String(c), flags: flags, noSymlinks: i < linkFree || lastLinkFree)
+                    : try open(beneath: current, String(c), flags: O_DIRECTORY | FERRY_O_PATH, noSymlinks: i < linkFree)
                 Glibc.close(current)
                 current = next
             } catch {
@@ -177,14 +188,14 @@ enum Paths {
     /// Missing parents get `mode` (by default 0755 less the umask the process started with:
     /// `prepareProcess` sets 0), as `mkdir -p` makes them; the last one
     /// `lastMode` when given (a transfer's target, kept private until its own mode is applied).
-    static func makeDirectories(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755 & ~startUmask, lastMode: mode_t? = nil) throws -> Int32 {
-        try makeDirectoriesTellingNew(beneath: root, components, mode: mode, lastMode: lastMode).fd
+    static func makeDirectories(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755 & ~startUmask, lastMode: mode_t? = nil, linkFree: Int = 0) throws -> Int32 {
+        try makeDirectoriesTellingNew(beneath: root, components, mode: mode, lastMode: lastMode, linkFree: linkFree).fd
     }
 
     /// `makeDirectories`, and whether the last directory was made now (`new`: nothing was in it
     /// before this call).
     static func makeDirectoriesTellingNew(beneath root: Int32, _ components: [Substring], mode: mode_t = 0o755 & ~startUmask,
-                                          lastMode: mode_t? = nil) throws -> (fd: Int32, new: Bool) {
+                                          lastMode: mode_t? = nil, linkFree: Int = 0, lastLinkFree: Bool = false) throws -> (fd: Int32, new: Bool) {
         var current = try open(beneath: root, "", flags: O_DIRECTORY | FERRY_O_PATH)
         var made = false
         for (i, c) in components.enumerated() {
@@ -197,7 +208,8 @@ enum Paths {
                 throw TransferError.system("cannot create directory '\(components.joined(separator: "/"))'", errno: e)
             }
             do {
-                let next = try open(beneath: current, name, flags: O_DIRECTORY | FERRY_O_PATH)
+                let next = try open(beneath: current, name, flags: O_DIRECTORY | FERRY_O_PATH,
+                                    noSymlinks: i < linkFree || (lastLinkFree && i == components.count - 1))
                 Glibc.close(current)
                 current = next
             } catch {

@@ -113,7 +113,9 @@ final class ExportTable: @unchecked Sendable {
 
     /// Checks the request and returns the export's directory fd, the path beneath it, and the
     /// export. Every refusal is an `.auth` or `.path` error naming the reason.
-    func authorize(_ who: Principal, path: String, write: Bool) throws -> (fd: Int32, beneath: [Substring], export: Export) {
+    /// `linkFree`: how many components of `beneath` lie at or above the limit of the deepest
+    /// scope that allows the request (opened without following links: `Paths.openStepwise`).
+    func authorize(_ who: Principal, path: String, write: Bool) throws -> (fd: Int32, beneath: [Substring], export: Export, linkFree: Int) {
         let parts = try Paths.components(of: path)
         let (opened, beneath): (Opened, [Substring])
         if exports.count == 1 && exports[0].export.name.isEmpty {
@@ -127,11 +129,15 @@ final class ExportTable: @unchecked Sendable {
         }
         let e = opened.export
         try e.admit(who.user, byToken: who.scopes != nil, write: write)
+        var linkFree = 0
         if let scopes = who.scopes {
             guard scopes.allow(parts, write: write) else {
                 throw TransferError(.auth, "the token of '\(who.user)' does not allow \(write ? "writing" : "reading") '/\(parts.joined(separator: "/"))' (scopes: \(scopes.map(\.description).joined(separator: " ")))")
             }
+            let depth = scopes.filter { (write ? $0.write : $0.read) && $0.covers(parts) }
+                .map { $0.path.split(separator: "/", omittingEmptySubsequences: true).count }.max() ?? 0
+            linkFree = min(beneath.count, max(0, depth - (parts.count - beneath.count)))
         }
-        return (opened.fd, beneath, e)
+        return (opened.fd, beneath, e, linkFree)
     }
 }

@@ -151,6 +151,7 @@ final class Receiver: @unchecked Sendable {
     let ctx: SessionContext
     private let baseFd: Int32
     private let targetComponents: [Substring]
+    private var linkFree = 0
     private let lock = Lock()
     private var files: [UInt64: ReceiverFile] = [:]
     /// Highest file id the manifest announced (ids are assigned in increasing order).
@@ -189,10 +190,13 @@ final class Receiver: @unchecked Sendable {
     /// destination relative to it ("" components = `baseFd` itself).
     /// `modeMask`: the mode bits applied from the sender (setuid and setgid are dropped unless
     /// the export allows them: a pushed copy of a setuid binary must not become one here).
-    init(ctx: SessionContext, baseFd: Int32, target: [Substring], modeMask: UInt32 = 0o1777) {
+    /// `linkFree`: how many of `target`'s first components must not be symbolic links (down to
+    /// the limit of the token's scope: `Paths.openStepwise`).
+    init(ctx: SessionContext, baseFd: Int32, target: [Substring], modeMask: UInt32 = 0o1777, linkFree: Int = 0) {
         self.ctx = ctx
         self.baseFd = baseFd
         self.targetComponents = target
+        self.linkFree = linkFree
         self.chunkBytes = ctx.options.chunkBytes
         self.sink = nil
         self.modeMask = modeMask
@@ -397,14 +401,15 @@ final class Receiver: @unchecked Sendable {
             // mask (they were 0700: a group could not reach a tree pushed to a new path); the
             // target itself private until its own mode is applied.
             let parents = mode_t(0o755 & modeMask) & ~startUmask
-            let (fd, new) = try Paths.makeDirectoriesTellingNew(beneath: baseFd, targetComponents, mode: parents, lastMode: 0o700)
+            // A tree lands in a directory, never through a link at its name (`openStepwise`).
+            let (fd, new) = try Paths.makeDirectoriesTellingNew(beneath: baseFd, targetComponents, mode: parents, lastMode: 0o700, linkFree: linkFree, lastLinkFree: true)
             targetDir = DirHandle(fd: fd, new: new)
             dirFixups.append(e)
         } else {
             guard let last = targetComponents.last else {
                 throw TransferError(.path, "destination '\(shown)' is a directory; give a file name or end the path with '/'")
             }
-            let parentFd = try Paths.makeDirectories(beneath: baseFd, Array(targetComponents.dropLast()))
+            let parentFd = try Paths.makeDirectories(beneath: baseFd, Array(targetComponents.dropLast()), linkFree: linkFree)
             targetFile = (DirHandle(fd: parentFd), String(last))
         }
     }

@@ -385,7 +385,7 @@ public final class TransferServer: @unchecked Sendable {
         guard hello.options.protection >= configuration.minimumProtection || controlOnly else {
             throw TransferError(.auth, "this server requires --protection \(configuration.minimumProtection) or stronger")
         }
-        let (exportFd, beneath, export) = try exports.authorize(who, path: hello.path, write: hello.direction == .push || hello.direction == .delete || hello.direction == .commit)
+        let (exportFd, beneath, export, linkFree) = try exports.authorize(who, path: hello.path, write: hello.direction == .push || hello.direction == .delete || hello.direction == .commit)
         // From here on this thread (and every thread it starts) acts as the user's account:
         // the kernel checks each open, create and rename as it would for the user's shell.
         let account = try configuration.identities.resolve(who.user, export: export)
@@ -395,7 +395,7 @@ public final class TransferServer: @unchecked Sendable {
         }
         defer { if account != nil { ThreadIdentity.restore() } }
         if controlOnly {
-            try serveTree(hello, conn: conn, ring: ring, exportFd: exportFd, beneath: beneath, modeMask: export.modeMask, who: who, note: note)
+            try serveTree(hello, conn: conn, ring: ring, exportFd: exportFd, beneath: beneath, linkFree: linkFree, modeMask: export.modeMask, who: who, note: note)
             return
         }
         if let announced = hello.options.selection?.count {
@@ -437,12 +437,12 @@ public final class TransferServer: @unchecked Sendable {
         switch hello.direction {
         case .push:
             let base = try sys("cannot open the export") { dup(exportFd) }
-            session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath, modeMask: export.modeMask)
+            session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath, modeMask: export.modeMask, linkFree: linkFree)
         case .list, .delete, .commit:
             throw TransferError.protocolError("not a transfer")
         case .pull:
             // Component by component: a symlink inside the scope cannot lead out of it.
-            let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY)
+            let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY, linkFree: linkFree)
             // Said now, in place of the WELCOME, not by the walk once the data streams join:
             // a session torn down while they joined let the client see a broken stream first.
             var st = stat()
@@ -511,7 +511,7 @@ public final class TransferServer: @unchecked Sendable {
 
     /// A listing or a deletion beneath the authorized path, as the user's account: one audit
     /// record, one log line.
-    private func serveTree(_ hello: Hello, conn: Connection, ring: Ring, exportFd: Int32, beneath: [Substring], modeMask: UInt32, who: Principal, note: AuditNote) throws {
+    private func serveTree(_ hello: Hello, conn: Connection, ring: Ring, exportFd: Int32, beneath: [Substring], linkFree: Int, modeMask: UInt32, who: Principal, note: AuditNote) throws {
         let start = monotonicNs()
         var record = AuditLog.Record(user: who.user, peer: conn.peer, action: note.action, path: hello.path, result: "ok")
         record.center = who.center ?? ""
@@ -524,14 +524,14 @@ public final class TransferServer: @unchecked Sendable {
         let shown = hello.path.isEmpty ? "." : hello.path
         do {
             if hello.direction == .list {
-                let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY)
+                let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY, linkFree: linkFree)
                 let request = ListRequest(depth: hello.options.listDepth, digests: hello.options.checksum, filters: hello.options.filters)
                 record.files = try Listing.serve(conn: conn, ring: ring, rootFd: fd, request: request)
                 configuration.log(.info, "list '\(shown)' by \(who.user) from \(conn.peer): ok, \(record.files) entries\(request.digests ? " with digests" : "")")
             } else if hello.direction == .commit {
                 // One request, one answer: the striped file's ranges checked and it renamed.
                 guard let name = beneath.last else { throw TransferError(.path, "a commit names a file, not the export's root") }
-                let dir = try Paths.openStepwise(beneath: exportFd, Array(beneath.dropLast()), flags: O_RDONLY | O_DIRECTORY)
+                let dir = try Paths.openStepwise(beneath: exportFd, Array(beneath.dropLast()), flags: O_RDONLY | O_DIRECTORY, linkFree: linkFree)
                 defer { Glibc.close(dir) }
                 let (type, payload) = try conn.receive(ring: ring, timeoutNs: Int64(configuration.idleTimeoutSeconds) * 1_000_000_000, payloadBytesMax: 16 + 48 + CommitRequest.rangesMax * 16)
                 guard type == .manifest else { throw TransferError.protocolError("expected a COMMIT request, got \(type)") }
@@ -542,7 +542,8 @@ public final class TransferServer: @unchecked Sendable {
                 try conn.send(.fileDone, [outcome == .committed ? 0 : 1], ring: ring)
                 configuration.log(.info, "commit '\(shown)' (\(request.ranges.count) ranges) by \(who.user) from \(conn.peer): \(outcome == .committed ? "renamed into place" : "already committed")")
             } else {
-                let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY | O_DIRECTORY)
+                // The directory a deletion works in is never reached through a link at its name.
+                let fd = try Paths.openStepwise(beneath: exportFd, beneath, flags: O_RDONLY | O_DIRECTORY, linkFree: linkFree, lastLinkFree: true)
                 defer { Glibc.close(fd) }
                 let (deleted, failed) = try Listing.serveDeletion(conn: conn, ring: ring, rootFd: fd, idleTimeoutNs: Int64(configuration.idleTimeoutSeconds) * 1_000_000_000)
                 record.files = deleted
