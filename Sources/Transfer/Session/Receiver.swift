@@ -283,8 +283,17 @@ final class Receiver: @unchecked Sendable {
                     guard let f = lock.withLock({ files[id] }) else { throw TransferError.protocolError("skip for unknown file") }
                     f.lock.lock()
                     f.awaitingDecision = false
+                    // Never through a link: the name compared may have been swapped for one
+                    // since (a chmod that followed it changed whatever it pointed at, even
+                    // outside the root). A file that is a link now was not the one compared.
+                    if fchmodat(f.dir.fd, f.name, mode_t(f.entry.mode), AT_SYMLINK_NOFOLLOW) != 0 && [EOPNOTSUPP, ELOOP, ENOENT].contains(errno) {
+                        let verdict = failFile(f, "'\(f.display)' changed while it was compared (it is not that file now); run the copy again", code: .verify)
+                        f.lock.unlock()
+                        lock.withLock { files[id] = nil }
+                        try sendVerdicts([verdict], ring: ring)
+                        continue
+                    }
                     f.done = true
-                    _ = fchmodat(f.dir.fd, f.name, mode_t(f.entry.mode), 0)
                     var t = f.times
                     _ = utimensat(f.dir.fd, f.name, &t, AT_SYMLINK_NOFOLLOW)
                     f.lock.unlock()
@@ -534,7 +543,8 @@ final class Receiver: @unchecked Sendable {
             }
             if kind == S_IFREG && UInt64(st.st_size) == e.size {
                 if !ctx.options.checksum && Int64(st.st_mtim.tv_sec) == e.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == e.mtimeNanoseconds {
-                    if UInt32(st.st_mode) & 0o7777 != e.mode { _ = fchmodat(dir.fd, name, mode_t(e.mode), 0) }
+                    // Never through a link (one swapped in since the stat above).
+                    if UInt32(st.st_mode) & 0o7777 != e.mode { _ = fchmodat(dir.fd, name, mode_t(e.mode), AT_SYMLINK_NOFOLLOW) }
                     ctx.progress.skippedUnread(bytes: announced, name: display)
                     return PlanEntry(id: e.id, action: .skip)
                 }
