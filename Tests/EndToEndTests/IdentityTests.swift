@@ -349,3 +349,138 @@ struct DaemonIdentityTests {
         #expect(!ls.body.contains("secret"), "\(ls)")
     }
 }
+
+// MARK: - partial files and journals planted by another account
+
+extension IdentityTests {
+    /// Every byte of an open file, read through its descriptor (the inode, whatever its name now).
+    static func bytes(ofDescriptor fd: Int32) -> [UInt8] {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return [] }
+        var out = [UInt8](repeating: 0, count: Int(st.st_size))
+        var got = 0
+        while got < out.count {
+            let r = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + got, $0.count - got, off_t(got)) }
+            if r <= 0 { break }
+            got += r
+        }
+        return Array(out.prefix(got))
+    }
+
+    /// A file `path` owned by `owner`, mode 0666, holding `content`; an open descriptor of it.
+    static func plant(_ path: String, _ content: [UInt8], owner: (uid_t, gid_t)) throws -> Int32 {
+        try writeFile(path, content)
+        chown(path, owner.0, owner.1)
+        chmod(path, 0o666)
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw HarnessError("cannot open \(path)") }
+        return fd
+    }
+
+    /// Another account plants `.NAME.ferry-part` (0666) and `.NAME.ferry-journal` before a push:
+    /// in a world-writable directory they are replaced (the push lands the user's own file, with
+    /// its mode; the planted files never see a byte of it); in a sticky one, where they cannot be
+    /// removed, the file fails with a message naming the partial, and nothing is written into them.
+    @Test("a partial file or journal another account planted is never written into or renamed",
+          arguments: [false, true])
+    func plantedPartial(_ chunked: Bool) throws {
+        let (sb, root, u1, u2) = try Self.setUp("ident-plant-\(chunked ? "big" : "small")")
+        let token = try sb.issueToken(user: "ferryu1", scopes: ["rw:/"], name: "u1.token")
+        let server = try FerryServer(sb, root: root, runAsRoot: false)
+        defer { server.stop() }
+        let local = try sb.dir("local")
+        let src = local + "/data.bin"
+        try writeRandomFile(src, size: chunked ? 3 * E2E.MiB + 5 : 5000)
+        chmod(src, 0o640)
+        let attacker = [UInt8](repeating: 0x41, count: 1000)
+        let journalBytes = [UInt8](repeating: 0x4A, count: 200)
+
+        for (dir, mode) in [("open", mode_t(0o777)), ("sticky", mode_t(0o1777))] {
+            let d = try sb.dir("export/" + dir)
+            chmod(d, mode)
+            let part = try Self.plant(d + "/.data.bin.ferry-part", attacker, owner: u2)
+            defer { close(part) }
+            let journal = try Self.plant(d + "/.data.bin.ferry-journal", journalBytes, owner: u2)
+            defer { close(journal) }
+            var planted = stat()
+            fstat(part, &planted)
+
+            let r = try sb.cp(src, server.url(dir + "/data.bin"), options: ["--chunk-size", "1M"], tokenFile: token)
+            if dir == "open" {
+                #expect(r.succeeded, "\(r)")
+                let o = Self.owner(d + "/data.bin")
+                #expect(o?.uid == u1.0 && o?.mode == 0o640, "landed owned by \(o?.uid ?? 9999) with mode \(String(o?.mode ?? 0, radix: 8))")
+                #expect(filesIdentical(src, d + "/data.bin"))
+                var landed = stat()
+                #expect(lstat(d + "/data.bin", &landed) == 0 && landed.st_ino != planted.st_ino, "the planted file was renamed into place")
+            } else {
+                #expect(!r.succeeded && r.status != 0, "\(r)")
+                #expect(r.allMessages.contains("'.data.bin.ferry-part' in its directory belongs to another account"), "\(r)")
+                #expect(!exists(d + "/data.bin"))
+            }
+            // Compared outside #expect: a failing comparison of megabytes would be diffed element by element.
+            let partIntact = Self.bytes(ofDescriptor: part) == attacker
+            let journalIntact = Self.bytes(ofDescriptor: journal) == journalBytes
+            #expect(partIntact, "\(dir): the planted partial holds more than the attacker wrote")
+            #expect(journalIntact, "\(dir): the planted journal was written into")
+        }
+    }
+
+    enum Swap: String, CustomStringConvertible, CaseIterable {
+        case chownPartial, copyPartial, chownJournal
+        var description: String { rawValue }
+    }
+
+    /// An interrupted push leaves a partial and its journal; before the rerun another account
+    /// takes one of them over (the file given to it, or a copy of the partial, same bytes, put
+    /// in its place). The rerun does not resume from it or write into it: it starts over into
+    /// a file of the user's own.
+    @Test("a resume never uses a partial or journal that is not the user's own", arguments: Swap.allCases)
+    func plantedResume(_ swap: Swap) throws {
+        let (sb, root, u1, u2) = try Self.setUp("ident-plant-resume-\(swap)")
+        let token = try sb.issueToken(user: "ferryu1", scopes: ["rw:/"], name: "u1.token")
+        let server = try FerryServer(sb, root: root, runAsRoot: false)
+        defer { server.stop() }
+        let d = try sb.dir("export/open")
+        chmod(d, 0o777)
+        let local = try sb.dir("local")
+        let src = local + "/big.bin"
+        try writeRandomFile(src, size: 64 * E2E.MiB)
+        chmod(src, 0o644)
+
+        let first = try sb.startCp(src, server.url("open/big.bin"), options: ["--chunk-size", "1M", "--bwlimit", "16M"], tokenFile: token)
+        guard waitForProgress(first, fraction: 0.3) != nil else {
+            Issue.record("never saw progress ≥ 30 %: \(sb.finish(first, timeout: 5))")
+            return
+        }
+        first.kill9()
+        sleepSeconds(1)  // the server's session notices and makes what it wrote durable
+        let part = d + "/.big.bin.ferry-part"
+        let journal = d + "/.big.bin.ferry-journal"
+        #expect(Self.owner(part)?.uid == u1.0 && Self.owner(journal)?.uid == u1.0, "no partial of ferryu1's after the kill: \(walkTree(d))")
+        let target = swap == .chownJournal ? journal : part
+        if swap == .copyPartial {
+            let bytes = readFile(part) ?? []
+            unlink(part)
+            try writeFile(part, bytes)
+        }
+        chown(target, u2.0, u2.1)
+        chmod(target, 0o666)
+        let fd = open(target, O_RDONLY)
+        defer { close(fd) }
+        let before = Self.bytes(ofDescriptor: fd)
+        var planted = stat()
+        fstat(fd, &planted)
+
+        let rerun = try sb.cp(src, server.url("open/big.bin"), options: ["--chunk-size", "1M"], tokenFile: token)
+        #expect(rerun.succeeded, "\(rerun)")
+        #expect(filesIdentical(src, d + "/big.bin"))
+        let o = Self.owner(d + "/big.bin")
+        #expect(o?.uid == u1.0 && o?.mode == 0o644, "landed owned by \(o?.uid ?? 9999) with mode \(String(o?.mode ?? 0, radix: 8))")
+        var landed = stat()
+        #expect(lstat(d + "/big.bin", &landed) == 0 && landed.st_ino != planted.st_ino, "the other account's file was renamed into place")
+        #expect(rerun.summary?.skippedBytes == 0, "resumed from a file that is not ferryu1's: \(rerun.summary.map { "\($0)" } ?? "no summary")")
+        let intact = Self.bytes(ofDescriptor: fd) == before  // outside #expect: no element-wise diff of 64 MiB
+        #expect(intact, "the other account's file was written into")
+    }
+}

@@ -233,6 +233,23 @@ let savedStartUmask: Void = { startUmask = umask(0) }()
 enum PartialNames {
     static let partSuffix = ".ferry-part"
     static let journalSuffix = ".ferry-journal"
+
+    /// Whether `fd`, an existing partial file or journal just opened, is the calling thread's
+    /// own: a regular file owned by its fsuid (the account a server acts as for the user), with
+    /// one link. Anything else is never written into, resumed from or renamed into place: in a
+    /// shared directory another account can plant the helper name first (and keep writing into
+    /// its own file, or read what lands there), or hard-link someone's file to it.
+    static func isOwn(_ fd: Int32) -> Bool {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return false }
+        return st.st_mode & S_IFMT == S_IFREG && st.st_uid == ThreadIdentity.fsuid && st.st_nlink == 1
+    }
+
+    /// Why a file is refused when its helper `helperName` is another account's and cannot be
+    /// removed (a sticky directory): nothing of the file is written.
+    static func foreignMessage(_ display: String, _ helperName: String) -> String {
+        "cannot write '\(display)': '\(helperName)' in its directory belongs to another account (remove it, or ask its owner to)"
+    }
     static func part(_ name: String) -> String { helper(name, partSuffix) }
     static func journal(_ name: String) -> String { helper(name, journalSuffix) }
     /// The journal of one range of a striped file (`.NAME.r<first>+<count>.ferry-journal`):

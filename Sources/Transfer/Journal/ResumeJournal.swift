@@ -49,15 +49,24 @@ final class ResumeJournal {
         size == 0 ? 0 : Int((size + UInt64(chunkBytes) - 1) / UInt64(chunkBytes))
     }
 
-    /// Creates (or truncates) the journal `name` in `dir` for a fresh partial file, or for a
+    /// Creates the journal `name` in `dir` (a new file, replacing any old one) for a fresh partial file, or for a
     /// fresh range of one (`range`; it must lie within the file).
     static func create(dir: Int32, name: String, identity: SourceIdentity, range: ChunkRange? = nil) throws -> ResumeJournal {
         let n = chunkCount(size: identity.size, chunkBytes: Int(identity.chunkBytes))
         if let range { _ = try ChunkRange(first: range.first, count: range.count, of: n) }
         // A new file, not the old one truncated: a session that still holds the old journal (one
         // killed but not yet gone, on another node) goes on writing into a file no one reads.
-        _ = unlinkat(dir, name, 0)
-        let fd = try sys("cannot create journal \(name)") { openat(dir, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        // Created with O_EXCL: a journal someone else put under this name (another account, in a
+        // shared directory) is never opened. One that cannot be removed, or one re-created
+        // between the unlink and the create, fails the file.
+        if unlinkat(dir, name, 0) != 0 && (errno == EPERM || errno == EACCES) {
+            throw TransferError(.permission, "'\(name)' in its directory belongs to another account (remove it, or ask its owner to)")
+        }
+        let fd = openat(dir, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        if fd < 0 && errno == EEXIST {
+            throw TransferError(.path, "'\(name)' in its directory was re-created by someone else while it was replaced")
+        }
+        if fd < 0 { throw TransferError.system("cannot create journal \(name)", errno: errno) }
         var w = ByteWriter(capacity: headerBytes)
         w.u64(magic)
         w.u32(range == nil ? 1 : 2)
@@ -83,6 +92,7 @@ final class ResumeJournal {
         let fd = openat(dir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
         if fd < 0 { return nil }
         defer { Glibc.close(fd) }
+        guard PartialNames.isOwn(fd) else { return nil }
         var header = [UInt8](repeating: 0, count: headerBytes)
         guard header.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, $0.count, 0) }) == headerBytes else { return nil }
         var r = ByteReader(header)
@@ -103,12 +113,13 @@ final class ResumeJournal {
 
     /// Opens an existing journal when it belongs to the same source version and covers the
     /// same chunks (the whole file, or `range`); returns the journal and the durable chunks
-    /// (index in the file → hash), or nil when absent, stale, another range's or corrupt.
+    /// (index in the file → hash), or nil when absent, stale, another range's or corrupt, or
+    /// not the caller's own (`PartialNames.isOwn`: another account's file is never trusted).
     static func open(dir: Int32, name: String, identity: SourceIdentity, range: ChunkRange? = nil) -> (ResumeJournal, [Int: ChunkHash])? {
         let fd = openat(dir, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
         if fd < 0 { return nil }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { Glibc.close(fd); return nil }
+        guard fstat(fd, &st) == 0, PartialNames.isOwn(fd) else { Glibc.close(fd); return nil }
         let n = chunkCount(size: identity.size, chunkBytes: Int(identity.chunkBytes))
         let first = range?.first ?? 0
         let expected = headerBytes + (range?.count ?? n) * recordBytes

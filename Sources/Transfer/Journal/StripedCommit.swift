@@ -78,6 +78,10 @@ public enum StripedCommit {
         guard fstat(fd, &pst) == 0, pst.st_mode & S_IFMT == S_IFREG, UInt64(pst.st_size) == r.size else {
             throw TransferError(.verify, "cannot commit '\(shown)': its partial copy is not a file of \(byteText(r.size))")
         }
+        // Never renamed into place unless it is the committer's own (`PartialNames.isOwn`).
+        guard PartialNames.isOwn(fd) else {
+            throw TransferError(.permission, "cannot commit '\(shown)': its partial copy '\(part)' belongs to another account (remove it, or ask its owner to)")
+        }
         let identity = SourceIdentity(size: r.size, mtimeSeconds: r.mtimeSeconds, mtimeNanoseconds: r.mtimeNanoseconds, chunkBytes: UInt32(r.chunkBytes))
         var hashes = [ChunkHash](repeating: .zero, count: r.chunkCount)
         var incomplete: [String] = []

@@ -568,9 +568,11 @@ final class Receiver: @unchecked Sendable {
         var id = f.identity
         id.chunkBytes = UInt32(chunkBytes)
         if let (journal, have) = ResumeJournal.open(dir: dir.fd, name: f.journalName, identity: id, range: f.range) {
+            // Only the user's own partial resumes (`PartialNames.isOwn`); another's is replaced
+            // by `startPartial`, never written into.
             let fd = openat(dir.fd, f.partName, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
             var pst = stat()
-            if fd >= 0 && fstat(fd, &pst) == 0 && UInt64(pst.st_size) == e.size {
+            if fd >= 0 && PartialNames.isOwn(fd) && fstat(fd, &pst) == 0 && UInt64(pst.st_size) == e.size {
                 f.usePartial(fd)
                 f.journal = journal
                 f.present = [Bool](repeating: false, count: f.chunkCount)
@@ -635,13 +637,28 @@ final class Receiver: @unchecked Sendable {
             ctx.progress.fileFailed(why, code: .path)
             return PlanEntry(id: e.id, action: .full)
         }
-        let fd = openat(dir.fd, PartialNames.part(name), O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        // A new file of this session's (O_EXCL), never one found under the name: in a shared
+        // directory it could be another account's.
+        let part = PartialNames.part(name)
+        var fd: Int32 = -1
+        var why = ""
+        var code = TransferError.Code.path
+        if unlinkat(dir.fd, part, 0) != 0 && (errno == EPERM || errno == EACCES) {
+            why = PartialNames.foreignMessage(display, part)
+            code = .permission
+        } else {
+            fd = openat(dir.fd, part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            if fd < 0 {
+                let err = errno
+                why = err == EEXIST ? "cannot write '\(display)': '\(part)' was re-created by someone else while it was replaced"
+                    : "cannot write '\(display)': \(String(cString: strerror(err))) (\(err))"
+                code = err == EEXIST ? .path : TransferError.Code(errno: err)
+            }
+        }
         if fd < 0 {
-            let err = errno
-            let why = "cannot write '\(display)': \(String(cString: strerror(err))) (\(err))"
             f.failed = true
-            refusals.append((e.id, TransferError.Code(errno: err), why))
-            ctx.progress.fileFailed(why, code: TransferError.Code(errno: err))
+            refusals.append((e.id, code, why))
+            ctx.progress.fileFailed(why, code: code)
             return PlanEntry(id: e.id, action: .full)
         }
         f.partFd = fd
@@ -682,28 +699,50 @@ final class Receiver: @unchecked Sendable {
         // version's ranges left, named by the version in this range's journal (an older
         // version's, when there is one; their commit could not succeed now: the source changed).
         // Created or opened in turn (a partial renamed or removed between the two: again).
+        //
+        // Only the user's own partial is ever written into (`PartialNames.isOwn`): one found under
+        // the name that is not (another account's, planted in a shared directory; a hard link;
+        // not a file) is removed and the create tried again, and when it cannot be removed (a
+        // sticky directory) the file fails before anything of it is written.
         var fd: Int32 = -1
+        var fresh = false
+        var e: Int32 = 0
         for _ in 0..<3 {
             fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
             if fd >= 0 {
+                fresh = true
                 if f.range != nil, let old = ResumeJournal.storedIdentity(dir: f.dir.fd, name: f.journalName), old != id {
                     _ = unlinkat(f.dir.fd, PartialNames.rangePart(f.name, size: old.size, mtimeSeconds: old.mtimeSeconds,
                                                                   mtimeNanoseconds: old.mtimeNanoseconds, chunkBytes: Int(old.chunkBytes)), 0)
                 }
                 break
             }
-            guard errno == EEXIST else { break }
-            fd = openat(f.dir.fd, part, O_RDWR | (f.range == nil ? O_TRUNC : 0) | O_NOFOLLOW | O_CLOEXEC)
-            if fd >= 0 || errno != ENOENT { break }
+            e = errno
+            guard e == EEXIST else { break }
+            fd = openat(f.dir.fd, part, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+            if fd >= 0 && PartialNames.isOwn(fd) { break }
+            if fd >= 0 {
+                Glibc.close(fd)
+                fd = -1
+            } else if errno == ENOENT {
+                continue  // renamed or removed in between: create again
+            }
+            if unlinkat(f.dir.fd, part, 0) != 0 {
+                e = errno
+                if e == EPERM || e == EACCES { return (PartialNames.foreignMessage(f.display, part), .permission) }
+                if e != ENOENT { break }
+            }
+            e = EEXIST
         }
         if fd < 0 {
-            let e = errno
+            if e == EEXIST { return ("cannot write '\(f.display)': '\(part)' in its directory was replaced by someone else each time it was made", .path) }
             return ("cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))", TransferError.Code(errno: e))
         }
         var pst = stat()
+        // A whole-file partial found (the user's own) starts over empty; a range's is shared.
         if f.range != nil && fstat(fd, &pst) == 0 && UInt64(pst.st_size) == f.entry.size {
             // Already sized by another range.
-        } else if ftruncate(fd, off_t(f.entry.size)) != 0 {
+        } else if (f.range == nil && !fresh && ftruncate(fd, 0) != 0) || ftruncate(fd, off_t(f.entry.size)) != 0 {
             let e = errno
             Glibc.close(fd)
             return ("cannot write '\(f.display)': \(String(cString: strerror(e))) (\(e))", TransferError.Code(errno: e))
@@ -712,6 +751,7 @@ final class Receiver: @unchecked Sendable {
             f.journal = try ResumeJournal.create(dir: f.dir.fd, name: f.journalName, identity: id, range: f.range)
         } catch {
             Glibc.close(fd)
+            if fresh && f.range == nil { _ = unlinkat(f.dir.fd, part, 0) }
             return ("cannot write '\(f.display)': \(asTransferError(error).message)", asTransferError(error).code)
         }
         f.usePartial(fd)
@@ -832,7 +872,15 @@ final class Receiver: @unchecked Sendable {
             let e = errno
             return failFile(f, "cannot sync '\(f.display)': \(String(cString: strerror(e))); rerun resumes", code: TransferError.Code(errno: e))
         }
-        _ = fchmod(f.partFd, mode_t(f.entry.mode))
+        // The mode the user asked for, or no rename: a partial left more open than that (its
+        // mode could not be set) never lands as the file.
+        if fchmod(f.partFd, mode_t(f.entry.mode)) != 0 {
+            let e = errno
+            var pst = stat()
+            if fstat(f.partFd, &pst) != 0 || UInt32(pst.st_mode) & 0o7777 & ~f.entry.mode != 0 {
+                return failFile(f, "cannot set the mode of '\(f.display)': \(String(cString: strerror(e))); rerun resumes", code: TransferError.Code(errno: e))
+            }
+        }
         var t = f.times
         _ = futimens(f.partFd, &t)
         if renameat(f.dir.fd, PartialNames.part(f.name), f.dir.fd, f.name) != 0 {

@@ -403,7 +403,13 @@ final class ReceiverWorker {
             a.f.lock.lock()
             if err != 0 {
                 if fds[i] >= 0 { _ = unlinkat(a.f.dir.fd, PartialNames.part(a.f.name), 0) }
-                verdicts.append(receiver.failFile(a.f, "cannot write '\(a.f.display)': \(String(cString: strerror(err))) (\(err)); rerun resumes", code: TransferError.Code(errno: err)))
+                var st = stat()
+                if err == EEXIST && fstatat(a.f.dir.fd, PartialNames.part(a.f.name), &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid != ThreadIdentity.fsuid {
+                    // Another account's file under the temporary name, which it could not remove.
+                    verdicts.append(receiver.failFile(a.f, PartialNames.foreignMessage(a.f.display, PartialNames.part(a.f.name)), code: .permission))
+                } else {
+                    verdicts.append(receiver.failFile(a.f, "cannot write '\(a.f.display)': \(String(cString: strerror(err))) (\(err)); rerun resumes", code: TransferError.Code(errno: err)))
+                }
             } else {
                 a.f.done = true
                 rawDone += a.size
