@@ -447,7 +447,7 @@ final class ProgressDisplay {
         case .copied: line = copiedVerb.padding(toLength: 11, withPad: " ", startingAt: 0) + shown
         case .identical: line = "identical  " + shown + " (compared by content)"
         case .unread: line = "skipped    " + shown + " (same size and mtime, not read)"
-        case .failed: line = "failed     " + (message.map { Terminal.visible($0) } ?? shown)
+        case .failed: line = "failed     " + (message.map { Terminal.name($0) } ?? shown)  // one line: it quotes a name
         }
         filesLock.withLock { fileLines.append(line) }
     }

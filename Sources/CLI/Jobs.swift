@@ -193,9 +193,8 @@ extension Ferry.Jobs {
         func validate() throws {
             // Refused here as bad usage (exit 64), with the states to choose from; the daemon
             // refuses them too (a 400), which read as a failure to reach it (exit 1).
-            let unknown = (state ?? "").split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-                .filter { state != nil && !V1.jobStates.contains($0) }
-            if let bad = unknown.first {
+            guard let state else { return }
+            if let bad = state.split(separator: ",", omittingEmptySubsequences: false).map(String.init).first(where: { !V1.jobStates.contains($0) }) {
                 throw ValidationError("--state: '\(bad)' is not a job state (one of \(V1.jobStates.joined(separator: ", ")))")
             }
         }

@@ -411,7 +411,7 @@ extension Ferry.Copy {
         for e in extras where !failed.contains(e.path) {
             if verbose { print("deleted    " + Terminal.name(e.path)) }
         }
-        for f in failures { printError("ferry: not deleted: \(f.path): \(f.why)\n") }
+        for f in failures { printError("ferry: not deleted: \(Terminal.name(f.path)): \(f.why)\n") }
         if !failures.isEmpty {
             printError("ferry: error: \(failures.count) of \(extras.count) extraneous entries could not be deleted\n")
             throw ExitCode(1)

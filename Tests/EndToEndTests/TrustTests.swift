@@ -297,6 +297,15 @@ struct TrustTests {
         }
         let found = TrustTests.http("GET", c.api + "/api/v1/catalog/find?path=gfs://hlrs/future&newer=0", token: eve)
         #expect(found.status == 200 && found.body.contains("future.txt"), "\(found)")
+
+        // A link at the limit of a token's scope (c -> eve, beside it) is not followed for a
+        // job or a registration either: the scope /scratch/c holds on disk.
+        symlink("eve", c.scratch + "/c")
+        let narrow = try c.sb.issueToken(user: "eve", scopes: ["read:/scratch/c"], name: "eve-c.tok")
+        let viaLink = TrustTests.http("POST", c.api + "/api/v1/transfers", token: narrow, body: #"{"source": "/scratch/c/future.txt", "destination": "ferry://wuxi/incoming/f.txt"}"#)
+        #expect(viaLink.status == 403 && viaLink.body.contains("symbolic link"), "\(viaLink)")
+        let regLink = TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: narrow, body: #"{"path": "/scratch/c", "dataset": "via-link"}"#)
+        #expect(regLink.status == 403, "\(regLink)")
         #expect(c.a.isRunning)
     }
 

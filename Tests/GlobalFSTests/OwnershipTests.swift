@@ -54,6 +54,33 @@ struct OwnershipTests {
         #expect(throws: CatalogError.self) { try cat.dataset(reg.dataset, as: .operator) }
     }
 
+    @Test("a name has one owner across its versions, and no one registers inside or around another owner's name; the owner and an operator may", arguments: Backend.allCases)
+    func nestedAndVersions(_ backend: Backend) throws {
+        let mine = try Tree()
+        try mine.file("sub/results.txt", size: 10)
+        let theirs = try Tree()
+        try theirs.file("planted.txt", size: 20)
+        let cat = try Catalog(database: try backend.newDatabase())
+        let reg = try cat.register(root: mine.root, dataset: "climate/era", owner: "alice", center: "c1")
+        // Inside, as another version, unversioned beside a version, around: all refused.
+        for (name, version) in [("climate/era/sub", ""), ("climate/era", "2025"), ("climate", ""), ("climate/era/sub/deeper", "v1")] {
+            do {
+                try cat.register(root: theirs.root, dataset: name, version: version, owner: "bob", center: "c1", readers: ["*"])
+                Issue.record("bob registered \(name)@\(version) over alice's climate/era")
+            } catch let e as CatalogError {
+                #expect(e.code == .forbidden && e.description.contains("would take over paths of 'climate/era'"), "\(name): \(e)")
+            }
+        }
+        // Beside it (a sibling, a name that only starts alike) is anyone's.
+        #expect(throws: Never.self) { try cat.register(root: theirs.root, dataset: "climate/other", owner: "bob", center: "c1") }
+        #expect(throws: Never.self) { try cat.register(root: theirs.root, dataset: "climate/era2", owner: "bob", center: "c1") }
+        // The owner registers another version and a name inside her own; an operator may anything.
+        #expect(throws: Never.self) { try cat.register(root: mine.root, dataset: "climate/era", version: "2025", owner: "alice", center: "c1") }
+        #expect(throws: Never.self) { try cat.register(root: mine.root, dataset: "climate/era/sub", owner: "alice", center: "c1") }
+        #expect(throws: Never.self) { try cat.register(root: theirs.root, dataset: "climate", owner: "ops", center: "c1", administrator: true) }
+        #expect(try cat.dataset(reg.dataset, as: .operator).owner == "alice")
+    }
+
     @Test("a peer's mirror never overwrites a dataset registered here, whatever center, name and owner it claims", arguments: Backend.allCases)
     func mirrorCannotTakeOver(_ backend: Backend) throws {
         let mine = try Tree()

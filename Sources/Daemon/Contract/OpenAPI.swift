@@ -176,7 +176,7 @@ public enum APIContract {
                      parameters: [.path("id")], answer: .ref(V1.AttemptList.self), description: "the attempts", errors: [404: "no such job of the caller"]),
         APIOperation(id: "transferEvents", method: "GET", path: "/api/v1/transfers/{id}/events",
                      summary: "Progress as server-sent events (event: progress, then end; data: the job as getTransfer answers it)",
-                     parameters: [.path("id")], answer: nil, description: "the event stream, until the job ends", contentType: "text/event-stream",
+                     parameters: [.path("id")], answer: nil, description: "the event stream, until the job ends; a stream beyond the caller's 64 (or beyond half of the daemon's api_connections) gets one `event: refused` with the reason and ends", contentType: "text/event-stream",
                      errors: [404: "no such job of the caller"]),
         APIOperation(id: "cancelTransfer", method: "POST", path: "/api/v1/transfers/{id}/cancel",
                      summary: "Cancel a job (it ends failed, with cancelled: true)", parameters: [.path("id")],

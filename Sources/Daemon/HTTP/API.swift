@@ -454,13 +454,16 @@ public struct DaemonAPI: Sendable {
         // The export's own rules, as the transfer server applies them to a direct copy: its
         // access (`ro`) and its user list (a token's scopes alone let a user submit a job into a
         // read-only export, or out of one whose `users` does not name them).
-        if let runner, case (_, _, let export?) = try runner.jobEndpoint(path) {
-            try export.admit(user.user, byToken: user.center == nil, write: write)
-        }
+        guard let runner else { return }
+        let (endpoint, _, export) = try runner.jobEndpoint(path)
+        if let export { try export.admit(user.user, byToken: user.center == nil, write: write) }
         // Checked on disk too, as the job will open it: a link that leads out of the directory
         // it sits in is refused now (403), and again at run time if one is swapped in later.
-        if let runner, case (.confined(let root, let components), _, _) = try runner.jobEndpoint(path) {
-            do { try probeConfined(root: root, components: components) } catch let e as TransferError where e.code == .path {
+        if case .confined(let root, let components) = endpoint {
+            // Down to the limit of the token's scope no link is followed, as the transfer server
+            // opens a session's path (checked at submit; the runner has no token to ask later).
+            let linkFree = min(components.count, max(0, user.scopes.linkFreeDepth(parts, write: write) - (parts.count - components.count)))
+            do { try probeConfined(root: root, components: components, linkFree: linkFree) } catch let e as TransferError where e.code == .path {
                 throw TransferError(.auth, "'\(path)': \(e.message)")
             }
         }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Storage
 import Transfer
 
 extension Catalog {
@@ -77,10 +78,12 @@ extension Catalog {
                     prefix += (prefix.isEmpty ? "" : "/") + part
                     ancestors.append(prefix)
                 }
-                var others = try s.query("""
-                    SELECT name, version, owner FROM datasets WHERE center = ? AND (name = ? OR substr(name, 1, ?) = ?)
-                    """, center, name, Int64(name.unicodeScalars.count + 1), name + "/")
-                for a in ancestors { others += try s.query("SELECT name, version, owner FROM datasets WHERE center = ? AND name = ?", center, a) }
+                // The name itself and the names below it as a key range (as `family` reads them:
+                // "/" sorts just before "0"), its ancestors by name: one query, no integer
+                // parameter (PostgreSQL has no substr(text, int, bigint)).
+                let placeholders = ancestors.isEmpty ? "" : " OR name IN (" + ancestors.map { _ in "?" }.joined(separator: ", ") + ")"
+                let others = try s.query("SELECT name, version, owner FROM datasets WHERE center = ? AND (name = ? OR (name >= ? AND name < ?)\(placeholders))",
+                                         ([center, name, name + "/", name + "0"] + ancestors).map { $0 as any SQLArgument })
                 if let o = others.first(where: { !sameBytes($0.text("owner"), owner) }) {
                     let theirs = o.text("name") + (o.text("version").isEmpty ? "" : "@" + o.text("version"))
                     throw CatalogError(.forbidden, "the dataset name '\(name)' at center \(center) would take over paths of '\(theirs)', which belongs to another user: choose another name (an operator may register it)")

@@ -265,10 +265,6 @@ public final class Scanner: @unchecked Sendable {
     }
 }
 
-/// The engine's digest of a regular file: XXH3-128 over the XXH3-128 of each `chunkSize`
-/// chunk (`FileDigest` over `ChunkHash`), so a catalog digest can be compared with what a
-/// transfer verified. Returns nil when the file is not the one expected (size or mtime moved
-/// while it was read): a digest is only recorded for the version it describes.
 /// A file's time in nanoseconds since the epoch, saturated at Int64's ends: a file's owner sets
 /// its mtime (tmpfs takes 2^62 seconds), and a product that overflowed would stop the daemon
 /// (Swift traps). Times past 2262 all read as the largest value.
@@ -279,6 +275,10 @@ func nanoseconds(_ t: timespec) -> Int64 {
     return over2 ? .max : sum
 }
 
+/// The engine's digest of a regular file: XXH3-128 over the XXH3-128 of each `chunkSize`
+/// chunk (`FileDigest` over `ChunkHash`), so a catalog digest can be compared with what a
+/// transfer verified. Returns nil when the file is not the one expected (size or mtime moved
+/// while it was read): a digest is only recorded for the version it describes.
 func engineDigest(path: String, size: Int64, mtimeNs: Int64, chunkSize: Int, buffer: UnsafeMutableRawPointer, beneath dirFd: Int32? = nil) -> ChunkHash? {
     // O_NONBLOCK: a FIFO put where the scan saw a file must not block the scan for ever.
     // Beneath the scanned directory, no link followed: a link swapped in is not read.

@@ -304,16 +304,21 @@ public func isConfinedDirectory(root: String, components: [String]) -> Bool {
 /// symbolic link on the way leads above the directory it sits in. A missing part ends the
 /// walk quietly (it will be created). For checks made before work is queued, such as a
 /// daemon's job submit.
-public func probeConfined(root: String, components: [String]) throws {
+///
+/// `linkFree`: the first components that must not be symbolic links at all (down to the limit
+/// of the token's scope, as the transfer server opens them: `Paths.openStepwise`).
+public func probeConfined(root: String, components: [String], linkFree: Int = 0) throws {
     var current = open(root, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
     if current < 0 { throw TransferError.system("cannot open '\(root)'", errno: errno) }
     defer { close(current) }
-    for c in components {
+    for (i, c) in components.enumerated() {
         let next: Int32
         do {
-            next = try Paths.open(beneath: current, c, flags: FERRY_O_PATH)
+            next = try Paths.open(beneath: current, c, flags: FERRY_O_PATH, noSymlinks: i < linkFree)
         } catch let e as TransferError where e.code == .path {
-            throw TransferError(.path, "'\(c)' leads outside the directory it is in (a symbolic link)")
+            throw TransferError(.path, i < linkFree
+                ? "'\(c)' is a symbolic link at or above the limit of the token's scope: not followed"
+                : "'\(c)' leads outside the directory it is in (a symbolic link)")
         } catch {
             return
         }

@@ -53,7 +53,6 @@ public struct Export: Sendable {
     }
 }
 
-/// Who is asking: a user (bearer token), a peer center (certificate), or both.
 extension Export {
     /// Whether `user` may use this export for reading or (`write`) writing: its access (`ro`,
     /// write-only) and its user list. A user of a token (`byToken`) is admitted by name or by
@@ -73,6 +72,7 @@ extension Export {
     }
 }
 
+/// Who is asking: a user (bearer token), a peer center (certificate), or both.
 public struct Principal: Sendable {
     /// The token's user, or "center:NAME" for a center without a token.
     public var user: String
@@ -134,8 +134,7 @@ final class ExportTable: @unchecked Sendable {
             guard scopes.allow(parts, write: write) else {
                 throw TransferError(.auth, "the token of '\(who.user)' does not allow \(write ? "writing" : "reading") '/\(parts.joined(separator: "/"))' (scopes: \(scopes.map(\.description).joined(separator: " ")))")
             }
-            let depth = scopes.filter { (write ? $0.write : $0.read) && $0.covers(parts) }
-                .map { $0.path.split(separator: "/", omittingEmptySubsequences: true).count }.max() ?? 0
+            let depth = scopes.linkFreeDepth(parts, write: write)
             linkFree = min(beneath.count, max(0, depth - (parts.count - beneath.count)))
         }
         return (opened.fd, beneath, e, linkFree)

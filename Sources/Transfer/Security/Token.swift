@@ -48,6 +48,14 @@ extension Array where Element == Scope {
     public func allow(_ components: [Substring], write: Bool) -> Bool {
         contains { (write ? $0.write : $0.read) && $0.covers(components) }
     }
+
+    /// How many of `components` (a namespace path) lie at or above the limit of the deepest
+    /// scope that allows the request: opened without following links, so that the scope
+    /// checked by its text holds on disk (a link at its limit could lead beside it).
+    public func linkFreeDepth(_ components: [Substring], write: Bool) -> Int {
+        filter { (write ? $0.write : $0.read) && $0.covers(components) }
+            .map { $0.path.split(separator: "/", omittingEmptySubsequences: true).count }.max() ?? 0
+    }
 }
 
 /// A user's bearer token, issued and signed (Ed25519) by a center:

@@ -173,7 +173,8 @@ public enum TransferClient {
             guard let last = target.last else { throw TransferError(.usage, "name the destination beneath '\(root)'") }
             let parent = try Paths.makeDirectories(beneath: rootFd, Array(target.dropLast()))
             return try run(server: server, direction: .pull, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
-                let receiver = Receiver(ctx: ctx, baseFd: parent, target: [last])
+                // A daemon's job: the tree's destination is not reached through a link (as the server does).
+                let receiver = Receiver(ctx: ctx, baseFd: parent, target: [last], treeLinkFree: true)
                 return (receiver.runControl, receiver.runWorker)
             }
         case (.confined, _), (_, .confined):
@@ -509,7 +510,8 @@ extension TransferClient {
         case .confined(let root, let components):
             let rootFd = try openRoot(root)
             defer { Glibc.close(rootFd) }
-            return remove(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY))
+            // The directory a daemon's deletion works in is not reached through a link at its name.
+            return remove(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY, lastLinkFree: true))
         case .remote(let server, let urlPath):
             let (control, ring) = try treeSession(server, urlPath, .delete, TransferOptions(), credentials)
             defer { control.close() }

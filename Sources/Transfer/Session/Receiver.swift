@@ -151,7 +151,8 @@ final class Receiver: @unchecked Sendable {
     let ctx: SessionContext
     private let baseFd: Int32
     private let targetComponents: [Substring]
-    private var linkFree = 0
+    private let linkFree: Int
+    private let treeLinkFree: Bool
     private let lock = Lock()
     private var files: [UInt64: ReceiverFile] = [:]
     /// Highest file id the manifest announced (ids are assigned in increasing order).
@@ -191,12 +192,15 @@ final class Receiver: @unchecked Sendable {
     /// `modeMask`: the mode bits applied from the sender (setuid and setgid are dropped unless
     /// the export allows them: a pushed copy of a setuid binary must not become one here).
     /// `linkFree`: how many of `target`'s first components must not be symbolic links (down to
-    /// the limit of the token's scope: `Paths.openStepwise`).
-    init(ctx: SessionContext, baseFd: Int32, target: [Substring], modeMask: UInt32 = 0o1777, linkFree: Int = 0) {
+    /// the limit of the token's scope: `Paths.openStepwise`); `treeLinkFree`: a tree's
+    /// destination directory is not reached through a link at its name (a server or a daemon
+    /// working in directories others can write; a user's own client follows their links).
+    init(ctx: SessionContext, baseFd: Int32, target: [Substring], modeMask: UInt32 = 0o1777, linkFree: Int = 0, treeLinkFree: Bool = false) {
         self.ctx = ctx
         self.baseFd = baseFd
         self.targetComponents = target
         self.linkFree = linkFree
+        self.treeLinkFree = treeLinkFree
         self.chunkBytes = ctx.options.chunkBytes
         self.sink = nil
         self.modeMask = modeMask
@@ -210,6 +214,8 @@ final class Receiver: @unchecked Sendable {
         self.chunkBytes = ctx.options.chunkBytes
         self.sink = sink
         self.modeMask = 0
+        self.linkFree = 0
+        self.treeLinkFree = false
     }
 
     /// One chunk of scratch memory for the control thread's re-reads (--checksum, resume).
@@ -286,7 +292,7 @@ final class Receiver: @unchecked Sendable {
                     // Never through a link: the name compared may have been swapped for one
                     // since (a chmod that followed it changed whatever it pointed at, even
                     // outside the root). A file that is a link now was not the one compared.
-                    if fchmodat(f.dir.fd, f.name, mode_t(f.entry.mode), AT_SYMLINK_NOFOLLOW) != 0 && [EOPNOTSUPP, ELOOP, ENOENT].contains(errno) {
+                    if !Receiver.setMode(f.dir.fd, f.name, mode_t(f.entry.mode)) {
                         let verdict = failFile(f, "'\(f.display)' changed while it was compared (it is not that file now); run the copy again", code: .verify)
                         f.lock.unlock()
                         lock.withLock { files[id] = nil }
@@ -410,8 +416,8 @@ final class Receiver: @unchecked Sendable {
             // mask (they were 0700: a group could not reach a tree pushed to a new path); the
             // target itself private until its own mode is applied.
             let parents = mode_t(0o755 & modeMask) & ~startUmask
-            // A tree lands in a directory, never through a link at its name (`openStepwise`).
-            let (fd, new) = try Paths.makeDirectoriesTellingNew(beneath: baseFd, targetComponents, mode: parents, lastMode: 0o700, linkFree: linkFree, lastLinkFree: true)
+            // A tree lands in a directory, never through a link at its name (`treeLinkFree`).
+            let (fd, new) = try Paths.makeDirectoriesTellingNew(beneath: baseFd, targetComponents, mode: parents, lastMode: 0o700, linkFree: linkFree, lastLinkFree: treeLinkFree)
             targetDir = DirHandle(fd: fd, new: new)
             dirFixups.append(e)
         } else {
@@ -544,7 +550,7 @@ final class Receiver: @unchecked Sendable {
             if kind == S_IFREG && UInt64(st.st_size) == e.size {
                 if !ctx.options.checksum && Int64(st.st_mtim.tv_sec) == e.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == e.mtimeNanoseconds {
                     // Never through a link (one swapped in since the stat above).
-                    if UInt32(st.st_mode) & 0o7777 != e.mode { _ = fchmodat(dir.fd, name, mode_t(e.mode), AT_SYMLINK_NOFOLLOW) }
+                    if UInt32(st.st_mode) & 0o7777 != e.mode { _ = Receiver.setMode(dir.fd, name, mode_t(e.mode)) }
                     ctx.progress.skippedUnread(bytes: announced, name: display)
                     return PlanEntry(id: e.id, action: .skip)
                 }
@@ -967,6 +973,19 @@ final class Receiver: @unchecked Sendable {
     }
 
     func file(_ id: UInt64) -> ReceiverFile? { lock.withLock { files[id] } }
+
+    /// Sets the mode of the regular file `name` in `dir` through a descriptor of it, never
+    /// through a link (`openData` with O_NOFOLLOW refuses a link, a device or a FIFO before
+    /// opening it; `fchmodat`'s AT_SYMLINK_NOFOLLOW needs /proc on older C libraries). False
+    /// when the name is no longer a regular file: not the one compared.
+    static func setMode(_ dir: Int32, _ name: String, _ mode: mode_t) -> Bool {
+        guard let fd = try? Paths.openData(beneath: dir, name, flags: O_RDONLY | O_NOFOLLOW, noSymlinks: true) else { return false }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return false }
+        _ = fchmod(fd, mode)
+        return true
+    }
 
     /// A file that was waiting for a `--checksum` verdict gets data after all: start it afresh.
     func beginFullIfDeciding(_ f: ReceiverFile) -> FileVerdict? {

@@ -124,8 +124,9 @@ public final class TransferServer: @unchecked Sendable {
     /// client's to choose: one session could pin 8 GiB. A session gets the streams it asks for
     /// while they fit in a quarter of the budget and in what other sessions left; a session
     /// that cannot have one stream is refused as busy (retryable). With the default 4 MiB
-    /// chunks a stream costs about 8.1 MiB: 64 streams fit in a session, and four such
-    /// sessions at once; 64 MiB chunks get 7 streams.
+    /// chunks a stream costs about 8.1 MiB: 64 streams (about 520 MiB) fit in a session, and
+    /// seven such sessions at once; 64 MiB chunks get 7 streams a session. There is no share
+    /// per user: four sessions at their cap take the whole budget.
     static let bufferBudgetBytes = 4 << 30
     static let sessionBufferBytes = bufferBudgetBytes / 4
 
@@ -133,7 +134,7 @@ public final class TransferServer: @unchecked Sendable {
     /// two frame buffers and their headroom; zero-copy slots come on top when enabled).
     static func streamBufferBytes(chunkBytes: Int) -> Int {
         2 * (DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes) + DataLayout.headroomBytes + DirectIO.alignment)
-            + (ZeroCopy.enabled ? 3 * (DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes) + DataLayout.headroomBytes) : 0)
+            + (ZeroCopy.enabled ? ZeroCopy.slots * (DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes) + DataLayout.headroomBytes) : 0)
     }
 
     /// Sessions, bytes, refusals and handshakes, for the daemon's `/metrics`.
@@ -437,7 +438,7 @@ public final class TransferServer: @unchecked Sendable {
         switch hello.direction {
         case .push:
             let base = try sys("cannot open the export") { dup(exportFd) }
-            session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath, modeMask: export.modeMask, linkFree: linkFree)
+            session.receiver = Receiver(ctx: ctx, baseFd: base, target: beneath, modeMask: export.modeMask, linkFree: linkFree, treeLinkFree: true)
         case .list, .delete, .commit:
             throw TransferError.protocolError("not a transfer")
         case .pull:
