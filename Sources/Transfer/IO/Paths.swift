@@ -241,8 +241,12 @@ enum PartialNames {
     /// its own file, or read what lands there), or hard-link someone's file to it.
     static func isOwn(_ fd: Int32) -> Bool {
         var st = stat()
-        guard fstat(fd, &st) == 0 else { return false }
-        return st.st_mode & S_IFMT == S_IFREG && st.st_uid == ThreadIdentity.fsuid && st.st_nlink == 1
+        return fstat(fd, &st) == 0 && isOwn(st)
+    }
+
+    /// `isOwn` of a file whose `fstat` the caller already has.
+    static func isOwn(_ st: stat) -> Bool {
+        st.st_mode & S_IFMT == S_IFREG && st.st_uid == ThreadIdentity.fsuid && st.st_nlink == 1
     }
 
     /// Why a file is refused when its helper `helperName` is another account's and cannot be

@@ -119,7 +119,7 @@ final class ResumeJournal {
         let fd = openat(dir, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
         if fd < 0 { return nil }
         var st = stat()
-        guard fstat(fd, &st) == 0, PartialNames.isOwn(fd) else { Glibc.close(fd); return nil }
+        guard fstat(fd, &st) == 0, PartialNames.isOwn(st) else { Glibc.close(fd); return nil }
         let n = chunkCount(size: identity.size, chunkBytes: Int(identity.chunkBytes))
         let first = range?.first ?? 0
         let expected = headerBytes + (range?.count ?? n) * recordBytes

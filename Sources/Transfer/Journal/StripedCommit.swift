@@ -79,7 +79,7 @@ public enum StripedCommit {
             throw TransferError(.verify, "cannot commit '\(shown)': its partial copy is not a file of \(byteText(r.size))")
         }
         // Never renamed into place unless it is the committer's own (`PartialNames.isOwn`).
-        guard PartialNames.isOwn(fd) else {
+        guard PartialNames.isOwn(pst) else {
             throw TransferError(.permission, "cannot commit '\(shown)': its partial copy '\(part)' belongs to another account (remove it, or ask its owner to)")
         }
         let identity = SourceIdentity(size: r.size, mtimeSeconds: r.mtimeSeconds, mtimeNanoseconds: r.mtimeNanoseconds, chunkBytes: UInt32(r.chunkBytes))

@@ -578,7 +578,7 @@ final class Receiver: @unchecked Sendable {
             // by `startPartial`, never written into.
             let fd = openat(dir.fd, f.partName, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
             var pst = stat()
-            if fd >= 0 && PartialNames.isOwn(fd) && fstat(fd, &pst) == 0 && UInt64(pst.st_size) == e.size {
+            if fd >= 0 && fstat(fd, &pst) == 0 && PartialNames.isOwn(pst) && UInt64(pst.st_size) == e.size {
                 f.usePartial(fd)
                 f.journal = journal
                 f.present = [Bool](repeating: false, count: f.chunkCount)
