@@ -11,7 +11,8 @@ import Glibc
 /// roles apart by the Ferry preamble (16 bytes, role at offset 10):
 /// - control connections: server-to-client bytes are delivered `controlDelay` seconds late, in
 ///   order (client-to-server bytes go at once);
-/// - data connections: after `dataStallBytes` bytes from the client the proxy stops reading
+/// - data connections: server-to-client bytes `dataDelay` seconds late (default none); after
+///   `dataStallBytes` bytes from the client the proxy stops reading
 ///   them, so the client's next sends block; when the server ends the connection, the proxy
 ///   sends the client a FIN and then closes with the client's bytes unread: a reset, which a
 ///   client blocked in a send sees as a broken pipe (EPIPE, or ECONNRESET).
@@ -21,13 +22,15 @@ final class LaggingProxy: @unchecked Sendable {  // mutable state guarded by `lo
     let targetPort: Int
     let controlDelay: Double
     let dataStallBytes: Int
+    let dataDelay: Double
 
     private let listener: LoopbackListener
     private let lock = NSLock()
     private var resets = 0
 
-    init(targetPort: Int, controlDelay: Double, dataStallBytes: Int) throws {
+    init(targetPort: Int, controlDelay: Double, dataStallBytes: Int, dataDelay: Double = 0) throws {
         self.targetPort = targetPort
+        self.dataDelay = dataDelay
         self.controlDelay = controlDelay
         self.dataStallBytes = dataStallBytes
         // A small receive buffer (inherited by accepted sockets): a stalled data stream holds
@@ -78,7 +81,7 @@ final class LaggingProxy: @unchecked Sendable {  // mutable state guarded by `lo
         let isData = preamble[10] == 2 && preamble[11] == 0
         let downDone = Flag()
         startThread { [self] in
-            down(from: upstream, to: client, delayed: !isData)
+            down(from: upstream, to: client, delay: isData ? dataDelay : controlDelay)
             shutdown(client, Int32(SHUT_WR))
             downDone.set()
         }
@@ -104,14 +107,14 @@ final class LaggingProxy: @unchecked Sendable {  // mutable state guarded by `lo
         close(upstream)
     }
 
-    /// Server-to-client pump; on control connections every piece is sent `controlDelay` late.
-    private func down(from src: Int32, to dst: Int32, delayed: Bool) {
+    /// Server-to-client pump; every piece is sent `delay` seconds late, in order.
+    private func down(from src: Int32, to dst: Int32, delay: Double) {
         var queue: [(due: Double, bytes: [UInt8])] = []
         var ended = false
         while !isStopped && (!ended || !queue.isEmpty) {
             if !ended {
                 if let b = readSome(src, max: 256 * 1024) {
-                    if !b.isEmpty { queue.append((monotonicSeconds() + (delayed ? controlDelay : 0), b)) }
+                    if !b.isEmpty { queue.append((monotonicSeconds() + delay, b)) }
                 } else {
                     ended = true
                 }

@@ -138,15 +138,20 @@ enum Paths {
 
     /// After an O_NONBLOCK open: checks the descriptor is a regular file or a directory (and
     /// the inode `same` names, when given), then clears O_NONBLOCK. The caller closes on error.
-    static func settle(_ fd: Int32, _ path: String, same: stat? = nil) throws {
+    /// Returns what fstat said. `openFlags`: the flags the descriptor was opened with, when the
+    /// caller knows them (saves reading them back: a tree of small files pays one call less per
+    /// file).
+    @discardableResult
+    static func settle(_ fd: Int32, _ path: String, same: stat? = nil, openFlags: Int32? = nil) throws -> stat {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw TransferError.system("cannot stat '\(path)'", errno: errno) }
         try requireData(st.st_mode, path)
         if let same, same.st_dev != st.st_dev || same.st_ino != st.st_ino {
             throw TransferError(.path, "'\(path)' was replaced while being opened")
         }
-        let fl = fcntl(fd, F_GETFL)
+        let fl = openFlags ?? fcntl(fd, F_GETFL)
         if fl >= 0 && fl & O_NONBLOCK != 0 { _ = fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) }
+        return st
     }
 
     /// Opens `components` one at a time, each beneath the directory opened before it, so that a

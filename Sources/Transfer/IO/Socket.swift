@@ -111,6 +111,60 @@ public enum Socket {
         throw lastError
     }
 
+    /// Connects `count` sockets to the address `like` is connected to, all at once: a session's
+    /// data streams cost one round trip for all of them, not one each (16 streams over a 30 ms
+    /// path spent half a second joining one after another). The peer's address is the one the
+    /// control connection reached, so a name with several addresses cannot send the streams
+    /// elsewhere. On any failure every socket made here is closed.
+    static func connect(alike like: Int32, count: Int, timeoutMs: Int32 = 10_000) throws -> [Int32] {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let got = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(like, $0, &length) }
+        }
+        guard got == 0 else { throw TransferError.system("cannot name the server's address", errno: errno, resumable: true) }
+        var fds: [Int32] = []
+        var ok = false
+        defer { if !ok { for fd in fds { Glibc.close(fd) } } }
+        var pending: [pollfd] = []
+        for _ in 0..<count {
+            let fd = Glibc.socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            guard fd >= 0 else { throw TransferError.system("cannot make a socket", errno: errno, resumable: true) }
+            fds.append(fd)
+            let r = withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) }
+            }
+            if r != 0 {
+                guard errno == EINPROGRESS else { throw TransferError.system("cannot connect a data stream", errno: errno, resumable: true) }
+                pending.append(pollfd(fd: fd, events: Int16(POLLOUT), revents: 0))
+            }
+        }
+        let deadline = monotonicNs() + UInt64(timeoutMs) * 1_000_000
+        while !pending.isEmpty {
+            let now = monotonicNs()
+            guard now < deadline else { throw TransferError(.timeout, "cannot connect a data stream: timed out", resumable: true) }
+            let n = poll(&pending, nfds_t(pending.count), Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1)))
+            if n < 0 && errno != EINTR { throw TransferError.system("cannot connect a data stream", errno: errno, resumable: true) }
+            var still: [pollfd] = []
+            for p in pending {
+                guard p.revents != 0 else { still.append(pollfd(fd: p.fd, events: p.events, revents: 0)); continue }
+                var err: Int32 = 0
+                var len = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &err, &len)
+                if err != 0 { throw TransferError.system("cannot connect a data stream", errno: err, resumable: true) }
+            }
+            pending = still
+        }
+        for fd in fds {
+            // Back to blocking mode: io_uring handles readiness itself.
+            let fl = fcntl(fd, F_GETFL)
+            _ = fcntl(fd, F_SETFL, fl & ~O_NONBLOCK)
+            tune(fd)
+        }
+        ok = true
+        return fds
+    }
+
     /// Options every Ferry connection gets: no Nagle delay for control messages, keepalive.
     /// Socket buffers are left to the kernel's autotuning, which grows them to
     /// net.ipv4.tcp_{r,w}mem's maximum; a fixed SO_SNDBUF would switch autotuning off and cap

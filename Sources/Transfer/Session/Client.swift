@@ -381,12 +381,19 @@ public enum TransferClient {
         defer { for d in data { d.close() } }
         // (A server refuses what it can before its WELCOME, a pulled directory without -r
         // included: a refusal after it, while these streams join, showed as a broken stream.)
-        for i in 0..<welcome.streams {
-            let c = Connection(fd: try Socket.connect(server))
+        // All streams connect and ask to join at once, then their answers are read: two round
+        // trips for the lot, where joining them one by one took two per stream (the server takes
+        // JOINs in any order).
+        for (i, fd) in try Socket.connect(alike: control.fd, count: welcome.streams).enumerated() {
+            let c = Connection(fd: fd)
             c.streamIndex = i
             data.append(c)
+        }
+        for c in data {
             try c.sendPreamble(role: .data, ring: ring)
-            try c.send(.join, Join(sessionID: welcome.sessionID, streamIndex: i, secret: welcome.secret).encode(), ring: ring)
+            try c.send(.join, Join(sessionID: welcome.sessionID, streamIndex: c.streamIndex, secret: welcome.secret).encode(), ring: ring)
+        }
+        for c in data {
             let (t, _) = try c.receive(ring: ring, timeoutNs: handshakeNs, payloadBytesMax: 0)
             guard t == .joined else { throw TransferError.protocolError("expected JOINED, got \(t)") }
             ctx.add(data: c)

@@ -528,7 +528,12 @@ final class Receiver: @unchecked Sendable {
             return PlanEntry(id: e.id, action: .full)
         }
         var st = stat()
-        if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+        // Nothing to compare with, or to find in the way, in a directory this session made (made
+        // 0700 until the end, so only its own account or root could have put anything there
+        // since; the rename that lands the file fails on a directory, and replaces what else it
+        // finds, as it would after a look). Not looked for: a tree of small files pays one call
+        // less per file.
+        if !dir.new && fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
             let kind = st.st_mode & S_IFMT
             if kind == S_IFDIR {
                 f.failed = true

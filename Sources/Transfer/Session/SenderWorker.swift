@@ -203,6 +203,9 @@ final class SenderWorker {
         try sender.record(f, index: index, hash: hash, resend: resend, ring: ring)
     }
 
+    /// How `sendBatch` opens each file (O_NONBLOCK: see there).
+    static let batchOpenFlags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC
+
     /// Sends many one-chunk files in one frame: opens, reads and closes them with batched ring
     /// submissions (one system call per phase, not per file).
     func sendBatch(_ files: [SenderFile]) throws {
@@ -221,15 +224,14 @@ final class SenderWorker {
             slot[pathSlotBytes - 1] = 0
             // O_NONBLOCK: the walk saw a regular file, but a FIFO put in its place since must
             // not block a kernel worker (and this stream) for ever; checked and cleared below.
-            hows[i] = open_how(flags: UInt64(O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), mode: 0, resolve: Paths.resolveBeneath | Paths.resolveNoSymlinks | Paths.resolveNoMagicLinks)
+            hows[i] = open_how(flags: UInt64(SenderWorker.batchOpenFlags), mode: 0, resolve: Paths.resolveBeneath | Paths.resolveNoSymlinks | Paths.resolveNoMagicLinks)
             try ring.openat2(dir: rootFd, path: slot, how: hows + i, tag: UInt64(i))
         }
         try ring.drain { tag, res in self.fds[Int(tag)] = res }
         for (i, f) in files.enumerated() where fds[i] >= 0 {
             do {
-                try Paths.settle(fds[i], f.path)
-                var st = stat()
-                if fstat(fds[i], &st) == 0 && (st.st_mode & S_IFMT) != S_IFREG {
+                let st = try Paths.settle(fds[i], f.path, openFlags: SenderWorker.batchOpenFlags)
+                if (st.st_mode & S_IFMT) != S_IFREG {
                     throw TransferError(.path, "'\(f.path)' is \(Paths.kindName(st.st_mode)), not a file")
                 }
             } catch {
