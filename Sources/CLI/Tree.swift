@@ -242,7 +242,7 @@ extension Ferry.Copy {
         switch e {
         case .local(let p): p.split(separator: "/").last.map(String.init) ?? p
         case .remote(_, let p): p.split(separator: "/").last.map(String.init) ?? p
-        case .confined(_, let c): c.last ?? ""
+        case .confined(_, let c, _): c.last ?? ""
         }
     }
 

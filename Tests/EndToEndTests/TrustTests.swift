@@ -309,6 +309,46 @@ struct TrustTests {
         #expect(c.a.isRunning)
     }
 
+    /// The scope check at submit holds when the job runs: the depth no link is followed in goes
+    /// into the queue with the job (`Job.linkFree`), since the runner has no token to ask again.
+    /// Before, a job that waited (here for another of its owner's jobs) read through a link put
+    /// at the scope's limit in the meantime.
+    @Test("a link put at the limit of a token's scope after a job was submitted is not followed when the job runs: the job fails, nothing the link leads to leaves", arguments: Backend.allCases)
+    func linkAfterSubmit(_ backend: Backend) throws {
+        let c = try DaemonE2ETests.start("trust-late-link", backend: backend)
+        defer { c.a.stop(); c.b.stop() }
+        let slow = try c.sb.dir("hlrs/scratch/s")
+        try writeRandomFile(slow + "/slow.bin", size: 6 * E2E.MiB)
+        let mine = try c.sb.dir("hlrs/scratch/c")
+        try writeFile(mine + "/data.txt", Array("c's own\n".utf8))
+        let other = try c.sb.dir("hlrs/scratch/eve")
+        try writeFile(other + "/data.txt", Array("eve's, never c's\n".utf8))
+        let slowToken = try c.sb.issueToken(user: "eve", scopes: ["read:/scratch/s"], name: "eve-s.tok")
+        let narrow = try c.sb.issueToken(user: "eve", scopes: ["read:/scratch/c"], name: "eve-c.tok")
+        // Three seconds at 2 MiB/s; the second job waits for it.
+        let first = TrustTests.http("POST", c.api + "/api/v1/transfers", token: slowToken,
+                                    body: #"{"source": "/scratch/s/slow.bin", "destination": "ferry://wuxi/incoming/slow.bin", "bwlimit": 2097152}"#)
+        #expect(first.status == 201, "\(first)")
+        let firstID = TrustTests.object(first.body)["id"] as? Int ?? -1
+        let second = TrustTests.http("POST", c.api + "/api/v1/transfers", token: narrow,
+                                     body: #"{"source": "/scratch/c/data.txt", "destination": "ferry://wuxi/incoming/data.txt", "dependsOn": [\#(firstID)]}"#)
+        #expect(second.status == 201, "\(second)")
+        let secondID = TrustTests.object(second.body)["id"] as? Int ?? -1
+        // While it waits, c becomes a link to eve, beside it.
+        #expect(rename(mine, c.scratch + "/c.old") == 0)
+        #expect(symlink("eve", c.scratch + "/c") == 0)
+        var job: [String: Any] = [:]
+        let ended = waitUntil(timeout: 90, interval: 0.2) {
+            job = (try? DaemonE2ETests.lastJSON(DaemonE2ETests.jobs(c, ["show", "\(secondID)"]))) ?? [:]
+            return ["success", "failed", "upstream_failed", "skipped"].contains(job["state"] as? String ?? "")
+        }
+        #expect(ended, "\(job)")
+        #expect(job["state"] as? String == "failed" && (job["error"] as? String ?? "").contains("symbolic link"), "\(job)")
+        #expect(!exists(c.incoming + "/data.txt"), "the file the link leads to left: \((try? String(contentsOfFile: c.incoming + "/data.txt", encoding: .utf8)) ?? "")")
+        #expect(filesIdentical(slow + "/slow.bin", c.incoming + "/slow.bin"), "the first job, which no link touched, did not land")
+        #expect(c.a.isRunning)
+    }
+
     @Test("dataset names have owners: another user's register of a taken name is refused (403) and changes nothing; the owner and an operator may register again")
     func datasetNames() throws {
         let c = try DaemonE2ETests.start("trust-names")

@@ -226,7 +226,7 @@ extension DaemonAPI {
         }
         // The replica's parent directories (CENTER/) are the daemon's to make: beneath the
         // export, component by component (no link leads elsewhere).
-        if case (.confined(let root, let components), _, _) = try runner!.jobEndpoint(target) {
+        if case (.confined(let root, let components, _), _, _) = try runner!.jobEndpoint(target) {
             try withConfinedParent(root: root, components: components) { _, _ in }
         }
         var req = JobRequest(source: "ferry://\(source.center)" + source.path, destination: target)

@@ -121,11 +121,12 @@ public struct DaemonAPI: Sendable {
                 let submission = try APIJSON.decode(V1.TransferSubmission.self, from: body)
                 var requests = try submission.requests()
                 let multi = submission.sources != nil
+                var linkFree: [Int] = []
                 for i in requests.indices {
                     // 0 is no limit, as on the wire and for a replication (the schema says so);
                     // the engine's rate limiter takes only a positive rate.
                     if requests[i].bwlimit == 0 { requests[i].bwlimit = nil }
-                    try authorizePaths(requests[i], user)
+                    linkFree.append(try authorizePaths(requests[i], user))
                     try validate(requests[i], user)
                 }
                 var peers: [String] = []
@@ -143,8 +144,8 @@ public struct DaemonAPI: Sendable {
                         auditLine(user, action: "job.submit", path: path, result: ids.count == 1 ? "ok: job \(first)" : "ok: \(ids.count) jobs, \(first) to \(ids.last!)")
                     }
                 }
-                for (req, peer) in zip(requests, peers) {
-                    let id = try store.submit(owner: user.user, request: req, peer: peer, now: now())
+                for (i, (req, peer)) in zip(requests, peers).enumerated() {
+                    let id = try store.submit(owner: user.user, request: req, peer: peer, now: now(), linkFree: linkFree[i])
                     ids.append(id)
                     jobs.append(V1.Transfer(try store.get(id)!))
                 }
@@ -405,7 +406,7 @@ public struct DaemonAPI: Sendable {
                 ? "a job copies between this center and a peer: between two peers, submit it at the source center's daemon"
                 : "a job copies between this center and a peer: one side is ferry://PEER/PATH (a copy within the center is cp's)")
         }
-        if !r.source.hasPrefix("ferry://"), let runner, case (.confined(let root, let components), _, let export?) = try runner.jobEndpoint(r.source) {
+        if !r.source.hasPrefix("ferry://"), let runner, case (.confined(let root, let components, _), _, let export?) = try runner.jobEndpoint(r.source) {
             // Looked up as the owner's account (as the job will read it), so the answer tells
             // the user nothing their own rights do not: after the scope check, on this thread
             // only, which nothing here suspends.
@@ -437,14 +438,20 @@ public struct DaemonAPI: Sendable {
         return job
     }
 
-    private func authorizePaths(_ r: JobRequest, _ user: User) throws {
+    /// Returns the job's `linkFree` (`Job.linkFree`): that of its local side, 0 without one.
+    private func authorizePaths(_ r: JobRequest, _ user: User) throws -> Int {
+        var linkFree = 0
         for (path, write) in [(r.source, false), (r.destination, true)] where !path.hasPrefix("ferry://") {
-            try authorizeLocal(path, user, write: write)
+            linkFree = max(linkFree, try authorizeLocal(path, user, write: write))
         }
+        return linkFree
     }
 
-    /// A local path of this center (/EXPORT/PATH) within the token's scopes.
-    func authorizeLocal(_ path: String, _ user: User, write: Bool) throws {
+    /// A local path of this center (/EXPORT/PATH) within the token's scopes. Returns how many
+    /// of its components beneath the export no link may be followed in, down to the limit of
+    /// the scope that allows it: checked now, and kept with a job for when it runs.
+    @discardableResult
+    func authorizeLocal(_ path: String, _ user: User, write: Bool) throws -> Int {
         var rel = Substring(path)
         while rel.hasPrefix("/") { rel = rel.dropFirst() }
         let parts = try namespaceComponents(String(rel))
@@ -454,19 +461,21 @@ public struct DaemonAPI: Sendable {
         // The export's own rules, as the transfer server applies them to a direct copy: its
         // access (`ro`) and its user list (a token's scopes alone let a user submit a job into a
         // read-only export, or out of one whose `users` does not name them).
-        guard let runner else { return }
+        guard let runner else { return 0 }
         let (endpoint, _, export) = try runner.jobEndpoint(path)
         if let export { try export.admit(user.user, byToken: user.center == nil, write: write) }
         // Checked on disk too, as the job will open it: a link that leads out of the directory
         // it sits in is refused now (403), and again at run time if one is swapped in later.
-        if case .confined(let root, let components) = endpoint {
+        if case .confined(let root, let components, _) = endpoint {
             // Down to the limit of the token's scope no link is followed, as the transfer server
             // opens a session's path (checked at submit; the runner has no token to ask later).
             let linkFree = min(components.count, max(0, user.scopes.linkFreeDepth(parts, write: write) - (parts.count - components.count)))
             do { try probeConfined(root: root, components: components, linkFree: linkFree) } catch let e as TransferError where e.code == .path {
                 throw TransferError(.auth, "'\(path)': \(e.message)")
             }
+            return linkFree
         }
+        return 0
     }
 
     /// The job, with the runner's live counters while it runs.

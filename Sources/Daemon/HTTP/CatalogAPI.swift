@@ -27,7 +27,7 @@ extension DaemonAPI {
                 let body = Data(buffer: try await request.body.collect(upTo: 1 << 20))
                 let r = try APIJSON.decode(V1.RegisterRequest.self, from: body)
                 try authorizeLocal(r.path, user, write: false)
-                guard let runner, case (.confined(let root, let components), _, let export?) = try runner.jobEndpoint(r.path) else {
+                guard let runner, case (.confined(let root, let components, _), _, let export?) = try runner.jobEndpoint(r.path) else {
                     throw HTTPFailure(status: 400, message: "register takes a directory of this center: /EXPORT/PATH")
                 }
                 let dir = ([root] + components).joined(separator: "/")

@@ -106,6 +106,10 @@ public struct Job: Sendable, Equatable {
     public var striped = false
     /// A word to its owner (why it was not striped, for one).
     public var note: String? = nil
+    /// How many components of its local path, beneath the export, are opened without following
+    /// a symbolic link when it runs: down to the limit of the scope its owner's token had at
+    /// submit (the runner has no token to ask again). 0 for jobs of older daemons.
+    public var linkFree = 0
 }
 
 /// Which jobs to list.

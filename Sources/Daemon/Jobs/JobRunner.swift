@@ -401,8 +401,8 @@ public final class JobRunner: @unchecked Sendable {
 
     func attempt(_ job: Job, progress: TransferProgress) -> AttemptOutcome {
         do {
-            let (src, srcPeer, srcExport) = try jobEndpoint(job.request.source)
-            let (dst, dstPeer, dstExport) = try jobEndpoint(job.request.destination)
+            let (src, srcPeer, srcExport) = try jobEndpoint(job.request.source, linkFree: job.linkFree)
+            let (dst, dstPeer, dstExport) = try jobEndpoint(job.request.destination, linkFree: job.linkFree)
             let options = try baseOptions(job)
             let tuned = !job.peer.isEmpty
             let creds = ClientCredentials(tls: try tlsContext(peer: job.peer), token: nil, center: srcPeer ?? dstPeer)
@@ -500,7 +500,8 @@ public final class JobRunner: @unchecked Sendable {
     /// path confined beneath its export component by component (no name resolved first and
     /// opened later: a link swapped in after the submit is refused at run time too), with the
     /// export it lies in.
-    func jobEndpoint(_ text: String) throws -> (Endpoint, String?, Export?) {
+    /// `linkFree`: the job's own (`Job.linkFree`), for its local side.
+    func jobEndpoint(_ text: String, linkFree: Int = 0) throws -> (Endpoint, String?, Export?) {
         if FerryURL.isFerry(text) {
             let (e, peer) = try endpoint(text)
             return (e, peer, nil)
@@ -511,7 +512,7 @@ public final class JobRunner: @unchecked Sendable {
         guard let export = root else { throw TransferError(.path, "no export named '\(first)' at this center") }
         let beneath = export.name.isEmpty ? parts : Array(parts.dropFirst())
         _ = try namespaceComponents(beneath.joined(separator: "/"))
-        return (.confined(root: export.path, components: beneath), nil, export)
+        return (.confined(root: export.path, components: beneath, linkFree: min(linkFree, beneath.count)), nil, export)
     }
 
     /// Whether `key` (a job's peer) is one the configuration names: what unauthenticated

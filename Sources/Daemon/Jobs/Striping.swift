@@ -82,8 +82,8 @@ extension JobRunner {
     /// The job's parts, or nil when it should run whole: below the threshold (unless asked),
     /// or fewer than two parts (a note says so when striping was asked for).
     func planStripes(_ job: Job) throws -> StripePlan? {
-        let (src, srcPeer, srcExport) = try jobEndpoint(job.request.source)
-        let (_, dstPeer, dstExport) = try jobEndpoint(job.request.destination)
+        let (src, srcPeer, srcExport) = try jobEndpoint(job.request.source, linkFree: job.linkFree)
+        let (_, dstPeer, dstExport) = try jobEndpoint(job.request.destination, linkFree: job.linkFree)
         let creds = ClientCredentials(tls: try tlsContextForJobs(peer: job.peer), token: nil, center: srcPeer ?? dstPeer)
         let account = try localAccount(job, srcExport ?? dstExport)
         var entries: [StripePlanner.Entry] = []
@@ -186,8 +186,8 @@ extension JobRunner {
     /// The endpoints of a part: the job's sides, the remote one at the part's peer node, and
     /// for a range the file beneath them.
     func partEndpoints(_ job: Job, path: String, peerNode: String?) throws -> (src: Endpoint, dst: Endpoint, creds: ClientCredentials, account: LocalAccount?, remotePeer: String?) {
-        let (src, srcPeer, srcExport) = try jobEndpoint(job.request.source)
-        let (dst, dstPeer, dstExport) = try jobEndpoint(job.request.destination)
+        let (src, srcPeer, srcExport) = try jobEndpoint(job.request.source, linkFree: job.linkFree)
+        let (dst, dstPeer, dstExport) = try jobEndpoint(job.request.destination, linkFree: job.linkFree)
         let node = try peerNode.map { try HostPort(parsing: $0) }
         func place(_ e: Endpoint, destination: Bool) -> Endpoint {
             var e = e
@@ -210,7 +210,7 @@ extension JobRunner {
     /// Whether a local job path is an existing directory (opened step by step beneath its
     /// export, no link followed; the daemon's own look, no content read).
     static func isDirectory(_ e: Endpoint) -> Bool {
-        guard case .confined(let root, let components) = e, !components.isEmpty else { return false }
+        guard case .confined(let root, let components, _) = e, !components.isEmpty else { return false }
         return isConfinedDirectory(root: root, components: components)
     }
 
@@ -218,7 +218,7 @@ extension JobRunner {
         switch e {
         case .local(let p): return .local(p.hasSuffix("/") ? p + rel : p + "/" + rel)
         case .remote(let hp, let p): return .remote(hp, path: p.hasSuffix("/") ? p + rel : p + "/" + rel)
-        case .confined(let root, let c): return .confined(root: root, components: c + rel.split(separator: "/").map(String.init))
+        case .confined(let root, let c, let linkFree): return .confined(root: root, components: c + rel.split(separator: "/").map(String.init), linkFree: linkFree)
         }
     }
 

@@ -354,7 +354,7 @@ extension DaemonAPI {
     /// the link is read and removed by name in that directory. True when it was removed.
     func removeLink(_ path: String, target: String) -> Bool {
         guard let runner, let job = jobPath(real: path, runner),
-              case (.confined(let root, let components), _, _)? = try? runner.jobEndpoint(job), let name = components.last else { return false }
+              case (.confined(let root, let components, _), _, _)? = try? runner.jobEndpoint(job), let name = components.last else { return false }
         let rootFd = open(root, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
         guard rootFd >= 0 else { return false }
         let parents = components.dropLast().joined(separator: "/")
@@ -401,7 +401,7 @@ extension DaemonAPI {
     /// The link itself, as the job's user (`link`). `ours`: the job has a record of a link at
     /// DST, which may then be replaced.
     private func makeLink(dst: (real: String, job: String), target: String, uid: UInt32?, gid: UInt32?, ours: Bool) throws {
-        guard let runner, case (.confined(let root, let components), _, _) = try runner.jobEndpoint(dst.job) else {
+        guard let runner, case (.confined(let root, let components, _), _, _) = try runner.jobEndpoint(dst.job) else {
             throw HTTPFailure(status: 400, message: "DST \(dst.real) is not a path of this center")
         }
         var account: LocalAccount?

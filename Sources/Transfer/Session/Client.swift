@@ -8,7 +8,10 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
     /// A path beneath a directory (an export), opened component by component from it: a
     /// symbolic link can never lead above the directory it sits in, and nothing is resolved
     /// by name first and opened later. A daemon's job uses this for its local side.
-    case confined(root: String, components: [String])
+    /// `linkFree`: how many of the first components are opened without following any link (a
+    /// job's, down to the limit of the scope its owner's token had at submit, which the runner
+    /// cannot ask again: `Paths.openStepwise`).
+    case confined(root: String, components: [String], linkFree: Int = 0)
 
     /// Parses `ferry://host:port/path`, `ferry://[v6]:port/path`, or a local path
     /// (`Location`, the one parser); the URL must name a port.
@@ -26,7 +29,7 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .local(let p): p
         case .remote(let hp, let path): "ferry://\(hp)\(path)"
-        case .confined(let root, let components): ([root] + components).joined(separator: "/")
+        case .confined(let root, let components, _): ([root] + components).joined(separator: "/")
         }
     }
 }
@@ -138,10 +141,10 @@ public enum TransferClient {
                 let receiver = Receiver(ctx: ctx, baseFd: baseFd, target: target)
                 return (receiver.runControl, receiver.runWorker)
             }
-        case (.confined(let root, let components), .remote(let server, let urlPath)):
+        case (.confined(let root, let components, let linkFree), .remote(let server, let urlPath)):
             let rootFd = try openRoot(root)
             defer { Glibc.close(rootFd) }
-            let srcFd = try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY)
+            let srcFd = try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY, linkFree: linkFree)
             var st = stat()
             fstat(srcFd, &st)
             var (path, trailing) = try Paths.remoteRelative(urlPath)
@@ -158,7 +161,7 @@ public enum TransferClient {
                 let sender = try Sender(ctx: ctx, rootFd: srcFd, name: components.joined(separator: "/"))
                 return (sender.runControl, sender.runWorker)
             }
-        case (.remote(let server, let urlPath), .confined(let root, let components)):
+        case (.remote(let server, let urlPath), .confined(let root, let components, let linkFree)):
             let (path, _) = try Paths.remoteRelative(urlPath)
             let rootFd = try openRoot(root)
             defer { Glibc.close(rootFd) }
@@ -166,12 +169,12 @@ public enum TransferClient {
             // An existing directory receives a single file under its remote name, as for a
             // local destination; it is opened the same confined way to find out.
             if !options.recursive, let name = path.split(separator: "/").last,
-               let fd = try? Paths.openStepwise(beneath: rootFd, target, flags: O_RDONLY | O_DIRECTORY) {
+               let fd = try? Paths.openStepwise(beneath: rootFd, target, flags: O_RDONLY | O_DIRECTORY, linkFree: linkFree) {
                 Glibc.close(fd)
                 target.append(name)
             }
             guard let last = target.last else { throw TransferError(.usage, "name the destination beneath '\(root)'") }
-            let parent = try Paths.makeDirectories(beneath: rootFd, Array(target.dropLast()))
+            let parent = try Paths.makeDirectories(beneath: rootFd, Array(target.dropLast()), linkFree: min(linkFree, target.count - 1))
             return try run(server: server, direction: .pull, path: path, options: options, credentials: credentials, progress: progress) { ctx throws in
                 // A daemon's job: the tree's destination is not reached through a link (as the server does).
                 let receiver = Receiver(ctx: ctx, baseFd: parent, target: [last], treeLinkFree: true)
@@ -457,10 +460,10 @@ extension TransferClient {
         switch endpoint {
         case .local(let path):
             return try walk(try openLocalTree(path))
-        case .confined(let root, let components):
+        case .confined(let root, let components, let linkFree):
             let rootFd = try openRoot(root)
             defer { Glibc.close(rootFd) }
-            return try walk(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY))
+            return try walk(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY, linkFree: linkFree))
         case .remote(let server, let urlPath):
             var options = TransferOptions()
             options.recursive = true
@@ -514,11 +517,11 @@ extension TransferClient {
             let fd = open(path, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
             if fd < 0 { throw TransferError.system("cannot open '\(path)'", errno: errno) }
             return remove(fd)
-        case .confined(let root, let components):
+        case .confined(let root, let components, let linkFree):
             let rootFd = try openRoot(root)
             defer { Glibc.close(rootFd) }
             // The directory a daemon's deletion works in is not reached through a link at its name.
-            return remove(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY, lastLinkFree: true))
+            return remove(try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY, linkFree: linkFree, lastLinkFree: true))
         case .remote(let server, let urlPath):
             let (control, ring) = try treeSession(server, urlPath, .delete, TransferOptions(), credentials)
             defer { control.close() }
@@ -561,11 +564,11 @@ extension TransferClient {
             let fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if fd < 0 { throw TransferError.system("cannot open the directory of '\(path)'", errno: errno) }
             return try local(fd, name, path)
-        case .confined(let root, let components):
+        case .confined(let root, let components, let linkFree):
             guard let last = components.last else { throw TransferError(.usage, "a commit names a file beneath '\(root)'") }
             let rootFd = try openRoot(root)
             defer { Glibc.close(rootFd) }
-            let parent = try Paths.openStepwise(beneath: rootFd, components.dropLast().map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY)
+            let parent = try Paths.openStepwise(beneath: rootFd, components.dropLast().map { Substring($0) }, flags: O_RDONLY | O_DIRECTORY, linkFree: min(linkFree, components.count - 1))
             return try local(parent, last, components.joined(separator: "/"))
         case .remote(let server, let urlPath):
             let (control, ring) = try treeSession(server, urlPath, .commit, TransferOptions(), credentials)
