@@ -350,4 +350,64 @@ while time.time() - start < seconds and not os.path.exists(stop):
         let ok = try sb.cp(sb.file("small.bin"), server.url("small.bin"))
         #expect(ok.succeeded && filesIdentical(sb.file("small.bin"), root + "/small.bin"), "\(ok)")
     }
+
+    /// The server's `VmPin` in KiB (its own process, under the harness's `timeout` wrapper
+    /// when there is one).
+    static func pinnedKiB(_ server: FerryServer) -> Int {
+        var pid = server.process.pid
+        if let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8), !comm.hasPrefix("ferry"),
+           let kids = try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8),
+           let kid = kids.split(separator: " ").first.flatMap({ pid_t(String($0)) }) {
+            pid = kid
+        }
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
+        for line in text.split(separator: "\n") where line.hasPrefix("VmPin:") {
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+        }
+        return 0
+    }
+
+    /// Five sessions of one user, each as large as a session may be (64 MiB chunks: 7 streams,
+    /// 896 MiB; few connections, under the per-address limit), took 3.9 GiB of the server's
+    /// 4 GiB budget and left another user's copy with chunks as large refused as busy. A user's
+    /// sessions together get half of it (`TransferServer.userBufferBytes`).
+    @Test("one user's sessions cannot take the whole buffer budget: past half of it their next session is refused as busy and says why, and another user's session still gets its streams")
+    func bufferSharePerUser() throws {
+        let sb = try Sandbox("pinned-share")
+        let root = try sb.dir("root")
+        let src = sb.file("zeros.bin")
+        // Written zeros, as above: 16 chunks of 64 MiB, more than a session's streams.
+        let fd = open(src, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let block = [UInt8](repeating: 0, count: 16 << 20)
+        for i in 0..<64 { _ = block.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(i) << 24) } }
+        close(fd)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let hog = try sb.issueToken(user: "hog", name: "hog.tok")
+        let other = try sb.issueToken(user: "other", name: "other.tok")
+        let big = ["--streams", "64", "--chunk-size", "64M", "--bwlimit", "16M", "--compress", "off"]
+        var running: [FerryProcess] = []
+        var refused: [CpResult] = []
+        defer { for p in running { p.kill9(); _ = p.waitExit(timeout: 10) } }
+        for i in 0..<5 {
+            let p = try sb.startCp(src, server.url("hog\(i).bin"), options: big, tokenFile: hog)
+            // Until it moves bytes (its streams granted and joined), or has ended (refused).
+            _ = waitUntil(timeout: 15, interval: 0.05) {
+                !p.isRunning || ((try? String(contentsOfFile: p.stdoutPath, encoding: .utf8)) ?? "").range(of: #""bytes_done":[1-9]"#, options: .regularExpression) != nil
+            }
+            if p.isRunning { running.append(p) } else { refused.append(sb.finish(p, timeout: 10)) }
+        }
+        let peak = Self.pinnedKiB(server)
+        #expect(running.count == 3 && refused.count == 2, "\(running.count) sessions of one user running, \(refused.count) refused")
+        for r in refused {
+            #expect(r.status != 0 && r.allMessages.contains("the share one user may have"), "\(r)")
+        }
+        // At most half of 4 GiB (896 + 896 + 128 MiB): before, five sessions pinned 3.9 GiB.
+        #expect(peak > 1_800_000 && peak <= 2_200_000, "VmPin at \(peak) KiB with one user's sessions running")
+        // Another user, with chunks as large, still gets streams, and the copy lands whole.
+        try writeRandomFile(sb.file("other.bin"), size: 64 * E2E.MiB)
+        let ok = try sb.cp(sb.file("other.bin"), server.url("other.bin"), options: ["--chunk-size", "64M"], tokenFile: other)
+        #expect(ok.succeeded && filesIdentical(sb.file("other.bin"), root + "/other.bin"), "\(ok)")
+        #expect(server.isRunning)
+    }
 }

@@ -117,6 +117,8 @@ public final class TransferServer: @unchecked Sendable {
     private var stopped = false
     /// Bytes of data-stream buffers granted to the sessions running now (guarded by `lock`).
     private var bufferBytesGranted = 0
+    /// The same, per user (the token's user, or `center:NAME` for a peer center's daemon).
+    private var bufferBytesByUser: [String: Int] = [:]
 
     /// Buffer memory for data streams, the whole server and one session. Each data stream
     /// holds two frame buffers of the session's chunk size (registered with its ring, so
@@ -125,10 +127,13 @@ public final class TransferServer: @unchecked Sendable {
     /// while they fit in a quarter of the budget and in what other sessions left; a session
     /// that cannot have one stream is refused as busy (retryable). With the default 4 MiB
     /// chunks a stream costs about 8.1 MiB: 64 streams (about 520 MiB) fit in a session, and
-    /// seven such sessions at once; 64 MiB chunks get 7 streams a session. There is no share
-    /// per user: four sessions at their cap take the whole budget.
+    /// seven such sessions at once; 64 MiB chunks get 7 streams a session. One user's sessions
+    /// together get at most half the budget (`userBufferBytes`): a user running many copies
+    /// at once (or a script that opens sessions in a loop) cannot leave the others none; past
+    /// their share their next session is refused as busy, retryable, and says why.
     static let bufferBudgetBytes = 4 << 30
     static let sessionBufferBytes = bufferBudgetBytes / 4
+    static let userBufferBytes = bufferBudgetBytes / 2
 
     /// What one data stream of a session with `chunkBytes` chunks holds (both directions:
     /// two frame buffers and their headroom; zero-copy slots come on top when enabled).
@@ -422,15 +427,27 @@ public final class TransferServer: @unchecked Sendable {
         }
         let perStream = TransferServer.streamBufferBytes(chunkBytes: hello.options.chunkBytes)
         let streams = try lock.withLock { () throws -> Int in
-            let left = min(TransferServer.sessionBufferBytes, TransferServer.bufferBudgetBytes - bufferBytesGranted)
-            let granted = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax, left / perStream)
+            let mine = bufferBytesByUser[who.user, default: 0]
+            let userLeft = TransferServer.userBufferBytes - mine
+            let left = min(TransferServer.sessionBufferBytes, TransferServer.bufferBudgetBytes - bufferBytesGranted, userLeft)
+            let granted = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax, max(0, left) / perStream)
             guard granted >= 1 else {
+                if userLeft < perStream {
+                    throw TransferError(.busy, "your transfers running on this server already hold \(byteText(UInt64(mine))) of buffer memory, the share one user may have (\(byteText(UInt64(TransferServer.userBufferBytes)))); try again when one of them ends", resumable: true)
+                }
                 throw TransferError(.busy, "the server's buffer memory is taken by other transfers (\(byteText(UInt64(bufferBytesGranted))) of \(byteText(UInt64(TransferServer.bufferBudgetBytes)))); try again later", resumable: true)
             }
             bufferBytesGranted += granted * perStream
+            bufferBytesByUser[who.user, default: 0] += granted * perStream
             return granted
         }
-        defer { lock.withLock { bufferBytesGranted -= streams * perStream } }
+        defer {
+            lock.withLock {
+                bufferBytesGranted -= streams * perStream
+                bufferBytesByUser[who.user, default: 0] -= streams * perStream
+                if bufferBytesByUser[who.user] == 0 { bufferBytesByUser[who.user] = nil }
+            }
+        }
         let progress = TransferProgress()
         let ctx = SessionContext(control: conn, options: hello.options, progress: progress, idleTimeoutSeconds: configuration.idleTimeoutSeconds, protection: hello.options.protection, direction: hello.direction)
         let session = ServerSession(id: randomBytes(16), secret: randomBytes(32), streams: streams, ctx: ctx)
