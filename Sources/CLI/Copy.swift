@@ -14,6 +14,10 @@ extension Ferry {
             The content of SRC ends up exactly at DST (like rsync -a SRC/ DST); a single file \
             sent to a DST ending in '/' keeps its name. Re-running an interrupted copy resumes it.
 
+            Several sources (`ferry cp -r a.nc b.nc runs/ ferry://dtn/proj/`): DST ends in '/' \
+            and each lands in it under its own name, one transfer after another; a failed one \
+            does not stop the others, and the exit status is the first failure's.
+
             Both ferry:// (third-party transfer): the source center's daemon pushes straight to \
             the destination (a job, see `ferry jobs`); this command only submits and watches. \
             DST may then name a peer of the source center (ferry://wuxi/incoming/run1). The \
@@ -91,13 +95,31 @@ extension Ferry {
         @Option(help: "Third-party copies: the source center's daemon API, https://HOST:PORT (env FERRY_API).")
         var api: String?
 
-        @Argument(help: "Source: a local path or ferry://HOST:PORT/PATH.")
-        var source: String
+        @Argument(help: ArgumentHelp("Sources, then the destination: local paths or ferry://HOST:PORT/PATH URLs (SRC may be gfs://...).", valueName: "SRC... DST"))
+        var paths: [String] = []
 
-        @Argument(help: "Destination: a local path or ferry://HOST:PORT/PATH.")
-        var destination: String
+        /// The first source (the only one, but for `run`'s loop over several).
+        var source: String { paths.first ?? "" }
+        var destination: String { paths.last ?? "" }
 
         func validate() throws {
+            guard paths.count >= 2 else { throw ValidationError("give a source and a destination (ferry cp SRC... DST)") }
+            if paths.count > 2 {
+                // Each source is one transfer into DST/NAME: nothing that is one transfer's alone.
+                if paths.contains("-") { throw ValidationError("standard input or output is one transfer's: not with several sources") }
+                if delete { throw ValidationError("--delete with several sources would delete each one's files with the next: mirror one source at a time") }
+                if filesFrom != nil || range != nil || commitRanges != nil { throw ValidationError("--files-from, --range and --commit take one source") }
+                guard destination.hasSuffix("/") else {
+                    throw ValidationError("with several sources, DST is the directory they land in: end it with '/' ('\(destination)/')")
+                }
+                var seen: [String: String] = [:]
+                for s in paths.dropLast() {
+                    let name = Self.lastName(s)
+                    guard !name.isEmpty, name != ".", name != ".." else { throw ValidationError("'\(s)' has no name to land under in '\(destination)': give it alone, with the destination named") }
+                    if let other = seen[name] { throw ValidationError("'\(other)' and '\(s)' would both land at '\(destination)\(name)'") }
+                    seen[name] = s
+                }
+            }
             if let s = streams, !(1...64).contains(s) { throw ValidationError("--streams must be 1...64") }
             if stats < 0 { throw ValidationError("--stats is a number of seconds, 0 or more") }
             if verbose && quiet { throw ValidationError("-v and -q do not go together") }
@@ -107,7 +129,48 @@ extension Ferry {
             }
         }
 
+        /// The name a source lands under in a directory: its path's last component.
+        static func lastName(_ text: String) -> String {
+            var path = Substring(text)
+            for scheme in [FerryURL.scheme, Location.gfsScheme] where text.hasPrefix(scheme) {
+                let rest = text.dropFirst(scheme.count)
+                path = rest.firstIndex(of: "/").map { rest[$0...] } ?? ""
+            }
+            return path.split(separator: "/").last.map(String.init) ?? ""
+        }
+
         func run() throws {
+            if paths.count == 2 { return try runOne() }
+            // One transfer per source, into DST/NAME, as `cp a b dir/` does: every source is
+            // tried; the first failure's exit status is the command's.
+            var firstFailure: Int32 = 0
+            var failed = 0
+            let sources = paths.dropLast()
+            for s in sources {
+                var one = self
+                one.paths = [s, destination + Self.lastName(s)]
+                do {
+                    try one.runOne()
+                } catch let e as ExitCode {
+                    failed += 1
+                    if firstFailure == 0 { firstFailure = e.rawValue }
+                } catch let e as ValidationError {
+                    failed += 1
+                    if firstFailure == 0 { firstFailure = ExitCode.validationFailure.rawValue }
+                    printError("ferry: error: \(s): \(e.message)\n")
+                } catch {
+                    failed += 1
+                    if firstFailure == 0 { firstFailure = 1 }
+                    printError("ferry: error: \(s): \(error)\n")
+                }
+            }
+            if failed > 0 {
+                printError("ferry: \(failed) of \(sources.count) sources failed (said above)\n")
+                throw ExitCode(firstFailure)
+            }
+        }
+
+        func runOne() throws {
             var options = TransferOptions()
             options.recursive = recursive
             options.streams = streams

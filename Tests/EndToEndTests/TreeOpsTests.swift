@@ -220,6 +220,46 @@ struct TreeOpsTests {
         #expect(!failed.succeeded && exists(local + "/old2"), "\(failed)")
     }
 
+    /// `ferry cp a b dir ferry://.../proj/`, as cp and rsync take several sources: each lands
+    /// in DST under its own name, one transfer each; one that fails stops none of the others.
+    @Test("several sources: each lands in DST/ under its own name (push and pull); a missing one fails the command and no other; DST without '/', two sources of one name, --delete: refused before anything moves")
+    func severalSources() throws {
+        let sb = try Sandbox("several")
+        let root = try sb.dir("root")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let src = try sb.dir("src")
+        try writeRandomFile(src + "/a.nc", size: 3 * E2E.MiB + 5)
+        try writeRandomFile(src + "/b.nc", size: 100)
+        try writeRandomFile(try sb.dir("src/runs/r1") + "/out.txt", size: 2000)
+        // Sources before the options, as a shell glob puts them.
+        let up = try sb.cp(src + "/b.nc", server.url("proj/"), options: [src + "/a.nc", src + "/runs", "-r"])
+        #expect(up.succeeded, "\(up)")
+        #expect(up.jsonLines.filter { $0["type"] as? String == "summary" }.count == 3, "one summary per source: \(up)")
+        #expect(filesIdentical(src + "/a.nc", root + "/proj/a.nc") && filesIdentical(src + "/b.nc", root + "/proj/b.nc"))
+        #expect(filesIdentical(src + "/runs/r1/out.txt", root + "/proj/runs/r1/out.txt"), "a directory lands under its name, not merged into DST")
+        // Pulled back into a local directory.
+        let back = try sb.dir("back")
+        let down = try sb.cp(server.url("proj/a.nc"), back + "/", options: [server.url("proj/b.nc")])
+        #expect(down.succeeded, "\(down)")
+        #expect(filesIdentical(src + "/a.nc", back + "/a.nc") && filesIdentical(src + "/b.nc", back + "/b.nc"))
+        // A missing source in the middle: the others land, the command fails and names it.
+        let gap = try sb.cp(src + "/b.nc", server.url("gap/"), options: [src + "/a.nc", src + "/missing.nc"])
+        #expect(gap.status == 1 && gap.allMessages.contains("missing.nc") && gap.stderr.contains("1 of 3 sources failed"), "\(gap)")
+        #expect(filesIdentical(src + "/a.nc", root + "/gap/a.nc") && filesIdentical(src + "/b.nc", root + "/gap/b.nc"))
+        // Refused before anything moves (exit 64).
+        let refusals: [(String, [String], String)] = [
+            ("nodir", [src + "/a.nc"], "end it with '/'"),
+            ("same/", [src + "/runs/../a.nc"], "would both land at"),
+            ("del/", [src + "/runs", "-r", "--delete"], "--delete with several sources"),
+        ]
+        for (dst, extra, why) in refusals {
+            let r = try sb.cp(src + "/b.nc", server.url(dst), options: [src + "/a.nc"] + extra)
+            #expect(r.status == 64 && r.allMessages.contains(why), "\(dst): \(r)")
+            #expect(!exists(root + "/" + dst.replacingOccurrences(of: "/", with: "")), "\(dst): something was made")
+        }
+    }
+
     @Test("a tree pushed or pulled to a new nested path: its missing parents are made 0755 less the process's umask, as mkdir -p (they were 0700)")
     func newParentsReadable() throws {
         let sb = try Sandbox("parents")
