@@ -74,7 +74,8 @@ func listLine(_ e: ListEntry, name: String, long: Bool) -> String {
     let shown = Terminal.name(name) + (e.kind == .directory ? "/" : "") + (e.kind == .symlink ? " -> " + Terminal.name(e.linkTarget) : "")
     guard long else { return shown }
     let mtime = Date(timeIntervalSince1970: Double(e.mtimeSeconds) + Double(e.mtimeNanoseconds) / 1e9)
-    let kind = e.kind == .special ? "special" : e.kind.rawValue
+    // Padded to the longest kind ("directory"), so that the columns line up.
+    let kind = (e.kind == .special ? "special" : e.kind.rawValue).padding(toLength: 9, withPad: " ", startingAt: 0)
     return "\(kind) \(String(format: "%04o", e.mode & 0o7777)) \(String(e.size).leftPad(14)) \(ISO8601DateFormatter().string(from: mtime)) \(shown)"
 }
 
@@ -96,10 +97,18 @@ enum TreeCommands {
         return try CredentialOptions.parse(args)
     }
 
+    /// How many entries `ls` holds to print them sorted; a longer listing is printed as it
+    /// comes (said on stderr), so that memory stays bounded on a directory of millions.
+    static let sortedEntriesMax = 200_000
+
     static func ls(_ path: String, api: APIOptions, long: Bool, recursive: Bool, filters: FilterRules) throws {
         var creds = try credentials(api).load()
         let endpoint = try treeEndpoint(path, credentials: &creds)
         var rootIsFile = false
+        // Sorted by name, bytewise (names are bytes), as `ls` (LC_ALL=C) prints them; with -R
+        // by path, so a directory's entries follow it. --json streams in the server's order.
+        var held: [(key: [UInt8], line: String)] = []
+        var streaming = api.json
         try run {
             try TransferClient.list(endpoint, request: ListRequest(depth: recursive ? .max : 1, filters: filters), credentials: creds) { e in
                 if e.path.isEmpty {
@@ -108,9 +117,18 @@ enum TreeCommands {
                 }
                 if api.json { print(listJSON(e)); return }
                 let name = e.path.isEmpty ? (path.split(separator: "/").last.map(String.init) ?? path) : e.path
-                print(listLine(e, name: name, long: long))
+                let line = listLine(e, name: name, long: long)
+                if streaming { print(line); return }
+                held.append((Array(name.utf8), line))
+                if held.count > sortedEntriesMax {
+                    printError("ferry: more than \(sortedEntriesMax) entries: printed as they come, not sorted\n")
+                    for h in held { print(h.line) }
+                    held = []
+                    streaming = true
+                }
             }
         }
+        for h in held.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) { print(h.line) }
         fflush(stdout)
     }
 

@@ -438,10 +438,14 @@ struct TreeOpsTests {
         let ls = try ferry(["ls", server.url("big")])
         let names = ls.stdout.split(separator: "\n")
         #expect(ls.succeeded && names.count == 100_000 && Set(names).count == 100_000 && names.contains("f99999"), "\(names.count) \(ls.stderr)")
+        // Sorted bytewise, as `LC_ALL=C ls` prints them (the server sends them in its walk's order).
+        #expect(names.elementsEqual(names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }), "not sorted: \(names.prefix(5))")
         let long = try ferry(["ls", "-l", "-R", server.url("small")])
         let ll = long.stdout.split(separator: "\n").map(String.init)
         #expect(long.succeeded && ll.count == 2 && ll.contains { $0.hasPrefix("directory ") && $0.hasSuffix(" sub/") }
-                && ll.contains { $0.hasPrefix("file 0644") && $0.contains(" 1234 ") && $0.hasSuffix(" sub/x") }, "\(long)")
+                && ll.contains { $0.hasPrefix("file      0644") && $0.contains(" 1234 ") && $0.hasSuffix(" sub/x") }, "\(long)")
+        // The columns line up: the directory first (sorted), then its file; the mode at one place.
+        #expect(ll.first?.hasSuffix(" sub/") == true && Set(ll.map { $0.firstRange(of: " 0")?.lowerBound.utf16Offset(in: $0) ?? -1 }) == [9], "\(ll)")
         let st = try ferry(["stat", server.url("small/sub/x")])
         #expect(st.succeeded && st.stdout.hasPrefix("file ") && st.stdout.contains(" 1234 "), "\(st)")
         let du = try ferry(["du", server.url("")])
