@@ -152,6 +152,8 @@ extension Ferry {
                 do {
                     try one.runOne()
                 } catch let e as ExitCode {
+                    // Ctrl-C or SIGTERM stops the whole command, not just this source.
+                    if isInterruptedExitCode(e) { throw e }
                     failed += 1
                     if firstFailure == 0 { firstFailure = e.rawValue }
                 } catch let e as ValidationError {
@@ -163,6 +165,8 @@ extension Ferry {
                     if firstFailure == 0 { firstFailure = 1 }
                     printError("ferry: error: \(s): \(error)\n")
                 }
+                // Interrupted while this one finished anyway: the rest are not started.
+                if Interrupts.seen != 0 { throw interruptedExitCode(Interrupts.seen) }
             }
             if failed > 0 {
                 printError("ferry: \(failed) of \(sources.count) sources failed (said above)\n")

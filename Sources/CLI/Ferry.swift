@@ -170,6 +170,13 @@ final class Interrupts: @unchecked Sendable {
     /// The signal received first, or 0.
     var signal: Int32 { lock.withLock { received } }
 
+    /// The first signal any `Interrupts` of this process received, or 0: a command that runs
+    /// several transfers (`ferry cp` of several sources) stops after one that was interrupted,
+    /// even when that one had just finished.
+    static var seen: Int32 { seenLock.withLock { seenSignal } }
+    private static let seenLock = NSLock()
+    nonisolated(unsafe) private static var seenSignal: Int32 = 0
+
     init(onFirst: @escaping @Sendable (Int32) -> Void) {
         for sig in [SIGINT, SIGTERM] {
             Glibc.signal(sig, SIG_IGN)
@@ -180,6 +187,7 @@ final class Interrupts: @unchecked Sendable {
                     guard self.received == 0 else { return (false, Date().timeIntervalSince(self.firstAt) >= 0.5) }
                     self.received = sig
                     self.firstAt = Date()
+                    Interrupts.seenLock.withLock { if Interrupts.seenSignal == 0 { Interrupts.seenSignal = sig } }
                     return (true, false)
                 }
                 if first { onFirst(sig) }
@@ -195,8 +203,14 @@ final class Interrupts: @unchecked Sendable {
 
     deinit {
         for s in sources { s.cancel() }
+        // Nothing handles them any more: a signal between two transfers (`ferry cp` of several
+        // sources) ends the command as it would any program, not ignored.
+        for sig in [SIGINT, SIGTERM] { Glibc.signal(sig, SIG_DFL) }
     }
 }
+
+/// Whether `code` is `interruptedExitCode`'s (SIGINT or SIGTERM).
+func isInterruptedExitCode(_ code: ExitCode) -> Bool { code.rawValue == 128 + SIGINT || code.rawValue == 128 + SIGTERM }
 
 /// The exit status of a command ended by SIGINT or SIGTERM (128 + the signal, as shells count).
 func interruptedExitCode(_ sig: Int32) -> ExitCode { ExitCode(128 + sig) }

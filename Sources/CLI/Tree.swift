@@ -106,9 +106,15 @@ enum TreeCommands {
         let endpoint = try treeEndpoint(path, credentials: &creds)
         var rootIsFile = false
         // Sorted by name, bytewise (names are bytes), as `ls` (LC_ALL=C) prints them; with -R
-        // by path, so a directory's entries follow it. --json streams in the server's order.
+        // by path component by component ('/' as the lowest byte, so that a directory's entries
+        // follow it before `sub-a` or `sub.txt`). --json streams in the server's order. What was
+        // held is printed even when the listing fails half way.
         var held: [(key: [UInt8], line: String)] = []
         var streaming = api.json
+        defer {
+            for h in held.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) { print(h.line) }
+            fflush(stdout)
+        }
         try run {
             try TransferClient.list(endpoint, request: ListRequest(depth: recursive ? .max : 1, filters: filters), credentials: creds) { e in
                 if e.path.isEmpty {
@@ -119,7 +125,7 @@ enum TreeCommands {
                 let name = e.path.isEmpty ? (path.split(separator: "/").last.map(String.init) ?? path) : e.path
                 let line = listLine(e, name: name, long: long)
                 if streaming { print(line); return }
-                held.append((Array(name.utf8), line))
+                held.append((name.utf8.map { $0 == UInt8(ascii: "/") ? 0 : $0 }, line))
                 if held.count > sortedEntriesMax {
                     printError("ferry: more than \(sortedEntriesMax) entries: printed as they come, not sorted\n")
                     for h in held { print(h.line) }
@@ -128,8 +134,6 @@ enum TreeCommands {
                 }
             }
         }
-        for h in held.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) { print(h.line) }
-        fflush(stdout)
     }
 
     static func stat(_ path: String, api: APIOptions) throws {

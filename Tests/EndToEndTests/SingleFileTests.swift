@@ -87,11 +87,9 @@ struct SingleFileTests {
             "pulled file not sparse: \(backAllocated) bytes allocated for \(size)")
     }
 
-    /// A server listening on ::1 and 127.0.0.1 at once; a push over IPv6 and a pull over IPv4.
     /// Over a long path every round trip counts: eight streams that joined one after another
-    /// spent two round trips each before the first byte moved (1.6 s here, where one stream
-    /// spends 0.2). The proxy holds every server-to-client byte back by `lag`, on the control
-    /// connection and on each data stream.
+    /// waited for each JOINED in turn (1.4 s more here than one stream). The proxy holds every
+    /// server-to-client byte back by `lag`, on the control connection and on each data stream.
     @Test("eight data streams over a path with 0.2 s of latency join at once: the copy takes no longer than with one stream, give or take a round trip")
     func streamsJoinAtOnce() throws {
         let sb = try Sandbox("join-at-once")
@@ -104,20 +102,25 @@ struct SingleFileTests {
         let lag = 0.2
         let proxy = try LaggingProxy(targetPort: server.port, controlDelay: lag, dataStallBytes: Int.max, dataDelay: lag)
         defer { proxy.stop() }
+        var run = 0
         func seconds(streams: Int) throws -> Double {
+            run += 1
+            let name = "s\(streams)-\(run).bin"  // a new file each time: nothing is skipped
             let t0 = monotonicSeconds()
-            let r = try sb.cp(src, "ferry://127.0.0.1:\(proxy.port)/s\(streams).bin", options: ["--streams", "\(streams)", "--chunk-size", "1M"], timeout: 60)
+            let r = try sb.cp(src, "ferry://127.0.0.1:\(proxy.port)/" + name, options: ["--streams", "\(streams)", "--chunk-size", "1M"], timeout: 60)
             let t = monotonicSeconds() - t0
             #expect(r.succeeded, "\(r)")
-            #expect(filesIdentical(src, root + "/s\(streams).bin"))
+            #expect(filesIdentical(src, root + "/" + name))
             return t
         }
-        let one = try seconds(streams: 1)
-        let eight = try seconds(streams: 8)
+        // The best of two each: a loaded machine can stall one run, not the lag of seven joins.
+        let one = min(try seconds(streams: 1), try seconds(streams: 1))
+        let eight = min(try seconds(streams: 8), try seconds(streams: 8))
         // One by one, the seven more streams cost a lag each for their JOINED: 1.4 s more.
         #expect(eight - one < 3 * lag, "eight streams took \(eight) s, one stream \(one) s: the streams joined one after another")
     }
 
+    /// A server listening on ::1 and 127.0.0.1 at once; a push over IPv6 and a pull over IPv4.
     @Test("IPv6 and IPv4 listeners, ferry://[::1]:PORT/...")
     func ipv6() throws {
         let sb = try Sandbox("ipv6")

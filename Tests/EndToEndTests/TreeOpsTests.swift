@@ -247,6 +247,17 @@ struct TreeOpsTests {
         let gap = try sb.cp(src + "/b.nc", server.url("gap/"), options: [src + "/a.nc", src + "/missing.nc"])
         #expect(gap.status == 1 && gap.allMessages.contains("missing.nc") && gap.stderr.contains("1 of 3 sources failed"), "\(gap)")
         #expect(filesIdentical(src + "/a.nc", root + "/gap/a.nc") && filesIdentical(src + "/b.nc", root + "/gap/b.nc"))
+        // Ctrl-C during the first source stops the command: the sources after it are not started.
+        try writeRandomFile(src + "/slow.bin", size: 8 * E2E.MiB)
+        let slow = try sb.startCp(src + "/b.nc", server.url("stop/"), options: [src + "/slow.bin", "--bwlimit", "1M"])
+        #expect(waitUntil(timeout: 20) { ((try? String(contentsOfFile: slow.stdoutPath, encoding: .utf8)) ?? "").range(of: #""bytes_done":[1-9]"#, options: .regularExpression) != nil })
+        // ferry itself (under the harness's `timeout` wrapper, when there is one).
+        let pid = slow.process.processIdentifier
+        let child = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)).flatMap { Int32($0.split(separator: " ").first ?? "") } ?? pid
+        kill(child, SIGINT)
+        let stopped = sb.finish(slow, timeout: 30)
+        #expect(stopped.status == 130, "\(stopped)")
+        #expect(!exists(root + "/stop/b.nc"), "a source after the interrupt was copied")
         // Refused before anything moves (exit 64).
         let refusals: [(String, [String], String)] = [
             ("nodir", [src + "/a.nc"], "end it with '/'"),
@@ -429,6 +440,9 @@ struct TreeOpsTests {
             if fd >= 0 { close(fd) }
         }
         try writeRandomFile(try sb.dir("root/small/sub") + "/x", size: 1234)
+        // Names that sort between "sub" and "sub/x" when whole paths are compared bytewise.
+        try writeRandomFile(root + "/small/sub-a", size: 1)
+        try writeRandomFile(root + "/small/sub.txt", size: 1)
         try writeRandomFile(try sb.dir("root/secret") + "/s", size: 10)
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
@@ -442,18 +456,20 @@ struct TreeOpsTests {
         #expect(names.elementsEqual(names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }), "not sorted: \(names.prefix(5))")
         let long = try ferry(["ls", "-l", "-R", server.url("small")])
         let ll = long.stdout.split(separator: "\n").map(String.init)
-        #expect(long.succeeded && ll.count == 2 && ll.contains { $0.hasPrefix("directory ") && $0.hasSuffix(" sub/") }
+        // A directory's entries right after it, as `ls -R` keeps them together.
+        #expect(ll.map { String($0.split(separator: " ").last ?? "") } == ["sub/", "sub/x", "sub-a", "sub.txt"], "\(ll)")
+        #expect(long.succeeded && ll.count == 4 && ll.contains { $0.hasPrefix("directory ") && $0.hasSuffix(" sub/") }
                 && ll.contains { $0.hasPrefix("file      0644") && $0.contains(" 1234 ") && $0.hasSuffix(" sub/x") }, "\(long)")
         // The columns line up: the directory first (sorted), then its file; the mode at one place.
         #expect(ll.first?.hasSuffix(" sub/") == true && Set(ll.map { $0.firstRange(of: " 0")?.lowerBound.utf16Offset(in: $0) ?? -1 }) == [9], "\(ll)")
         let st = try ferry(["stat", server.url("small/sub/x")])
         #expect(st.succeeded && st.stdout.hasPrefix("file ") && st.stdout.contains(" 1234 "), "\(st)")
         let du = try ferry(["du", server.url("")])
-        #expect(du.succeeded && du.stdout.contains("100002 files") && du.stdout.contains("5 directories"), "\(du)")
+        #expect(du.succeeded && du.stdout.contains("100004 files") && du.stdout.contains("5 directories"), "\(du)")
         // A token for /small alone: /small lists, /secret and the root are refused.
         let narrow = try sb.issueToken(scopes: ["read:/small"], name: "narrow.token")
         let mine = try ferry(["ls", server.url("small")], token: narrow)
-        #expect(mine.succeeded && mine.stdout == "sub/\n", "\(mine)")
+        #expect(mine.succeeded && mine.stdout == "sub/\nsub-a\nsub.txt\n", "\(mine)")
         for path in ["secret", "", "small/../secret"] {
             let no = try ferry(["ls", server.url(path)], token: narrow)
             #expect(!no.succeeded && !no.stdout.contains("s\n"), "\(path): \(no)")

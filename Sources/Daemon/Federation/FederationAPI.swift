@@ -208,7 +208,7 @@ extension DaemonAPI {
         guard let (d, within) = try catalog.resolve(p, as: viewer(user)) else { throw HTTPFailure(status: 404, message: "no dataset at \(text)") }
         guard within.isEmpty else { throw HTTPFailure(status: 400, message: "replicate takes a whole dataset, gfs://\(d.center)/\(d.qualifiedName)") }
         let target = root + "/" + d.center + "/" + d.qualifiedName
-        try authorizeLocal(target, user, write: true)
+        let linkFree = try authorizeLocal(target, user, write: true)
         let replicas = try catalog.replicas(dataset: d.id, as: .operator)
         if let here = replicas.first(where: { $0.center == center }) {
             if here.state == .complete { return V1.ReplicateAnswer(state: "complete", center: center, path: here.path, message: "already complete at \(center)") }
@@ -232,7 +232,7 @@ extension DaemonAPI {
         var req = JobRequest(source: "ferry://\(source.center)" + source.path, destination: target)
         req.recursive = true
         req.bwlimit = bwlimit
-        let id = try store.submit(owner: user.user, request: req, peer: source.center, now: now())
+        let id = try store.submit(owner: user.user, request: req, peer: source.center, now: now(), linkFree: linkFree)
         try catalog.setReplica(dataset: d.id, center: center, state: .staging, path: target, job: id)
         return V1.ReplicateAnswer(state: "staging", center: center, path: target, job: id, from: source.center,
                                   message: "job \(id) copies gfs://\(d.center)/\(d.qualifiedName) from \(source.center) to \(center):\(target)")

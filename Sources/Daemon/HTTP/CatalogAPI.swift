@@ -26,7 +26,7 @@ extension DaemonAPI {
             try await handle(request) { user in
                 let body = Data(buffer: try await request.body.collect(upTo: 1 << 20))
                 let r = try APIJSON.decode(V1.RegisterRequest.self, from: body)
-                try authorizeLocal(r.path, user, write: false)
+                let linkFree = try authorizeLocal(r.path, user, write: false)
                 guard let runner, case (.confined(let root, let components, _), _, let export?) = try runner.jobEndpoint(r.path) else {
                     throw HTTPFailure(status: 400, message: "register takes a directory of this center: /EXPORT/PATH")
                 }
@@ -44,7 +44,8 @@ extension DaemonAPI {
                     let fd: Int32
                     do {
                         defer { if account != nil { ThreadIdentity.restore() } }
-                        fd = try openConfined(root: root, components: components, flags: O_RDONLY | O_DIRECTORY)
+                        // No link followed down to the scope's limit, as at the check above.
+                        fd = try openConfined(root: root, components: components, flags: O_RDONLY | O_DIRECTORY, linkFree: linkFree)
                     }
                     defer { close(fd) }
                     return try catalog.register(root: dir, dataset: parts[0], version: parts.count > 1 ? parts[1] : "", owner: user.user, center: center,

@@ -339,11 +339,12 @@ public func probeConfined(root: String, components: [String], linkFree: Int = 0)
 /// Opens `components` beneath the directory `root` one component at a time (a symbolic link
 /// never leads above the directory it sits in); the last must be a regular file or a
 /// directory and is opened with `flags`, never blocking. The caller closes the descriptor.
-public func openConfined(root: String, components: [String], flags: Int32) throws -> Int32 {
+/// `linkFree`: as `probeConfined`'s.
+public func openConfined(root: String, components: [String], flags: Int32, linkFree: Int = 0) throws -> Int32 {
     let rootFd = open(root, FERRY_O_PATH | O_DIRECTORY | O_CLOEXEC)
     if rootFd < 0 { throw TransferError.system("cannot open '\(root)'", errno: errno) }
     defer { close(rootFd) }
-    return try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: flags)
+    return try Paths.openStepwise(beneath: rootFd, components.map { Substring($0) }, flags: flags, linkFree: min(linkFree, components.count))
 }
 
 /// Opens the regular file or directory `path` beneath `dirFd` without following any symbolic

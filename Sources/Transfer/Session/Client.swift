@@ -11,7 +11,8 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
     /// `linkFree`: how many of the first components are opened without following any link (a
     /// job's, down to the limit of the scope its owner's token had at submit, which the runner
     /// cannot ask again: `Paths.openStepwise`).
-    case confined(root: String, components: [String], linkFree: Int = 0)
+    /// No default: a caller that forgot it would follow links silently.
+    case confined(root: String, components: [String], linkFree: Int)
 
     /// Parses `ferry://host:port/path`, `ferry://[v6]:port/path`, or a local path
     /// (`Location`, the one parser); the URL must name a port.

@@ -391,7 +391,14 @@ final class Receiver: @unchecked Sendable {
         if let d = dirCache[key] { return d }
         if dirCache.count >= 256 { dirCache.removeAll(keepingCapacity: true) }
         let fd = try Paths.open(beneath: top.fd, path, flags: FERRY_O_PATH | O_DIRECTORY)
-        let d = DirHandle(fd: fd, new: newDirectories.contains(key))
+        // Made by this session, and still what it made (reopened by name: in a shared parent
+        // someone could have put another directory there since): its own, and private.
+        var new = false
+        if newDirectories.contains(key) {
+            var st = stat()
+            new = fstat(fd, &st) == 0 && st.st_uid == ThreadIdentity.fsuid && st.st_mode & 0o077 == 0
+        }
+        let d = DirHandle(fd: fd, new: new)
         dirCache[key] = d
         return d
     }
