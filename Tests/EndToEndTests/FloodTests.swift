@@ -311,32 +311,15 @@ while time.time() - start < seconds and not os.path.exists(stop):
     func pinnedBuffersBounded() throws {
         let sb = try Sandbox("pinned")
         let root = try sb.dir("root")
-        let src = sb.file("zeros.bin")
-        // 1 GiB of written zeros (not sparse: every chunk travels, raw with --compress off), so
-        // that 64 chunks of 16 MiB can keep 64 streams busy.
-        let fd = open(src, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let block = [UInt8](repeating: 0, count: 16 << 20)
-        for i in 0..<64 { _ = block.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(i) << 24) } }
-        close(fd)
+        let src = try Self.writtenZeros(sb.file("zeros.bin"))
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
-        // The server's own process (under the harness's `timeout` wrapper, when there is one).
-        var serverPid = server.process.pid
-        if let comm = try? String(contentsOfFile: "/proc/\(serverPid)/comm", encoding: .utf8), !comm.hasPrefix("ferry"),
-           let kids = try? String(contentsOfFile: "/proc/\(serverPid)/task/\(serverPid)/children", encoding: .utf8),
-           let kid = kids.split(separator: " ").first.flatMap({ pid_t(String($0)) }) {
-            serverPid = kid
-        }
         // Slowed, so that the streams are open while the server's memory is read.
         let p = try sb.startCp(src, server.url("zeros.bin"), options: ["--streams", "64", "--chunk-size", "16M", "--bwlimit", "16M", "--compress", "off"])
         var pinnedKiB = 0
         let deadline = Date().addingTimeInterval(6)
         while Date() < deadline && p.isRunning {
-            if let text = try? String(contentsOfFile: "/proc/\(serverPid)/status", encoding: .utf8) {
-                for line in text.split(separator: "\n") where line.hasPrefix("VmPin:") {
-                    pinnedKiB = max(pinnedKiB, Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0)
-                }
-            }
+            pinnedKiB = max(pinnedKiB, Self.pinnedKiB(server))
             usleep(100_000)
         }
         p.kill9()
@@ -349,6 +332,17 @@ while time.time() - start < seconds and not os.path.exists(stop):
         try writeRandomFile(sb.file("small.bin"), size: 9 * E2E.MiB)
         let ok = try sb.cp(sb.file("small.bin"), server.url("small.bin"))
         #expect(ok.succeeded && filesIdentical(sb.file("small.bin"), root + "/small.bin"), "\(ok)")
+    }
+
+    /// 1 GiB of written zeros at `path` (not sparse: every chunk travels, raw with --compress
+    /// off), so that 64 chunks of 16 MiB can keep 64 streams busy; returns `path`.
+    static func writtenZeros(_ path: String) throws -> String {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw HarnessError("cannot create \(path)") }
+        defer { close(fd) }
+        let block = [UInt8](repeating: 0, count: 16 << 20)
+        for i in 0..<64 { _ = block.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(i) << 24) } }
+        return path
     }
 
     /// The server's `VmPin` in KiB (its own process, under the harness's `timeout` wrapper
@@ -375,12 +369,8 @@ while time.time() - start < seconds and not os.path.exists(stop):
     func bufferSharePerUser() throws {
         let sb = try Sandbox("pinned-share")
         let root = try sb.dir("root")
-        let src = sb.file("zeros.bin")
-        // Written zeros, as above: 16 chunks of 64 MiB, more than a session's streams.
-        let fd = open(src, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let block = [UInt8](repeating: 0, count: 16 << 20)
-        for i in 0..<64 { _ = block.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(i) << 24) } }
-        close(fd)
+        // 16 chunks of 64 MiB, more than a session's streams.
+        let src = try Self.writtenZeros(sb.file("zeros.bin"))
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
         let hog = try sb.issueToken(user: "hog", name: "hog.tok")
