@@ -213,6 +213,45 @@ struct DaemonE2ETests {
         #expect(c.a.isRunning)
     }
 
+    /// All users' event streams together get half the API's connections (`EventStreamLimit`):
+    /// with `api_connections = 16`, eight. One user below their own 64 fills it; the ninth
+    /// stream is refused with the daemon's reason, and the other half still answers.
+    @Test("all users' event streams together get half the API's connections: past it a stream gets `event: refused` with the daemon's limit, and the health check still answers")
+    func eventStreamsLimitedForAll() throws {
+        let c = try DaemonE2ETests.start("daemon-event-all", hlrsDaemon: "api_connections = 16")
+        defer { c.a.stop(); c.b.stop() }
+        try writeFile(c.scratch + "/slow.bin", randomBytes(24 << 20))
+        let sub = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "1M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
+        let id = DaemonE2ETests.lastJSON(sub)["id"] as? Int ?? -1
+        #expect(id > 0, "\(sub)")
+        let script = #"""
+            import socket, sys, time, urllib.request
+            host, port = sys.argv[1].rsplit("//", 1)[1].split(":")
+            token = open(sys.argv[2]).read().strip(); job = sys.argv[3]
+            def stream():
+                s = socket.create_connection((host, int(port)), timeout=10)
+                s.sendall(("GET /api/v1/transfers/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % (job, token)).encode())
+                got = b""
+                end = time.time() + 10
+                while b"data:" not in got and time.time() < end:
+                    b = s.recv(65536)
+                    if not b: break
+                    got += b
+                return s, got
+            held = [stream() for _ in range(8)]
+            first = sum(1 for _, g in held if b"event: progress" in g or b"event: end" in g)
+            s9, g9 = stream()
+            refused = b"event: refused" in g9 and b"its limit" in g9
+            health = urllib.request.urlopen(sys.argv[1] + "/api/v1/health", timeout=10).status
+            for s, _ in held: s.close()
+            print(first, refused, health)
+            """#
+        let r = runTool("/usr/bin/python3", ["-c", script, c.api, c.sb.tokenFile, "\(id)"], timeout: 90)
+        #expect(r.output.trimmingCharacters(in: .whitespacesAndNewlines) == "8 True 200", "\(r.output)")
+        _ = try DaemonE2ETests.jobs(c, ["cancel", "\(id)"])
+        #expect(c.a.isRunning)
+    }
+
     @Test("`ferry jobs wait` and `watch` follow the job's event stream: one request, not a poll; polling when a proxy cuts the stream")
     func waitFollowsEvents() throws {
         let c = try DaemonE2ETests.start("daemon-events")
