@@ -163,19 +163,10 @@ struct DaemonE2ETests {
         #expect(c.b.process.stderr.contains("push to 'incoming/run1' by center:hlrs"), "\(c.b.process.stderr)")
     }
 
-    /// `ferry jobs wait` and `watch` follow the job's event stream (pushed by the daemon's queue
-    /// changes) instead of polling: one connection for the whole wait. Through a proxy that cuts
-    /// event streams the wait still ends right, polling.
-    @Test("one user's event streams cannot take the API's connections: past 64 a stream gets `event: refused` and ends; the health check and a closed place answer again")
-    func eventStreamsLimited() throws {
-        let c = try DaemonE2ETests.start("daemon-event-limit")
-        defer { c.a.stop(); c.b.stop() }
-        try writeFile(c.scratch + "/slow.bin", randomBytes(24 << 20))
-        // 24 MiB at 1 MiB/s: the job runs while the streams are opened.
-        let sub = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "1M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
-        let id = DaemonE2ETests.lastJSON(sub)["id"] as? Int ?? -1
-        #expect(id > 0, "\(sub)")
-        let script = #"""
+    /// The start of the event-stream tests' Python: `stream()` opens one event stream of job
+    /// argv[3] at the API argv[1] with the token in argv[2], and returns the socket and what
+    /// came before its first `data:` (10 s at most).
+    static let eventStreamPython = #"""
             import socket, sys, time, urllib.request
             host, port = sys.argv[1].rsplit("//", 1)[1].split(":")
             token = open(sys.argv[2]).read().strip(); job = sys.argv[3]
@@ -189,6 +180,22 @@ struct DaemonE2ETests {
                     if not b: break
                     got += b
                 return s, got
+
+            """#
+
+    /// `ferry jobs wait` and `watch` follow the job's event stream (pushed by the daemon's queue
+    /// changes) instead of polling: one connection for the whole wait. Through a proxy that cuts
+    /// event streams the wait still ends right, polling.
+    @Test("one user's event streams cannot take the API's connections: past 64 a stream gets `event: refused` and ends; the health check and a closed place answer again")
+    func eventStreamsLimited() throws {
+        let c = try DaemonE2ETests.start("daemon-event-limit")
+        defer { c.a.stop(); c.b.stop() }
+        try writeFile(c.scratch + "/slow.bin", randomBytes(24 << 20))
+        // 24 MiB at 1 MiB/s: the job runs while the streams are opened.
+        let sub = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "1M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
+        let id = DaemonE2ETests.lastJSON(sub)["id"] as? Int ?? -1
+        #expect(id > 0, "\(sub)")
+        let script = DaemonE2ETests.eventStreamPython + #"""
             held = [stream() for _ in range(64)]
             first = sum(1 for _, g in held if b"event: progress" in g or b"event: end" in g)
             s65, g65 = stream()
@@ -224,20 +231,7 @@ struct DaemonE2ETests {
         let sub = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "1M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
         let id = DaemonE2ETests.lastJSON(sub)["id"] as? Int ?? -1
         #expect(id > 0, "\(sub)")
-        let script = #"""
-            import socket, sys, time, urllib.request
-            host, port = sys.argv[1].rsplit("//", 1)[1].split(":")
-            token = open(sys.argv[2]).read().strip(); job = sys.argv[3]
-            def stream():
-                s = socket.create_connection((host, int(port)), timeout=10)
-                s.sendall(("GET /api/v1/transfers/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % (job, token)).encode())
-                got = b""
-                end = time.time() + 10
-                while b"data:" not in got and time.time() < end:
-                    b = s.recv(65536)
-                    if not b: break
-                    got += b
-                return s, got
+        let script = DaemonE2ETests.eventStreamPython + #"""
             held = [stream() for _ in range(8)]
             first = sum(1 for _, g in held if b"event: progress" in g or b"event: end" in g)
             s9, g9 = stream()
