@@ -112,6 +112,14 @@ extension Ferry {
                 guard destination.hasSuffix("/") else {
                     throw ValidationError("with several sources, DST is the directory they land in: end it with '/' ('\(destination)/')")
                 }
+                // What runOne would refuse for any one source, refused before the first moves.
+                let remote = { (t: String) in FerryURL.isFerry(t) || t.hasPrefix(Location.gfsScheme) }
+                for s in paths.dropLast() {
+                    guard remote(s) || remote(destination) else { throw ValidationError("'\(s)' and '\(destination)': one side must be a ferry:// URL (for a local copy use cp)") }
+                    if stripe != nil && !(FerryURL.isFerry(s) && FerryURL.isFerry(destination)) {
+                        throw ValidationError("--stripe and --no-stripe are for center-to-center copies; '\(s)' to '\(destination)' runs here")
+                    }
+                }
                 var seen: [String: String] = [:]
                 for s in paths.dropLast() {
                     let name = Self.lastName(s)

@@ -269,6 +269,12 @@ struct TreeOpsTests {
             #expect(r.status == 64 && r.allMessages.contains(why), "\(dst): \(r)")
             #expect(!exists(root + "/" + dst.replacingOccurrences(of: "/", with: "")), "\(dst): something was made")
         }
+        // A remote source, then a local one into a local directory (local to local): refused
+        // before the remote one is pulled.
+        let mixedDir = try sb.dir("mixed")
+        let mixed = try sb.cp(src + "/b.nc", mixedDir + "/", options: [server.url("proj/a.nc")])
+        #expect(mixed.status == 64 && mixed.allMessages.contains("one side must be a ferry:// URL"), "\(mixed)")
+        #expect(!exists(mixedDir + "/a.nc"), "the remote source was pulled before the refusal")
     }
 
     @Test("a tree pushed or pulled to a new nested path: its missing parents are made 0755 less the process's umask, as mkdir -p (they were 0700)")
