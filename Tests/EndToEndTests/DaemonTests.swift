@@ -183,25 +183,36 @@ struct DaemonE2ETests {
 
             """#
 
-    /// `ferry jobs wait` and `watch` follow the job's event stream (pushed by the daemon's queue
-    /// changes) instead of polling: one connection for the whole wait. Through a proxy that cuts
-    /// event streams the wait still ends right, polling.
-    @Test("one user's event streams cannot take the API's connections: past 64 a stream gets `event: refused` and ends; the health check and a closed place answer again")
-    func eventStreamsLimited() throws {
-        let c = try DaemonE2ETests.start("daemon-event-limit")
+    /// A daemon (`hlrsDaemon`: its [daemon] lines) running a 24 MiB job at 1 MiB/s, so that the
+    /// job runs while the streams are opened; `held` event streams of it are opened and kept,
+    /// then one more. The Python after `eventStreamPython` gets `held` (the kept streams),
+    /// `first` (how many of them got an event), `refused` (the one more got `event: refused`
+    /// saying `reason`) and `health` (the health check's status), and prints what `tail` says.
+    static func eventStreamsRun(_ name: String, hlrsDaemon: String = "", held: Int, reason: String, tail: String) throws -> String {
+        let c = try DaemonE2ETests.start(name, hlrsDaemon: hlrsDaemon)
         defer { c.a.stop(); c.b.stop() }
         try writeFile(c.scratch + "/slow.bin", randomBytes(24 << 20))
-        // 24 MiB at 1 MiB/s: the job runs while the streams are opened.
         let sub = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "1M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
         let id = DaemonE2ETests.lastJSON(sub)["id"] as? Int ?? -1
         #expect(id > 0, "\(sub)")
-        let script = DaemonE2ETests.eventStreamPython + #"""
-            held = [stream() for _ in range(64)]
+        let script = DaemonE2ETests.eventStreamPython + """
+            held = [stream() for _ in range(\(held))]
             first = sum(1 for _, g in held if b"event: progress" in g or b"event: end" in g)
-            s65, g65 = stream()
-            refused = b"event: refused" in g65 and b"limit per user" in g65
+            _, last = stream()
+            refused = b"event: refused" in last and b"\(reason)" in last
             health = urllib.request.urlopen(sys.argv[1] + "/api/v1/health", timeout=10).status
             for s, _ in held: s.close()
+
+            """ + tail
+        let r = runTool("/usr/bin/python3", ["-c", script, c.api, c.sb.tokenFile, "\(id)"], timeout: 90)
+        _ = try DaemonE2ETests.jobs(c, ["cancel", "\(id)"])
+        #expect(c.a.isRunning)
+        return r.output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test("one user's event streams cannot take the API's connections: past 64 a stream gets `event: refused` and ends; the health check and a closed place answer again")
+    func eventStreamsLimited() throws {
+        let out = try Self.eventStreamsRun("daemon-event-limit", held: 64, reason: "limit per user", tail: #"""
             # A stream's place is given back when its next write finds the client gone (a
             # running job's progress goes out at least once a second).
             freed = False
@@ -213,11 +224,8 @@ struct DaemonE2ETests {
                     freed = True
                     break
             print(first, refused, health, freed)
-            """#
-        let r = runTool("/usr/bin/python3", ["-c", script, c.api, c.sb.tokenFile, "\(id)"], timeout: 90)
-        #expect(r.output.trimmingCharacters(in: .whitespacesAndNewlines) == "64 True 200 True", "\(r.output)")
-        _ = try DaemonE2ETests.jobs(c, ["cancel", "\(id)"])
-        #expect(c.a.isRunning)
+            """#)
+        #expect(out == "64 True 200 True", "\(out)")
     }
 
     /// All users' event streams together get half the API's connections (`EventStreamLimit`):
@@ -225,27 +233,13 @@ struct DaemonE2ETests {
     /// stream is refused with the daemon's reason, and the other half still answers.
     @Test("all users' event streams together get half the API's connections: past it a stream gets `event: refused` with the daemon's limit, and the health check still answers")
     func eventStreamsLimitedForAll() throws {
-        let c = try DaemonE2ETests.start("daemon-event-all", hlrsDaemon: "api_connections = 16")
-        defer { c.a.stop(); c.b.stop() }
-        try writeFile(c.scratch + "/slow.bin", randomBytes(24 << 20))
-        let sub = try DaemonE2ETests.jobs(c, ["submit", "--bwlimit", "1M", "/scratch/slow.bin", "ferry://wuxi/incoming/slow.bin"])
-        let id = DaemonE2ETests.lastJSON(sub)["id"] as? Int ?? -1
-        #expect(id > 0, "\(sub)")
-        let script = DaemonE2ETests.eventStreamPython + #"""
-            held = [stream() for _ in range(8)]
-            first = sum(1 for _, g in held if b"event: progress" in g or b"event: end" in g)
-            s9, g9 = stream()
-            refused = b"event: refused" in g9 and b"its limit" in g9
-            health = urllib.request.urlopen(sys.argv[1] + "/api/v1/health", timeout=10).status
-            for s, _ in held: s.close()
-            print(first, refused, health)
-            """#
-        let r = runTool("/usr/bin/python3", ["-c", script, c.api, c.sb.tokenFile, "\(id)"], timeout: 90)
-        #expect(r.output.trimmingCharacters(in: .whitespacesAndNewlines) == "8 True 200", "\(r.output)")
-        _ = try DaemonE2ETests.jobs(c, ["cancel", "\(id)"])
-        #expect(c.a.isRunning)
+        let out = try Self.eventStreamsRun("daemon-event-all", hlrsDaemon: "api_connections = 16", held: 8, reason: "its limit", tail: "print(first, refused, health)\n")
+        #expect(out == "8 True 200", "\(out)")
     }
 
+    /// `ferry jobs wait` and `watch` follow the job's event stream (pushed by the daemon's queue
+    /// changes) instead of polling: one connection for the whole wait. Through a proxy that cuts
+    /// event streams the wait still ends right, polling.
     @Test("`ferry jobs wait` and `watch` follow the job's event stream: one request, not a poll; polling when a proxy cuts the stream")
     func waitFollowsEvents() throws {
         let c = try DaemonE2ETests.start("daemon-events")
