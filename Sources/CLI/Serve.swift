@@ -223,7 +223,7 @@ extension Ferry {
                         throw TransferError(.usage, "daemon.api_tls = false on \(d.apiListen): plain http only on a loopback api_listen (tokens would cross the network in clear)")
                     }
                     let service = try DaemonService(database: d.database, retry: retry, apiListen: d.apiListen, apiTLS: apiTLS,
-                                                    apiConnections: d.apiConnections, apiIdleSeconds: d.apiIdleSeconds, runner: settings, verifier: verifier, center: server.center,
+                                                    apiConnections: d.apiConnections, apiIdleSeconds: d.apiIdleSeconds, apiRequestSeconds: d.apiRequestSeconds, runner: settings, verifier: verifier, center: server.center,
                                                     transfer: bound.map(\.description), peerAPIs: peerAPIs, peersForwarded: peersForwarded, syncSeconds: d.syncSeconds, replicas: d.replicas,
                                                     staging: d.staging, stagingQuota: d.stagingQuota, stagingBandwidth: d.stagingBandwidth,
                                                     catalogIndexes: d.catalogIndexes, catalogScanRows: d.catalogScanRows)

@@ -13,6 +13,7 @@ import Transfer
 ///     api_tls = true                    # default: on, except on a loopback api_listen
 ///     api_connections = 1024
 ///     api_idle_seconds = 60
+///     api_request_seconds = 10
 ///     workers = 2
 ///     allow_hosts = ["dtn.example:7700"]
 ///     lease_seconds = 30
@@ -64,6 +65,11 @@ public struct DaemonConfig: Sendable {
     /// descriptors.
     public var apiConnections = 1024
     public var apiIdleSeconds = 60
+    /// A request must arrive whole within `apiRequestSeconds` of its first byte (a new
+    /// connection's first request, TLS handshake included, of the connection's opening), or
+    /// its connection is closed: a client trickling bytes cannot hold a connection
+    /// (`RequestDeadline`).
+    public var apiRequestSeconds = 10
     /// Where `ferry replicate` puts replicas of other centers' datasets: a local job path
     /// /EXPORT/DIR; a replica goes to /EXPORT/DIR/CENTER/NAME[@VERSION]. Unset: this center
     /// takes no replicas.
@@ -160,6 +166,9 @@ public struct DaemonConfig: Sendable {
             case "api_idle_seconds":
                 apiIdleSeconds = try int(v, k)
                 guard (1...86_400).contains(apiIdleSeconds) else { throw TransferError(.usage, "daemon.api_idle_seconds is 1 to 86,400") }
+            case "api_request_seconds":
+                apiRequestSeconds = try int(v, k)
+                guard (1...3_600).contains(apiRequestSeconds) else { throw TransferError(.usage, "daemon.api_request_seconds is 1 to 3,600") }
             case "staging":
                 let r = try str(v, k)
                 guard r.hasPrefix("/"), r.count > 1 else { throw TransferError(.usage, "daemon.staging is a local job path /EXPORT/DIR, not '\(r)'") }

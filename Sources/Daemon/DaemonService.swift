@@ -23,7 +23,7 @@ public final class DaemonService: @unchecked Sendable {
     /// `peerAPIs`: the peers whose catalogs this center follows (`[[peer]] api`; those in
     /// `peersForwarded` without their entries, `follow = "datasets"`); `replicas`:
     /// where `ferry replicate` puts replicas here.
-    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, apiTLS: Bool = false, apiConnections: Int = 1024, apiIdleSeconds: Int = 60,
+    public init(database: String, retry: RetryPolicy = RetryPolicy(), apiListen: HostPort, apiTLS: Bool = false, apiConnections: Int = 1024, apiIdleSeconds: Int = 60, apiRequestSeconds: Int = 10,
                 runner settings: RunnerSettings, verifier: TokenVerifier, center: String,
                 transfer: [String] = [], peerAPIs: [String: String] = [:], peersForwarded: Set<String> = [], syncSeconds: Int = 5, replicas: String? = nil,
                 staging: String? = nil, stagingQuota: Int64 = 100 << 30, stagingBandwidth: Int64? = nil,
@@ -54,8 +54,11 @@ public final class DaemonService: @unchecked Sendable {
         self.apiListen = apiListen
         self.apiTLS = apiTLS
         self.apiConnections = apiConnections
-        // Closed when idle (no request being read or answered; an event stream is an answer).
-        let http1: HTTPServerBuilder = .http1(configuration: .init(idleTimeout: .seconds(Int64(apiIdleSeconds))))
+        // Closed when idle (no request being read or answered; an event stream is an answer),
+        // and when a request started does not arrive in time (`RequestDeadline`).
+        let expired = api.expiredRequests
+        let http1: HTTPServerBuilder = .http1(configuration: .init(additionalChannelHandlers: [RequestDeadline(seconds: apiRequestSeconds, expired: expired)],
+                                                                   idleTimeout: .seconds(Int64(apiIdleSeconds))))
         if apiTLS {
             guard let cert = settings.tls.certificate, let key = settings.tls.key else {
                 throw TransferError(.usage, "the API speaks https (api_tls) with the center's certificate: give certificate and key")

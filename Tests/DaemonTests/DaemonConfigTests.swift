@@ -36,7 +36,7 @@ struct DaemonConfigTests {
     @Test("a bad [daemon] setting is an error naming the file and the key; the engine's parse keeps the table as it is")
     func errors() throws {
         for (bad, says) in [("workers = 0", "daemon.workers"), ("typo = 1", "daemon.typo"), ("staging_quota = \"1Q\"", "staging_quota"),
-                            ("api_connections = 2000000", "api_connections"), ("staging = \"rel\"", "daemon.staging"), ("api_tls = 1", "api_tls"),
+                            ("api_connections = 2000000", "api_connections"), ("api_request_seconds = 0", "api_request_seconds"), ("api_request_seconds = 7200", "api_request_seconds"), ("staging = \"rel\"", "daemon.staging"), ("api_tls = 1", "api_tls"),
                             ("catalog_indexes = [\"name\"]", "catalog_indexes"), ("catalog_indexes = \"size\"", "catalog_indexes"),
                             ("catalog_indexes = [\"size; DROP TABLE files\"]", "catalog_indexes"), ("catalog_scan_rows = 99", "catalog_scan_rows"),
                             ("catalog_scan_rows = \"2M\"", "catalog_scan_rows"), ("node = \"a b\"", "daemon.node"), ("node = \"\"", "daemon.node"),
