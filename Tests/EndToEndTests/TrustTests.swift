@@ -349,6 +349,38 @@ struct TrustTests {
         #expect(c.a.isRunning)
     }
 
+    /// A registration opens its directory as a job does: no link followed down to the limit of
+    /// the token's scope, both when the request is checked (`authorizeLocal`'s probe) and when
+    /// the directory is opened for the scan (`openConfined(linkFree:)`, for a link swapped in
+    /// between). With neither, a user whose scope is `/scratch/c`, `c` a link to another user's
+    /// directory, published that directory's files as a dataset of theirs (checked by taking
+    /// both out: the register answered 200 and `stolen/secret.txt` was listed).
+    @Test("register of a directory that is a link at the limit of the token's scope is refused: no dataset, none of the files the link leads to listed")
+    func registerThroughLink() throws {
+        let c = try DaemonE2ETests.start("trust-register-link")
+        defer { c.a.stop(); c.b.stop() }
+        let alice = try c.sb.dir("hlrs/scratch/alice")
+        try writeFile(alice + "/secret.txt", Array("alice's\n".utf8))
+        #expect(symlink("alice", c.scratch + "/c") == 0)
+        let eve = try c.sb.issueToken(user: "eve", scopes: ["read:/scratch/c"], name: "eve-c.tok")
+        let reg = TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: eve, body: #"{"path": "/scratch/c", "dataset": "stolen", "readers": ["*"]}"#)
+        #expect(reg.status >= 400 && reg.status < 500 && reg.body.contains("symbolic link"), "\(reg)")
+        let listed = TrustTests.http("GET", c.api + "/api/v1/catalog/datasets", token: eve)
+        #expect(listed.status == 200 && !listed.body.contains("stolen"), "\(listed)")
+        let stat = TrustTests.http("GET", c.api + "/api/v1/catalog/stat?path=gfs://hlrs/stolen/secret.txt", token: eve)
+        #expect(stat.status == 404, "\(stat)")
+        // A link beneath the scope's limit, within its directory, still registers.
+        let mine = try c.sb.dir("hlrs/scratch/eve/data")
+        try writeFile(mine + "/own.txt", Array("eve's\n".utf8))
+        #expect(symlink("data", c.scratch + "/eve/current") == 0)
+        let evesOwn = try c.sb.issueToken(user: "eve", scopes: ["read:/scratch/eve"], name: "eve-own.tok")
+        let ok = TrustTests.http("POST", c.api + "/api/v1/catalog/register", token: evesOwn, body: #"{"path": "/scratch/eve/current", "dataset": "evedata"}"#)
+        #expect(ok.status == 200, "\(ok)")
+        let own = TrustTests.http("GET", c.api + "/api/v1/catalog/stat?path=gfs://hlrs/evedata/own.txt", token: evesOwn)
+        #expect(own.status == 200, "\(own)")
+        #expect(c.a.isRunning)
+    }
+
     @Test("dataset names have owners: another user's register of a taken name is refused (403) and changes nothing; the owner and an operator may register again")
     func datasetNames() throws {
         let c = try DaemonE2ETests.start("trust-names")
