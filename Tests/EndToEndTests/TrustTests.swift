@@ -381,6 +381,36 @@ struct TrustTests {
         #expect(c.a.isRunning)
     }
 
+    /// Replication writes beneath the center's replica root with the requester's rights and, as
+    /// a job does, follows no link down to the limit of the token's scope: at the request
+    /// (`authorizeLocal`'s probe) and when the job runs (`Job.linkFree`, passed by
+    /// `FederationAPI.replicate`). Here `store/hlrs`, the limit of eve's scope, is a link to
+    /// another user's directory beside it. Checked by taking the checks out: without the probe
+    /// the request is accepted and the job's depth still keeps the replica out; without both,
+    /// the replica landed in the other user's directory.
+    @Test("replicate into a replica directory that is a link at the limit of the token's scope is refused: nothing lands where the link leads")
+    func replicateThroughLink() throws {
+        let f = try FederationE2ETests.start(.sqlite)
+        defer { f.stopAll() }
+        let sb = f.sb
+        try writeFile(try sb.dir("hlrs/data/ds") + "/a.txt", Array("a\n".utf8))
+        let reg = try f.ferry("hlrs", ["register", "/data/ds", "--dataset", "ds", "--readers", "*"])
+        #expect(reg.status == 0, "\(reg)")
+        let seen = try FederationE2ETests.eventually(30, { try f.ferry("wuxi", ["ls", "gfs://hlrs/ds"]) }) { $0.status == 0 }
+        #expect(seen.status == 0, "\(seen)")
+        let victim = try sb.dir("wuxi/replicas/store/victim")
+        try writeFile(victim + "/keep.txt", Array("victim's\n".utf8))
+        #expect(symlink("victim", sb.file("wuxi/replicas/store/hlrs")) == 0)
+        let eve = try sb.issueToken(user: "eve", scopes: ["rw:/replicas/store/hlrs"], name: "eve-rep.tok")
+        let r = TrustTests.http("POST", f.api("wuxi") + "/api/v1/catalog/replicate", token: eve, body: #"{"path": "gfs://hlrs/ds"}"#)
+        #expect(r.status == 403 && r.body.contains("symbolic link"), "\(r)")
+        // Had a job been queued, it would have landed by now (one file, loopback).
+        usleep(3_000_000)
+        #expect(!exists(victim + "/ds"), "the replica landed where the link leads")
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: victim)) == ["keep.txt"])
+        #expect(f.servers["wuxi"]!.isRunning)
+    }
+
     @Test("dataset names have owners: another user's register of a taken name is refused (403) and changes nothing; the owner and an operator may register again")
     func datasetNames() throws {
         let c = try DaemonE2ETests.start("trust-names")
