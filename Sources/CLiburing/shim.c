@@ -65,6 +65,13 @@ int ferry_reopen_direct(int fd) {
     return r < 0 ? -errno : r;
 }
 
+int ferry_reopen_direct_read(int fd) {
+    char path[40];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    int r = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    return r < 0 ? -errno : r;
+}
+
 void ferry_set_thread_name(const char *name) {
     char buf[16];
     strncpy(buf, name, sizeof(buf) - 1);

@@ -3,6 +3,13 @@
 // again where the direct path is taken: pushes and pulls at every protection, a byte flipped
 // in flight, kill -9 of the receiver and a resume, a sparse file, a full disk; and the
 // fallbacks (tmpfs, `--direct-io off`).
+//
+// And on the sending side: chunks of a large file on ext4 that the page cache does not hold
+// are read with O_DIRECT, the next one's read in flight while a chunk is sent (`SenderWorker`,
+// "Direct reads"): pushes and pulls at two protections and stream counts, a byte flipped in
+// flight (the chunk read again), kill -9 of the sender and a resume (the resumed chunks read
+// direct to be hashed), and the fallbacks (a file the cache holds, a sparse one, tmpfs,
+// `--direct-io off`).
 
 import Foundation
 import Testing
@@ -19,6 +26,125 @@ struct DirectIOTests {
     static let directExpected = 40 * E2E.MiB + 12_288
 
     static func directBytes(_ r: CpResult) -> Int? { r.summary?.raw["direct_bytes"] as? Int }
+    static func directReadBytes(_ r: CpResult) -> Int? { r.summary?.raw["direct_read_bytes"] as? Int }
+
+    /// Drops `path`'s pages from the page cache (written back first), as a file that was
+    /// written long ago and not read since: what a data transfer node mostly reads.
+    static func evict(_ path: String) {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { return }
+        fsync(fd)
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
+        close(fd)
+    }
+
+    @Test("reads direct: a push and a pull of a file on ext4 that the cache does not hold are read with O_DIRECT, identical",
+          arguments: [("clear", 1), ("private", 4)])
+    func readsDirect(_ protection: String, _ streams: Int) throws {
+        let sb = try Sandbox("dio-read-\(protection)")
+        defer { sb.unmountAll() }
+        let root = sb.file("root")
+        let local = sb.file("local")
+        try sb.mountExt4(at: root, sizeMiB: 192)
+        try sb.mountExt4(at: local, sizeMiB: 192)
+        let src = local + "/src.bin"
+        try writeRandomFile(src, size: Self.size)
+        Self.evict(src)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let options = ["--protection", protection, "--streams", String(streams)]
+
+        let push = try sb.cp(src, server.url("pushed.bin"), options: options)
+        #expect(push.succeeded && filesIdentical(src, root + "/pushed.bin"), "\(push)")
+        #expect(Self.directReadBytes(push) == Self.size, "every chunk of the push read direct: \(push)")
+
+        Self.evict(root + "/pushed.bin")
+        let pull = try sb.cp(server.url("pushed.bin"), local + "/pulled.bin", options: options)
+        #expect(pull.succeeded && filesIdentical(src, local + "/pulled.bin"), "\(pull)")
+        // The server is the sender of a pull: its session line says what it read direct.
+        #expect(waitUntil(timeout: 5) { server.process.stderr.contains("MiB read direct") },
+                "the server's session line does not say it read direct: \(server.process.stderr.suffix(600))")
+
+        // The file is in the page cache now (filesIdentical read it): read buffered.
+        let again = try sb.cp(src, server.url("again.bin"), options: options)
+        #expect(again.succeeded && filesIdentical(src, root + "/again.bin"), "\(again)")
+        #expect(Self.directReadBytes(again) == 0, "a file the cache holds is read buffered: \(again)")
+    }
+
+    @Test("read direct, a byte flipped in flight: the chunk is read again and the copy is identical")
+    func readDirectFlippedByte() throws {
+        let sb = try Sandbox("dio-read-flip")
+        defer { sb.unmountAll() }
+        let root = sb.file("root")
+        try sb.mountExt4(at: root, sizeMiB: 96)
+        let local = try sb.dir("local")
+        try writeRandomFile(root + "/data.bin", size: 32 * E2E.MiB)
+        Self.evict(root + "/data.bin")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let proxy = try FlipProxy(targetPort: server.port, flipOffset: 3 * E2E.MiB, direction: .serverToClient)
+        defer { proxy.stop() }
+        let r = try sb.cp("ferry://127.0.0.1:\(proxy.port)/data.bin", local + "/data.bin", options: ["--streams", "2"])
+        #expect(proxy.flipped, "no connection carried 3 MiB")
+        #expect(r.succeeded, "\(r)")
+        #expect(filesIdentical(root + "/data.bin", local + "/data.bin"), "result differs from the source")
+        #expect(r.summary?.retransmittedChunks == 1, "\(r)")
+        #expect(waitUntil(timeout: 5) { server.process.stderr.contains("MiB read direct") }, "\(server.process.stderr.suffix(600))")
+    }
+
+    @Test("read direct, kill -9 of the sender half way: the rerun resumes, reading direct, identical")
+    func readDirectKillSender() throws {
+        let sb = try Sandbox("dio-read-kill")
+        defer { sb.unmountAll() }
+        let local = sb.file("local")
+        try sb.mountExt4(at: local, sizeMiB: 192)
+        let root = try sb.dir("root")
+        let src = local + "/big.bin"
+        let size = 128 * E2E.MiB
+        try writeRandomFile(src, size: size)
+        Self.evict(src)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let first = try sb.startCp(src, server.url("big.bin"), options: ["--bwlimit", "32M"])
+        guard waitForProgress(first, fraction: 0.5) != nil else {
+            Issue.record("never saw progress ≥ 50 %: \(sb.finish(first, timeout: 5))")
+            return
+        }
+        first.kill9()
+        #expect(!exists(root + "/big.bin") && exists(root + "/.big.bin.ferry-part"), "\(walkTree(root))")
+        Self.evict(src)
+        let rerun = try sb.cp(src, server.url("big.bin"))
+        #expect(rerun.succeeded && filesIdentical(src, root + "/big.bin"), "\(rerun)")
+        let s = try #require(rerun.summary, "\(rerun)")
+        #expect(s.skippedBytes > 0 && Double(s.wireBytes) <= 0.6 * Double(size), "the rerun did not resume: \(s)")
+        // The chunks the receiver held were read (direct) and hashed to compare, the rest sent.
+        #expect(Self.directReadBytes(rerun) == size, "\(rerun)")
+    }
+
+    @Test("reads stay buffered: a sparse file, a file on tmpfs, --direct-io off")
+    func readFallbacks() throws {
+        let sb = try Sandbox("dio-read-fallback")
+        defer { sb.unmountAll() }
+        let local = sb.file("local")
+        try sb.mountExt4(at: local, sizeMiB: 640)
+        let root = try sb.dir("root")
+        let shm = try sb.dir("shm")
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let sparse = local + "/sparse.bin"
+        try Scenarios.sparseFile(sparse, size: 96 * E2E.MiB, data: [(16 * E2E.MiB, 4 * E2E.MiB), (60 * E2E.MiB + 100, 2 * E2E.MiB)])
+        Self.evict(sparse)
+        let r1 = try sb.cp(sparse, server.url("sparse.bin"))
+        #expect(r1.succeeded && filesIdentical(sparse, root + "/sparse.bin"), "\(r1)")
+        #expect(Self.directReadBytes(r1) == 0, "\(r1)")
+        try writeRandomFile(shm + "/t.bin", size: Self.size)
+        let r2 = try sb.cp(shm + "/t.bin", server.url("t.bin"))
+        #expect(r2.succeeded && filesIdentical(shm + "/t.bin", root + "/t.bin") && Self.directReadBytes(r2) == 0, "\(r2)")
+        try writeRandomFile(local + "/off.bin", size: Self.size)
+        Self.evict(local + "/off.bin")
+        let r3 = try sb.cp(local + "/off.bin", server.url("off.bin"), options: ["--direct-io", "off"])
+        #expect(r3.succeeded && filesIdentical(local + "/off.bin", root + "/off.bin") && Self.directReadBytes(r3) == 0, "\(r3)")
+    }
 
     @Test("push and pull onto ext4 at every protection: identical, written direct", arguments: ["clear", "safe", "private"])
     func pushAndPull(_ protection: String) throws {
@@ -71,6 +197,13 @@ struct DirectIOTests {
         let refused = try sb.cp(src, server.url("u2/big.bin"), tokenFile: token)
         #expect(refused.status != 0, "ferryu1 wrote into ferryu2's 0700 directory: \(refused)")
         #expect(!exists(d2 + "/big.bin") && !exists(d2 + "/.big.bin.ferry-part"))
+
+        // Pulled back, not in the cache: the server reads it direct as ferryu1 (its direct
+        // descriptor is opened through /proc/self/fd by the thread acting as the user).
+        Self.evict(d1 + "/big.bin")
+        let back = try sb.cp(server.url("u1/big.bin"), sb.file("local/back.bin"), tokenFile: token)
+        #expect(back.succeeded && filesIdentical(src, sb.file("local/back.bin")), "\(back)")
+        #expect(waitUntil(timeout: 5) { server.process.stderr.contains("MiB read direct") }, "\(server.process.stderr.suffix(600))")
     }
 
     /// What an operator sets in ferry.toml: `direct_io = "off"` keeps a push onto ext4 in the

@@ -29,6 +29,8 @@ long long ferry_fs_type(int fd);
 /// `fd` opened again through /proc/self/fd with O_WRONLY | O_DIRECT | O_CLOEXEC: a descriptor
 /// or -errno.
 int ferry_reopen_direct(int fd);
+/// The same for reading: O_RDONLY | O_DIRECT | O_CLOEXEC (the sender's direct reads).
+int ferry_reopen_direct_read(int fd);
 /// Names the calling thread (at most 15 bytes are kept).
 void ferry_set_thread_name(const char *name);
 /// Flags of IORING_CQE_F_MORE / IORING_CQE_F_NOTIF, which Swift sees as macros.

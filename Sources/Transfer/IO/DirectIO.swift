@@ -3,7 +3,8 @@ import Glibc
 
 /// Direct I/O for the receiver's writes (issue 18): whole, aligned chunks of a large file are
 /// written with `O_DIRECT` from the stream's registered buffer, so the bytes go from the buffer
-/// to the device without a copy into the page cache.
+/// to the device without a copy into the page cache. And for the sender's reads of a large
+/// file that the page cache does not hold (`SenderWorker`, "Direct reads").
 ///
 /// Measured on this machine (bench/RESULTS.md, "Direct I/O", and docs/PERFORMANCE.md):
 /// writing 4 GiB to ext4 with `dd bs=4M` cost 3.70 s of CPU buffered and 0.49 s with
@@ -35,7 +36,8 @@ public enum DirectIO {
     /// Smaller files are written buffered (their cost is per file, not per byte).
     public static let minimumFileBytes: UInt64 = 8 << 20
 
-    /// Off for the whole process (`--direct-io off`, `FERRY_DIRECT_IO=off`): every write buffered.
+    /// Off for the whole process (`--direct-io off`, `FERRY_DIRECT_IO=off`): every read and
+    /// write buffered.
     public static var enabled: Bool {
         get { lock.withLock { on } }
         set { lock.withLock { on = newValue } }
@@ -67,6 +69,34 @@ public enum DirectIO {
         guard enabled, size >= minimumFileBytes else { return -1 }
         guard filesystems.contains(Int(ferry_fs_type(fd))) else { return -1 }
         return max(-1, ferry_reopen_direct(fd))
+    }
+
+    /// A direct descriptor for reading the source file `fd` of `size` bytes (the sender's
+    /// side), or -1 when direct I/O is off, the file too small, its chunks not aligned or its
+    /// filesystem not one of `filesystems`, or the open refused. Opened through /proc/self/fd
+    /// as the partial's is: the same inode, with the acting user's rights.
+    static func openForReading(source fd: Int32, size: UInt64, chunkBytes: Int) -> Int32 {
+        guard enabled, size >= minimumFileBytes, chunkBytes % alignment == 0 else { return -1 }
+        guard filesystems.contains(Int(ferry_fs_type(fd))) else { return -1 }
+        return max(-1, ferry_reopen_direct_read(fd))
+    }
+
+    /// True when most of [offset, offset+length) of `fd` is not in the page cache, so that a
+    /// direct read saves the cache's copy and costs no extra trip to the device: fewer than a
+    /// quarter of its pages resident (`mincore` of a mapping that is never touched). A chunk
+    /// the page cache holds (a file just written, or read again) is read buffered: a direct
+    /// read would go to the device for it, after writing back what is dirty.
+    static func mostlyUncached(fd: Int32, offset: UInt64, length: Int, scratch: inout [UInt8]) -> Bool {
+        let page = 4096
+        let pages = (length + page - 1) / page
+        guard pages > 0, let p = mmap(nil, length, PROT_READ, MAP_SHARED, fd, off_t(offset)), p != MAP_FAILED else { return false }
+        defer { munmap(p, length) }
+        if scratch.count < pages { scratch = [UInt8](repeating: 0, count: pages) }
+        let ok = scratch.withUnsafeMutableBufferPointer { mincore(p, length, $0.baseAddress) == 0 }
+        guard ok else { return false }
+        var resident = 0
+        for i in 0..<pages { resident += Int(scratch[i] & 1) }
+        return resident * 4 < pages
     }
 
     /// Bytes of a write of `length` at `offset` from `buffer` that can go direct (a multiple of

@@ -144,6 +144,17 @@ final class Ring {
 
     // MARK: completing
 
+    /// Submits what is queued without waiting and without reaping: the completions stay for
+    /// `drain` (a read left in flight while the caller does other work).
+    func submit() throws {
+        var r: Int32 = 0
+        for _ in 0..<1000 {
+            r = io_uring_submit(&ring)
+            if r != -EINTR { break }
+        }
+        if r < 0 { throw TransferError.system("io_uring_submit", errno: -r) }
+    }
+
     /// Submits everything queued and waits for at least `minimum` completions, then calls
     /// `handle(tag, result, flags)` for each completion reaped (outside the reaping pass).
     /// Returns false when the timeout expired with nothing reaped.

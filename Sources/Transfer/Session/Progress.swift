@@ -88,6 +88,8 @@ public final class TransferProgress: @unchecked Sendable {
         public var rejectedFrames: UInt64 = 0
         /// Received bytes this side wrote with direct I/O (`DirectIO`), past the page cache.
         public var directBytes: UInt64 = 0
+        /// Bytes this side read from its source with direct I/O (`SenderWorker`, "Direct reads").
+        public var directReadBytes: UInt64 = 0
         /// Bytes this side sent with zero-copy sends (`ZeroCopy`).
         public var zeroCopyBytes: UInt64 = 0
         public var filesFailed: UInt64 = 0
@@ -117,6 +119,7 @@ public final class TransferProgress: @unchecked Sendable {
     func add(bytesTotal: UInt64) { lock.withLock { s.bytesTotal += bytesTotal } }
     func moved(raw: UInt64, wire: UInt64) { lock.withLock { s.bytesDone += raw; s.wireBytes += wire } }
     func wroteDirect(bytes: UInt64) { lock.withLock { s.directBytes += bytes } }
+    func readDirect(bytes: UInt64) { lock.withLock { s.directReadBytes += bytes } }
     func sentZeroCopy(bytes: UInt64) { lock.withLock { s.zeroCopyBytes += bytes } }
     /// Bytes already there by content (a digest or chunk hash compared equal).
     func skipped(bytes: UInt64) { lock.withLock { s.bytesDone += bytes; s.skippedBytes += bytes; s.matchedBytes += bytes } }
@@ -178,8 +181,9 @@ public struct TransferSummary: Sendable {
     public var filesFailed: UInt64
     public var retransmittedChunks: UInt64
     public var rejectedFrames: UInt64
-    /// See `TransferProgress.Snapshot.directBytes` and `zeroCopyBytes`.
+    /// See `TransferProgress.Snapshot.directBytes`, `directReadBytes` and `zeroCopyBytes`.
     public var directBytes: UInt64
+    public var directReadBytes: UInt64
     public var zeroCopyBytes: UInt64
     public var seconds: Double
     /// Devices, FIFOs and sockets left out of a tree, and the first few of them by name.
@@ -206,6 +210,7 @@ public struct TransferSummary: Sendable {
         retransmittedChunks = s.retransmittedChunks
         rejectedFrames = s.rejectedFrames
         directBytes = s.directBytes
+        directReadBytes = s.directReadBytes
         zeroCopyBytes = s.zeroCopyBytes
         seconds = s.seconds
         specialFiles = s.specialFiles

@@ -25,6 +25,12 @@ final class SenderFile {
     /// which the reader would then read.
     var fd: Int32 = -1
     var fdUsers = 0
+    /// The same file opened with O_DIRECT for the streams' direct reads (`directDescriptor`);
+    /// -1 when they do not apply. Closed with `fd`.
+    var directFd: Int32 = -1
+    var directChecked = false
+    /// A direct read was refused (EINVAL): the file is read buffered from then on.
+    var directRefused = false
     /// No more reads: the file has its verdict or failed here (`fd` is closed, or will be when
     /// its last user releases it; it is never opened again).
     var retired = false
@@ -136,7 +142,7 @@ final class Sender: @unchecked Sendable {
     deinit {
         // A session that ended before every verdict: its files' descriptors go with it (no
         // data stream runs any more; each holds the Sender while it does).
-        for f in files.values where f.fd >= 0 { Glibc.close(f.fd) }
+        for f in files.values where f.fd >= 0 { closeDescriptors(f) }
         Glibc.close(rootFd)
     }
 
@@ -412,7 +418,9 @@ final class Sender: @unchecked Sendable {
         case check(SenderFile)
     }
 
-    private func takeWork(batchBytesMax: Int) -> Work? {
+    /// The next piece of work for a data stream; nil when the session ends, or with `wait`
+    /// false when there is none at this moment.
+    private func takeWork(batchBytesMax: Int, wait: Bool = true) -> Work? {
         lock.withLock {
             while true {
                 if ctx.isFinished { return nil }
@@ -446,6 +454,7 @@ final class Sender: @unchecked Sendable {
                     if bigHead == bigQueue.count { bigQueue.removeAll(keepingCapacity: true); bigHead = 0 }
                     return .chunk(f, i, resend: false)
                 }
+                if !wait { return nil }
                 cond.wait(seconds: 0.25)
             }
         }
@@ -455,9 +464,21 @@ final class Sender: @unchecked Sendable {
     func runWorker(_ conn: Connection) {
         do {
             let w = try SenderWorker(sender: self, conn: conn)
-            while let work = takeWork(batchBytesMax: min(ctx.options.chunkBytes, 1 << 20)) {
+            let batchBytesMax = min(ctx.options.chunkBytes, 1 << 20)
+            // Work taken ahead: a stream that reads its chunks direct takes its next piece of
+            // work before it sends the current chunk, to have that chunk's read in flight
+            // meanwhile (`SenderWorker.sendChunk`'s `next`).
+            var queued: Work?
+            let next = { () -> (SenderFile, Int)? in
+                guard queued == nil, let work = self.takeWork(batchBytesMax: batchBytesMax, wait: false) else { return nil }
+                queued = work
+                if case .chunk(let f, let i, _) = work { return (f, i) }
+                return nil
+            }
+            while let work = queued ?? takeWork(batchBytesMax: batchBytesMax) {
+                queued = nil
                 switch work {
-                case .chunk(let f, let i, let resend): try w.sendChunk(f, i, resend: resend)
+                case .chunk(let f, let i, let resend): try w.sendChunk(f, i, resend: resend, next: next)
                 case .batch(let files): try w.sendBatch(files)
                 case .check(let f): try w.check(f)
                 }
@@ -502,7 +523,35 @@ final class Sender: @unchecked Sendable {
     /// reading it, else by the last one's `release`.
     private func retire(_ f: SenderFile) {
         f.retired = true
-        if f.fd >= 0 && f.fdUsers == 0 { Glibc.close(f.fd); f.fd = -1 }
+        if f.fd >= 0 && f.fdUsers == 0 { closeDescriptors(f) }
+    }
+
+    /// Lock held, no stream reading the file.
+    private func closeDescriptors(_ f: SenderFile) {
+        Glibc.close(f.fd)
+        f.fd = -1
+        if f.directFd >= 0 { Glibc.close(f.directFd); f.directFd = -1 }
+    }
+
+    /// The file's O_DIRECT descriptor (`DirectIO.openForReading`), opened once by the first
+    /// stream that asks; -1 when direct reads do not apply to it (a stream, a sparse file, a
+    /// small one, another filesystem, or direct I/O off). Only between `descriptor` and
+    /// `release`.
+    func directDescriptor(_ f: SenderFile) -> Int32 {
+        lock.withLock {
+            if !f.directChecked {
+                f.directChecked = true
+                if !f.isStream && !f.sparse && f.fd >= 0 {
+                    f.directFd = DirectIO.openForReading(source: f.fd, size: f.size, chunkBytes: ctx.options.chunkBytes)
+                }
+            }
+            return f.directRefused ? -1 : f.directFd
+        }
+    }
+
+    /// A direct read of `f` was refused: its other chunks are read buffered.
+    func noDirectReads(_ f: SenderFile) {
+        lock.withLock { f.directRefused = true }
     }
 
     /// Opens (once) the file's descriptor for reading, beneath the source root, and counts the
@@ -537,7 +586,7 @@ final class Sender: @unchecked Sendable {
     func release(_ f: SenderFile) {
         lock.withLock {
             f.fdUsers -= 1
-            if f.retired && f.fdUsers == 0 && f.fd >= 0 { Glibc.close(f.fd); f.fd = -1 }
+            if f.retired && f.fdUsers == 0 && f.fd >= 0 { closeDescriptors(f) }
         }
     }
 

@@ -512,7 +512,7 @@ public final class TransferServer: @unchecked Sendable {
             let account = note.account.isEmpty ? "" : " as " + note.account
             let outcome = p.filesFailed > 0 ? "failed (\(p.filesFailed) files: \(p.failures.first ?? ""))" : "ok"
             let seconds = "\(Double(Int(p.seconds * 100)) / 100)"
-            let rejected = (p.rejectedFrames > 0 ? ", \(p.rejectedFrames) frames rejected" : "") + (p.directBytes > 0 ? ", \(byteText(p.directBytes)) written direct" : "") + (p.zeroCopyBytes > 0 ? ", \(byteText(p.zeroCopyBytes)) sent zero-copy" : "")
+            let rejected = (p.rejectedFrames > 0 ? ", \(p.rejectedFrames) frames rejected" : "") + (p.directBytes > 0 ? ", \(byteText(p.directBytes)) written direct" : "") + (p.directReadBytes > 0 ? ", \(byteText(p.directReadBytes)) read direct" : "") + (p.zeroCopyBytes > 0 ? ", \(byteText(p.zeroCopyBytes)) sent zero-copy" : "")
             let line: String = "\(what) by \(who.user)\(account) from \(conn.peer): \(outcome), \(p.filesTotal) files, \(byteText(p.bytesDone)) in \(seconds) s\(rate), \(byteText(p.wireBytes)) on the wire, \(hello.options.protection)\(rejected)"
             configuration.log(p.filesFailed > 0 ? .warning : .info, line)
             metrics.session(direction: note.action, protection: hello.options.protection.description, ok: p.filesFailed == 0, snapshot: p)

@@ -16,6 +16,7 @@ final class ServerMetrics: @unchecked Sendable {
     private var chunksResent: UInt64 = 0
     private var framesRejected: UInt64 = 0
     private var directBytes: UInt64 = 0
+    private var directReadBytes: UInt64 = 0
     private var refusals: [String: UInt64] = [:]
     /// TLS handshake seconds of control connections.
     private var handshakes = PromHistogram(buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5])
@@ -29,6 +30,7 @@ final class ServerMetrics: @unchecked Sendable {
             chunksResent += p.retransmittedChunks
             framesRejected += p.rejectedFrames
             directBytes += p.directBytes
+            directReadBytes += p.directReadBytes
         }
     }
 
@@ -62,6 +64,7 @@ final class ServerMetrics: @unchecked Sendable {
             o += "# HELP ferry_server_chunks_resent_total Chunks sent again after a damaged frame.\n# TYPE ferry_server_chunks_resent_total counter\nferry_server_chunks_resent_total \(chunksResent)\n"
             o += "# HELP ferry_server_frames_rejected_total Data frames that failed their checks.\n# TYPE ferry_server_frames_rejected_total counter\nferry_server_frames_rejected_total \(framesRejected)\n"
             o += "# HELP ferry_server_direct_write_bytes_total Received bytes written with direct I/O (O_DIRECT), past the page cache.\n# TYPE ferry_server_direct_write_bytes_total counter\nferry_server_direct_write_bytes_total \(directBytes)\n"
+            o += "# HELP ferry_server_direct_read_bytes_total Sent bytes read from their files with direct I/O (O_DIRECT), past the page cache.\n# TYPE ferry_server_direct_read_bytes_total counter\nferry_server_direct_read_bytes_total \(directReadBytes)\n"
             o += "# HELP ferry_server_refusals_total Connections refused before a session, by reason.\n# TYPE ferry_server_refusals_total counter\n"
             for r in (Set(["auth", "busy", "flood", "protocol", "timeout"]).union(refusals.keys)).sorted() {
                 o += "ferry_server_refusals_total{reason=\"\(r)\"} \(refusals[r] ?? 0)\n"
