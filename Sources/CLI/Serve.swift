@@ -81,7 +81,7 @@ extension Ferry {
         @Flag(name: .customLong("zero-copy"), help: "Sending (pulls from this server): raw chunks go with io_uring SEND_ZC from their buffers, not copied into the socket (for a NIC; no gain over loopback; env FERRY_ZERO_COPY=on).")
         var zeroCopy = false
 
-        @Option(name: .customLong("direct-io"), help: "Receiving (pushes to this server): write large files with O_DIRECT on ext4, XFS, Lustre, GPFS and BeeGFS (auto, the default; env FERRY_DIRECT_IO), or always through the page cache (off).")
+        @Option(name: .customLong("direct-io"), help: "Large files on ext4, XFS, Lustre, GPFS and BeeGFS: written with O_DIRECT when receiving (pushes to this server), read with O_DIRECT when sending (pulls) and the page cache does not hold them (auto, the default; env FERRY_DIRECT_IO), or always through the page cache (off).")
         var directIO: String?
 
         @Flag(help: "Check --config FILE and the files it names, print every problem with its line, start nothing (exit 0: none, 1: some).")

@@ -65,6 +65,10 @@ int ferry_reopen_direct(int fd) {
     return r < 0 ? -errno : r;
 }
 
+int ferry_cq_posted(const unsigned *head, const unsigned *tail) {
+    return __atomic_load_n(tail, __ATOMIC_ACQUIRE) != __atomic_load_n(head, __ATOMIC_ACQUIRE);
+}
+
 int ferry_reopen_direct_read(int fd) {
     char path[40];
     snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);

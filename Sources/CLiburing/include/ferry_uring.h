@@ -31,6 +31,9 @@ long long ferry_fs_type(int fd);
 int ferry_reopen_direct(int fd);
 /// The same for reading: O_RDONLY | O_DIRECT | O_CLOEXEC (the sender's direct reads).
 int ferry_reopen_direct_read(int fd);
+/// Whether a ring's completion queue holds a completion not yet reaped (its kernel tail past
+/// its head), read with atomic loads: safe from a thread that does not own the ring.
+int ferry_cq_posted(const unsigned *head, const unsigned *tail);
 /// Names the calling thread (at most 15 bytes are kept).
 void ferry_set_thread_name(const char *name);
 /// Flags of IORING_CQE_F_MORE / IORING_CQE_F_NOTIF, which Swift sees as macros.

@@ -29,6 +29,9 @@ import Glibc
 ///   off for that file, and the chunk is written buffered: nothing fails because of it.
 /// - **Durability** is unchanged: chunks are journaled after `fdatasync` of the partial, which
 ///   also flushes the device's cache for the direct writes.
+/// - **Reads** (the sender, `SenderWorker`): the same filesystems and sizes, chunks of a size
+///   that is a multiple of `alignment`, not sparse files, and only chunks the page cache does
+///   not hold (`mostlyUncached`). A refused read (EINVAL) turns them off for that file.
 public enum DirectIO {
     /// Buffer address, file offset and length granularity of a direct write. 4 KiB satisfies
     /// every logical block size in use (512 B and 4 KiB sectors) and the page size.

@@ -144,6 +144,10 @@ final class Ring {
 
     // MARK: completing
 
+    /// A view of this ring's completion queue that another thread may read: whether a
+    /// completion waits to be reaped. Valid while the ring lives.
+    func completionProbe() -> CompletionProbe { CompletionProbe(head: ring.cq.khead, tail: ring.cq.ktail) }
+
     /// Submits what is queued without waiting and without reaping: the completions stay for
     /// `drain` (a read left in flight while the caller does other work).
     func submit() throws {
@@ -296,4 +300,16 @@ final class RingPool: @unchecked Sendable {
 
     /// Rings of `entries` kept now (tests).
     func count(entries: UInt32) -> Int { lock.withLock { idle.filter { $0.entries == entries }.count } }
+}
+
+/// Whether a ring's completion is posted, read from another thread (`Ring.completionProbe`).
+/// `@unchecked Sendable`: two pointers into the ring's shared memory, read with atomic loads.
+final class CompletionProbe: @unchecked Sendable {
+    private let head: UnsafeMutablePointer<UInt32>
+    private let tail: UnsafeMutablePointer<UInt32>
+    init(head: UnsafeMutablePointer<UInt32>, tail: UnsafeMutablePointer<UInt32>) {
+        self.head = head
+        self.tail = tail
+    }
+    var posted: Bool { ferry_cq_posted(head, tail) != 0 }
 }

@@ -41,6 +41,8 @@ final class SenderWorker {
     /// while the device writes into them) and the ring their reads go through.
     private var directPool: BufferPool?
     private var readRing: Ring?
+    /// `readRing`'s completion queue, for the session's count of reads in flight.
+    private var readProbe: CompletionProbe?
     /// Where a chunk starts in a direct buffer: aligned, with room before it for the frame's
     /// headers (`headroom`).
     private static let directOffset = DirectIO.alignment
@@ -77,6 +79,7 @@ final class SenderWorker {
         // must outlive it, and its file's descriptor is released.
         if let a = ahead {
             _ = try? readRing?.drain { _, _ in }
+            sender.endDirectRead(ahead: readProbe)
             sender.release(a.f)
         }
         pathArena.deallocate()
@@ -85,12 +88,17 @@ final class SenderWorker {
 
     /// Starts a direct read of chunk `index` of `f` (`fd`: its direct descriptor) into direct
     /// buffer `buffer`, rounded up to whole blocks (the last chunk's tail).
-    private func startDirectRead(fd: Int32, _ f: SenderFile, _ index: Int, buffer: Int) throws {
+    private func directBuffers() throws {
         if directPool == nil {
             // The chunk rounded up to whole blocks, the headers before it, the sealing tag after.
             directPool = try BufferPool(count: 2, bytesPerBuffer: SenderWorker.directOffset + chunkBytes + DirectIO.alignment + Sealing.tagBytes)
             readRing = try Ring(entries: 4)
+            readProbe = readRing!.completionProbe()
         }
+    }
+
+    private func startDirectRead(fd: Int32, _ f: SenderFile, _ index: Int, buffer: Int) throws {
+        try directBuffers()
         let offset = UInt64(index) * UInt64(chunkBytes)
         let length = Int(min(UInt64(chunkBytes), f.size - offset))
         let asked = (length + DirectIO.alignment - 1) & ~(DirectIO.alignment - 1)
@@ -98,8 +106,10 @@ final class SenderWorker {
         try readRing!.submit()
     }
 
-    /// Waits for the direct read in flight; its result (bytes, or -errno).
-    private func finishDirectRead() throws -> Int32 {
+    /// Waits for the direct read in flight (and gives its place back); its result (bytes, or
+    /// -errno). `ahead`: it was read ahead.
+    private func finishDirectRead(ahead: Bool) throws -> Int32 {
+        defer { sender.endDirectRead(ahead: ahead ? readProbe : nil) }
         var result: Int32 = 0
         try readRing!.drain { _, r in result = r }
         return result
@@ -206,7 +216,7 @@ final class SenderWorker {
         if let a = ahead {
             ahead = nil
             defer { sender.release(a.f) }
-            let r = try finishDirectRead()
+            let r = try finishDirectRead(ahead: true)
             if a.f === f && a.index == index { preread = (a.buffer, r) }
         }
         guard let fd = try sender.descriptor(f) else { return }
@@ -217,11 +227,13 @@ final class SenderWorker {
         let slot = f.isStream ? nil : try zeroCopy.flatMap { $0.usable ? try $0.acquire() : nil }
         let directFd = f.isStream || zeroCopy != nil ? -1 : sender.directDescriptor(f)
         var direct = false
-        if directFd >= 0 && preread == nil && DirectIO.mostlyUncached(fd: fd, offset: offset, length: length, scratch: &mincoreScratch) {
-            // Not read ahead (the first chunk of a run): read it direct now.
+        if directFd >= 0 && preread == nil && DirectIO.mostlyUncached(fd: fd, offset: offset, length: length, scratch: &mincoreScratch)
+            && sender.beginDirectRead(wait: true) {
+            // Not read ahead (the first chunk of a run, or no place was free then): read it
+            // direct now.
             directCurrent ^= 1
-            try startDirectRead(fd: directFd, f, index, buffer: directCurrent)
-            preread = (directCurrent, try finishDirectRead())
+            do { try startDirectRead(fd: directFd, f, index, buffer: directCurrent) } catch { sender.endDirectRead(); throw error }
+            preread = (directCurrent, try finishDirectRead(ahead: false))
         }
         if let p = preread {
             if p.result < 0 {
@@ -299,7 +311,12 @@ final class SenderWorker {
         let directFd = f.isStream ? -1 : sender.directDescriptor(f)
         guard directFd >= 0, offset < f.size,
               DirectIO.mostlyUncached(fd: fd, offset: offset, length: Int(min(UInt64(chunkBytes), f.size - offset)), scratch: &mincoreScratch),
-              (try? startDirectRead(fd: directFd, f, index, buffer: busy ^ 1)) != nil else {
+              (try? directBuffers()) != nil, sender.beginDirectRead(wait: false, ahead: readProbe) else {
+            sender.release(f)
+            return
+        }
+        guard (try? startDirectRead(fd: directFd, f, index, buffer: busy ^ 1)) != nil else {
+            sender.endDirectRead(ahead: readProbe)
             sender.release(f)
             return
         }
