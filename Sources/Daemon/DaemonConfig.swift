@@ -65,10 +65,10 @@ public struct DaemonConfig: Sendable {
     /// descriptors.
     public var apiConnections = 1024
     public var apiIdleSeconds = 60
-    /// A request must arrive whole within `apiRequestSeconds` of its first byte (a new
-    /// connection's first request, TLS handshake included, of the connection's opening), or
-    /// its connection is closed: a client trickling bytes cannot hold a connection
-    /// (`RequestDeadline`).
+    /// A connection waiting for a request (from its opening, TLS handshake included, or from
+    /// the end of its last answer) must have it whole within `apiRequestSeconds`, or it is
+    /// closed: a client trickling bytes cannot hold a connection, and an idle keep-alive
+    /// connection lasts that long (`RequestDeadline`).
     public var apiRequestSeconds = 10
     /// Where `ferry replicate` puts replicas of other centers' datasets: a local job path
     /// /EXPORT/DIR; a replica goes to /EXPORT/DIR/CENTER/NAME[@VERSION]. Unset: this center

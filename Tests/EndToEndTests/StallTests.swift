@@ -189,11 +189,13 @@ print(json.dumps({"waited": waited, "closed": closed, "after": time.time() - t1,
     }
 
     /// Slowloris: 20 connections (all that `api_connections` allows) each stall a request in
-    /// another place: eight trickle a request head a byte at a time, six send nothing, six make
-    /// one quick request and then trickle the next. Hummingbird's idle timer counts decoded
+    /// another place: eight trickle a request head a byte at a time, six send nothing, three
+    /// send a whole request and the start of the next in one packet, three make one quick
+    /// request and then trickle the next. Hummingbird's idle timer counts decoded
     /// request parts only, so before `RequestDeadline` each of them held its connection for
     /// `api_idle_seconds` (60 s) and a health check waited that long; now each is closed
-    /// `api_request_seconds` after its request's first byte (its opening, for the first).
+    /// `api_request_seconds` after it started waiting for a request (its opening, or its last
+    /// answer's end).
     /// Over HTTPS four of the trickled heads are TLS handshakes stalled in the ClientHello.
     @Test("slow requests: trickled heads, silent and trickling keep-alive connections are closed after api_request_seconds; a request then gets through",
           arguments: [false, true])
@@ -223,7 +225,12 @@ for i in range(8):
     conns.append((s, "head", time.time()))
 for _ in range(6):
     conns.append((socket.create_connection(("127.0.0.1", port), timeout=30), "silent", time.time()))
-for _ in range(6):
+for _ in range(3):
+    # One packet: a whole request and the start of the next, then nothing.
+    s = connect()
+    s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\nGET /api/v1/health HTTP/1.1\r\nX-Slow: ")
+    conns.append((s, "pipelined", time.time()))
+for _ in range(3):
     h = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=ctx) if tls else http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     h.request("GET", "/api/v1/health")
     r = h.getresponse(); r.read()
@@ -248,7 +255,7 @@ def watch():
                 if gone:
                     closed[i] = time.time() - t
                     continue
-            if kind != "silent":
+            if kind in ("head", "hello", "keepalive"):
                 try: s.send(b"a")
                 except OSError: closed[i] = time.time() - t
         time.sleep(0.3)

@@ -587,7 +587,7 @@ public struct DaemonAPI: Sendable {
             out += "# HELP ferry_staging_entries Entries of the staging cache.\n# TYPE ferry_staging_entries gauge\nferry_staging_entries \(u.entries)\n"
             out += "# HELP ferry_staging_pinned_entries Entries pinned by running or waiting jobs.\n# TYPE ferry_staging_pinned_entries gauge\nferry_staging_pinned_entries \(u.pinned)\n"
         }
-        out += "# HELP ferry_api_requests_expired_total API connections closed because a request did not arrive within api_request_seconds of its first byte.\n# TYPE ferry_api_requests_expired_total counter\nferry_api_requests_expired_total \(expiredRequests.count)\n"
+        out += "# HELP ferry_api_requests_expired_total API connections closed because the request they waited for (after their opening or an answer) was not in whole within api_request_seconds.\n# TYPE ferry_api_requests_expired_total counter\nferry_api_requests_expired_total \(expiredRequests.count)\n"
         out += processMetricsText()
         if let more = extraMetrics { out += more() }
         return out

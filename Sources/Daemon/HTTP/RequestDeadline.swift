@@ -2,29 +2,31 @@ import Foundation
 import NIOCore
 import NIOHTTPTypes
 
-/// Once a client starts sending a request (or opens its connection), the whole request must
-/// arrive within `seconds` (`[daemon] api_request_seconds`); otherwise the connection is closed.
+/// A connection waiting for a request must have it, whole, within `seconds`
+/// (`[daemon] api_request_seconds`); otherwise it is closed. It waits from its opening (TLS
+/// handshake included) and from the end of each answer, until the request's last part.
 ///
 /// Why: the API holds at most `api_connections` connections. Hummingbird's idle timer counts
-/// decoded request parts only, so a client that trickles a request head one byte at a time
-/// (or opens a connection and sends nothing, or, after one quick request on a keep-alive
-/// connection, trickles the next) held its connection for the whole `api_idle_seconds`
-/// (60 s), and 1,024 such connections, renewed once a minute, kept everyone else out
-/// ("slowloris"). Now such a connection lasts `api_request_seconds` (10 s) at most, wherever
-/// in a request it stalls: in the TLS handshake, the head or the body.
+/// decoded request parts only, so a client that trickled a request head one byte at a time,
+/// opened a connection and sent nothing, or, after one quick request on a keep-alive
+/// connection, trickled the next (or sent it unfinished in the same packet as the first),
+/// held its connection for the whole `api_idle_seconds` (60 s), and 1,024 such connections,
+/// renewed once a minute, kept everyone else out ("slowloris"). Now such a connection lasts
+/// `api_request_seconds` (10 s) at most, wherever in a request it stalls.
 ///
-/// Two handlers share one clock. `RequestDeadline` sits after the HTTP codec and sees whole
-/// request parts: a request's `.end` stops the clock. `ByteWatch`, which it puts first in the
-/// pipeline (before TLS, when the API speaks HTTPS), sees every byte as it arrives: the first
-/// bytes after a complete request start the clock for the next one. A connection idle between
-/// requests (no byte sent) is left to the idle timer, and an answer being written (an event
-/// stream lasts as long as its job) is not a request: the client sends nothing meanwhile.
+/// The clock stops while the daemon answers (an event stream lasts as long as its job: the
+/// client sends nothing meanwhile) and starts again when the last answer owed ends: a
+/// keep-alive connection idle between requests is closed after `api_request_seconds` too, as
+/// Apache's `KeepAliveTimeout` does (clients open another; the daemon's own clients, the CLI
+/// and the federation's, do). A request whose head arrives while an earlier one is being
+/// answered has the clock from its head on.
 ///
 /// The bound on bodies follows: a 4 MiB submission (the largest body the API takes) needs
-/// 3.4 Mbit/s at the default. Not done: a per-address share of the connections. A center's
-/// scheduler hooks all come from one host, and 900 of them may wait at once in the listen
-/// queue while the daemon is busy (`StallTests.listenQueue`); a cap per address would refuse
-/// them.
+/// 3.4 Mbit/s at the default, and a handler that is slow to read a large body (the daemon
+/// under a stall) can let the clock run out: such a request fails and is sent again by its
+/// client. Not done: a per-address share of the connections. A center's scheduler hooks all
+/// come from one host, and 900 of them may wait at once in the listen queue while the daemon
+/// is busy (`StallTests.listenQueue`); a cap per address would refuse them.
 final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -33,8 +35,10 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let limit: TimeAmount
     private var timer: Scheduled<Void>?
-    /// Bytes of a request have arrived (or the connection is new) and its `.end` has not.
-    private var running = false
+    /// A request's head has arrived and its end has not.
+    private var reading = false
+    /// Requests read whole whose answers have not ended.
+    private var owed = 0
     private let expired: ExpiredRequests
 
     init(seconds: Int, expired: ExpiredRequests) {
@@ -44,65 +48,56 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         // A new connection: its first request (and the TLS handshake before it) is on the clock.
-        try? context.pipeline.syncOperations.addHandler(ByteWatch(owner: self, context: context), position: .first)
         start(context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
-    }
-
-    /// The first bytes after a complete request (or after the connection opened).
-    fileprivate func bytesArrived(_ context: ChannelHandlerContext) {
-        if !running { start(context) }
+        stop()
     }
 
     private func start(_ context: ChannelHandlerContext) {
-        running = true
         timer?.cancel()
         let expired = self.expired
         timer = context.eventLoop.assumeIsolated().scheduleTask(in: limit) { [weak self] in
-            guard let self, self.running else { return }
+            guard let self, self.timer != nil else { return }
             expired.add()
             context.close(promise: nil)
         }
     }
 
+    private func stop() {
+        timer?.cancel()
+        timer = nil
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .end = unwrapInboundIn(data) {
-            running = false
-            timer?.cancel()
-            timer = nil
+        switch unwrapInboundIn(data) {
+        case .head:
+            reading = true
+            // Read while an earlier answer is still going: its own clock from here.
+            if timer == nil { start(context) }
+        case .end:
+            reading = false
+            owed += 1
+            stop()
+        case .body:
+            break
         }
         context.fireChannelRead(data)
     }
 
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            owed = max(0, owed - 1)
+            // Every answer owed has ended: the connection waits for the next request.
+            if owed == 0 && !reading { start(context) }
+        }
+        context.write(data, promise: promise)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        running = false
-        timer?.cancel()
-        timer = nil
+        stop()
         context.fireChannelInactive()
-    }
-}
-
-/// First in the pipeline: tells `RequestDeadline` that bytes arrived. Passes everything on.
-private final class ByteWatch: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-
-    private weak var owner: RequestDeadline?
-    /// The deadline handler's own context: its timer closes the channel from there.
-    private let ownerContext: ChannelHandlerContext
-
-    init(owner: RequestDeadline, context: ChannelHandlerContext) {
-        self.owner = owner
-        ownerContext = context
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        owner?.bytesArrived(ownerContext)
-        context.fireChannelRead(data)
     }
 }
 

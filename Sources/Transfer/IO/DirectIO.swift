@@ -90,7 +90,7 @@ public enum DirectIO {
     /// the page cache holds (a file just written, or read again) is read buffered: a direct
     /// read would go to the device for it, after writing back what is dirty.
     static func mostlyUncached(fd: Int32, offset: UInt64, length: Int, scratch: inout [UInt8]) -> Bool {
-        let page = 4096
+        let page = max(4096, sysconf(Int32(_SC_PAGESIZE)))
         let pages = (length + page - 1) / page
         guard pages > 0, let p = mmap(nil, length, PROT_READ, MAP_SHARED, fd, off_t(offset)), p != MAP_FAILED else { return false }
         defer { munmap(p, length) }

@@ -88,7 +88,8 @@ public final class TransferProgress: @unchecked Sendable {
         public var rejectedFrames: UInt64 = 0
         /// Received bytes this side wrote with direct I/O (`DirectIO`), past the page cache.
         public var directBytes: UInt64 = 0
-        /// Bytes this side read from its source with direct I/O (`SenderWorker`, "Direct reads").
+        /// Bytes this side read from its source with direct I/O (`SenderWorker`, "Direct reads"):
+        /// chunks sent, sent again, or read to compare with a resumed partial.
         public var directReadBytes: UInt64 = 0
         /// Bytes this side sent with zero-copy sends (`ZeroCopy`).
         public var zeroCopyBytes: UInt64 = 0

@@ -477,6 +477,7 @@ final class Sender: @unchecked Sendable {
             }
             while let work = queued ?? takeWork(batchBytesMax: batchBytesMax) {
                 queued = nil
+                if ctx.isFinished { break }
                 switch work {
                 case .chunk(let f, let i, let resend): try w.sendChunk(f, i, resend: resend, next: next)
                 case .batch(let files): try w.sendBatch(files)
@@ -538,15 +539,25 @@ final class Sender: @unchecked Sendable {
     /// small one, another filesystem, or direct I/O off). Only between `descriptor` and
     /// `release`.
     func directDescriptor(_ f: SenderFile) -> Int32 {
-        lock.withLock {
-            if !f.directChecked {
-                f.directChecked = true
-                if !f.isStream && !f.sparse && f.fd >= 0 {
-                    f.directFd = DirectIO.openForReading(source: f.fd, size: f.size, chunkBytes: ctx.options.chunkBytes)
+        // Opened outside the lock (on a parallel filesystem an open is a round trip to its
+        // metadata server, which the other streams need not wait for); the caller's use of
+        // the file keeps `f.fd` open meanwhile. A stream that loses the race closes its own.
+        let source: Int32? = lock.withLock {
+            if f.directChecked { return nil }
+            return !f.isStream && !f.sparse && f.fd >= 0 ? f.fd : -1
+        }
+        if let source {
+            let opened = source >= 0 ? DirectIO.openForReading(source: source, size: f.size, chunkBytes: ctx.options.chunkBytes) : -1
+            lock.withLock {
+                if f.directChecked {
+                    if opened >= 0 { Glibc.close(opened) }
+                } else {
+                    f.directChecked = true
+                    f.directFd = opened
                 }
             }
-            return f.directRefused ? -1 : f.directFd
         }
+        return lock.withLock { f.directRefused ? -1 : f.directFd }
     }
 
     /// Direct reads in flight across the session's data streams (`SenderWorker`, "Direct

@@ -47,7 +47,7 @@ final class SenderWorker {
     /// headers (`headroom`).
     private static let directOffset = DirectIO.alignment
     /// The next chunk's direct read, in flight: its file (counted as a user of its
-    /// descriptor until consumed), index, buffer and length asked.
+    /// descriptor until consumed), index and buffer.
     private var ahead: (f: SenderFile, index: Int, buffer: Int)?
     /// The direct buffer the current chunk is in (the next read goes into the other).
     private var directCurrent = 1
@@ -86,24 +86,35 @@ final class SenderWorker {
         hows.deallocate()
     }
 
-    /// Starts a direct read of chunk `index` of `f` (`fd`: its direct descriptor) into direct
-    /// buffer `buffer`, rounded up to whole blocks (the last chunk's tail).
+    /// One direct buffer: the chunk rounded up to whole blocks, the headers before it, the
+    /// sealing tag after (counted in the server's buffer budget, `streamBufferBytes`).
+    static func directBufferBytes(chunkBytes: Int) -> Int {
+        (directOffset + chunkBytes + DirectIO.alignment + Sealing.tagBytes + 4095) & ~4095
+    }
+
+    /// Allocates the direct buffers and their ring, at the first direct read.
     private func directBuffers() throws {
         if directPool == nil {
-            // The chunk rounded up to whole blocks, the headers before it, the sealing tag after.
-            directPool = try BufferPool(count: 2, bytesPerBuffer: SenderWorker.directOffset + chunkBytes + DirectIO.alignment + Sealing.tagBytes)
+            directPool = try BufferPool(count: 2, bytesPerBuffer: SenderWorker.directBufferBytes(chunkBytes: chunkBytes))
             readRing = try Ring(entries: 4)
             readProbe = readRing!.completionProbe()
         }
     }
 
+    /// Starts a direct read of chunk `index` of `f` (`fd`: its direct descriptor) into direct
+    /// buffer `buffer`, rounded up to whole blocks (the last chunk's tail).
     private func startDirectRead(fd: Int32, _ f: SenderFile, _ index: Int, buffer: Int) throws {
         try directBuffers()
         let offset = UInt64(index) * UInt64(chunkBytes)
         let length = Int(min(UInt64(chunkBytes), f.size - offset))
         let asked = (length + DirectIO.alignment - 1) & ~(DirectIO.alignment - 1)
         try readRing!.read(fd: fd, buffer: directPool!.buffer(buffer) + SenderWorker.directOffset, length: asked, offset: offset, bufferIndex: nil, tag: 1)
-        try readRing!.submit()
+        do { try readRing!.submit() } catch {
+            // Not submitted: the read stays queued; run it out now, so that no later wait
+            // takes its completion for another's, and no late read lands in a buffer in use.
+            _ = try? readRing!.drain { _, _ in }
+            throw error
+        }
     }
 
     /// Waits for the direct read in flight (and gives its place back); its result (bytes, or
@@ -263,7 +274,11 @@ final class SenderWorker {
         } else {
             // Direct: the whole blocks asked for came (more than `length` when the file grew
             // since it was listed, which the check after the last read reports).
-            let got = direct ? min(length, Int(preread!.result)) : try readFully(fd: fd, into: data, length: length, offset: offset, registered: slot == nil)
+            var got = direct ? min(length, Int(preread!.result)) : try readFully(fd: fd, into: data, length: length, offset: offset, registered: slot == nil)
+            if direct && got < length && got > 0 {
+                // Short, but not at the end (a filesystem may return less): the rest buffered.
+                got += try readFully(fd: fd, into: data + got, length: length - got, offset: offset + UInt64(got), registered: false)
+            }
             if got != length { sender.sourceChanged(f); return }
             if direct {
                 sender.ctx.progress.readDirect(bytes: UInt64(length))

@@ -136,10 +136,12 @@ public final class TransferServer: @unchecked Sendable {
     static let userBufferBytes = bufferBudgetBytes / 2
 
     /// What one data stream of a session with `chunkBytes` chunks holds (both directions:
-    /// two frame buffers and their headroom; zero-copy slots come on top when enabled).
-    static func streamBufferBytes(chunkBytes: Int) -> Int {
+    /// two frame buffers and their headroom; zero-copy slots come on top when enabled, and when
+    /// this side sends, the two buffers of direct reads, `SenderWorker.directBufferBytes`).
+    static func streamBufferBytes(chunkBytes: Int, sending: Bool) -> Int {
         2 * (DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes) + DataLayout.headroomBytes + DirectIO.alignment)
             + (ZeroCopy.enabled ? ZeroCopy.slots * (DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes) + DataLayout.headroomBytes) : 0)
+            + (sending && DirectIO.enabled && !ZeroCopy.enabled ? 2 * SenderWorker.directBufferBytes(chunkBytes: chunkBytes) : 0)
     }
 
     /// Sessions, bytes, refusals and handshakes, for the daemon's `/metrics`.
@@ -425,7 +427,7 @@ public final class TransferServer: @unchecked Sendable {
                 hello.options.selection = nil
             }
         }
-        let perStream = TransferServer.streamBufferBytes(chunkBytes: hello.options.chunkBytes)
+        let perStream = TransferServer.streamBufferBytes(chunkBytes: hello.options.chunkBytes, sending: hello.direction == .pull)
         let streams = try lock.withLock { () throws -> Int in
             let mine = bufferBytesByUser[who.user, default: 0]
             let userLeft = TransferServer.userBufferBytes - mine
