@@ -6,8 +6,8 @@
 //
 // And on the sending side: chunks of a large file on ext4 that the page cache does not hold
 // are read with O_DIRECT, the next one's read in flight while a chunk is sent (`SenderWorker`,
-// "Direct reads"): pushes and pulls at two protections and stream counts, a byte flipped in
-// flight (the chunk read again), kill -9 of the sender and a resume (the resumed chunks read
+// "Direct reads"): pushes and pulls at every protection and three stream counts, a byte flipped in
+// flight (the chunk read again, in `flippedByte`), kill -9 of the sender and a resume (the resumed chunks read
 // direct to be hashed), and the fallbacks (a file the cache holds, a sparse one, tmpfs,
 // `--direct-io off`).
 
@@ -36,61 +36,6 @@ struct DirectIOTests {
         fsync(fd)
         posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
         close(fd)
-    }
-
-    @Test("reads direct: a push and a pull of a file on ext4 that the cache does not hold are read with O_DIRECT, identical",
-          arguments: [("clear", 1), ("private", 4)])
-    func readsDirect(_ protection: String, _ streams: Int) throws {
-        let sb = try Sandbox("dio-read-\(protection)")
-        defer { sb.unmountAll() }
-        let root = sb.file("root")
-        let local = sb.file("local")
-        try sb.mountExt4(at: root, sizeMiB: 192)
-        try sb.mountExt4(at: local, sizeMiB: 192)
-        let src = local + "/src.bin"
-        try writeRandomFile(src, size: Self.size)
-        Self.evict(src)
-        let server = try FerryServer(sb, root: root)
-        defer { server.stop() }
-        let options = ["--protection", protection, "--streams", String(streams)]
-
-        let push = try sb.cp(src, server.url("pushed.bin"), options: options)
-        #expect(push.succeeded && filesIdentical(src, root + "/pushed.bin"), "\(push)")
-        #expect(Self.directReadBytes(push) == Self.size, "every chunk of the push read direct: \(push)")
-
-        Self.evict(root + "/pushed.bin")
-        let pull = try sb.cp(server.url("pushed.bin"), local + "/pulled.bin", options: options)
-        #expect(pull.succeeded && filesIdentical(src, local + "/pulled.bin"), "\(pull)")
-        // The server is the sender of a pull: its session line says what it read direct.
-        #expect(waitUntil(timeout: 5) { server.process.stderr.contains("40.0 MiB read direct") },
-                "the server's session line does not say it read the whole file direct: \(server.process.stderr.suffix(600))")
-
-        // The file is in the page cache now (filesIdentical read it): read buffered.
-        let again = try sb.cp(src, server.url("again.bin"), options: options)
-        #expect(again.succeeded && filesIdentical(src, root + "/again.bin"), "\(again)")
-        #expect(Self.directReadBytes(again) == 0, "a file the cache holds is read buffered: \(again)")
-    }
-
-    @Test("read direct, a byte flipped in flight: the chunk is read again and the copy is identical")
-    func readDirectFlippedByte() throws {
-        let sb = try Sandbox("dio-read-flip")
-        defer { sb.unmountAll() }
-        let root = sb.file("root")
-        try sb.mountExt4(at: root, sizeMiB: 96)
-        let local = try sb.dir("local")
-        try writeRandomFile(root + "/data.bin", size: 32 * E2E.MiB)
-        Self.evict(root + "/data.bin")
-        let server = try FerryServer(sb, root: root)
-        defer { server.stop() }
-        let proxy = try FlipProxy(targetPort: server.port, flipOffset: 3 * E2E.MiB, direction: .serverToClient)
-        defer { proxy.stop() }
-        let r = try sb.cp("ferry://127.0.0.1:\(proxy.port)/data.bin", local + "/data.bin", options: ["--streams", "2"])
-        #expect(proxy.flipped, "no connection carried 3 MiB")
-        #expect(r.succeeded, "\(r)")
-        #expect(filesIdentical(root + "/data.bin", local + "/data.bin"), "result differs from the source")
-        #expect(r.summary?.retransmittedChunks == 1, "\(r)")
-        // 32 MiB, and the chunk sent again read again (direct: the cache does not hold it).
-        #expect(waitUntil(timeout: 5) { server.process.stderr.contains("36.0 MiB read direct") }, "\(server.process.stderr.suffix(600))")
     }
 
     @Test("read direct, kill -9 of the sender half way: the rerun resumes, reading direct, identical")
@@ -149,8 +94,11 @@ struct DirectIOTests {
         #expect(r3.succeeded && filesIdentical(local + "/off.bin", root + "/off.bin") && Self.directReadBytes(r3) == 0, "\(r3)")
     }
 
-    @Test("push and pull onto ext4 at every protection: identical, written direct", arguments: ["clear", "safe", "private"])
-    func pushAndPull(_ protection: String) throws {
+    /// Each side writes direct what it receives and reads direct what it sends from a file the
+    /// page cache does not hold; a file the cache holds is read buffered.
+    @Test("push and pull between ext4 at every protection: identical, read and written direct",
+          arguments: [("clear", 1), ("safe", 2), ("private", 4)])
+    func pushAndPull(_ protection: String, _ streams: Int) throws {
         let sb = try Sandbox("dio-\(protection)")
         defer { sb.unmountAll() }
         let root = sb.file("root")
@@ -159,21 +107,33 @@ struct DirectIOTests {
         try sb.mountExt4(at: local, sizeMiB: 192)
         let src = local + "/src.bin"
         try writeRandomFile(src, size: Self.size)
+        Self.evict(src)
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
+        let options = ["--protection", protection, "--streams", String(streams)]
 
-        let push = try sb.cp(src, server.url("pushed.bin"), options: ["--protection", protection])
+        let push = try sb.cp(src, server.url("pushed.bin"), options: options)
         #expect(push.succeeded, "\(push)")
         #expect(filesIdentical(src, root + "/pushed.bin"), "pushed file differs")
+        #expect(Self.directReadBytes(push) == Self.size, "every chunk of the push read direct: \(push)")
         // The server is the receiver of a push: its session line says what went direct.
         #expect(waitUntil(timeout: 5) { server.process.stderr.contains("40.0 MiB written direct") },
             "the server's session line does not say the file was written direct: \(server.process.stderr.suffix(600))")
 
-        let pull = try sb.cp(server.url("pushed.bin"), local + "/pulled.bin", options: ["--protection", protection])
+        Self.evict(root + "/pushed.bin")
+        let pull = try sb.cp(server.url("pushed.bin"), local + "/pulled.bin", options: options)
         #expect(pull.succeeded, "\(pull)")
         #expect(filesIdentical(src, local + "/pulled.bin"), "pulled file differs")
         #expect(Self.directBytes(pull) == Self.directExpected, "direct bytes of the pull: \(pull)")
+        // The server is the sender of a pull: its session line says what it read direct.
+        #expect(waitUntil(timeout: 5) { server.process.stderr.contains("40.0 MiB read direct") },
+                "the server's session line does not say it read the whole file direct: \(server.process.stderr.suffix(600))")
         #expect(ferryLeftovers(local).isEmpty && ferryLeftovers(root).isEmpty)
+
+        // The source is in the page cache now (filesIdentical read it): read buffered.
+        let again = try sb.cp(src, server.url("again.bin"), options: options)
+        #expect(again.succeeded && filesIdentical(src, root + "/again.bin"), "\(again)")
+        #expect(Self.directReadBytes(again) == 0, "a file the cache holds is read buffered: \(again)")
     }
 
     /// The direct descriptor is opened by the session's thread acting as the user (through
@@ -275,14 +235,18 @@ struct DirectIOTests {
         #expect(!exists(ext4 + "/x.bin"))
     }
 
-    @Test("a byte flipped in flight: the chunk is fetched again and written direct", arguments: ["clear", "private"])
+    /// Both directions of direct I/O at once: the server reads the file direct (not in the
+    /// cache), the client writes it direct.
+    @Test("a byte flipped in flight: the chunk is read again direct, fetched again and written direct", arguments: ["clear", "private"])
     func flippedByte(_ protection: String) throws {
         let sb = try Sandbox("dio-flip-\(protection)")
         defer { sb.unmountAll() }
-        let root = try sb.dir("root")
+        let root = sb.file("root")
         let local = sb.file("local")
+        try sb.mountExt4(at: root, sizeMiB: 96)
         try sb.mountExt4(at: local, sizeMiB: 128)
         try writeRandomFile(root + "/data.bin", size: 32 * E2E.MiB)
+        Self.evict(root + "/data.bin")
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
         let proxy = try FlipProxy(targetPort: server.port, flipOffset: 3 * E2E.MiB, direction: .serverToClient)
@@ -293,6 +257,8 @@ struct DirectIOTests {
         #expect(filesIdentical(root + "/data.bin", local + "/data.bin"), "result differs from the source")
         #expect(r.summary?.retransmittedChunks == 1, "\(r)")
         #expect(Self.directBytes(r) == 32 * E2E.MiB, "every chunk, the one sent again too, written direct: \(r)")
+        // 32 MiB, and the chunk sent again read again (direct: the cache does not hold it).
+        #expect(waitUntil(timeout: 5) { server.process.stderr.contains("36.0 MiB read direct") }, "\(server.process.stderr.suffix(600))")
     }
 
     @Test("kill -9 of the receiving server half way onto ext4, then a rerun resumes")
