@@ -189,9 +189,10 @@ print(json.dumps({"waited": waited, "closed": closed, "after": time.time() - t1,
     }
 
     /// Slowloris: 20 connections (all that `api_connections` allows) each stall a request in
-    /// another place: eight trickle a request head a byte at a time, six send nothing, three
-    /// send a whole request and the start of the next in one packet, three make one quick
-    /// request and then trickle the next. Hummingbird's idle timer counts decoded
+    /// another place: eight trickle a request head a byte at a time, four send nothing, three
+    /// send a whole request and the start of the next in one packet, two send a request that
+    /// is answered (404) before its body's last byte, then that byte and the start of the
+    /// next, trickled, and three make one quick request and then trickle the next. Hummingbird's idle timer counts decoded
     /// request parts only, so before `RequestDeadline` each of them held its connection for
     /// `api_idle_seconds` (60 s) and a health check waited that long; now each is closed
     /// `api_request_seconds` after it started waiting for a request (its opening, or its last
@@ -223,8 +224,21 @@ for i in range(8):
     s = connect()
     s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
     conns.append((s, "head", time.time()))
-for _ in range(6):
+for _ in range(4):
     conns.append((socket.create_connection(("127.0.0.1", port), timeout=30), "silent", time.time()))
+for _ in range(2):
+    # Answered before it ends (404 from the head), its last byte after the answer, then the
+    # next head trickled.
+    s = connect()
+    s.sendall(b"POST /api/v1/nope HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 4"), answer
+    time.sleep(0.2)
+    s.sendall(b"a")
+    s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHo")
+    conns.append((s, "keepalive", time.time()))
 for _ in range(3):
     # One packet: a whole request and the start of the next, then nothing.
     s = connect()

@@ -37,7 +37,9 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     private var timer: Scheduled<Void>?
     /// A request's head has arrived and its end has not.
     private var reading = false
-    /// Requests read whole whose answers have not ended.
+    /// Requests whose head has arrived and whose answer has not ended (an answer may end
+    /// before its request does: a 404 or 401 is sent from the head, and the rest of the body
+    /// is read after it).
     private var owed = 0
     private let expired: ExpiredRequests
 
@@ -74,12 +76,14 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head:
             reading = true
+            owed += 1
             // Read while an earlier answer is still going: its own clock from here.
             if timer == nil { start(context) }
         case .end:
             reading = false
-            owed += 1
-            stop()
+            // Its answer still to come: no clock while the daemon answers. Already sent (an
+            // early answer): the connection waits for its next request from now.
+            if owed > 0 { stop() } else { start(context) }
         case .body:
             break
         }
@@ -89,7 +93,8 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         if case .end = unwrapOutboundIn(data) {
             owed = max(0, owed - 1)
-            // Every answer owed has ended: the connection waits for the next request.
+            // Every answer owed has ended and no request is arriving: the connection waits
+            // for its next request. (Still arriving: its clock runs from its head.)
             if owed == 0 && !reading { start(context) }
         }
         context.write(data, promise: promise)

@@ -52,6 +52,9 @@ final class SenderWorker {
     /// The direct buffer the current chunk is in (the next read goes into the other).
     private var directCurrent = 1
     private var mincoreScratch: [UInt8] = []
+    /// A read could be neither submitted nor run out: this stream reads buffered from then on
+    /// (its read ring is never waited on again).
+    private var directBroken = false
 
     init(sender: Sender, conn: Connection) throws {
         self.sender = sender
@@ -112,7 +115,8 @@ final class SenderWorker {
         do { try readRing!.submit() } catch {
             // Not submitted: the read stays queued; run it out now, so that no later wait
             // takes its completion for another's, and no late read lands in a buffer in use.
-            _ = try? readRing!.drain { _, _ in }
+            // If even that fails, this stream's direct reads end here.
+            if (try? readRing!.drain { _, _ in }) == nil { directBroken = true }
             throw error
         }
     }
@@ -236,7 +240,7 @@ final class SenderWorker {
         var length = f.isStream ? chunkBytes : Int(min(UInt64(chunkBytes), f.size - offset))
         // A file's chunk is read into the next zero-copy slot when those sends are on.
         let slot = f.isStream ? nil : try zeroCopy.flatMap { $0.usable ? try $0.acquire() : nil }
-        let directFd = f.isStream || zeroCopy != nil ? -1 : sender.directDescriptor(f)
+        let directFd = f.isStream || zeroCopy != nil || directBroken ? -1 : sender.directDescriptor(f)
         var direct = false
         if directFd >= 0 && preread == nil && DirectIO.mostlyUncached(fd: fd, offset: offset, length: length, scratch: &mincoreScratch)
             && sender.beginDirectRead(wait: true) {
@@ -275,13 +279,14 @@ final class SenderWorker {
             // Direct: the whole blocks asked for came (more than `length` when the file grew
             // since it was listed, which the check after the last read reports).
             var got = direct ? min(length, Int(preread!.result)) : try readFully(fd: fd, into: data, length: length, offset: offset, registered: slot == nil)
+            let gotDirect = direct ? got : 0
             if direct && got < length && got > 0 {
                 // Short, but not at the end (a filesystem may return less): the rest buffered.
                 got += try readFully(fd: fd, into: data + got, length: length - got, offset: offset + UInt64(got), registered: false)
             }
             if got != length { sender.sourceChanged(f); return }
             if direct {
-                sender.ctx.progress.readDirect(bytes: UInt64(length))
+                sender.ctx.progress.readDirect(bytes: UInt64(gotDirect))
                 lookAhead(next(), busy: directCurrent)
             }
             hash = ChunkHash.of(data, length)
@@ -323,7 +328,7 @@ final class SenderWorker {
     private func lookAhead(_ work: (SenderFile, Int)?, busy: Int) {
         guard let (f, index) = work, let fd = try? sender.descriptor(f) else { return }
         let offset = UInt64(index) * UInt64(chunkBytes)
-        let directFd = f.isStream ? -1 : sender.directDescriptor(f)
+        let directFd = f.isStream || directBroken ? -1 : sender.directDescriptor(f)
         guard directFd >= 0, offset < f.size,
               DirectIO.mostlyUncached(fd: fd, offset: offset, length: Int(min(UInt64(chunkBytes), f.size - offset)), scratch: &mincoreScratch),
               (try? directBuffers()) != nil, sender.beginDirectRead(wait: false, ahead: readProbe) else {

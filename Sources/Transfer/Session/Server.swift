@@ -127,7 +127,9 @@ public final class TransferServer: @unchecked Sendable {
     /// while they fit in a quarter of the budget and in what other sessions left; a session
     /// that cannot have one stream is refused as busy (retryable). With the default 4 MiB
     /// chunks a stream costs about 8.1 MiB: 64 streams (about 520 MiB) fit in a session, and
-    /// seven such sessions at once; 64 MiB chunks get 7 streams a session. One user's sessions
+    /// seven such sessions at once; 64 MiB chunks get 7 streams a session. A pull's streams
+    /// (this server sends) also count the two direct-read buffers: about 16.1 MiB a stream,
+    /// 63 streams a session; 3 at 64 MiB chunks. One user's sessions
     /// together get at most half the budget (`userBufferBytes`): a user running many copies
     /// at once (or a script that opens sessions in a loop) cannot leave the others none; past
     /// their share their next session is refused as busy, retryable, and says why.
