@@ -542,22 +542,22 @@ final class Sender: @unchecked Sendable {
         // Opened outside the lock (on a parallel filesystem an open is a round trip to its
         // metadata server, which the other streams need not wait for); the caller's use of
         // the file keeps `f.fd` open meanwhile. A stream that loses the race closes its own.
-        let source: Int32? = lock.withLock {
-            if f.directChecked { return nil }
-            return !f.isStream && !f.sparse && f.fd >= 0 ? f.fd : -1
+        // Once checked (every chunk but a file's first): one lock, and the answer.
+        let (known, source): (Int32?, Int32) = lock.withLock {
+            if f.directChecked { return (f.directRefused ? -1 : f.directFd, -1) }
+            return (nil, !f.isStream && !f.sparse && f.fd >= 0 ? f.fd : -1)
         }
-        if let source {
-            let opened = source >= 0 ? DirectIO.openForReading(source: source, size: f.size, chunkBytes: ctx.options.chunkBytes) : -1
-            lock.withLock {
-                if f.directChecked {
-                    if opened >= 0 { Glibc.close(opened) }
-                } else {
-                    f.directChecked = true
-                    f.directFd = opened
-                }
+        if let known { return known }
+        let opened = source >= 0 ? DirectIO.openForReading(source: source, size: f.size, chunkBytes: ctx.options.chunkBytes) : -1
+        return lock.withLock {
+            if f.directChecked {
+                if opened >= 0 { Glibc.close(opened) }
+            } else {
+                f.directChecked = true
+                f.directFd = opened
             }
+            return f.directRefused ? -1 : f.directFd
         }
-        return lock.withLock { f.directRefused ? -1 : f.directFd }
     }
 
     /// Direct reads in flight across the session's data streams (`SenderWorker`, "Direct
@@ -584,7 +584,9 @@ final class Sender: @unchecked Sendable {
     func beginDirectRead(wait: Bool, ahead: CompletionProbe? = nil) -> Bool {
         lock.withLock {
             for _ in 0..<100_000 {
-                if directReads - directAhead.filter({ $0.posted }).count < Sender.directReadsMax {
+                var finished = 0
+                for p in directAhead where p.posted { finished += 1 }
+                if directReads - finished < Sender.directReadsMax {
                     directReads += 1
                     if let ahead { directAhead.append(ahead) }
                     return true
