@@ -7,7 +7,7 @@
 
 bench_setup() {
     local name=$1
-    [ -f "$SRC" ] && [ -n "$DST" ] || { echo "bench/$name.sh: --src FILE and --dst DIR are required" >&2; exit 2; }
+    [ -e "$SRC" ] && [ -n "$DST" ] || { echo "bench/$name.sh: --src FILE and --dst DIR are required" >&2; exit 2; }
     case $DST in /|/tmp|/var|/var/tmp|/dev/shm|"$HOME") echo "bench/$name.sh: --dst must be a directory of its own" >&2; exit 2 ;; esac
     FERRY=$(readlink -f "$FERRY")
     P=$(mktemp -d "/tmp/ferry-$name.XXXXXX")
@@ -20,6 +20,9 @@ bench_setup() {
 
 bench_serve() {
     rm -rf "$DST"; mkdir -p "$DST"
+    # Removed first: the shell truncates it in the background child, possibly after the wait
+    # below has read the previous server's port from it.
+    rm -f "$P/serve.out" "$P/serve.err"
     "$FERRY" serve --root "$DST" --run-as root "$@" --listen 127.0.0.1:0 --cert "$P/bench.crt" --key "$P/bench.key" --ca "$P/ca.crt" >"$P/serve.out" 2>"$P/serve.err" &
     SERVER=$!
     PORT=""

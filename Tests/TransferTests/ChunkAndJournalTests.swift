@@ -266,6 +266,40 @@ struct RingTests {
         #expect(st.st_size == 4096 + (1 << 16))
     }
 
+    @Test("buffers registered lazily: plain operations until the first fixed one, which registers them unless something is in flight; the bytes are right either way")
+    func lazyRegistration() throws {
+        let dir = try TempDir()
+        let ring = try Ring(entries: 8)
+        let pool = try BufferPool(count: 2, bytesPerBuffer: 1 << 16)
+        pool.registerLazily(with: ring)
+        let fd = open(dir.path + "/f", O_RDWR | O_CREAT, 0o600)
+        defer { close(fd) }
+        let src = pool.buffer(0)
+        for i in 0..<(1 << 16) { src.storeBytes(of: UInt8(truncatingIfNeeded: i * 13), toByteOffset: i, as: UInt8.self) }
+        // A plain write (a batch's kind of operation) does not register.
+        #expect(try ring.runOne { try ring.write(fd: fd, buffer: src, length: 1 << 16, offset: 0, bufferIndex: nil, tag: 1) } == 1 << 16)
+        #expect(!ring.buffersRegistered)
+        // A fixed operation while a receive is in flight goes plain, and registers nothing.
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let byte = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 1)
+        defer { byte.deallocate() }
+        try ring.recv(fd: fds[0], buffer: byte, length: 1, tag: 9)
+        try ring.read(fd: fd, buffer: pool.buffer(1), length: 1 << 16, offset: 0, bufferIndex: 1, tag: 2)
+        #expect(!ring.buffersRegistered)
+        #expect(write(fds[1], "x", 1) == 1)
+        var got: [UInt64: Int32] = [:]
+        try ring.drain { tag, res in got[tag] = res }
+        #expect(got[2] == 1 << 16 && got[9] == 1)
+        #expect(memcmp(pool.buffer(0), pool.buffer(1), 1 << 16) == 0)
+        // The first fixed operation with nothing in flight registers, and moves the bytes.
+        memset(pool.buffer(1), 0, 1 << 16)
+        #expect(try ring.runOne { try ring.read(fd: fd, buffer: pool.buffer(1), length: 1 << 16, offset: 0, bufferIndex: 1, tag: 3) } == 1 << 16)
+        #expect(ring.buffersRegistered)
+        #expect(memcmp(pool.buffer(0), pool.buffer(1), 1 << 16) == 0)
+    }
+
     @Test("a linked timeout cancels a receive that never completes")
     func timeout() throws {
         var fds: [Int32] = [0, 0]

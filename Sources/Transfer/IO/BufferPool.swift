@@ -34,7 +34,13 @@ final class BufferPool {
     @inline(__always)
     func buffer(_ i: Int) -> UnsafeMutableRawPointer { base + i * bytesPerBuffer }
 
+    /// Registers the buffers with `ring` now (zero-copy sends name them at once).
     func register(with ring: Ring) throws {
         try ring.register(buffers: iovecs, count: count)
+    }
+
+    /// Registers the buffers with `ring` at its first fixed read or write (`Ring.registerLater`).
+    func registerLazily(with ring: Ring) {
+        ring.registerLater(buffers: iovecs, count: count)
     }
 }

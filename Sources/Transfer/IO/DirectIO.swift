@@ -57,6 +57,10 @@ public enum DirectIO {
         0x1983_0326, // BeeGFS
     ]
 
+    /// Filesystems that hold their files in memory (tmpfs, ramfs): a read there never waits
+    /// for a device.
+    static let memoryFilesystems: Set<Int> = [0x0102_1994, 0x8584_58F6]
+
     /// Parses the setting's value (`auto` or `off`); `what`: its name in the error.
     public static func parse(_ text: String, what: String = "--direct-io") throws -> Bool {
         switch text {

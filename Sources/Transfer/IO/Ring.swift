@@ -15,6 +15,8 @@ final class Ring {
     /// Submitted but not yet completed operations (for the synchronous helpers' bookkeeping).
     private(set) var inFlight = 0
     private var registeredBuffers = false
+    /// Buffers handed to `registerLater` and not yet registered (see there).
+    private var pendingBuffers: (iovecs: UnsafeMutablePointer<iovec>, count: Int)?
     /// The kernel reads a linked timeout's timespec at submission: it must outlive the call.
     private let timeoutSpec = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
 
@@ -67,11 +69,40 @@ final class Ring {
     /// The ring's descriptor (tests: which kernel ring this is).
     var descriptor: Int32 { ring.ring_fd }
 
-    /// Registers `count` buffers for READ_FIXED/WRITE_FIXED (index = position).
+    /// Registers `count` buffers for fixed operations (index = position) now.
     func register(buffers: UnsafeMutablePointer<iovec>, count: Int) throws {
         let r = io_uring_register_buffers(&ring, buffers, UInt32(count))
         if r < 0 { throw TransferError.system("io_uring_register_buffers", errno: -r) }
         registeredBuffers = true
+    }
+
+    /// Buffers for READ_FIXED/WRITE_FIXED (index = position), registered at the first `read`
+    /// or `write` that names one. Registering pins every page of every buffer, faulting in and
+    /// zeroing the ones never touched: two buffers of a chunk and more per data stream on each
+    /// side, paid at the start of every session. A session of small files only (batches)
+    /// never names a buffer, and one that never compresses never touches its second buffer:
+    /// a sender's registration waits (an empty tree's push took 43 ms with it at once, 32
+    /// without; bench/RESULTS.md). A receiver registers at once (`ReceiverWorker`).
+    /// `iovecs` must stay valid for the ring's life.
+    func registerLater(buffers: UnsafeMutablePointer<iovec>, count: Int) {
+        pendingBuffers = (buffers, count)
+    }
+
+    /// Whether buffers are registered with the ring now (tests).
+    var buffersRegistered: Bool { registeredBuffers }
+
+    /// `index` if the buffers are (or can now be) registered, else nil: the operation is then
+    /// prepared as a plain one. Registration waits until nothing is in flight (older kernels
+    /// quiesce the ring to register buffers); a plain read or write moves the same bytes.
+    private func fixed(_ index: Int?) throws -> Int? {
+        guard let index else { return nil }
+        if registeredBuffers { return index }
+        guard let pending = pendingBuffers, inFlight == 0 else { return nil }
+        pendingBuffers = nil
+        let r = io_uring_register_buffers(&ring, pending.iovecs, UInt32(pending.count))
+        if r < 0 { throw TransferError.system("io_uring_register_buffers", errno: -r) }
+        registeredBuffers = true
+        return index
     }
 
     /// A free submission entry; submits what is queued when the queue is full.
@@ -89,8 +120,9 @@ final class Ring {
     // MARK: preparing operations (each sets the tag and counts one in-flight op)
 
     func read(fd: Int32, buffer: UnsafeMutableRawPointer, length: Int, offset: UInt64, bufferIndex: Int?, tag: UInt64) throws {
+        let index = try fixed(bufferIndex)
         let s = try sqe()
-        if let bufferIndex, registeredBuffers {
+        if let bufferIndex = index {
             io_uring_prep_read_fixed(s, fd, buffer, UInt32(length), offset, Int32(bufferIndex))
         } else {
             io_uring_prep_read(s, fd, buffer, UInt32(length), offset)
@@ -99,8 +131,9 @@ final class Ring {
     }
 
     func write(fd: Int32, buffer: UnsafeRawPointer, length: Int, offset: UInt64, bufferIndex: Int?, tag: UInt64) throws {
+        let index = try fixed(bufferIndex)
         let s = try sqe()
-        if let bufferIndex, registeredBuffers {
+        if let bufferIndex = index {
             io_uring_prep_write_fixed(s, fd, buffer, UInt32(length), offset, Int32(bufferIndex))
         } else {
             io_uring_prep_write(s, fd, buffer, UInt32(length), offset)

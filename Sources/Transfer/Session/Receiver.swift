@@ -163,6 +163,9 @@ final class Receiver: @unchecked Sendable {
     /// By the path's bytes, not by `String`: Swift compares and hashes canonically equivalent
     /// spellings as equal, and "café" in NFC and in NFD are two directories on Linux.
     private var dirCache: [[UInt8]: DirHandle] = [:]
+    /// The directory `directory` returned last, with its key: a manifest lists a directory's
+    /// entries one after another, so most entries find theirs here without building a key.
+    private var lastDirectory: (key: [UInt8], dir: DirHandle)?
     /// Directories this session made (relative to the target, by their bytes; at most
     /// `newDirectoriesMax`, beyond which one-chunk files in further new directories look for a
     /// stale journal too).
@@ -382,12 +385,24 @@ final class Receiver: @unchecked Sendable {
         try ctx.control.send(.fileDone, w.bytes, ring: ring)
     }
 
-    /// The directory for entries beneath the target (cached; resolved beneath it, never outside).
-    private func directory(_ relative: ArraySlice<Substring>) throws -> DirHandle {
+    /// The directory for the entry at `path` (its components `parts`) beneath the target
+    /// (cached; resolved beneath it, never outside).
+    private func directory(of path: String, _ parts: [Substring]) throws -> DirHandle {
         guard let top = targetDir else { throw TransferError.protocolError("entry before the root entry") }
-        if relative.isEmpty { return top }
-        let path = relative.joined(separator: "/")
-        let key = Array(path.utf8)
+        if parts.count < 2 { return top }
+        // `path` is `parts` joined by "/" (`Paths.components` refused every other spelling), so
+        // the parent's key is the path's bytes before its last "/".
+        let bytes = path.utf8
+        guard let slash = bytes.lastIndex(of: UInt8(ascii: "/")) else { throw TransferError.protocolError("entry path without its directory") }
+        let parent = bytes[..<slash]
+        if let last = lastDirectory, parent.elementsEqual(last.key) { return last.dir }
+        let key = Array(parent)
+        let d = try cachedDirectory(top, key, path: String(decoding: key, as: UTF8.self))
+        lastDirectory = (key, d)
+        return d
+    }
+
+    private func cachedDirectory(_ top: DirHandle, _ key: [UInt8], path: String) throws -> DirHandle {
         if let d = dirCache[key] { return d }
         if dirCache.count >= 256 { dirCache.removeAll(keepingCapacity: true) }
         let fd = try Paths.open(beneath: top.fd, path, flags: FERRY_O_PATH | O_DIRECTORY)
@@ -463,7 +478,7 @@ final class Receiver: @unchecked Sendable {
                 if e.kind == .directory { return nil }
                 throw TransferError.protocolError("root entry kind mismatch")
             }
-            dir = try directory(parts.dropLast())
+            dir = try directory(of: e.path, parts)
             name = String(parts.last!)
         }
         if PartialNames.isHelper(name) { throw TransferError(.path, "refusing to write Ferry's own helper name '\(e.path)'") }
@@ -473,7 +488,7 @@ final class Receiver: @unchecked Sendable {
             if !made && errno != EEXIST {
                 throw TransferError.system("cannot create directory '\(display)'", errno: errno)
             }
-            if made && newDirectories.count < Receiver.newDirectoriesMax { newDirectories.insert(Array(parts.joined(separator: "/").utf8)) }
+            if made && newDirectories.count < Receiver.newDirectoriesMax { newDirectories.insert(Array(e.path.utf8)) }
             var st = stat()
             if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || (st.st_mode & S_IFMT) != S_IFDIR {
                 // Named as what it is: a symbolic link is never followed here (it could lead

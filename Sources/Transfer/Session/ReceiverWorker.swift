@@ -3,7 +3,10 @@ import Glibc
 
 /// One data stream of a `Receiver`: receives frames into a registered buffer, decompresses
 /// into a second one, verifies every chunk's hash and writes it at its offset (WRITE_FIXED).
-/// Small-file batches are created, written, closed and renamed with batched ring submissions.
+/// Small-file batches are created, written and renamed with direct calls and closed with one
+/// ring submission. The buffers are registered (pinned) when the stream starts, not at its
+/// first chunk as a sender's are (`Ring.registerLater`): on a server they are what the buffer
+/// budget grants a session, and a granted stream holds them whether or not its client sends.
 final class ReceiverWorker {
     private unowned let receiver: Receiver
     private let conn: Connection
@@ -344,7 +347,6 @@ final class ReceiverWorker {
             if !verdicts.isEmpty { try receiver.sendVerdicts(verdicts, ring: ring) }
             return
         }
-        let bufferIndex = content == pool.buffer(1) ? 1 : 0
         // Phase 1: create every temporary file.
         for (i, a) in accepted.enumerated() {
             let slot = nameArena + i * nameSlotBytes
@@ -366,23 +368,20 @@ final class ReceiverWorker {
             fds[i] = openat(a.f.dir.fd, slot, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(a.f.entry.mode))
             if fds[i] < 0 { fds[i] = -errno }
         }
-        // Phase 2: write them.
-        for (i, a) in accepted.enumerated() where fds[i] >= 0 && a.size > 0 {
-            try ring.write(fd: fds[i], buffer: a.data, length: a.size, offset: 0, bufferIndex: bufferIndex, tag: UInt64(i))
-        }
-        try ring.drain { tag, res in self.results[Int(tag)] = res }
-        // Metadata (no ring operation exists for these), then close and rename in one submission.
+        // Phase 2: write each file, set its times, and close it in the ring (one submission).
+        // The write is a direct call too: a ring write of a file on tmpfs (and of any file whose
+        // filesystem cannot take a write without blocking) goes through a kernel worker, whose
+        // hand-off cost more than the 4 KiB copy itself (20,000 files: server CPU 22 -> see
+        // bench/RESULTS.md, "Small files: direct writes").
         for (i, a) in accepted.enumerated() where fds[i] >= 0 {
-            if a.size > 0 && results[i] >= 0 && Int(results[i]) < a.size {
-                var done = Int(results[i])
-                while done < a.size {
-                    let r = pwrite(fds[i], a.data + done, a.size - done, off_t(done))
-                    if r < 0 && errno == EINTR { continue }
-                    if r <= 0 { results[i] = r < 0 ? -errno : -EIO; break }
-                    done += r
-                }
-                if done == a.size { results[i] = Int32(a.size) }
+            var done = 0
+            while done < a.size {
+                let r = pwrite(fds[i], a.data + done, a.size - done, off_t(done))
+                if r < 0 && errno == EINTR { continue }
+                if r <= 0 { results[i] = r < 0 ? -errno : -EIO; break }
+                done += r
             }
+            if done == a.size { results[i] = Int32(a.size) }
             var t = a.f.times
             _ = futimens(fds[i], &t)
             try ring.close(fd: fds[i], tag: UInt64(Wire.batchFilesMax + i))

@@ -1,7 +1,8 @@
 import CLiburing
 import Glibc
 
-/// One data stream of a `Sender`: its ring, its two registered buffers (read, compress) and its
+/// One data stream of a `Sender`: its ring, its two buffers (read, compress: registered at the
+/// first chunk read, never for batches of small files) and its
 /// zstd context. Everything is allocated when the stream starts; the per-chunk path allocates
 /// nothing.
 final class SenderWorker {
@@ -19,6 +20,14 @@ final class SenderWorker {
     private let hows: UnsafeMutablePointer<open_how>
     private var fds: [Int32]
     private var results: [Int32]
+    /// Per file of the batch being read: its filesystem keeps it in memory (see `inMemory`).
+    private var readDirectly: [Bool]
+    /// Devices seen in batches: whether each is a tmpfs (or ramfs). A ring read of a file there
+    /// goes through a kernel worker thread (io_uring cannot read it without blocking, as far as
+    /// it knows), and that hand-off costs more than the 4 KiB copy; nothing there waits for a
+    /// device, so a batch reads such files with direct calls. Other filesystems keep the ring's
+    /// parallel reads, which a cold disk needs. At most 64 devices remembered.
+    private var memoryDevices: [UInt64: Bool] = [:]
     private var zeroHashes = ZeroHashes()
     /// Seals every frame at the `safe` and `private` levels; nil at `clear`.
     private let sealer: FrameSealer?
@@ -68,13 +77,14 @@ final class SenderWorker {
         ring = try Ring(entries: UInt32(min(4096, Wire.batchFilesMax * 2)))
         let bufferBytes = headroom + DataLayout.framePayloadBytesMax(chunkBytes: chunkBytes)
         pool = try BufferPool(count: 2, bytesPerBuffer: bufferBytes)
-        try pool.register(with: ring)
+        pool.registerLazily(with: ring)
         zeroCopy = ZeroCopy.enabled ? try ZeroCopySender(bytesPerBuffer: bufferBytes) : nil
         policy = sender.compressionPolicy
         pathArena = .allocate(capacity: pathSlotBytes * Wire.batchFilesMax)
         hows = .allocate(capacity: Wire.batchFilesMax)
         fds = [Int32](repeating: -1, count: Wire.batchFilesMax)
         results = [Int32](repeating: 0, count: Wire.batchFilesMax)
+        readDirectly = [Bool](repeating: false, count: Wire.batchFilesMax)
     }
 
     deinit {
@@ -343,6 +353,15 @@ final class SenderWorker {
         ahead = (f, index, busy ^ 1)  // released when consumed (or at the stream's end)
     }
 
+    /// Whether the file open at `fd` (on `device`) lives on a tmpfs or ramfs (`memoryDevices`).
+    private func inMemory(_ fd: Int32, device: UInt64) -> Bool {
+        if let known = memoryDevices[device] { return known }
+        let memory = DirectIO.memoryFilesystems.contains(Int(ferry_fs_type(fd)))
+        if memoryDevices.count >= 64 { memoryDevices.removeAll() }
+        memoryDevices[device] = memory
+        return memory
+    }
+
     /// How `sendBatch` opens each file (O_NONBLOCK: see there).
     static let batchOpenFlags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC
 
@@ -374,6 +393,7 @@ final class SenderWorker {
                 if (st.st_mode & S_IFMT) != S_IFREG {
                     throw TransferError(.path, "'\(f.path)' is \(Paths.kindName(st.st_mode)), not a file")
                 }
+                readDirectly[i] = inMemory(fds[i], device: UInt64(st.st_dev))
             } catch {
                 Glibc.close(fds[i])
                 fds[i] = Int32.min  // failed and reported
@@ -389,8 +409,14 @@ final class SenderWorker {
         for (i, f) in files.enumerated() {
             offsets[i] = at
             if fds[i] < 0 { continue }
-            if f.size > 0 {
-                try ring.read(fd: fds[i], buffer: dataStart + at, length: Int(f.size), offset: 0, bufferIndex: 0, tag: UInt64(i))
+            if f.size > 0 && readDirectly[i] {
+                // A short read is finished below, as a ring read's is.
+                var r = pread(fds[i], dataStart + at, Int(f.size), 0)
+                while r < 0 && errno == EINTR { r = pread(fds[i], dataStart + at, Int(f.size), 0) }
+                results[i] = r < 0 ? -errno : Int32(r)
+            } else if f.size > 0 {
+                // A plain read: a session of small files never registers its buffers (`Ring.registerLater`).
+                try ring.read(fd: fds[i], buffer: dataStart + at, length: Int(f.size), offset: 0, bufferIndex: nil, tag: UInt64(i))
             }
             at += Int(f.size)
         }

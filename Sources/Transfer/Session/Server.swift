@@ -122,7 +122,7 @@ public final class TransferServer: @unchecked Sendable {
 
     /// Buffer memory for data streams, the whole server and one session. Each data stream
     /// holds two frame buffers of the session's chunk size (registered with its ring, so
-    /// pinned), and both the stream count (up to 64) and the chunk size (up to 64 MiB) are the
+    /// pinned: a receiving stream's at once, a sending stream's at its first chunk), and both the stream count (up to 64) and the chunk size (up to 64 MiB) are the
     /// client's to choose: one session could pin 8 GiB. A session gets the streams it asks for
     /// while they fit in a quarter of the budget and in what other sessions left; a session
     /// that cannot have one stream is refused as busy (retryable). With the default 4 MiB
