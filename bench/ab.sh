@@ -28,7 +28,7 @@ bench_setup ab
 BASE=$FERRY
 [ -z "$AF" ] || AF=$(readlink -f "$AF"); [ -z "$BF" ] || BF=$(readlink -f "$BF")
 if [ -d "$SRC" ]; then
-    TREE=(-r); SIZE=$(du -sb --apparent-size "$SRC" | cut -f1); FILES=$(find "$SRC" -type f | wc -l)
+    TREE=(-r); SIZE=$(find "$SRC" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'); FILES=$(find "$SRC" -type f | wc -l)
 else
     TREE=(); SIZE=$(stat -c %s "$SRC"); FILES=1
 fi

@@ -7,7 +7,7 @@
 
 bench_setup() {
     local name=$1
-    [ -e "$SRC" ] && [ -n "$DST" ] || { echo "bench/$name.sh: --src FILE and --dst DIR are required" >&2; exit 2; }
+    [ -e "$SRC" ] && [ -n "$DST" ] || { echo "bench/$name.sh: --src FILE|DIR and --dst DIR are required" >&2; exit 2; }
     case $DST in /|/tmp|/var|/var/tmp|/dev/shm|"$HOME") echo "bench/$name.sh: --dst must be a directory of its own" >&2; exit 2 ;; esac
     FERRY=$(readlink -f "$FERRY")
     P=$(mktemp -d "/tmp/ferry-$name.XXXXXX")
@@ -28,7 +28,7 @@ bench_serve() {
     PORT=""
     local i
     for i in $(seq 1 100); do
-        PORT=$(grep -m1 -oE 'listening on 127\.0\.0\.1:[0-9]+' "$P/serve.out" | sed 's/.*://' || true)
+        PORT=$(grep -m1 -oE 'listening on 127\.0\.0\.1:[0-9]+' "$P/serve.out" 2>/dev/null | sed 's/.*://' || true)
         [ -n "$PORT" ] && break
         sleep 0.1
     done

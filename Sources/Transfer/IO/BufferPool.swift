@@ -34,7 +34,8 @@ final class BufferPool {
     @inline(__always)
     func buffer(_ i: Int) -> UnsafeMutableRawPointer { base + i * bytesPerBuffer }
 
-    /// Registers the buffers with `ring` now (zero-copy sends name them at once).
+    /// Registers the buffers with `ring` now: zero-copy sends name them at once, and a
+    /// receiver's are what the server's buffer budget grants (`ReceiverWorker`).
     func register(with ring: Ring) throws {
         try ring.register(buffers: iovecs, count: count)
     }

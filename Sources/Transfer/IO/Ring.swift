@@ -78,11 +78,12 @@ final class Ring {
 
     /// Buffers for READ_FIXED/WRITE_FIXED (index = position), registered at the first `read`
     /// or `write` that names one. Registering pins every page of every buffer, faulting in and
-    /// zeroing the ones never touched: two buffers of a chunk and more per data stream on each
-    /// side, paid at the start of every session. A session of small files only (batches)
-    /// never names a buffer, and one that never compresses never touches its second buffer:
-    /// a sender's registration waits (an empty tree's push took 43 ms with it at once, 32
-    /// without; bench/RESULTS.md). A receiver registers at once (`ReceiverWorker`).
+    /// zeroing them: two buffers of a chunk per data stream, paid when the stream starts. A
+    /// sender's batches of small files use plain reads and name no buffer, so a session of
+    /// small files only never pays it (an empty tree's push took 43 ms with the sender's
+    /// buffers registered at once, 32 without: bench/RESULTS.md, "Issue 18, the night of
+    /// 2026-12-06"). A receiver registers at once (`ReceiverWorker`). If registering fails
+    /// (a memory-lock limit), every operation stays plain: slower, the same bytes.
     /// `iovecs` must stay valid for the ring's life.
     func registerLater(buffers: UnsafeMutablePointer<iovec>, count: Int) {
         pendingBuffers = (buffers, count)
@@ -94,13 +95,12 @@ final class Ring {
     /// `index` if the buffers are (or can now be) registered, else nil: the operation is then
     /// prepared as a plain one. Registration waits until nothing is in flight (older kernels
     /// quiesce the ring to register buffers); a plain read or write moves the same bytes.
-    private func fixed(_ index: Int?) throws -> Int? {
+    private func fixed(_ index: Int?) -> Int? {
         guard let index else { return nil }
         if registeredBuffers { return index }
         guard let pending = pendingBuffers, inFlight == 0 else { return nil }
         pendingBuffers = nil
-        let r = io_uring_register_buffers(&ring, pending.iovecs, UInt32(pending.count))
-        if r < 0 { throw TransferError.system("io_uring_register_buffers", errno: -r) }
+        guard io_uring_register_buffers(&ring, pending.iovecs, UInt32(pending.count)) == 0 else { return nil }
         registeredBuffers = true
         return index
     }
@@ -120,7 +120,7 @@ final class Ring {
     // MARK: preparing operations (each sets the tag and counts one in-flight op)
 
     func read(fd: Int32, buffer: UnsafeMutableRawPointer, length: Int, offset: UInt64, bufferIndex: Int?, tag: UInt64) throws {
-        let index = try fixed(bufferIndex)
+        let index = fixed(bufferIndex)
         let s = try sqe()
         if let bufferIndex = index {
             io_uring_prep_read_fixed(s, fd, buffer, UInt32(length), offset, Int32(bufferIndex))
@@ -131,7 +131,7 @@ final class Ring {
     }
 
     func write(fd: Int32, buffer: UnsafeRawPointer, length: Int, offset: UInt64, bufferIndex: Int?, tag: UInt64) throws {
-        let index = try fixed(bufferIndex)
+        let index = fixed(bufferIndex)
         let s = try sqe()
         if let bufferIndex = index {
             io_uring_prep_write_fixed(s, fd, buffer, UInt32(length), offset, Int32(bufferIndex))

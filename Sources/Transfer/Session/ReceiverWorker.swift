@@ -371,8 +371,8 @@ final class ReceiverWorker {
         // Phase 2: write each file, set its times, and close it in the ring (one submission).
         // The write is a direct call too: a ring write of a file on tmpfs (and of any file whose
         // filesystem cannot take a write without blocking) goes through a kernel worker, whose
-        // hand-off cost more than the 4 KiB copy itself (20,000 files: server CPU 22 -> see
-        // bench/RESULTS.md, "Small files: direct writes").
+        // hand-off cost more than the 4 KiB copy itself (bench/RESULTS.md, "Issue 18, the night
+        // of 2026-12-06": 20,000 files, server CPU 20.0 -> 19.0 µs a file).
         for (i, a) in accepted.enumerated() where fds[i] >= 0 {
             var done = 0
             while done < a.size {

@@ -2,7 +2,7 @@ import CLiburing
 import Glibc
 
 /// One data stream of a `Sender`: its ring, its two buffers (read, compress: registered at the
-/// first chunk read, never for batches of small files) and its
+/// first chunk read, never for batches of small files, `Ring.registerLater`) and its
 /// zstd context. Everything is allocated when the stream starts; the per-chunk path allocates
 /// nothing.
 final class SenderWorker {
@@ -428,7 +428,7 @@ final class SenderWorker {
         for (i, f) in files.enumerated() where fds[i] >= 0 && f.size > 0 && results[i] >= 0 && results[i] < Int32(f.size) {
             // Short read: finish it (synchronously, nothing else is in flight), or the file shrank.
             let got = Int(results[i])
-            let more = try readFully(fd: fds[i], into: dataStart + offsets[i] + got, length: Int(f.size) - got, offset: UInt64(got))
+            let more = try readFully(fd: fds[i], into: dataStart + offsets[i] + got, length: Int(f.size) - got, offset: UInt64(got), registered: false)
             results[i] += Int32(more)
         }
         for (i, f) in files.enumerated() {
