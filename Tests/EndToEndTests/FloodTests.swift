@@ -400,4 +400,45 @@ while time.time() - start < seconds and not os.path.exists(stop):
         #expect(ok.succeeded && filesIdentical(sb.file("other.bin"), root + "/other.bin"), "\(ok)")
         #expect(server.isRunning)
     }
+
+    /// Two users, each at their half of the budget (16 MiB chunks pack it to within 64 MiB),
+    /// left a third user's copy with 64 MiB chunks refused as busy: 3.94 GiB of 4 held. A user
+    /// who already holds buffers cannot take the last eighth
+    /// (`TransferServer.newcomerReserveBytes`), so a user with nothing running gets streams.
+    @Test("two users at their share of the buffer budget still leave a third user's copy its streams: the last eighth is kept for users with nothing running, and the refusal says so")
+    func bufferReserveForNewcomers() throws {
+        let sb = try Sandbox("pinned-reserve")
+        let root = try sb.dir("root")
+        let src = try Self.writtenZeros(sb.file("zeros.bin"))
+        // Five sessions of 31 streams and one of 17 come from one address: above the default 64.
+        let server = try FerryServer(sb, root: root, extra: ["--max-connections-per-address", "256"])
+        defer { server.stop() }
+        let big = ["--streams", "64", "--chunk-size", "16M", "--bwlimit", "16M", "--compress", "off"]
+        var running: [FerryProcess] = []
+        var refused: [CpResult] = []
+        defer { for p in running { p.kill9(); _ = p.waitExit(timeout: 10) } }
+        for user in ["hog1", "hog2"] {
+            let token = try sb.issueToken(user: user, name: "\(user).tok")
+            for i in 0..<4 {
+                let p = try sb.startCp(src, server.url("\(user)-\(i).bin"), options: big, tokenFile: token)
+                _ = waitUntil(timeout: 15, interval: 0.05) {
+                    !p.isRunning || ((try? String(contentsOfFile: p.stdoutPath, encoding: .utf8)) ?? "").range(of: #""bytes_done":[1-9]"#, options: .regularExpression) != nil
+                }
+                if p.isRunning { running.append(p) } else { refused.append(sb.finish(p, timeout: 10)) }
+            }
+        }
+        // Streams of about 32 MiB. hog1: 31 + 31 + 1 (its half), the fourth refused; hog2: 31,
+        // then 17 (down to the reserve), the third and fourth refused.
+        #expect(running.count == 5 && refused.count == 3, "\(running.count) sessions running, \(refused.count) refused")
+        #expect(refused.contains { $0.allMessages.contains("kept for users with no transfer running") }, "\(refused.map(\.allMessages))")
+        #expect(refused.allSatisfy { $0.status != 0 })
+        let pinned = Self.pinnedKiB(server)
+        #expect(pinned > 3_000_000 && pinned <= 3_700_000, "VmPin at \(pinned) KiB: the reserve was taken")
+        // A third user, chunks as large, gets streams and the copy lands whole.
+        let third = try sb.issueToken(user: "third", name: "third.tok")
+        try writeRandomFile(sb.file("third.bin"), size: 64 * E2E.MiB)
+        let ok = try sb.cp(sb.file("third.bin"), server.url("third.bin"), options: ["--chunk-size", "64M"], tokenFile: third)
+        #expect(ok.succeeded && filesIdentical(sb.file("third.bin"), root + "/third.bin"), "\(ok)")
+        #expect(server.isRunning)
+    }
 }

@@ -132,10 +132,14 @@ public final class TransferServer: @unchecked Sendable {
     /// 63 streams a session; 3 at 64 MiB chunks. One user's sessions
     /// together get at most half the budget (`userBufferBytes`): a user running many copies
     /// at once (or a script that opens sessions in a loop) cannot leave the others none; past
-    /// their share their next session is refused as busy, retryable, and says why.
+    /// their share their next session is refused as busy, retryable, and says why. And a user
+    /// who already holds some of it cannot take its last eighth (`newcomerReserveBytes`: 512
+    /// MiB, 63 streams of 4 MiB chunks or four of 64 MiB): two users at their share would
+    /// otherwise leave a third none, however briefly that third one's copy would have run.
     static let bufferBudgetBytes = 4 << 30
     static let sessionBufferBytes = bufferBudgetBytes / 4
     static let userBufferBytes = bufferBudgetBytes / 2
+    static let newcomerReserveBytes = bufferBudgetBytes / 8
 
     /// What one data stream of a session with `chunkBytes` chunks holds (both directions:
     /// two frame buffers and their headroom; zero-copy slots come on top when enabled, and when
@@ -433,13 +437,15 @@ public final class TransferServer: @unchecked Sendable {
         let streams = try lock.withLock { () throws -> Int in
             let mine = bufferBytesByUser[who.user, default: 0]
             let userLeft = TransferServer.userBufferBytes - mine
-            let left = min(TransferServer.sessionBufferBytes, TransferServer.bufferBudgetBytes - bufferBytesGranted, userLeft)
+            let reserve = mine > 0 ? TransferServer.newcomerReserveBytes : 0
+            let left = min(TransferServer.sessionBufferBytes, TransferServer.bufferBudgetBytes - bufferBytesGranted - reserve, userLeft)
             let granted = min(hello.options.streams ?? TransferOptions.automaticStreams, Wire.streamsMax, max(0, left) / perStream)
             guard granted >= 1 else {
                 if userLeft < perStream {
                     throw TransferError(.busy, "your transfers running on this server already hold \(byteText(UInt64(mine))) of buffer memory, the share one user may have (\(byteText(UInt64(TransferServer.userBufferBytes)))); try again when one of them ends", resumable: true)
                 }
-                throw TransferError(.busy, "the server's buffer memory is taken by other transfers (\(byteText(UInt64(bufferBytesGranted))) of \(byteText(UInt64(TransferServer.bufferBudgetBytes)))); try again later", resumable: true)
+                let kept = reserve > 0 ? "; the last \(byteText(UInt64(reserve))) are kept for users with no transfer running here" : ""
+                throw TransferError(.busy, "the server's buffer memory is taken by other transfers (\(byteText(UInt64(bufferBytesGranted))) of \(byteText(UInt64(TransferServer.bufferBudgetBytes)))\(kept)); try again later", resumable: true)
             }
             bufferBytesGranted += granted * perStream
             bufferBytesByUser[who.user, default: 0] += granted * perStream
