@@ -7,6 +7,11 @@ import Glibc
 #endif
 
 /// The `ferry` command: argument parsing and presentation only; the work is in `Transfer`.
+///
+/// Every command names itself (`commandName`): without it, ArgumentParser derives the name from
+/// the type with `String(describing:)`, whose dynamic casts each scan every protocol
+/// conformance of the binary the first time, for every command of the tree, at every start:
+/// 22 % of a `ferry cp --help`'s samples (bench/RESULTS.md, "Issue 18, the night of 2026-12-06").
 @main
 struct Ferry: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -9,6 +9,7 @@ import Transfer
 extension Ferry {
     struct Register: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "register",
             abstract: "Register a directory of the daemon's center as a dataset (again: only what changed is updated).",
             discussion: "Example: ferry register /datasets/zinc22 --dataset zinc22@2024 --readers '*'")
         @OptionGroup var api: APIOptions
@@ -33,7 +34,7 @@ extension Ferry {
     }
 
     struct Datasets: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "The datasets of the daemon's center that you may see.")
+        static let configuration = CommandConfiguration(commandName: "datasets", abstract: "The datasets of the daemon's center that you may see.")
         @OptionGroup var api: APIOptions
 
         func run() throws {
@@ -49,6 +50,7 @@ extension Ferry {
 
     struct Ls: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "ls",
             abstract: "List a directory: gfs://CENTER/DATASET[/PATH] from the catalog, or ferry://HOST/PATH through its transfer server.",
             discussion: """
             gfs://: the daemon's catalog (--api), a page at a time (--limit, --after, --all).
@@ -93,7 +95,7 @@ extension Ferry {
     }
 
     struct Stat: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "One entry of a dataset, its dataset and the centers holding replicas.")
+        static let configuration = CommandConfiguration(commandName: "stat", abstract: "One entry of a dataset, its dataset and the centers holding replicas.")
         @OptionGroup var api: APIOptions
         @Flag(help: "Explain which replica a copy would read: every replica, its rank and the reason.") var replicas = false
         @Argument(help: "gfs://CENTER/DATASET/PATH (the catalog), or ferry://HOST/PATH or a local path (as it is now).") var path: String
@@ -123,6 +125,7 @@ extension Ferry {
 
     struct Replicate: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "replicate",
             abstract: "Make a replica of a dataset at a center: gfs://CENTER/DATASET --to CENTER.",
             discussion: """
             The destination center's daemon copies the dataset (one job) from the best other \
@@ -170,7 +173,7 @@ extension Ferry {
     }
 
     struct Centers: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "The centers whose catalogs your daemon follows, and whether they are up.")
+        static let configuration = CommandConfiguration(commandName: "centers", abstract: "The centers whose catalogs your daemon follows, and whether they are up.")
         @OptionGroup var api: APIOptions
 
         func run() throws {
@@ -184,7 +187,7 @@ extension Ferry {
     }
 
     struct Find: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Find entries of a dataset by name, size and age.")
+        static let configuration = CommandConfiguration(commandName: "find", abstract: "Find entries of a dataset by name, size and age.")
         @OptionGroup var api: APIOptions
         @Option(help: "A glob on the name (* ? [..]).") var name: String?
         @Option(help: "+SIZE (at least) or -SIZE (at most), K/M/G/T suffixes.") var size: String?
@@ -227,7 +230,7 @@ extension Ferry {
     }
 
     struct Du: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Files, directories and bytes under a path: gfs:// (the catalog), ferry:// or local (walked now).")
+        static let configuration = CommandConfiguration(commandName: "du", abstract: "Files, directories and bytes under a path: gfs:// (the catalog), ferry:// or local (walked now).")
         @OptionGroup var api: APIOptions
         @OptionGroup var filters: FilterOptions
         @Argument var path: String

@@ -135,6 +135,7 @@ struct APIOptions: ParsableArguments {
 extension Ferry.Jobs {
     struct Submit: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "submit",
             abstract: "Submit a transfer: SRC and DST are /EXPORT/PATH at the daemon's center or ferry://PEER/PATH.",
             discussion: "Example (center A pushes to center B, the laptop only watches): ferry jobs submit --api https://dtn-a:7480 -r /scratch/run1 ferry://b/incoming/run1")
         @OptionGroup var api: APIOptions
@@ -185,7 +186,7 @@ extension Ferry.Jobs {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List your jobs (a page; --after for the next).")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List your jobs (a page; --after for the next).")
         @OptionGroup var api: APIOptions
         @Option(help: "Only these states, comma-separated.") var state: String?
         @Option var after = 0
@@ -211,28 +212,28 @@ extension Ferry.Jobs {
     }
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show one job, with the reason if it failed.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one job, with the reason if it failed.")
         @OptionGroup var api: APIOptions
         @Argument var id: Int
         func run() throws { api.show(try api.call("GET", "/api/v1/transfers/\(id)", as: V1.Transfer.self)) }
     }
 
     struct Cancel: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Cancel a job: a running transfer stops and keeps what it moved (retry resumes it).")
+        static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel a job: a running transfer stops and keeps what it moved (retry resumes it).")
         @OptionGroup var api: APIOptions
         @Argument var id: Int
         func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/cancel", as: V1.Transfer.self)) }
     }
 
     struct Retry: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Queue a failed or cancelled job again; it resumes from what its earlier attempts moved.")
+        static let configuration = CommandConfiguration(commandName: "retry", abstract: "Queue a failed or cancelled job again; it resumes from what its earlier attempts moved.")
         @OptionGroup var api: APIOptions
         @Argument var id: Int
         func run() throws { api.show(try api.call("POST", "/api/v1/transfers/\(id)/retry", as: V1.Transfer.self)) }
     }
 
     struct Wait: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Wait until a job ends; exit 0 on success or skipped, 1 otherwise.")
+        static let configuration = CommandConfiguration(commandName: "wait", abstract: "Wait until a job ends; exit 0 on success or skipped, 1 otherwise.")
         @OptionGroup var api: APIOptions
         @Argument var id: Int
         @Option(help: "Give up waiting after this many seconds.") var timeout = 86_400
@@ -242,7 +243,7 @@ extension Ferry.Jobs {
 
 extension Ferry.Jobs {
     struct Watch: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Follow a job's progress until it ends (a line per change; --json: the job as JSON lines).")
+        static let configuration = CommandConfiguration(commandName: "watch", abstract: "Follow a job's progress until it ends (a line per change; --json: the job as JSON lines).")
         @OptionGroup var api: APIOptions
         @Argument var id: Int
         @Option(help: "Give up after this many seconds.") var timeout = 86_400

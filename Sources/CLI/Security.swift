@@ -13,6 +13,7 @@ extension Ferry {
 
         struct Renew: ParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "renew",
                 abstract: "Renew the CA certificate, or a center's (--center), before it expires; the previous file is kept as .prev.",
                 discussion: """
                     Without --center: DIR/ca.crt is renewed with the same name and key, so every certificate it issued \
@@ -77,7 +78,7 @@ extension Ferry {
         }
 
         struct Init: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Create a CA: DIR/ca.crt and DIR/ca.key (keep the key offline).")
+            static let configuration = CommandConfiguration(commandName: "init", abstract: "Create a CA: DIR/ca.crt and DIR/ca.key (keep the key offline).")
 
             @Option(help: "Directory for ca.crt and ca.key.")
             var dir: String
@@ -98,7 +99,7 @@ extension Ferry {
         }
 
         struct Issue: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Issue a center certificate: DIR/NAME.crt and DIR/NAME.key.")
+            static let configuration = CommandConfiguration(commandName: "issue", abstract: "Issue a center certificate: DIR/NAME.crt and DIR/NAME.key.")
 
             @Option(help: "Directory holding ca.crt and ca.key; the new files go there too.")
             var dir: String
@@ -140,6 +141,7 @@ extension Ferry {
 
         struct Issue: ParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "issue",
                 abstract: "Issue a scoped, expiring token signed with the center's key; prints it.",
                 discussion: "Example: ferry token issue --cert hlrs.crt --key hlrs.key --user alice --scope read:/datasets --scope write:/scratch/alice --ttl 24h"
             )
@@ -187,7 +189,7 @@ extension Ferry {
         }
 
         struct Show: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Print a token's contents as JSON (not verified; with --cert, verified).")
+            static let configuration = CommandConfiguration(commandName: "show", abstract: "Print a token's contents as JSON (not verified; with --cert, verified).")
 
             @Argument(help: "The token, or @FILE.")
             var token: String
@@ -213,7 +215,7 @@ extension Ferry {
         }
 
         struct Revoke: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Add a token (or its id) to a revocation list; servers pick it up at once.")
+            static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Add a token (or its id) to a revocation list; servers pick it up at once.")
 
             @Argument(help: "The token, @FILE, or its 32-hex-digit id.")
             var token: String
@@ -242,6 +244,7 @@ extension Ferry {
     /// `ferry ping`: is the server there, is it the center it claims, how long is a handshake.
     struct Ping: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "ping",
             abstract: "Connect to a server, check its certificate, and time the TLS handshake.")
 
         @Argument(help: "ferry://HOST:PORT")

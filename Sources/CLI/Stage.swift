@@ -132,11 +132,12 @@ extension Ferry {
 
     struct Stage: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "stage",
             abstract: "Prestaging: a job's state, teardown, the staging cache.",
             subcommands: [Status.self, Teardown.self, Sweep.self, Cache.self])
 
         struct Status: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "What is staged for a job: pinned cache entries, links, stage-outs.")
+            static let configuration = CommandConfiguration(commandName: "status", abstract: "What is staged for a job: pinned cache entries, links, stage-outs.")
             @OptionGroup var api: APIOptions
             @Option var job: String
             func run() throws {
@@ -153,7 +154,7 @@ extension Ferry {
         }
 
         struct Teardown: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "A job ended (or was cancelled): unpin its data, remove its links, stop transfers nobody waits for.")
+            static let configuration = CommandConfiguration(commandName: "teardown", abstract: "A job ended (or was cancelled): unpin its data, remove its links, stop transfers nobody waits for.")
             @OptionGroup var api: APIOptions
             @Option var job: String
             @Flag(help: "The scheduler is in a hurry (cancel or failure): same work, nothing is waited for.") var hurry = false
@@ -165,7 +166,7 @@ extension Ferry {
         }
 
         struct Sweep: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Clear what crashed jobs left: pins of jobs that are gone, stray directories, orphan transfers.")
+            static let configuration = CommandConfiguration(commandName: "sweep", abstract: "Clear what crashed jobs left: pins of jobs that are gone, stray directories, orphan transfers.")
             @OptionGroup var api: APIOptions
             @Option(help: "The scheduler's live job ids (comma-separated, e.g. from `squeue -h -o %i`): every other job's pins go.") var keepJobs: String?
             @Option(help: "Pins older than this many hours go (default 168).") var maxPinHours: Int?
@@ -179,7 +180,7 @@ extension Ferry {
         }
 
         struct Cache: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "The staging cache: entries, their pins, the quota, the last evictions.")
+            static let configuration = CommandConfiguration(commandName: "cache", abstract: "The staging cache: entries, their pins, the quota, the last evictions.")
             @OptionGroup var api: APIOptions
             func run() throws {
                 let r = try api.call("GET", "/api/v1/stage/cache", as: V1.CacheView.self)

@@ -179,6 +179,7 @@ extension Ferry {
     /// `ferry check SRC DST`: compares two trees by content, like `rclone check`.
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "check",
             abstract: "Compare two trees by content and name every file that differs, is missing or is extra.",
             discussion: """
             SRC and DST: local paths or ferry:// URLs. Each side is listed where it is, its \
