@@ -154,6 +154,16 @@ extension Ferry {
             var firstFailure: Int32 = 0
             var failed = 0
             let sources = paths.dropLast()
+            if !recursive {
+                // A gfs:// directory without -r is a usage error like the ones `validate` finds:
+                // refused before the first source moves (one catalog stat each). A stat that
+                // fails otherwise (the daemon down) is that source's failure, at its turn.
+                for s in sources where s.hasPrefix(Location.gfsScheme) {
+                    var one = self
+                    one.paths = [s, destination + Self.lastName(s)]
+                    if let refusal = one.gfsDirectoryRefusal() { throw refusal }
+                }
+            }
             for s in sources {
                 var one = self
                 one.paths = [s, destination + Self.lastName(s)]
@@ -406,6 +416,15 @@ extension Ferry.Copy {
         if let c = credentials.ca { args += ["--ca", c] }
         if json { args.append("--json") }
         return (try APIOptions.parse(args), base)
+    }
+
+    /// The usage error of a gfs:// source that is a directory when -r is not given, or nil (a
+    /// file, or the catalog could not say).
+    func gfsDirectoryRefusal() -> ValidationError? {
+        guard let (client, _) = try? apiClient(fallback: nil),
+              let st = try? client.call("GET", "/api/v1/catalog/stat" + query([("path", source)]), as: V1.StatAnswer.self),
+              (st.entry?.kind ?? .directory) == .directory else { return nil }
+        return ValidationError("\(source) is a directory: give -r")
     }
 
     /// gfs://CENTER/DATASET/PATH → the ferry:// URL of its replica, and the center to expect.

@@ -54,6 +54,12 @@ struct GlobalFilesE2ETests {
         let noDir = try c.sb.ferry(["cp", "--api", c.api, "--ca", c.sb.ca, "--token-file", c.sb.tokenFile,
                                     "gfs://hlrs/zinc22@2024/H20 P100", laptop + "/x"], timeout: 60)
         #expect(noDir.status == 64 && noDir.stderr.contains("give -r"), "\(noDir)")
+        // Among several sources, the directory is refused before the file before it moves.
+        let multi = try c.sb.dir("laptop/multi")
+        let noDirs = try c.sb.ferry(["cp", "--api", c.api, "--ca", c.sb.ca, "--token-file", c.sb.tokenFile,
+                                     "gfs://hlrs/zinc22@2024/README", "gfs://hlrs/zinc22@2024/H20 P100", multi + "/"], timeout: 60)
+        #expect(noDirs.status == 64 && noDirs.stderr.contains("H20 P100 is a directory: give -r"), "\(noDirs)")
+        #expect(access(multi + "/README", F_OK) != 0, "the file before the directory was copied")
         // One file changed, one added, one removed: exactly those are written (and the two
         // directories whose mtimes moved with the addition and the removal).
         try writeFile(root + "/README", Array("changed\n".utf8))
