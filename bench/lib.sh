@@ -7,8 +7,9 @@
 
 bench_setup() {
     local name=$1
+    [ -n "$DST" ] && DST=$(realpath -m "$DST")  # "/dev/shm/" and "//" are the directories they name
     [ -e "$SRC" ] && [ -n "$DST" ] || { echo "bench/$name.sh: --src FILE|DIR and --dst DIR are required" >&2; exit 2; }
-    case $DST in /|/tmp|/var|/var/tmp|/dev/shm|"$HOME") echo "bench/$name.sh: --dst must be a directory of its own" >&2; exit 2 ;; esac
+    case $DST in /|/tmp|/var|/var/tmp|/dev/shm|/home|/root|"$HOME") echo "bench/$name.sh: --dst must be a directory of its own" >&2; exit 2 ;; esac
     FERRY=$(readlink -f "$FERRY")
     P=$(mktemp -d "/tmp/ferry-$name.XXXXXX")
     SERVER=""

@@ -15,8 +15,11 @@ W=$(mktemp -d "$DIR/ferry-small-files.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 gcc -O2 -Wall -o "$W/small_files" "$(dirname "$0")/small_files.c"
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC') $(uname -r), $(stat -f -c %T "$W"), $ROUNDS rounds"
+MODES=(rename final tmpfile procfs notimes)
 for r in $(seq 1 "$ROUNDS"); do
-    for m in rename final tmpfile procfs notimes; do
+    # Each round starts one mode later, so that no mode always runs first.
+    for k in 0 1 2 3 4; do
+        m=${MODES[$(( (k + r - 1) % 5 ))]}
         "$W/small_files" "$m" "$W/t" || echo "$m: failed"
         rm -rf "$W/t"
     done

@@ -422,7 +422,7 @@ extension Ferry.Copy {
     /// file, or the catalog could not say).
     func gfsDirectoryRefusal() -> ValidationError? {
         guard let (client, _) = try? apiClient(fallback: nil),
-              let st = try? client.call("GET", "/api/v1/catalog/stat" + query([("path", source)]), as: V1.StatAnswer.self),
+              let st = try? client.request("GET", "/api/v1/catalog/stat" + query([("path", source)]), as: V1.StatAnswer.self),
               (st.entry?.kind ?? .directory) == .directory else { return nil }
         return ValidationError("\(source) is a directory: give -r")
     }
@@ -433,7 +433,14 @@ extension Ferry.Copy {
     /// down; `ferry stat --replicas` shows the same) and reads from the first.
     func gfsSource() throws -> (String, String) {
         let (client, base) = try apiClient(fallback: nil)
-        let st = try client.call("GET", "/api/v1/catalog/stat" + query([("path", source)]), as: V1.StatAnswer.self)
+        let st: V1.StatAnswer
+        do {
+            st = try client.request("GET", "/api/v1/catalog/stat" + query([("path", source)]), as: V1.StatAnswer.self)
+        } catch let f as APIOptions.APIFailure {
+            // This source's failure (with several sources, the others are still tried).
+            printError("ferry cp: error: \(source): \(f.message)\n")
+            throw ExitCode(1)
+        }
         let entry = st.entry
         if (entry?.kind ?? .directory) == .directory && !recursive { throw ValidationError("\(source) is a directory: give -r") }
         guard let replica = st.replicas.first(where: { $0.rank == 1 }), let url = replica.url else {

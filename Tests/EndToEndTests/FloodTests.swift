@@ -402,7 +402,7 @@ while time.time() - start < seconds and not os.path.exists(stop):
     }
 
     /// Two users, each at their half of the budget (16 MiB chunks pack it to within 64 MiB),
-    /// left a third user's copy with 64 MiB chunks refused as busy: 3.94 GiB of 4 held. A user
+    /// left a third user's copy with 64 MiB chunks refused as busy: 3.97 GiB of 4 held. A user
     /// who already holds buffers cannot take the last eighth
     /// (`TransferServer.newcomerReserveBytes`), so a user with nothing running gets streams.
     @Test("two users at their share of the buffer budget still leave a third user's copy its streams: the last eighth is kept for users with nothing running, and the refusal says so")
@@ -410,7 +410,7 @@ while time.time() - start < seconds and not os.path.exists(stop):
         let sb = try Sandbox("pinned-reserve")
         let root = try sb.dir("root")
         let src = try Self.writtenZeros(sb.file("zeros.bin"))
-        // Five sessions of 31 streams and one of 17 come from one address: above the default 64.
+        // 31 + 31 + 1 + 31 + 17 streams come from one address: above the default 64.
         let server = try FerryServer(sb, root: root, extra: ["--max-connections-per-address", "256"])
         defer { server.stop() }
         let big = ["--streams", "64", "--chunk-size", "16M", "--bwlimit", "16M", "--compress", "off"]

@@ -60,6 +60,11 @@ struct GlobalFilesE2ETests {
                                      "gfs://hlrs/zinc22@2024/README", "gfs://hlrs/zinc22@2024/H20 P100", multi + "/"], timeout: 60)
         #expect(noDirs.status == 64 && noDirs.stderr.contains("H20 P100 is a directory: give -r"), "\(noDirs)")
         #expect(access(multi + "/README", F_OK) != 0, "the file before the directory was copied")
+        // A source the catalog does not have fails alone: the one after it is copied.
+        let oneMissing = try c.sb.ferry(["cp", "--api", c.api, "--ca", c.sb.ca, "--token-file", c.sb.tokenFile,
+                                         "gfs://hlrs/zinc22@2024/nope.smi", "gfs://hlrs/zinc22@2024/README", multi + "/"], timeout: 60)
+        #expect(oneMissing.status == 1 && oneMissing.stderr.contains("nope.smi") && oneMissing.stderr.contains("1 of 2 sources failed"), "\(oneMissing)")
+        #expect(filesIdentical(root + "/README", multi + "/README"), "the source after the missing one was not copied")
         // One file changed, one added, one removed: exactly those are written (and the two
         // directories whose mtimes moved with the addition and the removal).
         try writeFile(root + "/README", Array("changed\n".utf8))

@@ -134,7 +134,7 @@ public final class TransferServer: @unchecked Sendable {
     /// at once (or a script that opens sessions in a loop) cannot leave the others none; past
     /// their share their next session is refused as busy, retryable, and says why. And a user
     /// who already holds some of it cannot take its last eighth (`newcomerReserveBytes`: 512
-    /// MiB, 63 streams of 4 MiB chunks or four of 64 MiB): two users at their share would
+    /// MiB, 62 streams of a push with 4 MiB chunks or three with 64 MiB): two users at their share would
     /// otherwise leave a third none, however briefly that third one's copy would have run.
     static let bufferBudgetBytes = 4 << 30
     static let sessionBufferBytes = bufferBudgetBytes / 4
