@@ -3,8 +3,8 @@ import Glibc
 
 /// One data stream of a `Receiver`: receives frames into a registered buffer, decompresses
 /// into a second one, verifies every chunk's hash and writes it at its offset (WRITE_FIXED).
-/// Small-file batches are created, written and renamed with direct calls and closed with one
-/// ring submission. The buffers are registered (pinned) when the stream starts, not at its
+/// Small-file batches are created, written and renamed with plain system calls (not `O_DIRECT`)
+/// and closed with one ring submission. The buffers are registered (pinned) when the stream starts, not at its
 /// first chunk as a sender's are (`Ring.registerLater`): on a server they are what the buffer
 /// budget grants a session, and a granted stream holds them whether or not its client sends.
 final class ReceiverWorker {
@@ -355,7 +355,7 @@ final class ReceiverWorker {
             fds[i] = -1
             results[i] = 0
             // O_EXCL: a fresh file gets the source's mode exactly (umask is 0), no fchmod needed.
-            // A direct call, not a ring operation: io_uring cannot create a file without
+            // A plain call, not a ring operation: io_uring cannot create a file without
             // blocking and hands every O_CREAT open to a kernel worker thread, which measured
             // slower (20,000 files: 0.65-0.87 s of server CPU through the ring).
             let fd = openat(a.f.dir.fd, slot, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(a.f.entry.mode))
@@ -369,7 +369,7 @@ final class ReceiverWorker {
             if fds[i] < 0 { fds[i] = -errno }
         }
         // Phase 2: write each file, set its times, and close it in the ring (one submission).
-        // The write is a direct call too: a ring write of a file on tmpfs (and of any file whose
+        // The write is a plain `pwrite` too (not `O_DIRECT`): a ring write of a file on tmpfs (and of any file whose
         // filesystem cannot take a write without blocking) goes through a kernel worker, whose
         // hand-off cost more than the 4 KiB copy itself (bench/RESULTS.md, "Issue 18, the night
         // of 2026-12-06": 20,000 files, server CPU 20.0 -> 19.0 µs a file).
@@ -392,7 +392,7 @@ final class ReceiverWorker {
             let to = nameArena + (Wire.batchFilesMax + i) * nameSlotBytes
             _ = a.f.name.withCString { strncpy(to, $0, nameSlotBytes - 1) }
             to[nameSlotBytes - 1] = 0
-            // Direct, like the create: a ring rename always goes through a kernel worker.
+            // A plain call, like the create: a ring rename always goes through a kernel worker.
             renamed[i] = renameat(a.f.dir.fd, nameArena + i * nameSlotBytes, a.f.dir.fd, to) == 0 ? 0 : -errno
         }
         var rawDone = 0

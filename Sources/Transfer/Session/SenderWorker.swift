@@ -20,12 +20,14 @@ final class SenderWorker {
     private let hows: UnsafeMutablePointer<open_how>
     private var fds: [Int32]
     private var results: [Int32]
-    /// Per file of the batch being read: its filesystem keeps it in memory (see `inMemory`).
-    private var readDirectly: [Bool]
+    /// Per file of the batch being read: read with a plain `pread` from this thread, not through
+    /// the ring, because its filesystem keeps it in memory (`inMemory`). Not a direct read:
+    /// those bypass the page cache (`O_DIRECT`, "Direct reads" below).
+    private var readInline: [Bool]
     /// Devices seen in batches: whether each is a tmpfs (or ramfs). A ring read of a file there
     /// goes through a kernel worker thread (io_uring cannot read it without blocking, as far as
     /// it knows), and that hand-off costs more than the 4 KiB copy; nothing there waits for a
-    /// device, so a batch reads such files with direct calls. Other filesystems keep the ring's
+    /// device, so a batch reads such files with plain `pread` calls. Other filesystems keep the ring's
     /// parallel reads, which a cold disk needs. At most 64 devices remembered.
     private var memoryDevices: [UInt64: Bool] = [:]
     private var zeroHashes = ZeroHashes()
@@ -84,7 +86,7 @@ final class SenderWorker {
         hows = .allocate(capacity: Wire.batchFilesMax)
         fds = [Int32](repeating: -1, count: Wire.batchFilesMax)
         results = [Int32](repeating: 0, count: Wire.batchFilesMax)
-        readDirectly = [Bool](repeating: false, count: Wire.batchFilesMax)
+        readInline = [Bool](repeating: false, count: Wire.batchFilesMax)
     }
 
     deinit {
@@ -393,7 +395,7 @@ final class SenderWorker {
                 if (st.st_mode & S_IFMT) != S_IFREG {
                     throw TransferError(.path, "'\(f.path)' is \(Paths.kindName(st.st_mode)), not a file")
                 }
-                readDirectly[i] = inMemory(fds[i], device: UInt64(st.st_dev))
+                readInline[i] = inMemory(fds[i], device: UInt64(st.st_dev))
             } catch {
                 Glibc.close(fds[i])
                 fds[i] = Int32.min  // failed and reported
@@ -409,7 +411,7 @@ final class SenderWorker {
         for (i, f) in files.enumerated() {
             offsets[i] = at
             if fds[i] < 0 { continue }
-            if f.size > 0 && readDirectly[i] {
+            if f.size > 0 && readInline[i] {
                 // A short read is finished below, as a ring read's is.
                 var r = pread(fds[i], dataStart + at, Int(f.size), 0)
                 while r < 0 && errno == EINTR { r = pread(fds[i], dataStart + at, Int(f.size), 0) }
