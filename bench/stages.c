@@ -5,7 +5,9 @@
 // reports the CPU time of the thread or process doing it (user + system), so that the figure
 // is the cost of the stage, not of waiting for something else. Stages:
 //   read-cache     pread(2) of a page-cached file into a buffer (the sender's read)
-//   xxh3           XXH3-128 of a 4 MiB buffer in the cache (every chunk, both sides)
+//   xxh3           XXH3-128 of a 4 MiB buffer in the cache (every chunk, both sides), with
+//                  Ferry's own build of it (Sources/CXXHash: AVX2 where the CPU has it)
+//   xxh3-sse2      the same with the SSE2 loop (any x86-64; Ferry before 2026-12-06 night)
 //   gcm-seal       AES-256-GCM encryption in place (OpenSSL EVP; `private`, sender)
 //   gcm-open       AES-256-GCM decryption in place with the tag check (`private`, receiver)
 //   gmac           AES-256-GCM authentication only, the chunk as additional data (`safe`)
@@ -13,7 +15,8 @@
 //                  then AES-256-GCM over it (two passes), over 16 chunks in turn (64 MiB, more
 //                  than the last-level cache, as a stream's buffers are not one chunk)
 //   seal+xxh3-1pass  the same in one pass: hash and seal each 64 KiB while it is in the L1/L2
-//                  cache (issue 18's "cryptography in one pass")
+//                  cache (issue 18's "cryptography in one pass"; libxxhash's streaming XXH3,
+//                  which is SSE2, so its hash costs what xxh3-sse2 does)
 //   send / recv    TCP over loopback: a child process sends, the parent receives; each side's
 //                  own CPU (the kernel's copies into and out of the socket buffers)
 //   read+xxh3      pread into a buffer and hash it (what the sender does with a chunk)
@@ -46,8 +49,16 @@
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
+#include "ferry_xxhash.h"
 
 #define CHUNK (4u << 20)
+
+// A chunk's hash as Ferry computes it (ferry_xxh3_128, the loop chosen for this CPU).
+static uint64_t chunk_hash(const void *p, size_t n) {
+    uint64_t lo, hi;
+    ferry_xxh3_128(p, n, &lo, &hi);
+    return lo ^ hi;
+}
 
 static double thread_cpu(void) {
     struct timespec t;
@@ -149,7 +160,7 @@ static void onepass(uint64_t bytes) {
             unsigned char *b = bufs[n % NBUF];
             EVP_EncryptInit_ex(c, NULL, NULL, NULL, iv);
             if (pass == 0) {
-                acc += XXH3_128bits(b, CHUNK).low64;
+                acc += chunk_hash(b, CHUNK);
                 EVP_EncryptUpdate(c, b, &len, b, CHUNK);
             } else {
                 XXH3_128bits_reset(st);
@@ -194,8 +205,15 @@ int main(int argc, char **argv) {
 
     t0 = thread_cpu();
     uint64_t acc = 0;
-    for (uint64_t o = 0; o < bytes; o += CHUNK) acc += XXH3_128bits(buf, CHUNK).low64;
+    for (uint64_t o = 0; o < bytes; o += CHUNK) acc += chunk_hash(buf, CHUNK);
     report("xxh3", thread_cpu() - t0, bytes);
+    t0 = thread_cpu();
+    for (uint64_t o = 0; o < bytes; o += CHUNK) {
+        uint64_t lo, hi;
+        if (ferry_xxh3_128_with(FERRY_XXH3_SSE2, buf, CHUNK, &lo, &hi) != 0) die("xxh3-sse2");
+        acc += lo;
+    }
+    report("xxh3-sse2", thread_cpu() - t0, bytes);
     if (acc == 42) printf("#\n");
 
     gcm("gcm-seal", buf, bytes, 1, 0);
@@ -211,14 +229,14 @@ int main(int argc, char **argv) {
     t0 = thread_cpu();
     for (uint64_t o = 0; o < bytes; o += CHUNK) {
         if (pread(fd, buf, CHUNK, (off_t)o) != CHUNK) die("pread");
-        acc += XXH3_128bits(buf, CHUNK).low64;
+        acc += chunk_hash(buf, CHUNK);
     }
     report("read+xxh3", thread_cpu() - t0, bytes);
     t0 = thread_cpu();
     for (uint64_t o = 0; o < bytes; o += CHUNK) {
         void *m = mmap(NULL, CHUNK, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, (off_t)o);
         if (m == MAP_FAILED) die("mmap");
-        acc += XXH3_128bits(m, CHUNK).low64;
+        acc += chunk_hash(m, CHUNK);
         munmap(m, CHUNK);
     }
     report("mmap+xxh3", thread_cpu() - t0, bytes);

@@ -1,3 +1,4 @@
+import CXXHash
 import Glibc
 import Testing
 @testable import Transfer
@@ -13,6 +14,49 @@ struct ChunkAndJournalTests {
         #expect(a != b)
         #expect(FileDigest.of([a, b]) != FileDigest.of([b, a]))
         #expect(FileDigest.of([a, b]) == FileDigest.of([a, b]))
+    }
+
+    /// The chunk hash is XXH3-128 whichever loop this CPU runs (issue 18: AVX2 where the CPU and
+    /// kernel allow it, SSE2 otherwise). Known answers from Debian's libxxhash 0.8.1 (a separately
+    /// compiled SSE2 build; the empty input's is the one in xxHash's specification), at an odd
+    /// address, across the short/long boundary at 240 bytes; then the loops against each other
+    /// at every alignment within a cache line and lengths around the stripe and block sizes.
+    @Test("XXH3-128 is the same function on every vector unit: known answers, and SSE2 against AVX2 at every alignment")
+    func hashVariants() {
+        let known: [(Int, UInt64, UInt64)] = [
+            (0, 0x6001c324468d497f, 0x99aa06d3014798d8), (1, 0xc11d5b404d018be6, 0x0a066a54b29b706c),
+            (16, 0x95c60b52cfd4890e, 0x4e3e652e8e22a3ca), (17, 0x2dbe8ced421955ad, 0x187d98c4e8e81cb5),
+            (128, 0xaaf32c8f2a050a68, 0xfc6b3a5cf4e3219c), (129, 0x94a8ea09f37174cc, 0x2f144670bee13d28),
+            (240, 0xc3a2ab85084e8179, 0x4ac21736d0d7a909), (241, 0xabfabd285b60b404, 0xbbbf9c747cdca4e1),
+            (1024, 0xc294fc044385c546, 0x2403b435922cd967), (4099, 0xc78b4902f9c43203, 0xff4db26d83d4b67d),
+            (1_048_581, 0x84d3a495cadfb8ee, 0xfcfddb56b227b3cd),
+        ]
+        var pattern = [UInt8](repeating: 0, count: (1 << 20) + 64)
+        for i in pattern.indices { pattern[i] = UInt8(truncatingIfNeeded: (i * 31 + 7) % 251) }
+        let kinds = [Int32(FERRY_XXH3_SSE2), Int32(FERRY_XXH3_AVX2)]
+        pattern.withUnsafeBytes { raw in
+            let base = raw.baseAddress!
+            for (length, low, high) in known {
+                #expect(ChunkHash.of(base + 1, length) == ChunkHash(low: low, high: high), "length \(length)")
+                for kind in kinds {
+                    var lo: UInt64 = 0, hi: UInt64 = 0
+                    guard ferry_xxh3_128_with(kind, base + 1, length, &lo, &hi) == 0 else { continue }
+                    #expect(lo == low && hi == high, "kind \(kind), length \(length)")
+                }
+            }
+            var avx2Ran = 0
+            for offset in 0..<64 {
+                for length in [241, 255, 256, 1023, 1024, 1025, 4096, 65_599, 4103] {
+                    var l1: UInt64 = 0, h1: UInt64 = 0, l2: UInt64 = 0, h2: UInt64 = 0
+                    #expect(ferry_xxh3_128_with(Int32(FERRY_XXH3_SSE2), base + offset, length, &l1, &h1) == 0)
+                    guard ferry_xxh3_128_with(Int32(FERRY_XXH3_AVX2), base + offset, length, &l2, &h2) == 0 else { continue }
+                    avx2Ran += 1
+                    #expect(l1 == l2 && h1 == h2, "offset \(offset), length \(length)")
+                }
+            }
+            // The process uses AVX2 exactly when this CPU can run it.
+            #expect((ferry_xxh3_kind() == Int32(FERRY_XXH3_AVX2)) == (avx2Ran > 0))
+        }
     }
 
     @Test("zstd round trip; incompressible data is reported as not shrinking; corrupt input throws")
