@@ -2,7 +2,8 @@
 import PackageDescription
 
 /// Ferry: a data-transfer and storage fabric for a supercomputing internet.
-/// Dependencies flow one way: CLI → Daemon → GlobalFS → Storage, Transfer → C modules.
+/// Dependencies flow one way: CLI → Daemon → GlobalFS → Storage, Transfer → C modules (CAEAD
+/// → swift-nio-ssl's BoringSSL).
 let package = Package(
     name: "Ferry",
     platforms: [.macOS(.v14)],
@@ -33,9 +34,13 @@ let package = Package(
         // The commit and date of a release build (scripts/package.sh), for `ferry --version`.
         .target(name: "CBuildInfo"),
         .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
+        // The data streams' AES-256-GCM, from the BoringSSL that swift-nio-ssl vendors (its VAES
+        // code: 2.4x Debian's OpenSSL 3.0 here; Sources/CAEAD/shim.c). Its symbols carry
+        // swift-nio-ssl's prefix, so they never meet OpenSSL's.
+        .target(name: "CAEAD", dependencies: [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
         .target(
             name: "Transfer",
-            dependencies: ["CLiburing", "CZstd", "CXXHash", "COpenSSL"]
+            dependencies: ["CLiburing", "CZstd", "CXXHash", "COpenSSL", "CAEAD"]
         ),
         // The storage the catalog and the daemon's job queue share: one small SQL interface over
         // SQLite (GRDB) or PostgreSQL (postgres-nio).

@@ -6,7 +6,8 @@
 #   --dir    a directory on a disk filesystem for the write stages (default /var/tmp)
 #   --bytes  bytes per stage (default 1073741824)
 #   --runs   runs; the table gives each stage's median (default 3)
-# Needs gcc, libxxhash-dev and libssl-dev (installed by scripts/install-deps.sh). Talks to
+# Needs gcc, libxxhash-dev and libssl-dev (installed by scripts/install-deps.sh), and for the
+# bssl-* stages a release build (.build/release). Talks to
 # 127.0.0.1 only. Prints one line per stage: name, median s/GiB, cycles/byte at the CPU's
 # nominal clock (this VM has no performance counters), and the cores each stage needs at
 # 10, 40 and 100 Gbit/s.
@@ -25,7 +26,22 @@ WORK=$(mktemp -d /tmp/ferry-stages.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 # -O3: gcc -O2 leaves XXH3's SSE2 loop 5x slower than clang builds it for Ferry (0.19 s/GiB).
 gcc -O3 -I "$HERE/../Sources/CXXHash/include" -o "$WORK/stages" "$HERE/stages.c" "$HERE/../Sources/CXXHash/shim.c" -lxxhash -lcrypto
-for r in $(seq 1 "$RUNS"); do timeout 600 "$WORK/stages" "$DIR" "$BYTES" >"$WORK/run$r.tsv"; done
+# The streams' AES-256-GCM since issue 18 is BoringSSL's (Sources/CAEAD), measured by bench/aead.c
+# against the objects of the release build (bench/run builds it; or swift build -c release).
+BSSL=$HERE/../.build/release/CNIOBoringSSL.build
+AEAD=""
+if [ -d "$BSSL" ]; then
+    find "$BSSL" -name '*.o' | grep -v -E 'apple|win|arm|aarch64|ppc|x86-linux' | xargs ar rcs "$WORK/libbssl.a"
+    gcc -O2 -I "$HERE/../Sources/CAEAD/include" -I "$HERE/../.build/checkouts/swift-nio-ssl/Sources/CNIOBoringSSL/include" \
+        -o "$WORK/aead" "$HERE/aead.c" "$HERE/../Sources/CAEAD/shim.c" -L "$WORK" -lbssl -lstdc++ -lpthread
+    AEAD=$WORK/aead
+else
+    echo "bench/stages.sh: no release build ($BSSL): the bssl-* stages are left out" >&2
+fi
+for r in $(seq 1 "$RUNS"); do
+    timeout 600 "$WORK/stages" "$DIR" "$BYTES" >"$WORK/run$r.tsv"
+    if [ -n "$AEAD" ]; then timeout 600 "$AEAD" "$BYTES" >>"$WORK/run$r.tsv"; fi
+done
 MHZ=$(awk -F: '/^cpu MHz/ { printf "%d", $2; exit }' /proc/cpuinfo)
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(lscpu | sed -n 's/^Model name: *//p' | head -1), ${MHZ} MHz nominal, kernel $(uname -r), $RUNS runs of $((BYTES >> 20)) MiB, $DIR on $(df -T "$DIR" | awk 'NR==2 { print $2 }')"
 python3 - "$MHZ" "$WORK"/run*.tsv <<'PY'

@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -778,36 +779,26 @@ int ferry_ed25519_verify(const unsigned char pub[32], const unsigned char *msg, 
     return ok;
 }
 
-// ---- AES-256-GCM -------------------------------------------------------------------------
-struct ferry_gcm { EVP_CIPHER_CTX *c; int enc; };
-
-ferry_gcm *ferry_gcm_new(const unsigned char key[32], int encrypt) {
+// ---- AES-256-GCM (the tests' reference; the streams use CAEAD) ---------------------------
+static int gcm_once(const unsigned char key[32], const unsigned char iv[12], const unsigned char *aad, size_t aadlen,
+                    unsigned char *buf, size_t len, unsigned char *tag, int enc) {
     EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
-    if (!c) return NULL;
-    if (EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, key, NULL, encrypt) != 1) { EVP_CIPHER_CTX_free(c); return NULL; }
-    ferry_gcm *g = calloc(1, sizeof *g);
-    g->c = c; g->enc = encrypt;
-    return g;
-}
-
-void ferry_gcm_free(ferry_gcm *g) { if (g) { EVP_CIPHER_CTX_free(g->c); free(g); } }
-
-int ferry_gcm_seal(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, unsigned char tag[16]) {
-    int n = 0;
-    if (EVP_CipherInit_ex(g->c, NULL, NULL, NULL, iv, 1) != 1) return 0;
-    if (aadlen && EVP_CipherUpdate(g->c, NULL, &n, aad, (int)aadlen) != 1) return 0;
-    if (len && EVP_CipherUpdate(g->c, buf, &n, buf, (int)len) != 1) return 0;
-    if (EVP_CipherFinal_ex(g->c, buf + len, &n) != 1) return 0;
-    return EVP_CIPHER_CTX_ctrl(g->c, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1;
-}
-
-int ferry_gcm_open(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, const unsigned char tag[16]) {
-    int n = 0;
-    if (EVP_CipherInit_ex(g->c, NULL, NULL, NULL, iv, 0) != 1) return 0;
-    if (aadlen && EVP_CipherUpdate(g->c, NULL, &n, aad, (int)aadlen) != 1) return 0;
-    if (len && EVP_CipherUpdate(g->c, buf, &n, buf, (int)len) != 1) return 0;
-    if (EVP_CIPHER_CTX_ctrl(g->c, EVP_CTRL_GCM_SET_TAG, 16, (void *)tag) != 1) return 0;
-    int ok = EVP_CipherFinal_ex(g->c, buf + len, &n) == 1;
+    int n = 0, ok = c && len <= INT_MAX && aadlen <= INT_MAX
+        && EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, key, iv, enc) == 1
+        && (!aadlen || EVP_CipherUpdate(c, NULL, &n, aad, (int)aadlen) == 1)
+        && (!len || EVP_CipherUpdate(c, buf, &n, buf, (int)len) == 1)
+        && (enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16, tag) == 1)
+        && EVP_CipherFinal_ex(c, buf + len, &n) == 1
+        && (!enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1);
+    EVP_CIPHER_CTX_free(c);
     ERR_clear_error();
     return ok;
+}
+
+int ferry_openssl_gcm_seal(const unsigned char key[32], const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, unsigned char tag[16]) {
+    return gcm_once(key, iv, aad, aadlen, buf, len, tag, 1);
+}
+
+int ferry_openssl_gcm_open(const unsigned char key[32], const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, const unsigned char tag[16]) {
+    return gcm_once(key, iv, aad, aadlen, buf, len, (unsigned char *)tag, 0);
 }

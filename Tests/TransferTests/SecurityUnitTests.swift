@@ -1,3 +1,5 @@
+import CAEAD
+import COpenSSL
 import Glibc
 import Testing
 @testable import Transfer
@@ -212,6 +214,75 @@ struct SecurityUnitTests {
         #expect(refusal(wuxi, "a/anything", write: true) == "accepted")
         #expect(refusal(wuxi, "b/x", write: false).contains("may not use"))  // "*" means users with tokens
         #expect(throws: TransferError.self) { try ExportTable([Export(name: "", path: d.path, writable: true), Export(name: "a", path: d.path, writable: true)]) }
+    }
+
+    /// The streams' AES-256-GCM is BoringSSL's (CAEAD, issue 18); OpenSSL's is the reference.
+    /// The GCM specification's test case 16 (AES-256, 96-bit nonce, associated data), then random
+    /// keys, nonces, associated data and lengths from empty to past a 4 MiB chunk: both give the
+    /// same ciphertext and tag, each opens the other's, and a flipped bit in the associated data,
+    /// the ciphertext, the tag or the nonce is refused by both.
+    @Test("AES-256-GCM: BoringSSL's seals what OpenSSL's does, byte for byte; a flipped bit anywhere is refused by both")
+    func gcmAgainstOpenSSL() {
+        func hex(_ s: String) -> [UInt8] {
+            var out: [UInt8] = []
+            var i = s.startIndex
+            while i < s.endIndex { let j = s.index(i, offsetBy: 2); out.append(UInt8(s[i..<j], radix: 16)!); i = j }
+            return out
+        }
+        func seal(_ key: [UInt8], _ iv: [UInt8], _ aad: [UInt8], _ plain: [UInt8], openssl: Bool) -> ([UInt8], [UInt8])? {
+            var buf = plain, tag = [UInt8](repeating: 0, count: 16)
+            let ok: Int32 = buf.withUnsafeMutableBufferPointer { b in
+                if openssl { return ferry_openssl_gcm_seal(key, iv, aad, aad.count, b.baseAddress, b.count, &tag) }
+                let g = ferry_gcm_new(key, 1)!
+                defer { ferry_gcm_free(g) }
+                return ferry_gcm_seal(g, iv, aad, aad.count, b.baseAddress, b.count, &tag)
+            }
+            return ok == 1 ? (buf, tag) : nil
+        }
+        func open(_ key: [UInt8], _ iv: [UInt8], _ aad: [UInt8], _ sealed: [UInt8], _ tag: [UInt8], openssl: Bool) -> [UInt8]? {
+            var buf = sealed
+            let ok: Int32 = buf.withUnsafeMutableBufferPointer { b in
+                if openssl { return ferry_openssl_gcm_open(key, iv, aad, aad.count, b.baseAddress, b.count, tag) }
+                let g = ferry_gcm_new(key, 0)!
+                defer { ferry_gcm_free(g) }
+                return ferry_gcm_open(g, iv, aad, aad.count, b.baseAddress, b.count, tag)
+            }
+            return ok == 1 ? buf : nil
+        }
+        let key = hex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")
+        let iv = hex("cafebabefacedbaddecaf888"), aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2")
+        let plain = hex("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39")
+        let cipher = hex("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662")
+        let tag = hex("76fc6ece0f4e1768cddf8853bb2d551b")
+        for openssl in [false, true] {
+            let s = seal(key, iv, aad, plain, openssl: openssl)
+            #expect(s?.0 == cipher && s?.1 == tag, "test case 16, OpenSSL: \(openssl)")
+            #expect(open(key, iv, aad, cipher, tag, openssl: openssl) == plain)
+        }
+        var rng = SystemRandomNumberGenerator()
+        func bytes(_ n: Int) -> [UInt8] {
+            var b = [UInt8](repeating: 0, count: n)
+            b.withUnsafeMutableBufferPointer { p in if n > 0 { #expect(ferry_random_bytes(p.baseAddress, Int32(n)) == 1) } }
+            return b
+        }
+        for length in [0, 1, 15, 16, 17, 255, 4096, 65_537, (4 << 20) + 24] {
+            let k = bytes(32), n = bytes(12), a = bytes(Int.random(in: 0...64, using: &rng)), p = bytes(length)
+            guard let b = seal(k, n, a, p, openssl: false), let o = seal(k, n, a, p, openssl: true) else {
+                Issue.record("seal failed at \(length)"); continue
+            }
+            #expect(b.0 == o.0 && b.1 == o.1, "length \(length)")
+            #expect(open(k, n, a, b.0, b.1, openssl: true) == p, "OpenSSL opens BoringSSL's, length \(length)")
+            #expect(open(k, n, a, o.0, o.1, openssl: false) == p, "BoringSSL opens OpenSSL's, length \(length)")
+            var flipped: [([UInt8], [UInt8], [UInt8], [UInt8])] = []  // nonce, aad, ciphertext, tag
+            var t = b.1; t[Int.random(in: 0..<16, using: &rng)] ^= 1; flipped.append((n, a, b.0, t))
+            var nn = n; nn[Int.random(in: 0..<12, using: &rng)] ^= 0x80; flipped.append((nn, a, b.0, b.1))
+            if !a.isEmpty { var aa = a; aa[Int.random(in: 0..<a.count, using: &rng)] ^= 4; flipped.append((n, aa, b.0, b.1)) }
+            if length > 0 { var c = b.0; c[Int.random(in: 0..<length, using: &rng)] ^= 0x10; flipped.append((n, a, c, b.1)) }
+            for (fn, fa, fc, ft) in flipped {
+                #expect(open(k, fn, fa, fc, ft, openssl: false) == nil, "BoringSSL accepted a flipped bit, length \(length)")
+                #expect(open(k, fn, fa, fc, ft, openssl: true) == nil, "OpenSSL accepted a flipped bit, length \(length)")
+            }
+        }
     }
 
     @Test("sealed frames: open what was sealed; tampered, replayed, reordered and skipped frames are told apart")

@@ -75,12 +75,12 @@ int ferry_ed25519_sign(const unsigned char priv[32], const unsigned char *msg, s
 /// 1 when the signature is valid.
 int ferry_ed25519_verify(const unsigned char pub[32], const unsigned char *msg, size_t len, const unsigned char sig[64]);
 
-// ---- AES-256-GCM for data streams -------------------------------------------------------
-typedef struct ferry_gcm ferry_gcm;
-ferry_gcm *ferry_gcm_new(const unsigned char key[32], int encrypt);
-void ferry_gcm_free(ferry_gcm *g);
+// ---- AES-256-GCM, OpenSSL's -------------------------------------------------------------
+// The data streams seal with BoringSSL's AES-256-GCM (CAEAD). OpenSSL's, one call per frame, is
+// the independent implementation the tests check it against: same key, nonce and associated
+// data, the same ciphertext and tag.
 /// Encrypts buf[0..len) in place, authenticating aad too; writes the 16-byte tag. 1 on success.
-int ferry_gcm_seal(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, unsigned char tag[16]);
+int ferry_openssl_gcm_seal(const unsigned char key[32], const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, unsigned char tag[16]);
 /// Decrypts in place; 1 only when the tag matches (then buf holds plaintext).
-int ferry_gcm_open(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, const unsigned char tag[16]);
+int ferry_openssl_gcm_open(const unsigned char key[32], const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, const unsigned char tag[16]);
 #endif

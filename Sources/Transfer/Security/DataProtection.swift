@@ -1,3 +1,4 @@
+import CAEAD
 import COpenSSL
 import Glibc
 
