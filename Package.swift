@@ -19,8 +19,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
-        // Already under HummingbirdTLS; named for the API's certificate reload (SIGHUP).
-        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        // Already under HummingbirdTLS; named for the API's certificate reload (SIGHUP) and for
+        // CAEAD, which includes its vendored BoringSSL's headers (not its API: hence the minor pin).
+        .package(url: "https://github.com/apple/swift-nio-ssl", .upToNextMinor(from: "2.37.6")),
         // Already under Hummingbird; named for the request parts a channel handler of the API
         // sees (NIOHTTPTypes: `RequestDeadline`).
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
@@ -35,7 +36,7 @@ let package = Package(
         .target(name: "CBuildInfo"),
         .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // The data streams' AES-256-GCM, from the BoringSSL that swift-nio-ssl vendors (its VAES
-        // code: 2.4x Debian's OpenSSL 3.0 here; Sources/CAEAD/shim.c). Its symbols carry
+        // code, which Debian's OpenSSL 3.0 lacks; Sources/CAEAD/shim.c). Its symbols carry
         // swift-nio-ssl's prefix, so they never meet OpenSSL's.
         .target(name: "CAEAD", dependencies: [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
         .target(

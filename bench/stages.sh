@@ -24,17 +24,22 @@ done
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d /tmp/ferry-stages.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-# -O3: gcc -O2 leaves XXH3's SSE2 loop 5x slower than clang builds it for Ferry (0.19 s/GiB).
+# -O3: with -O2, gcc leaves XXH3's SSE2 loop four times slower than clang builds it for Ferry
+# (xxh3-sse2 0.160 s/GiB in a run of this script built with -O2 on 2026-12-06, 0.037 with -O3).
 gcc -O3 -I "$HERE/../Sources/CXXHash/include" -o "$WORK/stages" "$HERE/stages.c" "$HERE/../Sources/CXXHash/shim.c" -lxxhash -lcrypto
 # The streams' AES-256-GCM since issue 18 is BoringSSL's (Sources/CAEAD), measured by bench/aead.c
 # against the objects of the release build (bench/run builds it; or swift build -c release).
 BSSL=$HERE/../.build/release/CNIOBoringSSL.build
 AEAD=""
 if [ -d "$BSSL" ]; then
-    find "$BSSL" -name '*.o' | grep -v -E 'apple|win|arm|aarch64|ppc|x86-linux' | xargs ar rcs "$WORK/libbssl.a"
-    gcc -O2 -I "$HERE/../Sources/CAEAD/include" -I "$HERE/../.build/checkouts/swift-nio-ssl/Sources/CNIOBoringSSL/include" \
-        -o "$WORK/aead" "$HERE/aead.c" "$HERE/../Sources/CAEAD/shim.c" -L "$WORK" -lbssl -lstdc++ -lpthread
-    AEAD=$WORK/aead
+    # Every object: the generated assembly of other systems and CPUs assembles to nothing here.
+    find "$BSSL" -name '*.o' -print0 | xargs -0 ar rcs "$WORK/libbssl.a"
+    if gcc -O2 -I "$HERE/../Sources/CAEAD/include" -I "$HERE/../.build/checkouts/swift-nio-ssl/Sources/CNIOBoringSSL/include" \
+        -o "$WORK/aead" "$HERE/aead.c" "$HERE/../Sources/CAEAD/shim.c" -L "$WORK" -lbssl -lstdc++ -lpthread; then
+        AEAD=$WORK/aead
+    else
+        echo "bench/stages.sh: bench/aead.c did not build against $BSSL: the bssl-* stages are left out" >&2
+    fi
 else
     echo "bench/stages.sh: no release build ($BSSL): the bssl-* stages are left out" >&2
 fi

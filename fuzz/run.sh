@@ -54,12 +54,17 @@ sources=(
   fuzz/FuzzWire.swift
 )
 cmodules=(CXXHash CZstd CLiburing COpenSSL)
+# CAEAD (the streams' AES-256-GCM) is BoringSSL's, from swift-nio-ssl's checkout: its headers from
+# there and its objects from SwiftPM's build of it (`swift build` made them before the tests;
+# built here if not), not instrumented: the fuzzer exercises the frames around the cipher.
+bssl_inc=.build/checkouts/swift-nio-ssl/Sources/CNIOBoringSSL/include
+bssl_obj=.build/debug/CNIOBoringSSL.build
 
 mkdir -p "$out/modules" "$out/obj" "$out/corpus" "$out/crashes"
 
 stale=0
 [ -x "$bin" ] || stale=1
-for f in "${sources[@]}" fuzz/run.sh Sources/C{XXHash,Zstd,Liburing,OpenSSL}/shim.c Sources/C{XXHash,Zstd,Liburing,OpenSSL}/include/*.h; do
+for f in "${sources[@]}" fuzz/run.sh Sources/C{XXHash,Zstd,Liburing,OpenSSL,AEAD}/shim.c Sources/C{XXHash,Zstd,Liburing,OpenSSL,AEAD}/include/*.h; do
   [ "$f" -nt "$bin" ] && stale=1
 done
 
@@ -71,6 +76,7 @@ if [ "$stale" = 1 ]; then
     echo "module CZstd { header \"$root/Sources/CZstd/include/ferry_zstd.h\" link \"zstd\" export * }"
     echo "module CLiburing { header \"$root/Sources/CLiburing/include/ferry_uring.h\" link \"uring\" export * }"
     echo "module COpenSSL { header \"$root/Sources/COpenSSL/include/ferry_openssl.h\" link \"ssl\" link \"crypto\" export * }"
+    echo "module CAEAD { header \"$root/Sources/CAEAD/include/ferry_aead.h\" export * }"
   } > "$out/modules/module.modulemap"
   objs=()
   for m in "${cmodules[@]}"; do
@@ -78,6 +84,15 @@ if [ "$stale" = 1 ]; then
       "Sources/$m/shim.c" -o "$out/obj/$m.o"
     objs+=("$out/obj/$m.o")
   done
+  if [ ! -d "$bssl_obj" ] || [ ! -d "$bssl_inc" ]; then
+    swift build --target CNIOBoringSSL > "$out/build.log" 2>&1 \
+      || { cat "$out/build.log" >&2; echo "fuzz: build failed (BoringSSL)" >&2; exit 2; }
+  fi
+  "$clang" -c -g -O1 -fsanitize=address -fno-omit-frame-pointer -I Sources/CAEAD/include -I "$bssl_inc" \
+    Sources/CAEAD/shim.c -o "$out/obj/CAEAD.o"
+  rm -f "$out/obj/libbssl.a"
+  find "$bssl_obj/" -name '*.o' -print0 | xargs -0 ar rcs "$out/obj/libbssl.a"
+  objs+=("$out/obj/CAEAD.o" "$out/obj/libbssl.a" -lstdc++)
   "$swiftc" -sanitize=fuzzer,address -parse-as-library -swift-version 5 -module-name Transfer \
     -O -g -I "$out/modules" "${sources[@]}" "${objs[@]}" -luring -lzstd -lssl -lcrypto -o "$bin.tmp" \
     > "$out/build.log" 2>&1 || { cat "$out/build.log" >&2; echo "fuzz: build failed" >&2; exit 2; }

@@ -1,10 +1,12 @@
 // AES-256-GCM for the data streams, from the BoringSSL that swift-nio-ssl vendors (already in
-// the binary: the daemon's HTTPS). Issue 18: on this machine's EPYC its VAES/VPCLMULQDQ code
-// seals 4 MiB chunks at 0.10 s/GiB where Debian 12's OpenSSL 3.0 takes 0.25 (it has no
-// VAES path for GCM), and authenticates (`safe`) at 0.055 against 0.13 (bench/stages.sh, stages
-// gcm-* and bssl-*). The TLS handshake and the key export stay with OpenSSL (COpenSSL); only the
-// bulk cipher is here, with the same key, nonce, associated data and tag, so the frames on the
-// wire are the same bytes (TransferTests checks the two libraries against each other).
+// the binary: the daemon's HTTPS). Issue 18: Debian 12's OpenSSL 3.0 has no VAES code for GCM,
+// BoringSSL's VAES/VPCLMULQDQ code seals and opens a chunk in less than half the time
+// (bench/stages.sh, stages gcm-* against bssl-*; bench/RESULTS.md "Issue 18, late on
+// 2026-12-06"). The TLS handshake and the key export stay with OpenSSL (COpenSSL); only the bulk
+// cipher is here, with the same key, nonce, associated data and tag, so the frames on the wire
+// are the same bytes (SecurityUnitTests checks the two libraries against each other).
+// CNIOBoringSSL is swift-nio-ssl's internal module, not its API: Package.swift pins the minor
+// version, and a change there shows up here as a build error or in those tests.
 #include <CNIOBoringSSL_aead.h>
 #include <CNIOBoringSSL_err.h>
 #include <CNIOBoringSSL_mem.h>

@@ -783,12 +783,13 @@ int ferry_ed25519_verify(const unsigned char pub[32], const unsigned char *msg, 
 static int gcm_once(const unsigned char key[32], const unsigned char iv[12], const unsigned char *aad, size_t aadlen,
                     unsigned char *buf, size_t len, unsigned char *tag, int enc) {
     EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    unsigned char fin[16];  // GCM's final step writes nothing; never buf + len (buf may be NULL)
     int n = 0, ok = c && len <= INT_MAX && aadlen <= INT_MAX
         && EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, key, iv, enc) == 1
         && (!aadlen || EVP_CipherUpdate(c, NULL, &n, aad, (int)aadlen) == 1)
         && (!len || EVP_CipherUpdate(c, buf, &n, buf, (int)len) == 1)
         && (enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16, tag) == 1)
-        && EVP_CipherFinal_ex(c, buf + len, &n) == 1
+        && EVP_CipherFinal_ex(c, fin, &n) == 1
         && (!enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1);
     EVP_CIPHER_CTX_free(c);
     ERR_clear_error();

@@ -1,10 +1,10 @@
 // xxHash compiled into the shim (header-only mode) so XXH3 is inlined here, with the long-input
-// loop built twice: SSE2 (every x86-64) and AVX2, chosen once per process from CPUID (issue 18:
-// Debian's libxxhash and a plain build of this file use SSE2 only; AVX2 halves the hash's cost,
-// 0.036 -> 0.020 s/GiB on a 4 MiB chunk in the cache on this machine's EPYC; AVX-512 measured no
-// faster there, 0.021, so it is not built). The hash is the same function either way: the
-// variants differ only in how many lanes they compute at once (ferry_xxh3_128_with checks them
-// against each other in the tests).
+// loop built twice, SSE2 (every x86-64) and AVX2, and chosen once per process from CPUID (issue
+// 18: a plain build of this file targets baseline x86-64 and so ran SSE2 only; AVX2 takes about
+// half the time, bench/RESULTS.md "Issue 18, late on 2026-12-06"; AVX-512 was no faster in a
+// throwaway test on this machine's EPYC, so it is not built). The hash is the same function
+// either way: the variants differ only in how many lanes they compute at once
+// (ferry_xxh3_128_with lets the tests check them against each other and against known answers).
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include <cpuid.h>
@@ -21,15 +21,26 @@
 struct ferry_xxh3_state { XXH3_state_t s; };
 
 #if defined(__x86_64__)
+// The long loop's accumulator: xxHash 0.8.1 (Debian 12) passes the per-stripe function, 0.8.2 and
+// later a function over many stripes with its own name. A build against the wrong one would not
+// compile, and a wrong hash would fail the known answers in ChunkAndJournalTests.
+#if XXH_VERSION_NUMBER >= 802
+#define FERRY_ACC_SSE2 XXH3_accumulate_sse2
+#define FERRY_ACC_AVX2 XXH3_accumulate_avx2
+#else
+#define FERRY_ACC_SSE2 XXH3_accumulate_512_sse2
+#define FERRY_ACC_AVX2 XXH3_accumulate_512_avx2
+#endif
+
 // Inputs over 240 bytes (XXH3_MIDSIZE_MAX) take the long loop; shorter ones are scalar in every
 // variant, so only the long loop is built per instruction set, as xxHash's own dispatcher does.
 __attribute__((noinline)) static XXH128_hash_t long_sse2(const void *in, size_t len) {
     return XXH3_hashLong_128b_internal(in, len, XXH3_kSecret, sizeof(XXH3_kSecret),
-                                       XXH3_accumulate_512_sse2, XXH3_scrambleAcc_sse2);
+                                       FERRY_ACC_SSE2, XXH3_scrambleAcc_sse2);
 }
 __attribute__((noinline, target("avx2"))) static XXH128_hash_t long_avx2(const void *in, size_t len) {
     return XXH3_hashLong_128b_internal(in, len, XXH3_kSecret, sizeof(XXH3_kSecret),
-                                       XXH3_accumulate_512_avx2, XXH3_scrambleAcc_avx2);
+                                       FERRY_ACC_AVX2, XXH3_scrambleAcc_avx2);
 }
 
 // AVX2 needs the CPU's flag and the kernel saving the YMM state (OSXSAVE, then XCR0 bits 1-2).
@@ -63,7 +74,7 @@ int ferry_xxh3_kind(void) { return hash_kind; }
 int ferry_xxh3_128_with(int kind, const void *data, size_t len, uint64_t *low, uint64_t *high) {
     long_fn f;
     if (kind == FERRY_XXH3_SSE2) f = long_sse2;
-    else if (kind == FERRY_XXH3_AVX2 && cpu_has_avx2()) f = long_avx2;
+    else if (kind == FERRY_XXH3_AVX2 && hash_kind == FERRY_XXH3_AVX2) f = long_avx2;  // no CPUID per call: a VM exit
     else return -1;
     XXH128_hash_t h = hash128(data, len, f);
     *low = h.low64; *high = h.high64;

@@ -81,6 +81,7 @@ int ferry_ed25519_verify(const unsigned char pub[32], const unsigned char *msg, 
 // data, the same ciphertext and tag.
 /// Encrypts buf[0..len) in place, authenticating aad too; writes the 16-byte tag. 1 on success.
 int ferry_openssl_gcm_seal(const unsigned char key[32], const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, unsigned char tag[16]);
-/// Decrypts in place; 1 only when the tag matches (then buf holds plaintext).
+/// Decrypts in place; 1 only when the tag matches (then buf holds plaintext). On 0, buf holds
+/// unauthenticated bytes: for the tests only.
 int ferry_openssl_gcm_open(const unsigned char key[32], const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, const unsigned char tag[16]);
 #endif
