@@ -9,35 +9,27 @@
 // version, and a change there shows up here as a build error or in those tests.
 #include <CNIOBoringSSL_aead.h>
 #include <CNIOBoringSSL_err.h>
-#include <CNIOBoringSSL_mem.h>
 #include "ferry_aead.h"
 
-struct ferry_gcm { EVP_AEAD_CTX *c; };
+// A ferry_gcm is BoringSSL's context itself: the opaque type only keeps BoringSSL's headers out of
+// the Swift side.
+static EVP_AEAD_CTX *ctx(ferry_gcm *g) { return (EVP_AEAD_CTX *)g; }
 
-ferry_gcm *ferry_gcm_new(const unsigned char key[32], int encrypt) {
-    (void)encrypt;
-    ferry_gcm *g = OPENSSL_malloc(sizeof *g);
-    if (!g) return NULL;
-    g->c = EVP_AEAD_CTX_new(EVP_aead_aes_256_gcm(), key, 32, 16);
-    if (!g->c) { OPENSSL_free(g); return NULL; }
-    return g;
+ferry_gcm *ferry_gcm_new(const unsigned char key[32]) {
+    return (ferry_gcm *)EVP_AEAD_CTX_new(EVP_aead_aes_256_gcm(), key, 32, 16);
 }
 
-void ferry_gcm_free(ferry_gcm *g) {
-    if (!g) return;
-    EVP_AEAD_CTX_free(g->c);
-    OPENSSL_free(g);
-}
+void ferry_gcm_free(ferry_gcm *g) { EVP_AEAD_CTX_free(ctx(g)); }
 
 int ferry_gcm_seal(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, unsigned char tag[16]) {
     size_t taglen = 0;
-    int ok = EVP_AEAD_CTX_seal_scatter(g->c, buf, tag, &taglen, 16, iv, 12, buf, len, NULL, 0, aad, aadlen);
+    int ok = EVP_AEAD_CTX_seal_scatter(ctx(g), buf, tag, &taglen, 16, iv, 12, buf, len, NULL, 0, aad, aadlen);
     if (!ok) ERR_clear_error();
     return ok == 1 && taglen == 16;
 }
 
 int ferry_gcm_open(ferry_gcm *g, const unsigned char iv[12], const unsigned char *aad, size_t aadlen, unsigned char *buf, size_t len, const unsigned char tag[16]) {
-    int ok = EVP_AEAD_CTX_open_gather(g->c, buf, iv, 12, buf, len, tag, 16, aad, aadlen);
+    int ok = EVP_AEAD_CTX_open_gather(ctx(g), buf, iv, 12, buf, len, tag, 16, aad, aadlen);
     if (!ok) ERR_clear_error();
     return ok == 1;
 }

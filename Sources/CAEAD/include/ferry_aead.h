@@ -3,9 +3,8 @@
 #include <stddef.h>
 // AES-256-GCM for the data streams (docs/SECURITY.md, "Data protection"), from BoringSSL.
 typedef struct ferry_gcm ferry_gcm;
-/// A context for one key; NULL if the key cannot be set up. `encrypt` is kept for the callers'
-/// symmetry: one context seals or opens.
-ferry_gcm *ferry_gcm_new(const unsigned char key[32], int encrypt);
+/// A context for one key, for sealing and opening alike; NULL if the key cannot be set up.
+ferry_gcm *ferry_gcm_new(const unsigned char key[32]);
 void ferry_gcm_free(ferry_gcm *g);
 /// Encrypts `len` bytes at `buf` in place, authenticating `aadlen` bytes at `aad` too, and
 /// writes the 16-byte tag. 1 on success.

@@ -76,7 +76,7 @@ final class FrameSealer {
 
     init(key: [UInt8], level: ProtectionLevel, stream: Int) {
         precondition(level != .clear && key.count == 32)
-        gcm = ferry_gcm_new(key, 1)!
+        gcm = ferry_gcm_new(key)!
         self.level = level
         self.stream = UInt32(stream)
     }
@@ -128,7 +128,7 @@ final class FrameOpener {
 
     init(key: [UInt8], level: ProtectionLevel, stream: Int) {
         precondition(level != .clear && key.count == 32)
-        gcm = ferry_gcm_new(key, 0)!
+        gcm = ferry_gcm_new(key)!
         self.level = level
         self.stream = UInt32(stream)
     }
