@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "ferry_uring.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <pthread.h>
@@ -50,6 +51,11 @@ unsigned ferry_cqe_f_notif(void) { return IORING_CQE_F_NOTIF; }
 int ferry_punch_hole(int fd, long long offset, long long length) {
     int r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
     return r < 0 ? -errno : 0;
+}
+
+int ferry_ofd_trylock(int fd) {
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0, .l_pid = 0 };
+    return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : -errno;
 }
 
 long long ferry_fs_type(int fd) {

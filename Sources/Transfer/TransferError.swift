@@ -79,6 +79,15 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
             self = c
         }
 
+        /// "; rerun resumes" for a failure a rerun can mend, "" for one it meets again
+        /// (permissions, a missing directory, a path or usage refusal): appended to a file's message.
+        public var rerunHint: String { rerunResumes ? "; rerun resumes" : "" }
+
+        /// Whether running the same transfer again can get past a failure with this code: not
+        /// for refusals (authentication, paths, usage, permissions, a missing file), which a
+        /// rerun would meet again.
+        public var rerunResumes: Bool { self != .auth && self != .path && self != .usage && self != .permission && self != .notFound }
+
         public static let all: [Code] = [.io, .protocolViolation, .auth, .path, .usage, .remote, .verify, .timeout, .noSpace, .permission, .notFound, .busy]
     }
 
@@ -100,7 +109,7 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
 
     /// Whether running the same transfer again continues it: not for refusals (authentication,
     /// paths, usage), which a rerun would meet again.
-    public var rerunResumes: Bool { code != .auth && code != .path && code != .usage && code != .permission && code != .notFound }
+    public var rerunResumes: Bool { code.rerunResumes }
 
     /// An error from a system call or io_uring completion (`-errno` or errno), with context.
     static func system(_ what: String, errno e: Int32, resumable: Bool = false) -> TransferError {

@@ -24,6 +24,11 @@ int ferry_openat2(int dirfd, const char *path, int flags, unsigned mode, unsigne
 #define FERRY_IOSQE_IO_LINK 4u
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): 0 or -errno.
 int ferry_punch_hole(int fd, long long offset, long long length);
+/// An exclusive lock on the whole of `fd`'s file, held by its open file description
+/// (F_OFD_SETLK: released when the last descriptor of that open is closed, by this process or
+/// any other; it conflicts with another open's lock in the same process too), without
+/// waiting: 0, or -errno (EAGAIN/EACCES: another open holds a lock on it).
+int ferry_ofd_trylock(int fd);
 /// The filesystem type (statfs f_type) of `fd`'s filesystem, or -errno.
 long long ferry_fs_type(int fd);
 /// `fd` opened again through /proc/self/fd with O_WRONLY | O_DIRECT | O_CLOEXEC: a descriptor

@@ -282,6 +282,104 @@ enum PartialNames {
         if name.utf8.count + 1 + suffix.utf8.count <= PathLimits.componentBytesMax { return "." + name + suffix }
         return "." + ChunkHash.of(Array(name.utf8)).description + suffix
     }
+    // MARK: Claims: one session at a time writes a partial
+    //
+    // Every whole-file session of NAME writes `.NAME.ferry-part` (a fixed name, so that a rerun
+    // finds what an interrupted one left). Two sessions of NAME at once (a command started
+    // twice, two jobs staging the same file) must not both write into it: their chunks would
+    // interleave and the first to finish would rename a mixture into place, verified by the
+    // hashes of what it sent. So a session **claims** the partial before writing a byte: an
+    // exclusive lock of its open file description (`ferry_ofd_trylock`, F_OFD_SETLK), which the
+    // kernel drops when the session closes it, dies or is killed, and which conflicts between
+    // two sessions of one process (the daemon's) as between two processes. The protocol:
+    // - a session writes only into a partial it holds the claim on, and renames it into place or
+    //   closes it only after it is done with the name (the rename comes before the close);
+    // - a partial found under the name is either resumed (its journal matches) or removed, and
+    //   either only under the claim: one another session holds is never touched (`busy`);
+    // - after the lock, the claimer checks the file is still the one under the name: a file it
+    //   created itself can only have been removed meanwhile (its link count is 0), by a session
+    //   that took it for a leftover in the moment between its create and its lock; a file it
+    //   found must still be the one the name gives.
+    // Where the filesystem keeps no such locks (the lock fails with ENOLCK, EINVAL or
+    // EOPNOTSUPP: some network filesystems without a lock service), a partial is written
+    // unclaimed, as before the claims. Ranges of a striped file share their partial on purpose
+    // (each its own chunks, docs/STRIPING.md) and take no claim. Another account's partial in a
+    // shared directory cannot be opened to be claimed: it is removed as before where the
+    // directory lets it be (`foreignMessage` where it does not), and the whole-file commit
+    // checks, just before its rename, that the name still gives its own file.
+
+    /// What claiming a partial came to.
+    enum Claim { case claimed, busy, moved }
+
+    /// Claims `fd`, open for writing on the partial `name` in `dir` (see "Claims" above).
+    /// `fresh`: this session created it just now with O_EXCL.
+    static func claim(_ fd: Int32, dir: Int32, name: UnsafePointer<CChar>, fresh: Bool) -> Claim {
+        let r = ferry_ofd_trylock(fd)
+        if r == -EAGAIN || r == -EACCES { return .busy }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_nlink > 0 else { return .moved }
+        if fresh { return .claimed }
+        var at = stat()
+        guard fstatat(dir, name, &at, AT_SYMLINK_NOFOLLOW) == 0, at.st_dev == st.st_dev, at.st_ino == st.st_ino else { return .moved }
+        return .claimed
+    }
+
+    static func claim(_ fd: Int32, dir: Int32, name: String, fresh: Bool) -> Claim {
+        name.withCString { claim(fd, dir: dir, name: $0, fresh: fresh) }
+    }
+
+    /// Creates the partial `name` in `dir` afresh (O_CREAT | O_EXCL, `access` and `mode`) and
+    /// claims it. A partial left under the name by a session that ended (the account's own) is
+    /// claimed and removed first; another account's (or a hard link, or not a file) is removed
+    /// as before the claims. Returns the descriptor, or -errno: -EBUSY when another session
+    /// holds the partial now (`busyMessage`), -EPERM/-EACCES when another account's cannot be
+    /// removed (`foreignMessage`), -EEXIST when it kept coming back.
+    static func createClaimed(dir: Int32, name: UnsafePointer<CChar>, access: Int32, mode: mode_t) -> Int32 {
+        for _ in 0..<3 {
+            let fd = openat(dir, name, access | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+            if fd >= 0 {
+                switch claim(fd, dir: dir, name: name, fresh: true) {
+                case .claimed: return fd
+                case .busy: Glibc.close(fd); return -EBUSY
+                case .moved: Glibc.close(fd); continue
+                }
+            }
+            let e = errno
+            guard e == EEXIST else { return -e }
+            // O_NONBLOCK: a FIFO planted under the name fails at once (ENXIO), never blocks.
+            let old = openat(dir, name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+            if old >= 0 {
+                var st = stat()
+                if fstat(old, &st) == 0 && isOwn(st) {
+                    let c = claim(old, dir: dir, name: name, fresh: false)
+                    if c == .claimed && unlinkat(dir, name, 0) != 0 && errno != ENOENT {
+                        let e = errno
+                        Glibc.close(old)
+                        return -e
+                    }
+                    Glibc.close(old)
+                    if c == .busy { return -EBUSY }
+                    continue  // removed under the claim (a leftover), or gone meanwhile: create again
+                }
+                Glibc.close(old)
+            } else if errno == ENOENT {
+                continue
+            }
+            // Not the account's own (or not openable by it): removed where the directory allows.
+            if unlinkat(dir, name, 0) != 0 && errno != ENOENT { return -errno }
+        }
+        return -EEXIST
+    }
+
+    static func createClaimed(dir: Int32, name: String, access: Int32, mode: mode_t) -> Int32 {
+        name.withCString { createClaimed(dir: dir, name: $0, access: access, mode: mode) }
+    }
+
+    /// Why a file is refused when another session is writing the same destination now.
+    static func busyMessage(_ display: String) -> String {
+        "cannot write '\(display)': another transfer is writing it now (its partial copy is in use); run again when that one has ended"
+    }
+
     /// True for Ferry's own helper files, which a tree walk skips.
     static func isHelper(_ name: String) -> Bool {
         // Bytes, not Characters: a combining mark must not hide the leading "." or the suffix.

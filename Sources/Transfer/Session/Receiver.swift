@@ -603,8 +603,26 @@ final class Receiver: @unchecked Sendable {
         if let (journal, have) = ResumeJournal.open(dir: dir.fd, name: f.journalName, identity: id, range: f.range) {
             // Only the user's own partial resumes (`PartialNames.isOwn`); another's is replaced
             // by `startPartial`, never written into.
-            let fd = openat(dir.fd, f.partName, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+            var fd = openat(dir.fd, f.partName, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
             var pst = stat()
+            // A whole file's partial resumes under this session's claim only: one another
+            // session is writing now fails the file as busy; one gone meanwhile starts over.
+            var claim = PartialNames.Claim.claimed
+            if fd >= 0 && f.range == nil && fstat(fd, &pst) == 0 && PartialNames.isOwn(pst) {
+                claim = PartialNames.claim(fd, dir: dir.fd, name: f.partName, fresh: false)
+            }
+            if claim == .busy {
+                Glibc.close(fd)
+                let why = PartialNames.busyMessage(display)
+                f.failed = true
+                refusals.append((e.id, .busy, why))
+                ctx.progress.fileFailed(why, code: .busy)
+                return PlanEntry(id: e.id, action: .full)
+            }
+            if claim == .moved {
+                Glibc.close(fd)
+                fd = -1
+            }
             if fd >= 0 && fstat(fd, &pst) == 0 && PartialNames.isOwn(pst) && UInt64(pst.st_size) == e.size {
                 f.usePartial(fd)
                 f.journal = journal
@@ -670,23 +688,24 @@ final class Receiver: @unchecked Sendable {
             ctx.progress.fileFailed(why, code: .path)
             return PlanEntry(id: e.id, action: .full)
         }
-        // A new file of this session's (O_EXCL), never one found under the name: in a shared
-        // directory it could be another account's.
+        // A new file of this session's (O_EXCL), claimed, never one found under the name: in a
+        // shared directory it could be another account's; one another session is writing now
+        // fails this stream as busy (`PartialNames.createClaimed`).
         let part = PartialNames.part(name)
-        var fd: Int32 = -1
+        let fd = PartialNames.createClaimed(dir: dir.fd, name: part, access: O_RDWR, mode: 0o600)
         var why = ""
         var code = TransferError.Code.path
-        if unlinkat(dir.fd, part, 0) != 0 && (errno == EPERM || errno == EACCES) {
+        if fd == -EBUSY {
+            why = PartialNames.busyMessage(display)
+            code = .busy
+        } else if fd == -EPERM || fd == -EACCES {
             why = PartialNames.foreignMessage(display, part)
             code = .permission
-        } else {
-            fd = openat(dir.fd, part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-            if fd < 0 {
-                let err = errno
-                why = err == EEXIST ? "cannot write '\(display)': '\(part)' was re-created by someone else while it was replaced"
-                    : "cannot write '\(display)': \(String(cString: strerror(err))) (\(err))"
-                code = err == EEXIST ? .path : TransferError.Code(errno: err)
-            }
+        } else if fd == -EEXIST {
+            why = "cannot write '\(display)': '\(part)' was re-created by someone else while it was replaced"
+        } else if fd < 0 {
+            why = "cannot write '\(display)': \(String(cString: strerror(-fd))) (\(-fd))"
+            code = TransferError.Code(errno: -fd)
         }
         if fd < 0 {
             f.failed = true
@@ -737,10 +756,19 @@ final class Receiver: @unchecked Sendable {
         // the name that is not (another account's, planted in a shared directory; a hard link;
         // not a file) is removed and the create tried again, and when it cannot be removed (a
         // sticky directory) the file fails before anything of it is written.
+        //
+        // A whole file's partial is made afresh and claimed (`PartialNames.createClaimed`): one
+        // another session is writing now fails this file as busy, never gets written into.
         var fd: Int32 = -1
         var fresh = false
         var e: Int32 = 0
-        for _ in 0..<3 {
+        if f.range == nil {
+            fd = PartialNames.createClaimed(dir: f.dir.fd, name: part, access: O_RDWR, mode: 0o600)
+            if fd == -EBUSY { return (PartialNames.busyMessage(f.display), .busy) }
+            if fd == -EPERM || fd == -EACCES { return (PartialNames.foreignMessage(f.display, part), .permission) }
+            if fd < 0 { e = -fd; fd = -1 } else { fresh = true }
+        }
+        for _ in 0..<(f.range == nil ? 0 : 3) {
             fd = openat(f.dir.fd, part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
             if fd >= 0 {
                 fresh = true
@@ -877,7 +905,7 @@ final class Receiver: @unchecked Sendable {
         f.pendingDurable.append((index, hash))
         f.pendingBytes += rawBytes
         if f.pendingBytes >= Receiver.durableGroupBytes(size: f.entry.size, chunkBytes: chunkBytes) || monotonicNs() - f.lastSyncNs >= Receiver.durableGroupNs {
-            do { try syncDurable(f) } catch { return failFile(f, asTransferError(error).message + "; rerun resumes", code: asTransferError(error).code) }
+            do { try syncDurable(f) } catch { return failFile(f, asTransferError(error).message + asTransferError(error).code.rerunHint, code: asTransferError(error).code) }
         }
         return maybeCommit(f)
     }
@@ -903,7 +931,7 @@ final class Receiver: @unchecked Sendable {
         }
         if fdatasync(f.partFd) != 0 {
             let e = errno
-            return failFile(f, "cannot sync '\(f.display)': \(String(cString: strerror(e))); rerun resumes", code: TransferError.Code(errno: e))
+            return failFile(f, "cannot sync '\(f.display)': \(String(cString: strerror(e)))\(TransferError.Code(errno: e).rerunHint)", code: TransferError.Code(errno: e))
         }
         // The mode the user asked for, or no rename: a partial left more open than that (its
         // mode could not be set) never lands as the file.
@@ -911,11 +939,19 @@ final class Receiver: @unchecked Sendable {
             let e = errno
             var pst = stat()
             if fstat(f.partFd, &pst) != 0 || UInt32(pst.st_mode) & 0o7777 & ~f.entry.mode != 0 {
-                return failFile(f, "cannot set the mode of '\(f.display)': \(String(cString: strerror(e))); rerun resumes", code: TransferError.Code(errno: e))
+                return failFile(f, "cannot set the mode of '\(f.display)': \(String(cString: strerror(e)))\(TransferError.Code(errno: e).rerunHint)", code: TransferError.Code(errno: e))
             }
         }
         var t = f.times
         _ = futimens(f.partFd, &t)
+        // The name must still give this session's file: in a shared directory that another
+        // account may write, its session can remove a partial it cannot claim and make its own
+        // under the name (see "Claims" in PartialNames); its bytes are never renamed into place.
+        var mine = stat(), there = stat()
+        if fstat(f.partFd, &mine) == 0 && (fstatat(f.dir.fd, PartialNames.part(f.name), &there, AT_SYMLINK_NOFOLLOW) != 0
+            || there.st_dev != mine.st_dev || there.st_ino != mine.st_ino) {
+            return failFile(f, "cannot rename into '\(f.display)': its partial copy was removed or replaced by someone else while it was written; nothing was put in place", code: .path)
+        }
         if renameat(f.dir.fd, PartialNames.part(f.name), f.dir.fd, f.name) != 0 {
             let e = errno
             return failFile(f, "cannot rename into '\(f.display)': \(String(cString: strerror(e)))", code: TransferError.Code(errno: e))
@@ -940,7 +976,7 @@ final class Receiver: @unchecked Sendable {
         }
         // Data, then its records (every record is written after its data's fdatasync).
         do { try syncDurable(f) } catch {
-            return failFile(f, asTransferError(error).message + "; rerun resumes", code: asTransferError(error).code)
+            return failFile(f, asTransferError(error).message + asTransferError(error).code.rerunHint, code: asTransferError(error).code)
         }
         f.closePartial()
         f.journal = nil
@@ -979,11 +1015,20 @@ final class Receiver: @unchecked Sendable {
         if !f.failed {
             f.failed = true
             try? syncDurable(f)
+            dropStreamPartial(f)
             f.closePartial()
             f.journal = nil
             ctx.progress.fileFailed(message, code: code, fromPeer: fromPeer)
         }
         return (f.entry.id, code, message)
+    }
+
+    /// A stream's partial copy is removed when the stream fails or its session breaks: nothing
+    /// of a stream resumes (its writer's bytes cannot be read again), so what it left would only
+    /// take space. Removed while still claimed, before its descriptor closes. File lock held.
+    private func dropStreamPartial(_ f: ReceiverFile) {
+        guard f.isStream, !f.done, f.partFd >= 0 else { return }
+        _ = unlinkat(f.dir.fd, f.partName, 0)
     }
 
     /// On a broken session: make everything written so far durable, so the rerun resumes.
@@ -992,6 +1037,7 @@ final class Receiver: @unchecked Sendable {
         for f in all {
             f.lock.withLock {
                 try? syncDurable(f)
+                dropStreamPartial(f)
                 f.closePartial()
                 f.journal = nil
                 f.failed = true

@@ -218,7 +218,7 @@ final class ReceiverWorker {
                 let written = UInt64(f.presentCount) * UInt64(chunkBytes)
                 // A stream (a FIFO's bytes) has no size to give (its placeholder is not one), and
                 // what its writer sent cannot be read again: no promise of a resume.
-                let done = f.isStream ? "\(byteText(written)) of the stream written" : "\(byteText(min(written, f.entry.size))) of \(byteText(f.entry.size)) written, rerun resumes"
+                let done = f.isStream ? "\(byteText(written)) of the stream written" : "\(byteText(min(written, f.entry.size))) of \(byteText(f.entry.size)) written\(err.code.rerunResumes ? ", rerun resumes" : "")"
                 verdict = receiver.failFile(f, "cannot write '\(f.display)': \(err.message); \(done)", code: err.code)
             } else {
                 verdict = receiver.chunkWritten(f, index: index, hash: hash, rawBytes: rawBytes, wireBytes: payloadBytes)
@@ -354,21 +354,15 @@ final class ReceiverWorker {
             slot[nameSlotBytes - 1] = 0
             fds[i] = -1
             results[i] = 0
-            // O_EXCL: a fresh file gets the source's mode exactly (umask is 0), no fchmod needed.
+            // O_EXCL: a fresh file gets the source's mode exactly (umask is 0), no fchmod needed;
+            // claimed, so that no other session of the same name writes into it, and a leftover
+            // of an interrupted run replaced (`PartialNames.createClaimed`).
             // A plain call, not a ring operation: io_uring cannot create a file without
             // blocking and hands every O_CREAT open to a kernel worker thread, which measured
             // slower (20,000 files: 0.65-0.87 s of server CPU through the ring).
-            let fd = openat(a.f.dir.fd, slot, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(a.f.entry.mode))
-            fds[i] = fd >= 0 ? fd : -errno
+            fds[i] = PartialNames.createClaimed(dir: a.f.dir.fd, name: slot, access: O_WRONLY, mode: mode_t(a.f.entry.mode))
         }
-        for (i, a) in accepted.enumerated() where fds[i] == -EEXIST {
-            // A temporary file left by an interrupted run: replace it.
-            let slot = nameArena + i * nameSlotBytes
-            _ = unlinkat(a.f.dir.fd, slot, 0)
-            fds[i] = openat(a.f.dir.fd, slot, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(a.f.entry.mode))
-            if fds[i] < 0 { fds[i] = -errno }
-        }
-        // Phase 2: write each file, set its times, and close it in the ring (one submission).
+        // Phase 2: write each file and set its times.
         // The write is a plain `pwrite` too (not `O_DIRECT`): a ring write of a file on tmpfs (and of any file whose
         // filesystem cannot take a write without blocking) goes through a kernel worker, whose
         // hand-off cost more than the 4 KiB copy itself (bench/RESULTS.md, "Issue 18, the night
@@ -384,9 +378,9 @@ final class ReceiverWorker {
             if done == a.size { results[i] = Int32(a.size) }
             var t = a.f.times
             _ = futimens(fds[i], &t)
-            try ring.close(fd: fds[i], tag: UInt64(Wire.batchFilesMax + i))
         }
-        try ring.drain { _, _ in }
+        // Phase 3: rename each into place, then close them all in the ring (one submission):
+        // the rename comes first, under the claim the descriptor holds.
         var renamed = [Int32](repeating: 0, count: accepted.count)
         for (i, a) in accepted.enumerated() where fds[i] >= 0 && results[i] >= 0 {
             let to = nameArena + (Wire.batchFilesMax + i) * nameSlotBytes
@@ -395,19 +389,30 @@ final class ReceiverWorker {
             // A plain call, like the create: a ring rename always goes through a kernel worker.
             renamed[i] = renameat(a.f.dir.fd, nameArena + i * nameSlotBytes, a.f.dir.fd, to) == 0 ? 0 : -errno
         }
+        for (i, a) in accepted.enumerated() where fds[i] >= 0 {
+            // One that failed is removed while still claimed (after the close, the name could
+            // already be another session's).
+            if results[i] < 0 || renamed[i] < 0 { _ = unlinkat(a.f.dir.fd, nameArena + i * nameSlotBytes, 0) }
+            try ring.close(fd: fds[i], tag: UInt64(Wire.batchFilesMax + i))
+        }
+        try ring.drain { _, _ in }
         var rawDone = 0
         for (i, a) in accepted.enumerated() {
             var err: Int32 = 0
             if fds[i] < 0 { err = -fds[i] } else if results[i] < 0 { err = -results[i] } else if renamed[i] < 0 { err = -renamed[i] }
             a.f.lock.lock()
             if err != 0 {
-                if fds[i] >= 0 { _ = unlinkat(a.f.dir.fd, PartialNames.part(a.f.name), 0) }
                 var st = stat()
-                if err == EEXIST && fstatat(a.f.dir.fd, PartialNames.part(a.f.name), &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid != ThreadIdentity.fsuid {
+                if err == EBUSY {
+                    verdicts.append(receiver.failFile(a.f, PartialNames.busyMessage(a.f.display), code: .busy))
+                } else if (err == EPERM || err == EACCES) && fds[i] < 0 {
                     // Another account's file under the temporary name, which it could not remove.
                     verdicts.append(receiver.failFile(a.f, PartialNames.foreignMessage(a.f.display, PartialNames.part(a.f.name)), code: .permission))
+                } else if err == EEXIST && fstatat(a.f.dir.fd, PartialNames.part(a.f.name), &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid != ThreadIdentity.fsuid {
+                    verdicts.append(receiver.failFile(a.f, PartialNames.foreignMessage(a.f.display, PartialNames.part(a.f.name)), code: .permission))
                 } else {
-                    verdicts.append(receiver.failFile(a.f, "cannot write '\(a.f.display)': \(String(cString: strerror(err))) (\(err)); rerun resumes", code: TransferError.Code(errno: err)))
+                    let code = TransferError.Code(errno: err)
+                    verdicts.append(receiver.failFile(a.f, "cannot write '\(a.f.display)': \(String(cString: strerror(err))) (\(err))\(code.rerunHint)", code: code))
                 }
             } else {
                 a.f.done = true
