@@ -42,7 +42,11 @@ final class ReceiverWorker {
         // Buffer 0 has a block of slack in front: a chunk's payload lands on a `DirectIO`
         // boundary (see `run`). Buffer 1 (decompressed chunks) is page-aligned as it is.
         pool = try BufferPool(count: 2, bytesPerBuffer: frameBytesMax + DataLayout.headroomBytes + DirectIO.alignment)
-        try pool.register(with: ring)
+        // Registered at once (on a server they are what the buffer budget granted), but never
+        // required: an unprivileged process (a user's pull, a personal server) is held to its
+        // memory-lock limit (8 MiB by default, less than two buffers of a 4 MiB chunk), and then
+        // every read and write stays a plain one: the same bytes, a little more CPU.
+        _ = try? pool.register(with: ring)
         nameArena = .allocate(capacity: nameSlotBytes * Wire.batchFilesMax * 2)
         fds = [Int32](repeating: -1, count: Wire.batchFilesMax)
         results = [Int32](repeating: 0, count: Wire.batchFilesMax)

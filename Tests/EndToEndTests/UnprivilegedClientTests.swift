@@ -1,0 +1,49 @@
+// An ordinary account's own `ferry cp`, not root's: held to the kernel's default memory-lock
+// limit (8 MiB), which is less than a receiver's two registered buffers of a 4 MiB chunk. Its
+// pulls must work all the same (plain ring reads and writes), not fail with ENOMEM.
+
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("A user's own client")
+struct UnprivilegedClientTests {
+    @Test("an ordinary account pulls a file and a tree with the default memory-lock limit")
+    func pullAsUser() throws {
+        let u1 = try IdentityTests.account("ferryu1")
+        let sb = try Sandbox("unpriv-pull")
+        chmod(sb.path, 0o755)
+        let root = try sb.dir("root")
+        try writeRandomFile(root + "/big.bin", size: 18 * E2E.MiB + 5)
+        _ = try sb.dir("root/t/sub")
+        try writeRandomFile(root + "/t/sub/a.bin", size: 9 * E2E.MiB)
+        try writeRandomFile(root + "/t/b.bin", size: 1000)
+        let server = try FerryServer(sb, root: root)
+        defer { server.stop() }
+        let home = try sb.dir("u1home")
+        chown(home, u1.uid, u1.gid)
+        let token = home + "/token"
+        try FileManager.default.copyItem(atPath: sb.tokenFile, toPath: token)
+        chown(token, u1.uid, u1.gid)
+        chmod(token, 0o600)
+
+        // The limit the account really runs with (not root's CAP_IPC_LOCK): below two 4 MiB buffers.
+        let limit = runTool("/usr/sbin/runuser", ["-u", "ferryu1", "--", "/bin/sh", "-c", "ulimit -l"])
+        let kib = Int(limit.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? Int.max
+        #expect(kib < 8 * 1024 + 1, "the account's memory-lock limit is \(limit.output): the test would not test it")
+
+        for (src, dst) in [("big.bin", "big.bin"), ("t", "t")] {
+            var args = ["-u", "ferryu1", "--", E2E.ferryBinary, "cp", "--ca", sb.ca, "--token-file", token, "--chunk-size", "4M"]
+            if src == "t" { args.append("-r") }
+            args += [server.url(src), home + "/" + dst]
+            let r = runTool("/usr/sbin/runuser", args, timeout: 120)
+            #expect(r.status == 0, "pull of \(src) as ferryu1: \(r.output)")
+        }
+        #expect(filesIdentical(root + "/big.bin", home + "/big.bin"), "the pulled file differs")
+        #expect(filesIdentical(root + "/t/sub/a.bin", home + "/t/sub/a.bin") && filesIdentical(root + "/t/b.bin", home + "/t/b.bin"), "the pulled tree differs")
+        #expect(IdentityTests.owner(home + "/big.bin")?.uid == u1.uid, "the pulled file is not ferryu1's")
+    }
+}
