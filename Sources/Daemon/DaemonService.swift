@@ -28,6 +28,7 @@ public final class DaemonService: @unchecked Sendable {
                 transfer: [String] = [], peerAPIs: [String: String] = [:], peersForwarded: Set<String> = [], syncSeconds: Int = 5, replicas: String? = nil,
                 staging: String? = nil, stagingQuota: Int64 = 100 << 30, stagingBandwidth: Int64? = nil,
                 catalogIndexes: Set<Catalog.SearchIndex> = [], catalogScanRows: Int64? = nil) throws {
+        try DaemonService.createPrivately(database)
         store = try JobStore(database: database, retry: retry)
         runner = try JobRunner(store: store, settings: settings, workerID: center + "-" + String(getpid()))
         let catalog = try Catalog(db: store.db, indexes: catalogIndexes)
@@ -77,6 +78,26 @@ public final class DaemonService: @unchecked Sendable {
             }
         } else {
             apiServer = http1
+        }
+    }
+
+    /// A SQLite database that does not exist yet is created empty, mode 0600, before SQLite
+    /// opens it (attack review finding 8): SQLite creates a new file with the process's umask
+    /// (0644 under the usual 022), and the queue and the catalog hold every user's jobs and
+    /// private datasets, readable then by every local account that can reach its directory.
+    /// SQLite gives its `-wal` and `-shm` files the database file's own mode. An existing file
+    /// is left as it is (an operator may have opened it to a backup group on purpose); a
+    /// `postgres://` URL and ":memory:" are not files.
+    static func createPrivately(_ database: String) throws {
+        guard !database.hasPrefix("postgres://"), !database.hasPrefix("postgresql://"), database != ":memory:", !database.hasPrefix("file:") else { return }
+        let fd = open(database, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            // The umask cannot widen 0600, only narrow it; fchmod makes it exactly 0600.
+            _ = fchmod(fd, 0o600)
+            close(fd)
+        } else if errno != EEXIST {
+            // SQLite's own open says why (a missing directory, no rights) in its own words.
+            return
         }
     }
 

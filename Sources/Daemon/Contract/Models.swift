@@ -206,7 +206,7 @@ extension V1 {
         public var stateText: String { state.rawValue + (cancelled == true ? " (cancelled)" : "") }
 
         public static var schema: Schema {
-            .object(["id": .integer(minimum: 1), "owner": .string(), "state": .string("one of the platform's eleven states", enum: jobStates),
+            .object(["id": .integer(minimum: 1), "owner": .string("who submitted it: NAME for a token of this center, NAME@CENTER for a token of another trusted center"), "state": .string("one of the platform's eleven states", enum: jobStates),
                      "source": .string(), "destination": .string(), "attempts": .integer(minimum: 0), "max_attempts": .integer(minimum: 1),
                      "bytes": .integer(minimum: 0), "files": .integer(minimum: 0), "created": .integer("Unix seconds"),
                      "updated": .integer("Unix seconds"), "priority": .integer(), "depends_on": .array(.integer()),

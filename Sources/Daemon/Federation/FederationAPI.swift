@@ -20,7 +20,7 @@ import Transfer
 /// it must, to show each of them to the users their readers name. Centers of one federation
 /// are trusted with each other's catalogs (docs/SECURITY.md §8); users are not.
 extension DaemonAPI {
-    func addFederationRoutes(_ router: Router<BasicRequestContext>) {
+    func addFederationRoutes(_ router: Router<APIRequestContext>) {
         guard let catalog else { return }
         route(router, "federationChanges") { request, _ in
             try await handle(request) { user in
@@ -232,7 +232,9 @@ extension DaemonAPI {
         var req = JobRequest(source: "ferry://\(source.center)" + source.path, destination: target)
         req.recursive = true
         req.bwlimit = bwlimit
-        let id = try store.submit(owner: user.user, request: req, peer: source.center, now: now(), linkFree: linkFree)
+        // The daemon's own job (`Job.daemonMade`): it writes the shared replica area with the
+        // daemon's rights, after the checks above (the caller sees the dataset, may write there).
+        let id = try store.submit(owner: user.user, request: req, peer: source.center, now: now(), linkFree: linkFree, daemonMade: true)
         try catalog.setReplica(dataset: d.id, center: center, state: .staging, path: target, job: id)
         return V1.ReplicateAnswer(state: "staging", center: center, path: target, job: id, from: source.center,
                                   message: "job \(id) copies gfs://\(d.center)/\(d.qualifiedName) from \(source.center) to \(center):\(target)")

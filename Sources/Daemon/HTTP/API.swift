@@ -1,6 +1,7 @@
 import Foundation
 import GlobalFS
 import Hummingbird
+import NIOCore
 import Transfer
 import Storage
 
@@ -19,7 +20,19 @@ import Storage
 ///   GET  /, /ui/...; POST /ui/session[/end]  the web console and its sessions (Console.swift)
 /// (and the catalog's, federation's and staging's routes; the whole list: `APIContract`).
 /// Requests carry `Authorization: Bearer <user token>` (the same tokens as transfers). A user
-/// sees and changes only their own jobs; a token with scope `rw:/` is an operator's and sees all.
+/// sees and changes only their own jobs; a token of this center's own issuer with scope `rw:/`
+/// is an operator's and sees all.
+///
+/// Who a token speaks for is decided as the transfer server decides it (`principal`): a token
+/// this center issued is its user, NAME; a token of another trusted center (`token_issuers`) is
+/// NAME@CENTER, a different principal from this center's NAME. So a peer's administrator, who
+/// can issue tokens for any name, can never act as a local user here: not in the jobs a user
+/// owns (listing, cancelling, retrying, dependencies), not in the account a job runs as (only
+/// an `[[identity]]` or `--map` entry for NAME@CENTER, `run_as`, or an export's `account` gives
+/// it one; otherwise its submission is refused), not in dataset ownership or readers, and never
+/// as the operator (ops review finding 1: a peer-issued `rw:/` token was this center's operator,
+/// and a peer-issued "alice" was the local alice, whose jobs it listed and cancelled and whose
+/// account its jobs ran as). Audit lines name the qualified principal.
 /// A job's local paths must lie within the token's scopes (read for the source, write for the
 /// destination); the peer side is checked by the peer, against this center's certificate.
 public struct DaemonAPI: Sendable {
@@ -43,6 +56,9 @@ public struct DaemonAPI: Sendable {
     public var audit: AuditLog?
     /// The web console's sessions (Console.swift).
     public let sessions = ConsoleSessions()
+    /// How refusals reach the audit log: bounded paths, and unauthenticated ones at a bounded
+    /// rate (APIRefusals.swift).
+    let refusals = RefusalAudit()
     /// What the event streams of one job share (Events.swift).
     let events = EventShare()
     /// Open event streams, per user and in all (Events.swift); `DaemonService` sizes it to
@@ -70,8 +86,12 @@ public struct DaemonAPI: Sendable {
         self.catalog = catalog
     }
 
-    public func router() -> Router<BasicRequestContext> {
-        let router = Router()
+    /// The client's address (`APIRequestContext.client`) while a route's handler runs: the
+    /// `peer` of its audit lines.
+    @TaskLocal static var client = ""
+
+    public func router() -> Router<APIRequestContext> {
+        let router = Router(context: APIRequestContext.self)
         route(router, "health") { _, _ in try await onPool(.quickReads) {
             // Unauthenticated: only what the configuration names (peers, allowed hosts).
             let peers = (runner?.tuner.snapshot() ?? [:]).filter { runner?.isConfiguredKey($0.key) ?? false }.mapValues {
@@ -260,14 +280,16 @@ public struct DaemonAPI: Sendable {
 
     /// Registers the handler of one operation of the contract (`APIContract.operations`): the
     /// router holds no route the document does not describe.
-    func route(_ router: Router<BasicRequestContext>, _ id: String,
-               _ handler: @escaping @Sendable (Request, BasicRequestContext) async throws -> Response) {
+    func route(_ router: Router<APIRequestContext>, _ id: String,
+               _ handler: @escaping @Sendable (Request, APIRequestContext) async throws -> Response) {
         let op = APIContract.operation(id)
         router.on(RouterPath(op.routerPath), method: op.method == "POST" ? .post : .get) { request, context in
             if let why = op.queryProblem(request.uri.queryParameters.map { (String($0.key), String($0.value)) }) {
                 return problem(400, why)
             }
-            return try await DaemonAPI.$quick.withValue(DaemonAPI.quickOperations.contains(id)) { try await handler(request, context) }
+            return try await DaemonAPI.$client.withValue(context.client) {
+                try await DaemonAPI.$quick.withValue(DaemonAPI.quickOperations.contains(id)) { try await handler(request, context) }
+            }
         }
     }
 
@@ -285,12 +307,26 @@ public struct DaemonAPI: Sendable {
     @TaskLocal static var quick = false
 
     struct User {
+        /// The principal: NAME for a token of this center, NAME@CENTER for a token of another
+        /// trusted center, "center:NAME" for a peer's daemon (`principal`).
         var user: String
         var scopes: [Scope]
         /// Set when a peer center's daemon calls (user is then "center:NAME", without scopes).
         var center: String? = nil
-        var isOperator: Bool { scopes.contains { $0.read && $0.write && $0.path == "/" } }
+        /// The token was issued by this center itself (its own key), not by a peer.
+        var ownIssuer = false
+        /// An operator: a token of this center's own issuer with `rw:/`. A peer's token never
+        /// is, whatever its scopes: a peer's administrator can issue `rw:/` to anyone.
+        var isOperator: Bool { ownIssuer && center == nil && scopes.contains { $0.read && $0.write && $0.path == "/" } }
     }
+
+    /// Who a verified token speaks for, exactly as the transfer server names it
+    /// (`TransferServer.qualified`): its user when this center issued it, USER@ISSUER when
+    /// another trusted center did.
+    func principal(_ t: UserToken) -> String { t.issuer == center ? t.user : t.user + "@" + t.issuer }
+
+    /// The API's user for a verified token (`principal`, and whether this center issued it).
+    func tokenUser(_ t: UserToken) -> User { User(user: principal(t), scopes: t.scopes, ownIssuer: t.issuer == center) }
 
     struct HTTPFailure: Error {
         var status: Int
@@ -319,10 +355,17 @@ public struct DaemonAPI: Sendable {
         var whoCenter = ""
         func refuse(_ status: Int, _ message: String, code: String? = nil) -> Response {
             if let audit {
-                var r = AuditLog.Record(user: who, peer: "", action: "api", path: request.method.rawValue + " " + request.uri.path,
-                                        result: (status < 500 ? "refused: " : "failed: ") + "\(status) \(message)")
+                // The client's address, a bounded path and reason; a request that identified
+                // nobody at a bounded rate (`RefusalAudit`).
+                let client = DaemonAPI.client
+                var r = AuditLog.Record(user: who, peer: client, action: "api", path: request.method.rawValue + " " + RefusalAudit.shown(request.uri.path),
+                                        result: RefusalAudit.shown((status < 500 ? "refused: " : "failed: ") + "\(status) \(message)", max: RefusalAudit.resultBytesMax))
                 r.center = whoCenter
-                audit.write(r)
+                if who.isEmpty && whoCenter.isEmpty {
+                    refusals.refusedUnidentified(r, client: client, to: audit)
+                } else {
+                    audit.write(r)
+                }
             }
             return problem(status, message, code: code)
         }
@@ -354,12 +397,13 @@ public struct DaemonAPI: Sendable {
             // audit names it `refused:NAME`, as the transfer server does.
             let (checked, refusal) = verifier.check(bearer)
             if let refusal {
-                who = checked.map { "refused:" + $0.user } ?? ""
+                who = checked.map { "refused:" + principal($0) } ?? ""
                 throw HTTPFailure(status: 401, message: refusal.message)
             }
             guard let token = checked else { throw HTTPFailure(status: 401, message: "token refused") }
-            who = token.user
-            return try await body(User(user: token.user, scopes: token.scopes))
+            let user = tokenUser(token)
+            who = user.user
+            return try await body(user)
         } catch let f as HTTPFailure {
             return refuse(f.status, f.message)
         } catch let e as JobStoreError {
@@ -380,6 +424,10 @@ public struct DaemonAPI: Sendable {
         } catch let e as HTTPError {
             // Hummingbird's own (a body over its limit: 413).
             return refuse(Int(e.status.code), e.body ?? e.status.reasonPhrase)
+        } catch let e as NIOTooManyBytesError {
+            // A body over what the route collects (`collect(upTo:)`: 4 MiB for a submission):
+            // the client's request is too large (413), not the daemon's failure (500).
+            return refuse(413, "the request body is larger than \(e.maxBytes.map { "\($0) bytes" } ?? "this route takes")")
         } catch {
             return refuse(500, "internal error: \(error)")
         }
@@ -425,7 +473,7 @@ public struct DaemonAPI: Sendable {
     /// One audit line for a change the API made for `user`.
     func auditLine(_ user: User, action: String, path: String, result: String, files: Int64 = 0, bytes: Int64 = 0, seconds: Double = 0) {
         guard let audit else { return }
-        var r = AuditLog.Record(user: user.user, peer: "", action: action, path: path, result: result)
+        var r = AuditLog.Record(user: user.user, peer: DaemonAPI.client, action: action, path: path, result: result)
         r.center = user.center ?? ""
         r.files = UInt64(max(0, files))
         r.bytes = UInt64(max(0, bytes))
@@ -433,7 +481,7 @@ public struct DaemonAPI: Sendable {
         audit.write(r)
     }
 
-    private func ownJob(_ context: BasicRequestContext, _ user: User) throws -> Job {
+    private func ownJob(_ context: APIRequestContext, _ user: User) throws -> Job {
         guard let id = context.parameters.get("id").flatMap({ Int64($0) }), let job = try store.get(id), job.owner == user.user || user.isOperator else {
             throw HTTPFailure(status: 404, message: "no such transfer")
         }

@@ -20,7 +20,7 @@ import Transfer
 /// see answers exactly as a missing one (404).
 
 extension DaemonAPI {
-    func addCatalogRoutes(_ router: Router<BasicRequestContext>) {
+    func addCatalogRoutes(_ router: Router<APIRequestContext>) {
         guard let catalog else { return }
         route(router, "register") { request, _ in
             try await handle(request) { user in

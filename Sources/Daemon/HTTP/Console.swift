@@ -63,13 +63,15 @@ public final class ConsoleSessions: @unchecked Sendable {
         return constantTimeEqual(Array(header.utf8), Array(s.csrf.utf8))
     }
 
-    func create(token: String, _ t: UserToken, isOperator: Bool, now: Int64) -> (id: String, session: Session)? {
-        var s = Session(token: token, user: t.user, csrf: ConsoleSessions.secret(), expires: min(t.expiresAt, now + ConsoleSessions.maxSeconds), isOperator: isOperator)
+    /// `user`: the token's principal as the API names it (`DaemonAPI.principal`: NAME@CENTER
+    /// for a peer's token), which the session shows and counts by.
+    func create(token: String, _ t: UserToken, user: String, isOperator: Bool, now: Int64) -> (id: String, session: Session)? {
+        var s = Session(token: token, user: user, csrf: ConsoleSessions.secret(), expires: min(t.expiresAt, now + ConsoleSessions.maxSeconds), isOperator: isOperator)
         let id = ConsoleSessions.secret()
         return lock.withLock {
             made += 1
             s.serial = made
-            let own = sessions.filter { $0.value.user == t.user }
+            let own = sessions.filter { $0.value.user == user }
             if own.count >= ConsoleSessions.maxPerUser, let oldest = own.min(by: { $0.value.serial < $1.value.serial }) { sessions[oldest.key] = nil }
             if sessions.count >= ConsoleSessions.maxSessions { sessions = sessions.filter { $0.value.expires > now } }
             guard sessions.count < ConsoleSessions.maxSessions else { return nil }
@@ -101,7 +103,8 @@ extension V1 {
         public var csrf: String
         public var center: String
         public static var schema: Schema {
-            .object(["user": .string(), "operator": .boolean("the token is an operator's (rw:/)"), "expires": .integer("Unix seconds"),
+            .object(["user": .string("the token's principal: NAME, or NAME@CENTER for a token of another center"),
+                     "operator": .boolean("the token is an operator's (this center's own token with rw:/)"), "expires": .integer("Unix seconds"),
                      "csrf": .string("send it as X-Ferry-CSRF with every POST"), "center": .string("this daemon's center")],
                     required: ["user", "operator", "expires", "csrf", "center"])
         }
@@ -144,7 +147,7 @@ enum ConsoleAssets {
 
 extension DaemonAPI {
     /// The console's routes, operations of the contract like the API's (`APIContract`).
-    func addConsoleRoutes(_ router: Router<BasicRequestContext>) {
+    func addConsoleRoutes(_ router: Router<APIRequestContext>) {
         for (id, bytes, type) in [("console", ConsoleAssets.page, "text/html; charset=utf-8"), ("consoleScript", ConsoleAssets.script, "text/javascript; charset=utf-8"),
                                   ("consoleStyle", ConsoleAssets.style, "text/css; charset=utf-8")] {
             route(router, id) { _, _ in asset(bytes, type) }
@@ -171,11 +174,21 @@ extension DaemonAPI {
             let token = form.token.trimmingCharacters(in: .whitespacesAndNewlines)
             let (checked, refusal) = verifier.check(token)
             guard let t = checked, refusal == nil else {
-                auditLine(User(user: checked.map { "refused:" + $0.user } ?? "", scopes: []), action: "console.sign-in", path: "", result: "refused: " + (refusal?.message ?? "token refused"))
+                let result = RefusalAudit.shown("refused: " + (refusal?.message ?? "token refused"), max: RefusalAudit.resultBytesMax)
+                if let g = checked {
+                    auditLine(User(user: "refused:" + principal(g), scopes: []), action: "console.sign-in", path: "", result: result)
+                } else if let audit {
+                    // Not a genuine token: nobody to name, so at the bounded rate of the API's
+                    // unauthenticated refusals (`RefusalAudit`), with the client's address.
+                    refusals.refusedUnidentified(AuditLog.Record(user: "", peer: DaemonAPI.client, action: "console.sign-in", path: "", result: result),
+                                                 client: DaemonAPI.client, to: audit)
+                }
                 return consoleAnswer(problem(401, refusal?.message ?? "token refused"))
             }
-            let user = User(user: t.user, scopes: t.scopes)
-            guard let (id, s) = sessions.create(token: token, t, isOperator: user.isOperator, now: now()) else {
+            // The same principal, and the same operator rule, as every API request (`tokenUser`):
+            // a peer's token signs in as NAME@CENTER and is never the operator.
+            let user = tokenUser(t)
+            guard let (id, s) = sessions.create(token: token, t, user: user.user, isOperator: user.isOperator, now: now()) else {
                 return consoleAnswer(problem(503, "too many console sessions; try again later"))
             }
             auditLine(user, action: "console.sign-in", path: "", result: "ok")

@@ -110,6 +110,15 @@ public struct Job: Sendable, Equatable {
     /// a symbolic link when it runs: down to the limit of the scope its owner's token had at
     /// submit (the runner has no token to ask again). 0 for jobs of older daemons.
     public var linkFree = 0
+    /// Made by the daemon itself, not submitted by a user: a replication (`ferry replicate`
+    /// into `[daemon] replicas`) or a stage-in's fetch into `[daemon] staging`. Only such a job
+    /// may run without its owner's local account (`JobRunner.localAccount`), and only while its
+    /// local side lies in those areas. Set where the daemon makes them (`JobStore.submit`'s
+    /// `daemonMade`), never from a request: a user's job runs as its owner's mapped account
+    /// whatever its path (before, any job whose path lay under those areas ran as root, so a
+    /// user with a scope there read and overwrote other users' and root's files through one).
+    /// false for jobs of older daemons: they run as their owners.
+    public var daemonMade = false
 }
 
 /// Which jobs to list.

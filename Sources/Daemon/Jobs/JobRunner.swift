@@ -20,8 +20,10 @@ public struct RunnerSettings: Sendable {
     /// `ferry cp` session would be.
     public var identities = IdentityMap()
     /// The daemon's own areas (`[daemon] staging` and `replicas`, job paths /EXPORT/DIR):
-    /// shared by every user, filled from peers' datasets the user may read, so transfers into
-    /// them run with the daemon's rights, not the requester's.
+    /// shared by every user, filled from peers' datasets the user may read, so the daemon's own
+    /// transfers into them (`Job.daemonMade`) run with the daemon's rights, not the
+    /// requester's. A user's job there runs as its owner like any other
+    /// (`JobRunner.localAccount`).
     public var daemonAreas: [String] = []
     public var workers = 2
     public var leaseSeconds: Int64 = 30
@@ -483,15 +485,27 @@ public final class JobRunner: @unchecked Sendable {
         return (.local(path), nil)
     }
 
-    /// The account a job's local side runs as: its owner's, unless that side is one of the
-    /// daemon's own areas.
+    /// The account a job's local side runs as: its owner's mapped account (`IdentityMap`, as
+    /// the transfer server maps the same principal; an unmapped owner fails the job with the
+    /// reason), whatever its path. The one exception is a job the daemon made itself
+    /// (`Job.daemonMade`: a replication, a stage-in's fetch) whose local side lies in one of the
+    /// daemon's own areas: it runs with the daemon's rights (nil), since those areas are shared
+    /// by every user and filled from data its owner was allowed to read.
+    ///
+    /// Decided by the job's mark, not by its path (issue: attack review finding 2): before, any
+    /// job whose local path lay under `replicas` or `staging` ran as root, so a user with a scope
+    /// there submitted a job that read (or overwrote) another user's or root's 0600 file. A
+    /// user's submission can never set the mark (the API has no field for it); a mark on a job
+    /// whose path lies elsewhere is ignored (the owner's account again).
     func localAccount(_ job: Job, _ export: Export?) throws -> LocalAccount? {
         guard let export else { return nil }
-        let local = [job.request.source, job.request.destination].first { !$0.hasPrefix("ferry://") } ?? ""
-        let parts = local.split(separator: "/")
-        for area in settings.daemonAreas {
-            let a = area.split(separator: "/")
-            if parts.count >= a.count && Array(parts.prefix(a.count)) == a { return nil }
+        if job.daemonMade {
+            let local = [job.request.source, job.request.destination].first { !$0.hasPrefix("ferry://") } ?? ""
+            let parts = local.split(separator: "/")
+            for area in settings.daemonAreas {
+                let a = area.split(separator: "/")
+                if !a.isEmpty && parts.count >= a.count && Array(parts.prefix(a.count)) == a { return nil }
+            }
         }
         return try settings.identities.resolve(job.owner, export: export)
     }

@@ -135,14 +135,24 @@ public final class JobStore: @unchecked Sendable {
         } else if try s.one("SELECT COUNT(*) AS n FROM pragma_table_info('jobs') WHERE name = 'link_free'")?.int("n") ?? 0 == 0 {
             try s.execute("ALTER TABLE jobs ADD COLUMN link_free INTEGER NOT NULL DEFAULT 0")
         }
+        // daemon_made: a job the daemon made itself (a replication, a stage-in's fetch), which
+        // alone may run without its owner's account (`Job.daemonMade`). Older rows are users'
+        // jobs as far as the runner knows (0): they run as their owners.
+        if s.dialect == .postgres {
+            try s.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS daemon_made BIGINT NOT NULL DEFAULT 0")
+        } else if try s.one("SELECT COUNT(*) AS n FROM pragma_table_info('jobs') WHERE name = 'daemon_made'")?.int("n") ?? 0 == 0 {
+            try s.execute("ALTER TABLE jobs ADD COLUMN daemon_made INTEGER NOT NULL DEFAULT 0")
+        }
     }
 
     // MARK: submit, read
 
     /// Adds a job: `queued`, or `scheduled` while it waits for its dependencies.
     @discardableResult
-    /// `linkFree`: `Job.linkFree`, what the API found at submit.
-    public func submit(owner: String, request: JobRequest, peer: String, now: Int64, linkFree: Int = 0) throws -> Int64 {
+    /// `linkFree`: `Job.linkFree`, what the API found at submit. `daemonMade`: `Job.daemonMade`,
+    /// true only where the daemon makes a job itself (a replication, a stage-in), never for a
+    /// user's submission.
+    public func submit(owner: String, request: JobRequest, peer: String, now: Int64, linkFree: Int = 0, daemonMade: Bool = false) throws -> Int64 {
         let json = String(decoding: try JSONEncoder().encode(request), as: UTF8.self)
         return try write { s in
             for d in request.dependsOn {
@@ -153,10 +163,10 @@ public final class JobStore: @unchecked Sendable {
             let state: JobState = request.dependsOn.isEmpty ? .queued : .scheduled
             try JobState.noStatus.checkMove(to: state)
             guard let row = try s.one("""
-                INSERT INTO jobs (owner, request, state, priority, max_attempts, deadline, peer, created, updated, link_free)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+                INSERT INTO jobs (owner, request, state, priority, max_attempts, deadline, peer, created, updated, link_free, daemon_made)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
                 """, owner, json, state.rawValue, request.priority, request.maxAttempts ?? retry.maxAttempts,
-                request.deadline, peer, now, now, linkFree) else { throw JobStoreError("the database returned no id for the new job") }
+                request.deadline, peer, now, now, linkFree, daemonMade ? 1 : 0) else { throw JobStoreError("the database returned no id for the new job") }
             let id = row.int("id")
             for d in Set(request.dependsOn) {
                 try s.execute("INSERT INTO job_deps (job, depends_on) VALUES (?, ?)", id, d)
@@ -546,6 +556,7 @@ public final class JobStore: @unchecked Sendable {
                    leaseOwner: r.optionalText("lease_owner"), leaseExpires: r.optionalInt("lease_expires"), error: r.optionalText("error"),
                    bytes: r.int("bytes"), files: r.int("files"), created: r.int("created"), updated: r.int("updated"), peer: r.text("peer"),
                    lastWorker: r.optionalText("last_worker"), errorCode: r.optionalText("error_code").flatMap(TransferError.Code.init(name:)),
-                   striped: r.int("striped") != 0, note: r.optionalText("note"), linkFree: Int(r.int("link_free")))
+                   striped: r.int("striped") != 0, note: r.optionalText("note"), linkFree: Int(r.int("link_free")),
+                   daemonMade: r.int("daemon_made") != 0)
     }
 }

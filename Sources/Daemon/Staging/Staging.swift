@@ -105,7 +105,7 @@ typealias StageItem = V1.StageItem
 typealias StageRequest = V1.StageRequest
 
 extension DaemonAPI {
-    func addStagingRoutes(_ router: Router<BasicRequestContext>) {
+    func addStagingRoutes(_ router: Router<APIRequestContext>) {
         route(router, "stageIn") { request, _ in
             try await handle(request) { user in
                 let r = try stageRequest(try await request.body.collect(upTo: 4 << 20), user)
@@ -286,7 +286,9 @@ extension DaemonAPI {
             req.recursive = recursive
             req.checksum = d.checksum
             req.bwlimit = st.bandwidth.map { UInt64($0) }
-            let id = try store.submit(owner: r.user, request: req, peer: peer, now: now())
+            // The daemon's own fetch into the shared cache (`Job.daemonMade`): with its rights,
+            // not the scheduler job's user's (the entry is shared by every job that asks).
+            let id = try store.submit(owner: r.user, request: req, peer: peer, now: now(), daemonMade: true)
             try st.cache.setJob(entry.id, job: id)
             current.job = id
         }
