@@ -240,3 +240,22 @@ struct DaemonMadeJobTests {
         #expect(try runner.localAccount(jobs[madeElsewhere]!, export)?.name == "nobody")
     }
 }
+
+/// How a refusal's path and address reach the audit log (`RefusalAudit`), without a daemon.
+@Suite("API refusal audit (unit)")
+struct RefusalAuditUnitTests {
+    @Test("a long path is cut at a character's start with its length; a short one is kept; an address is counted without its port (IPv4 and IPv6)")
+    func shownAndHost() {
+        #expect(RefusalAudit.shown("/api/v1/transfers") == "/api/v1/transfers")
+        let ascii = String(repeating: "a", count: 300)
+        #expect(RefusalAudit.shown(ascii) == String(repeating: "a", count: 256) + "... (300 bytes)")
+        // "é" is two bytes: byte 256 would fall inside one, so the cut moves back to its start.
+        let wide = "x" + String(repeating: "é", count: 200)
+        let cut = RefusalAudit.shown(wide)
+        #expect(cut.hasSuffix("... (401 bytes)") && cut.utf8.count <= 256 + "... (401 bytes)".utf8.count, "\(cut)")
+        #expect(!cut.contains("\u{FFFD}"))
+        #expect(RefusalAudit.host("127.0.0.1:40520") == "127.0.0.1")
+        #expect(RefusalAudit.host("[::1]:40520") == "[::1]")
+        #expect(RefusalAudit.host("") == "unknown")
+    }
+}
