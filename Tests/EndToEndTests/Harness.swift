@@ -328,7 +328,14 @@ final class FerryProcess {
         try? err.close()
     }
 
+    /// The `timeout` wrapper's pid (signals to it reach the ferry process).
     var pid: pid_t { process.processIdentifier }
+    /// The ferry process itself, the wrapper's child: what its descriptors and memory are
+    /// measured on (`/proc/PID/fd`, VmRSS). The wrapper's pid until the child exists.
+    var ferryPid: pid_t {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").first.flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? pid
+    }
     var isRunning: Bool { process.isRunning }
 
     var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }

@@ -154,7 +154,7 @@ struct IdentityTests {
         // follows an unread manifest, so the server's own log line is checked).
         let said = waitUntil(timeout: 60, interval: 0.1) { server.process.stderr.contains("files announced without a verdict") }
         #expect(said, "\(many.prefix(300)); server: \(server.process.stderr.suffix(600))")
-        let rss = residentKiB(server.process.pid)
+        let rss = residentKiB(server.process.ferryPid)
         #expect(rss > 0 && rss < 400 * 1024, "server resident memory \(rss) KiB after hostile manifests")
         #expect(server.isRunning)
     }

@@ -177,7 +177,7 @@ struct SpecialFileTests {
         try writeRandomFile(root + "/ok.bin", size: 100_000)
         let server = try FerryServer(sb, root: root, extra: ["--max-connections", "64"])
         defer { server.stop() }
-        let threads = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.process.pid)/task").count) ?? -1 }
+        let threads = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.process.ferryPid)/task").count) ?? -1 }
         // Warm up (the first session starts lazily created threads), then count.
         let warm = try sb.cp(server.url("ok.bin"), sb.file("warm.bin"))
         #expect(warm.succeeded, "\(warm)")

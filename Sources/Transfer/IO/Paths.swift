@@ -332,8 +332,8 @@ enum PartialNames {
     /// claims it. A partial left under the name by a session that ended (the account's own) is
     /// claimed and removed first; another account's (or a hard link, or not a file) is removed
     /// as before the claims. Returns the descriptor, or -errno: -EBUSY when another session
-    /// holds the partial now (`busyMessage`), -EPERM/-EACCES when another account's cannot be
-    /// removed (`foreignMessage`), -EEXIST when it kept coming back.
+    /// holds the partial now (`busyMessage`), -EEXIST when one is there that cannot be removed
+    /// or kept coming back (`existingMessage`), the create's own error otherwise.
     static func createClaimed(dir: Int32, name: UnsafePointer<CChar>, access: Int32, mode: mode_t) -> Int32 {
         for _ in 0..<3 {
             let fd = openat(dir, name, access | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
@@ -365,14 +365,25 @@ enum PartialNames {
             } else if errno == ENOENT {
                 continue
             }
-            // Not the account's own (or not openable by it): removed where the directory allows.
-            if unlinkat(dir, name, 0) != 0 && errno != ENOENT { return -errno }
+            // Not the account's own (or not openable by it): removed where the directory allows;
+            // where it does not (a sticky directory), -EEXIST (`existingMessage`).
+            if unlinkat(dir, name, 0) != 0 && errno != ENOENT { return errno == EPERM || errno == EACCES ? -EEXIST : -errno }
         }
         return -EEXIST
     }
 
     static func createClaimed(dir: Int32, name: String, access: Int32, mode: mode_t) -> Int32 {
         name.withCString { createClaimed(dir: dir, name: $0, access: access, mode: mode) }
+    }
+
+    /// Why a file is refused when `createClaimed` said -EEXIST: another account's helper that
+    /// the directory does not let this account remove, or one that kept coming back.
+    static func existingMessage(dir: Int32, _ display: String, _ helperName: String) -> (String, TransferError.Code) {
+        var st = stat()
+        if fstatat(dir, helperName, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid != ThreadIdentity.fsuid {
+            return (foreignMessage(display, helperName), .permission)
+        }
+        return ("cannot write '\(display)': '\(helperName)' in its directory was replaced by someone else each time it was made", .path)
     }
 
     /// Why a file is refused when another session is writing the same destination now.

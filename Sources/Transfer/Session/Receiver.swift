@@ -58,6 +58,20 @@ final class SinkTarget {
     }
 }
 
+/// The partial copies a session holds open and their chunks' state: bounded
+/// (`Receiver.openFilesMax`, `Receiver.openChunksMax`) so that one session, announcing files
+/// and sending nothing, can take neither the process's descriptors nor its memory.
+final class OpenBudget: @unchecked Sendable {
+    private let lock = Lock()
+    private var files = 0
+    private var chunks = 0
+    func hasRoom(chunks n: Int) -> Bool {
+        lock.withLock { files < Receiver.openFilesMax && (chunks == 0 || chunks + n <= Receiver.openChunksMax) }
+    }
+    func take(chunks n: Int) { lock.withLock { files += 1; chunks += n } }
+    func give(chunks n: Int) { lock.withLock { files -= 1; chunks -= n } }
+}
+
 /// One destination file between its plan and its commit. Guarded by its own `lock`, so
 /// streams writing different files never wait for each other.
 final class ReceiverFile {
@@ -114,17 +128,25 @@ final class ReceiverFile {
 
     var isSmall: Bool { !isStream && chunkCount <= 1 }
 
-    /// Takes `fd` as the partial file, with a direct descriptor beside it where `DirectIO` says.
-    func usePartial(_ fd: Int32) {
+    /// Takes `fd` as the partial file, with a direct descriptor beside it where `DirectIO` says,
+    /// counted in `budget` until `closePartial`.
+    func usePartial(_ fd: Int32, budget: OpenBudget) {
         partFd = fd
         if directFd >= 0 { Glibc.close(directFd) }
-        directFd = DirectIO.open(partial: fd, size: entry.size)
+        directFd = isStream ? -1 : DirectIO.open(partial: fd, size: entry.size)
+        if counted == nil {
+            let n = isStream ? 0 : chunkCount
+            budget.take(chunks: n)
+            counted = (budget, n)
+        }
     }
+    private var counted: (budget: OpenBudget, chunks: Int)?
 
     /// Closes the partial's descriptors (its bytes stay for a rerun or were renamed).
     func closePartial() {
         if directFd >= 0 { Glibc.close(directFd); directFd = -1 }
         if partFd >= 0 { Glibc.close(partFd); partFd = -1 }
+        if let c = counted { c.budget.give(chunks: c.chunks); counted = nil }
     }
 
     /// Direct I/O refused by the filesystem: this file's writes go buffered from now on.
@@ -189,6 +211,21 @@ final class Receiver: @unchecked Sendable {
     /// Chunks of one file: its state costs 17 bytes a chunk (a flag and a hash), so this caps a
     /// file's bookkeeping at 68 MiB (16 TiB at 4 MiB chunks; larger files take larger chunks).
     static let chunksPerFileMax = 1 << 22
+    /// Partial copies open at once in a session, and their chunks (`OpenBudget`): twice what an
+    /// honest sender lets be in flight (`Sender.multiChunkFilesInFlightMax`,
+    /// `Sender.chunksInFlightMax`), so only a sender that ignores its bound meets them. About
+    /// three descriptors a file (partial, journal, direct), 1,536 a session at most; 136 MiB of
+    /// chunk state.
+    static let openFilesMax = 2 * Sender.multiChunkFilesInFlightMax
+    static let openChunksMax = 2 * Sender.chunksInFlightMax
+    let budget = OpenBudget()
+
+    /// Throws when the session already holds as many partial copies (or chunks) open as it may.
+    private func requireRoom(chunks: Int) throws {
+        guard budget.hasRoom(chunks: chunks) else {
+            throw TransferError.protocolError("more than \(Receiver.openFilesMax) files of several chunks (or \(Receiver.openChunksMax) chunks) announced without a verdict")
+        }
+    }
 
     /// `baseFd`: a directory everything resolves beneath (owned); `target`: the path of the
     /// destination relative to it ("" components = `baseFd` itself).
@@ -589,6 +626,7 @@ final class Receiver: @unchecked Sendable {
             }
         }
         lock.withLock { files[e.id] = f }
+        if !f.isSmall { try requireRoom(chunks: f.chunkCount) }
         if f.isSmall {
             // A journal left by an earlier, larger version of this file (a copy interrupted,
             // then the source shrank to one chunk) would stay for good: no later copy of a
@@ -624,7 +662,7 @@ final class Receiver: @unchecked Sendable {
                 fd = -1
             }
             if fd >= 0 && fstat(fd, &pst) == 0 && PartialNames.isOwn(pst) && UInt64(pst.st_size) == e.size {
-                f.usePartial(fd)
+                f.usePartial(fd, budget: budget)
                 f.journal = journal
                 f.present = [Bool](repeating: false, count: f.chunkCount)
                 f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
@@ -691,6 +729,7 @@ final class Receiver: @unchecked Sendable {
         // A new file of this session's (O_EXCL), claimed, never one found under the name: in a
         // shared directory it could be another account's; one another session is writing now
         // fails this stream as busy (`PartialNames.createClaimed`).
+        try requireRoom(chunks: 0)
         let part = PartialNames.part(name)
         let fd = PartialNames.createClaimed(dir: dir.fd, name: part, access: O_RDWR, mode: 0o600)
         var why = ""
@@ -698,11 +737,8 @@ final class Receiver: @unchecked Sendable {
         if fd == -EBUSY {
             why = PartialNames.busyMessage(display)
             code = .busy
-        } else if fd == -EPERM || fd == -EACCES {
-            why = PartialNames.foreignMessage(display, part)
-            code = .permission
         } else if fd == -EEXIST {
-            why = "cannot write '\(display)': '\(part)' was re-created by someone else while it was replaced"
+            (why, code) = PartialNames.existingMessage(dir: dir.fd, display, part)
         } else if fd < 0 {
             why = "cannot write '\(display)': \(String(cString: strerror(-fd))) (\(-fd))"
             code = TransferError.Code(errno: -fd)
@@ -713,7 +749,7 @@ final class Receiver: @unchecked Sendable {
             ctx.progress.fileFailed(why, code: code)
             return PlanEntry(id: e.id, action: .full)
         }
-        f.partFd = fd
+        f.usePartial(fd, budget: budget)
         _ = unlinkat(dir.fd, PartialNames.journal(name), 0)  // an older journal of a file: not this
         return PlanEntry(id: e.id, action: .full)
     }
@@ -765,7 +801,7 @@ final class Receiver: @unchecked Sendable {
         if f.range == nil {
             fd = PartialNames.createClaimed(dir: f.dir.fd, name: part, access: O_RDWR, mode: 0o600)
             if fd == -EBUSY { return (PartialNames.busyMessage(f.display), .busy) }
-            if fd == -EPERM || fd == -EACCES { return (PartialNames.foreignMessage(f.display, part), .permission) }
+            if fd == -EEXIST { return PartialNames.existingMessage(dir: f.dir.fd, f.display, part) }
             if fd < 0 { e = -fd; fd = -1 } else { fresh = true }
         }
         for _ in 0..<(f.range == nil ? 0 : 3) {
@@ -815,7 +851,7 @@ final class Receiver: @unchecked Sendable {
             if fresh && f.range == nil { _ = unlinkat(f.dir.fd, part, 0) }
             return ("cannot write '\(f.display)': \(asTransferError(error).message)", asTransferError(error).code)
         }
-        f.usePartial(fd)
+        f.usePartial(fd, budget: budget)
         f.present = [Bool](repeating: false, count: f.chunkCount)
         f.hashes = [ChunkHash](repeating: .zero, count: f.chunkCount)
         f.presentCount = 0

@@ -406,14 +406,12 @@ final class ReceiverWorker {
             if fds[i] < 0 { err = -fds[i] } else if results[i] < 0 { err = -results[i] } else if renamed[i] < 0 { err = -renamed[i] }
             a.f.lock.lock()
             if err != 0 {
-                var st = stat()
                 if err == EBUSY {
                     verdicts.append(receiver.failFile(a.f, PartialNames.busyMessage(a.f.display), code: .busy))
-                } else if (err == EPERM || err == EACCES) && fds[i] < 0 {
+                } else if err == EEXIST && fds[i] < 0 {
                     // Another account's file under the temporary name, which it could not remove.
-                    verdicts.append(receiver.failFile(a.f, PartialNames.foreignMessage(a.f.display, PartialNames.part(a.f.name)), code: .permission))
-                } else if err == EEXIST && fstatat(a.f.dir.fd, PartialNames.part(a.f.name), &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid != ThreadIdentity.fsuid {
-                    verdicts.append(receiver.failFile(a.f, PartialNames.foreignMessage(a.f.display, PartialNames.part(a.f.name)), code: .permission))
+                    let (why, code) = PartialNames.existingMessage(dir: a.f.dir.fd, a.f.display, PartialNames.part(a.f.name))
+                    verdicts.append(receiver.failFile(a.f, why, code: code))
                 } else {
                     let code = TransferError.Code(errno: err)
                     verdicts.append(receiver.failFile(a.f, "cannot write '\(a.f.display)': \(String(cString: strerror(err))) (\(err))\(code.rerunHint)", code: code))

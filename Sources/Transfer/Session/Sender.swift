@@ -75,6 +75,20 @@ final class SenderFile {
 /// `@unchecked Sendable`: shared state is guarded by `lock`.
 final class Sender: @unchecked Sendable {
     static let filesInFlightMax = 65_536
+    /// Files of more than one chunk, and streams, between announcement and verdict: on the
+    /// receiver each may hold its partial copy, a journal and a direct descriptor open, and
+    /// its chunks' state in memory from its plan on. Without this bound a session announcing
+    /// thousands of such files (and sending nothing) took a root server to its descriptor
+    /// limit, failing every other user's sessions. A sender waits before announcing past it,
+    /// as it does at `filesInFlightMax`; the receiver refuses a session that goes past twice
+    /// this (`Receiver.openFilesMax`: the margin covers a file this side failed on its own,
+    /// which the receiver closes only when the failure reaches it).
+    static let multiChunkFilesInFlightMax = 256
+    /// Chunks of those files together: the receiver keeps 17 bytes of state a chunk (a flag and
+    /// a hash), so this holds a session's chunk state to 68 MiB however large the files it
+    /// announces (100 files declared at 40 GB in 64 KiB chunks took 1 GB before). A file alone
+    /// is always let through (`Receiver.chunksPerFileMax` bounds it by itself).
+    static let chunksInFlightMax = 1 << 22
     static let manifestFrameBytesTarget = 1 << 20
     /// Files per small-file batch: big enough to amortise a frame, small enough that the
     /// receiver's stream has the next batch while it writes this one.
@@ -94,6 +108,9 @@ final class Sender: @unchecked Sendable {
     private let lock = Lock()
     private lazy var cond = Condition(lock)
     private var files: [UInt64: SenderFile] = [:]
+    /// Files in flight of more than one chunk, and their chunks (`roomFor`). Under `lock`.
+    private var multiChunkInFlight = 0
+    private var chunksInFlight = 0
     private var bigQueue: [SenderFile] = []
     private var bigHead = 0
     private var smallQueue: [SenderFile] = []
@@ -218,23 +235,28 @@ final class Sender: @unchecked Sendable {
                 // Bounded memory: at most filesInFlightMax files between manifest and verdict.
                 // Entries still in the unsent frame must go out first: their verdicts are
                 // what frees room.
-                if lock.withLock({ files.count >= Sender.filesInFlightMax }) {
+                let f = SenderFile(entry: e, chunkBytes: chunkBytes)
+                let weight = Sender.weight(f)
+                if lock.withLock({ !roomFor(weight) }) {
                     try flush()
                     try lock.withLock { () throws in
-                        while files.count >= Sender.filesInFlightMax {
+                        while !roomFor(weight) {
                             if let err = ctx.error { throw err }
                             cond.wait(seconds: 0.5)
                         }
                     }
                 }
-                let f = SenderFile(entry: e, chunkBytes: chunkBytes)
                 var announced = f.isStream ? 0 : e.size
                 if let r = ctx.options.range {
                     f.range = try rangeOf(e, r)
                     announced = r.bytes(chunkBytes: chunkBytes)
                 }
                 f.announcedBytes = announced
-                lock.withLock { files[f.id] = f }
+                lock.withLock {
+                    files[f.id] = f
+                    multiChunkInFlight += weight.multi ? 1 : 0
+                    chunksInFlight += weight.chunks
+                }
                 ctx.progress.announce(bytes: announced)
             } else if e.kind == .special {
                 ctx.progress.specialSkipped(e.path, mode: e.mode)
@@ -340,6 +362,7 @@ final class Sender: @unchecked Sendable {
             switch p.action {
             case .skip:
                 files[p.id] = nil
+                unweigh(f)
                 ctx.progress.skippedUnread(bytes: f.announcedBytes, name: f.path)
             case .full:
                 enqueueFull(f)
@@ -522,7 +545,29 @@ final class Sender: @unchecked Sendable {
 
     /// Lock held: the file needs its descriptor no more. Closed now if no data stream is
     /// reading it, else by the last one's `release`.
+    /// What announcing `f` adds to the bounds in flight (`multiChunkFilesInFlightMax`,
+    /// `chunksInFlightMax`): a stream counts as a file with no chunks known yet.
+    static func weight(_ f: SenderFile) -> (multi: Bool, chunks: Int) {
+        (!f.isSmall, f.isStream || f.isSmall ? 0 : f.chunkCount)
+    }
+
+    /// Lock held: whether a file of `weight` can be announced now.
+    private func roomFor(_ weight: (multi: Bool, chunks: Int)) -> Bool {
+        guard files.count < Sender.filesInFlightMax else { return false }
+        guard weight.multi else { return true }
+        return multiChunkInFlight < Sender.multiChunkFilesInFlightMax
+            && (chunksInFlight == 0 || chunksInFlight + weight.chunks <= Sender.chunksInFlightMax)
+    }
+
+    /// Lock held: `f` left the files in flight.
+    private func unweigh(_ f: SenderFile) {
+        let w = Sender.weight(f)
+        multiChunkInFlight -= w.multi ? 1 : 0
+        chunksInFlight -= w.chunks
+    }
+
     private func retire(_ f: SenderFile) {
+        unweigh(f)
         f.retired = true
         if f.fd >= 0 && f.fdUsers == 0 { closeDescriptors(f) }
     }
