@@ -1,4 +1,4 @@
-# Shared by bench/ab.sh and bench/ranges.sh (sourced): one file pushed to a fresh local
+# Shared by bench/ab.sh, bench/ranges.sh and bench/syscalls.sh (sourced): one file pushed to a fresh local
 # `ferry serve` per run. Expects SRC, DST and FERRY set; `bench_setup NAME` checks them, makes
 # the work directory P (removed on exit, with any server still running), a CA, the center
 # "bench" on 127.0.0.1 and a token; `bench_serve [SERVE OPTIONS]` empties DST, starts a server
