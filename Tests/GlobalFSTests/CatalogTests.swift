@@ -570,6 +570,12 @@ struct CatalogTests {
         }
         #expect(!Catalog.visible(try cat.dataset(priv.dataset, as: .operator), to: "", isOperator: false))
         #expect(!Catalog.visible(try cat.dataset(priv.dataset, as: .operator), to: "center:c3", isOperator: false))
+        // A user of another center asks as NAME@CENTER: the owner and readers of c1's dataset
+        // are c1's names, so alice@c1 and bob@c1 see it, alice@c2 and a bare "@c1" do not.
+        let ds = try cat.dataset(priv.dataset, as: .operator)
+        for (who, sees) in [("alice@c1", true), ("bob@c1", true), ("alice@c2", false), ("carol@c1", false), ("@c1", false), ("alice@", false)] {
+            #expect(Catalog.visible(ds, to: who, isOperator: false) == sees, "\(who)")
+        }
 
         // Made public later: now carol sees it, and followers hear of it.
         try cat.updateDataset(priv.dataset, readers: ["*"], description: "now open")

@@ -160,10 +160,18 @@ public final class Catalog: @unchecked Sendable {
     /// Whether `user` may see `d`: operators always, everyone when readers has "*", else its
     /// owner and the users (or "center:NAME") it names. Names compare byte for byte: two
     /// spellings of one name in different Unicode normal forms are different users.
+    ///
+    /// A user of another center asks as `NAME@CENTER` (a token of a peer's issuer: SECURITY.md
+    /// §2); a dataset's owner and readers are names of its own center, so `NAME@CENTER` is
+    /// `NAME` for the datasets of CENTER, and no one's for any other center's.
     public static func visible(_ d: Dataset, to user: String, isOperator: Bool) -> Bool {
         if isOperator || d.readers.contains("*") { return true }
         if user.isEmpty { return false }
-        return sameBytes(d.owner, user) || d.readers.contains { sameBytes($0, user) }
+        if sameBytes(d.owner, user) || d.readers.contains(where: { sameBytes($0, user) }) { return true }
+        guard let at = user.utf8.lastIndex(of: UInt8(ascii: "@")) else { return false }
+        let name = String(user[..<at]), center = String(user[user.utf8.index(after: at)...])
+        guard !name.isEmpty, sameBytes(d.center, center) else { return false }
+        return sameBytes(d.owner, name) || d.readers.contains { sameBytes($0, name) }
     }
 
     static func visible(_ d: Dataset, _ v: Viewer) -> Bool { visible(d, to: v.user, isOperator: v.isOperator) }
