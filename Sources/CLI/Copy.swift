@@ -40,7 +40,7 @@ extension Ferry {
         @Flag(help: "Compare content (digests), not size and mtime, to find files already in sync.")
         var checksum = false
 
-        @Option(help: "Bandwidth limit in bytes per second (K/M/G suffixes).")
+        @Option(help: "Bandwidth limit in bytes per second: 500K, 64M, 1.5G; a bare number is KiB/s (as in rsync and rclone); 0 or off: no limit.")
         var bwlimit: String?
 
         @Option(name: .customLong("chunk-size"), help: "Chunk size (64K..64M, default 4M).")
@@ -121,7 +121,8 @@ extension Ferry {
                     }
                 }
                 var seen: [String: String] = [:]
-                for s in paths.dropLast() {
+                // A source ending in '/' lands its content in DST, as rsync has it (no name of its own).
+                for s in paths.dropLast() where !Self.mergesIntoDestination(s) {
                     let name = Self.lastName(s)
                     guard !name.isEmpty, name != ".", name != ".." else { throw ValidationError("'\(s)' has no name to land under in '\(destination)': give it alone, with the destination named") }
                     if let other = seen[name] { throw ValidationError("'\(other)' and '\(s)' would both land at '\(destination)\(name)'") }
@@ -135,6 +136,16 @@ extension Ferry {
             if (delete || dryRun || !filters.isEmpty) && (source == "-" || destination == "-") {
                 throw ValidationError("--delete, --dry-run and filters work on trees, not on standard input or output")
             }
+        }
+
+        /// With several sources, one whose path ends in '/' (a directory's, `runs/`) puts its
+        /// content in DST itself, as `rsync a b runs/ dst/` does; the others land in DST under
+        /// their names.
+        static func mergesIntoDestination(_ source: String) -> Bool { source.count > 1 && source.hasSuffix("/") && lastName(source) != "" }
+
+        /// Where one of several sources lands: DST itself (`mergesIntoDestination`) or DST/NAME.
+        func landing(of source: String) -> String {
+            Self.mergesIntoDestination(source) ? destination : destination + Self.lastName(source)
         }
 
         /// The name a source lands under in a directory: its path's last component.
@@ -160,13 +171,13 @@ extension Ferry {
                 // fails otherwise (the daemon down) is that source's failure, at its turn.
                 for s in sources where s.hasPrefix(Location.gfsScheme) {
                     var one = self
-                    one.paths = [s, destination + Self.lastName(s)]
+                    one.paths = [s, landing(of: s)]
                     if let refusal = one.gfsDirectoryRefusal() { throw refusal }
                 }
             }
             for s in sources {
                 var one = self
-                one.paths = [s, destination + Self.lastName(s)]
+                one.paths = [s, landing(of: s)]
                 do {
                     try one.runOne()
                 } catch let e as ExitCode {
@@ -202,7 +213,7 @@ extension Ferry {
             } catch {
                 throw ValidationError("\(error)")
             }
-            if let b = bwlimit { options.bandwidthLimitBytesPerSecond = max(1, try parseSize(b, what: "--bwlimit")) }
+            if let b = bwlimit, let rate = try parseRate(b) { options.bandwidthLimitBytesPerSecond = max(1, rate) }
             options.chunkBytes = Int(try parseSize(chunkSize, what: "--chunk-size"))
             do {
                 options.protection = try ProtectionLevel(parsing: protection)
@@ -289,7 +300,9 @@ extension Ferry {
                 options.range = try stripeRange(range, src, chunkBytes: options.chunkBytes, credentials: creds)
             }
             if dryRun {
-                try dryRun(src, dst, options: options, credentials: creds)
+                // Exit 1 when the run would fail for some file, as the run itself would: a
+                // script that checks with -n first learns it then, not after.
+                if try dryRun(src, dst, options: options, credentials: creds) > 0 { throw ExitCode(1) }
                 return
             }
             var landingPoint = dst
@@ -664,7 +677,7 @@ final class ProgressDisplay {
         drainFiles()
         endBar()
         if quiet { return }
-        emit(ProgressDisplay.summaryLine(summary))
+        emit(ProgressDisplay.summaryLine(summary, verb: copiedVerb))
         if summary.specialFiles > 0 {
             let more = summary.specialFiles > UInt64(summary.specialNames.count) ? ", …" : ""
             emit("ferry: skipped \(summary.specialFiles) special file\(summary.specialFiles == 1 ? "" : "s") (devices, FIFOs and sockets are never transferred): \(summary.specialNames.joined(separator: ", "))\(more)")
@@ -675,13 +688,15 @@ final class ProgressDisplay {
     /// verified: each chunk's hash and the whole file's digest, checked by the receiver), what
     /// was found identical by content, and what was skipped by size and modification time
     /// without being read (never called verified: a byte changed in place keeps both).
-    static func summaryLine(_ s: TransferSummary) -> String {
+    /// `verb`: what the bytes moved were on this side ("sent" in a push, "received" in a pull);
+    /// the rate is theirs, beside them, not the whole set's.
+    static func summaryLine(_ s: TransferSummary, verb: String = "sent") -> String {
         let sent = s.bytes - min(s.bytes, s.skippedBytes)
-        let rate = s.seconds > 0 && sent > 0 ? " (" + byteText(UInt64(Double(sent) / s.seconds)) + "/s)" : ""
+        let rate = s.seconds > 0 && sent > 0 ? " at " + byteText(UInt64(Double(sent) / s.seconds)) + "/s" : ""
         func files(_ n: UInt64) -> String { "\(n) file\(n == 1 ? "" : "s")" }
         var parts: [String] = []
         if s.filesCopied > 0 || sent > 0 {
-            parts.append("\(s.filesCopied) copied, \(byteText(sent)) sent (\(byteText(s.wireBytes)) on the wire), verified by chunk and file hashes"
+            parts.append("\(s.filesCopied) copied, \(byteText(sent)) \(verb)\(rate) (\(byteText(s.wireBytes)) on the wire), verified by chunk and file hashes"
                          + (s.retransmittedChunks > 0 ? ", \(s.retransmittedChunks) chunks resent" : ""))
         }
         if s.resumedBytes > 0 { parts.append("\(byteText(s.resumedBytes)) already there from an interrupted run, checked by chunk hash") }
@@ -692,7 +707,7 @@ final class ProgressDisplay {
         }
         if s.filesFailed > 0 { parts.append("\(files(s.filesFailed)) failed") }
         if parts.isEmpty { parts.append("nothing to send") }
-        return "ferry: \(files(s.files)), \(byteText(s.bytes)) in \(String(format: "%.2f", s.seconds)) s\(rate): " + parts.joined(separator: "; ")
+        return "ferry: \(files(s.files)), \(byteText(s.bytes)) in \(String(format: "%.2f", s.seconds)) s: " + parts.joined(separator: "; ")
     }
 
     func fail(_ e: TransferError, _ s: TransferProgress.Snapshot) {

@@ -91,6 +91,22 @@ func parseSize(_ text: String, what: String) throws -> UInt64 {
     do { return try ByteSize.parse(text) } catch let e as TransferError { throw ValidationError("\(what): \(e.message)") }
 }
 
+/// `--bwlimit RATE` as rsync and rclone read it: bytes per second with a K/M/G/T suffix
+/// (powers of 1024); a bare number is KiB/s (rsync's and rclone's unit, so that `--bwlimit
+/// 50000` means the same 50 MB/s to their users); 0 or "off" is no limit (nil). A trailing
+/// lowercase "b" after a unit ("500Mb") is refused: in network speak it is bits, eight times
+/// less than the bytes it would be read as.
+func parseRate(_ text: String) throws -> UInt64? {
+    let t = text.trimmingCharacters(in: .whitespaces)
+    if t.lowercased() == "off" { return nil }
+    if t.count >= 2, t.hasSuffix("b"), let unit = t.dropLast().last, "kKmMgGtT".contains(unit) {
+        throw ValidationError("--bwlimit: '\(t)' looks like bits per second; give bytes per second (500 Mbit/s is 62.5M, a bare number is KiB/s)")
+    }
+    let digitsOnly = !t.isEmpty && t.allSatisfy { $0.isASCII && ($0.isNumber || $0 == ".") }
+    let bytes = try parseSize(digitsOnly ? t + "K" : t, what: "--bwlimit")
+    return bytes == 0 ? nil : bytes
+}
+
 func readToken(_ path: String) throws -> String {
     guard let data = FileManager.default.contents(atPath: path) else {
         throw ValidationError("cannot read token file '\(path)'")

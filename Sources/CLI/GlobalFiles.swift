@@ -137,7 +137,7 @@ extension Ferry {
         @OptionGroup var api: APIOptions
         @Option(help: "The center that is to hold the replica (default: your daemon's).") var to: String?
         @Flag(help: "Wait until the replica is complete (or the job failed).") var wait = false
-        @Option(help: "Bandwidth limit for the copy, bytes per second (K/M/G suffixes).") var bwlimit: String?
+        @Option(help: "Bandwidth limit for the copy, bytes per second: 500K, 64M; a bare number is KiB/s; 0 or off: no limit.") var bwlimit: String?
         @Argument var path: String
 
         func run() throws {
@@ -150,7 +150,7 @@ extension Ferry {
                 }
                 target.api = address
             }
-            let body = V1.ReplicateRequest(path: path, bwlimit: try bwlimit.map { try parseSize($0, what: "--bwlimit") })
+            let body = V1.ReplicateRequest(path: path, bwlimit: try bwlimit.flatMap { try parseRate($0) })
             let r = try target.call("POST", "/api/v1/catalog/replicate", body: body, as: V1.ReplicateAnswer.self)
             if api.json && !wait { api.printJSON(r); return }
             if !api.json { print("ferry: \(r.message)") }

@@ -144,7 +144,7 @@ extension Ferry.Jobs {
         @Option var compress = "auto"
         @Flag var checksum = false
         @Option var priority = 0
-        @Option(help: "Bandwidth limit in bytes per second (K/M/G suffixes).") var bwlimit: String?
+        @Option(help: "Bandwidth limit in bytes per second: 500K, 64M; a bare number is KiB/s; 0 or off: no limit.") var bwlimit: String?
         @Option(name: .customLong("after"), help: "Run only after these jobs succeeded (repeatable).") var after: [Int] = []
         @Option(help: "Give up unless done within this duration (90s, 30m, 24h).") var deadline: String?
         @Option(name: .customLong("max-attempts"), help: "Attempts before the job fails (default: the daemon's).") var maxAttempts: Int?
@@ -167,7 +167,7 @@ extension Ferry.Jobs {
             r.priority = priority
             r.dependsOn = after.map(Int64.init)
             if let d = deadline { r.deadline = Int64(Date().timeIntervalSince1970) + Int64(try parseDuration(d)) }
-            if let b = bwlimit { r.bwlimit = try parseSize(b, what: "--bwlimit") }
+            if let b = bwlimit { r.bwlimit = try parseRate(b) }
             r.maxAttempts = maxAttempts
             r.stripe = stripe
             let submission = V1.TransferSubmission(request: r, sources: sources.count == 1 ? nil : sources)

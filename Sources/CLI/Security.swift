@@ -245,7 +245,8 @@ extension Ferry {
     struct Ping: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "ping",
-            abstract: "Connect to a server, check its certificate, and time the TLS handshake.")
+            abstract: "Connect to a server, check its certificate, and time the TLS handshake.",
+            discussion: "Exit 1 when the server cannot be reached or verified, and when the token a copy would use (--token-file, FERRY_TOKEN_FILE) is expired, not yet valid or unreadable.")
 
         @Argument(help: "ferry://HOST:PORT")
         var url: String
@@ -270,14 +271,19 @@ extension Ferry {
             // The token a transfer would use (--token-file, FERRY_TOKEN_FILE): say when it is
             // expired or not yet valid. Ping does not send it, so only its dates are read here:
             // whether the server takes it (its signer, its scopes, a revocation) is not known.
+            // A token that a copy would be refused with makes the ping fail too (exit 1, after
+            // the server's answer): a script's pre-flight `ferry ping` must not pass with it.
             let configToken = try ClientConfig.get().tokenFile
+            var tokenUnusable = false
             if let path = credentials.tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"] ?? configToken {
                 let note: String
                 do {
                     let t = try UserToken.decodeUnverified(try readToken(path))
                     let (state, why) = tokenValidity(t)
+                    tokenUnusable = state != "valid"
                     note = why ?? "token of '\(t.user)' is within its dates, valid until \(isoTime(t.expiresAt)) (its signature and scopes are checked by a copy, not by ping)"
                 } catch {
+                    tokenUnusable = true
                     note = "the token in '\(path)' cannot be read: \(asMessage(error))"
                 }
                 printError("ferry ping: \(note)\n")
@@ -301,6 +307,7 @@ extension Ferry {
                     throw ExitCode(1)
                 }
             }
+            if tokenUnusable { throw ExitCode(1) }
         }
     }
 }

@@ -167,10 +167,11 @@ enum TreeCommands {
     }
 
     /// Runs a listing; its failure is the command's (exit 1, or 64 for a usage error).
-    static func run(_ body: () throws -> Void) throws {
+    /// `troubleExit`: the status of a failure that is not a usage error (1 unless given).
+    static func run(troubleExit: Int32 = 1, _ body: () throws -> Void) throws {
         do { try body() } catch let e as TransferError {
             printError("ferry: error: \(e.message)\n")
-            throw transferExitCode(for: e)
+            throw e.code == .usage ? transferExitCode(for: e) : ExitCode(troubleExit)
         }
     }
 }
@@ -185,8 +186,9 @@ extension Ferry {
             SRC and DST: local paths or ferry:// URLs. Each side is listed where it is, its \
             files' digests computed there, with your rights. One line per difference: \
             "differs PATH", "missing PATH" (in SRC, not in DST), "extra PATH" (in DST, not in \
-            SRC), "error PATH: WHY" (unreadable). Exit status 0 when the trees are the same, \
-            1 when anything differs.
+            SRC), "error PATH: WHY" (unreadable). Exit status as diff's and cmp's: 0 when the \
+            trees are the same, 1 when anything differs, 2 when the check could not be made \
+            (a side unreachable or refused, a file unreadable).
             """
         )
         @OptionGroup var credentials: CredentialOptions
@@ -213,7 +215,9 @@ extension Ferry {
                     print(what.padding(toLength: 8, withPad: " ", startingAt: 0) + Terminal.name(shown) + (why.map { ": " + $0 } ?? ""))
                 }
             }
-            try TreeCommands.run {
+            // Trouble is 2, not 1: a nightly check must tell "the copy diverged" from "the check
+            // did not run" (diff and cmp do the same).
+            try TreeCommands.run(troubleExit: 2) {
                 try TransferClient.list(dst, request: request, credentials: creds) { e in there[e.path] = e }
                 try TransferClient.list(src, request: request, credentials: creds) { e in
                     guard let d = there.removeValue(forKey: e.path) else {
@@ -252,7 +256,8 @@ extension Ferry {
             } else {
                 printError(summary + "\n")
             }
-            if differs + missing + extra + errors > 0 { throw ExitCode(1) }
+            if errors > 0 { throw ExitCode(2) }
+            if differs + missing + extra > 0 { throw ExitCode(1) }
         }
     }
 }
@@ -298,7 +303,8 @@ extension Ferry.Copy {
     /// `--dry-run`: what the copy would send, skip, refuse and (with --delete) delete, from a
     /// listing of both sides (digests too with --checksum); nothing is written anywhere. The
     /// per-file lines are those `-v` prints for the real run, so the two can be compared.
-    func dryRun(_ src: Endpoint, _ dst: Endpoint, options: TransferOptions, credentials: ClientCredentials) throws {
+    /// Returns how many files would fail.
+    func dryRun(_ src: Endpoint, _ dst: Endpoint, options: TransferOptions, credentials: ClientCredentials) throws -> Int {
         let request = ListRequest(digests: options.checksum, filters: options.filters)
         var send = 0, sendBytes: UInt64 = 0, unread = 0, unreadBytes: UInt64 = 0, same = 0, failed = 0, special = 0, files = 0
         var lines: [String] = []
@@ -357,7 +363,7 @@ extension Ferry.Copy {
         if delete { deletions = thereOrder.reversed().filter { !$0.path.isEmpty && !sourcePaths.contains($0.path) } }
         if json {
             print("{\"type\":\"dry_run\",\"files\":\(files),\"files_to_send\":\(send),\"bytes_to_send\":\(sendBytes),\"files_unread\":\(unread),\"bytes_unread\":\(unreadBytes),\"files_identical\":\(same),\"files_failing\":\(failed),\"entries_to_delete\":\(deletions.count),\"special_files_skipped\":\(special),\"delete\":[\(deletions.map { jsonString($0.path) }.joined(separator: ","))]}")
-            return
+            return failed
         }
         if !quiet {
             for l in lines { print(l) }
@@ -370,6 +376,7 @@ extension Ferry.Copy {
         if delete { parts.append("\(deletions.count) to delete") }
         if special > 0 { parts.append("\(special) special files skipped") }
         printError("ferry: dry run, nothing written: \(files) file\(files == 1 ? "" : "s"): \(parts.joined(separator: "; "))\n")
+        return failed
     }
 
     /// `--delete`, before the copy: refused unless the source is a directory with something
