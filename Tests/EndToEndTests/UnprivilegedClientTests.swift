@@ -47,3 +47,32 @@ struct UnprivilegedClientTests {
         #expect(IdentityTests.owner(home + "/big.bin")?.uid == u1.uid, "the pulled file is not ferryu1's")
     }
 }
+
+@Suite("Another account's file at the destination")
+struct ForeignDestinationTests {
+    @Test("a file of another account with the source's size and time but not its mode is not 'already there': the push fails and says why")
+    func plantedTwin() throws {
+        let (sb, root, u1, u2) = try IdentityTests.setUp("foreign-twin")
+        let shared = try sb.dir("export/scratch")
+        chmod(shared, 0o1777)
+        let token = try sb.issueToken(user: "ferryu1", scopes: ["rw:/"], name: "u1.token")
+        let server = try FerryServer(sb, root: root, runAsRoot: false)
+        defer { server.stop() }
+        let src = try sb.dir("local") + "/res.dat"
+        try writeRandomFile(src, size: 1000)
+        chmod(src, 0o640)
+        try setMtime(src, seconds: 1_764_583_200)
+        // ferryu2's file under the name: same size and mtime, other bytes, mode 0666.
+        let planted = shared + "/res.dat"
+        try writeFile(planted, [UInt8](repeating: 0x58, count: 1000))
+        chown(planted, u2.0, u2.1)
+        chmod(planted, 0o666)
+        try setMtime(planted, seconds: 1_764_583_200)
+
+        let r = try sb.cp(src, server.url("scratch/res.dat"), tokenFile: token)
+        #expect(r.status == 1, "\(r)")
+        #expect(r.allMessages.contains("cannot set the mode of 'res.dat' (it belongs to another account)"), "\(r)")
+        #expect(IdentityTests.owner(planted)?.uid == u2.0, "the planted file changed hands")
+        _ = u1
+    }
+}

@@ -613,8 +613,18 @@ final class Receiver: @unchecked Sendable {
             }
             if kind == S_IFREG && UInt64(st.st_size) == e.size {
                 if !ctx.options.checksum && Int64(st.st_mtim.tv_sec) == e.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == e.mtimeNanoseconds {
-                    // Never through a link (one swapped in since the stat above).
-                    if UInt32(st.st_mode) & 0o7777 != e.mode { _ = Receiver.setMode(dir.fd, name, mode_t(e.mode)) }
+                    // Never through a link (one swapped in since the stat above). A mode that
+                    // cannot be set (the file is another account's, in a shared directory) fails
+                    // the file, as rsync does: "already there" would vouch for a file this
+                    // account could neither have written nor can correct.
+                    if UInt32(st.st_mode) & 0o7777 != e.mode && !Receiver.setMode(dir.fd, name, mode_t(e.mode), strict: true) {
+                        let owner = st.st_uid != ThreadIdentity.fsuid ? " (it belongs to another account)" : ""
+                        let why = "cannot set the mode of '\(display)'\(owner): it has the source's size and time but not its mode; nothing was sent"
+                        f.failed = true
+                        refusals.append((e.id, .permission, why))
+                        ctx.progress.fileFailed(why, code: .permission)
+                        return PlanEntry(id: e.id, action: .full)
+                    }
                     ctx.progress.skippedUnread(bytes: announced, name: display)
                     return PlanEntry(id: e.id, action: .skip)
                 }
@@ -1087,13 +1097,15 @@ final class Receiver: @unchecked Sendable {
     /// through a link (`openData` with O_NOFOLLOW refuses a link, a device or a FIFO before
     /// opening it; `fchmodat`'s AT_SYMLINK_NOFOLLOW needs /proc on older C libraries). False
     /// when the name is no longer a regular file: not the one compared.
-    static func setMode(_ dir: Int32, _ name: String, _ mode: mode_t) -> Bool {
+    /// `strict`: false too when the mode could not be set (another account's file).
+    static func setMode(_ dir: Int32, _ name: String, _ mode: mode_t, strict: Bool = false) -> Bool {
+        // O_PATH is not enough for fchmod; O_RDONLY of a file the account cannot read fails,
+        // and then so could its chmod (it is not the account's).
         guard let fd = try? Paths.openData(beneath: dir, name, flags: O_RDONLY | O_NOFOLLOW, noSymlinks: true) else { return false }
         defer { Glibc.close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return false }
-        _ = fchmod(fd, mode)
-        return true
+        return fchmod(fd, mode) == 0 || !strict
     }
 
     /// A file that was waiting for a `--checksum` verdict gets data after all: start it afresh.
