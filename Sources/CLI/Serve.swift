@@ -279,8 +279,22 @@ extension Ferry {
             }
             var summary = ""
             if let f = file {
-                if let table = f.daemonTable { _ = DaemonConfig(table: table, relativeTo: f.directory, lines: f.lines, problems: &problems) }
                 func problem(_ key: String, _ message: String) { problems.append(ConfigProblem(line: f.lines[key], message: message)) }
+                if let table = f.daemonTable {
+                    let d = DaemonConfig(table: table, relativeTo: f.directory, lines: f.lines, problems: &problems)
+                    // A SQLite database the daemon could not create or open fails only at start.
+                    if !d.database.hasPrefix("postgres://") && !d.database.hasPrefix("postgresql://") {
+                        let parent = (d.database as NSString).deletingLastPathComponent
+                        let fm = FileManager.default
+                        if fm.fileExists(atPath: d.database) ? !fm.isWritableFile(atPath: d.database) : !fm.isWritableFile(atPath: parent.isEmpty ? "." : parent) {
+                            problem("daemon.database", "the daemon's database '\(d.database)' cannot be created or written there")
+                        }
+                    }
+                }
+                var exportNames: Set<String> = []
+                for (i, e) in f.exports.enumerated() where !exportNames.insert(e.name).inserted {
+                    problem("export[\(i)]", "export '\(e.name)' is defined twice")
+                }
                 func readable(_ p: String?, _ key: String, _ what: String) -> Bool {
                     guard let p else { return false }
                     if FileManager.default.isReadableFile(atPath: p) { return true }

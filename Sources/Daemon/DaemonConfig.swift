@@ -40,6 +40,8 @@ public struct DaemonConfig: Sendable {
     /// `postgres://USER@HOST:PORT/DB` URL (or `postgres://USER@/DB?host=/SOCKET/DIR`, its Unix
     /// socket) that several daemons of the center share.
     public var database: String
+    /// The SQLite database of a daemon configured under /etc when it names none.
+    public static let systemDatabase = "/var/lib/ferry/jobs.sqlite"
     /// `allow_hosts`: HOST:PORT of transfer servers a job may name besides the peers
     /// (`ferry://HOST:PORT/...`); the daemon dials nothing else.
     public var allowHosts: [String] = []
@@ -137,7 +139,10 @@ public struct DaemonConfig: Sendable {
             guard case .integer(let n) = v, n > 0, n < Int64(Int32.max) else { throw TransferError(.usage, "'daemon.\(k)' must be a positive integer") }
             return Int(n)
         }
-        database = resolve("jobs.sqlite")
+        // Beside the configuration, except for a system installation's (a file under /etc):
+        // its state goes where the FHS and the packaged unit put it (/var/lib/ferry, the unit's
+        // StateDirectory; the unit makes /etc read-only, so a database there never opened).
+        database = dir == "/etc" || dir.hasPrefix("/etc/") ? DaemonConfig.systemDatabase : resolve("jobs.sqlite")
         for (k, v) in table.sorted(by: { (lines["daemon.\($0.key)"] ?? 0) < (lines["daemon.\($1.key)"] ?? 0) }) {
             attempt(k) {
             switch k {

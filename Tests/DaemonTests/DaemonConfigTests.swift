@@ -30,6 +30,10 @@ struct DaemonConfigTests {
         #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]", relativeTo: "/x"), path: "c")?.catalogIndexes == [])
         #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]\ndatabase = \"postgres://f@db:5432/q\"", relativeTo: "/x"), path: "c")?.database == "postgres://f@db:5432/q")
         #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]", relativeTo: "/x"), path: "c")?.database == "/x/jobs.sqlite")
+        // A system installation's configuration (under /etc, which the packaged unit makes
+        // read-only) keeps its database in /var/lib/ferry unless it names one.
+        #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]", relativeTo: "/etc/ferry"), path: "c")?.database == "/var/lib/ferry/jobs.sqlite")
+        #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]\ndatabase = \"/srv/j.sqlite\"", relativeTo: "/etc/ferry"), path: "c")?.database == "/srv/j.sqlite")
         #expect(try DaemonConfig(ServerConfigFile(parsing: "center = \"c\"", relativeTo: "/x"), path: "c") == nil)
     }
 

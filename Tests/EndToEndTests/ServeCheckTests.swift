@@ -74,6 +74,31 @@ struct ServeCheckTests {
     /// A port in use: the error names the listener (the transfer server's `listen`, the daemon's
     /// `api_listen`) and the address; the usage text of a command's own refusal names that
     /// command.
+    @Test("--check finds what would fail only at start: a daemon database that cannot be made, an export named twice")
+    func startFailures() throws {
+        let sb = try Sandbox("serve-check-start")
+        _ = try sb.dir("data")
+        let conf = sb.file("start.toml")
+        try writeFile(conf, Array((ServeCheckTests.head + """
+            listen = ["127.0.0.1:0"]
+
+            [daemon]
+            database = "/nonexistent-ferry-dir/jobs.sqlite"
+
+            [[export]]
+            name = "data"
+            path = "data"
+
+            [[export]]
+            name = "data"
+            path = "data"
+            """).utf8))
+        let r = try sb.ferry(["serve", "--check", "--config", conf], timeout: 30)
+        #expect(r.status == 1, "\(r)")
+        #expect(r.stderr.contains("database '/nonexistent-ferry-dir/jobs.sqlite' cannot be created"), "\(r)")
+        #expect(r.stderr.contains("export 'data' is defined twice"), "\(r)")
+    }
+
     @Test("a port in use names its listener and address; a command's refusal is said under that command's name")
     func busyPorts() throws {
         let sb = try Sandbox("busy-ports")
