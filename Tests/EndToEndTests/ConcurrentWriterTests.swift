@@ -70,6 +70,8 @@ struct ConcurrentWriterTests {
         try writeRandomFile(tree + "/small.bin", size: 4096)  // one chunk: the batch path
         try writeRandomFile(tree + "/large.bin", size: 9 * E2E.MiB)  // three chunks: journal and partial
         try writeRandomFile(tree + "/other.bin", size: 4096)
+        try writeRandomFile(tree + "/readonly.bin", size: 100)  // a 0444 file: its partial is 0600 until renamed
+        chmod(tree + "/readonly.bin", 0o444)
         _ = try sb.dir("root/t")
         let server = try FerryServer(sb, root: root)
         defer { server.stop() }
@@ -90,9 +92,10 @@ struct ConcurrentWriterTests {
         large.release()
         let again = try sb.cp(tree, server.url("t"), options: ["-r", "--chunk-size", "4M"])
         #expect(again.succeeded, "\(again)")
-        for name in ["small.bin", "large.bin", "other.bin"] {
+        for name in ["small.bin", "large.bin", "other.bin", "readonly.bin"] {
             #expect(filesIdentical(tree + "/" + name, root + "/t/" + name), "\(name) differs after the rerun")
         }
+        #expect(IdentityTests.owner(root + "/t/readonly.bin")?.mode == 0o444, "the 0444 file landed with mode \(String(IdentityTests.owner(root + "/t/readonly.bin")?.mode ?? 0, radix: 8))")
         #expect(ferryLeftovers(root).isEmpty, "the leftovers of the ended session stay: \(ferryLeftovers(root))")
     }
 

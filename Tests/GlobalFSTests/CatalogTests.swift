@@ -576,6 +576,13 @@ struct CatalogTests {
         for (who, sees) in [("alice@c1", true), ("bob@c1", true), ("alice@c2", false), ("carol@c1", false), ("@c1", false), ("alice@", false)] {
             #expect(Catalog.visible(ds, to: who, isOperator: false) == sees, "\(who)")
         }
+        // Asked at a center: a bare name is that center's user. c2's alice is not c1's.
+        #expect(Catalog.visible(ds, to: "alice", isOperator: false, center: "c1"))
+        #expect(!Catalog.visible(ds, to: "alice", isOperator: false, center: "c2"))
+        #expect(!Catalog.visible(ds, to: "bob", isOperator: false, center: "c2"))
+        #expect(Catalog.visible(ds, to: "alice@c1", isOperator: false, center: "c2"))
+        #expect(Catalog.visible(ds, to: "center:c2", isOperator: false, center: "c2"))
+        #expect(try cat.datasets(visibleTo: Viewer(user: "alice", center: "c2")).map(\.name) == ["open"])
 
         // Made public later: now carol sees it, and followers hear of it.
         try cat.updateDataset(priv.dataset, readers: ["*"], description: "now open")

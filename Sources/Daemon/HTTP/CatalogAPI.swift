@@ -233,7 +233,7 @@ extension DaemonAPI {
         Set(((try? catalog?.recentCentersList()) ?? []).filter { !$0.reachable }.map(\.name))
     }
 
-    func viewer(_ u: User) -> Viewer { Viewer(user: u.user, isOperator: u.isOperator) }
+    func viewer(_ u: User) -> Viewer { Viewer(user: u.user, isOperator: u.isOperator, center: center) }
 
     /// The dataset and the path within it that `?path=gfs://...` names, at this center.
     func resolve(_ request: Request, _ user: User) throws -> (Dataset, String) {

@@ -164,17 +164,23 @@ public final class Catalog: @unchecked Sendable {
     /// A user of another center asks as `NAME@CENTER` (a token of a peer's issuer: SECURITY.md
     /// §2); a dataset's owner and readers are names of its own center, so `NAME@CENTER` is
     /// `NAME` for the datasets of CENTER, and no one's for any other center's.
-    public static func visible(_ d: Dataset, to user: String, isOperator: Bool) -> Bool {
+    ///
+    /// `center`: where the viewer asks (nil: not known, every center's names match a bare name,
+    /// as before); a bare name then matches the names of that center's datasets only, so a
+    /// local "alice" is not another center's "alice". `center:NAME` (a peer daemon) matches
+    /// wherever it is named.
+    public static func visible(_ d: Dataset, to user: String, isOperator: Bool, center: String? = nil) -> Bool {
         if isOperator || d.readers.contains("*") { return true }
         if user.isEmpty { return false }
-        if sameBytes(d.owner, user) || d.readers.contains(where: { sameBytes($0, user) }) { return true }
+        let bareMatches = center == nil || sameBytes(d.center, center!) || user.hasPrefix("center:")
+        if bareMatches && (sameBytes(d.owner, user) || d.readers.contains(where: { sameBytes($0, user) })) { return true }
         guard let at = user.utf8.lastIndex(of: UInt8(ascii: "@")) else { return false }
         let name = String(user[..<at]), center = String(user[user.utf8.index(after: at)...])
         guard !name.isEmpty, sameBytes(d.center, center) else { return false }
         return sameBytes(d.owner, name) || d.readers.contains { sameBytes($0, name) }
     }
 
-    static func visible(_ d: Dataset, _ v: Viewer) -> Bool { visible(d, to: v.user, isOperator: v.isOperator) }
+    static func visible(_ d: Dataset, _ v: Viewer) -> Bool { visible(d, to: v.user, isOperator: v.isOperator, center: v.center) }
 
     // MARK: datasets
 

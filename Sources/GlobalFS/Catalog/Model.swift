@@ -151,7 +151,10 @@ public struct DiskUsage: Sendable, Codable, Equatable {
 public struct Viewer: Sendable {
     public var user: String
     public var isOperator: Bool
-    public init(user: String, isOperator: Bool = false) { self.user = user; self.isOperator = isOperator }
+    /// The center the viewer asks at, when known: a bare name (`alice`) is that center's user
+    /// and matches the owner and readers of that center's datasets only (`Catalog.visible`).
+    public var center: String?
+    public init(user: String, isOperator: Bool = false, center: String? = nil) { self.user = user; self.isOperator = isOperator; self.center = center }
     /// The center itself (the daemon's own bookkeeping): sees everything.
     public static let `operator` = Viewer(user: "", isOperator: true)
 }

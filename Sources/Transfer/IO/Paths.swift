@@ -376,6 +376,32 @@ enum PartialNames {
         name.withCString { createClaimed(dir: dir, name: $0, access: access, mode: mode) }
     }
 
+    /// Removes the helper `name` in `dir` unless a live session holds it: 0 when it is gone (or
+    /// was never there), -EBUSY when another session's claim holds it (left alone). The
+    /// account's own is removed under a claim; another account's as the directory allows.
+    static func removeUnclaimed(dir: Int32, name: String) -> Int32 {
+        let old = openat(dir, name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        if old >= 0 {
+            defer { Glibc.close(old) }
+            var st = stat()
+            if fstat(old, &st) == 0 && isOwn(st) {
+                let c = claim(old, dir: dir, name: name, fresh: false)
+                if c == .busy { return -EBUSY }
+                if c == .moved { return 0 }
+            }
+        } else if errno == ENOENT {
+            return 0
+        }
+        return unlinkat(dir, name, 0) == 0 || errno == ENOENT ? 0 : -errno
+    }
+
+    /// Whether `fd` is still the file `name` gives in `dir` (just before a rename by name).
+    static func stillNamed(_ fd: Int32, dir: Int32, name: UnsafePointer<CChar>) -> Bool {
+        var mine = stat(), there = stat()
+        return fstat(fd, &mine) == 0 && fstatat(dir, name, &there, AT_SYMLINK_NOFOLLOW) == 0
+            && there.st_dev == mine.st_dev && there.st_ino == mine.st_ino
+    }
+
     /// Why a file is refused when `createClaimed` said -EEXIST: another account's helper that
     /// the directory does not let this account remove, or one that kept coming back.
     static func existingMessage(dir: Int32, _ display: String, _ helperName: String) -> (String, TransferError.Code) {

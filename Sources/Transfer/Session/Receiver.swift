@@ -328,6 +328,12 @@ final class Receiver: @unchecked Sendable {
                     try r.expectEnd()
                     guard let f = lock.withLock({ files[id] }) else { throw TransferError.protocolError("skip for unknown file") }
                     f.lock.lock()
+                    // Only a file being compared (`--checksum`) can be skipped: one planned in
+                    // full holds its partial open (and claimed) until its verdict.
+                    guard f.awaitingDecision, f.partFd < 0 else {
+                        f.lock.unlock()
+                        throw TransferError.protocolError("skip for a file that is not being compared")
+                    }
                     f.awaitingDecision = false
                     // Never through a link: the name compared may have been swapped for one
                     // since (a chmod that followed it changed whatever it pointed at, even
@@ -387,12 +393,14 @@ final class Receiver: @unchecked Sendable {
         f.lock.withLock {
             guard !f.done else { return }
             f.awaitingDecision = false
-            _ = failFile(f, failure.message, code: failure.code ?? .remote, fromPeer: true)
-            if failure.changed && f.sink == nil {
+            // Removed while this session still holds the partial (its claim ends with the
+            // close in failFile), and only when it does: a file refused as busy never had it.
+            if failure.changed && f.sink == nil && f.partFd >= 0 && !f.failed {
                 // A range's partial is shared with the file's other ranges: only its journal goes.
                 if f.range == nil { _ = unlinkat(f.dir.fd, PartialNames.part(f.name), 0) }
                 _ = unlinkat(f.dir.fd, f.journalName, 0)
             }
+            _ = failFile(f, failure.message, code: failure.code ?? .remote, fromPeer: true)
         }
         forget(failure.id)
     }
@@ -538,7 +546,10 @@ final class Receiver: @unchecked Sendable {
         case .symlink:
             try refuseSpecial(dir.fd, name, display)
             let tmp = PartialNames.part(name)
-            _ = unlinkat(dir.fd, tmp, 0)
+            // Never another session's partial of a file of this name (`PartialNames` "Claims").
+            if PartialNames.removeUnclaimed(dir: dir.fd, name: tmp) == -EBUSY {
+                throw TransferError(.busy, PartialNames.busyMessage(display))
+            }
             if symlinkat(e.linkTarget, dir.fd, tmp) != 0 || renameat(dir.fd, tmp, dir.fd, name) != 0 {
                 let err = errno
                 _ = unlinkat(dir.fd, tmp, 0)
@@ -621,6 +632,7 @@ final class Receiver: @unchecked Sendable {
                         let owner = st.st_uid != ThreadIdentity.fsuid ? " (it belongs to another account)" : ""
                         let why = "cannot set the mode of '\(display)'\(owner): it has the source's size and time but not its mode; nothing was sent"
                         f.failed = true
+                        lock.withLock { files[e.id] = f }
                         refusals.append((e.id, .permission, why))
                         ctx.progress.fileFailed(why, code: .permission)
                         return PlanEntry(id: e.id, action: .full)
@@ -642,7 +654,13 @@ final class Receiver: @unchecked Sendable {
             // then the source shrank to one chunk) would stay for good: no later copy of a
             // one-chunk file reads or removes it. Not looked for in a directory this session
             // made (a tree of small files pays no extra call per file).
-            if !dir.new { _ = unlinkat(dir.fd, f.journalName, 0) }
+            // Never the journal of a live session writing the larger version (its partial is
+            // claimed): only when there is one, and its partial is not held.
+            var jst = stat()
+            if !dir.new && fstatat(dir.fd, f.journalName, &jst, AT_SYMLINK_NOFOLLOW) == 0
+                && PartialNames.removeUnclaimed(dir: dir.fd, name: f.partName) == 0 {
+                _ = unlinkat(dir.fd, f.journalName, 0)
+            }
             return PlanEntry(id: e.id, action: .full)
         }
         // A partial copy of the same source version resumes; anything else starts over.
@@ -857,8 +875,9 @@ final class Receiver: @unchecked Sendable {
         do {
             f.journal = try ResumeJournal.create(dir: f.dir.fd, name: f.journalName, identity: id, range: f.range)
         } catch {
-            Glibc.close(fd)
+            // Removed before the close: after it, the name could be another session's.
             if fresh && f.range == nil { _ = unlinkat(f.dir.fd, part, 0) }
+            Glibc.close(fd)
             return ("cannot write '\(f.display)': \(asTransferError(error).message)", asTransferError(error).code)
         }
         f.usePartial(fd, budget: budget)
@@ -1099,13 +1118,14 @@ final class Receiver: @unchecked Sendable {
     /// when the name is no longer a regular file: not the one compared.
     /// `strict`: false too when the mode could not be set (another account's file).
     static func setMode(_ dir: Int32, _ name: String, _ mode: mode_t, strict: Bool = false) -> Bool {
-        // O_PATH is not enough for fchmod; O_RDONLY of a file the account cannot read fails,
-        // and then so could its chmod (it is not the account's).
-        guard let fd = try? Paths.openData(beneath: dir, name, flags: O_RDONLY | O_NOFOLLOW, noSymlinks: true) else { return false }
+        // An O_PATH descriptor (nothing opened for reading: the account's own file of mode 0000
+        // has its mode set too), never through a link; chmod through its /proc/self/fd name,
+        // which names that inode and no path.
+        guard let fd = try? Paths.open(beneath: dir, name, flags: FERRY_O_PATH | O_NOFOLLOW, noSymlinks: true) else { return false }
         defer { Glibc.close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return false }
-        return fchmod(fd, mode) == 0 || !strict
+        return chmod("/proc/self/fd/\(fd)", mode) == 0 || !strict
     }
 
     /// A file that was waiting for a `--checksum` verdict gets data after all: start it afresh.
@@ -1113,6 +1133,11 @@ final class Receiver: @unchecked Sendable {
         guard f.awaitingDecision else { return nil }
         f.awaitingDecision = false
         if f.isSmall { return nil }
+        // A compared file that turns out to need sending opens its partial now: within the
+        // session's bound like any other (`requireRoom`), or it fails.
+        guard budget.hasRoom(chunks: f.chunkCount) else {
+            return failFile(f, "cannot write '\(f.display)': more than \(Receiver.openFilesMax) files of several chunks open in this session", code: .protocolViolation)
+        }
         if let (err, code) = startPartial(f) { return failFile(f, err, code: code) }
         return nil
     }

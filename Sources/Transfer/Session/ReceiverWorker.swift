@@ -364,7 +364,10 @@ final class ReceiverWorker {
             // A plain call, not a ring operation: io_uring cannot create a file without
             // blocking and hands every O_CREAT open to a kernel worker thread, which measured
             // slower (20,000 files: 0.65-0.87 s of server CPU through the ring).
-            fds[i] = PartialNames.createClaimed(dir: a.f.dir.fd, name: slot, access: O_WRONLY, mode: mode_t(a.f.entry.mode))
+            // Owner read and write while it is a partial (another session of this account must
+            // be able to open it to test its claim: a 0444 partial it could not open it would
+            // take for another account's and remove); the source's own mode before the rename.
+            fds[i] = PartialNames.createClaimed(dir: a.f.dir.fd, name: slot, access: O_WRONLY, mode: mode_t(a.f.entry.mode) | 0o600)
         }
         // Phase 2: write each file and set its times.
         // The write is a plain `pwrite` too (not `O_DIRECT`): a ring write of a file on tmpfs (and of any file whose
@@ -380,6 +383,7 @@ final class ReceiverWorker {
                 done += r
             }
             if done == a.size { results[i] = Int32(a.size) }
+            if a.f.entry.mode & 0o600 != 0o600 && fchmod(fds[i], mode_t(a.f.entry.mode)) != 0 && results[i] >= 0 { results[i] = -errno }
             var t = a.f.times
             _ = futimens(fds[i], &t)
         }
@@ -390,14 +394,25 @@ final class ReceiverWorker {
             let to = nameArena + (Wire.batchFilesMax + i) * nameSlotBytes
             _ = a.f.name.withCString { strncpy(to, $0, nameSlotBytes - 1) }
             to[nameSlotBytes - 1] = 0
+            // In a directory others may write (not one this session made, private until done),
+            // the name must still give this file: another account that cannot claim a partial
+            // may remove it and make its own under the name (`PartialNames` "Claims").
+            if !a.f.dir.new && !PartialNames.stillNamed(fds[i], dir: a.f.dir.fd, name: nameArena + i * nameSlotBytes) {
+                renamed[i] = -ESTALE
+                continue
+            }
             // A plain call, like the create: a ring rename always goes through a kernel worker.
             renamed[i] = renameat(a.f.dir.fd, nameArena + i * nameSlotBytes, a.f.dir.fd, to) == 0 ? 0 : -errno
         }
         for (i, a) in accepted.enumerated() where fds[i] >= 0 {
             // One that failed is removed while still claimed (after the close, the name could
             // already be another session's).
-            if results[i] < 0 || renamed[i] < 0 { _ = unlinkat(a.f.dir.fd, nameArena + i * nameSlotBytes, 0) }
-            try ring.close(fd: fds[i], tag: UInt64(Wire.batchFilesMax + i))
+            if results[i] < 0 || (renamed[i] < 0 && renamed[i] != -ESTALE) { _ = unlinkat(a.f.dir.fd, nameArena + i * nameSlotBytes, 0) }
+            do {
+                try ring.close(fd: fds[i], tag: UInt64(Wire.batchFilesMax + i))
+            } catch {
+                Glibc.close(fds[i])  // never left open (and claimed) for the process's life
+            }
         }
         try ring.drain { _, _ in }
         var rawDone = 0
@@ -406,8 +421,10 @@ final class ReceiverWorker {
             if fds[i] < 0 { err = -fds[i] } else if results[i] < 0 { err = -results[i] } else if renamed[i] < 0 { err = -renamed[i] }
             a.f.lock.lock()
             if err != 0 {
-                if err == EBUSY {
+                if err == EBUSY && fds[i] < 0 {
                     verdicts.append(receiver.failFile(a.f, PartialNames.busyMessage(a.f.display), code: .busy))
+                } else if err == ESTALE {
+                    verdicts.append(receiver.failFile(a.f, "cannot rename into '\(a.f.display)': its partial copy was removed or replaced by someone else while it was written; nothing was put in place", code: .path))
                 } else if err == EEXIST && fds[i] < 0 {
                     // Another account's file under the temporary name, which it could not remove.
                     let (why, code) = PartialNames.existingMessage(dir: a.f.dir.fd, a.f.display, PartialNames.part(a.f.name))
