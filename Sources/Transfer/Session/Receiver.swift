@@ -606,21 +606,11 @@ final class Receiver: @unchecked Sendable {
         if !dir.new && fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
             let kind = st.st_mode & S_IFMT
             if kind == S_IFDIR {
-                f.failed = true
-                lock.withLock { files[e.id] = f }
-                let why = "cannot write '\(display)': a directory is in the way (to copy into it, end the destination with '/')"
-                refusals.append((e.id, .path, why))
-                ctx.progress.fileFailed(why, code: .path)
-                return PlanEntry(id: e.id, action: .full)
+                return refuse(f, .path, "cannot write '\(display)': a directory is in the way (to copy into it, end the destination with '/')", &refusals)
             }
             if kind != S_IFREG && kind != S_IFLNK {
                 // A device, FIFO or socket is never replaced by the partial file's rename.
-                let why = "cannot write '\(display)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)"
-                f.failed = true
-                lock.withLock { files[e.id] = f }
-                refusals.append((e.id, .path, why))
-                ctx.progress.fileFailed(why, code: .path)
-                return PlanEntry(id: e.id, action: .full)
+                return refuse(f, .path, "cannot write '\(display)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)", &refusals)
             }
             if kind == S_IFREG && UInt64(st.st_size) == e.size {
                 if !ctx.options.checksum && Int64(st.st_mtim.tv_sec) == e.mtimeSeconds && UInt32(st.st_mtim.tv_nsec) == e.mtimeNanoseconds {
@@ -630,12 +620,7 @@ final class Receiver: @unchecked Sendable {
                     // account could neither have written nor can correct.
                     if UInt32(st.st_mode) & 0o7777 != e.mode && !Receiver.setMode(dir.fd, name, mode_t(e.mode), strict: true) {
                         let owner = st.st_uid != ThreadIdentity.fsuid ? " (it belongs to another account)" : ""
-                        let why = "cannot set the mode of '\(display)'\(owner): it has the source's size and time but not its mode; nothing was sent"
-                        f.failed = true
-                        lock.withLock { files[e.id] = f }
-                        refusals.append((e.id, .permission, why))
-                        ctx.progress.fileFailed(why, code: .permission)
-                        return PlanEntry(id: e.id, action: .full)
+                        return refuse(f, .permission, "cannot set the mode of '\(display)'\(owner): it has the source's size and time but not its mode; nothing was sent", &refusals)
                     }
                     ctx.progress.skippedUnread(bytes: announced, name: display)
                     return PlanEntry(id: e.id, action: .skip)
@@ -679,11 +664,7 @@ final class Receiver: @unchecked Sendable {
             }
             if claim == .busy {
                 Glibc.close(fd)
-                let why = PartialNames.busyMessage(display)
-                f.failed = true
-                refusals.append((e.id, .busy, why))
-                ctx.progress.fileFailed(why, code: .busy)
-                return PlanEntry(id: e.id, action: .full)
+                return refuse(f, .busy, PartialNames.busyMessage(display), &refusals)
             }
             if claim == .moved {
                 Glibc.close(fd)
@@ -719,10 +700,7 @@ final class Receiver: @unchecked Sendable {
                     } catch {
                         let t = asTransferError(error)
                         f.closePartial()
-                        f.failed = true
-                        refusals.append((e.id, t.code, "cannot write '\(display)': \(t.message)"))
-                        ctx.progress.fileFailed(t.message, code: t.code)
-                        return PlanEntry(id: e.id, action: .full)
+                        return refuse(f, t.code, "cannot write '\(display)': \(t.message)", &refusals)
                     }
                 }
                 // Counted as already there; a chunk the sender finds different (its source
@@ -732,11 +710,7 @@ final class Receiver: @unchecked Sendable {
             }
             if fd >= 0 { Glibc.close(fd) }
         }
-        if let (err, code) = startPartial(f) {
-            f.failed = true
-            refusals.append((e.id, code, err))
-            ctx.progress.fileFailed(err, code: code)
-        }
+        if let (err, code) = startPartial(f) { return refuse(f, code, err, &refusals) }
         return PlanEntry(id: e.id, action: .full)
     }
 
@@ -748,11 +722,7 @@ final class Receiver: @unchecked Sendable {
         lock.withLock { files[e.id] = f }
         var st = stat()
         if fstatat(dir.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & S_IFMT != S_IFREG && st.st_mode & S_IFMT != S_IFLNK {
-            let why = "cannot write '\(display)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)"
-            f.failed = true
-            refusals.append((e.id, .path, why))
-            ctx.progress.fileFailed(why, code: .path)
-            return PlanEntry(id: e.id, action: .full)
+            return refuse(f, .path, "cannot write '\(display)': \(Paths.kindName(st.st_mode)) is in the way (Ferry never replaces one)", &refusals)
         }
         // A new file of this session's (O_EXCL), claimed, never one found under the name: in a
         // shared directory it could be another account's; one another session is writing now
@@ -771,15 +741,20 @@ final class Receiver: @unchecked Sendable {
             why = "cannot write '\(display)': \(String(cString: strerror(-fd))) (\(-fd))"
             code = TransferError.Code(errno: -fd)
         }
-        if fd < 0 {
-            f.failed = true
-            refusals.append((e.id, code, why))
-            ctx.progress.fileFailed(why, code: code)
-            return PlanEntry(id: e.id, action: .full)
-        }
+        if fd < 0 { return refuse(f, code, why, &refusals) }
         f.usePartial(fd, budget: budget)
         _ = unlinkat(dir.fd, PartialNames.journal(name), 0)  // an older journal of a file: not this
         return PlanEntry(id: e.id, action: .full)
+    }
+
+    /// Fails `f` at its plan, before anything of it is written: counted failed here, and its
+    /// refusal goes to the sender with the plan (which still names it, in full).
+    private func refuse(_ f: ReceiverFile, _ code: TransferError.Code, _ why: String, _ refusals: inout [FileVerdict]) -> PlanEntry {
+        f.failed = true
+        lock.withLock { files[f.entry.id] = f }
+        refusals.append((f.entry.id, code, why))
+        ctx.progress.fileFailed(why, code: code)
+        return PlanEntry(id: f.entry.id, action: .full)
     }
 
     /// Throws when `name` exists in `dir` and is a device, FIFO or socket: never replaced.
