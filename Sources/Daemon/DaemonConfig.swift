@@ -18,7 +18,7 @@ import Transfer
 ///     allow_hosts = ["dtn.example:7700"]
 ///     lease_seconds = 30
 ///     per_peer = 4
-///     per_user = 8
+///     per_user = 1                      # default: workers × nodes − 1 (at least 1)
 ///     max_attempts = 5
 ///     retry_base_seconds = 5
 ///     sync_seconds = 5
@@ -54,7 +54,15 @@ public struct DaemonConfig: Sendable {
     public var workers = 2
     public var leaseSeconds = 30
     public var perPeer = 4
-    public var perUser = 8
+    /// `per_user` as configured; `userShare` is what applies.
+    public var perUser: Int?
+    /// A user's transfers at once across the center (whole jobs and striped parts): `per_user`,
+    /// or by default one less than the center's workers (`workers` × `nodes`), at least one.
+    /// The worker left over is another user's: one user's slow jobs (a low `bwlimit`, a big
+    /// file) cannot hold every worker while the others' jobs wait, as the queue does not
+    /// take a running job back. A `per_user` of the workers or more gives that up; the daemon
+    /// warns at its start.
+    public var userShare: Int { perUser ?? max(1, workers * max(1, nodes) - 1) }
     /// Attempts per job unless the request says otherwise, and the first retry's delay
     /// (it doubles per attempt, ±20 % jitter, at most 10 minutes).
     public var maxAttempts = 5

@@ -35,6 +35,16 @@ struct DaemonConfigTests {
         #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]", relativeTo: "/etc/ferry"), path: "c")?.database == "/var/lib/ferry/jobs.sqlite")
         #expect(try DaemonConfig(ServerConfigFile(parsing: "[daemon]\ndatabase = \"/srv/j.sqlite\"", relativeTo: "/etc/ferry"), path: "c")?.database == "/srv/j.sqlite")
         #expect(try DaemonConfig(ServerConfigFile(parsing: "center = \"c\"", relativeTo: "/x"), path: "c") == nil)
+        // A user's share of the workers: one less than the center's (workers × nodes), at
+        // least one; a per_user that is set is what applies.
+        func share(_ lines: String) throws -> (Int?, Int)? {
+            try DaemonConfig(ServerConfigFile(parsing: "[daemon]\n" + lines, relativeTo: "/x"), path: "c").map { ($0.perUser, $0.userShare) }
+        }
+        #expect(d.perUser == nil && d.userShare == 2)
+        #expect(try share("")! == (nil, 1))
+        #expect(try share("workers = 1")! == (nil, 1))
+        #expect(try share("workers = 4\nnodes = 3")! == (nil, 11))
+        #expect(try share("workers = 2\nper_user = 8")! == (8, 8))
     }
 
     @Test("a bad [daemon] setting is an error naming the file and the key; the engine's parse keeps the table as it is")

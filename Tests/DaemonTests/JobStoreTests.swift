@@ -179,6 +179,28 @@ struct JobStoreTests {
         #expect(try s.claim(worker: "w4", now: 200, leaseSeconds: 30) == nil)
     }
 
+    @Test("fair shares: the next worker goes to the user with fewer jobs running, before another user's older job or higher priority; within a user, priority then age", arguments: Backend.allCases)
+    func fairClaims(_ backend: Backend) throws {
+        let s = try JobStore(database: try backend.newDatabase())
+        func submit(_ owner: String, _ name: String, priority: Int = 0, at now: Int64) throws -> Int64 {
+            var r = JobRequest(source: "/" + name, destination: "ferry://b/" + name)
+            r.priority = priority
+            return try s.submit(owner: owner, request: r, peer: "b", now: now)
+        }
+        let a1 = try submit("alice", "a1", at: 100)
+        let a2 = try submit("alice", "a2", priority: 9, at: 101)
+        let a3 = try submit("alice", "a3", priority: 9, at: 102)
+        let c1 = try submit("carol", "c1", at: 103)
+        // Nobody runs anything: priority, then age, across users.
+        #expect(try s.claim(worker: "w1", now: 200, leaseSeconds: 30)?.id == a2)
+        let b1 = try submit("bob", "b1", at: 201)
+        // alice runs one: carol's older job, then bob's newer, before alice's priority 9.
+        #expect(try s.claim(worker: "w2", now: 202, leaseSeconds: 30)?.id == c1)
+        #expect(try s.claim(worker: "w3", now: 202, leaseSeconds: 30)?.id == b1)
+        #expect(try s.claim(worker: "w4", now: 202, leaseSeconds: 30)?.id == a3)
+        #expect(try s.claim(worker: "w5", now: 202, leaseSeconds: 30)?.id == a1)
+    }
+
     @Test("two store handles on one database (two daemons), claiming from several threads: 200 jobs, each claimed once", arguments: Backend.allCases)
     func concurrentClaims(_ backend: Backend) throws {
         let path = try backend.newDatabase()

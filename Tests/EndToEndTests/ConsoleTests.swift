@@ -13,7 +13,9 @@ struct ConsoleTests {
     /// markup) and "private" (hers only), and has two jobs running to wuxi (slowed to last the
     /// test); bob has a token of the same scope. Tokens are written as `alice.token`, `bob.token`.
     static func start() throws -> (c: DaemonE2ETests.Centers, alice: String, bob: String, running: [Int64]) {
-        let c = try DaemonE2ETests.start("console")
+        // Two of alice's jobs run at once (the page shows one's progress and cancels the
+        // other): a share of two, where two workers give one by default.
+        let c = try DaemonE2ETests.start("console", hlrsDaemon: "per_user = 2")
         let alice = try c.sb.issueToken(user: "alice", scopes: ["rw:/scratch"], name: "alice.token")
         let bob = try c.sb.issueToken(user: "bob", scopes: ["rw:/scratch"], name: "bob.token")
         let pub = try c.sb.dir("hlrs/scratch/public")

@@ -333,8 +333,9 @@ public final class JobStore: @unchecked Sendable {
     }
 
     /// Hands the next runnable job to `worker` (state `running`, one more attempt, a lease
-    /// until now + leaseSeconds), or nil. Highest priority first, then oldest; jobs over a
-    /// per-peer or per-user concurrency limit wait (they stay `queued`). Toward a peer, what
+    /// until now + leaseSeconds), or nil. The job of a user with the fewest jobs running
+    /// first, then highest priority, then oldest; jobs over a per-peer or per-user
+    /// concurrency limit wait (they stay `queued`). Toward a peer, what
     /// moves bytes counts (unstriped running jobs and running parts); for a user, running jobs
     /// of both kinds and running parts. `peerLimits` overrides
     /// `perPeerMax` for the peers it names (the link tuner's figure).
@@ -380,7 +381,14 @@ public final class JobStore: @unchecked Sendable {
                     }
                 }
             }
-            for c in candidates {
+            // Fair shares: a user with fewer jobs running goes first, then priority and age.
+            // A job's priority orders its owner's own jobs; it cannot put one user's queue
+            // ahead of another's, since every user sets their own.
+            let fair = candidates.enumerated().sorted {
+                let (l, r) = (runningByOwner[$0.element.text("owner"), default: 0], runningByOwner[$1.element.text("owner"), default: 0])
+                return l != r ? l < r : $0.offset < $1.offset
+            }.map(\.element)
+            for c in fair {
                 let peer = c.text("peer")
                 let owner = c.text("owner")
                 let peerMax = peerLimits[peer] ?? perPeerMax
