@@ -402,6 +402,12 @@ enum PartialNames {
             && there.st_dev == mine.st_dev && there.st_ino == mine.st_ino
     }
 
+    /// Why a file is refused when its partial no longer has its name at the commit
+    /// (`stillNamed` false): nothing of it is put in place.
+    static func replacedMessage(_ display: String) -> String {
+        "cannot rename into '\(display)': its partial copy was removed or replaced by someone else while it was written; nothing was put in place"
+    }
+
     /// Why a file is refused when `createClaimed` said -EEXIST: another account's helper that
     /// the directory does not let this account remove, or one that kept coming back.
     static func existingMessage(dir: Int32, _ display: String, _ helperName: String) -> (String, TransferError.Code) {

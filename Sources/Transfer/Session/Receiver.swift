@@ -68,6 +68,9 @@ final class OpenBudget: @unchecked Sendable {
     func hasRoom(chunks n: Int) -> Bool {
         lock.withLock { files < Receiver.openFilesMax && (chunks == 0 || chunks + n <= Receiver.openChunksMax) }
     }
+    /// Taken when a partial is opened, after its plan asked `hasRoom`: streams planning at
+    /// once may each pass that check before either takes, so the bound can be passed by one
+    /// file per data stream (a few), never more.
     func take(chunks n: Int) { lock.withLock { files += 1; chunks += n } }
     func give(chunks n: Int) { lock.withLock { files -= 1; chunks -= n } }
 }
@@ -987,10 +990,8 @@ final class Receiver: @unchecked Sendable {
         // The name must still give this session's file: in a shared directory that another
         // account may write, its session can remove a partial it cannot claim and make its own
         // under the name (see "Claims" in PartialNames); its bytes are never renamed into place.
-        var mine = stat(), there = stat()
-        if fstat(f.partFd, &mine) == 0 && (fstatat(f.dir.fd, PartialNames.part(f.name), &there, AT_SYMLINK_NOFOLLOW) != 0
-            || there.st_dev != mine.st_dev || there.st_ino != mine.st_ino) {
-            return failFile(f, "cannot rename into '\(f.display)': its partial copy was removed or replaced by someone else while it was written; nothing was put in place", code: .path)
+        guard PartialNames.stillNamed(f.partFd, dir: f.dir.fd, name: PartialNames.part(f.name)) else {
+            return failFile(f, PartialNames.replacedMessage(f.display), code: .path)
         }
         if renameat(f.dir.fd, PartialNames.part(f.name), f.dir.fd, f.name) != 0 {
             let e = errno

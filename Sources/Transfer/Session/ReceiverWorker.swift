@@ -424,7 +424,7 @@ final class ReceiverWorker {
                 if err == EBUSY && fds[i] < 0 {
                     verdicts.append(receiver.failFile(a.f, PartialNames.busyMessage(a.f.display), code: .busy))
                 } else if err == ESTALE {
-                    verdicts.append(receiver.failFile(a.f, "cannot rename into '\(a.f.display)': its partial copy was removed or replaced by someone else while it was written; nothing was put in place", code: .path))
+                    verdicts.append(receiver.failFile(a.f, PartialNames.replacedMessage(a.f.display), code: .path))
                 } else if err == EEXIST && fds[i] < 0 {
                     // Another account's file under the temporary name, which it could not remove.
                     let (why, code) = PartialNames.existingMessage(dir: a.f.dir.fd, a.f.display, PartialNames.part(a.f.name))
