@@ -240,7 +240,8 @@ extension Ferry {
             }
             fflush(stdout)
             // SIGHUP (`systemctl reload ferry`): the certificate, key and CA files read again.
-            let renewal = CertificateRenewal(server: server, identity: config.tls, daemon: daemon)
+            let renewal = CertificateRenewal(server: server, identity: config.tls, daemon: daemon,
+                                             configuration: configFile.map { ($0, try? readSmallFile($0, maxBytes: 1 << 20)) })
             renewal.start()
             defer { renewal.stop() }
             let center = server.center
@@ -368,10 +369,25 @@ final class CertificateRenewal: @unchecked Sendable {
     private var sources: [any DispatchSourceProtocol] = []
     static let warnDays: Int64 = 14
 
-    init(server: TransferServer, identity: TLSIdentity, daemon: DaemonService?) {
+    /// The configuration file and its text as the server started with it: read once, at start.
+    let configuration: (path: String, text: String?)?
+
+    init(server: TransferServer, identity: TLSIdentity, daemon: DaemonService?, configuration: (path: String, text: String?)? = nil) {
         self.server = server
         self.identity = identity
         self.daemon = daemon
+        self.configuration = configuration
+    }
+
+    /// An operator who edits the configuration and reloads (the natural reflex after making an
+    /// export read-only or removing a user) is told that only the certificates were read
+    /// again: exports, users, identities, peers and [daemon] are read at start. Reading them
+    /// again while sessions run is not done (a session keeps the rules it started with, and
+    /// a half-valid edit would have to be refused as a whole); a restart applies them, and
+    /// running transfers resume after it.
+    func configurationChanged() -> Bool {
+        guard let c = configuration else { return false }
+        return (try? readSmallFile(c.path, maxBytes: 1 << 20)) != c.text
     }
 
     func start() {
@@ -400,6 +416,9 @@ final class CertificateRenewal: @unchecked Sendable {
             warnIfExpiring()
         } catch {
             logger.error("SIGHUP: the certificate, key and CA were not reloaded, the previous ones stay in use: \(asMessage(error))")
+        }
+        if configurationChanged(), let path = configuration?.path {
+            logger.warning("SIGHUP: \(path) changed since the server started, and a reload reads only the certificate, key and CA: exports, users, identities, peers and [daemon] settings stay as they were until a restart (systemctl restart ferry; running transfers resume after it)")
         }
     }
 

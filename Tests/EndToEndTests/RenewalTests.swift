@@ -162,6 +162,17 @@ struct RenewalTests {
         #expect(!after.hasPrefix("error") && after != before, "the API presents \(after), before \(before)")
         let list = try sb.ferry(["jobs", "list", "--api", api, "--ca", sb.ca, "--token-file", sb.tokenFile])
         #expect(list.succeeded, "\(list)")
+        // The configuration as it started: no word about it.
+        #expect(!server.process.stderr.contains("changed since the server started"), "\(server.process.stderr)")
+        // An export made read-only in the file, then a reload (the operator's reflex): the
+        // log says that only the certificates were read, and what a restart would apply.
+        let config = sb.file("hlrs.toml")
+        let text = try String(contentsOfFile: config, encoding: .utf8)
+        #expect(text.contains("access = \"rw\""))
+        try writeFile(config, Array(text.replacingOccurrences(of: "access = \"rw\"", with: "access = \"ro\"").utf8))
+        kill(pid, SIGHUP)
+        #expect(waitUntil(timeout: 10) { server.process.stderr.contains("hlrs.toml changed since the server started") && server.process.stderr.contains("until a restart") },
+                "\(server.process.stderr)")
         // A broken key: refused, the API keeps presenting the renewed certificate.
         try writeFile(sb.centerKey, Array("not a key\n".utf8))
         kill(pid, SIGHUP)

@@ -369,8 +369,32 @@ public final class JobRunner: @unchecked Sendable {
         lock.withLock { durations[kind, default: PromHistogram(buckets: JobRunner.durationBuckets)].observe(seconds) }
         // The keeper has stopped (signalled above; a renewal in flight may still add its part:
         // `advance` hands each byte to one of them only).
-        _ = try? store.finish(job.id, worker: worker, outcome: final, now: Int64(Date().timeIntervalSince1970),
-                              moved: recorded.advance(to: JobRunner.moved(progress.snapshot())))
+        let state = try? store.finish(job.id, worker: worker, outcome: final, now: Int64(Date().timeIntervalSince1970),
+                                      moved: recorded.advance(to: JobRunner.moved(progress.snapshot())))
+        if let (level, line) = JobRunner.endLine(job, final, state: state, seconds: seconds) {
+            Logger(label: "ferry.daemon").log(level: level, "\(line)")
+        }
+    }
+
+    /// The log's line for an attempt's end (journald's `journalctl -u ferry` is where on-call
+    /// staff look, beside the audit log): the job, its owner and peer, how it ended and the
+    /// state it went to; a failure at warning, with the engine's code. nil when the store
+    /// did not take the outcome (the job was cancelled or taken over: nothing of it ended
+    /// here). The handler escapes control characters (a message may quote a user's name).
+    static func endLine(_ job: Job, _ outcome: AttemptOutcome, state: JobState?, seconds: Double) -> (Logger.Level, String)? {
+        guard let state else { return nil }
+        let who = "job \(job.id) of \(job.owner)" + (job.peer.isEmpty ? "" : " with \(job.peer)") + ", attempt \(job.attempts)"
+        let took = String(format: "%.1f s", seconds)
+        switch outcome {
+        case .success(let bytes, let files):
+            return (.info, "\(who): ok, \(files) file\(files == 1 ? "" : "s"), \(byteText(UInt64(max(0, bytes)))) in \(took)")
+        case .skipped(let files):
+            return (.info, "\(who): skipped, \(files) file\(files == 1 ? "" : "s") already in sync, in \(took)")
+        case .failure(let message, _, let code):
+            return (.warning, "\(who): \(state.rawValue) after \(took) (\(code?.description ?? "error")): \(message)")
+        case .interrupted:
+            return (.notice, "\(who): interrupted after \(took), back to the queue (\(state.rawValue))")
+        }
     }
 
     /// Bytes an attempt moved over its link or disk: accounted for, less those skipped as
