@@ -185,7 +185,23 @@ struct TransferServerService: Service {
 
     func run() async throws {
         try? await gracefulShutdown()
-        server.stop()
+        // Sessions told why and waited for (off the concurrency pool), within the group's
+        // shutdown budget.
+        let (cut, ended) = await withCheckedContinuation { (done: CheckedContinuation<(cut: Int, ended: Int), Never>) in
+            Thread.detachNewThread { done.resume(returning: server.stop(waitSeconds: 3)) }
+        }
+        if cut > 0 {
+            Logger(label: "ferry.serve").notice("stopped: \(cut) transfer session\(cut == 1 ? "" : "s") cut (each told \"server stopping\"; a rerun resumes), \(ended) ended within 3 s")
+        }
+    }
+}
+
+/// The first service told to stop: the log says that a stop began (the others then stop in
+/// reverse order, each taking its time).
+struct StopNotice: Service {
+    func run() async throws {
+        try? await gracefulShutdown()
+        Logger(label: "ferry.serve").notice("stopping on a signal: the job runner checkpoints its jobs, the API closes, transfer sessions are told to rerun")
     }
 }
 
@@ -281,6 +297,7 @@ public func runCenter(server: TransferServer, daemon: DaemonService?, metrics: M
         services.append(.init(service: MetricsService(app: metrics.application(text: text), listen: metrics.listen),
                               successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
     }
+    services.append(.init(service: StopNotice(), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
     var config = ServiceGroupConfiguration(services: services, logger: logger)
     config.gracefulShutdownSignals = [.sigterm, .sigint]
     config.maximumGracefulShutdownDuration = .seconds(8)

@@ -223,8 +223,14 @@ public final class TransferServer: @unchecked Sendable {
         return bound
     }
 
-    /// Stops accepting; running sessions are cut.
-    public func stop() {
+    /// Stops accepting; running sessions are cut, each told "server stopping" (resumable), and
+    /// waited for at most `waitSeconds` so that each can say so to its client, log its line
+    /// and write its audit record before the process ends (`ferry serve` on SIGTERM: before,
+    /// the process was gone first, the client saw a bare end of the stream and no record of
+    /// the cut session remained). Returns how many sessions were cut and how many of them
+    /// ended within the wait.
+    @discardableResult
+    public func stop(waitSeconds: Double = 0) -> (cut: Int, ended: Int) {
         // Idempotent: a second call must not close descriptor numbers reused since.
         let (fds, all) = lock.withLock { () -> ([Int32], [ServerSession]) in
             if stopped { return ([], []) }
@@ -232,8 +238,39 @@ public final class TransferServer: @unchecked Sendable {
             return (listeners, Array(sessions.values))
         }
         for fd in fds { shutdown(fd, Int32(SHUT_RDWR)); Glibc.close(fd) }
-        for s in all { s.ctx.fail(TransferError(.io, "server stopping", resumable: true)) }
+        let stopping = TransferError(.io, "server stopping", resumable: true)
+        // The reason is each session's own before anything closes: a client that hangs up once
+        // told (or meets a closed stream) does not become the reason in the log and the audit.
+        let cut = all.filter { $0.ctx.failLater(stopping) }
+        if waitSeconds > 0 && !cut.isEmpty {
+            // Each client is told first, on its control connection, while its data streams
+            // still stand: a client that met a closed data stream first reported a broken
+            // pipe. One thread per session, so a client that does not read cannot hold the
+            // others' word; at most a second is waited for them all.
+            final class Told: @unchecked Sendable {
+                let lock = Lock()
+                var count = 0
+            }
+            let told = Told()
+            for s in cut {
+                spawnThread(name: "ferry-stop") {
+                    if let ring = try? Ring(entries: 4) { s.ctx.control.sendError(stopping, ring: ring) }
+                    told.lock.withLock { told.count += 1 }
+                }
+            }
+            for _ in 0..<Int(min(1, waitSeconds) * 50) + 1 where told.lock.withLock({ told.count }) < cut.count { usleep(20_000) }
+        }
+        for s in cut { s.ctx.wake(lostLink: false) }
         if !fds.isEmpty { refusals.flush(all: true) }
+        let ids = Set(all.map(\.id))
+        var left = ids.count
+        let deadline = monotonicNs() + UInt64(max(0, waitSeconds) * 1e9)
+        for _ in 0..<Int(max(0, waitSeconds) * 50) + 1 {
+            left = lock.withLock { sessions.keys.filter { ids.contains($0) }.count }
+            if left == 0 || monotonicNs() >= deadline { break }
+            usleep(20_000)
+        }
+        return (all.count, all.count - left)
     }
 
     private func acceptLoop(_ listenFd: Int32) {

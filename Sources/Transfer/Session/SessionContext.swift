@@ -52,9 +52,20 @@ final class SessionContext: @unchecked Sendable {
     var error: TransferError? { lock.withLock { firstError } }
     var isFinished: Bool { lock.withLock { finished || firstError != nil } }
 
-    /// Records the first fatal error and wakes every thread of the session.
-    func fail(_ e: TransferError) {
-        let first = lock.withLock { () -> Bool in
+    /// Records the first fatal error and wakes every thread of the session. `lostLink`: the
+    /// error is a connection lost (by default, any `.io` error), so the peer may have its
+    /// reason on the way and the control stream is read a moment longer; false for this
+    /// side's own decision (a server stopping), whose word goes to the peer at once.
+    func fail(_ e: TransferError, lostLink: Bool? = nil) {
+        if failLater(e) { wake(lostLink: lostLink ?? (e.code == .io)) }
+    }
+
+    /// Records `e` as the session's error when it is the first, without waking its threads
+    /// (`wake` does): true when it was. A server stopping says why to each client before its
+    /// connections close; an error its threads meet meanwhile (the client hanging up once told)
+    /// does not take the reason's place.
+    func failLater(_ e: TransferError) -> Bool {
+        lock.withLock { () -> Bool in
             if finished { return false }
             if let prev = firstError {
                 // The peer's own verdict (its ERROR frame: "no space left", ...) explains a
@@ -66,19 +77,23 @@ final class SessionContext: @unchecked Sendable {
             failedAtNs = monotonicNs()
             return true
         }
-        if first {
-            for d in lock.withLock({ dataConnections }) { d.shutdownBoth() }
-            if e.code == .io {
-                // A lost connection: the peer may be failing the session and have its reason
-                // on the way; keep reading the control stream a moment for it.
-                let control = self.control
-                spawnThread(name: "ferry-verdict") {
-                    usleep(useconds_t(SessionContext.verdictWindowNs / 1000))
-                    control.shutdownReading()
-                }
-            } else {
+    }
+
+    /// Wakes every thread of a session that has failed (`failLater` said true): its data
+    /// connections shut, its control stream's reading too, at once or, after a lost link, once
+    /// the peer has had `verdictWindowNs` to say why.
+    func wake(lostLink: Bool) {
+        for d in lock.withLock({ dataConnections }) { d.shutdownBoth() }
+        if lostLink {
+            // A lost connection: the peer may be failing the session and have its reason
+            // on the way; keep reading the control stream a moment for it.
+            let control = self.control
+            spawnThread(name: "ferry-verdict") {
+                usleep(useconds_t(SessionContext.verdictWindowNs / 1000))
                 control.shutdownReading()
             }
+        } else {
+            control.shutdownReading()
         }
     }
 
