@@ -4,18 +4,22 @@
 # C concurrent clients. Two centers on loopback (127.0.0.1 only), made in a temp dir in tmpfs;
 # everything is removed on exit. Release build expected at .build/release/ferry.
 #
-#   bench/daemon.sh [--jobs 10000] [--clients 100] [--seconds 15] [--workers 4] [--db sqlite|postgres] [--ferry BIN]
+#   bench/daemon.sh [--jobs 10000] [--clients 100] [--seconds 15] [--workers 4] [--per-user N] [--db sqlite|postgres] [--ferry BIN]
+#
+# --per-user: the daemon's per_user (default: the workers, so that one submitting user uses
+# them all; --per-user default leaves the daemon's own default, workers - 1).
 #
 # The API latency is measured with wrk (GET of one job, C connections, --latency); the job
 # figures with a Python client (8 threads submitting). --db postgres starts a throwaway
 # PostgreSQL with scripts/postgres-test.sh. Prints "key<TAB>value" lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-jobs=10000; clients=100; seconds=15; workers=4; db=sqlite; ferry="$PWD/.build/release/ferry"
+jobs=10000; clients=100; seconds=15; workers=4; per_user=""; db=sqlite; ferry="$PWD/.build/release/ferry"
 while [ $# -gt 0 ]; do
   case "$1" in
     --jobs) jobs=$2; shift 2 ;; --clients) clients=$2; shift 2 ;; --seconds) seconds=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;; --db) db=$2; shift 2 ;; --ferry) ferry=$2; shift 2 ;;
+    --per-user) per_user=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
@@ -50,7 +54,7 @@ database = "$database"
 api_listen = "127.0.0.1:0"
 workers = $workers
 per_peer = $workers
-per_user = $workers
+$(case "${per_user:-$workers}" in default) ;; *) echo "per_user = ${per_user:-$workers}" ;; esac)
 [[peer]]
 name = "wuxi"
 address = "127.0.0.1:$bport"

@@ -209,8 +209,8 @@ extension Ferry {
                     settings.leaseSeconds = Int64(d.leaseSeconds)
                     settings.perPeerMax = d.perPeer
                     settings.perUserMax = d.userShare
-                    if d.userShare >= d.workers * max(1, d.nodes) && d.workers * max(1, d.nodes) > 1 {
-                        Logger(label: "ferry.serve").warning("daemon.per_user = \(d.userShare) with \(d.workers * max(1, d.nodes)) workers on the center: one user's jobs can hold every worker while other users' wait (the default, workers × nodes − 1, keeps one for them)")
+                    if d.userShare >= d.centerWorkers && d.centerWorkers > 1 {
+                        Logger(label: "ferry.serve").warning("daemon.per_user = \(d.userShare) with \(d.centerWorkers) workers on the center: one user's jobs can hold every worker while other users' wait (the default, workers × nodes − 1, keeps one for them)")
                     }
                     settings.node = d.node
                     settings.nodes = d.nodes

@@ -62,7 +62,9 @@ public struct DaemonConfig: Sendable {
     /// file) cannot hold every worker while the others' jobs wait, as the queue does not
     /// take a running job back. A `per_user` of the workers or more gives that up; the daemon
     /// warns at its start.
-    public var userShare: Int { perUser ?? max(1, workers * max(1, nodes) - 1) }
+    public var userShare: Int { perUser ?? max(1, centerWorkers - 1) }
+    /// The workers of the center's daemons together (`workers` × `nodes`).
+    public var centerWorkers: Int { workers * max(1, nodes) }
     /// Attempts per job unless the request says otherwise, and the first retry's delay
     /// (it doubles per attempt, ±20 % jitter, at most 10 minutes).
     public var maxAttempts = 5

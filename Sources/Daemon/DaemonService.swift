@@ -191,7 +191,7 @@ struct TransferServerService: Service {
             Thread.detachNewThread { done.resume(returning: server.stop(waitSeconds: 3)) }
         }
         if cut > 0 {
-            Logger(label: "ferry.serve").notice("stopped: \(cut) transfer session\(cut == 1 ? "" : "s") cut (each told \"server stopping\"; a rerun resumes), \(ended) ended within 3 s")
+            Logger(label: "ferry.serve").notice("stopped: \(cut) transfer session\(cut == 1 ? "" : "s") cut (each told \"server stopping\"; a rerun resumes), \(ended) of them ended within 3 s")
         }
     }
 }
@@ -201,7 +201,7 @@ struct TransferServerService: Service {
 struct StopNotice: Service {
     func run() async throws {
         try? await gracefulShutdown()
-        Logger(label: "ferry.serve").notice("stopping on a signal: the job runner checkpoints its jobs, the API closes, transfer sessions are told to rerun")
+        Logger(label: "ferry.serve").notice("stopping (a signal, or a service that ended): the job runner checkpoints its jobs, the API closes, transfer sessions are told to rerun")
     }
 }
 

@@ -201,6 +201,26 @@ struct JobStoreTests {
         #expect(try s.claim(worker: "w5", now: 202, leaseSeconds: 30)?.id == a1)
     }
 
+    @Test("a user at her share, or a peer at its limit, with 300 older queued jobs does not hide another user's or peer's newer job behind them (the claim's window)", arguments: Backend.allCases)
+    func fullOwnersLeftOut(_ backend: Backend) throws {
+        let s = try JobStore(database: try backend.newDatabase())
+        for i in 0..<300 {
+            var r = JobRequest(source: "/a\(i)", destination: "ferry://b/a\(i)")
+            r.priority = 9
+            _ = try s.submit(owner: "alice", request: r, peer: "b", now: 100)
+        }
+        let bobs = try s.submit(owner: "bob", request: JobRequest(source: "/b", destination: "ferry://c/b"), peer: "c", now: 101)
+        let first = try #require(try s.claim(worker: "w1", now: 200, leaseSeconds: 30, perUserMax: 1))
+        #expect(first.owner == "alice")
+        #expect(try s.claim(worker: "w2", now: 200, leaseSeconds: 30, perUserMax: 1)?.id == bobs, "bob's job waits behind alice's 299")
+        #expect(try s.claim(worker: "w3", now: 200, leaseSeconds: 30, perUserMax: 1) == nil)
+        // The same with a peer: b has one running (its limit), c's job comes after b's 298.
+        let carols = try s.submit(owner: "carol", request: JobRequest(source: "/c", destination: "ferry://c/c"), peer: "c", now: 102)
+        #expect(try s.claim(worker: "w4", now: 200, leaseSeconds: 30, perPeerMax: 1) == nil, "c has bob's job running")
+        _ = try s.finish(bobs, worker: "w2", outcome: .success(bytes: 1, files: 1), now: 201)
+        #expect(try s.claim(worker: "w4", now: 202, leaseSeconds: 30, perPeerMax: 1)?.id == carols)
+    }
+
     @Test("two store handles on one database (two daemons), claiming from several threads: 200 jobs, each claimed once", arguments: Backend.allCases)
     func concurrentClaims(_ backend: Backend) throws {
         let path = try backend.newDatabase()

@@ -361,10 +361,26 @@ public final class JobStore: @unchecked Sendable {
                 runningByPeer[row.text("peer"), default: 0] += Int(row.int("n"))
                 runningByOwner[row.text("owner"), default: 0] += Int(row.int("n"))
             }
+            // Owners at their share and peers at their limit are left out before the window's
+            // LIMIT: else one user's (or one peer's) older or higher-priority queued jobs fill
+            // the window, and every other user's job waits behind them. (At most 500 names
+            // each; beyond, the window alone, and the checks below.)
+            var excluded = ""
+            var args: [any SQLArgument] = [now]
+            let fullOwners = runningByOwner.filter { $0.value >= perUserMax }.keys.sorted().prefix(500)
+            if !fullOwners.isEmpty {
+                excluded += " AND owner NOT IN (\(Array(repeating: "?", count: fullOwners.count).joined(separator: ", ")))"
+                args += fullOwners.map { $0 as any SQLArgument }
+            }
+            let fullPeers = runningByPeer.filter { !$0.key.isEmpty && $0.value >= (peerLimits[$0.key] ?? perPeerMax) }.keys.sorted().prefix(500)
+            if !fullPeers.isEmpty {
+                excluded += " AND peer NOT IN (\(Array(repeating: "?", count: fullPeers.count).joined(separator: ", ")))"
+                args += fullPeers.map { $0 as any SQLArgument }
+            }
             let candidates = try s.query("""
-                SELECT id, peer, owner FROM jobs WHERE state = 'queued' AND not_before <= ?
+                SELECT id, peer, owner FROM jobs WHERE state = 'queued' AND not_before <= ?\(excluded)
                 ORDER BY priority DESC, id LIMIT \(pg ? 16 : 256)\(pg ? " FOR UPDATE SKIP LOCKED" : "")
-                """, now)
+                """, args)
             if pg {
                 // Another daemon may have filled a slot since the counts above: count again
                 // under locks that every claimant of a peer or user takes, all in one order

@@ -70,7 +70,8 @@ final class OpenBudget: @unchecked Sendable {
     }
     /// Taken when a partial is opened, after its plan asked `hasRoom`: streams planning at
     /// once may each pass that check before either takes, so the bound can be passed by one
-    /// file per data stream (a few), never more.
+    /// file per thread that plans (the data streams' and the control thread's: a few), never
+    /// more.
     func take(chunks n: Int) { lock.withLock { files += 1; chunks += n } }
     func give(chunks n: Int) { lock.withLock { files -= 1; chunks -= n } }
 }

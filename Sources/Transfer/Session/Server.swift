@@ -224,11 +224,11 @@ public final class TransferServer: @unchecked Sendable {
     }
 
     /// Stops accepting; running sessions are cut, each told "server stopping" (resumable), and
-    /// waited for at most `waitSeconds` so that each can say so to its client, log its line
-    /// and write its audit record before the process ends (`ferry serve` on SIGTERM: before,
-    /// the process was gone first, the client saw a bare end of the stream and no record of
-    /// the cut session remained). Returns how many sessions were cut and how many of them
-    /// ended within the wait.
+    /// waited for at most `waitSeconds` in all so that each can say so to its client, log its
+    /// line and write its audit record before the process ends (`ferry serve` on SIGTERM:
+    /// before, the process was gone first, the client saw a bare end of the stream and no
+    /// record of the cut session remained). Returns how many sessions were cut and how many
+    /// of them ended within the wait.
     @discardableResult
     public func stop(waitSeconds: Double = 0) -> (cut: Int, ended: Int) {
         // Idempotent: a second call must not close descriptor numbers reused since.
@@ -238,39 +238,52 @@ public final class TransferServer: @unchecked Sendable {
             return (listeners, Array(sessions.values))
         }
         for fd in fds { shutdown(fd, Int32(SHUT_RDWR)); Glibc.close(fd) }
+        let wait = max(0, waitSeconds)
+        let deadline = monotonicNs() + UInt64(wait * 1e9)
         let stopping = TransferError(.io, "server stopping", resumable: true)
         // The reason is each session's own before anything closes: a client that hangs up once
         // told (or meets a closed stream) does not become the reason in the log and the audit.
-        let cut = all.filter { $0.ctx.failLater(stopping) }
-        if waitSeconds > 0 && !cut.isEmpty {
+        let cut = all.filter { $0.ctx.failLater(stopping, ownDecision: true) }
+        var untold = Set(cut.map(\.id))
+        if wait > 0 && !cut.isEmpty {
             // Each client is told first, on its control connection, while its data streams
             // still stand: a client that met a closed data stream first reported a broken
             // pipe. One thread per session, so a client that does not read cannot hold the
-            // others' word; at most a second is waited for them all.
+            // others' word; at most a second (or the wait) for them all.
             final class Told: @unchecked Sendable {
                 let lock = Lock()
-                var count = 0
+                var ids: Set<[UInt8]> = []
             }
             let told = Told()
             for s in cut {
                 spawnThread(name: "ferry-stop") {
                     if let ring = try? Ring(entries: 4) { s.ctx.control.sendError(stopping, ring: ring) }
-                    told.lock.withLock { told.count += 1 }
+                    told.lock.withLock { _ = told.ids.insert(s.id) }
                 }
             }
-            for _ in 0..<Int(min(1, waitSeconds) * 50) + 1 where told.lock.withLock({ told.count }) < cut.count { usleep(20_000) }
+            let toldBy = monotonicNs() + UInt64(min(1, wait) * 1e9)
+            for _ in 0..<Int(min(1, wait) * 50) + 1 {
+                untold = untold.subtracting(told.lock.withLock { told.ids })
+                if untold.isEmpty || monotonicNs() >= toldBy { break }
+                usleep(20_000)
+            }
         }
-        for s in cut { s.ctx.wake(lostLink: false) }
+        for s in cut {
+            // A client that does not read its control stream holds its word's write (and the
+            // connection's send lock): its connection is shut both ways, so that the session
+            // ends, logs and audits within the wait all the same.
+            if untold.contains(s.id) { s.ctx.control.shutdownBoth() }
+            s.ctx.wake(lostLink: false)
+        }
         if !fds.isEmpty { refusals.flush(all: true) }
-        let ids = Set(all.map(\.id))
+        let ids = Set(cut.map(\.id))
         var left = ids.count
-        let deadline = monotonicNs() + UInt64(max(0, waitSeconds) * 1e9)
-        for _ in 0..<Int(max(0, waitSeconds) * 50) + 1 {
+        for _ in 0..<Int(wait * 50) + 1 {
             left = lock.withLock { sessions.keys.filter { ids.contains($0) }.count }
             if left == 0 || monotonicNs() >= deadline { break }
             usleep(20_000)
         }
-        return (all.count, all.count - left)
+        return (cut.count, cut.count - left)
     }
 
     private func acceptLoop(_ listenFd: Int32) {
@@ -517,7 +530,12 @@ public final class TransferServer: @unchecked Sendable {
             }
             session.sender = try Sender(ctx: ctx, rootFd: fd, name: hello.path)
         }
-        lock.withLock { sessions[session.id] = session }
+        // A session that comes while the server stops is not one `stop` could tell or wait for.
+        guard lock.withLock({ () -> Bool in
+            if stopped { return false }
+            sessions[session.id] = session
+            return true
+        }) else { throw TransferError(.io, "server stopping", resumable: true) }
         defer { lock.withLock { sessions[session.id] = nil } }
         // This session's data streams get in even while the unauthenticated budget is full.
         let reservedFor = note.ticket?.address
@@ -528,6 +546,7 @@ public final class TransferServer: @unchecked Sendable {
         let allJoined = Result { () throws in
             try session.lock.withLock { () throws in
                 while session.joined < streams {
+                    if let e = ctx.error { throw e }  // cut while its streams joined (a stop)
                     if monotonicNs() >= deadline { throw TransferError(.timeout, "only \(session.joined) of \(streams) data streams joined") }
                     session.cond.wait(seconds: 0.1)
                 }

@@ -64,20 +64,24 @@ final class SessionContext: @unchecked Sendable {
     /// (`wake` does): true when it was. A server stopping says why to each client before its
     /// connections close; an error its threads meet meanwhile (the client hanging up once told)
     /// does not take the reason's place.
-    func failLater(_ e: TransferError) -> Bool {
+    /// `ownDecision`: this side ends the session of its own accord (a server stopping), so no
+    /// word of the peer replaces the reason and nothing waits for one.
+    func failLater(_ e: TransferError, ownDecision: Bool = false) -> Bool {
         lock.withLock { () -> Bool in
             if finished { return false }
             if let prev = firstError {
                 // The peer's own verdict (its ERROR frame: "no space left", ...) explains a
                 // connection it broke better than the broken pipe this side saw first.
-                if e.fromPeer && !prev.fromPeer && prev.code == .io && monotonicNs() - failedAtNs < SessionContext.verdictWindowNs { firstError = e }
+                if e.fromPeer && !prev.fromPeer && prev.code == .io && !decided && monotonicNs() - failedAtNs < SessionContext.verdictWindowNs { firstError = e }
                 return false
             }
             firstError = e
             failedAtNs = monotonicNs()
+            decided = ownDecision
             return true
         }
     }
+    private var decided = false
 
     /// Wakes every thread of a session that has failed (`failLater` said true): its data
     /// connections shut, its control stream's reading too, at once or, after a lost link, once
@@ -108,7 +112,7 @@ final class SessionContext: @unchecked Sendable {
     /// END_ACK, on the way, and the control stream is still read for it.
     var awaitingPeerWord: Bool {
         lock.withLock {
-            guard !finished, let e = firstError, !e.fromPeer, e.code == .io else { return false }
+            guard !finished, !decided, let e = firstError, !e.fromPeer, e.code == .io else { return false }
             return monotonicNs() - failedAtNs < SessionContext.verdictWindowNs
         }
     }

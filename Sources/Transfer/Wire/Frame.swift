@@ -67,7 +67,7 @@ final class Connection: @unchecked Sendable {
     /// Held for each whole frame sent (`sendFramed`, and `sendFramedZeroCopy` in ZeroCopy.swift).
     let sendLock = Lock()
     private var closed = false
-    /// Set by the first `sendError`: a connection says why it hangs up once.
+    /// Set by the first `sendError` (under `errorLock`): a connection says why it hangs up once.
     private var errorSent = false
     private let closeLock = Lock()
     /// Set on control connections once the TLS handshake is done: every byte after the
@@ -214,16 +214,19 @@ final class Connection: @unchecked Sendable {
     /// soon as it fails, before its cleanup; the server's later word is then not sent again).
     /// ERROR frames carry flag bit 0 when a rerun would resume, and the error's code
     /// (`ErrorFrame`). A peer's own error is never sent back to it.
+    /// A second caller waits until the first one's frame is out (`errorLock`): a session that
+    /// returns once its own call does, and then closes the connection, must not cut the word
+    /// another thread is writing (a server stopping tells each client from a thread of its own).
     func sendError(_ error: TransferError, ring: Ring) {
         guard !error.fromPeer else { return }
-        let first = closeLock.withLock { () -> Bool in
-            defer { errorSent = true }
-            return !errorSent
+        errorLock.withLock {
+            guard !errorSent else { return }
+            errorSent = true
+            let (flags, payload) = ErrorFrame.encode(error)
+            try? send(.error, payload, flags: flags, ring: ring)
         }
-        guard first else { return }
-        let (flags, payload) = ErrorFrame.encode(error)
-        try? send(.error, payload, flags: flags, ring: ring)
     }
+    private let errorLock = Lock()
 }
 
 /// The fixed 8-byte frame header: u32 payload length, u8 type, u8 flags, u16 reserved.
