@@ -363,16 +363,17 @@ public final class JobStore: @unchecked Sendable {
             }
             // Owners at their share and peers at their limit are left out before the window's
             // LIMIT: else one user's (or one peer's) older or higher-priority queued jobs fill
-            // the window, and every other user's job waits behind them. (At most 500 names
-            // each; beyond, the window alone, and the checks below.)
+            // the window, and every other user's job waits behind them. (At most 400 owners and
+            // 98 peers: 499 parameters, an old SQLite's limit; beyond, the window alone and the
+            // checks below.)
             var excluded = ""
             var args: [any SQLArgument] = [now]
-            let fullOwners = runningByOwner.filter { $0.value >= perUserMax }.keys.sorted().prefix(500)
+            let fullOwners = runningByOwner.filter { $0.value >= perUserMax }.keys.sorted().prefix(400)
             if !fullOwners.isEmpty {
                 excluded += " AND owner NOT IN (\(Array(repeating: "?", count: fullOwners.count).joined(separator: ", ")))"
                 args += fullOwners.map { $0 as any SQLArgument }
             }
-            let fullPeers = runningByPeer.filter { !$0.key.isEmpty && $0.value >= (peerLimits[$0.key] ?? perPeerMax) }.keys.sorted().prefix(500)
+            let fullPeers = runningByPeer.filter { !$0.key.isEmpty && $0.value >= (peerLimits[$0.key] ?? perPeerMax) }.keys.sorted().prefix(98)
             if !fullPeers.isEmpty {
                 excluded += " AND peer NOT IN (\(Array(repeating: "?", count: fullPeers.count).joined(separator: ", ")))"
                 args += fullPeers.map { $0 as any SQLArgument }

@@ -240,12 +240,15 @@ public final class TransferServer: @unchecked Sendable {
         for fd in fds { shutdown(fd, Int32(SHUT_RDWR)); Glibc.close(fd) }
         let wait = max(0, waitSeconds)
         let deadline = monotonicNs() + UInt64(wait * 1e9)
-        let stopping = TransferError(.io, "server stopping", resumable: true)
+        let stopping = TransferError(.io, Self.stoppingMessage, resumable: true)
         // The reason is each session's own before anything closes: a client that hangs up once
         // told (or meets a closed stream) does not become the reason in the log and the audit.
         let cut = all.filter { $0.ctx.failLater(stopping, ownDecision: true) }
-        var untold = Set(cut.map(\.id))
+        // Sessions whose word is being written by a helper that has not finished (none without
+        // a wait: each session then says it itself, as it unwinds).
+        var untold: Set<[UInt8]> = []
         if wait > 0 && !cut.isEmpty {
+            untold = Set(cut.map(\.id))
             // Each client is told first, on its control connection, while its data streams
             // still stand: a client that met a closed data stream first reported a broken
             // pipe. One thread per session, so a client that does not read cannot hold the
@@ -276,15 +279,21 @@ public final class TransferServer: @unchecked Sendable {
             s.ctx.wake(lostLink: false)
         }
         if !fds.isEmpty { refusals.flush(all: true) }
-        let ids = Set(cut.map(\.id))
-        var left = ids.count
+        // Every session running at the stop is waited for (one that had failed on its own is
+        // still writing its line); those cut are counted.
+        let ids = Set(all.map(\.id))
+        let cutIDs = Set(cut.map(\.id))
+        var leftCut = cutIDs.count
         for _ in 0..<Int(wait * 50) + 1 {
-            left = lock.withLock { sessions.keys.filter { ids.contains($0) }.count }
-            if left == 0 || monotonicNs() >= deadline { break }
+            let left = lock.withLock { sessions.keys.filter { ids.contains($0) } }
+            leftCut = left.filter { cutIDs.contains($0) }.count
+            if left.isEmpty || monotonicNs() >= deadline { break }
             usleep(20_000)
         }
-        return (cut.count, cut.count - left)
+        return (cut.count, cut.count - leftCut)
     }
+
+    static let stoppingMessage = "server stopping"
 
     private func acceptLoop(_ listenFd: Int32) {
         while !lock.withLock({ stopped }) {
@@ -351,9 +360,10 @@ public final class TransferServer: @unchecked Sendable {
                 try serveData(conn, ring: ring, handshakeNs: handshakeNs, ticket: ticket)
             }
         } catch {
-            // Refused before a session started: a rerun would not help.
+            // Refused before a session started: a rerun would not help, unless what refused it
+            // is this server stopping (a session that came, or was still joining, during a stop).
             var e = asTransferError(error)
-            e.resumable = false
+            if !(e.message == Self.stoppingMessage && lock.withLock({ stopped })) { e.resumable = false }
             // A flood's connections (evicted, silent, or gone before a word) that never
             // authenticated: one line per address and kind per interval, with a count.
             if note.user.isEmpty, let kind = lock.withLock({ floodKind(ticket, e) }) {
@@ -535,7 +545,7 @@ public final class TransferServer: @unchecked Sendable {
             if stopped { return false }
             sessions[session.id] = session
             return true
-        }) else { throw TransferError(.io, "server stopping", resumable: true) }
+        }) else { throw TransferError(.io, Self.stoppingMessage, resumable: true) }
         defer { lock.withLock { sessions[session.id] = nil } }
         // This session's data streams get in even while the unauthenticated budget is full.
         let reservedFor = note.ticket?.address
