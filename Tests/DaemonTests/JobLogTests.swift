@@ -43,4 +43,31 @@ struct JobLogTests {
         #expect(failed.count == 1 && failed[0].contains(" warning ferry.daemon: ") && failed[0].contains("read-only"), "\(log)")
         #expect(!log.contains("\u{1b}"), "an escape character reached the log: \(log)")
     }
+
+    @Test("refused tokens reach the log as warnings with the address, at most five lines a second, the rest counted in the next line; a job not found (the client's business) does not")
+    func refusalsLogged() throws {
+        let c = try LiveCenters("refusal-log")
+        defer { c.stop() }
+        let alice = try c.sb.token("alice", ["rw:/scratch"])
+        let started = Live.seconds()
+        for _ in 0..<40 {
+            let r = try LiveHTTP.once(c.api, "GET", "/api/v1/transfers", token: "not-a-token")
+            #expect(r.status == 401, "\(r)")
+        }
+        let missing = try LiveHTTP.once(c.api, "GET", "/api/v1/transfers/999", token: alice)
+        #expect(missing.status == 404, "\(missing)")
+        usleep(1_100_000)
+        let seconds = Live.seconds() - started
+        _ = try LiveHTTP.once(c.api, "GET", "/api/v1/transfers", token: "still-not-a-token")
+        var log = ""
+        Live.wait(5) {
+            log = (try? String(contentsOfFile: c.hlrs.err, encoding: .utf8)) ?? ""
+            return log.contains("more API refusals not logged")
+        }
+        let lines = log.split(separator: "\n").filter { $0.contains("API refused GET /api/v1/transfers from 127.0.0.1") }
+        #expect(lines.allSatisfy { $0.contains(" warning ferry.daemon: ") && $0.contains(": 401 ") }, "\(lines)")
+        #expect(lines.count >= 2 && Double(lines.count) <= 5 * (seconds + 2), "\(lines.count) lines for 41 refusals in \(seconds) s: \(log)")
+        #expect(lines.last?.contains("more API refusals not logged since the last line") == true, "\(log)")
+        #expect(!log.contains("/api/v1/transfers/999"), "a 404 was logged: \(log)")
+    }
 }

@@ -59,6 +59,7 @@ public struct DaemonAPI: Sendable {
     /// How refusals reach the audit log: bounded paths, and unauthenticated ones at a bounded
     /// rate (APIRefusals.swift).
     let refusals = RefusalAudit()
+    let refusalLog = RefusalLog()
     /// What the event streams of one job share (Events.swift).
     let events = EventShare()
     /// Open event streams, per user and in all (Events.swift); `DaemonService` sizes it to
@@ -354,6 +355,10 @@ public struct DaemonAPI: Sendable {
         var who = ""
         var whoCenter = ""
         func refuse(_ status: Int, _ message: String, code: String? = nil) -> Response {
+            if RefusalLog.logs(status) {
+                let from = DaemonAPI.client
+                refusalLog.note(status, "API \(status < 500 ? "refused" : "failed") \(request.method.rawValue) \(RefusalAudit.shown(request.uri.path)) from \(from.isEmpty ? "?" : from)\(who.isEmpty ? "" : " (" + who + ")"): \(status) \(RefusalAudit.shown(message, max: RefusalAudit.resultBytesMax))")
+            }
             if let audit {
                 // The client's address, a bounded path and reason; a request that identified
                 // nobody at a bounded rate (`RefusalAudit`).

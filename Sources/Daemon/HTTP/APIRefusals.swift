@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import NIOCore
 import Transfer
+import Logging
 
 /// The API's request context: Hummingbird's basic one plus the client's address (the TCP
 /// peer of the connection, before any proxy), which the audit lines of the API carry in
@@ -157,4 +158,42 @@ final class RefusalAudit: @unchecked Sendable {
     }
 
     private func monotonicNs() -> UInt64 { RefusalAudit.monotonicNs() }
+}
+
+/// The API's refusals of who a client is (401, 403) and its own failures (5xx) in the log, for
+/// on-call staff reading `journalctl -u ferry` (ops review of 2026-12-06, finding 7: they
+/// reached only the audit file): at most `linesPerWindow` lines a second; what a flood makes
+/// beyond is counted in the next line written ("and N more since"). Other refusals (a bad
+/// body, a job not found) are the client's business and stay in the audit file.
+final class RefusalLog: @unchecked Sendable {
+    static let linesPerWindow = 5
+    private let lock = NSLock()
+    private var windowStart: UInt64 = 0
+    private var written = 0
+    private var skipped = 0
+    private let logger = Logger(label: "ferry.daemon")
+
+    static func logs(_ status: Int) -> Bool { status == 401 || status == 403 || status >= 500 }
+
+    /// `line` is written when this second's allowance is not used up, else counted.
+    func note(_ status: Int, _ line: String) {
+        guard RefusalLog.logs(status) else { return }
+        let t = RefusalAudit.monotonicNs()
+        let more = lock.withLock { () -> Int? in
+            if t &- windowStart >= RefusalAudit.windowNs {
+                windowStart = t
+                written = 0
+            }
+            guard written < RefusalLog.linesPerWindow else {
+                skipped += 1
+                return nil
+            }
+            written += 1
+            defer { skipped = 0 }
+            return skipped
+        }
+        guard let more else { return }
+        let tail = more > 0 ? " (and \(more) more API refusals not logged since the last line)" : ""
+        if status >= 500 { logger.error("\(line)\(tail)") } else { logger.warning("\(line)\(tail)") }
+    }
 }
