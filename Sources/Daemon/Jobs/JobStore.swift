@@ -368,16 +368,13 @@ public final class JobStore: @unchecked Sendable {
             // checks below.)
             var excluded = ""
             var args: [any SQLArgument] = [now]
-            let fullOwners = runningByOwner.filter { $0.value >= perUserMax }.keys.sorted().prefix(400)
-            if !fullOwners.isEmpty {
-                excluded += " AND owner NOT IN (\(Array(repeating: "?", count: fullOwners.count).joined(separator: ", ")))"
-                args += fullOwners.map { $0 as any SQLArgument }
+            func leaveOut(_ column: String, _ names: ArraySlice<String>) {
+                guard !names.isEmpty else { return }
+                excluded += " AND \(column) NOT IN (\(Array(repeating: "?", count: names.count).joined(separator: ", ")))"
+                args += names.map { $0 as any SQLArgument }
             }
-            let fullPeers = runningByPeer.filter { !$0.key.isEmpty && $0.value >= (peerLimits[$0.key] ?? perPeerMax) }.keys.sorted().prefix(98)
-            if !fullPeers.isEmpty {
-                excluded += " AND peer NOT IN (\(Array(repeating: "?", count: fullPeers.count).joined(separator: ", ")))"
-                args += fullPeers.map { $0 as any SQLArgument }
-            }
+            leaveOut("owner", runningByOwner.filter { $0.value >= perUserMax }.keys.sorted().prefix(400))
+            leaveOut("peer", runningByPeer.filter { !$0.key.isEmpty && $0.value >= (peerLimits[$0.key] ?? perPeerMax) }.keys.sorted().prefix(98))
             let candidates = try s.query("""
                 SELECT id, peer, owner FROM jobs WHERE state = 'queued' AND not_before <= ?\(excluded)
                 ORDER BY priority DESC, id LIMIT \(pg ? 16 : 256)\(pg ? " FOR UPDATE SKIP LOCKED" : "")
